@@ -1,0 +1,58 @@
+// The one interface every gpushim backend implements (RMM's device_memory_resource, reduced).
+//
+// A backend is a policy: how to carve device memory into blocks. It knows nothing of CUDA error codes,
+// contexts or free-safety — the router (router/) owns those — so the same code runs on the GPU and,
+// over host memory, in CPU tests and in `gpushim trace replay`.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace gpushim {
+
+// An opaque CUstream. 0 is the legacy default stream. Backends that are not stream-ordered ignore it.
+using StreamHandle = std::uintptr_t;
+
+// cudaMalloc guarantees 256-byte alignment; programs (and cuBLAS/cuDNN) rely on it.
+inline constexpr std::size_t kMinAlignment = 256;
+
+struct AllocatorStats {
+  std::uint64_t allocations = 0;
+  std::uint64_t deallocations = 0;
+  std::uint64_t failed_allocations = 0;
+  std::uint64_t bytes_in_use = 0;        // sum of the requested sizes of live blocks
+  std::uint64_t peak_bytes_in_use = 0;
+  std::uint64_t bytes_reserved = 0;      // physical memory held from the provider (or the driver)
+  std::uint64_t peak_bytes_reserved = 0;
+  std::uint64_t bytes_cached = 0;        // reserved and not inside any live block: free for reuse
+  std::uint64_t largest_free_block = 0;  // largest request that would succeed without growing
+  std::uint64_t internal_waste = 0;      // block size minus requested size, summed over live blocks
+};
+
+class Allocator {
+ public:
+  virtual ~Allocator() = default;
+
+  // Short lowercase name, as GPUSHIM_BACKEND spells it ("vmm", "slab", ...).
+  virtual const char* name() const noexcept = 0;
+
+  // Returns a block of at least `bytes` (> 0) bytes aligned to kMinAlignment, or nullptr when the
+  // backend cannot get the memory. Never throws. Thread-safe.
+  virtual void* allocate(std::size_t bytes, StreamHandle stream) noexcept = 0;
+
+  // `p` came from allocate() on this backend with the same `bytes`. The router has validated it and
+  // has made sure no GPU work can still touch the block, unless the backend is stream-ordered.
+  virtual void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept = 0;
+
+  // Gives memory that holds no live block back to the provider/driver. Returns the bytes given back.
+  virtual std::size_t release_cached() noexcept = 0;
+
+  virtual AllocatorStats stats() const noexcept = 0;
+
+  // True when a freed block can be handed out again at once, so the router must hold freed blocks
+  // back until GPU work issued before the free has finished. False for backends whose own free
+  // already orders itself against the GPU (passthrough: cuMemFree synchronizes).
+  virtual bool needs_free_fence() const noexcept { return true; }
+};
+
+}  // namespace gpushim

@@ -1,0 +1,75 @@
+// Every gpushim setting, parsed once from the environment (mimalloc's options.c).
+// The table of rows (name, type, default, accepted values, help) lives in settings.cpp; the same table
+// validates input, prints `gpushim --help` and the settings section of README.md.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gpushim {
+
+enum class LogLevel { quiet, warn, info, debug };
+
+// A size written as users write it: "512MiB", "2GB", "4096", or a share of the device: "80%".
+struct SizeSetting {
+  std::uint64_t bytes = 0;  // when percent == 0
+  double percent = 0;       // (0, 100] when the value was written with '%'
+  bool set() const { return bytes != 0 || percent != 0; }
+  // Resolves against the device's total memory.
+  std::uint64_t resolve(std::uint64_t device_total) const;
+};
+
+struct Settings {
+  std::string backend;                 // GPUSHIM_BACKEND: passthrough, vmm, buddy, slab, mempool, tiered
+  bool stats = false;                  // GPUSHIM_STATS
+  LogLevel log = LogLevel::warn;       // GPUSHIM_LOG: quiet, warn, info, debug
+  bool strict = false;                 // GPUSHIM_STRICT: a bad value is fatal
+  SizeSetting limit;                   // GPUSHIM_LIMIT: per-process, per-device cap
+
+  // vmm arena
+  std::uint64_t vmm_reserve = 0;       // GPUSHIM_VMM_RESERVE: address space reserved per device
+  std::uint64_t vmm_grow_step = 0;     // GPUSHIM_VMM_GROW_STEP: physical memory mapped per growth
+  std::uint64_t vmm_release_threshold = 0;  // GPUSHIM_VMM_RELEASE_THRESHOLD: idle bytes kept mapped
+
+  // other backends (issue 3)
+  std::uint64_t buddy_region = 0;      // GPUSHIM_BUDDY_REGION: size of one buddy region
+  std::uint64_t slab_max_size = 0;     // GPUSHIM_SLAB_MAX_SIZE: largest size the slab serves
+  std::uint64_t tiered_split = 0;      // GPUSHIM_TIERED_SPLIT: sizes up to this go to the slab
+  std::uint64_t mempool_release_threshold = 0;  // GPUSHIM_MEMPOOL_RELEASE_THRESHOLD
+
+  // tracing (issue 4)
+  std::string trace_path;              // GPUSHIM_TRACE: %p = pid, %r = rank
+  int trace_stack = 0;                 // GPUSHIM_TRACE_STACK: return addresses per allocation
+
+  // peers (issue 6)
+  std::string peers;                   // GPUSHIM_PEERS: "", "all", "0,1,..."
+  std::string placement;               // GPUSHIM_PLACEMENT: local, interleave, spill
+
+  // Human-readable problems found while parsing, one line each, already printed once.
+  std::vector<std::string> errors;
+};
+
+// Parsed on first use from the process environment; thread-safe; never allocates on later calls.
+const Settings& settings();
+
+// For tests and the `gpushim` command: parse from an explicit lookup instead of getenv.
+using EnvLookup = const char* (*)(const char* name, void* user);
+Settings parse_settings(EnvLookup lookup, void* user);
+
+// Row of the settings table, for `gpushim --help` and docs.
+struct SettingRow {
+  const char* variable;   // "GPUSHIM_BACKEND"
+  const char* type;       // "choice", "bool", "size", "size-or-percent", "path", "int", "list"
+  const char* default_value;
+  const char* accepted;   // "passthrough|vmm|..." or a description of the accepted form
+  const char* help;
+};
+const std::vector<SettingRow>& setting_rows();
+
+// Parses "512MiB", "2GB", "1.5GiB", "4096", "64k"; false on a malformed value.
+bool parse_size(const char* text, std::uint64_t* bytes);
+// Parses a size or "80%".
+bool parse_size_or_percent(const char* text, SizeSetting* out);
+
+}  // namespace gpushim

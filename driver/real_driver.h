@@ -1,0 +1,29 @@
+// The real CUDA driver functions, resolved once from libcuda.so.1 — never gpushim's own hooks.
+//
+// Every layer below the shim (router, providers, driver-backed backends) calls the driver only
+// through this table. It is filled by asking libcuda's own cuGetProcAddress_v2 (found with the real
+// dlsym, see shim/) for each name at CUDA_VERSION, so the pointers are the driver's newest versions of
+// each entry point (cuMemAlloc_v2, cuStreamDestroy_v2, ...), exactly what cuda.h's macros name.
+#pragma once
+
+#include <cuda.h>
+
+namespace gpushim {
+
+struct RealDriver {
+#define GPUSHIM_DRIVER_FN(name) decltype(&::name) name = nullptr;
+#include "driver/driver_functions.inc"
+#undef GPUSHIM_DRIVER_FN
+  bool loaded = false;  // false when libcuda.so.1 could not be opened (no driver on this machine)
+};
+
+// Resolves on first call (thread-safe; never calls back into gpushim). Later calls are one load.
+const RealDriver& real_driver() noexcept;
+
+// The real dlsym (glibc's), for code that must look up symbols without going through our hook.
+void* real_dlsym(void* handle, const char* symbol) noexcept;
+
+// libcuda.so.1's handle, or nullptr.
+void* libcuda_handle() noexcept;
+
+}  // namespace gpushim

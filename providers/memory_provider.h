@@ -1,0 +1,33 @@
+// Where backends get memory: address space, and physical memory mapped into it (mimalloc's prim
+// layer). Two implementations: CudaVmmProvider (cuMemAddressReserve/cuMemCreate/cuMemMap/
+// cuMemSetAccess on one device) and HostProvider (mmap/mprotect), so the algorithms in allocators/
+// are tested on the CPU with exactly the code that runs on the GPU.
+#pragma once
+
+#include <cstddef>
+
+namespace gpushim {
+
+class MemoryProvider {
+ public:
+  virtual ~MemoryProvider() = default;
+
+  // map()/unmap() sizes and addresses are multiples of this (2 MiB on the H100).
+  virtual std::size_t granularity() const noexcept = 0;
+
+  // Reserves address space only (no physical memory). nullptr on failure.
+  virtual void* reserve(std::size_t bytes) noexcept = 0;
+  virtual void release_reservation(void* base, std::size_t bytes) noexcept = 0;
+
+  // Backs [addr, addr+bytes) inside a reservation with physical memory, readable and writable by the
+  // device (host). Returns false when the physical memory cannot be had (out of memory).
+  virtual bool map(void* addr, std::size_t bytes) noexcept = 0;
+
+  // Gives back a range exactly as an earlier map() call mapped it.
+  virtual void unmap(void* addr, std::size_t bytes) noexcept = 0;
+
+  // Bytes currently mapped through this provider.
+  virtual std::size_t bytes_mapped() const noexcept = 0;
+};
+
+}  // namespace gpushim

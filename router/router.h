@@ -1,0 +1,37 @@
+// The router: what the shim calls once it has turned a CUDA call into a request.
+//
+// It decides which backend serves a request (the device of the calling thread's current context, or
+// the stream's device), knows which backend owns a pointer (pointers it does not own go to the real
+// driver untouched), keeps freed blocks away from reuse until the GPU work issued before the free has
+// finished (free fences), retries after releasing cached memory, and reports when memory runs out.
+// Every function returns the CUresult the real driver would; none throws.
+#pragma once
+
+#include <cstddef>
+#include <cuda.h>
+
+namespace gpushim::router {
+
+CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept;                       // cuMemAlloc
+CUresult free(CUdeviceptr p) noexcept;                                                  // cuMemFree
+CUresult allocate_async(CUdeviceptr* out, std::size_t bytes, CUstream stream) noexcept; // cuMemAllocAsync
+CUresult free_async(CUdeviceptr p, CUstream stream) noexcept;                           // cuMemFreeAsync
+CUresult allocate_pitch(CUdeviceptr* out, std::size_t* pitch, std::size_t width_bytes, std::size_t height,
+                        unsigned int element_size_bytes) noexcept;                      // cuMemAllocPitch
+CUresult get_info(std::size_t* free_bytes, std::size_t* total_bytes) noexcept;          // cuMemGetInfo
+
+// Stream bookkeeping the free fences need (the shim forwards these after the real call succeeded).
+void on_stream_created(CUstream stream, unsigned int flags) noexcept;
+void on_stream_destroying(CUstream stream) noexcept;   // before the real cuStreamDestroy
+void on_capture_begin(CUstream stream) noexcept;       // after a successful cuStreamBeginCapture*
+void on_capture_end(CUstream stream) noexcept;         // after cuStreamEndCapture (success or not)
+
+// Ownership lookup for the ecosystem hooks (pointer queries, IPC): the block that contains `p`.
+struct BlockInfo {
+  CUdeviceptr base = 0;
+  std::size_t size = 0;  // the size the program asked for
+  int device = -1;
+};
+bool find_block(CUdeviceptr p, BlockInfo* out) noexcept;
+
+}  // namespace gpushim::router

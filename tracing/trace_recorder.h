@@ -1,0 +1,45 @@
+// What the rest of gpushim calls to record a trace event. Cheap when tracing is off: one load of a
+// global flag. The router records block events; providers record map/unmap so that a trace knows
+// reserved memory over time. The file format is in docs/trace-format.md.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+namespace gpushim::tracing {
+
+enum class EventKind : std::uint8_t {
+  alloc = 1,          // cuMemAlloc / cuMemAllocPitch served
+  free = 2,           // cuMemFree of a gpushim block
+  alloc_async = 3,    // cuMemAllocAsync served (stream set)
+  free_async = 4,     // cuMemFreeAsync of a gpushim block
+  alloc_failed = 5,   // an allocation that returned an error (size set, address 0)
+  cache_release = 6,  // cached memory given back (size = bytes released)
+  out_of_memory = 7,  // CUDA_ERROR_OUT_OF_MEMORY returned to the program after the retry
+  map = 8,            // physical memory mapped by a provider (address, size)
+  unmap = 9,          // physical memory given back by a provider (address, size)
+};
+
+// Backend identifiers as stored in traces. Append only: old traces keep their meaning.
+enum class BackendId : std::uint8_t {
+  passthrough = 0, vmm = 1, buddy = 2, slab = 3, mempool = 4, tiered = 5, unknown = 255,
+};
+
+namespace detail {
+extern std::atomic<bool> g_enabled;
+void record_slow(EventKind kind, int device, std::uint64_t stream, std::uint64_t address,
+                 std::uint64_t size, BackendId backend) noexcept;
+}  // namespace detail
+
+inline bool enabled() noexcept { return detail::g_enabled.load(std::memory_order_relaxed); }
+
+inline void record(EventKind kind, int device, std::uint64_t stream, std::uint64_t address,
+                   std::uint64_t size, BackendId backend) noexcept {
+  if (enabled()) detail::record_slow(kind, device, stream, address, size, backend);
+}
+
+// Called once by the router at load (reads GPUSHIM_TRACE*), and at exit to flush.
+void start_from_settings() noexcept;
+void flush() noexcept;
+
+}  // namespace gpushim::tracing
