@@ -1,0 +1,228 @@
+"""Turns the raw output of bench/run_macro.sh into the macro tables (markdown) and one JSONL per workload.
+
+Input, in the results folder, per workload W (torch, cupy):
+  W-plan.tsv          one line per configuration, in run order: name <TAB> how it was run
+  W-<name>.json       the workload's stdout (one JSON line)
+  W-<name>.stderr     its stderr; gpushim's GPUSHIM_STATS table is parsed from here
+  W-<name>.status     "<exit code> <wall seconds>" or "skipped <reason>"
+  meta.json           device, date, commit, command (optional)
+Output: the tables on stdout, and W.jsonl (merged records) plus tables.md in the same folder.
+
+Stdlib only, so it runs anywhere: `python3 bench/macro_report.py bench/results/<run>`.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+WORKLOADS = {
+    # workload: (title, baseline config, rate column, result column, peak-memory target config)
+    "torch": ("PyTorch transformer training (bench/torch_transformer.py)", "default", "steps/s", "last loss",
+              "expandable"),
+    "cupy": ("CuPy FFT + matmul loop (bench/cupy_loop.py)", "pool", "ops/s", "checksum", None),
+}
+TARGET_BACKEND = "tiered"  # gpushim's default backend (allocators/backend_registry.h kDefaultBackend)
+UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+         "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
+
+
+def parse_gpushim_stats(text):
+    """Rows of the GPUSHIM_STATS table (notes/stats_format.md): 'gpushim: <device> <backend> <allocs>
+    <frees> <failed> <n> <unit> <n> <unit> <n> <unit>'. Header and other gpushim lines are skipped."""
+    rows = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 6 or fields[0] != "gpushim:" or not fields[1].isdigit():
+            continue
+        try:
+            row = {"device": int(fields[1]), "backend": fields[2], "allocs": int(fields[3]),
+                   "frees": int(fields[4]), "failed": int(fields[5])}
+        except ValueError:
+            continue
+        names = ("bytes_allocated", "peak_live", "peak_reserved")
+        for k, name in enumerate(names):
+            pair = fields[6 + 2 * k: 8 + 2 * k]
+            if len(pair) == 2 and pair[1] in UNITS:
+                try:
+                    row[name + "_gib"] = round(float(pair[0]) * UNITS[pair[1]] / (1 << 30), 4)
+                except ValueError:
+                    pass
+        rows.append(row)
+    return rows
+
+
+def read_text(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def last_json_line(text):
+    for line in reversed((text or "").splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                return json.loads(line)
+            except ValueError:
+                return None
+    return None
+
+
+def load_workload(folder, workload):
+    plan = read_text(os.path.join(folder, workload + "-plan.tsv"))
+    if plan is None:
+        return None
+    records = []
+    for line in plan.splitlines():
+        if not line.strip():
+            continue
+        name, _, how = line.partition("\t")
+        base = os.path.join(folder, "%s-%s" % (workload, name))
+        rec = last_json_line(read_text(base + ".json")) or {}
+        rec["config"] = name
+        rec["how"] = how
+        status = (read_text(base + ".status") or "").split()
+        if status and status[0] == "skipped":
+            rec["skipped"] = " ".join(status[1:]) or "skipped"
+        elif status:
+            rec["exit_code"] = int(status[0]) if status[0].lstrip("-").isdigit() else status[0]
+            if len(status) > 1:
+                rec["wall_s"] = float(status[1])
+        else:
+            rec.setdefault("error", "not run (no status file)")
+        stderr = read_text(base + ".stderr") or ""
+        if name.startswith("gpushim-"):
+            rec["gpushim_backend_requested"] = name[len("gpushim-"):]
+            rec["gpushim_stats"] = parse_gpushim_stats(stderr)
+        if "rate" not in rec and "error" not in rec and "skipped" not in rec:
+            tail = [l for l in stderr.strip().splitlines() if l.strip()][-1:]
+            code = rec.get("exit_code")
+            why = {124: "timed out", 137: "killed (timeout or out of host memory)"}.get(code, "exit %s" % code)
+            rec["error"] = "%s, no JSON line%s" % (why, (": " + tail[0][:160]) if tail else "")
+        records.append(rec)
+    return records
+
+
+def fmt(value, spec):
+    return "-" if value is None else format(value, spec)
+
+
+def checks(rec, base, tolerance):
+    """Problems worth a flag; an empty list means the row is trustworthy."""
+    flags = []
+    if "skipped" in rec:
+        return ["skipped: " + rec["skipped"]]
+    if "error" in rec:
+        return ["ERROR: " + rec["error"]]
+    if rec.get("exit_code") not in (0, None):
+        flags.append("exit code %s" % rec["exit_code"])
+    if base and base.get("result") is not None and rec.get("result") is not None:
+        ref, got = base["result"], rec["result"]
+        rel = abs(got - ref) / max(abs(ref), 1e-30)
+        if rel > tolerance or got != got:  # got != got: NaN
+            flags.append("RESULT DIFFERS from %s (rel %.1e)" % (base["config"], rel))
+    if "gpushim_stats" in rec:
+        stats = rec["gpushim_stats"]
+        want = rec["gpushim_backend_requested"]
+        if not stats:
+            flags.append("no GPUSHIM_STATS table (gpushim not loaded?)")
+        else:
+            allocs = sum(r["allocs"] for r in stats)
+            if allocs == 0:
+                flags.append("NOT INTERCEPTED: gpushim served 0 allocations")
+            backends = sorted({r["backend"] for r in stats})
+            if want not in backends:
+                flags.append("backend %s served, %s requested" % ("/".join(backends), want))
+            failed = sum(r["failed"] for r in stats)
+            if failed:
+                flags.append("%d failed allocations" % failed)
+    if rec.get("config") == "mallocasync" and rec.get("allocator_backend") not in (None, "cudaMallocAsync"):
+        flags.append("allocator backend is %s" % rec.get("allocator_backend"))
+    if rec.get("nvml_source") not in (None, "process"):
+        flags.append("NVML peak from %s" % rec.get("nvml_source"))
+    return flags
+
+
+def table(workload, records, tolerance):
+    title, base_name, rate_col, result_col, _ = WORKLOADS[workload]
+    base = next((r for r in records if r["config"] == base_name and "rate" in r), None)
+    lines = ["### " + title, "",
+             "| config | %s | ratio to %s | peak GiB (NVML) | framework reserved GiB | gpushim allocs | "
+             "gpushim peak reserved GiB | %s | check |" % (rate_col, base_name, result_col),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for rec in records:
+        rate = rec.get("rate")
+        ratio = rate / base["rate"] if (rate and base) else None
+        reserved = rec.get("torch_max_reserved_gib", rec.get("cupy_pool_total_gib"))
+        stats = rec.get("gpushim_stats") or []
+        allocs = sum(r["allocs"] for r in stats) if stats else None
+        shim_peak = sum(r.get("peak_reserved_gib", 0) for r in stats) if stats else None
+        result = rec.get("result")
+        flags = checks(rec, base if rec is not base else None, tolerance)
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            rec["config"], fmt(rate, ".2f"), fmt(ratio, ".3f"), fmt(rec.get("peak_nvml_gib"), ".2f"),
+            fmt(reserved, ".2f"), fmt(allocs, "d"), fmt(shim_peak, ".2f"),
+            "-" if result is None else repr(result), "; ".join(flags) or "ok"))
+    lines.append("")
+    for rec in records:
+        lines.append("- `%s`: %s" % (rec["config"], rec.get("how", "")))
+    return lines, base
+
+
+def targets(workload, records, base):
+    """The issue's targets, stated as pass/miss with the numbers."""
+    _, base_name, _, _, memory_peer = WORKLOADS[workload]
+    mine = next((r for r in records if r["config"] == "gpushim-" + TARGET_BACKEND), None)
+    out = []
+    if mine is None or "rate" not in mine:
+        return ["- target: gpushim-%s has no result" % TARGET_BACKEND]
+    if base:
+        ratio = mine["rate"] / base["rate"]
+        out.append("- speed: gpushim-%s / %s = %.3f (target >= 1.00): %s" % (
+            TARGET_BACKEND, base_name, ratio, "MET" if ratio >= 1.0 else "MISSED by %.1f%%" % (100 * (1 - ratio))))
+    peer = next((r for r in records if r["config"] == memory_peer), None) if memory_peer else base
+    if peer and peer.get("peak_nvml_gib") is not None and mine.get("peak_nvml_gib") is not None:
+        a, b = mine["peak_nvml_gib"], peer["peak_nvml_gib"]
+        out.append("- memory: gpushim-%s peak %.2f GiB vs %s %.2f GiB (target <=): %s" % (
+            TARGET_BACKEND, a, peer["config"], b, "MET" if a <= b else "MISSED by %.2f GiB" % (a - b)))
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Print the macro benchmark tables from a results folder.")
+    p.add_argument("folder")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="relative difference of loss/checksum to the baseline that is flagged (default 1e-4)")
+    args = p.parse_args(argv)
+
+    meta = last_json_line(read_text(os.path.join(args.folder, "meta.json"))) or {}
+    out = ["## Macro benchmarks", "",
+           "device: %s; date: %s; commit: %s" % (meta.get("device", "?"), meta.get("date", "?"),
+                                                  meta.get("commit", "?")),
+           "command: `%s`" % meta.get("command", "?"), ""]
+    found = False
+    for workload in WORKLOADS:
+        records = load_workload(args.folder, workload)
+        if records is None:
+            continue
+        found = True
+        lines, base = table(workload, records, args.tolerance)
+        out += lines + [""] + targets(workload, records, base) + [""]
+        with open(os.path.join(args.folder, workload + ".jsonl"), "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+    if not found:
+        print("no *-plan.tsv in %s: nothing was run there" % args.folder, file=sys.stderr)
+        return 1
+    text = "\n".join(out)
+    with open(os.path.join(args.folder, "tables.md"), "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
