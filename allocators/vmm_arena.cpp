@@ -1,0 +1,530 @@
+#include "allocators/vmm_arena.h"
+
+#include <algorithm>
+#include <limits>
+#include <new>
+
+namespace gpushim {
+
+enum class RangeState : std::uint8_t { free, live, unmapped };
+
+// One node per range. Ranges tile the reservation in address order (prev/next), so a neighbour is
+// always address-adjacent and coalescing needs no search. Device memory cannot hold boundary tags, so
+// the tags live here, off to the side.
+struct VmmArena::Range {
+  std::uintptr_t start = 0;
+  std::size_t size = 0;
+  Range* prev = nullptr;        // address order
+  Range* next = nullptr;
+  Range* list_prev = nullptr;   // free: its bin; unmapped: the unmapped list; pool: spare list
+  Range* list_next = nullptr;
+  Range* hash_next = nullptr;   // live: hash chain
+  std::size_t requested = 0;    // live: bytes the caller asked for
+  RangeState state = RangeState::unmapped;
+  std::uint8_t first_level = 0;
+  std::uint8_t second_level = 0;
+};
+
+namespace {
+
+constexpr std::size_t kBlockShift = 8;  // blocks are multiples of kMinAlignment (256 B)
+static_assert(kMinAlignment == (std::size_t{1} << kBlockShift));
+// Address space beyond 128 TiB is not there on x86-64 hosts nor useful on the GPU.
+constexpr std::size_t kLargestReservation = std::size_t{1} << 47;
+// Ranges examined per bin when looking for the smallest fit: bounds the time of one allocation when a
+// bin holds many ranges; a range missed here only means the next bin up (within 1/32 in size) is used.
+constexpr int kBinScanLimit = 8;
+constexpr std::size_t kRangesPerPoolBlock = 1024;
+constexpr int kInitialBucketBits = 12;  // 4096 buckets, 32 KiB: enough for typical live counts
+
+std::size_t round_up(std::size_t value, std::size_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+struct BinIndex {
+  int first;
+  int second;
+};
+
+// TLSF mapping: sizes below 32 blocks get one bin per size; above, each power of two is split in 32.
+BinIndex bin_of(std::size_t bytes) {
+  std::size_t units = bytes >> kBlockShift;
+  if (units < (std::size_t{1} << 5)) return {0, static_cast<int>(units)};
+  int msb = 63 - __builtin_clzll(units);
+  return {msb - 4, static_cast<int>((units >> (msb - 5)) - 32)};
+}
+
+std::uint64_t hash_address(std::uintptr_t start, int bits) {
+  return ((start >> kBlockShift) * 0x9E3779B97F4A7C15ull) >> (64 - bits);
+}
+
+}  // namespace
+
+VmmArenaOptions VmmArenaOptions::from(const Settings& settings) noexcept {
+  VmmArenaOptions options;
+  if (settings.vmm_reserve) options.reserve = settings.vmm_reserve;
+  if (settings.vmm_grow_step) options.grow_step = settings.vmm_grow_step;
+  if (settings.vmm_release_threshold) options.release_threshold = settings.vmm_release_threshold;
+  return options;
+}
+
+VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noexcept
+    : provider_(provider),
+      granularity_(provider.granularity()),
+      grow_step_(round_up(std::max(options.grow_step, granularity_), granularity_)),
+      release_threshold_(options.release_threshold) {
+  std::size_t want = round_up(std::min(std::max(options.reserve, granularity_), kLargestReservation),
+                              granularity_);
+  // A provider may refuse a huge reservation (a host with a small address-space limit): halve until one
+  // is granted, but never below one growth step.
+  while (want >= granularity_) {
+    if (void* base = provider_.reserve(want)) {
+      base_ = reinterpret_cast<std::uintptr_t>(base);
+      reserve_bytes_ = want;
+      break;
+    }
+    if (want <= grow_step_) break;
+    want = round_up(want / 2, granularity_);
+  }
+  buckets_.reset(new (std::nothrow) Range*[std::size_t{1} << kInitialBucketBits]());
+  if (buckets_) bucket_bits_ = kInitialBucketBits;
+  if (reserve_bytes_ == 0 || !buckets_) return;
+  Range* all = new_range();
+  if (!all) return;
+  all->start = base_;
+  all->size = reserve_bytes_;
+  head_ = all;
+  insert_unmapped(all);
+}
+
+VmmArena::~VmmArena() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& [start, bytes] : chunks_) provider_.unmap(reinterpret_cast<void*>(start), bytes);
+  chunks_.clear();
+  if (reserve_bytes_) provider_.release_reservation(reinterpret_cast<void*>(base_), reserve_bytes_);
+}
+
+std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings) {
+  return std::unique_ptr<Allocator>(
+      new (std::nothrow) VmmArena(provider, VmmArenaOptions::from(settings)));
+}
+
+// ---- node pool ----
+
+VmmArena::Range* VmmArena::new_range() noexcept {
+  if (!spare_) {
+    std::unique_ptr<Range[]> block(new (std::nothrow) Range[kRangesPerPoolBlock]);
+    if (!block) return nullptr;
+    try {
+      range_blocks_.push_back(nullptr);
+    } catch (...) {
+      return nullptr;
+    }
+    for (std::size_t i = 0; i < kRangesPerPoolBlock; ++i) {
+      block[i].list_next = spare_;
+      spare_ = &block[i];
+    }
+    range_blocks_.back() = std::move(block);
+  }
+  Range* r = spare_;
+  spare_ = r->list_next;
+  *r = Range{};
+  return r;
+}
+
+void VmmArena::recycle(Range* r) noexcept {
+  r->list_next = spare_;
+  spare_ = r;
+}
+
+// ---- free ranges by size ----
+
+void VmmArena::insert_free(Range* r) noexcept {
+  BinIndex bin = bin_of(r->size);
+  r->state = RangeState::free;
+  r->first_level = static_cast<std::uint8_t>(bin.first);
+  r->second_level = static_cast<std::uint8_t>(bin.second);
+  Range*& head = bins_[bin.first][bin.second];
+  r->list_prev = nullptr;
+  r->list_next = head;
+  if (head) head->list_prev = r;
+  head = r;
+  first_level_map_ |= std::uint64_t{1} << bin.first;
+  second_level_map_[bin.first] |= std::uint32_t{1} << bin.second;
+}
+
+void VmmArena::remove_free(Range* r) noexcept {
+  Range*& head = bins_[r->first_level][r->second_level];
+  if (r->list_prev) r->list_prev->list_next = r->list_next;
+  else head = r->list_next;
+  if (r->list_next) r->list_next->list_prev = r->list_prev;
+  r->list_prev = r->list_next = nullptr;
+  if (!head) {
+    second_level_map_[r->first_level] &= ~(std::uint32_t{1} << r->second_level);
+    if (!second_level_map_[r->first_level]) first_level_map_ &= ~(std::uint64_t{1} << r->first_level);
+  }
+}
+
+VmmArena::Range* VmmArena::smallest_fitting(Range* head, std::size_t block, int limit) const noexcept {
+  Range* best = nullptr;
+  int seen = 0;
+  for (Range* r = head; r && seen < limit; r = r->list_next, ++seen) {
+    if (r->size >= block && (!best || r->size < best->size)) {
+      best = r;
+      if (r->size == block) break;
+    }
+  }
+  return best;
+}
+
+VmmArena::Range* VmmArena::find_fit(std::size_t block, int scan_limit) const noexcept {
+  BinIndex bin = bin_of(block);
+  // The request's own bin may hold ranges both smaller and larger than the request.
+  if (Range* r = smallest_fitting(bins_[bin.first][bin.second], block, scan_limit)) return r;
+  // Every range in a higher bin fits; the lowest non-empty one holds the best fits.
+  std::uint64_t second = bin.second + 1 < kSecondLevels
+                             ? second_level_map_[bin.first] & (~std::uint32_t{0} << (bin.second + 1))
+                             : 0;
+  int first = bin.first;
+  if (!second) {
+    std::uint64_t firsts = bin.first + 1 < 64 ? first_level_map_ & (~std::uint64_t{0} << (bin.first + 1)) : 0;
+    if (!firsts) return nullptr;
+    first = __builtin_ctzll(firsts);
+    second = second_level_map_[first];
+  }
+  return smallest_fitting(bins_[first][__builtin_ctzll(second)], block, scan_limit);
+}
+
+// ---- live blocks by address ----
+
+void VmmArena::hash_insert(Range* r) noexcept {
+  Range*& bucket = buckets_[hash_address(r->start, bucket_bits_)];
+  r->hash_next = bucket;
+  bucket = r;
+  ++live_count_;
+  maybe_grow_hash();
+}
+
+VmmArena::Range* VmmArena::hash_remove(std::uintptr_t start) noexcept {
+  Range** link = &buckets_[hash_address(start, bucket_bits_)];
+  for (Range* r = *link; r; link = &r->hash_next, r = r->hash_next) {
+    if (r->start == start) {
+      *link = r->hash_next;
+      r->hash_next = nullptr;
+      --live_count_;
+      return r;
+    }
+  }
+  return nullptr;
+}
+
+void VmmArena::maybe_grow_hash() noexcept {
+  // Keep chains short (load factor <= 1). Doubling is amortized; if memory is short, chains just grow.
+  std::size_t buckets = std::size_t{1} << bucket_bits_;
+  if (live_count_ <= buckets || bucket_bits_ >= 40) return;
+  int bits = bucket_bits_ + 1;
+  std::unique_ptr<Range*[]> grown(new (std::nothrow) Range*[std::size_t{1} << bits]());
+  if (!grown) return;
+  for (std::size_t i = 0; i < buckets; ++i) {
+    for (Range* r = buckets_[i]; r;) {
+      Range* next = r->hash_next;
+      Range*& bucket = grown[hash_address(r->start, bits)];
+      r->hash_next = bucket;
+      bucket = r;
+      r = next;
+    }
+  }
+  buckets_ = std::move(grown);
+  bucket_bits_ = bits;
+}
+
+// ---- unmapped ranges and address order ----
+
+void VmmArena::insert_unmapped(Range* r) noexcept {
+  r->state = RangeState::unmapped;
+  r->list_prev = nullptr;
+  r->list_next = unmapped_;
+  if (unmapped_) unmapped_->list_prev = r;
+  unmapped_ = r;
+}
+
+void VmmArena::remove_unmapped(Range* r) noexcept {
+  if (r->list_prev) r->list_prev->list_next = r->list_next;
+  else unmapped_ = r->list_next;
+  if (r->list_next) r->list_next->list_prev = r->list_prev;
+  r->list_prev = r->list_next = nullptr;
+}
+
+void VmmArena::link_before(Range* r, Range* next) noexcept {
+  r->next = next;
+  r->prev = next->prev;
+  if (next->prev) next->prev->next = r;
+  else head_ = r;
+  next->prev = r;
+}
+
+void VmmArena::unlink(Range* r) noexcept {
+  if (r->prev) r->prev->next = r->next;
+  else head_ = r->next;
+  if (r->next) r->next->prev = r->prev;
+}
+
+VmmArena::Range* VmmArena::merge_free_neighbours(Range* r) noexcept {
+  if (Range* prev = r->prev; prev && prev->state == RangeState::free) {
+    remove_free(prev);
+    prev->size += r->size;
+    unlink(r);
+    recycle(r);
+    r = prev;
+  }
+  if (Range* next = r->next; next && next->state == RangeState::free) {
+    remove_free(next);
+    r->size += next->size;
+    unlink(next);
+    recycle(next);
+  }
+  return r;
+}
+
+// ---- the hot path ----
+
+void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (bytes == 0 || bytes > reserve_bytes_) {
+    ++failed_;
+    return nullptr;
+  }
+  std::size_t block = round_up(bytes, kMinAlignment);
+  Range* r = find_fit(block, kBinScanLimit);
+  if (!r && grow(block)) r = find_fit(block, kBinScanLimit);
+  // Before reporting out-of-memory, make sure no fitting range hid beyond the bounded scan.
+  if (!r) r = find_fit(block, std::numeric_limits<int>::max());
+  if (!r) {
+    ++failed_;
+    return nullptr;
+  }
+  remove_free(r);
+  if (r->size > block) {
+    // Hand out the front, keep the rest free. Without a spare node the whole range goes out (its excess
+    // shows as internal waste) rather than failing.
+    if (Range* rest = new_range()) {
+      rest->start = r->start + block;
+      rest->size = r->size - block;
+      rest->next = r->next;
+      rest->prev = r;
+      if (r->next) r->next->prev = rest;
+      r->next = rest;
+      r->size = block;
+      insert_free(rest);
+    }
+  }
+  r->state = RangeState::live;
+  r->requested = bytes;
+  hash_insert(r);
+  ++allocations_;
+  bytes_in_use_ += bytes;
+  peak_bytes_in_use_ = std::max(peak_bytes_in_use_, bytes_in_use_);
+  live_block_bytes_ += r->size;
+  return reinterpret_cast<void*>(r->start);
+}
+
+void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!buckets_) return;
+  Range* r = hash_remove(reinterpret_cast<std::uintptr_t>(p));
+  if (!r) return;  // the router validates ownership; nothing sane to do with a stranger here
+  ++deallocations_;
+  bytes_in_use_ -= r->requested;
+  live_block_bytes_ -= r->size;
+  r->requested = 0;
+  r->state = RangeState::free;
+  r = merge_free_neighbours(r);
+  insert_free(r);
+  if (cached_bytes() > release_threshold_ && r->size >= granularity_) release_chunks_inside(r, true);
+}
+
+// ---- physical memory ----
+
+bool VmmArena::grow(std::size_t block) noexcept {
+  // Pick the lowest unmapped range that can make `block` fit. Mapping at its start extends the free
+  // range just below it, so a large block fits contiguously behind a free tail; lowest first keeps the
+  // used address space compact (holes left by give-back are refilled before the tail moves up).
+  Range* target = nullptr;
+  std::size_t target_need = 0;
+  for (Range* u = unmapped_; u; u = u->list_next) {
+    std::size_t below = u->prev && u->prev->state == RangeState::free ? u->prev->size : 0;
+    std::size_t above = u->next && u->next->state == RangeState::free ? u->next->size : 0;
+    std::size_t need = block > below ? round_up(block - below, granularity_) : granularity_;
+    if (need > u->size && below + u->size + above < block) continue;
+    if (!target || u->start < target->start) {
+      target = u;
+      target_need = need;
+    }
+  }
+  if (!target) return false;
+  std::size_t least = std::min(target_need, target->size);
+  std::size_t step = std::min(target->size, std::max(grow_step_, target_need));
+  // A full step may not fit under a cap that the bare need still fits: try the need alone before failing.
+  return map_into(target, step) || (step > least && map_into(target, least));
+}
+
+bool VmmArena::map_into(Range* unmapped, std::size_t bytes) noexcept {
+  auto* addr = reinterpret_cast<void*>(unmapped->start);
+  Range* mapped = unmapped;
+  if (bytes < unmapped->size) {
+    mapped = new_range();
+    if (!mapped) return false;
+  }
+  if (!provider_.map(addr, bytes)) {
+    if (mapped != unmapped) recycle(mapped);
+    return false;
+  }
+  try {
+    chunks_.emplace(unmapped->start, bytes);
+  } catch (...) {
+    provider_.unmap(addr, bytes);
+    if (mapped != unmapped) recycle(mapped);
+    return false;
+  }
+  if (mapped == unmapped) {
+    remove_unmapped(unmapped);
+  } else {
+    mapped->start = unmapped->start;
+    mapped->size = bytes;
+    link_before(mapped, unmapped);
+    unmapped->start += bytes;
+    unmapped->size -= bytes;
+  }
+  mapped_ += bytes;
+  peak_mapped_ = std::max(peak_mapped_, mapped_);
+  mapped->state = RangeState::free;
+  insert_free(merge_free_neighbours(mapped));
+  return true;
+}
+
+// Gives back `chunk`, which lies inside `free_range` (removed from its bin by the caller or not: handled
+// here). Returns the unmapped range that now covers the chunk, or nullptr if it could not be done.
+VmmArena::Range* VmmArena::release_chunk(Range* free_range,
+                                         std::map<std::uintptr_t, std::size_t>::iterator chunk) noexcept {
+  std::uintptr_t start = chunk->first;
+  std::size_t bytes = chunk->second;
+  std::uintptr_t end = start + bytes;
+  std::uintptr_t range_end = free_range->start + free_range->size;
+  Range* left = start > free_range->start ? new_range() : nullptr;
+  Range* right = end < range_end ? new_range() : nullptr;
+  if ((start > free_range->start && !left) || (end < range_end && !right)) {
+    if (left) recycle(left);
+    if (right) recycle(right);
+    return nullptr;
+  }
+  remove_free(free_range);
+  provider_.unmap(reinterpret_cast<void*>(start), bytes);
+  chunks_.erase(chunk);
+  mapped_ -= bytes;
+  if (left) {
+    left->start = free_range->start;
+    left->size = start - free_range->start;
+    link_before(left, free_range);
+    insert_free(left);
+  }
+  if (right) {
+    right->start = end;
+    right->size = range_end - end;
+    right->prev = free_range;
+    right->next = free_range->next;
+    if (free_range->next) free_range->next->prev = right;
+    free_range->next = right;
+    insert_free(right);
+  }
+  Range* hole = free_range;
+  hole->start = start;
+  hole->size = bytes;
+  hole->state = RangeState::unmapped;
+  if (Range* prev = hole->prev; prev && prev->state == RangeState::unmapped) {
+    prev->size += hole->size;
+    unlink(hole);
+    recycle(hole);
+    hole = prev;
+  } else {
+    insert_unmapped(hole);
+  }
+  if (Range* next = hole->next; next && next->state == RangeState::unmapped) {
+    remove_unmapped(next);
+    hole->size += next->size;
+    unlink(next);
+    recycle(next);
+  }
+  return hole;
+}
+
+std::size_t VmmArena::release_chunks_inside(Range* free_range, bool only_above_threshold) noexcept {
+  std::size_t released = 0;
+  auto chunk = chunks_.lower_bound(free_range->start);
+  while (free_range && free_range->state == RangeState::free && chunk != chunks_.end() &&
+         chunk->first + chunk->second <= free_range->start + free_range->size) {
+    if (only_above_threshold && cached_bytes() <= release_threshold_) break;
+    auto next_chunk = std::next(chunk);
+    std::size_t bytes = chunk->second;
+    Range* hole = release_chunk(free_range, chunk);
+    if (!hole) break;
+    released += bytes;
+    free_range = hole->next;  // the free rest of the range, if any
+    chunk = next_chunk;
+  }
+  return released;
+}
+
+std::size_t VmmArena::release_cached() noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::size_t released = 0;
+  // Walk ranges and chunks together in address order: a chunk goes back when one free range covers it.
+  Range* r = head_;
+  auto chunk = chunks_.begin();
+  while (r && chunk != chunks_.end()) {
+    if (r->start + r->size <= chunk->first) {
+      r = r->next;
+      continue;
+    }
+    if (r->state == RangeState::free && r->start <= chunk->first &&
+        chunk->first + chunk->second <= r->start + r->size) {
+      auto next_chunk = std::next(chunk);
+      std::size_t bytes = chunk->second;
+      Range* hole = release_chunk(r, chunk);
+      if (!hole) break;
+      released += bytes;
+      r = hole;
+      chunk = next_chunk;
+    } else {
+      ++chunk;  // a live block touches this chunk
+    }
+  }
+  return released;
+}
+
+AllocatorStats VmmArena::stats() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  AllocatorStats s;
+  s.allocations = allocations_;
+  s.deallocations = deallocations_;
+  s.failed_allocations = failed_;
+  s.bytes_in_use = bytes_in_use_;
+  s.peak_bytes_in_use = peak_bytes_in_use_;
+  s.bytes_reserved = mapped_;
+  s.peak_bytes_reserved = peak_mapped_;
+  s.bytes_cached = cached_bytes();
+  s.internal_waste = live_block_bytes_ - bytes_in_use_;
+  if (first_level_map_) {
+    int first = 63 - __builtin_clzll(first_level_map_);
+    int second = 31 - __builtin_clz(second_level_map_[first]);
+    for (Range* r = bins_[first][second]; r; r = r->list_next)
+      s.largest_free_block = std::max<std::uint64_t>(s.largest_free_block, r->size);
+  }
+  return s;
+}
+
+std::size_t VmmArena::chunk_count() const noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return chunks_.size();
+}
+
+}  // namespace gpushim

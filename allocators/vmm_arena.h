@@ -1,0 +1,139 @@
+// The growable VMM arena: one large virtual range reserved once per device, physical memory mapped into
+// it in steps as the program needs it, blocks carved by best fit with coalescing, idle physical memory
+// given back above a threshold. Memory comes only from a MemoryProvider, so the same code runs on the
+// GPU (CudaVmmProvider) and on host memory (HostProvider) in the CPU tests.
+//
+// Why a VMM arena: DESIGN.md measured cudaMalloc at 2-100 us and cudaFree at up to 640 us per call, while
+// mapping costs 45-75 us per step regardless of the block count it serves. Reserving address space is
+// nearly free (14 us for 1 TiB), so one reservation per device lets a large block always be served from
+// contiguous addresses by mapping more memory right behind the free tail, without moving anything.
+//
+// Structure (all inside one mutex; see vmm_arena.cpp for the layout):
+// - The reservation is covered, in address order, by ranges: live blocks, free ranges (mapped, unused)
+//   and unmapped ranges. Neighbouring free ranges are always merged, so a free range is maximal.
+// - Free ranges are indexed by size in TLSF bins (two-level segregated fit, 32 bins per power of two),
+//   which finds a fitting range in O(1) with bitmaps; within the bins searched, the smallest fitting
+//   range wins, so the fit is best to within 1/32 of the size.
+// - Live blocks are found by address through an intrusive hash table; range nodes come from a pool, so
+//   allocate/free do not call malloc except when the pool or table grows (amortized, rare).
+// - Physical memory is tracked as chunks, one per provider map() call, because the driver can only unmap
+//   a whole mapping. A chunk goes back when no live block touches it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "allocators/allocator.h"
+#include "config/settings.h"
+#include "providers/memory_provider.h"
+
+namespace gpushim {
+
+// 256 GiB of address space per device: larger than the memory of any current GPU (H200: 141 GB,
+// B200: 192 GB) so the arena never runs out of addresses before memory, and cheap (reserving 1 TiB took
+// 14 us on the H100). Falls back to smaller reservations when the provider refuses.
+inline constexpr std::size_t kDefaultVmmReserve = std::size_t{256} << 30;
+// 32 MiB per growth: one map step costs ~45 us at 2 MiB and ~75 us at 512 MiB (cuMemCreate + cuMemMap +
+// cuMemSetAccess, DESIGN.md), so 2 MiB steps would pay that every 2 MiB of growth; 32 MiB pays it 16x
+// less often while staying well under 0.1% of an 80 GB device. Larger requests map what they need.
+inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{32} << 20;
+// Keep up to 1 GiB of idle physical memory mapped: a training loop's live bytes swing by hundreds of MiB
+// per step (varying sequence length), and giving that back and mapping it again costs ~100 us per
+// 32 MiB chunk each time. 1 GiB is ~1.2% of an H100; cuMemGetInfo reports it as free anyway.
+inline constexpr std::size_t kDefaultVmmReleaseThreshold = std::size_t{1} << 30;
+
+struct VmmArenaOptions {
+  std::size_t reserve = kDefaultVmmReserve;
+  std::size_t grow_step = kDefaultVmmGrowStep;
+  std::size_t release_threshold = kDefaultVmmReleaseThreshold;
+
+  // A setting of 0 means "not set": the default above is used.
+  static VmmArenaOptions from(const Settings& settings) noexcept;
+};
+
+class VmmArena final : public Allocator {
+ public:
+  // `provider` must outlive the arena. Reserves the address space at once; if no reservation can be had,
+  // every allocation fails (returns nullptr).
+  VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noexcept;
+  ~VmmArena() override;  // unmaps every chunk and releases the reservation
+  VmmArena(const VmmArena&) = delete;
+  VmmArena& operator=(const VmmArena&) = delete;
+
+  const char* name() const noexcept override { return "vmm"; }
+  void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
+  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  std::size_t release_cached() noexcept override;
+  AllocatorStats stats() const noexcept override;
+
+  std::size_t reserved_bytes() const noexcept { return reserve_bytes_; }  // address space held
+  std::size_t grow_step() const noexcept { return grow_step_; }
+  std::size_t chunk_count() const noexcept;  // provider mappings currently held
+
+  struct Range;  // defined in vmm_arena.cpp
+
+ private:
+  static constexpr int kSecondLevelBits = 5;  // 32 bins per power of two: fit within 1/32
+  static constexpr int kSecondLevels = 1 << kSecondLevelBits;
+  static constexpr int kFirstLevels = 41;     // sizes below 2^53 bytes; reservations are capped at 2^47
+
+  // Node pool.
+  Range* new_range() noexcept;
+  void recycle(Range* r) noexcept;
+  // Size index of free ranges.
+  void insert_free(Range* r) noexcept;
+  void remove_free(Range* r) noexcept;
+  Range* find_fit(std::size_t block, int scan_limit) const noexcept;
+  Range* smallest_fitting(Range* head, std::size_t block, int limit) const noexcept;
+  // Live blocks by address.
+  void hash_insert(Range* r) noexcept;
+  Range* hash_remove(std::uintptr_t start) noexcept;
+  void maybe_grow_hash() noexcept;
+  // Unmapped ranges.
+  void insert_unmapped(Range* r) noexcept;
+  void remove_unmapped(Range* r) noexcept;
+  // Address order.
+  void link_before(Range* r, Range* next) noexcept;
+  void unlink(Range* r) noexcept;
+  Range* merge_free_neighbours(Range* r) noexcept;  // r is free and not in a bin
+  // Physical memory.
+  bool grow(std::size_t block) noexcept;
+  bool map_into(Range* unmapped, std::size_t bytes) noexcept;
+  Range* release_chunk(Range* free_range, std::map<std::uintptr_t, std::size_t>::iterator chunk) noexcept;
+  std::size_t release_chunks_inside(Range* free_range, bool only_above_threshold) noexcept;
+  std::size_t cached_bytes() const noexcept { return mapped_ - live_block_bytes_; }
+
+  MemoryProvider& provider_;
+  const std::size_t granularity_;
+  const std::size_t grow_step_;
+  const std::size_t release_threshold_;
+  std::uintptr_t base_ = 0;
+  std::size_t reserve_bytes_ = 0;
+
+  mutable std::mutex mutex_;
+  Range* head_ = nullptr;       // first range in address order
+  Range* unmapped_ = nullptr;   // list of unmapped ranges (few: holes left by give-back, and the tail)
+  Range* spare_ = nullptr;      // node pool
+  std::vector<std::unique_ptr<Range[]>> range_blocks_;
+  std::uint64_t first_level_map_ = 0;
+  std::uint32_t second_level_map_[kFirstLevels] = {};
+  Range* bins_[kFirstLevels][kSecondLevels] = {};
+  std::unique_ptr<Range*[]> buckets_;
+  int bucket_bits_ = 0;
+  std::size_t live_count_ = 0;
+  std::map<std::uintptr_t, std::size_t> chunks_;  // start -> bytes, one per provider map() call
+
+  // Counters (under mutex_).
+  std::uint64_t allocations_ = 0, deallocations_ = 0, failed_ = 0;
+  std::size_t bytes_in_use_ = 0, peak_bytes_in_use_ = 0;
+  std::size_t live_block_bytes_ = 0;  // sum of block sizes (rounded) of live blocks
+  std::size_t mapped_ = 0, peak_mapped_ = 0;
+};
+
+std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings);
+
+}  // namespace gpushim

@@ -1,0 +1,37 @@
+# Tests of the algorithms over host memory (owner: vmm): the providers, the vmm arena, the decorators,
+# and the conformance suite every provider-backed backend must pass.
+
+# The vmm pieces alone, so their tests build even while other backends in gpushim_algorithms are not
+# there yet (the registry lists every backend's factory).
+add_library(gpushim_vmm_pieces STATIC
+  ${CMAKE_SOURCE_DIR}/allocators/vmm_arena.cpp
+  ${CMAKE_SOURCE_DIR}/allocators/statistics_allocator.cpp
+  ${CMAKE_SOURCE_DIR}/allocators/limiting_allocator.cpp)
+target_link_libraries(gpushim_vmm_pieces PUBLIC gpushim_providers Threads::Threads)
+
+foreach(test host_provider_test vmm_arena_test decorators_test)
+  add_executable(${test} ${CMAKE_CURRENT_SOURCE_DIR}/${test}.cpp)
+  target_link_libraries(${test} PRIVATE gpushim_vmm_pieces GTest::gtest_main)
+  gtest_discover_tests(${test} DISCOVERY_TIMEOUT 30)
+endforeach()
+
+# Runs over backend_table(), so it needs every registered backend's sources.
+set(gpushim_registered_backend_sources buddy_allocator.cpp slab_allocator.cpp tiered_allocator.cpp)
+set(gpushim_all_backends_present TRUE)
+foreach(src ${gpushim_registered_backend_sources})
+  if(NOT EXISTS ${CMAKE_SOURCE_DIR}/allocators/${src})
+    set(gpushim_all_backends_present FALSE)
+  endif()
+endforeach()
+if(gpushim_all_backends_present)
+  add_executable(allocator_conformance_test ${CMAKE_CURRENT_SOURCE_DIR}/allocator_conformance_test.cpp)
+  target_link_libraries(allocator_conformance_test PRIVATE gpushim_algorithms GTest::gtest_main)
+  gtest_discover_tests(allocator_conformance_test DISCOVERY_TIMEOUT 30)
+endif()
+
+# CPU micro-benchmark of the arena's alloc+free pair: a program, not a test.
+find_package(benchmark QUIET)
+if(benchmark_FOUND)
+  add_executable(cpu_alloc_bench ${CMAKE_SOURCE_DIR}/bench/cpu_alloc_bench.cpp)
+  target_link_libraries(cpu_alloc_bench PRIVATE gpushim_vmm_pieces benchmark::benchmark)
+endif()

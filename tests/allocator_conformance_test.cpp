@@ -1,0 +1,210 @@
+// What every provider-backed backend must do (RMM's shared resource tests): run over every backend in
+// backend_table() that has a factory, on host memory, so a new backend is covered by being registered.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "allocators/backend_registry.h"
+#include "providers/host_provider.h"
+#include "tests/block_pattern.h"
+
+namespace gpushim {
+namespace {
+
+using testing::fill_block;
+using testing::verify_block;
+
+constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
+constexpr std::size_t kCap = 96 * MiB;  // physical memory of the pretend device
+
+std::vector<std::string> provider_backends() {
+  std::vector<std::string> names;
+  for (const BackendInfo& info : backend_table())
+    if (info.factory) names.push_back(info.name);
+  return names;
+}
+
+// Sizes that keep every backend's host reservation modest.
+Settings small_settings() {
+  Settings s;
+  s.vmm_reserve = 512 * MiB;
+  s.vmm_grow_step = 2 * MiB;
+  s.vmm_release_threshold = 8 * MiB;
+  s.buddy_region = 32 * MiB;
+  s.slab_max_size = MiB;
+  s.tiered_split = MiB;
+  return s;
+}
+
+class AllocatorConformance : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    const BackendInfo* info = find_backend(GetParam());
+    ASSERT_NE(info, nullptr);
+    ASSERT_NE(info->factory, nullptr);
+    backend_ = info->factory(provider_, small_settings());
+    ASSERT_NE(backend_, nullptr);
+  }
+  void TearDown() override {
+    backend_.reset();
+    EXPECT_EQ(provider_.bytes_mapped(), 0u) << "the backend leaked mappings on destruction";
+    EXPECT_EQ(provider_.misuse_count(), 0u) << "a map/unmap the CUDA driver would refuse";
+  }
+  // The router's out-of-memory policy: release cached memory, retry once.
+  void* allocate_like_the_router(std::size_t bytes) {
+    if (void* p = backend_->allocate(bytes, 0)) return p;
+    backend_->release_cached();
+    return backend_->allocate(bytes, 0);
+  }
+
+  std::string describe(std::size_t bytes) const {
+    AllocatorStats s = backend_->stats();
+    return "request " + std::to_string(bytes) + " B; in use " + std::to_string(s.bytes_in_use) +
+           ", reserved " + std::to_string(s.bytes_reserved) + ", cached " + std::to_string(s.bytes_cached) +
+           ", provider mapped " + std::to_string(provider_.bytes_mapped()) + " of " + std::to_string(kCap);
+  }
+
+  HostProvider provider_{HostProvider::kDefaultGranularity, kCap};
+  std::unique_ptr<Allocator> backend_;
+};
+
+TEST_P(AllocatorConformance, NameMatchesTheRegistry) { EXPECT_EQ(GetParam(), backend_->name()); }
+
+TEST_P(AllocatorConformance, BlocksAreAlignedDisjointAndKeepTheirContents) {
+  std::mt19937_64 rng(7);
+  std::map<std::uintptr_t, std::pair<std::size_t, std::uint64_t>> live;
+  for (std::uint64_t tag = 1; tag <= 400; ++tag) {
+    // Live requests stay near 20 MiB, so backends that round up to powers of two fit under kCap too.
+    std::size_t bytes = 1 + rng() % (rng() % 8 ? 8 * KiB : 2 * MiB);
+    void* p = allocate_like_the_router(bytes);
+    ASSERT_NE(p, nullptr) << describe(bytes);
+    auto a = reinterpret_cast<std::uintptr_t>(p);
+    ASSERT_EQ(a % kMinAlignment, 0u) << bytes;
+    auto next = live.lower_bound(a);
+    if (next != live.end()) {
+      ASSERT_GE(next->first, a + bytes);
+    }
+    if (next != live.begin()) {
+      ASSERT_LE(std::prev(next)->first + std::prev(next)->second.first, a);
+    }
+    fill_block(p, bytes, tag);
+    live.emplace(a, std::make_pair(bytes, tag));
+    if (rng() % 2 == 0) {
+      auto victim = live.begin();
+      std::advance(victim, rng() % live.size());
+      ASSERT_TRUE(verify_block(reinterpret_cast<void*>(victim->first), victim->second.first,
+                               victim->second.second));
+      backend_->deallocate(reinterpret_cast<void*>(victim->first), victim->second.first, 0);
+      live.erase(victim);
+    }
+  }
+  for (auto& [a, block] : live) {
+    ASSERT_TRUE(verify_block(reinterpret_cast<void*>(a), block.first, block.second));
+    backend_->deallocate(reinterpret_cast<void*>(a), block.first, 0);
+  }
+}
+
+TEST_P(AllocatorConformance, StatsAddUp) {
+  std::vector<std::pair<void*, std::size_t>> blocks;
+  std::size_t requested = 0;
+  for (std::size_t bytes : {100ul, 256ul, 5000ul, 70000ul, 300000ul, MiB, 3 * MiB + 5}) {
+    void* p = backend_->allocate(bytes, 0);
+    ASSERT_NE(p, nullptr);
+    blocks.emplace_back(p, bytes);
+    requested += bytes;
+  }
+  AllocatorStats s = backend_->stats();
+  EXPECT_EQ(s.allocations, blocks.size());
+  EXPECT_EQ(s.deallocations, 0u);
+  EXPECT_EQ(s.bytes_in_use, requested);
+  EXPECT_GE(s.peak_bytes_in_use, requested);
+  EXPECT_EQ(s.bytes_reserved, provider_.bytes_mapped());
+  EXPECT_GE(s.bytes_reserved, requested);
+  EXPECT_GE(s.peak_bytes_reserved, s.bytes_reserved);
+  EXPECT_LE(s.bytes_cached, s.bytes_reserved - requested);
+  EXPECT_LE(s.largest_free_block, s.bytes_cached);
+  for (auto [p, n] : blocks) backend_->deallocate(p, n, 0);
+  s = backend_->stats();
+  EXPECT_EQ(s.deallocations, blocks.size());
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.internal_waste, 0u);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved);
+  backend_->release_cached();
+  EXPECT_EQ(provider_.bytes_mapped(), 0u) << "release_cached() must give back all memory no block holds";
+  EXPECT_EQ(backend_->stats().bytes_reserved, 0u);
+}
+
+TEST_P(AllocatorConformance, OutOfMemoryReturnsNullThenRecoversAfterFrees) {
+  std::vector<void*> blocks;
+  void* p;
+  while ((p = allocate_like_the_router(MiB)) != nullptr) {
+    blocks.push_back(p);
+    ASSERT_LE(blocks.size(), kCap / MiB) << "more memory handed out than the provider has";
+  }
+  EXPECT_GE(blocks.size(), kCap / MiB / 2) << "the backend wastes over half of memory";
+  EXPECT_GE(backend_->stats().failed_allocations, 1u);
+  for (std::size_t i = 0; i < blocks.size(); i += 2) backend_->deallocate(blocks[i], MiB, 0);
+  void* again = allocate_like_the_router(MiB);
+  ASSERT_NE(again, nullptr);
+  backend_->deallocate(again, MiB, 0);
+  for (std::size_t i = 1; i < blocks.size(); i += 2) backend_->deallocate(blocks[i], MiB, 0);
+  // With everything free, a large block fits again.
+  void* big = allocate_like_the_router(16 * MiB);
+  ASSERT_NE(big, nullptr);
+  backend_->deallocate(big, 16 * MiB, 0);
+}
+
+TEST_P(AllocatorConformance, ManyThreadsKeepTheirBlocksApart) {
+  std::atomic<int> corrupted{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(1000 + t);
+      std::vector<std::tuple<void*, std::size_t, std::uint64_t>> mine;
+      std::uint64_t tag = std::uint64_t(t) << 40;
+      for (int op = 0; op < 2000; ++op) {
+        if (!mine.empty() && (rng() % 2 || mine.size() > 32)) {
+          std::size_t i = rng() % mine.size();
+          auto [p, n, tg] = mine[i];
+          if (!verify_block(p, n, tg)) ++corrupted;
+          backend_->deallocate(p, n, 0);
+          mine[i] = mine.back();
+          mine.pop_back();
+        } else {
+          std::size_t n = 1 + rng() % (rng() % 8 ? 16 * KiB : MiB);
+          void* p = allocate_like_the_router(n);
+          if (!p) {
+            ++failures;
+            continue;
+          }
+          if (reinterpret_cast<std::uintptr_t>(p) % kMinAlignment) ++corrupted;
+          fill_block(p, n, ++tag);
+          mine.emplace_back(p, n, tag);
+        }
+      }
+      for (auto [p, n, tg] : mine) {
+        if (!verify_block(p, n, tg)) ++corrupted;
+        backend_->deallocate(p, n, 0);
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(corrupted.load(), 0);
+  EXPECT_EQ(failures.load(), 0) << "requests stay far below the cap; " << describe(0);
+  AllocatorStats s = backend_->stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+}
+
+INSTANTIATE_TEST_SUITE_P(EveryProviderBackend, AllocatorConformance,
+                         ::testing::ValuesIn(provider_backends()),
+                         [](const ::testing::TestParamInfo<std::string>& info) { return info.param; });
+
+}  // namespace
+}  // namespace gpushim

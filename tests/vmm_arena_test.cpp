@@ -1,0 +1,359 @@
+// The VMM arena on host memory: the same algorithm code that runs on the GPU.
+#include "allocators/vmm_arena.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <map>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "providers/host_provider.h"
+#include "tests/block_pattern.h"
+
+namespace gpushim {
+namespace {
+
+using testing::fill_block;
+using testing::verify_block;
+
+constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
+constexpr std::size_t kGranule = 64 * KiB;  // smaller than the H100's 2 MiB: more chunk boundaries
+
+VmmArenaOptions options(std::size_t reserve, std::size_t step, std::size_t threshold) {
+  VmmArenaOptions o;
+  o.reserve = reserve;
+  o.grow_step = step;
+  o.release_threshold = threshold;
+  return o;
+}
+
+std::uintptr_t address(void* p) { return reinterpret_cast<std::uintptr_t>(p); }
+
+TEST(VmmArena, ReservesOnceAndMapsNothingUntilAsked) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  EXPECT_EQ(arena.reserved_bytes(), 64 * MiB);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(arena.stats().bytes_reserved, 0u);
+}
+
+TEST(VmmArena, BlocksAreAlignedAndHoldTheirOwnBytes) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  std::vector<std::pair<void*, std::size_t>> blocks;
+  for (std::size_t bytes : {1ul, 7ul, 255ul, 256ul, 257ul, 1000ul, 4096ul, 65535ul, 65536ul, 300000ul,
+                            MiB + 1, 3 * MiB}) {
+    void* p = arena.allocate(bytes, 0);
+    ASSERT_NE(p, nullptr) << bytes;
+    EXPECT_EQ(address(p) % kMinAlignment, 0u) << bytes;
+    fill_block(p, bytes, blocks.size());
+    blocks.emplace_back(p, bytes);
+  }
+  for (std::size_t i = 0; i < blocks.size(); ++i) {
+    EXPECT_TRUE(verify_block(blocks[i].first, blocks[i].second, i)) << blocks[i].second;
+    arena.deallocate(blocks[i].first, blocks[i].second, 0);
+  }
+  AllocatorStats s = arena.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.internal_waste, 0u);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(VmmArena, FreedNeighboursCoalesceSoABigBlockFitsWithoutGrowing) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  void* quarter[4];
+  for (auto& p : quarter) ASSERT_NE(p = arena.allocate(256 * KiB, 0), nullptr);
+  EXPECT_EQ(provider.bytes_mapped(), MiB);
+  EXPECT_EQ(arena.stats().largest_free_block, 0u);
+  for (int i : {1, 3, 0, 2}) arena.deallocate(quarter[i], 256 * KiB, 0);
+  EXPECT_EQ(arena.stats().largest_free_block, MiB);  // one range, not four
+  std::size_t maps = provider.map_calls();
+  void* whole = arena.allocate(MiB, 0);
+  EXPECT_EQ(whole, quarter[0]);
+  EXPECT_EQ(provider.map_calls(), maps);
+  arena.deallocate(whole, MiB, 0);
+}
+
+TEST(VmmArena, GrowthExtendsTheFreeTailContiguously) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  void* a = arena.allocate(512 * KiB, 0);
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(provider.bytes_mapped(), MiB);
+  // 1.5 MiB: the 512 KiB free tail plus 1 MiB mapped right behind it.
+  void* b = arena.allocate(MiB + 512 * KiB, 0);
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(address(b), address(a) + 512 * KiB);
+  EXPECT_EQ(provider.bytes_mapped(), 2 * MiB);
+  EXPECT_EQ(arena.chunk_count(), 2u);
+  // A request larger than the step maps what it needs in one chunk.
+  void* c = arena.allocate(5 * MiB, 0);
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(provider.bytes_mapped(), 7 * MiB);
+  for (auto [p, n] : {std::pair{a, 512 * KiB}, {b, MiB + 512 * KiB}, {c, 5 * MiB}}) arena.deallocate(p, n, 0);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(VmmArena, ReleaseCachedGivesBackOnlyChunksNoLiveBlockTouches) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, kGranule, 64 * MiB));
+  void* first = arena.allocate(32 * KiB, 0);
+  void* spanning = arena.allocate(64 * KiB, 0);  // [32K, 96K): across the first two chunks
+  ASSERT_NE(first, nullptr);
+  ASSERT_NE(spanning, nullptr);
+  EXPECT_EQ(address(spanning), address(first) + 32 * KiB);
+  EXPECT_EQ(arena.chunk_count(), 2u);
+  arena.deallocate(first, 32 * KiB, 0);
+  EXPECT_EQ(arena.release_cached(), 0u);  // both chunks hold part of `spanning`
+  EXPECT_EQ(provider.bytes_mapped(), 2 * kGranule);
+  arena.deallocate(spanning, 64 * KiB, 0);
+  EXPECT_EQ(arena.release_cached(), 2 * kGranule);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(arena.stats().bytes_reserved, 0u);
+  EXPECT_EQ(arena.stats().bytes_cached, 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);  // every unmap was exactly one earlier map
+  // The arena maps again into the hole it left.
+  void* again = arena.allocate(100 * KiB, 0);
+  EXPECT_EQ(again, first);
+  arena.deallocate(again, 100 * KiB, 0);
+}
+
+TEST(VmmArena, IdleMemoryAboveTheThresholdGoesBackOnFree) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 2 * MiB));
+  std::vector<void*> blocks;
+  for (int i = 0; i < 12; ++i) blocks.push_back(arena.allocate(MiB, 0));
+  for (void* p : blocks) ASSERT_NE(p, nullptr);
+  EXPECT_EQ(provider.bytes_mapped(), 12 * MiB);
+  for (void* p : blocks) arena.deallocate(p, MiB, 0);
+  EXPECT_LE(arena.stats().bytes_cached, 2 * MiB);
+  EXPECT_LE(provider.bytes_mapped(), 2 * MiB);
+  EXPECT_GT(provider.unmap_calls(), 0u);
+  // Freeing below the threshold keeps the memory.
+  std::size_t unmaps = provider.unmap_calls();
+  void* p = arena.allocate(MiB, 0);
+  arena.deallocate(p, MiB, 0);
+  EXPECT_EQ(provider.unmap_calls(), unmaps);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(VmmArena, OutOfMemoryReturnsNullAndRecoversAfterFrees) {
+  HostProvider provider(kGranule, 4 * MiB);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  std::vector<void*> blocks;
+  while (void* p = arena.allocate(MiB, 0)) {
+    blocks.push_back(p);
+    ASSERT_LE(blocks.size(), 4u);
+  }
+  EXPECT_EQ(blocks.size(), 4u);
+  EXPECT_EQ(arena.allocate(256, 0), nullptr);
+  EXPECT_EQ(arena.stats().failed_allocations, 2u);
+  arena.deallocate(blocks.back(), MiB, 0);
+  blocks.pop_back();
+  void* p = arena.allocate(MiB, 0);
+  ASSERT_NE(p, nullptr);
+  arena.deallocate(p, MiB, 0);
+  for (void* b : blocks) arena.deallocate(b, MiB, 0);
+  // With everything free, only what fits under the cap can be had, and once it is given back,
+  // a block of the whole cap fits.
+  arena.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  p = arena.allocate(4 * MiB, 0);
+  EXPECT_NE(p, nullptr);
+  arena.deallocate(p, 4 * MiB, 0);
+}
+
+TEST(VmmArena, MapsLessThanAStepWhenOnlyThatFitsUnderTheCap) {
+  HostProvider provider(kGranule, MiB + 256 * KiB);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  void* a = arena.allocate(MiB, 0);
+  ASSERT_NE(a, nullptr);
+  void* b = arena.allocate(200 * KiB, 0);  // a full 1 MiB step does not fit; 256 KiB does
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(provider.bytes_mapped(), MiB + 256 * KiB);
+  arena.deallocate(a, MiB, 0);
+  arena.deallocate(b, 200 * KiB, 0);
+}
+
+TEST(VmmArena, RequestsLargerThanTheReservationFail) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(4 * MiB, MiB, 64 * MiB));
+  EXPECT_EQ(arena.allocate(5 * MiB, 0), nullptr);
+  EXPECT_EQ(arena.allocate(~std::size_t{0} - 10, 0), nullptr);
+  EXPECT_EQ(arena.allocate(0, 0), nullptr);
+  void* p = arena.allocate(4 * MiB, 0);
+  EXPECT_NE(p, nullptr);
+  EXPECT_EQ(arena.allocate(256, 0), nullptr);  // address space exhausted
+  arena.deallocate(p, 4 * MiB, 0);
+}
+
+// Random sequences checked against a reference model of live blocks.
+void run_random_sequence(unsigned seed, std::size_t cap, std::size_t threshold) {
+  HostProvider provider(kGranule, cap);
+  VmmArena arena(provider, options(256 * MiB, MiB, threshold));
+  std::mt19937_64 rng(seed);
+  struct Live {
+    std::size_t bytes;
+    std::uint64_t tag;
+  };
+  std::map<std::uintptr_t, Live> live;
+  std::uint64_t next_tag = 1, allocations = 0, deallocations = 0, failed = 0;
+  std::size_t in_use = 0, waste = 0;
+  auto size_of = [&] {
+    switch (rng() % 4) {
+      case 0: return 1 + rng() % 512;
+      case 1: return 1 + rng() % (64 * KiB);
+      case 2: return 1 + rng() % (512 * KiB);
+      default: return 1 + rng() % (3 * MiB);
+    }
+  };
+  for (int step = 0; step < 4000; ++step) {
+    bool do_free = !live.empty() && (rng() % 100 < 45 || in_use > 48 * MiB);
+    if (do_free) {
+      auto it = live.begin();
+      std::advance(it, rng() % live.size());
+      ASSERT_TRUE(verify_block(reinterpret_cast<void*>(it->first), it->second.bytes, it->second.tag))
+          << "step " << step;
+      arena.deallocate(reinterpret_cast<void*>(it->first), it->second.bytes, 0);
+      in_use -= it->second.bytes;
+      waste -= (it->second.bytes + 255) / 256 * 256 - it->second.bytes;
+      ++deallocations;
+      live.erase(it);
+    } else {
+      std::size_t bytes = size_of();
+      void* p = arena.allocate(bytes, 0);
+      if (!p) {
+        ++failed;
+        ASSERT_NE(cap, HostProvider::kUnlimited) << "only a capped provider may run out";
+        continue;
+      }
+      auto a = address(p);
+      ASSERT_EQ(a % kMinAlignment, 0u);
+      auto next = live.lower_bound(a);
+      if (next != live.end()) {
+        ASSERT_GE(next->first, a + bytes) << "overlaps the next live block";
+      }
+      if (next != live.begin()) {
+        auto prev = std::prev(next);
+        ASSERT_LE(prev->first + prev->second.bytes, a) << "overlaps the previous live block";
+      }
+      fill_block(p, bytes, next_tag);
+      live.emplace(a, Live{bytes, next_tag++});
+      in_use += bytes;
+      waste += (bytes + 255) / 256 * 256 - bytes;
+      ++allocations;
+    }
+    if (step % 97 == 0) arena.release_cached();
+    if (step % 50 == 0) {
+      AllocatorStats s = arena.stats();
+      ASSERT_EQ(s.allocations, allocations);
+      ASSERT_EQ(s.deallocations, deallocations);
+      ASSERT_EQ(s.failed_allocations, failed);
+      ASSERT_EQ(s.bytes_in_use, in_use);
+      ASSERT_EQ(s.internal_waste, waste);
+      ASSERT_EQ(s.bytes_reserved, provider.bytes_mapped());
+      ASSERT_EQ(s.bytes_cached + in_use + waste, s.bytes_reserved);
+      ASSERT_LE(s.largest_free_block, s.bytes_cached);
+    }
+  }
+  for (auto& [a, block] : live) {
+    ASSERT_TRUE(verify_block(reinterpret_cast<void*>(a), block.bytes, block.tag));
+    arena.deallocate(reinterpret_cast<void*>(a), block.bytes, 0);
+  }
+  arena.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+  AllocatorStats s = arena.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.largest_free_block, 0u);
+}
+
+TEST(VmmArena, RandomSequencesMatchTheReferenceModel) {
+  for (unsigned seed = 1; seed <= 4; ++seed) {
+    SCOPED_TRACE(seed);
+    run_random_sequence(seed, HostProvider::kUnlimited, 8 * MiB);
+  }
+}
+
+TEST(VmmArena, RandomSequencesUnderACapMatchTheReferenceModel) {
+  for (unsigned seed = 11; seed <= 13; ++seed) {
+    SCOPED_TRACE(seed);
+    run_random_sequence(seed, 24 * MiB, 1);  // give back idle chunks at once
+  }
+}
+
+TEST(VmmArena, ManyThreadsKeepTheirBlocksApart) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB));  // low threshold: give-back races too
+  constexpr int kThreads = 8;
+  std::atomic<int> corrupted{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(100 + t);
+      std::vector<std::tuple<void*, std::size_t, std::uint64_t>> mine;
+      std::uint64_t tag = std::uint64_t(t) << 40;
+      for (int op = 0; op < 3000; ++op) {
+        if (!mine.empty() && (rng() % 2 || mine.size() > 64)) {
+          std::size_t i = rng() % mine.size();
+          auto [p, n, tg] = mine[i];
+          if (!verify_block(p, n, tg)) ++corrupted;
+          arena.deallocate(p, n, 0);
+          mine[i] = mine.back();
+          mine.pop_back();
+        } else {
+          std::size_t n = 1 + rng() % (rng() % 8 ? 16 * KiB : 2 * MiB);
+          void* p = arena.allocate(n, 0);
+          if (!p) {
+            ++failures;
+            continue;
+          }
+          if (address(p) % kMinAlignment) ++corrupted;
+          fill_block(p, n, ++tag);
+          mine.emplace_back(p, n, tag);
+        }
+      }
+      for (auto [p, n, tg] : mine) {
+        if (!verify_block(p, n, tg)) ++corrupted;
+        arena.deallocate(p, n, 0);
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  EXPECT_EQ(corrupted.load(), 0);
+  EXPECT_EQ(failures.load(), 0);
+  AllocatorStats s = arena.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+  EXPECT_LE(s.bytes_cached, 4 * MiB);
+  arena.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(VmmArena, FactoryTakesItsSizesFromSettings) {
+  HostProvider provider(kGranule);
+  Settings settings;
+  settings.vmm_reserve = 8 * MiB;
+  settings.vmm_grow_step = 2 * MiB;
+  auto arena = make_vmm_arena(provider, settings);
+  ASSERT_NE(arena, nullptr);
+  EXPECT_STREQ(arena->name(), "vmm");
+  void* p = arena->allocate(1000, 0);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(provider.bytes_mapped(), 2 * MiB);
+  EXPECT_EQ(arena->allocate(8 * MiB, 0), nullptr);  // only 8 MiB of address space, 1 KiB used
+  arena->deallocate(p, 1000, 0);
+  VmmArenaOptions defaults = VmmArenaOptions::from(Settings{});
+  EXPECT_EQ(defaults.reserve, kDefaultVmmReserve);
+  EXPECT_EQ(defaults.grow_step, kDefaultVmmGrowStep);
+  EXPECT_EQ(defaults.release_threshold, kDefaultVmmReleaseThreshold);
+}
+
+}  // namespace
+}  // namespace gpushim
