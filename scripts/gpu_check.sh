@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The whole GPU check in one command, for the lent GPU machine (docs/gpu-check.md):
+#   1. configure + build (Ninja, Release, CUDA arch 90; the gpushim command only where CLI11 is found),
+#   2. ctest -L gpu (alloc_torture x 3 builds x every backend, PyTorch/CuPy/JAX with and without gpushim),
+#   3. alloc_bench once without gpushim (cudaMalloc and cudaMallocAsync) and once under each backend,
+#   4. a short summary table, printed last (also written to summary.txt).
+# Logs and CSV go to $OUT when it is set (the device machine's folder that comes back), else
+# <build>/gpu-check/. Exit status: 0 when the build worked and no GPU test failed.
+#
+#   scripts/gpu_check.sh [--tests-only | --bench-only] [--quick] [--full-bench] [--build-dir DIR] [--jobs N]
+set -u -o pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build="$repo/build-gpu"
+jobs=$(nproc 2>/dev/null || echo 8)
+run_tests=1
+run_bench=1
+quick=0
+full_bench=0
+backends="passthrough vmm buddy slab mempool tiered"
+bench_sizes="256,4K,64K,1M,16M,256M,1G"
+
+usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --tests-only) run_bench=0; shift ;;
+    --bench-only) run_tests=0; shift ;;
+    --quick) quick=1; shift ;;
+    --full-bench) full_bench=1; shift ;;
+    --build-dir) build="$2"; shift 2 ;;
+    --jobs) jobs="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "gpu_check.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+out="${OUT:-$build/gpu-check}"
+mkdir -p "$out"
+started=$(date +%s)
+note() { echo "[gpu_check $(( $(date +%s) - started ))s] $*"; }
+
+# Keep NVLink multicast off in anything started from here (device library KINDS.md).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PATH="$PATH:/usr/local/cuda/bin"
+
+# --- 1. configure and build ------------------------------------------------------------------------
+have_header() {  # have_header RELATIVE_PATH: in .carry/include or the system include dirs
+  [ -f "$repo/.carry/include/$1" ] || [ -f "/usr/include/$1" ] || [ -f "/usr/local/include/$1" ]
+}
+tools=OFF
+if have_header CLI/CLI.hpp && have_header nlohmann/json.hpp; then tools=ON; fi
+tests=OFF
+for f in /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake /usr/lib/cmake/GTest/GTestConfig.cmake \
+         /usr/local/lib/cmake/GTest/GTestConfig.cmake /usr/include/gtest/gtest.h; do
+  [ -f "$f" ] && tests=ON
+done
+generator="Ninja"
+command -v ninja >/dev/null 2>&1 || generator="Unix Makefiles"
+
+note "configure: $build (tools $tools, GoogleTest $tests, $generator)"
+cmake -S "$repo" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+      -DGPUSHIM_BUILD_TOOLS=$tools -DGPUSHIM_BUILD_TESTS=$tests >"$out/configure.log" 2>&1
+configure_status=$?
+build_status=1
+if [ $configure_status -eq 0 ]; then
+  note "build (-j$jobs)"
+  keep_going="-k 0"; [ "$generator" = "Ninja" ] || keep_going="-k"
+  cmake --build "$build" -j "$jobs" -- $keep_going >"$out/build.log" 2>&1
+  build_status=$?
+else
+  note "configure FAILED (see $out/configure.log)"; tail -n 20 "$out/configure.log"
+fi
+[ $build_status -eq 0 ] || { note "build had errors (see $out/build.log):"; grep -m 15 -E 'error|FAILED' "$out/build.log"; }
+lib=$(find "$build" -name libgpushim.so -type f 2>/dev/null | head -n 1)
+bench="$build/test_apps/alloc_bench"
+note "libgpushim.so: ${lib:-NOT BUILT}"
+
+# --- 2. GPU tests -----------------------------------------------------------------------------------
+tests_summary="not run"
+failed_tests=""
+tests_status=0
+if [ $run_tests -eq 1 ] && [ -x "$build/test_apps/alloc_torture" ]; then
+  test_dir="$build"
+  if [ "$(ctest --test-dir "$build" -N -L gpu 2>/dev/null | grep -c 'Test *#')" -eq 0 ]; then
+    # No tests/ in the main build (no GoogleTest here): register the same GPU tests standalone.
+    test_dir="$build/gpu-tests"
+    cmake -S "$repo/tests/gpu/standalone" -B "$test_dir" -DGPUSHIM_BUILD_DIR="$build" >>"$out/configure.log" 2>&1
+  fi
+  selection=()
+  # --quick: the torture builds without gpushim and under passthrough, vmm and tiered; torch under vmm.
+  [ $quick -eq 1 ] && selection=(-R '(torture_.*_(noshim|passthrough|vmm|tiered)$|framework_torch_vmm$)')
+  note "ctest -L gpu -j4 ${selection[*]}"
+  ctest --test-dir "$test_dir" -L gpu -j4 --output-on-failure "${selection[@]}" >"$out/tests.log" 2>&1
+  tests_status=$?
+  passed=$(grep -cE 'Test +#[0-9]+: .* Passed' "$out/tests.log")
+  skipped=$(grep -cE 'Test +#[0-9]+: .*\*\*\*Skipped' "$out/tests.log")
+  failed=$(grep -cE 'Test +#[0-9]+: .*\*\*\*(Failed|Timeout|Exception|Not Run)' "$out/tests.log")
+  failed_tests=$(grep -E 'Test +#[0-9]+: .*\*\*\*(Failed|Timeout|Exception|Not Run)' "$out/tests.log" |
+                 sed -E 's/.*Test +#[0-9]+: ([^ ]+) .*\*\*\*(Failed|Timeout|Exception|Not Run).*/\1 (\2)/')
+  tests_summary="$((passed + skipped + failed)) run: $passed passed, $failed failed, $skipped skipped"
+  note "tests: $tests_summary"
+elif [ $run_tests -eq 1 ]; then
+  tests_summary="not run: test apps not built"
+  tests_status=1
+fi
+
+# --- 3. alloc_bench: without gpushim, then under each backend -------------------------------------------
+csv="$out/alloc_bench.csv"
+bench_failures=""
+if [ $run_bench -eq 1 ] && [ -x "$bench" ]; then
+  rm -f "$csv"
+  cell_ms=300; [ $quick -eq 1 ] && cell_ms=100
+  common=(--patterns pairs --threads 1 --sizes "$bench_sizes" --cell-ms "$cell_ms" --csv "$csv")
+  note "alloc_bench without gpushim (cudaMalloc, cudaMallocAsync)"
+  "$bench" --api runtime,async --label none "${common[@]}" >>"$out/bench.log" 2>&1 || bench_failures+=" none"
+  for backend in $backends; do
+    if [ -z "$lib" ]; then bench_failures+=" $backend(no-lib)"; continue; fi
+    note "alloc_bench under gpushim $backend"
+    LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" GPUSHIM_BACKEND=$backend \
+      "$bench" --api runtime --label "$backend" "${common[@]}" >>"$out/bench.log" 2>&1 ||
+      bench_failures+=" $backend"
+  done
+  if [ $full_bench -eq 1 ]; then
+    full_csv="$out/alloc_bench_full.csv"
+    rm -f "$full_csv"
+    note "alloc_bench full matrix (pairs/window/random x 1,4,16 threads)"
+    "$bench" --api runtime,async --label none --csv "$full_csv" >>"$out/bench_full.log" 2>&1 ||
+      bench_failures+=" full:none"
+    for backend in $backends; do
+      [ -n "$lib" ] || continue
+      LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" GPUSHIM_BACKEND=$backend \
+        "$bench" --api runtime --label "$backend" --csv "$full_csv" >>"$out/bench_full.log" 2>&1 ||
+        bench_failures+=" full:$backend"
+    done
+  fi
+fi
+
+# --- 4. summary (printed last) ------------------------------------------------------------------------
+{
+  echo
+  echo "================ gpushim GPU check ================"
+  echo "device:   $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1 || echo 'nvidia-smi not found')"
+  echo "commit:   $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
+  echo "build:    configure $([ $configure_status -eq 0 ] && echo ok || echo FAILED), build $([ $build_status -eq 0 ] && echo ok || echo 'had errors'), libgpushim.so $([ -n "$lib" ] && echo found || echo MISSING), tools $tools"
+  echo "tests:    $tests_summary"
+  if [ -n "$failed_tests" ]; then echo "$failed_tests" | sed 's/^/  FAILED  /'; fi
+  if [ $run_bench -eq 1 ]; then
+    [ -z "$bench_failures" ] || echo "bench:    runs that failed:$bench_failures (see bench.log)"
+    if [ -f "$csv" ]; then
+      python3 "$repo/scripts/gpu_bench_table.py" "$csv" || true
+      [ $full_bench -eq 1 ] && echo "full matrix: $out/alloc_bench_full.csv"
+    else
+      echo "bench:    no results"
+    fi
+  fi
+  echo "logs:     $out   (total $(( $(date +%s) - started )) s)"
+} | tee "$out/summary.txt"
+
+[ $build_status -eq 0 ] && [ $tests_status -eq 0 ]

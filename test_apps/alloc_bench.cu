@@ -1,0 +1,441 @@
+// alloc_bench: host time of one allocation + free pair, by size, thread count and pattern, for whatever
+// allocator the program runs under. It knows nothing of gpushim: run it once plainly (the cudaMalloc and
+// cudaMallocAsync columns) and once per gpushim backend under LD_PRELOAD, and put the CSV rows side by
+// side (scripts/gpu_bench_table.py does). Method (device library METHOD.md): warm up, many repetitions,
+// medians and 99th percentiles of per-pair times, the clock's own cost measured and subtracted.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+#define CHECK_CUDA(call)                                                                              \
+  do {                                                                                                \
+    const cudaError_t status_ = (call);                                                               \
+    if (status_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "alloc_bench: %s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,     \
+                   cudaGetErrorName(status_), cudaGetErrorString(status_));                           \
+      std::fflush(stdout);                                                                            \
+      std::_Exit(2);                                                                                  \
+    }                                                                                                 \
+  } while (0)
+
+enum class Api { runtime, async };
+enum class Pattern { pairs, window, random };
+
+const char* api_name(Api api) { return api == Api::runtime ? "runtime" : "async"; }
+const char* api_calls(Api api) {
+  return api == Api::runtime ? "cudaMalloc+cudaFree" : "cudaMallocAsync+cudaFreeAsync";
+}
+const char* pattern_name(Pattern p) {
+  return p == Pattern::pairs ? "pairs" : p == Pattern::window ? "window" : "random";
+}
+
+// Live bytes a window cell may hold over all threads: enough for 64 blocks of 1 MiB per thread at 16
+// threads, without pushing 1 GiB windows past what an 80 GB card holds.
+constexpr std::uint64_t kWindowBudget = 8ull << 30;
+constexpr std::size_t kMaxWindow = 64;
+// The random pattern: a window of 64 live blocks, sizes log-uniform over this range.
+constexpr std::uint64_t kRandomMin = 256;
+constexpr std::uint64_t kRandomMax = 16ull << 20;
+// Fewer samples than this make the 99th percentile meaningless; more than kMaxReps per thread add
+// nothing but time.
+constexpr std::uint64_t kMinReps = 20;
+constexpr std::uint64_t kMaxReps = 50000;
+// A cell stops at this multiple of its budget even if slow threads have not finished their repetitions.
+constexpr double kCellDeadlineFactor = 4.0;
+
+struct Options {
+  std::vector<Api> apis = {Api::runtime};
+  std::vector<Pattern> patterns = {Pattern::pairs, Pattern::window, Pattern::random};
+  std::vector<std::uint64_t> sizes = {256, 4ull << 10, 64ull << 10, 1ull << 20, 16ull << 20, 256ull << 20,
+                                      1ull << 30};
+  std::vector<int> threads = {1, 4, 16};
+  double cell_ms = 300;
+  std::string label;
+  std::string csv_path;
+  std::uint64_t seed = 1;
+};
+
+struct CellResult {
+  std::uint64_t samples = 0;
+  double median_ns = 0, p99_ns = 0, mean_ns = 0, pairs_per_s = 0;
+};
+
+// --- small parsing helpers -------------------------------------------------------------------------
+
+bool parse_size(const std::string& text, std::uint64_t* out) {
+  char* end = nullptr;
+  const double value = std::strtod(text.c_str(), &end);
+  if (end == text.c_str() || value <= 0) return false;
+  double scale = 1;
+  switch (*end) {
+    case 'k': case 'K': scale = 1024.0; ++end; break;
+    case 'm': case 'M': scale = 1024.0 * 1024; ++end; break;
+    case 'g': case 'G': scale = 1024.0 * 1024 * 1024; ++end; break;
+    default: break;
+  }
+  if (*end == 'i') ++end;
+  if (*end == 'B' || *end == 'b') ++end;
+  if (*end != '\0') return false;
+  *out = std::uint64_t(value * scale);
+  return true;
+}
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    const std::size_t comma = text.find(',', start);
+    const std::size_t end = comma == std::string::npos ? text.size() : comma;
+    if (end > start) parts.push_back(text.substr(start, end - start));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return parts;
+}
+
+std::string format_size(std::uint64_t bytes) {
+  char buffer[32];
+  if (bytes >= (1ull << 30) && bytes % (1ull << 30) == 0) std::snprintf(buffer, sizeof buffer, "%lluG", (unsigned long long)(bytes >> 30));
+  else if (bytes >= (1ull << 20) && bytes % (1ull << 20) == 0) std::snprintf(buffer, sizeof buffer, "%lluM", (unsigned long long)(bytes >> 20));
+  else if (bytes >= (1ull << 10) && bytes % (1ull << 10) == 0) std::snprintf(buffer, sizeof buffer, "%lluK", (unsigned long long)(bytes >> 10));
+  else std::snprintf(buffer, sizeof buffer, "%llu", (unsigned long long)bytes);
+  return buffer;
+}
+
+void usage(const char* program) {
+  std::fprintf(stderr,
+      "usage: %s [--api runtime,async] [--patterns pairs,window,random] [--sizes 256,4K,...,1G]\n"
+      "          [--threads 1,4,16] [--cell-ms MS] [--label NAME] [--csv FILE] [--seed N] [--quick]\n"
+      "  runtime = cudaMalloc/cudaFree, async = cudaMallocAsync/cudaFreeAsync on a warm default pool.\n"
+      "  pairs: alloc then free; window: free the oldest of up to 64 live blocks; random: sizes\n"
+      "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand').\n"
+      "  --csv appends one line per cell (header when the file is new):\n"
+      "  label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s\n",
+      program);
+}
+
+bool parse_options(int argc, char** argv, Options* o) {
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&](std::string* out) {
+      if (i + 1 >= argc) return false;
+      *out = argv[++i];
+      return true;
+    };
+    std::string v;
+    if (arg == "--help" || arg == "-h") {
+      usage(argv[0]);
+      std::exit(0);
+    } else if (arg == "--quick") {
+      o->cell_ms = 100;
+    } else if (arg == "--api" && value(&v)) {
+      o->apis.clear();
+      for (const std::string& p : split(v)) {
+        if (p == "runtime" || p == "cudaMalloc") o->apis.push_back(Api::runtime);
+        else if (p == "async" || p == "cudaMallocAsync") o->apis.push_back(Api::async);
+        else return usage(argv[0]), false;
+      }
+    } else if (arg == "--patterns" && value(&v)) {
+      o->patterns.clear();
+      for (const std::string& p : split(v)) {
+        if (p == "pairs") o->patterns.push_back(Pattern::pairs);
+        else if (p == "window") o->patterns.push_back(Pattern::window);
+        else if (p == "random") o->patterns.push_back(Pattern::random);
+        else return usage(argv[0]), false;
+      }
+    } else if (arg == "--sizes" && value(&v)) {
+      o->sizes.clear();
+      for (const std::string& p : split(v)) {
+        std::uint64_t s = 0;
+        if (!parse_size(p, &s)) return usage(argv[0]), false;
+        o->sizes.push_back(s);
+      }
+    } else if (arg == "--threads" && value(&v)) {
+      o->threads.clear();
+      for (const std::string& p : split(v)) {
+        const int t = std::atoi(p.c_str());
+        if (t < 1 || t > 1024) return usage(argv[0]), false;
+        o->threads.push_back(t);
+      }
+    } else if (arg == "--cell-ms" && value(&v)) {
+      o->cell_ms = std::atof(v.c_str());
+      if (o->cell_ms <= 0) return usage(argv[0]), false;
+    } else if (arg == "--label" && value(&v)) {
+      o->label = v;
+    } else if (arg == "--csv" && value(&v)) {
+      o->csv_path = v;
+    } else if (arg == "--seed" && value(&v)) {
+      o->seed = std::strtoull(v.c_str(), nullptr, 10);
+    } else {
+      std::fprintf(stderr, "alloc_bench: bad or incomplete argument %s\n", arg.c_str());
+      usage(argv[0]);
+      return false;
+    }
+  }
+  if (o->apis.empty() || o->patterns.empty() || o->sizes.empty() || o->threads.empty())
+    return usage(argv[0]), false;
+  return true;
+}
+
+// Without --label: "gpushim-<backend>" when gpushim is preloaded, else "none".
+std::string default_label() {
+  const char* preload = std::getenv("LD_PRELOAD");
+  if (preload == nullptr || std::strstr(preload, "gpushim") == nullptr) return "none";
+  const char* backend = std::getenv("GPUSHIM_BACKEND");
+  return std::string("gpushim-") + (backend && *backend ? backend : "default");
+}
+
+// --- measurement -----------------------------------------------------------------------------------
+
+// The cost of one steady_clock::now() pair, taken as the median of many back-to-back reads; subtracted
+// from every sample so a 100 ns pair is not reported as 120 ns.
+double clock_overhead_ns() {
+  std::vector<std::int64_t> d(20001);
+  for (auto& x : d) {
+    const auto t0 = Clock::now();
+    const auto t1 = Clock::now();
+    x = std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count();
+  }
+  std::nth_element(d.begin(), d.begin() + d.size() / 2, d.end());
+  return double(d[d.size() / 2]);
+}
+
+struct ThreadPlan {
+  Api api;
+  Pattern pattern;
+  std::uint64_t size;
+  std::size_t window;
+  std::uint64_t reps;
+  double overhead_ns;
+  Clock::time_point deadline;
+  std::uint64_t seed;
+};
+
+class PairRunner {
+ public:
+  explicit PairRunner(const ThreadPlan& plan) : plan_(plan), rng_(plan.seed) {
+    if (plan.api == Api::async) CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    slots_.assign(plan.pattern == Pattern::pairs ? 0 : plan.window, nullptr);
+    if (plan.pattern == Pattern::random) {
+      sizes_.resize(1024);
+      std::uniform_real_distribution<double> u(std::log(double(kRandomMin)), std::log(double(kRandomMax)));
+      for (auto& s : sizes_) s = std::clamp<std::uint64_t>(std::uint64_t(std::exp(u(rng_))), kRandomMin, kRandomMax);
+      picks_.resize(1024);
+      for (auto& p : picks_) p = std::uniform_int_distribution<std::size_t>(0, slots_.size() - 1)(rng_);
+    }
+    for (std::size_t i = 0; i < slots_.size(); ++i) slots_[i] = allocate(next_size());
+  }
+  ~PairRunner() {
+    for (void* p : slots_) release(p);
+    if (stream_) {
+      CHECK_CUDA(cudaStreamSynchronize(stream_));
+      CHECK_CUDA(cudaStreamDestroy(stream_));
+    }
+  }
+
+  // One timed pair, returned in ns with the clock's cost removed.
+  double timed_pair() {
+    const std::uint64_t size = next_size();
+    const auto t0 = Clock::now();
+    switch (plan_.pattern) {
+      case Pattern::pairs:
+        release(allocate(size));
+        break;
+      case Pattern::window: {  // ring: the slot to refill holds the oldest block
+        void*& slot = slots_[cursor_++ % slots_.size()];
+        release(slot);
+        slot = allocate(size);
+        break;
+      }
+      case Pattern::random: {
+        void*& slot = slots_[picks_[cursor_++ % picks_.size()]];
+        release(slot);
+        slot = allocate(size);
+        break;
+      }
+    }
+    const auto t1 = Clock::now();
+    const double ns = double(std::chrono::duration_cast<std::chrono::nanoseconds>(t1 - t0).count());
+    return std::max(0.0, ns - plan_.overhead_ns);
+  }
+
+ private:
+  std::uint64_t next_size() {
+    return plan_.pattern == Pattern::random ? sizes_[size_cursor_++ % sizes_.size()] : plan_.size;
+  }
+  void* allocate(std::uint64_t size) {
+    void* p = nullptr;
+    if (plan_.api == Api::runtime) CHECK_CUDA(cudaMalloc(&p, size));
+    else CHECK_CUDA(cudaMallocAsync(&p, size, stream_));
+    return p;
+  }
+  void release(void* p) {
+    if (p == nullptr) return;
+    if (plan_.api == Api::runtime) CHECK_CUDA(cudaFree(p));
+    else CHECK_CUDA(cudaFreeAsync(p, stream_));
+  }
+
+  const ThreadPlan& plan_;
+  std::mt19937_64 rng_;
+  cudaStream_t stream_ = nullptr;
+  std::vector<void*> slots_;
+  std::vector<std::uint64_t> sizes_;
+  std::vector<std::size_t> picks_;
+  std::size_t cursor_ = 0, size_cursor_ = 0;
+};
+
+CellResult run_cell(const Options& o, Api api, Pattern pattern, std::uint64_t size, int threads,
+                    double overhead_ns) {
+  ThreadPlan plan{api, pattern, size, 0, 0, overhead_ns, {}, o.seed};
+  const std::uint64_t per_thread_budget = kWindowBudget / std::uint64_t(threads);
+  plan.window = pattern == Pattern::random ? kMaxWindow
+                : std::clamp<std::uint64_t>(per_thread_budget / std::max<std::uint64_t>(size, 1), 1, kMaxWindow);
+
+  // Calibrate on this thread: a few warm-up pairs, then the median of a few timed ones sets the number
+  // of repetitions that fits the cell's time budget (so 1 GiB cells take tens of pairs, 256 B ones tens
+  // of thousands).
+  double estimate_ns = 0;
+  {
+    PairRunner runner(plan);
+    for (int i = 0; i < 5; ++i) runner.timed_pair();
+    std::vector<double> probe(15);
+    for (double& x : probe) x = runner.timed_pair();
+    std::nth_element(probe.begin(), probe.begin() + probe.size() / 2, probe.end());
+    estimate_ns = std::max(probe[probe.size() / 2], 20.0);
+  }
+  const double budget_ns = o.cell_ms * 1e6;
+  plan.reps = std::clamp<std::uint64_t>(std::uint64_t(budget_ns / (estimate_ns * threads)), kMinReps, kMaxReps);
+
+  std::vector<std::vector<double>> samples(threads);
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false};
+  std::vector<std::thread> workers;
+  std::vector<Clock::time_point> finished(threads);
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t]() {
+      ThreadPlan mine = plan;
+      mine.seed = o.seed * 1000003 + std::uint64_t(t);
+      CHECK_CUDA(cudaSetDevice(0));
+      PairRunner runner(mine);
+      // Warm-up: first touches of the thread's caches, the pool's first growth, the driver's per-thread
+      // state; not measured.
+      const std::uint64_t warmup = std::min<std::uint64_t>(mine.reps / 4 + 5, 2000);
+      for (std::uint64_t i = 0; i < warmup; ++i) runner.timed_pair();
+      std::vector<double>& mine_samples = samples[t];
+      mine_samples.reserve(mine.reps);
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      const Clock::time_point deadline = plan.deadline;
+      for (std::uint64_t i = 0; i < mine.reps; ++i) {
+        mine_samples.push_back(runner.timed_pair());
+        if ((i & 15) == 15 && Clock::now() > deadline) break;
+      }
+      finished[t] = Clock::now();
+    });
+  }
+  while (ready.load() < threads) std::this_thread::yield();
+  const Clock::time_point start = Clock::now();
+  plan.deadline = start + std::chrono::nanoseconds(std::int64_t(budget_ns * kCellDeadlineFactor));
+  go.store(true, std::memory_order_release);
+  for (auto& w : workers) w.join();
+  CHECK_CUDA(cudaDeviceSynchronize());
+  const Clock::time_point end = *std::max_element(finished.begin(), finished.end());
+
+  std::vector<double> all;
+  for (auto& s : samples) all.insert(all.end(), s.begin(), s.end());
+  CellResult r;
+  r.samples = all.size();
+  if (all.empty()) return r;
+  std::sort(all.begin(), all.end());
+  const std::size_t n = all.size();
+  r.median_ns = n % 2 ? all[n / 2] : 0.5 * (all[n / 2 - 1] + all[n / 2]);
+  r.p99_ns = all[std::min(n - 1, std::size_t(std::ceil(0.99 * double(n))) - 1)];
+  double sum = 0;
+  for (double x : all) sum += x;
+  r.mean_ns = sum / double(n);
+  const double seconds = std::chrono::duration<double>(end - start).count();
+  r.pairs_per_s = seconds > 0 ? double(n) / seconds : 0;
+  return r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  if (!parse_options(argc, argv, &o)) return 2;
+  if (o.label.empty()) o.label = default_label();
+
+  CHECK_CUDA(cudaSetDevice(0));
+  CHECK_CUDA(cudaFree(nullptr));
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  bool wants_async = std::find(o.apis.begin(), o.apis.end(), Api::async) != o.apis.end();
+  if (wants_async) {
+    // A warm pool: keep freed memory in the default pool instead of returning it at each synchronization
+    // (the default threshold is 0), as an application that chose cudaMallocAsync for speed would.
+    cudaMemPool_t pool = nullptr;
+    CHECK_CUDA(cudaDeviceGetDefaultMemPool(&pool, 0));
+    std::uint64_t keep_everything = UINT64_MAX;
+    CHECK_CUDA(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep_everything));
+  }
+
+  const double overhead = clock_overhead_ns();
+  std::printf("alloc_bench: label %s, device %s, clock overhead %.0f ns per sample (subtracted), cell %.0f ms\n",
+              o.label.c_str(), prop.name, overhead, o.cell_ms);
+  std::printf("%-10s %-8s %-7s %-8s %7s %9s %11s %11s %13s\n", "label", "api", "pattern", "size", "threads",
+              "samples", "median_ns", "p99_ns", "pairs_per_s");
+
+  FILE* csv = nullptr;
+  if (!o.csv_path.empty()) {
+    FILE* probe = std::fopen(o.csv_path.c_str(), "r");
+    const bool is_new = probe == nullptr || std::fgetc(probe) == EOF;
+    if (probe) std::fclose(probe);
+    csv = std::fopen(o.csv_path.c_str(), "a");
+    if (csv == nullptr) {
+      std::fprintf(stderr, "alloc_bench: cannot open %s\n", o.csv_path.c_str());
+      return 2;
+    }
+    if (is_new) std::fprintf(csv, "label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s\n");
+  }
+
+  for (Api api : o.apis) {
+    for (Pattern pattern : o.patterns) {
+      const std::vector<std::uint64_t> sizes =
+          pattern == Pattern::random ? std::vector<std::uint64_t>{0} : o.sizes;
+      for (std::uint64_t size : sizes) {
+        for (int threads : o.threads) {
+          const CellResult r = run_cell(o, api, pattern, size, threads, overhead);
+          const std::string size_text = pattern == Pattern::random ? "rand" : format_size(size);
+          std::printf("%-10s %-8s %-7s %-8s %7d %9llu %11.0f %11.0f %13.0f\n", o.label.c_str(), api_name(api),
+                      pattern_name(pattern), size_text.c_str(), threads, (unsigned long long)r.samples,
+                      r.median_ns, r.p99_ns, r.pairs_per_s);
+          std::fflush(stdout);
+          if (csv) {
+            std::fprintf(csv, "%s,%s,%s,%llu,%d,%llu,%.1f,%.1f,%.1f,%.0f\n", o.label.c_str(), api_name(api),
+                         pattern_name(pattern), (unsigned long long)size, threads,
+                         (unsigned long long)r.samples, r.median_ns, r.p99_ns, r.mean_ns, r.pairs_per_s);
+            std::fflush(csv);
+          }
+        }
+      }
+    }
+  }
+  if (csv) std::fclose(csv);
+  std::printf("alloc_bench: done (%s = %s)\n", o.label.c_str(), api_calls(o.apis.front()));
+  return 0;
+}

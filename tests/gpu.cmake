@@ -1,0 +1,77 @@
+# GPU tests (ctest label "gpu"): alloc_torture in its three builds under every backend (and without
+# gpushim, which proves the test itself right on the real driver), and PyTorch, CuPy and JAX giving the
+# same numbers with and without gpushim. Every test runs through tests/gpu/run_gpu_test.sh, which skips
+# it (exit 77, "no GPU: skipped") where there is no GPU, and, under a backend, fails it unless gpushim's
+# exit statistics show that backend served allocations.
+#
+# Included two ways: from tests/CMakeLists.txt in the main build (paths from targets), or from
+# tests/gpu/standalone/ (GPUSHIM_GPU_TESTS_STANDALONE, paths under GPUSHIM_BUILD_DIR) on machines where
+# the main build has no GoogleTest and so no tests/ directory (scripts/gpu_check.sh decides).
+
+set(GPUSHIM_GPU_BACKENDS passthrough vmm buddy slab mempool tiered CACHE STRING "backends the GPU tests cover")
+set(GPUSHIM_GPU_TORTURE_ARGS --seconds 3 CACHE STRING "arguments every alloc_torture test gets")
+set(_gpu_dir ${CMAKE_CURRENT_LIST_DIR}/gpu)
+set(_gpu_runner ${_gpu_dir}/run_gpu_test.sh)
+get_filename_component(_gpu_repo ${CMAKE_CURRENT_LIST_DIR}/.. ABSOLUTE)
+
+if(GPUSHIM_GPU_TESTS_STANDALONE)
+  set(_probe ${GPUSHIM_BUILD_DIR}/test_apps/gpu_probe)
+  set(_torture_static ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture)
+  set(_torture_shared ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_shared)
+  set(_torture_driver ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_driver)
+  set(_lib "")
+  set(_search ${GPUSHIM_BUILD_DIR})
+else()
+  if(NOT TARGET alloc_torture OR NOT TARGET gpu_probe)
+    message(STATUS "gpushim: GPU tests not registered (no CUDA compiler, so no test apps)")
+    return()
+  endif()
+  set(_probe $<TARGET_FILE:gpu_probe>)
+  set(_torture_static $<TARGET_FILE:alloc_torture>)
+  set(_torture_shared $<TARGET_FILE:alloc_torture_shared>)
+  set(_torture_driver $<TARGET_FILE:alloc_torture_driver>)
+  if(TARGET gpushim)
+    set(_lib $<TARGET_FILE:gpushim>)
+  else()
+    set(_lib "")  # not a target (yet): the runner searches the build directory at test time
+  endif()
+  set(_search ${CMAKE_BINARY_DIR})
+endif()
+
+set(_gpu_tests "")
+foreach(variant static shared driver)
+  set(_binary ${_torture_${variant}})
+  add_test(NAME gpu_alloc_torture_${variant}_noshim
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${_binary} ${GPUSHIM_GPU_TORTURE_ARGS})
+  list(APPEND _gpu_tests gpu_alloc_torture_${variant}_noshim)
+  foreach(backend ${GPUSHIM_GPU_BACKENDS})
+    add_test(NAME gpu_alloc_torture_${variant}_${backend}
+             COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                     -- ${_binary} ${GPUSHIM_GPU_TORTURE_ARGS})
+    list(APPEND _gpu_tests gpu_alloc_torture_${variant}_${backend})
+  endforeach()
+endforeach()
+set_tests_properties(${_gpu_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+
+# Frameworks: each check runs twice (without and with gpushim) inside run_framework_check.py.
+set(_framework_tests "")
+foreach(pair torch:passthrough torch:vmm torch:tiered cupy:vmm cupy:tiered jax:vmm jax:tiered)
+  string(REPLACE ":" ";" _parts ${pair})
+  list(GET _parts 0 framework)
+  list(GET _parts 1 backend)
+  add_test(NAME gpu_framework_${framework}_${backend}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none --
+                   python3 ${_gpu_dir}/run_framework_check.py --lib "${_lib}" --search ${_search}
+                   --backend ${backend} ${_gpu_repo}/test_apps/frameworks/${framework}_check.py)
+  list(APPEND _framework_tests gpu_framework_${framework}_${backend})
+endforeach()
+set_tests_properties(${_framework_tests} PROPERTIES LABELS "gpu;framework" SKIP_RETURN_CODE 77 TIMEOUT 600
+                     ENVIRONMENT "PYTHONUNBUFFERED=1")
+
+# The torture workload's own checks, on the CPU (no label "gpu": runs in CI): on host memory with
+# deferred stream work, a correct allocator passes and one that reuses a freed block at once is caught.
+if(NOT GPUSHIM_GPU_TESTS_STANDALONE AND TARGET alloc_torture_core AND TARGET GTest::gtest_main)
+  add_executable(torture_core_test ${_gpu_dir}/torture_core_test.cpp)
+  target_link_libraries(torture_core_test PRIVATE alloc_torture_core GTest::gtest_main)
+  gtest_discover_tests(torture_core_test DISCOVERY_TIMEOUT 30)
+endif()
