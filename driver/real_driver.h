@@ -1,9 +1,10 @@
 // The real CUDA driver functions, resolved once from libcuda.so.1 — never gpushim's own hooks.
 //
 // Every layer below the shim (router, providers, driver-backed backends) calls the driver only
-// through this table. It is filled by asking libcuda's own cuGetProcAddress_v2 (found with the real
-// dlsym, see shim/) for each name at CUDA_VERSION, so the pointers are the driver's newest versions of
-// each entry point (cuMemAlloc_v2, cuStreamDestroy_v2, ...), exactly what cuda.h's macros name.
+// through this table. Each pointer is looked up with glibc's real dlsym on libcuda's handle under the
+// exact symbol cuda.h's macros name (cuMemAlloc -> "cuMemAlloc_v2"), so it matches the prototype the
+// field is declared with. Not through cuGetProcAddress at CUDA_VERSION: on CUDA 13 that returns newer
+// versions with other argument lists for some names (cuCtxSynchronize, cuCtxGetDevice, cuStreamGetCtx).
 #pragma once
 
 #include <cuda.h>

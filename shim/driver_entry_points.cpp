@@ -1,0 +1,146 @@
+// The driver entry points gpushim serves: each turns a CUDA call into a router request, or calls the
+// real driver and tells the router what happened to a stream. No policy here (STYLE.md, rule 1).
+//
+// Without a driver (libcuda.so.1 absent) every entry point answers CUDA_ERROR_NOT_INITIALIZED and
+// touches nothing: that is what a program would see from a driver it could not initialise.
+#include "shim/driver_entry_points.h"
+
+#include "driver/real_driver.h"
+#include "router/router.h"
+
+namespace {
+
+using gpushim::real_driver;
+using gpushim::RealDriver;
+namespace router = gpushim::router;
+
+bool driver_missing() noexcept { return !real_driver().loaded; }
+
+// In a _ptsz entry point the null stream is the calling thread's default stream. The router and the
+// real default-stream entry points take the explicit handle, which means the same thing everywhere.
+CUstream per_thread_stream(CUstream stream) noexcept { return stream == nullptr ? CU_STREAM_PER_THREAD : stream; }
+
+CUresult begin_capture(CUstream stream, CUstreamCaptureMode mode) noexcept {
+  const RealDriver& driver = real_driver();
+  if (driver.cuStreamBeginCapture == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  const CUresult result = driver.cuStreamBeginCapture(stream, mode);
+  if (result == CUDA_SUCCESS) router::on_capture_begin(stream);
+  return result;
+}
+
+CUresult begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
+                                const CUgraphEdgeData* dependency_data, size_t dependency_count,
+                                CUstreamCaptureMode mode) noexcept {
+  const RealDriver& driver = real_driver();
+  if (driver.cuStreamBeginCaptureToGraph == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  const CUresult result =
+      driver.cuStreamBeginCaptureToGraph(stream, graph, dependencies, dependency_data, dependency_count, mode);
+  if (result == CUDA_SUCCESS) router::on_capture_begin(stream);
+  return result;
+}
+
+CUresult end_capture(CUstream stream, CUgraph* graph) noexcept {
+  const RealDriver& driver = real_driver();
+  if (driver.cuStreamEndCapture == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  const CUresult result = driver.cuStreamEndCapture(stream, graph);
+  // Whether or not it succeeded, the stream has left capture mode (an invalidated capture ends too).
+  router::on_capture_end(stream);
+  return result;
+}
+
+}  // namespace
+
+extern "C" {
+
+CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::allocate(dptr, bytesize);
+}
+
+CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::free(dptr);
+}
+
+CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width_bytes, size_t height,
+                                   unsigned int element_size_bytes) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::allocate_pitch(dptr, pitch, width_bytes, height, element_size_bytes);
+}
+
+CUresult CUDAAPI cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::get_info(free_bytes, total_bytes);
+}
+
+CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* dptr, size_t bytesize, CUstream stream) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::allocate_async(dptr, bytesize, stream);
+}
+
+CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytesize, CUstream stream) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::allocate_async(dptr, bytesize, per_thread_stream(stream));
+}
+
+CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::free_async(dptr, stream);
+}
+
+CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  return router::free_async(dptr, per_thread_stream(stream));
+}
+
+CUresult CUDAAPI cuStreamCreate(CUstream* stream, unsigned int flags) {
+  const RealDriver& driver = real_driver();
+  if (driver.cuStreamCreate == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  const CUresult result = driver.cuStreamCreate(stream, flags);
+  if (result == CUDA_SUCCESS) router::on_stream_created(*stream, flags);
+  return result;
+}
+
+CUresult CUDAAPI cuStreamCreateWithPriority(CUstream* stream, unsigned int flags, int priority) {
+  const RealDriver& driver = real_driver();
+  if (driver.cuStreamCreateWithPriority == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  const CUresult result = driver.cuStreamCreateWithPriority(stream, flags, priority);
+  if (result == CUDA_SUCCESS) router::on_stream_created(*stream, flags);
+  return result;
+}
+
+CUresult CUDAAPI cuStreamDestroy_v2(CUstream stream) {
+  const RealDriver& driver = real_driver();
+  if (driver.cuStreamDestroy == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  router::on_stream_destroying(stream);
+  return driver.cuStreamDestroy(stream);
+}
+
+CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode mode) {
+  return begin_capture(stream, mode);
+}
+
+CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode) {
+  return begin_capture(per_thread_stream(stream), mode);
+}
+
+CUresult CUDAAPI cuStreamBeginCaptureToGraph(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
+                                             const CUgraphEdgeData* dependency_data, size_t dependency_count,
+                                             CUstreamCaptureMode mode) {
+  return begin_capture_to_graph(stream, graph, dependencies, dependency_data, dependency_count, mode);
+}
+
+CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph graph, const CUgraphNode* dependencies,
+                                                  const CUgraphEdgeData* dependency_data, size_t dependency_count,
+                                                  CUstreamCaptureMode mode) {
+  return begin_capture_to_graph(per_thread_stream(stream), graph, dependencies, dependency_data,
+                                dependency_count, mode);
+}
+
+CUresult CUDAAPI cuStreamEndCapture(CUstream stream, CUgraph* graph) { return end_capture(stream, graph); }
+
+CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream stream, CUgraph* graph) {
+  return end_capture(per_thread_stream(stream), graph);
+}
+
+}  // extern "C"

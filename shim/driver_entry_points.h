@@ -1,0 +1,44 @@
+// gpushim's versions of the driver entry points it serves (driver_entry_points.cpp). Each has exactly
+// the prototype of the driver symbol it is exported as; the _ptsz ones are the per-thread-default-stream
+// variants, in which stream 0 means CU_STREAM_PER_THREAD.
+#pragma once
+
+#include <cuda.h>
+
+#define GPUSHIM_EXPORT __attribute__((visibility("default")))
+
+extern "C" {
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width_bytes,
+                                                   size_t height, unsigned int element_size_bytes);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* dptr, size_t bytesize, CUstream stream);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytesize, CUstream stream);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream stream);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream);
+
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamCreate(CUstream* stream, unsigned int flags);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamCreateWithPriority(CUstream* stream, unsigned int flags, int priority);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamDestroy_v2(CUstream stream);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode mode);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode mode);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamBeginCaptureToGraph(CUstream stream, CUgraph graph,
+                                                            const CUgraphNode* dependencies,
+                                                            const CUgraphEdgeData* dependency_data,
+                                                            size_t dependency_count, CUstreamCaptureMode mode);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph graph,
+                                                                 const CUgraphNode* dependencies,
+                                                                 const CUgraphEdgeData* dependency_data,
+                                                                 size_t dependency_count,
+                                                                 CUstreamCaptureMode mode);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamEndCapture(CUstream stream, CUgraph* graph);
+GPUSHIM_EXPORT CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream stream, CUgraph* graph);
+
+// cuda.h maps the name cuGetProcAddress to cuGetProcAddress_v2; the v1 symbol (CUDA 11.3, no
+// symbolStatus) keeps its own name through an asm label.
+GPUSHIM_EXPORT CUresult CUDAAPI cuGetProcAddress_v2(const char* symbol, void** pfn, int cuda_version,
+                                                    cuuint64_t flags, CUdriverProcAddressQueryResult* status);
+GPUSHIM_EXPORT CUresult CUDAAPI gpushim_cuGetProcAddress_v1(const char* symbol, void** pfn, int cuda_version,
+                                                            cuuint64_t flags) __asm__("cuGetProcAddress");
+}

@@ -1,0 +1,27 @@
+// A router that forwards every request to the real driver: lets the interposer's tests run before
+// (or without) the real router. Test-only; never part of the shipped libgpushim.so.
+#include "driver/real_driver.h"
+#include "router/router.h"
+
+namespace gpushim::router {
+
+CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept { return real_driver().cuMemAlloc(out, bytes); }
+CUresult free(CUdeviceptr p) noexcept { return real_driver().cuMemFree(p); }
+CUresult allocate_async(CUdeviceptr* out, std::size_t bytes, CUstream stream) noexcept {
+  return real_driver().cuMemAllocAsync(out, bytes, stream);
+}
+CUresult free_async(CUdeviceptr p, CUstream stream) noexcept { return real_driver().cuMemFreeAsync(p, stream); }
+CUresult allocate_pitch(CUdeviceptr* out, std::size_t* pitch, std::size_t width_bytes, std::size_t height,
+                        unsigned int element_size_bytes) noexcept {
+  return real_driver().cuMemAllocPitch(out, pitch, width_bytes, height, element_size_bytes);
+}
+CUresult get_info(std::size_t* free_bytes, std::size_t* total_bytes) noexcept {
+  return real_driver().cuMemGetInfo(free_bytes, total_bytes);
+}
+void on_stream_created(CUstream, unsigned int) noexcept {}
+void on_stream_destroying(CUstream) noexcept {}
+void on_capture_begin(CUstream) noexcept {}
+void on_capture_end(CUstream) noexcept {}
+bool find_block(CUdeviceptr, BlockInfo*) noexcept { return false; }
+
+}  // namespace gpushim::router

@@ -1,0 +1,69 @@
+# Interposer tests (shim/, driver/real_driver.cpp). CPU only: a fake libcuda.so.1 stands in for the
+# driver, so no "gpu" label. Needs the CUDA headers (GPUSHIM_HAVE_CUDA), like the shim itself.
+if(NOT TARGET gpushim_interposer)
+  return()
+endif()
+
+set(shim_fixtures ${CMAKE_CURRENT_SOURCE_DIR}/fake_driver)
+set(shim_fake_driver_dir ${CMAKE_CURRENT_BINARY_DIR}/fake_driver)
+
+# The fake driver, named and placed like the real one: <dir>/libcuda.so.1.
+add_library(shim_fake_libcuda SHARED ${shim_fixtures}/fake_libcuda.cpp)
+target_include_directories(shim_fake_libcuda PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+set_target_properties(shim_fake_libcuda PROPERTIES
+  OUTPUT_NAME cuda SOVERSION 1 LIBRARY_OUTPUT_DIRECTORY ${shim_fake_driver_dir})
+# Like the real driver, its own references to its functions (the cuGetProcAddress table) are bound
+# inside it: without this, the preloaded gpushim exports of the same names would replace them.
+target_link_options(shim_fake_libcuda PRIVATE -Wl,-Bsymbolic)
+
+# The libraries under test: the interposer over a router stub that passes everything to the driver
+# (tests the shim alone, whatever state the router is in), and the real libgpushim.so when it exists.
+add_library(shim_router_passthrough_stub STATIC ${shim_fixtures}/router_passthrough_stub.cpp)
+target_link_libraries(shim_router_passthrough_stub PUBLIC gpushim_driver)
+gpushim_add_preload_library(gpushim_over_router_stub shim_router_passthrough_stub)
+set_target_properties(gpushim_over_router_stub PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${CMAKE_CURRENT_BINARY_DIR})
+set(shim_libraries gpushim_over_router_stub)
+if(TARGET gpushim)
+  list(APPEND shim_libraries gpushim)
+endif()
+
+# Two libraries loaded after gpushim that define the same symbol, for RTLD_NEXT.
+add_library(shim_next_lookup_first SHARED ${shim_fixtures}/next_lookup_first.cpp)
+add_library(shim_next_lookup_second SHARED ${shim_fixtures}/next_lookup_second.cpp)
+target_link_libraries(shim_next_lookup_first PRIVATE ${CMAKE_DL_LIBS})
+
+add_executable(shim_interposition_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_interposition_test.cpp)
+target_include_directories(shim_interposition_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+# Link order is load order: the fake driver, then first, then second.
+target_link_libraries(shim_interposition_test PRIVATE shim_fake_libcuda shim_next_lookup_first
+                      shim_next_lookup_second GTest::gtest_main ${CMAKE_DL_LIBS})
+target_link_options(shim_interposition_test PRIVATE -Wl,--no-as-needed)
+foreach(library ${shim_libraries})
+  add_dependencies(shim_interposition_test ${library})
+  set(environment "LD_PRELOAD=$<TARGET_FILE:${library}>;LD_LIBRARY_PATH=${shim_fake_driver_dir}")
+  list(APPEND environment GPUSHIM_BACKEND=passthrough)
+  if(library STREQUAL gpushim_over_router_stub)
+    list(APPEND environment SHIM_TEST_ROUTER_STUB=1)
+  endif()
+  add_test(NAME shim_interposition.${library} COMMAND shim_interposition_test)
+  set_tests_properties(shim_interposition.${library} PROPERTIES ENVIRONMENT "${environment}")
+endforeach()
+
+add_executable(shim_real_driver_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_real_driver_test.cpp)
+target_link_libraries(shim_real_driver_test PRIVATE gpushim_driver GTest::gtest_main ${CMAKE_DL_LIBS})
+add_dependencies(shim_real_driver_test shim_fake_libcuda)
+add_test(NAME shim_real_driver COMMAND shim_real_driver_test)
+set_tests_properties(shim_real_driver PROPERTIES ENVIRONMENT "LD_LIBRARY_PATH=${shim_fake_driver_dir}")
+
+add_executable(shim_plain_program ${CMAKE_CURRENT_SOURCE_DIR}/shim_plain_program.cpp)
+target_link_libraries(shim_plain_program PRIVATE ${CMAKE_DL_LIBS})
+add_executable(shim_without_driver_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_without_driver_test.cpp)
+target_link_libraries(shim_without_driver_test PRIVATE GTest::gtest_main)
+target_compile_definitions(shim_without_driver_test PRIVATE PLAIN_PROGRAM="$<TARGET_FILE:shim_plain_program>")
+add_dependencies(shim_without_driver_test shim_plain_program)
+foreach(library ${shim_libraries})
+  add_dependencies(shim_without_driver_test ${library})
+  add_test(NAME shim_without_driver.${library} COMMAND shim_without_driver_test)
+  set_tests_properties(shim_without_driver.${library} PROPERTIES ENVIRONMENT
+    "SHIM_TEST_LIBRARY=$<TARGET_FILE:${library}>")
+endforeach()
