@@ -1,0 +1,73 @@
+#include "allocators/mempool_allocator.h"
+
+#include <algorithm>
+
+#include "diagnostics/log.h"
+#include "driver/real_driver.h"
+
+namespace gpushim {
+
+MempoolAllocator::MempoolAllocator(int device, std::uint64_t release_threshold) noexcept : device_(device) {
+  const RealDriver& driver = real_driver();
+  CUmemPoolProps props{};
+  props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+  props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+  props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  props.location.id = device;
+  CUmemoryPool pool = nullptr;
+  CUresult rc = driver.cuMemPoolCreate(&pool, &props);
+  if (rc != CUDA_SUCCESS) {
+    log(LogLevel::warn, "device %d: cuMemPoolCreate failed (%d)", device, static_cast<int>(rc));
+    return;
+  }
+  cuuint64_t threshold = release_threshold ? release_threshold : UINT64_MAX;
+  rc = driver.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &threshold);
+  if (rc != CUDA_SUCCESS)
+    log(LogLevel::warn, "device %d: setting the pool's release threshold failed (%d)", device, static_cast<int>(rc));
+  pool_ = pool;
+}
+
+void* MempoolAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
+  if (!pool_) return nullptr;
+  CUdeviceptr p = 0;
+  if (real_driver().cuMemAllocFromPoolAsync(&p, bytes, pool_, to_stream(stream)) != CUDA_SUCCESS) return nullptr;
+  std::uint64_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  std::uint64_t peak = peak_.load(std::memory_order_relaxed);
+  while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
+  }
+  return reinterpret_cast<void*>(p);
+}
+
+void MempoolAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
+  real_driver().cuMemFreeAsync(reinterpret_cast<CUdeviceptr>(p), to_stream(stream));
+  in_use_.fetch_sub(bytes, std::memory_order_relaxed);
+}
+
+std::size_t MempoolAllocator::release_cached() noexcept {
+  if (!pool_) return 0;
+  const RealDriver& driver = real_driver();
+  cuuint64_t before = 0, after = 0, high = 0;
+  driver.cuMemPoolGetAttribute(pool_, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &before);
+  driver.cuMemPoolGetAttribute(pool_, CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, &high);
+  // Frees enqueued on streams are only released once those streams have reached them; trimming gives
+  // back what is already free.
+  driver.cuMemPoolTrimTo(pool_, 0);
+  driver.cuMemPoolGetAttribute(pool_, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &after);
+  reserved_seen_.store(after, std::memory_order_relaxed);
+  peak_reserved_seen_.store(std::max<std::uint64_t>(high, peak_reserved_seen_.load(std::memory_order_relaxed)),
+                            std::memory_order_relaxed);
+  return before > after ? static_cast<std::size_t>(before - after) : 0;
+}
+
+AllocatorStats MempoolAllocator::stats() const noexcept {
+  AllocatorStats s;
+  s.bytes_in_use = in_use_.load(std::memory_order_relaxed);
+  s.peak_bytes_in_use = peak_.load(std::memory_order_relaxed);
+  s.bytes_reserved = std::max(s.bytes_in_use, reserved_seen_.load(std::memory_order_relaxed));
+  s.peak_bytes_reserved = std::max(s.peak_bytes_in_use, peak_reserved_seen_.load(std::memory_order_relaxed));
+  s.bytes_cached = s.bytes_reserved - s.bytes_in_use;
+  s.largest_free_block = 0;  // the pool does not tell
+  return s;
+}
+
+}  // namespace gpushim

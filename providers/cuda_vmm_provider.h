@@ -1,0 +1,60 @@
+// MemoryProvider over the CUDA virtual memory management API, for one device.
+//
+// reserve = cuMemAddressReserve; map = cuMemCreate + cuMemMap + one cuMemSetAccess for the whole range
+// (cuMemSetAccess costs 30-54 us whatever the size, so once per mapped range, never per block);
+// unmap = cuMemUnmap + cuMemRelease of exactly what one map() mapped. Measured costs in DESIGN.md.
+// Calls the real driver only (driver/real_driver.h), never gpushim's hooks.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+
+#include <cuda.h>
+
+#include "providers/memory_provider.h"
+#include "tracing/trace_recorder.h"
+
+namespace gpushim {
+
+class CudaVmmProvider final : public MemoryProvider {
+ public:
+  // Asks the driver for the granularity of pinned device memory on `device`; `ok()` is false when the
+  // driver has no VMM support there (then every map() fails and the router falls back).
+  explicit CudaVmmProvider(int device, tracing::BackendId backend = tracing::BackendId::unknown) noexcept;
+  ~CudaVmmProvider() override = default;  // never frees: device state lives until the process ends
+  CudaVmmProvider(const CudaVmmProvider&) = delete;
+  CudaVmmProvider& operator=(const CudaVmmProvider&) = delete;
+
+  bool ok() const noexcept { return ok_; }
+  std::size_t granularity() const noexcept override { return granularity_; }
+  void* reserve(std::size_t bytes) noexcept override;
+  void release_reservation(void* base, std::size_t bytes) noexcept override;
+  bool map(void* addr, std::size_t bytes) noexcept override;
+  void unmap(void* addr, std::size_t bytes) noexcept override;
+  std::size_t bytes_mapped() const noexcept override { return bytes_mapped_.load(std::memory_order_relaxed); }
+
+  void reset_after_fork() noexcept;
+
+ private:
+  // The H100's granularity, used only if the driver cannot tell us.
+  static constexpr std::size_t kFallbackGranularity = std::size_t{2} << 20;
+
+  const int device_;
+  const tracing::BackendId backend_;
+  bool ok_ = false;
+  std::size_t granularity_ = kFallbackGranularity;
+  CUmemAllocationProp prop_{};
+  CUmemAccessDesc access_{};
+  std::atomic<std::size_t> bytes_mapped_{0};
+  std::mutex mutex_;  // map/unmap are 15-300 us driver calls; one lock is no bottleneck
+  struct Mapping {
+    CUmemGenericAllocationHandle handle;
+    std::size_t bytes;
+  };
+  std::map<std::uintptr_t, Mapping> mappings_;  // addr -> what one map() created
+};
+
+}  // namespace gpushim

@@ -1,0 +1,178 @@
+#include "router/cuda_fence_events.h"
+
+#include <algorithm>
+#include <new>
+
+#include "diagnostics/log.h"
+#include "driver/real_driver.h"
+
+namespace gpushim {
+namespace {
+
+// Makes `context` current for the scope if it is not already, and restores the caller's afterwards.
+// cuCtxGetCurrent is a thread-local read inside the driver, so the common case (already current) costs
+// no context switch.
+class ScopedContext {
+ public:
+  explicit ScopedContext(CUcontext context) noexcept {
+    const RealDriver& driver = real_driver();
+    CUcontext current = nullptr;
+    if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return;
+    if (current == context) {
+      ok_ = true;
+      return;
+    }
+    ok_ = pushed_ = driver.cuCtxPushCurrent(context) == CUDA_SUCCESS;
+  }
+  ~ScopedContext() {
+    if (pushed_) {
+      CUcontext popped = nullptr;
+      real_driver().cuCtxPopCurrent(&popped);
+    }
+  }
+  bool ok() const noexcept { return ok_; }
+
+ private:
+  bool ok_ = false;
+  bool pushed_ = false;
+};
+
+}  // namespace
+
+void CudaFenceEvents::set_default_context(CUcontext context) noexcept {
+  CUcontext expected = nullptr;
+  default_context_.compare_exchange_strong(expected, context);
+}
+
+void CudaFenceEvents::add_nonblocking_stream(CUstream stream, CUcontext context) noexcept {
+  std::lock_guard<std::mutex> guard(streams_lock_);
+  try {
+    nonblocking_streams_.push_back({stream, context});
+  } catch (...) {
+    // Without host memory this stream goes unfenced; nothing safer is possible.
+  }
+}
+
+void CudaFenceEvents::remove_stream(CUstream stream) noexcept {
+  std::lock_guard<std::mutex> guard(streams_lock_);
+  nonblocking_streams_.erase(std::remove_if(nonblocking_streams_.begin(), nonblocking_streams_.end(),
+                                            [stream](const TrackedStream& s) { return s.stream == stream; }),
+                             nonblocking_streams_.end());
+}
+
+CUevent CudaFenceEvents::acquire_event(CUcontext context) noexcept {
+  {
+    std::lock_guard<std::mutex> guard(pool_lock_);
+    for (std::size_t i = free_events_.size(); i-- > 0;) {
+      if (free_events_[i].context != context) continue;
+      CUevent event = reinterpret_cast<CUevent>(free_events_[i].event);
+      free_events_[i] = free_events_.back();
+      free_events_.pop_back();
+      return event;
+    }
+  }
+  CUevent event = nullptr;
+  if (real_driver().cuEventCreate(&event, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) return nullptr;
+  return event;
+}
+
+bool CudaFenceEvents::record_on(CUcontext context, CUstream stream, Fence* out) noexcept {
+  CUevent event = acquire_event(context);
+  if (!event) return false;
+  if (real_driver().cuEventRecord(event, stream) != CUDA_SUCCESS) {
+    real_driver().cuEventDestroy(event);
+    return false;
+  }
+  try {
+    out->events.push_back({context, reinterpret_cast<std::uintptr_t>(event)});
+  } catch (...) {
+    // Nothing to wait on: the caller treats a fence it cannot complete as never complete.
+    return false;
+  }
+  return true;
+}
+
+FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_context, Fence* out) noexcept {
+  if (active_captures_.load(std::memory_order_acquire) > 0) return Record::postponed;
+  CUcontext context = batch_context ? static_cast<CUcontext>(batch_context) : default_context_.load();
+  if (!context) return Record::postponed;
+  std::vector<TrackedStream> streams;
+  {
+    std::lock_guard<std::mutex> guard(streams_lock_);
+    try {
+      streams = nonblocking_streams_;
+    } catch (...) {
+      return Record::postponed;
+    }
+  }
+  bool ok;
+  {
+    ScopedContext scope(context);
+    ok = scope.ok() && record_on(context, CU_STREAM_LEGACY, out);
+  }
+  for (const TrackedStream& s : streams) {
+    if (!ok) break;
+    ScopedContext scope(s.context);
+    ok = scope.ok() && record_on(s.context, s.stream, out);
+  }
+  if (!ok) {
+    // A partial fence would let a block go back too early: drop it and try again at the next poll.
+    static bool reported = false;
+    log_once(&reported, LogLevel::warn, "device %d: could not record a free fence; freed blocks are held",
+             device_);
+    release(*out);
+    return Record::postponed;
+  }
+  return Record::recorded;
+}
+
+FenceEvents::Record CudaFenceEvents::record_stream_fence(FenceContext batch_context, StreamHandle stream,
+                                                         Fence* out) noexcept {
+  if (active_captures_.load(std::memory_order_acquire) > 0) return Record::postponed;
+  CUcontext context = batch_context ? static_cast<CUcontext>(batch_context) : default_context_.load();
+  if (!context) return Record::postponed;
+  ScopedContext scope(context);
+  if (!scope.ok() || !record_on(context, reinterpret_cast<CUstream>(stream), out)) {
+    release(*out);
+    return Record::postponed;
+  }
+  return Record::recorded;
+}
+
+FenceEvents::Status CudaFenceEvents::query(const Fence& fence) noexcept {
+  if (fence.events.empty()) return Status::pending;  // never recorded: cannot prove anything
+  for (const FenceEvent& e : fence.events) {
+    // cuEventQuery needs no particular current context. Errors other than NOT_READY (a destroyed
+    // context, a sticky launch failure) mean no more work will run on the block: complete.
+    if (real_driver().cuEventQuery(reinterpret_cast<CUevent>(e.event)) == CUDA_ERROR_NOT_READY)
+      return Status::pending;
+  }
+  return Status::complete;
+}
+
+void CudaFenceEvents::synchronize(const Fence& fence) noexcept {
+  for (const FenceEvent& e : fence.events) real_driver().cuEventSynchronize(reinterpret_cast<CUevent>(e.event));
+}
+
+void CudaFenceEvents::release(Fence& fence) noexcept {
+  std::lock_guard<std::mutex> guard(pool_lock_);
+  for (const FenceEvent& e : fence.events) {
+    try {
+      free_events_.push_back(e);
+    } catch (...) {
+      real_driver().cuEventDestroy(reinterpret_cast<CUevent>(e.event));
+    }
+  }
+  fence.events.clear();
+}
+
+void CudaFenceEvents::reset_after_fork() noexcept {
+  new (&streams_lock_) std::mutex();
+  new (&pool_lock_) std::mutex();
+  // The parent's contexts, streams and events mean nothing in the child.
+  nonblocking_streams_.clear();
+  free_events_.clear();
+  default_context_.store(nullptr);
+}
+
+}  // namespace gpushim

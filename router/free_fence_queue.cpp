@@ -1,0 +1,162 @@
+#include "router/free_fence_queue.h"
+
+#include <new>
+#include <utility>
+
+namespace gpushim {
+
+bool FreeFenceQueue::try_record(ClosedBatch& batch) noexcept {
+  FenceEvents::Record result =
+      batch.stream_fence ? events_.record_stream_fence(batch.context, batch.stream, &batch.fence)
+                         : events_.record_device_fence(batch.context, &batch.fence);
+  batch.recorded = result == FenceEvents::Record::recorded;
+  return batch.recorded;
+}
+
+void FreeFenceQueue::enqueue(ClosedBatch batch) noexcept {
+  if (batch.blocks.empty()) return;
+  for (const FreedBlock& block : batch.blocks) batch.bytes += block.bytes;
+  std::lock_guard<std::mutex> guard(lock_);
+  // Orphans ride along with the next device fence: a device fence covers all earlier work, so it
+  // covers theirs too.
+  if (!batch.stream_fence && !orphans_.empty()) {
+    for (const FreedBlock& block : orphans_) batch.bytes += block.bytes;
+    try {
+      batch.blocks.insert(batch.blocks.end(), orphans_.begin(), orphans_.end());
+      for (const FreedBlock& block : orphans_) pending_bytes_ -= block.bytes;
+      orphans_.clear();
+    } catch (...) {
+      for (const FreedBlock& block : orphans_) batch.bytes -= block.bytes;
+    }
+  }
+  try_record(batch);
+  pending_bytes_ += batch.bytes;
+  try {
+    queue_.push_back(std::move(batch));
+  } catch (...) {
+    // No host memory for the queue node: these blocks leak (held forever), which is safe.
+    pending_bytes_ -= batch.bytes;
+  }
+}
+
+void FreeFenceQueue::close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept {
+  ClosedBatch batch;
+  batch.blocks = std::move(blocks);
+  batch.context = context;
+  enqueue(std::move(batch));
+  poll();
+}
+
+void FreeFenceQueue::close_stream_batch(std::vector<FreedBlock> blocks, FenceContext context,
+                                        StreamHandle stream) noexcept {
+  ClosedBatch batch;
+  batch.blocks = std::move(blocks);
+  batch.context = context;
+  batch.stream_fence = true;
+  batch.stream = stream;
+  enqueue(std::move(batch));
+  poll();
+}
+
+void FreeFenceQueue::adopt_orphans(std::vector<FreedBlock> blocks) noexcept {
+  std::lock_guard<std::mutex> guard(lock_);
+  try {
+    for (const FreedBlock& block : blocks) {
+      orphans_.push_back(block);
+      pending_bytes_ += block.bytes;
+    }
+  } catch (...) {
+    // Held forever: safe, only wasteful.
+  }
+}
+
+std::size_t FreeFenceQueue::give_back(std::vector<ClosedBatch>& done) noexcept {
+  std::size_t bytes = 0;
+  for (ClosedBatch& batch : done) {
+    events_.release(batch.fence);
+    for (const FreedBlock& block : batch.blocks) {
+      backend_.deallocate(block.ptr, block.bytes, block.stream);
+      bytes += block.bytes;
+    }
+  }
+  return bytes;
+}
+
+std::size_t FreeFenceQueue::poll() noexcept {
+  if (!events_.may_give_back()) return 0;
+  std::vector<ClosedBatch> done;
+  {
+    std::lock_guard<std::mutex> guard(lock_);
+    if (!orphans_.empty()) {
+      // Orphans alone (no thread closes a batch on this device any more): give them their own fence.
+      ClosedBatch batch;
+      batch.blocks.swap(orphans_);
+      for (const FreedBlock& block : batch.blocks) batch.bytes += block.bytes;
+      try_record(batch);
+      try {
+        queue_.push_back(std::move(batch));
+      } catch (...) {
+      }
+    }
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (!it->recorded && !try_record(*it)) {
+        ++it;
+        continue;
+      }
+      if (events_.query(it->fence) != FenceEvents::Status::complete) {
+        ++it;
+        continue;
+      }
+      pending_bytes_ -= it->bytes;
+      try {
+        done.push_back(std::move(*it));
+      } catch (...) {
+        ++it;  // keep it for the next poll
+        pending_bytes_ += it[-1].bytes;
+        continue;
+      }
+      it = queue_.erase(it);
+    }
+  }
+  // Outside the lock: a driver-backed backend's deallocate is a driver call.
+  return give_back(done);
+}
+
+std::size_t FreeFenceQueue::synchronize_all() noexcept {
+  if (!events_.may_give_back()) return 0;
+  std::vector<ClosedBatch> recorded;
+  {
+    std::lock_guard<std::mutex> guard(lock_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (!it->recorded && !try_record(*it)) {
+        ++it;
+        continue;
+      }
+      pending_bytes_ -= it->bytes;
+      try {
+        recorded.push_back(std::move(*it));
+      } catch (...) {
+        pending_bytes_ += it->bytes;
+        ++it;
+        continue;
+      }
+      it = queue_.erase(it);
+    }
+  }
+  for (ClosedBatch& batch : recorded) events_.synchronize(batch.fence);
+  return give_back(recorded);
+}
+
+std::uint64_t FreeFenceQueue::pending_bytes() const noexcept {
+  std::lock_guard<std::mutex> guard(lock_);
+  return pending_bytes_;
+}
+
+std::size_t FreeFenceQueue::batches() const noexcept {
+  std::lock_guard<std::mutex> guard(lock_);
+  return queue_.size();
+}
+
+void FreeFenceQueue::reset_after_fork() noexcept { new (&lock_) std::mutex(); }
+
+}  // namespace gpushim

@@ -1,0 +1,142 @@
+// Free-safety without waiting in the free path (docs/free-safety.md says why it is shaped this way).
+//
+// A block freed with cuMemFree is not handed back to its backend until the GPU has finished all work
+// issued before the free on every stream of its device. Frees are gathered in small batches; a closed
+// batch gets one fence (events recorded on the streams that matter, by a FenceEvents implementation);
+// the blocks go back to the backend once every event of the fence has completed. Async frees on stream S
+// get a fence of one event on S.
+//
+// This file is the state machine only: the driver sits behind FenceEvents (router/cuda_fence_events.*),
+// so the queue is tested on the CPU with a fake (tests/router_free_fence_queue_test.cpp).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <mutex>
+#include <vector>
+
+#include "allocators/allocator.h"
+
+namespace gpushim {
+
+// A batch closes at 64 blocks: one cuEventRecord (~2 us) per 64 frees keeps the amortised cost of the
+// fence far below the ~200 ns budget of a pair, while 64 blocks held back are few enough that the
+// backend rarely misses because of them.
+inline constexpr std::size_t kBatchMaxBlocks = 64;
+// ... or at 64 MiB: large blocks must not sit in a half-full batch for long; 64 MiB is 32 VMM granules,
+// small against an 80 GiB device, and one fence per 64 MiB of frees is still cheap.
+inline constexpr std::size_t kBatchMaxBytes = std::size_t{64} << 20;
+
+struct FreedBlock {
+  void* ptr = nullptr;
+  std::size_t bytes = 0;           // the size the backend was asked for
+  StreamHandle stream = 0;         // passed to deallocate (0: a cuMemFree)
+};
+
+// The opaque context a batch's events are recorded in (a CUcontext); nullptr = the device's default.
+using FenceContext = void*;
+
+struct FenceEvent {
+  FenceContext context = nullptr;
+  std::uintptr_t event = 0;  // a CUevent
+};
+struct Fence {
+  std::vector<FenceEvent> events;
+};
+
+class FenceEvents {
+ public:
+  enum class Record { recorded, postponed };  // postponed: a capture is active, try again later
+  enum class Status { complete, pending };
+
+  virtual ~FenceEvents() = default;
+  // Fence after all work issued so far on every stream of the device (the legacy stream plus every
+  // non-blocking stream).
+  virtual Record record_device_fence(FenceContext context, Fence* out) noexcept = 0;
+  // Fence after all work issued so far on `stream`.
+  virtual Record record_stream_fence(FenceContext context, StreamHandle stream, Fence* out) noexcept = 0;
+  // complete also when the driver reports an error (a dead context runs no more work on the block).
+  virtual Status query(const Fence& fence) noexcept = 0;
+  virtual void synchronize(const Fence& fence) noexcept = 0;
+  virtual void release(Fence& fence) noexcept = 0;  // events back to their pool
+  // False while giving blocks back would call the driver in a way a stream capture forbids (a
+  // driver-backed backend frees with cuMemFree or cuMemFreeAsync on the legacy stream): completed
+  // batches then wait for the next poll.
+  virtual bool may_give_back() noexcept { return true; }
+};
+
+// The frees of one thread for one device that have no fence yet.
+class PendingBatch {
+ public:
+  // Returns true when the batch is full and should be closed.
+  bool add(const FreedBlock& block, FenceContext context) {
+    if (blocks_.empty()) context_ = context;
+    blocks_.push_back(block);
+    bytes_ += block.bytes;
+    return blocks_.size() >= kBatchMaxBlocks || bytes_ >= kBatchMaxBytes;
+  }
+  bool empty() const noexcept { return blocks_.empty(); }
+  std::size_t bytes() const noexcept { return bytes_; }
+  FenceContext context() const noexcept { return context_; }
+  std::vector<FreedBlock> take() noexcept {
+    bytes_ = 0;
+    context_ = nullptr;
+    return std::move(blocks_);
+  }
+
+ private:
+  std::vector<FreedBlock> blocks_;
+  std::size_t bytes_ = 0;
+  FenceContext context_ = nullptr;
+};
+
+class FreeFenceQueue {
+ public:
+  FreeFenceQueue(Allocator& backend, FenceEvents& events) noexcept : backend_(backend), events_(events) {}
+  FreeFenceQueue(const FreeFenceQueue&) = delete;
+  FreeFenceQueue& operator=(const FreeFenceQueue&) = delete;
+
+  // Closes a batch of cuMemFree'd blocks: records a device fence (or keeps the batch unfenced when a
+  // capture is active), then polls.
+  void close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept;
+  // Closes the async-freed blocks of one stream: a fence of one event on that stream.
+  void close_stream_batch(std::vector<FreedBlock> blocks, FenceContext context, StreamHandle stream) noexcept;
+  // Blocks of a thread that exited before closing its batch. No driver call (this runs in thread-exit
+  // and process-exit paths): they wait, unfenced, for the next close or poll to fence them.
+  void adopt_orphans(std::vector<FreedBlock> blocks) noexcept;
+
+  // Fences unfenced batches (when no capture blocks it) and gives the blocks of completed fences back to
+  // the backend. Returns the bytes given back.
+  std::size_t poll() noexcept;
+  // Memory pressure only: waits for every recorded fence, then gives its blocks back.
+  std::size_t synchronize_all() noexcept;
+
+  std::uint64_t pending_bytes() const noexcept;
+  std::size_t batches() const noexcept;
+
+  void reset_after_fork() noexcept;
+
+ private:
+  struct ClosedBatch {
+    std::vector<FreedBlock> blocks;
+    std::size_t bytes = 0;
+    FenceContext context = nullptr;
+    bool stream_fence = false;
+    StreamHandle stream = 0;
+    bool recorded = false;
+    Fence fence;
+  };
+  void enqueue(ClosedBatch batch) noexcept;
+  bool try_record(ClosedBatch& batch) noexcept;  // lock_ held
+  std::size_t give_back(std::vector<ClosedBatch>& done) noexcept;
+
+  Allocator& backend_;
+  FenceEvents& events_;
+  mutable std::mutex lock_;
+  std::deque<ClosedBatch> queue_;  // in close order
+  std::vector<FreedBlock> orphans_;
+  std::uint64_t pending_bytes_ = 0;  // lock_ held
+};
+
+}  // namespace gpushim

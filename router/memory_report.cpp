@@ -1,0 +1,73 @@
+#include "router/memory_report.h"
+
+#include <cstdio>
+
+#include "diagnostics/log.h"
+
+namespace gpushim {
+namespace {
+
+std::string bytes_text(std::uint64_t bytes) {
+  char buf[48];
+  return format_bytes(bytes, buf, sizeof buf);
+}
+
+}  // namespace
+
+double fragmentation_percent(std::uint64_t cached, std::uint64_t largest_free) noexcept {
+  if (cached == 0) return 0.0;
+  if (largest_free >= cached) return 0.0;
+  return 100.0 * (1.0 - static_cast<double>(largest_free) / static_cast<double>(cached));
+}
+
+std::vector<std::string> format_oom_report(const OomReport& r) {
+  std::vector<std::string> lines;
+  char line[512];
+  std::snprintf(line, sizeof line, "out of memory on device %d (backend %s): requested %s", r.device,
+                r.backend, bytes_text(r.requested).c_str());
+  lines.emplace_back(line);
+  std::snprintf(line, sizeof line, "  live %s in %llu blocks, reserved %s, cached %s, pending free %s%s%s",
+                bytes_text(r.live_bytes).c_str(), static_cast<unsigned long long>(r.live_blocks),
+                bytes_text(r.reserved).c_str(), bytes_text(r.cached).c_str(),
+                bytes_text(r.pending_free).c_str(), r.limit ? ", limit " : "",
+                r.limit ? bytes_text(r.limit).c_str() : "");
+  lines.emplace_back(line);
+  std::snprintf(line, sizeof line, "  largest free block %s, fragmentation %.1f%%",
+                bytes_text(r.largest_free).c_str(), fragmentation_percent(r.cached, r.largest_free));
+  lines.emplace_back(line);
+  if (!r.largest_live.empty()) {
+    std::snprintf(line, sizeof line, "  largest live allocations (%zu):", r.largest_live.size());
+    lines.emplace_back(line);
+    for (const OomReport::Block& block : r.largest_live) {
+      std::snprintf(line, sizeof line, "    %s at 0x%llx", bytes_text(block.bytes).c_str(),
+                    static_cast<unsigned long long>(block.address));
+      lines.emplace_back(line);
+    }
+  }
+  return lines;
+}
+
+std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
+  // Column widths reproduce the header of stats_format.md character for character.
+  static const char* const kRowFormat = "%6s %-7s %12s %10s %10s %16s %11s %14s";
+  std::vector<std::string> lines;
+  char line[512];
+  std::snprintf(line, sizeof line, kRowFormat, "device", "backend", "allocs", "frees", "failed",
+                "bytes_allocated", "peak_live", "peak_reserved");
+  lines.emplace_back(line);
+  for (const StatsRow& row : rows) {
+    if (row.allocs == 0 && row.frees == 0 && row.failed == 0) continue;
+    char device[16], allocs[24], frees[24], failed[24];
+    std::snprintf(device, sizeof device, "%d", row.device);
+    std::snprintf(allocs, sizeof allocs, "%llu", static_cast<unsigned long long>(row.allocs));
+    std::snprintf(frees, sizeof frees, "%llu", static_cast<unsigned long long>(row.frees));
+    std::snprintf(failed, sizeof failed, "%llu", static_cast<unsigned long long>(row.failed));
+    std::snprintf(line, sizeof line, kRowFormat, device, row.backend.c_str(), allocs, frees, failed,
+                  bytes_text(row.bytes_allocated).c_str(), bytes_text(row.peak_live).c_str(),
+                  bytes_text(row.peak_reserved).c_str());
+    lines.emplace_back(line);
+  }
+  return lines;
+}
+
+}  // namespace gpushim

@@ -1,0 +1,52 @@
+// The two things the router prints: the out-of-memory report and the GPUSHIM_STATS table at exit.
+// Formatting is separate from the driver and from printing so it is tested on the CPU
+// (tests/router_memory_report_test.cpp); the router passes each line to log().
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace gpushim {
+
+struct OomReport {
+  int device = 0;
+  const char* backend = "";
+  std::uint64_t requested = 0;
+  std::uint64_t live_bytes = 0;
+  std::uint64_t live_blocks = 0;
+  std::uint64_t reserved = 0;
+  std::uint64_t cached = 0;
+  std::uint64_t pending_free = 0;   // freed, waiting for a fence
+  std::uint64_t largest_free = 0;
+  std::uint64_t limit = 0;          // 0: no GPUSHIM_LIMIT
+  struct Block {
+    std::uintptr_t address;
+    std::uint64_t bytes;
+  };
+  std::vector<Block> largest_live;  // largest first
+};
+
+// 1 - largest_free / cached, in percent: 0 when the cached memory is one block, near 100 when it is
+// dust. 0 when nothing is cached.
+double fragmentation_percent(std::uint64_t cached, std::uint64_t largest_free) noexcept;
+
+// Lines without the "gpushim: " prefix (log() adds it).
+std::vector<std::string> format_oom_report(const OomReport& report);
+
+struct StatsRow {
+  int device = 0;
+  std::string backend;
+  std::uint64_t allocs = 0;
+  std::uint64_t frees = 0;
+  std::uint64_t failed = 0;
+  std::uint64_t bytes_allocated = 0;  // sum of the requested sizes of all allocations served
+  std::uint64_t peak_live = 0;
+  std::uint64_t peak_reserved = 0;
+};
+
+// The header and one line per row, exactly as /work/notes/stats_format.md fixes them (whitespace-
+// separated; byte columns are format_bytes "<number> <unit>" pairs). Rows with no call are left out.
+std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows);
+
+}  // namespace gpushim

@@ -1,0 +1,778 @@
+// The router (router/router.h). How a request flows and why free-safety is shaped as it is:
+// docs/free-safety.md. Pure pieces live beside it and are tested on the CPU: live_block_table.*,
+// free_fence_queue.*, pitch.h, memory_report.*.
+#include "router/router.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+#include <vector>
+
+#include "allocators/allocator.h"
+#include "config/settings.h"
+#include "diagnostics/log.h"
+#include "driver/real_driver.h"
+#include "router/cuda_fence_events.h"
+#include "router/device_backend.h"
+#include "router/free_fence_queue.h"
+#include "router/live_block_table.h"
+#include "router/memory_report.h"
+#include "router/pitch.h"
+#include "tracing/trace_recorder.h"
+
+namespace gpushim::router {
+namespace {
+
+constexpr int kMaxDevices = 64;          // ordinals beyond this are passed to the driver untouched
+constexpr std::size_t kStreamShards = 16;  // async free lists, sharded by stream: no device-wide lock
+constexpr std::size_t kLargestLiveInReport = 10;
+
+// cuMemAllocAsync/cuMemFreeAsync on the per-thread default stream name a different stream on every
+// thread behind one handle, so its blocks cannot sit in a shared per-stream list; they take the
+// cuMemFree path (the per-thread stream is a blocking stream, so the legacy-stream fence covers it).
+bool is_per_thread_stream(CUstream s) { return s == CU_STREAM_PER_THREAD; }
+CUstream normalized(CUstream s) { return s ? s : CU_STREAM_LEGACY; }
+
+std::size_t round_up(std::size_t bytes) { return (bytes + kMinAlignment - 1) / kMinAlignment * kMinAlignment; }
+
+// Async-freed blocks of one stream: reusable at once on that stream (same rounded size), and handed to
+// the fence queue (one event on the stream) when the list grows past a batch or memory runs short.
+struct StreamFreeList {
+  CUcontext context = nullptr;
+  std::unordered_multimap<std::size_t, FreedBlock> by_size;
+  std::size_t bytes = 0;
+};
+struct alignas(64) StreamShard {
+  std::mutex lock;
+  std::unordered_map<CUstream, StreamFreeList> lists;
+};
+
+struct DeviceState {
+  // `built.backend` is not null (device_state() checks).
+  DeviceState(int ordinal, DeviceBackend built, const std::atomic<int>& captures)
+      : ordinal(ordinal), assembly(std::move(built)), events(ordinal, captures, assembly.driver_backed),
+        fences(*assembly.backend, events) {}
+  const int ordinal;
+  DeviceBackend assembly;
+  CudaFenceEvents events;
+  FreeFenceQueue fences;
+  StreamShard stream_shards[kStreamShards];
+  std::atomic<bool> in_oom_burst{false};
+  Allocator& backend() { return *assembly.backend; }
+  bool fenced() { return assembly.backend->needs_free_fence(); }
+};
+
+// Program-visible counts per device, kept per thread (no shared cache line on the hot path) and folded
+// into g_retired when a thread exits.
+struct Counters {
+  std::atomic<std::uint64_t> allocs{0}, frees{0}, failed{0}, bytes{0};
+};
+
+// Everything global is either trivially destructible or allocated and never freed: program threads and
+// static destructors may still call cuMemFree after exit() has begun.
+std::atomic<int> g_active_captures{0};
+std::atomic<DeviceState*> g_devices[kMaxDevices];
+std::mutex g_devices_lock;  // creation only
+LiveBlockTable& g_table_instance() {
+  static LiveBlockTable* table = new LiveBlockTable();
+  return *table;
+}
+#define g_table g_table_instance()
+Counters g_retired[kMaxDevices];
+std::atomic<std::uint64_t> g_stream_generation{1};  // bumped when a stream is destroyed: stale caches
+std::atomic<std::uint64_t> g_fork_generation{1};    // bumped in a forked child: parent handles are void
+bool g_forked_child = false;
+
+std::mutex g_captures_lock;
+std::vector<CUstream>& capturing_streams() {
+  static auto* streams = new std::vector<CUstream>();
+  return *streams;
+}
+
+// Per-thread state: the pending cuMemFree batch of each device, and the counters.
+struct ThreadState;
+std::mutex g_threads_lock;  // registration, exit, and the out-of-memory sweep
+std::vector<ThreadState*>& threads() {
+  static auto* registered = new std::vector<ThreadState*>();
+  return *registered;
+}
+#define g_threads (&threads())
+// Set when this thread's ThreadState has been destroyed (thread exit, or exit() on the main thread):
+// calls that still arrive (static destructors freeing device memory) use the shared fallbacks.
+thread_local bool t_state_gone = false;
+
+struct ThreadState {
+  std::mutex lock;  // the owner on each free; another thread only in an out-of-memory sweep
+  PendingBatch batches[kMaxDevices];
+  Counters counters[kMaxDevices];
+  ThreadState() {
+    std::lock_guard<std::mutex> guard(g_threads_lock);
+    try {
+      g_threads->push_back(this);
+    } catch (...) {
+    }
+  }
+  // Thread exit (also the main thread at process exit): no driver call here. Pending blocks become
+  // orphans of their device, fenced by whichever thread closes or polls next.
+  ~ThreadState() {
+    t_state_gone = true;
+    {
+      std::lock_guard<std::mutex> guard(g_threads_lock);
+      g_threads->erase(std::remove(g_threads->begin(), g_threads->end(), this), g_threads->end());
+    }
+    std::lock_guard<std::mutex> guard(lock);
+    for (int d = 0; d < kMaxDevices; ++d) {
+      g_retired[d].allocs += counters[d].allocs.load();
+      g_retired[d].frees += counters[d].frees.load();
+      g_retired[d].failed += counters[d].failed.load();
+      g_retired[d].bytes += counters[d].bytes.load();
+      if (batches[d].empty()) continue;
+      if (DeviceState* device = g_devices[d].load()) device->fences.adopt_orphans(batches[d].take());
+    }
+  }
+};
+thread_local ThreadState t_state;
+
+Counters& counters(int device) { return t_state_gone ? g_retired[device] : t_state.counters[device]; }
+
+// ctx -> device cache. cuCtxGetCurrent is a read of the driver's thread-local current context (no
+// syscall, no lock: it shows as ~10 ns in the pair benchmark), so asking it on every call is cheaper and
+// more correct than tracking cuCtxSetCurrent/cudaSetDevice ourselves.
+struct ContextCacheEntry {
+  CUcontext context;
+  DeviceState* device;
+  std::uint64_t generation;
+};
+thread_local ContextCacheEntry t_context_cache[4];
+thread_local unsigned t_context_next = 0;
+
+struct StreamCacheEntry {
+  CUstream stream;
+  CUcontext context;
+  DeviceState* device;
+  std::uint64_t generation;
+};
+thread_local StreamCacheEntry t_stream_cache[4];
+thread_local unsigned t_stream_next = 0;
+
+void at_exit() noexcept;
+void atfork_child() noexcept;
+
+void ensure_started() noexcept {
+  static const bool started = [] {
+    tracing::start_from_settings();
+    std::atexit(at_exit);
+    pthread_atfork(nullptr, nullptr, atfork_child);
+    return true;
+  }();
+  (void)started;
+}
+
+DeviceState* device_state(int ordinal, CUcontext context) noexcept {
+  if (ordinal < 0 || ordinal >= kMaxDevices) return nullptr;
+  DeviceState* state = g_devices[ordinal].load(std::memory_order_acquire);
+  if (!state) {
+    std::lock_guard<std::mutex> guard(g_devices_lock);
+    state = g_devices[ordinal].load(std::memory_order_acquire);
+    if (!state) {
+      DeviceBackend built = build_device_backend(ordinal);
+      if (!built.backend) return nullptr;  // no host memory: requests go to the driver
+      DeviceState* created = nullptr;
+      try {
+        created = new DeviceState(ordinal, std::move(built), g_active_captures);
+      } catch (...) {
+        return nullptr;
+      }
+      g_devices[ordinal].store(created, std::memory_order_release);  // never freed (exit-time safety)
+      state = created;
+      log(LogLevel::info, "device %d: backend %s", ordinal, created->assembly.name);
+    }
+  }
+  if (context) state->events.set_default_context(context);
+  return state;
+}
+
+// The device of a context that may not be current.
+DeviceState* device_of_context(CUcontext context) noexcept {
+  const RealDriver& driver = real_driver();
+  CUcontext current = nullptr;
+  if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return nullptr;
+  bool pushed = false;
+  if (current != context) {
+    if (driver.cuCtxPushCurrent(context) != CUDA_SUCCESS) return nullptr;
+    pushed = true;
+  }
+  CUdevice device = -1;
+  CUresult rc = driver.cuCtxGetDevice(&device);
+  if (pushed) {
+    CUcontext popped = nullptr;
+    driver.cuCtxPopCurrent(&popped);
+  }
+  return rc == CUDA_SUCCESS ? device_state(static_cast<int>(device), context) : nullptr;
+}
+
+// The device of the calling thread's current context; the driver's own error when there is none.
+CUresult current_device(DeviceState** out, CUcontext* context_out) noexcept {
+  CUcontext context = nullptr;
+  CUresult rc = real_driver().cuCtxGetCurrent(&context);
+  if (rc != CUDA_SUCCESS) return rc;
+  if (!context) return CUDA_ERROR_INVALID_CONTEXT;  // what cuMemAlloc answers without a context
+  *context_out = context;
+  const std::uint64_t generation = g_fork_generation.load(std::memory_order_relaxed);
+  for (const ContextCacheEntry& entry : t_context_cache) {
+    if (entry.context == context && entry.generation == generation) {
+      *out = entry.device;
+      return CUDA_SUCCESS;
+    }
+  }
+  CUdevice device = -1;
+  rc = real_driver().cuCtxGetDevice(&device);
+  if (rc != CUDA_SUCCESS) return rc;
+  DeviceState* state = device_state(static_cast<int>(device), context);
+  if (!state) return CUDA_ERROR_NOT_SUPPORTED;  // caller passes the request to the driver
+  t_context_cache[t_context_next++ % 4] = {context, state, generation};
+  *out = state;
+  return CUDA_SUCCESS;
+}
+
+// The device and context of a stream (cuMemAllocAsync uses the stream's device).
+CUresult stream_device(CUstream stream, DeviceState** out, CUcontext* context_out) noexcept {
+  if (stream == nullptr || stream == CU_STREAM_LEGACY || is_per_thread_stream(stream))
+    return current_device(out, context_out);
+  const std::uint64_t generation =
+      g_stream_generation.load(std::memory_order_acquire) ^ (g_fork_generation.load(std::memory_order_relaxed) << 40);
+  for (const StreamCacheEntry& entry : t_stream_cache) {
+    if (entry.stream == stream && entry.generation == generation) {
+      *out = entry.device;
+      *context_out = entry.context;
+      return CUDA_SUCCESS;
+    }
+  }
+  CUcontext context = nullptr;
+  CUresult rc = real_driver().cuStreamGetCtx(stream, &context);
+  if (rc != CUDA_SUCCESS) return rc;
+  DeviceState* state = device_of_context(context);
+  if (!state) return CUDA_ERROR_NOT_SUPPORTED;
+  t_stream_cache[t_stream_next++ % 4] = {stream, context, state, generation};
+  *out = state;
+  *context_out = context;
+  return CUDA_SUCCESS;
+}
+
+bool stream_is_capturing(CUstream stream) noexcept {
+  // The common case (no capture anywhere) costs one relaxed load, no driver call.
+  if (g_active_captures.load(std::memory_order_acquire) == 0) return false;
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  if (real_driver().cuStreamIsCapturing(stream, &status) != CUDA_SUCCESS) return false;
+  return status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+StreamShard& shard_of(DeviceState& device, CUstream stream) {
+  auto key = reinterpret_cast<std::uintptr_t>(stream);
+  return device.stream_shards[((key >> 4) * 0x9E3779B97F4A7C15ull) >> 60];
+}
+
+void* take_from_stream_list(DeviceState& device, CUstream stream, std::size_t block_size) noexcept {
+  StreamShard& shard = shard_of(device, stream);
+  std::lock_guard<std::mutex> guard(shard.lock);
+  auto list = shard.lists.find(stream);
+  if (list == shard.lists.end()) return nullptr;
+  auto block = list->second.by_size.find(block_size);
+  if (block == list->second.by_size.end()) return nullptr;
+  void* p = block->second.ptr;
+  list->second.bytes -= block_size;
+  list->second.by_size.erase(block);
+  return p;
+}
+
+// Moves one stream's async-freed blocks to the fence queue (one event on the stream).
+void close_stream_list(DeviceState& device, CUstream stream) noexcept {
+  std::vector<FreedBlock> blocks;
+  CUcontext context = nullptr;
+  {
+    StreamShard& shard = shard_of(device, stream);
+    std::lock_guard<std::mutex> guard(shard.lock);
+    auto list = shard.lists.find(stream);
+    if (list == shard.lists.end()) return;
+    try {
+      for (auto& entry : list->second.by_size) blocks.push_back(entry.second);
+    } catch (...) {
+      return;
+    }
+    context = list->second.context;
+    shard.lists.erase(list);
+  }
+  device.fences.close_stream_batch(std::move(blocks), context, reinterpret_cast<StreamHandle>(stream));
+}
+
+void close_all_stream_lists(DeviceState& device) noexcept {
+  for (StreamShard& shard : device.stream_shards) {
+    std::vector<CUstream> streams;
+    {
+      std::lock_guard<std::mutex> guard(shard.lock);
+      try {
+        for (auto& entry : shard.lists) streams.push_back(entry.first);
+      } catch (...) {
+      }
+    }
+    for (CUstream stream : streams) close_stream_list(device, stream);
+  }
+}
+
+// Closes every thread's pending cuMemFree batch of this device (memory pressure).
+void close_all_thread_batches(DeviceState& device) noexcept {
+  struct Closed {
+    std::vector<FreedBlock> blocks;
+    FenceContext context;
+  };
+  std::vector<Closed> closed;
+  {
+    std::lock_guard<std::mutex> registry(g_threads_lock);
+    for (ThreadState* thread : *g_threads) {
+      std::lock_guard<std::mutex> guard(thread->lock);
+      PendingBatch& batch = thread->batches[device.ordinal];
+      if (batch.empty()) continue;
+      FenceContext context = batch.context();
+      try {
+        closed.push_back({{}, context});
+        closed.back().blocks = batch.take();
+      } catch (...) {
+      }
+    }
+  }
+  for (Closed& c : closed) device.fences.close_device_batch(std::move(c.blocks), c.context);
+}
+
+std::uint64_t thread_pending_bytes(int ordinal) noexcept {
+  std::uint64_t bytes = 0;
+  std::lock_guard<std::mutex> registry(g_threads_lock);
+  for (ThreadState* thread : *g_threads) {
+    std::lock_guard<std::mutex> guard(thread->lock);
+    bytes += thread->batches[ordinal].bytes();
+  }
+  return bytes;
+}
+
+std::uint64_t stream_list_bytes(DeviceState& device) noexcept {
+  std::uint64_t bytes = 0;
+  for (StreamShard& shard : device.stream_shards) {
+    std::lock_guard<std::mutex> guard(shard.lock);
+    for (auto& entry : shard.lists) bytes += entry.second.bytes;
+  }
+  return bytes;
+}
+
+std::uint64_t pending_bytes(DeviceState& device) noexcept {
+  return device.fences.pending_bytes() + thread_pending_bytes(device.ordinal) + stream_list_bytes(device);
+}
+
+// The allocation missed: get freed memory back, in order of cost. Each step is retried once.
+void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
+  Allocator& backend = device.backend();
+  device.fences.poll();
+  if (void* p = backend.allocate(block_size, stream)) return p;
+
+  close_all_thread_batches(device);
+  close_all_stream_lists(device);
+  device.fences.poll();
+  if (void* p = backend.allocate(block_size, stream)) return p;
+
+  // Memory pressure: now waiting for the GPU is better than failing.
+  if (device.fences.synchronize_all() > 0)
+    if (void* p = backend.allocate(block_size, stream)) return p;
+
+  std::size_t released = backend.release_cached();
+  if (released)
+    tracing::record(tracing::EventKind::cache_release, device.ordinal, 0, 0, released, device.assembly.id);
+  return backend.allocate(block_size, stream);
+}
+
+void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
+  bool expected = false;
+  if (!device.in_oom_burst.compare_exchange_strong(expected, true)) return;  // once per burst
+  try {
+    AllocatorStats stats = device.backend().stats();
+    OomReport report;
+    report.device = device.ordinal;
+    report.backend = device.assembly.name;
+    report.requested = requested;
+    g_table.totals(device.ordinal, &report.live_bytes, &report.live_blocks);
+    report.reserved = stats.bytes_reserved;
+    report.cached = stats.bytes_cached;
+    report.pending_free = pending_bytes(device);
+    report.largest_free = stats.largest_free_block;
+    report.limit = device.assembly.limit;
+    for (const auto& entry : g_table.largest(device.ordinal, kLargestLiveInReport))
+      report.largest_live.push_back({entry.address, entry.block.requested});
+    for (const std::string& line : format_oom_report(report)) log(LogLevel::warn, "%s", line.c_str());
+  } catch (...) {
+    log(LogLevel::warn, "out of memory on device %d: requested %zu bytes", device.ordinal, requested);
+  }
+}
+
+// Serves an allocation on `device`. `stream` is 0 for cuMemAlloc.
+CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool async, CUdeviceptr* out) noexcept {
+  const int d = device.ordinal;
+  if (bytes > SIZE_MAX - kMinAlignment) {
+    counters(d).failed.fetch_add(1, std::memory_order_relaxed);
+    tracing::record(tracing::EventKind::alloc_failed, d, 0, 0, bytes, device.assembly.id);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  const std::size_t block_size = round_up(bytes);
+  const StreamHandle handle = reinterpret_cast<StreamHandle>(stream);
+  void* p = nullptr;
+  if (async && !device.assembly.stream_ordered && !is_per_thread_stream(stream))
+    p = take_from_stream_list(device, normalized(stream), block_size);
+  if (!p) p = device.backend().allocate(block_size, handle);
+  if (!p) p = allocate_under_pressure(device, block_size, handle);
+  if (!p) {
+    counters(d).failed.fetch_add(1, std::memory_order_relaxed);
+    tracing::record(tracing::EventKind::alloc_failed, d, handle, 0, bytes, device.assembly.id);
+    tracing::record(tracing::EventKind::out_of_memory, d, handle, 0, bytes, device.assembly.id);
+    report_out_of_memory(device, bytes);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  if (device.in_oom_burst.load(std::memory_order_relaxed)) device.in_oom_burst.store(false, std::memory_order_relaxed);
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  g_table.insert(address, LiveBlock{bytes, block_size, d, async});
+  Counters& mine = counters(d);
+  mine.allocs.fetch_add(1, std::memory_order_relaxed);
+  mine.bytes.fetch_add(bytes, std::memory_order_relaxed);
+  tracing::record(async ? tracing::EventKind::alloc_async : tracing::EventKind::alloc, d, handle, address, bytes,
+                  device.assembly.id);
+  *out = static_cast<CUdeviceptr>(address);
+  return CUDA_SUCCESS;
+}
+
+// A pointer gpushim freed recently was freed again.
+CUresult double_free(CUdeviceptr p, const LiveBlock& block, bool async, CUstream stream) noexcept {
+  DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
+  if (device && device->assembly.driver_backed) {
+    // The driver may have given the address to a foreign allocation since (managed memory, a program's
+    // own pool): if it names a live allocation there, it is not ours to judge.
+    CUdeviceptr base = 0;
+    std::size_t size = 0;
+    if (real_driver().cuMemGetAddressRange(&base, &size, p) == CUDA_SUCCESS && base == p)
+      return async ? real_driver().cuMemFreeAsync(p, stream) : real_driver().cuMemFree(p);
+  }
+  static bool reported = false;
+  log_once(&reported, LogLevel::warn,
+           "double free of 0x%llx (%zu bytes, device %d): returning CUDA_ERROR_INVALID_VALUE (reported once)",
+           static_cast<unsigned long long>(p), block.requested, block.device);
+  return CUDA_ERROR_INVALID_VALUE;
+}
+
+// Adds a cuMemFree'd block to this thread's pending batch of its device.
+void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
+  FenceContext context = nullptr;
+  CUcontext current = nullptr;
+  DeviceState* current_state = nullptr;
+  // The batch is recorded in the freeing thread's context when it is on the block's device (its legacy
+  // stream is the one the program's blocking streams order against); else the device's default.
+  if (current_device(&current_state, &current) == CUDA_SUCCESS && current_state == &device) context = current;
+  if (t_state_gone) {  // exit path: no batch any more; the next close or poll fences it
+    try {
+      device.fences.adopt_orphans({block});
+    } catch (...) {
+    }
+    return;
+  }
+  std::vector<FreedBlock> full;
+  FenceContext full_context = nullptr;
+  {
+    ThreadState& thread = t_state;
+    std::lock_guard<std::mutex> guard(thread.lock);
+    PendingBatch& batch = thread.batches[device.ordinal];
+    bool is_full;
+    try {
+      is_full = batch.add(block, context);
+    } catch (...) {
+      return;  // no host memory: the block is held forever, which is safe
+    }
+    if (is_full) {
+      full_context = batch.context();
+      full = batch.take();
+    }
+  }
+  if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
+}
+
+void at_exit() noexcept {
+  // No driver call here: the program's CUDA teardown may already have run.
+  if (settings().stats && !g_forked_child) {
+    std::vector<StatsRow> rows;
+    try {
+      std::lock_guard<std::mutex> registry(g_threads_lock);
+      for (int d = 0; d < kMaxDevices; ++d) {
+        DeviceState* device = g_devices[d].load(std::memory_order_acquire);
+        if (!device) continue;
+        StatsRow row;
+        row.device = d;
+        row.backend = device->assembly.name;
+        row.allocs = g_retired[d].allocs.load();
+        row.frees = g_retired[d].frees.load();
+        row.failed = g_retired[d].failed.load();
+        row.bytes_allocated = g_retired[d].bytes.load();
+        for (ThreadState* thread : *g_threads) {
+          row.allocs += thread->counters[d].allocs.load();
+          row.frees += thread->counters[d].frees.load();
+          row.failed += thread->counters[d].failed.load();
+          row.bytes_allocated += thread->counters[d].bytes.load();
+        }
+        AllocatorStats stats = device->backend().stats();
+        row.peak_live = stats.peak_bytes_in_use;
+        row.peak_reserved = stats.peak_bytes_reserved;
+        rows.push_back(row);
+      }
+      for (const std::string& line : format_stats_table(rows)) log(LogLevel::quiet, "%s", line.c_str());
+    } catch (...) {
+    }
+  }
+  tracing::flush();
+}
+
+// In a forked child only the forking thread exists. Locks other parent threads held are reset, their
+// per-thread states forgotten, and the parent's devices dropped (its contexts, streams and events do
+// not exist in the child; a child that initializes CUDA afresh gets new device states).
+void atfork_child() noexcept {
+  g_forked_child = true;
+  new (&g_devices_lock) std::mutex();
+  new (&g_threads_lock) std::mutex();
+  new (&g_captures_lock) std::mutex();
+  g_table.reset_after_fork();
+  g_threads->clear();
+  capturing_streams().clear();
+  g_active_captures.store(0);
+  g_fork_generation.fetch_add(1);
+  for (auto& device : g_devices) device.store(nullptr);  // the parent's states are leaked on purpose
+  // This thread's state may be mid-use in the parent's forking thread only if fork() was called from
+  // inside gpushim, which never happens; its batches refer to the parent's devices.
+  if (t_state_gone) return;
+  ThreadState* self = &t_state;  // constructing it here registers it
+  new (&self->lock) std::mutex();
+  for (PendingBatch& batch : self->batches) (void)batch.take();
+  if (std::find(g_threads->begin(), g_threads->end(), self) == g_threads->end()) {
+    try {
+      g_threads->push_back(self);
+    } catch (...) {
+    }
+  }
+}
+
+}  // namespace
+
+CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept {
+  ensure_started();
+  const RealDriver& driver = real_driver();
+  if (!out) return CUDA_ERROR_INVALID_VALUE;
+  DeviceState* device = nullptr;
+  CUcontext context = nullptr;
+  CUresult rc = current_device(&device, &context);
+  if (rc == CUDA_ERROR_NOT_SUPPORTED) return driver.cuMemAlloc(out, bytes);  // device without a backend
+  if (rc != CUDA_SUCCESS) return rc;
+  if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;  // as cuMemAlloc
+  // The pool serves cuMemAlloc on the legacy stream, which a global-mode capture forbids touching:
+  // while any capture runs, such allocations are the driver's own (a foreign block, freed by it).
+  if (device->assembly.stream_ordered && g_active_captures.load(std::memory_order_acquire) > 0)
+    return driver.cuMemAlloc(out, bytes);
+  return serve(*device, bytes, nullptr, false, out);
+}
+
+CUresult free(CUdeviceptr p) noexcept {
+  ensure_started();
+  const RealDriver& driver = real_driver();
+  if (p == 0) return driver.cuMemFree(p);  // cudaFree(0) creates the context: the driver must see it
+  LiveBlock block;
+  switch (g_table.erase(static_cast<std::uintptr_t>(p), &block)) {
+    case LiveBlockTable::EraseResult::unknown: return driver.cuMemFree(p);
+    case LiveBlockTable::EraseResult::double_free: return double_free(p, block, false, nullptr);
+    case LiveBlockTable::EraseResult::erased: break;
+  }
+  DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
+  if (!device) return CUDA_ERROR_INVALID_VALUE;  // cannot happen: a live block's device exists
+  counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
+  tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->assembly.id);
+  FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
+  if (!device->fenced()) {
+    device->backend().deallocate(freed.ptr, freed.bytes, 0);
+    return CUDA_SUCCESS;
+  }
+  free_fenced(*device, freed);
+  return CUDA_SUCCESS;
+}
+
+CUresult allocate_async(CUdeviceptr* out, std::size_t bytes, CUstream stream) noexcept {
+  ensure_started();
+  const RealDriver& driver = real_driver();
+  // Inside a capture the allocation must become a graph memory node: only the driver can make one.
+  if (stream_is_capturing(stream)) return driver.cuMemAllocAsync(out, bytes, stream);
+  if (!out) return CUDA_ERROR_INVALID_VALUE;
+  DeviceState* device = nullptr;
+  CUcontext context = nullptr;
+  CUresult rc = stream_device(stream, &device, &context);
+  if (rc == CUDA_ERROR_NOT_SUPPORTED) return driver.cuMemAllocAsync(out, bytes, stream);
+  if (rc != CUDA_SUCCESS) return rc;
+  if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  return serve(*device, bytes, stream, true, out);
+}
+
+CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
+  ensure_started();
+  const RealDriver& driver = real_driver();
+  if (p == 0) return driver.cuMemFreeAsync(p, stream);
+  LiveBlock block;
+  switch (g_table.erase(static_cast<std::uintptr_t>(p), &block)) {
+    case LiveBlockTable::EraseResult::unknown: return driver.cuMemFreeAsync(p, stream);
+    case LiveBlockTable::EraseResult::double_free: return double_free(p, block, true, stream);
+    case LiveBlockTable::EraseResult::erased: break;
+  }
+  DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
+  if (!device) return CUDA_ERROR_INVALID_VALUE;
+  const int d = block.device;
+  counters(d).frees.fetch_add(1, std::memory_order_relaxed);
+  const auto handle = reinterpret_cast<StreamHandle>(stream);
+  tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->assembly.id);
+  FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
+
+  if (device->assembly.stream_ordered) {
+    // The pool orders the free itself, in a capture too (it becomes a graph free node).
+    device->backend().deallocate(freed.ptr, freed.bytes, handle);
+    return CUDA_SUCCESS;
+  }
+  if (stream_is_capturing(stream)) {
+    // The free only happens when the graph runs, maybe many times, maybe never, and gpushim does not see
+    // graph launches: the block can never be proven idle, so it is held for the life of the process.
+    static bool reported = false;
+    log_once(&reported, LogLevel::info, "a gpushim block freed inside a stream capture is held until exit");
+    return CUDA_SUCCESS;
+  }
+  if (is_per_thread_stream(stream)) {
+    free_fenced(*device, freed);
+    return CUDA_SUCCESS;
+  }
+  CUstream key = normalized(stream);
+  CUcontext context = nullptr;
+  DeviceState* stream_state = nullptr;
+  if (stream_device(stream, &stream_state, &context) != CUDA_SUCCESS) context = nullptr;
+  bool full = false;
+  {
+    StreamShard& shard = shard_of(*device, key);
+    std::lock_guard<std::mutex> guard(shard.lock);
+    try {
+      StreamFreeList& list = shard.lists[key];
+      if (!list.context) list.context = context;
+      list.by_size.emplace(freed.bytes, freed);
+      list.bytes += freed.bytes;
+      full = list.by_size.size() >= kBatchMaxBlocks || list.bytes >= kBatchMaxBytes;
+    } catch (...) {
+      return CUDA_SUCCESS;  // no host memory: held forever, safe
+    }
+  }
+  if (full) close_stream_list(*device, key);
+  return CUDA_SUCCESS;
+}
+
+CUresult allocate_pitch(CUdeviceptr* out, std::size_t* pitch, std::size_t width_bytes, std::size_t height,
+                        unsigned int element_size_bytes) noexcept {
+  ensure_started();
+  const RealDriver& driver = real_driver();
+  if (!out || !pitch) return CUDA_ERROR_INVALID_VALUE;
+  DeviceState* device = nullptr;
+  CUcontext context = nullptr;
+  CUresult rc = current_device(&device, &context);
+  if (rc == CUDA_ERROR_NOT_SUPPORTED) return driver.cuMemAllocPitch(out, pitch, width_bytes, height, element_size_bytes);
+  if (rc != CUDA_SUCCESS) return rc;
+  if (!valid_pitch_request(width_bytes, height, element_size_bytes)) return CUDA_ERROR_INVALID_VALUE;
+  CUdevice dev = 0;
+  int attribute = 0;
+  if (driver.cuDeviceGet(&dev, device->ordinal) != CUDA_SUCCESS ||
+      driver.cuDeviceGetAttribute(&attribute, CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT, dev) != CUDA_SUCCESS)
+    attribute = 0;
+  std::size_t row = 0, total = 0;
+  if (!pitched_size(width_bytes, height, pitch_alignment(attribute), &row, &total)) return CUDA_ERROR_INVALID_VALUE;
+  rc = serve(*device, total, nullptr, false, out);
+  if (rc == CUDA_SUCCESS) *pitch = row;
+  return rc;
+}
+
+CUresult get_info(std::size_t* free_bytes, std::size_t* total_bytes) noexcept {
+  ensure_started();
+  const RealDriver& driver = real_driver();
+  std::size_t real_free = 0, real_total = 0;
+  CUresult rc = driver.cuMemGetInfo(&real_free, &real_total);
+  if (rc != CUDA_SUCCESS) return rc;
+  DeviceState* device = nullptr;
+  CUcontext context = nullptr;
+  if (current_device(&device, &context) != CUDA_SUCCESS) {
+    if (free_bytes) *free_bytes = real_free;
+    if (total_bytes) *total_bytes = real_total;
+    return CUDA_SUCCESS;
+  }
+  AllocatorStats stats = device->backend().stats();
+  // Cached memory and blocks waiting for their fence are ours to hand out again: free to the program.
+  const std::uint64_t reusable = stats.bytes_cached + pending_bytes(*device);
+  std::uint64_t free = std::min<std::uint64_t>(real_free + reusable, real_total);
+  std::uint64_t total = real_total;
+  if (const std::uint64_t limit = device->assembly.limit) {
+    const std::uint64_t footprint = stats.bytes_reserved;
+    const std::uint64_t under_cap = footprint >= limit ? reusable : limit - footprint + reusable;
+    free = std::min<std::uint64_t>({under_cap, real_free + reusable, limit});
+    total = limit;
+  }
+  if (free_bytes) *free_bytes = static_cast<std::size_t>(free);
+  if (total_bytes) *total_bytes = static_cast<std::size_t>(total);
+  return CUDA_SUCCESS;
+}
+
+void on_stream_created(CUstream stream, unsigned int flags) noexcept {
+  ensure_started();
+  if (!(flags & CU_STREAM_NON_BLOCKING)) return;  // blocking streams are covered by the legacy stream
+  DeviceState* device = nullptr;
+  CUcontext context = nullptr;
+  if (stream_device(stream, &device, &context) == CUDA_SUCCESS) device->events.add_nonblocking_stream(stream, context);
+}
+
+void on_stream_destroying(CUstream stream) noexcept {
+  ensure_started();
+  for (auto& slot : g_devices) {
+    DeviceState* device = slot.load(std::memory_order_acquire);
+    if (!device) continue;
+    // Fence this stream's async-freed blocks while the stream still exists, then forget it.
+    close_stream_list(*device, stream);
+    device->events.remove_stream(stream);
+  }
+  g_stream_generation.fetch_add(1, std::memory_order_release);
+}
+
+void on_capture_begin(CUstream stream) noexcept {
+  std::lock_guard<std::mutex> guard(g_captures_lock);
+  try {
+    capturing_streams().push_back(stream);
+  } catch (...) {
+    return;
+  }
+  g_active_captures.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void on_capture_end(CUstream stream) noexcept {
+  std::lock_guard<std::mutex> guard(g_captures_lock);
+  auto it = std::find(capturing_streams().begin(), capturing_streams().end(), stream);
+  if (it == capturing_streams().end()) return;  // a capture we never saw begin
+  capturing_streams().erase(it);
+  g_active_captures.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+bool find_block(CUdeviceptr p, BlockInfo* out) noexcept {
+  std::uintptr_t base = 0;
+  LiveBlock block;
+  if (!g_table.find_containing(static_cast<std::uintptr_t>(p), &base, &block)) return false;
+  if (out) *out = BlockInfo{static_cast<CUdeviceptr>(base), block.requested, block.device};
+  return true;
+}
+
+}  // namespace gpushim::router

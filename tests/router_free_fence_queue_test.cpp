@@ -1,0 +1,239 @@
+// The free-fence state machine with a fake event source: blocks go back to the backend only after every
+// event of their fence completed; nothing is recorded while a capture is active; orphans of exited
+// threads are fenced by the next close or poll; synchronize_all is the memory-pressure path.
+#include "router/free_fence_queue.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+namespace gpushim {
+namespace {
+
+class RecordingBackend final : public Allocator {
+ public:
+  const char* name() const noexcept override { return "fake"; }
+  void* allocate(std::size_t, StreamHandle) noexcept override { return nullptr; }
+  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
+    returned.insert(p);
+    returned_bytes += bytes;
+    last_stream = stream;
+  }
+  std::size_t release_cached() noexcept override { return 0; }
+  AllocatorStats stats() const noexcept override { return {}; }
+  std::set<void*> returned;
+  std::size_t returned_bytes = 0;
+  StreamHandle last_stream = 0;
+};
+
+// Each recorded event gets an id; a test completes ids by hand. `device_streams` events per device fence
+// (the legacy stream plus non-blocking streams).
+class FakeEvents final : public FenceEvents {
+ public:
+  Record record_device_fence(FenceContext context, Fence* out) noexcept override {
+    if (capturing) return Record::postponed;
+    ++device_fences;
+    last_context = context;
+    for (int i = 0; i < device_streams; ++i) out->events.push_back({context, next_id++});
+    return Record::recorded;
+  }
+  Record record_stream_fence(FenceContext context, StreamHandle stream, Fence* out) noexcept override {
+    if (capturing) return Record::postponed;
+    ++stream_fences;
+    last_stream = stream;
+    out->events.push_back({context, next_id++});
+    return Record::recorded;
+  }
+  Status query(const Fence& fence) noexcept override {
+    ++queries;
+    if (fence.events.empty()) return Status::pending;
+    for (const FenceEvent& e : fence.events)
+      if (!complete.count(e.event)) return Status::pending;
+    return Status::complete;
+  }
+  void synchronize(const Fence& fence) noexcept override {
+    ++synchronizes;
+    for (const FenceEvent& e : fence.events) complete.insert(e.event);
+  }
+  void release(Fence& fence) noexcept override {
+    released += fence.events.size();
+    fence.events.clear();
+  }
+  bool may_give_back() noexcept override { return !holding; }
+  bool capturing = false;
+  bool holding = false;
+  int device_streams = 1;
+  std::uintptr_t next_id = 1;
+  std::set<std::uintptr_t> complete;
+  int device_fences = 0, stream_fences = 0, queries = 0, synchronizes = 0;
+  std::size_t released = 0;
+  FenceContext last_context = nullptr;
+  StreamHandle last_stream = 0;
+};
+
+void* ptr(std::uintptr_t i) { return reinterpret_cast<void*>(i << 12); }
+
+std::vector<FreedBlock> blocks(std::uintptr_t first, int count, std::size_t bytes = 256) {
+  std::vector<FreedBlock> out;
+  for (int i = 0; i < count; ++i) out.push_back({ptr(first + i), bytes, 0});
+  return out;
+}
+
+TEST(PendingBatch, ClosesAt64BlocksOr64MiB) {
+  PendingBatch batch;
+  for (std::size_t i = 1; i < kBatchMaxBlocks; ++i) ASSERT_FALSE(batch.add({ptr(i), 256, 0}, nullptr));
+  EXPECT_TRUE(batch.add({ptr(100), 256, 0}, nullptr));
+  EXPECT_EQ(batch.take().size(), kBatchMaxBlocks);
+  EXPECT_TRUE(batch.empty());
+  EXPECT_EQ(batch.bytes(), 0u);
+
+  ASSERT_FALSE(batch.add({ptr(1), kBatchMaxBytes / 2, 0}, nullptr));
+  EXPECT_TRUE(batch.add({ptr(2), kBatchMaxBytes / 2, 0}, nullptr));
+}
+
+TEST(PendingBatch, KeepsTheContextOfItsFirstFree) {
+  PendingBatch batch;
+  int a = 0, b = 0;
+  batch.add({ptr(1), 256, 0}, &a);
+  batch.add({ptr(2), 256, 0}, &b);
+  EXPECT_EQ(batch.context(), &a);
+}
+
+TEST(FreeFenceQueue, BlocksReturnOnlyAfterEveryEventCompletes) {
+  RecordingBackend backend;
+  FakeEvents events;
+  events.device_streams = 3;  // legacy + two non-blocking streams
+  FreeFenceQueue queue(backend, events);
+  int context = 0;
+  queue.close_device_batch(blocks(1, 4), &context);
+  EXPECT_EQ(events.device_fences, 1);
+  EXPECT_EQ(events.last_context, &context);
+  EXPECT_TRUE(backend.returned.empty());
+  EXPECT_EQ(queue.pending_bytes(), 4u * 256);
+
+  events.complete = {1, 2};  // two of three streams done
+  queue.poll();
+  EXPECT_TRUE(backend.returned.empty());
+
+  events.complete.insert(3);
+  EXPECT_EQ(queue.poll(), 4u * 256);
+  EXPECT_EQ(backend.returned.size(), 4u);
+  EXPECT_EQ(queue.pending_bytes(), 0u);
+  EXPECT_EQ(queue.batches(), 0u);
+  EXPECT_EQ(events.released, 3u);  // events back to the pool
+}
+
+TEST(FreeFenceQueue, BatchesCompleteIndependently) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue(backend, events);
+  queue.close_device_batch(blocks(1, 2), nullptr);  // event 1
+  queue.close_device_batch(blocks(10, 2), nullptr); // event 2
+  events.complete = {2};
+  queue.poll();
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(10), ptr(11)}));
+  EXPECT_EQ(queue.batches(), 1u);
+}
+
+TEST(FreeFenceQueue, NothingIsRecordedWhileCapturingAndBlocksStayHeld) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue(backend, events);
+  events.capturing = true;
+  queue.close_device_batch(blocks(1, 3), nullptr);
+  EXPECT_EQ(events.device_fences, 0);
+  queue.poll();
+  EXPECT_EQ(queue.synchronize_all(), 0u);  // an unrecorded fence cannot be waited for
+  EXPECT_TRUE(backend.returned.empty());
+  EXPECT_EQ(queue.pending_bytes(), 3u * 256);
+
+  events.capturing = false;
+  queue.poll();  // records the postponed fence now
+  EXPECT_EQ(events.device_fences, 1);
+  EXPECT_TRUE(backend.returned.empty());  // recorded, not yet complete
+  events.complete = {1};
+  queue.poll();
+  EXPECT_EQ(backend.returned.size(), 3u);
+}
+
+TEST(FreeFenceQueue, StreamBatchUsesOneEventOnItsStream) {
+  RecordingBackend backend;
+  FakeEvents events;
+  events.device_streams = 5;
+  FreeFenceQueue queue(backend, events);
+  queue.close_stream_batch(blocks(1, 2), nullptr, 0x1234);
+  EXPECT_EQ(events.stream_fences, 1);
+  EXPECT_EQ(events.device_fences, 0);
+  EXPECT_EQ(events.last_stream, 0x1234u);
+  events.complete = {1};
+  queue.poll();
+  EXPECT_EQ(backend.returned.size(), 2u);
+}
+
+TEST(FreeFenceQueue, OrphansNeedNoEventSourceUntilTheNextPoll) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue(backend, events);
+  queue.adopt_orphans(blocks(1, 5));  // thread exit: must not touch the event source
+  EXPECT_EQ(events.device_fences + events.stream_fences + events.queries, 0);
+  EXPECT_EQ(queue.pending_bytes(), 5u * 256);
+  queue.poll();
+  EXPECT_EQ(events.device_fences, 1);
+  EXPECT_TRUE(backend.returned.empty());
+  events.complete = {1};
+  queue.poll();
+  EXPECT_EQ(backend.returned.size(), 5u);
+  EXPECT_EQ(queue.pending_bytes(), 0u);
+}
+
+TEST(FreeFenceQueue, OrphansRideWithTheNextDeviceBatch) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue(backend, events);
+  queue.adopt_orphans(blocks(1, 2));
+  queue.close_device_batch(blocks(10, 2), nullptr);
+  EXPECT_EQ(events.device_fences, 1);  // one fence covers both
+  events.complete = {1};
+  queue.poll();
+  EXPECT_EQ(backend.returned.size(), 4u);
+}
+
+TEST(FreeFenceQueue, SynchronizeAllIsThePressurePath) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue(backend, events);
+  queue.close_device_batch(blocks(1, 2, 1 << 20), nullptr);
+  queue.close_stream_batch(blocks(10, 1, 1 << 20), nullptr, 7);
+  EXPECT_TRUE(backend.returned.empty());
+  EXPECT_EQ(queue.synchronize_all(), 3u << 20);
+  EXPECT_EQ(events.synchronizes, 2);
+  EXPECT_EQ(backend.returned.size(), 3u);
+  EXPECT_EQ(queue.pending_bytes(), 0u);
+}
+
+TEST(FreeFenceQueue, CompletedBlocksWaitWhileGivingBackIsForbidden) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue(backend, events);
+  queue.close_device_batch(blocks(1, 2), nullptr);
+  events.complete = {1};
+  events.holding = true;  // a capture runs and the backend frees through the driver
+  EXPECT_EQ(queue.poll(), 0u);
+  EXPECT_EQ(queue.synchronize_all(), 0u);
+  EXPECT_TRUE(backend.returned.empty());
+  events.holding = false;
+  EXPECT_EQ(queue.poll(), 512u);
+}
+
+TEST(FreeFenceQueue, EmptyBatchesRecordNothing) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue(backend, events);
+  queue.close_device_batch({}, nullptr);
+  EXPECT_EQ(events.device_fences, 0);
+  EXPECT_EQ(queue.batches(), 0u);
+}
+
+}  // namespace
+}  // namespace gpushim

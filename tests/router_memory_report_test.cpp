@@ -1,0 +1,91 @@
+#include "router/memory_report.h"
+
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "diagnostics/log.h"
+
+namespace gpushim {
+namespace {
+
+std::string bytes(unsigned long long n) {
+  char buf[48];
+  return format_bytes(n, buf, sizeof buf);
+}
+
+std::vector<std::string> fields(const std::string& line) {
+  std::istringstream in(line);
+  std::vector<std::string> out;
+  for (std::string word; in >> word;) out.push_back(word);
+  return out;
+}
+
+TEST(StatsTable, HeaderMatchesTheContractCharacterForCharacter) {
+  auto lines = format_stats_table({});
+  ASSERT_EQ(lines.size(), 1u);
+  EXPECT_EQ("gpushim: " + lines[0],
+            "gpushim: device backend       allocs      frees     failed  bytes_allocated   peak_live  peak_reserved");
+}
+
+TEST(StatsTable, RowsParseByWhitespaceAsTestsDo) {
+  StatsRow row;
+  row.device = 0;
+  row.backend = "vmm";
+  row.allocs = 1234;
+  row.frees = 1230;
+  row.failed = 0;
+  row.bytes_allocated = 3ull << 29;  // 1.5 GiB
+  row.peak_live = 1ull << 30;
+  row.peak_reserved = 3ull << 29;
+  StatsRow idle;
+  idle.device = 1;
+  idle.backend = "vmm";
+  auto lines = format_stats_table({row, idle});
+  ASSERT_EQ(lines.size(), 2u);  // the idle device is left out
+  auto f = fields("gpushim: " + lines[1]);
+  ASSERT_EQ(f.size(), 12u);
+  EXPECT_EQ(f[1], "0");
+  EXPECT_EQ(f[2], "vmm");
+  EXPECT_EQ(f[3], "1234");
+  EXPECT_EQ(f[4], "1230");
+  EXPECT_EQ(f[5], "0");
+  EXPECT_EQ(f[6] + " " + f[7], bytes(3ull << 29));
+  EXPECT_EQ(f[8] + " " + f[9], bytes(1ull << 30));
+}
+
+TEST(OomReport, NamesEveryQuantityAndTheLargestBlocks) {
+  OomReport r;
+  r.device = 2;
+  r.backend = "tiered";
+  r.requested = 1ull << 30;
+  r.live_bytes = 10ull << 30;
+  r.live_blocks = 7;
+  r.reserved = 12ull << 30;
+  r.cached = 2ull << 30;
+  r.largest_free = 512ull << 20;
+  for (int i = 0; i < 3; ++i) r.largest_live.push_back({0x7f0000000000u + i * 0x1000u, (3ull - i) << 30});
+  auto lines = format_oom_report(r);
+  std::string all;
+  for (auto& l : lines) all += l + "\n";
+  EXPECT_NE(all.find("device 2"), std::string::npos);
+  EXPECT_NE(all.find("tiered"), std::string::npos);
+  EXPECT_NE(all.find("requested " + bytes(1ull << 30)), std::string::npos);
+  EXPECT_NE(all.find("live " + bytes(10ull << 30) + " in 7 blocks"), std::string::npos);
+  EXPECT_NE(all.find("reserved " + bytes(12ull << 30)), std::string::npos);
+  EXPECT_NE(all.find("cached " + bytes(2ull << 30)), std::string::npos);
+  EXPECT_NE(all.find("largest free block " + bytes(512ull << 20)), std::string::npos);
+  EXPECT_NE(all.find("fragmentation 75.0%"), std::string::npos);
+  ASSERT_EQ(lines.size(), 4u + 3u);
+  EXPECT_NE(lines[4].find(bytes(3ull << 30) + " at 0x7f0000000000"), std::string::npos);
+  EXPECT_EQ(all.find("limit"), std::string::npos);
+}
+
+TEST(OomReport, Fragmentation) {
+  EXPECT_DOUBLE_EQ(fragmentation_percent(0, 0), 0.0);
+  EXPECT_DOUBLE_EQ(fragmentation_percent(100, 100), 0.0);
+  EXPECT_DOUBLE_EQ(fragmentation_percent(100, 25), 75.0);
+}
+
+}  // namespace
+}  // namespace gpushim

@@ -1,0 +1,45 @@
+#include "router/pitch.h"
+
+#include <gtest/gtest.h>
+
+namespace gpushim {
+namespace {
+
+TEST(Pitch, ValidatesLikeTheDriver) {
+  EXPECT_TRUE(valid_pitch_request(100, 10, 4));
+  EXPECT_TRUE(valid_pitch_request(100, 10, 8));
+  EXPECT_TRUE(valid_pitch_request(100, 10, 16));
+  EXPECT_FALSE(valid_pitch_request(100, 10, 1));
+  EXPECT_FALSE(valid_pitch_request(100, 10, 2));
+  EXPECT_FALSE(valid_pitch_request(100, 10, 32));
+  EXPECT_FALSE(valid_pitch_request(0, 10, 4));
+  EXPECT_FALSE(valid_pitch_request(100, 0, 4));
+}
+
+TEST(Pitch, AlignmentIsAtLeast512) {
+  EXPECT_EQ(pitch_alignment(32), 512u);   // what the H100 reports
+  EXPECT_EQ(pitch_alignment(0), 512u);    // attribute unavailable
+  EXPECT_EQ(pitch_alignment(-1), 512u);
+  EXPECT_EQ(pitch_alignment(1024), 1024u);
+}
+
+TEST(Pitch, RowsRoundUpAndTotalsMultiply) {
+  std::size_t pitch = 0, total = 0;
+  ASSERT_TRUE(pitched_size(1, 3, 512, &pitch, &total));
+  EXPECT_EQ(pitch, 512u);
+  EXPECT_EQ(total, 1536u);
+  ASSERT_TRUE(pitched_size(512, 2, 512, &pitch, &total));
+  EXPECT_EQ(pitch, 512u);
+  ASSERT_TRUE(pitched_size(513, 2, 512, &pitch, &total));
+  EXPECT_EQ(pitch, 1024u);
+  EXPECT_EQ(total, 2048u);
+}
+
+TEST(Pitch, OverflowIsRefused) {
+  std::size_t pitch = 0, total = 0;
+  EXPECT_FALSE(pitched_size(SIZE_MAX - 10, 1, 512, &pitch, &total));
+  EXPECT_FALSE(pitched_size(std::size_t{1} << 40, std::size_t{1} << 30, 512, &pitch, &total));
+}
+
+}  // namespace
+}  // namespace gpushim
