@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 
 namespace gpushim::tracing {
@@ -31,9 +32,10 @@ void record_slow(EventKind kind, int device, std::uint64_t stream, std::uint64_t
                  std::uint64_t size, BackendId backend) noexcept;
 }  // namespace detail
 
-inline bool enabled() noexcept { return detail::g_enabled.load(std::memory_order_relaxed); }
+// always_inline: the call site is the caller's frame in a recorded stack, never record()'s own.
+__attribute__((always_inline)) inline bool enabled() noexcept { return detail::g_enabled.load(std::memory_order_relaxed); }
 
-inline void record(EventKind kind, int device, std::uint64_t stream, std::uint64_t address,
+__attribute__((always_inline)) inline void record(EventKind kind, int device, std::uint64_t stream, std::uint64_t address,
                    std::uint64_t size, BackendId backend) noexcept {
   if (enabled()) detail::record_slow(kind, device, stream, address, size, backend);
 }
@@ -41,5 +43,16 @@ inline void record(EventKind kind, int device, std::uint64_t stream, std::uint64
 // Called once by the router at load (reads GPUSHIM_TRACE*), and at exit to flush.
 void start_from_settings() noexcept;
 void flush() noexcept;
+
+// Starts recording into `path` (%p and %r expanded as for GPUSHIM_TRACE) with up to `stack_depth`
+// return addresses per allocation. Replaces a recording in progress. False when the file cannot be
+// created. For tests, benchmarks and start_from_settings().
+bool start(const char* path, int stack_depth) noexcept;
+// Flushes every thread's buffer, marks the trace as cleanly closed and closes the file.
+void stop() noexcept;
+
+// "%p" -> process id, "%r" -> rank (RANK, LOCAL_RANK, OMPI_COMM_WORLD_RANK, SLURM_PROCID; "0" when
+// none is set), "%%" -> "%". False when the result does not fit `out_bytes`.
+bool expand_trace_path(const char* pattern, char* out, std::size_t out_bytes) noexcept;
 
 }  // namespace gpushim::tracing

@@ -1,0 +1,14 @@
+# Trace recorder and the `gpushim trace` tools (owner: tracing). CPU only.
+if(TARGET gpushim_trace_tools)
+  find_path(GPUSHIM_TRACE_TEST_CLI11 CLI/CLI.hpp HINTS ${CMAKE_SOURCE_DIR}/.carry/include)
+  file(GLOB trace_test_sources CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/trace_*.cpp)
+  # The command line itself is under test too (exit codes, messages): compile its one file here.
+  add_executable(trace_tests ${trace_test_sources} ${CMAKE_SOURCE_DIR}/tools/trace_commands.cpp)
+  if(GPUSHIM_TRACE_TEST_CLI11)
+    target_include_directories(trace_tests SYSTEM PRIVATE ${GPUSHIM_TRACE_TEST_CLI11})
+  endif()
+  target_link_libraries(trace_tests PRIVATE gpushim_trace_tools GTest::gtest_main)
+  target_compile_definitions(trace_tests PRIVATE
+    GPUSHIM_TEST_DATA_DIR="${CMAKE_CURRENT_LIST_DIR}/data")
+  gtest_discover_tests(trace_tests DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
+endif()

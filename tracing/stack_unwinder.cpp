@@ -1,0 +1,47 @@
+#include "tracing/stack_unwinder.h"
+
+#include <dlfcn.h>
+
+#include <atomic>
+
+namespace gpushim::tracing {
+namespace {
+
+// libunwind's exported `unw_backtrace(void** buffer, int size)` (libunwind.h declares it through a
+// macro; the .so exports the plain name). Declared here so no libunwind header is needed to build.
+using UnwBacktrace = int (*)(void** buffer, int size);
+std::atomic<UnwBacktrace> g_unw_backtrace{nullptr};
+
+// The deepest stack we ever ask for; GPUSHIM_TRACE_STACK is clamped to it (a record stores the count
+// in one byte).
+constexpr int kMaxUnwindFrames = 128;
+constexpr int kMaxSkip = 8;
+
+}  // namespace
+
+bool load_unwinder() noexcept {
+  if (g_unw_backtrace.load(std::memory_order_acquire)) return true;
+  void* handle = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
+  if (!handle) handle = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
+  if (!handle) return false;
+  auto fn = reinterpret_cast<UnwBacktrace>(dlsym(handle, "unw_backtrace"));
+  if (!fn) return false;  // the handle stays open: harmless, and dlclose in a preload is a risk
+  g_unw_backtrace.store(fn, std::memory_order_release);
+  return true;
+}
+
+int capture_stack(std::uint64_t* frames, int max_frames, int skip) noexcept {
+  UnwBacktrace fn = g_unw_backtrace.load(std::memory_order_acquire);
+  if (!fn || max_frames <= 0) return 0;
+  if (max_frames > kMaxUnwindFrames) max_frames = kMaxUnwindFrames;
+  if (skip < 0 || skip > kMaxSkip) skip = 0;
+  void* raw[kMaxUnwindFrames + 1 + kMaxSkip];
+  // +1: the first frame is capture_stack itself, which tells a reader nothing.
+  int drop = 1 + skip;
+  int n = fn(raw, max_frames + drop);
+  if (n <= drop) return 0;
+  for (int i = drop; i < n; ++i) frames[i - drop] = reinterpret_cast<std::uintptr_t>(raw[i]);
+  return n - drop;
+}
+
+}  // namespace gpushim::tracing

@@ -1,0 +1,220 @@
+#include "tracing/trace_analysis.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+#include <set>
+#include <unordered_map>
+
+namespace gpushim::tracing {
+
+const char* const kLifetimeBucketNames[10] = {"< 1 us",  "< 10 us", "< 100 us", "< 1 ms", "< 10 ms",
+                                              "< 100 ms", "< 1 s",  "< 10 s",   ">= 10 s", "never freed"};
+
+namespace {
+
+bool is_alloc(EventKind k) { return k == EventKind::alloc || k == EventKind::alloc_async; }
+bool is_free(EventKind k) { return k == EventKind::free || k == EventKind::free_async; }
+
+int size_bucket(std::uint64_t size) {
+  int b = 0;
+  while (size > 1) {
+    size >>= 1;
+    ++b;
+  }
+  return b;
+}
+
+int lifetime_bucket(std::uint64_t ns) {
+  std::uint64_t limit = 1000;
+  for (int b = 0; b < 8; ++b, limit *= 10)
+    if (ns < limit) return b;
+  return 8;
+}
+
+// The part of a stack that belongs to the program: frames inside gpushim itself (the router and the
+// recorder) say nothing about where the program allocates.
+std::vector<std::uint64_t> site_frames(const Trace& trace, const TraceEvent& e) {
+  std::vector<std::uint64_t> out;
+  for (std::uint32_t i = 0; i < e.frame_count; ++i) {
+    std::uint64_t f = trace.frames[e.first_frame + i];
+    const TraceModule* m = trace.module_of(f);
+    if (out.empty() && m && m->path.find("libgpushim") != std::string::npos) continue;
+    out.push_back(f);
+  }
+  return out;
+}
+
+}  // namespace
+
+TraceSummary summarize(const Trace& trace) {
+  TraceSummary s;
+  s.events = trace.events.size();
+  if (!trace.events.empty()) s.duration_ns = trace.events.back().time_ns;
+  for (const TraceEvent& e : trace.events)
+    if (e.kind == EventKind::map || e.kind == EventKind::unmap) s.reserved_from_maps = true;
+
+  struct Live {
+    std::size_t lifetime;
+  };
+  std::unordered_map<std::uint64_t, Live> live;  // by (device, address): see key()
+  auto key = [](const TraceEvent& e) { return e.address ^ (std::uint64_t(std::uint32_t(e.device)) << 56); };
+  std::map<std::vector<std::uint64_t>, std::uint32_t> site_index;
+  std::set<std::uint32_t> threads;
+  std::set<std::int32_t> devices;
+  std::uint64_t live_bytes = 0, reserved = 0;
+
+  auto sample = [&](std::uint64_t t) {
+    std::uint64_t r = s.reserved_from_maps ? reserved : live_bytes;
+    if (live_bytes > s.peak_live) {
+      s.peak_live = live_bytes;
+      s.peak_live_time_ns = t;
+    }
+    if (r > s.peak_reserved) {
+      s.peak_reserved = r;
+      s.peak_reserved_time_ns = t;
+    }
+    if (!s.samples.empty() && s.samples.back().time_ns == t) {
+      s.samples.back().live = live_bytes;
+      s.samples.back().reserved = r;
+    } else {
+      s.samples.push_back({t, live_bytes, r});
+    }
+  };
+
+  for (const TraceEvent& e : trace.events) {
+    s.count_by_kind[std::size_t(e.kind) < s.count_by_kind.size() ? std::size_t(e.kind) : 0]++;
+    threads.insert(e.thread_id);
+    devices.insert(e.device);
+    if (is_alloc(e.kind)) {
+      std::vector<std::uint64_t> frames = site_frames(trace, e);
+      auto [it, inserted] = site_index.emplace(frames, std::uint32_t(s.sites.size()));
+      if (inserted) {
+        s.sites.emplace_back();
+        s.sites.back().frames = std::move(frames);
+      }
+      AllocationSite& site = s.sites[it->second];
+      site.count++;
+      site.bytes += e.size;
+      site.live += e.size;
+      site.peak_live = std::max(site.peak_live, site.live);
+      s.bytes_allocated += e.size;
+      s.size_histogram[size_bucket(e.size)]++;
+      auto previous = live.find(key(e));
+      if (previous != live.end()) {  // allocated again without a free we saw: close the old one
+        Lifetime& old = s.lifetimes[previous->second.lifetime];
+        live_bytes -= old.size;
+        s.sites[old.site].live -= old.size;
+        old.end_ns = e.time_ns;
+        old.freed = true;
+      }
+      live[key(e)] = Live{s.lifetimes.size()};
+      s.lifetimes.push_back({e.time_ns, 0, e.size, e.address, e.thread_id, e.device, it->second, false});
+      live_bytes += e.size;
+      sample(e.time_ns);
+    } else if (is_free(e.kind)) {
+      auto it = live.find(key(e));
+      if (it == live.end()) {
+        s.unmatched_frees++;
+        continue;
+      }
+      Lifetime& l = s.lifetimes[it->second.lifetime];
+      l.end_ns = e.time_ns;
+      l.freed = true;
+      live_bytes -= l.size;
+      s.sites[l.site].live -= l.size;
+      s.bytes_freed += l.size;
+      live.erase(it);
+      sample(e.time_ns);
+    } else if (e.kind == EventKind::map) {
+      reserved += e.size;
+      sample(e.time_ns);
+    } else if (e.kind == EventKind::unmap) {
+      reserved -= std::min(reserved, e.size);
+      sample(e.time_ns);
+    }
+  }
+  s.threads = std::uint32_t(threads.size());
+  s.devices = std::uint32_t(devices.size());
+  s.live_at_end = live_bytes;
+  s.blocks_live_at_end = live.size();
+
+  std::vector<std::uint64_t> durations;
+  for (Lifetime& l : s.lifetimes) {
+    if (!l.freed) {
+      l.end_ns = s.duration_ns;
+      s.lifetime_histogram[9]++;
+      continue;
+    }
+    std::uint64_t d = l.end_ns - l.start_ns;
+    s.lifetime_histogram[lifetime_bucket(d)]++;
+    durations.push_back(d);
+  }
+  if (!durations.empty()) {
+    std::nth_element(durations.begin(), durations.begin() + durations.size() / 2, durations.end());
+    s.median_lifetime_ns = durations[durations.size() / 2];
+  }
+  // Sort sites, then renumber the lifetimes' site indexes.
+  std::vector<std::uint32_t> order(s.sites.size());
+  for (std::uint32_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
+    return s.sites[a].peak_live > s.sites[b].peak_live;
+  });
+  std::vector<std::uint32_t> new_index(order.size());
+  std::vector<AllocationSite> sorted;
+  sorted.reserve(order.size());
+  for (std::uint32_t i = 0; i < order.size(); ++i) {
+    new_index[order[i]] = i;
+    sorted.push_back(std::move(s.sites[order[i]]));
+  }
+  s.sites = std::move(sorted);
+  for (Lifetime& l : s.lifetimes) l.site = new_index[l.site];
+  return s;
+}
+
+std::vector<MemorySample> downsample(const std::vector<MemorySample>& samples, std::size_t points) {
+  if (samples.size() <= points || points < 2) return samples;
+  std::vector<MemorySample> out;
+  std::size_t per = (samples.size() + points - 1) / points;
+  for (std::size_t i = 0; i < samples.size(); i += per) {
+    MemorySample m = samples[i];
+    for (std::size_t j = i; j < std::min(samples.size(), i + per); ++j) {
+      m.live = std::max(m.live, samples[j].live);
+      m.reserved = std::max(m.reserved, samples[j].reserved);
+    }
+    out.push_back(m);
+  }
+  out.push_back(samples.back());
+  return out;
+}
+
+std::string format_size(std::uint64_t bytes) {
+  static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  double v = double(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 5) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  else
+    std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+std::string format_duration(std::uint64_t ns) {
+  char buf[32];
+  if (ns < 1000)
+    std::snprintf(buf, sizeof buf, "%llu ns", static_cast<unsigned long long>(ns));
+  else if (ns < 1000000)
+    std::snprintf(buf, sizeof buf, "%.1f us", ns / 1e3);
+  else if (ns < 1000000000)
+    std::snprintf(buf, sizeof buf, "%.1f ms", ns / 1e6);
+  else
+    std::snprintf(buf, sizeof buf, "%.2f s", ns / 1e9);
+  return buf;
+}
+
+}  // namespace gpushim::tracing

@@ -1,0 +1,77 @@
+// What the `gpushim trace` tools compute from a Trace: totals, live and reserved bytes over time,
+// histograms, lifetimes and allocation sites. One pass over the events, shared by summary, report and
+// export so they never disagree.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tracing/trace_reader.h"
+
+namespace gpushim::tracing {
+
+struct MemorySample {
+  std::uint64_t time_ns;
+  std::uint64_t live;       // bytes in live blocks (requested sizes)
+  std::uint64_t reserved;   // bytes mapped by providers (map - unmap); = live when the trace has no maps
+};
+
+struct AllocationSite {
+  std::vector<std::uint64_t> frames;  // the stack outside libgpushim, innermost first; empty: unknown
+  std::uint64_t count = 0;
+  std::uint64_t bytes = 0;            // total bytes ever allocated here
+  std::uint64_t live = 0;
+  std::uint64_t peak_live = 0;        // most bytes this site held at once
+};
+
+// One allocation from its alloc to its free (or the end of the trace).
+struct Lifetime {
+  std::uint64_t start_ns;
+  std::uint64_t end_ns;
+  std::uint64_t size;
+  std::uint64_t address;
+  std::uint32_t thread_id;
+  std::int32_t device;
+  std::uint32_t site;
+  bool freed;
+};
+
+struct TraceSummary {
+  std::array<std::uint64_t, 10> count_by_kind{};  // indexed by EventKind
+  std::uint64_t events = 0;
+  std::uint64_t duration_ns = 0;
+  std::uint64_t bytes_allocated = 0;
+  std::uint64_t bytes_freed = 0;
+  std::uint64_t unmatched_frees = 0;   // frees of addresses the trace never saw allocated
+  std::uint64_t live_at_end = 0;       // bytes never freed
+  std::uint64_t blocks_live_at_end = 0;
+  std::uint64_t peak_live = 0;
+  std::uint64_t peak_live_time_ns = 0;
+  std::uint64_t peak_reserved = 0;
+  std::uint64_t peak_reserved_time_ns = 0;
+  bool reserved_from_maps = false;     // false: no map/unmap events, reserved is taken as live
+  std::uint32_t threads = 0;
+  std::uint32_t devices = 0;
+  // Power-of-two size classes: bucket i counts sizes in [2^i, 2^(i+1)). Bucket 0 also holds size 0.
+  std::array<std::uint64_t, 64> size_histogram{};
+  // Lifetimes in decades: <1us, <10us, <100us, <1ms, <10ms, <100ms, <1s, <10s, >=10s, never freed.
+  std::array<std::uint64_t, 10> lifetime_histogram{};
+  std::uint64_t median_lifetime_ns = 0;
+  std::vector<AllocationSite> sites;   // sorted by peak_live, largest first
+  std::vector<MemorySample> samples;   // one per change of live or reserved bytes
+  std::vector<Lifetime> lifetimes;     // every allocation, in order of its alloc
+};
+
+TraceSummary summarize(const Trace& trace);
+
+// `samples` thinned to at most `points` (keeping each interval's maximum, so peaks survive).
+std::vector<MemorySample> downsample(const std::vector<MemorySample>& samples, std::size_t points);
+
+extern const char* const kLifetimeBucketNames[10];
+
+std::string format_size(std::uint64_t bytes);        // "1.50 GiB"
+std::string format_duration(std::uint64_t ns);       // "12.3 ms"
+
+}  // namespace gpushim::tracing

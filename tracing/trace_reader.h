@@ -1,0 +1,74 @@
+// Reads a gpushim trace (raw, or compressed with zstd) into memory for the `gpushim trace` tools.
+// A damaged file is a value, not a crash: read_trace() returns a TraceError with the byte offset where
+// the damage starts. A file that simply stops after a whole chunk (the program was killed) reads fine,
+// with `clean_end` false.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "tracing/trace_format.h"
+#include "tracing/trace_recorder.h"
+
+namespace gpushim::tracing {
+
+struct TraceEvent {
+  std::uint64_t time_ns;       // since the start of recording
+  std::uint64_t stream;
+  std::uint64_t address;
+  std::uint64_t size;
+  std::uint32_t thread_id;
+  std::int32_t device;
+  std::uint32_t first_frame;   // index into Trace::frames
+  std::uint16_t frame_count;
+  EventKind kind;
+  BackendId backend;
+};
+
+struct TraceModule {
+  std::string path;
+  std::string build_id;        // lowercase hex; empty when the module had none
+  std::uint64_t base = 0;      // frame address - base = address in the ELF file
+  std::uint64_t end = 0;
+};
+
+struct Trace {
+  format::FileHeader header{};
+  std::vector<TraceEvent> events;     // sorted by time (chunks of different threads interleave)
+  std::vector<std::uint64_t> frames;  // return addresses of all events, innermost first
+  std::vector<TraceModule> modules;   // every module seen, sorted by base
+  bool clean_end = false;             // false: the recording was cut short (crash, kill)
+  std::uint64_t bytes = 0;            // size of the (decompressed) trace
+  bool compressed = false;
+
+  // The module holding `address`, or nullptr.
+  const TraceModule* module_of(std::uint64_t address) const;
+};
+
+struct TraceError {
+  std::uint64_t offset = 0;    // byte offset of the damage (in the decompressed trace for .zst files)
+  std::string message;
+};
+
+// Called now and then while reading: bytes done, bytes in all.
+using ReadProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+
+bool parse_trace(const unsigned char* data, std::size_t bytes, Trace* out, TraceError* error,
+                 const ReadProgress& progress = {});
+bool read_trace(const std::string& path, Trace* out, TraceError* error,
+                const ReadProgress& progress = {});
+
+// True when the bytes start with the zstd frame magic.
+bool is_zstd(const unsigned char* data, std::size_t bytes);
+// zstd-compresses `in` into `out` (the file `gpushim trace compress` writes). False with a message when
+// this build has no zstd or the compression fails.
+bool compress_zstd(const std::vector<unsigned char>& in, std::vector<unsigned char>* out,
+                   std::string* message);
+
+const char* event_kind_name(EventKind kind);
+const char* backend_name(BackendId backend);
+
+}  // namespace gpushim::tracing

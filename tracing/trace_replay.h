@@ -1,0 +1,34 @@
+// `gpushim trace replay`: runs a trace's allocations and frees, in order, against a backend's algorithm
+// over host memory (HostProvider reserves address space and maps without touching pages, so a trace of
+// a 70 GiB job replays on a laptop). Answers "what would backend X have reserved for this program?".
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "allocators/backend_registry.h"
+#include "tracing/trace_reader.h"
+
+namespace gpushim::tracing {
+
+struct ReplayResult {
+  std::string backend;
+  std::uint64_t peak_reserved = 0;   // most bytes the providers had mapped at once
+  std::uint64_t peak_live = 0;       // most requested bytes live at once
+  double fragmentation = 0;          // peak_reserved / peak_live (1.0 = no waste)
+  std::uint64_t failed = 0;          // allocations the backend could not serve
+  std::uint64_t operations = 0;      // allocate + deallocate calls made
+  double ns_per_operation = 0;       // time inside allocate/deallocate only
+  std::uint64_t provider_misuse = 0; // calls that would have broken the driver's VMM rules
+};
+
+// Backends with a host-memory factory (provider backends); driver-backed ones cannot replay on a CPU.
+std::vector<const BackendInfo*> replayable_backends();
+
+using ReplayProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend,
+                          const ReplayProgress& progress = {});
+
+}  // namespace gpushim::tracing

@@ -1,0 +1,218 @@
+#include "tracing/trace_tool_commands.h"
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iterator>
+#include <set>
+
+#include "tracing/trace_analysis.h"
+#include "tracing/trace_chrome_export.h"
+#include "tracing/trace_html_report.h"
+#include "tracing/trace_reader.h"
+#include "tracing/trace_replay.h"
+#include "tracing/trace_symbolizer.h"
+
+namespace gpushim::tracing {
+namespace {
+
+// Progress lines appear only for work that takes a while; small traces stay quiet.
+constexpr std::uint64_t kProgressMinBytes = 32ull << 20;
+constexpr std::uint64_t kProgressMinEvents = 2000000;
+constexpr std::size_t kFramesShownPerSite = 4;
+
+bool load(const std::string& path, Trace* trace, ToolStreams& io) {
+  TraceError error;
+  ReadProgress progress;
+  if (io.progress)
+    progress = [&io, &path](std::uint64_t done, std::uint64_t total) {
+      if (total >= kProgressMinBytes)
+        io.err << "gpushim: reading " << path << ": " << (done >> 20) << " / " << (total >> 20) << " MiB\n";
+    };
+  if (read_trace(path, trace, &error, progress)) {
+    if (!trace->clean_end)
+      io.err << "gpushim: " << path << ": the recording was cut short (no end record); read up to the "
+             << "last flush, " << trace->bytes << " bytes\n";
+    return true;
+  }
+  io.err << "gpushim: " << path << ": unreadable trace at byte offset " << error.offset << ": "
+         << error.message << "\n";
+  return false;
+}
+
+bool write_file(const std::string& path, const std::string& data, ToolStreams& io) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << data;
+  f.close();
+  if (!f) {
+    io.err << "gpushim: cannot write " << path << "\n";
+    return false;
+  }
+  return true;
+}
+
+std::vector<std::uint64_t> site_addresses(const TraceSummary& s, std::size_t sites) {
+  std::vector<std::uint64_t> out;
+  for (std::size_t i = 0; i < std::min(sites, s.sites.size()); ++i)
+    for (std::size_t f = 0; f < std::min(kFramesShownPerSite, s.sites[i].frames.size()); ++f)
+      out.push_back(s.sites[i].frames[f]);
+  return out;
+}
+
+}  // namespace
+
+int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStreams io) {
+  Trace trace;
+  if (!load(path, &trace, io)) return kExitBadTrace;
+  TraceSummary s = summarize(trace);
+  Symbolizer symbols(trace);
+  symbols.resolve(site_addresses(s, top_sites));
+  std::ostream& o = io.out;
+  char line[256];
+  o << "trace " << path << ": pid " << trace.header.pid;
+  if (trace.header.rank >= 0) o << ", rank " << trace.header.rank;
+  o << ", format version " << trace.header.version << (trace.compressed ? ", zstd" : "") << "\n";
+  o << "duration " << format_duration(s.duration_ns) << ", " << s.events << " events, " << s.threads
+    << " threads, " << s.devices << " devices" << (trace.clean_end ? "" : " (cut short)") << "\n\n";
+  o << "events\n";
+  for (std::size_t k = 1; k < s.count_by_kind.size(); ++k)
+    if (s.count_by_kind[k]) {
+      std::snprintf(line, sizeof line, "  %-14s %12llu\n", event_kind_name(EventKind(k)),
+                    static_cast<unsigned long long>(s.count_by_kind[k]));
+      o << line;
+    }
+  o << "\nbytes\n";
+  o << "  allocated      " << format_size(s.bytes_allocated) << "\n";
+  o << "  freed          " << format_size(s.bytes_freed) << "\n";
+  o << "  live at end    " << format_size(s.live_at_end) << " in " << s.blocks_live_at_end << " blocks\n";
+  o << "  peak live      " << format_size(s.peak_live) << " at " << format_duration(s.peak_live_time_ns) << "\n";
+  o << "  peak reserved  " << format_size(s.peak_reserved) << " at "
+    << format_duration(s.peak_reserved_time_ns) << (s.reserved_from_maps ? "" : " (no map events: = live)")
+    << "\n";
+  if (s.unmatched_frees) o << "  frees of unknown addresses: " << s.unmatched_frees << "\n";
+  o << "\nsizes\n";
+  for (int i = 0; i < 64; ++i)
+    if (s.size_histogram[i]) {
+      std::snprintf(line, sizeof line, "  %10s - %-10s %12llu\n", format_size(i ? 1ull << i : 0).c_str(),
+                    format_size(i < 63 ? (1ull << (i + 1)) - 1 : ~0ull).c_str(),
+                    static_cast<unsigned long long>(s.size_histogram[i]));
+      o << line;
+    }
+  o << "\nlifetimes (median " << format_duration(s.median_lifetime_ns) << ")\n";
+  for (int i = 0; i < 10; ++i)
+    if (s.lifetime_histogram[i]) {
+      std::snprintf(line, sizeof line, "  %-12s %12llu\n", kLifetimeBucketNames[i],
+                    static_cast<unsigned long long>(s.lifetime_histogram[i]));
+      o << line;
+    }
+  o << "\ntop allocation sites by peak live bytes\n";
+  if (trace.header.stack_depth == 0)
+    o << "  (no stacks recorded: set GPUSHIM_TRACE_STACK=16 when recording"
+      << ((trace.header.flags & 1) ? "; libunwind was missing" : "") << ")\n";
+  for (std::size_t i = 0; i < std::min(top_sites, s.sites.size()); ++i) {
+    const AllocationSite& site = s.sites[i];
+    std::snprintf(line, sizeof line, "  #%-3zu peak %-12s total %-12s %8llu allocations\n", i + 1,
+                  format_size(site.peak_live).c_str(), format_size(site.bytes).c_str(),
+                  static_cast<unsigned long long>(site.count));
+    o << line;
+    if (site.frames.empty()) o << "        (no stack)\n";
+    for (std::size_t f = 0; f < std::min(kFramesShownPerSite, site.frames.size()); ++f)
+      o << "        " << symbols.lookup(site.frames[f]).text() << "\n";
+  }
+  return 0;
+}
+
+int run_trace_report(const std::string& path, const std::string& html_path, ToolStreams io) {
+  Trace trace;
+  if (!load(path, &trace, io)) return kExitBadTrace;
+  TraceSummary s = summarize(trace);
+  Symbolizer symbols(trace);
+  symbols.resolve(site_addresses(s, 15));
+  std::string title = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
+  if (!write_file(html_path, render_html_report(trace, s, symbols, title), io)) return 1;
+  io.err << "gpushim: wrote " << html_path << "\n";
+  return 0;
+}
+
+int run_trace_export(const std::string& path, const std::string& format, const std::string& json_path,
+                     ToolStreams io) {
+  if (format != "chrome") {
+    io.err << "gpushim: unknown export format '" << format << "' (known: chrome)\n";
+    return 1;
+  }
+  Trace trace;
+  if (!load(path, &trace, io)) return kExitBadTrace;
+  TraceSummary s = summarize(trace);
+  std::ofstream f(json_path, std::ios::binary | std::ios::trunc);
+  write_chrome_trace(trace, s, f);
+  f.close();
+  if (!f) {
+    io.err << "gpushim: cannot write " << json_path << "\n";
+    return 1;
+  }
+  io.err << "gpushim: wrote " << json_path << " (open it in https://ui.perfetto.dev)\n";
+  return 0;
+}
+
+int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io) {
+  std::vector<const BackendInfo*> backends;
+  if (backend == "all") {
+    backends = replayable_backends();
+  } else {
+    const BackendInfo* info = find_backend(backend);
+    if (!info) {
+      io.err << "gpushim: unknown backend '" << backend << "'\n";
+      return 1;
+    }
+    if (!info->factory) {
+      io.err << "gpushim: backend '" << backend << "' calls the driver and cannot replay on host memory\n";
+      return 1;
+    }
+    backends.push_back(info);
+  }
+  Trace trace;
+  if (!load(path, &trace, io)) return kExitBadTrace;
+  char line[256];
+  std::snprintf(line, sizeof line, "%-12s %14s %14s %14s %8s %10s\n", "backend", "peak reserved",
+                "peak live", "fragmentation", "failed", "ns/op");
+  io.out << line;
+  for (const BackendInfo* info : backends) {
+    ReplayProgress progress;
+    if (io.progress && trace.events.size() >= kProgressMinEvents)
+      progress = [&io, info](std::uint64_t done, std::uint64_t total) {
+        io.err << "gpushim: replaying on " << info->name << ": " << done << " / " << total << " events\n";
+      };
+    ReplayResult r = replay_trace(trace, *info, progress);
+    std::snprintf(line, sizeof line, "%-12s %14s %14s %14.3f %8llu %10.1f\n", r.backend.c_str(),
+                  format_size(r.peak_reserved).c_str(), format_size(r.peak_live).c_str(), r.fragmentation,
+                  static_cast<unsigned long long>(r.failed), r.ns_per_operation);
+    io.out << line;
+    if (r.provider_misuse)
+      io.err << "gpushim: " << r.backend << " broke the VMM rules " << r.provider_misuse
+             << " times during the replay\n";
+  }
+  return 0;
+}
+
+int run_trace_compress(const std::string& path, const std::string& output, ToolStreams io) {
+  Trace trace;
+  if (!load(path, &trace, io)) return kExitBadTrace;  // never compress a damaged trace silently
+  std::ifstream in(path, std::ios::binary);
+  std::vector<unsigned char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (is_zstd(raw.data(), raw.size())) {
+    io.err << "gpushim: " << path << " is already compressed\n";
+    return 1;
+  }
+  std::vector<unsigned char> packed;
+  std::string message;
+  if (!compress_zstd(raw, &packed, &message)) {
+    io.err << "gpushim: compression failed: " << message << "\n";
+    return 1;
+  }
+  if (!write_file(output, std::string(packed.begin(), packed.end()), io)) return 1;
+  io.err << "gpushim: wrote " << output << " (" << format_size(packed.size()) << ", "
+         << format_size(raw.size()) << " uncompressed)\n";
+  return 0;
+}
+
+}  // namespace gpushim::tracing
