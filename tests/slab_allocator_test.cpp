@@ -1,0 +1,215 @@
+// SlabAllocator on host memory: size classes, packing into slabs, give-back of empty slabs, thread
+// magazines returning on thread exit, cross-thread frees, out-of-memory recovery, many threads.
+#include "allocators/slab_allocator.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "providers/host_provider.h"
+#include "tests/backend_test_support.h"
+
+namespace gpushim {
+namespace {
+
+constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
+
+TEST(SlabAllocator, SizeClassesAreAlignedAndAtMost25PercentApartAbove1KiB) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  ASSERT_GT(slab.class_count(), 4u);
+  EXPECT_EQ(slab.class_block_bytes(0), 256u);
+  EXPECT_EQ(slab.class_block_bytes(slab.class_count() - 1), kDefaultSlabMaxSize);
+  for (std::size_t i = 1; i < slab.class_count(); ++i) {
+    const std::size_t prev = slab.class_block_bytes(i - 1), size = slab.class_block_bytes(i);
+    EXPECT_EQ(size % kMinAlignment, 0u);
+    EXPECT_GT(size, prev);
+    if (prev >= 1024) {
+      EXPECT_LE(size * 4, prev * 5) << prev << " -> " << size;
+    }
+  }
+}
+
+TEST(SlabAllocator, OddMaximumGetsItsOwnLastClass) {
+  HostProvider provider;
+  SlabAllocator slab(provider, 300 * KiB + 1);
+  EXPECT_EQ(slab.max_small_size(), 300 * KiB + 256);
+  EXPECT_EQ(slab.class_block_bytes(slab.class_count() - 1), 300 * KiB + 256);
+  void* p = slab.allocate(300 * KiB + 1, 0);
+  ASSERT_NE(p, nullptr);
+  slab.deallocate(p, 300 * KiB + 1, 0);
+}
+
+class SlabRandom : public ::testing::TestWithParam<bool> {};
+
+TEST_P(SlabRandom, RandomSequenceMatchesModelAndGivesEverythingBack) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize, /*thread_caches=*/GetParam());
+  EXPECT_EQ(testing::run_random_sequence(slab, 10000, 8 * MiB, 2), 0u);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  AllocatorStats s = slab.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.internal_waste, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+  EXPECT_GT(s.peak_bytes_reserved, 0u);
+  slab.release_cached();
+  EXPECT_EQ(slab.slab_count(), 0u);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(slab.stats().bytes_reserved, 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+INSTANTIATE_TEST_SUITE_P(ThreadCachesOnAndOff, SlabRandom, ::testing::Bool());
+
+TEST(SlabAllocator, BlocksOfOneClassShareASlab) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 8192; ++i) blocks.push_back(slab.allocate(200, 0));  // 8192 x 256 B = one 2 MiB slab
+  EXPECT_EQ(slab.slab_count(), 1u);
+  EXPECT_EQ(provider.bytes_mapped(), 2 * MiB);
+  AllocatorStats s = slab.stats();
+  EXPECT_EQ(s.bytes_in_use, 8192u * 200);
+  EXPECT_EQ(s.internal_waste, 8192u * 56);
+  EXPECT_EQ(s.bytes_cached, 0u);
+  void* one_more = slab.allocate(200, 0);
+  EXPECT_EQ(slab.slab_count(), 2u);
+  slab.deallocate(one_more, 200, 0);
+  for (void* p : blocks) slab.deallocate(p, 200, 0);
+}
+
+TEST(SlabAllocator, EmptySlabsAboveTheIdleThresholdGoBackOnFree) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 5 * 512; ++i) blocks.push_back(slab.allocate(4 * KiB, 0));  // 5 slabs of 4 KiB
+  EXPECT_EQ(slab.slab_count(), 5u);
+  for (void* p : blocks) slab.deallocate(p, 4 * KiB, 0);
+  slab.flush_this_thread();
+  EXPECT_EQ(slab.slab_count(), 1u);  // one empty slab kept for reuse
+  EXPECT_EQ(slab.release_cached(), 2 * MiB);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST(SlabAllocator, MagazinesOfAnExitedThreadReturnToTheDepot) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::thread([&] {
+    std::vector<void*> blocks;
+    for (int i = 0; i < 100; ++i) blocks.push_back(slab.allocate(1000, 0));
+    for (void* p : blocks) slab.deallocate(p, 1000, 0);  // up to a magazine's worth stays cached
+  }).join();
+  const AllocatorStats s = slab.stats();
+  EXPECT_EQ(s.allocations, 100u);
+  EXPECT_EQ(s.deallocations, 100u);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  // Only possible if the exited thread's magazine went back: otherwise its slab is not empty.
+  EXPECT_EQ(slab.release_cached(), 2 * MiB);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST(SlabAllocator, BlocksFreedByAnotherThreadAreAccounted) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 1000; ++i) blocks.push_back(slab.allocate(3000, 0));
+  std::thread([&] {
+    for (void* p : blocks) slab.deallocate(p, 3000, 0);
+  }).join();
+  EXPECT_EQ(slab.stats().bytes_in_use, 0u);
+  slab.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST(SlabAllocator, OtherThreadsFlushTheirMagazinesAfterReleaseCached) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::atomic<int> phase{0};
+  std::thread worker([&] {
+    void* p = slab.allocate(512, 0);
+    slab.deallocate(p, 512, 0);  // sits in the worker's magazine, pinning the slab
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+    p = slab.allocate(4096, 0);  // any call notices the flush request
+    slab.deallocate(p, 4096, 0);
+    phase = 3;
+    while (phase.load() != 4) std::this_thread::yield();
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  EXPECT_EQ(slab.release_cached(), 0u);  // the worker still holds the 512 B block in its magazine
+  phase = 2;
+  while (phase.load() != 3) std::this_thread::yield();
+  // The 512 B slab is empty now; the worker's new 4 KiB slab is pinned by its magazine until it exits.
+  EXPECT_EQ(slab.release_cached(), 2 * MiB);
+  phase = 4;
+  worker.join();
+  EXPECT_EQ(slab.release_cached(), 2 * MiB);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST(SlabAllocator, OutOfMemoryReturnsNullThenRecoversForAnyClass) {
+  HostProvider provider(HostProvider::kDefaultGranularity, 8 * MiB);
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::vector<void*> blocks;
+  for (int i = 0; i < 10000; ++i) {
+    void* p = slab.allocate(64 * KiB, 0);
+    if (p == nullptr) break;
+    blocks.push_back(p);
+  }
+  EXPECT_EQ(blocks.size(), 4u * 32);  // 4 slabs of 32 blocks under the 8 MiB cap
+  EXPECT_EQ(slab.allocate(256 * KiB, 0), nullptr);
+  EXPECT_EQ(slab.allocate(3 * MiB, 0), nullptr);
+  EXPECT_GE(slab.stats().failed_allocations, 2u);
+  for (void* p : blocks) slab.deallocate(p, 64 * KiB, 0);
+  // No release_cached: the slab reclaims its own idle slabs (and this thread's magazine) on failure.
+  void* mid = slab.allocate(256 * KiB, 0);
+  EXPECT_NE(mid, nullptr);
+  void* large = slab.allocate(3 * MiB, 0);
+  EXPECT_NE(large, nullptr) << provider.bytes_mapped() << " mapped, " << slab.slab_count() << " slabs";
+  slab.deallocate(mid, 256 * KiB, 0);
+  slab.deallocate(large, 3 * MiB, 0);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(SlabAllocator, ManyThreadsKeepBlocksDisjoint) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] { testing::run_random_sequence(slab, 5000, 2 * MiB, 200 + t, false); });
+  for (auto& thread : threads) thread.join();
+  const AllocatorStats s = slab.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+  slab.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(SlabAllocator, SeveralAllocatorsInOneThreadKeepSeparateCaches) {
+  HostProvider provider;
+  for (int round = 0; round < 3; ++round) {
+    SlabAllocator a(provider, kDefaultSlabMaxSize), b(provider, kDefaultSlabMaxSize);
+    void* pa = a.allocate(256, 0);
+    void* pb = b.allocate(256, 0);
+    a.deallocate(pa, 256, 0);
+    b.deallocate(pb, 256, 0);
+    EXPECT_EQ(a.release_cached(), 2 * MiB);
+    EXPECT_EQ(b.release_cached(), 2 * MiB);
+  }
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST(SlabAllocator, FactoryUsesTheMaxSizeSetting) {
+  HostProvider provider;
+  Settings settings;
+  settings.slab_max_size = 64 * KiB;
+  auto slab = make_slab_allocator(provider, settings);
+  void* p = slab->allocate(64 * KiB + 1, 0);  // above the max: a dedicated run
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(slab->stats().internal_waste, 2 * MiB - 64 * KiB - 1);
+  slab->deallocate(p, 64 * KiB + 1, 0);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+}  // namespace
+}  // namespace gpushim

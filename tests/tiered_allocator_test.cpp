@@ -1,0 +1,118 @@
+// TieredAllocator on host memory: routing by size, summed stats, release of both tiers, out-of-memory
+// recovery and many threads, with the real tiers (SlabAllocator + VmmArena) over one HostProvider.
+#include "allocators/tiered_allocator.h"
+
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "allocators/buddy_allocator.h"
+#include "allocators/slab_allocator.h"
+#include "providers/host_provider.h"
+#include "tests/backend_test_support.h"
+
+namespace gpushim {
+namespace {
+
+constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
+
+Settings small_arena_settings() {
+  Settings settings;
+  settings.vmm_reserve = 16ull << 30;  // address space only; the random tests stay below ~4 GiB live
+  return settings;
+}
+
+TEST(TieredAllocator, RoutesBySizeAroundTheSplit) {
+  HostProvider provider;
+  auto tiered = make_tiered_allocator(provider, small_arena_settings());
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  EXPECT_EQ(t.split_bytes(), kDefaultSlabMaxSize);
+  void* small = t.allocate(kDefaultSlabMaxSize, 0);
+  void* large = t.allocate(kDefaultSlabMaxSize + 1, 0);
+  ASSERT_NE(small, nullptr);
+  ASSERT_NE(large, nullptr);
+  EXPECT_EQ(t.small_tier().stats().bytes_in_use, kDefaultSlabMaxSize);
+  EXPECT_EQ(t.large_tier().stats().bytes_in_use, kDefaultSlabMaxSize + 1);
+  EXPECT_EQ(t.stats().bytes_in_use, 2 * kDefaultSlabMaxSize + 1);
+  t.deallocate(small, kDefaultSlabMaxSize, 0);
+  t.deallocate(large, kDefaultSlabMaxSize + 1, 0);
+  EXPECT_EQ(t.small_tier().stats().deallocations, 1u);
+  EXPECT_EQ(t.large_tier().stats().deallocations, 1u);
+}
+
+TEST(TieredAllocator, SplitSettingMovesTheBoundary) {
+  HostProvider provider;
+  Settings settings = small_arena_settings();
+  settings.tiered_split = 64 * KiB;
+  auto tiered = make_tiered_allocator(provider, settings);
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  void* p = t.allocate(64 * KiB + 256, 0);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(t.large_tier().stats().allocations, 1u);
+  EXPECT_EQ(t.small_tier().stats().allocations, 0u);
+  t.deallocate(p, 64 * KiB + 256, 0);
+}
+
+TEST(TieredAllocator, RandomSequenceMatchesModelAndStatsAreTheSumOfTheTiers) {
+  HostProvider provider;
+  auto tiered = make_tiered_allocator(provider, small_arena_settings());
+  EXPECT_EQ(testing::run_random_sequence(*tiered, 10000, 16 * MiB, 3), 0u);
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  const AllocatorStats s = t.stats(), a = t.small_tier().stats(), b = t.large_tier().stats();
+  EXPECT_GT(a.allocations, 0u);
+  EXPECT_GT(b.allocations, 0u);
+  EXPECT_EQ(s.allocations, a.allocations + b.allocations);
+  EXPECT_EQ(s.bytes_reserved, a.bytes_reserved + b.bytes_reserved);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.bytes_reserved, provider.bytes_mapped());
+  t.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(TieredAllocator, OutOfMemoryReturnsNullThenRecoversAfterReleaseCached) {
+  HostProvider provider(HostProvider::kDefaultGranularity, 64 * MiB);
+  auto tiered = make_tiered_allocator(provider, small_arena_settings());
+  std::vector<void*> small;
+  for (int i = 0; i < 100000; ++i) {
+    void* p = tiered->allocate(16 * KiB, 0);
+    if (p == nullptr) break;
+    small.push_back(p);
+  }
+  EXPECT_EQ(small.size(), 32u * 128);  // 32 slabs of 128 blocks
+  EXPECT_EQ(tiered->allocate(8 * MiB, 0), nullptr);
+  for (void* p : small) tiered->deallocate(p, 16 * KiB, 0);
+  // What the router does on failure: release cached memory in the backend, retry once.
+  tiered->release_cached();
+  void* large = tiered->allocate(48 * MiB, 0);
+  EXPECT_NE(large, nullptr);
+  tiered->deallocate(large, 48 * MiB, 0);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(TieredAllocator, ManyThreadsKeepBlocksDisjoint) {
+  HostProvider provider;
+  auto tiered = make_tiered_allocator(provider, small_arena_settings());
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 8; ++t)
+    threads.emplace_back([&, t] { testing::run_random_sequence(*tiered, 3000, 4 * MiB, 300 + t, false); });
+  for (auto& thread : threads) thread.join();
+  const AllocatorStats s = tiered->stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+  tiered->release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST(TieredAllocator, ComposesAnyTwoBackends) {
+  HostProvider provider;
+  TieredAllocator t(std::make_unique<SlabAllocator>(provider, 4 * KiB),
+                    std::make_unique<BuddyAllocator>(provider, 16 * MiB), 4 * KiB);
+  EXPECT_EQ(testing::run_random_sequence(t, 5000, 4 * MiB, 4), 0u);
+  EXPECT_GT(t.large_tier().stats().internal_waste + t.large_tier().stats().allocations, 0u);
+  t.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+}  // namespace
+}  // namespace gpushim
