@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what building and testing gpushim needs on Debian 12 (CI, developer machines). Idempotent and
+# quiet: apt runs only when a package is missing. The GPU machine has no apt; it builds the library and
+# test apps with the CUDA toolkit alone (see README.md).
+set -euo pipefail
+
+packages=(
+  cmake ninja-build g++ pkg-config
+  libgtest-dev libgmock-dev libbenchmark-dev   # tests and CPU micro-benchmarks
+  libcli11-dev nlohmann-json3-dev              # the gpushim command (header-only)
+  libunwind-dev libzstd-dev zstd               # call stacks and trace compression
+  chromium                                     # renders the HTML trace report in its test
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+sudo=()
+[ "$(id -u)" -ne 0 ] && sudo=(sudo)
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Configures and builds everything into build/ and runs every CPU test. GPU tests carry the ctest
+# label "gpu" and are left out here; they run on a GPU machine (scripts/gpu_check.sh).
+# Without a CUDA toolkit the build is CPU-only (algorithms, tracing, tools, CPU tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build=${BUILD_DIR:-build}   # BUILD_DIR: another build folder, for developers sharing a tree
+jobs=${JOBS:-$(nproc)}
+generator=()
+if [ ! -f "$build/CMakeCache.txt" ] && command -v ninja >/dev/null; then
+  generator=(-G Ninja)   # an existing build dir keeps the generator it was made with
+fi
+# CMake finds nvcc on PATH; the Debian images keep the toolkit in /usr/local/cuda without it.
+if ! command -v nvcc >/dev/null && [ -x /usr/local/cuda/bin/nvcc ]; then
+  export PATH=/usr/local/cuda/bin:$PATH
+fi
+
+cmake -S . -B "$build" "${generator[@]}"
+cmake --build "$build" -j "$jobs"
+ctest --test-dir "$build" -LE gpu --output-on-failure

@@ -1,0 +1,30 @@
+# Tests of config/ (settings table), diagnostics/ (log) and tools/ (the gpushim command).
+add_executable(settings_test settings_test.cpp)
+target_link_libraries(settings_test PRIVATE gpushim_config GTest::gtest_main)
+gtest_discover_tests(settings_test)
+
+# The log filter is read from the real environment once per process, so the binary runs once per level.
+add_executable(log_test log_test.cpp)
+target_link_libraries(log_test PRIVATE gpushim_config GTest::gtest_main)
+foreach(level default quiet warn info debug)
+  set(log_env "GPUSHIM_LOG=${level}")
+  if(level STREQUAL "default")
+    set(log_env "GPUSHIM_LOG=")
+  endif()
+  add_test(NAME log_test.${level} COMMAND log_test)
+  set_tests_properties(log_test.${level} PROPERTIES ENVIRONMENT "${log_env}")
+endforeach()
+
+if(TARGET gpushim_algorithms)
+  add_executable(settings_backend_names_test settings_backend_names_test.cpp)
+  target_link_libraries(settings_backend_names_test PRIVATE gpushim_algorithms gpushim_config GTest::gtest_main)
+  gtest_discover_tests(settings_backend_names_test)
+endif()
+
+if(TARGET gpushim_cli)
+  add_executable(cli_test cli_test.cpp)
+  target_link_libraries(cli_test PRIVATE gpushim_config GTest::gtest_main)
+  target_compile_definitions(cli_test PRIVATE GPUSHIM_CLI_PATH="$<TARGET_FILE:gpushim_cli>")
+  add_dependencies(cli_test gpushim_cli)
+  gtest_discover_tests(cli_test)
+endif()

@@ -1,0 +1,278 @@
+// The settings table: every row parses its default, accepts what users write, and a bad value gives
+// one line naming the variable and what it accepts, then passthrough (or exit with GPUSHIM_STRICT=1).
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <map>
+#include <string>
+
+#include "allocators/backend_registry.h"
+#include "config/settings.h"
+
+namespace gpushim {
+namespace {
+
+constexpr std::uint64_t KiB = 1024, MiB = KiB * 1024, GiB = MiB * 1024;
+
+using Environment = std::map<std::string, std::string>;
+
+const char* lookup_in_map(const char* name, void* user) {
+  auto* environment = static_cast<Environment*>(user);
+  auto found = environment->find(name);
+  return found == environment->end() ? nullptr : found->second.c_str();
+}
+
+Settings parse(Environment environment) { return parse_settings(&lookup_in_map, &environment); }
+
+std::uint64_t size_of(const char* text) {
+  std::uint64_t bytes = 0;
+  EXPECT_TRUE(parse_size(text, &bytes)) << text;
+  return bytes;
+}
+
+TEST(ParseSize, PlainBytes) {
+  EXPECT_EQ(size_of("4096"), 4096u);
+  EXPECT_EQ(size_of("0"), 0u);
+  EXPECT_EQ(size_of("4096B"), 4096u);
+  EXPECT_EQ(size_of(" 4096 "), 4096u);
+}
+
+TEST(ParseSize, BareLettersAndIecUnitsArePowersOf1024) {
+  for (const char* text : {"64k", "64K", "64KiB", "64kib", "64 KiB"}) EXPECT_EQ(size_of(text), 64 * KiB) << text;
+  EXPECT_EQ(size_of("512MiB"), 512 * MiB);
+  EXPECT_EQ(size_of("512M"), 512 * MiB);
+  EXPECT_EQ(size_of("2GiB"), 2 * GiB);
+  EXPECT_EQ(size_of("2g"), 2 * GiB);
+  EXPECT_EQ(size_of("1TiB"), 1024 * GiB);
+}
+
+TEST(ParseSize, UnitsWithBButNoIArePowersOf1000) {
+  EXPECT_EQ(size_of("64KB"), 64000u);
+  EXPECT_EQ(size_of("2GB"), 2000000000u);
+  EXPECT_EQ(size_of("3MB"), 3000000u);
+  EXPECT_EQ(size_of("1TB"), 1000000000000u);
+}
+
+TEST(ParseSize, Fractions) {
+  EXPECT_EQ(size_of("1.5GiB"), GiB + GiB / 2);
+  EXPECT_EQ(size_of("0.5k"), 512u);
+  EXPECT_EQ(size_of(".25MiB"), MiB / 4);
+}
+
+TEST(ParseSize, RejectsMalformed) {
+  std::uint64_t bytes = 1234;
+  for (const char* text : {"", " ", "abc", "12x", "12 MiBs", "-5", "1..5G", "G", "12iB", "1e9", "99999999999TiB",
+                           "5 5", "80%"}) {
+    EXPECT_FALSE(parse_size(text, &bytes)) << text;
+  }
+  EXPECT_FALSE(parse_size(nullptr, &bytes));
+  EXPECT_EQ(bytes, 1234u) << "a rejected value leaves the output alone";
+}
+
+TEST(ParseSizeOrPercent, PercentAndSizes) {
+  SizeSetting setting;
+  ASSERT_TRUE(parse_size_or_percent("80%", &setting));
+  EXPECT_DOUBLE_EQ(setting.percent, 80.0);
+  EXPECT_EQ(setting.bytes, 0u);
+  EXPECT_EQ(setting.resolve(80 * GiB), 64 * GiB);
+  ASSERT_TRUE(parse_size_or_percent("12.5 %", &setting));
+  EXPECT_DOUBLE_EQ(setting.percent, 12.5);
+  EXPECT_EQ(setting.resolve(8 * GiB), GiB);
+  ASSERT_TRUE(parse_size_or_percent("40GiB", &setting));
+  EXPECT_EQ(setting.percent, 0);
+  EXPECT_EQ(setting.resolve(80 * GiB), 40 * GiB);
+  EXPECT_TRUE(setting.set());
+  for (const char* text : {"0%", "101%", "%", "80%%", "80% ", "8GiB%", "x%"})
+    EXPECT_FALSE(parse_size_or_percent(text, &setting)) << text;
+}
+
+TEST(Settings, DefaultsComeFromTheTable) {
+  const Settings s = parse({});
+  EXPECT_TRUE(s.errors.empty());
+  EXPECT_EQ(s.backend, kDefaultBackend);
+  EXPECT_FALSE(s.stats);
+  EXPECT_EQ(s.log, LogLevel::warn);
+  EXPECT_FALSE(s.strict);
+  EXPECT_FALSE(s.limit.set());
+  EXPECT_EQ(s.vmm_reserve, 256 * GiB);
+  EXPECT_EQ(s.vmm_grow_step, 32 * MiB);
+  EXPECT_EQ(s.vmm_release_threshold, GiB);
+  EXPECT_EQ(s.buddy_region, GiB);
+  EXPECT_EQ(s.slab_max_size, MiB);
+  EXPECT_EQ(s.tiered_split, MiB);
+  EXPECT_EQ(s.mempool_release_threshold, GiB);
+  EXPECT_EQ(s.trace_path, "");
+  EXPECT_EQ(s.trace_stack, 0);
+  EXPECT_EQ(s.peers, "");
+  EXPECT_EQ(s.placement, "local");
+}
+
+TEST(Settings, EveryRowReadsItsVariable) {
+  const Settings s = parse({{"GPUSHIM_BACKEND", "vmm"},
+                            {"GPUSHIM_STATS", "1"},
+                            {"GPUSHIM_LOG", "debug"},
+                            {"GPUSHIM_STRICT", "yes"},
+                            {"GPUSHIM_LIMIT", "75%"},
+                            {"GPUSHIM_VMM_RESERVE", "1TiB"},
+                            {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
+                            {"GPUSHIM_VMM_RELEASE_THRESHOLD", "0"},
+                            {"GPUSHIM_BUDDY_REGION", "512MiB"},
+                            {"GPUSHIM_SLAB_MAX_SIZE", "256k"},
+                            {"GPUSHIM_TIERED_SPLIT", "512KiB"},
+                            {"GPUSHIM_MEMPOOL_RELEASE_THRESHOLD", "2GB"},
+                            {"GPUSHIM_TRACE", "/tmp/run-%p.gpushim-trace.zst"},
+                            {"GPUSHIM_TRACE_STACK", "16"},
+                            {"GPUSHIM_PEERS", "0,1,3"},
+                            {"GPUSHIM_PLACEMENT", "spill"}});
+  EXPECT_TRUE(s.errors.empty()) << s.errors.front();
+  EXPECT_EQ(s.backend, "vmm");
+  EXPECT_TRUE(s.stats);
+  EXPECT_EQ(s.log, LogLevel::debug);
+  EXPECT_TRUE(s.strict);
+  EXPECT_DOUBLE_EQ(s.limit.percent, 75.0);
+  EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
+  EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
+  EXPECT_EQ(s.vmm_release_threshold, 0u);
+  EXPECT_EQ(s.buddy_region, 512 * MiB);
+  EXPECT_EQ(s.slab_max_size, 256 * KiB);
+  EXPECT_EQ(s.tiered_split, 512 * KiB);
+  EXPECT_EQ(s.mempool_release_threshold, 2000000000u);
+  EXPECT_EQ(s.trace_path, "/tmp/run-%p.gpushim-trace.zst");
+  EXPECT_EQ(s.trace_stack, 16);
+  EXPECT_EQ(s.peers, "0,1,3");
+  EXPECT_EQ(s.placement, "spill");
+  // and each row the test above sets is a row of the table, and the other way round
+  EXPECT_EQ(setting_rows().size(), 16u);
+}
+
+TEST(Settings, EmptyValueMeansDefault) {
+  const Settings s = parse({{"GPUSHIM_BACKEND", ""}, {"GPUSHIM_LIMIT", ""}});
+  EXPECT_TRUE(s.errors.empty());
+  EXPECT_EQ(s.backend, kDefaultBackend);
+}
+
+TEST(Settings, EveryBackendNameIsAccepted) {
+  for (const char* name : {"tiered", "vmm", "buddy", "slab", "mempool", "passthrough"})
+    EXPECT_EQ(parse({{"GPUSHIM_BACKEND", name}}).backend, name);
+}
+
+// One bad value per row: one line naming the variable, the value and the accepted values from the
+// table; the backend becomes passthrough; the setting keeps its default.
+TEST(Settings, BadValueOfEveryRowGivesOneLineAndPassthrough) {
+  const Environment bad = {
+      {"GPUSHIM_BACKEND", "foo"},          {"GPUSHIM_STATS", "2"},
+      {"GPUSHIM_LOG", "loud"},             {"GPUSHIM_STRICT", "maybe"},
+      {"GPUSHIM_LIMIT", "lots"},           {"GPUSHIM_VMM_RESERVE", "1MiB"},
+      {"GPUSHIM_VMM_GROW_STEP", "4k"},     {"GPUSHIM_VMM_RELEASE_THRESHOLD", "-1"},
+      {"GPUSHIM_BUDDY_REGION", "3GiB"},    {"GPUSHIM_SLAB_MAX_SIZE", "100"},
+      {"GPUSHIM_TIERED_SPLIT", "0"},       {"GPUSHIM_MEMPOOL_RELEASE_THRESHOLD", "1 GiB each"},
+      {"GPUSHIM_TRACE_STACK", "65"},       {"GPUSHIM_PEERS", "0,,1"},
+      {"GPUSHIM_PLACEMENT", "everywhere"},
+  };
+  const Settings defaults = parse({});
+  for (const auto& [variable, value] : bad) {
+    SCOPED_TRACE(variable + "=" + value);
+    const Settings s = parse({{variable, value}});
+    ASSERT_EQ(s.errors.size(), 1u);
+    const std::string& line = s.errors.front();
+    EXPECT_EQ(line.find(variable + "=" + value + " is not valid; accepted: "), 0u) << line;
+    const SettingRow* row = nullptr;
+    for (const SettingRow& candidate : setting_rows())
+      if (variable == candidate.variable) row = &candidate;
+    ASSERT_NE(row, nullptr);
+    EXPECT_NE(line.find(row->accepted), std::string::npos) << line;
+    EXPECT_NE(line.find("Using passthrough."), std::string::npos) << line;
+    EXPECT_EQ(line.find('\n'), std::string::npos);
+    EXPECT_EQ(s.backend, "passthrough");
+    EXPECT_EQ(s.vmm_grow_step, defaults.vmm_grow_step);
+    EXPECT_EQ(s.log, defaults.log);
+  }
+}
+
+TEST(Settings, BackendMessageListsTheBackends) {
+  const Settings s = parse({{"GPUSHIM_BACKEND", "foo"}});
+  ASSERT_EQ(s.errors.size(), 1u);
+  EXPECT_EQ(s.errors.front(),
+            "GPUSHIM_BACKEND=foo is not valid; accepted: tiered, vmm, buddy, slab, mempool, passthrough. "
+            "Using passthrough.");
+}
+
+TEST(Settings, TwoBadValuesGiveTwoLines) {
+  const Settings s = parse({{"GPUSHIM_BACKEND", "vmm"}, {"GPUSHIM_LOG", "x"}, {"GPUSHIM_LIMIT", "y"}});
+  EXPECT_EQ(s.errors.size(), 2u);
+  EXPECT_EQ(s.backend, "passthrough");
+}
+
+TEST(Settings, StrictChangesTheEndingOfTheLine) {
+  const Settings s = parse({{"GPUSHIM_STRICT", "1"}, {"GPUSHIM_PLACEMENT", "x"}});
+  ASSERT_EQ(s.errors.size(), 1u);
+  EXPECT_NE(s.errors.front().find("Exiting (GPUSHIM_STRICT=1)."), std::string::npos);
+}
+
+TEST(Settings, RowsAreComplete) {
+  for (const SettingRow& row : setting_rows()) {
+    SCOPED_TRACE(row.variable);
+    EXPECT_EQ(std::string(row.variable).rfind("GPUSHIM_", 0), 0u);
+    EXPECT_NE(std::string(row.type), "");
+    EXPECT_NE(std::string(row.accepted), "");
+    EXPECT_NE(std::string(row.help), "");
+  }
+}
+
+// settings() reads the real environment once and prints the problems itself. Each case runs in a
+// forked child (death test), where settings() has not been called yet.
+TEST(SettingsDeathTest, BadValuePrintsOneLineAndContinues) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  EXPECT_EXIT(
+      {
+        ::setenv("GPUSHIM_BACKEND", "foo", 1);
+        ::unsetenv("GPUSHIM_STRICT");
+        ::unsetenv("GPUSHIM_LOG");
+        const bool passthrough = settings().backend == "passthrough";
+        ::_exit(passthrough ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0),
+      "^gpushim: GPUSHIM_BACKEND=foo is not valid; accepted: tiered, vmm, buddy, slab, mempool, "
+      "passthrough\\. Using passthrough\\.\n$");
+}
+
+TEST(SettingsDeathTest, QuietSilencesTheLine) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  EXPECT_EXIT(
+      {
+        ::setenv("GPUSHIM_BACKEND", "foo", 1);
+        ::setenv("GPUSHIM_LOG", "quiet", 1);
+        ::unsetenv("GPUSHIM_STRICT");
+        ::_exit(settings().backend == "passthrough" ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "^$");
+}
+
+TEST(SettingsDeathTest, StrictMakesABadValueFatal) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  EXPECT_EXIT(
+      {
+        ::setenv("GPUSHIM_BACKEND", "foo", 1);
+        ::setenv("GPUSHIM_STRICT", "1", 1);
+        ::setenv("GPUSHIM_LOG", "quiet", 1);  // strict speaks even when quiet: it is about to exit
+        settings();
+        ::_exit(0);
+      },
+      ::testing::ExitedWithCode(1), "GPUSHIM_BACKEND=foo is not valid.*Exiting \\(GPUSHIM_STRICT=1\\)");
+}
+
+TEST(SettingsDeathTest, ParsedOnceAndStable) {
+  GTEST_FLAG_SET(death_test_style, "fast");
+  EXPECT_EXIT(
+      {
+        ::setenv("GPUSHIM_BACKEND", "slab", 1);
+        const Settings* first = &settings();
+        ::setenv("GPUSHIM_BACKEND", "vmm", 1);
+        const Settings* second = &settings();
+        ::_exit(first == second && second->backend == "slab" ? 0 : 3);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+}  // namespace
+}  // namespace gpushim

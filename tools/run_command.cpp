@@ -1,0 +1,159 @@
+#include "tools/run_command.h"
+
+#include <limits.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "allocators/backend_registry.h"
+#include "config/settings.h"
+
+namespace gpushim::tools {
+namespace {
+
+constexpr const char* kLibraryName = "libgpushim.so";
+
+struct RunOptions {
+  std::string backend;
+  bool stats = false;
+  std::string limit;
+  std::string trace;
+  std::string log;
+};
+
+std::string directory_of_executable() {
+  char path[PATH_MAX];
+  const ssize_t length = ::readlink("/proc/self/exe", path, sizeof path - 1);
+  if (length <= 0) return ".";
+  path[length] = '\0';
+  std::string executable(path);
+  return executable.substr(0, executable.rfind('/'));
+}
+
+// The build tree has build/gpushim and build/lib/libgpushim.so; an installed tree has bin/gpushim and
+// lib/libgpushim.so. As a last resort, the path where this build put the library
+// (GPUSHIM_BUILD_TREE_LIBRARY), so a copied or symlinked command still finds it.
+std::vector<std::string> library_candidates() {
+  const std::string here = directory_of_executable();
+  std::vector<std::string> candidates = {here + "/" + kLibraryName, here + "/lib/" + kLibraryName,
+                                         here + "/../lib/" + kLibraryName};
+#ifdef GPUSHIM_BUILD_TREE_LIBRARY
+  candidates.push_back(GPUSHIM_BUILD_TREE_LIBRARY);
+#endif
+  return candidates;
+}
+
+std::string find_library() {
+  for (const std::string& candidate : library_candidates()) {
+    char resolved[PATH_MAX];
+    if (::access(candidate.c_str(), R_OK) == 0 && ::realpath(candidate.c_str(), resolved))
+      return resolved;
+  }
+  return {};
+}
+
+// LD_PRELOAD takes colon- or space-separated paths. gpushim goes first so that its dlsym is the one
+// the program's CUDA runtime meets; an older copy of it further down the list is dropped.
+std::string prepend_preload(const std::string& library, const char* existing) {
+  std::string result = library;
+  if (existing == nullptr) return result;
+  std::string entry;
+  for (const char* c = existing;; ++c) {
+    if (*c == ':' || *c == ' ' || *c == '\0') {
+      if (!entry.empty() && entry != library) result += ":" + entry;
+      entry.clear();
+      if (*c == '\0') break;
+    } else {
+      entry += *c;
+    }
+  }
+  return result;
+}
+
+[[noreturn]] void run(const RunOptions& options, const std::vector<std::string>& command) {
+  if (command.empty()) {
+    std::fprintf(stderr, "gpushim run: no command given (usage: gpushim run [options] -- CMD ARGS...)\n");
+    std::exit(2);
+  }
+  const std::string library = find_library();
+  if (library.empty()) {
+    std::fprintf(stderr, "gpushim run: %s not found; looked in:\n", kLibraryName);
+    for (const std::string& candidate : library_candidates()) std::fprintf(stderr, "  %s\n", candidate.c_str());
+    std::fprintf(stderr,
+                 "Build it first (it needs the CUDA toolkit): cmake --build build --target gpushim\n");
+    std::exit(2);
+  }
+
+  if (!options.backend.empty()) ::setenv("GPUSHIM_BACKEND", options.backend.c_str(), 1);
+  if (options.stats) ::setenv("GPUSHIM_STATS", "1", 1);
+  if (!options.limit.empty()) ::setenv("GPUSHIM_LIMIT", options.limit.c_str(), 1);
+  if (!options.trace.empty()) ::setenv("GPUSHIM_TRACE", options.trace.c_str(), 1);
+  if (!options.log.empty()) ::setenv("GPUSHIM_LOG", options.log.c_str(), 1);
+  ::setenv("LD_PRELOAD", prepend_preload(library, ::getenv("LD_PRELOAD")).c_str(), 1);
+
+  std::vector<char*> argv;
+  for (const std::string& word : command) argv.push_back(const_cast<char*>(word.c_str()));
+  argv.push_back(nullptr);
+  ::execvp(argv[0], argv.data());
+  std::fprintf(stderr, "gpushim run: cannot run '%s': %s\n", argv[0], std::strerror(errno));
+  std::exit(127);  // as env(1) and the shells do for a command that cannot be found
+}
+
+}  // namespace
+
+WordsAfterSeparator split_command_after_separator(int* argc, char** argv) {
+  int first_word = 1;
+  while (first_word < *argc && argv[first_word][0] == '-') ++first_word;
+  if (first_word >= *argc || std::strcmp(argv[first_word], "run") != 0) return {};
+  for (int i = first_word + 1; i < *argc; ++i) {
+    if (std::strcmp(argv[i], "--") != 0) continue;
+    WordsAfterSeparator after{true, std::vector<std::string>(argv + i + 1, argv + *argc)};
+    *argc = i;
+    argv[i] = nullptr;
+    return after;
+  }
+  return {};
+}
+
+void add_run_command(CLI::App& app, WordsAfterSeparator after_separator) {
+  auto options = std::make_shared<RunOptions>();
+  CLI::App* run_app = app.add_subcommand(
+      "run", "Run a command with libgpushim.so preloaded: gpushim run [options] -- CMD ARGS...");
+  run_app->prefix_command();  // everything from the command on belongs to the command
+
+  std::vector<std::string> backend_names;
+  for (const BackendInfo& info : backend_table()) backend_names.push_back(info.name);
+  run_app->add_option("--backend", options->backend, "GPUSHIM_BACKEND (default: tiered)")
+      ->check(CLI::IsMember(backend_names));
+  run_app->add_flag("--stats", options->stats, "GPUSHIM_STATS=1: print a statistics table at exit");
+  run_app->add_option("--limit", options->limit, "GPUSHIM_LIMIT: memory cap, a size (40GiB) or 80%")
+      ->check(CLI::Validator(
+          [](std::string& value) {
+            SizeSetting parsed;
+            return parse_size_or_percent(value.c_str(), &parsed)
+                       ? std::string()
+                       : "not a size (512MiB, 2GB, 1.5GiB) or a percentage (80%)";
+          },
+          "SIZE|PERCENT"));
+  run_app->add_option("--trace", options->trace, "GPUSHIM_TRACE: record a trace to PATH (%p = pid)");
+  run_app->add_option("--log", options->log, "GPUSHIM_LOG")
+      ->check(CLI::IsMember({"quiet", "warn", "info", "debug"}));
+
+  // `gpushim run env -- x` runs `env -- x`: words before the separator that no option took belong to
+  // the command, and so does the separator itself then.
+  run_app->callback([run_app, options, after_separator] {
+    std::vector<std::string> command = run_app->remaining();
+    if (!command.empty() && after_separator.found) command.push_back("--");
+    command.insert(command.end(), after_separator.words.begin(), after_separator.words.end());
+    run(*options, command);
+  });
+}
+
+}  // namespace gpushim::tools
