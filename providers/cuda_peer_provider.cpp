@@ -1,0 +1,285 @@
+#include "providers/cuda_peer_provider.h"
+
+#include <algorithm>
+#include <new>
+
+#include "diagnostics/log.h"
+#include "driver/real_driver.h"
+
+namespace gpushim {
+namespace {
+
+int device_count() noexcept {
+  int count = 0;
+  const RealDriver& driver = real_driver();
+  if (!driver.loaded || !driver.cuDeviceGetCount || driver.cuDeviceGetCount(&count) != CUDA_SUCCESS) return 0;
+  return count;
+}
+
+CUmemAllocationProp pinned_on(int device) noexcept {
+  CUmemAllocationProp prop{};
+  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  prop.location.id = device;
+  return prop;
+}
+
+// The minimum VMM granularity of `device`, 0 when the device has no VMM support or the driver says no.
+std::size_t vmm_granularity(int device) noexcept {
+  const RealDriver& driver = real_driver();
+  CUdevice dev = 0;
+  int supported = 0;
+  if (driver.cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
+      driver.cuDeviceGetAttribute(&supported, CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, dev) !=
+          CUDA_SUCCESS ||
+      !supported)
+    return 0;
+  const CUmemAllocationProp prop = pinned_on(device);
+  std::size_t granularity = 0;
+  // The minimum (2 MiB on the H100, equal to the recommended one there), as CudaVmmProvider.
+  if (driver.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS)
+    return 0;
+  return granularity;
+}
+
+// cuDeviceCanAccessPeer both ways. Access to VMM memory needs only this capability plus the access
+// descriptor, not cuCtxEnablePeerAccess (which is for cuMemAlloc memory).
+bool peers_both_ways(int a, int b, CUresult* rc_out) noexcept {
+  const RealDriver& driver = real_driver();
+  CUdevice da = 0, db = 0;
+  int ab = 0, ba = 0;
+  CUresult rc = driver.cuDeviceGet(&da, a);
+  if (rc == CUDA_SUCCESS) rc = driver.cuDeviceGet(&db, b);
+  if (rc == CUDA_SUCCESS) rc = driver.cuDeviceCanAccessPeer(&ab, da, db);
+  if (rc == CUDA_SUCCESS) rc = driver.cuDeviceCanAccessPeer(&ba, db, da);
+  *rc_out = rc;
+  return rc == CUDA_SUCCESS && ab && ba;
+}
+
+}  // namespace
+
+CudaPeerProvider::CudaPeerProvider(int device, const std::string& peers, Placement placement,
+                                   std::vector<std::size_t> per_device_cap, tracing::BackendId backend) noexcept
+    : device_(device),
+      placement_(placement),
+      backend_(backend),
+      per_device_cap_(std::move(per_device_cap)),
+      per_device_(device_count()) {
+  const RealDriver& driver = real_driver();
+  if (!driver.loaded || !driver.cuMemGetAllocationGranularity || !driver.cuDeviceGetAttribute) return;
+  const std::size_t local_granularity = vmm_granularity(device);
+  if (local_granularity == 0) {
+    log(LogLevel::warn, "device %d: no virtual memory management", device);
+    return;
+  }
+  granularity_ = local_granularity;
+  choose_participants(peers);
+  ok_ = !participants_.empty();
+}
+
+void CudaPeerProvider::choose_participants(const std::string& peers) noexcept {
+  try {
+    const int count = per_device_.device_count();
+    std::vector<int> wanted = peer_devices_from_setting(peers, count, device_);
+    participants_.push_back(device_);
+    for (int peer : wanted) {
+      if (peer == device_) continue;
+      const std::size_t peer_granularity = vmm_granularity(peer);
+      if (peer_granularity == 0) {
+        log(LogLevel::warn, "GPUSHIM_PEERS: device %d left out: no virtual memory management", peer);
+        continue;
+      }
+      bool reachable = true;
+      for (int member : participants_) {
+        CUresult rc = CUDA_SUCCESS;
+        if (!peers_both_ways(member, peer, &rc)) {
+          log(LogLevel::warn, "GPUSHIM_PEERS: device %d left out: no peer access with device %d (%d)", peer,
+              member, static_cast<int>(rc));
+          reachable = false;
+          break;
+        }
+      }
+      if (!reachable) continue;
+      // Every segment's size and address must suit every device's granularity; they are powers of two,
+      // so the largest is a multiple of all.
+      granularity_ = std::max(granularity_, peer_granularity);
+      participants_.push_back(peer);
+    }
+    std::sort(participants_.begin(), participants_.end());
+    for (int member : participants_) {
+      CUmemAccessDesc desc{};
+      desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      desc.location.id = member;
+      desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+      access_.push_back(desc);
+    }
+    if (participants_.size() > 1 || placement_ != Placement::local)
+      log(LogLevel::info, "device %d: memory shared with %zu device(s), placement %s", device_,
+          participants_.size(), placement_name(placement_));
+  } catch (...) {
+    participants_.clear();
+    access_.clear();
+  }
+}
+
+std::size_t CudaPeerProvider::cap_of(int device) const noexcept {
+  if (device < 0 || static_cast<std::size_t>(device) >= per_device_cap_.size()) return 0;
+  return per_device_cap_[static_cast<std::size_t>(device)];
+}
+
+void* CudaPeerProvider::reserve(std::size_t bytes) noexcept {
+  if (!ok_) return nullptr;
+  CUdeviceptr base = 0;
+  CUresult rc = real_driver().cuMemAddressReserve(&base, bytes, granularity_, 0, 0);
+  if (rc != CUDA_SUCCESS) {
+    log(LogLevel::info, "device %d: cuMemAddressReserve(%zu) failed: %d", device_, bytes, static_cast<int>(rc));
+    return nullptr;
+  }
+  return reinterpret_cast<void*>(base);
+}
+
+void CudaPeerProvider::release_reservation(void* base, std::size_t bytes) noexcept {
+  if (base) real_driver().cuMemAddressFree(reinterpret_cast<CUdeviceptr>(base), bytes);
+}
+
+bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
+  if (!ok_ || bytes == 0 || bytes % granularity_ != 0) return false;
+  const RealDriver& driver = real_driver();
+  const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(addr);
+  if (base % granularity_ != 0) return false;
+  const std::size_t g = granularity_;
+
+  std::lock_guard<std::mutex> guard(mutex_);
+  PlacementRequest request;
+  request.policy = placement_;
+  request.local_device = device_;
+  request.first_granule = base / g;  // stripe by address: the same stripe whichever map() mapped it
+  request.granules = bytes / g;
+
+  std::vector<DeviceRoom> rooms;
+  std::vector<Segment> segments;
+  try {
+    // The free memory of a device is not known without a context there; only a cap is. The rest is
+    // learned from cuMemCreate's CUDA_ERROR_OUT_OF_MEMORY (back_with_placement).
+    for (int member : participants_) {
+      const std::size_t cap = cap_of(member);
+      const std::size_t used = per_device_.on(member);
+      rooms.push_back(DeviceRoom{member, cap == 0 ? kUnknownRoom : (cap > used ? (cap - used) / g : 0)});
+    }
+    segments.reserve(request.granules);  // at most one piece per granule
+  } catch (...) {
+    return false;
+  }
+
+  auto back = [&](const PlacementSegment& s) {
+    const std::size_t seg_bytes = s.granules * g;
+    const CUdeviceptr at = base + s.first * g;
+    const CUmemAllocationProp prop = pinned_on(s.device);
+    CUmemGenericAllocationHandle handle = 0;
+    CUresult rc = driver.cuMemCreate(&handle, seg_bytes, &prop, 0);
+    if (rc == CUDA_ERROR_OUT_OF_MEMORY) return BackingResult::out_of_memory;
+    if (rc != CUDA_SUCCESS) {
+      log(LogLevel::info, "device %d: cuMemCreate(%zu) failed: %d", s.device, seg_bytes, static_cast<int>(rc));
+      return BackingResult::failed;
+    }
+    rc = driver.cuMemMap(at, seg_bytes, 0, handle, 0);
+    if (rc != CUDA_SUCCESS) {
+      log(LogLevel::info, "device %d: cuMemMap(%zu) failed: %d", s.device, seg_bytes, static_cast<int>(rc));
+      driver.cuMemRelease(handle);
+      return BackingResult::failed;
+    }
+    try {
+      segments.push_back(Segment{s.device, s.first, s.granules, handle});
+    } catch (...) {
+      driver.cuMemUnmap(at, seg_bytes);
+      driver.cuMemRelease(handle);
+      return BackingResult::failed;
+    }
+    return BackingResult::ok;
+  };
+  // Called for the segments backed so far, last first: `segments` holds them in the same order.
+  auto undo = [&](const PlacementSegment& s) {
+    if (segments.empty()) return;
+    const Segment last = segments.back();
+    segments.pop_back();
+    driver.cuMemUnmap(base + last.first * g, last.granules * g);
+    driver.cuMemRelease(last.handle);
+    (void)s;
+  };
+
+  std::vector<PlacementSegment> backed;
+  if (!back_with_placement(request, std::move(rooms), back, undo, &backed)) return false;
+
+  // One access call for the whole range and every participant (one descriptor each).
+  CUresult rc = driver.cuMemSetAccess(base, bytes, access_.data(), access_.size());
+  bool recorded = false;
+  if (rc == CUDA_SUCCESS) {
+    try {
+      mappings_[base] = Mapping{bytes, segments};
+      recorded = true;
+    } catch (...) {
+    }
+  } else {
+    log(LogLevel::info, "device %d: cuMemSetAccess(%zu, %zu devices) failed: %d", device_, bytes, access_.size(),
+        static_cast<int>(rc));
+  }
+  if (!recorded) {
+    for (auto it = segments.rbegin(); it != segments.rend(); ++it) {
+      driver.cuMemUnmap(base + it->first * g, it->granules * g);
+      driver.cuMemRelease(it->handle);
+    }
+    return false;
+  }
+  for (const Segment& s : segments) {
+    per_device_.add(s.device, s.granules * g);
+    // Recorded with the device that holds the memory, so a trace shows where memory lives.
+    tracing::record(tracing::EventKind::map, s.device, 0, base + s.first * g, s.granules * g, backend_);
+  }
+  return true;
+}
+
+void CudaPeerProvider::unmap(void* addr, std::size_t bytes) noexcept {
+  const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(addr);
+  const std::size_t g = granularity_;
+  Mapping mapping{};
+  {
+    std::lock_guard<std::mutex> guard(mutex_);
+    auto it = mappings_.find(base);
+    if (it == mappings_.end() || it->second.bytes != bytes) {
+      // cuMemUnmap cannot split a mapping; an algorithm that asks for it has a bug. Refuse rather than
+      // leave the driver half-unmapped.
+      static bool reported = false;
+      log_once(&reported, LogLevel::warn, "internal: unmap(%p, %zu) does not match one map()", addr, bytes);
+      return;
+    }
+    mapping.bytes = it->second.bytes;
+    mapping.segments.swap(it->second.segments);  // no allocation under the lock
+    mappings_.erase(it);
+  }
+  const RealDriver& driver = real_driver();
+  for (const Segment& s : mapping.segments) {
+    const CUdeviceptr at = base + s.first * g;
+    driver.cuMemUnmap(at, s.granules * g);
+    // The physical memory is freed once it is unmapped and released (the handle is the last reference).
+    driver.cuMemRelease(s.handle);
+    per_device_.subtract(s.device, s.granules * g);
+    tracing::record(tracing::EventKind::unmap, s.device, 0, at, s.granules * g, backend_);
+  }
+}
+
+int CudaPeerProvider::backing_device(const void* address) const noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(address);
+  std::lock_guard<std::mutex> guard(mutex_);
+  auto it = mappings_.upper_bound(a);
+  if (it == mappings_.begin()) return -1;
+  --it;
+  if (a >= it->first + it->second.bytes) return -1;
+  const std::size_t granule = (a - it->first) / granularity_;
+  for (const Segment& s : it->second.segments)
+    if (granule >= s.first && granule < s.first + s.granules) return s.device;
+  return -1;
+}
+
+void CudaPeerProvider::reset_after_fork() noexcept { new (&mutex_) std::mutex(); }
+
+}  // namespace gpushim

@@ -1,0 +1,97 @@
+// MemoryProvider over the CUDA VMM API whose memory may live on several GPUs and is readable and
+// writable from all of them (GPUSHIM_PEERS, GPUSHIM_PLACEMENT).
+//
+// reserve = cuMemAddressReserve, as CudaVmmProvider. map() asks the placement policy which device backs
+// each granule, then per segment cuMemCreate with location = that device and cuMemMap at the segment's
+// address, then ONE cuMemSetAccess over the whole range with one read-write descriptor per participating
+// device (cuMemSetAccess costs 30-54 us whatever the size, DESIGN.md). No context is created on the peers:
+// cuMemCreate names the device in its location, and VMM access needs no cuCtxEnablePeerAccess. This is
+// how CUDA's simpleMallocMultiDeviceMmap sample stripes memory over devices.
+// unmap = cuMemUnmap + cuMemRelease per segment of exactly what one map() mapped.
+//
+// Participation: the local device always; each other listed device only if it supports VMM and
+// cuDeviceCanAccessPeer holds both ways with every device already taking part. A device left out is
+// named once in a log line.
+//
+// With one participant and the local policy, map() makes exactly CudaVmmProvider's calls (one
+// cuMemCreate, one cuMemMap, one cuMemSetAccess with one descriptor), so the one-GPU suite exercises it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include <cuda.h>
+
+#include "providers/placement_policy.h"
+#include "tracing/trace_recorder.h"
+
+namespace gpushim {
+
+class CudaPeerProvider final : public PlacedMemoryProvider {
+ public:
+  // `device`: the allocating device (ordinal). `peers`: GPUSHIM_PEERS as written ("", "all", "0,1").
+  // `per_device_cap`: bytes each device may back through this provider, by ordinal (GPUSHIM_LIMIT
+  // resolved per device); missing or 0 = no cap. `ok()` is false when the local device has no VMM
+  // support (then every map() fails and the router falls back, as with CudaVmmProvider).
+  CudaPeerProvider(int device, const std::string& peers, Placement placement,
+                   std::vector<std::size_t> per_device_cap = {},
+                   tracing::BackendId backend = tracing::BackendId::unknown) noexcept;
+  ~CudaPeerProvider() override = default;  // never frees: device state lives until the process ends
+  CudaPeerProvider(const CudaPeerProvider&) = delete;
+  CudaPeerProvider& operator=(const CudaPeerProvider&) = delete;
+
+  bool ok() const noexcept { return ok_; }
+
+  // MemoryProvider
+  std::size_t granularity() const noexcept override { return granularity_; }
+  void* reserve(std::size_t bytes) noexcept override;
+  void release_reservation(void* base, std::size_t bytes) noexcept override;
+  bool map(void* addr, std::size_t bytes) noexcept override;
+  void unmap(void* addr, std::size_t bytes) noexcept override;
+  std::size_t bytes_mapped() const noexcept override { return per_device_.total(); }
+
+  // PlacedMemoryProvider
+  Placement placement() const noexcept override { return placement_; }
+  int local_device() const noexcept override { return device_; }
+  const std::vector<int>& participants() const noexcept override { return participants_; }
+  std::size_t bytes_mapped_on(int device) const noexcept override { return per_device_.on(device); }
+  int backing_device(const void* address) const noexcept override;
+
+  void reset_after_fork() noexcept;
+
+ private:
+  // The H100's granularity, used only if the driver cannot tell us.
+  static constexpr std::size_t kFallbackGranularity = std::size_t{2} << 20;
+
+  struct Segment {
+    int device;
+    std::size_t first;  // granule offset in the mapping
+    std::size_t granules;
+    CUmemGenericAllocationHandle handle;
+  };
+  struct Mapping {
+    std::size_t bytes;
+    std::vector<Segment> segments;
+  };
+
+  void choose_participants(const std::string& peers) noexcept;
+  std::size_t cap_of(int device) const noexcept;
+
+  const int device_;
+  const Placement placement_;
+  const tracing::BackendId backend_;
+  const std::vector<std::size_t> per_device_cap_;
+  bool ok_ = false;
+  std::size_t granularity_ = kFallbackGranularity;
+  std::vector<int> participants_;
+  std::vector<CUmemAccessDesc> access_;  // one read-write descriptor per participant
+  PerDeviceBytes per_device_;
+  mutable std::mutex mutex_;  // map/unmap are 15-300 us driver calls; one lock is no bottleneck
+  std::map<std::uintptr_t, Mapping> mappings_;  // addr -> what one map() created
+};
+
+}  // namespace gpushim

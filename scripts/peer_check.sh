@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# The multi-GPU check of issue 6 (peer-mapped memory, docs/peers.md), for a lent machine with >= 2 GPUs:
+#   1. build libgpushim.so, test_apps/peer_access and tests/peers_cuda_provider_test (when GoogleTest is there),
+#   2. peers_cuda_provider_test (the provider alone, on the real driver),
+#   3. peer_access under gpushim for every placement (local, interleave, spill),
+#   4. a 2-process NCCL all-reduce (torchrun) over gpushim-allocated tensors, for every placement,
+#      with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so every tensor is a cuMemAlloc that gpushim serves,
+#   5. a table of the results (also written to peer_check.txt).
+# Logs go to $OUT when it is set, else <build>/peer-check/. Exit 0 when everything passed.
+# With one GPU, steps 2-3 run their one-device paths and step 4 is skipped (reported as such).
+#
+#   scripts/peer_check.sh [--build-dir DIR] [--jobs N] [--no-build]
+set -u -o pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build="$repo/build-gpu"
+jobs=$(nproc 2>/dev/null || echo 8)
+do_build=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --build-dir) build="$2"; shift 2 ;;
+    --jobs) jobs="$2"; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "peer_check.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+out="${OUT:-$build/peer-check}"
+mkdir -p "$out"
+table="$out/peer_check.txt"
+: > "$table"
+status=0
+row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$table"; [ "$2" = PASS ] || [ "$2" = SKIP ] || status=1; }
+
+# NVLink multicast stays off (device library KINDS.md): NCCL would otherwise try NVLS.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export PATH="$PATH:/usr/local/cuda/bin"
+
+if [ "$do_build" = 1 ]; then
+  generator="Ninja"; command -v ninja >/dev/null 2>&1 || generator="Unix Makefiles"
+  tests=OFF
+  for f in /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake /usr/lib/cmake/GTest/GTestConfig.cmake \
+           /usr/local/lib/cmake/GTest/GTestConfig.cmake; do [ -f "$f" ] && tests=ON; done
+  cmake -S "$repo" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
+        -DGPUSHIM_BUILD_TOOLS=OFF -DGPUSHIM_BUILD_TESTS=$tests > "$out/configure.log" 2>&1 || {
+    echo "peer_check: configure failed, see $out/configure.log"; exit 2; }
+  targets="gpushim peer_access"
+  [ "$tests" = ON ] && targets="$targets peers_cuda_provider_test"
+  cmake --build "$build" -j "$jobs" --target $targets > "$out/build.log" 2>&1 || {
+    echo "peer_check: build failed, see $out/build.log"; tail -20 "$out/build.log"; exit 2; }
+fi
+
+lib=$(find "$build" -name libgpushim.so -path '*/lib/*' | head -1)
+app=$(find "$build" -name peer_access -type f -perm -u+x | head -1)
+provider_test=$(find "$build" -name peers_cuda_provider_test -type f -perm -u+x | head -1)
+gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
+echo "peer_check: $gpus GPU(s); library ${lib:-missing}; peer_access ${app:-missing}" | tee -a "$table"
+nvidia-smi topo -m > "$out/topology.txt" 2>&1 || true
+
+# 2. The provider alone.
+if [ -n "$provider_test" ]; then
+  if "$provider_test" > "$out/peers_cuda_provider_test.log" 2>&1; then row "peers_cuda_provider_test" PASS
+  else row "peers_cuda_provider_test" FAIL; fi
+else
+  row "peers_cuda_provider_test (no GoogleTest)" SKIP
+fi
+
+# 3. peer_access under gpushim, every placement.
+for policy in local interleave spill; do
+  log="$out/peer_access.$policy.log"
+  if [ -z "$lib" ] || [ -z "$app" ]; then row "peer_access $policy" FAIL; continue; fi
+  if LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_LOG=info \
+       "$app" > "$log" 2>&1; then row "peer_access $policy" PASS; else row "peer_access $policy" FAIL; fi
+  grep -E "GB/s|granules|spill:" "$log" | sed "s/^/    [$policy] /" | tee -a "$table"
+done
+
+# 4. NCCL all-reduce over gpushim buffers, 2 processes, one GPU each.
+allreduce=$(mktemp --suffix=.py)
+trap 'rm -f "$allreduce"' EXIT
+cat > "$allreduce" <<'PY'
+# Each rank fills gpushim-allocated tensors with rank+1 and all-reduces them; the sum must be 1+2+...+n.
+import os, sys, torch, torch.distributed as dist
+rank = int(os.environ["RANK"]); local = int(os.environ["LOCAL_RANK"]); world = int(os.environ["WORLD_SIZE"])
+torch.cuda.set_device(local)
+dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+expected = world * (world + 1) / 2
+ok = True
+for elements in (1, 1000, 1 << 20, 64 << 20):      # 4 B .. 256 MiB per tensor
+    t = torch.full((elements,), float(rank + 1), device="cuda")
+    dist.all_reduce(t)
+    torch.cuda.synchronize()
+    good = bool(torch.all(t == expected).item())
+    ok &= good
+    print(f"rank {rank}: all_reduce of {elements} floats: {'ok' if good else 'WRONG'}", flush=True)
+dist.destroy_process_group()
+sys.exit(0 if ok else 1)
+PY
+if [ "$gpus" -lt 2 ]; then
+  row "nccl all_reduce 2 processes" SKIP
+elif ! python3 -c "import torch" 2>/dev/null || ! command -v torchrun >/dev/null; then
+  row "nccl all_reduce (no torch/torchrun)" FAIL
+else
+  for policy in local interleave spill; do
+    log="$out/allreduce.$policy.log"
+    if LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_STATS=1 \
+         PYTORCH_NO_CUDA_MEMORY_CACHING=1 torchrun --standalone --nproc_per_node=2 "$allreduce" > "$log" 2>&1
+    then row "nccl all_reduce 2 processes, $policy" PASS; else row "nccl all_reduce 2 processes, $policy" FAIL; fi
+  done
+  # The same without gpushim: if this fails too, the machine is at fault, not gpushim.
+  if PYTORCH_NO_CUDA_MEMORY_CACHING=1 torchrun --standalone --nproc_per_node=2 "$allreduce" \
+       > "$out/allreduce.without_gpushim.log" 2>&1
+  then row "nccl all_reduce 2 processes, no gpushim" PASS; else row "nccl all_reduce 2 processes, no gpushim" FAIL; fi
+fi
+
+echo "peer_check: $([ $status = 0 ] && echo passed || echo FAILED); logs in $out" | tee -a "$table"
+exit $status

@@ -1,0 +1,6 @@
+# test_apps/peer_access (owner: peers): memory from plain cudaMalloc on GPU 0, written by a kernel on
+# GPU 1, checked on GPU 0; peer vs local read bandwidth; placement per granule. Include this file from
+# test_apps/CMakeLists.txt. It links the driver API for cuMemRetainAllocationHandle (where memory lives).
+add_executable(peer_access ${CMAKE_CURRENT_LIST_DIR}/peer_access.cu)
+target_link_libraries(peer_access PRIVATE gpushim_kernels CUDA::cuda_driver)
+set_target_properties(peer_access PROPERTIES CUDA_RUNTIME_LIBRARY Static)
