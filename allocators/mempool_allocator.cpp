@@ -7,7 +7,9 @@
 
 namespace gpushim {
 
-MempoolAllocator::MempoolAllocator(int device, std::uint64_t release_threshold) noexcept : device_(device) {
+namespace {
+
+CUmemoryPool create_pool(int device, std::uint64_t release_threshold, bool follow_dependencies) noexcept {
   const RealDriver& driver = real_driver();
   CUmemPoolProps props{};
   props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
@@ -18,19 +20,45 @@ MempoolAllocator::MempoolAllocator(int device, std::uint64_t release_threshold) 
   CUresult rc = driver.cuMemPoolCreate(&pool, &props);
   if (rc != CUDA_SUCCESS) {
     log(LogLevel::warn, "device %d: cuMemPoolCreate failed (%d)", device, static_cast<int>(rc));
-    return;
+    return nullptr;
   }
   cuuint64_t threshold = release_threshold ? release_threshold : UINT64_MAX;
   rc = driver.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &threshold);
   if (rc != CUDA_SUCCESS)
     log(LogLevel::warn, "device %d: setting the pool's release threshold failed (%d)", device, static_cast<int>(rc));
+  if (!follow_dependencies) {
+    int off = 0;
+    if (driver.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES, &off) != CUDA_SUCCESS ||
+        driver.cuMemPoolSetAttribute(pool, CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES, &off) != CUDA_SUCCESS) {
+      log(LogLevel::warn, "device %d: could not restrict the pool's reuse; mempool unavailable", device);
+      driver.cuMemPoolDestroy(pool);
+      return nullptr;
+    }
+  }
+  return pool;
+}
+
+}  // namespace
+
+MempoolAllocator::MempoolAllocator(int device, std::uint64_t release_threshold) noexcept : device_(device) {
+  CUstream stream = nullptr;
+  if (real_driver().cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
+    log(LogLevel::warn, "device %d: could not create the mempool's stream", device);
+    return;
+  }
+  CUmemoryPool sync_pool = create_pool(device, release_threshold, false);
+  CUmemoryPool pool = sync_pool ? create_pool(device, release_threshold, true) : nullptr;
+  if (!pool) return;
+  private_stream_ = stream;
+  sync_pool_ = sync_pool;
   pool_ = pool;
 }
 
 void* MempoolAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
   if (!pool_) return nullptr;
   CUdeviceptr p = 0;
-  if (real_driver().cuMemAllocFromPoolAsync(&p, bytes, pool_, to_stream(stream)) != CUDA_SUCCESS) return nullptr;
+  CUmemoryPool pool = stream ? pool_ : sync_pool_;
+  if (real_driver().cuMemAllocFromPoolAsync(&p, bytes, pool, to_stream(stream)) != CUDA_SUCCESS) return nullptr;
   std::uint64_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
   std::uint64_t peak = peak_.load(std::memory_order_relaxed);
   while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
@@ -47,12 +75,18 @@ std::size_t MempoolAllocator::release_cached() noexcept {
   if (!pool_) return 0;
   const RealDriver& driver = real_driver();
   cuuint64_t before = 0, after = 0, high = 0;
-  driver.cuMemPoolGetAttribute(pool_, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &before);
-  driver.cuMemPoolGetAttribute(pool_, CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, &high);
   // Frees enqueued on streams are only released once those streams have reached them; trimming gives
   // back what is already free.
-  driver.cuMemPoolTrimTo(pool_, 0);
-  driver.cuMemPoolGetAttribute(pool_, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &after);
+  for (CUmemoryPool pool : {pool_, sync_pool_}) {
+    cuuint64_t value = 0;
+    driver.cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &value);
+    before += value;
+    driver.cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH, &value);
+    high += value;
+    driver.cuMemPoolTrimTo(pool, 0);
+    driver.cuMemPoolGetAttribute(pool, CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT, &value);
+    after += value;
+  }
   reserved_seen_.store(after, std::memory_order_relaxed);
   peak_reserved_seen_.store(std::max<std::uint64_t>(high, peak_reserved_seen_.load(std::memory_order_relaxed)),
                             std::memory_order_relaxed);

@@ -10,8 +10,11 @@
 //    router holds p until its free fence (legacy stream + every non-blocking stream) has completed, and
 //    only then calls deallocate(p, bytes, 0), which frees on the legacy stream. At that point no work
 //    can use p, so the pool may hand it to anyone.
-//  - cuMemAlloc is served with stream 0, i.e. on the legacy stream: a block the pool reuses there was
-//    freed after its fence, so using it at once from any stream is safe.
+//  - cuMemAlloc (stream 0) is served from a second pool, on a private stream nothing else uses, with
+//    the pool's dependency-following reuse switched off: it only reuses blocks whose free has completed
+//    on the GPU. Measured on the H100: with one pool on the legacy stream, a block the program freed
+//    with cudaFreeAsync on S was handed to cudaMalloc with a dependency inserted into the legacy stream
+//    only, and a kernel on a non-blocking stream then raced S's work (alloc_torture: mismatches).
 #pragma once
 
 #include <atomic>
@@ -41,11 +44,14 @@ class MempoolAllocator final : public Allocator {
   AllocatorStats stats() const noexcept override;
 
  private:
-  static CUstream to_stream(StreamHandle stream) noexcept {
-    return stream ? reinterpret_cast<CUstream>(stream) : CU_STREAM_LEGACY;
+  // Stream 0 is "no order: usable from any stream at once": the private stream, which never has work.
+  CUstream to_stream(StreamHandle stream) const noexcept {
+    return stream ? reinterpret_cast<CUstream>(stream) : private_stream_;
   }
   const int device_;
-  CUmemoryPool pool_ = nullptr;
+  CUmemoryPool pool_ = nullptr;       // cuMemAllocAsync: the driver's stream-ordered reuse, unchanged
+  CUmemoryPool sync_pool_ = nullptr;  // cuMemAlloc: reuses only blocks whose free has completed
+  CUstream private_stream_ = nullptr;
   std::atomic<std::uint64_t> in_use_{0};
   std::atomic<std::uint64_t> peak_{0};
   std::atomic<std::uint64_t> reserved_seen_{0};

@@ -56,6 +56,13 @@ void write_message(const char* format, va_list args) {
 
 }  // namespace
 
+void print_report_line(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  write_message(format, args);
+  va_end(args);
+}
+
 void log(LogLevel level, const char* format, ...) {
   if (!enabled(level)) return;
   const int saved_errno = errno;  // a message must not change what the program sees in errno

@@ -10,7 +10,10 @@ namespace gpushim {
 // printf-style. Writes "gpushim: <message>\n" with one write(2) when `level` is enabled.
 void log(LogLevel level, const char* format, ...) __attribute__((format(printf, 2, 3)));
 
-// Same, but prints at most once per `once_flag` (a static bool at the call site).
+// Output the user asked for (the GPUSHIM_STATS table): printed whatever GPUSHIM_LOG says.
+void print_report_line(const char* format, ...) __attribute__((format(printf, 1, 2)));
+
+// Same as log(), but prints at most once per `once_flag` (a static bool at the call site).
 void log_once(bool* once_flag, LogLevel level, const char* format, ...)
     __attribute__((format(printf, 3, 4)));
 

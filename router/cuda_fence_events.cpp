@@ -96,15 +96,11 @@ FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_cont
   if (active_captures_.load(std::memory_order_acquire) > 0) return Record::postponed;
   CUcontext context = batch_context ? static_cast<CUcontext>(batch_context) : default_context_.load();
   if (!context) return Record::postponed;
-  std::vector<TrackedStream> streams;
-  {
-    std::lock_guard<std::mutex> guard(streams_lock_);
-    try {
-      streams = nonblocking_streams_;
-    } catch (...) {
-      return Record::postponed;
-    }
-  }
+  // Held while recording: a stream destroyed by another thread between a copy of the list and the
+  // record would be a use after destroy inside the driver (seen as a crash in cuEventRecord on the
+  // H100). remove_stream() takes this lock before the real cuStreamDestroy runs.
+  std::lock_guard<std::mutex> streams_guard(streams_lock_);
+  const std::vector<TrackedStream>& streams = nonblocking_streams_;
   bool ok;
   {
     ScopedContext scope(context);

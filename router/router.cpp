@@ -424,7 +424,9 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   const std::size_t block_size = round_up(bytes);
-  const StreamHandle handle = reinterpret_cast<StreamHandle>(stream);
+  // Backends read stream 0 as "no stream order" (cuMemAlloc); a program's async call on stream 0
+  // means the legacy stream.
+  const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
   void* p = nullptr;
   if (async && !device.assembly.stream_ordered && !is_per_thread_stream(stream))
     p = take_from_stream_list(device, normalized(stream), block_size);
@@ -529,7 +531,7 @@ void at_exit() noexcept {
         row.peak_reserved = stats.peak_bytes_reserved;
         rows.push_back(row);
       }
-      for (const std::string& line : format_stats_table(rows)) log(LogLevel::quiet, "%s", line.c_str());
+      for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());
     } catch (...) {
     }
   }
@@ -640,8 +642,9 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
 
   if (device->assembly.stream_ordered) {
-    // The pool orders the free itself, in a capture too (it becomes a graph free node).
-    device->backend().deallocate(freed.ptr, freed.bytes, handle);
+    // The pool orders the free itself, in a capture too (it becomes a graph free node). Stream 0 is
+    // the legacy stream here, not the backend's "no order".
+    device->backend().deallocate(freed.ptr, freed.bytes, reinterpret_cast<StreamHandle>(normalized(stream)));
     return CUDA_SUCCESS;
   }
   if (stream_is_capturing(stream)) {
