@@ -2,6 +2,8 @@
 
 #include <new>
 
+#include "annotations/nvtx_memory.h"
+#include "annotations/nvtx_ranges.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
 
@@ -14,6 +16,9 @@ CudaVmmProvider::CudaVmmProvider(int device, tracing::BackendId backend) noexcep
   prop_.location.id = device;
   access_.location = prop_.location;
   access_.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  // Shareable as a file descriptor so blocks can be exported to other processes; if the driver refuses
+  // it, map() drops the request once and memory is simply not exportable.
+  prop_.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
 
   const RealDriver& driver = real_driver();
   if (!driver.loaded || !driver.cuMemGetAllocationGranularity) return;
@@ -24,6 +29,7 @@ CudaVmmProvider::CudaVmmProvider(int device, tracing::BackendId backend) noexcep
   if (rc == CUDA_SUCCESS && granularity != 0) {
     granularity_ = granularity;
     ok_ = true;
+    ipc::register_exportable_memory(this);
   } else {
     log(LogLevel::warn, "device %d: no virtual memory management (cuMemGetAllocationGranularity: %d)",
         device, static_cast<int>(rc));
@@ -38,19 +44,30 @@ void* CudaVmmProvider::reserve(std::size_t bytes) noexcept {
     log(LogLevel::info, "device %d: cuMemAddressReserve(%zu) failed: %d", device_, bytes, static_cast<int>(rc));
     return nullptr;
   }
+  annotations::on_heap_reserved(static_cast<std::uintptr_t>(base), bytes, device_);
   return reinterpret_cast<void*>(base);
 }
 
 void CudaVmmProvider::release_reservation(void* base, std::size_t bytes) noexcept {
-  if (base) real_driver().cuMemAddressFree(reinterpret_cast<CUdeviceptr>(base), bytes);
+  if (!base) return;
+  annotations::on_heap_released(reinterpret_cast<std::uintptr_t>(base));
+  real_driver().cuMemAddressFree(reinterpret_cast<CUdeviceptr>(base), bytes);
 }
 
 bool CudaVmmProvider::map(void* addr, std::size_t bytes) noexcept {
   if (!ok_ || bytes == 0) return false;
+  annotations::ScopedRange range(annotations::SlowEvent::arena_growth);
   const RealDriver& driver = real_driver();
   const CUdeviceptr ptr = reinterpret_cast<CUdeviceptr>(addr);
   CUmemGenericAllocationHandle handle = 0;
   CUresult rc = driver.cuMemCreate(&handle, bytes, &prop_, 0);
+  if (rc != CUDA_SUCCESS && rc != CUDA_ERROR_OUT_OF_MEMORY && prop_.requestedHandleTypes != CU_MEM_HANDLE_TYPE_NONE) {
+    static bool reported = false;
+    log_once(&reported, LogLevel::info, "device %d: shareable memory refused (%d); IPC export is off", device_,
+             static_cast<int>(rc));
+    prop_.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;  // racy only in which thread notices first
+    rc = driver.cuMemCreate(&handle, bytes, &prop_, 0);
+  }
   if (rc != CUDA_SUCCESS) {
     // CUDA_ERROR_OUT_OF_MEMORY is the expected failure; the arena turns it into a miss.
     if (rc != CUDA_ERROR_OUT_OF_MEMORY)
@@ -103,10 +120,24 @@ void CudaVmmProvider::unmap(void* addr, std::size_t bytes) noexcept {
   }
   const RealDriver& driver = real_driver();
   driver.cuMemUnmap(ptr, bytes);
+  ipc::on_physical_memory_released(mapping.handle);  // closes the exported descriptor, if any
   // The physical memory is freed once it is unmapped and released (the handle is the last reference).
   driver.cuMemRelease(mapping.handle);
   bytes_mapped_.fetch_sub(bytes, std::memory_order_relaxed);
   tracing::record(tracing::EventKind::unmap, device_, 0, ptr, bytes, backend_);
+}
+
+bool CudaVmmProvider::physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle,
+                                          CUdeviceptr* chunk_base, std::size_t* chunk_size) noexcept {
+  std::lock_guard<std::mutex> guard(mutex_);
+  auto it = mappings_.upper_bound(static_cast<std::uintptr_t>(p));
+  if (it == mappings_.begin()) return false;
+  --it;
+  if (static_cast<std::uintptr_t>(p) - it->first >= it->second.bytes) return false;
+  *handle = it->second.handle;
+  *chunk_base = static_cast<CUdeviceptr>(it->first);
+  *chunk_size = it->second.bytes;
+  return true;
 }
 
 void CudaVmmProvider::reset_after_fork() noexcept { new (&mutex_) std::mutex(); }

@@ -14,12 +14,15 @@
 
 #include <cuda.h>
 
+#include "ipc/exportable_memory.h"
 #include "providers/memory_provider.h"
 #include "tracing/trace_recorder.h"
 
 namespace gpushim {
 
-class CudaVmmProvider final : public MemoryProvider {
+// Also an ipc::ExportableMemory: physical memory is created shareable as a POSIX file descriptor, so a
+// gpushim block can be passed to another process (cuIpcGetMemHandle, docs/ecosystem.md).
+class CudaVmmProvider final : public MemoryProvider, public ipc::ExportableMemory {
  public:
   // Asks the driver for the granularity of pinned device memory on `device`; `ok()` is false when the
   // driver has no VMM support there (then every map() fails and the router falls back).
@@ -37,6 +40,9 @@ class CudaVmmProvider final : public MemoryProvider {
   std::size_t bytes_mapped() const noexcept override { return bytes_mapped_.load(std::memory_order_relaxed); }
 
   void reset_after_fork() noexcept;
+
+  bool physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle, CUdeviceptr* chunk_base,
+                           std::size_t* chunk_size) noexcept override;
 
  private:
   // The H100's granularity, used only if the driver cannot tell us.

@@ -10,41 +10,22 @@
 #include "driver/real_driver.h"
 #include "providers/cuda_vmm_provider.h"
 
-// The decorators are written in parallel by the owner of allocators/ and providers/ ("vmm"). Until
-// they exist, the router builds without them and says so when a limit is asked for.
-#if __has_include("allocators/statistics_allocator.h")
-#include "allocators/statistics_allocator.h"
-#define GPUSHIM_HAVE_STATISTICS_ALLOCATOR 1
-#endif
-#if __has_include("allocators/limiting_allocator.h")
 #include "allocators/limiting_allocator.h"
-#define GPUSHIM_HAVE_LIMITING_ALLOCATOR 1
-#endif
-#if __has_include("providers/limited_provider.h")
+#include "allocators/statistics_allocator.h"
+#include "providers/cuda_peer_provider.h"
 #include "providers/limited_provider.h"
-#define GPUSHIM_HAVE_LIMITED_PROVIDER 1
-#endif
+#include "providers/placement_policy.h"
 
 namespace gpushim {
 namespace {
 
 std::unique_ptr<Allocator> with_statistics(std::unique_ptr<Allocator> backend) {
-#ifdef GPUSHIM_HAVE_STATISTICS_ALLOCATOR
   return std::make_unique<StatisticsAllocator>(std::move(backend));
-#else
-  return backend;
-#endif
 }
 
 std::unique_ptr<Allocator> with_limit(std::unique_ptr<Allocator> backend, std::uint64_t limit) {
   if (limit == 0) return backend;
-#ifdef GPUSHIM_HAVE_LIMITING_ALLOCATOR
   return std::make_unique<LimitingAllocator>(std::move(backend), static_cast<std::size_t>(limit));
-#else
-  static bool reported = false;
-  log_once(&reported, LogLevel::warn, "GPUSHIM_LIMIT is not enforced for driver-backed backends in this build");
-  return backend;
-#endif
 }
 
 std::uint64_t resolve_limit(int device) {
@@ -91,8 +72,23 @@ DeviceBackend build_device_backend(int device) noexcept {
     }
 
     if (!info->factory) return passthrough(device, limit);
-    auto provider = std::make_unique<CudaVmmProvider>(device, info->id);
-    if (!provider->ok()) {
+    // GPUSHIM_PEERS set: physical memory is placed by GPUSHIM_PLACEMENT and mapped for every listed
+    // device (docs/peers.md); otherwise the one-device provider.
+    std::unique_ptr<MemoryProvider> provider;
+    bool provider_ok = false;
+    if (!s.peers.empty()) {
+      Placement placement = Placement::local;
+      parse_placement(s.placement, &placement);
+      auto peer = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{},
+                                                     info->id);
+      provider_ok = peer->ok();
+      provider = std::move(peer);
+    } else {
+      auto local = std::make_unique<CudaVmmProvider>(device, info->id);
+      provider_ok = local->ok();
+      provider = std::move(local);
+    }
+    if (!provider_ok) {
       log(LogLevel::warn, "device %d: backend %s needs virtual memory management, using passthrough", device,
           info->name);
       return passthrough(device, limit);
@@ -101,13 +97,8 @@ DeviceBackend build_device_backend(int device) noexcept {
     result.limit = limit;
     MemoryProvider* source = provider.get();
     if (limit) {
-#ifdef GPUSHIM_HAVE_LIMITED_PROVIDER
       result.capped_provider = std::make_unique<LimitedProvider>(*provider, static_cast<std::size_t>(limit));
       source = result.capped_provider.get();
-#else
-      static bool reported = false;
-      log_once(&reported, LogLevel::warn, "GPUSHIM_LIMIT is not enforced in this build (no LimitedProvider)");
-#endif
     }
     std::unique_ptr<Allocator> backend = info->factory(*source, s);
     if (!backend) {

@@ -15,6 +15,8 @@
 
 #include "allocators/allocator.h"
 #include "config/settings.h"
+#include "annotations/nvtx_memory.h"
+#include "annotations/nvtx_ranges.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
 #include "router/cuda_fence_events.h"
@@ -431,7 +433,10 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   if (async && !device.assembly.stream_ordered && !is_per_thread_stream(stream))
     p = take_from_stream_list(device, normalized(stream), block_size);
   if (!p) p = device.backend().allocate(block_size, handle);
-  if (!p) p = allocate_under_pressure(device, block_size, handle);
+  if (!p) {
+    annotations::ScopedRange range(annotations::SlowEvent::oom_handling);
+    p = allocate_under_pressure(device, block_size, handle);
+  }
   if (!p) {
     counters(d).failed.fetch_add(1, std::memory_order_relaxed);
     tracing::record(tracing::EventKind::alloc_failed, d, handle, 0, bytes, device.assembly.id);
@@ -442,6 +447,7 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   if (device.in_oom_burst.load(std::memory_order_relaxed)) device.in_oom_burst.store(false, std::memory_order_relaxed);
   const auto address = reinterpret_cast<std::uintptr_t>(p);
   g_table.insert(address, LiveBlock{bytes, block_size, d, async});
+  annotations::on_block_allocated(address, bytes);  // compute-sanitizer sees the block's own bounds
   Counters& mine = counters(d);
   mine.allocs.fetch_add(1, std::memory_order_relaxed);
   mine.bytes.fetch_add(bytes, std::memory_order_relaxed);
@@ -598,6 +604,7 @@ CUresult free(CUdeviceptr p) noexcept {
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
   if (!device) return CUDA_ERROR_INVALID_VALUE;  // cannot happen: a live block's device exists
   counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
+  annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->assembly.id);
   FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
   if (!device->fenced()) {
@@ -637,6 +644,7 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   if (!device) return CUDA_ERROR_INVALID_VALUE;
   const int d = block.device;
   counters(d).frees.fetch_add(1, std::memory_order_relaxed);
+  annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   const auto handle = reinterpret_cast<StreamHandle>(stream);
   tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->assembly.id);
   FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};

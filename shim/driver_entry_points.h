@@ -39,6 +39,18 @@ GPUSHIM_EXPORT CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream stream, CUgraph
 // symbolStatus) keeps its own name through an asm label.
 GPUSHIM_EXPORT CUresult CUDAAPI cuGetProcAddress_v2(const char* symbol, void** pfn, int cuda_version,
                                                     cuuint64_t flags, CUdriverProcAddressQueryResult* status);
+// Ecosystem hooks (shim/pointer_query_hooks.cpp, shim/ipc_hooks.cpp): gpushim blocks answer range
+// queries with their own bounds and travel between processes through gpushim's IPC handles.
+GPUSHIM_EXPORT CUresult CUDAAPI cuPointerGetAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr ptr);
+GPUSHIM_EXPORT CUresult CUDAAPI cuPointerGetAttributes(unsigned int count, CUpointer_attribute* attributes,
+                                                       void** data, CUdeviceptr ptr);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdeviceptr ptr);
+GPUSHIM_EXPORT CUresult CUDAAPI cuIpcGetMemHandle(CUipcMemHandle* handle, CUdeviceptr ptr);
+GPUSHIM_EXPORT CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr* ptr, CUipcMemHandle handle, unsigned int flags);
+GPUSHIM_EXPORT CUresult CUDAAPI gpushim_cuIpcOpenMemHandle_v1(CUdeviceptr* ptr, CUipcMemHandle handle,
+                                                              unsigned int flags) __asm__("cuIpcOpenMemHandle");
+GPUSHIM_EXPORT CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr ptr);
+
 GPUSHIM_EXPORT CUresult CUDAAPI gpushim_cuGetProcAddress_v1(const char* symbol, void** pfn, int cuda_version,
                                                             cuuint64_t flags) __asm__("cuGetProcAddress");
 }

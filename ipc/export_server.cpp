@@ -1,0 +1,287 @@
+#include "ipc/export_server.h"
+
+#include <cerrno>
+#include <algorithm>
+#include <cstddef>
+#include <cstring>
+#include <new>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ipc/fd_passing.h"
+
+namespace gpushim::ipc {
+namespace {
+
+constexpr std::uint64_t kProtocolMagic = 0x3170696d68737067ull;  // "gpshmip1"
+// Long enough for a loaded machine, short enough that a dead or stuck peer costs a bounded wait.
+constexpr int kSocketTimeoutSeconds = 5;
+// A block larger than this many physical chunks is refused (and logged by the caller); with chunks of
+// at least 2 MiB that is at least 8 GiB in one block, mapped in the smallest steps.
+constexpr std::uint32_t kMaxChunksPerExport = 4096;
+
+struct Request {
+  std::uint64_t magic;
+  std::uint64_t token;
+  std::uint64_t export_id;
+};
+
+enum ReplyStatus : std::uint32_t { kReplyOk = 0, kReplyRefused = 1, kReplyUnknown = 2 };
+
+struct ReplyHeader {
+  std::uint64_t magic;
+  std::uint32_t status;
+  std::uint32_t chunk_count;
+  std::uint64_t block_size;
+  std::uint64_t offset_in_span;
+  std::int32_t device;
+  std::uint32_t zero;
+};
+
+struct ChunkWire {
+  std::uint64_t offset_in_span;
+  std::uint64_t size;
+};
+
+struct ChunkBatch {
+  std::uint64_t magic;
+  std::uint32_t count;
+  std::uint32_t zero;
+  ChunkWire chunks[kMaxFdsPerMessage];
+};
+
+bool make_address(const std::string& name, sockaddr_un* address, socklen_t* length) noexcept {
+  std::memset(address, 0, sizeof *address);
+  address->sun_family = AF_UNIX;
+  if (name.size() + 1 > sizeof address->sun_path) return false;
+  address->sun_path[0] = '\0';  // abstract namespace
+  std::memcpy(address->sun_path + 1, name.data(), name.size());
+  *length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+  return true;
+}
+
+void set_timeouts(int fd) noexcept {
+  timeval timeout{kSocketTimeoutSeconds, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+}
+
+bool same_user(int connection) noexcept {
+  ucred peer{};
+  socklen_t length = sizeof peer;
+  if (::getsockopt(connection, SOL_SOCKET, SO_PEERCRED, &peer, &length) != 0) return false;
+  return peer.uid == ::getuid();
+}
+
+void close_chunks(ExportRecord* record) noexcept {
+  for (ExportedChunk& chunk : record->chunks) {
+    if (chunk.fd >= 0) ::close(chunk.fd);
+    chunk.fd = -1;
+  }
+}
+
+}  // namespace
+
+ExportServer::ExportServer(const ExportRegistry& registry, std::uint64_t token, std::string socket_name) noexcept
+    : registry_(registry), token_(token), socket_name_(std::move(socket_name)) {}
+
+std::string ExportServer::socket_name_for(pid_t pid) { return "gpushim-ipc." + std::to_string(pid); }
+
+bool ExportServer::start() noexcept {
+  if (running_.load(std::memory_order_acquire)) return true;
+  std::lock_guard<std::mutex> guard(start_mutex_);
+  if (running_.load(std::memory_order_relaxed)) return true;
+
+  sockaddr_un address;
+  socklen_t length;
+  if (!make_address(socket_name_, &address, &length)) return false;
+  int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&address), length) != 0 || ::listen(fd, 16) != 0) {
+    ::close(fd);
+    return false;
+  }
+  listen_fd_ = fd;
+  stopping_.store(false);
+
+  // The thread takes no signals: they belong to the program's own threads.
+  sigset_t all, previous;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &previous);
+  pthread_t thread;
+  const int rc = pthread_create(&thread, nullptr, &ExportServer::serve_thread, this);
+  pthread_sigmask(SIG_SETMASK, &previous, nullptr);
+  if (rc != 0) {
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    return false;
+  }
+  thread_ = static_cast<unsigned long>(thread);
+  running_.store(true, std::memory_order_release);
+  return true;
+}
+
+void ExportServer::stop() noexcept {
+  std::lock_guard<std::mutex> guard(start_mutex_);
+  if (!running_.load()) return;
+  stopping_.store(true);
+  ::shutdown(listen_fd_, SHUT_RDWR);  // wakes accept()
+  pthread_join(static_cast<pthread_t>(thread_), nullptr);
+  ::close(listen_fd_);
+  listen_fd_ = -1;
+  running_.store(false);
+}
+
+void ExportServer::reset_after_fork() noexcept {
+  new (&start_mutex_) std::mutex();
+  if (listen_fd_ >= 0) ::close(listen_fd_);
+  listen_fd_ = -1;
+  running_.store(false);
+}
+
+void* ExportServer::serve_thread(void* self) noexcept {
+  static_cast<ExportServer*>(self)->serve();
+  return nullptr;
+}
+
+void ExportServer::serve() noexcept {
+  while (!stopping_.load()) {
+    int connection = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (connection < 0) {
+      if (stopping_.load()) break;
+      if (errno != EINTR) {
+        // Out of descriptors or similar: back off instead of spinning; importers time out and retry.
+        timespec pause{0, 10 * 1000 * 1000};
+        nanosleep(&pause, nullptr);
+      }
+      continue;
+    }
+    set_timeouts(connection);
+    answer(connection);
+    ::close(connection);
+  }
+}
+
+void ExportServer::answer(int connection) noexcept {
+  Request request{};
+  if (!receive_with_fds(connection, &request, sizeof request, nullptr, 0)) return;
+  if (request.magic != kProtocolMagic) return;
+
+  ReplyHeader header{};
+  header.magic = kProtocolMagic;
+  ExportRecord record;
+  if (!same_user(connection) || request.token != token_) {
+    header.status = kReplyRefused;
+  } else if (!registry_.find(request.export_id, &record) || record.chunks.size() > kMaxChunksPerExport) {
+    header.status = kReplyUnknown;
+  } else {
+    header.status = kReplyOk;
+    header.chunk_count = static_cast<std::uint32_t>(record.chunks.size());
+    header.block_size = record.block_size;
+    header.offset_in_span = record.offset_in_span;
+    header.device = record.device;
+  }
+  if (!send_with_fds(connection, &header, sizeof header, nullptr, 0) || header.status != kReplyOk) {
+    close_chunks(&record);
+    return;
+  }
+  for (std::size_t first = 0; first < record.chunks.size(); first += kMaxFdsPerMessage) {
+    ChunkBatch batch{};
+    batch.magic = kProtocolMagic;
+    int fds[kMaxFdsPerMessage];
+    std::size_t count = 0;
+    for (; count < kMaxFdsPerMessage && first + count < record.chunks.size(); ++count) {
+      const ExportedChunk& chunk = record.chunks[first + count];
+      batch.chunks[count] = ChunkWire{chunk.offset_in_span, chunk.size};
+      fds[count] = chunk.fd;
+    }
+    batch.count = static_cast<std::uint32_t>(count);
+    if (!send_with_fds(connection, &batch, sizeof batch, fds, count)) break;
+  }
+  close_chunks(&record);  // the importer has its own copies now (or gave up)
+}
+
+const char* fetch_status_name(FetchStatus status) noexcept {
+  switch (status) {
+    case FetchStatus::ok: return "ok";
+    case FetchStatus::no_exporter: return "no exporter listening (it exited, or does not run under gpushim)";
+    case FetchStatus::refused: return "refused (another user, or a forged handle)";
+    case FetchStatus::unknown_export: return "unknown export (the exporter released that memory)";
+    case FetchStatus::protocol_error: return "protocol error or timeout";
+  }
+  return "?";
+}
+
+FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, std::uint64_t export_id,
+                         ExportRecord* out) noexcept {
+  if (out == nullptr) return FetchStatus::protocol_error;
+  sockaddr_un address;
+  socklen_t length;
+  if (!make_address(socket_name, &address, &length)) return FetchStatus::no_exporter;
+  int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  if (fd < 0) return FetchStatus::protocol_error;
+  set_timeouts(fd);
+  int rc;
+  do {
+    rc = ::connect(fd, reinterpret_cast<sockaddr*>(&address), length);
+  } while (rc != 0 && errno == EINTR);
+  if (rc != 0) {
+    ::close(fd);
+    return FetchStatus::no_exporter;
+  }
+
+  FetchStatus status = FetchStatus::protocol_error;
+  ExportRecord record;
+  const Request request{kProtocolMagic, token, export_id};
+  ReplyHeader header{};
+  if (send_with_fds(fd, &request, sizeof request, nullptr, 0) &&
+      receive_with_fds(fd, &header, sizeof header, nullptr, 0) && header.magic == kProtocolMagic) {
+    if (header.status == kReplyRefused) {
+      status = FetchStatus::refused;
+    } else if (header.status == kReplyUnknown) {
+      status = FetchStatus::unknown_export;
+    } else if (header.status == kReplyOk && header.chunk_count > 0 && header.chunk_count <= kMaxChunksPerExport) {
+      record.block_size = header.block_size;
+      record.offset_in_span = header.offset_in_span;
+      record.device = header.device;
+      bool complete = true;
+      try {
+        record.chunks.reserve(header.chunk_count);
+        while (record.chunks.size() < header.chunk_count) {
+          const std::size_t expected =
+              std::min<std::size_t>(kMaxFdsPerMessage, header.chunk_count - record.chunks.size());
+          ChunkBatch batch{};
+          int fds[kMaxFdsPerMessage];
+          if (!receive_with_fds(fd, &batch, sizeof batch, fds, expected)) {
+            complete = false;
+            break;
+          }
+          if (batch.magic != kProtocolMagic || batch.count != expected) {
+            for (std::size_t i = 0; i < expected; ++i) ::close(fds[i]);
+            complete = false;
+            break;
+          }
+          for (std::size_t i = 0; i < expected; ++i) {
+            record.chunks.push_back(ExportedChunk{batch.chunks[i].offset_in_span, batch.chunks[i].size, fds[i]});
+          }
+        }
+      } catch (...) {
+        complete = false;  // reserve() failed before any fd arrived, or push_back cannot fail after it
+      }
+      if (complete) {
+        status = FetchStatus::ok;
+      } else {
+        close_chunks(&record);
+      }
+    }
+  }
+  ::close(fd);
+  if (status == FetchStatus::ok) *out = std::move(record);
+  return status;
+}
+
+}  // namespace gpushim::ipc

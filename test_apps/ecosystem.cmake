@@ -1,0 +1,14 @@
+# Test apps of the ecosystem checks (docs/ecosystem.md): IPC between two processes, pointer range
+# queries, and a known out-of-bounds write for compute-sanitizer. Included from test_apps/CMakeLists.txt.
+add_executable(ipc_check ${CMAKE_CURRENT_LIST_DIR}/ipc_check.cu)
+target_link_libraries(ipc_check PRIVATE gpushim_kernels)
+set_target_properties(ipc_check PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+
+add_executable(pointer_query_check ${CMAKE_CURRENT_LIST_DIR}/pointer_query_check.cu)
+target_link_libraries(pointer_query_check PRIVATE CUDA::cuda_driver)
+set_target_properties(pointer_query_check PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+
+# -lineinfo: compute-sanitizer names the file and line of the bad write.
+add_executable(sanitizer_oob ${CMAKE_CURRENT_LIST_DIR}/sanitizer_oob.cu)
+target_compile_options(sanitizer_oob PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
+set_target_properties(sanitizer_oob PROPERTIES CUDA_RUNTIME_LIBRARY Static)

@@ -1,0 +1,58 @@
+"""torch.multiprocessing shares a CUDA tensor between two processes (CUDA IPC underneath:
+cudaIpcGetMemHandle in the parent, cudaIpcOpenMemHandle in the child), with PyTorch's cache off so the
+tensor is its own cuMemAlloc block, i.e. under gpushim a gpushim block. The child checks the parent's
+values, writes new ones in place, and the parent must see them. Also a view at an offset into the
+storage, which torch sends as (handle of the storage, offset). Exit 0 pass, 1 fail, 77 skipped.
+Run it with and without gpushim: tests/gpu_ecosystem.cmake."""
+import os
+import sys
+
+os.environ["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"  # before torch initialises CUDA
+
+try:
+    import torch
+    import torch.multiprocessing as mp
+except Exception as error:  # ImportError, or a broken install
+    print(f"torch not importable: skipped ({error})")
+    sys.exit(77)
+
+ELEMENTS = 1 << 20  # 4 MiB of float32: spans more than one 2 MiB granule
+
+
+def child(queue, done):
+    tensor, view = queue.get()
+    expected = torch.arange(ELEMENTS, dtype=torch.float32, device=tensor.device)
+    ok = torch.equal(tensor, expected) and torch.equal(view, expected[1000:3000])
+    tensor.mul_(-1)  # in place, in the parent's memory
+    torch.cuda.synchronize()
+    done.put(bool(ok))
+    del tensor, view
+
+
+def main():
+    if not torch.cuda.is_available():
+        print("no GPU: skipped (torch.cuda.is_available() is False)")
+        return 77
+    ctx = mp.get_context("spawn")  # CUDA cannot survive fork
+    queue, done = ctx.Queue(), ctx.Queue()
+    process = ctx.Process(target=child, args=(queue, done))
+    process.start()
+    padding = torch.empty(1000, dtype=torch.uint8, device="cuda")  # the shared block starts mid-chunk
+    tensor = torch.arange(ELEMENTS, dtype=torch.float32, device="cuda")
+    view = tensor[1000:3000]
+    torch.cuda.synchronize()
+    queue.put((tensor, view))
+    child_ok = done.get(timeout=120)
+    process.join(timeout=120)
+    torch.cuda.synchronize()
+    parent_ok = torch.equal(tensor, -torch.arange(ELEMENTS, dtype=torch.float32, device="cuda"))
+    del padding
+    print(f"torch_ipc_check: child saw the parent's values: {child_ok}; parent sees the child's writes: {parent_ok}; "
+          f"child exit code {process.exitcode}")
+    ok = child_ok and parent_ok and process.exitcode == 0
+    print("torch_ipc_check:", "PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
