@@ -142,6 +142,17 @@ const Row kRows[] = {
       "Cap on the device memory this process may hold, per device. Over it an allocation fails with "
       "CUDA_ERROR_OUT_OF_MEMORY, and cuMemGetInfo reports the cap as total."},
      [](const char* v, Settings& s) { return parse_size_or_percent(v, &s.limit); }},
+    {{"GPUSHIM_FREE_FENCE", "choice", "auto", "auto, always",
+      "When a block freed with cudaFree may be reused. auto: at once while the program has created no "
+      "stream (all its work is ordered on the legacy stream, as PyTorch's and CuPy's default), else after "
+      "a fence shows the GPU work issued before the free has finished; always: after the fence, even then "
+      "(for programs built with --default-stream per-thread that free, from one thread, memory another "
+      "thread's kernels still use)."},
+     [](const char* v, Settings& s) {
+       if (!is_listed(v, "auto, always")) return false;
+       s.fence_always = std::string(v) == "always";
+       return true;
+     }},
     {{"GPUSHIM_VMM_RESERVE", "size", "256GiB", "a size >= 2MiB",
       "vmm: virtual address space reserved once per device; the arena never grows past it. "
       "Reserving costs no memory (1 TiB took 14 us on the H100)."},

@@ -26,6 +26,7 @@ struct Settings {
   LogLevel log = LogLevel::warn;       // GPUSHIM_LOG: quiet, warn, info, debug
   bool strict = false;                 // GPUSHIM_STRICT: a bad value is fatal
   SizeSetting limit;                   // GPUSHIM_LIMIT: per-process, per-device cap
+  bool fence_always = false;           // GPUSHIM_FREE_FENCE: "always" fences even a stream-less program
 
   // vmm arena
   std::uint64_t vmm_reserve = 0;       // GPUSHIM_VMM_RESERVE: address space reserved per device

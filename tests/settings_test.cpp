@@ -113,6 +113,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                             {"GPUSHIM_LOG", "debug"},
                             {"GPUSHIM_STRICT", "yes"},
                             {"GPUSHIM_LIMIT", "75%"},
+                            {"GPUSHIM_FREE_FENCE", "always"},
                             {"GPUSHIM_VMM_RESERVE", "1TiB"},
                             {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
                             {"GPUSHIM_VMM_RELEASE_THRESHOLD", "0"},
@@ -130,6 +131,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.log, LogLevel::debug);
   EXPECT_TRUE(s.strict);
   EXPECT_DOUBLE_EQ(s.limit.percent, 75.0);
+  EXPECT_TRUE(s.fence_always);
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 0u);
@@ -142,7 +144,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.peers, "0,1,3");
   EXPECT_EQ(s.placement, "spill");
   // and each row the test above sets is a row of the table, and the other way round
-  EXPECT_EQ(setting_rows().size(), 16u);
+  EXPECT_EQ(setting_rows().size(), 17u);
 }
 
 TEST(Settings, EmptyValueMeansDefault) {
