@@ -32,7 +32,7 @@
 namespace gpushim {
 namespace {
 
-using DlsymFunction = void* (*)(void*, const char*);
+
 
 // Constant-initialised (no constructor runs), so usable from the first dlsym call of the process.
 std::atomic<DlsymFunction> glibc_dlsym{nullptr};
@@ -76,14 +76,19 @@ void bootstrap(RealDriver& driver) noexcept {
 
 }  // namespace
 
-void* real_dlsym(void* handle, const char* symbol) noexcept {
+DlsymFunction glibc_dlsym_function() noexcept {
   DlsymFunction function = glibc_dlsym.load(std::memory_order_acquire);
   if (function == nullptr) {
     function = find_glibc_dlsym();  // idempotent: racing threads store the same value
     if (function == nullptr) return nullptr;
     glibc_dlsym.store(function, std::memory_order_release);
   }
-  return function(handle, symbol);
+  return function;
+}
+
+void* real_dlsym(void* handle, const char* symbol) noexcept {
+  DlsymFunction function = glibc_dlsym_function();
+  return function ? function(handle, symbol) : nullptr;
 }
 
 const RealDriver& real_driver() noexcept {

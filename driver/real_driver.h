@@ -24,6 +24,10 @@ const RealDriver& real_driver() noexcept;
 // The real dlsym (glibc's), for code that must look up symbols without going through our hook.
 void* real_dlsym(void* handle, const char* symbol) noexcept;
 
+// glibc's dlsym itself, for the one caller that must jump to it (shim/dlsym_hook.cpp). nullptr if absent.
+using DlsymFunction = void* (*)(void* handle, const char* symbol) noexcept;
+DlsymFunction glibc_dlsym_function() noexcept;
+
 // libcuda.so.1's handle, or nullptr.
 void* libcuda_handle() noexcept;
 

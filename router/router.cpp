@@ -1,6 +1,10 @@
 // The router (router/router.h). How a request flows and why free-safety is shaped as it is:
 // docs/free-safety.md. Pure pieces live beside it and are tested on the CPU: live_block_table.*,
 // free_fence_queue.*, pitch.h, memory_report.*.
+#include <cstdio>
+#include <cstring>
+#include <dlfcn.h>
+#include <execinfo.h>
 #include "router/router.h"
 
 #include <pthread.h>
@@ -79,14 +83,16 @@ struct Counters {
 // static destructors may still call cuMemFree after exit() has begun.
 std::atomic<int> g_active_captures{0};
 
-// Legacy-ordered reuse. While the program has created no stream, all its GPU work is ordered on the
-// legacy stream (PyTorch's and CuPy's default stream), so a block freed with cuMemFree can be handed out
-// again at once: whatever uses it next is queued behind everything that used it before. No fence, and
-// the footprint stays at what is live. Measured on the H100 (PyTorch transformer, fenced reuse): peak
-// reserved 34 GiB for 9.6 GiB live, because the CPU runs a step ahead of the GPU and fenced blocks wait
-// for it. The first stream the program creates ends this for good (on_stream_created synchronizes the
-// legacy stream, so work on the new stream cannot overlap work on blocks reused so far).
-std::atomic<bool> g_program_created_stream{false};
+// Legacy-ordered reuse. While the program's GPU work is totally ordered — the legacy stream plus at most
+// one blocking stream, which wait for each other's earlier work both ways — a block freed with cuMemFree
+// can be handed out again at once: whatever uses it next is queued behind everything that used it before.
+// No fence, and the footprint stays at what is live. Measured on the H100 (PyTorch transformer with its
+// cache off, fenced reuse): 27-36 GiB peak for 9.6 GiB live, because the CPU runs a step ahead of the GPU
+// and fenced blocks wait for it. PyTorch's only stream there is cuBLASLt's one blocking stream.
+// A non-blocking stream, or a second blocking stream, ends this for good: on_stream_created first
+// synchronizes the context, so work on the new stream cannot overlap work on blocks reused so far.
+std::atomic<bool> g_program_created_stream{false};  // true once the work is no longer totally ordered
+std::atomic<int> g_blocking_streams_created{0};
 bool g_fence_always = false;  // GPUSHIM_FREE_FENCE=always, read once in ensure_started()
 bool legacy_ordered() noexcept {
   return !g_fence_always && !g_program_created_stream.load(std::memory_order_seq_cst);
@@ -755,12 +761,35 @@ CUresult get_info(std::size_t* free_bytes, std::size_t* total_bytes) noexcept {
   return CUDA_SUCCESS;
 }
 
+// GPUSHIM_LOG=debug names the libraries on the stack of the first stream creation: which code ended
+// legacy-ordered reuse. backtrace() may allocate on first use, so only at debug level.
+void log_stream_creator(unsigned int flags) noexcept {
+  if (settings().log < LogLevel::debug) return;
+  void* frames[12];
+  const int count = backtrace(frames, 12);
+  char modules[512];
+  std::size_t used = 0;
+  modules[0] = '\0';
+  for (int i = 1; i < count && used + 64 < sizeof modules; ++i) {
+    Dl_info info;
+    if (!dladdr(frames[i], &info) || !info.dli_fname) continue;
+    const char* base = std::strrchr(info.dli_fname, '/');
+    used += std::snprintf(modules + used, sizeof modules - used, " %s+0x%lx", base ? base + 1 : info.dli_fname,
+                          static_cast<unsigned long>(reinterpret_cast<std::uintptr_t>(frames[i]) -
+                                                     reinterpret_cast<std::uintptr_t>(info.dli_fbase)));
+  }
+  log(LogLevel::debug, "stream created (flags %u): GPU work is no longer totally ordered, freed blocks are fenced from now on; by%s", flags, modules);
+}
+
 void on_stream_created(CUstream stream, unsigned int flags) noexcept {
   ensure_started();
-  if (!g_program_created_stream.exchange(true, std::memory_order_seq_cst) && !g_fence_always) {
-    // Leaving legacy-ordered reuse: a kernel on the new stream would not wait for legacy-stream work on
-    // blocks handed out again at once so far. One synchronization, once per process.
-    real_driver().cuStreamSynchronize(CU_STREAM_LEGACY);
+  const bool stays_ordered =
+      !(flags & CU_STREAM_NON_BLOCKING) && g_blocking_streams_created.fetch_add(1, std::memory_order_seq_cst) == 0;
+  if (!stays_ordered && !g_program_created_stream.exchange(true, std::memory_order_seq_cst) && !g_fence_always) {
+    // Leaving legacy-ordered reuse: a kernel on the new stream would not wait for earlier work on blocks
+    // handed out again at once so far. One synchronization, once per process.
+    real_driver().cuCtxSynchronize();
+    log_stream_creator(flags);
   }
   if (!(flags & CU_STREAM_NON_BLOCKING)) return;  // blocking streams are covered by the legacy stream
   DeviceState* device = nullptr;

@@ -6,9 +6,14 @@
 //  - Re-entrance: looking a symbol up can run code (libcuda's constructors on the bootstrap's dlopen,
 //    IFUNC resolvers) that calls dlsym again on this thread. A thread-local flag sends nested calls
 //    straight to glibc, without substitution.
-//  - RTLD_NEXT means "after the caller's object". Forwarded as is, glibc would see gpushim as the caller
-//    and search after gpushim: an interposer loaded after us that looks up its own "next" would find
-//    itself and recurse forever. So RTLD_NEXT is resolved here, relative to the real caller.
+//  - RTLD_NEXT means "after the caller's object", and glibc finds the caller from its return address.
+//    Called normally, glibc would see gpushim as the caller and search after gpushim: an interposer
+//    loaded after us that looks up its own "next" would find itself and recurse forever. So for names we
+//    do not substitute, the hook JUMPS to glibc's dlsym (a tail call: our caller's return address stays
+//    on the stack, glibc answers exactly as without us, and nothing else runs). Only for the driver names
+//    we substitute is RTLD_NEXT resolved here, by walking the link map after the real caller. The walk
+//    calls dlopen(RTLD_NOLOAD), which an interposer of dlopen (compute-sanitizer's injection library)
+//    may be in the middle of: seen on the H100 as a deadlock, hence the jump for everything else.
 #include <dlfcn.h>
 #include <link.h>
 
@@ -66,11 +71,8 @@ void* next_definition(const void* caller, const char* symbol) noexcept {
   return nullptr;  // dlerror() holds the last object's "undefined symbol: <symbol>"
 }
 
-}  // namespace
-
-extern "C" GPUSHIM_EXPORT void* dlsym(void* __restrict handle, const char* __restrict symbol) noexcept {
-  // Read before anything else: the address our caller will return to, in the caller's own object.
-  const void* const caller = __builtin_return_address(0);
+// Everything but the jump: substitution, and RTLD_NEXT for the names we substitute.
+__attribute__((noinline)) void* dlsym_substituting(void* handle, const char* symbol, const void* caller) noexcept {
   if (in_dlsym) return gpushim::real_dlsym(handle, symbol);
   in_dlsym = true;
   void* found = handle == RTLD_NEXT ? next_definition(caller, symbol) : gpushim::real_dlsym(handle, symbol);
@@ -80,4 +82,15 @@ extern "C" GPUSHIM_EXPORT void* dlsym(void* __restrict handle, const char* __res
   }
   in_dlsym = false;
   return found;
+}
+
+}  // namespace
+
+// Kept tiny so that both returns compile to jumps (tests/shim_interposition_test.cpp checks that an
+// RTLD_NEXT lookup through us finds what glibc would).
+extern "C" GPUSHIM_EXPORT void* dlsym(void* __restrict handle, const char* __restrict symbol) noexcept {
+  if (handle == RTLD_NEXT && gpushim::shim::substitute_for_symbol(symbol) == nullptr) {
+    if (gpushim::DlsymFunction glibc = gpushim::glibc_dlsym_function()) return glibc(handle, symbol);
+  }
+  return dlsym_substituting(handle, symbol, __builtin_return_address(0));
 }

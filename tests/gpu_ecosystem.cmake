@@ -59,5 +59,5 @@ foreach(backend none ${GPUSHIM_GPU_BACKENDS})
     list(APPEND _eco_tests gpu_ipc_plain_importer_${_suffix} gpu_torch_ipc_${_suffix})
   endif()
 endforeach()
-set_tests_properties(${_eco_tests} PROPERTIES LABELS "gpu;ecosystem" SKIP_RETURN_CODE 77 TIMEOUT 300
+set_tests_properties(${_eco_tests} PROPERTIES LABELS "gpu;ecosystem" SKIP_RETURN_CODE 77 TIMEOUT 90
                      ENVIRONMENT "PYTORCH_NO_CUDA_MEMORY_CACHING=1;PYTHONUNBUFFERED=1")

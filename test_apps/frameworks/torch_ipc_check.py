@@ -20,7 +20,7 @@ ELEMENTS = 1 << 20  # 4 MiB of float32: spans more than one 2 MiB granule
 
 
 def child(queue, done):
-    tensor, view = queue.get()
+    tensor, view = queue.get(timeout=60)
     expected = torch.arange(ELEMENTS, dtype=torch.float32, device=tensor.device)
     ok = torch.equal(tensor, expected) and torch.equal(view, expected[1000:3000])
     tensor.mul_(-1)  # in place, in the parent's memory
@@ -41,9 +41,23 @@ def main():
     tensor = torch.arange(ELEMENTS, dtype=torch.float32, device="cuda")
     view = tensor[1000:3000]
     torch.cuda.synchronize()
+    # Pickle here first: Queue.put pickles in a feeder thread, where an error is only printed and the
+    # child then waits forever (seen on the H100, with and without gpushim).
+    from multiprocessing.reduction import ForkingPickler
+    try:
+        ForkingPickler.dumps((tensor, view))
+    except Exception as error:
+        print(f"torch_ipc_check: torch cannot share this CUDA tensor: {error!r}")
+        process.kill()
+        return 1
     queue.put((tensor, view))
-    child_ok = done.get(timeout=120)
-    process.join(timeout=120)
+    try:
+        child_ok = done.get(timeout=90)
+    except Exception:
+        child_ok = False
+    process.join(timeout=30)
+    if process.is_alive():
+        process.kill()
     torch.cuda.synchronize()
     parent_ok = torch.equal(tensor, -torch.arange(ELEMENTS, dtype=torch.float32, device="cuda"))
     del padding
