@@ -161,7 +161,7 @@ const Row kRows[] = {
       "vmm: physical memory mapped each time the arena grows. Larger steps mean fewer cuMemCreate/"
       "cuMemSetAccess calls (30-54 us each), smaller ones less idle memory."},
      [](const char* v, Settings& s) { return size_at_least(v, kMinMappingSize, &s.vmm_grow_step); }},
-    {{"GPUSHIM_VMM_RELEASE_THRESHOLD", "size", "1GiB", "a size; 0 = give back all idle memory",
+    {{"GPUSHIM_VMM_RELEASE_THRESHOLD", "size", "8GiB", "a size; 0 = give back all idle memory",
       "vmm: idle mapped memory kept per device; above it, idle mappings are given back to the driver."},
      [](const char* v, Settings& s) { return parse_size(v, &s.vmm_release_threshold); }},
     {{"GPUSHIM_BUDDY_REGION", "size", "1GiB", "a power of two >= 2MiB",

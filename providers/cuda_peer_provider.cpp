@@ -257,6 +257,8 @@ void CudaPeerProvider::unmap(void* addr, std::size_t bytes) noexcept {
     mappings_.erase(it);
   }
   const RealDriver& driver = real_driver();
+  // cuMemUnmap does not wait for queued GPU work on this memory (see CudaVmmProvider::unmap).
+  driver.cuCtxSynchronize();
   for (const Segment& s : mapping.segments) {
     const CUdeviceptr at = base + s.first * g;
     driver.cuMemUnmap(at, s.granules * g);

@@ -22,6 +22,7 @@ CudaVmmProvider::CudaVmmProvider(int device, tracing::BackendId backend) noexcep
 
   const RealDriver& driver = real_driver();
   if (!driver.loaded || !driver.cuMemGetAllocationGranularity) return;
+  driver.cuCtxGetCurrent(&context_);
   std::size_t granularity = 0;
   // The minimum granularity (2 MiB on the H100, equal to the recommended one there): the arena maps in
   // larger steps anyway, and the minimum lets it give back memory in the smallest pieces.
@@ -119,12 +120,30 @@ void CudaVmmProvider::unmap(void* addr, std::size_t bytes) noexcept {
     mappings_.erase(it);
   }
   const RealDriver& driver = real_driver();
+  // cuMemUnmap does not wait for the GPU: work still queued on this memory would fault (seen on the
+  // H100 as "illegal memory access" when blocks go back at once under legacy-ordered reuse). Unmapping
+  // is the slow path (20-30 us, and rare above the release threshold), so wait for the device first.
+  wait_for_device_work();
   driver.cuMemUnmap(ptr, bytes);
   ipc::on_physical_memory_released(mapping.handle);  // closes the exported descriptor, if any
   // The physical memory is freed once it is unmapped and released (the handle is the last reference).
   driver.cuMemRelease(mapping.handle);
   bytes_mapped_.fetch_sub(bytes, std::memory_order_relaxed);
   tracing::record(tracing::EventKind::unmap, device_, 0, ptr, bytes, backend_);
+}
+
+void CudaVmmProvider::wait_for_device_work() noexcept {
+  const RealDriver& driver = real_driver();
+  CUcontext current = nullptr;
+  driver.cuCtxGetCurrent(&current);
+  if (context_ == nullptr || current == context_) {
+    driver.cuCtxSynchronize();
+    return;
+  }
+  if (driver.cuCtxPushCurrent(context_) != CUDA_SUCCESS) return;
+  driver.cuCtxSynchronize();
+  CUcontext popped = nullptr;
+  driver.cuCtxPopCurrent(&popped);
 }
 
 bool CudaVmmProvider::physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle,

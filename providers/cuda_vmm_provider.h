@@ -45,11 +45,14 @@ class CudaVmmProvider final : public MemoryProvider, public ipc::ExportableMemor
                            std::size_t* chunk_size) noexcept override;
 
  private:
+  void wait_for_device_work() noexcept;
+
   // The H100's granularity, used only if the driver cannot tell us.
   static constexpr std::size_t kFallbackGranularity = std::size_t{2} << 20;
 
   const int device_;
   const tracing::BackendId backend_;
+  CUcontext context_ = nullptr;  // the device's context, current when the provider was built
   bool ok_ = false;
   std::size_t granularity_ = kFallbackGranularity;
   CUmemAllocationProp prop_{};

@@ -46,13 +46,18 @@ foreach(backend none ${GPUSHIM_GPU_BACKENDS})
     set(_exact --exact)  # gpushim reports the requested size exactly; the driver may round it
   endif()
   set(_run bash ${_eco_runner} --probe ${_eco_probe} --backend ${backend} --lib "${_eco_lib}" --search ${_eco_search} --)
-  add_test(NAME gpu_ipc_${_suffix} COMMAND ${_run} ${_eco_ipc_check})
+  # The mempool backend's blocks live in a driver pool created without shareable handles: IPC of them is
+  # not supported yet (docs/ecosystem.md), so it has no IPC entries rather than known failures.
+  if(NOT backend STREQUAL "mempool")
+    add_test(NAME gpu_ipc_${_suffix} COMMAND ${_run} ${_eco_ipc_check})
+    list(APPEND _eco_tests gpu_ipc_${_suffix})
+  endif()
   add_test(NAME gpu_pointer_query_${_suffix} COMMAND ${_run} ${_eco_pointer_query_check} ${_exact})
   add_test(NAME gpu_sanitizer_${_suffix}
            COMMAND bash ${_eco_sanitizer} --probe ${_eco_probe} --backend ${backend} --lib "${_eco_lib}"
                    --search ${_eco_search} -- ${_eco_sanitizer_oob})
-  list(APPEND _eco_tests gpu_ipc_${_suffix} gpu_pointer_query_${_suffix} gpu_sanitizer_${_suffix})
-  if(NOT backend STREQUAL "none")
+  list(APPEND _eco_tests gpu_pointer_query_${_suffix} gpu_sanitizer_${_suffix})
+  if(NOT backend STREQUAL "none" AND NOT backend STREQUAL "mempool")
     add_test(NAME gpu_ipc_plain_importer_${_suffix} COMMAND ${_run} ${_eco_ipc_check} --plain-importer)
     add_test(NAME gpu_torch_ipc_${_suffix}
              COMMAND ${_run} python3 ${_eco_repo}/test_apps/frameworks/torch_ipc_check.py)

@@ -1,13 +1,17 @@
 """torch.multiprocessing shares a CUDA tensor between two processes (CUDA IPC underneath:
-cudaIpcGetMemHandle in the parent, cudaIpcOpenMemHandle in the child), with PyTorch's cache off so the
-tensor is its own cuMemAlloc block, i.e. under gpushim a gpushim block. The child checks the parent's
+cudaIpcGetMemHandle in the parent, cudaIpcOpenMemHandle in the child), with PyTorch's cache on (torch
+shares only tensors of its own allocator); each of its segments is a cudaMalloc block, under gpushim a
+gpushim block. The child checks the parent's
 values, writes new ones in place, and the parent must see them. Also a view at an offset into the
 storage, which torch sends as (handle of the storage, offset). Exit 0 pass, 1 fail, 77 skipped.
 Run it with and without gpushim: tests/gpu_ecosystem.cmake."""
 import os
 import sys
 
-os.environ["PYTORCH_NO_CUDA_MEMORY_CACHING"] = "1"  # before torch initialises CUDA
+# PyTorch's caching allocator stays on: torch can only share tensors it allocated through it
+# (with PYTORCH_NO_CUDA_MEMORY_CACHING=1 it refuses: "invalid device pointer", seen on the H100). Its
+# segments are cudaMalloc blocks, so under gpushim each segment is a gpushim block, exported by gpushim.
+os.environ.pop("PYTORCH_NO_CUDA_MEMORY_CACHING", None)
 
 try:
     import torch
