@@ -19,6 +19,7 @@ if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_torture_static ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture)
   set(_torture_shared ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_shared)
   set(_torture_driver ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_driver)
+  set(_limit_check ${GPUSHIM_BUILD_DIR}/test_apps/limit_check)
   set(_lib "")
   set(_search ${GPUSHIM_BUILD_DIR})
 else()
@@ -30,6 +31,7 @@ else()
   set(_torture_static $<TARGET_FILE:alloc_torture>)
   set(_torture_shared $<TARGET_FILE:alloc_torture_shared>)
   set(_torture_driver $<TARGET_FILE:alloc_torture_driver>)
+  set(_limit_check $<TARGET_FILE:limit_check>)
   if(TARGET gpushim)
     set(_lib $<TARGET_FILE:gpushim>)
   else()
@@ -52,6 +54,17 @@ foreach(variant static shared driver)
   endforeach()
 endforeach()
 set_tests_properties(${_gpu_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+
+# The cap (GPUSHIM_LIMIT=1GiB) and the out-of-memory report and recovery, under every backend.
+set(_limit_tests "")
+foreach(backend ${GPUSHIM_GPU_BACKENDS})
+  add_test(NAME gpu_limit_${backend}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                   -- ${_limit_check})
+  list(APPEND _limit_tests gpu_limit_${backend})
+endforeach()
+set_tests_properties(${_limit_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 60
+                     ENVIRONMENT "GPUSHIM_LIMIT=1GiB")
 
 # Frameworks: each check runs twice (without and with gpushim) inside run_framework_check.py.
 set(_framework_tests "")
