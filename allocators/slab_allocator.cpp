@@ -71,8 +71,14 @@ struct ThreadCacheTable {
 };
 // Trivially destructible, so it can be read even after tls_caches is gone (a later thread-exit
 // destructor of the program may still free device memory).
-thread_local bool tls_caches_gone = false;
+thread_local bool tls_caches_gone __attribute__((tls_model("initial-exec"))) = false;
 thread_local ThreadCacheTable tls_caches;
+// The cache this thread used last, and its owner's id (ids are never reused, so a stale pair can never
+// match a new allocator). initial-exec and trivially initialised: a plain %fs load on the hot path.
+// tls_caches, a vector with a destructor, costs a __tls_get_addr call and an init check per access
+// inside libgpushim.so (callgrind: ~10% of a slab pair).
+thread_local std::uint64_t tls_last_owner __attribute__((tls_model("initial-exec"))) = 0;
+thread_local SlabAllocator::ThreadCache* tls_last_cache __attribute__((tls_model("initial-exec"))) = nullptr;
 
 }  // namespace
 
@@ -91,6 +97,8 @@ struct SlabAllocator::ThreadCache {
 
 ThreadCacheTable::~ThreadCacheTable() {
   tls_caches_gone = true;
+  tls_last_owner = 0;
+  tls_last_cache = nullptr;
   CacheRegistry& registry = cache_registry();
   std::lock_guard<std::mutex> lock(registry.mutex);
   for (const Entry& entry : entries) {
@@ -100,12 +108,13 @@ ThreadCacheTable::~ThreadCacheTable() {
   entries.clear();
 }
 
-SlabAllocator::SlabAllocator(MemoryProvider& provider, std::size_t max_small_size,
-                             bool thread_caches) noexcept
+SlabAllocator::SlabAllocator(MemoryProvider& provider, std::size_t max_small_size, bool thread_caches,
+                             std::size_t idle_bytes) noexcept
     : provider_(provider),
       granularity_(std::max<std::size_t>(provider.granularity(), 1)),
       max_small_size_(round_up(std::clamp(max_small_size, kMinAlignment, kSlabMaxSizeLimit), kMinAlignment)),
       thread_caches_(thread_caches),
+      idle_bytes_(idle_bytes),
       id_(register_allocator(this)) {
   // Classes: every multiple of 256 B up to 1 KiB (256 B alignment forbids finer steps), then four per
   // doubling (1.25x apart), so rounding wastes at most 25% of a block above 1 KiB.
@@ -171,10 +180,17 @@ std::size_t SlabAllocator::class_block_bytes(std::size_t index) const noexcept {
 // ---- thread caches ----
 
 SlabAllocator::ThreadCache* SlabAllocator::this_thread_cache() noexcept {
+  if (tls_last_owner == id_) return tls_last_cache;
   if (tls_caches_gone) return nullptr;
+  ThreadCache* cache = nullptr;
   for (const ThreadCacheTable::Entry& entry : tls_caches.entries)
-    if (entry.owner_id == id_) return entry.cache;
-  return create_thread_cache();
+    if (entry.owner_id == id_) cache = entry.cache;
+  if (!cache) cache = create_thread_cache();
+  if (cache) {
+    tls_last_owner = id_;
+    tls_last_cache = cache;
+  }
+  return cache;
 }
 
 SlabAllocator::ThreadCache* SlabAllocator::create_thread_cache() noexcept {
@@ -264,6 +280,7 @@ bool SlabAllocator::grow_locked(ClassDepot& depot) noexcept {
     return false;
   }
   ++depot.empty_slabs;
+  empty_bytes_.fetch_add(depot.slab_bytes, std::memory_order_relaxed);
   add_reserved(depot.slab_bytes);
   return true;
 }
@@ -275,7 +292,10 @@ std::size_t SlabAllocator::depot_take(ClassDepot& depot, void** out, std::size_t
     if (depot.partial.empty() && !grow_locked(depot)) break;
     const std::uintptr_t base = *depot.partial.begin();
     Slab& slab = depot.slabs.find(base)->second;
-    if (slab.free_blocks.size() == depot.blocks_per_slab) --depot.empty_slabs;
+    if (slab.free_blocks.size() == depot.blocks_per_slab) {
+      --depot.empty_slabs;
+      empty_bytes_.fetch_sub(depot.slab_bytes, std::memory_order_relaxed);
+    }
     while (taken < count && !slab.free_blocks.empty()) {
       out[taken++] = reinterpret_cast<void*>(base + slab.free_blocks.back() * depot.block_bytes);
       slab.free_blocks.pop_back();
@@ -303,10 +323,21 @@ void SlabAllocator::depot_return(ClassDepot& depot, void* const* blocks, std::si
         slab.free_blocks.pop_back();  // host out of memory: lose the block rather than crash
       }
     }
-    if (slab.free_blocks.size() == depot.blocks_per_slab) ++depot.empty_slabs;
+    if (slab.free_blocks.size() == depot.blocks_per_slab) {
+      ++depot.empty_slabs;
+      empty_bytes_.fetch_add(depot.slab_bytes, std::memory_order_relaxed);
+    }
   }
-  if (may_release && depot.empty_slabs > kIdleEmptySlabsPerClass)
-    release_empty_slabs_locked(depot, kIdleEmptySlabsPerClass);
+  if (may_release && depot.empty_slabs > kIdleEmptySlabsPerClass &&
+      empty_bytes_.load(std::memory_order_relaxed) > idle_bytes_) {
+    // Down to one idle slab in this class, or until all classes together are back within the budget.
+    const std::size_t over = empty_bytes_.load(std::memory_order_relaxed) - idle_bytes_;
+    const std::size_t slabs_over = (over + depot.slab_bytes - 1) / depot.slab_bytes;
+    const std::size_t keep = depot.empty_slabs > kIdleEmptySlabsPerClass + slabs_over
+                                 ? depot.empty_slabs - slabs_over
+                                 : kIdleEmptySlabsPerClass;
+    release_empty_slabs_locked(depot, keep);
+  }
 }
 
 std::size_t SlabAllocator::release_empty_slabs_locked(ClassDepot& depot, std::size_t keep) noexcept {
@@ -323,6 +354,7 @@ std::size_t SlabAllocator::release_empty_slabs_locked(ClassDepot& depot, std::si
     --depot.empty_slabs;
     released += depot.slab_bytes;
   }
+  empty_bytes_.fetch_sub(released, std::memory_order_relaxed);
   bytes_reserved_.fetch_sub(released, std::memory_order_relaxed);
   return released;
 }
@@ -551,7 +583,7 @@ std::size_t SlabAllocator::slab_count() const noexcept {
 std::unique_ptr<Allocator> make_slab_allocator(MemoryProvider& provider, const Settings& settings) {
   const std::size_t max_size =
       settings.slab_max_size != 0 ? static_cast<std::size_t>(settings.slab_max_size) : kDefaultSlabMaxSize;
-  return std::make_unique<SlabAllocator>(provider, max_size);
+  return std::make_unique<SlabAllocator>(provider, max_size, /*thread_caches=*/true, kDefaultSlabIdleBytes);
 }
 
 }  // namespace gpushim

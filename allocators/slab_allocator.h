@@ -42,11 +42,22 @@ inline constexpr std::size_t kDefaultSlabMaxSize = std::size_t{1} << 20;
 inline constexpr std::size_t kSlabMaxSizeLimit = std::size_t{16} << 20;
 // One H100 VMM granule: the smallest physical unit the driver maps.
 inline constexpr std::size_t kSlabTargetBytes = std::size_t{2} << 20;
+// Empty slabs the backends built by make_slab_allocator/make_tiered_allocator keep mapped, all classes
+// together, before frees start unmapping them. Why bytes and not a slab or two per class: the router
+// gives freed blocks back in fenced batches of up to 64 blocks / 64 MiB, so a class of big blocks
+// (1 MiB: two per slab) sees up to 32 slabs go empty at once and is asked for them again right after.
+// With one idle slab per class, every batch unmapped and remapped 31 slabs: 1 MiB pairs cost 42 us on
+// the H100 (a map and an unmap are ~80 us together, DESIGN.md) instead of ~0.4 us. 256 MiB covers four
+// threads' full batches; it is cached memory (cuMemGetInfo counts it as free, and release_cached()
+// drops it when an allocation misses), like the vmm arena's release threshold (8 GiB by default).
+inline constexpr std::size_t kDefaultSlabIdleBytes = std::size_t{256} << 20;
 
 class SlabAllocator final : public Allocator {
  public:
   // `thread_caches` = false leaves only the per-class locked depots (the bench compares both).
-  SlabAllocator(MemoryProvider& provider, std::size_t max_small_size, bool thread_caches = true) noexcept;
+  // `idle_bytes`: empty slabs kept mapped (all classes together) beyond one per class.
+  SlabAllocator(MemoryProvider& provider, std::size_t max_small_size, bool thread_caches = true,
+                std::size_t idle_bytes = 0) noexcept;
   ~SlabAllocator() override;
 
   const char* name() const noexcept override { return "slab"; }
@@ -117,6 +128,8 @@ class SlabAllocator final : public Allocator {
   const std::size_t granularity_;
   const std::size_t max_small_size_;
   const bool thread_caches_;
+  const std::size_t idle_bytes_;
+  std::atomic<std::size_t> empty_bytes_{0};  // bytes of empty slabs, all classes (written under a depot lock)
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
 
   std::vector<std::size_t> classes_;

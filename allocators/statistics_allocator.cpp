@@ -1,36 +1,80 @@
 #include "allocators/statistics_allocator.h"
 
+#include <algorithm>
+
 namespace gpushim {
+namespace {
+
+std::atomic<std::uint32_t> next_shard{0};
+// The shard number + 1 of this thread (0: not dealt yet). initial-exec: a plain %fs load, no
+// __tls_get_addr call, inside libgpushim.so (it is preloaded, so its TLS is in the static block).
+thread_local std::uint32_t t_shard_plus_one __attribute__((tls_model("initial-exec"))) = 0;
+
+}  // namespace
+
+StatisticsAllocator::Shard& StatisticsAllocator::this_thread_shard() noexcept {
+  std::uint32_t slot = t_shard_plus_one;
+  if (slot == 0) t_shard_plus_one = slot = next_shard.fetch_add(1, std::memory_order_relaxed) % kShards + 1;
+  return shards_[slot - 1];
+}
+
+void StatisticsAllocator::account_in_use(Shard& shard, std::int64_t delta) noexcept {
+  std::int64_t unfolded = shard.unfolded_in_use.fetch_add(delta, std::memory_order_relaxed) + delta;
+  std::int64_t folded = folded_in_use_.load(std::memory_order_relaxed);
+  if (unfolded >= kFoldBytes || unfolded <= -kFoldBytes) {
+    // Move what this shard holds to the shared total (exchange: another thread of this shard may add
+    // concurrently, its bytes then move with ours or stay for its own next call).
+    const std::int64_t moved = shard.unfolded_in_use.exchange(0, std::memory_order_relaxed);
+    folded = folded_in_use_.fetch_add(moved, std::memory_order_relaxed) + moved;
+    unfolded -= moved;
+  }
+  if (delta <= 0) return;
+  const std::int64_t seen = folded + unfolded;
+  if (seen <= 0) return;
+  std::uint64_t peak = peak_bytes_in_use_.load(std::memory_order_relaxed);
+  while (static_cast<std::uint64_t>(seen) > peak &&
+         !peak_bytes_in_use_.compare_exchange_weak(peak, static_cast<std::uint64_t>(seen), std::memory_order_relaxed)) {
+  }
+}
 
 void* StatisticsAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
   void* p = inner_->allocate(bytes, stream);
+  Shard& shard = this_thread_shard();
   if (!p) {
-    failed_.value.fetch_add(1, std::memory_order_relaxed);
+    shard.failed.fetch_add(1, std::memory_order_relaxed);
     return nullptr;
   }
-  allocations_.value.fetch_add(1, std::memory_order_relaxed);
-  bytes_allocated_total_.value.fetch_add(bytes, std::memory_order_relaxed);
-  std::uint64_t in_use = bytes_in_use_.value.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-  std::uint64_t peak = peak_bytes_in_use_.value.load(std::memory_order_relaxed);
-  while (in_use > peak &&
-         !peak_bytes_in_use_.value.compare_exchange_weak(peak, in_use, std::memory_order_relaxed)) {
-  }
+  shard.allocations.fetch_add(1, std::memory_order_relaxed);
+  shard.bytes_allocated_total.fetch_add(bytes, std::memory_order_relaxed);
+  account_in_use(shard, static_cast<std::int64_t>(bytes));
   return p;
 }
 
 void StatisticsAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
   inner_->deallocate(p, bytes, stream);
-  deallocations_.value.fetch_add(1, std::memory_order_relaxed);
-  bytes_in_use_.value.fetch_sub(bytes, std::memory_order_relaxed);
+  Shard& shard = this_thread_shard();
+  shard.deallocations.fetch_add(1, std::memory_order_relaxed);
+  account_in_use(shard, -static_cast<std::int64_t>(bytes));
+}
+
+std::uint64_t StatisticsAllocator::bytes_allocated_total() const noexcept {
+  std::uint64_t total = 0;
+  for (const Shard& shard : shards_) total += shard.bytes_allocated_total.load(std::memory_order_relaxed);
+  return total;
 }
 
 AllocatorStats StatisticsAllocator::stats() const noexcept {
   AllocatorStats s = inner_->stats();  // memory fields
-  s.allocations = allocations_.value.load(std::memory_order_relaxed);
-  s.deallocations = deallocations_.value.load(std::memory_order_relaxed);
-  s.failed_allocations = failed_.value.load(std::memory_order_relaxed);
-  s.bytes_in_use = bytes_in_use_.value.load(std::memory_order_relaxed);
-  s.peak_bytes_in_use = peak_bytes_in_use_.value.load(std::memory_order_relaxed);
+  s.allocations = s.deallocations = s.failed_allocations = 0;
+  std::int64_t in_use = folded_in_use_.load(std::memory_order_relaxed);
+  for (const Shard& shard : shards_) {
+    s.allocations += shard.allocations.load(std::memory_order_relaxed);
+    s.deallocations += shard.deallocations.load(std::memory_order_relaxed);
+    s.failed_allocations += shard.failed.load(std::memory_order_relaxed);
+    in_use += shard.unfolded_in_use.load(std::memory_order_relaxed);
+  }
+  s.bytes_in_use = static_cast<std::uint64_t>(std::max<std::int64_t>(in_use, 0));
+  s.peak_bytes_in_use = std::max(peak_bytes_in_use_.load(std::memory_order_relaxed), s.bytes_in_use);
   return s;
 }
 

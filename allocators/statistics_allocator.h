@@ -3,9 +3,14 @@
 // "bytes_allocated"). Memory fields (reserved, cached, largest free block, waste) come from the inner
 // backend, which is the only one that knows them.
 //
-// Counters are relaxed atomics, each on its own cache line: no lock, and threads allocating at once
-// touch shared lines only with single atomic adds (the peak is a CAS loop that stops as soon as the
-// current peak is higher, which it almost always is).
+// Why sharded: it wraps every backend, so it runs on every allocate and deallocate of every thread.
+// Counters shared by all threads put one contended cache line on the hot path (six atomic adds per
+// pair, each a line transfer between cores once several threads allocate). Each thread instead counts in
+// one of kShards cache-line-sized shards (threads are dealt shards in turn), and stats() sums them.
+// The peak is the one figure a sum cannot give afterwards: a shard's bytes in use move to one shared
+// total only when they have drifted kFoldBytes from it, and each call checks "shared total + this
+// shard's unfolded bytes" against the peak. One thread's peak is exact; with several threads the peak
+// can miss up to kFoldBytes per other thread (their unfolded bytes), a few MiB in a GPU-sized figure.
 #pragma once
 
 #include <atomic>
@@ -27,18 +32,24 @@ class StatisticsAllocator final : public Allocator {
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 
-  std::uint64_t bytes_allocated_total() const noexcept {
-    return bytes_allocated_total_.value.load(std::memory_order_relaxed);
-  }
+  std::uint64_t bytes_allocated_total() const noexcept;
   Allocator& inner() const noexcept { return *inner_; }
 
+  static constexpr std::size_t kShards = 64;
+  static constexpr std::int64_t kFoldBytes = std::int64_t{4} << 20;
+
  private:
-  struct alignas(64) Counter {
-    std::atomic<std::uint64_t> value{0};
+  struct alignas(64) Shard {
+    std::atomic<std::uint64_t> allocations{0}, deallocations{0}, failed{0}, bytes_allocated_total{0};
+    std::atomic<std::int64_t> unfolded_in_use{0};  // bytes in use not yet moved to folded_in_use_
   };
+  Shard& this_thread_shard() noexcept;
+  void account_in_use(Shard& shard, std::int64_t delta) noexcept;
+
   std::unique_ptr<Allocator> inner_;
-  Counter allocations_, deallocations_, failed_, bytes_in_use_, peak_bytes_in_use_,
-      bytes_allocated_total_;
+  Shard shards_[kShards];
+  alignas(64) std::atomic<std::int64_t> folded_in_use_{0};
+  alignas(64) std::atomic<std::uint64_t> peak_bytes_in_use_{0};
 };
 
 }  // namespace gpushim

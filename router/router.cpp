@@ -29,6 +29,7 @@
 #include "router/live_block_table.h"
 #include "router/memory_report.h"
 #include "router/pitch.h"
+#include "router/spin_lock.h"
 #include "tracing/trace_recorder.h"
 
 namespace gpushim::router {
@@ -123,12 +124,20 @@ std::vector<ThreadState*>& threads() {
   return *registered;
 }
 #define g_threads (&threads())
+// Thread-locals read on every call are constant-initialised and initial-exec: one %fs-relative load.
+// Inside a shared library the default model calls __tls_get_addr on every access, and a thread_local
+// with a constructor adds an init check: callgrind of bench/router_pair_bench showed ~260 instructions
+// per alloc+free pair in the two (libgpushim.so is preloaded, so its TLS sits in the static block).
+#define GPUSHIM_HOT_TLS thread_local __attribute__((tls_model("initial-exec")))
+
 // Set when this thread's ThreadState has been destroyed (thread exit, or exit() on the main thread):
 // calls that still arrive (static destructors freeing device memory) use the shared fallbacks.
-thread_local bool t_state_gone = false;
+GPUSHIM_HOT_TLS bool t_state_gone = false;
 
 struct ThreadState {
-  std::mutex lock;  // the owner on each free; another thread only in an out-of-memory sweep
+  // The owner on each free; another thread only in an out-of-memory sweep or a double-free check.
+  // A spin lock: the owner holds it for a push_back, and it is almost never contended.
+  SpinLock lock;
   PendingBatch batches[kMaxDevices];
   Counters counters[kMaxDevices];
   ThreadState() {
@@ -146,7 +155,7 @@ struct ThreadState {
       std::lock_guard<std::mutex> guard(g_threads_lock);
       g_threads->erase(std::remove(g_threads->begin(), g_threads->end(), this), g_threads->end());
     }
-    std::lock_guard<std::mutex> guard(lock);
+    std::lock_guard<SpinLock> guard(lock);
     for (int d = 0; d < kMaxDevices; ++d) {
       g_retired[d].allocs += counters[d].allocs.load();
       g_retired[d].frees += counters[d].frees.load();
@@ -157,9 +166,32 @@ struct ThreadState {
     }
   }
 };
-thread_local ThreadState t_state;
+// This thread's state, made on its first call; t_state_owner (touched once per thread) destroys it at
+// thread exit. nullptr once destroyed, or when no host memory was left to make it.
+GPUSHIM_HOT_TLS ThreadState* t_state = nullptr;
+struct ThreadStateOwner {
+  ThreadState* state = nullptr;
+  ~ThreadStateOwner() {
+    t_state = nullptr;
+    delete state;  // sets t_state_gone
+  }
+};
+thread_local ThreadStateOwner t_state_owner;
 
-Counters& counters(int device) { return t_state_gone ? g_retired[device] : t_state.counters[device]; }
+ThreadState* this_thread_state() noexcept {
+  if (ThreadState* state = t_state) return state;
+  if (t_state_gone) return nullptr;
+  ThreadState* state = new (std::nothrow) ThreadState();
+  if (!state) return nullptr;
+  t_state_owner.state = state;
+  t_state = state;
+  return state;
+}
+
+Counters& counters(int device) {
+  ThreadState* state = this_thread_state();
+  return state ? state->counters[device] : g_retired[device];
+}
 
 // ctx -> device cache. cuCtxGetCurrent is a read of the driver's thread-local current context (no
 // syscall, no lock: it shows as ~10 ns in the pair benchmark), so asking it on every call is cheaper and
@@ -169,8 +201,8 @@ struct ContextCacheEntry {
   DeviceState* device;
   std::uint64_t generation;
 };
-thread_local ContextCacheEntry t_context_cache[4];
-thread_local unsigned t_context_next = 0;
+GPUSHIM_HOT_TLS ContextCacheEntry t_context_cache[4];
+GPUSHIM_HOT_TLS unsigned t_context_next = 0;
 
 struct StreamCacheEntry {
   CUstream stream;
@@ -178,8 +210,8 @@ struct StreamCacheEntry {
   DeviceState* device;
   std::uint64_t generation;
 };
-thread_local StreamCacheEntry t_stream_cache[4];
-thread_local unsigned t_stream_next = 0;
+GPUSHIM_HOT_TLS StreamCacheEntry t_stream_cache[4];
+GPUSHIM_HOT_TLS unsigned t_stream_next = 0;
 
 void at_exit() noexcept;
 void atfork_child() noexcept;
@@ -356,7 +388,7 @@ void close_all_thread_batches(DeviceState& device) noexcept {
   {
     std::lock_guard<std::mutex> registry(g_threads_lock);
     for (ThreadState* thread : *g_threads) {
-      std::lock_guard<std::mutex> guard(thread->lock);
+      std::lock_guard<SpinLock> guard(thread->lock);
       PendingBatch& batch = thread->batches[device.ordinal];
       if (batch.empty()) continue;
       FenceContext context = batch.context();
@@ -374,7 +406,7 @@ std::uint64_t thread_pending_bytes(int ordinal) noexcept {
   std::uint64_t bytes = 0;
   std::lock_guard<std::mutex> registry(g_threads_lock);
   for (ThreadState* thread : *g_threads) {
-    std::lock_guard<std::mutex> guard(thread->lock);
+    std::lock_guard<SpinLock> guard(thread->lock);
     bytes += thread->batches[ordinal].bytes();
   }
   return bytes;
@@ -477,10 +509,33 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   return CUDA_SUCCESS;
 }
 
+// True while gpushim still holds the freed block `p` back (a thread's pending batch, a stream's free
+// list, the fence queue), checked in the order blocks flow. Cold: only a double free asks.
+bool still_held(DeviceState& device, CUdeviceptr p) noexcept {
+  void* ptr = reinterpret_cast<void*>(p);
+  {
+    std::lock_guard<std::mutex> registry(g_threads_lock);
+    for (ThreadState* thread : *g_threads) {
+      std::lock_guard<SpinLock> guard(thread->lock);
+      if (thread->batches[device.ordinal].holds(ptr)) return true;
+    }
+  }
+  for (StreamShard& shard : device.stream_shards) {
+    std::lock_guard<std::mutex> guard(shard.lock);
+    for (const auto& list : shard.lists)
+      for (const auto& entry : list.second.by_size)
+        if (entry.second.ptr == ptr) return true;
+  }
+  return device.fences.holds(ptr);
+}
+
 // A pointer gpushim freed recently was freed again.
 CUresult double_free(CUdeviceptr p, const LiveBlock& block, bool async, CUstream stream) noexcept {
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
-  if (device && device->assembly.driver_backed) {
+  // A driver-backed block still held back has not been given to the driver yet, so the driver still
+  // names it as a live allocation: that is our double free, not a foreign block (freeing it through the
+  // driver here would free it twice once its fence completes).
+  if (device && device->assembly.driver_backed && !still_held(*device, p)) {
     // The driver may have given the address to a foreign allocation since (managed memory, a program's
     // own pool): if it names a live allocation there, it is not ours to judge.
     CUdeviceptr base = 0;
@@ -495,15 +550,20 @@ CUresult double_free(CUdeviceptr p, const LiveBlock& block, bool async, CUstream
   return CUDA_ERROR_INVALID_VALUE;
 }
 
-// Adds a cuMemFree'd block to this thread's pending batch of its device.
-void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
-  FenceContext context = nullptr;
+// The context a batch started by this free is recorded in: the freeing thread's when it is on the
+// block's device (its legacy stream is the one the program's blocking streams order against); else the
+// device's default.
+FenceContext batch_context(DeviceState& device) noexcept {
   CUcontext current = nullptr;
   DeviceState* current_state = nullptr;
-  // The batch is recorded in the freeing thread's context when it is on the block's device (its legacy
-  // stream is the one the program's blocking streams order against); else the device's default.
-  if (current_device(&current_state, &current) == CUDA_SUCCESS && current_state == &device) context = current;
-  if (t_state_gone) {  // exit path: no batch any more; the next close or poll fences it
+  return current_device(&current_state, &current) == CUDA_SUCCESS && current_state == &device ? current : nullptr;
+}
+
+// Adds a cuMemFree'd block to this thread's pending batch of its device. Only the first free of a batch
+// asks for the context (PendingBatch::add keeps the first one): one cuCtxGetCurrent per batch, not per free.
+void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
+  ThreadState* thread = this_thread_state();
+  if (!thread) {  // exit path: no batch any more; the next close or poll fences it
     try {
       device.fences.adopt_orphans({block});
     } catch (...) {
@@ -513,9 +573,14 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   std::vector<FreedBlock> full;
   FenceContext full_context = nullptr;
   {
-    ThreadState& thread = t_state;
-    std::lock_guard<std::mutex> guard(thread.lock);
-    PendingBatch& batch = thread.batches[device.ordinal];
+    std::unique_lock<SpinLock> guard(thread->lock);
+    PendingBatch& batch = thread->batches[device.ordinal];
+    FenceContext context = nullptr;
+    if (batch.empty()) {
+      guard.unlock();  // current_device may build the device state: no lock of ours held
+      context = batch_context(device);
+      guard.lock();
+    }
     bool is_full;
     try {
       is_full = batch.add(block, context);
@@ -580,9 +645,9 @@ void atfork_child() noexcept {
   for (auto& device : g_devices) device.store(nullptr);  // the parent's states are leaked on purpose
   // This thread's state may be mid-use in the parent's forking thread only if fork() was called from
   // inside gpushim, which never happens; its batches refer to the parent's devices.
-  if (t_state_gone) return;
-  ThreadState* self = &t_state;  // constructing it here registers it
-  new (&self->lock) std::mutex();
+  ThreadState* self = this_thread_state();  // making it here registers it
+  if (!self) return;
+  self->lock.reset();
   for (PendingBatch& batch : self->batches) (void)batch.take();
   if (std::find(g_threads->begin(), g_threads->end(), self) == g_threads->end()) {
     try {
@@ -648,7 +713,22 @@ CUresult allocate_async(CUdeviceptr* out, std::size_t bytes, CUstream stream) no
   if (rc == CUDA_ERROR_NOT_SUPPORTED) return driver.cuMemAllocAsync(out, bytes, stream);
   if (rc != CUDA_SUCCESS) return rc;
   if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-  return serve(*device, bytes, stream, true, out);
+  // passthrough allocates with cuMemAlloc, in the current context: for a stream of another device that
+  // must be the stream's context, or the block would live on the wrong GPU (tests/router_end_to_end_test,
+  // TwoDevicesEachServeTheirOwnContext). Provider backends and the pool name their device themselves.
+  CUcontext current = nullptr;
+  bool pushed = false;
+  if (device->assembly.driver_backed && !device->assembly.stream_ordered &&
+      driver.cuCtxGetCurrent(&current) == CUDA_SUCCESS && current != context) {
+    if (driver.cuCtxPushCurrent(context) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
+    pushed = true;
+  }
+  rc = serve(*device, bytes, stream, true, out);
+  if (pushed) {
+    CUcontext popped = nullptr;
+    driver.cuCtxPopCurrent(&popped);
+  }
+  return rc;
 }
 
 CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {

@@ -1,61 +1,271 @@
-// A fake libcuda.so.1 for the CPU tests of the interposer: the driver entry points gpushim's bootstrap,
-// passthrough router and tests use, over malloc, each counting its calls. Its cuGetProcAddress answers
-// like the real one, versions included (cuMemAlloc at 2000 is the 32-bit v1, cuCtxSynchronize at 13000
-// is the v2 that takes a context), so the tests can tell a right substitution from a wrong one.
+// A fake libcuda.so.1 for the CPU tests: enough of the driver for gpushim's interposer AND its real
+// router and backends to run without a GPU.
 //
-// Test-only exports: fake_cuda_calls(symbol), fake_cuda_function(symbol), fake_cuda_last_stream().
+// - Contexts: one primary context per fake device (FAKE_CUDA_DEVICES, default 1); every thread starts
+//   with device 0's primary context current (as after cudaSetDevice(0)); Set/Push/Pop/GetDevice work.
+// - Memory: cuMemAlloc and pool allocations over aligned_alloc; VMM over host memory:
+//   cuMemAddressReserve = mmap PROT_NONE, cuMemCreate = a handle that only counts bytes, cuMemMap = a
+//   fresh PROT_NONE mapping at the address, cuMemSetAccess = mprotect read-write, cuMemUnmap = PROT_NONE
+//   again (the pages are dropped). Granularity 2 MiB, as on the H100. FAKE_CUDA_TOTAL_MEMORY (bytes,
+//   default 16 GiB) caps physical memory per device: past it, allocation answers OUT_OF_MEMORY.
+// - Events: a record takes a ticket; an event is complete once the fake GPU has reached its ticket.
+//   The GPU finishes everything at once unless a test holds it (fake_cuda_hold_gpu), which is how a test
+//   proves a freed block is not reused before its fence completes. Synchronize calls complete the work.
+// - Streams remember flags, context and capture state; recording on a destroyed stream is an error
+//   (the real driver crashes there).
+// - Every entry point except cuCtxGetCurrent counts its calls (cuCtxGetCurrent runs on every
+//   allocation; a shared counter would make the fake the bottleneck of multi-threaded benchmarks).
+//
+// Its cuGetProcAddress answers like the real one, versions included (cuMemAlloc at 2000 is the 32-bit
+// v1, cuCtxSynchronize at 13000 is the v2 that takes a context), so the tests can tell a right
+// substitution from a wrong one.
+//
+// Test-only exports: fake_cuda_calls(symbol), fake_cuda_total_calls(), fake_cuda_function(symbol),
+// fake_cuda_last_stream(), fake_cuda_hold_gpu(held), fake_cuda_physical_bytes(device),
+// fake_cuda_live_events(), fake_cuda_device_of(pointer).
 #include <cuda.h>
+#include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <unordered_map>
 
 namespace {
 
-constexpr std::size_t kAlignment = 256;  // what cuMemAlloc guarantees
-constexpr size_t kFakeTotalMemory = size_t{16} << 30;
+constexpr std::size_t kAlignment = 256;                  // what cuMemAlloc guarantees
+constexpr std::size_t kGranularity = std::size_t{2} << 20;  // the H100's VMM granularity
+constexpr int kMaxDevices = 8;
+
+// ---- call counters ----
 
 struct Counter {
-  const char* symbol;
-  std::atomic<int> calls;
+  const char* symbol = nullptr;
+  std::atomic<int> calls{0};
 };
-Counter counters[] = {
-    {"cuMemAlloc_v2", {0}},          {"cuMemFree_v2", {0}},       {"cuMemAllocPitch_v2", {0}},
-    {"cuMemGetInfo_v2", {0}},        {"cuMemAllocAsync", {0}},    {"cuMemAllocAsync_ptsz", {0}},
-    {"cuMemFreeAsync", {0}},         {"cuMemFreeAsync_ptsz", {0}}, {"cuMemAllocManaged", {0}},
-    {"cuMemAllocFromPoolAsync", {0}}, {"cuMemAlloc", {0}},         {"cuStreamCreate", {0}},
-    {"cuStreamCreateWithPriority", {0}}, {"cuStreamDestroy_v2", {0}}, {"cuStreamBeginCapture_v2", {0}},
-    {"cuStreamBeginCapture_v2_ptsz", {0}}, {"cuStreamEndCapture", {0}}, {"cuStreamEndCapture_ptsz", {0}},
-    {"cuStreamBeginCaptureToGraph", {0}}, {"cuStreamBeginCaptureToGraph_ptsz", {0}}, {"cuCtxSynchronize", {0}},
-    {"cuCtxSynchronize_v2", {0}},
-};
+constexpr int kMaxCounters = 160;
+Counter counters[kMaxCounters];
+std::atomic<int> counter_count{0};
+std::mutex counters_lock;
 
-void count(const char* symbol) {
-  for (Counter& counter : counters) {
-    if (std::strcmp(counter.symbol, symbol) == 0) counter.calls.fetch_add(1);
-  }
+Counter* find_counter(const char* symbol) {
+  const int n = counter_count.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i)
+    if (std::strcmp(counters[i].symbol, symbol) == 0) return &counters[i];
+  return nullptr;
+}
+std::atomic<int>& counter(const char* symbol) {
+  std::lock_guard<std::mutex> guard(counters_lock);
+  if (Counter* c = find_counter(symbol)) return c->calls;
+  const int n = counter_count.load(std::memory_order_relaxed);
+  if (n == kMaxCounters) std::abort();  // a fixture bug: raise kMaxCounters
+  counters[n].symbol = symbol;
+  counter_count.store(n + 1, std::memory_order_release);
+  return counters[n].calls;
+}
+// One lookup per call site, then a relaxed add.
+#define COUNT(symbol)                                         \
+  do {                                                        \
+    static std::atomic<int>& fake_counter_ = counter(symbol); \
+    fake_counter_.fetch_add(1, std::memory_order_relaxed);    \
+  } while (0)
+
+// ---- devices and contexts ----
+
+std::size_t env_size(const char* name, std::size_t fallback) {
+  const char* text = std::getenv(name);
+  if (!text || !*text) return fallback;
+  char* end = nullptr;
+  unsigned long long value = std::strtoull(text, &end, 10);
+  return end && *end == '\0' && value ? static_cast<std::size_t>(value) : fallback;
+}
+int device_count() {
+  static const int n = static_cast<int>(std::min<std::size_t>(env_size("FAKE_CUDA_DEVICES", 1), kMaxDevices));
+  return n;
+}
+std::size_t total_memory() {
+  static const std::size_t bytes = env_size("FAKE_CUDA_TOTAL_MEMORY", std::size_t{16} << 30);
+  return bytes;
 }
 
-std::atomic<CUstream> last_stream{nullptr};
-CUcontext const kFakeContext = reinterpret_cast<CUcontext>(0x1000);
-
-CUdeviceptr host_allocate(size_t bytes) {
-  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-  return reinterpret_cast<CUdeviceptr>(std::aligned_alloc(kAlignment, rounded == 0 ? kAlignment : rounded));
+struct FakeContext {
+  int device;
+};
+FakeContext primary_contexts[kMaxDevices] = {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}};
+CUcontext primary(int device) { return reinterpret_cast<CUcontext>(&primary_contexts[device]); }
+int device_of(CUcontext context) {
+  for (int d = 0; d < kMaxDevices; ++d)
+    if (context == primary(d)) return d;
+  return -1;
 }
 
-CUresult allocate(CUdeviceptr* dptr, size_t bytes) {
+// Constant-initialised and initial-exec (the fake is loaded at startup): a read of the current context
+// is one %fs load, as the real driver's is cheap, so the benchmarks over this fake measure gpushim.
+// `context_chosen` false means "device 0's primary context", the state a runtime program starts in.
+constexpr int kMaxContextStack = 16;
+#define FAKE_TLS thread_local __attribute__((tls_model("initial-exec")))
+FAKE_TLS CUcontext chosen_context = nullptr;
+FAKE_TLS bool context_chosen = false;
+FAKE_TLS CUcontext context_stack[kMaxContextStack];
+FAKE_TLS int context_depth = 0;
+CUcontext current_context_now() { return context_chosen ? chosen_context : primary(0); }
+void choose_context(CUcontext context) {
+  chosen_context = context;
+  context_chosen = true;
+}
+
+// Physical bytes in use per device (cuMemAlloc, pools and cuMemCreate together).
+std::atomic<std::size_t> physical[kMaxDevices];
+
+bool take_physical(int device, std::size_t bytes) {
+  std::size_t now = physical[device].load(std::memory_order_relaxed);
+  do {
+    if (bytes > total_memory() || now > total_memory() - bytes) return false;
+  } while (!physical[device].compare_exchange_weak(now, now + bytes, std::memory_order_relaxed));
+  return true;
+}
+void give_physical(int device, std::size_t bytes) { physical[device].fetch_sub(bytes, std::memory_order_relaxed); }
+
+// ---- cuMemAlloc-style allocations (also pools) ----
+
+struct Allocation {
+  std::size_t bytes;
+  int device;
+};
+std::mutex allocations_lock;
+std::unordered_map<CUdeviceptr, Allocation>& allocations() {
+  static auto* live = new std::unordered_map<CUdeviceptr, Allocation>();
+  return *live;
+}
+
+int current_device() {
+  const int d = device_of(current_context_now());
+  return d < 0 ? 0 : d;
+}
+
+// On `device`, or on the current context's device when it is -1 (cuMemAlloc; pools name their device).
+CUresult allocate(CUdeviceptr* dptr, size_t bytes, int device = -1) {
   if (dptr == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
-  *dptr = host_allocate(bytes);
-  return *dptr ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
-}
-
-CUresult release(CUdeviceptr dptr) {
-  std::free(reinterpret_cast<void*>(dptr));
+  if (device < 0 && !current_context_now()) return CUDA_ERROR_INVALID_CONTEXT;
+  if (device < 0) device = current_device();
+  const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
+  if (!take_physical(device, rounded)) return CUDA_ERROR_OUT_OF_MEMORY;
+  void* p = std::aligned_alloc(kAlignment, rounded);
+  if (!p) {
+    give_physical(device, rounded);
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
+  std::lock_guard<std::mutex> guard(allocations_lock);
+  allocations()[reinterpret_cast<CUdeviceptr>(p)] = {rounded, device};
+  *dptr = reinterpret_cast<CUdeviceptr>(p);
   return CUDA_SUCCESS;
 }
 
+CUresult release(CUdeviceptr dptr) {
+  if (dptr == 0) return CUDA_SUCCESS;
+  Allocation allocation{};
+  {
+    std::lock_guard<std::mutex> guard(allocations_lock);
+    auto it = allocations().find(dptr);
+    if (it == allocations().end()) return CUDA_ERROR_INVALID_VALUE;  // what the driver says to a stranger
+    allocation = it->second;
+    allocations().erase(it);
+  }
+  std::free(reinterpret_cast<void*>(dptr));
+  give_physical(allocation.device, allocation.bytes);
+  return CUDA_SUCCESS;
+}
+
+// ---- virtual memory ----
+
+struct PhysicalHandle {
+  std::size_t bytes;
+  int device;
+};
+std::mutex vmm_lock;
+std::map<std::uintptr_t, std::size_t>& reservations() {  // base -> bytes
+  static auto* r = new std::map<std::uintptr_t, std::size_t>();
+  return *r;
+}
+bool inside_reservation(std::uintptr_t p, std::size_t bytes) {  // vmm_lock held
+  auto it = reservations().upper_bound(p);
+  if (it == reservations().begin()) return false;
+  --it;
+  return p >= it->first && p - it->first <= it->second && bytes <= it->second - (p - it->first);
+}
+bool granule_multiple(std::size_t v) { return v != 0 && v % kGranularity == 0; }
+struct Mapping {
+  std::size_t bytes;
+  int device;
+};
+std::map<std::uintptr_t, Mapping>& mappings() {  // base -> what cuMemMap put there; vmm_lock held
+  static auto* m = new std::map<std::uintptr_t, Mapping>();
+  return *m;
+}
+void forget_mappings(std::uintptr_t p, std::size_t bytes) {  // vmm_lock held
+  auto it = mappings().lower_bound(p);
+  while (it != mappings().end() && it->first < p + bytes) it = mappings().erase(it);
+}
+
+// ---- events ----
+
+// Tickets: a record takes the next ticket; the fake GPU has finished everything up to `completed`.
+std::atomic<std::uint64_t> last_ticket{0};
+std::atomic<std::uint64_t> completed_ticket{0};
+std::atomic<bool> gpu_held{false};
+std::atomic<int> live_events{0};
+struct FakeEvent {
+  std::atomic<std::uint64_t> ticket{0};
+};
+void complete_up_to(std::uint64_t ticket) {
+  std::uint64_t now = completed_ticket.load();
+  while (now < ticket && !completed_ticket.compare_exchange_weak(now, ticket)) {
+  }
+}
+void complete_all() { complete_up_to(last_ticket.load()); }
+
+// ---- streams ----
+
+struct FakeStream {
+  unsigned flags;
+  CUcontext context;
+  bool capturing;
+};
+std::mutex streams_lock;
+std::unordered_map<CUstream, FakeStream>& streams() {
+  static auto* s = new std::unordered_map<CUstream, FakeStream>();
+  return *s;
+}
+bool special_stream(CUstream s) { return s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD; }
+
+std::atomic<CUstream> last_stream{nullptr};
 CUstream effective_per_thread(CUstream stream) { return stream == nullptr ? CU_STREAM_PER_THREAD : stream; }
+
+CUresult create_stream(CUstream* stream, unsigned flags) {
+  if (!stream) return CUDA_ERROR_INVALID_VALUE;
+  if (!current_context_now()) return CUDA_ERROR_INVALID_CONTEXT;
+  auto* handle = reinterpret_cast<CUstream>(std::aligned_alloc(kAlignment, kAlignment));
+  std::lock_guard<std::mutex> guard(streams_lock);
+  streams()[handle] = {flags, current_context_now(), false};
+  *stream = handle;
+  return CUDA_SUCCESS;
+}
+void set_capturing(CUstream stream, bool capturing) {
+  std::lock_guard<std::mutex> guard(streams_lock);
+  auto it = streams().find(stream);
+  if (it != streams().end()) it->second.capturing = capturing;
+}
+
+// ---- pools ----
+
+struct FakePool {
+  int device = 0;
+  cuuint64_t release_threshold = 0;
+};
 
 }  // namespace
 
@@ -73,22 +283,58 @@ CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream, CUgraph*);
 
 extern "C" {
 
+// ---- test-only exports ----
+
 int fake_cuda_calls(const char* symbol) {
-  for (Counter& counter : counters) {
-    if (std::strcmp(counter.symbol, symbol) == 0) return counter.calls.load();
+  Counter* c = find_counter(symbol);
+  return c ? c->calls.load() : 0;
+}
+// Calls of every counted entry point (all but cuCtxGetCurrent) so far.
+long fake_cuda_total_calls() {
+  long total = 0;
+  const int n = counter_count.load(std::memory_order_acquire);
+  for (int i = 0; i < n; ++i) total += counters[i].calls.load();
+  return total;
+}
+CUstream fake_cuda_last_stream() { return last_stream.load(); }
+// While held, recorded events stay pending (work "runs"); releasing completes everything.
+void fake_cuda_hold_gpu(int held) {
+  gpu_held.store(held != 0);
+  if (!held) complete_all();
+}
+std::size_t fake_cuda_physical_bytes(int device) {
+  return device >= 0 && device < kMaxDevices ? physical[device].load() : 0;
+}
+int fake_cuda_live_events() { return live_events.load(); }
+// The device whose memory backs `p` (a cuMemAlloc/pool allocation or a cuMemMap'ed range), or -1.
+int fake_cuda_device_of(CUdeviceptr p) {
+  {
+    std::lock_guard<std::mutex> guard(vmm_lock);
+    auto it = mappings().upper_bound(p);
+    if (it != mappings().begin()) {
+      --it;
+      if (p - it->first < it->second.bytes) return it->second.device;
+    }
   }
+  std::lock_guard<std::mutex> guard(allocations_lock);
+  for (const auto& [start, allocation] : allocations())
+    if (p >= start && p - start < allocation.bytes) return allocation.device;
   return -1;
 }
 
-CUstream fake_cuda_last_stream() { return last_stream.load(); }
-
 CUresult CUDAAPI fake_cuMemAlloc_v1(unsigned int*, unsigned int) {
-  count("cuMemAlloc");
+  COUNT("cuMemAlloc");
   return CUDA_ERROR_NOT_SUPPORTED;  // a 32-bit device pointer cannot hold a malloc address
 }
 
-CUresult CUDAAPI cuInit(unsigned int) { return CUDA_SUCCESS; }
+// ---- init, devices ----
+
+CUresult CUDAAPI cuInit(unsigned int) {
+  COUNT("cuInit");
+  return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuDriverGetVersion(int* version) {
+  COUNT("cuDriverGetVersion");
   *version = CUDA_VERSION;
   return CUDA_SUCCESS;
 }
@@ -97,171 +343,441 @@ CUresult CUDAAPI cuGetErrorName(CUresult, const char** name) {
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDeviceGet(CUdevice* device, int ordinal) {
-  if (ordinal != 0) return CUDA_ERROR_INVALID_DEVICE;
-  *device = 0;
+  COUNT("cuDeviceGet");
+  if (ordinal < 0 || ordinal >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+  *device = ordinal;
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDeviceGetCount(int* n) {
-  *n = 1;
+  COUNT("cuDeviceGetCount");
+  *n = device_count();
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute, CUdevice) {
-  *value = 0;
+CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, CUdevice device) {
+  COUNT("cuDeviceGetAttribute");
+  if (device < 0 || device >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+  switch (attribute) {
+    case CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED:
+    case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED:
+    case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: *value = 32; break;  // the H100's
+    default: *value = 0;
+  }
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuDeviceTotalMem_v2(size_t* bytes, CUdevice) {
-  *bytes = kFakeTotalMemory;
+CUresult CUDAAPI cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
+  COUNT("cuDeviceTotalMem_v2");
+  if (device < 0 || device >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+  *bytes = total_memory();
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice) {
-  *context = kFakeContext;
+CUresult CUDAAPI cuDeviceCanAccessPeer(int* can, CUdevice device, CUdevice peer) {
+  COUNT("cuDeviceCanAccessPeer");
+  *can = device != peer && device < device_count() && peer < device_count();
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuCtxGetCurrent(CUcontext* context) {
-  *context = kFakeContext;
-  return CUDA_SUCCESS;
-}
-CUresult CUDAAPI cuCtxSetCurrent(CUcontext) { return CUDA_SUCCESS; }
-CUresult CUDAAPI cuCtxPushCurrent_v2(CUcontext) { return CUDA_SUCCESS; }
-CUresult CUDAAPI cuCtxPopCurrent_v2(CUcontext* context) {
-  if (context) *context = kFakeContext;
-  return CUDA_SUCCESS;
-}
-CUresult CUDAAPI cuCtxGetDevice(CUdevice* device) {
-  *device = 0;
-  return CUDA_SUCCESS;
-}
-CUresult CUDAAPI cuCtxSynchronize() {
-  count("cuCtxSynchronize");
-  return CUDA_SUCCESS;
-}
-CUresult CUDAAPI cuCtxSynchronize_v2(CUcontext) {
-  count("cuCtxSynchronize_v2");
+CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice device) {
+  COUNT("cuDevicePrimaryCtxRetain");
+  if (device < 0 || device >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+  *context = primary(device);
   return CUDA_SUCCESS;
 }
 
+// ---- contexts ----
+
+CUresult CUDAAPI cuCtxGetCurrent(CUcontext* context) {  // not counted: see the top of the file
+  *context = current_context_now();
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxSetCurrent(CUcontext context) {
+  COUNT("cuCtxSetCurrent");
+  if (context && device_of(context) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+  choose_context(context);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxPushCurrent_v2(CUcontext context) {
+  COUNT("cuCtxPushCurrent_v2");
+  if (!context || device_of(context) < 0) return CUDA_ERROR_INVALID_CONTEXT;
+  if (context_depth == kMaxContextStack) return CUDA_ERROR_OUT_OF_MEMORY;
+  context_stack[context_depth++] = current_context_now();
+  choose_context(context);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxPopCurrent_v2(CUcontext* context) {
+  COUNT("cuCtxPopCurrent_v2");
+  if (context_depth == 0) return CUDA_ERROR_INVALID_CONTEXT;
+  if (context) *context = current_context_now();
+  choose_context(context_stack[--context_depth]);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxGetDevice(CUdevice* device) {
+  COUNT("cuCtxGetDevice");
+  if (!current_context_now()) return CUDA_ERROR_INVALID_CONTEXT;
+  *device = device_of(current_context_now());
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxSynchronize() {
+  COUNT("cuCtxSynchronize");
+  complete_all();
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxSynchronize_v2(CUcontext) {
+  COUNT("cuCtxSynchronize_v2");
+  complete_all();
+  return CUDA_SUCCESS;
+}
+
+// ---- allocation ----
+
 CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytes) {
-  count("cuMemAlloc_v2");
+  COUNT("cuMemAlloc_v2");
   return allocate(dptr, bytes);
 }
 CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
-  count("cuMemFree_v2");
+  COUNT("cuMemFree_v2");
   return release(dptr);
 }
 CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width, size_t height, unsigned int) {
-  count("cuMemAllocPitch_v2");
+  COUNT("cuMemAllocPitch_v2");
   *pitch = (width + kAlignment - 1) / kAlignment * kAlignment;
   return allocate(dptr, *pitch * height);
 }
 CUresult CUDAAPI cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
-  count("cuMemGetInfo_v2");
-  *free_bytes = kFakeTotalMemory / 2;
-  *total_bytes = kFakeTotalMemory;
+  COUNT("cuMemGetInfo_v2");
+  const std::size_t used = physical[current_device()].load();
+  *free_bytes = total_memory() > used ? total_memory() - used : 0;
+  *total_bytes = total_memory();
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned int) {
-  count("cuMemAllocManaged");
+  COUNT("cuMemAllocManaged");
   return allocate(dptr, bytes);
 }
 CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
-  count("cuMemAllocAsync");
+  COUNT("cuMemAllocAsync");
   last_stream.store(stream);
   return allocate(dptr, bytes);
 }
 CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
-  count("cuMemAllocAsync_ptsz");
+  COUNT("cuMemAllocAsync_ptsz");
   last_stream.store(effective_per_thread(stream));
   return allocate(dptr, bytes);
 }
 CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
-  count("cuMemFreeAsync");
+  COUNT("cuMemFreeAsync");
   last_stream.store(stream);
   return release(dptr);
 }
 CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
-  count("cuMemFreeAsync_ptsz");
+  COUNT("cuMemFreeAsync_ptsz");
   last_stream.store(effective_per_thread(stream));
   return release(dptr);
 }
-CUresult CUDAAPI cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes, CUmemoryPool, CUstream stream) {
-  count("cuMemAllocFromPoolAsync");
+CUresult CUDAAPI cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes, CUmemoryPool pool, CUstream stream) {
+  COUNT("cuMemAllocFromPoolAsync");
   last_stream.store(stream);
-  return allocate(dptr, bytes);
+  if (!pool) return CUDA_ERROR_INVALID_VALUE;
+  return allocate(dptr, bytes, reinterpret_cast<FakePool*>(pool)->device);  // the pool's device
 }
-CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr*, size_t*, CUdeviceptr) { return CUDA_ERROR_NOT_FOUND; }
-CUresult CUDAAPI cuPointerGetAttribute(void*, CUpointer_attribute, CUdeviceptr) { return CUDA_ERROR_INVALID_VALUE; }
+CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdeviceptr p) {
+  COUNT("cuMemGetAddressRange_v2");
+  std::lock_guard<std::mutex> guard(allocations_lock);
+  for (const auto& [start, allocation] : allocations()) {
+    if (p >= start && p - start < allocation.bytes) {
+      if (base) *base = start;
+      if (size) *size = allocation.bytes;
+      return CUDA_SUCCESS;
+    }
+  }
+  return CUDA_ERROR_NOT_FOUND;
+}
+CUresult CUDAAPI cuPointerGetAttribute(void*, CUpointer_attribute, CUdeviceptr) {
+  COUNT("cuPointerGetAttribute");
+  return CUDA_ERROR_INVALID_VALUE;
+}
+// Device memory is host memory here: copies and memset are plain memory operations.
+CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr p, unsigned char value, size_t n) {
+  COUNT("cuMemsetD8_v2");
+  std::memset(reinterpret_cast<void*>(p), value, n);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemcpyDtoH_v2(void* dst, CUdeviceptr src, size_t n) {
+  COUNT("cuMemcpyDtoH_v2");
+  std::memcpy(dst, reinterpret_cast<const void*>(src), n);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemcpyHtoD_v2(CUdeviceptr dst, const void* src, size_t n) {
+  COUNT("cuMemcpyHtoD_v2");
+  std::memcpy(reinterpret_cast<void*>(dst), src, n);
+  return CUDA_SUCCESS;
+}
 
-CUresult CUDAAPI cuStreamCreate(CUstream* stream, unsigned int) {
-  count("cuStreamCreate");
-  *stream = reinterpret_cast<CUstream>(host_allocate(1));
+// ---- pools ----
+
+CUresult CUDAAPI cuMemPoolCreate(CUmemoryPool* pool, const CUmemPoolProps* props) {
+  COUNT("cuMemPoolCreate");
+  if (!pool || !props || props->location.id < 0 || props->location.id >= device_count())
+    return CUDA_ERROR_INVALID_VALUE;
+  auto* created = new FakePool();
+  created->device = props->location.id;
+  *pool = reinterpret_cast<CUmemoryPool>(created);
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuStreamCreateWithPriority(CUstream* stream, unsigned int, int) {
-  count("cuStreamCreateWithPriority");
-  *stream = reinterpret_cast<CUstream>(host_allocate(1));
+CUresult CUDAAPI cuMemPoolDestroy(CUmemoryPool pool) {
+  COUNT("cuMemPoolDestroy");
+  delete reinterpret_cast<FakePool*>(pool);
   return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemPoolSetAttribute(CUmemoryPool pool, CUmemPool_attribute attribute, void* value) {
+  COUNT("cuMemPoolSetAttribute");
+  if (!pool || !value) return CUDA_ERROR_INVALID_VALUE;
+  if (attribute == CU_MEMPOOL_ATTR_RELEASE_THRESHOLD)
+    reinterpret_cast<FakePool*>(pool)->release_threshold = *static_cast<cuuint64_t*>(value);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute attribute, void* value) {
+  COUNT("cuMemPoolGetAttribute");
+  if (!pool || !value) return CUDA_ERROR_INVALID_VALUE;
+  switch (attribute) {
+    case CU_MEMPOOL_ATTR_RELEASE_THRESHOLD:
+      *static_cast<cuuint64_t*>(value) = reinterpret_cast<FakePool*>(pool)->release_threshold;
+      break;
+    case CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC:
+    case CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES: *static_cast<int*>(value) = 0; break;
+    default: *static_cast<cuuint64_t*>(value) = 0;  // the fake pool caches nothing
+  }
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool, size_t) {
+  COUNT("cuMemPoolTrimTo");
+  return CUDA_SUCCESS;
+}
+
+// ---- virtual memory management ----
+
+CUresult CUDAAPI cuMemGetAllocationGranularity(size_t* granularity, const CUmemAllocationProp* prop,
+                                               CUmemAllocationGranularity_flags) {
+  COUNT("cuMemGetAllocationGranularity");
+  if (!granularity || !prop || prop->location.id < 0 || prop->location.id >= device_count())
+    return CUDA_ERROR_INVALID_VALUE;
+  *granularity = kGranularity;
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemAddressReserve(CUdeviceptr* ptr, size_t size, size_t alignment, CUdeviceptr, unsigned long long) {
+  COUNT("cuMemAddressReserve");
+  if (!ptr || !granule_multiple(size)) return CUDA_ERROR_INVALID_VALUE;
+  if (alignment < kGranularity) alignment = kGranularity;
+  const std::size_t span = size + alignment;
+  void* raw = mmap(nullptr, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  const auto start = reinterpret_cast<std::uintptr_t>(raw);
+  const std::uintptr_t base = (start + alignment - 1) / alignment * alignment;
+  if (base > start) munmap(raw, base - start);
+  if (start + span > base + size) munmap(reinterpret_cast<void*>(base + size), start + span - (base + size));
+  std::lock_guard<std::mutex> guard(vmm_lock);
+  reservations()[base] = size;
+  *ptr = base;
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemAddressFree(CUdeviceptr ptr, size_t size) {
+  COUNT("cuMemAddressFree");
+  std::lock_guard<std::mutex> guard(vmm_lock);
+  auto it = reservations().find(ptr);
+  if (it == reservations().end() || it->second != size) return CUDA_ERROR_INVALID_VALUE;
+  munmap(reinterpret_cast<void*>(ptr), size);
+  reservations().erase(it);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size, const CUmemAllocationProp* prop,
+                             unsigned long long) {
+  COUNT("cuMemCreate");
+  if (!handle || !prop || !granule_multiple(size)) return CUDA_ERROR_INVALID_VALUE;
+  const int device = prop->location.id;
+  if (device < 0 || device >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+  if (!take_physical(device, size)) return CUDA_ERROR_OUT_OF_MEMORY;
+  *handle = reinterpret_cast<CUmemGenericAllocationHandle>(new PhysicalHandle{size, device});
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemRelease(CUmemGenericAllocationHandle handle) {
+  COUNT("cuMemRelease");
+  auto* physical_handle = reinterpret_cast<PhysicalHandle*>(handle);
+  if (!physical_handle) return CUDA_ERROR_INVALID_VALUE;
+  give_physical(physical_handle->device, physical_handle->bytes);
+  delete physical_handle;
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemMap(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                          unsigned long long) {
+  COUNT("cuMemMap");
+  auto* physical_handle = reinterpret_cast<PhysicalHandle*>(handle);
+  if (!physical_handle || offset != 0 || size > physical_handle->bytes || !granule_multiple(size))
+    return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> guard(vmm_lock);
+  if (!inside_reservation(ptr, size)) return CUDA_ERROR_INVALID_VALUE;
+  // Fresh pages, still inaccessible: like the driver, access comes with cuMemSetAccess.
+  void* mapped = mmap(reinterpret_cast<void*>(ptr), size, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  if (mapped == MAP_FAILED) return CUDA_ERROR_OUT_OF_MEMORY;
+  forget_mappings(ptr, size);
+  mappings()[ptr] = {size, physical_handle->device};
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc* desc, size_t count) {
+  COUNT("cuMemSetAccess");
+  if (!desc || count == 0 || !granule_multiple(size)) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> guard(vmm_lock);
+  if (!inside_reservation(ptr, size)) return CUDA_ERROR_INVALID_VALUE;
+  return mprotect(reinterpret_cast<void*>(ptr), size, PROT_READ | PROT_WRITE) == 0 ? CUDA_SUCCESS
+                                                                                  : CUDA_ERROR_INVALID_VALUE;
+}
+CUresult CUDAAPI cuMemUnmap(CUdeviceptr ptr, size_t size) {
+  COUNT("cuMemUnmap");
+  if (!granule_multiple(size)) return CUDA_ERROR_INVALID_VALUE;
+  std::lock_guard<std::mutex> guard(vmm_lock);
+  if (!inside_reservation(ptr, size)) return CUDA_ERROR_INVALID_VALUE;
+  void* reset = mmap(reinterpret_cast<void*>(ptr), size, PROT_NONE,
+                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+  if (reset == MAP_FAILED) return CUDA_ERROR_INVALID_VALUE;
+  forget_mappings(ptr, size);
+  return CUDA_SUCCESS;
+}
+
+// ---- streams ----
+
+CUresult CUDAAPI cuStreamCreate(CUstream* stream, unsigned int flags) {
+  COUNT("cuStreamCreate");
+  return create_stream(stream, flags);
+}
+CUresult CUDAAPI cuStreamCreateWithPriority(CUstream* stream, unsigned int flags, int) {
+  COUNT("cuStreamCreateWithPriority");
+  return create_stream(stream, flags);
 }
 CUresult CUDAAPI cuStreamDestroy_v2(CUstream stream) {
-  count("cuStreamDestroy_v2");
+  COUNT("cuStreamDestroy_v2");
+  {
+    std::lock_guard<std::mutex> guard(streams_lock);
+    if (streams().erase(stream) == 0) return CUDA_ERROR_INVALID_HANDLE;
+  }
   std::free(stream);
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode) {
-  count("cuStreamBeginCapture_v2");
+  COUNT("cuStreamBeginCapture_v2");
   last_stream.store(stream);
+  set_capturing(stream, true);
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream stream, CUstreamCaptureMode) {
-  count("cuStreamBeginCapture_v2_ptsz");
+  COUNT("cuStreamBeginCapture_v2_ptsz");
   last_stream.store(effective_per_thread(stream));
+  set_capturing(stream, true);
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuStreamBeginCaptureToGraph(CUstream stream, CUgraph, const CUgraphNode*, const CUgraphEdgeData*,
                                              size_t, CUstreamCaptureMode) {
-  count("cuStreamBeginCaptureToGraph");
+  COUNT("cuStreamBeginCaptureToGraph");
   last_stream.store(stream);
+  set_capturing(stream, true);
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuStreamBeginCaptureToGraph_ptsz(CUstream stream, CUgraph, const CUgraphNode*,
                                                   const CUgraphEdgeData*, size_t, CUstreamCaptureMode) {
-  count("cuStreamBeginCaptureToGraph_ptsz");
+  COUNT("cuStreamBeginCaptureToGraph_ptsz");
   last_stream.store(effective_per_thread(stream));
+  set_capturing(stream, true);
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuStreamEndCapture(CUstream stream, CUgraph* graph) {
-  count("cuStreamEndCapture");
+  COUNT("cuStreamEndCapture");
   last_stream.store(stream);
+  set_capturing(stream, false);
   *graph = nullptr;
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream stream, CUgraph* graph) {
-  count("cuStreamEndCapture_ptsz");
+  COUNT("cuStreamEndCapture_ptsz");
   last_stream.store(effective_per_thread(stream));
+  set_capturing(stream, false);
   *graph = nullptr;
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuStreamIsCapturing(CUstream, CUstreamCaptureStatus* status) {
+CUresult CUDAAPI cuStreamIsCapturing(CUstream stream, CUstreamCaptureStatus* status) {
+  COUNT("cuStreamIsCapturing");
   *status = CU_STREAM_CAPTURE_STATUS_NONE;
+  std::lock_guard<std::mutex> guard(streams_lock);
+  auto it = streams().find(stream);
+  if (it != streams().end() && it->second.capturing) *status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
-CUresult CUDAAPI cuStreamGetCtx(CUstream, CUcontext* context) {
-  *context = kFakeContext;
+CUresult CUDAAPI cuStreamSynchronize(CUstream) {
+  COUNT("cuStreamSynchronize");
+  complete_all();  // in-order fake GPU: finishing one stream's work finishes everything before it
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuStreamGetFlags(CUstream, unsigned int* flags) {
+CUresult CUDAAPI cuStreamGetCtx(CUstream stream, CUcontext* context) {
+  COUNT("cuStreamGetCtx");
+  if (special_stream(stream)) {
+    if (!current_context_now()) return CUDA_ERROR_INVALID_CONTEXT;
+    *context = current_context_now();
+    return CUDA_SUCCESS;
+  }
+  std::lock_guard<std::mutex> guard(streams_lock);
+  auto it = streams().find(stream);
+  if (it == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
+  *context = it->second.context;
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuStreamGetFlags(CUstream stream, unsigned int* flags) {
+  COUNT("cuStreamGetFlags");
   *flags = 0;
+  if (special_stream(stream)) return CUDA_SUCCESS;
+  std::lock_guard<std::mutex> guard(streams_lock);
+  auto it = streams().find(stream);
+  if (it == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
+  *flags = it->second.flags;
   return CUDA_SUCCESS;
 }
+
+// ---- events ----
+
 CUresult CUDAAPI cuEventCreate(CUevent* event, unsigned int) {
-  *event = reinterpret_cast<CUevent>(host_allocate(1));
+  COUNT("cuEventCreate");
+  if (!event) return CUDA_ERROR_INVALID_VALUE;
+  if (!current_context_now()) return CUDA_ERROR_INVALID_CONTEXT;
+  *event = reinterpret_cast<CUevent>(new FakeEvent());
+  live_events.fetch_add(1);
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuEventRecord(CUevent, CUstream) { return CUDA_SUCCESS; }
-CUresult CUDAAPI cuEventQuery(CUevent) { return CUDA_SUCCESS; }  // the fake GPU has always finished
-CUresult CUDAAPI cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
+CUresult CUDAAPI cuEventRecord(CUevent event, CUstream stream) {
+  COUNT("cuEventRecord");
+  if (!event) return CUDA_ERROR_INVALID_HANDLE;
+  if (!special_stream(stream)) {
+    std::lock_guard<std::mutex> guard(streams_lock);
+    if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;  // destroyed stream
+  }
+  const std::uint64_t ticket = last_ticket.fetch_add(1) + 1;
+  reinterpret_cast<FakeEvent*>(event)->ticket.store(ticket);
+  if (!gpu_held.load()) complete_up_to(ticket);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuEventQuery(CUevent event) {
+  COUNT("cuEventQuery");
+  if (!event) return CUDA_ERROR_INVALID_HANDLE;
+  return reinterpret_cast<FakeEvent*>(event)->ticket.load() <= completed_ticket.load() ? CUDA_SUCCESS
+                                                                                        : CUDA_ERROR_NOT_READY;
+}
+CUresult CUDAAPI cuEventSynchronize(CUevent event) {
+  COUNT("cuEventSynchronize");
+  if (!event) return CUDA_ERROR_INVALID_HANDLE;
+  complete_up_to(reinterpret_cast<FakeEvent*>(event)->ticket.load());  // the wait, instantly over
+  return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuEventDestroy_v2(CUevent event) {
-  std::free(event);
+  COUNT("cuEventDestroy_v2");
+  if (!event) return CUDA_ERROR_INVALID_HANDLE;
+  delete reinterpret_cast<FakeEvent*>(event);
+  live_events.fetch_sub(1);
   return CUDA_SUCCESS;
 }
 
@@ -284,6 +800,7 @@ const ProcAddress proc_addresses[] = {
     FAKE_SAME("cuInit", 2000, cuInit),
     FAKE_SAME("cuDriverGetVersion", 2020, cuDriverGetVersion),
     FAKE_SAME("cuCtxGetCurrent", 4000, cuCtxGetCurrent),
+    FAKE_SAME("cuCtxSetCurrent", 4000, cuCtxSetCurrent),
     FAKE_SAME("cuCtxSynchronize", 13000, cuCtxSynchronize_v2),
     FAKE_SAME("cuCtxSynchronize", 2000, cuCtxSynchronize),
     FAKE_SAME("cuMemAlloc", 3020, cuMemAlloc_v2),
@@ -301,6 +818,11 @@ const ProcAddress proc_addresses[] = {
     {"cuStreamBeginCapture", 10010, fn(cuStreamBeginCapture_v2), fn(cuStreamBeginCapture_v2_ptsz)},
     {"cuStreamBeginCaptureToGraph", 12030, fn(cuStreamBeginCaptureToGraph), fn(cuStreamBeginCaptureToGraph_ptsz)},
     {"cuStreamEndCapture", 10000, fn(cuStreamEndCapture), fn(cuStreamEndCapture_ptsz)},
+    FAKE_SAME("cuEventCreate", 2000, cuEventCreate),
+    FAKE_SAME("cuEventRecord", 2000, cuEventRecord),
+    FAKE_SAME("cuEventQuery", 2000, cuEventQuery),
+    FAKE_SAME("cuEventSynchronize", 2000, cuEventSynchronize),
+    FAKE_SAME("cuEventDestroy", 4000, cuEventDestroy_v2),
     FAKE_SAME("cuGetProcAddress", 12000, cuGetProcAddress_v2),
     FAKE_SAME("cuGetProcAddress", 11030, fake_cuGetProcAddress_v1),
 };

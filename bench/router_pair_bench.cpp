@@ -1,0 +1,188 @@
+// The host cost of gpushim's hot path without a GPU: alloc+free pairs through the real libgpushim.so
+// (interposer, router, free fences, backend) over the fake driver (tests/fake_driver/fake_libcuda.cpp,
+// whose calls cost a few ns: what this measures is gpushim, plus a stand-in for the driver's own
+// cuCtxGetCurrent and event calls).
+//
+//   router_pair_bench [--backends none,passthrough,vmm,...] [--sizes 256,65536,1048576] [--threads 1,4,16]
+//                     [--pairs N] [--modes fenced,legacy]
+//
+// The parent re-runs itself once per backend with LD_PRELOAD=libgpushim.so and GPUSHIM_BACKEND set
+// ("none": no preload, the fake driver alone, the floor passthrough is compared against). A child
+// (ROUTER_PAIR_BENCH_CHILD=1) prints one row per size and thread count: the median over batches of
+// 256 pairs of the ns per pair of one thread, its 99th percentile, and the pairs per second of all
+// threads together. Like test_apps/alloc_bench's "pairs" pattern: cuMemAlloc then cuMemFree.
+// Modes: "fenced" creates (and destroys) a non-blocking stream first, so every cuMemFree goes through the
+// free fences; "legacy" creates none, so the router reuses cuMemFree'd blocks at once (legacy-ordered
+// reuse).
+//
+// For callgrind: ROUTER_PAIR_BENCH_CHILD=1 LD_PRELOAD=.../libgpushim.so GPUSHIM_BACKEND=vmm
+//   LD_LIBRARY_PATH=.../tests/fake_driver valgrind --tool=callgrind ./router_pair_bench --sizes 256 --threads 1
+#include <cuda.h>
+#include <unistd.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr int kBatch = 256;  // pairs per timed batch: amortises the clock, keeps fence closes in the sample
+
+std::vector<std::string> split(const std::string& text) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= text.size()) {
+    std::size_t end = text.find(',', start);
+    if (end == std::string::npos) end = text.size();
+    if (end > start) out.push_back(text.substr(start, end - start));
+    start = end + 1;
+  }
+  return out;
+}
+
+struct Options {
+  std::vector<std::string> backends = {"none", "passthrough", "vmm", "buddy", "slab", "tiered", "mempool"};
+  std::vector<std::size_t> sizes = {256, 65536, 1 << 20};
+  std::vector<int> threads = {1, 4, 16};
+  std::vector<std::string> modes = {"fenced"};
+  long pairs = 200000;  // per thread and cell
+};
+
+bool parse(int argc, char** argv, Options* o) {
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    if (flag == "--backends") {
+      o->backends = split(value);
+    } else if (flag == "--sizes") {
+      o->sizes.clear();
+      for (const std::string& s : split(value)) o->sizes.push_back(std::strtoull(s.c_str(), nullptr, 10));
+    } else if (flag == "--threads") {
+      o->threads.clear();
+      for (const std::string& s : split(value)) o->threads.push_back(std::atoi(s.c_str()));
+    } else if (flag == "--modes") {
+      o->modes = split(value);
+    } else if (flag == "--pairs") {
+      o->pairs = std::atol(value.c_str());
+    } else {
+      return false;
+    }
+  }
+  return (argc - 1) % 2 == 0;
+}
+
+struct Cell {
+  double median_ns = 0, p99_ns = 0, pairs_per_s = 0;
+  bool failed = false;
+};
+
+Cell run_cell(std::size_t bytes, int threads, long pairs) {
+  std::vector<std::vector<double>> samples(threads);
+  std::atomic<int> ready{0};
+  std::atomic<bool> go{false}, failed{false};
+  std::vector<Clock::time_point> finished(threads);
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      auto pair = [&] {
+        CUdeviceptr p = 0;
+        if (cuMemAlloc(&p, bytes) != CUDA_SUCCESS || cuMemFree(p) != CUDA_SUCCESS) failed = true;
+      };
+      for (int i = 0; i < 4 * kBatch; ++i) pair();  // thread caches, first growth, first fences
+      samples[t].reserve(pairs / kBatch + 1);
+      ready.fetch_add(1);
+      while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      for (long done = 0; done < pairs; done += kBatch) {
+        const auto t0 = Clock::now();
+        for (int i = 0; i < kBatch; ++i) pair();
+        const auto t1 = Clock::now();
+        samples[t].push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / kBatch);
+      }
+      finished[t] = Clock::now();
+    });
+  }
+  while (ready.load() < threads) std::this_thread::yield();
+  const auto start = Clock::now();
+  go.store(true, std::memory_order_release);
+  for (std::thread& w : workers) w.join();
+  const auto end = *std::max_element(finished.begin(), finished.end());
+  std::vector<double> all;
+  for (const auto& s : samples) all.insert(all.end(), s.begin(), s.end());
+  std::sort(all.begin(), all.end());
+  Cell cell;
+  cell.failed = failed;
+  if (all.empty()) return cell;
+  cell.median_ns = all[all.size() / 2];
+  cell.p99_ns = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  cell.pairs_per_s = double(pairs) * threads / std::chrono::duration<double>(end - start).count();
+  return cell;
+}
+
+int child(const Options& o) {
+  const char* backend = std::getenv("GPUSHIM_BACKEND");
+  const bool fenced = std::getenv("ROUTER_PAIR_BENCH_FENCED") != nullptr;
+  const std::string label = std::string(std::getenv("LD_PRELOAD") ? (backend ? backend : "tiered") : "none") +
+                            (fenced ? "" : "/legacy");
+  if (cuInit(0) != CUDA_SUCCESS) return 1;
+  if (fenced) {
+    CUstream stream = nullptr;
+    if (cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS || cuStreamDestroy(stream) != CUDA_SUCCESS) return 1;
+  }
+  for (std::size_t bytes : o.sizes) {
+    double one_thread_rate = 0;
+    for (int threads : o.threads) {
+      const Cell c = run_cell(bytes, threads, o.pairs);
+      if (threads == 1) one_thread_rate = c.pairs_per_s;
+      std::printf("%-19s %10zu %7d %10.1f %10.1f %12.0f %8.2f%s\n", label.c_str(), bytes, threads, c.median_ns, c.p99_ns,
+                  c.pairs_per_s, one_thread_rate > 0 ? c.pairs_per_s / one_thread_rate : 0.0,
+                  c.failed ? "  FAILED" : "");
+      std::fflush(stdout);
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  if (!parse(argc, argv, &o)) {
+    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy]\n", argv[0]);
+    return 2;
+  }
+  if (std::getenv("ROUTER_PAIR_BENCH_CHILD")) return child(o);
+
+  std::printf("# ns per cuMemAlloc+cuMemFree pair over the fake driver, %u hardware threads\n",
+              std::thread::hardware_concurrency());
+  std::printf("%-19s %10s %7s %10s %10s %12s %8s\n", "backend", "bytes", "threads", "median_ns", "p99_ns",
+              "pairs/s", "scaling");
+  std::fflush(stdout);
+  for (const std::string& mode : o.modes)
+  for (const std::string& backend : o.backends) {
+    const pid_t pid = fork();
+    if (pid == 0) {
+      setenv("ROUTER_PAIR_BENCH_CHILD", "1", 1);
+      if (mode == "fenced") setenv("ROUTER_PAIR_BENCH_FENCED", "1", 1);
+      setenv("LD_LIBRARY_PATH", FAKE_DRIVER_DIR, 1);
+      if (backend != "none") {
+        setenv("LD_PRELOAD", GPUSHIM_LIBRARY, 1);
+        setenv("GPUSHIM_BACKEND", backend.c_str(), 1);
+      } else {
+        unsetenv("LD_PRELOAD");
+      }
+      execv("/proc/self/exe", argv);
+      _exit(127);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) std::printf("%-19s child failed (status %d)\n", backend.c_str(), status);
+  }
+  return 0;
+}
