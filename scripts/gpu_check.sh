@@ -3,11 +3,13 @@
 #   1. configure + build (Ninja, Release, CUDA arch 90; the gpushim command only where CLI11 is found),
 #   2. ctest -L gpu (alloc_torture x 3 builds x every backend, PyTorch/CuPy/JAX with and without gpushim),
 #   3. alloc_bench once without gpushim (cudaMalloc and cudaMallocAsync) and once under each backend,
-#   4. a short summary table, printed last (also written to summary.txt).
+#   4. with --macro: the PyTorch and CuPy macro benchmarks against the peers (bench/run_macro.sh),
+#   5. a short summary table, printed last (also written to summary.txt).
 # Logs and CSV go to $OUT when it is set (the device machine's folder that comes back), else
 # <build>/gpu-check/. Exit status: 0 when the build worked and no GPU test failed.
 #
-#   scripts/gpu_check.sh [--tests-only | --bench-only] [--quick] [--full-bench] [--build-dir DIR] [--jobs N]
+#   scripts/gpu_check.sh [--tests-only | --bench-only] [--quick] [--full-bench] [--macro] [--build-dir DIR] [--jobs N]
+# Both benchmark tables of docs/benchmarks.md in one command: scripts/gpu_check.sh --bench-only --full-bench --macro
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,6 +19,7 @@ run_tests=1
 run_bench=1
 quick=0
 full_bench=0
+macro=0
 backends="passthrough vmm buddy slab mempool tiered"
 bench_sizes="256,4K,64K,1M,16M,256M,1G"
 
@@ -27,6 +30,7 @@ while [ $# -gt 0 ]; do
     --bench-only) run_tests=0; shift ;;
     --quick) quick=1; shift ;;
     --full-bench) full_bench=1; shift ;;
+    --macro) macro=1; shift ;;
     --build-dir) build="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -134,7 +138,15 @@ if [ $run_bench -eq 1 ] && [ -x "$bench" ]; then
   fi
 fi
 
-# --- 4. summary (printed last) ------------------------------------------------------------------------
+# --- 4. macro benchmarks (PyTorch, CuPy) side by side with the peers ---------------------------------
+macro_tables=""
+if [ $macro -eq 1 ] && [ -n "$lib" ]; then
+  note "macro benchmarks (bench/run_macro.sh, about 4 minutes)"
+  OUT="$out" "$repo/bench/run_macro.sh" --lib "$lib" >"$out/macro.log" 2>&1 || true
+  macro_tables=$(sed -n '/^## Macro benchmarks/,$p' "$out/macro.log" | grep -E '^\|| target|^### ')
+fi
+
+# --- 5. summary (printed last) ------------------------------------------------------------------------
 {
   echo
   echo "================ gpushim GPU check ================"
@@ -152,6 +164,7 @@ fi
       echo "bench:    no results"
     fi
   fi
+  [ -z "$macro_tables" ] || printf '%s\n' "$macro_tables"
   echo "logs:     $out   (total $(( $(date +%s) - started )) s)"
 } | tee "$out/summary.txt"
 
