@@ -2,14 +2,37 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <map>
 #include <set>
 #include <unordered_map>
+
+#include "tracing/trace_symbolizer.h"
 
 namespace gpushim::tracing {
 
 const char* const kLifetimeBucketNames[10] = {"< 1 us",  "< 10 us", "< 100 us", "< 1 ms", "< 10 ms",
                                               "< 100 ms", "< 1 s",  "< 10 s",   ">= 10 s", "never freed"};
+
+const char* const kAllocatorPlumbingModules[5] = {"libgpushim", "libcudart", "libcuda.", "libc10_cuda",
+                                                  "libc10."};
+
+bool is_allocator_plumbing(const std::string& module_path) {
+  std::size_t slash = module_path.rfind('/');
+  const char* name = module_path.c_str() + (slash == std::string::npos ? 0 : slash + 1);
+  for (const char* prefix : kAllocatorPlumbingModules)
+    if (std::strncmp(name, prefix, std::strlen(prefix)) == 0) return true;
+  return false;
+}
+
+std::string site_label(const AllocationSite& site, const Symbolizer& symbols) {
+  if (site.frames.empty()) return "(no stack recorded)";
+  std::string label = symbols.lookup(site.frames[site.label_frame]).text();
+  std::string n = std::to_string(site.all_plumbing ? site.frames.size() : site.label_frame);
+  if (site.all_plumbing) return label + "  [all " + n + " recorded frames are allocator plumbing]";
+  if (site.label_frame == 0) return label;
+  return label + "  [" + n + (site.label_frame == 1 ? " allocator frame" : " allocator frames") + " skipped]";
+}
 
 namespace {
 
@@ -43,6 +66,21 @@ std::vector<std::uint64_t> site_frames(const Trace& trace, const TraceEvent& e) 
     out.push_back(f);
   }
   return out;
+}
+
+// Sets AllocationSite::label_frame. A frame whose module is unknown is not plumbing: it may well be
+// the program (a JIT, a module unloaded before the map was written).
+void choose_label_frame(const Trace& trace, AllocationSite* site) {
+  const std::vector<std::uint64_t>& frames = site->frames;
+  for (std::size_t i = 0; i < frames.size(); ++i) {
+    const TraceModule* m = trace.module_of(frames[i]);
+    if (!m || !is_allocator_plumbing(m->path)) {
+      site->label_frame = i;
+      return;
+    }
+  }
+  site->all_plumbing = !frames.empty();
+  site->label_frame = frames.empty() ? 0 : frames.size() - 1;
 }
 
 }  // namespace
@@ -92,6 +130,7 @@ TraceSummary summarize(const Trace& trace) {
       if (inserted) {
         s.sites.emplace_back();
         s.sites.back().frames = std::move(frames);
+        choose_label_frame(trace, &s.sites.back());
       }
       AllocationSite& site = s.sites[it->second];
       site.count++;

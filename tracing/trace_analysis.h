@@ -18,8 +18,31 @@ struct MemorySample {
   std::uint64_t reserved;   // bytes mapped by providers (map - unmap); = live when the trace has no maps
 };
 
+// Modules between the program and the driver that every device allocation passes through: the CUDA
+// runtime and driver, gpushim itself, and PyTorch's caching allocator (c10 / c10_cuda). Their frames
+// are the same for every site, so a site is labelled by its first frame outside them. Matched as a
+// prefix of the module's file name. Libraries that are real callers (cuBLAS, cuDNN, libtorch_cuda)
+// stay out of this list on purpose: "cuBLAS workspace" is an answer a user can act on.
+extern const char* const kAllocatorPlumbingModules[5];
+
+// True when `module_path`'s file name starts with one of kAllocatorPlumbingModules.
+bool is_allocator_plumbing(const std::string& module_path);
+
+class Symbolizer;
+struct AllocationSite;
+// What a site is called in the summary and the report: its label frame, and how many plumbing frames
+// were skipped to reach it, e.g. "train_step (model.cpp:42)  [4 allocator frames skipped]".
+std::string site_label(const AllocationSite& site, const Symbolizer& symbols);
+
 struct AllocationSite {
-  std::vector<std::uint64_t> frames;  // the stack outside libgpushim, innermost first; empty: unknown
+  // The whole recorded stack (less leading frames inside libgpushim), innermost first; empty: unknown.
+  // Sites are told apart by all of it: two callers that share the first frames are two sites.
+  std::vector<std::uint64_t> frames;
+  // Index in `frames` of the frame that names the site: the first one outside allocator plumbing
+  // (= how many plumbing frames the label skips). When every recorded frame is plumbing (a stack cut
+  // short inside the runtime), the last recorded frame, the closest to the caller we have.
+  std::size_t label_frame = 0;
+  bool all_plumbing = false;          // every recorded frame is allocator plumbing
   std::uint64_t count = 0;
   std::uint64_t bytes = 0;            // total bytes ever allocated here
   std::uint64_t live = 0;

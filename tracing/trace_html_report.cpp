@@ -103,13 +103,20 @@ void sites_plot(std::ostringstream& h, const TraceSummary& s, const Symbolizer& 
   double left = 420, pw = kWidth - left - 90;
   for (std::size_t i = 0; i < n; ++i) {
     const AllocationSite& site = s.sites[i];
-    std::string name = site.frames.empty() ? "(no stack recorded)" : symbols.lookup(site.frames[0]).text();
-    if (name.size() > 64) name = name.substr(0, 61) + "...";
+    std::string name =
+        site.frames.empty() ? "(no stack recorded)" : symbols.lookup(site.frames[site.label_frame]).text();
+    if (name.size() > 56) name = name.substr(0, 53) + "...";
+    if (!site.frames.empty() && (site.label_frame > 0 || site.all_plumbing))
+      name += site.all_plumbing ? " [all plumbing]" : " [+" + std::to_string(site.label_frame) + "]";
+    // Hovering a bar shows the label in full and the whole stack.
+    std::string stack = site_label(site, symbols);
+    for (std::uint64_t f : site.frames) stack += "\n  " + symbols.lookup(f).text();
     double y = 10 + row * double(i), w = pw * double(site.peak_live) / double(vmax);
-    h << "<text x=\"4\" y=\"" << num(y + 13) << "\" font-size=\"11\">" << escape(name) << "</text>"
+    h << "<g><title>" << escape(stack) << "</title><text x=\"4\" y=\"" << num(y + 13) << "\" font-size=\"11\">"
+      << escape(name) << "</text>"
       << "<rect class=\"bar\" x=\"" << left << "\" y=\"" << num(y + 2) << "\" width=\"" << num(std::max(1.0, w))
       << "\" height=\"" << row - 4 << "\" fill=\"#9467bd\"/><text x=\"" << num(left + w + 4) << "\" y=\""
-      << num(y + 13) << "\" font-size=\"11\">" << escape(format_size(site.peak_live)) << "</text>\n";
+      << num(y + 13) << "\" font-size=\"11\">" << escape(format_size(site.peak_live)) << "</text></g>\n";
   }
   h << "</svg>\n";
 }

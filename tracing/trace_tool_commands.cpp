@@ -19,7 +19,6 @@ namespace {
 // Progress lines appear only for work that takes a while; small traces stay quiet.
 constexpr std::uint64_t kProgressMinBytes = 32ull << 20;
 constexpr std::uint64_t kProgressMinEvents = 2000000;
-constexpr std::size_t kFramesShownPerSite = 4;
 
 bool load(const std::string& path, Trace* trace, ToolStreams& io) {
   TraceError error;
@@ -54,8 +53,7 @@ bool write_file(const std::string& path, const std::string& data, ToolStreams& i
 std::vector<std::uint64_t> site_addresses(const TraceSummary& s, std::size_t sites) {
   std::vector<std::uint64_t> out;
   for (std::size_t i = 0; i < std::min(sites, s.sites.size()); ++i)
-    for (std::size_t f = 0; f < std::min(kFramesShownPerSite, s.sites[i].frames.size()); ++f)
-      out.push_back(s.sites[i].frames[f]);
+    out.insert(out.end(), s.sites[i].frames.begin(), s.sites[i].frames.end());
   return out;
 }
 
@@ -115,9 +113,11 @@ int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStream
                   format_size(site.peak_live).c_str(), format_size(site.bytes).c_str(),
                   static_cast<unsigned long long>(site.count));
     o << line;
-    if (site.frames.empty()) o << "        (no stack)\n";
-    for (std::size_t f = 0; f < std::min(kFramesShownPerSite, site.frames.size()); ++f)
-      o << "        " << symbols.lookup(site.frames[f]).text() << "\n";
+    o << "       at " << site_label(site, symbols) << "\n";
+    // The whole stack, innermost first; '>' marks the frame the site is named after.
+    for (std::size_t f = 0; f < site.frames.size(); ++f)
+      o << (f == site.label_frame ? "        > " : "          ") << symbols.lookup(site.frames[f]).text()
+        << "\n";
   }
   return 0;
 }
