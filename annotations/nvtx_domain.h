@@ -5,7 +5,9 @@
 
 namespace gpushim::annotations::detail {
 
-// nullptr when no NVTX tool is attached (NVTX's own answer, asked once; later calls are one load).
+// nullptr when no tool took NVTX's core API (asked once; later calls are one load). Gates the ranges
+// only: a tool may serve the memory extension alone (the memory calls then pass a null domain, which
+// compute-sanitizer ignores anyway), so nvtx_memory.cpp asks the extension itself.
 nvtxDomainHandle_t domain() noexcept;
 
 }  // namespace gpushim::annotations::detail

@@ -45,13 +45,11 @@ void* CudaVmmProvider::reserve(std::size_t bytes) noexcept {
     log(LogLevel::info, "device %d: cuMemAddressReserve(%zu) failed: %d", device_, bytes, static_cast<int>(rc));
     return nullptr;
   }
-  annotations::on_heap_reserved(static_cast<std::uintptr_t>(base), bytes, device_);
   return reinterpret_cast<void*>(base);
 }
 
 void CudaVmmProvider::release_reservation(void* base, std::size_t bytes) noexcept {
   if (!base) return;
-  annotations::on_heap_released(reinterpret_cast<std::uintptr_t>(base));
   real_driver().cuMemAddressFree(reinterpret_cast<CUdeviceptr>(base), bytes);
 }
 
@@ -98,6 +96,9 @@ bool CudaVmmProvider::map(void* addr, std::size_t bytes) noexcept {
       return false;
     }
   }
+  // A heap for compute-sanitizer per mapping: the tool accepts a heap only over memory it tracks as
+  // allocated, which for VMM is a mapped range (a bare reservation is ignored).
+  annotations::on_memory_mapped(static_cast<std::uintptr_t>(ptr), bytes, device_);
   bytes_mapped_.fetch_add(bytes, std::memory_order_relaxed);
   tracing::record(tracing::EventKind::map, device_, 0, ptr, bytes, backend_);
   return true;
@@ -124,6 +125,7 @@ void CudaVmmProvider::unmap(void* addr, std::size_t bytes) noexcept {
   // H100 as "illegal memory access" when blocks go back at once under legacy-ordered reuse). Unmapping
   // is the slow path (20-30 us, and rare above the release threshold), so wait for the device first.
   wait_for_device_work();
+  annotations::on_memory_unmapping(static_cast<std::uintptr_t>(ptr));  // the heap ends with the mapping
   driver.cuMemUnmap(ptr, bytes);
   ipc::on_physical_memory_released(mapping.handle);  // closes the exported descriptor, if any
   // The physical memory is freed once it is unmapped and released (the handle is the last reference).

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# compute-sanitizer memcheck on sanitizer_oob, with or without gpushim: the out-of-bounds run must be
-# reported (an "Invalid __global__ write" and a non-zero error count), the --in-bounds run must report
-# "ERROR SUMMARY: 0 errors". Exit 77 (skip) without a GPU or without compute-sanitizer.
+# compute-sanitizer memcheck on sanitizer_oob, with or without gpushim: the out-of-bounds run and the
+# --after-free run must be reported (an "Invalid __global__ write" and exit 99), the --in-bounds run
+# must report "ERROR SUMMARY: 0 errors". Exit 77 (skip) without a GPU or without compute-sanitizer.
 #
 #   gpu_ecosystem_sanitizer.sh [--probe P] [--backend B|none] [--lib L] [--search DIR] -- SANITIZER_OOB
 # The command it runs (docs/ecosystem.md):
@@ -54,6 +54,14 @@ if [ $status -ne 99 ] || ! grep -q "Invalid __global__ write" "$dir/oob.log"; th
   fail=1
 else
   echo "ok: out-of-bounds write reported (backend $backend)"
+fi
+
+run "$dir/uaf.log" --after-free; status=$?
+if [ $status -ne 99 ] || ! grep -q "Invalid __global__ write" "$dir/uaf.log"; then
+  echo "FAIL: write into a freed block not reported (backend $backend, exit $status)"
+  fail=1
+else
+  echo "ok: write into a freed block reported (backend $backend)"
 fi
 
 run "$dir/in.log" --in-bounds; status=$?

@@ -24,10 +24,14 @@ target_link_libraries(peers_cuda_provider_test PRIVATE ${peers_provider_library}
 add_test(NAME peers_cuda_provider COMMAND peers_cuda_provider_test)
 set_tests_properties(peers_cuda_provider PROPERTIES LABELS gpu)
 
-if(TARGET peer_access AND TARGET gpushim)
+if(TARGET peer_access AND TARGET gpushim AND TARGET gpu_probe)
   foreach(policy local interleave spill)
-    add_test(NAME peer_access.${policy} COMMAND peer_access)
-    set_tests_properties(peer_access.${policy} PROPERTIES LABELS gpu ENVIRONMENT
-      "LD_PRELOAD=$<TARGET_FILE:gpushim>;GPUSHIM_BACKEND=vmm;GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=${policy};NCCL_NVLS_ENABLE=0")
+    # Through the GPU runner: skips (77) where there is no GPU, preloads gpushim (vmm) and checks its stats.
+    add_test(NAME peer_access.${policy}
+             COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/gpu/run_gpu_test.sh --probe $<TARGET_FILE:gpu_probe>
+                     --backend vmm --lib $<TARGET_FILE:gpushim> --search ${CMAKE_BINARY_DIR}
+                     -- $<TARGET_FILE:peer_access>)
+    set_tests_properties(peer_access.${policy} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120 ENVIRONMENT
+      "GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=${policy};NCCL_NVLS_ENABLE=0")
   endforeach()
 endif()
