@@ -12,6 +12,11 @@ packages=(
   chromium                                     # renders the HTML trace report in its test
 )
 
+if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
+  echo "setup: no dpkg/apt on this machine; using what is installed" >&2
+  exit 0
+fi
+
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -22,5 +27,11 @@ sudo=()
 [ "$(id -u)" -ne 0 ] && sudo=(sudo)
 echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-"${sudo[@]}" apt-get update -qq
-"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# A machine without a package mirror (the lent GPU machine) cannot install: say so and build with what is
+# there (the CUDA half needs none of these; the build leaves out what it cannot find).
+if ! { "${sudo[@]}" apt-get update -qq && \
+       "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }; then
+  echo "setup: could not install ${missing[*]}; continuing with what is installed" >&2
+  [ "${CI:-}" = "true" ] && exit 1   # CI must have them
+fi
+exit 0
