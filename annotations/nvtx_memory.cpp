@@ -89,19 +89,22 @@ bool memory_extension_loaded(nvtxMemHeapHandle_t first_heap) noexcept {
 #endif
 }
 
-nvtxMemHeapHandle_t register_heap(std::uintptr_t base, std::size_t size, int device) noexcept {
+// The descriptor is exactly the one in compute-sanitizer's NVTX guide (Pools Management) and its
+// NvtxMemoryPool sample: these six fields set, everything else zero, so no name (messageType stays
+// NVTX_MESSAGE_UNKNOWN). The guide documents names only through nvtxMemRegionsName; a heap that also
+// carried messageType ASCII + a message, its one difference from the guide's, was answered "Call to
+// nvtxMemHeapRegister failed: One or more of the parameters is invalid" on the H100 (CUDA 13.0).
+nvtxMemHeapHandle_t register_heap(std::uintptr_t base, std::size_t size) noexcept {
   nvtxMemVirtualRangeDesc_t range{};
-  range.ptr = reinterpret_cast<const void*>(base);
   range.size = size;
+  range.ptr = reinterpret_cast<const void*>(base);
   nvtxMemHeapDesc_t desc{};
   desc.extCompatID = NVTX_EXT_COMPATID_MEM;
-  desc.structSize = sizeof desc;
+  desc.structSize = sizeof(nvtxMemHeapDesc_t);
   desc.usage = NVTX_MEM_HEAP_USAGE_TYPE_SUB_ALLOCATOR;  // only registered regions may be touched
   desc.type = NVTX_MEM_TYPE_VIRTUAL_ADDRESS;            // the only type compute-sanitizer accepts
-  desc.typeSpecificDescSize = sizeof range;
+  desc.typeSpecificDescSize = sizeof(nvtxMemVirtualRangeDesc_t);
   desc.typeSpecificDesc = &range;
-  desc.messageType = NVTX_MESSAGE_TYPE_ASCII;
-  desc.message.ascii = device >= 0 ? "gpushim heap" : "gpushim heap (host)";
   return nvtxMemHeapRegister(detail::domain(), &desc);
 }
 
@@ -171,15 +174,17 @@ bool tool_attached() noexcept {
 void on_memory_mapped(std::uintptr_t base, std::size_t size, int device) noexcept {
   const int state = g_memory_tool.load(std::memory_order_acquire);
   if (state == kNoTool || size == 0) return;
-  nvtxMemHeapHandle_t heap = register_heap(base, size, device);
+  nvtxMemHeapHandle_t heap = register_heap(base, size);
   if (state == kUnknown) {
     // Racing first maps decide the same way: NVTX resolves the extension once, before either returns.
     const bool loaded = memory_extension_loaded(heap);
     g_memory_tool.store(loaded ? kTool : kNoTool, std::memory_order_release);
     if (!loaded) return;
-    // Once per process, and only under a tool: says on the GPU which half of the story ran.
-    log(LogLevel::info, "NVTX memory tool attached: heaps per mapping, regions per block (first heap %s)",
-        heap != nullptr ? "accepted" : "refused");
+    // Once per process, and only under a tool: says on the GPU which half of the story ran. The range
+    // tells a refused heap apart: it is exactly one cuMemMap'd range (device >= 0) or host memory.
+    log(LogLevel::info,
+        "NVTX memory tool attached: heaps per mapping, regions per block (first heap %s: %#llx + %zu, device %d)",
+        heap != nullptr ? "accepted" : "refused", static_cast<unsigned long long>(base), size, device);
   }
   if (heap == nullptr) return;  // the tool refused this range: its blocks stay unchecked
   bool added;

@@ -19,10 +19,22 @@ void record(const char* what, const void* address, std::size_t size) {
   g_log += line;
 }
 
+// Accepts only the descriptor of compute-sanitizer's NVTX guide (Pools Management): these fields set
+// as there, every other field zero (no category, no message). Anything else is refused and logged.
+bool documented_heap_desc(nvtxMemHeapDesc_t const* desc) {
+  return desc->extCompatID == NVTX_EXT_COMPATID_MEM && desc->structSize == sizeof(nvtxMemHeapDesc_t) &&
+         desc->reserved0 == 0 && desc->usage == NVTX_MEM_HEAP_USAGE_TYPE_SUB_ALLOCATOR &&
+         desc->type == NVTX_MEM_TYPE_VIRTUAL_ADDRESS &&
+         desc->typeSpecificDescSize == sizeof(nvtxMemVirtualRangeDesc_t) && desc->typeSpecificDesc != nullptr &&
+         desc->category == 0 && desc->messageType == NVTX_MESSAGE_UNKNOWN && desc->message.ascii == nullptr;
+}
+
 nvtxMemHeapHandle_t heap_register(nvtxDomainHandle_t, nvtxMemHeapDesc_t const* desc) {
   const auto* range = static_cast<const nvtxMemVirtualRangeDesc_t*>(desc->typeSpecificDesc);
-  if (desc->usage != NVTX_MEM_HEAP_USAGE_TYPE_SUB_ALLOCATOR || desc->type != NVTX_MEM_TYPE_VIRTUAL_ADDRESS)
-    return nullptr;  // what compute-sanitizer supports, nothing else
+  if (!documented_heap_desc(desc)) {
+    record("heap-refused", range ? range->ptr : nullptr, range ? range->size : 0);
+    return nullptr;
+  }
   record("heap", range->ptr, range->size);
   return reinterpret_cast<nvtxMemHeapHandle_t>(const_cast<void*>(range->ptr));  // any unique value
 }
