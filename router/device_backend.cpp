@@ -1,5 +1,8 @@
 #include "router/device_backend.h"
 
+#include <link.h>
+
+#include <cstring>
 #include <string>
 
 #include "allocators/backend_registry.h"
@@ -48,6 +51,20 @@ DeviceBackend passthrough(int device, std::uint64_t limit) {
 
 }  // namespace
 
+// compute-sanitizer checks accesses against allocations it knows. It accepts an NVTX pool over a
+// cuMemAlloc block but refuses one over a cuMemMap range (measured on the H100, CUDA 13.0:
+// annotations/testing/nvtx_heap_probe.cpp, "cuMemMap heap REFUSED"), so inside gpushim's VMM-backed
+// pools it cannot see a block's bounds. Under the sanitizer, every block is therefore its own
+// cuMemAlloc allocation (passthrough), whose bounds it checks exactly. Detected by its injection
+// library being loaded in the process.
+bool memory_checker_attached() noexcept {
+  return dl_iterate_phdr(
+             [](dl_phdr_info* info, std::size_t, void*) -> int {
+               return info->dlpi_name && std::strstr(info->dlpi_name, "libsanitizer-collection") ? 1 : 0;
+             },
+             nullptr) != 0;
+}
+
 DeviceBackend build_device_backend(int device) noexcept {
   try {
     const Settings& s = settings();
@@ -55,6 +72,13 @@ DeviceBackend build_device_backend(int device) noexcept {
     std::string name = s.backend.empty() ? kDefaultBackend : s.backend;
     const BackendInfo* info = find_backend(name);
     if (!info || name == "passthrough") return passthrough(device, limit);  // settings warned already
+    if (memory_checker_attached()) {
+      static bool reported = false;
+      log_once(&reported, LogLevel::warn,
+               "compute-sanitizer detected: backend %s replaced by passthrough so that every block is an "
+               "allocation it checks (it cannot see blocks inside VMM-mapped pools)", info->name);
+      return passthrough(device, limit);
+    }
 
     if (name == "mempool") {
       auto pool = std::make_unique<MempoolAllocator>(device, s.mempool_release_threshold);
