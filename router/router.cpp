@@ -492,7 +492,9 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
     tracing::record(tracing::EventKind::alloc_failed, d, 0, 0, bytes, device.assembly.id);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
-  const std::size_t block_size = round_up(bytes);
+  // Driver-backed backends get the exact size: the driver aligns itself, and compute-sanitizer checks a
+  // cuMemAlloc block against the size it was asked for (a rounded size hid a 4-byte overrun on the H100).
+  const std::size_t block_size = device.assembly.driver_backed ? bytes : round_up(bytes);
   // Backends read stream 0 as "no stream order" (cuMemAlloc); a program's async call on stream 0
   // means the legacy stream.
   const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
