@@ -205,8 +205,6 @@ void on_memory_unmapping(std::uintptr_t base) noexcept {
   if (heap != nullptr) nvtxMemHeapUnregister(detail::domain(), static_cast<nvtxMemHeapHandle_t>(heap));
 }
 
-void on_heap_reserved(std::uintptr_t, std::size_t, int) noexcept {}
-void on_heap_released(std::uintptr_t) noexcept {}
 
 void on_block_allocated(std::uintptr_t ptr, std::size_t size) noexcept {
   if (g_memory_tool.load(std::memory_order_acquire) != kTool) return;

@@ -30,11 +30,6 @@ void on_memory_mapped(std::uintptr_t base, std::size_t size, int device) noexcep
 // The range mapped at `base` is about to be unmapped (before cuMemUnmap); its blocks go with it.
 void on_memory_unmapping(std::uintptr_t base) noexcept;
 
-// Address space reserved / given back. Nothing to tell the tools (reserved address space is no
-// allocation to them); kept so callers and tests that announce reservations still build.
-void on_heap_reserved(std::uintptr_t base, std::size_t size, int device) noexcept;
-void on_heap_released(std::uintptr_t base) noexcept;
-
 // A block handed to the program: `size` is what it asked for (not the rounded size), so one byte past
 // it is already an error. Ignored for pointers outside every heap (passthrough blocks are the
 // driver's own allocations, which the tools know already).

@@ -36,10 +36,10 @@ TEST(AnnotationsHeapTable, RefusesBeyondCapacity) {
 TEST(AnnotationsWithoutTool, EverythingIsANoOp) {
   if (getenv("NVTX_INJECTION64_PATH") != nullptr) GTEST_SKIP() << "an NVTX tool is attached";
   EXPECT_FALSE(gpushim::annotations::tool_attached());
-  gpushim::annotations::on_heap_reserved(0x10000, 0x10000, 0);
+  gpushim::annotations::on_memory_mapped(0x10000, 0x10000, 0);
   gpushim::annotations::on_block_allocated(0x10000, 100);
   gpushim::annotations::on_block_freed(0x10000);
-  gpushim::annotations::on_heap_released(0x10000);
+  gpushim::annotations::on_memory_unmapping(0x10000);
   { gpushim::annotations::ScopedRange range(gpushim::annotations::SlowEvent::arena_growth); }
   EXPECT_FALSE(gpushim::annotations::tool_attached());
 }

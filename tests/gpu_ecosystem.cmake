@@ -65,4 +65,4 @@ foreach(backend none ${GPUSHIM_GPU_BACKENDS})
   endif()
 endforeach()
 set_tests_properties(${_eco_tests} PROPERTIES LABELS "gpu;ecosystem" SKIP_RETURN_CODE 77 TIMEOUT 90
-                     ENVIRONMENT "PYTORCH_NO_CUDA_MEMORY_CACHING=1;PYTHONUNBUFFERED=1")
+                     ENVIRONMENT "PYTHONUNBUFFERED=1")
