@@ -16,14 +16,6 @@ int device_count() noexcept {
   return count;
 }
 
-CUmemAllocationProp pinned_on(int device) noexcept {
-  CUmemAllocationProp prop{};
-  prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
-  prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-  prop.location.id = device;
-  return prop;
-}
-
 // The minimum VMM granularity of `device`, 0 when the device has no VMM support or the driver says no.
 std::size_t vmm_granularity(int device) noexcept {
   const RealDriver& driver = real_driver();
@@ -34,11 +26,8 @@ std::size_t vmm_granularity(int device) noexcept {
           CUDA_SUCCESS ||
       !supported)
     return 0;
-  const CUmemAllocationProp prop = pinned_on(device);
   std::size_t granularity = 0;
-  // The minimum (2 MiB on the H100, equal to the recommended one there), as CudaVmmProvider.
-  if (driver.cuMemGetAllocationGranularity(&granularity, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) != CUDA_SUCCESS)
-    return 0;
+  if (minimum_granularity(pinned_memory_on(device), &granularity) != CUDA_SUCCESS) return 0;
   return granularity;
 }
 
@@ -106,13 +95,7 @@ void CudaPeerProvider::choose_participants(const std::string& peers) noexcept {
       participants_.push_back(peer);
     }
     std::sort(participants_.begin(), participants_.end());
-    for (int member : participants_) {
-      CUmemAccessDesc desc{};
-      desc.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-      desc.location.id = member;
-      desc.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-      access_.push_back(desc);
-    }
+    for (int member : participants_) access_.push_back(read_write_access_from(member));
     if (participants_.size() > 1 || placement_ != Placement::local)
       log(LogLevel::info, "device %d: memory shared with %zu device(s), placement %s", device_,
           participants_.size(), placement_name(placement_));
@@ -129,22 +112,15 @@ std::size_t CudaPeerProvider::cap_of(int device) const noexcept {
 
 void* CudaPeerProvider::reserve(std::size_t bytes) noexcept {
   if (!ok_) return nullptr;
-  CUdeviceptr base = 0;
-  CUresult rc = real_driver().cuMemAddressReserve(&base, bytes, granularity_, 0, 0);
-  if (rc != CUDA_SUCCESS) {
-    log(LogLevel::info, "device %d: cuMemAddressReserve(%zu) failed: %d", device_, bytes, static_cast<int>(rc));
-    return nullptr;
-  }
-  return reinterpret_cast<void*>(base);
+  return reserve_address_space(device_, bytes, granularity_);
 }
 
 void CudaPeerProvider::release_reservation(void* base, std::size_t bytes) noexcept {
-  if (base) real_driver().cuMemAddressFree(reinterpret_cast<CUdeviceptr>(base), bytes);
+  free_address_space(base, bytes);
 }
 
 bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
   if (!ok_ || bytes == 0 || bytes % granularity_ != 0) return false;
-  const RealDriver& driver = real_driver();
   const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(addr);
   if (base % granularity_ != 0) return false;
   const std::size_t g = granularity_;
@@ -174,25 +150,15 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
   auto back = [&](const PlacementSegment& s) {
     const std::size_t seg_bytes = s.granules * g;
     const CUdeviceptr at = base + s.first * g;
-    const CUmemAllocationProp prop = pinned_on(s.device);
+    CUmemAllocationProp prop = pinned_memory_on(s.device);
     CUmemGenericAllocationHandle handle = 0;
-    CUresult rc = driver.cuMemCreate(&handle, seg_bytes, &prop, 0);
-    if (rc == CUDA_ERROR_OUT_OF_MEMORY) return BackingResult::out_of_memory;
-    if (rc != CUDA_SUCCESS) {
-      log(LogLevel::info, "device %d: cuMemCreate(%zu) failed: %d", s.device, seg_bytes, static_cast<int>(rc));
-      return BackingResult::failed;
-    }
-    rc = driver.cuMemMap(at, seg_bytes, 0, handle, 0);
-    if (rc != CUDA_SUCCESS) {
-      log(LogLevel::info, "device %d: cuMemMap(%zu) failed: %d", s.device, seg_bytes, static_cast<int>(rc));
-      driver.cuMemRelease(handle);
-      return BackingResult::failed;
-    }
+    const MapResult mapped = create_and_map(at, seg_bytes, &prop, &handle);
+    if (mapped == MapResult::out_of_memory) return BackingResult::out_of_memory;
+    if (mapped == MapResult::failed) return BackingResult::failed;
     try {
       segments.push_back(Segment{s.device, s.first, s.granules, handle});
     } catch (...) {
-      driver.cuMemUnmap(at, seg_bytes);
-      driver.cuMemRelease(handle);
+      unmap_and_release(at, seg_bytes, handle);
       return BackingResult::failed;
     }
     return BackingResult::ok;
@@ -202,32 +168,19 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
     if (segments.empty()) return;
     const Segment last = segments.back();
     segments.pop_back();
-    driver.cuMemUnmap(base + last.first * g, last.granules * g);
-    driver.cuMemRelease(last.handle);
+    unmap_and_release(base + last.first * g, last.granules * g, last.handle);
     (void)s;
   };
 
   std::vector<PlacementSegment> backed;
   if (!back_with_placement(request, std::move(rooms), back, undo, &backed)) return false;
 
-  // One access call for the whole range and every participant (one descriptor each).
-  CUresult rc = driver.cuMemSetAccess(base, bytes, access_.data(), access_.size());
-  bool recorded = false;
-  if (rc == CUDA_SUCCESS) {
-    try {
-      mappings_[base] = Mapping{bytes, segments};
-      recorded = true;
-    } catch (...) {
-    }
-  } else {
-    log(LogLevel::info, "device %d: cuMemSetAccess(%zu, %zu devices) failed: %d", device_, bytes, access_.size(),
-        static_cast<int>(rc));
-  }
-  if (!recorded) {
-    for (auto it = segments.rbegin(); it != segments.rend(); ++it) {
-      driver.cuMemUnmap(base + it->first * g, it->granules * g);
-      driver.cuMemRelease(it->handle);
-    }
+  // One access call for the whole range and every participant (one descriptor each). The record copies
+  // `segments`, so they are still here to undo the mapping should the copy fail.
+  if (!set_access(base, bytes, access_.data(), access_.size(), device_) ||
+      !mappings_.record(static_cast<std::uintptr_t>(base), Mapping{bytes, segments})) {
+    for (auto it = segments.rbegin(); it != segments.rend(); ++it)
+      unmap_and_release(base + it->first * g, it->granules * g, it->handle);
     return false;
   }
   for (const Segment& s : segments) {
@@ -244,26 +197,13 @@ void CudaPeerProvider::unmap(void* addr, std::size_t bytes) noexcept {
   Mapping mapping{};
   {
     std::lock_guard<std::mutex> guard(mutex_);
-    auto it = mappings_.find(base);
-    if (it == mappings_.end() || it->second.bytes != bytes) {
-      // cuMemUnmap cannot split a mapping; an algorithm that asks for it has a bug. Refuse rather than
-      // leave the driver half-unmapped.
-      static bool reported = false;
-      log_once(&reported, LogLevel::warn, "internal: unmap(%p, %zu) does not match one map()", addr, bytes);
-      return;
-    }
-    mapping.bytes = it->second.bytes;
-    mapping.segments.swap(it->second.segments);  // no allocation under the lock
-    mappings_.erase(it);
+    if (!mappings_.take(addr, bytes, &mapping)) return;
   }
-  const RealDriver& driver = real_driver();
-  // cuMemUnmap does not wait for queued GPU work on this memory (see CudaVmmProvider::unmap).
-  driver.cuCtxSynchronize();
+  // The calling thread's current context, as this provider keeps none of its own.
+  wait_for_device_work(nullptr);
   for (const Segment& s : mapping.segments) {
     const CUdeviceptr at = base + s.first * g;
-    driver.cuMemUnmap(at, s.granules * g);
-    // The physical memory is freed once it is unmapped and released (the handle is the last reference).
-    driver.cuMemRelease(s.handle);
+    unmap_and_release(at, s.granules * g, s.handle);
     per_device_.subtract(s.device, s.granules * g);
     tracing::record(tracing::EventKind::unmap, s.device, 0, at, s.granules * g, backend_);
   }
@@ -272,12 +212,11 @@ void CudaPeerProvider::unmap(void* addr, std::size_t bytes) noexcept {
 int CudaPeerProvider::backing_device(const void* address) const noexcept {
   const auto a = reinterpret_cast<std::uintptr_t>(address);
   std::lock_guard<std::mutex> guard(mutex_);
-  auto it = mappings_.upper_bound(a);
-  if (it == mappings_.begin()) return -1;
-  --it;
-  if (a >= it->first + it->second.bytes) return -1;
-  const std::size_t granule = (a - it->first) / granularity_;
-  for (const Segment& s : it->second.segments)
+  std::uintptr_t base = 0;
+  const Mapping* mapping = mappings_.covering(a, &base);
+  if (!mapping) return -1;
+  const std::size_t granule = (a - base) / granularity_;
+  for (const Segment& s : mapping->segments)
     if (granule >= s.first && granule < s.first + s.granules) return s.device;
   return -1;
 }

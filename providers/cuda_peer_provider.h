@@ -1,6 +1,9 @@
 // MemoryProvider over the CUDA VMM API whose memory may live on several GPUs and is readable and
 // writable from all of them (GPUSHIM_PEERS, GPUSHIM_PLACEMENT).
 //
+// The driver steps are providers/cuda_physical_memory.h, shared with CudaVmmProvider; what is this
+// provider's own is which devices take part and where each granule lives.
+//
 // reserve = cuMemAddressReserve, as CudaVmmProvider. map() asks the placement policy which device backs
 // each granule, then per segment cuMemCreate with location = that device and cuMemMap at the segment's
 // address, then ONE cuMemSetAccess over the whole range with one read-write descriptor per participating
@@ -18,14 +21,14 @@
 #pragma once
 
 #include <cstddef>
-#include <cstdint>
-#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
 
 #include <cuda.h>
 
+#include "providers/cuda_physical_memory.h"
+#include "providers/mapping_table.h"
 #include "providers/placement_policy.h"
 #include "tracing/trace_recorder.h"
 
@@ -64,9 +67,6 @@ class CudaPeerProvider final : public PlacedMemoryProvider {
   void reset_after_fork() noexcept;
 
  private:
-  // The H100's granularity, used only if the driver cannot tell us.
-  static constexpr std::size_t kFallbackGranularity = std::size_t{2} << 20;
-
   struct Segment {
     int device;
     std::size_t first;  // granule offset in the mapping
@@ -86,12 +86,12 @@ class CudaPeerProvider final : public PlacedMemoryProvider {
   const tracing::BackendId backend_;
   const std::vector<std::size_t> per_device_cap_;
   bool ok_ = false;
-  std::size_t granularity_ = kFallbackGranularity;
+  std::size_t granularity_ = kFallbackVmmGranularity;
   std::vector<int> participants_;
   std::vector<CUmemAccessDesc> access_;  // one read-write descriptor per participant
   PerDeviceBytes per_device_;
   mutable std::mutex mutex_;  // map/unmap are 15-300 us driver calls; one lock is no bottleneck
-  std::map<std::uintptr_t, Mapping> mappings_;  // addr -> what one map() created
+  MappingTable<Mapping> mappings_;
 };
 
 }  // namespace gpushim

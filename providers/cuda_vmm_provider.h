@@ -2,19 +2,20 @@
 //
 // reserve = cuMemAddressReserve; map = cuMemCreate + cuMemMap + one cuMemSetAccess for the whole range
 // (cuMemSetAccess costs 30-54 us whatever the size, so once per mapped range, never per block);
-// unmap = cuMemUnmap + cuMemRelease of exactly what one map() mapped. Measured costs in DESIGN.md.
-// Calls the real driver only (driver/real_driver.h), never gpushim's hooks.
+// unmap = wait for the device, cuMemUnmap + cuMemRelease of exactly what one map() mapped. The driver
+// steps are providers/cuda_physical_memory.h, shared with CudaPeerProvider; what is this provider's own
+// is the shareable handle, the IPC registration and the compute-sanitizer heaps.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
-#include <cstdint>
-#include <map>
 #include <mutex>
 
 #include <cuda.h>
 
 #include "ipc/exportable_memory.h"
+#include "providers/cuda_physical_memory.h"
+#include "providers/mapping_table.h"
 #include "providers/memory_provider.h"
 #include "tracing/trace_recorder.h"
 
@@ -45,16 +46,11 @@ class CudaVmmProvider final : public MemoryProvider, public ipc::ExportableMemor
                            std::size_t* chunk_size) noexcept override;
 
  private:
-  void wait_for_device_work() noexcept;
-
-  // The H100's granularity, used only if the driver cannot tell us.
-  static constexpr std::size_t kFallbackGranularity = std::size_t{2} << 20;
-
   const int device_;
   const tracing::BackendId backend_;
   CUcontext context_ = nullptr;  // the device's context, current when the provider was built
   bool ok_ = false;
-  std::size_t granularity_ = kFallbackGranularity;
+  std::size_t granularity_ = kFallbackVmmGranularity;
   CUmemAllocationProp prop_{};
   CUmemAccessDesc access_{};
   std::atomic<std::size_t> bytes_mapped_{0};
@@ -63,7 +59,7 @@ class CudaVmmProvider final : public MemoryProvider, public ipc::ExportableMemor
     CUmemGenericAllocationHandle handle;
     std::size_t bytes;
   };
-  std::map<std::uintptr_t, Mapping> mappings_;  // addr -> what one map() created
+  MappingTable<Mapping> mappings_;
 };
 
 }  // namespace gpushim
