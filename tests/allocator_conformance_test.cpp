@@ -3,15 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <map>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "allocators/backend_registry.h"
 #include "providers/host_provider.h"
+#include "tests/backend_test_support.h"
 #include "tests/block_pattern.h"
 
 namespace gpushim {
@@ -161,42 +160,15 @@ TEST_P(AllocatorConformance, OutOfMemoryReturnsNullThenRecoversAfterFrees) {
 }
 
 TEST_P(AllocatorConformance, ManyThreadsKeepTheirBlocksApart) {
-  std::atomic<int> corrupted{0}, failures{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 8; ++t) {
-    threads.emplace_back([&, t] {
-      std::mt19937_64 rng(1000 + t);
-      std::vector<std::tuple<void*, std::size_t, std::uint64_t>> mine;
-      std::uint64_t tag = std::uint64_t(t) << 40;
-      for (int op = 0; op < 2000; ++op) {
-        if (!mine.empty() && (rng() % 2 || mine.size() > 32)) {
-          std::size_t i = rng() % mine.size();
-          auto [p, n, tg] = mine[i];
-          if (!verify_block(p, n, tg)) ++corrupted;
-          backend_->deallocate(p, n, 0);
-          mine[i] = mine.back();
-          mine.pop_back();
-        } else {
-          std::size_t n = 1 + rng() % (rng() % 8 ? 16 * KiB : MiB);
-          void* p = allocate_like_the_router(n);
-          if (!p) {
-            ++failures;
-            continue;
-          }
-          if (reinterpret_cast<std::uintptr_t>(p) % kMinAlignment) ++corrupted;
-          fill_block(p, n, ++tag);
-          mine.emplace_back(p, n, tag);
-        }
-      }
-      for (auto [p, n, tg] : mine) {
-        if (!verify_block(p, n, tg)) ++corrupted;
-        backend_->deallocate(p, n, 0);
-      }
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  EXPECT_EQ(corrupted.load(), 0);
-  EXPECT_EQ(failures.load(), 0) << "requests stay far below the cap; " << describe(0);
+  testing::ThreadChurn churn;
+  churn.operations_per_thread = 2000;
+  churn.max_blocks_per_thread = 32;
+  churn.large_bytes = MiB;
+  churn.first_seed = 1000;
+  const testing::ChurnOutcome outcome = testing::churn_in_threads(
+      *backend_, churn, [&](std::size_t bytes) { return allocate_like_the_router(bytes); });
+  EXPECT_EQ(outcome.corrupted, 0);
+  EXPECT_EQ(outcome.failures, 0) << "requests stay far below the cap; " << describe(0);
   AllocatorStats s = backend_->stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.allocations, s.deallocations);

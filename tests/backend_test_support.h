@@ -1,53 +1,26 @@
-// Shared checks for the buddy, slab and tiered backend tests: a reference model of live blocks that
-// catches overlap and misalignment, and byte patterns written into every block that catch a block
-// handed out twice (the second owner's pattern overwrites the first's).
+// Shared checks for the backend tests: a reference model of live blocks that catches overlap and
+// misalignment, with probes of the block pattern (tests/block_pattern.h) that catch a block handed out
+// twice; random sequences over it, alone or from many threads; and a churn from many threads that
+// writes every byte of every block.
 #pragma once
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <functional>
 #include <map>
 #include <random>
+#include <thread>
+#include <tuple>
 #include <vector>
 
 #include "allocators/allocator.h"
+#include "tests/block_pattern.h"
 
 namespace gpushim::testing {
-
-// Writing all of a 100 MiB block would dominate the test time; 16 bytes per 4 KiB plus the last 16
-// still catch a block handed out twice (both owners then share its first bytes).
-inline constexpr std::size_t kPatternStride = 4096;
-
-// The byte at each offset depends only on (seed, offset), so probes that overlap agree.
-inline unsigned char pattern_byte(std::uint64_t seed, std::size_t offset) {
-  const std::uint64_t x = (seed * 0x9E3779B97F4A7C15ull) ^ (offset * 0xC2B2AE3D27D4EB4Full);
-  return static_cast<unsigned char>(x >> 56);
-}
-
-inline constexpr std::size_t kProbeBytes = 16;
-
-// Probes of kProbeBytes every kPatternStride, plus the last bytes of the block.
-inline void for_each_probe_byte(std::size_t bytes, const std::function<void(std::size_t)>& visit) {
-  for (std::size_t off = 0; off < bytes; off += kPatternStride)
-    for (std::size_t i = off; i < std::min(bytes, off + kProbeBytes); ++i) visit(i);
-  for (std::size_t i = bytes > kProbeBytes ? bytes - kProbeBytes : 0; i < bytes; ++i) visit(i);
-}
-
-inline void fill_pattern(void* p, std::size_t bytes, std::uint64_t seed) {
-  auto* base = static_cast<unsigned char*>(p);
-  for_each_probe_byte(bytes, [&](std::size_t off) { base[off] = pattern_byte(seed, off); });
-}
-
-inline bool pattern_intact(const void* p, std::size_t bytes, std::uint64_t seed) {
-  auto* base = static_cast<const unsigned char*>(p);
-  bool ok = true;
-  for_each_probe_byte(bytes, [&](std::size_t off) { ok = ok && base[off] == pattern_byte(seed, off); });
-  return ok;
-}
 
 // Log-uniform sizes from 1 B to max_bytes: most requests small, some huge, like a training step.
 inline std::size_t random_size(std::mt19937_64& rng, std::size_t max_bytes) {
@@ -77,14 +50,14 @@ class BlockModel {
     }
     live_.emplace(address, Block{bytes, seed});
     bytes_ += bytes;
-    fill_pattern(p, bytes, seed);
+    fill_block(p, bytes, seed, PatternCoverage::kProbes);
   }
 
   // Removes a block after checking that nobody wrote into it.
   Block remove(std::uintptr_t address) {
     auto it = live_.find(address);
     Block block = it->second;
-    EXPECT_TRUE(pattern_intact(reinterpret_cast<void*>(address), block.bytes, block.seed))
+    EXPECT_TRUE(verify_block(reinterpret_cast<void*>(address), block.bytes, block.seed, PatternCoverage::kProbes))
         << "block of " << block.bytes << " B was overwritten while live";
     live_.erase(it);
     bytes_ -= block.bytes;
@@ -137,6 +110,76 @@ inline std::size_t run_random_sequence(Allocator& allocator, std::size_t steps, 
     allocator.deallocate(reinterpret_cast<void*>(address), block.bytes, 0);
   }
   return failures;
+}
+
+// `threads` threads each run run_random_sequence on the same allocator (seeds first_seed,
+// first_seed + 1, ...); afterwards every block must have come back.
+inline void run_random_sequences_in_threads(Allocator& allocator, int threads, std::size_t steps,
+                                            std::size_t max_bytes, std::uint64_t first_seed) {
+  std::vector<std::thread> running;
+  for (int t = 0; t < threads; ++t)
+    running.emplace_back([&, t] { run_random_sequence(allocator, steps, max_bytes, first_seed + t, false); });
+  for (auto& thread : running) thread.join();
+  const AllocatorStats s = allocator.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+}
+
+// A churn of allocations and frees from several threads at once, each thread holding a few blocks
+// filled in every byte (blocks stay small, so writing all of them is cheap).
+struct ThreadChurn {
+  int threads = 8;
+  int operations_per_thread = 0;
+  std::size_t max_blocks_per_thread = 0;
+  std::size_t large_bytes = 0;  // one request in 8 is up to this many bytes, the rest up to 16 KiB
+  std::uint64_t first_seed = 0;
+};
+
+struct ChurnOutcome {
+  int corrupted = 0;  // blocks misaligned or overwritten while live
+  int failures = 0;   // allocations that returned null
+};
+
+// Runs `churn` with `allocate` (the allocator's own, or one with a retry policy) and allocator's
+// deallocate; every block is verified before it is freed, and all are freed at the end.
+inline ChurnOutcome churn_in_threads(Allocator& allocator, const ThreadChurn& churn,
+                                     const std::function<void*(std::size_t)>& allocate) {
+  constexpr std::size_t kSmallBytes = 16 * 1024;
+  std::atomic<int> corrupted{0}, failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < churn.threads; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(churn.first_seed + t);
+      std::vector<std::tuple<void*, std::size_t, std::uint64_t>> mine;
+      std::uint64_t tag = std::uint64_t(t) << 40;  // tags unique across threads
+      for (int op = 0; op < churn.operations_per_thread; ++op) {
+        if (!mine.empty() && (rng() % 2 || mine.size() > churn.max_blocks_per_thread)) {
+          std::size_t i = rng() % mine.size();
+          auto [p, n, tg] = mine[i];
+          if (!verify_block(p, n, tg)) ++corrupted;
+          allocator.deallocate(p, n, 0);
+          mine[i] = mine.back();
+          mine.pop_back();
+        } else {
+          std::size_t n = 1 + rng() % (rng() % 8 ? kSmallBytes : churn.large_bytes);
+          void* p = allocate(n);
+          if (!p) {
+            ++failures;
+            continue;
+          }
+          if (reinterpret_cast<std::uintptr_t>(p) % kMinAlignment) ++corrupted;
+          fill_block(p, n, ++tag);
+          mine.emplace_back(p, n, tag);
+        }
+      }
+      for (auto [p, n, tg] : mine) {
+        if (!verify_block(p, n, tg)) ++corrupted;
+        allocator.deallocate(p, n, 0);
+      }
+    });
+  }
+  for (auto& thread : threads) thread.join();
+  return {corrupted.load(), failures.load()};
 }
 
 }  // namespace gpushim::testing

@@ -8,17 +8,10 @@
 #   LD_PRELOAD=libgpushim.so GPUSHIM_BACKEND=B compute-sanitizer --tool memcheck --nvtx yes \
 #       --error-exitcode 99 SANITIZER_OOB [--in-bounds]
 set -u
-probe="" backend="none" lib="" search=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --probe) probe="$2"; shift 2 ;;
-    --backend) backend="$2"; shift 2 ;;
-    --lib) lib="$2"; shift 2 ;;
-    --search) search="$2"; shift 2 ;;
-    --) shift; break ;;
-    *) echo "gpu_ecosystem_sanitizer.sh: unknown option $1" >&2; exit 2 ;;
-  esac
-done
+# shellcheck source=tests/gpu/gpu_test_options.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu/gpu_test_options.sh"
+parse_gpu_test_options gpu_ecosystem_sanitizer.sh "$@"
+set -- "${gpu_test_command[@]}"
 app="${1:?usage: gpu_ecosystem_sanitizer.sh [options] -- sanitizer_oob}"
 
 command -v nvidia-smi >/dev/null 2>&1 || { echo "no GPU: skipped (nvidia-smi not found)"; exit 77; }
@@ -28,10 +21,7 @@ sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-san
 
 preload=()
 if [ "$backend" != "none" ]; then
-  if [ -z "$lib" ] || [ ! -f "$lib" ]; then
-    [ -n "$search" ] && lib=$(find "$search" -name libgpushim.so -type f 2>/dev/null | head -n 1)
-  fi
-  [ -n "$lib" ] && [ -f "$lib" ] || { echo "FAIL: libgpushim.so not found"; exit 1; }
+  locate_libgpushim || { echo "FAIL: libgpushim.so not found"; exit 1; }
   preload=(env "LD_PRELOAD=$lib${LD_PRELOAD:+:$LD_PRELOAD}" "GPUSHIM_BACKEND=$backend")
 fi
 
@@ -48,27 +38,25 @@ dir=$(mktemp -d "${TMPDIR:-/tmp}/gpushim-sanitizer.XXXXXX")
 trap 'rm -rf "$dir"' EXIT
 fail=0
 
-run "$dir/oob.log"; status=$?
-if [ $status -ne 99 ] || ! grep -q "Invalid __global__ write" "$dir/oob.log"; then
-  echo "FAIL: out-of-bounds write into a block not reported (backend $backend, exit $status)"
-  fail=1
-else
-  echo "ok: out-of-bounds write reported (backend $backend)"
-fi
+# expect_run LOG WANT_STATUS WANT_TEXT WHAT_FAILED WHAT_PASSED [ARGS...]: one sanitizer run passes if it exits
+# WANT_STATUS and its output holds WANT_TEXT; a failure is reported and remembered in `fail`.
+expect_run() {
+  local log="$dir/$1" want_status="$2" want_text="$3" what_failed="$4" what_passed="$5"
+  shift 5
+  run "$log" "$@"
+  local status=$?
+  if [ $status -ne "$want_status" ] || ! grep -q "$want_text" "$log"; then
+    echo "FAIL: $what_failed (backend $backend, exit $status)"
+    fail=1
+  else
+    echo "ok: $what_passed (backend $backend)"
+  fi
+}
 
-run "$dir/uaf.log" --after-free; status=$?
-if [ $status -ne 99 ] || ! grep -q "Invalid __global__ write" "$dir/uaf.log"; then
-  echo "FAIL: write into a freed block not reported (backend $backend, exit $status)"
-  fail=1
-else
-  echo "ok: write into a freed block reported (backend $backend)"
-fi
-
-run "$dir/in.log" --in-bounds; status=$?
-if [ $status -ne 0 ] || ! grep -q "ERROR SUMMARY: 0 errors" "$dir/in.log"; then
-  echo "FAIL: in-bounds run not clean (backend $backend, exit $status)"
-  fail=1
-else
-  echo "ok: in-bounds run reports 0 errors (backend $backend)"
-fi
+expect_run oob.log 99 "Invalid __global__ write" \
+  "out-of-bounds write into a block not reported" "out-of-bounds write reported"
+expect_run uaf.log 99 "Invalid __global__ write" \
+  "write into a freed block not reported" "write into a freed block reported" --after-free
+expect_run in.log 0 "ERROR SUMMARY: 0 errors" \
+  "in-bounds run not clean" "in-bounds run reports 0 errors" --in-bounds
 exit $fail

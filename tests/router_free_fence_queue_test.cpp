@@ -100,11 +100,16 @@ TEST(PendingBatch, KeepsTheContextOfItsFirstFree) {
   EXPECT_EQ(batch.context(), &a);
 }
 
-TEST(FreeFenceQueue, BlocksReturnOnlyAfterEveryEventCompletes) {
+// A queue over a backend that records what comes back and an event source the test completes by hand.
+class FreeFenceQueueTest : public ::testing::Test {
+ protected:
   RecordingBackend backend;
   FakeEvents events;
+  FreeFenceQueue queue{backend, events};
+};
+
+TEST_F(FreeFenceQueueTest, BlocksReturnOnlyAfterEveryEventCompletes) {
   events.device_streams = 3;  // legacy + two non-blocking streams
-  FreeFenceQueue queue(backend, events);
   int context = 0;
   queue.close_device_batch(blocks(1, 4), &context);
   EXPECT_EQ(events.device_fences, 1);
@@ -124,10 +129,7 @@ TEST(FreeFenceQueue, BlocksReturnOnlyAfterEveryEventCompletes) {
   EXPECT_EQ(events.released, 3u);  // events back to the pool
 }
 
-TEST(FreeFenceQueue, BatchesCompleteIndependently) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue(backend, events);
+TEST_F(FreeFenceQueueTest, BatchesCompleteIndependently) {
   queue.close_device_batch(blocks(1, 2), nullptr);  // event 1
   queue.close_device_batch(blocks(10, 2), nullptr); // event 2
   events.complete = {2};
@@ -136,10 +138,7 @@ TEST(FreeFenceQueue, BatchesCompleteIndependently) {
   EXPECT_EQ(queue.batches(), 1u);
 }
 
-TEST(FreeFenceQueue, NothingIsRecordedWhileCapturingAndBlocksStayHeld) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue(backend, events);
+TEST_F(FreeFenceQueueTest, NothingIsRecordedWhileCapturingAndBlocksStayHeld) {
   events.capturing = true;
   queue.close_device_batch(blocks(1, 3), nullptr);
   EXPECT_EQ(events.device_fences, 0);
@@ -157,11 +156,8 @@ TEST(FreeFenceQueue, NothingIsRecordedWhileCapturingAndBlocksStayHeld) {
   EXPECT_EQ(backend.returned.size(), 3u);
 }
 
-TEST(FreeFenceQueue, StreamBatchUsesOneEventOnItsStream) {
-  RecordingBackend backend;
-  FakeEvents events;
+TEST_F(FreeFenceQueueTest, StreamBatchUsesOneEventOnItsStream) {
   events.device_streams = 5;
-  FreeFenceQueue queue(backend, events);
   queue.close_stream_batch(blocks(1, 2), nullptr, 0x1234);
   EXPECT_EQ(events.stream_fences, 1);
   EXPECT_EQ(events.device_fences, 0);
@@ -171,10 +167,7 @@ TEST(FreeFenceQueue, StreamBatchUsesOneEventOnItsStream) {
   EXPECT_EQ(backend.returned.size(), 2u);
 }
 
-TEST(FreeFenceQueue, OrphansNeedNoEventSourceUntilTheNextPoll) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue(backend, events);
+TEST_F(FreeFenceQueueTest, OrphansNeedNoEventSourceUntilTheNextPoll) {
   queue.adopt_orphans(blocks(1, 5));  // thread exit: must not touch the event source
   EXPECT_EQ(events.device_fences + events.stream_fences + events.queries, 0);
   EXPECT_EQ(queue.pending_bytes(), 5u * 256);
@@ -187,10 +180,7 @@ TEST(FreeFenceQueue, OrphansNeedNoEventSourceUntilTheNextPoll) {
   EXPECT_EQ(queue.pending_bytes(), 0u);
 }
 
-TEST(FreeFenceQueue, OrphansRideWithTheNextDeviceBatch) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue(backend, events);
+TEST_F(FreeFenceQueueTest, OrphansRideWithTheNextDeviceBatch) {
   queue.adopt_orphans(blocks(1, 2));
   queue.close_device_batch(blocks(10, 2), nullptr);
   EXPECT_EQ(events.device_fences, 1);  // one fence covers both
@@ -199,10 +189,7 @@ TEST(FreeFenceQueue, OrphansRideWithTheNextDeviceBatch) {
   EXPECT_EQ(backend.returned.size(), 4u);
 }
 
-TEST(FreeFenceQueue, SynchronizeAllIsThePressurePath) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue(backend, events);
+TEST_F(FreeFenceQueueTest, SynchronizeAllIsThePressurePath) {
   queue.close_device_batch(blocks(1, 2, 1 << 20), nullptr);
   queue.close_stream_batch(blocks(10, 1, 1 << 20), nullptr, 7);
   EXPECT_TRUE(backend.returned.empty());
@@ -212,10 +199,7 @@ TEST(FreeFenceQueue, SynchronizeAllIsThePressurePath) {
   EXPECT_EQ(queue.pending_bytes(), 0u);
 }
 
-TEST(FreeFenceQueue, CompletedBlocksWaitWhileGivingBackIsForbidden) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue(backend, events);
+TEST_F(FreeFenceQueueTest, CompletedBlocksWaitWhileGivingBackIsForbidden) {
   queue.close_device_batch(blocks(1, 2), nullptr);
   events.complete = {1};
   events.holding = true;  // a capture runs and the backend frees through the driver
@@ -226,10 +210,7 @@ TEST(FreeFenceQueue, CompletedBlocksWaitWhileGivingBackIsForbidden) {
   EXPECT_EQ(queue.poll(), 512u);
 }
 
-TEST(FreeFenceQueue, EmptyBatchesRecordNothing) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue(backend, events);
+TEST_F(FreeFenceQueueTest, EmptyBatchesRecordNothing) {
   queue.close_device_batch({}, nullptr);
   EXPECT_EQ(events.device_fences, 0);
   EXPECT_EQ(queue.batches(), 0u);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <initializer_list>
 #include <map>
 #include <string>
 
@@ -24,40 +25,32 @@ const char* lookup_in_map(const char* name, void* user) {
 
 Settings parse(Environment environment) { return parse_settings(&lookup_in_map, &environment); }
 
-std::uint64_t size_of(const char* text) {
-  std::uint64_t bytes = 0;
-  EXPECT_TRUE(parse_size(text, &bytes)) << text;
-  return bytes;
+struct SizeCase {
+  const char* text;  // what a user writes
+  std::uint64_t bytes;
+};
+
+void expect_sizes(std::initializer_list<SizeCase> cases) {
+  for (const SizeCase& c : cases) {
+    std::uint64_t bytes = 0;
+    EXPECT_TRUE(parse_size(c.text, &bytes)) << c.text;
+    EXPECT_EQ(bytes, c.bytes) << c.text;
+  }
 }
 
-TEST(ParseSize, PlainBytes) {
-  EXPECT_EQ(size_of("4096"), 4096u);
-  EXPECT_EQ(size_of("0"), 0u);
-  EXPECT_EQ(size_of("4096B"), 4096u);
-  EXPECT_EQ(size_of(" 4096 "), 4096u);
-}
+TEST(ParseSize, PlainBytes) { expect_sizes({{"4096", 4096}, {"0", 0}, {"4096B", 4096}, {" 4096 ", 4096}}); }
 
 TEST(ParseSize, BareLettersAndIecUnitsArePowersOf1024) {
-  for (const char* text : {"64k", "64K", "64KiB", "64kib", "64 KiB"}) EXPECT_EQ(size_of(text), 64 * KiB) << text;
-  EXPECT_EQ(size_of("512MiB"), 512 * MiB);
-  EXPECT_EQ(size_of("512M"), 512 * MiB);
-  EXPECT_EQ(size_of("2GiB"), 2 * GiB);
-  EXPECT_EQ(size_of("2g"), 2 * GiB);
-  EXPECT_EQ(size_of("1TiB"), 1024 * GiB);
+  expect_sizes({{"64k", 64 * KiB}, {"64K", 64 * KiB}, {"64KiB", 64 * KiB}, {"64kib", 64 * KiB}, {"64 KiB", 64 * KiB},
+                {"512MiB", 512 * MiB}, {"512M", 512 * MiB}, {"2GiB", 2 * GiB}, {"2g", 2 * GiB},
+                {"1TiB", 1024 * GiB}});
 }
 
 TEST(ParseSize, UnitsWithBButNoIArePowersOf1000) {
-  EXPECT_EQ(size_of("64KB"), 64000u);
-  EXPECT_EQ(size_of("2GB"), 2000000000u);
-  EXPECT_EQ(size_of("3MB"), 3000000u);
-  EXPECT_EQ(size_of("1TB"), 1000000000000u);
+  expect_sizes({{"64KB", 64000}, {"2GB", 2000000000}, {"3MB", 3000000}, {"1TB", 1000000000000}});
 }
 
-TEST(ParseSize, Fractions) {
-  EXPECT_EQ(size_of("1.5GiB"), GiB + GiB / 2);
-  EXPECT_EQ(size_of("0.5k"), 512u);
-  EXPECT_EQ(size_of(".25MiB"), MiB / 4);
-}
+TEST(ParseSize, Fractions) { expect_sizes({{"1.5GiB", GiB + GiB / 2}, {"0.5k", 512}, {".25MiB", MiB / 4}}); }
 
 TEST(ParseSize, RejectsMalformed) {
   std::uint64_t bytes = 1234;

@@ -173,13 +173,7 @@ TEST(SlabAllocator, OutOfMemoryReturnsNullThenRecoversForAnyClass) {
 TEST(SlabAllocator, ManyThreadsKeepBlocksDisjoint) {
   HostProvider provider;
   SlabAllocator slab(provider, kDefaultSlabMaxSize);
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 8; ++t)
-    threads.emplace_back([&, t] { testing::run_random_sequence(slab, 5000, 2 * MiB, 200 + t, false); });
-  for (auto& thread : threads) thread.join();
-  const AllocatorStats s = slab.stats();
-  EXPECT_EQ(s.bytes_in_use, 0u);
-  EXPECT_EQ(s.allocations, s.deallocations);
+  testing::run_random_sequences_in_threads(slab, 8, 5000, 2 * MiB, 200);
   slab.release_cached();
   EXPECT_EQ(provider.bytes_mapped(), 0u);
   EXPECT_EQ(provider.misuse_count(), 0u);

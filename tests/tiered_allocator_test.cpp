@@ -4,8 +4,6 @@
 
 #include <gtest/gtest.h>
 
-#include <thread>
-
 #include "allocators/buddy_allocator.h"
 #include "allocators/slab_allocator.h"
 #include "providers/host_provider.h"
@@ -93,13 +91,7 @@ TEST(TieredAllocator, OutOfMemoryReturnsNullThenRecoversAfterReleaseCached) {
 TEST(TieredAllocator, ManyThreadsKeepBlocksDisjoint) {
   HostProvider provider;
   auto tiered = make_tiered_allocator(provider, small_arena_settings());
-  std::vector<std::thread> threads;
-  for (int t = 0; t < 8; ++t)
-    threads.emplace_back([&, t] { testing::run_random_sequence(*tiered, 3000, 4 * MiB, 300 + t, false); });
-  for (auto& thread : threads) thread.join();
-  const AllocatorStats s = tiered->stats();
-  EXPECT_EQ(s.bytes_in_use, 0u);
-  EXPECT_EQ(s.allocations, s.deallocations);
+  testing::run_random_sequences_in_threads(*tiered, 8, 3000, 4 * MiB, 300);
   tiered->release_cached();
   EXPECT_EQ(provider.bytes_mapped(), 0u);
 }

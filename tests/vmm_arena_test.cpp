@@ -4,13 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
-#include <atomic>
 #include <map>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include "providers/host_provider.h"
+#include "tests/backend_test_support.h"
 #include "tests/block_pattern.h"
 
 namespace gpushim {
@@ -290,43 +289,15 @@ TEST(VmmArena, RandomSequencesUnderACapMatchTheReferenceModel) {
 TEST(VmmArena, ManyThreadsKeepTheirBlocksApart) {
   HostProvider provider(kGranule);
   VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB));  // low threshold: give-back races too
-  constexpr int kThreads = 8;
-  std::atomic<int> corrupted{0}, failures{0};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      std::mt19937_64 rng(100 + t);
-      std::vector<std::tuple<void*, std::size_t, std::uint64_t>> mine;
-      std::uint64_t tag = std::uint64_t(t) << 40;
-      for (int op = 0; op < 3000; ++op) {
-        if (!mine.empty() && (rng() % 2 || mine.size() > 64)) {
-          std::size_t i = rng() % mine.size();
-          auto [p, n, tg] = mine[i];
-          if (!verify_block(p, n, tg)) ++corrupted;
-          arena.deallocate(p, n, 0);
-          mine[i] = mine.back();
-          mine.pop_back();
-        } else {
-          std::size_t n = 1 + rng() % (rng() % 8 ? 16 * KiB : 2 * MiB);
-          void* p = arena.allocate(n, 0);
-          if (!p) {
-            ++failures;
-            continue;
-          }
-          if (address(p) % kMinAlignment) ++corrupted;
-          fill_block(p, n, ++tag);
-          mine.emplace_back(p, n, tag);
-        }
-      }
-      for (auto [p, n, tg] : mine) {
-        if (!verify_block(p, n, tg)) ++corrupted;
-        arena.deallocate(p, n, 0);
-      }
-    });
-  }
-  for (auto& thread : threads) thread.join();
-  EXPECT_EQ(corrupted.load(), 0);
-  EXPECT_EQ(failures.load(), 0);
+  testing::ThreadChurn churn;
+  churn.operations_per_thread = 3000;
+  churn.max_blocks_per_thread = 64;
+  churn.large_bytes = 2 * MiB;
+  churn.first_seed = 100;
+  const testing::ChurnOutcome outcome =
+      testing::churn_in_threads(arena, churn, [&](std::size_t bytes) { return arena.allocate(bytes, 0); });
+  EXPECT_EQ(outcome.corrupted, 0);
+  EXPECT_EQ(outcome.failures, 0);
   AllocatorStats s = arena.stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.allocations, s.deallocations);

@@ -9,20 +9,10 @@
 # (stderr, format in notes/stats_format.md) show backend B served at least one allocation: a test that
 # passes because nothing was intercepted proves nothing.
 set -u
-probe=""
-backend="none"
-lib=""
-search=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --probe) probe="$2"; shift 2 ;;
-    --backend) backend="$2"; shift 2 ;;
-    --lib) lib="$2"; shift 2 ;;
-    --search) search="$2"; shift 2 ;;
-    --) shift; break ;;
-    *) echo "run_gpu_test.sh: unknown option $1" >&2; exit 2 ;;
-  esac
-done
+# shellcheck source=tests/gpu/gpu_test_options.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_test_options.sh"
+parse_gpu_test_options run_gpu_test.sh "$@"
+set -- "${gpu_test_command[@]}"
 [ $# -gt 0 ] || { echo "run_gpu_test.sh: no command given" >&2; exit 2; }
 
 if ! command -v nvidia-smi >/dev/null 2>&1; then
@@ -42,10 +32,7 @@ if [ "$backend" = "none" ]; then
   exec "$@"
 fi
 
-if [ -z "$lib" ] || [ ! -f "$lib" ]; then
-  [ -n "$search" ] && lib=$(find "$search" -name libgpushim.so -type f 2>/dev/null | head -n 1)
-fi
-if [ -z "$lib" ] || [ ! -f "$lib" ]; then
+if ! locate_libgpushim; then
   echo "FAIL: libgpushim.so not found (--lib '${lib}', --search '${search}')"
   exit 1
 fi
