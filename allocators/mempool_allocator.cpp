@@ -13,11 +13,19 @@ CUmemoryPool create_pool(int device, std::uint64_t release_threshold, bool follo
   const RealDriver& driver = real_driver();
   CUmemPoolProps props{};
   props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
-  props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+  // Shareable, so that cuIpcGetMemHandle on a block can export the pool (ipc/cuda_ipc.cpp); where the
+  // platform has no POSIX-fd sharing the pool is made without it and IPC of its blocks is refused.
+  props.handleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
   props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
   props.location.id = device;
   CUmemoryPool pool = nullptr;
   CUresult rc = driver.cuMemPoolCreate(&pool, &props);
+  if (rc != CUDA_SUCCESS) {
+    log(LogLevel::info, "device %d: a shareable memory pool is not available (%d); its blocks cannot be IPC-exported",
+        device, static_cast<int>(rc));
+    props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    rc = driver.cuMemPoolCreate(&pool, &props);
+  }
   if (rc != CUDA_SUCCESS) {
     log(LogLevel::warn, "device %d: cuMemPoolCreate failed (%d)", device, static_cast<int>(rc));
     return nullptr;

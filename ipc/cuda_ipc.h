@@ -7,9 +7,12 @@
 // cuMemAddressReserve + cuMemMap + cuMemSetAccess, and return the address of the block's first byte.
 // As with the driver, the importer gets the exported *block* (for cuMemAlloc memory: the allocation),
 // whichever pointer inside it was exported.
+// The mempool backend's blocks live in a driver pool created shareable: export sends the pool's fd and
+// the block's cuMemPoolExportPointer data; the importer imports the pool once and the pointer.
 #pragma once
 
 #include <cstddef>
+#include <vector>
 
 #include <cuda.h>
 
@@ -33,6 +36,18 @@ bool is_gpushim_handle(const CUipcMemHandle& handle) noexcept;
 CUresult open_handle(CUdeviceptr* out, const CUipcMemHandle& handle, unsigned int flags) noexcept;
 
 // *handled false when `p` is not an address open_handle returned (then the caller asks the driver).
+// Tells the exporter, which may then free the block (export_registry.h, "Holders").
 CUresult close_handle(CUdeviceptr p, bool* handled) noexcept;
+
+// ---- the exporter's frees (the router calls these) ----
+// True once this process has exported anything: only then are the two calls below worth making.
+bool any_exports() noexcept;
+// The program freed gpushim block `base`. True when another process still has it open: the caller
+// keeps the block (neither reuses nor frees it) until take_released_blocks() returns it, as the
+// driver keeps cuMemAlloc memory alive while it is open elsewhere.
+bool hold_freed_block(CUdeviceptr base) noexcept;
+// Appends the held blocks no process has open any more (closed, or the importer exited); true if any.
+// A lock only while something is held.
+bool take_released_blocks(std::vector<CUdeviceptr>* out) noexcept;
 
 }  // namespace gpushim::ipc

@@ -17,17 +17,26 @@
 namespace gpushim::ipc {
 namespace {
 
-constexpr std::uint64_t kProtocolMagic = 0x3170696d68737067ull;  // "gpshmip1"
+// Version 2 added the request's operation (release) and pool exports; a version-1 peer's messages are
+// ignored (the importer then reports a protocol error, never a wrong mapping).
+constexpr std::uint64_t kProtocolMagic = 0x3270696d68737067ull;  // "gpshmip2"
 // Long enough for a loaded machine, short enough that a dead or stuck peer costs a bounded wait.
 constexpr int kSocketTimeoutSeconds = 5;
 // A block larger than this many physical chunks is refused (and logged by the caller); with chunks of
 // at least 2 MiB that is at least 8 GiB in one block, mapped in the smallest steps.
 constexpr std::uint32_t kMaxChunksPerExport = 4096;
 
+enum Operation : std::uint32_t {
+  kFetch = 0,    // send the export's descriptors; the asking process holds the export from then on
+  kRelease = 1,  // the asking process closed the export
+};
+
 struct Request {
   std::uint64_t magic;
   std::uint64_t token;
   std::uint64_t export_id;
+  std::uint32_t operation;
+  std::uint32_t zero;
 };
 
 enum ReplyStatus : std::uint32_t { kReplyOk = 0, kReplyRefused = 1, kReplyUnknown = 2 };
@@ -39,7 +48,9 @@ struct ReplyHeader {
   std::uint64_t block_size;
   std::uint64_t offset_in_span;
   std::int32_t device;
-  std::uint32_t zero;
+  std::uint32_t kind;  // ExportKind
+  std::uint64_t pool_id;
+  std::uint8_t pool_pointer_data[kPoolPointerDataSize];
 };
 
 struct ChunkWire {
@@ -70,10 +81,12 @@ void set_timeouts(int fd) noexcept {
   ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
 }
 
-bool same_user(int connection) noexcept {
+// The connecting process, as the kernel vouches for it. False for another user (or no answer).
+bool peer_of_same_user(int connection, pid_t* pid) noexcept {
   ucred peer{};
   socklen_t length = sizeof peer;
   if (::getsockopt(connection, SOL_SOCKET, SO_PEERCRED, &peer, &length) != 0) return false;
+  *pid = peer.pid;
   return peer.uid == ::getuid();
 }
 
@@ -86,7 +99,7 @@ void close_chunks(ExportRecord* record) noexcept {
 
 }  // namespace
 
-ExportServer::ExportServer(const ExportRegistry& registry, std::uint64_t token, std::string socket_name) noexcept
+ExportServer::ExportServer(ExportRegistry& registry, std::uint64_t token, std::string socket_name) noexcept
     : registry_(registry), token_(token), socket_name_(std::move(socket_name)) {}
 
 std::string ExportServer::socket_name_for(pid_t pid) { return "gpushim-ipc." + std::to_string(pid); }
@@ -174,9 +187,19 @@ void ExportServer::answer(int connection) noexcept {
   ReplyHeader header{};
   header.magic = kProtocolMagic;
   ExportRecord record;
-  if (!same_user(connection) || request.token != token_) {
+  pid_t importer = 0;
+  const bool known_peer = peer_of_same_user(connection, &importer) && request.token == token_;
+  if (!known_peer) {
     header.status = kReplyRefused;
-  } else if (!registry_.find(request.export_id, &record) || record.chunks.size() > kMaxChunksPerExport) {
+  } else if (request.operation == kRelease) {
+    header.status = registry_.release(request.export_id, importer) ? kReplyOk : kReplyUnknown;
+    send_with_fds(connection, &header, sizeof header, nullptr, 0);
+    return;
+  } else if (request.operation != kFetch || !registry_.find_for_import(request.export_id, importer, &record)) {
+    header.status = kReplyUnknown;
+  } else if (record.chunks.size() > kMaxChunksPerExport) {
+    registry_.release(request.export_id, importer);
+    close_chunks(&record);
     header.status = kReplyUnknown;
   } else {
     header.status = kReplyOk;
@@ -184,12 +207,17 @@ void ExportServer::answer(int connection) noexcept {
     header.block_size = record.block_size;
     header.offset_in_span = record.offset_in_span;
     header.device = record.device;
+    header.kind = static_cast<std::uint32_t>(record.kind);
+    header.pool_id = record.pool_id;
+    std::memcpy(header.pool_pointer_data, record.pool_pointer_data.data(), kPoolPointerDataSize);
   }
   if (!send_with_fds(connection, &header, sizeof header, nullptr, 0) || header.status != kReplyOk) {
+    if (header.status == kReplyOk) registry_.release(request.export_id, importer);
     close_chunks(&record);
     return;
   }
-  for (std::size_t first = 0; first < record.chunks.size(); first += kMaxFdsPerMessage) {
+  bool sent = true;
+  for (std::size_t first = 0; sent && first < record.chunks.size(); first += kMaxFdsPerMessage) {
     ChunkBatch batch{};
     batch.magic = kProtocolMagic;
     int fds[kMaxFdsPerMessage];
@@ -200,8 +228,11 @@ void ExportServer::answer(int connection) noexcept {
       fds[count] = chunk.fd;
     }
     batch.count = static_cast<std::uint32_t>(count);
-    if (!send_with_fds(connection, &batch, sizeof batch, fds, count)) break;
+    sent = send_with_fds(connection, &batch, sizeof batch, fds, count);
   }
+  // An importer that did not get every descriptor maps nothing, so it holds nothing. (One that got them
+  // all but then fails to map sends a release itself.)
+  if (!sent) registry_.release(request.export_id, importer);
   close_chunks(&record);  // the importer has its own copies now (or gave up)
 }
 
@@ -216,14 +247,19 @@ const char* fetch_status_name(FetchStatus status) noexcept {
   return "?";
 }
 
-FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, std::uint64_t export_id,
-                         ExportRecord* out) noexcept {
-  if (out == nullptr) return FetchStatus::protocol_error;
+namespace {
+
+// A connected socket to the server `socket_name`, or -1 (*status says why).
+int connect_to(const std::string& socket_name, FetchStatus* status) noexcept {
   sockaddr_un address;
   socklen_t length;
-  if (!make_address(socket_name, &address, &length)) return FetchStatus::no_exporter;
+  *status = FetchStatus::no_exporter;
+  if (!make_address(socket_name, &address, &length)) return -1;
   int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-  if (fd < 0) return FetchStatus::protocol_error;
+  if (fd < 0) {
+    *status = FetchStatus::protocol_error;
+    return -1;
+  }
   set_timeouts(fd);
   int rc;
   do {
@@ -231,23 +267,49 @@ FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, st
   } while (rc != 0 && errno == EINTR);
   if (rc != 0) {
     ::close(fd);
-    return FetchStatus::no_exporter;
+    return -1;
   }
+  return fd;
+}
 
-  FetchStatus status = FetchStatus::protocol_error;
+FetchStatus status_of(const ReplyHeader& header) noexcept {
+  if (header.magic != kProtocolMagic) return FetchStatus::protocol_error;
+  switch (header.status) {
+    case kReplyOk: return FetchStatus::ok;
+    case kReplyRefused: return FetchStatus::refused;
+    case kReplyUnknown: return FetchStatus::unknown_export;
+  }
+  return FetchStatus::protocol_error;
+}
+
+}  // namespace
+
+FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, std::uint64_t export_id,
+                         ExportRecord* out) noexcept {
+  if (out == nullptr) return FetchStatus::protocol_error;
+  FetchStatus status;
+  const int fd = connect_to(socket_name, &status);
+  if (fd < 0) return status;
+
+  status = FetchStatus::protocol_error;
   ExportRecord record;
-  const Request request{kProtocolMagic, token, export_id};
+  const Request request{kProtocolMagic, token, export_id, kFetch, 0};
   ReplyHeader header{};
   if (send_with_fds(fd, &request, sizeof request, nullptr, 0) &&
-      receive_with_fds(fd, &header, sizeof header, nullptr, 0) && header.magic == kProtocolMagic) {
-    if (header.status == kReplyRefused) {
-      status = FetchStatus::refused;
-    } else if (header.status == kReplyUnknown) {
-      status = FetchStatus::unknown_export;
-    } else if (header.status == kReplyOk && header.chunk_count > 0 && header.chunk_count <= kMaxChunksPerExport) {
+      receive_with_fds(fd, &header, sizeof header, nullptr, 0)) {
+    status = status_of(header);
+    const bool pool = header.kind == static_cast<std::uint32_t>(ExportKind::pool_pointer);
+    const bool well_formed = header.chunk_count > 0 && header.chunk_count <= kMaxChunksPerExport &&
+                             (pool ? header.chunk_count == 1
+                                   : header.kind == static_cast<std::uint32_t>(ExportKind::mapped_chunks));
+    if (status == FetchStatus::ok && !well_formed) status = FetchStatus::protocol_error;
+    if (status == FetchStatus::ok) {
+      record.kind = static_cast<ExportKind>(header.kind);
       record.block_size = header.block_size;
       record.offset_in_span = header.offset_in_span;
       record.device = header.device;
+      record.pool_id = header.pool_id;
+      std::memcpy(record.pool_pointer_data.data(), header.pool_pointer_data, kPoolPointerDataSize);
       bool complete = true;
       try {
         record.chunks.reserve(header.chunk_count);
@@ -272,15 +334,29 @@ FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, st
       } catch (...) {
         complete = false;  // reserve() failed before any fd arrived, or push_back cannot fail after it
       }
-      if (complete) {
-        status = FetchStatus::ok;
-      } else {
+      if (!complete) {
         close_chunks(&record);
+        status = FetchStatus::protocol_error;
       }
     }
   }
   ::close(fd);
   if (status == FetchStatus::ok) *out = std::move(record);
+  return status;
+}
+
+FetchStatus release_export(const std::string& socket_name, std::uint64_t token, std::uint64_t export_id) noexcept {
+  FetchStatus status;
+  const int fd = connect_to(socket_name, &status);
+  if (fd < 0) return status;
+  const Request request{kProtocolMagic, token, export_id, kRelease, 0};
+  ReplyHeader header{};
+  status = FetchStatus::protocol_error;
+  if (send_with_fds(fd, &request, sizeof request, nullptr, 0) &&
+      receive_with_fds(fd, &header, sizeof header, nullptr, 0)) {
+    status = status_of(header);
+  }
+  ::close(fd);
   return status;
 }
 

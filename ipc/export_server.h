@@ -1,5 +1,7 @@
 // How an importer gets the exporter's physical memory: it connects to the exporter's Unix-domain
-// socket, names an export, and receives its chunks' file descriptors (SCM_RIGHTS).
+// socket, names an export, and receives its chunks' file descriptors (SCM_RIGHTS) — or, for a block
+// of a driver memory pool, the pool's descriptor and the block's export data. From then on the importer
+// holds the export (the exporter defers freeing the block) until it connects again to release it.
 //
 // The exporter serves from one thread, started the first time it exports (a process that never calls
 // cuIpcGetMemHandle on gpushim memory never has it). The socket lives in the abstract namespace
@@ -22,7 +24,7 @@ class ExportServer {
  public:
   // Serves `registry` under `socket_name` (abstract namespace, without the leading NUL) to requests
   // carrying `token`. Nothing happens until start().
-  ExportServer(const ExportRegistry& registry, std::uint64_t token, std::string socket_name) noexcept;
+  ExportServer(ExportRegistry& registry, std::uint64_t token, std::string socket_name) noexcept;
   ~ExportServer() { stop(); }
   ExportServer(const ExportServer&) = delete;
   ExportServer& operator=(const ExportServer&) = delete;
@@ -42,7 +44,7 @@ class ExportServer {
   void serve() noexcept;
   void answer(int connection) noexcept;
 
-  const ExportRegistry& registry_;
+  ExportRegistry& registry_;
   const std::uint64_t token_;
   const std::string socket_name_;
   std::mutex start_mutex_;
@@ -62,8 +64,12 @@ enum class FetchStatus {
 const char* fetch_status_name(FetchStatus status) noexcept;
 
 // Asks the server `socket_name` for export `export_id`. On ok, out->chunks[i].fd are descriptors the
-// caller owns and must close.
+// caller owns and must close, and this process holds the export until release_export().
 FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, std::uint64_t export_id,
                          ExportRecord* out) noexcept;
+
+// Tells the server this process closed export `export_id` (once per successful fetch_export). ok, or
+// unknown_export when it held none; no_exporter once the exporter has exited (nothing to tell then).
+FetchStatus release_export(const std::string& socket_name, std::uint64_t token, std::uint64_t export_id) noexcept;
 
 }  // namespace gpushim::ipc

@@ -23,6 +23,7 @@
 #include "annotations/nvtx_ranges.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
+#include "ipc/cuda_ipc.h"
 #include "router/cuda_fence_events.h"
 #include "router/device_backend.h"
 #include "router/free_fence_queue.h"
@@ -119,6 +120,22 @@ LiveBlockTable& g_table_instance() {
 }
 #define g_table g_table_instance()
 Counters g_retired[kMaxDevices];
+// Blocks the program freed while another process has them open (cuIpcOpenMemHandle). The driver keeps
+// cuMemAlloc memory alive until the last importer closes it; so does gpushim: ipc counts the importers
+// (ipc/export_registry.h, "Holders"), the router keeps the block out of the backend until they are
+// gone, then frees it as cuMemFree would. None of this runs unless the process exported something.
+std::mutex g_held_for_importers_lock;
+std::unordered_map<CUdeviceptr, LiveBlock>& held_for_importers() {
+  static auto* held = new std::unordered_map<CUdeviceptr, LiveBlock>();
+  return *held;
+}
+
+bool is_held_for_importers(CUdeviceptr p) noexcept {
+  if (!ipc::any_exports()) return false;
+  std::lock_guard<std::mutex> guard(g_held_for_importers_lock);
+  return held_for_importers().count(p) != 0;
+}
+
 std::atomic<std::uint64_t> g_stream_generation{1};  // bumped when a stream is destroyed: stale caches
 std::atomic<std::uint64_t> g_fork_generation{1};    // bumped in a forked child: parent handles are void
 bool g_forked_child = false;
@@ -440,9 +457,12 @@ std::uint64_t pending_bytes(DeviceState& device) noexcept {
   return device.fences.pending_bytes() + thread_pending_bytes(device.ordinal) + stream_list_bytes(device);
 }
 
+void free_blocks_importers_released() noexcept;
+
 // The allocation missed: get freed memory back, in order of cost. Each step is retried once.
 void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
   Allocator& backend = device.backend();
+  if (ipc::any_exports()) free_blocks_importers_released();
   device.fences.poll();
   if (void* p = backend.allocate(block_size, stream)) return p;
 
@@ -529,6 +549,7 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
 // True while gpushim still holds the freed block `p` back (a thread's pending batch, a stream's free
 // list, the fence queue), checked in the order blocks flow. Cold: only a double free asks.
 bool still_held(DeviceState& device, CUdeviceptr p) noexcept {
+  if (is_held_for_importers(p)) return true;
   void* ptr = reinterpret_cast<void*>(p);
   {
     std::lock_guard<std::mutex> registry(g_threads_lock);
@@ -612,6 +633,53 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
 }
 
+// cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
+// backends keep their fence: their frees are ordered on their own stream), else through a fence.
+void give_back(DeviceState& device, const FreedBlock& freed) noexcept {
+  if (!device.fenced() || (!device.assembly.stream_ordered && legacy_ordered())) {
+    device.backend().deallocate(freed.ptr, freed.bytes, 0);
+    return;
+  }
+  free_fenced(device, freed);
+}
+
+// ---- blocks the program freed while another process has them open: see held_for_importers() ----------
+// True when `p` (just erased from the live table) is still open in another process: then it is kept.
+bool hold_for_importers(CUdeviceptr p, const LiveBlock& block) noexcept {
+  if (!ipc::hold_freed_block(p)) return false;
+  std::lock_guard<std::mutex> guard(g_held_for_importers_lock);
+  try {
+    held_for_importers().emplace(p, block);
+  } catch (...) {
+    // Not recorded: the block is held for the life of the process, which is safe.
+  }
+  return true;
+}
+
+void free_blocks_importers_released() noexcept {
+  std::vector<CUdeviceptr> released;
+  if (!ipc::take_released_blocks(&released)) return;
+  for (CUdeviceptr p : released) {
+    LiveBlock block;
+    {
+      std::lock_guard<std::mutex> guard(g_held_for_importers_lock);
+      auto it = held_for_importers().find(p);
+      if (it == held_for_importers().end()) continue;
+      block = it->second;
+      held_for_importers().erase(it);
+    }
+    DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
+    if (device) give_back(*device, FreedBlock{reinterpret_cast<void*>(p), block.block_size, 0});
+  }
+}
+
+// The free of a block another process has open stops here; blocks their importers closed since go back.
+bool held_after_free(CUdeviceptr p, const LiveBlock& block) noexcept {
+  if (!ipc::any_exports()) return false;
+  free_blocks_importers_released();
+  return hold_for_importers(p, block);
+}
+
 void at_exit() noexcept {
   // No driver call here: the program's CUDA teardown may already have run.
   if (settings().stats && !g_forked_child) {
@@ -654,6 +722,8 @@ void atfork_child() noexcept {
   new (&g_devices_lock) std::mutex();
   new (&g_threads_lock) std::mutex();
   new (&g_captures_lock) std::mutex();
+  new (&g_held_for_importers_lock) std::mutex();
+  held_for_importers().clear();  // the parent's blocks and the parent's importers
   g_table.reset_after_fork();
   g_threads->clear();
   capturing_streams().clear();
@@ -701,7 +771,10 @@ CUresult free(CUdeviceptr p) noexcept {
   if (p == 0) return driver.cuMemFree(p);  // cudaFree(0) creates the context: the driver must see it
   LiveBlock block;
   switch (g_table.erase(static_cast<std::uintptr_t>(p), &block)) {
-    case LiveBlockTable::EraseResult::unknown: return driver.cuMemFree(p);
+    case LiveBlockTable::EraseResult::unknown:
+      // Freed long ago but still held for an importer: the driver must not free it under us.
+      if (is_held_for_importers(p)) return report_invalid_free(CUDA_ERROR_INVALID_VALUE, p);
+      return driver.cuMemFree(p);
     case LiveBlockTable::EraseResult::double_free: return double_free(p, block, false, nullptr);
     case LiveBlockTable::EraseResult::erased: break;
   }
@@ -710,13 +783,8 @@ CUresult free(CUdeviceptr p) noexcept {
   counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->assembly.id);
-  FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
-  // Stream-ordered backends (mempool) keep their fence: their frees are ordered on their own stream.
-  if (!device->fenced() || (!device->assembly.stream_ordered && legacy_ordered())) {
-    device->backend().deallocate(freed.ptr, freed.bytes, 0);
-    return CUDA_SUCCESS;
-  }
-  free_fenced(*device, freed);
+  if (held_after_free(p, block)) return CUDA_SUCCESS;
+  give_back(*device, FreedBlock{reinterpret_cast<void*>(p), block.block_size, 0});
   return CUDA_SUCCESS;
 }
 
@@ -758,7 +826,9 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   if (p == 0) return driver.cuMemFreeAsync(p, stream);
   LiveBlock block;
   switch (g_table.erase(static_cast<std::uintptr_t>(p), &block)) {
-    case LiveBlockTable::EraseResult::unknown: return driver.cuMemFreeAsync(p, stream);
+    case LiveBlockTable::EraseResult::unknown:
+      if (is_held_for_importers(p)) return report_invalid_free(CUDA_ERROR_INVALID_VALUE, p);
+      return driver.cuMemFreeAsync(p, stream);
     case LiveBlockTable::EraseResult::double_free: return double_free(p, block, true, stream);
     case LiveBlockTable::EraseResult::erased: break;
   }
@@ -769,6 +839,8 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   const auto handle = reinterpret_cast<StreamHandle>(stream);
   tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->assembly.id);
+  // Held for an importer, the block is later freed as by cuMemFree: fenced against every stream.
+  if (held_after_free(p, block)) return CUDA_SUCCESS;
   FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
 
   if (device->assembly.stream_ordered) {

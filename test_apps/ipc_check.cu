@@ -5,7 +5,12 @@
 //   ipc_check                     exporter; the importer inherits the environment (LD_PRELOAD included)
 //   ipc_check --plain-importer    the importer runs without LD_PRELOAD: opening must either fail with
 //                                 the driver's error or give the right bytes, never a wrong address
-// Exit 0 = pass. The child modes (--import, --import-plain) are internal.
+//   ipc_check --free-while-imported  the exporter frees each block while the importer has it open and
+//                                 allocates and fills new blocks of the same size: the importer's bytes
+//                                 must stay untouched. cuda.h calls this free undefined behaviour for
+//                                 cuMemAlloc memory; gpushim defines it (the block is kept until the
+//                                 importer closes), so this mode is for gpushim's own blocks only.
+// Exit 0 = pass. The child modes (--import, --import-plain, --import-held) are internal.
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -88,6 +93,39 @@ int import_main(const char* hex, size_t bytes, unsigned tag, bool plain) {
   return 0;
 }
 
+// The importer of --free-while-imported: opens, verifies, tells the exporter (to_parent), waits while
+// the exporter frees and reallocates (from_parent), verifies again, writes back, closes.
+int import_held_main(const char* hex, size_t bytes, unsigned tag, int from_parent, int to_parent) {
+  cudaIpcMemHandle_t handle;
+  if (!from_hex(hex, &handle)) return 2;
+  CHECK(cudaFree(nullptr));
+  void* block = nullptr;
+  CHECK(cudaIpcOpenMemHandle(&block, handle, cudaIpcMemLazyEnablePeerAccess));
+  unsigned long long* counter = nullptr;
+  unsigned long long before = 0, after = 0;
+  CHECK(cudaMalloc(&counter, sizeof *counter));
+  if (count_mismatches(block, bytes, tag, counter, &before) != 0) return 1;
+  char go = 0;
+  if (write(to_parent, "o", 1) != 1 || read(from_parent, &go, 1) != 1) return 3;
+  if (count_mismatches(block, bytes, tag, counter, &after) != 0) return 1;
+  if (before != 0 || after != 0) {
+    std::fprintf(stderr, "ipc_check: importer sees %llu mismatching words before the exporter's free, %llu after\n",
+                 before, after);
+    return 1;
+  }
+  CHECK(gpushim::kernels::fill_pattern(block, bytes, tag + 1, nullptr));
+  CHECK(cudaDeviceSynchronize());
+  CHECK(cudaIpcCloseMemHandle(block));
+  CHECK(cudaFree(counter));
+  return 0;
+}
+
+int wait_for(pid_t child) {
+  int status = 0;
+  if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return 1;
+  return WEXITSTATUS(status);
+}
+
 int run_importer(const std::string& hex, size_t bytes, unsigned tag, bool plain) {
   const std::string size_text = std::to_string(bytes), tag_text = std::to_string(tag);
   const pid_t child = fork();
@@ -99,9 +137,49 @@ int run_importer(const std::string& hex, size_t bytes, unsigned tag, bool plain)
           static_cast<char*>(nullptr));
     _exit(127);
   }
-  int status = 0;
-  if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return 1;
-  return WEXITSTATUS(status);
+  return wait_for(child);
+}
+
+// The exporter of --free-while-imported, for one size. 0 = pass.
+int free_while_imported(size_t bytes, unsigned tag) {
+  void* block = nullptr;
+  CHECK(cudaMalloc(&block, bytes));
+  CHECK(gpushim::kernels::fill_pattern(block, bytes, tag, nullptr));
+  CHECK(cudaDeviceSynchronize());
+  cudaIpcMemHandle_t handle;
+  CHECK(cudaIpcGetMemHandle(&handle, block));
+  int to_child[2], from_child[2];
+  if (pipe(to_child) != 0 || pipe(from_child) != 0) return 1;
+  const std::string size_text = std::to_string(bytes), tag_text = std::to_string(tag);
+  const std::string read_fd = std::to_string(to_child[0]), write_fd = std::to_string(from_child[1]);
+  const pid_t child = fork();
+  if (child < 0) return 1;
+  if (child == 0) {
+    close(to_child[1]);  // so that the importer sees end-of-file if the exporter dies
+    close(from_child[0]);
+    execl("/proc/self/exe", "ipc_check", "--import-held", to_hex(handle).c_str(), size_text.c_str(),
+          tag_text.c_str(), read_fd.c_str(), write_fd.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  close(to_child[0]);
+  close(from_child[1]);
+  char opened = 0;
+  const bool child_opened = read(from_child[0], &opened, 1) == 1;
+  // Free the open block, then allocate and overwrite as much again: none of it may be the open block.
+  CHECK(cudaFree(block));
+  std::vector<void*> fresh(4, nullptr);
+  for (void*& p : fresh) {
+    CHECK(cudaMalloc(&p, bytes));
+    CHECK(gpushim::kernels::fill_pattern(p, bytes, tag + 10, nullptr));
+  }
+  CHECK(cudaDeviceSynchronize());
+  if (child_opened && write(to_child[1], "g", 1) != 1) return 1;
+  close(to_child[1]);
+  close(from_child[0]);
+  const int status = wait_for(child);
+  for (void* p : fresh) CHECK(cudaFree(p));
+  std::printf("ipc_check: %zu bytes freed while imported: %s\n", bytes, status == 0 && child_opened ? "ok" : "FAILED");
+  return status == 0 && child_opened ? 0 : 1;
 }
 
 }  // namespace
@@ -111,7 +189,22 @@ int main(int argc, char** argv) {
     return import_main(argv[2], std::strtoull(argv[3], nullptr, 10), static_cast<unsigned>(std::atoi(argv[4])),
                        std::strcmp(argv[1], "--import-plain") == 0);
   }
+  if (argc == 7 && std::strcmp(argv[1], "--import-held") == 0) {
+    return import_held_main(argv[2], std::strtoull(argv[3], nullptr, 10), static_cast<unsigned>(std::atoi(argv[4])),
+                            std::atoi(argv[5]), std::atoi(argv[6]));
+  }
   const bool plain = argc > 1 && std::strcmp(argv[1], "--plain-importer") == 0;
+  if (argc > 1 && std::strcmp(argv[1], "--free-while-imported") == 0) {
+    CHECK(cudaFree(nullptr));
+    int failures = 0;
+    unsigned tag = 300;
+    for (size_t bytes : {size_t{4000}, (size_t{3} << 20) + 5}) {
+      failures += free_while_imported(bytes, tag);
+      tag += 20;
+    }
+    std::printf("ipc_check: %s\n", failures == 0 ? "PASS" : "FAIL");
+    return failures == 0 ? 0 : 1;
+  }
 
   CHECK(cudaFree(nullptr));
   unsigned long long* counter = nullptr;

@@ -2,6 +2,9 @@
 # each backend and once without gpushim (which proves the test itself right on the plain driver):
 #   gpu_ipc_<B>              two-process IPC: exporter writes, importer verifies + writes back, exporter verifies
 #   gpu_ipc_plain_importer_<B>  the importer runs WITHOUT gpushim: it must get the driver's error or the right bytes
+#   gpu_ipc_free_while_imported_<B>  the exporter frees a block the importer has open and allocates again:
+#                            the importer's bytes stay untouched (the block is kept until the importer closes).
+#                            Not for the plain driver or passthrough: cuda.h calls that undefined behaviour.
 #   gpu_pointer_query_<B>    RANGE_START_ADDR / RANGE_SIZE / cuMemGetAddressRange equal each block's own
 #   gpu_sanitizer_<B>        compute-sanitizer memcheck: the out-of-bounds write reported, the in-bounds run clean
 #   gpu_torch_ipc_<B>        torch.multiprocessing shares a CUDA tensor between two processes
@@ -46,18 +49,18 @@ foreach(backend none ${GPUSHIM_GPU_BACKENDS})
     set(_exact --exact)  # gpushim reports the requested size exactly; the driver may round it
   endif()
   set(_run bash ${_eco_runner} --probe ${_eco_probe} --backend ${backend} --lib "${_eco_lib}" --search ${_eco_search} --)
-  # The mempool backend's blocks live in a driver pool created without shareable handles: IPC of them is
-  # not supported yet (docs/ecosystem.md), so it has no IPC entries rather than known failures.
-  if(NOT backend STREQUAL "mempool")
-    add_test(NAME gpu_ipc_${_suffix} COMMAND ${_run} ${_eco_ipc_check})
-    list(APPEND _eco_tests gpu_ipc_${_suffix})
+  add_test(NAME gpu_ipc_${_suffix} COMMAND ${_run} ${_eco_ipc_check})
+  list(APPEND _eco_tests gpu_ipc_${_suffix})
+  if(NOT backend STREQUAL "none" AND NOT backend STREQUAL "passthrough")
+    add_test(NAME gpu_ipc_free_while_imported_${_suffix} COMMAND ${_run} ${_eco_ipc_check} --free-while-imported)
+    list(APPEND _eco_tests gpu_ipc_free_while_imported_${_suffix})
   endif()
   add_test(NAME gpu_pointer_query_${_suffix} COMMAND ${_run} ${_eco_pointer_query_check} ${_exact})
   add_test(NAME gpu_sanitizer_${_suffix}
            COMMAND bash ${_eco_sanitizer} --probe ${_eco_probe} --backend ${backend} --lib "${_eco_lib}"
                    --search ${_eco_search} -- ${_eco_sanitizer_oob})
   list(APPEND _eco_tests gpu_pointer_query_${_suffix} gpu_sanitizer_${_suffix})
-  if(NOT backend STREQUAL "none" AND NOT backend STREQUAL "mempool")
+  if(NOT backend STREQUAL "none")
     add_test(NAME gpu_ipc_plain_importer_${_suffix} COMMAND ${_run} ${_eco_ipc_check} --plain-importer)
     add_test(NAME gpu_torch_ipc_${_suffix}
              COMMAND ${_run} python3 ${_eco_repo}/test_apps/frameworks/torch_ipc_check.py)

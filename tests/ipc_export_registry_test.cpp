@@ -80,7 +80,9 @@ TEST(ExportRegistry, SameBlockExportedTwiceKeepsItsId) {
 
 TEST(ExportRegistry, UnknownChunksAndIdsAreRefused) {
   ExportRegistry registry;
-  EXPECT_EQ(registry.add_export(0x1000, {99}, ExportRecord{0, 0, 0, {ExportedChunk{0, 4096, -1}}}), 0u);
+  ExportRecord unknown_chunk;
+  unknown_chunk.chunks = {ExportedChunk{0, 4096, -1}};
+  EXPECT_EQ(registry.add_export(0x1000, {99}, unknown_chunk), 0u);
   ExportRecord found;
   EXPECT_FALSE(registry.find(1, &found));
   const int fd = make_memfd(4096);
@@ -111,4 +113,134 @@ TEST(ExportRegistry, ClearClosesEverything) {
   registry.clear();
   EXPECT_FALSE(fd_is_open(a));
   EXPECT_EQ(registry.chunk_count(), 0u);
+}
+
+// ---- holders: a block freed by the exporter while another process has it open is kept until released ----
+
+namespace {
+
+bool nobody_alive(pid_t) { return false; }
+bool everybody_alive(pid_t) { return true; }
+
+std::uint64_t exported_block(ExportRegistry& registry, std::uint64_t base) {
+  if (registry.chunk_fd(11) < 0) registry.add_chunk(11, make_memfd(4096));
+  if (registry.chunk_fd(12) < 0) registry.add_chunk(12, make_memfd(8192));
+  return registry.add_export(base, {11, 12}, two_chunk_record());
+}
+
+void close_all(ExportRecord* record) {
+  for (ExportedChunk& chunk : record->chunks) close(chunk.fd);
+}
+
+}  // namespace
+
+TEST(ExportRegistryHolders, FreeOfABlockNobodyImportedForgetsItsExports) {
+  ExportRegistry registry;
+  const std::uint64_t id = exported_block(registry, 0x1000);
+  EXPECT_FALSE(registry.retire_block(0x1000));
+  EXPECT_EQ(registry.export_count(), 0u);
+  ExportRecord found;
+  EXPECT_FALSE(registry.find_for_import(id, 100, &found));  // a handle to freed memory does not open
+  EXPECT_EQ(registry.retired_count(), 0u);
+}
+
+TEST(ExportRegistryHolders, BlockFreedWhileImportedIsHeldUntilTheLastRelease) {
+  ExportRegistry registry;
+  const std::uint64_t id = exported_block(registry, 0x1000);
+  ExportRecord first, second;
+  ASSERT_TRUE(registry.find_for_import(id, 100, &first));
+  ASSERT_TRUE(registry.find_for_import(id, 200, &second));
+  close_all(&first);
+  close_all(&second);
+
+  EXPECT_TRUE(registry.retire_block(0x1000));
+  EXPECT_EQ(registry.retired_count(), 1u);
+  ExportRecord late;
+  EXPECT_FALSE(registry.find_for_import(id, 300, &late));  // retired: no new importer
+
+  std::vector<std::uint64_t> released;
+  registry.take_released_blocks(&everybody_alive, &released);
+  EXPECT_TRUE(released.empty());
+  EXPECT_TRUE(registry.release(id, 100));
+  EXPECT_FALSE(registry.release(id, 100));  // released once only
+  registry.take_released_blocks(&everybody_alive, &released);
+  EXPECT_TRUE(released.empty());  // 200 still holds it
+  EXPECT_TRUE(registry.release(id, 200));
+  registry.take_released_blocks(&everybody_alive, &released);
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_EQ(released[0], 0x1000u);
+  EXPECT_EQ(registry.retired_count(), 0u);
+  EXPECT_EQ(registry.export_count(), 0u);
+  EXPECT_EQ(registry.chunk_count(), 2u);  // the chunks are the provider's to release
+}
+
+TEST(ExportRegistryHolders, OpensOfOneImporterAreCountedEach) {
+  ExportRegistry registry;
+  const std::uint64_t id = exported_block(registry, 0x1000);
+  for (int i = 0; i < 2; ++i) {
+    ExportRecord record;
+    ASSERT_TRUE(registry.find_for_import(id, 100, &record));
+    close_all(&record);
+  }
+  EXPECT_TRUE(registry.retire_block(0x1000));
+  ASSERT_TRUE(registry.release(id, 100));
+  std::vector<std::uint64_t> released;
+  registry.take_released_blocks(nullptr, &released);
+  EXPECT_TRUE(released.empty());
+  ASSERT_TRUE(registry.release(id, 100));
+  registry.take_released_blocks(nullptr, &released);
+  EXPECT_EQ(released.size(), 1u);
+}
+
+TEST(ExportRegistryHolders, AnImporterThatExitedHoldsNothing) {
+  ExportRegistry registry;
+  const std::uint64_t id = exported_block(registry, 0x1000);
+  ExportRecord record;
+  ASSERT_TRUE(registry.find_for_import(id, 100, &record));
+  close_all(&record);
+  EXPECT_TRUE(registry.retire_block(0x1000));
+  std::vector<std::uint64_t> released;
+  registry.take_released_blocks(nullptr, &released);  // no liveness check: still held
+  EXPECT_TRUE(released.empty());
+  registry.take_released_blocks(&nobody_alive, &released);
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_EQ(released[0], 0x1000u);
+}
+
+TEST(ExportRegistryHolders, OnlyTheFreedBlockIsHeld) {
+  ExportRegistry registry;
+  const std::uint64_t held = exported_block(registry, 0x1000);
+  const std::uint64_t other = exported_block(registry, 0x2000);
+  ASSERT_NE(held, other);
+  ExportRecord record;
+  ASSERT_TRUE(registry.find_for_import(held, 100, &record));
+  close_all(&record);
+  EXPECT_FALSE(registry.retire_block(0x2000));  // nobody imported it
+  EXPECT_FALSE(registry.retire_block(0x3000));  // never exported
+  EXPECT_TRUE(registry.retire_block(0x1000));
+  EXPECT_EQ(registry.retired_count(), 1u);
+  EXPECT_EQ(registry.export_count(), 1u);
+}
+
+TEST(ExportRegistryHolders, PoolExportsCarryTheirPointerData) {
+  ExportRegistry registry;
+  const std::uint64_t pool_key = (1ull << 63) | 0x5000;
+  ASSERT_TRUE(registry.add_chunk(pool_key, make_memfd(4096)));
+  ExportRecord pool_record;
+  pool_record.kind = gpushim::ipc::ExportKind::pool_pointer;
+  pool_record.block_size = 1000;
+  pool_record.pool_id = pool_key;
+  pool_record.chunks = {ExportedChunk{0, 1000, -1}};
+  for (std::size_t i = 0; i < pool_record.pool_pointer_data.size(); ++i)
+    pool_record.pool_pointer_data[i] = static_cast<std::uint8_t>(i * 7);
+  const std::uint64_t id = registry.add_export(0x9000, {pool_key}, pool_record);
+  ASSERT_NE(id, 0u);
+  ExportRecord found;
+  ASSERT_TRUE(registry.find_for_import(id, 100, &found));
+  EXPECT_EQ(found.kind, gpushim::ipc::ExportKind::pool_pointer);
+  EXPECT_EQ(found.pool_id, pool_key);
+  EXPECT_EQ(found.pool_pointer_data, pool_record.pool_pointer_data);
+  ASSERT_EQ(found.chunks.size(), 1u);
+  EXPECT_TRUE(fd_is_open(found.chunks[0].fd));
+  close_all(&found);
 }

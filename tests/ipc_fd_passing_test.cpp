@@ -6,8 +6,11 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -143,4 +146,102 @@ TEST(IpcFdPassing, WrongDescriptorCountIsRefusedAndNothingLeaks) {
   for (int fd : fds) close(fd);
   close(pair[0]);
   close(pair[1]);
+}
+
+// ---- holders over the socket: the exporter keeps a freed block until the importer releases it -------
+
+namespace {
+
+bool process_alive(pid_t pid) { return kill(pid, 0) == 0 || errno == EPERM; }
+
+// A pool export over the wire: the pool's descriptor plus the block's export data.
+ExportRecord pool_record() {
+  ExportRecord record;
+  record.kind = ExportKind::pool_pointer;
+  record.block_size = 777;
+  record.pool_id = (1ull << 63) | 0x4000;
+  record.chunks = {ExportedChunk{0, 777, -1}};
+  for (std::size_t i = 0; i < record.pool_pointer_data.size(); ++i)
+    record.pool_pointer_data[i] = static_cast<std::uint8_t>(0xA0 ^ i);
+  return record;
+}
+
+// The importer of a pool export: fetch, tell the parent (pipe), wait for its go, release if asked.
+int pool_importer(const std::string& server, std::uint64_t id, int to_parent, int from_parent, bool release) {
+  ExportRecord record;
+  if (fetch_export(server, kToken, id, &record) != FetchStatus::ok) return 30;
+  const ExportRecord expected = pool_record();
+  if (record.kind != ExportKind::pool_pointer || record.block_size != 777 || record.pool_id != expected.pool_id ||
+      record.pool_pointer_data != expected.pool_pointer_data || record.chunks.size() != 1 || record.chunks[0].fd < 0)
+    return 31;
+  close(record.chunks[0].fd);
+  char go = 0;
+  if (write(to_parent, "f", 1) != 1 || read(from_parent, &go, 1) != 1) return 32;
+  if (release && release_export(server, kToken, id) != FetchStatus::ok) return 33;
+  if (release && release_export(server, kToken, id) != FetchStatus::unknown_export) return 34;  // once only
+  return 0;
+}
+
+struct HeldBlockRun {
+  int exit_status = -1;
+  bool held_while_imported = false;
+  std::vector<std::uint64_t> released_while_alive;  // before the importer was reaped
+  pid_t importer = 0;
+};
+
+HeldBlockRun run_pool_import(ExportRegistry& registry, const std::string& name, bool release) {
+  HeldBlockRun run;
+  const std::uint64_t pool_key = (1ull << 63) | 0x4000;
+  registry.add_chunk(pool_key, memfd_create("gpushim-test-pool", MFD_CLOEXEC));
+  const std::uint64_t id = registry.add_export(0xB000, {pool_key}, pool_record());
+  int up[2], down[2];
+  if (id == 0 || pipe(up) != 0 || pipe(down) != 0) return run;
+  const pid_t child = fork();
+  if (child == 0) _exit(pool_importer(name, id, up[1], down[0], release));
+  run.importer = child;
+  char fetched = 0;
+  if (read(up[0], &fetched, 1) == 1) run.held_while_imported = registry.retire_block(0xB000);
+  if (write(down[1], "g", 1) != 1) return run;
+  int status = 0;
+  if (!release) {
+    // The child exits without releasing; until it is reaped it counts as alive.
+    registry.take_released_blocks(nullptr, &run.released_while_alive);
+  }
+  waitpid(child, &status, 0);
+  if (release) registry.take_released_blocks(nullptr, &run.released_while_alive);
+  run.exit_status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  for (int fd : {up[0], up[1], down[0], down[1]}) close(fd);
+  return run;
+}
+
+}  // namespace
+
+TEST(IpcFdPassing, PoolBlockFreedWhileImportedIsReleasedByTheImporter) {
+  ExportRegistry registry;
+  const std::string name = "gpushim-ipc-test-pool." + std::to_string(getpid());
+  ExportServer server(registry, kToken, name);
+  ASSERT_TRUE(server.start());
+  const HeldBlockRun run = run_pool_import(registry, name, /*release=*/true);
+  EXPECT_EQ(run.exit_status, 0) << "importer check failed (see pool_importer() for the step)";
+  EXPECT_TRUE(run.held_while_imported);
+  ASSERT_EQ(run.released_while_alive.size(), 1u);  // released by its message, no liveness check needed
+  EXPECT_EQ(run.released_while_alive[0], 0xB000u);
+  EXPECT_EQ(registry.export_count(), 0u);
+  server.stop();
+}
+
+TEST(IpcFdPassing, BlockHeldForAnImporterThatExitedIsReleased) {
+  ExportRegistry registry;
+  const std::string name = "gpushim-ipc-test-exited." + std::to_string(getpid());
+  ExportServer server(registry, kToken, name);
+  ASSERT_TRUE(server.start());
+  const HeldBlockRun run = run_pool_import(registry, name, /*release=*/false);
+  EXPECT_EQ(run.exit_status, 0);
+  EXPECT_TRUE(run.held_while_imported);
+  EXPECT_TRUE(run.released_while_alive.empty());
+  std::vector<std::uint64_t> released;
+  registry.take_released_blocks(&process_alive, &released);  // the importer is gone now
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_EQ(released[0], 0xB000u);
+  server.stop();
 }
