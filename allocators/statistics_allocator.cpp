@@ -39,40 +39,19 @@ void StatisticsAllocator::account_in_use(Shard& shard, std::int64_t delta) noexc
 
 void* StatisticsAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
   void* p = inner_->allocate(bytes, stream);
-  Shard& shard = this_thread_shard();
-  if (!p) {
-    shard.failed.fetch_add(1, std::memory_order_relaxed);
-    return nullptr;
-  }
-  shard.allocations.fetch_add(1, std::memory_order_relaxed);
-  shard.bytes_allocated_total.fetch_add(bytes, std::memory_order_relaxed);
-  account_in_use(shard, static_cast<std::int64_t>(bytes));
+  if (p) account_in_use(this_thread_shard(), static_cast<std::int64_t>(bytes));
   return p;
 }
 
 void StatisticsAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
   inner_->deallocate(p, bytes, stream);
-  Shard& shard = this_thread_shard();
-  shard.deallocations.fetch_add(1, std::memory_order_relaxed);
-  account_in_use(shard, -static_cast<std::int64_t>(bytes));
-}
-
-std::uint64_t StatisticsAllocator::bytes_allocated_total() const noexcept {
-  std::uint64_t total = 0;
-  for (const Shard& shard : shards_) total += shard.bytes_allocated_total.load(std::memory_order_relaxed);
-  return total;
+  account_in_use(this_thread_shard(), -static_cast<std::int64_t>(bytes));
 }
 
 AllocatorStats StatisticsAllocator::stats() const noexcept {
-  AllocatorStats s = inner_->stats();  // memory fields
-  s.allocations = s.deallocations = s.failed_allocations = 0;
+  AllocatorStats s = inner_->stats();  // calls, failures and memory fields
   std::int64_t in_use = folded_in_use_.load(std::memory_order_relaxed);
-  for (const Shard& shard : shards_) {
-    s.allocations += shard.allocations.load(std::memory_order_relaxed);
-    s.deallocations += shard.deallocations.load(std::memory_order_relaxed);
-    s.failed_allocations += shard.failed.load(std::memory_order_relaxed);
-    in_use += shard.unfolded_in_use.load(std::memory_order_relaxed);
-  }
+  for (const Shard& shard : shards_) in_use += shard.unfolded_in_use.load(std::memory_order_relaxed);
   s.bytes_in_use = static_cast<std::uint64_t>(std::max<std::int64_t>(in_use, 0));
   s.peak_bytes_in_use = std::max(peak_bytes_in_use_.load(std::memory_order_relaxed), s.bytes_in_use);
   return s;

@@ -1,12 +1,14 @@
-// A decorator that counts what passes through a backend (RMM's statistics_resource_adaptor): calls,
-// failures, bytes in use and their peak, and the total bytes ever handed out (the GPUSHIM_STATS table's
-// "bytes_allocated"). Memory fields (reserved, cached, largest free block, waste) come from the inner
-// backend, which is the only one that knows them.
+// A decorator that keeps a backend's bytes in use and their peak exact across threads (the one figure of
+// RMM's statistics_resource_adaptor the backends cannot give: tiered's peak is at best the sum of its
+// tiers' peaks). Everything else comes from the inner backend, which counts its own calls and failures
+// and alone knows its memory fields; the router counts what the program asked for (its stats table).
+// Each of those is counted once: this decorator used to count calls and bytes a third time, on the hot
+// path.
 //
 // Why sharded: it wraps every backend, so it runs on every allocate and deallocate of every thread.
-// Counters shared by all threads put one contended cache line on the hot path (six atomic adds per
-// pair, each a line transfer between cores once several threads allocate). Each thread instead counts in
-// one of kShards cache-line-sized shards (threads are dealt shards in turn), and stats() sums them.
+// One total shared by all threads puts one contended cache line on the hot path (a line transfer
+// between cores on every call once several threads allocate). Each thread instead counts in one of
+// kShards cache-line-sized shards (threads are dealt shards in turn), and stats() sums them.
 // The peak is the one figure a sum cannot give afterwards: a shard's bytes in use move to one shared
 // total only when they have drifted kFoldBytes from it, and each call checks "shared total + this
 // shard's unfolded bytes" against the peak. One thread's peak is exact; with several threads the peak
@@ -32,7 +34,6 @@ class StatisticsAllocator final : public Allocator {
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 
-  std::uint64_t bytes_allocated_total() const noexcept;
   Allocator& inner() const noexcept { return *inner_; }
 
   static constexpr std::size_t kShards = 64;
@@ -40,7 +41,6 @@ class StatisticsAllocator final : public Allocator {
 
  private:
   struct alignas(64) Shard {
-    std::atomic<std::uint64_t> allocations{0}, deallocations{0}, failed{0}, bytes_allocated_total{0};
     std::atomic<std::int64_t> unfolded_in_use{0};  // bytes in use not yet moved to folded_in_use_
   };
   Shard& this_thread_shard() noexcept;
