@@ -1,44 +1,56 @@
-// The router (router/router.h). How a request flows and why free-safety is shaped as it is:
-// docs/free-safety.md. Pure pieces live beside it and are tested on the CPU: live_block_table.*,
+// The router (router/router.h): the request flow. How a request flows and why free-safety is shaped
+// as it is: docs/free-safety.md. The pieces it shares state with (router/router_state.h) live beside
+// it: device_state.cpp, thread_state.*, stream_free_lists.*, held_for_importers.*, out_of_memory.*,
+// exit_statistics.*, after_fork.*. Pure pieces are tested on the CPU: live_block_table.*,
 // free_fence_queue.*, pitch.h, memory_report.*.
-#include <cstdio>
-#include <cstring>
-#include <dlfcn.h>
-#include <execinfo.h>
 #include "router/router.h"
 
+#include <dlfcn.h>
+#include <execinfo.h>
 #include <pthread.h>
 
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
-#include <new>
-#include <unordered_map>
 #include <vector>
 
 #include "allocators/allocator.h"
-#include "config/settings.h"
 #include "annotations/nvtx_memory.h"
 #include "annotations/nvtx_ranges.h"
+#include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
-#include "ipc/cuda_ipc.h"
-#include "router/cuda_fence_events.h"
-#include "router/device_backend.h"
+#include "router/after_fork.h"
+#include "router/exit_statistics.h"
 #include "router/free_fence_queue.h"
+#include "router/held_for_importers.h"
 #include "router/live_block_table.h"
-#include "router/memory_report.h"
+#include "router/out_of_memory.h"
 #include "router/pitch.h"
+#include "router/router_state.h"
 #include "router/spin_lock.h"
+#include "router/stream_free_lists.h"
+#include "router/thread_state.h"
 #include "tracing/trace_recorder.h"
 
 namespace gpushim::router {
-namespace {
 
-constexpr int kMaxDevices = 64;          // ordinals beyond this are passed to the driver untouched
-constexpr std::size_t kStreamShards = 16;  // async free lists, sharded by stream: no device-wide lock
-constexpr std::size_t kLargestLiveInReport = 10;
+std::atomic<int> g_active_captures{0};
+LiveBlockTable& g_table_instance() {
+  static LiveBlockTable* table = new LiveBlockTable();
+  return *table;
+}
+std::atomic<std::uint64_t> g_stream_generation{1};
+std::mutex g_captures_lock;
+std::vector<CUstream>& capturing_streams() {
+  static auto* streams = new std::vector<CUstream>();
+  return *streams;
+}
+
+namespace {
 
 // cuMemAllocAsync/cuMemFreeAsync on the per-thread default stream name a different stream on every
 // thread behind one handle, so its blocks cannot sit in a shared per-stream list; they take the
@@ -47,43 +59,6 @@ bool is_per_thread_stream(CUstream s) { return s == CU_STREAM_PER_THREAD; }
 CUstream normalized(CUstream s) { return s ? s : CU_STREAM_LEGACY; }
 
 std::size_t round_up(std::size_t bytes) { return (bytes + kMinAlignment - 1) / kMinAlignment * kMinAlignment; }
-
-// Async-freed blocks of one stream: reusable at once on that stream (same rounded size), and handed to
-// the fence queue (one event on the stream) when the list grows past a batch or memory runs short.
-struct StreamFreeList {
-  CUcontext context = nullptr;
-  std::unordered_multimap<std::size_t, FreedBlock> by_size;
-  std::size_t bytes = 0;
-};
-struct alignas(64) StreamShard {
-  std::mutex lock;
-  std::unordered_map<CUstream, StreamFreeList> lists;
-};
-
-struct DeviceState {
-  // `built.backend` is not null (device_state() checks).
-  DeviceState(int ordinal, DeviceBackend built, const std::atomic<int>& captures)
-      : ordinal(ordinal), assembly(std::move(built)), events(ordinal, captures, assembly.driver_backed),
-        fences(*assembly.backend, events) {}
-  const int ordinal;
-  DeviceBackend assembly;
-  CudaFenceEvents events;
-  FreeFenceQueue fences;
-  StreamShard stream_shards[kStreamShards];
-  std::atomic<bool> in_oom_burst{false};
-  Allocator& backend() { return *assembly.backend; }
-  bool fenced() { return assembly.backend->needs_free_fence(); }
-};
-
-// Program-visible counts per device, kept per thread (no shared cache line on the hot path) and folded
-// into g_retired when a thread exits.
-struct Counters {
-  std::atomic<std::uint64_t> allocs{0}, frees{0}, failed{0}, bytes{0};
-};
-
-// Everything global is either trivially destructible or allocated and never freed: program threads and
-// static destructors may still call cuMemFree after exit() has begun.
-std::atomic<int> g_active_captures{0};
 
 // Legacy-ordered reuse. While the program's GPU work is totally ordered — the legacy stream plus at most
 // one blocking stream, which wait for each other's earlier work both ways — a block freed with cuMemFree
@@ -112,116 +87,6 @@ CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {
 bool legacy_ordered() noexcept {
   return !g_fence_always && !g_program_created_stream.load(std::memory_order_seq_cst);
 }
-std::atomic<DeviceState*> g_devices[kMaxDevices];
-std::mutex g_devices_lock;  // creation only
-LiveBlockTable& g_table_instance() {
-  static LiveBlockTable* table = new LiveBlockTable();
-  return *table;
-}
-#define g_table g_table_instance()
-Counters g_retired[kMaxDevices];
-// Blocks the program freed while another process has them open (cuIpcOpenMemHandle). The driver keeps
-// cuMemAlloc memory alive until the last importer closes it; so does gpushim: ipc counts the importers
-// (ipc/export_registry.h, "Holders"), the router keeps the block out of the backend until they are
-// gone, then frees it as cuMemFree would. None of this runs unless the process exported something.
-std::mutex g_held_for_importers_lock;
-std::unordered_map<CUdeviceptr, LiveBlock>& held_for_importers() {
-  static auto* held = new std::unordered_map<CUdeviceptr, LiveBlock>();
-  return *held;
-}
-
-bool is_held_for_importers(CUdeviceptr p) noexcept {
-  if (!ipc::any_exports()) return false;
-  std::lock_guard<std::mutex> guard(g_held_for_importers_lock);
-  return held_for_importers().count(p) != 0;
-}
-
-std::atomic<std::uint64_t> g_stream_generation{1};  // bumped when a stream is destroyed: stale caches
-std::atomic<std::uint64_t> g_fork_generation{1};    // bumped in a forked child: parent handles are void
-bool g_forked_child = false;
-
-std::mutex g_captures_lock;
-std::vector<CUstream>& capturing_streams() {
-  static auto* streams = new std::vector<CUstream>();
-  return *streams;
-}
-
-// Per-thread state: the pending cuMemFree batch of each device, and the counters.
-struct ThreadState;
-std::mutex g_threads_lock;  // registration, exit, and the out-of-memory sweep
-std::vector<ThreadState*>& threads() {
-  static auto* registered = new std::vector<ThreadState*>();
-  return *registered;
-}
-#define g_threads (&threads())
-// Thread-locals read on every call are constant-initialised and initial-exec: one %fs-relative load.
-// Inside a shared library the default model calls __tls_get_addr on every access, and a thread_local
-// with a constructor adds an init check: callgrind of bench/router_pair_bench showed ~260 instructions
-// per alloc+free pair in the two (libgpushim.so is preloaded, so its TLS sits in the static block).
-#define GPUSHIM_HOT_TLS thread_local __attribute__((tls_model("initial-exec")))
-
-// Set when this thread's ThreadState has been destroyed (thread exit, or exit() on the main thread):
-// calls that still arrive (static destructors freeing device memory) use the shared fallbacks.
-GPUSHIM_HOT_TLS bool t_state_gone = false;
-
-struct ThreadState {
-  // The owner on each free; another thread only in an out-of-memory sweep or a double-free check.
-  // A spin lock: the owner holds it for a push_back, and it is almost never contended.
-  SpinLock lock;
-  PendingBatch batches[kMaxDevices];
-  Counters counters[kMaxDevices];
-  ThreadState() {
-    std::lock_guard<std::mutex> guard(g_threads_lock);
-    try {
-      g_threads->push_back(this);
-    } catch (...) {
-    }
-  }
-  // Thread exit (also the main thread at process exit): no driver call here. Pending blocks become
-  // orphans of their device, fenced by whichever thread closes or polls next.
-  ~ThreadState() {
-    t_state_gone = true;
-    {
-      std::lock_guard<std::mutex> guard(g_threads_lock);
-      g_threads->erase(std::remove(g_threads->begin(), g_threads->end(), this), g_threads->end());
-    }
-    std::lock_guard<SpinLock> guard(lock);
-    for (int d = 0; d < kMaxDevices; ++d) {
-      g_retired[d].allocs += counters[d].allocs.load();
-      g_retired[d].frees += counters[d].frees.load();
-      g_retired[d].failed += counters[d].failed.load();
-      g_retired[d].bytes += counters[d].bytes.load();
-      if (batches[d].empty()) continue;
-      if (DeviceState* device = g_devices[d].load()) device->fences.adopt_orphans(batches[d].take());
-    }
-  }
-};
-// This thread's state, made on its first call; t_state_owner (touched once per thread) destroys it at
-// thread exit. nullptr once destroyed, or when no host memory was left to make it.
-GPUSHIM_HOT_TLS ThreadState* t_state = nullptr;
-struct ThreadStateOwner {
-  ThreadState* state = nullptr;
-  ~ThreadStateOwner() {
-    t_state = nullptr;
-    delete state;  // sets t_state_gone
-  }
-};
-thread_local ThreadStateOwner t_state_owner;
-
-ThreadState* this_thread_state() noexcept {
-  if (ThreadState* state = t_state) return state;
-  if (t_state_gone) return nullptr;
-  ThreadState* state = new (std::nothrow) ThreadState();
-  if (!state) return nullptr;
-  t_state_owner.state = state;
-  t_state = state;
-  return state;
-}
-
-Counters& counters(int device) {
-  ThreadState* state = this_thread_state();
-  return state ? state->counters[device] : g_retired[device];
-}
 
 // ctx -> device cache. cuCtxGetCurrent is a read of the driver's thread-local current context (no
 // syscall, no lock: it shows as ~10 ns in the pair benchmark), so asking it on every call is cheaper and
@@ -243,9 +108,6 @@ struct StreamCacheEntry {
 GPUSHIM_HOT_TLS StreamCacheEntry t_stream_cache[4];
 GPUSHIM_HOT_TLS unsigned t_stream_next = 0;
 
-void at_exit() noexcept;
-void atfork_child() noexcept;
-
 void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
@@ -257,49 +119,6 @@ void ensure_started() noexcept {
     return true;
   }();
   (void)started;
-}
-
-DeviceState* device_state(int ordinal, CUcontext context) noexcept {
-  if (ordinal < 0 || ordinal >= kMaxDevices) return nullptr;
-  DeviceState* state = g_devices[ordinal].load(std::memory_order_acquire);
-  if (!state) {
-    std::lock_guard<std::mutex> guard(g_devices_lock);
-    state = g_devices[ordinal].load(std::memory_order_acquire);
-    if (!state) {
-      DeviceBackend built = build_device_backend(ordinal);
-      if (!built.backend) return nullptr;  // no host memory: requests go to the driver
-      DeviceState* created = nullptr;
-      try {
-        created = new DeviceState(ordinal, std::move(built), g_active_captures);
-      } catch (...) {
-        return nullptr;
-      }
-      g_devices[ordinal].store(created, std::memory_order_release);  // never freed (exit-time safety)
-      state = created;
-      log(LogLevel::info, "device %d: backend %s", ordinal, created->assembly.name);
-    }
-  }
-  if (context) state->events.set_default_context(context);
-  return state;
-}
-
-// The device of a context that may not be current.
-DeviceState* device_of_context(CUcontext context) noexcept {
-  const RealDriver& driver = real_driver();
-  CUcontext current = nullptr;
-  if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return nullptr;
-  bool pushed = false;
-  if (current != context) {
-    if (driver.cuCtxPushCurrent(context) != CUDA_SUCCESS) return nullptr;
-    pushed = true;
-  }
-  CUdevice device = -1;
-  CUresult rc = driver.cuCtxGetDevice(&device);
-  if (pushed) {
-    CUcontext popped = nullptr;
-    driver.cuCtxPopCurrent(&popped);
-  }
-  return rc == CUDA_SUCCESS ? device_state(static_cast<int>(device), context) : nullptr;
 }
 
 // The device of the calling thread's current context; the driver's own error when there is none.
@@ -356,152 +175,6 @@ bool stream_is_capturing(CUstream stream) noexcept {
   CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
   if (real_driver().cuStreamIsCapturing(stream, &status) != CUDA_SUCCESS) return false;
   return status != CU_STREAM_CAPTURE_STATUS_NONE;
-}
-
-StreamShard& shard_of(DeviceState& device, CUstream stream) {
-  auto key = reinterpret_cast<std::uintptr_t>(stream);
-  return device.stream_shards[((key >> 4) * 0x9E3779B97F4A7C15ull) >> 60];
-}
-
-void* take_from_stream_list(DeviceState& device, CUstream stream, std::size_t block_size) noexcept {
-  StreamShard& shard = shard_of(device, stream);
-  std::lock_guard<std::mutex> guard(shard.lock);
-  auto list = shard.lists.find(stream);
-  if (list == shard.lists.end()) return nullptr;
-  auto block = list->second.by_size.find(block_size);
-  if (block == list->second.by_size.end()) return nullptr;
-  void* p = block->second.ptr;
-  list->second.bytes -= block_size;
-  list->second.by_size.erase(block);
-  return p;
-}
-
-// Moves one stream's async-freed blocks to the fence queue (one event on the stream).
-void close_stream_list(DeviceState& device, CUstream stream) noexcept {
-  std::vector<FreedBlock> blocks;
-  CUcontext context = nullptr;
-  {
-    StreamShard& shard = shard_of(device, stream);
-    std::lock_guard<std::mutex> guard(shard.lock);
-    auto list = shard.lists.find(stream);
-    if (list == shard.lists.end()) return;
-    try {
-      for (auto& entry : list->second.by_size) blocks.push_back(entry.second);
-    } catch (...) {
-      return;
-    }
-    context = list->second.context;
-    shard.lists.erase(list);
-  }
-  device.fences.close_stream_batch(std::move(blocks), context, reinterpret_cast<StreamHandle>(stream));
-}
-
-void close_all_stream_lists(DeviceState& device) noexcept {
-  for (StreamShard& shard : device.stream_shards) {
-    std::vector<CUstream> streams;
-    {
-      std::lock_guard<std::mutex> guard(shard.lock);
-      try {
-        for (auto& entry : shard.lists) streams.push_back(entry.first);
-      } catch (...) {
-      }
-    }
-    for (CUstream stream : streams) close_stream_list(device, stream);
-  }
-}
-
-// Closes every thread's pending cuMemFree batch of this device (memory pressure).
-void close_all_thread_batches(DeviceState& device) noexcept {
-  struct Closed {
-    std::vector<FreedBlock> blocks;
-    FenceContext context;
-  };
-  std::vector<Closed> closed;
-  {
-    std::lock_guard<std::mutex> registry(g_threads_lock);
-    for (ThreadState* thread : *g_threads) {
-      std::lock_guard<SpinLock> guard(thread->lock);
-      PendingBatch& batch = thread->batches[device.ordinal];
-      if (batch.empty()) continue;
-      FenceContext context = batch.context();
-      try {
-        closed.push_back({{}, context});
-        closed.back().blocks = batch.take();
-      } catch (...) {
-      }
-    }
-  }
-  for (Closed& c : closed) device.fences.close_device_batch(std::move(c.blocks), c.context);
-}
-
-std::uint64_t thread_pending_bytes(int ordinal) noexcept {
-  std::uint64_t bytes = 0;
-  std::lock_guard<std::mutex> registry(g_threads_lock);
-  for (ThreadState* thread : *g_threads) {
-    std::lock_guard<SpinLock> guard(thread->lock);
-    bytes += thread->batches[ordinal].bytes();
-  }
-  return bytes;
-}
-
-std::uint64_t stream_list_bytes(DeviceState& device) noexcept {
-  std::uint64_t bytes = 0;
-  for (StreamShard& shard : device.stream_shards) {
-    std::lock_guard<std::mutex> guard(shard.lock);
-    for (auto& entry : shard.lists) bytes += entry.second.bytes;
-  }
-  return bytes;
-}
-
-std::uint64_t pending_bytes(DeviceState& device) noexcept {
-  return device.fences.pending_bytes() + thread_pending_bytes(device.ordinal) + stream_list_bytes(device);
-}
-
-void free_blocks_importers_released() noexcept;
-
-// The allocation missed: get freed memory back, in order of cost. Each step is retried once.
-void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
-  Allocator& backend = device.backend();
-  if (ipc::any_exports()) free_blocks_importers_released();
-  device.fences.poll();
-  if (void* p = backend.allocate(block_size, stream)) return p;
-
-  close_all_thread_batches(device);
-  close_all_stream_lists(device);
-  device.fences.poll();
-  if (void* p = backend.allocate(block_size, stream)) return p;
-
-  // Memory pressure: now waiting for the GPU is better than failing.
-  if (device.fences.synchronize_all() > 0)
-    if (void* p = backend.allocate(block_size, stream)) return p;
-
-  std::size_t released = backend.release_cached();
-  if (released)
-    tracing::record(tracing::EventKind::cache_release, device.ordinal, 0, 0, released, device.assembly.id);
-  return backend.allocate(block_size, stream);
-}
-
-void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
-  bool expected = false;
-  if (!device.in_oom_burst.compare_exchange_strong(expected, true)) return;  // once per burst
-  try {
-    AllocatorStats stats = device.backend().stats();
-    OomReport report;
-    report.device = device.ordinal;
-    report.backend = device.assembly.name;
-    report.requested = requested;
-    g_table.totals(device.ordinal, &report.live_bytes, &report.live_blocks);
-    report.reserved = stats.bytes_reserved;
-    report.cached = stats.bytes_cached;
-    report.pending_free = pending_bytes(device);
-    report.largest_free = stats.largest_free_block;
-    report.limit = device.assembly.limit;
-    for (const auto& entry : g_table.largest(device.ordinal, kLargestLiveInReport))
-      report.largest_live.push_back({entry.address, entry.block.requested});
-    for (const std::string& line : format_oom_report(report)) log(LogLevel::warn, "%s", line.c_str());
-  } catch (...) {
-    log(LogLevel::warn, "out of memory on device %d: requested %zu bytes", device.ordinal, requested);
-  }
 }
 
 // Serves an allocation on `device`. `stream` is 0 for cuMemAlloc.
@@ -633,6 +306,8 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
 }
 
+}  // namespace
+
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
 // backends keep their fence: their frees are ordered on their own stream), else through a fence.
 void give_back(DeviceState& device, const FreedBlock& freed) noexcept {
@@ -642,109 +317,6 @@ void give_back(DeviceState& device, const FreedBlock& freed) noexcept {
   }
   free_fenced(device, freed);
 }
-
-// ---- blocks the program freed while another process has them open: see held_for_importers() ----------
-// True when `p` (just erased from the live table) is still open in another process: then it is kept.
-bool hold_for_importers(CUdeviceptr p, const LiveBlock& block) noexcept {
-  if (!ipc::hold_freed_block(p)) return false;
-  std::lock_guard<std::mutex> guard(g_held_for_importers_lock);
-  try {
-    held_for_importers().emplace(p, block);
-  } catch (...) {
-    // Not recorded: the block is held for the life of the process, which is safe.
-  }
-  return true;
-}
-
-void free_blocks_importers_released() noexcept {
-  std::vector<CUdeviceptr> released;
-  if (!ipc::take_released_blocks(&released)) return;
-  for (CUdeviceptr p : released) {
-    LiveBlock block;
-    {
-      std::lock_guard<std::mutex> guard(g_held_for_importers_lock);
-      auto it = held_for_importers().find(p);
-      if (it == held_for_importers().end()) continue;
-      block = it->second;
-      held_for_importers().erase(it);
-    }
-    DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
-    if (device) give_back(*device, FreedBlock{reinterpret_cast<void*>(p), block.block_size, 0});
-  }
-}
-
-// The free of a block another process has open stops here; blocks their importers closed since go back.
-bool held_after_free(CUdeviceptr p, const LiveBlock& block) noexcept {
-  if (!ipc::any_exports()) return false;
-  free_blocks_importers_released();
-  return hold_for_importers(p, block);
-}
-
-void at_exit() noexcept {
-  // No driver call here: the program's CUDA teardown may already have run.
-  if (settings().stats && !g_forked_child) {
-    std::vector<StatsRow> rows;
-    try {
-      std::lock_guard<std::mutex> registry(g_threads_lock);
-      for (int d = 0; d < kMaxDevices; ++d) {
-        DeviceState* device = g_devices[d].load(std::memory_order_acquire);
-        if (!device) continue;
-        StatsRow row;
-        row.device = d;
-        row.backend = device->assembly.name;
-        row.allocs = g_retired[d].allocs.load();
-        row.frees = g_retired[d].frees.load();
-        row.failed = g_retired[d].failed.load();
-        row.bytes_allocated = g_retired[d].bytes.load();
-        for (ThreadState* thread : *g_threads) {
-          row.allocs += thread->counters[d].allocs.load();
-          row.frees += thread->counters[d].frees.load();
-          row.failed += thread->counters[d].failed.load();
-          row.bytes_allocated += thread->counters[d].bytes.load();
-        }
-        AllocatorStats stats = device->backend().stats();
-        row.peak_live = stats.peak_bytes_in_use;
-        row.peak_reserved = stats.peak_bytes_reserved;
-        rows.push_back(row);
-      }
-      for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());
-    } catch (...) {
-    }
-  }
-  tracing::flush();
-}
-
-// In a forked child only the forking thread exists. Locks other parent threads held are reset, their
-// per-thread states forgotten, and the parent's devices dropped (its contexts, streams and events do
-// not exist in the child; a child that initializes CUDA afresh gets new device states).
-void atfork_child() noexcept {
-  g_forked_child = true;
-  new (&g_devices_lock) std::mutex();
-  new (&g_threads_lock) std::mutex();
-  new (&g_captures_lock) std::mutex();
-  new (&g_held_for_importers_lock) std::mutex();
-  held_for_importers().clear();  // the parent's blocks and the parent's importers
-  g_table.reset_after_fork();
-  g_threads->clear();
-  capturing_streams().clear();
-  g_active_captures.store(0);
-  g_fork_generation.fetch_add(1);
-  for (auto& device : g_devices) device.store(nullptr);  // the parent's states are leaked on purpose
-  // This thread's state may be mid-use in the parent's forking thread only if fork() was called from
-  // inside gpushim, which never happens; its batches refer to the parent's devices.
-  ThreadState* self = this_thread_state();  // making it here registers it
-  if (!self) return;
-  self->lock.reset();
-  for (PendingBatch& batch : self->batches) (void)batch.take();
-  if (std::find(g_threads->begin(), g_threads->end(), self) == g_threads->end()) {
-    try {
-      g_threads->push_back(self);
-    } catch (...) {
-    }
-  }
-}
-
-}  // namespace
 
 CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept {
   ensure_started();

@@ -1,0 +1,56 @@
+// The state of each device (router/router_state.h), made on the first request that names the device and
+// never freed.
+#include <new>
+
+#include "diagnostics/log.h"
+#include "driver/real_driver.h"
+#include "router/router_state.h"
+
+namespace gpushim::router {
+
+std::atomic<DeviceState*> g_devices[kMaxDevices];
+std::mutex g_devices_lock;
+
+DeviceState* device_state(int ordinal, CUcontext context) noexcept {
+  if (ordinal < 0 || ordinal >= kMaxDevices) return nullptr;
+  DeviceState* state = g_devices[ordinal].load(std::memory_order_acquire);
+  if (!state) {
+    std::lock_guard<std::mutex> guard(g_devices_lock);
+    state = g_devices[ordinal].load(std::memory_order_acquire);
+    if (!state) {
+      DeviceBackend built = build_device_backend(ordinal);
+      if (!built.backend) return nullptr;  // no host memory: requests go to the driver
+      DeviceState* created = nullptr;
+      try {
+        created = new DeviceState(ordinal, std::move(built), g_active_captures);
+      } catch (...) {
+        return nullptr;
+      }
+      g_devices[ordinal].store(created, std::memory_order_release);  // never freed (exit-time safety)
+      state = created;
+      log(LogLevel::info, "device %d: backend %s", ordinal, created->assembly.name);
+    }
+  }
+  if (context) state->events.set_default_context(context);
+  return state;
+}
+
+DeviceState* device_of_context(CUcontext context) noexcept {
+  const RealDriver& driver = real_driver();
+  CUcontext current = nullptr;
+  if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return nullptr;
+  bool pushed = false;
+  if (current != context) {
+    if (driver.cuCtxPushCurrent(context) != CUDA_SUCCESS) return nullptr;
+    pushed = true;
+  }
+  CUdevice device = -1;
+  CUresult rc = driver.cuCtxGetDevice(&device);
+  if (pushed) {
+    CUcontext popped = nullptr;
+    driver.cuCtxPopCurrent(&popped);
+  }
+  return rc == CUDA_SUCCESS ? device_state(static_cast<int>(device), context) : nullptr;
+}
+
+}  // namespace gpushim::router

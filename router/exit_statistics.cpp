@@ -1,0 +1,51 @@
+// The exit statistics table (router/exit_statistics.h).
+#include "router/exit_statistics.h"
+
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "config/settings.h"
+#include "diagnostics/log.h"
+#include "router/memory_report.h"
+#include "router/router_state.h"
+#include "router/thread_state.h"
+#include "tracing/trace_recorder.h"
+
+namespace gpushim::router {
+
+void at_exit() noexcept {
+  // No driver call here: the program's CUDA teardown may already have run.
+  if (settings().stats && !g_forked_child) {
+    std::vector<StatsRow> rows;
+    try {
+      std::lock_guard<std::mutex> registry(g_threads_lock);
+      for (int d = 0; d < kMaxDevices; ++d) {
+        DeviceState* device = g_devices[d].load(std::memory_order_acquire);
+        if (!device) continue;
+        StatsRow row;
+        row.device = d;
+        row.backend = device->assembly.name;
+        row.allocs = g_retired[d].allocs.load();
+        row.frees = g_retired[d].frees.load();
+        row.failed = g_retired[d].failed.load();
+        row.bytes_allocated = g_retired[d].bytes.load();
+        for (ThreadState* thread : *g_threads) {
+          row.allocs += thread->counters[d].allocs.load();
+          row.frees += thread->counters[d].frees.load();
+          row.failed += thread->counters[d].failed.load();
+          row.bytes_allocated += thread->counters[d].bytes.load();
+        }
+        AllocatorStats stats = device->backend().stats();
+        row.peak_live = stats.peak_bytes_in_use;
+        row.peak_reserved = stats.peak_bytes_reserved;
+        rows.push_back(row);
+      }
+      for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());
+    } catch (...) {
+    }
+  }
+  tracing::flush();
+}
+
+}  // namespace gpushim::router

@@ -1,0 +1,91 @@
+// What the router's files share (private to router/; router/router.h is the interface): the state of
+// each device, made on its first request, and the process-wide globals the request flow, the
+// out-of-memory path, the exit statistics and the fork handler all reach.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <cuda.h>
+
+#include "allocators/allocator.h"
+#include "router/cuda_fence_events.h"
+#include "router/device_backend.h"
+#include "router/free_fence_queue.h"
+#include "router/live_block_table.h"
+
+// The router was one file whose state had internal linkage. Hidden visibility keeps what its files now
+// share out of libgpushim.so's symbol table, and lets -fPIC code reach these globals directly, as it did
+// then, instead of loading their address from the GOT on every call.
+#pragma GCC visibility push(hidden)
+
+namespace gpushim::router {
+
+constexpr int kMaxDevices = 64;          // ordinals beyond this are passed to the driver untouched
+constexpr std::size_t kStreamShards = 16;  // async free lists, sharded by stream: no device-wide lock
+
+// Async-freed blocks of one stream: reusable at once on that stream (same rounded size), and handed to
+// the fence queue (one event on the stream) when the list grows past a batch or memory runs short.
+struct StreamFreeList {
+  CUcontext context = nullptr;
+  std::unordered_multimap<std::size_t, FreedBlock> by_size;
+  std::size_t bytes = 0;
+};
+struct alignas(64) StreamShard {
+  std::mutex lock;
+  std::unordered_map<CUstream, StreamFreeList> lists;
+};
+
+struct DeviceState {
+  // `built.backend` is not null (device_state() checks).
+  DeviceState(int ordinal, DeviceBackend built, const std::atomic<int>& captures)
+      : ordinal(ordinal), assembly(std::move(built)), events(ordinal, captures, assembly.driver_backed),
+        fences(*assembly.backend, events) {}
+  const int ordinal;
+  DeviceBackend assembly;
+  CudaFenceEvents events;
+  FreeFenceQueue fences;
+  StreamShard stream_shards[kStreamShards];
+  std::atomic<bool> in_oom_burst{false};
+  Allocator& backend() { return *assembly.backend; }
+  bool fenced() { return assembly.backend->needs_free_fence(); }
+};
+
+// Everything global is either trivially destructible or allocated and never freed: program threads and
+// static destructors may still call cuMemFree after exit() has begun.
+extern std::atomic<int> g_active_captures;
+
+extern std::atomic<DeviceState*> g_devices[kMaxDevices];
+extern std::mutex g_devices_lock;  // creation only
+LiveBlockTable& g_table_instance();
+#define g_table g_table_instance()
+
+extern std::atomic<std::uint64_t> g_stream_generation;  // bumped when a stream is destroyed: stale caches
+extern std::atomic<std::uint64_t> g_fork_generation;    // bumped in a forked child: parent handles are void
+extern bool g_forked_child;
+
+extern std::mutex g_captures_lock;
+std::vector<CUstream>& capturing_streams();
+
+// Thread-locals read on every call are constant-initialised and initial-exec: one %fs-relative load.
+// Inside a shared library the default model calls __tls_get_addr on every access, and a thread_local
+// with a constructor adds an init check: callgrind of bench/router_pair_bench showed ~260 instructions
+// per alloc+free pair in the two (libgpushim.so is preloaded, so its TLS sits in the static block).
+#define GPUSHIM_HOT_TLS thread_local __attribute__((tls_model("initial-exec")))
+
+// The state of device `ordinal`, made on its first request (device_state.cpp).
+DeviceState* device_state(int ordinal, CUcontext context) noexcept;
+// The device of a context that may not be current.
+DeviceState* device_of_context(CUcontext context) noexcept;
+
+// cuMemFree's end (router.cpp); a block held for importers goes back through it once they are gone.
+void give_back(DeviceState& device, const FreedBlock& freed) noexcept;
+
+}  // namespace gpushim::router
+
+#pragma GCC visibility pop

@@ -1,0 +1,47 @@
+// Per-thread state (router/thread_state.h): the registry of every thread's state, and the sweeps over it
+// that memory pressure and cuMemGetInfo need.
+#include "router/thread_state.h"
+
+namespace gpushim::router {
+
+Counters g_retired[kMaxDevices];
+std::mutex g_threads_lock;
+std::vector<ThreadState*>& threads() {
+  static auto* registered = new std::vector<ThreadState*>();
+  return *registered;
+}
+
+void close_all_thread_batches(DeviceState& device) noexcept {
+  struct Closed {
+    std::vector<FreedBlock> blocks;
+    FenceContext context;
+  };
+  std::vector<Closed> closed;
+  {
+    std::lock_guard<std::mutex> registry(g_threads_lock);
+    for (ThreadState* thread : *g_threads) {
+      std::lock_guard<SpinLock> guard(thread->lock);
+      PendingBatch& batch = thread->batches[device.ordinal];
+      if (batch.empty()) continue;
+      FenceContext context = batch.context();
+      try {
+        closed.push_back({{}, context});
+        closed.back().blocks = batch.take();
+      } catch (...) {
+      }
+    }
+  }
+  for (Closed& c : closed) device.fences.close_device_batch(std::move(c.blocks), c.context);
+}
+
+std::uint64_t thread_pending_bytes(int ordinal) noexcept {
+  std::uint64_t bytes = 0;
+  std::lock_guard<std::mutex> registry(g_threads_lock);
+  for (ThreadState* thread : *g_threads) {
+    std::lock_guard<SpinLock> guard(thread->lock);
+    bytes += thread->batches[ordinal].bytes();
+  }
+  return bytes;
+}
+
+}  // namespace gpushim::router

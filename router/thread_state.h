@@ -1,0 +1,107 @@
+// Per-thread state: the pending cuMemFree batch of each device, and the counters. Made on a thread's
+// first call, registered so that the out-of-memory sweep and the exit statistics can reach every
+// thread's, and folded into the shared fallbacks when the thread exits. this_thread_state() and
+// counters() run on every allocate and free, so they are inline here.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+#include <new>
+#include <vector>
+
+#include "router/free_fence_queue.h"
+#include "router/router_state.h"
+#include "router/spin_lock.h"
+
+#pragma GCC visibility push(hidden)  // router/router_state.h says why
+
+namespace gpushim::router {
+
+// Program-visible counts per device, kept per thread (no shared cache line on the hot path) and folded
+// into g_retired when a thread exits.
+struct Counters {
+  std::atomic<std::uint64_t> allocs{0}, frees{0}, failed{0}, bytes{0};
+};
+extern Counters g_retired[kMaxDevices];
+
+struct ThreadState;
+extern std::mutex g_threads_lock;  // registration, exit, and the out-of-memory sweep
+std::vector<ThreadState*>& threads();
+#define g_threads (&threads())
+
+// Set when this thread's ThreadState has been destroyed (thread exit, or exit() on the main thread):
+// calls that still arrive (static destructors freeing device memory) use the shared fallbacks.
+inline GPUSHIM_HOT_TLS bool t_state_gone = false;
+
+struct ThreadState {
+  // The owner on each free; another thread only in an out-of-memory sweep or a double-free check.
+  // A spin lock: the owner holds it for a push_back, and it is almost never contended.
+  SpinLock lock;
+  PendingBatch batches[kMaxDevices];
+  Counters counters[kMaxDevices];
+  ThreadState() {
+    std::lock_guard<std::mutex> guard(g_threads_lock);
+    try {
+      g_threads->push_back(this);
+    } catch (...) {
+    }
+  }
+  // Thread exit (also the main thread at process exit): no driver call here. Pending blocks become
+  // orphans of their device, fenced by whichever thread closes or polls next.
+  ~ThreadState() {
+    t_state_gone = true;
+    {
+      std::lock_guard<std::mutex> guard(g_threads_lock);
+      g_threads->erase(std::remove(g_threads->begin(), g_threads->end(), this), g_threads->end());
+    }
+    std::lock_guard<SpinLock> guard(lock);
+    for (int d = 0; d < kMaxDevices; ++d) {
+      g_retired[d].allocs += counters[d].allocs.load();
+      g_retired[d].frees += counters[d].frees.load();
+      g_retired[d].failed += counters[d].failed.load();
+      g_retired[d].bytes += counters[d].bytes.load();
+      if (batches[d].empty()) continue;
+      if (DeviceState* device = g_devices[d].load()) device->fences.adopt_orphans(batches[d].take());
+    }
+  }
+};
+// This thread's state, made on its first call; t_state_owner (touched once per thread) destroys it at
+// thread exit. nullptr once destroyed, or when no host memory was left to make it.
+inline GPUSHIM_HOT_TLS ThreadState* t_state = nullptr;
+struct ThreadStateOwner {
+  ThreadState* state = nullptr;
+  ~ThreadStateOwner() {
+    t_state = nullptr;
+    delete state;  // sets t_state_gone
+  }
+};
+inline thread_local ThreadStateOwner t_state_owner;
+
+// static: each file gets its own copy, which GCC inlines with the slow path split off, as it did while
+// this was file-local in router.cpp.
+static inline ThreadState* this_thread_state() noexcept {
+  if (ThreadState* state = t_state) return state;
+  if (t_state_gone) return nullptr;
+  ThreadState* state = new (std::nothrow) ThreadState();
+  if (!state) return nullptr;
+  t_state_owner.state = state;
+  t_state = state;
+  return state;
+}
+
+// Forced inline: GCC inlined it into serve and the frees (this_thread_state's slow path split off) while
+// it was file-local in router.cpp; shared from this header its heuristics kept it a call.
+__attribute__((always_inline)) static inline Counters& counters(int device) {
+  ThreadState* state = this_thread_state();
+  return state ? state->counters[device] : g_retired[device];
+}
+
+// Closes every thread's pending cuMemFree batch of this device (memory pressure).
+void close_all_thread_batches(DeviceState& device) noexcept;
+std::uint64_t thread_pending_bytes(int ordinal) noexcept;
+
+}  // namespace gpushim::router
+
+#pragma GCC visibility pop
