@@ -24,6 +24,9 @@
 #include "ipc/ipc_handle.h"
 
 namespace gpushim::ipc {
+
+std::atomic<bool> detail::g_ever_exported{false};
+
 namespace {
 
 // ---- sources of exportable memory -----------------------------------------------------------------
@@ -39,7 +42,7 @@ struct ExporterState {
 };
 
 std::atomic<ExporterState*> g_exporter{nullptr};
-std::atomic<bool> g_ever_exported{false};
+using detail::g_ever_exported;
 std::mutex g_exporter_mutex;
 
 std::uint64_t random_token() noexcept {
@@ -440,8 +443,6 @@ CUresult export_block(CUipcMemHandle* out, const BlockToExport& block, bool* han
   *out = encode_handle(fields);
   return CUDA_SUCCESS;
 }
-
-bool any_exports() noexcept { return g_ever_exported.load(std::memory_order_relaxed); }
 
 bool hold_freed_block(CUdeviceptr base) noexcept {
   if (!g_ever_exported.load(std::memory_order_relaxed)) return false;

@@ -11,6 +11,7 @@
 // the block's cuMemPoolExportPointer data; the importer imports the pool once and the pointer.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <vector>
 
@@ -41,7 +42,11 @@ CUresult close_handle(CUdeviceptr p, bool* handled) noexcept;
 
 // ---- the exporter's frees (the router calls these) ----
 // True once this process has exported anything: only then are the two calls below worth making.
-bool any_exports() noexcept;
+// Inline: every free asks (one relaxed load).
+namespace detail {
+extern std::atomic<bool> g_ever_exported __attribute__((visibility("hidden")));
+}
+inline bool any_exports() noexcept { return detail::g_ever_exported.load(std::memory_order_relaxed); }
 // The program freed gpushim block `base`. True when another process still has it open: the caller
 // keeps the block (neither reuses nor frees it) until take_released_blocks() returns it, as the
 // driver keeps cuMemAlloc memory alive while it is open elsewhere.

@@ -53,8 +53,7 @@ void free_blocks_importers_released() noexcept {
   }
 }
 
-bool held_after_free(CUdeviceptr p, const LiveBlock& block) noexcept {
-  if (!ipc::any_exports()) return false;
+bool hold_if_imported(CUdeviceptr p, const LiveBlock& block) noexcept {
   free_blocks_importers_released();
   return hold_for_importers(p, block);
 }

@@ -9,6 +9,7 @@
 
 #include <cuda.h>
 
+#include "ipc/cuda_ipc.h"
 #include "router/live_block_table.h"
 
 #pragma GCC visibility push(hidden)  // router/router_state.h says why
@@ -20,8 +21,14 @@ std::unordered_map<CUdeviceptr, LiveBlock>& held_for_importers();
 
 bool is_held_for_importers(CUdeviceptr p) noexcept;
 void free_blocks_importers_released() noexcept;
-// The free of a block another process has open stops here; blocks their importers closed since go back.
-bool held_after_free(CUdeviceptr p, const LiveBlock& block) noexcept;
+// True when `p` (just erased from the live table) is open in another process: then it is kept. Blocks
+// their importers closed since go back first.
+bool hold_if_imported(CUdeviceptr p, const LiveBlock& block) noexcept;
+
+// Every free asks; inline, so a process that never exported pays one relaxed load and no call.
+inline bool held_after_free(CUdeviceptr p, const LiveBlock& block) noexcept {
+  return ipc::any_exports() && hold_if_imported(p, block);
+}
 
 }  // namespace gpushim::router
 

@@ -39,10 +39,6 @@
 namespace gpushim::router {
 
 std::atomic<int> g_active_captures{0};
-LiveBlockTable& g_table_instance() {
-  static LiveBlockTable* table = new LiveBlockTable();
-  return *table;
-}
 std::atomic<std::uint64_t> g_stream_generation{1};
 std::mutex g_captures_lock;
 std::vector<CUstream>& capturing_streams() {
@@ -108,7 +104,9 @@ struct StreamCacheEntry {
 GPUSHIM_HOT_TLS StreamCacheEntry t_stream_cache[4];
 GPUSHIM_HOT_TLS unsigned t_stream_next = 0;
 
-void ensure_started() noexcept {
+// Always inlined into the entry points: after the first call it is one guard load (measured as a call
+// of its own once router.cpp was split).
+__attribute__((always_inline)) inline void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
     g_fence_always = s.fence_always;
