@@ -5,8 +5,14 @@ Input, in the results folder, per workload W (torch, cupy):
   W-<name>.json       the workload's stdout (one JSON line)
   W-<name>.stderr     its stderr; gpushim's GPUSHIM_STATS table is parsed from here
   W-<name>.status     "<exit code> <wall seconds>" or "skipped <reason>"
-  meta.json           device, date, commit, command (optional)
+  W-<name>.rK.*       the same three files of pass K (K = 2..N) when run_macro.sh ran with --repeat N
+  meta.json           device, date, commit, command, repeat (optional)
 Output: the tables on stdout, and W.jsonl (merged records) plus tables.md in the same folder.
+
+With N passes (N processes per configuration, run interleaved), a row's rate is the median of the passes
+that finished cleanly, the ratio is median over the baseline's median, a range column shows the passes'
+min-max, and the memory columns are the max over those passes; a failed pass is left out of the median and
+named in the check column. With N = 1 the row is the one process's record, exactly as before --repeat.
 
 Stdlib only, so it runs anywhere: `python3 bench/macro_report.py bench/results/<run>`.
 """
@@ -14,6 +20,7 @@ Stdlib only, so it runs anywhere: `python3 bench/macro_report.py bench/results/<
 import argparse
 import json
 import os
+import statistics
 import sys
 
 WORKLOADS = {
@@ -71,39 +78,97 @@ def last_json_line(text):
     return None
 
 
-def load_workload(folder, workload):
+def pass_suffix(k):
+    """File-name suffix of pass k: pass 1 keeps the names of a run without --repeat."""
+    return "" if k == 1 else ".r%d" % k
+
+
+def pass_count(folder, workload, name, repeat):
+    """Passes of one configuration: what meta.json says was asked for, or more if more files exist
+    (a folder from before meta.json had "repeat"). Asked-for passes without files read as not run."""
+    k = 1
+    while any(os.path.exists(os.path.join(folder, "%s-%s%s%s" % (workload, name, pass_suffix(k + 1), ext)))
+              for ext in (".status", ".json", ".stderr")):
+        k += 1
+    return max(k, repeat)
+
+
+def load_workload(folder, workload, repeat=None):
+    """One record per configuration, in plan order. repeat: passes asked for (default: meta.json's, else 1)."""
     plan = read_text(os.path.join(folder, workload + "-plan.tsv"))
     if plan is None:
         return None
+    if repeat is None:
+        meta = last_json_line(read_text(os.path.join(folder, "meta.json"))) or {}
+        repeat = meta.get("repeat", 1) if isinstance(meta.get("repeat", 1), int) else 1
     records = []
     for line in plan.splitlines():
         if not line.strip():
             continue
         name, _, how = line.partition("\t")
-        base = os.path.join(folder, "%s-%s" % (workload, name))
-        rec = last_json_line(read_text(base + ".json")) or {}
-        rec["config"] = name
-        rec["how"] = how
-        status = (read_text(base + ".status") or "").split()
-        if status and status[0] == "skipped":
-            rec["skipped"] = " ".join(status[1:]) or "skipped"
-        elif status:
-            rec["exit_code"] = int(status[0]) if status[0].lstrip("-").isdigit() else status[0]
-            if len(status) > 1:
-                rec["wall_s"] = float(status[1])
-        else:
-            rec.setdefault("error", "not run (no status file)")
-        stderr = read_text(base + ".stderr") or ""
-        if name.startswith("gpushim-"):
-            rec["gpushim_backend_requested"] = name[len("gpushim-"):]
-            rec["gpushim_stats"] = parse_gpushim_stats(stderr)
-        if "rate" not in rec and "error" not in rec and "skipped" not in rec:
-            tail = [l for l in stderr.strip().splitlines() if l.strip()][-1:]
-            code = rec.get("exit_code")
-            why = {124: "timed out", 137: "killed (timeout or out of host memory)"}.get(code, "exit %s" % code)
-            rec["error"] = "%s, no JSON line%s" % (why, (": " + tail[0][:160]) if tail else "")
-        records.append(rec)
+        passes = [load_process(folder, workload, name, how, k)
+                  for k in range(1, pass_count(folder, workload, name, repeat) + 1)]
+        records.append(passes[0] if len(passes) == 1 else combine_passes(passes))
     return records
+
+
+def load_process(folder, workload, name, how, k):
+    """The record of one process: pass k of configuration name."""
+    base = os.path.join(folder, "%s-%s%s" % (workload, name, pass_suffix(k)))
+    rec = last_json_line(read_text(base + ".json")) or {}
+    rec["config"] = name
+    rec["how"] = how
+    status = (read_text(base + ".status") or "").split()
+    if status and status[0] == "skipped":
+        rec["skipped"] = " ".join(status[1:]) or "skipped"
+    elif status:
+        rec["exit_code"] = int(status[0]) if status[0].lstrip("-").isdigit() else status[0]
+        if len(status) > 1:
+            rec["wall_s"] = float(status[1])
+    else:
+        rec.setdefault("error", "not run (no status file)")
+    stderr = read_text(base + ".stderr") or ""
+    if name.startswith("gpushim-"):
+        rec["gpushim_backend_requested"] = name[len("gpushim-"):]
+        rec["gpushim_stats"] = parse_gpushim_stats(stderr)
+    if "rate" not in rec and "error" not in rec and "skipped" not in rec:
+        tail = [l for l in stderr.strip().splitlines() if l.strip()][-1:]
+        code = rec.get("exit_code")
+        why = {124: "timed out", 137: "killed (timeout or out of host memory)"}.get(code, "exit %s" % code)
+        rec["error"] = "%s, no JSON line%s" % (why, (": " + tail[0][:160]) if tail else "")
+    return rec
+
+
+def counts(rec):
+    """Does this process's rate enter the median? Only a clean finish with a rate does."""
+    return ("rate" in rec and "error" not in rec and "skipped" not in rec
+            and rec.get("exit_code") in (0, None))
+
+
+# Columns that are a maximum over passes: memory peaks, and gpushim's figures (same every pass anyway).
+MAX_OVER_PASSES = ("peak_nvml_gib", "torch_max_reserved_gib", "cupy_pool_total_gib")
+
+
+def combine_passes(passes):
+    """One row from N processes of one configuration. Fields not summarised (result, how, gpushim_stats,
+    ...) come from the first pass that counts, else the first pass; every pass stays under "passes"."""
+    counted = [p for p in passes if counts(p)]
+    rec = dict(counted[0] if counted else passes[0])
+    rec["repeat"] = len(passes)
+    rec["passes_counted"] = len(counted)
+    rec["pass_rates"] = [p["rate"] if counts(p) else None for p in passes]
+    rates = sorted(p["rate"] for p in counted)
+    if rates:
+        rec["rate"] = statistics.median(rates)
+        rec["rate_min"], rec["rate_max"] = rates[0], rates[-1]
+    else:
+        rec.pop("rate", None)
+    for key in MAX_OVER_PASSES:
+        values = [p[key] for p in counted if p.get(key) is not None]
+        if values:
+            rec[key] = max(values)
+    rec["passes"] = passes
+    return rec
 
 
 def fmt(value, spec):
@@ -146,7 +211,87 @@ def checks(rec, base, tolerance):
     return flags
 
 
+def processes(rec):
+    """The per-process records behind a row: its passes, or the row itself when it had one."""
+    return rec.get("passes", [rec])
+
+
+def pass_list(ks, n):
+    return "all %d passes" % n if len(ks) == n else "pass%s %s" % ("es" if len(ks) > 1 else "", ",".join(map(str, ks)))
+
+
+def repeated_checks(rec, base, tolerance):
+    """checks() of every pass of a row; a flag found in several passes is named once, with the passes.
+    A pass that does not count is named as excluded from the median, with why."""
+    passes = processes(rec)
+    n = len(passes)
+    if all("skipped" in p for p in passes):
+        return checks(passes[0], base, tolerance)
+    where = {}
+    excluded = []
+    for k, p in enumerate(passes, 1):
+        flags = checks(p, base, tolerance)
+        if not counts(p):
+            excluded.append("pass %d EXCLUDED from median: %s" % (k, "; ".join(flags) or "no rate"))
+            continue
+        for f in flags:
+            where.setdefault(f, []).append(k)
+    return excluded + ["%s (%s)" % (f, pass_list(ks, n)) for f, ks in where.items()]
+
+
+def shim_columns(rec):
+    """gpushim allocs and peak reserved GiB of one process, from its GPUSHIM_STATS table."""
+    stats = rec.get("gpushim_stats") or []
+    if not stats:
+        return None, None
+    return sum(r["allocs"] for r in stats), sum(r.get("peak_reserved_gib", 0) for r in stats)
+
+
+def max_or_none(values):
+    values = [v for v in values if v is not None]
+    return max(values) if values else None
+
+
+def repeated_table(workload, records, tolerance, n):
+    """The table when configurations ran N > 1 passes: medians, range, pass count, memory maxima."""
+    title, base_name, rate_col, result_col, _ = WORKLOADS[workload]
+    base = next((r for r in records if r["config"] == base_name and "rate" in r), None)
+    lines = ["### " + title, "",
+             "| config | %s (median) | range of passes | passes | ratio to %s | peak GiB (NVML, max) | "
+             "framework reserved GiB (max) | gpushim allocs | gpushim peak reserved GiB (max) | %s | check |"
+             % (rate_col, base_name, result_col),
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for rec in records:
+        passes = processes(rec)
+        counted = [p for p in passes if counts(p)] or passes
+        rate = rec.get("rate")
+        ratio = rate / base["rate"] if (rate and base) else None
+        spread = ("%.2f-%.2f" % (rec["rate_min"], rec["rate_max"])) if "rate_min" in rec else "-"
+        reserved = max_or_none(p.get("torch_max_reserved_gib", p.get("cupy_pool_total_gib")) for p in counted)
+        shim = [shim_columns(p) for p in counted]
+        result = rec.get("result")
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            rec["config"], fmt(rate, ".2f"), spread,
+            "%d of %d" % (rec.get("passes_counted", 0), len(passes)) if rec.get("passes_counted", 1) != len(passes)
+            else str(len(passes)),
+            fmt(ratio, ".3f"), fmt(max_or_none(p.get("peak_nvml_gib") for p in counted), ".2f"),
+            fmt(reserved, ".2f"), fmt(max_or_none(a for a, _ in shim), "d"),
+            fmt(max_or_none(b for _, b in shim), ".2f"), "-" if result is None else repr(result),
+            "; ".join(repeated_checks(rec, base, tolerance)) or "ok"))
+    lines += ["", "Each configuration ran %d times as separate processes, pass after pass (every configuration "
+              "once per pass). %s: median over the passes that finished cleanly; range: their min-max; ratio: "
+              "median over %s's median; memory columns and gpushim allocs: max over those passes. A failed pass "
+              "is left out of the median and named in the check column; results are checked for every pass."
+              % (n, rate_col, base_name), ""]
+    for rec in records:
+        lines.append("- `%s`: %s" % (rec["config"], rec.get("how", "")))
+    return lines, base
+
+
 def table(workload, records, tolerance):
+    n = max(len(processes(r)) for r in records) if records else 1
+    if n > 1:
+        return repeated_table(workload, records, tolerance, n)
     title, base_name, rate_col, result_col, _ = WORKLOADS[workload]
     base = next((r for r in records if r["config"] == base_name and "rate" in r), None)
     lines = ["### " + title, "",
@@ -179,15 +324,26 @@ def targets(workload, records, base):
     out = []
     if mine is None or "rate" not in mine:
         return ["- target: gpushim-%s has no result" % TARGET_BACKEND]
+    repeated = "passes" in mine or (base is not None and "passes" in base)
     if base:
         ratio = mine["rate"] / base["rate"]
-        out.append("- speed: gpushim-%s / %s = %.3f (target >= 1.00): %s" % (
-            TARGET_BACKEND, base_name, ratio, "MET" if ratio >= 1.0 else "MISSED by %.1f%%" % (100 * (1 - ratio))))
+        how = ""
+        if repeated:
+            n_mine, n_base = mine.get("passes_counted", 1), base.get("passes_counted", 1)
+            how = ("median of %d passes, " % n_mine if n_mine == n_base
+                   else "median of %d / median of %d passes, " % (n_mine, n_base))
+            if "rate_min" in mine and "rate_min" in base and \
+                    mine["rate_min"] <= base["rate_max"] and base["rate_min"] <= mine["rate_max"]:
+                how += "pass ranges overlap, "
+        out.append("- speed: gpushim-%s / %s = %.3f (%starget >= 1.00): %s" % (
+            TARGET_BACKEND, base_name, ratio, how,
+            "MET" if ratio >= 1.0 else "MISSED by %.1f%%" % (100 * (1 - ratio))))
     peer = next((r for r in records if r["config"] == memory_peer), None) if memory_peer else base
     if peer and peer.get("peak_nvml_gib") is not None and mine.get("peak_nvml_gib") is not None:
         a, b = mine["peak_nvml_gib"], peer["peak_nvml_gib"]
-        out.append("- memory: gpushim-%s peak %.2f GiB vs %s %.2f GiB (target <=): %s" % (
-            TARGET_BACKEND, a, peer["config"], b, "MET" if a <= b else "MISSED by %.2f GiB" % (a - b)))
+        out.append("- memory: gpushim-%s peak %.2f GiB vs %s %.2f GiB (%starget <=): %s" % (
+            TARGET_BACKEND, a, peer["config"], b, "max over passes, " if repeated else "",
+            "MET" if a <= b else "MISSED by %.2f GiB" % (a - b)))
     return out
 
 

@@ -2,6 +2,11 @@
 # Macro benchmarks of issue 5, every configuration in its own process, one after another on the same GPU,
 # in one invocation: the PyTorch transformer training loop and the CuPy FFT/matmul loop, each under the
 # peers (the frameworks' own allocators) and under every gpushim backend. Prints the tables last.
+# The same configuration moves by up to +-25% from one process to the next (measured on the H100), so one
+# process per configuration cannot rank them: --repeat N runs each workload's whole list N times, pass after
+# pass (pass 1 runs every configuration, then pass 2 ...; slow drift hits every configuration alike), keeps
+# every process's files (pass 1 under the names of a single run, pass K as W-<config>.rK.*), and the report
+# gives each configuration's median rate, the passes' min-max and the max of their memory peaks.
 set -u -o pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -20,6 +25,9 @@ usage: bench/run_macro.sh [options]
   --python PATH       interpreter (default: \$PYTHON, else /opt/torch/.venv/bin/python3, else python3)
   --out DIR           results folder (default: \$OUT/macro when OUT is set, else bench/results/<date>)
   --timeout S         per-configuration limit in seconds (default 240; quick 120)
+  --repeat N          run each workload's list of configurations N times, pass after pass (default 1);
+                      the tables then show per configuration the median rate over the passes, their
+                      min-max range, the number of passes, and memory peaks as the max over passes
   --report DIR        only print the tables of an earlier run's folder
   -h, --help          this text
 
@@ -42,13 +50,18 @@ Estimated time on one H100 (each process pays ~10-20 s of Python/CUDA start-up):
   full total ~ 5-7 min: fits a 10-minute command limit with little margin; where it is tight,
   run "--only torch" and "--only cupy" as two commands.
   quick total ~ 1.5-2 min (torch 5 x ~12 s, cupy 3 x ~7 s).
+  --repeat N multiplies these by N: "--only cupy --repeat 3" ~ 3-4.5 min fits one command; full torch x 3
+  (~12-15 min) does not: narrow it, e.g. --only torch --configs "default expandable gpushim-tiered"
+  --repeat 3 ~ 3-4 min.
 Results: raw JSON lines and logs in the results folder; tables.md there holds the printed tables.
+Files per process: <workload>-<config>.json/.stderr/.status for pass 1 (the only pass without --repeat),
+<workload>-<config>.r<K>.json/.stderr/.status for pass K >= 2.
 EOF
 }
 
 command_line="bench/run_macro.sh${*:+ $*}"
 quick=0; only=""; lib="${GPUSHIM_LIB:-}"; backends=""; only_configs=""; python="${PYTHON:-}"
-out=""; per_config_timeout=""; report_dir=""
+out=""; per_config_timeout=""; report_dir=""; repeat=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --quick) quick=1 ;;
@@ -60,12 +73,14 @@ while [[ $# -gt 0 ]]; do
     --out) out="${2:?--out needs a folder}"; shift ;;
     --timeout) per_config_timeout="${2:?--timeout needs seconds}"; shift ;;
     --report) report_dir="${2:?--report needs a folder}"; shift ;;
+    --repeat) repeat="${2:?--repeat needs a count}"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "run_macro.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
 done
 case "$only" in ""|torch|cupy) ;; *) echo "run_macro.sh: --only takes torch or cupy" >&2; exit 2 ;; esac
+[[ "$repeat" =~ ^[1-9][0-9]*$ ]] || { echo "run_macro.sh: --repeat takes a count >= 1" >&2; exit 2; }
 
 if [[ -z "$python" ]]; then
   if [[ -x /opt/torch/.venv/bin/python3 ]]; then python=/opt/torch/.venv/bin/python3; else python=python3; fi
@@ -115,12 +130,13 @@ if [[ "$commit" != unknown ]] && [[ -n "$(git -C "$REPO" status --porcelain 2>/d
   commit="$commit+dirty"
 fi
 "$report_python" - "$out/meta.json" "${device:-unknown}" "$commit" "$lib" "$python" "$quick" \
-    "$command_line" <<'PY'
+    "$command_line" "$repeat" <<'PY'
 import json, sys, datetime
-path, device, commit, lib, python, quick, command = sys.argv[1:8]
+path, device, commit, lib, python, quick, command, repeat = sys.argv[1:9]
 with open(path, "w") as f:
     json.dump({"device": device, "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-               "commit": commit, "lib": lib, "python": python, "quick": quick == "1", "command": command}, f)
+               "commit": commit, "lib": lib, "python": python, "quick": quick == "1", "command": command,
+               "repeat": int(repeat)}, f)
     f.write("\n")
 PY
 
@@ -133,14 +149,17 @@ selected() {  # is configuration $1 wanted by --configs?
   local c; for c in $only_configs; do [[ "$c" == "$1" ]] && return 0; done; return 1
 }
 
-# run_one WORKLOAD NAME HOW SCRIPT [VAR=VALUE ...] -- [ARGS ...]
+# run_one WORKLOAD NAME HOW SCRIPT [VAR=VALUE ...] -- [ARGS ...]: pass $pass of one configuration.
 run_one() {
   local workload=$1 name=$2 how=$3 script=$4; shift 4
   local vars=(); while [[ $# -gt 0 && "$1" != -- ]]; do vars+=("$1"); shift; done; shift
-  local base="$out/$workload-$name"
-  printf '%s\t%s\n' "$name" "$how" >>"$out/$workload-plan.tsv"
+  # Pass 1 keeps the names of a run without --repeat; pass K >= 2 adds .rK (macro_report.py reads both).
+  local base="$out/$workload-$name" tag=""
+  [[ $pass -gt 1 ]] && base+=".r$pass"
+  [[ $repeat -gt 1 ]] && tag=" (pass $pass/$repeat)"
+  [[ $pass -eq 1 ]] && printf '%s\t%s\n' "$name" "$how" >>"$out/$workload-plan.tsv"
   if [[ "$how" == *libgpushim.so* && -n "$lib_missing" ]]; then
-    echo "skipped $lib_missing" >"$base.status"; echo "[$workload] $name: skipped" >&2; return
+    echo "skipped $lib_missing" >"$base.status"; echo "[$workload] $name$tag: skipped" >&2; return
   fi
   local t0 t1 rc
   t0=$(date +%s.%N)
@@ -152,14 +171,14 @@ run_one() {
   local wall; wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }')
   echo "$rc $wall" >"$base.status"
   local rate; rate=$(grep -o '"rate": [0-9.e+-]*' "$base.json" | head -1 | cut -d' ' -f2)
-  echo "[$workload] $name: exit $rc, ${wall} s, rate ${rate:-none}" >&2
+  echo "[$workload] $name$tag: exit $rc, ${wall} s, rate ${rate:-none}" >&2
 }
 
 start=$(date +%s)
 echo "run_macro.sh: results in $out; lib ${lib:-none}; python $python" >&2
 
-if [[ -z "$only" || "$only" == torch ]]; then
-  : >"$out/torch-plan.tsv"
+run_torch_pass() {  # every torch configuration once, as pass $pass
+  local name backend
   for name in $torch_peers; do
     selected "$name" || continue
     case "$name" in
@@ -178,10 +197,10 @@ if [[ -z "$only" || "$only" == torch ]]; then
       torch_transformer.py PYTORCH_NO_CUDA_MEMORY_CACHING=1 "LD_PRELOAD=$lib" "GPUSHIM_BACKEND=$backend" \
       GPUSHIM_STATS=1 -- "${torch_args[@]}"
   done
-fi
+}
 
-if [[ -z "$only" || "$only" == cupy ]]; then
-  : >"$out/cupy-plan.tsv"
+run_cupy_pass() {  # every cupy configuration once, as pass $pass
+  local name backend
   for name in $cupy_peers; do
     selected "$name" || continue
     case "$name" in
@@ -197,7 +216,17 @@ if [[ -z "$only" || "$only" == cupy ]]; then
     run_one cupy "$name" "set_allocator(None) GPUSHIM_BACKEND=$backend LD_PRELOAD=libgpushim.so" cupy_loop.py \
       "LD_PRELOAD=$lib" "GPUSHIM_BACKEND=$backend" GPUSHIM_STATS=1 -- --allocator none "${cupy_args[@]}"
   done
-fi
+}
+
+for workload in torch cupy; do
+  [[ -z "$only" || "$only" == "$workload" ]] || continue
+  : >"$out/$workload-plan.tsv"
+  # Interleaved: the whole list once per pass, so drift over minutes (clocks, temperature) hits every
+  # configuration alike instead of the ones that happen to run last.
+  for (( pass = 1; pass <= repeat; pass++ )); do
+    "run_${workload}_pass"
+  done
+done
 
 echo "run_macro.sh: all configurations done in $(( $(date +%s) - start )) s" >&2
 echo

@@ -1,6 +1,9 @@
-"""CPU checks of the macro report: the GPUSHIM_STATS parser and the flags a row gets.
+"""CPU checks of the macro report: the GPUSHIM_STATS parser, the flags a row gets, and the rows of runs
+with several passes (run_macro.sh --repeat N).
 Run: python3 bench/test_macro_report.py  (stdlib unittest; no GPU, torch or cupy needed)."""
 
+import contextlib
+import io
 import json
 import os
 import sys
@@ -77,6 +80,196 @@ class Folder(unittest.TestCase):
     @staticmethod
     def base_record():
         return {"rate": 8.0, "result": 1.0, "peak_nvml_gib": 9.0, "nvml_source": "process"}
+
+
+def write(folder, name, text):
+    with open(os.path.join(folder, name), "w") as f:
+        f.write(text)
+
+
+def make_folder(folder, workload, configs, repeat=None):
+    """A results folder as run_macro.sh leaves it. configs: [(name, how, [pass, ...])], a pass being
+    (status line, JSON record or None, stderr); pass k > 1 goes to W-<name>.r<k>.*."""
+    meta = {"device": "FakeGPU driver 1", "date": "2026-01-01 00:00 UTC", "commit": "abc1234", "command": "x"}
+    if repeat is not None:
+        meta["repeat"] = repeat
+    write(folder, "meta.json", json.dumps(meta) + "\n")
+    plan = ""
+    for name, how, passes in configs:
+        plan += "%s\t%s\n" % (name, how)
+        for k, (status, record, stderr) in enumerate(passes, 1):
+            base = "%s-%s%s" % (workload, name, "" if k == 1 else ".r%d" % k)
+            write(folder, base + ".status", status + "\n")
+            write(folder, base + ".json", "" if record is None else json.dumps(record) + "\n")
+            write(folder, base + ".stderr", stderr)
+    write(folder, workload + "-plan.tsv", plan)
+
+
+def clean(rate, peak, result=1.0, stats=None, **extra):
+    """A pass that finished: exit 0 and a JSON line; stats=(backend, peak reserved GiB) adds a stats table."""
+    record = dict({"rate": rate, "result": result, "peak_nvml_gib": peak, "nvml_source": "process"}, **extra)
+    stderr = "gpushim:      0 %s 36386 36386 0 100.00 GiB 9.00 GiB %.2f GiB\n" % stats if stats else ""
+    return ("0 10.0", record, stderr)
+
+
+CRASHED = ("1 3.0", None, "Traceback (most recent call last):\nRuntimeError: boom\n")
+
+
+def report(folder):
+    """main()'s printed tables."""
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = macro_report.main([folder])
+    assert code == 0
+    return buf.getvalue()
+
+
+def row(text, config):
+    """The cells of a config's table row."""
+    line = next(l for l in text.splitlines() if l.startswith("| %s |" % config))
+    return [c.strip() for c in line.strip("|").split("|")]
+
+
+# The tables of a one-pass run, as macro_report.py printed them before --repeat existed (its HEAD version
+# on the folder of OnePass below): a run without --repeat must read exactly the same.
+ONE_PASS_EXPECTED = """## Macro benchmarks
+
+device: FakeGPU driver 1; date: 2026-01-01 00:00 UTC; commit: abc1234
+command: `x`
+
+### PyTorch transformer training (bench/torch_transformer.py)
+
+| config | steps/s | ratio to default | peak GiB (NVML) | framework reserved GiB | gpushim allocs | gpushim peak reserved GiB | last loss | check |
+|---|---:|---:|---:|---:|---:|---:|---:|---|
+| default | 8.50 | 1.000 | 13.40 | 12.70 | - | - | 1.98 | ok |
+| expandable | 8.40 | 0.988 | 10.60 | - | - | - | 1.98 | ok |
+| gpushim-tiered | 8.60 | 1.012 | 10.50 | - | 36386 | 9.95 | 1.98 | ok |
+| gpushim-vmm | - | - | - | - | - | - | - | ERROR: timed out, no JSON line: RuntimeError: stuck |
+
+- `default`: PyTorch caching allocator
+- `expandable`: expandable_segments:True
+- `gpushim-tiered`: preloaded tiered
+- `gpushim-vmm`: preloaded vmm
+
+- speed: gpushim-tiered / default = 1.012 (target >= 1.00): MET
+- memory: gpushim-tiered peak 10.50 GiB vs expandable 10.60 GiB (target <=): MET
+
+### CuPy FFT + matmul loop (bench/cupy_loop.py)
+
+| config | ops/s | ratio to pool | peak GiB (NVML) | framework reserved GiB | gpushim allocs | gpushim peak reserved GiB | checksum | check |
+|---|---:|---:|---:|---:|---:|---:|---:|---|
+| pool | 1000.00 | 1.000 | 5.00 | 4.20 | - | - | 123.5 | ok |
+| gpushim-tiered | 950.00 | 0.950 | 4.50 | - | 36386 | 4.00 | 123.5 | ok |
+
+- `pool`: CuPy pool
+- `gpushim-tiered`: preloaded tiered
+
+- speed: gpushim-tiered / pool = 0.950 (target >= 1.00): MISSED by 5.0%
+- memory: gpushim-tiered peak 4.50 GiB vs pool 5.00 GiB (target <=): MET
+
+"""
+
+
+class OnePass(unittest.TestCase):
+    def make(self, folder, repeat):
+        make_folder(folder, "torch", [
+            ("default", "PyTorch caching allocator", [clean(8.5, 13.4, 1.98, torch_max_reserved_gib=12.7)]),
+            ("expandable", "expandable_segments:True", [clean(8.4, 10.6, 1.98)]),
+            ("gpushim-tiered", "preloaded tiered", [clean(8.6, 10.5, 1.98, stats=("tiered", 9.95))]),
+            ("gpushim-vmm", "preloaded vmm", [("124 240.0", None, "Traceback\nRuntimeError: stuck\n")]),
+        ], repeat)
+        make_folder(folder, "cupy", [
+            ("pool", "CuPy pool", [clean(1000.0, 5.0, 123.5, cupy_pool_total_gib=4.2)]),
+            ("gpushim-tiered", "preloaded tiered", [clean(950.0, 4.5, 123.5, stats=("tiered", 4.0))]),
+        ], repeat)
+
+    def test_output_is_unchanged_without_repeat(self):
+        for repeat in (None, 1):  # a folder from before --repeat, and one from --repeat 1
+            with tempfile.TemporaryDirectory() as d:
+                self.make(d, repeat)
+                self.assertEqual(report(d), ONE_PASS_EXPECTED)
+                with open(os.path.join(d, "cupy.jsonl")) as f:
+                    first = json.loads(f.readline())
+                self.assertNotIn("passes", first)
+                self.assertEqual(first["rate"], 1000.0)
+
+
+class ThreePasses(unittest.TestCase):
+    def make(self, folder):
+        make_folder(folder, "cupy", [
+            ("pool", "CuPy pool", [clean(757.0, 5.0, 123.5), clean(1271.0, 5.3, 123.5),
+                                   clean(1000.0, 4.9, 123.5)]),
+            ("gpushim-tiered", "preloaded tiered", [clean(1110.0, 4.5, 123.5, stats=("tiered", 4.0)),
+                                                    clean(822.0, 4.8, 123.5, stats=("tiered", 4.2)),
+                                                    clean(1050.0, 4.6, 123.5, stats=("tiered", 4.1))]),
+            ("gpushim-vmm", "preloaded vmm", [clean(900.0, 4.0, 123.5, stats=("vmm", 3.0)), CRASHED,
+                                              clean(1300.0, 9.0, 123.5, stats=("vmm", 3.5))]),
+        ], repeat=3)
+
+    def test_median_range_and_passes(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.make(d)
+            text = report(d)
+            self.assertIn("| config | ops/s (median) | range of passes | passes | ratio to pool |", text)
+            # config, median, range, passes, ratio, peak (max), reserved, allocs, shim peak (max), result, check
+            self.assertEqual(row(text, "pool")[:6], ["pool", "1000.00", "757.00-1271.00", "3", "1.000", "5.30"])
+            self.assertEqual(row(text, "pool")[-1], "ok")
+            tiered = row(text, "gpushim-tiered")
+            self.assertEqual(tiered[:6], ["gpushim-tiered", "1050.00", "822.00-1110.00", "3", "1.050", "4.80"])
+            self.assertEqual(tiered[7:9], ["36386", "4.20"])
+            self.assertEqual(tiered[-1], "ok")
+            self.assertIn("max over passes", text)
+            # the target line from the medians, saying so
+            self.assertIn("- speed: gpushim-tiered / pool = 1.050 (median of 3 passes, pass ranges overlap, "
+                          "target >= 1.00): MET", text)
+            self.assertIn("- memory: gpushim-tiered peak 4.80 GiB vs pool 5.30 GiB (max over passes, "
+                          "target <=): MET", text)
+
+    def test_failed_pass_is_excluded_and_flagged(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.make(d)
+            vmm = row(report(d), "gpushim-vmm")
+            # median of 900 and 1300 (the crashed pass 2 left out), not of three values
+            self.assertEqual(vmm[:6], ["gpushim-vmm", "1100.00", "900.00-1300.00", "2 of 3", "1.100", "9.00"])
+            self.assertIn("pass 2 EXCLUDED from median: ERROR: exit 1, no JSON line: RuntimeError: boom", vmm[-1])
+            records = macro_report.load_workload(d, "cupy")
+            self.assertEqual(records[2]["pass_rates"], [900.0, None, 1300.0])
+            self.assertEqual(len(records[2]["passes"]), 3)
+
+    def test_pass_with_rate_but_bad_exit_is_excluded(self):
+        with tempfile.TemporaryDirectory() as d:
+            status, record, stderr = clean(5000.0, 4.0, 123.5)
+            make_folder(d, "cupy", [("pool", "CuPy pool", [clean(1000.0, 5.0, 123.5), ("1 3.0", record, stderr),
+                                                           clean(1200.0, 5.0, 123.5)])], repeat=3)
+            pool = row(report(d), "pool")
+            self.assertEqual(pool[1:4], ["1100.00", "1000.00-1200.00", "2 of 3"])
+            self.assertIn("pass 2 EXCLUDED from median: exit code 1", pool[-1])
+
+    def test_flag_of_one_pass_names_the_pass(self):
+        with tempfile.TemporaryDirectory() as d:
+            make_folder(d, "cupy", [
+                ("pool", "CuPy pool", [clean(1000.0, 5.0, 123.5)] * 3),
+                ("gpushim-tiered", "t", [clean(1000.0, 5.0, 123.5, stats=("tiered", 4.0)),
+                                         clean(1000.0, 5.0, 124.0, stats=("tiered", 4.0)),
+                                         clean(1000.0, 5.0, 123.5, stats=("vmm", 4.0))]),
+            ], repeat=3)
+            check = row(report(d), "gpushim-tiered")[-1]
+            self.assertIn("RESULT DIFFERS from pool (rel 4.0e-03) (pass 2)", check)
+            self.assertIn("backend vmm served, tiered requested (pass 3)", check)
+
+    def test_missing_pass_files_count_as_not_run(self):
+        # meta.json asked for 3 passes; the run stopped after pass 2 of this config
+        with tempfile.TemporaryDirectory() as d:
+            make_folder(d, "cupy", [("pool", "CuPy pool", [clean(1000.0, 5.0), clean(1200.0, 5.0)])], repeat=3)
+            pool = row(report(d), "pool")
+            self.assertEqual(pool[1:4], ["1100.00", "1000.00-1200.00", "2 of 3"])
+            self.assertIn("pass 3 EXCLUDED from median: ERROR: not run (no status file)", pool[-1])
+
+    def test_passes_found_without_meta_repeat(self):
+        # a folder whose meta.json lacks "repeat": the .rK files alone say how many passes ran
+        with tempfile.TemporaryDirectory() as d:
+            make_folder(d, "cupy", [("pool", "CuPy pool", [clean(1.0, 5.0), clean(3.0, 5.0), clean(2.0, 5.0)])])
+            self.assertEqual(row(report(d), "pool")[1:4], ["2.00", "1.00-3.00", "3"])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,6 @@
+# The benchmark tools that turn result folders into tables (bench/macro_report.py, including the
+# --repeat medians): tested on fake result folders, no GPU. Standard-library Python only.
+find_package(Python3 COMPONENTS Interpreter QUIET)
+if(Python3_Interpreter_FOUND)
+  add_test(NAME bench_macro_report COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/bench/test_macro_report.py)
+endif()
