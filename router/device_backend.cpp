@@ -99,6 +99,7 @@ DeviceBackend build_device_backend(int device) noexcept {
     // GPUSHIM_PEERS set: physical memory is placed by GPUSHIM_PLACEMENT and mapped for every listed
     // device (docs/peers.md); otherwise the one-device provider.
     std::unique_ptr<MemoryProvider> provider;
+    const PlacedMemoryProvider* placed = nullptr;
     bool provider_ok = false;
     if (!s.peers.empty()) {
       Placement placement = Placement::local;
@@ -106,6 +107,7 @@ DeviceBackend build_device_backend(int device) noexcept {
       auto peer = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{},
                                                      info->id);
       provider_ok = peer->ok();
+      placed = peer.get();
       provider = std::move(peer);
     } else {
       auto local = std::make_unique<CudaVmmProvider>(device, info->id);
@@ -130,6 +132,7 @@ DeviceBackend build_device_backend(int device) noexcept {
       return passthrough(device, limit);
     }
     result.provider = std::move(provider);
+    result.placed = placed;
     result.backend = with_statistics(std::move(backend));
     result.name = info->name;
     result.id = info->id;

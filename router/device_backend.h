@@ -9,12 +9,14 @@
 
 #include "allocators/allocator.h"
 #include "providers/memory_provider.h"
+#include "providers/placement_policy.h"
 #include "tracing/trace_recorder.h"
 
 namespace gpushim {
 
 struct DeviceBackend {
   std::unique_ptr<MemoryProvider> provider;        // the CUDA VMM provider, for provider backends
+  const PlacedMemoryProvider* placed = nullptr;    // `provider`, when it places memory on peers (GPUSHIM_PEERS)
   std::unique_ptr<MemoryProvider> capped_provider; // LimitedProvider over it when a limit is set
   std::unique_ptr<Allocator> backend;              // what the router calls (decorated)
   const char* name = "passthrough";

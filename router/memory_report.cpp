@@ -35,6 +35,7 @@ std::vector<std::string> format_oom_report(const OomReport& r) {
   std::snprintf(line, sizeof line, "  largest free block %s, fragmentation %.1f%%",
                 bytes_text(r.largest_free).c_str(), fragmentation_percent(r.cached, r.largest_free));
   lines.emplace_back(line);
+  if (!r.placement.empty()) lines.push_back("  memory mapped by device: " + r.placement);
   if (!r.largest_live.empty()) {
     std::snprintf(line, sizeof line, "  largest live allocations (%zu):", r.largest_live.size());
     lines.emplace_back(line);

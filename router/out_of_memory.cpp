@@ -58,6 +58,10 @@ void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
     report.pending_free = pending_bytes(device);
     report.largest_free = stats.largest_free_block;
     report.limit = device.assembly.limit;
+    if (device.assembly.placed) {
+      char placement[256];
+      report.placement = describe_placement(*device.assembly.placed, placement, sizeof placement);
+    }
     for (const auto& entry : g_table.largest(device.ordinal, kLargestLiveInReport))
       report.largest_live.push_back({entry.address, entry.block.requested});
     for (const std::string& line : format_oom_report(report)) log(LogLevel::warn, "%s", line.c_str());

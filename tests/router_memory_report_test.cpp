@@ -79,6 +79,16 @@ TEST(OomReport, NamesEveryQuantityAndTheLargestBlocks) {
   ASSERT_EQ(lines.size(), 4u + 3u);
   EXPECT_NE(lines[4].find(bytes(3ull << 30) + " at 0x7f0000000000"), std::string::npos);
   EXPECT_EQ(all.find("limit"), std::string::npos);
+  EXPECT_EQ(all.find("by device"), std::string::npos);  // one device: no placement line
+}
+
+TEST(OomReport, SaysWhichDevicesBackTheMemoryUnderPeers) {
+  OomReport r;
+  r.backend = "tiered";
+  r.placement = "device 0: 1.50 GiB, device 1: 512.00 MiB";
+  auto lines = format_oom_report(r);
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[3], "  memory mapped by device: device 0: 1.50 GiB, device 1: 512.00 MiB");
 }
 
 TEST(OomReport, Fragmentation) {
