@@ -62,8 +62,11 @@ int count_mismatches(const void* block, size_t bytes, unsigned tag, unsigned lon
   return 0;
 }
 
-// The importer. plain: opening may fail (the exporter's allocator is unknown to this process).
-int import_main(const char* hex, size_t bytes, unsigned tag, bool plain) {
+// The importer: opens, verifies, writes the next pattern back, closes. plain: opening may fail (the
+// exporter's allocator is unknown to this process). With pipe ends (--import-held), it tells the
+// exporter once it has verified (to_parent) and waits while the exporter frees and reallocates
+// (from_parent), then verifies again: the bytes must not have changed.
+int import_main(const char* hex, size_t bytes, unsigned tag, bool plain, int from_parent = -1, int to_parent = -1) {
   cudaIpcMemHandle_t handle;
   if (!from_hex(hex, &handle)) return 2;
   CHECK(cudaFree(nullptr));
@@ -79,38 +82,17 @@ int import_main(const char* hex, size_t bytes, unsigned tag, bool plain) {
     return 1;
   }
   unsigned long long* counter = nullptr;
-  unsigned long long mismatches = 0;
-  CHECK(cudaMalloc(&counter, sizeof *counter));
-  if (count_mismatches(block, bytes, tag, counter, &mismatches) != 0) return 1;
-  if (mismatches != 0) {
-    std::fprintf(stderr, "ipc_check: importer sees %llu mismatching words in a %zu-byte block\n", mismatches, bytes);
-    return 1;
-  }
-  CHECK(gpushim::kernels::fill_pattern(block, bytes, tag + 1, nullptr));
-  CHECK(cudaDeviceSynchronize());
-  CHECK(cudaIpcCloseMemHandle(block));
-  CHECK(cudaFree(counter));
-  return 0;
-}
-
-// The importer of --free-while-imported: opens, verifies, tells the exporter (to_parent), waits while
-// the exporter frees and reallocates (from_parent), verifies again, writes back, closes.
-int import_held_main(const char* hex, size_t bytes, unsigned tag, int from_parent, int to_parent) {
-  cudaIpcMemHandle_t handle;
-  if (!from_hex(hex, &handle)) return 2;
-  CHECK(cudaFree(nullptr));
-  void* block = nullptr;
-  CHECK(cudaIpcOpenMemHandle(&block, handle, cudaIpcMemLazyEnablePeerAccess));
-  unsigned long long* counter = nullptr;
   unsigned long long before = 0, after = 0;
   CHECK(cudaMalloc(&counter, sizeof *counter));
   if (count_mismatches(block, bytes, tag, counter, &before) != 0) return 1;
-  char go = 0;
-  if (write(to_parent, "o", 1) != 1 || read(from_parent, &go, 1) != 1) return 3;
-  if (count_mismatches(block, bytes, tag, counter, &after) != 0) return 1;
+  if (to_parent >= 0) {
+    char go = 0;
+    if (write(to_parent, "o", 1) != 1 || read(from_parent, &go, 1) != 1) return 3;
+    if (count_mismatches(block, bytes, tag, counter, &after) != 0) return 1;
+  }
   if (before != 0 || after != 0) {
-    std::fprintf(stderr, "ipc_check: importer sees %llu mismatching words before the exporter's free, %llu after\n",
-                 before, after);
+    std::fprintf(stderr, "ipc_check: importer sees %llu mismatching words in a %zu-byte block%s%llu after\n", before,
+                 bytes, to_parent >= 0 ? " before the exporter's free, " : "; ", after);
     return 1;
   }
   CHECK(gpushim::kernels::fill_pattern(block, bytes, tag + 1, nullptr));
@@ -190,8 +172,8 @@ int main(int argc, char** argv) {
                        std::strcmp(argv[1], "--import-plain") == 0);
   }
   if (argc == 7 && std::strcmp(argv[1], "--import-held") == 0) {
-    return import_held_main(argv[2], std::strtoull(argv[3], nullptr, 10), static_cast<unsigned>(std::atoi(argv[4])),
-                            std::atoi(argv[5]), std::atoi(argv[6]));
+    return import_main(argv[2], std::strtoull(argv[3], nullptr, 10), static_cast<unsigned>(std::atoi(argv[4])),
+                       false, std::atoi(argv[5]), std::atoi(argv[6]));
   }
   const bool plain = argc > 1 && std::strcmp(argv[1], "--plain-importer") == 0;
   if (argc > 1 && std::strcmp(argv[1], "--free-while-imported") == 0) {
