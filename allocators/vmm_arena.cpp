@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <mutex>
 #include <new>
 
 namespace gpushim {
@@ -98,7 +99,7 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
 }
 
 VmmArena::~VmmArena() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<SpinLock> lock(lock_);
   for (const auto& [start, bytes] : chunks_) provider_.unmap(reinterpret_cast<void*>(start), bytes);
   chunks_.clear();
   if (reserve_bytes_) provider_.release_reservation(reinterpret_cast<void*>(base_), reserve_bytes_);
@@ -289,7 +290,7 @@ VmmArena::Range* VmmArena::merge_free_neighbours(Range* r) noexcept {
 // ---- the hot path ----
 
 void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<SpinLock> lock(lock_);
   if (bytes == 0 || bytes > reserve_bytes_) {
     ++failed_;
     return nullptr;
@@ -329,7 +330,7 @@ void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
 }
 
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<SpinLock> lock(lock_);
   if (!buckets_) return;
   Range* r = hash_remove(reinterpret_cast<std::uintptr_t>(p));
   if (!r) return;  // the router validates ownership; nothing sane to do with a stranger here
@@ -475,7 +476,7 @@ std::size_t VmmArena::release_chunks_inside(Range* free_range, bool only_above_t
 }
 
 std::size_t VmmArena::release_cached() noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<SpinLock> lock(lock_);
   std::size_t released = 0;
   // Walk ranges and chunks together in address order: a chunk goes back when one free range covers it.
   Range* r = head_;
@@ -502,7 +503,7 @@ std::size_t VmmArena::release_cached() noexcept {
 }
 
 AllocatorStats VmmArena::stats() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<SpinLock> lock(lock_);
   AllocatorStats s;
   s.allocations = allocations_;
   s.deallocations = deallocations_;
@@ -523,7 +524,7 @@ AllocatorStats VmmArena::stats() const noexcept {
 }
 
 std::size_t VmmArena::chunk_count() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<SpinLock> lock(lock_);
   return chunks_.size();
 }
 

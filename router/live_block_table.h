@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "router/spin_lock.h"
+#include "sync/spin_lock.h"
 
 namespace gpushim {
 
