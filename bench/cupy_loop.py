@@ -16,14 +16,13 @@ Prints ONE JSON line on stdout (also on failure, with "error").
 """
 
 import argparse
-import json
 import os
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nvml_sampler import GIB, NvmlPeakSampler  # noqa: E402
+from nvml_sampler import GIB  # noqa: E402
+from workload_record import recorded_env, run_and_print_record  # noqa: E402
 
 MATRIX_CYCLE = (512, 1536, 1024, 3072, 768, 2048, 1280, 2560)
 VECTOR_CYCLE = (100003, 1000003, 30011, 524309, 250007, 2000003, 65537, 750019)  # primes: Bluestein plans
@@ -129,11 +128,6 @@ def run(args, record, sampler):
         record["cupy_pool_total_gib"] = round(cupy.get_default_memory_pool().total_bytes() / GIB, 4)
 
 
-def first_line(exc):
-    lines = str(exc).strip().splitlines()
-    return "%s: %s" % (type(exc).__name__, lines[0] if lines else "")
-
-
 def main(argv=None):
     args = parse_args(argv)
     record = {
@@ -144,22 +138,9 @@ def main(argv=None):
         "warmup": args.warmup,
         "iters": args.iters,
         "windows": args.windows,
-        "env": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ},
+        "env": recorded_env(ENV_RECORDED),
     }
-    sampler = NvmlPeakSampler(interval_s=args.sample_ms / 1000.0)  # baseline before the CUDA context
-    sampler.start()
-    rc = 0
-    try:
-        run(args, record, sampler)
-    except BaseException as exc:
-        record["error"] = first_line(exc)
-        traceback.print_exc(file=sys.stderr)
-        rc = 1
-    finally:
-        sampler.stop()
-    record.update(sampler.result(window="timed" if "error" not in record else "all"))
-    print(json.dumps(record), flush=True)
-    return rc
+    return run_and_print_record(run, args, record)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,13 @@ Every configuration computes the same thing from the same seeds, so `last_loss` 
 """
 
 import argparse
-import json
 import os
 import sys
 import time
-import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nvml_sampler import GIB, NvmlPeakSampler  # noqa: E402
+from nvml_sampler import GIB  # noqa: E402
+from workload_record import first_line, recorded_env, run_and_print_record  # noqa: E402
 
 SEQ_CYCLE = (128, 256, 384, 512, 192, 448, 320, 64)
 ENV_RECORDED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
@@ -49,11 +48,6 @@ def parse_args(argv=None):
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
     return args
-
-
-def first_line(exc):
-    lines = str(exc).strip().splitlines()
-    return "%s: %s" % (type(exc).__name__, lines[0] if lines else "")
 
 
 def caching_allocator_on():
@@ -154,23 +148,9 @@ def main(argv=None):
         "steps": args.steps,
         "shape": {"layers": args.layers, "d_model": args.d_model, "heads": args.heads, "ff": args.ff,
                   "batch": args.batch, "seq_cycle": list(SEQ_CYCLE), "dropout": args.dropout},
-        "env": {k: os.environ[k] for k in ENV_RECORDED if k in os.environ},
+        "env": recorded_env(ENV_RECORDED),
     }
-    # The sampler takes its device baseline now, before this process creates a CUDA context.
-    sampler = NvmlPeakSampler(interval_s=args.sample_ms / 1000.0)
-    sampler.start()
-    rc = 0
-    try:
-        run(args, record, sampler)
-    except BaseException as exc:  # report OOMs and interrupts as a JSON line too
-        record["error"] = first_line(exc)
-        traceback.print_exc(file=sys.stderr)
-        rc = 1
-    finally:
-        sampler.stop()
-    record.update(sampler.result(window="timed" if "error" not in record else "all"))
-    print(json.dumps(record), flush=True)
-    return rc
+    return run_and_print_record(run, args, record)
 
 
 if __name__ == "__main__":

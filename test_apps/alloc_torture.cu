@@ -4,18 +4,12 @@
 #include <cuda_runtime.h>
 
 #include "kernels/pattern_kernels.h"
+#include "test_apps/torture/runtime_check.h"
 #include "test_apps/torture/torture_core.h"
 
 #ifndef ALLOC_TORTURE_VARIANT
 #define ALLOC_TORTURE_VARIANT "runtime"
 #endif
-
-#define CHECK_CUDA(call)                                                                          \
-  do {                                                                                            \
-    const cudaError_t status_ = (call);                                                           \
-    if (status_ != cudaSuccess)                                                                   \
-      torture::fail(#call, cudaGetErrorName(status_), cudaGetErrorString(status_), __FILE__, __LINE__); \
-  } while (0)
 
 namespace {
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "kernels/pattern_kernels.h"
+#include "test_apps/torture/runtime_check.h"
 #include "test_apps/torture/torture_core.h"
 
 namespace {
@@ -20,22 +21,15 @@ const char* driver_error_text(CUresult status) {
   const char* text = nullptr;
   return cuGetErrorString(status, &text) == CUDA_SUCCESS && text ? text : "";
 }
+// The driver-API twin of torture::check_runtime (test_apps/torture/runtime_check.h).
+void check_driver(CUresult status, const char* call, const char* file, int line) {
+  if (status != CUDA_SUCCESS) torture::fail(call, driver_error_name(status), driver_error_text(status), file, line);
+}
 
 }  // namespace
 
-#define CHECK_CU(call)                                                                              \
-  do {                                                                                              \
-    const CUresult status_ = (call);                                                                \
-    if (status_ != CUDA_SUCCESS)                                                                    \
-      torture::fail(#call, driver_error_name(status_), driver_error_text(status_), __FILE__, __LINE__); \
-  } while (0)
-
-#define CHECK_CUDA(call)                                                                          \
-  do {                                                                                            \
-    const cudaError_t status_ = (call);                                                           \
-    if (status_ != cudaSuccess)                                                                   \
-      torture::fail(#call, cudaGetErrorName(status_), cudaGetErrorString(status_), __FILE__, __LINE__); \
-  } while (0)
+// #call is taken here, before expansion: the message names cuMemAlloc as written, not cuMemAlloc_v2.
+#define CHECK_CU(call) check_driver((call), #call, __FILE__, __LINE__)
 
 namespace {
 
