@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <limits>
-#include <mutex>
 #include <new>
 
 namespace gpushim {
@@ -99,7 +98,7 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
 }
 
 VmmArena::~VmmArena() {
-  std::lock_guard<SpinLock> lock(lock_);
+  std::lock_guard<std::mutex> lock(mutex_);
   for (const auto& [start, bytes] : chunks_) provider_.unmap(reinterpret_cast<void*>(start), bytes);
   chunks_.clear();
   if (reserve_bytes_) provider_.release_reservation(reinterpret_cast<void*>(base_), reserve_bytes_);
@@ -290,7 +289,7 @@ VmmArena::Range* VmmArena::merge_free_neighbours(Range* r) noexcept {
 // ---- the hot path ----
 
 void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
-  std::lock_guard<SpinLock> lock(lock_);
+  std::lock_guard<std::mutex> lock(mutex_);
   if (bytes == 0 || bytes > reserve_bytes_) {
     ++failed_;
     return nullptr;
@@ -330,7 +329,7 @@ void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
 }
 
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
-  std::lock_guard<SpinLock> lock(lock_);
+  std::lock_guard<std::mutex> lock(mutex_);
   if (!buckets_) return;
   Range* r = hash_remove(reinterpret_cast<std::uintptr_t>(p));
   if (!r) return;  // the router validates ownership; nothing sane to do with a stranger here
@@ -476,7 +475,7 @@ std::size_t VmmArena::release_chunks_inside(Range* free_range, bool only_above_t
 }
 
 std::size_t VmmArena::release_cached() noexcept {
-  std::lock_guard<SpinLock> lock(lock_);
+  std::lock_guard<std::mutex> lock(mutex_);
   std::size_t released = 0;
   // Walk ranges and chunks together in address order: a chunk goes back when one free range covers it.
   Range* r = head_;
@@ -503,7 +502,7 @@ std::size_t VmmArena::release_cached() noexcept {
 }
 
 AllocatorStats VmmArena::stats() const noexcept {
-  std::lock_guard<SpinLock> lock(lock_);
+  std::lock_guard<std::mutex> lock(mutex_);
   AllocatorStats s;
   s.allocations = allocations_;
   s.deallocations = deallocations_;
@@ -524,7 +523,7 @@ AllocatorStats VmmArena::stats() const noexcept {
 }
 
 std::size_t VmmArena::chunk_count() const noexcept {
-  std::lock_guard<SpinLock> lock(lock_);
+  std::lock_guard<std::mutex> lock(mutex_);
   return chunks_.size();
 }
 

@@ -8,7 +8,7 @@
 // nearly free (14 us for 1 TiB), so one reservation per device lets a large block always be served from
 // contiguous addresses by mapping more memory right behind the free tail, without moving anything.
 //
-// Structure (all inside one lock; see vmm_arena.cpp for the layout):
+// Structure (all inside one mutex; see vmm_arena.cpp for the layout):
 // - The reservation is covered, in address order, by ranges: live blocks, free ranges (mapped, unused)
 //   and unmapped ranges. Neighbouring free ranges are always merged, so a free range is maximal.
 // - Free ranges are indexed by size in TLSF bins (two-level segregated fit, 32 bins per power of two),
@@ -24,12 +24,12 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "allocators/allocator.h"
 #include "config/settings.h"
 #include "providers/memory_provider.h"
-#include "sync/spin_lock.h"
 
 namespace gpushim {
 
@@ -116,9 +116,7 @@ class VmmArena final : public Allocator {
   std::uintptr_t base_ = 0;
   std::size_t reserve_bytes_ = 0;
 
-  // A spin lock, not std::mutex: see sync/spin_lock.h. The slow paths under it (growing and releasing
-  // chunks: driver calls of 20-100 us) are rare; waiters yield the CPU meanwhile.
-  mutable SpinLock lock_;
+  mutable std::mutex mutex_;
   Range* head_ = nullptr;       // first range in address order
   Range* unmapped_ = nullptr;   // list of unmapped ranges (few: holes left by give-back, and the tail)
   Range* spare_ = nullptr;      // node pool
@@ -131,7 +129,7 @@ class VmmArena final : public Allocator {
   std::size_t live_count_ = 0;
   std::map<std::uintptr_t, std::size_t> chunks_;  // start -> bytes, one per provider map() call
 
-  // Counters (under lock_).
+  // Counters (under mutex_).
   std::uint64_t allocations_ = 0, deallocations_ = 0, failed_ = 0;
   std::size_t bytes_in_use_ = 0, peak_bytes_in_use_ = 0;
   std::size_t live_block_bytes_ = 0;  // sum of block sizes (rounded) of live blocks

@@ -19,7 +19,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "sync/spin_lock.h"
+#include "router/spin_lock.h"
 
 namespace gpushim {
 

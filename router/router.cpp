@@ -31,7 +31,7 @@
 #include "router/out_of_memory.h"
 #include "router/pitch.h"
 #include "router/router_state.h"
-#include "sync/spin_lock.h"
+#include "router/spin_lock.h"
 #include "router/stream_free_lists.h"
 #include "router/thread_state.h"
 #include "tracing/trace_recorder.h"

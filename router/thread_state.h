@@ -13,7 +13,7 @@
 
 #include "router/free_fence_queue.h"
 #include "router/router_state.h"
-#include "sync/spin_lock.h"
+#include "router/spin_lock.h"
 
 #pragma GCC visibility push(hidden)  // router/router_state.h says why
 
