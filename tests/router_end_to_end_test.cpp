@@ -387,13 +387,21 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
   constexpr std::size_t kBlock = 32 * MiB;
   std::vector<CUdeviceptr> live;
   CUresult rc = CUDA_SUCCESS;
+  testing::internal::CaptureStderr();  // the out-of-memory report
   while (live.size() <= limit / kBlock + 2) {
     CUdeviceptr p = 0;
     rc = cuMemAlloc(&p, kBlock);
     if (rc != CUDA_SUCCESS) break;
     live.push_back(p);
   }
+  const std::string report = testing::internal::GetCapturedStderr();
   EXPECT_EQ(rc, CUDA_ERROR_OUT_OF_MEMORY);
+  EXPECT_NE(report.find("out of memory on device 0"), std::string::npos) << report;
+  // Under GPUSHIM_PEERS (router_e2e_peers_limit), the report says which devices hold the memory.
+  if (std::getenv("E2E_EXPECT_PLACEMENT")) {
+    EXPECT_NE(report.find("memory mapped by device: device 0: "), std::string::npos) << report;
+    EXPECT_NE(report.find(", device 1: "), std::string::npos) << report;
+  }
   EXPECT_LE(live.size() * kBlock, limit);
   EXPECT_GE(live.size(), limit / kBlock / 2) << "the cap bit far below the limit";
   std::size_t free_bytes = 0, total = 0;

@@ -4,7 +4,9 @@
 #   run_gpu_test.sh [--probe PATH] [--backend B|none] [--lib PATH] [--search DIR] -- COMMAND ARGS...
 #
 # Exit codes: 77 = skipped (ctest SKIP_RETURN_CODE): no nvidia-smi, or the probe finds no device, or the
-# command itself skipped. With --backend B (not "none") the command runs with libgpushim.so preloaded,
+# command itself skipped. Under a backend, a skip stands only if the command also skips without gpushim
+# (a framework that is not installed); a command that skips only under gpushim (e.g. torch finds no CUDA
+# device once gpushim is loaded) fails. With --backend B (not "none") the command runs with libgpushim.so preloaded,
 # GPUSHIM_BACKEND=B and GPUSHIM_STATS=1, and passes only if it succeeds AND gpushim's exit statistics
 # (stderr, format in notes/stats_format.md) show backend B served at least one allocation: a test that
 # passes because nothing was intercepted proves nothing.
@@ -42,6 +44,16 @@ trap 'rm -f "$stderr_file"' EXIT
 LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" GPUSHIM_BACKEND="$backend" GPUSHIM_STATS=1 "$@" 2>"$stderr_file"
 status=$?
 cat "$stderr_file" >&2
+if [ $status -eq 77 ]; then
+  "$@" >/dev/null 2>&1
+  plain_status=$?
+  if [ $plain_status -eq 77 ]; then
+    echo "skipped: the command skips without gpushim too"
+    exit 77
+  fi
+  echo "FAIL: the command skipped under gpushim backend $backend but exits $plain_status without it"
+  exit 1
+fi
 if [ $status -ne 0 ]; then
   echo "FAIL: exit code $status under gpushim backend $backend"
   exit $status
