@@ -214,28 +214,31 @@ HeldBlockRun run_pool_import(ExportRegistry& registry, const std::string& name, 
   return run;
 }
 
+// A registry served under a socket of this test process.
+class IpcHolders : public ::testing::Test {
+ protected:
+  void SetUp() override { ASSERT_TRUE(server_.start()); }
+  void TearDown() override { server_.stop(); }
+  ExportRegistry registry_;
+  const std::string name_ = "gpushim-ipc-test-holders." + std::to_string(getpid());
+  ExportServer server_{registry_, kToken, name_};
+};
+
 }  // namespace
 
-TEST(IpcFdPassing, PoolBlockFreedWhileImportedIsReleasedByTheImporter) {
-  ExportRegistry registry;
-  const std::string name = "gpushim-ipc-test-pool." + std::to_string(getpid());
-  ExportServer server(registry, kToken, name);
-  ASSERT_TRUE(server.start());
-  const HeldBlockRun run = run_pool_import(registry, name, /*release=*/true);
+TEST_F(IpcHolders, PoolBlockFreedWhileImportedIsReleasedByTheImporter) {
+  ExportRegistry& registry = registry_;
+  const HeldBlockRun run = run_pool_import(registry, name_, /*release=*/true);
   EXPECT_EQ(run.exit_status, 0) << "importer check failed (see pool_importer() for the step)";
   EXPECT_TRUE(run.held_while_imported);
   ASSERT_EQ(run.released_while_alive.size(), 1u);  // released by its message, no liveness check needed
   EXPECT_EQ(run.released_while_alive[0], 0xB000u);
   EXPECT_EQ(registry.export_count(), 0u);
-  server.stop();
 }
 
-TEST(IpcFdPassing, BlockHeldForAnImporterThatExitedIsReleased) {
-  ExportRegistry registry;
-  const std::string name = "gpushim-ipc-test-exited." + std::to_string(getpid());
-  ExportServer server(registry, kToken, name);
-  ASSERT_TRUE(server.start());
-  const HeldBlockRun run = run_pool_import(registry, name, /*release=*/false);
+TEST_F(IpcHolders, BlockHeldForAnImporterThatExitedIsReleased) {
+  ExportRegistry& registry = registry_;
+  const HeldBlockRun run = run_pool_import(registry, name_, /*release=*/false);
   EXPECT_EQ(run.exit_status, 0);
   EXPECT_TRUE(run.held_while_imported);
   EXPECT_TRUE(run.released_while_alive.empty());
@@ -243,5 +246,4 @@ TEST(IpcFdPassing, BlockHeldForAnImporterThatExitedIsReleased) {
   registry.take_released_blocks(&process_alive, &released);  // the importer is gone now
   ASSERT_EQ(released.size(), 1u);
   EXPECT_EQ(released[0], 0xB000u);
-  server.stop();
 }
