@@ -23,8 +23,6 @@ constexpr std::uint64_t GiB = 1024 * MiB;
 constexpr std::uint64_t kMinMappingSize = 2 * MiB;
 // cudaMalloc's alignment: no block is smaller than this, so a smaller size bound means nothing.
 constexpr std::uint64_t kMinBlockSize = 256;
-// Return addresses kept per traced allocation; deeper stacks cost more than they tell.
-constexpr int kMaxTraceStack = 64;
 
 bool equals_ignoring_case(const char* a, const char* b) {
   for (; *a && *b; ++a, ++b) {

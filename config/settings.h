@@ -20,6 +20,11 @@ struct SizeSetting {
   std::uint64_t resolve(std::uint64_t device_total) const;
 };
 
+// The deepest call stack GPUSHIM_TRACE_STACK may ask for: deeper stacks cost more than they tell.
+// The one limit: the setting's parser rejects more, and the recorder and unwinder size buffers by it
+// (the trace format stores a record's frame count in one byte; trace_recorder.cpp checks it fits).
+constexpr int kMaxTraceStack = 64;
+
 struct Settings {
   std::string backend;                 // GPUSHIM_BACKEND: passthrough, vmm, buddy, slab, mempool, tiered
   bool stats = false;                  // GPUSHIM_STATS

@@ -10,6 +10,8 @@
 #include <cstdarg>
 #include <cstdio>
 
+#include "diagnostics/hot_tls.h"
+
 namespace gpushim {
 namespace {
 
@@ -17,9 +19,8 @@ namespace {
 constexpr int kLineCapacity = 1024;
 constexpr char kPrefix[] = "gpushim: ";
 
-// initial-exec: the flag lives in the static TLS block, so touching it never calls __tls_get_addr,
-// which may allocate on the first access from a library loaded with dlopen.
-__attribute__((tls_model("initial-exec"))) thread_local bool t_printing = false;
+// Initial-exec (hot_tls.h): touching the flag never calls __tls_get_addr, which may allocate.
+GPUSHIM_HOT_TLS bool t_printing = false;
 
 bool enabled(LogLevel level) {
   if (level == LogLevel::quiet) return false;  // "quiet" is a threshold, not a message level

@@ -14,6 +14,7 @@
 #include <cuda.h>
 
 #include "allocators/allocator.h"
+#include "diagnostics/hot_tls.h"
 #include "router/cuda_fence_events.h"
 #include "router/device_backend.h"
 #include "router/free_fence_queue.h"
@@ -76,11 +77,6 @@ extern bool g_forked_child;
 extern std::mutex g_captures_lock;
 std::vector<CUstream>& capturing_streams();
 
-// Thread-locals read on every call are constant-initialised and initial-exec: one %fs-relative load.
-// Inside a shared library the default model calls __tls_get_addr on every access, and a thread_local
-// with a constructor adds an init check: callgrind of bench/router_pair_bench showed ~260 instructions
-// per alloc+free pair in the two (libgpushim.so is preloaded, so its TLS sits in the static block).
-#define GPUSHIM_HOT_TLS thread_local __attribute__((tls_model("initial-exec")))
 
 // The state of device `ordinal`, made on its first request (device_state.cpp).
 DeviceState* device_state(int ordinal, CUcontext context) noexcept;

@@ -4,6 +4,8 @@
 
 #include <atomic>
 
+#include "config/settings.h"
+
 namespace gpushim::tracing {
 namespace {
 
@@ -12,9 +14,6 @@ namespace {
 using UnwBacktrace = int (*)(void** buffer, int size);
 std::atomic<UnwBacktrace> g_unw_backtrace{nullptr};
 
-// The deepest stack we ever ask for; GPUSHIM_TRACE_STACK is clamped to it (a record stores the count
-// in one byte).
-constexpr int kMaxUnwindFrames = 128;
 constexpr int kMaxSkip = 8;
 
 }  // namespace
@@ -33,9 +32,9 @@ bool load_unwinder() noexcept {
 int capture_stack(std::uint64_t* frames, int max_frames, int skip) noexcept {
   UnwBacktrace fn = g_unw_backtrace.load(std::memory_order_acquire);
   if (!fn || max_frames <= 0) return 0;
-  if (max_frames > kMaxUnwindFrames) max_frames = kMaxUnwindFrames;
+  if (max_frames > kMaxTraceStack) max_frames = kMaxTraceStack;  // the raw buffer below is sized by it
   if (skip < 0 || skip > kMaxSkip) skip = 0;
-  void* raw[kMaxUnwindFrames + 1 + kMaxSkip];
+  void* raw[kMaxTraceStack + 1 + kMaxSkip];
   // +1: the first frame is capture_stack itself, which tells a reader nothing.
   int drop = 1 + skip;
   int n = fn(raw, max_frames + drop);

@@ -7,6 +7,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "diagnostics/log.h"
 #include "tracing/trace_symbolizer.h"
 
 namespace gpushim::tracing {
@@ -35,9 +36,6 @@ std::string site_label(const AllocationSite& site, const Symbolizer& symbols) {
 }
 
 namespace {
-
-bool is_alloc(EventKind k) { return k == EventKind::alloc || k == EventKind::alloc_async; }
-bool is_free(EventKind k) { return k == EventKind::free || k == EventKind::free_async; }
 
 int size_bucket(std::uint64_t size) {
   int b = 0;
@@ -95,8 +93,7 @@ TraceSummary summarize(const Trace& trace) {
   struct Live {
     std::size_t lifetime;
   };
-  std::unordered_map<std::uint64_t, Live> live;  // by (device, address): see key()
-  auto key = [](const TraceEvent& e) { return e.address ^ (std::uint64_t(std::uint32_t(e.device)) << 56); };
+  std::unordered_map<std::uint64_t, Live> live;  // by block_key()
   std::map<std::vector<std::uint64_t>, std::uint32_t> site_index;
   std::set<std::uint32_t> threads;
   std::set<std::int32_t> devices;
@@ -139,7 +136,7 @@ TraceSummary summarize(const Trace& trace) {
       site.peak_live = std::max(site.peak_live, site.live);
       s.bytes_allocated += e.size;
       s.size_histogram[size_bucket(e.size)]++;
-      auto previous = live.find(key(e));
+      auto previous = live.find(block_key(e));
       if (previous != live.end()) {  // allocated again without a free we saw: close the old one
         Lifetime& old = s.lifetimes[previous->second.lifetime];
         live_bytes -= old.size;
@@ -147,12 +144,12 @@ TraceSummary summarize(const Trace& trace) {
         old.end_ns = e.time_ns;
         old.freed = true;
       }
-      live[key(e)] = Live{s.lifetimes.size()};
+      live[block_key(e)] = Live{s.lifetimes.size()};
       s.lifetimes.push_back({e.time_ns, 0, e.size, e.address, e.thread_id, e.device, it->second, false});
       live_bytes += e.size;
       sample(e.time_ns);
     } else if (is_free(e.kind)) {
-      auto it = live.find(key(e));
+      auto it = live.find(block_key(e));
       if (it == live.end()) {
         s.unmatched_frees++;
         continue;
@@ -228,19 +225,8 @@ std::vector<MemorySample> downsample(const std::vector<MemorySample>& samples, s
 }
 
 std::string format_size(std::uint64_t bytes) {
-  static const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = double(bytes);
-  int u = 0;
-  while (v >= 1024 && u < 5) {
-    v /= 1024;
-    ++u;
-  }
   char buf[32];
-  if (u == 0)
-    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
-  else
-    std::snprintf(buf, sizeof buf, "%.2f %s", v, units[u]);
-  return buf;
+  return format_bytes(bytes, buf, sizeof buf);
 }
 
 std::string format_duration(std::uint64_t ns) {

@@ -28,6 +28,13 @@ struct TraceEvent {
   BackendId backend;
 };
 
+// Allocations and frees pair up by block_key(): an address is only unique on its device.
+inline bool is_alloc(EventKind k) { return k == EventKind::alloc || k == EventKind::alloc_async; }
+inline bool is_free(EventKind k) { return k == EventKind::free || k == EventKind::free_async; }
+inline std::uint64_t block_key(const TraceEvent& e) {
+  return e.address ^ (std::uint64_t(std::uint32_t(e.device)) << 56);
+}
+
 struct TraceModule {
   std::string path;
   std::string build_id;        // lowercase hex; empty when the module had none

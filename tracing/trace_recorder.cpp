@@ -17,10 +17,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <new>
 
 #include "config/settings.h"
+#include "diagnostics/hot_tls.h"
 #include "diagnostics/log.h"
 #include "tracing/stack_unwinder.h"
 #include "tracing/trace_format.h"
@@ -37,7 +39,8 @@ namespace fmt = format;
 // 64 KiB holds ~1600 events without stacks: one write(2) (~5 us) per 1600 events keeps the flush
 // share of the per-event cost near 3 ns, and a crash loses at most that many events per thread.
 constexpr std::size_t kBufferBytes = 64 * 1024;
-constexpr int kMaxStackDepth = 64;  // GPUSHIM_TRACE_STACK above this is clamped
+static_assert(kMaxTraceStack <= std::numeric_limits<decltype(fmt::EventRecord::frame_count)>::max(),
+              "a record stores its frame count in one byte");
 
 struct ThreadBuffer {
   // Held by the owning thread while it appends, and by a flusher (stop/flush at exit) that empties the
@@ -62,7 +65,7 @@ std::atomic<ThreadBuffer*> g_buffers{nullptr};
 pthread_key_t g_thread_exit_key;
 bool g_thread_exit_key_made = false;  // g_registry_mutex
 
-thread_local ThreadBuffer* t_buffer = nullptr;
+GPUSHIM_HOT_TLS ThreadBuffer* t_buffer = nullptr;  // read on every record (hot_tls.h)
 
 std::uint64_t now_ns(clockid_t clock) noexcept {
   timespec ts;
@@ -289,7 +292,7 @@ namespace detail {
 
 void record_slow(EventKind kind, int device, std::uint64_t stream, std::uint64_t address,
                  std::uint64_t size, BackendId backend) noexcept {
-  std::uint64_t frames[kMaxStackDepth];
+  std::uint64_t frames[kMaxTraceStack];
   int frame_count = 0;
   if (g_stack_depth > 0 && stacks_for(kind)) frame_count = capture_stack(frames, g_stack_depth, /*skip record_slow*/ 1);
   std::uint64_t time = now_ns(CLOCK_MONOTONIC);
@@ -366,7 +369,7 @@ bool start(const char* path, int stack_depth) noexcept {
     return false;
   }
   if (stack_depth < 0) stack_depth = 0;
-  if (stack_depth > kMaxStackDepth) stack_depth = kMaxStackDepth;
+  if (stack_depth > kMaxTraceStack) stack_depth = kMaxTraceStack;
   std::uint32_t flags = 0;
   if (stack_depth > 0 && !load_unwinder()) {
     static bool once = false;

@@ -40,8 +40,7 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
     std::int32_t device;
     StreamHandle stream;
   };
-  std::unordered_map<std::uint64_t, Block> live;
-  auto key = [](const TraceEvent& e) { return e.address ^ (std::uint64_t(std::uint32_t(e.device)) << 56); };
+  std::unordered_map<std::uint64_t, Block> live;  // by block_key()
   std::uint64_t live_bytes = 0, reserved = 0;
   std::chrono::nanoseconds spent{0};
   using clock = std::chrono::steady_clock;
@@ -72,10 +71,10 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
   std::uint64_t done = 0;
   for (const TraceEvent& e : trace.events) {
     if (progress && ++done % kProgressEvery == 0) progress(done, trace.events.size());
-    bool alloc = e.kind == EventKind::alloc || e.kind == EventKind::alloc_async;
-    bool free = e.kind == EventKind::free || e.kind == EventKind::free_async;
+    bool alloc = is_alloc(e.kind);
+    bool free = is_free(e.kind);
     if (!alloc && !free) continue;
-    auto it = live.find(key(e));
+    auto it = live.find(block_key(e));
     if (free) {
       if (it != live.end()) release(it);
       continue;
@@ -94,7 +93,7 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
       r.failed++;
       continue;
     }
-    live.emplace(key(e), Block{p, e.size, e.device, StreamHandle(e.stream)});
+    live.emplace(block_key(e), Block{p, e.size, e.device, StreamHandle(e.stream)});
     live_bytes += e.size;
     if (live_bytes > r.peak_live) r.peak_live = live_bytes;
     reserved = reserved_now();

@@ -20,23 +20,32 @@ namespace {
 constexpr std::uint64_t kProgressMinBytes = 32ull << 20;
 constexpr std::uint64_t kProgressMinEvents = 2000000;
 
-bool load(const std::string& path, Trace* trace, ToolStreams& io) {
-  TraceError error;
-  ReadProgress progress;
-  if (io.progress)
-    progress = [&io, &path](std::uint64_t done, std::uint64_t total) {
-      if (total >= kProgressMinBytes)
-        io.err << "gpushim: reading " << path << ": " << (done >> 20) << " / " << (total >> 20) << " MiB\n";
-    };
-  if (read_trace(path, trace, &error, progress)) {
-    if (!trace->clean_end)
+ReadProgress read_progress(const std::string& path, ToolStreams& io) {
+  if (!io.progress) return {};
+  return [&io, &path](std::uint64_t done, std::uint64_t total) {
+    if (total >= kProgressMinBytes)
+      io.err << "gpushim: reading " << path << ": " << (done >> 20) << " / " << (total >> 20) << " MiB\n";
+  };
+}
+
+// Tells the user what reading `path` found: a damaged trace, or one that was cut short.
+bool report_read(const std::string& path, bool ok, const Trace& trace, const TraceError& error,
+                 ToolStreams& io) {
+  if (ok) {
+    if (!trace.clean_end)
       io.err << "gpushim: " << path << ": the recording was cut short (no end record); read up to the "
-             << "last flush, " << trace->bytes << " bytes\n";
+             << "last flush, " << trace.bytes << " bytes\n";
     return true;
   }
   io.err << "gpushim: " << path << ": unreadable trace at byte offset " << error.offset << ": "
          << error.message << "\n";
   return false;
+}
+
+bool load(const std::string& path, Trace* trace, ToolStreams& io) {
+  TraceError error;
+  bool ok = read_trace(path, trace, &error, read_progress(path, io));
+  return report_read(path, ok, *trace, error, io);
 }
 
 bool write_file(const std::string& path, const std::string& data, ToolStreams& io) {
@@ -195,14 +204,23 @@ int run_trace_replay(const std::string& path, const std::string& backend, ToolSt
 }
 
 int run_trace_compress(const std::string& path, const std::string& output, ToolStreams io) {
-  Trace trace;
-  if (!load(path, &trace, io)) return kExitBadTrace;  // never compress a damaged trace silently
+  // The file is read once: checked for zstd, parsed (never compress a damaged trace silently), packed.
   std::ifstream in(path, std::ios::binary);
   std::vector<unsigned char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  TraceError error;
+  if (!in.is_open() || in.bad()) {
+    error.message = in.is_open() ? "read error" : "cannot open the file";
+    error.offset = raw.size();
+    report_read(path, false, Trace{}, error, io);
+    return kExitBadTrace;
+  }
   if (is_zstd(raw.data(), raw.size())) {
     io.err << "gpushim: " << path << " is already compressed\n";
     return 1;
   }
+  Trace trace;
+  bool ok = parse_trace(raw.data(), raw.size(), &trace, &error, read_progress(path, io));
+  if (!report_read(path, ok, trace, error, io)) return kExitBadTrace;
   std::vector<unsigned char> packed;
   std::string message;
   if (!compress_zstd(raw, &packed, &message)) {
