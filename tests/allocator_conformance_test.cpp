@@ -2,8 +2,6 @@
 // backend_table() that has a factory, on host memory, so a new backend is covered by being registered.
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <map>
 #include <random>
 #include <string>
 #include <vector>
@@ -11,13 +9,9 @@
 #include "allocators/backend_registry.h"
 #include "providers/host_provider.h"
 #include "tests/backend_test_support.h"
-#include "tests/block_pattern.h"
 
 namespace gpushim {
 namespace {
-
-using testing::fill_block;
-using testing::verify_block;
 
 constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
 constexpr std::size_t kCap = 96 * MiB;  // physical memory of the pretend device
@@ -77,36 +71,16 @@ TEST_P(AllocatorConformance, NameMatchesTheRegistry) { EXPECT_EQ(GetParam(), bac
 
 TEST_P(AllocatorConformance, BlocksAreAlignedDisjointAndKeepTheirContents) {
   std::mt19937_64 rng(7);
-  std::map<std::uintptr_t, std::pair<std::size_t, std::uint64_t>> live;
+  testing::BlockModel model(testing::PatternCoverage::kEveryByte);
   for (std::uint64_t tag = 1; tag <= 400; ++tag) {
     // Live requests stay near 20 MiB, so backends that round up to powers of two fit under kCap too.
     std::size_t bytes = 1 + rng() % (rng() % 8 ? 8 * KiB : 2 * MiB);
     void* p = allocate_like_the_router(bytes);
     ASSERT_NE(p, nullptr) << describe(bytes);
-    auto a = reinterpret_cast<std::uintptr_t>(p);
-    ASSERT_EQ(a % kMinAlignment, 0u) << bytes;
-    auto next = live.lower_bound(a);
-    if (next != live.end()) {
-      ASSERT_GE(next->first, a + bytes);
-    }
-    if (next != live.begin()) {
-      ASSERT_LE(std::prev(next)->first + std::prev(next)->second.first, a);
-    }
-    fill_block(p, bytes, tag);
-    live.emplace(a, std::make_pair(bytes, tag));
-    if (rng() % 2 == 0) {
-      auto victim = live.begin();
-      std::advance(victim, rng() % live.size());
-      ASSERT_TRUE(verify_block(reinterpret_cast<void*>(victim->first), victim->second.first,
-                               victim->second.second));
-      backend_->deallocate(reinterpret_cast<void*>(victim->first), victim->second.first, 0);
-      live.erase(victim);
-    }
+    ASSERT_NO_FATAL_FAILURE(model.add(p, bytes, tag));
+    if (rng() % 2 == 0) model.deallocate(*backend_, model.random_live(rng));
   }
-  for (auto& [a, block] : live) {
-    ASSERT_TRUE(verify_block(reinterpret_cast<void*>(a), block.first, block.second));
-    backend_->deallocate(reinterpret_cast<void*>(a), block.first, 0);
-  }
+  model.deallocate_all(*backend_);
 }
 
 TEST_P(AllocatorConformance, StatsAddUp) {

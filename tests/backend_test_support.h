@@ -9,8 +9,10 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <random>
 #include <thread>
@@ -36,6 +38,10 @@ class BlockModel {
     std::uint64_t seed;
   };
 
+  // kProbes by default, so blocks of hundreds of MiB stay cheap; kEveryByte where blocks are small
+  // enough to also catch a stray write into the middle of one.
+  explicit BlockModel(PatternCoverage coverage = PatternCoverage::kProbes) : coverage_(coverage) {}
+
   // Records a new block; fails the test on misalignment or overlap with a live block.
   void add(void* p, std::size_t bytes, std::uint64_t seed) {
     const auto address = reinterpret_cast<std::uintptr_t>(p);
@@ -50,18 +56,35 @@ class BlockModel {
     }
     live_.emplace(address, Block{bytes, seed});
     bytes_ += bytes;
-    fill_block(p, bytes, seed, PatternCoverage::kProbes);
+    fill_block(p, bytes, seed, coverage_);
   }
 
   // Removes a block after checking that nobody wrote into it.
   Block remove(std::uintptr_t address) {
     auto it = live_.find(address);
     Block block = it->second;
-    EXPECT_TRUE(verify_block(reinterpret_cast<void*>(address), block.bytes, block.seed, PatternCoverage::kProbes))
+    EXPECT_TRUE(verify_block(reinterpret_cast<void*>(address), block.bytes, block.seed, coverage_))
         << "block of " << block.bytes << " B was overwritten while live";
     live_.erase(it);
     bytes_ -= block.bytes;
     return block;
+  }
+
+  // remove(), then gives the block back to `allocator`.
+  Block deallocate(Allocator& allocator, std::uintptr_t address) {
+    const Block block = remove(address);
+    allocator.deallocate(reinterpret_cast<void*>(address), block.bytes, 0);
+    return block;
+  }
+
+  // Checks and gives back every live block, lowest address first.
+  void deallocate_all(Allocator& allocator) {
+    while (!live_.empty()) deallocate(allocator, live_.begin()->first);
+  }
+
+  // The address of a live block drawn uniformly by `rng`; the model must not be empty.
+  std::uintptr_t random_live(std::mt19937_64& rng) const {
+    return std::next(live_.begin(), static_cast<std::ptrdiff_t>(rng() % live_.size()))->first;
   }
 
   std::size_t size() const { return live_.size(); }
@@ -69,6 +92,7 @@ class BlockModel {
   const std::map<std::uintptr_t, Block>& live() const { return live_; }
 
  private:
+  PatternCoverage coverage_;
   std::map<std::uintptr_t, Block> live_;
   std::size_t bytes_ = 0;
 };
@@ -98,17 +122,13 @@ inline std::size_t run_random_sequence(Allocator& allocator, std::size_t steps, 
       const std::uintptr_t address = order[i];
       order[i] = order.back();
       order.pop_back();
-      const auto block = model.remove(address);
-      allocator.deallocate(reinterpret_cast<void*>(address), block.bytes, 0);
+      model.deallocate(allocator, address);
     }
   }
   if (sole_user) {
     EXPECT_EQ(allocator.stats().bytes_in_use, model.bytes());
   }
-  for (std::uintptr_t address : order) {
-    const auto block = model.remove(address);
-    allocator.deallocate(reinterpret_cast<void*>(address), block.bytes, 0);
-  }
+  for (std::uintptr_t address : order) model.deallocate(allocator, address);
   return failures;
 }
 

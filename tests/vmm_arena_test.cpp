@@ -3,8 +3,6 @@
 
 #include <gtest/gtest.h>
 
-#include <algorithm>
-#include <map>
 #include <random>
 #include <vector>
 
@@ -196,13 +194,10 @@ void run_random_sequence(unsigned seed, std::size_t cap, std::size_t threshold) 
   HostProvider provider(kGranule, cap);
   VmmArena arena(provider, options(256 * MiB, MiB, threshold));
   std::mt19937_64 rng(seed);
-  struct Live {
-    std::size_t bytes;
-    std::uint64_t tag;
-  };
-  std::map<std::uintptr_t, Live> live;
+  testing::BlockModel model(testing::PatternCoverage::kEveryByte);
   std::uint64_t next_tag = 1, allocations = 0, deallocations = 0, failed = 0;
-  std::size_t in_use = 0, waste = 0;
+  std::size_t waste = 0;
+  auto waste_of = [](std::size_t bytes) { return (bytes + 255) / 256 * 256 - bytes; };
   auto size_of = [&] {
     switch (rng() % 4) {
       case 0: return 1 + rng() % 512;
@@ -212,17 +207,11 @@ void run_random_sequence(unsigned seed, std::size_t cap, std::size_t threshold) 
     }
   };
   for (int step = 0; step < 4000; ++step) {
-    bool do_free = !live.empty() && (rng() % 100 < 45 || in_use > 48 * MiB);
+    SCOPED_TRACE(step);
+    bool do_free = model.size() != 0 && (rng() % 100 < 45 || model.bytes() > 48 * MiB);
     if (do_free) {
-      auto it = live.begin();
-      std::advance(it, rng() % live.size());
-      ASSERT_TRUE(verify_block(reinterpret_cast<void*>(it->first), it->second.bytes, it->second.tag))
-          << "step " << step;
-      arena.deallocate(reinterpret_cast<void*>(it->first), it->second.bytes, 0);
-      in_use -= it->second.bytes;
-      waste -= (it->second.bytes + 255) / 256 * 256 - it->second.bytes;
+      waste -= waste_of(model.deallocate(arena, model.random_live(rng)).bytes);
       ++deallocations;
-      live.erase(it);
     } else {
       std::size_t bytes = size_of();
       void* p = arena.allocate(bytes, 0);
@@ -231,20 +220,8 @@ void run_random_sequence(unsigned seed, std::size_t cap, std::size_t threshold) 
         ASSERT_NE(cap, HostProvider::kUnlimited) << "only a capped provider may run out";
         continue;
       }
-      auto a = address(p);
-      ASSERT_EQ(a % kMinAlignment, 0u);
-      auto next = live.lower_bound(a);
-      if (next != live.end()) {
-        ASSERT_GE(next->first, a + bytes) << "overlaps the next live block";
-      }
-      if (next != live.begin()) {
-        auto prev = std::prev(next);
-        ASSERT_LE(prev->first + prev->second.bytes, a) << "overlaps the previous live block";
-      }
-      fill_block(p, bytes, next_tag);
-      live.emplace(a, Live{bytes, next_tag++});
-      in_use += bytes;
-      waste += (bytes + 255) / 256 * 256 - bytes;
+      ASSERT_NO_FATAL_FAILURE(model.add(p, bytes, next_tag++));
+      waste += waste_of(bytes);
       ++allocations;
     }
     if (step % 97 == 0) arena.release_cached();
@@ -253,17 +230,14 @@ void run_random_sequence(unsigned seed, std::size_t cap, std::size_t threshold) 
       ASSERT_EQ(s.allocations, allocations);
       ASSERT_EQ(s.deallocations, deallocations);
       ASSERT_EQ(s.failed_allocations, failed);
-      ASSERT_EQ(s.bytes_in_use, in_use);
+      ASSERT_EQ(s.bytes_in_use, model.bytes());
       ASSERT_EQ(s.internal_waste, waste);
       ASSERT_EQ(s.bytes_reserved, provider.bytes_mapped());
-      ASSERT_EQ(s.bytes_cached + in_use + waste, s.bytes_reserved);
+      ASSERT_EQ(s.bytes_cached + model.bytes() + waste, s.bytes_reserved);
       ASSERT_LE(s.largest_free_block, s.bytes_cached);
     }
   }
-  for (auto& [a, block] : live) {
-    ASSERT_TRUE(verify_block(reinterpret_cast<void*>(a), block.bytes, block.tag));
-    arena.deallocate(reinterpret_cast<void*>(a), block.bytes, 0);
-  }
+  model.deallocate_all(arena);
   arena.release_cached();
   EXPECT_EQ(provider.bytes_mapped(), 0u);
   EXPECT_EQ(provider.misuse_count(), 0u);
