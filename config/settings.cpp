@@ -343,6 +343,16 @@ const Settings& settings() {
   return parsed;
 }
 
+const SettingRow* setting_value_rejected_by(const char* variable, const char* value) {
+  static const SettingRow kUnknown{"", "", "", "a GPUSHIM_ variable", ""};
+  for (const Row& row : kRows) {
+    if (std::strcmp(row.text.variable, variable) != 0) continue;
+    Settings scratch;
+    return value != nullptr && *value != '\0' && row.apply(value, scratch) ? nullptr : &row.text;
+  }
+  return &kUnknown;
+}
+
 const std::vector<SettingRow>& setting_rows() {
   static const std::vector<SettingRow> rows = [] {
     std::vector<SettingRow> out;

@@ -72,6 +72,10 @@ struct SettingRow {
   const char* help;
 };
 const std::vector<SettingRow>& setting_rows();
+// The table's own check of one value, as parse_settings applies it: for anything else that takes a
+// setting's value (the `gpushim run` options). Null when the value is accepted, else the row (its
+// `accepted` text says what would be); an unknown variable is never accepted.
+const SettingRow* setting_value_rejected_by(const char* variable, const char* value);
 
 // Parses "512MiB", "2GB", "1.5GiB", "4096", "64k"; false on a malformed value.
 bool parse_size(const char* text, std::uint64_t* bytes);

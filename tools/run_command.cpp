@@ -12,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#include "allocators/backend_registry.h"
 #include "config/settings.h"
 
 namespace gpushim::tools {
@@ -128,23 +127,30 @@ void add_run_command(CLI::App& app, WordsAfterSeparator after_separator) {
       "run", "Run a command with libgpushim.so preloaded: gpushim run [options] -- CMD ARGS...");
   run_app->prefix_command();  // everything from the command on belongs to the command
 
-  std::vector<std::string> backend_names;
-  for (const BackendInfo& info : backend_table()) backend_names.push_back(info.name);
-  run_app->add_option("--backend", options->backend, "GPUSHIM_BACKEND (default: tiered)")
-      ->check(CLI::IsMember(backend_names));
+  // Each option's value is checked by the settings table itself, so the CLI and the library accept the
+  // same values and say the same thing about them.
+  auto checked_as = [](const char* variable) {
+    return CLI::Validator(
+        [variable](std::string& value) {
+          const SettingRow* row = setting_value_rejected_by(variable, value.c_str());
+          return row ? std::string(variable) + " accepts " + row->accepted : std::string();
+        },
+        "");
+  };
+  auto described = [](const char* variable, const char* what) {
+    for (const SettingRow& row : setting_rows())
+      if (std::strcmp(row.variable, variable) == 0)
+        return std::string(variable) + ": " + what + " (" + row.accepted + "; default: " + row.default_value + ")";
+    return std::string(variable);
+  };
+  run_app->add_option("--backend", options->backend, described("GPUSHIM_BACKEND", "the backend"))
+      ->check(checked_as("GPUSHIM_BACKEND"));
   run_app->add_flag("--stats", options->stats, "GPUSHIM_STATS=1: print a statistics table at exit");
-  run_app->add_option("--limit", options->limit, "GPUSHIM_LIMIT: memory cap, a size (40GiB) or 80%")
-      ->check(CLI::Validator(
-          [](std::string& value) {
-            SizeSetting parsed;
-            return parse_size_or_percent(value.c_str(), &parsed)
-                       ? std::string()
-                       : "not a size (512MiB, 2GB, 1.5GiB) or a percentage (80%)";
-          },
-          "SIZE|PERCENT"));
+  run_app->add_option("--limit", options->limit, described("GPUSHIM_LIMIT", "memory cap"))
+      ->check(checked_as("GPUSHIM_LIMIT"));
   run_app->add_option("--trace", options->trace, "GPUSHIM_TRACE: record a trace to PATH (%p = pid)");
-  run_app->add_option("--log", options->log, "GPUSHIM_LOG")
-      ->check(CLI::IsMember({"quiet", "warn", "info", "debug"}));
+  run_app->add_option("--log", options->log, described("GPUSHIM_LOG", "what gpushim prints"))
+      ->check(checked_as("GPUSHIM_LOG"));
 
   // `gpushim run env -- x` runs `env -- x`: words before the separator that no option took belong to
   // the command, and so does the separator itself then.
