@@ -10,7 +10,7 @@
 #include "allocators/allocator.h"
 #include "config/settings.h"
 #include "providers/memory_provider.h"
-#include "tracing/trace_recorder.h"
+#include "tracing/backend_id.h"
 
 namespace gpushim {
 

@@ -1,4 +1,4 @@
-#include "tracing/trace_analysis.h"
+#include "analysis/trace_analysis.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -8,7 +8,7 @@
 #include <unordered_map>
 
 #include "diagnostics/log.h"
-#include "tracing/trace_symbolizer.h"
+#include "analysis/trace_symbolizer.h"
 
 namespace gpushim::tracing {
 

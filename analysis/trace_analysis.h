@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "tracing/trace_reader.h"
+#include "analysis/trace_reader.h"
 
 namespace gpushim::tracing {
 

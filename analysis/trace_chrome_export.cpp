@@ -1,4 +1,4 @@
-#include "tracing/trace_chrome_export.h"
+#include "analysis/trace_chrome_export.h"
 
 #include <cstdio>
 #include <nlohmann/json.hpp>

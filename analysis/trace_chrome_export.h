@@ -5,7 +5,7 @@
 
 #include <ostream>
 
-#include "tracing/trace_analysis.h"
+#include "analysis/trace_analysis.h"
 
 namespace gpushim::tracing {
 

@@ -1,4 +1,4 @@
-#include "tracing/trace_html_report.h"
+#include "analysis/trace_html_report.h"
 
 #include <algorithm>
 #include <cstdio>

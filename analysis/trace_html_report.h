@@ -4,8 +4,8 @@
 
 #include <string>
 
-#include "tracing/trace_analysis.h"
-#include "tracing/trace_symbolizer.h"
+#include "analysis/trace_analysis.h"
+#include "analysis/trace_symbolizer.h"
 
 namespace gpushim::tracing {
 

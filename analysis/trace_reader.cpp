@@ -1,4 +1,4 @@
-#include "tracing/trace_reader.h"
+#include "analysis/trace_reader.h"
 
 #include <algorithm>
 #include <cstdio>

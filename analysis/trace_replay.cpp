@@ -1,4 +1,4 @@
-#include "tracing/trace_replay.h"
+#include "analysis/trace_replay.h"
 
 #include <chrono>
 #include <map>

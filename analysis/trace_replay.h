@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "allocators/backend_registry.h"
-#include "tracing/trace_reader.h"
+#include "analysis/trace_reader.h"
 
 namespace gpushim::tracing {
 

@@ -1,4 +1,4 @@
-#include "tracing/trace_symbolizer.h"
+#include "analysis/trace_symbolizer.h"
 
 #include <unistd.h>
 

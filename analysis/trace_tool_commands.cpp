@@ -1,4 +1,4 @@
-#include "tracing/trace_tool_commands.h"
+#include "analysis/trace_tool_commands.h"
 
 #include <chrono>
 #include <cstdio>
@@ -6,12 +6,12 @@
 #include <iterator>
 #include <set>
 
-#include "tracing/trace_analysis.h"
-#include "tracing/trace_chrome_export.h"
-#include "tracing/trace_html_report.h"
-#include "tracing/trace_reader.h"
-#include "tracing/trace_replay.h"
-#include "tracing/trace_symbolizer.h"
+#include "analysis/trace_analysis.h"
+#include "analysis/trace_chrome_export.h"
+#include "analysis/trace_html_report.h"
+#include "analysis/trace_reader.h"
+#include "analysis/trace_replay.h"
+#include "analysis/trace_symbolizer.h"
 
 namespace gpushim::tracing {
 namespace {

@@ -6,9 +6,9 @@
 #include <thread>
 
 #include "tests/trace_test_support.h"
-#include "tracing/trace_analysis.h"
-#include "tracing/trace_reader.h"
-#include "tracing/trace_symbolizer.h"
+#include "analysis/trace_analysis.h"
+#include "analysis/trace_reader.h"
+#include "analysis/trace_symbolizer.h"
 
 namespace gpushim::tracing {
 namespace {

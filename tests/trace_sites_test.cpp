@@ -6,10 +6,10 @@
 #include <sstream>
 
 #include "tests/trace_test_support.h"
-#include "tracing/trace_analysis.h"
-#include "tracing/trace_html_report.h"
-#include "tracing/trace_symbolizer.h"
-#include "tracing/trace_tool_commands.h"
+#include "analysis/trace_analysis.h"
+#include "analysis/trace_html_report.h"
+#include "analysis/trace_symbolizer.h"
+#include "analysis/trace_tool_commands.h"
 
 namespace gpushim::tracing {
 namespace {

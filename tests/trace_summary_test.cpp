@@ -4,8 +4,8 @@
 #include <sstream>
 
 #include "tests/trace_test_support.h"
-#include "tracing/trace_analysis.h"
-#include "tracing/trace_tool_commands.h"
+#include "analysis/trace_analysis.h"
+#include "analysis/trace_tool_commands.h"
 
 namespace gpushim::tracing {
 namespace {

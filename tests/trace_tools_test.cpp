@@ -11,8 +11,8 @@
 
 #include "tests/trace_test_support.h"
 #include "tools/trace_commands.h"
-#include "tracing/trace_replay.h"
-#include "tracing/trace_tool_commands.h"
+#include "analysis/trace_replay.h"
+#include "analysis/trace_tool_commands.h"
 
 namespace gpushim::tracing {
 namespace {

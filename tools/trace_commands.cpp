@@ -8,7 +8,7 @@
 #include <memory>
 
 #ifdef GPUSHIM_HAVE_TRACE_TOOLS
-#include "tracing/trace_tool_commands.h"
+#include "analysis/trace_tool_commands.h"
 #endif
 
 namespace gpushim::tools {

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "tracing/backend_id.h"
+
 namespace gpushim::tracing {
 
 enum class EventKind : std::uint8_t {
@@ -19,11 +21,6 @@ enum class EventKind : std::uint8_t {
   out_of_memory = 7,  // CUDA_ERROR_OUT_OF_MEMORY returned to the program after the retry
   map = 8,            // physical memory mapped by a provider (address, size)
   unmap = 9,          // physical memory given back by a provider (address, size)
-};
-
-// Backend identifiers as stored in traces. Append only: old traces keep their meaning.
-enum class BackendId : std::uint8_t {
-  passthrough = 0, vmm = 1, buddy = 2, slab = 3, mempool = 4, tiered = 5, unknown = 255,
 };
 
 namespace detail {
