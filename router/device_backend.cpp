@@ -53,7 +53,7 @@ DeviceBackend passthrough(int device, std::uint64_t limit) {
 
 // compute-sanitizer checks accesses against allocations it knows. It accepts an NVTX pool over a
 // cuMemAlloc block but refuses one over a cuMemMap range (measured on the H100, CUDA 13.0:
-// annotations/testing/nvtx_heap_probe.cpp, "cuMemMap heap REFUSED"), so inside gpushim's VMM-backed
+// tests/annotations_nvtx_heap_probe.cpp, "cuMemMap heap REFUSED"), so inside gpushim's VMM-backed
 // pools it cannot see a block's bounds. Under the sanitizer, every block is therefore its own
 // cuMemAlloc allocation (passthrough), whose bounds it checks exactly. Detected by its injection
 // library being loaded in the process.

@@ -28,10 +28,3 @@ if(gpushim_all_backends_present)
   target_link_libraries(allocator_conformance_test PRIVATE gpushim_algorithms GTest::gtest_main)
   gtest_discover_tests(allocator_conformance_test DISCOVERY_TIMEOUT 30)
 endif()
-
-# CPU micro-benchmark of the arena's alloc+free pair: a program, not a test.
-find_package(benchmark QUIET)
-if(benchmark_FOUND)
-  add_executable(cpu_alloc_bench ${CMAKE_SOURCE_DIR}/bench/cpu_alloc_bench.cpp)
-  target_link_libraries(cpu_alloc_bench PRIVATE gpushim_vmm_pieces benchmark::benchmark)
-endif()

@@ -4,7 +4,7 @@
 // descriptor plus an ASCII message over a fresh cuMemAlloc allocation; then writes one byte past a
 // registered 1000-byte region in (1) and (2). Under compute-sanitizer a refused heap prints
 // "Call to nvtxMemHeapRegister failed" and its OOB write goes unreported.
-//   nvcc -std=c++17 -x cu -o /tmp/nvtx_heap_probe annotations/testing/nvtx_heap_probe.cpp -lcuda
+//   nvcc -std=c++17 -x cu -o /tmp/nvtx_heap_probe tests/annotations_nvtx_heap_probe.cpp -lcuda
 //   compute-sanitizer --tool memcheck --nvtx yes /tmp/nvtx_heap_probe
 #include <cstdio>
 

@@ -5,7 +5,7 @@ gtest_discover_tests(settings_test)
 
 # The log filter is read from the real environment once per process, so the binary runs once per level.
 add_executable(log_test log_test.cpp)
-target_link_libraries(log_test PRIVATE gpushim_config GTest::gtest_main)
+target_link_libraries(log_test PRIVATE gpushim_diagnostics GTest::gtest_main)
 foreach(level default quiet warn info debug)
   set(log_env "GPUSHIM_LOG=${level}")
   if(level STREQUAL "default")

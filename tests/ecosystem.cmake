@@ -17,9 +17,9 @@ endif()
 # The annotations against a stand-in NVTX memory tool (loaded through NVTX_INJECTION64_PATH): the exact
 # calls compute-sanitizer would see — a heap per mapping, a region per block, everything unregistered.
 if(TARGET gpushim_annotations)
-  add_library(fake_nvtx_memory_tool MODULE ${PROJECT_SOURCE_DIR}/annotations/testing/fake_nvtx_memory_tool.cpp)
+  add_library(fake_nvtx_memory_tool MODULE ${CMAKE_CURRENT_LIST_DIR}/annotations_fake_nvtx_memory_tool.cpp)
   target_include_directories(fake_nvtx_memory_tool SYSTEM PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
-  add_executable(annotations_nvtx_tool_test ${PROJECT_SOURCE_DIR}/annotations/testing/annotations_nvtx_tool_test.cpp)
+  add_executable(annotations_nvtx_tool_test ${CMAKE_CURRENT_LIST_DIR}/annotations_nvtx_tool_test.cpp)
   target_link_libraries(annotations_nvtx_tool_test PRIVATE gpushim_annotations GTest::gtest_main ${CMAKE_DL_LIBS})
   target_compile_definitions(annotations_nvtx_tool_test PRIVATE
                              GPUSHIM_FAKE_NVTX_TOOL="$<TARGET_FILE:fake_nvtx_memory_tool>")

@@ -1,7 +1,7 @@
 # The real libgpushim.so (interposer + router + every backend) over the fake driver, end to end: one run
 # of router_end_to_end_test per backend, and one per backend under GPUSHIM_LIMIT. CPU only (no "gpu"
-# label): the fake driver keeps VMM, events and streams in host memory. Also builds the CPU pair bench
-# (bench/router_pair_bench.cpp), a program, not a test.
+# label): the fake driver keeps VMM, events and streams in host memory.
+# The pair bench over the same library is bench/router_pair_bench.cpp.
 if(NOT TARGET gpushim)
   return()
 endif()
@@ -32,14 +32,6 @@ foreach(backend vmm buddy slab tiered passthrough mempool)
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
     "${environment};FAKE_CUDA_DEVICES=2")
 endforeach()
-
-add_executable(router_pair_bench ${CMAKE_SOURCE_DIR}/bench/router_pair_bench.cpp)
-target_include_directories(router_pair_bench PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
-target_link_libraries(router_pair_bench PRIVATE shim_fake_libcuda Threads::Threads)
-target_compile_definitions(router_pair_bench PRIVATE GPUSHIM_LIBRARY="$<TARGET_FILE:gpushim>"
-                           FAKE_DRIVER_DIR="${router_e2e_fake_dir}")
-add_dependencies(router_pair_bench gpushim)
-set_target_properties(router_pair_bench PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
 
 # The live-block table against a reference model (router/live_block_table.*, pure C++).
 add_executable(router_live_block_table_model_test ${CMAKE_CURRENT_SOURCE_DIR}/router_live_block_table_model_test.cpp)
