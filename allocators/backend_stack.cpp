@@ -1,13 +1,9 @@
-#include "router/device_backend.h"
-
-#include <link.h>
-
-#include <cstring>
-#include <string>
+#include "allocators/backend_stack.h"
 
 #include "allocators/backend_registry.h"
 #include "allocators/mempool_allocator.h"
 #include "allocators/passthrough_allocator.h"
+#include "annotations/memory_checker.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
@@ -42,11 +38,53 @@ std::uint64_t resolve_limit(int device) {
   return s.limit.resolve(total);
 }
 
-DeviceBackend passthrough(int device, std::uint64_t limit) {
-  DeviceBackend result;
-  result.limit = limit;
-  result.backend = with_statistics(with_limit(std::make_unique<PassthroughAllocator>(device), limit));
-  return result;
+// The router's view of a finished stack: read once here, so a request reads plain values, never a
+// virtual call or a name.
+BackendStack finished(BackendStack stack, const BackendInfo& info, std::uint64_t limit) {
+  stack.properties.name = info.name;
+  stack.properties.id = info.id;
+  stack.properties.driver_backed = info.traits.driver_backed;
+  stack.properties.stream_ordered = info.traits.stream_ordered;
+  stack.properties.fenced = stack.backend->needs_free_fence();
+  stack.properties.limit = limit;
+  return stack;
+}
+
+// Backends whose blocks come from the driver itself; the registry lists them without a provider factory.
+std::unique_ptr<Allocator> make_passthrough(int device, const Settings&) {
+  return std::make_unique<PassthroughAllocator>(device);
+}
+std::unique_ptr<Allocator> make_mempool(int device, const Settings& s) {
+  auto pool = std::make_unique<MempoolAllocator>(device, s.mempool_release_threshold);
+  if (!pool->ok()) return nullptr;
+  return pool;
+}
+struct DriverBackendFactory {
+  tracing::BackendId id;
+  std::unique_ptr<Allocator> (*make)(int device, const Settings& settings);
+};
+constexpr DriverBackendFactory kDriverBackendFactories[] = {
+    {tracing::BackendId::passthrough, &make_passthrough},
+    {tracing::BackendId::mempool, &make_mempool},
+};
+
+BackendStack passthrough(int device, std::uint64_t limit) {
+  BackendStack result;
+  result.backend = with_statistics(with_limit(make_passthrough(device, settings()), limit));
+  return finished(std::move(result), passthrough_backend(), limit);
+}
+
+BackendStack driver_backed(int device, const BackendInfo& info, std::uint64_t limit) {
+  std::unique_ptr<Allocator> backend;
+  for (const DriverBackendFactory& factory : kDriverBackendFactories)
+    if (factory.id == info.id) backend = factory.make(device, settings());
+  if (!backend) {
+    log(LogLevel::warn, "device %d: backend %s unavailable, using passthrough", device, info.name);
+    return passthrough(device, limit);
+  }
+  BackendStack result;
+  result.backend = with_statistics(with_limit(std::move(backend), limit));
+  return finished(std::move(result), info, limit);
 }
 
 }  // namespace
@@ -55,23 +93,13 @@ DeviceBackend passthrough(int device, std::uint64_t limit) {
 // cuMemAlloc block but refuses one over a cuMemMap range (measured on the H100, CUDA 13.0:
 // tests/annotations_nvtx_heap_probe.cpp, "cuMemMap heap REFUSED"), so inside gpushim's VMM-backed
 // pools it cannot see a block's bounds. Under the sanitizer, every block is therefore its own
-// cuMemAlloc allocation (passthrough), whose bounds it checks exactly. Detected by its injection
-// library being loaded in the process.
-bool memory_checker_attached() noexcept {
-  return dl_iterate_phdr(
-             [](dl_phdr_info* info, std::size_t, void*) -> int {
-               return info->dlpi_name && std::strstr(info->dlpi_name, "libsanitizer-collection") ? 1 : 0;
-             },
-             nullptr) != 0;
-}
-
-DeviceBackend build_device_backend(int device) noexcept {
+// cuMemAlloc allocation (passthrough), whose bounds it checks exactly.
+BackendStack backend_for_device(int device) noexcept {
   try {
     const Settings& s = settings();
     const std::uint64_t limit = resolve_limit(device);
-    std::string name = s.backend.empty() ? kDefaultBackend : s.backend;
-    const BackendInfo* info = find_backend(name);
-    if (!info || name == "passthrough") return passthrough(device, limit);  // settings warned already
+    const BackendInfo* info = &chosen_backend(s);
+    if (info->traits.forwards_every_call) return passthrough(device, limit);
     if (memory_checker_attached()) {
       static bool reported = false;
       log_once(&reported, LogLevel::warn,
@@ -80,22 +108,7 @@ DeviceBackend build_device_backend(int device) noexcept {
       return passthrough(device, limit);
     }
 
-    if (name == "mempool") {
-      auto pool = std::make_unique<MempoolAllocator>(device, s.mempool_release_threshold);
-      if (!pool->ok()) {
-        log(LogLevel::warn, "device %d: backend mempool unavailable, using passthrough", device);
-        return passthrough(device, limit);
-      }
-      DeviceBackend result;
-      result.backend = with_statistics(with_limit(std::move(pool), limit));
-      result.name = info->name;
-      result.id = info->id;
-      result.stream_ordered = true;
-      result.limit = limit;
-      return result;
-    }
-
-    if (!info->factory) return passthrough(device, limit);
+    if (!info->factory) return driver_backed(device, *info, limit);
     // GPUSHIM_PEERS set: physical memory is placed by GPUSHIM_PLACEMENT and mapped for every listed
     // device (docs/peers.md); otherwise the one-device provider.
     std::unique_ptr<MemoryProvider> provider;
@@ -119,8 +132,7 @@ DeviceBackend build_device_backend(int device) noexcept {
           info->name);
       return passthrough(device, limit);
     }
-    DeviceBackend result;
-    result.limit = limit;
+    BackendStack result;
     MemoryProvider* source = provider.get();
     if (limit) {
       result.capped_provider = std::make_unique<LimitedProvider>(*provider, static_cast<std::size_t>(limit));
@@ -132,14 +144,11 @@ DeviceBackend build_device_backend(int device) noexcept {
       return passthrough(device, limit);
     }
     result.provider = std::move(provider);
-    result.placed = placed;
+    result.properties.placed = placed;
     result.backend = with_statistics(std::move(backend));
-    result.name = info->name;
-    result.id = info->id;
-    result.driver_backed = false;
-    return result;
+    return finished(std::move(result), *info, limit);
   } catch (...) {
-    DeviceBackend empty;  // no host memory: the router sees no backend and passes calls to the driver
+    BackendStack empty;  // no host memory: the router sees no backend and passes calls to the driver
     return empty;
   }
 }

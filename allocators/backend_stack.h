@@ -1,7 +1,8 @@
-// Builds the backend of one device from the settings: provider backends over a CudaVmmProvider
-// (capped by LimitedProvider under GPUSHIM_LIMIT), driver-backed ones (passthrough, mempool) directly
-// (capped by LimitingAllocator), all wrapped by the statistics decorator. Falls back to passthrough,
-// with one warning, when the chosen backend cannot be built on this device.
+// The backend of one device, assembled from the settings and the registry (allocators/backend_registry.h):
+// provider backends over the CUDA provider (capped by LimitedProvider under GPUSHIM_LIMIT), driver-backed
+// ones directly (capped by LimitingAllocator), all wrapped by the statistics decorator. Falls back to
+// passthrough, with one warning, when the chosen backend cannot be built on this device. The router
+// reads the stack's properties; it never needs the backend's name to decide anything.
 #pragma once
 
 #include <cstdint>
@@ -10,22 +11,28 @@
 #include "allocators/allocator.h"
 #include "providers/memory_provider.h"
 #include "providers/placement_policy.h"
-#include "tracing/trace_recorder.h"
+#include "tracing/backend_id.h"
 
 namespace gpushim {
 
-struct DeviceBackend {
-  std::unique_ptr<MemoryProvider> provider;        // the CUDA VMM provider, for provider backends
-  const PlacedMemoryProvider* placed = nullptr;    // `provider`, when it places memory on peers (GPUSHIM_PEERS)
-  std::unique_ptr<MemoryProvider> capped_provider; // LimitedProvider over it when a limit is set
-  std::unique_ptr<Allocator> backend;              // what the router calls (decorated)
-  const char* name = "passthrough";
+// Read on every request: plain values, fixed when the stack is assembled.
+struct BackendProperties {
+  const char* name = "passthrough";                // for reports and logs only
   tracing::BackendId id = tracing::BackendId::passthrough;
   bool stream_ordered = false;                     // mempool: frees are ordered by the pool itself
   bool driver_backed = true;                       // blocks are real driver allocations
+  bool fenced = false;                             // Allocator::needs_free_fence(), asked once
   std::uint64_t limit = 0;                         // resolved GPUSHIM_LIMIT, 0 = none
+  const PlacedMemoryProvider* placed = nullptr;    // the provider, when it places memory on peers (GPUSHIM_PEERS)
 };
 
-DeviceBackend build_device_backend(int device) noexcept;
+struct BackendStack {
+  std::unique_ptr<MemoryProvider> provider;        // the CUDA VMM provider, for provider backends
+  std::unique_ptr<MemoryProvider> capped_provider; // LimitedProvider over it when a limit is set
+  std::unique_ptr<Allocator> backend;              // what the router calls (decorated); null without host memory
+  BackendProperties properties;
+};
+
+BackendStack backend_for_device(int device) noexcept;
 
 }  // namespace gpushim

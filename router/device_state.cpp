@@ -18,7 +18,7 @@ DeviceState* device_state(int ordinal, CUcontext context) noexcept {
     std::lock_guard<std::mutex> guard(g_devices_lock);
     state = g_devices[ordinal].load(std::memory_order_acquire);
     if (!state) {
-      DeviceBackend built = build_device_backend(ordinal);
+      BackendStack built = backend_for_device(ordinal);
       if (!built.backend) return nullptr;  // no host memory: requests go to the driver
       DeviceState* created = nullptr;
       try {
@@ -28,7 +28,7 @@ DeviceState* device_state(int ordinal, CUcontext context) noexcept {
       }
       g_devices[ordinal].store(created, std::memory_order_release);  // never freed (exit-time safety)
       state = created;
-      log(LogLevel::info, "device %d: backend %s", ordinal, created->assembly.name);
+      log(LogLevel::info, "device %d: backend %s", ordinal, created->properties.name);
     }
   }
   if (context) state->events.set_default_context(context);

@@ -25,7 +25,7 @@ void at_exit() noexcept {
         if (!device) continue;
         StatsRow row;
         row.device = d;
-        row.backend = device->assembly.name;
+        row.backend = device->properties.name;
         row.allocs = g_retired[d].allocs.load();
         row.frees = g_retired[d].frees.load();
         row.failed = g_retired[d].failed.load();

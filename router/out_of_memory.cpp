@@ -39,7 +39,7 @@ void* allocate_under_pressure(DeviceState& device, std::size_t block_size, Strea
 
   std::size_t released = backend.release_cached();
   if (released)
-    tracing::record(tracing::EventKind::cache_release, device.ordinal, 0, 0, released, device.assembly.id);
+    tracing::record(tracing::EventKind::cache_release, device.ordinal, 0, 0, released, device.properties.id);
   return backend.allocate(block_size, stream);
 }
 
@@ -50,17 +50,17 @@ void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
     AllocatorStats stats = device.backend().stats();
     OomReport report;
     report.device = device.ordinal;
-    report.backend = device.assembly.name;
+    report.backend = device.properties.name;
     report.requested = requested;
     g_table.totals(device.ordinal, &report.live_bytes, &report.live_blocks);
     report.reserved = stats.bytes_reserved;
     report.cached = stats.bytes_cached;
     report.pending_free = pending_bytes(device);
     report.largest_free = stats.largest_free_block;
-    report.limit = device.assembly.limit;
-    if (device.assembly.placed) {
+    report.limit = device.properties.limit;
+    if (device.properties.placed) {
       char placement[256];
-      report.placement = describe_placement(*device.assembly.placed, placement, sizeof placement);
+      report.placement = describe_placement(*device.properties.placed, placement, sizeof placement);
     }
     for (const auto& entry : g_table.largest(device.ordinal, kLargestLiveInReport))
       report.largest_live.push_back({entry.address, entry.block.requested});

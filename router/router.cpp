@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "allocators/allocator.h"
+#include "allocators/backend_registry.h"
 #include "annotations/nvtx_memory.h"
 #include "annotations/nvtx_ranges.h"
 #include "config/settings.h"
@@ -110,7 +111,7 @@ __attribute__((always_inline)) inline void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
     g_fence_always = s.fence_always;
-    g_pure_passthrough = s.backend == "passthrough" && !s.stats && s.trace_path.empty() && !s.limit.set();
+    g_pure_passthrough = chosen_backend(s).traits.forwards_every_call && !s.stats && s.trace_path.empty() && !s.limit.set();
     tracing::start_from_settings();
     std::atexit(at_exit);
     pthread_atfork(nullptr, nullptr, atfork_child);
@@ -180,17 +181,17 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   const int d = device.ordinal;
   if (bytes > SIZE_MAX - kMinAlignment) {
     counters(d).failed.fetch_add(1, std::memory_order_relaxed);
-    tracing::record(tracing::EventKind::alloc_failed, d, 0, 0, bytes, device.assembly.id);
+    tracing::record(tracing::EventKind::alloc_failed, d, 0, 0, bytes, device.properties.id);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   // Driver-backed backends get the exact size: the driver aligns itself, and compute-sanitizer checks a
   // cuMemAlloc block against the size it was asked for (a rounded size hid a 4-byte overrun on the H100).
-  const std::size_t block_size = device.assembly.driver_backed ? bytes : round_up(bytes);
+  const std::size_t block_size = device.properties.driver_backed ? bytes : round_up(bytes);
   // Backends read stream 0 as "no stream order" (cuMemAlloc); a program's async call on stream 0
   // means the legacy stream.
   const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
   void* p = nullptr;
-  if (async && !device.assembly.stream_ordered && !is_per_thread_stream(stream))
+  if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
     p = take_from_stream_list(device, normalized(stream), block_size);
   if (!p) p = device.backend().allocate(block_size, handle);
   if (!p) {
@@ -199,8 +200,8 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   }
   if (!p) {
     counters(d).failed.fetch_add(1, std::memory_order_relaxed);
-    tracing::record(tracing::EventKind::alloc_failed, d, handle, 0, bytes, device.assembly.id);
-    tracing::record(tracing::EventKind::out_of_memory, d, handle, 0, bytes, device.assembly.id);
+    tracing::record(tracing::EventKind::alloc_failed, d, handle, 0, bytes, device.properties.id);
+    tracing::record(tracing::EventKind::out_of_memory, d, handle, 0, bytes, device.properties.id);
     report_out_of_memory(device, bytes);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
@@ -212,7 +213,7 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   mine.allocs.fetch_add(1, std::memory_order_relaxed);
   mine.bytes.fetch_add(bytes, std::memory_order_relaxed);
   tracing::record(async ? tracing::EventKind::alloc_async : tracing::EventKind::alloc, d, handle, address, bytes,
-                  device.assembly.id);
+                  device.properties.id);
   *out = static_cast<CUdeviceptr>(address);
   return CUDA_SUCCESS;
 }
@@ -244,7 +245,7 @@ CUresult double_free(CUdeviceptr p, const LiveBlock& block, bool async, CUstream
   // A driver-backed block still held back has not been given to the driver yet, so the driver still
   // names it as a live allocation: that is our double free, not a foreign block (freeing it through the
   // driver here would free it twice once its fence completes).
-  if (device && device->assembly.driver_backed && !still_held(*device, p)) {
+  if (device && device->properties.driver_backed && !still_held(*device, p)) {
     // The driver may have given the address to a foreign allocation since (managed memory, a program's
     // own pool): if it names a live allocation there, it is not ours to judge.
     CUdeviceptr base = 0;
@@ -309,7 +310,7 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
 // backends keep their fence: their frees are ordered on their own stream), else through a fence.
 void give_back(DeviceState& device, const FreedBlock& freed) noexcept {
-  if (!device.fenced() || (!device.assembly.stream_ordered && legacy_ordered())) {
+  if (!device.fenced() || (!device.properties.stream_ordered && legacy_ordered())) {
     device.backend().deallocate(freed.ptr, freed.bytes, 0);
     return;
   }
@@ -329,7 +330,7 @@ CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept {
   if (bytes == 0) return CUDA_ERROR_INVALID_VALUE;  // as cuMemAlloc
   // The pool serves cuMemAlloc on the legacy stream, which a global-mode capture forbids touching:
   // while any capture runs, such allocations are the driver's own (a foreign block, freed by it).
-  if (device->assembly.stream_ordered && g_active_captures.load(std::memory_order_acquire) > 0)
+  if (device->properties.stream_ordered && g_active_captures.load(std::memory_order_acquire) > 0)
     return driver.cuMemAlloc(out, bytes);
   return serve(*device, bytes, nullptr, false, out);
 }
@@ -352,7 +353,7 @@ CUresult free(CUdeviceptr p) noexcept {
   if (!device) return CUDA_ERROR_INVALID_VALUE;  // cannot happen: a live block's device exists
   counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
-  tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->assembly.id);
+  tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->properties.id);
   if (held_after_free(p, block)) return CUDA_SUCCESS;
   give_back(*device, FreedBlock{reinterpret_cast<void*>(p), block.block_size, 0});
   return CUDA_SUCCESS;
@@ -376,7 +377,7 @@ CUresult allocate_async(CUdeviceptr* out, std::size_t bytes, CUstream stream) no
   // TwoDevicesEachServeTheirOwnContext). Provider backends and the pool name their device themselves.
   CUcontext current = nullptr;
   bool pushed = false;
-  if (device->assembly.driver_backed && !device->assembly.stream_ordered &&
+  if (device->properties.driver_backed && !device->properties.stream_ordered &&
       driver.cuCtxGetCurrent(&current) == CUDA_SUCCESS && current != context) {
     if (driver.cuCtxPushCurrent(context) != CUDA_SUCCESS) return CUDA_ERROR_INVALID_CONTEXT;
     pushed = true;
@@ -408,12 +409,12 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   counters(d).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   const auto handle = reinterpret_cast<StreamHandle>(stream);
-  tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->assembly.id);
+  tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->properties.id);
   // Held for an importer, the block is later freed as by cuMemFree: fenced against every stream.
   if (held_after_free(p, block)) return CUDA_SUCCESS;
   FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
 
-  if (device->assembly.stream_ordered) {
+  if (device->properties.stream_ordered) {
     // The pool orders the free itself, in a capture too (it becomes a graph free node). Stream 0 is
     // the legacy stream here, not the backend's "no order".
     device->backend().deallocate(freed.ptr, freed.bytes, reinterpret_cast<StreamHandle>(normalized(stream)));
@@ -495,7 +496,7 @@ CUresult get_info(std::size_t* free_bytes, std::size_t* total_bytes) noexcept {
   const std::uint64_t reusable = stats.bytes_cached + pending_bytes(*device);
   std::uint64_t free = std::min<std::uint64_t>(real_free + reusable, real_total);
   std::uint64_t total = real_total;
-  if (const std::uint64_t limit = device->assembly.limit) {
+  if (const std::uint64_t limit = device->properties.limit) {
     const std::uint64_t footprint = stats.bytes_reserved;
     const std::uint64_t under_cap = footprint >= limit ? reusable : limit - footprint + reusable;
     free = std::min<std::uint64_t>({under_cap, real_free + reusable, limit});

@@ -14,9 +14,9 @@
 #include <cuda.h>
 
 #include "allocators/allocator.h"
+#include "allocators/backend_stack.h"
 #include "diagnostics/hot_tls.h"
 #include "router/cuda_fence_events.h"
-#include "router/device_backend.h"
 #include "router/free_fence_queue.h"
 #include "router/live_block_table.h"
 
@@ -44,17 +44,18 @@ struct alignas(64) StreamShard {
 
 struct DeviceState {
   // `built.backend` is not null (device_state() checks).
-  DeviceState(int ordinal, DeviceBackend built, const std::atomic<int>& captures)
-      : ordinal(ordinal), assembly(std::move(built)), events(ordinal, captures, assembly.driver_backed),
-        fences(*assembly.backend, events) {}
+  DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures)
+      : ordinal(ordinal), properties(built.properties), assembly(std::move(built)),
+        events(ordinal, captures, properties.driver_backed), fences(*assembly.backend, events) {}
   const int ordinal;
-  DeviceBackend assembly;
+  const BackendProperties properties;  // what requests read: plain values, no virtual call
+  BackendStack assembly;
   CudaFenceEvents events;
   FreeFenceQueue fences;
   StreamShard stream_shards[kStreamShards];
   std::atomic<bool> in_oom_burst{false};
   Allocator& backend() { return *assembly.backend; }
-  bool fenced() { return assembly.backend->needs_free_fence(); }
+  bool fenced() const { return properties.fenced; }
 };
 
 // Everything global is either trivially destructible or allocated and never freed: program threads and
