@@ -24,8 +24,8 @@ void atfork_child() noexcept {
   new (&g_captures_lock) std::mutex();
   new (&g_held_for_importers_lock) std::mutex();
   held_for_importers().clear();  // the parent's blocks and the parent's importers
-  g_table.reset_after_fork();
-  g_threads->clear();
+  live_blocks().reset_after_fork();
+  threads().clear();
   capturing_streams().clear();
   g_active_captures.store(0);
   g_fork_generation.fetch_add(1);
@@ -36,9 +36,9 @@ void atfork_child() noexcept {
   if (!self) return;
   self->lock.reset();
   for (PendingBatch& batch : self->batches) (void)batch.take();
-  if (std::find(g_threads->begin(), g_threads->end(), self) == g_threads->end()) {
+  if (std::find(threads().begin(), threads().end(), self) == threads().end()) {
     try {
-      g_threads->push_back(self);
+      threads().push_back(self);
     } catch (...) {
     }
   }

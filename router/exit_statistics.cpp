@@ -30,7 +30,7 @@ void at_exit() noexcept {
         row.frees = g_retired[d].frees.load();
         row.failed = g_retired[d].failed.load();
         row.bytes_allocated = g_retired[d].bytes.load();
-        for (ThreadState* thread : *g_threads) {
+        for (ThreadState* thread : threads()) {
           row.allocs += thread->counters[d].allocs.load();
           row.frees += thread->counters[d].frees.load();
           row.failed += thread->counters[d].failed.load();

@@ -52,7 +52,7 @@ void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
     report.device = device.ordinal;
     report.backend = device.properties.name;
     report.requested = requested;
-    g_table.totals(device.ordinal, &report.live_bytes, &report.live_blocks);
+    live_blocks().totals(device.ordinal, &report.live_bytes, &report.live_blocks);
     report.reserved = stats.bytes_reserved;
     report.cached = stats.bytes_cached;
     report.pending_free = pending_bytes(device);
@@ -62,7 +62,7 @@ void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
       char placement[256];
       report.placement = describe_placement(*device.properties.placed, placement, sizeof placement);
     }
-    for (const auto& entry : g_table.largest(device.ordinal, kLargestLiveInReport))
+    for (const auto& entry : live_blocks().largest(device.ordinal, kLargestLiveInReport))
       report.largest_live.push_back({entry.address, entry.block.requested});
     for (const std::string& line : format_oom_report(report)) log(LogLevel::warn, "%s", line.c_str());
   } catch (...) {

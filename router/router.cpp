@@ -207,7 +207,7 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   }
   if (device.in_oom_burst.load(std::memory_order_relaxed)) device.in_oom_burst.store(false, std::memory_order_relaxed);
   const auto address = reinterpret_cast<std::uintptr_t>(p);
-  g_table.insert(address, LiveBlock{bytes, block_size, d, async});
+  live_blocks().insert(address, LiveBlock{bytes, block_size, d, async});
   annotations::on_block_allocated(address, bytes);  // compute-sanitizer sees the block's own bounds
   Counters& mine = counters(d);
   mine.allocs.fetch_add(1, std::memory_order_relaxed);
@@ -225,7 +225,7 @@ bool still_held(DeviceState& device, CUdeviceptr p) noexcept {
   void* ptr = reinterpret_cast<void*>(p);
   {
     std::lock_guard<std::mutex> registry(g_threads_lock);
-    for (ThreadState* thread : *g_threads) {
+    for (ThreadState* thread : threads()) {
       std::lock_guard<SpinLock> guard(thread->lock);
       if (thread->batches[device.ordinal].holds(ptr)) return true;
     }
@@ -341,7 +341,7 @@ CUresult free(CUdeviceptr p) noexcept {
   if (g_pure_passthrough) return report_invalid_free(driver.cuMemFree(p), p);
   if (p == 0) return driver.cuMemFree(p);  // cudaFree(0) creates the context: the driver must see it
   LiveBlock block;
-  switch (g_table.erase(static_cast<std::uintptr_t>(p), &block)) {
+  switch (live_blocks().erase(static_cast<std::uintptr_t>(p), &block)) {
     case LiveBlockTable::EraseResult::unknown:
       // Freed long ago but still held for an importer: the driver must not free it under us.
       if (is_held_for_importers(p)) return report_invalid_free(CUDA_ERROR_INVALID_VALUE, p);
@@ -396,7 +396,7 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   if (g_pure_passthrough) return report_invalid_free(driver.cuMemFreeAsync(p, stream), p);
   if (p == 0) return driver.cuMemFreeAsync(p, stream);
   LiveBlock block;
-  switch (g_table.erase(static_cast<std::uintptr_t>(p), &block)) {
+  switch (live_blocks().erase(static_cast<std::uintptr_t>(p), &block)) {
     case LiveBlockTable::EraseResult::unknown:
       if (is_held_for_importers(p)) return report_invalid_free(CUDA_ERROR_INVALID_VALUE, p);
       return driver.cuMemFreeAsync(p, stream);
@@ -576,7 +576,7 @@ void on_capture_end(CUstream stream) noexcept {
 bool find_block(CUdeviceptr p, BlockInfo* out) noexcept {
   std::uintptr_t base = 0;
   LiveBlock block;
-  if (!g_table.find_containing(static_cast<std::uintptr_t>(p), &base, &block)) return false;
+  if (!live_blocks().find_containing(static_cast<std::uintptr_t>(p), &base, &block)) return false;
   if (out) *out = BlockInfo{static_cast<CUdeviceptr>(base), block.requested, block.device};
   return true;
 }

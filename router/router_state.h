@@ -64,12 +64,13 @@ extern std::atomic<int> g_active_captures;
 
 extern std::atomic<DeviceState*> g_devices[kMaxDevices];
 extern std::mutex g_devices_lock;  // creation only
-// Inline: serve and the free paths reach it on every call (a call here measured ~10 instructions a pair).
-inline LiveBlockTable& g_table_instance() {
+// Every live gpushim block of the process. Made on first use (a program may allocate from a static
+// constructor before this library's own have run) and never freed. Inline: serve and the free paths
+// reach it on every call (a call here measured ~10 instructions a pair).
+inline LiveBlockTable& live_blocks() {
   static LiveBlockTable* table = new LiveBlockTable();
   return *table;
 }
-#define g_table g_table_instance()
 
 extern std::atomic<std::uint64_t> g_stream_generation;  // bumped when a stream is destroyed: stale caches
 extern std::atomic<std::uint64_t> g_fork_generation;    // bumped in a forked child: parent handles are void

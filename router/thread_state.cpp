@@ -19,7 +19,7 @@ void close_all_thread_batches(DeviceState& device) noexcept {
   std::vector<Closed> closed;
   {
     std::lock_guard<std::mutex> registry(g_threads_lock);
-    for (ThreadState* thread : *g_threads) {
+    for (ThreadState* thread : threads()) {
       std::lock_guard<SpinLock> guard(thread->lock);
       PendingBatch& batch = thread->batches[device.ordinal];
       if (batch.empty()) continue;
@@ -37,7 +37,7 @@ void close_all_thread_batches(DeviceState& device) noexcept {
 std::uint64_t thread_pending_bytes(int ordinal) noexcept {
   std::uint64_t bytes = 0;
   std::lock_guard<std::mutex> registry(g_threads_lock);
-  for (ThreadState* thread : *g_threads) {
+  for (ThreadState* thread : threads()) {
     std::lock_guard<SpinLock> guard(thread->lock);
     bytes += thread->batches[ordinal].bytes();
   }

@@ -28,8 +28,7 @@ extern Counters g_retired[kMaxDevices];
 
 struct ThreadState;
 extern std::mutex g_threads_lock;  // registration, exit, and the out-of-memory sweep
-std::vector<ThreadState*>& threads();
-#define g_threads (&threads())
+std::vector<ThreadState*>& threads();  // every live ThreadState; under g_threads_lock
 
 // Set when this thread's ThreadState has been destroyed (thread exit, or exit() on the main thread):
 // calls that still arrive (static destructors freeing device memory) use the shared fallbacks.
@@ -44,7 +43,7 @@ struct ThreadState {
   ThreadState() {
     std::lock_guard<std::mutex> guard(g_threads_lock);
     try {
-      g_threads->push_back(this);
+      threads().push_back(this);
     } catch (...) {
     }
   }
@@ -54,7 +53,7 @@ struct ThreadState {
     t_state_gone = true;
     {
       std::lock_guard<std::mutex> guard(g_threads_lock);
-      g_threads->erase(std::remove(g_threads->begin(), g_threads->end(), this), g_threads->end());
+      threads().erase(std::remove(threads().begin(), threads().end(), this), threads().end());
     }
     std::lock_guard<SpinLock> guard(lock);
     for (int d = 0; d < kMaxDevices; ++d) {
