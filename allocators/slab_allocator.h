@@ -47,7 +47,7 @@ inline constexpr std::size_t kSlabTargetBytes = std::size_t{2} << 20;
 // gives freed blocks back in fenced batches of up to 64 blocks / 64 MiB, so a class of big blocks
 // (1 MiB: two per slab) sees up to 32 slabs go empty at once and is asked for them again right after.
 // With one idle slab per class, every batch unmapped and remapped 31 slabs: 1 MiB pairs cost 42 us on
-// the H100 (a map and an unmap are ~80 us together, DESIGN.md) instead of ~0.4 us. 256 MiB covers four
+// the H100 (a map and an unmap are ~80 us together, docs/measured-facts.md) instead of ~0.4 us. 256 MiB covers four
 // threads' full batches; it is cached memory (cuMemGetInfo counts it as free, and release_cached()
 // drops it when an allocation misses), like the vmm arena's release threshold (8 GiB by default).
 inline constexpr std::size_t kDefaultSlabIdleBytes = std::size_t{256} << 20;

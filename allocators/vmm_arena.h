@@ -3,7 +3,7 @@
 // given back above a threshold. Memory comes only from a MemoryProvider, so the same code runs on the
 // GPU (CudaVmmProvider) and on host memory (HostProvider) in the CPU tests.
 //
-// Why a VMM arena: DESIGN.md measured cudaMalloc at 2-100 us and cudaFree at up to 640 us per call, while
+// Why a VMM arena: docs/measured-facts.md measured cudaMalloc at 2-100 us and cudaFree at up to 640 us per call, while
 // mapping costs 45-75 us per step regardless of the block count it serves. Reserving address space is
 // nearly free (14 us for 1 TiB), so one reservation per device lets a large block always be served from
 // contiguous addresses by mapping more memory right behind the free tail, without moving anything.
@@ -38,7 +38,7 @@ namespace gpushim {
 // 14 us on the H100). Falls back to smaller reservations when the provider refuses.
 inline constexpr std::size_t kDefaultVmmReserve = std::size_t{256} << 30;
 // 32 MiB per growth: one map step costs ~45 us at 2 MiB and ~75 us at 512 MiB (cuMemCreate + cuMemMap +
-// cuMemSetAccess, DESIGN.md), so 2 MiB steps would pay that every 2 MiB of growth; 32 MiB pays it 16x
+// cuMemSetAccess, docs/measured-facts.md), so 2 MiB steps would pay that every 2 MiB of growth; 32 MiB pays it 16x
 // less often while staying well under 0.1% of an 80 GB device. Larger requests map what they need.
 inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{32} << 20;
 // Keep up to 8 GiB of idle physical memory mapped. Measured on the H100 (PyTorch transformer, sequence

@@ -1,4 +1,4 @@
-"""Macro benchmark: a CuPy loop of matrix products and FFTs on shapes that change every iteration (issue 5).
+"""Macro benchmark: a CuPy loop of matrix products and FFTs on shapes that change every iteration.
 
 One iteration ("op"): draw two n x n float32 matrices, multiply them (cuBLAS), take a 2-D real FFT of the
 product and back (cuFFT), a 1-D complex FFT of a vector whose length is not a power of two, a few small

@@ -35,7 +35,7 @@ UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
 
 
 def parse_gpushim_stats(text):
-    """Rows of the GPUSHIM_STATS table (notes/stats_format.md): 'gpushim: <device> <backend> <allocs>
+    """Rows of the GPUSHIM_STATS table (docs/configuration.md, "The statistics table"): 'gpushim: <device> <backend> <allocs>
     <frees> <failed> <n> <unit> <n> <unit> <n> <unit>'. Header and other gpushim lines are skipped."""
     rows = []
     for line in text.splitlines():

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Macro benchmarks of issue 5, every configuration in its own process, one after another on the same GPU,
+# Macro benchmarks, every configuration in its own process, one after another on the same GPU,
 # in one invocation: the PyTorch transformer training loop and the CuPy FFT/matmul loop, each under the
 # peers (the frameworks' own allocators) and under every gpushim backend. Prints the tables last.
 # The same configuration moves by up to +-25% from one process to the next (measured on the H100), so one

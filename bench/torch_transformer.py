@@ -1,4 +1,4 @@
-"""Macro benchmark: a PyTorch training loop whose allocation pattern changes every step (issue 5).
+"""Macro benchmark: a PyTorch training loop whose allocation pattern changes every step.
 
 nn.TransformerEncoder, 12 layers, d_model 1024, 16 heads, feed-forward 4096, batch-first, batch 16, AdamW,
 fp32. The sequence length cycles through 128, 256, 384, 512, 192, 448, 320, 64, one step each, so every step

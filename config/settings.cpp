@@ -18,7 +18,7 @@ constexpr std::uint64_t KiB = 1024;
 constexpr std::uint64_t MiB = 1024 * KiB;
 constexpr std::uint64_t GiB = 1024 * MiB;
 
-// The VMM granularity measured on the H100 (DESIGN.md). Mapping less than this is impossible, so a
+// The VMM granularity measured on the H100 (docs/measured-facts.md). Mapping less than this is impossible, so a
 // reserve or growth step below it is a typo, not a choice.
 constexpr std::uint64_t kMinMappingSize = 2 * MiB;
 // cudaMalloc's alignment: no block is smaller than this, so a smaller size bound means nothing.

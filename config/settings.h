@@ -38,17 +38,17 @@ struct Settings {
   std::uint64_t vmm_grow_step = 0;     // GPUSHIM_VMM_GROW_STEP: physical memory mapped per growth
   std::uint64_t vmm_release_threshold = 0;  // GPUSHIM_VMM_RELEASE_THRESHOLD: idle bytes kept mapped
 
-  // other backends (issue 3)
+  // other backends
   std::uint64_t buddy_region = 0;      // GPUSHIM_BUDDY_REGION: size of one buddy region
   std::uint64_t slab_max_size = 0;     // GPUSHIM_SLAB_MAX_SIZE: largest size the slab serves
   std::uint64_t tiered_split = 0;      // GPUSHIM_TIERED_SPLIT: sizes up to this go to the slab
   std::uint64_t mempool_release_threshold = 0;  // GPUSHIM_MEMPOOL_RELEASE_THRESHOLD
 
-  // tracing (issue 4)
+  // tracing
   std::string trace_path;              // GPUSHIM_TRACE: %p = pid, %r = rank
   int trace_stack = 0;                 // GPUSHIM_TRACE_STACK: return addresses per allocation
 
-  // peers (issue 6)
+  // peers
   std::string peers;                   // GPUSHIM_PEERS: "", "all", "0,1,..."
   std::string placement;               // GPUSHIM_PLACEMENT: local, interleave, spill
 

@@ -2,7 +2,7 @@
 // from the driver's.
 //
 // The driver cannot export gpushim memory itself (cuIpcGetMemHandle on VMM-mapped memory returns
-// CUDA_ERROR_INVALID_VALUE, DESIGN.md), so gpushim's handle names an export kept by the exporting
+// CUDA_ERROR_INVALID_VALUE, docs/measured-facts.md), so gpushim's handle names an export kept by the exporting
 // process: who exported (pid + a random per-process token, so a recycled pid is not mistaken for the
 // exporter) and which export (id). The importer asks the exporter for the physical memory's file
 // descriptors (ipc/export_server.h) and maps them itself.

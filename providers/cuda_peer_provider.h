@@ -7,7 +7,7 @@
 // reserve = cuMemAddressReserve, as CudaVmmProvider. map() asks the placement policy which device backs
 // each granule, then per segment cuMemCreate with location = that device and cuMemMap at the segment's
 // address, then ONE cuMemSetAccess over the whole range with one read-write descriptor per participating
-// device (cuMemSetAccess costs 30-54 us whatever the size, DESIGN.md). No context is created on the peers:
+// device (cuMemSetAccess costs 30-54 us whatever the size, docs/measured-facts.md). No context is created on the peers:
 // cuMemCreate names the device in its location, and VMM access needs no cuCtxEnablePeerAccess. This is
 // how CUDA's simpleMallocMultiDeviceMmap sample stripes memory over devices.
 // unmap = cuMemUnmap + cuMemRelease per segment of exactly what one map() mapped.

@@ -1,7 +1,7 @@
 // The CUDA virtual memory management steps both CUDA providers take, written once: CudaVmmProvider
 // (one device, shareable for IPC) and CudaPeerProvider (memory placed on several devices) differ in
 // which device backs what and who is told about it, not in how physical memory is created, mapped,
-// made accessible and given back. Costs of each call in DESIGN.md.
+// made accessible and given back. Costs of each call in docs/measured-facts.md.
 // Calls the real driver only (driver/real_driver.h), never gpushim's hooks.
 #pragma once
 

@@ -49,7 +49,7 @@ std::vector<std::string> format_oom_report(const OomReport& r) {
 }
 
 std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
-  // Column widths reproduce the header of stats_format.md character for character.
+  // Column widths reproduce the header of docs/configuration.md character for character.
   static const char* const kRowFormat = "%6s %-7s %12s %10s %10s %16s %11s %14s";
   std::vector<std::string> lines;
   char line[512];

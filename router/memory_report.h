@@ -48,8 +48,9 @@ struct StatsRow {
   std::uint64_t peak_reserved = 0;
 };
 
-// The header and one line per row, exactly as /work/notes/stats_format.md fixes them (whitespace-
-// separated; byte columns are format_bytes "<number> <unit>" pairs). Rows with no call are left out.
+// The header and one line per row, exactly as docs/configuration.md ("The statistics table") shows
+// them (whitespace-separated; byte columns are format_bytes "<number> <unit>" pairs). Rows with no call
+// are left out.
 std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows);
 
 }  // namespace gpushim

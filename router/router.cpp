@@ -69,8 +69,9 @@ std::atomic<bool> g_program_created_stream{false};  // true once the work is no 
 std::atomic<int> g_blocking_streams_created{0};
 bool g_fence_always = false;  // GPUSHIM_FREE_FENCE=always, read once in ensure_started()
 // GPUSHIM_BACKEND=passthrough with nothing to count, trace or cap: every call is the driver's own, with
-// no bookkeeping (the driver itself answers invalid and double frees). Issue 5's bound: passthrough
-// adds at most 30 ns per call over no preload; the router's bookkeeping alone was ~300 instructions.
+// no bookkeeping (the driver itself answers invalid and double frees). The target (docs/benchmarks.md):
+// passthrough adds at most 30 ns per call over no preload; the router's bookkeeping alone was ~300
+// instructions.
 bool g_pure_passthrough = false;
 
 CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The multi-GPU check of issue 6 (peer-mapped memory, docs/peers.md), for a lent machine with >= 2 GPUs:
+# The multi-GPU check of peer-mapped memory (docs/peers.md), for a lent machine with >= 2 GPUs:
 #   1. build libgpushim.so, test_apps/peer_access and tests/peers_cuda_provider_test (when GoogleTest is there),
 #   2. peers_cuda_provider_test (the provider alone, on the real driver),
 #   3. peer_access under gpushim for every placement (local, interleave, spill),

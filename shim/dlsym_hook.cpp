@@ -1,5 +1,5 @@
 // gpushim's dlsym. The CUDA runtime gets the driver with dlopen("libcuda.so.1") and
-// dlsym(h, "cuGetProcAddress_v2") (DESIGN.md); PyTorch looks up cuMemFree_v2 the same way. We answer
+// dlsym(h, "cuGetProcAddress_v2") (docs/measured-facts.md); PyTorch looks up cuMemFree_v2 the same way. We answer
 // those names with gpushim's functions and every other lookup with exactly what glibc would answer.
 //
 // Two things make a dlsym hook tricky, both handled here:

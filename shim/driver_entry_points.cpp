@@ -1,5 +1,5 @@
 // The driver entry points gpushim serves: each turns a CUDA call into a router request, or calls the
-// real driver and tells the router what happened to a stream. No policy here (STYLE.md, rule 1).
+// real driver and tells the router what happened to a stream. No policy here: the router decides.
 //
 // Without a driver (libcuda.so.1 absent) every entry point answers CUDA_ERROR_NOT_INITIALIZED and
 // touches nothing: that is what a program would see from a driver it could not initialise.

@@ -78,7 +78,7 @@ SubstitutionRows substitution_table() noexcept {
      "cuIpcOpenMemHandle", nullptr},
     {"cuIpcCloseMemHandle", 4010, address(cuIpcCloseMemHandle), address(cuIpcCloseMemHandle),
      "cuIpcCloseMemHandle", nullptr},
-    // Asked for itself (the runtime does: DESIGN.md), so every later lookup also goes through us.
+    // Asked for itself (the runtime does: docs/measured-facts.md), so every later lookup also goes through us.
     {"cuGetProcAddress", 12000, address(cuGetProcAddress_v2), address(cuGetProcAddress_v2), "cuGetProcAddress_v2",
      nullptr},
     {"cuGetProcAddress", 11030, address(gpushim_cuGetProcAddress_v1), address(gpushim_cuGetProcAddress_v1),

@@ -1,6 +1,6 @@
 // cuPointerGetAttribute(s) and cuMemGetAddressRange for gpushim blocks: the block's own start and
 // requested size, as cuMemAlloc memory would report. The driver alone would report the whole range
-// one cuMemSetAccess covered (DESIGN.md: 4 MiB for a pointer in the second of two mapped granules),
+// one cuMemSetAccess covered (docs/measured-facts.md: 4 MiB for a pointer in the second of two mapped granules),
 // which breaks programs that find an allocation's extent this way (PyTorch's IPC does).
 //
 // The real driver always answers first, so errors, contexts and every other attribute are exactly the

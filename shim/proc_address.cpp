@@ -1,6 +1,6 @@
 // gpushim's cuGetProcAddress: the driver answers first, then the answer is swapped for gpushim's own
 // function where the one table (driver_substitutions.cpp) says so. The CUDA runtime (static or shared)
-// resolves every entry point through this function once it has it (DESIGN.md), so this is where
+// resolves every entry point through this function once it has it (docs/measured-facts.md), so this is where
 // cudaMalloc & co. are caught.
 #include <atomic>
 

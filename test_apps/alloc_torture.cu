@@ -1,6 +1,6 @@
 // alloc_torture through the CUDA runtime API. The same source builds twice: against the static runtime
 // (nvcc's default) and against libcudart.so (-cudart shared); the two reach the driver differently
-// enough (DESIGN.md) that gpushim must be proven under both.
+// enough (docs/measured-facts.md) that gpushim must be proven under both.
 #include <cuda_runtime.h>
 
 #include "kernels/pattern_kernels.h"

@@ -134,7 +134,7 @@ int backing_device(const void* address) {
   return prop.location.id;
 }
 
-constexpr std::size_t kGranule = std::size_t{2} << 20;  // the H100's VMM granularity (DESIGN.md)
+constexpr std::size_t kGranule = std::size_t{2} << 20;  // the H100's VMM granularity (docs/measured-facts.md)
 
 // Backing device of each 2 MiB granule of [block, block+bytes).
 std::vector<int> granule_devices(const void* block, std::size_t bytes) {

@@ -1,5 +1,5 @@
 // `gpushim trace summary|report|export|replay|compress`: parsing only; the work is in
-// tracing/trace_tool_commands.cpp. A failing subcommand ends the program with its exit code through
+// analysis/trace_tool_commands.cpp. A failing subcommand ends the program with its exit code through
 // CLI::RuntimeError (2: the trace is unreadable, the message names the byte offset).
 #include "tools/trace_commands.h"
 

@@ -17,7 +17,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// cudaMalloc's documented alignment; gpushim promises the same (DESIGN.md, "Semantics").
+// cudaMalloc's documented alignment; gpushim promises the same (docs/measured-facts.md, "Semantics").
 constexpr std::uintptr_t kRequiredAlignment = 256;
 // Races use blocks big enough that a reader and a writer overlap in time on the GPU, small enough that
 // twelve of them per thread stay far inside the budget.

@@ -34,7 +34,7 @@ def checksums(stdout):
 
 
 def served_allocations(stderr, backend):
-    """Sum of the allocs column over the stats lines of `backend` (notes/stats_format.md)."""
+    """Sum of the allocs column over the stats lines of `backend` (docs/configuration.md, "The statistics table")."""
     total = 0
     for line in stderr.splitlines():
         fields = line.split()

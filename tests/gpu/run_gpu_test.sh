@@ -8,7 +8,7 @@
 # (a framework that is not installed); a command that skips only under gpushim (e.g. torch finds no CUDA
 # device once gpushim is loaded) fails. With --backend B (not "none") the command runs with libgpushim.so preloaded,
 # GPUSHIM_BACKEND=B and GPUSHIM_STATS=1, and passes only if it succeeds AND gpushim's exit statistics
-# (stderr, format in notes/stats_format.md) show backend B served at least one allocation: a test that
+# (stderr, format in docs/configuration.md) show backend B served at least one allocation: a test that
 # passes because nothing was intercepted proves nothing.
 set -u
 # shellcheck source=tests/gpu/gpu_test_options.sh
