@@ -50,6 +50,13 @@ export PATH="$PATH:/usr/local/cuda/bin"
 have_header() {  # have_header RELATIVE_PATH: in .carry/include or the system include dirs
   [ -f "$repo/.carry/include/$1" ] || [ -f "/usr/include/$1" ] || [ -f "/usr/local/include/$1" ]
 }
+# The test apps read their options with CLI11: without it alloc_torture and alloc_bench are not built and
+# the check could test nothing. The GPU machine has no apt: carry the headers (scripts/carry_headers.sh).
+if ! have_header CLI/CLI.hpp; then
+  note "FAIL: CLI11 (CLI/CLI.hpp) not in .carry/include or the system: run scripts/carry_headers.sh on a"
+  note "      machine that has it (scripts/setup.sh installs it) and carry .carry with the tree"
+  exit 1
+fi
 tools=OFF
 if have_header CLI/CLI.hpp && have_header nlohmann/json.hpp; then tools=ON; fi
 tests=OFF

@@ -1,7 +1,7 @@
 // alloc_bench: host time of one allocation + free pair, by size, thread count and pattern, for whatever
 // allocator the program runs under. It knows nothing of gpushim: run it once plainly (the cudaMalloc and
 // cudaMallocAsync columns) and once per gpushim backend under LD_PRELOAD, and put the CSV rows side by
-// side (scripts/gpu_bench_table.py does). Method (device library METHOD.md): warm up, many repetitions,
+// side (scripts/gpu_bench_table.py does). Method: warm up, many repetitions,
 // medians and 99th percentiles of per-pair times, the clock's own cost measured and subtracted.
 #include <cuda_runtime.h>
 
@@ -18,6 +18,8 @@
 #include <thread>
 #include <vector>
 
+#include "test_apps/alloc_bench_options.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
@@ -33,8 +35,6 @@ using Clock = std::chrono::steady_clock;
     }                                                                                                 \
   } while (0)
 
-enum class Api { runtime, async };
-enum class Pattern { pairs, window, random };
 
 const char* api_name(Api api) { return api == Api::runtime ? "runtime" : "async"; }
 const char* api_calls(Api api) {
@@ -58,55 +58,11 @@ constexpr std::uint64_t kMaxReps = 50000;
 // A cell stops at this multiple of its budget even if slow threads have not finished their repetitions.
 constexpr double kCellDeadlineFactor = 4.0;
 
-struct Options {
-  std::vector<Api> apis = {Api::runtime};
-  std::vector<Pattern> patterns = {Pattern::pairs, Pattern::window, Pattern::random};
-  std::vector<std::uint64_t> sizes = {256, 4ull << 10, 64ull << 10, 1ull << 20, 16ull << 20, 256ull << 20,
-                                      1ull << 30};
-  std::vector<int> threads = {1, 4, 16};
-  double cell_ms = 300;
-  std::string label;
-  std::string csv_path;
-  std::uint64_t seed = 1;
-};
 
 struct CellResult {
   std::uint64_t samples = 0;
   double median_ns = 0, p99_ns = 0, mean_ns = 0, pairs_per_s = 0;
 };
-
-// --- small parsing helpers -------------------------------------------------------------------------
-
-bool parse_size(const std::string& text, std::uint64_t* out) {
-  char* end = nullptr;
-  const double value = std::strtod(text.c_str(), &end);
-  if (end == text.c_str() || value <= 0) return false;
-  double scale = 1;
-  switch (*end) {
-    case 'k': case 'K': scale = 1024.0; ++end; break;
-    case 'm': case 'M': scale = 1024.0 * 1024; ++end; break;
-    case 'g': case 'G': scale = 1024.0 * 1024 * 1024; ++end; break;
-    default: break;
-  }
-  if (*end == 'i') ++end;
-  if (*end == 'B' || *end == 'b') ++end;
-  if (*end != '\0') return false;
-  *out = std::uint64_t(value * scale);
-  return true;
-}
-
-std::vector<std::string> split(const std::string& text) {
-  std::vector<std::string> parts;
-  std::size_t start = 0;
-  while (start <= text.size()) {
-    const std::size_t comma = text.find(',', start);
-    const std::size_t end = comma == std::string::npos ? text.size() : comma;
-    if (end > start) parts.push_back(text.substr(start, end - start));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return parts;
-}
 
 std::string format_size(std::uint64_t bytes) {
   char buffer[32];
@@ -115,81 +71,6 @@ std::string format_size(std::uint64_t bytes) {
   else if (bytes >= (1ull << 10) && bytes % (1ull << 10) == 0) std::snprintf(buffer, sizeof buffer, "%lluK", (unsigned long long)(bytes >> 10));
   else std::snprintf(buffer, sizeof buffer, "%llu", (unsigned long long)bytes);
   return buffer;
-}
-
-void usage(const char* program) {
-  std::fprintf(stderr,
-      "usage: %s [--api runtime,async] [--patterns pairs,window,random] [--sizes 256,4K,...,1G]\n"
-      "          [--threads 1,4,16] [--cell-ms MS] [--label NAME] [--csv FILE] [--seed N] [--quick]\n"
-      "  runtime = cudaMalloc/cudaFree, async = cudaMallocAsync/cudaFreeAsync on a warm default pool.\n"
-      "  pairs: alloc then free; window: free the oldest of up to 64 live blocks; random: sizes\n"
-      "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand').\n"
-      "  --csv appends one line per cell (header when the file is new):\n"
-      "  label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s\n",
-      program);
-}
-
-bool parse_options(int argc, char** argv, Options* o) {
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&](std::string* out) {
-      if (i + 1 >= argc) return false;
-      *out = argv[++i];
-      return true;
-    };
-    std::string v;
-    if (arg == "--help" || arg == "-h") {
-      usage(argv[0]);
-      std::exit(0);
-    } else if (arg == "--quick") {
-      o->cell_ms = 100;
-    } else if (arg == "--api" && value(&v)) {
-      o->apis.clear();
-      for (const std::string& p : split(v)) {
-        if (p == "runtime" || p == "cudaMalloc") o->apis.push_back(Api::runtime);
-        else if (p == "async" || p == "cudaMallocAsync") o->apis.push_back(Api::async);
-        else return usage(argv[0]), false;
-      }
-    } else if (arg == "--patterns" && value(&v)) {
-      o->patterns.clear();
-      for (const std::string& p : split(v)) {
-        if (p == "pairs") o->patterns.push_back(Pattern::pairs);
-        else if (p == "window") o->patterns.push_back(Pattern::window);
-        else if (p == "random") o->patterns.push_back(Pattern::random);
-        else return usage(argv[0]), false;
-      }
-    } else if (arg == "--sizes" && value(&v)) {
-      o->sizes.clear();
-      for (const std::string& p : split(v)) {
-        std::uint64_t s = 0;
-        if (!parse_size(p, &s)) return usage(argv[0]), false;
-        o->sizes.push_back(s);
-      }
-    } else if (arg == "--threads" && value(&v)) {
-      o->threads.clear();
-      for (const std::string& p : split(v)) {
-        const int t = std::atoi(p.c_str());
-        if (t < 1 || t > 1024) return usage(argv[0]), false;
-        o->threads.push_back(t);
-      }
-    } else if (arg == "--cell-ms" && value(&v)) {
-      o->cell_ms = std::atof(v.c_str());
-      if (o->cell_ms <= 0) return usage(argv[0]), false;
-    } else if (arg == "--label" && value(&v)) {
-      o->label = v;
-    } else if (arg == "--csv" && value(&v)) {
-      o->csv_path = v;
-    } else if (arg == "--seed" && value(&v)) {
-      o->seed = std::strtoull(v.c_str(), nullptr, 10);
-    } else {
-      std::fprintf(stderr, "alloc_bench: bad or incomplete argument %s\n", arg.c_str());
-      usage(argv[0]);
-      return false;
-    }
-  }
-  if (o->apis.empty() || o->patterns.empty() || o->sizes.empty() || o->threads.empty())
-    return usage(argv[0]), false;
-  return true;
 }
 
 // Without --label: "gpushim-<backend>" when gpushim is preloaded, else "none".

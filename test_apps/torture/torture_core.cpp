@@ -1,5 +1,7 @@
 #include "test_apps/torture/torture_core.h"
 
+#include <CLI/CLI.hpp>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -9,8 +11,11 @@
 #include <cstring>
 #include <mutex>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include "config/settings.h"
 
 namespace torture {
 namespace {
@@ -266,86 +271,45 @@ class Worker {
   Result result_;
 };
 
-bool parse_size_argument(const char* text, std::uint64_t* out) {
-  char* end = nullptr;
-  const double value = std::strtod(text, &end);
-  if (end == text || value < 0) return false;
-  double scale = 1;
-  if (*end == 'k' || *end == 'K') scale = 1024.0, ++end;
-  else if (*end == 'm' || *end == 'M') scale = 1024.0 * 1024, ++end;
-  else if (*end == 'g' || *end == 'G') scale = 1024.0 * 1024 * 1024, ++end;
-  if (*end == 'i') ++end;
-  if (*end == 'B' || *end == 'b') ++end;
-  if (*end != '\0') return false;
-  *out = std::uint64_t(value * scale);
-  return true;
-}
-
-void print_usage(const char* program) {
-  std::fprintf(stderr,
-               "usage: %s [--threads N] [--seconds S] [--iterations N] [--max-size BYTES] [--budget BYTES]\n"
-               "          [--spin-us US] [--race-every N] [--max-races N] [--seed N]\n"
-               "Allocates, fills, verifies and frees random blocks from many threads and streams, and runs\n"
-               "the free-safety race; exits 0 when every block kept its pattern, 1 on any mismatch,\n"
-               "2 on a failed CUDA call. Sizes accept K/M/G suffixes (powers of 1024).\n",
-               program);
+// A size as GPUSHIM_ variables read it (config/settings.h, parse_size: "64K" = 65536, "2GB" =
+// 2,000,000,000); CLI11 prints the message.
+std::string check_size(const std::string& text) {
+  std::uint64_t bytes = 0;
+  if (!gpushim::parse_size(text.c_str(), &bytes) || bytes == 0)
+    return "not a size: " + text + " (write 4096, 64K, 256MiB, 2GB)";
+  return {};
 }
 
 }  // namespace
 
 bool parse_options(int argc, char** argv, Options* options) {
-  for (int i = 1; i < argc; ++i) {
-    const char* arg = argv[i];
-    const char* value = i + 1 < argc ? argv[i + 1] : nullptr;
-    auto need_value = [&]() {
-      if (value == nullptr) std::fprintf(stderr, "alloc_torture: %s needs a value\n", arg);
-      return value != nullptr;
-    };
-    std::uint64_t number = 0;
-    bool ok = true;
-    if (std::strcmp(arg, "--help") == 0 || std::strcmp(arg, "-h") == 0) {
-      print_usage(argv[0]);
-      std::exit(0);
-    } else if (std::strcmp(arg, "--threads") == 0) {
-      ok = need_value() && parse_size_argument(value, &number) && number >= 1 && number <= 256;
-      options->threads = int(number);
-      ++i;
-    } else if (std::strcmp(arg, "--seconds") == 0) {
-      ok = need_value() && (options->seconds = std::atof(value)) > 0;
-      ++i;
-    } else if (std::strcmp(arg, "--iterations") == 0) {
-      ok = need_value() && parse_size_argument(value, &options->iterations);
-      ++i;
-    } else if (std::strcmp(arg, "--max-size") == 0) {
-      ok = need_value() && parse_size_argument(value, &options->max_size) && options->max_size >= 1;
-      ++i;
-    } else if (std::strcmp(arg, "--budget") == 0) {
-      ok = need_value() && parse_size_argument(value, &options->budget) && options->budget >= 1;
-      ++i;
-    } else if (std::strcmp(arg, "--spin-us") == 0) {
-      ok = need_value() && parse_size_argument(value, &number);
-      options->spin_us = std::uint32_t(number);
-      ++i;
-    } else if (std::strcmp(arg, "--race-every") == 0) {
-      ok = need_value() && parse_size_argument(value, &number);
-      options->race_every = int(number);
-      ++i;
-    } else if (std::strcmp(arg, "--max-races") == 0) {
-      ok = need_value() && parse_size_argument(value, &number);
-      options->max_races = int(number);
-      ++i;
-    } else if (std::strcmp(arg, "--seed") == 0) {
-      ok = need_value() && parse_size_argument(value, &options->seed);
-      ++i;
-    } else {
-      std::fprintf(stderr, "alloc_torture: unknown argument %s\n", arg);
-      ok = false;
-    }
-    if (!ok) {
-      print_usage(argv[0]);
-      return false;
-    }
+  CLI::App app{
+      "Allocates, fills, verifies and frees random blocks from many threads and streams, and runs the\n"
+      "free-safety race; exits 0 when every block kept its pattern, 1 on any mismatch, 2 on a failed\n"
+      "CUDA call.",
+      "alloc_torture"};
+  std::string max_size, budget;
+  app.add_option("--threads", options->threads, "host threads")->check(CLI::Range(1, 256));
+  app.add_option("--seconds", options->seconds, "wall-clock bound of the random phase")->check(CLI::PositiveNumber);
+  app.add_option("--iterations", options->iterations, "per-thread bound on operations; 0 = only --seconds");
+  app.add_option("--max-size", max_size, "largest random block (a size: 256MiB, 2GB)")
+      ->check(CLI::Validator(check_size, "SIZE"));
+  app.add_option("--budget", budget, "live bytes of all threads together stay under this (a size)")
+      ->check(CLI::Validator(check_size, "SIZE"));
+  app.add_option("--spin-us", options->spin_us, "how long the long reader of a race keeps reading");
+  app.add_option("--race-every", options->race_every, "one free-safety race every N operations")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--max-races", options->max_races, "races per thread")->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", options->seed, "random seed");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    if (code == 0) std::exit(0);  // --help
+    return false;
   }
+  if (!max_size.empty()) gpushim::parse_size(max_size.c_str(), &options->max_size);  // checked above
+  if (!budget.empty()) gpushim::parse_size(budget.c_str(), &options->budget);
   return true;
 }
 

@@ -10,6 +10,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "kernels/pattern.h"
@@ -197,6 +198,37 @@ TEST(TortureCore, PatternDiffersBetweenTagsAndOffsets) {
     same += gpushim::kernels::pattern_word(1, i) == gpushim::kernels::pattern_word(2, i);
   EXPECT_LT(same, 2);
   EXPECT_NE(gpushim::kernels::pattern_word(1, 0), gpushim::kernels::pattern_word(1, 1));
+}
+
+// Sizes on the command line mean what they mean in GPUSHIM_ variables: "2GB" is 2,000,000,000 bytes,
+// "2GiB" and "2G" are 2^31 (the hand parser this replaced read "2GB" as 2^31).
+torture::Options parsed(std::vector<std::string> words, bool* ok) {
+  words.insert(words.begin(), "alloc_torture");
+  std::vector<char*> argv;
+  for (std::string& word : words) argv.push_back(word.data());
+  torture::Options options;
+  *ok = torture::parse_options(static_cast<int>(argv.size()), argv.data(), &options);
+  return options;
+}
+
+TEST(TortureOptions, SizesAreReadAsTheSettingsReadThem) {
+  bool ok = false;
+  EXPECT_EQ(parsed({"--max-size", "2GB"}, &ok).max_size, 2000000000ull);
+  EXPECT_TRUE(ok);
+  EXPECT_EQ(parsed({"--budget", "2GiB"}, &ok).budget, 2ull << 30);
+  EXPECT_EQ(parsed({"--budget", "2G"}, &ok).budget, 2ull << 30);
+  EXPECT_EQ(parsed({"--max-size", "64K", "--threads", "3"}, &ok).max_size, 64ull << 10);
+  EXPECT_TRUE(ok);
+}
+
+TEST(TortureOptions, BadValuesAreRefused) {
+  bool ok = true;
+  parsed({"--max-size", "4X"}, &ok);
+  EXPECT_FALSE(ok);
+  parsed({"--threads", "0"}, &ok);
+  EXPECT_FALSE(ok);
+  parsed({"--no-such-option"}, &ok);
+  EXPECT_FALSE(ok);
 }
 
 }  // namespace

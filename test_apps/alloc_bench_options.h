@@ -1,0 +1,27 @@
+// alloc_bench's command line (test_apps/alloc_bench.cu). Plain C++, compiled by the host compiler: CLI11
+// parses the options and config/'s size parser reads sizes as GPUSHIM_ variables do ("4K" = 4096,
+// "2GB" = 2,000,000,000, "1GiB" = 2^30).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+enum class Api { runtime, async };
+enum class Pattern { pairs, window, random };
+
+struct Options {
+  std::vector<Api> apis = {Api::runtime};
+  std::vector<Pattern> patterns = {Pattern::pairs, Pattern::window, Pattern::random};
+  std::vector<std::uint64_t> sizes = {256, 4ull << 10, 64ull << 10, 1ull << 20, 16ull << 20, 256ull << 20,
+                                      1ull << 30};
+  std::vector<int> threads = {1, 4, 16};
+  double cell_ms = 300;
+  std::string label;
+  std::string csv_path;
+  std::uint64_t seed = 1;
+};
+
+// Fills `o` from argv. --help prints the usage and exits 0; a bad option prints what is wrong and the
+// usage, and returns false.
+bool parse_options(int argc, char** argv, Options* o);
