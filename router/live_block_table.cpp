@@ -173,7 +173,15 @@ void LiveBlockTable::totals(int device, std::uint64_t* bytes, std::uint64_t* cou
 }
 
 void LiveBlockTable::reset_after_fork() noexcept {
-  for (Shard& shard : shards_) shard.lock.reset();
+  for (Shard& shard : shards_) {
+    shard.lock.reset();
+    // The parent's blocks live in the parent's contexts, which the child does not have: forgotten, a
+    // parent pointer is a stranger whose free goes to the driver (and the slots stay for the child's own).
+    for (std::size_t i = 0; shard.slots && i <= shard.capacity_mask; ++i) shard.slots[i] = Slot{};
+    shard.occupied = 0;
+    for (RecentErase& recent : shard.recent) recent = RecentErase{};
+    shard.next_recent = 0;
+  }
 }
 
 }  // namespace gpushim

@@ -61,7 +61,8 @@ class LiveBlockTable {
   // Sum of requested sizes and count of live blocks of `device`.
   void totals(int device, std::uint64_t* bytes, std::uint64_t* count) const noexcept;
 
-  // In a forked child only one thread exists; a lock some other parent thread held is garbage.
+  // In a forked child only one thread exists; a lock some other parent thread held is garbage, and the
+  // parent's blocks are not the child's: forgets every block and every recent free.
   void reset_after_fork() noexcept;
 
   static std::size_t shard_of(std::uintptr_t p) noexcept {

@@ -351,7 +351,7 @@ CUresult free(CUdeviceptr p) noexcept {
     case LiveBlockTable::EraseResult::erased: break;
   }
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
-  if (!device) return CUDA_ERROR_INVALID_VALUE;  // cannot happen: a live block's device exists
+  if (!device) return CUDA_ERROR_INVALID_VALUE;  // a live block's device exists (a fork forgets both)
   counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->properties.id);

@@ -21,8 +21,7 @@ foreach(backend vmm buddy slab tiered passthrough mempool)
   # GPUSHIM_STATS=1: passthrough without anything to count is a pure forward to the driver (router.cpp,
   # g_pure_passthrough); these tests are about the router's own bookkeeping, so they ask for counting.
   set(environment "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
-  add_test(NAME router_e2e.${backend} COMMAND router_end_to_end_test)
-  set_tests_properties(router_e2e.${backend} PROPERTIES ENVIRONMENT "${environment}" TIMEOUT 120)
+  gpushim_discover_tests(router_end_to_end_test router_e2e.${backend} ENV "${environment}")
   add_test(NAME router_e2e_limit.${backend} COMMAND router_end_to_end_test --gtest_filter=*Limit*)
   set_tests_properties(router_e2e_limit.${backend} PROPERTIES TIMEOUT 120
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT

@@ -4,14 +4,18 @@
 // LD_PRELOAD=libgpushim.so, and once more per backend under GPUSHIM_LIMIT.
 //
 // Besides results, the tests read the fake's call counters: that is how "a pair in steady state makes no
-// driver call but cuCtxGetCurrent" and "at most one fence per 64 frees" are checked without a GPU.
+// driver call but cuCtxGetCurrent" and "at most one fence per batch of frees" are checked without a GPU.
 #include <cuda.h>
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 #include <map>
 #include <random>
 #include <set>
@@ -20,18 +24,24 @@
 #include <utility>
 #include <vector>
 
+#include "router/free_fence_queue.h"
+#include "tracing/backend_id.h"
+#include "tracing/trace_format.h"
+#include "tracing/trace_recorder.h"
+
 extern "C" {
 int fake_cuda_calls(const char* symbol);
 long fake_cuda_total_calls();
 void fake_cuda_hold_gpu(int held);
 std::size_t fake_cuda_physical_bytes(int device);
 int fake_cuda_device_of(CUdeviceptr p);
+int fake_cuda_records_on_destroyed_streams();
 }
 
 namespace {
 
 constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
-constexpr std::size_t kFenceBatch = 64;  // router/free_fence_queue.h: a fence per at most 64 cuMemFree
+constexpr std::size_t kFenceBatch = gpushim::kBatchMaxBlocks;  // a fence per at most this many cuMemFree
 
 std::string backend() {
   const char* name = std::getenv("GPUSHIM_BACKEND");
@@ -157,8 +167,10 @@ TEST_F(RouterEndToEnd, SteadyStatePairsMakeNoDriverCallButFences) {
       EXPECT_EQ(total, 2L * kPairs);
       continue;
     }
-    EXPECT_LE(records, kPairs / static_cast<int>(kFenceBatch) + 1);
-    EXPECT_LE(queries, kPairs / static_cast<int>(kFenceBatch) + 1);
+    // A batch closes at kBatchMaxBlocks blocks or kBatchMaxBytes bytes, whichever comes first.
+    const int per_fence = static_cast<int>(std::max<std::size_t>(1, std::min(kFenceBatch, gpushim::kBatchMaxBytes / bytes)));
+    EXPECT_LE(records, kPairs / per_fence + 1);
+    EXPECT_LE(queries, kPairs / per_fence + 1);
     EXPECT_LE(after.since(before, "cuEventCreate"), 2);
     EXPECT_EQ(after.since(before, "cuCtxGetDevice"), 0);  // the context -> device answer is cached
     long allowed = records + queries + after.since(before, "cuEventCreate");
@@ -240,14 +252,20 @@ TEST_F(RouterEndToEnd, AsyncFreeIsReusableAtOnceOnItsStreamOnly) {
   fake_cuda_hold_gpu(0);
   // Destroying a stream fences its list first; later fences must not touch it (the fake refuses).
   const CallSnapshot before;
+  const int refused_before = fake_cuda_records_on_destroyed_streams();
   EXPECT_EQ(cuStreamDestroy(s1), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(s2), CUDA_SUCCESS);
-  for (int i = 0; i < 200; ++i) {
+  const CallSnapshot destroyed;
+  if (carves_memory()) {
+    // s2's list holds sync_block and r: closing it on the way out records a fence on s2.
+    EXPECT_GE(destroyed.since(before, "cuEventRecord"), 1) << "a stream's list was not fenced before it went";
+  }
+  for (int i = 0; i < 2 * static_cast<int>(kFenceBatch); ++i) {  // closes batches: fences after the destroy
     CUdeviceptr t = 0;
     ASSERT_EQ(cuMemAlloc(&t, 512), CUDA_SUCCESS);
     ASSERT_EQ(cuMemFree(t), CUDA_SUCCESS);
   }
-  (void)before;
+  EXPECT_EQ(fake_cuda_records_on_destroyed_streams(), refused_before) << "a fence was recorded on a destroyed stream";
 }
 
 TEST_F(RouterEndToEnd, PitchedRowsAreAligned) {
@@ -315,7 +333,12 @@ TEST_F(RouterEndToEnd, ManyThreadsKeepTheirBlocks) {
   for (int t = 0; t < 8; ++t) {
     threads.emplace_back([t, &failures] {
       std::mt19937 random(t);
-      std::vector<std::pair<CUdeviceptr, std::size_t>> live;
+      struct Block {
+        CUdeviceptr p;
+        std::size_t bytes;
+        unsigned char tag;  // what this thread wrote: a block handed to two threads holds the other's
+      };
+      std::vector<Block> live;
       for (int i = 0; i < 3000; ++i) {
         if (live.size() < 32 && (live.empty() || random() % 2)) {
           const std::size_t bytes = std::size_t{1} << (8 + random() % 13);  // 256 B .. 1 MiB
@@ -324,19 +347,19 @@ TEST_F(RouterEndToEnd, ManyThreadsKeepTheirBlocks) {
             ++failures[t];
             continue;
           }
-          fill(p, bytes, static_cast<unsigned char>(t * 31 + i));
-          live.push_back({p, bytes});
+          const auto tag = static_cast<unsigned char>(t * 31 + i);
+          fill(p, bytes, tag);
+          live.push_back({p, bytes, tag});
           continue;
         }
         const std::size_t k = random() % live.size();
-        const auto [p, bytes] = live[k];
-        const auto expected = reinterpret_cast<unsigned char*>(p)[0];
-        if (!holds(p, bytes, expected) || cuMemFree(p) != CUDA_SUCCESS) ++failures[t];
+        const Block block = live[k];
+        if (!holds(block.p, block.bytes, block.tag) || cuMemFree(block.p) != CUDA_SUCCESS) ++failures[t];
         live[k] = live.back();
         live.pop_back();
       }
-      for (const auto& [p, bytes] : live)
-        if (cuMemFree(p) != CUDA_SUCCESS) ++failures[t];
+      for (const Block& block : live)
+        if (!holds(block.p, block.bytes, block.tag) || cuMemFree(block.p) != CUDA_SUCCESS) ++failures[t];
     });
   }
   for (std::thread& thread : threads) thread.join();
@@ -407,6 +430,9 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
   std::size_t free_bytes = 0, total = 0;
   ASSERT_EQ(cuMemGetInfo(&free_bytes, &total), CUDA_SUCCESS);
   EXPECT_EQ(total, limit);
+  // Free is what is left under the cap, not what the device has left: the live blocks are not free.
+  EXPECT_LE(free_bytes + live.size() * kBlock, limit) << "free " << free_bytes << " with " << live.size()
+                                                       << " live blocks of " << kBlock;
   // Freed while the GPU is busy: only waiting for the fences (memory pressure) gets the memory back.
   fake_cuda_hold_gpu(1);
   for (CUdeviceptr p : live) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
@@ -417,6 +443,182 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
   if (big) {
     EXPECT_EQ(cuMemFree(big), CUDA_SUCCESS);
   }
+}
+
+
+TEST_F(RouterEndToEnd, ZeroByteAsyncAllocationAndNullAsyncFreeAreTheDriversAnswers) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, 0), CUDA_SUCCESS);
+  CUdeviceptr p = 0;
+  EXPECT_EQ(cuMemAllocAsync(&p, 0, s), CUDA_ERROR_INVALID_VALUE);  // the driver refuses 0 bytes
+  EXPECT_EQ(p, 0u);
+  EXPECT_EQ(cuMemFreeAsync(0, s), CUDA_SUCCESS);  // and frees nothing, successfully
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+TEST_F(RouterEndToEnd, FreeingAnInteriorPointerIsTheDriversError) {
+  CUdeviceptr p = 0;
+  ASSERT_EQ(cuMemAlloc(&p, 4 * KiB), CUDA_SUCCESS);
+  fill(p, 4 * KiB, 0x3c);
+  EXPECT_EQ(cuMemFree(p + 256), CUDA_ERROR_INVALID_VALUE);  // cuMemFree takes only what cuMemAlloc returned
+  EXPECT_TRUE(holds(p, 4 * KiB, 0x3c)) << "the block was touched by a refused free";
+  EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS) << "the block must still be live";
+  EXPECT_EQ(cuMemFree(p), CUDA_ERROR_INVALID_VALUE);
+}
+
+// Blocks one thread allocated, freed by another thread that then exits with its batch still open (fewer
+// blocks than a batch): the batch becomes the device's orphans, fenced with the next batch any thread
+// closes, and the memory is free again (cuMemGetInfo counts it). Leaked orphans would stay "in use".
+TEST_F(RouterEndToEnd, BlocksFreedByAThreadThatExitsComeBack) {
+  if (!carves_memory()) GTEST_SKIP() << backend() << " gives frees straight to the driver or its pool";
+  leave_legacy_order();
+  constexpr std::size_t kBytes = 1 * MiB;
+  constexpr int kBlocks = 16;  // well under a batch: the worker's batch is still open when it exits
+  static_assert(kBlocks < static_cast<int>(kFenceBatch) && kBlocks * kBytes < gpushim::kBatchMaxBytes,
+                "the worker must exit with a pending batch");
+  std::vector<CUdeviceptr> mine(kBlocks);
+  for (CUdeviceptr& p : mine) ASSERT_EQ(cuMemAlloc(&p, kBytes), CUDA_SUCCESS);
+  std::size_t free_while_live = 0, total = 0;
+  ASSERT_EQ(cuMemGetInfo(&free_while_live, &total), CUDA_SUCCESS);
+  std::vector<CUresult> results(kBlocks, CUDA_ERROR_UNKNOWN);
+  std::thread([&] {
+    for (int i = 0; i < kBlocks; ++i) results[i] = cuMemFree(mine[i]);
+  }).join();
+  for (int i = 0; i < kBlocks; ++i) EXPECT_EQ(results[i], CUDA_SUCCESS) << "free from another thread, block " << i;
+  EXPECT_EQ(cuMemFree(mine[0]), CUDA_ERROR_INVALID_VALUE) << "freed by the worker: a second free is a double free";
+  // Close this thread's own batches (small blocks), which fences the orphans with them.
+  for (int i = 0; i < 2 * static_cast<int>(kFenceBatch) + 1; ++i) {
+    CUdeviceptr t = 0;
+    ASSERT_EQ(cuMemAlloc(&t, 512), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemFree(t), CUDA_SUCCESS);
+  }
+  std::size_t free_after = 0;
+  ASSERT_EQ(cuMemGetInfo(&free_after, &total), CUDA_SUCCESS);
+  EXPECT_GE(free_after, free_while_live + kBlocks * kBytes) << "the exited thread's frees never came back";
+}
+
+// A forked child has none of the parent's devices, contexts or blocks: a parent's pointer is a stranger
+// to it, so gpushim hands its free to the driver, whose answer the child gets (router/after_fork.cpp).
+TEST_F(RouterEndToEnd, ForkedChildPassesTheParentsBlocksToTheDriver) {
+  CUdeviceptr p = 0;
+  ASSERT_EQ(cuMemAlloc(&p, 4 * KiB), CUDA_SUCCESS);
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    int failures = 0;
+    const int frees = fake_cuda_calls("cuMemFree_v2");
+    cuMemFree(p);  // whatever the driver answers
+    if (fake_cuda_calls("cuMemFree_v2") != frees + 1) failures |= 1;  // gpushim answered for a block it lost
+    CUdeviceptr q = 0;
+    if (cuMemAlloc(&q, 4 * KiB) != CUDA_SUCCESS || cuMemFree(q) != CUDA_SUCCESS) failures |= 2;
+    _exit(failures);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status) & 1, 0) << "the child's free of a parent's block did not reach the driver";
+  EXPECT_EQ(WEXITSTATUS(status) & 2, 0) << "the child could not allocate and free";
+  EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS) << "the parent keeps its block";
+}
+
+// GPUSHIM_TRACE through the preloaded library: a child process (this program again, E2E_TRACE_CHILD set,
+// see trace_child_workload below) allocates and frees under GPUSHIM_TRACE and exits; the trace it leaves
+// holds every event, with this run's backend, and the end record of a clean close.
+constexpr std::size_t kTracedBytes = 12345, kTracedAsyncBytes = 777;
+constexpr int kTracedBlocks = 5;
+
+int trace_child_workload() {
+  if (!std::getenv("E2E_TRACE_CHILD")) return 0;
+  int failures = 0;
+  if (cuInit(0) != CUDA_SUCCESS) std::_Exit(10);
+  std::vector<CUdeviceptr> blocks(kTracedBlocks);
+  for (CUdeviceptr& p : blocks) failures += cuMemAlloc(&p, kTracedBytes) != CUDA_SUCCESS;
+  for (CUdeviceptr p : blocks) failures += cuMemFree(p) != CUDA_SUCCESS;
+  CUstream s = nullptr;
+  CUdeviceptr a = 0;
+  failures += cuStreamCreate(&s, 0) != CUDA_SUCCESS;
+  failures += cuMemAllocAsync(&a, kTracedAsyncBytes, s) != CUDA_SUCCESS;
+  failures += cuMemFreeAsync(a, s) != CUDA_SUCCESS;
+  failures += cuStreamDestroy(s) != CUDA_SUCCESS;
+  std::exit(failures);  // exit(), not _exit(): the trace is closed at exit
+}
+const int g_trace_child = trace_child_workload();
+
+gpushim::tracing::BackendId expected_trace_backend() {
+  using gpushim::tracing::BackendId;
+  const std::map<std::string, BackendId> ids = {
+      {"passthrough", BackendId::passthrough}, {"vmm", BackendId::vmm},         {"buddy", BackendId::buddy},
+      {"slab", BackendId::slab},               {"mempool", BackendId::mempool}, {"tiered", BackendId::tiered}};
+  return ids.at(backend());
+}
+
+TEST_F(RouterEndToEnd, TraceRecordsEveryEventOfAPreloadedProgram) {
+  namespace format = gpushim::tracing::format;
+  using gpushim::tracing::EventKind;
+  const std::string path = "/tmp/gpushim_e2e_trace_" + std::to_string(getpid()) + "_" + backend() + ".trace";
+  std::remove(path.c_str());
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    setenv("E2E_TRACE_CHILD", "1", 1);
+    setenv("GPUSHIM_TRACE", path.c_str(), 1);
+    char* const argv[] = {const_cast<char*>("/proc/self/exe"), nullptr};
+    execv("/proc/self/exe", argv);
+    _exit(127);
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  ASSERT_EQ(WEXITSTATUS(status), 0) << "the traced program's CUDA calls failed";
+  std::ifstream in(path, std::ios::binary);
+  ASSERT_TRUE(in) << "no trace at " << path;
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::remove(path.c_str());
+  ASSERT_GE(bytes.size(), sizeof(format::FileHeader));
+  format::FileHeader header;
+  std::memcpy(&header, bytes.data(), sizeof header);
+  ASSERT_EQ(std::memcmp(header.magic, format::kMagic, sizeof header.magic), 0);
+  EXPECT_EQ(header.pid, static_cast<std::uint32_t>(child));
+  std::map<EventKind, int> counted;  // events of the workload's own sizes and addresses
+  std::set<std::uint64_t> allocated;
+  bool ended = false;
+  std::size_t at = header.header_bytes;
+  while (at + sizeof(format::ChunkHeader) <= bytes.size()) {
+    format::ChunkHeader chunk;
+    std::memcpy(&chunk, bytes.data() + at, sizeof chunk);
+    ASSERT_EQ(std::memcmp(chunk.magic, format::kChunkMagic, sizeof chunk.magic), 0) << "at byte " << at;
+    std::size_t r = at + sizeof chunk;
+    const std::size_t end = r + chunk.payload_bytes;
+    ASSERT_LE(end, bytes.size());
+    while (r < end) {
+      const auto type = static_cast<format::RecordType>(static_cast<std::uint8_t>(bytes[r]));
+      if (type == format::RecordType::end) {
+        ended = true;
+        r += sizeof(format::EndRecord);
+      } else if (type == format::RecordType::event) {
+        format::EventRecord e;
+        std::memcpy(&e, bytes.data() + r, sizeof e);
+        r += sizeof e + 8 * std::size_t{e.frame_count};
+        const auto kind = static_cast<EventKind>(e.kind);
+        const bool ours = e.size == kTracedBytes || e.size == kTracedAsyncBytes || allocated.count(e.address);
+        if (!ours || kind == EventKind::map || kind == EventKind::unmap) continue;
+        EXPECT_EQ(e.backend, static_cast<std::uint8_t>(expected_trace_backend()));
+        if (kind == EventKind::alloc || kind == EventKind::alloc_async) allocated.insert(e.address);
+        ++counted[kind];
+      } else {
+        format::ModuleRecord m;
+        ASSERT_EQ(type, format::RecordType::module) << "unknown record at byte " << r;
+        std::memcpy(&m, bytes.data() + r, sizeof m);
+        r += (sizeof m + m.path_bytes + m.build_id_bytes + 7) / 8 * 8;
+      }
+    }
+    at = end;
+  }
+  EXPECT_EQ(counted[EventKind::alloc], kTracedBlocks);
+  EXPECT_EQ(counted[EventKind::free], kTracedBlocks);
+  EXPECT_EQ(counted[EventKind::alloc_async], 1);
+  EXPECT_EQ(counted[EventKind::free_async], 1);
+  EXPECT_TRUE(ended) << "the trace was not closed at exit";
 }
 
 }  // namespace

@@ -21,6 +21,25 @@ TEST(LiveBlockTable, InsertFindErase) {
   EXPECT_FALSE(table.find(0x10000, &block));
 }
 
+// A forked child owns none of the parent's blocks: after the fork handler, they and the parent's recent
+// frees are strangers, and the table serves the child's own blocks as before.
+TEST(LiveBlockTable, AfterForkTheParentsBlocksAreStrangers) {
+  LiveBlockTable table;
+  for (std::uintptr_t i = 1; i <= 100; ++i) table.insert(i << 12, LiveBlock{256, 256, 0, false});
+  LiveBlock block;
+  ASSERT_EQ(table.erase(1 << 12, &block), LiveBlockTable::EraseResult::erased);
+  table.reset_after_fork();
+  EXPECT_EQ(table.erase(2 << 12, &block), LiveBlockTable::EraseResult::unknown);
+  EXPECT_EQ(table.erase(1 << 12, &block), LiveBlockTable::EraseResult::unknown);
+  std::uint64_t bytes = 1, count = 1;
+  table.totals(0, &bytes, &count);
+  EXPECT_EQ(count, 0u);
+  EXPECT_EQ(bytes, 0u);
+  table.insert(3 << 12, LiveBlock{512, 512, 0, false});
+  EXPECT_EQ(table.erase(3 << 12, &block), LiveBlockTable::EraseResult::erased);
+  EXPECT_EQ(block.requested, 512u);
+}
+
 TEST(LiveBlockTable, SecondFreeIsOurDoubleFree) {
   LiveBlockTable table;
   table.insert(0x20000, LiveBlock{512, 512, 1, true});

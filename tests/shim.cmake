@@ -45,15 +45,13 @@ foreach(library ${shim_libraries})
   if(library STREQUAL gpushim_over_router_stub)
     list(APPEND environment SHIM_TEST_ROUTER_STUB=1)
   endif()
-  add_test(NAME shim_interposition.${library} COMMAND shim_interposition_test)
-  set_tests_properties(shim_interposition.${library} PROPERTIES ENVIRONMENT "${environment}")
+  gpushim_discover_tests(shim_interposition_test shim_interposition.${library} ENV "${environment}")
 endforeach()
 
 add_executable(shim_real_driver_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_real_driver_test.cpp)
 target_link_libraries(shim_real_driver_test PRIVATE gpushim_driver GTest::gtest_main ${CMAKE_DL_LIBS})
 add_dependencies(shim_real_driver_test shim_fake_libcuda)
-add_test(NAME shim_real_driver COMMAND shim_real_driver_test)
-set_tests_properties(shim_real_driver PROPERTIES ENVIRONMENT "LD_LIBRARY_PATH=${shim_fake_driver_dir}")
+gpushim_discover_tests(shim_real_driver_test shim_real_driver ENV "LD_LIBRARY_PATH=${shim_fake_driver_dir}")
 
 add_executable(shim_plain_program ${CMAKE_CURRENT_SOURCE_DIR}/shim_plain_program.cpp)
 target_link_libraries(shim_plain_program PRIVATE ${CMAKE_DL_LIBS})
@@ -63,7 +61,6 @@ target_compile_definitions(shim_without_driver_test PRIVATE PLAIN_PROGRAM="$<TAR
 add_dependencies(shim_without_driver_test shim_plain_program)
 foreach(library ${shim_libraries})
   add_dependencies(shim_without_driver_test ${library})
-  add_test(NAME shim_without_driver.${library} COMMAND shim_without_driver_test)
-  set_tests_properties(shim_without_driver.${library} PROPERTIES ENVIRONMENT
-    "SHIM_TEST_LIBRARY=$<TARGET_FILE:${library}>")
+  gpushim_discover_tests(shim_without_driver_test shim_without_driver.${library}
+                         ENV "SHIM_TEST_LIBRARY=$<TARGET_FILE:${library}>")
 endforeach()

@@ -22,7 +22,7 @@
 //
 // Test-only exports: fake_cuda_calls(symbol), fake_cuda_total_calls(), fake_cuda_function(symbol),
 // fake_cuda_last_stream(), fake_cuda_hold_gpu(held), fake_cuda_physical_bytes(device),
-// fake_cuda_live_events(), fake_cuda_device_of(pointer).
+// fake_cuda_live_events(), fake_cuda_device_of(pointer), fake_cuda_records_on_destroyed_streams().
 #include <cuda.h>
 #include <sys/mman.h>
 
@@ -243,6 +243,7 @@ std::unordered_map<CUstream, FakeStream>& streams() {
 bool special_stream(CUstream s) { return s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD; }
 
 std::atomic<CUstream> last_stream{nullptr};
+std::atomic<int> records_on_destroyed_streams{0};
 CUstream effective_per_thread(CUstream stream) { return stream == nullptr ? CU_STREAM_PER_THREAD : stream; }
 
 CUresult create_stream(CUstream* stream, unsigned flags) {
@@ -297,6 +298,8 @@ long fake_cuda_total_calls() {
   return total;
 }
 CUstream fake_cuda_last_stream() { return last_stream.load(); }
+// cuEventRecord calls refused because their stream was destroyed: a fence that touched a dead stream.
+int fake_cuda_records_on_destroyed_streams() { return records_on_destroyed_streams.load(); }
 // While held, recorded events stay pending (work "runs"); releasing completes everything.
 void fake_cuda_hold_gpu(int held) {
   gpu_held.store(held != 0);
@@ -754,7 +757,10 @@ CUresult CUDAAPI cuEventRecord(CUevent event, CUstream stream) {
   if (!event) return CUDA_ERROR_INVALID_HANDLE;
   if (!special_stream(stream)) {
     std::lock_guard<std::mutex> guard(streams_lock);
-    if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;  // destroyed stream
+    if (streams().find(stream) == streams().end()) {  // destroyed stream
+      records_on_destroyed_streams.fetch_add(1);
+      return CUDA_ERROR_INVALID_HANDLE;
+    }
   }
   const std::uint64_t ticket = last_ticket.fetch_add(1) + 1;
   reinterpret_cast<FakeEvent*>(event)->ticket.store(ticket);
