@@ -101,13 +101,12 @@ if [ $run_tests -eq 1 ] && [ -x "$build/test_apps/alloc_torture" ]; then
   [ $quick -eq 1 ] && selection=(-R '(torture_.*_(noshim|passthrough|vmm|tiered)$|framework_torch_vmm$)')
   note "ctest -L gpu -j4 ${selection[*]}"
   ctest --test-dir "$test_dir" -L gpu -j4 --output-on-failure "${selection[@]}" >"$out/tests.log" 2>&1
+  ctest_status=$?
+  # Fails on a failed test, and on a run where no GPU test passed (all skipped: it tested nothing).
+  verdict=$("$repo/scripts/gpu_test_verdict.sh" "$out/tests.log" "$ctest_status")
   tests_status=$?
-  passed=$(grep -cE 'Test +#[0-9]+: .* Passed' "$out/tests.log")
-  skipped=$(grep -cE 'Test +#[0-9]+: .*\*\*\*Skipped' "$out/tests.log")
-  failed=$(grep -cE 'Test +#[0-9]+: .*\*\*\*(Failed|Timeout|Exception|Not Run)' "$out/tests.log")
-  failed_tests=$(grep -E 'Test +#[0-9]+: .*\*\*\*(Failed|Timeout|Exception|Not Run)' "$out/tests.log" |
-                 sed -E 's/.*Test +#[0-9]+: ([^ ]+) .*\*\*\*(Failed|Timeout|Exception|Not Run).*/\1 (\2)/')
-  tests_summary="$((passed + skipped + failed)) run: $passed passed, $failed failed, $skipped skipped"
+  tests_summary=$(echo "$verdict" | head -n 1)
+  failed_tests=$(echo "$verdict" | tail -n +2 | sed 's/^  FAILED  //')
   note "tests: $tests_summary"
 elif [ $run_tests -eq 1 ]; then
   tests_summary="not run: test apps not built"

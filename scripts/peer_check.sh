@@ -6,8 +6,10 @@
 #   4. a 2-process NCCL all-reduce (torchrun) over gpushim-allocated tensors, for every placement,
 #      with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so every tensor is a cuMemAlloc that gpushim serves,
 #   5. a table of the results (also written to peer_check.txt).
-# Logs go to $OUT when it is set, else <build>/peer-check/. Exit 0 when everything passed.
-# With one GPU, steps 2-3 run their one-device paths and step 4 is skipped (reported as such).
+# Logs go to $OUT when it is set, else <build>/peer-check/. Exit 0 only when every step ran and passed,
+# and gpushim served the allocations of every run under it (GPUSHIM_STATS=1, scripts/served_by_gpushim.sh).
+# A skipped step (one GPU, no GoogleTest, a provider test that skipped) is reported as SKIP and the check
+# does not pass: on a GPU machine, a check that tested nothing across GPUs is not a pass.
 #
 #   scripts/peer_check.sh [--build-dir DIR] [--jobs N] [--no-build]
 set -u -o pipefail
@@ -21,7 +23,7 @@ while [ $# -gt 0 ]; do
     --build-dir) build="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
     --no-build) do_build=0; shift ;;
-    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "peer_check.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -30,7 +32,13 @@ mkdir -p "$out"
 table="$out/peer_check.txt"
 : > "$table"
 status=0
-row() { printf '%-44s %s\n' "$1" "$2" | tee -a "$table"; [ "$2" = PASS ] || [ "$2" = SKIP ] || status=1; }
+skips=0
+row() {
+  printf '%-44s %s\n' "$1" "$2" | tee -a "$table"
+  if [ "$2" = SKIP ]; then skips=$((skips + 1)); elif [ "$2" != PASS ]; then status=1; fi
+}
+# PASS only when the run succeeded and gpushim's vmm backend served its allocations.
+served() { "$repo/scripts/served_by_gpushim.sh" "$1" vmm >> "$1"; }
 
 # NVLink multicast stays off (device library KINDS.md): NCCL would otherwise try NVLS.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -59,8 +67,9 @@ nvidia-smi topo -m > "$out/topology.txt" 2>&1 || true
 
 # 2. The provider alone.
 if [ -n "$provider_test" ]; then
-  if "$provider_test" > "$out/peers_cuda_provider_test.log" 2>&1; then row "peers_cuda_provider_test" PASS
-  else row "peers_cuda_provider_test" FAIL; fi
+  if ! "$provider_test" > "$out/peers_cuda_provider_test.log" 2>&1; then row "peers_cuda_provider_test" FAIL
+  elif grep -q '\[  SKIPPED \]' "$out/peers_cuda_provider_test.log"; then row "peers_cuda_provider_test (skipped tests)" SKIP
+  else row "peers_cuda_provider_test" PASS; fi
 else
   row "peers_cuda_provider_test (no GoogleTest)" SKIP
 fi
@@ -70,7 +79,8 @@ for policy in local interleave spill; do
   log="$out/peer_access.$policy.log"
   if [ -z "$lib" ] || [ -z "$app" ]; then row "peer_access $policy" FAIL; continue; fi
   if LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_LOG=info \
-       "$app" > "$log" 2>&1; then row "peer_access $policy" PASS; else row "peer_access $policy" FAIL; fi
+       GPUSHIM_STATS=1 "$app" > "$log" 2>&1 && served "$log"
+  then row "peer_access $policy" PASS; else row "peer_access $policy" FAIL; fi
   grep -E "GB/s|granules|spill:" "$log" | sed "s/^/    [$policy] /" | tee -a "$table"
 done
 
@@ -103,7 +113,8 @@ else
   for policy in local interleave spill; do
     log="$out/allreduce.$policy.log"
     if LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_STATS=1 \
-         PYTORCH_NO_CUDA_MEMORY_CACHING=1 torchrun --standalone --nproc_per_node=2 "$allreduce" > "$log" 2>&1
+         PYTORCH_NO_CUDA_MEMORY_CACHING=1 torchrun --standalone --nproc_per_node=2 "$allreduce" > "$log" 2>&1 &&
+       served "$log"
     then row "nccl all_reduce 2 processes, $policy" PASS; else row "nccl all_reduce 2 processes, $policy" FAIL; fi
   done
   # The same without gpushim: if this fails too, the machine is at fault, not gpushim.
@@ -112,5 +123,9 @@ else
   then row "nccl all_reduce 2 processes, no gpushim" PASS; else row "nccl all_reduce 2 processes, no gpushim" FAIL; fi
 fi
 
+if [ $status = 0 ] && [ $skips -gt 0 ]; then
+  echo "peer_check: NOT PASSED: $skips step(s) skipped, so the check is incomplete; logs in $out" | tee -a "$table"
+  exit 3
+fi
 echo "peer_check: $([ $status = 0 ] && echo passed || echo FAILED); logs in $out" | tee -a "$table"
 exit $status

@@ -9,6 +9,7 @@
 
 #include <fstream>
 #include <string>
+#include <vector>
 
 #include "allocators/backend_registry.h"
 #include "config/settings.h"
@@ -119,14 +120,81 @@ TEST_F(Cli, HelpListsEveryVariable) {
     EXPECT_NE(r.out.find(subcommand), std::string::npos) << subcommand;
 }
 
-TEST_F(Cli, SettingsMarkdownHasOneRowPerVariable) {
+// The cells of one Markdown table line: split at '|' that are not escaped, "\\|" read back as '|'.
+std::vector<std::string> markdown_cells(const std::string& line) {
+  std::vector<std::string> cells;
+  std::string cell;
+  for (std::size_t i = 0; i < line.size(); ++i) {
+    if (line[i] == '\\' && i + 1 < line.size() && line[i + 1] == '|') {
+      cell += '|';
+      ++i;
+    } else if (line[i] == '|') {
+      cells.push_back(cell);
+      cell.clear();
+    } else {
+      cell += line[i];
+    }
+  }
+  cells.push_back(cell);
+  // "| a | b |" -> "", " a ", " b ", "": drop the outer empties, trim one space each side
+  if (cells.size() >= 2) cells = std::vector<std::string>(cells.begin() + 1, cells.end() - 1);
+  for (std::string& c : cells) {
+    if (!c.empty() && c.front() == ' ') c.erase(0, 1);
+    if (!c.empty() && c.back() == ' ') c.pop_back();
+  }
+  return cells;
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+  std::vector<std::string> lines;
+  std::size_t start = 0;
+  while (start < text.size()) {
+    const std::size_t end = text.find('\n', start);
+    lines.push_back(text.substr(start, end - start));
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return lines;
+}
+
+// Every field of every row, in table order, read back from the Markdown (not compared with the
+// function that wrote it): a wrong, missing or shifted cell fails.
+TEST_F(Cli, SettingsMarkdownShowsEveryFieldOfEveryRow) {
   const Result r = shell(gpushim() + " settings --markdown");
   EXPECT_EQ(r.status, 0);
-  for (const gpushim::SettingRow& row : gpushim::setting_rows())
-    EXPECT_NE(r.out.find(std::string("| `") + row.variable + "` |"), std::string::npos) << row.variable;
-  std::size_t lines = 0;
-  for (char c : r.out) lines += c == '\n';
-  EXPECT_EQ(lines, gpushim::setting_rows().size() + 2);
+  const std::vector<std::string> lines = lines_of(r.out);
+  const auto& rows = gpushim::setting_rows();
+  ASSERT_EQ(lines.size(), rows.size() + 2) << r.out;
+  EXPECT_EQ(markdown_cells(lines[0]), (std::vector<std::string>{"Variable", "Type", "Default", "Accepted", "Meaning"}));
+  EXPECT_EQ(markdown_cells(lines[1]), (std::vector<std::string>{"---", "---", "---", "---", "---"}));
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const gpushim::SettingRow& row = rows[i];
+    const std::string shown_default = *row.default_value ? row.default_value : "(unset)";
+    EXPECT_EQ(markdown_cells(lines[i + 2]),
+              (std::vector<std::string>{std::string("`") + row.variable + "`", row.type, "`" + shown_default + "`",
+                                        row.accepted, row.help}))
+        << lines[i + 2];
+  }
+}
+
+// The tables users read (README.md, docs/configuration.md) are the command's output, row for row.
+TEST_F(Cli, ReadmeAndConfigurationDocShowTheSettingsTable) {
+  const Result r = shell(gpushim() + " settings --markdown");
+  ASSERT_EQ(r.status, 0);
+  const std::vector<std::string> expected = lines_of(r.out);
+  for (const char* doc : {GPUSHIM_SOURCE_DIR "/README.md", GPUSHIM_SOURCE_DIR "/docs/configuration.md"}) {
+    std::ifstream in(doc);
+    ASSERT_TRUE(in) << doc;
+    std::vector<std::string> table;
+    for (std::string line; std::getline(in, line);) {
+      if (line == expected.front()) table.clear();  // the header starts the table
+      if (!table.empty() || line == expected.front()) {
+        if (line.empty() || line[0] != '|') break;
+        table.push_back(line);
+      }
+    }
+    EXPECT_EQ(table, expected) << doc << " differs from `gpushim settings --markdown`: paste its output";
+  }
 }
 
 TEST_F(Cli, BackendsListsEveryBackend) {
