@@ -1,24 +1,9 @@
 #include "test_apps/alloc_bench_options.h"
 
-#include <CLI/CLI.hpp>
-
 #include <cstdio>
-#include <cstdlib>
 #include <map>
 
-#include "config/settings.h"
-
-namespace {
-
-// "4K" as GPUSHIM_ variables read it (config/settings.h, parse_size); CLI11 prints the error.
-std::string check_size(const std::string& text) {
-  std::uint64_t bytes = 0;
-  if (!gpushim::parse_size(text.c_str(), &bytes) || bytes == 0)
-    return "not a size: " + text + " (write 256, 4K, 64KiB, 2GB, 1G)";
-  return {};
-}
-
-}  // namespace
+#include "test_apps/cli_sizes.h"
 
 bool parse_options(int argc, char** argv, Options* o) {
   CLI::App app{
@@ -41,28 +26,18 @@ bool parse_options(int argc, char** argv, Options* o) {
       ->transform(CLI::CheckedTransformer(patterns));
   app.add_option("--sizes", sizes, "sizes, e.g. 256,4K,64K,1M,16M,256M,1G")
       ->delimiter(',')
-      ->check(CLI::Validator(check_size, "SIZE"));
+      ->check(test_apps::size_check());
   app.add_option("--threads", o->threads, "thread counts, e.g. 1,4,16")->delimiter(',')->check(CLI::Range(1, 1024));
   app.add_option("--cell-ms", o->cell_ms, "time budget of one cell")->check(CLI::PositiveNumber);
   app.add_option("--label", o->label, "first CSV column (default: gpushim-<backend> under gpushim, else none)");
   app.add_option("--csv", o->csv_path, "append one CSV line per cell to FILE");
   app.add_option("--seed", o->seed, "random seed");
   app.add_flag("--quick", quick, "100 ms cells");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    if (code == 0) std::exit(0);  // --help
-    return false;
-  }
+  if (!test_apps::parse_command_line(app, argc, argv)) return false;
   if (quick) o->cell_ms = 100;
   if (!sizes.empty()) {
     o->sizes.clear();
-    for (const std::string& text : sizes) {
-      std::uint64_t bytes = 0;
-      gpushim::parse_size(text.c_str(), &bytes);  // checked above
-      o->sizes.push_back(bytes);
-    }
+    for (const std::string& text : sizes) o->sizes.push_back(test_apps::checked_size(text));
   }
   if (o->apis.empty() || o->patterns.empty() || o->sizes.empty() || o->threads.empty()) {
     std::fprintf(stderr, "alloc_bench: --api, --patterns, --sizes and --threads need at least one value\n");

@@ -1,7 +1,5 @@
 #include "test_apps/torture/torture_core.h"
 
-#include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -15,7 +13,7 @@
 #include <thread>
 #include <vector>
 
-#include "config/settings.h"
+#include "test_apps/cli_sizes.h"
 
 namespace torture {
 namespace {
@@ -271,15 +269,6 @@ class Worker {
   Result result_;
 };
 
-// A size as GPUSHIM_ variables read it (config/settings.h, parse_size: "64K" = 65536, "2GB" =
-// 2,000,000,000); CLI11 prints the message.
-std::string check_size(const std::string& text) {
-  std::uint64_t bytes = 0;
-  if (!gpushim::parse_size(text.c_str(), &bytes) || bytes == 0)
-    return "not a size: " + text + " (write 4096, 64K, 256MiB, 2GB)";
-  return {};
-}
-
 }  // namespace
 
 bool parse_options(int argc, char** argv, Options* options) {
@@ -293,23 +282,17 @@ bool parse_options(int argc, char** argv, Options* options) {
   app.add_option("--seconds", options->seconds, "wall-clock bound of the random phase")->check(CLI::PositiveNumber);
   app.add_option("--iterations", options->iterations, "per-thread bound on operations; 0 = only --seconds");
   app.add_option("--max-size", max_size, "largest random block (a size: 256MiB, 2GB)")
-      ->check(CLI::Validator(check_size, "SIZE"));
+      ->check(test_apps::size_check());
   app.add_option("--budget", budget, "live bytes of all threads together stay under this (a size)")
-      ->check(CLI::Validator(check_size, "SIZE"));
+      ->check(test_apps::size_check());
   app.add_option("--spin-us", options->spin_us, "how long the long reader of a race keeps reading");
   app.add_option("--race-every", options->race_every, "one free-safety race every N operations")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--max-races", options->max_races, "races per thread")->check(CLI::NonNegativeNumber);
   app.add_option("--seed", options->seed, "random seed");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    if (code == 0) std::exit(0);  // --help
-    return false;
-  }
-  if (!max_size.empty()) gpushim::parse_size(max_size.c_str(), &options->max_size);  // checked above
-  if (!budget.empty()) gpushim::parse_size(budget.c_str(), &options->budget);
+  if (!test_apps::parse_command_line(app, argc, argv)) return false;
+  if (!max_size.empty()) options->max_size = test_apps::checked_size(max_size);
+  if (!budget.empty()) options->budget = test_apps::checked_size(budget);
   return true;
 }
 
