@@ -73,6 +73,11 @@ class VmmArena final : public Allocator {
   AllocatorStats stats() const noexcept override;
 
   std::size_t reserved_bytes() const noexcept { return reserve_bytes_; }  // address space held
+  // True when `p` lies in the arena's reservation (fixed at construction, so no lock).
+  bool contains(const void* p) const noexcept {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    return a >= base_ && a - base_ < reserve_bytes_;
+  }
   std::size_t grow_step() const noexcept { return grow_step_; }
   std::size_t chunk_count() const noexcept;  // provider mappings currently held
 

@@ -14,8 +14,12 @@
 #include "providers/cuda_vmm_provider.h"
 
 #include "allocators/limiting_allocator.h"
+#include "allocators/spilling_allocator.h"
 #include "allocators/statistics_allocator.h"
+#include "allocators/vmm_arena.h"
+#include "providers/cuda_host_memory_provider.h"
 #include "providers/cuda_peer_provider.h"
+#include "providers/host_memory_capacity.h"
 #include "providers/limited_provider.h"
 #include "providers/placement_policy.h"
 
@@ -42,7 +46,45 @@ std::uint64_t resolve_limit(int device) {
   return s.limit.resolve(total);
 }
 
+// GPUSHIM_SPILL=host on a backend that takes its memory from the driver: nothing to put host memory
+// under, so allocations fail at the device as before. Said once.
+void say_backend_does_not_spill(const char* backend) {
+  if (!settings().spill_host) return;
+  static bool reported = false;
+  log_once(&reported, LogLevel::warn,
+           "GPUSHIM_SPILL=host: backend %s does not spill (only vmm, buddy, slab and tiered do)", backend);
+}
+
+// GPUSHIM_SPILL=host: `backend` first, host memory for what it cannot serve (allocators/
+// spilling_allocator.h, docs/host-spill.md). The host memory is mapped for the same devices as the
+// device memory. Where the driver cannot map host memory, `backend` is returned as it was.
+std::unique_ptr<Allocator> with_host_spill(std::unique_ptr<Allocator> backend, int device,
+                                           const PlacedMemoryProvider* placed, tracing::BackendId id,
+                                           const Settings& s, DeviceBackend* result) {
+  const std::vector<int> access = placed ? placed->participants() : std::vector<int>{device};
+  auto host = std::make_unique<CudaHostMemoryProvider>(device, access, id);
+  if (!host->ok()) return backend;  // it said why
+  const std::uint64_t cap = s.spill_limit.resolve(host_memory_for_spill());
+  if (cap < host->granularity()) {
+    log(LogLevel::warn, "GPUSHIM_SPILL=host: device %d: GPUSHIM_SPILL_LIMIT comes to less than %zu bytes; "
+        "it does not spill", device, host->granularity());
+    return backend;
+  }
+  auto capped = std::make_unique<LimitedProvider>(*host, static_cast<std::size_t>(cap));
+  auto spilling = std::make_unique<SpillingAllocator>(std::move(backend),
+                                                      std::make_unique<VmmArena>(*capped, VmmArenaOptions::from(s)));
+  char amount[32];
+  log(LogLevel::info, "device %d: spills to host memory (NUMA node %d), up to %s", device, host->host_numa_node(),
+      format_bytes(cap, amount, sizeof amount));
+  result->spill = spilling.get();
+  result->spill_limit = cap;
+  result->spill_provider = std::move(host);
+  result->capped_spill_provider = std::move(capped);
+  return spilling;
+}
+
 DeviceBackend passthrough(int device, std::uint64_t limit) {
+  say_backend_does_not_spill("passthrough");
   DeviceBackend result;
   result.limit = limit;
   result.backend = with_statistics(with_limit(std::make_unique<PassthroughAllocator>(device), limit));
@@ -86,6 +128,7 @@ DeviceBackend build_device_backend(int device) noexcept {
         log(LogLevel::warn, "device %d: backend mempool unavailable, using passthrough", device);
         return passthrough(device, limit);
       }
+      say_backend_does_not_spill("mempool");
       DeviceBackend result;
       result.backend = with_statistics(with_limit(std::move(pool), limit));
       result.name = info->name;
@@ -131,6 +174,7 @@ DeviceBackend build_device_backend(int device) noexcept {
       log(LogLevel::warn, "device %d: backend %s could not start, using passthrough", device, info->name);
       return passthrough(device, limit);
     }
+    if (s.spill_host) backend = with_host_spill(std::move(backend), device, placed, info->id, s, &result);
     result.provider = std::move(provider);
     result.placed = placed;
     result.backend = with_statistics(std::move(backend));

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "allocators/allocator.h"
+#include "allocators/spilling_allocator.h"
 #include "providers/memory_provider.h"
 #include "providers/placement_policy.h"
 #include "tracing/trace_recorder.h"
@@ -18,12 +19,17 @@ struct DeviceBackend {
   std::unique_ptr<MemoryProvider> provider;        // the CUDA VMM provider, for provider backends
   const PlacedMemoryProvider* placed = nullptr;    // `provider`, when it places memory on peers (GPUSHIM_PEERS)
   std::unique_ptr<MemoryProvider> capped_provider; // LimitedProvider over it when a limit is set
+  // GPUSHIM_SPILL=host (docs/host-spill.md): host memory mapped for the device, capped at spill_limit.
+  std::unique_ptr<MemoryProvider> spill_provider;
+  std::unique_ptr<MemoryProvider> capped_spill_provider;
   std::unique_ptr<Allocator> backend;              // what the router calls (decorated)
   const char* name = "passthrough";
   tracing::BackendId id = tracing::BackendId::passthrough;
   bool stream_ordered = false;                     // mempool: frees are ordered by the pool itself
   bool driver_backed = true;                       // blocks are real driver allocations
   std::uint64_t limit = 0;                         // resolved GPUSHIM_LIMIT, 0 = none
+  const SpillingAllocator* spill = nullptr;        // inside `backend`, when it spills to host
+  std::uint64_t spill_limit = 0;                   // resolved GPUSHIM_SPILL_LIMIT, when spilling
 };
 
 DeviceBackend build_device_backend(int device) noexcept;
