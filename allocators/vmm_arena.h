@@ -1,7 +1,7 @@
 // The growable VMM arena: one large virtual range reserved once per device, physical memory mapped into
 // it in steps as the program needs it, blocks carved by best fit with coalescing, idle physical memory
 // given back above a threshold. Memory comes only from a MemoryProvider, so the same code runs on the
-// GPU (CudaVmmProvider) and on host memory (HostProvider) in the CPU tests.
+// GPU (CudaPeerProvider) and on host memory (HostProvider) in the CPU tests.
 //
 // Why a VMM arena: DESIGN.md measured cudaMalloc at 2-100 us and cudaFree at up to 640 us per call, while
 // mapping costs 45-75 us per step regardless of the block count it serves. Reserving address space is

@@ -11,7 +11,6 @@
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
-#include "providers/cuda_vmm_provider.h"
 
 #include "allocators/limiting_allocator.h"
 #include "allocators/spilling_allocator.h"
@@ -139,24 +138,14 @@ DeviceBackend build_device_backend(int device) noexcept {
     }
 
     if (!info->factory) return passthrough(device, limit);
-    // GPUSHIM_PEERS set: physical memory is placed by GPUSHIM_PLACEMENT and mapped for every listed
-    // device (docs/peers.md); otherwise the one-device provider.
-    std::unique_ptr<MemoryProvider> provider;
-    const PlacedMemoryProvider* placed = nullptr;
-    bool provider_ok = false;
-    if (!s.peers.empty()) {
-      Placement placement = Placement::local;
-      parse_placement(s.placement, &placement);
-      auto peer = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{},
-                                                     info->id);
-      provider_ok = peer->ok();
-      placed = peer.get();
-      provider = std::move(peer);
-    } else {
-      auto local = std::make_unique<CudaVmmProvider>(device, info->id);
-      provider_ok = local->ok();
-      provider = std::move(local);
-    }
+    // One CUDA provider: with GPUSHIM_PEERS set, physical memory is placed by GPUSHIM_PLACEMENT and
+    // mapped for every listed device (docs/peers.md); otherwise it serves this device alone.
+    Placement placement = Placement::local;
+    if (!s.peers.empty()) parse_placement(s.placement, &placement);
+    auto cuda = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{}, info->id);
+    const bool provider_ok = cuda->ok();
+    const PlacedMemoryProvider* placed = s.peers.empty() ? nullptr : cuda.get();
+    std::unique_ptr<MemoryProvider> provider = std::move(cuda);
     if (!provider_ok) {
       log(LogLevel::warn, "device %d: backend %s needs virtual memory management, using passthrough", device,
           info->name);

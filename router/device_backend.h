@@ -1,4 +1,4 @@
-// Builds the backend of one device from the settings: provider backends over a CudaVmmProvider
+// Builds the backend of one device from the settings: provider backends over the CudaPeerProvider
 // (capped by LimitedProvider under GPUSHIM_LIMIT), driver-backed ones (passthrough, mempool) directly
 // (capped by LimitingAllocator), all wrapped by the statistics decorator. Falls back to passthrough,
 // with one warning, when the chosen backend cannot be built on this device.
