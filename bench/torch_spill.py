@@ -31,11 +31,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from macro_report import UNITS, parse_gpushim_stats  # noqa: E402
 from nvml_sampler import GIB  # noqa: E402
 
 MIB = float(1 << 20)
 SEQ_CYCLE = (128, 256, 384, 512, 192, 448, 320, 64)
-UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40}
+# router/memory_report.cpp: "device 0 spilled to host: N blocks, peak live X U, peak mapped Y U, cap Z U".
+SPILL_LINE = re.compile(r"gpushim: device 0 spilled to host: (\d+) blocks, peak live ([\d.]+) (\S+), "
+                        r"peak mapped ([\d.]+) (\S+), cap")
 NVML_SLACK = 64 << 20
 # Host memory the spilled runs may pin: the lent machines have limited pinned memory (keep it <= 8 GiB).
 SPILL_LIMIT = "6GiB"
@@ -109,26 +112,20 @@ def find_lib(explicit):
     return found[-1] if found else None
 
 
-def parse_size(number, unit):
-    return float(number) * UNITS[unit]
-
-
 def gpushim_stats(stderr):
-    """The GPUSHIM_STATS row of device 0 and its spill line, as numbers."""
+    """Device 0's GPUSHIM_STATS row (bench/macro_report.py reads the table) and its spill line, in bytes."""
     out = {}
+    for row in parse_gpushim_stats(stderr):
+        if row["device"] == 0:
+            out["peak_live"] = row.get("peak_live_gib", 0) * GIB
+            out["peak_reserved"] = row.get("peak_reserved_gib", 0) * GIB
+            out["failed"] = row["failed"]
     for line in stderr.splitlines():
-        f = line.split()
-        # gpushim: device backend allocs frees failed bytes_allocated peak_live peak_reserved (sizes: 2 words)
-        if len(f) >= 12 and f[0] == "gpushim:" and f[1] == "0" and f[3].isdigit():
-            out["peak_live"] = parse_size(f[8], f[9])
-            out["peak_reserved"] = parse_size(f[10], f[11])
-            out["failed"] = int(f[5])
-        m = re.match(r"gpushim: device 0 spilled to host: (\d+) blocks, peak live ([\d.]+) (\S+), "
-                     r"peak mapped ([\d.]+) (\S+), cap", line)
+        m = SPILL_LINE.match(line)
         if m:
             out["spilled_blocks"] = int(m.group(1))
-            out["spilled_peak_live"] = parse_size(m.group(2), m.group(3))
-            out["spilled_peak_mapped"] = parse_size(m.group(4), m.group(5))
+            out["spilled_peak_live"] = float(m.group(2)) * UNITS[m.group(3)]
+            out["spilled_peak_mapped"] = float(m.group(4)) * UNITS[m.group(5)]
     return out
 
 
@@ -139,7 +136,7 @@ def run_one(args, lib, config, extra_env, out_dir):
     env.update({"LD_PRELOAD": lib, "GPUSHIM_BACKEND": args.backend, "GPUSHIM_STATS": "1",
                 "PYTORCH_NO_CUDA_MEMORY_CACHING": "1", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
     env.update(extra_env)
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--config", config,
+    cmd = [sys.executable, args.worker_script or os.path.abspath(__file__), "--worker", "--config", config,
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--layers", str(args.layers),
            "--d-model", str(args.d_model), "--heads", str(args.heads), "--ff", str(args.ff),
            "--batch", str(args.batch), "--seed", str(args.seed)]
@@ -172,6 +169,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--config", default="worker", help=argparse.SUPPRESS)
+    p.add_argument("--worker-script", help=argparse.SUPPRESS)  # bench/test_torch_spill.py: a fake training run
     p.add_argument("--lib", help="libgpushim.so (default: the newest build*/lib/libgpushim.so)")
     p.add_argument("--backend", default="tiered")
     p.add_argument("--over", default="25,50", help="overshoots of the peak over the limit, in %% (default 25,50)")
