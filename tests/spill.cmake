@@ -21,11 +21,11 @@ if(TARGET gpushim AND TARGET shim_fake_libcuda)
   set(spill_env "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${spill_fake_dir};GPUSHIM_STATS=1;GPUSHIM_LIMIT=${spill_limit};E2E_LIMIT_BYTES=${spill_limit};E2E_SPILL_LIMIT_BYTES=${spill_host_limit}")
   # Each run must run its tests: a skip means the run proved nothing.
   set(spill_no_skip "\\[  SKIPPED \\]")
+  # The spilling test, whose exit statistics must carry the spill line (checked on its whole output).
+  set(spill_run_and_check bash ${CMAKE_CURRENT_SOURCE_DIR}/spill_e2e_with_stats.sh
+      $<TARGET_FILE:router_spill_end_to_end_test>)
   foreach(backend vmm buddy slab tiered)
-    # The program's exit statistics carry the spill line: checked on its whole output.
-    add_test(NAME router_spill_e2e.${backend}
-             COMMAND bash -c "out=$(\"$0\" --gtest_filter=*ItSpills* 2>&1); rc=$?; printf '%s\\n' \"$out\"; [ $rc -eq 0 ] && grep -q '^gpushim: device 0 spilled to host: [1-9][0-9]* blocks' <<<\"$out\""
-                     $<TARGET_FILE:router_spill_end_to_end_test>)
+    add_test(NAME router_spill_e2e.${backend} COMMAND ${spill_run_and_check})
     set_tests_properties(router_spill_e2e.${backend} PROPERTIES TIMEOUT 120 FAIL_REGULAR_EXPRESSION "${spill_no_skip}"
       ENVIRONMENT "${spill_env};GPUSHIM_BACKEND=${backend};GPUSHIM_SPILL=host;GPUSHIM_SPILL_LIMIT=${spill_host_limit}")
     # GPUSHIM_SPILL unset: the cap fails allocations as before, and no host memory is touched.
@@ -33,6 +33,12 @@ if(TARGET gpushim AND TARGET shim_fake_libcuda)
     set_tests_properties(router_spill_e2e_off.${backend} PROPERTIES TIMEOUT 120
       FAIL_REGULAR_EXPRESSION "${spill_no_skip};spilled to host" ENVIRONMENT "${spill_env};GPUSHIM_BACKEND=${backend}")
   endforeach()
+  # Idle memory given back at once (threshold 2 MiB, one granule): the device's reserve falls below the
+  # limit while spilled blocks live, so cuMemGetInfo's free shows whether host memory is (wrongly)
+  # counted as the device's.
+  add_test(NAME router_spill_e2e_release_at_once.vmm COMMAND ${spill_run_and_check})
+  set_tests_properties(router_spill_e2e_release_at_once.vmm PROPERTIES TIMEOUT 120 FAIL_REGULAR_EXPRESSION "${spill_no_skip}"
+    ENVIRONMENT "${spill_env};GPUSHIM_BACKEND=vmm;GPUSHIM_SPILL=host;GPUSHIM_SPILL_LIMIT=${spill_host_limit};GPUSHIM_VMM_RELEASE_THRESHOLD=2MiB")
   # Where it cannot spill, it says so once and fails at the cap as before: a driver-backed backend, and a
   # driver that cannot map host memory.
   add_test(NAME router_spill_e2e_passthrough COMMAND router_spill_end_to_end_test --gtest_filter=*WithoutSpilling*)
