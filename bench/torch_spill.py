@@ -33,9 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from macro_report import UNITS, parse_gpushim_stats  # noqa: E402
 from nvml_sampler import GIB  # noqa: E402
+from torch_transformer import SEQ_CYCLE  # noqa: E402  (the same sequence lengths, step after step)
 
 MIB = float(1 << 20)
-SEQ_CYCLE = (128, 256, 384, 512, 192, 448, 320, 64)
 # router/memory_report.cpp: "device 0 spilled to host: N blocks, peak live X U, peak mapped Y U, cap Z U".
 SPILL_LINE = re.compile(r"gpushim: device 0 spilled to host: (\d+) blocks, peak live ([\d.]+) (\S+), "
                         r"peak mapped ([\d.]+) (\S+), cap")
