@@ -21,6 +21,15 @@ CUmemAllocationProp pinned_host_memory_near(CUdevice device) noexcept {
   return prop;
 }
 
+// Read and write access from the CPU, for memory on host NUMA node `node`.
+CUmemAccessDesc cpu_access_to(int node) noexcept {
+  CUmemAccessDesc access{};
+  access.location.type = CU_MEM_LOCATION_TYPE_HOST_NUMA;
+  access.location.id = node;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  return access;
+}
+
 }  // namespace
 
 CudaHostMemoryProvider::CudaHostMemoryProvider(int device, const std::vector<int>& access,
@@ -75,6 +84,14 @@ bool CudaHostMemoryProvider::map(void* addr, std::size_t bytes) noexcept {
   if (!set_access(ptr, bytes, access_.data(), access_.size(), device_)) {
     unmap_and_release(ptr, bytes, handle);
     return false;
+  }
+  // The CPU too (measured: accepted for HOST_NUMA memory, and the CPU reads what kernels wrote): the
+  // driver calls this memory host memory, so code that trusts the driver rather than gpushim's answer
+  // and touches it from the CPU reads the right bytes instead of faulting. Best effort.
+  const CUmemAccessDesc cpu = cpu_access_to(prop_.location.id);
+  if (real_driver().cuMemSetAccess(ptr, bytes, &cpu, 1) != CUDA_SUCCESS) {
+    static bool reported = false;
+    log_once(&reported, LogLevel::info, "GPUSHIM_SPILL=host: no CPU access to spilled memory (device %d)", device_);
   }
   {
     std::lock_guard<std::mutex> guard(mutex_);

@@ -8,8 +8,9 @@
 // without page faults (measured on the H100: ~51 GB/s read and write, against ~3 TB/s for device
 // memory; cuMemCreate pins it at ~0.25 s per GiB, test_apps/host_memory_probe.cu).
 //
-// No access is granted to the CPU: a spilled block is device memory to the program, which got it from
-// cudaMalloc, and behaves as such (shim/pointer_query_hooks.cpp reports it as device memory).
+// To the program a spilled block is device memory, which it got from cudaMalloc
+// (shim/pointer_query_hooks.cpp reports it as such); the CPU is given access all the same, so code that
+// asks the driver, hears "host" and reads it from the CPU gets the right bytes rather than a fault.
 #pragma once
 
 #include <atomic>
