@@ -161,6 +161,13 @@ def run_one(args, lib, config, extra_env, out_dir):
     return record
 
 
+def nvml_peak(rec):
+    """GiB: the process's NVML peak over the whole run, else the timed window's (per process or, where
+    NVML does not list our pid, the device's growth since the sampler started)."""
+    whole = rec.get("peak_nvml_process_gib_whole_run")
+    return whole if whole is not None else rec.get("peak_nvml_gib")
+
+
 def gib(v):
     return "-" if v is None else "%.2f" % (v / GIB)
 
@@ -202,8 +209,8 @@ def main(argv=None):
         return 1
     peak = ref["peak_live"]
     overhead = None
-    if ref.get("peak_nvml_process_gib_whole_run") is not None and "peak_reserved" in ref:
-        overhead = max(0.0, ref["peak_nvml_process_gib_whole_run"] * GIB - ref["peak_reserved"])
+    if nvml_peak(ref) is not None and "peak_reserved" in ref:
+        overhead = max(0.0, nvml_peak(ref) * GIB - ref["peak_reserved"])
 
     rows, checks = [], []
     rows.append(("uncapped", None, ref))
@@ -216,7 +223,7 @@ def main(argv=None):
         checks.append((name + ": completes", rec["exit"] == 0 and "losses" in rec))
         checks.append((name + ": losses identical to uncapped", rec.get("losses") == ref["losses"]))
         checks.append((name + ": blocks were spilled", rec.get("spilled_blocks", 0) > 0))
-        nvml = rec.get("peak_nvml_process_gib_whole_run")
+        nvml = nvml_peak(rec)
         if nvml is None or overhead is None:
             checks.append((name + ": NVML device memory within the limit (NVML unavailable)", False))
         else:
@@ -237,7 +244,7 @@ def main(argv=None):
     for name, limit, rec in rows:
         rate = rec.get("steps_per_s")
         rel = "%.2fx" % (rate / ref["steps_per_s"]) if rate else "-"
-        nvml = rec.get("peak_nvml_process_gib_whole_run")
+        nvml = nvml_peak(rec)
         if name == "uncapped":
             losses = "reference (%d steps, last %.6f)" % (len(ref["losses"]), float.fromhex(ref["losses"][-1]))
         elif "losses" not in rec:
