@@ -27,6 +27,13 @@ struct AllocatorStats {
   std::uint64_t bytes_cached = 0;        // reserved and not inside any live block: free for reuse
   std::uint64_t largest_free_block = 0;  // largest request that would succeed without growing
   std::uint64_t internal_waste = 0;      // block size minus requested size, summed over live blocks
+  // Host spill (allocators/spilling_allocator.h; 0 without it). The fields above that describe memory
+  // (reserved, cached, largest free) are the device's alone, so cuMemGetInfo stays about the device.
+  std::uint64_t spilled_allocations = 0;   // blocks served from host memory so far
+  std::uint64_t bytes_spilled = 0;         // requested sizes of live blocks in host memory
+  std::uint64_t peak_bytes_spilled = 0;
+  std::uint64_t spill_reserved = 0;        // host memory mapped for the device
+  std::uint64_t peak_spill_reserved = 0;
 };
 
 class Allocator {
@@ -43,6 +50,11 @@ class Allocator {
   // `p` came from allocate() on this backend with the same `bytes`. The router has validated it and
   // has made sure no GPU work can still touch the block, unless the backend is stream-ordered.
   virtual void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept = 0;
+
+  // The last resort, once allocate() failed and the router has got back what it could: a block from
+  // memory outside the device (host memory, GPUSHIM_SPILL=host), or nullptr. Only the spilling
+  // allocator and the decorators that wrap it have one.
+  virtual void* allocate_spilled(std::size_t, StreamHandle) noexcept { return nullptr; }
 
   // Gives memory that holds no live block back to the provider/driver. Returns the bytes given back.
   virtual std::size_t release_cached() noexcept = 0;

@@ -1,6 +1,6 @@
 // Every backend by name: what GPUSHIM_BACKEND accepts, what `gpushim --help` lists, and what
 // `gpushim trace replay` runs. Provider backends are pure algorithms over a MemoryProvider, so the same
-// factory serves the GPU (CudaVmmProvider) and host memory (HostProvider).
+// factory serves the GPU (CudaPeerProvider) and host memory (HostProvider).
 #pragma once
 
 #include <memory>

@@ -7,11 +7,14 @@
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
-#include "providers/cuda_vmm_provider.h"
 
 #include "allocators/limiting_allocator.h"
+#include "allocators/spilling_allocator.h"
 #include "allocators/statistics_allocator.h"
+#include "allocators/vmm_arena.h"
+#include "providers/cuda_host_memory_provider.h"
 #include "providers/cuda_peer_provider.h"
+#include "providers/host_memory_capacity.h"
 #include "providers/limited_provider.h"
 #include "providers/placement_policy.h"
 
@@ -50,6 +53,43 @@ BackendStack finished(BackendStack stack, const BackendInfo& info, std::uint64_t
   return stack;
 }
 
+// GPUSHIM_SPILL=host on a backend that takes its memory from the driver: nothing to put host memory
+// under, so allocations fail at the device as before. Said once.
+void say_backend_does_not_spill(const char* backend) {
+  if (!settings().spill_host) return;
+  static bool reported = false;
+  log_once(&reported, LogLevel::warn,
+           "GPUSHIM_SPILL=host: backend %s does not spill (only vmm, buddy, slab and tiered do)", backend);
+}
+
+// GPUSHIM_SPILL=host: `backend` first, host memory for what it cannot serve (allocators/
+// spilling_allocator.h, docs/host-spill.md). The host memory is mapped for the same devices as the
+// device memory. Where the driver cannot map host memory, `backend` is returned as it was.
+std::unique_ptr<Allocator> with_host_spill(std::unique_ptr<Allocator> backend, int device,
+                                           const PlacedMemoryProvider* placed, tracing::BackendId id,
+                                           const Settings& s, BackendStack* result) {
+  const std::vector<int> access = placed ? placed->participants() : std::vector<int>{device};
+  auto host = std::make_unique<CudaHostMemoryProvider>(device, access, id);
+  if (!host->ok()) return backend;  // it said why
+  const std::uint64_t cap = s.spill_limit.resolve(host_memory_for_spill());
+  if (cap < host->granularity()) {
+    log(LogLevel::warn, "GPUSHIM_SPILL=host: device %d: GPUSHIM_SPILL_LIMIT comes to less than %zu bytes; "
+        "it does not spill", device, host->granularity());
+    return backend;
+  }
+  auto capped = std::make_unique<LimitedProvider>(*host, static_cast<std::size_t>(cap));
+  auto spilling = std::make_unique<SpillingAllocator>(std::move(backend),
+                                                      std::make_unique<VmmArena>(*capped, VmmArenaOptions::from(s)));
+  char amount[32];
+  log(LogLevel::info, "device %d: spills to host memory (NUMA node %d), up to %s", device, host->host_numa_node(),
+      format_bytes(cap, amount, sizeof amount));
+  result->properties.spill = spilling.get();
+  result->properties.spill_limit = cap;
+  result->spill_provider = std::move(host);
+  result->capped_spill_provider = std::move(capped);
+  return spilling;
+}
+
 // Backends whose blocks come from the driver itself; the registry lists them without a provider factory.
 std::unique_ptr<Allocator> make_passthrough(int device, const Settings&) {
   return std::make_unique<PassthroughAllocator>(device);
@@ -69,6 +109,7 @@ constexpr DriverBackendFactory kDriverBackendFactories[] = {
 };
 
 BackendStack passthrough(int device, std::uint64_t limit) {
+  say_backend_does_not_spill("passthrough");
   BackendStack result;
   result.backend = with_statistics(with_limit(make_passthrough(device, settings()), limit));
   return finished(std::move(result), passthrough_backend(), limit);
@@ -82,6 +123,7 @@ BackendStack driver_backed(int device, const BackendInfo& info, std::uint64_t li
     log(LogLevel::warn, "device %d: backend %s unavailable, using passthrough", device, info.name);
     return passthrough(device, limit);
   }
+  say_backend_does_not_spill(info.name);
   BackendStack result;
   result.backend = with_statistics(with_limit(std::move(backend), limit));
   return finished(std::move(result), info, limit);
@@ -109,24 +151,14 @@ BackendStack backend_for_device(int device) noexcept {
     }
 
     if (!info->factory) return driver_backed(device, *info, limit);
-    // GPUSHIM_PEERS set: physical memory is placed by GPUSHIM_PLACEMENT and mapped for every listed
-    // device (docs/peers.md); otherwise the one-device provider.
-    std::unique_ptr<MemoryProvider> provider;
-    const PlacedMemoryProvider* placed = nullptr;
-    bool provider_ok = false;
-    if (!s.peers.empty()) {
-      Placement placement = Placement::local;
-      parse_placement(s.placement, &placement);
-      auto peer = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{},
-                                                     info->id);
-      provider_ok = peer->ok();
-      placed = peer.get();
-      provider = std::move(peer);
-    } else {
-      auto local = std::make_unique<CudaVmmProvider>(device, info->id);
-      provider_ok = local->ok();
-      provider = std::move(local);
-    }
+    // One CUDA provider: with GPUSHIM_PEERS set, physical memory is placed by GPUSHIM_PLACEMENT and
+    // mapped for every listed device (docs/peers.md); otherwise it serves this device alone.
+    Placement placement = Placement::local;
+    if (!s.peers.empty()) parse_placement(s.placement, &placement);
+    auto cuda = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{}, info->id);
+    const bool provider_ok = cuda->ok();
+    const PlacedMemoryProvider* placed = s.peers.empty() ? nullptr : cuda.get();
+    std::unique_ptr<MemoryProvider> provider = std::move(cuda);
     if (!provider_ok) {
       log(LogLevel::warn, "device %d: backend %s needs virtual memory management, using passthrough", device,
           info->name);
@@ -143,6 +175,7 @@ BackendStack backend_for_device(int device) noexcept {
       log(LogLevel::warn, "device %d: backend %s could not start, using passthrough", device, info->name);
       return passthrough(device, limit);
     }
+    if (s.spill_host) backend = with_host_spill(std::move(backend), device, placed, info->id, s, &result);
     result.provider = std::move(provider);
     result.properties.placed = placed;
     result.backend = with_statistics(std::move(backend));

@@ -9,6 +9,7 @@
 #include <memory>
 
 #include "allocators/allocator.h"
+#include "allocators/spilling_allocator.h"
 #include "providers/memory_provider.h"
 #include "providers/placement_policy.h"
 #include "tracing/backend_id.h"
@@ -24,11 +25,16 @@ struct BackendProperties {
   bool fenced = false;                             // Allocator::needs_free_fence(), asked once
   std::uint64_t limit = 0;                         // resolved GPUSHIM_LIMIT, 0 = none
   const PlacedMemoryProvider* placed = nullptr;    // the provider, when it places memory on peers (GPUSHIM_PEERS)
+  const SpillingAllocator* spill = nullptr;        // inside `backend`, when it spills to host (GPUSHIM_SPILL)
+  std::uint64_t spill_limit = 0;                   // resolved GPUSHIM_SPILL_LIMIT, when spilling
 };
 
 struct BackendStack {
   std::unique_ptr<MemoryProvider> provider;        // the CUDA VMM provider, for provider backends
   std::unique_ptr<MemoryProvider> capped_provider; // LimitedProvider over it when a limit is set
+  // GPUSHIM_SPILL=host (docs/host-spill.md): host memory mapped for the device, capped at spill_limit.
+  std::unique_ptr<MemoryProvider> spill_provider;
+  std::unique_ptr<MemoryProvider> capped_spill_provider;
   std::unique_ptr<Allocator> backend;              // what the router calls (decorated); null without host memory
   BackendProperties properties;
 };

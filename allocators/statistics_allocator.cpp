@@ -43,6 +43,12 @@ void* StatisticsAllocator::allocate(std::size_t bytes, StreamHandle stream) noex
   return p;
 }
 
+void* StatisticsAllocator::allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept {
+  void* p = inner_->allocate_spilled(bytes, stream);
+  if (p) account_in_use(this_thread_shard(), static_cast<std::int64_t>(bytes));
+  return p;
+}
+
 void StatisticsAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
   inner_->deallocate(p, bytes, stream);
   account_in_use(this_thread_shard(), -static_cast<std::int64_t>(bytes));

@@ -30,6 +30,7 @@ class StatisticsAllocator final : public Allocator {
   const char* name() const noexcept override { return inner_->name(); }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }

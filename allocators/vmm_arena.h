@@ -1,7 +1,7 @@
 // The growable VMM arena: one large virtual range reserved once per device, physical memory mapped into
 // it in steps as the program needs it, blocks carved by best fit with coalescing, idle physical memory
 // given back above a threshold. Memory comes only from a MemoryProvider, so the same code runs on the
-// GPU (CudaVmmProvider) and on host memory (HostProvider) in the CPU tests.
+// GPU (CudaPeerProvider) and on host memory (HostProvider) in the CPU tests.
 //
 // Why a VMM arena: docs/measured-facts.md measured cudaMalloc at 2-100 us and cudaFree at up to 640 us per call, while
 // mapping costs 45-75 us per step regardless of the block count it serves. Reserving address space is
@@ -73,6 +73,11 @@ class VmmArena final : public Allocator {
   AllocatorStats stats() const noexcept override;
 
   std::size_t reserved_bytes() const noexcept { return reserve_bytes_; }  // address space held
+  // True when `p` lies in the arena's reservation (fixed at construction, so no lock).
+  bool contains(const void* p) const noexcept {
+    const auto a = reinterpret_cast<std::uintptr_t>(p);
+    return a >= base_ && a - base_ < reserve_bytes_;
+  }
   std::size_t grow_step() const noexcept { return grow_step_; }
   std::size_t chunk_count() const noexcept;  // provider mappings currently held
 

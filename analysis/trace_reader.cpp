@@ -15,7 +15,7 @@
 namespace gpushim::tracing {
 namespace {
 
-constexpr std::uint8_t kLastKnownEventKind = std::uint8_t(EventKind::unmap);
+constexpr std::uint8_t kLastKnownEventKind = std::uint8_t(EventKind::spill_unmap);
 // Progress is reported every this many bytes, so a multi-GiB trace shows movement without the
 // callback costing anything on small ones.
 constexpr std::uint64_t kProgressStep = 16ull << 20;
@@ -275,6 +275,8 @@ const char* event_kind_name(EventKind kind) {
     case EventKind::out_of_memory: return "out_of_memory";
     case EventKind::map: return "map";
     case EventKind::unmap: return "unmap";
+    case EventKind::spill_map: return "spill_map";
+    case EventKind::spill_unmap: return "spill_unmap";
   }
   return "unknown";
 }

@@ -210,6 +210,27 @@ const Row kRows[] = {
        s.placement = v;
        return true;
      }},
+    {{"GPUSHIM_SPILL", "choice", "off", "off, host",
+      "host: when the device memory this process may use (the device, or GPUSHIM_LIMIT) is exhausted, "
+      "serve the allocation from pinned host memory mapped for the GPU (kernels reach it over the host "
+      "link, ~51 GB/s on the H100) instead of failing; off: fail as usual. vmm, buddy, slab and tiered "
+      "only (docs/host-spill.md)."},
+     [](const char* v, Settings& s) {
+       if (!is_listed(v, "off, host")) return false;
+       s.spill_host = std::string(v) == "host";
+       return true;
+     }},
+    {{"GPUSHIM_SPILL_LIMIT", "size-or-percent", "25%",
+      "a size (512MiB, 8GiB) or a share of the host's memory (25%)",
+      "Cap on the host memory GPUSHIM_SPILL=host pins per device; past it, allocations fail with "
+      "CUDA_ERROR_OUT_OF_MEMORY. A share is of the host's physical memory (or the cgroup's limit, "
+      "whichever is smaller)."},
+     [](const char* v, Settings& s) {
+       SizeSetting parsed;
+       if (!parse_size_or_percent(v, &parsed) || !parsed.set()) return false;
+       s.spill_limit = parsed;
+       return true;
+     }},
 };
 
 constexpr const char* kFallbackBackend = "passthrough";

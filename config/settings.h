@@ -52,6 +52,10 @@ struct Settings {
   std::string peers;                   // GPUSHIM_PEERS: "", "all", "0,1,..."
   std::string placement;               // GPUSHIM_PLACEMENT: local, interleave, spill
 
+  // host spill (docs/host-spill.md)
+  bool spill_host = false;             // GPUSHIM_SPILL: "host" serves what the device cannot from host memory
+  SizeSetting spill_limit;             // GPUSHIM_SPILL_LIMIT: host memory spilled per device (% of host RAM)
+
   // Human-readable problems found while parsing, one line each, already printed once.
   std::vector<std::string> errors;
 };

@@ -2,7 +2,7 @@
 // is released. The provider that creates physical memory implements ExportableMemory and registers
 // itself; IPC never calls a provider otherwise.
 //
-// Requirement on the provider (CudaVmmProvider): cuMemCreate must ask for shareable handles,
+// Requirement on the provider (CudaPeerProvider): cuMemCreate must ask for shareable handles,
 //   prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
 // otherwise cuMemExportToShareableHandle fails and cuIpcGetMemHandle returns that error (logged once).
 // The flag costs nothing at allocation time; it only lets the driver hand out an fd later.

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <new>
 
+#include "annotations/nvtx_memory.h"
+#include "annotations/nvtx_ranges.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
 
@@ -62,8 +64,10 @@ CudaPeerProvider::CudaPeerProvider(int device, const std::string& peers, Placeme
     return;
   }
   granularity_ = local_granularity;
+  driver.cuCtxGetCurrent(&context_);
   choose_participants(peers);
   ok_ = !participants_.empty();
+  if (ok_) ipc::register_exportable_memory(this);
 }
 
 void CudaPeerProvider::choose_participants(const std::string& peers) noexcept {
@@ -124,6 +128,7 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
   const CUdeviceptr base = reinterpret_cast<CUdeviceptr>(addr);
   if (base % granularity_ != 0) return false;
   const std::size_t g = granularity_;
+  annotations::ScopedRange range(annotations::SlowEvent::arena_growth);
 
   std::lock_guard<std::mutex> guard(mutex_);
   PlacementRequest request;
@@ -151,8 +156,12 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
     const std::size_t seg_bytes = s.granules * g;
     const CUdeviceptr at = base + s.first * g;
     CUmemAllocationProp prop = pinned_memory_on(s.device);
+    // Shareable so blocks can be exported to other processes; create_and_map drops the request when
+    // the driver refuses it, and then memory is simply not exportable.
+    if (shareable_.load(std::memory_order_relaxed)) prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
     CUmemGenericAllocationHandle handle = 0;
     const MapResult mapped = create_and_map(at, seg_bytes, &prop, &handle);
+    if (prop.requestedHandleTypes == CU_MEM_HANDLE_TYPE_NONE) shareable_.store(false, std::memory_order_relaxed);
     if (mapped == MapResult::out_of_memory) return BackingResult::out_of_memory;
     if (mapped == MapResult::failed) return BackingResult::failed;
     try {
@@ -183,6 +192,9 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
       unmap_and_release(base + it->first * g, it->granules * g, it->handle);
     return false;
   }
+  // A heap for compute-sanitizer per mapping: the tool accepts a heap only over memory it tracks as
+  // allocated, which for VMM is a mapped range (a bare reservation is ignored).
+  annotations::on_memory_mapped(static_cast<std::uintptr_t>(base), bytes, device_);
   for (const Segment& s : segments) {
     per_device_.add(s.device, s.granules * g);
     // Recorded with the device that holds the memory, so a trace shows where memory lives.
@@ -199,8 +211,9 @@ void CudaPeerProvider::unmap(void* addr, std::size_t bytes) noexcept {
     std::lock_guard<std::mutex> guard(mutex_);
     if (!mappings_.take(addr, bytes, &mapping)) return;
   }
-  // The calling thread's current context, as this provider keeps none of its own.
-  wait_for_device_work(nullptr);
+  // The device this provider was built for, whichever context the freeing thread has current.
+  wait_for_device_work(context_);
+  annotations::on_memory_unmapping(static_cast<std::uintptr_t>(base));  // the heap ends with the mapping
   for (const Segment& s : mapping.segments) {
     const CUdeviceptr at = base + s.first * g;
     unmap_and_release(at, s.granules * g, s.handle);
@@ -219,6 +232,23 @@ int CudaPeerProvider::backing_device(const void* address) const noexcept {
   for (const Segment& s : mapping->segments)
     if (granule >= s.first && granule < s.first + s.granules) return s.device;
   return -1;
+}
+
+bool CudaPeerProvider::physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle,
+                                           CUdeviceptr* chunk_base, std::size_t* chunk_size) noexcept {
+  std::lock_guard<std::mutex> guard(mutex_);
+  std::uintptr_t base = 0;
+  const Mapping* mapping = mappings_.covering(static_cast<std::uintptr_t>(p), &base);
+  if (!mapping) return false;
+  const std::size_t granule = (static_cast<std::uintptr_t>(p) - base) / granularity_;
+  for (const Segment& s : mapping->segments) {
+    if (granule < s.first || granule >= s.first + s.granules) continue;
+    *handle = s.handle;
+    *chunk_base = static_cast<CUdeviceptr>(base + s.first * granularity_);
+    *chunk_size = s.granules * granularity_;
+    return true;
+  }
+  return false;
 }
 
 void CudaPeerProvider::reset_after_fork() noexcept { new (&mutex_) std::mutex(); }

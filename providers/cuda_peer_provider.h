@@ -1,10 +1,14 @@
-// MemoryProvider over the CUDA VMM API whose memory may live on several GPUs and is readable and
-// writable from all of them (GPUSHIM_PEERS, GPUSHIM_PLACEMENT).
+// The CUDA provider: MemoryProvider over the CUDA VMM API for one device's backend, whose memory may
+// live on several GPUs and be readable and writable from all of them (GPUSHIM_PEERS, GPUSHIM_PLACEMENT).
+// With one participant (no GPUSHIM_PEERS, or one GPU) it is the one-device provider every provider
+// backend runs on.
 //
-// The driver steps are providers/cuda_physical_memory.h, shared with CudaVmmProvider; what is this
-// provider's own is which devices take part and where each granule lives.
+// The driver steps are providers/cuda_physical_memory.h; what is this provider's own is which devices
+// take part, where each granule lives, and who is told about each mapping: IPC (physical memory is
+// created shareable as a POSIX file descriptor, so a block can be passed to another process with
+// cuIpcGetMemHandle, docs/ecosystem.md) and compute-sanitizer (one NVTX heap per mapping).
 //
-// reserve = cuMemAddressReserve, as CudaVmmProvider. map() asks the placement policy which device backs
+// reserve = cuMemAddressReserve. map() asks the placement policy which device backs
 // each granule, then per segment cuMemCreate with location = that device and cuMemMap at the segment's
 // address, then ONE cuMemSetAccess over the whole range with one read-write descriptor per participating
 // device (cuMemSetAccess costs 30-54 us whatever the size, docs/measured-facts.md). No context is created on the peers:
@@ -16,10 +20,11 @@
 // cuDeviceCanAccessPeer holds both ways with every device already taking part. A device left out is
 // named once in a log line.
 //
-// With one participant and the local policy, map() makes exactly CudaVmmProvider's calls (one
-// cuMemCreate, one cuMemMap, one cuMemSetAccess with one descriptor), so the one-GPU suite exercises it.
+// With one participant and the local policy, map() makes one cuMemCreate, one cuMemMap and one
+// cuMemSetAccess with one descriptor.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <mutex>
 #include <string>
@@ -27,6 +32,7 @@
 
 #include <cuda.h>
 
+#include "ipc/exportable_memory.h"
 #include "providers/cuda_physical_memory.h"
 #include "providers/mapping_table.h"
 #include "providers/placement_policy.h"
@@ -34,12 +40,12 @@
 
 namespace gpushim {
 
-class CudaPeerProvider final : public PlacedMemoryProvider {
+class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::ExportableMemory {
  public:
   // `device`: the allocating device (ordinal). `peers`: GPUSHIM_PEERS as written ("", "all", "0,1").
   // `per_device_cap`: bytes each device may back through this provider, by ordinal (GPUSHIM_LIMIT
   // resolved per device); missing or 0 = no cap. `ok()` is false when the local device has no VMM
-  // support (then every map() fails and the router falls back, as with CudaVmmProvider).
+  // support (then every map() fails and the router falls back to passthrough).
   CudaPeerProvider(int device, const std::string& peers, Placement placement,
                    std::vector<std::size_t> per_device_cap = {},
                    tracing::BackendId backend = tracing::BackendId::unknown) noexcept;
@@ -66,6 +72,10 @@ class CudaPeerProvider final : public PlacedMemoryProvider {
 
   void reset_after_fork() noexcept;
 
+  // ipc::ExportableMemory: the segment (one cuMemCreate) that backs `p`.
+  bool physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle, CUdeviceptr* chunk_base,
+                           std::size_t* chunk_size) noexcept override;
+
  private:
   struct Segment {
     int device;
@@ -85,7 +95,10 @@ class CudaPeerProvider final : public PlacedMemoryProvider {
   const Placement placement_;
   const tracing::BackendId backend_;
   const std::vector<std::size_t> per_device_cap_;
+  CUcontext context_ = nullptr;  // the device's context, current when the provider was built
   bool ok_ = false;
+  // Physical memory is asked for shareable (IPC export) until the driver refuses it once.
+  std::atomic<bool> shareable_{true};
   std::size_t granularity_ = kFallbackVmmGranularity;
   std::vector<int> participants_;
   std::vector<CUmemAccessDesc> access_;  // one read-write descriptor per participant

@@ -1,6 +1,6 @@
 // Where backends get memory: address space, and physical memory mapped into it (mimalloc's prim
-// layer). Two implementations: CudaVmmProvider (cuMemAddressReserve/cuMemCreate/cuMemMap/
-// cuMemSetAccess on one device) and HostProvider (mmap/mprotect), so the algorithms in allocators/
+// layer). Two kinds: CudaPeerProvider (cuMemAddressReserve/cuMemCreate/cuMemMap/
+// cuMemSetAccess on one device or several) and HostProvider (mmap/mprotect), so the algorithms in allocators/
 // are tested on the CPU with exactly the code that runs on the GPU.
 #pragma once
 

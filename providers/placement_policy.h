@@ -156,7 +156,7 @@ bool back_with_placement(const PlacementRequest& request, std::vector<DeviceRoom
             if (room && room->granules != kUnknownRoom) room->granules -= piece.granules;
             continue;
           }
-          // local has nowhere else to go: fail at once, with one driver call (as CudaVmmProvider).
+          // local has nowhere else to go: fail at once, with one driver call (as with one device).
           if (result == BackingResult::failed || request.policy == Placement::local) return give_up();
           if (piece.granules > 1) {
             try_granules = piece.granules / 2;  // the device may have room for part of it

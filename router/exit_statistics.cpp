@@ -39,6 +39,10 @@ void at_exit() noexcept {
         AllocatorStats stats = device->backend().stats();
         row.peak_live = stats.peak_bytes_in_use;
         row.peak_reserved = stats.peak_bytes_reserved;
+        row.spill_limit = device->properties.spill_limit;
+        row.spilled_allocs = stats.spilled_allocations;
+        row.peak_spilled = stats.peak_bytes_spilled;
+        row.peak_spill_reserved = stats.peak_spill_reserved;
         rows.push_back(row);
       }
       for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());

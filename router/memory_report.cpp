@@ -36,6 +36,12 @@ std::vector<std::string> format_oom_report(const OomReport& r) {
                 bytes_text(r.largest_free).c_str(), fragmentation_percent(r.cached, r.largest_free));
   lines.emplace_back(line);
   if (!r.placement.empty()) lines.push_back("  memory mapped by device: " + r.placement);
+  if (r.spill_limit) {
+    std::snprintf(line, sizeof line, "  spilled to host: live %s, mapped %s of the %s cap (GPUSHIM_SPILL_LIMIT)",
+                  bytes_text(r.spilled).c_str(), bytes_text(r.spill_reserved).c_str(),
+                  bytes_text(r.spill_limit).c_str());
+    lines.emplace_back(line);
+  }
   if (!r.largest_live.empty()) {
     std::snprintf(line, sizeof line, "  largest live allocations (%zu):", r.largest_live.size());
     lines.emplace_back(line);
@@ -66,6 +72,15 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
     std::snprintf(line, sizeof line, kRowFormat, device, row.backend.c_str(), allocs, frees, failed,
                   bytes_text(row.bytes_allocated).c_str(), bytes_text(row.peak_live).c_str(),
                   bytes_text(row.peak_reserved).c_str());
+    lines.emplace_back(line);
+  }
+  // Spilling is a state of the run worth its own line, not a column every run would carry empty.
+  for (const StatsRow& row : rows) {
+    if (row.spill_limit == 0) continue;
+    std::snprintf(line, sizeof line,
+                  "device %d spilled to host: %llu blocks, peak live %s, peak mapped %s, cap %s", row.device,
+                  static_cast<unsigned long long>(row.spilled_allocs), bytes_text(row.peak_spilled).c_str(),
+                  bytes_text(row.peak_spill_reserved).c_str(), bytes_text(row.spill_limit).c_str());
     lines.emplace_back(line);
   }
   return lines;

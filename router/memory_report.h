@@ -20,6 +20,9 @@ struct OomReport {
   std::uint64_t pending_free = 0;   // freed, waiting for a fence
   std::uint64_t largest_free = 0;
   std::uint64_t limit = 0;          // 0: no GPUSHIM_LIMIT
+  std::uint64_t spill_limit = 0;    // GPUSHIM_SPILL=host: host memory the device may spill; 0: no spill
+  std::uint64_t spilled = 0;        // live blocks in host memory (requested bytes)
+  std::uint64_t spill_reserved = 0; // host memory mapped for them
   // With GPUSHIM_PEERS: which devices' physical memory backs this device's blocks, as
   // describe_placement() words it ("device 0: 1.50 GiB, device 1: 512.00 MiB"); empty otherwise.
   std::string placement;
@@ -46,11 +49,17 @@ struct StatsRow {
   std::uint64_t bytes_allocated = 0;  // sum of the requested sizes of all allocations served
   std::uint64_t peak_live = 0;
   std::uint64_t peak_reserved = 0;
+  // GPUSHIM_SPILL=host (docs/host-spill.md): blocks served from host memory; a line under the table.
+  std::uint64_t spilled_allocs = 0;
+  std::uint64_t peak_spilled = 0;        // live bytes in host memory at most
+  std::uint64_t peak_spill_reserved = 0; // host memory mapped at most
+  std::uint64_t spill_limit = 0;         // 0: this device does not spill
 };
 
 // The header and one line per row, exactly as docs/configuration.md ("The statistics table") shows
 // them (whitespace-separated; byte columns are format_bytes "<number> <unit>" pairs). Rows with no call
-// are left out.
+// are left out. Then, only for devices that spill (GPUSHIM_SPILL=host), one "device D spilled to host:
+// ..." line each.
 std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows);
 
 }  // namespace gpushim

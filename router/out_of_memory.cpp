@@ -40,7 +40,10 @@ void* allocate_under_pressure(DeviceState& device, std::size_t block_size, Strea
   std::size_t released = backend.release_cached();
   if (released)
     tracing::record(tracing::EventKind::cache_release, device.ordinal, 0, 0, released, device.properties.id);
-  return backend.allocate(block_size, stream);
+  if (void* p = backend.allocate(block_size, stream)) return p;
+  // The device's memory is exhausted: with GPUSHIM_SPILL=host the block comes from host memory instead
+  // (docs/host-spill.md); without it this returns nullptr.
+  return backend.allocate_spilled(block_size, stream);
 }
 
 void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
@@ -58,6 +61,9 @@ void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
     report.pending_free = pending_bytes(device);
     report.largest_free = stats.largest_free_block;
     report.limit = device.properties.limit;
+    report.spill_limit = device.properties.spill_limit;
+    report.spilled = stats.bytes_spilled;
+    report.spill_reserved = stats.spill_reserved;
     if (device.properties.placed) {
       char placement[256];
       report.placement = describe_placement(*device.properties.placed, placement, sizeof placement);

@@ -578,7 +578,11 @@ bool find_block(CUdeviceptr p, BlockInfo* out) noexcept {
   std::uintptr_t base = 0;
   LiveBlock block;
   if (!live_blocks().find_containing(static_cast<std::uintptr_t>(p), &base, &block)) return false;
-  if (out) *out = BlockInfo{static_cast<CUdeviceptr>(base), block.requested, block.device};
+  if (!out) return true;
+  *out = BlockInfo{static_cast<CUdeviceptr>(base), block.requested, block.device};
+  if (block.device >= 0 && block.device < kMaxDevices)
+    if (DeviceState* device = g_devices[block.device].load(std::memory_order_acquire))
+      out->spilled = device->properties.spill && device->properties.spill->is_spilled(reinterpret_cast<void*>(base));
   return true;
 }
 

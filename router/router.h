@@ -31,6 +31,7 @@ struct BlockInfo {
   CUdeviceptr base = 0;
   std::size_t size = 0;  // the size the program asked for
   int device = -1;
+  bool spilled = false;  // served from host memory (GPUSHIM_SPILL=host, docs/host-spill.md)
 };
 bool find_block(CUdeviceptr p, BlockInfo* out) noexcept;
 

@@ -1,6 +1,6 @@
 // GPU probe, not part of the build: which memory compute-sanitizer accepts as an NVTX heap. Registers
 // the guide's exact heap descriptor over (1) a cuMemAlloc allocation, (2) one cuMemCreate + cuMemMap +
-// cuMemSetAccess range inside a larger reservation (what CudaVmmProvider::map makes), and (3) the same
+// cuMemSetAccess range inside a larger reservation (what CudaPeerProvider::map makes), and (3) the same
 // descriptor plus an ASCII message over a fresh cuMemAlloc allocation; then writes one byte past a
 // registered 1000-byte region in (1) and (2). Under compute-sanitizer a refused heap prints
 // "Call to nvtxMemHeapRegister failed" and its OOB write goes unreported.

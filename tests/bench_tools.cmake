@@ -3,4 +3,6 @@
 find_package(Python3 COMPONENTS Interpreter QUIET)
 if(Python3_Interpreter_FOUND)
   add_test(NAME bench_macro_report COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/bench/test_macro_report.py)
+  # bench/torch_spill.py's driver over a fake training run (docs/host-spill.md).
+  add_test(NAME bench_torch_spill COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/bench/test_torch_spill.py)
 endif()

@@ -99,6 +99,8 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_EQ(s.trace_stack, 0);
   EXPECT_EQ(s.peers, "");
   EXPECT_EQ(s.placement, "local");
+  EXPECT_FALSE(s.spill_host);
+  EXPECT_DOUBLE_EQ(s.spill_limit.percent, 25.0);
 }
 
 TEST(Settings, EveryRowReadsItsVariable) {
@@ -118,7 +120,9 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_TRACE", "/tmp/run-%p.gpushim-trace.zst"},
                                       {"GPUSHIM_TRACE_STACK", "16"},
                                       {"GPUSHIM_PEERS", "0,1,3"},
-                                      {"GPUSHIM_PLACEMENT", "spill"}};
+                                      {"GPUSHIM_PLACEMENT", "spill"},
+                                      {"GPUSHIM_SPILL", "host"},
+                                      {"GPUSHIM_SPILL_LIMIT", "6GiB"}};
   const Settings s = parse(every_variable);
   EXPECT_TRUE(s.errors.empty()) << s.errors.front();
   EXPECT_EQ(s.backend, "vmm");
@@ -138,6 +142,9 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.trace_stack, 16);
   EXPECT_EQ(s.peers, "0,1,3");
   EXPECT_EQ(s.placement, "spill");
+  EXPECT_TRUE(s.spill_host);
+  EXPECT_EQ(s.spill_limit.bytes, 6 * GiB);
+  EXPECT_EQ(s.spill_limit.percent, 0.0);
   // and each variable the test above sets is a row of the table, and the other way round
   std::set<std::string> rows, given;
   for (const SettingRow& row : setting_rows()) rows.insert(row.variable);
@@ -167,7 +174,8 @@ TEST(Settings, BadValueOfEveryRowGivesOneLineAndPassthrough) {
       {"GPUSHIM_BUDDY_REGION", "3GiB"},    {"GPUSHIM_SLAB_MAX_SIZE", "100"},
       {"GPUSHIM_TIERED_SPLIT", "0"},       {"GPUSHIM_MEMPOOL_RELEASE_THRESHOLD", "1 GiB each"},
       {"GPUSHIM_TRACE_STACK", "65"},       {"GPUSHIM_PEERS", "0,,1"},
-      {"GPUSHIM_PLACEMENT", "everywhere"},
+      {"GPUSHIM_PLACEMENT", "everywhere"}, {"GPUSHIM_SPILL", "disk"},
+      {"GPUSHIM_SPILL_LIMIT", "0"},
   };
   const Settings defaults = parse({});
   for (const auto& [variable, value] : bad) {

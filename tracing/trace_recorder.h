@@ -21,6 +21,8 @@ enum class EventKind : std::uint8_t {
   out_of_memory = 7,  // CUDA_ERROR_OUT_OF_MEMORY returned to the program after the retry
   map = 8,            // physical memory mapped by a provider (address, size)
   unmap = 9,          // physical memory given back by a provider (address, size)
+  spill_map = 10,     // host memory mapped for the device's spilled blocks (GPUSHIM_SPILL=host)
+  spill_unmap = 11,   // host memory of spilled blocks given back
 };
 
 namespace detail {

@@ -8,6 +8,9 @@
 //   fresh PROT_NONE mapping at the address, cuMemSetAccess = mprotect read-write, cuMemUnmap = PROT_NONE
 //   again (the pages are dropped). Granularity 2 MiB, as on the H100. FAKE_CUDA_TOTAL_MEMORY (bytes,
 //   default 16 GiB) caps physical memory per device: past it, allocation answers OUT_OF_MEMORY.
+//   cuMemCreate on CU_MEM_LOCATION_TYPE_HOST_NUMA (node 0) is host memory, as on the H100: capped by
+//   FAKE_CUDA_HOST_MEMORY (default 64 GiB), and cuPointerGetAttribute(s) call it CU_MEMORYTYPE_HOST
+//   (device mappings: DEVICE). FAKE_CUDA_NO_HOST_VMM=1 makes the devices refuse host-located memory.
 // - Events: a record takes a ticket; an event is complete once the fake GPU has reached its ticket.
 //   The GPU finishes everything at once unless a test holds it (fake_cuda_hold_gpu), which is how a test
 //   proves a freed block is not reused before its fence completes. Synchronize calls complete the work.
@@ -22,7 +25,8 @@
 //
 // Test-only exports: fake_cuda_calls(symbol), fake_cuda_total_calls(), fake_cuda_function(symbol),
 // fake_cuda_last_stream(), fake_cuda_hold_gpu(held), fake_cuda_physical_bytes(device),
-// fake_cuda_live_events(), fake_cuda_device_of(pointer), fake_cuda_records_on_destroyed_streams().
+// fake_cuda_live_events(), fake_cuda_device_of(pointer) (kFakeHostLocation for host memory),
+// fake_cuda_host_physical_bytes(), fake_cuda_records_on_destroyed_streams().
 #include <cuda.h>
 #include <sys/mman.h>
 
@@ -40,6 +44,7 @@ namespace {
 constexpr std::size_t kAlignment = 256;                  // what cuMemAlloc guarantees
 constexpr std::size_t kGranularity = std::size_t{2} << 20;  // the H100's VMM granularity
 constexpr int kMaxDevices = 8;
+constexpr int kHostLocation = -2;  // the "device" of host-located physical memory (fake_cuda_device_of)
 
 // ---- call counters ----
 
@@ -120,6 +125,23 @@ void choose_context(CUcontext context) {
 
 // Physical bytes in use per device (cuMemAlloc, pools and cuMemCreate together).
 std::atomic<std::size_t> physical[kMaxDevices];
+// Host-located physical memory (cuMemCreate with CU_MEM_LOCATION_TYPE_HOST_NUMA).
+std::atomic<std::size_t> host_physical{0};
+std::size_t host_memory() {
+  static const std::size_t bytes = env_size("FAKE_CUDA_HOST_MEMORY", std::size_t{64} << 30);
+  return bytes;
+}
+bool host_vmm_supported() {
+  const char* off = std::getenv("FAKE_CUDA_NO_HOST_VMM");
+  return !(off && off[0] == '1');
+}
+bool take_host_physical(std::size_t bytes) {
+  std::size_t now = host_physical.load(std::memory_order_relaxed);
+  do {
+    if (bytes > host_memory() || now > host_memory() - bytes) return false;
+  } while (!host_physical.compare_exchange_weak(now, now + bytes, std::memory_order_relaxed));
+  return true;
+}
 
 bool take_physical(int device, std::size_t bytes) {
   std::size_t now = physical[device].load(std::memory_order_relaxed);
@@ -308,6 +330,7 @@ void fake_cuda_hold_gpu(int held) {
 std::size_t fake_cuda_physical_bytes(int device) {
   return device >= 0 && device < kMaxDevices ? physical[device].load() : 0;
 }
+std::size_t fake_cuda_host_physical_bytes() { return host_physical.load(); }
 int fake_cuda_live_events() { return live_events.load(); }
 // The device whose memory backs `p` (a cuMemAlloc/pool allocation or a cuMemMap'ed range), or -1.
 int fake_cuda_device_of(CUdeviceptr p) {
@@ -364,6 +387,8 @@ CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, 
     case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED:
     case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
     case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: *value = 32; break;  // the H100's
+    case CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = host_vmm_supported(); break;
+    case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID: *value = 0; break;
     default: *value = 0;
   }
   return CUDA_SUCCESS;
@@ -494,9 +519,37 @@ CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdevi
   }
   return CUDA_ERROR_NOT_FOUND;
 }
-CUresult CUDAAPI cuPointerGetAttribute(void*, CUpointer_attribute, CUdeviceptr) {
+// MEMORY_TYPE and DEVICE_ORDINAL of VMM mappings, as the H100's driver answers them: host-located
+// memory is CU_MEMORYTYPE_HOST. Everything else: CUDA_ERROR_INVALID_VALUE.
+CUresult CUDAAPI cuPointerGetAttribute(void* data, CUpointer_attribute attribute, CUdeviceptr p) {
   COUNT("cuPointerGetAttribute");
-  return CUDA_ERROR_INVALID_VALUE;
+  const int where = fake_cuda_device_of(p);
+  if (!data || where == -1) return CUDA_ERROR_INVALID_VALUE;
+  switch (attribute) {
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+      *static_cast<unsigned int*>(data) = where == kHostLocation ? CU_MEMORYTYPE_HOST : CU_MEMORYTYPE_DEVICE;
+      return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+      *static_cast<int*>(data) = where == kHostLocation ? -1 : where;
+      return CUDA_SUCCESS;
+    case CU_POINTER_ATTRIBUTE_HOST_POINTER:
+      if (where != kHostLocation) return CUDA_ERROR_INVALID_VALUE;
+      *static_cast<void**>(data) = reinterpret_cast<void*>(p);
+      return CUDA_SUCCESS;
+    default:
+      return CUDA_ERROR_INVALID_VALUE;
+  }
+}
+// Like the driver: no error for an attribute that does not apply, which is then written as 0.
+CUresult CUDAAPI cuPointerGetAttributes(unsigned int count, CUpointer_attribute* attributes, void** data,
+                                        CUdeviceptr p) {
+  COUNT("cuPointerGetAttributes");
+  if (!attributes || !data) return CUDA_ERROR_INVALID_VALUE;
+  for (unsigned int i = 0; i < count; ++i) {
+    if (!data[i]) continue;
+    if (cuPointerGetAttribute(data[i], attributes[i], p) != CUDA_SUCCESS) *static_cast<void**>(data[i]) = nullptr;
+  }
+  return CUDA_SUCCESS;
 }
 // Device memory is host memory here: copies and memset are plain memory operations.
 CUresult CUDAAPI cuMemsetD8_v2(CUdeviceptr p, unsigned char value, size_t n) {
@@ -562,6 +615,11 @@ CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool, size_t) {
 CUresult CUDAAPI cuMemGetAllocationGranularity(size_t* granularity, const CUmemAllocationProp* prop,
                                                CUmemAllocationGranularity_flags) {
   COUNT("cuMemGetAllocationGranularity");
+  if (prop && prop->location.type == CU_MEM_LOCATION_TYPE_HOST_NUMA) {
+    if (!granularity || prop->location.id != 0 || !host_vmm_supported()) return CUDA_ERROR_INVALID_VALUE;
+    *granularity = kGranularity;
+    return CUDA_SUCCESS;
+  }
   if (!granularity || !prop || prop->location.id < 0 || prop->location.id >= device_count())
     return CUDA_ERROR_INVALID_VALUE;
   *granularity = kGranularity;
@@ -596,6 +654,12 @@ CUresult CUDAAPI cuMemCreate(CUmemGenericAllocationHandle* handle, size_t size, 
                              unsigned long long) {
   COUNT("cuMemCreate");
   if (!handle || !prop || !granule_multiple(size)) return CUDA_ERROR_INVALID_VALUE;
+  if (prop->location.type == CU_MEM_LOCATION_TYPE_HOST_NUMA) {
+    if (prop->location.id != 0 || !host_vmm_supported()) return CUDA_ERROR_INVALID_VALUE;
+    if (!take_host_physical(size)) return CUDA_ERROR_OUT_OF_MEMORY;
+    *handle = reinterpret_cast<CUmemGenericAllocationHandle>(new PhysicalHandle{size, kHostLocation});
+    return CUDA_SUCCESS;
+  }
   const int device = prop->location.id;
   if (device < 0 || device >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
   if (!take_physical(device, size)) return CUDA_ERROR_OUT_OF_MEMORY;
@@ -606,7 +670,11 @@ CUresult CUDAAPI cuMemRelease(CUmemGenericAllocationHandle handle) {
   COUNT("cuMemRelease");
   auto* physical_handle = reinterpret_cast<PhysicalHandle*>(handle);
   if (!physical_handle) return CUDA_ERROR_INVALID_VALUE;
-  give_physical(physical_handle->device, physical_handle->bytes);
+  if (physical_handle->device == kHostLocation) {
+    host_physical.fetch_sub(physical_handle->bytes, std::memory_order_relaxed);
+  } else {
+    give_physical(physical_handle->device, physical_handle->bytes);
+  }
   delete physical_handle;
   return CUDA_SUCCESS;
 }
