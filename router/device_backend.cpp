@@ -17,6 +17,7 @@
 #include "providers/cuda_peer_provider.h"
 #include "providers/limited_provider.h"
 #include "providers/placement_policy.h"
+#include "router/block_alignment.h"
 
 namespace gpushim {
 namespace {
@@ -39,6 +40,17 @@ std::uint64_t resolve_limit(int device) {
   if (driver.cuDeviceGet(&dev, device) != CUDA_SUCCESS || driver.cuDeviceTotalMem(&total, dev) != CUDA_SUCCESS)
     total = 0;
   return s.limit.resolve(total);
+}
+
+// The device's texture alignment, which every block must meet (router/block_alignment.h).
+std::size_t device_texture_alignment(int device) noexcept {
+  const RealDriver& driver = real_driver();
+  CUdevice dev = 0;
+  int attribute = 0;
+  if (!driver.cuDeviceGetAttribute || driver.cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
+      driver.cuDeviceGetAttribute(&attribute, CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT, dev) != CUDA_SUCCESS)
+    attribute = 0;
+  return texture_alignment(attribute);
 }
 
 DeviceBackend passthrough(int device, std::uint64_t limit) {
@@ -95,6 +107,12 @@ DeviceBackend build_device_backend(int device) noexcept {
     }
 
     if (!info->factory) return passthrough(device, limit);
+    const std::size_t alignment = device_texture_alignment(device);
+    if (!provider_blocks_meet(alignment)) {
+      log(LogLevel::warn, "device %d: texture alignment %zu B exceeds backend %s's %zu B, using passthrough", device,
+          alignment, info->name, kMinAlignment);
+      return passthrough(device, limit);
+    }
     // One CUDA provider: with GPUSHIM_PEERS set, physical memory is placed by GPUSHIM_PLACEMENT and
     // mapped for every listed device (docs/peers.md); otherwise it serves this device alone.
     Placement placement = Placement::local;

@@ -37,7 +37,7 @@
 
 namespace {
 
-constexpr std::size_t kAlignment = 256;                  // what cuMemAlloc guarantees
+constexpr std::size_t kAlignment = 512;                  // what cuMemAlloc gives (texture alignment)
 constexpr std::size_t kGranularity = std::size_t{2} << 20;  // the H100's VMM granularity
 constexpr int kMaxDevices = 8;
 
@@ -361,6 +361,9 @@ CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, 
     case CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED:
     case CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING: *value = 1; break;
     case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: *value = 32; break;  // the H100's
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT:  // the H100's, or FAKE_CUDA_TEXTURE_ALIGNMENT
+      *value = static_cast<int>(env_size("FAKE_CUDA_TEXTURE_ALIGNMENT", 512));
+      break;
     default: *value = 0;
   }
   return CUDA_SUCCESS;
