@@ -234,6 +234,51 @@ int CudaPeerProvider::backing_device(const void* address) const noexcept {
   return -1;
 }
 
+bool CudaPeerProvider::grant_access(int device) noexcept {
+  if (!ok_ || device < 0) return false;
+  std::lock_guard<std::mutex> guard(mutex_);
+  for (const CUmemAccessDesc& a : access_)
+    if (a.location.id == device) return true;
+  const CUmemAccessDesc access = read_write_access_from(device);
+  // Every existing mapping first, so a failure leaves the list as it was; a mapping already granted is
+  // harmless to grant again should a later one fail.
+  bool granted = true;
+  mappings_.for_each([&](std::uintptr_t base, const Mapping& mapping) {
+    if (granted) granted = set_access(static_cast<CUdeviceptr>(base), mapping.bytes, &access, 1, device_);
+  });
+  if (!granted) return false;
+  try {
+    access_.push_back(access);
+  } catch (...) {
+    return false;
+  }
+  log(LogLevel::debug, "device %d: memory now accessible from device %d", device_, device);
+  return true;
+}
+
+void CudaPeerProvider::revoke_access(int device) noexcept {
+  if (std::find(participants_.begin(), participants_.end(), device) != participants_.end()) return;
+  std::lock_guard<std::mutex> guard(mutex_);
+  auto it = std::find_if(access_.begin(), access_.end(),
+                         [&](const CUmemAccessDesc& a) { return a.location.id == device; });
+  if (it == access_.end()) return;
+  access_.erase(it);
+  CUmemAccessDesc none = read_write_access_from(device);
+  none.flags = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+  mappings_.for_each([&](std::uintptr_t base, const Mapping& mapping) {
+    // A driver that refuses to revoke leaves the access in place: more than native, never less.
+    set_access(static_cast<CUdeviceptr>(base), mapping.bytes, &none, 1, device_);
+  });
+}
+
+std::vector<int> CudaPeerProvider::accessible_from() const {
+  std::lock_guard<std::mutex> guard(mutex_);
+  std::vector<int> devices;
+  for (const CUmemAccessDesc& a : access_) devices.push_back(a.location.id);
+  std::sort(devices.begin(), devices.end());
+  return devices;
+}
+
 bool CudaPeerProvider::physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle,
                                            CUdeviceptr* chunk_base, std::size_t* chunk_size) noexcept {
   std::lock_guard<std::mutex> guard(mutex_);

@@ -98,6 +98,7 @@ DeviceBackend build_device_backend(int device) noexcept {
         return passthrough(device, limit);
       }
       DeviceBackend result;
+      result.access = pool.get();
       result.backend = with_statistics(with_limit(std::move(pool), limit));
       result.name = info->name;
       result.id = info->id;
@@ -120,6 +121,7 @@ DeviceBackend build_device_backend(int device) noexcept {
     auto cuda = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{}, info->id);
     const bool provider_ok = cuda->ok();
     const PlacedMemoryProvider* placed = s.peers.empty() ? nullptr : cuda.get();
+    DeviceAccess* access = cuda.get();
     std::unique_ptr<MemoryProvider> provider = std::move(cuda);
     if (!provider_ok) {
       log(LogLevel::warn, "device %d: backend %s needs virtual memory management, using passthrough", device,
@@ -140,6 +142,7 @@ DeviceBackend build_device_backend(int device) noexcept {
     }
     result.provider = std::move(provider);
     result.placed = placed;
+    result.access = access;
     result.backend = with_statistics(std::move(backend));
     result.name = info->name;
     result.id = info->id;

@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "allocators/allocator.h"
+#include "providers/device_access.h"
 #include "providers/memory_provider.h"
 #include "providers/placement_policy.h"
 #include "tracing/trace_recorder.h"
@@ -17,6 +18,7 @@ namespace gpushim {
 struct DeviceBackend {
   std::unique_ptr<MemoryProvider> provider;        // the CUDA VMM provider, for provider backends
   const PlacedMemoryProvider* placed = nullptr;    // `provider`, when it places memory on peers (GPUSHIM_PEERS)
+  DeviceAccess* access = nullptr;                  // grants peers access to the blocks; null for passthrough
   std::unique_ptr<MemoryProvider> capped_provider; // LimitedProvider over it when a limit is set
   std::unique_ptr<Allocator> backend;              // what the router calls (decorated)
   const char* name = "passthrough";

@@ -22,7 +22,11 @@
 //
 // Test-only exports: fake_cuda_calls(symbol), fake_cuda_total_calls(), fake_cuda_function(symbol),
 // fake_cuda_last_stream(), fake_cuda_hold_gpu(held), fake_cuda_physical_bytes(device),
-// fake_cuda_live_events(), fake_cuda_device_of(pointer).
+// fake_cuda_live_events(), fake_cuda_device_of(pointer), fake_cuda_accessible_from(pointer, device),
+// fake_cuda_peer_enabled(device, peer).
+// - Access: cuMemSetAccess records, per mapping, which devices its descriptors name (PROT_NONE clears
+//   one); cuCtxEnablePeerAccess/Disable keep the pairs and answer ALREADY_ENABLED / NOT_ENABLED as the
+//   driver does; each device has a default pool (cuDeviceGetDefaultMemPool = cuDeviceGetMemPool).
 #include <cuda.h>
 #include <sys/mman.h>
 
@@ -201,6 +205,7 @@ bool granule_multiple(std::size_t v) { return v != 0 && v % kGranularity == 0; }
 struct Mapping {
   std::size_t bytes;
   int device;
+  unsigned access = 0;  // bit d: device d may read and write it (cuMemSetAccess)
 };
 std::map<std::uintptr_t, Mapping>& mappings() {  // base -> what cuMemMap put there; vmm_lock held
   static auto* m = new std::map<std::uintptr_t, Mapping>();
@@ -265,7 +270,12 @@ void set_capturing(CUstream stream, bool capturing) {
 struct FakePool {
   int device = 0;
   cuuint64_t release_threshold = 0;
+  unsigned access = 0;  // bit d: cuMemPoolSetAccess gave device d access
 };
+FakePool default_pools[kMaxDevices] = {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}};
+
+// Peer access enabled from device (first index) to the memory of device (second index).
+std::atomic<bool> peer_enabled[kMaxDevices][kMaxDevices];
 
 }  // namespace
 
@@ -320,6 +330,20 @@ int fake_cuda_device_of(CUdeviceptr p) {
   for (const auto& [start, allocation] : allocations())
     if (p >= start && p - start < allocation.bytes) return allocation.device;
   return -1;
+}
+
+// Whether the last cuMemSetAccess calls over the mapping holding `p` left `device` with access (1/0);
+// -1 when `p` is not mapped.
+int fake_cuda_accessible_from(CUdeviceptr p, int device) {
+  std::lock_guard<std::mutex> guard(vmm_lock);
+  auto it = mappings().upper_bound(p);
+  if (it == mappings().begin()) return -1;
+  --it;
+  if (p - it->first >= it->second.bytes) return -1;
+  return (it->second.access >> device) & 1u;
+}
+int fake_cuda_peer_enabled(int device, int peer) {
+  return device >= 0 && device < kMaxDevices && peer >= 0 && peer < kMaxDevices && peer_enabled[device][peer].load();
 }
 
 CUresult CUDAAPI fake_cuMemAlloc_v1(unsigned int*, unsigned int) {
@@ -552,6 +576,41 @@ CUresult CUDAAPI cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute at
   }
   return CUDA_SUCCESS;
 }
+CUresult CUDAAPI cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc* map, size_t count) {
+  COUNT("cuMemPoolSetAccess");
+  if (!pool || !map) return CUDA_ERROR_INVALID_VALUE;
+  auto* fake = reinterpret_cast<FakePool*>(pool);
+  for (size_t i = 0; i < count; ++i) {
+    if (map[i].location.id < 0 || map[i].location.id >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    const unsigned bit = 1u << map[i].location.id;
+    fake->access = map[i].flags == CU_MEM_ACCESS_FLAGS_PROT_NONE ? fake->access & ~bit : fake->access | bit;
+  }
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice device) {
+  COUNT("cuDeviceGetDefaultMemPool");
+  if (!pool || device < 0 || device >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+  *pool = reinterpret_cast<CUmemoryPool>(&default_pools[device]);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice device) {
+  COUNT("cuDeviceGetMemPool");
+  return cuDeviceGetDefaultMemPool(pool, device);
+}
+CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags) {
+  COUNT("cuCtxEnablePeerAccess");
+  const int from = device_of(current_context_now()), to = device_of(peer);
+  if (flags != 0 || to < 0 || to >= device_count() || from == to) return CUDA_ERROR_INVALID_VALUE;
+  if (peer_enabled[from][to].exchange(true)) return CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED;
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxDisablePeerAccess(CUcontext peer) {
+  COUNT("cuCtxDisablePeerAccess");
+  const int from = device_of(current_context_now()), to = device_of(peer);
+  if (to < 0 || to >= device_count()) return CUDA_ERROR_INVALID_VALUE;
+  if (!peer_enabled[from][to].exchange(false)) return CUDA_ERROR_PEER_ACCESS_NOT_ENABLED;
+  return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool, size_t) {
   COUNT("cuMemPoolTrimTo");
   return CUDA_SUCCESS;
@@ -631,6 +690,17 @@ CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
   if (!desc || count == 0 || !granule_multiple(size)) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard<std::mutex> guard(vmm_lock);
   if (!inside_reservation(ptr, size)) return CUDA_ERROR_INVALID_VALUE;
+  for (size_t i = 0; i < count; ++i)
+    if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||
+        desc[i].location.id >= device_count())
+      return CUDA_ERROR_INVALID_DEVICE;
+  for (auto it = mappings().lower_bound(ptr); it != mappings().end() && it->first < ptr + size; ++it) {
+    for (size_t i = 0; i < count; ++i) {
+      const unsigned bit = 1u << desc[i].location.id;
+      it->second.access = desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_NONE ? it->second.access & ~bit
+                                                                          : it->second.access | bit;
+    }
+  }
   return mprotect(reinterpret_cast<void*>(ptr), size, PROT_READ | PROT_WRITE) == 0 ? CUDA_SUCCESS
                                                                                   : CUDA_ERROR_INVALID_VALUE;
 }
@@ -826,6 +896,9 @@ const ProcAddress proc_addresses[] = {
     FAKE_SAME("cuEventQuery", 2000, cuEventQuery),
     FAKE_SAME("cuEventSynchronize", 2000, cuEventSynchronize),
     FAKE_SAME("cuEventDestroy", 4000, cuEventDestroy_v2),
+    FAKE_SAME("cuCtxEnablePeerAccess", 4000, cuCtxEnablePeerAccess),
+    FAKE_SAME("cuCtxDisablePeerAccess", 4000, cuCtxDisablePeerAccess),
+    FAKE_SAME("cuMemPoolSetAccess", 11020, cuMemPoolSetAccess),
     FAKE_SAME("cuGetProcAddress", 12000, cuGetProcAddress_v2),
     FAKE_SAME("cuGetProcAddress", 11030, fake_cuGetProcAddress_v1),
 };
