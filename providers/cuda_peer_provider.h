@@ -44,8 +44,9 @@ namespace gpushim {
 class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::ExportableMemory, public DeviceAccess {
  public:
   // `device`: the allocating device (ordinal). `peers`: GPUSHIM_PEERS as written ("", "all", "0,1").
-  // `per_device_cap`: bytes each device may back through this provider, by ordinal (GPUSHIM_LIMIT
-  // resolved per device); missing or 0 = no cap. `ok()` is false when the local device has no VMM
+  // `per_device_cap`: bytes each device may back, by ordinal (GPUSHIM_LIMIT resolved per device);
+  // missing or 0 = no cap. The cap bounds the memory all CUDA providers of the process together place
+  // on that device, since every device's backend may place memory on the others. `ok()` is false when the local device has no VMM
   // support (then every map() fails and the router falls back to passthrough).
   CudaPeerProvider(int device, const std::string& peers, Placement placement,
                    std::vector<std::size_t> per_device_cap = {},

@@ -4,6 +4,7 @@
 
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "allocators/backend_registry.h"
 #include "allocators/mempool_allocator.h"
@@ -40,6 +41,16 @@ std::uint64_t resolve_limit(int device) {
   if (driver.cuDeviceGet(&dev, device) != CUDA_SUCCESS || driver.cuDeviceTotalMem(&total, dev) != CUDA_SUCCESS)
     total = 0;
   return s.limit.resolve(total);
+}
+
+// GPUSHIM_LIMIT resolved for every device, by ordinal: the caps of the CUDA provider under
+// GPUSHIM_PEERS, where each device's backend may place memory on all of them. Empty without a limit.
+std::vector<std::size_t> per_device_limits() {
+  std::vector<std::size_t> caps;
+  int count = 0;
+  if (!settings().limit.set() || real_driver().cuDeviceGetCount(&count) != CUDA_SUCCESS) return caps;
+  for (int d = 0; d < count; ++d) caps.push_back(static_cast<std::size_t>(resolve_limit(d)));
+  return caps;
 }
 
 // The device's texture alignment, which every block must meet (router/block_alignment.h).
@@ -115,12 +126,15 @@ DeviceBackend build_device_backend(int device) noexcept {
       return passthrough(device, limit);
     }
     // One CUDA provider: with GPUSHIM_PEERS set, physical memory is placed by GPUSHIM_PLACEMENT and
-    // mapped for every listed device (docs/peers.md); otherwise it serves this device alone.
+    // mapped for every listed device, and GPUSHIM_LIMIT caps what the process places on each device
+    // (docs/peers.md); otherwise it serves this device alone, capped below by LimitedProvider.
+    const bool peers = !s.peers.empty();
     Placement placement = Placement::local;
-    if (!s.peers.empty()) parse_placement(s.placement, &placement);
-    auto cuda = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{}, info->id);
+    if (peers) parse_placement(s.placement, &placement);
+    auto cuda = std::make_unique<CudaPeerProvider>(device, s.peers, placement,
+                                                   peers ? per_device_limits() : std::vector<std::size_t>{}, info->id);
     const bool provider_ok = cuda->ok();
-    const PlacedMemoryProvider* placed = s.peers.empty() ? nullptr : cuda.get();
+    const PlacedMemoryProvider* placed = peers ? cuda.get() : nullptr;
     DeviceAccess* access = cuda.get();
     std::unique_ptr<MemoryProvider> provider = std::move(cuda);
     if (!provider_ok) {
@@ -131,7 +145,7 @@ DeviceBackend build_device_backend(int device) noexcept {
     DeviceBackend result;
     result.limit = limit;
     MemoryProvider* source = provider.get();
-    if (limit) {
+    if (limit && !peers) {
       result.capped_provider = std::make_unique<LimitedProvider>(*provider, static_cast<std::size_t>(limit));
       source = result.capped_provider.get();
     }

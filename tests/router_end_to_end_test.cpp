@@ -385,11 +385,14 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
   if (!limit_text) GTEST_SKIP() << "no GPUSHIM_LIMIT in this run";
   leave_legacy_order();
   const std::size_t limit = std::strtoull(limit_text, nullptr, 10);
+  // Under GPUSHIM_PEERS the limit holds per device, and this device's blocks may lie on all of them.
+  const char* devices_text = std::getenv("E2E_LIMIT_DEVICES");
+  const std::size_t devices = devices_text ? std::strtoull(devices_text, nullptr, 10) : 1;
   constexpr std::size_t kBlock = 32 * MiB;
   std::vector<CUdeviceptr> live;
   CUresult rc = CUDA_SUCCESS;
   testing::internal::CaptureStderr();  // the out-of-memory report
-  while (live.size() <= limit / kBlock + 2) {
+  while (live.size() <= devices * limit / kBlock + 2) {
     CUdeviceptr p = 0;
     rc = cuMemAlloc(&p, kBlock);
     if (rc != CUDA_SUCCESS) break;
@@ -403,8 +406,13 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
     EXPECT_NE(report.find("memory mapped by device: device 0: "), std::string::npos) << report;
     EXPECT_NE(report.find(", device 1: "), std::string::npos) << report;
   }
-  EXPECT_LE(live.size() * kBlock, limit);
-  EXPECT_GE(live.size(), limit / kBlock / 2) << "the cap bit far below the limit";
+  EXPECT_LE(live.size() * kBlock, devices * limit);
+  EXPECT_GE(live.size(), devices * limit / kBlock / 2) << "the cap bit far below the limit";
+  if (devices > 1) EXPECT_GT(live.size() * kBlock, limit) << "the cap is per device, not the total";
+  if (carves_memory()) {
+    for (std::size_t d = 0; d < devices; ++d)
+      EXPECT_LE(fake_cuda_physical_bytes(static_cast<int>(d)), limit) << "device " << d << " over its cap";
+  }
   std::size_t free_bytes = 0, total = 0;
   ASSERT_EQ(cuMemGetInfo(&free_bytes, &total), CUDA_SUCCESS);
   EXPECT_EQ(total, limit);
