@@ -128,6 +128,10 @@ std::size_t CudaPeerProvider::cap_of(int device) const noexcept {
   return per_device_cap_[static_cast<std::size_t>(device)];
 }
 
+CudaPeerProvider::~CudaPeerProvider() {
+  if (ok_) ipc::unregister_exportable_memory(this);
+}
+
 void* CudaPeerProvider::reserve(std::size_t bytes) noexcept {
   if (!ok_) return nullptr;
   return reserve_address_space(device_, bytes, granularity_);

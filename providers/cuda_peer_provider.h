@@ -51,7 +51,8 @@ class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::Exportab
   CudaPeerProvider(int device, const std::string& peers, Placement placement,
                    std::vector<std::size_t> per_device_cap = {},
                    tracing::BackendId backend = tracing::BackendId::unknown) noexcept;
-  ~CudaPeerProvider() override = default;  // never frees: device state lives until the process ends
+  // Never frees memory (device state lives until the process ends); stops IPC from asking it.
+  ~CudaPeerProvider() override;
   CudaPeerProvider(const CudaPeerProvider&) = delete;
   CudaPeerProvider& operator=(const CudaPeerProvider&) = delete;
 
