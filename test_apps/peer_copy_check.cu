@@ -45,9 +45,12 @@ int main() {
 
   // The failing call of the report: a default-kind copy from GPU 0's block into GPU 1's.
   TWO_GPUS_CHECK(cudaSetDevice(0));
+  // A device-to-device cudaMemcpy does not wait for the copy on the host: it is ordered on the current
+  // device's legacy stream only, so that device is synchronized before another device reads the result.
   const cudaError_t copy = cudaMemcpy(on_one, on_zero, kBytes, cudaMemcpyDefault);
   std::printf("peer_copy_check: cudaMemcpy(GPU 1 <- GPU 0, cudaMemcpyDefault): %s\n", cudaGetErrorName(copy));
   expect(copy == cudaSuccess, "cudaMemcpyDefault from GPU 0 to GPU 1 succeeds");
+  TWO_GPUS_CHECK(cudaDeviceSynchronize());
   expect(mismatches_seen_from(1, on_one, kBytes, kTagOnZero) == 0, "GPU 1's copy holds GPU 0's data");
 
   // Kernels across: GPU 1 reads GPU 0's older block, GPU 0 reads GPU 1's newer one.
@@ -60,12 +63,14 @@ int main() {
   // cudaMemcpyPeer back, and a default-kind copy issued from GPU 1's side.
   const cudaError_t peer = cudaMemcpyPeer(on_zero, 0, on_one, 1, kBytes);
   expect(peer == cudaSuccess, "cudaMemcpyPeer from GPU 1 to GPU 0 succeeds");
+  TWO_GPUS_CHECK(cudaDeviceSynchronize());
   expect(mismatches_seen_from(0, on_zero, kBytes, kTagOnOne) == 0, "GPU 0's block holds GPU 1's data");
   TWO_GPUS_CHECK(cudaSetDevice(1));
   TWO_GPUS_CHECK(fill_pattern(on_one, kBytes, kTagOnZero, nullptr));
   TWO_GPUS_CHECK(cudaDeviceSynchronize());
   expect(cudaMemcpy(on_zero, on_one, kBytes, cudaMemcpyDefault) == cudaSuccess,
          "cudaMemcpyDefault from GPU 1 to GPU 0 (issued on GPU 1) succeeds");
+  TWO_GPUS_CHECK(cudaDeviceSynchronize());
   expect(mismatches_seen_from(0, on_zero, kBytes, kTagOnZero) == 0, "GPU 0's block holds the new data");
 
   // Disable and enable again: the blocks are reachable again, as natively.

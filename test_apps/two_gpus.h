@@ -57,6 +57,7 @@ inline unsigned long long mismatches_seen_from(int device, const void* block, st
   unsigned long long seen = 0;
   TWO_GPUS_CHECK(cudaMemcpy(&seen, counter, sizeof seen, cudaMemcpyDeviceToHost));
   TWO_GPUS_CHECK(cudaFree(counter));
+  if (seen != 0) std::printf("%s: %llu words differ, read from GPU %d\n", g_app, seen, device);
   return seen;
 }
 
