@@ -293,14 +293,6 @@ void CudaPeerProvider::revoke_access(int device) noexcept {
   });
 }
 
-std::vector<int> CudaPeerProvider::accessible_from() const {
-  std::lock_guard<std::mutex> guard(mutex_);
-  std::vector<int> devices;
-  for (const CUmemAccessDesc& a : access_) devices.push_back(a.location.id);
-  std::sort(devices.begin(), devices.end());
-  return devices;
-}
-
 bool CudaPeerProvider::physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle,
                                            CUdeviceptr* chunk_base, std::size_t* chunk_size) noexcept {
   std::lock_guard<std::mutex> guard(mutex_);

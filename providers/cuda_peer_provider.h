@@ -80,8 +80,6 @@ class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::Exportab
   // one access call. Revoking sets PROT_NONE over every mapping for the device.
   bool grant_access(int device) noexcept override;
   void revoke_access(int device) noexcept override;
-  // The devices every mapping is accessible from: the participants plus the granted devices.
-  std::vector<int> accessible_from() const;
 
   // ipc::ExportableMemory: the segment (one cuMemCreate) that backs `p`.
   bool physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle, CUdeviceptr* chunk_base,
