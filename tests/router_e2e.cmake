@@ -54,14 +54,15 @@ set_tests_properties(router_e2e_peers_limit.vmm PROPERTIES TIMEOUT 120
   FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
   ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=vmm;GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=2;GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=interleave;GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit};E2E_LIMIT_DEVICES=2;E2E_EXPECT_PLACEMENT=1")
 
-# Peer access follows the program (router/peer_access.h) under each backend that maps memory itself;
-# the early run enables access before device 0 has a backend.
+# Peer access follows the program (router/peer_access.h) under every backend; the early run enables
+# access before device 0 has a backend. GPUSHIM_STATS=1 keeps passthrough in the router (not a pure
+# forward), so its pool path is the one tested.
 add_executable(router_peer_access_test ${CMAKE_CURRENT_SOURCE_DIR}/router_peer_access_test.cpp)
 target_include_directories(router_peer_access_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
 target_link_libraries(router_peer_access_test PRIVATE shim_fake_libcuda GTest::gtest_main)
 add_dependencies(router_peer_access_test gpushim)
-foreach(backend vmm buddy slab tiered)
-  set(environment "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};FAKE_CUDA_DEVICES=2")
+foreach(backend vmm buddy slab tiered mempool passthrough)
+  set(environment "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=2")
   add_test(NAME router_peer_access.${backend} COMMAND router_peer_access_test --gtest_filter=*FollowsEnable*)
   add_test(NAME router_peer_access_early.${backend} COMMAND router_peer_access_test --gtest_filter=*BeforeTheFirst*)
   set_tests_properties(router_peer_access.${backend} PROPERTIES TIMEOUT 60

@@ -139,6 +139,7 @@ void give_physical(int device, std::size_t bytes) { physical[device].fetch_sub(b
 struct Allocation {
   std::size_t bytes;
   int device;
+  const void* pool = nullptr;  // the FakePool of a stream-ordered allocation; null for cuMemAlloc
 };
 std::mutex allocations_lock;
 std::unordered_map<CUdeviceptr, Allocation>& allocations() {
@@ -152,7 +153,7 @@ int current_device() {
 }
 
 // On `device`, or on the current context's device when it is -1 (cuMemAlloc; pools name their device).
-CUresult allocate(CUdeviceptr* dptr, size_t bytes, int device = -1) {
+CUresult allocate(CUdeviceptr* dptr, size_t bytes, int device = -1, const void* pool = nullptr) {
   if (dptr == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
   if (device < 0 && !current_context_now()) return CUDA_ERROR_INVALID_CONTEXT;
   if (device < 0) device = current_device();
@@ -164,7 +165,7 @@ CUresult allocate(CUdeviceptr* dptr, size_t bytes, int device = -1) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   std::lock_guard<std::mutex> guard(allocations_lock);
-  allocations()[reinterpret_cast<CUdeviceptr>(p)] = {rounded, device};
+  allocations()[reinterpret_cast<CUdeviceptr>(p)] = {rounded, device, pool};
   *dptr = reinterpret_cast<CUdeviceptr>(p);
   return CUDA_SUCCESS;
 }
@@ -332,15 +333,26 @@ int fake_cuda_device_of(CUdeviceptr p) {
   return -1;
 }
 
-// Whether the last cuMemSetAccess calls over the mapping holding `p` left `device` with access (1/0);
-// -1 when `p` is not mapped.
+// Whether `device` may access `p` (1/0), as the real driver decides: a mapped range by what the
+// cuMemSetAccess calls over it left, a pool allocation by its pool's access, a cuMemAlloc allocation by
+// peer access enabled from `device` to its owner. -1 when `p` is none of these.
 int fake_cuda_accessible_from(CUdeviceptr p, int device) {
-  std::lock_guard<std::mutex> guard(vmm_lock);
-  auto it = mappings().upper_bound(p);
-  if (it == mappings().begin()) return -1;
-  --it;
-  if (p - it->first >= it->second.bytes) return -1;
-  return (it->second.access >> device) & 1u;
+  {
+    std::lock_guard<std::mutex> guard(vmm_lock);
+    auto it = mappings().upper_bound(p);
+    if (it != mappings().begin()) {
+      --it;
+      if (p - it->first < it->second.bytes) return (it->second.access >> device) & 1u;
+    }
+  }
+  std::lock_guard<std::mutex> guard(allocations_lock);
+  for (const auto& [start, allocation] : allocations()) {
+    if (p < start || p - start >= allocation.bytes) continue;
+    if (device == allocation.device) return 1;
+    if (allocation.pool) return (static_cast<const FakePool*>(allocation.pool)->access >> device) & 1u;
+    return peer_enabled[device][allocation.device].load() ? 1 : 0;
+  }
+  return -1;
 }
 int fake_cuda_peer_enabled(int device, int peer) {
   return device >= 0 && device < kMaxDevices && peer >= 0 && peer < kMaxDevices && peer_enabled[device][peer].load();
@@ -483,12 +495,12 @@ CUresult CUDAAPI cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned int
 CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
   COUNT("cuMemAllocAsync");
   last_stream.store(stream);
-  return allocate(dptr, bytes);
+  return allocate(dptr, bytes, -1, &default_pools[current_device()]);  // the device's current pool
 }
 CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
   COUNT("cuMemAllocAsync_ptsz");
   last_stream.store(effective_per_thread(stream));
-  return allocate(dptr, bytes);
+  return allocate(dptr, bytes, -1, &default_pools[current_device()]);
 }
 CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
   COUNT("cuMemFreeAsync");
@@ -504,7 +516,7 @@ CUresult CUDAAPI cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes, CUmemo
   COUNT("cuMemAllocFromPoolAsync");
   last_stream.store(stream);
   if (!pool) return CUDA_ERROR_INVALID_VALUE;
-  return allocate(dptr, bytes, reinterpret_cast<FakePool*>(pool)->device);  // the pool's device
+  return allocate(dptr, bytes, reinterpret_cast<FakePool*>(pool)->device, pool);  // the pool's device
 }
 CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdeviceptr p) {
   COUNT("cuMemGetAddressRange_v2");
