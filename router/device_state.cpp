@@ -28,7 +28,8 @@ DeviceState* device_state(int ordinal, CUcontext context) noexcept {
         return nullptr;
       }
       g_devices[ordinal].store(created, std::memory_order_release);  // never freed (exit-time safety)
-      apply_access_grants(*created);  // peer access the program enabled before this device's first block
+      // Peer access the program enabled before this device's first block.
+      if (created->assembly.access) apply_access_grants(ordinal, *created->assembly.access);
       state = created;
       log(LogLevel::info, "device %d: backend %s", ordinal, created->assembly.name);
     }

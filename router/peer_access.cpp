@@ -98,11 +98,10 @@ void on_pool_access_set(CUmemoryPool pool, const CUmemAccessDesc* map, std::size
   }
 }
 
-void apply_access_grants(DeviceState& device) noexcept {
-  if (!device.assembly.access) return;
+void apply_access_grants(int owner, DeviceAccess& access) noexcept {
   std::lock_guard<std::mutex> guard(access_lock());
   for (int accessor = 0; accessor < kMaxDevices; ++accessor)
-    if (grants().granted(device.ordinal, accessor)) device.assembly.access->grant_access(accessor);
+    if (grants().granted(owner, accessor)) access.grant_access(accessor);
 }
 
 }  // namespace gpushim::router

@@ -8,9 +8,9 @@
 
 #include <cstddef>
 
-namespace gpushim::router {
+#include "providers/device_access.h"
 
-struct DeviceState;
+namespace gpushim::router {
 
 // The calling thread's current context now reaches (or no longer reaches) `peer_context`'s memory.
 void on_peer_access_enabled(CUcontext peer_context) noexcept;
@@ -20,7 +20,7 @@ void on_peer_access_disabled(CUcontext peer_context) noexcept;
 // cuMemAllocAsync blocks come from the same memory as its cuMemAlloc ones, so access covers both.
 void on_pool_access_set(CUmemoryPool pool, const CUmemAccessDesc* map, std::size_t count) noexcept;
 
-// Applies the grants recorded so far to a device's newly built backend.
-void apply_access_grants(DeviceState& device) noexcept;
+// Applies the grants recorded so far for device `owner` to its newly built backend's `access`.
+void apply_access_grants(int owner, DeviceAccess& access) noexcept;
 
 }  // namespace gpushim::router
