@@ -13,8 +13,12 @@ namespace gpushim {
 // An opaque CUstream. 0 is the legacy default stream. Backends that are not stream-ordered ignore it.
 using StreamHandle = std::uintptr_t;
 
-// cudaMalloc guarantees 256-byte alignment; programs (and cuBLAS/cuDNN) rely on it.
-inline constexpr std::size_t kMinAlignment = 256;
+// Every block is aligned as cudaMalloc's are in practice, not just as documented (256 B): to the
+// device's texture alignment (CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT, 512 B on the H100 and H200), so a
+// texture or surface object can be made over any block. Measured on the H200: cudaCreateTextureObject
+// over a linear block at 256 mod 512 answers cudaErrorInvalidValue. Every backend over a provider
+// meets this; the router checks each device's attribute against it (allocators/block_alignment.h).
+inline constexpr std::size_t kMinAlignment = 512;
 
 struct AllocatorStats {
   std::uint64_t allocations = 0;

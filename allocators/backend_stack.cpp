@@ -1,6 +1,7 @@
 #include "allocators/backend_stack.h"
 
 #include "allocators/backend_registry.h"
+#include "allocators/block_alignment.h"
 #include "allocators/mempool_allocator.h"
 #include "allocators/passthrough_allocator.h"
 #include "annotations/memory_checker.h"
@@ -39,6 +40,27 @@ std::uint64_t resolve_limit(int device) {
   if (driver.cuDeviceGet(&dev, device) != CUDA_SUCCESS || driver.cuDeviceTotalMem(&total, dev) != CUDA_SUCCESS)
     total = 0;
   return s.limit.resolve(total);
+}
+
+// GPUSHIM_LIMIT resolved for every device, by ordinal: the caps of the CUDA provider under
+// GPUSHIM_PEERS, where each device's backend may place memory on all of them. Empty without a limit.
+std::vector<std::size_t> per_device_limits() {
+  std::vector<std::size_t> caps;
+  int count = 0;
+  if (!settings().limit.set() || real_driver().cuDeviceGetCount(&count) != CUDA_SUCCESS) return caps;
+  for (int d = 0; d < count; ++d) caps.push_back(static_cast<std::size_t>(resolve_limit(d)));
+  return caps;
+}
+
+// The device's texture alignment, which every block must meet (allocators/block_alignment.h).
+std::size_t device_texture_alignment(int device) noexcept {
+  const RealDriver& driver = real_driver();
+  CUdevice dev = 0;
+  int attribute = 0;
+  if (!driver.cuDeviceGetAttribute || driver.cuDeviceGet(&dev, device) != CUDA_SUCCESS ||
+      driver.cuDeviceGetAttribute(&attribute, CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT, dev) != CUDA_SUCCESS)
+    attribute = 0;
+  return texture_alignment(attribute);
 }
 
 // The router's view of a finished stack: read once here, so a request reads plain values, never a
@@ -125,6 +147,7 @@ BackendStack driver_backed(int device, const BackendInfo& info, std::uint64_t li
   }
   say_backend_does_not_spill(info.name);
   BackendStack result;
+  result.properties.access = dynamic_cast<DeviceAccess*>(backend.get());  // mempool's pools; passthrough: none
   result.backend = with_statistics(with_limit(std::move(backend), limit));
   return finished(std::move(result), info, limit);
 }
@@ -151,13 +174,23 @@ BackendStack backend_for_device(int device) noexcept {
     }
 
     if (!info->factory) return driver_backed(device, *info, limit);
+    const std::size_t alignment = device_texture_alignment(device);
+    if (!provider_blocks_meet(alignment)) {
+      log(LogLevel::warn, "device %d: texture alignment %zu B exceeds backend %s's %zu B, using passthrough", device,
+          alignment, info->name, kMinAlignment);
+      return passthrough(device, limit);
+    }
     // One CUDA provider: with GPUSHIM_PEERS set, physical memory is placed by GPUSHIM_PLACEMENT and
-    // mapped for every listed device (docs/peers.md); otherwise it serves this device alone.
+    // mapped for every listed device, and GPUSHIM_LIMIT caps what the process places on each device
+    // (docs/peers.md); otherwise it serves this device alone, capped below by LimitedProvider.
+    const bool peers = !s.peers.empty();
     Placement placement = Placement::local;
-    if (!s.peers.empty()) parse_placement(s.placement, &placement);
-    auto cuda = std::make_unique<CudaPeerProvider>(device, s.peers, placement, std::vector<std::size_t>{}, info->id);
+    if (peers) parse_placement(s.placement, &placement);
+    auto cuda = std::make_unique<CudaPeerProvider>(device, s.peers, placement,
+                                                   peers ? per_device_limits() : std::vector<std::size_t>{}, info->id);
     const bool provider_ok = cuda->ok();
-    const PlacedMemoryProvider* placed = s.peers.empty() ? nullptr : cuda.get();
+    const PlacedMemoryProvider* placed = peers ? cuda.get() : nullptr;
+    DeviceAccess* access = cuda.get();
     std::unique_ptr<MemoryProvider> provider = std::move(cuda);
     if (!provider_ok) {
       log(LogLevel::warn, "device %d: backend %s needs virtual memory management, using passthrough", device,
@@ -166,7 +199,7 @@ BackendStack backend_for_device(int device) noexcept {
     }
     BackendStack result;
     MemoryProvider* source = provider.get();
-    if (limit) {
+    if (limit && !peers) {
       result.capped_provider = std::make_unique<LimitedProvider>(*provider, static_cast<std::size_t>(limit));
       source = result.capped_provider.get();
     }
@@ -178,6 +211,7 @@ BackendStack backend_for_device(int device) noexcept {
     if (s.spill_host) backend = with_host_spill(std::move(backend), device, placed, info->id, s, &result);
     result.provider = std::move(provider);
     result.properties.placed = placed;
+    result.properties.access = access;
     result.backend = with_statistics(std::move(backend));
     return finished(std::move(result), *info, limit);
   } catch (...) {

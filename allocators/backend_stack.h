@@ -10,6 +10,7 @@
 
 #include "allocators/allocator.h"
 #include "allocators/spilling_allocator.h"
+#include "providers/device_access.h"
 #include "providers/memory_provider.h"
 #include "providers/placement_policy.h"
 #include "tracing/backend_id.h"
@@ -25,6 +26,7 @@ struct BackendProperties {
   bool fenced = false;                             // Allocator::needs_free_fence(), asked once
   std::uint64_t limit = 0;                         // resolved GPUSHIM_LIMIT, 0 = none
   const PlacedMemoryProvider* placed = nullptr;    // the provider, when it places memory on peers (GPUSHIM_PEERS)
+  DeviceAccess* access = nullptr;                  // grants peers access to the blocks; null for passthrough
   const SpillingAllocator* spill = nullptr;        // inside `backend`, when it spills to host (GPUSHIM_SPILL)
   std::uint64_t spill_limit = 0;                   // resolved GPUSHIM_SPILL_LIMIT, when spilling
 };

@@ -29,7 +29,7 @@
 
 namespace gpushim {
 
-// Smallest block: cudaMalloc's alignment, so every block address is 256-byte aligned for free.
+// Smallest block: the block alignment (512 B), so every block address is aligned for free.
 inline constexpr std::size_t kBuddyMinBlock = kMinAlignment;
 
 // 1 GiB: large enough that every tensor of a typical training step (up to a few hundred MiB) is a

@@ -112,4 +112,31 @@ AllocatorStats MempoolAllocator::stats() const noexcept {
   return s;
 }
 
+bool MempoolAllocator::grant_access(int device) noexcept {
+  if (!pool_ || device == device_) return pool_ != nullptr;
+  CUmemAccessDesc access{};
+  access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  access.location.id = device;
+  access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+  const RealDriver& driver = real_driver();
+  for (CUmemoryPool pool : {pool_, sync_pool_}) {
+    const CUresult rc = driver.cuMemPoolSetAccess(pool, &access, 1);
+    if (rc != CUDA_SUCCESS) {
+      log(LogLevel::info, "device %d: cuMemPoolSetAccess for device %d failed: %d", device_, device,
+          static_cast<int>(rc));
+      return false;
+    }
+  }
+  return true;
+}
+
+void MempoolAllocator::revoke_access(int device) noexcept {
+  if (!pool_ || device == device_) return;
+  CUmemAccessDesc none{};
+  none.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  none.location.id = device;
+  none.flags = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+  for (CUmemoryPool pool : {pool_, sync_pool_}) real_driver().cuMemPoolSetAccess(pool, &none, 1);
+}
+
 }  // namespace gpushim

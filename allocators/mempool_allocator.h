@@ -23,10 +23,11 @@
 #include <cuda.h>
 
 #include "allocators/allocator.h"
+#include "providers/device_access.h"
 
 namespace gpushim {
 
-class MempoolAllocator final : public Allocator {
+class MempoolAllocator final : public Allocator, public DeviceAccess {
  public:
   // release_threshold: bytes the pool keeps reserved when idle (CU_MEMPOOL_ATTR_RELEASE_THRESHOLD);
   // 0 means keep everything (UINT64_MAX), the setting that makes a pool fast.
@@ -42,6 +43,10 @@ class MempoolAllocator final : public Allocator {
   // last time we asked (at release_cached()), or at least the peak in use, since a pool that keeps
   // everything never shrinks below its peak.
   AllocatorStats stats() const noexcept override;
+
+  // DeviceAccess: cuMemPoolSetAccess on both pools, which covers their blocks present and future.
+  bool grant_access(int device) noexcept override;
+  void revoke_access(int device) noexcept override;
 
  private:
   // Stream 0 is "no order: usable from any stream at once": the private stream, which never has work.

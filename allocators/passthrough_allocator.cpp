@@ -6,9 +6,13 @@
 
 namespace gpushim {
 
-void* PassthroughAllocator::allocate(std::size_t bytes, StreamHandle) noexcept {
+void* PassthroughAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
+  // cuMemAllocAsync (a stream) stays the driver's: its block comes from the device's current pool, so
+  // what the program sets on that pool (cudaMemPoolSetAccess, its attributes) applies as natively.
   CUdeviceptr p = 0;
-  if (real_driver().cuMemAlloc(&p, bytes) != CUDA_SUCCESS) return nullptr;
+  const CUresult rc = stream ? real_driver().cuMemAllocAsync(&p, bytes, reinterpret_cast<CUstream>(stream))
+                             : real_driver().cuMemAlloc(&p, bytes);
+  if (rc != CUDA_SUCCESS) return nullptr;
   std::uint64_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
   std::uint64_t peak = peak_.load(std::memory_order_relaxed);
   while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
@@ -17,7 +21,8 @@ void* PassthroughAllocator::allocate(std::size_t bytes, StreamHandle) noexcept {
 }
 
 void PassthroughAllocator::deallocate(void* p, std::size_t bytes, StreamHandle) noexcept {
-  // cuMemFree waits for the GPU work that may still use the block, so no fence is needed. An async free
+  // cuMemFree waits for the GPU work that may still use a cuMemAlloc block, so no fence is needed; for a
+  // pool block it does not wait, as natively for cudaFree of a cudaMallocAsync block. An async free
   // reaches here only after the router's fence on its stream has completed.
   real_driver().cuMemFree(reinterpret_cast<CUdeviceptr>(p));
   in_use_.fetch_sub(bytes, std::memory_order_relaxed);

@@ -1,4 +1,4 @@
-// The real driver, unchanged: cuMemAlloc / cuMemFree. For comparison, and the safe fallback when a
+// The real driver, unchanged: cuMemAlloc or cuMemAllocAsync / cuMemFree. For comparison, and the safe fallback when a
 // backend cannot be built. cuMemFree synchronizes with the GPU itself, so the router need not fence
 // this backend's frees (needs_free_fence() is false).
 #pragma once
@@ -14,7 +14,8 @@ class PassthroughAllocator final : public Allocator {
   explicit PassthroughAllocator(int device) noexcept : device_(device) {}
 
   const char* name() const noexcept override { return "passthrough"; }
-  // Calls cuMemAlloc in the caller's current context (the router calls with the device's context current).
+  // cuMemAlloc in the caller's current context (the router calls with the device's context current), or
+  // cuMemAllocAsync on `stream` when there is one.
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return 0; }  // the driver caches nothing for us

@@ -38,7 +38,8 @@ namespace gpushim {
 // Above 1 MiB a size class (up to 25% rounding) wastes more than a dedicated run of 2 MiB granules
 // rounds away (at most one granule, and less than 50% only below 2 MiB).
 inline constexpr std::size_t kDefaultSlabMaxSize = std::size_t{1} << 20;
-// The class lookup table has one entry per 256 B up to the largest class; 16 MiB keeps it at 128 KiB.
+// The class lookup table has one entry per kMinAlignment up to the largest class; 16 MiB keeps it at
+// 64 KiB.
 inline constexpr std::size_t kSlabMaxSizeLimit = std::size_t{16} << 20;
 // One H100 VMM granule: the smallest physical unit the driver maps.
 inline constexpr std::size_t kSlabTargetBytes = std::size_t{2} << 20;
@@ -133,7 +134,7 @@ class SlabAllocator final : public Allocator {
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
 
   std::vector<std::size_t> classes_;
-  std::vector<std::uint16_t> class_lookup_;          // (bytes-1)/256 -> class index
+  std::vector<std::uint16_t> class_lookup_;          // (bytes-1)/kMinAlignment -> class index
   std::unique_ptr<ClassDepot[]> depots_;
   std::size_t magazine_slots_ = 0;                     // sum of magazine capacities
 

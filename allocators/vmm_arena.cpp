@@ -27,7 +27,7 @@ struct VmmArena::Range {
 
 namespace {
 
-constexpr std::size_t kBlockShift = 8;  // blocks are multiples of kMinAlignment (256 B)
+constexpr std::size_t kBlockShift = 9;  // blocks are multiples of kMinAlignment (512 B)
 static_assert(kMinAlignment == (std::size_t{1} << kBlockShift));
 // Address space beyond 128 TiB is not there on x86-64 hosts nor useful on the GPU.
 constexpr std::size_t kLargestReservation = std::size_t{1} << 47;

@@ -47,6 +47,20 @@ bool peers_both_ways(int a, int b, CUresult* rc_out) noexcept {
   return rc == CUDA_SUCCESS && ab && ba;
 }
 
+// Physical memory every CUDA provider of the process has mapped, per device: a per-device cap
+// (GPUSHIM_LIMIT under GPUSHIM_PEERS) bounds what all backends together place on a device, since each
+// device's backend may place memory on the others. Never destroyed (exit-time frees).
+PerDeviceBytes& process_bytes() {
+  static auto* bytes = new PerDeviceBytes(device_count());
+  return *bytes;
+}
+// Held by a capped map() from reading the room to recording what it mapped, so two backends cannot
+// both take the last room of a device. map() is the slow path (15-300 us of driver calls).
+std::mutex& capped_map_lock() {
+  static auto* lock = new std::mutex();
+  return *lock;
+}
+
 }  // namespace
 
 CudaPeerProvider::CudaPeerProvider(int device, const std::string& peers, Placement placement,
@@ -114,6 +128,10 @@ std::size_t CudaPeerProvider::cap_of(int device) const noexcept {
   return per_device_cap_[static_cast<std::size_t>(device)];
 }
 
+CudaPeerProvider::~CudaPeerProvider() {
+  if (ok_) ipc::unregister_exportable_memory(this);
+}
+
 void* CudaPeerProvider::reserve(std::size_t bytes) noexcept {
   if (!ok_) return nullptr;
   return reserve_address_space(device_, bytes, granularity_);
@@ -130,6 +148,8 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
   const std::size_t g = granularity_;
   annotations::ScopedRange range(annotations::SlowEvent::arena_growth);
 
+  std::unique_lock<std::mutex> capped;
+  if (!per_device_cap_.empty()) capped = std::unique_lock<std::mutex>(capped_map_lock());
   std::lock_guard<std::mutex> guard(mutex_);
   PlacementRequest request;
   request.policy = placement_;
@@ -144,7 +164,7 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
     // learned from cuMemCreate's CUDA_ERROR_OUT_OF_MEMORY (back_with_placement).
     for (int member : participants_) {
       const std::size_t cap = cap_of(member);
-      const std::size_t used = per_device_.on(member);
+      const std::size_t used = process_bytes().on(member);
       rooms.push_back(DeviceRoom{member, cap == 0 ? kUnknownRoom : (cap > used ? (cap - used) / g : 0)});
     }
     segments.reserve(request.granules);  // at most one piece per granule
@@ -197,6 +217,7 @@ bool CudaPeerProvider::map(void* addr, std::size_t bytes) noexcept {
   annotations::on_memory_mapped(static_cast<std::uintptr_t>(base), bytes, device_);
   for (const Segment& s : segments) {
     per_device_.add(s.device, s.granules * g);
+    process_bytes().add(s.device, s.granules * g);
     // Recorded with the device that holds the memory, so a trace shows where memory lives.
     tracing::record(tracing::EventKind::map, s.device, 0, base + s.first * g, s.granules * g, backend_);
   }
@@ -218,6 +239,7 @@ void CudaPeerProvider::unmap(void* addr, std::size_t bytes) noexcept {
     const CUdeviceptr at = base + s.first * g;
     unmap_and_release(at, s.granules * g, s.handle);
     per_device_.subtract(s.device, s.granules * g);
+    process_bytes().subtract(s.device, s.granules * g);
     tracing::record(tracing::EventKind::unmap, s.device, 0, at, s.granules * g, backend_);
   }
 }
@@ -232,6 +254,43 @@ int CudaPeerProvider::backing_device(const void* address) const noexcept {
   for (const Segment& s : mapping->segments)
     if (granule >= s.first && granule < s.first + s.granules) return s.device;
   return -1;
+}
+
+bool CudaPeerProvider::grant_access(int device) noexcept {
+  if (!ok_ || device < 0) return false;
+  std::lock_guard<std::mutex> guard(mutex_);
+  for (const CUmemAccessDesc& a : access_)
+    if (a.location.id == device) return true;
+  const CUmemAccessDesc access = read_write_access_from(device);
+  // Every existing mapping first, so a failure leaves the list as it was; a mapping already granted is
+  // harmless to grant again should a later one fail.
+  bool granted = true;
+  mappings_.for_each([&](std::uintptr_t base, const Mapping& mapping) {
+    if (granted) granted = set_access(static_cast<CUdeviceptr>(base), mapping.bytes, &access, 1, device_);
+  });
+  if (!granted) return false;
+  try {
+    access_.push_back(access);
+  } catch (...) {
+    return false;
+  }
+  log(LogLevel::debug, "device %d: memory now accessible from device %d", device_, device);
+  return true;
+}
+
+void CudaPeerProvider::revoke_access(int device) noexcept {
+  if (std::find(participants_.begin(), participants_.end(), device) != participants_.end()) return;
+  std::lock_guard<std::mutex> guard(mutex_);
+  auto it = std::find_if(access_.begin(), access_.end(),
+                         [&](const CUmemAccessDesc& a) { return a.location.id == device; });
+  if (it == access_.end()) return;
+  access_.erase(it);
+  CUmemAccessDesc none = read_write_access_from(device);
+  none.flags = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+  mappings_.for_each([&](std::uintptr_t base, const Mapping& mapping) {
+    // A driver that refuses to revoke leaves the access in place: more than native, never less.
+    set_access(static_cast<CUdeviceptr>(base), mapping.bytes, &none, 1, device_);
+  });
 }
 
 bool CudaPeerProvider::physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle,

@@ -33,6 +33,7 @@
 #include <cuda.h>
 
 #include "ipc/exportable_memory.h"
+#include "providers/device_access.h"
 #include "providers/cuda_physical_memory.h"
 #include "providers/mapping_table.h"
 #include "providers/placement_policy.h"
@@ -40,16 +41,18 @@
 
 namespace gpushim {
 
-class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::ExportableMemory {
+class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::ExportableMemory, public DeviceAccess {
  public:
   // `device`: the allocating device (ordinal). `peers`: GPUSHIM_PEERS as written ("", "all", "0,1").
-  // `per_device_cap`: bytes each device may back through this provider, by ordinal (GPUSHIM_LIMIT
-  // resolved per device); missing or 0 = no cap. `ok()` is false when the local device has no VMM
+  // `per_device_cap`: bytes each device may back, by ordinal (GPUSHIM_LIMIT resolved per device);
+  // missing or 0 = no cap. The cap bounds the memory all CUDA providers of the process together place
+  // on that device, since every device's backend may place memory on the others. `ok()` is false when the local device has no VMM
   // support (then every map() fails and the router falls back to passthrough).
   CudaPeerProvider(int device, const std::string& peers, Placement placement,
                    std::vector<std::size_t> per_device_cap = {},
                    tracing::BackendId backend = tracing::BackendId::unknown) noexcept;
-  ~CudaPeerProvider() override = default;  // never frees: device state lives until the process ends
+  // Never frees memory (device state lives until the process ends); stops IPC from asking it.
+  ~CudaPeerProvider() override;
   CudaPeerProvider(const CudaPeerProvider&) = delete;
   CudaPeerProvider& operator=(const CudaPeerProvider&) = delete;
 
@@ -71,6 +74,12 @@ class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::Exportab
   int backing_device(const void* address) const noexcept override;
 
   void reset_after_fork() noexcept;
+
+  // DeviceAccess: the program enabled peer access (or a pool's access) for `device`. One cuMemSetAccess
+  // per existing mapping (30-54 us each, once per grant), and every later map() names the device in its
+  // one access call. Revoking sets PROT_NONE over every mapping for the device.
+  bool grant_access(int device) noexcept override;
+  void revoke_access(int device) noexcept override;
 
   // ipc::ExportableMemory: the segment (one cuMemCreate) that backs `p`.
   bool physical_handle_for(CUdeviceptr p, CUmemGenericAllocationHandle* handle, CUdeviceptr* chunk_base,
@@ -101,7 +110,7 @@ class CudaPeerProvider final : public PlacedMemoryProvider, public ipc::Exportab
   std::atomic<bool> shareable_{true};
   std::size_t granularity_ = kFallbackVmmGranularity;
   std::vector<int> participants_;
-  std::vector<CUmemAccessDesc> access_;  // one read-write descriptor per participant
+  std::vector<CUmemAccessDesc> access_;  // one read-write descriptor per participant and granted device
   PerDeviceBytes per_device_;
   mutable std::mutex mutex_;  // map/unmap are 15-300 us driver calls; one lock is no bottleneck
   MappingTable<Mapping> mappings_;

@@ -42,6 +42,12 @@ class MappingTable {
     return true;
   }
 
+  // Calls f(base, mapping) for every mapping, in address order.
+  template <class F>
+  void for_each(F&& f) const {
+    for (const auto& entry : mappings_) f(entry.first, entry.second);
+  }
+
   // The mapping that covers `address` (its base in `*base`), or nullptr.
   const Mapping* covering(std::uintptr_t address, std::uintptr_t* base) const noexcept {
     auto it = mappings_.upper_bound(address);

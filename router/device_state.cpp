@@ -4,6 +4,7 @@
 
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
+#include "router/peer_access.h"
 #include "router/router_state.h"
 
 namespace gpushim::router {
@@ -27,6 +28,8 @@ DeviceState* device_state(int ordinal, CUcontext context) noexcept {
         return nullptr;
       }
       g_devices[ordinal].store(created, std::memory_order_release);  // never freed (exit-time safety)
+      // Peer access the program enabled before this device's first block.
+      if (created->properties.access) apply_access_grants(ordinal, *created->properties.access);
       state = created;
       log(LogLevel::info, "device %d: backend %s", ordinal, created->properties.name);
     }

@@ -50,6 +50,10 @@ GPUSHIM_EXPORT CUresult CUDAAPI cuIpcOpenMemHandle_v2(CUdeviceptr* ptr, CUipcMem
 GPUSHIM_EXPORT CUresult CUDAAPI gpushim_cuIpcOpenMemHandle_v1(CUdeviceptr* ptr, CUipcMemHandle handle,
                                                               unsigned int flags) __asm__("cuIpcOpenMemHandle");
 GPUSHIM_EXPORT CUresult CUDAAPI cuIpcCloseMemHandle(CUdeviceptr ptr);
+// Peer access follows the program (shim/peer_access_hooks.cpp).
+GPUSHIM_EXPORT CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peer_context, unsigned int flags);
+GPUSHIM_EXPORT CUresult CUDAAPI cuCtxDisablePeerAccess(CUcontext peer_context);
+GPUSHIM_EXPORT CUresult CUDAAPI cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc* map, size_t count);
 
 GPUSHIM_EXPORT CUresult CUDAAPI gpushim_cuGetProcAddress_v1(const char* symbol, void** pfn, int cuda_version,
                                                             cuuint64_t flags) __asm__("cuGetProcAddress");

@@ -78,6 +78,12 @@ SubstitutionRows substitution_table() noexcept {
      "cuIpcOpenMemHandle", nullptr},
     {"cuIpcCloseMemHandle", 4010, address(cuIpcCloseMemHandle), address(cuIpcCloseMemHandle),
      "cuIpcCloseMemHandle", nullptr},
+    {"cuCtxEnablePeerAccess", 4000, address(cuCtxEnablePeerAccess), address(cuCtxEnablePeerAccess),
+     "cuCtxEnablePeerAccess", nullptr},
+    {"cuCtxDisablePeerAccess", 4000, address(cuCtxDisablePeerAccess), address(cuCtxDisablePeerAccess),
+     "cuCtxDisablePeerAccess", nullptr},
+    {"cuMemPoolSetAccess", 11020, address(cuMemPoolSetAccess), address(cuMemPoolSetAccess), "cuMemPoolSetAccess",
+     nullptr},
     // Asked for itself (the runtime does: docs/measured-facts.md), so every later lookup also goes through us.
     {"cuGetProcAddress", 12000, address(cuGetProcAddress_v2), address(cuGetProcAddress_v2), "cuGetProcAddress_v2",
      nullptr},

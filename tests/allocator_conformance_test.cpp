@@ -69,6 +69,21 @@ class AllocatorConformance : public ::testing::TestWithParam<std::string> {
 
 TEST_P(AllocatorConformance, NameMatchesTheRegistry) { EXPECT_EQ(GetParam(), backend_->name()); }
 
+// The sizes of the texture measurement (100 B to 64 KiB, many small ones side by side): each block must
+// start on the texture alignment, whatever size came before it.
+TEST_P(AllocatorConformance, EverySmallBlockIsTextureAligned) {
+  testing::BlockModel model;
+  std::uint64_t tag = 1;
+  for (std::size_t bytes = 100; bytes <= 64 * KiB; bytes = bytes * 5 / 4 + 4) {
+    for (int copy = 0; copy < 3; ++copy) {
+      void* p = allocate_like_the_router(bytes);
+      ASSERT_NE(p, nullptr) << describe(bytes);
+      ASSERT_NO_FATAL_FAILURE(model.add(p, bytes, tag++));
+    }
+  }
+  model.deallocate_all(*backend_);
+}
+
 TEST_P(AllocatorConformance, BlocksAreAlignedDisjointAndKeepTheirContents) {
   std::mt19937_64 rng(7);
   testing::BlockModel model(testing::PatternCoverage::kEveryByte);

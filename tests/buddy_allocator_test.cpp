@@ -31,18 +31,18 @@ TEST(BuddyAllocator, RandomSequenceMatchesModelAndMergesBackToOneBlockPerRegion)
 
 TEST(BuddyAllocator, SplitLeavesOneFreeBuddyPerOrderAndFreeRestoresTheRoot) {
   HostProvider provider(64 * KiB);
-  BuddyAllocator buddy(provider, 1 * MiB);  // order 12 over 256 B blocks
+  BuddyAllocator buddy(provider, 1 * MiB);  // order 11 over 512 B blocks
   void* a = buddy.allocate(1, 0);
   ASSERT_NE(a, nullptr);
-  EXPECT_EQ(buddy.free_block_count(), 12u);  // one buddy left at each of orders 0..11
+  EXPECT_EQ(buddy.free_block_count(), 11u);  // one buddy left at each of orders 0..10
   EXPECT_TRUE(buddy.free_blocks_fully_merged());
-  void* b = buddy.allocate(256, 0);
+  void* b = buddy.allocate(512, 0);
   ASSERT_NE(b, nullptr);
-  EXPECT_EQ(static_cast<char*>(b) - static_cast<char*>(a), 256);  // a's order-0 buddy
-  EXPECT_EQ(buddy.free_block_count(), 11u);
+  EXPECT_EQ(static_cast<char*>(b) - static_cast<char*>(a), 512);  // a's order-0 buddy
+  EXPECT_EQ(buddy.free_block_count(), 10u);
   buddy.deallocate(a, 1, 0);
-  EXPECT_EQ(buddy.free_block_count(), 12u);  // a cannot merge while b is live
-  buddy.deallocate(b, 256, 0);
+  EXPECT_EQ(buddy.free_block_count(), 11u);  // a cannot merge while b is live
+  buddy.deallocate(b, 512, 0);
   EXPECT_EQ(buddy.free_block_count(), 1u);
   EXPECT_TRUE(buddy.free_blocks_fully_merged());
   EXPECT_EQ(buddy.stats().largest_free_block, 1 * MiB);
@@ -56,9 +56,9 @@ TEST(BuddyAllocator, ReportsRoundingWasteOfLiveBlocks) {
   ASSERT_NE(a, nullptr);
   ASSERT_NE(b, nullptr);
   AllocatorStats s = buddy.stats();
-  EXPECT_EQ(s.internal_waste, (256 * KiB - 129 * KiB) + (256 - 1));
+  EXPECT_EQ(s.internal_waste, (256 * KiB - 129 * KiB) + (512 - 1));
   EXPECT_EQ(s.bytes_in_use, 129 * KiB + 1);
-  EXPECT_EQ(s.bytes_cached, s.bytes_reserved - 256 * KiB - 256);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved - 256 * KiB - 512);
   buddy.deallocate(a, 129 * KiB, 0);
   buddy.deallocate(b, 1, 0);
   EXPECT_EQ(buddy.stats().internal_waste, 0u);
@@ -150,7 +150,7 @@ TEST(BuddyAllocator, FactoryUsesTheRegionSetting) {
   ASSERT_NE(p, nullptr);
   EXPECT_EQ(buddy->stats().bytes_reserved, 8 * MiB);
   EXPECT_STREQ(buddy->name(), "buddy");
-  EXPECT_EQ(buddy->stats().internal_waste, 256u - 100);
+  EXPECT_EQ(buddy->stats().internal_waste, 512u - 100);
   buddy->deallocate(p, 100, 0);
 }
 

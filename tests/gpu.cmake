@@ -20,6 +20,9 @@ if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_torture_shared ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_shared)
   set(_torture_driver ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_driver)
   set(_limit_check ${GPUSHIM_BUILD_DIR}/test_apps/limit_check)
+  foreach(app peer_access peer_copy_check pool_access_check texture_check)
+    set(_${app} ${GPUSHIM_BUILD_DIR}/test_apps/${app})
+  endforeach()
   set(_lib "")
   set(_search ${GPUSHIM_BUILD_DIR})
 else()
@@ -32,6 +35,9 @@ else()
   set(_torture_shared $<TARGET_FILE:alloc_torture_shared>)
   set(_torture_driver $<TARGET_FILE:alloc_torture_driver>)
   set(_limit_check $<TARGET_FILE:limit_check>)
+  foreach(app peer_access peer_copy_check pool_access_check texture_check)
+    set(_${app} $<TARGET_FILE:${app}>)
+  endforeach()
   if(TARGET gpushim)
     set(_lib $<TARGET_FILE:gpushim>)
   else()
@@ -64,7 +70,47 @@ foreach(backend ${GPUSHIM_GPU_BACKENDS})
   list(APPEND _limit_tests gpu_limit_${backend})
 endforeach()
 set_tests_properties(${_limit_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 60
-                     ENVIRONMENT "GPUSHIM_LIMIT=1GiB")
+                     ENVIRONMENT "GPUSHIM_LIMIT=1GiB" RESOURCE_LOCK gpu_memory)
+
+# Safe under ctest -j (scripts/gpu_check.sh runs -j4): a test that fills a GPU makes any other test's
+# context creation or allocation fail there (seen: peer_access.local's cudaSetDevice failed with
+# cudaErrorMemoryAllocation while peer_access.spill filled GPU 0). Such tests run alone (RUN_SERIAL)
+# and hold the gpu_memory lock that the tests measuring free memory (GPUSHIM_LIMIT) take too.
+function(gpushim_gpu_fills_device)
+  set_tests_properties(${ARGN} PROPERTIES RUN_SERIAL TRUE RESOURCE_LOCK gpu_memory)
+endfunction()
+
+# The transparency checks of docs/peers.md, without gpushim and under every backend: peer copies after
+# cudaDeviceEnablePeerAccess, a default pool shared by cudaMemPoolSetAccess (both skip, exit 77, with
+# fewer than 2 GPUs), and texture objects over small blocks.
+set(_transparency_tests "")
+foreach(app peer_copy_check pool_access_check texture_check)
+  foreach(backend none ${GPUSHIM_GPU_BACKENDS})
+    set(_suffix ${backend})
+    if(backend STREQUAL "none")
+      set(_suffix noshim)
+    endif()
+    add_test(NAME gpu_${app}_${_suffix}
+             COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                     -- ${_${app}})
+    list(APPEND _transparency_tests gpu_${app}_${_suffix})
+  endforeach()
+endforeach()
+set_tests_properties(${_transparency_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+
+# test_apps/peer_access under GPUSHIM_PEERS=all, per placement (docs/peers.md); spill fills GPU 0 on
+# purpose. With one GPU it runs its local part.
+set(_peer_access_tests "")
+foreach(policy local interleave spill)
+  add_test(NAME peer_access.${policy}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend vmm --lib "${_lib}" --search ${_search}
+                   -- ${_peer_access})
+  set_tests_properties(peer_access.${policy} PROPERTIES ENVIRONMENT
+    "GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=${policy};NCCL_NVLS_ENABLE=0")
+  list(APPEND _peer_access_tests peer_access.${policy})
+endforeach()
+set_tests_properties(${_peer_access_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+gpushim_gpu_fills_device(peer_access.spill)
 
 # Frameworks: each check runs twice (without and with gpushim) inside run_framework_check.py.
 set(_framework_tests "")

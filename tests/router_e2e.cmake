@@ -37,9 +37,27 @@ add_executable(router_live_block_table_model_test ${CMAKE_CURRENT_SOURCE_DIR}/ro
 target_link_libraries(router_live_block_table_model_test PRIVATE gpushim_router_core GTest::gtest_main)
 gtest_discover_tests(router_live_block_table_model_test DISCOVERY_MODE PRE_TEST)
 
-# GPUSHIM_PEERS over two fake devices, interleaved, under GPUSHIM_LIMIT: the cap holds across devices and
-# the out-of-memory report says which devices back the memory (router/out_of_memory.cpp).
+# GPUSHIM_PEERS over two fake devices, interleaved, under GPUSHIM_LIMIT: the cap holds on each device
+# (docs/peers.md) and the out-of-memory report says which devices back the memory
+# (router/out_of_memory.cpp).
 add_test(NAME router_e2e_peers_limit.vmm COMMAND router_end_to_end_test --gtest_filter=*Limit*)
 set_tests_properties(router_e2e_peers_limit.vmm PROPERTIES TIMEOUT 120
   FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
-  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=vmm;GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=2;GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=interleave;GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit};E2E_EXPECT_PLACEMENT=1")
+  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=vmm;GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=2;GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=interleave;GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit};E2E_LIMIT_DEVICES=2;E2E_EXPECT_PLACEMENT=1")
+
+# Peer access follows the program (router/peer_access.h) under every backend; the early run enables
+# access before device 0 has a backend. GPUSHIM_STATS=1 keeps passthrough in the router (not a pure
+# forward), so its pool path is the one tested.
+add_executable(router_peer_access_test ${CMAKE_CURRENT_SOURCE_DIR}/router_peer_access_test.cpp)
+target_include_directories(router_peer_access_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+target_link_libraries(router_peer_access_test PRIVATE shim_fake_libcuda GTest::gtest_main)
+add_dependencies(router_peer_access_test gpushim)
+foreach(backend vmm buddy slab tiered mempool passthrough)
+  set(environment "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=2")
+  add_test(NAME router_peer_access.${backend} COMMAND router_peer_access_test --gtest_filter=*FollowsEnable*)
+  add_test(NAME router_peer_access_early.${backend} COMMAND router_peer_access_test --gtest_filter=*BeforeTheFirst*)
+  set_tests_properties(router_peer_access.${backend} PROPERTIES TIMEOUT 60
+    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT "${environment}")
+  set_tests_properties(router_peer_access_early.${backend} PROPERTIES TIMEOUT 60
+    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT "${environment};E2E_PEER_EARLY=1")
+endforeach()

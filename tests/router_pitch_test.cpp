@@ -1,4 +1,5 @@
 #include "router/pitch.h"
+#include "allocators/block_alignment.h"
 
 #include <gtest/gtest.h>
 
@@ -39,6 +40,24 @@ TEST(Pitch, OverflowIsRefused) {
   std::size_t pitch = 0, total = 0;
   EXPECT_FALSE(pitched_size(SIZE_MAX - 10, 1, 512, &pitch, &total));
   EXPECT_FALSE(pitched_size(std::size_t{1} << 40, std::size_t{1} << 30, 512, &pitch, &total));
+}
+
+// Blocks must meet the device's texture alignment (allocators/block_alignment.h): the attribute when the
+// driver gives one, the H100's 512 B when it does not; a device asking for more than the provider
+// backends give is served by passthrough.
+TEST(BlockAlignment, TextureAlignmentComesFromTheAttributeWithANamedFallback) {
+  EXPECT_EQ(texture_alignment(512), 512u);
+  EXPECT_EQ(texture_alignment(256), 256u);
+  EXPECT_EQ(texture_alignment(0), kTextureAlignmentFallback);
+  EXPECT_EQ(texture_alignment(-1), kTextureAlignmentFallback);
+  EXPECT_EQ(kTextureAlignmentFallback, 512u);
+}
+
+TEST(BlockAlignment, ProviderBlocksMeetTheH100ButNotALargerAlignment) {
+  EXPECT_TRUE(provider_blocks_meet(512));
+  EXPECT_TRUE(provider_blocks_meet(256));
+  EXPECT_FALSE(provider_blocks_meet(1024));
+  EXPECT_FALSE(provider_blocks_meet(0));
 }
 
 }  // namespace

@@ -14,17 +14,22 @@ namespace {
 
 constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
 
-TEST(SlabAllocator, SizeClassesAreAlignedAndAtMost25PercentApartAbove1KiB) {
+// Every class a multiple of the alignment, so every slot of a slab is aligned; 1.25x apart from 2 KiB on
+// (below, the 512-B alignment forces 512, 1024, 1536, 2048).
+TEST(SlabAllocator, SizeClassesAreAlignedAndAtMost25PercentApartAbove2KiB) {
   HostProvider provider;
   SlabAllocator slab(provider, kDefaultSlabMaxSize);
   ASSERT_GT(slab.class_count(), 4u);
-  EXPECT_EQ(slab.class_block_bytes(0), 256u);
+  EXPECT_EQ(slab.class_block_bytes(0), 512u);
+  EXPECT_EQ(slab.class_block_bytes(1), 1024u);
+  EXPECT_EQ(slab.class_block_bytes(2), 1536u);
+  EXPECT_EQ(slab.class_block_bytes(3), 2048u);
   EXPECT_EQ(slab.class_block_bytes(slab.class_count() - 1), kDefaultSlabMaxSize);
   for (std::size_t i = 1; i < slab.class_count(); ++i) {
     const std::size_t prev = slab.class_block_bytes(i - 1), size = slab.class_block_bytes(i);
-    EXPECT_EQ(size % kMinAlignment, 0u);
+    EXPECT_EQ(size % testing::kTextureAlignment, 0u);
     EXPECT_GT(size, prev);
-    if (prev >= 1024) {
+    if (prev >= 2048) {
       EXPECT_LE(size * 4, prev * 5) << prev << " -> " << size;
     }
   }
@@ -33,8 +38,8 @@ TEST(SlabAllocator, SizeClassesAreAlignedAndAtMost25PercentApartAbove1KiB) {
 TEST(SlabAllocator, OddMaximumGetsItsOwnLastClass) {
   HostProvider provider;
   SlabAllocator slab(provider, 300 * KiB + 1);
-  EXPECT_EQ(slab.max_small_size(), 300 * KiB + 256);
-  EXPECT_EQ(slab.class_block_bytes(slab.class_count() - 1), 300 * KiB + 256);
+  EXPECT_EQ(slab.max_small_size(), 300 * KiB + 512);
+  EXPECT_EQ(slab.class_block_bytes(slab.class_count() - 1), 300 * KiB + 512);
   void* p = slab.allocate(300 * KiB + 1, 0);
   ASSERT_NE(p, nullptr);
   slab.deallocate(p, 300 * KiB + 1, 0);
@@ -64,12 +69,12 @@ TEST(SlabAllocator, BlocksOfOneClassShareASlab) {
   HostProvider provider;
   SlabAllocator slab(provider, kDefaultSlabMaxSize);
   std::vector<void*> blocks;
-  for (int i = 0; i < 8192; ++i) blocks.push_back(slab.allocate(200, 0));  // 8192 x 256 B = one 2 MiB slab
+  for (int i = 0; i < 4096; ++i) blocks.push_back(slab.allocate(200, 0));  // 4096 x 512 B = one 2 MiB slab
   EXPECT_EQ(slab.slab_count(), 1u);
   EXPECT_EQ(provider.bytes_mapped(), 2 * MiB);
   AllocatorStats s = slab.stats();
-  EXPECT_EQ(s.bytes_in_use, 8192u * 200);
-  EXPECT_EQ(s.internal_waste, 8192u * 56);
+  EXPECT_EQ(s.bytes_in_use, 4096u * 200);
+  EXPECT_EQ(s.internal_waste, 4096u * 312);
   EXPECT_EQ(s.bytes_cached, 0u);
   void* one_more = slab.allocate(200, 0);
   EXPECT_EQ(slab.slab_count(), 2u);

@@ -197,7 +197,7 @@ void run_random_sequence(unsigned seed, std::size_t cap, std::size_t threshold) 
   testing::BlockModel model(testing::PatternCoverage::kEveryByte);
   std::uint64_t next_tag = 1, allocations = 0, deallocations = 0, failed = 0;
   std::size_t waste = 0;
-  auto waste_of = [](std::size_t bytes) { return (bytes + 255) / 256 * 256 - bytes; };
+  auto waste_of = [](std::size_t bytes) { return (bytes + 511) / 512 * 512 - bytes; };
   auto size_of = [&] {
     switch (rng() % 4) {
       case 0: return 1 + rng() % 512;

@@ -26,7 +26,11 @@
 // Test-only exports: fake_cuda_calls(symbol), fake_cuda_total_calls(), fake_cuda_function(symbol),
 // fake_cuda_last_stream(), fake_cuda_hold_gpu(held), fake_cuda_physical_bytes(device),
 // fake_cuda_live_events(), fake_cuda_device_of(pointer) (kFakeHostLocation for host memory),
-// fake_cuda_host_physical_bytes(), fake_cuda_records_on_destroyed_streams().
+// fake_cuda_host_physical_bytes(), fake_cuda_records_on_destroyed_streams(),
+// fake_cuda_accessible_from(pointer, device), fake_cuda_peer_enabled(device, peer).
+// - Access: cuMemSetAccess records, per mapping, which devices its descriptors name (PROT_NONE clears
+//   one); cuCtxEnablePeerAccess/Disable keep the pairs and answer ALREADY_ENABLED / NOT_ENABLED as the
+//   driver does; each device has a default pool (cuDeviceGetDefaultMemPool = cuDeviceGetMemPool).
 #include <cuda.h>
 #include <sys/mman.h>
 
@@ -41,7 +45,7 @@
 
 namespace {
 
-constexpr std::size_t kAlignment = 256;                  // what cuMemAlloc guarantees
+constexpr std::size_t kAlignment = 512;                  // what cuMemAlloc gives (texture alignment)
 constexpr std::size_t kGranularity = std::size_t{2} << 20;  // the H100's VMM granularity
 constexpr int kMaxDevices = 8;
 constexpr int kHostLocation = -2;  // the "device" of host-located physical memory (fake_cuda_device_of)
@@ -157,6 +161,7 @@ void give_physical(int device, std::size_t bytes) { physical[device].fetch_sub(b
 struct Allocation {
   std::size_t bytes;
   int device;
+  const void* pool = nullptr;  // the FakePool of a stream-ordered allocation; null for cuMemAlloc
 };
 std::mutex allocations_lock;
 std::unordered_map<CUdeviceptr, Allocation>& allocations() {
@@ -170,7 +175,7 @@ int current_device() {
 }
 
 // On `device`, or on the current context's device when it is -1 (cuMemAlloc; pools name their device).
-CUresult allocate(CUdeviceptr* dptr, size_t bytes, int device = -1) {
+CUresult allocate(CUdeviceptr* dptr, size_t bytes, int device = -1, const void* pool = nullptr) {
   if (dptr == nullptr || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
   if (device < 0 && !current_context_now()) return CUDA_ERROR_INVALID_CONTEXT;
   if (device < 0) device = current_device();
@@ -182,7 +187,7 @@ CUresult allocate(CUdeviceptr* dptr, size_t bytes, int device = -1) {
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   std::lock_guard<std::mutex> guard(allocations_lock);
-  allocations()[reinterpret_cast<CUdeviceptr>(p)] = {rounded, device};
+  allocations()[reinterpret_cast<CUdeviceptr>(p)] = {rounded, device, pool};
   *dptr = reinterpret_cast<CUdeviceptr>(p);
   return CUDA_SUCCESS;
 }
@@ -223,6 +228,7 @@ bool granule_multiple(std::size_t v) { return v != 0 && v % kGranularity == 0; }
 struct Mapping {
   std::size_t bytes;
   int device;
+  unsigned access = 0;  // bit d: device d may read and write it (cuMemSetAccess)
 };
 std::map<std::uintptr_t, Mapping>& mappings() {  // base -> what cuMemMap put there; vmm_lock held
   static auto* m = new std::map<std::uintptr_t, Mapping>();
@@ -288,7 +294,12 @@ void set_capturing(CUstream stream, bool capturing) {
 struct FakePool {
   int device = 0;
   cuuint64_t release_threshold = 0;
+  unsigned access = 0;  // bit d: cuMemPoolSetAccess gave device d access
 };
+FakePool default_pools[kMaxDevices] = {{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}};
+
+// Peer access enabled from device (first index) to the memory of device (second index).
+std::atomic<bool> peer_enabled[kMaxDevices][kMaxDevices];
 
 }  // namespace
 
@@ -348,6 +359,31 @@ int fake_cuda_device_of(CUdeviceptr p) {
   return -1;
 }
 
+// Whether `device` may access `p` (1/0), as the real driver decides: a mapped range by what the
+// cuMemSetAccess calls over it left, a pool allocation by its pool's access, a cuMemAlloc allocation by
+// peer access enabled from `device` to its owner. -1 when `p` is none of these.
+int fake_cuda_accessible_from(CUdeviceptr p, int device) {
+  {
+    std::lock_guard<std::mutex> guard(vmm_lock);
+    auto it = mappings().upper_bound(p);
+    if (it != mappings().begin()) {
+      --it;
+      if (p - it->first < it->second.bytes) return (it->second.access >> device) & 1u;
+    }
+  }
+  std::lock_guard<std::mutex> guard(allocations_lock);
+  for (const auto& [start, allocation] : allocations()) {
+    if (p < start || p - start >= allocation.bytes) continue;
+    if (device == allocation.device) return 1;
+    if (allocation.pool) return (static_cast<const FakePool*>(allocation.pool)->access >> device) & 1u;
+    return peer_enabled[device][allocation.device].load() ? 1 : 0;
+  }
+  return -1;
+}
+int fake_cuda_peer_enabled(int device, int peer) {
+  return device >= 0 && device < kMaxDevices && peer >= 0 && peer < kMaxDevices && peer_enabled[device][peer].load();
+}
+
 CUresult CUDAAPI fake_cuMemAlloc_v1(unsigned int*, unsigned int) {
   COUNT("cuMemAlloc");
   return CUDA_ERROR_NOT_SUPPORTED;  // a 32-bit device pointer cannot hold a malloc address
@@ -389,6 +425,9 @@ CUresult CUDAAPI cuDeviceGetAttribute(int* value, CUdevice_attribute attribute, 
     case CU_DEVICE_ATTRIBUTE_TEXTURE_PITCH_ALIGNMENT: *value = 32; break;  // the H100's
     case CU_DEVICE_ATTRIBUTE_HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED: *value = host_vmm_supported(); break;
     case CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID: *value = 0; break;
+    case CU_DEVICE_ATTRIBUTE_TEXTURE_ALIGNMENT:  // the H100's, or FAKE_CUDA_TEXTURE_ALIGNMENT
+      *value = static_cast<int>(env_size("FAKE_CUDA_TEXTURE_ALIGNMENT", 512));
+      break;
     default: *value = 0;
   }
   return CUDA_SUCCESS;
@@ -484,12 +523,12 @@ CUresult CUDAAPI cuMemAllocManaged(CUdeviceptr* dptr, size_t bytes, unsigned int
 CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
   COUNT("cuMemAllocAsync");
   last_stream.store(stream);
-  return allocate(dptr, bytes);
+  return allocate(dptr, bytes, -1, &default_pools[current_device()]);  // the device's current pool
 }
 CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytes, CUstream stream) {
   COUNT("cuMemAllocAsync_ptsz");
   last_stream.store(effective_per_thread(stream));
-  return allocate(dptr, bytes);
+  return allocate(dptr, bytes, -1, &default_pools[current_device()]);
 }
 CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
   COUNT("cuMemFreeAsync");
@@ -505,7 +544,7 @@ CUresult CUDAAPI cuMemAllocFromPoolAsync(CUdeviceptr* dptr, size_t bytes, CUmemo
   COUNT("cuMemAllocFromPoolAsync");
   last_stream.store(stream);
   if (!pool) return CUDA_ERROR_INVALID_VALUE;
-  return allocate(dptr, bytes, reinterpret_cast<FakePool*>(pool)->device);  // the pool's device
+  return allocate(dptr, bytes, reinterpret_cast<FakePool*>(pool)->device, pool);  // the pool's device
 }
 CUresult CUDAAPI cuMemGetAddressRange_v2(CUdeviceptr* base, size_t* size, CUdeviceptr p) {
   COUNT("cuMemGetAddressRange_v2");
@@ -605,6 +644,41 @@ CUresult CUDAAPI cuMemPoolGetAttribute(CUmemoryPool pool, CUmemPool_attribute at
   }
   return CUDA_SUCCESS;
 }
+CUresult CUDAAPI cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc* map, size_t count) {
+  COUNT("cuMemPoolSetAccess");
+  if (!pool || !map) return CUDA_ERROR_INVALID_VALUE;
+  auto* fake = reinterpret_cast<FakePool*>(pool);
+  for (size_t i = 0; i < count; ++i) {
+    if (map[i].location.id < 0 || map[i].location.id >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    const unsigned bit = 1u << map[i].location.id;
+    fake->access = map[i].flags == CU_MEM_ACCESS_FLAGS_PROT_NONE ? fake->access & ~bit : fake->access | bit;
+  }
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuDeviceGetDefaultMemPool(CUmemoryPool* pool, CUdevice device) {
+  COUNT("cuDeviceGetDefaultMemPool");
+  if (!pool || device < 0 || device >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+  *pool = reinterpret_cast<CUmemoryPool>(&default_pools[device]);
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuDeviceGetMemPool(CUmemoryPool* pool, CUdevice device) {
+  COUNT("cuDeviceGetMemPool");
+  return cuDeviceGetDefaultMemPool(pool, device);
+}
+CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags) {
+  COUNT("cuCtxEnablePeerAccess");
+  const int from = device_of(current_context_now()), to = device_of(peer);
+  if (flags != 0 || to < 0 || to >= device_count() || from == to) return CUDA_ERROR_INVALID_VALUE;
+  if (peer_enabled[from][to].exchange(true)) return CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED;
+  return CUDA_SUCCESS;
+}
+CUresult CUDAAPI cuCtxDisablePeerAccess(CUcontext peer) {
+  COUNT("cuCtxDisablePeerAccess");
+  const int from = device_of(current_context_now()), to = device_of(peer);
+  if (to < 0 || to >= device_count()) return CUDA_ERROR_INVALID_VALUE;
+  if (!peer_enabled[from][to].exchange(false)) return CUDA_ERROR_PEER_ACCESS_NOT_ENABLED;
+  return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuMemPoolTrimTo(CUmemoryPool, size_t) {
   COUNT("cuMemPoolTrimTo");
   return CUDA_SUCCESS;
@@ -699,6 +773,17 @@ CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
   if (!desc || count == 0 || !granule_multiple(size)) return CUDA_ERROR_INVALID_VALUE;
   std::lock_guard<std::mutex> guard(vmm_lock);
   if (!inside_reservation(ptr, size)) return CUDA_ERROR_INVALID_VALUE;
+  for (size_t i = 0; i < count; ++i)
+    if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||
+        desc[i].location.id >= device_count())
+      return CUDA_ERROR_INVALID_DEVICE;
+  for (auto it = mappings().lower_bound(ptr); it != mappings().end() && it->first < ptr + size; ++it) {
+    for (size_t i = 0; i < count; ++i) {
+      const unsigned bit = 1u << desc[i].location.id;
+      it->second.access = desc[i].flags == CU_MEM_ACCESS_FLAGS_PROT_NONE ? it->second.access & ~bit
+                                                                          : it->second.access | bit;
+    }
+  }
   return mprotect(reinterpret_cast<void*>(ptr), size, PROT_READ | PROT_WRITE) == 0 ? CUDA_SUCCESS
                                                                                   : CUDA_ERROR_INVALID_VALUE;
 }
@@ -897,6 +982,9 @@ const ProcAddress proc_addresses[] = {
     FAKE_SAME("cuEventQuery", 2000, cuEventQuery),
     FAKE_SAME("cuEventSynchronize", 2000, cuEventSynchronize),
     FAKE_SAME("cuEventDestroy", 4000, cuEventDestroy_v2),
+    FAKE_SAME("cuCtxEnablePeerAccess", 4000, cuCtxEnablePeerAccess),
+    FAKE_SAME("cuCtxDisablePeerAccess", 4000, cuCtxDisablePeerAccess),
+    FAKE_SAME("cuMemPoolSetAccess", 11020, cuMemPoolSetAccess),
     FAKE_SAME("cuGetProcAddress", 12000, cuGetProcAddress_v2),
     FAKE_SAME("cuGetProcAddress", 11030, fake_cuGetProcAddress_v1),
 };

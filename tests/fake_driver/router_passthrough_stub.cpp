@@ -1,6 +1,7 @@
 // A router that forwards every request to the real driver: lets the interposer's tests run before
 // (or without) the real router. Test-only; never part of the shipped libgpushim.so.
 #include "driver/real_driver.h"
+#include "router/peer_access.h"
 #include "router/router.h"
 
 namespace gpushim::router {
@@ -23,5 +24,8 @@ void on_stream_destroying(CUstream) noexcept {}
 void on_capture_begin(CUstream) noexcept {}
 void on_capture_end(CUstream) noexcept {}
 bool find_block(CUdeviceptr, BlockInfo*) noexcept { return false; }
+void on_peer_access_enabled(CUcontext) noexcept {}
+void on_peer_access_disabled(CUcontext) noexcept {}
+void on_pool_access_set(CUmemoryPool, const CUmemAccessDesc*, std::size_t) noexcept {}
 
 }  // namespace gpushim::router
