@@ -20,6 +20,7 @@ struct OomReport {
   std::uint64_t pending_free = 0;   // freed, waiting for a fence
   std::uint64_t largest_free = 0;
   std::uint64_t limit = 0;          // 0: no GPUSHIM_LIMIT
+  bool injected = false;            // GPUSHIM_FAIL made this allocation fail, not a lack of memory
   // With GPUSHIM_PEERS: which devices' physical memory backs this device's blocks, as
   // describe_placement() words it ("device 0: 1.50 GiB, device 1: 512.00 MiB"); empty otherwise.
   std::string placement;
