@@ -111,7 +111,8 @@ __attribute__((always_inline)) inline void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
     g_fence_always = s.fence_always;
-    g_pure_passthrough = s.backend == "passthrough" && !s.stats && s.trace_path.empty() && !s.limit.set();
+    g_pure_passthrough = s.backend == "passthrough" && !s.stats && s.trace_path.empty() && !s.limit.set() &&
+                         !s.fail.armed && s.oom_dump_path.empty();
     tracing::start_from_settings();
     arm_oom_dump(s.oom_dump_path, s.oom_dump_stack);
     arm_fault_injection(s.fail);
