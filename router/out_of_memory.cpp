@@ -56,6 +56,7 @@ namespace {
 // program's own retries, and their state is the aftermath, not the cause.
 std::string* g_dump_path = nullptr;      // never freed: set once at start
 int g_dump_stack_depth = 0;
+bool g_dump_no_unwinder = false;  // stacks were asked for, but no unwinder loads
 std::uint64_t g_dump_start_ns = 0;
 std::atomic<bool> g_dump_written{false};
 StackStore g_stacks;
@@ -78,7 +79,8 @@ tracing::DumpBlock dump_block(const LiveBlockTable::Entry& entry, tracing::Backe
 void write_dump(DeviceState& failed_on, std::size_t requested, StreamHandle stream) noexcept {
   static tracing::OomDumpWriter writer;  // 64 KiB: static, the failing thread's stack may be small
   static LiveBlockTable::Entry batch[kDumpBatch];
-  if (!writer.open(g_dump_path->c_str(), g_dump_start_ns, g_dump_stack_depth)) {
+  if (!writer.open(g_dump_path->c_str(), g_dump_start_ns, g_dump_stack_depth,
+                   g_dump_no_unwinder ? tracing::format::kFlagNoUnwinder : 0)) {
     log(LogLevel::warn, "GPUSHIM_OOM_DUMP: cannot write %s (%s); no dump", g_dump_path->c_str(),
         writer.path()[0] ? std::strerror(errno) : "path too long");
     writer.close();
@@ -150,7 +152,8 @@ void arm_oom_dump(const std::string& path, int stack_depth) noexcept {
   if (stack_depth > 0 && tracing::load_unwinder() && g_stacks.init(stack_depth)) {
     g_dump_stack_depth = stack_depth;
   } else if (stack_depth > 0) {
-    log(LogLevel::warn, "GPUSHIM_OOM_DUMP_STACK: libunwind.so.8 not found; the dump will have no stacks");
+    g_dump_no_unwinder = true;
+    log(LogLevel::warn, "GPUSHIM_OOM_DUMP_STACK: no stack unwinder (or no memory for the stacks); the dump will have no stacks");
   }
   g_dump_armed = true;
 }

@@ -64,7 +64,7 @@ void write_oom_dump_summary(const Trace& trace, const TraceSummary& s, Symbolize
     }
   } else {
     o << "\n(no stacks in this dump: set GPUSHIM_OOM_DUMP_STACK=16 to name the call sites of live blocks"
-      << ((trace.header.flags & format::kFlagNoUnwinder) ? "; libunwind was missing" : "") << ")\n";
+      << ((trace.header.flags & format::kFlagNoUnwinder) ? "; no stack unwinder worked" : "") << ")\n";
   }
 
   // The largest blocks themselves: size, where, how old.

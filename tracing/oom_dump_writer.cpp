@@ -9,7 +9,8 @@
 
 namespace gpushim::tracing {
 
-bool OomDumpWriter::open(const char* path_pattern, std::uint64_t start_ns, int stack_depth) noexcept {
+bool OomDumpWriter::open(const char* path_pattern, std::uint64_t start_ns, int stack_depth,
+                         std::uint32_t flags) noexcept {
   if (fd_ >= 0 || !expand_trace_path(path_pattern, path_, sizeof path_)) return false;
   fd_ = ::open(path_, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd_ < 0) return false;
@@ -17,7 +18,7 @@ bool OomDumpWriter::open(const char* path_pattern, std::uint64_t start_ns, int s
   stack_depth_ = stack_depth < 0 ? 0 : (stack_depth > kMaxTraceStack ? kMaxTraceStack : stack_depth);
   used_ = sizeof(format::ChunkHeader);
   records_ = 0;
-  ok_ = write_trace_header(fd_, start_ns, stack_depth_, format::kFlagOomDump);
+  ok_ = write_trace_header(fd_, start_ns, stack_depth_, flags | format::kFlagOomDump);
   if (ok_ && stack_depth_ > 0) write_trace_module_map(fd_);
   return ok_;
 }

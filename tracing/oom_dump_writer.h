@@ -44,7 +44,8 @@ class OomDumpWriter {
  public:
   // Creates the file (%p, %r expanded as for GPUSHIM_TRACE) and writes the header, and the module map
   // when stack_depth > 0. `start_ns` is when gpushim started: event times are counted from it.
-  bool open(const char* path_pattern, std::uint64_t start_ns, int stack_depth) noexcept;
+  // `flags`: more format::kFlag* bits (kFlagOomDump is always set).
+  bool open(const char* path_pattern, std::uint64_t start_ns, int stack_depth, std::uint32_t flags = 0) noexcept;
   void device(const DumpDevice& state) noexcept;
   void block(const DumpBlock& live) noexcept;
   // The failing request, last: an out_of_memory event at `time_ns` with the stack that asked.

@@ -31,7 +31,7 @@ struct FileHeader {                    // 64 bytes at offset 0
 };
 static_assert(sizeof(FileHeader) == 64, "FileHeader is part of the file format");
 
-inline constexpr std::uint32_t kFlagNoUnwinder = 1;  // stacks were asked for but libunwind was not found
+inline constexpr std::uint32_t kFlagNoUnwinder = 1;  // stacks were asked for but no unwinder worked
 // An out-of-memory dump (GPUSHIM_OOM_DUMP, docs/oom-dump.md), not a recording: one alloc event per block
 // live at the failure (its allocation time, stream, size, stack), a device_state record per device,
 // and last the out_of_memory event of the failing request.

@@ -410,7 +410,7 @@ bool start(const char* path, int stack_depth) noexcept {
   if (stack_depth > 0 && !load_unwinder()) {
     static bool once = false;
     log_once(&once, LogLevel::warn,
-             "trace: libunwind.so.8 not found; GPUSHIM_TRACE_STACK ignored, stacks are off");
+             "trace: no stack unwinder (neither libunwind.so.8 nor glibc backtrace); GPUSHIM_TRACE_STACK ignored, stacks are off");
     flags |= format::kFlagNoUnwinder;
     stack_depth = 0;
   }
