@@ -6,9 +6,9 @@
 #include <new>
 #include <string>
 
+#include "config/settings.h"
 #include "diagnostics/log.h"
 #include "ipc/cuda_ipc.h"
-#include "config/settings.h"
 #include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
 #include "router/memory_report.h"
@@ -93,12 +93,15 @@ void write_dump(DeviceState& failed_on, std::size_t requested, StreamHandle stre
     backends[d] = device ? device->assembly.id : tracing::BackendId::unknown;
     if (!device) continue;
     const AllocatorStats stats = device->backend().stats();
-    tracing::DumpDevice state;
+    tracing::format::DeviceStateRecord state{};
     state.device = d;
-    state.backend = device->assembly.id;
-    g_table.totals(d, &state.live_bytes, &state.live_blocks);
-    state.reserved = stats.bytes_reserved;
-    state.cached = stats.bytes_cached;
+    state.backend = std::uint8_t(device->assembly.id);
+    std::uint64_t live_bytes = 0, live_blocks = 0;
+    g_table.totals(d, &live_bytes, &live_blocks);
+    state.live_bytes = live_bytes;
+    state.live_blocks = live_blocks;
+    state.reserved_bytes = stats.bytes_reserved;
+    state.cached_bytes = stats.bytes_cached;
     state.largest_free = stats.largest_free_block;
     state.pending_free = pending_bytes(*device);
     state.limit = device->assembly.limit;

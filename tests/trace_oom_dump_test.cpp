@@ -32,13 +32,13 @@ std::uint64_t frame_in(void (*function)()) { return reinterpret_cast<std::uint64
 bool write_dump(const std::string& path, int stack_depth) {
   OomDumpWriter writer;
   if (!writer.open(path.c_str(), kStart, stack_depth)) return false;
-  DumpDevice device;
+  format::DeviceStateRecord device{};
   device.device = 0;
-  device.backend = BackendId::tiered;
+  device.backend = std::uint8_t(BackendId::tiered);
   device.live_bytes = 3 * 256 * kMiB + 2 * kMiB;
   device.live_blocks = 5;
-  device.reserved = 800 * kMiB;
-  device.cached = 30 * kMiB;
+  device.reserved_bytes = 800 * kMiB;
+  device.cached_bytes = 30 * kMiB;
   device.largest_free = 16 * kMiB;
   device.limit = 800 * kMiB;
   device.failed_request = 1024 * kMiB;

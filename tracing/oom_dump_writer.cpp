@@ -41,20 +41,9 @@ void OomDumpWriter::append(const void* record, std::size_t bytes, const std::uin
   ++records_;
 }
 
-void OomDumpWriter::device(const DumpDevice& state) noexcept {
-  format::DeviceStateRecord rec{};
-  rec.type = std::uint8_t(format::RecordType::device_state);
-  rec.backend = std::uint8_t(state.backend);
-  rec.device = state.device;
-  rec.live_bytes = state.live_bytes;
-  rec.live_blocks = state.live_blocks;
-  rec.reserved_bytes = state.reserved;
-  rec.cached_bytes = state.cached;
-  rec.largest_free = state.largest_free;
-  rec.pending_free = state.pending_free;
-  rec.limit = state.limit;
-  rec.failed_request = state.failed_request;
-  append(&rec, sizeof rec, nullptr, 0);
+void OomDumpWriter::device(format::DeviceStateRecord state) noexcept {
+  state.type = std::uint8_t(format::RecordType::device_state);
+  append(&state, sizeof state, nullptr, 0);
 }
 
 void OomDumpWriter::event(EventKind kind, const DumpBlock& block) noexcept {

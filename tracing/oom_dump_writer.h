@@ -15,19 +15,6 @@
 
 namespace gpushim::tracing {
 
-struct DumpDevice {
-  int device = 0;
-  BackendId backend = BackendId::unknown;
-  std::uint64_t live_bytes = 0;
-  std::uint64_t live_blocks = 0;
-  std::uint64_t reserved = 0;
-  std::uint64_t cached = 0;
-  std::uint64_t largest_free = 0;
-  std::uint64_t pending_free = 0;
-  std::uint64_t limit = 0;
-  std::uint64_t failed_request = 0;  // bytes asked for by the failing request on this device, else 0
-};
-
 struct DumpBlock {
   std::uint64_t address = 0;
   std::uint64_t size = 0;      // requested bytes
@@ -46,7 +33,8 @@ class OomDumpWriter {
   // when stack_depth > 0. `start_ns` is when gpushim started: event times are counted from it.
   // `flags`: more format::kFlag* bits (kFlagOomDump is always set).
   bool open(const char* path_pattern, std::uint64_t start_ns, int stack_depth, std::uint32_t flags = 0) noexcept;
-  void device(const DumpDevice& state) noexcept;
+  // One device's state, as format::DeviceStateRecord lays it out (its type byte is set here).
+  void device(format::DeviceStateRecord state) noexcept;
   void block(const DumpBlock& live) noexcept;
   // The failing request, last: an out_of_memory event at `time_ns` with the stack that asked.
   void failure(const DumpBlock& request) noexcept;
