@@ -20,6 +20,7 @@ import glob
 import os
 import pickle
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,11 +115,11 @@ def main():
         print("---- gpushim trace summary (first 30 lines) ----\n" + "\n".join(summary.splitlines()[:30]) + "\n----")
         check(status == 0, "summary: exit 0", serr)
         check("out-of-memory dump: device 0" in summary, "summary: names the failing request", summary)
-        holders = re.findall(r"^\s+#1 .* at (.*)$", summary.split("top holders at the failure")[-1], re.M)
+        holders = re.findall(r"^\s+#1 .*? blocks  at (.*)$", summary.split("top holders at the failure")[-1], re.M)
         check("top holders at the failure, by call site" in summary and holders,
               "summary: lists the top holders by call site", summary)
         if holders and args.require_names:
-            check(not re.match(r"^\S+\+0x[0-9a-f]+", holders[0]),
+            check(not re.match(r"^\S+\+0x[0-9a-f]+", holders[0]) and not holders[0].startswith("(no stack"),
                   f"summary: the top holder is named by function ({holders[0]})")
         pickle_path = os.path.join(work, "oom.pickle")
         status, _, eerr = run([args.cli, "trace", "export", "--format", "torch-snapshot", dump, "-o", pickle_path])
@@ -133,8 +134,10 @@ def main():
             for view in ("trace_plot", "segment_plot"):
                 html = os.path.join(work, f"{view}.html")
                 status, vout, verr = run([sys.executable, "-m", "torch.cuda._memory_viz", view, pickle_path, "-o", html])
-                check(status == 0 and os.path.getsize(html) > os.path.getsize(pickle_path),
-                      f"memory_viz {view}: rendered {html}", vout + tail(verr))
+                page = open(html).read() if os.path.isfile(html) else ""
+                # The page embeds the snapshot (re-pickled by torch, base64) for MemoryViz.js.
+                check(status == 0 and "snapshot.pickle" in page and len(page) > 1000,
+                      f"memory_viz {view}: rendered {html} ({len(page)} bytes)", vout + tail(verr))
             for view in ("stats", "trace"):
                 status, vout, verr = run([sys.executable, "-m", "torch.cuda._memory_viz", view, pickle_path])
                 check(status == 0 and vout.strip(), f"memory_viz {view}: reads the snapshot", tail(verr))
@@ -154,6 +157,11 @@ def main():
     check(re.search(r"GPUSHIM_FAIL injected [1-9]\d* of the failed allocations", err) is not None,
           "fail: the exit statistics count the injected failures", tail(err))
 
+    # Bring the files back from a lent machine ($OUT comes back), for reading them elsewhere.
+    if os.environ.get("OUT"):
+        keep = os.path.join(os.environ["OUT"], f"oom_check_{args.backend}")
+        shutil.copytree(work, keep, dirs_exist_ok=True)
+        print(f"files kept in {keep}")
     print(f"{len(failures)} failed" if failures else "PASS")
     return 1 if failures else 0
 
