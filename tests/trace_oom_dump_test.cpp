@@ -11,6 +11,7 @@
 
 #include "tests/trace_test_support.h"
 #include "tracing/oom_dump_writer.h"
+#include "tracing/pickle_writer.h"
 #include "tracing/trace_reader.h"
 #include "tracing/trace_tool_commands.h"
 
@@ -243,6 +244,36 @@ TEST_F(OomDump, TorchSnapshotOfARecordedTracePairsFrees) {
                               "a=[e['action'] for e in s['device_traces'][0]]; "
                               "assert a.count('alloc')==4 and a.count('free_completed')==3 and a.count('oom')==1, a; "
                               "assert [g['total_size'] for g in s['segments']]==[512], s['segments']\" " + pickle;
+  EXPECT_EQ(std::system(command.c_str()), 0);
+}
+
+TEST_F(OomDump, PickleWriterValuesLoadInPythonAsWritten) {
+  PickleWriter w;
+  w.begin_list();
+  for (std::int64_t v : {std::int64_t{0}, std::int64_t{255}, std::int64_t{-1}, std::int64_t{INT32_MAX},
+                         std::int64_t{INT32_MIN}, std::int64_t{1} << 31, -(std::int64_t{1} << 31) - 1,
+                         std::int64_t{1} << 40, -(std::int64_t{1} << 40), std::int64_t{128} << 32, INT64_MAX, INT64_MIN})
+    w.integer(v);
+  for (std::uint64_t v : {std::uint64_t{1} << 63, ~std::uint64_t{0}, std::uint64_t{0x7f0000000000}}) w.unsigned_integer(v);
+  w.string("caf\xc3\xa9");
+  w.boolean(true);
+  w.none();
+  w.begin_tuple();
+  w.integer(1);
+  w.end_tuple();
+  w.begin_dict();
+  w.string("k");
+  w.begin_list();
+  w.end_list();
+  w.end_dict();
+  w.end_list();
+  const std::string bytes = w.finish();
+  write_bytes(dir_ + "/values.pickle", std::vector<unsigned char>(bytes.begin(), bytes.end()));
+  if (std::system("command -v python3 >/dev/null 2>&1") != 0) GTEST_SKIP() << "no python3 here to load the pickle";
+  const std::string command =
+      "python3 -c \"import pickle,sys; v=pickle.load(open(sys.argv[1],'rb')); "
+      "e=[0,255,-1,2**31-1,-2**31,2**31,-2**31-1,2**40,-2**40,128<<32,2**63-1,-2**63,2**63,2**64-1,0x7f0000000000,"
+      "'caf??',True,None,(1,),{'k':[]}]; assert v==e, v\" " + dir_ + "/values.pickle";
   EXPECT_EQ(std::system(command.c_str()), 0);
 }
 
