@@ -231,4 +231,14 @@ TEST(OomDump, InjectedFailureWritesTheDumpToo) {
 }
 #endif
 
+// A dump that cannot be written is one line; the program gets its CUDA_ERROR_OUT_OF_MEMORY and goes on.
+TEST(OomDump, UnwritablePathIsOneLineAndTheProgramGoesOn) {
+  if (is_child()) GTEST_SKIP();
+  const ChildRun run = run_child({"GPUSHIM_FAIL=nth=2", "GPUSHIM_OOM_DUMP=/nonexistent-gpushim-dir/oom.dump",
+                                  sizes({MiB, MiB, MiB})});
+  EXPECT_EQ(results_of(run), (std::vector<int>{0, kOom, 0})) << run.err;
+  EXPECT_NE(run.err.find("GPUSHIM_OOM_DUMP: cannot write /nonexistent-gpushim-dir/oom.dump (No such file or directory); no dump"),
+            std::string::npos) << run.err;
+}
+
 }  // namespace
