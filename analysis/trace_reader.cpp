@@ -95,6 +95,24 @@ bool parse_chunk(const unsigned char* p, std::uint32_t bytes, std::uint64_t base
         out->modules.push_back(std::move(m));
       }
       at += need;
+    } else if (type == format::RecordType::device_state) {
+      if (bytes - at < sizeof(format::DeviceStateRecord))
+        return fail(error, offset, "device state record cut short inside its chunk");
+      format::DeviceStateRecord rec;
+      std::memcpy(&rec, p + at, sizeof rec);
+      DeviceSnapshot d;
+      d.device = rec.device;
+      d.backend = BackendId(rec.backend);
+      d.live_bytes = rec.live_bytes;
+      d.live_blocks = rec.live_blocks;
+      d.reserved = rec.reserved_bytes;
+      d.cached = rec.cached_bytes;
+      d.largest_free = rec.largest_free;
+      d.pending_free = rec.pending_free;
+      d.limit = rec.limit;
+      d.failed_request = rec.failed_request;
+      out->device_states.push_back(d);
+      at += sizeof rec;
     } else if (type == format::RecordType::end) {
       if (bytes - at < sizeof(format::EndRecord))
         return fail(error, offset, "end record cut short inside its chunk");

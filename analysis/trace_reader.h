@@ -42,6 +42,20 @@ struct TraceModule {
   std::uint64_t end = 0;
 };
 
+// What one device held when an out-of-memory dump was written (format::DeviceStateRecord).
+struct DeviceSnapshot {
+  std::int32_t device = 0;
+  BackendId backend = BackendId::unknown;
+  std::uint64_t live_bytes = 0;
+  std::uint64_t live_blocks = 0;
+  std::uint64_t reserved = 0;
+  std::uint64_t cached = 0;
+  std::uint64_t largest_free = 0;
+  std::uint64_t pending_free = 0;
+  std::uint64_t limit = 0;
+  std::uint64_t failed_request = 0;
+};
+
 struct Trace {
   format::FileHeader header{};
   std::vector<TraceEvent> events;     // sorted by time (chunks of different threads interleave)
@@ -50,6 +64,11 @@ struct Trace {
   bool clean_end = false;             // false: the recording was cut short (crash, kill)
   std::uint64_t bytes = 0;            // size of the (decompressed) trace
   bool compressed = false;
+  std::vector<DeviceSnapshot> device_states;  // only in an out-of-memory dump, by device
+
+  // An out-of-memory dump (GPUSHIM_OOM_DUMP): the events are the blocks live at the failure, then the
+  // failing request (docs/oom-dump.md).
+  bool is_oom_dump() const { return (header.flags & format::kFlagOomDump) != 0; }
 
   // The module holding `address`, or nullptr.
   const TraceModule* module_of(std::uint64_t address) const;

@@ -6,6 +6,8 @@
 #include <iterator>
 #include <set>
 
+#include "analysis/oom_dump_summary.h"
+#include "analysis/torch_snapshot_export.h"
 #include "analysis/trace_analysis.h"
 #include "analysis/trace_chrome_export.h"
 #include "analysis/trace_html_report.h"
@@ -81,6 +83,7 @@ int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStream
   o << ", format version " << trace.header.version << (trace.compressed ? ", zstd" : "") << "\n";
   o << "duration " << format_duration(s.duration_ns) << ", " << s.events << " events, " << s.threads
     << " threads, " << s.devices << " devices" << (trace.clean_end ? "" : " (cut short)") << "\n\n";
+  write_oom_dump_summary(trace, s, symbols, top_sites, o);
   o << "events\n";
   for (std::size_t k = 1; k < s.count_by_kind.size(); ++k)
     if (s.count_by_kind[k]) {
@@ -145,13 +148,20 @@ int run_trace_report(const std::string& path, const std::string& html_path, Tool
 
 int run_trace_export(const std::string& path, const std::string& format, const std::string& json_path,
                      ToolStreams io) {
-  if (format != "chrome") {
-    io.err << "gpushim: unknown export format '" << format << "' (known: chrome)\n";
+  if (format != "chrome" && format != "torch-snapshot") {
+    io.err << "gpushim: unknown export format '" << format << "' (known: chrome, torch-snapshot)\n";
     return 1;
   }
   Trace trace;
   if (!load(path, &trace, io)) return kExitBadTrace;
   TraceSummary s = summarize(trace);
+  if (format == "torch-snapshot") {
+    Symbolizer symbols(trace);
+    if (!write_file(json_path, torch_snapshot(trace, s, symbols), io)) return 1;
+    io.err << "gpushim: wrote " << json_path
+           << " (python -m torch.cuda._memory_viz trace_plot " << json_path << " -o out.html)\n";
+    return 0;
+  }
   std::ofstream f(json_path, std::ios::binary | std::ios::trunc);
   write_chrome_trace(trace, s, f);
   f.close();

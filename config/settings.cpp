@@ -106,6 +106,18 @@ bool is_device_list(const char* text) {
   return digit_seen;
 }
 
+// "0" to "64": return addresses per recorded stack.
+bool parse_stack_depth(const char* text, int* out) {
+  int depth = 0;
+  for (const char* c = text; *c; ++c) {
+    if (*c < '0' || *c > '9' || depth > kMaxTraceStack) return false;
+    depth = depth * 10 + (*c - '0');
+  }
+  if (*text == '\0' || depth > kMaxTraceStack) return false;
+  *out = depth;
+  return true;
+}
+
 // A row of the table: the public description plus how to store a value. `apply` returns false for a
 // value it does not accept and then leaves the setting untouched.
 struct Row {
@@ -185,16 +197,23 @@ const Row kRows[] = {
      [](const char* v, Settings& s) { return s.trace_path = v, true; }},
     {{"GPUSHIM_TRACE_STACK", "int", "0", "0 to 64",
       "Return addresses recorded per traced allocation (0 = no call stacks)."},
-     [](const char* v, Settings& s) {
-       int depth = 0;
-       for (const char* c = v; *c; ++c) {
-         if (*c < '0' || *c > '9' || depth > kMaxTraceStack) return false;
-         depth = depth * 10 + (*c - '0');
-       }
-       if (*v == '\0' || depth > kMaxTraceStack) return false;
-       s.trace_stack = depth;
-       return true;
-     }},
+     [](const char* v, Settings& s) { return parse_stack_depth(v, &s.trace_stack); }},
+    {{"GPUSHIM_OOM_DUMP", "path", "", "a file path; %p = process id, %r = rank; empty = off",
+      "When the first allocation fails (out of memory, or GPUSHIM_FAIL), write every live block, the "
+      "memory held per device and the failing request to this file, in the trace format (read it with "
+      "`gpushim trace summary`; docs/oom-dump.md)."},
+     [](const char* v, Settings& s) { return s.oom_dump_path = v, true; }},
+    {{"GPUSHIM_OOM_DUMP_STACK", "int", "0", "0 to 64",
+      "Return addresses kept per live block for GPUSHIM_OOM_DUMP (0 = none). Costs a stack walk on "
+      "every allocation while set; without it the dump names blocks by size, stream and age only."},
+     [](const char* v, Settings& s) { return parse_stack_depth(v, &s.oom_dump_stack); }},
+    {{"GPUSHIM_FAIL", "faults", "",
+      "comma-separated conditions: nth=N, every=N, size>=S, after=T (T: 500ms, 2s); empty = off",
+      "Fail matching allocations with CUDA_ERROR_OUT_OF_MEMORY on purpose, exactly as a real failure "
+      "(report, GPUSHIM_OOM_DUMP, the failed count), to test recovery. nth=N: the Nth matching "
+      "allocation only; every=N: every Nth; size>=S and after=T (since gpushim started) narrow which "
+      "allocations match. Example: size>=1GiB,nth=2."},
+     [](const char* v, Settings& s) { return parse_fault_spec(v, &s.fail); }},
     {{"GPUSHIM_PEERS", "list", "", "all, or device numbers like 0,1,3; empty = none",
       "Devices whose memory is made accessible to each other (peer access for gpushim's blocks)."},
      [](const char* v, Settings& s) {

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "config/fault_spec.h"
+
 namespace gpushim {
 
 enum class LogLevel { quiet, warn, info, debug };
@@ -48,6 +50,11 @@ struct Settings {
   std::string trace_path;              // GPUSHIM_TRACE: %p = pid, %r = rank
   int trace_stack = 0;                 // GPUSHIM_TRACE_STACK: return addresses per allocation
 
+  // out of memory (docs/oom-dump.md)
+  std::string oom_dump_path;           // GPUSHIM_OOM_DUMP: %p = pid, %r = rank
+  int oom_dump_stack = 0;              // GPUSHIM_OOM_DUMP_STACK: return addresses per live block
+  FaultSpec fail;                      // GPUSHIM_FAIL
+
   // peers
   std::string peers;                   // GPUSHIM_PEERS: "", "all", "0,1,..."
   std::string placement;               // GPUSHIM_PLACEMENT: local, interleave, spill
@@ -70,7 +77,7 @@ Settings parse_settings(EnvLookup lookup, void* user);
 // Row of the settings table, for `gpushim --help` and docs.
 struct SettingRow {
   const char* variable;   // "GPUSHIM_BACKEND"
-  const char* type;       // "choice", "bool", "size", "size-or-percent", "path", "int", "list"
+  const char* type;       // "choice", "bool", "size", "size-or-percent", "path", "int", "list", "faults"
   const char* default_value;
   const char* accepted;   // "passthrough|vmm|..." or a description of the accepted form
   const char* help;

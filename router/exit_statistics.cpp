@@ -7,6 +7,7 @@
 
 #include "config/settings.h"
 #include "diagnostics/log.h"
+#include "router/fault_injection.h"
 #include "router/memory_report.h"
 #include "router/router_state.h"
 #include "router/thread_state.h"
@@ -46,6 +47,9 @@ void at_exit() noexcept {
         rows.push_back(row);
       }
       for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());
+      if (const std::uint64_t injected = injected_failures())
+        print_report_line("GPUSHIM_FAIL injected %llu of the failed allocations",
+                          static_cast<unsigned long long>(injected));
     } catch (...) {
     }
   }

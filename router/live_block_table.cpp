@@ -162,6 +162,21 @@ std::vector<LiveBlockTable::Entry> LiveBlockTable::largest(int device, std::size
   return top;
 }
 
+std::size_t LiveBlockTable::copy_live(std::size_t shard_index, std::size_t from, Entry* out, std::size_t max,
+                                      std::size_t* next) const noexcept {
+  std::size_t copied = 0;
+  *next = ~std::size_t{0};
+  if (shard_index >= kShards) return 0;
+  const Shard& shard = shards_[shard_index];
+  std::lock_guard<SpinLock> guard(shard.lock);
+  if (!shard.slots) return 0;
+  std::size_t i = from;
+  for (; i <= shard.capacity_mask && copied < max; ++i)
+    if (shard.slots[i].state == SlotState::live) out[copied++] = Entry{shard.slots[i].address, shard.slots[i].block};
+  if (i <= shard.capacity_mask) *next = i;
+  return copied;
+}
+
 void LiveBlockTable::totals(int device, std::uint64_t* bytes, std::uint64_t* count) const noexcept {
   *bytes = 0;
   *count = 0;

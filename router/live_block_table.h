@@ -28,6 +28,11 @@ struct LiveBlock {
   std::size_t block_size = 0;  // what the backend was asked for (requested rounded up)
   int device = -1;
   bool async_origin = false;   // came from cuMemAllocAsync
+  // For the out-of-memory dump (docs/oom-dump.md). The stream costs nothing to keep; the time and the
+  // stack id are filled only while GPUSHIM_OOM_DUMP / GPUSHIM_OOM_DUMP_STACK ask for them (0 otherwise).
+  std::uint32_t stack = 0;     // StackStore id (router/allocation_stacks.h)
+  std::uint64_t stream = 0;    // the stream of cuMemAllocAsync; 0 for cuMemAlloc
+  std::uint64_t time_ns = 0;   // CLOCK_MONOTONIC at the allocation
 };
 
 class LiveBlockTable {
@@ -58,6 +63,12 @@ class LiveBlockTable {
   };
   // Up to `n` largest live blocks of `device`, largest first (for the out-of-memory report).
   std::vector<Entry> largest(int device, std::size_t n) const;
+  // Copies up to `max` live blocks of shard `shard`, starting at its slot `from`, into `out`; `*next` is
+  // where to go on (past the shard's end when it is done). One shard lock at a time, held only while
+  // copying: the out-of-memory dump walks the table this way with a fixed buffer, while other threads
+  // go on allocating (a block moved by them meanwhile may be missed or seen twice).
+  std::size_t copy_live(std::size_t shard, std::size_t from, Entry* out, std::size_t max,
+                        std::size_t* next) const noexcept;
   // Sum of requested sizes and count of live blocks of `device`.
   void totals(int device, std::uint64_t* bytes, std::uint64_t* count) const noexcept;
 

@@ -23,8 +23,8 @@ double fragmentation_percent(std::uint64_t cached, std::uint64_t largest_free) n
 std::vector<std::string> format_oom_report(const OomReport& r) {
   std::vector<std::string> lines;
   char line[512];
-  std::snprintf(line, sizeof line, "out of memory on device %d (backend %s): requested %s", r.device,
-                r.backend, bytes_text(r.requested).c_str());
+  std::snprintf(line, sizeof line, "out of memory on device %d (backend %s): requested %s%s", r.device,
+                r.backend, bytes_text(r.requested).c_str(), r.injected ? " (injected by GPUSHIM_FAIL)" : "");
   lines.emplace_back(line);
   std::snprintf(line, sizeof line, "  live %s in %llu blocks, reserved %s, cached %s, pending free %s%s%s",
                 bytes_text(r.live_bytes).c_str(), static_cast<unsigned long long>(r.live_blocks),

@@ -23,6 +23,7 @@ struct OomReport {
   std::uint64_t spill_limit = 0;    // GPUSHIM_SPILL=host: host memory the device may spill; 0: no spill
   std::uint64_t spilled = 0;        // live blocks in host memory (requested bytes)
   std::uint64_t spill_reserved = 0; // host memory mapped for them
+  bool injected = false;            // GPUSHIM_FAIL made this allocation fail, not a lack of memory
   // With GPUSHIM_PEERS: which devices' physical memory backs this device's blocks, as
   // describe_placement() words it ("device 0: 1.50 GiB, device 1: 512.00 MiB"); empty otherwise.
   std::string placement;

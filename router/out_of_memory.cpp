@@ -1,14 +1,21 @@
 // The out-of-memory path (router/out_of_memory.h).
 #include "router/out_of_memory.h"
 
+#include <cerrno>
+#include <cstring>
+#include <new>
 #include <string>
 
+#include "config/settings.h"
 #include "diagnostics/log.h"
 #include "ipc/cuda_ipc.h"
+#include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
 #include "router/memory_report.h"
 #include "router/stream_free_lists.h"
 #include "router/thread_state.h"
+#include "tracing/oom_dump_writer.h"
+#include "tracing/stack_unwinder.h"
 #include "tracing/trace_recorder.h"
 
 namespace gpushim::router {
@@ -46,7 +53,129 @@ void* allocate_under_pressure(DeviceState& device, std::size_t block_size, Strea
   return backend.allocate_spilled(block_size, stream);
 }
 
-void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
+namespace {
+
+// The dump (docs/oom-dump.md). Only the first failure of the process writes it: later ones come from the
+// program's own retries, and their state is the aftermath, not the cause.
+std::string* g_dump_path = nullptr;      // never freed: set once at start
+int g_dump_stack_depth = 0;
+bool g_dump_no_unwinder = false;  // stacks were asked for, but no unwinder loads
+std::uint64_t g_dump_start_ns = 0;
+std::atomic<bool> g_dump_written{false};
+StackStore g_stacks;
+// Live blocks copied per shard lock: the writer's batches stay on no program thread's stack.
+constexpr std::size_t kDumpBatch = 512;
+
+tracing::DumpBlock dump_block(const LiveBlockTable::Entry& entry, tracing::BackendId backend) noexcept {
+  tracing::DumpBlock block;
+  block.address = entry.address;
+  block.size = entry.block.requested;
+  block.stream = entry.block.stream;
+  block.time_ns = entry.block.time_ns;
+  block.device = entry.block.device;
+  block.async = entry.block.async_origin;
+  block.backend = backend;
+  block.frame_count = g_stacks.frames_of(entry.block.stack, &block.frames);
+  return block;
+}
+
+void write_dump(DeviceState& failed_on, std::size_t requested, StreamHandle stream) noexcept {
+  static tracing::OomDumpWriter writer;  // 64 KiB: static, the failing thread's stack may be small
+  static LiveBlockTable::Entry batch[kDumpBatch];
+  if (!writer.open(g_dump_path->c_str(), g_dump_start_ns, g_dump_stack_depth,
+                   g_dump_no_unwinder ? tracing::format::kFlagNoUnwinder : 0)) {
+    log(LogLevel::warn, "GPUSHIM_OOM_DUMP: cannot write %s (%s); no dump", g_dump_path->c_str(),
+        writer.path()[0] ? std::strerror(errno) : "path too long");
+    writer.close();
+    return;
+  }
+  tracing::BackendId backends[kMaxDevices];
+  std::uint64_t blocks = 0;
+  for (int d = 0; d < kMaxDevices; ++d) {
+    DeviceState* device = g_devices[d].load(std::memory_order_acquire);
+    backends[d] = device ? device->properties.id : tracing::BackendId::unknown;
+    if (!device) continue;
+    const AllocatorStats stats = device->backend().stats();
+    tracing::format::DeviceStateRecord state{};
+    state.device = d;
+    state.backend = std::uint8_t(device->properties.id);
+    std::uint64_t live_bytes = 0, live_count = 0;
+    live_blocks().totals(d, &live_bytes, &live_count);
+    state.live_bytes = live_bytes;
+    state.live_blocks = live_count;
+    state.reserved_bytes = stats.bytes_reserved;
+    state.cached_bytes = stats.bytes_cached;
+    state.largest_free = stats.largest_free_block;
+    state.pending_free = pending_bytes(*device);
+    state.limit = device->properties.limit;
+    state.failed_request = device == &failed_on ? requested : 0;
+    writer.device(state);
+  }
+  for (std::size_t shard = 0; shard < LiveBlockTable::kShards; ++shard) {
+    for (std::size_t from = 0; from != ~std::size_t{0};) {
+      const std::size_t copied = live_blocks().copy_live(shard, from, batch, kDumpBatch, &from);
+      for (std::size_t i = 0; i < copied; ++i) {
+        const int d = batch[i].block.device;
+        writer.block(dump_block(batch[i], d >= 0 && d < kMaxDevices ? backends[d] : tracing::BackendId::unknown));
+      }
+      blocks += copied;
+    }
+  }
+  tracing::DumpBlock request;
+  request.size = requested;
+  request.stream = stream;
+  request.time_ns = tracing::monotonic_ns();
+  request.device = failed_on.ordinal;
+  request.backend = failed_on.properties.id;
+  std::uint64_t frames[kMaxTraceStack];
+  if (g_dump_stack_depth > 0) {
+    request.frames = frames;
+    request.frame_count = tracing::capture_stack(frames, g_dump_stack_depth, 0);
+  }
+  writer.failure(request);
+  if (writer.close())
+    log(LogLevel::warn, "out-of-memory dump: %llu live blocks written to %s (read it with `gpushim trace summary`)",
+        static_cast<unsigned long long>(blocks), writer.path());
+  else
+    log(LogLevel::warn, "GPUSHIM_OOM_DUMP: writing %s failed (%s); the dump is incomplete", writer.path(),
+        std::strerror(errno));
+}
+
+}  // namespace
+
+bool g_dump_armed = false;
+
+void arm_oom_dump(const std::string& path, int stack_depth) noexcept {
+  if (path.empty() || g_dump_path) return;
+  g_dump_path = new (std::nothrow) std::string();
+  if (!g_dump_path) return;
+  try {
+    *g_dump_path = path;
+  } catch (...) {
+    return;
+  }
+  g_dump_start_ns = tracing::monotonic_ns();
+  if (stack_depth > 0 && tracing::load_unwinder() && g_stacks.init(stack_depth)) {
+    g_dump_stack_depth = stack_depth;
+  } else if (stack_depth > 0) {
+    g_dump_no_unwinder = true;
+    log(LogLevel::warn, "GPUSHIM_OOM_DUMP_STACK: no stack unwinder (or no memory for the stacks); the dump will have no stacks");
+  }
+  g_dump_armed = true;
+}
+
+void stamp_for_dump(LiveBlock* block) noexcept {
+  block->time_ns = tracing::monotonic_ns();
+  if (g_dump_stack_depth > 0) {
+    std::uint64_t frames[kMaxTraceStack];
+    // Skip stamp_for_dump itself; serve() and the entry point stay, the tools skip gpushim's frames.
+    const int count = tracing::capture_stack(frames, g_dump_stack_depth, 0);
+    block->stack = g_stacks.intern(frames, count);
+  }
+}
+
+void report_out_of_memory(DeviceState& device, std::size_t requested, StreamHandle stream, bool injected) noexcept {
+  if (g_dump_armed && !g_dump_written.exchange(true, std::memory_order_acq_rel)) write_dump(device, requested, stream);
   bool expected = false;
   if (!device.in_oom_burst.compare_exchange_strong(expected, true)) return;  // once per burst
   try {
@@ -55,6 +184,7 @@ void report_out_of_memory(DeviceState& device, std::size_t requested) noexcept {
     report.device = device.ordinal;
     report.backend = device.properties.name;
     report.requested = requested;
+    report.injected = injected;
     live_blocks().totals(device.ordinal, &report.live_bytes, &report.live_blocks);
     report.reserved = stats.bytes_reserved;
     report.cached = stats.bytes_cached;

@@ -26,6 +26,7 @@
 #include "driver/real_driver.h"
 #include "router/after_fork.h"
 #include "router/exit_statistics.h"
+#include "router/fault_injection.h"
 #include "router/free_fence_queue.h"
 #include "router/held_for_importers.h"
 #include "router/live_block_table.h"
@@ -112,8 +113,11 @@ __attribute__((always_inline)) inline void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
     g_fence_always = s.fence_always;
-    g_pure_passthrough = chosen_backend(s).traits.forwards_every_call && !s.stats && s.trace_path.empty() && !s.limit.set();
+    g_pure_passthrough = chosen_backend(s).traits.forwards_every_call && !s.stats && s.trace_path.empty() &&
+                         !s.limit.set() && !s.fail.armed && s.oom_dump_path.empty();
     tracing::start_from_settings();
+    arm_oom_dump(s.oom_dump_path, s.oom_dump_stack);
+    arm_fault_injection(s.fail);
     std::atexit(at_exit);
     pthread_atfork(nullptr, nullptr, atfork_child);
     return true;
@@ -192,23 +196,30 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   // means the legacy stream.
   const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
   void* p = nullptr;
-  if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
-    p = take_from_stream_list(device, normalized(stream), block_size);
-  if (!p) p = device.backend().allocate(block_size, handle);
-  if (!p) {
-    annotations::ScopedRange range(annotations::SlowEvent::oom_handling);
-    p = allocate_under_pressure(device, block_size, handle);
+  // GPUSHIM_FAIL: the chosen allocation takes the failure path below as if memory had run out.
+  const bool injected = fault_injection_armed() && inject_failure(bytes);
+  if (!injected) {
+    if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
+      p = take_from_stream_list(device, normalized(stream), block_size);
+    if (!p) p = device.backend().allocate(block_size, handle);
+    if (!p) {
+      annotations::ScopedRange range(annotations::SlowEvent::oom_handling);
+      p = allocate_under_pressure(device, block_size, handle);
+    }
   }
   if (!p) {
     counters(d).failed.fetch_add(1, std::memory_order_relaxed);
     tracing::record(tracing::EventKind::alloc_failed, d, handle, 0, bytes, device.properties.id);
     tracing::record(tracing::EventKind::out_of_memory, d, handle, 0, bytes, device.properties.id);
-    report_out_of_memory(device, bytes);
+    report_out_of_memory(device, bytes, handle, injected);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
   if (device.in_oom_burst.load(std::memory_order_relaxed)) device.in_oom_burst.store(false, std::memory_order_relaxed);
   const auto address = reinterpret_cast<std::uintptr_t>(p);
-  live_blocks().insert(address, LiveBlock{bytes, block_size, d, async});
+  LiveBlock live{bytes, block_size, d, async};
+  live.stream = handle;
+  if (oom_dump_armed()) stamp_for_dump(&live);
+  live_blocks().insert(address, live);
   annotations::on_block_allocated(address, bytes);  // compute-sanitizer sees the block's own bounds
   Counters& mine = counters(d);
   mine.allocs.fetch_add(1, std::memory_order_relaxed);

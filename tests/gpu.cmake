@@ -134,3 +134,21 @@ if(NOT GPUSHIM_GPU_TESTS_STANDALONE AND TARGET alloc_torture_core AND TARGET GTe
   target_link_libraries(torture_core_test PRIVATE alloc_torture_core GTest::gtest_main)
   gtest_discover_tests(torture_core_test DISCOVERY_TIMEOUT 30)
 endif()
+
+# When memory runs out (docs/oom-dump.md): PyTorch under GPUSHIM_LIMIT with GPUSHIM_OOM_DUMP, the dump
+# read by `gpushim trace summary` and exported for torch's memory_viz, and GPUSHIM_FAIL raising
+# torch.cuda.OutOfMemoryError at the chosen allocation (tests/gpu/run_oom_check.py).
+set(_oom_tests "")
+if(TARGET gpushim_cli)
+  set(_oom_cli --cli $<TARGET_FILE:gpushim_cli>)
+else()
+  set(_oom_cli "")  # searched under the build directory at test time
+endif()
+foreach(backend tiered vmm)
+  add_test(NAME gpu_torch_oom_${backend}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none --
+                   python3 ${_gpu_dir}/run_oom_check.py --lib "${_lib}" --search ${_search} ${_oom_cli}
+                   --backend ${backend} --require-names)
+  list(APPEND _oom_tests gpu_torch_oom_${backend})
+endforeach()
+set_tests_properties(${_oom_tests} PROPERTIES LABELS "gpu;framework" SKIP_RETURN_CODE 77 TIMEOUT 600)

@@ -61,3 +61,19 @@ foreach(backend vmm buddy slab tiered mempool passthrough)
   set_tests_properties(router_peer_access_early.${backend} PROPERTIES TIMEOUT 60
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT "${environment};E2E_PEER_EARLY=1")
 endforeach()
+
+# GPUSHIM_FAIL and GPUSHIM_OOM_DUMP (router/fault_injection.*, router/out_of_memory.cpp): the program runs
+# itself again as a child per case, with that case's settings. Two backends: one carving VMM memory,
+# one driver-backed.
+add_executable(router_oom_end_to_end_test ${CMAKE_CURRENT_SOURCE_DIR}/router_oom_end_to_end_test.cpp)
+target_include_directories(router_oom_end_to_end_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+target_link_libraries(router_oom_end_to_end_test PRIVATE shim_fake_libcuda GTest::gtest_main Threads::Threads)
+if(TARGET gpushim_trace_tools)
+  target_link_libraries(router_oom_end_to_end_test PRIVATE gpushim_trace_tools)
+endif()
+add_dependencies(router_oom_end_to_end_test gpushim)
+foreach(backend tiered passthrough)
+  add_test(NAME router_oom_e2e.${backend} COMMAND router_oom_end_to_end_test)
+  set_tests_properties(router_oom_e2e.${backend} PROPERTIES TIMEOUT 120 ENVIRONMENT
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend}")
+endforeach()

@@ -119,6 +119,9 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_MEMPOOL_RELEASE_THRESHOLD", "2GB"},
                                       {"GPUSHIM_TRACE", "/tmp/run-%p.gpushim-trace.zst"},
                                       {"GPUSHIM_TRACE_STACK", "16"},
+                                      {"GPUSHIM_OOM_DUMP", "/tmp/oom-%p.dump"},
+                                      {"GPUSHIM_OOM_DUMP_STACK", "24"},
+                                      {"GPUSHIM_FAIL", "size>=1GiB,nth=2"},
                                       {"GPUSHIM_PEERS", "0,1,3"},
                                       {"GPUSHIM_PLACEMENT", "spill"},
                                       {"GPUSHIM_SPILL", "host"},
@@ -140,6 +143,11 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.mempool_release_threshold, 2000000000u);
   EXPECT_EQ(s.trace_path, "/tmp/run-%p.gpushim-trace.zst");
   EXPECT_EQ(s.trace_stack, 16);
+  EXPECT_EQ(s.oom_dump_path, "/tmp/oom-%p.dump");
+  EXPECT_EQ(s.oom_dump_stack, 24);
+  EXPECT_TRUE(s.fail.armed);
+  EXPECT_EQ(s.fail.min_bytes, 1024 * MiB);
+  EXPECT_EQ(s.fail.nth, 2u);
   EXPECT_EQ(s.peers, "0,1,3");
   EXPECT_EQ(s.placement, "spill");
   EXPECT_TRUE(s.spill_host);

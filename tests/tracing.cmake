@@ -12,3 +12,10 @@ if(TARGET gpushim_trace_tools)
     GPUSHIM_TEST_DATA_DIR="${CMAKE_CURRENT_LIST_DIR}/data")
   gtest_discover_tests(trace_tests DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
 endif()
+
+# The unwinder's fallback to glibc's backtrace() where libunwind is absent (own program: it hides
+# libunwind by defining dlopen).
+add_executable(stack_unwinder_fallback_test ${CMAKE_CURRENT_LIST_DIR}/stack_unwinder_fallback_test.cpp)
+target_link_libraries(stack_unwinder_fallback_test PRIVATE gpushim_tracing GTest::gtest_main)
+target_link_options(stack_unwinder_fallback_test PRIVATE -rdynamic)  # dladdr names capture_here
+gtest_discover_tests(stack_unwinder_fallback_test)

@@ -52,10 +52,11 @@ void add_trace_commands(CLI::App& app) {
   report->add_option("-o,--output", options->output, "HTML file to write")->required();
   report->callback([options] { finish(run_trace_report(options->file, options->output, {std::cout, std::cerr})); });
 
-  CLI::App* exporter = trace->add_subcommand("export", "Chrome Trace Event JSON (Perfetto, chrome://tracing)");
+  CLI::App* exporter = trace->add_subcommand(
+      "export", "Chrome Trace Event JSON (Perfetto), or a PyTorch memory snapshot (--format torch-snapshot)");
   exporter->add_option("file", options->file, "trace file (raw or .zst)")->required();
-  exporter->add_option("--format", options->format, "output format")->check(CLI::IsMember({"chrome"}));
-  exporter->add_option("-o,--output", options->output, "JSON file to write")->required();
+  exporter->add_option("--format", options->format, "output format")->check(CLI::IsMember({"chrome", "torch-snapshot"}));
+  exporter->add_option("-o,--output", options->output, "file to write (JSON, or a .pickle for torch-snapshot)")->required();
   exporter->callback([options] {
     finish(run_trace_export(options->file, options->format, options->output, {std::cout, std::cerr}));
   });

@@ -1,6 +1,7 @@
 #include "tracing/stack_unwinder.h"
 
 #include <dlfcn.h>
+#include <execinfo.h>
 
 #include <atomic>
 
@@ -16,13 +17,24 @@ std::atomic<UnwBacktrace> g_unw_backtrace{nullptr};
 
 constexpr int kMaxSkip = 8;
 
+// Where libunwind is absent (the GPU machine, a bare container), glibc's backtrace(), which walks the
+// same DWARF unwind tables through libgcc_s: slower per stack, but stacks are only taken when asked.
+// Its first call loads libgcc_s and allocates, so load_unwinder() (cold) makes that call, never a
+// recording inside an allocation.
+int glibc_backtrace(void** buffer, int size) { return backtrace(buffer, size); }
+
 }  // namespace
 
 bool load_unwinder() noexcept {
   if (g_unw_backtrace.load(std::memory_order_acquire)) return true;
   void* handle = dlopen("libunwind.so.8", RTLD_NOW | RTLD_LOCAL);
   if (!handle) handle = dlopen("libunwind.so", RTLD_NOW | RTLD_LOCAL);
-  if (!handle) return false;
+  if (!handle) {
+    void* warm_up[4];
+    if (backtrace(warm_up, 4) <= 0) return false;
+    g_unw_backtrace.store(&glibc_backtrace, std::memory_order_release);
+    return true;
+  }
   auto fn = reinterpret_cast<UnwBacktrace>(dlsym(handle, "unw_backtrace"));
   if (!fn) return false;  // the handle stays open: harmless, and dlclose in a preload is a risk
   g_unw_backtrace.store(fn, std::memory_order_release);

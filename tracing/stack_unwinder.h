@@ -7,7 +7,8 @@
 
 namespace gpushim::tracing {
 
-// Loads libunwind.so.8 once. False (and stacks stay off) when it cannot be found. Cold path.
+// Loads libunwind.so.8 once, else falls back to glibc's backtrace(). False (and stacks stay off) only
+// when neither works. Cold path.
 bool load_unwinder() noexcept;
 
 // Writes up to `max_frames` return addresses, innermost first, dropping this function's own frame and

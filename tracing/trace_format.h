@@ -26,10 +26,16 @@ struct FileHeader {                    // 64 bytes at offset 0
   std::uint32_t pid;
   std::int32_t rank;                   // -1 when no launcher set a rank
   std::uint32_t stack_depth;           // GPUSHIM_TRACE_STACK in effect (0: no stacks)
-  std::uint32_t flags;                 // bit 0: stacks were asked for but libunwind was not found
+  std::uint32_t flags;                 // kFlag* below
   std::uint8_t reserved[16];
 };
 static_assert(sizeof(FileHeader) == 64, "FileHeader is part of the file format");
+
+inline constexpr std::uint32_t kFlagNoUnwinder = 1;  // stacks were asked for but no unwinder worked
+// An out-of-memory dump (GPUSHIM_OOM_DUMP, docs/oom-dump.md), not a recording: one alloc event per block
+// live at the failure (its allocation time, stream, size, stack), a device_state record per device,
+// and last the out_of_memory event of the failing request.
+inline constexpr std::uint32_t kFlagOomDump = 2;
 
 inline constexpr char kChunkMagic[4] = {'G', 'T', 'C', 'K'};
 
@@ -49,6 +55,7 @@ enum class RecordType : std::uint8_t {
   event = 1,   // EventRecord followed by frame_count return addresses (u64 each)
   module = 2,  // ModuleRecord followed by path bytes and build-id bytes, padded to 8
   end = 3,     // EndRecord: the trace was closed cleanly (absent after a crash)
+  device_state = 4,  // DeviceStateRecord: what one device held at the moment of an OOM dump
 };
 
 struct EventRecord {                   // 40 bytes + 8 per frame
@@ -79,6 +86,22 @@ struct EndRecord {                     // 8 bytes
   std::uint8_t reserved[7];
 };
 static_assert(sizeof(EndRecord) == 8, "EndRecord is part of the file format");
+
+struct DeviceStateRecord {             // 72 bytes
+  std::uint8_t type;                   // RecordType::device_state
+  std::uint8_t backend;                // tracing::BackendId
+  std::uint8_t reserved[2];
+  std::int32_t device;
+  std::uint64_t live_bytes;            // requested sizes of the live blocks
+  std::uint64_t live_blocks;
+  std::uint64_t reserved_bytes;        // what the backend holds from the driver
+  std::uint64_t cached_bytes;          // held, free, reusable
+  std::uint64_t largest_free;          // the largest block the backend could hand out at once
+  std::uint64_t pending_free;          // freed by the program, waiting for a fence
+  std::uint64_t limit;                 // GPUSHIM_LIMIT in bytes; 0 = none
+  std::uint64_t failed_request;        // bytes the failing request asked for on this device; 0 = none
+};
+static_assert(sizeof(DeviceStateRecord) == 72, "DeviceStateRecord is part of the file format");
 
 inline constexpr std::size_t pad8(std::size_t n) { return (n + 7) & ~std::size_t{7}; }
 

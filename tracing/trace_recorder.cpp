@@ -85,18 +85,11 @@ bool write_all(int fd, const void* data, std::size_t bytes) noexcept {
   return true;
 }
 
-// g_file_mutex held. Fills the chunk header in front of `payload_bytes` of records and writes both.
+// g_file_mutex held.
 void write_chunk_locked(unsigned char* chunk, std::size_t payload_bytes, std::uint32_t thread_id,
                         std::uint32_t records) noexcept {
   if (g_fd < 0 || payload_bytes == 0) return;
-  fmt::ChunkHeader header;
-  std::memcpy(header.magic, fmt::kChunkMagic, sizeof header.magic);
-  header.payload_bytes = std::uint32_t(payload_bytes);
-  header.thread_id = thread_id;
-  header.record_count = records;
-  header.checksum = fmt::chunk_checksum(thread_id, records, chunk + sizeof header, payload_bytes);
-  std::memcpy(chunk, &header, sizeof header);
-  if (!write_all(g_fd, chunk, sizeof header + payload_bytes)) {
+  if (!write_trace_chunk(g_fd, chunk, payload_bytes, thread_id, records)) {
     static bool once = false;
     log_once(&once, LogLevel::warn, "trace: writing the trace failed (%s); recording stops",
              std::strerror(errno));
@@ -110,8 +103,10 @@ struct ModuleChunk {
   unsigned char data[kBufferBytes];
   std::size_t used = sizeof(fmt::ChunkHeader);
   std::uint32_t records = 0;
+  int fd = -1;  // -1: the recording's file, under g_file_mutex
   void flush() noexcept {
-    write_chunk_locked(data, used - sizeof(fmt::ChunkHeader), 0, records);
+    if (fd < 0) write_chunk_locked(data, used - sizeof(fmt::ChunkHeader), 0, records);
+    else write_trace_chunk(fd, data, used - sizeof(fmt::ChunkHeader), 0, records);
     used = sizeof(fmt::ChunkHeader);
     records = 0;
   }
@@ -288,6 +283,47 @@ int rank_from_environment() noexcept {
 
 }  // namespace
 
+bool write_trace_chunk(int fd, unsigned char* chunk, std::size_t payload_bytes, std::uint32_t thread_id,
+                       std::uint32_t records) noexcept {
+  if (fd < 0) return false;
+  if (payload_bytes == 0) return true;
+  fmt::ChunkHeader header;
+  std::memcpy(header.magic, fmt::kChunkMagic, sizeof header.magic);
+  header.payload_bytes = std::uint32_t(payload_bytes);
+  header.thread_id = thread_id;
+  header.record_count = records;
+  header.checksum = fmt::chunk_checksum(thread_id, records, chunk + sizeof header, payload_bytes);
+  std::memcpy(chunk, &header, sizeof header);
+  return write_all(fd, chunk, sizeof header + payload_bytes);
+}
+
+void write_trace_module_map(int fd) noexcept {
+  // Its own 64 KiB buffer: the recording's may be in use by another thread at this moment. Only the
+  // first out-of-memory dump of a process calls this.
+  static ModuleChunk chunk;
+  chunk.fd = fd;
+  chunk.used = sizeof(fmt::ChunkHeader);
+  chunk.records = 0;
+  dl_iterate_phdr(&append_module, &chunk);
+  chunk.flush();
+}
+
+bool write_trace_header(int fd, std::uint64_t start_monotonic_ns, int stack_depth, std::uint32_t flags) noexcept {
+  format::FileHeader header{};
+  std::memcpy(header.magic, format::kMagic, sizeof header.magic);
+  header.version = format::kVersion;
+  header.header_bytes = sizeof header;
+  header.start_monotonic_ns = start_monotonic_ns;
+  header.start_realtime_ns = now_ns(CLOCK_REALTIME) - (now_ns(CLOCK_MONOTONIC) - start_monotonic_ns);
+  header.pid = std::uint32_t(getpid());
+  header.rank = rank_from_environment();
+  header.stack_depth = std::uint32_t(stack_depth);
+  header.flags = flags;
+  return write_all(fd, &header, sizeof header);
+}
+
+std::uint64_t monotonic_ns() noexcept { return now_ns(CLOCK_MONOTONIC); }
+
 namespace detail {
 
 void record_slow(EventKind kind, int device, std::uint64_t stream, std::uint64_t address,
@@ -374,8 +410,8 @@ bool start(const char* path, int stack_depth) noexcept {
   if (stack_depth > 0 && !load_unwinder()) {
     static bool once = false;
     log_once(&once, LogLevel::warn,
-             "trace: libunwind.so.8 not found; GPUSHIM_TRACE_STACK ignored, stacks are off");
-    flags |= 1;
+             "trace: no stack unwinder (neither libunwind.so.8 nor glibc backtrace); GPUSHIM_TRACE_STACK ignored, stacks are off");
+    flags |= format::kFlagNoUnwinder;
     stack_depth = 0;
   }
   {
@@ -389,17 +425,7 @@ bool start(const char* path, int stack_depth) noexcept {
     pthread_atfork(nullptr, nullptr, &disable_in_child);
   });
 
-  format::FileHeader header{};
-  std::memcpy(header.magic, format::kMagic, sizeof header.magic);
-  header.version = format::kVersion;
-  header.header_bytes = sizeof header;
-  header.start_monotonic_ns = now_ns(CLOCK_MONOTONIC);
-  header.start_realtime_ns = now_ns(CLOCK_REALTIME);
-  header.pid = std::uint32_t(getpid());
-  header.rank = rank_from_environment();
-  header.stack_depth = std::uint32_t(stack_depth);
-  header.flags = flags;
-  if (!write_all(fd, &header, sizeof header)) {
+  if (!write_trace_header(fd, now_ns(CLOCK_MONOTONIC), stack_depth, flags)) {
     log(LogLevel::warn, "trace: cannot write %s (%s); not recording", expanded, std::strerror(errno));
     close(fd);
     return false;

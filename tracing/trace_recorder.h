@@ -54,4 +54,15 @@ void stop() noexcept;
 // none is set), "%%" -> "%". False when the result does not fit `out_bytes`.
 bool expand_trace_path(const char* pattern, char* out, std::size_t out_bytes) noexcept;
 
+// For other writers of the trace format (the out-of-memory dump, tracing/oom_dump_writer.h). All
+// return false on a failed write; none allocates.
+// The 64-byte file header; `flags` are format::kFlag* bits.
+bool write_trace_header(int fd, std::uint64_t start_monotonic_ns, int stack_depth, std::uint32_t flags) noexcept;
+// Fills the ChunkHeader at the front of `chunk` and writes it with the `payload_bytes` of records after it.
+bool write_trace_chunk(int fd, unsigned char* chunk, std::size_t payload_bytes, std::uint32_t thread_id,
+                       std::uint32_t records) noexcept;
+// The module map of the process (every loaded ELF object), for resolving recorded frames later.
+void write_trace_module_map(int fd) noexcept;
+std::uint64_t monotonic_ns() noexcept;  // CLOCK_MONOTONIC, as event times are recorded
+
 }  // namespace gpushim::tracing
