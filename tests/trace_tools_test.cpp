@@ -44,8 +44,8 @@ TEST(TraceTools, ChromeExportParsesWithCountersAndAllocations) {
     std::string ph = e["ph"];
     if (ph == "C") {
       ++counters;
-      max_live = std::max<std::uint64_t>(max_live, e["args"]["live_bytes"]);
-      max_reserved = std::max<std::uint64_t>(max_reserved, e["args"]["reserved_bytes"]);
+      std::uint64_t& max = e["name"] == "live bytes" ? max_live : max_reserved;
+      max = std::max<std::uint64_t>(max, e["args"]["bytes"]);
     }
     if (ph == "X") {
       ++allocations;

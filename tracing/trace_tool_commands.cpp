@@ -152,8 +152,10 @@ int run_trace_export(const std::string& path, const std::string& format, const s
   Trace trace;
   if (!load(path, &trace, io)) return kExitBadTrace;
   TraceSummary s = summarize(trace);
+  Symbolizer symbols(trace);
+  symbols.resolve(site_addresses(s, s.sites.size()));
   std::ofstream f(json_path, std::ios::binary | std::ios::trunc);
-  write_chrome_trace(trace, s, f);
+  write_chrome_trace(trace, s, symbols, f);
   f.close();
   if (!f) {
     io.err << "gpushim: cannot write " << json_path << "\n";
