@@ -5,7 +5,6 @@
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
-#include <queue>
 
 namespace gpushim::tracing {
 namespace {
@@ -22,34 +21,6 @@ std::string hex(std::uint64_t v) {
 // Track ids inside a device's process: the events track, then the lanes.
 constexpr int kEventsTrack = 1;
 constexpr int kFirstLane = 2;
-
-// Gives each lifetime a lane such that lifetimes on one lane never overlap: the lane freed earliest is
-// reused first. A lane is reused only by a block allocated strictly after the free, so no two slices of
-// a lane touch, whatever rounding the microsecond timestamps meet in a viewer. Lifetimes must be in
-// order of start, as TraceSummary::lifetimes are.
-std::vector<int> assign_lanes(const std::vector<const Lifetime*>& lifetimes) {
-  std::vector<int> lane_of(lifetimes.size());
-  using Busy = std::pair<std::uint64_t, int>;  // (end, lane), earliest end first
-  std::priority_queue<Busy, std::vector<Busy>, std::greater<Busy>> busy;
-  std::priority_queue<int, std::vector<int>, std::greater<int>> free_lanes;  // lowest lane first
-  int lanes = 0;
-  for (std::size_t i = 0; i < lifetimes.size(); ++i) {
-    while (!busy.empty() && busy.top().first < lifetimes[i]->start_ns) {
-      free_lanes.push(busy.top().second);
-      busy.pop();
-    }
-    int lane;
-    if (free_lanes.empty()) {
-      lane = lanes++;
-    } else {
-      lane = free_lanes.top();
-      free_lanes.pop();
-    }
-    lane_of[i] = lane;
-    busy.push({lifetimes[i]->end_ns, lane});
-  }
-  return lane_of;
-}
 
 }  // namespace
 
@@ -113,12 +84,11 @@ void write_chrome_trace(const Trace& trace, const TraceSummary& s, const Symboli
   }
 
   // Allocation slices, lane by lane per device.
-  std::vector<std::string> site_names(s.sites.size()), site_stacks(s.sites.size());
-  for (std::size_t i = 0; i < s.sites.size(); ++i) {
-    const AllocationSite& site = s.sites[i];
-    site_names[i] = site.frames.empty() ? "(no stack)" : symbols.lookup(site.frames[site.label_frame]).text();
-    for (std::uint64_t f : site.frames) site_stacks[i] += symbols.lookup(f).text() + "\n";
-  }
+  const std::vector<std::string> names = site_names(s.sites, s.sites.size(), symbols);
+  const std::vector<std::string> labels = site_labels(s.sites, s.sites.size(), symbols);
+  std::vector<std::string> site_stacks(s.sites.size());
+  for (std::size_t i = 0; i < s.sites.size(); ++i)
+    for (std::uint64_t f : s.sites[i].frames) site_stacks[i] += symbols.lookup(f).text() + "\n";
   for (const auto& [device, pid] : process_of) {
     std::vector<const Lifetime*> blocks;
     for (const Lifetime& l : s.lifetimes)
@@ -132,12 +102,12 @@ void write_chrome_trace(const Trace& trace, const TraceSummary& s, const Symboli
       const Lifetime& l = *blocks[i];
       json args = {{"size", l.size}, {"size_text", format_size(l.size)}, {"address", hex(l.address)},
                    {"thread", l.thread_id}, {"freed", l.freed}};
-      if (l.site < site_names.size()) {
-        args["site"] = site_label(s.sites[l.site], symbols);
+      if (l.site < names.size()) {
+        args["site"] = labels[l.site];
         if (!site_stacks[l.site].empty()) args["stack"] = site_stacks[l.site];
       }
       emit({{"ph", "X"}, {"cat", "allocation"},
-            {"name", l.site < site_names.size() ? site_names[l.site] : "alloc " + format_size(l.size)},
+            {"name", l.site < names.size() ? names[l.site] : "alloc " + format_size(l.size)},
             {"pid", pid}, {"tid", kFirstLane + lanes[i]}, {"ts", us(l.start_ns)}, {"dur", us(l.end_ns - l.start_ns)},
             {"args", args}});
     }
