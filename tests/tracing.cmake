@@ -20,3 +20,5 @@ if(TARGET trace_tests)
     target_compile_definitions(trace_tests PRIVATE GPUSHIM_HAVE_PNG=1)
   endif()
 endif()
+# The symbolizer's test reads its own line table: built with debug info whatever the build type.
+set_source_files_properties(${CMAKE_CURRENT_LIST_DIR}/trace_symbolizer_test.cpp PROPERTIES COMPILE_OPTIONS "-g")

@@ -102,7 +102,8 @@ const char kScript[] = R"JS(
     for (const t of ticks(v0, v1, Math.max(2, Math.floor(pw / 110)))) {
       const x = L + (t - v0) / (v1 - v0) * pw;
       s += `<line class="tick" x1="${x}" x2="${x}" y1="${T}" y2="${H - B + 4}" stroke="#e4e4e4"/>` +
-           `<text class="xtick" x="${x}" y="${H - B + 17}" text-anchor="middle">${esc(fmtTime(t, step))}</text>`;
+           `<text class="xtick" x="${x}" y="${H - B + 17}" text-anchor="${x > W - 40 ? 'end' : 'middle'}">` +
+           `${esc(fmtTime(t, step))}</text>`;
     }
     return s;
   }
@@ -273,7 +274,7 @@ const char kScript[] = R"JS(
     document.getElementById('lifetimes').innerHTML = lifetimePlot(W, view[0], view[1]);
     document.getElementById('sizes').innerHTML = sizePlot(W);
     document.getElementById('window-text').textContent =
-      `showing ${fmtTime(view[0], (view[1] - view[0]) / 100)} to ${fmtTime(view[1], (view[1] - view[0]) / 100)} ` +
+      `showing ${fmtTime(view[0], (view[1] - view[0]) / 10)} to ${fmtTime(view[1], (view[1] - view[0]) / 10)} ` +
       `of ${fmtTime(D.duration, D.duration / 100)}`;
     zoomable(document.getElementById('plot-overview'), true);
     zoomable(document.getElementById('plot-memory'), false);
