@@ -43,17 +43,18 @@ int main(int argc, char** argv) {
                "Quick start: gpushim check && gpushim run -- python train.py"};
   app.name("gpushim");
   app.set_version_flag("--version", "gpushim 0.1.0");
-  app.footer(
-      "\n`gpushim SUBCOMMAND --help` tells more; `gpushim settings` lists every GPUSHIM_ variable.\n"
-      "Exit status: 0 success; 1 the work failed (check found an error, an output cannot be written);\n"
-      "2 a damaged or unreadable trace; 64 bad usage; run: the command's own status, 125-127 when it\n"
-      "could not be started.");
   gpushim::tools::add_run_command(app, gpushim::tools::split_command_after_separator(&argc, argv));
   gpushim::tools::add_check_command(app);
   add_backends_command(app);
   add_settings_command(app);
   gpushim::tools::add_trace_commands(app);
   app.require_subcommand(1, 1);
+  // Set after the subcommands are added: CLI11 copies a footer into subcommands made after it.
+  app.footer(
+      "\n`gpushim SUBCOMMAND --help` tells more; `gpushim settings` lists every GPUSHIM_ variable.\n"
+      "Exit status: 0 success; 1 the work failed (check found an error, an output cannot be written);\n"
+      "2 a damaged or unreadable trace; 64 bad usage; run: the command's own status, 125-127 when it\n"
+      "could not be started.");
 
   if (argc == 1) {  // nothing asked: the short help, as a usage error
     std::fputs(app.help().c_str(), stderr);
