@@ -145,7 +145,9 @@ TEST_F(Cli, SettingsListsEveryVariableAndHelpsStayShort) {
 // Usage errors, damaged input and the command's own status never share a code (README.md).
 TEST_F(Cli, ExitCodesAreDistinct) {
   EXPECT_EQ(shell(gpushim() + " 2>&1").status, 64) << "nothing asked";
-  EXPECT_EQ(shell(gpushim() + " frobnicate 2>&1").status, 64);
+  const Result unknown = shell(gpushim() + " frobnicate 2>&1");
+  EXPECT_EQ(unknown.status, 64);
+  EXPECT_NE(unknown.out.find("unknown subcommand 'frobnicate'"), std::string::npos) << unknown.out;
   EXPECT_EQ(shell(gpushim() + " trace summary 2>&1").status, 64) << "missing file argument";
   EXPECT_EQ(shell(gpushim() + " trace summary --top x /dev/null 2>&1").status, 64);
   EXPECT_EQ(shell(gpushim() + " trace summary " GPUSHIM_TEST_DATA_DIR "/damaged_wrong_magic.trace 2>&1").status, 2);

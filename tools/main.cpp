@@ -1,6 +1,7 @@
 // The `gpushim` command: run a program under gpushim, list the backends and settings, and the trace
 // tools (tools/trace_commands.cpp).
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -58,6 +59,16 @@ int main(int argc, char** argv) {
 
   if (argc == 1) {  // nothing asked: the short help, as a usage error
     std::fputs(app.help().c_str(), stderr);
+    return gpushim::tools::kExitUsage;
+  }
+  // CLI11 would answer "A subcommand is required" to a misspelt one: name it instead.
+  const std::vector<CLI::App*> subcommands = app.get_subcommands({});
+  const bool known_subcommand = std::any_of(subcommands.begin(), subcommands.end(),
+                                            [&](const CLI::App* sub) { return sub->check_name(argv[1]); });
+  if (argv[1][0] != '-' && !known_subcommand) {
+    std::string known;
+    for (const CLI::App* sub : subcommands) known += (known.empty() ? "" : ", ") + sub->get_name();
+    std::fprintf(stderr, "gpushim: unknown subcommand '%s' (known: %s; gpushim --help)\n", argv[1], known.c_str());
     return gpushim::tools::kExitUsage;
   }
   try {
