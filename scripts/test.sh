@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages (scripts/setup.sh), configures and builds everything into build/ and runs
-# every CPU test. GPU tests carry the ctest
-# label "gpu" and are left out here; they run on a GPU machine (scripts/gpu_check.sh).
+# every CPU test. GPU tests carry the ctest label "gpu" and are left out here; they run on a GPU machine
+# (scripts/gpu_check.sh).
 # Without a CUDA toolkit the build is CPU-only (algorithms, tracing, tools, CPU tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
