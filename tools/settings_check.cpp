@@ -89,7 +89,7 @@ std::string device_problem(const SettingRow& row, const std::string& value, cons
     if (device >= devices.count)
       return "device " + std::to_string(device) + " does not exist: the driver reports " +
              std::to_string(devices.count) + (devices.count == 1 ? " device" : " devices") +
-             (devices.count > 0 ? " (0-" + std::to_string(devices.count - 1) + ")" : "");
+             (devices.count == 1 ? " (0)" : devices.count > 1 ? " (0-" + std::to_string(devices.count - 1) + ")" : "");
   return {};
 }
 
