@@ -145,6 +145,19 @@ TEST_F(TraceReportRender, SitesAreToldApartAndCarryTheirStacks) {
   EXPECT_NE(dom.find("\"stack\":[\"libcudart.so.13+0x"), std::string::npos);
 }
 
+// Hovering a block shows its stack: "#block=N" hovers block N through the mouse's own handler.
+TEST_F(TraceReportRender, HoveringABlockShowsItsStack) {
+  const std::string dom = rendered_dom(dir_, "file://" + html_ + "#window=0-7000000000&block=0", 1200);
+  const std::size_t tip = dom.find("<div id=\"tooltip\"");
+  ASSERT_NE(tip, std::string::npos);
+  // The tooltip is the last element before the page's data and script.
+  const std::string tooltip = dom.substr(tip, dom.find("<script", tip) - tip);
+  EXPECT_NE(tooltip.find("display: block"), std::string::npos) << tooltip;
+  EXPECT_NE(tooltip.find("allocated at"), std::string::npos) << tooltip;
+  EXPECT_NE(tooltip.find("libcudart.so.13+0x"), std::string::npos) << "the stack, innermost first: " << tooltip;
+  EXPECT_NE(tooltip.find("allocator frames skipped]"), std::string::npos) << "the site's label: " << tooltip;
+}
+
 #ifdef GPUSHIM_HAVE_PNG
 struct Screenshot {
   png_uint_32 width = 0, height = 0;

@@ -53,7 +53,7 @@ const char kScript[] = R"JS(
   // The window to open on: "#window=START-END" (nanoseconds, as zooming writes it, so a zoomed view
   // can be linked), else where memory moves.
   let view = D.window.slice();
-  const linked = /#window=(\d+)-(\d+)/.exec(location.hash);
+  const linked = /[#&]window=(\d+)-(\d+)/.exec(location.hash);
   if (linked && +linked[2] > +linked[1]) view = [+linked[1], Math.min(D.duration, +linked[2])];
   const tip = document.getElementById('tooltip');
 
@@ -92,6 +92,10 @@ const char kScript[] = R"JS(
         return (ns / scale).toFixed(digits) + ' ' + name;
       }
     }
+  }
+  // A moment of the run, to the microsecond: "5572.414 ms".
+  function fmtAt(ns) {
+    return ns >= 1e6 ? (ns / 1e6).toFixed(3) + ' ms' : ns >= 1e3 ? (ns / 1e3).toFixed(1) + ' us' : ns + ' ns';
   }
   function width() { return Math.max(480, document.getElementById('plots').clientWidth); }
 
@@ -285,7 +289,7 @@ const char kScript[] = R"JS(
       let lo = 0, hi = S.length;
       while (lo < hi) { const mid = (lo + hi) >> 1; if (S[mid][0] <= t) lo = mid + 1; else hi = mid; }
       const s = lo > 0 ? S[lo - 1] : [0, 0, 0];
-      showTip(e, `<b>${esc(fmtTime(t, (view[1] - view[0]) / 1000))}</b><br>live ${esc(fmtBytes(s[1]))}` +
+      showTip(e, `<b>${esc(fmtAt(t))}</b><br>live ${esc(fmtBytes(s[1]))}` +
                  (D.reservedFromMaps ? `<br>reserved ${esc(fmtBytes(s[2]))}` : ''));
     });
     memory.addEventListener('mouseleave', hideTip);
@@ -294,8 +298,8 @@ const char kScript[] = R"JS(
       const i = e.target.getAttribute && e.target.getAttribute('data-block');
       if (i === null || i === undefined) return hideTip();
       const [start, end, size, site, freed, lane, thread] = D.blocks[+i];
-      showTip(e, `<b>${esc(fmtBytes(size))}</b>, thread ${thread}<br>allocated at ${esc(fmtTime(start, 1000))}, ` +
-                 (freed ? `freed at ${esc(fmtTime(end, 1000))} (lived ${esc(fmtTime(end - start))})`
+      showTip(e, `<b>${esc(fmtBytes(size))}</b>, thread ${thread}<br>allocated at ${esc(fmtAt(start))}, ` +
+                 (freed ? `freed at ${esc(fmtAt(end))} (lived ${esc(fmtTime(end - start))})`
                         : 'never freed') + stackHtml(site));
     });
     lifetimes.addEventListener('mouseleave', hideTip);
@@ -311,6 +315,16 @@ const char kScript[] = R"JS(
   document.getElementById('zoom-all').addEventListener('click', () => setView(0, D.duration));
   window.addEventListener('resize', render);
   render();
+  // "#block=N" in the address points at block N of the lifetime view: it is scrolled to and hovered,
+  // through the same handler as the mouse, so a link can show a block's size, times and stack.
+  const pointed = /[#&]block=(\d+)/.exec(location.hash);
+  const bar = pointed && document.querySelector(`#plot-lifetimes rect[data-block="${pointed[1]}"]`);
+  if (bar) {
+    bar.scrollIntoView({ block: 'nearest' });
+    const box = bar.getBoundingClientRect();
+    bar.dispatchEvent(new MouseEvent('mousemove', { bubbles: true, clientX: box.left + box.width / 2,
+                                                    clientY: box.top + box.height / 2 }));
+  }
   document.body.setAttribute('data-rendered', '1');
 })();
 )JS";

@@ -15,7 +15,9 @@ namespace gpushim::tracing {
 // Element ids, for tests that check the page renders: plot-overview (the whole run, with the window
 // shown), plot-memory (live and reserved bytes in the window), plot-lifetimes (the largest blocks,
 // alloc to free, packed into rows), plot-sizes (size histogram), table-sites (top allocation sites).
-// The script marks <body data-rendered="1"> once everything is drawn.
+// The script marks <body data-rendered="1"> once everything is drawn. The address may carry
+// "#window=START-END" (nanoseconds: the time axis opens there; zooming writes it) and "&block=N" (block
+// N of the lifetime view is hovered, showing its size, times and stack in #tooltip).
 std::string render_html_report(const Trace& trace, const TraceSummary& summary,
                                const Symbolizer& symbols, const std::string& title);
 
