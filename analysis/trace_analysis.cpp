@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <map>
+#include <queue>
 #include <set>
 #include <unordered_map>
 
@@ -33,6 +35,63 @@ std::string site_label(const AllocationSite& site, const Symbolizer& symbols) {
   if (site.all_plumbing) return label + "  [all " + n + " recorded frames are allocator plumbing]";
   if (site.label_frame == 0) return label;
   return label + "  [" + n + (site.label_frame == 1 ? " allocator frame" : " allocator frames") + " skipped]";
+}
+
+std::vector<std::string> site_names(const std::vector<AllocationSite>& sites, std::size_t count,
+                                    const Symbolizer& symbols) {
+  count = std::min(count, sites.size());
+  std::vector<std::string> names(count);
+  std::map<std::string, std::vector<std::size_t>> same_name;
+  for (std::size_t i = 0; i < count; ++i) {
+    const AllocationSite& site = sites[i];
+    names[i] = site.frames.empty() ? "(no stack recorded)" : symbols.lookup(site.frames[site.label_frame]).text();
+    same_name[names[i]].push_back(i);
+  }
+  for (const auto& [name, group] : same_name) {
+    if (group.size() < 2) continue;
+    for (std::size_t i : group) {
+      const std::vector<std::uint64_t>& mine = sites[i].frames;
+      // Walk out from the label frame until no other site of the group shares the stack so far.
+      std::vector<std::size_t> sharing;
+      for (std::size_t j : group)
+        if (j != i) sharing.push_back(j);
+      std::size_t k = sites[i].label_frame;
+      for (; k < mine.size() && !sharing.empty(); ++k) {
+        std::vector<std::size_t> still;
+        for (std::size_t j : sharing) {
+          const std::vector<std::uint64_t>& theirs = sites[j].frames;
+          const std::size_t at = k - sites[i].label_frame + sites[j].label_frame;
+          if (at < theirs.size() && theirs[at] == mine[k]) still.push_back(j);
+        }
+        sharing.swap(still);
+        if (sharing.empty()) break;
+      }
+      if (sharing.empty() && k < mine.size() && k > sites[i].label_frame) {
+        names[i] += " via " + symbols.lookup(mine[k]).text();
+      } else if (sharing.empty() && k < mine.size()) {  // one function, called from two places in it
+        FrameSymbol address_only = symbols.lookup(mine[k]);
+        address_only.function.clear();
+        names[i] += " at " + address_only.text();
+      } else
+        names[i] += " (stack " + std::to_string(i + 1) + ")";
+    }
+  }
+  return names;
+}
+
+std::vector<std::string> site_labels(const std::vector<AllocationSite>& sites, std::size_t count,
+                                     const Symbolizer& symbols) {
+  std::vector<std::string> labels = site_names(sites, count, symbols);
+  for (std::size_t i = 0; i < labels.size(); ++i) {
+    const AllocationSite& site = sites[i];
+    if (site.frames.empty()) continue;
+    const std::size_t n = site.all_plumbing ? site.frames.size() : site.label_frame;
+    if (site.all_plumbing)
+      labels[i] += "  [all " + std::to_string(n) + " recorded frames are allocator plumbing]";
+    else if (n > 0)
+      labels[i] += "  [" + std::to_string(n) + (n == 1 ? " allocator frame" : " allocator frames") + " skipped]";
+  }
+  return labels;
 }
 
 namespace {
@@ -206,6 +265,30 @@ TraceSummary summarize(const Trace& trace) {
   s.sites = std::move(sorted);
   for (Lifetime& l : s.lifetimes) l.site = new_index[l.site];
   return s;
+}
+
+std::vector<int> assign_lanes(const std::vector<const Lifetime*>& lifetimes) {
+  std::vector<int> lane_of(lifetimes.size());
+  using Busy = std::pair<std::uint64_t, int>;  // (end, lane), earliest end first
+  std::priority_queue<Busy, std::vector<Busy>, std::greater<Busy>> busy;
+  std::priority_queue<int, std::vector<int>, std::greater<int>> free_lanes;  // lowest lane first
+  int lanes = 0;
+  for (std::size_t i = 0; i < lifetimes.size(); ++i) {
+    while (!busy.empty() && busy.top().first < lifetimes[i]->start_ns) {
+      free_lanes.push(busy.top().second);
+      busy.pop();
+    }
+    int lane;
+    if (free_lanes.empty()) {
+      lane = lanes++;
+    } else {
+      lane = free_lanes.top();
+      free_lanes.pop();
+    }
+    lane_of[i] = lane;
+    busy.push({lifetimes[i]->end_ns, lane});
+  }
+  return lane_of;
 }
 
 std::vector<MemorySample> downsample(const std::vector<MemorySample>& samples, std::size_t points) {

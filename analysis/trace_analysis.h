@@ -34,6 +34,16 @@ struct AllocationSite;
 // were skipped to reach it, e.g. "train_step (model.cpp:42)  [4 allocator frames skipped]".
 std::string site_label(const AllocationSite& site, const Symbolizer& symbols);
 
+// The names of the first `count` sites (all when count exceeds them), told apart: sites whose label
+// frames read the same (two callers of one function; or, where a module is missing here, both
+// "libtorch_cpu.so+0x197746c") are named "X via Y", Y the first frame further out where the stack
+// stops being shared with another of them, and "X (stack N)" when no frame tells them apart.
+std::vector<std::string> site_names(const std::vector<AllocationSite>& sites, std::size_t count,
+                                    const Symbolizer& symbols);
+// site_names with site_label's note of skipped plumbing frames.
+std::vector<std::string> site_labels(const std::vector<AllocationSite>& sites, std::size_t count,
+                                     const Symbolizer& symbols);
+
 struct AllocationSite {
   // The whole recorded stack (less leading frames inside libgpushim), innermost first; empty: unknown.
   // Sites are told apart by all of it: two callers that share the first frames are two sites.
@@ -88,6 +98,12 @@ struct TraceSummary {
 };
 
 TraceSummary summarize(const Trace& trace);
+
+// Rows ("lanes") for drawing lifetimes so that no two on a row overlap: the row freed earliest is
+// reused first, and only by a block allocated strictly after the free, so slices of a row never touch
+// even after a viewer rounds their timestamps. As many rows as blocks were live at once. `lifetimes`
+// must be in order of start, as TraceSummary::lifetimes are. Used by the Perfetto export and the report.
+std::vector<int> assign_lanes(const std::vector<const Lifetime*>& lifetimes);
 
 // `samples` thinned to at most `points` (keeping each interval's maximum, so peaks survive).
 std::vector<MemorySample> downsample(const std::vector<MemorySample>& samples, std::size_t points);

@@ -1,9 +1,17 @@
 #include "analysis/trace_symbolizer.h"
 
+#include <cxxabi.h>
+#include <elf.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <set>
 
 namespace gpushim::tracing {
@@ -31,7 +39,158 @@ bool have_addr2line() {
   return found;
 }
 
+std::string demangle(const std::string& name) {
+  int status = 0;
+  char* plain = abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status);
+  if (status != 0 || plain == nullptr) return name;  // C symbols and names that are not mangled
+  std::string out = plain;
+  std::free(plain);
+  return out;
+}
+
+// A read-only mapping of a whole file; every access is bounds-checked against its size, so a damaged
+// or truncated ELF is refused, never read past.
+class MappedFile {
+ public:
+  explicit MappedFile(const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    struct stat info {};
+    if (::fstat(fd, &info) == 0 && S_ISREG(info.st_mode) && info.st_size > 0) {
+      void* p = ::mmap(nullptr, std::size_t(info.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+      if (p != MAP_FAILED) data_ = static_cast<const unsigned char*>(p), size_ = std::size_t(info.st_size);
+    }
+    ::close(fd);
+  }
+  ~MappedFile() {
+    if (data_) ::munmap(const_cast<unsigned char*>(data_), size_);
+  }
+  MappedFile(const MappedFile&) = delete;
+  MappedFile& operator=(const MappedFile&) = delete;
+  bool ok() const { return data_ != nullptr; }
+  bool holds(std::uint64_t offset, std::uint64_t bytes) const {
+    return offset <= size_ && bytes <= size_ - offset;
+  }
+  template <typename T>
+  bool read(std::uint64_t offset, T* out) const {
+    if (!holds(offset, sizeof(T))) return false;
+    std::memcpy(out, data_ + offset, sizeof(T));
+    return true;
+  }
+  const unsigned char* at(std::uint64_t offset) const { return data_ + offset; }
+
+ private:
+  const unsigned char* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+std::string hex_of(const unsigned char* p, std::size_t n) {
+  static const char digits[] = "0123456789abcdef";
+  std::string s;
+  for (std::size_t i = 0; i < n; ++i) s += digits[p[i] >> 4], s += digits[p[i] & 15];
+  return s;
+}
+
+// The NT_GNU_BUILD_ID note of a SHT_NOTE section, as lowercase hex; "" when it has none.
+std::string build_id_in(const MappedFile& file, const Elf64_Shdr& notes) {
+  std::uint64_t at = notes.sh_offset;
+  const std::uint64_t end = notes.sh_offset + notes.sh_size;
+  while (at + sizeof(Elf64_Nhdr) <= end) {
+    Elf64_Nhdr note;
+    if (!file.read(at, &note)) return {};
+    const std::uint64_t name_at = at + sizeof note;
+    const std::uint64_t desc_at = name_at + ((note.n_namesz + 3) & ~3u);
+    if (!file.holds(desc_at, note.n_descsz)) return {};
+    if (note.n_type == NT_GNU_BUILD_ID && note.n_namesz == 4 && std::memcmp(file.at(name_at), "GNU", 4) == 0)
+      return hex_of(file.at(desc_at), note.n_descsz);
+    at = desc_at + ((note.n_descsz + 3) & ~3u);
+  }
+  return {};
+}
+
 }  // namespace
+
+ModuleSymbols::ModuleSymbols(const std::string& path, const std::string& build_id) {
+  MappedFile file(path);
+  if (!file.ok()) {
+    why_not_ = "cannot read the file";
+    return;
+  }
+  Elf64_Ehdr header;
+  if (!file.read(0, &header) || std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0 ||
+      header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_shentsize != sizeof(Elf64_Shdr)) {
+    why_not_ = "not a 64-bit ELF file";
+    return;
+  }
+  std::vector<Elf64_Shdr> sections(header.e_shnum);
+  for (std::size_t i = 0; i < sections.size(); ++i)
+    if (!file.read(header.e_shoff + i * sizeof(Elf64_Shdr), &sections[i])) {
+      why_not_ = "damaged section table";
+      return;
+    }
+  const Elf64_Shdr* names = header.e_shstrndx < sections.size() ? &sections[header.e_shstrndx] : nullptr;
+  std::string file_build_id;
+  for (const Elf64_Shdr& s : sections) {
+    if (s.sh_type == SHT_NOTE && file.holds(s.sh_offset, s.sh_size) && file_build_id.empty())
+      file_build_id = build_id_in(file, s);
+    if (names && file.holds(names->sh_offset + s.sh_name, 12) &&
+        std::strncmp(reinterpret_cast<const char*>(file.at(names->sh_offset + s.sh_name)), ".debug_line", 12) == 0)
+      has_line_table_ = true;
+  }
+  if (!build_id.empty() && !file_build_id.empty() && build_id != file_build_id) {
+    why_not_ = "another build than the one recorded";
+    has_line_table_ = false;
+    return;
+  }
+  // .symtab has every function; a stripped file keeps only .dynsym, the exported ones.
+  const bool has_symtab = std::any_of(sections.begin(), sections.end(),
+                                      [](const Elf64_Shdr& s) { return s.sh_type == SHT_SYMTAB; });
+  for (const Elf64_Shdr& table : sections) {
+    if (table.sh_type != (has_symtab ? SHT_SYMTAB : SHT_DYNSYM) || table.sh_link >= sections.size()) continue;
+    if (table.sh_entsize != sizeof(Elf64_Sym) || !file.holds(table.sh_offset, table.sh_size)) continue;
+    const Elf64_Shdr& strings = sections[table.sh_link];
+    if (!file.holds(strings.sh_offset, strings.sh_size)) continue;
+    for (std::uint64_t at = table.sh_offset; at + sizeof(Elf64_Sym) <= table.sh_offset + table.sh_size;
+         at += sizeof(Elf64_Sym)) {
+      Elf64_Sym symbol;
+      file.read(at, &symbol);
+      const int type = ELF64_ST_TYPE(symbol.st_info);
+      if ((type != STT_FUNC && type != STT_GNU_IFUNC) || symbol.st_shndx == SHN_UNDEF || symbol.st_value == 0) continue;
+      if (symbol.st_name >= strings.sh_size) continue;
+      const char* name = reinterpret_cast<const char*>(file.at(strings.sh_offset + symbol.st_name));
+      const std::size_t length = strnlen(name, strings.sh_size - symbol.st_name);
+      functions_.push_back({symbol.st_value, symbol.st_size, std::string(name, length)});
+    }
+  }
+  std::sort(functions_.begin(), functions_.end(), [](const Function& a, const Function& b) {
+    return a.start != b.start ? a.start < b.start : a.size > b.size;
+  });
+  loaded_ = true;
+}
+
+std::string ModuleSymbols::function_at(std::uint64_t address) const {
+  auto after = std::upper_bound(functions_.begin(), functions_.end(), address,
+                                [](std::uint64_t a, const Function& f) { return a < f.start; });
+  if (after == functions_.begin()) return {};
+  const Function& f = *std::prev(after);
+  // A symbol of size 0 (hand-written assembly) covers up to the next symbol.
+  const bool inside = f.size ? address < f.start + f.size : after != functions_.end();
+  return inside ? demangle(f.name) : std::string();
+}
+
+FrameSymbol symbolize_frame(const std::string& module_path, std::uint64_t offset, const std::string& build_id,
+                            bool return_address) {
+  static std::mutex mutex;
+  static std::map<std::pair<std::string, std::string>, std::unique_ptr<ModuleSymbols>> modules;
+  FrameSymbol frame;
+  frame.module = base_name(module_path);
+  frame.offset = offset;
+  std::lock_guard<std::mutex> lock(mutex);
+  std::unique_ptr<ModuleSymbols>& module = modules[{module_path, build_id}];
+  if (!module) module = std::make_unique<ModuleSymbols>(module_path, build_id);
+  if (module->loaded()) frame.function = module->function_at(return_address && offset ? offset - 1 : offset);
+  return frame;
+}
 
 std::string FrameSymbol::text() const {
   if (!function.empty()) return location.empty() ? function : function + " (" + location + ")";
@@ -54,9 +213,12 @@ void Symbolizer::resolve(const std::vector<std::uint64_t>& addresses) {
     sym.offset = a - m->base;
     by_module[m].insert(a);
   }
-  if (!have_addr2line()) return;
   for (const auto& [module, addrs] : by_module) {
-    if (module->path.empty() || access(module->path.c_str(), R_OK) != 0) continue;
+    if (module->path.empty()) continue;
+    const ModuleSymbols symbols(module->path, module->build_id);
+    if (!symbols.loaded()) continue;  // missing here, or another build: addresses stay
+    for (std::uint64_t a : addrs) symbols_[a].function = symbols.function_at(a - module->base - 1);
+    if (!symbols.has_line_table() || !have_addr2line()) continue;
     std::vector<std::uint64_t> list(addrs.begin(), addrs.end());
     for (std::size_t first = 0; first < list.size(); first += kAddressesPerRun) {
       std::size_t last = std::min(list.size(), first + kAddressesPerRun);
@@ -102,7 +264,9 @@ void Symbolizer::resolve(const std::vector<std::uint64_t>& addresses) {
           continue;  // the recorder's inline entry points, inlined into the caller
         auto discriminator = text.find(" (discriminator");
         if (discriminator != std::string::npos) text.resize(discriminator);
-        if (function != "??") current->function = function;
+        // The line table names the function inlined at the address, which the symbol table cannot;
+        // where both name the same function, the symbol table's name is the whole one (scope, parameters).
+        if (function != "??" && current->function.find(function) == std::string::npos) current->function = function;
         if (text.rfind("??", 0) != 0) current->location = base_name(text);
         chosen = true;
       }

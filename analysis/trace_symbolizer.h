@@ -1,11 +1,13 @@
-// Resolves recorded return addresses to function and file:line after the fact, from the module map in
-// the trace, by running binutils' `addr2line` once per module on a batch of addresses (heaptrack
-// resolves later too; nothing on the hot path symbolises). Modules that are gone or stripped give
-// "module+0xoffset".
+// Names recorded return addresses after the fact (heaptrack resolves later too; nothing on the hot path
+// symbolises): the function from the ELF symbol tables of the module file (.symtab, else .dynsym),
+// demangled; the source line from its DWARF line table, read by binutils' addr2line, where the module
+// has one. A module that is gone, is another build than the one recorded (build ids differ), or has no
+// symbol for the address gives "module+0xoffset".
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,13 +20,44 @@ struct FrameSymbol {
   std::string location;   // "file.cpp:42"; empty when there is no debug info
   std::string module;     // file name of the module
   std::uint64_t offset = 0;
-  std::string text() const;  // "function (file:line)" or "module+0xoffset"
+  std::string text() const;  // "function (file:line)", "function", or "module+0xoffset"
 };
+
+// The function symbols of one ELF file, read once. Addresses are the file's own (the st_value space:
+// a frame's address minus the module's load base, as TraceModule::base gives it).
+class ModuleSymbols {
+ public:
+  // Reads `path`. When `build_id` (lowercase hex, as traces store it) is given and the file's own
+  // differs, the file is another build than the one that ran: nothing is read, as its names would lie.
+  explicit ModuleSymbols(const std::string& path, const std::string& build_id = "");
+  bool loaded() const { return loaded_; }
+  const std::string& why_not() const { return why_not_; }  // when !loaded(): "missing", "other build", ...
+  bool has_line_table() const { return has_line_table_; }   // a .debug_line section: addr2line can give lines
+  // The demangled name of the function whose code holds `address`; "" when no symbol covers it.
+  std::string function_at(std::uint64_t address) const;
+
+ private:
+  struct Function {
+    std::uint64_t start, size;
+    std::string name;  // mangled
+  };
+  std::vector<Function> functions_;  // sorted by start
+  bool loaded_ = false;
+  bool has_line_table_ = false;
+  std::string why_not_;
+};
+
+// One frame of a module on disk, named as the tools name it: for code outside the trace tools, such as
+// the out-of-memory dump. `offset` is the frame's address minus the module's load base; a return
+// address (the default) is looked up one byte earlier, inside the call. Modules are read once per
+// process and kept (thread-safe).
+FrameSymbol symbolize_frame(const std::string& module_path, std::uint64_t offset, const std::string& build_id = "",
+                            bool return_address = true);
 
 class Symbolizer {
  public:
   explicit Symbolizer(const Trace& trace) : trace_(trace) {}
-  // Resolves every address in one batch per module.
+  // Resolves every address; one addr2line run per module with a line table, for all its addresses.
   void resolve(const std::vector<std::uint64_t>& addresses);
   FrameSymbol lookup(std::uint64_t address) const;
 

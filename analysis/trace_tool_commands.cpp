@@ -119,13 +119,14 @@ int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStream
   if (trace.header.stack_depth == 0)
     o << "  (no stacks recorded: set GPUSHIM_TRACE_STACK=16 when recording"
       << ((trace.header.flags & 1) ? "; libunwind was missing" : "") << ")\n";
-  for (std::size_t i = 0; i < std::min(top_sites, s.sites.size()); ++i) {
+  const std::vector<std::string> labels = site_labels(s.sites, top_sites, symbols);
+  for (std::size_t i = 0; i < labels.size(); ++i) {
     const AllocationSite& site = s.sites[i];
     std::snprintf(line, sizeof line, "  #%-3zu peak %-12s total %-12s %8llu allocations\n", i + 1,
                   format_size(site.peak_live).c_str(), format_size(site.bytes).c_str(),
                   static_cast<unsigned long long>(site.count));
     o << line;
-    o << "       at " << site_label(site, symbols) << "\n";
+    o << "       at " << labels[i] << "\n";
     // The whole stack, innermost first; '>' marks the frame the site is named after.
     for (std::size_t f = 0; f < site.frames.size(); ++f)
       o << (f == site.label_frame ? "        > " : "          ") << symbols.lookup(site.frames[f]).text()
@@ -139,7 +140,7 @@ int run_trace_report(const std::string& path, const std::string& html_path, Tool
   if (!load(path, &trace, io)) return kExitBadTrace;
   TraceSummary s = summarize(trace);
   Symbolizer symbols(trace);
-  symbols.resolve(site_addresses(s, 15));
+  symbols.resolve(site_addresses(s, s.sites.size()));
   std::string title = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
   if (!write_file(html_path, render_html_report(trace, s, symbols, title), io)) return 1;
   io.err << "gpushim: wrote " << html_path << "\n";
@@ -162,8 +163,10 @@ int run_trace_export(const std::string& path, const std::string& format, const s
            << " (python -m torch.cuda._memory_viz trace_plot " << json_path << " -o out.html)\n";
     return 0;
   }
+  Symbolizer symbols(trace);
+  symbols.resolve(site_addresses(s, s.sites.size()));
   std::ofstream f(json_path, std::ios::binary | std::ios::trunc);
-  write_chrome_trace(trace, s, f);
+  write_chrome_trace(trace, s, symbols, f);
   f.close();
   if (!f) {
     io.err << "gpushim: cannot write " << json_path << "\n";

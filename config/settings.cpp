@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+
 namespace gpushim {
 namespace {
 
@@ -44,19 +45,22 @@ bool parse_bool(const char* text, bool* out) {
   return false;
 }
 
-// Accepts one of the words of a ", "-separated list ("local, interleave, spill").
-bool is_listed(const char* text, const char* list) {
+// Finds `text` among the words of a ", "-separated list ("local, interleave, spill"), ignoring case as
+// every choice of the table does, and returns the listed spelling (what the rest of gpushim compares
+// against), or "" when it is not there.
+std::string listed_word(const char* text, const char* list) {
   const std::size_t length = std::strlen(text);
-  if (length == 0) return false;
+  if (length == 0) return {};
   for (const char* item = list; *item;) {
     const char* end = std::strchr(item, ',');
     const std::size_t item_length = end ? static_cast<std::size_t>(end - item) : std::strlen(item);
-    if (item_length == length && std::strncmp(item, text, length) == 0) return true;
+    if (item_length == length && equals_ignoring_case(std::string(item, item_length).c_str(), text))
+      return std::string(item, item_length);
     if (!end) break;
     item = end + 1;
     while (*item == ' ') ++item;
   }
-  return false;
+  return {};
 }
 
 // "12", "1.5", ".5": digits with an optional fraction; advances `c` past them.
@@ -90,20 +94,28 @@ bool parse_log_level(const char* text, LogLevel* out) {
   return false;
 }
 
-// "all", or device ordinals separated by commas: "0,1,3".
-bool is_device_list(const char* text) {
-  if (std::strcmp(text, "all") == 0) return true;
+// "all" (any case), or device ordinals separated by commas: "0,1,3", each at most kMaxDeviceOrdinal.
+// Stores the list as the peer provider reads it ("all" in lower case). Whether the devices exist is known
+// only once the driver runs: `gpushim check` asks it (tools/settings_check.cpp).
+bool parse_device_list(const char* text, std::string* out) {
+  if (equals_ignoring_case(text, "all")) return *out = "all", true;
   bool digit_seen = false;
+  int ordinal = 0;
   for (const char* c = text; *c; ++c) {
     if (*c >= '0' && *c <= '9') {
       digit_seen = true;
+      ordinal = ordinal * 10 + (*c - '0');
+      if (ordinal > kMaxDeviceOrdinal) return false;
     } else if (*c == ',' && digit_seen) {
       digit_seen = false;
+      ordinal = 0;
     } else {
       return false;
     }
   }
-  return digit_seen;
+  if (!digit_seen) return false;
+  *out = text;
+  return true;
 }
 
 // "0" to "64": return addresses per recorded stack.
@@ -132,8 +144,9 @@ const Row kRows[] = {
     {{"GPUSHIM_BACKEND", "choice", "tiered", "tiered, vmm, buddy, slab, mempool, passthrough",
       "Which backend serves device allocations (`gpushim backends` describes each)."},
      [](const char* v, Settings& s) {
-       if (!is_listed(v, "tiered, vmm, buddy, slab, mempool, passthrough")) return false;
-       s.backend = v;
+       std::string name = listed_word(v, "tiered, vmm, buddy, slab, mempool, passthrough");
+       if (name.empty()) return false;
+       s.backend = name;
        return true;
      }},
     {{"GPUSHIM_STATS", "bool", "0", "0, 1 (also true/false, yes/no, on/off)",
@@ -159,8 +172,9 @@ const Row kRows[] = {
       "(for programs built with --default-stream per-thread that free, from one thread, memory another "
       "thread's kernels still use)."},
      [](const char* v, Settings& s) {
-       if (!is_listed(v, "auto, always")) return false;
-       s.fence_always = std::string(v) == "always";
+       std::string choice = listed_word(v, "auto, always");
+       if (choice.empty()) return false;
+       s.fence_always = choice == "always";
        return true;
      }},
     {{"GPUSHIM_VMM_RESERVE", "size", "256GiB", "a size >= 2MiB",
@@ -214,19 +228,18 @@ const Row kRows[] = {
       "allocation only; every=N: every Nth; size>=S and after=T (since gpushim started) narrow which "
       "allocations match. Example: size>=1GiB,nth=2."},
      [](const char* v, Settings& s) { return parse_fault_spec(v, &s.fail); }},
-    {{"GPUSHIM_PEERS", "list", "", "all, or device numbers like 0,1,3; empty = none",
+    {{"GPUSHIM_PEERS", "list", "", "all, or device numbers 0 to 63 like 0,1,3; empty = none",
       "Devices whose memory is made accessible to each other (peer access for gpushim's blocks)."},
      [](const char* v, Settings& s) {
-       if (!is_device_list(v)) return false;
-       s.peers = v;
-       return true;
+       return parse_device_list(v, &s.peers);
      }},
     {{"GPUSHIM_PLACEMENT", "choice", "local", "local, interleave, spill",
       "Which device's memory backs a block: the caller's (local), spread over the peers "
       "(interleave), or the caller's first and the peers when it is full (spill)."},
      [](const char* v, Settings& s) {
-       if (!is_listed(v, "local, interleave, spill")) return false;
-       s.placement = v;
+       std::string choice = listed_word(v, "local, interleave, spill");
+       if (choice.empty()) return false;
+       s.placement = choice;
        return true;
      }},
     {{"GPUSHIM_SPILL", "choice", "off", "off, host",
@@ -235,8 +248,9 @@ const Row kRows[] = {
       "link, ~51 GB/s on the H100) instead of failing; off: fail as usual. vmm, buddy, slab and tiered "
       "only (docs/host-spill.md)."},
      [](const char* v, Settings& s) {
-       if (!is_listed(v, "off, host")) return false;
-       s.spill_host = std::string(v) == "host";
+       const std::string choice = listed_word(v, "off, host");
+       if (choice.empty()) return false;
+       s.spill_host = choice == "host";
        return true;
      }},
     {{"GPUSHIM_SPILL_LIMIT", "size-or-percent", "25%",
@@ -391,6 +405,56 @@ const SettingRow* setting_value_rejected_by(const char* variable, const char* va
     return value != nullptr && *value != '\0' && row.apply(value, scratch) ? nullptr : &row.text;
   }
   return &kUnknown;
+}
+
+const char* format_bytes(unsigned long long bytes, char* buf, unsigned long size) {
+  static const char* const kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (bytes < 1024) {
+    std::snprintf(buf, size, "%llu B", bytes);
+    return buf;
+  }
+  double value = static_cast<double>(bytes) / 1024.0;
+  int unit = 0;
+  while (value >= 1024.0 && unit + 1 < static_cast<int>(sizeof kUnits / sizeof kUnits[0])) {
+    value /= 1024.0;
+    ++unit;
+  }
+  std::snprintf(buf, size, "%.2f %s", value, kUnits[unit]);
+  return buf;
+}
+
+std::string setting_value_meaning(const SettingRow& row, const char* value) {
+  if (value == nullptr || *value == '\0') value = row.default_value;
+  if (*value == '\0') return "none";
+  const std::string type = row.type;
+  auto size_text = [](std::uint64_t bytes) {
+    char human[32];
+    return std::to_string(bytes) + " bytes (" + format_bytes(bytes, human, sizeof human) + ")";
+  };
+  if (type == "bool") {
+    bool on = false;
+    if (parse_bool(value, &on)) return on ? "on" : "off";
+  } else if (type == "choice") {
+    std::string word = listed_word(value, row.accepted);
+    if (!word.empty()) return word;
+  } else if (type == "size") {
+    std::uint64_t bytes = 0;
+    if (parse_size(value, &bytes)) return size_text(bytes);
+  } else if (type == "size-or-percent") {
+    SizeSetting size;
+    if (parse_size_or_percent(value, &size)) {
+      if (size.percent != 0) {
+        char share[32];
+        std::snprintf(share, sizeof share, "%g%%", size.percent);
+        return std::string(share) + " of each device's memory";
+      }
+      return size.bytes == 0 ? "0 (none)" : size_text(size.bytes);
+    }
+  } else if (type == "list") {
+    std::string devices;
+    if (parse_device_list(value, &devices)) return devices == "all" ? "all devices" : "devices " + devices;
+  }
+  return value;
 }
 
 const std::vector<SettingRow>& setting_rows() {

@@ -27,6 +27,11 @@ struct SizeSetting {
 // (the trace format stores a record's frame count in one byte; trace_recorder.cpp checks it fits).
 constexpr int kMaxTraceStack = 64;
 
+// Device ordinals a setting may name (GPUSHIM_PEERS): gpushim's per-device tables hold 64 devices
+// (router/router_state.h), so a larger number is a typo whatever the machine. Whether a device exists
+// is known only to the driver: `gpushim check` asks it.
+constexpr int kMaxDeviceOrdinal = 63;
+
 struct Settings {
   std::string backend;                 // GPUSHIM_BACKEND: passthrough, vmm, buddy, slab, mempool, tiered
   bool stats = false;                  // GPUSHIM_STATS
@@ -88,6 +93,15 @@ const std::vector<SettingRow>& setting_rows();
 // `accepted` text says what would be); an unknown variable is never accepted.
 const SettingRow* setting_value_rejected_by(const char* variable, const char* value);
 
+// What an accepted value means, in the words `gpushim check` prints: the choice as gpushim spells it
+// ("VMM" -> "vmm"), a size in bytes and binary units, a bool as on/off. Judged by the row's type, so a
+// row added to the table is described without more code; the value as written for types without a
+// normal form. Empty value: the row's default.
+std::string setting_value_meaning(const SettingRow& row, const char* value);
+
+// Formats a byte count as "1.50 GiB" into buf (at least 32 bytes); parse_size's inverse, for messages.
+// Returns buf.
+const char* format_bytes(unsigned long long bytes, char* buf, unsigned long size);
 // Parses "512MiB", "2GB", "1.5GiB", "4096", "64k"; false on a malformed value.
 bool parse_size(const char* text, std::uint64_t* bytes);
 // Parses a size or "80%".

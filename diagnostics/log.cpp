@@ -87,20 +87,4 @@ void log_once(bool* once_flag, LogLevel level, const char* format, ...) {
   errno = saved_errno;
 }
 
-const char* format_bytes(unsigned long long bytes, char* buf, unsigned long size) {
-  static const char* const kUnits[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
-  if (bytes < 1024) {
-    std::snprintf(buf, size, "%llu B", bytes);
-    return buf;
-  }
-  double value = static_cast<double>(bytes) / 1024.0;
-  int unit = 0;
-  while (value >= 1024.0 && unit + 1 < static_cast<int>(sizeof kUnits / sizeof kUnits[0])) {
-    value /= 1024.0;
-    ++unit;
-  }
-  std::snprintf(buf, size, "%.2f %s", value, kUnits[unit]);
-  return buf;
-}
-
 }  // namespace gpushim

@@ -17,7 +17,4 @@ void print_report_line(const char* format, ...) __attribute__((format(printf, 1,
 void log_once(bool* once_flag, LogLevel level, const char* format, ...)
     __attribute__((format(printf, 3, 4)));
 
-// Formats a byte count as "1.50 GiB" into buf (at least 32 bytes). Returns buf.
-const char* format_bytes(unsigned long long bytes, char* buf, unsigned long size);
-
 }  // namespace gpushim

@@ -9,7 +9,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev   # tests and CPU micro-benchmarks
   libcli11-dev nlohmann-json3-dev              # the gpushim command (header-only)
   libunwind-dev libzstd-dev zstd               # call stacks and trace compression
-  chromium                                     # renders the HTML trace report in its test
+  chromium libpng-dev                          # renders the HTML trace report in its test, reads its screenshot
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then

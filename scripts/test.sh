@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Configures and builds everything into build/ and runs every CPU test. GPU tests carry the ctest
-# label "gpu" and are left out here; they run on a GPU machine (scripts/gpu_check.sh).
+# Installs the Debian packages (scripts/setup.sh), configures and builds everything into build/ and runs
+# every CPU test. GPU tests carry the ctest label "gpu" and are left out here; they run on a GPU machine
+# (scripts/gpu_check.sh).
 # Without a CUDA toolkit the build is CPU-only (algorithms, tracing, tools, CPU tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# First on a fresh machine too: install what the build and tests need (does nothing when it is there).
+scripts/setup.sh
 
 build=${BUILD_DIR:-build}   # BUILD_DIR: another build folder, for developers sharing a tree
 jobs=${JOBS:-$(nproc)}

@@ -34,7 +34,7 @@ Result shell(const std::string& command) {
 }
 
 class Cli : public ::testing::Test {
- protected:
+ public:
   static void SetUpTestSuite() {
     char pattern[] = "/tmp/gpushim_cli_test.XXXXXX";
     ASSERT_NE(::mkdtemp(pattern), nullptr);
@@ -46,6 +46,7 @@ class Cli : public ::testing::Test {
   }
   static void TearDownTestSuite() { shell("rm -rf " + prefix_); }
   static std::string gpushim() { return prefix_ + "/bin/gpushim"; }
+  static std::string gpushim_path() { return gpushim(); }
   static std::string library() { return prefix_ + "/lib/libgpushim.so"; }
   static std::string prefix_;
 };
@@ -92,32 +93,165 @@ TEST_F(Cli, ExitStatusOfTheCommandIsKept) {
 }
 
 TEST_F(Cli, RejectsBadOptionsBeforeRunning) {
-  EXPECT_NE(shell(gpushim() + " run --backend foo -- true 2>&1").status, 0);
+  EXPECT_EQ(shell(gpushim() + " run --backend foo -- true 2>&1").status, 64);
   const Result limit = shell(gpushim() + " run --limit 12x -- echo ran 2>&1");
-  EXPECT_NE(limit.status, 0);
+  EXPECT_EQ(limit.status, 64);
   EXPECT_EQ(limit.out.find("ran"), std::string::npos);
-  EXPECT_EQ(shell(gpushim() + " run 2>&1").status, 2) << "no command";
+  EXPECT_EQ(shell(gpushim() + " run 2>&1").status, 64) << "no command";
+  // An option run does not have is a typo, not the name of the program.
+  const Result bogus = shell(gpushim() + " run --bogus -- echo ran 2>&1");
+  EXPECT_EQ(bogus.status, 64);
+  EXPECT_NE(bogus.out.find("unknown option '--bogus'"), std::string::npos) << bogus.out;
+  EXPECT_EQ(bogus.out.find("ran"), std::string::npos);
 }
 
+// The copy in the test prefix has no build-tree fallback (only the build tree's own command has it),
+// so a prefix without the library is what an installation that lacks it looks like.
 TEST_F(Cli, MissingLibraryIsAClearError) {
   const std::string lonely = prefix_ + "/lonely/bin";  // no library beside it, none in lonely/lib
   ASSERT_EQ(shell("mkdir -p " + lonely + " && cp " + gpushim() + " " + lonely + "/gpushim").status, 0);
-  const Result r = shell(lonely + "/gpushim run -- true 2>&1");
-  // A build tree with the real library is found through the path the build recorded; otherwise: error.
-  if (r.status == 0) GTEST_SKIP() << "the build-tree libgpushim.so exists, so nothing is missing";
-  EXPECT_EQ(r.status, 2);
+  const Result r = shell(lonely + "/gpushim run -- echo ran 2>&1");
+  EXPECT_EQ(r.status, 125);
   EXPECT_NE(r.out.find("libgpushim.so not found"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(lonely + "/libgpushim.so"), std::string::npos) << "names where it looked: " << r.out;
+  EXPECT_EQ(r.out.find("ran"), std::string::npos);
 }
 
-TEST_F(Cli, HelpListsEveryVariable) {
-  const Result r = shell(gpushim() + " --help");
-  EXPECT_EQ(r.status, 0);
+// The settings table is printed by `gpushim settings` alone; every other help is a few lines about
+// its own subcommand.
+TEST_F(Cli, SettingsListsEveryVariableAndHelpsStayShort) {
+  const Result table = shell(gpushim() + " settings");
+  EXPECT_EQ(table.status, 0);
   for (const gpushim::SettingRow& row : gpushim::setting_rows()) {
-    EXPECT_NE(r.out.find(row.variable), std::string::npos) << row.variable;
-    EXPECT_NE(r.out.find(row.help), std::string::npos) << row.variable;
+    EXPECT_NE(table.out.find(row.variable), std::string::npos) << row.variable;
+    EXPECT_NE(table.out.find(row.help), std::string::npos) << row.variable;
   }
-  for (const char* subcommand : {"run", "backends", "settings", "trace"})
-    EXPECT_NE(r.out.find(subcommand), std::string::npos) << subcommand;
+  const Result top = shell(gpushim() + " --help");
+  EXPECT_EQ(top.status, 0);
+  for (const char* subcommand : {"run", "check", "backends", "settings", "trace"})
+    EXPECT_NE(top.out.find("  " + std::string(subcommand) + " "), std::string::npos) << subcommand;
+  // A row's help text is a sentence only the table prints.
+  const std::string table_only = gpushim::setting_rows().back().help;
+  for (const char* help : {"--help", "run --help", "check --help", "backends --help", "settings --help",
+                           "trace --help", "trace summary --help", "trace report --help", "trace export --help"}) {
+    const Result r = shell(gpushim() + " " + help + " 2>&1");
+    EXPECT_EQ(r.status, 0) << help;
+    std::size_t lines = 0;
+    for (char c : r.out) lines += c == '\n';
+    EXPECT_LE(lines, 25u) << help << "\n" << r.out;
+    EXPECT_EQ(r.out.find(table_only), std::string::npos) << help << " prints the settings table";
+  }
+}
+
+// Usage errors, damaged input and the command's own status never share a code (README.md).
+TEST_F(Cli, ExitCodesAreDistinct) {
+  EXPECT_EQ(shell(gpushim() + " 2>&1").status, 64) << "nothing asked";
+  const Result unknown = shell(gpushim() + " frobnicate 2>&1");
+  EXPECT_EQ(unknown.status, 64);
+  EXPECT_NE(unknown.out.find("unknown subcommand 'frobnicate'"), std::string::npos) << unknown.out;
+  EXPECT_EQ(shell(gpushim() + " trace summary 2>&1").status, 64) << "missing file argument";
+  EXPECT_EQ(shell(gpushim() + " trace summary --top x /dev/null 2>&1").status, 64);
+  EXPECT_EQ(shell(gpushim() + " trace summary " GPUSHIM_TEST_DATA_DIR "/damaged_wrong_magic.trace 2>&1").status, 2);
+  EXPECT_EQ(shell(gpushim() + " run -- sh -c 'exit 64' 2>&1").status, 64) << "the command's own status";
+  EXPECT_EQ(shell(gpushim() + " run -- /nonexistent/program 2>&1").status, 127);
+  EXPECT_EQ(shell(gpushim() + " run -- " + library() + " 2>&1").status, 126) << "not executable";
+}
+
+// `gpushim check` in an environment of exactly these variables (and PATH); stdout and stderr.
+Result check_with(const std::string& variables, const std::string& prefix_command = "") {
+  return shell("env -i PATH=/usr/bin:/bin " + variables + " " + prefix_command + Cli::gpushim_path() +
+               " check 2>&1");
+}
+
+TEST_F(Cli, CheckPrintsEachVariableWithItsParsedValue) {
+  const Result r = check_with("GPUSHIM_BACKEND=VMM GPUSHIM_LIMIT=512MiB GPUSHIM_STATS=Yes GPUSHIM_PLACEMENT=Spill");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("-> vmm"), std::string::npos) << "choices ignore case: " << r.out;
+  EXPECT_NE(r.out.find("-> spill"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-> 536870912 bytes (512.00 MiB)"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("-> on"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("ok: "), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("GPUSHIM_VMM_RESERVE"), std::string::npos) << "unset rows only with --all";
+  const Result all = shell("env -i PATH=/usr/bin:/bin " + gpushim() + " check --all");
+  EXPECT_EQ(all.status, 0) << all.out;
+  for (const gpushim::SettingRow& row : gpushim::setting_rows())
+    EXPECT_NE(all.out.find(std::string(row.variable) + " "), std::string::npos) << row.variable;
+}
+
+TEST_F(Cli, CheckFailsOnEveryKindOfBadValue) {
+  struct Case {
+    const char* variables;
+    const char* says;
+  } cases[] = {
+      {"GPUSHIM_BACKEND=fast", "ERROR: not valid; accepted: tiered, vmm"},
+      {"GPUSHIM_PEERS=99999999999999999999999999", "ERROR: not valid; accepted: all, or device numbers 0 to 63"},
+      {"GPUSHIM_PEERS=64", "ERROR: not valid"},
+      {"GPUSHIM_TRACE=/tmp", "ERROR: /tmp is a directory"},
+      {"GPUSHIM_TRACE=/dev/full", "ERROR: /dev/full is not a regular file"},
+      {"GPUSHIM_TRACE=/nonexistent/folder/t.trace", "ERROR: folder /nonexistent/folder does not exist"},
+      {"GPUSHIM_TRACE=/proc/t-%p.trace", "ERROR: cannot create a file in /proc"},
+      {"GPUSHIM_TRACE_STACK=99", "ERROR: not valid; accepted: 0 to 64"},
+  };
+  for (const Case& c : cases) {
+    const Result r = check_with(c.variables);
+    EXPECT_EQ(r.status, 1) << c.variables << "\n" << r.out;
+    EXPECT_NE(r.out.find(c.says), std::string::npos) << c.variables << "\n" << r.out;
+    EXPECT_NE(r.out.find("1 error:"), std::string::npos) << r.out;
+  }
+  const Result writable = check_with("GPUSHIM_TRACE=" + prefix_ + "/run-%p.trace");
+  EXPECT_EQ(writable.status, 0) << writable.out;
+  EXPECT_EQ(shell("ls -A " + prefix_ + " | grep -c gpushim-check").out, "0\n") << "the probe file is removed";
+}
+
+TEST_F(Cli, CheckWarnsAboutUnknownVariablesWithoutFailing) {
+  const Result r = check_with("GPUSHIM_BACKND=vmm");
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("warning: not a gpushim setting; libgpushim.so ignores it (did you mean GPUSHIM_BACKEND?)"),
+            std::string::npos)
+      << r.out;
+}
+
+// Whether a device exists only the driver knows: with the fake libcuda (tests/fake_driver) reporting
+// two devices, device 5 is an error and 0,1 are fine; without a driver only the range is checked.
+TEST_F(Cli, CheckAsksTheDriverWhichDevicesExist) {
+  const Result none = check_with("GPUSHIM_PEERS=0,5");
+  EXPECT_EQ(none.status, 0) << none.out;
+  EXPECT_NE(none.out.find("devices: no CUDA driver on this machine"), std::string::npos) << none.out;
+#ifdef GPUSHIM_FAKE_DRIVER_DIR
+  const std::string two_devices = "LD_LIBRARY_PATH=" GPUSHIM_FAKE_DRIVER_DIR " FAKE_CUDA_DEVICES=2 ";
+  const Result missing = check_with(two_devices + "GPUSHIM_PEERS=0,5");
+  EXPECT_EQ(missing.status, 1) << missing.out;
+  EXPECT_NE(missing.out.find("ERROR: device 5 does not exist: the driver reports 2 devices (0-1)"), std::string::npos)
+      << missing.out;
+  const Result present = check_with(two_devices + "GPUSHIM_PEERS=0,1");
+  EXPECT_EQ(present.status, 0) << present.out;
+  EXPECT_NE(present.out.find("devices: the CUDA driver reports 2 devices"), std::string::npos) << present.out;
+#else
+  GTEST_SKIP() << "built without the CUDA headers: no fake libcuda to report devices";
+#endif
+}
+
+// The library reads its settings at the first CUDA call, perhaps never; `gpushim run` says it first.
+TEST_F(Cli, RunJudgesTheEnvironmentFirst) {
+  const Result strict = shell("env -i PATH=/usr/bin:/bin GPUSHIM_STRICT=1 GPUSHIM_BACKEND=fast " + gpushim() +
+                              " run -- echo ran 2>&1");
+  EXPECT_EQ(strict.status, 125) << strict.out;
+  EXPECT_EQ(strict.out.find("ran"), std::string::npos) << strict.out;
+  EXPECT_NE(strict.out.find("GPUSHIM_BACKEND=fast: not valid"), std::string::npos) << strict.out;
+  EXPECT_NE(strict.out.find("not starting echo: GPUSHIM_STRICT=1"), std::string::npos) << strict.out;
+
+  const Result lenient = shell("env -i PATH=/usr/bin:/bin GPUSHIM_BACKEND=fast " + gpushim() +
+                               " run -- echo ran 2>&1");
+  EXPECT_EQ(lenient.status, 0) << lenient.out;
+  EXPECT_NE(lenient.out.find("ran"), std::string::npos) << lenient.out;
+  EXPECT_NE(lenient.out.find("the program will run on passthrough"), std::string::npos) << lenient.out;
+
+  const Result quiet = shell("env -i PATH=/usr/bin:/bin GPUSHIM_LOG=quiet GPUSHIM_BACKEND=fast " + gpushim() +
+                             " run -- echo ran 2>/dev/null");
+  EXPECT_EQ(quiet.out, "ran\n");
+  const Result strict_trace = shell("env -i PATH=/usr/bin:/bin GPUSHIM_STRICT=1 " + gpushim() +
+                                    " run --trace /nonexistent/t.trace -- echo ran 2>&1");
+  EXPECT_EQ(strict_trace.status, 125) << strict_trace.out;
 }
 
 // The cells of one Markdown table line: split at '|' that are not escaped, "\\|" read back as '|'.

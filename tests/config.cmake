@@ -24,7 +24,12 @@ if(TARGET gpushim_cli)
   add_executable(cli_test cli_test.cpp)
   target_link_libraries(cli_test PRIVATE gpushim_config GTest::gtest_main)
   target_compile_definitions(cli_test PRIVATE GPUSHIM_CLI_PATH="$<TARGET_FILE:gpushim_cli>"
-                             GPUSHIM_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+                             GPUSHIM_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
+                             GPUSHIM_TEST_DATA_DIR="${CMAKE_CURRENT_LIST_DIR}/data")
   add_dependencies(cli_test gpushim_cli)
+  if(TARGET gpushim_interposer)  # the fake libcuda of tests/shim.cmake tells `gpushim check` of devices
+    target_compile_definitions(cli_test PRIVATE GPUSHIM_FAKE_DRIVER_DIR="${CMAKE_CURRENT_BINARY_DIR}/fake_driver")
+    add_dependencies(cli_test shim_fake_libcuda)
+  endif()
   gtest_discover_tests(cli_test)
 endif()

@@ -292,3 +292,45 @@ TEST(SettingsDeathTest, ParsedOnceAndStable) {
 
 }  // namespace
 }  // namespace gpushim
+
+namespace gpushim {
+namespace {
+
+// Every choice is judged the same way: any case, stored as the table spells it.
+TEST(Settings, ChoicesIgnoreCaseAndKeepTheTablesSpelling) {
+  const Settings s = parse({{"GPUSHIM_BACKEND", "VMM"}, {"GPUSHIM_PLACEMENT", "Spill"},
+                            {"GPUSHIM_FREE_FENCE", "ALWAYS"}, {"GPUSHIM_LOG", "Debug"}, {"GPUSHIM_PEERS", "ALL"}});
+  EXPECT_TRUE(s.errors.empty()) << s.errors.front();
+  EXPECT_EQ(s.backend, "vmm");
+  EXPECT_EQ(s.placement, "spill");
+  EXPECT_TRUE(s.fence_always);
+  EXPECT_EQ(s.log, LogLevel::debug);
+  EXPECT_EQ(s.peers, "all");
+}
+
+TEST(Settings, DeviceNumbersStayInTheRangeGpushimServes) {
+  EXPECT_EQ(parse({{"GPUSHIM_PEERS", "0,63"}}).peers, "0,63");
+  for (const char* list : {"64", "0,1000", "99999999999999999999999999", "0,,1", ",0", "0,", "-1"})
+    EXPECT_EQ(parse({{"GPUSHIM_PEERS", list}}).errors.size(), 1u) << list;
+}
+
+const SettingRow& row_named(const char* variable) {
+  for (const SettingRow& row : setting_rows())
+    if (std::string(row.variable) == variable) return row;
+  ADD_FAILURE() << variable;
+  return setting_rows().front();
+}
+
+TEST(Settings, MeaningOfAValueIsItsParsedForm) {
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_BACKEND"), "Buddy"), "buddy");
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_BACKEND"), ""), "tiered");
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_STATS"), "yes"), "on");
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_VMM_GROW_STEP"), "64m"), "67108864 bytes (64.00 MiB)");
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_LIMIT"), "12.5%"), "12.5% of each device's memory");
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_LIMIT"), ""), "0 (none)");
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_PEERS"), "0,2"), "devices 0,2");
+  EXPECT_EQ(setting_value_meaning(row_named("GPUSHIM_TRACE"), ""), "none");
+}
+
+}  // namespace
+}  // namespace gpushim

@@ -131,10 +131,11 @@ TEST(TraceSites, BundledTorchTraceIsNotLabelledByTheRuntime) {
   ASSERT_EQ(run_trace_report(path, html, {out, err, false}), 0) << err.str();
   std::ifstream f(html);
   std::string text((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  std::size_t plot = text.find("id=\"plot-sites\"");
-  ASSERT_NE(plot, std::string::npos);
-  std::string sites = text.substr(plot, text.find("</svg>", plot) - plot);
-  EXPECT_EQ(sites.find("font-size=\"11\">libcudart"), std::string::npos) << sites;
+  std::size_t table = text.find("id=\"table-sites\"");
+  ASSERT_NE(table, std::string::npos);
+  std::string sites = text.substr(table, text.find("</table>", table) - table);
+  EXPECT_NE(sites.find("<td class=\"name\">"), std::string::npos) << sites;
+  EXPECT_EQ(sites.find("<td class=\"name\">libcudart"), std::string::npos) << sites;
 }
 
 }  // namespace

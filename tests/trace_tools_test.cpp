@@ -44,8 +44,8 @@ TEST(TraceTools, ChromeExportParsesWithCountersAndAllocations) {
     std::string ph = e["ph"];
     if (ph == "C") {
       ++counters;
-      max_live = std::max<std::uint64_t>(max_live, e["args"]["live_bytes"]);
-      max_reserved = std::max<std::uint64_t>(max_reserved, e["args"]["reserved_bytes"]);
+      std::uint64_t& max = e["name"] == "live bytes" ? max_live : max_reserved;
+      max = std::max<std::uint64_t>(max, e["args"]["bytes"]);
     }
     if (ph == "X") {
       ++allocations;
@@ -135,7 +135,7 @@ TEST(TraceTools, HtmlReportRendersItsPlotsInHeadlessChromium) {
   std::ostringstream out, err;
   ASSERT_EQ(run_trace_report(synthetic(dir), dir + "/report.html", {out, err, false}), 0) << err.str();
   std::string html = slurp(dir + "/report.html");
-  for (const char* id : {"plot-memory", "plot-sizes", "plot-sites", "plot-timeline"})
+  for (const char* id : {"id=\"overview\"", "id=\"memory\"", "id=\"lifetimes\"", "id=\"sizes\"", "table-sites"})
     ASSERT_NE(html.find(id), std::string::npos) << id;
   std::string chromium = find_chromium();
   if (chromium.empty()) GTEST_SKIP() << "chromium is not installed (apt-get install -y chromium); "
@@ -150,10 +150,11 @@ TEST(TraceTools, HtmlReportRendersItsPlotsInHeadlessChromium) {
   char buf[4096];
   for (std::size_t n; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) dom.append(buf, n);
   ASSERT_EQ(pclose(pipe), 0) << dom;
-  // The rendered DOM (not just our text) holds each plot with its drawn elements.
-  for (const char* id : {"id=\"plot-memory\"", "id=\"plot-sizes\"", "id=\"plot-sites\"", "id=\"plot-timeline\""})
+  // The rendered DOM (not just our text) holds each plot the page's script drew, with its elements.
+  for (const char* id : {"id=\"plot-overview\"", "id=\"plot-memory\"", "id=\"plot-sizes\"", "id=\"plot-lifetimes\""})
     EXPECT_NE(dom.find(id), std::string::npos) << id;
   EXPECT_NE(dom.find("<polyline class=\"live\""), std::string::npos);
+  EXPECT_NE(dom.find("<polyline class=\"reserved\""), std::string::npos);
   EXPECT_NE(dom.find("<rect class=\"bar\""), std::string::npos);
   EXPECT_NE(dom.find("<rect class=\"span\""), std::string::npos);
 }

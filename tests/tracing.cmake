@@ -19,3 +19,13 @@ add_executable(stack_unwinder_fallback_test ${CMAKE_CURRENT_LIST_DIR}/stack_unwi
 target_link_libraries(stack_unwinder_fallback_test PRIVATE gpushim_tracing GTest::gtest_main)
 target_link_options(stack_unwinder_fallback_test PRIVATE -rdynamic)  # dladdr names capture_here
 gtest_discover_tests(stack_unwinder_fallback_test)
+# The report's screenshot is read with libpng (tests/trace_report_render_test.cpp).
+if(TARGET trace_tests)
+  find_package(PNG QUIET)
+  if(PNG_FOUND)
+    target_link_libraries(trace_tests PRIVATE PNG::PNG)
+    target_compile_definitions(trace_tests PRIVATE GPUSHIM_HAVE_PNG=1)
+  endif()
+endif()
+# The symbolizer's test reads its own line table: built with debug info whatever the build type.
+set_source_files_properties(${CMAKE_CURRENT_LIST_DIR}/trace_symbolizer_test.cpp PROPERTIES COMPILE_OPTIONS "-g")

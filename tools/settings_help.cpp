@@ -25,7 +25,8 @@ std::string settings_as_text() {
   std::string out =
       "Environment variables (read once by libgpushim.so; `gpushim run` sets some from its options).\n"
       "A bad value prints one line and the program runs on passthrough; GPUSHIM_STRICT=1 makes it fatal.\n"
-      "Sizes: 4096, 64k, 64KiB, 512MiB, 1.5GiB are powers of 1024; 64KB, 2GB (= 2e9) powers of 1000.\n";
+      "Sizes: 4096, 64k, 64KiB, 512MiB, 1.5GiB are powers of 1024; 64KB, 2GB (= 2e9) powers of 1000.\n"
+      "Choices ignore case. `gpushim check` judges the values set in this environment.\n";
   for (const SettingRow& row : setting_rows()) {
     out += "\n  ";
     out += row.variable;

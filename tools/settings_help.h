@@ -1,4 +1,4 @@
-// The settings table (config/settings.cpp) printed for people: under `gpushim --help`, and as the
+// The settings table (config/settings.cpp) printed for people: by `gpushim settings`, and as the
 // Markdown table that README.md and docs/configuration.md paste (`gpushim settings --markdown`).
 #pragma once
 

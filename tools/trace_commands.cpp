@@ -35,6 +35,8 @@ void add_trace_commands(CLI::App& app) {
   using namespace gpushim::tracing;
   CLI::App* trace = app.add_subcommand("trace", "Summarise, plot, export and replay allocation traces");
   trace->require_subcommand(1);
+  trace->footer("Exit status: 0 success; 1 an output file cannot be written; 2 the trace is damaged or unreadable;\n"
+                "64 bad usage.");
 
   struct Options {
     std::string file, output, format = "chrome", backend = "all";
