@@ -91,7 +91,7 @@ failed_tests=""
 tests_status=0
 if [ $run_tests -eq 1 ] && [ -x "$build/test_apps/alloc_torture" ]; then
   test_dir="$build"
-  if [ "$(ctest --test-dir "$build" -N -L gpu 2>/dev/null | grep -c 'Test *#')" -eq 0 ]; then
+  if [ "$(ctest --test-dir "$build" -N -L gpu 2>"$out/ctest_list.log" | grep -c 'Test *#')" -eq 0 ]; then
     # No tests/ in the main build (no GoogleTest here): register the same GPU tests standalone.
     test_dir="$build/gpu-tests"
     cmake -S "$repo/tests/gpu/standalone" -B "$test_dir" -DGPUSHIM_BUILD_DIR="$build" >>"$out/configure.log" 2>&1

@@ -48,7 +48,13 @@ foreach(backend none ${GPUSHIM_GPU_BACKENDS})
     set(_suffix ${backend})
     set(_exact --exact)  # gpushim reports the requested size exactly; the driver may round it
   endif()
-  set(_run bash ${_eco_runner} --probe ${_eco_probe} --backend ${backend} --lib "${_eco_lib}" --search ${_eco_search} --)
+  # An empty "${_eco_lib}" would vanish from the list (the standalone build has no library target), leaving
+  # --lib to swallow --search: name the library only when it is known; the runner searches otherwise.
+  set(_lib_option "")
+  if(_eco_lib)
+    set(_lib_option --lib ${_eco_lib})
+  endif()
+  set(_run bash ${_eco_runner} --probe ${_eco_probe} --backend ${backend} ${_lib_option} --search ${_eco_search} --)
   add_test(NAME gpu_ipc_${_suffix} COMMAND ${_run} ${_eco_ipc_check})
   list(APPEND _eco_tests gpu_ipc_${_suffix})
   if(NOT backend STREQUAL "none" AND NOT backend STREQUAL "passthrough")
