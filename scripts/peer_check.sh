@@ -13,7 +13,9 @@
 #   6. an N-process NCCL all-reduce (torchrun) over gpushim-allocated tensors, for every placement,
 #      with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so every tensor is a cuMemAlloc that gpushim serves,
 #   7. a summary table last (also written to peer_check.txt, with the bandwidth table).
-# Logs go to $OUT when it is set, else <build>/peer-check/. Exit 0 only when every step ran and passed,
+# The table goes to $OUT/peer_check.txt when OUT is set, else <build>/peer-check/; the logs go to
+# <build>/peer-check/logs/, and into $OUT/peer_check_logs.tar.gz (few files come back from $OUT). A failed
+# row's log tail is printed after the summary. Exit 0 only when every step ran and passed,
 # and gpushim served the allocations of every run under it (GPUSHIM_STATS=1, scripts/served_by_gpushim.sh).
 # A skipped step (one GPU, no GoogleTest, a provider test that skipped) is reported as SKIP and the check
 # does not pass: on a GPU machine, a check that tested nothing across GPUs is not a pass.
@@ -35,16 +37,25 @@ while [ $# -gt 0 ]; do
   esac
 done
 out="${OUT:-$build/peer-check}"
-mkdir -p "$out"
+logs="$build/peer-check/logs"
+rm -rf "$logs"
+mkdir -p "$out" "$logs"
 table="$out/peer_check.txt"
 : > "$table"
 status=0
 skips=0
 summary=""
+failures=""
+evidence=""  # the log of the step a row reports; its tail is shown when the row fails
 row() {
   printf '%-56s %s\n' "$1" "$2" | tee -a "$table"
   summary+=$(printf '%-56s %s' "$1" "$2")$'\n'
-  if [ "$2" = SKIP ]; then skips=$((skips + 1)); elif [ "$2" != PASS ]; then status=1; fi
+  if [ "$2" = SKIP ]; then skips=$((skips + 1)); elif [ "$2" != PASS ]; then
+    status=1
+    [ -n "$evidence" ] && [ -f "$evidence" ] &&
+      failures+="-- $1: $(basename "$evidence") --"$'\n'"$(tail -n 8 "$evidence")"$'\n'
+  fi
+  evidence=""
 }
 # PASS only when the run succeeded and gpushim's vmm backend served its allocations.
 served() { "$repo/scripts/served_by_gpushim.sh" "$1" "${2:-vmm}" >> "$1"; }
@@ -60,12 +71,12 @@ if [ "$do_build" = 1 ]; then
   for f in /usr/lib/x86_64-linux-gnu/cmake/GTest/GTestConfig.cmake /usr/lib/cmake/GTest/GTestConfig.cmake \
            /usr/local/lib/cmake/GTest/GTestConfig.cmake; do [ -f "$f" ] && tests=ON; done
   cmake -S "$repo" -B "$build" -G "$generator" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES=90 \
-        -DGPUSHIM_BUILD_TOOLS=OFF -DGPUSHIM_BUILD_TESTS=$tests > "$out/configure.log" 2>&1 || {
-    echo "peer_check: configure failed, see $out/configure.log"; exit 2; }
+        -DGPUSHIM_BUILD_TOOLS=OFF -DGPUSHIM_BUILD_TESTS=$tests > "$logs/configure.log" 2>&1 || {
+    echo "peer_check: configure failed, see $logs/configure.log"; exit 2; }
   targets="gpushim peer_access peer_copy_check pool_access_check"
   [ "$tests" = ON ] && targets="$targets peers_cuda_provider_test"
-  cmake --build "$build" -j "$jobs" --target $targets > "$out/build.log" 2>&1 || {
-    echo "peer_check: build failed, see $out/build.log"; tail -20 "$out/build.log"; exit 2; }
+  cmake --build "$build" -j "$jobs" --target $targets > "$logs/build.log" 2>&1 || {
+    echo "peer_check: build failed, see $logs/build.log"; tail -20 "$logs/build.log"; exit 2; }
 fi
 
 lib=$(find "$build" -name libgpushim.so -path '*/lib/*' | head -1)
@@ -75,12 +86,12 @@ pool_app=$(find "$build" -name pool_access_check -type f -perm -u+x | head -1)
 provider_test=$(find "$build" -name peers_cuda_provider_test -type f -perm -u+x | head -1)
 gpus=$(nvidia-smi -L 2>/dev/null | wc -l)
 echo "peer_check: $gpus GPU(s); library ${lib:-missing}; peer_access ${app:-missing}" | tee -a "$table"
-nvidia-smi topo -m > "$out/topology.txt" 2>&1 || true
+nvidia-smi topo -m > "$logs/topology.txt" 2>&1 || true
 
 # 2. The provider alone.
 if [ -n "$provider_test" ]; then
-  if ! "$provider_test" > "$out/peers_cuda_provider_test.log" 2>&1; then row "peers_cuda_provider_test" FAIL
-  elif grep -q '\[  SKIPPED \]' "$out/peers_cuda_provider_test.log"; then row "peers_cuda_provider_test (skipped tests)" SKIP
+  if ! "$provider_test" > "$logs/peers_cuda_provider_test.log" 2>&1; then row "peers_cuda_provider_test" FAIL
+  elif grep -q '\[  SKIPPED \]' "$logs/peers_cuda_provider_test.log"; then row "peers_cuda_provider_test (skipped tests)" SKIP
   else row "peers_cuda_provider_test" PASS; fi
 else
   row "peers_cuda_provider_test (no GoogleTest)" SKIP
@@ -88,15 +99,16 @@ fi
 
 # 3. peer_access under gpushim, every placement.
 for policy in local interleave spill; do
-  log="$out/peer_access.$policy.log"
+  log="$logs/peer_access.$policy.log"
   if [ -z "$lib" ] || [ -z "$app" ]; then row "peer_access $policy" FAIL; continue; fi
+  evidence=$log
   if LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_LOG=info \
        GPUSHIM_STATS=1 timeout 300 "$app" > "$log" 2>&1 && served "$log"
   then row "peer_access $policy, $gpus GPUs" PASS; else row "peer_access $policy, $gpus GPUs" FAIL; fi
   grep -E "granules|spill:|FAILED" "$log" | sed "s/^/    [$policy] /" | tee -a "$table"
 done
 # The bandwidth table of placement local, where a GPU's block is that GPU's memory.
-bandwidth=$(grep "peer_access: bandwidth" "$out/peer_access.local.log" 2>/dev/null | sed 's/^peer_access: bandwidth //')
+bandwidth=$(grep "peer_access: bandwidth" "$logs/peer_access.local.log" 2>/dev/null | sed 's/^peer_access: bandwidth //')
 
 # 4. The per-device cap under GPUSHIM_PEERS: the app counts where every granule lives, and every OOM
 #    report's "memory mapped by device" line must show no device over the cap.
@@ -107,16 +119,17 @@ over_cap() {  # prints the device sizes of LOG's report lines that exceed cap_by
       if (n * m > cap) print }'
 }
 for policy in interleave spill; do
-  log="$out/peer_access.cap.$policy.log"
+  log="$logs/peer_access.cap.$policy.log"
   name="cap 2GiB/device, GPUSHIM_PEERS=all, $policy"
   if [ "$gpus" -lt 2 ]; then row "$name" SKIP; continue; fi
   if [ -z "$lib" ] || [ -z "$app" ]; then row "$name" FAIL; continue; fi
-  LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_LIMIT=2GiB \
+  LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_LIMIT=2GiB GPUSHIM_LOG=info \
     GPUSHIM_STATS=1 timeout 300 "$app" --cap "$cap_bytes" > "$log" 2>&1
   rc=$?
   reports=$(grep -c "memory mapped by device" "$log")
   over=$(over_cap "$log")
   echo "peer_check: $reports OOM report(s) name the devices; over the cap: ${over:-none}" >> "$log"
+  evidence=$log
   if [ $rc = 0 ] && [ "$reports" -gt 0 ] && [ -z "$over" ] && served "$log"
   then row "$name" PASS; else row "$name" FAIL; fi
   grep -E "peer_access: cap|memory mapped by device|FAILED" "$log" | head -3 | sed "s/^/    [cap $policy] /" | tee -a "$table"
@@ -133,13 +146,13 @@ for check in peer_copy_check pool_access_check; do
     for ((a = 0; a < gpus; a++)); do
       for ((b = 0; b < gpus; b++)); do
         [ $a = $b ] && continue
-        log="$out/$check.$mode.$a-$b.log"
+        log="$logs/$check.$mode.$a-$b.log"
         pairs=$((pairs + 1))
         if [ $mode = noshim ]; then
-          timeout 120 "$binary" --pair $a,$b > "$log" 2>&1 || failed+=" $a,$b"
+          timeout 120 "$binary" --pair $a,$b > "$log" 2>&1 || { failed+=" $a,$b"; evidence=${evidence:-$log}; }
         else
           { LD_PRELOAD="$lib" GPUSHIM_BACKEND=$mode GPUSHIM_STATS=1 timeout 120 "$binary" --pair $a,$b > "$log" 2>&1 &&
-              served "$log" $mode; } || failed+=" $a,$b"
+              served "$log" $mode; } || { failed+=" $a,$b"; evidence=${evidence:-$log}; }
         fi
       done
     done
@@ -174,15 +187,17 @@ elif ! python3 -c "import torch" 2>/dev/null || ! command -v torchrun >/dev/null
   row "nccl all_reduce (no torch/torchrun)" FAIL
 else
   for policy in local interleave spill; do
-    log="$out/allreduce.$policy.log"
+    log="$logs/allreduce.$policy.log"
+    evidence=$log
     if LD_PRELOAD="$lib" GPUSHIM_BACKEND=vmm GPUSHIM_PEERS=all GPUSHIM_PLACEMENT=$policy GPUSHIM_STATS=1 \
          PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 torchrun --standalone --nproc_per_node=$gpus "$allreduce" \
          > "$log" 2>&1 && served "$log"
     then row "nccl all_reduce $gpus processes, $policy" PASS; else row "nccl all_reduce $gpus processes, $policy" FAIL; fi
   done
   # The same without gpushim: if this fails too, the machine is at fault, not gpushim.
+  evidence="$logs/allreduce.without_gpushim.log"
   if PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 300 torchrun --standalone --nproc_per_node=$gpus "$allreduce" \
-       > "$out/allreduce.without_gpushim.log" 2>&1
+       > "$logs/allreduce.without_gpushim.log" 2>&1
   then row "nccl all_reduce $gpus processes, no gpushim" PASS; else row "nccl all_reduce $gpus processes, no gpushim" FAIL; fi
 fi
 
@@ -194,10 +209,12 @@ fi
     echo "read bandwidth, GB/s: a kernel on the row's GPU reads the column's GPU's gpushim block (placement local):"
     echo "$bandwidth"
   fi
+  [ -n "$failures" ] && printf '== the end of each failed step'"'"'s log ==\n%s' "$failures"
 } | tee -a "$table"
+[ -n "${OUT:-}" ] && tar czf "$OUT/peer_check_logs.tar.gz" -C "$logs" . 2>/dev/null
 if [ $status = 0 ] && [ $skips -gt 0 ]; then
-  echo "peer_check: NOT PASSED: $skips step(s) skipped, so the check is incomplete; logs in $out" | tee -a "$table"
+  echo "peer_check: NOT PASSED: $skips step(s) skipped, so the check is incomplete; logs in $logs" | tee -a "$table"
   exit 3
 fi
-echo "peer_check: $([ $status = 0 ] && echo passed || echo FAILED); logs in $out" | tee -a "$table"
+echo "peer_check: $([ $status = 0 ] && echo passed || echo FAILED); logs in $logs" | tee -a "$table"
 exit $status
