@@ -261,6 +261,19 @@ bool CudaPeerProvider::grant_access(int device) noexcept {
   std::lock_guard<std::mutex> guard(mutex_);
   for (const CUmemAccessDesc& a : access_)
     if (a.location.id == device) return true;
+  // The memory may lie on every participant (GPUSHIM_PEERS): a device that cannot reach one of them (a
+  // machine without a link between every pair of GPUs) cannot be given access to it. Named in the
+  // access list anyway, it would make every later map() that places a granule there fail.
+  for (int member : participants_) {
+    CUresult rc = CUDA_SUCCESS;
+    if (member != device && !peers_both_ways(member, device, &rc)) {
+      log(LogLevel::warn,
+          "device %d: device %d cannot be given access to gpushim's memory: it has no peer access to device %d, "
+          "which backs part of it (GPUSHIM_PEERS: list only devices that reach each other)",
+          device_, device, member);
+      return false;
+    }
+  }
   const CUmemAccessDesc access = read_write_access_from(device);
   // Every existing mapping first, so a failure leaves the list as it was; a mapping already granted is
   // harmless to grant again should a later one fail.

@@ -8,7 +8,9 @@ set -u
 log="$1"
 backend="$2"
 awk -v backend="$backend" '
-  $1 == "gpushim:" && $3 == backend && $4 ~ /^[0-9]+$/ { allocs += $4 }
+  # A composed backend names its parts in its rows ("tiered/slab", "tiered(vmm)"): they count as its own.
+  $1 == "gpushim:" && ($3 == backend || index($3, backend "/") == 1 || index($3, backend "(") == 1) &&
+    $4 ~ /^[0-9]+$/ { allocs += $4 }
   END {
     printf "gpushim %s served %d allocation(s)\n", backend, allocs
     exit !(allocs > 0)

@@ -5,6 +5,10 @@
 // GPUSHIM_PLACEMENT=local|interleave|spill (the backing device of each granule, from the driver's own
 // allocation properties, plus the data).
 //
+// With N >= 2 GPUs every ordered pair is checked (A writes B's block, B reads it) and a table of read
+// bandwidth, GPU A reading GPU B's block, is printed (rows "peer_access: bandwidth ..."). With
+// `--cap BYTES` (run with GPUSHIM_LIMIT=BYTES) it checks the per-device cap instead: GPU 0 allocates until
+// it is refused, no GPU may back more than BYTES of it, and more than BYTES must fit in all.
 // With one GPU it runs the local checks only and prints "peer_access: 1 GPU: peer checks skipped".
 // Exit status: 0 passed, 1 a check failed, 2 a CUDA call failed.
 //
@@ -16,6 +20,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -155,9 +160,13 @@ void check_placement(const std::string& policy, const std::vector<int>& devices,
   for (int d = 0; d < gpus; ++d) std::printf(" GPU %d: %ld", d, static_cast<long>(on(d)));
   std::printf("\n");
   if (policy == "interleave" && gpus > 1) {
-    bool alternates = true;
-    for (std::size_t i = 1; i < devices.size(); ++i) alternates &= devices[i] != devices[i - 1];
-    expect(alternates && on(0) > 0 && on(1) > 0, "interleave: neighbouring granules on different GPUs");
+    // The stripe goes round every GPU in order: granule i+1 lives on the GPU after granule i's.
+    bool in_turn = true;
+    for (std::size_t i = 1; i < devices.size(); ++i) in_turn &= devices[i] == (devices[i - 1] + 1) % gpus;
+    bool every_gpu = true;
+    for (int d = 0; d < gpus; ++d) every_gpu &= on(d) > 0;
+    expect(in_turn, "interleave: each granule on the GPU after its neighbour's, round all GPUs");
+    expect(every_gpu, "interleave: every GPU backs granules");
   } else {
     expect(static_cast<std::size_t>(on(0)) == devices.size(), "all granules on GPU 0 (local, or room left)");
   }
@@ -174,26 +183,41 @@ void local_checks(const std::string& policy, int gpus) {
   CHECK_CUDA(cudaFree(block));
 }
 
-void peer_checks(const std::string& policy) {
-  void* on0 = nullptr;
-  void* on1 = nullptr;
-  CHECK_CUDA(cudaSetDevice(0));
-  CHECK_CUDA(cudaMalloc(&on0, kBufferBytes));
-  CHECK_CUDA(cudaSetDevice(1));
-  CHECK_CUDA(cudaMalloc(&on1, kBufferBytes));
+void peer_checks(const std::string& policy, int gpus) {
+  std::vector<void*> blocks(static_cast<std::size_t>(gpus), nullptr);
+  for (int d = 0; d < gpus; ++d) {
+    CHECK_CUDA(cudaSetDevice(d));
+    CHECK_CUDA(cudaMalloc(&blocks[static_cast<std::size_t>(d)], kBufferBytes));
+  }
+  // Every ordered pair: a kernel on `writer` fills `owner`'s block, a kernel on `owner` checks it.
+  char what[128];
+  for (int owner = 0; owner < gpus; ++owner) {
+    for (int writer = 0; writer < gpus; ++writer) {
+      if (writer == owner) continue;
+      const auto tag = static_cast<std::uint32_t>(0x9e00u + owner * 64 + writer);
+      fill_from(writer, blocks[static_cast<std::size_t>(owner)], kBufferBytes, tag);
+      std::snprintf(what, sizeof what, "GPU %d writes GPU %d's block, GPU %d reads it", writer, owner, owner);
+      expect(mismatches_seen_from(owner, blocks[static_cast<std::size_t>(owner)], kBufferBytes, tag) == 0, what);
+    }
+  }
+  expect(mismatches_seen_from(0, blocks[0], kBufferBytes, 0x1234u) != 0, "a wrong tag is caught (the check can fail)");
 
-  fill_from(1, on0, kBufferBytes, 0x9e12u);
-  expect(mismatches_seen_from(0, on0, kBufferBytes, 0x9e12u) == 0, "GPU 1 writes GPU 0's block, GPU 0 reads it");
-  fill_from(0, on1, kBufferBytes, 0x9e13u);
-  expect(mismatches_seen_from(1, on1, kBufferBytes, 0x9e13u) == 0, "GPU 0 writes GPU 1's block, GPU 1 reads it");
-  expect(mismatches_seen_from(0, on0, kBufferBytes, 0x9e13u) != 0, "a wrong tag is caught (the check can fail)");
-
-  const double local = read_bandwidth(1, on1, kBufferBytes);
-  const double peer = read_bandwidth(1, on0, kBufferBytes);
-  std::printf("peer_access: placement %s, GPU 1 reads: its own block %.1f GB/s, GPU 0's block %.1f GB/s "
-              "(%.0f%%)\n", policy.c_str(), local, peer, 100.0 * peer / local);
-  CHECK_CUDA(cudaFree(on1));
-  CHECK_CUDA(cudaFree(on0));
+  // Read bandwidth of every ordered pair: row = the GPU whose kernel reads, column = the GPU that
+  // allocated the block (under placement local, the GPU whose memory it is).
+  std::printf("peer_access: bandwidth GB/s, placement %s, row reads column's block:\n", policy.c_str());
+  std::printf("peer_access: bandwidth reader");
+  for (int owner = 0; owner < gpus; ++owner) std::printf("  block@%d", owner);
+  std::printf("\n");
+  for (int reader = 0; reader < gpus; ++reader) {
+    std::printf("peer_access: bandwidth GPU %d ", reader);
+    for (int owner = 0; owner < gpus; ++owner)
+      std::printf(" %8.1f", read_bandwidth(reader, blocks[static_cast<std::size_t>(owner)], kBufferBytes));
+    std::printf("\n");
+  }
+  for (int d = gpus - 1; d >= 0; --d) {
+    CHECK_CUDA(cudaSetDevice(d));
+    CHECK_CUDA(cudaFree(blocks[static_cast<std::size_t>(d)]));
+  }
 
   if (policy != "spill") return;
   // Spill: allocate on GPU 0 more than GPU 0 holds. With spill the rest comes from GPU 1; then every
@@ -215,26 +239,103 @@ void peer_checks(const std::string& policy) {
   }
   std::printf("peer_access: spill: allocated %zu GiB on GPU 0 (GPU 0 has %zu GiB)\n", got >> 30, total0 >> 30);
   expect(got >= want, "spill: more than GPU 0's memory allocated on GPU 0");
-  long on_peer = 0;
+  long on_peer = 0, elsewhere = 0;
   unsigned long long bad = 0;
   for (std::size_t i = 0; i < chunks.size(); ++i) {
-    for (int d : granule_devices(chunks[i], kSpillChunk)) on_peer += d == 1;
+    for (int d : granule_devices(chunks[i], kSpillChunk)) {
+      on_peer += d == 1;
+      elsewhere += d != 0 && d != 1;
+    }
     fill_from(1, chunks[i], kSpillChunk, 0x5b11u + static_cast<std::uint32_t>(i));
     bad += mismatches_seen_from(0, chunks[i], kSpillChunk, 0x5b11u + static_cast<std::uint32_t>(i));
   }
-  std::printf("peer_access: spill: %ld granules live on GPU 1\n", on_peer);
+  std::printf("peer_access: spill: %ld granules live on GPU 1, %ld on later GPUs\n", on_peer, elsewhere);
   expect(on_peer > 0, "spill: part of GPU 0's memory lives on GPU 1");
+  // Peers are taken in order while their room is unknown (docs/peers.md): 2 GiB over GPU 0's memory fits
+  // on GPU 1, so no later GPU may hold any of it.
+  expect(elsewhere == 0, "spill: the overflow goes to GPU 1 first, none to later GPUs");
   expect(bad == 0, "spill: every chunk written from GPU 1 reads back on GPU 0");
   CHECK_CUDA(cudaSetDevice(0));
   for (void* chunk : chunks) CHECK_CUDA(cudaFree(chunk));
+}
+
+// The per-device cap under GPUSHIM_PEERS (docs/peers.md): GPU 0 allocates 256 MiB chunks until it is
+// refused. Counted from the driver's own record of where each granule lives, no GPU may back more than
+// `cap`, more than one cap's worth must fit, and the data written from the last GPU must read back on
+// GPU 0. Under spill the first chunk must be all on GPU 0 (the local device fills first).
+void cap_checks(const std::string& policy, int gpus, std::size_t cap) {
+  constexpr std::size_t kChunk = std::size_t{256} << 20;
+  CHECK_CUDA(cudaSetDevice(0));
+  unsigned long long* counter = nullptr;  // allocated before the devices are full
+  CHECK_CUDA(cudaMalloc(&counter, sizeof *counter));
+  const std::size_t most = (static_cast<std::size_t>(gpus) + 1) * cap / kChunk + 1;  // past this, no cap holds
+  std::vector<void*> chunks;
+  while (chunks.size() < most) {
+    void* chunk = nullptr;
+    if (cudaMalloc(&chunk, kChunk) != cudaSuccess) {
+      cudaGetLastError();
+      break;
+    }
+    chunks.push_back(chunk);
+  }
+  std::map<std::uintptr_t, int> granules;  // granule address -> backing device, each granule once
+  for (void* chunk : chunks) {
+    const auto start = reinterpret_cast<std::uintptr_t>(chunk);
+    const std::vector<int> devices = granule_devices(chunk, kChunk);
+    for (std::size_t i = 0; i < devices.size(); ++i) granules[(start & ~(kGranule - 1)) + i * kGranule] = devices[i];
+  }
+  std::vector<std::size_t> bytes_on(static_cast<std::size_t>(gpus), 0);
+  long unknown = 0;
+  for (const auto& [address, device] : granules) {
+    if (device >= 0 && device < gpus) bytes_on[static_cast<std::size_t>(device)] += kGranule;
+    else ++unknown;
+  }
+  const std::size_t total = chunks.size() * kChunk;
+  std::printf("peer_access: cap %zu MiB, placement %s: GPU 0 allocated %zu MiB in %zu chunks; backed by",
+              cap >> 20, policy.c_str(), total >> 20, chunks.size());
+  bool under_cap = true, every_gpu = true;
+  for (int d = 0; d < gpus; ++d) {
+    std::printf(" GPU %d: %zu MiB", d, bytes_on[static_cast<std::size_t>(d)] >> 20);
+    under_cap &= bytes_on[static_cast<std::size_t>(d)] <= cap;
+    every_gpu &= bytes_on[static_cast<std::size_t>(d)] > 0;
+  }
+  std::printf("\n");
+  expect(unknown == 0, "cap: every granule is VMM memory on a GPU (gpushim vmm backend?)");
+  expect(under_cap, "cap: no GPU backs more than the cap");
+  expect(total > cap, "cap: more than one cap's worth fits across the GPUs");
+  expect(gpus < 2 || every_gpu, "cap: every GPU backs part of it");
+  expect(chunks.size() < most, "cap: allocation is refused in the end");
+  if (policy == "spill" && !chunks.empty()) {
+    bool local_first = true;
+    for (int d : granule_devices(chunks[0], kChunk)) local_first &= d == 0;
+    expect(local_first, "cap: spill fills GPU 0 first");
+  }
+  unsigned long long bad = 0;
+  for (std::size_t i = 0; i < chunks.size(); ++i) {
+    const auto tag = 0xca90u + static_cast<std::uint32_t>(i);
+    fill_from(gpus - 1, chunks[i], kChunk, tag);
+    CHECK_CUDA(cudaSetDevice(0));
+    CHECK_CUDA(cudaMemset(counter, 0, sizeof *counter));
+    CHECK_CUDA(verify_pattern(chunks[i], kChunk, tag, counter, 0));
+    unsigned long long count = 0;
+    CHECK_CUDA(cudaMemcpy(&count, counter, sizeof count, cudaMemcpyDeviceToHost));
+    bad += count;
+  }
+  expect(bad == 0, "cap: every chunk written from the last GPU reads back on GPU 0");
+  CHECK_CUDA(cudaSetDevice(0));
+  for (void* chunk : chunks) CHECK_CUDA(cudaFree(chunk));
+  CHECK_CUDA(cudaFree(counter));
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string policy = placement_from_environment();
-  for (int i = 1; i + 1 < argc; ++i)
+  std::size_t cap = 0;
+  for (int i = 1; i + 1 < argc; ++i) {
     if (std::strcmp(argv[i], "--placement") == 0) policy = argv[i + 1];
+    if (std::strcmp(argv[i], "--cap") == 0) cap = std::strtoull(argv[i + 1], nullptr, 10);
+  }
   int gpus = 0;
   CHECK_CUDA(cudaGetDeviceCount(&gpus));
   if (cuInit(0) != CUDA_SUCCESS) {
@@ -242,11 +343,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::printf("peer_access: %d GPU(s), placement %s\n", gpus, policy.c_str());
-  local_checks(policy, gpus);
-  if (gpus < 2) {
-    std::printf("peer_access: 1 GPU: peer checks skipped\n");
+  if (cap > 0) {
+    cap_checks(policy, gpus, cap);
   } else {
-    peer_checks(policy);
+    local_checks(policy, gpus);
+    if (gpus < 2) {
+      std::printf("peer_access: 1 GPU: peer checks skipped\n");
+    } else {
+      peer_checks(policy, gpus);
+    }
   }
   std::printf("peer_access: %s\n", failures == 0 ? "passed" : "FAILED");
   return failures == 0 ? 0 : 1;

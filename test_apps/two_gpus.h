@@ -1,11 +1,14 @@
-// What the two-GPU test apps share: CUDA error checking that exits 2, a check that counts failures, and
-// the skip (exit 77, ctest SKIP_RETURN_CODE) where the machine has fewer than two GPUs or no peer path.
+// What the two-GPU test apps share: CUDA error checking that exits 2, a check that counts failures, the
+// pair of GPUs they run on (`--pair A,B`, default 0,1, so scripts/peer_check.sh can cover every ordered
+// pair of a larger machine), and the skip (exit 77, ctest SKIP_RETURN_CODE) where the machine lacks the
+// pair's GPUs or a peer path between them.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "kernels/pattern_kernels.h"
 
@@ -13,6 +16,8 @@ namespace two_gpus {
 
 inline const char* g_app = "app";
 inline int g_failures = 0;
+inline int g_a = 0;  // the first GPU of the pair ("GPU 0" of the apps' comments)
+inline int g_b = 1;  // the second GPU of the pair ("GPU 1")
 
 #define TWO_GPUS_CHECK(call)                                                                          \
   do {                                                                                                \
@@ -29,20 +34,37 @@ inline void expect(bool ok, const char* what) {
   if (!ok) ++g_failures;
 }
 
-// Exits 77 with a line that says why, unless GPUs 0 and 1 exist and can reach each other both ways.
-inline void require_two_peer_gpus() {
+// Reads `--pair A,B` (two different ordinals) into g_a and g_b; exits 2 on a malformed pair. Then exits 77
+// with a line that says why, unless GPUs A and B exist and can reach each other both ways.
+inline void require_two_peer_gpus(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--pair") != 0) continue;
+    int a = -1, b = -1;
+    if (i + 1 >= argc || std::sscanf(argv[i + 1], "%d,%d", &a, &b) != 2 || a < 0 || b < 0 || a == b) {
+      std::printf("%s: --pair takes two different GPU ordinals, e.g. --pair 2,3\n", g_app);
+      std::exit(2);
+    }
+    g_a = a;
+    g_b = b;
+  }
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
     std::printf("%s: needs 2 GPUs, found %d: skipped\n", g_app, count);
     std::exit(77);
   }
-  int zero_to_one = 0, one_to_zero = 0;
-  TWO_GPUS_CHECK(cudaDeviceCanAccessPeer(&zero_to_one, 0, 1));
-  TWO_GPUS_CHECK(cudaDeviceCanAccessPeer(&one_to_zero, 1, 0));
-  if (!zero_to_one || !one_to_zero) {
-    std::printf("%s: needs 2 GPUs with peer access both ways: skipped\n", g_app);
+  if (g_a >= count || g_b >= count) {
+    std::printf("%s: pair %d,%d needs GPU %d, found %d GPUs: skipped\n", g_app, g_a, g_b,
+                g_a > g_b ? g_a : g_b, count);
     std::exit(77);
   }
+  int a_to_b = 0, b_to_a = 0;
+  TWO_GPUS_CHECK(cudaDeviceCanAccessPeer(&a_to_b, g_a, g_b));
+  TWO_GPUS_CHECK(cudaDeviceCanAccessPeer(&b_to_a, g_b, g_a));
+  if (!a_to_b || !b_to_a) {
+    std::printf("%s: needs GPUs %d and %d with peer access both ways: skipped\n", g_app, g_a, g_b);
+    std::exit(77);
+  }
+  std::printf("%s: GPUs %d and %d\n", g_app, g_a, g_b);
 }
 
 // Mismatches of `bytes` at `block` against the pattern of `tag`, counted by a kernel on `device`.

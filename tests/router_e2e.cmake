@@ -45,6 +45,15 @@ set_tests_properties(router_e2e_peers_limit.vmm PROPERTIES TIMEOUT 120
   FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
   ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=vmm;GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=2;GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=interleave;GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit};E2E_LIMIT_DEVICES=2;E2E_EXPECT_PLACEMENT=1")
 
+# The same on four fake devices, under interleave and spill: every device stays under its cap and more
+# than one cap's worth fits.
+foreach(policy interleave spill)
+  add_test(NAME router_e2e_peers_limit4.${policy} COMMAND router_end_to_end_test --gtest_filter=*Limit*)
+  set_tests_properties(router_e2e_peers_limit4.${policy} PROPERTIES TIMEOUT 120
+    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
+    ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=vmm;GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=4;GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=${policy};GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit};E2E_LIMIT_DEVICES=4;E2E_EXPECT_PLACEMENT=1")
+endforeach()
+
 # Peer access follows the program (router/peer_access.h) under every backend; the early run enables
 # access before device 0 has a backend. GPUSHIM_STATS=1 keeps passthrough in the router (not a pure
 # forward), so its pool path is the one tested.
@@ -61,6 +70,12 @@ foreach(backend vmm buddy slab tiered mempool passthrough)
   set_tests_properties(router_peer_access_early.${backend} PROPERTIES TIMEOUT 60
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT "${environment};E2E_PEER_EARLY=1")
 endforeach()
+
+# Four devices without a link between 0 and 2, under GPUSHIM_PEERS=all (docs/peers.md, "Participation").
+add_test(NAME router_peer_access_partial_topology.vmm COMMAND router_peer_access_test --gtest_filter=*PartialTopology*)
+set_tests_properties(router_peer_access_partial_topology.vmm PROPERTIES TIMEOUT 60
+  FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
+  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=vmm;GPUSHIM_STATS=1;FAKE_CUDA_DEVICES=4;FAKE_CUDA_NO_PEER=0-2;GPUSHIM_PEERS=all;GPUSHIM_PLACEMENT=interleave")
 
 # GPUSHIM_FAIL and GPUSHIM_OOM_DUMP (router/fault_injection.*, router/out_of_memory.cpp): the program runs
 # itself again as a child per case, with that case's settings. Two backends: one carving VMM memory,

@@ -9,10 +9,13 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <set>
 
 extern "C" {
 int fake_cuda_accessible_from(CUdeviceptr p, int device);
 int fake_cuda_peer_enabled(int device, int peer);
+int fake_cuda_device_of(CUdeviceptr p);
+std::size_t fake_cuda_physical_bytes(int device);
 }
 
 namespace {
@@ -119,6 +122,52 @@ TEST_F(PeerAccessEndToEnd, GrantBeforeTheFirstAllocationAppliesWhenTheBackendIsB
   ASSERT_EQ(cuMemAlloc(&p, 1 * MiB), CUDA_SUCCESS);
   EXPECT_EQ(fake_cuda_accessible_from(p, 1), 1);
   EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+}
+
+// A machine without a link between every pair of GPUs (tests/router_e2e.cmake: four fake devices,
+// FAKE_CUDA_NO_PEER=0-2, GPUSHIM_PEERS=all, interleave). Each device's memory is shared only with devices
+// that all reach each other (device 2 is left out of device 0's and device 1's, device 0 out of device
+// 2's); the program's own peer access between the unlinked pair gets the driver's answer; and a grant a
+// device cannot honour (device 2 to device 1's memory, part of which lies on device 0) is refused with a
+// warning instead of breaking every later allocation of device 1.
+TEST_F(PeerAccessEndToEnd, PartialTopologyUnderPeersAllKeepsEveryDeviceServed) {
+  if (std::getenv("FAKE_CUDA_NO_PEER") == nullptr) GTEST_SKIP() << "runs with FAKE_CUDA_NO_PEER=0-2";
+  int count = 0;
+  ASSERT_EQ(cuDeviceGetCount(&count), CUDA_SUCCESS);
+  ASSERT_EQ(count, 4) << "tests/router_e2e.cmake runs this with FAKE_CUDA_DEVICES=4";
+  CUcontext ctx[4] = {};
+  for (int d = 0; d < 4; ++d) {
+    CUdevice dev = 0;
+    ASSERT_EQ(cuDeviceGet(&dev, d), CUDA_SUCCESS);
+    ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx[d], dev), CUDA_SUCCESS);
+  }
+  // The program asks for access across the missing link: the driver's own refusal, nothing else.
+  ASSERT_EQ(cuCtxSetCurrent(ctx[2]), CUDA_SUCCESS);
+  EXPECT_EQ(cuCtxEnablePeerAccess(ctx[0], 0), CUDA_ERROR_PEER_ACCESS_UNSUPPORTED);
+  // Device 2 may reach device 1 natively; asked before device 1 has a backend (the early path).
+  EXPECT_EQ(cuCtxEnablePeerAccess(ctx[1], 0), CUDA_SUCCESS);
+
+  constexpr std::size_t kBytes = 64 * MiB;  // 32 granules: the stripe visits every participant
+  CUdeviceptr block[4] = {};
+  std::set<int> backing[4];
+  for (int d = 0; d < 4; ++d) {
+    ASSERT_EQ(cuCtxSetCurrent(ctx[d]), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemAlloc(&block[d], kBytes), CUDA_SUCCESS) << "device " << d << " must still allocate";
+    for (std::size_t at = 0; at < kBytes; at += 2 * MiB) backing[d].insert(fake_cuda_device_of(block[d] + at));
+  }
+  EXPECT_EQ(backing[0], (std::set<int>{0, 1, 3})) << "device 2 cannot reach device 0: left out";
+  EXPECT_EQ(backing[1], (std::set<int>{0, 1, 3})) << "device 2 cannot reach device 0, a member: left out";
+  EXPECT_EQ(backing[2], (std::set<int>{1, 2, 3})) << "device 0 cannot reach device 2: left out";
+  EXPECT_EQ(backing[3], (std::set<int>{0, 1, 3})) << "the first members reached; device 2 not with device 0";
+  EXPECT_EQ(fake_cuda_accessible_from(block[0], 2), 0);
+  EXPECT_EQ(fake_cuda_accessible_from(block[0], 3), 1) << "a participant";
+  EXPECT_EQ(fake_cuda_accessible_from(block[1], 2), 0) << "refused: part of it lies on device 0";
+  EXPECT_EQ(fake_cuda_accessible_from(block[2], 1), 1) << "a participant";
+  for (int d = 0; d < 4; ++d) {
+    ASSERT_EQ(cuCtxSetCurrent(ctx[d]), CUDA_SUCCESS);
+    EXPECT_EQ(cuMemFree(block[d]), CUDA_SUCCESS);
+  }
+  ASSERT_EQ(cuCtxSetCurrent(ctx[0]), CUDA_SUCCESS);
 }
 
 }  // namespace

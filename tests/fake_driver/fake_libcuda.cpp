@@ -31,12 +31,17 @@
 // - Access: cuMemSetAccess records, per mapping, which devices its descriptors name (PROT_NONE clears
 //   one); cuCtxEnablePeerAccess/Disable keep the pairs and answer ALREADY_ENABLED / NOT_ENABLED as the
 //   driver does; each device has a default pool (cuDeviceGetDefaultMemPool = cuDeviceGetMemPool).
+// - Topology: every pair of devices can reach each other, except the pairs FAKE_CUDA_NO_PEER lists
+//   ("0-2,1-3": a machine without a link between those GPUs). For those, cuDeviceCanAccessPeer says 0,
+//   cuCtxEnablePeerAccess answers PEER_ACCESS_UNSUPPORTED, and cuMemSetAccess / cuMemPoolSetAccess refuse
+//   a descriptor that names the other device (INVALID_DEVICE), as the real driver does.
 #include <cuda.h>
 #include <sys/mman.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -95,6 +100,23 @@ std::size_t env_size(const char* name, std::size_t fallback) {
 int device_count() {
   static const int n = static_cast<int>(std::min<std::size_t>(env_size("FAKE_CUDA_DEVICES", 1), kMaxDevices));
   return n;
+}
+// Whether devices a and b may reach each other's memory (FAKE_CUDA_NO_PEER, above).
+bool can_access_peer(int a, int b) {
+  if (a == b || a < 0 || b < 0 || a >= device_count() || b >= device_count()) return false;
+  static const unsigned long long cut = [] {  // bit a*8+b: no link between a and b
+    unsigned long long bits = 0;
+    const char* text = std::getenv("FAKE_CUDA_NO_PEER");
+    for (const char* c = text; c && *c;) {
+      int x = -1, y = -1, used = 0;
+      if (std::sscanf(c, "%d-%d%n", &x, &y, &used) != 2) break;
+      if (x >= 0 && y >= 0 && x < kMaxDevices && y < kMaxDevices) bits |= 1ull << (x * 8 + y) | 1ull << (y * 8 + x);
+      c += used;
+      if (*c == ',') ++c;
+    }
+    return bits;
+  }();
+  return !(cut >> (a * 8 + b) & 1u);
 }
 std::size_t total_memory() {
   static const std::size_t bytes = env_size("FAKE_CUDA_TOTAL_MEMORY", std::size_t{16} << 30);
@@ -440,7 +462,7 @@ CUresult CUDAAPI cuDeviceTotalMem_v2(size_t* bytes, CUdevice device) {
 }
 CUresult CUDAAPI cuDeviceCanAccessPeer(int* can, CUdevice device, CUdevice peer) {
   COUNT("cuDeviceCanAccessPeer");
-  *can = device != peer && device < device_count() && peer < device_count();
+  *can = can_access_peer(device, peer);
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuDevicePrimaryCtxRetain(CUcontext* context, CUdevice device) {
@@ -650,6 +672,8 @@ CUresult CUDAAPI cuMemPoolSetAccess(CUmemoryPool pool, const CUmemAccessDesc* ma
   auto* fake = reinterpret_cast<FakePool*>(pool);
   for (size_t i = 0; i < count; ++i) {
     if (map[i].location.id < 0 || map[i].location.id >= device_count()) return CUDA_ERROR_INVALID_DEVICE;
+    if (map[i].location.id != fake->device && !can_access_peer(fake->device, map[i].location.id))
+      return CUDA_ERROR_INVALID_DEVICE;
     const unsigned bit = 1u << map[i].location.id;
     fake->access = map[i].flags == CU_MEM_ACCESS_FLAGS_PROT_NONE ? fake->access & ~bit : fake->access | bit;
   }
@@ -669,6 +693,7 @@ CUresult CUDAAPI cuCtxEnablePeerAccess(CUcontext peer, unsigned int flags) {
   COUNT("cuCtxEnablePeerAccess");
   const int from = device_of(current_context_now()), to = device_of(peer);
   if (flags != 0 || to < 0 || to >= device_count() || from == to) return CUDA_ERROR_INVALID_VALUE;
+  if (!can_access_peer(from, to)) return CUDA_ERROR_PEER_ACCESS_UNSUPPORTED;
   if (peer_enabled[from][to].exchange(true)) return CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED;
   return CUDA_SUCCESS;
 }
@@ -777,6 +802,11 @@ CUresult CUDAAPI cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessD
     if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE || desc[i].location.id < 0 ||
         desc[i].location.id >= device_count())
       return CUDA_ERROR_INVALID_DEVICE;
+  for (auto it = mappings().lower_bound(ptr); it != mappings().end() && it->first < ptr + size; ++it)
+    for (size_t i = 0; i < count; ++i)
+      if (desc[i].location.id != it->second.device && it->second.device >= 0 &&
+          !can_access_peer(it->second.device, desc[i].location.id))
+        return CUDA_ERROR_INVALID_DEVICE;  // checked before anything changes
   for (auto it = mappings().lower_bound(ptr); it != mappings().end() && it->first < ptr + size; ++it) {
     for (size_t i = 0; i < count; ++i) {
       const unsigned bit = 1u << desc[i].location.id;
