@@ -399,6 +399,7 @@ bool start(const char* path, int stack_depth) noexcept {
   header.rank = rank_from_environment();
   header.stack_depth = std::uint32_t(stack_depth);
   header.flags = flags;
+  header.header_checksum = format::header_checksum(header);
   if (!write_all(fd, &header, sizeof header)) {
     log(LogLevel::warn, "trace: cannot write %s (%s); not recording", expanded, std::strerror(errno));
     close(fd);
