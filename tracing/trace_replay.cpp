@@ -22,6 +22,9 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
 struct DeviceReplay {
   std::unique_ptr<HostProvider> provider;
   std::unique_ptr<Allocator> allocator;
+  // The host refused the backend memory while it was being built (its up-front reservation): every
+  // failure of this device is the host's, not the algorithm's.
+  bool host_failed_at_construction = false;
 };
 
 }  // namespace
@@ -80,6 +83,7 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     DeviceReplay& dr = devices[d];
     dr.provider = std::make_unique<HostProvider>();
     dr.allocator = backend.factory(*dr.provider, settings);
+    dr.host_failed_at_construction = dr.provider->host_failures() != 0;
     return dr.allocator ? &dr : nullptr;
   };
   auto reserved_now = [&] {
@@ -120,7 +124,8 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     spent += clock::now() - t0;
     r.operations++;
     if (!p) {
-      (dr->provider->host_failures() != host_failures_before ? r.host_failed : r.failed)++;
+      const bool host = dr->host_failed_at_construction || dr->provider->host_failures() != host_failures_before;
+      (host ? r.host_failed : r.failed)++;
       continue;
     }
     live.emplace(block_key(e), Block{p, e.size, e.device, StreamHandle(e.stream)});
