@@ -22,9 +22,6 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
 struct DeviceReplay {
   std::unique_ptr<HostProvider> provider;
   std::unique_ptr<Allocator> allocator;
-  // The host refused the backend memory while it was being built (its up-front reservation): every
-  // failure of this device is the host's, not the algorithm's.
-  bool host_failed_at_construction = false;
 };
 
 }  // namespace
@@ -83,7 +80,6 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     DeviceReplay& dr = devices[d];
     dr.provider = std::make_unique<HostProvider>();
     dr.allocator = backend.factory(*dr.provider, settings);
-    dr.host_failed_at_construction = dr.provider->host_failures() != 0;
     return dr.allocator ? &dr : nullptr;
   };
   auto reserved_now = [&] {
@@ -118,14 +114,15 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
       r.failed++;
       continue;
     }
-    const std::size_t host_failures_before = dr->provider->host_failures();
     auto t0 = clock::now();
     void* p = dr->allocator->allocate(std::size_t(e.size), StreamHandle(e.stream));
     spent += clock::now() - t0;
     r.operations++;
     if (!p) {
-      const bool host = dr->host_failed_at_construction || dr->provider->host_failures() != host_failures_before;
-      (host ? r.host_failed : r.failed)++;
+      // Once the host has refused this device's backend anything (a reservation it then made smaller,
+      // a mapping), what the backend can still serve is shaped by this machine, not by the algorithm:
+      // its failures from then on are the host's.
+      (dr->provider->host_failures() != 0 ? r.host_failed : r.failed)++;
       continue;
     }
     live.emplace(block_key(e), Block{p, e.size, e.device, StreamHandle(e.stream)});
