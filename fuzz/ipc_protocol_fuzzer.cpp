@@ -8,6 +8,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstring>
 #include <string>
 
@@ -65,6 +66,7 @@ int exchange(const std::string& name, const unsigned char* data, std::size_t siz
     message.msg_control = control;
     message.msg_controllen = sizeof control;
     ssize_t n = ::recvmsg(fd, &message, MSG_CMSG_CLOEXEC);
+    if (n < 0 && errno == EINTR) continue;  // libFuzzer's timeout alarm, not the server
     if (n < 0) finding("the server neither answered nor closed in time", std::to_string(errno));
     if (n == 0) break;
     for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
