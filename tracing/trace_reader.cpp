@@ -59,7 +59,7 @@ bool size_is_held_memory(EventKind kind) {
   return kind != EventKind::alloc_failed && kind != EventKind::out_of_memory;
 }
 
-// The checks an event's fields get before anything sizes or indexes by them. Null when it is fine.
+// The checks an event's fields get before anything sizes or indexes by them. Empty when it is fine.
 std::string check_event(const format::EventRecord& rec, ParseState* state) {
   if (rec.kind == 0 || rec.kind > kLastKnownEventKind) return "unknown event kind " + std::to_string(rec.kind);
   if (rec.frame_count > kMaxTraceStack)
