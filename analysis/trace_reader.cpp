@@ -1,12 +1,18 @@
 #include "analysis/trace_reader.h"
 
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <map>
 #include <utility>
+
+#include "config/settings.h"
 
 #ifdef GPUSHIM_HAVE_ZSTD
 #include <zstd.h>
@@ -19,6 +25,8 @@ constexpr std::uint8_t kLastKnownEventKind = std::uint8_t(EventKind::spill_unmap
 // Progress is reported every this many bytes, so a multi-GiB trace shows movement without the
 // callback costing anything on small ones.
 constexpr std::uint64_t kProgressStep = 16ull << 20;
+// Reads from a file or pipe in pieces this big.
+constexpr std::size_t kReadPiece = 1u << 20;
 
 bool fail(TraceError* error, std::uint64_t offset, std::string message) {
   if (error) {
@@ -38,16 +46,55 @@ std::string to_hex(const unsigned char* p, std::size_t n) {
   return s;
 }
 
+// What parsing carries from one chunk to the next.
+struct ParseState {
+  std::map<std::pair<std::uint64_t, std::string>, std::size_t> module_index;
+  bool saw_end = false;
+  std::uint64_t allocated = 0;  // sums of sizes, kept below format::kMaxTotalBytes
+  std::uint64_t mapped = 0;
+};
+
+// Sizes of events that describe memory someone holds; a failed request may ask for anything.
+bool size_is_held_memory(EventKind kind) {
+  return kind != EventKind::alloc_failed && kind != EventKind::out_of_memory;
+}
+
+// The checks an event's fields get before anything sizes or indexes by them. Empty when it is fine.
+std::string check_event(const format::EventRecord& rec, ParseState* state) {
+  if (rec.kind == 0 || rec.kind > kLastKnownEventKind) return "unknown event kind " + std::to_string(rec.kind);
+  if (rec.frame_count > kMaxTraceStack)
+    return "event has " + std::to_string(rec.frame_count) + " stack frames; the recorder writes at most " +
+           std::to_string(kMaxTraceStack);
+  if (rec.device < format::kNoDevice || rec.device > format::kMaxDeviceOrdinal)
+    return "device number " + std::to_string(rec.device) + " is impossible (accepted: " +
+           std::to_string(format::kNoDevice) + " to " + std::to_string(format::kMaxDeviceOrdinal) + ")";
+  EventKind kind = EventKind(rec.kind);
+  if (!size_is_held_memory(kind)) return {};
+  if (rec.size > format::kMaxBlockBytes)
+    return "size " + std::to_string(rec.size) + " is larger than any address space (at most " +
+           std::to_string(format::kMaxBlockBytes) + " bytes)";
+  if ((is_alloc(kind) || kind == EventKind::map) && rec.address + rec.size < rec.address)
+    return "block at " + std::to_string(rec.address) + " of " + std::to_string(rec.size) +
+           " bytes runs past the end of the address space";
+  std::uint64_t* total = is_alloc(kind) ? &state->allocated : kind == EventKind::map ? &state->mapped : nullptr;
+  if (total) {
+    *total += rec.size;  // both below 2^62 + 2^48: no wrap
+    if (*total > format::kMaxTotalBytes)
+      return std::string(is_alloc(kind) ? "allocations" : "mappings") + " add up to more than " +
+             std::to_string(format::kMaxTotalBytes) + " bytes";
+  }
+  return {};
+}
+
 // Parses the records of one chunk whose checksum already matched. `base` is the payload's file offset.
 bool parse_chunk(const unsigned char* p, std::uint32_t bytes, std::uint64_t base,
                  const format::ChunkHeader& chunk, std::uint64_t start_ns, Trace* out,
-                 std::map<std::pair<std::uint64_t, std::string>, std::size_t>* module_index,
-                 bool* saw_end, TraceError* error) {
+                 ParseState* state, TraceError* error) {
   std::uint32_t records = 0;
   std::size_t at = 0;
   while (at < bytes) {
     std::uint64_t offset = base + at;
-    if (*saw_end) return fail(error, offset, "records after the end-of-trace record");
+    if (state->saw_end) return fail(error, offset, "records after the end-of-trace record");
     auto type = format::RecordType(p[at]);
     if (type == format::RecordType::event) {
       if (bytes - at < sizeof(format::EventRecord))
@@ -56,8 +103,8 @@ bool parse_chunk(const unsigned char* p, std::uint32_t bytes, std::uint64_t base
       std::memcpy(&rec, p + at, sizeof rec);
       std::size_t need = sizeof rec + 8 * std::size_t(rec.frame_count);
       if (bytes - at < need) return fail(error, offset, "event record's stack runs past its chunk");
-      if (rec.kind == 0 || rec.kind > kLastKnownEventKind)
-        return fail(error, offset, "unknown event kind " + std::to_string(rec.kind));
+      std::string problem = check_event(rec, state);
+      if (!problem.empty()) return fail(error, offset, problem);
       TraceEvent e;
       e.time_ns = rec.time_ns >= start_ns ? rec.time_ns - start_ns : 0;
       e.stream = rec.stream;
@@ -90,8 +137,8 @@ bool parse_chunk(const unsigned char* p, std::uint32_t bytes, std::uint64_t base
       m.base = rec.base;
       m.end = rec.end;
       auto key = std::make_pair(m.base, m.path);
-      if (!module_index->count(key)) {
-        (*module_index)[key] = out->modules.size();
+      if (!state->module_index.count(key)) {
+        state->module_index[key] = out->modules.size();
         out->modules.push_back(std::move(m));
       }
       at += need;
@@ -116,7 +163,7 @@ bool parse_chunk(const unsigned char* p, std::uint32_t bytes, std::uint64_t base
     } else if (type == format::RecordType::end) {
       if (bytes - at < sizeof(format::EndRecord))
         return fail(error, offset, "end record cut short inside its chunk");
-      *saw_end = true;
+      state->saw_end = true;
       at += sizeof(format::EndRecord);
     } else {
       return fail(error, offset, "unknown record type " + std::to_string(p[at]));
@@ -144,6 +191,40 @@ const TraceModule* Trace::module_of(std::uint64_t address) const {
   return nullptr;
 }
 
+namespace {
+
+// Checks the 64-byte file header; `bytes` is the whole trace's size.
+bool check_header(const format::FileHeader& h, std::size_t bytes, TraceError* error) {
+  if (std::memcmp(h.magic, format::kMagic, sizeof h.magic) != 0)
+    return fail(error, 0, "not a gpushim trace (wrong magic)");
+  if (h.version > format::kVersion)
+    return fail(error, 8, "trace format version " + std::to_string(h.version) +
+                              " is newer than this tool reads (up to " +
+                              std::to_string(format::kVersion) + "); use a newer gpushim");
+  if (h.version == 0) return fail(error, 8, "trace format version 0 is invalid");
+  if (h.version >= format::kFirstVersionWithHeaderChecksum) {
+    if (format::header_checksum(h) != h.header_checksum)
+      return fail(error, 0, "corrupted: the header's checksum does not match its 64 bytes");
+  } else {
+    // Version 1 has no checksum; its last 16 bytes were reserved and always written as zero.
+    static const unsigned char zero[16] = {};
+    if (std::memcmp(reinterpret_cast<const unsigned char*>(&h) + 48, zero, sizeof zero) != 0)
+      return fail(error, 48, "corrupted: reserved header bytes are not zero");
+  }
+  if (h.header_bytes < sizeof(format::FileHeader) || h.header_bytes > format::kMaxHeaderBytes ||
+      h.header_bytes > bytes)
+    return fail(error, 12, "header size " + std::to_string(h.header_bytes) + " is invalid");
+  if (h.rank < -1) return fail(error, 36, "rank " + std::to_string(h.rank) + " is invalid");
+  if (h.stack_depth > std::uint32_t(kMaxTraceStack))
+    return fail(error, 40, "stack depth " + std::to_string(h.stack_depth) + " is more than the recorder writes (" +
+                               std::to_string(kMaxTraceStack) + ")");
+  if (h.flags & ~format::kKnownHeaderFlags)
+    return fail(error, 44, "unknown header flags " + std::to_string(h.flags));
+  return true;
+}
+
+}  // namespace
+
 bool parse_trace(const unsigned char* data, std::size_t bytes, Trace* out, TraceError* error,
                  const ReadProgress& progress) {
   *out = Trace{};
@@ -156,52 +237,55 @@ bool parse_trace(const unsigned char* data, std::size_t bytes, Trace* out, Trace
     return fail(error, bytes, "the file ends inside the 64-byte trace header");
   format::FileHeader& h = out->header;
   std::memcpy(&h, data, sizeof h);
-  if (std::memcmp(h.magic, format::kMagic, sizeof h.magic) != 0)
-    return fail(error, 0, "not a gpushim trace (wrong magic)");
-  if (h.version > format::kVersion)
-    return fail(error, 8, "trace format version " + std::to_string(h.version) +
-                              " is newer than this tool reads (up to " +
-                              std::to_string(format::kVersion) + "); use a newer gpushim");
-  if (h.version == 0) return fail(error, 8, "trace format version 0 is invalid");
-  if (h.header_bytes < sizeof(format::FileHeader) || h.header_bytes > bytes)
-    return fail(error, 12, "header size " + std::to_string(h.header_bytes) + " is invalid");
+  if (!check_header(h, bytes, error)) return false;
 
-  std::map<std::pair<std::uint64_t, std::string>, std::size_t> module_index;
-  bool saw_end = false;
+  ParseState state;
   std::uint64_t next_progress = kProgressStep;
   std::size_t at = h.header_bytes;
   while (at < bytes) {
-    if (bytes - at < sizeof(format::ChunkHeader))
-      return fail(error, at, "the file ends inside a chunk header (truncated)");
+    // The file stops inside a chunk: keep what came before (a half-copied file is worth reading).
+    if (bytes - at < sizeof(format::ChunkHeader)) {
+      out->truncated = true;
+      out->truncated_at = at;
+      break;
+    }
     format::ChunkHeader chunk;
     std::memcpy(&chunk, data + at, sizeof chunk);
     if (std::memcmp(chunk.magic, format::kChunkMagic, sizeof chunk.magic) != 0)
       return fail(error, at, "corrupted: no chunk starts here");
     if (chunk.payload_bytes % 8 != 0 || chunk.payload_bytes > format::kMaxChunkPayload)
       return fail(error, at, "corrupted: impossible chunk size " + std::to_string(chunk.payload_bytes));
-    if (bytes - at - sizeof chunk < chunk.payload_bytes)
-      return fail(error, at, "the file ends inside a chunk of " + std::to_string(chunk.payload_bytes) +
-                                 " bytes (truncated after byte " + std::to_string(bytes) + ")");
+    if (bytes - at - sizeof chunk < chunk.payload_bytes) {
+      // A cut file ends here; a damaged size field leaves whole chunks after it. Chunks start 8-aligned.
+      for (std::size_t next = at + 8; next + sizeof format::kChunkMagic <= bytes; next += 8)
+        if (std::memcmp(data + next, format::kChunkMagic, sizeof format::kChunkMagic) == 0)
+          return fail(error, at, "corrupted: chunk size " + std::to_string(chunk.payload_bytes) +
+                                     " runs past the end of the file, yet a chunk starts at byte " +
+                                     std::to_string(next));
+      out->truncated = true;
+      out->truncated_at = at;
+      break;
+    }
     const unsigned char* payload = data + at + sizeof chunk;
     if (format::chunk_checksum(chunk.thread_id, chunk.record_count, payload, chunk.payload_bytes) !=
         chunk.checksum)
       return fail(error, at, "corrupted: the chunk's checksum does not match its contents");
     if (!parse_chunk(payload, chunk.payload_bytes, at + sizeof chunk, chunk, h.start_monotonic_ns, out,
-                     &module_index, &saw_end, error))
+                     &state, error))
       return false;
     at += sizeof chunk + chunk.payload_bytes;
     if (progress && at >= next_progress) {
-      progress(at, bytes);
+      progress(ReadStage::parsing, at, bytes);
       next_progress = at + kProgressStep;
     }
   }
-  out->clean_end = saw_end;
+  out->clean_end = state.saw_end;
   // One thread's events are in order; chunks of different threads interleave.
   std::stable_sort(out->events.begin(), out->events.end(),
                    [](const TraceEvent& a, const TraceEvent& b) { return a.time_ns < b.time_ns; });
   std::sort(out->modules.begin(), out->modules.end(),
             [](const TraceModule& a, const TraceModule& b) { return a.base < b.base; });
-  if (progress) progress(bytes, bytes);
+  if (progress) progress(ReadStage::parsing, bytes, bytes);
   return true;
 }
 
@@ -209,41 +293,182 @@ bool is_zstd(const unsigned char* data, std::size_t bytes) {
   return bytes >= 4 && data[0] == 0x28 && data[1] == 0xB5 && data[2] == 0x2F && data[3] == 0xFD;
 }
 
+std::uint64_t ReadLimits::default_max_trace_bytes() {
+  constexpr std::uint64_t kAtLeast = 256ull << 20;
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  if (pages <= 0 || page <= 0) return kAtLeast;
+  return std::max(kAtLeast, std::uint64_t(pages) * std::uint64_t(page) / 4);
+}
+
 namespace {
 
+// Where a decompressed trace is certainly not a trace, stop inflating it: a zstd bomb of zeros or
+// random bytes is found after its first bytes, not after gigabytes. `checked` is where the next chunk
+// header starts (advanced as whole chunks arrive). True while the bytes so far may still be a trace.
+bool may_be_trace(const std::vector<unsigned char>& plain, std::size_t* checked) {
+  if (plain.empty()) return true;
+  if (*checked == 0) {
+    if (plain.size() < sizeof(format::FileHeader))
+      return std::memcmp(plain.data(), format::kMagic, std::min(plain.size(), sizeof format::kMagic)) == 0;
+    format::FileHeader h;
+    std::memcpy(&h, plain.data(), sizeof h);
+    if (!check_header(h, SIZE_MAX, nullptr)) return false;
+    if (h.header_bytes > plain.size()) return true;  // the rest of a longer header is still to come
+    *checked = h.header_bytes;
+  }
+  while (plain.size() - *checked >= sizeof(format::ChunkHeader)) {
+    format::ChunkHeader chunk;
+    std::memcpy(&chunk, plain.data() + *checked, sizeof chunk);
+    if (std::memcmp(chunk.magic, format::kChunkMagic, sizeof chunk.magic) != 0 ||
+        chunk.payload_bytes % 8 != 0 || chunk.payload_bytes > format::kMaxChunkPayload)
+      return false;
+    *checked += sizeof chunk + chunk.payload_bytes;
+    if (*checked > plain.size()) {
+      *checked -= sizeof chunk + chunk.payload_bytes;
+      break;
+    }
+  }
+  return true;
+}
+
+// Inflates `in` into `out`, at most `limit` bytes. A stream cut short is not an error: `out` holds what
+// came before the cut and *truncated is set.
 bool decompress_zstd(const std::vector<unsigned char>& in, std::vector<unsigned char>* out,
-                     TraceError* error) {
+                     std::uint64_t limit, bool* truncated, TraceError* error, const ReadProgress& progress) {
 #ifdef GPUSHIM_HAVE_ZSTD
   ZSTD_DStream* stream = ZSTD_createDStream();
   if (!stream) return fail(error, 0, "zstd: out of memory");
+  // A frame that announces its size more than the limit is refused before anything is inflated.
+  unsigned long long announced = ZSTD_getFrameContentSize(in.data(), in.size());
+  if (announced != ZSTD_CONTENTSIZE_UNKNOWN && announced != ZSTD_CONTENTSIZE_ERROR && announced > limit) {
+    ZSTD_freeDStream(stream);
+    return fail(error, 0, "the compressed trace would inflate to " + std::to_string(announced) +
+                              " bytes, more than the " + std::to_string(limit) + " this tool holds");
+  }
   std::vector<unsigned char> buffer(ZSTD_DStreamOutSize());
   ZSTD_inBuffer input{in.data(), in.size(), 0};
-  std::size_t last = 0;
+  std::size_t last = 0, checked = 0;
+  std::uint64_t next_progress = kProgressStep;
+  bool ok = true;
   for (;;) {
     ZSTD_outBuffer output{buffer.data(), buffer.size(), 0};
     last = ZSTD_decompressStream(stream, &output, &input);
     if (ZSTD_isError(last)) {
-      std::string message = std::string("corrupted zstd data: ") + ZSTD_getErrorName(last) +
-                            " (offset is in the compressed file)";
-      ZSTD_freeDStream(stream);
-      return fail(error, input.pos, message);
+      ok = fail(error, input.pos, std::string("corrupted zstd data: ") + ZSTD_getErrorName(last) +
+                                      " (offset is in the compressed file)");
+      break;
+    }
+    if (out->size() + output.pos > limit) {
+      ok = fail(error, out->size(), "the compressed trace inflates to more than " + std::to_string(limit) +
+                                        " bytes, the most this tool holds (a zstd bomb?)");
+      break;
     }
     out->insert(out->end(), buffer.begin(), buffer.begin() + output.pos);
+    if (!may_be_trace(*out, &checked)) break;  // parse_trace names the damage and its offset
+    if (progress && out->size() >= next_progress) {
+      progress(ReadStage::decompressing, out->size(), in.size());
+      next_progress = out->size() + kProgressStep;
+    }
     // All input consumed and the decoder had no more to give: done.
-    if (input.pos == input.size && output.pos < output.size) break;
+    if (input.pos == input.size && output.pos < output.size) {
+      *truncated = last != 0;
+      break;
+    }
   }
   ZSTD_freeDStream(stream);
-  if (last != 0 && !ZSTD_isError(last))
-    return fail(error, in.size(), "the zstd stream is truncated (offset is in the compressed file)");
-  return true;
+  return ok;
 #else
   (void)in;
   (void)out;
+  (void)limit;
+  (void)truncated;
+  (void)progress;
   return fail(error, 0, "this gpushim was built without zstd; decompress with `zstd -d` first");
 #endif
 }
 
+std::string errno_text(int code) { return std::strerror(code); }
+
+// Reads all of `fd` into `out`, at most `limit` bytes. For a pipe, waits at most `idle_ms` for each
+// piece.
+bool read_all(int fd, bool pipe, std::uint64_t limit, int idle_ms, std::vector<unsigned char>* out,
+              TraceError* error, const ReadProgress& progress, std::uint64_t expected) {
+  std::uint64_t next_progress = kProgressStep;
+  for (;;) {
+    if (pipe) {
+      pollfd p{fd, POLLIN, 0};
+      int ready;
+      do {
+        ready = ::poll(&p, 1, idle_ms);
+      } while (ready < 0 && errno == EINTR);
+      if (ready == 0)
+        return fail(error, out->size(), "no data from the pipe for " + std::to_string(idle_ms / 1000) +
+                                            " s (a FIFO nobody writes to?)");
+      if (ready < 0) return fail(error, out->size(), "read error: " + errno_text(errno));
+    }
+    std::size_t old = out->size();
+    std::size_t want = std::size_t(std::min<std::uint64_t>(kReadPiece, limit + 1 - old));
+    // A file of known size is read in pieces that fit it (plus one byte, to see the end).
+    if (expected > old) want = std::size_t(std::min<std::uint64_t>(want, expected + 1 - old));
+    out->resize(old + want);
+    ssize_t n = ::read(fd, out->data() + old, want);
+    if (n < 0) {
+      out->resize(old);
+      if (errno == EINTR || errno == EAGAIN) continue;
+      return fail(error, old, "read error: " + errno_text(errno));
+    }
+    out->resize(old + std::size_t(n));
+    if (n == 0) return true;
+    if (out->size() > limit)
+      return fail(error, limit, "the file is larger than " + std::to_string(limit) +
+                                    " bytes, the most this tool holds");
+    if (progress && out->size() >= next_progress) {
+      progress(ReadStage::reading, out->size(), expected);
+      next_progress = out->size() + kProgressStep;
+    }
+  }
+}
+
 }  // namespace
+
+bool read_file_bytes(const std::string& path, std::vector<unsigned char>* out, TraceError* error,
+                     const ReadProgress& progress, const ReadLimits& limits) {
+  out->clear();
+  // O_NONBLOCK: opening a FIFO with no writer would otherwise block before any timeout can apply.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+  if (fd < 0) return fail(error, 0, "cannot open the file: " + errno_text(errno));
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    int code = errno;
+    ::close(fd);
+    return fail(error, 0, "cannot stat the file: " + errno_text(code));
+  }
+  const char* refusal = S_ISDIR(st.st_mode)                         ? "it is a directory, not a trace file"
+                        : S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode) ? "it is a device, not a trace file"
+                        : !S_ISREG(st.st_mode) && !S_ISFIFO(st.st_mode) && !S_ISSOCK(st.st_mode)
+                            ? "it is not a regular file or a pipe"
+                            : nullptr;
+  if (refusal) {
+    ::close(fd);
+    return fail(error, 0, refusal);
+  }
+  const bool pipe = !S_ISREG(st.st_mode);
+  if (!pipe && std::uint64_t(st.st_size) > limits.max_trace_bytes) {
+    ::close(fd);
+    return fail(error, limits.max_trace_bytes, "the file is larger than " +
+                                                   std::to_string(limits.max_trace_bytes) +
+                                                   " bytes, the most this tool holds");
+  }
+  if (!pipe) {
+    // Regular files block on nothing; reads may then wait for the disk like any read.
+    int flags = ::fcntl(fd, F_GETFL);
+    if (flags >= 0) ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+  }
+  bool ok = read_all(fd, pipe, limits.max_trace_bytes, limits.pipe_idle_timeout_ms, out, error, progress,
+                     pipe ? 0 : std::uint64_t(st.st_size));
+  ::close(fd);
+  return ok;
+}
 
 bool compress_zstd(const std::vector<unsigned char>& in, std::vector<unsigned char>* out,
                    std::string* message) {
@@ -266,17 +491,23 @@ bool compress_zstd(const std::vector<unsigned char>& in, std::vector<unsigned ch
 #endif
 }
 
-bool read_trace(const std::string& path, Trace* out, TraceError* error, const ReadProgress& progress) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return fail(error, 0, "cannot open the file");
-  std::vector<unsigned char> raw((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (file.bad()) return fail(error, raw.size(), "read error");
+bool read_trace(const std::string& path, Trace* out, TraceError* error, const ReadProgress& progress,
+                const ReadLimits& limits) {
+  *out = Trace{};
+  std::vector<unsigned char> raw;
+  if (!read_file_bytes(path, &raw, error, progress, limits)) return false;
   if (is_zstd(raw.data(), raw.size())) {
     std::vector<unsigned char> plain;
-    if (!decompress_zstd(raw, &plain, error)) return false;
+    bool cut = false;
+    if (!decompress_zstd(raw, &plain, limits.max_trace_bytes, &cut, error, progress)) return false;
+    raw = {};  // the compressed bytes are not needed any more
     bool ok = parse_trace(plain.data(), plain.size(), out, error, progress);
     out->compressed = true;
     if (!ok && error) error->message += " (offset is in the decompressed trace)";
+    if (ok && cut && !out->truncated) {
+      out->truncated = true;
+      out->truncated_at = plain.size();
+    }
     return ok;
   }
   return parse_trace(raw.data(), raw.size(), out, error, progress);

@@ -1,7 +1,10 @@
 // Reads a gpushim trace (raw, or compressed with zstd) into memory for the `gpushim trace` tools.
 // A damaged file is a value, not a crash: read_trace() returns a TraceError with the byte offset where
 // the damage starts. A file that simply stops after a whole chunk (the program was killed) reads fine,
-// with `clean_end` false.
+// with `clean_end` false; one that stops inside a chunk (a half-copied file) reads the events before
+// the cut, with `truncated` set. Every input is untrusted: what is opened must be a regular file or a
+// pipe, what is inflated and held is capped (ReadLimits), and every field that sizes something is
+// checked before it is used (docs/trace-format.md, "Reading untrusted traces").
 #pragma once
 
 #include <cstddef>
@@ -62,6 +65,8 @@ struct Trace {
   std::vector<std::uint64_t> frames;  // return addresses of all events, innermost first
   std::vector<TraceModule> modules;   // every module seen, sorted by base
   bool clean_end = false;             // false: the recording was cut short (crash, kill)
+  bool truncated = false;             // the file stops inside a chunk; `events` are those before it
+  std::uint64_t truncated_at = 0;     // offset of the incomplete chunk (decompressed, for .zst)
   std::uint64_t bytes = 0;            // size of the (decompressed) trace
   bool compressed = false;
   std::vector<DeviceSnapshot> device_states;  // only in an out-of-memory dump, by device
@@ -79,13 +84,30 @@ struct TraceError {
   std::string message;
 };
 
-// Called now and then while reading: bytes done, bytes in all.
-using ReadProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
+enum class ReadStage { reading, decompressing, parsing };
+// Called now and then while reading (at least every 16 MiB of work): bytes done, and bytes in all
+// (for `decompressing`, done counts decompressed bytes and total the compressed file's size).
+using ReadProgress = std::function<void(ReadStage stage, std::uint64_t done, std::uint64_t total)>;
+
+struct ReadLimits {
+  // Most bytes of trace held in memory (the file, or what it decompresses to): a zstd bomb stops here.
+  std::uint64_t max_trace_bytes = default_max_trace_bytes();
+  // A pipe that gives no byte for this long is abandoned (a FIFO with no writer never ends otherwise).
+  int pipe_idle_timeout_ms = 30000;
+
+  // A quarter of this machine's memory, at least 256 MiB: the events parsed from a trace take about
+  // as much again as the trace itself, and the analyses more.
+  static std::uint64_t default_max_trace_bytes();
+};
 
 bool parse_trace(const unsigned char* data, std::size_t bytes, Trace* out, TraceError* error,
                  const ReadProgress& progress = {});
 bool read_trace(const std::string& path, Trace* out, TraceError* error,
-                const ReadProgress& progress = {});
+                const ReadProgress& progress = {}, const ReadLimits& limits = {});
+// The file's bytes as they are (no decompression), under the same checks as read_trace: a regular
+// file or a pipe, at most limits.max_trace_bytes.
+bool read_file_bytes(const std::string& path, std::vector<unsigned char>* out, TraceError* error,
+                     const ReadProgress& progress = {}, const ReadLimits& limits = {});
 
 // True when the bytes start with the zstd frame magic.
 bool is_zstd(const unsigned char* data, std::size_t bytes);

@@ -3,6 +3,8 @@
 #include <chrono>
 #include <map>
 #include <memory>
+#include <new>
+#include <set>
 #include <unordered_map>
 
 #include "providers/host_provider.h"
@@ -13,6 +15,9 @@ namespace {
 constexpr std::uint64_t kProgressEvery = 1u << 20;  // events between progress reports
 
 const char* no_environment(const char*, void*) { return nullptr; }
+
+void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
+                   ReplayResult* result);
 
 struct DeviceReplay {
   std::unique_ptr<HostProvider> provider;
@@ -31,6 +36,30 @@ std::vector<const BackendInfo*> replayable_backends() {
 ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress) {
   ReplayResult r;
   r.backend = backend.name;
+  std::set<std::int32_t> named;
+  for (const TraceEvent& e : trace.events)
+    if (is_alloc(e.kind)) named.insert(e.device);
+  if (named.size() > kMaxReplayDevices) {
+    r.refusal = "the trace allocates on " + std::to_string(named.size()) + " devices; replay simulates at most " +
+                std::to_string(kMaxReplayDevices);
+    return r;
+  }
+  try {
+    replay_events(trace, backend, progress, &r);
+  } catch (const std::bad_alloc&) {
+    // The host, not the backend, ran out (an address-space limit, a small machine): say so rather than
+    // count it as the backend's failure. What was measured up to here stands.
+    r.host_out_of_memory = true;
+  }
+  r.fragmentation = r.peak_live ? double(r.peak_reserved) / double(r.peak_live) : 0;
+  return r;
+}
+
+namespace {
+
+void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
+                   ReplayResult* result) {
+  ReplayResult& r = *result;
   // Defaults only: a replay compares algorithms, not the settings of the run that was traced.
   const Settings settings = parse_settings(&no_environment, nullptr);
   std::map<std::int32_t, DeviceReplay> devices;
@@ -90,7 +119,10 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
     spent += clock::now() - t0;
     r.operations++;
     if (!p) {
-      r.failed++;
+      // Once the host has refused this device's backend anything (a reservation it then made smaller,
+      // a mapping), what the backend can still serve is shaped by this machine, not by the algorithm:
+      // its failures from then on are the host's.
+      (dr->provider->host_failures() != 0 ? r.host_failed : r.failed)++;
       continue;
     }
     live.emplace(block_key(e), Block{p, e.size, e.device, StreamHandle(e.stream)});
@@ -104,10 +136,10 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
     r.provider_misuse += dr.provider->misuse_count();
     dr.allocator.reset();  // before its provider
   }
-  r.fragmentation = r.peak_live ? double(r.peak_reserved) / double(r.peak_live) : 0;
   r.ns_per_operation = r.operations ? double(spent.count()) / double(r.operations) : 0;
   if (progress) progress(trace.events.size(), trace.events.size());
-  return r;
 }
+
+}  // namespace
 
 }  // namespace gpushim::tracing

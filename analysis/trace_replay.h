@@ -18,7 +18,11 @@ struct ReplayResult {
   std::uint64_t peak_reserved = 0;   // most bytes the providers had mapped at once
   std::uint64_t peak_live = 0;       // most requested bytes live at once
   double fragmentation = 0;          // peak_reserved / peak_live (1.0 = no waste)
-  std::uint64_t failed = 0;          // allocations the backend could not serve
+  std::uint64_t failed = 0;          // allocations the backend could not serve (its simulated OOM)
+  std::uint64_t host_failed = 0;     // allocations lost because the host ran out (mmap failed,
+                                     // std::bad_alloc): this machine's limit, not the backend's
+  bool host_out_of_memory = false;   // the host ran out so badly the replay stopped early
+  std::string refusal;               // not empty: the trace cannot be replayed, and why (one line)
   std::uint64_t operations = 0;      // allocate + deallocate calls made
   double ns_per_operation = 0;       // time inside allocate/deallocate only
   std::uint64_t provider_misuse = 0; // calls that would have broken the driver's VMM rules
@@ -26,6 +30,10 @@ struct ReplayResult {
 
 // Backends with a host-memory factory (provider backends); driver-backed ones cannot replay on a CPU.
 std::vector<const BackendInfo*> replayable_backends();
+
+// More devices than any node has: a trace naming more is damaged or hostile, and each simulated device
+// costs a backend's reservations and tables on the host.
+inline constexpr std::size_t kMaxReplayDevices = 64;
 
 using ReplayProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend,

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <set>
 
 #include "analysis/oom_dump_summary.h"
@@ -14,19 +15,32 @@
 #include "analysis/trace_reader.h"
 #include "analysis/trace_replay.h"
 #include "analysis/trace_symbolizer.h"
+#include "config/printable.h"
 
 namespace gpushim::tracing {
 namespace {
 
-// Progress lines appear only for work that takes a while; small traces stay quiet.
-constexpr std::uint64_t kProgressMinBytes = 32ull << 20;
+// Progress lines appear only for work that takes a while: the first after a second, then one a
+// second, so small traces stay quiet and a slow one (a big file, a zstd bomb) shows it is moving.
 constexpr std::uint64_t kProgressMinEvents = 2000000;
+constexpr std::chrono::seconds kProgressInterval{1};
 
 ReadProgress read_progress(const std::string& path, ToolStreams& io) {
   if (!io.progress) return {};
-  return [&io, &path](std::uint64_t done, std::uint64_t total) {
-    if (total >= kProgressMinBytes)
-      io.err << "gpushim: reading " << path << ": " << (done >> 20) << " / " << (total >> 20) << " MiB\n";
+  auto next = std::make_shared<std::chrono::steady_clock::time_point>(std::chrono::steady_clock::now() +
+                                                                      kProgressInterval);
+  return [&io, path = printable(path), next](ReadStage stage, std::uint64_t done, std::uint64_t total) {
+    auto now = std::chrono::steady_clock::now();
+    if (now < *next) return;
+    *next = now + kProgressInterval;
+    io.err << "gpushim: " << path << ": ";
+    if (stage == ReadStage::decompressing)
+      io.err << "decompressed " << (done >> 20) << " MiB so far (from " << format_size(total) << " compressed)\n";
+    else if (total)
+      io.err << (stage == ReadStage::reading ? "read " : "parsed ") << (done >> 20) << " / " << (total >> 20)
+             << " MiB\n";
+    else
+      io.err << "read " << (done >> 20) << " MiB so far\n";
   };
 }
 
@@ -34,13 +48,17 @@ ReadProgress read_progress(const std::string& path, ToolStreams& io) {
 bool report_read(const std::string& path, bool ok, const Trace& trace, const TraceError& error,
                  ToolStreams& io) {
   if (ok) {
-    if (!trace.clean_end)
-      io.err << "gpushim: " << path << ": the recording was cut short (no end record); read up to the "
+    if (trace.truncated)
+      io.err << "gpushim: " << printable(path) << ": warning: the file is cut short inside a chunk at byte offset "
+             << trace.truncated_at << " (a partial copy?); read the " << trace.events.size()
+             << " events before it\n";
+    else if (!trace.clean_end)
+      io.err << "gpushim: " << printable(path) << ": the recording was cut short (no end record); read up to the "
              << "last flush, " << trace.bytes << " bytes\n";
     return true;
   }
-  io.err << "gpushim: " << path << ": unreadable trace at byte offset " << error.offset << ": "
-         << error.message << "\n";
+  io.err << "gpushim: " << printable(path) << ": unreadable trace at byte offset " << error.offset << ": "
+         << printable(error.message) << "\n";
   return false;
 }
 
@@ -55,7 +73,7 @@ bool write_file(const std::string& path, const std::string& data, ToolStreams& i
   f << data;
   f.close();
   if (!f) {
-    io.err << "gpushim: cannot write " << path << "\n";
+    io.err << "gpushim: cannot write " << printable(path) << "\n";
     return false;
   }
   return true;
@@ -78,7 +96,7 @@ int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStream
   symbols.resolve(site_addresses(s, top_sites));
   std::ostream& o = io.out;
   char line[256];
-  o << "trace " << path << ": pid " << trace.header.pid;
+  o << "trace " << printable(path) << ": pid " << trace.header.pid;
   if (trace.header.rank >= 0) o << ", rank " << trace.header.rank;
   o << ", format version " << trace.header.version << (trace.compressed ? ", zstd" : "") << "\n";
   o << "duration " << format_duration(s.duration_ns) << ", " << s.events << " events, " << s.threads
@@ -126,11 +144,12 @@ int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStream
                   format_size(site.peak_live).c_str(), format_size(site.bytes).c_str(),
                   static_cast<unsigned long long>(site.count));
     o << line;
-    o << "       at " << labels[i] << "\n";
+    // Module paths come from the trace: escaped, so a hostile one cannot forge lines.
+    o << "       at " << printable(labels[i], 1024) << "\n";
     // The whole stack, innermost first; '>' marks the frame the site is named after.
     for (std::size_t f = 0; f < site.frames.size(); ++f)
-      o << (f == site.label_frame ? "        > " : "          ") << symbols.lookup(site.frames[f]).text()
-        << "\n";
+      o << (f == site.label_frame ? "        > " : "          ")
+        << printable(symbols.lookup(site.frames[f]).text(), 1024) << "\n";
   }
   return 0;
 }
@@ -143,14 +162,14 @@ int run_trace_report(const std::string& path, const std::string& html_path, Tool
   symbols.resolve(site_addresses(s, s.sites.size()));
   std::string title = path.substr(path.rfind('/') == std::string::npos ? 0 : path.rfind('/') + 1);
   if (!write_file(html_path, render_html_report(trace, s, symbols, title), io)) return 1;
-  io.err << "gpushim: wrote " << html_path << "\n";
+  io.err << "gpushim: wrote " << printable(html_path) << "\n";
   return 0;
 }
 
 int run_trace_export(const std::string& path, const std::string& format, const std::string& json_path,
                      ToolStreams io) {
   if (format != "chrome" && format != "torch-snapshot") {
-    io.err << "gpushim: unknown export format '" << format << "' (known: chrome, torch-snapshot)\n";
+    io.err << "gpushim: unknown export format '" << printable(format) << "' (known: chrome, torch-snapshot)\n";
     return 1;
   }
   Trace trace;
@@ -169,10 +188,10 @@ int run_trace_export(const std::string& path, const std::string& format, const s
   write_chrome_trace(trace, s, symbols, f);
   f.close();
   if (!f) {
-    io.err << "gpushim: cannot write " << json_path << "\n";
+    io.err << "gpushim: cannot write " << printable(json_path) << "\n";
     return 1;
   }
-  io.err << "gpushim: wrote " << json_path << " (open it in https://ui.perfetto.dev)\n";
+  io.err << "gpushim: wrote " << printable(json_path) << " (open it in https://ui.perfetto.dev)\n";
   return 0;
 }
 
@@ -183,7 +202,7 @@ int run_trace_replay(const std::string& path, const std::string& backend, ToolSt
   } else {
     const BackendInfo* info = find_backend(backend);
     if (!info) {
-      io.err << "gpushim: unknown backend '" << backend << "'\n";
+      io.err << "gpushim: unknown backend '" << printable(backend) << "'\n";
       return 1;
     }
     if (!info->factory) {
@@ -205,10 +224,19 @@ int run_trace_replay(const std::string& path, const std::string& backend, ToolSt
         io.err << "gpushim: replaying on " << info->name << ": " << done << " / " << total << " events\n";
       };
     ReplayResult r = replay_trace(trace, *info, progress);
+    if (!r.refusal.empty()) {
+      io.err << "gpushim: " << printable(path) << ": cannot replay: " << r.refusal << "\n";
+      return kExitBadTrace;
+    }
     std::snprintf(line, sizeof line, "%-12s %14s %14s %14.3f %8llu %10.1f\n", r.backend.c_str(),
                   format_size(r.peak_reserved).c_str(), format_size(r.peak_live).c_str(), r.fragmentation,
                   static_cast<unsigned long long>(r.failed), r.ns_per_operation);
     io.out << line;
+    if (r.host_out_of_memory || r.host_failed)
+      io.err << "gpushim: replay on " << r.backend << ": this machine ran out of memory, not the backend ("
+             << (r.host_out_of_memory ? "std::bad_alloc; the replay stopped early"
+                                      : std::to_string(r.host_failed) + " allocations lost to failed mmap")
+             << "); the row above undercounts: raise `ulimit -v` or replay on a bigger machine\n";
     if (r.provider_misuse)
       io.err << "gpushim: " << r.backend << " broke the VMM rules " << r.provider_misuse
              << " times during the replay\n";
@@ -218,17 +246,14 @@ int run_trace_replay(const std::string& path, const std::string& backend, ToolSt
 
 int run_trace_compress(const std::string& path, const std::string& output, ToolStreams io) {
   // The file is read once: checked for zstd, parsed (never compress a damaged trace silently), packed.
-  std::ifstream in(path, std::ios::binary);
-  std::vector<unsigned char> raw((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<unsigned char> raw;
   TraceError error;
-  if (!in.is_open() || in.bad()) {
-    error.message = in.is_open() ? "read error" : "cannot open the file";
-    error.offset = raw.size();
+  if (!read_file_bytes(path, &raw, &error, read_progress(path, io))) {
     report_read(path, false, Trace{}, error, io);
     return kExitBadTrace;
   }
   if (is_zstd(raw.data(), raw.size())) {
-    io.err << "gpushim: " << path << " is already compressed\n";
+    io.err << "gpushim: " << printable(path) << " is already compressed\n";
     return 1;
   }
   Trace trace;
@@ -241,7 +266,7 @@ int run_trace_compress(const std::string& path, const std::string& output, ToolS
     return 1;
   }
   if (!write_file(output, std::string(packed.begin(), packed.end()), io)) return 1;
-  io.err << "gpushim: wrote " << output << " (" << format_size(packed.size()) << ", "
+  io.err << "gpushim: wrote " << printable(output) << " (" << format_size(packed.size()) << ", "
          << format_size(raw.size()) << " uncompressed)\n";
   return 0;
 }

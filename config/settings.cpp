@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "config/printable.h"
 
 namespace gpushim {
 namespace {
@@ -383,7 +384,8 @@ Settings parse_settings(EnvLookup lookup, void* user) {
     const char* value = lookup(row.text.variable, user);
     if (value == nullptr || *value == '\0') continue;  // unset and empty both mean the default
     if (row.apply(value, parsed)) continue;
-    std::string line = std::string(row.text.variable) + "=" + value + " is not valid; accepted: " +
+    // The value is escaped: one with a newline or a terminal escape must not break the one-line message.
+    std::string line = std::string(row.text.variable) + "=" + printable(value) + " is not valid; accepted: " +
                        row.text.accepted + ".";
     line += parsed.strict ? " Exiting (GPUSHIM_STRICT=1)." : " Using passthrough.";
     parsed.errors.push_back(std::move(line));

@@ -17,53 +17,10 @@
 namespace gpushim::ipc {
 namespace {
 
-// Version 2 added the request's operation (release) and pool exports; a version-1 peer's messages are
-// ignored (the importer then reports a protocol error, never a wrong mapping).
-constexpr std::uint64_t kProtocolMagic = 0x3270696d68737067ull;  // "gpshmip2"
+using namespace protocol;
+
 // Long enough for a loaded machine, short enough that a dead or stuck peer costs a bounded wait.
 constexpr int kSocketTimeoutSeconds = 5;
-// A block larger than this many physical chunks is refused (and logged by the caller); with chunks of
-// at least 2 MiB that is at least 8 GiB in one block, mapped in the smallest steps.
-constexpr std::uint32_t kMaxChunksPerExport = 4096;
-
-enum Operation : std::uint32_t {
-  kFetch = 0,    // send the export's descriptors; the asking process holds the export from then on
-  kRelease = 1,  // the asking process closed the export
-};
-
-struct Request {
-  std::uint64_t magic;
-  std::uint64_t token;
-  std::uint64_t export_id;
-  std::uint32_t operation;
-  std::uint32_t zero;
-};
-
-enum ReplyStatus : std::uint32_t { kReplyOk = 0, kReplyRefused = 1, kReplyUnknown = 2 };
-
-struct ReplyHeader {
-  std::uint64_t magic;
-  std::uint32_t status;
-  std::uint32_t chunk_count;
-  std::uint64_t block_size;
-  std::uint64_t offset_in_span;
-  std::int32_t device;
-  std::uint32_t kind;  // ExportKind
-  std::uint64_t pool_id;
-  std::uint8_t pool_pointer_data[kPoolPointerDataSize];
-};
-
-struct ChunkWire {
-  std::uint64_t offset_in_span;
-  std::uint64_t size;
-};
-
-struct ChunkBatch {
-  std::uint64_t magic;
-  std::uint32_t count;
-  std::uint32_t zero;
-  ChunkWire chunks[kMaxFdsPerMessage];
-};
 
 bool make_address(const std::string& name, sockaddr_un* address, socklen_t* length) noexcept {
   std::memset(address, 0, sizeof *address);
@@ -182,20 +139,22 @@ void ExportServer::serve() noexcept {
 void ExportServer::answer(int connection) noexcept {
   Request request{};
   if (!receive_with_fds(connection, &request, sizeof request, nullptr, 0)) return;
-  if (request.magic != kProtocolMagic) return;
+  pid_t importer = 0;
+  const bool same_user = peer_of_same_user(connection, &importer);
+  const RequestDecision decision = judge_request(&request, sizeof request, token_, same_user);
+  if (decision.action == RequestAction::ignore) return;
 
   ReplyHeader header{};
-  header.magic = kProtocolMagic;
+  header.magic = kMagic;
   ExportRecord record;
-  pid_t importer = 0;
-  const bool known_peer = peer_of_same_user(connection, &importer) && request.token == token_;
-  if (!known_peer) {
+  if (decision.action == RequestAction::refuse) {
     header.status = kReplyRefused;
-  } else if (request.operation == kRelease) {
+  } else if (decision.action == RequestAction::release) {
     header.status = registry_.release(request.export_id, importer) ? kReplyOk : kReplyUnknown;
     send_with_fds(connection, &header, sizeof header, nullptr, 0);
     return;
-  } else if (request.operation != kFetch || !registry_.find_for_import(request.export_id, importer, &record)) {
+  } else if (decision.action != RequestAction::fetch ||
+             !registry_.find_for_import(request.export_id, importer, &record)) {
     header.status = kReplyUnknown;
   } else if (record.chunks.size() > kMaxChunksPerExport) {
     registry_.release(request.export_id, importer);
@@ -219,7 +178,7 @@ void ExportServer::answer(int connection) noexcept {
   bool sent = true;
   for (std::size_t first = 0; sent && first < record.chunks.size(); first += kMaxFdsPerMessage) {
     ChunkBatch batch{};
-    batch.magic = kProtocolMagic;
+    batch.magic = kMagic;
     int fds[kMaxFdsPerMessage];
     std::size_t count = 0;
     for (; count < kMaxFdsPerMessage && first + count < record.chunks.size(); ++count) {
@@ -272,16 +231,6 @@ int connect_to(const std::string& socket_name, FetchStatus* status) noexcept {
   return fd;
 }
 
-FetchStatus status_of(const ReplyHeader& header) noexcept {
-  if (header.magic != kProtocolMagic) return FetchStatus::protocol_error;
-  switch (header.status) {
-    case kReplyOk: return FetchStatus::ok;
-    case kReplyRefused: return FetchStatus::refused;
-    case kReplyUnknown: return FetchStatus::unknown_export;
-  }
-  return FetchStatus::protocol_error;
-}
-
 }  // namespace
 
 FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, std::uint64_t export_id,
@@ -293,47 +242,38 @@ FetchStatus fetch_export(const std::string& socket_name, std::uint64_t token, st
 
   status = FetchStatus::protocol_error;
   ExportRecord record;
-  const Request request{kProtocolMagic, token, export_id, kFetch, 0};
+  const Request request{kMagic, token, export_id, kFetch, 0};
   ReplyHeader header{};
+  std::uint32_t chunk_count = 0;
   if (send_with_fds(fd, &request, sizeof request, nullptr, 0) &&
       receive_with_fds(fd, &header, sizeof header, nullptr, 0)) {
-    status = status_of(header);
-    const bool pool = header.kind == static_cast<std::uint32_t>(ExportKind::pool_pointer);
-    const bool well_formed = header.chunk_count > 0 && header.chunk_count <= kMaxChunksPerExport &&
-                             (pool ? header.chunk_count == 1
-                                   : header.kind == static_cast<std::uint32_t>(ExportKind::mapped_chunks));
-    if (status == FetchStatus::ok && !well_formed) status = FetchStatus::protocol_error;
+    status = judge_reply_header(&header, sizeof header, &record, &chunk_count);
     if (status == FetchStatus::ok) {
-      record.kind = static_cast<ExportKind>(header.kind);
-      record.block_size = header.block_size;
-      record.offset_in_span = header.offset_in_span;
-      record.device = header.device;
-      record.pool_id = header.pool_id;
-      std::memcpy(record.pool_pointer_data.data(), header.pool_pointer_data, kPoolPointerDataSize);
       bool complete = true;
       try {
-        record.chunks.reserve(header.chunk_count);
-        while (record.chunks.size() < header.chunk_count) {
-          const std::size_t expected =
-              std::min<std::size_t>(kMaxFdsPerMessage, header.chunk_count - record.chunks.size());
+        record.chunks.reserve(chunk_count);
+        while (record.chunks.size() < chunk_count) {
+          const std::size_t expected = std::min<std::size_t>(kMaxFdsPerMessage, chunk_count - record.chunks.size());
           ChunkBatch batch{};
+          ChunkWire wires[kMaxFdsPerMessage];
           int fds[kMaxFdsPerMessage];
           if (!receive_with_fds(fd, &batch, sizeof batch, fds, expected)) {
             complete = false;
             break;
           }
-          if (batch.magic != kProtocolMagic || batch.count != expected) {
+          if (!judge_chunk_batch(&batch, sizeof batch, expected, wires)) {
             for (std::size_t i = 0; i < expected; ++i) ::close(fds[i]);
             complete = false;
             break;
           }
-          for (std::size_t i = 0; i < expected; ++i) {
-            record.chunks.push_back(ExportedChunk{batch.chunks[i].offset_in_span, batch.chunks[i].size, fds[i]});
-          }
+          for (std::size_t i = 0; i < expected; ++i)
+            record.chunks.push_back(ExportedChunk{wires[i].offset_in_span, wires[i].size, fds[i]});
         }
       } catch (...) {
         complete = false;  // reserve() failed before any fd arrived, or push_back cannot fail after it
       }
+      // A pool block's one "chunk" is the pool's descriptor; mapped chunks must tile the block.
+      if (complete && record.kind == ExportKind::mapped_chunks && !chunks_cover_block(record)) complete = false;
       if (!complete) {
         close_chunks(&record);
         status = FetchStatus::protocol_error;
@@ -349,12 +289,17 @@ FetchStatus release_export(const std::string& socket_name, std::uint64_t token, 
   FetchStatus status;
   const int fd = connect_to(socket_name, &status);
   if (fd < 0) return status;
-  const Request request{kProtocolMagic, token, export_id, kRelease, 0};
+  const Request request{kMagic, token, export_id, kRelease, 0};
   ReplyHeader header{};
   status = FetchStatus::protocol_error;
   if (send_with_fds(fd, &request, sizeof request, nullptr, 0) &&
       receive_with_fds(fd, &header, sizeof header, nullptr, 0)) {
-    status = status_of(header);
+    // A release's answer carries no export: only its status counts.
+    if (header.magic == kMagic)
+      status = header.status == kReplyOk        ? FetchStatus::ok
+               : header.status == kReplyRefused ? FetchStatus::refused
+               : header.status == kReplyUnknown ? FetchStatus::unknown_export
+                                                : FetchStatus::protocol_error;
   }
   ::close(fd);
   return status;

@@ -16,6 +16,7 @@
 #include <string>
 #include <sys/types.h>
 
+#include "ipc/export_protocol.h"
 #include "ipc/export_registry.h"
 
 namespace gpushim::ipc {
@@ -54,13 +55,6 @@ class ExportServer {
   unsigned long thread_ = 0;  // pthread_t
 };
 
-enum class FetchStatus {
-  ok,
-  no_exporter,     // nobody listens under the exporter's name: it exited, or it is not under gpushim
-  refused,         // wrong token, or another user
-  unknown_export,  // the exporter has no such export, or released its memory since
-  protocol_error,  // timeout, short message, missing descriptors
-};
 const char* fetch_status_name(FetchStatus status) noexcept;
 
 // Asks the server `socket_name` for export `export_id`. On ok, out->chunks[i].fd are descriptors the

@@ -34,7 +34,10 @@ void* HostProvider::reserve(std::size_t bytes) noexcept {
   std::size_t padded = bytes + granularity_;
   if (padded < bytes) return nullptr;
   void* raw = mmap(nullptr, padded, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (raw == MAP_FAILED) return nullptr;
+  if (raw == MAP_FAILED) {
+    host_failures_.fetch_add(1, std::memory_order_relaxed);
+    return nullptr;
+  }
   auto start = reinterpret_cast<std::uintptr_t>(raw);
   std::uintptr_t base = (start + granularity_ - 1) & ~(granularity_ - 1);
   if (base > start) munmap(raw, base - start);
@@ -44,6 +47,7 @@ void* HostProvider::reserve(std::size_t bytes) noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     reservations_.emplace(base, bytes);
   } catch (...) {
+    host_failures_.fetch_add(1, std::memory_order_relaxed);
     munmap(reinterpret_cast<void*>(base), bytes);
     return nullptr;
   }
@@ -93,9 +97,11 @@ bool HostProvider::map(void* addr, std::size_t bytes) noexcept {
   try {
     mappings_.emplace(a, bytes);
   } catch (...) {
+    host_failures_.fetch_add(1, std::memory_order_relaxed);
     return false;
   }
   if (mprotect(addr, bytes, PROT_READ | PROT_WRITE) != 0) {
+    host_failures_.fetch_add(1, std::memory_order_relaxed);
     mappings_.erase(a);
     return false;
   }

@@ -45,6 +45,9 @@ class HostProvider final : public MemoryProvider {
   std::size_t unmap_calls() const noexcept { return unmap_calls_.load(std::memory_order_relaxed); }
   // Calls that broke the VMM rules above (the GPU driver would have failed them).
   std::size_t misuse_count() const noexcept { return misuse_.load(std::memory_order_relaxed); }
+  // Calls that failed because the host said no (mmap or mprotect failed, its own bookkeeping could not
+  // allocate): not the algorithm's out-of-memory but this machine's, e.g. under `ulimit -v`.
+  std::size_t host_failures() const noexcept { return host_failures_.load(std::memory_order_relaxed); }
 
  private:
   bool aligned(std::uintptr_t value) const noexcept { return (value & (granularity_ - 1)) == 0; }
@@ -57,6 +60,7 @@ class HostProvider final : public MemoryProvider {
   std::atomic<std::size_t> map_calls_{0};
   std::atomic<std::size_t> unmap_calls_{0};
   std::atomic<std::size_t> misuse_{0};
+  std::atomic<std::size_t> host_failures_{0};
   // map/unmap are the cold path (they are driver calls of 15-50 us on the GPU), so one mutex is fine.
   mutable std::mutex mutex_;
   std::map<std::uintptr_t, std::size_t> reservations_;  // base -> bytes

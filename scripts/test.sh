@@ -23,3 +23,9 @@ fi
 cmake -S . -B "$build" "${generator[@]}"
 cmake --build "$build" -j "$jobs"
 ctest --test-dir "$build" -LE gpu --output-on-failure
+# Hostile input (docs/fuzzing.md): the CPU tests again under ASan+UBSan, then every fuzz target for a
+# bounded time (FUZZ_SECONDS each). HOSTILE_INPUT_CHECKS=0 skips both on a developer machine.
+if [ "${HOSTILE_INPUT_CHECKS:-1}" != 0 ]; then
+  scripts/sanitize.sh
+  scripts/fuzz.sh
+fi

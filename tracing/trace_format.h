@@ -14,8 +14,10 @@
 namespace gpushim::tracing::format {
 
 inline constexpr char kMagic[8] = {'G', 'P', 'U', 'S', 'H', 'T', 'R', 'C'};
-// Bump on any change a version-1 reader would misread. Readers refuse newer versions (exit code 2).
-inline constexpr std::uint32_t kVersion = 1;
+// Bump on any change an older reader would misread. Readers refuse newer versions (exit code 2).
+// Version 2 added the header checksum; readers still accept version 1 (no checksum, reserved zero).
+inline constexpr std::uint32_t kVersion = 2;
+inline constexpr std::uint32_t kFirstVersionWithHeaderChecksum = 2;
 
 struct FileHeader {                    // 64 bytes at offset 0
   char magic[8];                       // kMagic
@@ -27,15 +29,22 @@ struct FileHeader {                    // 64 bytes at offset 0
   std::int32_t rank;                   // -1 when no launcher set a rank
   std::uint32_t stack_depth;           // GPUSHIM_TRACE_STACK in effect (0: no stacks)
   std::uint32_t flags;                 // kFlag* below
-  std::uint8_t reserved[16];
+  std::uint64_t header_checksum;       // version >= 2: header_checksum() of this header; version 1: zero
+  std::uint8_t reserved[8];
 };
 static_assert(sizeof(FileHeader) == 64, "FileHeader is part of the file format");
+static_assert(offsetof(FileHeader, header_checksum) == 48, "FileHeader is part of the file format");
+
+// A header longer than this is damage: no version needs more room before its first chunk.
+inline constexpr std::uint32_t kMaxHeaderBytes = 4096;
 
 inline constexpr std::uint32_t kFlagNoUnwinder = 1;  // stacks were asked for but no unwinder worked
 // An out-of-memory dump (GPUSHIM_OOM_DUMP, docs/oom-dump.md), not a recording: one alloc event per block
 // live at the failure (its allocation time, stream, size, stack), a device_state record per device,
 // and last the out_of_memory event of the failing request.
 inline constexpr std::uint32_t kFlagOomDump = 2;
+// A reader refuses a header with any other bit set (a flipped bit, or a newer writer it cannot follow).
+inline constexpr std::uint32_t kKnownHeaderFlags = kFlagNoUnwinder | kFlagOomDump;
 
 inline constexpr char kChunkMagic[4] = {'G', 'T', 'C', 'K'};
 
@@ -50,6 +59,16 @@ static_assert(sizeof(ChunkHeader) == 24, "ChunkHeader is part of the file format
 
 // A chunk never exceeds this; a larger payload_bytes means a damaged file, not a huge allocation.
 inline constexpr std::uint32_t kMaxChunkPayload = 16u << 20;
+
+// Limits on event fields a reader enforces: beyond them a field is damage (or a hostile file), and
+// letting it through would size an allocation or overflow a sum.
+inline constexpr std::int32_t kNoDevice = -1;            // an event that concerns no device
+inline constexpr std::int32_t kMaxDeviceOrdinal = 1023;  // CUDA numbers a node's devices 0..N-1, N small
+// No block can be larger than the 48-bit virtual address space of x86-64 and aarch64.
+inline constexpr std::uint64_t kMaxBlockBytes = 1ull << 48;
+// Allocated (and mapped) bytes summed over a whole trace: 4 EiB is a century at 1 TB/s, and keeps
+// every sum a tool forms from them (live, freed, per site) clear of 2^64.
+inline constexpr std::uint64_t kMaxTotalBytes = 1ull << 62;
 
 enum class RecordType : std::uint8_t {
   event = 1,   // EventRecord followed by frame_count return addresses (u64 each)
@@ -123,6 +142,14 @@ inline std::uint64_t payload_checksum(const void* data, std::size_t bytes) {
   h ^= h >> 29;
   h *= 0xBF58476D1CE4E5B9ull;
   return h ^ (h >> 32);
+}
+
+// Covers every byte of the file header (pid, times, rank, stack depth, flags included) except the
+// checksum field itself, which counts as zero. Computed once per trace, so its cost does not matter.
+inline std::uint64_t header_checksum(const FileHeader& header) {
+  FileHeader copy = header;
+  copy.header_checksum = 0;
+  return payload_checksum(&copy, sizeof copy) ^ 0x48454144u;  // "HEAD": differs from a chunk's hash
 }
 
 // Covers the payload and the header fields a flip could otherwise change unnoticed.

@@ -319,6 +319,7 @@ bool write_trace_header(int fd, std::uint64_t start_monotonic_ns, int stack_dept
   header.rank = rank_from_environment();
   header.stack_depth = std::uint32_t(stack_depth);
   header.flags = flags;
+  header.header_checksum = format::header_checksum(header);
   return write_all(fd, &header, sizeof header);
 }
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the committed damaged-trace corpus (tests/data/damaged_*.trace) from one good trace without
 stacks: `make_damaged_corpus.py good.trace`. Each file must make `gpushim trace summary` exit 2 with a
-byte offset (tests/trace_damaged_files_test.cpp, CommittedCorpus)."""
+byte offset, except the one cut inside a chunk, which reads the chunks before the cut with a warning
+(tests/trace_damaged_files_test.cpp, CommittedCorpus). The committed files are format version 1."""
 import os
 import struct
 import sys
