@@ -16,6 +16,8 @@ using UnwBacktrace = int (*)(void** buffer, int size);
 std::atomic<UnwBacktrace> g_unw_backtrace{nullptr};
 
 constexpr int kMaxSkip = 8;
+// Frames of the unwinder itself before the caller's: capture_stack, a wrapper, an interceptor.
+constexpr int kMaxOwnFrames = 4;
 
 // Where libunwind is absent (the GPU machine, a bare container), glibc's backtrace(), which walks the
 // same DWARF unwind tables through libgcc_s: slower per stack, but stacks are only taken when asked.
@@ -41,18 +43,31 @@ bool load_unwinder() noexcept {
   return true;
 }
 
-int capture_stack(std::uint64_t* frames, int max_frames, int skip) noexcept {
+// Not inlined: __builtin_return_address(0) below must be the return address into our caller.
+__attribute__((noinline)) int capture_stack(std::uint64_t* frames, int max_frames, int skip) noexcept {
   UnwBacktrace fn = g_unw_backtrace.load(std::memory_order_acquire);
   if (!fn || max_frames <= 0) return 0;
   if (max_frames > kMaxTraceStack) max_frames = kMaxTraceStack;  // the raw buffer below is sized by it
   if (skip < 0 || skip > kMaxSkip) skip = 0;
-  void* raw[kMaxTraceStack + 1 + kMaxSkip];
-  // +1: the first frame is capture_stack itself, which tells a reader nothing.
-  int drop = 1 + skip;
-  int n = fn(raw, max_frames + drop);
-  if (n <= drop) return 0;
-  for (int i = drop; i < n; ++i) frames[i - drop] = reinterpret_cast<std::uintptr_t>(raw[i]);
-  return n - drop;
+  void* raw[kMaxTraceStack + kMaxOwnFrames + kMaxSkip];
+  // The unwinder's own frames come first, and how many depends on the build: optimized builds make
+  // glibc_backtrace a tail call, sanitizer builds wrap backtrace() in an interceptor. So the stack starts
+  // at the frame that returns into our caller, found by that return address; by count (capture_stack's
+  // own frame only) where it is not among the first frames.
+  void* const caller = __builtin_return_address(0);
+  const int n = fn(raw, max_frames + kMaxOwnFrames + skip);
+  int first = 1;
+  for (int i = 0; i < n && i < kMaxOwnFrames; ++i) {
+    if (raw[i] == caller) {
+      first = i;
+      break;
+    }
+  }
+  first += skip;
+  if (n <= first) return 0;
+  const int count = n - first < max_frames ? n - first : max_frames;
+  for (int i = 0; i < count; ++i) frames[i] = reinterpret_cast<std::uintptr_t>(raw[first + i]);
+  return count;
 }
 
 }  // namespace gpushim::tracing
