@@ -15,6 +15,7 @@
 #include "fuzz/fuzz_support.h"
 #include "ipc/export_protocol.h"
 #include "ipc/export_server.h"
+#include "tests/socket_replies.h"
 
 using namespace gpushim;
 using namespace gpushim::ipc;
@@ -54,36 +55,12 @@ int exchange(const std::string& name, const unsigned char* data, std::size_t siz
   if (::connect(fd, reinterpret_cast<sockaddr*>(&address), length) != 0) finding("cannot connect", "");
   // A zero-length SEQPACKET message is legal too; a hostile peer may send one.
   if (::send(fd, data, size, MSG_NOSIGNAL) < 0 && size <= 65536) finding("cannot send", "");
-  int descriptors = 0;
-  *answered = false;
-  for (;;) {
-    unsigned char buffer[sizeof(ChunkBatch) + 64];
-    alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * 253)];
-    iovec io{buffer, sizeof buffer};
-    msghdr message{};
-    message.msg_iov = &io;
-    message.msg_iovlen = 1;
-    message.msg_control = control;
-    message.msg_controllen = sizeof control;
-    ssize_t n = ::recvmsg(fd, &message, MSG_CMSG_CLOEXEC);
-    if (n < 0 && errno == EINTR) continue;  // libFuzzer's timeout alarm, not the server
-    if (n < 0) finding("the server neither answered nor closed in time", std::to_string(errno));
-    if (n == 0) break;
-    for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c)) {
-      if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
-      std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (std::size_t i = 0; i < count; ++i) {
-        int received;
-        std::memcpy(&received, CMSG_DATA(c) + i * sizeof(int), sizeof received);
-        ::close(received);
-        ++descriptors;
-      }
-    }
-    if (!*answered && std::size_t(n) == sizeof(ReplyHeader)) std::memcpy(reply, buffer, sizeof *reply);
-    *answered = true;
-  }
+  const test_support::SocketReplies replies = test_support::read_until_closed(fd);
+  if (replies.error != 0) finding("the server neither answered nor closed in time", std::to_string(replies.error));
+  *answered = replies.messages > 0;
+  if (replies.first_size == sizeof(ReplyHeader)) std::memcpy(reply, replies.bytes.data(), sizeof *reply);
   ::close(fd);
-  return descriptors;
+  return replies.descriptors;
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 
 #include "ipc/export_protocol.h"
 #include "ipc/export_server.h"
+#include "tests/socket_replies.h"
 
 namespace gpushim::ipc {
 namespace {
@@ -144,33 +145,11 @@ class HostileClient : public ::testing::Test {
       std::memcpy(CMSG_DATA(c), &zero, sizeof zero);
     }
     EXPECT_GE(::sendmsg(fd, &message, MSG_NOSIGNAL), 0);
-    std::string answer;
-    *descriptors = 0;
-    for (;;) {
-      char buffer[2048];
-      alignas(cmsghdr) char incoming[CMSG_SPACE(sizeof(int) * 64)];
-      iovec in{buffer, sizeof buffer};
-      msghdr reply{};
-      reply.msg_iov = &in;
-      reply.msg_iovlen = 1;
-      reply.msg_control = incoming;
-      reply.msg_controllen = sizeof incoming;
-      ssize_t n = ::recvmsg(fd, &reply, MSG_CMSG_CLOEXEC);
-      EXPECT_GE(n, 0) << "the server neither answered nor closed";
-      if (n <= 0) break;
-      for (cmsghdr* c = CMSG_FIRSTHDR(&reply); c; c = CMSG_NXTHDR(&reply, c)) {
-        std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (std::size_t i = 0; i < count; ++i) {
-          int got;
-          std::memcpy(&got, CMSG_DATA(c) + i * sizeof(int), sizeof got);
-          ::close(got);
-          ++*descriptors;
-        }
-      }
-      answer.append(buffer, std::size_t(n));
-    }
+    const test_support::SocketReplies replies = test_support::read_until_closed(fd);
+    EXPECT_EQ(replies.error, 0) << "the server neither answered nor closed";
+    *descriptors = replies.descriptors;
     ::close(fd);
-    return answer;
+    return replies.bytes;
   }
   ReplyHeader header_of(const std::string& answer) {
     ReplyHeader h{};
