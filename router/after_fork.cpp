@@ -7,6 +7,7 @@
 
 #include "router/held_for_importers.h"
 #include "router/router_state.h"
+#include "router/stream_activity.h"
 #include "router/thread_state.h"
 
 namespace gpushim::router {
@@ -29,6 +30,7 @@ void atfork_child() noexcept {
   capturing_streams().clear();
   g_active_captures.store(0);
   g_fork_generation.fetch_add(1);
+  reset_stream_activity_after_fork();
   for (auto& device : g_devices) device.store(nullptr);  // the parent's states are leaked on purpose
   // This thread's state may be mid-use in the parent's forking thread only if fork() was called from
   // inside gpushim, which never happens; its batches refer to the parent's devices.

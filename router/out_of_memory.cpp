@@ -12,6 +12,7 @@
 #include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
 #include "router/memory_report.h"
+#include "router/stream_activity.h"
 #include "router/stream_free_lists.h"
 #include "router/thread_state.h"
 #include "tracing/oom_dump_writer.h"
@@ -32,6 +33,7 @@ std::uint64_t pending_bytes(DeviceState& device) noexcept {
 void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
   Allocator& backend = device.backend();
   if (ipc::any_exports()) free_blocks_importers_released();
+  poll_stream_activity();
   device.fences.poll();
   if (void* p = backend.allocate(block_size, stream)) return p;
 

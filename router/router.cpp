@@ -5,8 +5,6 @@
 // free_fence_queue.*, pitch.h, memory_report.*.
 #include "router/router.h"
 
-#include <dlfcn.h>
-#include <execinfo.h>
 #include <pthread.h>
 
 #include <algorithm>
@@ -34,6 +32,7 @@
 #include "router/pitch.h"
 #include "router/router_state.h"
 #include "router/spin_lock.h"
+#include "router/stream_activity.h"
 #include "router/stream_free_lists.h"
 #include "router/thread_state.h"
 #include "tracing/trace_recorder.h"
@@ -58,16 +57,9 @@ CUstream normalized(CUstream s) { return s ? s : CU_STREAM_LEGACY; }
 
 std::size_t round_up(std::size_t bytes) { return (bytes + kMinAlignment - 1) / kMinAlignment * kMinAlignment; }
 
-// Legacy-ordered reuse. While the program's GPU work is totally ordered — the legacy stream plus at most
-// one blocking stream, which wait for each other's earlier work both ways — a block freed with cuMemFree
-// can be handed out again at once: whatever uses it next is queued behind everything that used it before.
-// No fence, and the footprint stays at what is live. Measured on the H100 (PyTorch transformer with its
-// cache off, fenced reuse): 27-36 GiB peak for 9.6 GiB live, because the CPU runs a step ahead of the GPU
-// and fenced blocks wait for it. PyTorch's only stream there is cuBLASLt's one blocking stream.
-// A non-blocking stream, or a second blocking stream, ends this for good: on_stream_created first
-// synchronizes the context, so work on the new stream cannot overlap work on blocks reused so far.
-std::atomic<bool> g_program_created_stream{false};  // true once the work is no longer totally ordered
-std::atomic<int> g_blocking_streams_created{0};
+// Reuse at once while the GPU work is totally ordered (router/stream_activity.h decides from which
+// streams carry work). Measured on the H100 (PyTorch transformer with its cache off, fenced reuse): 27-36
+// GiB peak for 9.6 GiB live, because the CPU runs a step ahead of the GPU and fenced blocks wait for it.
 bool g_fence_always = false;  // GPUSHIM_FREE_FENCE=always, read once in ensure_started()
 // GPUSHIM_BACKEND=passthrough with nothing to count, trace or cap: every call is the driver's own, with
 // no bookkeeping (the driver itself answers invalid and double frees). The target (docs/benchmarks.md):
@@ -83,9 +75,7 @@ CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {
   }
   return rc;
 }
-bool legacy_ordered() noexcept {
-  return !g_fence_always && !g_program_created_stream.load(std::memory_order_seq_cst);
-}
+bool reuse_at_once() noexcept { return !g_fence_always && work_is_totally_ordered(); }
 
 // ctx -> device cache. cuCtxGetCurrent is a read of the driver's thread-local current context (no
 // syscall, no lock: it shows as ~10 ns in the pair benchmark), so asking it on every call is cheaper and
@@ -313,8 +303,12 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
       full_context = batch.context();
       full = batch.take();
     }
+    thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
   }
   if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
+  // A stream that stopped carrying work is found idle here (a probe recorded, a later poll answered),
+  // and then frees are reused at once again: poll every 32 fenced frees, and whenever a batch closes.
+  if (!full.empty() || (++thread->fenced_since_poll & 31) == 0) poll_stream_activity();
 }
 
 }  // namespace
@@ -322,7 +316,7 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
 // backends keep their fence: their frees are ordered on their own stream), else through a fence.
 void give_back(DeviceState& device, const FreedBlock& freed) noexcept {
-  if (!device.fenced() || (!device.properties.stream_ordered && legacy_ordered())) {
+  if (!device.fenced() || (!device.properties.stream_ordered && reuse_at_once())) {
     device.backend().deallocate(freed.ptr, freed.bytes, 0);
     return;
   }
@@ -519,36 +513,10 @@ CUresult get_info(std::size_t* free_bytes, std::size_t* total_bytes) noexcept {
   return CUDA_SUCCESS;
 }
 
-// GPUSHIM_LOG=debug names the libraries on the stack of the first stream creation: which code ended
-// legacy-ordered reuse. backtrace() may allocate on first use, so only at debug level.
-void log_stream_creator(unsigned int flags) noexcept {
-  if (settings().log < LogLevel::debug) return;
-  void* frames[12];
-  const int count = backtrace(frames, 12);
-  char modules[512];
-  std::size_t used = 0;
-  modules[0] = '\0';
-  for (int i = 1; i < count && used + 64 < sizeof modules; ++i) {
-    Dl_info info;
-    if (!dladdr(frames[i], &info) || !info.dli_fname) continue;
-    const char* base = std::strrchr(info.dli_fname, '/');
-    used += std::snprintf(modules + used, sizeof modules - used, " %s+0x%lx", base ? base + 1 : info.dli_fname,
-                          static_cast<unsigned long>(reinterpret_cast<std::uintptr_t>(frames[i]) -
-                                                     reinterpret_cast<std::uintptr_t>(info.dli_fbase)));
-  }
-  log(LogLevel::debug, "stream created (flags %u): GPU work is no longer totally ordered, freed blocks are fenced from now on; by%s", flags, modules);
-}
-
 void on_stream_created(CUstream stream, unsigned int flags) noexcept {
   ensure_started();
-  const bool stays_ordered =
-      !(flags & CU_STREAM_NON_BLOCKING) && g_blocking_streams_created.fetch_add(1, std::memory_order_seq_cst) == 0;
-  if (!stays_ordered && !g_program_created_stream.exchange(true, std::memory_order_seq_cst) && !g_fence_always) {
-    // Leaving legacy-ordered reuse: a kernel on the new stream would not wait for earlier work on blocks
-    // handed out again at once so far. One synchronization, once per process.
-    real_driver().cuCtxSynchronize();
-    log_stream_creator(flags);
-  }
+  // Creating a stream changes nothing yet: only work on it does (router/stream_activity.h).
+  track_stream(stream, flags);
   if (!(flags & CU_STREAM_NON_BLOCKING)) return;  // blocking streams are covered by the legacy stream
   DeviceState* device = nullptr;
   CUcontext context = nullptr;
@@ -564,6 +532,7 @@ void on_stream_destroying(CUstream stream) noexcept {
     close_stream_list(*device, stream);
     device->events.remove_stream(stream);
   }
+  untrack_stream(stream);
   g_stream_generation.fetch_add(1, std::memory_order_release);
 }
 

@@ -23,6 +23,7 @@ namespace gpushim::router {
 // into g_retired when a thread exits.
 struct Counters {
   std::atomic<std::uint64_t> allocs{0}, frees{0}, failed{0}, bytes{0};
+  std::atomic<std::uint64_t> fenced{0};  // frees that waited for a fence (router/stream_activity.h)
 };
 extern Counters g_retired[kMaxDevices];
 
@@ -40,6 +41,7 @@ struct ThreadState {
   SpinLock lock;
   PendingBatch batches[kMaxDevices];
   Counters counters[kMaxDevices];
+  unsigned fenced_since_poll = 0;  // the owner's only
   ThreadState() {
     std::lock_guard<std::mutex> guard(g_threads_lock);
     try {
@@ -61,6 +63,7 @@ struct ThreadState {
       g_retired[d].frees += counters[d].frees.load();
       g_retired[d].failed += counters[d].failed.load();
       g_retired[d].bytes += counters[d].bytes.load();
+      g_retired[d].fenced += counters[d].fenced.load();
       if (batches[d].empty()) continue;
       if (DeviceState* device = g_devices[d].load()) device->fences.adopt_orphans(batches[d].take());
     }

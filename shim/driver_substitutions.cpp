@@ -13,6 +13,13 @@
 #include "driver/real_driver.h"
 #include "shim/driver_entry_points.h"
 
+// The work-submission hooks (shim/work_submission_hooks.cpp); cuda.h declares only the default variants.
+#define GPUSHIM_WORK_ENTRIES(name, version, symbol, params, args, stream) \
+  extern "C" CUresult CUDAAPI symbol params;                             \
+  extern "C" CUresult CUDAAPI symbol##_ptsz params;
+#include "shim/work_submission_entries.inc"
+#undef GPUSHIM_WORK_ENTRIES
+
 namespace gpushim::shim {
 namespace {
 
@@ -84,6 +91,11 @@ SubstitutionRows substitution_table() noexcept {
      "cuCtxDisablePeerAccess", nullptr},
     {"cuMemPoolSetAccess", 11020, address(cuMemPoolSetAccess), address(cuMemPoolSetAccess), "cuMemPoolSetAccess",
      nullptr},
+    // Work on a stream (shim/work_submission_hooks.cpp): which streams carry work decides free-safety.
+#define GPUSHIM_WORK_ENTRIES(name, version, symbol, params, args, stream) \
+  {#name, version, address(symbol), address(symbol##_ptsz), #symbol, #symbol "_ptsz"},
+#include "shim/work_submission_entries.inc"
+#undef GPUSHIM_WORK_ENTRIES
     // Asked for itself (the runtime does: docs/measured-facts.md), so every later lookup also goes through us.
     {"cuGetProcAddress", 12000, address(cuGetProcAddress_v2), address(cuGetProcAddress_v2), "cuGetProcAddress_v2",
      nullptr},

@@ -32,6 +32,17 @@ foreach(backend vmm buddy slab tiered passthrough mempool)
     "${environment};FAKE_CUDA_DEVICES=2")
 endforeach()
 
+# The free-safety rule follows the streams that carry work (router/stream_activity.h): one process per
+# test (each starts with every stream idle), per backend.
+add_executable(router_stream_activity_test ${CMAKE_CURRENT_SOURCE_DIR}/router_stream_activity_test.cpp)
+target_include_directories(router_stream_activity_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+target_link_libraries(router_stream_activity_test PRIVATE shim_fake_libcuda GTest::gtest_main Threads::Threads)
+add_dependencies(router_stream_activity_test gpushim)
+foreach(backend vmm buddy slab tiered passthrough)
+  gpushim_discover_tests(router_stream_activity_test router_stream_activity.${backend} ENV
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
+endforeach()
+
 # The live-block table against a reference model (router/live_block_table.*, pure C++).
 add_executable(router_live_block_table_model_test ${CMAKE_CURRENT_SOURCE_DIR}/router_live_block_table_model_test.cpp)
 target_link_libraries(router_live_block_table_model_test PRIVATE gpushim_router_core GTest::gtest_main)

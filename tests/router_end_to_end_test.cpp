@@ -66,13 +66,13 @@ struct CallSnapshot {
   int since(const CallSnapshot& before, const char* symbol) const { return calls.at(symbol) - before.calls.at(symbol); }
 };
 
-// While the program's work is totally ordered (no stream, or one blocking stream), cuMemFree'd blocks are
-// reused at once (legacy-ordered reuse, router.cpp); a non-blocking stream ends that for the process.
-// Tests of the fences call this first.
+// While the program's work is totally ordered (only the legacy stream, plus at most one blocking stream,
+// carries work), cuMemFree'd blocks are reused at once (router/stream_activity.h). Work on a per-thread
+// default stream ends that for the rest of the process (gpushim cannot probe another thread's per-thread
+// stream to find it idle again). Tests of the fences call this first; the idle/active transitions have
+// their own program (tests/router_stream_activity_test.cpp).
 void leave_legacy_order() {
-  CUstream s = nullptr;
-  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  ASSERT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+  ASSERT_EQ(cuLaunchKernel(nullptr, 1, 1, 1, 1, 1, 1, 0, CU_STREAM_PER_THREAD, nullptr, nullptr), CUDA_SUCCESS);
 }
 
 // cudaMalloc's blocks meet the texture alignment (512 B on the H100 and H200): so must gpushim's.

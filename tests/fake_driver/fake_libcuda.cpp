@@ -329,6 +329,9 @@ std::atomic<bool> peer_enabled[kMaxDevices][kMaxDevices];
 extern "C" CUresult CUDAAPI fake_cuMemAlloc_v1(unsigned int* dptr, unsigned int bytes) __asm__("cuMemAlloc");
 extern "C" CUresult CUDAAPI fake_cuGetProcAddress_v1(const char*, void**, int, cuuint64_t) __asm__("cuGetProcAddress");
 extern "C" {
+CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
+                                     unsigned int, unsigned int, CUstream, void**, void**);
+CUresult CUDAAPI cuMemsetD8Async_ptsz(CUdeviceptr, unsigned char, size_t, CUstream);
 CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr*, size_t, CUstream);
 CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr, CUstream);
 CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream, CUstreamCaptureMode);
@@ -925,6 +928,44 @@ CUresult CUDAAPI cuStreamGetFlags(CUstream stream, unsigned int* flags) {
   return CUDA_SUCCESS;
 }
 
+// ---- work on streams: no GPU runs it; calls are counted, and a set writes host memory ----
+
+namespace {
+CUresult check_stream(CUstream stream) {
+  if (special_stream(stream)) return CUDA_SUCCESS;
+  std::lock_guard<std::mutex> guard(streams_lock);
+  return streams().count(stream) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+}
+}  // namespace
+
+CUresult CUDAAPI cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int) {
+  COUNT("cuStreamWaitEvent");
+  if (!event) return CUDA_ERROR_INVALID_HANDLE;
+  return check_stream(stream);
+}
+CUresult CUDAAPI cuLaunchKernel(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
+                                unsigned int, unsigned int, CUstream stream, void**, void**) {
+  COUNT("cuLaunchKernel");
+  return check_stream(stream);
+}
+CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int,
+                                     unsigned int, unsigned int, unsigned int, CUstream stream, void**, void**) {
+  COUNT("cuLaunchKernel_ptsz");
+  return check_stream(stream);
+}
+CUresult CUDAAPI cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t n, CUstream stream) {
+  COUNT("cuMemsetD8Async");
+  const CUresult rc = check_stream(stream);
+  if (rc == CUDA_SUCCESS && dst) std::memset(reinterpret_cast<void*>(dst), value, n);
+  return rc;
+}
+CUresult CUDAAPI cuMemsetD8Async_ptsz(CUdeviceptr dst, unsigned char value, size_t n, CUstream stream) {
+  COUNT("cuMemsetD8Async_ptsz");
+  const CUresult rc = check_stream(stream);
+  if (rc == CUDA_SUCCESS && dst) std::memset(reinterpret_cast<void*>(dst), value, n);
+  return rc;
+}
+
 // ---- events ----
 
 CUresult CUDAAPI cuEventCreate(CUevent* event, unsigned int) {
@@ -1007,6 +1048,9 @@ const ProcAddress proc_addresses[] = {
     {"cuStreamBeginCapture", 10010, fn(cuStreamBeginCapture_v2), fn(cuStreamBeginCapture_v2_ptsz)},
     {"cuStreamBeginCaptureToGraph", 12030, fn(cuStreamBeginCaptureToGraph), fn(cuStreamBeginCaptureToGraph_ptsz)},
     {"cuStreamEndCapture", 10000, fn(cuStreamEndCapture), fn(cuStreamEndCapture_ptsz)},
+    FAKE_SAME("cuStreamWaitEvent", 3020, cuStreamWaitEvent),
+    {"cuLaunchKernel", 4000, fn(cuLaunchKernel), fn(cuLaunchKernel_ptsz)},
+    {"cuMemsetD8Async", 3020, fn(cuMemsetD8Async), fn(cuMemsetD8Async_ptsz)},
     FAKE_SAME("cuEventCreate", 2000, cuEventCreate),
     FAKE_SAME("cuEventRecord", 2000, cuEventRecord),
     FAKE_SAME("cuEventQuery", 2000, cuEventQuery),

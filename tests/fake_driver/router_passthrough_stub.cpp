@@ -3,6 +3,7 @@
 #include "driver/real_driver.h"
 #include "router/peer_access.h"
 #include "router/router.h"
+#include "router/stream_activity.h"
 
 namespace gpushim::router {
 
@@ -24,6 +25,10 @@ void on_stream_destroying(CUstream) noexcept {}
 void on_capture_begin(CUstream) noexcept {}
 void on_capture_end(CUstream) noexcept {}
 bool find_block(CUdeviceptr, BlockInfo*) noexcept { return false; }
+// Work submissions are not tracked: with no record ever handed out, the cached path is never taken.
+std::atomic<std::uint64_t> g_stream_records_generation{1};
+StreamRecord* begin_stream_work_uncached(CUstream, bool) noexcept { return nullptr; }
+StreamRecord* become_active(StreamRecord*) noexcept { return nullptr; }
 void on_peer_access_enabled(CUcontext) noexcept {}
 void on_peer_access_disabled(CUcontext) noexcept {}
 void on_pool_access_set(CUmemoryPool, const CUmemAccessDesc*, std::size_t) noexcept {}

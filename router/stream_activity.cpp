@@ -1,0 +1,348 @@
+// Which streams carry work (router/stream_activity.h): the records, the join of a stream that starts
+// work, and the probes that find it idle again.
+#include "router/stream_activity.h"
+
+#include <dlfcn.h>
+#include <execinfo.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <mutex>
+#include <new>
+#include <unordered_map>
+#include <vector>
+
+#include "config/settings.h"
+#include "diagnostics/log.h"
+#include "driver/real_driver.h"
+#include "router/router_state.h"
+
+namespace gpushim::router {
+
+std::atomic<std::uint64_t> g_unordered{0};
+std::atomic<std::uint64_t> g_stream_records_generation{1};
+
+namespace {
+
+// Makes `context` current for the scope if it is not already (cuCtxGetCurrent is a thread-local read).
+class ContextScope {
+ public:
+  explicit ContextScope(CUcontext context) noexcept {
+    const RealDriver& driver = real_driver();
+    CUcontext current = nullptr;
+    if (!context || driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return;
+    ok_ = current == context || (pushed_ = driver.cuCtxPushCurrent(context) == CUDA_SUCCESS);
+  }
+  ~ContextScope() {
+    CUcontext popped = nullptr;
+    if (pushed_) real_driver().cuCtxPopCurrent(&popped);
+  }
+  bool ok() const noexcept { return ok_; }
+
+ private:
+  bool ok_ = false;
+  bool pushed_ = false;
+};
+
+// Everything below is under g_activity_lock. Allocated once and never freed: launches may still arrive
+// from static destructors after exit() has begun.
+struct Activity {
+  std::mutex lock;
+  std::unordered_map<CUstream, StreamRecord*> by_stream;
+  std::vector<StreamRecord*> active;  // records with kStreamActive set (and retiring ones)
+  StreamRecord* free_records = nullptr;
+  struct ScratchEvent {
+    CUcontext context;
+    CUevent event;
+  };
+  std::vector<ScratchEvent> join_events;  // one per context: re-recorded for every join
+  std::uint64_t activations = 0;
+  bool logged_first = false;
+};
+Activity& activity() {
+  static Activity* state = new Activity();
+  return *state;
+}
+
+StreamRecord* new_record() noexcept {
+  Activity& a = activity();
+  if (StreamRecord* reused = a.free_records) {
+    a.free_records = reused->next_free;
+    reused->~StreamRecord();
+    return new (reused) StreamRecord();
+  }
+  return new (std::nothrow) StreamRecord();
+}
+
+void recycle(StreamRecord* record) noexcept {
+  Activity& a = activity();
+  record->next_free = a.free_records;
+  a.free_records = record;
+}
+
+StreamRecord* register_locked(CUstream stream, CUcontext context, bool blocking) noexcept {
+  Activity& a = activity();
+  StreamRecord* record = new_record();
+  if (!record) return nullptr;
+  record->stream = stream;
+  record->context = context;
+  record->blocking = blocking;
+  try {
+    auto [it, inserted] = a.by_stream.emplace(stream, record);
+    if (!inserted) {
+      // A handle the driver reused without gpushim seeing the destroy: the old record goes.
+      StreamRecord* old = it->second;
+      it->second = record;
+      if (!(old->word.load() & kStreamActive)) recycle(old);
+    }
+  } catch (...) {
+    recycle(record);
+    return nullptr;
+  }
+  return record;
+}
+
+void end_total_order_for_good(const char* why) noexcept {
+  static std::atomic<bool> done{false};
+  if (done.exchange(true)) return;
+  g_unordered.fetch_add(kUnorderedForever, std::memory_order_seq_cst);
+  log(LogLevel::debug, "%s: freed blocks are fenced from now on", why);
+}
+
+CUevent scratch_event(CUcontext context) noexcept {  // with `context` current
+  Activity& a = activity();
+  for (const Activity::ScratchEvent& e : a.join_events)
+    if (e.context == context) return e.event;
+  CUevent event = nullptr;
+  if (real_driver().cuEventCreate(&event, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) return nullptr;
+  try {
+    a.join_events.push_back({context, event});
+  } catch (...) {
+    real_driver().cuEventDestroy(event);
+    return nullptr;
+  }
+  return event;
+}
+
+// `waiter` waits for all work queued so far on `stream` (in `context`). cuStreamWaitEvent takes the
+// event's state at the call, so one scratch event per context serves every join.
+bool wait_for(StreamRecord* waiter, CUcontext context, CUstream stream) noexcept {
+  const RealDriver& driver = real_driver();
+  ContextScope scope(context);
+  if (!scope.ok()) return false;
+  CUevent event = scratch_event(context);
+  return event && driver.cuEventRecord(event, stream) == CUDA_SUCCESS &&
+         driver.cuStreamWaitEvent(waiter->stream, event, 0) == CUDA_SUCCESS;
+}
+
+void log_first_activation(const StreamRecord* record) noexcept {
+  Activity& a = activity();
+  if (a.logged_first || settings().log < LogLevel::debug) return;
+  a.logged_first = true;
+  // backtrace() may allocate on first use, so only at debug level.
+  void* frames[12];
+  const int count = backtrace(frames, 12);
+  char modules[512];
+  std::size_t used = 0;
+  modules[0] = '\0';
+  for (int i = 1; i < count && used + 64 < sizeof modules; ++i) {
+    Dl_info info;
+    if (!dladdr(frames[i], &info) || !info.dli_fname) continue;
+    const char* base = std::strrchr(info.dli_fname, '/');
+    used += std::snprintf(modules + used, sizeof modules - used, " %s+0x%lx", base ? base + 1 : info.dli_fname,
+                          static_cast<unsigned long>(reinterpret_cast<std::uintptr_t>(frames[i]) -
+                                                     reinterpret_cast<std::uintptr_t>(info.dli_fbase)));
+  }
+  log(LogLevel::debug,
+      "first work on a %s stream %p: freed blocks are fenced while it carries work; by%s",
+      record->blocking ? "blocking" : "non-blocking", static_cast<void*>(record->stream), modules);
+}
+
+bool capturing(CUstream stream) noexcept {
+  if (g_active_captures.load(std::memory_order_acquire) == 0) return false;
+  CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
+  return real_driver().cuStreamIsCapturing(stream, &status) == CUDA_SUCCESS &&
+         status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+void remember(CUstream stream, StreamRecord* record) noexcept {
+  t_stream_records[t_stream_records_next++ % 4] = {stream, record,
+                                                   g_stream_records_generation.load(std::memory_order_acquire)};
+}
+
+}  // namespace
+
+StreamRecord* become_active(StreamRecord* record) noexcept {
+  // Work captured into a graph runs when the graph is launched (cuGraphLaunch counts then).
+  if (capturing(record->stream)) {
+    end_stream_work(record);
+    return nullptr;
+  }
+  Activity& a = activity();
+  std::lock_guard<std::mutex> guard(a.lock);
+  if (record->word.load(std::memory_order_acquire) & kStreamActive) return record;  // another thread joined it
+  // Counted first (seq_cst), joined second: a free that still reads "ordered" happened before the join's
+  // events were recorded, so they cover its block's last user (router/stream_activity.h).
+  g_unordered.fetch_add(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
+  // The join: wait for the legacy stream (a blocking stream does so by itself) and every other active
+  // stream. During another stream's capture the legacy stream must not be touched; its earlier work
+  // is then not waited for (docs/free-safety.md, "Limits").
+  bool joined = true;
+  if (!record->blocking && g_active_captures.load(std::memory_order_acquire) == 0)
+    joined = wait_for(record, record->context, CU_STREAM_LEGACY);
+  for (StreamRecord* other : a.active) {
+    if (other == record || other->retiring) continue;
+    joined = wait_for(record, other->context, other->stream) && joined;
+  }
+  if (!joined) end_total_order_for_good("a stream could not be joined to the others");
+  record->word.fetch_or(kStreamActive, std::memory_order_seq_cst);
+  ++a.activations;
+  try {
+    a.active.push_back(record);
+  } catch (...) {
+    // Not probed, so never idle again: it stays counted, which is safe.
+  }
+  log_first_activation(record);
+  return record;
+}
+
+StreamRecord* begin_stream_work_uncached(CUstream stream, bool per_thread_variant) noexcept {
+  if (stream == CU_STREAM_PER_THREAD || stream == nullptr) {
+    // One handle names a different blocking stream on every thread, and gpushim cannot record a probe on
+    // another thread's: such a program stays fenced (the legacy-stream fence covers these streams).
+    (void)per_thread_variant;
+    end_total_order_for_good("work on a per-thread default stream");
+    return nullptr;
+  }
+  Activity& a = activity();
+  StreamRecord* record = nullptr;
+  {
+    std::lock_guard<std::mutex> guard(a.lock);
+    auto it = a.by_stream.find(stream);
+    if (it != a.by_stream.end()) {
+      record = it->second;
+    } else {
+      // A stream gpushim did not see created (a green context's, or one made before it loaded).
+      const RealDriver& driver = real_driver();
+      CUcontext context = nullptr;
+      unsigned int flags = CU_STREAM_NON_BLOCKING;
+      if (driver.cuStreamGetCtx(stream, &context) != CUDA_SUCCESS) return nullptr;  // the driver will refuse it
+      if (driver.cuStreamGetFlags(stream, &flags) != CUDA_SUCCESS) flags = CU_STREAM_NON_BLOCKING;
+      record = register_locked(stream, context, !(flags & CU_STREAM_NON_BLOCKING));
+      if (!record) {
+        end_total_order_for_good("no host memory to track a stream");
+        return nullptr;
+      }
+    }
+  }
+  remember(stream, record);
+  const std::uint64_t before = record->word.fetch_add(kSubmissionOne + kInFlightOne, std::memory_order_acq_rel);
+  return (before & kStreamActive) ? record : become_active(record);
+}
+
+void track_stream(CUstream stream, unsigned int flags) noexcept {
+  CUcontext context = nullptr;
+  if (real_driver().cuStreamGetCtx(stream, &context) != CUDA_SUCCESS) return;  // found on first work instead
+  Activity& a = activity();
+  std::lock_guard<std::mutex> guard(a.lock);
+  register_locked(stream, context, !(flags & CU_STREAM_NON_BLOCKING));
+}
+
+void untrack_stream(CUstream stream) noexcept {
+  Activity& a = activity();
+  {
+    std::lock_guard<std::mutex> guard(a.lock);
+    auto it = a.by_stream.find(stream);
+    if (it != a.by_stream.end()) {
+      StreamRecord* record = it->second;
+      a.by_stream.erase(it);
+      if (!(record->word.load(std::memory_order_acquire) & kStreamActive)) {
+        recycle(record);
+      } else {
+        // Its queued work still runs after the destroy: it stays counted until a probe recorded now
+        // completes (no probe possible during a capture: then it stays counted for good, safely).
+        // A probe recorded earlier may predate its last work: always record a fresh one.
+        record->retiring = true;
+        record->probing = false;
+        if (g_active_captures.load(std::memory_order_acquire) == 0) {
+          ContextScope scope(record->context);
+          if (scope.ok() && (record->probe || real_driver().cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) ==
+                                                  CUDA_SUCCESS))
+            record->probing = real_driver().cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
+        }
+      }
+    }
+  }
+  g_stream_records_generation.fetch_add(1, std::memory_order_acq_rel);
+}
+
+void poll_stream_activity() noexcept {
+  Activity& a = activity();
+  if (g_unordered.load(std::memory_order_relaxed) == 0) return;
+  if (g_active_captures.load(std::memory_order_acquire) > 0) return;  // no record may touch a capture
+  std::unique_lock<std::mutex> guard(a.lock, std::try_to_lock);
+  if (!guard.owns_lock()) return;
+  const RealDriver& driver = real_driver();
+  for (std::size_t i = 0; i < a.active.size();) {
+    StreamRecord* record = a.active[i];
+    if (!record->probing) {
+      const std::uint64_t word = record->word.load(std::memory_order_acquire);
+      // A submission in flight may be queued after a probe recorded now: try again at the next poll.
+      if (!record->retiring && (word & kInFlightMask) == 0) {
+        ContextScope scope(record->context);
+        if (scope.ok() && (record->probe ||
+                           driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
+            driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS) {
+          record->probe_stamp = word;
+          record->probing = true;
+        }
+      }
+      ++i;
+      continue;
+    }
+    // Errors other than NOT_READY (a destroyed context) mean no more work runs there: idle.
+    if (driver.cuEventQuery(record->probe) == CUDA_ERROR_NOT_READY) {
+      ++i;
+      continue;
+    }
+    record->probing = false;
+    const std::uint64_t decrement = record->blocking ? kBlockingOne : 1;
+    if (record->retiring) {
+      g_unordered.fetch_sub(decrement, std::memory_order_seq_cst);
+      a.active[i] = a.active.back();
+      a.active.pop_back();
+      recycle(record);
+      continue;
+    }
+    // Idle only if nothing was submitted since the probe: the swap fails if a launch began meanwhile.
+    std::uint64_t expected = record->probe_stamp;
+    if (record->word.compare_exchange_strong(expected, expected & ~kStreamActive, std::memory_order_seq_cst)) {
+      g_unordered.fetch_sub(decrement, std::memory_order_seq_cst);
+      a.active[i] = a.active.back();
+      a.active.pop_back();
+      continue;
+    }
+    ++i;
+  }
+}
+
+std::uint64_t stream_activations() noexcept {
+  Activity& a = activity();
+  std::lock_guard<std::mutex> guard(a.lock);
+  return a.activations;
+}
+
+void reset_stream_activity_after_fork() noexcept {
+  // The parent's streams, contexts and events mean nothing in the child; its records leak (small).
+  Activity& a = activity();
+  new (&a.lock) std::mutex();
+  a.by_stream.clear();
+  a.active.clear();
+  a.join_events.clear();
+  a.free_records = nullptr;
+  g_unordered.store(g_unordered.load() & kUnorderedForever);
+  g_stream_records_generation.fetch_add(1);
+}
+
+}  // namespace gpushim::router

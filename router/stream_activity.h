@@ -1,0 +1,114 @@
+// Which streams carry work: the free-safety rule (docs/free-safety.md).
+//
+// A block freed with cuMemFree is handed out again at once while all GPU work that may still be running
+// is totally ordered: the legacy stream plus at most one blocking stream carry work (they wait for each
+// other's earlier work both ways). Any other stream that carries work ends that until gpushim has seen
+// its work finish; meanwhile frees are fenced (router/free_fence_queue.h).
+//
+// What "carries work" means is decided by work submissions, not by stream creation: the shim calls
+// begin_stream_work() before every kernel launch, async copy or set, graph launch and stream memory
+// operation (shim/work_submission_hooks.cpp), and end_stream_work() once the driver has queued it. A
+// stream that carries work for the first time since it was last seen idle is *joined* first: it waits
+// (cuStreamWaitEvent) for the legacy stream and every other active stream, so its new work is ordered
+// after every earlier user of a block that was reused at once. A stream goes idle again when an event
+// recorded on it completes with no submission since (poll_stream_activity()).
+//
+// Per-stream state is one atomic word, so the launch path costs two uncontended atomic operations:
+//   bit 0         active (counted in g_unordered)
+//   bits 1..16    submissions in flight (begun, not yet returned from the driver)
+//   bits 17..63   submissions begun, ever (a probe is valid only if this did not move)
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+
+#include <cuda.h>
+
+#include "diagnostics/hot_tls.h"
+
+#pragma GCC visibility push(hidden)  // router/router_state.h says why
+
+namespace gpushim::router {
+
+inline constexpr std::uint64_t kStreamActive = 1;
+inline constexpr std::uint64_t kInFlightOne = 2;
+inline constexpr std::uint64_t kInFlightMask = 0xffffull << 1;
+inline constexpr std::uint64_t kSubmissionOne = 1ull << 17;
+
+struct StreamRecord {
+  std::atomic<std::uint64_t> word{0};
+  CUstream stream = nullptr;
+  CUcontext context = nullptr;
+  bool blocking = false;
+  // Under the activity lock (stream_activity.cpp):
+  CUevent probe = nullptr;       // recorded on the stream; idle once it completes and word == probe_stamp
+  std::uint64_t probe_stamp = 0;
+  bool probing = false;
+  bool retiring = false;         // destroyed while active: counted until its probe completes
+  StreamRecord* next_free = nullptr;
+};
+
+// Low 32 bits: active streams that break the total order (non-blocking ones, plus kUnorderedForever once
+// work went to a stream gpushim cannot probe). High 32 bits: active blocking streams.
+extern std::atomic<std::uint64_t> g_unordered;
+inline constexpr std::uint64_t kBlockingOne = 1ull << 32;
+inline constexpr std::uint64_t kUnorderedForever = 1ull << 24;
+
+// True while a freed block may be handed out again at once. The load is seq_cst: a stream's transition
+// increments g_unordered (seq_cst) before it records its join event, so a free that reads "ordered" was
+// queued before that event, and the joined stream waits for its block's last user.
+inline bool work_is_totally_ordered() noexcept {
+  const std::uint64_t unordered = g_unordered.load(std::memory_order_seq_cst);
+  return (unordered & 0xffffffffu) == 0 && (unordered >> 32) <= 1;
+}
+
+// The calling thread's last streams: a launch loop on a few streams finds its record without a lock.
+struct StreamRecordCacheEntry {
+  CUstream stream;
+  StreamRecord* record;
+  std::uint64_t generation;
+};
+inline GPUSHIM_HOT_TLS StreamRecordCacheEntry t_stream_records[4];
+inline GPUSHIM_HOT_TLS unsigned t_stream_records_next = 0;
+extern std::atomic<std::uint64_t> g_stream_records_generation;  // bumped when a stream is destroyed
+
+// Slow paths (stream_activity.cpp): the record of a stream not in this thread's cache, and the
+// transition of an idle stream to active (join). Both return the record to pass to end_stream_work, or
+// nullptr when nothing is to be tracked (the submission is captured into a graph, or it goes to a
+// per-thread default stream, which ends total order for good).
+StreamRecord* begin_stream_work_uncached(CUstream stream, bool per_thread_variant) noexcept;
+StreamRecord* become_active(StreamRecord* record) noexcept;
+
+// Before the driver queues work on `stream`. `per_thread_variant`: the caller is a _ptsz entry point,
+// in which stream 0 names the calling thread's per-thread default stream.
+inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant) noexcept {
+  // The legacy stream is the order every other stream is joined to: nothing to track.
+  if (stream == CU_STREAM_LEGACY || (stream == nullptr && !per_thread_variant)) return nullptr;
+  const std::uint64_t generation = g_stream_records_generation.load(std::memory_order_acquire);
+  for (const StreamRecordCacheEntry& entry : t_stream_records) {
+    if (entry.stream != stream || entry.generation != generation) continue;
+    StreamRecord* record = entry.record;
+    const std::uint64_t before = record->word.fetch_add(kSubmissionOne + kInFlightOne, std::memory_order_acq_rel);
+    return (before & kStreamActive) ? record : become_active(record);
+  }
+  return begin_stream_work_uncached(stream, per_thread_variant);
+}
+
+// After the driver returned from queuing the work (whatever it answered).
+inline void end_stream_work(StreamRecord* record) noexcept {
+  if (record) record->word.fetch_sub(kInFlightOne, std::memory_order_release);
+}
+
+// Registers a stream the program created / forgets one it is destroying (before the real destroy).
+void track_stream(CUstream stream, unsigned int flags) noexcept;
+void untrack_stream(CUstream stream) noexcept;
+// Records probes on active streams and retires those whose probe completed with no work since. Cheap
+// when nothing is active; skips (try-lock) when another thread is polling.
+void poll_stream_activity() noexcept;
+// For the statistics line: streams that became active (transitions), and joins recorded.
+std::uint64_t stream_activations() noexcept;
+void reset_stream_activity_after_fork() noexcept;
+
+}  // namespace gpushim::router
+
+#pragma GCC visibility pop

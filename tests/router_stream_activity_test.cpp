@@ -1,0 +1,185 @@
+// The free-safety rule follows the streams that carry work (router/stream_activity.h), end to end:
+// libgpushim.so over the fake driver, each test in its own process (tests/router_e2e.cmake). The fake
+// GPU holds every event recorded while fake_cuda_hold_gpu(1) is on, so "the GPU has not finished" is a
+// state a test can keep, and a block handed out again while it holds is a reuse the GPU could race.
+#include <cuda.h>
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <set>
+#include <string>
+#include <vector>
+
+extern "C" {
+int fake_cuda_calls(const char* symbol);
+void fake_cuda_hold_gpu(int held);
+}
+
+namespace {
+
+constexpr std::size_t kBlock = 4096;
+
+std::string backend() {
+  const char* name = std::getenv("GPUSHIM_BACKEND");
+  return name && *name ? name : "tiered";
+}
+
+// Frees `p`, then allocates the same size: true when the allocator handed `p` straight back (reuse at
+// once). Every backend that carves memory returns the block it just got back for an equal request.
+bool reused_at_once(CUdeviceptr p) {
+  EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  CUdeviceptr q = 0;
+  EXPECT_EQ(cuMemAlloc(&q, kBlock), CUDA_SUCCESS);
+  const bool same = q == p;
+  EXPECT_EQ(cuMemFree(q), CUDA_SUCCESS);
+  return same;
+}
+
+CUdeviceptr fresh_block() {
+  CUdeviceptr p = 0;
+  EXPECT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
+  return p;
+}
+
+// Enough fenced frees that the router polls stream activity (every 32) more than once: one poll records
+// the probe, a later one reads it.
+void churn() {
+  for (int i = 0; i < 200; ++i) {
+    CUdeviceptr p = fresh_block();
+    EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  }
+}
+
+void launch_on(CUstream stream) {
+  ASSERT_EQ(cuLaunchKernel(nullptr, 1, 1, 1, 1, 1, 1, 0, stream, nullptr, nullptr), CUDA_SUCCESS);
+}
+
+class StreamActivity : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_NE(std::getenv("LD_PRELOAD"), nullptr) << "run through ctest: it preloads libgpushim.so";
+    if (backend() == "passthrough" || backend() == "mempool")
+      GTEST_SKIP() << backend() << " orders its own frees (cuMemFree syncs; the pool is stream-ordered)";
+    ASSERT_EQ(cuInit(0), CUDA_SUCCESS);
+    fake_cuda_hold_gpu(0);
+  }
+  void TearDown() override { fake_cuda_hold_gpu(0); }
+};
+
+TEST_F(StreamActivity, CreatingStreamsDoesNotEndReuseAtOnce) {
+  CUstream nonblocking = nullptr, blocking = nullptr;
+  ASSERT_EQ(cuStreamCreate(&nonblocking, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&blocking, 0), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  launch_on(CU_STREAM_LEGACY);  // the legacy stream is the order itself
+  const int records = fake_cuda_calls("cuEventRecord");
+  EXPECT_TRUE(reused_at_once(fresh_block()));
+  EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "no fence while only the legacy stream works";
+  EXPECT_EQ(cuStreamDestroy(nonblocking), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(blocking), CUDA_SUCCESS);
+}
+
+// The deliberately unsafe reuse: a block whose last user is queued on a non-blocking stream that the GPU
+// has not finished. Handing it out again would let new work race that kernel. With the rule broken
+// (every free reused at once), this test fails.
+TEST_F(StreamActivity, WorkOnANonBlockingStreamFencesFreesUntilItsWorkIsDone) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  const CUdeviceptr used = fresh_block();
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  ASSERT_EQ(cuMemsetD8Async(used, 0x5a, kBlock, s), CUDA_SUCCESS);  // its last user, still queued
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 1) << "the stream is joined to the legacy stream once";
+  EXPECT_FALSE(reused_at_once(used)) << "a block the GPU may still touch was handed out again";
+  launch_on(s);  // active already: no second join
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 1);
+  churn();
+  CUdeviceptr other = fresh_block();
+  EXPECT_FALSE(reused_at_once(other)) << "still fenced while the GPU holds the stream's work";
+
+  fake_cuda_hold_gpu(0);  // the GPU catches up: a probe finds the stream idle, reuse at once returns
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block()));
+  // Work again: joined again, fenced again.
+  fake_cuda_hold_gpu(1);
+  const CUdeviceptr again = fresh_block();
+  launch_on(s);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 2);
+  EXPECT_FALSE(reused_at_once(again));
+  fake_cuda_hold_gpu(0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// The legacy stream and one blocking stream order each other both ways; a second blocking stream with
+// work does not order against the first.
+TEST_F(StreamActivity, OneBlockingStreamKeepsTheOrderASecondEndsIt) {
+  CUstream first = nullptr, second = nullptr;
+  ASSERT_EQ(cuStreamCreate(&first, 0), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&second, 0), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  launch_on(first);
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "legacy + one blocking stream are totally ordered";
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  launch_on(second);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 1) << "the second waits for the first";
+  EXPECT_FALSE(reused_at_once(fresh_block()));
+  fake_cuda_hold_gpu(0);
+  EXPECT_EQ(cuStreamDestroy(first), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(second), CUDA_SUCCESS);
+}
+
+// A destroyed stream's queued work still runs: its blocks stay fenced until that work is done.
+TEST_F(StreamActivity, ADestroyedStreamCountsUntilItsWorkIsDone) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+  EXPECT_FALSE(reused_at_once(used));
+  churn();
+  EXPECT_FALSE(reused_at_once(fresh_block()));
+  fake_cuda_hold_gpu(0);
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block()));
+}
+
+// Work captured into a graph does not run at capture: the capturing stream is not joined (a wait on an
+// outside event would break the capture) and does not become active.
+TEST_F(StreamActivity, CapturedWorkIsNotWork) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_RELAXED), CUDA_SUCCESS);
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  launch_on(s);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits);
+  CUgraph graph = nullptr;
+  cuStreamEndCapture(s, &graph);
+  fake_cuda_hold_gpu(1);
+  EXPECT_TRUE(reused_at_once(fresh_block()));
+  fake_cuda_hold_gpu(0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// Work spread over many streams, each block freed right after its last user was queued: no block handed
+// out is one that queued work may still touch (the held fake GPU keeps all of it pending throughout).
+TEST_F(StreamActivity, WorkOnManyStreamsNeverGetsABusyBlock) {
+  constexpr int kThreads = 4;
+  std::vector<CUstream> streams(kThreads);
+  for (CUstream& s : streams) ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  std::set<CUdeviceptr> busy;  // blocks whose last user is queued on a stream
+  for (int round = 0; round < 50; ++round) {
+    for (CUstream s : streams) {
+      CUdeviceptr p = fresh_block();
+      EXPECT_EQ(busy.count(p), 0u) << "a block still used by queued work was handed out";
+      ASSERT_EQ(cuMemsetD8Async(p, 7, kBlock, s), CUDA_SUCCESS);
+      busy.insert(p);
+      EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    }
+  }
+  fake_cuda_hold_gpu(0);
+  for (CUstream s : streams) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+}  // namespace
