@@ -167,11 +167,10 @@ const Row kRows[] = {
       "CUDA_ERROR_OUT_OF_MEMORY, and cuMemGetInfo reports the cap as total."},
      [](const char* v, Settings& s) { return parse_size_or_percent(v, &s.limit); }},
     {{"GPUSHIM_FREE_FENCE", "choice", "auto", "auto, always",
-      "When a block freed with cudaFree may be reused. auto: at once while the program has created no "
-      "stream (all its work is ordered on the legacy stream, as PyTorch's and CuPy's default), else after "
-      "a fence shows the GPU work issued before the free has finished; always: after the fence, even then "
-      "(for programs built with --default-stream per-thread that free, from one thread, memory another "
-      "thread's kernels still use)."},
+      "When a block freed with cudaFree may be reused. auto: at once while only the legacy stream (and at "
+      "most one blocking stream) carries work, whatever streams exist; while another stream carries work, "
+      "after a fence shows the GPU work issued before the free has finished (docs/free-safety.md); "
+      "always: after the fence, in every case."},
      [](const char* v, Settings& s) {
        std::string choice = listed_word(v, "auto, always");
        if (choice.empty()) return false;

@@ -31,11 +31,13 @@ void at_exit() noexcept {
         row.frees = g_retired[d].frees.load();
         row.failed = g_retired[d].failed.load();
         row.bytes_allocated = g_retired[d].bytes.load();
+        row.fenced_frees = g_retired[d].fenced.load();
         for (ThreadState* thread : threads()) {
           row.allocs += thread->counters[d].allocs.load();
           row.frees += thread->counters[d].frees.load();
           row.failed += thread->counters[d].failed.load();
           row.bytes_allocated += thread->counters[d].bytes.load();
+          row.fenced_frees += thread->counters[d].fenced.load();
         }
         AllocatorStats stats = device->backend().stats();
         row.peak_live = stats.peak_bytes_in_use;
@@ -44,6 +46,7 @@ void at_exit() noexcept {
         row.spilled_allocs = stats.spilled_allocations;
         row.peak_spilled = stats.peak_bytes_spilled;
         row.peak_spill_reserved = stats.peak_spill_reserved;
+        row.peak_fence_waiting = device->fences.peak_pending_bytes();
         rows.push_back(row);
       }
       for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());

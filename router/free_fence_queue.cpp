@@ -1,5 +1,6 @@
 #include "router/free_fence_queue.h"
 
+#include <algorithm>
 #include <new>
 #include <utility>
 
@@ -36,6 +37,7 @@ void FreeFenceQueue::enqueue(ClosedBatch batch) noexcept {
   }
   try_record(batch);
   pending_bytes_ += batch.bytes;
+  peak_pending_bytes_ = std::max(peak_pending_bytes_, pending_bytes_);
   try {
     queue_.push_back(std::move(batch));
   } catch (...) {
@@ -70,6 +72,7 @@ void FreeFenceQueue::adopt_orphans(std::vector<FreedBlock> blocks) noexcept {
       orphans_.push_back(block);
       pending_bytes_ += block.bytes;
     }
+    peak_pending_bytes_ = std::max(peak_pending_bytes_, pending_bytes_);
   } catch (...) {
     // Held forever: safe, only wasteful.
   }
@@ -161,6 +164,11 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
 std::uint64_t FreeFenceQueue::pending_bytes() const noexcept {
   std::lock_guard<std::mutex> guard(lock_);
   return pending_bytes_;
+}
+
+std::uint64_t FreeFenceQueue::peak_pending_bytes() const noexcept {
+  std::lock_guard<std::mutex> guard(lock_);
+  return peak_pending_bytes_;
 }
 
 bool FreeFenceQueue::holds(const void* p) const noexcept {

@@ -123,6 +123,8 @@ class FreeFenceQueue {
   std::size_t synchronize_all() noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
+  // The most bytes that waited here at once (closed batches and orphans; open batches are per thread).
+  std::uint64_t peak_pending_bytes() const noexcept;
   // True while `p` waits here (closed, orphaned or not yet given back). Cold: scans every batch.
   bool holds(const void* p) const noexcept;
   std::size_t batches() const noexcept;
@@ -149,6 +151,7 @@ class FreeFenceQueue {
   std::deque<ClosedBatch> queue_;  // in close order
   std::vector<FreedBlock> orphans_;
   std::uint64_t pending_bytes_ = 0;  // lock_ held
+  std::uint64_t peak_pending_bytes_ = 0;  // lock_ held
 };
 
 }  // namespace gpushim

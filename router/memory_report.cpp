@@ -83,6 +83,13 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
                   bytes_text(row.peak_spill_reserved).c_str(), bytes_text(row.spill_limit).c_str());
     lines.emplace_back(line);
   }
+  for (const StatsRow& row : rows) {
+    if (row.fenced_frees == 0) continue;
+    std::snprintf(line, sizeof line, "device %d fenced %llu of %llu frees; peak waiting for a fence %s", row.device,
+                  static_cast<unsigned long long>(row.fenced_frees), static_cast<unsigned long long>(row.frees),
+                  bytes_text(row.peak_fence_waiting).c_str());
+    lines.emplace_back(line);
+  }
   return lines;
 }
 

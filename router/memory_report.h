@@ -55,12 +55,16 @@ struct StatsRow {
   std::uint64_t peak_spilled = 0;        // live bytes in host memory at most
   std::uint64_t peak_spill_reserved = 0; // host memory mapped at most
   std::uint64_t spill_limit = 0;         // 0: this device does not spill
+  // Free-safety (docs/free-safety.md): cuMemFree'd blocks that waited for a fence because a stream other
+  // than the legacy one carried work, and the most bytes that waited at once in closed batches.
+  std::uint64_t fenced_frees = 0;
+  std::uint64_t peak_fence_waiting = 0;
 };
 
 // The header and one line per row, exactly as docs/configuration.md ("The statistics table") shows
 // them (whitespace-separated; byte columns are format_bytes "<number> <unit>" pairs). Rows with no call
 // are left out. Then, only for devices that spill (GPUSHIM_SPILL=host), one "device D spilled to host:
-// ..." line each.
+// ..." line each; for devices where frees waited for a fence, one "device D fenced ..." line each.
 std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows);
 
 }  // namespace gpushim

@@ -22,6 +22,23 @@ TEST(StatsTable, HeaderMatchesTheContractCharacterForCharacter) {
             "gpushim: device backend       allocs      frees     failed  bytes_allocated   peak_live  peak_reserved");
 }
 
+// A device whose frees waited for a fence gets one line under the table; one whose frees never waited
+// gets none (docs/configuration.md, "The statistics table").
+TEST(StatsTable, FencedFreesGetTheirOwnLine) {
+  StatsRow fenced;
+  fenced.device = 0;
+  fenced.backend = "tiered";
+  fenced.allocs = fenced.frees = 100;
+  fenced.fenced_frees = 40;
+  fenced.peak_fence_waiting = 96ull << 20;
+  StatsRow unfenced = fenced;
+  unfenced.device = 1;
+  unfenced.fenced_frees = 0;
+  auto lines = format_stats_table({fenced, unfenced});
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[3], "device 0 fenced 40 of 100 frees; peak waiting for a fence 96.00 MiB");
+}
+
 TEST(StatsTable, RowsParseByWhitespaceAsTestsDo) {
   StatsRow row;
   row.device = 0;
