@@ -298,10 +298,10 @@ def run(args, record, sampler):
     record_torch_memory(torch, dev, record)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def base_record(args):
+    """What the JSON line says before anything runs: the configuration, the schedule, the model's shape."""
     warm, measured = schedules(args)
-    record = {
+    return {
         "workload": "torch_decode",
         "config": args.config,
         "pid": os.getpid(),
@@ -312,7 +312,11 @@ def main(argv=None):
         "attention_wanted": {"prefill": args.prefill_attention, "decode": args.decode_attention},
         "env": recorded_env(ENV_RECORDED),
     }
-    return run_and_print_record(run, args, record)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    return run_and_print_record(run, args, base_record(args))
 
 
 if __name__ == "__main__":
