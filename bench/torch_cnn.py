@@ -20,7 +20,6 @@ only names the configuration (--config) and measures. Prints ONE JSON line on st
 "error"). Rate: images per second over the measured steps (their wall time between two synchronizations).
 """
 
-import argparse
 import collections
 import os
 import random
@@ -29,7 +28,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_record import describe_cuda_device, record_torch_memory  # noqa: E402
-from workload_record import recorded_env, run_and_print_record  # noqa: E402
+from workload_record import (apply_sizes, recorded_env, run_and_print_record,  # noqa: E402
+                             sized_argument_parser)
 
 ENV_RECORDED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
                 "LD_PRELOAD", "GPUSHIM_BACKEND", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
@@ -46,10 +46,7 @@ QUICK = {"steps": 12, "shapes": 3, "max_batch": 64, "max_image": 128}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=os.environ.get("BENCH_CONFIG", "unnamed"),
-                   help="name of the configuration, copied into the JSON line")
-    p.add_argument("--quick", action="store_true", help="smoke test: %s" % QUICK)
+    p = sized_argument_parser(__doc__, QUICK)
     p.add_argument("--steps", type=int, help="measured steps (default %d)" % FULL["steps"])
     p.add_argument("--shapes", type=int, help="distinct (batch, image size) shapes (default %d)" % FULL["shapes"])
     p.add_argument("--max-batch", type=int, help="largest batch of %s (default %d)" % (BATCHES, FULL["max_batch"]))
@@ -62,12 +59,8 @@ def parse_args(argv=None):
                    help="torch.backends.cudnn.deterministic = False (faster algorithms allowed, loss may differ)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cuda", help="cuda (default) or cpu for a logic check without a GPU")
-    p.add_argument("--sample-ms", type=float, default=5.0, help="NVML sampling interval (default 5 ms)")
     args = p.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    for key, value in sizes.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_sizes(args, FULL, QUICK)
     if args.steps < 1:
         p.error("--steps must be >= 1")
     if not shape_grid(args.max_batch, args.max_image):

@@ -26,7 +26,6 @@ configuration computes the same thing from the same seeds, so `result` (the sum 
 the chosen tokens) must agree across them.
 """
 
-import argparse
 import collections
 import os
 import random
@@ -36,7 +35,8 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from torch_record import describe_cuda_device, record_torch_memory  # noqa: E402
-from workload_record import first_line, recorded_env, run_and_print_record  # noqa: E402
+from workload_record import (apply_sizes, first_line, recorded_env, run_and_print_record,  # noqa: E402
+                             sized_argument_parser)
 
 ENV_RECORDED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
                 "LD_PRELOAD", "GPUSHIM_BACKEND", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
@@ -58,10 +58,7 @@ QUICK = {"requests": 4, "warmup": 1, "prompt_min": 32, "prompt_max": 128, "gen_m
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", default=os.environ.get("BENCH_CONFIG", "unnamed"),
-                   help="name of the configuration, copied into the JSON line")
-    p.add_argument("--quick", action="store_true", help="smoke test: %s" % QUICK)
+    p = sized_argument_parser(__doc__, QUICK)
     p.add_argument("--requests", type=int, help="measured requests (default %d)" % FULL["requests"])
     p.add_argument("--warmup", type=int, help="untimed requests first (default %d)" % FULL["warmup"])
     p.add_argument("--prompt-min", type=int, help="shortest prompt (default %d)" % FULL["prompt_min"])
@@ -78,12 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--decode-attention", choices=sorted(SDPA_BACKENDS), default="flash",
                    help="backend wanted for generated tokens; refused shapes fall back (default flash)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--sample-ms", type=float, default=5.0, help="NVML sampling interval (default 5 ms)")
     args = p.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    for key, value in sizes.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    apply_sizes(args, FULL, QUICK)
     if args.requests < 1 or args.warmup < 0:
         p.error("--requests must be >= 1 and --warmup >= 0")
     if not (1 <= args.prompt_min <= args.prompt_max) or not (1 <= args.gen_min <= args.gen_max):
