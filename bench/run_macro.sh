@@ -162,13 +162,14 @@ fi
 # The GPU of each of the --gpus lanes, as CUDA_VISIBLE_DEVICES will name it: its UUID, which CUDA and NVML
 # both resolve to the same card (bench/nvml_sampler.py), whatever order each of them numbers the cards in.
 # Without nvidia-smi: indices, with CUDA_DEVICE_ORDER=PCI_BUS_ID so CUDA numbers the cards as NVML does.
+# A dry run prints lanes only and asks nothing of the machine.
 gpu_ids=(); gpu_order=()
-if [[ $gpus -gt 1 ]]; then
-  mapfile -t gpu_ids < <(nvidia-smi --query-gpu=uuid --format=csv,noheader 2>/dev/null | sed 's/[[:space:]]//g')
+if [[ $gpus -gt 1 && $dry_run -eq 0 ]]; then
+  mapfile -t gpu_ids < <(nvidia-smi --query-gpu=uuid --format=csv,noheader 2>/dev/null | grep -o '^GPU-[0-9a-fA-F-]*')
   if [[ ${#gpu_ids[@]} -eq 0 ]]; then
     gpu_ids=(); for (( g = 0; g < gpus; g++ )); do gpu_ids+=("$g"); done
     gpu_order=(CUDA_DEVICE_ORDER=PCI_BUS_ID)
-    [[ $dry_run -eq 1 ]] || echo "run_macro.sh: WARNING: nvidia-smi lists no GPU; pinning by index" >&2
+    echo "run_macro.sh: WARNING: nvidia-smi lists no GPU; pinning by index" >&2
   elif [[ ${#gpu_ids[@]} -lt $gpus ]]; then
     echo "run_macro.sh: --gpus $gpus but nvidia-smi lists ${#gpu_ids[@]} GPU(s)" >&2; exit 2
   fi

@@ -364,9 +364,9 @@ RUN_MACRO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_macro.
 
 
 def dry_run(*args):
-    """run_macro.sh --dry-run's plan: [(pass, gpu, workload, config)], in queue order. PATH without
-    nvidia-smi, so the lanes are GPU indices whatever machine runs the test."""
-    env = dict(os.environ, PATH="/usr/bin:/bin")
+    """run_macro.sh --dry-run's plan: [(pass, gpu, workload, config)], in queue order. A dry run asks
+    nothing of the machine, so this reads the same with or without GPUs."""
+    env = dict(os.environ)
     env.pop("CUDA_VISIBLE_DEVICES", None)
     out = subprocess.run(["bash", RUN_MACRO, "--dry-run", "--lib", "/nonexistent/libgpushim.so"] + list(args),
                          env=env, capture_output=True, text=True, check=True).stdout
