@@ -91,7 +91,7 @@ class CnnSchedule(unittest.TestCase):
 
     def test_defaults_quick_and_refusals(self):
         full = torch_cnn.parse_args([])
-        self.assertEqual((full.steps, full.shapes, full.amp, full.nondeterministic), (160, 8, False, False))
+        self.assertEqual((full.steps, full.shapes, full.amp, full.nondeterministic), (240, 8, False, False))
         quick = torch_cnn.parse_args(["--quick"])
         self.assertEqual((quick.steps, quick.shapes, quick.max_batch, quick.max_image), (12, 3, 64, 128))
         for argv in (["--steps", "0"], ["--shapes", "21"], ["--max-batch", "16"], ["--max-image", "64"]):

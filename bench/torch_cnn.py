@@ -41,7 +41,7 @@ Shape = collections.namedtuple("Shape", "batch image")
 
 # A full run is sized for ~15-25 s per process on an H100 or H200 including Python and CUDA start-up; --quick
 # for a smoke test. Explicit options override either set.
-FULL = {"steps": 160, "shapes": 8, "max_batch": 128, "max_image": 224}
+FULL = {"steps": 240, "shapes": 8, "max_batch": 128, "max_image": 224}
 QUICK = {"steps": 12, "shapes": 3, "max_batch": 64, "max_image": 128}
 
 
