@@ -1,6 +1,6 @@
 """Turns the raw output of bench/run_macro.sh into the macro tables (markdown) and one JSONL per workload.
 
-Input, in the results folder, per workload W (torch, cupy):
+Input, in the results folder, per workload W (torch, cupy, decode, cnn):
   W-plan.tsv          one line per configuration, in run order: name <TAB> how it was run
   W-<name>.json       the workload's stdout (one JSON line)
   W-<name>.stderr     its stderr; gpushim's GPUSHIM_STATS table is parsed from here
@@ -13,6 +13,11 @@ With N passes (N processes per configuration, run interleaved), a row's rate is 
 that finished cleanly, the ratio is median over the baseline's median, a range column shows the passes'
 min-max, and the memory columns are the max over those passes; a failed pass is left out of the median and
 named in the check column. With N = 1 the row is the one process's record, exactly as before --repeat.
+
+The PyTorch workloads (torch, decode, cnn) also get the free-safety table: per configuration the median
+rate, the passes' min-max, the max NVML peak, the rate over the fastest peer's (peers: PyTorch's caching
+allocator, expandable segments, cudaMallocAsync) and, for gpushim rows, whether the targets hold (peak at
+most expandable segments', rate at least 0.98x the fastest peer's). For decode and cnn it is the only table.
 
 Stdlib only, so it runs anywhere: `python3 bench/macro_report.py bench/results/<run>`.
 """
@@ -28,7 +33,17 @@ WORKLOADS = {
     "torch": ("PyTorch transformer training (bench/torch_transformer.py)", "default", "steps/s", "last loss",
               "expandable"),
     "cupy": ("CuPy FFT + matmul loop (bench/cupy_loop.py)", "pool", "ops/s", "checksum", None),
+    "decode": ("PyTorch LLM decoding, KV cache grown by torch.cat, cuDNN attention (bench/torch_decode.py)",
+               "default", "tokens/s", "log-prob sum", "expandable"),
+    "cnn": ("PyTorch CNN training, cuDNN convolutions, varying batch and image size (bench/torch_cnn.py)",
+            "default", "images/s", "last loss", "expandable"),
 }
+# The workloads of the free-safety table, and the ones for which it is the only table.
+FREE_SAFETY_WORKLOADS = ("torch", "decode", "cnn")
+FREE_SAFETY_ONLY = ("decode", "cnn")
+PEERS = ("default", "expandable", "mallocasync")  # what a PyTorch user would otherwise pick
+MEMORY_PEER = "expandable"
+SPEED_TARGET = 0.98  # of the fastest peer's median rate: closer than the passes' spread can rank
 TARGET_BACKEND = "tiered"  # gpushim's default backend (allocators/backend_registry.h kDefaultBackend)
 UNITS = {"B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
          "KB": 1 << 10, "MB": 1 << 20, "GB": 1 << 30, "TB": 1 << 40}
@@ -208,6 +223,9 @@ def checks(rec, base, tolerance):
         flags.append("allocator backend is %s" % rec.get("allocator_backend"))
     if rec.get("nvml_source") not in (None, "process"):
         flags.append("NVML peak from %s" % rec.get("nvml_source"))
+    cuda_gpu, nvml_gpu = rec.get("cuda_device_uuid"), rec.get("nvml_device_uuid")
+    if cuda_gpu and nvml_gpu and cuda_gpu.lower() != nvml_gpu.lower():
+        flags.append("NVML watched %s, CUDA ran on %s" % (nvml_gpu, cuda_gpu))
     return flags
 
 
@@ -347,6 +365,83 @@ def targets(workload, records, base):
     return out
 
 
+def fastest_peer(records):
+    """The peer row with the highest median rate, or None when no peer has one."""
+    peers = [r for r in records if r["config"] in PEERS and r.get("rate")]
+    return max(peers, key=lambda r: r["rate"]) if peers else None
+
+
+def peak_of(rec):
+    """Max NVML peak over the passes that count (the row's own figure for one pass)."""
+    counted = [p for p in processes(rec) if counts(p)] or processes(rec)
+    return max_or_none(p.get("peak_nvml_gib") for p in counted)
+
+
+def target_cell(rec, fastest, memory_peer):
+    """'mem MET, speed MISSED (0.952)' for a gpushim row: peak <= the memory peer's, rate >= SPEED_TARGET x
+    the fastest peer's; '-' for other rows, '?' parts where a figure is missing."""
+    if not rec["config"].startswith("gpushim-"):
+        return "-"
+    mine, theirs = peak_of(rec), peak_of(memory_peer) if memory_peer else None
+    if mine is None or theirs is None:
+        mem = "mem ?"
+    elif mine <= theirs:
+        mem = "mem MET"
+    else:
+        mem = "mem MISSED (+%.2f GiB)" % (mine - theirs)
+    if not rec.get("rate") or fastest is None:
+        speed = "speed ?"
+    else:
+        ratio = rec["rate"] / fastest["rate"]
+        speed = "speed MET" if ratio >= SPEED_TARGET else "speed MISSED (%.3f)" % ratio
+    return mem + ", " + speed
+
+
+def free_safety_table(workload, records, tolerance):
+    """The compact table: median, min-max, passes, max NVML peak, ratio to the fastest peer, targets."""
+    _, base_name, rate_col, _, _ = WORKLOADS[workload]
+    base = next((r for r in records if r["config"] == base_name and "rate" in r), None)
+    fastest = fastest_peer(records)
+    memory_peer = next((r for r in records if r["config"] == MEMORY_PEER), None)
+    lines = ["| config | %s (median) | min-max | passes | peak GiB (NVML, max) | vs fastest peer | targets | check |"
+             % rate_col, "|---|---:|---:|---:|---:|---:|---|---|"]
+    for rec in records:
+        passes = processes(rec)
+        counted = [p for p in passes if counts(p)]
+        rates = sorted(p["rate"] for p in counted)
+        rate = rec.get("rate") if counted else None
+        lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            rec["config"], fmt(rate, ".2f"), ("%.2f-%.2f" % (rates[0], rates[-1])) if rates else "-",
+            str(len(passes)) if len(counted) == len(passes) else "%d of %d" % (len(counted), len(passes)),
+            fmt(peak_of(rec) if counted else None, ".2f"),
+            fmt(rate / fastest["rate"] if (rate and fastest) else None, ".3f"),
+            target_cell(rec, fastest, memory_peer) if counted else "-",
+            "; ".join(repeated_checks(rec, base, tolerance) if len(passes) > 1
+                      else checks(rec, base if rec is not base else None, tolerance)) or "ok"))
+    lines += ["", "fastest peer: %s. targets (gpushim rows): peak <= %s's, rate >= %.2fx the fastest peer's." % (
+        ("%s, %.2f %s" % (fastest["config"], fastest["rate"], rate_col)) if fastest else "none finished",
+        MEMORY_PEER, SPEED_TARGET)]
+    lines += attention_notes(workload, records)
+    return lines
+
+
+def attention_notes(workload, records):
+    """decode: which SDPA backend each phase ran with and what made cuDNN's handle, once if every process
+    agrees, else per configuration."""
+    if workload != "decode":
+        return []
+    seen = {}
+    for rec in records:
+        for p in processes(rec):
+            if "sdpa_backend_prefill" in p:
+                seen.setdefault((p["sdpa_backend_prefill"], p.get("sdpa_backend_decode"),
+                                 p.get("cudnn_handle_made_by")), []).append(rec["config"])
+    text = ["attention: prefill %s, decode %s; cuDNN handle made by %s%s" % (
+        pre, dec, made, "" if len(seen) == 1 else " (%s)" % ", ".join(sorted(set(configs))))
+        for (pre, dec, made), configs in sorted(seen.items(), key=str)]
+    return text
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Print the macro benchmark tables from a results folder.")
     p.add_argument("folder")
@@ -365,8 +460,15 @@ def main(argv=None):
         if records is None:
             continue
         found = True
-        lines, base = table(workload, records, args.tolerance)
-        out += lines + [""] + targets(workload, records, base) + [""]
+        if workload in FREE_SAFETY_ONLY:
+            out += ["### " + WORKLOADS[workload][0], ""] + free_safety_table(workload, records, args.tolerance)
+            out += [""] + ["- `%s`: %s" % (r["config"], r.get("how", "")) for r in records] + [""]
+        else:
+            lines, base = table(workload, records, args.tolerance)
+            out += lines + [""] + targets(workload, records, base) + [""]
+            if workload in FREE_SAFETY_WORKLOADS:
+                out += ["Free-safety targets (peers: %s):" % ", ".join(PEERS), ""]
+                out += free_safety_table(workload, records, args.tolerance) + [""]
         with open(os.path.join(args.folder, workload + ".jsonl"), "w", encoding="utf-8") as f:
             for rec in records:
                 f.write(json.dumps(rec) + "\n")

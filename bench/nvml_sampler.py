@@ -12,6 +12,9 @@ Two readings per sample:
   program created its CUDA context). A fallback for sandboxes where NVML reports other pids or no usage;
   it also counts anything else running on the card, which on a lent machine is nothing.
 
+Which GPU: the process's CUDA device 0, found by the UUID in CUDA_VISIBLE_DEVICES when it holds one (as
+bench/run_macro.sh --gpus sets it), else by index (nvml_device_choice); the JSON line names it.
+
 Stdlib only: this file also imports (and degrades to "unavailable") on machines without a GPU.
 Run it directly for a one-shot reading: `python3 bench/nvml_sampler.py`.
 """
@@ -41,14 +44,19 @@ class _ProcessInfo(ctypes.Structure):  # nvmlProcessInfo_v2_t, what the _v3 proc
     ]
 
 
-def default_nvml_index():
-    """NVML numbers every GPU on the host; CUDA only the visible ones. Map CUDA device 0 back when the
-    visible list is plain indices; otherwise (UUIDs, unset) assume index 0. BENCH_NVML_INDEX overrides."""
-    override = os.environ.get("BENCH_NVML_INDEX")
-    if override is not None and override.strip().isdigit():
-        return int(override)
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
-    return int(visible) if visible.isdigit() else 0
+def nvml_device_choice(environ=None):
+    """Which NVML device is the process's CUDA device 0, as ("uuid", "GPU-...") or ("index", n).
+    NVML ignores CUDA_VISIBLE_DEVICES and numbers the GPUs by PCI bus id, CUDA by speed unless
+    CUDA_DEVICE_ORDER=PCI_BUS_ID: a UUID in CUDA_VISIBLE_DEVICES (what bench/run_macro.sh --gpus sets) names
+    the same card for both; an index is mapped as is. BENCH_NVML_INDEX overrides."""
+    env = os.environ if environ is None else environ
+    override = env.get("BENCH_NVML_INDEX", "").strip()
+    if override.isdigit():
+        return ("index", int(override))
+    visible = env.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+    if visible.startswith("GPU-"):
+        return ("uuid", visible)
+    return ("index", int(visible) if visible.isdigit() else 0)
 
 
 class NvmlPeakSampler:
@@ -58,7 +66,9 @@ class NvmlPeakSampler:
     def __init__(self, device_index=None, interval_s=0.005, pid=None):
         self.interval_s = interval_s
         self.pid = os.getpid() if pid is None else pid
-        self.device_index = default_nvml_index() if device_index is None else device_index
+        self.device_by = nvml_device_choice() if device_index is None else ("index", device_index)
+        self.device_index = self.device_by[1] if self.device_by[0] == "index" else None
+        self.device_uuid = None    # the watched GPU's UUID, as NVML reports it
         self.error = None          # why NVML is unusable, or None
         self._lib = None
         self._handle = ctypes.c_void_p()
@@ -99,11 +109,28 @@ class NvmlPeakSampler:
         if rc != _NVML_SUCCESS:
             self.error = "nvmlInit_v2 returned %d" % rc
             return
-        rc = lib.nvmlDeviceGetHandleByIndex_v2(self.device_index, ctypes.byref(self._handle))
+        if self.device_by[0] == "uuid":
+            try:
+                lib.nvmlDeviceGetHandleByUUID.restype = ctypes.c_int
+                lib.nvmlDeviceGetHandleByUUID.argtypes = [ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]
+                rc = lib.nvmlDeviceGetHandleByUUID(self.device_by[1].encode(), ctypes.byref(self._handle))
+            except AttributeError:
+                rc = -1
+            what = "nvmlDeviceGetHandleByUUID(%s)" % self.device_by[1]
+        else:
+            rc = lib.nvmlDeviceGetHandleByIndex_v2(self.device_index, ctypes.byref(self._handle))
+            what = "nvmlDeviceGetHandleByIndex_v2(%d)" % self.device_index
         if rc != _NVML_SUCCESS:
-            self.error = "nvmlDeviceGetHandleByIndex_v2(%d) returned %d" % (self.device_index, rc)
+            self.error = "%s returned %d" % (what, rc)
             lib.nvmlShutdown()
             return
+        uuid = ctypes.create_string_buffer(96)
+        get_uuid = getattr(lib, "nvmlDeviceGetUUID", None)
+        if get_uuid is not None:
+            get_uuid.restype = ctypes.c_int
+            get_uuid.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint]
+            if get_uuid(self._handle, uuid, len(uuid)) == _NVML_SUCCESS:
+                self.device_uuid = uuid.value.decode(errors="replace")
         self._procs_fn = getattr(lib, "nvmlDeviceGetComputeRunningProcesses_v3", None)
         if self._procs_fn is not None:
             self._procs_fn.restype = ctypes.c_int
@@ -237,6 +264,8 @@ class NvmlPeakSampler:
                 "nvml_mean_interval_ms": None if interval_ms is None else round(interval_ms, 2),
                 "nvml_mean_sample_cost_ms": None if cost_ms is None else round(cost_ms, 3),
                 "nvml_error": self.error,
+                "nvml_device": "%s %s" % self.device_by,
+                "nvml_device_uuid": self.device_uuid,
                 "nvml_pids_seen": sorted(self.pids_seen) if proc is None else None,
             }
 

@@ -1,11 +1,13 @@
-"""CPU checks of the macro report: the GPUSHIM_STATS parser, the flags a row gets, and the rows of runs
-with several passes (run_macro.sh --repeat N).
+"""CPU checks of the macro report: the GPUSHIM_STATS parser, the flags a row gets, the rows of runs
+with several passes (run_macro.sh --repeat N), the free-safety table, and run_macro.sh's GPU rotation
+(--gpus N, read from --dry-run).
 Run: python3 bench/test_macro_report.py  (stdlib unittest; no GPU, torch or cupy needed)."""
 
 import contextlib
 import io
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import unittest
@@ -131,7 +133,8 @@ def row(text, config):
 
 
 # The tables of a one-pass run, as macro_report.py printed them before --repeat existed (its HEAD version
-# on the folder of OnePass below): a run without --repeat must read exactly the same.
+# on the folder of OnePass below): a run without --repeat must read exactly the same. The one addition since:
+# the torch workload's free-safety table after its target lines.
 ONE_PASS_EXPECTED = """## Macro benchmarks
 
 device: FakeGPU driver 1; date: 2026-01-01 00:00 UTC; commit: abc1234
@@ -153,6 +156,17 @@ command: `x`
 
 - speed: gpushim-tiered / default = 1.012 (target >= 1.00): MET
 - memory: gpushim-tiered peak 10.50 GiB vs expandable 10.60 GiB (target <=): MET
+
+Free-safety targets (peers: default, expandable, mallocasync):
+
+| config | steps/s (median) | min-max | passes | peak GiB (NVML, max) | vs fastest peer | targets | check |
+|---|---:|---:|---:|---:|---:|---|---|
+| default | 8.50 | 8.50-8.50 | 1 | 13.40 | 1.000 | - | ok |
+| expandable | 8.40 | 8.40-8.40 | 1 | 10.60 | 0.988 | - | ok |
+| gpushim-tiered | 8.60 | 8.60-8.60 | 1 | 10.50 | 1.012 | mem MET, speed MET | ok |
+| gpushim-vmm | - | - | 0 of 1 | - | - | - | ERROR: timed out, no JSON line: RuntimeError: stuck |
+
+fastest peer: default, 8.50 steps/s. targets (gpushim rows): peak <= expandable's, rate >= 0.98x the fastest peer's.
 
 ### CuPy FFT + matmul loop (bench/cupy_loop.py)
 
@@ -270,6 +284,138 @@ class ThreePasses(unittest.TestCase):
         with tempfile.TemporaryDirectory() as d:
             make_folder(d, "cupy", [("pool", "CuPy pool", [clean(1.0, 5.0), clean(3.0, 5.0), clean(2.0, 5.0)])])
             self.assertEqual(row(report(d), "pool")[1:4], ["2.00", "1.00-3.00", "3"])
+
+
+class FreeSafetyTable(unittest.TestCase):
+    """decode and cnn: the compact table is their only one; rate vs the fastest peer, targets per gpushim row."""
+
+    def make(self, folder):
+        decode = dict(sdpa_backend_prefill="cudnn", sdpa_backend_decode="flash",
+                      cudnn_handle_made_by="cuDNN attention (prefill)")
+        make_folder(folder, "decode", [
+            ("default", "caching", [clean(1000.0, 4.1, -5.0, **decode), clean(1040.0, 4.0, -5.0, **decode),
+                                    clean(980.0, 4.2, -5.0, **decode)]),
+            ("expandable", "expandable", [clean(1010.0, 3.3, -5.0, **decode), clean(990.0, 3.4, -5.0, **decode),
+                                          clean(1000.0, 3.3, -5.0, **decode)]),
+            # the fastest peer: median 1050
+            ("mallocasync", "async", [clean(1050.0, 3.5, -5.0, **decode), clean(1060.0, 3.4, -5.0, **decode),
+                                      clean(1020.0, 3.5, -5.0, **decode)]),
+            # median 1040 = 0.990 of 1050, peak max 3.30 <= expandable's max 3.40: both met
+            ("gpushim-tiered", "t", [clean(1040.0, 3.2, -5.0, stats=("tiered", 3.0), **decode),
+                                     clean(1045.0, 3.3, -5.0, stats=("tiered", 3.0), **decode),
+                                     clean(1000.0, 3.1, -5.0, stats=("tiered", 3.0), **decode)]),
+            # median of the two clean passes 1000 = 0.952, peak 3.50 > 3.40: both missed; pass 2 crashed
+            ("gpushim-vmm", "v", [clean(990.0, 3.5, -5.0, stats=("vmm", 3.0), **decode), CRASHED,
+                                  clean(1010.0, 3.45, -5.0, stats=("vmm", 3.0), **decode)]),
+        ], repeat=3)
+
+    def test_columns_and_targets(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.make(d)
+            text = report(d)
+            self.assertIn("### PyTorch LLM decoding", text)
+            self.assertIn("| config | tokens/s (median) | min-max | passes | peak GiB (NVML, max) | "
+                          "vs fastest peer | targets | check |", text)
+            self.assertEqual(row(text, "default")[:7], ["default", "1000.00", "980.00-1040.00", "3", "4.20",
+                                                         "0.952", "-"])
+            self.assertEqual(row(text, "mallocasync")[:6],
+                             ["mallocasync", "1050.00", "1020.00-1060.00", "3", "3.50", "1.000"])
+            self.assertEqual(row(text, "gpushim-tiered")[:8],
+                             ["gpushim-tiered", "1040.00", "1000.00-1045.00", "3", "3.30", "0.990",
+                              "mem MET, speed MET", "ok"])
+            vmm = row(text, "gpushim-vmm")
+            self.assertEqual(vmm[:7], ["gpushim-vmm", "1000.00", "990.00-1010.00", "2 of 3", "3.50", "0.952",
+                                       "mem MISSED (+0.10 GiB), speed MISSED (0.952)"])
+            self.assertIn("pass 2 EXCLUDED from median", vmm[7])
+            self.assertIn("fastest peer: mallocasync, 1050.00 tokens/s", text)
+            self.assertIn("attention: prefill cudnn, decode flash; cuDNN handle made by cuDNN attention (prefill)",
+                          text)
+            # the old-style table is not printed for decode
+            self.assertNotIn("ratio to default", text)
+
+    def test_speed_exactly_at_the_target_is_met(self):
+        fastest = {"config": "default", "rate": 100.0}
+        rec = {"config": "gpushim-tiered", "rate": 98.0, "peak_nvml_gib": 2.0}
+        peer = {"config": "expandable", "rate": 90.0, "peak_nvml_gib": 2.0}
+        self.assertEqual(macro_report.target_cell(rec, fastest, peer), "mem MET, speed MET")
+        rec["rate"] = 97.9
+        self.assertEqual(macro_report.target_cell(rec, fastest, peer), "mem MET, speed MISSED (0.979)")
+        self.assertEqual(macro_report.target_cell(dict(rec, config="expandable"), fastest, peer), "-")
+        self.assertEqual(macro_report.target_cell(rec, fastest, None), "mem ?, speed MISSED (0.979)")
+
+    def test_result_disagreement_is_flagged_against_default(self):
+        with tempfile.TemporaryDirectory() as d:
+            make_folder(d, "cnn", [("default", "caching", [clean(500.0, 9.0, 4.6)]),
+                                   ("gpushim-tiered", "t", [clean(500.0, 8.0, 4.7, stats=("tiered", 7.0))])])
+            tiered = row(report(d), "gpushim-tiered")
+            self.assertEqual(tiered[:3], ["gpushim-tiered", "500.00", "500.00-500.00"])
+            self.assertIn("RESULT DIFFERS from default", tiered[-1])
+            self.assertIn("mem ?", tiered[-2])  # no expandable row to compare with
+
+    def test_gpu_mismatch_between_cuda_and_nvml_is_flagged(self):
+        rec = {"config": "default", "rate": 1.0, "nvml_source": "process",
+               "cuda_device_uuid": "GPU-aaaa", "nvml_device_uuid": "GPU-bbbb"}
+        self.assertIn("NVML watched GPU-bbbb, CUDA ran on GPU-aaaa", macro_report.checks(rec, None, 1e-4))
+        rec["nvml_device_uuid"] = "GPU-AAAA"
+        self.assertEqual(macro_report.checks(rec, None, 1e-4), [])
+
+
+RUN_MACRO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run_macro.sh")
+
+
+def dry_run(*args):
+    """run_macro.sh --dry-run's plan: [(pass, gpu, workload, config)], in queue order. A dry run asks
+    nothing of the machine, so this reads the same with or without GPUs."""
+    env = dict(os.environ)
+    env.pop("CUDA_VISIBLE_DEVICES", None)
+    out = subprocess.run(["bash", RUN_MACRO, "--dry-run", "--lib", "/nonexistent/libgpushim.so"] + list(args),
+                         env=env, capture_output=True, text=True, check=True).stdout
+    plan = []
+    for line in out.splitlines():
+        words = line.split()
+        assert words[0] == "pass" and words[2] == "gpu", line
+        plan.append((int(words[1]), int(words[3]), words[4], words[5].rstrip(":")))
+    return plan
+
+
+class GpuRotation(unittest.TestCase):
+    CONFIGS = "default expandable mallocasync gpushim-tiered gpushim-vmm"
+
+    def test_lane_is_config_index_plus_pass_mod_gpus(self):
+        plan = dry_run("--only", "decode", "--configs", self.CONFIGS, "--repeat", "3", "--gpus", "4")
+        self.assertEqual(len(plan), 15)
+        order = [c for k, _, _, c in plan if k == 1]
+        self.assertEqual(order, ["default", "expandable", "mallocasync", "gpushim-vmm", "gpushim-tiered"])
+        for k, gpu, workload, config in plan:
+            self.assertEqual(workload, "decode")
+            self.assertEqual(gpu, (order.index(config) + k - 1) % 4, (k, gpu, config))
+
+    def test_each_config_visits_a_different_gpu_every_pass(self):
+        plan = dry_run("--only", "cnn", "--configs", self.CONFIGS, "--repeat", "4", "--gpus", "4")
+        for config in self.CONFIGS.split():
+            self.assertEqual(sorted(g for _, g, _, c in plan if c == config), [0, 1, 2, 3], config)
+
+    def test_one_gpu_keeps_the_old_order(self):
+        plan = dry_run("--only", "torch,cupy", "--repeat", "2")
+        self.assertEqual({g for _, g, _, _ in plan}, {0})
+        self.assertEqual([w for _, _, w, _ in plan], ["torch"] * 20 + ["cupy"] * 18)
+        self.assertEqual([k for k, _, w, _ in plan if w == "torch"], [1] * 10 + [2] * 10)
+
+    def test_new_workloads_default_to_the_short_list(self):
+        plan = dry_run("--only", "decode,cnn")
+        for workload in ("decode", "cnn"):
+            self.assertEqual([c for _, _, w, c in plan if w == workload],
+                             ["default", "expandable", "mallocasync", "gpushim-vmm", "gpushim-tiered"])
+        quick = dry_run("--only", "cnn", "--quick")
+        self.assertEqual([c for _, _, _, c in quick], ["default", "expandable", "gpushim-tiered"])
+        other = dry_run("--only", "decode", "--configs", "nocache-cudamalloc gpushim-slab")
+        self.assertEqual([c for _, _, _, c in other], ["nocache-cudamalloc", "gpushim-slab"])
+
+    def test_bad_arguments_are_refused(self):
+        for args in (["--only", "nope"], ["--gpus", "0"], ["--gpus", "x"]):
+            proc = subprocess.run(["bash", RUN_MACRO, "--dry-run"] + args, capture_output=True, text=True)
+            self.assertEqual(proc.returncode, 2, args)
+            self.assertIn("run_macro.sh:", proc.stderr)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from nvml_sampler import GIB  # noqa: E402
-from workload_record import first_line, recorded_env, run_and_print_record  # noqa: E402
+from torch_record import describe_cuda_device, record_torch_memory  # noqa: E402
+from workload_record import recorded_env, run_and_print_record  # noqa: E402
 
 SEQ_CYCLE = (128, 256, 384, 512, 192, 448, 320, 64)
 ENV_RECORDED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
@@ -50,10 +50,6 @@ def parse_args(argv=None):
     return args
 
 
-def caching_allocator_on():
-    return os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING", "") in ("", "0")
-
-
 def run(args, record, sampler):
     import torch
     import torch.nn as nn
@@ -66,14 +62,7 @@ def run(args, record, sampler):
     dev = torch.device(args.device)
     on_cuda = dev.type == "cuda"
     if on_cuda:
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch.cuda.is_available() is False")
-        torch.cuda.init()
-        record["device"] = torch.cuda.get_device_name(dev)
-        try:
-            record["allocator_backend"] = torch.cuda.memory.get_allocator_backend()
-        except Exception:  # older torch: no such query
-            record["allocator_backend"] = None
+        describe_cuda_device(torch, dev, record)
 
     # Weights are drawn on the CPU from the CPU generator: the same numbers whatever the GPU allocator.
     torch.manual_seed(args.seed)
@@ -128,14 +117,7 @@ def run(args, record, sampler):
         "result_name": "last_loss",
         "last_seq_len": SEQ_CYCLE[(args.warmup + args.steps - 1) % len(SEQ_CYCLE)],
     })
-    record["torch_max_reserved_gib"] = None
-    record["torch_max_allocated_gib"] = None
-    if on_cuda and caching_allocator_on():  # with the cache off PyTorch's counters say nothing of the device
-        try:
-            record["torch_max_reserved_gib"] = round(torch.cuda.max_memory_reserved(dev) / GIB, 4)
-            record["torch_max_allocated_gib"] = round(torch.cuda.max_memory_allocated(dev) / GIB, 4)
-        except RuntimeError as exc:  # a backend without these counters
-            record["torch_stats_error"] = first_line(exc)
+    record_torch_memory(torch, dev, record)
 
 
 def main(argv=None):

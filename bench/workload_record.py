@@ -1,4 +1,4 @@
-"""The one JSON line a macro workload prints (bench/cupy_loop.py, bench/torch_transformer.py).
+"""The one JSON line a macro workload prints (bench/cupy_loop.py and the bench/torch_*.py workloads).
 
 A workload builds its record with its own keys, then hands it here with its run(args, record, sampler):
 the NVML sampler starts first, so its device baseline is taken before the process creates a CUDA context;
@@ -7,6 +7,7 @@ bench/macro_report.py reads the line: the workload's keys first, then what run()
 any, then the sampler's peaks.
 """
 
+import argparse
 import json
 import os
 import sys
@@ -44,3 +45,21 @@ def run_and_print_record(run, args, record):
     record.update(sampler.result(window="timed" if "error" not in record else "all"))
     print(json.dumps(record), flush=True)
     return rc
+
+
+def sized_argument_parser(doc, quick):
+    """The options every sized workload shares: --config (the name the JSON line carries), --quick (the
+    smoke-test sizes `quick`), --sample-ms. Its own sizes default to None, for apply_sizes to fill."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--config", default=os.environ.get("BENCH_CONFIG", "unnamed"),
+                   help="name of the configuration, copied into the JSON line")
+    p.add_argument("--quick", action="store_true", help="smoke test: %s" % quick)
+    p.add_argument("--sample-ms", type=float, default=5.0, help="NVML sampling interval (default 5 ms)")
+    return p
+
+
+def apply_sizes(args, full, quick):
+    """Every size not given on the command line takes its --quick or full default."""
+    for key, value in (quick if args.quick else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
