@@ -31,7 +31,7 @@ for config in ("none", "tiered"):
     for line in open(os.path.join(d, config)):
         _, kind, median, *_ = line.split()
         rate.setdefault((config, kind), []).append(float(median))
-print("| stream | no gpushim (kernels/s) | gpushim tiered (kernels/s) | ratio | processes |")
+print("| stream | no gpushim (kernels per s) | gpushim tiered (kernels per s) | ratio | processes |")
 print("|---|---:|---:|---:|---:|")
 for kind in ("legacy", "nonblocking"):
     a = statistics.median(rate[("none", kind)]); b = statistics.median(rate[("tiered", kind)])

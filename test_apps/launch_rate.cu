@@ -3,7 +3,7 @@
 // without LD_PRELOAD=libgpushim.so, pass after pass, and compares the medians.
 //
 //   launch_rate [launches per pass, default 200000] [passes, default 5]
-// Prints one line per stream kind: "launch_rate <legacy|nonblocking> <median kernels/s> <min> <max>".
+// Prints one line per stream kind: "launch_rate <legacy|nonblocking> <median kernels per second> <min> <max>".
 #include <cuda_runtime.h>
 
 #include <algorithm>
