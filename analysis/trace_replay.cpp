@@ -116,7 +116,7 @@ class LaggedFrees {
 
   // A waiting block freed on `stream` that an async allocation of `size` there may take at once.
   bool take_on_stream(std::int32_t device, std::uint64_t stream, std::uint64_t size, Block* out) {
-    if (stream == kPerThreadStream || by_stream_.empty()) return false;
+    if (by_stream_.empty()) return false;
     auto list = by_stream_.find(StreamKey{device, stream_of(stream), rounded(size)});
     if (list == by_stream_.end()) return false;
     auto it = list->second.front();
