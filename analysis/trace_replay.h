@@ -37,11 +37,13 @@ struct ReplayResult {
 // of trace time after it (both, when both are set). That is how gpushim's fenced frees behave in a
 // program that never synchronizes (docs/free-safety.md). Blocks freed with free_async wait too, but an
 // allocation on the same stream of the same rounded size takes one back at once, as gpushim's per-stream
-// free lists do. Batching of fences (a block waits for its batch to close) is not modelled.
+// free lists do. `batches` adds gpushim's fence batches: the lag starts when a free's batch closes, and
+// blocks come back when a later close polls (analysis/replay_freed_blocks.h).
 struct GpuLag {
   std::uint64_t events = 0;
   std::uint64_t microseconds = 0;
-  bool any() const { return events != 0 || microseconds != 0; }
+  bool batches = false;
+  bool any() const { return events != 0 || microseconds != 0 || batches; }
 };
 
 // Backends with a host-memory factory (provider backends); driver-backed ones cannot replay on a CPU.

@@ -92,8 +92,12 @@ std::string describe_lag(const GpuLag& lag) {
   if (lag.events) what = std::to_string(lag.events) + (lag.events == 1 ? " allocation/free call" : " allocation/free calls");
   if (lag.events && lag.microseconds) what += " and ";
   if (lag.microseconds) what += std::to_string(lag.microseconds) + " us";
-  return "GPU lag " + what + ": a freed block is reusable once the GPU has passed its free "
-         "(async frees: at once on their stream)";
+  if (!lag.batches)
+    return "GPU lag " + what + ": a freed block is reusable once the GPU has passed its free "
+           "(async frees: at once on their stream)";
+  return "GPU lag " + (what.empty() ? std::string("0") : what) +
+         ", fence batches: a freed block is reusable once its batch closed, the GPU passed the batch's fence "
+         "and a later close polled (async frees: at once on their stream until the list closes)";
 }
 
 }  // namespace

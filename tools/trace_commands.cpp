@@ -68,6 +68,7 @@ void add_trace_commands(CLI::App& app) {
 
   struct Options {
     std::string file, output, format = "chrome", backend = "all", lag_events = "0", lag_us = "0";
+    bool fence_batches = false;
     std::size_t top = 10;
   };
   auto options = std::make_shared<Options>();
@@ -100,12 +101,15 @@ void add_trace_commands(CLI::App& app) {
   replay->add_option("--gpu-lag-us", options->lag_us,
                      "model fenced frees: a freed block is reusable only T microseconds (trace time) later")
       ->check(count_of("microseconds"));
+  replay->add_flag("--fence-batches", options->fence_batches,
+                   "model gpushim's fence batches too: the lag starts when a free's batch closes");
   replay->footer("With a lag the table adds `peak waiting`: the most bytes freed but not yet reusable.\n"
                  "Both lags given: a block waits for both. docs/trace-format.md, \"Replay with a GPU lag\".");
   replay->callback([options] {
     GpuLag lag;
     parse_count(options->lag_events, &lag.events);  // checked above
     parse_count(options->lag_us, &lag.microseconds);
+    lag.batches = options->fence_batches;
     finish(run_trace_replay(options->file, options->backend, {std::cout, std::cerr}, lag));
   });
 
