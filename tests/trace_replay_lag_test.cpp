@@ -304,6 +304,55 @@ TEST(TraceReplayLag, TableKeepsItsFormatWithoutALagAndAddsPeakWaitingWithOne) {
   EXPECT_EQ(header, "backend       peak reserved      peak live  fragmentation   failed      ns/op   peak waiting");
   EXPECT_EQ(row.rfind("vmm ", 0), 0u) << row;
   EXPECT_EQ(row.substr(row.size() - 15), "       1.00 MiB") << row;
+
+  out.str("");
+  ASSERT_EQ(run_trace_replay(dir + "/synthetic.trace", "vmm", {out, err, false}, GpuLag{0, 0, true}), 0) << err.str();
+  EXPECT_EQ(out.str().rfind("GPU lag 0, fence batches: ", 0), 0u) << out.str();
+  EXPECT_NE(out.str().find("peak waiting\n"), std::string::npos) << out.str();
+}
+
+// --fence-batches, 1 MiB blocks, one thread: a batch closes at its 64th free (64 MiB), and the poll at the
+// next close gives it back. Without a lag the allocation just before the second close finds the first
+// batch and 63 open frees waiting: 127 blocks. A lag of 200 calls outlasts one more batch: 191.
+TEST(TraceReplayLag, FenceBatchesHoldBatchesCountedByHand) {
+  const BackendInfo& vmm = *find_backend("vmm");
+  const Trace trace = alloc_free_loop(256, kMiB);
+  const ReplayResult none = replay_trace(trace, vmm, {}, GpuLag{0, 0, true});
+  EXPECT_EQ(none.peak_waiting, 127 * kMiB);
+  EXPECT_GE(none.peak_reserved, 128 * kMiB);
+  EXPECT_EQ(none.operations, 512u);
+  EXPECT_EQ(replay_trace(trace, vmm, {}, GpuLag{200, 0, true}).peak_waiting, 191 * kMiB);
+  // Small blocks close a batch at 256 blocks: 511 wait at most.
+  constexpr std::uint64_t kSmall = 4096;
+  EXPECT_EQ(replay_trace(alloc_free_loop(600, kSmall), vmm, {}, GpuLag{0, 0, true}).peak_waiting, 511 * kSmall);
+}
+
+// Each thread has its own batch: two threads freeing in turn keep two open batches. Just before thread
+// 1's second close: thread 2's first batch (closed after thread 1's, so not yet polled) and 63 open
+// frees of each thread wait, 190 blocks.
+TEST(TraceReplayLag, FenceBatchesArePerThread) {
+  Trace trace = alloc_free_loop(512, kMiB);
+  for (std::size_t i = 0; i < trace.events.size(); ++i) trace.events[i].thread_id = 1 + (i / 2) % 2;
+  EXPECT_EQ(replay_trace(trace, *find_backend("vmm"), {}, GpuLag{0, 0, true}).peak_waiting, 190 * kMiB);
+}
+
+// Async frees on stream S wait in S's list, where async allocations on S take them back at once; a list
+// that is not drained closes like a batch. The per-thread stream's async frees join the thread's batch.
+TEST(TraceReplayLag, FenceBatchesKeepStreamListsReusableOnTheirStream) {
+  const BackendInfo& vmm = *find_backend("vmm");
+  const GpuLag batches{0, 0, true};
+  const ReplayResult same =
+      replay_trace(alloc_free_loop(256, kMiB, EventKind::alloc_async, EventKind::free_async, 7, 7), vmm, {}, batches);
+  EXPECT_EQ(same.reused_on_stream, 255u);
+  EXPECT_EQ(same.peak_waiting, 0u);
+  for (const Trace& trace : {alloc_free_loop(256, kMiB, EventKind::alloc_async, EventKind::free_async, 8, 7),
+                             alloc_free_loop(256, kMiB, EventKind::alloc_async, EventKind::free_async,
+                                             kPerThreadStream, kPerThreadStream)}) {
+    const ReplayResult r = replay_trace(trace, vmm, {}, batches);
+    EXPECT_EQ(r.reused_on_stream, 0u);
+    EXPECT_EQ(r.peak_waiting, 127 * kMiB);
+    EXPECT_EQ(r.operations, 512u);
+  }
 }
 
 // The options take whole numbers only; anything else is a usage error (exit 64 in `gpushim`) whose one
