@@ -43,7 +43,7 @@ namespace {
         return parse_count(value, &ignored) ? std::string()
                                             : std::string("a whole number of ") + what + ", 0 to 18446744073709551615";
       },
-      "COUNT");
+      "");
 }
 
 }  // namespace
@@ -97,14 +97,17 @@ void add_trace_commands(CLI::App& app) {
   replay->add_option("--backend", options->backend, "backend name, or all");
   replay->add_option("--gpu-lag-events", options->lag_events,
                      "model fenced frees: a freed block is reusable only N allocation/free calls later")
-      ->check(count_of("allocation/free calls"));
+      ->check(count_of("allocation/free calls"))
+      ->type_name("N");
   replay->add_option("--gpu-lag-us", options->lag_us,
                      "model fenced frees: a freed block is reusable only T microseconds (trace time) later")
-      ->check(count_of("microseconds"));
+      ->check(count_of("microseconds"))
+      ->type_name("T");
   replay->add_flag("--fence-batches", options->fence_batches,
                    "model gpushim's fence batches too: the lag starts when a free's batch closes");
   replay->footer("With a lag the table adds `peak waiting`: the most bytes freed but not yet reusable.\n"
-                 "Both lags given: a block waits for both. docs/trace-format.md, \"Replay with a GPU lag\".");
+                 "Both lags given: a block waits for both. --fence-batches alone: batches with no lag.\n"
+                 "docs/trace-format.md, \"Replay with a GPU lag\".");
   replay->callback([options] {
     GpuLag lag;
     parse_count(options->lag_events, &lag.events);  // checked above
