@@ -4,8 +4,8 @@
 #include "tools/trace_commands.h"
 
 #include <CLI/CLI.hpp>
-#include <iostream>
 #include <cstdint>
+#include <iostream>
 #include <memory>
 #include <string>
 
