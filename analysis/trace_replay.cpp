@@ -7,6 +7,7 @@
 #include <set>
 #include <unordered_map>
 
+#include "analysis/replay_freed_blocks.h"
 #include "providers/host_provider.h"
 
 namespace gpushim::tracing {
@@ -17,7 +18,7 @@ constexpr std::uint64_t kProgressEvery = 1u << 20;  // events between progress r
 const char* no_environment(const char*, void*) { return nullptr; }
 
 void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
-                   ReplayResult* result);
+                   const GpuLag& lag, ReplayResult* result);
 
 struct DeviceReplay {
   std::unique_ptr<HostProvider> provider;
@@ -33,7 +34,8 @@ std::vector<const BackendInfo*> replayable_backends() {
   return out;
 }
 
-ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress) {
+ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
+                          const GpuLag& lag) {
   ReplayResult r;
   r.backend = backend.name;
   std::set<std::int32_t> named;
@@ -45,7 +47,7 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
     return r;
   }
   try {
-    replay_events(trace, backend, progress, &r);
+    replay_events(trace, backend, progress, lag, &r);
   } catch (const std::bad_alloc&) {
     // The host, not the backend, ran out (an address-space limit, a small machine): say so rather than
     // count it as the backend's failure. What was measured up to here stands.
@@ -58,18 +60,13 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
 namespace {
 
 void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
-                   ReplayResult* result) {
+                   const GpuLag& lag, ReplayResult* result) {
   ReplayResult& r = *result;
   // Defaults only: a replay compares algorithms, not the settings of the run that was traced.
   const Settings settings = parse_settings(&no_environment, nullptr);
   std::map<std::int32_t, DeviceReplay> devices;
-  struct Block {
-    void* pointer;
-    std::uint64_t size;
-    std::int32_t device;
-    StreamHandle stream;
-  };
-  std::unordered_map<std::uint64_t, Block> live;  // by block_key()
+  std::unordered_map<std::uint64_t, ReplayBlock> live;  // by block_key()
+  FreedBlocks freed(lag);
   std::uint64_t live_bytes = 0, reserved = 0;
   std::chrono::nanoseconds spent{0};
   using clock = std::chrono::steady_clock;
@@ -87,28 +84,57 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     for (auto& [d, dr] : devices) sum += dr.provider->bytes_mapped();
     return sum;
   };
-  auto release = [&](std::unordered_map<std::uint64_t, Block>::iterator it) {
-    DeviceReplay* dr = device(it->second.device);
+  auto give_back = [&](const ReplayBlock& block) {
+    DeviceReplay* dr = device(block.device);
     auto t0 = clock::now();
-    dr->allocator->deallocate(it->second.pointer, it->second.size, it->second.stream);
+    dr->allocator->deallocate(block.pointer, block.backend_size, block.stream);
     spent += clock::now() - t0;
     r.operations++;
+  };
+  auto release = [&](std::unordered_map<std::uint64_t, ReplayBlock>::iterator it) {
+    give_back(it->second);
     live_bytes -= it->second.size;
     live.erase(it);
   };
+  auto became_live = [&](const TraceEvent& e, const ReplayBlock& block) {
+    live.emplace(block_key(e), block);
+    live_bytes += block.size;
+    if (live_bytes > r.peak_live) r.peak_live = live_bytes;
+    reserved = reserved_now();
+    if (reserved > r.peak_reserved) r.peak_reserved = reserved;
+  };
 
   std::uint64_t done = 0;
+  std::uint64_t call = 0;  // index of this allocation/free call among the trace's: the lag counts these
   for (const TraceEvent& e : trace.events) {
     if (progress && ++done % kProgressEvery == 0) progress(done, trace.events.size());
     bool alloc = is_alloc(e.kind);
     bool free = is_free(e.kind);
     if (!alloc && !free) continue;
+    const std::uint64_t this_call = call++;
+    freed.before_call(this_call, e.time_ns, give_back);
     auto it = live.find(block_key(e));
     if (free) {
-      if (it != live.end()) release(it);
+      if (it == live.end()) continue;
+      const ReplayBlock block = it->second;
+      live_bytes -= block.size;
+      live.erase(it);
+      freed.free(block, this_call, e.time_ns, e.kind == EventKind::free_async, e.stream, e.thread_id, give_back);
       continue;
     }
     if (it != live.end()) release(it);  // a free the trace lost: the address was handed out again
+    ReplayBlock reused;
+    const bool taken = e.kind == EventKind::alloc_async && e.size != 0 &&
+                       freed.take_on_stream(e.device, e.stream, e.size, &reused);
+    // What this allocation could not use: freed, but the GPU has not passed the free yet.
+    if (freed.bytes() > r.peak_waiting) r.peak_waiting = freed.bytes();
+    if (taken) {
+      reused.size = e.size;
+      reused.stream = StreamHandle(e.stream);
+      r.reused_on_stream++;
+      became_live(e, reused);
+      continue;
+    }
     DeviceReplay* dr = device(e.device);
     if (!dr || e.size == 0) {
       r.failed++;
@@ -125,12 +151,9 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
       (dr->provider->host_failures() != 0 ? r.host_failed : r.failed)++;
       continue;
     }
-    live.emplace(block_key(e), Block{p, e.size, e.device, StreamHandle(e.stream)});
-    live_bytes += e.size;
-    if (live_bytes > r.peak_live) r.peak_live = live_bytes;
-    reserved = reserved_now();
-    if (reserved > r.peak_reserved) r.peak_reserved = reserved;
+    became_live(e, ReplayBlock{p, e.size, e.size, e.device, StreamHandle(e.stream)});
   }
+  freed.release_all(give_back);
   while (!live.empty()) release(live.begin());
   for (auto& [d, dr] : devices) {
     r.provider_misuse += dr.provider->misuse_count();

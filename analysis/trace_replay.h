@@ -26,6 +26,24 @@ struct ReplayResult {
   std::uint64_t operations = 0;      // allocate + deallocate calls made
   double ns_per_operation = 0;       // time inside allocate/deallocate only
   std::uint64_t provider_misuse = 0; // calls that would have broken the driver's VMM rules
+  // Under a GpuLag only (all 0 without one):
+  std::uint64_t peak_waiting = 0;    // most bytes freed by the program but not yet reusable at once
+  std::uint64_t reused_on_stream = 0;  // waiting async-freed blocks handed out again on their own stream
+};
+
+// How far the GPU runs behind the CPU during the replay. Without a lag (the default) a free takes effect
+// at once, as if every free synchronized. With one, a freed block goes back to the backend only once the
+// GPU has passed the free: `events` more allocation/free calls of the trace after it, and `microseconds`
+// of trace time after it (both, when both are set). That is how gpushim's fenced frees behave in a
+// program that never synchronizes (docs/free-safety.md). Blocks freed with free_async wait too, but an
+// allocation on the same stream of the same rounded size takes one back at once, as gpushim's per-stream
+// free lists do. `batches` adds gpushim's fence batches: the lag starts when a free's batch closes, and
+// blocks come back when a later close polls (analysis/replay_freed_blocks.h).
+struct GpuLag {
+  std::uint64_t events = 0;
+  std::uint64_t microseconds = 0;
+  bool batches = false;
+  bool any() const { return events != 0 || microseconds != 0 || batches; }
 };
 
 // Backends with a host-memory factory (provider backends); driver-backed ones cannot replay on a CPU.
@@ -37,6 +55,6 @@ inline constexpr std::size_t kMaxReplayDevices = 64;
 
 using ReplayProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend,
-                          const ReplayProgress& progress = {});
+                          const ReplayProgress& progress = {}, const GpuLag& lag = {});
 
 }  // namespace gpushim::tracing

@@ -86,6 +86,20 @@ std::vector<std::uint64_t> site_addresses(const TraceSummary& s, std::size_t sit
   return out;
 }
 
+// One line above the table: which lag the numbers assume, in the user's units.
+std::string describe_lag(const GpuLag& lag) {
+  std::string what;
+  if (lag.events) what = std::to_string(lag.events) + (lag.events == 1 ? " allocation/free call" : " allocation/free calls");
+  if (lag.events && lag.microseconds) what += " and ";
+  if (lag.microseconds) what += std::to_string(lag.microseconds) + " us";
+  if (!lag.batches)
+    return "GPU lag " + what + ": a freed block is reusable once the GPU has passed its free "
+           "(async frees: at once on their stream)";
+  return "GPU lag " + (what.empty() ? std::string("0") : what) +
+         ", fence batches: a freed block is reusable once its batch closed, the GPU passed the batch's fence "
+         "and a later close polled (async frees: at once on their stream until the list closes)";
+}
+
 }  // namespace
 
 int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStreams io) {
@@ -195,7 +209,7 @@ int run_trace_export(const std::string& path, const std::string& format, const s
   return 0;
 }
 
-int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io) {
+int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io, const GpuLag& lag) {
   std::vector<const BackendInfo*> backends;
   if (backend == "all") {
     backends = replayable_backends();
@@ -214,24 +228,30 @@ int run_trace_replay(const std::string& path, const std::string& backend, ToolSt
   Trace trace;
   if (!load(path, &trace, io)) return kExitBadTrace;
   char line[256];
-  std::snprintf(line, sizeof line, "%-12s %14s %14s %14s %8s %10s\n", "backend", "peak reserved",
+  if (lag.any()) io.out << describe_lag(lag) << "\n";
+  std::snprintf(line, sizeof line, "%-12s %14s %14s %14s %8s %10s", "backend", "peak reserved",
                 "peak live", "fragmentation", "failed", "ns/op");
-  io.out << line;
+  io.out << line << (lag.any() ? "   peak waiting\n" : "\n");
   for (const BackendInfo* info : backends) {
     ReplayProgress progress;
     if (io.progress && trace.events.size() >= kProgressMinEvents)
       progress = [&io, info](std::uint64_t done, std::uint64_t total) {
         io.err << "gpushim: replaying on " << info->name << ": " << done << " / " << total << " events\n";
       };
-    ReplayResult r = replay_trace(trace, *info, progress);
+    ReplayResult r = replay_trace(trace, *info, progress, lag);
     if (!r.refusal.empty()) {
       io.err << "gpushim: " << printable(path) << ": cannot replay: " << r.refusal << "\n";
       return kExitBadTrace;
     }
-    std::snprintf(line, sizeof line, "%-12s %14s %14s %14.3f %8llu %10.1f\n", r.backend.c_str(),
+    std::snprintf(line, sizeof line, "%-12s %14s %14s %14.3f %8llu %10.1f", r.backend.c_str(),
                   format_size(r.peak_reserved).c_str(), format_size(r.peak_live).c_str(), r.fragmentation,
                   static_cast<unsigned long long>(r.failed), r.ns_per_operation);
     io.out << line;
+    if (lag.any()) {
+      std::snprintf(line, sizeof line, " %14s", format_size(r.peak_waiting).c_str());
+      io.out << line;
+    }
+    io.out << "\n";
     if (r.host_out_of_memory || r.host_failed)
       io.err << "gpushim: replay on " << r.backend << ": this machine ran out of memory, not the backend ("
              << (r.host_out_of_memory ? "std::bad_alloc; the replay stopped early"

@@ -8,6 +8,8 @@
 #include <ostream>
 #include <string>
 
+#include "analysis/trace_replay.h"
+
 namespace gpushim::tracing {
 
 inline constexpr int kExitBadTrace = 2;
@@ -22,7 +24,9 @@ int run_trace_summary(const std::string& path, std::size_t top_sites, ToolStream
 int run_trace_report(const std::string& path, const std::string& html_path, ToolStreams io);
 int run_trace_export(const std::string& path, const std::string& format, const std::string& json_path,
                      ToolStreams io);
-int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io);
+// `lag`: model fenced frees (analysis/trace_replay.h); without one, frees take effect at once and the
+// table is the one earlier versions printed.
+int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io, const GpuLag& lag = {});
 int run_trace_compress(const std::string& path, const std::string& output, ToolStreams io);
 
 }  // namespace gpushim::tracing

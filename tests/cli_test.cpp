@@ -151,6 +151,9 @@ TEST_F(Cli, ExitCodesAreDistinct) {
   EXPECT_NE(unknown.out.find("unknown subcommand 'frobnicate'"), std::string::npos) << unknown.out;
   EXPECT_EQ(shell(gpushim() + " trace summary 2>&1").status, 64) << "missing file argument";
   EXPECT_EQ(shell(gpushim() + " trace summary --top x /dev/null 2>&1").status, 64);
+  const Result lag = shell(gpushim() + " trace replay --gpu-lag-us -5 /dev/null 2>&1");
+  EXPECT_EQ(lag.status, 64);
+  EXPECT_TRUE(has_line(lag.out, "--gpu-lag-us: a whole number of microseconds, 0 to 18446744073709551615")) << lag.out;
   EXPECT_EQ(shell(gpushim() + " trace summary " GPUSHIM_TEST_DATA_DIR "/damaged_wrong_magic.trace 2>&1").status, 2);
   EXPECT_EQ(shell(gpushim() + " run -- sh -c 'exit 64' 2>&1").status, 64) << "the command's own status";
   EXPECT_EQ(shell(gpushim() + " run -- /nonexistent/program 2>&1").status, 127);

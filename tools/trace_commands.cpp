@@ -4,8 +4,10 @@
 #include "tools/trace_commands.h"
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <iostream>
 #include <memory>
+#include <string>
 
 #ifdef GPUSHIM_HAVE_TRACE_TOOLS
 #include "analysis/trace_tool_commands.h"
@@ -16,6 +18,32 @@ namespace {
 
 [[maybe_unused]] void finish(int code) {
   if (code != 0) throw CLI::RuntimeError(code);
+}
+
+// Decimal digits only, no sign, no space, no suffix, at most 2^64 - 1: a lag is a count, and a value
+// that is none must not turn silently into 0 or wrap to a huge one.
+[[maybe_unused]] bool parse_count(const std::string& text, std::uint64_t* out) {
+  if (text.empty()) return false;
+  std::uint64_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') return false;
+    const std::uint64_t digit = std::uint64_t(c - '0');
+    if (value > (~std::uint64_t{0} - digit) / 10) return false;
+    value = value * 10 + digit;
+  }
+  *out = value;
+  return true;
+}
+
+// The message names what the option accepts and never echoes the value (it may be any bytes).
+[[maybe_unused]] CLI::Validator count_of(const char* what) {
+  return CLI::Validator(
+      [what](std::string& value) {
+        std::uint64_t ignored;
+        return parse_count(value, &ignored) ? std::string()
+                                            : std::string("a whole number of ") + what + ", 0 to 18446744073709551615";
+      },
+      "");
 }
 
 }  // namespace
@@ -39,7 +67,8 @@ void add_trace_commands(CLI::App& app) {
                 "64 bad usage.");
 
   struct Options {
-    std::string file, output, format = "chrome", backend = "all";
+    std::string file, output, format = "chrome", backend = "all", lag_events = "0", lag_us = "0";
+    bool fence_batches = false;
     std::size_t top = 10;
   };
   auto options = std::make_shared<Options>();
@@ -66,7 +95,26 @@ void add_trace_commands(CLI::App& app) {
   CLI::App* replay = trace->add_subcommand("replay", "Replay against backends on host memory");
   replay->add_option("file", options->file, "trace file (raw or .zst)")->required();
   replay->add_option("--backend", options->backend, "backend name, or all");
-  replay->callback([options] { finish(run_trace_replay(options->file, options->backend, {std::cout, std::cerr})); });
+  replay->add_option("--gpu-lag-events", options->lag_events,
+                     "model fenced frees: a freed block is reusable only N allocation/free calls later")
+      ->check(count_of("allocation/free calls"))
+      ->type_name("N");
+  replay->add_option("--gpu-lag-us", options->lag_us,
+                     "model fenced frees: a freed block is reusable only T microseconds (trace time) later")
+      ->check(count_of("microseconds"))
+      ->type_name("T");
+  replay->add_flag("--fence-batches", options->fence_batches,
+                   "model gpushim's fence batches too: the lag starts when a free's batch closes");
+  replay->footer("With a lag the table adds `peak waiting`: the most bytes freed but not yet reusable.\n"
+                 "Both lags given: a block waits for both. --fence-batches alone: batches with no lag.\n"
+                 "docs/trace-format.md, \"Replay with a GPU lag\".");
+  replay->callback([options] {
+    GpuLag lag;
+    parse_count(options->lag_events, &lag.events);  // checked above
+    parse_count(options->lag_us, &lag.microseconds);
+    lag.batches = options->fence_batches;
+    finish(run_trace_replay(options->file, options->backend, {std::cout, std::cerr}, lag));
+  });
 
   CLI::App* compress = trace->add_subcommand("compress", "Write a zstd-compressed copy of a trace");
   compress->add_option("file", options->file, "trace file")->required();
