@@ -848,6 +848,14 @@ CUresult CUDAAPI cuStreamDestroy_v2(CUstream stream) {
   std::free(stream);
   return CUDA_SUCCESS;
 }
+// Work on a stream, as bench/router_pair_bench submits it to keep a stream busy. The fake's GPU runs
+// nothing: the call is counted and its stream remembered, like the allocation calls on streams.
+CUresult CUDAAPI cuMemsetD8Async(CUdeviceptr dst, unsigned char, size_t count, CUstream stream) {
+  COUNT("cuMemsetD8Async");
+  if (dst == 0 && count != 0) return CUDA_ERROR_INVALID_VALUE;
+  last_stream.store(stream);
+  return CUDA_SUCCESS;
+}
 CUresult CUDAAPI cuStreamBeginCapture_v2(CUstream stream, CUstreamCaptureMode) {
   COUNT("cuStreamBeginCapture_v2");
   last_stream.store(stream);
@@ -1001,6 +1009,7 @@ const ProcAddress proc_addresses[] = {
     {"cuMemAllocAsync", 11020, fn(cuMemAllocAsync), fn(cuMemAllocAsync_ptsz)},
     {"cuMemFreeAsync", 11020, fn(cuMemFreeAsync), fn(cuMemFreeAsync_ptsz)},
     FAKE_SAME("cuMemAllocFromPoolAsync", 11020, cuMemAllocFromPoolAsync),
+    FAKE_SAME("cuMemsetD8Async", 3020, cuMemsetD8Async),
     FAKE_SAME("cuStreamCreate", 2000, cuStreamCreate),
     FAKE_SAME("cuStreamCreateWithPriority", 5050, cuStreamCreateWithPriority),
     FAKE_SAME("cuStreamDestroy", 4000, cuStreamDestroy_v2),
