@@ -86,6 +86,9 @@ struct ThreadCacheAllocator::ThreadCache {
   std::atomic<std::uint64_t> cached_bytes{0};
   std::atomic<std::uint64_t> allocate_hits{0};
   std::atomic<std::uint64_t> deallocate_hits{0};
+  // Class size minus requested size over the live blocks this thread allocated or freed (a signed sum
+  // kept modulo 2^64: a block may be allocated on one thread and freed on another).
+  std::atomic<std::uint64_t> rounding{0};
 
   void lock() noexcept {
     while (locked.exchange(true, std::memory_order_acquire))
@@ -193,25 +196,41 @@ ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() n
 void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
   if (bytes > kMaxCachedBytes) return inner_->allocate(bytes, stream);
   const std::size_t c = class_index(bytes);
+  const std::size_t rounding = class_size(c) - bytes;
   ThreadCache* cache = this_thread_cache();
-  if (!cache) return inner_->allocate(class_size(c), stream);
+  if (!cache) {
+    void* p = inner_->allocate(class_size(c), stream);
+    if (p) untracked_rounding_.fetch_add(rounding, std::memory_order_relaxed);
+    return p;
+  }
   cache->lock();
   if (std::uint32_t n = cache->count[c]) {
     void* p = cache->slots[first_slot_[c] + n - 1];
     cache->count[c] = n - 1;
     ThreadCache::drop(cache->cached_bytes, class_size(c));
     ThreadCache::bump(cache->allocate_hits, 1);
+    ThreadCache::bump(cache->rounding, rounding);
     cache->unlock();
     return p;
   }
+  ThreadCache::bump(cache->rounding, rounding);  // taken back below if the miss fails
   cache->unlock();
   // A miss: the depot (blocks of exited threads) first, else the backend. One block, not a batch: the
   // backend has no batch call, so taking several only moves blocks through the cache (measured with
   // scripts/instructions_per_pair.sh: a quarter-capacity refill and half-capacity flushes cost fenced
   // 64 KiB pairs +160 Ir, docs/perf-notes.md).
   void* p = nullptr;
-  if (depot_blocks_.load(std::memory_order_relaxed) != 0 && take_from_depot(c, &p, 1) == 1) return p;
-  return inner_->allocate(class_size(c), stream);
+  if (depot_blocks_.load(std::memory_order_relaxed) != 0 && take_from_depot(c, &p, 1) == 1) {
+    depot_hits_.fetch_add(1, std::memory_order_relaxed);
+    return p;
+  }
+  p = inner_->allocate(class_size(c), stream);
+  if (!p) {
+    cache->lock();
+    ThreadCache::drop(cache->rounding, rounding);
+    cache->unlock();
+  }
+  return p;
 }
 
 void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
@@ -219,8 +238,12 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
   const std::size_t c = class_index(bytes);
   const std::size_t block = class_size(c);
   ThreadCache* cache = this_thread_cache();
-  if (!cache) return inner_->deallocate(p, block, stream);
+  if (!cache) {
+    untracked_rounding_.fetch_sub(block - bytes, std::memory_order_relaxed);
+    return inner_->deallocate(p, block, stream);
+  }
   cache->lock();
+  ThreadCache::drop(cache->rounding, block - bytes);
   const std::uint32_t n = cache->count[c];
   if (n < capacity_[c] && cache->cached_bytes.load(std::memory_order_relaxed) + block <= kMaxBytesPerThread) {
     cache->slots[first_slot_[c] + n] = p;
@@ -260,6 +283,7 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
         depot_.at(c).push_back(p);
       } catch (...) {
         inner_->deallocate(p, class_size(c), 0);  // no host memory for the depot: the backend takes it now
+        flushed_.fetch_add(1, std::memory_order_relaxed);
         continue;
       }
       depot_blocks_.fetch_add(1, std::memory_order_relaxed);
@@ -269,6 +293,7 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
   retired_allocate_hits_.fetch_add(cache->allocate_hits.load(std::memory_order_relaxed), std::memory_order_relaxed);
   retired_deallocate_hits_.fetch_add(cache->deallocate_hits.load(std::memory_order_relaxed),
                                      std::memory_order_relaxed);
+  untracked_rounding_.fetch_add(cache->rounding.load(std::memory_order_relaxed), std::memory_order_relaxed);
   delete cache;
 }
 
@@ -310,6 +335,7 @@ std::size_t ThreadCacheAllocator::release_cached() noexcept {
     }
   }
   for (const auto& [p, bytes] : blocks) inner_->deallocate(p, bytes, 0);
+  flushed_.fetch_add(blocks.size(), std::memory_order_relaxed);
   return inner_->release_cached();
 }
 
@@ -325,22 +351,40 @@ std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {
 }
 
 AllocatorStats ThreadCacheAllocator::stats() const noexcept {
-  AllocatorStats s = inner_->stats();  // its blocks in use include the cached ones
+  // The backend counts cached blocks as in use, at their class size: take both out.
+  AllocatorStats s = inner_->stats();
   std::uint64_t cached = depot_bytes_.load(std::memory_order_relaxed);
-  std::uint64_t allocate_hits = retired_allocate_hits_.load(std::memory_order_relaxed);
+  std::uint64_t allocate_hits = retired_allocate_hits_.load(std::memory_order_relaxed) +
+                                depot_hits_.load(std::memory_order_relaxed);
   std::uint64_t deallocate_hits = retired_deallocate_hits_.load(std::memory_order_relaxed);
+  std::uint64_t rounding = untracked_rounding_.load(std::memory_order_relaxed);
   {
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (const ThreadCache* cache : caches_) {
       cached += cache->cached_bytes.load(std::memory_order_relaxed);
       allocate_hits += cache->allocate_hits.load(std::memory_order_relaxed);
       deallocate_hits += cache->deallocate_hits.load(std::memory_order_relaxed);
+      rounding += cache->rounding.load(std::memory_order_relaxed);
     }
   }
+  // Counters are read one after another while other threads run: a sum may be briefly off, never below 0.
+  if (static_cast<std::int64_t>(rounding) < 0) rounding = 0;
+  const std::uint64_t live_class_bytes = s.bytes_in_use - std::min(s.bytes_in_use, cached);
+  rounding = std::min(rounding, live_class_bytes);
+  // The backend's own waste covers live and cached blocks alike; the live blocks' share of it is
+  // estimated by bytes (exact where the backend does not round class sizes further, as the vmm arena).
+  const std::uint64_t backend_waste =
+      s.bytes_in_use == 0 ? 0
+                          : static_cast<std::uint64_t>(static_cast<double>(s.internal_waste) *
+                                                       static_cast<double>(live_class_bytes) /
+                                                       static_cast<double>(s.bytes_in_use));
   s.allocations += allocate_hits;
   s.deallocations += deallocate_hits;
-  s.bytes_in_use -= std::min(s.bytes_in_use, cached);
-  s.bytes_cached += cached;
+  s.deallocations -= std::min(s.deallocations, flushed_.load(std::memory_order_relaxed));
+  s.bytes_in_use = live_class_bytes - rounding;
+  // The rest of the backend's waste sits in cached blocks: cached memory too.
+  s.bytes_cached += cached + (s.internal_waste - std::min(s.internal_waste, backend_waste));
+  s.internal_waste = backend_waste + rounding;
   return s;
 }
 

@@ -24,7 +24,9 @@
 // thread take from the depot first, and release_cached() empties it.
 //
 // Cached blocks count as the backend's cached memory (stats().bytes_cached, so cuMemGetInfo reports them
-// as free), not as in use.
+// as free), not as in use; bytes in use are the requested sizes and the rounding to a class is internal
+// waste. Calls count once: a hit here, a miss in the backend. Only for backends that are not
+// stream-ordered (the provider backends): a cached block carries no stream.
 #pragma once
 
 #include <atomic>
@@ -96,6 +98,9 @@ class ThreadCacheAllocator final : public Allocator {
   // Counts of exited threads (a thread's own live in its cache).
   std::atomic<std::uint64_t> retired_allocate_hits_{0};
   std::atomic<std::uint64_t> retired_deallocate_hits_{0};
+  std::atomic<std::uint64_t> depot_hits_{0};          // misses served from the depot
+  std::atomic<std::uint64_t> flushed_{0};             // cached blocks given to the backend: not program frees
+  std::atomic<std::uint64_t> untracked_rounding_{0};  // exited threads' and cache-less calls' rounding
 };
 
 }  // namespace gpushim
