@@ -4,7 +4,8 @@
 // cuCtxGetCurrent and event calls).
 //
 //   router_pair_bench [--backends none,passthrough,vmm,...] [--sizes 256,65536,1048576] [--threads 1,4,16]
-//                     [--pairs N] [--modes fenced,legacy]
+//                     [--pairs N] [--modes fenced,legacy] [--library PATH]
+// --library: another libgpushim.so to preload (an older build, for before/after tables).
 //
 // The parent re-runs itself once per backend with LD_PRELOAD=libgpushim.so and GPUSHIM_BACKEND set
 // ("none": no preload, the fake driver alone, the floor passthrough is compared against). A child
@@ -66,6 +67,7 @@ struct Options {
   std::vector<int> threads = {1, 4, 16};
   std::vector<std::string> modes = {"fenced"};
   long pairs = 200000;  // per thread and cell
+  std::string library = GPUSHIM_LIBRARY;
 };
 
 bool parse(int argc, char** argv, Options* o) {
@@ -81,6 +83,8 @@ bool parse(int argc, char** argv, Options* o) {
       for (const std::string& s : split(value)) o->threads.push_back(std::atoi(s.c_str()));
     } else if (flag == "--modes") {
       o->modes = split(value);
+    } else if (flag == "--library") {
+      o->library = value;
     } else if (flag == "--pairs") {
       o->pairs = std::atol(value.c_str());
     } else {
@@ -183,7 +187,7 @@ int child(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   if (!parse(argc, argv, &o)) {
-    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy] [--library PATH]\n", argv[0]);
     return 2;
   }
   if (std::getenv("ROUTER_PAIR_BENCH_CHILD")) return child(o);
@@ -201,7 +205,7 @@ int main(int argc, char** argv) {
       if (mode == "fenced") setenv("ROUTER_PAIR_BENCH_FENCED", "1", 1);
       setenv("LD_LIBRARY_PATH", FAKE_DRIVER_DIR, 1);
       if (backend != "none") {
-        setenv("LD_PRELOAD", GPUSHIM_LIBRARY, 1);
+        setenv("LD_PRELOAD", o.library.c_str(), 1);
         setenv("GPUSHIM_BACKEND", backend.c_str(), 1);
       } else {
         unsetenv("LD_PRELOAD");

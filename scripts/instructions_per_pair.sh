@@ -4,6 +4,7 @@
 # so a change that adds work to the hot path shows up without a GPU.
 #
 #   scripts/instructions_per_pair.sh [--build DIR] [--pairs N] [--check FILE] [--tolerance PERCENT]
+#                                    [--library PATH]
 #
 # One bench/router_pair_bench run per cell (backend x mode x size, one thread) under callgrind with
 # --instr-atstart=no: the bench turns instrumentation on only around its timed pairs, so callgrind's
@@ -18,13 +19,15 @@ build="$repo/build"
 pairs=25600
 check=""
 tolerance=10
+library=()  # --library: another libgpushim.so (an older build) under the same bench, for a "before" table
 while [ $# -gt 0 ]; do
   case "$1" in
     --build) build=$2; shift 2 ;;
     --pairs) pairs=$2; shift 2 ;;
     --check) check=$2; shift 2 ;;
     --tolerance) tolerance=$2; shift 2 ;;
-    *) echo "usage: $0 [--build DIR] [--pairs N] [--check FILE] [--tolerance PERCENT]" >&2; exit 2 ;;
+    --library) library=(--library "$2"); shift 2 ;;
+    *) echo "usage: $0 [--build DIR] [--pairs N] [--check FILE] [--tolerance PERCENT] [--library PATH]" >&2; exit 2 ;;
   esac
 done
 if ! command -v valgrind >/dev/null; then
@@ -49,7 +52,7 @@ trap 'rm -rf "$dir"' EXIT
 cell_ir() {  # cell_ir BACKEND MODE SIZE
   local out="$dir/$1.$2.$3"
   valgrind --tool=callgrind --trace-children=yes --instr-atstart=no --callgrind-out-file="$out.%p" \
-    "$bench" --backends "$1" --modes "$2" --sizes "$3" --threads 1 --pairs "$pairs" > "$out.log" 2>&1 || {
+    "$bench" --backends "$1" --modes "$2" --sizes "$3" --threads 1 --pairs "$pairs" "${library[@]}" > "$out.log" 2>&1 || {
     cat "$out.log" >&2
     return 1
   }
