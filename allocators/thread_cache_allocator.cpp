@@ -1,5 +1,6 @@
 #include "allocators/thread_cache_allocator.h"
 
+#include <pthread.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -41,7 +42,18 @@ AllocatorRegistry& registry() {
   return *instance;
 }
 
+// A forked child has only the forking thread: a lock another parent thread held (the registry's, an
+// allocator's, a thread cache's) would never be released. Reset them all; the other threads' caches
+// stay where they are, reachable by release_cached().
+void reset_locks_in_child() noexcept {
+  AllocatorRegistry& r = registry();
+  new (&r.mutex) std::mutex();
+  for (auto& [id, allocator] : r.live) allocator->reset_locks_after_fork();
+}
+
 std::uint64_t register_allocator(ThreadCacheAllocator* allocator) noexcept {
+  static const bool fork_handler = pthread_atfork(nullptr, nullptr, reset_locks_in_child) == 0;
+  (void)fork_handler;
   AllocatorRegistry& r = registry();
   std::lock_guard<std::mutex> guard(r.mutex);
   const std::uint64_t id = r.next_id++;
@@ -337,6 +349,12 @@ std::size_t ThreadCacheAllocator::release_cached() noexcept {
   for (const auto& [p, bytes] : blocks) inner_->deallocate(p, bytes, 0);
   flushed_.fetch_add(blocks.size(), std::memory_order_relaxed);
   return inner_->release_cached();
+}
+
+void ThreadCacheAllocator::reset_locks_after_fork() noexcept {
+  new (&caches_mutex_) std::mutex();
+  new (&depot_mutex_) std::mutex();
+  for (ThreadCache* cache : caches_) cache->unlock();
 }
 
 std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {

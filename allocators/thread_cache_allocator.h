@@ -74,6 +74,8 @@ class ThreadCacheAllocator final : public Allocator {
   struct ThreadCache;  // defined in the .cpp; public for the thread-exit hook there
   // Thread exit: the cache's blocks move to the depot and its counts to the shared ones. No backend call.
   void retire(ThreadCache* cache) noexcept;
+  // In a forked child (only the forking thread exists): locks other parent threads held are reset.
+  void reset_locks_after_fork() noexcept;
 
  private:
   ThreadCache* this_thread_cache() noexcept;

@@ -1,6 +1,8 @@
 // What is special about the per-thread caches (allocators/thread_cache_allocator.h); what every backend
 // must do, they pass in tests/allocator_conformance_test.cpp ("<backend>_thread_cached").
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstring>
@@ -137,6 +139,30 @@ TEST_F(ThreadCacheTest, AnExitingThreadGivesItsBlocksBackForOthersToUse) {
   cache_->release_cached();
   EXPECT_EQ(cache_->cached_blocks(), 0u);
   EXPECT_EQ(provider_.bytes_mapped(), 0u);
+}
+
+// A forked child has only the forking thread; what other threads cache stays reachable, and no lock one
+// of them held can stop the child. The other thread is alive, its cache full, at the fork.
+TEST_F(ThreadCacheTest, AForkedChildCanAllocateAndReleaseWhatOtherThreadsCached) {
+  std::atomic<bool> parked{false}, release{false};
+  std::thread other([&] {
+    cache_->deallocate(cache_->allocate(8 * KiB, 0), 8 * KiB, 0);
+    parked.store(true);
+    while (!release.load()) std::this_thread::yield();
+  });
+  while (!parked.load()) std::this_thread::yield();
+  const pid_t child = fork();
+  if (child == 0) {
+    void* p = cache_->allocate(KiB, 0);
+    cache_->deallocate(p, KiB, 0);
+    cache_->release_cached();
+    _exit(p != nullptr && cache_->cached_blocks() == 0 ? 0 : 1);
+  }
+  release.store(true);
+  other.join();
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
 }
 
 // Many threads allocate, pass blocks to each other and free them, while another thread empties every
