@@ -23,13 +23,28 @@ std::size_t class_index(std::size_t bytes) noexcept {
   return kSmallClasses + (top - kSmallClassLimitLog2) * (std::size_t{1} << kClassesPerDoublingLog2) + sub;
 }
 
-std::size_t class_size(std::size_t index) noexcept {
+constexpr std::size_t computed_class_size(std::size_t index) noexcept {
   if (index < kSmallClasses) return (index + 1) * kSmallClassStep;
   const std::size_t above = index - kSmallClasses;
   const unsigned top = kSmallClassLimitLog2 + static_cast<unsigned>(above >> kClassesPerDoublingLog2);
   const std::size_t sub = above & ((1u << kClassesPerDoublingLog2) - 1);
   return ((std::size_t{1} << kClassesPerDoublingLog2) + sub + 1) << (top - kClassesPerDoublingLog2);
 }
+
+struct ClassSizes {
+  std::size_t bytes[ThreadCacheAllocator::kClassCount];
+};
+constexpr ClassSizes make_class_sizes() noexcept {
+  ClassSizes sizes{};
+  for (std::size_t c = 0; c < ThreadCacheAllocator::kClassCount; ++c) sizes.bytes[c] = computed_class_size(c);
+  return sizes;
+}
+// A load, not shifts, on every call.
+constexpr ClassSizes kClassSizes = make_class_sizes();
+static_assert(kClassSizes.bytes[ThreadCacheAllocator::kClassCount - 1] == ThreadCacheAllocator::kMaxCachedBytes,
+              "the last class is the largest request cached");
+
+std::size_t class_size(std::size_t index) noexcept { return kClassSizes.bytes[index]; }
 
 // Live allocators by id, so a thread that exits gives its caches only to allocators that still exist.
 struct AllocatorRegistry {
