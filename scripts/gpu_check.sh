@@ -167,7 +167,7 @@ fi
     [ -z "$bench_failures" ] || echo "bench:    runs that failed:$bench_failures (see bench.log)"
     if [ -f "$csv" ]; then
       python3 "$repo/scripts/gpu_bench_table.py" "$csv" || true
-      if [ $full_bench -eq 1 ] && [ -f "$full_csv" ]; then
+      if [ $full_bench -eq 1 ] && [ -f "${full_csv:-}" ]; then
         python3 "$repo/scripts/gpu_bench_table.py" "$full_csv" --threads 16 || true
         echo "full matrix: $out/alloc_bench_full.csv"
       fi
