@@ -4,19 +4,25 @@
 // cuCtxGetCurrent and event calls).
 //
 //   router_pair_bench [--backends none,passthrough,vmm,...] [--sizes 256,65536,1048576] [--threads 1,4,16]
-//                     [--pairs N] [--modes fenced,legacy]
+//                     [--pairs N] [--modes fenced,legacy] [--library PATH]
+// --library: another libgpushim.so to preload (an older build, for before/after tables).
 //
 // The parent re-runs itself once per backend with LD_PRELOAD=libgpushim.so and GPUSHIM_BACKEND set
 // ("none": no preload, the fake driver alone, the floor passthrough is compared against). A child
 // (ROUTER_PAIR_BENCH_CHILD=1) prints one row per size and thread count: the median over batches of
-// 256 pairs of the ns per pair of one thread, its 99th percentile, and the pairs per second of all
-// threads together. Like test_apps/alloc_bench's "pairs" pattern: cuMemAlloc then cuMemFree.
-// Modes: "fenced" creates (and destroys) a non-blocking stream first, so every cuMemFree goes through the
-// free fences; "legacy" creates none, so the router reuses cuMemFree'd blocks at once (legacy-ordered
-// reuse).
+// 256 pairs of the ns per pair of one thread, its 99th percentile, the pairs per second of all threads
+// together and per thread, and the scaling over one thread's pairs per second. Like
+// test_apps/alloc_bench's "pairs" pattern: cuMemAlloc then cuMemFree.
+// Modes: "fenced": every thread first creates a non-blocking stream and keeps it carrying work (a
+// 1-byte cuMemsetD8Async on a block of its own once per batch of kBatch pairs, inside the timed batch),
+// so gpushim must order frees against another stream's work: the free fences. A stream that carries no
+// work need not force fencing, so creating one is not enough. "legacy" creates none, so the router
+// reuses cuMemFree'd blocks at once (legacy-ordered reuse).
 //
-// For callgrind: ROUTER_PAIR_BENCH_CHILD=1 LD_PRELOAD=.../libgpushim.so GPUSHIM_BACKEND=vmm
-//   LD_LIBRARY_PATH=.../tests/fake_driver valgrind --tool=callgrind ./router_pair_bench --sizes 256 --threads 1
+// Instructions per pair: scripts/instructions_per_pair.sh runs one child per cell under callgrind with
+// --instr-atstart=no; the child switches instrumentation on only around its timed pairs (the
+// CALLGRIND_ macros below are no-ops outside valgrind), so callgrind's total / pairs is the cost of one
+// pair (plus 1/kBatch of a memset and a clock read), without the process's start and warm-up.
 #include <cuda.h>
 #include <unistd.h>
 #include <sys/wait.h>
@@ -30,6 +36,13 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#if __has_include(<valgrind/callgrind.h>)
+#include <valgrind/callgrind.h>
+#else
+#define CALLGRIND_START_INSTRUMENTATION
+#define CALLGRIND_STOP_INSTRUMENTATION
+#endif
 
 namespace {
 
@@ -54,6 +67,7 @@ struct Options {
   std::vector<int> threads = {1, 4, 16};
   std::vector<std::string> modes = {"fenced"};
   long pairs = 200000;  // per thread and cell
+  std::string library = GPUSHIM_LIBRARY;
 };
 
 bool parse(int argc, char** argv, Options* o) {
@@ -69,6 +83,8 @@ bool parse(int argc, char** argv, Options* o) {
       for (const std::string& s : split(value)) o->threads.push_back(std::atoi(s.c_str()));
     } else if (flag == "--modes") {
       o->modes = split(value);
+    } else if (flag == "--library") {
+      o->library = value;
     } else if (flag == "--pairs") {
       o->pairs = std::atol(value.c_str());
     } else {
@@ -83,7 +99,19 @@ struct Cell {
   bool failed = false;
 };
 
-Cell run_cell(std::size_t bytes, int threads, long pairs) {
+// A thread's stream for the fenced mode, with the block its work writes.
+struct StreamWork {
+  CUstream stream = nullptr;
+  CUdeviceptr block = 0;
+  bool start() { return cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS && cuMemAlloc(&block, 512) == CUDA_SUCCESS; }
+  bool submit() const { return stream == nullptr || cuMemsetD8Async(block, 0, 1, stream) == CUDA_SUCCESS; }
+  ~StreamWork() {
+    if (block) cuMemFree(block);
+    if (stream) cuStreamDestroy(stream);
+  }
+};
+
+Cell run_cell(std::size_t bytes, int threads, long pairs, bool fenced) {
   std::vector<std::vector<double>> samples(threads);
   std::atomic<int> ready{0};
   std::atomic<bool> go{false}, failed{false};
@@ -95,16 +123,24 @@ Cell run_cell(std::size_t bytes, int threads, long pairs) {
         CUdeviceptr p = 0;
         if (cuMemAlloc(&p, bytes) != CUDA_SUCCESS || cuMemFree(p) != CUDA_SUCCESS) failed = true;
       };
-      for (int i = 0; i < 4 * kBatch; ++i) pair();  // thread caches, first growth, first fences
+      StreamWork work;
+      if (fenced && !work.start()) failed = true;
+      for (int i = 0; i < 4 * kBatch; ++i) {  // thread caches, first growth, first fences
+        if (i % kBatch == 0 && !work.submit()) failed = true;
+        pair();
+      }
       samples[t].reserve(pairs / kBatch + 1);
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
+      if (threads == 1) CALLGRIND_START_INSTRUMENTATION;
       for (long done = 0; done < pairs; done += kBatch) {
         const auto t0 = Clock::now();
+        if (!work.submit()) failed = true;
         for (int i = 0; i < kBatch; ++i) pair();
         const auto t1 = Clock::now();
         samples[t].push_back(std::chrono::duration<double, std::nano>(t1 - t0).count() / kBatch);
       }
+      if (threads == 1) CALLGRIND_STOP_INSTRUMENTATION;
       finished[t] = Clock::now();
     });
   }
@@ -131,17 +167,14 @@ int child(const Options& o) {
   const std::string label = std::string(std::getenv("LD_PRELOAD") ? (backend ? backend : "tiered") : "none") +
                             (fenced ? "" : "/legacy");
   if (cuInit(0) != CUDA_SUCCESS) return 1;
-  if (fenced) {
-    CUstream stream = nullptr;
-    if (cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS || cuStreamDestroy(stream) != CUDA_SUCCESS) return 1;
-  }
   for (std::size_t bytes : o.sizes) {
     double one_thread_rate = 0;
     for (int threads : o.threads) {
-      const Cell c = run_cell(bytes, threads, o.pairs);
+      const Cell c = run_cell(bytes, threads, o.pairs, fenced);
       if (threads == 1) one_thread_rate = c.pairs_per_s;
-      std::printf("%-19s %10zu %7d %10.1f %10.1f %12.0f %8.2f%s\n", label.c_str(), bytes, threads, c.median_ns, c.p99_ns,
-                  c.pairs_per_s, one_thread_rate > 0 ? c.pairs_per_s / one_thread_rate : 0.0,
+      std::printf("%-19s %10zu %7d %10.1f %10.1f %12.0f %12.0f %8.2f%s\n", label.c_str(), bytes, threads, c.median_ns,
+                  c.p99_ns, c.pairs_per_s, c.pairs_per_s / threads,
+                  one_thread_rate > 0 ? c.pairs_per_s / one_thread_rate : 0.0,
                   c.failed ? "  FAILED" : "");
       std::fflush(stdout);
     }
@@ -154,15 +187,15 @@ int child(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   if (!parse(argc, argv, &o)) {
-    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy] [--library PATH]\n", argv[0]);
     return 2;
   }
   if (std::getenv("ROUTER_PAIR_BENCH_CHILD")) return child(o);
 
   std::printf("# ns per cuMemAlloc+cuMemFree pair over the fake driver, %u hardware threads\n",
               std::thread::hardware_concurrency());
-  std::printf("%-19s %10s %7s %10s %10s %12s %8s\n", "backend", "bytes", "threads", "median_ns", "p99_ns",
-              "pairs/s", "scaling");
+  std::printf("%-19s %10s %7s %10s %10s %12s %12s %8s\n", "backend", "bytes", "threads", "median_ns", "p99_ns",
+              "pairs/s", "per_thread", "scaling");
   std::fflush(stdout);
   for (const std::string& mode : o.modes)
   for (const std::string& backend : o.backends) {
@@ -172,12 +205,18 @@ int main(int argc, char** argv) {
       if (mode == "fenced") setenv("ROUTER_PAIR_BENCH_FENCED", "1", 1);
       setenv("LD_LIBRARY_PATH", FAKE_DRIVER_DIR, 1);
       if (backend != "none") {
-        setenv("LD_PRELOAD", GPUSHIM_LIBRARY, 1);
+        setenv("LD_PRELOAD", o.library.c_str(), 1);
         setenv("GPUSHIM_BACKEND", backend.c_str(), 1);
       } else {
         unsetenv("LD_PRELOAD");
       }
-      execv("/proc/self/exe", argv);
+      // The path, not "/proc/self/exe" itself: under valgrind (scripts/instructions_per_pair.sh) an exec of
+      // that link would start the tool's own binary, while readlink answers the bench's path.
+      char self[4096];
+      const ssize_t length = readlink("/proc/self/exe", self, sizeof self - 1);
+      if (length <= 0) _exit(127);
+      self[length] = '\0';
+      execv(self, argv);
       _exit(127);
     }
     int status = 0;

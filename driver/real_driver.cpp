@@ -46,10 +46,10 @@ DlsymFunction find_glibc_dlsym() noexcept {
 
 // The table and its state are constant-initialised too: real_driver() may run before our
 // constructors (from another library's constructor) or after the program's static destructors.
-RealDriver table;
+RealDriver& table = real_driver_detail::g_table;
+std::atomic<bool>& table_ready = real_driver_detail::g_table_ready;
 const RealDriver empty_table;
 void* libcuda = nullptr;
-std::atomic<bool> table_ready{false};
 pthread_mutex_t bootstrap_mutex = PTHREAD_MUTEX_INITIALIZER;
 // initial-exec: a plain TLS access, no __tls_get_addr (which may allocate) inside the bootstrap.
 thread_local bool bootstrapping_on_this_thread __attribute__((tls_model("initial-exec"))) = false;
@@ -91,7 +91,10 @@ void* real_dlsym(void* handle, const char* symbol) noexcept {
   return function ? function(handle, symbol) : nullptr;
 }
 
-const RealDriver& real_driver() noexcept {
+RealDriver real_driver_detail::g_table;
+std::atomic<bool> real_driver_detail::g_table_ready{false};
+
+const RealDriver& real_driver_detail::resolve() noexcept {
   if (table_ready.load(std::memory_order_acquire)) return table;
   if (bootstrapping_on_this_thread) return empty_table;
   pthread_mutex_lock(&bootstrap_mutex);

@@ -9,6 +9,8 @@
 
 #include <cuda.h>
 
+#include <atomic>
+
 namespace gpushim {
 
 struct RealDriver {
@@ -18,8 +20,21 @@ struct RealDriver {
   bool loaded = false;  // false when libcuda.so.1 could not be opened (no driver on this machine)
 };
 
-// Resolves on first call (thread-safe; never calls back into gpushim). Later calls are one load.
-const RealDriver& real_driver() noexcept;
+namespace real_driver_detail {
+// Set once the table is resolved; the table never changes after that.
+extern RealDriver g_table __attribute__((visibility("hidden")));
+extern std::atomic<bool> g_table_ready __attribute__((visibility("hidden")));
+const RealDriver& resolve() noexcept __attribute__((visibility("hidden")));
+}  // namespace real_driver_detail
+
+// Resolves on first call (thread-safe; never calls back into gpushim). Later calls are one load,
+// inline: every request fetched the table several times through an out-of-line call (callgrind of
+// bench/router_pair_bench), which the hot path need not pay.
+inline const RealDriver& real_driver() noexcept {
+  if (__builtin_expect(real_driver_detail::g_table_ready.load(std::memory_order_acquire), 1))
+    return real_driver_detail::g_table;
+  return real_driver_detail::resolve();
+}
 
 // The real dlsym (glibc's), for code that must look up symbols without going through our hook.
 void* real_dlsym(void* handle, const char* symbol) noexcept;

@@ -5,6 +5,13 @@
 namespace gpushim::router {
 
 Counters g_retired[kMaxDevices];
+namespace {
+// Before any request: the library's static initialisation runs before the program's first CUDA call.
+[[maybe_unused]] const bool g_retired_shared = [] {
+  for (Counters& counters : g_retired) counters.make_shared();
+  return true;
+}();
+}  // namespace
 std::mutex g_threads_lock;
 std::vector<ThreadState*>& threads() {
   static auto* registered = new std::vector<ThreadState*>();

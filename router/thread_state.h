@@ -19,11 +19,42 @@
 
 namespace gpushim::router {
 
+// One program-visible count. A thread's own counts have one writer, the thread: an add is a load and a
+// store, not a locked read-modify-write (four of those per pair were ~7% of a pair's cycles on one
+// thread). g_retired's are shared by every thread that has exited or has no state: those add atomically.
+class Count {
+ public:
+  void fetch_add(std::uint64_t n, std::memory_order) noexcept {
+    if (shared_) {
+      value_.fetch_add(n, std::memory_order_relaxed);
+    } else {
+      value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+    }
+  }
+  Count& operator+=(std::uint64_t n) noexcept {
+    fetch_add(n, std::memory_order_relaxed);
+    return *this;
+  }
+  std::uint64_t load() const noexcept { return value_.load(std::memory_order_relaxed); }
+  void make_shared() noexcept { shared_ = true; }
+
+ private:
+  std::atomic<std::uint64_t> value_{0};
+  bool shared_ = false;
+};
+
 // Program-visible counts per device, kept per thread (no shared cache line on the hot path) and folded
 // into g_retired when a thread exits.
 struct Counters {
-  std::atomic<std::uint64_t> allocs{0}, frees{0}, failed{0}, bytes{0};
-  std::atomic<std::uint64_t> fenced{0};  // frees that waited for a fence (router/stream_activity.h)
+  Count allocs, frees, failed, bytes;
+  Count fenced;  // frees that waited for a fence (router/stream_activity.h)
+  void make_shared() noexcept {
+    allocs.make_shared();
+    frees.make_shared();
+    failed.make_shared();
+    bytes.make_shared();
+    fenced.make_shared();
+  }
 };
 extern Counters g_retired[kMaxDevices];
 

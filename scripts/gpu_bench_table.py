@@ -3,17 +3,21 @@
 alloc+free pair (p99 with --p99). Used by scripts/gpu_check.sh; works on any alloc_bench CSV.
 
 Column names: label "none" with api "runtime" -> cudaMalloc, api "async" -> cudaMallocAsync; any other
-label (a gpushim backend) -> the label (with "/async" appended for its async rows).
+label (a gpushim backend) -> the label (with "/async" appended for its async rows); rows measured with
+--streams on (every thread created a stream that carries work) get "+stream" appended. CSVs written
+before the streams column existed read as streams off.
 """
 import argparse
 import csv
 import sys
 
 
-def column_name(label, api):
+def column_name(label, api, streams="off"):
     if label == "none":
-        return "cudaMalloc" if api == "runtime" else "cudaMallocAsync"
-    return label if api == "runtime" else f"{label}/async"
+        name = "cudaMalloc" if api == "runtime" else "cudaMallocAsync"
+    else:
+        name = label if api == "runtime" else f"{label}/async"
+    return name + "+stream" if streams == "on" else name
 
 
 def size_text(size):
@@ -44,7 +48,7 @@ def main():
         for row in csv.DictReader(handle):
             if row.get("pattern") != args.pattern or row.get("threads") != args.threads:
                 continue
-            column = column_name(row["label"], row["api"])
+            column = column_name(row["label"], row["api"], row.get("streams") or "off")
             size = int(row["size_bytes"])
             if column not in columns:
                 columns.append(column)

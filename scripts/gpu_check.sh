@@ -119,7 +119,9 @@ bench_failures=""
 if [ $run_bench -eq 1 ] && [ -x "$bench" ]; then
   rm -f "$csv"
   cell_ms=300; [ $quick -eq 1 ] && cell_ms=100
-  common=(--patterns pairs --threads 1 --sizes "$bench_sizes" --cell-ms "$cell_ms" --csv "$csv")
+  # Both stream modes (test_apps/alloc_bench.cu): without a stream, and with each thread's own stream
+  # carrying work, when gpushim's frees take the fenced path.
+  common=(--patterns pairs --threads 1 --streams off,on --sizes "$bench_sizes" --cell-ms "$cell_ms" --csv "$csv")
   note "alloc_bench without gpushim (cudaMalloc, cudaMallocAsync)"
   "$bench" --api runtime,async --label none "${common[@]}" >>"$out/bench.log" 2>&1 || bench_failures+=" none"
   for backend in $backends; do
@@ -133,12 +135,12 @@ if [ $run_bench -eq 1 ] && [ -x "$bench" ]; then
     full_csv="$out/alloc_bench_full.csv"
     rm -f "$full_csv"
     note "alloc_bench full matrix (pairs/window/random x 1,4,16 threads)"
-    "$bench" --api runtime,async --label none --csv "$full_csv" >>"$out/bench_full.log" 2>&1 ||
+    "$bench" --api runtime,async --label none --streams off,on --csv "$full_csv" >>"$out/bench_full.log" 2>&1 ||
       bench_failures+=" full:none"
     for backend in $backends; do
       [ -n "$lib" ] || continue
       LD_PRELOAD="$lib${LD_PRELOAD:+:$LD_PRELOAD}" GPUSHIM_BACKEND=$backend \
-        "$bench" --api runtime --label "$backend" --csv "$full_csv" >>"$out/bench_full.log" 2>&1 ||
+        "$bench" --api runtime --label "$backend" --streams off,on --csv "$full_csv" >>"$out/bench_full.log" 2>&1 ||
         bench_failures+=" full:$backend"
     done
   fi
@@ -165,7 +167,10 @@ fi
     [ -z "$bench_failures" ] || echo "bench:    runs that failed:$bench_failures (see bench.log)"
     if [ -f "$csv" ]; then
       python3 "$repo/scripts/gpu_bench_table.py" "$csv" || true
-      [ $full_bench -eq 1 ] && echo "full matrix: $out/alloc_bench_full.csv"
+      if [ $full_bench -eq 1 ] && [ -f "${full_csv:-}" ]; then
+        python3 "$repo/scripts/gpu_bench_table.py" "$full_csv" --threads 16 || true
+        echo "full matrix: $out/alloc_bench_full.csv"
+      fi
     else
       echo "bench:    no results"
     fi

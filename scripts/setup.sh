@@ -11,6 +11,7 @@ packages=(
   libunwind-dev libzstd-dev zstd               # call stacks and trace compression
   chromium libpng-dev                          # renders the HTML trace report in its test, reads its screenshot
   clang libclang-rt-14-dev                     # libFuzzer for the fuzz targets (scripts/fuzz.sh)
+  valgrind                                     # instructions per pair, the hot path's CPU guard
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then

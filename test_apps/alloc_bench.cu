@@ -3,6 +3,9 @@
 // cudaMallocAsync columns) and once per gpushim backend under LD_PRELOAD, and put the CSV rows side by
 // side (scripts/gpu_bench_table.py does). Method: warm up, many repetitions,
 // medians and 99th percentiles of per-pair times, the clock's own cost measured and subtracted.
+// --streams off,on measures each cell twice: as a program that creates no stream, and as one whose every
+// thread first creates a non-blocking stream and keeps it carrying work (cuDNN, NCCL and servers with a
+// stream per request all do), which is when an allocator must order frees against other streams' work.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,6 +43,7 @@ const char* api_name(Api api) { return api == Api::runtime ? "runtime" : "async"
 const char* api_calls(Api api) {
   return api == Api::runtime ? "cudaMalloc+cudaFree" : "cudaMallocAsync+cudaFreeAsync";
 }
+const char* streams_name(StreamMode m) { return m == StreamMode::on ? "on" : "off"; }
 const char* pattern_name(Pattern p) {
   return p == Pattern::pairs ? "pairs" : p == Pattern::window ? "window" : "random";
 }
@@ -55,9 +59,19 @@ constexpr std::uint64_t kRandomMax = 16ull << 20;
 // nothing but time.
 constexpr std::uint64_t kMinReps = 20;
 constexpr std::uint64_t kMaxReps = 50000;
+// --streams on: one kernel on the thread's own stream every this many pairs. Often enough that the
+// stream always has work queued or recently finished while the pairs run (a pair is 0.1-100 us, a
+// launch ~2-5 us of host time), rare enough that the launches (not timed) stay a small share of the
+// cell's wall time, which pairs_per_s includes.
+constexpr std::uint64_t kStreamWorkEvery = 64;
+// The block the stream's kernel writes: the thread's own, allocated through the allocator under test.
+constexpr std::size_t kStreamWorkBytes = 512;
 // A cell stops at this multiple of its budget even if slow threads have not finished their repetitions.
 constexpr double kCellDeadlineFactor = 4.0;
 
+
+// The work that keeps a --streams on thread's stream busy: one thread writes one byte of a block it owns.
+__global__ void touch_byte(unsigned char* block) { block[0] += 1; }
 
 struct CellResult {
   std::uint64_t samples = 0;
@@ -99,6 +113,7 @@ double clock_overhead_ns() {
 struct ThreadPlan {
   Api api;
   Pattern pattern;
+  StreamMode streams;
   std::uint64_t size;
   std::size_t window;
   std::uint64_t reps;
@@ -111,6 +126,11 @@ class PairRunner {
  public:
   explicit PairRunner(const ThreadPlan& plan) : plan_(plan), rng_(plan.seed) {
     if (plan.api == Api::async) CHECK_CUDA(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    if (plan.streams == StreamMode::on) {
+      CHECK_CUDA(cudaStreamCreateWithFlags(&work_stream_, cudaStreamNonBlocking));
+      CHECK_CUDA(cudaMalloc(&work_block_, kStreamWorkBytes));
+      launch_work();
+    }
     slots_.assign(plan.pattern == Pattern::pairs ? 0 : plan.window, nullptr);
     if (plan.pattern == Pattern::random) {
       sizes_.resize(1024);
@@ -123,6 +143,11 @@ class PairRunner {
   }
   ~PairRunner() {
     for (void* p : slots_) release(p);
+    if (work_stream_) {
+      CHECK_CUDA(cudaStreamSynchronize(work_stream_));
+      CHECK_CUDA(cudaFree(work_block_));
+      CHECK_CUDA(cudaStreamDestroy(work_stream_));
+    }
     if (stream_) {
       CHECK_CUDA(cudaStreamSynchronize(stream_));
       CHECK_CUDA(cudaStreamDestroy(stream_));
@@ -131,6 +156,7 @@ class PairRunner {
 
   // One timed pair, returned in ns with the clock's cost removed.
   double timed_pair() {
+    if (work_stream_ && ++pairs_since_work_ == kStreamWorkEvery) launch_work();
     const std::uint64_t size = next_size();
     const auto t0 = Clock::now();
     switch (plan_.pattern) {
@@ -156,6 +182,11 @@ class PairRunner {
   }
 
  private:
+  void launch_work() {
+    pairs_since_work_ = 0;
+    touch_byte<<<1, 1, 0, work_stream_>>>(static_cast<unsigned char*>(work_block_));
+    CHECK_CUDA(cudaGetLastError());
+  }
   std::uint64_t next_size() {
     return plan_.pattern == Pattern::random ? sizes_[size_cursor_++ % sizes_.size()] : plan_.size;
   }
@@ -174,15 +205,18 @@ class PairRunner {
   const ThreadPlan& plan_;
   std::mt19937_64 rng_;
   cudaStream_t stream_ = nullptr;
+  cudaStream_t work_stream_ = nullptr;  // --streams on
+  void* work_block_ = nullptr;
+  std::uint64_t pairs_since_work_ = 0;
   std::vector<void*> slots_;
   std::vector<std::uint64_t> sizes_;
   std::vector<std::size_t> picks_;
   std::size_t cursor_ = 0, size_cursor_ = 0;
 };
 
-CellResult run_cell(const Options& o, Api api, Pattern pattern, std::uint64_t size, int threads,
+CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode streams, std::uint64_t size, int threads,
                     double overhead_ns) {
-  ThreadPlan plan{api, pattern, size, 0, 0, overhead_ns, {}, o.seed};
+  ThreadPlan plan{api, pattern, streams, size, 0, 0, overhead_ns, {}, o.seed};
   const std::uint64_t per_thread_budget = kWindowBudget / std::uint64_t(threads);
   plan.window = pattern == Pattern::random ? kMaxWindow
                 : std::clamp<std::uint64_t>(per_thread_budget / std::max<std::uint64_t>(size, 1), 1, kMaxWindow);
@@ -278,8 +312,8 @@ int main(int argc, char** argv) {
   const double overhead = clock_overhead_ns();
   std::printf("alloc_bench: label %s, device %s, clock overhead %.0f ns per sample (subtracted), cell %.0f ms\n",
               o.label.c_str(), prop.name, overhead, o.cell_ms);
-  std::printf("%-10s %-8s %-7s %-8s %7s %9s %11s %11s %13s\n", "label", "api", "pattern", "size", "threads",
-              "samples", "median_ns", "p99_ns", "pairs_per_s");
+  std::printf("%-10s %-8s %-7s %-7s %-8s %7s %9s %11s %11s %13s\n", "label", "api", "pattern", "streams", "size",
+              "threads", "samples", "median_ns", "p99_ns", "pairs_per_s");
 
   FILE* csv = nullptr;
   if (!o.csv_path.empty()) {
@@ -291,25 +325,32 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "alloc_bench: cannot open %s\n", o.csv_path.c_str());
       return 2;
     }
-    if (is_new) std::fprintf(csv, "label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s\n");
+    if (is_new) std::fprintf(csv, "label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams\n");
   }
 
+  // Every "off" cell before the first "on" cell: an allocator may change its free path for good once the
+  // program has created a stream (gpushim did, docs/free-safety.md), which would leak into later "off" cells.
+  std::vector<StreamMode> stream_modes = o.streams;
+  std::stable_sort(stream_modes.begin(), stream_modes.end());
+  stream_modes.erase(std::unique(stream_modes.begin(), stream_modes.end()), stream_modes.end());
+  for (StreamMode streams : stream_modes)
   for (Api api : o.apis) {
     for (Pattern pattern : o.patterns) {
       const std::vector<std::uint64_t> sizes =
           pattern == Pattern::random ? std::vector<std::uint64_t>{0} : o.sizes;
       for (std::uint64_t size : sizes) {
         for (int threads : o.threads) {
-          const CellResult r = run_cell(o, api, pattern, size, threads, overhead);
+          const CellResult r = run_cell(o, api, pattern, streams, size, threads, overhead);
           const std::string size_text = pattern == Pattern::random ? "rand" : format_size(size);
-          std::printf("%-10s %-8s %-7s %-8s %7d %9llu %11.0f %11.0f %13.0f\n", o.label.c_str(), api_name(api),
-                      pattern_name(pattern), size_text.c_str(), threads, (unsigned long long)r.samples,
+          std::printf("%-10s %-8s %-7s %-7s %-8s %7d %9llu %11.0f %11.0f %13.0f\n", o.label.c_str(), api_name(api),
+                      pattern_name(pattern), streams_name(streams), size_text.c_str(), threads, (unsigned long long)r.samples,
                       r.median_ns, r.p99_ns, r.pairs_per_s);
           std::fflush(stdout);
           if (csv) {
-            std::fprintf(csv, "%s,%s,%s,%llu,%d,%llu,%.1f,%.1f,%.1f,%.0f\n", o.label.c_str(), api_name(api),
+            std::fprintf(csv, "%s,%s,%s,%llu,%d,%llu,%.1f,%.1f,%.1f,%.0f,%s\n", o.label.c_str(), api_name(api),
                          pattern_name(pattern), (unsigned long long)size, threads,
-                         (unsigned long long)r.samples, r.median_ns, r.p99_ns, r.mean_ns, r.pairs_per_s);
+                         (unsigned long long)r.samples, r.median_ns, r.p99_ns, r.mean_ns, r.pairs_per_s,
+                         streams_name(streams));
             std::fflush(csv);
           }
         }

@@ -11,19 +11,24 @@ bool parse_options(int argc, char** argv, Options* o) {
       "  runtime = cudaMalloc/cudaFree, async = cudaMallocAsync/cudaFreeAsync on a warm default pool.\n"
       "  pairs: alloc then free; window: free the oldest of up to 64 live blocks; random: sizes\n"
       "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand').\n"
+      "  --streams on: each thread first creates a non-blocking stream and launches a one-thread kernel\n"
+      "  on it every 64 pairs (not timed), so the pairs run while a second stream carries work; all\n"
+      "  'off' cells run before the first 'on' cell (creating a stream can change an allocator for good).\n"
       "  --csv appends one line per cell (header when the file is new):\n"
-      "  label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s",
+      "  label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams",
       "alloc_bench"};
   const std::map<std::string, Api> apis{{"runtime", Api::runtime}, {"cudaMalloc", Api::runtime},
                                         {"async", Api::async}, {"cudaMallocAsync", Api::async}};
   const std::map<std::string, Pattern> patterns{
       {"pairs", Pattern::pairs}, {"window", Pattern::window}, {"random", Pattern::random}};
+  const std::map<std::string, StreamMode> streams{{"off", StreamMode::off}, {"on", StreamMode::on}};
   std::vector<std::string> sizes;
   bool quick = false;
   app.add_option("--api", o->apis, "runtime,async")->delimiter(',')->transform(CLI::CheckedTransformer(apis));
   app.add_option("--patterns", o->patterns, "pairs,window,random")
       ->delimiter(',')
       ->transform(CLI::CheckedTransformer(patterns));
+  app.add_option("--streams", o->streams, "off,on")->delimiter(',')->transform(CLI::CheckedTransformer(streams));
   app.add_option("--sizes", sizes, "sizes, e.g. 256,4K,64K,1M,16M,256M,1G")
       ->delimiter(',')
       ->check(test_apps::size_check());
@@ -39,8 +44,8 @@ bool parse_options(int argc, char** argv, Options* o) {
     o->sizes.clear();
     for (const std::string& text : sizes) o->sizes.push_back(test_apps::checked_size(text));
   }
-  if (o->apis.empty() || o->patterns.empty() || o->sizes.empty() || o->threads.empty()) {
-    std::fprintf(stderr, "alloc_bench: --api, --patterns, --sizes and --threads need at least one value\n");
+  if (o->apis.empty() || o->patterns.empty() || o->sizes.empty() || o->threads.empty() || o->streams.empty()) {
+    std::fprintf(stderr, "alloc_bench: --api, --patterns, --sizes, --threads and --streams need at least one value\n");
     return false;
   }
   return true;

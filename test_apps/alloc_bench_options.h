@@ -9,10 +9,15 @@
 
 enum class Api { runtime, async };
 enum class Pattern { pairs, window, random };
+// off: the thread creates no stream. on: each thread first creates a non-blocking stream and keeps it
+// carrying work (a one-thread kernel every kStreamWorkEvery pairs, outside the timed pair), so an
+// allocator that fences frees while other streams carry work is measured on that path.
+enum class StreamMode { off, on };
 
 struct Options {
   std::vector<Api> apis = {Api::runtime};
   std::vector<Pattern> patterns = {Pattern::pairs, Pattern::window, Pattern::random};
+  std::vector<StreamMode> streams = {StreamMode::off};
   std::vector<std::uint64_t> sizes = {256, 4ull << 10, 64ull << 10, 1ull << 20, 16ull << 20, 256ull << 20,
                                       1ull << 30};
   std::vector<int> threads = {1, 4, 16};

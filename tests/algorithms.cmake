@@ -28,3 +28,7 @@ if(gpushim_all_backends_present)
   target_link_libraries(allocator_conformance_test PRIVATE gpushim_algorithms GTest::gtest_main)
   gtest_discover_tests(allocator_conformance_test DISCOVERY_TIMEOUT 30)
 endif()
+
+add_executable(thread_cache_allocator_test ${CMAKE_CURRENT_SOURCE_DIR}/thread_cache_allocator_test.cpp)
+target_link_libraries(thread_cache_allocator_test PRIVATE gpushim_algorithms GTest::gtest_main)
+gtest_discover_tests(thread_cache_allocator_test DISCOVERY_TIMEOUT 30)

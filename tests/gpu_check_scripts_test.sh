@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The verdicts of the GPU check scripts, on made-up logs (CPU only): scripts/gpu_test_verdict.sh fails a
 # run in which no GPU test passed, and scripts/served_by_gpushim.sh fails a log in which gpushim served
-# nothing. Each case prints its line; the first wrong verdict fails the test.
+# nothing; scripts/gpu_bench_table.py shows both of alloc_bench's stream modes. Each case prints its line; the first wrong verdict fails the test.
 set -u
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 dir=$(mktemp -d)
@@ -46,4 +46,28 @@ expect 0 "vmm served 12 allocations"          "$repo/scripts/served_by_gpushim.s
 expect 1 "no statistics: nothing proves gpushim served" "$repo/scripts/served_by_gpushim.sh" "$dir/no_stats.log" vmm
 expect 1 "another backend served"             "$repo/scripts/served_by_gpushim.sh" "$dir/other_backend.log" vmm
 expect 1 "vmm served nothing"                 "$repo/scripts/served_by_gpushim.sh" "$dir/zero.log" vmm
+
+# scripts/gpu_bench_table.py: both stream modes of alloc_bench side by side, and a CSV from before the
+# streams column existed (read as streams off).
+columns='label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams'
+printf '%s\n' "$columns" 'none,runtime,pairs,256,1,100,3000.0,4000.0,3100.0,300000,off' \
+  'none,async,pairs,256,1,100,640.0,900.0,650.0,1500000,off' 'tiered,runtime,pairs,256,1,100,90.0,200.0,95.0,9000000,off' \
+  'tiered,runtime,pairs,256,1,100,97.0,210.0,99.0,8000000,on' 'none,runtime,pairs,256,1,100,3100.0,4100.0,3150.0,290000,on' \
+  'tiered,runtime,pairs,256,16,100,120.0,400.0,130.0,99000000,on' > "$dir/bench.csv"
+printf '%s\n' 'label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s' \
+  'vmm,runtime,pairs,65536,1,100,80.0,150.0,85.0,9000000' > "$dir/old_bench.csv"
+table_has() {  # table_has CSV ARGS... -- WORD...: the table printed for CSV has every WORD
+  local csv=$1; shift
+  local args=()
+  while [ "$1" != "--" ]; do args+=("$1"); shift; done
+  shift
+  python3 "$repo/scripts/gpu_bench_table.py" "$csv" "${args[@]}" > "$dir/table" || return 1
+  for word in "$@"; do grep -q -- "$word" "$dir/table" || { cat "$dir/table"; return 1; }; done
+}
+expect 0 "bench table: a column per stream mode" \
+  table_has "$dir/bench.csv" -- "cudaMalloc " "cudaMallocAsync" "cudaMalloc+stream" "tiered+stream" " 97 ns" " 90 ns" "3000 ns"
+expect 1 "bench table: the 16-thread row is not in the 1-thread table" table_has "$dir/bench.csv" -- "120 ns"
+expect 0 "bench table: 16 threads"              table_has "$dir/bench.csv" --threads 16 -- "tiered+stream" "120 ns"
+expect 0 "bench table: a CSV without the streams column" table_has "$dir/old_bench.csv" -- "vmm" "80 ns"
+expect 1 "bench table: no rows for the pattern" table_has "$dir/bench.csv" --pattern window -- "tiered"
 exit $((failures > 0))

@@ -955,6 +955,7 @@ CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction, unsigned int, unsigned int, uns
 }
 CUresult CUDAAPI cuMemsetD8Async(CUdeviceptr dst, unsigned char value, size_t n, CUstream stream) {
   COUNT("cuMemsetD8Async");
+  last_stream.store(stream);
   const CUresult rc = check_stream(stream);
   if (rc == CUDA_SUCCESS && dst) std::memset(reinterpret_cast<void*>(dst), value, n);
   return rc;

@@ -1,0 +1,424 @@
+#include "allocators/thread_cache_allocator.h"
+
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <new>
+#include <unordered_map>
+
+namespace gpushim {
+namespace {
+
+constexpr std::size_t kSmallClassStep = kMinAlignment;  // 512 B classes up to kSmallClassLimit
+constexpr std::size_t kSmallClassLimit = 4096;
+constexpr std::size_t kSmallClasses = kSmallClassLimit / kSmallClassStep;
+constexpr unsigned kClassesPerDoublingLog2 = 3;  // 8 classes per doubling above kSmallClassLimit
+constexpr unsigned kSmallClassLimitLog2 = 12;
+
+std::size_t class_index(std::size_t bytes) noexcept {
+  if (bytes <= kSmallClassLimit) return bytes == 0 ? 0 : (bytes - 1) / kSmallClassStep;
+  const unsigned top = 63u - static_cast<unsigned>(__builtin_clzll(bytes - 1));  // 2^top < bytes <= 2^(top+1)
+  const std::size_t sub = ((bytes - 1) >> (top - kClassesPerDoublingLog2)) & ((1u << kClassesPerDoublingLog2) - 1);
+  return kSmallClasses + (top - kSmallClassLimitLog2) * (std::size_t{1} << kClassesPerDoublingLog2) + sub;
+}
+
+constexpr std::size_t computed_class_size(std::size_t index) noexcept {
+  if (index < kSmallClasses) return (index + 1) * kSmallClassStep;
+  const std::size_t above = index - kSmallClasses;
+  const unsigned top = kSmallClassLimitLog2 + static_cast<unsigned>(above >> kClassesPerDoublingLog2);
+  const std::size_t sub = above & ((1u << kClassesPerDoublingLog2) - 1);
+  return ((std::size_t{1} << kClassesPerDoublingLog2) + sub + 1) << (top - kClassesPerDoublingLog2);
+}
+
+struct ClassSizes {
+  std::size_t bytes[ThreadCacheAllocator::kClassCount];
+};
+constexpr ClassSizes make_class_sizes() noexcept {
+  ClassSizes sizes{};
+  for (std::size_t c = 0; c < ThreadCacheAllocator::kClassCount; ++c) sizes.bytes[c] = computed_class_size(c);
+  return sizes;
+}
+// A load, not shifts, on every call.
+constexpr ClassSizes kClassSizes = make_class_sizes();
+static_assert(kClassSizes.bytes[ThreadCacheAllocator::kClassCount - 1] == ThreadCacheAllocator::kMaxCachedBytes,
+              "the last class is the largest request cached");
+
+std::size_t class_size(std::size_t index) noexcept { return kClassSizes.bytes[index]; }
+
+// Live allocators by id, so a thread that exits gives its caches only to allocators that still exist.
+struct AllocatorRegistry {
+  std::mutex mutex;
+  std::unordered_map<std::uint64_t, ThreadCacheAllocator*> live;
+  std::uint64_t next_id = 1;
+};
+AllocatorRegistry& registry() {
+  static auto* instance = new AllocatorRegistry;  // never destroyed: threads may exit during static teardown
+  return *instance;
+}
+
+// A forked child has only the forking thread: a lock another parent thread held (the registry's, an
+// allocator's, a thread cache's) would never be released. Reset them all; the other threads' caches
+// stay where they are, reachable by release_cached().
+void reset_locks_in_child() noexcept {
+  AllocatorRegistry& r = registry();
+  new (&r.mutex) std::mutex();
+  for (auto& [id, allocator] : r.live) allocator->reset_locks_after_fork();
+}
+
+std::uint64_t register_allocator(ThreadCacheAllocator* allocator) noexcept {
+  static const bool fork_handler = pthread_atfork(nullptr, nullptr, reset_locks_in_child) == 0;
+  (void)fork_handler;
+  AllocatorRegistry& r = registry();
+  std::lock_guard<std::mutex> guard(r.mutex);
+  const std::uint64_t id = r.next_id++;
+  try {
+    r.live.emplace(id, allocator);
+  } catch (...) {
+    return 0;  // no host memory: id 0 makes every call pass through (no cache is ever made)
+  }
+  return id;
+}
+
+// This thread's caches, one per allocator it used; given back when the thread exits.
+struct ThreadCacheList {
+  struct Entry {
+    std::uint64_t owner;
+    ThreadCacheAllocator::ThreadCache* cache;
+  };
+  std::vector<Entry> entries;
+  ~ThreadCacheList();
+};
+
+// initial-exec: a plain %fs load inside the preloaded libgpushim.so (its TLS is in the static block).
+thread_local std::uint64_t t_last_owner __attribute__((tls_model("initial-exec"))) = 0;
+thread_local ThreadCacheAllocator::ThreadCache* t_last_cache __attribute__((tls_model("initial-exec"))) = nullptr;
+thread_local bool t_list_gone __attribute__((tls_model("initial-exec"))) = false;
+thread_local ThreadCacheList t_caches;
+
+}  // namespace
+
+std::size_t ThreadCacheAllocator::class_bytes_for(std::size_t bytes) noexcept {
+  return bytes > kMaxCachedBytes ? bytes : class_size(class_index(bytes));
+}
+
+// The owner takes `lock` on each call, uncontended: one exchange. Another thread takes it only to empty
+// the cache (release_cached); the owner's critical sections are a few loads and stores, so waiting
+// spins, yielding the CPU in case the holder was preempted.
+struct ThreadCacheAllocator::ThreadCache {
+  std::atomic<bool> locked{false};
+  std::uint32_t count[kClassCount] = {};
+  std::unique_ptr<void*[]> slots;
+  // Written by the owner under `locked`, read by stats() without it.
+  std::atomic<std::uint64_t> cached_bytes{0};
+  std::atomic<std::uint64_t> allocate_hits{0};
+  std::atomic<std::uint64_t> deallocate_hits{0};
+  // Class size minus requested size over the live blocks this thread allocated or freed (a signed sum
+  // kept modulo 2^64: a block may be allocated on one thread and freed on another).
+  std::atomic<std::uint64_t> rounding{0};
+
+  void lock() noexcept {
+    while (locked.exchange(true, std::memory_order_acquire))
+      while (locked.load(std::memory_order_relaxed)) sched_yield();
+  }
+  void unlock() noexcept { locked.store(false, std::memory_order_release); }
+  // Owner-only counters: a load and a store, no locked instruction.
+  static void bump(std::atomic<std::uint64_t>& counter, std::uint64_t by) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
+  }
+  static void drop(std::atomic<std::uint64_t>& counter, std::uint64_t by) noexcept {
+    counter.store(counter.load(std::memory_order_relaxed) - by, std::memory_order_relaxed);
+  }
+};
+
+ThreadCacheList::~ThreadCacheList() {
+  t_list_gone = true;
+  t_last_owner = 0;
+  t_last_cache = nullptr;
+  AllocatorRegistry& r = registry();
+  std::lock_guard<std::mutex> guard(r.mutex);
+  for (const Entry& entry : entries) {
+    auto it = r.live.find(entry.owner);
+    if (it != r.live.end()) it->second->retire(entry.cache);
+  }
+}
+
+ThreadCacheAllocator::ThreadCacheAllocator(std::unique_ptr<Allocator> inner) noexcept
+    : inner_(std::move(inner)), id_(register_allocator(this)) {
+  std::size_t slot = 0;
+  for (std::size_t c = 0; c < kClassCount; ++c) {
+    const std::size_t by_bytes = std::max<std::size_t>(1, kClassBytes / class_size(c));
+    capacity_[c] = static_cast<std::uint32_t>(std::min(kMaxBlocksPerClass, by_bytes));
+    first_slot_[c] = static_cast<std::uint32_t>(slot);
+    slot += capacity_[c];
+  }
+  slot_count_ = slot;
+  try {
+    depot_.resize(kClassCount);
+  } catch (...) {
+  }
+}
+
+ThreadCacheAllocator::~ThreadCacheAllocator() {
+  {
+    AllocatorRegistry& r = registry();
+    std::lock_guard<std::mutex> guard(r.mutex);
+    r.live.erase(id_);
+  }
+  release_cached();  // every block back to the backend while it still exists
+  std::lock_guard<std::mutex> guard(caches_mutex_);
+  for (ThreadCache* cache : caches_) delete cache;  // a thread still holding it finds id_ gone, see above
+}
+
+// The common case inline (callgrind: ~26 Ir per call as a call of its own); the rest in find_thread_cache.
+__attribute__((always_inline)) inline ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::this_thread_cache() noexcept {
+  if (t_last_owner == id_) return t_last_cache;
+  return find_thread_cache();
+}
+
+ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::find_thread_cache() noexcept {
+  if (id_ == 0 || t_list_gone) return nullptr;
+  for (const ThreadCacheList::Entry& entry : t_caches.entries) {
+    if (entry.owner == id_) {
+      t_last_owner = id_;
+      t_last_cache = entry.cache;
+      return entry.cache;
+    }
+  }
+  return create_thread_cache();
+}
+
+ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() noexcept {
+  ThreadCache* cache = nullptr;
+  try {
+    cache = new ThreadCache;
+    cache->slots.reset(new void*[slot_count_]);
+    {
+      std::lock_guard<std::mutex> guard(caches_mutex_);
+      caches_.push_back(cache);
+    }
+    // Entries of allocators destroyed since are dropped here, so a long-lived thread's list stays short.
+    {
+      AllocatorRegistry& r = registry();
+      std::lock_guard<std::mutex> guard(r.mutex);
+      auto& entries = t_caches.entries;
+      entries.erase(std::remove_if(entries.begin(), entries.end(),
+                                   [&](const ThreadCacheList::Entry& e) { return r.live.count(e.owner) == 0; }),
+                    entries.end());
+      entries.push_back({id_, cache});
+    }
+  } catch (...) {
+    if (cache) {
+      std::lock_guard<std::mutex> guard(caches_mutex_);
+      caches_.erase(std::remove(caches_.begin(), caches_.end(), cache), caches_.end());
+    }
+    delete cache;
+    return nullptr;  // no host memory: this call passes through
+  }
+  t_last_owner = id_;
+  t_last_cache = cache;
+  return cache;
+}
+
+void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
+  if (bytes > kMaxCachedBytes) return inner_->allocate(bytes, stream);
+  const std::size_t c = class_index(bytes);
+  const std::size_t rounding = class_size(c) - bytes;
+  ThreadCache* cache = this_thread_cache();
+  if (!cache) {
+    void* p = inner_->allocate(class_size(c), stream);
+    if (p) untracked_rounding_.fetch_add(rounding, std::memory_order_relaxed);
+    return p;
+  }
+  cache->lock();
+  if (std::uint32_t n = cache->count[c]) {
+    void* p = cache->slots[first_slot_[c] + n - 1];
+    cache->count[c] = n - 1;
+    ThreadCache::drop(cache->cached_bytes, class_size(c));
+    ThreadCache::bump(cache->allocate_hits, 1);
+    ThreadCache::bump(cache->rounding, rounding);
+    cache->unlock();
+    return p;
+  }
+  ThreadCache::bump(cache->rounding, rounding);  // taken back below if the miss fails
+  cache->unlock();
+  // A miss: the depot (blocks of exited threads) first, else the backend. One block, not a batch: the
+  // backend has no batch call, so taking several only moves blocks through the cache (measured with
+  // scripts/instructions_per_pair.sh: a quarter-capacity refill and half-capacity flushes cost fenced
+  // 64 KiB pairs +160 Ir, docs/perf-notes.md).
+  void* p = nullptr;
+  if (depot_blocks_.load(std::memory_order_relaxed) != 0 && take_from_depot(c, &p, 1) == 1) {
+    depot_hits_.fetch_add(1, std::memory_order_relaxed);
+    return p;
+  }
+  p = inner_->allocate(class_size(c), stream);
+  if (!p) {
+    cache->lock();
+    ThreadCache::drop(cache->rounding, rounding);
+    cache->unlock();
+  }
+  return p;
+}
+
+void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
+  if (bytes > kMaxCachedBytes) return inner_->deallocate(p, bytes, stream);
+  const std::size_t c = class_index(bytes);
+  const std::size_t block = class_size(c);
+  ThreadCache* cache = this_thread_cache();
+  if (!cache) {
+    untracked_rounding_.fetch_sub(block - bytes, std::memory_order_relaxed);
+    return inner_->deallocate(p, block, stream);
+  }
+  cache->lock();
+  ThreadCache::drop(cache->rounding, block - bytes);
+  const std::uint32_t n = cache->count[c];
+  if (n < capacity_[c] && cache->cached_bytes.load(std::memory_order_relaxed) + block <= kMaxBytesPerThread) {
+    cache->slots[first_slot_[c] + n] = p;
+    cache->count[c] = n + 1;
+    ThreadCache::bump(cache->cached_bytes, block);
+    ThreadCache::bump(cache->deallocate_hits, 1);
+    cache->unlock();
+    return;
+  }
+  cache->unlock();
+  inner_->deallocate(p, block, stream);  // full: the backend takes it (the cached ones stay the hot ones)
+}
+
+std::size_t ThreadCacheAllocator::take_from_depot(std::size_t c, void** out, std::size_t count) noexcept {
+  if (depot_blocks_.load(std::memory_order_relaxed) == 0 || depot_.size() != kClassCount) return 0;
+  std::lock_guard<std::mutex> guard(depot_mutex_);
+  std::vector<void*>& blocks = depot_[c];
+  const std::size_t taken = std::min(count, blocks.size());
+  std::copy(blocks.end() - static_cast<std::ptrdiff_t>(taken), blocks.end(), out);
+  blocks.resize(blocks.size() - taken);
+  depot_blocks_.fetch_sub(taken, std::memory_order_relaxed);
+  depot_bytes_.fetch_sub(taken * class_size(c), std::memory_order_relaxed);
+  return taken;
+}
+
+void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
+  {
+    std::lock_guard<std::mutex> guard(caches_mutex_);
+    caches_.erase(std::remove(caches_.begin(), caches_.end(), cache), caches_.end());
+  }
+  // No other thread can reach the cache now (release_cached walks caches_ under caches_mutex_).
+  std::lock_guard<std::mutex> guard(depot_mutex_);
+  for (std::size_t c = 0; c < kClassCount; ++c) {
+    for (std::uint32_t i = 0; i < cache->count[c]; ++i) {
+      void* p = cache->slots[first_slot_[c] + i];
+      try {
+        depot_.at(c).push_back(p);
+      } catch (...) {
+        inner_->deallocate(p, class_size(c), 0);  // no host memory for the depot: the backend takes it now
+        flushed_.fetch_add(1, std::memory_order_relaxed);
+        continue;
+      }
+      depot_blocks_.fetch_add(1, std::memory_order_relaxed);
+      depot_bytes_.fetch_add(class_size(c), std::memory_order_relaxed);
+    }
+  }
+  retired_allocate_hits_.fetch_add(cache->allocate_hits.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  retired_deallocate_hits_.fetch_add(cache->deallocate_hits.load(std::memory_order_relaxed),
+                                     std::memory_order_relaxed);
+  untracked_rounding_.fetch_add(cache->rounding.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  delete cache;
+}
+
+std::size_t ThreadCacheAllocator::release_cached() noexcept {
+  // Blocks leave the caches under each cache's lock and reach the backend with no lock of ours held.
+  std::vector<std::pair<void*, std::size_t>> blocks;
+  {
+    std::lock_guard<std::mutex> guard(caches_mutex_);
+    for (ThreadCache* cache : caches_) {
+      cache->lock();
+      for (std::size_t c = 0; c < kClassCount; ++c) {
+        std::uint32_t& n = cache->count[c];
+        for (; n > 0; --n) {
+          try {
+            blocks.emplace_back(cache->slots[first_slot_[c] + n - 1], class_size(c));
+          } catch (...) {
+            break;  // no host memory for the list: the rest stays cached
+          }
+          ThreadCache::drop(cache->cached_bytes, class_size(c));
+        }
+      }
+      cache->unlock();
+    }
+  }
+  {
+    std::lock_guard<std::mutex> guard(depot_mutex_);
+    for (std::size_t c = 0; c < depot_.size(); ++c) {
+      std::vector<void*>& list = depot_[c];
+      while (!list.empty()) {
+        try {
+          blocks.emplace_back(list.back(), class_size(c));
+        } catch (...) {
+          break;
+        }
+        list.pop_back();
+        depot_blocks_.fetch_sub(1, std::memory_order_relaxed);
+        depot_bytes_.fetch_sub(class_size(c), std::memory_order_relaxed);
+      }
+    }
+  }
+  for (const auto& [p, bytes] : blocks) inner_->deallocate(p, bytes, 0);
+  flushed_.fetch_add(blocks.size(), std::memory_order_relaxed);
+  return inner_->release_cached();
+}
+
+void ThreadCacheAllocator::reset_locks_after_fork() noexcept {
+  new (&caches_mutex_) std::mutex();
+  new (&depot_mutex_) std::mutex();
+  for (ThreadCache* cache : caches_) cache->unlock();
+}
+
+std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {
+  std::size_t blocks = depot_blocks_.load(std::memory_order_relaxed);
+  std::lock_guard<std::mutex> guard(caches_mutex_);
+  for (ThreadCache* cache : caches_) {
+    cache->lock();
+    for (std::size_t c = 0; c < kClassCount; ++c) blocks += cache->count[c];
+    cache->unlock();
+  }
+  return blocks;
+}
+
+AllocatorStats ThreadCacheAllocator::stats() const noexcept {
+  // The backend counts cached blocks as in use, at their class size: take both out.
+  AllocatorStats s = inner_->stats();
+  std::uint64_t cached = depot_bytes_.load(std::memory_order_relaxed);
+  std::uint64_t allocate_hits = retired_allocate_hits_.load(std::memory_order_relaxed) +
+                                depot_hits_.load(std::memory_order_relaxed);
+  std::uint64_t deallocate_hits = retired_deallocate_hits_.load(std::memory_order_relaxed);
+  std::uint64_t rounding = untracked_rounding_.load(std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> guard(caches_mutex_);
+    for (const ThreadCache* cache : caches_) {
+      cached += cache->cached_bytes.load(std::memory_order_relaxed);
+      allocate_hits += cache->allocate_hits.load(std::memory_order_relaxed);
+      deallocate_hits += cache->deallocate_hits.load(std::memory_order_relaxed);
+      rounding += cache->rounding.load(std::memory_order_relaxed);
+    }
+  }
+  // Counters are read one after another while other threads run: a sum may be briefly off, never below 0.
+  if (static_cast<std::int64_t>(rounding) < 0) rounding = 0;
+  const std::uint64_t live_class_bytes = s.bytes_in_use - std::min(s.bytes_in_use, cached);
+  rounding = std::min(rounding, live_class_bytes);
+  // The backend's own waste covers live and cached blocks alike; the live blocks' share of it is
+  // estimated by bytes (exact where the backend does not round class sizes further, as the vmm arena).
+  const std::uint64_t backend_waste =
+      s.bytes_in_use == 0 ? 0
+                          : static_cast<std::uint64_t>(static_cast<double>(s.internal_waste) *
+                                                       static_cast<double>(live_class_bytes) /
+                                                       static_cast<double>(s.bytes_in_use));
+  s.allocations += allocate_hits;
+  s.deallocations += deallocate_hits;
+  s.deallocations -= std::min(s.deallocations, flushed_.load(std::memory_order_relaxed));
+  s.bytes_in_use = live_class_bytes - rounding;
+  // The rest of the backend's waste sits in cached blocks: cached memory too.
+  s.bytes_cached += cached + (s.internal_waste - std::min(s.internal_waste, backend_waste));
+  s.internal_waste = backend_waste + rounding;
+  return s;
+}
+
+}  // namespace gpushim

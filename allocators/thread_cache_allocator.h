@@ -1,0 +1,108 @@
+// Per-thread caches of freed blocks in front of a shared backend (a magazine layer, as Bonwick's
+// magazines in Solaris kmem and mimalloc's thread-local heaps).
+//
+// Why: the shared backends take a lock on every call (the vmm arena has one for all threads), so with
+// several threads a pair costs a cache-line transfer or a sleep, and on one thread the arena's search is
+// ~600 instructions (docs/perf-notes.md). A program's hot loop frees and asks again for the same sizes;
+// a block freed by a thread is kept in that thread's cache and handed out again on its next request of
+// the same size class, touching only the calling thread's memory.
+//
+// Size classes: requests up to kMaxCachedBytes are rounded up to a class (512 B steps to 4 KiB, then
+// 8 classes per doubling: at most 12.5% rounding) and the backend is asked for the class size, so a
+// cached block of class C serves exactly the requests that round to C. Larger requests pass through.
+// Bounds per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
+// kMaxBlocksPerClass is the router's fence batch (router/free_fence_queue.h, kBatchMaxBlocks): a fenced
+// batch of small blocks that comes back at once fits the freeing thread's cache. A miss asks the
+// backend for one block and a full cache passes the freed block on: the backend has no batch call, so
+// moving blocks in batches only cost copies (measured: docs/perf-notes.md).
+//
+// Cross-thread flush: each thread cache has a spin lock that its owner takes on each call, uncontended
+// (one atomic exchange); release_cached(), from any thread (the out-of-memory path), takes each cache's
+// lock in turn and empties it, so memory other threads hold comes back at once, not at their next call.
+// A thread that exits moves its blocks to a shared depot (bookkeeping only: no backend or driver call
+// from a thread-exit destructor, which may run after the program's CUDA teardown); misses of every
+// thread take from the depot first, and release_cached() empties it.
+//
+// Cached blocks count as the backend's cached memory (stats().bytes_cached, so cuMemGetInfo reports them
+// as free), not as in use; bytes in use are the requested sizes and the rounding to a class is internal
+// waste. Calls count once: a hit here, a miss in the backend. Only for backends that are not
+// stream-ordered (the provider backends): a cached block carries no stream.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "allocators/allocator.h"
+
+namespace gpushim {
+
+class ThreadCacheAllocator final : public Allocator {
+ public:
+  // Largest request cached: the slab's largest class; above it a block's cost is the work the program
+  // does with it, and a cached 16 MiB block per thread and class would pin too much.
+  static constexpr std::size_t kMaxCachedBytes = std::size_t{1} << 20;
+  static constexpr std::size_t kMaxBlocksPerClass = 256;
+  static constexpr std::size_t kClassBytes = std::size_t{2} << 20;        // one class, one thread
+  static constexpr std::size_t kMaxBytesPerThread = std::size_t{4} << 20;  // all classes, one thread
+  // 512 B .. 4 KiB in 512 B steps (8), then 8 per doubling from 4 KiB to 1 MiB (8 x 8).
+  static constexpr std::size_t kClassCount = 72;
+
+  explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner) noexcept;
+  ~ThreadCacheAllocator() override;
+
+  const char* name() const noexcept override { return inner_->name(); }
+  void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
+  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override {
+    return inner_->allocate_spilled(bytes, stream);
+  }
+  // Empties every thread's cache and the depot into the backend, then the backend's own release.
+  std::size_t release_cached() noexcept override;
+  AllocatorStats stats() const noexcept override;
+  bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
+
+  Allocator& inner() const noexcept { return *inner_; }
+  // The class size a request is served with (the request itself above kMaxCachedBytes).
+  static std::size_t class_bytes_for(std::size_t bytes) noexcept;
+  // Blocks in every thread cache and the depot, for tests.
+  std::size_t cached_blocks() const noexcept;
+
+  struct ThreadCache;  // defined in the .cpp; public for the thread-exit hook there
+  // Thread exit: the cache's blocks move to the depot and its counts to the shared ones. No backend call.
+  void retire(ThreadCache* cache) noexcept;
+  // In a forked child (only the forking thread exists): locks other parent threads held are reset.
+  void reset_locks_after_fork() noexcept;
+
+ private:
+  ThreadCache* this_thread_cache() noexcept;
+  ThreadCache* find_thread_cache() noexcept;
+  ThreadCache* create_thread_cache() noexcept;
+  std::size_t take_from_depot(std::size_t c, void** out, std::size_t count) noexcept;
+
+  std::unique_ptr<Allocator> inner_;
+  const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
+  std::uint32_t capacity_[kClassCount] = {};    // per class: blocks a thread may keep
+  std::uint32_t first_slot_[kClassCount] = {};  // per class: its first slot in a cache's slot array
+  std::size_t slot_count_ = 0;
+
+  // Every live thread cache of this allocator (release_cached and stats walk them).
+  mutable std::mutex caches_mutex_;
+  std::vector<ThreadCache*> caches_;
+  // Blocks of exited threads, per class; depot_blocks_ lets a miss skip the lock when it is empty.
+  std::mutex depot_mutex_;
+  std::vector<std::vector<void*>> depot_;
+  std::atomic<std::size_t> depot_blocks_{0};
+  std::atomic<std::uint64_t> depot_bytes_{0};
+  // Counts of exited threads (a thread's own live in its cache).
+  std::atomic<std::uint64_t> retired_allocate_hits_{0};
+  std::atomic<std::uint64_t> retired_deallocate_hits_{0};
+  std::atomic<std::uint64_t> depot_hits_{0};          // misses served from the depot
+  std::atomic<std::uint64_t> flushed_{0};             // cached blocks given to the backend: not program frees
+  std::atomic<std::uint64_t> untracked_rounding_{0};  // exited threads' and cache-less calls' rounding
+};
+
+}  // namespace gpushim
