@@ -41,7 +41,10 @@ if [ ! -x "$bench" ]; then
 fi
 
 backends=(tiered vmm)
-modes=(legacy fenced)
+# legacy: no stream; stream: the thread's own stream carries work once per 256 pairs (gpushim joins it,
+# then finds it idle: router/stream_activity.h); fenced: the same, with every free fenced
+# (GPUSHIM_FREE_FENCE=always), so the fenced path itself is what is counted.
+modes=(legacy stream fenced)
 sizes=(256 65536 1048576)
 size_names=("256 B" "64 KiB" "1 MiB")
 dir=$(mktemp -d)
@@ -50,9 +53,10 @@ trap 'rm -rf "$dir"' EXIT
 # Ir of one cell: the parent bench re-executes itself per backend; --trace-children follows the child,
 # whose instrumented pairs are the only instructions counted (the parent's file says 0).
 cell_ir() {  # cell_ir BACKEND MODE SIZE
-  local out="$dir/$1.$2.$3"
-  valgrind --tool=callgrind --trace-children=yes --instr-atstart=no --callgrind-out-file="$out.%p" \
-    "$bench" --backends "$1" --modes "$2" --sizes "$3" --threads 1 --pairs "$pairs" "${library[@]}" > "$out.log" 2>&1 || {
+  local out="$dir/$1.$2.$3" bench_mode="$2" fence=auto
+  case "$2" in stream) bench_mode=fenced ;; fenced) fence=always ;; esac
+  GPUSHIM_FREE_FENCE=$fence valgrind --tool=callgrind --trace-children=yes --instr-atstart=no --callgrind-out-file="$out.%p" \
+    "$bench" --backends "$1" --modes "$bench_mode" --sizes "$3" --threads 1 --pairs "$pairs" "${library[@]}" > "$out.log" 2>&1 || {
     cat "$out.log" >&2
     return 1
   }
