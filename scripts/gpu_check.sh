@@ -3,7 +3,7 @@
 #   1. configure + build (Ninja, Release, CUDA arch 90; the gpushim command only where CLI11 is found),
 #   2. ctest -L gpu (alloc_torture x 3 builds x every backend, PyTorch/CuPy/JAX with and without gpushim),
 #   3. alloc_bench once without gpushim (cudaMalloc and cudaMallocAsync) and once under each backend,
-#   4. with --macro: the PyTorch and CuPy macro benchmarks against the peers (bench/run_macro.sh),
+#   4. with --macro: three PyTorch workloads against PyTorch's allocators (bench/run_macro.sh, all GPUs),
 #   5. a short summary table, printed last (also written to summary.txt).
 # Logs and CSV go to $OUT when it is set (the device machine's folder that comes back), else
 # <build>/gpu-check/. Exit status: 0 when the build worked and no GPU test failed.
@@ -116,6 +116,7 @@ fi
 # --- 3. alloc_bench: without gpushim, then under each backend -------------------------------------------
 csv="$out/alloc_bench.csv"
 bench_failures=""
+launch_table=""
 if [ $run_bench -eq 1 ] && [ -x "$bench" ]; then
   rm -f "$csv"
   cell_ms=300; [ $quick -eq 1 ] && cell_ms=100
@@ -144,13 +145,25 @@ if [ $run_bench -eq 1 ] && [ -x "$bench" ]; then
         bench_failures+=" full:$backend"
     done
   fi
+  # What the work-submission hooks cost a launch-bound loop (docs/free-safety.md, target: under 2%).
+  if [ -x "$build/test_apps/launch_rate" ] && [ -n "$lib" ]; then
+    note "launch rate with and without gpushim (scripts/launch_overhead.sh)"
+    launch_table=$("$repo/scripts/launch_overhead.sh" --build-dir "$build" --rounds 7 2>>"$out/bench.log") ||
+      bench_failures+=" launch_rate"
+  fi
 fi
 
-# --- 4. macro benchmarks (PyTorch, CuPy) side by side with the peers ---------------------------------
+# --- 4. macro benchmarks: three PyTorch workloads side by side with the peers ---------------------------
+# (docs/benchmarks.md): LLM decoding with cuDNN attention, a cuDNN CNN, the transformer; every peer and
+# gpushim tiered and vmm, 3 interleaved passes, one process per GPU at a time (all GPUs of the machine).
 macro_tables=""
 if [ $macro -eq 1 ] && [ -n "$lib" ]; then
-  note "macro benchmarks (bench/run_macro.sh, about 4 minutes)"
-  OUT="$out" "$repo/bench/run_macro.sh" --lib "$lib" >"$out/macro.log" 2>&1 || true
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  [ "${gpus:-0}" -ge 1 ] || gpus=1
+  note "macro benchmarks (bench/run_macro.sh on $gpus GPU(s), about $((16 / gpus + 2)) minutes)"
+  OUT="$out" "$repo/bench/run_macro.sh" --lib "$lib" --only decode,cnn,torch \
+    --configs "default expandable mallocasync gpushim-tiered gpushim-vmm" --repeat 3 --gpus "$gpus" \
+    --timeout 150 >"$out/macro.log" 2>&1 || true
   macro_tables=$(sed -n '/^## Macro benchmarks/,$p' "$out/macro.log" | grep -E '^\|| target|^### ')
 fi
 
@@ -175,6 +188,7 @@ fi
       echo "bench:    no results"
     fi
   fi
+  [ -z "$launch_table" ] || printf 'launch rate (kernels per second, median of 7 processes):\n%s\n' "$launch_table"
   [ -z "$macro_tables" ] || printf '%s\n' "$macro_tables"
   echo "logs:     $out   (total $(( $(date +%s) - started )) s)"
 } | tee "$out/summary.txt"

@@ -16,7 +16,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 app="$build/test_apps/launch_rate"
-lib=$(find "$build" -name libgpushim.so -path '*lib*' | head -1)
+lib=$(find "$build" -name libgpushim.so | head -1)
 [ -x "$app" ] && [ -n "$lib" ] || { echo "launch_overhead.sh: build $build first (launch_rate, libgpushim.so)" >&2; exit 2; }
 tmp=$(mktemp -d)
 for round in $(seq "$rounds"); do
