@@ -96,6 +96,7 @@ class VmmArena final : public Allocator {
   void remove_free(Range* r) noexcept;
   Range* find_fit(std::size_t block, int scan_limit) const noexcept;
   Range* smallest_fitting(Range* head, std::size_t block, int limit) const noexcept;
+  Range* wilderness_fit(std::size_t block) const noexcept;
   // Live blocks by address.
   void hash_insert(Range* r) noexcept;
   Range* hash_remove(std::uintptr_t start) noexcept;
@@ -124,6 +125,7 @@ class VmmArena final : public Allocator {
   mutable std::mutex mutex_;
   Range* head_ = nullptr;       // first range in address order
   Range* unmapped_ = nullptr;   // list of unmapped ranges (few: holes left by give-back, and the tail)
+  Range* wilderness_ = nullptr; // free ranges right below an unmapped one (at most one per unmapped range)
   Range* spare_ = nullptr;      // node pool
   std::vector<std::unique_ptr<Range[]>> range_blocks_;
   std::uint64_t first_level_map_ = 0;

@@ -6,7 +6,8 @@
 //   Prints a Markdown table: one row per backend and schedule (requests back to back, and four at a
 //   time stepped round-robin). --trace PATH also writes the interleaved schedule in the trace format,
 //   with the addresses the vmm backend gave it, so `gpushim trace replay --backend all PATH` reproduces
-//   the table's interleaved rows from the command line.
+//   the table's interleaved rows from the command line. GPUSHIM_ variables in the environment set the
+//   backends' options (replay always uses the defaults).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -35,12 +36,14 @@ struct FitResult {
   double ns_per_op = 0;
 };
 
-const char* no_environment(const char*, void*) { return nullptr; }
+// The backends' GPUSHIM_ settings come from the environment (GPUSHIM_VMM_GROW_STEP=2MiB ... shows what a
+// setting does to the fit); unset, they are the defaults that `gpushim trace replay` uses.
+const char* from_environment(const char* name, void*) { return std::getenv(name); }
 
 // Runs `workload` against a fresh `backend` over host memory. With `record`, every allocate/free is
 // recorded as the program's cudaMalloc/cudaFree would be (device 0, legacy stream).
 FitResult run(const BackendInfo& backend, const DecodingWorkload& workload, bool record) {
-  const Settings settings = parse_settings(&no_environment, nullptr);
+  const Settings settings = parse_settings(&from_environment, nullptr);
   HostProvider provider;
   std::unique_ptr<Allocator> allocator = backend.factory(provider, settings);
   FitResult result;
