@@ -8,14 +8,10 @@
 //   with the addresses the vmm backend gave it, so `gpushim trace replay --backend all PATH` reproduces
 //   the table's interleaved rows from the command line. GPUSHIM_ variables in the environment set the
 //   backends' options (replay always uses the defaults).
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
-#include <string>
-#include <vector>
 
 #include "allocators/backend_registry.h"
 #include "config/settings.h"
@@ -29,62 +25,26 @@ using namespace gpushim;
 using testing::DecodingWorkload;
 using testing::DecodingWorkloadOptions;
 
-struct FitResult {
-  std::uint64_t peak_reserved = 0;
-  std::uint64_t peak_live = 0;
-  std::uint64_t failed = 0;
-  double ns_per_op = 0;
-};
-
 // The backends' GPUSHIM_ settings come from the environment (GPUSHIM_VMM_GROW_STEP=2MiB ... shows what a
 // setting does to the fit); unset, they are the defaults that `gpushim trace replay` uses.
 const char* from_environment(const char* name, void*) { return std::getenv(name); }
 
 // Runs `workload` against a fresh `backend` over host memory. With `record`, every allocate/free is
 // recorded as the program's cudaMalloc/cudaFree would be (device 0, legacy stream).
-FitResult run(const BackendInfo& backend, const DecodingWorkload& workload, bool record) {
+testing::WorkloadFit run(const BackendInfo& backend, const DecodingWorkload& workload, bool record) {
   const Settings settings = parse_settings(&from_environment, nullptr);
   HostProvider provider;
   std::unique_ptr<Allocator> allocator = backend.factory(provider, settings);
-  FitResult result;
   if (!allocator) {
-    result.failed = workload.ops.size();
-    return result;
+    testing::WorkloadFit none;
+    none.failed = workload.ops.size();
+    return none;
   }
-  std::vector<void*> blocks(workload.id_count, nullptr);
-  std::uint64_t live = 0;
-  std::chrono::nanoseconds spent{0};
-  using clock = std::chrono::steady_clock;
-  for (const testing::WorkloadOp& op : workload.ops) {
-    void*& block = blocks[op.id];
-    if (!op.allocate) {
-      if (!block) continue;
-      const auto t0 = clock::now();
-      allocator->deallocate(block, op.bytes, 0);
-      spent += clock::now() - t0;
-      if (record)
-        tracing::record(tracing::EventKind::free, 0, 0, reinterpret_cast<std::uintptr_t>(block), op.bytes,
-                        backend.id);
-      live -= op.bytes;
-      block = nullptr;
-      continue;
-    }
-    const auto t0 = clock::now();
-    block = allocator->allocate(op.bytes, 0);
-    spent += clock::now() - t0;
-    if (!block) {
-      ++result.failed;
-      continue;
-    }
+  return testing::run_workload(workload, *allocator, provider, [&](const testing::WorkloadOp& op, void* block) {
     if (record)
-      tracing::record(tracing::EventKind::alloc, 0, 0, reinterpret_cast<std::uintptr_t>(block), op.bytes,
-                      backend.id);
-    live += op.bytes;
-    result.peak_live = std::max(result.peak_live, live);
-    result.peak_reserved = std::max<std::uint64_t>(result.peak_reserved, provider.bytes_mapped());
-  }
-  result.ns_per_op = double(spent.count()) / double(workload.ops.size());
-  return result;
+      tracing::record(op.allocate ? tracing::EventKind::alloc : tracing::EventKind::free, 0, 0,
+                      reinterpret_cast<std::uintptr_t>(block), op.bytes, backend.id);
+  });
 }
 
 double gib(std::uint64_t bytes) { return double(bytes) / double(std::uint64_t{1} << 30); }
@@ -128,11 +88,10 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "cannot write %s\n", trace_path);
         return 1;
       }
-      const FitResult r = run(*backend, workload, record);
+      const testing::WorkloadFit r = run(*backend, workload, record);
       if (record) tracing::stop();
       std::printf("| %s | %s | %.3f | %.3f | %.3fx | %.0f | %llu |\n", schedule.name, name, gib(r.peak_live),
-                  gib(r.peak_reserved), r.peak_live ? double(r.peak_reserved) / double(r.peak_live) : 0.0,
-                  r.ns_per_op, static_cast<unsigned long long>(r.failed));
+                  gib(r.peak_reserved), r.ratio(), r.ns_per_op, static_cast<unsigned long long>(r.failed));
       std::fflush(stdout);
     }
   }

@@ -21,10 +21,15 @@
 // trace for `gpushim trace replay`). docs/perf-notes.md, "Fit on a growing KV cache".
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
+
+#include "allocators/allocator.h"
+#include "providers/memory_provider.h"
 
 namespace gpushim::testing {
 
@@ -189,6 +194,60 @@ class DecodingWorkloadBuilder {
 
 inline DecodingWorkload make_decoding_workload(const DecodingWorkloadOptions& options) {
   return detail::DecodingWorkloadBuilder(options).build();
+}
+
+struct WorkloadFit {
+  std::uint64_t peak_reserved = 0;  // most bytes `provider` had mapped after an allocation
+  std::uint64_t peak_live = 0;      // most requested bytes live at once
+  std::uint64_t failed = 0;         // allocations that returned nullptr (their frees are skipped)
+  double ns_per_op = 0;             // time inside allocate/deallocate only
+  double ratio() const { return peak_live ? double(peak_reserved) / double(peak_live) : 0; }
+};
+
+// Runs `workload` against `allocator`, whose memory comes from `provider`, measuring as `gpushim trace
+// replay` does: frees take effect at once, reserved is sampled after every allocation. `observe`, if
+// given, is called after each served operation with (op, block).
+template <typename Observe>
+WorkloadFit run_workload(const DecodingWorkload& workload, Allocator& allocator, const MemoryProvider& provider,
+                         Observe&& observe) {
+  using clock = std::chrono::steady_clock;
+  WorkloadFit fit;
+  std::vector<void*> blocks(workload.id_count, nullptr);
+  std::uint64_t live = 0;
+  clock::duration spent{};
+  for (const WorkloadOp& op : workload.ops) {
+    void*& block = blocks[op.id];
+    if (!op.allocate) {
+      if (!block) continue;
+      const auto t0 = clock::now();
+      allocator.deallocate(block, op.bytes, 0);
+      spent += clock::now() - t0;
+      observe(op, block);
+      live -= op.bytes;
+      block = nullptr;
+      continue;
+    }
+    const auto t0 = clock::now();
+    block = allocator.allocate(op.bytes, 0);
+    spent += clock::now() - t0;
+    if (!block) {
+      ++fit.failed;
+      continue;
+    }
+    observe(op, block);
+    live += op.bytes;
+    fit.peak_live = std::max(fit.peak_live, live);
+    fit.peak_reserved = std::max<std::uint64_t>(fit.peak_reserved, provider.bytes_mapped());
+  }
+  if (!workload.ops.empty())
+    fit.ns_per_op = double(std::chrono::duration_cast<std::chrono::nanoseconds>(spent).count()) /
+                    double(workload.ops.size());
+  return fit;
+}
+
+inline WorkloadFit run_workload(const DecodingWorkload& workload, Allocator& allocator,
+                                const MemoryProvider& provider) {
+  return run_workload(workload, allocator, provider, [](const WorkloadOp&, void*) {});
 }
 
 }  // namespace gpushim::testing
