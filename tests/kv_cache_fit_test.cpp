@@ -4,8 +4,9 @@
 // KV cache"). The workload and the backends are deterministic, so the ratios are the same on every run.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <iterator>
 #include <map>
-#include <string>
 
 #include "allocators/backend_registry.h"
 #include "providers/host_provider.h"
@@ -21,7 +22,7 @@ using testing::WorkloadOp;
 const char* no_environment(const char*, void*) { return nullptr; }
 
 DecodingWorkloadOptions schedule(int concurrent) {
-  DecodingWorkloadOptions o;  // 24 requests, batch 1-32, prompt 16-512, 32-512 tokens, seed 1
+  DecodingWorkloadOptions o;  // 24 requests, batch 1-32, prompt 16-512, 32-512 tokens
   o.concurrent = concurrent;
   return o;
 }
@@ -76,45 +77,56 @@ TEST(DecodingWorkload, GrowsEachCacheByOneRowPerSequenceWhileTheOldBlockIsLive) 
   EXPECT_GT(grown, std::size_t{16} * 31 * 6);
 }
 
-// Bounds. On this workload a block of B*L rows is replaced by one of B*(L+1) rows, 16 caches in turn;
-// an allocator that never moves memory keeps at least one hole about one cache block large that the
-// next, one row larger block does not fit (every hole it leaves is one row too small), so back to back
-// its floor is about 1 + 1/17 = 1.06x (16 blocks live plus the new one). The arena adds at most one
-// growth step (32 MiB, 2% of the ~1.4 GiB peak): 1.08x. Interleaved requests share that hole, so the
-// same bound holds with room. tiered also keeps the slab's slabs apart from the arena (one per size
-// class in use, 2 MiB each: ~2% here): 1.10x.
-// Before the arena filled holes ahead of its wilderness and tiered's split moved to 64 KiB: vmm 1.29x
-// and 1.10x, tiered 1.16x and 1.14x (back to back, interleaved); after: 1.06x/1.04x, 1.08x/1.09x.
-constexpr double kArenaBound = 1.08;
-constexpr double kTieredBound = 1.10;
+// Bounds, over four seeds (batches, prompts and lengths drawn differently). Back to back, a block of
+// B*L rows is replaced by one of B*(L+1) rows, 16 caches in turn: an allocator that never moves memory
+// keeps at least one hole about one cache block large that the next, one row larger block does not fit
+// (every hole a cache leaves is one row too small), so its floor is about 1 + 1/17 = 1.06x (16 blocks
+// live plus the new one). The arena adds up to one growth step (32 MiB, 2% of the ~1.4 GiB peak) and
+// tiered the slab's own slabs (one or two per size class in use): 1.09x and 1.10x for every seed.
+// Four at a time, the peak comes when a large request's prefill allocates blocks larger than every hole
+// the other requests' caches left (seed 4: 198 MiB blocks, 287 MiB in holes of at most 64 MiB), which
+// no placement can use without moving memory; that varies with the draw, so the bound is on the mean.
+// Measured (seeds 1-4) before the arena filled holes ahead of its wilderness and tiered's split moved to
+// 64 KiB: back to back vmm 1.20-1.55x, tiered 1.09-1.16x; four at a time, mean vmm 1.10x, tiered 1.12x.
+// After: back to back vmm 1.06-1.08x, tiered 1.08-1.09x; four at a time, mean vmm 1.07x, tiered 1.08x.
+constexpr std::uint64_t kSeeds[] = {1, 2, 3, 4};
+constexpr double kArenaBackToBackBound = 1.09;
+constexpr double kTieredBackToBackBound = 1.10;
+constexpr double kArenaInterleavedMeanBound = 1.085;
+constexpr double kTieredInterleavedMeanBound = 1.095;
 
-TEST(KvCacheFit, VmmBackToBack) {
-  const DecodingWorkload w = testing::make_decoding_workload(schedule(1));
-  const testing::WorkloadFit fit = fit_of("vmm", w);
-  EXPECT_EQ(fit.failed, 0u);
-  EXPECT_EQ(fit.peak_live, w.peak_live_bytes);
-  EXPECT_LE(fit.ratio(), kArenaBound) << "peak reserved " << fit.peak_reserved << " for " << fit.peak_live << " live";
+void expect_back_to_back_within(const char* backend, double bound) {
+  for (std::uint64_t seed : kSeeds) {
+    DecodingWorkloadOptions o = schedule(1);
+    o.seed = seed;
+    const DecodingWorkload w = testing::make_decoding_workload(o);
+    const testing::WorkloadFit fit = fit_of(backend, w);
+    EXPECT_EQ(fit.failed, 0u);
+    EXPECT_EQ(fit.peak_live, w.peak_live_bytes);
+    EXPECT_LE(fit.ratio(), bound) << backend << ", seed " << seed << ": peak reserved " << fit.peak_reserved
+                                  << " for " << fit.peak_live << " live";
+  }
 }
 
-TEST(KvCacheFit, VmmFourRequestsAtATime) {
-  const DecodingWorkload w = testing::make_decoding_workload(schedule(4));
-  const testing::WorkloadFit fit = fit_of("vmm", w);
-  EXPECT_EQ(fit.failed, 0u);
-  EXPECT_LE(fit.ratio(), kArenaBound) << "peak reserved " << fit.peak_reserved << " for " << fit.peak_live << " live";
+void expect_interleaved_mean_within(const char* backend, double bound) {
+  double sum = 0;
+  for (std::uint64_t seed : kSeeds) {
+    DecodingWorkloadOptions o = schedule(4);
+    o.seed = seed;
+    const testing::WorkloadFit fit = fit_of(backend, testing::make_decoding_workload(o));
+    EXPECT_EQ(fit.failed, 0u);
+    sum += fit.ratio();
+    std::printf("%s, seed %llu, four at a time: %.3fx\n", backend, static_cast<unsigned long long>(seed),
+                fit.ratio());
+  }
+  EXPECT_LE(sum / std::size(kSeeds), bound) << backend << ": mean reserved / live over the seeds";
 }
 
-TEST(KvCacheFit, TieredBackToBack) {
-  const DecodingWorkload w = testing::make_decoding_workload(schedule(1));
-  const testing::WorkloadFit fit = fit_of("tiered", w);
-  EXPECT_EQ(fit.failed, 0u);
-  EXPECT_LE(fit.ratio(), kTieredBound) << "peak reserved " << fit.peak_reserved << " for " << fit.peak_live << " live";
-}
-
+TEST(KvCacheFit, VmmBackToBack) { expect_back_to_back_within("vmm", kArenaBackToBackBound); }
+TEST(KvCacheFit, TieredBackToBack) { expect_back_to_back_within("tiered", kTieredBackToBackBound); }
+TEST(KvCacheFit, VmmFourRequestsAtATime) { expect_interleaved_mean_within("vmm", kArenaInterleavedMeanBound); }
 TEST(KvCacheFit, TieredFourRequestsAtATime) {
-  const DecodingWorkload w = testing::make_decoding_workload(schedule(4));
-  const testing::WorkloadFit fit = fit_of("tiered", w);
-  EXPECT_EQ(fit.failed, 0u);
-  EXPECT_LE(fit.ratio(), kTieredBound) << "peak reserved " << fit.peak_reserved << " for " << fit.peak_live << " live";
+  expect_interleaved_mean_within("tiered", kTieredInterleavedMeanBound);
 }
 
 }  // namespace
