@@ -17,7 +17,7 @@
 // open requests round-robin one token each (continuous batching without merging batches), and a
 // finished request is replaced by the next, so caches of many batch sizes and lengths grow at once.
 //
-// Used by tests/arena_fit_test.cpp (the fit bound) and bench/kv_cache_fit_bench.cpp (the table and a
+// Used by tests/kv_cache_fit_test.cpp (the fit bound) and bench/kv_cache_fit_bench.cpp (the table and a
 // trace for `gpushim trace replay`). docs/perf-notes.md, "Fit on a growing KV cache".
 #pragma once
 
