@@ -45,7 +45,8 @@ class TieredAllocator final : public Allocator {
 // a magazine holds 256 KiB, at least 4 blocks). Above it a slab class is a locked depot like the arena,
 // so it brings no speed, while it rounds a block up by as much as 25% and keeps its slabs apart from the
 // arena's cached memory. On an LLM decoding loop whose KV cache grows every token (docs/perf-notes.md,
-// "Fit on a growing KV cache") a 1 MiB split reserved 1.12-1.16x the peak live, 64 KiB 1.07-1.09x.
+// "Fit on a growing KV cache") a 1 MiB split reserved 1.08-1.16x the peak live over four draws of
+// requests, 64 KiB 1.07-1.09x.
 inline constexpr std::size_t kDefaultTieredSplit = std::size_t{64} << 10;
 
 // GPUSHIM_TIERED_SPLIT (0 = kDefaultTieredSplit). The slab is built to serve at least the split, so no
