@@ -49,7 +49,7 @@ std::unique_ptr<Allocator> make_tiered_allocator(MemoryProvider& provider, const
   const std::size_t slab_max =
       settings.slab_max_size != 0 ? static_cast<std::size_t>(settings.slab_max_size) : kDefaultSlabMaxSize;
   const std::size_t split =
-      std::min<std::size_t>(settings.tiered_split != 0 ? settings.tiered_split : slab_max, kSlabMaxSizeLimit);
+      std::min<std::size_t>(settings.tiered_split != 0 ? settings.tiered_split : kDefaultTieredSplit, kSlabMaxSizeLimit);
   auto small = std::make_unique<SlabAllocator>(provider, std::max(slab_max, split), /*thread_caches=*/true,
                                                kDefaultSlabIdleBytes);
   auto large = make_vmm_arena(provider, settings);

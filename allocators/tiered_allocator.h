@@ -3,7 +3,7 @@
 // Why split: a training step allocates thousands of small tensors (norms, biases, scalars) and a few
 // hundred large ones. The slab serves small sizes from per-thread magazines without a lock and without
 // searching; the arena serves large sizes with best fit to within 1/32, where the slab's size classes
-// would round away up to 25%. The split defaults to the slab's largest class (1 MiB).
+// would round away up to 25%. The split defaults to 64 KiB (kDefaultTieredSplit, below).
 //
 // A block is routed back by its size: the router hands deallocate() the size allocate() was given, so
 // no lookup is needed to know which tier owns a pointer.
@@ -41,8 +41,16 @@ class TieredAllocator final : public Allocator {
   const std::size_t split_bytes_;
 };
 
-// GPUSHIM_TIERED_SPLIT (0 = the slab's largest size, GPUSHIM_SLAB_MAX_SIZE or 1 MiB). The slab is built
-// to serve at least the split, so no small request falls to its dedicated-run path.
+// The default split: the slab's largest class that has a thread magazine (allocators/slab_allocator.cpp:
+// a magazine holds 256 KiB, at least 4 blocks). Above it a slab class is a locked depot like the arena,
+// so it brings no speed, while it rounds a block up by as much as 25% and keeps its slabs apart from the
+// arena's cached memory. On an LLM decoding loop whose KV cache grows every token (docs/perf-notes.md,
+// "Fit on a growing KV cache") a 1 MiB split reserved 1.08-1.16x the peak live over four draws of
+// requests, 64 KiB 1.07-1.09x.
+inline constexpr std::size_t kDefaultTieredSplit = std::size_t{64} << 10;
+
+// GPUSHIM_TIERED_SPLIT (0 = kDefaultTieredSplit). The slab is built to serve at least the split, so no
+// small request falls to its dedicated-run path.
 std::unique_ptr<Allocator> make_tiered_allocator(MemoryProvider& provider, const Settings& settings);
 
 }  // namespace gpushim

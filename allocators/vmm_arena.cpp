@@ -21,6 +21,7 @@ struct VmmArena::Range {
   Range* hash_next = nullptr;   // live: hash chain
   std::size_t requested = 0;    // live: bytes the caller asked for
   RangeState state = RangeState::unmapped;
+  bool wilderness = false;      // free: it lies right below unmapped space, so it is in wilderness_, not a bin
   std::uint8_t first_level = 0;
   std::uint8_t second_level = 0;
 };
@@ -140,8 +141,16 @@ void VmmArena::recycle(Range* r) noexcept {
 // ---- free ranges by size ----
 
 void VmmArena::insert_free(Range* r) noexcept {
-  BinIndex bin = bin_of(r->size);
   r->state = RangeState::free;
+  r->wilderness = r->next && r->next->state == RangeState::unmapped;
+  if (r->wilderness) {
+    r->list_prev = nullptr;
+    r->list_next = wilderness_;
+    if (wilderness_) wilderness_->list_prev = r;
+    wilderness_ = r;
+    return;
+  }
+  BinIndex bin = bin_of(r->size);
   r->first_level = static_cast<std::uint8_t>(bin.first);
   r->second_level = static_cast<std::uint8_t>(bin.second);
   Range*& head = bins_[bin.first][bin.second];
@@ -154,6 +163,14 @@ void VmmArena::insert_free(Range* r) noexcept {
 }
 
 void VmmArena::remove_free(Range* r) noexcept {
+  if (r->wilderness) {
+    if (r->list_prev) r->list_prev->list_next = r->list_next;
+    else wilderness_ = r->list_next;
+    if (r->list_next) r->list_next->list_prev = r->list_prev;
+    r->list_prev = r->list_next = nullptr;
+    r->wilderness = false;
+    return;
+  }
   Range*& head = bins_[r->first_level][r->second_level];
   if (r->list_prev) r->list_prev->list_next = r->list_next;
   else head = r->list_next;
@@ -193,6 +210,14 @@ VmmArena::Range* VmmArena::find_fit(std::size_t block, int scan_limit) const noe
     second = second_level_map_[first];
   }
   return smallest_fitting(bins_[first][__builtin_ctzll(second)], block, scan_limit);
+}
+
+VmmArena::Range* VmmArena::wilderness_fit(std::size_t block) const noexcept {
+  Range* best = nullptr;
+  for (Range* r = wilderness_; r; r = r->list_next)
+    if (r->size >= block && (!best || r->size < best->size || (r->size == best->size && r->start < best->start)))
+      best = r;
+  return best;
 }
 
 // ---- live blocks by address ----
@@ -295,8 +320,13 @@ void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
     return nullptr;
   }
   std::size_t block = round_up(bytes, kMinAlignment);
+  // Holes first, the wilderness (free memory right below unmapped space) last: see the header.
   Range* r = find_fit(block, kBinScanLimit);
-  if (!r && grow(block)) r = find_fit(block, kBinScanLimit);
+  if (!r) r = wilderness_fit(block);
+  if (!r && grow(block)) {
+    r = find_fit(block, kBinScanLimit);
+    if (!r) r = wilderness_fit(block);
+  }
   // Before reporting out-of-memory, make sure no fitting range hid beyond the bounded scan.
   if (!r) r = find_fit(block, std::numeric_limits<int>::max());
   if (!r) {
@@ -421,6 +451,8 @@ VmmArena::Range* VmmArena::release_chunk(Range* free_range,
   provider_.unmap(reinterpret_cast<void*>(start), bytes);
   chunks_.erase(chunk);
   mapped_ -= bytes;
+  // Unmapped before the parts are binned: the left part now lies below unmapped space (wilderness).
+  free_range->state = RangeState::unmapped;
   if (left) {
     left->start = free_range->start;
     left->size = start - free_range->start;
@@ -519,6 +551,8 @@ AllocatorStats VmmArena::stats() const noexcept {
     for (Range* r = bins_[first][second]; r; r = r->list_next)
       s.largest_free_block = std::max<std::uint64_t>(s.largest_free_block, r->size);
   }
+  for (Range* r = wilderness_; r; r = r->list_next)
+    s.largest_free_block = std::max<std::uint64_t>(s.largest_free_block, r->size);
   return s;
 }
 

@@ -199,7 +199,7 @@ const Row kRows[] = {
     {{"GPUSHIM_SLAB_MAX_SIZE", "size", "1MiB", "a size >= 256",
       "slab: largest block served from a size class; larger blocks take whole runs of 2 MiB slabs."},
      [](const char* v, Settings& s) { return size_at_least(v, kMinBlockSize, &s.slab_max_size); }},
-    {{"GPUSHIM_TIERED_SPLIT", "size", "1MiB", "a size >= 256",
+    {{"GPUSHIM_TIERED_SPLIT", "size", "64KiB", "a size >= 256",
       "tiered: blocks up to this size go to the slab, larger ones to the vmm arena."},
      [](const char* v, Settings& s) { return size_at_least(v, kMinBlockSize, &s.tiered_split); }},
     {{"GPUSHIM_MEMPOOL_RELEASE_THRESHOLD", "size", "1GiB", "a size; 0 = give back at every sync",

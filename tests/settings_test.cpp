@@ -93,7 +93,7 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_EQ(s.vmm_release_threshold, 8 * GiB);
   EXPECT_EQ(s.buddy_region, GiB);
   EXPECT_EQ(s.slab_max_size, MiB);
-  EXPECT_EQ(s.tiered_split, MiB);
+  EXPECT_EQ(s.tiered_split, 64 * KiB);
   EXPECT_EQ(s.mempool_release_threshold, GiB);
   EXPECT_EQ(s.trace_path, "");
   EXPECT_EQ(s.trace_stack, 0);

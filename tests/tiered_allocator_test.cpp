@@ -24,16 +24,16 @@ TEST(TieredAllocator, RoutesBySizeAroundTheSplit) {
   HostProvider provider;
   auto tiered = make_tiered_allocator(provider, small_arena_settings());
   auto& t = static_cast<TieredAllocator&>(*tiered);
-  EXPECT_EQ(t.split_bytes(), kDefaultSlabMaxSize);
-  void* small = t.allocate(kDefaultSlabMaxSize, 0);
-  void* large = t.allocate(kDefaultSlabMaxSize + 1, 0);
+  EXPECT_EQ(t.split_bytes(), kDefaultTieredSplit);
+  void* small = t.allocate(kDefaultTieredSplit, 0);
+  void* large = t.allocate(kDefaultTieredSplit + 1, 0);
   ASSERT_NE(small, nullptr);
   ASSERT_NE(large, nullptr);
-  EXPECT_EQ(t.small_tier().stats().bytes_in_use, kDefaultSlabMaxSize);
-  EXPECT_EQ(t.large_tier().stats().bytes_in_use, kDefaultSlabMaxSize + 1);
-  EXPECT_EQ(t.stats().bytes_in_use, 2 * kDefaultSlabMaxSize + 1);
-  t.deallocate(small, kDefaultSlabMaxSize, 0);
-  t.deallocate(large, kDefaultSlabMaxSize + 1, 0);
+  EXPECT_EQ(t.small_tier().stats().bytes_in_use, kDefaultTieredSplit);
+  EXPECT_EQ(t.large_tier().stats().bytes_in_use, kDefaultTieredSplit + 1);
+  EXPECT_EQ(t.stats().bytes_in_use, 2 * kDefaultTieredSplit + 1);
+  t.deallocate(small, kDefaultTieredSplit, 0);
+  t.deallocate(large, kDefaultTieredSplit + 1, 0);
   EXPECT_EQ(t.small_tier().stats().deallocations, 1u);
   EXPECT_EQ(t.large_tier().stats().deallocations, 1u);
 }

@@ -96,6 +96,53 @@ TEST(VmmArena, GrowthExtendsTheFreeTailContiguously) {
   EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
+// The free range right below unmapped space (the wilderness) is used only when no hole fits: taking
+// it for a block a hole could hold leaves the hole behind, and the arena grows past it sooner
+// (docs/perf-notes.md, "Fit on a growing KV cache").
+TEST(VmmArena, HolesAreFilledBeforeTheWilderness) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, 4 * MiB, 64 * MiB));
+  void* a = arena.allocate(2 * MiB, 0);
+  void* b = arena.allocate(MiB + 512 * KiB, 0);  // leaves 512 KiB of the 4 MiB step free at the top
+  ASSERT_NE(a, nullptr);
+  ASSERT_NE(b, nullptr);
+  arena.deallocate(a, 2 * MiB, 0);               // a 2 MiB hole below b
+  EXPECT_EQ(arena.stats().largest_free_block, 2 * MiB);
+  // Best fit alone would take the smaller 512 KiB wilderness.
+  void* c = arena.allocate(256 * KiB, 0);
+  EXPECT_EQ(c, a);
+  EXPECT_EQ(provider.bytes_mapped(), 4 * MiB);
+  void* e = arena.allocate(MiB + 768 * KiB, 0);  // the rest of the hole
+  EXPECT_EQ(address(e), address(a) + 256 * KiB);
+  // What no hole holds goes to the wilderness before the arena grows.
+  void* d = arena.allocate(512 * KiB, 0);
+  EXPECT_EQ(address(d), address(b) + MiB + 512 * KiB);
+  EXPECT_EQ(provider.bytes_mapped(), 4 * MiB);
+  for (auto [p, n] : {std::pair{b, MiB + 512 * KiB}, {c, 256 * KiB}, {d, 512 * KiB}, {e, MiB + 768 * KiB}})
+    arena.deallocate(p, n, 0);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+// Giving a chunk back turns the free memory just below it into wilderness too.
+TEST(VmmArena, FreeMemoryBelowAGivenBackChunkIsWilderness) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, kGranule, 64 * MiB));
+  void* x = arena.allocate(32 * KiB, 0);  // chunk 0: [0, 64K)
+  void* y = arena.allocate(96 * KiB, 0);  // [32K, 128K): the rest of chunk 0 and all of chunk 1
+  void* z = arena.allocate(64 * KiB, 0);  // chunk 2
+  void* h = arena.allocate(32 * KiB, 0);  // chunk 3: [192K, 224K)
+  void* g = arena.allocate(32 * KiB, 0);  // [224K, 256K)
+  for (void* p : {x, y, z, h, g}) ASSERT_NE(p, nullptr);
+  EXPECT_EQ(address(h), address(x) + 192 * KiB);
+  arena.deallocate(h, 32 * KiB, 0);  // a 32 KiB hole between z and g
+  arena.deallocate(y, 96 * KiB, 0);
+  EXPECT_EQ(arena.release_cached(), kGranule);  // chunk 1; [32K, 64K) stays mapped below the gap
+  void* c = arena.allocate(32 * KiB, 0);
+  EXPECT_EQ(c, h);  // the hole, not the equally large wilderness freed after it
+  for (auto [p, n] : {std::pair{x, 32 * KiB}, {z, 64 * KiB}, {g, 32 * KiB}, {c, 32 * KiB}}) arena.deallocate(p, n, 0);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
 TEST(VmmArena, ReleaseCachedGivesBackOnlyChunksNoLiveBlockTouches) {
   HostProvider provider(kGranule);
   VmmArena arena(provider, options(64 * MiB, kGranule, 64 * MiB));
