@@ -44,6 +44,7 @@ void FreeFenceQueue::enqueue(ClosedBatch batch) noexcept {
     // No host memory for the queue node: these blocks leak (held forever), which is safe.
     pending_bytes_ -= batch.bytes;
   }
+  held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
 }
 
 void FreeFenceQueue::close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept {
@@ -76,6 +77,7 @@ void FreeFenceQueue::adopt_orphans(std::vector<FreedBlock> blocks) noexcept {
   } catch (...) {
     // Held forever: safe, only wasteful.
   }
+  held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
 }
 
 std::size_t FreeFenceQueue::give_back(std::vector<ClosedBatch>& done) noexcept {
@@ -131,6 +133,7 @@ std::size_t FreeFenceQueue::poll() noexcept {
       }
       it = queue_.erase(it);
     }
+    held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
   }
   // Outside the lock: a driver-backed backend's deallocate is a driver call.
   return give_back(done);
@@ -156,6 +159,7 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
       }
       it = queue_.erase(it);
     }
+    held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
   }
   for (ClosedBatch& batch : recorded) events_.synchronize(batch.fence);
   return give_back(recorded);
@@ -186,6 +190,9 @@ std::size_t FreeFenceQueue::batches() const noexcept {
   return queue_.size();
 }
 
-void FreeFenceQueue::reset_after_fork() noexcept { new (&lock_) std::mutex(); }
+void FreeFenceQueue::reset_after_fork() noexcept {
+  new (&lock_) std::mutex();
+  held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
+}
 
 }  // namespace gpushim

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <mutex>
@@ -128,6 +129,9 @@ class FreeFenceQueue {
   // True while `p` waits here (closed, orphaned or not yet given back). Cold: scans every batch.
   bool holds(const void* p) const noexcept;
   std::size_t batches() const noexcept;
+  // True while blocks wait here (no lock: a hint read on frees that take effect at once, so blocks fenced
+  // while a stream worked still come back once it has stopped).
+  bool holds_blocks() const noexcept { return held_.load(std::memory_order_relaxed); }
 
   void reset_after_fork() noexcept;
 
@@ -152,6 +156,7 @@ class FreeFenceQueue {
   std::vector<FreedBlock> orphans_;
   std::uint64_t pending_bytes_ = 0;  // lock_ held
   std::uint64_t peak_pending_bytes_ = 0;  // lock_ held
+  std::atomic<bool> held_{false};         // written under lock_: queue_ or orphans_ not empty
 };
 
 }  // namespace gpushim

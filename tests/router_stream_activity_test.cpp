@@ -110,6 +110,28 @@ TEST_F(StreamActivity, WorkOnANonBlockingStreamFencesFreesUntilItsWorkIsDone) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// Blocks fenced while a stream worked come back once it has stopped, without memory pressure: the
+// thread's half-full batch is closed when the work is found ordered again (it would never fill now).
+TEST_F(StreamActivity, BlocksFencedWhileAStreamWorkedComeBackWhenItStops) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 3, kBlock, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // fenced: into this thread's open batch
+  fake_cuda_hold_gpu(0);
+  churn();  // a probe finds the stream idle; later frees are reused at once
+  std::vector<CUdeviceptr> blocks;
+  bool came_back = false;
+  for (int i = 0; i < 400 && !came_back; ++i) {
+    blocks.push_back(fresh_block());
+    came_back = blocks.back() == used;
+  }
+  EXPECT_TRUE(came_back) << "a block fenced while the stream worked never came back";
+  for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // The legacy stream and one blocking stream order each other both ways; a second blocking stream with
 // work does not order against the first.
 TEST_F(StreamActivity, OneBlockingStreamKeepsTheOrderASecondEndsIt) {
