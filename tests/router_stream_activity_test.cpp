@@ -14,6 +14,7 @@
 
 extern "C" {
 int fake_cuda_calls(const char* symbol);
+int fake_cuda_records_on_destroyed_streams();
 void fake_cuda_hold_gpu(int held);
 void fake_cuda_hold_stream(CUstream stream, int held);
 }
@@ -334,7 +335,9 @@ TEST_F(StreamActivity, WhileADestroyedStreamIsCountedBatchesWaitForTheLegacyStre
   ASSERT_EQ(cuStreamDestroy(gone), CUDA_SUCCESS);  // its queued work still runs: counted until done
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  const int dead_records = fake_cuda_records_on_destroyed_streams();
   free_and_close_batch(used);
+  EXPECT_EQ(fake_cuda_records_on_destroyed_streams(), dead_records) << "a fence recorded on a destroyed stream";
   fake_cuda_hold_stream(s, 0);
   churn();
   EXPECT_FALSE(handed_out_again(used, 300)) << "the device-wide fence was not kept";
