@@ -344,6 +344,19 @@ ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noex
   return ActiveStreamWalk::visited;
 }
 
+bool order_legacy_after_destroyed_streams() noexcept {
+  Activity& a = activity();
+  std::lock_guard<std::mutex> guard(a.lock);
+  bool all = true;
+  for (const StreamRecord* record : a.active) {
+    if (!record->retiring) continue;
+    // A retiring record's probe is never recorded again (poll_stream_activity retires it once complete).
+    all = record->probing && real_driver().cuStreamWaitEvent(CU_STREAM_LEGACY, record->probe, 0) == CUDA_SUCCESS &&
+          all;
+  }
+  return all;
+}
+
 std::uint64_t stream_activations() noexcept {
   Activity& a = activity();
   std::lock_guard<std::mutex> guard(a.lock);

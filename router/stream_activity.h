@@ -118,6 +118,11 @@ struct ActiveStream {
 using ActiveStreamVisitor = bool (*)(const ActiveStream& stream, void* arg) noexcept;
 enum class ActiveStreamWalk { none_active, incomplete, visited, stopped };
 ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noexcept;
+// A destroyed stream's queued work still runs, and no event can be recorded on it any more: makes the
+// legacy stream of the current context wait for the probe recorded at its destroy, for every destroyed
+// stream still counted, so an event recorded on the legacy stream next covers their work too. False
+// when one has no probe (destroyed during a capture): its work cannot be waited for.
+bool order_legacy_after_destroyed_streams() noexcept;
 // For the statistics line: streams that became active (transitions), and joins recorded.
 std::uint64_t stream_activations() noexcept;
 void reset_stream_activity_after_fork() noexcept;

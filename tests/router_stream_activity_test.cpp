@@ -347,4 +347,26 @@ TEST_F(StreamActivity, WhileADestroyedStreamIsCountedBatchesWaitForTheLegacyStre
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A block whose last user is queued on a stream the program has since destroyed: that work still runs,
+// no event can be recorded on the stream any more, and it is in no list of streams. The fence makes the
+// legacy stream wait for the probe recorded at the destroy before its own event.
+TEST_F(StreamActivity, WorkQueuedOnADestroyedStreamKeepsItsBlocks) {
+  CUstream s = nullptr, gone = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&gone, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  launch_on(s);
+  launch_on(gone);
+  fake_cuda_hold_stream(gone, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, gone), CUDA_SUCCESS);  // its last user
+  ASSERT_EQ(cuStreamDestroy(gone), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  churn();
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the destroyed stream's queued work may touch was handed out";
+  fake_cuda_hold_stream(gone, 0);
+  free_and_close_batch(fresh_block());
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 }  // namespace
