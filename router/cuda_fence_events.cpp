@@ -155,6 +155,13 @@ FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_cont
   bool ok;
   {
     ScopedContext scope(context);
+    // A destroyed stream is in no list, but its queued work may still touch a block of this batch.
+    if (scope.ok() && !router::order_legacy_after_destroyed_streams()) {
+      static bool reported = false;
+      log_once(&reported, LogLevel::debug,
+               "device %d: a stream destroyed during a capture still had work; freed blocks may not wait for it",
+               device_);
+    }
     ok = scope.ok() && record_on(context, CU_STREAM_LEGACY, out);
   }
   for (const TrackedStream& s : streams) {
