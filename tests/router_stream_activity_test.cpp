@@ -58,6 +58,27 @@ void launch_on(CUstream stream) {
   ASSERT_EQ(cuLaunchKernel(nullptr, 1, 1, 1, 1, 1, 1, 0, stream, nullptr, nullptr), CUDA_SUCCESS);
 }
 
+// `rounds` times, on each stream: a fresh block (never one of `busy`), a set queued on it, its free.
+void use_and_free_in_rounds(const std::vector<CUstream>& streams, int rounds, std::set<CUdeviceptr>* busy) {
+  for (int round = 0; round < rounds; ++round) {
+    for (CUstream s : streams) {
+      CUdeviceptr p = fresh_block();
+      EXPECT_EQ(busy->count(p), 0u) << "a block still used by queued work was handed out";
+      ASSERT_EQ(cuMemsetD8Async(p, 7, kBlock, s), CUDA_SUCCESS);
+      busy->insert(p);
+      EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    }
+  }
+}
+
+// A non-blocking stream that has carried work (active, joined while the legacy stream had caught up).
+CUstream active_side_stream() {
+  CUstream s = nullptr;
+  EXPECT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  launch_on(s);
+  return s;
+}
+
 // Frees `used` into this thread's batch, then enough other blocks that the batch closes (256 blocks):
 // the batch's fence is recorded.
 void free_and_close_batch(CUdeviceptr used) {
@@ -65,6 +86,18 @@ void free_and_close_batch(CUdeviceptr used) {
   for (int i = 0; i < 300; ++i) others.push_back(fresh_block());
   EXPECT_EQ(cuMemFree(used), CUDA_SUCCESS);
   for (CUdeviceptr p : others) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+}
+
+// A block whose last user ran on `s` (held meanwhile) and whose batch was fenced; `s` is done now and
+// frees have polled the fences since.
+CUdeviceptr block_fenced_after_work_on(CUstream s) {
+  fake_cuda_hold_stream(s, 1);
+  const CUdeviceptr used = fresh_block();
+  EXPECT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  return used;
 }
 
 // Allocates up to `tries` blocks, all kept until the end: true when `p` was among them.
@@ -216,15 +249,7 @@ TEST_F(StreamActivity, WorkOnManyStreamsNeverGetsABusyBlock) {
   for (CUstream& s : streams) ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
   fake_cuda_hold_gpu(1);
   std::set<CUdeviceptr> busy;  // blocks whose last user is queued on a stream
-  for (int round = 0; round < 50; ++round) {
-    for (CUstream s : streams) {
-      CUdeviceptr p = fresh_block();
-      EXPECT_EQ(busy.count(p), 0u) << "a block still used by queued work was handed out";
-      ASSERT_EQ(cuMemsetD8Async(p, 7, kBlock, s), CUDA_SUCCESS);
-      busy.insert(p);
-      EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
-    }
-  }
+  use_and_free_in_rounds(streams, 50, &busy);
   fake_cuda_hold_gpu(0);
   for (CUstream s : streams) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
@@ -276,15 +301,7 @@ TEST_F(StreamActivity, BlocksUsedOnHeldSideStreamsAreNeverHandedOut) {
   fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
   for (CUstream s : streams) fake_cuda_hold_stream(s, 1);
   std::set<CUdeviceptr> busy;  // last user queued on a held stream
-  for (int round = 0; round < 200; ++round) {
-    for (CUstream s : streams) {
-      CUdeviceptr p = fresh_block();
-      EXPECT_EQ(busy.count(p), 0u) << "a block still used by a held stream's work was handed out";
-      ASSERT_EQ(cuMemsetD8Async(p, 7, kBlock, s), CUDA_SUCCESS);
-      busy.insert(p);
-      EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
-    }
-  }
+  use_and_free_in_rounds(streams, 200, &busy);
   for (CUstream s : streams) fake_cuda_hold_stream(s, 0);
   churn();
   std::vector<CUdeviceptr> blocks;
@@ -308,12 +325,7 @@ TEST_F(StreamActivity, AfterPerThreadStreamWorkBatchesWaitForTheLegacyStream) {
   launch_on(s);
   launch_on(CU_STREAM_PER_THREAD);
   fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
-  fake_cuda_hold_stream(s, 1);
-  const CUdeviceptr used = fresh_block();
-  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
-  free_and_close_batch(used);
-  fake_cuda_hold_stream(s, 0);
-  churn();
+  const CUdeviceptr used = block_fenced_after_work_on(s);
   EXPECT_FALSE(handed_out_again(used, 300)) << "the legacy stream (covering per-thread streams) was not fenced";
   fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
   free_and_close_batch(fresh_block());  // every free is fenced for good now: a close polls the fences
@@ -324,22 +336,13 @@ TEST_F(StreamActivity, AfterPerThreadStreamWorkBatchesWaitForTheLegacyStream) {
 // A destroyed stream that is still counted is not among the streams a batch fence can record on: while
 // one exists, batches keep the device-wide fence.
 TEST_F(StreamActivity, WhileADestroyedStreamIsCountedBatchesWaitForTheLegacyStream) {
-  CUstream s = nullptr, gone = nullptr;
-  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  ASSERT_EQ(cuStreamCreate(&gone, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  launch_on(s);
-  launch_on(gone);
+  CUstream s = active_side_stream(), gone = active_side_stream();
   fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
-  fake_cuda_hold_stream(s, 1);
   fake_cuda_hold_stream(gone, 1);
   ASSERT_EQ(cuStreamDestroy(gone), CUDA_SUCCESS);  // its queued work still runs: counted until done
-  const CUdeviceptr used = fresh_block();
-  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
   const int dead_records = fake_cuda_records_on_destroyed_streams();
-  free_and_close_batch(used);
+  const CUdeviceptr used = block_fenced_after_work_on(s);
   EXPECT_EQ(fake_cuda_records_on_destroyed_streams(), dead_records) << "a fence recorded on a destroyed stream";
-  fake_cuda_hold_stream(s, 0);
-  churn();
   EXPECT_FALSE(handed_out_again(used, 300)) << "the device-wide fence was not kept";
   fake_cuda_hold_gpu(0);
   churn();
@@ -351,11 +354,7 @@ TEST_F(StreamActivity, WhileADestroyedStreamIsCountedBatchesWaitForTheLegacyStre
 // no event can be recorded on the stream any more, and it is in no list of streams. The fence makes the
 // legacy stream wait for the probe recorded at the destroy before its own event.
 TEST_F(StreamActivity, WorkQueuedOnADestroyedStreamKeepsItsBlocks) {
-  CUstream s = nullptr, gone = nullptr;
-  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  ASSERT_EQ(cuStreamCreate(&gone, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  launch_on(s);
-  launch_on(gone);
+  CUstream s = active_side_stream(), gone = active_side_stream();
   fake_cuda_hold_stream(gone, 1);
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, gone), CUDA_SUCCESS);  // its last user
