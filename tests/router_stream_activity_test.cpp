@@ -368,4 +368,26 @@ TEST_F(StreamActivity, WorkQueuedOnADestroyedStreamKeepsItsBlocks) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// Blocking streams already wait for the legacy stream's earlier work: a batch fenced while two of them
+// work covers each with an event and queues no wait.
+TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
+  CUstream first = nullptr, second = nullptr;
+  ASSERT_EQ(cuStreamCreate(&first, 0), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&second, 0), CUDA_SUCCESS);
+  launch_on(first);
+  launch_on(second);  // two blocking streams: no longer totally ordered
+  fake_cuda_hold_stream(first, 1);
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, first), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "a blocking stream was made to wait";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the blocking stream's queued work may touch was handed out";
+  fake_cuda_hold_stream(first, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(first), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(second), CUDA_SUCCESS);
+}
+
 }  // namespace
