@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <new>
 
+#include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
+#include "router/stream_activity.h"
 
 namespace gpushim {
 namespace {
@@ -92,10 +94,59 @@ bool CudaFenceEvents::record_on(CUcontext context, CUstream stream, Fence* out) 
   return true;
 }
 
+struct CudaFenceEvents::ActiveStreamsFence {
+  CudaFenceEvents& events;
+  CUcontext batch_context;
+  Fence* out;
+  CUevent legacy = nullptr;  // recorded on the batch context's legacy stream before the first wait
+};
+
+bool CudaFenceEvents::fence_active_stream(const router::ActiveStream& active, void* arg) noexcept {
+  ActiveStreamsFence& fence = *static_cast<ActiveStreamsFence*>(arg);
+  const RealDriver& driver = real_driver();
+  // A blocking stream already waits for the legacy stream's earlier work; a non-blocking one is made to.
+  if (!active.blocking && !fence.legacy) {
+    ScopedContext scope(fence.batch_context);
+    if (!scope.ok()) return false;
+    CUevent legacy = fence.events.acquire_event(fence.batch_context);
+    if (!legacy) return false;
+    if (driver.cuEventRecord(legacy, CU_STREAM_LEGACY) != CUDA_SUCCESS) {
+      driver.cuEventDestroy(legacy);
+      return false;
+    }
+    fence.legacy = legacy;
+  }
+  ScopedContext scope(active.context);
+  if (!scope.ok()) return false;
+  // The fence event first, the wait second: queued the other way round, the fence would wait for the
+  // legacy backlog again.
+  if (!fence.events.record_on(active.context, active.stream, fence.out)) return false;
+  return active.blocking || driver.cuStreamWaitEvent(active.stream, fence.legacy, 0) == CUDA_SUCCESS;
+}
+
 FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_context, Fence* out) noexcept {
   if (active_captures_.load(std::memory_order_acquire) > 0) return Record::postponed;
   CUcontext context = batch_context ? static_cast<CUcontext>(batch_context) : default_context_.load();
   if (!context) return Record::postponed;
+  if (!settings().fence_always) {
+    // Lock order: the fence queue's lock (held by our caller), then the activity lock.
+    ActiveStreamsFence fence{*this, context, out};
+    const router::ActiveStreamWalk walk = router::visit_active_streams(&fence_active_stream, &fence);
+    if (fence.legacy) {
+      // cuStreamWaitEvent took its state at the call: the event can serve another fence right away.
+      Fence scratch;
+      try {
+        scratch.events.push_back({context, reinterpret_cast<std::uintptr_t>(fence.legacy)});
+        release(scratch);
+      } catch (...) {
+        real_driver().cuEventDestroy(fence.legacy);
+      }
+    }
+    if (walk == router::ActiveStreamWalk::visited) return Record::recorded;
+    // A partial fence proves nothing: drop it and fence the whole device instead (the waits already
+    // queued only order more).
+    if (walk == router::ActiveStreamWalk::stopped) release(*out);
+  }
   // Held while recording: a stream destroyed by another thread between a copy of the list and the
   // record would be a use after destroy inside the driver (seen as a crash in cuEventRecord on the
   // H100). remove_stream() takes this lock before the real cuStreamDestroy runs.
@@ -104,6 +155,13 @@ FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_cont
   bool ok;
   {
     ScopedContext scope(context);
+    // A destroyed stream is in no list, but its queued work may still touch a block of this batch.
+    if (scope.ok() && !router::order_legacy_after_destroyed_streams()) {
+      static bool reported = false;
+      log_once(&reported, LogLevel::debug,
+               "device %d: a stream destroyed during a capture still had work; freed blocks may not wait for it",
+               device_);
+    }
     ok = scope.ok() && record_on(context, CU_STREAM_LEGACY, out);
   }
   for (const TrackedStream& s : streams) {

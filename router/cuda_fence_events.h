@@ -1,11 +1,17 @@
 // FenceEvents over the real driver, for one device: events from a per-device pool
-// (CU_EVENT_DISABLE_TIMING: a timing event costs more to record and we never read times), recorded on
-// CU_STREAM_LEGACY and on every live non-blocking stream of the device.
+// (CU_EVENT_DISABLE_TIMING: a timing event costs more to record and we never read times).
 //
-// Why these streams: the legacy default stream waits for all earlier work of every *blocking* stream of
-// its context (per-thread default streams included), so one event on it covers them all; non-blocking
-// streams are exempt from that rule, so each gets its own event. gpushim learns of them from the shim's
-// stream-creation hook (router::on_stream_created).
+// A cuMemFree batch closed while streams carry work (router/stream_activity.h) is fenced by one event on
+// every active stream, and every active non-blocking stream is made to wait for the legacy stream's work
+// issued so far; the legacy stream itself is not waited for, so a block does not wait for the legacy
+// backlog when the CPU runs far ahead of it (docs/free-safety.md says why this is exact).
+//
+// Otherwise (no stream active, work on a per-thread default stream, a destroyed stream still counted,
+// GPUSHIM_FREE_FENCE=always) the fence is device-wide: an event on CU_STREAM_LEGACY and on every live
+// non-blocking stream of the device. The legacy default stream waits for all earlier work of every
+// *blocking* stream of its context (per-thread default streams included), so one event on it covers
+// them all; non-blocking streams are exempt from that rule, so each gets its own event. gpushim learns of
+// them from the shim's stream-creation hook (router::on_stream_created).
 #pragma once
 
 #include <atomic>
@@ -17,6 +23,9 @@
 #include "router/free_fence_queue.h"
 
 namespace gpushim {
+namespace router {
+struct ActiveStream;
+}
 
 class CudaFenceEvents final : public FenceEvents {
  public:
@@ -48,6 +57,9 @@ class CudaFenceEvents final : public FenceEvents {
     CUstream stream;
     CUcontext context;
   };
+  struct ActiveStreamsFence;
+  // One active stream's part of a batch fence (a router::ActiveStreamVisitor; `arg` an ActiveStreamsFence).
+  static bool fence_active_stream(const router::ActiveStream& active, void* arg) noexcept;
   bool record_on(CUcontext context, CUstream stream, Fence* out) noexcept;  // with `context` current
   CUevent acquire_event(CUcontext context) noexcept;                        // with `context` current
 

@@ -1,8 +1,8 @@
 // Free-safety without waiting in the free path (docs/free-safety.md says why it is shaped this way).
 //
-// A block freed with cuMemFree is not handed back to its backend until the GPU has finished all work
-// issued before the free on every stream of its device. Frees are gathered in small batches; a closed
-// batch gets one fence (events recorded on the streams that matter, by a FenceEvents implementation);
+// A block freed with cuMemFree is not handed back to its backend until no GPU work issued before the
+// free can race its next user. Frees are gathered in small batches; a closed batch gets one fence
+// (events recorded on the streams that matter, by a FenceEvents implementation);
 // the blocks go back to the backend once every event of the fence has completed. Async frees on stream S
 // get a fence of one event on S.
 //
@@ -54,8 +54,8 @@ class FenceEvents {
   enum class Status { complete, pending };
 
   virtual ~FenceEvents() = default;
-  // Fence after all work issued so far on every stream of the device (the legacy stream plus every
-  // non-blocking stream).
+  // Fence of a cuMemFree batch: after all work issued so far that a later user of its blocks is not
+  // already ordered after (router/cuda_fence_events.h says which streams that takes).
   virtual Record record_device_fence(FenceContext context, Fence* out) noexcept = 0;
   // Fence after all work issued so far on `stream`.
   virtual Record record_stream_fence(FenceContext context, StreamHandle stream, Fence* out) noexcept = 0;

@@ -311,9 +311,12 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   // poll every 8 fenced frees, and whenever a batch closes. Once the work is ordered again, every
   // thread's open batch is closed and fenced at once, so its blocks do not wait for a batch that no
   // longer fills (measured on the H200: 160 MiB of a CNN's blocks waited through its peak).
+  // Only on that transition: a per-thread-stream async free comes here while the work is ordered, and
+  // closing every batch then would take the thread registry's lock every 8 frees and defeat batching.
   if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) {
+    const bool was_ordered = reuse_at_once();
     poll_stream_activity();
-    if (reuse_at_once()) {
+    if (!was_ordered && reuse_at_once()) {
       close_all_thread_batches(device);
       device.fences.poll();
     }

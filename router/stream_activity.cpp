@@ -103,9 +103,12 @@ StreamRecord* register_locked(CUstream stream, CUcontext context, bool blocking)
   return record;
 }
 
+// Set once work went where no record can follow it: the active set no longer names every stream that
+// may still run work (visit_active_streams).
+std::atomic<bool> g_unordered_for_good{false};
+
 void end_total_order_for_good(const char* why) noexcept {
-  static std::atomic<bool> done{false};
-  if (done.exchange(true)) return;
+  if (g_unordered_for_good.exchange(true)) return;
   g_unordered.fetch_add(kUnorderedForever, std::memory_order_seq_cst);
   log(LogLevel::debug, "%s: freed blocks are fenced from now on", why);
 }
@@ -201,7 +204,9 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   try {
     a.active.push_back(record);
   } catch (...) {
-    // Not probed, so never idle again: it stays counted, which is safe.
+    // Not probed, so never idle again: it stays counted, which is safe. A batch fence can no longer
+    // find it among the active streams: batches take the device-wide fence from now on.
+    end_total_order_for_good("no host memory to track an active stream");
   }
   log_first_activation(record);
   return record;
@@ -325,6 +330,31 @@ void poll_stream_activity() noexcept {
     }
     ++i;
   }
+}
+
+ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noexcept {
+  Activity& a = activity();
+  std::lock_guard<std::mutex> guard(a.lock);
+  if (g_unordered_for_good.load(std::memory_order_seq_cst)) return ActiveStreamWalk::incomplete;
+  for (const StreamRecord* record : a.active)
+    if (record->retiring) return ActiveStreamWalk::incomplete;
+  if (a.active.empty()) return ActiveStreamWalk::none_active;
+  for (const StreamRecord* record : a.active)
+    if (!visit({record->stream, record->context, record->blocking}, arg)) return ActiveStreamWalk::stopped;
+  return ActiveStreamWalk::visited;
+}
+
+bool order_legacy_after_destroyed_streams() noexcept {
+  Activity& a = activity();
+  std::lock_guard<std::mutex> guard(a.lock);
+  bool all = true;
+  for (const StreamRecord* record : a.active) {
+    if (!record->retiring) continue;
+    // A retiring record's probe is never recorded again (poll_stream_activity retires it once complete).
+    all = record->probing && real_driver().cuStreamWaitEvent(CU_STREAM_LEGACY, record->probe, 0) == CUDA_SUCCESS &&
+          all;
+  }
+  return all;
 }
 
 std::uint64_t stream_activations() noexcept {

@@ -105,6 +105,24 @@ void untrack_stream(CUstream stream) noexcept;
 // Records probes on active streams and retires those whose probe completed with no work since. Cheap
 // when nothing is active; skips (try-lock) when another thread is polling.
 void poll_stream_activity() noexcept;
+// The fence of a cuMemFree batch (router/cuda_fence_events.cpp) covers only the streams that carry work.
+// `visit` runs for every active stream under the activity lock, so none of them can be destroyed
+// meanwhile (untrack_stream takes the lock before the real destroy); it returns false to stop the walk.
+// `incomplete`: the active set does not name every stream that may still run work (work went to a
+// per-thread default stream, or a destroyed stream is still counted), and nothing was visited.
+struct ActiveStream {
+  CUstream stream;
+  CUcontext context;
+  bool blocking;
+};
+using ActiveStreamVisitor = bool (*)(const ActiveStream& stream, void* arg) noexcept;
+enum class ActiveStreamWalk { none_active, incomplete, visited, stopped };
+ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noexcept;
+// A destroyed stream's queued work still runs, and no event can be recorded on it any more: makes the
+// legacy stream of the current context wait for the probe recorded at its destroy, for every destroyed
+// stream still counted, so an event recorded on the legacy stream next covers their work too. False
+// when one has no probe (destroyed during a capture): its work cannot be waited for.
+bool order_legacy_after_destroyed_streams() noexcept;
 // For the statistics line: streams that became active (transitions), and joins recorded.
 std::uint64_t stream_activations() noexcept;
 void reset_stream_activity_after_fork() noexcept;

@@ -2,6 +2,8 @@
 // libgpushim.so over the fake driver, each test in its own process (tests/router_e2e.cmake). The fake
 // GPU holds every event recorded while fake_cuda_hold_gpu(1) is on, so "the GPU has not finished" is a
 // state a test can keep, and a block handed out again while it holds is a reuse the GPU could race.
+// fake_cuda_hold_stream(stream, 1) holds one stream only (and what waits for it), so a test can keep
+// the legacy stream behind while a side stream finishes.
 #include <cuda.h>
 #include <gtest/gtest.h>
 
@@ -12,7 +14,9 @@
 
 extern "C" {
 int fake_cuda_calls(const char* symbol);
+int fake_cuda_records_on_destroyed_streams();
 void fake_cuda_hold_gpu(int held);
+void fake_cuda_hold_stream(CUstream stream, int held);
 }
 
 namespace {
@@ -52,6 +56,60 @@ void churn() {
 
 void launch_on(CUstream stream) {
   ASSERT_EQ(cuLaunchKernel(nullptr, 1, 1, 1, 1, 1, 1, 0, stream, nullptr, nullptr), CUDA_SUCCESS);
+}
+
+// `rounds` times, on each stream: a fresh block (never one of `busy`), a set queued on it, its free.
+void use_and_free_in_rounds(const std::vector<CUstream>& streams, int rounds, std::set<CUdeviceptr>* busy) {
+  for (int round = 0; round < rounds; ++round) {
+    for (CUstream s : streams) {
+      CUdeviceptr p = fresh_block();
+      EXPECT_EQ(busy->count(p), 0u) << "a block still used by queued work was handed out";
+      ASSERT_EQ(cuMemsetD8Async(p, 7, kBlock, s), CUDA_SUCCESS);
+      busy->insert(p);
+      EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    }
+  }
+}
+
+// A non-blocking stream that has carried work (active, joined while the legacy stream had caught up).
+CUstream active_side_stream() {
+  CUstream s = nullptr;
+  EXPECT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  launch_on(s);
+  return s;
+}
+
+// Frees `used` into this thread's batch, then enough other blocks that the batch closes (256 blocks):
+// the batch's fence is recorded.
+void free_and_close_batch(CUdeviceptr used) {
+  std::vector<CUdeviceptr> others;
+  for (int i = 0; i < 300; ++i) others.push_back(fresh_block());
+  EXPECT_EQ(cuMemFree(used), CUDA_SUCCESS);
+  for (CUdeviceptr p : others) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+}
+
+// A block whose last user ran on `s` (held meanwhile) and whose batch was fenced; `s` is done now and
+// frees have polled the fences since.
+CUdeviceptr block_fenced_after_work_on(CUstream s) {
+  fake_cuda_hold_stream(s, 1);
+  const CUdeviceptr used = fresh_block();
+  EXPECT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  return used;
+}
+
+// Allocates up to `tries` blocks, all kept until the end: true when `p` was among them.
+bool handed_out_again(CUdeviceptr p, int tries) {
+  std::vector<CUdeviceptr> blocks;
+  bool found = false;
+  for (int i = 0; i < tries && !found; ++i) {
+    blocks.push_back(fresh_block());
+    found = blocks.back() == p;
+  }
+  for (CUdeviceptr q : blocks) EXPECT_EQ(cuMemFree(q), CUDA_SUCCESS);
+  return found;
 }
 
 class StreamActivity : public ::testing::Test {
@@ -191,17 +249,145 @@ TEST_F(StreamActivity, WorkOnManyStreamsNeverGetsABusyBlock) {
   for (CUstream& s : streams) ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
   fake_cuda_hold_gpu(1);
   std::set<CUdeviceptr> busy;  // blocks whose last user is queued on a stream
-  for (int round = 0; round < 50; ++round) {
-    for (CUstream s : streams) {
-      CUdeviceptr p = fresh_block();
-      EXPECT_EQ(busy.count(p), 0u) << "a block still used by queued work was handed out";
-      ASSERT_EQ(cuMemsetD8Async(p, 7, kBlock, s), CUDA_SUCCESS);
-      busy.insert(p);
-      EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
-    }
-  }
+  use_and_free_in_rounds(streams, 50, &busy);
   fake_cuda_hold_gpu(0);
   for (CUstream s : streams) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A batch closed while a side stream works is fenced by that stream's own event, not by the legacy
+// stream's backlog (the CPU runs far ahead of the legacy stream in real programs): a block whose last
+// user is on the side stream is never handed out while that work is queued, and comes back as soon as it
+// is done, with the legacy stream still behind. The side stream's later work is made to wait for the
+// legacy work issued before the fence, which is what makes leaving the legacy stream out exact.
+TEST_F(StreamActivity, ABlockUsedOnASideStreamComesBackWhenThatStreamIsDoneWhileLegacyIsBehind) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  launch_on(s);  // active (joined to the legacy stream while it had caught up)
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  fake_cuda_hold_stream(s, 1);
+  launch_on(CU_STREAM_LEGACY);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 0x5a, kBlock, s), CUDA_SUCCESS);  // its last user, still queued
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  free_and_close_batch(used);
+  EXPECT_GT(fake_cuda_calls("cuStreamWaitEvent"), waits)
+      << "the side stream's later work must wait for the legacy work issued before the fence";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the side stream's queued work may touch was handed out";
+
+  fake_cuda_hold_stream(s, 0);  // the side stream is done; the legacy stream is still behind
+  churn();                      // frees poll the fences
+  EXPECT_TRUE(handed_out_again(used, 400)) << "the block waited for the legacy stream, which never touched it";
+
+  // Work queued on the side stream from now on comes after the legacy work queued before the fence.
+  CUevent later = nullptr;
+  ASSERT_EQ(cuEventCreate(&later, CU_EVENT_DISABLE_TIMING), CUDA_SUCCESS);
+  ASSERT_EQ(cuEventRecord(later, s), CUDA_SUCCESS);
+  EXPECT_EQ(cuEventQuery(later), CUDA_ERROR_NOT_READY) << "the side stream does not wait for the legacy stream";
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
+  EXPECT_EQ(cuEventQuery(later), CUDA_SUCCESS);
+  EXPECT_EQ(cuEventDestroy(later), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// Several side streams at once, each held: no block whose last user is queued on a held stream is
+// handed out, and once they are all done their blocks come back while the legacy stream is behind.
+TEST_F(StreamActivity, BlocksUsedOnHeldSideStreamsAreNeverHandedOut) {
+  constexpr int kStreams = 3;
+  std::vector<CUstream> streams(kStreams);
+  for (CUstream& s : streams) {
+    ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    launch_on(s);
+  }
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  for (CUstream s : streams) fake_cuda_hold_stream(s, 1);
+  std::set<CUdeviceptr> busy;  // last user queued on a held stream
+  use_and_free_in_rounds(streams, 200, &busy);
+  for (CUstream s : streams) fake_cuda_hold_stream(s, 0);
+  churn();
+  std::vector<CUdeviceptr> blocks;
+  bool came_back = false;
+  for (int i = 0; i < 1000 && !came_back; ++i) {
+    blocks.push_back(fresh_block());
+    came_back = busy.count(blocks.back()) != 0;
+  }
+  EXPECT_TRUE(came_back) << "blocks of finished side streams waited for the legacy stream";
+  for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
+  for (CUstream s : streams) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// Work on a per-thread default stream cannot be followed (router/stream_activity.h): the active streams
+// no longer name every stream that may touch a block, so batches keep the device-wide fence, legacy
+// stream included.
+TEST_F(StreamActivity, AfterPerThreadStreamWorkBatchesWaitForTheLegacyStream) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  launch_on(s);
+  launch_on(CU_STREAM_PER_THREAD);
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  const CUdeviceptr used = block_fenced_after_work_on(s);
+  EXPECT_FALSE(handed_out_again(used, 300)) << "the legacy stream (covering per-thread streams) was not fenced";
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
+  free_and_close_batch(fresh_block());  // every free is fenced for good now: a close polls the fences
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A destroyed stream that is still counted is not among the streams a batch fence can record on: while
+// one exists, batches keep the device-wide fence.
+TEST_F(StreamActivity, WhileADestroyedStreamIsCountedBatchesWaitForTheLegacyStream) {
+  CUstream s = active_side_stream(), gone = active_side_stream();
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  fake_cuda_hold_stream(gone, 1);
+  ASSERT_EQ(cuStreamDestroy(gone), CUDA_SUCCESS);  // its queued work still runs: counted until done
+  const int dead_records = fake_cuda_records_on_destroyed_streams();
+  const CUdeviceptr used = block_fenced_after_work_on(s);
+  EXPECT_EQ(fake_cuda_records_on_destroyed_streams(), dead_records) << "a fence recorded on a destroyed stream";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "the device-wide fence was not kept";
+  fake_cuda_hold_gpu(0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A block whose last user is queued on a stream the program has since destroyed: that work still runs,
+// no event can be recorded on the stream any more, and it is in no list of streams. The fence makes the
+// legacy stream wait for the probe recorded at the destroy before its own event.
+TEST_F(StreamActivity, WorkQueuedOnADestroyedStreamKeepsItsBlocks) {
+  CUstream s = active_side_stream(), gone = active_side_stream();
+  fake_cuda_hold_stream(gone, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, gone), CUDA_SUCCESS);  // its last user
+  ASSERT_EQ(cuStreamDestroy(gone), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  churn();
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the destroyed stream's queued work may touch was handed out";
+  fake_cuda_hold_stream(gone, 0);
+  free_and_close_batch(fresh_block());
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// Blocking streams already wait for the legacy stream's earlier work: a batch fenced while two of them
+// work covers each with an event and queues no wait.
+TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
+  CUstream first = nullptr, second = nullptr;
+  ASSERT_EQ(cuStreamCreate(&first, 0), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&second, 0), CUDA_SUCCESS);
+  launch_on(first);
+  launch_on(second);  // two blocking streams: no longer totally ordered
+  fake_cuda_hold_stream(first, 1);
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, first), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "a blocking stream was made to wait";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the blocking stream's queued work may touch was handed out";
+  fake_cuda_hold_stream(first, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(first), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(second), CUDA_SUCCESS);
 }
 
 }  // namespace

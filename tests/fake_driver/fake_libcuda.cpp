@@ -14,6 +14,9 @@
 // - Events: a record takes a ticket; an event is complete once the fake GPU has reached its ticket.
 //   The GPU finishes everything at once unless a test holds it (fake_cuda_hold_gpu), which is how a test
 //   proves a freed block is not reused before its fence completes. Synchronize calls complete the work.
+//   A test can also hold one stream (fake_cuda_hold_stream): events recorded on it stay pending until
+//   it is released, and so does later work of any stream that waited for them (cuStreamWaitEvent), of
+//   a blocking stream after held legacy work, and of the legacy stream after held blocking-stream work.
 // - Streams remember flags, context and capture state; recording on a destroyed stream is an error
 //   (the real driver crashes there).
 // - Every entry point except cuCtxGetCurrent counts its calls (cuCtxGetCurrent runs on every
@@ -24,7 +27,8 @@
 // substitution from a wrong one.
 //
 // Test-only exports: fake_cuda_calls(symbol), fake_cuda_total_calls(), fake_cuda_function(symbol),
-// fake_cuda_last_stream(), fake_cuda_hold_gpu(held), fake_cuda_physical_bytes(device),
+// fake_cuda_last_stream(), fake_cuda_hold_gpu(held), fake_cuda_hold_stream(stream, held),
+// fake_cuda_physical_bytes(device),
 // fake_cuda_live_events(), fake_cuda_device_of(pointer) (kFakeHostLocation for host memory),
 // fake_cuda_host_physical_bytes(), fake_cuda_records_on_destroyed_streams(),
 // fake_cuda_accessible_from(pointer, device), fake_cuda_peer_enabled(device, peer).
@@ -46,7 +50,9 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
+#include <vector>
 
 namespace {
 
@@ -270,6 +276,7 @@ std::atomic<bool> gpu_held{false};
 std::atomic<int> live_events{0};
 struct FakeEvent {
   std::atomic<std::uint64_t> ticket{0};
+  std::vector<std::uint64_t> gates;  // gates_lock: held-stream work it comes after (below)
 };
 void complete_up_to(std::uint64_t ticket) {
   std::uint64_t now = completed_ticket.load();
@@ -309,6 +316,62 @@ void set_capturing(CUstream stream, bool capturing) {
   std::lock_guard<std::mutex> guard(streams_lock);
   auto it = streams().find(stream);
   if (it != streams().end()) it->second.capturing = capturing;
+}
+
+// Per-stream holds: each hold of a stream is a gate, closed until the stream is released. An event
+// comes after the gates of its stream's hold and of every hold its stream waited for since; it is
+// complete once all of them are open. Unused (no lock taken) until a test holds a stream.
+std::atomic<bool> gates_used{false};
+std::mutex gates_lock;  // taken after streams_lock
+std::uint64_t next_gate = 1;
+std::set<std::uint64_t>& closed_gates() {
+  static auto* gates = new std::set<std::uint64_t>();
+  return *gates;
+}
+struct StreamGates {
+  std::uint64_t holding = 0;           // the open hold's gate, 0 when the stream is not held
+  std::vector<std::uint64_t> waited;   // closed gates of events this stream waited for
+};
+std::unordered_map<CUstream, StreamGates>& stream_gates() {
+  static auto* gates = new std::unordered_map<CUstream, StreamGates>();
+  return *gates;
+}
+CUstream gate_key(CUstream s) { return s == nullptr ? CU_STREAM_LEGACY : s; }
+bool blocking_stream(CUstream s) {  // streams_lock held
+  auto it = streams().find(s);
+  return it != streams().end() && !(it->second.flags & CU_STREAM_NON_BLOCKING);
+}
+void append_closed_gates(const StreamGates& from, std::vector<std::uint64_t>* to) {  // gates_lock held
+  if (from.holding) to->push_back(from.holding);
+  for (std::uint64_t g : from.waited)
+    if (closed_gates().count(g)) to->push_back(g);
+}
+// The gates work queued on `stream` now comes after.
+std::vector<std::uint64_t> gates_of_work_on(CUstream stream) {
+  std::vector<std::uint64_t> gates;
+  if (!gates_used.load()) return gates;
+  const CUstream key = gate_key(stream);
+  std::lock_guard<std::mutex> streams_guard(streams_lock);
+  std::lock_guard<std::mutex> guard(gates_lock);
+  for (auto& [s, g] : stream_gates()) {
+    // The legacy stream and blocking streams wait for each other's earlier work.
+    const bool ordered_with = s == key || (key == CU_STREAM_LEGACY && blocking_stream(s)) ||
+                              (s == CU_STREAM_LEGACY && blocking_stream(key));
+    if (ordered_with) append_closed_gates(g, &gates);
+  }
+  return gates;
+}
+bool gates_open(const FakeEvent& event) {
+  if (!gates_used.load()) return true;
+  std::lock_guard<std::mutex> guard(gates_lock);
+  for (std::uint64_t g : event.gates)
+    if (closed_gates().count(g)) return false;
+  return true;
+}
+void open_gates(const std::vector<std::uint64_t>& gates) {  // gates_lock held
+  for (std::uint64_t g : gates) closed_gates().erase(g);
+  for (auto& [s, held] : stream_gates())
+    if (held.holding && !closed_gates().count(held.holding)) held.holding = 0;
 }
 
 // ---- pools ----
@@ -361,7 +424,24 @@ int fake_cuda_records_on_destroyed_streams() { return records_on_destroyed_strea
 // While held, recorded events stay pending (work "runs"); releasing completes everything.
 void fake_cuda_hold_gpu(int held) {
   gpu_held.store(held != 0);
-  if (!held) complete_all();
+  if (held) return;
+  complete_all();
+  std::lock_guard<std::mutex> guard(gates_lock);
+  closed_gates().clear();
+  for (auto& [s, g] : stream_gates()) g = StreamGates{};
+}
+// While held, events recorded on `stream` (CU_STREAM_LEGACY or 0: the legacy stream) stay pending, and
+// so does work queued after them elsewhere (see the top of the file); releasing completes them.
+void fake_cuda_hold_stream(CUstream stream, int held) {
+  gates_used.store(true);
+  std::lock_guard<std::mutex> guard(gates_lock);
+  StreamGates& g = stream_gates()[gate_key(stream)];
+  if (held && !g.holding) {
+    g.holding = next_gate++;
+    closed_gates().insert(g.holding);
+  } else if (!held && g.holding) {
+    open_gates({g.holding});
+  }
 }
 std::size_t fake_cuda_physical_bytes(int device) {
   return device >= 0 && device < kMaxDevices ? physical[device].load() : 0;
@@ -941,7 +1021,15 @@ CUresult check_stream(CUstream stream) {
 CUresult CUDAAPI cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int) {
   COUNT("cuStreamWaitEvent");
   if (!event) return CUDA_ERROR_INVALID_HANDLE;
-  return check_stream(stream);
+  const CUresult rc = check_stream(stream);
+  if (rc == CUDA_SUCCESS && gates_used.load()) {
+    // The wait takes the event's state now: later work on `stream` comes after what the event does.
+    std::lock_guard<std::mutex> guard(gates_lock);
+    StreamGates& g = stream_gates()[gate_key(stream)];
+    for (std::uint64_t gate : reinterpret_cast<FakeEvent*>(event)->gates)
+      if (closed_gates().count(gate)) g.waited.push_back(gate);
+  }
+  return rc;
 }
 CUresult CUDAAPI cuLaunchKernel(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
                                 unsigned int, unsigned int, CUstream stream, void**, void**) {
@@ -987,6 +1075,11 @@ CUresult CUDAAPI cuEventRecord(CUevent event, CUstream stream) {
       return CUDA_ERROR_INVALID_HANDLE;
     }
   }
+  std::vector<std::uint64_t> gates = gates_of_work_on(stream);
+  if (gates_used.load()) {
+    std::lock_guard<std::mutex> guard(gates_lock);
+    reinterpret_cast<FakeEvent*>(event)->gates = std::move(gates);
+  }
   const std::uint64_t ticket = last_ticket.fetch_add(1) + 1;
   reinterpret_cast<FakeEvent*>(event)->ticket.store(ticket);
   if (!gpu_held.load()) complete_up_to(ticket);
@@ -995,13 +1088,17 @@ CUresult CUDAAPI cuEventRecord(CUevent event, CUstream stream) {
 CUresult CUDAAPI cuEventQuery(CUevent event) {
   COUNT("cuEventQuery");
   if (!event) return CUDA_ERROR_INVALID_HANDLE;
-  return reinterpret_cast<FakeEvent*>(event)->ticket.load() <= completed_ticket.load() ? CUDA_SUCCESS
-                                                                                        : CUDA_ERROR_NOT_READY;
+  const FakeEvent& fake = *reinterpret_cast<FakeEvent*>(event);
+  return fake.ticket.load() <= completed_ticket.load() && gates_open(fake) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
 }
 CUresult CUDAAPI cuEventSynchronize(CUevent event) {
   COUNT("cuEventSynchronize");
   if (!event) return CUDA_ERROR_INVALID_HANDLE;
   complete_up_to(reinterpret_cast<FakeEvent*>(event)->ticket.load());  // the wait, instantly over
+  if (gates_used.load()) {
+    std::lock_guard<std::mutex> guard(gates_lock);
+    open_gates(reinterpret_cast<FakeEvent*>(event)->gates);
+  }
   return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuEventDestroy_v2(CUevent event) {
