@@ -4,6 +4,8 @@
 #include <limits>
 #include <new>
 
+#include "allocators/growth_policy.h"
+
 namespace gpushim {
 
 enum class RangeState : std::uint8_t { free, live, unmapped };
@@ -323,6 +325,12 @@ void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
   // Holes first, the wilderness (free memory right below unmapped space) last: see the header.
   Range* r = find_fit(block, kBinScanLimit);
   if (!r) r = wilderness_fit(block);
+  if (!r && new_peak_refused() && mapped_ + block > peak_mapped_) {
+    // The caller would rather wait for freed blocks than raise the peak (allocators/growth_policy.h):
+    // nullptr is not a failure here.
+    r = find_fit(block, std::numeric_limits<int>::max());
+    if (!r) return nullptr;
+  }
   if (!r && grow(block)) {
     r = find_fit(block, kBinScanLimit);
     if (!r) r = wilderness_fit(block);

@@ -29,6 +29,7 @@ const char* slow_event_name(SlowEvent event) noexcept {
     case SlowEvent::arena_growth: return "gpushim: arena growth";
     case SlowEvent::cache_release: return "gpushim: release cached memory";
     case SlowEvent::oom_handling: return "gpushim: out-of-memory handling";
+    case SlowEvent::fence_wait: return "gpushim: wait for fenced blocks";
     case SlowEvent::ipc_export: return "gpushim: IPC export";
     case SlowEvent::ipc_import: return "gpushim: IPC import";
   }

@@ -9,6 +9,7 @@ enum class SlowEvent {
   arena_growth,    // mapping more physical memory
   cache_release,   // giving cached memory back to the driver
   oom_handling,    // release + retry after an allocation failed
+  fence_wait,      // waiting for fenced blocks instead of growing past the peak
   ipc_export,      // cuIpcGetMemHandle on gpushim memory
   ipc_import,      // cuIpcOpenMemHandle of a gpushim handle
 };

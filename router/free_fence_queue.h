@@ -124,6 +124,8 @@ class FreeFenceQueue {
   std::size_t synchronize_all() noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
+  // False while a stream capture keeps completed batches from going back (FenceEvents::may_give_back).
+  bool can_give_back() noexcept { return events_.may_give_back(); }
   // The most bytes that waited here at once (closed batches and orphans; open batches are per thread).
   std::uint64_t peak_pending_bytes() const noexcept;
   // True while `p` waits here (closed, orphaned or not yet given back). Cold: scans every batch.

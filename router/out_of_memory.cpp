@@ -2,10 +2,14 @@
 #include "router/out_of_memory.h"
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <new>
 #include <string>
+#include <thread>
 
+#include "allocators/growth_policy.h"
+#include "annotations/nvtx_ranges.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "ipc/cuda_ipc.h"
@@ -28,6 +32,39 @@ constexpr std::size_t kLargestLiveInReport = 10;
 
 std::uint64_t pending_bytes(DeviceState& device) noexcept {
   return device.fences.pending_bytes() + thread_pending_bytes(device.ordinal) + stream_list_bytes(device);
+}
+
+namespace {
+
+// Why 50 ms: the fences wait for work the CPU queued ahead of the GPU, typically well under that; the
+// wait happens only when an allocation would otherwise raise the process's peak while fenced blocks
+// wait, so a program pays it a bounded number of times (its peak rises a bounded number of steps), and
+// a fence that waits for something the program has yet to do (a stream waiting on a host-written value)
+// costs 50 ms, not a deadlock.
+constexpr auto kNewPeakWait = std::chrono::milliseconds(50);
+constexpr auto kNewPeakPollInterval = std::chrono::microseconds(20);
+
+}  // namespace
+
+void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
+  Allocator& backend = device.backend();
+  {
+    NoNewPeakScope no_new_peak;
+    if (void* p = backend.allocate(block_size, stream)) return p;
+    // Only growth would serve it. Wait when the fenced blocks, with the free memory, could.
+    if (device.fences.can_give_back() &&
+        device.fences.pending_bytes() + backend.stats().bytes_cached >= block_size) {
+      annotations::ScopedRange range(annotations::SlowEvent::fence_wait);
+      const auto deadline = std::chrono::steady_clock::now() + kNewPeakWait;
+      do {
+        if (device.fences.poll() > 0)
+          if (void* p = backend.allocate(block_size, stream)) return p;
+        if (!device.fences.holds_blocks()) break;
+        std::this_thread::sleep_for(kNewPeakPollInterval);
+      } while (std::chrono::steady_clock::now() < deadline);
+    }
+  }
+  return backend.allocate(block_size, stream);
 }
 
 void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {

@@ -14,6 +14,11 @@
 
 namespace gpushim::router {
 
+// The allocation while freed blocks wait for a fence (device.fences.holds_blocks()): first without
+// growing past the backend's peak (allocators/growth_policy.h); when only growth would serve it and the
+// fenced blocks with the free memory could, waits up to kNewPeakWait for their fences, then grows.
+// Returns nullptr only when growing fails too (then allocate_under_pressure).
+void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept;
 // The allocation missed: get freed memory back, in order of cost. Each step is retried once.
 void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept;
 // An allocation failed (for real, or `injected` by GPUSHIM_FAIL): the report on stderr, once per burst

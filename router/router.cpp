@@ -192,7 +192,11 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   if (!injected) {
     if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
       p = take_from_stream_list(device, normalized(stream), block_size);
-    if (!p) p = device.backend().allocate(block_size, handle);
+    if (!p) {
+      // While freed blocks wait for a fence, growing past the peak waits for them first.
+      p = device.fences.holds_blocks() ? allocate_without_new_peak(device, block_size, handle)
+                                       : device.backend().allocate(block_size, handle);
+    }
     if (!p) {
       annotations::ScopedRange range(annotations::SlowEvent::oom_handling);
       p = allocate_under_pressure(device, block_size, handle);

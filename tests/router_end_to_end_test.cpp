@@ -431,7 +431,9 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
   }
   EXPECT_LE(live.size() * kBlock, devices * limit);
   EXPECT_GE(live.size(), devices * limit / kBlock / 2) << "the cap bit far below the limit";
-  if (devices > 1) EXPECT_GT(live.size() * kBlock, limit) << "the cap is per device, not the total";
+  if (devices > 1) {
+    EXPECT_GT(live.size() * kBlock, limit) << "the cap is per device, not the total";
+  }
   if (carves_memory()) {
     for (std::size_t d = 0; d < devices; ++d)
       EXPECT_LE(fake_cuda_physical_bytes(static_cast<int>(d)), limit) << "device " << d << " over its cap";

@@ -7,14 +7,17 @@
 #include <cuda.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <cstdlib>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 extern "C" {
 int fake_cuda_calls(const char* symbol);
 int fake_cuda_records_on_destroyed_streams();
+std::size_t fake_cuda_physical_bytes(int device);
 void fake_cuda_hold_gpu(int held);
 void fake_cuda_hold_stream(CUstream stream, int held);
 }
@@ -388,6 +391,62 @@ TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
   EXPECT_TRUE(handed_out_again(used, 400));
   EXPECT_EQ(cuStreamDestroy(first), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(second), CUDA_SUCCESS);
+}
+
+// A large block freed while a held side stream may still use it, and an allocation of its size when the
+// arena has no free memory left: the arena is at its peak. Returns the freed block; its batch is fenced
+// (64 MiB closes a batch at once) on `s`, which is held.
+constexpr std::size_t kLarge = std::size_t{64} << 20;
+
+bool arena_backend() { return backend() == "vmm" || backend() == "tiered"; }
+
+CUdeviceptr large_block_fenced_on(CUstream s) {
+  fake_cuda_hold_stream(s, 1);
+  CUdeviceptr used = 0;
+  EXPECT_EQ(cuMemAlloc(&used, kLarge), CUDA_SUCCESS);
+  EXPECT_EQ(cuMemsetD8Async(used, 3, kLarge, s), CUDA_SUCCESS);
+  EXPECT_EQ(cuMemFree(used), CUDA_SUCCESS);
+  return used;
+}
+
+// At the peak, an allocation that only growth would serve waits for the fenced block instead: the
+// process's peak does not rise by memory the GPU is about to give back (allocators/growth_policy.h).
+TEST_F(StreamActivity, AtThePeakAnAllocationWaitsForFencedBlocksRatherThanGrow) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  const CUstream s = active_side_stream();
+  const CUdeviceptr used = large_block_fenced_on(s);
+  const std::size_t physical = fake_cuda_physical_bytes(0);
+  std::thread gpu([s] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    fake_cuda_hold_stream(s, 0);  // the side stream finishes while the allocation waits
+  });
+  CUdeviceptr again = 0;
+  ASSERT_EQ(cuMemAlloc(&again, kLarge), CUDA_SUCCESS);
+  gpu.join();
+  EXPECT_EQ(again, used) << "the allocation grew the arena instead of waiting for the fenced block";
+  EXPECT_EQ(fake_cuda_physical_bytes(0), physical) << "the peak rose by a block the GPU was about to give back";
+  EXPECT_EQ(cuMemFree(again), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// The wait is bounded: a fence that does not complete (here a stream held for good; in a program, work
+// waiting for something the program does later) costs a short wait, then the arena grows, and the
+// fenced block is still not handed out.
+TEST_F(StreamActivity, TheWaitForFencedBlocksIsBounded) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  const CUstream s = active_side_stream();
+  const CUdeviceptr used = large_block_fenced_on(s);
+  const std::size_t physical = fake_cuda_physical_bytes(0);
+  const auto start = std::chrono::steady_clock::now();
+  CUdeviceptr other = 0;
+  ASSERT_EQ(cuMemAlloc(&other, kLarge), CUDA_SUCCESS);
+  const auto waited = std::chrono::steady_clock::now() - start;
+  EXPECT_NE(other, used) << "a block the held stream's work may touch was handed out";
+  EXPECT_GT(fake_cuda_physical_bytes(0), physical);
+  EXPECT_LT(waited, std::chrono::seconds(1));
+  EXPECT_EQ(cuMemFree(other), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
 }  // namespace
