@@ -8,15 +8,18 @@
 // waits a bounded time for them, and only then lets the arena grow (router/out_of_memory.h,
 // docs/free-safety.md). Below the peak, growth costs nothing the program's peak shows, so it is allowed.
 //
+// The tiered backend uses it too: before its large tier grows past its peak, its small tier's empty
+// slabs go back to the driver (allocators/tiered_allocator.cpp).
+//
 // A thread-local flag, not an argument, so the decorators between the router and the arena (per-thread
-// caches, tiers, statistics, limits) need not pass it on; the flag is read only on the arena's growth
-// path, which maps memory (tens of microseconds), so its cost does not show.
+// caches, tiers, statistics, limits) need not pass it on.
 #pragma once
 
 namespace gpushim {
 
 namespace detail {
-inline thread_local bool t_no_new_peak = false;
+// initial-exec: read on every large allocation of the tiered backend, so no __tls_get_addr call.
+inline thread_local bool t_no_new_peak __attribute__((tls_model("initial-exec"))) = false;
 }  // namespace detail
 
 inline bool new_peak_refused() noexcept { return detail::t_no_new_peak; }

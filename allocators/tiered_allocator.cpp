@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "allocators/growth_policy.h"
 #include "allocators/slab_allocator.h"
 #include "allocators/vmm_arena.h"
 
@@ -12,7 +13,16 @@ TieredAllocator::TieredAllocator(std::unique_ptr<Allocator> small, std::unique_p
     : small_(std::move(small)), large_(std::move(large)), split_bytes_(split_bytes) {}
 
 void* TieredAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
-  return bytes <= split_bytes_ ? small_->allocate(bytes, stream) : large_->allocate(bytes, stream);
+  if (bytes <= split_bytes_) return small_->allocate(bytes, stream);
+  if (new_peak_refused()) return large_->allocate(bytes, stream);  // the caller waits, then asks again
+  {
+    NoNewPeakScope no_new_peak;
+    if (void* p = large_->allocate(bytes, stream)) return p;
+  }
+  // The large tier must grow past its peak: the small tier's empty slabs (kept mapped to spare map and
+  // unmap calls) go back to the driver first, so the process's peak does not hold both.
+  small_->release_cached();
+  return large_->allocate(bytes, stream);
 }
 
 void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {

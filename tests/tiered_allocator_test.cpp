@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <vector>
+
 #include "allocators/buddy_allocator.h"
 #include "allocators/slab_allocator.h"
 #include "providers/host_provider.h"
@@ -36,6 +38,25 @@ TEST(TieredAllocator, RoutesBySizeAroundTheSplit) {
   t.deallocate(large, kDefaultTieredSplit + 1, 0);
   EXPECT_EQ(t.small_tier().stats().deallocations, 1u);
   EXPECT_EQ(t.large_tier().stats().deallocations, 1u);
+}
+
+// Small blocks freed leave empty slabs that the slab keeps mapped; when the large tier then has to grow
+// past its peak, those slabs go back first, so the provider never holds both at once.
+TEST(TieredAllocator, EmptySlabsGoBackBeforeTheLargeTierGrowsPastItsPeak) {
+  HostProvider provider;
+  auto tiered = make_tiered_allocator(provider, small_arena_settings());
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  std::vector<void*> small;
+  for (int i = 0; i < 256; ++i) small.push_back(t.allocate(32 * KiB, 0));  // 8 MiB of slabs
+  for (void* p : small) t.deallocate(p, 32 * KiB, 0);
+  const std::size_t with_idle_slabs = provider.bytes_mapped();
+  EXPECT_GE(t.small_tier().stats().bytes_cached, 4 * MiB) << "the slab kept no empty slabs: nothing to test";
+
+  void* large = t.allocate(64 * MiB, 0);  // the first growth of the large tier: a new peak
+  ASSERT_NE(large, nullptr);
+  EXPECT_LT(t.small_tier().stats().bytes_reserved, 4 * MiB) << "the empty slabs stayed mapped";
+  EXPECT_LT(provider.bytes_mapped(), with_idle_slabs + 64 * MiB);
+  t.deallocate(large, 64 * MiB, 0);
 }
 
 TEST(TieredAllocator, SplitSettingMovesTheBoundary) {
