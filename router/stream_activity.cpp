@@ -296,6 +296,16 @@ void poll_stream_activity() noexcept {
       // A submission in flight may be queued after a probe recorded now: try again at the next poll.
       if (!record->retiring && (word & kInFlightMask) == 0) {
         ContextScope scope(record->context);
+        // Already idle: what a completed probe recorded now would say, one poll (and one record) sooner.
+        if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS) {
+          std::uint64_t expected = word;
+          if (record->word.compare_exchange_strong(expected, expected & ~kStreamActive, std::memory_order_seq_cst)) {
+            g_unordered.fetch_sub(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
+            a.active[i] = a.active.back();
+            a.active.pop_back();
+            continue;
+          }
+        }
         if (scope.ok() && (record->probe ||
                            driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
             driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS) {

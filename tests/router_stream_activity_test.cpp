@@ -393,6 +393,17 @@ TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
   EXPECT_EQ(cuStreamDestroy(second), CUDA_SUCCESS);
 }
 
+// A side stream whose work is done is found idle by the first poll of stream activity (cuStreamQuery),
+// not only by a second poll that reads a probe recorded by the first: frees take effect at once sooner.
+TEST_F(StreamActivity, AnIdleStreamIsFoundIdleByTheFirstPoll) {
+  const CUstream s = active_side_stream();  // its work is done at once: the fake GPU is not held
+  const int queries = fake_cuda_calls("cuStreamQuery");
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // fenced: one poll
+  EXPECT_GT(fake_cuda_calls("cuStreamQuery"), queries);
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "frees stayed fenced after the stream's work was done";
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // A large block freed while a held side stream may still use it, and an allocation of its size when the
 // arena has no free memory left: the arena is at its peak. Returns the freed block; its batch is fenced
 // (64 MiB closes a batch at once) on `s`, which is held.

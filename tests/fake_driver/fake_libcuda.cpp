@@ -979,6 +979,17 @@ CUresult CUDAAPI cuStreamIsCapturing(CUstream stream, CUstreamCaptureStatus* sta
   if (it != streams().end() && it->second.capturing) *status = CU_STREAM_CAPTURE_STATUS_ACTIVE;
   return CUDA_SUCCESS;
 }
+// Done when an event recorded now would be: every ticket so far completed and no gate held on its work.
+CUresult CUDAAPI cuStreamQuery(CUstream stream) {
+  COUNT("cuStreamQuery");
+  if (!special_stream(stream)) {
+    std::lock_guard<std::mutex> guard(streams_lock);
+    if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
+  }
+  FakeEvent now;
+  now.gates = gates_of_work_on(stream);
+  return last_ticket.load() <= completed_ticket.load() && gates_open(now) ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+}
 CUresult CUDAAPI cuStreamSynchronize(CUstream) {
   COUNT("cuStreamSynchronize");
   complete_all();  // in-order fake GPU: finishing one stream's work finishes everything before it
