@@ -43,10 +43,13 @@ namespace gpushim {
 // B200: 192 GB) so the arena never runs out of addresses before memory, and cheap (reserving 1 TiB took
 // 14 us on the H100). Falls back to smaller reservations when the provider refuses.
 inline constexpr std::size_t kDefaultVmmReserve = std::size_t{256} << 30;
-// 32 MiB per growth: one map step costs ~45 us at 2 MiB and ~75 us at 512 MiB (cuMemCreate + cuMemMap +
-// cuMemSetAccess, docs/measured-facts.md), so 2 MiB steps would pay that every 2 MiB of growth; 32 MiB pays it 16x
-// less often while staying well under 0.1% of an 80 GB device. Larger requests map what they need.
-inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{32} << 20;
+// 8 MiB per growth: one map step costs ~45 us at 2 MiB and ~75 us at 512 MiB (cuMemCreate + cuMemMap +
+// cuMemSetAccess, docs/measured-facts.md), so 2 MiB steps would pay that every 2 MiB of growth; 8 MiB pays
+// it 4x less often (a 10 GiB arena grows in ~1,300 steps, ~70 ms once). The step's unused tail sits on
+// top of the peak: 32 MiB steps cost the CNN of bench/torch_cnn.py 25-30 MiB of peak on the H200 and in a
+// host replay of its trace (7.57 GiB reserved against 7.54 at 8 MiB; 2-4 MiB gained nothing more).
+// Larger requests map what they need.
+inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{8} << 20;
 // Keep up to 8 GiB of idle physical memory mapped. Measured on the H100 (PyTorch transformer, sequence
 // length cycling 64..512): live bytes swing by ~6 GiB from step to step, and with a 1 GiB threshold the
 // arena unmapped and remapped 1,300 times in 8 steps; each unmap must also wait for the GPU (cuMemUnmap

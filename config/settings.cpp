@@ -181,7 +181,7 @@ const Row kRows[] = {
       "vmm: virtual address space reserved once per device; the arena never grows past it. "
       "Reserving costs no memory (1 TiB took 14 us on the H100)."},
      [](const char* v, Settings& s) { return size_at_least(v, kMinMappingSize, &s.vmm_reserve); }},
-    {{"GPUSHIM_VMM_GROW_STEP", "size", "32MiB", "a size >= 2MiB (rounded up to the device granularity)",
+    {{"GPUSHIM_VMM_GROW_STEP", "size", "8MiB", "a size >= 2MiB (rounded up to the device granularity)",
       "vmm: physical memory mapped each time the arena grows. Larger steps mean fewer cuMemCreate/"
       "cuMemSetAccess calls (30-54 us each), smaller ones less idle memory."},
      [](const char* v, Settings& s) { return size_at_least(v, kMinMappingSize, &s.vmm_grow_step); }},

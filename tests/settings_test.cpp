@@ -89,7 +89,7 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_FALSE(s.strict);
   EXPECT_FALSE(s.limit.set());
   EXPECT_EQ(s.vmm_reserve, 256 * GiB);
-  EXPECT_EQ(s.vmm_grow_step, 32 * MiB);
+  EXPECT_EQ(s.vmm_grow_step, 8 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 8 * GiB);
   EXPECT_EQ(s.buddy_region, GiB);
   EXPECT_EQ(s.slab_max_size, MiB);

@@ -24,7 +24,7 @@ namespace gpushim {
 namespace {
 
 constexpr std::size_t MiB = std::size_t{1} << 20;
-constexpr std::size_t kBlock = 32 * MiB;        // one arena grow step: one block per mapping
+constexpr std::size_t kBlock = 32 * MiB;        // at least one arena grow step: one block per mapping
 constexpr std::size_t kDeviceCap = 128 * MiB;   // GPUSHIM_LIMIT
 constexpr std::size_t kSpillCap = 96 * MiB;     // GPUSHIM_SPILL_LIMIT
 
