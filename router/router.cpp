@@ -66,6 +66,9 @@ bool g_fence_always = false;  // GPUSHIM_FREE_FENCE=always, read once in ensure_
 // passthrough adds at most 30 ns per call over no preload; the router's bookkeeping alone was ~300
 // instructions.
 bool g_pure_passthrough = false;
+// GPUSHIM_STATS: the exit table (router/exit_statistics.cpp) is the only reader of the router's counts,
+// so without it the hot path counts nothing (a thread-state lookup and 3 adds a pair).
+bool g_count = false;
 
 CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {
   if (rc == CUDA_ERROR_INVALID_VALUE) {
@@ -104,6 +107,7 @@ __attribute__((always_inline)) inline void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
     g_fence_always = s.fence_always;
+    g_count = s.stats;
     g_pure_passthrough = chosen_backend(s).traits.forwards_every_call && !s.stats && s.trace_path.empty() &&
                          !s.limit.set() && !s.fail.armed && s.oom_dump_path.empty();
     tracing::start_from_settings();
@@ -212,9 +216,11 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
   if (oom_dump_armed()) stamp_for_dump(&live);
   live_blocks().insert(address, live);
   annotations::on_block_allocated(address, bytes);  // compute-sanitizer sees the block's own bounds
-  Counters& mine = counters(d);
-  mine.allocs.fetch_add(1, std::memory_order_relaxed);
-  mine.bytes.fetch_add(bytes, std::memory_order_relaxed);
+  if (g_count) {
+    Counters& mine = counters(d);
+    mine.allocs.fetch_add(1, std::memory_order_relaxed);
+    mine.bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
   tracing::record(async ? tracing::EventKind::alloc_async : tracing::EventKind::alloc, d, handle, address, bytes,
                   device.properties.id);
   *out = static_cast<CUdeviceptr>(address);
@@ -304,7 +310,7 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
       full_context = batch.context();
       full = batch.take();
     }
-    thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
+    if (g_count) thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
   }
   if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
   // A stream that stopped carrying work is found idle here (a probe recorded, a later poll answered):
@@ -371,7 +377,7 @@ CUresult free(CUdeviceptr p) noexcept {
   }
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
   if (!device) return CUDA_ERROR_INVALID_VALUE;  // a live block's device exists (a fork forgets both)
-  counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
+  if (g_count) counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->properties.id);
   if (held_after_free(p, block)) return CUDA_SUCCESS;
@@ -426,7 +432,7 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
   if (!device) return CUDA_ERROR_INVALID_VALUE;
   const int d = block.device;
-  counters(d).frees.fetch_add(1, std::memory_order_relaxed);
+  if (g_count) counters(d).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   const auto handle = reinterpret_cast<StreamHandle>(stream);
   tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->properties.id);
