@@ -48,9 +48,7 @@ bool LiveBlockTable::rebuild(Shard& shard) noexcept {
   return true;
 }
 
-void LiveBlockTable::insert(std::uintptr_t p, const LiveBlock& block) noexcept {
-  Shard& shard = shards_[shard_of(p)];
-  std::lock_guard<SpinLock> guard(shard.lock);
+void LiveBlockTable::insert_locked(Shard& shard, std::uintptr_t p, const LiveBlock& block) noexcept {
   // An address that is live again must not be taken for a double free when it is freed: its freed slot
   // (if still there) becomes the live one. The walk goes to the end of the run (p may sit past a stale
   // slot), remembering the first stale slot, which p may take instead of lengthening the run.
@@ -81,10 +79,7 @@ void LiveBlockTable::insert(std::uintptr_t p, const LiveBlock& block) noexcept {
   ++shard.occupied;
 }
 
-LiveBlockTable::EraseResult LiveBlockTable::erase(std::uintptr_t p, LiveBlock* out) noexcept {
-  if (p == 0) return EraseResult::unknown;
-  Shard& shard = shards_[shard_of(p)];
-  std::lock_guard<SpinLock> guard(shard.lock);
+LiveBlockTable::EraseResult LiveBlockTable::erase_locked(Shard& shard, std::uintptr_t p, LiveBlock* out) noexcept {
   Slot* slot = find_slot(shard, p);
   if (!slot) return EraseResult::unknown;
   if (slot->state != SlotState::live) {
@@ -93,17 +88,15 @@ LiveBlockTable::EraseResult LiveBlockTable::erase(std::uintptr_t p, LiveBlock* o
     return EraseResult::double_free;
   }
   *out = slot->block;
-  slot->state = SlotState::freed;
-  slot->erase_number = ++shard.erase_count;
-  // The count wraps after 2^32 erases, and a slot freed that long before would look recent again: every
-  // 2^31 erases, stale freed slots are marked forgotten, so none is still merely freed by then.
-  if ((shard.erase_count & 0x7fffffffu) == 0) {
-    for (std::size_t i = 0; i <= shard.capacity_mask; ++i) {
-      Slot& other = shard.slots[i];
-      if (other.state == SlotState::freed && !remembered(shard, other)) other.state = SlotState::forgotten;
-    }
-  }
+  mark_freed(shard, *slot);
   return EraseResult::erased;
+}
+
+void LiveBlockTable::forget_stale(Shard& shard) noexcept {
+  for (std::size_t i = 0; i <= shard.capacity_mask; ++i) {
+    Slot& slot = shard.slots[i];
+    if (slot.state == SlotState::freed && !remembered(shard, slot)) slot.state = SlotState::forgotten;
+  }
 }
 
 bool LiveBlockTable::find(std::uintptr_t p, LiveBlock* out) const noexcept {

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "router/spin_lock.h"
@@ -53,8 +54,36 @@ class LiveBlockTable {
     unknown,         // never ours as far as we remember: belongs to the real driver
   };
 
-  void insert(std::uintptr_t p, const LiveBlock& block) noexcept;
-  EraseResult erase(std::uintptr_t p, LiveBlock* out) noexcept;
+  // Inline for the common case, the block in its home slot (a block freed and allocated again at once,
+  // or a table with short probe runs); the rest out of line. (Out-of-line calls and a full probe loop
+  // for that case were ~30 instructions a pair.)
+  void insert(std::uintptr_t p, const LiveBlock& block) noexcept {
+    Shard& shard = shards_[shard_of(p)];
+    std::lock_guard<SpinLock> guard(shard.lock);
+    if (shard.slots) {
+      Slot& home = shard.slots[probe_start(p, shard.capacity_mask)];
+      if (home.address == p && home.state != SlotState::empty) {
+        home.block = block;
+        home.state = SlotState::live;
+        return;
+      }
+    }
+    insert_locked(shard, p, block);
+  }
+  EraseResult erase(std::uintptr_t p, LiveBlock* out) noexcept {
+    if (p == 0) return EraseResult::unknown;
+    Shard& shard = shards_[shard_of(p)];
+    std::lock_guard<SpinLock> guard(shard.lock);
+    if (shard.slots) {
+      Slot& home = shard.slots[probe_start(p, shard.capacity_mask)];
+      if (home.address == p && home.state == SlotState::live) {
+        *out = home.block;
+        mark_freed(shard, home);
+        return EraseResult::erased;
+      }
+    }
+    return erase_locked(shard, p, out);
+  }
   bool find(std::uintptr_t p, LiveBlock* out) const noexcept;
   // The live block whose [base, base + requested) contains p (interior pointers too). A base pointer is
   // one probe; an interior pointer scans every live block (cold: only range queries and IPC ask).
@@ -90,7 +119,8 @@ class LiveBlockTable {
  private:
   // forgotten: a freed slot known to be stale whatever the count says (set when the count wraps).
   enum class SlotState : std::uint32_t { empty, live, freed, forgotten };
-  struct Slot {
+  // One cache line: the key, sizes, device and state are read together.
+  struct alignas(64) Slot {
     std::uintptr_t address = 0;
     LiveBlock block;
     SlotState state = SlotState::empty;
@@ -112,6 +142,16 @@ class LiveBlockTable {
     return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 20) & mask;
   }
   static Slot* find_slot(const Shard& shard, std::uintptr_t p) noexcept;  // lock held; nullptr if absent
+  static void insert_locked(Shard& shard, std::uintptr_t p, const LiveBlock& block) noexcept;
+  static EraseResult erase_locked(Shard& shard, std::uintptr_t p, LiveBlock* out) noexcept;
+  static void mark_freed(Shard& shard, Slot& slot) noexcept {  // lock held
+    slot.state = SlotState::freed;
+    slot.erase_number = ++shard.erase_count;
+    if ((shard.erase_count & 0x7fffffffu) == 0) forget_stale(shard);
+  }
+  // The count wraps after 2^32 erases, and a slot freed that long before would look recent again: every
+  // 2^31 erases, stale freed slots are marked forgotten, so none is still merely freed by then.
+  static void forget_stale(Shard& shard) noexcept;
   // Lock held: rebuilds the shard without its stale freed slots, doubling it while that leaves it more
   // than a quarter full. False when no host memory was left.
   static bool rebuild(Shard& shard) noexcept;
@@ -119,6 +159,7 @@ class LiveBlockTable {
   void for_each_live(Visit visit) const;                                   // takes each shard's lock
 
   static_assert(kShards == 64, "shard_of() takes the top 6 bits");
+  static_assert(sizeof(Slot) == 64, "a slot is one cache line");
   Shard shards_[kShards];
 };
 
