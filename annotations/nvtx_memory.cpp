@@ -179,6 +179,7 @@ void on_memory_mapped(std::uintptr_t base, std::size_t size, int device) noexcep
     // Racing first maps decide the same way: NVTX resolves the extension once, before either returns.
     const bool loaded = memory_extension_loaded(heap);
     g_memory_tool.store(loaded ? kTool : kNoTool, std::memory_order_release);
+    if (loaded) detail::g_tool_takes_blocks.store(true, std::memory_order_release);
     if (!loaded) return;
     // Once per process, and only under a tool: says on the GPU which half of the story ran. The range
     // tells a refused heap apart: it is exactly one cuMemMap'd range (device >= 0) or host memory.
@@ -206,7 +207,11 @@ void on_memory_unmapping(std::uintptr_t base) noexcept {
 }
 
 
-void on_block_allocated(std::uintptr_t ptr, std::size_t size) noexcept {
+namespace detail {
+std::atomic<bool> g_tool_takes_blocks{false};
+}  // namespace detail
+
+void detail::register_block(std::uintptr_t ptr, std::size_t size) noexcept {
   if (g_memory_tool.load(std::memory_order_acquire) != kTool) return;
   // A zero-byte block is left out: any access to it is then an error, as it should be.
   if (size == 0 || ptr + size < ptr) return;
@@ -225,7 +230,7 @@ void on_block_allocated(std::uintptr_t ptr, std::size_t size) noexcept {
   for_each_piece(ptr, size, true);
 }
 
-void on_block_freed(std::uintptr_t ptr) noexcept {
+void detail::unregister_block(std::uintptr_t ptr) noexcept {
   if (g_memory_tool.load(std::memory_order_acquire) != kTool) return;
   std::size_t size = 0;
   {

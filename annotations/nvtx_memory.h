@@ -20,6 +20,7 @@
 // and its extension initialization is attempted once per process); map() is always after that.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -33,9 +34,22 @@ void on_memory_unmapping(std::uintptr_t base) noexcept;
 // A block handed to the program: `size` is what it asked for (not the rounded size), so one byte past
 // it is already an error. Ignored for pointers outside every heap (passthrough blocks are the
 // driver's own allocations, which the tools know already).
-void on_block_allocated(std::uintptr_t ptr, std::size_t size) noexcept;
+// Inline, as on_block_freed: every allocate and free passes here, and with no tool attached a call was
+// ~15 instructions a pair for one load and a branch.
+namespace detail {
+// Set at the first map when a tool took the extension. Hidden: -fPIC code reads it directly, not
+// through the GOT (router/router_state.h says the same of the router's globals).
+extern std::atomic<bool> g_tool_takes_blocks __attribute__((visibility("hidden")));
+void register_block(std::uintptr_t ptr, std::size_t size) noexcept;
+void unregister_block(std::uintptr_t ptr) noexcept;
+}  // namespace detail
+inline void on_block_allocated(std::uintptr_t ptr, std::size_t size) noexcept {
+  if (detail::g_tool_takes_blocks.load(std::memory_order_acquire)) detail::register_block(ptr, size);
+}
 // The program freed the block (call at the program's free, not when the free fence lets it be reused).
-void on_block_freed(std::uintptr_t ptr) noexcept;
+inline void on_block_freed(std::uintptr_t ptr) noexcept {
+  if (detail::g_tool_takes_blocks.load(std::memory_order_acquire)) detail::unregister_block(ptr);
+}
 
 // True when an NVTX tool is attached: the memory extension was taken by a tool (decided at the first
 // map), or the core API was (decided by the first range or domain use).

@@ -7,7 +7,9 @@
 namespace gpushim {
 namespace {
 
-// Slots a shard starts with; it doubles when more than half are occupied (linear probing stays short).
+// Slots a shard starts with. Past half occupied (live + freed) a shard is rebuilt without its stale freed
+// slots, twice as large while that leaves it more than a quarter full: linear probing stays short, and a
+// rebuild comes at most once per quarter of its slots inserted.
 constexpr std::size_t kInitialSlots = 64;
 
 }  // namespace
@@ -21,55 +23,51 @@ LiveBlockTable::Slot* LiveBlockTable::find_slot(const Shard& shard, std::uintptr
   }
 }
 
-bool LiveBlockTable::grow(Shard& shard) noexcept {
-  const std::size_t capacity = shard.slots ? (shard.capacity_mask + 1) * 2 : kInitialSlots;
+bool LiveBlockTable::rebuild(Shard& shard) noexcept {
+  std::size_t keep = 0;  // live and remembered slots
+  for (std::size_t i = 0; shard.slots && i <= shard.capacity_mask; ++i) {
+    const Slot& slot = shard.slots[i];
+    if (slot.state == SlotState::live || remembered(shard, slot)) ++keep;
+  }
+  std::size_t capacity = shard.slots ? shard.capacity_mask + 1 : kInitialSlots;
+  while ((keep + 1) * 4 > capacity) capacity *= 2;
   Slot* slots = new (std::nothrow) Slot[capacity];
   if (!slots) return false;
   const std::size_t mask = capacity - 1;
-  if (shard.slots) {
-    for (std::size_t i = 0; i <= shard.capacity_mask; ++i) {
-      const Slot& old = shard.slots[i];
-      if (old.state == SlotState::empty) continue;
-      std::size_t j = probe_start(old.address, mask);
-      while (slots[j].state != SlotState::empty) j = (j + 1) & mask;
-      slots[j] = old;
-    }
-    delete[] shard.slots;
+  for (std::size_t i = 0; shard.slots && i <= shard.capacity_mask; ++i) {
+    const Slot& old = shard.slots[i];
+    if (old.state != SlotState::live && !remembered(shard, old)) continue;
+    std::size_t j = probe_start(old.address, mask);
+    while (slots[j].state != SlotState::empty) j = (j + 1) & mask;
+    slots[j] = old;
   }
+  delete[] shard.slots;
   shard.slots = slots;
   shard.capacity_mask = mask;
+  shard.occupied = keep;
   return true;
 }
 
-// Backward-shift deletion: later slots of the probe run move up, so no tombstones are needed.
-void LiveBlockTable::remove_slot(Shard& shard, Slot* slot) noexcept {
-  const std::size_t mask = shard.capacity_mask;
-  std::size_t hole = static_cast<std::size_t>(slot - shard.slots);
-  for (std::size_t i = (hole + 1) & mask;; i = (i + 1) & mask) {
-    Slot& next = shard.slots[i];
-    if (next.state == SlotState::empty) break;
-    const std::size_t home = probe_start(next.address, mask);
-    // `next` may move into the hole only if its home is not cyclically within (hole, i].
-    const bool home_after_hole = hole <= i ? (home > hole && home <= i) : (home > hole || home <= i);
-    if (home_after_hole) continue;
-    shard.slots[hole] = next;
-    hole = i;
-  }
-  shard.slots[hole] = Slot{};
-  --shard.occupied;
-}
-
-void LiveBlockTable::insert(std::uintptr_t p, const LiveBlock& block) noexcept {
-  Shard& shard = shards_[shard_of(p)];
-  std::lock_guard<SpinLock> guard(shard.lock);
+void LiveBlockTable::insert_locked(Shard& shard, std::uintptr_t p, const LiveBlock& block) noexcept {
   // An address that is live again must not be taken for a double free when it is freed: its freed slot
-  // (if still remembered) becomes the live one.
-  if (Slot* slot = find_slot(shard, p)) {
-    slot->block = block;
-    slot->state = SlotState::live;
+  // (if still there) becomes the live one. The walk goes to the end of the run (p may sit past a stale
+  // slot), remembering the first stale slot, which p may take instead of lengthening the run.
+  Slot* stale = nullptr;
+  for (std::size_t i = probe_start(p, shard.capacity_mask); shard.slots; i = (i + 1) & shard.capacity_mask) {
+    Slot& slot = shard.slots[i];
+    if (slot.state == SlotState::empty) break;
+    if (slot.address == p) {
+      slot.block = block;
+      slot.state = SlotState::live;
+      return;
+    }
+    if (!stale && slot.state != SlotState::live && !remembered(shard, slot)) stale = &slot;
+  }
+  if (stale) {
+    *stale = Slot{p, block, SlotState::live, 0};
     return;
   }
-  if ((shard.occupied + 1) * 2 > (shard.slots ? shard.capacity_mask + 1 : 0) && !grow(shard) &&
+  if ((shard.occupied + 1) * 2 > (shard.slots ? shard.capacity_mask + 1 : 0) && !rebuild(shard) &&
       (!shard.slots || shard.occupied + 1 > shard.capacity_mask)) {
     // Out of host memory and the shard is full: the block stays unknown to us, so a later free of it goes
     // to the real driver, which answers with an error. Nothing better is possible without memory.
@@ -81,27 +79,24 @@ void LiveBlockTable::insert(std::uintptr_t p, const LiveBlock& block) noexcept {
   ++shard.occupied;
 }
 
-LiveBlockTable::EraseResult LiveBlockTable::erase(std::uintptr_t p, LiveBlock* out) noexcept {
-  if (p == 0) return EraseResult::unknown;
-  Shard& shard = shards_[shard_of(p)];
-  std::lock_guard<SpinLock> guard(shard.lock);
+LiveBlockTable::EraseResult LiveBlockTable::erase_locked(Shard& shard, std::uintptr_t p, LiveBlock* out) noexcept {
   Slot* slot = find_slot(shard, p);
   if (!slot) return EraseResult::unknown;
-  *out = slot->block;
-  if (slot->state == SlotState::freed) return EraseResult::double_free;
-  slot->state = SlotState::freed;
-  slot->erase_number = ++shard.erase_count;
-  // The ring keeps the last kRecentlyFreedPerShard erases; the one it forgets leaves the table, unless
-  // its address was made live (or freed) again since.
-  RecentErase& oldest = shard.recent[shard.next_recent];
-  if (oldest.address != 0) {
-    Slot* forgotten = find_slot(shard, oldest.address);
-    if (forgotten && forgotten->state == SlotState::freed && forgotten->erase_number == oldest.erase_number)
-      remove_slot(shard, forgotten);
+  if (slot->state != SlotState::live) {
+    if (!remembered(shard, *slot)) return EraseResult::unknown;
+    *out = slot->block;
+    return EraseResult::double_free;
   }
-  oldest = RecentErase{p, shard.erase_count};
-  shard.next_recent = (shard.next_recent + 1) % kRecentlyFreedPerShard;
+  *out = slot->block;
+  mark_freed(shard, *slot);
   return EraseResult::erased;
+}
+
+void LiveBlockTable::forget_stale(Shard& shard) noexcept {
+  for (std::size_t i = 0; i <= shard.capacity_mask; ++i) {
+    Slot& slot = shard.slots[i];
+    if (slot.state == SlotState::freed && !remembered(shard, slot)) slot.state = SlotState::forgotten;
+  }
 }
 
 bool LiveBlockTable::find(std::uintptr_t p, LiveBlock* out) const noexcept {
@@ -194,9 +189,17 @@ void LiveBlockTable::reset_after_fork() noexcept {
     // parent pointer is a stranger whose free goes to the driver (and the slots stay for the child's own).
     for (std::size_t i = 0; shard.slots && i <= shard.capacity_mask; ++i) shard.slots[i] = Slot{};
     shard.occupied = 0;
-    for (RecentErase& recent : shard.recent) recent = RecentErase{};
-    shard.next_recent = 0;
+    shard.erase_count = 0;
   }
+}
+
+std::size_t LiveBlockTable::slot_capacity() const noexcept {
+  std::size_t slots = 0;
+  for (const Shard& shard : shards_) {
+    std::lock_guard<SpinLock> guard(shard.lock);
+    if (shard.slots) slots += shard.capacity_mask + 1;
+  }
+  return slots;
 }
 
 }  // namespace gpushim

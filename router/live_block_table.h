@@ -8,15 +8,19 @@
 // ~700 instructions per alloc+free pair, a third of the router's cost, in callgrind of
 // bench/router_pair_bench.)
 //
-// An erased block stays in its slot, marked freed, so a second free of a gpushim block is recognised as a
-// double free of *ours* (and answered with CUDA_ERROR_INVALID_VALUE) instead of being handed to the real
-// driver as a stranger. Each shard remembers its last kRecentlyFreedPerShard erases in a ring; the freed
-// slot that falls out of the ring is removed, so the table never grows with frees.
+// An erased block stays in its slot, marked freed with the number of its shard's erase, so a second free
+// of a gpushim block is recognised as a double free of *ours* (and answered with CUDA_ERROR_INVALID_VALUE)
+// instead of being handed to the real driver as a stranger. A freed slot is remembered while fewer than
+// kRecentlyFreedPerShard erases of its shard have followed it; after that it is a stale marker, which
+// answers "unknown", may be taken by the next insert that passes it, and is dropped when the shard is
+// rebuilt, so the table never grows with frees. (It was a ring of the last erases whose oldest entry was
+// looked up and removed on every erase: a second probe and a backward shift per free, ~60 Ir a pair.)
 // Pure C++ (no CUDA): tested on the CPU in tests/router_live_block_table_test.cpp.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <vector>
 
 #include "router/spin_lock.h"
@@ -40,8 +44,8 @@ class LiveBlockTable {
   // 64 shards: with 16-32 threads freeing at once, the chance two of them pick the same shard at the
   // same moment is small, and 64 cache-line-padded shard headers cost 4 KiB plus their slots.
   static constexpr std::size_t kShards = 64;
-  // Pointers remembered per shard after erase: 64 x 32 = 2048 recent frees, enough to catch the usual
-  // double free (the same pointer freed twice within a few calls) without a growing structure.
+  // Frees remembered per shard: 64 x 32 = 2048 recent frees, enough to catch the usual double free (the
+  // same pointer freed twice within a few calls) without a growing structure.
   static constexpr std::size_t kRecentlyFreedPerShard = 32;
 
   enum class EraseResult {
@@ -50,8 +54,36 @@ class LiveBlockTable {
     unknown,         // never ours as far as we remember: belongs to the real driver
   };
 
-  void insert(std::uintptr_t p, const LiveBlock& block) noexcept;
-  EraseResult erase(std::uintptr_t p, LiveBlock* out) noexcept;
+  // Inline for the common case, the block in its home slot (a block freed and allocated again at once,
+  // or a table with short probe runs); the rest out of line. (Out-of-line calls and a full probe loop
+  // for that case were ~30 instructions a pair.)
+  void insert(std::uintptr_t p, const LiveBlock& block) noexcept {
+    Shard& shard = shards_[shard_of(p)];
+    std::lock_guard<SpinLock> guard(shard.lock);
+    if (shard.slots) {
+      Slot& home = shard.slots[probe_start(p, shard.capacity_mask)];
+      if (home.address == p && home.state != SlotState::empty) {
+        home.block = block;
+        home.state = SlotState::live;
+        return;
+      }
+    }
+    insert_locked(shard, p, block);
+  }
+  EraseResult erase(std::uintptr_t p, LiveBlock* out) noexcept {
+    if (p == 0) return EraseResult::unknown;
+    Shard& shard = shards_[shard_of(p)];
+    std::lock_guard<SpinLock> guard(shard.lock);
+    if (shard.slots) {
+      Slot& home = shard.slots[probe_start(p, shard.capacity_mask)];
+      if (home.address == p && home.state == SlotState::live) {
+        *out = home.block;
+        mark_freed(shard, home);
+        return EraseResult::erased;
+      }
+    }
+    return erase_locked(shard, p, out);
+  }
   bool find(std::uintptr_t p, LiveBlock* out) const noexcept;
   // The live block whose [base, base + requested) contains p (interior pointers too). A base pointer is
   // one probe; an interior pointer scans every live block (cold: only range queries and IPC ask).
@@ -76,43 +108,58 @@ class LiveBlockTable {
   // parent's blocks are not the child's: forgets every block and every recent free.
   void reset_after_fork() noexcept;
 
+  // Slots allocated over all shards (live, freed and empty): for tests that the table stays bounded.
+  std::size_t slot_capacity() const noexcept;
+
   static std::size_t shard_of(std::uintptr_t p) noexcept {
     // Blocks are >= 256-byte aligned: drop those bits, then a Fibonacci multiply spreads neighbours.
     return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 58);  // top 6 bits: 0..63
   }
 
  private:
-  enum class SlotState : std::uint32_t { empty, live, freed };
-  struct Slot {
+  // forgotten: a freed slot known to be stale whatever the count says (set when the count wraps).
+  enum class SlotState : std::uint32_t { empty, live, freed, forgotten };
+  // One cache line: the key, sizes, device and state are read together.
+  struct alignas(64) Slot {
     std::uintptr_t address = 0;
     LiveBlock block;
     SlotState state = SlotState::empty;
-    std::uint32_t erase_number = 0;  // which erase marked it freed: the ring's entry must match
-  };
-  struct RecentErase {
-    std::uintptr_t address = 0;
-    std::uint32_t erase_number = 0;
+    std::uint32_t erase_number = 0;  // which erase of the shard marked it freed
   };
   struct alignas(64) Shard {
     mutable SpinLock lock;
     Slot* slots = nullptr;   // capacity_mask + 1 slots, a power of two; allocated and never shrunk
     std::size_t capacity_mask = 0;
-    std::size_t occupied = 0;  // live + freed slots
-    RecentErase recent[kRecentlyFreedPerShard] = {};
-    std::size_t next_recent = 0;
+    std::size_t occupied = 0;  // live + freed slots (a freed slot ends no probe run)
     std::uint32_t erase_count = 0;
   };
+  // A freed slot still counts as a double-free marker (unsigned difference: wraps with the count).
+  static bool remembered(const Shard& shard, const Slot& slot) noexcept {
+    return slot.state == SlotState::freed && shard.erase_count - slot.erase_number < kRecentlyFreedPerShard;
+  }
   static std::size_t probe_start(std::uintptr_t p, std::size_t mask) noexcept {
     // Bits below the 6 that chose the shard, from the same multiplicative hash.
     return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 20) & mask;
   }
   static Slot* find_slot(const Shard& shard, std::uintptr_t p) noexcept;  // lock held; nullptr if absent
-  static bool grow(Shard& shard) noexcept;                                 // lock held
-  static void remove_slot(Shard& shard, Slot* slot) noexcept;              // lock held: backward shift
+  static void insert_locked(Shard& shard, std::uintptr_t p, const LiveBlock& block) noexcept;
+  static EraseResult erase_locked(Shard& shard, std::uintptr_t p, LiveBlock* out) noexcept;
+  static void mark_freed(Shard& shard, Slot& slot) noexcept {  // lock held
+    slot.state = SlotState::freed;
+    slot.erase_number = ++shard.erase_count;
+    if ((shard.erase_count & 0x7fffffffu) == 0) forget_stale(shard);
+  }
+  // The count wraps after 2^32 erases, and a slot freed that long before would look recent again: every
+  // 2^31 erases, stale freed slots are marked forgotten, so none is still merely freed by then.
+  static void forget_stale(Shard& shard) noexcept;
+  // Lock held: rebuilds the shard without its stale freed slots, doubling it while that leaves it more
+  // than a quarter full. False when no host memory was left.
+  static bool rebuild(Shard& shard) noexcept;
   template <typename Visit>
   void for_each_live(Visit visit) const;                                   // takes each shard's lock
 
   static_assert(kShards == 64, "shard_of() takes the top 6 bits");
+  static_assert(sizeof(Slot) == 64, "a slot is one cache line");
   Shard shards_[kShards];
 };
 

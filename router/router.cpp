@@ -66,6 +66,9 @@ bool g_fence_always = false;  // GPUSHIM_FREE_FENCE=always, read once in ensure_
 // passthrough adds at most 30 ns per call over no preload; the router's bookkeeping alone was ~300
 // instructions.
 bool g_pure_passthrough = false;
+// GPUSHIM_STATS: the exit table (router/exit_statistics.cpp) is the only reader of the router's counts,
+// so without it the hot path counts nothing (a thread-state lookup and 3 adds a pair).
+bool g_count = false;
 
 CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {
   if (rc == CUDA_ERROR_INVALID_VALUE) {
@@ -104,6 +107,7 @@ __attribute__((always_inline)) inline void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
     g_fence_always = s.fence_always;
+    g_count = s.stats;
     g_pure_passthrough = chosen_backend(s).traits.forwards_every_call && !s.stats && s.trace_path.empty() &&
                          !s.limit.set() && !s.fail.armed && s.oom_dump_path.empty();
     tracing::start_from_settings();
@@ -116,8 +120,22 @@ __attribute__((always_inline)) inline void ensure_started() noexcept {
   (void)started;
 }
 
+// current_device()'s miss: a context this thread has not asked about since the last fork.
+__attribute__((noinline)) CUresult current_device_slow(CUcontext context, std::uint64_t generation,
+                                                       DeviceState** out) noexcept {
+  CUdevice device = -1;
+  CUresult rc = real_driver().cuCtxGetDevice(&device);
+  if (rc != CUDA_SUCCESS) return rc;
+  DeviceState* state = device_state(static_cast<int>(device), context);
+  if (!state) return CUDA_ERROR_NOT_SUPPORTED;  // caller passes the request to the driver
+  t_context_cache[t_context_next++ % 4] = {context, state, generation};
+  *out = state;
+  return CUDA_SUCCESS;
+}
+
 // The device of the calling thread's current context; the driver's own error when there is none.
-CUresult current_device(DeviceState** out, CUcontext* context_out) noexcept {
+// Inline (the cache hit): it runs on every allocation.
+__attribute__((always_inline)) inline CUresult current_device(DeviceState** out, CUcontext* context_out) noexcept {
   CUcontext context = nullptr;
   CUresult rc = real_driver().cuCtxGetCurrent(&context);
   if (rc != CUDA_SUCCESS) return rc;
@@ -130,14 +148,7 @@ CUresult current_device(DeviceState** out, CUcontext* context_out) noexcept {
       return CUDA_SUCCESS;
     }
   }
-  CUdevice device = -1;
-  rc = real_driver().cuCtxGetDevice(&device);
-  if (rc != CUDA_SUCCESS) return rc;
-  DeviceState* state = device_state(static_cast<int>(device), context);
-  if (!state) return CUDA_ERROR_NOT_SUPPORTED;  // caller passes the request to the driver
-  t_context_cache[t_context_next++ % 4] = {context, state, generation};
-  *out = state;
-  return CUDA_SUCCESS;
+  return current_device_slow(context, generation, out);
 }
 
 // The device and context of a stream (cuMemAllocAsync uses the stream's device).
@@ -172,30 +183,56 @@ bool stream_is_capturing(CUstream stream) noexcept {
   return status != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
-// Serves an allocation on `device`. `stream` is 0 for cuMemAlloc.
-CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool async, CUdeviceptr* out) noexcept {
+// The served block `p` becomes the program's: recorded as live, announced to NVTX tools, counted, traced.
+__attribute__((always_inline)) inline CUresult hand_out(DeviceState& device, void* p, std::size_t bytes,
+                                                        std::size_t block_size, StreamHandle handle, bool async,
+                                                        CUdeviceptr* out) noexcept {
+  const int d = device.ordinal;
+  if (device.in_oom_burst.load(std::memory_order_relaxed)) device.in_oom_burst.store(false, std::memory_order_relaxed);
+  const auto address = reinterpret_cast<std::uintptr_t>(p);
+  LiveBlock live{bytes, block_size, d, async};
+  live.stream = handle;
+  if (oom_dump_armed()) stamp_for_dump(&live);
+  live_blocks().insert(address, live);
+  annotations::on_block_allocated(address, bytes);  // compute-sanitizer sees the block's own bounds
+  if (g_count) {
+    Counters& mine = counters(d);
+    mine.allocs.fetch_add(1, std::memory_order_relaxed);
+    mine.bytes.fetch_add(bytes, std::memory_order_relaxed);
+  }
+  tracing::record(async ? tracing::EventKind::alloc_async : tracing::EventKind::alloc, d, handle, address, bytes,
+                  device.properties.id);
+  *out = static_cast<CUdeviceptr>(address);
+  return CUDA_SUCCESS;
+}
+
+// The backend's allocation, except while freed blocks wait for a fence: then growing past the peak
+// waits for them first (router/out_of_memory.h).
+__attribute__((always_inline)) inline void* allocate_ordinary(DeviceState& device, std::size_t block_size,
+                                                              StreamHandle handle) noexcept {
+  if (__builtin_expect(device.fences.holds_blocks(), 0)) return allocate_without_new_peak(device, block_size, handle);
+  return device.backend().allocate(block_size, handle);
+}
+
+// serve()'s cold half, out of line so the common path stays short: a size no backend can round,
+// GPUSHIM_FAIL armed (the chosen allocation takes the failure path as if memory had run out), or the
+// backend without memory (`tried`: serve already asked it): memory pressure, then out of memory.
+__attribute__((noinline)) CUresult serve_slow(DeviceState& device, std::size_t bytes, std::size_t block_size,
+                                              CUstream stream, StreamHandle handle, bool async, bool tried,
+                                              CUdeviceptr* out) noexcept {
   const int d = device.ordinal;
   if (bytes > SIZE_MAX - kMinAlignment) {
     counters(d).failed.fetch_add(1, std::memory_order_relaxed);
     tracing::record(tracing::EventKind::alloc_failed, d, 0, 0, bytes, device.properties.id);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
-  // Driver-backed backends get the exact size: the driver aligns itself, and compute-sanitizer checks a
-  // cuMemAlloc block against the size it was asked for (a rounded size hid a 4-byte overrun on the H100).
-  const std::size_t block_size = device.properties.driver_backed ? bytes : round_up(bytes);
-  // Backends read stream 0 as "no stream order" (cuMemAlloc); a program's async call on stream 0
-  // means the legacy stream.
-  const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
   void* p = nullptr;
-  // GPUSHIM_FAIL: the chosen allocation takes the failure path below as if memory had run out.
   const bool injected = fault_injection_armed() && inject_failure(bytes);
   if (!injected) {
-    if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
-      p = take_from_stream_list(device, normalized(stream), block_size);
-    if (!p) {
-      // While freed blocks wait for a fence, growing past the peak waits for them first.
-      p = device.fences.holds_blocks() ? allocate_without_new_peak(device, block_size, handle)
-                                       : device.backend().allocate(block_size, handle);
+    if (!tried) {
+      if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
+        p = take_from_stream_list(device, normalized(stream), block_size);
+      if (!p) p = allocate_ordinary(device, block_size, handle);
     }
     if (!p) {
       annotations::ScopedRange range(annotations::SlowEvent::oom_handling);
@@ -209,20 +246,27 @@ CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream, bool asy
     report_out_of_memory(device, bytes, handle, injected);
     return CUDA_ERROR_OUT_OF_MEMORY;
   }
-  if (device.in_oom_burst.load(std::memory_order_relaxed)) device.in_oom_burst.store(false, std::memory_order_relaxed);
-  const auto address = reinterpret_cast<std::uintptr_t>(p);
-  LiveBlock live{bytes, block_size, d, async};
-  live.stream = handle;
-  if (oom_dump_armed()) stamp_for_dump(&live);
-  live_blocks().insert(address, live);
-  annotations::on_block_allocated(address, bytes);  // compute-sanitizer sees the block's own bounds
-  Counters& mine = counters(d);
-  mine.allocs.fetch_add(1, std::memory_order_relaxed);
-  mine.bytes.fetch_add(bytes, std::memory_order_relaxed);
-  tracing::record(async ? tracing::EventKind::alloc_async : tracing::EventKind::alloc, d, handle, address, bytes,
-                  device.properties.id);
-  *out = static_cast<CUdeviceptr>(address);
-  return CUDA_SUCCESS;
+  return hand_out(device, p, bytes, block_size, handle, async, out);
+}
+
+// Serves an allocation on `device`. `stream` is 0 for cuMemAlloc. Inlined into the entry points: the
+// common path is a backend call and the table insert.
+__attribute__((always_inline)) inline CUresult serve(DeviceState& device, std::size_t bytes, CUstream stream,
+                                                     bool async, CUdeviceptr* out) noexcept {
+  // Driver-backed backends get the exact size: the driver aligns itself, and compute-sanitizer checks a
+  // cuMemAlloc block against the size it was asked for (a rounded size hid a 4-byte overrun on the H100).
+  const std::size_t block_size = device.properties.driver_backed ? bytes : round_up(bytes);
+  // Backends read stream 0 as "no stream order" (cuMemAlloc); a program's async call on stream 0
+  // means the legacy stream.
+  const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
+  if (__builtin_expect(bytes > SIZE_MAX - kMinAlignment || fault_injection_armed(), 0))
+    return serve_slow(device, bytes, block_size, stream, handle, async, false, out);
+  void* p = nullptr;
+  if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
+    p = take_from_stream_list(device, normalized(stream), block_size);
+  if (!p) p = allocate_ordinary(device, block_size, handle);
+  if (__builtin_expect(!p, 0)) return serve_slow(device, bytes, block_size, stream, handle, async, true, out);
+  return hand_out(device, p, bytes, block_size, handle, async, out);
 }
 
 // True while gpushim still holds the freed block `p` back (a thread's pending batch, a stream's free
@@ -308,7 +352,7 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
       full_context = batch.context();
       full = batch.take();
     }
-    thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
+    if (g_count) thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
   }
   if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
   // A stream that stopped carrying work is found idle here (a probe recorded, a later poll answered):
@@ -327,11 +371,10 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   }
 }
 
-}  // namespace
-
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
 // backends keep their fence: their frees are ordered on their own stream), else through a fence.
-void give_back(DeviceState& device, const FreedBlock& freed) noexcept {
+// Inlined into free(); give_back() is the same for the rest of the router.
+__attribute__((always_inline)) inline void give_back_inline(DeviceState& device, const FreedBlock& freed) noexcept {
   if (!device.fenced() || (!device.properties.stream_ordered && reuse_at_once())) {
     device.backend().deallocate(freed.ptr, freed.bytes, 0);
     // Blocks fenced while a stream worked come back as their fences complete: poll now and then.
@@ -340,6 +383,10 @@ void give_back(DeviceState& device, const FreedBlock& freed) noexcept {
   }
   free_fenced(device, freed);
 }
+
+}  // namespace
+
+void give_back(DeviceState& device, const FreedBlock& freed) noexcept { give_back_inline(device, freed); }
 
 CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept {
   ensure_started();
@@ -375,11 +422,11 @@ CUresult free(CUdeviceptr p) noexcept {
   }
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
   if (!device) return CUDA_ERROR_INVALID_VALUE;  // a live block's device exists (a fork forgets both)
-  counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
+  if (g_count) counters(block.device).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->properties.id);
   if (held_after_free(p, block)) return CUDA_SUCCESS;
-  give_back(*device, FreedBlock{reinterpret_cast<void*>(p), block.block_size, 0});
+  give_back_inline(*device, FreedBlock{reinterpret_cast<void*>(p), block.block_size, 0});
   return CUDA_SUCCESS;
 }
 
@@ -430,7 +477,7 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
   if (!device) return CUDA_ERROR_INVALID_VALUE;
   const int d = block.device;
-  counters(d).frees.fetch_add(1, std::memory_order_relaxed);
+  if (g_count) counters(d).frees.fetch_add(1, std::memory_order_relaxed);
   annotations::on_block_freed(static_cast<std::uintptr_t>(p));
   const auto handle = reinterpret_cast<StreamHandle>(stream);
   tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->properties.id);

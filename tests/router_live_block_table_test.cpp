@@ -88,6 +88,28 @@ TEST(LiveBlockTable, RecentlyFreedIsBounded) {
   EXPECT_EQ(table.erase(first, &block), LiveBlockTable::EraseResult::unknown);
 }
 
+TEST(LiveBlockTable, FreesOfEverNewAddressesDoNotGrowTheTable) {
+  // Freed slots stay as double-free markers until they are stale; a rebuild drops stale ones. A program
+  // that frees every block it allocates, at addresses never seen before, must not grow the table.
+  LiveBlockTable table;
+  LiveBlock block;
+  std::uintptr_t p = 0x7f0000000000;
+  for (int i = 0; i < 200000; ++i, p += 256) {
+    table.insert(p, LiveBlock{1, 256, 0, false});
+    ASSERT_EQ(table.erase(p, &block), LiveBlockTable::EraseResult::erased);
+  }
+  const std::size_t bounded = table.slot_capacity();
+  for (int i = 0; i < 400000; ++i, p += 256) {
+    table.insert(p, LiveBlock{1, 256, 0, false});
+    ASSERT_EQ(table.erase(p, &block), LiveBlockTable::EraseResult::erased);
+  }
+  EXPECT_EQ(table.slot_capacity(), bounded);
+  // 64 shards x (32 remembered + 1) x 4, rounded up to a power of two per shard.
+  EXPECT_LE(bounded, LiveBlockTable::kShards * 256);
+  // The latest free of each shard is still remembered.
+  EXPECT_EQ(table.erase(p - 256, &block), LiveBlockTable::EraseResult::double_free);
+}
+
 TEST(LiveBlockTable, ShardsSpreadNeighbouringBlocks) {
   std::set<std::size_t> used;
   for (std::uintptr_t p = 0x7f0000000000; p < 0x7f0000000000 + 256 * 256; p += 256)
