@@ -320,6 +320,9 @@ FenceContext batch_context(DeviceState& device) noexcept {
   return current_device(&current_state, &current) == CUDA_SUCCESS && current_state == &device ? current : nullptr;
 }
 
+// A quarter of a batch's byte cap: four such frees close a batch (router/free_fence_queue.h).
+constexpr std::size_t kAskBeforeFencingBytes = kBatchMaxBytes / 4;
+
 // Adds a cuMemFree'd block to this thread's pending batch of its device. Only the first free of a batch
 // asks for the context (PendingBatch::add keeps the first one): one cuCtxGetCurrent per batch, not per free.
 void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
@@ -371,6 +374,18 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   }
 }
 
+// A large cuMemFree'd block, while the work is not ordered: it would close a batch by itself, or soon.
+// First ask whether the streams that kept the work unordered are idle by now (a side stream's work
+// often takes microseconds): true when the work turned ordered, so the block can go back at once
+// instead of costing a fence and waiting for it.
+__attribute__((noinline)) bool ordered_again_before_fencing(DeviceState& device) noexcept {
+  poll_stream_activity();
+  if (!reuse_at_once()) return false;
+  close_all_thread_batches(device);  // as in free_fenced: blocks fenced before need no batch to fill
+  device.fences.poll();
+  return true;
+}
+
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
 // backends keep their fence: their frees are ordered on their own stream), else through a fence.
 // Inlined into free(); give_back() is the same for the rest of the router.
@@ -379,6 +394,11 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
     device.backend().deallocate(freed.ptr, freed.bytes, 0);
     // Blocks fenced while a stream worked come back as their fences complete: poll now and then.
     if (device.fences.holds_blocks() && (++t_unfenced_frees & 63) == 0) device.fences.poll();
+    return;
+  }
+  if (!device.properties.stream_ordered && freed.bytes >= kAskBeforeFencingBytes &&
+      ordered_again_before_fencing(device)) {
+    device.backend().deallocate(freed.ptr, freed.bytes, 0);
     return;
   }
   free_fenced(device, freed);

@@ -404,6 +404,21 @@ TEST_F(StreamActivity, AnIdleStreamIsFoundIdleByTheFirstPoll) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A large block freed right after a side stream's work is done comes back at once: the free asks
+// whether the stream is idle before fencing the block (a fence would hold it until a later poll).
+TEST_F(StreamActivity, ALargeFreeAfterTheSideStreamIsDoneIsReusedAtOnce) {
+  constexpr std::size_t kBig = std::size_t{16} << 20;
+  const CUstream s = active_side_stream();  // done at once: the fake GPU is not held
+  CUdeviceptr big = 0;
+  ASSERT_EQ(cuMemAlloc(&big, kBig), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFree(big), CUDA_SUCCESS);
+  CUdeviceptr again = 0;
+  ASSERT_EQ(cuMemAlloc(&again, kBig), CUDA_SUCCESS);
+  EXPECT_EQ(again, big) << "the block waited for a fence though the side stream was idle";
+  EXPECT_EQ(cuMemFree(again), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // A large block freed while a held side stream may still use it, and an allocation of its size when the
 // arena has no free memory left: the arena is at its peak. Returns the freed block; its batch is fenced
 // (64 MiB closes a batch at once) on `s`, which is held.
