@@ -140,7 +140,9 @@ TEST_F(OomDump, SummaryNamesTheTopHoldersByCallSite) {
   EXPECT_LT(first, second);
   // Named by function where binutils can read this test's symbols; the module offset otherwise.
   const bool have_addr2line = std::system("command -v addr2line >/dev/null 2>&1") == 0;
-  if (have_addr2line) EXPECT_NE(out.find("oom_dump_test_big_holder", holders), std::string::npos) << out;
+  if (have_addr2line) {
+    EXPECT_NE(out.find("oom_dump_test_big_holder", holders), std::string::npos) << out;
+  }
   // The largest blocks with their age at the failure: the oldest 256 MiB block is 4 s old.
   EXPECT_NE(out.find("age 4.00 s"), std::string::npos) << out;
 }
