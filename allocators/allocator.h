@@ -55,6 +55,12 @@ class Allocator {
   // has made sure no GPU work can still touch the block, unless the backend is stream-ordered.
   virtual void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept = 0;
 
+  // Like allocate(), but nullptr where serving the request would take more memory from the provider
+  // or driver: the block comes from memory the backend holds already, or not at all. A cache in front
+  // of the backend asks this before it gives back the blocks it keeps (allocators/thread_cache_allocator.h),
+  // so that keeping them never makes the backend grow. The default cannot tell, and says no.
+  virtual void* allocate_without_growing(std::size_t, StreamHandle) noexcept { return nullptr; }
+
   // The last resort, once allocate() failed and the router has got back what it could: a block from
   // memory outside the device (host memory, GPUSHIM_SPILL=host), or nullptr. Only the spilling
   // allocator and the decorators that wrap it have one.

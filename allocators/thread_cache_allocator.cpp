@@ -109,6 +109,11 @@ struct ThreadCacheAllocator::ThreadCache {
   std::atomic<bool> locked{false};
   std::uint32_t count[kClassCount] = {};
   std::unique_ptr<void*[]> slots;
+  // Blocks above kMaxCachedBytes by the exact size the backend was asked for, oldest first.
+  LargeSlot large[kLargeSlots] = {};
+  std::uint32_t large_count = 0;
+  bool counted_with_large = false;  // counted in caches_with_large_
+  std::atomic<std::uint64_t> large_bytes{0};  // written under `locked`, read by stats() without it
   // Written by the owner under `locked`, read by stats() without it.
   std::atomic<std::uint64_t> cached_bytes{0};
   std::atomic<std::uint64_t> allocate_hits{0};
@@ -130,6 +135,22 @@ struct ThreadCacheAllocator::ThreadCache {
     counter.store(counter.load(std::memory_order_relaxed) - by, std::memory_order_relaxed);
   }
 };
+
+namespace {
+// Moves a cache's large slots to `out` (room for kLargeSlots). Under the cache's lock.
+std::size_t take_large_slots(ThreadCacheAllocator::ThreadCache* cache, ThreadCacheAllocator::LargeSlot* out,
+                             std::atomic<std::size_t>& caches_with_large) noexcept {
+  const std::size_t n = cache->large_count;
+  std::copy(cache->large, cache->large + n, out);
+  cache->large_count = 0;
+  cache->large_bytes.store(0, std::memory_order_relaxed);
+  if (cache->counted_with_large) {
+    cache->counted_with_large = false;
+    caches_with_large.fetch_sub(1, std::memory_order_relaxed);
+  }
+  return n;
+}
+}  // namespace
 
 ThreadCacheList::~ThreadCacheList() {
   t_list_gone = true;
@@ -221,7 +242,7 @@ ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() n
 }
 
 void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
-  if (bytes > kMaxCachedBytes) return inner_->allocate(bytes, stream);
+  if (bytes > kMaxCachedBytes) return allocate_large(bytes, stream);
   const std::size_t c = class_index(bytes);
   const std::size_t rounding = class_size(c) - bytes;
   ThreadCache* cache = this_thread_cache();
@@ -261,7 +282,7 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
 }
 
 void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
-  if (bytes > kMaxCachedBytes) return inner_->deallocate(p, bytes, stream);
+  if (bytes > kMaxCachedBytes) return deallocate_large(p, bytes, stream);
   const std::size_t c = class_index(bytes);
   const std::size_t block = class_size(c);
   ThreadCache* cache = this_thread_cache();
@@ -284,6 +305,111 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
   inner_->deallocate(p, block, stream);  // full: the backend takes it (the cached ones stay the hot ones)
 }
 
+// Large blocks: a hit is a block of exactly the requested size in this thread's slots. A miss gives the
+// thread's own slots back first, so the backend sees this thread's frees before its next request, in
+// the program's order (on a KV cache grown by torch.cat, each request is a bit larger than the block
+// just freed, which the arena merges with its neighbours to serve it). Then, while blocks may be parked
+// in other threads, the backend is asked for memory it holds already; only if it has none are every
+// thread's slots emptied into it before it may grow. So parked blocks never make the backend map more
+// than it would without them (tests/thread_cache_allocator_test.cpp, "NoGrowth").
+__attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t bytes, StreamHandle stream) noexcept {
+  ThreadCache* cache = this_thread_cache();
+  if (cache) {
+    LargeSlot own[kLargeSlots];
+    cache->lock();
+    for (std::uint32_t i = cache->large_count; i-- > 0;) {
+      if (cache->large[i].bytes != bytes) continue;
+      void* p = cache->large[i].p;
+      std::copy(cache->large + i + 1, cache->large + cache->large_count, cache->large + i);
+      --cache->large_count;
+      ThreadCache::drop(cache->large_bytes, bytes);
+      ThreadCache::bump(cache->allocate_hits, 1);
+      cache->unlock();
+      return p;
+    }
+    const std::size_t n = take_large_slots(cache, own, caches_with_large_);
+    cache->unlock();
+    give_to_backend(own, n);
+  }
+  if (depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
+    if (void* p = take_large_from_depot(bytes)) {
+      depot_hits_.fetch_add(1, std::memory_order_relaxed);
+      return p;
+    }
+  }
+  if (caches_with_large_.load(std::memory_order_relaxed) != 0 ||
+      depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
+    if (void* p = inner_->allocate_without_growing(bytes, stream)) return p;
+    flush_large_everywhere();
+  }
+  return inner_->allocate(bytes, stream);
+}
+
+// A freed large block joins the thread's slots, the oldest leaving when the slots or their byte bound
+// are full. Blocks above the bound pass through.
+__attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, std::size_t bytes,
+                                                                      StreamHandle stream) noexcept {
+  ThreadCache* cache = bytes <= kMaxLargeBytesPerThread ? this_thread_cache() : nullptr;
+  if (!cache) return inner_->deallocate(p, bytes, stream);
+  LargeSlot evicted[kLargeSlots];
+  std::size_t n = 0;
+  cache->lock();
+  while (cache->large_count == kLargeSlots ||
+         cache->large_bytes.load(std::memory_order_relaxed) + bytes > kMaxLargeBytesPerThread) {
+    evicted[n++] = cache->large[0];
+    ThreadCache::drop(cache->large_bytes, cache->large[0].bytes);
+    std::copy(cache->large + 1, cache->large + cache->large_count, cache->large);
+    --cache->large_count;
+  }
+  cache->large[cache->large_count++] = {p, bytes};
+  ThreadCache::bump(cache->large_bytes, bytes);
+  ThreadCache::bump(cache->deallocate_hits, 1);
+  if (!cache->counted_with_large) {
+    cache->counted_with_large = true;
+    caches_with_large_.fetch_add(1, std::memory_order_relaxed);
+  }
+  cache->unlock();
+  give_to_backend(evicted, n);
+}
+
+void ThreadCacheAllocator::give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept {
+  for (std::size_t i = 0; i < count; ++i) inner_->deallocate(blocks[i].p, blocks[i].bytes, 0);
+  if (count) flushed_.fetch_add(count, std::memory_order_relaxed);
+}
+
+void* ThreadCacheAllocator::take_large_from_depot(std::size_t bytes) noexcept {
+  std::lock_guard<std::mutex> guard(depot_mutex_);
+  for (auto it = depot_large_.begin(); it != depot_large_.end(); ++it) {
+    if (it->bytes != bytes) continue;
+    void* p = it->p;
+    depot_large_.erase(it);
+    depot_large_blocks_.fetch_sub(1, std::memory_order_relaxed);
+    depot_bytes_.fetch_sub(bytes, std::memory_order_relaxed);
+    return p;
+  }
+  return nullptr;
+}
+
+// The blocks reach the backend while caches_mutex_ (and then depot_mutex_) is held: this runs only when
+// the backend would otherwise grow or is out of memory, and holding the lock needs no list to allocate.
+void ThreadCacheAllocator::flush_large_everywhere() noexcept {
+  {
+    std::lock_guard<std::mutex> guard(caches_mutex_);
+    for (ThreadCache* cache : caches_) {
+      LargeSlot taken[kLargeSlots];
+      cache->lock();
+      const std::size_t n = take_large_slots(cache, taken, caches_with_large_);
+      cache->unlock();
+      give_to_backend(taken, n);
+    }
+  }
+  std::lock_guard<std::mutex> guard(depot_mutex_);
+  give_to_backend(depot_large_.data(), depot_large_.size());
+  for (const LargeSlot& block : depot_large_) depot_bytes_.fetch_sub(block.bytes, std::memory_order_relaxed);
+  depot_large_blocks_.fetch_sub(depot_large_.size(), std::memory_order_relaxed);
+  depot_large_.clear();
+}
+
 std::size_t ThreadCacheAllocator::take_from_depot(std::size_t c, void** out, std::size_t count) noexcept {
   if (depot_blocks_.load(std::memory_order_relaxed) == 0 || depot_.size() != kClassCount) return 0;
   std::lock_guard<std::mutex> guard(depot_mutex_);
@@ -303,6 +429,18 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
   }
   // No other thread can reach the cache now (release_cached walks caches_ under caches_mutex_).
   std::lock_guard<std::mutex> guard(depot_mutex_);
+  LargeSlot large[kLargeSlots];
+  const std::size_t large_count = take_large_slots(cache, large, caches_with_large_);
+  for (std::size_t i = 0; i < large_count; ++i) {
+    try {
+      depot_large_.push_back(large[i]);
+    } catch (...) {
+      give_to_backend(&large[i], 1);  // no host memory for the depot: the backend takes it now
+      continue;
+    }
+    depot_large_blocks_.fetch_add(1, std::memory_order_relaxed);
+    depot_bytes_.fetch_add(large[i].bytes, std::memory_order_relaxed);
+  }
   for (std::size_t c = 0; c < kClassCount; ++c) {
     for (std::uint32_t i = 0; i < cache->count[c]; ++i) {
       void* p = cache->slots[first_slot_[c] + i];
@@ -325,6 +463,7 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
 }
 
 std::size_t ThreadCacheAllocator::release_cached() noexcept {
+  flush_large_everywhere();
   // Blocks leave the caches under each cache's lock and reach the backend with no lock of ours held.
   std::vector<std::pair<void*, std::size_t>> blocks;
   {
@@ -374,10 +513,23 @@ void ThreadCacheAllocator::reset_locks_after_fork() noexcept {
 
 std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {
   std::size_t blocks = depot_blocks_.load(std::memory_order_relaxed);
+  {
+    std::lock_guard<std::mutex> guard(caches_mutex_);
+    for (ThreadCache* cache : caches_) {
+      cache->lock();
+      for (std::size_t c = 0; c < kClassCount; ++c) blocks += cache->count[c];
+      cache->unlock();
+    }
+  }
+  return blocks + cached_large_blocks();
+}
+
+std::size_t ThreadCacheAllocator::cached_large_blocks() const noexcept {
+  std::size_t blocks = depot_large_blocks_.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> guard(caches_mutex_);
   for (ThreadCache* cache : caches_) {
     cache->lock();
-    for (std::size_t c = 0; c < kClassCount; ++c) blocks += cache->count[c];
+    blocks += cache->large_count;
     cache->unlock();
   }
   return blocks;
@@ -394,7 +546,7 @@ AllocatorStats ThreadCacheAllocator::stats() const noexcept {
   {
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (const ThreadCache* cache : caches_) {
-      cached += cache->cached_bytes.load(std::memory_order_relaxed);
+      cached += cache->cached_bytes.load(std::memory_order_relaxed) + cache->large_bytes.load(std::memory_order_relaxed);
       allocate_hits += cache->allocate_hits.load(std::memory_order_relaxed);
       deallocate_hits += cache->deallocate_hits.load(std::memory_order_relaxed);
       rounding += cache->rounding.load(std::memory_order_relaxed);

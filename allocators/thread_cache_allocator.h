@@ -50,6 +50,9 @@ class ThreadCacheAllocator final : public Allocator {
   static constexpr std::size_t kMaxBytesPerThread = std::size_t{4} << 20;  // all classes, one thread
   // 512 B .. 4 KiB in 512 B steps (8), then 8 per doubling from 4 KiB to 1 MiB (8 x 8).
   static constexpr std::size_t kClassCount = 72;
+  // Above kMaxCachedBytes: exact-size slots, a few per thread (see the header comment).
+  static constexpr std::size_t kLargeSlots = 4;
+  static constexpr std::size_t kMaxLargeBytesPerThread = std::size_t{2} << 30;
 
   explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner) noexcept;
   ~ThreadCacheAllocator() override;
@@ -70,6 +73,12 @@ class ThreadCacheAllocator final : public Allocator {
   static std::size_t class_bytes_for(std::size_t bytes) noexcept;
   // Blocks in every thread cache and the depot, for tests.
   std::size_t cached_blocks() const noexcept;
+  // Of those, blocks in large slots (above kMaxCachedBytes), for tests.
+  std::size_t cached_large_blocks() const noexcept;
+  struct LargeSlot {
+    void* p;
+    std::size_t bytes;
+  };
 
   struct ThreadCache;  // defined in the .cpp; public for the thread-exit hook there
   // Thread exit: the cache's blocks move to the depot and its counts to the shared ones. No backend call.
@@ -82,6 +91,12 @@ class ThreadCacheAllocator final : public Allocator {
   ThreadCache* find_thread_cache() noexcept;
   ThreadCache* create_thread_cache() noexcept;
   std::size_t take_from_depot(std::size_t c, void** out, std::size_t count) noexcept;
+  void* allocate_large(std::size_t bytes, StreamHandle stream) noexcept;
+  void deallocate_large(void* p, std::size_t bytes, StreamHandle stream) noexcept;
+  void* take_large_from_depot(std::size_t bytes) noexcept;
+  // Every thread's large slots and the depot's large blocks to the backend.
+  void flush_large_everywhere() noexcept;
+  void give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept;
 
   std::unique_ptr<Allocator> inner_;
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
@@ -97,6 +112,12 @@ class ThreadCacheAllocator final : public Allocator {
   std::vector<std::vector<void*>> depot_;
   std::atomic<std::size_t> depot_blocks_{0};
   std::atomic<std::uint64_t> depot_bytes_{0};
+  std::vector<LargeSlot> depot_large_;  // exited threads' large slots (under depot_mutex_)
+  std::atomic<std::size_t> depot_large_blocks_{0};
+  // Thread caches whose large slots may hold blocks (a cache stays counted after a hit empties its
+  // slots, until a flush: so a thread's steady alloc/free pairs write no shared line). A large miss
+  // reads it to know whether blocks parked elsewhere might spare the backend a growth.
+  std::atomic<std::size_t> caches_with_large_{0};
   // Counts of exited threads (a thread's own live in its cache).
   std::atomic<std::uint64_t> retired_allocate_hits_{0};
   std::atomic<std::uint64_t> retired_deallocate_hits_{0};

@@ -26,6 +26,7 @@ class TieredAllocator final : public Allocator {
 
   const char* name() const noexcept override { return "tiered"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
+  void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   // Sums of both tiers. The peaks are sums of each tier's peak, so an upper bound of the true peak.

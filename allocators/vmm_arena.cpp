@@ -315,24 +315,30 @@ VmmArena::Range* VmmArena::merge_free_neighbours(Range* r) noexcept {
 
 void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
   std::lock_guard<std::mutex> lock(mutex_);
-  if (bytes == 0 || bytes > reserve_bytes_) {
-    ++failed_;
-    return nullptr;
-  }
+  void* p = allocate_locked(bytes, /*may_grow=*/true);
+  if (!p) ++failed_;
+  return p;
+}
+
+void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return allocate_locked(bytes, /*may_grow=*/false);  // a no here is not a failed allocation
+}
+
+void* VmmArena::allocate_locked(std::size_t bytes, bool may_grow) noexcept {
+  if (bytes == 0 || bytes > reserve_bytes_) return nullptr;
   std::size_t block = round_up(bytes, kMinAlignment);
   // Holes first, the wilderness (free memory right below unmapped space) last: see the header.
   Range* r = find_fit(block, kBinScanLimit);
   if (!r) r = wilderness_fit(block);
-  if (!r && grow(block)) {
+  if (!r && may_grow && grow(block)) {
     r = find_fit(block, kBinScanLimit);
     if (!r) r = wilderness_fit(block);
   }
-  // Before reporting out-of-memory, make sure no fitting range hid beyond the bounded scan.
+  // Before growing is refused or out-of-memory reported, make sure no fitting range hid beyond the
+  // bounded scan.
   if (!r) r = find_fit(block, std::numeric_limits<int>::max());
-  if (!r) {
-    ++failed_;
-    return nullptr;
-  }
+  if (!r) return nullptr;
   remove_free(r);
   if (r->size > block) {
     // Hand out the front, keep the rest free. Without a spare node the whole range goes out (its excess
