@@ -4,8 +4,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstring>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
@@ -245,6 +247,308 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
   const AllocatorStats s = cache_->stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.internal_waste, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+  EXPECT_EQ(s.allocations, static_cast<std::uint64_t>(kThreads) * kRounds);
+  cache_->release_cached();
+  EXPECT_EQ(provider_.bytes_mapped(), 0u);
+}
+
+// ---- blocks above kMaxCachedBytes: exact-size slots ----
+
+TEST_F(ThreadCacheTest, ALargeBlockComesBackAtItsExactSizeOnlyWithoutTheBackend) {
+  const std::size_t bytes = 3 * MiB + 100;
+  void* p = cache_->allocate(bytes, 0);
+  ASSERT_NE(p, nullptr);
+  cache_->deallocate(p, bytes, 0);
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  const AllocatorStats backend = cache_->inner().stats();
+
+  EXPECT_EQ(cache_->allocate(bytes, 0), p) << "the same size is a hit";
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations) << "a hit must not reach the backend";
+  EXPECT_EQ(cache_->inner().stats().deallocations, backend.deallocations);
+  cache_->deallocate(p, bytes, 0);
+
+  // 412 B less rounds to the same 512 B multiple in the arena, yet is another size: a miss, and the
+  // parked block goes back to the backend before it is asked.
+  void* smaller = cache_->allocate(bytes - 412, 0);
+  ASSERT_NE(smaller, nullptr);
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations + 1) << "exact size only";
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u) << "a miss gives the thread's slots back first";
+  EXPECT_EQ(cache_->inner().stats().bytes_in_use, bytes - 412) << "the backend holds the request alone";
+  cache_->deallocate(smaller, bytes - 412, 0);
+}
+
+TEST_F(ThreadCacheTest, ParkedLargeBlocksCountAsCachedAndCallsCountOnce) {
+  const std::size_t bytes = 5 * MiB;
+  for (int i = 0; i < 3; ++i) cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
+  AllocatorStats s = cache_->stats();
+  EXPECT_EQ(s.allocations, 3u);
+  EXPECT_EQ(s.deallocations, 3u);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.internal_waste, 0u);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved) << "the parked block is free memory to cuMemGetInfo";
+  EXPECT_GE(s.bytes_cached, bytes);
+  void* p = cache_->allocate(bytes, 0);
+  s = cache_->stats();
+  EXPECT_EQ(s.bytes_in_use, bytes);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved - bytes);
+  cache_->deallocate(p, bytes, 0);
+  cache_->release_cached();
+  s = cache_->stats();
+  EXPECT_EQ(s.allocations, 4u);
+  EXPECT_EQ(s.deallocations, 4u) << "a flush to the backend is not a program free";
+  EXPECT_EQ(s.bytes_cached, 0u);
+  EXPECT_EQ(provider_.bytes_mapped(), 0u);
+}
+
+TEST_F(ThreadCacheTest, AThreadParksAtMostItsSlotsOfLargeBlocks) {
+  std::vector<void*> blocks;
+  for (std::size_t i = 0; i < ThreadCacheAllocator::kLargeSlots + 2; ++i)
+    blocks.push_back(cache_->allocate(2 * MiB + i * kMinAlignment, 0));
+  for (std::size_t i = 0; i < blocks.size(); ++i) cache_->deallocate(blocks[i], 2 * MiB + i * kMinAlignment, 0);
+  EXPECT_EQ(cache_->cached_large_blocks(), ThreadCacheAllocator::kLargeSlots);
+  EXPECT_EQ(cache_->inner().stats().deallocations, 2u) << "the oldest two went to the backend";
+  // The newest are kept: the last size freed is a hit.
+  const AllocatorStats backend = cache_->inner().stats();
+  void* last = cache_->allocate(2 * MiB + (blocks.size() - 1) * kMinAlignment, 0);
+  EXPECT_EQ(last, blocks.back());
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations);
+  cache_->deallocate(last, 2 * MiB + (blocks.size() - 1) * kMinAlignment, 0);
+}
+
+TEST(ThreadCacheLargeBytes, AThreadParksAtMostItsByteBound) {
+  constexpr std::size_t GiB = 1024 * MiB;
+  HostProvider provider(HostProvider::kDefaultGranularity, 8 * GiB);  // mapped, never touched
+  VmmArenaOptions o;
+  o.reserve = 16 * GiB;
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
+  const std::size_t big = ThreadCacheAllocator::kMaxLargeBytesPerThread / 2 + MiB;
+  void* a = cache.allocate(big, 0);
+  void* b = cache.allocate(big + MiB, 0);
+  void* over = cache.allocate(ThreadCacheAllocator::kMaxLargeBytesPerThread + MiB, 0);
+  ASSERT_TRUE(a && b && over);
+  cache.deallocate(over, ThreadCacheAllocator::kMaxLargeBytesPerThread + MiB, 0);
+  EXPECT_EQ(cache.cached_large_blocks(), 0u) << "a block above the bound passes through";
+  cache.deallocate(a, big, 0);
+  cache.deallocate(b, big + MiB, 0);
+  EXPECT_EQ(cache.cached_large_blocks(), 1u) << "two would exceed the bound: the older one left";
+  EXPECT_LE(cache.stats().bytes_cached - cache.inner().stats().bytes_cached,
+            ThreadCacheAllocator::kMaxLargeBytesPerThread);
+  cache.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+// Two threads take turns; a turn allocates a block of a size no earlier turn used, frees it, and does
+// it again (a hit); a KV cache's growth, one row per turn, handed between threads. Every fourth turn's
+// block is small enough for the memory the arena holds besides what the other thread parked. Whatever
+// the other thread parked must be given back before the arena grows: the arena maps, turn by turn,
+// exactly what it maps with no cache. (Where a thread places a block while another's are parked, they
+// act as if still live: a later request may then fit differently than with no cache. Growth is never
+// the parked blocks' doing: it happens only where the request does not fit with all of them back.)
+TEST(ThreadCacheNoGrowth, TwoThreadsTakingTurnsMapWhatTheArenaMapsWithoutTheCache) {
+  auto options = [] {
+    VmmArenaOptions o;
+    o.reserve = 1024 * MiB;
+    o.grow_step = 2 * MiB;  // the arena grows by what a request needs: any growth too many shows
+    return o;
+  };
+  constexpr int kTurns = 60;
+  auto sizes_of = [](int turn) {
+    const std::size_t a = 2 * MiB + static_cast<std::size_t>(turn) * 300 * KiB + 4096;
+    return turn % 4 == 3 ? a / 2 : a;  // above kMaxCachedBytes still
+  };
+  auto turn_on = [&](Allocator& allocator, int turn) {
+    const std::size_t bytes = sizes_of(turn);
+    for (int again = 0; again < 2; ++again) {
+      void* p = allocator.allocate(bytes, 0);
+      ASSERT_NE(p, nullptr);
+      allocator.deallocate(p, bytes, 0);
+    }
+  };
+
+  HostProvider plain_provider(HostProvider::kDefaultGranularity, 1024 * MiB);
+  VmmArena plain(plain_provider, options());
+  std::vector<std::size_t> plain_mapped;
+  for (int turn = 0; turn < kTurns; ++turn) {
+    turn_on(plain, turn);
+    plain_mapped.push_back(plain_provider.bytes_mapped());
+  }
+
+  HostProvider provider(HostProvider::kDefaultGranularity, 1024 * MiB);
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, options()));
+  std::vector<std::size_t> mapped;
+  std::atomic<int> turn{0};
+  std::uint64_t hits = 0;
+  auto player = [&](int me) {
+    for (;;) {
+      int now;
+      while ((now = turn.load()) % 2 != me && now < kTurns) std::this_thread::yield();
+      if (now >= kTurns) return;
+      turn_on(cache, now);
+      mapped.push_back(provider.bytes_mapped());
+      turn.store(now + 1);
+    }
+  };
+  std::thread first(player, 0), second(player, 1);
+  first.join();
+  second.join();
+  hits = cache.stats().allocations - cache.inner().stats().allocations;
+  EXPECT_GE(hits, static_cast<std::uint64_t>(kTurns)) << "the repeated sizes must hit, or this test shows nothing";
+  EXPECT_EQ(mapped, plain_mapped) << "blocks parked in one thread made the arena grow for the other";
+  EXPECT_EQ(cache.inner().stats().peak_bytes_reserved, plain.stats().peak_bytes_reserved);
+}
+
+// A block parked in another thread, or left by an exited thread, serves a request the arena could only
+// serve by growing past the provider's cap: it must be handed back first, not reported out of memory.
+TEST_F(ThreadCacheTest, BlocksParkedElsewhereAreGivenBackBeforeTheBackendMustGrow) {
+  const std::size_t bytes = 160 * MiB;  // two do not fit under the provider's 256 MiB
+  std::atomic<bool> parked{false}, done{false};
+  std::thread other([&] {
+    cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
+    parked.store(true);
+    while (!done.load()) std::this_thread::yield();
+  });
+  while (!parked.load()) std::this_thread::yield();
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  void* p = cache_->allocate(bytes + MiB, 0);
+  EXPECT_NE(p, nullptr) << "the other thread's parked block was not given back";
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  if (p) cache_->deallocate(p, bytes + MiB, 0);
+  done.store(true);
+  other.join();
+
+  // Left by an exited thread: the depot's large blocks likewise.
+  std::thread exiting([&] { cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0); });
+  exiting.join();
+  cache_->release_cached();  // this thread's own parked block: gone, so only the depot's remains
+  std::thread leaver([&] { cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0); });
+  leaver.join();
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u) << "an exited thread's block waits in the depot";
+  p = cache_->allocate(bytes + 2 * MiB, 0);
+  EXPECT_NE(p, nullptr) << "the depot's block was not given back before growing";
+  if (p) cache_->deallocate(p, bytes + 2 * MiB, 0);
+}
+
+TEST_F(ThreadCacheTest, AnExitingThreadsLargeBlocksServeOthersAtTheirExactSize) {
+  void* given = nullptr;
+  std::thread worker([&] {
+    given = cache_->allocate(6 * MiB, 0);
+    cache_->deallocate(given, 6 * MiB, 0);
+  });
+  worker.join();
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
+  EXPECT_GE(cache_->stats().bytes_cached, 6 * MiB);
+  const AllocatorStats backend = cache_->inner().stats();
+  void* p = cache_->allocate(6 * MiB, 0);
+  EXPECT_EQ(p, given);
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations) << "served from the depot";
+  EXPECT_EQ(cache_->stats().allocations, 2u);
+  cache_->deallocate(p, 6 * MiB, 0);
+}
+
+TEST_F(ThreadCacheTest, ReleaseCachedEmptiesEveryThreadsLargeSlots) {
+  constexpr int kThreads = 3;
+  std::atomic<int> allocated{0}, parked{0};
+  std::atomic<bool> released{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::size_t bytes = 4 * MiB + static_cast<std::size_t>(t) * MiB;
+      void* a = cache_->allocate(bytes, 0);
+      void* b = cache_->allocate(bytes + KiB, 0);
+      // Free only once every thread has allocated: a miss may empty other threads' slots (by design).
+      allocated.fetch_add(1);
+      while (allocated.load() < kThreads) std::this_thread::yield();
+      cache_->deallocate(a, bytes, 0);
+      cache_->deallocate(b, bytes + KiB, 0);
+      parked.fetch_add(1);
+      while (!released.load()) std::this_thread::yield();
+    });
+  }
+  while (parked.load() < kThreads) std::this_thread::yield();
+  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{2 * kThreads});
+  cache_->release_cached();
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  EXPECT_EQ(provider_.bytes_mapped(), 0u) << "a parked large block kept memory mapped";
+  EXPECT_EQ(cache_->stats().bytes_cached, 0u);
+  released.store(true);
+  for (std::thread& t : threads) t.join();
+}
+
+// A fenced free reaches the backend from whichever thread polls the fences: a large block freed on
+// another thread lands in that thread's slots and serves it.
+TEST_F(ThreadCacheTest, ALargeBlockFreedOnAnotherThreadServesThatThread) {
+  void* p = cache_->allocate(7 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  std::thread other([&] {
+    cache_->deallocate(p, 7 * MiB, 0);
+    EXPECT_EQ(cache_->allocate(7 * MiB, 0), p);
+    cache_->deallocate(p, 7 * MiB, 0);
+  });
+  other.join();
+  EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
+  EXPECT_EQ(cache_->stats().allocations, 2u);
+}
+
+// Threads allocate and free large blocks of a few sizes, passing some to each other, while another
+// thread empties every cache: no block is handed to two owners and nothing is lost.
+TEST_F(ThreadCacheTest, ManyThreadsWithLargeBlocksAndConcurrentReleases) {
+  constexpr int kThreads = 4;
+  constexpr int kRounds = 2000;
+  std::atomic<int> corrupted{0}, failures{0};
+  std::atomic<bool> done{false};
+  std::mutex passed_lock;
+  std::vector<std::pair<void*, std::size_t>> passed;
+  std::thread releaser([&] {
+    while (!done.load()) {
+      cache_->release_cached();
+      std::this_thread::yield();
+    }
+  });
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      unsigned seed = 11u + static_cast<unsigned>(t);
+      for (int i = 0; i < kRounds; ++i) {
+        seed = seed * 1103515245u + 12345u;
+        const std::size_t bytes = MiB + 1 + ((seed >> 8) % 5) * MiB + ((seed >> 4) & 1) * KiB;
+        auto* p = static_cast<unsigned char*>(cache_->allocate(bytes, 0));
+        if (!p) {
+          failures.fetch_add(1);
+          continue;
+        }
+        const auto tag = static_cast<unsigned char>(t * 31 + i);
+        p[0] = tag;
+        p[bytes - 1] = tag;
+        std::this_thread::yield();
+        if (p[0] != tag || p[bytes - 1] != tag) corrupted.fetch_add(1);
+        if (seed & 0x100) {
+          std::lock_guard<std::mutex> guard(passed_lock);
+          passed.emplace_back(p, bytes);
+        } else {
+          cache_->deallocate(p, bytes, 0);
+        }
+        std::pair<void*, std::size_t> theirs{nullptr, 0};
+        {
+          std::lock_guard<std::mutex> guard(passed_lock);
+          if (!passed.empty()) {
+            theirs = passed.back();
+            passed.pop_back();
+          }
+        }
+        if (theirs.first) cache_->deallocate(theirs.first, theirs.second, 0);
+      }
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  done.store(true);
+  releaser.join();
+  for (const auto& [p, bytes] : passed) cache_->deallocate(p, bytes, 0);
+  EXPECT_EQ(corrupted.load(), 0) << "a block was handed to two owners";
+  EXPECT_EQ(failures.load(), 0);
+  const AllocatorStats s = cache_->stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.allocations, s.deallocations);
   EXPECT_EQ(s.allocations, static_cast<std::uint64_t>(kThreads) * kRounds);
   cache_->release_cached();

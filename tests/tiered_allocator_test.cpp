@@ -38,6 +38,22 @@ TEST(TieredAllocator, RoutesBySizeAroundTheSplit) {
   EXPECT_EQ(t.large_tier().stats().deallocations, 1u);
 }
 
+TEST(TieredAllocator, AllocateWithoutGrowingGoesToTheTierOfTheSize) {
+  HostProvider provider;
+  auto tiered = make_tiered_allocator(provider, small_arena_settings());
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  void* large = t.allocate(4 * MiB, 0);
+  ASSERT_NE(large, nullptr);
+  t.deallocate(large, 4 * MiB, 0);
+  const std::size_t mapped = provider.bytes_mapped();
+  void* again = t.allocate_without_growing(4 * MiB, 0);
+  EXPECT_NE(again, nullptr) << "the arena holds the memory";
+  EXPECT_EQ(t.large_tier().stats().bytes_in_use, 4 * MiB);
+  EXPECT_EQ(t.allocate_without_growing(KiB, 0), nullptr) << "the slab cannot tell, so it says no";
+  EXPECT_EQ(provider.bytes_mapped(), mapped);
+  t.deallocate(again, 4 * MiB, 0);
+}
+
 TEST(TieredAllocator, SplitSettingMovesTheBoundary) {
   HostProvider provider;
   Settings settings = small_arena_settings();
