@@ -54,7 +54,9 @@ class ThreadCacheAllocator final : public Allocator {
   static constexpr std::size_t kLargeSlots = 4;
   static constexpr std::size_t kMaxLargeBytesPerThread = std::size_t{2} << 30;
 
-  explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner) noexcept;
+  // `large_slots` false: requests above kMaxCachedBytes always pass through (to compare, in tests and
+  // benchmarks); they pass through anyway where the backend cannot allocate_without_growing().
+  explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner, bool large_slots = true) noexcept;
   ~ThreadCacheAllocator() override;
 
   const char* name() const noexcept override { return inner_->name(); }
@@ -94,11 +96,16 @@ class ThreadCacheAllocator final : public Allocator {
   void* allocate_large(std::size_t bytes, StreamHandle stream) noexcept;
   void deallocate_large(void* p, std::size_t bytes, StreamHandle stream) noexcept;
   void* take_large_from_depot(std::size_t bytes) noexcept;
+  void* allocate_from_backend(std::size_t bytes, StreamHandle stream) noexcept;
   // Every thread's large slots and the depot's large blocks to the backend.
   void flush_large_everywhere() noexcept;
+  // Every cached block (all threads, both kinds, the depot) to the backend; release_cached() without
+  // the backend's own release.
+  void give_back_every_cached_block() noexcept;
   void give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept;
 
   std::unique_ptr<Allocator> inner_;
+  const bool large_slots_;  // the backend can_allocate_without_growing(): else large blocks pass through
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
   std::uint32_t capacity_[kClassCount] = {};    // per class: blocks a thread may keep
   std::uint32_t first_slot_[kClassCount] = {};  // per class: its first slot in a cache's slot array

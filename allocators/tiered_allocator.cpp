@@ -16,8 +16,7 @@ void* TieredAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept
 }
 
 void* TieredAllocator::allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept {
-  return bytes <= split_bytes_ ? small_->allocate_without_growing(bytes, stream)
-                               : large_->allocate_without_growing(bytes, stream);
+  return bytes <= split_bytes_ ? small_->allocate(bytes, stream) : large_->allocate_without_growing(bytes, stream);
 }
 
 void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {

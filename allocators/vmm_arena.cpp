@@ -331,12 +331,14 @@ void* VmmArena::allocate_locked(std::size_t bytes, bool may_grow) noexcept {
   // Holes first, the wilderness (free memory right below unmapped space) last: see the header.
   Range* r = find_fit(block, kBinScanLimit);
   if (!r) r = wilderness_fit(block);
-  if (!r && may_grow && grow(block)) {
+  // Without growth: no exactly where allocate() would grow, so a caller that gives blocks back and asks
+  // again gets the placement allocate() would have chosen (no full scan, which would pick another hole).
+  if (!r && !may_grow) return nullptr;
+  if (!r && grow(block)) {
     r = find_fit(block, kBinScanLimit);
     if (!r) r = wilderness_fit(block);
   }
-  // Before growing is refused or out-of-memory reported, make sure no fitting range hid beyond the
-  // bounded scan.
+  // Before reporting out-of-memory, make sure no fitting range hid beyond the bounded scan.
   if (!r) r = find_fit(block, std::numeric_limits<int>::max());
   if (!r) return nullptr;
   remove_free(r);

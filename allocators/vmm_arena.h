@@ -75,6 +75,7 @@ class VmmArena final : public Allocator {
   const char* name() const noexcept override { return "vmm"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
+  bool can_allocate_without_growing() const noexcept override { return true; }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   AllocatorStats stats() const noexcept override;

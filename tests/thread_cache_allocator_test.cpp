@@ -12,6 +12,7 @@
 #include <thread>
 #include <vector>
 
+#include "allocators/slab_allocator.h"
 #include "allocators/thread_cache_allocator.h"
 #include "allocators/vmm_arena.h"
 #include "providers/host_provider.h"
@@ -314,6 +315,19 @@ TEST_F(ThreadCacheTest, AThreadParksAtMostItsSlotsOfLargeBlocks) {
   EXPECT_EQ(last, blocks.back());
   EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations);
   cache_->deallocate(last, 2 * MiB + (blocks.size() - 1) * kMinAlignment, 0);
+}
+
+// The slab maps a dedicated run for each block above 1 MiB and unmaps it at its free: a parked block
+// would hold memory the backend gives back at once, so large blocks pass through.
+TEST(ThreadCacheLargeBytes, LargeBlocksPassThroughWhereTheBackendGivesTheirMemoryBack) {
+  HostProvider provider;
+  ThreadCacheAllocator cache(std::make_unique<SlabAllocator>(provider, MiB));
+  EXPECT_FALSE(cache.inner().can_allocate_without_growing());
+  void* p = cache.allocate(3 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  cache.deallocate(p, 3 * MiB, 0);
+  EXPECT_EQ(cache.cached_large_blocks(), 0u);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
 }
 
 TEST(ThreadCacheLargeBytes, AThreadParksAtMostItsByteBound) {

@@ -49,8 +49,13 @@ TEST(TieredAllocator, AllocateWithoutGrowingGoesToTheTierOfTheSize) {
   void* again = t.allocate_without_growing(4 * MiB, 0);
   EXPECT_NE(again, nullptr) << "the arena holds the memory";
   EXPECT_EQ(t.large_tier().stats().bytes_in_use, 4 * MiB);
-  EXPECT_EQ(t.allocate_without_growing(KiB, 0), nullptr) << "the slab cannot tell, so it says no";
   EXPECT_EQ(provider.bytes_mapped(), mapped);
+  EXPECT_EQ(t.allocate_without_growing(mapped, 0), nullptr) << "the arena would have to grow";
+  // The slab's memory cannot come from blocks given back to the arena: it allocates as usual.
+  void* small = t.allocate_without_growing(KiB, 0);
+  EXPECT_NE(small, nullptr);
+  EXPECT_TRUE(t.can_allocate_without_growing());
+  t.deallocate(small, KiB, 0);
   t.deallocate(again, 4 * MiB, 0);
 }
 
