@@ -571,7 +571,8 @@ AllocatorStats ThreadCacheAllocator::stats() const noexcept {
   {
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (const ThreadCache* cache : caches_) {
-      cached += cache->cached_bytes.load(std::memory_order_relaxed) + cache->large_bytes.load(std::memory_order_relaxed);
+      cached += cache->cached_bytes.load(std::memory_order_relaxed);
+      cached += cache->large_bytes.load(std::memory_order_relaxed);
       allocate_hits += cache->allocate_hits.load(std::memory_order_relaxed);
       deallocate_hits += cache->deallocate_hits.load(std::memory_order_relaxed);
       rounding += cache->rounding.load(std::memory_order_relaxed);

@@ -9,7 +9,25 @@
 //
 // Size classes: requests up to kMaxCachedBytes are rounded up to a class (512 B steps to 4 KiB, then
 // 8 classes per doubling: at most 12.5% rounding) and the backend is asked for the class size, so a
-// cached block of class C serves exactly the requests that round to C. Larger requests pass through.
+// cached block of class C serves exactly the requests that round to C.
+//
+// Large slots: a larger block is kept by the exact size the backend was asked for (no rounding), in up
+// to kLargeSlots slots per thread and kMaxLargeBytesPerThread bytes, the oldest leaving first; a hit is
+// a request of exactly that size. Without them every such pair took the arena's one mutex: 16 threads
+// convoyed on it (33 us a pair per thread at 4-256 MiB on the H200, docs/perf-notes.md). What they must
+// not do is cost memory: a parked block is free memory the backend cannot see. So
+// - a miss of any size first gives the thread's own parked blocks back: the backend sees the thread's
+//   frees and requests in the program's order (a KV cache grown by torch.cat asks for a bit more than
+//   the block it just freed, which the arena merges with its neighbours to serve);
+// - while any thread (or the depot) may hold parked blocks, a miss asks the backend for memory it holds
+//   already (allocate_without_growing) and, if it has none, empties every thread's large slots into
+//   it before it may grow. A cache counts as holding blocks from its first park until a flush, not
+//   until a hit empties it, so steady pairs write no shared cache line;
+// - only over backends that can_allocate_without_growing() (the vmm arena, tiered's arena tier): the
+//   slab unmaps a large block at its free, so there a parked block would hold memory; they pass through.
+// Blocks parked while another thread places its own act as if still live, so placements may differ
+// from a run without the cache; growth never comes from them (tests/thread_cache_allocator_test.cpp,
+// tests/kv_cache_fit_test.cpp).
 // Bounds per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
 // kMaxBlocksPerClass is the router's fence batch (router/free_fence_queue.h, kBatchMaxBlocks): a fenced
 // batch of small blocks that comes back at once fits the freeing thread's cache. A miss asks the
@@ -18,15 +36,18 @@
 //
 // Cross-thread flush: each thread cache has a spin lock that its owner takes on each call, uncontended
 // (one atomic exchange); release_cached(), from any thread (the out-of-memory path), takes each cache's
-// lock in turn and empties it, so memory other threads hold comes back at once, not at their next call.
-// A thread that exits moves its blocks to a shared depot (bookkeeping only: no backend or driver call
-// from a thread-exit destructor, which may run after the program's CUDA teardown); misses of every
-// thread take from the depot first, and release_cached() empties it.
+// lock in turn and empties it (classes and large slots), so memory other threads hold comes back at
+// once, not at their next call. A thread that exits moves its blocks to a shared depot (bookkeeping
+// only: no backend or driver call from a thread-exit destructor, which may run after the program's CUDA
+// teardown); misses of every thread take from the depot first (large ones by exact size), and
+// release_cached() empties it. A fenced free reaches this layer from whichever thread polls the fences
+// (router/free_fence_queue.h): the block joins that thread's cache.
 //
-// Cached blocks count as the backend's cached memory (stats().bytes_cached, so cuMemGetInfo reports them
-// as free), not as in use; bytes in use are the requested sizes and the rounding to a class is internal
-// waste. Calls count once: a hit here, a miss in the backend. Only for backends that are not
-// stream-ordered (the provider backends): a cached block carries no stream.
+// Cached blocks, parked large ones included, count as the backend's cached memory (stats().bytes_cached,
+// so cuMemGetInfo reports them as free: a request that needs them gets them), not as in use; bytes in
+// use are the requested sizes and the rounding to a class is internal waste. Calls count once: a hit
+// here, a miss in the backend. Only for backends that are not stream-ordered (the provider backends):
+// a cached block carries no stream.
 #pragma once
 
 #include <atomic>
@@ -50,8 +71,12 @@ class ThreadCacheAllocator final : public Allocator {
   static constexpr std::size_t kMaxBytesPerThread = std::size_t{4} << 20;  // all classes, one thread
   // 512 B .. 4 KiB in 512 B steps (8), then 8 per doubling from 4 KiB to 1 MiB (8 x 8).
   static constexpr std::size_t kClassCount = 72;
-  // Above kMaxCachedBytes: exact-size slots, a few per thread (see the header comment).
+  // Above kMaxCachedBytes: exact-size slots, a few per thread (see above). Four: a loop that frees a few
+  // large tensors of different sizes per step (activations, their gradients) finds each again.
   static constexpr std::size_t kLargeSlots = 4;
+  // 2 GiB: a 1 GiB block and change per thread (the largest size alloc_bench measures); above it a block's
+  // cost is the work done with it. Parked bytes never make the backend grow, so the bound is about
+  // memory the arena cannot give back to the driver past its release threshold, not about the peak.
   static constexpr std::size_t kMaxLargeBytesPerThread = std::size_t{2} << 30;
 
   // `large_slots` false: requests above kMaxCachedBytes always pass through (to compare, in tests and

@@ -95,23 +95,33 @@ TEST_F(ThreadCacheTest, AThreadKeepsAtMostItsBoundAndTheRestGoesToTheBackend) {
   EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
 }
 
-// The out-of-memory path: release_cached() on one thread gets back what other, idle threads cache.
+// The out-of-memory path: release_cached() on one thread gets back what other, idle threads cache, in
+// their classes and their large slots.
 TEST_F(ThreadCacheTest, ReleaseCachedFromAnotherThreadEmptiesEveryThreadsCache) {
   constexpr int kThreads = 4;
-  std::atomic<int> parked{0};
+  std::atomic<int> allocated{0}, parked{0};
   std::atomic<bool> released{false};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       std::vector<void*> blocks;
       for (int i = 0; i < 8; ++i) blocks.push_back(cache_->allocate(KiB * (t + 1), 0));
+      const std::size_t large = 4 * MiB + static_cast<std::size_t>(t) * MiB;
+      void* a = cache_->allocate(large, 0);
+      void* b = cache_->allocate(large + KiB, 0);
+      // Free only once every thread has allocated: a miss may empty other threads' large slots.
+      allocated.fetch_add(1);
+      while (allocated.load() < kThreads) std::this_thread::yield();
       for (void* p : blocks) cache_->deallocate(p, KiB * (t + 1), 0);
+      cache_->deallocate(a, large, 0);
+      cache_->deallocate(b, large + KiB, 0);
       parked.fetch_add(1);
       while (!released.load()) std::this_thread::yield();  // alive, cache full, no call of its own
     });
   }
   while (parked.load() < kThreads) std::this_thread::yield();
-  EXPECT_EQ(cache_->cached_blocks(), std::size_t{8 * kThreads});
+  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{2 * kThreads});
+  EXPECT_EQ(cache_->cached_blocks(), std::size_t{10 * kThreads});
   EXPECT_GT(provider_.bytes_mapped(), 0u);
   cache_->release_cached();
   EXPECT_EQ(cache_->cached_blocks(), 0u);
@@ -170,16 +180,17 @@ TEST_F(ThreadCacheTest, AForkedChildCanAllocateAndReleaseWhatOtherThreadsCached)
 
 // Many threads allocate, pass blocks to each other and free them, while another thread empties every
 // cache: no block is handed out twice (each carries its owner's pattern), and the counts add up.
-TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
-  constexpr int kThreads = 8;
-  constexpr int kRounds = 3000;
+// `size_of` draws a request from a random number; `max_live` blocks per thread stay live.
+void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& cache, const HostProvider& provider,
+                                                        int thread_count, int rounds, std::size_t max_live,
+                                                        std::size_t (*size_of)(unsigned)) {
   struct Block {
     void* p;
     std::size_t bytes;
     unsigned char tag;
   };
-  std::vector<std::vector<Block>> handoff(kThreads);
-  std::vector<std::mutex> handoff_locks(kThreads);
+  std::vector<std::vector<Block>> handoff(thread_count);
+  std::vector<std::mutex> handoff_locks(thread_count);
   std::atomic<int> corrupted{0}, failures{0};
   std::atomic<bool> done{false};
   auto verify = [&](const Block& b) {
@@ -188,19 +199,19 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
   };
   std::thread releaser([&] {
     while (!done.load()) {
-      cache_->release_cached();
+      cache.release_cached();
       std::this_thread::yield();
     }
   });
   std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
+  for (int t = 0; t < thread_count; ++t) {
     threads.emplace_back([&, t] {
       std::vector<Block> live;
       unsigned seed = 7u + static_cast<unsigned>(t);
-      for (int i = 0; i < kRounds; ++i) {
+      for (int i = 0; i < rounds; ++i) {
         seed = seed * 1103515245u + 12345u;
-        const std::size_t bytes = 1 + (seed >> 8) % (96 * KiB);
-        void* p = cache_->allocate(bytes, 0);
+        const std::size_t bytes = size_of(seed);
+        void* p = cache.allocate(bytes, 0);
         if (!p) {
           failures.fetch_add(1);
           continue;
@@ -208,15 +219,15 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
         const auto tag = static_cast<unsigned char>(t * 31 + i);
         std::memset(p, tag, bytes);
         live.push_back({p, bytes, tag});
-        if (live.size() > 16) {
+        if (live.size() > max_live) {
           Block b = live[seed % live.size()];
           live.erase(std::find_if(live.begin(), live.end(), [&](const Block& x) { return x.p == b.p; }));
           if (seed & 1) {  // freed here
             verify(b);
-            cache_->deallocate(b.p, b.bytes, 0);
+            cache.deallocate(b.p, b.bytes, 0);
           } else {  // freed by the next thread
-            std::lock_guard<std::mutex> guard(handoff_locks[(t + 1) % kThreads]);
-            handoff[(t + 1) % kThreads].push_back(b);
+            std::lock_guard<std::mutex> guard(handoff_locks[(t + 1) % thread_count]);
+            handoff[(t + 1) % thread_count].push_back(b);
           }
         }
         std::vector<Block> mine;
@@ -226,32 +237,44 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
         }
         for (const Block& b : mine) {
           verify(b);
-          cache_->deallocate(b.p, b.bytes, 0);
+          cache.deallocate(b.p, b.bytes, 0);
         }
       }
       for (const Block& b : live) {
         verify(b);
-        cache_->deallocate(b.p, b.bytes, 0);
+        cache.deallocate(b.p, b.bytes, 0);
       }
     });
   }
   for (std::thread& t : threads) t.join();
   done.store(true);
   releaser.join();
-  for (int t = 0; t < kThreads; ++t)
+  for (int t = 0; t < thread_count; ++t)
     for (const Block& b : handoff[t]) {
       verify(b);
-      cache_->deallocate(b.p, b.bytes, 0);
+      cache.deallocate(b.p, b.bytes, 0);
     }
   EXPECT_EQ(corrupted.load(), 0) << "a block was handed to two owners";
   EXPECT_EQ(failures.load(), 0);
-  const AllocatorStats s = cache_->stats();
+  const AllocatorStats s = cache.stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.internal_waste, 0u);
   EXPECT_EQ(s.allocations, s.deallocations);
-  EXPECT_EQ(s.allocations, static_cast<std::uint64_t>(kThreads) * kRounds);
-  cache_->release_cached();
-  EXPECT_EQ(provider_.bytes_mapped(), 0u);
+  EXPECT_EQ(s.allocations, static_cast<std::uint64_t>(thread_count) * rounds);
+  cache.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
+  expect_cross_thread_frees_with_concurrent_releases(*cache_, provider_, 8, 3000, 16,
+                                                     [](unsigned seed) { return 1 + (seed >> 8) % (96 * KiB); });
+}
+
+// The same with large blocks of a few sizes (exact-size slots, flushes before growth, the depot).
+TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentReleases) {
+  expect_cross_thread_frees_with_concurrent_releases(*cache_, provider_, 4, 2000, 3, [](unsigned seed) {
+    return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB;
+  });
 }
 
 // ---- blocks above kMaxCachedBytes: exact-size slots ----
@@ -461,35 +484,6 @@ TEST_F(ThreadCacheTest, AnExitingThreadsLargeBlocksServeOthersAtTheirExactSize) 
   cache_->deallocate(p, 6 * MiB, 0);
 }
 
-TEST_F(ThreadCacheTest, ReleaseCachedEmptiesEveryThreadsLargeSlots) {
-  constexpr int kThreads = 3;
-  std::atomic<int> allocated{0}, parked{0};
-  std::atomic<bool> released{false};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      const std::size_t bytes = 4 * MiB + static_cast<std::size_t>(t) * MiB;
-      void* a = cache_->allocate(bytes, 0);
-      void* b = cache_->allocate(bytes + KiB, 0);
-      // Free only once every thread has allocated: a miss may empty other threads' slots (by design).
-      allocated.fetch_add(1);
-      while (allocated.load() < kThreads) std::this_thread::yield();
-      cache_->deallocate(a, bytes, 0);
-      cache_->deallocate(b, bytes + KiB, 0);
-      parked.fetch_add(1);
-      while (!released.load()) std::this_thread::yield();
-    });
-  }
-  while (parked.load() < kThreads) std::this_thread::yield();
-  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{2 * kThreads});
-  cache_->release_cached();
-  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
-  EXPECT_EQ(provider_.bytes_mapped(), 0u) << "a parked large block kept memory mapped";
-  EXPECT_EQ(cache_->stats().bytes_cached, 0u);
-  released.store(true);
-  for (std::thread& t : threads) t.join();
-}
-
 // A fenced free reaches the backend from whichever thread polls the fences: a large block freed on
 // another thread lands in that thread's slots and serves it.
 TEST_F(ThreadCacheTest, ALargeBlockFreedOnAnotherThreadServesThatThread) {
@@ -503,70 +497,6 @@ TEST_F(ThreadCacheTest, ALargeBlockFreedOnAnotherThreadServesThatThread) {
   other.join();
   EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
   EXPECT_EQ(cache_->stats().allocations, 2u);
-}
-
-// Threads allocate and free large blocks of a few sizes, passing some to each other, while another
-// thread empties every cache: no block is handed to two owners and nothing is lost.
-TEST_F(ThreadCacheTest, ManyThreadsWithLargeBlocksAndConcurrentReleases) {
-  constexpr int kThreads = 4;
-  constexpr int kRounds = 2000;
-  std::atomic<int> corrupted{0}, failures{0};
-  std::atomic<bool> done{false};
-  std::mutex passed_lock;
-  std::vector<std::pair<void*, std::size_t>> passed;
-  std::thread releaser([&] {
-    while (!done.load()) {
-      cache_->release_cached();
-      std::this_thread::yield();
-    }
-  });
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      unsigned seed = 11u + static_cast<unsigned>(t);
-      for (int i = 0; i < kRounds; ++i) {
-        seed = seed * 1103515245u + 12345u;
-        const std::size_t bytes = MiB + 1 + ((seed >> 8) % 5) * MiB + ((seed >> 4) & 1) * KiB;
-        auto* p = static_cast<unsigned char*>(cache_->allocate(bytes, 0));
-        if (!p) {
-          failures.fetch_add(1);
-          continue;
-        }
-        const auto tag = static_cast<unsigned char>(t * 31 + i);
-        p[0] = tag;
-        p[bytes - 1] = tag;
-        std::this_thread::yield();
-        if (p[0] != tag || p[bytes - 1] != tag) corrupted.fetch_add(1);
-        if (seed & 0x100) {
-          std::lock_guard<std::mutex> guard(passed_lock);
-          passed.emplace_back(p, bytes);
-        } else {
-          cache_->deallocate(p, bytes, 0);
-        }
-        std::pair<void*, std::size_t> theirs{nullptr, 0};
-        {
-          std::lock_guard<std::mutex> guard(passed_lock);
-          if (!passed.empty()) {
-            theirs = passed.back();
-            passed.pop_back();
-          }
-        }
-        if (theirs.first) cache_->deallocate(theirs.first, theirs.second, 0);
-      }
-    });
-  }
-  for (std::thread& t : threads) t.join();
-  done.store(true);
-  releaser.join();
-  for (const auto& [p, bytes] : passed) cache_->deallocate(p, bytes, 0);
-  EXPECT_EQ(corrupted.load(), 0) << "a block was handed to two owners";
-  EXPECT_EQ(failures.load(), 0);
-  const AllocatorStats s = cache_->stats();
-  EXPECT_EQ(s.bytes_in_use, 0u);
-  EXPECT_EQ(s.allocations, s.deallocations);
-  EXPECT_EQ(s.allocations, static_cast<std::uint64_t>(kThreads) * kRounds);
-  cache_->release_cached();
-  EXPECT_EQ(provider_.bytes_mapped(), 0u);
 }
 
 }  // namespace
