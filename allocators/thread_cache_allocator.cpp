@@ -113,6 +113,7 @@ struct ThreadCacheAllocator::ThreadCache {
   LargeSlot large[kLargeSlots] = {};
   std::uint32_t large_count = 0;
   bool counted_with_large = false;  // counted in caches_with_large_
+  std::uint32_t large_hit_streak = 0;  // large hits since the owner's last large miss or a sparing flush
   std::atomic<std::uint64_t> large_bytes{0};  // written under `locked`, read by stats() without it
   // Written by the owner under `locked`, read by stats() without it.
   std::atomic<std::uint64_t> cached_bytes{0};
@@ -244,7 +245,15 @@ ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() n
 }
 
 // A miss of any size: while large blocks are parked in some thread, the backend may grow only once they
-// are back in it. Only the large ones: giving back every cached small block too whenever the arena
+// are back in it, except those of a thread that keeps reusing them: kHotHitStreak large hits in a row
+// since its last large miss and since the last flush that spared it. Without that, threads that hit
+// their own blocks all the time would lose them to any thread short of one: with fewer blocks mapped
+// than threads (the arena grows by what a 256 MiB-1 GiB request needs, and a thread that finds
+// another's parked block takes it instead of growing), each miss would empty every cache, whose owners
+// would then miss in turn, for good. A thread whose sizes change (a growing KV cache, a varying batch)
+// misses between hits and keeps nothing from the others; one that stops loses its blocks at the second
+// flush. The price: a hot loop's parked blocks (at most kMaxLargeBytesPerThread a thread) stay while
+// another thread grows the arena. Only the large ones: giving back every cached small block too whenever the arena
 // would grow was tried, and on the KV cache loop reserved 1.14-1.24x the peak live back to back where
 // the large ones alone reserve 1.07-1.12x (tests/kv_cache_fit_test.cpp): the small blocks came back in
 // the middle of the growing cache blocks and split the ranges those would have reused.
@@ -254,7 +263,14 @@ __attribute__((always_inline)) inline void* ThreadCacheAllocator::allocate_from_
   if (caches_with_large_.load(std::memory_order_relaxed) != 0 ||
       depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
     if (void* p = inner_->allocate_without_growing(bytes, stream)) return p;
-    flush_large_everywhere();
+    flush_large_everywhere(/*spare_hot=*/true);
+    if (void* p = inner_->allocate(bytes, stream)) return p;
+    // Out of memory while hot loops keep blocks: those too, then once more. The backend counted a
+    // failure that the caller never sees.
+    flush_large_everywhere(/*spare_hot=*/false);
+    void* p = inner_->allocate(bytes, stream);
+    if (p) recovered_failures_.fetch_add(1, std::memory_order_relaxed);
+    return p;
   }
   return inner_->allocate(bytes, stream);
 }
@@ -347,11 +363,13 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       void* p = cache->large[i].p;
       std::copy(cache->large + i + 1, cache->large + cache->large_count, cache->large + i);
       --cache->large_count;
+      if (cache->large_hit_streak < kHotHitStreak) ++cache->large_hit_streak;
       ThreadCache::drop(cache->large_bytes, bytes);
       ThreadCache::bump(cache->allocate_hits, 1);
       cache->unlock();
       return p;
     }
+    cache->large_hit_streak = 0;
     const std::size_t n = take_large_slots(cache, own, caches_with_large_);
     cache->unlock();
     give_to_backend(own, n);
@@ -413,12 +431,17 @@ void* ThreadCacheAllocator::take_large_from_depot(std::size_t bytes) noexcept {
 
 // The blocks reach the backend while caches_mutex_ (and then depot_mutex_) is held: this runs only when
 // the backend would otherwise grow or is out of memory, and holding the lock needs no list to allocate.
-void ThreadCacheAllocator::flush_large_everywhere() noexcept {
+void ThreadCacheAllocator::flush_large_everywhere(bool spare_hot) noexcept {
   {
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
       LargeSlot taken[kLargeSlots];
       cache->lock();
+      if (spare_hot && cache->large_hit_streak >= kHotHitStreak) {
+        cache->large_hit_streak = 0;  // kept now; taken at the next flush unless its thread keeps hitting
+        cache->unlock();
+        continue;
+      }
       const std::size_t n = take_large_slots(cache, taken, caches_with_large_);
       cache->unlock();
       give_to_backend(taken, n);
@@ -489,7 +512,7 @@ std::size_t ThreadCacheAllocator::release_cached() noexcept {
 }
 
 void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
-  flush_large_everywhere();
+  flush_large_everywhere(/*spare_hot=*/false);
   // Blocks leave the caches under each cache's lock and reach the backend with no lock of ours held.
   std::vector<std::pair<void*, std::size_t>> blocks;
   {
@@ -589,6 +612,7 @@ AllocatorStats ThreadCacheAllocator::stats() const noexcept {
                           : static_cast<std::uint64_t>(static_cast<double>(s.internal_waste) *
                                                        static_cast<double>(live_class_bytes) /
                                                        static_cast<double>(s.bytes_in_use));
+  s.failed_allocations -= std::min(s.failed_allocations, recovered_failures_.load(std::memory_order_relaxed));
   s.allocations += allocate_hits;
   s.deallocations += deallocate_hits;
   s.deallocations -= std::min(s.deallocations, flushed_.load(std::memory_order_relaxed));

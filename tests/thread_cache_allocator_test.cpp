@@ -270,9 +270,17 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
                                                      [](unsigned seed) { return 1 + (seed >> 8) % (96 * KiB); });
 }
 
-// The same with large blocks of a few sizes (exact-size slots, flushes before growth, the depot).
-TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentReleases) {
-  expect_cross_thread_frees_with_concurrent_releases(*cache_, provider_, 4, 2000, 3, [](unsigned seed) {
+// The same with large blocks of a few sizes (exact-size slots, flushes before growth, the depot). A
+// thread that has finished its rounds keeps the blocks others hand it until the end: up to a few
+// hundred MiB live, so a provider larger than the fixture's.
+TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentReleases) {
+  HostProvider provider(HostProvider::kDefaultGranularity, 2048 * MiB);  // two bytes of each block touched
+  VmmArenaOptions o;
+  o.reserve = 4096 * MiB;
+  o.grow_step = 2 * MiB;
+  o.release_threshold = 0;
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
+  expect_cross_thread_frees_with_concurrent_releases(cache, provider, 4, 2000, 3, [](unsigned seed) {
     return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB;
   });
 }
@@ -433,6 +441,64 @@ TEST(ThreadCacheNoGrowth, TwoThreadsTakingTurnsMapWhatTheArenaMapsWithoutTheCach
   EXPECT_GE(hits, static_cast<std::uint64_t>(kTurns)) << "the repeated sizes must hit, or this test shows nothing";
   EXPECT_EQ(mapped, plain_mapped) << "blocks parked in one thread made the arena grow for the other";
   EXPECT_EQ(cache.inner().stats().peak_bytes_reserved, plain.stats().peak_bytes_reserved);
+}
+
+// Threads in a hot loop on one size keep their parked blocks when another thread's miss needs memory
+// (else each would miss and take another's in turn); once they stop hitting, the next such miss takes
+// them.
+TEST_F(ThreadCacheTest, AHotLoopKeepsItsBlocksUntilItStopsHitting) {
+  constexpr int kThreads = 3;
+  std::atomic<int> allocated{0}, parked{0};
+  std::atomic<bool> done{false};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::size_t bytes = 8 * MiB + static_cast<std::size_t>(t) * MiB;
+      void* p = cache_->allocate(bytes, 0);
+      allocated.fetch_add(1);  // every block mapped before any is parked: the loops below only hit
+      while (allocated.load() < kThreads) std::this_thread::yield();
+      cache_->deallocate(p, bytes, 0);
+      for (std::uint32_t i = 0; i < ThreadCacheAllocator::kHotHitStreak; ++i)
+        cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
+      parked.fetch_add(1);
+      while (!done.load()) std::this_thread::yield();
+    });
+  }
+  while (parked.load() < kThreads) std::this_thread::yield();
+  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{kThreads});
+  const std::size_t mapped = provider_.bytes_mapped();
+  void* first = cache_->allocate(20 * MiB, 0);  // more than the arena holds besides the parked blocks
+  ASSERT_NE(first, nullptr);
+  EXPECT_GT(provider_.bytes_mapped(), mapped) << "the arena grew rather than take a hot loop's blocks";
+  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{kThreads});
+  void* second = cache_->allocate(20 * MiB + KiB, 0);  // the loops made no call since: not hot any more
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u) << "blocks of threads that stopped hitting were kept";
+  cache_->deallocate(first, 20 * MiB, 0);
+  cache_->deallocate(second, 20 * MiB + KiB, 0);
+  done.store(true);
+  for (std::thread& t : threads) t.join();
+}
+
+// Short of memory, a hot loop's blocks come back too: kept from the others only while the backend can
+// grow instead. The failure the backend counted on the way is not the caller's.
+TEST_F(ThreadCacheTest, AHotLoopsBlocksComeBackBeforeOutOfMemory) {
+  const std::size_t bytes = 160 * MiB;  // two do not fit under the provider's 256 MiB
+  std::atomic<bool> parked{false}, done{false};
+  std::thread hot([&] {
+    for (std::uint32_t i = 0; i <= ThreadCacheAllocator::kHotHitStreak; ++i)
+      cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
+    parked.store(true);
+    while (!done.load()) std::this_thread::yield();
+  });
+  while (!parked.load()) std::this_thread::yield();
+  void* p = cache_->allocate(bytes + MiB, 0);
+  EXPECT_NE(p, nullptr) << "a hot loop's parked block made the backend run out of memory";
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  EXPECT_EQ(cache_->stats().failed_allocations, 0u);
+  if (p) cache_->deallocate(p, bytes + MiB, 0);
+  done.store(true);
+  hot.join();
 }
 
 // A block parked in another thread, or left by an exited thread, serves a request the arena could only
