@@ -113,7 +113,10 @@ struct ThreadCacheAllocator::ThreadCache {
   LargeSlot large[kLargeSlots] = {};
   std::uint32_t large_count = 0;
   bool counted_with_large = false;  // counted in caches_with_large_
-  std::uint32_t large_hit_streak = 0;  // large hits since the owner's last large miss or a sparing flush
+  // Sizes of the blocks another thread's miss last took from these slots (to spare the backend a
+  // growth): the owner's next request of one of them may grow the backend rather than take in turn.
+  std::size_t taken_sizes[kLargeSlots] = {};
+  std::uint32_t taken_count = 0;
   std::atomic<std::uint64_t> large_bytes{0};  // written under `locked`, read by stats() without it
   // Written by the owner under `locked`, read by stats() without it.
   std::atomic<std::uint64_t> cached_bytes{0};
@@ -150,6 +153,18 @@ std::size_t take_large_slots(ThreadCacheAllocator::ThreadCache* cache, ThreadCac
     caches_with_large.fetch_sub(1, std::memory_order_relaxed);
   }
   return n;
+}
+
+// True when `bytes` is the size of a block another thread's miss took from this cache's slots; that
+// record is spent by this request, and every other one with it where it is not (the next miss only).
+bool forget_taken_size(ThreadCacheAllocator::ThreadCache* cache, std::size_t bytes) noexcept {
+  for (std::uint32_t i = 0; i < cache->taken_count; ++i) {
+    if (cache->taken_sizes[i] != bytes) continue;
+    cache->taken_sizes[i] = cache->taken_sizes[--cache->taken_count];
+    return true;
+  }
+  cache->taken_count = 0;
+  return false;
 }
 }  // namespace
 
@@ -245,16 +260,14 @@ ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() n
 }
 
 // A miss of any size: while large blocks are parked in some thread, the backend may grow only once they
-// are back in it, except those of a thread that keeps reusing them: kHotHitStreak large hits in a row
-// since its last large miss and since the last flush that spared it. Without that, threads that hit
-// their own blocks all the time would lose them to any thread short of one: with fewer blocks mapped
-// than threads (the arena grows by what a 256 MiB-1 GiB request needs, and a thread that finds
-// another's parked block takes it instead of growing), each miss would empty every cache, whose owners
-// would then miss in turn, for good. A thread whose sizes change (a growing KV cache, a varying batch)
-// misses between hits and keeps nothing from the others; one that stops loses its blocks at the second
-// flush. The price: a hot loop's parked blocks (at most kMaxLargeBytesPerThread a thread) stay while
-// another thread grows the arena. Only the large ones: giving back every cached small block too whenever the arena
-// would grow was tried, and on the KV cache loop reserved 1.14-1.24x the peak live back to back where
+// are back in it. The threads they are taken from remember their sizes: the owner's next request of one
+// of them may grow the backend (allocate_taken_size). Without that, with fewer blocks mapped than
+// threads looping on one size (the arena grows by exactly what a 256 MiB-1 GiB request needs, and a
+// thread that finds another's parked block takes it instead of growing), each miss would empty every
+// cache, whose owners would then miss and empty every cache in turn, for good. A thread whose sizes
+// change (a growing KV cache, a varying batch) asks for sizes nobody took from it: it takes, it does not
+// grow. Only the large ones: giving back every cached small block too whenever the arena would grow
+// was tried, and on the KV cache loop reserved 1.14-1.24x the peak live back to back where
 // the large ones alone reserve 1.07-1.12x (tests/kv_cache_fit_test.cpp): the small blocks came back in
 // the middle of the growing cache blocks and split the ranges those would have reused.
 // Inline into the misses: no extra call where no large block is parked (callgrind, fenced pairs).
@@ -263,16 +276,22 @@ __attribute__((always_inline)) inline void* ThreadCacheAllocator::allocate_from_
   if (caches_with_large_.load(std::memory_order_relaxed) != 0 ||
       depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
     if (void* p = inner_->allocate_without_growing(bytes, stream)) return p;
-    flush_large_everywhere(/*spare_hot=*/true);
-    if (void* p = inner_->allocate(bytes, stream)) return p;
-    // Out of memory while hot loops keep blocks: those too, then once more. The backend counted a
-    // failure that the caller never sees.
-    flush_large_everywhere(/*spare_hot=*/false);
-    void* p = inner_->allocate(bytes, stream);
-    if (p) recovered_failures_.fetch_add(1, std::memory_order_relaxed);
-    return p;
+    flush_large_everywhere(/*remember_taken=*/true);
   }
   return inner_->allocate(bytes, stream);
+}
+
+// A request of a size another thread's miss took from this thread's slots: the backend may grow for it
+// with blocks still parked elsewhere. Out of memory, those come back too and it is tried once more (the
+// failure the backend counted on the way is not the caller's).
+void* ThreadCacheAllocator::allocate_taken_size(std::size_t bytes, StreamHandle stream) noexcept {
+  if (void* p = inner_->allocate(bytes, stream)) return p;
+  if (caches_with_large_.load(std::memory_order_relaxed) == 0 && depot_large_blocks_.load(std::memory_order_relaxed) == 0)
+    return nullptr;
+  flush_large_everywhere(/*remember_taken=*/false);
+  void* p = inner_->allocate(bytes, stream);
+  if (p) recovered_failures_.fetch_add(1, std::memory_order_relaxed);
+  return p;
 }
 
 void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
@@ -363,16 +382,16 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       void* p = cache->large[i].p;
       std::copy(cache->large + i + 1, cache->large + cache->large_count, cache->large + i);
       --cache->large_count;
-      if (cache->large_hit_streak < kHotHitStreak) ++cache->large_hit_streak;
       ThreadCache::drop(cache->large_bytes, bytes);
       ThreadCache::bump(cache->allocate_hits, 1);
       cache->unlock();
       return p;
     }
-    cache->large_hit_streak = 0;
+    const bool taken_from_here = forget_taken_size(cache, bytes);
     const std::size_t n = take_large_slots(cache, own, caches_with_large_);
     cache->unlock();
     give_to_backend(own, n);
+    if (taken_from_here) return allocate_taken_size(bytes, stream);
   }
   if (depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
     if (void* p = take_large_from_depot(bytes)) {
@@ -431,18 +450,17 @@ void* ThreadCacheAllocator::take_large_from_depot(std::size_t bytes) noexcept {
 
 // The blocks reach the backend while caches_mutex_ (and then depot_mutex_) is held: this runs only when
 // the backend would otherwise grow or is out of memory, and holding the lock needs no list to allocate.
-void ThreadCacheAllocator::flush_large_everywhere(bool spare_hot) noexcept {
+void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken) noexcept {
   {
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
       LargeSlot taken[kLargeSlots];
       cache->lock();
-      if (spare_hot && cache->large_hit_streak >= kHotHitStreak) {
-        cache->large_hit_streak = 0;  // kept now; taken at the next flush unless its thread keeps hitting
-        cache->unlock();
-        continue;
-      }
       const std::size_t n = take_large_slots(cache, taken, caches_with_large_);
+      if (remember_taken) {
+        for (std::size_t i = 0; i < n; ++i) cache->taken_sizes[i] = taken[i].bytes;
+        cache->taken_count = static_cast<std::uint32_t>(n);
+      }
       cache->unlock();
       give_to_backend(taken, n);
     }
@@ -512,7 +530,7 @@ std::size_t ThreadCacheAllocator::release_cached() noexcept {
 }
 
 void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
-  flush_large_everywhere(/*spare_hot=*/false);
+  flush_large_everywhere(/*remember_taken=*/false);
   // Blocks leave the caches under each cache's lock and reach the backend with no lock of ours held.
   std::vector<std::pair<void*, std::size_t>> blocks;
   {

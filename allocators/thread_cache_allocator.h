@@ -21,15 +21,16 @@
 //   the block it just freed, which the arena merges with its neighbours to serve);
 // - while any thread (or the depot) may hold parked blocks, a miss asks the backend for memory it holds
 //   already (allocate_without_growing) and, if it has none, empties every thread's large slots into
-//   it before it may grow, but those of a thread in a hot loop on its sizes (kHotHitStreak hits in a
-//   row): taking them would make that thread miss and take someone else's in turn, for good. A cache
-//   counts as holding blocks from its first park until a flush, not until a hit empties it, so steady
-//   pairs write no shared cache line;
+//   it before it may grow. A thread whose block was taken so may grow the backend at its next request
+//   of that size, rather than take in turn: else threads looping on one size, more of them than blocks
+//   mapped, would take each other's blocks at every miss, for good. A cache counts as holding blocks
+//   from its first park until a flush, not until a hit empties it, so steady pairs write no shared
+//   cache line;
 // - only over backends that can_allocate_without_growing() (the vmm arena, tiered's arena tier): the
 //   slab unmaps a large block at its free, so there a parked block would hold memory; they pass through.
 // Blocks parked while another thread places its own act as if still live, so placements may differ
-// from a run without the cache; growth never comes from them except from a hot loop's (at most
-// kMaxLargeBytesPerThread a thread; tests/thread_cache_allocator_test.cpp, tests/kv_cache_fit_test.cpp).
+// from a run without the cache; growth comes from them only where a thread asks again for a size taken
+// from it (tests/thread_cache_allocator_test.cpp, tests/kv_cache_fit_test.cpp).
 // Bounds per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
 // kMaxBlocksPerClass is the router's fence batch (router/free_fence_queue.h, kBatchMaxBlocks): a fenced
 // batch of small blocks that comes back at once fits the freeing thread's cache. A miss asks the
@@ -80,10 +81,6 @@ class ThreadCacheAllocator final : public Allocator {
   // cost is the work done with it. Parked bytes never make the backend grow, so the bound is about
   // memory the arena cannot give back to the driver past its release threshold, not about the peak.
   static constexpr std::size_t kMaxLargeBytesPerThread = std::size_t{2} << 30;
-  // Large hits in a row that make a thread's slots hot: kept when another thread's miss would otherwise
-  // take them to spare the backend a growth (thread_cache_allocator.cpp, allocate_from_backend). Four:
-  // a loop on one size passes it in four pairs; a thread whose sizes change misses before it gets there.
-  static constexpr std::uint32_t kHotHitStreak = 4;
 
   // `large_slots` false: requests above kMaxCachedBytes always pass through (to compare, in tests and
   // benchmarks); they pass through anyway where the backend cannot allocate_without_growing().
@@ -128,9 +125,10 @@ class ThreadCacheAllocator final : public Allocator {
   void deallocate_large(void* p, std::size_t bytes, StreamHandle stream) noexcept;
   void* take_large_from_depot(std::size_t bytes) noexcept;
   void* allocate_from_backend(std::size_t bytes, StreamHandle stream) noexcept;
-  // Every thread's large slots and the depot's large blocks to the backend; with `spare_hot`, not the
-  // slots of a thread that had a hit on them since the last such flush (its mark is cleared instead).
-  void flush_large_everywhere(bool spare_hot) noexcept;
+  // Every thread's large slots and the depot's large blocks to the backend; with `remember_taken`, each
+  // thread's cache records the sizes taken from it.
+  void flush_large_everywhere(bool remember_taken) noexcept;
+  void* allocate_taken_size(std::size_t bytes, StreamHandle stream) noexcept;
   // Every cached block (all threads, both kinds, the depot) to the backend; release_cached() without
   // the backend's own release.
   void give_back_every_cached_block() noexcept;

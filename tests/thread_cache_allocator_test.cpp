@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -443,62 +445,95 @@ TEST(ThreadCacheNoGrowth, TwoThreadsTakingTurnsMapWhatTheArenaMapsWithoutTheCach
   EXPECT_EQ(cache.inner().stats().peak_bytes_reserved, plain.stats().peak_bytes_reserved);
 }
 
-// Threads in a hot loop on one size keep their parked blocks when another thread's miss needs memory
-// (else each would miss and take another's in turn); once they stop hitting, the next such miss takes
-// them.
-TEST_F(ThreadCacheTest, AHotLoopKeepsItsBlocksUntilItStopsHitting) {
-  constexpr int kThreads = 3;
-  std::atomic<int> allocated{0}, parked{0};
-  std::atomic<bool> done{false};
-  std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
-    threads.emplace_back([&, t] {
-      const std::size_t bytes = 8 * MiB + static_cast<std::size_t>(t) * MiB;
-      void* p = cache_->allocate(bytes, 0);
-      allocated.fetch_add(1);  // every block mapped before any is parked: the loops below only hit
-      while (allocated.load() < kThreads) std::this_thread::yield();
-      cache_->deallocate(p, bytes, 0);
-      for (std::uint32_t i = 0; i < ThreadCacheAllocator::kHotHitStreak; ++i)
-        cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
-      parked.fetch_add(1);
-      while (!done.load()) std::this_thread::yield();
-    });
+// Runs steps on threads that stay alive between them (a thread's cache lives as long as the thread):
+// step(t) runs on thread t, one at a time, in the order given.
+class ThreadSteps {
+ public:
+  explicit ThreadSteps(int threads) {
+    for (int t = 0; t < threads; ++t)
+      threads_.emplace_back([this, t] {
+        for (;;) {
+          std::unique_lock<std::mutex> lock(mutex_);
+          ready_.wait(lock, [&] { return stop_ || (job_ && owner_ == t); });
+          if (stop_) return;
+          job_();
+          job_ = nullptr;
+          ready_.notify_all();
+        }
+      });
   }
-  while (parked.load() < kThreads) std::this_thread::yield();
-  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{kThreads});
+  ~ThreadSteps() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    ready_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+  void run(int t, std::function<void()> job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    owner_ = t;
+    job_ = std::move(job);
+    ready_.notify_all();
+    ready_.wait(lock, [&] { return !job_; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::function<void()> job_;
+  int owner_ = -1;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// A thread whose parked block another thread's miss took asks for that size again: the arena grows for
+// it, rather than it taking a third thread's block in turn. (Else threads looping on one size, more of
+// them than blocks mapped, take each other's blocks at every miss, for good.)
+TEST_F(ThreadCacheTest, AThreadAskingAgainForASizeTakenFromItGrowsTheBackend) {
+  constexpr std::size_t kBytes = 8 * MiB;
+  ThreadSteps steps(2);  // 0: the thread robbed, 1: a third thread that parks a block of the same size
+  steps.run(0, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  void* held = cache_->allocate(kBytes + MiB, 0);  // needs thread 0's block: taken
+  ASSERT_NE(held, nullptr);
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  steps.run(1, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
   const std::size_t mapped = provider_.bytes_mapped();
-  void* first = cache_->allocate(20 * MiB, 0);  // more than the arena holds besides the parked blocks
-  ASSERT_NE(first, nullptr);
-  EXPECT_GT(provider_.bytes_mapped(), mapped) << "the arena grew rather than take a hot loop's blocks";
-  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{kThreads});
-  void* second = cache_->allocate(20 * MiB + KiB, 0);  // the loops made no call since: not hot any more
-  ASSERT_NE(second, nullptr);
-  EXPECT_EQ(cache_->cached_large_blocks(), 0u) << "blocks of threads that stopped hitting were kept";
-  cache_->deallocate(first, 20 * MiB, 0);
-  cache_->deallocate(second, 20 * MiB + KiB, 0);
-  done.store(true);
-  for (std::thread& t : threads) t.join();
+  void* again = nullptr;
+  steps.run(0, [&] { again = cache_->allocate(kBytes, 0); });
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u) << "the robbed thread took the third thread's block in turn";
+  EXPECT_GT(provider_.bytes_mapped(), mapped);
+  // Once only: its next new size takes again.
+  steps.run(0, [&] {
+    cache_->deallocate(again, kBytes, 0);
+    void* other = cache_->allocate(kBytes + 2 * MiB, 0);
+    EXPECT_NE(other, nullptr);
+    cache_->deallocate(other, kBytes + 2 * MiB, 0);
+  });
+  cache_->deallocate(held, kBytes + MiB, 0);
 }
 
-// Short of memory, a hot loop's blocks come back too: kept from the others only while the backend can
-// grow instead. The failure the backend counted on the way is not the caller's.
-TEST_F(ThreadCacheTest, AHotLoopsBlocksComeBackBeforeOutOfMemory) {
-  const std::size_t bytes = 160 * MiB;  // two do not fit under the provider's 256 MiB
-  std::atomic<bool> parked{false}, done{false};
-  std::thread hot([&] {
-    for (std::uint32_t i = 0; i <= ThreadCacheAllocator::kHotHitStreak; ++i)
-      cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
-    parked.store(true);
-    while (!done.load()) std::this_thread::yield();
-  });
-  while (!parked.load()) std::this_thread::yield();
-  void* p = cache_->allocate(bytes + MiB, 0);
-  EXPECT_NE(p, nullptr) << "a hot loop's parked block made the backend run out of memory";
+// Short of memory there, the blocks parked elsewhere come back after all and the request is tried once
+// more; the failure the backend counted on the way is not the caller's.
+TEST_F(ThreadCacheTest, GrowingForATakenSizeTakesParkedBlocksBeforeOutOfMemory) {
+  constexpr std::size_t kBytes = 100 * MiB;  // three do not fit under the provider's 256 MiB
+  ThreadSteps steps(2);
+  steps.run(0, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  void* held = cache_->allocate(kBytes + MiB, 0);
+  ASSERT_NE(held, nullptr);
+  steps.run(1, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  ASSERT_EQ(cache_->cached_large_blocks(), 1u);
+  void* again = nullptr;
+  steps.run(0, [&] { again = cache_->allocate(kBytes, 0); });
+  EXPECT_NE(again, nullptr) << "a parked block made the backend run out of memory";
   EXPECT_EQ(cache_->cached_large_blocks(), 0u);
   EXPECT_EQ(cache_->stats().failed_allocations, 0u);
-  if (p) cache_->deallocate(p, bytes + MiB, 0);
-  done.store(true);
-  hot.join();
+  steps.run(0, [&] {
+    if (again) cache_->deallocate(again, kBytes, 0);
+  });
+  cache_->deallocate(held, kBytes + MiB, 0);
 }
 
 // A block parked in another thread, or left by an exited thread, serves a request the arena could only
