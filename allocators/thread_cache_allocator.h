@@ -31,7 +31,8 @@
 // Blocks parked while another thread places its own act as if still live, so placements may differ
 // from a run without the cache; growth comes from them only where a thread asks again for a size taken
 // from it (tests/thread_cache_allocator_test.cpp, tests/kv_cache_fit_test.cpp).
-// Bounds per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
+//
+// Bounds of the classes per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
 // kMaxBlocksPerClass is the router's fence batch (router/free_fence_queue.h, kBatchMaxBlocks): a fenced
 // batch of small blocks that comes back at once fits the freeing thread's cache. A miss asks the
 // backend for one block and a full cache passes the freed block on: the backend has no batch call, so
