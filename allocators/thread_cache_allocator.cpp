@@ -374,6 +374,7 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
 __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t bytes, StreamHandle stream) noexcept {
   if (!large_slots_) return inner_->allocate(bytes, stream);
   ThreadCache* cache = this_thread_cache();
+  bool taken_from_here = false;
   if (cache) {
     LargeSlot own[kLargeSlots];
     cache->lock();
@@ -387,11 +388,10 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       cache->unlock();
       return p;
     }
-    const bool taken_from_here = forget_taken_size(cache, bytes);
+    taken_from_here = forget_taken_size(cache, bytes);
     const std::size_t n = take_large_slots(cache, own, caches_with_large_);
     cache->unlock();
     give_to_backend(own, n);
-    if (taken_from_here) return allocate_taken_size(bytes, stream);
   }
   if (depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
     if (void* p = take_large_from_depot(bytes)) {
@@ -399,9 +399,8 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       return p;
     }
   }
-  return allocate_from_backend(bytes, stream);
+  return taken_from_here ? allocate_taken_size(bytes, stream) : allocate_from_backend(bytes, stream);
 }
-
 
 // A freed large block joins the thread's slots, the oldest leaving when the slots or their byte bound
 // are full. Blocks above the bound pass through.
