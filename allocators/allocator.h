@@ -55,6 +55,18 @@ class Allocator {
   // has made sure no GPU work can still touch the block, unless the backend is stream-ordered.
   virtual void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept = 0;
 
+  // Like allocate(), but nullptr where the backend would take more memory from the provider or driver
+  // for a request that blocks given back to it might serve instead. A cache in front of the backend
+  // asks this before it gives back the blocks it keeps (allocators/thread_cache_allocator.h), so that
+  // keeping them never makes the backend grow. Only where can_allocate_without_growing().
+  virtual void* allocate_without_growing(std::size_t, StreamHandle) noexcept { return nullptr; }
+  // True where the memory of a freed block stays with the backend and serves later requests of any
+  // size (an arena): then a cache may keep freed blocks of any size in front of it, asking
+  // allocate_without_growing() first, without holding memory the backend would have given back.
+  // False where a freed block's memory goes back at once (the slab's dedicated runs) or serves only
+  // its own size class.
+  virtual bool can_allocate_without_growing() const noexcept { return false; }
+
   // The last resort, once allocate() failed and the router has got back what it could: a block from
   // memory outside the device (host memory, GPUSHIM_SPILL=host), or nullptr. Only the spilling
   // allocator and the decorators that wrap it have one.

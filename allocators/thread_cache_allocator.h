@@ -9,8 +9,30 @@
 //
 // Size classes: requests up to kMaxCachedBytes are rounded up to a class (512 B steps to 4 KiB, then
 // 8 classes per doubling: at most 12.5% rounding) and the backend is asked for the class size, so a
-// cached block of class C serves exactly the requests that round to C. Larger requests pass through.
-// Bounds per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
+// cached block of class C serves exactly the requests that round to C.
+//
+// Large slots: a larger block is kept by the exact size the backend was asked for (no rounding), in up
+// to kLargeSlots slots per thread and kMaxLargeBytesPerThread bytes, the oldest leaving first; a hit is
+// a request of exactly that size. Without them every such pair took the arena's one mutex: 16 threads
+// convoyed on it (33 us a pair per thread at 4-256 MiB on the H200, docs/perf-notes.md). What they must
+// not do is cost memory: a parked block is free memory the backend cannot see. So
+// - a miss of any size first gives the thread's own parked blocks back: the backend sees the thread's
+//   frees and requests in the program's order (a KV cache grown by torch.cat asks for a bit more than
+//   the block it just freed, which the arena merges with its neighbours to serve);
+// - while any thread (or the depot) may hold parked blocks, a miss asks the backend for memory it holds
+//   already (allocate_without_growing) and, if it has none, empties every thread's large slots into
+//   it before it may grow. A thread whose block was taken so may grow the backend at its next request
+//   of that size, rather than take in turn: else threads looping on one size, more of them than blocks
+//   mapped, would take each other's blocks at every miss, for good. A cache counts as holding blocks
+//   from its first park until a flush, not until a hit empties it, so steady pairs write no shared
+//   cache line;
+// - only over backends that can_allocate_without_growing() (the vmm arena, tiered's arena tier): the
+//   slab unmaps a large block at its free, so there a parked block would hold memory; they pass through.
+// Blocks parked while another thread places its own act as if still live, so placements may differ
+// from a run without the cache; growth comes from them only where a thread asks again for a size taken
+// from it (tests/thread_cache_allocator_test.cpp, tests/kv_cache_fit_test.cpp).
+//
+// Bounds of the classes per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
 // kMaxBlocksPerClass is the router's fence batch (router/free_fence_queue.h, kBatchMaxBlocks): a fenced
 // batch of small blocks that comes back at once fits the freeing thread's cache. A miss asks the
 // backend for one block and a full cache passes the freed block on: the backend has no batch call, so
@@ -18,15 +40,18 @@
 //
 // Cross-thread flush: each thread cache has a spin lock that its owner takes on each call, uncontended
 // (one atomic exchange); release_cached(), from any thread (the out-of-memory path), takes each cache's
-// lock in turn and empties it, so memory other threads hold comes back at once, not at their next call.
-// A thread that exits moves its blocks to a shared depot (bookkeeping only: no backend or driver call
-// from a thread-exit destructor, which may run after the program's CUDA teardown); misses of every
-// thread take from the depot first, and release_cached() empties it.
+// lock in turn and empties it (classes and large slots), so memory other threads hold comes back at
+// once, not at their next call. A thread that exits moves its blocks to a shared depot (bookkeeping
+// only: no backend or driver call from a thread-exit destructor, which may run after the program's CUDA
+// teardown); misses of every thread take from the depot first (large ones by exact size), and
+// release_cached() empties it. A fenced free reaches this layer from whichever thread polls the fences
+// (router/free_fence_queue.h): the block joins that thread's cache.
 //
-// Cached blocks count as the backend's cached memory (stats().bytes_cached, so cuMemGetInfo reports them
-// as free), not as in use; bytes in use are the requested sizes and the rounding to a class is internal
-// waste. Calls count once: a hit here, a miss in the backend. Only for backends that are not
-// stream-ordered (the provider backends): a cached block carries no stream.
+// Cached blocks, parked large ones included, count as the backend's cached memory (stats().bytes_cached,
+// so cuMemGetInfo reports them as free: a request that needs them gets them), not as in use; bytes in
+// use are the requested sizes and the rounding to a class is internal waste. Calls count once: a hit
+// here, a miss in the backend. Only for backends that are not stream-ordered (the provider backends):
+// a cached block carries no stream.
 #pragma once
 
 #include <atomic>
@@ -50,8 +75,17 @@ class ThreadCacheAllocator final : public Allocator {
   static constexpr std::size_t kMaxBytesPerThread = std::size_t{4} << 20;  // all classes, one thread
   // 512 B .. 4 KiB in 512 B steps (8), then 8 per doubling from 4 KiB to 1 MiB (8 x 8).
   static constexpr std::size_t kClassCount = 72;
+  // Above kMaxCachedBytes: exact-size slots, a few per thread (see above). Four: a loop that frees a few
+  // large tensors of different sizes per step (activations, their gradients) finds each again.
+  static constexpr std::size_t kLargeSlots = 4;
+  // 2 GiB: a 1 GiB block and change per thread (the largest size alloc_bench measures); above it a block's
+  // cost is the work done with it. Parked bytes never make the backend grow, so the bound is about
+  // memory the arena cannot give back to the driver past its release threshold, not about the peak.
+  static constexpr std::size_t kMaxLargeBytesPerThread = std::size_t{2} << 30;
 
-  explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner) noexcept;
+  // `large_slots` false: requests above kMaxCachedBytes always pass through (to compare, in tests and
+  // benchmarks); they pass through anyway where the backend cannot allocate_without_growing().
+  explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner, bool large_slots = true) noexcept;
   ~ThreadCacheAllocator() override;
 
   const char* name() const noexcept override { return inner_->name(); }
@@ -70,6 +104,12 @@ class ThreadCacheAllocator final : public Allocator {
   static std::size_t class_bytes_for(std::size_t bytes) noexcept;
   // Blocks in every thread cache and the depot, for tests.
   std::size_t cached_blocks() const noexcept;
+  // Of those, blocks in large slots (above kMaxCachedBytes), for tests.
+  std::size_t cached_large_blocks() const noexcept;
+  struct LargeSlot {
+    void* p;
+    std::size_t bytes;
+  };
 
   struct ThreadCache;  // defined in the .cpp; public for the thread-exit hook there
   // Thread exit: the cache's blocks move to the depot and its counts to the shared ones. No backend call.
@@ -82,8 +122,21 @@ class ThreadCacheAllocator final : public Allocator {
   ThreadCache* find_thread_cache() noexcept;
   ThreadCache* create_thread_cache() noexcept;
   std::size_t take_from_depot(std::size_t c, void** out, std::size_t count) noexcept;
+  void* allocate_large(std::size_t bytes, StreamHandle stream) noexcept;
+  void deallocate_large(void* p, std::size_t bytes, StreamHandle stream) noexcept;
+  void* take_large_from_depot(std::size_t bytes) noexcept;
+  void* allocate_from_backend(std::size_t bytes, StreamHandle stream) noexcept;
+  // Every thread's large slots and the depot's large blocks to the backend; with `remember_taken`, each
+  // thread's cache records the sizes taken from it.
+  void flush_large_everywhere(bool remember_taken) noexcept;
+  void* allocate_taken_size(std::size_t bytes, StreamHandle stream) noexcept;
+  // Every cached block (all threads, both kinds, the depot) to the backend; release_cached() without
+  // the backend's own release.
+  void give_back_every_cached_block() noexcept;
+  void give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept;
 
   std::unique_ptr<Allocator> inner_;
+  const bool large_slots_;  // the backend can_allocate_without_growing(): else large blocks pass through
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
   std::uint32_t capacity_[kClassCount] = {};    // per class: blocks a thread may keep
   std::uint32_t first_slot_[kClassCount] = {};  // per class: its first slot in a cache's slot array
@@ -97,6 +150,13 @@ class ThreadCacheAllocator final : public Allocator {
   std::vector<std::vector<void*>> depot_;
   std::atomic<std::size_t> depot_blocks_{0};
   std::atomic<std::uint64_t> depot_bytes_{0};
+  std::vector<LargeSlot> depot_large_;  // exited threads' large slots (under depot_mutex_)
+  std::atomic<std::size_t> depot_large_blocks_{0};
+  // Thread caches whose large slots may hold blocks (a cache stays counted after a hit empties its
+  // slots, until a flush: so a thread's steady alloc/free pairs write no shared line). A large miss
+  // reads it to know whether blocks parked elsewhere might spare the backend a growth.
+  std::atomic<std::size_t> caches_with_large_{0};
+  std::atomic<std::uint64_t> recovered_failures_{0};  // backend failures a retry after a flush served
   // Counts of exited threads (a thread's own live in its cache).
   std::atomic<std::uint64_t> retired_allocate_hits_{0};
   std::atomic<std::uint64_t> retired_deallocate_hits_{0};

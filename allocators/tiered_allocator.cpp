@@ -25,6 +25,10 @@ void* TieredAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept
   return large_->allocate(bytes, stream);
 }
 
+void* TieredAllocator::allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept {
+  return bytes <= split_bytes_ ? small_->allocate(bytes, stream) : large_->allocate_without_growing(bytes, stream);
+}
+
 void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
   if (bytes <= split_bytes_)
     small_->deallocate(p, bytes, stream);

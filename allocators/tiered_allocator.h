@@ -26,6 +26,10 @@ class TieredAllocator final : public Allocator {
 
   const char* name() const noexcept override { return "tiered"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
+  // Small sizes: the slab's own memory, which blocks given back to the arena cannot serve, so it
+  // allocates as usual; large sizes: the arena's answer.
+  void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
+  bool can_allocate_without_growing() const noexcept override { return large_->can_allocate_without_growing(); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   // Sums of both tiers. The peaks are sums of each tier's peak, so an upper bound of the true peak.

@@ -315,19 +315,19 @@ VmmArena::Range* VmmArena::merge_free_neighbours(Range* r) noexcept {
 
 // ---- the hot path ----
 
-void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
-  if (bytes == 0 || bytes > reserve_bytes_) {
-    ++failed_;
-    return nullptr;
-  }
+// Inline into both callers: the hot path pays no extra call for the split (callgrind).
+__attribute__((always_inline)) inline void* VmmArena::allocate_locked(std::size_t bytes, bool may_grow) noexcept {
+  if (bytes == 0 || bytes > reserve_bytes_) return nullptr;
   std::size_t block = round_up(bytes, kMinAlignment);
   // Holes first, the wilderness (free memory right below unmapped space) last: see the header.
   Range* r = find_fit(block, kBinScanLimit);
   if (!r) r = wilderness_fit(block);
+  // Without growth: no exactly where allocate() would grow, so a caller that gives blocks back and asks
+  // again gets the placement allocate() would have chosen (no full scan, which would pick another hole).
+  if (!r && !may_grow) return nullptr;
   if (!r && new_peak_refused() && mapped_ + block > peak_mapped_) {
     // The caller would rather wait for freed blocks than raise the peak (allocators/growth_policy.h):
-    // nullptr is not a failure here.
+    // nullptr is not a failure here (allocate() does not count it).
     r = find_fit(block, std::numeric_limits<int>::max());
     if (!r) return nullptr;
   }
@@ -337,10 +337,7 @@ void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
   }
   // Before reporting out-of-memory, make sure no fitting range hid beyond the bounded scan.
   if (!r) r = find_fit(block, std::numeric_limits<int>::max());
-  if (!r) {
-    ++failed_;
-    return nullptr;
-  }
+  if (!r) return nullptr;
   remove_free(r);
   if (r->size > block) {
     // Hand out the front, keep the rest free. Without a spare node the whole range goes out (its excess
@@ -365,6 +362,19 @@ void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
   live_block_bytes_ += r->size;
   return reinterpret_cast<void*>(r->start);
 }
+
+void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  void* p = allocate_locked(bytes, /*may_grow=*/true);
+  if (!p && !new_peak_refused()) ++failed_;
+  return p;
+}
+
+void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexcept {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return allocate_locked(bytes, /*may_grow=*/false);  // a no here is not a failed allocation
+}
+
 
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   std::lock_guard<std::mutex> lock(mutex_);

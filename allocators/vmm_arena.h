@@ -77,6 +77,8 @@ class VmmArena final : public Allocator {
 
   const char* name() const noexcept override { return "vmm"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
+  void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
+  bool can_allocate_without_growing() const noexcept override { return true; }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   AllocatorStats stats() const noexcept override;
@@ -97,6 +99,8 @@ class VmmArena final : public Allocator {
   static constexpr int kSecondLevels = 1 << kSecondLevelBits;
   static constexpr int kFirstLevels = 41;     // sizes below 2^53 bytes; reservations are capped at 2^47
 
+  // Under mutex_: best fit, mapping more memory only where `may_grow`. nullptr when nothing fits.
+  void* allocate_locked(std::size_t bytes, bool may_grow) noexcept;
   // Node pool.
   Range* new_range() noexcept;
   void recycle(Range* r) noexcept;

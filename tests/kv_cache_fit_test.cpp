@@ -9,6 +9,7 @@
 #include <map>
 
 #include "allocators/backend_registry.h"
+#include "allocators/thread_cache_allocator.h"
 #include "providers/host_provider.h"
 #include "tests/decoding_workload.h"
 
@@ -27,10 +28,16 @@ DecodingWorkloadOptions schedule(int concurrent) {
   return o;
 }
 
-testing::WorkloadFit fit_of(const char* backend, const DecodingWorkload& workload) {
+enum class Caches { none, classes_only, classes_and_large_slots };
+
+// With the per-thread caches in front, as libgpushim composes every provider backend
+// (allocators/backend_stack.cpp), or without them, as replay and the bench build the backend.
+testing::WorkloadFit fit_of(const char* backend, const DecodingWorkload& workload, Caches caches = Caches::none) {
   const Settings settings = parse_settings(&no_environment, nullptr);  // the defaults, as replay uses them
   HostProvider provider;
   std::unique_ptr<Allocator> allocator = find_backend(backend)->factory(provider, settings);
+  if (caches != Caches::none)
+    allocator = std::make_unique<ThreadCacheAllocator>(std::move(allocator), caches == Caches::classes_and_large_slots);
   testing::WorkloadFit fit = testing::run_workload(workload, *allocator, provider);
   allocator.reset();
   EXPECT_EQ(provider.misuse_count(), 0u) << backend;
@@ -128,6 +135,43 @@ TEST(KvCacheFit, VmmFourRequestsAtATime) { expect_interleaved_mean_within("vmm",
 TEST(KvCacheFit, TieredFourRequestsAtATime) {
   expect_interleaved_mean_within("tiered", kTieredInterleavedMeanBound);
 }
+
+// The large slots of the per-thread caches (blocks above 1 MiB kept by exact size) must not cost memory
+// on this loop, where each request is a bit larger than the block freed before it. Back to back (one
+// thread) the backend sees the same calls in the same order as with the size classes alone: a miss of
+// any size gives the thread's parked blocks back before the backend is asked. So the peak is the same
+// to the byte. Four at a time, exact-size hits move some blocks; the mean over the seeds may not rise
+// by more than half a percent (measured: vmm 1.134x -> 1.128x, tiered 1.111x -> 1.113x).
+// The size classes themselves (up to 1 MiB, 12.5% rounding, parked blocks) cost more than that against
+// the backend alone (vmm back to back 1.063-1.080x alone, 1.072-1.118x with them): not guarded here.
+constexpr double kLargeSlotsInterleavedMeanSlack = 0.005;
+
+void expect_large_slots_cost_no_memory(const char* backend) {
+  double with_slots = 0, without = 0;
+  for (int concurrent : {1, 4}) {
+    for (std::uint64_t seed : kSeeds) {
+      DecodingWorkloadOptions o = schedule(concurrent);
+      o.seed = seed;
+      const DecodingWorkload w = testing::make_decoding_workload(o);
+      const testing::WorkloadFit classes = fit_of(backend, w, Caches::classes_only);
+      const testing::WorkloadFit slots = fit_of(backend, w, Caches::classes_and_large_slots);
+      EXPECT_EQ(slots.failed, 0u);
+      std::printf("%s, seed %llu, %d at a time: %.3fx with size classes, %.3fx with large slots too\n", backend,
+                  static_cast<unsigned long long>(seed), concurrent, classes.ratio(), slots.ratio());
+      if (concurrent == 1) {
+        EXPECT_EQ(slots.peak_reserved, classes.peak_reserved) << backend << ", seed " << seed;
+      } else {
+        with_slots += slots.ratio();
+        without += classes.ratio();
+      }
+    }
+  }
+  EXPECT_LE(with_slots / std::size(kSeeds), without / std::size(kSeeds) + kLargeSlotsInterleavedMeanSlack)
+      << backend << ": four at a time, mean reserved / live over the seeds";
+}
+
+TEST(KvCacheFit, LargeSlotsOfTheThreadCachesCostNoMemoryVmm) { expect_large_slots_cost_no_memory("vmm"); }
+TEST(KvCacheFit, LargeSlotsOfTheThreadCachesCostNoMemoryTiered) { expect_large_slots_cost_no_memory("tiered"); }
 
 }  // namespace
 }  // namespace gpushim

@@ -4,12 +4,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstring>
+#include <functional>
+#include <mutex>
 #include <set>
 #include <thread>
 #include <vector>
 
+#include "allocators/slab_allocator.h"
 #include "allocators/thread_cache_allocator.h"
 #include "allocators/vmm_arena.h"
 #include "providers/host_provider.h"
@@ -92,23 +97,33 @@ TEST_F(ThreadCacheTest, AThreadKeepsAtMostItsBoundAndTheRestGoesToTheBackend) {
   EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
 }
 
-// The out-of-memory path: release_cached() on one thread gets back what other, idle threads cache.
+// The out-of-memory path: release_cached() on one thread gets back what other, idle threads cache, in
+// their classes and their large slots.
 TEST_F(ThreadCacheTest, ReleaseCachedFromAnotherThreadEmptiesEveryThreadsCache) {
   constexpr int kThreads = 4;
-  std::atomic<int> parked{0};
+  std::atomic<int> allocated{0}, parked{0};
   std::atomic<bool> released{false};
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       std::vector<void*> blocks;
       for (int i = 0; i < 8; ++i) blocks.push_back(cache_->allocate(KiB * (t + 1), 0));
+      const std::size_t large = 4 * MiB + static_cast<std::size_t>(t) * MiB;
+      void* a = cache_->allocate(large, 0);
+      void* b = cache_->allocate(large + KiB, 0);
+      // Free only once every thread has allocated: a miss may empty other threads' large slots.
+      allocated.fetch_add(1);
+      while (allocated.load() < kThreads) std::this_thread::yield();
       for (void* p : blocks) cache_->deallocate(p, KiB * (t + 1), 0);
+      cache_->deallocate(a, large, 0);
+      cache_->deallocate(b, large + KiB, 0);
       parked.fetch_add(1);
       while (!released.load()) std::this_thread::yield();  // alive, cache full, no call of its own
     });
   }
   while (parked.load() < kThreads) std::this_thread::yield();
-  EXPECT_EQ(cache_->cached_blocks(), std::size_t{8 * kThreads});
+  EXPECT_EQ(cache_->cached_large_blocks(), std::size_t{2 * kThreads});
+  EXPECT_EQ(cache_->cached_blocks(), std::size_t{10 * kThreads});
   EXPECT_GT(provider_.bytes_mapped(), 0u);
   cache_->release_cached();
   EXPECT_EQ(cache_->cached_blocks(), 0u);
@@ -167,16 +182,17 @@ TEST_F(ThreadCacheTest, AForkedChildCanAllocateAndReleaseWhatOtherThreadsCached)
 
 // Many threads allocate, pass blocks to each other and free them, while another thread empties every
 // cache: no block is handed out twice (each carries its owner's pattern), and the counts add up.
-TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
-  constexpr int kThreads = 8;
-  constexpr int kRounds = 3000;
+// `size_of` draws a request from a random number; `max_live` blocks per thread stay live.
+void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& cache, const HostProvider& provider,
+                                                        int thread_count, int rounds, std::size_t max_live,
+                                                        std::size_t (*size_of)(unsigned)) {
   struct Block {
     void* p;
     std::size_t bytes;
     unsigned char tag;
   };
-  std::vector<std::vector<Block>> handoff(kThreads);
-  std::vector<std::mutex> handoff_locks(kThreads);
+  std::vector<std::vector<Block>> handoff(thread_count);
+  std::vector<std::mutex> handoff_locks(thread_count);
   std::atomic<int> corrupted{0}, failures{0};
   std::atomic<bool> done{false};
   auto verify = [&](const Block& b) {
@@ -185,19 +201,19 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
   };
   std::thread releaser([&] {
     while (!done.load()) {
-      cache_->release_cached();
+      cache.release_cached();
       std::this_thread::yield();
     }
   });
   std::vector<std::thread> threads;
-  for (int t = 0; t < kThreads; ++t) {
+  for (int t = 0; t < thread_count; ++t) {
     threads.emplace_back([&, t] {
       std::vector<Block> live;
       unsigned seed = 7u + static_cast<unsigned>(t);
-      for (int i = 0; i < kRounds; ++i) {
+      for (int i = 0; i < rounds; ++i) {
         seed = seed * 1103515245u + 12345u;
-        const std::size_t bytes = 1 + (seed >> 8) % (96 * KiB);
-        void* p = cache_->allocate(bytes, 0);
+        const std::size_t bytes = size_of(seed);
+        void* p = cache.allocate(bytes, 0);
         if (!p) {
           failures.fetch_add(1);
           continue;
@@ -205,15 +221,15 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
         const auto tag = static_cast<unsigned char>(t * 31 + i);
         std::memset(p, tag, bytes);
         live.push_back({p, bytes, tag});
-        if (live.size() > 16) {
+        if (live.size() > max_live) {
           Block b = live[seed % live.size()];
           live.erase(std::find_if(live.begin(), live.end(), [&](const Block& x) { return x.p == b.p; }));
           if (seed & 1) {  // freed here
             verify(b);
-            cache_->deallocate(b.p, b.bytes, 0);
+            cache.deallocate(b.p, b.bytes, 0);
           } else {  // freed by the next thread
-            std::lock_guard<std::mutex> guard(handoff_locks[(t + 1) % kThreads]);
-            handoff[(t + 1) % kThreads].push_back(b);
+            std::lock_guard<std::mutex> guard(handoff_locks[(t + 1) % thread_count]);
+            handoff[(t + 1) % thread_count].push_back(b);
           }
         }
         std::vector<Block> mine;
@@ -223,32 +239,365 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
         }
         for (const Block& b : mine) {
           verify(b);
-          cache_->deallocate(b.p, b.bytes, 0);
+          cache.deallocate(b.p, b.bytes, 0);
         }
       }
       for (const Block& b : live) {
         verify(b);
-        cache_->deallocate(b.p, b.bytes, 0);
+        cache.deallocate(b.p, b.bytes, 0);
       }
     });
   }
   for (std::thread& t : threads) t.join();
   done.store(true);
   releaser.join();
-  for (int t = 0; t < kThreads; ++t)
+  for (int t = 0; t < thread_count; ++t)
     for (const Block& b : handoff[t]) {
       verify(b);
-      cache_->deallocate(b.p, b.bytes, 0);
+      cache.deallocate(b.p, b.bytes, 0);
     }
   EXPECT_EQ(corrupted.load(), 0) << "a block was handed to two owners";
   EXPECT_EQ(failures.load(), 0);
-  const AllocatorStats s = cache_->stats();
+  const AllocatorStats s = cache.stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.internal_waste, 0u);
   EXPECT_EQ(s.allocations, s.deallocations);
-  EXPECT_EQ(s.allocations, static_cast<std::uint64_t>(kThreads) * kRounds);
+  EXPECT_EQ(s.allocations, static_cast<std::uint64_t>(thread_count) * rounds);
+  cache.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
+  expect_cross_thread_frees_with_concurrent_releases(*cache_, provider_, 8, 3000, 16,
+                                                     [](unsigned seed) { return 1 + (seed >> 8) % (96 * KiB); });
+}
+
+// The same with large blocks of a few sizes (exact-size slots, flushes before growth, the depot). A
+// thread that has finished its rounds keeps the blocks others hand it until the end: up to a few
+// hundred MiB live, so a provider larger than the fixture's.
+TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentReleases) {
+  HostProvider provider(HostProvider::kDefaultGranularity, 2048 * MiB);  // two bytes of each block touched
+  VmmArenaOptions o;
+  o.reserve = 4096 * MiB;
+  o.grow_step = 2 * MiB;
+  o.release_threshold = 0;
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
+  expect_cross_thread_frees_with_concurrent_releases(cache, provider, 4, 2000, 3, [](unsigned seed) {
+    return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB;
+  });
+}
+
+// ---- blocks above kMaxCachedBytes: exact-size slots ----
+
+TEST_F(ThreadCacheTest, ALargeBlockComesBackAtItsExactSizeOnlyWithoutTheBackend) {
+  const std::size_t bytes = 3 * MiB + 100;
+  void* p = cache_->allocate(bytes, 0);
+  ASSERT_NE(p, nullptr);
+  cache_->deallocate(p, bytes, 0);
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  const AllocatorStats backend = cache_->inner().stats();
+
+  EXPECT_EQ(cache_->allocate(bytes, 0), p) << "the same size is a hit";
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations) << "a hit must not reach the backend";
+  EXPECT_EQ(cache_->inner().stats().deallocations, backend.deallocations);
+  cache_->deallocate(p, bytes, 0);
+
+  // 412 B less rounds to the same 512 B multiple in the arena, yet is another size: a miss, and the
+  // parked block goes back to the backend before it is asked.
+  void* smaller = cache_->allocate(bytes - 412, 0);
+  ASSERT_NE(smaller, nullptr);
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations + 1) << "exact size only";
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u) << "a miss gives the thread's slots back first";
+  EXPECT_EQ(cache_->inner().stats().bytes_in_use, bytes - 412) << "the backend holds the request alone";
+  cache_->deallocate(smaller, bytes - 412, 0);
+}
+
+TEST_F(ThreadCacheTest, ParkedLargeBlocksCountAsCachedAndCallsCountOnce) {
+  const std::size_t bytes = 5 * MiB;
+  for (int i = 0; i < 3; ++i) cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
+  AllocatorStats s = cache_->stats();
+  EXPECT_EQ(s.allocations, 3u);
+  EXPECT_EQ(s.deallocations, 3u);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.internal_waste, 0u);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved) << "the parked block is free memory to cuMemGetInfo";
+  EXPECT_GE(s.bytes_cached, bytes);
+  void* p = cache_->allocate(bytes, 0);
+  s = cache_->stats();
+  EXPECT_EQ(s.bytes_in_use, bytes);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved - bytes);
+  cache_->deallocate(p, bytes, 0);
   cache_->release_cached();
+  s = cache_->stats();
+  EXPECT_EQ(s.allocations, 4u);
+  EXPECT_EQ(s.deallocations, 4u) << "a flush to the backend is not a program free";
+  EXPECT_EQ(s.bytes_cached, 0u);
   EXPECT_EQ(provider_.bytes_mapped(), 0u);
+}
+
+TEST_F(ThreadCacheTest, AThreadParksAtMostItsSlotsOfLargeBlocks) {
+  std::vector<void*> blocks;
+  for (std::size_t i = 0; i < ThreadCacheAllocator::kLargeSlots + 2; ++i)
+    blocks.push_back(cache_->allocate(2 * MiB + i * kMinAlignment, 0));
+  for (std::size_t i = 0; i < blocks.size(); ++i) cache_->deallocate(blocks[i], 2 * MiB + i * kMinAlignment, 0);
+  EXPECT_EQ(cache_->cached_large_blocks(), ThreadCacheAllocator::kLargeSlots);
+  EXPECT_EQ(cache_->inner().stats().deallocations, 2u) << "the oldest two went to the backend";
+  // The newest are kept: the last size freed is a hit.
+  const AllocatorStats backend = cache_->inner().stats();
+  void* last = cache_->allocate(2 * MiB + (blocks.size() - 1) * kMinAlignment, 0);
+  EXPECT_EQ(last, blocks.back());
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations);
+  cache_->deallocate(last, 2 * MiB + (blocks.size() - 1) * kMinAlignment, 0);
+}
+
+// The slab maps a dedicated run for each block above 1 MiB and unmaps it at its free: a parked block
+// would hold memory the backend gives back at once, so large blocks pass through.
+TEST(ThreadCacheLargeBytes, LargeBlocksPassThroughWhereTheBackendGivesTheirMemoryBack) {
+  HostProvider provider;
+  ThreadCacheAllocator cache(std::make_unique<SlabAllocator>(provider, MiB));
+  EXPECT_FALSE(cache.inner().can_allocate_without_growing());
+  void* p = cache.allocate(3 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  cache.deallocate(p, 3 * MiB, 0);
+  EXPECT_EQ(cache.cached_large_blocks(), 0u);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+TEST(ThreadCacheLargeBytes, AThreadParksAtMostItsByteBound) {
+  constexpr std::size_t GiB = 1024 * MiB;
+  HostProvider provider(HostProvider::kDefaultGranularity, 8 * GiB);  // mapped, never touched
+  VmmArenaOptions o;
+  o.reserve = 16 * GiB;
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
+  const std::size_t big = ThreadCacheAllocator::kMaxLargeBytesPerThread / 2 + MiB;
+  void* a = cache.allocate(big, 0);
+  void* b = cache.allocate(big + MiB, 0);
+  void* over = cache.allocate(ThreadCacheAllocator::kMaxLargeBytesPerThread + MiB, 0);
+  ASSERT_TRUE(a && b && over);
+  cache.deallocate(over, ThreadCacheAllocator::kMaxLargeBytesPerThread + MiB, 0);
+  EXPECT_EQ(cache.cached_large_blocks(), 0u) << "a block above the bound passes through";
+  cache.deallocate(a, big, 0);
+  cache.deallocate(b, big + MiB, 0);
+  EXPECT_EQ(cache.cached_large_blocks(), 1u) << "two would exceed the bound: the older one left";
+  EXPECT_LE(cache.stats().bytes_cached - cache.inner().stats().bytes_cached,
+            ThreadCacheAllocator::kMaxLargeBytesPerThread);
+  cache.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+// Two threads take turns; a turn allocates a block of a size no earlier turn used, frees it, and does
+// it again (a hit); a KV cache's growth, one row per turn, handed between threads. Every fourth turn's
+// block is small enough for the memory the arena holds besides what the other thread parked. Whatever
+// the other thread parked must be given back before the arena grows: the arena maps, turn by turn,
+// exactly what it maps with no cache. (Where a thread places a block while another's are parked, they
+// act as if still live: a later request may then fit differently than with no cache. Growth is never
+// the parked blocks' doing: it happens only where the request does not fit with all of them back.)
+TEST(ThreadCacheNoGrowth, TwoThreadsTakingTurnsMapWhatTheArenaMapsWithoutTheCache) {
+  auto options = [] {
+    VmmArenaOptions o;
+    o.reserve = 1024 * MiB;
+    o.grow_step = 2 * MiB;  // the arena grows by what a request needs: any growth too many shows
+    return o;
+  };
+  constexpr int kTurns = 60;
+  auto sizes_of = [](int turn) {
+    const std::size_t a = 2 * MiB + static_cast<std::size_t>(turn) * 300 * KiB + 4096;
+    return turn % 4 == 3 ? a / 2 : a;  // above kMaxCachedBytes still
+  };
+  auto turn_on = [&](Allocator& allocator, int turn) {
+    const std::size_t bytes = sizes_of(turn);
+    for (int again = 0; again < 2; ++again) {
+      void* p = allocator.allocate(bytes, 0);
+      ASSERT_NE(p, nullptr);
+      allocator.deallocate(p, bytes, 0);
+    }
+  };
+
+  HostProvider plain_provider(HostProvider::kDefaultGranularity, 1024 * MiB);
+  VmmArena plain(plain_provider, options());
+  std::vector<std::size_t> plain_mapped;
+  for (int turn = 0; turn < kTurns; ++turn) {
+    turn_on(plain, turn);
+    plain_mapped.push_back(plain_provider.bytes_mapped());
+  }
+
+  HostProvider provider(HostProvider::kDefaultGranularity, 1024 * MiB);
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, options()));
+  std::vector<std::size_t> mapped;
+  std::atomic<int> turn{0};
+  std::uint64_t hits = 0;
+  auto player = [&](int me) {
+    for (;;) {
+      int now;
+      while ((now = turn.load()) % 2 != me && now < kTurns) std::this_thread::yield();
+      if (now >= kTurns) return;
+      turn_on(cache, now);
+      mapped.push_back(provider.bytes_mapped());
+      turn.store(now + 1);
+    }
+  };
+  std::thread first(player, 0), second(player, 1);
+  first.join();
+  second.join();
+  hits = cache.stats().allocations - cache.inner().stats().allocations;
+  EXPECT_GE(hits, static_cast<std::uint64_t>(kTurns)) << "the repeated sizes must hit, or this test shows nothing";
+  EXPECT_EQ(mapped, plain_mapped) << "blocks parked in one thread made the arena grow for the other";
+  EXPECT_EQ(cache.inner().stats().peak_bytes_reserved, plain.stats().peak_bytes_reserved);
+}
+
+// Runs steps on threads that stay alive between them (a thread's cache lives as long as the thread):
+// step(t) runs on thread t, one at a time, in the order given.
+class ThreadSteps {
+ public:
+  explicit ThreadSteps(int threads) {
+    for (int t = 0; t < threads; ++t)
+      threads_.emplace_back([this, t] {
+        for (;;) {
+          std::unique_lock<std::mutex> lock(mutex_);
+          ready_.wait(lock, [&] { return stop_ || (job_ && owner_ == t); });
+          if (stop_) return;
+          job_();
+          job_ = nullptr;
+          ready_.notify_all();
+        }
+      });
+  }
+  ~ThreadSteps() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stop_ = true;
+    }
+    ready_.notify_all();
+    for (std::thread& t : threads_) t.join();
+  }
+  void run(int t, std::function<void()> job) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    owner_ = t;
+    job_ = std::move(job);
+    ready_.notify_all();
+    ready_.wait(lock, [&] { return !job_; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::function<void()> job_;
+  int owner_ = -1;
+  bool stop_ = false;
+  std::vector<std::thread> threads_;
+};
+
+// A thread whose parked block another thread's miss took asks for that size again: the arena grows for
+// it, rather than it taking a third thread's block in turn. (Else threads looping on one size, more of
+// them than blocks mapped, take each other's blocks at every miss, for good.)
+TEST_F(ThreadCacheTest, AThreadAskingAgainForASizeTakenFromItGrowsTheBackend) {
+  constexpr std::size_t kBytes = 8 * MiB;
+  ThreadSteps steps(2);  // 0: the thread robbed, 1: a third thread that parks a block of the same size
+  steps.run(0, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  void* held = cache_->allocate(kBytes + MiB, 0);  // needs thread 0's block: taken
+  ASSERT_NE(held, nullptr);
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  steps.run(1, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  const std::size_t mapped = provider_.bytes_mapped();
+  void* again = nullptr;
+  steps.run(0, [&] { again = cache_->allocate(kBytes, 0); });
+  ASSERT_NE(again, nullptr);
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u) << "the robbed thread took the third thread's block in turn";
+  EXPECT_GT(provider_.bytes_mapped(), mapped);
+  // Once only: its next new size takes again.
+  steps.run(0, [&] {
+    cache_->deallocate(again, kBytes, 0);
+    void* other = cache_->allocate(kBytes + 2 * MiB, 0);
+    EXPECT_NE(other, nullptr);
+    cache_->deallocate(other, kBytes + 2 * MiB, 0);
+  });
+  cache_->deallocate(held, kBytes + MiB, 0);
+}
+
+// Short of memory there, the blocks parked elsewhere come back after all and the request is tried once
+// more; the failure the backend counted on the way is not the caller's.
+TEST_F(ThreadCacheTest, GrowingForATakenSizeTakesParkedBlocksBeforeOutOfMemory) {
+  constexpr std::size_t kBytes = 100 * MiB;  // three do not fit under the provider's 256 MiB
+  ThreadSteps steps(2);
+  steps.run(0, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  void* held = cache_->allocate(kBytes + MiB, 0);
+  ASSERT_NE(held, nullptr);
+  steps.run(1, [&] { cache_->deallocate(cache_->allocate(kBytes, 0), kBytes, 0); });
+  ASSERT_EQ(cache_->cached_large_blocks(), 1u);
+  void* again = nullptr;
+  steps.run(0, [&] { again = cache_->allocate(kBytes, 0); });
+  EXPECT_NE(again, nullptr) << "a parked block made the backend run out of memory";
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  EXPECT_EQ(cache_->stats().failed_allocations, 0u);
+  steps.run(0, [&] {
+    if (again) cache_->deallocate(again, kBytes, 0);
+  });
+  cache_->deallocate(held, kBytes + MiB, 0);
+}
+
+// A block parked in another thread, or left by an exited thread, serves a request the arena could only
+// serve by growing past the provider's cap: it must be handed back first, not reported out of memory.
+TEST_F(ThreadCacheTest, BlocksParkedElsewhereAreGivenBackBeforeTheBackendMustGrow) {
+  const std::size_t bytes = 160 * MiB;  // two do not fit under the provider's 256 MiB
+  std::atomic<bool> parked{false}, done{false};
+  std::thread other([&] {
+    cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
+    parked.store(true);
+    while (!done.load()) std::this_thread::yield();
+  });
+  while (!parked.load()) std::this_thread::yield();
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  void* p = cache_->allocate(bytes + MiB, 0);
+  EXPECT_NE(p, nullptr) << "the other thread's parked block was not given back";
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  if (p) cache_->deallocate(p, bytes + MiB, 0);
+  done.store(true);
+  other.join();
+
+  // Left by an exited thread: the depot's large blocks likewise.
+  std::thread exiting([&] { cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0); });
+  exiting.join();
+  cache_->release_cached();  // this thread's own parked block: gone, so only the depot's remains
+  std::thread leaver([&] { cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0); });
+  leaver.join();
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u) << "an exited thread's block waits in the depot";
+  p = cache_->allocate(bytes + 2 * MiB, 0);
+  EXPECT_NE(p, nullptr) << "the depot's block was not given back before growing";
+  if (p) cache_->deallocate(p, bytes + 2 * MiB, 0);
+}
+
+TEST_F(ThreadCacheTest, AnExitingThreadsLargeBlocksServeOthersAtTheirExactSize) {
+  void* given = nullptr;
+  std::thread worker([&] {
+    given = cache_->allocate(6 * MiB, 0);
+    cache_->deallocate(given, 6 * MiB, 0);
+  });
+  worker.join();
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
+  EXPECT_GE(cache_->stats().bytes_cached, 6 * MiB);
+  const AllocatorStats backend = cache_->inner().stats();
+  void* p = cache_->allocate(6 * MiB, 0);
+  EXPECT_EQ(p, given);
+  EXPECT_EQ(cache_->inner().stats().allocations, backend.allocations) << "served from the depot";
+  EXPECT_EQ(cache_->stats().allocations, 2u);
+  cache_->deallocate(p, 6 * MiB, 0);
+}
+
+// A fenced free reaches the backend from whichever thread polls the fences: a large block freed on
+// another thread lands in that thread's slots and serves it.
+TEST_F(ThreadCacheTest, ALargeBlockFreedOnAnotherThreadServesThatThread) {
+  void* p = cache_->allocate(7 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  std::thread other([&] {
+    cache_->deallocate(p, 7 * MiB, 0);
+    EXPECT_EQ(cache_->allocate(7 * MiB, 0), p);
+    cache_->deallocate(p, 7 * MiB, 0);
+  });
+  other.join();
+  EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
+  EXPECT_EQ(cache_->stats().allocations, 2u);
 }
 
 }  // namespace

@@ -59,6 +59,27 @@ TEST(TieredAllocator, EmptySlabsGoBackBeforeTheLargeTierGrowsPastItsPeak) {
   t.deallocate(large, 64 * MiB, 0);
 }
 
+TEST(TieredAllocator, AllocateWithoutGrowingGoesToTheTierOfTheSize) {
+  HostProvider provider;
+  auto tiered = make_tiered_allocator(provider, small_arena_settings());
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  void* large = t.allocate(4 * MiB, 0);
+  ASSERT_NE(large, nullptr);
+  t.deallocate(large, 4 * MiB, 0);
+  const std::size_t mapped = provider.bytes_mapped();
+  void* again = t.allocate_without_growing(4 * MiB, 0);
+  EXPECT_NE(again, nullptr) << "the arena holds the memory";
+  EXPECT_EQ(t.large_tier().stats().bytes_in_use, 4 * MiB);
+  EXPECT_EQ(provider.bytes_mapped(), mapped);
+  EXPECT_EQ(t.allocate_without_growing(mapped, 0), nullptr) << "the arena would have to grow";
+  // The slab's memory cannot come from blocks given back to the arena: it allocates as usual.
+  void* small = t.allocate_without_growing(KiB, 0);
+  EXPECT_NE(small, nullptr);
+  EXPECT_TRUE(t.can_allocate_without_growing());
+  t.deallocate(small, KiB, 0);
+  t.deallocate(again, 4 * MiB, 0);
+}
+
 TEST(TieredAllocator, SplitSettingMovesTheBoundary) {
   HostProvider provider;
   Settings settings = small_arena_settings();

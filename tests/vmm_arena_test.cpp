@@ -37,6 +37,26 @@ TEST(VmmArena, ReservesOnceAndMapsNothingUntilAsked) {
   EXPECT_EQ(arena.stats().bytes_reserved, 0u);
 }
 
+TEST(VmmArena, AllocateWithoutGrowingServesFromMappedMemoryOnly) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  EXPECT_EQ(arena.allocate_without_growing(KiB, 0), nullptr) << "nothing mapped yet";
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  void* a = arena.allocate(3 * MiB, 0);
+  ASSERT_NE(a, nullptr);
+  const std::size_t mapped = provider.bytes_mapped();
+  arena.deallocate(a, 3 * MiB, 0);
+  void* b = arena.allocate_without_growing(2 * MiB, 0);
+  EXPECT_NE(b, nullptr) << "the freed block's memory serves it";
+  EXPECT_EQ(arena.allocate_without_growing(mapped, 0), nullptr) << "would need more than is mapped";
+  EXPECT_EQ(provider.bytes_mapped(), mapped);
+  const AllocatorStats s = arena.stats();
+  EXPECT_EQ(s.failed_allocations, 0u) << "a no without growing is not a failed allocation";
+  EXPECT_EQ(s.bytes_in_use, 2 * MiB);
+  EXPECT_EQ(s.allocations, 2u);
+  arena.deallocate(b, 2 * MiB, 0);
+}
+
 TEST(VmmArena, BlocksAreAlignedAndHoldTheirOwnBytes) {
   HostProvider provider(kGranule);
   VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
