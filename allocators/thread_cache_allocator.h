@@ -83,8 +83,11 @@ class ThreadCacheAllocator final : public Allocator {
   // memory the arena cannot give back to the driver past its release threshold, not about the peak.
   static constexpr std::size_t kMaxLargeBytesPerThread = std::size_t{2} << 30;
 
-  // `large_slots` false: requests above kMaxCachedBytes always pass through (to compare, in tests and
-  // benchmarks); they pass through anyway where the backend cannot allocate_without_growing().
+  // `large_slots` false: requests above kMaxCachedBytes always pass through; they pass through anyway
+  // where the backend cannot allocate_without_growing(). gpushim's backends have them only under
+  // GPUSHIM_LARGE_SLOTS=1 (allocators/backend_stack.cpp): "parked bytes never make the backend grow" holds
+  // for the arena's growth calls, yet on the GPU the parked blocks raised PyTorch workloads' peaks by
+  // 0.06-0.21 GiB (placement changes when blocks come back later and in another order; docs/benchmarks.md).
   explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner, bool large_slots = true) noexcept;
   ~ThreadCacheAllocator() override;
 

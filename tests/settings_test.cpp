@@ -80,6 +80,12 @@ TEST(ParseSizeOrPercent, PercentAndSizes) {
     EXPECT_FALSE(parse_size_or_percent(text, &setting)) << text;
 }
 
+TEST(Settings, LargeSlotsAreOptIn) {
+  EXPECT_TRUE(parse({{"GPUSHIM_LARGE_SLOTS", "1"}}).large_slots);
+  EXPECT_FALSE(parse({{"GPUSHIM_LARGE_SLOTS", "off"}}).large_slots);
+  EXPECT_FALSE(parse({{"GPUSHIM_LARGE_SLOTS", "maybe"}}).errors.empty());
+}
+
 TEST(Settings, DefaultsComeFromTheTable) {
   const Settings s = parse({});
   EXPECT_TRUE(s.errors.empty());
@@ -87,6 +93,7 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_FALSE(s.stats);
   EXPECT_EQ(s.log, LogLevel::warn);
   EXPECT_FALSE(s.strict);
+  EXPECT_FALSE(s.large_slots);
   EXPECT_FALSE(s.limit.set());
   EXPECT_EQ(s.vmm_reserve, 256 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 8 * MiB);
@@ -113,6 +120,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_VMM_RESERVE", "1TiB"},
                                       {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
                                       {"GPUSHIM_VMM_RELEASE_THRESHOLD", "0"},
+                                      {"GPUSHIM_LARGE_SLOTS", "on"},
                                       {"GPUSHIM_BUDDY_REGION", "512MiB"},
                                       {"GPUSHIM_SLAB_MAX_SIZE", "256k"},
                                       {"GPUSHIM_TIERED_SPLIT", "512KiB"},
@@ -137,6 +145,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 0u);
+  EXPECT_TRUE(s.large_slots);
   EXPECT_EQ(s.buddy_region, 512 * MiB);
   EXPECT_EQ(s.slab_max_size, 256 * KiB);
   EXPECT_EQ(s.tiered_split, 512 * KiB);
