@@ -1,12 +1,17 @@
 #include "analysis/trace_replay.h"
 
 #include <chrono>
+#include <condition_variable>
+#include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <set>
+#include <thread>
 #include <unordered_map>
 
+#include "allocators/thread_cache_allocator.h"
 #include "analysis/replay_freed_blocks.h"
 #include "providers/host_provider.h"
 
@@ -18,7 +23,74 @@ constexpr std::uint64_t kProgressEvery = 1u << 20;  // events between progress r
 const char* no_environment(const char*, void*) { return nullptr; }
 
 void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
-                   const GpuLag& lag, ReplayResult* result);
+                   const GpuLag& lag, const ReplayCaches& caches, ReplayResult* result);
+
+// With thread caches, each trace thread's calls run on a worker thread of its own, one call at a time
+// in the trace's order (the caller waits for each), so the per-thread caches see the program's threads.
+// Without, every call runs on the caller's thread.
+class ReplayThreads {
+ public:
+  explicit ReplayThreads(bool enabled) : enabled_(enabled) {}
+  ~ReplayThreads() { stop(); }
+  ReplayThreads(const ReplayThreads&) = delete;
+  ReplayThreads& operator=(const ReplayThreads&) = delete;
+
+  void run_on(std::uint32_t thread_id, const std::function<void()>& call) {
+    if (!enabled_) {
+      call();
+      return;
+    }
+    Worker& w = worker(thread_id);
+    std::unique_lock<std::mutex> lock(w.mutex);
+    w.call = &call;
+    w.wake.notify_one();
+    w.wake.wait(lock, [&] { return w.call == nullptr; });
+  }
+  void stop() {
+    for (auto& [id, w] : workers_) {
+      {
+        std::lock_guard<std::mutex> lock(w->mutex);
+        w->stopping = true;
+      }
+      w->wake.notify_one();
+      if (w->thread.joinable()) w->thread.join();
+    }
+    workers_.clear();
+  }
+
+ private:
+  struct Worker {
+    std::mutex mutex;
+    std::condition_variable wake;  // both ways: a call posted, a call done
+    const std::function<void()>* call = nullptr;
+    bool stopping = false;
+    std::thread thread;
+  };
+  Worker& worker(std::uint32_t thread_id) {
+    std::unique_ptr<Worker>& slot = workers_[thread_id];
+    if (!slot) {
+      slot = std::make_unique<Worker>();
+      Worker* w = slot.get();
+      w->thread = std::thread([w] {
+        std::unique_lock<std::mutex> lock(w->mutex);
+        for (;;) {
+          w->wake.wait(lock, [&] { return w->call != nullptr || w->stopping; });
+          if (w->call) {
+            (*w->call)();
+            w->call = nullptr;
+            w->wake.notify_one();
+          } else {
+            return;
+          }
+        }
+      });
+    }
+    return *slot;
+  }
+
+  const bool enabled_;
+  std::map<std::uint32_t, std::unique_ptr<Worker>> workers_;
+};
 
 struct DeviceReplay {
   std::unique_ptr<HostProvider> provider;
@@ -35,7 +107,7 @@ std::vector<const BackendInfo*> replayable_backends() {
 }
 
 ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
-                          const GpuLag& lag) {
+                          const GpuLag& lag, const ReplayCaches& caches) {
   ReplayResult r;
   r.backend = backend.name;
   std::set<std::int32_t> named;
@@ -47,7 +119,7 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
     return r;
   }
   try {
-    replay_events(trace, backend, progress, lag, &r);
+    replay_events(trace, backend, progress, lag, caches, &r);
   } catch (const std::bad_alloc&) {
     // The host, not the backend, ran out (an address-space limit, a small machine): say so rather than
     // count it as the backend's failure. What was measured up to here stands.
@@ -60,8 +132,12 @@ ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend, const 
 namespace {
 
 void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayProgress& progress,
-                   const GpuLag& lag, ReplayResult* result) {
+                   const GpuLag& lag, const ReplayCaches& caches, ReplayResult* result) {
   ReplayResult& r = *result;
+  // Declared first, so destroyed last: the workers exit (their caches retire into the allocators)
+  // before the allocators go.
+  ReplayThreads threads(caches.thread_caches);
+  std::uint32_t thread_now = 0;  // the trace thread of the event being replayed
   // Defaults only: a replay compares algorithms, not the settings of the run that was traced.
   const Settings settings = parse_settings(&no_environment, nullptr);
   std::map<std::int32_t, DeviceReplay> devices;
@@ -77,6 +153,8 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     DeviceReplay& dr = devices[d];
     dr.provider = std::make_unique<HostProvider>();
     dr.allocator = backend.factory(*dr.provider, settings);
+    if (dr.allocator && caches.thread_caches)
+      dr.allocator = std::make_unique<ThreadCacheAllocator>(std::move(dr.allocator), caches.large_slots);
     return dr.allocator ? &dr : nullptr;
   };
   auto reserved_now = [&] {
@@ -86,9 +164,11 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
   };
   auto give_back = [&](const ReplayBlock& block) {
     DeviceReplay* dr = device(block.device);
-    auto t0 = clock::now();
-    dr->allocator->deallocate(block.pointer, block.backend_size, block.stream);
-    spent += clock::now() - t0;
+    threads.run_on(thread_now, [&] {  // timed on the thread that calls: not the hand-over
+      auto t0 = clock::now();
+      dr->allocator->deallocate(block.pointer, block.backend_size, block.stream);
+      spent += clock::now() - t0;
+    });
     r.operations++;
   };
   auto release = [&](std::unordered_map<std::uint64_t, ReplayBlock>::iterator it) {
@@ -112,6 +192,7 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     bool free = is_free(e.kind);
     if (!alloc && !free) continue;
     const std::uint64_t this_call = call++;
+    thread_now = e.thread_id;
     freed.before_call(this_call, e.time_ns, give_back);
     auto it = live.find(block_key(e));
     if (free) {
@@ -140,9 +221,12 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
       r.failed++;
       continue;
     }
-    auto t0 = clock::now();
-    void* p = dr->allocator->allocate(std::size_t(e.size), StreamHandle(e.stream));
-    spent += clock::now() - t0;
+    void* p = nullptr;
+    threads.run_on(thread_now, [&] {
+      auto t0 = clock::now();
+      p = dr->allocator->allocate(std::size_t(e.size), StreamHandle(e.stream));
+      spent += clock::now() - t0;
+    });
     r.operations++;
     if (!p) {
       // Once the host has refused this device's backend anything (a reservation it then made smaller,
@@ -155,6 +239,7 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
   }
   freed.release_all(give_back);
   while (!live.empty()) release(live.begin());
+  threads.stop();  // before the allocators go: a worker's exit retires its caches into them
   for (auto& [d, dr] : devices) {
     r.provider_misuse += dr.provider->misuse_count();
     dr.allocator.reset();  // before its provider

@@ -46,6 +46,16 @@ struct GpuLag {
   bool any() const { return events != 0 || microseconds != 0 || batches; }
 };
 
+// What sits in front of the backend in the replay. gpushim's preloaded library puts per-thread caches in
+// front of every provider backend (allocators/backend_stack.cpp); a replay without them measures the
+// backend's algorithm alone. With `thread_caches`, each thread of the trace replays on a thread of its
+// own, in the trace's order (one call at a time), so each has its own cache as in the program;
+// `large_slots` adds the caches' exact-size slots above 1 MiB (GPUSHIM_LARGE_SLOTS).
+struct ReplayCaches {
+  bool thread_caches = false;
+  bool large_slots = false;
+};
+
 // Backends with a host-memory factory (provider backends); driver-backed ones cannot replay on a CPU.
 std::vector<const BackendInfo*> replayable_backends();
 
@@ -55,6 +65,7 @@ inline constexpr std::size_t kMaxReplayDevices = 64;
 
 using ReplayProgress = std::function<void(std::uint64_t done, std::uint64_t total)>;
 ReplayResult replay_trace(const Trace& trace, const BackendInfo& backend,
-                          const ReplayProgress& progress = {}, const GpuLag& lag = {});
+                          const ReplayProgress& progress = {}, const GpuLag& lag = {},
+                          const ReplayCaches& caches = {});
 
 }  // namespace gpushim::tracing

@@ -209,7 +209,8 @@ int run_trace_export(const std::string& path, const std::string& format, const s
   return 0;
 }
 
-int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io, const GpuLag& lag) {
+int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io, const GpuLag& lag,
+                     const ReplayCaches& caches) {
   std::vector<const BackendInfo*> backends;
   if (backend == "all") {
     backends = replayable_backends();
@@ -229,6 +230,9 @@ int run_trace_replay(const std::string& path, const std::string& backend, ToolSt
   if (!load(path, &trace, io)) return kExitBadTrace;
   char line[256];
   if (lag.any()) io.out << describe_lag(lag) << "\n";
+  if (caches.thread_caches)
+    io.out << "with per-thread caches" << (caches.large_slots ? " and large slots" : "")
+           << ", each trace thread on its own thread\n";
   std::snprintf(line, sizeof line, "%-12s %14s %14s %14s %8s %10s", "backend", "peak reserved",
                 "peak live", "fragmentation", "failed", "ns/op");
   io.out << line << (lag.any() ? "   peak waiting\n" : "\n");
@@ -238,7 +242,7 @@ int run_trace_replay(const std::string& path, const std::string& backend, ToolSt
       progress = [&io, info](std::uint64_t done, std::uint64_t total) {
         io.err << "gpushim: replaying on " << info->name << ": " << done << " / " << total << " events\n";
       };
-    ReplayResult r = replay_trace(trace, *info, progress, lag);
+    ReplayResult r = replay_trace(trace, *info, progress, lag, caches);
     if (!r.refusal.empty()) {
       io.err << "gpushim: " << printable(path) << ": cannot replay: " << r.refusal << "\n";
       return kExitBadTrace;

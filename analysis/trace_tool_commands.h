@@ -26,7 +26,8 @@ int run_trace_export(const std::string& path, const std::string& format, const s
                      ToolStreams io);
 // `lag`: model fenced frees (analysis/trace_replay.h); without one, frees take effect at once and the
 // table is the one earlier versions printed.
-int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io, const GpuLag& lag = {});
+int run_trace_replay(const std::string& path, const std::string& backend, ToolStreams io, const GpuLag& lag = {},
+                     const ReplayCaches& caches = {});
 int run_trace_compress(const std::string& path, const std::string& output, ToolStreams io);
 
 }  // namespace gpushim::tracing

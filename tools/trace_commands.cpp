@@ -68,7 +68,7 @@ void add_trace_commands(CLI::App& app) {
 
   struct Options {
     std::string file, output, format = "chrome", backend = "all", lag_events = "0", lag_us = "0";
-    bool fence_batches = false;
+    bool fence_batches = false, thread_caches = false, large_slots = false;
     std::size_t top = 10;
   };
   auto options = std::make_shared<Options>();
@@ -105,6 +105,11 @@ void add_trace_commands(CLI::App& app) {
       ->type_name("T");
   replay->add_flag("--fence-batches", options->fence_batches,
                    "model gpushim's fence batches too: the lag starts when a free's batch closes");
+  replay->add_flag("--thread-caches", options->thread_caches,
+                   "put the preloaded library's per-thread caches in front of the backend; each trace thread "
+                   "replays on a thread of its own");
+  replay->add_flag("--large-slots", options->large_slots,
+                   "with --thread-caches: their exact-size slots above 1 MiB too (GPUSHIM_LARGE_SLOTS)");
   replay->footer("With a lag the table adds `peak waiting`: the most bytes freed but not yet reusable.\n"
                  "Both lags given: a block waits for both. --fence-batches alone: batches with no lag.\n"
                  "docs/trace-format.md, \"Replay with a GPU lag\".");
@@ -113,7 +118,10 @@ void add_trace_commands(CLI::App& app) {
     parse_count(options->lag_events, &lag.events);  // checked above
     parse_count(options->lag_us, &lag.microseconds);
     lag.batches = options->fence_batches;
-    finish(run_trace_replay(options->file, options->backend, {std::cout, std::cerr}, lag));
+    ReplayCaches caches;
+    caches.thread_caches = options->thread_caches || options->large_slots;
+    caches.large_slots = options->large_slots;
+    finish(run_trace_replay(options->file, options->backend, {std::cout, std::cerr}, lag, caches));
   });
 
   CLI::App* compress = trace->add_subcommand("compress", "Write a zstd-compressed copy of a trace");
