@@ -6,40 +6,10 @@
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
+#include "driver/scoped_context.h"
 #include "router/stream_activity.h"
 
 namespace gpushim {
-namespace {
-
-// Makes `context` current for the scope if it is not already, and restores the caller's afterwards.
-// cuCtxGetCurrent is a thread-local read inside the driver, so the common case (already current) costs
-// no context switch.
-class ScopedContext {
- public:
-  explicit ScopedContext(CUcontext context) noexcept {
-    const RealDriver& driver = real_driver();
-    CUcontext current = nullptr;
-    if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return;
-    if (current == context) {
-      ok_ = true;
-      return;
-    }
-    ok_ = pushed_ = driver.cuCtxPushCurrent(context) == CUDA_SUCCESS;
-  }
-  ~ScopedContext() {
-    if (pushed_) {
-      CUcontext popped = nullptr;
-      real_driver().cuCtxPopCurrent(&popped);
-    }
-  }
-  bool ok() const noexcept { return ok_; }
-
- private:
-  bool ok_ = false;
-  bool pushed_ = false;
-};
-
-}  // namespace
 
 void CudaFenceEvents::set_default_context(CUcontext context) noexcept {
   CUcontext expected = nullptr;

@@ -16,6 +16,7 @@
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
+#include "driver/scoped_context.h"
 #include "router/router_state.h"
 
 namespace gpushim::router {
@@ -24,26 +25,6 @@ std::atomic<std::uint64_t> g_unordered{0};
 std::atomic<std::uint64_t> g_stream_records_generation{1};
 
 namespace {
-
-// Makes `context` current for the scope if it is not already (cuCtxGetCurrent is a thread-local read).
-class ContextScope {
- public:
-  explicit ContextScope(CUcontext context) noexcept {
-    const RealDriver& driver = real_driver();
-    CUcontext current = nullptr;
-    if (!context || driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return;
-    ok_ = current == context || (pushed_ = driver.cuCtxPushCurrent(context) == CUDA_SUCCESS);
-  }
-  ~ContextScope() {
-    CUcontext popped = nullptr;
-    if (pushed_) real_driver().cuCtxPopCurrent(&popped);
-  }
-  bool ok() const noexcept { return ok_; }
-
- private:
-  bool ok_ = false;
-  bool pushed_ = false;
-};
 
 // Everything below is under g_activity_lock. Allocated once and never freed: launches may still arrive
 // from static destructors after exit() has begun.
@@ -132,7 +113,7 @@ CUevent scratch_event(CUcontext context) noexcept {  // with `context` current
 // event's state at the call, so one scratch event per context serves every join.
 bool wait_for(StreamRecord* waiter, CUcontext context, CUstream stream) noexcept {
   const RealDriver& driver = real_driver();
-  ContextScope scope(context);
+  ScopedContext scope(context);
   if (!scope.ok()) return false;
   CUevent event = scratch_event(context);
   return event && driver.cuEventRecord(event, stream) == CUDA_SUCCESS &&
@@ -271,7 +252,7 @@ void untrack_stream(CUstream stream) noexcept {
         record->retiring = true;
         record->probing = false;
         if (g_active_captures.load(std::memory_order_acquire) == 0) {
-          ContextScope scope(record->context);
+          ScopedContext scope(record->context);
           if (scope.ok() && (record->probe || real_driver().cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) ==
                                                   CUDA_SUCCESS))
             record->probing = real_driver().cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
@@ -295,7 +276,7 @@ void poll_stream_activity() noexcept {
       const std::uint64_t word = record->word.load(std::memory_order_acquire);
       // A submission in flight may be queued after a probe recorded now: try again at the next poll.
       if (!record->retiring && (word & kInFlightMask) == 0) {
-        ContextScope scope(record->context);
+        ScopedContext scope(record->context);
         // Already idle: what a completed probe recorded now would say, one poll (and one record) sooner.
         if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS) {
           std::uint64_t expected = word;
