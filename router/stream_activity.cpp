@@ -143,6 +143,24 @@ void log_first_activation(const StreamRecord* record) noexcept {
       record->blocking ? "blocking" : "non-blocking", static_cast<void*>(record->stream), modules);
 }
 
+// Records `record`'s probe now (creating its event on first use), with its context current.
+bool record_probe(StreamRecord* record) noexcept {
+  const RealDriver& driver = real_driver();
+  return (record->probe || driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
+         driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
+}
+
+// The stream at a.active[i] was idle when its word read `stamp`: it leaves the active set unless a
+// submission began since (the swap fails). True when it left.
+bool leave_active_if_unchanged(Activity& a, std::size_t i, std::uint64_t stamp) noexcept {
+  StreamRecord* record = a.active[i];
+  if (!record->word.compare_exchange_strong(stamp, stamp & ~kStreamActive, std::memory_order_seq_cst)) return false;
+  g_unordered.fetch_sub(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
+  a.active[i] = a.active.back();
+  a.active.pop_back();
+  return true;
+}
+
 bool capturing(CUstream stream) noexcept {
   if (g_active_captures.load(std::memory_order_acquire) == 0) return false;
   CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
@@ -253,9 +271,7 @@ void untrack_stream(CUstream stream) noexcept {
         record->probing = false;
         if (g_active_captures.load(std::memory_order_acquire) == 0) {
           ScopedContext scope(record->context);
-          if (scope.ok() && (record->probe || real_driver().cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) ==
-                                                  CUDA_SUCCESS))
-            record->probing = real_driver().cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
+          record->probing = scope.ok() && record_probe(record);
         }
       }
     }
@@ -278,18 +294,9 @@ void poll_stream_activity() noexcept {
       if (!record->retiring && (word & kInFlightMask) == 0) {
         ScopedContext scope(record->context);
         // Already idle: what a completed probe recorded now would say, one poll (and one record) sooner.
-        if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS) {
-          std::uint64_t expected = word;
-          if (record->word.compare_exchange_strong(expected, expected & ~kStreamActive, std::memory_order_seq_cst)) {
-            g_unordered.fetch_sub(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
-            a.active[i] = a.active.back();
-            a.active.pop_back();
-            continue;
-          }
-        }
-        if (scope.ok() && (record->probe ||
-                           driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
-            driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS) {
+        if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS && leave_active_if_unchanged(a, i, word))
+          continue;
+        if (scope.ok() && record_probe(record)) {
           record->probe_stamp = word;
           record->probing = true;
         }
@@ -303,23 +310,15 @@ void poll_stream_activity() noexcept {
       continue;
     }
     record->probing = false;
-    const std::uint64_t decrement = record->blocking ? kBlockingOne : 1;
     if (record->retiring) {
-      g_unordered.fetch_sub(decrement, std::memory_order_seq_cst);
+      g_unordered.fetch_sub(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
       a.active[i] = a.active.back();
       a.active.pop_back();
       recycle(record);
       continue;
     }
-    // Idle only if nothing was submitted since the probe: the swap fails if a launch began meanwhile.
-    std::uint64_t expected = record->probe_stamp;
-    if (record->word.compare_exchange_strong(expected, expected & ~kStreamActive, std::memory_order_seq_cst)) {
-      g_unordered.fetch_sub(decrement, std::memory_order_seq_cst);
-      a.active[i] = a.active.back();
-      a.active.pop_back();
-      continue;
-    }
-    ++i;
+    // Idle only if nothing was submitted since the probe.
+    if (!leave_active_if_unchanged(a, i, record->probe_stamp)) ++i;
   }
 }
 
