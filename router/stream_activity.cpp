@@ -211,11 +211,10 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   return record;
 }
 
-StreamRecord* begin_stream_work_uncached(CUstream stream, bool per_thread_variant) noexcept {
+StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept {
   if (stream == CU_STREAM_PER_THREAD || stream == nullptr) {
     // One handle names a different blocking stream on every thread, and gpushim cannot record a probe on
     // another thread's: such a program stays fenced (the legacy-stream fence covers these streams).
-    (void)per_thread_variant;
     end_total_order_for_good("work on a per-thread default stream");
     return nullptr;
   }

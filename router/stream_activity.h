@@ -76,7 +76,7 @@ extern std::atomic<std::uint64_t> g_stream_records_generation;  // bumped when a
 // transition of an idle stream to active (join). Both return the record to pass to end_stream_work, or
 // nullptr when nothing is to be tracked (the submission is captured into a graph, or it goes to a
 // per-thread default stream, which ends total order for good).
-StreamRecord* begin_stream_work_uncached(CUstream stream, bool per_thread_variant) noexcept;
+StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept;
 StreamRecord* become_active(StreamRecord* record) noexcept;
 
 // Before the driver queues work on `stream`. `per_thread_variant`: the caller is a _ptsz entry point,
@@ -91,7 +91,7 @@ inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant)
     const std::uint64_t before = record->word.fetch_add(kSubmissionOne + kInFlightOne, std::memory_order_acq_rel);
     return (before & kStreamActive) ? record : become_active(record);
   }
-  return begin_stream_work_uncached(stream, per_thread_variant);
+  return begin_stream_work_uncached(stream);
 }
 
 // After the driver returned from queuing the work (whatever it answered).

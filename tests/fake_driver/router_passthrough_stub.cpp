@@ -27,7 +27,7 @@ void on_capture_end(CUstream) noexcept {}
 bool find_block(CUdeviceptr, BlockInfo*) noexcept { return false; }
 // Work submissions are not tracked: with no record ever handed out, the cached path is never taken.
 std::atomic<std::uint64_t> g_stream_records_generation{1};
-StreamRecord* begin_stream_work_uncached(CUstream, bool) noexcept { return nullptr; }
+StreamRecord* begin_stream_work_uncached(CUstream) noexcept { return nullptr; }
 StreamRecord* become_active(StreamRecord*) noexcept { return nullptr; }
 void on_peer_access_enabled(CUcontext) noexcept {}
 void on_peer_access_disabled(CUcontext) noexcept {}
