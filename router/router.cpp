@@ -323,6 +323,20 @@ FenceContext batch_context(DeviceState& device) noexcept {
 // A quarter of a batch's byte cap: four such frees close a batch (router/free_fence_queue.h).
 constexpr std::size_t kAskBeforeFencingBytes = kBatchMaxBytes / 4;
 
+// Polls stream activity (router/stream_activity.h): true when that turned the work ordered just now.
+// Then every thread's open batch is closed and fenced at once, so its blocks do not wait for a batch
+// that no longer fills (measured on the H200: 160 MiB of a CNN's blocks waited through its peak). Only
+// on that transition: a per-thread-stream async free reaches free_fenced while the work is ordered, and
+// closing every batch then would take the thread registry's lock every 8 frees and defeat batching.
+__attribute__((noinline)) bool poll_turned_ordered(DeviceState& device) noexcept {
+  const bool was_ordered = reuse_at_once();
+  poll_stream_activity();
+  if (was_ordered || !reuse_at_once()) return false;
+  close_all_thread_batches(device);
+  device.fences.poll();
+  return true;
+}
+
 // Adds a cuMemFree'd block to this thread's pending batch of its device. Only the first free of a batch
 // asks for the context (PendingBatch::add keeps the first one): one cuCtxGetCurrent per batch, not per free.
 void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
@@ -358,32 +372,9 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
     if (g_count) thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
   }
   if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
-  // A stream that stopped carrying work is found idle here (a probe recorded, a later poll answered):
-  // poll every 8 fenced frees, and whenever a batch closes. Once the work is ordered again, every
-  // thread's open batch is closed and fenced at once, so its blocks do not wait for a batch that no
-  // longer fills (measured on the H200: 160 MiB of a CNN's blocks waited through its peak).
-  // Only on that transition: a per-thread-stream async free comes here while the work is ordered, and
-  // closing every batch then would take the thread registry's lock every 8 frees and defeat batching.
-  if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) {
-    const bool was_ordered = reuse_at_once();
-    poll_stream_activity();
-    if (!was_ordered && reuse_at_once()) {
-      close_all_thread_batches(device);
-      device.fences.poll();
-    }
-  }
-}
-
-// A large cuMemFree'd block, while the work is not ordered: it would close a batch by itself, or soon.
-// First ask whether the streams that kept the work unordered are idle by now (a side stream's work
-// often takes microseconds): true when the work turned ordered, so the block can go back at once
-// instead of costing a fence and waiting for it.
-__attribute__((noinline)) bool ordered_again_before_fencing(DeviceState& device) noexcept {
-  poll_stream_activity();
-  if (!reuse_at_once()) return false;
-  close_all_thread_batches(device);  // as in free_fenced: blocks fenced before need no batch to fill
-  device.fences.poll();
-  return true;
+  // A stream that stopped carrying work is found idle here: poll every 8 fenced frees, and whenever a
+  // batch closes.
+  if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) poll_turned_ordered(device);
 }
 
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
@@ -396,8 +387,10 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
     if (device.fences.holds_blocks() && (++t_unfenced_frees & 63) == 0) device.fences.poll();
     return;
   }
-  if (!device.properties.stream_ordered && freed.bytes >= kAskBeforeFencingBytes &&
-      ordered_again_before_fencing(device)) {
+  // A large block would close a batch by itself, or soon: first ask whether the streams that kept the
+  // work unordered are idle by now (a side stream's work often takes microseconds); if so it goes back
+  // at once instead of costing a fence and waiting for it.
+  if (!device.properties.stream_ordered && freed.bytes >= kAskBeforeFencingBytes && poll_turned_ordered(device)) {
     device.backend().deallocate(freed.ptr, freed.bytes, 0);
     return;
   }
