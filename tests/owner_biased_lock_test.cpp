@@ -1,12 +1,20 @@
 // The owner-biased lock (allocators/owner_biased_lock.h) under load: one owner thread runs millions of
 // sections that change plain (non-atomic) data while remote threads keep taking the lock and emptying
-// that data. Both barriers: heavy (membarrier) and fenced (the fallback where membarrier is missing).
+// that data. Both barriers: heavy (membarrier) and fenced (the fallback where membarrier is missing,
+// forced by the constructor and, in a child, by a seccomp filter that refuses the system call).
 // A lock that let the two sides in together shows here as a section seen half done (the pair of plain
 // counters unequal), two threads counted inside at once, or increments lost (the totals do not add up).
 #include <gtest/gtest.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <sched.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
 
 #include <atomic>
 #include <chrono>
@@ -235,6 +243,45 @@ TEST(OwnerBiasedLock, AForkedChildFindsItReleased) {
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
   EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+// Where seccomp refuses membarrier (as container runtimes' filters do), a lock falls back to fenced and
+// still excludes: the child refuses the system call, then registers again as a forked child does; a
+// heavy lock made before the fork becomes fenced at its reset, and a new lock is fenced from the start.
+TEST(OwnerBiasedLock, WhereSeccompRefusesMembarrierLocksFallBackToFenced) {
+  OwnerBiasedLock made_before;
+  const pid_t child = fork();
+  if (child == 0) {
+    alarm(60);
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_membarrier, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog program{static_cast<unsigned short>(sizeof(filter) / sizeof(filter[0])), filter};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 || prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &program) != 0)
+      _exit(77);
+    OwnerBiasedLock::register_again_after_fork();
+    made_before.reset_after_fork();
+    if (made_before.barrier() != OwnerBiasedLock::Barrier::fenced) _exit(2);
+    if (OwnerBiasedLock::heavy_barrier_registered()) _exit(3);
+    OwnerBiasedLock lock;
+    if (lock.barrier() != OwnerBiasedLock::Barrier::fenced) _exit(4);
+    const HammerResult r = hammer(lock, 200'000, 2);
+    if (r.remote_sections == 0 || r.overlaps != 0 || r.torn != 0 || !r.stack_ok ||
+        r.owner_added != r.remote_drained + r.left)
+      _exit(5);
+    _exit(0);
+  }
+  ASSERT_GT(child, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  if (WEXITSTATUS(status) == 77) GTEST_SKIP() << "this process may not install a seccomp filter";
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: the lock made before the fork stayed heavy; 3: registration "
+                                       "reported working; 4: a new lock was heavy; 5: the fenced lock let "
+                                       "both sides in";
 }
 
 }  // namespace
