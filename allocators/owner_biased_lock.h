@@ -20,8 +20,9 @@
 // not running will pass a context switch, itself a full barrier, before it runs again. Call that point P
 // in the owner's instruction stream; the remote's store remote_wants = 1 is globally visible before P
 // (the system call begins with a full barrier). Take the owner's check of remote_wants in one entry:
-//   - it comes after P: it reads 1 (or a later remote's value: remotes take turns), so the owner backs
-//     off without touching the data, and waits;
+//   - it comes after P: it reads 1, so the owner backs off without touching the data and waits; or it
+//     reads 0 from this remote's own unlock (only the remote holding the lock writes the flag), whose
+//     release store makes the remote's section happen before the owner's;
 //   - it comes before P: its store busy = 1 precedes it in program order, and the compiler barrier keeps
 //     it there, so the store is before P too and the remote, reading busy after the system call
 //     returned, reads 1 or a later store of the owner. It waits until it reads 0: the owner's unlock of
