@@ -1,13 +1,13 @@
 #include "allocators/thread_cache_allocator.h"
 
 #include <pthread.h>
-#include <sched.h>
 
 #include <algorithm>
 #include <new>
 #include <unordered_map>
 
 #include "allocators/growth_policy.h"
+#include "allocators/owner_biased_lock.h"
 
 namespace gpushim {
 namespace {
@@ -65,6 +65,7 @@ AllocatorRegistry& registry() {
 void reset_locks_in_child() noexcept {
   AllocatorRegistry& r = registry();
   new (&r.mutex) std::mutex();
+  OwnerBiasedLock::register_again_after_fork();
   for (auto& [id, allocator] : r.live) allocator->reset_locks_after_fork();
 }
 
@@ -104,11 +105,12 @@ std::size_t ThreadCacheAllocator::class_bytes_for(std::size_t bytes) noexcept {
   return bytes > kMaxCachedBytes ? bytes : class_size(class_index(bytes));
 }
 
-// The owner takes `lock` on each call, uncontended: one exchange. Another thread takes it only to empty
-// the cache (release_cached); the owner's critical sections are a few loads and stores, so waiting
-// spins, yielding the CPU in case the holder was preempted.
+// The owner takes `lock` on each call with plain stores (allocators/owner_biased_lock.h); another thread
+// takes it only to empty the cache (release_cached, a flush of parked blocks, the tests' counts), always
+// under caches_mutex_, so a cache retire() has taken out of caches_ has no remote left. Its sections
+// are a few loads and stores and call nothing that could wait for a remote.
 struct ThreadCacheAllocator::ThreadCache {
-  std::atomic<bool> locked{false};
+  OwnerBiasedLock lock;
   std::uint32_t count[kClassCount] = {};
   std::unique_ptr<void*[]> slots;
   // Blocks above kMaxCachedBytes by the exact size the backend was asked for, oldest first.
@@ -119,8 +121,8 @@ struct ThreadCacheAllocator::ThreadCache {
   // growth): the owner's next request of one of them may grow the backend rather than take in turn.
   std::size_t taken_sizes[kLargeSlots] = {};
   std::uint32_t taken_count = 0;
-  std::atomic<std::uint64_t> large_bytes{0};  // written under `locked`, read by stats() without it
-  // Written by the owner under `locked`, read by stats() without it.
+  std::atomic<std::uint64_t> large_bytes{0};  // written under `lock`, read by stats() without it
+  // Written under `lock`, read by stats() without it.
   std::atomic<std::uint64_t> cached_bytes{0};
   std::atomic<std::uint64_t> allocate_hits{0};
   std::atomic<std::uint64_t> deallocate_hits{0};
@@ -128,11 +130,6 @@ struct ThreadCacheAllocator::ThreadCache {
   // kept modulo 2^64: a block may be allocated on one thread and freed on another).
   std::atomic<std::uint64_t> rounding{0};
 
-  void lock() noexcept {
-    while (locked.exchange(true, std::memory_order_acquire))
-      while (locked.load(std::memory_order_relaxed)) sched_yield();
-  }
-  void unlock() noexcept { locked.store(false, std::memory_order_release); }
   // Owner-only counters: a load and a store, no locked instruction.
   static void bump(std::atomic<std::uint64_t>& counter, std::uint64_t by) noexcept {
     counter.store(counter.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
@@ -307,14 +304,14 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
     if (p) untracked_rounding_.fetch_add(rounding, std::memory_order_relaxed);
     return p;
   }
-  cache->lock();
+  cache->lock.owner_lock();
   if (std::uint32_t n = cache->count[c]) {
     void* p = cache->slots[first_slot_[c] + n - 1];
     cache->count[c] = n - 1;
     ThreadCache::drop(cache->cached_bytes, class_size(c));
     ThreadCache::bump(cache->allocate_hits, 1);
     ThreadCache::bump(cache->rounding, rounding);
-    cache->unlock();
+    cache->lock.owner_unlock();
     return p;
   }
   ThreadCache::bump(cache->rounding, rounding);  // taken back below if the miss fails
@@ -323,7 +320,7 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
   // with no cache (tests/kv_cache_fit_test.cpp, "ThreadCached").
   LargeSlot own[kLargeSlots];
   const std::size_t own_large = cache->large_count != 0 ? take_large_slots(cache, own, caches_with_large_) : 0;
-  cache->unlock();
+  cache->lock.owner_unlock();
   if (own_large) give_to_backend(own, own_large);
   // A miss: the depot (blocks of exited threads) first, else the backend. One block, not a batch: the
   // backend has no batch call, so taking several only moves blocks through the cache (measured with
@@ -336,9 +333,9 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
   }
   p = allocate_from_backend(class_size(c), stream);
   if (!p) {
-    cache->lock();
+    cache->lock.owner_lock();
     ThreadCache::drop(cache->rounding, rounding);
-    cache->unlock();
+    cache->lock.owner_unlock();
   }
   return p;
 }
@@ -352,7 +349,7 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
     untracked_rounding_.fetch_sub(block - bytes, std::memory_order_relaxed);
     return inner_->deallocate(p, block, stream);
   }
-  cache->lock();
+  cache->lock.owner_lock();
   ThreadCache::drop(cache->rounding, block - bytes);
   const std::uint32_t n = cache->count[c];
   if (n < capacity_[c] && cache->cached_bytes.load(std::memory_order_relaxed) + block <= kMaxBytesPerThread) {
@@ -360,10 +357,10 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
     cache->count[c] = n + 1;
     ThreadCache::bump(cache->cached_bytes, block);
     ThreadCache::bump(cache->deallocate_hits, 1);
-    cache->unlock();
+    cache->lock.owner_unlock();
     return;
   }
-  cache->unlock();
+  cache->lock.owner_unlock();
   inner_->deallocate(p, block, stream);  // full: the backend takes it (the cached ones stay the hot ones)
 }
 
@@ -380,7 +377,7 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
   bool taken_from_here = false;
   if (cache) {
     LargeSlot own[kLargeSlots];
-    cache->lock();
+    cache->lock.owner_lock();
     for (std::uint32_t i = cache->large_count; i-- > 0;) {
       if (cache->large[i].bytes != bytes) continue;
       void* p = cache->large[i].p;
@@ -388,12 +385,12 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       --cache->large_count;
       ThreadCache::drop(cache->large_bytes, bytes);
       ThreadCache::bump(cache->allocate_hits, 1);
-      cache->unlock();
+      cache->lock.owner_unlock();
       return p;
     }
     taken_from_here = forget_taken_size(cache, bytes);
     const std::size_t n = take_large_slots(cache, own, caches_with_large_);
-    cache->unlock();
+    cache->lock.owner_unlock();
     give_to_backend(own, n);
   }
   if (depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
@@ -413,7 +410,7 @@ __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, s
   if (!cache) return inner_->deallocate(p, bytes, stream);
   LargeSlot evicted[kLargeSlots];
   std::size_t n = 0;
-  cache->lock();
+  cache->lock.owner_lock();
   while (cache->large_count == kLargeSlots ||
          cache->large_bytes.load(std::memory_order_relaxed) + bytes > kMaxLargeBytesPerThread) {
     evicted[n++] = cache->large[0];
@@ -428,7 +425,7 @@ __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, s
     cache->counted_with_large = true;
     caches_with_large_.fetch_add(1, std::memory_order_relaxed);
   }
-  cache->unlock();
+  cache->lock.owner_unlock();
   give_to_backend(evicted, n);
 }
 
@@ -457,13 +454,13 @@ void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken) noexcept 
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
       LargeSlot taken[kLargeSlots];
-      cache->lock();
+      cache->lock.remote_lock();
       const std::size_t n = take_large_slots(cache, taken, caches_with_large_);
       if (remember_taken) {
         for (std::size_t i = 0; i < n; ++i) cache->taken_sizes[i] = taken[i].bytes;
         cache->taken_count = static_cast<std::uint32_t>(n);
       }
-      cache->unlock();
+      cache->lock.remote_unlock();
       give_to_backend(taken, n);
     }
   }
@@ -538,7 +535,7 @@ void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
   {
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
-      cache->lock();
+      cache->lock.remote_lock();
       for (std::size_t c = 0; c < kClassCount; ++c) {
         std::uint32_t& n = cache->count[c];
         for (; n > 0; --n) {
@@ -550,7 +547,7 @@ void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
           ThreadCache::drop(cache->cached_bytes, class_size(c));
         }
       }
-      cache->unlock();
+      cache->lock.remote_unlock();
     }
   }
   {
@@ -576,7 +573,7 @@ void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
 void ThreadCacheAllocator::reset_locks_after_fork() noexcept {
   new (&caches_mutex_) std::mutex();
   new (&depot_mutex_) std::mutex();
-  for (ThreadCache* cache : caches_) cache->unlock();
+  for (ThreadCache* cache : caches_) cache->lock.reset_after_fork();
 }
 
 std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {
@@ -584,9 +581,9 @@ std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {
   {
     std::lock_guard<std::mutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
-      cache->lock();
+      cache->lock.remote_lock();
       for (std::size_t c = 0; c < kClassCount; ++c) blocks += cache->count[c];
-      cache->unlock();
+      cache->lock.remote_unlock();
     }
   }
   return blocks + cached_large_blocks();
@@ -596,9 +593,9 @@ std::size_t ThreadCacheAllocator::cached_large_blocks() const noexcept {
   std::size_t blocks = depot_large_blocks_.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> guard(caches_mutex_);
   for (ThreadCache* cache : caches_) {
-    cache->lock();
+    cache->lock.remote_lock();
     blocks += cache->large_count;
-    cache->unlock();
+    cache->lock.remote_unlock();
   }
   return blocks;
 }

@@ -38,10 +38,11 @@
 // backend for one block and a full cache passes the freed block on: the backend has no batch call, so
 // moving blocks in batches only cost copies (measured: docs/perf-notes.md).
 //
-// Cross-thread flush: each thread cache has a spin lock that its owner takes on each call, uncontended
-// (one atomic exchange); release_cached(), from any thread (the out-of-memory path), takes each cache's
-// lock in turn and empties it (classes and large slots), so memory other threads hold comes back at
-// once, not at their next call. A thread that exits moves its blocks to a shared depot (bookkeeping
+// Cross-thread flush: each thread cache has a lock its owner takes on each call with plain stores and
+// no locked instruction (allocators/owner_biased_lock.h: the remote side pays, with one membarrier(2));
+// release_cached(), from any thread (the out-of-memory path), takes each cache's lock in turn and
+// empties it (classes and large slots), so memory other threads hold comes back at once, not at their
+// next call. A thread that exits moves its blocks to a shared depot (bookkeeping
 // only: no backend or driver call from a thread-exit destructor, which may run after the program's CUDA
 // teardown); misses of every thread take from the depot first (large ones by exact size), and
 // release_cached() empties it. A fenced free reaches this layer from whichever thread polls the fences

@@ -32,3 +32,7 @@ endif()
 add_executable(thread_cache_allocator_test ${CMAKE_CURRENT_SOURCE_DIR}/thread_cache_allocator_test.cpp)
 target_link_libraries(thread_cache_allocator_test PRIVATE gpushim_algorithms GTest::gtest_main)
 gtest_discover_tests(thread_cache_allocator_test DISCOVERY_TIMEOUT 30)
+
+add_executable(owner_biased_lock_test ${CMAKE_CURRENT_SOURCE_DIR}/owner_biased_lock_test.cpp)
+target_link_libraries(owner_biased_lock_test PRIVATE gpushim_algorithms GTest::gtest_main)
+gtest_discover_tests(owner_biased_lock_test DISCOVERY_TIMEOUT 30)
