@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <limits>
 
+#include "allocators/growth_policy.h"
+
 namespace gpushim {
 namespace {
 
@@ -109,7 +111,7 @@ ThreadCacheTable::~ThreadCacheTable() {
 }
 
 SlabAllocator::SlabAllocator(MemoryProvider& provider, std::size_t max_small_size, bool thread_caches,
-                             std::size_t idle_bytes) noexcept
+                             std::size_t idle_bytes, std::size_t slab_bytes, std::uint32_t min_blocks_per_slab) noexcept
     : provider_(provider),
       granularity_(std::max<std::size_t>(provider.granularity(), 1)),
       max_small_size_(round_up(std::clamp(max_small_size, kMinAlignment, kSlabMaxSizeLimit), kMinAlignment)),
@@ -143,7 +145,7 @@ SlabAllocator::SlabAllocator(MemoryProvider& provider, std::size_t max_small_siz
   for (std::size_t i = 0; i < classes_.size(); ++i) {
     ClassDepot& depot = depots_[i];
     depot.block_bytes = classes_[i];
-    depot.slab_bytes = round_up(std::max(kSlabTargetBytes, depot.block_bytes), granularity_);
+    depot.slab_bytes = round_up(std::max(slab_bytes, std::size_t{min_blocks_per_slab} * depot.block_bytes), granularity_);
     depot.blocks_per_slab = static_cast<std::uint32_t>(depot.slab_bytes / depot.block_bytes);
     const std::size_t capacity = std::min<std::size_t>(kMagazineMaxBlocks, kMagazineBytes / depot.block_bytes);
     depot.magazine_capacity = capacity >= kMinMagazineBlocks ? static_cast<std::uint32_t>(capacity) : 0;
@@ -390,7 +392,8 @@ bool SlabAllocator::reclaim_for_retry() noexcept {
 void* SlabAllocator::allocate(std::size_t bytes, StreamHandle) noexcept {
   void* p = nullptr;
   if (bytes != 0) p = bytes <= max_small_size_ ? allocate_small(bytes) : allocate_large(bytes);
-  if (p == nullptr) failed_allocations_.fetch_add(1, std::memory_order_relaxed);
+  // Under a NoNewPeakScope an arena-backed slab may be refused growth: the caller waits and asks again.
+  if (p == nullptr && !new_peak_refused()) failed_allocations_.fetch_add(1, std::memory_order_relaxed);
   return p;
 }
 

@@ -43,7 +43,7 @@ inline constexpr std::size_t kDefaultSlabMaxSize = std::size_t{1} << 20;
 inline constexpr std::size_t kSlabMaxSizeLimit = std::size_t{16} << 20;
 // One H100 VMM granule: the smallest physical unit the driver maps.
 inline constexpr std::size_t kSlabTargetBytes = std::size_t{2} << 20;
-// Empty slabs the backends built by make_slab_allocator/make_tiered_allocator keep mapped, all classes
+// Empty slabs the slab backend (make_slab_allocator) keeps mapped, all classes
 // together, before frees start unmapping them. Why bytes and not a slab or two per class: the router
 // gives freed blocks back in fenced batches of up to 64 blocks / 64 MiB, so a class of big blocks
 // (1 MiB: two per slab) sees up to 32 slabs go empty at once and is asked for them again right after.
@@ -57,8 +57,12 @@ class SlabAllocator final : public Allocator {
  public:
   // `thread_caches` = false leaves only the per-class locked depots (the bench compares both).
   // `idle_bytes`: empty slabs kept mapped (all classes together) beyond one per class.
+  // `slab_bytes`: a slab's size, or `min_blocks_per_slab` blocks where that is larger, rounded up to the
+  // provider's granularity (so 2 MiB over the driver whatever is asked; tiered's arena-backed slabs are
+  // smaller).
   SlabAllocator(MemoryProvider& provider, std::size_t max_small_size, bool thread_caches = true,
-                std::size_t idle_bytes = 0) noexcept;
+                std::size_t idle_bytes = 0, std::size_t slab_bytes = kSlabTargetBytes,
+                std::uint32_t min_blocks_per_slab = 1) noexcept;
   ~SlabAllocator() override;
 
   const char* name() const noexcept override { return "slab"; }

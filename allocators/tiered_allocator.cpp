@@ -10,7 +10,16 @@ namespace gpushim {
 
 TieredAllocator::TieredAllocator(std::unique_ptr<Allocator> small, std::unique_ptr<Allocator> large,
                                  std::size_t split_bytes) noexcept
-    : small_(std::move(small)), large_(std::move(large)), split_bytes_(split_bytes) {}
+    : large_(std::move(large)), small_(std::move(small)), split_bytes_(split_bytes) {}
+
+TieredAllocator::TieredAllocator(std::unique_ptr<Allocator> large, std::unique_ptr<BlockMemoryProvider> small_memory,
+                                 std::unique_ptr<Allocator> small, std::size_t split_bytes) noexcept
+    : large_(std::move(large)),
+      small_memory_(std::move(small_memory)),
+      small_(std::move(small)),
+      split_bytes_(split_bytes) {}
+
+TieredAllocator::~TieredAllocator() = default;
 
 void* TieredAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {
   if (bytes <= split_bytes_) return small_->allocate(bytes, stream);
@@ -19,8 +28,9 @@ void* TieredAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept
     NoNewPeakScope no_new_peak;
     if (void* p = large_->allocate(bytes, stream)) return p;
   }
-  // The large tier must grow past its peak: the small tier's empty slabs (kept mapped to spare map and
-  // unmap calls) go back to the driver first, so the process's peak does not hold both.
+  // The large tier must grow past its peak: the small tier's empty slabs go back first (to the arena,
+  // where this block may then fit; or, over memory of its own, to the driver), so the process's peak
+  // does not hold both.
   small_->release_cached();
   return large_->allocate(bytes, stream);
 }
@@ -52,10 +62,22 @@ AllocatorStats TieredAllocator::stats() const noexcept {
   s.bytes_reserved = a.bytes_reserved + b.bytes_reserved;
   s.peak_bytes_reserved = a.peak_bytes_reserved + b.peak_bytes_reserved;
   s.bytes_cached = a.bytes_cached + b.bytes_cached;
+  s.internal_waste = a.internal_waste + b.internal_waste;
+  if (small_memory_) {
+    // The arena counts the slabs as its live blocks: take them out once. Its peak in use counted the
+    // slabs whole, so it bounds the true peak from above; its peak reserved is the process's own.
+    const std::uint64_t slab_blocks_taken = small_memory_->blocks_taken();
+    const std::uint64_t slab_blocks_returned = small_memory_->blocks_returned();
+    s.allocations -= std::min(s.allocations, slab_blocks_taken);
+    s.deallocations -= std::min(s.deallocations, slab_blocks_returned);
+    s.bytes_in_use -= std::min<std::uint64_t>(s.bytes_in_use, a.bytes_reserved);
+    s.peak_bytes_in_use = std::max(b.peak_bytes_in_use, s.bytes_in_use);
+    s.bytes_reserved = b.bytes_reserved;
+    s.peak_bytes_reserved = b.peak_bytes_reserved;
+  }
   // Each tier only serves its own sizes, so the largest block any request could get without growing
   // is the large tier's, unless it has none.
   s.largest_free_block = std::max(a.largest_free_block, b.largest_free_block);
-  s.internal_waste = a.internal_waste + b.internal_waste;
   return s;
 }
 
@@ -64,10 +86,11 @@ std::unique_ptr<Allocator> make_tiered_allocator(MemoryProvider& provider, const
       settings.slab_max_size != 0 ? static_cast<std::size_t>(settings.slab_max_size) : kDefaultSlabMaxSize;
   const std::size_t split =
       std::min<std::size_t>(settings.tiered_split != 0 ? settings.tiered_split : kDefaultTieredSplit, kSlabMaxSizeLimit);
-  auto small = std::make_unique<SlabAllocator>(provider, std::max(slab_max, split), /*thread_caches=*/true,
-                                               kDefaultSlabIdleBytes);
   auto large = make_vmm_arena(provider, settings);
-  return std::make_unique<TieredAllocator>(std::move(small), std::move(large), split);
+  auto small_memory = std::make_unique<BlockMemoryProvider>(*large);
+  auto small = std::make_unique<SlabAllocator>(*small_memory, std::max(slab_max, split), /*thread_caches=*/true,
+                                               kTieredSlabIdleBytes, kTieredSlabBytes, kTieredSlabMinBlocks);
+  return std::make_unique<TieredAllocator>(std::move(large), std::move(small_memory), std::move(small), split);
 }
 
 }  // namespace gpushim

@@ -7,12 +7,17 @@
 //
 // A block is routed back by its size: the router hands deallocate() the size allocate() was given, so
 // no lookup is needed to know which tier owns a pointer.
+//
+// make_tiered_allocator's slab takes its slabs from the arena (allocators/block_memory_provider.h), so
+// both tiers share one pool of mapped memory and the arena's peak is the process's.
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 
 #include "allocators/allocator.h"
+#include "allocators/block_memory_provider.h"
 #include "config/settings.h"
 #include "providers/memory_provider.h"
 
@@ -23,25 +28,34 @@ class TieredAllocator final : public Allocator {
   // Sizes <= `split_bytes` go to `small`, the rest to `large`. Both must outlive nothing but this.
   TieredAllocator(std::unique_ptr<Allocator> small, std::unique_ptr<Allocator> large,
                   std::size_t split_bytes) noexcept;
+  // `small` takes its memory from `large` through `small_memory`: destroyed in that order (small first,
+  // so its slabs go back to the arena while it exists), and the stats count the slabs once.
+  TieredAllocator(std::unique_ptr<Allocator> large, std::unique_ptr<BlockMemoryProvider> small_memory,
+                  std::unique_ptr<Allocator> small, std::size_t split_bytes) noexcept;
+  ~TieredAllocator() override;
 
   const char* name() const noexcept override { return "tiered"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
-  // Small sizes: the slab's own memory, which blocks given back to the arena cannot serve, so it
-  // allocates as usual; large sizes: the arena's answer.
+  // Small sizes: the slab allocates as usual (a new slab is a small block, of the arena where it is
+  // arena-backed); large sizes: the arena's answer.
   void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
   bool can_allocate_without_growing() const noexcept override { return large_->can_allocate_without_growing(); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
-  // Sums of both tiers. The peaks are sums of each tier's peak, so an upper bound of the true peak.
+  // Both tiers together. Over separate memory the peaks are sums of each tier's peak (an upper bound of
+  // the true peak); over arena-backed slabs the arena's peak reserved is the true one.
   AllocatorStats stats() const noexcept override;
 
   std::size_t split_bytes() const noexcept { return split_bytes_; }
   Allocator& small_tier() noexcept { return *small_; }
   Allocator& large_tier() noexcept { return *large_; }
+  const BlockMemoryProvider* small_memory() const noexcept { return small_memory_.get(); }  // null: own memory
 
  private:
-  std::unique_ptr<Allocator> small_;
+  // Declared so that destruction runs small_, small_memory_, large_.
   std::unique_ptr<Allocator> large_;
+  std::unique_ptr<BlockMemoryProvider> small_memory_;  // null when the tiers have memory of their own
+  std::unique_ptr<Allocator> small_;
   const std::size_t split_bytes_;
 };
 
@@ -53,8 +67,20 @@ class TieredAllocator final : public Allocator {
 // requests, 64 KiB 1.07-1.09x.
 inline constexpr std::size_t kDefaultTieredSplit = std::size_t{64} << 10;
 
+// Tiered's slabs, blocks of its arena: 64 KiB, or 16 blocks of the class where that is more (256 KiB
+// at 16 KiB, 1 MiB at 64 KiB). Host replays of traces recorded on the H200 (LLM decoding, a CNN, a
+// transformer; docs/perf-notes.md, "Slabs carved from the arena"): 64-128 KiB fit best on each, against
+// up to 2 MiB; 16 blocks keep a fenced batch of 64 KiB frees from emptying and refilling a slab every
+// other block (tiered fenced 64 KiB: 2,732 instructions per pair at 2 blocks per slab, 931 at 16).
+inline constexpr std::size_t kTieredSlabBytes = std::size_t{64} << 10;
+inline constexpr std::uint32_t kTieredSlabMinBlocks = 16;
+// Empty slabs kept beyond one per class: a fenced batch (up to 256 blocks of a class, 16 MiB at 64 KiB)
+// empties slabs that the next requests take again. They are blocks of the arena: tiered gives them back
+// before its arena grows past its peak (TieredAllocator::allocate), so they never raise it.
+inline constexpr std::size_t kTieredSlabIdleBytes = std::size_t{16} << 20;
+
 // GPUSHIM_TIERED_SPLIT (0 = kDefaultTieredSplit). The slab is built to serve at least the split, so no
-// small request falls to its dedicated-run path.
+// small request falls to its dedicated-run path; its slabs are blocks of the arena (kTieredSlabBytes).
 std::unique_ptr<Allocator> make_tiered_allocator(MemoryProvider& provider, const Settings& settings);
 
 }  // namespace gpushim

