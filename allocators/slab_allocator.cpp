@@ -145,7 +145,11 @@ SlabAllocator::SlabAllocator(MemoryProvider& provider, std::size_t max_small_siz
   for (std::size_t i = 0; i < classes_.size(); ++i) {
     ClassDepot& depot = depots_[i];
     depot.block_bytes = classes_[i];
-    depot.slab_bytes = round_up(std::max(slab_bytes, std::size_t{min_blocks_per_slab} * depot.block_bytes), granularity_);
+    // At least `min_blocks_per_slab` blocks, but never more than a 2 MiB slab (or one block) for it: a
+    // class of 1 MiB blocks would otherwise take 16 MiB at a time.
+    const std::size_t for_min_blocks = std::min(std::size_t{min_blocks_per_slab} * depot.block_bytes,
+                                                std::max(kSlabTargetBytes, depot.block_bytes));
+    depot.slab_bytes = round_up(std::max(slab_bytes, for_min_blocks), granularity_);
     depot.blocks_per_slab = static_cast<std::uint32_t>(depot.slab_bytes / depot.block_bytes);
     const std::size_t capacity = std::min<std::size_t>(kMagazineMaxBlocks, kMagazineBytes / depot.block_bytes);
     depot.magazine_capacity = capacity >= kMinMagazineBlocks ? static_cast<std::uint32_t>(capacity) : 0;

@@ -57,9 +57,9 @@ class SlabAllocator final : public Allocator {
  public:
   // `thread_caches` = false leaves only the per-class locked depots (the bench compares both).
   // `idle_bytes`: empty slabs kept mapped (all classes together) beyond one per class.
-  // `slab_bytes`: a slab's size, or `min_blocks_per_slab` blocks where that is larger, rounded up to the
-  // provider's granularity (so 2 MiB over the driver whatever is asked; tiered's arena-backed slabs are
-  // smaller).
+  // `slab_bytes`: a slab's size, or `min_blocks_per_slab` blocks where that is larger (but no more than
+  // kSlabTargetBytes or one block for that rule), rounded up to the provider's granularity (so 2 MiB
+  // over the driver whatever is asked; tiered's arena-backed slabs are smaller).
   SlabAllocator(MemoryProvider& provider, std::size_t max_small_size, bool thread_caches = true,
                 std::size_t idle_bytes = 0, std::size_t slab_bytes = kSlabTargetBytes,
                 std::uint32_t min_blocks_per_slab = 1) noexcept;

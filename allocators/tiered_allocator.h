@@ -68,7 +68,7 @@ class TieredAllocator final : public Allocator {
 inline constexpr std::size_t kDefaultTieredSplit = std::size_t{64} << 10;
 
 // Tiered's slabs, blocks of its arena: 64 KiB, or 16 blocks of the class where that is more (256 KiB
-// at 16 KiB, 1 MiB at 64 KiB). Host replays of traces recorded on the H200 (LLM decoding, a CNN, a
+// at 16 KiB, 1 MiB at 64 KiB; at most 2 MiB for that rule, for splits above the default). Host replays of traces recorded on the H200 (LLM decoding, a CNN, a
 // transformer; docs/perf-notes.md, "Slabs carved from the arena"): 64-128 KiB fit best on each, against
 // up to 2 MiB; 16 blocks keep a fenced batch of 64 KiB frees from emptying and refilling a slab every
 // other block (tiered fenced 64 KiB: 2,732 instructions per pair at 2 blocks per slab, 931 at 16).

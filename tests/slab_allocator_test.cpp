@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <thread>
+#include <utility>
 
 #include "providers/host_provider.h"
 #include "tests/backend_test_support.h"
@@ -80,6 +81,22 @@ TEST(SlabAllocator, BlocksOfOneClassShareASlab) {
   EXPECT_EQ(slab.slab_count(), 2u);
   slab.deallocate(one_more, 200, 0);
   for (void* p : blocks) slab.deallocate(p, 200, 0);
+}
+
+// Tiered's shape (allocators/tiered_allocator.h): small slabs, at least 16 blocks each, but that rule
+// never asks for more than 2 MiB: a class of 1 MiB blocks takes 2 MiB at a time, not 16 MiB.
+TEST(SlabAllocator, SlabsHoldTheMinimumBlocksUpTo2MiB) {
+  HostProvider provider(64 * KiB);
+  SlabAllocator slab(provider, MiB, /*thread_caches=*/false, /*idle_bytes=*/0, 64 * KiB, 16);
+  const std::pair<std::size_t, std::size_t> block_and_slab[] = {
+      {4 * KiB, 64 * KiB}, {64 * KiB, MiB}, {MiB, 2 * MiB}};
+  for (auto [block, slab_bytes] : block_and_slab) {
+    const std::size_t before = provider.bytes_mapped();
+    void* p = slab.allocate(block, 0);
+    ASSERT_NE(p, nullptr);
+    EXPECT_EQ(provider.bytes_mapped() - before, slab_bytes) << "a slab for " << block << " B blocks";
+    slab.deallocate(p, block, 0);
+  }
 }
 
 TEST(SlabAllocator, EmptySlabsAboveTheIdleThresholdGoBackOnFree) {
