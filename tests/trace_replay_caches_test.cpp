@@ -13,6 +13,7 @@
 
 #include "analysis/trace_replay.h"
 #include "analysis/trace_tool_commands.h"
+#include "tests/forwarding_allocator.h"
 #include "tests/trace_test_support.h"
 
 namespace gpushim::tracing {
@@ -29,29 +30,17 @@ struct Reached {
 std::mutex g_lock;
 std::vector<Reached>* g_reached = nullptr;
 
-class ThreadLoggingAllocator : public Allocator {
+class ThreadLoggingAllocator : public gpushim::testing::ForwardingAllocator {
  public:
-  explicit ThreadLoggingAllocator(std::unique_ptr<Allocator> inner) : inner_(std::move(inner)) {}
+  using gpushim::testing::ForwardingAllocator::ForwardingAllocator;
   const char* name() const noexcept override { return "thread-logging"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override {
     {
       std::lock_guard<std::mutex> guard(g_lock);
       g_reached->push_back({bytes, std::this_thread::get_id()});
     }
-    return inner_->allocate(bytes, stream);
+    return inner().allocate(bytes, stream);
   }
-  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
-    inner_->deallocate(p, bytes, stream);
-  }
-  void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override {
-    return inner_->allocate_without_growing(bytes, stream);
-  }
-  bool can_allocate_without_growing() const noexcept override { return inner_->can_allocate_without_growing(); }
-  std::size_t release_cached() noexcept override { return inner_->release_cached(); }
-  AllocatorStats stats() const noexcept override { return inner_->stats(); }
-
- private:
-  std::unique_ptr<Allocator> inner_;
 };
 
 std::unique_ptr<Allocator> logging_vmm(MemoryProvider& provider, const Settings& settings) {

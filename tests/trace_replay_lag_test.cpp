@@ -11,6 +11,7 @@
 
 #include "analysis/trace_replay.h"
 #include "analysis/trace_tool_commands.h"
+#include "tests/forwarding_allocator.h"
 #include "tests/trace_test_support.h"
 #include "tools/trace_commands.h"
 
@@ -59,24 +60,19 @@ struct Call {
 };
 std::vector<Call>* g_calls = nullptr;
 
-class RecordingAllocator : public Allocator {
+class RecordingAllocator : public gpushim::testing::ForwardingAllocator {
  public:
-  explicit RecordingAllocator(std::unique_ptr<Allocator> inner) : inner_(std::move(inner)) {}
+  using gpushim::testing::ForwardingAllocator::ForwardingAllocator;
   const char* name() const noexcept override { return "recording"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override {
-    void* p = inner_->allocate(bytes, stream);
+    void* p = inner().allocate(bytes, stream);
     g_calls->push_back({true, bytes, p});
     return p;
   }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
     g_calls->push_back({false, bytes, p});
-    inner_->deallocate(p, bytes, stream);
+    inner().deallocate(p, bytes, stream);
   }
-  std::size_t release_cached() noexcept override { return inner_->release_cached(); }
-  AllocatorStats stats() const noexcept override { return inner_->stats(); }
-
- private:
-  std::unique_ptr<Allocator> inner_;
 };
 
 std::unique_ptr<Allocator> recording_tiered(MemoryProvider& provider, const Settings& settings) {
