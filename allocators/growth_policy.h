@@ -9,7 +9,7 @@
 // docs/free-safety.md). Below the peak, growth costs nothing the program's peak shows, so it is allowed.
 //
 // The tiered backend uses it too: before its large tier grows past its peak, its small tier's empty
-// slabs go back to the driver (allocators/tiered_allocator.cpp).
+// slabs go back to the arena, where the large block may then fit (allocators/tiered_allocator.cpp).
 //
 // A thread-local flag, not an argument, so the decorators between the router and the arena (per-thread
 // caches, tiers, statistics, limits) need not pass it on.

@@ -1,9 +1,10 @@
-// Size classes carved from 2 MiB slabs, with per-thread magazines in front of per-class depots
-// (Bonwick's magazine layer, as in Solaris kmem and mimalloc's thread-local heaps).
+// Size classes carved from slabs, with per-thread magazines in front of per-class depots (Bonwick's
+// magazine layer, as in Solaris kmem and mimalloc's thread-local heaps).
 //
 // Small requests (up to max_small_size, default 1 MiB) are rounded up to a size class and served from
-// slabs: provider ranges of whole granules, each cut into equal blocks of one class. Larger requests
-// get a dedicated run of mapped granules.
+// slabs: provider ranges of whole granules (2 MiB over the driver; over tiered's arena, blocks of it,
+// allocators/block_memory_provider.h), each cut into equal blocks of one class. Larger requests get a
+// dedicated run of mapped granules.
 //
 // Why thread caches and not only per-class locks: bench/cpu_backends_bench, alloc+free pairs in batches
 // of 64 live blocks, core-ns per pair on the 2-core dev VM (2026-11-25, two runs, best of 3 each):
