@@ -165,6 +165,44 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
   return give_back(recorded);
 }
 
+std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> open) noexcept {
+  if (!events_.may_give_back()) {
+    // A capture forbids the backend's driver calls now: the open blocks wait as orphans (fenced later).
+    adopt_orphans(std::move(open));
+    return 0;
+  }
+  // In the order they were freed, as poll() gives them back: closed batches, orphans, the open batches.
+  std::vector<ClosedBatch> done;
+  {
+    std::lock_guard<std::mutex> guard(lock_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      if (it->stream_fence) {
+        ++it;
+        continue;
+      }
+      try {
+        done.push_back(std::move(*it));
+      } catch (...) {
+        break;  // no host memory: the rest wait for their fences as before
+      }
+      pending_bytes_ -= done.back().bytes;
+      it = queue_.erase(it);
+    }
+    try {
+      done.emplace_back();
+      done.back().blocks.swap(orphans_);
+      for (const FreedBlock& block : done.back().blocks) pending_bytes_ -= block.bytes;
+      done.back().blocks.insert(done.back().blocks.end(), open.begin(), open.end());
+      open.clear();
+    } catch (...) {
+    }
+    held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
+  }
+  if (!open.empty()) adopt_orphans(std::move(open));  // no host memory above: fenced by a later poll
+  // Outside the lock, as poll(): the events go back to their pool, the blocks to the backend.
+  return give_back(done);
+}
+
 std::uint64_t FreeFenceQueue::pending_bytes() const noexcept {
   std::lock_guard<std::mutex> guard(lock_);
   return pending_bytes_;

@@ -324,16 +324,23 @@ FenceContext batch_context(DeviceState& device) noexcept {
 constexpr std::size_t kAskBeforeFencingBytes = kBatchMaxBytes / 4;
 
 // Polls stream activity (router/stream_activity.h): true when that turned the work ordered just now.
-// Then every thread's open batch is closed and fenced at once, so its blocks do not wait for a batch
-// that no longer fills (measured on the H200: 160 MiB of a CNN's blocks waited through its peak). Only
-// on that transition: a per-thread-stream async free reaches free_fenced while the work is ordered, and
-// closing every batch then would take the thread registry's lock every 8 frees and defeat batching.
-__attribute__((noinline)) bool poll_turned_ordered(DeviceState& device) noexcept {
+// Then every cuMemFree'd block still held back, on every device (the threads' open batches, orphans,
+// device-fenced batches), goes back to its backend at once, unfenced: it may be reused exactly as a
+// block freed now may (docs/free-safety.md, "When the work turns ordered again"). Before, the open
+// batches were closed with a fence: with no stream active any more that was the device-wide fence, an
+// event on the legacy stream and on every non-blocking stream, ~5 us on the H200, once per burst of
+// side-stream work (alloc_bench, a stream per thread: the one-thread p99 was that close). Only on that
+// transition: a per-thread-stream async free reaches free_fenced while the work is ordered, and taking
+// every batch then would take the thread registry's lock every 8 frees and defeat batching.
+__attribute__((noinline)) bool poll_turned_ordered() noexcept {
   const bool was_ordered = reuse_at_once();
   poll_stream_activity();
   if (was_ordered || !reuse_at_once()) return false;
-  close_all_thread_batches(device);
-  device.fences.poll();
+  for (const auto& slot : g_devices) {
+    DeviceState* each = slot.load(std::memory_order_acquire);
+    if (each && !each->properties.stream_ordered)
+      each->fences.give_back_device_batches(take_all_thread_batches(*each));
+  }
   return true;
 }
 
@@ -374,7 +381,7 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
   // A stream that stopped carrying work is found idle here: poll every 8 fenced frees, and whenever a
   // batch closes.
-  if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) poll_turned_ordered(device);
+  if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) poll_turned_ordered();
 }
 
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
@@ -390,7 +397,7 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
   // A large block would close a batch by itself, or soon: first ask whether the streams that kept the
   // work unordered are idle by now (a side stream's work often takes microseconds); if so it goes back
   // at once instead of costing a fence and waiting for it.
-  if (!device.properties.stream_ordered && freed.bytes >= kAskBeforeFencingBytes && poll_turned_ordered(device)) {
+  if (!device.properties.stream_ordered && freed.bytes >= kAskBeforeFencingBytes && poll_turned_ordered()) {
     device.backend().deallocate(freed.ptr, freed.bytes, 0);
     return;
   }

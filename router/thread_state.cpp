@@ -41,6 +41,27 @@ void close_all_thread_batches(DeviceState& device) noexcept {
   for (Closed& c : closed) device.fences.close_device_batch(std::move(c.blocks), c.context);
 }
 
+std::vector<FreedBlock> take_all_thread_batches(DeviceState& device) noexcept {
+  std::vector<FreedBlock> taken;
+  std::lock_guard<std::mutex> registry(g_threads_lock);
+  for (ThreadState* thread : threads()) {
+    std::lock_guard<SpinLock> guard(thread->lock);
+    PendingBatch& batch = thread->batches[device.ordinal];
+    if (batch.empty()) continue;
+    if (taken.empty()) {
+      taken = batch.take();  // the common case, one thread's batch: moved, not copied
+      continue;
+    }
+    std::vector<FreedBlock> blocks = batch.take();
+    try {
+      taken.insert(taken.end(), blocks.begin(), blocks.end());
+    } catch (...) {
+      device.fences.adopt_orphans(std::move(blocks));  // no host memory: the same way back, as orphans
+    }
+  }
+  return taken;
+}
+
 std::uint64_t thread_pending_bytes(int ordinal) noexcept {
   std::uint64_t bytes = 0;
   std::lock_guard<std::mutex> registry(g_threads_lock);

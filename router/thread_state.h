@@ -133,6 +133,8 @@ __attribute__((always_inline)) static inline Counters& counters(int device) {
 
 // Closes every thread's pending cuMemFree batch of this device (memory pressure).
 void close_all_thread_batches(DeviceState& device) noexcept;
+// Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered).
+std::vector<FreedBlock> take_all_thread_batches(DeviceState& device) noexcept;
 std::uint64_t thread_pending_bytes(int ordinal) noexcept;
 
 }  // namespace gpushim::router

@@ -210,6 +210,42 @@ TEST_F(FreeFenceQueueTest, CompletedBlocksWaitWhileGivingBackIsForbidden) {
   EXPECT_EQ(queue.poll(), 512u);
 }
 
+// The work turned ordered: open, orphaned and device-fenced blocks go back with no event recorded or
+// waited for; a stream fence (cuMemFreeAsync) still waits for its stream.
+TEST_F(FreeFenceQueueTest, DeviceBatchesGoBackUnfencedWhenTheWorkTurnsOrdered) {
+  queue.close_stream_batch(blocks(20, 1), nullptr, 7);  // event 1
+  queue.close_device_batch(blocks(1, 2), nullptr);      // event 2, pending
+  events.capturing = true;
+  queue.close_device_batch(blocks(10, 1), nullptr);  // not recorded (a capture runs)
+  queue.adopt_orphans(blocks(30, 1));
+  events.capturing = false;
+  const int fences_before = events.device_fences + events.stream_fences;
+  const int queries_before = events.queries;
+
+  EXPECT_EQ(queue.give_back_device_batches(blocks(40, 3)), 7u * 256);
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(30), ptr(40), ptr(41), ptr(42)}));
+  EXPECT_EQ(events.device_fences + events.stream_fences, fences_before);
+  EXPECT_EQ(events.queries, queries_before);
+  EXPECT_EQ(events.released, 1u);  // the recorded device fence's event, back to its pool
+  EXPECT_EQ(queue.batches(), 1u);  // only the stream batch waits
+  EXPECT_EQ(queue.pending_bytes(), 256u);
+  EXPECT_TRUE(queue.holds(ptr(20)));
+  EXPECT_TRUE(queue.holds_blocks());
+
+  events.complete = {1};
+  EXPECT_EQ(queue.poll(), 256u);
+  EXPECT_FALSE(queue.holds_blocks());
+}
+
+TEST_F(FreeFenceQueueTest, WhileGivingBackIsForbiddenTheOpenBlocksWaitAsOrphans) {
+  events.holding = true;
+  EXPECT_EQ(queue.give_back_device_batches(blocks(1, 2)), 0u);
+  EXPECT_TRUE(backend.returned.empty());
+  EXPECT_TRUE(queue.holds(ptr(1)));
+  events.holding = false;
+  EXPECT_EQ(queue.give_back_device_batches({}), 512u);
+}
+
 TEST_F(FreeFenceQueueTest, EmptyBatchesRecordNothing) {
   queue.close_device_batch({}, nullptr);
   EXPECT_EQ(events.device_fences, 0);

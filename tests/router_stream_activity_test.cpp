@@ -193,6 +193,29 @@ TEST_F(StreamActivity, BlocksFencedWhileAStreamWorkedComeBackWhenItStops) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// The poll that finds the side stream idle gives the blocks fenced meanwhile straight back: no fence is
+// recorded for them, and they do not wait for the legacy stream's backlog (docs/free-safety.md, "When
+// the work turns ordered again"). Before, that poll closed the open batch with the device-wide fence: an
+// event on the legacy stream (held here, so the block never came back) and on the side stream.
+TEST_F(StreamActivity, TheTransitionToOrderedGivesBackFencedBlocksUnfenced) {
+  CUstream s = active_side_stream();  // joined while the legacy stream had caught up
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  launch_on(CU_STREAM_LEGACY);
+  fake_cuda_hold_stream(s, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 9, kBlock, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // fenced: into this thread's open batch
+  EXPECT_FALSE(handed_out_again(used, 100)) << "handed out while the side stream's work on it is queued";
+
+  fake_cuda_hold_stream(s, 0);  // the side stream is done; the legacy stream is still behind
+  const int records = fake_cuda_calls("cuEventRecord");
+  churn();  // frees poll: the side stream's probe (recorded above) has completed
+  EXPECT_TRUE(handed_out_again(used, 400)) << "the block waited for the legacy stream, which never touched it";
+  EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "the transition recorded a fence";
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // The legacy stream and one blocking stream order each other both ways; a second blocking stream with
 // work does not order against the first.
 TEST_F(StreamActivity, OneBlockingStreamKeepsTheOrderASecondEndsIt) {
@@ -379,7 +402,10 @@ TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
   ASSERT_EQ(cuStreamCreate(&second, 0), CUDA_SUCCESS);
   launch_on(first);
   launch_on(second);  // two blocking streams: no longer totally ordered
+  // Both busy: were `second` found idle, one blocking stream would be left, which is ordered again, and
+  // `used` would rightly be reused at once (a later user on another stream is joined to `first`).
   fake_cuda_hold_stream(first, 1);
+  fake_cuda_hold_stream(second, 1);
   const int waits = fake_cuda_calls("cuStreamWaitEvent");
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, first), CUDA_SUCCESS);
@@ -389,6 +415,7 @@ TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
   fake_cuda_hold_stream(first, 0);
   churn();
   EXPECT_TRUE(handed_out_again(used, 400));
+  fake_cuda_hold_stream(second, 0);
   EXPECT_EQ(cuStreamDestroy(first), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(second), CUDA_SUCCESS);
 }
