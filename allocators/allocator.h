@@ -66,6 +66,10 @@ class Allocator {
   // False where a freed block's memory goes back at once (the slab's dedicated runs) or serves only
   // its own size class.
   virtual bool can_allocate_without_growing() const noexcept { return false; }
+  // Calls so far that found the backend's one lock held by another thread (a relaxed count; 0 where
+  // there is no such lock). A cache in front keeps freed large blocks per thread only while it moves
+  // (allocators/thread_cache_allocator.h): that is when they spare threads a wait.
+  virtual std::uint64_t lock_waits() const noexcept { return 0; }
 
   // The last resort, once allocate() failed and the router has got back what it could: a block from
   // memory outside the device (host memory, GPUSHIM_SPILL=host), or nullptr. Only the spilling

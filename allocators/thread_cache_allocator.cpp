@@ -121,6 +121,10 @@ struct ThreadCacheAllocator::ThreadCache {
   // growth): the owner's next request of one of them may grow the backend rather than take in turn.
   std::size_t taken_sizes[kLargeSlots] = {};
   std::uint32_t taken_count = 0;
+  // LargeSlots::while_contended, the owner's only: parking since a large backend call found the lock
+  // held, and the large backend calls in a row since that found it free.
+  bool parking_large = false;
+  std::uint32_t calm_large_calls = 0;
   std::atomic<std::uint64_t> large_bytes{0};  // written under `lock`, read by stats() without it
   // Written under `lock`, read by stats() without it.
   std::atomic<std::uint64_t> cached_bytes{0};
@@ -179,9 +183,9 @@ ThreadCacheList::~ThreadCacheList() {
   }
 }
 
-ThreadCacheAllocator::ThreadCacheAllocator(std::unique_ptr<Allocator> inner, bool large_slots) noexcept
+ThreadCacheAllocator::ThreadCacheAllocator(std::unique_ptr<Allocator> inner, LargeSlots large_slots) noexcept
     : inner_(std::move(inner)),
-      large_slots_(large_slots && inner_->can_allocate_without_growing()),
+      large_slots_(inner_->can_allocate_without_growing() ? large_slots : LargeSlots::off),
       id_(register_allocator(this)) {
   std::size_t slot = 0;
   for (std::size_t c = 0; c < kClassCount; ++c) {
@@ -371,8 +375,22 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
 // in other threads, the backend is asked for memory it holds already; only if it has none are every
 // thread's slots emptied into it before it may grow. So parked blocks never make the backend map more
 // than it would without them (tests/thread_cache_allocator_test.cpp, "NoGrowth").
+bool ThreadCacheAllocator::parks_large(const ThreadCache* cache) const noexcept {
+  return large_slots_ == LargeSlots::always || cache->parking_large;
+}
+
+void ThreadCacheAllocator::note_large_backend_call(ThreadCache* cache, std::uint64_t waits_before) noexcept {
+  if (large_slots_ != LargeSlots::while_contended || !cache) return;
+  if (inner_->lock_waits() != waits_before) {
+    cache->parking_large = true;
+    cache->calm_large_calls = 0;
+  } else if (cache->parking_large && ++cache->calm_large_calls >= kCalmCallsToStopParking) {
+    cache->parking_large = false;  // its parked blocks went back at this miss (allocate_large)
+  }
+}
+
 __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t bytes, StreamHandle stream) noexcept {
-  if (!large_slots_) return inner_->allocate(bytes, stream);
+  if (large_slots_ == LargeSlots::off) return inner_->allocate(bytes, stream);
   ThreadCache* cache = this_thread_cache();
   bool taken_from_here = false;
   if (cache) {
@@ -399,15 +417,25 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       return p;
     }
   }
-  return taken_from_here ? allocate_taken_size(bytes, stream) : allocate_from_backend(bytes, stream);
+  const std::uint64_t waits_before = inner_->lock_waits();
+  void* p = taken_from_here ? allocate_taken_size(bytes, stream) : allocate_from_backend(bytes, stream);
+  note_large_backend_call(cache, waits_before);
+  return p;
 }
 
 // A freed large block joins the thread's slots, the oldest leaving when the slots or their byte bound
 // are full. Blocks above the bound pass through.
 __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, std::size_t bytes,
                                                                       StreamHandle stream) noexcept {
-  ThreadCache* cache = large_slots_ && bytes <= kMaxLargeBytesPerThread ? this_thread_cache() : nullptr;
+  ThreadCache* cache =
+      large_slots_ != LargeSlots::off && bytes <= kMaxLargeBytesPerThread ? this_thread_cache() : nullptr;
   if (!cache) return inner_->deallocate(p, bytes, stream);
+  if (!parks_large(cache)) {
+    const std::uint64_t waits_before = inner_->lock_waits();
+    inner_->deallocate(p, bytes, stream);
+    note_large_backend_call(cache, waits_before);
+    return;
+  }
   LargeSlot evicted[kLargeSlots];
   std::size_t n = 0;
   cache->lock.owner_lock();

@@ -15,7 +15,14 @@
 // to kLargeSlots slots per thread and kMaxLargeBytesPerThread bytes, the oldest leaving first; a hit is
 // a request of exactly that size. Without them every such pair took the arena's one mutex: 16 threads
 // convoyed on it (33 us a pair per thread at 4-256 MiB on the H200, docs/perf-notes.md). What they must
-// not do is cost memory: a parked block is free memory the backend cannot see. So
+// not do is cost memory: a parked block is free memory the backend cannot see, and on PyTorch workloads
+// (one thread allocates) parking raised the GPU peak by 0.06-0.21 GiB although the rules below keep
+// the backend from growing for it (placements differ when blocks come back later and in another order).
+// So by default (LargeSlots::while_contended) a thread parks only while parking spares it a wait: from
+// a large call of its own during which the backend's lock was found held (Allocator::lock_waits(),
+// counted by the arena) until kCalmCallsToStopParking of its large backend calls in a row found it free.
+// A program whose large blocks come from one thread at a time never parks and places every block as
+// with no cache; threads that fight over the arena park. When parking:
 // - a miss of any size first gives the thread's own parked blocks back: the backend sees the thread's
 //   frees and requests in the program's order (a KV cache grown by torch.cat asks for a bit more than
 //   the block it just freed, which the arena merges with its neighbours to serve);
@@ -83,13 +90,16 @@ class ThreadCacheAllocator final : public Allocator {
   // cost is the work done with it. Parked bytes never make the backend grow, so the bound is about
   // memory the arena cannot give back to the driver past its release threshold, not about the peak.
   static constexpr std::size_t kMaxLargeBytesPerThread = std::size_t{2} << 30;
+  // A parking thread stops after this many large backend calls in a row that found the lock free: a
+  // thread that hits its slots seldom calls the backend, and one whose sizes change misses often, so
+  // a contended moment is forgotten within a few dozen of its misses.
+  static constexpr std::uint32_t kCalmCallsToStopParking = 32;
 
-  // `large_slots` false: requests above kMaxCachedBytes always pass through; they pass through anyway
-  // where the backend cannot allocate_without_growing(). gpushim's backends have them only under
-  // GPUSHIM_LARGE_SLOTS=1 (allocators/backend_stack.cpp): "parked bytes never make the backend grow" holds
-  // for the arena's growth calls, yet on the GPU the parked blocks raised PyTorch workloads' peaks by
-  // 0.06-0.21 GiB (placement changes when blocks come back later and in another order; docs/benchmarks.md).
-  explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner, bool large_slots = true) noexcept;
+  // When the large slots park blocks (GPUSHIM_LARGE_SLOTS: auto, 1, 0). Over a backend that cannot
+  // allocate_without_growing() they never do (the slab unmaps a large block at its free).
+  enum class LargeSlots { off, while_contended, always };
+  explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner,
+                                LargeSlots large_slots = LargeSlots::always) noexcept;
   ~ThreadCacheAllocator() override;
 
   const char* name() const noexcept override { return inner_->name(); }
@@ -130,6 +140,10 @@ class ThreadCacheAllocator final : public Allocator {
   void deallocate_large(void* p, std::size_t bytes, StreamHandle stream) noexcept;
   void* take_large_from_depot(std::size_t bytes) noexcept;
   void* allocate_from_backend(std::size_t bytes, StreamHandle stream) noexcept;
+  // Whether this thread's freed large blocks are parked now (LargeSlots::while_contended: see above).
+  bool parks_large(const ThreadCache* cache) const noexcept;
+  // After a large backend call of this thread: `waits_before` is lock_waits() before it.
+  void note_large_backend_call(ThreadCache* cache, std::uint64_t waits_before) noexcept;
   // Every thread's large slots and the depot's large blocks to the backend; with `remember_taken`, each
   // thread's cache records the sizes taken from it.
   void flush_large_everywhere(bool remember_taken) noexcept;
@@ -140,7 +154,8 @@ class ThreadCacheAllocator final : public Allocator {
   void give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept;
 
   std::unique_ptr<Allocator> inner_;
-  const bool large_slots_;  // the backend can_allocate_without_growing(): else large blocks pass through
+  // off where the backend cannot allocate_without_growing(): large blocks then pass through.
+  const LargeSlots large_slots_;
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
   std::uint32_t capacity_[kClassCount] = {};    // per class: blocks a thread may keep
   std::uint32_t first_slot_[kClassCount] = {};  // per class: its first slot in a cache's slot array

@@ -26,6 +26,7 @@
 //   a whole mapping. A chunk goes back when no live block touches it.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -79,6 +80,7 @@ class VmmArena final : public Allocator {
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
   bool can_allocate_without_growing() const noexcept override { return true; }
+  std::uint64_t lock_waits() const noexcept override { return lock_waits_.load(std::memory_order_relaxed); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   AllocatorStats stats() const noexcept override;
@@ -136,6 +138,10 @@ class VmmArena final : public Allocator {
   std::size_t reserve_bytes_ = 0;
 
   mutable std::mutex mutex_;
+  std::atomic<std::uint64_t> lock_waits_{0};  // calls that found mutex_ held (lock_waits())
+  // mutex_ for allocate and deallocate, counting the calls that found it held. try_lock first costs
+  // what lock() does (one compare-and-swap) when it is free.
+  std::unique_lock<std::mutex> lock_counting_waits() noexcept;
   Range* head_ = nullptr;       // first range in address order
   Range* unmapped_ = nullptr;   // list of unmapped ranges (few: holes left by give-back, and the tail)
   Range* wilderness_ = nullptr; // free ranges right below an unmapped one (at most one per unmapped range)

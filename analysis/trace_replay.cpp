@@ -154,7 +154,9 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     dr.provider = std::make_unique<HostProvider>();
     dr.allocator = backend.factory(*dr.provider, settings);
     if (dr.allocator && caches.thread_caches)
-      dr.allocator = std::make_unique<ThreadCacheAllocator>(std::move(dr.allocator), caches.large_slots);
+      dr.allocator = std::make_unique<ThreadCacheAllocator>(
+          std::move(dr.allocator),
+          caches.large_slots ? ThreadCacheAllocator::LargeSlots::always : ThreadCacheAllocator::LargeSlots::off);
     return dr.allocator ? &dr : nullptr;
   };
   auto reserved_now = [&] {

@@ -188,11 +188,19 @@ const Row kRows[] = {
     {{"GPUSHIM_VMM_RELEASE_THRESHOLD", "size", "8GiB", "a size; 0 = give back all idle memory",
       "vmm: idle mapped memory kept per device; above it, idle mappings are given back to the driver."},
      [](const char* v, Settings& s) { return parse_size(v, &s.vmm_release_threshold); }},
-    {{"GPUSHIM_LARGE_SLOTS", "bool", "0", "0, 1 (also true/false, yes/no, on/off)",
-      "Per-thread slots for freed blocks above 1 MiB, reused by exact size: many threads that allocate "
-      "the same large sizes then scale without the arena's lock. Off by default: on PyTorch workloads "
-      "the parked blocks raised the peak by 0.06-0.21 GiB (docs/benchmarks.md)."},
-     [](const char* v, Settings& s) { return parse_bool(v, &s.large_slots); }},
+    {{"GPUSHIM_LARGE_SLOTS", "choice", "auto", "auto, 1, 0 (also true/false, yes/no, on/off)",
+      "Per-thread slots for freed blocks above 1 MiB, reused by exact size, so that many threads that "
+      "allocate the same large sizes scale without the arena's lock. auto: a thread keeps them only "
+      "while its large calls find the arena's lock held by another thread (a program whose large blocks "
+      "come from one thread places them as with no slots); 1: always (on PyTorch workloads that raised "
+      "the peak by 0.06-0.21 GiB, docs/benchmarks.md); 0: never."},
+     [](const char* v, Settings& s) {
+       if (equals_ignoring_case(v, "auto")) return s.large_slots = Settings::LargeSlots::while_contended, true;
+       bool on = false;
+       if (!parse_bool(v, &on)) return false;
+       s.large_slots = on ? Settings::LargeSlots::always : Settings::LargeSlots::never;
+       return true;
+     }},
     {{"GPUSHIM_BUDDY_REGION", "size", "1GiB", "a power of two >= 2MiB",
       "buddy: size of one region taken from the provider; also the largest block the buddy serves."},
      [](const char* v, Settings& s) {

@@ -21,6 +21,7 @@ class ForwardingAllocator : public Allocator {
     return inner_->allocate_without_growing(bytes, stream);
   }
   bool can_allocate_without_growing() const noexcept override { return inner_->can_allocate_without_growing(); }
+  std::uint64_t lock_waits() const noexcept override { return inner_->lock_waits(); }
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
   AllocatorStats stats() const noexcept override { return inner_->stats(); }
 

@@ -39,7 +39,9 @@ testing::WorkloadFit fit_of(const char* backend, const DecodingWorkload& workloa
   HostProvider provider;
   std::unique_ptr<Allocator> allocator = find_backend(backend)->factory(provider, settings);
   if (caches != Caches::none)
-    allocator = std::make_unique<ThreadCacheAllocator>(std::move(allocator), caches == Caches::classes_and_large_slots);
+    allocator = std::make_unique<ThreadCacheAllocator>(
+        std::move(allocator), caches == Caches::classes_and_large_slots ? ThreadCacheAllocator::LargeSlots::always
+                                                                         : ThreadCacheAllocator::LargeSlots::off);
   testing::WorkloadFit fit = testing::run_workload(workload, *allocator, provider);
   allocator.reset();
   EXPECT_EQ(provider.misuse_count(), 0u) << backend;

@@ -80,9 +80,11 @@ TEST(ParseSizeOrPercent, PercentAndSizes) {
     EXPECT_FALSE(parse_size_or_percent(text, &setting)) << text;
 }
 
-TEST(Settings, LargeSlotsAreOptIn) {
-  EXPECT_TRUE(parse({{"GPUSHIM_LARGE_SLOTS", "1"}}).large_slots);
-  EXPECT_FALSE(parse({{"GPUSHIM_LARGE_SLOTS", "off"}}).large_slots);
+TEST(Settings, LargeSlotsParkWhileContendedUnlessTold) {
+  EXPECT_EQ(parse({}).large_slots, Settings::LargeSlots::while_contended);
+  EXPECT_EQ(parse({{"GPUSHIM_LARGE_SLOTS", "AUTO"}}).large_slots, Settings::LargeSlots::while_contended);
+  EXPECT_EQ(parse({{"GPUSHIM_LARGE_SLOTS", "1"}}).large_slots, Settings::LargeSlots::always);
+  EXPECT_EQ(parse({{"GPUSHIM_LARGE_SLOTS", "off"}}).large_slots, Settings::LargeSlots::never);
   EXPECT_FALSE(parse({{"GPUSHIM_LARGE_SLOTS", "maybe"}}).errors.empty());
 }
 
@@ -93,7 +95,7 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_FALSE(s.stats);
   EXPECT_EQ(s.log, LogLevel::warn);
   EXPECT_FALSE(s.strict);
-  EXPECT_FALSE(s.large_slots);
+  EXPECT_EQ(s.large_slots, Settings::LargeSlots::while_contended);
   EXPECT_FALSE(s.limit.set());
   EXPECT_EQ(s.vmm_reserve, 256 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 8 * MiB);
@@ -145,7 +147,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 0u);
-  EXPECT_TRUE(s.large_slots);
+  EXPECT_EQ(s.large_slots, Settings::LargeSlots::always);
   EXPECT_EQ(s.buddy_region, 512 * MiB);
   EXPECT_EQ(s.slab_max_size, 256 * KiB);
   EXPECT_EQ(s.tiered_split, 512 * KiB);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <functional>
@@ -18,6 +19,7 @@
 #include "allocators/thread_cache_allocator.h"
 #include "allocators/vmm_arena.h"
 #include "providers/host_provider.h"
+#include "tests/forwarding_allocator.h"
 
 namespace gpushim {
 namespace {
@@ -598,6 +600,136 @@ TEST_F(ThreadCacheTest, ALargeBlockFreedOnAnotherThreadServesThatThread) {
   other.join();
   EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
   EXPECT_EQ(cache_->stats().allocations, 2u);
+}
+
+// LargeSlots::while_contended (GPUSHIM_LARGE_SLOTS=auto), over an arena whose lock waits the test
+// makes up: a backend call during which the count moves is a call that found the lock held.
+class MadeUpWaits final : public testing::ForwardingAllocator {
+ public:
+  using ForwardingAllocator::ForwardingAllocator;
+  const char* name() const noexcept override { return "made-up-waits"; }
+  void* allocate(std::size_t bytes, StreamHandle stream) noexcept override {
+    ++allocations;
+    if (wait_in_next_call) waits += 1, wait_in_next_call = false;
+    return inner().allocate(bytes, stream);
+  }
+  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
+    if (wait_in_next_call) waits += 1, wait_in_next_call = false;
+    inner().deallocate(p, bytes, stream);
+  }
+  std::uint64_t lock_waits() const noexcept override { return waits; }
+  std::uint64_t waits = 0;
+  bool wait_in_next_call = false;
+  int allocations = 0;
+};
+
+class ContendedLargeSlots : public ::testing::Test {
+ protected:
+  ContendedLargeSlots() {
+    VmmArenaOptions o;
+    o.reserve = 512 * MiB;
+    o.grow_step = 2 * MiB;
+    o.release_threshold = 0;
+    auto backend = std::make_unique<MadeUpWaits>(std::make_unique<VmmArena>(provider_, o));
+    backend_ = backend.get();
+    cache_ = std::make_unique<ThreadCacheAllocator>(std::move(backend),
+                                                    ThreadCacheAllocator::LargeSlots::while_contended);
+  }
+  HostProvider provider_{HostProvider::kDefaultGranularity, 256 * MiB};
+  MadeUpWaits* backend_ = nullptr;
+  std::unique_ptr<ThreadCacheAllocator> cache_;
+};
+
+// One thread alone never finds the lock held: its large blocks go back to the arena at their free, so
+// it places them as with no cache (the PyTorch workloads' peaks, docs/benchmarks.md).
+TEST_F(ContendedLargeSlots, AThreadThatNeverWaitsParksNothing) {
+  for (int i = 0; i < 100; ++i) {
+    void* p = cache_->allocate(4 * MiB, 0);
+    ASSERT_NE(p, nullptr);
+    cache_->deallocate(p, 4 * MiB, 0);
+    ASSERT_EQ(cache_->cached_large_blocks(), 0u);
+  }
+  EXPECT_EQ(backend_->allocations, 100);
+}
+
+// A large call that found the lock held starts parking; the thread's pairs then skip the arena; after
+// kCalmCallsToStopParking large backend calls in a row without a wait, it stops, and what it parked
+// went back at those misses.
+TEST_F(ContendedLargeSlots, AWaitStartsParkingAndCalmCallsEndIt) {
+  backend_->wait_in_next_call = true;
+  void* p = cache_->allocate(4 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  cache_->deallocate(p, 4 * MiB, 0);
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u) << "a thread that waited for the arena did not park";
+  for (int i = 0; i < 100; ++i) {
+    void* q = cache_->allocate(4 * MiB, 0);
+    ASSERT_EQ(q, p);
+    cache_->deallocate(q, 4 * MiB, 0);
+  }
+  EXPECT_EQ(backend_->allocations, 1) << "parked pairs reached the arena";
+
+  // Misses of other sizes: each gives the parked blocks back first; none of them waits.
+  for (std::uint32_t i = 0; i < ThreadCacheAllocator::kCalmCallsToStopParking; ++i) {
+    const std::size_t bytes = (5 + i % 3) * MiB;
+    void* q = cache_->allocate(bytes, 0);
+    ASSERT_NE(q, nullptr);
+    cache_->deallocate(q, bytes, 0);
+  }
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u);
+  void* q = cache_->allocate(4 * MiB, 0);
+  cache_->deallocate(q, 4 * MiB, 0);
+  EXPECT_EQ(cache_->cached_large_blocks(), 0u) << "still parking after calm calls";
+  // A wait in a free starts it again.
+  q = cache_->allocate(4 * MiB, 0);
+  backend_->wait_in_next_call = true;
+  cache_->deallocate(q, 4 * MiB, 0);
+  q = cache_->allocate(4 * MiB, 0);
+  cache_->deallocate(q, 4 * MiB, 0);
+  EXPECT_EQ(cache_->cached_large_blocks(), 1u);
+  cache_->release_cached();
+}
+
+// The real arena counts the waits: threads that fight over it end up parking, and their pairs stop
+// reaching it. Bounded by time, not by a count, so a loaded machine only makes it take longer.
+TEST(ThreadCacheLargeBytes, ThreadsThatFightOverTheArenaParkTheirLargeBlocks) {
+  HostProvider provider{HostProvider::kDefaultGranularity, 512 * MiB};
+  VmmArenaOptions o;
+  o.reserve = 1024 * MiB;
+  o.grow_step = 2 * MiB;
+  auto arena = std::make_unique<VmmArena>(provider, o);
+  VmmArena* raw = arena.get();
+  ThreadCacheAllocator cache(std::move(arena), ThreadCacheAllocator::LargeSlots::while_contended);
+  std::atomic<bool> stop{false};
+  std::atomic<std::uint64_t> pairs{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      while (!stop.load(std::memory_order_relaxed)) {
+        void* p = cache.allocate(4 * MiB, 0);
+        ASSERT_NE(p, nullptr);
+        cache.deallocate(p, 4 * MiB, 0);
+        pairs.fetch_add(1, std::memory_order_relaxed);
+      }
+    });
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  std::uint64_t arena_calls_at_switch = 0, pairs_at_switch = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    if (raw->lock_waits() != 0 && pairs_at_switch == 0) {
+      arena_calls_at_switch = raw->stats().allocations;
+      pairs_at_switch = pairs.load();
+    }
+    if (pairs_at_switch != 0 && pairs.load() > pairs_at_switch + 100000) break;
+  }
+  stop = true;
+  for (std::thread& t : threads) t.join();
+  ASSERT_NE(raw->lock_waits(), 0u) << "four threads never found the arena's lock held in 20 s";
+  const std::uint64_t later_pairs = pairs.load() - pairs_at_switch;
+  const std::uint64_t later_arena_calls = raw->stats().allocations - arena_calls_at_switch;
+  EXPECT_GT(later_pairs, 100000u);
+  EXPECT_LT(later_arena_calls * 10, later_pairs) << "the threads kept taking the arena's lock";
+  cache.release_cached();
 }
 
 }  // namespace
