@@ -39,9 +39,9 @@ using Clock = std::chrono::steady_clock;
   } while (0)
 
 
-const char* api_name(Api api) { return api == Api::runtime ? "runtime" : "async"; }
+const char* api_name(Api api) { return api == Api::runtime ? "runtime" : api == Api::async ? "async" : "host"; }
 const char* api_calls(Api api) {
-  return api == Api::runtime ? "cudaMalloc+cudaFree" : "cudaMallocAsync+cudaFreeAsync";
+  return api == Api::runtime ? "cudaMalloc+cudaFree" : api == Api::async ? "cudaMallocAsync+cudaFreeAsync" : "malloc+free";
 }
 const char* streams_name(StreamMode m) { return m == StreamMode::on ? "on" : "off"; }
 const char* pattern_name(Pattern p) {
@@ -193,13 +193,15 @@ class PairRunner {
   void* allocate(std::uint64_t size) {
     void* p = nullptr;
     if (plan_.api == Api::runtime) CHECK_CUDA(cudaMalloc(&p, size));
-    else CHECK_CUDA(cudaMallocAsync(&p, size, stream_));
+    else if (plan_.api == Api::async) CHECK_CUDA(cudaMallocAsync(&p, size, stream_));
+    else p = std::malloc(size);  // the CPU's own ceiling (a thread-local cache in glibc up to 1 KiB)
     return p;
   }
   void release(void* p) {
     if (p == nullptr) return;
     if (plan_.api == Api::runtime) CHECK_CUDA(cudaFree(p));
-    else CHECK_CUDA(cudaFreeAsync(p, stream_));
+    else if (plan_.api == Api::async) CHECK_CUDA(cudaFreeAsync(p, stream_));
+    else std::free(p);
   }
 
   const ThreadPlan& plan_;

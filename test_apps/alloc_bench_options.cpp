@@ -8,7 +8,8 @@
 bool parse_options(int argc, char** argv, Options* o) {
   CLI::App app{
       "Host time of one allocation + free pair, by size, thread count and pattern.\n"
-      "  runtime = cudaMalloc/cudaFree, async = cudaMallocAsync/cudaFreeAsync on a warm default pool.\n"
+      "  runtime = cudaMalloc/cudaFree, async = cudaMallocAsync/cudaFreeAsync on a warm default pool,\n"
+      "  host = malloc/free (no GPU memory: what this CPU gives the same loop on 1 and N threads).\n"
       "  pairs: alloc then free; window: free the oldest of up to 64 live blocks; random: sizes\n"
       "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand').\n"
       "  --streams on: each thread first creates a non-blocking stream and launches a one-thread kernel\n"
@@ -18,13 +19,14 @@ bool parse_options(int argc, char** argv, Options* o) {
       "  label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams",
       "alloc_bench"};
   const std::map<std::string, Api> apis{{"runtime", Api::runtime}, {"cudaMalloc", Api::runtime},
-                                        {"async", Api::async}, {"cudaMallocAsync", Api::async}};
+                                        {"async", Api::async}, {"cudaMallocAsync", Api::async},
+                                        {"host", Api::host}, {"malloc", Api::host}};
   const std::map<std::string, Pattern> patterns{
       {"pairs", Pattern::pairs}, {"window", Pattern::window}, {"random", Pattern::random}};
   const std::map<std::string, StreamMode> streams{{"off", StreamMode::off}, {"on", StreamMode::on}};
   std::vector<std::string> sizes;
   bool quick = false;
-  app.add_option("--api", o->apis, "runtime,async")->delimiter(',')->transform(CLI::CheckedTransformer(apis));
+  app.add_option("--api", o->apis, "runtime,async,host")->delimiter(',')->transform(CLI::CheckedTransformer(apis));
   app.add_option("--patterns", o->patterns, "pairs,window,random")
       ->delimiter(',')
       ->transform(CLI::CheckedTransformer(patterns));

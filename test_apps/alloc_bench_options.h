@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-enum class Api { runtime, async };
+enum class Api { runtime, async, host };
 enum class Pattern { pairs, window, random };
 // off: the thread creates no stream. on: each thread first creates a non-blocking stream and keeps it
 // carrying work (a one-thread kernel every kStreamWorkEvery pairs, outside the timed pair), so an

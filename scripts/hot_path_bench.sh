@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# The hot-path benchmark of docs/benchmarks.md, on the GPU machine: alloc_bench pairs, 1 and 16 threads,
+# without and with a stream per thread, under gpushim tiered and vmm and without gpushim (cudaMalloc,
+# the warm cudaMallocAsync pool, and host malloc: what this CPU gives 16 threads of the loop), in interleaved passes (pass 1 runs every configuration, then pass 2...),
+# so a drift of the machine shows in every column alike. Prints the table of the hot-path targets last
+# (scripts/hot_path_table.py: medians over the passes).
+#
+#   scripts/hot_path_bench.sh [--lib PATH] [--baseline-lib PATH] [--passes N] [--cell-ms MS] [--sizes LIST]
+#                             [--build-dir DIR] [--csv FILE]
+# --baseline-lib adds tiered and vmm under a second libgpushim.so (labels tiered-base, vmm-base): a
+# change and its baseline in the same run, as the measuring rules ask.
+set -u -o pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build="$repo/build-gpu"
+lib=""
+baseline_lib=""
+passes=3
+cell_ms=100
+sizes="256,64K,1M,4M,16M,256M,1G"
+csv=""
+usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --lib) lib="$2"; shift 2 ;;
+    --baseline-lib) baseline_lib="$2"; shift 2 ;;
+    --passes) passes="$2"; shift 2 ;;
+    --cell-ms) cell_ms="$2"; shift 2 ;;
+    --sizes) sizes="$2"; shift 2 ;;
+    --build-dir) build="$2"; shift 2 ;;
+    --csv) csv="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "hot_path_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[ -n "$lib" ] || lib="$build/lib/libgpushim.so"
+bench="$build/test_apps/alloc_bench"
+for f in "$bench" "$lib" ${baseline_lib:+"$baseline_lib"}; do
+  [ -e "$f" ] || { echo "hot_path_bench.sh: $f not found (build first: scripts/gpu_check.sh --tests-only)" >&2; exit 1; }
+done
+csv="${csv:-${OUT:-$build}/hot_path.csv}"
+rm -f "$csv"
+log="${csv%.csv}.log"
+: >"$log"
+
+common=(--patterns pairs --threads 1,16 --streams off,on --sizes "$sizes" --cell-ms "$cell_ms" --csv "$csv")
+failures=""
+run() {  # run LABEL LIB|"" API
+  local label=$1 library=$2 api=$3
+  if [ -n "$library" ]; then
+    LD_PRELOAD="$library" GPUSHIM_BACKEND="${label%-base}" "$bench" --api "$api" --label "$label" "${common[@]}" \
+      >>"$log" 2>&1 || failures+=" $label"
+  else
+    "$bench" --api "$api" --label none "${common[@]}" >>"$log" 2>&1 || failures+=" none"
+  fi
+}
+for pass in $(seq 1 "$passes"); do
+  echo "[hot_path_bench] pass $pass of $passes" >&2
+  run tiered "$lib" runtime
+  run vmm "$lib" runtime
+  if [ -n "$baseline_lib" ]; then
+    run tiered-base "$baseline_lib" runtime
+    run vmm-base "$baseline_lib" runtime
+  fi
+  run none "" runtime,async,host
+done
+echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1), $(nproc) CPUs ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1))"
+echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}"
+[ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
+python3 "$repo/scripts/hot_path_table.py" "$csv"

@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""The hot-path targets' table from alloc_bench CSV rows of interleaved passes (scripts/hot_path_bench.sh).
+
+Per configuration (a gpushim label, cudaMalloc, cudaMallocAsync), stream mode and size: the one-thread
+median pair (median over the passes of each pass's median) with its p99 in brackets, the 16-thread median
+pair, and the scaling: 16 threads' pairs per second over one thread's (median over the passes of each
+pass's ratio). Then the targets, for every gpushim configuration. Only the pairs pattern is read.
+
+    scripts/hot_path_table.py hot_path.csv
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+SMALL_LIMIT = 1 << 20       # the 100 ns target: 256 B to 1 MiB
+SCALING_LIMIT = 16 << 20    # the 12x target: every size up to 16 MiB
+
+
+def config_of(row):
+    if row["label"] == "none":
+        return {"async": "cudaMallocAsync", "host": "host malloc"}.get(row["api"], "cudaMalloc")
+    return row["label"]
+
+
+def size_text(n):
+    for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
+def ns_text(ns):
+    return f"{ns / 1000:.1f} us" if ns >= 10000 else f"{ns:.0f} ns"
+
+
+def main(path):
+    # (config, streams, size, threads) -> list over passes of (median, p99, pairs/s), in file order
+    cells = defaultdict(list)
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("pattern") != "pairs":
+                continue
+            key = (config_of(row), row.get("streams", "off"), int(row["size_bytes"]), int(row["threads"]))
+            cells[key].append((float(row["median_ns"]), float(row["p99_ns"]), float(row["pairs_per_s"])))
+    if not cells:
+        print(f"(no pairs rows in {path})")
+        return 1
+    peers = ("cudaMalloc", "cudaMallocAsync", "host malloc")
+    configs = sorted({k[0] for k in cells}, key=lambda c: (c in peers, c))
+    sizes = sorted({k[2] for k in cells})
+    streams = sorted({k[1] for k in cells})
+
+    def median_of(key, index):
+        values = [v[index] for v in cells.get(key, [])]
+        return statistics.median(values) if values else None
+
+    def scaling(config, stream, size):
+        one, many = cells.get((config, stream, size, 1), []), cells.get((config, stream, size, 16), [])
+        ratios = [m[2] / o[2] for o, m in zip(one, many) if o[2] > 0]
+        return statistics.median(ratios) if ratios else None
+
+    passes = max(len(v) for v in cells.values())
+    print(f"\nmedian ns per cudaMalloc+cudaFree pair (p99 of one thread), medians of {passes} interleaved pass(es)")
+    print("| config | stream | threads | " + " | ".join(size_text(s) for s in sizes) + " |")
+    print("|---|---|---:|" + "---:|" * len(sizes))
+    for config in configs:
+        for stream in streams:
+            for threads in (1, 16):
+                row = []
+                for s in sizes:
+                    m = median_of((config, stream, s, threads), 0)
+                    if m is None:
+                        row.append("-")
+                        continue
+                    text = ns_text(m)
+                    if threads == 1:
+                        text += f" ({ns_text(median_of((config, stream, s, 1), 1))})"
+                    row.append(text)
+                if any(x != "-" for x in row):
+                    print(f"| {config} | {stream} | {threads} | " + " | ".join(row) + " |")
+    print("\n16 threads' pairs per second over one thread's")
+    print("| config | stream | " + " | ".join(size_text(s) for s in sizes) + " |")
+    print("|---|---|" + "---:|" * len(sizes))
+    for config in configs:
+        for stream in streams:
+            row = [scaling(config, stream, s) for s in sizes]
+            if any(r is not None for r in row):
+                print(f"| {config} | {stream} | " + " | ".join("-" if r is None else f"{r:.1f}x" for r in row) + " |")
+
+    print("\ntargets (one thread: median <= 100 ns to 1 MiB, <= 300 ns to 1 GiB, p99 <= 2 us; 16 threads >= 12x"
+          " one thread to 16 MiB; faster than the warm cudaMallocAsync pool in every cell)")
+    for config in configs:
+        if config in peers:
+            continue
+        for stream in streams:
+            one = {s: median_of((config, stream, s, 1), 0) for s in sizes}
+            p99 = {s: median_of((config, stream, s, 1), 1) for s in sizes}
+            small = [v for s, v in one.items() if v is not None and s <= SMALL_LIMIT]
+            every = [v for v in one.values() if v is not None]
+            tails = [v for v in p99.values() if v is not None]
+            scal = [r for s in sizes if s <= SCALING_LIMIT for r in [scaling(config, stream, s)] if r is not None]
+            slower = []
+            for s in sizes:
+                for threads in (1, 16):
+                    mine = median_of((config, stream, s, threads), 0)
+                    pool = median_of(("cudaMallocAsync", stream, s, threads), 0)
+                    if mine is not None and pool is not None and mine >= pool:
+                        slower.append(f"{size_text(s)}/{threads}t")
+
+            def verdict(ok):
+                return "met" if ok else "MISSED"
+            line = [f"{config}, stream {stream}:"]
+            if small:
+                line.append(f"<=1M {ns_text(max(small))} max ({verdict(max(small) <= 100)});")
+            if every:
+                line.append(f"all sizes {ns_text(max(every))} max ({verdict(max(every) <= 300)});")
+            if tails:
+                line.append(f"p99 {ns_text(max(tails))} max ({verdict(max(tails) <= 2000)});")
+            if scal:
+                line.append(f"scaling {min(scal):.1f}x min ({verdict(min(scal) >= 12)});")
+            line.append("vs cudaMallocAsync: " + ("faster in every cell" if not slower else "not faster at " + ", ".join(slower)))
+            print(" ".join(line))
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(64)
+    sys.exit(main(sys.argv[1]))
