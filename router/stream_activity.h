@@ -94,16 +94,26 @@ inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant)
   return begin_stream_work_uncached(stream);
 }
 
+// The stream this thread's last submission made active, until that submission ends.
+inline GPUSHIM_HOT_TLS StreamRecord* t_just_activated = nullptr;
+// After the submission that made `record` active: records its probe at once (the poll would, in a free).
+void probe_after_activation(StreamRecord* record) noexcept;
+
 // After the driver returned from queuing the work (whatever it answered).
 inline void end_stream_work(StreamRecord* record) noexcept {
-  if (record) record->word.fetch_sub(kInFlightOne, std::memory_order_release);
+  if (!record) return;
+  record->word.fetch_sub(kInFlightOne, std::memory_order_release);
+  if (__builtin_expect(record == t_just_activated, 0)) probe_after_activation(record);
 }
 
 // Registers a stream the program created / forgets one it is destroying (before the real destroy).
 void track_stream(CUstream stream, unsigned int flags) noexcept;
 void untrack_stream(CUstream stream) noexcept;
 // Records probes on active streams and retires those whose probe completed with no work since. Cheap
-// when nothing is active; skips (try-lock) when another thread is polling.
+// when nothing is active; skips (try-lock) when another thread is polling. At most
+// kMaxDriverCallsPerPoll driver calls: with many active streams (a stream per thread) the streams not
+// asked go first at the next poll, so one free never pays for every stream.
+inline constexpr int kMaxDriverCallsPerPoll = 4;
 void poll_stream_activity() noexcept;
 // The fence of a cuMemFree batch (router/cuda_fence_events.cpp) covers only the streams that carry work.
 // `visit` runs for every active stream under the activity lock, so none of them can be destroyed

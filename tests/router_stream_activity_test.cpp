@@ -401,11 +401,11 @@ TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
   ASSERT_EQ(cuStreamCreate(&first, 0), CUDA_SUCCESS);
   ASSERT_EQ(cuStreamCreate(&second, 0), CUDA_SUCCESS);
   launch_on(first);
-  launch_on(second);  // two blocking streams: no longer totally ordered
   // Both busy: were `second` found idle, one blocking stream would be left, which is ordered again, and
   // `used` would rightly be reused at once (a later user on another stream is joined to `first`).
   fake_cuda_hold_stream(first, 1);
   fake_cuda_hold_stream(second, 1);
+  launch_on(second);  // two blocking streams: no longer totally ordered
   const int waits = fake_cuda_calls("cuStreamWaitEvent");
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, first), CUDA_SUCCESS);
@@ -424,10 +424,52 @@ TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
 // not only by a second poll that reads a probe recorded by the first: frees take effect at once sooner.
 TEST_F(StreamActivity, AnIdleStreamIsFoundIdleByTheFirstPoll) {
   const CUstream s = active_side_stream();  // its work is done at once: the fake GPU is not held
-  const int queries = fake_cuda_calls("cuStreamQuery");
+  const int queries = fake_cuda_calls("cuStreamQuery") + fake_cuda_calls("cuEventQuery");
   for (int i = 0; i < 8; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // fenced: one poll
-  EXPECT_GT(fake_cuda_calls("cuStreamQuery"), queries);
+  EXPECT_GT(fake_cuda_calls("cuStreamQuery") + fake_cuda_calls("cuEventQuery"), queries);
   EXPECT_TRUE(reused_at_once(fresh_block())) << "frees stayed fenced after the stream's work was done";
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// With a stream per thread many streams are active: one poll asks at most 4 of them (driver calls), the
+// next poll the others first, so a free never pays for every stream and every stream is still asked.
+TEST_F(StreamActivity, APollAsksAFewStreamsAndTheNextPollTheOthers) {
+  std::vector<CUstream> streams(6);
+  for (CUstream& s : streams) {
+    ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    fake_cuda_hold_stream(s, 1);
+    launch_on(s);
+  }
+  auto driver_calls = [] {
+    return fake_cuda_calls("cuEventQuery") + fake_cuda_calls("cuStreamQuery") + fake_cuda_calls("cuEventRecord");
+  };
+  const int before = driver_calls();
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // fenced: one poll
+  EXPECT_GT(driver_calls(), before);
+  EXPECT_LE(driver_calls(), before + 4) << "one free asked every active stream";
+  for (CUstream s : streams) fake_cuda_hold_stream(s, 0);
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // two more polls
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "a stream was never asked again";
+  for (CUstream s : streams) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// The launch that makes a stream active records its probe (after the join), so the polls in the frees
+// that follow only read it: no cuStreamQuery, no cuEventRecord in a free.
+TEST_F(StreamActivity, AStreamThatStartsWorkGetsItsProbeAtThatLaunch) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);
+  const int records = fake_cuda_calls("cuEventRecord");
+  launch_on(s);
+  EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records + 2) << "the join's record on the legacy stream, and the probe";
+  const int stream_queries = fake_cuda_calls("cuStreamQuery");
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // fenced: one poll
+  EXPECT_FALSE(reused_at_once(fresh_block())) << "reused while the stream's work was held";
+  EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records + 2) << "a poll recorded a probe in a free";
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "frees stayed fenced after the stream's work was done";
+  EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), stream_queries) << "a poll asked the stream, not its probe";
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
