@@ -431,6 +431,22 @@ TEST_F(StreamActivity, AnIdleStreamIsFoundIdleByTheFirstPoll) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// More work after the probe makes it stale: the next poll asks the stream itself instead of waiting a
+// poll round for a probe that cannot prove it idle.
+TEST_F(StreamActivity, AProbeWithWorkQueuedAfterItIsNotWaitedFor) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);  // active, its probe recorded (held)
+  launch_on(s);  // queued after the probe
+  fake_cuda_hold_stream(s, 0);
+  const int stream_queries = fake_cuda_calls("cuStreamQuery");
+  for (int i = 0; i < 8; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // fenced: one poll
+  EXPECT_GT(fake_cuda_calls("cuStreamQuery"), stream_queries);
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "one poll did not find the idle stream";
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // With a stream per thread many streams are active: one poll asks at most 4 of them (driver calls), the
 // next poll the others first, so a free never pays for every stream and every stream is still asked.
 TEST_F(StreamActivity, APollAsksAFewStreamsAndTheNextPollTheOthers) {
