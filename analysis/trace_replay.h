@@ -50,7 +50,8 @@ struct GpuLag {
 // front of every provider backend (allocators/backend_stack.cpp); a replay without them measures the
 // backend's algorithm alone. With `thread_caches`, each thread of the trace replays on a thread of its
 // own, in the trace's order (one call at a time), so each has its own cache as in the program;
-// `large_slots` adds the caches' exact-size slots above 1 MiB (GPUSHIM_LARGE_SLOTS).
+// `large_slots` adds the caches' exact-size slots above 1 MiB, parking always (GPUSHIM_LARGE_SLOTS=1; the
+// default, auto, parks only while threads contend for the arena, which a replay never does).
 struct ReplayCaches {
   bool thread_caches = false;
   bool large_slots = false;

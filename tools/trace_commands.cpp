@@ -109,7 +109,9 @@ void add_trace_commands(CLI::App& app) {
                    "put the preloaded library's per-thread caches in front of the backend; each trace thread "
                    "replays on a thread of its own");
   replay->add_flag("--large-slots", options->large_slots,
-                   "with --thread-caches: their exact-size slots above 1 MiB too (GPUSHIM_LARGE_SLOTS)");
+                   "with --thread-caches: their exact-size slots above 1 MiB too, parking always "
+                   "(GPUSHIM_LARGE_SLOTS=1; the default parks only while threads contend, which a replay, one "
+                   "call at a time, never does)");
   replay->footer("With a lag the table adds `peak waiting`: the most bytes freed but not yet reusable.\n"
                  "Both lags given: a block waits for both. --fence-batches alone: batches with no lag.\n"
                  "docs/trace-format.md, \"Replay with a GPU lag\".");
