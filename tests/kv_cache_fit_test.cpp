@@ -147,7 +147,8 @@ TEST(KvCacheFit, TieredFourRequestsAtATime) {
 // to the byte. Four at a time, exact-size hits move some blocks; the mean over the seeds may not rise
 // by more than half a percent on vmm (measured: 1.134x -> 1.128x). On tiered, whose slabs are blocks of
 // its arena (allocators/block_memory_provider.h), by 2% (measured: 1.114x -> 1.129x; with slabs of
-// their own it was 1.111x -> 1.113x): slots are opt-in (GPUSHIM_LARGE_SLOTS) for what they cost.
+// their own it was 1.111x -> 1.113x). This loop parks always (GPUSHIM_LARGE_SLOTS=1); by default a
+// thread parks only while it finds the arena's lock held, which a loop of one call at a time never does.
 // The size classes themselves (up to 1 MiB, 12.5% rounding, parked blocks) cost more than that against
 // the backend alone (vmm back to back 1.063-1.080x alone, 1.072-1.118x with them): not guarded here.
 constexpr double kLargeSlotsInterleavedMeanSlack = 0.005;
