@@ -26,14 +26,22 @@ namespace {
 
 constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
 
+// The arenas of these tests: `reserve` of address space, growing by what a request needs (2 MiB steps,
+// so any growth too many shows); `keep_nothing_idle`: release_cached() gives every idle chunk back, so
+// a test can see every block back in the arena.
+VmmArenaOptions arena_options(std::size_t reserve, bool keep_nothing_idle) {
+  VmmArenaOptions o;
+  o.reserve = reserve;
+  o.grow_step = 2 * MiB;
+  if (keep_nothing_idle) o.release_threshold = 0;
+  return o;
+}
+
 class ThreadCacheTest : public ::testing::Test {
  protected:
   ThreadCacheTest() {
-    VmmArenaOptions o;
-    o.reserve = 512 * MiB;
-    o.grow_step = 2 * MiB;
-    o.release_threshold = 0;  // release_cached() must show every block back in the arena
-    cache_ = std::make_unique<ThreadCacheAllocator>(std::make_unique<VmmArena>(provider_, o));
+    cache_ = std::make_unique<ThreadCacheAllocator>(
+        std::make_unique<VmmArena>(provider_, arena_options(512 * MiB, /*keep_nothing_idle=*/true)));
   }
   ~ThreadCacheTest() override {
     cache_.reset();
@@ -279,11 +287,7 @@ TEST_F(ThreadCacheTest, ManyThreadsAndCrossThreadFreesWithConcurrentReleases) {
 // hundred MiB live, so a provider larger than the fixture's.
 TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentReleases) {
   HostProvider provider(HostProvider::kDefaultGranularity, 2048 * MiB);  // two bytes of each block touched
-  VmmArenaOptions o;
-  o.reserve = 4096 * MiB;
-  o.grow_step = 2 * MiB;
-  o.release_threshold = 0;
-  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, arena_options(4096 * MiB, true)));
   expect_cross_thread_frees_with_concurrent_releases(cache, provider, 4, 2000, 3, [](unsigned seed) {
     return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB;
   });
@@ -395,12 +399,7 @@ TEST(ThreadCacheLargeBytes, AThreadParksAtMostItsByteBound) {
 // act as if still live: a later request may then fit differently than with no cache. Growth is never
 // the parked blocks' doing: it happens only where the request does not fit with all of them back.)
 TEST(ThreadCacheNoGrowth, TwoThreadsTakingTurnsMapWhatTheArenaMapsWithoutTheCache) {
-  auto options = [] {
-    VmmArenaOptions o;
-    o.reserve = 1024 * MiB;
-    o.grow_step = 2 * MiB;  // the arena grows by what a request needs: any growth too many shows
-    return o;
-  };
+  auto options = [] { return arena_options(1024 * MiB, /*keep_nothing_idle=*/false); };
   constexpr int kTurns = 60;
   auto sizes_of = [](int turn) {
     const std::size_t a = 2 * MiB + static_cast<std::size_t>(turn) * 300 * KiB + 4096;
@@ -626,11 +625,7 @@ class MadeUpWaits final : public testing::ForwardingAllocator {
 class ContendedLargeSlots : public ::testing::Test {
  protected:
   ContendedLargeSlots() {
-    VmmArenaOptions o;
-    o.reserve = 512 * MiB;
-    o.grow_step = 2 * MiB;
-    o.release_threshold = 0;
-    auto backend = std::make_unique<MadeUpWaits>(std::make_unique<VmmArena>(provider_, o));
+    auto backend = std::make_unique<MadeUpWaits>(std::make_unique<VmmArena>(provider_, arena_options(512 * MiB, true)));
     backend_ = backend.get();
     cache_ = std::make_unique<ThreadCacheAllocator>(std::move(backend),
                                                     ThreadCacheAllocator::LargeSlots::while_contended);
@@ -693,10 +688,7 @@ TEST_F(ContendedLargeSlots, AWaitStartsParkingAndCalmCallsEndIt) {
 // reaching it. Bounded by time, not by a count, so a loaded machine only makes it take longer.
 TEST(ThreadCacheLargeBytes, ThreadsThatFightOverTheArenaParkTheirLargeBlocks) {
   HostProvider provider{HostProvider::kDefaultGranularity, 512 * MiB};
-  VmmArenaOptions o;
-  o.reserve = 1024 * MiB;
-  o.grow_step = 2 * MiB;
-  auto arena = std::make_unique<VmmArena>(provider, o);
+  auto arena = std::make_unique<VmmArena>(provider, arena_options(1024 * MiB, /*keep_nothing_idle=*/false));
   VmmArena* raw = arena.get();
   ThreadCacheAllocator cache(std::move(arena), ThreadCacheAllocator::LargeSlots::while_contended);
   std::atomic<bool> stop{false};
