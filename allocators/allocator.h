@@ -5,6 +5,7 @@
 // over host memory, in CPU tests and in `gpushim trace replay`.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 
@@ -66,10 +67,11 @@ class Allocator {
   // False where a freed block's memory goes back at once (the slab's dedicated runs) or serves only
   // its own size class.
   virtual bool can_allocate_without_growing() const noexcept { return false; }
-  // Calls so far that found the backend's one lock held by another thread (a relaxed count; 0 where
-  // there is no such lock). A cache in front keeps freed large blocks per thread only while it moves
+  // The count of calls that found the backend's one lock held by another thread (relaxed), or nullptr
+  // where there is no such lock. It lives as long as the backend, so a cache in front fetches it once
+  // and reads it without a call; it keeps freed large blocks per thread only while the count moves
   // (allocators/thread_cache_allocator.h): that is when they spare threads a wait.
-  virtual std::uint64_t lock_waits() const noexcept { return 0; }
+  virtual const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept { return nullptr; }
 
   // The last resort, once allocate() failed and the router has got back what it could: a block from
   // memory outside the device (host memory, GPUSHIM_SPILL=host), or nullptr. Only the spilling

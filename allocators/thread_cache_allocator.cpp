@@ -186,6 +186,7 @@ ThreadCacheList::~ThreadCacheList() {
 ThreadCacheAllocator::ThreadCacheAllocator(std::unique_ptr<Allocator> inner, LargeSlots large_slots) noexcept
     : inner_(std::move(inner)),
       large_slots_(inner_->can_allocate_without_growing() ? large_slots : LargeSlots::off),
+      lock_waits_(inner_->lock_wait_counter()),
       id_(register_allocator(this)) {
   std::size_t slot = 0;
   for (std::size_t c = 0; c < kClassCount; ++c) {
@@ -375,13 +376,13 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
 // in other threads, the backend is asked for memory it holds already; only if it has none are every
 // thread's slots emptied into it before it may grow. So parked blocks never make the backend map more
 // than it would without them (tests/thread_cache_allocator_test.cpp, "NoGrowth").
-bool ThreadCacheAllocator::parks_large(const ThreadCache* cache) const noexcept {
+inline bool ThreadCacheAllocator::parks_large(const ThreadCache* cache) const noexcept {
   return large_slots_ == LargeSlots::always || cache->parking_large;
 }
 
-void ThreadCacheAllocator::note_large_backend_call(ThreadCache* cache, std::uint64_t waits_before) noexcept {
+inline void ThreadCacheAllocator::note_large_backend_call(ThreadCache* cache, std::uint64_t waits_before) noexcept {
   if (large_slots_ != LargeSlots::while_contended || !cache) return;
-  if (inner_->lock_waits() != waits_before) {
+  if (lock_waits() != waits_before) {
     cache->parking_large = true;
     cache->calm_large_calls = 0;
   } else if (cache->parking_large && ++cache->calm_large_calls >= kCalmCallsToStopParking) {
@@ -389,9 +390,26 @@ void ThreadCacheAllocator::note_large_backend_call(ThreadCache* cache, std::uint
   }
 }
 
+// The common case of LargeSlots::while_contended, a thread alone on the arena: no slot to search or
+// empty, no taken size to forget; only the waits are counted around the call (the CPU guard's 4 MiB
+// pair was +237 instructions through the general path, docs/perf-notes.md).
+__attribute__((always_inline)) inline void* ThreadCacheAllocator::allocate_large_unparked(
+    ThreadCache* cache, std::size_t bytes, StreamHandle stream) noexcept {
+  const std::uint64_t waits_before = lock_waits();
+  void* p = allocate_from_backend(bytes, stream);
+  note_large_backend_call(cache, waits_before);
+  return p;
+}
+
 __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t bytes, StreamHandle stream) noexcept {
   if (large_slots_ == LargeSlots::off) return inner_->allocate(bytes, stream);
   ThreadCache* cache = this_thread_cache();
+  if (cache && !parks_large(cache) && depot_large_blocks_.load(std::memory_order_relaxed) == 0) {
+    cache->lock.owner_lock();
+    const bool nothing_held = cache->large_count == 0 && cache->taken_count == 0;
+    cache->lock.owner_unlock();
+    if (nothing_held) return allocate_large_unparked(cache, bytes, stream);
+  }
   bool taken_from_here = false;
   if (cache) {
     LargeSlot own[kLargeSlots];
@@ -417,7 +435,7 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       return p;
     }
   }
-  const std::uint64_t waits_before = inner_->lock_waits();
+  const std::uint64_t waits_before = lock_waits();
   void* p = taken_from_here ? allocate_taken_size(bytes, stream) : allocate_from_backend(bytes, stream);
   note_large_backend_call(cache, waits_before);
   return p;
@@ -431,7 +449,7 @@ __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, s
       large_slots_ != LargeSlots::off && bytes <= kMaxLargeBytesPerThread ? this_thread_cache() : nullptr;
   if (!cache) return inner_->deallocate(p, bytes, stream);
   if (!parks_large(cache)) {
-    const std::uint64_t waits_before = inner_->lock_waits();
+    const std::uint64_t waits_before = lock_waits();
     inner_->deallocate(p, bytes, stream);
     note_large_backend_call(cache, waits_before);
     return;

@@ -19,7 +19,7 @@
 // (one thread allocates) parking raised the GPU peak by 0.06-0.21 GiB although the rules below keep
 // the backend from growing for it (placements differ when blocks come back later and in another order).
 // So by default (LargeSlots::while_contended) a thread parks only while parking spares it a wait: from
-// a large call of its own during which the backend's lock was found held (Allocator::lock_waits(),
+// a large call of its own during which the backend's lock was found held (Allocator::lock_wait_counter(),
 // counted by the arena) until kCalmCallsToStopParking of its large backend calls in a row found it free.
 // A program whose large blocks come from one thread at a time never parks and places every block as
 // with no cache; threads that fight over the arena park. When parking:
@@ -142,8 +142,14 @@ class ThreadCacheAllocator final : public Allocator {
   void* allocate_from_backend(std::size_t bytes, StreamHandle stream) noexcept;
   // Whether this thread's freed large blocks are parked now (LargeSlots::while_contended: see above).
   bool parks_large(const ThreadCache* cache) const noexcept;
+  // The backend's lock waits so far (0 where it counts none).
+  std::uint64_t lock_waits() const noexcept {
+    return lock_waits_ ? lock_waits_->load(std::memory_order_relaxed) : 0;
+  }
   // After a large backend call of this thread: `waits_before` is lock_waits() before it.
   void note_large_backend_call(ThreadCache* cache, std::uint64_t waits_before) noexcept;
+  // A large request of a thread that neither parks nor holds parked blocks or taken sizes: the backend.
+  void* allocate_large_unparked(ThreadCache* cache, std::size_t bytes, StreamHandle stream) noexcept;
   // Every thread's large slots and the depot's large blocks to the backend; with `remember_taken`, each
   // thread's cache records the sizes taken from it.
   void flush_large_everywhere(bool remember_taken) noexcept;
@@ -156,6 +162,7 @@ class ThreadCacheAllocator final : public Allocator {
   std::unique_ptr<Allocator> inner_;
   // off where the backend cannot allocate_without_growing(): large blocks then pass through.
   const LargeSlots large_slots_;
+  const std::atomic<std::uint64_t>* const lock_waits_;  // the backend's lock_wait_counter()
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match
   std::uint32_t capacity_[kClassCount] = {};    // per class: blocks a thread may keep
   std::uint32_t first_slot_[kClassCount] = {};  // per class: its first slot in a cache's slot array

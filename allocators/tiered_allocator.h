@@ -40,7 +40,9 @@ class TieredAllocator final : public Allocator {
   // arena-backed); large sizes: the arena's answer.
   void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
   bool can_allocate_without_growing() const noexcept override { return large_->can_allocate_without_growing(); }
-  std::uint64_t lock_waits() const noexcept override { return large_->lock_waits(); }
+  const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override {
+    return large_->lock_wait_counter();
+  }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   // Both tiers together. Over separate memory the peaks are sums of each tier's peak (an upper bound of

@@ -363,30 +363,21 @@ __attribute__((always_inline)) inline void* VmmArena::allocate_locked(std::size_
   return reinterpret_cast<void*>(r->start);
 }
 
-std::unique_lock<std::mutex> VmmArena::lock_counting_waits() noexcept {
-  std::unique_lock<std::mutex> lock(mutex_, std::try_to_lock);
-  if (!lock.owns_lock()) {
-    lock_waits_.fetch_add(1, std::memory_order_relaxed);
-    lock.lock();
-  }
-  return lock;
-}
-
 void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
-  const std::unique_lock<std::mutex> lock = lock_counting_waits();
+  const CountingLock lock(*this);
   void* p = allocate_locked(bytes, /*may_grow=*/true);
   if (!p && !new_peak_refused()) ++failed_;
   return p;
 }
 
 void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexcept {
-  const std::unique_lock<std::mutex> lock = lock_counting_waits();
+  const CountingLock lock(*this);
   return allocate_locked(bytes, /*may_grow=*/false);  // a no here is not a failed allocation
 }
 
 
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
-  const std::unique_lock<std::mutex> lock = lock_counting_waits();
+  const CountingLock lock(*this);
   if (!buckets_) return;
   Range* r = hash_remove(reinterpret_cast<std::uintptr_t>(p));
   if (!r) return;  // the router validates ownership; nothing sane to do with a stranger here

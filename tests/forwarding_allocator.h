@@ -21,7 +21,9 @@ class ForwardingAllocator : public Allocator {
     return inner_->allocate_without_growing(bytes, stream);
   }
   bool can_allocate_without_growing() const noexcept override { return inner_->can_allocate_without_growing(); }
-  std::uint64_t lock_waits() const noexcept override { return inner_->lock_waits(); }
+  const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override {
+    return inner_->lock_wait_counter();
+  }
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
   AllocatorStats stats() const noexcept override { return inner_->stats(); }
 

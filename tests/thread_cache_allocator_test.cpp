@@ -609,15 +609,15 @@ class MadeUpWaits final : public testing::ForwardingAllocator {
   const char* name() const noexcept override { return "made-up-waits"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override {
     ++allocations;
-    if (wait_in_next_call) waits += 1, wait_in_next_call = false;
+    if (wait_in_next_call) waits.fetch_add(1), wait_in_next_call = false;
     return inner().allocate(bytes, stream);
   }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
-    if (wait_in_next_call) waits += 1, wait_in_next_call = false;
+    if (wait_in_next_call) waits.fetch_add(1), wait_in_next_call = false;
     inner().deallocate(p, bytes, stream);
   }
-  std::uint64_t lock_waits() const noexcept override { return waits; }
-  std::uint64_t waits = 0;
+  const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &waits; }
+  std::atomic<std::uint64_t> waits{0};
   bool wait_in_next_call = false;
   int allocations = 0;
 };
