@@ -216,11 +216,7 @@ BackendStack backend_for_device(int device) noexcept {
     // Per-thread caches in front of the shared backend (allocators/thread_cache_allocator.h); inside the
     // spill, so host blocks never sit in a device cache. Large slots park while the arena's lock is
     // contended (GPUSHIM_LARGE_SLOTS=auto), always (1) or never (0).
-    using LargeSlots = ThreadCacheAllocator::LargeSlots;
-    const LargeSlots large_slots = s.large_slots == Settings::LargeSlots::always  ? LargeSlots::always
-                                   : s.large_slots == Settings::LargeSlots::never ? LargeSlots::off
-                                                                                  : LargeSlots::while_contended;
-    backend = std::make_unique<ThreadCacheAllocator>(std::move(backend), large_slots);
+    backend = std::make_unique<ThreadCacheAllocator>(std::move(backend), s.large_slots);
     if (s.spill_host) backend = with_host_spill(std::move(backend), device, placed, info->id, s, &result);
     result.provider = std::move(provider);
     result.properties.placed = placed;

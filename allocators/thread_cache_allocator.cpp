@@ -185,7 +185,7 @@ ThreadCacheList::~ThreadCacheList() {
 
 ThreadCacheAllocator::ThreadCacheAllocator(std::unique_ptr<Allocator> inner, LargeSlots large_slots) noexcept
     : inner_(std::move(inner)),
-      large_slots_(inner_->can_allocate_without_growing() ? large_slots : LargeSlots::off),
+      large_slots_(inner_->can_allocate_without_growing() ? large_slots : LargeSlots::never),
       lock_waits_(inner_->lock_wait_counter()),
       id_(register_allocator(this)) {
   std::size_t slot = 0;
@@ -402,7 +402,7 @@ __attribute__((always_inline)) inline void* ThreadCacheAllocator::allocate_large
 }
 
 __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t bytes, StreamHandle stream) noexcept {
-  if (large_slots_ == LargeSlots::off) return inner_->allocate(bytes, stream);
+  if (large_slots_ == LargeSlots::never) return inner_->allocate(bytes, stream);
   ThreadCache* cache = this_thread_cache();
   if (cache && !parks_large(cache) && depot_large_blocks_.load(std::memory_order_relaxed) == 0) {
     cache->lock.owner_lock();
@@ -446,7 +446,7 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
 __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, std::size_t bytes,
                                                                       StreamHandle stream) noexcept {
   ThreadCache* cache =
-      large_slots_ != LargeSlots::off && bytes <= kMaxLargeBytesPerThread ? this_thread_cache() : nullptr;
+      large_slots_ != LargeSlots::never && bytes <= kMaxLargeBytesPerThread ? this_thread_cache() : nullptr;
   if (!cache) return inner_->deallocate(p, bytes, stream);
   if (!parks_large(cache)) {
     const std::uint64_t waits_before = lock_waits();

@@ -70,6 +70,7 @@
 #include <vector>
 
 #include "allocators/allocator.h"
+#include "config/settings.h"
 
 namespace gpushim {
 
@@ -95,9 +96,10 @@ class ThreadCacheAllocator final : public Allocator {
   // a contended moment is forgotten within a few dozen of its misses.
   static constexpr std::uint32_t kCalmCallsToStopParking = 32;
 
-  // When the large slots park blocks (GPUSHIM_LARGE_SLOTS: auto, 1, 0). Over a backend that cannot
-  // allocate_without_growing() they never do (the slab unmaps a large block at its free).
-  enum class LargeSlots { off, while_contended, always };
+  // When the large slots park blocks: the setting's own values (GPUSHIM_LARGE_SLOTS: auto, 1, 0). Over a
+  // backend that cannot allocate_without_growing() they never do (the slab unmaps a large block at its
+  // free).
+  using LargeSlots = Settings::LargeSlots;
   explicit ThreadCacheAllocator(std::unique_ptr<Allocator> inner,
                                 LargeSlots large_slots = LargeSlots::always) noexcept;
   ~ThreadCacheAllocator() override;
@@ -160,7 +162,7 @@ class ThreadCacheAllocator final : public Allocator {
   void give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept;
 
   std::unique_ptr<Allocator> inner_;
-  // off where the backend cannot allocate_without_growing(): large blocks then pass through.
+  // never where the backend cannot allocate_without_growing(): large blocks then pass through.
   const LargeSlots large_slots_;
   const std::atomic<std::uint64_t>* const lock_waits_;  // the backend's lock_wait_counter()
   const std::uint64_t id_;  // never reused, so a stale thread-local entry can never match

@@ -156,7 +156,7 @@ void replay_events(const Trace& trace, const BackendInfo& backend, const ReplayP
     if (dr.allocator && caches.thread_caches)
       dr.allocator = std::make_unique<ThreadCacheAllocator>(
           std::move(dr.allocator),
-          caches.large_slots ? ThreadCacheAllocator::LargeSlots::always : ThreadCacheAllocator::LargeSlots::off);
+          caches.large_slots ? ThreadCacheAllocator::LargeSlots::always : ThreadCacheAllocator::LargeSlots::never);
     return dr.allocator ? &dr : nullptr;
   };
   auto reserved_now = [&] {

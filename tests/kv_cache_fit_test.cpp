@@ -41,7 +41,7 @@ testing::WorkloadFit fit_of(const char* backend, const DecodingWorkload& workloa
   if (caches != Caches::none)
     allocator = std::make_unique<ThreadCacheAllocator>(
         std::move(allocator), caches == Caches::classes_and_large_slots ? ThreadCacheAllocator::LargeSlots::always
-                                                                         : ThreadCacheAllocator::LargeSlots::off);
+                                                                         : ThreadCacheAllocator::LargeSlots::never);
   testing::WorkloadFit fit = testing::run_workload(workload, *allocator, provider);
   allocator.reset();
   EXPECT_EQ(provider.misuse_count(), 0u) << backend;
