@@ -143,11 +143,15 @@ void log_first_activation(const StreamRecord* record) noexcept {
       record->blocking ? "blocking" : "non-blocking", static_cast<void*>(record->stream), modules);
 }
 
-// Records `record`'s probe now (creating its event on first use), with its context current.
-bool record_probe(StreamRecord* record) noexcept {
+// Records `record`'s probe now (creating its event on first use), with its context current: once the
+// probe completes, the stream is idle if its word still reads `stamp` (read before the record, with no
+// submission in flight). False, and not probing, when the driver refused.
+bool start_probe(StreamRecord* record, std::uint64_t stamp) noexcept {
   const RealDriver& driver = real_driver();
-  return (record->probe || driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
-         driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
+  record->probing = (record->probe || driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
+                    driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
+  if (record->probing) record->probe_stamp = stamp;
+  return record->probing;
 }
 
 // The stream at a.active[i] was idle when its word read `stamp`: it leaves the active set unless a
@@ -228,10 +232,7 @@ void probe_after_activation(StreamRecord* record) noexcept {
   const std::uint64_t word = record->word.load(std::memory_order_acquire);
   if (!(word & kStreamActive) || record->probing || record->retiring || (word & kInFlightMask) != 0) return;
   ScopedContext scope(record->context);
-  if (scope.ok() && record_probe(record)) {
-    record->probe_stamp = word;
-    record->probing = true;
-  }
+  if (scope.ok()) start_probe(record, word);
 }
 
 StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept {
@@ -293,7 +294,7 @@ void untrack_stream(CUstream stream) noexcept {
         record->probing = false;
         if (g_active_captures.load(std::memory_order_acquire) == 0) {
           ScopedContext scope(record->context);
-          record->probing = scope.ok() && record_probe(record);
+          if (scope.ok()) start_probe(record, record->word.load(std::memory_order_acquire));
         }
       }
     }
@@ -316,10 +317,9 @@ void poll_stream_activity() noexcept {
     // (The probe recorded at a stream's first launch goes stale when more launches follow, as a library
     // that queues several kernels at once does: waiting for it cost the CNN of bench/torch_cnn.py a poll
     // round, 2 more fenced frees and 20 MiB of peak on the H200.)
-    if (record->probing && !record->retiring && record->word.load(std::memory_order_acquire) != record->probe_stamp)
-      record->probing = false;
+    const std::uint64_t word = record->word.load(std::memory_order_acquire);
+    if (record->probing && !record->retiring && word != record->probe_stamp) record->probing = false;
     if (!record->probing) {
-      const std::uint64_t word = record->word.load(std::memory_order_acquire);
       // A submission in flight may be queued after a probe recorded now: try again at the next poll.
       if (!record->retiring && (word & kInFlightMask) == 0) {
         ScopedContext scope(record->context);
@@ -328,10 +328,7 @@ void poll_stream_activity() noexcept {
         if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS && leave_active_if_unchanged(a, i, word))
           continue;
         ++calls;
-        if (scope.ok() && record_probe(record)) {
-          record->probe_stamp = word;
-          record->probing = true;
-        }
+        if (scope.ok()) start_probe(record, word);
       }
       ++i;
       continue;
