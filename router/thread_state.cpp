@@ -18,39 +18,44 @@ std::vector<ThreadState*>& threads() {
   return *registered;
 }
 
+namespace {
+// Runs `visit` on every live thread's pending batch of device `ordinal`, under the registry lock and that
+// thread's lock: the sweeps below, which the out-of-memory path and the transition to ordered run.
+template <typename Visit>
+void for_each_pending_batch(int ordinal, Visit visit) noexcept {
+  std::lock_guard<std::mutex> registry(g_threads_lock);
+  for (ThreadState* thread : threads()) {
+    std::lock_guard<SpinLock> guard(thread->lock);
+    visit(thread->batches[ordinal]);
+  }
+}
+}  // namespace
+
 void close_all_thread_batches(DeviceState& device) noexcept {
   struct Closed {
     std::vector<FreedBlock> blocks;
     FenceContext context;
   };
   std::vector<Closed> closed;
-  {
-    std::lock_guard<std::mutex> registry(g_threads_lock);
-    for (ThreadState* thread : threads()) {
-      std::lock_guard<SpinLock> guard(thread->lock);
-      PendingBatch& batch = thread->batches[device.ordinal];
-      if (batch.empty()) continue;
-      FenceContext context = batch.context();
-      try {
-        closed.push_back({{}, context});
-        closed.back().blocks = batch.take();
-      } catch (...) {
-      }
+  for_each_pending_batch(device.ordinal, [&](PendingBatch& batch) {
+    if (batch.empty()) return;
+    FenceContext context = batch.context();
+    try {
+      closed.push_back({{}, context});
+      closed.back().blocks = batch.take();
+    } catch (...) {
     }
-  }
+  });
   for (Closed& c : closed) device.fences.close_device_batch(std::move(c.blocks), c.context);
 }
 
 std::vector<FreedBlock> take_all_thread_batches(DeviceState& device) noexcept {
   std::vector<FreedBlock> taken;
-  std::lock_guard<std::mutex> registry(g_threads_lock);
-  for (ThreadState* thread : threads()) {
-    std::lock_guard<SpinLock> guard(thread->lock);
-    PendingBatch& batch = thread->batches[device.ordinal];
-    if (batch.empty()) continue;
+  for_each_pending_batch(device.ordinal, [&](PendingBatch& batch) {
+    if (batch.empty()) return;
     if (taken.empty()) {
       taken = batch.take();  // the common case, one thread's batch: moved, not copied
-      continue;
+      return;
     }
     std::vector<FreedBlock> blocks = batch.take();
     try {
@@ -58,17 +63,13 @@ std::vector<FreedBlock> take_all_thread_batches(DeviceState& device) noexcept {
     } catch (...) {
       device.fences.adopt_orphans(std::move(blocks));  // no host memory: the same way back, as orphans
     }
-  }
+  });
   return taken;
 }
 
 std::uint64_t thread_pending_bytes(int ordinal) noexcept {
   std::uint64_t bytes = 0;
-  std::lock_guard<std::mutex> registry(g_threads_lock);
-  for (ThreadState* thread : threads()) {
-    std::lock_guard<SpinLock> guard(thread->lock);
-    bytes += thread->batches[ordinal].bytes();
-  }
+  for_each_pending_batch(ordinal, [&](PendingBatch& batch) { bytes += batch.bytes(); });
   return bytes;
 }
 
