@@ -99,7 +99,7 @@ FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_cont
   CUcontext context = batch_context ? static_cast<CUcontext>(batch_context) : default_context_.load();
   if (!context) return Record::postponed;
   if (!settings().fence_always) {
-    // Lock order: the fence queue's lock (held by our caller), then the activity lock.
+    // Lock order: the fence queue's driver lock (held by our caller), then the activity lock.
     ActiveStreamsFence fence{*this, context, out};
     const router::ActiveStreamWalk walk = router::visit_active_streams(&fence_active_stream, &fence);
     if (fence.legacy) {

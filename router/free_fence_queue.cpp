@@ -7,7 +7,16 @@
 namespace gpushim {
 namespace {
 
+// When the GPU runs behind, the queue holds many fences and the oldest are the likeliest to be done:
+// after this many of them answer "not ready", the rest wait for the next poll instead of costing a
+// cuEventQuery each on every close. Skipping only ever delays a block's return.
 constexpr std::size_t kMaxPendingAnswersPerPoll = 4;
+// Fences a poll looks at, at most (completed ones do not count against the answers above).
+constexpr std::size_t kMaxFencesAskedPerPoll = 16;
+// The driver-lock holder records, then looks once more for batches closed meanwhile (their closes found
+// the lock taken): those would otherwise wait for the next close or poll. Bounded, so one free never
+// keeps recording for every other thread.
+constexpr int kRecordRounds = 2;
 
 }  // namespace
 
@@ -19,49 +28,55 @@ bool FreeFenceQueue::try_record(ClosedBatch& batch) noexcept {
   return batch.recorded;
 }
 
-void FreeFenceQueue::enqueue(ClosedBatch batch) noexcept {
-  if (batch.blocks.empty()) return;
-  for (const FreedBlock& block : batch.blocks) batch.bytes += block.bytes;
-  std::lock_guard<std::mutex> guard(lock_);
-  // Orphans ride along with the next device fence: a device fence covers all earlier work, so it
-  // covers theirs too.
-  if (!batch.stream_fence && !orphans_.empty()) {
-    for (const FreedBlock& block : orphans_) batch.bytes += block.bytes;
-    try {
-      batch.blocks.insert(batch.blocks.end(), orphans_.begin(), orphans_.end());
-      for (const FreedBlock& block : orphans_) pending_bytes_ -= block.bytes;
-      orphans_.clear();
-    } catch (...) {
-      for (const FreedBlock& block : orphans_) batch.bytes -= block.bytes;
-    }
-  }
-  try_record(batch);
-  pending_bytes_ += batch.bytes;
-  peak_pending_bytes_ = std::max(peak_pending_bytes_, pending_bytes_);
-  try {
-    queue_.push_back(std::move(batch));
-  } catch (...) {
-    // No host memory for the queue node: these blocks leak (held forever), which is safe.
-    pending_bytes_ -= batch.bytes;
-  }
+void FreeFenceQueue::update_held() noexcept {
   held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
 }
 
+void FreeFenceQueue::enqueue(std::unique_ptr<ClosedBatch> batch) noexcept {
+  if (batch->blocks.empty()) return;
+  for (const FreedBlock& block : batch->blocks) batch->bytes += block.bytes;
+  std::lock_guard<std::mutex> guard(lock_);
+  // Orphans ride along with the next device fence: a device fence covers all earlier work, so it
+  // covers theirs too.
+  if (!batch->stream_fence && !orphans_.empty()) {
+    try {
+      batch->blocks.insert(batch->blocks.end(), orphans_.begin(), orphans_.end());
+      for (const FreedBlock& block : orphans_) batch->bytes += block.bytes;
+      for (const FreedBlock& block : orphans_) pending_bytes_ -= block.bytes;
+      orphans_.clear();
+    } catch (...) {
+      // No host memory: the orphans wait for their own fence.
+    }
+  }
+  const std::size_t bytes = batch->bytes;
+  try {
+    queue_.push_back(std::move(batch));
+    pending_bytes_ += bytes;
+    peak_pending_bytes_ = std::max(peak_pending_bytes_, pending_bytes_);
+  } catch (...) {
+    // No host memory for the queue node: these blocks leak (held forever), which is safe.
+  }
+  unrecorded_.store(true, std::memory_order_release);
+  update_held();
+}
+
 void FreeFenceQueue::close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept {
-  ClosedBatch batch;
-  batch.blocks = std::move(blocks);
-  batch.context = context;
+  std::unique_ptr<ClosedBatch> batch(new (std::nothrow) ClosedBatch);
+  if (!batch) return;  // no host memory: the blocks are held forever, which is safe
+  batch->blocks = std::move(blocks);
+  batch->context = context;
   enqueue(std::move(batch));
   poll();
 }
 
 void FreeFenceQueue::close_stream_batch(std::vector<FreedBlock> blocks, FenceContext context,
                                         StreamHandle stream) noexcept {
-  ClosedBatch batch;
-  batch.blocks = std::move(blocks);
-  batch.context = context;
-  batch.stream_fence = true;
-  batch.stream = stream;
+  std::unique_ptr<ClosedBatch> batch(new (std::nothrow) ClosedBatch);
+  if (!batch) return;
+  batch->blocks = std::move(blocks);
+  batch->context = context;
+  batch->stream_fence = true;
+  batch->stream = stream;
   enqueue(std::move(batch));
   poll();
 }
@@ -77,14 +92,106 @@ void FreeFenceQueue::adopt_orphans(std::vector<FreedBlock> blocks) noexcept {
   } catch (...) {
     // Held forever: safe, only wasteful.
   }
-  held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
+  unrecorded_.store(true, std::memory_order_release);
+  update_held();
 }
 
-std::size_t FreeFenceQueue::give_back(std::vector<ClosedBatch>& done) noexcept {
+void FreeFenceQueue::record_waiting() noexcept {
+  for (int round = 0; round < kRecordRounds && unrecorded_.exchange(false, std::memory_order_acq_rel); ++round) {
+    std::vector<ClosedBatch*> waiting;
+    {
+      std::lock_guard<std::mutex> guard(lock_);
+      if (!orphans_.empty()) {
+        // Orphans alone (no thread closes a batch on this device any more): a device fence of their own.
+        std::unique_ptr<ClosedBatch> batch(new (std::nothrow) ClosedBatch);
+        try {
+          if (batch) {
+            queue_.emplace_back();
+            batch->blocks.swap(orphans_);
+            for (const FreedBlock& block : batch->blocks) batch->bytes += block.bytes;
+            queue_.back() = std::move(batch);
+          }
+        } catch (...) {
+        }
+      }
+      // One fence per kind of fence and context: batches that would get the same fence are merged into
+      // the oldest, which keeps its place in the queue.
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        ClosedBatch& batch = **it;
+        if (batch.recorded) {
+          ++it;
+          continue;
+        }
+        auto same = std::find_if(waiting.begin(), waiting.end(), [&](const ClosedBatch* w) {
+          return w->stream_fence == batch.stream_fence && w->context == batch.context && w->stream == batch.stream;
+        });
+        try {
+          if (same == waiting.end()) {
+            waiting.push_back(&batch);
+          } else {
+            (*same)->blocks.insert((*same)->blocks.end(), batch.blocks.begin(), batch.blocks.end());
+            (*same)->bytes += batch.bytes;
+            it = queue_.erase(it);
+            continue;
+          }
+        } catch (...) {
+          unrecorded_.store(true, std::memory_order_relaxed);  // no host memory: the next poll tries again
+        }
+        ++it;
+      }
+    }
+    // Outside lock_: the driver calls. Closes and holds() on other threads go on meanwhile.
+    for (ClosedBatch* batch : waiting) {
+      if (!try_record(*batch)) {
+        // A capture is active: the rest waits for the next poll after it.
+        unrecorded_.store(true, std::memory_order_relaxed);
+        return;
+      }
+    }
+  }
+}
+
+void FreeFenceQueue::take_completed(Batches& done) noexcept {
+  ClosedBatch* asked[kMaxFencesAskedPerPoll];
+  std::size_t count = 0;
+  {
+    std::lock_guard<std::mutex> guard(lock_);
+    for (const std::unique_ptr<ClosedBatch>& batch : queue_) {
+      if (!batch->recorded) continue;
+      asked[count++] = batch.get();
+      if (count == kMaxFencesAskedPerPoll) break;
+    }
+  }
+  if (count == 0) return;
+  bool complete[kMaxFencesAskedPerPoll] = {};
+  std::size_t pending_answers = 0;
+  for (std::size_t i = 0; i < count && pending_answers < kMaxPendingAnswersPerPoll; ++i) {
+    complete[i] = events_.query(asked[i]->fence) == FenceEvents::Status::complete;
+    if (!complete[i]) ++pending_answers;
+  }
+  std::lock_guard<std::mutex> guard(lock_);
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!complete[i]) continue;
+    auto it = std::find_if(queue_.begin(), queue_.end(),
+                           [&](const std::unique_ptr<ClosedBatch>& batch) { return batch.get() == asked[i]; });
+    if (it == queue_.end()) continue;  // cannot happen: only the driver-lock holder removes batches
+    try {
+      done.push_back(std::move(*it));
+    } catch (...) {
+      continue;  // no host memory: kept for the next poll
+    }
+    pending_bytes_ -= done.back()->bytes;
+    queue_.erase(it);
+  }
+  update_held();
+}
+
+std::size_t FreeFenceQueue::give_back(Batches& done) noexcept {
   std::size_t bytes = 0;
-  for (ClosedBatch& batch : done) {
-    events_.release(batch.fence);
-    for (const FreedBlock& block : batch.blocks) {
+  for (std::unique_ptr<ClosedBatch>& batch : done) {
+    if (!batch) continue;
+    events_.release(batch->fence);
+    for (const FreedBlock& block : batch->blocks) {
       backend_.deallocate(block.ptr, block.bytes, block.stream);
       bytes += block.bytes;
     }
@@ -94,74 +201,42 @@ std::size_t FreeFenceQueue::give_back(std::vector<ClosedBatch>& done) noexcept {
 
 std::size_t FreeFenceQueue::poll() noexcept {
   if (!events_.may_give_back()) return 0;
-  std::vector<ClosedBatch> done;
-  {
-    std::lock_guard<std::mutex> guard(lock_);
-    if (!orphans_.empty()) {
-      // Orphans alone (no thread closes a batch on this device any more): give them their own fence.
-      ClosedBatch batch;
-      batch.blocks.swap(orphans_);
-      for (const FreedBlock& block : batch.blocks) batch.bytes += block.bytes;
-      try_record(batch);
-      try {
-        queue_.push_back(std::move(batch));
-      } catch (...) {
-      }
-    }
-    // When the GPU runs behind, the queue holds many fences and the oldest are the likeliest to be done:
-    // after kMaxPendingAnswersPerPoll of them answer "not ready", the rest wait for the next poll instead
-    // of costing a cuEventQuery each on every close. Skipping only ever delays a block's return.
-    std::size_t pending_answers = 0;
-    for (auto it = queue_.begin(); it != queue_.end();) {
-      if (!it->recorded && !try_record(*it)) {
-        ++it;
-        continue;
-      }
-      if (pending_answers >= kMaxPendingAnswersPerPoll ||
-          events_.query(it->fence) != FenceEvents::Status::complete) {
-        ++pending_answers;
-        ++it;
-        continue;
-      }
-      pending_bytes_ -= it->bytes;
-      try {
-        done.push_back(std::move(*it));
-      } catch (...) {
-        ++it;  // keep it for the next poll
-        pending_bytes_ += it[-1].bytes;
-        continue;
-      }
-      it = queue_.erase(it);
-    }
-    held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
-  }
-  // Outside the lock: a driver-backed backend's deallocate is a driver call.
+  std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
+  if (!driver.owns_lock()) return 0;
+  record_waiting();
+  Batches done;
+  take_completed(done);
+  driver.unlock();
+  // Outside the locks: a driver-backed backend's deallocate is a driver call.
   return give_back(done);
 }
 
 std::size_t FreeFenceQueue::synchronize_all() noexcept {
   if (!events_.may_give_back()) return 0;
-  std::vector<ClosedBatch> recorded;
+  Batches recorded;
   {
+    std::lock_guard<std::mutex> driver(driver_lock_);
+    unrecorded_.store(true, std::memory_order_relaxed);  // look at least once
+    record_waiting();
     std::lock_guard<std::mutex> guard(lock_);
     for (auto it = queue_.begin(); it != queue_.end();) {
-      if (!it->recorded && !try_record(*it)) {
+      if (!(*it)->recorded) {
         ++it;
         continue;
       }
-      pending_bytes_ -= it->bytes;
       try {
         recorded.push_back(std::move(*it));
       } catch (...) {
-        pending_bytes_ += it->bytes;
         ++it;
         continue;
       }
+      pending_bytes_ -= recorded.back()->bytes;
       it = queue_.erase(it);
     }
-    held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
+    update_held();
   }
-  for (ClosedBatch& batch : recorded) events_.synchronize(batch.fence);
+  // The batches are ours now: wait without holding a lock.
+  for (const std::unique_ptr<ClosedBatch>& batch : recorded) events_.synchronize(batch->fence);
   return give_back(recorded);
 }
 
@@ -172,11 +247,13 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
     return 0;
   }
   // In the order they were freed, as poll() gives them back: closed batches, orphans, the open batches.
-  std::vector<ClosedBatch> done;
+  Batches done;
   {
+    // The driver-lock holder may be recording a fence into one of these batches.
+    std::lock_guard<std::mutex> driver(driver_lock_);
     std::lock_guard<std::mutex> guard(lock_);
     for (auto it = queue_.begin(); it != queue_.end();) {
-      if (it->stream_fence) {
+      if ((*it)->stream_fence) {
         ++it;
         continue;
       }
@@ -185,21 +262,31 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
       } catch (...) {
         break;  // no host memory: the rest wait for their fences as before
       }
-      pending_bytes_ -= done.back().bytes;
+      pending_bytes_ -= done.back()->bytes;
       it = queue_.erase(it);
     }
-    try {
-      done.emplace_back();
-      done.back().blocks.swap(orphans_);
-      for (const FreedBlock& block : done.back().blocks) pending_bytes_ -= block.bytes;
-      done.back().blocks.insert(done.back().blocks.end(), open.begin(), open.end());
-      open.clear();
-    } catch (...) {
+    std::unique_ptr<ClosedBatch> rest(new (std::nothrow) ClosedBatch);
+    if (rest) {
+      try {
+        done.emplace_back();  // the slot first: the move into it below cannot fail
+      } catch (...) {
+        rest.reset();
+      }
     }
-    held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
+    if (rest) {
+      rest->blocks.swap(orphans_);
+      for (const FreedBlock& block : rest->blocks) pending_bytes_ -= block.bytes;
+      try {
+        rest->blocks.insert(rest->blocks.end(), open.begin(), open.end());
+        open.clear();
+      } catch (...) {
+      }
+      done.back() = std::move(rest);
+    }
+    update_held();
   }
   if (!open.empty()) adopt_orphans(std::move(open));  // no host memory above: fenced by a later poll
-  // Outside the lock, as poll(): the events go back to their pool, the blocks to the backend.
+  // Outside the locks, as poll(): the events go back to their pool, the blocks to the backend.
   return give_back(done);
 }
 
@@ -217,8 +304,8 @@ bool FreeFenceQueue::holds(const void* p) const noexcept {
   std::lock_guard<std::mutex> guard(lock_);
   for (const FreedBlock& block : orphans_)
     if (block.ptr == p) return true;
-  for (const ClosedBatch& batch : queue_)
-    for (const FreedBlock& block : batch.blocks)
+  for (const std::unique_ptr<ClosedBatch>& batch : queue_)
+    for (const FreedBlock& block : batch->blocks)
       if (block.ptr == p) return true;
   return false;
 }
@@ -229,8 +316,9 @@ std::size_t FreeFenceQueue::batches() const noexcept {
 }
 
 void FreeFenceQueue::reset_after_fork() noexcept {
+  new (&driver_lock_) std::mutex();
   new (&lock_) std::mutex();
-  held_.store(!queue_.empty() || !orphans_.empty(), std::memory_order_relaxed);
+  update_held();
 }
 
 }  // namespace gpushim

@@ -3,7 +3,8 @@
 // A block freed with cuMemFree is not handed back to its backend until no GPU work issued before the
 // free can race its next user. Frees are gathered in small batches; a closed batch gets one fence
 // (events recorded on the streams that matter, by a FenceEvents implementation);
-// the blocks go back to the backend once every event of the fence has completed. Async frees on stream S
+// the blocks go back to the backend once every event of the fence has completed. The fence's cost grows
+// with the active streams, so batches closed by several threads share one fence when they can (below). Async frees on stream S
 // get a fence of one event on S.
 //
 // This file is the state machine only: the driver sits behind FenceEvents (router/cuda_fence_events.*),
@@ -14,6 +15,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -102,14 +104,25 @@ class PendingBatch {
   FenceContext context_ = nullptr;
 };
 
+// The closed batches of one device, waiting for their fences.
+//
+// Who talks to the driver: one thread at a time per device, the holder of driver_lock_, never under
+// lock_. A close only queues its batch (lock_ held for a push) and then tries to become that thread. The
+// thread that gets it records ONE fence for every batch still waiting for one (those of the same context
+// and kind are merged first), so with a stream per thread, N threads closing batches pay one fence of N
+// events, not N fences of N events each (its driver calls grow with the active streams: the fence of a
+// cuMemFree batch is an event per active stream, router/cuda_fence_events.h). A thread that finds the
+// driver lock taken returns at once: the holder looks again before it lets go, and every later close or
+// poll records what is left. Merging is exact: a fence recorded after the last free of every merged
+// batch covers each of them.
 class FreeFenceQueue {
  public:
   FreeFenceQueue(Allocator& backend, FenceEvents& events) noexcept : backend_(backend), events_(events) {}
   FreeFenceQueue(const FreeFenceQueue&) = delete;
   FreeFenceQueue& operator=(const FreeFenceQueue&) = delete;
 
-  // Closes a batch of cuMemFree'd blocks: records a device fence (or keeps the batch unfenced when a
-  // capture is active), then polls.
+  // Closes a batch of cuMemFree'd blocks: queues it for a device fence (none is recorded while a capture
+  // is active), then polls.
   void close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept;
   // Closes the async-freed blocks of one stream: a fence of one event on that stream.
   void close_stream_batch(std::vector<FreedBlock> blocks, FenceContext context, StreamHandle stream) noexcept;
@@ -117,10 +130,12 @@ class FreeFenceQueue {
   // and process-exit paths): they wait, unfenced, for the next close or poll to fence them.
   void adopt_orphans(std::vector<FreedBlock> blocks) noexcept;
 
-  // Fences unfenced batches (when no capture blocks it) and gives the blocks of completed fences back to
-  // the backend. Returns the bytes given back.
+  // Records the fences of batches that have none (when no capture blocks it) and gives the blocks of
+  // completed fences back to the backend. Returns the bytes given back. Returns 0 at once while another
+  // thread does this for the device (it records the caller's batch too, or the next poll does).
   std::size_t poll() noexcept;
-  // Memory pressure only: waits for every recorded fence, then gives its blocks back.
+  // Memory pressure only: waits for the thread recording fences, records what has none, waits for every
+  // recorded fence, then gives its blocks back.
   std::size_t synchronize_all() noexcept;
   // The GPU's work turned totally ordered (router/stream_activity.h): a cuMemFree'd block may be reused
   // at once, as one freed now would be, whatever its fence says. Gives back `open` (the threads' open
@@ -144,26 +159,37 @@ class FreeFenceQueue {
 
  private:
   struct ClosedBatch {
-    std::vector<FreedBlock> blocks;
+    std::vector<FreedBlock> blocks;  // written under lock_ (a merge), read under lock_ (holds)
     std::size_t bytes = 0;
     FenceContext context = nullptr;
     bool stream_fence = false;
     StreamHandle stream = 0;
+    // Written only by the holder of driver_lock_, which may do so without lock_: no other thread reads
+    // them, and only that holder removes a batch from the queue, so the batch outlives the write.
     bool recorded = false;
     Fence fence;
   };
-  void enqueue(ClosedBatch batch) noexcept;
-  bool try_record(ClosedBatch& batch) noexcept;  // lock_ held
-  std::size_t give_back(std::vector<ClosedBatch>& done) noexcept;
+  using Batches = std::vector<std::unique_ptr<ClosedBatch>>;
+
+  void enqueue(std::unique_ptr<ClosedBatch> batch) noexcept;
+  // The steps of the driver-lock holder. record_waiting merges and records the batches without a fence;
+  // take_completed asks at most kMaxPendingAnswersPerPoll pending fences and moves completed batches out.
+  void record_waiting() noexcept;
+  void take_completed(Batches& done) noexcept;
+  bool try_record(ClosedBatch& batch) noexcept;
+  std::size_t give_back(Batches& done) noexcept;
+  void update_held() noexcept;  // lock_ held
 
   Allocator& backend_;
   FenceEvents& events_;
-  mutable std::mutex lock_;
-  std::deque<ClosedBatch> queue_;  // in close order
+  std::mutex driver_lock_;   // taken before lock_, never the other way
+  mutable std::mutex lock_;  // the queue and the counters; never held across a driver call
+  std::deque<std::unique_ptr<ClosedBatch>> queue_;  // in close order (a merge keeps the oldest's place)
   std::vector<FreedBlock> orphans_;
   std::uint64_t pending_bytes_ = 0;  // lock_ held
   std::uint64_t peak_pending_bytes_ = 0;  // lock_ held
   std::atomic<bool> held_{false};         // written under lock_: queue_ or orphans_ not empty
+  std::atomic<bool> unrecorded_{false};   // set by a close: a batch waits for the driver-lock holder
 };
 
 }  // namespace gpushim

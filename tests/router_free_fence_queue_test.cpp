@@ -5,8 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
 #include <map>
 #include <set>
+#include <thread>
+#include <utility>
 
 namespace gpushim {
 namespace {
@@ -33,6 +36,7 @@ class FakeEvents final : public FenceEvents {
  public:
   Record record_device_fence(FenceContext context, Fence* out) noexcept override {
     if (capturing) return Record::postponed;
+    if (while_recording) std::exchange(while_recording, nullptr)();
     ++device_fences;
     last_context = context;
     for (int i = 0; i < device_streams; ++i) out->events.push_back({context, next_id++});
@@ -63,6 +67,7 @@ class FakeEvents final : public FenceEvents {
   bool may_give_back() noexcept override { return !holding; }
   bool capturing = false;
   bool holding = false;
+  std::function<void()> while_recording;  // runs once, inside the next device-fence record
   int device_streams = 1;
   std::uintptr_t next_id = 1;
   std::set<std::uintptr_t> complete;
@@ -244,6 +249,48 @@ TEST_F(FreeFenceQueueTest, WhileGivingBackIsForbiddenTheOpenBlocksWaitAsOrphans)
   EXPECT_TRUE(queue.holds(ptr(1)));
   events.holding = false;
   EXPECT_EQ(queue.give_back_device_batches({}), 512u);
+}
+
+// Batches that wait for a fence together get one: a fence recorded after the last free of each covers
+// them all. Different contexts still get a fence each (the batch's context names its legacy stream).
+TEST_F(FreeFenceQueueTest, WaitingBatchesOfOneContextShareOneFence) {
+  int a = 0, b = 0;
+  events.capturing = true;  // nothing can be recorded: the batches wait, as behind a busy recorder
+  queue.close_device_batch(blocks(1, 2), &a);
+  queue.close_device_batch(blocks(10, 2), &a);
+  queue.close_device_batch(blocks(20, 1), &b);
+  queue.close_stream_batch(blocks(30, 1), &a, 7);
+  EXPECT_EQ(events.device_fences + events.stream_fences, 0);
+  EXPECT_EQ(queue.batches(), 3u);  // merged while waiting: context a's two batches are one
+  events.capturing = false;
+  queue.poll();
+  EXPECT_EQ(events.device_fences, 2);  // one for context a (two batches), one for b
+  EXPECT_EQ(events.stream_fences, 1);
+  EXPECT_EQ(queue.batches(), 3u);
+  EXPECT_TRUE(queue.holds(ptr(11)));
+  EXPECT_EQ(queue.pending_bytes(), 6u * 256);
+  events.complete = {1};  // context a's fence
+  EXPECT_EQ(queue.poll(), 4u * 256);
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(11)}));
+}
+
+// A batch closed on another thread while this one records finds the driver lock taken and returns at
+// once; the recording thread looks again before it lets go and fences that batch too.
+TEST_F(FreeFenceQueueTest, ABatchClosedWhileAnotherThreadRecordsGetsItsFenceFromThatThread) {
+  bool other_returned = false;
+  events.while_recording = [&] {
+    std::thread other([&] {
+      queue.close_device_batch(blocks(10, 2), nullptr);
+      other_returned = true;
+    });
+    other.join();
+  };
+  queue.close_device_batch(blocks(1, 2), nullptr);
+  EXPECT_TRUE(other_returned);
+  EXPECT_EQ(events.device_fences, 2);  // this thread's, then the other's (closed after the first record)
+  EXPECT_EQ(queue.batches(), 2u);
+  events.complete = {1, 2};
+  EXPECT_EQ(queue.poll(), 4u * 256);
 }
 
 TEST_F(FreeFenceQueueTest, EmptyBatchesRecordNothing) {
