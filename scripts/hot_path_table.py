@@ -4,9 +4,9 @@
 Per configuration (a gpushim label, cudaMalloc, cudaMallocAsync, host malloc), stream mode and size: the
 one-thread median pair (median over the passes of each pass's median) with its p99 in brackets, the
 16-thread median pair, and the scaling two ways (medians over the passes of each pass's ratio):
-- wall clock: 16 threads' pairs per second over one thread's, as alloc_bench counts them (the harness's
-  clock reads and the slowest thread's finish included: host malloc, which cannot contend, shows its
-  ceiling);
+- wall clock: 16 threads' pairs per second over one thread's, as alloc_bench counts them (pairs done
+  while every thread runs, the harness's clock reads included: host malloc, which cannot contend,
+  shows the ceiling);
 - pair time: 16 x one thread's mean pair over 16 threads' mean pair (the pairs alone: what the threads'
   rates would sum to with no harness around them).
 Then the targets, for every gpushim configuration. Only the pairs pattern is read.

@@ -241,8 +241,15 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
   std::vector<std::vector<double>> samples(threads);
   std::atomic<int> ready{0};
   std::atomic<bool> go{false};
+  // pairs_per_s counts only the time every thread runs: from the start until the first thread is done
+  // (its repetitions or the deadline), and each thread's pairs finished before it saw that. Counted to
+  // the last thread's end instead, a thread that started late or ran on a slower core ran alone at the
+  // end, and the ratio to one thread measured the harness (host malloc+free, which shares nothing, got
+  // only 5-8x from 16 threads that way).
+  std::atomic<bool> first_done{false};
+  Clock::time_point first_done_at{};
+  std::vector<std::uint64_t> counted(threads, 0);
   std::vector<std::thread> workers;
-  std::vector<Clock::time_point> finished(threads);
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t]() {
       ThreadPlan mine = plan;
@@ -253,16 +260,30 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
       // state; not measured.
       const std::uint64_t warmup = std::min<std::uint64_t>(mine.reps / 4 + 5, 2000);
       for (std::uint64_t i = 0; i < warmup; ++i) runner.timed_pair();
+      // Written (so its pages are touched) before the start: a page fault per 512 samples inside the
+      // timed loop took the process's memory lock, which 16 threads then fought over.
       std::vector<double>& mine_samples = samples[t];
-      mine_samples.reserve(mine.reps);
+      mine_samples.assign(mine.reps, 0.0);
       ready.fetch_add(1);
       while (!go.load(std::memory_order_acquire)) std::this_thread::yield();
       const Clock::time_point deadline = plan.deadline;
-      for (std::uint64_t i = 0; i < mine.reps; ++i) {
-        mine_samples.push_back(runner.timed_pair());
-        if ((i & 15) == 15 && Clock::now() > deadline) break;
+      std::uint64_t done = 0;
+      bool counting = true;
+      while (done < mine.reps) {
+        // Checked before a pair, so a pair still running when the first thread finished is not counted.
+        if (counting && first_done.load(std::memory_order_relaxed)) {
+          counted[t] = done;
+          counting = false;
+        }
+        mine_samples[done++] = runner.timed_pair();
+        if ((done & 15) == 0 && Clock::now() > deadline) break;
       }
-      finished[t] = Clock::now();
+      mine_samples.resize(done);
+      if (counting) {
+        bool expected = false;
+        if (first_done.compare_exchange_strong(expected, true)) first_done_at = Clock::now();
+        counted[t] = done;
+      }
     });
   }
   while (ready.load() < threads) std::this_thread::yield();
@@ -271,7 +292,7 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
   go.store(true, std::memory_order_release);
   for (auto& w : workers) w.join();
   CHECK_CUDA(cudaDeviceSynchronize());
-  const Clock::time_point end = *std::max_element(finished.begin(), finished.end());
+  const Clock::time_point end = first_done_at;
 
   std::vector<double> all;
   for (auto& s : samples) all.insert(all.end(), s.begin(), s.end());
@@ -286,7 +307,9 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
   for (double x : all) sum += x;
   r.mean_ns = sum / double(n);
   const double seconds = std::chrono::duration<double>(end - start).count();
-  r.pairs_per_s = seconds > 0 ? double(n) / seconds : 0;
+  std::uint64_t pairs_while_all_ran = 0;
+  for (std::uint64_t c : counted) pairs_while_all_ran += c;
+  r.pairs_per_s = seconds > 0 ? double(pairs_while_all_ran) / seconds : 0;
   return r;
 }
 
