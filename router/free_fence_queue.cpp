@@ -21,10 +21,7 @@ constexpr int kRecordRounds = 2;
 }  // namespace
 
 bool FreeFenceQueue::try_record(ClosedBatch& batch) noexcept {
-  FenceEvents::Record result =
-      batch.stream_fence ? events_.record_stream_fence(batch.context, batch.stream, &batch.fence)
-                         : events_.record_device_fence(batch.context, &batch.fence);
-  batch.recorded = result == FenceEvents::Record::recorded;
+  batch.recorded = events_.record_device_fence(batch.context, &batch.fence) == FenceEvents::Record::recorded;
   return batch.recorded;
 }
 
@@ -77,6 +74,11 @@ void FreeFenceQueue::close_stream_batch(std::vector<FreedBlock> blocks, FenceCon
   batch->context = context;
   batch->stream_fence = true;
   batch->stream = stream;
+  // Recorded here, by the closing thread: the program has just freed on this stream, so it is alive
+  // now, but a record deferred to the driver-lock holder could find it destroyed. One event, no
+  // active-stream walk: cheap enough to pay in the close. Postponed (a capture), it waits for a device
+  // fence like any other batch.
+  batch->recorded = events_.record_stream_fence(context, stream, &batch->fence) == FenceEvents::Record::recorded;
   enqueue(std::move(batch));
   poll();
 }
@@ -114,8 +116,8 @@ void FreeFenceQueue::record_waiting() noexcept {
         } catch (...) {
         }
       }
-      // One fence per kind of fence and context: batches that would get the same fence are merged into
-      // the oldest, which keeps its place in the queue.
+      // One fence per context: batches that would get the same fence are merged into the oldest of their
+      // kind, which keeps its place in the queue.
       for (auto it = queue_.begin(); it != queue_.end();) {
         ClosedBatch& batch = **it;
         if (batch.recorded) {
@@ -123,7 +125,7 @@ void FreeFenceQueue::record_waiting() noexcept {
           continue;
         }
         auto same = std::find_if(waiting.begin(), waiting.end(), [&](const ClosedBatch* w) {
-          return w->stream_fence == batch.stream_fence && w->context == batch.context && w->stream == batch.stream;
+          return w->stream_fence == batch.stream_fence && w->context == batch.context;
         });
         try {
           if (same == waiting.end()) {

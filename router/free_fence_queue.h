@@ -114,7 +114,8 @@ class PendingBatch {
 // cuMemFree batch is an event per active stream, router/cuda_fence_events.h). A thread that finds the
 // driver lock taken returns at once: the holder looks again before it lets go, and every later close or
 // poll records what is left. Merging is exact: a fence recorded after the last free of every merged
-// batch covers each of them.
+// batch covers each of them. A stream batch (cuMemFreeAsync) is recorded by its closing thread, on its
+// stream, while the program's stream is surely alive.
 class FreeFenceQueue {
  public:
   FreeFenceQueue(Allocator& backend, FenceEvents& events) noexcept : backend_(backend), events_(events) {}
@@ -164,8 +165,9 @@ class FreeFenceQueue {
     FenceContext context = nullptr;
     bool stream_fence = false;
     StreamHandle stream = 0;
-    // Written only by the holder of driver_lock_, which may do so without lock_: no other thread reads
-    // them, and only that holder removes a batch from the queue, so the batch outlives the write.
+    // Once queued, written only by the holder of driver_lock_, which may do so without lock_: no other
+    // thread reads them, and only that holder removes a batch from the queue, so the batch outlives the
+    // write. (A stream batch's closing thread records it before it is queued.)
     bool recorded = false;
     Fence fence;
   };
@@ -176,6 +178,9 @@ class FreeFenceQueue {
   // take_completed asks at most kMaxPendingAnswersPerPoll pending fences and moves completed batches out.
   void record_waiting() noexcept;
   void take_completed(Batches& done) noexcept;
+  // A record deferred to the driver-lock holder is always a device fence, for stream batches too: the
+  // stream named at their close may be destroyed by now (a record on it would be a use after destroy in
+  // the driver), and a device fence covers all work issued so far on every stream that can still run.
   bool try_record(ClosedBatch& batch) noexcept;
   std::size_t give_back(Batches& done) noexcept;
   void update_held() noexcept;  // lock_ held
