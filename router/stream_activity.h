@@ -9,8 +9,9 @@
 // begin_stream_work() before every kernel launch, async copy or set, graph launch and stream memory
 // operation (shim/work_submission_hooks.cpp), and end_stream_work() once the driver has queued it. A
 // stream that carries work for the first time since it was last seen idle is *joined* first: it waits
-// (cuStreamWaitEvent) for the legacy stream and every other active stream, so its new work is ordered
-// after every earlier user of a block that was reused at once. A stream goes idle again when an event
+// (cuStreamWaitEvent) for the legacy stream and every other active blocking stream, so its new work is
+// ordered after every earlier user of a block that was reused at once (stream_activity.cpp,
+// become_active, says why the active non-blocking streams need no wait). A stream goes idle again when an event
 // recorded on it completes with no submission since (poll_stream_activity()).
 //
 // Per-stream state is one atomic word, so the launch path costs two uncontended atomic operations:

@@ -469,6 +469,33 @@ TEST_F(StreamActivity, APollAsksAFewStreamsAndTheNextPollTheOthers) {
   for (CUstream s : streams) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A stream that starts work waits for the legacy stream and the active blocking streams, not for the
+// other active non-blocking streams: no block reused at once can have been last used there (a free
+// while one of them was active was fenced). Still exact: a block last used on the busy non-blocking
+// stream is not handed out to the new one's work.
+TEST_F(StreamActivity, AStreamThatStartsWorkIsNotJoinedToActiveNonBlockingStreams) {
+  CUstream busy = nullptr, blocking = nullptr, starting = nullptr;
+  ASSERT_EQ(cuStreamCreate(&busy, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&blocking, 0), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&starting, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(busy, 1);
+  fake_cuda_hold_stream(blocking, 1);
+  launch_on(busy);
+  launch_on(blocking);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, busy), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  launch_on(starting);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 2) << "joined to the legacy stream and the blocking one only";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the busy stream's queued work may touch was handed out";
+  fake_cuda_hold_stream(busy, 0);
+  fake_cuda_hold_stream(blocking, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
+  for (CUstream s : {busy, blocking, starting}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // The launch that makes a stream active records its probe (after the join), so the polls in the frees
 // that follow only read it: no cuStreamQuery, no cuEventRecord in a free.
 TEST_F(StreamActivity, AStreamThatStartsWorkGetsItsProbeAtThatLaunch) {
