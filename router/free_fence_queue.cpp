@@ -188,11 +188,17 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
   update_held();
 }
 
-std::size_t FreeFenceQueue::give_back(Batches& done) noexcept {
+std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
   std::size_t bytes = 0;
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;
     events_.release(batch->fence);
+    if (to_owners && owners_) {
+      bytes += batch->bytes;  // the owners' blocks count as given back: they are free from here on
+      owners_->return_to_owners(batch->blocks);
+      for (const FreedBlock& block : batch->blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
+      continue;
+    }
     for (const FreedBlock& block : batch->blocks) {
       backend_.deallocate(block.ptr, block.bytes, block.stream);
       bytes += block.bytes;
@@ -210,7 +216,7 @@ std::size_t FreeFenceQueue::poll() noexcept {
   take_completed(done);
   driver.unlock();
   // Outside the locks: a driver-backed backend's deallocate is a driver call.
-  return give_back(done);
+  return give_back(done, true);
 }
 
 std::size_t FreeFenceQueue::synchronize_all() noexcept {
@@ -239,7 +245,7 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
   }
   // The batches are ours now: wait without holding a lock.
   for (const std::unique_ptr<ClosedBatch>& batch : recorded) events_.synchronize(batch->fence);
-  return give_back(recorded);
+  return give_back(recorded, false);
 }
 
 std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> open) noexcept {
@@ -288,8 +294,9 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
     update_held();
   }
   if (!open.empty()) adopt_orphans(std::move(open));  // no host memory above: fenced by a later poll
-  // Outside the locks, as poll(): the events go back to their pool, the blocks to the backend.
-  return give_back(done);
+  // Outside the locks, as poll(): the events go back to their pool, the blocks to their owners or the
+  // backend.
+  return give_back(done, true);
 }
 
 std::uint64_t FreeFenceQueue::pending_bytes() const noexcept {

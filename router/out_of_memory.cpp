@@ -31,7 +31,8 @@ constexpr std::size_t kLargestLiveInReport = 10;
 }  // namespace
 
 std::uint64_t pending_bytes(DeviceState& device) noexcept {
-  return device.fences.pending_bytes() + thread_pending_bytes(device.ordinal) + stream_list_bytes(device);
+  return device.fences.pending_bytes() + thread_pending_bytes(device.ordinal) + stream_list_bytes(device) +
+         thread_returned_bytes(device.ordinal);
 }
 
 namespace {
@@ -51,14 +52,19 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
   {
     NoNewPeakScope no_new_peak;
     if (void* p = backend.allocate(block_size, stream)) return p;
+    // Blocks other threads freed whose fences completed wait in their returned lists: the backend's.
+    if (take_all_returned_blocks(device) > 0)
+      if (void* p = backend.allocate(block_size, stream)) return p;
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could.
     if (device.fences.can_give_back() &&
         device.fences.pending_bytes() + backend.stats().bytes_cached >= block_size) {
       annotations::ScopedRange range(annotations::SlowEvent::fence_wait);
       const auto deadline = std::chrono::steady_clock::now() + kNewPeakWait;
       do {
-        if (device.fences.poll() > 0)
+        if (device.fences.poll() > 0) {
+          take_all_returned_blocks(device);  // the poll returned them to their freeing threads
           if (void* p = backend.allocate(block_size, stream)) return p;
+        }
         if (!device.fences.holds_blocks()) break;
         std::this_thread::sleep_for(kNewPeakPollInterval);
       } while (std::chrono::steady_clock::now() < deadline);
@@ -72,11 +78,13 @@ void* allocate_under_pressure(DeviceState& device, std::size_t block_size, Strea
   if (ipc::any_exports()) free_blocks_importers_released();
   poll_stream_activity();
   device.fences.poll();
+  take_all_returned_blocks(device);
   if (void* p = backend.allocate(block_size, stream)) return p;
 
   close_all_thread_batches(device);
   close_all_stream_lists(device);
   device.fences.poll();
+  take_all_returned_blocks(device);
   if (void* p = backend.allocate(block_size, stream)) return p;
 
   // Memory pressure: now waiting for the GPU is better than failing.

@@ -261,6 +261,9 @@ __attribute__((always_inline)) inline CUresult serve(DeviceState& device, std::s
   const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
   if (__builtin_expect(bytes > SIZE_MAX - kMinAlignment || fault_injection_armed(), 0))
     return serve_slow(device, bytes, block_size, stream, handle, async, false, out);
+  // Fenced blocks this thread freed whose fences completed: into its own cache first.
+  if (ThreadState* thread = t_state; thread && __builtin_expect(thread->returned_devices.load(std::memory_order_relaxed) != 0, 0))
+    take_returned_blocks(*thread);
   void* p = nullptr;
   if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
     p = take_from_stream_list(device, normalized(stream), block_size);
@@ -287,7 +290,7 @@ bool still_held(DeviceState& device, CUdeviceptr p) noexcept {
       for (const auto& entry : list.second.by_size)
         if (entry.second.ptr == ptr) return true;
   }
-  return device.fences.holds(ptr);
+  return device.fences.holds(ptr) || returned_holds(device.ordinal, ptr);
 }
 
 // A pointer gpushim freed recently was freed again.
@@ -368,7 +371,9 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
     }
     bool is_full;
     try {
-      is_full = batch.add(block, context);
+      FreedBlock owned = block;
+      owned.owner = thread;  // its fence's completion returns it here (router/returned_blocks.h)
+      is_full = batch.add(owned, context);
     } catch (...) {
       return;  // no host memory: the block is held forever, which is safe
     }

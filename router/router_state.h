@@ -19,6 +19,7 @@
 #include "router/cuda_fence_events.h"
 #include "router/free_fence_queue.h"
 #include "router/live_block_table.h"
+#include "router/returned_blocks.h"
 
 // The router was one file whose state had internal linkage. Hidden visibility keeps what its files now
 // share out of libgpushim.so's symbol table, and lets -fPIC code reach these globals directly, as it did
@@ -46,11 +47,13 @@ struct DeviceState {
   // `built.backend` is not null (device_state() checks).
   DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures)
       : ordinal(ordinal), properties(built.properties), assembly(std::move(built)),
-        events(ordinal, captures, properties.driver_backed), fences(*assembly.backend, events) {}
+        events(ordinal, captures, properties.driver_backed), owners(ordinal),
+        fences(*assembly.backend, events, &owners) {}
   const int ordinal;
   const BackendProperties properties;  // what requests read: plain values, no virtual call
   BackendStack assembly;
   CudaFenceEvents events;
+  ThreadBlockOwners owners;  // where completed fenced blocks go first
   FreeFenceQueue fences;
   StreamShard stream_shards[kStreamShards];
   std::atomic<bool> in_oom_burst{false};

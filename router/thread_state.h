@@ -73,6 +73,12 @@ struct ThreadState {
   PendingBatch batches[kMaxDevices];
   Counters counters[kMaxDevices];
   unsigned fenced_since_poll = 0;  // the owner's only
+  // Blocks this thread freed whose fences completed, by device, put here by the polling thread under
+  // `lock` and taken into this thread's caches at its next allocation (router/returned_blocks.h).
+  std::vector<FreedBlock> returned[kMaxDevices];
+  std::uint64_t returned_bytes[kMaxDevices] = {};
+  // Bit d: returned[d] got blocks. The one load an allocation pays for this.
+  std::atomic<std::uint64_t> returned_devices{0};
   ThreadState() {
     std::lock_guard<std::mutex> guard(g_threads_lock);
     try {
@@ -80,8 +86,9 @@ struct ThreadState {
     } catch (...) {
     }
   }
-  // Thread exit (also the main thread at process exit): no driver call here. Pending blocks become
-  // orphans of their device, fenced by whichever thread closes or polls next.
+  // Thread exit (also the main thread at process exit): no driver call here. Pending and returned
+  // blocks become orphans of their device, fenced by whichever thread closes or polls next. Once
+  // deregistered (under g_threads_lock) no poller returns blocks here any more.
   ~ThreadState() {
     t_state_gone = true;
     {
@@ -95,8 +102,10 @@ struct ThreadState {
       g_retired[d].failed += counters[d].failed.load();
       g_retired[d].bytes += counters[d].bytes.load();
       g_retired[d].fenced += counters[d].fenced.load();
-      if (batches[d].empty()) continue;
-      if (DeviceState* device = g_devices[d].load()) device->fences.adopt_orphans(batches[d].take());
+      DeviceState* device = g_devices[d].load();
+      if (!device) continue;
+      if (!batches[d].empty()) device->fences.adopt_orphans(batches[d].take());
+      if (!returned[d].empty()) device->fences.adopt_orphans(std::move(returned[d]));
     }
   }
 };

@@ -295,6 +295,42 @@ TEST_F(FreeFenceQueueTest, ABatchClosedWhileAnotherThreadRecordsGetsItsFenceFrom
   EXPECT_EQ(queue.poll(), 4u * 256);
 }
 
+// Takes the blocks whose owner is `taker`; the rest stay for the queue to give to the backend.
+class FakeOwners final : public BlockOwners {
+ public:
+  void return_to_owners(std::vector<FreedBlock>& blocks) noexcept override {
+    std::vector<FreedBlock> rest;
+    for (const FreedBlock& block : blocks) (block.owner == taker ? taken : rest).push_back(block);
+    blocks.swap(rest);
+  }
+  void* taker = nullptr;
+  std::vector<FreedBlock> taken;
+};
+
+// A completed fence's blocks go to their owners first; the backend gets the others. The pressure path
+// (synchronize_all) gives everything to the backend, where the waiting allocation looks.
+TEST(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FakeOwners owners;
+  FreeFenceQueue queue{backend, events, &owners};
+  int thread_a = 0, thread_b = 0;
+  owners.taker = &thread_a;
+  std::vector<FreedBlock> batch = {{ptr(1), 256, 0, &thread_a}, {ptr(2), 256, 0, &thread_b}, {ptr(3), 256, 0, &thread_a}};
+  queue.close_device_batch(batch, nullptr);
+  events.complete = {1};
+  EXPECT_EQ(queue.poll(), 3u * 256) << "every block of the fence counts as given back";
+  ASSERT_EQ(owners.taken.size(), 2u);
+  EXPECT_EQ(owners.taken[0].ptr, ptr(1));
+  EXPECT_EQ(owners.taken[1].ptr, ptr(3));
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(2)}));
+
+  queue.close_device_batch({{ptr(4), 256, 0, &thread_a}}, nullptr);
+  EXPECT_EQ(queue.synchronize_all(), 256u);
+  EXPECT_EQ(owners.taken.size(), 2u) << "under pressure a block went to its owner, not to the backend";
+  EXPECT_TRUE(backend.returned.count(ptr(4)));
+}
+
 TEST_F(FreeFenceQueueTest, EmptyBatchesRecordNothing) {
   queue.close_device_batch({}, nullptr);
   EXPECT_EQ(events.device_fences, 0);

@@ -7,6 +7,7 @@
 #include <cuda.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <set>
@@ -494,6 +495,33 @@ TEST_F(StreamActivity, AStreamThatStartsWorkIsNotJoinedToActiveNonBlockingStream
   churn();
   EXPECT_TRUE(handed_out_again(used, 400));
   for (CUstream s : {busy, blocking, starting}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A fenced block comes back to the thread that freed it, whichever thread polled its fence: into its own
+// cache at its next allocation (router/returned_blocks.h). Given to the polling thread, it would sit in
+// that thread's cache (kept alive here, so its cache is not flushed to a shared depot) and this thread
+// would never see it again.
+TEST_F(StreamActivity, AFencedBlockGoesBackToTheThreadThatFreedIt) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  fake_cuda_hold_stream(s, 0);
+  std::atomic<bool> checked{false};
+  std::atomic<bool> polled{false};
+  std::thread poller([&] {
+    churn();  // finds the stream idle and gives every held block back
+    polled = true;
+    while (!checked) std::this_thread::yield();
+  });
+  while (!polled) std::this_thread::yield();
+  EXPECT_TRUE(handed_out_again(used, 300)) << "the block went to the polling thread, not to its freeing thread";
+  checked = true;
+  poller.join();
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
 // The launch that makes a stream active records its probe (after the join), so the polls in the frees

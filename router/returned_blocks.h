@@ -1,0 +1,53 @@
+// Fenced blocks back to the thread that freed them (BlockOwners, router/free_fence_queue.h).
+//
+// Once a stream exists every cuMemFree is fenced, and its block comes back when some thread polls the
+// fences. Given back by the polling thread, it landed in that thread's cache
+// (allocators/thread_cache_allocator.h): the freeing thread's own cache ran dry, and with many threads
+// every allocation missed into the backend's shared locks. So the poller hands each block to its
+// freeing thread's returned list (ThreadState::returned, under that thread's lock), and that thread
+// takes the list into its own cache at its next allocation: one relaxed load per allocation while
+// nothing is returned.
+//
+// A returned block is free memory the backend does not see yet, so it counts as held back
+// (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first. A thread
+// that exits re-adopts its list as orphans of the fence queue (no backend or driver call from a thread's
+// exit): fenced once more, then given to the backend. A block whose owner has exited goes to the
+// backend from the poller, as before.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "router/free_fence_queue.h"
+
+#pragma GCC visibility push(hidden)  // router/router_state.h says why
+
+namespace gpushim::router {
+
+struct DeviceState;
+struct ThreadState;
+
+// The fence queue's BlockOwners for one device: returns blocks to the threads that freed them.
+class ThreadBlockOwners final : public BlockOwners {
+ public:
+  explicit ThreadBlockOwners(int ordinal) noexcept : ordinal_(ordinal) {}
+  void return_to_owners(std::vector<FreedBlock>& blocks) noexcept override;
+
+ private:
+  const int ordinal_;
+};
+
+// The calling thread's returned blocks, of every device, into its backends (its caches). The slow half
+// of the check in the allocation path (ThreadState::returned_devices).
+void take_returned_blocks(ThreadState& thread) noexcept;
+// Every thread's returned blocks of `device` into its backend, from the calling thread (memory pressure:
+// the waiting allocation must find them there). Returns the bytes.
+std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept;
+// Bytes waiting in the threads' returned lists of device `ordinal`.
+std::uint64_t thread_returned_bytes(int ordinal) noexcept;
+// True while `p` waits in some thread's returned list (a double-free check; cold).
+bool returned_holds(int ordinal, const void* p) noexcept;
+
+}  // namespace gpushim::router
+
+#pragma GCC visibility pop
