@@ -23,19 +23,24 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexce
     // Only a registered thread: the pointer of one that exited names freed memory (or, recycled, another
     // live thread, which may take the blocks as well as any).
     const bool to_owner = owner && owner != self && std::find(live.begin(), live.end(), owner) != live.end();
+    std::size_t run_bytes = 0;
+    for (std::size_t j = i; j < end; ++j) run_bytes += blocks[j].bytes;
     bool taken = false;
     if (to_owner) {
       std::lock_guard<SpinLock> guard(owner->lock);
       std::vector<FreedBlock>& list = owner->returned[ordinal_];
-      try {
-        list.insert(list.end(), blocks.begin() + static_cast<std::ptrdiff_t>(i),
-                    blocks.begin() + static_cast<std::ptrdiff_t>(end));
-        taken = true;
-      } catch (...) {
-        // No host memory: these go to the backend from here.
+      // Over the cap (a thread that frees but no longer allocates) the blocks go to the backend.
+      if (owner->returned_bytes[ordinal_] + run_bytes <= kMaxReturnedBytes) {
+        try {
+          list.insert(list.end(), blocks.begin() + static_cast<std::ptrdiff_t>(i),
+                      blocks.begin() + static_cast<std::ptrdiff_t>(end));
+          taken = true;
+        } catch (...) {
+          // No host memory: these go to the backend from here.
+        }
       }
       if (taken) {
-        for (std::size_t j = i; j < end; ++j) owner->returned_bytes[ordinal_] += blocks[j].bytes;
+        owner->returned_bytes[ordinal_] += run_bytes;
         owner->returned_devices.fetch_or(std::uint64_t{1} << ordinal_, std::memory_order_release);
       }
     }
@@ -46,22 +51,31 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexce
   blocks.resize(kept);
 }
 
-void take_returned_blocks(ThreadState& thread) noexcept {
-  std::uint64_t devices = thread.returned_devices.exchange(0, std::memory_order_acq_rel);
-  std::vector<FreedBlock> taken;
-  while (devices) {
-    const int d = __builtin_ctzll(devices);
-    devices &= devices - 1;
-    {
-      std::lock_guard<SpinLock> guard(thread.lock);
-      taken.swap(thread.returned[d]);
-      thread.returned_bytes[d] = 0;
+void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t block_size) noexcept {
+  const int d = device.ordinal;
+  if (!(thread.returned_devices.load(std::memory_order_relaxed) & (std::uint64_t{1} << d))) return nullptr;
+  std::vector<FreedBlock> flushed;
+  {
+    std::lock_guard<SpinLock> guard(thread.lock);
+    std::vector<FreedBlock>& list = thread.returned[d];
+    // The newest first: a loop that frees and asks for the same sizes finds its size at the end.
+    const std::size_t oldest = list.size() > kReturnedSearch ? list.size() - kReturnedSearch : 0;
+    for (std::size_t i = list.size(); i-- > oldest;) {
+      if (list[i].bytes != block_size) continue;
+      void* p = list[i].ptr;
+      thread.returned_bytes[d] -= block_size;
+      list[i] = list.back();
+      list.pop_back();
+      if (list.empty()) thread.returned_devices.fetch_and(~(std::uint64_t{1} << d), std::memory_order_relaxed);
+      return p;
     }
-    DeviceState* device = g_devices[d].load(std::memory_order_acquire);
-    if (device)
-      for (const FreedBlock& block : taken) device->backend().deallocate(block.ptr, block.bytes, block.stream);
-    taken.clear();
+    // The thread asks for other sizes now: its returned blocks go to the backend, where anyone may use them.
+    flushed.swap(list);
+    thread.returned_bytes[d] = 0;
+    thread.returned_devices.fetch_and(~(std::uint64_t{1} << d), std::memory_order_relaxed);
   }
+  for (const FreedBlock& block : flushed) device.backend().deallocate(block.ptr, block.bytes, block.stream);
+  return nullptr;
 }
 
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept {

@@ -4,17 +4,22 @@
 // fences. Given back by the polling thread, it landed in that thread's cache
 // (allocators/thread_cache_allocator.h): the freeing thread's own cache ran dry, and with many threads
 // every allocation missed into the backend's shared locks. So the poller hands each block to its
-// freeing thread's returned list (ThreadState::returned, under that thread's lock), and that thread
-// takes the list into its own cache at its next allocation: one relaxed load per allocation while
-// nothing is returned.
+// freeing thread's returned list (ThreadState::returned, under that thread's lock), and that thread's
+// next allocations of the same block size take from the list, newest first: no backend call, no lock
+// but its own. The first allocation of a size the list does not hold (among its newest
+// kReturnedSearch) gives the whole list to the backend: the thread has moved on to other sizes.
+// Not through the thread's cache: its bounds (2 MiB a class) hold a fraction of one batch from 64 KiB
+// up (a batch closes at 256 blocks or 64 MiB), and the rest missed into the backend again.
 //
 // A returned block is free memory the backend does not see yet, so it counts as held back
-// (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first. A thread
-// that exits re-adopts its list as orphans of the fence queue (no backend or driver call from a thread's
-// exit): fenced once more, then given to the backend. A block whose owner has exited goes to the
-// backend from the poller, as before.
+// (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first. A list
+// holds at most kMaxReturnedBytes per device (more goes to the backend from the poller: a thread that
+// frees but no longer allocates keeps little). A thread that exits re-adopts its list as orphans of the
+// fence queue (no backend or driver call from a thread's exit): fenced once more, then given to the
+// backend. A block whose owner has exited goes to the backend from the poller, as before.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <vector>
 
@@ -37,9 +42,15 @@ class ThreadBlockOwners final : public BlockOwners {
   const int ordinal_;
 };
 
-// The calling thread's returned blocks, of every device, into its backends (its caches). The slow half
-// of the check in the allocation path (ThreadState::returned_devices).
-void take_returned_blocks(ThreadState& thread) noexcept;
+// How far back from the newest a lookup searches, and the most bytes a thread's list holds per device:
+// two batches' worth.
+inline constexpr std::size_t kReturnedSearch = 16;
+inline constexpr std::uint64_t kMaxReturnedBytes = 2 * kBatchMaxBytes;
+
+// A returned block of exactly `block_size` from the calling thread's list for `device`, or nullptr (then
+// the list has gone to the backend). The slow half of the check in the allocation path
+// (ThreadState::returned_devices).
+void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t block_size) noexcept;
 // Every thread's returned blocks of `device` into its backend, from the calling thread (memory pressure:
 // the waiting allocation must find them there). Returns the bytes.
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept;

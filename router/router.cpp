@@ -261,11 +261,11 @@ __attribute__((always_inline)) inline CUresult serve(DeviceState& device, std::s
   const StreamHandle handle = reinterpret_cast<StreamHandle>(async ? normalized(stream) : stream);
   if (__builtin_expect(bytes > SIZE_MAX - kMinAlignment || fault_injection_armed(), 0))
     return serve_slow(device, bytes, block_size, stream, handle, async, false, out);
-  // Fenced blocks this thread freed whose fences completed: into its own cache first.
-  if (ThreadState* thread = t_state; thread && __builtin_expect(thread->returned_devices.load(std::memory_order_relaxed) != 0, 0))
-    take_returned_blocks(*thread);
   void* p = nullptr;
-  if (async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
+  // Fenced blocks this thread freed whose fences completed (router/returned_blocks.h) come first.
+  if (ThreadState* thread = t_state; thread && __builtin_expect(thread->returned_devices.load(std::memory_order_relaxed) != 0, 0))
+    p = take_returned_block(*thread, device, block_size);
+  if (!p && async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
     p = take_from_stream_list(device, normalized(stream), block_size);
   if (!p) p = allocate_ordinary(device, block_size, handle);
   if (__builtin_expect(!p, 0)) return serve_slow(device, bytes, block_size, stream, handle, async, true, out);

@@ -74,7 +74,7 @@ struct ThreadState {
   Counters counters[kMaxDevices];
   unsigned fenced_since_poll = 0;  // the owner's only
   // Blocks this thread freed whose fences completed, by device, put here by the polling thread under
-  // `lock` and taken into this thread's caches at its next allocation (router/returned_blocks.h).
+  // `lock` and handed out again by this thread's allocations of their size (router/returned_blocks.h).
   std::vector<FreedBlock> returned[kMaxDevices];
   std::uint64_t returned_bytes[kMaxDevices] = {};
   // Bit d: returned[d] got blocks. The one load an allocation pays for this.

@@ -518,7 +518,7 @@ TEST_F(StreamActivity, AFencedBlockGoesBackToTheThreadThatFreedIt) {
     while (!checked) std::this_thread::yield();
   });
   while (!polled) std::this_thread::yield();
-  EXPECT_TRUE(handed_out_again(used, 300)) << "the block went to the polling thread, not to its freeing thread";
+  EXPECT_TRUE(handed_out_again(used, 400)) << "the block went to the polling thread, not to its freeing thread";
   checked = true;
   poller.join();
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
