@@ -52,8 +52,10 @@
 // next call. A thread that exits moves its blocks to a shared depot (bookkeeping
 // only: no backend or driver call from a thread-exit destructor, which may run after the program's CUDA
 // teardown); misses of every thread take from the depot first (large ones by exact size), and
-// release_cached() empties it. A fenced free reaches this layer from whichever thread polls the fences
-// (router/free_fence_queue.h): the block joins that thread's cache.
+// release_cached() empties it. A fenced free reaches this layer when its freeing thread asks for
+// another size (router/returned_blocks.h), or from the polling thread (its own blocks, those of
+// threads that exited, and what over-full returned lists do not take): the block joins that thread's
+// cache.
 //
 // Cached blocks, parked large ones included, count as the backend's cached memory (stats().bytes_cached,
 // so cuMemGetInfo reports them as free: a request that needs them gets them), not as in use; bytes in

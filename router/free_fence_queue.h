@@ -3,9 +3,9 @@
 // A block freed with cuMemFree is not handed back to its backend until no GPU work issued before the
 // free can race its next user. Frees are gathered in small batches; a closed batch gets one fence
 // (events recorded on the streams that matter, by a FenceEvents implementation);
-// the blocks go back to the backend once every event of the fence has completed. The fence's cost grows
-// with the active streams, so batches closed by several threads share one fence when they can (below). Async frees on stream S
-// get a fence of one event on S.
+// the blocks go back once every event of the fence has completed. The fence's cost grows with the
+// active streams, so batches closed by several threads share one fence when they can (below). Async
+// frees on stream S get a fence of one event on S.
 //
 // This file is the state machine only: the driver sits behind FenceEvents (router/cuda_fence_events.*),
 // so the queue is tested on the CPU with a fake (tests/router_free_fence_queue_test.cpp).
