@@ -207,10 +207,11 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
   return bytes;
 }
 
-std::size_t FreeFenceQueue::poll() noexcept {
+std::size_t FreeFenceQueue::poll(Wait wait) noexcept {
   if (!events_.may_give_back()) return 0;
-  std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
-  if (!driver.owns_lock()) return 0;
+  std::unique_lock<std::mutex> driver(driver_lock_, std::defer_lock);
+  if (wait == Wait::for_driver_lock) driver.lock();
+  else if (!driver.try_lock()) return 0;
   record_waiting();
   Batches done;
   take_completed(done);

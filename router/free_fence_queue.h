@@ -149,8 +149,11 @@ class FreeFenceQueue {
 
   // Records the fences of batches that have none (when no capture blocks it) and gives the blocks of
   // completed fences back to the backend. Returns the bytes given back. Returns 0 at once while another
-  // thread does this for the device (it records the caller's batch too, or the next poll does).
-  std::size_t poll() noexcept;
+  // thread does this for the device (it records the caller's batch too, or the next poll does), unless
+  // `wait` asks to wait for that thread: an allocation that would otherwise raise the peak, or fail,
+  // waits for the recording of the fences it needs rather than sleep and try again.
+  enum class Wait { no, for_driver_lock };
+  std::size_t poll(Wait wait = Wait::no) noexcept;
   // Memory pressure only: waits for the thread recording fences, records what has none, waits for every
   // recorded fence, then gives its blocks back.
   std::size_t synchronize_all() noexcept;

@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <functional>
 #include <map>
 #include <set>
@@ -329,6 +331,29 @@ TEST(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) {
   EXPECT_EQ(queue.synchronize_all(), 256u);
   EXPECT_EQ(owners.taken.size(), 2u) << "under pressure a block went to its owner, not to the backend";
   EXPECT_TRUE(backend.returned.count(ptr(4)));
+}
+
+// A poll that may wait (an allocation at the peak or under pressure) waits for the thread recording
+// fences; a plain poll returns at once.
+TEST_F(FreeFenceQueueTest, APollThatMayWaitWaitsForTheRecordingThread) {
+  std::atomic<bool> plain_returned{false}, waiting_returned{false};
+  bool waited_for_the_recorder = false;
+  std::thread other;
+  events.while_recording = [&] {  // this thread holds the driver lock here
+    other = std::thread([&] {
+      EXPECT_EQ(queue.poll(), 0u);
+      plain_returned = true;
+      queue.poll(FreeFenceQueue::Wait::for_driver_lock);
+      waiting_returned = true;
+    });
+    while (!plain_returned) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    waited_for_the_recorder = !waiting_returned;
+  };
+  queue.close_device_batch(blocks(1, 2), nullptr);
+  other.join();
+  EXPECT_TRUE(waited_for_the_recorder) << "the waiting poll returned while another thread recorded";
+  EXPECT_EQ(events.device_fences, 1);
 }
 
 TEST_F(FreeFenceQueueTest, EmptyBatchesRecordNothing) {
