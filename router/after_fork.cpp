@@ -33,11 +33,14 @@ void atfork_child() noexcept {
   reset_stream_activity_after_fork();
   for (auto& device : g_devices) device.store(nullptr);  // the parent's states are leaked on purpose
   // This thread's state may be mid-use in the parent's forking thread only if fork() was called from
-  // inside gpushim, which never happens; its batches refer to the parent's devices.
+  // inside gpushim, which never happens; its batches and returned blocks refer to the parent's devices.
   ThreadState* self = this_thread_state();  // making it here registers it
   if (!self) return;
   self->lock.reset();
   for (PendingBatch& batch : self->batches) (void)batch.take();
+  for (std::vector<FreedBlock>& returned : self->returned) returned.clear();
+  for (std::uint64_t& bytes : self->returned_bytes) bytes = 0;
+  self->returned_devices.store(0, std::memory_order_relaxed);
   if (std::find(threads().begin(), threads().end(), self) == threads().end()) {
     try {
       threads().push_back(self);

@@ -5,6 +5,8 @@
 // fake_cuda_hold_stream(stream, 1) holds one stream only (and what waits for it), so a test can keep
 // the legacy stream behind while a side stream finishes.
 #include <cuda.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -521,6 +523,29 @@ TEST_F(StreamActivity, AFencedBlockGoesBackToTheThreadThatFreedIt) {
   EXPECT_TRUE(handed_out_again(used, 400)) << "the block went to the polling thread, not to its freeing thread";
   checked = true;
   poller.join();
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A forked child starts with none of the parent's devices: blocks returned to the forking thread before
+// the fork are the parent's, and the child's allocations must not hand them out (router/after_fork.cpp).
+TEST_F(StreamActivity, AForkedChildDoesNotHandOutTheParentsReturnedBlocks) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  fake_cuda_hold_stream(s, 0);
+  std::thread poller([] { churn(); });  // returns this thread's blocks to it, then exits
+  poller.join();
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(handed_out_again(used, 400) ? 1 : 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "the child handed out a block the parent had returned to this thread";
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
