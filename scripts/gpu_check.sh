@@ -9,12 +9,14 @@
 # <build>/gpu-check/. Exit status: 0 when the build worked and no GPU test failed.
 #
 #   scripts/gpu_check.sh [--tests-only | --bench-only] [--quick] [--full-bench] [--macro] [--build-dir DIR] [--jobs N]
+#                        [--test-jobs N]   (ctest's parallel tests, default 4; the tests that fill a GPU lock it)
 # Both benchmark tables of docs/benchmarks.md in one command: scripts/gpu_check.sh --bench-only --full-bench --macro
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="$repo/build-gpu"
 jobs=$(nproc 2>/dev/null || echo 8)
+test_jobs=4
 run_tests=1
 run_bench=1
 quick=0
@@ -23,7 +25,7 @@ macro=0
 backends="passthrough vmm buddy slab mempool tiered"
 bench_sizes="256,4K,64K,1M,16M,256M,1G"
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --tests-only) run_bench=0; shift ;;
@@ -33,6 +35,7 @@ while [ $# -gt 0 ]; do
     --macro) macro=1; shift ;;
     --build-dir) build="$2"; shift 2 ;;
     --jobs) jobs="$2"; shift 2 ;;
+    --test-jobs) test_jobs="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "gpu_check.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -99,8 +102,8 @@ if [ $run_tests -eq 1 ] && [ -x "$build/test_apps/alloc_torture" ]; then
   selection=()
   # --quick: the torture builds without gpushim and under passthrough, vmm and tiered; torch under vmm.
   [ $quick -eq 1 ] && selection=(-R '(torture_.*_(noshim|passthrough|vmm|tiered)$|framework_torch_vmm$)')
-  note "ctest -L gpu -j4 ${selection[*]}"
-  ctest --test-dir "$test_dir" -L gpu -j4 --output-on-failure "${selection[@]}" >"$out/tests.log" 2>&1
+  note "ctest -L gpu -j$test_jobs ${selection[*]}"
+  ctest --test-dir "$test_dir" -L gpu -j"$test_jobs" --output-on-failure "${selection[@]}" >"$out/tests.log" 2>&1
   ctest_status=$?
   # Fails on a failed test, and on a run where no GPU test passed (all skipped: it tested nothing).
   verdict=$("$repo/scripts/gpu_test_verdict.sh" "$out/tests.log" "$ctest_status")
