@@ -17,6 +17,8 @@ constexpr std::size_t kMaxFencesAskedPerPoll = 16;
 // the lock taken): those would otherwise wait for the next close or poll. Bounded, so one free never
 // keeps recording for every other thread.
 constexpr int kRecordRounds = 2;
+// Fences one round records at most (one per context and kind of batch: a program has a few contexts).
+constexpr std::size_t kMaxFencesPerRound = 16;
 
 }  // namespace
 
@@ -100,7 +102,8 @@ void FreeFenceQueue::adopt_orphans(std::vector<FreedBlock> blocks) noexcept {
 
 void FreeFenceQueue::record_waiting() noexcept {
   for (int round = 0; round < kRecordRounds && unrecorded_.exchange(false, std::memory_order_acq_rel); ++round) {
-    std::vector<ClosedBatch*> waiting;
+    ClosedBatch* waiting[kMaxFencesPerRound];  // no allocation: every close runs this
+    std::size_t count = 0;
     {
       std::lock_guard<std::mutex> guard(lock_);
       if (!orphans_.empty()) {
@@ -124,27 +127,30 @@ void FreeFenceQueue::record_waiting() noexcept {
           ++it;
           continue;
         }
-        auto same = std::find_if(waiting.begin(), waiting.end(), [&](const ClosedBatch* w) {
+        ClosedBatch** const same = std::find_if(waiting, waiting + count, [&](const ClosedBatch* w) {
           return w->stream_fence == batch.stream_fence && w->context == batch.context;
         });
-        try {
-          if (same == waiting.end()) {
-            waiting.push_back(&batch);
-          } else {
-            (*same)->blocks.insert((*same)->blocks.end(), batch.blocks.begin(), batch.blocks.end());
-            (*same)->bytes += batch.bytes;
-            it = queue_.erase(it);
-            continue;
-          }
-        } catch (...) {
-          unrecorded_.store(true, std::memory_order_relaxed);  // no host memory: the next poll tries again
+        if (same == waiting + count) {
+          if (count < kMaxFencesPerRound) waiting[count++] = &batch;
+          else unrecorded_.store(true, std::memory_order_relaxed);  // more contexts: the next round
+          ++it;
+          continue;
         }
-        ++it;
+        try {
+          (*same)->blocks.insert((*same)->blocks.end(), batch.blocks.begin(), batch.blocks.end());
+        } catch (...) {
+          // No host memory to merge: this batch waits for the next round.
+          unrecorded_.store(true, std::memory_order_relaxed);
+          ++it;
+          continue;
+        }
+        (*same)->bytes += batch.bytes;
+        it = queue_.erase(it);
       }
     }
     // Outside lock_: the driver calls. Closes and holds() on other threads go on meanwhile.
-    for (ClosedBatch* batch : waiting) {
-      if (!try_record(*batch)) {
+    for (std::size_t i = 0; i < count; ++i) {
+      if (!try_record(*waiting[i])) {
         // A capture is active: the rest waits for the next poll after it.
         unrecorded_.store(true, std::memory_order_relaxed);
         return;

@@ -10,6 +10,10 @@ namespace gpushim::router {
 
 void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexcept {
   ThreadState* const self = t_state;  // the poller's own blocks go to its cache through the caller
+  // One thread's program (the common case) polls its own blocks: no registry lock for that.
+  if (std::all_of(blocks.begin(), blocks.end(),
+                  [self](const FreedBlock& block) { return block.owner == nullptr || block.owner == self; }))
+    return;
   std::lock_guard<std::mutex> registry(g_threads_lock);
   const std::vector<ThreadState*>& live = threads();
   std::size_t kept = 0;
