@@ -199,16 +199,10 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;
     events_.release(batch->fence);
-    if (to_owners && owners_) {
-      bytes += batch->bytes;  // the owners' blocks count as given back: they are free from here on
-      owners_->return_to_owners(batch->blocks);
-      for (const FreedBlock& block : batch->blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
-      continue;
-    }
-    for (const FreedBlock& block : batch->blocks) {
-      backend_.deallocate(block.ptr, block.bytes, block.stream);
-      bytes += block.bytes;
-    }
+    // Counted before the owners take theirs: those are free from here on too.
+    for (const FreedBlock& block : batch->blocks) bytes += block.bytes;
+    if (to_owners && owners_) owners_->return_to_owners(batch->blocks);
+    for (const FreedBlock& block : batch->blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
   }
   return bytes;
 }
