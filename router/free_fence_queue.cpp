@@ -207,17 +207,18 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
   return bytes;
 }
 
-std::size_t FreeFenceQueue::poll(Wait wait) noexcept {
+std::size_t FreeFenceQueue::poll(Poller poller) noexcept {
   if (!events_.may_give_back()) return 0;
+  const bool in_need = poller == Poller::allocation_in_need;
   std::unique_lock<std::mutex> driver(driver_lock_, std::defer_lock);
-  if (wait == Wait::for_driver_lock) driver.lock();
+  if (in_need) driver.lock();
   else if (!driver.try_lock()) return 0;
   record_waiting();
   Batches done;
   take_completed(done);
   driver.unlock();
   // Outside the locks: a driver-backed backend's deallocate is a driver call.
-  return give_back(done, true);
+  return give_back(done, /*to_owners=*/!in_need);
 }
 
 std::size_t FreeFenceQueue::synchronize_all() noexcept {

@@ -148,12 +148,15 @@ class FreeFenceQueue {
   void adopt_orphans(std::vector<FreedBlock> blocks) noexcept;
 
   // Records the fences of batches that have none (when no capture blocks it) and gives the blocks of
-  // completed fences back to the backend. Returns the bytes given back. Returns 0 at once while another
-  // thread does this for the device (it records the caller's batch too, or the next poll does), unless
-  // `wait` asks to wait for that thread: an allocation that would otherwise raise the peak, or fail,
-  // waits for the recording of the fences it needs rather than sleep and try again.
-  enum class Wait { no, for_driver_lock };
-  std::size_t poll(Wait wait = Wait::no) noexcept;
+  // completed fences back. Returns the bytes given back. Who polls decides how:
+  // - in_passing (a close, a free now and then): returns 0 at once while another thread does this for
+  //   the device (it records the caller's batch too, or the next poll does); completed blocks go to
+  //   the threads that freed them (BlockOwners);
+  // - allocation_in_need (one that would otherwise raise the peak, or fail): waits for that thread
+  //   rather than sleep and try again, and gives every completed block to the backend, where the
+  //   allocation looks next.
+  enum class Poller { in_passing, allocation_in_need };
+  std::size_t poll(Poller poller = Poller::in_passing) noexcept;
   // Memory pressure only: waits for the thread recording fences, records what has none, waits for every
   // recorded fence, then gives its blocks back.
   std::size_t synchronize_all() noexcept;
@@ -201,8 +204,8 @@ class FreeFenceQueue {
   // stream named at their close may be destroyed by now (a record on it would be a use after destroy in
   // the driver), and a device fence covers all work issued so far on every stream that can still run.
   bool try_record(ClosedBatch& batch) noexcept;
-  // `to_owners`: completed blocks go to their owners first (BlockOwners); the pressure path gives
-  // everything to the backend, where the waiting allocation finds it.
+  // `to_owners`: completed blocks go to their owners first (BlockOwners); an allocation in need gives
+  // everything to the backend, where it looks next.
   std::size_t give_back(Batches& done, bool to_owners) noexcept;
   void update_held() noexcept;  // lock_ held
 

@@ -53,6 +53,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     NoNewPeakScope no_new_peak;
     if (void* p = backend.allocate(block_size, stream)) return p;
     // Blocks other threads freed whose fences completed wait in their returned lists: the backend's.
+    // (The polls below give completed blocks to the backend directly.)
     if (take_all_returned_blocks(device) > 0)
       if (void* p = backend.allocate(block_size, stream)) return p;
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could.
@@ -64,10 +65,8 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // Waits for a thread that records fences meanwhile: with a try-lock, a 1 GiB allocation whose
         // fence another thread was about to record slept in 20 us steps (16 threads with a stream each
         // on the H200: a 41 us mean pair against 16 us before fences were shared).
-        if (device.fences.poll(FreeFenceQueue::Wait::for_driver_lock) > 0) {
-          take_all_returned_blocks(device);  // the poll returned them to their freeing threads
+        if (device.fences.poll(FreeFenceQueue::Poller::allocation_in_need) > 0)
           if (void* p = backend.allocate(block_size, stream)) return p;
-        }
         if (!device.fences.holds_blocks()) break;
         std::this_thread::sleep_for(kNewPeakPollInterval);
       } while (std::chrono::steady_clock::now() < deadline);
@@ -80,14 +79,13 @@ void* allocate_under_pressure(DeviceState& device, std::size_t block_size, Strea
   Allocator& backend = device.backend();
   if (ipc::any_exports()) free_blocks_importers_released();
   poll_stream_activity();
-  device.fences.poll(FreeFenceQueue::Wait::for_driver_lock);
   take_all_returned_blocks(device);
+  device.fences.poll(FreeFenceQueue::Poller::allocation_in_need);
   if (void* p = backend.allocate(block_size, stream)) return p;
 
   close_all_thread_batches(device);
   close_all_stream_lists(device);
-  device.fences.poll(FreeFenceQueue::Wait::for_driver_lock);
-  take_all_returned_blocks(device);
+  device.fences.poll(FreeFenceQueue::Poller::allocation_in_need);
   if (void* p = backend.allocate(block_size, stream)) return p;
 
   // Memory pressure: now waiting for the GPU is better than failing.

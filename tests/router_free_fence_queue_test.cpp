@@ -331,6 +331,13 @@ TEST(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) {
   EXPECT_EQ(queue.synchronize_all(), 256u);
   EXPECT_EQ(owners.taken.size(), 2u) << "under pressure a block went to its owner, not to the backend";
   EXPECT_TRUE(backend.returned.count(ptr(4)));
+
+  // An allocation in need polls: what completed goes to the backend, where it looks next.
+  queue.close_device_batch({{ptr(5), 256, 0, &thread_a}}, nullptr);
+  events.complete.insert(events.next_id - 1);
+  EXPECT_EQ(queue.poll(FreeFenceQueue::Poller::allocation_in_need), 256u);
+  EXPECT_EQ(owners.taken.size(), 2u) << "an allocation in need polled a block to its owner";
+  EXPECT_TRUE(backend.returned.count(ptr(5)));
 }
 
 // A poll that may wait (an allocation at the peak or under pressure) waits for the thread recording
@@ -343,7 +350,7 @@ TEST_F(FreeFenceQueueTest, APollThatMayWaitWaitsForTheRecordingThread) {
     other = std::thread([&] {
       EXPECT_EQ(queue.poll(), 0u);
       plain_returned = true;
-      queue.poll(FreeFenceQueue::Wait::for_driver_lock);
+      queue.poll(FreeFenceQueue::Poller::allocation_in_need);
       waiting_returned = true;
     });
     while (!plain_returned) std::this_thread::yield();
