@@ -85,22 +85,18 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept {
   const int d = device.ordinal;
   std::vector<FreedBlock> taken;
-  {
-    std::lock_guard<std::mutex> registry(g_threads_lock);
-    for (ThreadState* thread : threads()) {
-      std::lock_guard<SpinLock> guard(thread->lock);
-      std::vector<FreedBlock>& list = thread->returned[d];
-      if (list.empty()) continue;
-      try {
-        taken.insert(taken.end(), list.begin(), list.end());
-      } catch (...) {
-        continue;  // no host memory: they stay with their owner
-      }
-      list.clear();
-      thread->returned_bytes[d] = 0;
-      // Its bit may stay set: the owner's next allocation then finds the list empty, which is harmless.
+  for_each_thread([&](ThreadState& thread) {
+    std::vector<FreedBlock>& list = thread.returned[d];
+    if (list.empty()) return;
+    try {
+      taken.insert(taken.end(), list.begin(), list.end());
+    } catch (...) {
+      return;  // no host memory: they stay with their owner
     }
-  }
+    list.clear();
+    thread.returned_bytes[d] = 0;
+    // Its bit may stay set: the owner's next allocation then finds the list empty, which is harmless.
+  });
   std::uint64_t bytes = 0;
   for (const FreedBlock& block : taken) {
     device.backend().deallocate(block.ptr, block.bytes, block.stream);
@@ -111,22 +107,8 @@ std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept {
 
 std::uint64_t thread_returned_bytes(int ordinal) noexcept {
   std::uint64_t bytes = 0;
-  std::lock_guard<std::mutex> registry(g_threads_lock);
-  for (ThreadState* thread : threads()) {
-    std::lock_guard<SpinLock> guard(thread->lock);
-    bytes += thread->returned_bytes[ordinal];
-  }
+  for_each_thread([&](ThreadState& thread) { bytes += thread.returned_bytes[ordinal]; });
   return bytes;
-}
-
-bool returned_holds(int ordinal, const void* p) noexcept {
-  std::lock_guard<std::mutex> registry(g_threads_lock);
-  for (ThreadState* thread : threads()) {
-    std::lock_guard<SpinLock> guard(thread->lock);
-    for (const FreedBlock& block : thread->returned[ordinal])
-      if (block.ptr == p) return true;
-  }
-  return false;
 }
 
 }  // namespace gpushim::router

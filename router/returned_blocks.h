@@ -56,8 +56,6 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept;
 // Bytes waiting in the threads' returned lists of device `ordinal`.
 std::uint64_t thread_returned_bytes(int ordinal) noexcept;
-// True while `p` waits in some thread's returned list (a double-free check; cold).
-bool returned_holds(int ordinal, const void* p) noexcept;
 
 }  // namespace gpushim::router
 

@@ -272,25 +272,26 @@ __attribute__((always_inline)) inline CUresult serve(DeviceState& device, std::s
   return hand_out(device, p, bytes, block_size, handle, async, out);
 }
 
-// True while gpushim still holds the freed block `p` back (a thread's pending batch, a stream's free
-// list, the fence queue), checked in the order blocks flow. Cold: only a double free asks.
+// True while gpushim still holds the freed block `p` back (a thread's pending batch or returned list, a
+// stream's free list, the fence queue). Cold: only a double free asks.
 bool still_held(DeviceState& device, CUdeviceptr p) noexcept {
   if (is_held_for_importers(p)) return true;
   void* ptr = reinterpret_cast<void*>(p);
-  {
-    std::lock_guard<std::mutex> registry(g_threads_lock);
-    for (ThreadState* thread : threads()) {
-      std::lock_guard<SpinLock> guard(thread->lock);
-      if (thread->batches[device.ordinal].holds(ptr)) return true;
-    }
-  }
+  // A thread's pending batch, or its returned list (router/returned_blocks.h).
+  bool held_by_a_thread = false;
+  for_each_thread([&](ThreadState& thread) {
+    if (thread.batches[device.ordinal].holds(ptr)) held_by_a_thread = true;
+    for (const FreedBlock& block : thread.returned[device.ordinal])
+      if (block.ptr == ptr) held_by_a_thread = true;
+  });
+  if (held_by_a_thread) return true;
   for (StreamShard& shard : device.stream_shards) {
     std::lock_guard<std::mutex> guard(shard.lock);
     for (const auto& list : shard.lists)
       for (const auto& entry : list.second.by_size)
         if (entry.second.ptr == ptr) return true;
   }
-  return device.fences.holds(ptr) || returned_holds(device.ordinal, ptr);
+  return device.fences.holds(ptr);
 }
 
 // A pointer gpushim freed recently was freed again.

@@ -19,15 +19,10 @@ std::vector<ThreadState*>& threads() {
 }
 
 namespace {
-// Runs `visit` on every live thread's pending batch of device `ordinal`, under the registry lock and that
-// thread's lock: the sweeps below, which the out-of-memory path and the transition to ordered run.
+// Every live thread's pending batch of device `ordinal` (for_each_thread).
 template <typename Visit>
 void for_each_pending_batch(int ordinal, Visit visit) noexcept {
-  std::lock_guard<std::mutex> registry(g_threads_lock);
-  for (ThreadState* thread : threads()) {
-    std::lock_guard<SpinLock> guard(thread->lock);
-    visit(thread->batches[ordinal]);
-  }
+  for_each_thread([&](ThreadState& thread) { visit(thread.batches[ordinal]); });
 }
 }  // namespace
 

@@ -140,6 +140,17 @@ __attribute__((always_inline)) static inline Counters& counters(int device) {
   return state ? state->counters[device] : g_retired[device];
 }
 
+// Runs `visit` on every live thread's state, under the registry lock and that thread's lock: the cold
+// sweeps (memory pressure, the transition to ordered, statistics, double-free checks).
+template <typename Visit>
+void for_each_thread(Visit visit) noexcept {
+  std::lock_guard<std::mutex> registry(g_threads_lock);
+  for (ThreadState* thread : threads()) {
+    std::lock_guard<SpinLock> guard(thread->lock);
+    visit(*thread);
+  }
+}
+
 // Closes every thread's pending cuMemFree batch of this device (memory pressure).
 void close_all_thread_batches(DeviceState& device) noexcept;
 // Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered).
