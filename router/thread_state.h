@@ -76,6 +76,8 @@ struct ThreadState {
   // Blocks this thread freed whose fences completed, by device, put here by the polling thread under
   // `lock` and handed out again by this thread's allocations of their size (router/returned_blocks.h).
   std::vector<FreedBlock> returned[kMaxDevices];
+  // The bytes of returned[d], kept rather than summed: the poller checks a list's cap under this
+  // thread's lock, and a list of small blocks under a 128 MiB cap may hold many thousands.
   std::uint64_t returned_bytes[kMaxDevices] = {};
   // Bit d: returned[d] got blocks. The one load an allocation pays for this.
   std::atomic<std::uint64_t> returned_devices{0};
