@@ -106,6 +106,18 @@ CUdeviceptr block_fenced_after_work_on(CUstream s) {
   return used;
 }
 
+// A block whose last user ran on the non-blocking stream `s` while it was held, freed into a closed (so
+// fenced) batch; `s` is done now, but no poll has found that out yet, so the block is still held back.
+CUdeviceptr block_freed_while_busy_on(CUstream s) {
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);
+  const CUdeviceptr used = fresh_block();
+  EXPECT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  free_and_close_batch(used);
+  fake_cuda_hold_stream(s, 0);
+  return used;
+}
+
 // Allocates up to `tries` blocks, all kept until the end: true when `p` was among them.
 bool handed_out_again(CUdeviceptr p, int tries) {
   std::vector<CUdeviceptr> blocks;
@@ -499,19 +511,14 @@ TEST_F(StreamActivity, AStreamThatStartsWorkIsNotJoinedToActiveNonBlockingStream
   for (CUstream s : {busy, blocking, starting}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
-// A fenced block comes back to the thread that freed it, whichever thread polled its fence: into its own
-// cache at its next allocation (router/returned_blocks.h). Given to the polling thread, it would sit in
+// A fenced block comes back to the thread that freed it, whichever thread polled its fence: its
+// allocations of that size take it (router/returned_blocks.h). Given to the polling thread, it would sit in
 // that thread's cache (kept alive here, so its cache is not flushed to a shared depot) and this thread
 // would never see it again.
 TEST_F(StreamActivity, AFencedBlockGoesBackToTheThreadThatFreedIt) {
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  fake_cuda_hold_stream(s, 1);
-  launch_on(s);
-  const CUdeviceptr used = fresh_block();
-  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
-  free_and_close_batch(used);
-  fake_cuda_hold_stream(s, 0);
+  const CUdeviceptr used = block_freed_while_busy_on(s);
   std::atomic<bool> checked{false};
   std::atomic<bool> polled{false};
   std::thread poller([&] {
@@ -531,12 +538,7 @@ TEST_F(StreamActivity, AFencedBlockGoesBackToTheThreadThatFreedIt) {
 TEST_F(StreamActivity, AForkedChildDoesNotHandOutTheParentsReturnedBlocks) {
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  fake_cuda_hold_stream(s, 1);
-  launch_on(s);
-  const CUdeviceptr used = fresh_block();
-  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
-  free_and_close_batch(used);
-  fake_cuda_hold_stream(s, 0);
+  const CUdeviceptr used = block_freed_while_busy_on(s);
   std::thread poller([] { churn(); });  // returns this thread's blocks to it, then exits
   poller.join();
   const pid_t child = fork();
