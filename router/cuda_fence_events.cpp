@@ -68,30 +68,112 @@ struct CudaFenceEvents::ActiveStreamsFence {
   CudaFenceEvents& events;
   CUcontext batch_context;
   Fence* out;
-  CUevent legacy = nullptr;  // recorded on the batch context's legacy stream before the first wait
+  bool legacy_asked = false;
+  CUevent legacy = nullptr;  // recorded on the batch context's legacy stream when it still had work
 };
 
 bool CudaFenceEvents::fence_active_stream(const router::ActiveStream& active, void* arg) noexcept {
   ActiveStreamsFence& fence = *static_cast<ActiveStreamsFence*>(arg);
   const RealDriver& driver = real_driver();
-  // A blocking stream already waits for the legacy stream's earlier work; a non-blocking one is made to.
-  if (!active.blocking && !fence.legacy) {
+  // A blocking stream already waits for the legacy stream's earlier work; a non-blocking one is made to,
+  // unless that work has all finished (one question, where the waits are a call per stream).
+  if (!active.blocking && !fence.legacy_asked) {
+    fence.legacy_asked = true;
     ScopedContext scope(fence.batch_context);
     if (!scope.ok()) return false;
-    CUevent legacy = fence.events.acquire_event(fence.batch_context);
-    if (!legacy) return false;
-    if (driver.cuEventRecord(legacy, CU_STREAM_LEGACY) != CUDA_SUCCESS) {
-      driver.cuEventDestroy(legacy);
-      return false;
+    if (driver.cuStreamQuery(CU_STREAM_LEGACY) != CUDA_SUCCESS) {
+      CUevent legacy = fence.events.acquire_event(fence.batch_context);
+      if (!legacy) return false;
+      if (driver.cuEventRecord(legacy, CU_STREAM_LEGACY) != CUDA_SUCCESS) {
+        driver.cuEventDestroy(legacy);
+        return false;
+      }
+      fence.legacy = legacy;
     }
-    fence.legacy = legacy;
   }
   ScopedContext scope(active.context);
   if (!scope.ok()) return false;
   // The fence event first, the wait second: queued the other way round, the fence would wait for the
-  // legacy backlog again.
-  if (!fence.events.record_on(active.context, active.stream, fence.out)) return false;
-  return active.blocking || driver.cuStreamWaitEvent(active.stream, fence.legacy, 0) == CUDA_SUCCESS;
+  // legacy backlog again. (A shared event was recorded before this wait too.)
+  if (!fence.events.fence_stream(active, fence.out)) return false;
+  return active.blocking || !fence.legacy || driver.cuStreamWaitEvent(active.stream, fence.legacy, 0) == CUDA_SUCCESS;
+}
+
+bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* out) noexcept {
+  StreamFence* newest = nullptr;
+  for (StreamFence& f : stream_fences_) {
+    if (f.serial != active.serial) continue;
+    newest = &f;
+    f.visited = true;
+    break;
+  }
+  if (newest && newest->word == active.word) {
+    // Nothing queued on the stream since that record: the event still covers all of its work.
+    try {
+      out->events.push_back({active.context, reinterpret_cast<std::uintptr_t>(newest->event), true});
+    } catch (...) {
+      return false;
+    }
+    std::lock_guard<std::mutex> guard(pool_lock_);
+    for (SharedEvent& e : shared_events_) {
+      if (e.event != newest->event) continue;
+      ++e.references;
+      break;
+    }
+    return true;
+  }
+  if (!record_on(active.context, active.stream, out)) return false;
+  // A submission in flight (begun before the word was read) may be queued after this record: the event
+  // is this fence's alone.
+  if ((active.word & router::kInFlightMask) != 0) return true;
+  FenceEvent& recorded = out->events.back();
+  CUevent event = reinterpret_cast<CUevent>(recorded.event);
+  std::lock_guard<std::mutex> guard(pool_lock_);
+  try {
+    shared_events_.push_back({event, active.context, 2});  // this fence and the stream's entry
+  } catch (...) {
+    return true;  // no host memory: not shared, which is only slower
+  }
+  if (newest) {
+    drop_reference(newest->event);
+    *newest = {active.serial, active.context, event, active.word, true};
+  } else {
+    try {
+      stream_fences_.push_back({active.serial, active.context, event, active.word, true});
+    } catch (...) {
+      shared_events_.pop_back();
+      return true;
+    }
+  }
+  recorded.shared = true;
+  return true;
+}
+
+void CudaFenceEvents::forget_unvisited_streams() noexcept {
+  std::lock_guard<std::mutex> guard(pool_lock_);
+  for (std::size_t i = stream_fences_.size(); i-- > 0;) {
+    if (stream_fences_[i].visited) continue;
+    drop_reference(stream_fences_[i].event);
+    stream_fences_[i] = stream_fences_.back();
+    stream_fences_.pop_back();
+  }
+}
+
+void CudaFenceEvents::drop_reference(CUevent event) noexcept {
+  for (std::size_t i = 0; i < shared_events_.size(); ++i) {
+    SharedEvent& e = shared_events_[i];
+    if (e.event != event) continue;
+    if (--e.references == 0) {
+      try {
+        free_events_.push_back({e.context, reinterpret_cast<std::uintptr_t>(e.event)});
+      } catch (...) {
+        real_driver().cuEventDestroy(e.event);
+      }
+      shared_events_[i] = shared_events_.back();
+      shared_events_.pop_back();
+    }
+    return;
+  }
 }
 
 FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_context, Fence* out) noexcept {
@@ -100,8 +182,12 @@ FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_cont
   if (!context) return Record::postponed;
   if (!settings().fence_always) {
     // Lock order: the fence queue's driver lock (held by our caller), then the activity lock.
+    for (StreamFence& f : stream_fences_) f.visited = false;
     ActiveStreamsFence fence{*this, context, out};
     const router::ActiveStreamWalk walk = router::visit_active_streams(&fence_active_stream, &fence);
+    // A stream not active now has to queue work before it is again, which changes its word.
+    if (walk == router::ActiveStreamWalk::visited || walk == router::ActiveStreamWalk::none_active)
+      forget_unvisited_streams();
     if (fence.legacy) {
       // cuStreamWaitEvent took its state at the call: the event can serve another fence right away.
       Fence scratch;
@@ -165,9 +251,10 @@ FenceEvents::Record CudaFenceEvents::record_stream_fence(FenceContext batch_cont
 
 FenceEvents::Status CudaFenceEvents::query(const Fence& fence) noexcept {
   if (fence.events.empty()) return Status::pending;  // never recorded: cannot prove anything
-  for (const FenceEvent& e : fence.events) {
+  for (; fence.complete_events < fence.events.size(); ++fence.complete_events) {
     // cuEventQuery needs no particular current context. Errors other than NOT_READY (a destroyed
     // context, a sticky launch failure) mean no more work will run on the block: complete.
+    const FenceEvent& e = fence.events[fence.complete_events];
     if (real_driver().cuEventQuery(reinterpret_cast<CUevent>(e.event)) == CUDA_ERROR_NOT_READY)
       return Status::pending;
   }
@@ -181,6 +268,10 @@ void CudaFenceEvents::synchronize(const Fence& fence) noexcept {
 void CudaFenceEvents::release(Fence& fence) noexcept {
   std::lock_guard<std::mutex> guard(pool_lock_);
   for (const FenceEvent& e : fence.events) {
+    if (e.shared) {
+      drop_reference(reinterpret_cast<CUevent>(e.event));
+      continue;
+    }
     try {
       free_events_.push_back(e);
     } catch (...) {
@@ -188,6 +279,7 @@ void CudaFenceEvents::release(Fence& fence) noexcept {
     }
   }
   fence.events.clear();
+  fence.complete_events = 0;
 }
 
 void CudaFenceEvents::reset_after_fork() noexcept {
@@ -196,6 +288,8 @@ void CudaFenceEvents::reset_after_fork() noexcept {
   // The parent's contexts, streams and events mean nothing in the child.
   nonblocking_streams_.clear();
   free_events_.clear();
+  shared_events_.clear();
+  stream_fences_.clear();
   default_context_.store(nullptr);
 }
 

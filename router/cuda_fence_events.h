@@ -2,9 +2,17 @@
 // (CU_EVENT_DISABLE_TIMING: a timing event costs more to record and we never read times).
 //
 // A cuMemFree batch closed while streams carry work (router/stream_activity.h) is fenced by one event on
-// every active stream, and every active non-blocking stream is made to wait for the legacy stream's work
-// issued so far; the legacy stream itself is not waited for, so a block does not wait for the legacy
-// backlog when the CPU runs far ahead of it (docs/free-safety.md says why this is exact).
+// every active stream. The legacy stream is asked (cuStreamQuery): when it still has work, every active
+// non-blocking stream is made to wait for the legacy stream's work issued so far; the legacy stream
+// itself is not waited for, so a block does not wait for the legacy backlog when the CPU runs far ahead
+// of it (docs/free-safety.md says why this is exact). When it has none, there is nothing to order after.
+//
+// Stream fences are shared: an event recorded on a stream while none of its submissions was in flight
+// covers all of that stream's work for as long as the stream queues nothing new (its activity word is
+// unchanged). A later fence takes a reference to that event instead of recording another one. With a
+// stream per thread, 16 threads closing batches of large blocks would otherwise record an event on all
+// 16 streams for nearly every free; most streams queued nothing since the last fence, so a fence now
+// records only on the streams that did.
 //
 // Otherwise (no stream active, work on a per-thread default stream, a destroyed stream still counted,
 // GPUSHIM_FREE_FENCE=always) the fence is device-wide: an event on CU_STREAM_LEGACY and on every live
@@ -15,6 +23,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <mutex>
 #include <vector>
 
@@ -57,11 +66,29 @@ class CudaFenceEvents final : public FenceEvents {
     CUstream stream;
     CUcontext context;
   };
+  // An active stream's newest shareable event: it covers the stream's work while its word is `word`.
+  struct StreamFence {
+    std::uint64_t serial;  // router::ActiveStream::serial: this registration of the stream
+    CUcontext context;
+    CUevent event;         // holds one reference
+    std::uint64_t word;
+    bool visited;          // in the current walk; the others are dropped after it
+  };
+  struct SharedEvent {
+    CUevent event;
+    CUcontext context;
+    int references;  // fences and StreamFence entries that hold it
+  };
   struct ActiveStreamsFence;
   // One active stream's part of a batch fence (a router::ActiveStreamVisitor; `arg` an ActiveStreamsFence).
   static bool fence_active_stream(const router::ActiveStream& active, void* arg) noexcept;
+  // The stream's event for a fence: its newest one while it still covers the stream, else a new record.
+  bool fence_stream(const router::ActiveStream& active, Fence* out) noexcept;  // with its context current
+  // Drops the entries of streams the last walk did not visit (idle or destroyed since).
+  void forget_unvisited_streams() noexcept;
   bool record_on(CUcontext context, CUstream stream, Fence* out) noexcept;  // with `context` current
   CUevent acquire_event(CUcontext context) noexcept;                        // with `context` current
+  void drop_reference(CUevent event) noexcept;                              // pool_lock_ held
 
   const int device_;
   const std::atomic<int>& active_captures_;
@@ -71,6 +98,9 @@ class CudaFenceEvents final : public FenceEvents {
   std::vector<TrackedStream> nonblocking_streams_;
   std::mutex pool_lock_;
   std::vector<FenceEvent> free_events_;  // events are context-bound: each remembers its context
+  std::vector<SharedEvent> shared_events_;  // pool_lock_ held
+  // Only record_device_fence reads or writes it: its caller holds the fence queue's driver lock.
+  std::vector<StreamFence> stream_fences_;
 };
 
 }  // namespace gpushim

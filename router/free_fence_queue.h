@@ -59,9 +59,13 @@ using FenceContext = void*;
 struct FenceEvent {
   FenceContext context = nullptr;
   std::uintptr_t event = 0;  // a CUevent
+  bool shared = false;       // also in other fences: release() drops a reference (router/cuda_fence_events.h)
 };
 struct Fence {
   std::vector<FenceEvent> events;
+  // How many of `events`, from the first, were found complete: a later query asks only the rest. (Only
+  // the fence queue's driver-lock holder queries a fence, so a const query may update it.)
+  mutable std::size_t complete_events = 0;
 };
 
 class FenceEvents {

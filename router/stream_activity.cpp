@@ -39,6 +39,7 @@ struct Activity {
   };
   std::vector<ScratchEvent> join_events;  // one per context: re-recorded for every join
   std::uint64_t activations = 0;
+  std::uint64_t registrations = 0;  // the last StreamRecord::serial given
   bool logged_first = false;
 };
 Activity& activity() {
@@ -69,6 +70,7 @@ StreamRecord* register_locked(CUstream stream, CUcontext context, bool blocking)
   record->stream = stream;
   record->context = context;
   record->blocking = blocking;
+  record->serial = ++a.registrations;
   try {
     auto [it, inserted] = a.by_stream.emplace(stream, record);
     if (!inserted) {
@@ -368,7 +370,10 @@ ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noex
     if (record->retiring) return ActiveStreamWalk::incomplete;
   if (a.active.empty()) return ActiveStreamWalk::none_active;
   for (const StreamRecord* record : a.active)
-    if (!visit({record->stream, record->context, record->blocking}, arg)) return ActiveStreamWalk::stopped;
+    if (!visit({record->stream, record->context, record->blocking, record->serial,
+                record->word.load(std::memory_order_acquire)},
+               arg))
+      return ActiveStreamWalk::stopped;
   return ActiveStreamWalk::visited;
 }
 

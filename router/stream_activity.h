@@ -46,6 +46,7 @@ struct StreamRecord {
   std::uint64_t probe_stamp = 0;
   bool probing = false;
   bool retiring = false;         // destroyed while active: counted until its probe completes
+  std::uint64_t serial = 0;      // unique per registration: records and stream handles are reused
   StreamRecord* next_free = nullptr;
 };
 
@@ -125,6 +126,11 @@ struct ActiveStream {
   CUstream stream;
   CUcontext context;
   bool blocking;
+  // Which registration of the stream, and its word (read under the activity lock, before the visitor
+  // records anything): an event recorded on the stream while no submission was in flight covers all of
+  // its work for as long as the word stays the same (router/cuda_fence_events.h, stream fences).
+  std::uint64_t serial;
+  std::uint64_t word;
 };
 using ActiveStreamVisitor = bool (*)(const ActiveStream& stream, void* arg) noexcept;
 enum class ActiveStreamWalk { none_active, incomplete, visited, stopped };

@@ -330,6 +330,52 @@ TEST_F(StreamActivity, ABlockUsedOnASideStreamComesBackWhenThatStreamIsDoneWhile
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// With the legacy stream caught up there is no earlier legacy work to order the side stream after: the
+// fence is the side stream's event alone, with no wait queued on it.
+TEST_F(StreamActivity, ABatchFencedWhileLegacyIsIdleQueuesNoWait) {
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  free_and_close_batch(used);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "a wait for a legacy stream that had no work";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the side stream's queued work may touch was handed out";
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A stream that queued nothing since its last fence event is covered by that event: the next batch's
+// fence takes it (router/cuda_fence_events.h, stream fences) and records nothing new. Both batches still
+// wait for the stream's work.
+TEST_F(StreamActivity, AFenceSharesTheEventOfAStreamThatQueuedNothingSince) {
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  const CUdeviceptr first = fresh_block();
+  const CUdeviceptr second = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(first, 1, kBlock, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemsetD8Async(second, 1, kBlock, s), CUDA_SUCCESS);
+  free_and_close_batch(first);
+  const int records = fake_cuda_calls("cuEventRecord");
+  free_and_close_batch(second);
+  EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "a new event on a stream that queued nothing since";
+  EXPECT_FALSE(handed_out_again(first, 300));
+  EXPECT_FALSE(handed_out_again(second, 300));
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  std::vector<CUdeviceptr> blocks;  // all kept: each allocation gets a block not seen before
+  std::set<CUdeviceptr> seen;
+  for (int i = 0; i < 2000 && !(seen.count(first) && seen.count(second)); ++i) {
+    blocks.push_back(fresh_block());
+    seen.insert(blocks.back());
+  }
+  EXPECT_TRUE(seen.count(first) && seen.count(second)) << "blocks of the shared fence did not come back";
+  for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // Several side streams at once, each held: no block whose last user is queued on a held stream is
 // handed out, and once they are all done their blocks come back while the legacy stream is behind.
 TEST_F(StreamActivity, BlocksUsedOnHeldSideStreamsAreNeverHandedOut) {
@@ -639,6 +685,28 @@ TEST_F(StreamActivity, TheWaitForFencedBlocksIsBounded) {
   EXPECT_LT(waited, std::chrono::seconds(1));
   EXPECT_EQ(cuMemFree(other), CUDA_SUCCESS);
   fake_cuda_hold_stream(s, 0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// The hazard of sharing a stream's fence event: that event has completed, then the stream queues more
+// work on a block, and the block is freed. Its fence must be a new event after that work; the completed
+// one would hand the block out while the work is queued. (Large blocks: each free closes its batch.)
+TEST_F(StreamActivity, WorkQueuedAfterAStreamsFenceEventGetsANewOne) {
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);
+  CUdeviceptr first = 0;
+  ASSERT_EQ(cuMemAlloc(&first, kLarge), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFree(first), CUDA_SUCCESS);  // fenced by an event on `s`, behind the held launch
+  fake_cuda_hold_stream(s, 0);                // that event completes
+  const CUdeviceptr used = large_block_fenced_on(s);  // held again: a set on `used`, then its free
+  std::vector<CUdeviceptr> blocks(3);
+  for (CUdeviceptr& p : blocks) {
+    ASSERT_EQ(cuMemAlloc(&p, kLarge), CUDA_SUCCESS);
+    EXPECT_NE(p, used) << "a block fenced by an event older than its last user was handed out";
+  }
+  fake_cuda_hold_stream(s, 0);
+  for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
