@@ -43,7 +43,20 @@ namespace {
 // a fence that waits for something the program has yet to do (a stream waiting on a host-written value)
 // costs 50 ms, not a deadlock.
 constexpr auto kNewPeakWait = std::chrono::milliseconds(50);
+// A fence is usually done within microseconds of its record (the GPU keeps up), and a sleep of 20 us
+// lasts 60-80 us on Linux (timer slack): the first polls of a wait only yield the CPU.
+constexpr auto kNewPeakYieldFor = std::chrono::microseconds(200);
 constexpr auto kNewPeakPollInterval = std::chrono::microseconds(20);
+// The wait above is meant to be paid a bounded number of times: a wait that times out lets the peak
+// rise. But a wait the GPU ends in time keeps the peak where it was, and when blocks wait for fences all
+// the time (every thread with a stream of its own: all of their frees are fenced), the next allocation
+// waits again, and the one after: 16 threads each with a stream on the H200 spent 3-40 us a pair
+// stealing other threads' returned blocks and waiting. The fenced blocks are then part of the
+// program's working set. So every kPeakMissesPerGrowth-th allocation that finds the peak grows at
+// once: the peak rises one block at a time until it holds the blocks in flight, and from then on the
+// allocations find free memory below it. A program that meets the peak now and then grows a block per
+// this many such allocations, where it would have waited.
+constexpr std::uint32_t kPeakMissesPerGrowth = 8;
 
 }  // namespace
 
@@ -52,15 +65,18 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
   {
     NoNewPeakScope no_new_peak;
     if (void* p = backend.allocate(block_size, stream)) return p;
+    const bool grow_now =
+        device.peak_misses.fetch_add(1, std::memory_order_relaxed) % kPeakMissesPerGrowth == kPeakMissesPerGrowth - 1;
     // Blocks other threads freed whose fences completed wait in their returned lists: the backend's.
     // (The polls below give completed blocks to the backend directly.)
-    if (take_all_returned_blocks(device) > 0)
+    if (!grow_now && take_all_returned_blocks(device) > 0)
       if (void* p = backend.allocate(block_size, stream)) return p;
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could.
-    if (device.fences.can_give_back() &&
+    if (!grow_now && device.fences.can_give_back() &&
         device.fences.pending_bytes() + backend.stats().bytes_cached >= block_size) {
       annotations::ScopedRange range(annotations::SlowEvent::fence_wait);
-      const auto deadline = std::chrono::steady_clock::now() + kNewPeakWait;
+      const auto start = std::chrono::steady_clock::now();
+      const auto deadline = start + kNewPeakWait;
       do {
         // Waits for a thread that records fences meanwhile: with a try-lock, a 1 GiB allocation whose
         // fence another thread was about to record slept in 20 us steps (16 threads with a stream each
@@ -68,7 +84,8 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         if (device.fences.poll(FreeFenceQueue::Poller::allocation_in_need) > 0)
           if (void* p = backend.allocate(block_size, stream)) return p;
         if (!device.fences.holds_blocks()) break;
-        std::this_thread::sleep_for(kNewPeakPollInterval);
+        if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();
+        else std::this_thread::sleep_for(kNewPeakPollInterval);
       } while (std::chrono::steady_clock::now() < deadline);
     }
   }

@@ -57,6 +57,9 @@ struct DeviceState {
   FreeFenceQueue fences;
   StreamShard stream_shards[kStreamShards];
   std::atomic<bool> in_oom_burst{false};
+  // Allocations that found the backend at its peak while fenced blocks waited (router/out_of_memory.cpp,
+  // allocate_without_new_peak): every kPeakMissesPerGrowth-th grows instead of waiting.
+  std::atomic<std::uint32_t> peak_misses{0};
   Allocator& backend() { return *assembly.backend; }
   bool fenced() const { return properties.fenced; }
 };

@@ -688,6 +688,38 @@ TEST_F(StreamActivity, TheWaitForFencedBlocksIsBounded) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// Waiting at the peak is paid a bounded number of times: when allocations keep finding the peak while
+// fenced blocks wait (here a stream held for good, so every wait runs its full 50 ms), every 8th of
+// them grows at once instead (router/out_of_memory.cpp, kPeakMissesPerGrowth).
+TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  std::vector<CUdeviceptr> kept;
+  std::set<CUdeviceptr> fenced;
+  int waited = 0, without_wait = 0;
+  for (int i = 0; i < 20; ++i) {  // each allocation but the first finds the peak
+    const auto start = std::chrono::steady_clock::now();
+    CUdeviceptr p = 0;
+    ASSERT_EQ(cuMemAlloc(&p, kLarge), CUDA_SUCCESS);
+    const bool fast = std::chrono::steady_clock::now() - start < std::chrono::milliseconds(25);
+    if (i > 0) ++(fast ? without_wait : waited);
+    EXPECT_EQ(fenced.count(p), 0u) << "a block the held stream's work may touch was handed out";
+    if (i % 2 == 0) {
+      kept.push_back(p);
+      continue;
+    }
+    ASSERT_EQ(cuMemsetD8Async(p, 3, kLarge, s), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);  // fenced for good
+    fenced.insert(p);
+  }
+  EXPECT_GE(without_wait, 2) << "every allocation at the peak waited for a fence that never completes";
+  EXPECT_GE(waited, 10) << "allocations at the peak grew without waiting first";
+  for (CUdeviceptr p : kept) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // The hazard of sharing a stream's fence event: that event has completed, then the stream queues more
 // work on a block, and the block is freed. Its fence must be a new event after that work; the completed
 // one would hand the block out while the work is queued. (Large blocks: each free closes its batch.)
