@@ -8,12 +8,42 @@
 
 namespace gpushim::router {
 
+namespace {
+
+// Puts blocks[begin, end) (one owner's run) on `owner`'s list for device `d`; false when its list is
+// over the cap (a thread that frees but no longer allocates) or there is no host memory. An empty list
+// takes a run of any size: one block of 1 GiB is over the cap, and its thread allocates it again next.
+bool give_run_to(ThreadState& owner, int d, const std::vector<FreedBlock>& blocks, std::size_t begin,
+                 std::size_t end) noexcept {
+  std::uint64_t run_bytes = 0;
+  for (std::size_t j = begin; j < end; ++j) run_bytes += blocks[j].bytes;
+  std::lock_guard<SpinLock> guard(owner.lock);
+  std::vector<FreedBlock>& list = owner.returned[d];
+  if (!list.empty() && owner.returned_bytes[d] + run_bytes > kMaxReturnedBytes) return false;
+  try {
+    list.insert(list.end(), blocks.begin() + static_cast<std::ptrdiff_t>(begin),
+                blocks.begin() + static_cast<std::ptrdiff_t>(end));
+  } catch (...) {
+    return false;
+  }
+  owner.returned_bytes[d] += run_bytes;
+  owner.returned_devices.fetch_or(std::uint64_t{1} << d, std::memory_order_release);
+  return true;
+}
+
+}  // namespace
+
 void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexcept {
-  ThreadState* const self = t_state;  // the poller's own blocks go to its cache through the caller
-  // One thread's program (the common case) polls its own blocks: no registry lock for that.
+  ThreadState* const self = t_state;
+  // A poll of the poller's own blocks only (one thread's program, the common case): they go to the
+  // backend through the caller, so to the poller's cache, and a free after the work turned ordered is
+  // still the block handed out next. No registry lock either: the poller is alive.
   if (std::all_of(blocks.begin(), blocks.end(),
                   [self](const FreedBlock& block) { return block.owner == nullptr || block.owner == self; }))
     return;
+  // Other threads free fenced blocks too: the poller's own go to its own list, as any owner's. Given to
+  // the backend they landed in the poller's cache, whose bounds (2 MiB a class) hold two 1 MiB blocks,
+  // and the rest went to the shared backend, where every thread's next miss fought for its lock.
   std::lock_guard<std::mutex> registry(g_threads_lock);
   const std::vector<ThreadState*>& live = threads();
   std::size_t kept = 0;
@@ -26,29 +56,8 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexce
     while (end < blocks.size() && blocks[end].owner == blocks[i].owner) ++end;
     // Only a registered thread: the pointer of one that exited names freed memory (or, recycled, another
     // live thread, which may take the blocks as well as any).
-    const bool to_owner = owner && owner != self && std::find(live.begin(), live.end(), owner) != live.end();
-    std::size_t run_bytes = 0;
-    for (std::size_t j = i; j < end; ++j) run_bytes += blocks[j].bytes;
-    bool taken = false;
-    if (to_owner) {
-      std::lock_guard<SpinLock> guard(owner->lock);
-      std::vector<FreedBlock>& list = owner->returned[ordinal_];
-      // Over the cap (a thread that frees but no longer allocates) the blocks go to the backend.
-      if (owner->returned_bytes[ordinal_] + run_bytes <= kMaxReturnedBytes) {
-        try {
-          list.insert(list.end(), blocks.begin() + static_cast<std::ptrdiff_t>(i),
-                      blocks.begin() + static_cast<std::ptrdiff_t>(end));
-          taken = true;
-        } catch (...) {
-          // No host memory: these go to the backend from here.
-        }
-      }
-      if (taken) {
-        owner->returned_bytes[ordinal_] += run_bytes;
-        owner->returned_devices.fetch_or(std::uint64_t{1} << ordinal_, std::memory_order_release);
-      }
-    }
-    if (!taken)
+    const bool to_owner = owner && (owner == self || std::find(live.begin(), live.end(), owner) != live.end());
+    if (!to_owner || !give_run_to(*owner, ordinal_, blocks, i, end))
       for (std::size_t j = i; j < end; ++j) blocks[kept++] = blocks[j];
     i = end;
   }

@@ -13,8 +13,9 @@
 //
 // A returned block is free memory the backend does not see yet, so it counts as held back
 // (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first. A list
-// holds at most kMaxReturnedBytes per device (more goes to the backend from the poller: a thread that
-// frees but no longer allocates keeps little). A thread that exits re-adopts its list as orphans of the
+// holds at most kMaxReturnedBytes per device, or one run of any size when it was empty (more goes to the
+// backend from the poller: a thread that frees but no longer allocates keeps little). The poller's own
+// blocks go to its own list too. A thread that exits re-adopts its list as orphans of the
 // fence queue (no backend or driver call from a thread's exit): fenced once more, then given to the
 // backend. A block whose owner has exited goes to the backend from the poller, as before.
 #pragma once
