@@ -96,7 +96,8 @@ bool CudaFenceEvents::fence_active_stream(const router::ActiveStream& active, vo
   // The fence event first, the wait second: queued the other way round, the fence would wait for the
   // legacy backlog again. (A shared event was recorded before this wait too.)
   if (!fence.events.fence_stream(active, fence.out)) return false;
-  return active.blocking || !fence.legacy || driver.cuStreamWaitEvent(active.stream, fence.legacy, 0) == CUDA_SUCCESS;
+  return active.blocking || !fence.legacy ||
+         driver.cuStreamWaitEvent(active.stream, fence.legacy, 0) == CUDA_SUCCESS;
 }
 
 bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* out) noexcept {
