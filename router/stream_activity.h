@@ -11,8 +11,8 @@
 // stream that carries work for the first time since it was last seen idle is *joined* first: it waits
 // (cuStreamWaitEvent) for the legacy stream and every other active blocking stream, so its new work is
 // ordered after every earlier user of a block that was reused at once (stream_activity.cpp,
-// become_active, says why the active non-blocking streams need no wait). A stream goes idle again when an event
-// recorded on it completes with no submission since (poll_stream_activity()).
+// become_active, says why the active non-blocking streams need no wait). A stream goes idle again when
+// an event recorded on it completes with no submission since (poll_stream_activity()).
 //
 // Per-stream state is one atomic word, so the launch path costs two uncontended atomic operations:
 //   bit 0         active (counted in g_unordered)
