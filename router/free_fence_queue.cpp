@@ -195,6 +195,11 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
 }
 
 std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
+  // A round of the poller's own blocks only goes to the backend through the poller (BlockOwners says why).
+  if (to_owners && owners_)
+    to_owners = std::any_of(done.begin(), done.end(), [this](const std::unique_ptr<ClosedBatch>& batch) {
+      return batch && !owners_->freed_by_caller(batch->blocks);
+    });
   std::size_t bytes = 0;
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;

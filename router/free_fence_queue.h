@@ -45,11 +45,19 @@ struct FreedBlock {
 // a stream per thread every free is fenced: returned to the poller, a thread's blocks emptied its own
 // cache, and every allocation of every other thread missed into the backend's shared locks (16
 // threads: 2.6-45 us a pair on the H200, where one thread takes 0.1-0.3 us).
+//
+// A round of completed blocks that the polling thread freed alone (one thread's program) skips this and
+// goes to the backend through the poller, so into its cache: a free after the work turned ordered is
+// then still the next block handed out. Once other threads' blocks are in the round, the poller's own
+// go to its list too: through its cache (2 MiB a class), a batch of 1 MiB blocks overflowed into the
+// shared backend, where every thread's next allocation fought for its lock.
 class BlockOwners {
  public:
   virtual ~BlockOwners() = default;
-  // Hands every block whose owner can still take it to that owner and removes it from `blocks`; the
-  // caller gives the rest to the backend. No driver call, no backend call.
+  // True when the calling thread freed every block of `blocks` (owner nullptr counts as its).
+  virtual bool freed_by_caller(const std::vector<FreedBlock>& blocks) const noexcept = 0;
+  // Hands every block whose owner (the caller included) can still take it to that owner and removes
+  // it from `blocks`; the caller gives the rest to the backend. No driver call, no backend call.
   virtual void return_to_owners(std::vector<FreedBlock>& blocks) noexcept = 0;
 };
 

@@ -33,18 +33,28 @@ bool give_run_to(ThreadState& owner, int d, const std::vector<FreedBlock>& block
 
 }  // namespace
 
+bool ThreadBlockOwners::freed_by_caller(const std::vector<FreedBlock>& blocks) const noexcept {
+  ThreadState* const self = t_state;
+  return std::all_of(blocks.begin(), blocks.end(),
+                     [self](const FreedBlock& block) { return block.owner == nullptr || block.owner == self; });
+}
+
 void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexcept {
   ThreadState* const self = t_state;
-  // A batch of the poller's own blocks only (always so in one thread's program): they go to the
-  // backend through the caller, so to the poller's cache, and a free after the work turned ordered is
-  // still the block handed out next. No registry lock either: the poller is alive.
-  if (std::all_of(blocks.begin(), blocks.end(),
-                  [self](const FreedBlock& block) { return block.owner == nullptr || block.owner == self; }))
+  // A batch of the poller's own blocks needs no registry lock: the poller is alive.
+  if (self && freed_by_caller(blocks)) {
+    std::size_t kept = 0;
+    std::size_t i = 0;
+    while (i < blocks.size()) {
+      std::size_t end = i + 1;
+      while (end < blocks.size() && blocks[end].owner == blocks[i].owner) ++end;
+      if (!blocks[i].owner || !give_run_to(*self, ordinal_, blocks, i, end))
+        for (std::size_t j = i; j < end; ++j) blocks[kept++] = blocks[j];
+      i = end;
+    }
+    blocks.resize(kept);
     return;
-  // Other threads' blocks were merged into this batch: the poller's own go to its own list, as any
-  // owner's. Given to the backend they landed in the poller's cache, whose bounds (2 MiB a class) hold
-  // two 1 MiB blocks, and the rest went to the shared backend, where every thread's next miss fought
-  // for its lock.
+  }
   std::lock_guard<std::mutex> registry(g_threads_lock);
   const std::vector<ThreadState*>& live = threads();
   std::size_t kept = 0;

@@ -297,15 +297,22 @@ TEST_F(FreeFenceQueueTest, ABatchClosedWhileAnotherThreadRecordsGetsItsFenceFrom
   EXPECT_EQ(queue.poll(), 4u * 256);
 }
 
-// Takes the blocks whose owner is `taker`; the rest stay for the queue to give to the backend.
+// Takes the blocks whose owner is `taker`; the rest stay for the queue to give to the backend. The
+// polling thread is `caller`.
 class FakeOwners final : public BlockOwners {
  public:
+  bool freed_by_caller(const std::vector<FreedBlock>& blocks) const noexcept override {
+    for (const FreedBlock& block : blocks)
+      if (block.owner && block.owner != caller) return false;
+    return true;
+  }
   void return_to_owners(std::vector<FreedBlock>& blocks) noexcept override {
     std::vector<FreedBlock> rest;
     for (const FreedBlock& block : blocks) (block.owner == taker ? taken : rest).push_back(block);
     blocks.swap(rest);
   }
   void* taker = nullptr;
+  void* caller = nullptr;
   std::vector<FreedBlock> taken;
 };
 
@@ -338,6 +345,32 @@ TEST(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) {
   EXPECT_EQ(queue.poll(FreeFenceQueue::Poller::allocation_in_need), 256u);
   EXPECT_EQ(owners.taken.size(), 2u) << "an allocation in need polled a block to its owner";
   EXPECT_TRUE(backend.returned.count(ptr(5)));
+}
+
+// A round of the polling thread's own blocks goes to the backend (through its cache, in the router);
+// once another thread's blocks complete in the same round, the poller's own go to their owner, itself,
+// too (BlockOwners says why).
+TEST(FreeFenceQueueOwners, ThePollersOwnBlocksGoToItsListOnlyWhenOthersShareTheRound) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FakeOwners owners;
+  FreeFenceQueue queue{backend, events, &owners};
+  int poller = 0, other = 0;
+  owners.caller = &poller;
+  owners.taker = &poller;
+  queue.close_device_batch({{ptr(1), 256, 0, &poller}, {ptr(2), 256, 0, &poller}}, nullptr);
+  events.complete = {1};
+  EXPECT_EQ(queue.poll(), 2u * 256);
+  EXPECT_TRUE(owners.taken.empty()) << "a round of the poller's blocks alone skipped its cache";
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2)}));
+
+  queue.close_device_batch({{ptr(3), 256, 0, &poller}}, nullptr);
+  queue.close_device_batch({{ptr(4), 256, 0, &other}}, nullptr);
+  events.complete = {2, 3};
+  queue.poll();
+  ASSERT_EQ(owners.taken.size(), 1u) << "the poller's block went to the backend though another thread's shared the round";
+  EXPECT_EQ(owners.taken[0].ptr, ptr(3));
+  EXPECT_TRUE(backend.returned.count(ptr(4))) << "FakeOwners takes only the poller's blocks";
 }
 
 // A poll that may wait (an allocation at the peak or under pressure) waits for the thread recording

@@ -742,4 +742,53 @@ TEST_F(StreamActivity, WorkQueuedAfterAStreamsFenceEventGetsANewOne) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// Two threads' fenced batches complete in one round polled by this thread: its own blocks go to its
+// own returned list as the other thread's go to that thread's (BlockOwners, router/free_fence_queue.h).
+// Given to the backend through this thread's cache (2 MiB a class holds two 1 MiB blocks), they would
+// be what the other thread's next allocations get, once its own returned blocks run out.
+TEST_F(StreamActivity, APollersOwnBlocksStayWithItWhenAnotherThreadsShareTheRound) {
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  constexpr int kBatch = 64;  // 64 MiB: the batch closes at its last free
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  auto free_a_batch = [s](std::set<CUdeviceptr>* freed) {
+    std::vector<CUdeviceptr> blocks(kBatch);
+    for (CUdeviceptr& p : blocks) {
+      ASSERT_EQ(cuMemAlloc(&p, kMiB), CUDA_SUCCESS);
+      ASSERT_EQ(cuMemsetD8Async(p, 1, kMiB, s), CUDA_SUCCESS);
+    }
+    for (CUdeviceptr p : blocks) {
+      ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+      freed->insert(p);
+    }
+  };
+  std::vector<CUdeviceptr> later(16);  // allocated now: their frees below take nothing from a list
+  for (CUdeviceptr& p : later) p = fresh_block();
+  std::set<CUdeviceptr> mine, theirs, got;
+  std::atomic<int> step{0};
+  std::thread other([&] {
+    free_a_batch(&theirs);
+    step = 1;
+    while (step != 2) std::this_thread::yield();
+    std::vector<CUdeviceptr> blocks(2 * kBatch);  // its own 64 back, then 64 more from the backend
+    for (CUdeviceptr& p : blocks) {
+      ASSERT_EQ(cuMemAlloc(&p, kMiB), CUDA_SUCCESS);
+      got.insert(p);
+    }
+    for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    step = 3;
+  });
+  while (step != 1) std::this_thread::yield();
+  free_a_batch(&mine);
+  fake_cuda_hold_stream(s, 0);
+  for (CUdeviceptr p : later) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);  // polls: the stream is idle
+  step = 2;
+  while (step != 3) std::this_thread::yield();
+  other.join();
+  int taken = 0;
+  for (CUdeviceptr p : got) taken += static_cast<int>(mine.count(p));
+  EXPECT_EQ(taken, 0) << "the other thread got blocks this thread polled back to the backend";
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 }  // namespace
