@@ -250,7 +250,7 @@ FenceEvents::Record CudaFenceEvents::record_stream_fence(FenceContext batch_cont
   return Record::recorded;
 }
 
-FenceEvents::Status CudaFenceEvents::query(const Fence& fence) noexcept {
+FenceEvents::Status CudaFenceEvents::query(Fence& fence) noexcept {
   if (fence.events.empty()) return Status::pending;  // never recorded: cannot prove anything
   for (; fence.complete_events < fence.events.size(); ++fence.complete_events) {
     // cuEventQuery needs no particular current context. Errors other than NOT_READY (a destroyed

@@ -52,7 +52,7 @@ class CudaFenceEvents final : public FenceEvents {
 
   Record record_device_fence(FenceContext context, Fence* out) noexcept override;
   Record record_stream_fence(FenceContext context, StreamHandle stream, Fence* out) noexcept override;
-  Status query(const Fence& fence) noexcept override;
+  Status query(Fence& fence) noexcept override;
   void synchronize(const Fence& fence) noexcept override;
   void release(Fence& fence) noexcept override;
   bool may_give_back() noexcept override {

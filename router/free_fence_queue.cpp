@@ -159,6 +159,24 @@ void FreeFenceQueue::record_waiting() noexcept {
   }
 }
 
+template <typename Predicate>
+void FreeFenceQueue::move_out_if(Predicate take, Batches& out) noexcept {
+  for (auto it = queue_.begin(); it != queue_.end();) {
+    if (!take(**it)) {
+      ++it;
+      continue;
+    }
+    try {
+      out.push_back(std::move(*it));
+    } catch (...) {
+      break;  // no host memory: the rest stay queued for a later poll
+    }
+    pending_bytes_ -= out.back()->bytes;
+    it = queue_.erase(it);
+  }
+  update_held();
+}
+
 void FreeFenceQueue::take_completed(Batches& done) noexcept {
   ClosedBatch* asked[kMaxFencesAskedPerPoll];
   std::size_t count = 0;
@@ -178,20 +196,12 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
     if (!complete[i]) ++pending_answers;
   }
   std::lock_guard<std::mutex> guard(lock_);
-  for (std::size_t i = 0; i < count; ++i) {
-    if (!complete[i]) continue;
-    auto it = std::find_if(queue_.begin(), queue_.end(),
-                           [&](const std::unique_ptr<ClosedBatch>& batch) { return batch.get() == asked[i]; });
-    if (it == queue_.end()) continue;  // cannot happen: only the driver-lock holder removes batches
-    try {
-      done.push_back(std::move(*it));
-    } catch (...) {
-      continue;  // no host memory: kept for the next poll
-    }
-    pending_bytes_ -= done.back()->bytes;
-    queue_.erase(it);
-  }
-  update_held();
+  move_out_if(
+      [&](const ClosedBatch& batch) {
+        const std::size_t i = static_cast<std::size_t>(std::find(asked, asked + count, &batch) - asked);
+        return i < count && complete[i];
+      },
+      done);
 }
 
 std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
@@ -234,21 +244,7 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
     unrecorded_.store(true, std::memory_order_relaxed);  // look at least once
     record_waiting();
     std::lock_guard<std::mutex> guard(lock_);
-    for (auto it = queue_.begin(); it != queue_.end();) {
-      if (!(*it)->recorded) {
-        ++it;
-        continue;
-      }
-      try {
-        recorded.push_back(std::move(*it));
-      } catch (...) {
-        ++it;
-        continue;
-      }
-      pending_bytes_ -= recorded.back()->bytes;
-      it = queue_.erase(it);
-    }
-    update_held();
+    move_out_if([](const ClosedBatch& batch) { return batch.recorded; }, recorded);
   }
   // The batches are ours now: wait without holding a lock.
   for (const std::unique_ptr<ClosedBatch>& batch : recorded) events_.synchronize(batch->fence);
@@ -267,19 +263,7 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
     // The driver-lock holder may be recording a fence into one of these batches.
     std::lock_guard<std::mutex> driver(driver_lock_);
     std::lock_guard<std::mutex> guard(lock_);
-    for (auto it = queue_.begin(); it != queue_.end();) {
-      if ((*it)->stream_fence) {
-        ++it;
-        continue;
-      }
-      try {
-        done.push_back(std::move(*it));
-      } catch (...) {
-        break;  // no host memory: the rest wait for their fences as before
-      }
-      pending_bytes_ -= done.back()->bytes;
-      it = queue_.erase(it);
-    }
+    move_out_if([](const ClosedBatch& batch) { return !batch.stream_fence; }, done);
     std::unique_ptr<ClosedBatch> rest(new (std::nothrow) ClosedBatch);
     if (rest) {
       try {

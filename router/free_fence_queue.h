@@ -71,9 +71,9 @@ struct FenceEvent {
 };
 struct Fence {
   std::vector<FenceEvent> events;
-  // How many of `events`, from the first, were found complete: a later query asks only the rest. (Only
-  // the fence queue's driver-lock holder queries a fence, so a const query may update it.)
-  mutable std::size_t complete_events = 0;
+  // How many of `events`, from the first, were found complete: a later query asks only the rest (only
+  // the fence queue's driver-lock holder queries a fence).
+  std::size_t complete_events = 0;
 };
 
 class FenceEvents {
@@ -88,7 +88,8 @@ class FenceEvents {
   // Fence after all work issued so far on `stream`.
   virtual Record record_stream_fence(FenceContext context, StreamHandle stream, Fence* out) noexcept = 0;
   // complete also when the driver reports an error (a dead context runs no more work on the block).
-  virtual Status query(const Fence& fence) noexcept = 0;
+  // May note in `fence` how far it got (Fence::complete_events).
+  virtual Status query(Fence& fence) noexcept = 0;
   virtual void synchronize(const Fence& fence) noexcept = 0;
   virtual void release(Fence& fence) noexcept = 0;  // events back to their pool
   // False while giving blocks back would call the driver in a way a stream capture forbids (a
@@ -219,6 +220,10 @@ class FreeFenceQueue {
   // `to_owners`: completed blocks go to their owners first (BlockOwners); an allocation in need gives
   // everything to the backend, where it looks next.
   std::size_t give_back(Batches& done, bool to_owners) noexcept;
+  // Moves the queued batches `take` picks into `out`, in queue order, and counts them out of
+  // pending_bytes_. lock_ held.
+  template <typename Predicate>
+  void move_out_if(Predicate take, Batches& out) noexcept;
   void update_held() noexcept;  // lock_ held
 
   Allocator& backend_;

@@ -51,7 +51,7 @@ class FakeEvents final : public FenceEvents {
     out->events.push_back({context, next_id++});
     return Record::recorded;
   }
-  Status query(const Fence& fence) noexcept override {
+  Status query(Fence& fence) noexcept override {
     ++queries;
     if (fence.events.empty()) return Status::pending;
     for (const FenceEvent& e : fence.events)
