@@ -176,7 +176,8 @@ class FreeFenceQueue {
   // The GPU's work turned totally ordered (router/stream_activity.h): a cuMemFree'd block may be reused
   // at once, as one freed now would be, whatever its fence says. Gives back `open` (the threads' open
   // batches), the orphans and every device-fenced batch, recorded or not, with no driver call but the
-  // backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream. Returns the bytes.
+  // backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream. While another
+  // thread holds the driver lock only `open` goes back (the rest through its fences). Returns the bytes.
   std::size_t give_back_device_batches(std::vector<FreedBlock> open) noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
@@ -230,6 +231,7 @@ class FreeFenceQueue {
   FenceEvents& events_;
   BlockOwners* const owners_;
   std::mutex driver_lock_;   // taken before lock_, never the other way
+  std::atomic<std::uint64_t> polls_{0};  // polls that asked the driver (written under driver_lock_)
   mutable std::mutex lock_;  // the queue and the counters; never held across a driver call
   std::deque<std::unique_ptr<ClosedBatch>> queue_;  // in close order (a merge keeps the oldest's place)
   std::vector<FreedBlock> orphans_;

@@ -71,9 +71,12 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // (The polls below give completed blocks to the backend directly.)
     if (!grow_now && take_all_returned_blocks(device) > 0)
       if (void* p = backend.allocate(block_size, stream)) return p;
-    // Only growth would serve it. Wait when the fenced blocks, with the free memory, could.
+    // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced
+    // bytes are asked first: the backend's stats walk every thread cache under locks (5% of the
+    // wall-clock time of 16 threads with a stream each at 4 MiB, on the H200).
+    const std::uint64_t fenced = device.fences.pending_bytes();
     if (!grow_now && device.fences.can_give_back() &&
-        device.fences.pending_bytes() + backend.stats().bytes_cached >= block_size) {
+        (fenced >= block_size || fenced + backend.stats().bytes_cached >= block_size)) {
       annotations::ScopedRange range(annotations::SlowEvent::fence_wait);
       const auto start = std::chrono::steady_clock::now();
       const auto deadline = start + kNewPeakWait;
@@ -81,8 +84,10 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // Waits for a thread that records fences meanwhile: with a try-lock, a 1 GiB allocation whose
         // fence another thread was about to record slept in 20 us steps (16 threads with a stream each
         // on the H200: a 41 us mean pair against 16 us before fences were shared).
-        if (device.fences.poll(FreeFenceQueue::Poller::allocation_in_need) > 0)
-          if (void* p = backend.allocate(block_size, stream)) return p;
+        // Also when this poll gave nothing: one that ran while it waited for the driver lock may have
+        // (FreeFenceQueue::poll).
+        device.fences.poll(FreeFenceQueue::Poller::allocation_in_need);
+        if (void* p = backend.allocate(block_size, stream)) return p;
         if (!device.fences.holds_blocks()) break;
         if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);

@@ -156,12 +156,21 @@ bool start_probe(StreamRecord* record, std::uint64_t stamp) noexcept {
   return record->probing;
 }
 
+// An active stream stops counting in g_unordered: true when that made the work totally ordered. Only
+// polls uncount (under the activity lock), so one thread sees each such transition.
+bool uncount(const StreamRecord* record) noexcept {
+  const std::uint64_t one = record->blocking ? kBlockingOne : 1;
+  const std::uint64_t before = g_unordered.fetch_sub(one, std::memory_order_seq_cst);
+  return !totally_ordered(before) && totally_ordered(before - one);
+}
+
 // The stream at a.active[i] was idle when its word read `stamp`: it leaves the active set unless a
-// submission began since (the swap fails). True when it left.
-bool leave_active_if_unchanged(Activity& a, std::size_t i, std::uint64_t stamp) noexcept {
+// submission began since (the swap fails). True when it left; `*turned_ordered` is set when its leaving
+// made the work totally ordered.
+bool leave_active_if_unchanged(Activity& a, std::size_t i, std::uint64_t stamp, bool* turned_ordered) noexcept {
   StreamRecord* record = a.active[i];
   if (!record->word.compare_exchange_strong(stamp, stamp & ~kStreamActive, std::memory_order_seq_cst)) return false;
-  g_unordered.fetch_sub(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
+  if (uncount(record)) *turned_ordered = true;
   a.active[i] = a.active.back();
   a.active.pop_back();
   return true;
@@ -310,12 +319,13 @@ void untrack_stream(CUstream stream) noexcept {
   g_stream_records_generation.fetch_add(1, std::memory_order_acq_rel);
 }
 
-void poll_stream_activity() noexcept {
+bool poll_stream_activity() noexcept {
   Activity& a = activity();
-  if (g_unordered.load(std::memory_order_relaxed) == 0) return;
-  if (g_active_captures.load(std::memory_order_acquire) > 0) return;  // no record may touch a capture
+  if (g_unordered.load(std::memory_order_relaxed) == 0) return false;
+  if (g_active_captures.load(std::memory_order_acquire) > 0) return false;  // no record may touch a capture
   std::unique_lock<std::mutex> guard(a.lock, std::try_to_lock);
-  if (!guard.owns_lock()) return;
+  if (!guard.owns_lock()) return false;
+  bool turned_ordered = false;
   const RealDriver& driver = real_driver();
   int calls = 0;
   std::size_t i = 0;
@@ -333,7 +343,8 @@ void poll_stream_activity() noexcept {
         ScopedContext scope(record->context);
         // Already idle: what a completed probe recorded now would say, one poll (and one record) sooner.
         ++calls;
-        if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS && leave_active_if_unchanged(a, i, word))
+        if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS &&
+            leave_active_if_unchanged(a, i, word, &turned_ordered))
           continue;
         ++calls;
         if (scope.ok()) start_probe(record, word);
@@ -349,17 +360,18 @@ void poll_stream_activity() noexcept {
     }
     record->probing = false;
     if (record->retiring) {
-      g_unordered.fetch_sub(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
+      if (uncount(record)) turned_ordered = true;
       a.active[i] = a.active.back();
       a.active.pop_back();
       recycle(record);
       continue;
     }
     // Idle only if nothing was submitted since the probe.
-    if (!leave_active_if_unchanged(a, i, record->probe_stamp)) ++i;
+    if (!leave_active_if_unchanged(a, i, record->probe_stamp, &turned_ordered)) ++i;
   }
   // The streams not asked this time (the call budget ran out) are asked first at the next poll.
   std::rotate(a.active.begin(), a.active.begin() + static_cast<std::ptrdiff_t>(i), a.active.end());
+  return turned_ordered;
 }
 
 ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noexcept {

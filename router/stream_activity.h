@@ -59,9 +59,11 @@ inline constexpr std::uint64_t kUnorderedForever = 1ull << 24;
 // True while a freed block may be handed out again at once. The load is seq_cst: a stream's transition
 // increments g_unordered (seq_cst) before it records its join event, so a free that reads "ordered" was
 // queued before that event, and the joined stream waits for its block's last user.
-inline bool work_is_totally_ordered() noexcept {
-  const std::uint64_t unordered = g_unordered.load(std::memory_order_seq_cst);
+inline bool totally_ordered(std::uint64_t unordered) noexcept {
   return (unordered & 0xffffffffu) == 0 && (unordered >> 32) <= 1;
+}
+inline bool work_is_totally_ordered() noexcept {
+  return totally_ordered(g_unordered.load(std::memory_order_seq_cst));
 }
 
 // The calling thread's last streams: a launch loop on a few streams finds its record without a lock.
@@ -114,9 +116,10 @@ void untrack_stream(CUstream stream) noexcept;
 // Records probes on active streams and retires those whose probe completed with no work since. Cheap
 // when nothing is active; skips (try-lock) when another thread is polling. At most
 // kMaxDriverCallsPerPoll driver calls: with many active streams (a stream per thread) the streams not
-// asked go first at the next poll, so one free never pays for every stream.
+// asked go first at the next poll, so one free never pays for every stream. True when this poll made the
+// work totally ordered: a single thread sees each such transition (only polls uncount a stream).
 inline constexpr int kMaxDriverCallsPerPoll = 4;
-void poll_stream_activity() noexcept;
+bool poll_stream_activity() noexcept;
 // The fence of a cuMemFree batch (router/cuda_fence_events.cpp) covers only the streams that carry work.
 // `visit` runs for every active stream under the activity lock, so none of them can be destroyed
 // meanwhile (untrack_stream takes the lock before the real destroy); it returns false to stop the walk.
