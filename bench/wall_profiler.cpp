@@ -10,8 +10,9 @@
 // A sampler thread sends SIGPROF to every other thread of the process every WALL_PROFILE_US
 // microseconds (default 1000); the handler stores the interrupted thread's stack (glibc's backtrace(),
 // warmed up first so it loads libgcc_s outside a handler) in a fixed array. At exit the samples are
-// written (to WALL_PROFILE, where "%p" is the process id) as one line each: "tid count module+0xoffset ..." (leaf first). SA_RESTART makes the
-// interrupted system calls resume. A benchmark aid only: it is never part of libgpushim.so.
+// written to WALL_PROFILE ("%p" there becomes the process id), one line per distinct stack:
+// "tid count module+0xoffset ..." (leaf first). SA_RESTART makes the interrupted system calls resume.
+// A benchmark aid only: it is never part of libgpushim.so.
 #include <dirent.h>
 #include <dlfcn.h>
 #include <execinfo.h>
