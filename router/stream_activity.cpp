@@ -37,10 +37,7 @@ struct Activity {
     CUcontext context;
     CUevent event;
   };
-  // One per context, re-recorded for every join; under join_events_lock, not `lock`: joins are made
-  // outside `lock` (become_active), and the blocking streams' joins under it (taken in that order).
-  std::mutex join_events_lock;
-  std::vector<ScratchEvent> join_events;
+  std::vector<ScratchEvent> join_events;  // one per context: re-recorded for every join
   std::uint64_t activations = 0;
   std::uint64_t registrations = 0;  // the last StreamRecord::serial given
   bool logged_first = false;
@@ -101,7 +98,6 @@ void end_total_order_for_good(const char* why) noexcept {
 
 CUevent scratch_event(CUcontext context) noexcept {  // with `context` current
   Activity& a = activity();
-  std::lock_guard<std::mutex> guard(a.join_events_lock);
   for (const Activity::ScratchEvent& e : a.join_events)
     if (e.context == context) return e.event;
   CUevent event = nullptr;
@@ -200,26 +196,18 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     end_stream_work(record);
     return nullptr;
   }
+  Activity& a = activity();
+  std::lock_guard<std::mutex> guard(a.lock);
+  if (record->word.load(std::memory_order_acquire) & kStreamActive) return record;  // another thread joined it
   // Counted first (seq_cst), joined second: a free that still reads "ordered" happened before the join's
   // events were recorded, so they cover its block's last user (router/stream_activity.h).
-  const std::uint64_t one = record->blocking ? kBlockingOne : 1;
-  g_unordered.fetch_add(one, std::memory_order_seq_cst);
+  g_unordered.fetch_add(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
   // The join: wait for the legacy stream (a blocking stream does so by itself). During another stream's
   // capture the legacy stream must not be touched; its earlier work is then not waited for
-  // (docs/free-safety.md, "Limits"). Before the activity lock: its two driver calls held every other
-  // launch and poll back (16 threads with a stream each on the H200, 1 MiB pairs: 18-20% of their
-  // wall-clock time waited for this lock at launches). A thread that activates the same stream at the
-  // same time joins it too, which only adds a wait; the context's scratch event recorded again between
-  // a record and its wait names later legacy work, which covers the earlier.
+  // (docs/free-safety.md, "Limits").
   bool joined = true;
   if (!record->blocking && g_active_captures.load(std::memory_order_acquire) == 0)
     joined = wait_for(record, record->context, CU_STREAM_LEGACY);
-  Activity& a = activity();
-  std::lock_guard<std::mutex> guard(a.lock);
-  if (record->word.load(std::memory_order_acquire) & kStreamActive) {  // another thread activated it meanwhile
-    g_unordered.fetch_sub(one, std::memory_order_seq_cst);  // its count stays: this cannot turn the work ordered
-    return record;
-  }
   // And every other active *blocking* stream. An active non-blocking stream needs no wait: a block reused
   // at once was freed while no non-blocking stream was active (else it was fenced), so such a stream
   // became active after that free and none of its work is a prior user of the block. Fenced blocks need
@@ -424,7 +412,6 @@ void reset_stream_activity_after_fork() noexcept {
   // The parent's streams, contexts and events mean nothing in the child; its records leak (small).
   Activity& a = activity();
   new (&a.lock) std::mutex();
-  new (&a.join_events_lock) std::mutex();
   a.by_stream.clear();
   a.active.clear();
   a.join_events.clear();
