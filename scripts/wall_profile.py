@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Where the threads of a wall-clock profile (bench/libwall_profiler.so) spent their time.
+"""Where the threads of a wall-clock profile (bench/wall_profiler.cpp, built as build/bench/libwall_profiler.so) spent their time.
 
     scripts/wall_profile.py PROFILE [--match TEXT] [--top N]
 
