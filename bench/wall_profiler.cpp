@@ -7,11 +7,14 @@
 //   WALL_PROFILE=/tmp/w.txt LD_PRELOAD="build/bench/libwall_profiler.so build/lib/libgpushim.so" alloc_bench ...
 //   scripts/wall_profile.py /tmp/w.txt --match alloc_bench      (names the frames with addr2line)
 //
-// A sampler thread sends SIGPROF to every other thread of the process every WALL_PROFILE_US
+// A sampler thread sends SIGURG to every other thread of the process every WALL_PROFILE_US
 // microseconds (default 1000); the handler stores the interrupted thread's stack (glibc's backtrace(),
 // warmed up first so it loads libgcc_s outside a handler) in a fixed array. At exit the samples are
 // written to WALL_PROFILE ("%p" there becomes the process id), one line per distinct stack:
 // "tid count module+0xoffset ..." (leaf first). SA_RESTART makes the interrupted system calls resume.
+// Why SIGURG: its default action is to ignore it. A signal still pending when a profiled process calls
+// exec (a wrapper script, `timeout`) is delivered to the new image before its constructors install a
+// handler; SIGPROF's default action killed it ("Profiling timer expired").
 // A benchmark aid only: it is never part of libgpushim.so.
 #include <dirent.h>
 #include <dlfcn.h>
@@ -34,6 +37,7 @@
 
 namespace {
 
+constexpr int kSampleSignal = SIGURG;
 constexpr int kMaxFrames = 40;
 constexpr std::size_t kMaxSamples = 200000;
 
@@ -50,7 +54,7 @@ pthread_t g_sampler;
 pid_t g_sampler_tid = 0;
 const char* g_out = nullptr;
 
-void on_sigprof(int, siginfo_t*, void*) {
+void on_sample_signal(int, siginfo_t*, void*) {
   const int saved_errno = errno;
   const std::size_t slot = g_next.fetch_add(1, std::memory_order_relaxed);
   if (slot < kMaxSamples) {
@@ -70,7 +74,7 @@ void* sampler_main(void*) {
     if (DIR* tasks = opendir("/proc/self/task")) {
       while (dirent* entry = readdir(tasks)) {
         const pid_t tid = static_cast<pid_t>(std::atol(entry->d_name));
-        if (tid > 0 && tid != g_sampler_tid) syscall(SYS_tgkill, pid, tid, SIGPROF);
+        if (tid > 0 && tid != g_sampler_tid) syscall(SYS_tgkill, pid, tid, kSampleSignal);
       }
       closedir(tasks);
     }
@@ -129,10 +133,10 @@ __attribute__((constructor)) void start() {
   void* warm[4];
   backtrace(warm, 4);  // loads libgcc_s now, not inside the first handler
   struct sigaction action {};
-  action.sa_sigaction = on_sigprof;
+  action.sa_sigaction = on_sample_signal;
   action.sa_flags = SA_SIGINFO | SA_RESTART;
   sigemptyset(&action.sa_mask);
-  sigaction(SIGPROF, &action, nullptr);
+  sigaction(kSampleSignal, &action, nullptr);
   pthread_create(&g_sampler, nullptr, sampler_main, nullptr);
 }
 
