@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Where the threads of a wall-clock profile (bench/wall_profiler.cpp, built as build/bench/libwall_profiler.so) spent their time.
+"""Where the threads of a wall-clock profile spent their time (bench/wall_profiler.cpp, preloaded as
+build/bench/libwall_profiler.so).
 
     scripts/wall_profile.py PROFILE [--match TEXT] [--top N]
 

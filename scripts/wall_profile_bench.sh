@@ -41,7 +41,10 @@ done
 bench="$build/test_apps/alloc_bench"
 profiler="$build/bench/libwall_profiler.so"
 for f in "$bench" "$lib" "$profiler"; do
-  [ -e "$f" ] || { echo "wall_profile_bench.sh: $f not found (build first: ninja -C $build gpushim alloc_bench wall_profiler)" >&2; exit 1; }
+  [ -e "$f" ] || {
+    echo "wall_profile_bench.sh: $f not found (build first: ninja -C $build gpushim alloc_bench wall_profiler)" >&2
+    exit 1
+  }
 done
 command -v addr2line > /dev/null || { echo "wall_profile_bench.sh: addr2line (binutils) not found" >&2; exit 1; }
 mkdir -p "$out"
@@ -51,14 +54,20 @@ trap 'rm -rf "$samples"' EXIT
 status=0
 for size in ${sizes//,/ }; do
   # "%p": each process writes its own file, so a wrapper that inherits LD_PRELOAD cannot overwrite it.
-  WALL_PROFILE="$samples/$size.%p.txt" WALL_PROFILE_US="$period_us" LD_PRELOAD="$profiler $lib" GPUSHIM_BACKEND="$backend" \
-    "$bench" --api runtime --patterns pairs --threads "$threads" --streams "$streams" --sizes "$size" \
-    --cell-ms "$cell_ms" > "$samples/$size.log" 2>&1 || { echo "alloc_bench failed at $size:"; tail -5 "$samples/$size.log"; status=1; continue; }
+  if ! WALL_PROFILE="$samples/$size.%p.txt" WALL_PROFILE_US="$period_us" LD_PRELOAD="$profiler $lib" \
+      GPUSHIM_BACKEND="$backend" "$bench" --api runtime --patterns pairs --threads "$threads" \
+      --streams "$streams" --sizes "$size" --cell-ms "$cell_ms" > "$samples/$size.log" 2>&1; then
+    echo "alloc_bench failed at $size:"
+    tail -5 "$samples/$size.log"
+    status=1
+    continue
+  fi
   profile=$(ls -S "$samples/$size".*.txt 2>/dev/null | head -1)
   [ -n "$profile" ] || { echo "no profile written at $size"; status=1; continue; }
   cp "$profile" "$out/raw_${backend}_$size.txt"
   python3 "$repo/scripts/wall_profile.py" "$profile" --top 30 > "$out/wall_${backend}_$size.txt" || status=1
-  echo "== $backend, $threads threads, streams $streams, $size: $(grep -v '^#' "$samples/$size.log" | grep -m1 '^gpushim-' || true)"
+  result=$(grep -m1 '^gpushim-' "$samples/$size.log" || true)
+  echo "== $backend, $threads threads, streams $streams, $size: $result"
   sed -n '/## leaf and its/,/## gpushim functions/p' "$out/wall_${backend}_$size.txt" | sed -n '2,9p'
 done
 echo "tables: $out/wall_${backend}_*.txt"
