@@ -279,8 +279,9 @@ __attribute__((always_inline)) inline void* ThreadCacheAllocator::allocate_from_
                                                                                        StreamHandle stream) noexcept {
   if (caches_with_large_.load(std::memory_order_relaxed) != 0 ||
       depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
+    const std::uint64_t flushes_seen = large_flushes_.load(std::memory_order_acquire);
     if (void* p = inner_->allocate_without_growing(bytes, stream)) return p;
-    flush_large_everywhere(/*remember_taken=*/true);
+    flush_large_everywhere(/*remember_taken=*/true, flushes_seen);
   }
   return inner_->allocate(bytes, stream);
 }
@@ -495,10 +496,23 @@ void* ThreadCacheAllocator::take_large_from_depot(std::size_t bytes) noexcept {
 
 // The blocks reach the backend while caches_mutex_ (and then depot_mutex_) is held: this runs only when
 // the backend would otherwise grow or is out of memory, and holding the lock needs no list to allocate.
-void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken) noexcept {
+// Two shortcuts keep a burst of misses from queueing behind each other's walks (16 threads with a
+// stream each on the H200: 21-28% of their wall-clock time waited here, at 4 and 16 MiB):
+// - a miss (`flushes_seen` given) gives up its walk when a flush has ended since it asked the backend,
+//   or is under way: those blocks reach the backend without it, and a walk costs a membarrier per
+//   cache. The miss may then grow the backend by a block a flush returns a moment later;
+// - a cache with nothing parked is not locked (its owner parking one meanwhile is as if after the flush).
+void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken, std::uint64_t flushes_seen) noexcept {
   {
-    std::lock_guard<std::mutex> guard(caches_mutex_);
+    std::unique_lock<std::mutex> guard(caches_mutex_, std::defer_lock);
+    if (flushes_seen == kAnyFlushes) {
+      guard.lock();
+    } else if (large_flushes_.load(std::memory_order_acquire) != flushes_seen || !guard.try_lock() ||
+               large_flushes_.load(std::memory_order_relaxed) != flushes_seen) {
+      return;
+    }
     for (ThreadCache* cache : caches_) {
+      if (cache->large_bytes.load(std::memory_order_relaxed) == 0) continue;
       LargeSlot taken[kLargeSlots];
       cache->lock.remote_lock();
       const std::size_t n = take_large_slots(cache, taken, caches_with_large_);
@@ -509,6 +523,7 @@ void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken) noexcept 
       cache->lock.remote_unlock();
       give_to_backend(taken, n);
     }
+    large_flushes_.fetch_add(1, std::memory_order_release);
   }
   std::lock_guard<std::mutex> guard(depot_mutex_);
   give_to_backend(depot_large_.data(), depot_large_.size());

@@ -155,8 +155,10 @@ class ThreadCacheAllocator final : public Allocator {
   // A large request of a thread that neither parks nor holds parked blocks or taken sizes: the backend.
   void* allocate_large_unparked(ThreadCache* cache, std::size_t bytes, StreamHandle stream) noexcept;
   // Every thread's large slots and the depot's large blocks to the backend; with `remember_taken`, each
-  // thread's cache records the sizes taken from it.
-  void flush_large_everywhere(bool remember_taken) noexcept;
+  // thread's cache records the sizes taken from it. A miss passes the large_flushes_ it read before it
+  // asked the backend: none is done if another flush ended since.
+  static constexpr std::uint64_t kAnyFlushes = ~std::uint64_t{0};
+  void flush_large_everywhere(bool remember_taken, std::uint64_t flushes_seen = kAnyFlushes) noexcept;
   void* allocate_taken_size(std::size_t bytes, StreamHandle stream) noexcept;
   // Every cached block (all threads, both kinds, the depot) to the backend; release_cached() without
   // the backend's own release.
@@ -186,6 +188,7 @@ class ThreadCacheAllocator final : public Allocator {
   // slots, until a flush: so a thread's steady alloc/free pairs write no shared line). A large miss
   // reads it to know whether blocks parked elsewhere might spare the backend a growth.
   std::atomic<std::size_t> caches_with_large_{0};
+  std::atomic<std::uint64_t> large_flushes_{0};  // walks of flush_large_everywhere ended (under caches_mutex_)
   std::atomic<std::uint64_t> recovered_failures_{0};  // backend failures a retry after a flush served
   // Counts of exited threads (a thread's own live in its cache).
   std::atomic<std::uint64_t> retired_allocate_hits_{0};
