@@ -316,13 +316,18 @@ class FakeOwners final : public BlockOwners {
   std::vector<FreedBlock> taken;
 };
 
-// A completed fence's blocks go to their owners first; the backend gets the others. The pressure path
-// (synchronize_all) gives everything to the backend, where the waiting allocation looks.
-TEST(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) {
+// A queue whose completed blocks go through FakeOwners.
+class FreeFenceQueueOwners : public ::testing::Test {
+ protected:
   RecordingBackend backend;
   FakeEvents events;
   FakeOwners owners;
   FreeFenceQueue queue{backend, events, &owners};
+};
+
+// A completed fence's blocks go to their owners first; the backend gets the others. The pressure path
+// (synchronize_all) gives everything to the backend, where the waiting allocation looks.
+TEST_F(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) {
   int thread_a = 0, thread_b = 0;
   owners.taker = &thread_a;
   std::vector<FreedBlock> batch = {{ptr(1), 256, 0, &thread_a}, {ptr(2), 256, 0, &thread_b}, {ptr(3), 256, 0, &thread_a}};
@@ -350,11 +355,7 @@ TEST(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) {
 // A round of the polling thread's own blocks goes to the backend (through its cache, in the router);
 // once another thread's blocks complete in the same round, the poller's own go to their owner, itself,
 // too (BlockOwners says why).
-TEST(FreeFenceQueueOwners, ThePollersOwnBlocksGoToItsListOnlyWhenOthersShareTheRound) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FakeOwners owners;
-  FreeFenceQueue queue{backend, events, &owners};
+TEST_F(FreeFenceQueueOwners, ThePollersOwnBlocksGoToItsListOnlyWhenOthersShareTheRound) {
   int poller = 0, other = 0;
   owners.caller = &poller;
   owners.taker = &poller;

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -128,6 +129,19 @@ bool handed_out_again(CUdeviceptr p, int tries) {
   }
   for (CUdeviceptr q : blocks) EXPECT_EQ(cuMemFree(q), CUDA_SUCCESS);
   return found;
+}
+
+// Frees `used`, whose last user is queued on a held stream, and closes its batch: the fence queues no
+// cuStreamWaitEvent (`why` says whose wait it would be), holds the block back, and gives it back once
+// `finish` has let the stream's work complete.
+void expect_fenced_without_a_wait(CUdeviceptr used, const std::function<void()>& finish, const char* why) {
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  free_and_close_batch(used);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << why;
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block a held stream's queued work may touch was handed out";
+  finish();
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
 }
 
 class StreamActivity : public ::testing::Test {
@@ -337,13 +351,8 @@ TEST_F(StreamActivity, ABatchFencedWhileLegacyIsIdleQueuesNoWait) {
   fake_cuda_hold_stream(s, 1);
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
-  const int waits = fake_cuda_calls("cuStreamWaitEvent");
-  free_and_close_batch(used);
-  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "a wait for a legacy stream that had no work";
-  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the side stream's queued work may touch was handed out";
-  fake_cuda_hold_stream(s, 0);
-  churn();
-  EXPECT_TRUE(handed_out_again(used, 400));
+  expect_fenced_without_a_wait(used, [s] { fake_cuda_hold_stream(s, 0); },
+                               "a wait for a legacy stream that had no work");
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
@@ -467,15 +476,10 @@ TEST_F(StreamActivity, BlockingStreamsAreFencedWithoutWaits) {
   fake_cuda_hold_stream(first, 1);
   fake_cuda_hold_stream(second, 1);
   launch_on(second);  // two blocking streams: no longer totally ordered
-  const int waits = fake_cuda_calls("cuStreamWaitEvent");
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, first), CUDA_SUCCESS);
-  free_and_close_batch(used);
-  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "a blocking stream was made to wait";
-  EXPECT_FALSE(handed_out_again(used, 300)) << "a block the blocking stream's queued work may touch was handed out";
-  fake_cuda_hold_stream(first, 0);
-  churn();
-  EXPECT_TRUE(handed_out_again(used, 400));
+  expect_fenced_without_a_wait(used, [first] { fake_cuda_hold_stream(first, 0); },
+                               "a blocking stream was made to wait");
   fake_cuda_hold_stream(second, 0);
   EXPECT_EQ(cuStreamDestroy(first), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(second), CUDA_SUCCESS);
