@@ -137,10 +137,10 @@ bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* ou
   }
   if (newest) {
     drop_reference(newest->event);
-    *newest = {active.serial, active.context, event, active.word, true};
+    *newest = {active.serial, event, active.word, true};
   } else {
     try {
-      stream_fences_.push_back({active.serial, active.context, event, active.word, true});
+      stream_fences_.push_back({active.serial, event, active.word, true});
     } catch (...) {
       shared_events_.pop_back();
       return true;

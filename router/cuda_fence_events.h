@@ -69,7 +69,6 @@ class CudaFenceEvents final : public FenceEvents {
   // An active stream's newest shareable event: it covers the stream's work while its word is `word`.
   struct StreamFence {
     std::uint64_t serial;  // router::ActiveStream::serial: this registration of the stream
-    CUcontext context;
     CUevent event;         // holds one reference
     std::uint64_t word;
     bool visited;          // in the current walk; the others are dropped after it

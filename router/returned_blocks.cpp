@@ -42,21 +42,13 @@ bool ThreadBlockOwners::freed_by_caller(const std::vector<FreedBlock>& blocks) c
 void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexcept {
   ThreadState* const self = t_state;
   // A batch of the poller's own blocks needs no registry lock: the poller is alive.
-  if (self && freed_by_caller(blocks)) {
-    std::size_t kept = 0;
-    std::size_t i = 0;
-    while (i < blocks.size()) {
-      std::size_t end = i + 1;
-      while (end < blocks.size() && blocks[end].owner == blocks[i].owner) ++end;
-      if (!blocks[i].owner || !give_run_to(*self, ordinal_, blocks, i, end))
-        for (std::size_t j = i; j < end; ++j) blocks[kept++] = blocks[j];
-      i = end;
-    }
-    blocks.resize(kept);
-    return;
-  }
-  std::lock_guard<std::mutex> registry(g_threads_lock);
-  const std::vector<ThreadState*>& live = threads();
+  const bool only_mine = self && freed_by_caller(blocks);
+  std::unique_lock<std::mutex> registry(g_threads_lock, std::defer_lock);
+  if (!only_mine) registry.lock();
+  auto is_live = [](ThreadState* thread) {  // registry held
+    const std::vector<ThreadState*>& live = threads();
+    return std::find(live.begin(), live.end(), thread) != live.end();
+  };
   std::size_t kept = 0;
   std::size_t i = 0;
   while (i < blocks.size()) {
@@ -67,7 +59,7 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexce
     while (end < blocks.size() && blocks[end].owner == blocks[i].owner) ++end;
     // Only a registered thread: the pointer of one that exited names freed memory (or, recycled, another
     // live thread, which may take the blocks as well as any).
-    const bool to_owner = owner && (owner == self || std::find(live.begin(), live.end(), owner) != live.end());
+    const bool to_owner = owner && (owner == self || (!only_mine && is_live(owner)));
     if (!to_owner || !give_run_to(*owner, ordinal_, blocks, i, end))
       for (std::size_t j = i; j < end; ++j) blocks[kept++] = blocks[j];
     i = end;
