@@ -116,7 +116,9 @@ struct ThreadCacheAllocator::ThreadCache {
   // Blocks above kMaxCachedBytes by the exact size the backend was asked for, oldest first.
   LargeSlot large[kLargeSlots] = {};
   std::uint32_t large_count = 0;
-  bool counted_with_large = false;  // counted in caches_with_large_
+  // Counted in caches_with_large_. Written under `lock`; a flush reads it without, to skip caches that
+  // never parked since the last flush.
+  std::atomic<bool> counted_with_large{false};
   // Sizes of the blocks another thread's miss last took from these slots (to spare the backend a
   // growth): the owner's next request of one of them may grow the backend rather than take in turn.
   std::size_t taken_sizes[kLargeSlots] = {};
@@ -151,8 +153,8 @@ std::size_t take_large_slots(ThreadCacheAllocator::ThreadCache* cache, ThreadCac
   std::copy(cache->large, cache->large + n, out);
   cache->large_count = 0;
   cache->large_bytes.store(0, std::memory_order_relaxed);
-  if (cache->counted_with_large) {
-    cache->counted_with_large = false;
+  if (cache->counted_with_large.load(std::memory_order_relaxed)) {
+    cache->counted_with_large.store(false, std::memory_order_relaxed);
     caches_with_large.fetch_sub(1, std::memory_order_relaxed);
   }
   return n;
@@ -468,8 +470,8 @@ __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, s
   cache->large[cache->large_count++] = {p, bytes};
   ThreadCache::bump(cache->large_bytes, bytes);
   ThreadCache::bump(cache->deallocate_hits, 1);
-  if (!cache->counted_with_large) {
-    cache->counted_with_large = true;
+  if (!cache->counted_with_large.load(std::memory_order_relaxed)) {
+    cache->counted_with_large.store(true, std::memory_order_relaxed);
     caches_with_large_.fetch_add(1, std::memory_order_relaxed);
   }
   cache->lock.owner_unlock();
@@ -501,7 +503,11 @@ void* ThreadCacheAllocator::take_large_from_depot(std::size_t bytes) noexcept {
 // - a miss (`flushes_seen` given) gives up its walk when a flush has ended since it asked the backend,
 //   or is under way: those blocks reach the backend without it, and a walk costs a membarrier per
 //   cache. The miss may then grow the backend by a block a flush returns a moment later;
-// - a cache with nothing parked is not locked (its owner parking one meanwhile is as if after the flush).
+// - a cache that parked nothing since the last flush is not locked (its owner parking one meanwhile is as
+//   if after the flush). One that parked and emptied its slots since is: the walk uncounts it from
+//   caches_with_large_, else every later miss of every thread would ask the backend twice. (Skipping
+//   every empty cache did that: four threads fighting over the arena then asked it 2-3 times a pair
+//   on a loaded 2-core machine, tests/thread_cache_allocator_test.cpp.)
 void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken, std::uint64_t flushes_seen) noexcept {
   {
     std::unique_lock<std::mutex> guard(caches_mutex_, std::defer_lock);
@@ -512,7 +518,7 @@ void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken, std::uint
       return;
     }
     for (ThreadCache* cache : caches_) {
-      if (cache->large_bytes.load(std::memory_order_relaxed) == 0) continue;
+      if (!cache->counted_with_large.load(std::memory_order_relaxed)) continue;
       LargeSlot taken[kLargeSlots];
       cache->lock.remote_lock();
       const std::size_t n = take_large_slots(cache, taken, caches_with_large_);
