@@ -18,6 +18,7 @@
 #include "router/memory_report.h"
 #include "router/stream_activity.h"
 #include "router/stream_free_lists.h"
+#include "router/returned_blocks.h"
 #include "router/thread_state.h"
 #include "tracing/oom_dump_writer.h"
 #include "tracing/stack_unwinder.h"
@@ -67,10 +68,15 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     if (void* p = backend.allocate(block_size, stream)) return p;
     const bool grow_now =
         device.peak_misses.fetch_add(1, std::memory_order_relaxed) % kPeakMissesPerGrowth == kPeakMissesPerGrowth - 1;
-    // Blocks other threads freed whose fences completed wait in their returned lists: the backend's.
-    // (The polls below give completed blocks to the backend directly.)
-    if (!grow_now && take_all_returned_blocks(device) > 0)
-      if (void* p = backend.allocate(block_size, stream)) return p;
+    // Blocks other threads freed whose fences completed wait in their returned lists: one of the size,
+    // else every list to the backend. (The polls below give completed blocks to the backend directly.)
+    if (!grow_now) {
+      if (void* p = take_one_returned_block(device, block_size)) return p;
+      if (take_all_returned_blocks(device) > 0)
+        if (void* p = backend.allocate(block_size, stream)) return p;
+    }
+    // This thread's own frees wait in its open batch until it fills: fenced now, they can come back.
+    close_this_thread_batch(device);
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced
     // bytes are asked first: the backend's stats walk every thread cache under locks (5% of the
     // wall-clock time of 16 threads with a stream each at 4 MiB, on the H200).
@@ -87,6 +93,10 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // Also when this poll gave nothing: one that ran while it waited for the driver lock may have
         // (FreeFenceQueue::poll).
         device.fences.poll(FreeFenceQueue::Poller::allocation_in_need);
+        // A poll by another thread (a free's, in passing) returned completed blocks to the threads
+        // that freed them, this one among them, not to the backend.
+        if (ThreadState* thread = t_state)
+          if (void* p = take_returned_block(*thread, device, block_size)) return p;
         if (void* p = backend.allocate(block_size, stream)) return p;
         if (!device.fences.holds_blocks()) break;
         if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();

@@ -67,31 +67,56 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexce
   blocks.resize(kept);
 }
 
+namespace {
+
+// Takes a block of exactly `block_size` from the newest kReturnedSearch of `list`, or returns nullptr.
+// The owner's lock held.
+void* take_from_list(ThreadState& owner, int d, std::size_t block_size) noexcept {
+  std::vector<FreedBlock>& list = owner.returned[d];
+  // The newest first: a loop that frees and asks for the same sizes finds its size at the end.
+  const std::size_t oldest = list.size() > kReturnedSearch ? list.size() - kReturnedSearch : 0;
+  for (std::size_t i = list.size(); i-- > oldest;) {
+    if (list[i].bytes != block_size) continue;
+    void* p = list[i].ptr;
+    owner.returned_bytes[d] -= block_size;
+    list[i] = list.back();
+    list.pop_back();
+    if (list.empty()) owner.returned_devices.fetch_and(~(std::uint64_t{1} << d), std::memory_order_relaxed);
+    return p;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
 void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t block_size) noexcept {
   const int d = device.ordinal;
   if (!(thread.returned_devices.load(std::memory_order_relaxed) & (std::uint64_t{1} << d))) return nullptr;
   std::vector<FreedBlock> flushed;
   {
     std::lock_guard<SpinLock> guard(thread.lock);
-    std::vector<FreedBlock>& list = thread.returned[d];
-    // The newest first: a loop that frees and asks for the same sizes finds its size at the end.
-    const std::size_t oldest = list.size() > kReturnedSearch ? list.size() - kReturnedSearch : 0;
-    for (std::size_t i = list.size(); i-- > oldest;) {
-      if (list[i].bytes != block_size) continue;
-      void* p = list[i].ptr;
-      thread.returned_bytes[d] -= block_size;
-      list[i] = list.back();
-      list.pop_back();
-      if (list.empty()) thread.returned_devices.fetch_and(~(std::uint64_t{1} << d), std::memory_order_relaxed);
-      return p;
-    }
+    if (void* p = take_from_list(thread, d, block_size)) return p;
     // The thread asks for other sizes now: its returned blocks go to the backend, where anyone may use them.
-    flushed.swap(list);
+    flushed.swap(thread.returned[d]);
     thread.returned_bytes[d] = 0;
     thread.returned_devices.fetch_and(~(std::uint64_t{1} << d), std::memory_order_relaxed);
   }
   for (const FreedBlock& block : flushed) device.backend().deallocate(block.ptr, block.bytes, block.stream);
   return nullptr;
+}
+
+void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexcept {
+  const int d = device.ordinal;
+  const std::uint64_t bit = std::uint64_t{1} << d;
+  void* p = nullptr;
+  std::lock_guard<std::mutex> registry(g_threads_lock);
+  for (ThreadState* thread : threads()) {
+    // The bit is read without the owner's lock: a list that just got blocks is found by the next ask.
+    if (!(thread->returned_devices.load(std::memory_order_relaxed) & bit)) continue;
+    std::lock_guard<SpinLock> guard(thread->lock);
+    if ((p = take_from_list(*thread, d, block_size))) break;
+  }
+  return p;
 }
 
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept {

@@ -44,6 +44,21 @@ void close_all_thread_batches(DeviceState& device) noexcept {
   for (Closed& c : closed) device.fences.close_device_batch(std::move(c.blocks), c.context);
 }
 
+void close_this_thread_batch(DeviceState& device) noexcept {
+  ThreadState* thread = t_state;
+  if (!thread) return;
+  std::vector<FreedBlock> blocks;
+  FenceContext context = nullptr;
+  {
+    std::lock_guard<SpinLock> guard(thread->lock);
+    PendingBatch& batch = thread->batches[device.ordinal];
+    if (batch.empty()) return;
+    context = batch.context();
+    blocks = batch.take();
+  }
+  device.fences.close_device_batch(std::move(blocks), context);
+}
+
 std::vector<FreedBlock> take_all_thread_batches(DeviceState& device) noexcept {
   std::vector<FreedBlock> taken;
   for_each_pending_batch(device.ordinal, [&](PendingBatch& batch) {

@@ -692,6 +692,68 @@ TEST_F(StreamActivity, TheWaitForFencedBlocksIsBounded) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// At the peak, this thread's own frees waiting in its open batch (a 32 MiB block: a batch closes at
+// 64 MiB) are fenced there and waited for like the fenced blocks: the fenced bytes alone (one small
+// batch) were too few to wait for, and the arena grew by a block this thread had just freed.
+TEST_F(StreamActivity, AtThePeakAnAllocationFencesItsOwnOpenBatchAndWaitsForIt) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  constexpr std::size_t kHalf = kLarge / 2;
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  CUdeviceptr used = 0;
+  ASSERT_EQ(cuMemAlloc(&used, kHalf), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemsetD8Async(used, 3, kHalf, s), CUDA_SUCCESS);
+  free_and_close_batch(fresh_block());       // a closed batch of small blocks waits for its fence
+  ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // into the open batch after it
+  const std::size_t physical = fake_cuda_physical_bytes(0);
+  std::thread gpu([s] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    fake_cuda_hold_stream(s, 0);  // the side stream finishes while the allocation waits
+  });
+  CUdeviceptr again = 0;
+  ASSERT_EQ(cuMemAlloc(&again, kHalf), CUDA_SUCCESS);
+  gpu.join();
+  EXPECT_EQ(fake_cuda_physical_bytes(0), physical) << "the arena grew by a block this thread's open batch held";
+  EXPECT_EQ(cuMemFree(again), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// At the peak, a block of the size that another thread got back (its returned list) serves the
+// allocation: it is free memory the backend does not see, and the arena does not grow past it.
+TEST_F(StreamActivity, AtThePeakAnAllocationTakesABlockOfItsSizeAnotherThreadGotBack) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  // Allocated before any block is fenced, so that none of these allocations is at the peak.
+  std::vector<CUdeviceptr> small(300);  // a batch closes at 256
+  for (CUdeviceptr& p : small) p = fresh_block();
+  const CUstream s = active_side_stream();
+  CUdeviceptr theirs = 0;
+  std::atomic<int> step{0};
+  std::thread other([&] {
+    theirs = large_block_fenced_on(s);  // its batch closes at once: fenced on the held stream
+    step = 1;
+    while (step != 2) std::this_thread::yield();  // alive: its returned list stays its own
+  });
+  while (step != 1) std::this_thread::yield();
+  // A second stream, held for good from here: the work stays unordered and the next fence waits.
+  const CUstream held = active_side_stream();
+  fake_cuda_hold_stream(held, 1);
+  ASSERT_EQ(cuMemsetD8Async(small[0], 1, kBlock, held), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 0);
+  // The close of this batch polls: the other thread's fence is complete, and its block goes back to
+  // that thread's list; this batch waits for the held stream.
+  for (CUdeviceptr p : small) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  const std::size_t physical = fake_cuda_physical_bytes(0);
+  CUdeviceptr mine = 0;
+  ASSERT_EQ(cuMemAlloc(&mine, kLarge), CUDA_SUCCESS);
+  EXPECT_EQ(mine, theirs) << "the allocation did not take the block another thread got back";
+  EXPECT_EQ(fake_cuda_physical_bytes(0), physical) << "the arena grew past a free block of the size";
+  step = 2;
+  other.join();
+  EXPECT_EQ(cuMemFree(mine), CUDA_SUCCESS);
+  fake_cuda_hold_stream(held, 0);
+  for (CUstream each : {s, held}) EXPECT_EQ(cuStreamDestroy(each), CUDA_SUCCESS);
+}
+
 // Waiting at the peak is paid a bounded number of times: when allocations keep finding the peak while
 // fenced blocks wait (here a stream held for good, so every wait runs its full 50 ms), every 8th of
 // them grows at once instead (router/out_of_memory.cpp, kPeakMissesPerGrowth).
