@@ -229,10 +229,10 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
 
 std::size_t FreeFenceQueue::poll(Poller poller) noexcept {
   if (!events_.may_give_back()) return 0;
-  const bool in_need = poller == Poller::allocation_in_need;
+  const bool waits = poller != Poller::in_passing;
   std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
   if (!driver.owns_lock()) {
-    if (!in_need) return 0;
+    if (!waits) return 0;
     // An allocation in need waits for the holder (it may be recording the very fence this one needs),
     // but asks the driver itself only if no poll ran meanwhile: many allocations at the peak at once each
     // asked in turn (16 threads with a stream each at 16 MiB on the H200: 36% of their wall-clock time).
@@ -259,7 +259,7 @@ std::size_t FreeFenceQueue::poll(Poller poller) noexcept {
   polls_.fetch_add(1, std::memory_order_relaxed);
   driver.unlock();
   // Outside the locks: a driver-backed backend's deallocate is a driver call.
-  return give_back(done, /*to_owners=*/!in_need);
+  return give_back(done, /*to_owners=*/poller != Poller::allocation_in_need);
 }
 
 std::size_t FreeFenceQueue::synchronize_all() noexcept {

@@ -61,6 +61,19 @@ constexpr std::uint32_t kPeakMissesPerGrowth = 8;
 
 }  // namespace
 
+namespace {
+
+// A free block of `block_size` without growth: this thread's returned list, one of another thread's
+// of the size, then the backend below its peak (the caller holds a NoNewPeakScope).
+void* take_free_block(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
+  if (ThreadState* thread = t_state)
+    if (void* p = take_returned_block(*thread, device, block_size)) return p;
+  if (void* p = take_one_returned_block(device, block_size)) return p;
+  return device.backend().allocate(block_size, stream);
+}
+
+}  // namespace
+
 void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
   Allocator& backend = device.backend();
   {
@@ -69,7 +82,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     const bool grow_now =
         device.peak_misses.fetch_add(1, std::memory_order_relaxed) % kPeakMissesPerGrowth == kPeakMissesPerGrowth - 1;
     // Blocks other threads freed whose fences completed wait in their returned lists: one of the size,
-    // else every list to the backend. (The polls below give completed blocks to the backend directly.)
+    // else every list to the backend, where blocks of other sizes may together serve it.
     if (!grow_now) {
       if (void* p = take_one_returned_block(device, block_size)) return p;
       if (take_all_returned_blocks(device) > 0)
@@ -90,14 +103,13 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // Waits for a thread that records fences meanwhile: with a try-lock, a 1 GiB allocation whose
         // fence another thread was about to record slept in 20 us steps (16 threads with a stream each
         // on the H200: a 41 us mean pair against 16 us before fences were shared).
-        // Also when this poll gave nothing: one that ran while it waited for the driver lock may have
-        // (FreeFenceQueue::poll).
-        device.fences.poll(FreeFenceQueue::Poller::allocation_in_need);
-        // A poll by another thread (a free's, in passing) returned completed blocks to the threads
-        // that freed them, this one among them, not to the backend.
-        if (ThreadState* thread = t_state)
-          if (void* p = take_returned_block(*thread, device, block_size)) return p;
-        if (void* p = backend.allocate(block_size, stream)) return p;
+        // Completed blocks go to the threads that freed them, this one among them, as a poll in
+        // passing (a free's) gives them: the lists are where this allocation looks.
+        device.fences.poll(FreeFenceQueue::Poller::allocation_at_peak);
+        if (void* p = take_free_block(device, block_size, stream)) return p;
+        // None of the size: blocks of other sizes, together in the backend, may serve it.
+        if (take_all_returned_blocks(device) > 0)
+          if (void* p = backend.allocate(block_size, stream)) return p;
         if (!device.fences.holds_blocks()) break;
         if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);

@@ -350,6 +350,14 @@ TEST_F(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) 
   EXPECT_EQ(queue.poll(FreeFenceQueue::Poller::allocation_in_need), 256u);
   EXPECT_EQ(owners.taken.size(), 2u) << "an allocation in need polled a block to its owner";
   EXPECT_TRUE(backend.returned.count(ptr(5)));
+
+  // An allocation at the peak polls: what completed goes to its owners, whose lists it looks in next.
+  queue.close_device_batch({{ptr(6), 256, 0, &thread_a}, {ptr(7), 256, 0, &thread_b}}, nullptr);
+  events.complete.insert(events.next_id - 1);
+  EXPECT_EQ(queue.poll(FreeFenceQueue::Poller::allocation_at_peak), 2u * 256);
+  ASSERT_EQ(owners.taken.size(), 3u) << "an allocation at the peak polled a block to the backend";
+  EXPECT_EQ(owners.taken[2].ptr, ptr(6));
+  EXPECT_FALSE(backend.returned.count(ptr(6)));
 }
 
 // A round of the polling thread's own blocks goes to the backend (through its cache, in the router);
