@@ -108,15 +108,28 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
 void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexcept {
   const int d = device.ordinal;
   const std::uint64_t bit = std::uint64_t{1} << d;
-  void* p = nullptr;
+  // From the fullest list that has the size: taken from a list of one, a block sent its owner's next
+  // allocation to the peak in turn, and 16 threads passed the missing block round.
   std::lock_guard<std::mutex> registry(g_threads_lock);
+  ThreadState* fullest = nullptr;
+  std::uint64_t most = 0;
   for (ThreadState* thread : threads()) {
     // The bit is read without the owner's lock: a list that just got blocks is found by the next ask.
     if (!(thread->returned_devices.load(std::memory_order_relaxed) & bit)) continue;
     std::lock_guard<SpinLock> guard(thread->lock);
-    if ((p = take_from_list(*thread, d, block_size))) break;
+    const std::vector<FreedBlock>& list = thread->returned[d];
+    if (thread->returned_bytes[d] <= most) continue;
+    const std::size_t oldest = list.size() > kReturnedSearch ? list.size() - kReturnedSearch : 0;
+    for (std::size_t i = oldest; i < list.size(); ++i) {
+      if (list[i].bytes != block_size) continue;
+      fullest = thread;
+      most = thread->returned_bytes[d];
+      break;
+    }
   }
-  return p;
+  if (!fullest) return nullptr;
+  std::lock_guard<SpinLock> guard(fullest->lock);  // its owner may have taken the block since
+  return take_from_list(*fullest, d, block_size);
 }
 
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept {
