@@ -496,6 +496,25 @@ TEST_F(StreamActivity, AnIdleStreamIsFoundIdleByTheFirstPoll) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A stream found idle while another still works stays active: its leaving alone would order nothing,
+// and its next launch would pay a join (a record and a wait) under the activity lock. Once every stream
+// is idle they leave together, and frees are reused at once again.
+TEST_F(StreamActivity, AnIdleStreamStaysActiveWhileAnotherWorks) {
+  const CUstream busy = active_side_stream();
+  fake_cuda_hold_stream(busy, 1);
+  launch_on(busy);
+  const CUstream idle = active_side_stream();  // its work is done at once
+  churn();                                     // polls: finds `idle` idle, `busy` not
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  launch_on(idle);
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "the idle stream left while the other worked";
+  EXPECT_FALSE(reused_at_once(fresh_block())) << "reused while the busy stream worked";
+  fake_cuda_hold_stream(busy, 0);
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "the streams did not leave together once both were idle";
+  for (CUstream s : {busy, idle}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // More work after the probe makes it stale: the next poll asks the stream itself instead of waiting a
 // poll round for a probe that cannot prove it idle.
 TEST_F(StreamActivity, AProbeWithWorkQueuedAfterItIsNotWaitedFor) {
