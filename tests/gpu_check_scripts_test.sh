@@ -70,4 +70,20 @@ expect 1 "bench table: the 16-thread row is not in the 1-thread table" table_has
 expect 0 "bench table: 16 threads"              table_has "$dir/bench.csv" --threads 16 -- "tiered+stream" "120 ns"
 expect 0 "bench table: a CSV without the streams column" table_has "$dir/old_bench.csv" -- "vmm" "80 ns"
 expect 1 "bench table: no rows for the pattern" table_has "$dir/bench.csv" --pattern window -- "tiered"
+
+# scripts/ab_table.py: the median over the passes per library, libraries in the order first seen.
+printf '%s\n' "$columns" 'new,runtime,pairs,1048576,16,100,300.0,9000.0,1500.0,4900000,on' \
+  'base,runtime,pairs,1048576,16,100,310.0,29000.0,2600.0,3600000,on' \
+  'new,runtime,pairs,1048576,16,100,320.0,21000.0,1600.0,5000000,on' \
+  'base,runtime,pairs,1048576,16,100,330.0,30000.0,2700.0,3700000,on' \
+  'new,runtime,pairs,1048576,16,100,310.0,20000.0,1400.0,4800000,on' > "$dir/ab.csv"
+ab_has() {  # ab_has CSV WORD...: the A/B table printed for CSV has every WORD
+  local csv=$1; shift
+  python3 "$repo/scripts/ab_table.py" "$csv" > "$dir/ab_table" || return 1
+  for word in "$@"; do grep -qF -- "$word" "$dir/ab_table" || { cat "$dir/ab_table"; return 1; }; done
+}
+expect 0 "ab table: medians of the passes, first-seen order" \
+  ab_has "$dir/ab.csv" "| new | base |" "| 16, on | 1 MiB | 1500 (20.0 us) | 2650 (29.5 us) | 4.90 | 3.65 |"
+printf '%s\n' "$columns" > "$dir/ab_empty.csv"
+expect 1 "ab table: a CSV without rows is an error" ab_has "$dir/ab_empty.csv" "|"
 exit $((failures > 0))

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Several builds of libgpushim.so side by side, on the GPU machine: alloc_bench pairs under each, in
+# interleaved passes (pass 1 runs every library, then pass 2...), so a drift of the machine shows in
+# every column alike. Prints, per size, the median over the passes of each library's mean pair (p99)
+# and pairs per second (scripts/ab_table.py). The A/B tables of docs/benchmarks.md from the tenth
+# session on.
+#
+#   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--backend NAME] [--passes N]
+#                       [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
+#                       [--build-dir DIR] [--csv FILE]
+# Build the other trees first (cmake -DGPUSHIM_BUILD_TESTS=OFF -DGPUSHIM_BUILD_TOOLS=OFF; ninja gpushim);
+# alloc_bench comes from DIR (default build-gpu).
+set -u -o pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build="$repo/build-gpu"
+libs=()
+backend=tiered
+passes=3
+threads=16
+streams=on
+sizes="256K,1M,4M,16M,256M"
+cell_ms=250
+csv=""
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --lib) libs+=("$2"); shift 2 ;;
+    --backend) backend="$2"; shift 2 ;;
+    --passes) passes="$2"; shift 2 ;;
+    --threads) threads="$2"; shift 2 ;;
+    --streams) streams="$2"; shift 2 ;;
+    --sizes) sizes="$2"; shift 2 ;;
+    --cell-ms) cell_ms="$2"; shift 2 ;;
+    --build-dir) build="$2"; shift 2 ;;
+    --csv) csv="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "ab_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+done
+[ ${#libs[@]} -gt 0 ] || { echo "ab_bench.sh: give at least one --lib NAME=PATH" >&2; usage >&2; exit 2; }
+bench="$build/test_apps/alloc_bench"
+[ -e "$bench" ] || { echo "ab_bench.sh: $bench not found (build first: scripts/gpu_check.sh --tests-only)" >&2; exit 1; }
+for entry in "${libs[@]}"; do
+  case "$entry" in
+    *=*) [ -e "${entry#*=}" ] || { echo "ab_bench.sh: ${entry#*=} not found" >&2; exit 1; } ;;
+    *) echo "ab_bench.sh: --lib takes NAME=PATH, got $entry" >&2; exit 2 ;;
+  esac
+done
+[ -n "$csv" ] || csv="${OUT:-$build}/ab_bench.csv"
+rm -f "$csv"
+
+status=0
+for pass in $(seq 1 "$passes"); do
+  for entry in "${libs[@]}"; do
+    name=${entry%%=*}
+    if ! LD_PRELOAD="${entry#*=}" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api runtime --patterns pairs \
+        --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" \
+        --label "$name" --csv "$csv" > /dev/null 2>&1; then
+      echo "ab_bench.sh: pass $pass under $name failed" >&2
+      status=1
+    fi
+  done
+done
+python3 "$repo/scripts/ab_table.py" "$csv" || status=1
+exit $status

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""The A/B table of several libraries from alloc_bench CSV rows of interleaved passes (scripts/ab_bench.sh).
+
+Per threads, stream mode and size, one row; per library (alloc_bench's label, in the order first seen)
+the median over the passes of the mean pair in ns with the median p99 in brackets, then the median pairs
+per second of all threads in millions (launches of --streams on included: the mean pair leaves them out).
+
+    scripts/ab_table.py ab_bench.csv
+"""
+import csv
+import statistics
+import sys
+from collections import defaultdict
+
+
+def size_text(size):
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if size >= 1 << shift and size % (1 << shift) == 0:
+            return "%d %s" % (size >> shift, unit)
+    return "%d B" % size
+
+
+def time_text(ns):
+    return "%.1f us" % (ns / 1000) if ns >= 1000 else "%d" % ns
+
+
+def main(argv):
+    if len(argv) != 2:
+        print(__doc__.strip().splitlines()[-1].strip(), file=sys.stderr)
+        return 2
+    cells = defaultdict(list)
+    labels = []
+    with open(argv[1], newline="") as f:
+        for row in csv.DictReader(f):
+            if row["pattern"] != "pairs":
+                continue
+            if row["label"] not in labels:
+                labels.append(row["label"])
+            key = (int(row["threads"]), row.get("streams", "off"), int(row["size_bytes"]), row["label"])
+            cells[key].append(row)
+    if not cells:
+        print("ab_table.py: no pairs rows in %s" % argv[1], file=sys.stderr)
+        return 1
+    print("| threads, stream | size | " + " | ".join(labels) + " | " +
+          " | ".join("Mpairs/s " + label for label in labels) + " |")
+    print("|---|---:|" + "---:|" * (2 * len(labels)))
+    for threads, streams, size in sorted({key[:3] for key in cells}):
+        times, rates = [], []
+        for label in labels:
+            rows = cells.get((threads, streams, size, label))
+            if not rows:
+                times.append("-")
+                rates.append("-")
+                continue
+            mean = statistics.median(float(r["mean_ns"]) for r in rows)
+            p99 = statistics.median(float(r["p99_ns"]) for r in rows)
+            rate = statistics.median(float(r["pairs_per_s"]) for r in rows)
+            times.append("%d (%s)" % (mean, time_text(p99)))
+            rates.append("%.2f" % (rate / 1e6))
+        print("| %d, %s | %s | %s | %s |" % (threads, streams, size_text(size), " | ".join(times), " | ".join(rates)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
