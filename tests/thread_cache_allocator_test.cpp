@@ -684,8 +684,11 @@ TEST_F(ContendedLargeSlots, AWaitStartsParkingAndCalmCallsEndIt) {
   cache_->release_cached();
 }
 
-// The real arena counts the waits: threads that fight over it end up parking, and their pairs stop
-// reaching it. Bounded by time, not by a count, so a loaded machine only makes it take longer.
+// The real arena counts the waits: threads that fight over it end up parking, and most of their pairs
+// stop reaching it (without parking, every pair would). Bounded by time, not by a count, so a loaded
+// machine only makes it take longer. Most, not nearly all: on a loaded machine (two cores, three other
+// busy processes) the four threads often run one at a time for a while, find the arena calm, and rightly
+// stop parking until they fight again; 11-25% of their pairs then reached the arena, in 4 of 20 runs.
 TEST(ThreadCacheLargeBytes, ThreadsThatFightOverTheArenaParkTheirLargeBlocks) {
   HostProvider provider{HostProvider::kDefaultGranularity, 512 * MiB};
   auto arena = std::make_unique<VmmArena>(provider, arena_options(1024 * MiB, /*keep_nothing_idle=*/false));
@@ -720,7 +723,7 @@ TEST(ThreadCacheLargeBytes, ThreadsThatFightOverTheArenaParkTheirLargeBlocks) {
   const std::uint64_t later_pairs = pairs.load() - pairs_at_switch;
   const std::uint64_t later_arena_calls = raw->stats().allocations - arena_calls_at_switch;
   EXPECT_GT(later_pairs, 100000u);
-  EXPECT_LT(later_arena_calls * 10, later_pairs) << "the threads kept taking the arena's lock";
+  EXPECT_LT(later_arena_calls * 2, later_pairs) << "the threads kept taking the arena's lock";
   cache.release_cached();
 }
 
