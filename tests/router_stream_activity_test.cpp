@@ -671,6 +671,19 @@ CUdeviceptr large_block_fenced_on(CUstream s) {
   return used;
 }
 
+// Allocates `bytes` while the held stream `s` finishes its work 10 ms later (the allocation waits at the
+// peak meanwhile); 0 when the allocation failed.
+CUdeviceptr allocate_while_it_finishes(CUstream s, std::size_t bytes) {
+  std::thread gpu([s] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    fake_cuda_hold_stream(s, 0);
+  });
+  CUdeviceptr p = 0;
+  EXPECT_EQ(cuMemAlloc(&p, bytes), CUDA_SUCCESS);
+  gpu.join();
+  return p;
+}
+
 // At the peak, an allocation that only growth would serve waits for the fenced block instead: the
 // process's peak does not rise by memory the GPU is about to give back (allocators/growth_policy.h).
 TEST_F(StreamActivity, AtThePeakAnAllocationWaitsForFencedBlocksRatherThanGrow) {
@@ -678,13 +691,7 @@ TEST_F(StreamActivity, AtThePeakAnAllocationWaitsForFencedBlocksRatherThanGrow) 
   const CUstream s = active_side_stream();
   const CUdeviceptr used = large_block_fenced_on(s);
   const std::size_t physical = fake_cuda_physical_bytes(0);
-  std::thread gpu([s] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    fake_cuda_hold_stream(s, 0);  // the side stream finishes while the allocation waits
-  });
-  CUdeviceptr again = 0;
-  ASSERT_EQ(cuMemAlloc(&again, kLarge), CUDA_SUCCESS);
-  gpu.join();
+  const CUdeviceptr again = allocate_while_it_finishes(s, kLarge);
   EXPECT_EQ(again, used) << "the allocation grew the arena instead of waiting for the fenced block";
   EXPECT_EQ(fake_cuda_physical_bytes(0), physical) << "the peak rose by a block the GPU was about to give back";
   EXPECT_EQ(cuMemFree(again), CUDA_SUCCESS);
@@ -725,13 +732,7 @@ TEST_F(StreamActivity, AtThePeakAnAllocationFencesItsOwnOpenBatchAndWaitsForIt) 
   free_and_close_batch(fresh_block());       // a closed batch of small blocks waits for its fence
   ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // into the open batch after it
   const std::size_t physical = fake_cuda_physical_bytes(0);
-  std::thread gpu([s] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    fake_cuda_hold_stream(s, 0);  // the side stream finishes while the allocation waits
-  });
-  CUdeviceptr again = 0;
-  ASSERT_EQ(cuMemAlloc(&again, kHalf), CUDA_SUCCESS);
-  gpu.join();
+  const CUdeviceptr again = allocate_while_it_finishes(s, kHalf);
   EXPECT_EQ(fake_cuda_physical_bytes(0), physical) << "the arena grew by a block this thread's open batch held";
   EXPECT_EQ(cuMemFree(again), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
