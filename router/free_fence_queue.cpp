@@ -21,9 +21,9 @@ constexpr std::size_t kMaxFencesAskedPerPoll = 16;
 constexpr int kRecordRounds = 2;
 // Fences one round records at most (one per context and kind of batch: a program has a few contexts).
 constexpr std::size_t kMaxFencesPerRound = 16;
-// How long an allocation in need yields while another thread polls before it sleeps on the lock: a poll
-// records and asks a few fences, tens of microseconds.
-constexpr auto kInNeedYieldFor = std::chrono::microseconds(200);
+// How long a waiting poll (an allocation at the peak or in need) yields while another thread polls
+// before it sleeps on the lock: a poll records and asks a few fences, tens of microseconds.
+constexpr auto kWaitingPollYieldFor = std::chrono::microseconds(200);
 
 }  // namespace
 
@@ -233,16 +233,16 @@ std::size_t FreeFenceQueue::poll(Poller poller) noexcept {
   std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
   if (!driver.owns_lock()) {
     if (!waits) return 0;
-    // An allocation in need waits for the holder (it may be recording the very fence this one needs),
-    // but asks the driver itself only if no poll ran meanwhile: many allocations at the peak at once each
-    // asked in turn (16 threads with a stream each at 16 MiB on the H200: 36% of their wall-clock time).
-    // The caller asks its backend again and polls again later.
+    // An allocation at the peak or in need waits for the holder (it may be recording the very fence
+    // this one needs), but asks the driver itself only if no poll ran meanwhile: many allocations at the
+    // peak at once each asked in turn (16 threads with a stream each at 16 MiB on the H200: 36% of their
+    // wall-clock time). The caller looks for memory again and polls again later.
     // It waits for that poll to end, not for the lock: queued on the mutex, the waiters were woken one
     // at a time, each to take the lock and find that a poll had run (the same case: 34% of the threads'
     // wall-clock time, in that queue). A holder that stays (a synchronize_all waits for the GPU) is
     // then waited for on the mutex.
     const std::uint64_t polls_seen = polls_.load(std::memory_order_relaxed);
-    const auto yield_until = std::chrono::steady_clock::now() + kInNeedYieldFor;
+    const auto yield_until = std::chrono::steady_clock::now() + kWaitingPollYieldFor;
     while (!driver.try_lock()) {
       if (polls_.load(std::memory_order_relaxed) != polls_seen) return 0;
       if (std::chrono::steady_clock::now() >= yield_until) {

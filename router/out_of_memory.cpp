@@ -16,9 +16,9 @@
 #include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
 #include "router/memory_report.h"
+#include "router/returned_blocks.h"
 #include "router/stream_activity.h"
 #include "router/stream_free_lists.h"
-#include "router/returned_blocks.h"
 #include "router/thread_state.h"
 #include "tracing/oom_dump_writer.h"
 #include "tracing/stack_unwinder.h"
@@ -58,10 +58,6 @@ constexpr auto kNewPeakPollInterval = std::chrono::microseconds(20);
 // allocations find free memory below it. A program that meets the peak now and then grows a block per
 // this many such allocations, where it would have waited.
 constexpr std::uint32_t kPeakMissesPerGrowth = 8;
-
-}  // namespace
-
-namespace {
 
 // A free block of `block_size` without growth: this thread's returned list, one of another thread's
 // of the size, then the backend below its peak (the caller holds a NoNewPeakScope).

@@ -40,7 +40,10 @@ while [ $# -gt 0 ]; do
 done
 [ ${#libs[@]} -gt 0 ] || { echo "ab_bench.sh: give at least one --lib NAME=PATH" >&2; usage >&2; exit 2; }
 bench="$build/test_apps/alloc_bench"
-[ -e "$bench" ] || { echo "ab_bench.sh: $bench not found (build first: scripts/gpu_check.sh --tests-only)" >&2; exit 1; }
+if [ ! -e "$bench" ]; then
+  echo "ab_bench.sh: $bench not found (build first: scripts/gpu_check.sh --tests-only)" >&2
+  exit 1
+fi
 for entry in "${libs[@]}"; do
   case "$entry" in
     *=*) [ -e "${entry#*=}" ] || { echo "ab_bench.sh: ${entry#*=} not found" >&2; exit 1; } ;;
