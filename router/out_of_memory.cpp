@@ -68,6 +68,13 @@ void* take_free_block(DeviceState& device, std::size_t block_size, StreamHandle 
   return device.backend().allocate(block_size, stream);
 }
 
+// Every thread's returned list into the backend, then the backend once more: blocks of other sizes,
+// together there, may serve what no list held one of. nullptr when the lists were empty.
+void* from_every_list(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
+  if (take_all_returned_blocks(device) == 0) return nullptr;
+  return device.backend().allocate(block_size, stream);
+}
+
 }  // namespace
 
 void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
@@ -78,8 +85,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // Blocks other threads freed whose fences completed wait in their returned lists: one of the size,
     // else every list to the backend, where blocks of other sizes may together serve it.
     if (void* p = take_one_returned_block(device, block_size)) return p;
-    if (take_all_returned_blocks(device) > 0)
-      if (void* p = backend.allocate(block_size, stream)) return p;
+    if (void* p = from_every_list(device, block_size, stream)) return p;
     // Only the allocations that free memory could not serve count: one that a list served did not
     // wait, and counted, such allocations grew the arena by 1.8x at 16 MiB (16 threads with a stream
     // each on the H200), where the lists held the working set.
@@ -104,9 +110,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // passing (a free's) gives them: the lists are where this allocation looks.
         device.fences.poll(FreeFenceQueue::Poller::allocation_at_peak);
         if (void* p = take_free_block(device, block_size, stream)) return p;
-        // None of the size: blocks of other sizes, together in the backend, may serve it.
-        if (take_all_returned_blocks(device) > 0)
-          if (void* p = backend.allocate(block_size, stream)) return p;
+        if (void* p = from_every_list(device, block_size, stream)) return p;
         if (!device.fences.holds_blocks()) break;
         if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);

@@ -69,22 +69,28 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexce
 
 namespace {
 
-// Takes a block of exactly `block_size` from the newest kReturnedSearch of `list`, or returns nullptr.
-// The owner's lock held.
-void* take_from_list(ThreadState& owner, int d, std::size_t block_size) noexcept {
-  std::vector<FreedBlock>& list = owner.returned[d];
+// The index of the newest block of exactly `block_size` among the newest kReturnedSearch of `list`, or
+// list.size() when there is none. The owner's lock held.
+std::size_t newest_of_size(const std::vector<FreedBlock>& list, std::size_t block_size) noexcept {
   // The newest first: a loop that frees and asks for the same sizes finds its size at the end.
   const std::size_t oldest = list.size() > kReturnedSearch ? list.size() - kReturnedSearch : 0;
-  for (std::size_t i = list.size(); i-- > oldest;) {
-    if (list[i].bytes != block_size) continue;
-    void* p = list[i].ptr;
-    owner.returned_bytes[d] -= block_size;
-    list[i] = list.back();
-    list.pop_back();
-    if (list.empty()) owner.returned_devices.fetch_and(~(std::uint64_t{1} << d), std::memory_order_relaxed);
-    return p;
-  }
-  return nullptr;
+  for (std::size_t i = list.size(); i-- > oldest;)
+    if (list[i].bytes == block_size) return i;
+  return list.size();
+}
+
+// Takes a block of exactly `block_size` from `owner`'s list for device `d` (newest_of_size), or
+// returns nullptr. The owner's lock held.
+void* take_from_list(ThreadState& owner, int d, std::size_t block_size) noexcept {
+  std::vector<FreedBlock>& list = owner.returned[d];
+  const std::size_t i = newest_of_size(list, block_size);
+  if (i == list.size()) return nullptr;
+  void* p = list[i].ptr;
+  owner.returned_bytes[d] -= block_size;
+  list[i] = list.back();
+  list.pop_back();
+  if (list.empty()) owner.returned_devices.fetch_and(~(std::uint64_t{1} << d), std::memory_order_relaxed);
+  return p;
 }
 
 }  // namespace
@@ -118,15 +124,12 @@ void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexc
     if (!(thread->returned_devices.load(std::memory_order_relaxed) & bit)) continue;
     std::lock_guard<SpinLock> guard(thread->lock);
     const std::vector<FreedBlock>& list = thread->returned[d];
-    if (thread->returned_bytes[d] <= most) continue;
-    const std::size_t oldest = list.size() > kReturnedSearch ? list.size() - kReturnedSearch : 0;
-    for (std::size_t i = oldest; i < list.size(); ++i) {
-      if (list[i].bytes != block_size) continue;
-      fullest = thread;
-      most = thread->returned_bytes[d];
-      break;
-    }
+    if (thread->returned_bytes[d] <= most || newest_of_size(list, block_size) == list.size()) continue;
+    fullest = thread;
+    most = thread->returned_bytes[d];
   }
+  // The walk holds the registry lock to its end: `fullest` cannot exit meanwhile (for_each_thread lets
+  // it go after its walk, so it does not serve here).
   if (!fullest) return nullptr;
   std::lock_guard<SpinLock> guard(fullest->lock);  // its owner may have taken the block since
   return take_from_list(*fullest, d, block_size);

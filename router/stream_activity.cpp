@@ -321,13 +321,21 @@ void untrack_stream(CUstream stream) noexcept {
 
 namespace {
 
-// True when the active streams a poll found idle (nothing submitted since) leaving together would make
-// the work totally ordered. Activity lock held.
+// True when a poll found the stream idle and nothing was submitted to it since (`word`: its word now).
+// Activity lock held.
+bool still_idle(const StreamRecord* record, std::uint64_t word) noexcept {
+  return !record->retiring && word == record->idle_stamp;
+}
+bool still_idle(const StreamRecord* record) noexcept {
+  return still_idle(record, record->word.load(std::memory_order_acquire));
+}
+
+// True when the active streams that are still idle leaving together would make the work totally
+// ordered. Activity lock held.
 bool idle_streams_would_order_the_work(const Activity& a) noexcept {
   std::uint64_t remaining = g_unordered.load(std::memory_order_seq_cst);
   for (const StreamRecord* record : a.active)
-    if (!record->retiring && record->word.load(std::memory_order_acquire) == record->idle_stamp)
-      remaining -= record->blocking ? kBlockingOne : 1;
+    if (still_idle(record)) remaining -= record->blocking ? kBlockingOne : 1;
   return totally_ordered(remaining);
 }
 
@@ -347,7 +355,7 @@ bool poll_stream_activity() noexcept {
     StreamRecord* record = a.active[i];
     const std::uint64_t word = record->word.load(std::memory_order_acquire);
     // Found idle before, and nothing submitted since: no driver call.
-    if (!record->retiring && word == record->idle_stamp) {
+    if (still_idle(record, word)) {
       ++i;
       continue;
     }
@@ -401,8 +409,7 @@ bool poll_stream_activity() noexcept {
   if (idle_streams_would_order_the_work(a)) {
     for (std::size_t j = 0; j < a.active.size();) {
       StreamRecord* record = a.active[j];
-      if (record->retiring || record->word.load(std::memory_order_acquire) != record->idle_stamp ||
-          !leave_active_if_unchanged(a, j, record->idle_stamp, &turned_ordered))
+      if (!still_idle(record) || !leave_active_if_unchanged(a, j, record->idle_stamp, &turned_ordered))
         ++j;
     }
   }
