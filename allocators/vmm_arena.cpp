@@ -371,6 +371,11 @@ void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
 }
 
 void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexcept {
+  // Nothing mapped could hold it: no need for the lock. At the peak with every free fenced, each
+  // allocation that met the peak asked here under the lock and found nothing (16 threads with a stream
+  // each at 16 MiB on the H200: 19% of their wall-clock time waiting for it). A block freed while this
+  // reads is found by the caller's next ask, as one freed just after the call would be.
+  if (free_bytes_hint_.load(std::memory_order_relaxed) < bytes) return nullptr;
   const CountingLock lock(*this);
   return allocate_locked(bytes, /*may_grow=*/false);  // a no here is not a failed allocation
 }
@@ -548,6 +553,7 @@ std::size_t VmmArena::release_cached() noexcept {
       ++chunk;  // a live block touches this chunk
     }
   }
+  free_bytes_hint_.store(cached_bytes(), std::memory_order_relaxed);
   return released;
 }
 

@@ -140,23 +140,30 @@ class VmmArena final : public Allocator {
 
   mutable std::mutex mutex_;
   std::atomic<std::uint64_t> lock_waits_{0};  // calls that found mutex_ held (lock_wait_counter())
+  // cached_bytes() as the last allocate or deallocate left it (written as their lock is let go): read
+  // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value
+  // below a request means nothing mapped could hold it, but for a deallocation racing the read.
+  std::atomic<std::size_t> free_bytes_hint_{0};
   // mutex_ for allocate and deallocate, counting the calls that found it held. try_lock first costs
   // what lock() does (one compare-and-swap) when it is free. A guard of its own, inline: a returned
   // unique_lock was a call and an owns-flag per operation (~12 instructions, the CPU guard).
   class CountingLock {
    public:
-    explicit CountingLock(VmmArena& arena) noexcept : mutex_(arena.mutex_) {
-      if (!mutex_.try_lock()) {
-        arena.lock_waits_.fetch_add(1, std::memory_order_relaxed);
-        mutex_.lock();
+    explicit CountingLock(VmmArena& arena) noexcept : arena_(arena) {
+      if (!arena_.mutex_.try_lock()) {
+        arena_.lock_waits_.fetch_add(1, std::memory_order_relaxed);
+        arena_.mutex_.lock();
       }
     }
-    ~CountingLock() { mutex_.unlock(); }
+    ~CountingLock() {
+      arena_.free_bytes_hint_.store(arena_.cached_bytes(), std::memory_order_relaxed);
+      arena_.mutex_.unlock();
+    }
     CountingLock(const CountingLock&) = delete;
     CountingLock& operator=(const CountingLock&) = delete;
 
    private:
-    std::mutex& mutex_;
+    VmmArena& arena_;
   };
   Range* head_ = nullptr;       // first range in address order
   Range* unmapped_ = nullptr;   // list of unmapped ranges (few: holes left by give-back, and the tail)
