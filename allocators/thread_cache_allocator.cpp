@@ -211,7 +211,7 @@ ThreadCacheAllocator::~ThreadCacheAllocator() {
     r.live.erase(id_);
   }
   release_cached();  // every block back to the backend while it still exists
-  std::lock_guard<std::mutex> guard(caches_mutex_);
+  std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
   for (ThreadCache* cache : caches_) delete cache;  // a thread still holding it finds id_ gone, see above
 }
 
@@ -239,7 +239,7 @@ ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() n
     cache = new ThreadCache;
     cache->slots.reset(new void*[slot_count_]);
     {
-      std::lock_guard<std::mutex> guard(caches_mutex_);
+      std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
       caches_.push_back(cache);
     }
     // Entries of allocators destroyed since are dropped here, so a long-lived thread's list stays short.
@@ -254,7 +254,7 @@ ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() n
     }
   } catch (...) {
     if (cache) {
-      std::lock_guard<std::mutex> guard(caches_mutex_);
+      std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
       caches_.erase(std::remove(caches_.begin(), caches_.end(), cache), caches_.end());
     }
     delete cache;
@@ -510,7 +510,7 @@ void* ThreadCacheAllocator::take_large_from_depot(std::size_t bytes) noexcept {
 //   on a loaded 2-core machine, tests/thread_cache_allocator_test.cpp.)
 void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken, std::uint64_t flushes_seen) noexcept {
   {
-    std::unique_lock<std::mutex> guard(caches_mutex_, std::defer_lock);
+    std::unique_lock<AdaptiveMutex> guard(caches_mutex_, std::defer_lock);
     if (flushes_seen == kAnyFlushes) {
       guard.lock();
     } else if (large_flushes_.load(std::memory_order_acquire) != flushes_seen || !guard.try_lock() ||
@@ -552,7 +552,7 @@ std::size_t ThreadCacheAllocator::take_from_depot(std::size_t c, void** out, std
 
 void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
   {
-    std::lock_guard<std::mutex> guard(caches_mutex_);
+    std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
     caches_.erase(std::remove(caches_.begin(), caches_.end(), cache), caches_.end());
   }
   // No other thread can reach the cache now (release_cached walks caches_ under caches_mutex_).
@@ -600,7 +600,7 @@ void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
   // Blocks leave the caches under each cache's lock and reach the backend with no lock of ours held.
   std::vector<std::pair<void*, std::size_t>> blocks;
   {
-    std::lock_guard<std::mutex> guard(caches_mutex_);
+    std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
       cache->lock.remote_lock();
       for (std::size_t c = 0; c < kClassCount; ++c) {
@@ -638,7 +638,7 @@ void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
 }
 
 void ThreadCacheAllocator::reset_locks_after_fork() noexcept {
-  new (&caches_mutex_) std::mutex();
+  new (&caches_mutex_) AdaptiveMutex();
   new (&depot_mutex_) std::mutex();
   for (ThreadCache* cache : caches_) cache->lock.reset_after_fork();
 }
@@ -646,7 +646,7 @@ void ThreadCacheAllocator::reset_locks_after_fork() noexcept {
 std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {
   std::size_t blocks = depot_blocks_.load(std::memory_order_relaxed);
   {
-    std::lock_guard<std::mutex> guard(caches_mutex_);
+    std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
       cache->lock.remote_lock();
       for (std::size_t c = 0; c < kClassCount; ++c) blocks += cache->count[c];
@@ -658,7 +658,7 @@ std::size_t ThreadCacheAllocator::cached_blocks() const noexcept {
 
 std::size_t ThreadCacheAllocator::cached_large_blocks() const noexcept {
   std::size_t blocks = depot_large_blocks_.load(std::memory_order_relaxed);
-  std::lock_guard<std::mutex> guard(caches_mutex_);
+  std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
   for (ThreadCache* cache : caches_) {
     cache->lock.remote_lock();
     blocks += cache->large_count;
@@ -676,7 +676,7 @@ AllocatorStats ThreadCacheAllocator::stats() const noexcept {
   std::uint64_t deallocate_hits = retired_deallocate_hits_.load(std::memory_order_relaxed);
   std::uint64_t rounding = untracked_rounding_.load(std::memory_order_relaxed);
   {
-    std::lock_guard<std::mutex> guard(caches_mutex_);
+    std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
     for (const ThreadCache* cache : caches_) {
       cached += cache->cached_bytes.load(std::memory_order_relaxed);
       cached += cache->large_bytes.load(std::memory_order_relaxed);

@@ -71,6 +71,7 @@
 #include <mutex>
 #include <vector>
 
+#include "allocators/adaptive_mutex.h"
 #include "allocators/allocator.h"
 #include "config/settings.h"
 
@@ -175,7 +176,7 @@ class ThreadCacheAllocator final : public Allocator {
   std::size_t slot_count_ = 0;
 
   // Every live thread cache of this allocator (release_cached and stats walk them).
-  mutable std::mutex caches_mutex_;
+  mutable AdaptiveMutex caches_mutex_;
   std::vector<ThreadCache*> caches_;
   // Blocks of exited threads, per class; depot_blocks_ lets a miss skip the lock when it is empty.
   std::mutex depot_mutex_;

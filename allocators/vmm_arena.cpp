@@ -101,7 +101,7 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
 }
 
 VmmArena::~VmmArena() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AdaptiveMutex> lock(mutex_);
   for (const auto& [start, bytes] : chunks_) provider_.unmap(reinterpret_cast<void*>(start), bytes);
   chunks_.clear();
   if (reserve_bytes_) provider_.release_reservation(reinterpret_cast<void*>(base_), reserve_bytes_);
@@ -530,7 +530,7 @@ std::size_t VmmArena::release_chunks_inside(Range* free_range, bool only_above_t
 }
 
 std::size_t VmmArena::release_cached() noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AdaptiveMutex> lock(mutex_);
   std::size_t released = 0;
   // Walk ranges and chunks together in address order: a chunk goes back when one free range covers it.
   Range* r = head_;
@@ -558,7 +558,7 @@ std::size_t VmmArena::release_cached() noexcept {
 }
 
 AllocatorStats VmmArena::stats() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AdaptiveMutex> lock(mutex_);
   AllocatorStats s;
   s.allocations = allocations_;
   s.deallocations = deallocations_;
@@ -581,7 +581,7 @@ AllocatorStats VmmArena::stats() const noexcept {
 }
 
 std::size_t VmmArena::chunk_count() const noexcept {
-  std::lock_guard<std::mutex> lock(mutex_);
+  std::lock_guard<AdaptiveMutex> lock(mutex_);
   return chunks_.size();
 }
 

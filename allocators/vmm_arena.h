@@ -34,6 +34,7 @@
 #include <mutex>
 #include <vector>
 
+#include "allocators/adaptive_mutex.h"
 #include "allocators/allocator.h"
 #include "config/settings.h"
 #include "providers/memory_provider.h"
@@ -138,7 +139,7 @@ class VmmArena final : public Allocator {
   std::uintptr_t base_ = 0;
   std::size_t reserve_bytes_ = 0;
 
-  mutable std::mutex mutex_;
+  mutable AdaptiveMutex mutex_;
   std::atomic<std::uint64_t> lock_waits_{0};  // calls that found mutex_ held (lock_wait_counter())
   // cached_bytes() as the last allocate or deallocate left it (written as their lock is let go): read
   // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value

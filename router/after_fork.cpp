@@ -21,7 +21,7 @@ bool g_forked_child = false;
 void atfork_child() noexcept {
   g_forked_child = true;
   new (&g_devices_lock) std::mutex();
-  new (&g_threads_lock) std::mutex();
+  new (&g_threads_lock) AdaptiveMutex();
   new (&g_captures_lock) std::mutex();
   new (&g_held_for_importers_lock) std::mutex();
   held_for_importers().clear();  // the parent's blocks and the parent's importers

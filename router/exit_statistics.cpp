@@ -20,7 +20,7 @@ void at_exit() noexcept {
   if (settings().stats && !g_forked_child) {
     std::vector<StatsRow> rows;
     try {
-      std::lock_guard<std::mutex> registry(g_threads_lock);
+      std::lock_guard<AdaptiveMutex> registry(g_threads_lock);
       for (int d = 0; d < kMaxDevices; ++d) {
         DeviceState* device = g_devices[d].load(std::memory_order_acquire);
         if (!device) continue;

@@ -39,7 +39,7 @@ void FreeFenceQueue::update_held() noexcept {
 void FreeFenceQueue::enqueue(std::unique_ptr<ClosedBatch> batch) noexcept {
   if (batch->blocks.empty()) return;
   for (const FreedBlock& block : batch->blocks) batch->bytes += block.bytes;
-  std::lock_guard<std::mutex> guard(lock_);
+  std::lock_guard<AdaptiveMutex> guard(lock_);
   // Orphans ride along with the next device fence: a device fence covers all earlier work, so it
   // covers theirs too.
   if (!batch->stream_fence && !orphans_.empty()) {
@@ -91,7 +91,7 @@ void FreeFenceQueue::close_stream_batch(std::vector<FreedBlock> blocks, FenceCon
 }
 
 void FreeFenceQueue::adopt_orphans(std::vector<FreedBlock> blocks) noexcept {
-  std::lock_guard<std::mutex> guard(lock_);
+  std::lock_guard<AdaptiveMutex> guard(lock_);
   try {
     for (const FreedBlock& block : blocks) {
       orphans_.push_back(block);
@@ -110,7 +110,7 @@ void FreeFenceQueue::record_waiting() noexcept {
     ClosedBatch* waiting[kMaxFencesPerRound];  // no allocation: every close runs this
     std::size_t count = 0;
     {
-      std::lock_guard<std::mutex> guard(lock_);
+      std::lock_guard<AdaptiveMutex> guard(lock_);
       if (!orphans_.empty()) {
         // Orphans alone (no thread closes a batch on this device any more): a device fence of their own.
         std::unique_ptr<ClosedBatch> batch(new (std::nothrow) ClosedBatch);
@@ -186,7 +186,7 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
   ClosedBatch* asked[kMaxFencesAskedPerPoll];
   std::size_t count = 0;
   {
-    std::lock_guard<std::mutex> guard(lock_);
+    std::lock_guard<AdaptiveMutex> guard(lock_);
     for (const std::unique_ptr<ClosedBatch>& batch : queue_) {
       if (!batch->recorded) continue;
       asked[count++] = batch.get();
@@ -200,7 +200,7 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
     complete[i] = events_.query(asked[i]->fence) == FenceEvents::Status::complete;
     if (!complete[i]) ++pending_answers;
   }
-  std::lock_guard<std::mutex> guard(lock_);
+  std::lock_guard<AdaptiveMutex> guard(lock_);
   move_out_if(
       [&](const ClosedBatch& batch) {
         const std::size_t i = static_cast<std::size_t>(std::find(asked, asked + count, &batch) - asked);
@@ -269,7 +269,7 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
     std::lock_guard<std::mutex> driver(driver_lock_);
     unrecorded_.store(true, std::memory_order_relaxed);  // look at least once
     record_waiting();
-    std::lock_guard<std::mutex> guard(lock_);
+    std::lock_guard<AdaptiveMutex> guard(lock_);
     move_out_if([](const ClosedBatch& batch) { return batch.recorded; }, recorded);
   }
   // The batches are ours now: wait without holding a lock.
@@ -291,7 +291,7 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
   Batches done;
   {
     std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
-    std::lock_guard<std::mutex> guard(lock_);
+    std::lock_guard<AdaptiveMutex> guard(lock_);
     if (driver.owns_lock()) move_out_if([](const ClosedBatch& batch) { return !batch.stream_fence; }, done);
     std::unique_ptr<ClosedBatch> rest(new (std::nothrow) ClosedBatch);
     if (rest) {
@@ -322,17 +322,17 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
 }
 
 std::uint64_t FreeFenceQueue::pending_bytes() const noexcept {
-  std::lock_guard<std::mutex> guard(lock_);
+  std::lock_guard<AdaptiveMutex> guard(lock_);
   return pending_bytes_;
 }
 
 std::uint64_t FreeFenceQueue::peak_pending_bytes() const noexcept {
-  std::lock_guard<std::mutex> guard(lock_);
+  std::lock_guard<AdaptiveMutex> guard(lock_);
   return peak_pending_bytes_;
 }
 
 bool FreeFenceQueue::holds(const void* p) const noexcept {
-  std::lock_guard<std::mutex> guard(lock_);
+  std::lock_guard<AdaptiveMutex> guard(lock_);
   for (const FreedBlock& block : orphans_)
     if (block.ptr == p) return true;
   for (const std::unique_ptr<ClosedBatch>& batch : queue_)
@@ -342,13 +342,13 @@ bool FreeFenceQueue::holds(const void* p) const noexcept {
 }
 
 std::size_t FreeFenceQueue::batches() const noexcept {
-  std::lock_guard<std::mutex> guard(lock_);
+  std::lock_guard<AdaptiveMutex> guard(lock_);
   return queue_.size();
 }
 
 void FreeFenceQueue::reset_after_fork() noexcept {
   new (&driver_lock_) std::mutex();
-  new (&lock_) std::mutex();
+  new (&lock_) AdaptiveMutex();
   update_held();
 }
 

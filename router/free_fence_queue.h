@@ -19,6 +19,7 @@
 #include <mutex>
 #include <vector>
 
+#include "allocators/adaptive_mutex.h"
 #include "allocators/allocator.h"
 
 namespace gpushim {
@@ -236,7 +237,7 @@ class FreeFenceQueue {
   BlockOwners* const owners_;
   std::mutex driver_lock_;   // taken before lock_, never the other way
   std::atomic<std::uint64_t> polls_{0};  // polls that asked the driver (written under driver_lock_)
-  mutable std::mutex lock_;  // the queue and the counters; never held across a driver call
+  mutable AdaptiveMutex lock_;  // the queue and the counters; never held across a driver call
   std::deque<std::unique_ptr<ClosedBatch>> queue_;  // in close order (a merge keeps the oldest's place)
   std::vector<FreedBlock> orphans_;
   std::uint64_t pending_bytes_ = 0;  // lock_ held

@@ -43,7 +43,7 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks) noexce
   ThreadState* const self = t_state;
   // A batch of the poller's own blocks needs no registry lock: the poller is alive.
   const bool only_mine = self && freed_by_caller(blocks);
-  std::unique_lock<std::mutex> registry(g_threads_lock, std::defer_lock);
+  std::unique_lock<AdaptiveMutex> registry(g_threads_lock, std::defer_lock);
   if (!only_mine) registry.lock();
   auto is_live = [](ThreadState* thread) {  // registry held
     const std::vector<ThreadState*>& live = threads();
@@ -116,7 +116,7 @@ void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexc
   const std::uint64_t bit = std::uint64_t{1} << d;
   // From the fullest list that has the size: taken from a list of one, a block sent its owner's next
   // allocation to the peak in turn, and 16 threads passed the missing block round.
-  std::lock_guard<std::mutex> registry(g_threads_lock);
+  std::lock_guard<AdaptiveMutex> registry(g_threads_lock);
   ThreadState* fullest = nullptr;
   std::uint64_t most = 0;
   for (ThreadState* thread : threads()) {

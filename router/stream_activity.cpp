@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "allocators/adaptive_mutex.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
@@ -29,7 +30,7 @@ namespace {
 // Everything below is under g_activity_lock. Allocated once and never freed: launches may still arrive
 // from static destructors after exit() has begun.
 struct Activity {
-  std::mutex lock;
+  AdaptiveMutex lock;
   std::unordered_map<CUstream, StreamRecord*> by_stream;
   std::vector<StreamRecord*> active;  // records with kStreamActive set (and retiring ones)
   StreamRecord* free_records = nullptr;
@@ -204,7 +205,7 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     return nullptr;
   }
   Activity& a = activity();
-  std::lock_guard<std::mutex> guard(a.lock);
+  std::lock_guard<AdaptiveMutex> guard(a.lock);
   if (record->word.load(std::memory_order_acquire) & kStreamActive) return record;  // another thread joined it
   // Counted first (seq_cst), joined second: a free that still reads "ordered" happened before the join's
   // events were recorded, so they cover its block's last user (router/stream_activity.h).
@@ -258,7 +259,7 @@ void probe_after_activation(StreamRecord* record) noexcept {
   t_just_activated = nullptr;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return;  // no record may touch a capture
   Activity& a = activity();
-  std::unique_lock<std::mutex> guard(a.lock, std::try_to_lock);
+  std::unique_lock<AdaptiveMutex> guard(a.lock, std::try_to_lock);
   if (!guard.owns_lock()) return;  // a poll or another activation is busy with the streams: it can wait
   const std::uint64_t word = record->word.load(std::memory_order_acquire);
   if (!(word & kStreamActive) || record->probing || record->retiring || (word & kInFlightMask) != 0) return;
@@ -276,7 +277,7 @@ StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept {
   Activity& a = activity();
   StreamRecord* record = nullptr;
   {
-    std::lock_guard<std::mutex> guard(a.lock);
+    std::lock_guard<AdaptiveMutex> guard(a.lock);
     auto it = a.by_stream.find(stream);
     if (it != a.by_stream.end()) {
       record = it->second;
@@ -303,14 +304,14 @@ void track_stream(CUstream stream, unsigned int flags) noexcept {
   CUcontext context = nullptr;
   if (real_driver().cuStreamGetCtx(stream, &context) != CUDA_SUCCESS) return;  // found on first work instead
   Activity& a = activity();
-  std::lock_guard<std::mutex> guard(a.lock);
+  std::lock_guard<AdaptiveMutex> guard(a.lock);
   register_locked(stream, context, !(flags & CU_STREAM_NON_BLOCKING));
 }
 
 void untrack_stream(CUstream stream) noexcept {
   Activity& a = activity();
   {
-    std::lock_guard<std::mutex> guard(a.lock);
+    std::lock_guard<AdaptiveMutex> guard(a.lock);
     auto it = a.by_stream.find(stream);
     if (it != a.by_stream.end()) {
       StreamRecord* record = it->second;
@@ -359,7 +360,7 @@ bool poll_stream_activity() noexcept {
   Activity& a = activity();
   if (g_unordered.load(std::memory_order_relaxed) == 0) return false;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return false;  // no record may touch a capture
-  std::unique_lock<std::mutex> guard(a.lock, std::try_to_lock);
+  std::unique_lock<AdaptiveMutex> guard(a.lock, std::try_to_lock);
   if (!guard.owns_lock()) return false;
   bool turned_ordered = false;
   const RealDriver& driver = real_driver();
@@ -432,7 +433,7 @@ bool poll_stream_activity() noexcept {
 
 ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noexcept {
   Activity& a = activity();
-  std::lock_guard<std::mutex> guard(a.lock);
+  std::lock_guard<AdaptiveMutex> guard(a.lock);
   if (g_unordered_for_good.load(std::memory_order_seq_cst)) return ActiveStreamWalk::incomplete;
   for (const StreamRecord* record : a.active)
     if (record->retiring) return ActiveStreamWalk::incomplete;
@@ -447,7 +448,7 @@ ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noex
 
 bool order_legacy_after_destroyed_streams() noexcept {
   Activity& a = activity();
-  std::lock_guard<std::mutex> guard(a.lock);
+  std::lock_guard<AdaptiveMutex> guard(a.lock);
   bool all = true;
   for (const StreamRecord* record : a.active) {
     if (!record->retiring) continue;
@@ -460,14 +461,14 @@ bool order_legacy_after_destroyed_streams() noexcept {
 
 std::uint64_t stream_activations() noexcept {
   Activity& a = activity();
-  std::lock_guard<std::mutex> guard(a.lock);
+  std::lock_guard<AdaptiveMutex> guard(a.lock);
   return a.activations;
 }
 
 void reset_stream_activity_after_fork() noexcept {
   // The parent's streams, contexts and events mean nothing in the child; its records leak (small).
   Activity& a = activity();
-  new (&a.lock) std::mutex();
+  new (&a.lock) AdaptiveMutex();
   a.by_stream.clear();
   a.active.clear();
   a.join_events.clear();

@@ -12,7 +12,7 @@ namespace {
   return true;
 }();
 }  // namespace
-std::mutex g_threads_lock;
+AdaptiveMutex g_threads_lock;
 std::vector<ThreadState*>& threads() {
   static auto* registered = new std::vector<ThreadState*>();
   return *registered;

@@ -11,6 +11,7 @@
 #include <new>
 #include <vector>
 
+#include "allocators/adaptive_mutex.h"
 #include "router/free_fence_queue.h"
 #include "router/router_state.h"
 #include "router/spin_lock.h"
@@ -59,7 +60,7 @@ struct Counters {
 extern Counters g_retired[kMaxDevices];
 
 struct ThreadState;
-extern std::mutex g_threads_lock;  // registration, exit, and the out-of-memory sweep
+extern AdaptiveMutex g_threads_lock;  // registration, exit, and the out-of-memory sweep
 std::vector<ThreadState*>& threads();  // every live ThreadState; under g_threads_lock
 
 // Set when this thread's ThreadState has been destroyed (thread exit, or exit() on the main thread):
@@ -82,7 +83,7 @@ struct ThreadState {
   // Bit d: returned[d] got blocks. The one load an allocation pays for this.
   std::atomic<std::uint64_t> returned_devices{0};
   ThreadState() {
-    std::lock_guard<std::mutex> guard(g_threads_lock);
+    std::lock_guard<AdaptiveMutex> guard(g_threads_lock);
     try {
       threads().push_back(this);
     } catch (...) {
@@ -94,7 +95,7 @@ struct ThreadState {
   ~ThreadState() {
     t_state_gone = true;
     {
-      std::lock_guard<std::mutex> guard(g_threads_lock);
+      std::lock_guard<AdaptiveMutex> guard(g_threads_lock);
       threads().erase(std::remove(threads().begin(), threads().end(), this), threads().end());
     }
     std::lock_guard<SpinLock> guard(lock);
@@ -146,7 +147,7 @@ __attribute__((always_inline)) static inline Counters& counters(int device) {
 // sweeps (memory pressure, the transition to ordered, statistics, double-free checks).
 template <typename Visit>
 void for_each_thread(Visit visit) noexcept {
-  std::lock_guard<std::mutex> registry(g_threads_lock);
+  std::lock_guard<AdaptiveMutex> registry(g_threads_lock);
   for (ThreadState* thread : threads()) {
     std::lock_guard<SpinLock> guard(thread->lock);
     visit(*thread);
