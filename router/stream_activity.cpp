@@ -253,8 +253,8 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
 // paid a cuStreamQuery (the work had just been queued: busy) and a cuEventRecord, ~2-5 us on the H200;
 // the later polls now pay one cuEventQuery. As the poll does: only with no submission in flight (else
 // the next poll records it), and the stamp read before the record, so a submission begun since keeps
-// the stream active. Costs a launch one cuEventRecord at a transition only, beside the join's record
-// and wait; a launch loop that keeps its stream busy pays nothing.
+// the stream active. Costs a launch one cuEventRecord at a transition only, beside the join's query
+// (and record and wait, with legacy work left); a launch loop that keeps its stream busy pays nothing.
 void probe_after_activation(StreamRecord* record) noexcept {
   t_just_activated = nullptr;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return;  // no record may touch a capture
