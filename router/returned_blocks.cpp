@@ -111,6 +111,22 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
   return nullptr;
 }
 
+bool keep_freed_block(ThreadState& thread, DeviceState& device, const FreedBlock& block) noexcept {
+  const int d = device.ordinal;
+  std::lock_guard<SpinLock> guard(thread.lock);
+  std::vector<FreedBlock>& list = thread.returned[d];
+  if (list.empty() || thread.returned_bytes[d] + block.bytes > kMaxReturnedBytes) return false;
+  try {
+    FreedBlock owned = block;
+    owned.owner = &thread;
+    list.push_back(owned);
+  } catch (...) {
+    return false;
+  }
+  thread.returned_bytes[d] += block.bytes;
+  return true;
+}
+
 void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexcept {
   const int d = device.ordinal;
   const std::uint64_t bit = std::uint64_t{1} << d;

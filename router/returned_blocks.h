@@ -19,6 +19,14 @@
 // A thread that exits re-adopts its list as orphans of the fence queue (no backend or driver call from
 // a thread's exit): fenced once more, then given to the backend. A block whose owner has exited goes
 // to the backend from the poller, as before.
+//
+// While a thread's list holds blocks, its frees that may be reused at once (the work was ordered when
+// it freed) join the list too (keep_freed_block), within the same cap. Given to the backend, they went
+// through the thread's cache, whose class bounds (2 blocks of 1 MiB) overflowed into the arena's lock
+// at nearly every free, because the thread's allocations took from the list and its frees filled the
+// cache; the thread's working set drained into the arena, and the other threads' misses then queued
+// for it there (wall-clock profile of 16 threads with a stream each on the H200, eleventh session: a
+// quarter of the arena's lock waits at 1 MiB were such frees).
 #pragma once
 
 #include <cstddef>
@@ -63,6 +71,10 @@ void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexc
 // Every thread's returned blocks of `device` into its backend, from the calling thread (memory pressure:
 // the waiting allocation must find them there). Returns the bytes.
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept;
+// Puts `block`, freed by the calling thread `thread` and free for reuse at once, on its returned list
+// for `device` when that list holds blocks already and has room; false when it does not (the caller
+// gives it to the backend). The slow half of a check in the free path (ThreadState::returned_devices).
+bool keep_freed_block(ThreadState& thread, DeviceState& device, const FreedBlock& block) noexcept;
 // Bytes waiting in the threads' returned lists of device `ordinal`.
 std::uint64_t thread_returned_bytes(int ordinal) noexcept;
 

@@ -30,6 +30,7 @@
 #include "router/live_block_table.h"
 #include "router/out_of_memory.h"
 #include "router/pitch.h"
+#include "router/returned_blocks.h"
 #include "router/router_state.h"
 #include "router/spin_lock.h"
 #include "router/stream_activity.h"
@@ -391,12 +392,23 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) poll_turned_ordered();
 }
 
+// A freed block that may be reused at once: onto this thread's returned list of the device while that
+// list holds blocks (its next allocations take from there first, router/returned_blocks.h says why),
+// else to the backend.
+__attribute__((always_inline)) inline void free_at_once(DeviceState& device, const FreedBlock& freed) noexcept {
+  ThreadState* thread = t_state;
+  if (thread && __builtin_expect((thread->returned_devices.load(std::memory_order_relaxed) >> device.ordinal) & 1, 0) &&
+      keep_freed_block(*thread, device, freed))
+    return;
+  device.backend().deallocate(freed.ptr, freed.bytes, 0);
+}
+
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
 // backends keep their fence: their frees are ordered on their own stream), else through a fence.
 // Inlined into free(); give_back() is the same for the rest of the router.
 __attribute__((always_inline)) inline void give_back_inline(DeviceState& device, const FreedBlock& freed) noexcept {
   if (!device.fenced() || (!device.properties.stream_ordered && reuse_at_once())) {
-    device.backend().deallocate(freed.ptr, freed.bytes, 0);
+    free_at_once(device, freed);
     // Blocks fenced while a stream worked come back as their fences complete: poll now and then.
     if (device.fences.holds_blocks() && (++t_unfenced_frees & 63) == 0) device.fences.poll();
     return;
@@ -407,7 +419,7 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
   if (!device.properties.stream_ordered && freed.bytes >= kAskBeforeFencingBytes) {
     poll_turned_ordered();
     if (reuse_at_once()) {
-      device.backend().deallocate(freed.ptr, freed.bytes, 0);
+      free_at_once(device, freed);
       return;
     }
   }

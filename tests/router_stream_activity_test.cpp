@@ -601,6 +601,25 @@ TEST_F(StreamActivity, AFencedBlockGoesBackToTheThreadThatFreedIt) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// While a thread's returned list holds blocks, a block it frees while the work is ordered joins that
+// list rather than the backend: its next allocation takes the block it just freed (newest first), as it
+// would with no list at all. Given to the backend, the thread's frees filled its cache and overflowed
+// into the arena's lock while its allocations drained the list (router/returned_blocks.h). Fails when
+// the free goes to the backend: the next allocation then takes an older block from the list.
+TEST_F(StreamActivity, AFreeWhileOrderedJoinsTheThreadsReturnedList) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  block_freed_while_busy_on(s);
+  std::thread poller([] { churn(); });  // finds s idle: this thread's batch comes back to its list
+  poller.join();
+  const CUdeviceptr b = fresh_block();  // from the list
+  ASSERT_EQ(cuMemFree(b), CUDA_SUCCESS);  // the work is ordered: reusable at once
+  const CUdeviceptr c = fresh_block();
+  EXPECT_EQ(c, b) << "the block freed while the work was ordered was not the next one handed out";
+  EXPECT_EQ(cuMemFree(c), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // A forked child starts with none of the parent's devices: blocks returned to the forking thread before
 // the fork are the parent's, and the child's allocations must not hand them out (router/after_fork.cpp).
 TEST_F(StreamActivity, AForkedChildDoesNotHandOutTheParentsReturnedBlocks) {
