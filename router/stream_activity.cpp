@@ -27,7 +27,7 @@ std::atomic<std::uint64_t> g_stream_records_generation{1};
 
 namespace {
 
-// Everything below is under g_activity_lock. Allocated once and never freed: launches may still arrive
+// Everything below is under `lock`. Allocated once and never freed: launches may still arrive
 // from static destructors after exit() has begun.
 struct Activity {
   AdaptiveMutex lock;
@@ -417,10 +417,11 @@ bool poll_stream_activity() noexcept {
   // The streams not asked this time (the call budget ran out) are asked first at the next poll.
   std::rotate(a.active.begin(), a.active.begin() + static_cast<std::ptrdiff_t>(i), a.active.end());
   // Idle streams leave the active set together, and only when that orders the work. One leaving alone
-  // while others stay active orders nothing, and its next launch pays a join (two driver calls) under
-  // the activity lock: 16 threads with a stream each, whose streams went idle between launches, spent
-  // 38% of their wall-clock time waiting for that lock at 1 MiB (H200). Staying active costs a fence
-  // one event more, on a stream with nothing queued.
+  // while others stay active orders nothing, and its next launch pays a join under the activity lock
+  // (two driver calls then; a query since, while the legacy stream is done): 16 threads with a stream
+  // each, whose streams went idle between launches, spent 38% of their wall-clock time waiting for
+  // that lock at 1 MiB (H200). Staying active costs a fence one event more, on a stream with nothing
+  // queued.
   if (idle_streams_would_order_the_work(a)) {
     for (std::size_t j = 0; j < a.active.size();) {
       StreamRecord* record = a.active[j];
