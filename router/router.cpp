@@ -397,7 +397,7 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
 // else to the backend.
 __attribute__((always_inline)) inline void free_at_once(DeviceState& device, const FreedBlock& freed) noexcept {
   ThreadState* thread = t_state;
-  if (thread && __builtin_expect((thread->returned_devices.load(std::memory_order_relaxed) >> device.ordinal) & 1, 0) &&
+  if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) &&
       keep_freed_block(*thread, device, freed))
     return;
   device.backend().deallocate(freed.ptr, freed.bytes, 0);
