@@ -15,8 +15,9 @@ namespace {
 // takes the run whatever its size (a poller's give-back: one block of 1 GiB is over the cap, and its
 // thread allocates it again next); else an empty list takes nothing (an ordered free joins a list only
 // while the thread allocates from it).
-bool append_to_list(ThreadState& owner, int d, const FreedBlock* begin, const FreedBlock* end,
-                    bool empty_takes_any) noexcept {
+// Inlined: an ordered free is one of its callers, and the call cost ~15 instructions a free.
+__attribute__((always_inline)) inline bool append_to_list(ThreadState& owner, int d, const FreedBlock* begin,
+                                                          const FreedBlock* end, bool empty_takes_any) noexcept {
   std::uint64_t run_bytes = 0;
   for (const FreedBlock* b = begin; b != end; ++b) run_bytes += b->bytes;
   std::lock_guard<SpinLock> guard(owner.lock);
@@ -94,7 +95,7 @@ std::size_t newest_of_size(const std::vector<FreedBlock>& list, std::size_t bloc
 
 // Takes a block of exactly `block_size` from `owner`'s list for device `d` (newest_of_size), or
 // returns nullptr. The owner's lock held.
-void* take_from_list(ThreadState& owner, int d, std::size_t block_size) noexcept {
+__attribute__((always_inline)) inline void* take_from_list(ThreadState& owner, int d, std::size_t block_size) noexcept {
   std::vector<FreedBlock>& list = owner.returned[d];
   const std::size_t i = newest_of_size(list, block_size);
   if (i == list.size()) return nullptr;
