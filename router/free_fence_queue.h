@@ -35,9 +35,13 @@ inline constexpr std::size_t kBatchMaxBlocks = 256;
 inline constexpr std::size_t kBatchMaxBytes = std::size_t{64} << 20;
 
 // The largest of the poller's own blocks that a round of its own goes to the backend with (BlockOwners):
-// a full batch of them (kBatchMaxBlocks) fits one size class of its thread cache, whose bound is 2 MiB
-// a class (allocators/thread_cache_allocator.h, kClassBytes).
-inline constexpr std::size_t kOwnBlockThroughCacheBytes = (std::size_t{2} << 20) / kBatchMaxBlocks;
+// the thread cache's largest class (allocators/thread_cache_allocator.h, kMaxCachedBytes). A larger
+// block has no place in the cache while its thread is alone on the arena (large slots park only while
+// contended), so through the backend it cost the arena's lock and search at its every reuse: one
+// thread with a stream on the H200, 4 and 16 MiB pairs, 342 ns median, 200 ns from the list. At 64 KiB
+// and 1 MiB the list was measured too: 180 -> 188 ns and 182 -> 197 ns median (the list's owner takes
+// a spin lock, the cache's a lock without a locked instruction), means unchanged; those stay here.
+inline constexpr std::size_t kOwnBlockThroughCacheBytes = std::size_t{1} << 20;
 
 struct FreedBlock {
   void* ptr = nullptr;
@@ -52,13 +56,12 @@ struct FreedBlock {
 // cache, and every allocation of every other thread missed into the backend's shared locks (16
 // threads: 2.6-45 us a pair on the H200, where one thread takes 0.1-0.3 us).
 //
-// In a round of completed blocks that the polling thread freed alone (one thread's program), its small
-// blocks (kOwnBlockThroughCacheBytes) skip this and go to the backend through the poller, so into its
-// cache: a free after the work turned ordered is then still the next block handed out. Its larger
-// blocks, and all of its blocks once other threads' are in the round, go to its list: through its cache
-// (2 MiB a class), a batch of 1 MiB blocks overflowed into the shared backend, where every thread's
-// next allocation fought for its lock, and where one thread with a stream paid the arena's search and
-// lock at every allocation (the CPU guard's fenced pair: 1,235 instructions at 1 MiB, 465 unfenced).
+// In a round of completed blocks that the polling thread freed alone (one thread's program), the blocks
+// its thread cache has classes for (kOwnBlockThroughCacheBytes) skip this and go to the backend through
+// the poller, so into its cache: a free after the work turned ordered is then still the next block
+// handed out. Its larger blocks, and all of its blocks once other threads' are in the round, go to its
+// list: through its cache (2 MiB a class), a batch of 1 MiB blocks overflowed into the shared backend,
+// where every thread's next allocation fought for its lock; a large block went to the arena.
 class BlockOwners {
  public:
   virtual ~BlockOwners() = default;
