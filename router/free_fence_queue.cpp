@@ -210,18 +210,27 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
 }
 
 std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
-  // A round of the poller's own blocks only goes to the backend through the poller (BlockOwners says why).
-  if (to_owners && owners_)
-    to_owners = std::any_of(done.begin(), done.end(), [this](const std::unique_ptr<ClosedBatch>& batch) {
-      return batch && !owners_->freed_by_caller(batch->blocks);
-    });
+  // In a round of the poller's own blocks, the small ones go to the backend through the poller
+  // (BlockOwners says why); a round of small blocks only skips the owners altogether.
+  std::size_t own_kept_bytes = 0;
+  if (to_owners && owners_) {
+    bool others_in_round = false;
+    std::size_t largest = 0;
+    for (const std::unique_ptr<ClosedBatch>& batch : done) {
+      if (!batch) continue;
+      others_in_round = others_in_round || !owners_->freed_by_caller(batch->blocks);
+      for (const FreedBlock& block : batch->blocks) largest = std::max(largest, block.bytes);
+    }
+    if (!others_in_round) own_kept_bytes = own_kept_bytes_;
+    to_owners = others_in_round || largest > own_kept_bytes_;
+  }
   std::size_t bytes = 0;
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;
     events_.release(batch->fence);
     // Counted before the owners take theirs: those are free from here on too.
     for (const FreedBlock& block : batch->blocks) bytes += block.bytes;
-    if (to_owners && owners_) owners_->return_to_owners(batch->blocks);
+    if (to_owners && owners_) owners_->return_to_owners(batch->blocks, own_kept_bytes);
     for (const FreedBlock& block : batch->blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
   }
   return bytes;

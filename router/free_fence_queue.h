@@ -34,6 +34,15 @@ inline constexpr std::size_t kBatchMaxBlocks = 256;
 // small against an 80 GiB device, and one fence per 64 MiB of frees is still cheap.
 inline constexpr std::size_t kBatchMaxBytes = std::size_t{64} << 20;
 
+// The largest of the poller's own blocks that a round of its own goes to the backend with (BlockOwners):
+// the thread cache's largest class (allocators/thread_cache_allocator.h, kMaxCachedBytes). A larger
+// block has no place in the cache while its thread is alone on the arena (large slots park only while
+// contended), so through the backend it cost the arena's lock and search at its every reuse: one
+// thread with a stream on the H200, 4 and 16 MiB pairs, 342 ns median, 200 ns from the list. At 64 KiB
+// and 1 MiB the list was measured too: 180 -> 188 ns and 182 -> 197 ns median (the list's owner takes
+// a spin lock, the cache's a lock without a locked instruction), means unchanged; those stay here.
+inline constexpr std::size_t kOwnBlockThroughCacheBytes = std::size_t{1} << 20;
+
 struct FreedBlock {
   void* ptr = nullptr;
   std::size_t bytes = 0;           // the size the backend was asked for
@@ -47,19 +56,21 @@ struct FreedBlock {
 // cache, and every allocation of every other thread missed into the backend's shared locks (16
 // threads: 2.6-45 us a pair on the H200, where one thread takes 0.1-0.3 us).
 //
-// A round of completed blocks that the polling thread freed alone (one thread's program) skips this and
-// goes to the backend through the poller, so into its cache: a free after the work turned ordered is
-// then still the next block handed out. Once other threads' blocks are in the round, the poller's own
-// go to its list too: through its cache (2 MiB a class), a batch of 1 MiB blocks overflowed into the
-// shared backend, where every thread's next allocation fought for its lock.
+// In a round of completed blocks that the polling thread freed alone (one thread's program), the blocks
+// its thread cache has classes for (kOwnBlockThroughCacheBytes) skip this and go to the backend through
+// the poller, so into its cache: a free after the work turned ordered is then still the next block
+// handed out. Its larger blocks, and all of its blocks once other threads' are in the round, go to its
+// list: through its cache (2 MiB a class), a batch of 1 MiB blocks overflowed into the shared backend,
+// where every thread's next allocation fought for its lock; a large block went to the arena.
 class BlockOwners {
  public:
   virtual ~BlockOwners() = default;
   // True when the calling thread freed every block of `blocks` (owner nullptr counts as its).
   virtual bool freed_by_caller(const std::vector<FreedBlock>& blocks) const noexcept = 0;
   // Hands every block whose owner (the caller included) can still take it to that owner and removes
-  // it from `blocks`; the caller gives the rest to the backend. No driver call, no backend call.
-  virtual void return_to_owners(std::vector<FreedBlock>& blocks) noexcept = 0;
+  // it from `blocks`; the caller gives the rest to the backend. The caller's own blocks of at most
+  // `own_kept_bytes` stay in `blocks` (0: none do). No driver call, no backend call.
+  virtual void return_to_owners(std::vector<FreedBlock>& blocks, std::size_t own_kept_bytes) noexcept = 0;
 };
 
 // The opaque context a batch's events are recorded in (a CUcontext); nullptr = the device's default.
@@ -147,8 +158,12 @@ class PendingBatch {
 class FreeFenceQueue {
  public:
   // `owners`: where completed blocks go first (nullptr: straight to the backend, as in the CPU tests).
-  FreeFenceQueue(Allocator& backend, FenceEvents& events, BlockOwners* owners = nullptr) noexcept
-      : backend_(backend), events_(events), owners_(owners) {}
+  // `own_kept_bytes`: the largest of the poller's own blocks that a round of its own gives to the
+  // backend rather than to its list (BlockOwners): kOwnBlockThroughCacheBytes where the backend has
+  // thread caches; the largest size where it has none and is fast itself (the stream-ordered pool).
+  FreeFenceQueue(Allocator& backend, FenceEvents& events, BlockOwners* owners = nullptr,
+                 std::size_t own_kept_bytes = kOwnBlockThroughCacheBytes) noexcept
+      : backend_(backend), events_(events), owners_(owners), own_kept_bytes_(own_kept_bytes) {}
   FreeFenceQueue(const FreeFenceQueue&) = delete;
   FreeFenceQueue& operator=(const FreeFenceQueue&) = delete;
 
@@ -235,6 +250,7 @@ class FreeFenceQueue {
   Allocator& backend_;
   FenceEvents& events_;
   BlockOwners* const owners_;
+  const std::size_t own_kept_bytes_;
   std::mutex driver_lock_;   // taken before lock_, never the other way
   std::atomic<std::uint64_t> polls_{0};  // polls that asked the driver (written under driver_lock_)
   mutable AdaptiveMutex lock_;  // the queue and the counters; never held across a driver call

@@ -15,7 +15,8 @@
 // (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first. A list
 // holds at most kMaxReturnedBytes per device, or one run of any size when it was empty (more goes to the
 // backend from the poller: a thread that frees but no longer allocates keeps little). The poller's own
-// blocks go to its own list too, once other threads' blocks are in the round (BlockOwners says why).
+// blocks go to its own list too: all of them once other threads' blocks are in the round, and those
+// above the thread cache's classes always (BlockOwners says why).
 // A thread that exits re-adopts its list as orphans of the fence queue (no backend or driver call from
 // a thread's exit): fenced once more, then given to the backend. A block whose owner has exited goes
 // to the backend from the poller, as before.
@@ -47,7 +48,7 @@ class ThreadBlockOwners final : public BlockOwners {
  public:
   explicit ThreadBlockOwners(int ordinal) noexcept : ordinal_(ordinal) {}
   bool freed_by_caller(const std::vector<FreedBlock>& blocks) const noexcept override;
-  void return_to_owners(std::vector<FreedBlock>& blocks) noexcept override;
+  void return_to_owners(std::vector<FreedBlock>& blocks, std::size_t own_kept_bytes) noexcept override;
 
  private:
   const int ordinal_;

@@ -394,10 +394,13 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
 
 // A freed block that may be reused at once: onto this thread's returned list of the device while that
 // list holds blocks (its next allocations take from there first, router/returned_blocks.h says why),
-// else to the backend.
+// else to the backend. Only where gpushim's fences decide reuse (device.fenced()): a backend that orders
+// its own frees (passthrough: the driver's cuMemFree synchronizes) must get the free itself, or the
+// block reaches the next allocation of its size while a kernel on a non-blocking stream still reads it
+// (alloc_torture under passthrough with GPUSHIM_STATS on the H200, twelfth session).
 __attribute__((always_inline)) inline void free_at_once(DeviceState& device, const FreedBlock& freed) noexcept {
   ThreadState* thread = t_state;
-  if (thread && __builtin_expect((thread->returned_devices.load(std::memory_order_relaxed) >> device.ordinal) & 1, 0) &&
+  if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) && device.fenced() &&
       keep_freed_block(*thread, device, freed))
     return;
   device.backend().deallocate(freed.ptr, freed.bytes, 0);

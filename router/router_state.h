@@ -48,7 +48,8 @@ struct DeviceState {
   DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures)
       : ordinal(ordinal), properties(built.properties), assembly(std::move(built)),
         events(ordinal, captures, properties.driver_backed), owners(ordinal),
-        fences(*assembly.backend, events, &owners) {}
+        fences(*assembly.backend, events, &owners,
+               properties.stream_ordered ? SIZE_MAX : kOwnBlockThroughCacheBytes) {}
   const int ordinal;
   const BackendProperties properties;  // what requests read: plain values, no virtual call
   BackendStack assembly;

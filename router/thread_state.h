@@ -80,8 +80,17 @@ struct ThreadState {
   // The bytes of returned[d], kept rather than summed: the poller checks a list's cap under this
   // thread's lock, and a list of small blocks under a 128 MiB cap may hold many thousands.
   std::uint64_t returned_bytes[kMaxDevices] = {};
-  // Bit d: returned[d] got blocks. The one load an allocation pays for this.
+  // Bit d: returned[d] got blocks. The one load an allocation pays for this. Written only under
+  // `lock` (a load and a store, no locked instruction: one writer at a time); read without it.
   std::atomic<std::uint64_t> returned_devices{0};
+  bool may_have_returned(int d) const noexcept { return (returned_devices.load(std::memory_order_relaxed) >> d) & 1; }
+  // Under `lock`: bit d set or cleared, stored only when it changes. Readers read the list itself under
+  // the lock, so the bit needs no ordering: one that misses a new bit finds the list at its next call.
+  void mark_returned(int d, bool holds) noexcept {
+    const std::uint64_t bits = returned_devices.load(std::memory_order_relaxed);
+    const std::uint64_t bit = std::uint64_t{1} << d;
+    if (holds != ((bits & bit) != 0)) returned_devices.store(bits ^ bit, std::memory_order_relaxed);
+  }
   ThreadState() {
     std::lock_guard<AdaptiveMutex> guard(g_threads_lock);
     try {

@@ -3,7 +3,10 @@
 
 Per threads, stream mode and size, one row; per library (alloc_bench's label, in the order first seen)
 the median over the passes of the mean pair in ns with the median p99 in brackets, then the median pairs
-per second of all threads in millions (launches of --streams on included: the mean pair leaves them out).
+per second of all threads in millions (launches of --streams on included: the mean pair leaves them out),
+then the median over the passes of each pass's median pair in ns. One pass's median can sit on either of
+two levels (one thread with a stream on the H200: ~110 or ~185 ns, whichever most pairs of that process
+took, fenced or not): compare medians over 5-7 passes, and the means beside them.
 
     scripts/ab_table.py ab_bench.csv
 """
@@ -42,22 +45,26 @@ def main(argv):
         print("ab_table.py: no pairs rows in %s" % argv[1], file=sys.stderr)
         return 1
     print("| threads, stream | size | " + " | ".join(labels) + " | " +
-          " | ".join("Mpairs/s " + label for label in labels) + " |")
-    print("|---|---:|" + "---:|" * (2 * len(labels)))
+          " | ".join("Mpairs/s " + label for label in labels) + " | " +
+          " | ".join("median " + label for label in labels) + " |")
+    print("|---|---:|" + "---:|" * (3 * len(labels)))
     for threads, streams, size in sorted({key[:3] for key in cells}):
-        times, rates = [], []
+        times, rates, medians = [], [], []
         for label in labels:
             rows = cells.get((threads, streams, size, label))
             if not rows:
                 times.append("-")
                 rates.append("-")
+                medians.append("-")
                 continue
             mean = statistics.median(float(r["mean_ns"]) for r in rows)
             p99 = statistics.median(float(r["p99_ns"]) for r in rows)
             rate = statistics.median(float(r["pairs_per_s"]) for r in rows)
             times.append("%d (%s)" % (mean, time_text(p99)))
             rates.append("%.2f" % (rate / 1e6))
-        print("| %d, %s | %s | %s | %s |" % (threads, streams, size_text(size), " | ".join(times), " | ".join(rates)))
+            medians.append("%d" % statistics.median(float(r["median_ns"]) for r in rows))
+        print("| %d, %s | %s | %s | %s | %s |" % (threads, streams, size_text(size), " | ".join(times),
+                                                 " | ".join(rates), " | ".join(medians)))
     return 0
 
 

@@ -306,9 +306,12 @@ class FakeOwners final : public BlockOwners {
       if (block.owner && block.owner != caller) return false;
     return true;
   }
-  void return_to_owners(std::vector<FreedBlock>& blocks) noexcept override {
+  void return_to_owners(std::vector<FreedBlock>& blocks, std::size_t own_kept_bytes) noexcept override {
     std::vector<FreedBlock> rest;
-    for (const FreedBlock& block : blocks) (block.owner == taker ? taken : rest).push_back(block);
+    for (const FreedBlock& block : blocks) {
+      const bool kept = block.owner == caller && block.bytes <= own_kept_bytes;
+      (block.owner == taker && !kept ? taken : rest).push_back(block);
+    }
     blocks.swap(rest);
   }
   void* taker = nullptr;
@@ -360,10 +363,10 @@ TEST_F(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) 
   EXPECT_FALSE(backend.returned.count(ptr(6)));
 }
 
-// A round of the polling thread's own blocks goes to the backend (through its cache, in the router);
-// once another thread's blocks complete in the same round, the poller's own go to their owner, itself,
-// too (BlockOwners says why).
-TEST_F(FreeFenceQueueOwners, ThePollersOwnBlocksGoToItsListOnlyWhenOthersShareTheRound) {
+// A round of the polling thread's own small blocks goes to the backend (through its cache, in the
+// router); its larger blocks go to their owner, itself, and so do its small ones once another thread's
+// blocks complete in the same round (BlockOwners says why).
+TEST_F(FreeFenceQueueOwners, ThePollersOwnSmallBlocksGoToItsListOnlyWhenOthersShareTheRound) {
   int poller = 0, other = 0;
   owners.caller = &poller;
   owners.taker = &poller;
@@ -380,6 +383,17 @@ TEST_F(FreeFenceQueueOwners, ThePollersOwnBlocksGoToItsListOnlyWhenOthersShareTh
   ASSERT_EQ(owners.taken.size(), 1u) << "the poller's block went to the backend though another thread's shared the round";
   EXPECT_EQ(owners.taken[0].ptr, ptr(3));
   EXPECT_TRUE(backend.returned.count(ptr(4))) << "FakeOwners takes only the poller's blocks";
+
+  // A round of its own with a block above kOwnBlockThroughCacheBytes: that one goes to its list.
+  queue.close_device_batch({{ptr(5), 256, 0, &poller}, {ptr(6), kOwnBlockThroughCacheBytes + 512, 0, &poller},
+                            {ptr(7), kOwnBlockThroughCacheBytes, 0, &poller}},
+                           nullptr);
+  events.complete = {4};
+  queue.poll();
+  ASSERT_EQ(owners.taken.size(), 2u) << "the poller's own large block went through its cache";
+  EXPECT_EQ(owners.taken[1].ptr, ptr(6));
+  EXPECT_TRUE(backend.returned.count(ptr(5)) && backend.returned.count(ptr(7)))
+      << "the poller's own small blocks skipped its cache";
 }
 
 // A poll that may wait (an allocation at the peak or under pressure) waits for the thread recording
