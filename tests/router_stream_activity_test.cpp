@@ -52,8 +52,8 @@ CUdeviceptr fresh_block() {
   return p;
 }
 
-// Enough fenced frees that the router polls stream activity (every 32) more than once: one poll records
-// the probe, a later one reads it.
+// Enough fenced frees that the router polls stream activity (every 8th fenced free, router/router.cpp)
+// more than once: one poll records the probe, a later one reads it.
 void churn() {
   for (int i = 0; i < 200; ++i) {
     CUdeviceptr p = fresh_block();
