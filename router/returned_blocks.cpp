@@ -68,12 +68,14 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks, std::s
     const bool to_owner = owner && (owner == self || (!only_mine && is_live(owner)));
     // The caller's own small blocks stay, first in the run: they go to the backend (own_kept_bytes).
     std::size_t given = i;
-    if (to_owner && owner == self && own_kept_bytes)
-      given = static_cast<std::size_t>(
-          std::partition(blocks.begin() + static_cast<std::ptrdiff_t>(i), blocks.begin() + static_cast<std::ptrdiff_t>(end),
-                         [own_kept_bytes](const FreedBlock& block) { return block.bytes <= own_kept_bytes; }) -
-          blocks.begin());
-    if (!to_owner || given == end || !append_to_list(*owner, ordinal_, blocks.data() + given, blocks.data() + end, true))
+    if (to_owner && owner == self && own_kept_bytes) {
+      const auto run = blocks.begin() + static_cast<std::ptrdiff_t>(i);
+      const auto is_small = [own_kept_bytes](const FreedBlock& block) { return block.bytes <= own_kept_bytes; };
+      const auto small_end = std::partition(run, run + static_cast<std::ptrdiff_t>(end - i), is_small);
+      given = static_cast<std::size_t>(small_end - blocks.begin());
+    }
+    const FreedBlock* const first_given = blocks.data() + given;
+    if (!to_owner || given == end || !append_to_list(*owner, ordinal_, first_given, blocks.data() + end, true))
       given = end;
     for (std::size_t j = i; j < given; ++j) blocks[kept++] = blocks[j];
     i = end;
