@@ -48,13 +48,17 @@ struct DeviceState {
   DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures)
       : ordinal(ordinal), properties(built.properties), assembly(std::move(built)),
         events(ordinal, captures, properties.driver_backed), owners(ordinal),
-        fences(*assembly.backend, events, &owners,
+        fences(*assembly.backend, events, properties.fenced ? &owners : nullptr,
                properties.stream_ordered ? SIZE_MAX : kOwnBlockThroughCacheBytes) {}
   const int ordinal;
   const BackendProperties properties;  // what requests read: plain values, no virtual call
   BackendStack assembly;
   CudaFenceEvents events;
-  ThreadBlockOwners owners;  // where completed fenced blocks go first
+  // Where completed fenced blocks go first; not for a backend that orders its own frees (passthrough):
+  // there a cuMemAllocAsync block is the driver pool's, whose cuMemFree does not wait for the GPU, and a
+  // thread's list handed such blocks to cuMemAlloc callers, whose cuMemFree must wait (alloc_torture
+  // under passthrough on the H200: a word overwritten while a kernel read it, thirteenth session).
+  ThreadBlockOwners owners;
   FreeFenceQueue fences;
   StreamShard stream_shards[kStreamShards];
   std::atomic<bool> in_oom_burst{false};
