@@ -5,16 +5,23 @@
 # and pairs per second (scripts/ab_table.py). The A/B tables of docs/benchmarks.md from the tenth
 # session on.
 #
-#   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--backend NAME] [--passes N]
-#                       [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
+#   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
+#                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
 #                       [--build-dir DIR] [--csv FILE]
+# --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
+# cudaMallocAsync pool; runtime: cudaMalloc), interleaved with the libraries in every pass.
 # Build the other trees first (cmake -DGPUSHIM_BUILD_TESTS=OFF -DGPUSHIM_BUILD_TOOLS=OFF; ninja gpushim);
 # alloc_bench comes from DIR (default build-gpu).
+# One thread: pin the process to two cores (taskset -c 3,4), not one. Pinned to one core, the driver's
+# own threads share the benchmark thread's core, and a pass's median sat near 100 or near 170-240 ns by
+# process, with or without a stream (thirteenth session, docs/perf-notes.md); on two cores 7 of 8
+# passes sat at the lower level.
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="$repo/build-gpu"
 libs=()
+peers=()
 backend=tiered
 passes=3
 threads=16
@@ -26,6 +33,7 @@ usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
+    --peer) peers+=("$2"); shift 2 ;;
     --backend) backend="$2"; shift 2 ;;
     --passes) passes="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
@@ -38,7 +46,13 @@ while [ $# -gt 0 ]; do
     *) echo "ab_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
-[ ${#libs[@]} -gt 0 ] || { echo "ab_bench.sh: give at least one --lib NAME=PATH" >&2; usage >&2; exit 2; }
+[ $((${#libs[@]} + ${#peers[@]})) -gt 0 ] || { echo "ab_bench.sh: give at least one --lib NAME=PATH" >&2; usage >&2; exit 2; }
+for entry in "${peers[@]}"; do
+  case "$entry" in
+    *=async|*=runtime) ;;
+    *) echo "ab_bench.sh: --peer takes NAME=async or NAME=runtime, got $entry" >&2; exit 2 ;;
+  esac
+done
 bench="$build/test_apps/alloc_bench"
 if [ ! -e "$bench" ]; then
   echo "ab_bench.sh: $bench not found (build first: scripts/gpu_check.sh --tests-only)" >&2
@@ -55,9 +69,12 @@ rm -f "$csv"
 
 status=0
 for pass in $(seq 1 "$passes"); do
-  for entry in "${libs[@]}"; do
+  for entry in "${libs[@]}" "${peers[@]/#/peer:}"; do
     name=${entry%%=*}
-    if ! LD_PRELOAD="${entry#*=}" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api runtime --patterns pairs \
+    preload=${entry#*=}
+    api=runtime
+    case "$entry" in peer:*) name=${name#peer:}; api=${entry#*=}; preload="" ;; esac
+    if ! LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns pairs \
         --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" \
         --label "$name" --csv "$csv" > /dev/null 2>&1; then
       echo "ab_bench.sh: pass $pass under $name failed" >&2

@@ -5,8 +5,9 @@ Per threads, stream mode and size, one row; per library (alloc_bench's label, in
 the median over the passes of the mean pair in ns with the median p99 in brackets, then the median pairs
 per second of all threads in millions (launches of --streams on included: the mean pair leaves them out),
 then the median over the passes of each pass's median pair in ns. One pass's median can sit on either of
-two levels (one thread with a stream on the H200: ~110 or ~185 ns, whichever most pairs of that process
-took, fenced or not): compare medians over 5-7 passes, and the means beside them.
+two levels (one thread on the H200: ~100 or ~170-240 ns by process, with or without a stream; mostly the
+lower one with the process on two cores, scripts/ab_bench.sh says why): compare medians over 5-7 passes,
+and the means beside them.
 
     scripts/ab_table.py ab_bench.csv
 """
