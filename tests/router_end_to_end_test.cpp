@@ -284,8 +284,13 @@ TEST_F(RouterEndToEnd, UnderPassthroughACuMemAllocNeverGetsAPoolBlock) {
   constexpr std::size_t kBlock = 2 * MiB;
   std::vector<CUdeviceptr> blocks(gpushim::kBatchMaxBytes / kBlock + 1);
   for (CUdeviceptr& p : blocks) ASSERT_EQ(cuMemAllocAsync(&p, kBlock, CU_STREAM_PER_THREAD), CUDA_SUCCESS);
+  const CallSnapshot before_frees;
   for (CUdeviceptr p : blocks) ASSERT_EQ(cuMemFreeAsync(p, CU_STREAM_PER_THREAD), CUDA_SUCCESS);
   ASSERT_EQ(cuStreamSynchronize(CU_STREAM_PER_THREAD), CUDA_SUCCESS);
+  // The batch closed at its byte cap (the last block opens the next) and its fence completed: its
+  // blocks are back with the driver.
+  EXPECT_EQ(CallSnapshot().since(before_frees, "cuMemFree_v2"), static_cast<int>(gpushim::kBatchMaxBytes / kBlock))
+      << "the fenced pool blocks did not go back to the driver";
   const CallSnapshot before;
   CUdeviceptr p = 0;
   ASSERT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
