@@ -211,7 +211,9 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
 
 std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
   // In a round of the poller's own blocks, the small ones go to the backend through the poller
-  // (BlockOwners says why); a round of small blocks only skips the owners altogether.
+  // (BlockOwners says why); a round of small blocks only skips the owners altogether. (The largest
+  // block is found here so that such a round makes no return_to_owners call: without this pass, a
+  // fenced 256 B pair took 24 instructions more in the CPU guard, thirteenth session.)
   std::size_t own_kept_bytes = 0;
   if (to_owners && owners_) {
     bool others_in_round = false;
