@@ -392,9 +392,12 @@ void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) poll_turned_ordered();
 }
 
-// A freed block that gpushim's rule lets be reused at once (the work is totally ordered): onto this
-// thread's returned list of the device while that list holds blocks (its next allocations take from
-// there first, router/returned_blocks.h says why), else to the backend.
+// A freed block that may be reused at once: onto this thread's returned list of the device while that
+// list holds blocks (its next allocations take from there first, router/returned_blocks.h says why),
+// else to the backend. A backend that orders its own frees (passthrough) never has a list that holds
+// blocks (router/router_state.h: no BlockOwners there), so its frees all reach the backend: joined to a
+// list, a block reached the next allocation of its size while a kernel on a non-blocking stream still
+// read it (alloc_torture under passthrough with GPUSHIM_STATS on the H200, twelfth session).
 __attribute__((always_inline)) inline void free_at_once(DeviceState& device, const FreedBlock& freed) noexcept {
   ThreadState* thread = t_state;
   if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) &&
@@ -403,28 +406,14 @@ __attribute__((always_inline)) inline void free_at_once(DeviceState& device, con
   device.backend().deallocate(freed.ptr, freed.bytes, 0);
 }
 
-// Blocks fenced while a stream worked come back as their fences complete: an unfenced free polls now
-// and then.
-__attribute__((always_inline)) inline void poll_now_and_then(DeviceState& device) noexcept {
-  if (device.fences.holds_blocks() && (++t_unfenced_frees & 63) == 0) device.fences.poll();
-}
-
 // cuMemFree's end: back to the backend at once while the GPU's work is totally ordered (stream-ordered
 // backends keep their fence: their frees are ordered on their own stream), else through a fence.
 // Inlined into free(); give_back() is the same for the rest of the router.
 __attribute__((always_inline)) inline void give_back_inline(DeviceState& device, const FreedBlock& freed) noexcept {
-  if (!device.fenced()) {
-    // The backend orders its own frees (passthrough: the driver's cuMemFree synchronizes), so it gets
-    // the free itself and never a returned list: there the block reached the next allocation of its
-    // size while a kernel on a non-blocking stream still read it (alloc_torture under passthrough with
-    // GPUSHIM_STATS on the H200, twelfth session).
-    device.backend().deallocate(freed.ptr, freed.bytes, 0);
-    poll_now_and_then(device);
-    return;
-  }
-  if (!device.properties.stream_ordered && reuse_at_once()) {
+  if (!device.fenced() || (!device.properties.stream_ordered && reuse_at_once())) {
     free_at_once(device, freed);
-    poll_now_and_then(device);
+    // Blocks fenced while a stream worked come back as their fences complete: poll now and then.
+    if (device.fences.holds_blocks() && (++t_unfenced_frees & 63) == 0) device.fences.poll();
     return;
   }
   // A large block would close a batch by itself, or soon: first ask whether the streams that kept the
