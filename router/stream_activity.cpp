@@ -10,6 +10,7 @@
 #include <cstring>
 #include <mutex>
 #include <new>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -205,8 +206,16 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     return nullptr;
   }
   Activity& a = activity();
-  std::lock_guard<AdaptiveMutex> guard(a.lock);
+  std::unique_lock<AdaptiveMutex> guard(a.lock);
   if (record->word.load(std::memory_order_acquire) & kStreamActive) return record;  // another thread joined it
+  if (record->joining) {
+    // Another thread is joining this stream: this submission must not be queued before that join.
+    const std::uint64_t serial = record->serial;
+    guard.unlock();
+    while (!(record->word.load(std::memory_order_acquire) & kStreamActive) && record->serial == serial)
+      std::this_thread::yield();
+    return record;
+  }
   // Counted first (seq_cst), joined second: a free that still reads "ordered" happened before the join's
   // events were recorded, so they cover its block's last user (router/stream_activity.h).
   g_unordered.fetch_add(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
@@ -219,16 +228,28 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   // no legacy work (alloc_bench; servers with a stream per request) this halves the driver calls a
   // launch makes under the activity lock (tenth session's profile: 27% of 16 threads' time at 1 MiB
   // waited for that lock in this function).
+  // The question is asked outside the lock: a cuStreamQuery took 1.5 us on the H200, and 16 threads that
+  // each activate a stream every 64 pairs waited 66 us an activation for the lock at 256 B (36% of their
+  // time, fourteenth session). The count, not the lock, is what makes the answer exact. Meanwhile the
+  // stream is `joining`: another thread's submission to it waits above, so no work is queued on it
+  // before its join, and untrack_stream does not recycle it.
   bool joined = true;
-  if (!record->blocking && g_active_captures.load(std::memory_order_acquire) == 0 &&
-      !legacy_stream_caught_up(record->context))
-    joined = wait_for(record, record->context, CU_STREAM_LEGACY);
+  if (!record->blocking && g_active_captures.load(std::memory_order_acquire) == 0) {
+    record->joining = true;
+    guard.unlock();
+    const bool caught_up = legacy_stream_caught_up(record->context);
+    guard.lock();
+    record->joining = false;
+    if (!caught_up) joined = wait_for(record, record->context, CU_STREAM_LEGACY);
+  }
   // And every other active *blocking* stream. An active non-blocking stream needs no wait: a block reused
   // at once was freed while no non-blocking stream was active (else it was fenced), so such a stream
   // became active after that free and none of its work is a prior user of the block. Fenced blocks need
   // no join at all beyond the legacy stream (their fence covered every stream active at the close).
   // With a stream per thread this is what keeps an activation at three driver calls instead of two per
   // active stream (alloc_bench, 16 threads with a stream each: ~33 calls a launch, under this lock).
+  // (Read after the legacy question: a blocking stream that became active meanwhile is waited for too,
+  // which only orders more; one that went idle meanwhile had finished its work.)
   for (StreamRecord* other : a.active) {
     if (other == record || other->retiring || !other->blocking) continue;
     joined = wait_for(record, other->context, other->stream) && joined;
@@ -316,11 +337,11 @@ void untrack_stream(CUstream stream) noexcept {
     if (it != a.by_stream.end()) {
       StreamRecord* record = it->second;
       a.by_stream.erase(it);
-      if (!(record->word.load(std::memory_order_acquire) & kStreamActive)) {
+      if (!(record->word.load(std::memory_order_acquire) & kStreamActive) && !record->joining) {
         recycle(record);
       } else {
-        // Its queued work still runs after the destroy: it stays counted until a probe recorded now
-        // completes (no probe possible during a capture: then it stays counted for good, safely).
+        // Its queued work still runs after the destroy (or its joining thread is about to make it
+        // active): it stays counted until a probe recorded now completes (no probe possible during a capture: then it stays counted for good, safely).
         // A probe recorded earlier may predate its last work: always record a fresh one.
         record->retiring = true;
         record->probing = false;

@@ -46,6 +46,7 @@ struct StreamRecord {
   std::uint64_t probe_stamp = 0;
   bool probing = false;
   bool retiring = false;         // destroyed while active: counted until its probe completes
+  bool joining = false;          // counted, its join under way outside the lock (become_active)
   std::uint64_t idle_stamp = 0;  // its word when a poll found it idle (0: never; an active word is odd)
   std::uint64_t serial = 0;      // unique per registration: records and stream handles are reused
   StreamRecord* next_free = nullptr;

@@ -24,6 +24,8 @@ int fake_cuda_records_on_destroyed_streams();
 std::size_t fake_cuda_physical_bytes(int device);
 void fake_cuda_hold_gpu(int held);
 void fake_cuda_hold_stream(CUstream stream, int held);
+void fake_cuda_pause_legacy_queries(int paused);
+int fake_cuda_paused_legacy_queries();
 }
 
 namespace {
@@ -710,6 +712,42 @@ TEST_F(StreamActivity, AStreamThatStartsWorkWaitsForTheLegacyStreamOnlyWhileItHa
   fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
   EXPECT_EQ(cuStreamQuery(s), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A stream that starts work asks whether the legacy stream is done without holding the activity lock:
+// with a stream per thread, 16 threads queued for that lock while each activation's cuStreamQuery ran
+// (66 us an activation at 256 B on the H200). Two streams starting work at once both reach the question
+// (fails while it is asked under the lock: the second would wait for the first); a second submission to
+// a stream being joined waits for that join, so nothing is queued on it before its wait.
+TEST_F(StreamActivity, StreamsStartingWorkAskTheLegacyStreamOutsideTheActivityLock) {
+  CUstream a = nullptr, b = nullptr;
+  ASSERT_EQ(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  const auto until = [](const std::function<bool()>& done) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!done() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+    return done();
+  };
+  fake_cuda_pause_legacy_queries(1);
+  std::atomic<int> launched{0};
+  std::thread first([&] { launch_on(a); launched.fetch_add(1); });
+  ASSERT_TRUE(until([] { return fake_cuda_paused_legacy_queries() == 1; })) << "the first join asked nothing";
+  std::thread second([&] { launch_on(b); launched.fetch_add(1); });
+  std::thread same_stream([&] { launch_on(a); launched.fetch_add(1); });
+  const bool both_asked = until([] { return fake_cuda_paused_legacy_queries() == 2; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  const int launched_while_asking = launched.load();
+  fake_cuda_pause_legacy_queries(0);  // before any ASSERT: the threads must end
+  first.join();
+  second.join();
+  same_stream.join();
+  EXPECT_TRUE(both_asked) << "the second stream's join waited for the first one's question (under the lock)";
+  EXPECT_EQ(launched_while_asking, 0) << "work was queued on a stream before its join";
+  EXPECT_EQ(launched.load(), 3);
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "the streams never went idle again";
+  EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
 }
 
 // The launch that makes a stream active records its probe (after the join), so the polls in the frees

@@ -51,6 +51,7 @@
 #include <map>
 #include <mutex>
 #include <set>
+#include <thread>
 #include <unordered_map>
 #include <vector>
 
@@ -274,6 +275,8 @@ std::atomic<std::uint64_t> last_ticket{0};
 std::atomic<std::uint64_t> completed_ticket{0};
 std::atomic<bool> gpu_held{false};
 std::atomic<int> live_events{0};
+std::atomic<bool> legacy_queries_paused{false};
+std::atomic<int> legacy_queries_waiting{0};
 struct FakeEvent {
   std::atomic<std::uint64_t> ticket{0};
   std::vector<std::uint64_t> gates;  // gates_lock: held-stream work it comes after (below)
@@ -421,6 +424,10 @@ long fake_cuda_total_calls() {
 CUstream fake_cuda_last_stream() { return last_stream.load(); }
 // cuEventRecord calls refused because their stream was destroyed: a fence that touched a dead stream.
 int fake_cuda_records_on_destroyed_streams() { return records_on_destroyed_streams.load(); }
+// While paused, cuStreamQuery(CU_STREAM_LEGACY) does not return: a test sees who asks it, and what
+// other threads can do meanwhile. Returns how many queries are waiting.
+void fake_cuda_pause_legacy_queries(int paused) { legacy_queries_paused.store(paused != 0); }
+int fake_cuda_paused_legacy_queries() { return legacy_queries_waiting.load(); }
 // While held, recorded events stay pending (work "runs"); releasing completes everything.
 void fake_cuda_hold_gpu(int held) {
   gpu_held.store(held != 0);
@@ -982,6 +989,11 @@ CUresult CUDAAPI cuStreamIsCapturing(CUstream stream, CUstreamCaptureStatus* sta
 // Done when an event recorded now would be: every ticket so far completed and no gate held on its work.
 CUresult CUDAAPI cuStreamQuery(CUstream stream) {
   COUNT("cuStreamQuery");
+  if (stream == CU_STREAM_LEGACY && legacy_queries_paused.load()) {
+    legacy_queries_waiting.fetch_add(1);
+    while (legacy_queries_paused.load()) std::this_thread::yield();
+    legacy_queries_waiting.fetch_sub(1);
+  }
   if (!special_stream(stream)) {
     std::lock_guard<std::mutex> guard(streams_lock);
     if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
