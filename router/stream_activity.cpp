@@ -341,8 +341,9 @@ void untrack_stream(CUstream stream) noexcept {
         recycle(record);
       } else {
         // Its queued work still runs after the destroy (or its joining thread is about to make it
-        // active): it stays counted until a probe recorded now completes (no probe possible during a capture: then it stays counted for good, safely).
-        // A probe recorded earlier may predate its last work: always record a fresh one.
+        // active): it stays counted until a probe recorded now completes (no probe possible during a
+        // capture: then it stays counted for good, safely). A probe recorded earlier may predate its
+        // last work: always record a fresh one.
         record->retiring = true;
         record->probing = false;
         if (g_active_captures.load(std::memory_order_acquire) == 0) {
