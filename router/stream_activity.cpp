@@ -53,8 +53,11 @@ StreamRecord* new_record() noexcept {
   Activity& a = activity();
   if (StreamRecord* reused = a.free_records) {
     a.free_records = reused->next_free;
+    const ProbeWord word = reused->probe_word;  // a write still queued must never match a later probe
     reused->~StreamRecord();
-    return new (reused) StreamRecord();
+    StreamRecord* record = new (reused) StreamRecord();
+    record->probe_word = word;
+    return record;
   }
   return new (std::nothrow) StreamRecord();
 }
@@ -154,15 +157,29 @@ void log_first_activation(const StreamRecord* record) noexcept {
       record->blocking ? "blocking" : "non-blocking", static_cast<void*>(record->stream), modules);
 }
 
-// Records `record`'s probe now (creating its event on first use), with its context current: once the
-// probe completes, the stream is idle if its word still reads `stamp` (read before the record, with no
-// submission in flight). False, and not probing, when the driver refused.
-bool start_probe(StreamRecord* record, std::uint64_t stamp) noexcept {
+// Queues `record`'s probe now, with its context current: once the probe has landed, the stream is idle
+// if its word still reads `stamp` (read before the probe, with no submission in flight). A write of its
+// probe word where the driver takes one, else an event (created on first use); always an event for a
+// stream being destroyed (`event`): order_legacy_after_destroyed_streams makes the legacy stream wait
+// for it. False, and not probing, when the driver refused both.
+bool start_probe(StreamRecord* record, std::uint64_t stamp, bool event = false) noexcept {
   const RealDriver& driver = real_driver();
-  record->probing = (record->probe || driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
-                    driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
+  record->probe_by_word = !event && prepare_probe_word(record->probe_word, record->context) &&
+                          queue_probe_write(record->probe_word, record->stream);
+  record->probing =
+      record->probe_by_word ||
+      ((record->probe || driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
+       driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS);
   if (record->probing) record->probe_stamp = stamp;
   return record->probing;
+}
+
+// True once `record`'s probe has landed: a load for a probe word, else a cuEventQuery (counted in
+// `calls`). Errors other than NOT_READY (a destroyed context) mean no more work runs there: landed.
+bool probe_landed(const StreamRecord* record, int* calls) noexcept {
+  if (record->probe_by_word) return probe_word_written(record->probe_word);
+  ++*calls;
+  return real_driver().cuEventQuery(record->probe) != CUDA_ERROR_NOT_READY;
 }
 
 // An active stream stops counting in g_unordered: true when that made the work totally ordered. Only
@@ -348,7 +365,7 @@ void untrack_stream(CUstream stream) noexcept {
         record->probing = false;
         if (g_active_captures.load(std::memory_order_acquire) == 0) {
           ScopedContext scope(record->context);
-          if (scope.ok()) start_probe(record, record->word.load(std::memory_order_acquire));
+          if (scope.ok()) start_probe(record, record->word.load(std::memory_order_acquire), /*event=*/true);
         }
       }
     }
@@ -418,9 +435,7 @@ bool poll_stream_activity() noexcept {
       ++i;
       continue;
     }
-    // Errors other than NOT_READY (a destroyed context) mean no more work runs there: idle.
-    ++calls;
-    if (driver.cuEventQuery(record->probe) == CUDA_ERROR_NOT_READY) {
+    if (!probe_landed(record, &calls)) {
       ++i;
       continue;
     }
@@ -496,6 +511,7 @@ void reset_stream_activity_after_fork() noexcept {
   a.active.clear();
   a.join_events.clear();
   a.free_records = nullptr;
+  reset_probe_words_after_fork();
   g_unordered.store(g_unordered.load() & kUnorderedForever);
   g_stream_records_generation.fetch_add(1);
 }

@@ -26,6 +26,7 @@
 #include <cuda.h>
 
 #include "diagnostics/hot_tls.h"
+#include "router/probe_words.h"
 
 #pragma GCC visibility push(hidden)  // router/router_state.h says why
 
@@ -42,7 +43,11 @@ struct StreamRecord {
   CUcontext context = nullptr;
   bool blocking = false;
   // Under the activity lock (stream_activity.cpp):
-  CUevent probe = nullptr;       // recorded on the stream; idle once it completes and word == probe_stamp
+  // The probe: a write of `probe_word` queued on the stream (router/probe_words.h), or where the driver
+  // refuses that, an event recorded there; idle once it has landed and word == probe_stamp.
+  ProbeWord probe_word;          // kept when the record is recycled (its value only grows)
+  CUevent probe = nullptr;
+  bool probe_by_word = false;
   std::uint64_t probe_stamp = 0;
   bool probing = false;
   bool retiring = false;         // destroyed while active: counted until its probe completes

@@ -42,6 +42,9 @@ foreach(backend vmm buddy slab tiered passthrough)
   gpushim_discover_tests(router_stream_activity_test router_stream_activity.${backend} ENV
     "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
 endforeach()
+# Once more where the driver refuses stream writes: the probes are events (router/probe_words.h).
+gpushim_discover_tests(router_stream_activity_test router_stream_activity_event_probes.tiered ENV
+  "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;FAKE_CUDA_NO_STREAM_WRITES=1")
 
 # The live-block table against a reference model (router/live_block_table.*, pure C++).
 add_executable(router_live_block_table_model_test ${CMAKE_CURRENT_SOURCE_DIR}/router_live_block_table_model_test.cpp)

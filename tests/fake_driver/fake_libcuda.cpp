@@ -281,10 +281,12 @@ struct FakeEvent {
   std::atomic<std::uint64_t> ticket{0};
   std::vector<std::uint64_t> gates;  // gates_lock: held-stream work it comes after (below)
 };
+void land_due_writes();  // below: stream writes whose work is done reach their word
 void complete_up_to(std::uint64_t ticket) {
   std::uint64_t now = completed_ticket.load();
   while (now < ticket && !completed_ticket.compare_exchange_weak(now, ticket)) {
   }
+  land_due_writes();
 }
 void complete_all() { complete_up_to(last_ticket.load()); }
 
@@ -371,10 +373,49 @@ bool gates_open(const FakeEvent& event) {
     if (closed_gates().count(g)) return false;
   return true;
 }
+// ---- stream writes (cuStreamWriteValue32) ----
+// A write lands, as the GPU would make it, once the work before it is done: like an event, it takes a
+// ticket and the gates of its stream's holds, and lands when the fake GPU reaches both.
+struct PendingWrite {
+  std::uint64_t ticket;
+  std::vector<std::uint64_t> gates;
+  std::uint32_t* address;
+  std::uint32_t value;
+};
+std::mutex writes_lock;  // taken after gates_lock
+std::atomic<bool> writes_pending{false};
+std::vector<PendingWrite>& pending_writes() {
+  static auto* writes = new std::vector<PendingWrite>();
+  return *writes;
+}
+void land_due_writes_locked() {  // gates_lock held
+  std::lock_guard<std::mutex> guard(writes_lock);
+  auto& writes = pending_writes();
+  for (auto it = writes.begin(); it != writes.end();) {
+    const bool open = std::none_of(it->gates.begin(), it->gates.end(),
+                                   [](std::uint64_t g) { return closed_gates().count(g) != 0; });
+    if (it->ticket > completed_ticket.load() || !open) {
+      ++it;
+      continue;
+    }
+    // A word's values only grow (router/probe_words.h): an older write landing late never lowers it.
+    if (it->value > __atomic_load_n(it->address, __ATOMIC_ACQUIRE))
+      __atomic_store_n(it->address, it->value, __ATOMIC_RELEASE);
+    it = writes.erase(it);
+  }
+  writes_pending.store(!writes.empty());
+}
+void land_due_writes() {
+  if (!writes_pending.load()) return;
+  std::lock_guard<std::mutex> guard(gates_lock);
+  land_due_writes_locked();
+}
+
 void open_gates(const std::vector<std::uint64_t>& gates) {  // gates_lock held
   for (std::uint64_t g : gates) closed_gates().erase(g);
   for (auto& [s, held] : stream_gates())
     if (held.holding && !closed_gates().count(held.holding)) held.holding = 0;
+  if (writes_pending.load()) land_due_writes_locked();
 }
 
 // ---- pools ----
@@ -436,6 +477,7 @@ void fake_cuda_hold_gpu(int held) {
   std::lock_guard<std::mutex> guard(gates_lock);
   closed_gates().clear();
   for (auto& [s, g] : stream_gates()) g = StreamGates{};
+  if (writes_pending.load()) land_due_writes_locked();
 }
 // While held, events recorded on `stream` (CU_STREAM_LEGACY or 0: the legacy stream) stay pending, and
 // so does work queued after them elsewhere (see the top of the file); releasing completes them.
@@ -1053,6 +1095,40 @@ CUresult CUDAAPI cuStreamWaitEvent(CUstream stream, CUevent event, unsigned int)
       if (closed_gates().count(gate)) g.waited.push_back(gate);
   }
   return rc;
+}
+// Mapped pinned host memory: plain host memory whose device address is its host address (as under
+// unified addressing).
+CUresult CUDAAPI cuMemHostAlloc(void** pp, size_t bytes, unsigned int) {
+  COUNT("cuMemHostAlloc");
+  if (!pp || bytes == 0) return CUDA_ERROR_INVALID_VALUE;
+  *pp = std::aligned_alloc(4096, (bytes + 4095) / 4096 * 4096);
+  return *pp ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+CUresult CUDAAPI cuMemHostGetDevicePointer(CUdeviceptr* dptr, void* p, unsigned int) {
+  COUNT("cuMemHostGetDevicePointer");
+  if (!dptr || !p) return CUDA_ERROR_INVALID_VALUE;
+  *dptr = reinterpret_cast<CUdeviceptr>(p);
+  return CUDA_SUCCESS;
+}
+// FAKE_CUDA_NO_STREAM_WRITES=1: refused, as on a platform without stream memory operations.
+CUresult CUDAAPI cuStreamWriteValue32(CUstream stream, CUdeviceptr address, cuuint32_t value, unsigned int) {
+  COUNT("cuStreamWriteValue32");
+  static const bool refused = std::getenv("FAKE_CUDA_NO_STREAM_WRITES") != nullptr;
+  if (refused) return CUDA_ERROR_NOT_SUPPORTED;
+  if (!special_stream(stream)) {
+    std::lock_guard<std::mutex> guard(streams_lock);
+    if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
+  }
+  PendingWrite write{0, gates_of_work_on(stream), reinterpret_cast<std::uint32_t*>(address), value};
+  {
+    std::lock_guard<std::mutex> guard(writes_lock);
+    write.ticket = last_ticket.fetch_add(1) + 1;
+    pending_writes().push_back(std::move(write));
+    writes_pending.store(true);
+  }
+  if (!gpu_held.load()) complete_up_to(last_ticket.load());
+  else land_due_writes();
+  return CUDA_SUCCESS;
 }
 CUresult CUDAAPI cuLaunchKernel(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
                                 unsigned int, unsigned int, CUstream stream, void**, void**) {
