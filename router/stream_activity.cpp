@@ -174,10 +174,22 @@ bool start_probe(StreamRecord* record, std::uint64_t stamp, bool event = false) 
   return record->probing;
 }
 
+// A probe word that a poll found unwritten this many times gets its stream asked (below).
+constexpr std::uint32_t kProbeWordMissesPerQuery = 64;
+
 // True once `record`'s probe has landed: a load for a probe word, else a cuEventQuery (counted in
 // `calls`). Errors other than NOT_READY (a destroyed context) mean no more work runs there: landed.
-bool probe_landed(const StreamRecord* record, int* calls) noexcept {
-  if (record->probe_by_word) return probe_word_written(record->probe_word);
+bool probe_landed(StreamRecord* record, int* calls) noexcept {
+  if (record->probe_by_word) {
+    if (probe_word_written(record->probe_word)) return true;
+    // A write that can no longer land (its context destroyed, its streams with it, unseen by gpushim)
+    // would keep the stream counted for good: now and then the stream itself is asked, and an error
+    // means what it means for an event probe. (A stream whose work is done has written the word too.)
+    if (++record->probe_word_misses % kProbeWordMissesPerQuery != 0) return false;
+    ++*calls;
+    ScopedContext scope(record->context);
+    return !scope.ok() || real_driver().cuStreamQuery(record->stream) != CUDA_ERROR_NOT_READY;
+  }
   ++*calls;
   return real_driver().cuEventQuery(record->probe) != CUDA_ERROR_NOT_READY;
 }

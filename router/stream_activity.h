@@ -48,6 +48,7 @@ struct StreamRecord {
   ProbeWord probe_word;          // kept when the record is recycled (its value only grows)
   CUevent probe = nullptr;
   bool probe_by_word = false;
+  std::uint32_t probe_word_misses = 0;  // polls that found the word unwritten
   std::uint64_t probe_stamp = 0;
   bool probing = false;
   bool retiring = false;         // destroyed while active: counted until its probe completes

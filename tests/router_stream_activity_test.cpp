@@ -25,6 +25,7 @@ std::size_t fake_cuda_physical_bytes(int device);
 void fake_cuda_hold_gpu(int held);
 void fake_cuda_hold_stream(CUstream stream, int held);
 void fake_cuda_pause_legacy_queries(int paused);
+void fake_cuda_kill_stream(CUstream stream);
 int fake_cuda_paused_legacy_queries();
 }
 
@@ -765,6 +766,23 @@ TEST_F(StreamActivity, StreamsStartingWorkAskTheLegacyStreamOutsideTheActivityLo
   EXPECT_TRUE(reused_at_once(fresh_block())) << "the streams never went idle again";
   EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
+}
+
+// A probe word whose write can no longer land (the stream's context was destroyed without gpushim
+// seeing its streams go) does not keep the stream counted for good: after enough polls find the word
+// unwritten, the stream is asked, and its error means no more work runs there, as an event probe's
+// error did. Fails if the word alone decides: frees would stay fenced for the rest of the process.
+TEST_F(StreamActivity, AProbeWordThatCannotLandStillLetsTheStreamGoIdle) {
+  if (!word_probes()) GTEST_SKIP() << "stream writes refused: the probes are events";
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);  // its probe's write waits for the held work
+  fake_cuda_kill_stream(s);
+  fake_cuda_hold_stream(s, 0);
+  EXPECT_FALSE(reused_at_once(fresh_block())) << "reused before anything said the stream was done";
+  for (int i = 0; i < 1000; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // 125 polls
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "a probe word that never lands kept the frees fenced";
 }
 
 // The launch that makes a stream active records its probe (after the join), so the polls in the frees

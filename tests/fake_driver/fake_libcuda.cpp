@@ -304,6 +304,13 @@ std::unordered_map<CUstream, FakeStream>& streams() {
 }
 bool special_stream(CUstream s) { return s == nullptr || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD; }
 
+// Streams whose context a test "destroyed" (fake_cuda_kill_stream): stream writes queued on them never
+// land, and cuStreamQuery answers CUDA_ERROR_CONTEXT_IS_DESTROYED. streams_lock held.
+std::set<CUstream>& dead_streams() {
+  static auto* dead = new std::set<CUstream>();
+  return *dead;
+}
+
 std::atomic<CUstream> last_stream{nullptr};
 std::atomic<int> records_on_destroyed_streams{0};
 CUstream effective_per_thread(CUstream stream) { return stream == nullptr ? CU_STREAM_PER_THREAD : stream; }
@@ -377,6 +384,7 @@ bool gates_open(const FakeEvent& event) {
 // A write lands, as the GPU would make it, once the work before it is done: like an event, it takes a
 // ticket and the gates of its stream's holds, and lands when the fake GPU reaches both.
 struct PendingWrite {
+  CUstream stream;
   std::uint64_t ticket;
   std::vector<std::uint64_t> gates;
   std::uint32_t* address;
@@ -469,6 +477,19 @@ int fake_cuda_records_on_destroyed_streams() { return records_on_destroyed_strea
 // other threads can do meanwhile. Returns how many queries are waiting.
 void fake_cuda_pause_legacy_queries(int paused) { legacy_queries_paused.store(paused != 0); }
 int fake_cuda_paused_legacy_queries() { return legacy_queries_waiting.load(); }
+// `stream` behaves as after its context was destroyed behind gpushim's back: its pending stream
+// writes are dropped, later ones never land, and cuStreamQuery answers CONTEXT_IS_DESTROYED.
+void fake_cuda_kill_stream(CUstream stream) {
+  {
+    std::lock_guard<std::mutex> guard(streams_lock);
+    dead_streams().insert(stream);
+  }
+  std::lock_guard<std::mutex> gates_guard(gates_lock);
+  std::lock_guard<std::mutex> guard(writes_lock);
+  auto& writes = pending_writes();
+  writes.erase(std::remove_if(writes.begin(), writes.end(), [&](const PendingWrite& w) { return w.stream == stream; }),
+               writes.end());
+}
 // While held, recorded events stay pending (work "runs"); releasing completes everything.
 void fake_cuda_hold_gpu(int held) {
   gpu_held.store(held != 0);
@@ -1031,6 +1052,10 @@ CUresult CUDAAPI cuStreamIsCapturing(CUstream stream, CUstreamCaptureStatus* sta
 // Done when an event recorded now would be: every ticket so far completed and no gate held on its work.
 CUresult CUDAAPI cuStreamQuery(CUstream stream) {
   COUNT("cuStreamQuery");
+  if (!special_stream(stream)) {
+    std::lock_guard<std::mutex> guard(streams_lock);
+    if (dead_streams().count(stream)) return CUDA_ERROR_CONTEXT_IS_DESTROYED;
+  }
   if (stream == CU_STREAM_LEGACY && legacy_queries_paused.load()) {
     legacy_queries_waiting.fetch_add(1);
     while (legacy_queries_paused.load()) std::this_thread::yield();
@@ -1118,8 +1143,9 @@ CUresult CUDAAPI cuStreamWriteValue32(CUstream stream, CUdeviceptr address, cuui
   if (!special_stream(stream)) {
     std::lock_guard<std::mutex> guard(streams_lock);
     if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
+    if (dead_streams().count(stream)) return CUDA_SUCCESS;  // accepted, never lands
   }
-  PendingWrite write{0, gates_of_work_on(stream), reinterpret_cast<std::uint32_t*>(address), value};
+  PendingWrite write{stream, 0, gates_of_work_on(stream), reinterpret_cast<std::uint32_t*>(address), value};
   {
     std::lock_guard<std::mutex> guard(writes_lock);
     write.ticket = last_ticket.fetch_add(1) + 1;
