@@ -60,16 +60,18 @@ bool prepare_probe_word(ProbeWord& word, CUcontext context) noexcept {
   return true;
 }
 
-bool queue_probe_write(ProbeWord& word, CUstream stream) noexcept {
-  const std::uint32_t next = word.value + 1;
+bool write_probe_value(CUstream stream, CUdeviceptr device, std::uint32_t value) noexcept {
   // The default flags order the write after the stream's earlier work and its memory operations.
-  const CUresult rc = real_driver().cuStreamWriteValue32(stream, word.device, next, CU_STREAM_WRITE_VALUE_DEFAULT);
+  const CUresult rc = real_driver().cuStreamWriteValue32(stream, device, value, CU_STREAM_WRITE_VALUE_DEFAULT);
   if (rc != CUDA_SUCCESS) {
     refuse("cuStreamWriteValue32", rc);
     return false;
   }
-  word.value = next;
   return true;
+}
+
+bool queue_probe_write(ProbeWord& word, CUstream stream) noexcept {
+  return write_probe_value(stream, word.device, reserve_probe_value(word));
 }
 
 void reset_probe_words_after_fork() noexcept {

@@ -32,8 +32,14 @@ struct ProbeWord {
 // held (router/stream_activity.cpp).
 bool prepare_probe_word(ProbeWord& word, CUcontext context) noexcept;
 // Queues the write of the word's next value on `stream`, after its work so far. False when refused;
-// from the first refusal of a write on, every probe is an event (prepare_probe_word says no).
+// from the first refusal of a write on, every probe is an event (prepare_probe_word says no). The
+// value is taken first either way: values only need to grow.
+bool write_probe_value(CUstream stream, CUdeviceptr device, std::uint32_t value) noexcept;
 bool queue_probe_write(ProbeWord& word, CUstream stream) noexcept;
+// The same in two steps, for a caller that queues the write without the activity lock: reserve_probe_value
+// under it (the probe can be published at once: its word reads "not landed" until the write lands),
+// write_probe_value after.
+inline std::uint32_t reserve_probe_value(ProbeWord& word) noexcept { return ++word.value; }
 // True once the write queued last has landed.
 inline bool probe_word_written(const ProbeWord& word) noexcept {
   return __atomic_load_n(word.host, __ATOMIC_ACQUIRE) == word.value;

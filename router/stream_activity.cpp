@@ -298,13 +298,14 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   return record;
 }
 
-// The stream just became active and the submission that did it is queued: its probe is recorded now,
+// The stream just became active and the submission that did it is queued: its probe is queued now,
 // in the submitting call, rather than by the first poll after it. That poll ran in a free, which then
 // paid a cuStreamQuery (the work had just been queued: busy) and a cuEventRecord, ~2-5 us on the H200;
-// the later polls now pay one cuEventQuery. As the poll does: only with no submission in flight (else
-// the next poll records it), and the stamp read before the record, so a submission begun since keeps
-// the stream active. Costs a launch one cuEventRecord at a transition only, beside the join's query
-// (and record and wait, with legacy work left); a launch loop that keeps its stream busy pays nothing.
+// the later polls now read the probe's word (or ask its event). As the poll does: only with no
+// submission in flight (else the next poll probes), and the stamp read before the probe, so a
+// submission begun since keeps the stream active. Costs a launch one probe at a transition only, beside
+// the join's query (and record and wait, with legacy work left); a launch loop that keeps its stream
+// busy pays nothing.
 void probe_after_activation(StreamRecord* record) noexcept {
   t_just_activated = nullptr;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return;  // no record may touch a capture
@@ -314,7 +315,26 @@ void probe_after_activation(StreamRecord* record) noexcept {
   const std::uint64_t word = record->word.load(std::memory_order_acquire);
   if (!(word & kStreamActive) || record->probing || record->retiring || (word & kInFlightMask) != 0) return;
   ScopedContext scope(record->context);
-  if (scope.ok()) start_probe(record, word);
+  if (!scope.ok()) return;
+  if (!prepare_probe_word(record->probe_word, record->context)) {
+    start_probe(record, word);  // an event: 0.8 us, under the lock
+    return;
+  }
+  // A word's write costs the launch 2.7-2.9 us on the H200, an event's record 0.8 (fourteenth session):
+  // queued without the lock, so threads that activate their streams at once do not wait for each
+  // other's. The probe is published first: until the write lands, its word reads "not landed".
+  const std::uint32_t value = reserve_probe_value(record->probe_word);
+  record->probe_by_word = true;
+  record->probing = true;
+  record->probe_stamp = word;
+  const CUstream stream = record->stream;
+  const CUdeviceptr device = record->probe_word.device;
+  guard.unlock();
+  if (write_probe_value(stream, device, value)) return;
+  // Refused (probes are events from now on): an event probe instead, unless a poll replaced ours.
+  guard.lock();
+  if (record->probing && record->probe_by_word && record->probe_word.value == value)
+    start_probe(record, word, /*event=*/true);
 }
 
 StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept {

@@ -277,6 +277,8 @@ std::atomic<bool> gpu_held{false};
 std::atomic<int> live_events{0};
 std::atomic<bool> legacy_queries_paused{false};
 std::atomic<int> legacy_queries_waiting{0};
+std::atomic<bool> stream_writes_paused{false};
+std::atomic<int> stream_writes_waiting{0};
 struct FakeEvent {
   std::atomic<std::uint64_t> ticket{0};
   std::vector<std::uint64_t> gates;  // gates_lock: held-stream work it comes after (below)
@@ -477,6 +479,9 @@ int fake_cuda_records_on_destroyed_streams() { return records_on_destroyed_strea
 // other threads can do meanwhile. Returns how many queries are waiting.
 void fake_cuda_pause_legacy_queries(int paused) { legacy_queries_paused.store(paused != 0); }
 int fake_cuda_paused_legacy_queries() { return legacy_queries_waiting.load(); }
+// The same for cuStreamWriteValue32 (on any stream).
+void fake_cuda_pause_stream_writes(int paused) { stream_writes_paused.store(paused != 0); }
+int fake_cuda_paused_stream_writes() { return stream_writes_waiting.load(); }
 // `stream` behaves as after its context was destroyed behind gpushim's back: its pending stream
 // writes are dropped, later ones never land, and cuStreamQuery answers CONTEXT_IS_DESTROYED.
 void fake_cuda_kill_stream(CUstream stream) {
@@ -1140,6 +1145,11 @@ CUresult CUDAAPI cuStreamWriteValue32(CUstream stream, CUdeviceptr address, cuui
   COUNT("cuStreamWriteValue32");
   static const bool refused = std::getenv("FAKE_CUDA_NO_STREAM_WRITES") != nullptr;
   if (refused) return CUDA_ERROR_NOT_SUPPORTED;
+  if (stream_writes_paused.load()) {
+    stream_writes_waiting.fetch_add(1);
+    while (stream_writes_paused.load()) std::this_thread::yield();
+    stream_writes_waiting.fetch_sub(1);
+  }
   if (!special_stream(stream)) {
     std::lock_guard<std::mutex> guard(streams_lock);
     if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
