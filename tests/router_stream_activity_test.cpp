@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 extern "C" {
@@ -71,6 +72,21 @@ void churn() {
     CUdeviceptr p = fresh_block();
     EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
   }
+}
+
+// Waits up to 10 s for `done` (another thread reaching a paused driver call); its last answer.
+bool until(const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!done() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  return done();
+}
+
+// Two non-blocking streams that have not carried work yet.
+std::pair<CUstream, CUstream> two_idle_streams() {
+  CUstream a = nullptr, b = nullptr;
+  EXPECT_EQ(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  return {a, b};
 }
 
 void launch_on(CUstream stream) {
@@ -484,7 +500,9 @@ TEST_F(StreamActivity, StreamsDestroyedWhileFencesAreRecordedGetNoRecord) {
           CUdeviceptr p = 0;
           const CUresult result = cuMemAlloc(&p, kLarge);
           ASSERT_TRUE(result == CUDA_SUCCESS || result == CUDA_ERROR_OUT_OF_MEMORY) << result;
-          if (result == CUDA_SUCCESS) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+          if (result == CUDA_SUCCESS) {
+            ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+          }
         }
         ASSERT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
       }
@@ -740,14 +758,8 @@ TEST_F(StreamActivity, AStreamThatStartsWorkWaitsForTheLegacyStreamOnlyWhileItHa
 // (fails while it is asked under the lock: the second would wait for the first); a second submission to
 // a stream being joined waits for that join, so nothing is queued on it before its wait.
 TEST_F(StreamActivity, StreamsStartingWorkAskTheLegacyStreamOutsideTheActivityLock) {
-  CUstream a = nullptr, b = nullptr;
-  ASSERT_EQ(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  ASSERT_EQ(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  const auto until = [](const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!done() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
-    return done();
-  };
+  const std::pair<CUstream, CUstream> streams = two_idle_streams();
+  const CUstream a = streams.first, b = streams.second;
   fake_cuda_pause_legacy_queries(1);
   std::atomic<int> launched{0};
   std::thread first([&] { launch_on(a); launched.fetch_add(1); });
@@ -776,14 +788,8 @@ TEST_F(StreamActivity, StreamsStartingWorkAskTheLegacyStreamOutsideTheActivityLo
 // probes still work: both streams go idle once their work is done.
 TEST_F(StreamActivity, ActivatingStreamsQueueTheirProbeWritesOutsideTheActivityLock) {
   if (!word_probes()) GTEST_SKIP() << "stream writes refused: the probes are events";
-  CUstream a = nullptr, b = nullptr;
-  ASSERT_EQ(cuStreamCreate(&a, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  ASSERT_EQ(cuStreamCreate(&b, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  const auto until = [](const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (!done() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
-    return done();
-  };
+  const std::pair<CUstream, CUstream> streams = two_idle_streams();
+  const CUstream a = streams.first, b = streams.second;
   fake_cuda_pause_stream_writes(1);
   std::thread first([&] { launch_on(a); });
   const bool first_wrote = until([] { return fake_cuda_paused_stream_writes() == 1; });
