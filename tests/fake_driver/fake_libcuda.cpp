@@ -275,10 +275,20 @@ std::atomic<std::uint64_t> last_ticket{0};
 std::atomic<std::uint64_t> completed_ticket{0};
 std::atomic<bool> gpu_held{false};
 std::atomic<int> live_events{0};
-std::atomic<bool> legacy_queries_paused{false};
-std::atomic<int> legacy_queries_waiting{0};
-std::atomic<bool> stream_writes_paused{false};
-std::atomic<int> stream_writes_waiting{0};
+// A driver call a test paused (fake_cuda_pause_*) does not return until released; `waiting` counts
+// the calls held there, so a test sees who reached the call and what other threads can do meanwhile.
+struct PausedCall {
+  std::atomic<bool> paused{false};
+  std::atomic<int> waiting{0};
+  void wait_while_paused() {
+    if (!paused.load()) return;
+    waiting.fetch_add(1);
+    while (paused.load()) std::this_thread::yield();
+    waiting.fetch_sub(1);
+  }
+};
+PausedCall legacy_queries;  // cuStreamQuery(CU_STREAM_LEGACY)
+PausedCall stream_writes;   // cuStreamWriteValue32, any stream
 struct FakeEvent {
   std::atomic<std::uint64_t> ticket{0};
   std::vector<std::uint64_t> gates;  // gates_lock: held-stream work it comes after (below)
@@ -475,13 +485,12 @@ long fake_cuda_total_calls() {
 CUstream fake_cuda_last_stream() { return last_stream.load(); }
 // cuEventRecord calls refused because their stream was destroyed: a fence that touched a dead stream.
 int fake_cuda_records_on_destroyed_streams() { return records_on_destroyed_streams.load(); }
-// While paused, cuStreamQuery(CU_STREAM_LEGACY) does not return: a test sees who asks it, and what
-// other threads can do meanwhile. Returns how many queries are waiting.
-void fake_cuda_pause_legacy_queries(int paused) { legacy_queries_paused.store(paused != 0); }
-int fake_cuda_paused_legacy_queries() { return legacy_queries_waiting.load(); }
-// The same for cuStreamWriteValue32 (on any stream).
-void fake_cuda_pause_stream_writes(int paused) { stream_writes_paused.store(paused != 0); }
-int fake_cuda_paused_stream_writes() { return stream_writes_waiting.load(); }
+// While paused, cuStreamQuery(CU_STREAM_LEGACY) / cuStreamWriteValue32 do not return (PausedCall);
+// the second of each pair says how many calls wait there.
+void fake_cuda_pause_legacy_queries(int paused) { legacy_queries.paused.store(paused != 0); }
+int fake_cuda_paused_legacy_queries() { return legacy_queries.waiting.load(); }
+void fake_cuda_pause_stream_writes(int paused) { stream_writes.paused.store(paused != 0); }
+int fake_cuda_paused_stream_writes() { return stream_writes.waiting.load(); }
 // `stream` behaves as after its context was destroyed behind gpushim's back: its pending stream
 // writes are dropped, later ones never land, and cuStreamQuery answers CONTEXT_IS_DESTROYED.
 void fake_cuda_kill_stream(CUstream stream) {
@@ -1057,17 +1066,10 @@ CUresult CUDAAPI cuStreamIsCapturing(CUstream stream, CUstreamCaptureStatus* sta
 // Done when an event recorded now would be: every ticket so far completed and no gate held on its work.
 CUresult CUDAAPI cuStreamQuery(CUstream stream) {
   COUNT("cuStreamQuery");
+  if (stream == CU_STREAM_LEGACY) legacy_queries.wait_while_paused();
   if (!special_stream(stream)) {
     std::lock_guard<std::mutex> guard(streams_lock);
     if (dead_streams().count(stream)) return CUDA_ERROR_CONTEXT_IS_DESTROYED;
-  }
-  if (stream == CU_STREAM_LEGACY && legacy_queries_paused.load()) {
-    legacy_queries_waiting.fetch_add(1);
-    while (legacy_queries_paused.load()) std::this_thread::yield();
-    legacy_queries_waiting.fetch_sub(1);
-  }
-  if (!special_stream(stream)) {
-    std::lock_guard<std::mutex> guard(streams_lock);
     if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
   }
   FakeEvent now;
@@ -1145,11 +1147,7 @@ CUresult CUDAAPI cuStreamWriteValue32(CUstream stream, CUdeviceptr address, cuui
   COUNT("cuStreamWriteValue32");
   static const bool refused = std::getenv("FAKE_CUDA_NO_STREAM_WRITES") != nullptr;
   if (refused) return CUDA_ERROR_NOT_SUPPORTED;
-  if (stream_writes_paused.load()) {
-    stream_writes_waiting.fetch_add(1);
-    while (stream_writes_paused.load()) std::this_thread::yield();
-    stream_writes_waiting.fetch_sub(1);
-  }
+  stream_writes.wait_while_paused();
   if (!special_stream(stream)) {
     std::lock_guard<std::mutex> guard(streams_lock);
     if (streams().find(stream) == streams().end()) return CUDA_ERROR_INVALID_HANDLE;
