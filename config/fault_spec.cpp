@@ -21,33 +21,6 @@ bool parse_count(const std::string& text, std::uint64_t* out) {
   return true;
 }
 
-// "1.5s", "500ms", "100us", "250ns", "3m"; a bare number is seconds.
-bool parse_duration(const std::string& text, std::uint64_t* ns) {
-  std::size_t at = 0;
-  long double value = 0;
-  bool digits = false;
-  for (; at < text.size() && text[at] >= '0' && text[at] <= '9'; ++at, digits = true)
-    value = value * 10 + (text[at] - '0');
-  if (at < text.size() && text[at] == '.') {
-    long double scale = 0.1L;
-    for (++at; at < text.size() && text[at] >= '0' && text[at] <= '9'; ++at, digits = true, scale /= 10)
-      value += scale * (text[at] - '0');
-  }
-  if (!digits) return false;
-  const std::string unit = text.substr(at);
-  long double per_unit = 0;
-  if (unit.empty() || unit == "s") per_unit = 1e9L;
-  else if (unit == "ms") per_unit = 1e6L;
-  else if (unit == "us") per_unit = 1e3L;
-  else if (unit == "ns") per_unit = 1;
-  else if (unit == "m") per_unit = 60e9L;
-  else return false;
-  const long double result = value * per_unit;
-  if (result >= 9.2e18L) return false;  // beyond any run's length: a typo
-  *ns = static_cast<std::uint64_t>(result + 0.5L);
-  return true;
-}
-
 }  // namespace
 
 bool parse_fault_spec(const char* text, FaultSpec* out) {

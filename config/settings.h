@@ -39,6 +39,7 @@ struct Settings {
   bool strict = false;                 // GPUSHIM_STRICT: a bad value is fatal
   SizeSetting limit;                   // GPUSHIM_LIMIT: per-process, per-device cap
   bool fence_always = false;           // GPUSHIM_FREE_FENCE: "always" fences even a stream-less program
+  std::uint64_t fence_delay_ns = 0;    // GPUSHIM_FENCE_DELAY: a closed batch's wait for its fence
 
   // vmm arena
   std::uint64_t vmm_reserve = 0;       // GPUSHIM_VMM_RESERVE: address space reserved per device
@@ -109,5 +110,7 @@ const char* format_bytes(unsigned long long bytes, char* buf, unsigned long size
 bool parse_size(const char* text, std::uint64_t* bytes);
 // Parses a size or "80%".
 bool parse_size_or_percent(const char* text, SizeSetting* out);
+// Parses "1.5s", "500ms", "100us", "250ns", "3m" into nanoseconds; a bare number is seconds.
+bool parse_duration(const std::string& text, std::uint64_t* ns);
 
 }  // namespace gpushim

@@ -88,6 +88,16 @@ TEST(Settings, LargeSlotsParkWhileContendedUnlessTold) {
   EXPECT_FALSE(parse({{"GPUSHIM_LARGE_SLOTS", "maybe"}}).errors.empty());
 }
 
+// A time with its unit; 0 records a fence at once; more than a second is a typo, not a delay.
+TEST(Settings, FenceDelayIsATime) {
+  EXPECT_EQ(parse({{"GPUSHIM_FENCE_DELAY", "0"}}).fence_delay_ns, 0u);
+  EXPECT_EQ(parse({{"GPUSHIM_FENCE_DELAY", "200us"}}).fence_delay_ns, 200000u);
+  EXPECT_EQ(parse({{"GPUSHIM_FENCE_DELAY", "1.5ms"}}).fence_delay_ns, 1500000u);
+  EXPECT_EQ(parse({{"GPUSHIM_FENCE_DELAY", "1s"}}).fence_delay_ns, 1000000000u);
+  for (const char* bad : {"fast", "-1us", "2s", "10 parsecs"})
+    EXPECT_FALSE(parse({{"GPUSHIM_FENCE_DELAY", bad}}).errors.empty()) << bad;
+}
+
 TEST(Settings, DefaultsComeFromTheTable) {
   const Settings s = parse({});
   EXPECT_TRUE(s.errors.empty());
@@ -96,6 +106,7 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_EQ(s.log, LogLevel::warn);
   EXPECT_FALSE(s.strict);
   EXPECT_EQ(s.large_slots, Settings::LargeSlots::while_contended);
+  EXPECT_EQ(s.fence_delay_ns, 200000u);
   EXPECT_FALSE(s.limit.set());
   EXPECT_EQ(s.vmm_reserve, 256 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 8 * MiB);
@@ -119,6 +130,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_STRICT", "yes"},
                                       {"GPUSHIM_LIMIT", "75%"},
                                       {"GPUSHIM_FREE_FENCE", "always"},
+                                      {"GPUSHIM_FENCE_DELAY", "20us"},
                                       {"GPUSHIM_VMM_RESERVE", "1TiB"},
                                       {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
                                       {"GPUSHIM_VMM_RELEASE_THRESHOLD", "0"},
@@ -144,6 +156,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_TRUE(s.strict);
   EXPECT_DOUBLE_EQ(s.limit.percent, 75.0);
   EXPECT_TRUE(s.fence_always);
+  EXPECT_EQ(s.fence_delay_ns, 20000u);
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 0u);
@@ -194,7 +207,7 @@ TEST(Settings, BadValueOfEveryRowGivesOneLineAndPassthrough) {
       {"GPUSHIM_TIERED_SPLIT", "0"},       {"GPUSHIM_MEMPOOL_RELEASE_THRESHOLD", "1 GiB each"},
       {"GPUSHIM_TRACE_STACK", "65"},       {"GPUSHIM_PEERS", "0,,1"},
       {"GPUSHIM_PLACEMENT", "everywhere"}, {"GPUSHIM_SPILL", "disk"},
-      {"GPUSHIM_SPILL_LIMIT", "0"},
+      {"GPUSHIM_SPILL_LIMIT", "0"},        {"GPUSHIM_FENCE_DELAY", "2s"},
   };
   const Settings defaults = parse({});
   for (const auto& [variable, value] : bad) {
