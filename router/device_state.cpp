@@ -2,6 +2,7 @@
 // never freed.
 #include <new>
 
+#include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
 #include "router/peer_access.h"
@@ -23,7 +24,8 @@ DeviceState* device_state(int ordinal, CUcontext context) noexcept {
       if (!built.backend) return nullptr;  // no host memory: requests go to the driver
       DeviceState* created = nullptr;
       try {
-        created = new DeviceState(ordinal, std::move(built), g_active_captures);
+        created = new DeviceState(ordinal, std::move(built), g_active_captures,
+                                  std::chrono::nanoseconds(settings().fence_delay_ns));
       } catch (...) {
         return nullptr;
       }

@@ -39,6 +39,7 @@ void FreeFenceQueue::update_held() noexcept {
 void FreeFenceQueue::enqueue(std::unique_ptr<ClosedBatch> batch) noexcept {
   if (batch->blocks.empty()) return;
   for (const FreedBlock& block : batch->blocks) batch->bytes += block.bytes;
+  batch->closed_at = Clock::now();
   std::lock_guard<AdaptiveMutex> guard(lock_);
   // Orphans ride along with the next device fence: a device fence covers all earlier work, so it
   // covers theirs too.
@@ -105,10 +106,14 @@ void FreeFenceQueue::adopt_orphans(std::vector<FreedBlock> blocks) noexcept {
   update_held();
 }
 
-void FreeFenceQueue::record_waiting() noexcept {
+void FreeFenceQueue::record_waiting(bool all) noexcept {
+  bool deferred = false;
   for (int round = 0; round < kRecordRounds && unrecorded_.exchange(false, std::memory_order_acq_rel); ++round) {
     ClosedBatch* waiting[kMaxFencesPerRound];  // no allocation: every close runs this
     std::size_t count = 0;
+    // Batches closed after `due` wait: the oldest of each kind decides for all of its kind.
+    const bool defer = !all && defer_records_.load(std::memory_order_relaxed);
+    const Clock::time_point due = defer ? Clock::now() - record_after_ : Clock::time_point::max();
     {
       std::lock_guard<AdaptiveMutex> guard(lock_);
       if (!orphans_.empty()) {
@@ -155,6 +160,13 @@ void FreeFenceQueue::record_waiting() noexcept {
     }
     // Outside lock_: the driver calls. Closes and holds() on other threads go on meanwhile.
     for (std::size_t i = 0; i < count; ++i) {
+      if (waiting[i]->closed_at > due) {
+        deferred = true;  // not due yet: a later poll records it
+        continue;
+      }
+      // Waited in vain: the streams stay busy longer than the delay. Record at once until the work turns
+      // ordered again.
+      if (defer) defer_records_.store(false, std::memory_order_relaxed);
       if (!try_record(*waiting[i])) {
         // A capture is active: the rest waits for the next poll after it.
         unrecorded_.store(true, std::memory_order_relaxed);
@@ -162,6 +174,7 @@ void FreeFenceQueue::record_waiting() noexcept {
       }
     }
   }
+  if (deferred) unrecorded_.store(true, std::memory_order_relaxed);
 }
 
 template <typename Predicate>
@@ -264,7 +277,7 @@ std::size_t FreeFenceQueue::poll(Poller poller) noexcept {
     }
     if (polls_.load(std::memory_order_relaxed) != polls_seen) return 0;
   }
-  record_waiting();
+  record_waiting(/*all=*/waits);
   Batches done;
   take_completed(done);
   polls_.fetch_add(1, std::memory_order_relaxed);
@@ -279,7 +292,7 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
   {
     std::lock_guard<std::mutex> driver(driver_lock_);
     unrecorded_.store(true, std::memory_order_relaxed);  // look at least once
-    record_waiting();
+    record_waiting(/*all=*/true);
     std::lock_guard<AdaptiveMutex> guard(lock_);
     move_out_if([](const ClosedBatch& batch) { return batch.recorded; }, recorded);
   }
@@ -294,6 +307,9 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
     adopt_orphans(std::move(open));
     return 0;
   }
+  // The work turns ordered: batches closed from now on wait record_after_ for their fence, as that may
+  // happen again before it passes.
+  if (record_after_.count() > 0) defer_records_.store(true, std::memory_order_relaxed);
   // In the order they were freed, as poll() gives them back: closed batches, orphans, the open batches.
   // The queued ones only if the driver lock is free: its holder may be recording a fence into one of
   // them, and they come back through their fences anyway. With a stream per thread the work turns ordered

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -161,14 +162,26 @@ class FreeFenceQueue {
   // `own_kept_bytes`: the largest of the poller's own blocks that a round of its own gives to the
   // backend rather than to its list (BlockOwners): kOwnBlockThroughCacheBytes where the backend has
   // thread caches; the largest size where it has none and is fast itself (the stream-ordered pool).
+  // `record_after` (GPUSHIM_FENCE_DELAY): how long a cuMemFree batch closed in passing waits before a
+  // poll records its fence. A side stream's burst of work often ends within it (a kernel of
+  // microseconds): the work then turns ordered and the batch goes back with no fence at all
+  // (give_back_device_batches). Recorded at its close, the fence (the legacy stream's cuStreamQuery,
+  // an event per active stream, the queries of older fences) cost that free 3.5-4.2 us on the H200:
+  // the one-thread p99 with a stream from 16 MiB up, where 4 blocks fill a batch. Recorded later, a
+  // fence covers more work than it must, never less: only the blocks' return waits. Allocations at the
+  // peak or in need record at once, and so does every poll from the first batch that waited in vain
+  // until the work turns ordered again: where streams never all go idle (a stream per thread, work on
+  // a per-thread default stream) a delay only holds blocks longer.
   FreeFenceQueue(Allocator& backend, FenceEvents& events, BlockOwners* owners = nullptr,
-                 std::size_t own_kept_bytes = kOwnBlockThroughCacheBytes) noexcept
-      : backend_(backend), events_(events), owners_(owners), own_kept_bytes_(own_kept_bytes) {}
+                 std::size_t own_kept_bytes = kOwnBlockThroughCacheBytes,
+                 std::chrono::nanoseconds record_after = std::chrono::nanoseconds(0)) noexcept
+      : backend_(backend), events_(events), owners_(owners), own_kept_bytes_(own_kept_bytes),
+        record_after_(record_after) {}
   FreeFenceQueue(const FreeFenceQueue&) = delete;
   FreeFenceQueue& operator=(const FreeFenceQueue&) = delete;
 
-  // Closes a batch of cuMemFree'd blocks: queues it for a device fence (none is recorded while a capture
-  // is active), then polls.
+  // Closes a batch of cuMemFree'd blocks: queues it for a device fence, recorded by the first poll
+  // record_after from now (none while a capture is active), then polls.
   void close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept;
   // Closes the async-freed blocks of one stream: a fence of one event on that stream.
   void close_stream_batch(std::vector<FreedBlock> blocks, FenceContext context, StreamHandle stream) noexcept;
@@ -179,13 +192,13 @@ class FreeFenceQueue {
   // Records the fences of batches that have none (when no capture blocks it) and gives the blocks of
   // completed fences back. Returns the bytes given back. Who polls decides how:
   // - in_passing (a close, a free now and then): returns 0 at once while another thread does this for
-  //   the device (it records the caller's batch too, or the next poll does); completed blocks go to
-  //   the threads that freed them (BlockOwners);
+  //   the device (it records the caller's batch too, or the next poll does); records only batches
+  //   closed record_after ago or more; completed blocks go to the threads that freed them (BlockOwners);
   // - allocation_at_peak (one that would otherwise raise the peak): waits for that thread rather than
   //   sleep and try again; completed blocks go to their owners, whose lists the allocation looks in
   //   next (router/returned_blocks.h). Given to the backend, every completed block of 16 threads took
   //   the arena's lock, and every waiting allocation took it again to look (16 threads with a stream
-  //   each at 16 MiB on the H200: 37% of their wall-clock time in that lock);
+  //   each at 16 MiB on the H200: 37% of their wall-clock time in that lock); records every batch;
   // - allocation_in_need (one that would otherwise fail): waits too, and gives every completed block to
   //   the backend, where the allocation looks next.
   enum class Poller { in_passing, allocation_at_peak, allocation_in_need };
@@ -215,9 +228,11 @@ class FreeFenceQueue {
   void reset_after_fork() noexcept;
 
  private:
+  using Clock = std::chrono::steady_clock;
   struct ClosedBatch {
     std::vector<FreedBlock> blocks;  // written under lock_ (a merge), read under lock_ (holds)
     std::size_t bytes = 0;
+    Clock::time_point closed_at{};   // a merge keeps the oldest's (the epoch: record at the next poll)
     FenceContext context = nullptr;
     bool stream_fence = false;
     StreamHandle stream = 0;
@@ -230,9 +245,10 @@ class FreeFenceQueue {
   using Batches = std::vector<std::unique_ptr<ClosedBatch>>;
 
   void enqueue(std::unique_ptr<ClosedBatch> batch) noexcept;
-  // The steps of the driver-lock holder. record_waiting merges and records the batches without a fence;
+  // The steps of the driver-lock holder. record_waiting merges the batches without a fence and records
+  // those closed record_after_ ago (`all`: every one);
   // take_completed asks at most kMaxPendingAnswersPerPoll pending fences and moves completed batches out.
-  void record_waiting() noexcept;
+  void record_waiting(bool all) noexcept;
   void take_completed(Batches& done) noexcept;
   // A record deferred to the driver-lock holder is always a device fence, for stream batches too: the
   // stream named at their close may be destroyed by now (a record on it would be a use after destroy in
@@ -251,6 +267,7 @@ class FreeFenceQueue {
   FenceEvents& events_;
   BlockOwners* const owners_;
   const std::size_t own_kept_bytes_;
+  const std::chrono::nanoseconds record_after_;
   std::mutex driver_lock_;   // taken before lock_, never the other way
   std::atomic<std::uint64_t> polls_{0};  // polls that asked the driver (written under driver_lock_)
   mutable AdaptiveMutex lock_;  // the queue and the counters; never held across a driver call
@@ -260,6 +277,9 @@ class FreeFenceQueue {
   std::uint64_t peak_pending_bytes_ = 0;  // lock_ held
   std::atomic<bool> held_{false};         // written under lock_: queue_ or orphans_ not empty
   std::atomic<bool> unrecorded_{false};   // set by a close: a batch waits for the driver-lock holder
+  // Polls in passing wait record_after_ before they record: set when the work turns ordered, cleared by
+  // the first batch that waited and still had to be recorded.
+  std::atomic<bool> defer_records_{false};
 };
 
 }  // namespace gpushim

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -45,11 +46,12 @@ struct alignas(64) StreamShard {
 
 struct DeviceState {
   // `built.backend` is not null (device_state() checks).
-  DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures)
+  // `fence_delay`: GPUSHIM_FENCE_DELAY (FreeFenceQueue's record_after).
+  DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures, std::chrono::nanoseconds fence_delay)
       : ordinal(ordinal), properties(built.properties), assembly(std::move(built)),
         events(ordinal, captures, properties.driver_backed), owners(ordinal),
         fences(*assembly.backend, events, properties.fenced ? &owners : nullptr,
-               properties.stream_ordered ? SIZE_MAX : kOwnBlockThroughCacheBytes) {}
+               properties.stream_ordered ? SIZE_MAX : kOwnBlockThroughCacheBytes, fence_delay) {}
   const int ordinal;
   const BackendProperties properties;  // what requests read: plain values, no virtual call
   BackendStack assembly;

@@ -46,6 +46,12 @@ endforeach()
 gpushim_discover_tests(router_stream_activity_test router_stream_activity_event_probes.tiered ENV
   "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;FAKE_CUDA_NO_STREAM_WRITES=1")
 
+# A fence delay the fake GPU's pace cannot outlast (GPUSHIM_FENCE_DELAY, router/free_fence_queue.h).
+add_test(NAME router_stream_activity_fence_delay.tiered COMMAND router_stream_activity_test --gtest_filter=*FenceDelay*)
+set_tests_properties(router_stream_activity_fence_delay.tiered PROPERTIES TIMEOUT 120
+  FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
+  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FENCE_DELAY=1s;E2E_FENCE_DELAY=1")
+
 # The live-block table against a reference model (router/live_block_table.*, pure C++).
 add_executable(router_live_block_table_model_test ${CMAKE_CURRENT_SOURCE_DIR}/router_live_block_table_model_test.cpp)
 target_link_libraries(router_live_block_table_model_test PRIVATE gpushim_router_core GTest::gtest_main)

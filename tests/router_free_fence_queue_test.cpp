@@ -244,6 +244,64 @@ TEST_F(FreeFenceQueueTest, DeviceBatchesGoBackUnfencedWhenTheWorkTurnsOrdered) {
   EXPECT_FALSE(queue.holds_blocks());
 }
 
+// GPUSHIM_FENCE_DELAY: once the work has turned ordered, a batch closed in passing waits for its fence,
+// since the streams may go idle first; then it goes back with no fence at all.
+TEST(FreeFenceQueueDelay, AfterTheWorkTurnedOrderedABatchClosedInPassingWaitsForItsFence) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::hours(1)};
+  queue.close_device_batch(blocks(1, 2), nullptr);
+  EXPECT_EQ(events.device_fences, 1) << "no transition seen yet: a delay would only hold blocks";
+  events.complete = {1};
+  EXPECT_EQ(queue.poll(), 512u);
+
+  EXPECT_EQ(queue.give_back_device_batches({}), 0u);  // the work turns ordered
+  queue.close_device_batch(blocks(10, 2), nullptr);
+  queue.close_device_batch(blocks(20, 2), nullptr);
+  queue.poll();
+  EXPECT_EQ(events.device_fences, 1) << "recorded before its delay passed";
+  EXPECT_TRUE(queue.holds(ptr(10)));
+  EXPECT_EQ(queue.give_back_device_batches({}), 1024u);  // ordered again before the delay: no fence
+  EXPECT_EQ(events.device_fences, 1);
+  EXPECT_FALSE(queue.holds_blocks());
+}
+
+// An allocation at the peak may need the waiting blocks now: it records their fence at once.
+TEST(FreeFenceQueueDelay, AnAllocationAtThePeakRecordsAWaitingBatchAtOnce) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::hours(1)};
+  queue.give_back_device_batches({});
+  queue.close_device_batch(blocks(1, 2), nullptr);
+  EXPECT_EQ(events.device_fences, 0);
+  EXPECT_EQ(queue.poll(FreeFenceQueue::Poller::allocation_at_peak), 0u);  // recorded; the GPU is behind
+  EXPECT_EQ(events.device_fences, 1);
+  events.complete = {1};
+  EXPECT_EQ(queue.poll(FreeFenceQueue::Poller::allocation_at_peak), 512u);
+}
+
+// A batch whose delay passed is recorded by the next poll, with every batch closed since (one fence);
+// having waited in vain, later batches are fenced at their close until the work turns ordered again.
+TEST(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIsOrderedAgain) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::milliseconds(2)};
+  queue.give_back_device_batches({});
+  queue.close_device_batch(blocks(1, 2), nullptr);
+  queue.close_device_batch(blocks(10, 2), nullptr);
+  EXPECT_EQ(events.device_fences, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  queue.poll();
+  EXPECT_EQ(events.device_fences, 1) << "the delay passed: one fence for both batches";
+  EXPECT_EQ(queue.batches(), 1u);
+  queue.close_device_batch(blocks(20, 2), nullptr);
+  EXPECT_EQ(events.device_fences, 2) << "waited in vain once: the next batch is fenced at its close";
+
+  queue.give_back_device_batches({});
+  queue.close_device_batch(blocks(30, 2), nullptr);
+  EXPECT_EQ(events.device_fences, 2) << "ordered again: the delay is back";
+}
+
 TEST_F(FreeFenceQueueTest, WhileGivingBackIsForbiddenTheOpenBlocksWaitAsOrphans) {
   events.holding = true;
   EXPECT_EQ(queue.give_back_device_batches(blocks(1, 2)), 0u);

@@ -412,6 +412,28 @@ TEST_F(StreamActivity, AFenceSharesTheEventOfAStreamThatQueuedNothingSince) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// GPUSHIM_FENCE_DELAY (router/free_fence_queue.h): once the work has turned ordered, a batch closed while
+// a side stream works waits before its fence is recorded; the stream going idle first gives its blocks
+// back with no fence at all. Runs as router_stream_activity_fence_delay (a delay of 1 s, which the fake
+// GPU's pace cannot outlast).
+TEST_F(StreamActivity, ABatchClosedWhileASideStreamWorksWaitsTheFenceDelay) {
+  if (!std::getenv("E2E_FENCE_DELAY")) GTEST_SKIP() << "runs as router_stream_activity_fence_delay";
+  const CUstream s = active_side_stream();
+  churn();  // the side stream's work is done: the work turns ordered
+  ASSERT_TRUE(reused_at_once(fresh_block()));
+  fake_cuda_hold_stream(s, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, s), CUDA_SUCCESS);
+  const int records = fake_cuda_calls("cuEventRecord");
+  free_and_close_batch(used);
+  EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "a fence recorded before the delay passed";
+  EXPECT_FALSE(handed_out_again(used, 300));
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // Several side streams at once, each held: no block whose last user is queued on a held stream is
 // handed out, and once they are all done their blocks come back while the legacy stream is behind.
 TEST_F(StreamActivity, BlocksUsedOnHeldSideStreamsAreNeverHandedOut) {
