@@ -43,7 +43,6 @@ bool prepare_probe_word(ProbeWord& word, CUcontext context) noexcept {
       g_page_used = 0;
     }
     word.host = g_page + g_page_used++;
-    word.context = nullptr;
   }
   if (word.context != context) {
     // Portable mapped memory has an address in every context (the same one under unified addressing);
