@@ -112,8 +112,9 @@ void FreeFenceQueue::record_waiting(bool all) noexcept {
     ClosedBatch* waiting[kMaxFencesPerRound];  // no allocation: every close runs this
     std::size_t count = 0;
     // Batches closed after `due` wait: the oldest of each kind decides for all of its kind.
+    const Clock::time_point now = Clock::now();
     const bool defer = !all && defer_records_.load(std::memory_order_relaxed);
-    const Clock::time_point due = defer ? Clock::now() - record_after_ : Clock::time_point::max();
+    const Clock::time_point due = defer ? now - record_after_ : Clock::time_point::max();
     {
       std::lock_guard<AdaptiveMutex> guard(lock_);
       if (!orphans_.empty()) {
@@ -124,6 +125,7 @@ void FreeFenceQueue::record_waiting(bool all) noexcept {
             queue_.emplace_back();
             batch->blocks.swap(orphans_);
             for (const FreedBlock& block : batch->blocks) batch->bytes += block.bytes;
+            batch->closed_at = now;  // closed now, as any batch: it waits its delay like the others
             queue_.back() = std::move(batch);
           }
         } catch (...) {

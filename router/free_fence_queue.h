@@ -232,7 +232,7 @@ class FreeFenceQueue {
   struct ClosedBatch {
     std::vector<FreedBlock> blocks;  // written under lock_ (a merge), read under lock_ (holds)
     std::size_t bytes = 0;
-    Clock::time_point closed_at{};   // a merge keeps the oldest's (the epoch: record at the next poll)
+    Clock::time_point closed_at{};   // a merge keeps the oldest's
     FenceContext context = nullptr;
     bool stream_fence = false;
     StreamHandle stream = 0;

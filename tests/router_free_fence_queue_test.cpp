@@ -302,6 +302,21 @@ TEST(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIsOr
   EXPECT_EQ(events.device_fences, 2) << "ordered again: the delay is back";
 }
 
+// Orphans (a thread exited with its batch open) get a batch of their own at the next poll, closed then:
+// it waits its delay too, and does not count as a batch that waited in vain.
+TEST(FreeFenceQueueDelay, OrphansWaitTheirDelayAndLeaveItOn) {
+  RecordingBackend backend;
+  FakeEvents events;
+  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::hours(1)};
+  queue.give_back_device_batches({});
+  queue.adopt_orphans(blocks(1, 2));
+  queue.poll();
+  EXPECT_EQ(events.device_fences, 0) << "the orphans' batch was recorded before its delay passed";
+  queue.close_device_batch(blocks(10, 2), nullptr);
+  EXPECT_EQ(events.device_fences, 0) << "the orphans turned the delay off";
+  EXPECT_EQ(queue.give_back_device_batches({}), 1024u);
+}
+
 TEST_F(FreeFenceQueueTest, WhileGivingBackIsForbiddenTheOpenBlocksWaitAsOrphans) {
   events.holding = true;
   EXPECT_EQ(queue.give_back_device_batches(blocks(1, 2)), 0u);
