@@ -9,6 +9,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <thread>
 #include <utility>
@@ -244,12 +245,24 @@ TEST_F(FreeFenceQueueTest, DeviceBatchesGoBackUnfencedWhenTheWorkTurnsOrdered) {
   EXPECT_FALSE(queue.holds_blocks());
 }
 
-// GPUSHIM_FENCE_DELAY: once the work has turned ordered, a batch closed in passing waits for its fence,
-// since the streams may go idle first; then it goes back with no fence at all.
-TEST(FreeFenceQueueDelay, AfterTheWorkTurnedOrderedABatchClosedInPassingWaitsForItsFence) {
+// A queue whose batches closed in passing wait `delay` for their fence (GPUSHIM_FENCE_DELAY): an hour
+// where a test must see it not pass, however slow the machine.
+class FreeFenceQueueDelay : public ::testing::Test {
+ protected:
+  FreeFenceQueue& with_delay(std::chrono::nanoseconds delay) {
+    return queue_.emplace(backend, events, nullptr, kOwnBlockThroughCacheBytes, delay);
+  }
   RecordingBackend backend;
   FakeEvents events;
-  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::hours(1)};
+
+ private:
+  std::optional<FreeFenceQueue> queue_;
+};
+
+// GPUSHIM_FENCE_DELAY: once the work has turned ordered, a batch closed in passing waits for its fence,
+// since the streams may go idle first; then it goes back with no fence at all.
+TEST_F(FreeFenceQueueDelay, AfterTheWorkTurnedOrderedABatchClosedInPassingWaitsForItsFence) {
+  FreeFenceQueue& queue = with_delay(std::chrono::hours(1));
   queue.close_device_batch(blocks(1, 2), nullptr);
   EXPECT_EQ(events.device_fences, 1) << "no transition seen yet: a delay would only hold blocks";
   events.complete = {1};
@@ -267,10 +280,8 @@ TEST(FreeFenceQueueDelay, AfterTheWorkTurnedOrderedABatchClosedInPassingWaitsFor
 }
 
 // An allocation at the peak may need the waiting blocks now: it records their fence at once.
-TEST(FreeFenceQueueDelay, AnAllocationAtThePeakRecordsAWaitingBatchAtOnce) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::hours(1)};
+TEST_F(FreeFenceQueueDelay, AnAllocationAtThePeakRecordsAWaitingBatchAtOnce) {
+  FreeFenceQueue& queue = with_delay(std::chrono::hours(1));
   queue.give_back_device_batches({});
   queue.close_device_batch(blocks(1, 2), nullptr);
   EXPECT_EQ(events.device_fences, 0);
@@ -282,15 +293,13 @@ TEST(FreeFenceQueueDelay, AnAllocationAtThePeakRecordsAWaitingBatchAtOnce) {
 
 // A batch whose delay passed is recorded by the next poll, with every batch closed since (one fence);
 // having waited in vain, later batches are fenced at their close until the work turns ordered again.
-TEST(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIsOrderedAgain) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::milliseconds(2)};
+TEST_F(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIsOrderedAgain) {
+  FreeFenceQueue& queue = with_delay(std::chrono::milliseconds(50));
   queue.give_back_device_batches({});
   queue.close_device_batch(blocks(1, 2), nullptr);
   queue.close_device_batch(blocks(10, 2), nullptr);
   EXPECT_EQ(events.device_fences, 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(3));
+  std::this_thread::sleep_for(std::chrono::milliseconds(60));
   queue.poll();
   EXPECT_EQ(events.device_fences, 1) << "the delay passed: one fence for both batches";
   EXPECT_EQ(queue.batches(), 1u);
@@ -304,10 +313,8 @@ TEST(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIsOr
 
 // Orphans (a thread exited with its batch open) get a batch of their own at the next poll, closed then:
 // it waits its delay too, and does not count as a batch that waited in vain.
-TEST(FreeFenceQueueDelay, OrphansWaitTheirDelayAndLeaveItOn) {
-  RecordingBackend backend;
-  FakeEvents events;
-  FreeFenceQueue queue{backend, events, nullptr, kOwnBlockThroughCacheBytes, std::chrono::hours(1)};
+TEST_F(FreeFenceQueueDelay, OrphansWaitTheirDelayAndLeaveItOn) {
+  FreeFenceQueue& queue = with_delay(std::chrono::hours(1));
   queue.give_back_device_batches({});
   queue.adopt_orphans(blocks(1, 2));
   queue.poll();
