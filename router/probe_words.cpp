@@ -69,10 +69,6 @@ bool write_probe_value(CUstream stream, CUdeviceptr device, std::uint32_t value)
   return true;
 }
 
-bool queue_probe_write(ProbeWord& word, CUstream stream) noexcept {
-  return write_probe_value(stream, word.device, reserve_probe_value(word));
-}
-
 void reset_probe_words_after_fork() noexcept {
   g_page = nullptr;
   g_page_used = kWordsPerPage;

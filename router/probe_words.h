@@ -31,15 +31,13 @@ struct ProbeWord {
 // the driver refused (no pinned memory, no mapping): the caller probes with an event. Activity lock
 // held (router/stream_activity.cpp).
 bool prepare_probe_word(ProbeWord& word, CUcontext context) noexcept;
-// Queues the write of the word's next value on `stream`, after its work so far. False when refused;
-// from the first refusal of a write on, every probe is an event (prepare_probe_word says no). The
-// value is taken first either way: values only need to grow.
-bool write_probe_value(CUstream stream, CUdeviceptr device, std::uint32_t value) noexcept;
-bool queue_probe_write(ProbeWord& word, CUstream stream) noexcept;
-// The same in two steps, for a caller that queues the write without the activity lock: reserve_probe_value
-// under it (the probe can be published at once: its word reads "not landed" until the write lands),
-// write_probe_value after.
+// A probe takes two steps, so that the write can be queued without the activity lock: the word's next
+// value is reserved under it (the probe can be published at once: its word reads "not landed" until
+// the write lands), then the write of that value is queued on `stream`, after its work so far. The
+// write is false when refused; from the first refusal on, every probe is an event (prepare_probe_word
+// says no). A reserved value that is never written costs nothing: values only need to grow.
 inline std::uint32_t reserve_probe_value(ProbeWord& word) noexcept { return ++word.value; }
+bool write_probe_value(CUstream stream, CUdeviceptr device, std::uint32_t value) noexcept;
 // True once the write queued last has landed.
 inline bool probe_word_written(const ProbeWord& word) noexcept {
   return __atomic_load_n(word.host, __ATOMIC_ACQUIRE) == word.value;

@@ -162,14 +162,23 @@ void log_first_activation(const StreamRecord* record) noexcept {
 // probe word where the driver takes one, else an event (created on first use); always an event for a
 // stream being destroyed (`event`): order_legacy_after_destroyed_streams makes the legacy stream wait
 // for it. False, and not probing, when the driver refused both.
+// Publishes `record`'s probe as the write of its word's next value, which the caller queues
+// (write_probe_value): until that write lands, the word reads "not landed". Returns the value.
+std::uint32_t publish_word_probe(StreamRecord* record, std::uint64_t stamp) noexcept {
+  record->probe_by_word = true;
+  record->probing = true;
+  record->probe_stamp = stamp;
+  return reserve_probe_value(record->probe_word);
+}
+
 bool start_probe(StreamRecord* record, std::uint64_t stamp, bool event = false) noexcept {
+  if (!event && prepare_probe_word(record->probe_word, record->context) &&
+      write_probe_value(record->stream, record->probe_word.device, publish_word_probe(record, stamp)))
+    return true;
   const RealDriver& driver = real_driver();
-  record->probe_by_word = !event && prepare_probe_word(record->probe_word, record->context) &&
-                          queue_probe_write(record->probe_word, record->stream);
-  record->probing =
-      record->probe_by_word ||
-      ((record->probe || driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
-       driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS);
+  record->probe_by_word = false;
+  record->probing = (record->probe || driver.cuEventCreate(&record->probe, CU_EVENT_DISABLE_TIMING) == CUDA_SUCCESS) &&
+                    driver.cuEventRecord(record->probe, record->stream) == CUDA_SUCCESS;
   if (record->probing) record->probe_stamp = stamp;
   return record->probing;
 }
@@ -323,10 +332,7 @@ void probe_after_activation(StreamRecord* record) noexcept {
   // A word's write costs the launch 2.7-2.9 us on the H200, an event's record 0.8 (fourteenth session):
   // queued without the lock, so threads that activate their streams at once do not wait for each
   // other's. The probe is published first: until the write lands, its word reads "not landed".
-  const std::uint32_t value = reserve_probe_value(record->probe_word);
-  record->probe_by_word = true;
-  record->probing = true;
-  record->probe_stamp = word;
+  const std::uint32_t value = publish_word_probe(record, word);
   const CUstream stream = record->stream;
   const CUdeviceptr device = record->probe_word.device;
   guard.unlock();
