@@ -2,6 +2,7 @@
 // never freed.
 #include <new>
 
+#include "allocators/thread_cache_allocator.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
@@ -9,6 +10,14 @@
 #include "router/router_state.h"
 
 namespace gpushim::router {
+
+// A round of a thread's own completed blocks goes through its cache only where the cache keeps a whole
+// batch of them (router/free_fence_queue.h, kOwnBlockThroughCacheBytes): else it overflowed into the arena.
+static_assert(ThreadCacheAllocator::kMaxBlocksPerClass >= kBatchMaxBlocks &&
+                  kOwnBlockThroughCacheBytes * kBatchMaxBlocks <= ThreadCacheAllocator::kClassBytes,
+              "the thread cache no longer keeps a whole batch of the blocks kOwnBlockThroughCacheBytes sends it");
+static_assert(2 * kOwnBlockThroughCacheBytes * kBatchMaxBlocks > ThreadCacheAllocator::kClassBytes,
+              "the thread cache keeps whole batches of larger blocks now: kOwnBlockThroughCacheBytes may grow");
 
 std::atomic<DeviceState*> g_devices[kMaxDevices];
 std::mutex g_devices_lock;

@@ -36,13 +36,16 @@ inline constexpr std::size_t kBatchMaxBlocks = 256;
 inline constexpr std::size_t kBatchMaxBytes = std::size_t{64} << 20;
 
 // The largest of the poller's own blocks that a round of its own goes to the backend with (BlockOwners):
-// the thread cache's largest class (allocators/thread_cache_allocator.h, kMaxCachedBytes). A larger
-// block has no place in the cache while its thread is alone on the arena (large slots park only while
-// contended), so through the backend it cost the arena's lock and search at its every reuse: one
-// thread with a stream on the H200, 4 and 16 MiB pairs, 342 ns median, 200 ns from the list. At 64 KiB
-// and 1 MiB the list was measured too: 180 -> 188 ns and 182 -> 197 ns median (the list's owner takes
-// a spin lock, the cache's a lock without a locked instruction), means unchanged; those stay here.
-inline constexpr std::size_t kOwnBlockThroughCacheBytes = std::size_t{1} << 20;
+// 8 KiB, the largest class of which the thread cache keeps a whole batch (allocators/
+// thread_cache_allocator.h: 2 MiB or 256 blocks a class; a batch closes at 256 blocks or 64 MiB). A
+// larger block went there too up to 1 MiB, and a batch's return overflowed the cache into the arena:
+// 32 of a batch's 256 blocks kept at 64 KiB, 2 of 64 at 1 MiB, so every other fenced pair of that size
+// took the arena's lock and search twice (CPU guard, every free fenced: 992 instructions a pair at 64
+// KiB and 1,241 at 1 MiB, against 537 and 579 through the list; docs/perf-notes.md, sixteenth session).
+// The list costs its owner a spin lock where the cache's lock has no locked instruction (one thread
+// with a stream on the H200, fourteenth session: 180 -> 188 ns median at 64 KiB, 182 -> 197 at 1 MiB,
+// the means unchanged, then); at 8 KiB and below the cache holds the batch, and the blocks stay there.
+inline constexpr std::size_t kOwnBlockThroughCacheBytes = std::size_t{8} << 10;
 
 struct FreedBlock {
   void* ptr = nullptr;
@@ -58,11 +61,11 @@ struct FreedBlock {
 // threads: 2.6-45 us a pair on the H200, where one thread takes 0.1-0.3 us).
 //
 // In a round of completed blocks that the polling thread freed alone (one thread's program), the blocks
-// its thread cache has classes for (kOwnBlockThroughCacheBytes) skip this and go to the backend through
-// the poller, so into its cache: a free after the work turned ordered is then still the next block
-// handed out. Its larger blocks, and all of its blocks once other threads' are in the round, go to its
-// list: through its cache (2 MiB a class), a batch of 1 MiB blocks overflowed into the shared backend,
-// where every thread's next allocation fought for its lock; a large block went to the arena.
+// its thread cache keeps a whole batch of (kOwnBlockThroughCacheBytes) skip this and go to the backend
+// through the poller, so into its cache: a free after the work turned ordered is then still the next
+// block handed out. Its larger blocks, and all of its blocks once other threads' are in the round, go to
+// its list: through its cache (2 MiB a class), a batch of 1 MiB blocks overflowed into the shared
+// backend, where every thread's next allocation fought for its lock; a large block went to the arena.
 class BlockOwners {
  public:
   virtual ~BlockOwners() = default;
