@@ -24,6 +24,9 @@
 namespace gpushim::router {
 
 std::atomic<std::uint64_t> g_unordered{0};
+// Bumped before every uncount that may leave the work totally ordered (uncount), so a join that reads
+// the same value as an earlier one knows the work has not been ordered in between (become_active).
+std::atomic<std::uint64_t> g_ordered_epoch{0};
 std::atomic<std::uint64_t> g_stream_records_generation{1};
 
 namespace {
@@ -42,6 +45,10 @@ struct Activity {
   std::vector<ScratchEvent> join_events;  // one per context: re-recorded for every join
   std::uint64_t activations = 0;
   std::uint64_t registrations = 0;  // the last StreamRecord::serial given
+  // A join that found the legacy stream of `legacy_done_context` done, and g_ordered_epoch as it read it
+  // after its count (become_active says what that spares the joins after it).
+  CUcontext legacy_done_context = nullptr;
+  std::uint64_t legacy_done_epoch = 0;
   bool logged_first = false;
 };
 Activity& activity() {
@@ -205,9 +212,15 @@ bool probe_landed(StreamRecord* record, int* calls) noexcept {
 
 // An active stream stops counting in g_unordered: true when that made the work totally ordered. Only
 // polls uncount (under the activity lock), so one thread sees each such transition.
+// The epoch is bumped first, while the stream still counts: a free that reads "ordered" after this
+// uncount comes after the bump, and so does every count that follows such a free (all seq_cst). A bump
+// for a value that a count changed meanwhile (the exchange fails) only makes a later join ask again.
 bool uncount(const StreamRecord* record) noexcept {
   const std::uint64_t one = record->blocking ? kBlockingOne : 1;
-  const std::uint64_t before = g_unordered.fetch_sub(one, std::memory_order_seq_cst);
+  std::uint64_t before = g_unordered.load(std::memory_order_seq_cst);
+  do {
+    if (totally_ordered(before - one)) g_ordered_epoch.fetch_add(1, std::memory_order_seq_cst);
+  } while (!g_unordered.compare_exchange_weak(before, before - one, std::memory_order_seq_cst));
   return !totally_ordered(before) && totally_ordered(before - one);
 }
 
@@ -271,14 +284,31 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   // time, fourteenth session). The count, not the lock, is what makes the answer exact. Meanwhile the
   // stream is `joining`: another thread's submission to it waits above, so no work is queued on it
   // before its join, and untrack_stream does not recycle it.
+  // Nor is it asked again while the work has stayed unordered since a join that found the legacy stream
+  // of this context done: every block reused at once was freed before that join's count (the work was
+  // unordered from that count on, and the joined stream counted until its join ended), so its last
+  // user was queued before that question and was done then. The epoch, read after this join's count,
+  // tells: every uncount that may leave the work ordered bumps it first (uncount). With a stream per
+  // thread, 16 threads' activations mostly fall in such stretches (alloc_bench on the H200, 1 MiB: 1,645
+  // transitions to ordered in a process of 13,000 launches, docs/perf-notes.md, sixteenth session).
   bool joined = true;
   if (!record->blocking && g_active_captures.load(std::memory_order_acquire) == 0) {
-    record->joining = true;
-    guard.unlock();
-    const bool caught_up = legacy_stream_caught_up(record->context);
-    guard.lock();
-    record->joining = false;
-    if (!caught_up) joined = wait_for(record, record->context, CU_STREAM_LEGACY);
+    const std::uint64_t epoch = g_ordered_epoch.load(std::memory_order_seq_cst);
+    if (a.legacy_done_context != record->context || a.legacy_done_epoch != epoch) {
+      record->joining = true;
+      guard.unlock();
+      const bool caught_up = legacy_stream_caught_up(record->context);
+      guard.lock();
+      record->joining = false;
+      if (caught_up) {
+        if (a.legacy_done_context != record->context || a.legacy_done_epoch < epoch) {
+          a.legacy_done_context = record->context;
+          a.legacy_done_epoch = epoch;
+        }
+      } else {
+        joined = wait_for(record, record->context, CU_STREAM_LEGACY);
+      }
+    }
   }
   // And every other active *blocking* stream. An active non-blocking stream needs no wait: a block reused
   // at once was freed while no non-blocking stream was active (else it was fenced), so such a stream
@@ -551,6 +581,8 @@ void reset_stream_activity_after_fork() noexcept {
   a.free_records = nullptr;
   reset_probe_words_after_fork();
   g_unordered.store(g_unordered.load() & kUnorderedForever);
+  g_ordered_epoch.fetch_add(1);
+  a.legacy_done_context = nullptr;
   g_stream_records_generation.fetch_add(1);
 }
 

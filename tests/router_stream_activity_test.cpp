@@ -774,6 +774,39 @@ TEST_F(StreamActivity, AStreamThatStartsWorkWaitsForTheLegacyStreamOnlyWhileItHa
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// Once a join found the legacy stream done, streams that start work while the work has stayed unordered
+// since do not ask again: every block reused at once was freed before that join's count, so its last
+// user was done when the join asked (router/stream_activity.cpp, become_active). 16 threads with a
+// stream each paid a cuStreamQuery per launch for it. Once the work has been ordered again, the next
+// join asks, and waits while the legacy stream has work. Fails if every join asks, and (second half) if
+// the question is skipped across a transition to ordered: the new work would not wait.
+TEST_F(StreamActivity, StreamsThatStartWorkWhileTheWorkStaysUnorderedAskTheLegacyStreamOnce) {
+  const std::pair<CUstream, CUstream> streams = two_idle_streams();
+  const CUstream a = streams.first, b = streams.second;
+  fake_cuda_hold_stream(a, 1);
+  int queries = fake_cuda_calls("cuStreamQuery");
+  launch_on(a);  // joined: the legacy stream is done; `a` stays busy, so the work stays unordered
+  EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), queries + 1) << "the first join did not ask the legacy stream";
+  queries = fake_cuda_calls("cuStreamQuery");
+  launch_on(b);
+  EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), queries) << "asked again while the work stayed unordered";
+
+  fake_cuda_hold_stream(a, 0);
+  churn();  // both found idle: ordered again
+  ASSERT_TRUE(reused_at_once(fresh_block()));
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, CU_STREAM_LEGACY), CUDA_SUCCESS);  // its last user, queued
+  EXPECT_TRUE(reused_at_once(used));
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  launch_on(b);  // may touch `used` next
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 1) << "not joined to the legacy work once ordered again";
+  EXPECT_EQ(cuStreamQuery(b), CUDA_ERROR_NOT_READY) << "the stream's new work does not wait for the legacy work";
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
+  EXPECT_EQ(cuStreamQuery(b), CUDA_SUCCESS);
+  for (CUstream s : {a, b}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // A stream that starts work asks whether the legacy stream is done without holding the activity lock:
 // with a stream per thread, 16 threads queued for that lock while each activation's cuStreamQuery ran
 // (66 us an activation at 256 B on the H200). Two streams starting work at once both reach the question
