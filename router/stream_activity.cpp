@@ -164,11 +164,6 @@ void log_first_activation(const StreamRecord* record) noexcept {
       record->blocking ? "blocking" : "non-blocking", static_cast<void*>(record->stream), modules);
 }
 
-// Queues `record`'s probe now, with its context current: once the probe has landed, the stream is idle
-// if its word still reads `stamp` (read before the probe, with no submission in flight). A write of its
-// probe word where the driver takes one, else an event (created on first use); always an event for a
-// stream being destroyed (`event`): order_legacy_after_destroyed_streams makes the legacy stream wait
-// for it. False, and not probing, when the driver refused both.
 // Publishes `record`'s probe as the write of its word's next value, which the caller queues
 // (write_probe_value): until that write lands, the word reads "not landed". Returns the value.
 std::uint32_t publish_word_probe(StreamRecord* record, std::uint64_t stamp) noexcept {
@@ -178,6 +173,11 @@ std::uint32_t publish_word_probe(StreamRecord* record, std::uint64_t stamp) noex
   return reserve_probe_value(record->probe_word);
 }
 
+// Queues `record`'s probe now, with its context current: once the probe has landed, the stream is idle
+// if its word still reads `stamp` (read before the probe, with no submission in flight). A write of its
+// probe word where the driver takes one, else an event (created on first use); always an event for a
+// stream being destroyed (`event`): order_legacy_after_destroyed_streams makes the legacy stream wait
+// for it. False, and not probing, when the driver refused both.
 bool start_probe(StreamRecord* record, std::uint64_t stamp, bool event = false) noexcept {
   if (!event && prepare_probe_word(record->probe_word, record->context) &&
       write_probe_value(record->stream, record->probe_word.device, publish_word_probe(record, stamp)))
@@ -300,13 +300,11 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
       const bool caught_up = legacy_stream_caught_up(record->context);
       guard.lock();
       record->joining = false;
-      if (caught_up) {
-        if (a.legacy_done_context != record->context || a.legacy_done_epoch < epoch) {
-          a.legacy_done_context = record->context;
-          a.legacy_done_epoch = epoch;
-        }
-      } else {
+      if (!caught_up) {
         joined = wait_for(record, record->context, CU_STREAM_LEGACY);
+      } else if (a.legacy_done_context != record->context || a.legacy_done_epoch < epoch) {
+        a.legacy_done_context = record->context;  // a later join may have stored a newer epoch meanwhile
+        a.legacy_done_epoch = epoch;
       }
     }
   }
