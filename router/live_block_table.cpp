@@ -7,9 +7,10 @@
 namespace gpushim {
 namespace {
 
-// Slots a shard starts with. Past half occupied (live + freed) a shard is rebuilt without its stale freed
-// slots, twice as large while that leaves it more than a quarter full: linear probing stays short, and a
-// rebuild comes at most once per quarter of its slots inserted.
+// Slots a shard starts with. Past half occupied (live + freed) a shard is rebuilt (without its stale freed
+// slots, unless their addresses come back: rebuild), twice as large while that leaves it more than a
+// quarter full: linear probing stays short, and a rebuild comes at most once per quarter of its slots
+// inserted.
 constexpr std::size_t kInitialSlots = 64;
 
 }  // namespace
@@ -24,19 +25,39 @@ LiveBlockTable::Slot* LiveBlockTable::find_slot(const Shard& shard, std::uintptr
 }
 
 bool LiveBlockTable::rebuild(Shard& shard) noexcept {
-  std::size_t keep = 0;  // live and remembered slots
+  // Which freed slots stay. A stale one answers "unknown" like an empty slot, so it is dropped: the table
+  // does not grow with frees. But a block's address usually comes back (a backend hands its blocks out
+  // again), and its next insert then finds its own slot, one probe in the inline path. Dropped, the
+  // address appended a slot instead, and the shard was rebuilt again once half full. With a stream per
+  // thread every free is fenced, so each thread cycles a few hundred blocks of its own (a batch in
+  // flight, its returned list, its cache) rather than one. With 16 threads at 256 B on the H200, the
+  // shards' locks in insert, behind those rebuilds and appends, took 13% of all samples (seventeenth
+  // session, docs/perf-notes.md). So when three quarters of the inserts since the last rebuild were
+  // addresses that had lost their slots (the `lost` bits), the freed slots stay, and the shard grows to
+  // hold them, up to kMaxSlotsKeepingFreed slots. Addresses that never come back hit few of those bits,
+  // and their shard stays as small as before.
+  std::size_t keep = 0;   // live and remembered slots
+  std::size_t stale = 0;  // freed slots no longer remembered (and forgotten ones)
   for (std::size_t i = 0; shard.slots && i <= shard.capacity_mask; ++i) {
     const Slot& slot = shard.slots[i];
     if (slot.state == SlotState::live || remembered(shard, slot)) ++keep;
+    else if (slot.state != SlotState::empty) ++stale;
   }
+  const bool keep_stale = shard.misses > 0 && shard.returned * 4 >= shard.misses * 3 &&
+                          (keep + stale + 1) * 4 <= kMaxSlotsKeepingFreed;
+  const std::size_t kept = keep + (keep_stale ? stale : 0);
   std::size_t capacity = shard.slots ? shard.capacity_mask + 1 : kInitialSlots;
-  while ((keep + 1) * 4 > capacity) capacity *= 2;
+  while ((kept + 1) * 4 > capacity) capacity *= 2;
   Slot* slots = new (std::nothrow) Slot[capacity];
   if (!slots) return false;
   const std::size_t mask = capacity - 1;
   for (std::size_t i = 0; shard.slots && i <= shard.capacity_mask; ++i) {
     const Slot& old = shard.slots[i];
-    if (old.state != SlotState::live && !remembered(shard, old)) continue;
+    if (old.state == SlotState::empty) continue;
+    if (old.state != SlotState::live && !remembered(shard, old) && !keep_stale) {
+      mark_lost(shard, old.address);
+      continue;
+    }
     std::size_t j = probe_start(old.address, mask);
     while (slots[j].state != SlotState::empty) j = (j + 1) & mask;
     slots[j] = old;
@@ -44,7 +65,10 @@ bool LiveBlockTable::rebuild(Shard& shard) noexcept {
   delete[] shard.slots;
   shard.slots = slots;
   shard.capacity_mask = mask;
-  shard.occupied = keep;
+  shard.occupied = kept;
+  shard.misses = 0;
+  shard.returned = 0;
+  ++shard.rebuilds;
   return true;
 }
 
@@ -63,7 +87,11 @@ void LiveBlockTable::insert_locked(Shard& shard, std::uintptr_t p, const LiveBlo
     }
     if (!stale && slot.state != SlotState::live && !remembered(shard, slot)) stale = &slot;
   }
+  // No slot of its own: an address seen before that lost its slot (rebuild says what that decides)?
+  ++shard.misses;
+  if (was_lost(shard, p)) ++shard.returned;
   if (stale) {
+    mark_lost(shard, stale->address);
     *stale = Slot{p, block, SlotState::live, 0};
     return;
   }
@@ -190,7 +218,20 @@ void LiveBlockTable::reset_after_fork() noexcept {
     for (std::size_t i = 0; shard.slots && i <= shard.capacity_mask; ++i) shard.slots[i] = Slot{};
     shard.occupied = 0;
     shard.erase_count = 0;
+    shard.misses = 0;
+    shard.returned = 0;
+    shard.lost_count = 0;
+    std::fill(std::begin(shard.lost), std::end(shard.lost), 0);
   }
+}
+
+std::uint64_t LiveBlockTable::rebuilds() const noexcept {
+  std::uint64_t count = 0;
+  for (const Shard& shard : shards_) {
+    std::lock_guard<SpinLock> guard(shard.lock);
+    count += shard.rebuilds;
+  }
+  return count;
 }
 
 std::size_t LiveBlockTable::slot_capacity() const noexcept {

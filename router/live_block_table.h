@@ -13,11 +13,14 @@
 // instead of being handed to the real driver as a stranger. A freed slot is remembered while fewer than
 // kRecentlyFreedPerShard erases of its shard have followed it; after that it is a stale marker, which
 // answers "unknown", may be taken by the next insert that passes it, and is dropped when the shard is
-// rebuilt, so the table never grows with frees. (It was a ring of the last erases whose oldest entry was
-// looked up and removed on every erase: a second probe and a backward shift per free, ~60 Ir a pair.)
+// rebuilt, so the table never grows with frees; unless its address keeps coming back, as fenced blocks'
+// do: then it stays, up to kMaxSlotsKeepingFreed slots a shard (rebuild() says why). (It was a ring of
+// the last erases whose oldest entry was looked up and removed on every erase: a second probe and a
+// backward shift per free, ~60 Ir a pair.)
 // Pure C++ (no CUDA): tested on the CPU in tests/router_live_block_table_test.cpp.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
@@ -110,6 +113,12 @@ class LiveBlockTable {
 
   // Slots allocated over all shards (live, freed and empty): for tests that the table stays bounded.
   std::size_t slot_capacity() const noexcept;
+  // Rebuilds over all shards so far: for tests that a working set that cycles stops rebuilding.
+  std::uint64_t rebuilds() const noexcept;
+
+  // A shard keeps the freed slots of addresses that come back, up to this many slots (64 B each: 256
+  // KiB a shard, 16 MiB for the table at most): rebuild() says why.
+  static constexpr std::size_t kMaxSlotsKeepingFreed = 4096;
 
   static std::size_t shard_of(std::uintptr_t p) noexcept {
     // Blocks are >= 256-byte aligned: drop those bits, then a Fibonacci multiply spreads neighbours.
@@ -117,6 +126,15 @@ class LiveBlockTable {
   }
 
  private:
+  static constexpr std::size_t kLostBits = 4096;
+  static std::size_t lost_bit(std::uintptr_t p) noexcept {
+    // A mix of its own (murmur3's finalizer): bits of the shard's multiplicative hash walk in steps for
+    // neighbouring addresses, so new addresses kept landing on the bits of those just dropped.
+    std::uint64_t x = p >> 8;
+    x = (x ^ (x >> 33)) * 0xff51afd7ed558ccdull;
+    x = (x ^ (x >> 33)) * 0xc4ceb9fe1a85ec53ull;
+    return static_cast<std::size_t>(x ^ (x >> 33)) & (kLostBits - 1);
+  }
   // forgotten: a freed slot known to be stale whatever the count says (set when the count wraps).
   enum class SlotState : std::uint32_t { empty, live, freed, forgotten };
   // One cache line: the key, sizes, device and state are read together.
@@ -132,6 +150,14 @@ class LiveBlockTable {
     std::size_t capacity_mask = 0;
     std::size_t occupied = 0;  // live + freed slots (a freed slot ends no probe run)
     std::uint32_t erase_count = 0;
+    // Below the first cache line: only inserts that find no slot of their own, and rebuilds, touch them.
+    std::uint32_t misses = 0;    // inserts since the last rebuild that found no slot of their address
+    std::uint32_t returned = 0;  // ... of which the address had lost its slot to a rebuild or a takeover
+    std::uint32_t rebuilds = 0;  // for tests (rebuilds())
+    // Addresses whose freed slots were dropped or taken over, hashed (a bitmap: `returned` counts the
+    // misses that hit a set bit; mark_lost says when it is cleared), and how many bits are set.
+    std::uint32_t lost_count = 0;
+    std::uint64_t lost[kLostBits / 64] = {};
   };
   // A freed slot still counts as a double-free marker (unsigned difference: wraps with the count).
   static bool remembered(const Shard& shard, const Slot& slot) noexcept {
@@ -149,11 +175,27 @@ class LiveBlockTable {
     slot.erase_number = ++shard.erase_count;
     if ((shard.erase_count & 0x7fffffffu) == 0) forget_stale(shard);
   }
+  static void mark_lost(Shard& shard, std::uintptr_t address) noexcept {  // lock held
+    std::uint64_t& word = shard.lost[lost_bit(address) / 64];
+    const std::uint64_t bit = std::uint64_t{1} << (lost_bit(address) % 64);
+    if (word & bit) return;
+    // Kept across rebuilds (an address comes back after several), and cleared once a quarter is set, so
+    // that addresses that never come back hit a set bit at most a quarter of the time.
+    if (++shard.lost_count > kLostBits / 4) {
+      std::fill(std::begin(shard.lost), std::end(shard.lost), 0);
+      shard.lost_count = 1;
+    }
+    word |= bit;
+  }
+  static bool was_lost(const Shard& shard, std::uintptr_t address) noexcept {
+    return shard.lost[lost_bit(address) / 64] >> (lost_bit(address) % 64) & 1;
+  }
   // The count wraps after 2^32 erases, and a slot freed that long before would look recent again: every
   // 2^31 erases, stale freed slots are marked forgotten, so none is still merely freed by then.
   static void forget_stale(Shard& shard) noexcept;
-  // Lock held: rebuilds the shard without its stale freed slots, doubling it while that leaves it more
-  // than a quarter full. False when no host memory was left.
+  // Lock held: rebuilds the shard, doubling it while that leaves it more than a quarter full. Stale freed
+  // slots are dropped, unless most inserts since the last rebuild were addresses that had lost theirs
+  // (then they stay, up to kMaxSlotsKeepingFreed slots). False when no host memory was left.
   static bool rebuild(Shard& shard) noexcept;
   template <typename Visit>
   void for_each_live(Visit visit) const;                                   // takes each shard's lock
