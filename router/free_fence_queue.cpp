@@ -149,7 +149,7 @@ void FreeFenceQueue::record_waiting(bool all) noexcept {
           continue;
         }
         try {
-          (*same)->blocks.insert((*same)->blocks.end(), batch.blocks.begin(), batch.blocks.end());
+          (*same)->merged.push_back(std::move(*it));  // its own merged ones stay with it (none: unrecorded)
         } catch (...) {
           // No host memory to merge: this batch waits for the next round.
           unrecorded_.store(true, std::memory_order_relaxed);
@@ -235,8 +235,10 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
     std::size_t largest = 0;
     for (const std::unique_ptr<ClosedBatch>& batch : done) {
       if (!batch) continue;
-      others_in_round = others_in_round || !owners_->freed_by_caller(batch->blocks);
-      for (const FreedBlock& block : batch->blocks) largest = std::max(largest, block.bytes);
+      for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) {
+        others_in_round = others_in_round || !owners_->freed_by_caller(blocks);
+        for (const FreedBlock& block : blocks) largest = std::max(largest, block.bytes);
+      });
     }
     if (!others_in_round) own_kept_bytes = own_kept_bytes_;
     to_owners = others_in_round || largest > own_kept_bytes_;
@@ -245,10 +247,12 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;
     events_.release(batch->fence);
-    // Counted before the owners take theirs: those are free from here on too.
-    for (const FreedBlock& block : batch->blocks) bytes += block.bytes;
-    if (to_owners && owners_) owners_->return_to_owners(batch->blocks, own_kept_bytes);
-    for (const FreedBlock& block : batch->blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
+    for_each_part(*batch, [&](std::vector<FreedBlock>& blocks) {
+      // Counted before the owners take theirs: those are free from here on too.
+      for (const FreedBlock& block : blocks) bytes += block.bytes;
+      if (to_owners && owners_) owners_->return_to_owners(blocks, own_kept_bytes);
+      for (const FreedBlock& block : blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
+    });
   }
   return bytes;
 }
@@ -336,7 +340,11 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<FreedBlock> ope
         for (const FreedBlock& block : rest->blocks) pending_bytes_ -= block.bytes;
       }
       try {
-        rest->blocks.insert(rest->blocks.end(), open.begin(), open.end());
+        if (rest->blocks.empty()) {
+          rest->blocks = std::move(open);  // the common case: no orphans, and no copy under lock_
+        } else {
+          rest->blocks.insert(rest->blocks.end(), open.begin(), open.end());
+        }
         open.clear();
       } catch (...) {
       }
@@ -364,10 +372,12 @@ bool FreeFenceQueue::holds(const void* p) const noexcept {
   std::lock_guard<AdaptiveMutex> guard(lock_);
   for (const FreedBlock& block : orphans_)
     if (block.ptr == p) return true;
+  bool held = false;
   for (const std::unique_ptr<ClosedBatch>& batch : queue_)
-    for (const FreedBlock& block : batch->blocks)
-      if (block.ptr == p) return true;
-  return false;
+    for_each_part(static_cast<const ClosedBatch&>(*batch), [&](const std::vector<FreedBlock>& blocks) {
+      for (const FreedBlock& block : blocks) held = held || block.ptr == p;
+    });
+  return held;
 }
 
 std::size_t FreeFenceQueue::batches() const noexcept {

@@ -233,8 +233,13 @@ class FreeFenceQueue {
  private:
   using Clock = std::chrono::steady_clock;
   struct ClosedBatch {
-    std::vector<FreedBlock> blocks;  // written under lock_ (a merge), read under lock_ (holds)
-    std::size_t bytes = 0;
+    std::vector<FreedBlock> blocks;  // written under lock_ (orphans), read under lock_ (holds)
+    // Batches merged into this one (record_waiting), whole: moved under lock_, where a merge once copied
+    // every block of theirs (16 threads with a stream at 256 B on the H200: 256 blocks a batch, ten
+    // batches to a fence; the closes waiting for lock_ in enqueue were 5% of all samples, seventeenth
+    // session). A merged batch has no fence and no merged batches of its own.
+    std::vector<std::unique_ptr<ClosedBatch>> merged;
+    std::size_t bytes = 0;           // merged ones' included
     Clock::time_point closed_at{};   // a merge keeps the oldest's
     FenceContext context = nullptr;
     bool stream_fence = false;
@@ -246,6 +251,17 @@ class FreeFenceQueue {
     Fence fence;
   };
   using Batches = std::vector<std::unique_ptr<ClosedBatch>>;
+  // `visit` on the blocks of `batch` and of each batch merged into it.
+  template <typename Visit>
+  static void for_each_part(ClosedBatch& batch, Visit visit) {
+    visit(batch.blocks);
+    for (const std::unique_ptr<ClosedBatch>& part : batch.merged) visit(part->blocks);
+  }
+  template <typename Visit>
+  static void for_each_part(const ClosedBatch& batch, Visit visit) {
+    visit(batch.blocks);
+    for (const std::unique_ptr<ClosedBatch>& part : batch.merged) visit(static_cast<const ClosedBatch&>(*part).blocks);
+  }
 
   void enqueue(std::unique_ptr<ClosedBatch> batch) noexcept;
   // The steps of the driver-lock holder. record_waiting merges the batches without a fence and records

@@ -358,6 +358,24 @@ TEST_F(FreeFenceQueueTest, WaitingBatchesOfOneContextShareOneFence) {
   EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(11)}));
 }
 
+// Merged batches stay whole inside the batch they joined (moved, not copied, under the queue's lock):
+// every block of each is still held, and goes back when the work turns ordered.
+TEST_F(FreeFenceQueueTest, MergedBatchesAreHeldAndGoBackWhole) {
+  int a = 0;
+  events.capturing = true;
+  queue.close_device_batch(blocks(1, 2), &a);
+  queue.close_device_batch(blocks(10, 3), &a);
+  queue.close_device_batch(blocks(20, 1), &a);
+  EXPECT_EQ(queue.batches(), 1u);
+  for (int i : {1, 2, 10, 11, 12, 20}) EXPECT_TRUE(queue.holds(ptr(i))) << i;
+  EXPECT_FALSE(queue.holds(ptr(3)));
+  EXPECT_EQ(queue.pending_bytes(), 6u * 256);
+  events.capturing = false;
+  EXPECT_EQ(queue.give_back_device_batches(blocks(30, 1)), 7u * 256);
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(11), ptr(12), ptr(20), ptr(30)}));
+  EXPECT_EQ(queue.pending_bytes(), 0u);
+}
+
 // A batch closed on another thread while this one records finds the driver lock taken and returns at
 // once; the recording thread looks again before it lets go and fences that batch too.
 TEST_F(FreeFenceQueueTest, ABatchClosedWhileAnotherThreadRecordsGetsItsFenceFromThatThread) {
