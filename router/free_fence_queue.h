@@ -211,10 +211,10 @@ class FreeFenceQueue {
   std::size_t synchronize_all() noexcept;
   // The GPU's work turned totally ordered (router/stream_activity.h): a cuMemFree'd block may be reused
   // at once, as one freed now would be, whatever its fence says. Gives back `open` (the threads' open
-  // batches), the orphans and every device-fenced batch, recorded or not, with no driver call but the
+  // batches, one vector each), the orphans and every device-fenced batch, recorded or not, with no driver call but the
   // backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream. While another
   // thread holds the driver lock only `open` goes back (the rest through its fences). Returns the bytes.
-  std::size_t give_back_device_batches(std::vector<FreedBlock> open) noexcept;
+  std::size_t give_back_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
   // False while a stream capture keeps completed batches from going back (FenceEvents::may_give_back).

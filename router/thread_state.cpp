@@ -59,17 +59,13 @@ void close_this_thread_batch(DeviceState& device) noexcept {
   device.fences.close_device_batch(std::move(blocks), context);
 }
 
-std::vector<FreedBlock> take_all_thread_batches(DeviceState& device) noexcept {
-  std::vector<FreedBlock> taken;
+std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept {
+  std::vector<std::vector<FreedBlock>> taken;
   for_each_pending_batch(device.ordinal, [&](PendingBatch& batch) {
     if (batch.empty()) return;
-    if (taken.empty()) {
-      taken = batch.take();  // the common case, one thread's batch: moved, not copied
-      return;
-    }
-    std::vector<FreedBlock> blocks = batch.take();
+    std::vector<FreedBlock> blocks = batch.take();  // moved: under these locks no block is copied
     try {
-      taken.insert(taken.end(), blocks.begin(), blocks.end());
+      taken.push_back(std::move(blocks));
     } catch (...) {
       device.fences.adopt_orphans(std::move(blocks));  // no host memory: the same way back, as orphans
     }

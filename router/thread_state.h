@@ -168,8 +168,9 @@ void close_all_thread_batches(DeviceState& device) noexcept;
 // Closes the calling thread's pending cuMemFree batch of this device, if it has one (an allocation at the
 // peak: those blocks come back only once fenced, and a batch of 16 MiB blocks closes at the fourth).
 void close_this_thread_batch(DeviceState& device) noexcept;
-// Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered).
-std::vector<FreedBlock> take_all_thread_batches(DeviceState& device) noexcept;
+// Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered): one
+// vector each, moved out.
+std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept;
 std::uint64_t thread_pending_bytes(int ordinal) noexcept;
 
 }  // namespace gpushim::router

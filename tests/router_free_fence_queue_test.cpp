@@ -230,7 +230,7 @@ TEST_F(FreeFenceQueueTest, DeviceBatchesGoBackUnfencedWhenTheWorkTurnsOrdered) {
   const int fences_before = events.device_fences + events.stream_fences;
   const int queries_before = events.queries;
 
-  EXPECT_EQ(queue.give_back_device_batches(blocks(40, 3)), 7u * 256);
+  EXPECT_EQ(queue.give_back_device_batches({blocks(40, 3)}), 7u * 256);
   EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(30), ptr(40), ptr(41), ptr(42)}));
   EXPECT_EQ(events.device_fences + events.stream_fences, fences_before);
   EXPECT_EQ(events.queries, queries_before);
@@ -326,7 +326,7 @@ TEST_F(FreeFenceQueueDelay, OrphansWaitTheirDelayAndLeaveItOn) {
 
 TEST_F(FreeFenceQueueTest, WhileGivingBackIsForbiddenTheOpenBlocksWaitAsOrphans) {
   events.holding = true;
-  EXPECT_EQ(queue.give_back_device_batches(blocks(1, 2)), 0u);
+  EXPECT_EQ(queue.give_back_device_batches({blocks(1, 2)}), 0u);
   EXPECT_TRUE(backend.returned.empty());
   EXPECT_TRUE(queue.holds(ptr(1)));
   events.holding = false;
@@ -359,7 +359,8 @@ TEST_F(FreeFenceQueueTest, WaitingBatchesOfOneContextShareOneFence) {
 }
 
 // Merged batches stay whole inside the batch they joined (moved, not copied, under the queue's lock):
-// every block of each is still held, and goes back when the work turns ordered.
+// every block of each is still held, and goes back when the work turns ordered, with every thread's
+// open batch.
 TEST_F(FreeFenceQueueTest, MergedBatchesAreHeldAndGoBackWhole) {
   int a = 0;
   events.capturing = true;
@@ -371,8 +372,10 @@ TEST_F(FreeFenceQueueTest, MergedBatchesAreHeldAndGoBackWhole) {
   EXPECT_FALSE(queue.holds(ptr(3)));
   EXPECT_EQ(queue.pending_bytes(), 6u * 256);
   events.capturing = false;
-  EXPECT_EQ(queue.give_back_device_batches(blocks(30, 1)), 7u * 256);
-  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(11), ptr(12), ptr(20), ptr(30)}));
+  // Two threads' open batches, each a part of its own.
+  EXPECT_EQ(queue.give_back_device_batches({blocks(30, 1), {}, blocks(40, 2)}), 9u * 256);
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(11), ptr(12), ptr(20), ptr(30),
+                                               ptr(40), ptr(41)}));
   EXPECT_EQ(queue.pending_bytes(), 0u);
 }
 
@@ -527,7 +530,7 @@ TEST_F(FreeFenceQueueTest, WhileAnotherThreadRecordsTheOrderedTransitionGivesBac
   std::thread other;
   events.while_recording = [&] {  // this thread holds the driver lock here
     other = std::thread([&] {
-      given = queue.give_back_device_batches(blocks(40, 2));
+      given = queue.give_back_device_batches({blocks(40, 2)});
       returned = true;
     });
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
