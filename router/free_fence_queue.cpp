@@ -21,6 +21,8 @@ constexpr std::size_t kMaxFencesAskedPerPoll = 16;
 constexpr int kRecordRounds = 2;
 // Fences one round records at most (one per context and kind of batch: a program has a few contexts).
 constexpr std::size_t kMaxFencesPerRound = 16;
+// Parts of a batch (itself and the batches merged into it) handed to the owners in one call.
+constexpr std::size_t kPartsPerOwnersCall = 32;
 // How long a waiting poll (an allocation at the peak or in need) yields while another thread polls
 // before it sleeps on the lock: a poll records and asks a few fences, tens of microseconds.
 constexpr auto kWaitingPollYieldFor = std::chrono::microseconds(200);
@@ -247,10 +249,22 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;
     events_.release(batch->fence);
-    for_each_part(*batch, [&](std::vector<FreedBlock>& blocks) {
-      // Counted before the owners take theirs: those are free from here on too.
+    // Counted before the owners take theirs: those are free from here on too.
+    for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) {
       for (const FreedBlock& block : blocks) bytes += block.bytes;
-      if (to_owners && owners_) owners_->return_to_owners(blocks, own_kept_bytes);
+    });
+    if (to_owners && owners_) {
+      std::vector<FreedBlock>* parts[kPartsPerOwnersCall];  // no allocation: every poll may run this
+      std::size_t count = 0;
+      for_each_part(*batch, [&](std::vector<FreedBlock>& blocks) {
+        parts[count++] = &blocks;
+        if (count < kPartsPerOwnersCall) return;
+        owners_->return_to_owners(parts, count, own_kept_bytes);
+        count = 0;
+      });
+      if (count > 0) owners_->return_to_owners(parts, count, own_kept_bytes);
+    }
+    for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) {
       for (const FreedBlock& block : blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
     });
   }

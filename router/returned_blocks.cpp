@@ -45,42 +45,47 @@ bool ThreadBlockOwners::freed_by_caller(const std::vector<FreedBlock>& blocks) c
                      [self](const FreedBlock& block) { return block.owner == nullptr || block.owner == self; });
 }
 
-void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>& blocks, std::size_t own_kept_bytes) noexcept {
+void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>* const* parts, std::size_t count,
+                                         std::size_t own_kept_bytes) noexcept {
   ThreadState* const self = t_state;
-  // A batch of the poller's own blocks needs no registry lock: the poller is alive.
-  const bool only_mine = self && freed_by_caller(blocks);
+  // Parts of the poller's own blocks need no registry lock: the poller is alive.
+  bool only_mine = self != nullptr;
+  for (std::size_t k = 0; k < count && only_mine; ++k) only_mine = freed_by_caller(*parts[k]);
   std::unique_lock<AdaptiveMutex> registry(g_threads_lock, std::defer_lock);
   if (!only_mine) registry.lock();
   auto is_live = [](ThreadState* thread) {  // registry held
     const std::vector<ThreadState*>& live = threads();
     return std::find(live.begin(), live.end(), thread) != live.end();
   };
-  std::size_t kept = 0;
-  std::size_t i = 0;
-  while (i < blocks.size()) {
-    // One run of blocks of one owner at a time: a merged batch holds each freeing thread's blocks in a
-    // row, so the owner's lock is taken once per run.
-    ThreadState* const owner = static_cast<ThreadState*>(blocks[i].owner);
-    std::size_t end = i + 1;
-    while (end < blocks.size() && blocks[end].owner == blocks[i].owner) ++end;
-    // Only a registered thread: the pointer of one that exited names freed memory (or, recycled, another
-    // live thread, which may take the blocks as well as any).
-    const bool to_owner = owner && (owner == self || (!only_mine && is_live(owner)));
-    // The caller's own small blocks stay, first in the run: they go to the backend (own_kept_bytes).
-    std::size_t given = i;
-    if (to_owner && owner == self && own_kept_bytes) {
-      const auto run = blocks.begin() + static_cast<std::ptrdiff_t>(i);
-      const auto is_small = [own_kept_bytes](const FreedBlock& block) { return block.bytes <= own_kept_bytes; };
-      const auto small_end = std::partition(run, run + static_cast<std::ptrdiff_t>(end - i), is_small);
-      given = static_cast<std::size_t>(small_end - blocks.begin());
+  for (std::size_t k = 0; k < count; ++k) {
+    std::vector<FreedBlock>& blocks = *parts[k];
+    std::size_t kept = 0;
+    std::size_t i = 0;
+    while (i < blocks.size()) {
+      // One run of blocks of one owner at a time: a thread's batch holds its own blocks in a row, so the
+      // owner's lock is taken once per run.
+      ThreadState* const owner = static_cast<ThreadState*>(blocks[i].owner);
+      std::size_t end = i + 1;
+      while (end < blocks.size() && blocks[end].owner == blocks[i].owner) ++end;
+      // Only a registered thread: the pointer of one that exited names freed memory (or, recycled,
+      // another live thread, which may take the blocks as well as any).
+      const bool to_owner = owner && (owner == self || (!only_mine && is_live(owner)));
+      // The caller's own small blocks stay, first in the run: they go to the backend (own_kept_bytes).
+      std::size_t given = i;
+      if (to_owner && owner == self && own_kept_bytes) {
+        const auto run = blocks.begin() + static_cast<std::ptrdiff_t>(i);
+        const auto is_small = [own_kept_bytes](const FreedBlock& block) { return block.bytes <= own_kept_bytes; };
+        const auto small_end = std::partition(run, run + static_cast<std::ptrdiff_t>(end - i), is_small);
+        given = static_cast<std::size_t>(small_end - blocks.begin());
+      }
+      const FreedBlock* const first_given = blocks.data() + given;
+      if (!to_owner || given == end || !append_to_list(*owner, ordinal_, first_given, blocks.data() + end, true))
+        given = end;
+      for (std::size_t j = i; j < given; ++j) blocks[kept++] = blocks[j];
+      i = end;
     }
-    const FreedBlock* const first_given = blocks.data() + given;
-    if (!to_owner || given == end || !append_to_list(*owner, ordinal_, first_given, blocks.data() + end, true))
-      given = end;
-    for (std::size_t j = i; j < given; ++j) blocks[kept++] = blocks[j];
-    i = end;
+    blocks.resize(kept);
   }
-  blocks.resize(kept);
 }
 
 namespace {

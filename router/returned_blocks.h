@@ -48,7 +48,8 @@ class ThreadBlockOwners final : public BlockOwners {
  public:
   explicit ThreadBlockOwners(int ordinal) noexcept : ordinal_(ordinal) {}
   bool freed_by_caller(const std::vector<FreedBlock>& blocks) const noexcept override;
-  void return_to_owners(std::vector<FreedBlock>& blocks, std::size_t own_kept_bytes) noexcept override;
+  void return_to_owners(std::vector<FreedBlock>* const* parts, std::size_t count,
+                        std::size_t own_kept_bytes) noexcept override;
 
  private:
   const int ordinal_;

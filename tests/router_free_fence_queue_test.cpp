@@ -407,14 +407,19 @@ class FakeOwners final : public BlockOwners {
       if (block.owner && block.owner != caller) return false;
     return true;
   }
-  void return_to_owners(std::vector<FreedBlock>& blocks, std::size_t own_kept_bytes) noexcept override {
-    std::vector<FreedBlock> rest;
-    for (const FreedBlock& block : blocks) {
-      const bool kept = block.owner == caller && block.bytes <= own_kept_bytes;
-      (block.owner == taker && !kept ? taken : rest).push_back(block);
+  void return_to_owners(std::vector<FreedBlock>* const* parts, std::size_t count,
+                        std::size_t own_kept_bytes) noexcept override {
+    ++calls;
+    for (std::size_t k = 0; k < count; ++k) {
+      std::vector<FreedBlock> rest;
+      for (const FreedBlock& block : *parts[k]) {
+        const bool kept = block.owner == caller && block.bytes <= own_kept_bytes;
+        (block.owner == taker && !kept ? taken : rest).push_back(block);
+      }
+      parts[k]->swap(rest);
     }
-    blocks.swap(rest);
   }
+  int calls = 0;
   void* taker = nullptr;
   void* caller = nullptr;
   std::vector<FreedBlock> taken;
@@ -462,6 +467,33 @@ TEST_F(FreeFenceQueueOwners, CompletedBlocksGoToTheirOwnersExceptUnderPressure) 
   ASSERT_EQ(owners.taken.size(), 3u) << "an allocation at the peak polled a block to the backend";
   EXPECT_EQ(owners.taken[2].ptr, ptr(6));
   EXPECT_FALSE(backend.returned.count(ptr(6)));
+}
+
+// Every thread's open batch, given back at a transition to ordered, reaches the owners in one call (one
+// look at the thread registry), and so do a batch and the batches merged into it.
+TEST_F(FreeFenceQueueOwners, TheThreadsBatchesReachTheOwnersInOneCall) {
+  int thread_a = 0, thread_b = 0, thread_c = 0;
+  owners.taker = &thread_a;
+  std::vector<std::vector<FreedBlock>> open = {{{ptr(1), 256, 0, &thread_a}, {ptr(2), 256, 0, &thread_a}},
+                                               {{ptr(3), 256, 0, &thread_b}},
+                                               {{ptr(4), 256, 0, &thread_c}}};
+  EXPECT_EQ(queue.give_back_device_batches(std::move(open)), 4u * 256);
+  EXPECT_EQ(owners.calls, 1);
+  EXPECT_EQ(owners.taken.size(), 2u);
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(3), ptr(4)}));
+
+  events.capturing = true;  // the batches wait, and merge
+  queue.close_device_batch({{ptr(5), 256, 0, &thread_a}}, nullptr);
+  queue.close_device_batch({{ptr(6), 256, 0, &thread_b}}, nullptr);
+  queue.close_device_batch({{ptr(7), 256, 0, &thread_a}}, nullptr);
+  ASSERT_EQ(queue.batches(), 1u);
+  events.capturing = false;
+  queue.poll();
+  events.complete = {events.next_id - 1};
+  EXPECT_EQ(queue.poll(), 3u * 256);
+  EXPECT_EQ(owners.calls, 2);
+  EXPECT_EQ(owners.taken.size(), 4u);
+  EXPECT_TRUE(backend.returned.count(ptr(6)));
 }
 
 // A round of the polling thread's own small blocks goes to the backend (through its cache, in the
