@@ -331,26 +331,30 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     end_total_order_for_good("no host memory to track an active stream");
   }
   log_first_activation(record);
-  t_just_activated = record;
+  t_probe_after_submission = record;
   return record;
 }
 
-// The stream just became active and the submission that did it is queued: its probe is queued now,
-// in the submitting call, rather than by the first poll after it. That poll ran in a free, which then
-// paid a cuStreamQuery (the work had just been queued: busy) and a cuEventRecord, ~2-5 us on the H200;
-// the later polls now read the probe's word (or ask its event). As the poll does: only with no
-// submission in flight (else the next poll probes), and the stamp read before the probe, so a
-// submission begun since keeps the stream active. Costs a launch one probe at a transition only, beside
-// the join's query (and record and wait, with legacy work left); a launch loop that keeps its stream
-// busy pays nothing.
-void probe_after_activation(StreamRecord* record) noexcept {
-  t_just_activated = nullptr;
+// The stream just became active, or was found idle since its last probe, and the submission to it is
+// queued: its probe is queued now, in the submitting call, rather than by the first poll after it. That
+// poll ran in a free, which then paid a cuStreamQuery (the work had just been queued: busy) and the
+// probe, ~2-5 us on the H200, under the activity lock; the later polls now read the probe's word (or
+// ask its event). As the poll does: only with no submission in flight (else the next poll probes), and
+// the stamp read before the probe, so a submission begun since keeps the stream active. Costs a launch
+// one probe when its stream had gone idle, beside the join's query at an activation (and record and
+// wait, with legacy work left); a launch loop that keeps its stream busy pays nothing.
+void probe_after_submission(StreamRecord* record) noexcept {
+  t_probe_after_submission = nullptr;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return;  // no record may touch a capture
   Activity& a = activity();
   std::unique_lock<AdaptiveMutex> guard(a.lock, std::try_to_lock);
   if (!guard.owns_lock()) return;  // a poll or another activation is busy with the streams: it can wait
   const std::uint64_t word = record->word.load(std::memory_order_acquire);
-  if (!(word & kStreamActive) || record->probing || record->retiring || (word & kInFlightMask) != 0) return;
+  if (!(word & kStreamActive) || record->retiring || (word & kInFlightMask) != 0) return;
+  // A probe queued since the stream was found idle (by another submission) covers this one only if
+  // nothing was submitted after it; a stale one is replaced (the poll would do the same).
+  if (record->probing && word == record->probe_stamp) return;
+  record->probe_wanted.store(false, std::memory_order_relaxed);
   ScopedContext scope(record->context);
   if (!scope.ok()) return;
   if (!prepare_probe_word(record->probe_word, record->context)) {
@@ -401,7 +405,7 @@ StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept {
   }
   remember(stream, record);
   const std::uint64_t before = record->word.fetch_add(kSubmissionOne + kInFlightOne, std::memory_order_acq_rel);
-  return (before & kStreamActive) ? record : become_active(record);
+  return (before & kStreamActive) ? submitting_to_active(record) : become_active(record);
 }
 
 void track_stream(CUstream stream, unsigned int flags) noexcept {
@@ -492,6 +496,7 @@ bool poll_stream_activity() noexcept {
         ++calls;
         if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS) {
           record->idle_stamp = word;
+          record->probe_wanted.store(true, std::memory_order_relaxed);
           ++i;
           continue;
         }
@@ -513,8 +518,10 @@ bool poll_stream_activity() noexcept {
       recycle(record);
       continue;
     }
-    // Idle if nothing was submitted since the probe (the word still reads its stamp).
+    // Idle if nothing was submitted since the probe (the word still reads its stamp). Its next
+    // submission probes it (StreamRecord::probe_wanted), unless it leaves the active set first.
     record->idle_stamp = record->probe_stamp;
+    record->probe_wanted.store(true, std::memory_order_relaxed);
     ++i;
   }
   // The streams not asked this time (the call budget ran out) are asked first at the next poll.

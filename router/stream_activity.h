@@ -39,6 +39,12 @@ inline constexpr std::uint64_t kSubmissionOne = 1ull << 17;
 
 struct StreamRecord {
   std::atomic<std::uint64_t> word{0};
+  // Set by a poll that found the stream idle and left it active (others still work): the next
+  // submission to it queues its probe itself, once queued (probe_after_submission). The poll after that
+  // submission asked the stream (cuStreamQuery) and queued the probe, both under the activity lock, for
+  // which every activation waited: with 16 threads each launching on its stream, that lock was the
+  // largest wait left (6.5-7.6% of all samples on the H200, seventeenth session).
+  std::atomic<bool> probe_wanted{false};
   CUstream stream = nullptr;
   CUcontext context = nullptr;
   bool blocking = false;
@@ -91,6 +97,18 @@ extern std::atomic<std::uint64_t> g_stream_records_generation;  // bumped when a
 StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept;
 StreamRecord* become_active(StreamRecord* record) noexcept;
 
+// The stream this thread's submission must probe once the submission is queued (it made the stream
+// active, or the stream was found idle since its last probe), until that submission ends.
+inline GPUSHIM_HOT_TLS StreamRecord* t_probe_after_submission = nullptr;
+// After such a submission: queues the stream's probe at once (else a poll would, in a free).
+void probe_after_submission(StreamRecord* record) noexcept;
+
+// A submission to a stream that is active already: probed after it when a poll found the stream idle.
+inline StreamRecord* submitting_to_active(StreamRecord* record) noexcept {
+  if (__builtin_expect(record->probe_wanted.load(std::memory_order_relaxed), 0)) t_probe_after_submission = record;
+  return record;
+}
+
 // Before the driver queues work on `stream`. `per_thread_variant`: the caller is a _ptsz entry point,
 // in which stream 0 names the calling thread's per-thread default stream.
 inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant) noexcept {
@@ -101,21 +119,16 @@ inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant)
     if (entry.stream != stream || entry.generation != generation) continue;
     StreamRecord* record = entry.record;
     const std::uint64_t before = record->word.fetch_add(kSubmissionOne + kInFlightOne, std::memory_order_acq_rel);
-    return (before & kStreamActive) ? record : become_active(record);
+    return (before & kStreamActive) ? submitting_to_active(record) : become_active(record);
   }
   return begin_stream_work_uncached(stream);
 }
-
-// The stream this thread's last submission made active, until that submission ends.
-inline GPUSHIM_HOT_TLS StreamRecord* t_just_activated = nullptr;
-// After the submission that made `record` active: records its probe at once (the poll would, in a free).
-void probe_after_activation(StreamRecord* record) noexcept;
 
 // After the driver returned from queuing the work (whatever it answered).
 inline void end_stream_work(StreamRecord* record) noexcept {
   if (!record) return;
   record->word.fetch_sub(kInFlightOne, std::memory_order_release);
-  if (__builtin_expect(record == t_just_activated, 0)) probe_after_activation(record);
+  if (__builtin_expect(record == t_probe_after_submission, 0)) probe_after_submission(record);
 }
 
 // Registers a stream the program created / forgets one it is destroying (before the real destroy).

@@ -618,6 +618,33 @@ TEST_F(StreamActivity, AnIdleStreamStaysActiveWhileAnotherWorks) {
   for (CUstream s : {busy, idle}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A stream found idle while another works stays active; its next launch queues its probe itself, so the
+// polls in the frees after it only read that probe: no cuStreamQuery and no probe under the activity
+// lock, which every activation waits for (16 threads with a stream each, seventeenth session).
+TEST_F(StreamActivity, AStreamFoundIdleWhileAnotherWorksGetsItsProbeAtItsNextLaunch) {
+  const CUstream busy = active_side_stream();
+  fake_cuda_hold_stream(busy, 1);
+  launch_on(busy);
+  const CUstream idle = active_side_stream();  // its work is done at once
+  churn();                                     // polls: finds `idle` idle, `busy` not
+  fake_cuda_hold_stream(idle, 1);
+  const int records = probe_records();
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  launch_on(idle);
+  EXPECT_EQ(probe_records(), records + 1) << "the launch queued no probe";
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "the idle stream left while the other worked";
+  const int stream_queries = fake_cuda_calls("cuStreamQuery");
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // fenced: two polls
+  EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), stream_queries) << "a poll asked the stream, not its probe";
+  EXPECT_EQ(probe_records(), records + 1) << "a poll queued a probe in a free";
+  // The probe still tells: once both streams are done, frees are reused at once again.
+  fake_cuda_hold_stream(idle, 0);
+  fake_cuda_hold_stream(busy, 0);
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "the streams did not leave once both were idle";
+  for (CUstream s : {busy, idle}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // More work after the probe makes it stale: the next poll asks the stream itself instead of waiting a
 // poll round for a probe that cannot prove it idle.
 TEST_F(StreamActivity, AProbeWithWorkQueuedAfterItIsNotWaitedFor) {

@@ -29,7 +29,7 @@ bool find_block(CUdeviceptr, BlockInfo*) noexcept { return false; }
 std::atomic<std::uint64_t> g_stream_records_generation{1};
 StreamRecord* begin_stream_work_uncached(CUstream) noexcept { return nullptr; }
 StreamRecord* become_active(StreamRecord*) noexcept { return nullptr; }
-void probe_after_activation(StreamRecord*) noexcept {}
+void probe_after_submission(StreamRecord*) noexcept {}
 void on_peer_access_enabled(CUcontext) noexcept {}
 void on_peer_access_disabled(CUcontext) noexcept {}
 void on_pool_access_set(CUmemoryPool, const CUmemAccessDesc*, std::size_t) noexcept {}
