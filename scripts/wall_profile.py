@@ -2,16 +2,20 @@
 """Where the threads of a wall-clock profile spent their time (bench/wall_profiler.cpp, preloaded as
 build/bench/libwall_profiler.so).
 
-    scripts/wall_profile.py PROFILE [--match TEXT] [--top N]
+    scripts/wall_profile.py PROFILE [--match TEXT] [--top N] [--lines]
 
 Frames are named with addr2line (binutils), once per module. Only samples whose stack has a frame whose
 module or function contains TEXT are counted (default: every sample). Three tables: the innermost
 frame of each sample (what the thread was doing: a futex wait, an ioctl into the driver, a yield...),
 the innermost gpushim frame paired with that leaf (who in gpushim was waiting, and on what), the leaf
 with its first six gpushim callers, and the gpushim functions inclusive of everything below them.
+--lines adds a fifth: the source line of each sample's innermost gpushim frame, with the functions
+inlined there (innermost first), and the leaf's module: which lock, which load. It needs a build with
+line tables (-DCMAKE_CXX_FLAGS=-g keeps -O3); without them the lines read "??".
 """
 import argparse
 import collections
+import re
 import subprocess
 import sys
 
@@ -39,11 +43,54 @@ def symbolize(frames):
     return names
 
 
+def inlined_lines(frames):
+    """frame -> "function@file:line | caller@file:line ..." for libgpushim.so frames (addr2line -i)."""
+    by_module = collections.defaultdict(set)
+    for frame in frames:
+        module, _, offset = frame.rpartition("+")
+        if module.endswith("libgpushim.so"):
+            by_module[module].add(offset)
+    lines = {}
+    for module, offsets in by_module.items():
+        offsets = sorted(offsets)
+        try:
+            out = subprocess.run(["addr2line", "-i", "-f", "-C", "-a", "-e", module] + offsets,
+                                 capture_output=True, text=True, check=False).stdout.splitlines()
+        except OSError:
+            out = []
+        current, chain = None, []
+        for line in out + ["0x"]:  # the sentinel closes the last address
+            if line.startswith("0x"):
+                if current is not None:
+                    lines[module + "+" + current] = " | ".join(chain)
+                current = "0x%x" % int(line, 16) if len(line) > 2 else None
+                chain = []
+            elif len(chain) < 16:
+                chain.append(line)
+        # addr2line -f prints function then file:line: pair them, templates and arguments dropped.
+        for key, text in list(lines.items()):
+            if not key.startswith(module + "+"):
+                continue
+            parts = text.split(" | ")
+            named = []
+            for i in range(0, len(parts) - 1, 2):
+                fn = parts[i]
+                while True:
+                    shorter = re.sub(r"<[^<>]*>", "", fn)
+                    if shorter == fn:
+                        break
+                    fn = shorter
+                named.append(fn.split("(")[0].rsplit("::", 1)[-1] + "@" + parts[i + 1].rsplit("/", 1)[-1])
+            lines[key] = " | ".join(named)
+    return lines
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("profile")
     parser.add_argument("--match", default="")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--lines", action="store_true")
     args = parser.parse_args()
     samples = []
     for line in open(args.profile):
@@ -59,12 +106,18 @@ def main():
     pair = collections.Counter()
     inclusive = collections.Counter()
     chains = collections.Counter()
+    source = collections.Counter()
+    lines = inlined_lines({f for _, _, stack in samples for f in stack}) if args.lines else {}
     total = 0
     for _, count, stack in samples:
         named = [names.get(f, f) for f in stack]
         if args.match and not any(args.match in n for n in named):
             continue
         total += count
+        if args.lines:
+            innermost = next((f for f in stack if f in lines), None)
+            if innermost:
+                source[(lines[innermost], named[0].split(":", 1)[0])] += count
         leaf[named[0]] += count
         ours = [n for n in named if n.startswith("libgpushim.so:")]
         pair[(ours[0] if ours else "(no gpushim frame)", named[0])] += count
@@ -86,6 +139,10 @@ def main():
     print("\n## gpushim functions, inclusive")
     for n, c in inclusive.most_common(args.top):
         print(f"{100.0 * c / total:6.1f}%  {n}")
+    if args.lines:
+        print("\n## innermost gpushim source line (inlined functions, innermost first) [leaf module]")
+        for (chain, module), c in source.most_common(args.top):
+            print(f"{100.0 * c / total:6.1f}%  [{module}]  {chain}")
 
 
 if __name__ == "__main__":

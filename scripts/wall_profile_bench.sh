@@ -7,7 +7,9 @@
 #                                 [--cell-ms MS] [--period-us US] [--build-dir DIR] [--out DIR]
 # Writes DIR/wall_<backend>_<size>.txt (the tables) and DIR/raw_<backend>_<size>.txt (the samples);
 # DIR defaults to $OUT where set (the device machine's folder that comes back), else <build>/wall-profile.
-# Build first: scripts/gpu_check.sh --tests-only (or ninja gpushim alloc_bench wall_profiler).
+# Build first: scripts/gpu_check.sh --tests-only (or ninja gpushim alloc_bench wall_profiler). The last
+# table (source lines: which lock, which load) needs line tables: configure that build with
+# -DCMAKE_CXX_FLAGS=-g, which keeps -O3 (docs/perf-notes.md, "Seventeenth session").
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -65,7 +67,7 @@ for size in ${sizes//,/ }; do
   profile=$(ls -S "$samples/$size".*.txt 2>/dev/null | head -1)
   [ -n "$profile" ] || { echo "no profile written at $size"; status=1; continue; }
   cp "$profile" "$out/raw_${backend}_$size.txt"
-  python3 "$repo/scripts/wall_profile.py" "$profile" --top 30 > "$out/wall_${backend}_$size.txt" || status=1
+  python3 "$repo/scripts/wall_profile.py" "$profile" --top 30 --lines > "$out/wall_${backend}_$size.txt" || status=1
   result=$(grep -m1 '^gpushim-' "$samples/$size.log" || true)
   echo "== $backend, $threads threads, streams $streams, $size: $result"
   sed -n '/## leaf and its/,/## gpushim functions/p' "$out/wall_${backend}_$size.txt" | sed -n '2,9p'
