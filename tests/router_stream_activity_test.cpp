@@ -599,15 +599,22 @@ TEST_F(StreamActivity, AnIdleStreamIsFoundIdleByTheFirstPoll) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
-// A stream found idle while another still works stays active: its leaving alone would order nothing,
-// and its next launch would pay a join (a record and a wait) under the activity lock. Once every stream
-// is idle they leave together, and frees are reused at once again.
-TEST_F(StreamActivity, AnIdleStreamStaysActiveWhileAnotherWorks) {
+// Two active side streams: `busy`, whose work is held, and `idle`, whose work is done and which the polls
+// of a churn have found idle.
+std::pair<CUstream, CUstream> busy_and_idle_streams() {
   const CUstream busy = active_side_stream();
   fake_cuda_hold_stream(busy, 1);
   launch_on(busy);
   const CUstream idle = active_side_stream();  // its work is done at once
-  churn();                                     // polls: finds `idle` idle, `busy` not
+  churn();
+  return {busy, idle};
+}
+
+// A stream found idle while another still works stays active: its leaving alone would order nothing,
+// and its next launch would pay a join (a record and a wait) under the activity lock. Once every stream
+// is idle they leave together, and frees are reused at once again.
+TEST_F(StreamActivity, AnIdleStreamStaysActiveWhileAnotherWorks) {
+  const auto [busy, idle] = busy_and_idle_streams();
   const int waits = fake_cuda_calls("cuStreamWaitEvent");
   launch_on(idle);
   EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "the idle stream left while the other worked";
@@ -622,11 +629,7 @@ TEST_F(StreamActivity, AnIdleStreamStaysActiveWhileAnotherWorks) {
 // polls in the frees after it only read that probe: no cuStreamQuery and no probe under the activity
 // lock, which every activation waits for (16 threads with a stream each, seventeenth session).
 TEST_F(StreamActivity, AStreamFoundIdleWhileAnotherWorksGetsItsProbeAtItsNextLaunch) {
-  const CUstream busy = active_side_stream();
-  fake_cuda_hold_stream(busy, 1);
-  launch_on(busy);
-  const CUstream idle = active_side_stream();  // its work is done at once
-  churn();                                     // polls: finds `idle` idle, `busy` not
+  const auto [busy, idle] = busy_and_idle_streams();
   fake_cuda_hold_stream(idle, 1);
   const int records = probe_records();
   const int waits = fake_cuda_calls("cuStreamWaitEvent");
