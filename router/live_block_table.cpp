@@ -221,7 +221,7 @@ void LiveBlockTable::reset_after_fork() noexcept {
     shard.misses = 0;
     shard.returned = 0;
     shard.lost_count = 0;
-    std::fill(std::begin(shard.lost), std::end(shard.lost), 0);
+    if (shard.lost) std::fill(shard.lost, shard.lost + kLostBits / 64, 0);
   }
 }
 

@@ -24,6 +24,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <vector>
 
 #include "router/spin_lock.h"
@@ -150,15 +151,17 @@ class LiveBlockTable {
     std::size_t capacity_mask = 0;
     std::size_t occupied = 0;  // live + freed slots (a freed slot ends no probe run)
     std::uint32_t erase_count = 0;
-    // Below the first cache line: only inserts that find no slot of their own, and rebuilds, touch them.
+    // Only inserts that find no slot of their own, and rebuilds, write these.
     std::uint32_t misses = 0;    // inserts since the last rebuild that found no slot of their address
     std::uint32_t returned = 0;  // ... of which the address had lost its slot to a rebuild or a takeover
     std::uint32_t rebuilds = 0;  // for tests (rebuilds())
-    // Addresses whose freed slots were dropped or taken over, hashed (a bitmap: `returned` counts the
-    // misses that hit a set bit; mark_lost says when it is cleared), and how many bits are set.
-    std::uint32_t lost_count = 0;
-    std::uint64_t lost[kLostBits / 64] = {};
+    std::uint32_t lost_count = 0;  // bits set in `lost`
+    // Addresses whose freed slots were dropped or taken over, hashed: kLostBits bits, `returned` counts
+    // the misses that hit a set bit (mark_lost says when it is cleared). Allocated at the first loss and
+    // kept (512 bytes); nullptr: none yet, or no host memory (then nothing counts as returned).
+    std::uint64_t* lost = nullptr;
   };
+  static_assert(sizeof(Shard) == 64, "a shard's header is one cache line");
   // A freed slot still counts as a double-free marker (unsigned difference: wraps with the count).
   static bool remembered(const Shard& shard, const Slot& slot) noexcept {
     return slot.state == SlotState::freed && shard.erase_count - slot.erase_number < kRecentlyFreedPerShard;
@@ -176,19 +179,20 @@ class LiveBlockTable {
     if ((shard.erase_count & 0x7fffffffu) == 0) forget_stale(shard);
   }
   static void mark_lost(Shard& shard, std::uintptr_t address) noexcept {  // lock held
+    if (!shard.lost && !(shard.lost = new (std::nothrow) std::uint64_t[kLostBits / 64]())) return;
     std::uint64_t& word = shard.lost[lost_bit(address) / 64];
     const std::uint64_t bit = std::uint64_t{1} << (lost_bit(address) % 64);
     if (word & bit) return;
     // Kept across rebuilds (an address comes back after several), and cleared once a quarter is set, so
     // that addresses that never come back hit a set bit at most a quarter of the time.
     if (++shard.lost_count > kLostBits / 4) {
-      std::fill(std::begin(shard.lost), std::end(shard.lost), 0);
+      std::fill(shard.lost, shard.lost + kLostBits / 64, 0);
       shard.lost_count = 1;
     }
     word |= bit;
   }
   static bool was_lost(const Shard& shard, std::uintptr_t address) noexcept {
-    return shard.lost[lost_bit(address) / 64] >> (lost_bit(address) % 64) & 1;
+    return shard.lost && (shard.lost[lost_bit(address) / 64] >> (lost_bit(address) % 64) & 1);
   }
   // The count wraps after 2^32 erases, and a slot freed that long before would look recent again: every
   // 2^31 erases, stale freed slots are marked forgotten, so none is still merely freed by then.
