@@ -14,12 +14,12 @@
 #include <unordered_map>
 #include <vector>
 
-#include "allocators/adaptive_mutex.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
 #include "driver/scoped_context.h"
 #include "router/router_state.h"
+#include "router/spin_lock.h"
 
 namespace gpushim::router {
 
@@ -34,7 +34,14 @@ namespace {
 // Everything below is under `lock`. Allocated once and never freed: launches may still arrive
 // from static destructors after exit() has begun.
 struct Activity {
-  AdaptiveMutex lock;
+  // A spin lock (router/spin_lock.h: spins, then yields; never sleeps). Every activation takes it, and
+  // with 16 threads each launching on its own stream the activations meet there after every transition
+  // to ordered. As an adaptive mutex, whose waiters sleep after a short spin, the handoffs were the
+  // largest wait left (6.6% of all samples at 256 B on the H200); as a spin lock 16 threads moved 18%
+  // more pairs at 256 B and 7% at 64 KiB (tiered; vmm 21% and 7%), 4 threads the same (seventeenth
+  // session, docs/perf-notes.md). Its sections are short: the driver calls left under it are a poll's
+  // few and a fence's event per active stream.
+  SpinLock lock;
   std::unordered_map<CUstream, StreamRecord*> by_stream;
   std::vector<StreamRecord*> active;  // records with kStreamActive set (and retiring ones)
   StreamRecord* free_records = nullptr;
@@ -257,7 +264,7 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     return nullptr;
   }
   Activity& a = activity();
-  std::unique_lock<AdaptiveMutex> guard(a.lock);
+  std::unique_lock<SpinLock> guard(a.lock);
   if (record->word.load(std::memory_order_acquire) & kStreamActive) return record;  // another thread joined it
   if (record->joining) {
     // Another thread is joining this stream: this submission must not be queued before that join.
@@ -347,7 +354,7 @@ void probe_after_submission(StreamRecord* record) noexcept {
   t_probe_after_submission = nullptr;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return;  // no record may touch a capture
   Activity& a = activity();
-  std::unique_lock<AdaptiveMutex> guard(a.lock, std::try_to_lock);
+  std::unique_lock<SpinLock> guard(a.lock, std::try_to_lock);
   if (!guard.owns_lock()) return;  // a poll or another activation is busy with the streams: it can wait
   const std::uint64_t word = record->word.load(std::memory_order_acquire);
   if (!(word & kStreamActive) || record->retiring || (word & kInFlightMask) != 0) return;
@@ -385,7 +392,7 @@ StreamRecord* begin_stream_work_uncached(CUstream stream) noexcept {
   Activity& a = activity();
   StreamRecord* record = nullptr;
   {
-    std::lock_guard<AdaptiveMutex> guard(a.lock);
+    std::lock_guard<SpinLock> guard(a.lock);
     auto it = a.by_stream.find(stream);
     if (it != a.by_stream.end()) {
       record = it->second;
@@ -412,14 +419,14 @@ void track_stream(CUstream stream, unsigned int flags) noexcept {
   CUcontext context = nullptr;
   if (real_driver().cuStreamGetCtx(stream, &context) != CUDA_SUCCESS) return;  // found on first work instead
   Activity& a = activity();
-  std::lock_guard<AdaptiveMutex> guard(a.lock);
+  std::lock_guard<SpinLock> guard(a.lock);
   register_locked(stream, context, !(flags & CU_STREAM_NON_BLOCKING));
 }
 
 void untrack_stream(CUstream stream) noexcept {
   Activity& a = activity();
   {
-    std::lock_guard<AdaptiveMutex> guard(a.lock);
+    std::lock_guard<SpinLock> guard(a.lock);
     auto it = a.by_stream.find(stream);
     if (it != a.by_stream.end()) {
       StreamRecord* record = it->second;
@@ -469,7 +476,7 @@ bool poll_stream_activity() noexcept {
   Activity& a = activity();
   if (g_unordered.load(std::memory_order_relaxed) == 0) return false;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return false;  // no record may touch a capture
-  std::unique_lock<AdaptiveMutex> guard(a.lock, std::try_to_lock);
+  std::unique_lock<SpinLock> guard(a.lock, std::try_to_lock);
   if (!guard.owns_lock()) return false;
   bool turned_ordered = false;
   const RealDriver& driver = real_driver();
@@ -544,7 +551,7 @@ bool poll_stream_activity() noexcept {
 
 ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noexcept {
   Activity& a = activity();
-  std::lock_guard<AdaptiveMutex> guard(a.lock);
+  std::lock_guard<SpinLock> guard(a.lock);
   if (g_unordered_for_good.load(std::memory_order_seq_cst)) return ActiveStreamWalk::incomplete;
   for (const StreamRecord* record : a.active)
     if (record->retiring) return ActiveStreamWalk::incomplete;
@@ -559,7 +566,7 @@ ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noex
 
 bool order_legacy_after_destroyed_streams() noexcept {
   Activity& a = activity();
-  std::lock_guard<AdaptiveMutex> guard(a.lock);
+  std::lock_guard<SpinLock> guard(a.lock);
   bool all = true;
   for (const StreamRecord* record : a.active) {
     if (!record->retiring) continue;
@@ -572,14 +579,14 @@ bool order_legacy_after_destroyed_streams() noexcept {
 
 std::uint64_t stream_activations() noexcept {
   Activity& a = activity();
-  std::lock_guard<AdaptiveMutex> guard(a.lock);
+  std::lock_guard<SpinLock> guard(a.lock);
   return a.activations;
 }
 
 void reset_stream_activity_after_fork() noexcept {
   // The parent's streams, contexts and events mean nothing in the child; its records leak (small).
   Activity& a = activity();
-  new (&a.lock) AdaptiveMutex();
+  new (&a.lock) SpinLock();
   a.by_stream.clear();
   a.active.clear();
   a.join_events.clear();
