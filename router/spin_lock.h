@@ -1,6 +1,7 @@
 // A test-and-test-and-set spin lock for the router's hot-path tables, whose critical sections are a
-// handful of loads and stores, and for the active stream set (router/stream_activity.cpp says why). Why not std::mutex: an uncontended pthread mutex lock+unlock is ~100
-// instructions with two locked operations and a function call each way (callgrind of
+// handful of loads and stores, and for the active stream set (router/stream_activity.cpp says why).
+// Why not std::mutex: an uncontended pthread mutex lock+unlock is ~100 instructions with two locked
+// operations and a function call each way (callgrind of
 // bench/router_pair_bench: 6 mutex pairs per alloc+free, ~15% of the router's instructions); this is one
 // exchange and one store. Under contention it spins briefly (pause), then yields the CPU so a preempted
 // holder can finish: a sleeping futex would cost more than the critical section it protects.
