@@ -16,11 +16,12 @@ enum class ListTakes {
   // A poller's give-back: an empty list takes the run whatever its size (one block of 1 GiB is over the
   // cap, and its thread allocates it again next); a list that holds blocks, within the cap.
   if_empty_or_room,
-  // A later run of the same give-back to an owner whose empty list took an earlier one: past the cap
-  // too. A batch comes in parts (the batches merged into it), and its runs of one owner are that
-  // owner's share of it, as one run was before: taken one part at a time, the parts after the first
-  // went to the backend, and the next allocations of that size to the arena (one thread with a stream
-  // on the H200, 256 MiB-1 GiB: p99 1.1 -> 1.5 us, back to 1.1-1.3 us with this; seventeenth session).
+  // The rest of a run that an empty list took, where the run goes on into the next part: past the cap
+  // too. A batch comes in parts (the batches merged into it), and blocks of one owner in a row across
+  // parts are one run, as they were in one vector before the parts: taken one part at a time, the parts
+  // after the first went to the backend, and the next allocations of that size to the arena (one
+  // thread with a stream on the H200, 256 MiB-1 GiB: p99 1.1 -> 1.5 us, back to 1.1-1.3 us with this;
+  // seventeenth session).
   any,
 };
 
@@ -73,10 +74,10 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>* const* parts, 
     const std::vector<ThreadState*>& live = threads();
     return std::find(live.begin(), live.end(), thread) != live.end();
   };
-  // Owners whose empty list took a run of this call: their later runs join it past the cap (ListTakes).
-  constexpr std::size_t kOwnersRemembered = 16;
-  ThreadState* took_empty[kOwnersRemembered];
-  std::size_t took_empty_count = 0;
+  // The owner of the run before, and whether its list took it whole, from empty (ListTakes::any): a run
+  // goes on across parts while the owner stays the same.
+  ThreadState* run_owner = nullptr;
+  bool run_past_cap = false;
   for (std::size_t k = 0; k < count; ++k) {
     std::vector<FreedBlock>& blocks = *parts[k];
     std::size_t kept = 0;
@@ -100,14 +101,13 @@ void ThreadBlockOwners::return_to_owners(std::vector<FreedBlock>* const* parts, 
       }
       const FreedBlock* const first_given = blocks.data() + given;
       bool appended = false;
-      if (to_owner && given != end) {
-        const bool continues = std::find(took_empty, took_empty + took_empty_count, owner) != took_empty + took_empty_count;
-        bool was_empty = false;
+      bool was_empty = false;
+      const bool continues = owner == run_owner && run_past_cap;
+      if (to_owner && given != end)
         appended = append_to_list(*owner, ordinal_, first_given, blocks.data() + end,
                                   continues ? ListTakes::any : ListTakes::if_empty_or_room, &was_empty);
-        if (appended && was_empty && !continues && took_empty_count < kOwnersRemembered)
-          took_empty[took_empty_count++] = owner;
-      }
+      run_owner = owner;
+      run_past_cap = appended && (was_empty || continues);
       if (!appended) given = end;
       for (std::size_t j = i; j < given; ++j) blocks[kept++] = blocks[j];
       i = end;

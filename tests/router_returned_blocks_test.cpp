@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <future>
+#include <thread>
 #include <vector>
 
 #include "router/thread_state.h"
@@ -37,6 +39,33 @@ TEST(ReturnedBlocks, AnEmptyListTakesEveryPartOfItsOwnersShare) {
   owners.return_to_owners(more, 1, 0);
   EXPECT_EQ(d.size(), 1u) << "a list over its cap took more";
   EXPECT_EQ(self->returned[0].size(), 3u);
+}
+
+// Only blocks of one owner in a row are one run: another owner's part in between ends it, and the
+// owner's later part meets the cap, as a later run in one vector did before the parts.
+TEST(ReturnedBlocks, AnotherOwnersPartEndsTheRun) {
+  ThreadState* self = this_thread_state();
+  ASSERT_NE(self, nullptr);
+  self->returned[1].clear();
+  self->returned_bytes[1] = 0;
+  std::promise<ThreadState*> other_state;
+  std::promise<void> done;
+  std::thread other([&] {
+    other_state.set_value(this_thread_state());
+    done.get_future().wait();  // registered until the test is done with it
+  });
+  ThreadState* const peer = other_state.get_future().get();
+  ThreadBlockOwners owners(1);
+  std::vector<FreedBlock> a = {{ptr(1), kGiB, 0, self}}, b = {{ptr(2), kGiB, 0, peer}}, c = {{ptr(3), kGiB, 0, self}};
+  std::vector<FreedBlock>* parts[] = {&a, &b, &c};
+  owners.return_to_owners(parts, 3, 0);
+  EXPECT_TRUE(a.empty()) << "the empty list did not take the first run";
+  EXPECT_TRUE(b.empty()) << "the other owner's empty list did not take its run";
+  EXPECT_EQ(c.size(), 1u) << "a later run of the owner went past the cap";
+  EXPECT_EQ(self->returned[1].size(), 1u);
+  EXPECT_EQ(peer->returned[1].size(), 1u);
+  done.set_value();
+  other.join();
 }
 
 }  // namespace
