@@ -151,13 +151,16 @@ void FreeFenceQueue::record_waiting(bool all) noexcept {
           continue;
         }
         try {
-          (*same)->merged.push_back(std::move(*it));  // its own merged ones stay with it (none: unrecorded)
+          std::vector<std::vector<FreedBlock>>& parts = (*same)->parts;
+          parts.reserve(parts.size() + 1 + batch.parts.size());  // the moves below cannot fail
         } catch (...) {
           // No host memory to merge: this batch waits for the next round.
           unrecorded_.store(true, std::memory_order_relaxed);
           ++it;
           continue;
         }
+        (*same)->parts.push_back(std::move(batch.blocks));
+        for (std::vector<FreedBlock>& part : batch.parts) (*same)->parts.push_back(std::move(part));
         (*same)->bytes += batch.bytes;
         it = queue_.erase(it);
       }
@@ -330,21 +333,14 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<Fre
   // The work turns ordered: batches closed from now on wait record_after_ for their fence, as that may
   // happen again before it passes.
   if (record_after_.count() > 0) defer_records_.store(true, std::memory_order_relaxed);
-  // The open batches become parts of one batch, moved rather than copied, and before lock_ (the
+  // The open batches become the parts of one batch, moved rather than copied, before lock_ (the
   // threads' batches were copied into one vector under the registry lock, then again under lock_: with
   // 16 threads at 256 B the transition's wait for the registry lock alone was 5% of all samples on the
   // H200, seventeenth session).
   std::unique_ptr<ClosedBatch> rest(new (std::nothrow) ClosedBatch);
-  for (std::vector<FreedBlock>& part : open) {
-    if (!rest || part.empty()) continue;
-    std::unique_ptr<ClosedBatch> batch(new (std::nothrow) ClosedBatch);
-    if (!batch) continue;
-    batch->blocks = std::move(part);
-    try {
-      rest->merged.push_back(std::move(batch));
-    } catch (...) {
-      part = std::move(batch->blocks);
-    }
+  if (rest) {
+    rest->parts = std::move(open);
+    open.clear();  // moved from: empty, and said so
   }
   // In the order they were freed, as poll() gives them back: closed batches, orphans, the open batches.
   // The queued ones only if the driver lock is free: its holder may be recording a fence into one of
@@ -360,12 +356,7 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<Fre
       try {
         done.emplace_back();  // the slot first: the move into it below cannot fail
       } catch (...) {
-        for (std::unique_ptr<ClosedBatch>& part : rest->merged)  // back where they came from, for below
-          for (std::vector<FreedBlock>& each : open)
-            if (each.empty()) {
-              each = std::move(part->blocks);
-              break;
-            }
+        open = std::move(rest->parts);  // back where they came from, for below
         rest.reset();
       }
     }
@@ -402,7 +393,7 @@ bool FreeFenceQueue::holds(const void* p) const noexcept {
     if (block.ptr == p) return true;
   bool held = false;
   for (const std::unique_ptr<ClosedBatch>& batch : queue_)
-    for_each_part(static_cast<const ClosedBatch&>(*batch), [&](const std::vector<FreedBlock>& blocks) {
+    for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) {
       for (const FreedBlock& block : blocks) held = held || block.ptr == p;
     });
   return held;

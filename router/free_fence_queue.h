@@ -215,9 +215,10 @@ class FreeFenceQueue {
   std::size_t synchronize_all() noexcept;
   // The GPU's work turned totally ordered (router/stream_activity.h): a cuMemFree'd block may be reused
   // at once, as one freed now would be, whatever its fence says. Gives back `open` (the threads' open
-  // batches, one vector each), the orphans and every device-fenced batch, recorded or not, with no driver call but the
-  // backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream. While another
-  // thread holds the driver lock only `open` goes back (the rest through its fences). Returns the bytes.
+  // batches, one vector each), the orphans and every device-fenced batch, recorded or not, with no
+  // driver call but the backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream.
+  // While another thread holds the driver lock only `open` goes back (the rest through its fences).
+  // Returns the bytes.
   std::size_t give_back_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
@@ -238,12 +239,12 @@ class FreeFenceQueue {
   using Clock = std::chrono::steady_clock;
   struct ClosedBatch {
     std::vector<FreedBlock> blocks;  // written under lock_ (orphans), read under lock_ (holds)
-    // Batches merged into this one (record_waiting), whole: moved under lock_, where a merge once copied
-    // every block of theirs (16 threads with a stream at 256 B on the H200: 256 blocks a batch, ten
-    // batches to a fence; the closes waiting for lock_ in enqueue were 5% of all samples, seventeenth
-    // session). A merged batch has no fence and no merged batches of its own.
-    std::vector<std::unique_ptr<ClosedBatch>> merged;
-    std::size_t bytes = 0;           // merged ones' included
+    // The blocks of the batches merged into this one (record_waiting) and of the threads' open batches
+    // (give_back_device_batches), a vector each: moved under lock_, where a merge once copied every
+    // block (16 threads with a stream at 256 B on the H200: 256 blocks a batch, ten batches to a fence;
+    // the closes waiting for lock_ in enqueue were 5% of all samples, seventeenth session).
+    std::vector<std::vector<FreedBlock>> parts;
+    std::size_t bytes = 0;           // the parts' included
     Clock::time_point closed_at{};   // a merge keeps the oldest's
     FenceContext context = nullptr;
     bool stream_fence = false;
@@ -255,16 +256,11 @@ class FreeFenceQueue {
     Fence fence;
   };
   using Batches = std::vector<std::unique_ptr<ClosedBatch>>;
-  // `visit` on the blocks of `batch` and of each batch merged into it.
-  template <typename Visit>
-  static void for_each_part(ClosedBatch& batch, Visit visit) {
+  // `visit` on the blocks of `batch` (a ClosedBatch, const or not), then on each of its parts.
+  template <typename Batch, typename Visit>
+  static void for_each_part(Batch& batch, Visit visit) {
     visit(batch.blocks);
-    for (const std::unique_ptr<ClosedBatch>& part : batch.merged) visit(part->blocks);
-  }
-  template <typename Visit>
-  static void for_each_part(const ClosedBatch& batch, Visit visit) {
-    visit(batch.blocks);
-    for (const std::unique_ptr<ClosedBatch>& part : batch.merged) visit(static_cast<const ClosedBatch&>(*part).blocks);
+    for (auto& part : batch.parts) visit(part);
   }
 
   void enqueue(std::unique_ptr<ClosedBatch> batch) noexcept;
