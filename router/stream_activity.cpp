@@ -461,6 +461,13 @@ bool still_idle(const StreamRecord* record) noexcept {
   return still_idle(record, record->word.load(std::memory_order_acquire));
 }
 
+// A poll found the stream idle at `stamp` (its word then). It stays active unless the idle streams leave
+// together below; its next submission probes it (StreamRecord::probe_wanted). Activity lock held.
+void note_idle(StreamRecord* record, std::uint64_t stamp) noexcept {
+  record->idle_stamp = stamp;
+  record->probe_wanted.store(true, std::memory_order_relaxed);
+}
+
 // True when the active streams that are still idle leaving together would make the work totally
 // ordered. Activity lock held.
 bool idle_streams_would_order_the_work(const Activity& a) noexcept {
@@ -502,8 +509,7 @@ bool poll_stream_activity() noexcept {
         // Already idle: what a completed probe recorded now would say, one poll (and one record) sooner.
         ++calls;
         if (scope.ok() && driver.cuStreamQuery(record->stream) == CUDA_SUCCESS) {
-          record->idle_stamp = word;
-          record->probe_wanted.store(true, std::memory_order_relaxed);
+          note_idle(record, word);
           ++i;
           continue;
         }
@@ -525,10 +531,8 @@ bool poll_stream_activity() noexcept {
       recycle(record);
       continue;
     }
-    // Idle if nothing was submitted since the probe (the word still reads its stamp). Its next
-    // submission probes it (StreamRecord::probe_wanted), unless it leaves the active set first.
-    record->idle_stamp = record->probe_stamp;
-    record->probe_wanted.store(true, std::memory_order_relaxed);
+    // Idle if nothing was submitted since the probe (the word still reads its stamp).
+    note_idle(record, record->probe_stamp);
     ++i;
   }
   // The streams not asked this time (the call budget ran out) are asked first at the next poll.
