@@ -43,6 +43,15 @@ def symbolize(frames):
     return names
 
 
+def short_function(name):
+    """A C++ function name without templates, arguments or namespaces."""
+    while True:
+        shorter = re.sub(r"<[^<>]*>", "", name)
+        if shorter == name:
+            return name.split("(")[0].rsplit("::", 1)[-1]
+        name = shorter
+
+
 def inlined_lines(frames):
     """frame -> "function@file:line | caller@file:line ..." for libgpushim.so frames (addr2line -i)."""
     by_module = collections.defaultdict(set)
@@ -52,36 +61,23 @@ def inlined_lines(frames):
             by_module[module].add(offset)
     lines = {}
     for module, offsets in by_module.items():
-        offsets = sorted(offsets)
         try:
-            out = subprocess.run(["addr2line", "-i", "-f", "-C", "-a", "-e", module] + offsets,
+            out = subprocess.run(["addr2line", "-i", "-f", "-C", "-a", "-e", module] + sorted(offsets),
                                  capture_output=True, text=True, check=False).stdout.splitlines()
         except OSError:
             out = []
-        current, chain = None, []
+        # Per address: "0x..." then, per inlined level, the function and its file:line.
+        key, chain = None, []
         for line in out + ["0x"]:  # the sentinel closes the last address
             if line.startswith("0x"):
-                if current is not None:
-                    lines[module + "+" + current] = " | ".join(chain)
-                current = "0x%x" % int(line, 16) if len(line) > 2 else None
+                if key is not None:
+                    lines[key] = " | ".join(
+                        short_function(chain[i]) + "@" + chain[i + 1].rsplit("/", 1)[-1]
+                        for i in range(0, len(chain) - 1, 2))
+                key = module + "+" + "0x%x" % int(line, 16) if len(line) > 2 else None
                 chain = []
-            elif len(chain) < 16:
+            elif len(chain) < 32:
                 chain.append(line)
-        # addr2line -f prints function then file:line: pair them, templates and arguments dropped.
-        for key, text in list(lines.items()):
-            if not key.startswith(module + "+"):
-                continue
-            parts = text.split(" | ")
-            named = []
-            for i in range(0, len(parts) - 1, 2):
-                fn = parts[i]
-                while True:
-                    shorter = re.sub(r"<[^<>]*>", "", fn)
-                    if shorter == fn:
-                        break
-                    fn = shorter
-                named.append(fn.split("(")[0].rsplit("::", 1)[-1] + "@" + parts[i + 1].rsplit("/", 1)[-1])
-            lines[key] = " | ".join(named)
     return lines
 
 
