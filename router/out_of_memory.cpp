@@ -159,7 +159,7 @@ StackStore g_stacks;
 // Live blocks copied per shard lock: the writer's batches stay on no program thread's stack.
 constexpr std::size_t kDumpBatch = 512;
 
-tracing::DumpBlock dump_block(const LiveBlockTable::Entry& entry, tracing::BackendId backend) noexcept {
+tracing::DumpBlock dump_block(const LiveBlocks::Entry& entry, tracing::BackendId backend) noexcept {
   tracing::DumpBlock block;
   block.address = entry.address;
   block.size = entry.block.requested;
@@ -174,7 +174,7 @@ tracing::DumpBlock dump_block(const LiveBlockTable::Entry& entry, tracing::Backe
 
 void write_dump(DeviceState& failed_on, std::size_t requested, StreamHandle stream) noexcept {
   static tracing::OomDumpWriter writer;  // 64 KiB: static, the failing thread's stack may be small
-  static LiveBlockTable::Entry batch[kDumpBatch];
+  static LiveBlocks::Entry batch[kDumpBatch];
   if (!writer.open(g_dump_path->c_str(), g_dump_start_ns, g_dump_stack_depth,
                    g_dump_no_unwinder ? tracing::format::kFlagNoUnwinder : 0)) {
     log(LogLevel::warn, "GPUSHIM_OOM_DUMP: cannot write %s (%s); no dump", g_dump_path->c_str(),
@@ -204,9 +204,9 @@ void write_dump(DeviceState& failed_on, std::size_t requested, StreamHandle stre
     state.failed_request = device == &failed_on ? requested : 0;
     writer.device(state);
   }
-  for (std::size_t shard = 0; shard < LiveBlockTable::kShards; ++shard) {
+  for (std::size_t part = 0; part < LiveBlocks::kParts; ++part) {
     for (std::size_t from = 0; from != ~std::size_t{0};) {
-      const std::size_t copied = live_blocks().copy_live(shard, from, batch, kDumpBatch, &from);
+      const std::size_t copied = live_blocks().copy_live(part, from, batch, kDumpBatch, &from);
       for (std::size_t i = 0; i < copied; ++i) {
         const int d = batch[i].block.device;
         writer.block(dump_block(batch[i], d >= 0 && d < kMaxDevices ? backends[d] : tracing::BackendId::unknown));

@@ -458,12 +458,12 @@ CUresult free(CUdeviceptr p) noexcept {
   if (p == 0) return driver.cuMemFree(p);  // cudaFree(0) creates the context: the driver must see it
   LiveBlock block;
   switch (live_blocks().erase(static_cast<std::uintptr_t>(p), &block)) {
-    case LiveBlockTable::EraseResult::unknown:
+    case LiveBlocks::EraseResult::unknown:
       // Freed long ago but still held for an importer: the driver must not free it under us.
       if (is_held_for_importers(p)) return report_invalid_free(CUDA_ERROR_INVALID_VALUE, p);
       return driver.cuMemFree(p);
-    case LiveBlockTable::EraseResult::double_free: return double_free(p, block, false, nullptr);
-    case LiveBlockTable::EraseResult::erased: break;
+    case LiveBlocks::EraseResult::double_free: return double_free(p, block, false, nullptr);
+    case LiveBlocks::EraseResult::erased: break;
   }
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
   if (!device) return CUDA_ERROR_INVALID_VALUE;  // a live block's device exists (a fork forgets both)
@@ -513,11 +513,11 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   if (p == 0) return driver.cuMemFreeAsync(p, stream);
   LiveBlock block;
   switch (live_blocks().erase(static_cast<std::uintptr_t>(p), &block)) {
-    case LiveBlockTable::EraseResult::unknown:
+    case LiveBlocks::EraseResult::unknown:
       if (is_held_for_importers(p)) return report_invalid_free(CUDA_ERROR_INVALID_VALUE, p);
       return driver.cuMemFreeAsync(p, stream);
-    case LiveBlockTable::EraseResult::double_free: return double_free(p, block, true, stream);
-    case LiveBlockTable::EraseResult::erased: break;
+    case LiveBlocks::EraseResult::double_free: return double_free(p, block, true, stream);
+    case LiveBlocks::EraseResult::erased: break;
   }
   DeviceState* device = g_devices[block.device].load(std::memory_order_acquire);
   if (!device) return CUDA_ERROR_INVALID_VALUE;

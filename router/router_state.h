@@ -19,7 +19,7 @@
 #include "diagnostics/hot_tls.h"
 #include "router/cuda_fence_events.h"
 #include "router/free_fence_queue.h"
-#include "router/live_block_table.h"
+#include "router/live_blocks.h"
 #include "router/returned_blocks.h"
 
 // The router was one file whose state had internal linkage. Hidden visibility keeps what its files now
@@ -80,8 +80,8 @@ extern std::mutex g_devices_lock;  // creation only
 // Every live gpushim block of the process. Made on first use (a program may allocate from a static
 // constructor before this library's own have run) and never freed. Inline: serve and the free paths
 // reach it on every call (a call here measured ~10 instructions a pair).
-inline LiveBlockTable& live_blocks() {
-  static LiveBlockTable* table = new LiveBlockTable();
+inline LiveBlocks& live_blocks() {
+  static LiveBlocks* table = new LiveBlocks();
   return *table;
 }
 

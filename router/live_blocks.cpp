@@ -1,0 +1,249 @@
+// The live blocks with a front per thread (router/live_blocks.h).
+#include "router/live_blocks.h"
+
+#include <algorithm>
+#include <new>
+
+namespace gpushim {
+namespace {
+
+// A new generation per table and per fork reset: a thread's cached front names the generation it was
+// taken in.
+std::atomic<std::uint64_t> g_generations{0};
+
+// Every table alive, so that a thread exiting after its table was destroyed (the tests') gives nothing
+// back to it. Made on first use and never freed: threads exit after the static destructors have begun.
+std::mutex& tables_lock() {
+  static auto* lock = new std::mutex();
+  return *lock;
+}
+std::vector<const LiveBlocks*>& tables() {
+  static auto* alive = new std::vector<const LiveBlocks*>();
+  return *alive;
+}
+
+}  // namespace
+
+LiveBlocks::LiveBlocks() : generation_(g_generations.fetch_add(1, std::memory_order_relaxed) + 1) {
+  std::lock_guard<std::mutex> guard(tables_lock());
+  tables().push_back(this);
+}
+
+LiveBlocks::~LiveBlocks() {
+  {
+    std::lock_guard<std::mutex> guard(tables_lock());
+    tables().erase(std::remove(tables().begin(), tables().end(), this), tables().end());
+  }
+  for (std::size_t i = 0; i < front_count_.load(std::memory_order_acquire); ++i) delete front_at(i);
+}
+
+LiveBlocks::ThreadExit::~ThreadExit() {
+  t_front_gone = true;  // calls still to come on this thread (later destructors) use the shared table
+  release_thread_front();
+}
+
+void LiveBlocks::release_thread_front() noexcept {
+  const ThreadFront cached = t_front;
+  t_front = ThreadFront{};
+  if (!cached.table || !cached.front) return;
+  // Under the registry's lock the table cannot be destroyed meanwhile.
+  std::lock_guard<std::mutex> guard(tables_lock());
+  if (std::find(tables().begin(), tables().end(), cached.table) == tables().end()) return;
+  // A fork reset since: the front is no longer this thread's (the reset gave every front back, empty).
+  if (cached.table->generation_.load(std::memory_order_acquire) != cached.generation) return;
+  const_cast<LiveBlocks*>(cached.table)->give_back(cached.front);
+}
+
+LiveBlocks::Front* LiveBlocks::take_front() noexcept {
+  if (t_front_gone) return nullptr;
+  if (t_front.table) release_thread_front();  // another table's front (the tests'), or the parent's
+  static thread_local ThreadExit exit_hook;
+  exit_hook.armed = true;  // the first use on this thread registers its destructor
+  const std::uint64_t generation = generation_.load(std::memory_order_acquire);
+  Front* front = nullptr;
+  {
+    std::lock_guard<std::mutex> guard(fronts_lock_);
+    const std::size_t count = front_count_.load(std::memory_order_relaxed);
+    for (std::size_t i = 0; i < count && !front; ++i)
+      if (!front_at(i)->owned) front = front_at(i);
+    if (!front && count < kMaxFronts && (front = new (std::nothrow) Front())) {
+      fronts_[count].store(front, std::memory_order_release);
+      front_count_.store(count + 1, std::memory_order_release);
+    }
+    if (front) front->owned = true;
+  }
+  // Without a front (kMaxFronts taken, or no host memory) the thread uses the shared table, and does not
+  // ask again until its table changes.
+  t_front = ThreadFront{this, generation, front};
+  return front;
+}
+
+void LiveBlocks::give_back(Front* front) noexcept {
+  {
+    std::lock_guard<SpinLock> guard(front->lock);
+    // The live blocks move to the shared table before they leave the front, both under the front's
+    // lock, and the move is counted before the lock is let go: a search that missed a block in the
+    // shared table and then in this front sees the count changed, and looks again.
+    for (FrontSlot& slot : front->slots) {
+      if (slot.state == FrontState::live) shared_.insert(slot.address, slot.block);
+      slot = FrontSlot{};
+    }
+    front->erase_count = 0;
+    moves_.fetch_add(1, std::memory_order_release);
+  }
+  std::lock_guard<std::mutex> guard(fronts_lock_);
+  front->owned = false;
+}
+
+void LiveBlocks::insert_elsewhere(std::uintptr_t p, const LiveBlock& block) noexcept { shared_.insert(p, block); }
+
+LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock* out) noexcept {
+  if (p == 0) return EraseResult::unknown;
+  for (;;) {
+    const std::uint64_t moves = moves_.load(std::memory_order_acquire);
+    LiveBlock marker;
+    bool freed_recently = false;
+    switch (shared_.erase(p, &marker)) {
+      case EraseResult::erased:
+        *out = marker;
+        return EraseResult::erased;
+      case EraseResult::double_free: freed_recently = true; break;
+      case EraseResult::unknown: break;
+    }
+    // Live in some thread's front wins over a freed marker anywhere: the address may have been freed by
+    // one thread and handed out again to another.
+    const std::size_t count = front_count_.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < count; ++i) {
+      Front& front = *front_at(i);
+      std::lock_guard<SpinLock> guard(front.lock);
+      FrontSlot& slot = front.slots[front_slot(p)];
+      if (slot.address != p) continue;
+      if (slot.state == FrontState::live) {
+        *out = slot.block;
+        mark_freed(front, slot);
+        return EraseResult::erased;
+      }
+      if (!freed_recently && remembered(front, slot)) {
+        marker = slot.block;
+        freed_recently = true;
+      }
+    }
+    if (moves_.load(std::memory_order_acquire) != moves) continue;  // a thread exited meanwhile: again
+    if (!freed_recently) return EraseResult::unknown;
+    *out = marker;
+    return EraseResult::double_free;
+  }
+}
+
+bool LiveBlocks::find(std::uintptr_t p, LiveBlock* out) const noexcept {
+  if (p == 0) return false;
+  for (;;) {
+    const std::uint64_t moves = moves_.load(std::memory_order_acquire);
+    if (shared_.find(p, out)) return true;
+    const std::size_t count = front_count_.load(std::memory_order_acquire);
+    for (std::size_t i = 0; i < count; ++i) {
+      const Front& front = *front_at(i);
+      std::lock_guard<SpinLock> guard(front.lock);
+      const FrontSlot& slot = front.slots[front_slot(p)];
+      if (slot.address == p && slot.state == FrontState::live) {
+        *out = slot.block;
+        return true;
+      }
+    }
+    if (moves_.load(std::memory_order_acquire) == moves) return false;
+  }
+}
+
+template <typename Visit>
+void LiveBlocks::for_each_front_live(Visit visit) const {
+  const std::size_t count = front_count_.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < count; ++i) {
+    const Front& front = *front_at(i);
+    std::lock_guard<SpinLock> guard(front.lock);
+    for (const FrontSlot& slot : front.slots)
+      if (slot.state == FrontState::live) visit(slot.address, slot.block);
+  }
+}
+
+bool LiveBlocks::find_containing(std::uintptr_t p, std::uintptr_t* base, LiveBlock* out) const noexcept {
+  if (find(p, out)) {
+    *base = p;
+    return true;
+  }
+  // An interior pointer: every live block, the shared table's and then the fronts' (a block moving at a
+  // thread's exit meanwhile may be missed, as in a dump).
+  if (shared_.find_containing(p, base, out)) return true;
+  bool found = false;
+  for_each_front_live([&](std::uintptr_t address, const LiveBlock& block) {
+    if (!found && p > address && p - address < std::max<std::size_t>(block.requested, 1)) {
+      *base = address;
+      *out = block;
+      found = true;
+    }
+  });
+  return found;
+}
+
+std::vector<LiveBlocks::Entry> LiveBlocks::largest(int device, std::size_t n) const {
+  std::vector<Entry> top = shared_.largest(device, n);
+  if (n == 0) return top;
+  auto larger = [](const Entry& a, const Entry& b) { return a.block.requested > b.block.requested; };
+  const std::size_t count = front_count_.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < count; ++i) {
+    top.reserve(top.size() + kFrontSlots);  // no allocation while a front's lock is held
+    const Front& front = *front_at(i);
+    {
+      std::lock_guard<SpinLock> guard(front.lock);
+      for (const FrontSlot& slot : front.slots)
+        if (slot.state == FrontState::live && slot.block.device == device) top.push_back(Entry{slot.address, slot.block});
+    }
+    if (top.size() > n) {
+      std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(n), top.end(), larger);
+      top.resize(n);
+    }
+  }
+  std::sort(top.begin(), top.end(), larger);
+  return top;
+}
+
+std::size_t LiveBlocks::copy_live(std::size_t part, std::size_t from, Entry* out, std::size_t max,
+                                  std::size_t* next) const noexcept {
+  if (part < LiveBlockTable::kShards) return shared_.copy_live(part, from, out, max, next);
+  *next = ~std::size_t{0};
+  const std::size_t i = part - LiveBlockTable::kShards;
+  if (i >= front_count_.load(std::memory_order_acquire)) return 0;
+  const Front& front = *front_at(i);
+  std::lock_guard<SpinLock> guard(front.lock);
+  std::size_t copied = 0;
+  std::size_t j = from;
+  for (; j < kFrontSlots && copied < max; ++j)
+    if (front.slots[j].state == FrontState::live) out[copied++] = Entry{front.slots[j].address, front.slots[j].block};
+  if (j < kFrontSlots) *next = j;
+  return copied;
+}
+
+void LiveBlocks::totals(int device, std::uint64_t* bytes, std::uint64_t* count) const noexcept {
+  shared_.totals(device, bytes, count);
+  for_each_front_live([&](std::uintptr_t, const LiveBlock& block) {
+    if (block.device != device) return;
+    *bytes += block.requested;
+    ++*count;
+  });
+}
+
+void LiveBlocks::reset_after_fork() noexcept {
+  // Only the forking thread exists: locks other parent threads held are garbage.
+  new (&fronts_lock_) std::mutex();
+  new (&tables_lock()) std::mutex();
+  shared_.reset_after_fork();
+  for (std::size_t i = 0; i < front_count_.load(std::memory_order_acquire); ++i) {
+    Front& front = *front_at(i);
+    front.lock.reset();
+    for (FrontSlot& slot : front.slots) slot = FrontSlot{};
+    front.erase_count = 0;
+    front.owned = false;
+  }
+  generation_.store(g_generations.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_release);
+}
+
+}  // namespace gpushim

@@ -1,0 +1,181 @@
+// Which blocks gpushim has handed out, as every allocate and free asks: a small table per thread (its
+// front) in front of the shared, sharded LiveBlockTable (router/live_block_table.h).
+//
+// Why a front. With a stream per thread every free is fenced, and 16 threads at 256 B spent about 10% of
+// all samples on the shared table's shard headers (seventeenth session, docs/perf-notes.md): every insert
+// and erase takes its shard's lock, and every thread's blocks hash to every shard, so each shard's header
+// line moved from core to core on nearly every call. A thread's allocations now go to its own front, a
+// direct-mapped table that only it writes in the common case, and its free of its own block is found
+// there: one uncontended lock on a line that stays in its core's cache.
+//
+// Where a block is. A live block is in exactly one place: the front of the thread that allocated it, or
+// the shared table (its front slot held another live block, the thread had no front, or the thread
+// exited: its front's live blocks move to the shared table then, the only move there is). So a free
+// that finds the block live in its own front is done; anything else (a block of another thread, a block
+// in the shared table, a double free, a stranger) looks in the shared table and then in every front,
+// and a live find anywhere wins over a freed marker anywhere (an address freed by one thread may be live
+// again in another's front). A move at thread exit bumps `moves_`, and a search that saw it change looks
+// again, so a block is never missed while it moves.
+//
+// Double frees. A front keeps a freed block's slot as a marker, remembered while fewer than
+// kRecentlyFreedPerFront erases of that front followed it (and until another block takes the slot), as
+// the shared table's shards do per shard: a free of a remembered address that is live nowhere is our
+// double free; a stale one is a stranger's (the driver's own answer).
+//
+// Cost. A free of another thread's block, or of a stranger's, searches every front (at most kMaxFronts,
+// each under its lock): a few microseconds with a hundred threads, against ~20 ns for a free of one's
+// own. Programs free mostly their own thread's blocks (the frameworks' caching allocators return blocks
+// to gpushim rarely, from the thread that allocated them).
+// Pure C++ (no CUDA): tested on the CPU in tests/router_live_blocks_test.cpp.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "diagnostics/hot_tls.h"
+#include "router/live_block_table.h"
+#include "router/spin_lock.h"
+
+#pragma GCC visibility push(hidden)  // the thread-locals: router/router_state.h says why
+
+namespace gpushim {
+
+class LiveBlocks {
+ public:
+  using EraseResult = LiveBlockTable::EraseResult;
+  using Entry = LiveBlockTable::Entry;
+
+  // 256 slots of 64 B: 16 KiB a thread. Direct-mapped: a thread cycling a few hundred blocks of its own
+  // (fenced frees) holds one or a few live at a time, so an insert almost always finds its slot free.
+  static constexpr std::size_t kFrontSlots = 256;
+  // Threads with a front at once (a thread that exits gives its front to the next): past this many, a
+  // thread uses the shared table alone. Bounds the fronts' memory (2 MiB) and a cross-thread search.
+  static constexpr std::size_t kMaxFronts = 128;
+  static constexpr std::uint32_t kRecentlyFreedPerFront = 64;
+  // copy_live's parts: the shared table's shards, then the fronts.
+  static constexpr std::size_t kParts = LiveBlockTable::kShards + kMaxFronts;
+
+  LiveBlocks();
+  ~LiveBlocks();  // the tests' tables; the router's lives as long as the process
+  LiveBlocks(const LiveBlocks&) = delete;
+  LiveBlocks& operator=(const LiveBlocks&) = delete;
+
+  // Inline, the rest out of line: with the shared table's inline path in it GCC made this a call (+22
+  // instructions a pair in scripts/instructions_per_pair.sh).
+  __attribute__((always_inline)) void insert(std::uintptr_t p, const LiveBlock& block) noexcept {
+    if (Front* front = this_thread_front()) {
+      std::lock_guard<SpinLock> guard(front->lock);
+      FrontSlot& slot = front->slots[front_slot(p)];
+      if (slot.state != FrontState::live) {
+        slot.address = p;
+        slot.block = block;
+        slot.state = FrontState::live;
+        return;
+      }
+    }
+    insert_elsewhere(p, block);
+  }
+  __attribute__((always_inline)) EraseResult erase(std::uintptr_t p, LiveBlock* out) noexcept {
+    if (Front* front = this_thread_front()) {
+      std::lock_guard<SpinLock> guard(front->lock);
+      FrontSlot& slot = front->slots[front_slot(p)];
+      if (slot.address == p && slot.state == FrontState::live) {
+        *out = slot.block;
+        mark_freed(*front, slot);
+        return EraseResult::erased;
+      }
+    }
+    return erase_elsewhere(p, out);
+  }
+  bool find(std::uintptr_t p, LiveBlock* out) const noexcept;
+  // As LiveBlockTable::find_containing: a base pointer is found at once, an interior one by a scan.
+  bool find_containing(std::uintptr_t p, std::uintptr_t* base, LiveBlock* out) const noexcept;
+  // Up to `n` largest live blocks of `device`, largest first (for the out-of-memory report).
+  std::vector<Entry> largest(int device, std::size_t n) const;
+  // As LiveBlockTable::copy_live, over kParts parts: the shared table's shards, then the fronts.
+  std::size_t copy_live(std::size_t part, std::size_t from, Entry* out, std::size_t max,
+                        std::size_t* next) const noexcept;
+  void totals(int device, std::uint64_t* bytes, std::uint64_t* count) const noexcept;
+  // In a forked child: forgets every block and every recent free, and every thread's front (the child's
+  // one thread takes a front again at its next call).
+  void reset_after_fork() noexcept;
+
+  // For tests: fronts made so far, and the shared table beneath.
+  std::size_t fronts() const noexcept { return front_count_.load(std::memory_order_acquire); }
+  const LiveBlockTable& shared() const noexcept { return shared_; }
+
+  static std::size_t front_slot(std::uintptr_t p) noexcept {
+    // Blocks are >= 256-byte aligned; a Fibonacci multiply, top 8 bits.
+    return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 56);
+  }
+  static_assert(kFrontSlots == 256, "front_slot() takes the top 8 bits");
+
+ private:
+  enum class FrontState : std::uint32_t { empty, live, freed };
+  struct alignas(64) FrontSlot {
+    std::uintptr_t address = 0;
+    LiveBlock block;
+    FrontState state = FrontState::empty;
+    std::uint32_t erase_number = 0;  // which erase of the front marked it freed
+  };
+  static_assert(sizeof(FrontSlot) == 64, "a slot is one cache line");
+  struct alignas(64) Front {
+    // The owner on each of its calls; another thread only in a search, a dump or a fork reset.
+    mutable SpinLock lock;
+    std::uint32_t erase_count = 0;
+    bool owned = false;  // a thread holds it; under fronts_lock_
+    FrontSlot slots[kFrontSlots];
+  };
+  // The calling thread's front: t_front, when it was taken from this table in this generation.
+  // No member initializers (a static member of this class cannot use them here): value-initialized.
+  struct ThreadFront {
+    const LiveBlocks* table;
+    std::uint64_t generation;
+    Front* front;  // nullptr: no front for this thread (kMaxFronts taken, or no host memory)
+  };
+  static inline GPUSHIM_HOT_TLS ThreadFront t_front{};
+  static inline GPUSHIM_HOT_TLS bool t_front_gone = false;  // this thread has begun to exit
+  // A thread's first front registers this; its destructor gives the front back at thread exit.
+  struct ThreadExit {
+    bool armed = false;
+    ~ThreadExit();
+  };
+  static void release_thread_front() noexcept;  // gives the calling thread's front back, if it has one
+
+  static bool remembered(const Front& front, const FrontSlot& slot) noexcept {
+    return slot.state == FrontState::freed && front.erase_count - slot.erase_number < kRecentlyFreedPerFront;
+  }
+  static void mark_freed(Front& front, FrontSlot& slot) noexcept {  // front lock held
+    slot.state = FrontState::freed;
+    slot.erase_number = ++front.erase_count;
+  }
+  // Generations are unique over every table and every fork reset: one comparison names both.
+  __attribute__((always_inline)) Front* this_thread_front() noexcept {
+    if (t_front.generation == generation_.load(std::memory_order_relaxed)) return t_front.front;
+    return take_front();
+  }
+  Front* take_front() noexcept;             // the slow path: a front for the calling thread, or nullptr
+  void give_back(Front* front) noexcept;    // the thread exits (or moves to another table): live -> shared
+  void insert_elsewhere(std::uintptr_t p, const LiveBlock& block) noexcept;  // the shared table
+  EraseResult erase_elsewhere(std::uintptr_t p, LiveBlock* out) noexcept;
+  Front* front_at(std::size_t i) const noexcept { return fronts_[i].load(std::memory_order_acquire); }
+  template <typename Visit>
+  void for_each_front_live(Visit visit) const;  // every front's live blocks, under each front's lock
+
+  LiveBlockTable shared_;
+  // Read on every call (this_thread_front); written only by a fork reset. A new value per table and per
+  // reset (from a process-wide count), so a thread's cached front of a destroyed table, or of the
+  // parent, never matches.
+  alignas(64) std::atomic<std::uint64_t> generation_;
+  alignas(64) std::atomic<std::uint64_t> moves_{0};  // bumped by every move of a front's blocks
+  std::mutex fronts_lock_;                            // taking and giving back fronts
+  std::atomic<std::size_t> front_count_{0};
+  std::atomic<Front*> fronts_[kMaxFronts] = {};       // made on demand, kept until the table is destroyed
+};
+
+}  // namespace gpushim
+
+#pragma GCC visibility pop
