@@ -7,7 +7,8 @@
 #
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
-#                       [--build-dir DIR] [--csv FILE]
+#                       [--pattern pairs|handoff] [--build-dir DIR] [--csv FILE]
+# --pattern handoff: each pair frees a block another thread allocated (alloc_bench --patterns handoff).
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
 # cudaMallocAsync pool; runtime: cudaMalloc), interleaved with the libraries in every pass.
 # Build the other trees first (cmake -DGPUSHIM_BUILD_TESTS=OFF -DGPUSHIM_BUILD_TOOLS=OFF; ninja gpushim);
@@ -29,7 +30,8 @@ streams=on
 sizes="256K,1M,4M,16M,256M"
 cell_ms=250
 csv=""
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+pattern=pairs
+usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
@@ -40,6 +42,7 @@ while [ $# -gt 0 ]; do
     --streams) streams="$2"; shift 2 ;;
     --sizes) sizes="$2"; shift 2 ;;
     --cell-ms) cell_ms="$2"; shift 2 ;;
+    --pattern) pattern="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -74,7 +77,7 @@ for pass in $(seq 1 "$passes"); do
     preload=${entry#*=}
     api=runtime
     case "$entry" in peer:*) name=${name#peer:}; api=${entry#*=}; preload="" ;; esac
-    if ! LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns pairs \
+    if ! LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns "$pattern" \
         --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" \
         --label "$name" --csv "$csv" > /dev/null 2>&1; then
       echo "ab_bench.sh: pass $pass under $name failed" >&2

@@ -45,7 +45,7 @@ const char* api_calls(Api api) {
 }
 const char* streams_name(StreamMode m) { return m == StreamMode::on ? "on" : "off"; }
 const char* pattern_name(Pattern p) {
-  return p == Pattern::pairs ? "pairs" : p == Pattern::window ? "window" : "random";
+  return p == Pattern::pairs ? "pairs" : p == Pattern::window ? "window" : p == Pattern::random ? "random" : "handoff";
 }
 
 // Live bytes a window cell may hold over all threads: enough for 64 blocks of 1 MiB per thread at 16
@@ -66,6 +66,9 @@ constexpr std::uint64_t kMaxReps = 50000;
 constexpr std::uint64_t kStreamWorkEvery = 64;
 // The block the stream's kernel writes: the thread's own, allocated through the allocator under test.
 constexpr std::size_t kStreamWorkBytes = 512;
+// The handoff pattern's mailboxes per thread: a block waits in one for a few pairs, and the thread that
+// frees it is any of them (with 16 threads, another thread 15 times in 16).
+constexpr std::size_t kHandoffBoxesPerThread = 4;
 // A cell stops at this multiple of its budget even if slow threads have not finished their repetitions.
 constexpr double kCellDeadlineFactor = 4.0;
 
@@ -120,6 +123,7 @@ struct ThreadPlan {
   double overhead_ns;
   Clock::time_point deadline;
   std::uint64_t seed;
+  std::vector<std::atomic<void*>>* boxes;  // the handoff pattern's mailboxes, shared by the cell's threads
 };
 
 class PairRunner {
@@ -131,7 +135,11 @@ class PairRunner {
       CHECK_CUDA(cudaMalloc(&work_block_, kStreamWorkBytes));
       launch_work();
     }
-    slots_.assign(plan.pattern == Pattern::pairs ? 0 : plan.window, nullptr);
+    slots_.assign(plan.pattern == Pattern::pairs || plan.pattern == Pattern::handoff ? 0 : plan.window, nullptr);
+    if (plan.pattern == Pattern::handoff) {
+      picks_.resize(1024);
+      for (auto& p : picks_) p = std::uniform_int_distribution<std::size_t>(0, plan.boxes->size() - 1)(rng_);
+    }
     if (plan.pattern == Pattern::random) {
       sizes_.resize(1024);
       std::uniform_real_distribution<double> u(std::log(double(kRandomMin)), std::log(double(kRandomMax)));
@@ -173,6 +181,11 @@ class PairRunner {
         void*& slot = slots_[picks_[cursor_++ % picks_.size()]];
         release(slot);
         slot = allocate(size);
+        break;
+      }
+      case Pattern::handoff: {
+        std::atomic<void*>& box = (*plan_.boxes)[picks_[cursor_++ % picks_.size()]];
+        release(box.exchange(allocate(size), std::memory_order_acq_rel));
         break;
       }
     }
@@ -218,7 +231,9 @@ class PairRunner {
 
 CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode streams, std::uint64_t size, int threads,
                     double overhead_ns) {
-  ThreadPlan plan{api, pattern, streams, size, 0, 0, overhead_ns, {}, o.seed};
+  std::vector<std::atomic<void*>> boxes(kHandoffBoxesPerThread * std::size_t(threads));
+  for (std::atomic<void*>& box : boxes) box.store(nullptr);
+  ThreadPlan plan{api, pattern, streams, size, 0, 0, overhead_ns, {}, o.seed, &boxes};
   const std::uint64_t per_thread_budget = kWindowBudget / std::uint64_t(threads);
   plan.window = pattern == Pattern::random ? kMaxWindow
                 : std::clamp<std::uint64_t>(per_thread_budget / std::max<std::uint64_t>(size, 1), 1, kMaxWindow);
@@ -291,6 +306,8 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
   plan.deadline = start + std::chrono::nanoseconds(std::int64_t(budget_ns * kCellDeadlineFactor));
   go.store(true, std::memory_order_release);
   for (auto& w : workers) w.join();
+  for (std::atomic<void*>& box : boxes)  // what the handoff cell left in its mailboxes
+    if (void* p = box.exchange(nullptr)) CHECK_CUDA(api == Api::host ? (std::free(p), cudaSuccess) : cudaFree(p));
   CHECK_CUDA(cudaDeviceSynchronize());
   const Clock::time_point end = first_done_at;
 

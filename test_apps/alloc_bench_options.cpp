@@ -11,7 +11,8 @@ bool parse_options(int argc, char** argv, Options* o) {
       "  runtime = cudaMalloc/cudaFree, async = cudaMallocAsync/cudaFreeAsync on a warm default pool,\n"
       "  host = malloc/free (no GPU memory: what this CPU gives the same loop on 1 and N threads).\n"
       "  pairs: alloc then free; window: free the oldest of up to 64 live blocks; random: sizes\n"
-      "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand').\n"
+      "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand'); handoff: alloc,\n"
+      "  then free a block that another thread allocated (swapped through 4 mailboxes per thread).\n"
       "  --streams on: each thread first creates a non-blocking stream and launches a one-thread kernel\n"
       "  on it every 64 pairs (not timed), so the pairs run while a second stream carries work; all\n"
       "  'off' cells run before the first 'on' cell (creating a stream can change an allocator for good).\n"
@@ -22,12 +23,13 @@ bool parse_options(int argc, char** argv, Options* o) {
                                         {"async", Api::async}, {"cudaMallocAsync", Api::async},
                                         {"host", Api::host}, {"malloc", Api::host}};
   const std::map<std::string, Pattern> patterns{
-      {"pairs", Pattern::pairs}, {"window", Pattern::window}, {"random", Pattern::random}};
+      {"pairs", Pattern::pairs}, {"window", Pattern::window}, {"random", Pattern::random},
+      {"handoff", Pattern::handoff}};
   const std::map<std::string, StreamMode> streams{{"off", StreamMode::off}, {"on", StreamMode::on}};
   std::vector<std::string> sizes;
   bool quick = false;
   app.add_option("--api", o->apis, "runtime,async,host")->delimiter(',')->transform(CLI::CheckedTransformer(apis));
-  app.add_option("--patterns", o->patterns, "pairs,window,random")
+  app.add_option("--patterns", o->patterns, "pairs,window,random,handoff")
       ->delimiter(',')
       ->transform(CLI::CheckedTransformer(patterns));
   app.add_option("--streams", o->streams, "off,on")->delimiter(',')->transform(CLI::CheckedTransformer(streams));

@@ -8,7 +8,9 @@
 #include <vector>
 
 enum class Api { runtime, async, host };
-enum class Pattern { pairs, window, random };
+// handoff: each pair allocates a block and frees one another thread allocated (a block passed between
+// threads), through a few mailboxes per thread that every thread swaps with.
+enum class Pattern { pairs, window, random, handoff };
 // off: the thread creates no stream. on: each thread first creates a non-blocking stream and keeps it
 // carrying work (a one-thread kernel every kStreamWorkEvery pairs, outside the timed pair), so an
 // allocator that fences frees while other streams carry work is measured on that path.
