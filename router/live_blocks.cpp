@@ -24,7 +24,8 @@ std::vector<const LiveBlocks*>& tables() {
 
 }  // namespace
 
-LiveBlocks::LiveBlocks() : generation_(g_generations.fetch_add(1, std::memory_order_relaxed) + 1) {
+LiveBlocks::LiveBlocks()
+    : generation_(g_generations.fetch_add(1, std::memory_order_relaxed) + 1) {
   std::lock_guard<std::mutex> guard(tables_lock());
   tables().push_back(this);
 }
@@ -67,6 +68,7 @@ LiveBlocks::Front* LiveBlocks::take_front() noexcept {
     for (std::size_t i = 0; i < count && !front; ++i)
       if (!front_at(i)->owned) front = front_at(i);
     if (!front && count < kMaxFronts && (front = new (std::nothrow) Front())) {
+      front->number = static_cast<std::uint8_t>(count + 1);
       fronts_[count].store(front, std::memory_order_release);
       front_count_.store(count + 1, std::memory_order_release);
     }
@@ -95,12 +97,25 @@ void LiveBlocks::give_back(Front* front) noexcept {
   front->owned = false;
 }
 
-void LiveBlocks::insert_elsewhere(std::uintptr_t p, const LiveBlock& block) noexcept { shared_.insert(p, block); }
+void LiveBlocks::insert_elsewhere(std::uintptr_t p, const LiveBlock& block) noexcept {
+  shared_.insert(p, block);
+  note_owner(p, 0);  // a hint of the front that held p before would send its free there first
+}
 
 LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock* out) noexcept {
   if (p == 0) return EraseResult::unknown;
   for (;;) {
+    // Any order of places works: a block moves only at a thread's exit, which bumps `moves_`.
     const std::uint64_t moves = moves_.load(std::memory_order_acquire);
+    if (Front* hinted = hinted_front(p)) {
+      std::lock_guard<SpinLock> guard(hinted->lock);
+      FrontSlot& slot = hinted->slots[front_slot(p)];
+      if (slot.address == p && slot.state == FrontState::live) {
+        *out = slot.block;
+        mark_freed(*hinted, slot);
+        return EraseResult::erased;
+      }
+    }
     LiveBlock marker;
     bool freed_recently = false;
     switch (shared_.erase(p, &marker)) {
@@ -112,6 +127,7 @@ LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock*
     }
     // Live in some thread's front wins over a freed marker anywhere: the address may have been freed by
     // one thread and handed out again to another.
+    searches_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t count = front_count_.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < count; ++i) {
       Front& front = *front_at(i);
@@ -135,11 +151,26 @@ LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock*
   }
 }
 
+LiveBlocks::Front* LiveBlocks::hinted_front(std::uintptr_t p) const noexcept {
+  const std::uint8_t number = hints_[hint_slot(p)].load(std::memory_order_relaxed);
+  if (number == 0 || number > front_count_.load(std::memory_order_acquire)) return nullptr;
+  return front_at(number - 1u);
+}
+
 bool LiveBlocks::find(std::uintptr_t p, LiveBlock* out) const noexcept {
   if (p == 0) return false;
   for (;;) {
     const std::uint64_t moves = moves_.load(std::memory_order_acquire);
+    if (const Front* hinted = hinted_front(p)) {
+      std::lock_guard<SpinLock> guard(hinted->lock);
+      const FrontSlot& slot = hinted->slots[front_slot(p)];
+      if (slot.address == p && slot.state == FrontState::live) {
+        *out = slot.block;
+        return true;
+      }
+    }
     if (shared_.find(p, out)) return true;
+    searches_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t count = front_count_.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < count; ++i) {
       const Front& front = *front_at(i);
@@ -236,6 +267,7 @@ void LiveBlocks::reset_after_fork() noexcept {
   new (&fronts_lock_) std::mutex();
   new (&tables_lock()) std::mutex();
   shared_.reset_after_fork();
+  for (std::size_t i = 0; i < kHints; ++i) hints_[i].store(0, std::memory_order_relaxed);
   for (std::size_t i = 0; i < front_count_.load(std::memory_order_acquire); ++i) {
     Front& front = *front_at(i);
     front.lock.reset();

@@ -20,12 +20,18 @@
 // Double frees. A front keeps a freed block's slot as a marker, remembered while fewer than
 // kRecentlyFreedPerFront erases of that front followed it (and until another block takes the slot), as
 // the shared table's shards do per shard: a free of a remembered address that is live nowhere is our
-// double free; a stale one is a stranger's (the driver's own answer).
+// double free; a stale one is a stranger's (the driver's own answer). A thread's exit drops its
+// front's markers: a second free of a block freed just before its thread exited goes to the driver,
+// as a stale marker's does, and the driver refuses an address it did not allocate.
 //
-// Cost. A free of another thread's block, or of a stranger's, searches every front (at most kMaxFronts,
-// each under its lock): a few microseconds with a hundred threads, against ~20 ns for a free of one's
-// own. Programs free mostly their own thread's blocks (the frameworks' caching allocators return blocks
-// to gpushim rarely, from the thread that allocated them).
+// A block freed by another thread. Each insert into a front notes the front's number in a hashed byte
+// per address (`hints_`, written only when it changes: a thread's addresses keep their owner, so the
+// lines stay shared in every core's cache), and a free that misses its own front looks in the front
+// the hint names first. Without it 16 threads freeing each other's blocks searched every front, under
+// 16 locks each written by its owner on every call: 1.7 M pairs/s where the shared table alone moved 23
+// (alloc_bench --patterns handoff, eighteenth session, docs/perf-notes.md). A free that the hint does
+// not answer (a hint overwritten by another address, a double free, a stranger) searches every front
+// (at most kMaxFronts, each under its lock).
 // Pure C++ (no CUDA): tested on the CPU in tests/router_live_blocks_test.cpp.
 #pragma once
 
@@ -55,6 +61,9 @@ class LiveBlocks {
   // thread uses the shared table alone. Bounds the fronts' memory (2 MiB) and a cross-thread search.
   static constexpr std::size_t kMaxFronts = 128;
   static constexpr std::uint32_t kRecentlyFreedPerFront = 64;
+  // The owner hints: one byte per hashed address (0: none, else a front's number).
+  static constexpr std::size_t kHints = std::size_t{1} << 16;
+  static_assert(kMaxFronts < 256, "a front's number fits a hint byte");
   // copy_live's parts: the shared table's shards, then the fronts.
   static constexpr std::size_t kParts = LiveBlockTable::kShards + kMaxFronts;
 
@@ -73,6 +82,7 @@ class LiveBlocks {
         slot.address = p;
         slot.block = block;
         slot.state = FrontState::live;
+        note_owner(p, front->number);
         return;
       }
     }
@@ -105,6 +115,8 @@ class LiveBlocks {
 
   // For tests: fronts made so far, and the shared table beneath.
   std::size_t fronts() const noexcept { return front_count_.load(std::memory_order_acquire); }
+  // For tests: searches of every front so far (frees and finds the owner hint did not answer).
+  std::uint64_t searches() const noexcept { return searches_.load(std::memory_order_relaxed); }
   const LiveBlockTable& shared() const noexcept { return shared_; }
 
   static std::size_t front_slot(std::uintptr_t p) noexcept {
@@ -127,6 +139,7 @@ class LiveBlocks {
     mutable SpinLock lock;
     std::uint32_t erase_count = 0;
     bool owned = false;  // a thread holds it; under fronts_lock_
+    std::uint8_t number = 0;  // its index in fronts_ plus one: what the owner hints name
     FrontSlot slots[kFrontSlots];
   };
   // The calling thread's front: t_front, when it was taken from this table in this generation.
@@ -148,6 +161,15 @@ class LiveBlocks {
   static bool remembered(const Front& front, const FrontSlot& slot) noexcept {
     return slot.state == FrontState::freed && front.erase_count - slot.erase_number < kRecentlyFreedPerFront;
   }
+  static std::size_t hint_slot(std::uintptr_t p) noexcept {
+    return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 48);  // top 16 bits
+  }
+  static_assert(kHints == std::size_t{1} << 16, "hint_slot() takes the top 16 bits");
+  // Stored only when it changes: the line stays shared while a thread's addresses keep their owner.
+  void note_owner(std::uintptr_t p, std::uint8_t number) noexcept {
+    std::atomic<std::uint8_t>& hint = hints_[hint_slot(p)];
+    if (hint.load(std::memory_order_relaxed) != number) hint.store(number, std::memory_order_relaxed);
+  }
   static void mark_freed(Front& front, FrontSlot& slot) noexcept {  // front lock held
     slot.state = FrontState::freed;
     slot.erase_number = ++front.erase_count;
@@ -161,6 +183,7 @@ class LiveBlocks {
   void give_back(Front* front) noexcept;    // the thread exits (or moves to another table): live -> shared
   void insert_elsewhere(std::uintptr_t p, const LiveBlock& block) noexcept;  // the shared table
   EraseResult erase_elsewhere(std::uintptr_t p, LiveBlock* out) noexcept;
+  Front* hinted_front(std::uintptr_t p) const noexcept;  // the front the owner hint names, or nullptr
   Front* front_at(std::size_t i) const noexcept { return fronts_[i].load(std::memory_order_acquire); }
   template <typename Visit>
   void for_each_front_live(Visit visit) const;  // every front's live blocks, under each front's lock
@@ -171,9 +194,12 @@ class LiveBlocks {
   // parent, never matches.
   alignas(64) std::atomic<std::uint64_t> generation_;
   alignas(64) std::atomic<std::uint64_t> moves_{0};  // bumped by every move of a front's blocks
+  alignas(64) mutable std::atomic<std::uint64_t> searches_{0};
   std::mutex fronts_lock_;                            // taking and giving back fronts
   std::atomic<std::size_t> front_count_{0};
   std::atomic<Front*> fronts_[kMaxFronts] = {};       // made on demand, kept until the table is destroyed
+  // In the table itself (64 KiB), not behind a pointer: a load and a test less on every insert.
+  std::atomic<std::uint8_t> hints_[kHints] = {};
 };
 
 }  // namespace gpushim
