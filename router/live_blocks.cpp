@@ -80,19 +80,24 @@ LiveBlocks::Front* LiveBlocks::take_front() noexcept {
   return front;
 }
 
+void LiveBlocks::wait_for_slot(const FrontSlot& slot) noexcept { slot.lock.lock(); }
+
 void LiveBlocks::give_back(Front* front) noexcept {
-  {
-    std::lock_guard<SpinLock> guard(front->lock);
-    // The live blocks move to the shared table before they leave the front, both under the front's
-    // lock, and the move is counted before the lock is let go: a search that missed a block in the
-    // shared table and then in this front sees the count changed, and looks again.
-    for (FrontSlot& slot : front->slots) {
-      if (slot.state == FrontState::live) shared_.insert(slot.address, slot.block);
-      slot = FrontSlot{};
+  // Each live block moves to the shared table before it leaves its slot, both under the slot's lock,
+  // and the move is counted before the lock is let go: a search that missed the block in the shared
+  // table and then in this slot sees the count changed, and looks again.
+  for (FrontSlot& slot : front->slots) {
+    const std::uint8_t state = lock_slot(slot);
+    if (state == kLive) {
+      shared_.insert(slot.address, slot.block);
+      moves_.fetch_add(1, std::memory_order_release);
     }
-    front->erase_count = 0;
-    moves_.fetch_add(1, std::memory_order_release);
+    slot.address = 0;
+    slot.block = LiveBlock{};
+    slot.erase_number = 0;
+    unlock_slot(slot, kEmpty);
   }
+  front->erase_count.store(0, std::memory_order_relaxed);
   std::lock_guard<std::mutex> guard(fronts_lock_);
   front->owned = false;
 }
@@ -108,13 +113,14 @@ LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock*
     // Any order of places works: a block moves only at a thread's exit, which bumps `moves_`.
     const std::uint64_t moves = moves_.load(std::memory_order_acquire);
     if (Front* hinted = hinted_front(p)) {
-      std::lock_guard<SpinLock> guard(hinted->lock);
       FrontSlot& slot = hinted->slots[front_slot(p)];
-      if (slot.address == p && slot.state == FrontState::live) {
+      const std::uint8_t state = lock_slot(slot);
+      if (state == kLive && slot.address == p) {
         *out = slot.block;
-        mark_freed(*hinted, slot);
+        unlock_slot(slot, kFreedElsewhere);
         return EraseResult::erased;
       }
+      unlock_slot(slot, state);
     }
     LiveBlock marker;
     bool freed_recently = false;
@@ -131,18 +137,18 @@ LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock*
     const std::size_t count = front_count_.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < count; ++i) {
       Front& front = *front_at(i);
-      std::lock_guard<SpinLock> guard(front.lock);
       FrontSlot& slot = front.slots[front_slot(p)];
-      if (slot.address != p) continue;
-      if (slot.state == FrontState::live) {
+      const std::uint8_t state = lock_slot(slot);
+      if (state == kLive && slot.address == p) {
         *out = slot.block;
-        mark_freed(front, slot);
+        unlock_slot(slot, kFreedElsewhere);
         return EraseResult::erased;
       }
-      if (!freed_recently && remembered(front, slot)) {
+      if (!freed_recently && slot.address == p && remembered(front, slot, state)) {
         marker = slot.block;
         freed_recently = true;
       }
+      unlock_slot(slot, state);
     }
     if (moves_.load(std::memory_order_acquire) != moves) continue;  // a thread exited meanwhile: again
     if (!freed_recently) return EraseResult::unknown;
@@ -161,38 +167,35 @@ bool LiveBlocks::find(std::uintptr_t p, LiveBlock* out) const noexcept {
   if (p == 0) return false;
   for (;;) {
     const std::uint64_t moves = moves_.load(std::memory_order_acquire);
-    if (const Front* hinted = hinted_front(p)) {
-      std::lock_guard<SpinLock> guard(hinted->lock);
-      const FrontSlot& slot = hinted->slots[front_slot(p)];
-      if (slot.address == p && slot.state == FrontState::live) {
-        *out = slot.block;
-        return true;
-      }
-    }
+    if (const Front* hinted = hinted_front(p); hinted && live_at(hinted->slots[front_slot(p)], p, out)) return true;
     if (shared_.find(p, out)) return true;
     searches_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t count = front_count_.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < count; ++i) {
-      const Front& front = *front_at(i);
-      std::lock_guard<SpinLock> guard(front.lock);
-      const FrontSlot& slot = front.slots[front_slot(p)];
-      if (slot.address == p && slot.state == FrontState::live) {
-        *out = slot.block;
-        return true;
-      }
+      if (live_at(front_at(i)->slots[front_slot(p)], p, out)) return true;
     }
     if (moves_.load(std::memory_order_acquire) == moves) return false;
   }
+}
+
+bool LiveBlocks::live_at(const FrontSlot& slot, std::uintptr_t p, LiveBlock* out) noexcept {
+  const std::uint8_t state = lock_slot(slot);
+  const bool live = state == kLive && slot.address == p;
+  if (live) *out = slot.block;
+  unlock_slot(slot, state);
+  return live;
 }
 
 template <typename Visit>
 void LiveBlocks::for_each_front_live(Visit visit) const {
   const std::size_t count = front_count_.load(std::memory_order_acquire);
   for (std::size_t i = 0; i < count; ++i) {
-    const Front& front = *front_at(i);
-    std::lock_guard<SpinLock> guard(front.lock);
-    for (const FrontSlot& slot : front.slots)
-      if (slot.state == FrontState::live) visit(slot.address, slot.block);
+    for (const FrontSlot& slot : front_at(i)->slots) {
+      const std::uint8_t state = lock_slot(slot);
+      const Entry entry{slot.address, slot.block};
+      unlock_slot(slot, state);
+      if (state == kLive) visit(entry.address, entry.block);
+    }
   }
 }
 
@@ -221,12 +224,11 @@ std::vector<LiveBlocks::Entry> LiveBlocks::largest(int device, std::size_t n) co
   auto larger = [](const Entry& a, const Entry& b) { return a.block.requested > b.block.requested; };
   const std::size_t count = front_count_.load(std::memory_order_acquire);
   for (std::size_t i = 0; i < count; ++i) {
-    top.reserve(top.size() + kFrontSlots);  // no allocation while a front's lock is held
-    const Front& front = *front_at(i);
-    {
-      std::lock_guard<SpinLock> guard(front.lock);
-      for (const FrontSlot& slot : front.slots)
-        if (slot.state == FrontState::live && slot.block.device == device) top.push_back(Entry{slot.address, slot.block});
+    top.reserve(top.size() + kFrontSlots);  // no allocation while a slot's lock is held
+    for (const FrontSlot& slot : front_at(i)->slots) {
+      const std::uint8_t state = lock_slot(slot);
+      if (state == kLive && slot.block.device == device) top.push_back(Entry{slot.address, slot.block});
+      unlock_slot(slot, state);
     }
     if (top.size() > n) {
       std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(n), top.end(), larger);
@@ -244,11 +246,14 @@ std::size_t LiveBlocks::copy_live(std::size_t part, std::size_t from, Entry* out
   const std::size_t i = part - LiveBlockTable::kShards;
   if (i >= front_count_.load(std::memory_order_acquire)) return 0;
   const Front& front = *front_at(i);
-  std::lock_guard<SpinLock> guard(front.lock);
   std::size_t copied = 0;
   std::size_t j = from;
-  for (; j < kFrontSlots && copied < max; ++j)
-    if (front.slots[j].state == FrontState::live) out[copied++] = Entry{front.slots[j].address, front.slots[j].block};
+  for (; j < kFrontSlots && copied < max; ++j) {
+    const FrontSlot& slot = front.slots[j];
+    const std::uint8_t state = lock_slot(slot);
+    if (state == kLive) out[copied++] = Entry{slot.address, slot.block};
+    unlock_slot(slot, state);
+  }
   if (j < kFrontSlots) *next = j;
   return copied;
 }
@@ -270,9 +275,14 @@ void LiveBlocks::reset_after_fork() noexcept {
   for (std::size_t i = 0; i < kHints; ++i) hints_[i].store(0, std::memory_order_relaxed);
   for (std::size_t i = 0; i < front_count_.load(std::memory_order_acquire); ++i) {
     Front& front = *front_at(i);
-    front.lock.reset();
-    for (FrontSlot& slot : front.slots) slot = FrontSlot{};
-    front.erase_count = 0;
+    for (FrontSlot& slot : front.slots) {  // a slot lock another parent thread held is garbage too
+      slot.address = 0;
+      slot.block = LiveBlock{};
+      slot.erase_number = 0;
+      slot.state = kEmpty;
+      slot.lock.reset();
+    }
+    front.erase_count.store(0, std::memory_order_relaxed);
     front.owned = false;
   }
   generation_.store(g_generations.fetch_add(1, std::memory_order_relaxed) + 1, std::memory_order_release);

@@ -6,7 +6,7 @@
 // and erase takes its shard's lock, and every thread's blocks hash to every shard, so each shard's header
 // line moved from core to core on nearly every call. A thread's allocations now go to its own front, a
 // direct-mapped table that only it writes in the common case, and its free of its own block is found
-// there: one uncontended lock on a line that stays in its core's cache.
+// there: the slot's own lock (a bit of its state word), on a line that stays in its core's cache.
 //
 // Where a block is. A live block is in exactly one place: the front of the thread that allocated it, or
 // the shared table (its front slot held another live block, the thread had no front, or the thread
@@ -31,7 +31,7 @@
 // 16 locks each written by its owner on every call: 1.7 M pairs/s where the shared table alone moved 23
 // (alloc_bench --patterns handoff, eighteenth session, docs/perf-notes.md). A free that the hint does
 // not answer (a hint overwritten by another address, a double free, a stranger) searches every front
-// (at most kMaxFronts, each under its lock).
+// (at most kMaxFronts, one slot of each, under that slot's lock).
 // Pure C++ (no CUDA): tested on the CPU in tests/router_live_blocks_test.cpp.
 #pragma once
 
@@ -76,27 +76,33 @@ class LiveBlocks {
   // instructions a pair in scripts/instructions_per_pair.sh).
   __attribute__((always_inline)) void insert(std::uintptr_t p, const LiveBlock& block) noexcept {
     if (Front* front = this_thread_front()) {
-      std::lock_guard<SpinLock> guard(front->lock);
       FrontSlot& slot = front->slots[front_slot(p)];
-      if (slot.state != FrontState::live) {
+      const std::uint8_t state = lock_slot(slot);
+      if (state != kLive) {
         slot.address = p;
         slot.block = block;
-        slot.state = FrontState::live;
+        unlock_slot(slot, kLive);
         note_owner(p, front->number);
         return;
       }
+      unlock_slot(slot, state);
     }
     insert_elsewhere(p, block);
   }
   __attribute__((always_inline)) EraseResult erase(std::uintptr_t p, LiveBlock* out) noexcept {
     if (Front* front = this_thread_front()) {
-      std::lock_guard<SpinLock> guard(front->lock);
       FrontSlot& slot = front->slots[front_slot(p)];
-      if (slot.address == p && slot.state == FrontState::live) {
+      const std::uint8_t state = lock_slot(slot);
+      if (state == kLive && slot.address == p) {
         *out = slot.block;
-        mark_freed(*front, slot);
+        // The owner's count: only the owner writes it, so a load and a store.
+        const std::uint32_t erases = front->erase_count.load(std::memory_order_relaxed) + 1;
+        front->erase_count.store(erases, std::memory_order_relaxed);
+        slot.erase_number = erases;
+        unlock_slot(slot, kFreed);
         return EraseResult::erased;
       }
+      unlock_slot(slot, state);
     }
     return erase_elsewhere(p, out);
   }
@@ -126,18 +132,34 @@ class LiveBlocks {
   static_assert(kFrontSlots == 256, "front_slot() takes the top 8 bits");
 
  private:
-  enum class FrontState : std::uint32_t { empty, live, freed };
+  // A front slot's state. kFreedElsewhere: freed by another thread, which does not touch the owner's
+  // erase count; remembered until the slot is taken again.
+  static constexpr std::uint8_t kEmpty = 0, kLive = 1, kFreed = 2, kFreedElsewhere = 3;
   struct alignas(64) FrontSlot {
     std::uintptr_t address = 0;
     LiveBlock block;
-    FrontState state = FrontState::empty;
-    std::uint32_t erase_number = 0;  // which erase of the front marked it freed
+    mutable SpinLock lock;
+    mutable std::uint8_t state = kEmpty;  // under `lock`
+    std::uint32_t erase_number = 0;       // which erase of the front marked it freed
   };
   static_assert(sizeof(FrontSlot) == 64, "a slot is one cache line");
+  // Each slot is locked on its own, not the front: the owner's calls and another thread's free of one of
+  // its blocks meet only on that block's line. With one lock per front, 16 threads freeing each other's
+  // blocks moved the owners' lock lines between cores on every such free.
+  // The wait out of line: inline, SpinLock's spin loop cost the common path ~20 instructions a pair in
+  // spilled registers.
+  static std::uint8_t lock_slot(const FrontSlot& slot) noexcept {  // returns the slot's state
+    if (__builtin_expect(!slot.lock.try_lock(), 0)) wait_for_slot(slot);
+    return slot.state;
+  }
+  static void wait_for_slot(const FrontSlot& slot) noexcept;
+  static void unlock_slot(const FrontSlot& slot, std::uint8_t state) noexcept {
+    slot.state = state;
+    slot.lock.unlock();
+  }
   struct alignas(64) Front {
-    // The owner on each of its calls; another thread only in a search, a dump or a fork reset.
-    mutable SpinLock lock;
-    std::uint32_t erase_count = 0;
+    // Erases of this front by its owner (only the owner writes it; searches read it).
+    std::atomic<std::uint32_t> erase_count{0};
     bool owned = false;  // a thread holds it; under fronts_lock_
     std::uint8_t number = 0;  // its index in fronts_ plus one: what the owner hints name
     FrontSlot slots[kFrontSlots];
@@ -158,8 +180,11 @@ class LiveBlocks {
   };
   static void release_thread_front() noexcept;  // gives the calling thread's front back, if it has one
 
-  static bool remembered(const Front& front, const FrontSlot& slot) noexcept {
-    return slot.state == FrontState::freed && front.erase_count - slot.erase_number < kRecentlyFreedPerFront;
+  // `state`: the slot's, read under its lock.
+  static bool remembered(const Front& front, const FrontSlot& slot, std::uint8_t state) noexcept {
+    return state == kFreedElsewhere ||
+           (state == kFreed &&
+            front.erase_count.load(std::memory_order_relaxed) - slot.erase_number < kRecentlyFreedPerFront);
   }
   static std::size_t hint_slot(std::uintptr_t p) noexcept {
     return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 48);  // top 16 bits
@@ -169,10 +194,6 @@ class LiveBlocks {
   void note_owner(std::uintptr_t p, std::uint8_t number) noexcept {
     std::atomic<std::uint8_t>& hint = hints_[hint_slot(p)];
     if (hint.load(std::memory_order_relaxed) != number) hint.store(number, std::memory_order_relaxed);
-  }
-  static void mark_freed(Front& front, FrontSlot& slot) noexcept {  // front lock held
-    slot.state = FrontState::freed;
-    slot.erase_number = ++front.erase_count;
   }
   // Generations are unique over every table and every fork reset: one comparison names both.
   __attribute__((always_inline)) Front* this_thread_front() noexcept {
@@ -184,9 +205,10 @@ class LiveBlocks {
   void insert_elsewhere(std::uintptr_t p, const LiveBlock& block) noexcept;  // the shared table
   EraseResult erase_elsewhere(std::uintptr_t p, LiveBlock* out) noexcept;
   Front* hinted_front(std::uintptr_t p) const noexcept;  // the front the owner hint names, or nullptr
+  static bool live_at(const FrontSlot& slot, std::uintptr_t p, LiveBlock* out) noexcept;  // p live there?
   Front* front_at(std::size_t i) const noexcept { return fronts_[i].load(std::memory_order_acquire); }
   template <typename Visit>
-  void for_each_front_live(Visit visit) const;  // every front's live blocks, under each front's lock
+  void for_each_front_live(Visit visit) const;  // every front's live blocks, each under its slot's lock
 
   LiveBlockTable shared_;
   // Read on every call (this_thread_front); written only by a fork reset. A new value per table and per
