@@ -246,6 +246,23 @@ TEST(LiveBlocks, AfterForkTheParentsBlocksAreStrangers) {
   EXPECT_EQ(block.requested, 512u);
 }
 
+TEST(LiveBlocks, ThreadsPastTheFrontLimitUseTheSharedTable) {
+  LiveBlocks table;
+  const std::size_t threads = LiveBlocks::kMaxFronts + 4;
+  std::vector<std::unique_ptr<HeldThread>> held;
+  for (std::size_t t = 0; t < threads; ++t)
+    held.push_back(std::make_unique<HeldThread>([&table, t] { table.insert(0x10000000 + (t << 12), block_of(t + 1)); }));
+  EXPECT_EQ(table.fronts(), LiveBlocks::kMaxFronts);
+  std::uint64_t bytes = 0, count = 0;
+  table.totals(0, &bytes, &count);
+  EXPECT_EQ(count, threads);
+  LiveBlock block;
+  for (std::size_t t = 0; t < threads; ++t) {
+    ASSERT_EQ(table.erase(0x10000000 + (t << 12), &block), Result::erased) << t;
+    EXPECT_EQ(block.requested, t + 1);
+  }
+}
+
 TEST(LiveBlocks, AThreadMovesBetweenTables) {
   // The tests' case: one thread, one table after another; a table destroyed before the thread exits.
   auto first = std::make_unique<LiveBlocks>();
