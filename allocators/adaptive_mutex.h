@@ -1,11 +1,12 @@
 // A mutex that spins for a moment before it sleeps: glibc's adaptive type (PTHREAD_MUTEX_ADAPTIVE_NP),
 // for the locks that many threads take for a short critical section (the arena's best fit, the thread
-// registry, the fence queue; the active stream set's became a spin lock, router/stream_activity.cpp). Why not std::mutex: a waiter that finds it held
-// sleeps in the kernel at once, and the holder then pays a futex wake at unlock, which lengthens the
-// very section the others wait for. 16 threads with a stream each on the H200 spent 45% of their
-// wall-clock time in those sleeps and 9% in the wakes (docs/perf-notes.md, eleventh session). The spin
-// is bounded (glibc's mutex_spin_count tunable, 100 tries by default), then the waiter sleeps as
-// before, so a preempted holder on an oversubscribed machine costs no more than a plain mutex.
+// registry, the fence queue; the active stream set's became a spin lock, router/stream_activity.cpp).
+// Why not std::mutex: a waiter that finds it held sleeps in the kernel at once, and the holder then pays
+// a futex wake at unlock, which lengthens the very section the others wait for. 16 threads with a stream
+// each on the H200 spent 45% of their wall-clock time in those sleeps and 9% in the wakes
+// (docs/perf-notes.md, eleventh session). The spin is bounded (glibc's mutex_spin_count tunable, 100
+// tries by default), then the waiter sleeps as before, so a preempted holder on an oversubscribed
+// machine costs no more than a plain mutex.
 #pragma once
 
 #include <pthread.h>
