@@ -136,53 +136,17 @@ bool LiveBlockTable::find(std::uintptr_t p, LiveBlock* out) const noexcept {
   return true;
 }
 
-template <typename Visit>
-void LiveBlockTable::for_each_live(Visit visit) const {
-  for (const Shard& shard : shards_) {
-    std::lock_guard<SpinLock> guard(shard.lock);
-    if (!shard.slots) continue;
-    for (std::size_t i = 0; i <= shard.capacity_mask; ++i)
-      if (shard.slots[i].state == SlotState::live) visit(shard.slots[i].address, shard.slots[i].block);
-  }
-}
-
 bool LiveBlockTable::find_containing(std::uintptr_t p, std::uintptr_t* base, LiveBlock* out) const noexcept {
   if (find(p, out)) {
     *base = p;
     return true;
   }
-  // An interior pointer hashes elsewhere than its block: look at every live block. Blocks do not
-  // overlap, so at most one contains p.
-  bool found = false;
-  for_each_live([&](std::uintptr_t address, const LiveBlock& block) {
-    if (!found && p > address && p - address < std::max<std::size_t>(block.requested, 1)) {
-      *base = address;
-      *out = block;
-      found = true;
-    }
-  });
-  return found;
+  // An interior pointer hashes elsewhere than its block: look at every live block.
+  return live_block_queries::containing([this](auto visit) { for_each_live(visit); }, p, base, out);
 }
 
 std::vector<LiveBlockTable::Entry> LiveBlockTable::largest(int device, std::size_t n) const {
-  std::vector<Entry> top;
-  if (n == 0) return top;
-  auto larger = [](const Entry& a, const Entry& b) { return a.block.requested > b.block.requested; };
-  top.reserve(n + 1);  // the visit below must not throw while a shard lock is held
-  for_each_live([&](std::uintptr_t address, const LiveBlock& block) {
-    if (block.device != device) return;
-    Entry entry{address, block};
-    if (top.size() < n) {
-      top.push_back(entry);
-      std::push_heap(top.begin(), top.end(), larger);  // min-heap on size: top.front() is smallest
-    } else if (block.requested > top.front().block.requested) {
-      std::pop_heap(top.begin(), top.end(), larger);
-      top.back() = entry;
-      std::push_heap(top.begin(), top.end(), larger);
-    }
-  });
-  std::sort(top.begin(), top.end(), larger);
-  return top;
+  return live_block_queries::largest([this](auto visit) { for_each_live(visit); }, device, n);
 }
 
 std::size_t LiveBlockTable::copy_live(std::size_t shard_index, std::size_t from, Entry* out, std::size_t max,
@@ -201,13 +165,7 @@ std::size_t LiveBlockTable::copy_live(std::size_t shard_index, std::size_t from,
 }
 
 void LiveBlockTable::totals(int device, std::uint64_t* bytes, std::uint64_t* count) const noexcept {
-  *bytes = 0;
-  *count = 0;
-  for_each_live([&](std::uintptr_t, const LiveBlock& block) {
-    if (block.device != device) return;
-    *bytes += block.requested;
-    ++*count;
-  });
+  live_block_queries::totals([this](auto visit) { for_each_live(visit); }, device, bytes, count);
 }
 
 void LiveBlockTable::reset_after_fork() noexcept {

@@ -112,6 +112,17 @@ class LiveBlockTable {
   // parent's blocks are not the child's: forgets every block and every recent free.
   void reset_after_fork() noexcept;
 
+  // visit(address, block) on every live block, one shard lock at a time (held during the visits).
+  template <typename Visit>
+  void for_each_live(Visit visit) const {
+    for (const Shard& shard : shards_) {
+      std::lock_guard<SpinLock> guard(shard.lock);
+      if (!shard.slots) continue;
+      for (std::size_t i = 0; i <= shard.capacity_mask; ++i)
+        if (shard.slots[i].state == SlotState::live) visit(shard.slots[i].address, shard.slots[i].block);
+    }
+  }
+
   // Slots allocated over all shards (live, freed and empty): for tests that the table stays bounded.
   std::size_t slot_capacity() const noexcept;
   // Rebuilds over all shards so far: for tests that a working set that cycles stops rebuilding.
@@ -201,12 +212,68 @@ class LiveBlockTable {
   // slots are dropped, unless most inserts since the last rebuild were addresses that had lost theirs
   // (then they stay, up to kMaxSlotsKeepingFreed slots). False when no host memory was left.
   static bool rebuild(Shard& shard) noexcept;
-  template <typename Visit>
-  void for_each_live(Visit visit) const;                                   // takes each shard's lock
 
   static_assert(kShards == 64, "shard_of() takes the top 6 bits");
   static_assert(sizeof(Slot) == 64, "a slot is one cache line");
   Shard shards_[kShards];
 };
+
+// The cold queries over a set of live blocks, for any `for_each_live(visit)` that calls
+// visit(address, block) on each (under a lock: the visits neither allocate nor throw): the shared
+// table's, and with the threads' fronts, router/live_blocks.h's.
+namespace live_block_queries {
+
+// The live block whose [address, address + requested) holds the interior pointer `p`. Blocks do not
+// overlap, so at most one does.
+template <typename ForEachLive>
+bool containing(ForEachLive for_each_live, std::uintptr_t p, std::uintptr_t* base, LiveBlock* out) {
+  bool found = false;
+  for_each_live([&](std::uintptr_t address, const LiveBlock& block) {
+    if (!found && p > address && p - address < std::max<std::size_t>(block.requested, 1)) {
+      *base = address;
+      *out = block;
+      found = true;
+    }
+  });
+  return found;
+}
+
+// Up to `n` largest live blocks of `device`, largest first.
+template <typename ForEachLive>
+std::vector<LiveBlockTable::Entry> largest(ForEachLive for_each_live, int device, std::size_t n) {
+  using Entry = LiveBlockTable::Entry;
+  std::vector<Entry> top;
+  if (n == 0) return top;
+  auto larger = [](const Entry& a, const Entry& b) { return a.block.requested > b.block.requested; };
+  top.reserve(n + 1);  // the visits must not allocate while a lock is held
+  for_each_live([&](std::uintptr_t address, const LiveBlock& block) {
+    if (block.device != device) return;
+    Entry entry{address, block};
+    if (top.size() < n) {
+      top.push_back(entry);
+      std::push_heap(top.begin(), top.end(), larger);  // min-heap on size: top.front() is smallest
+    } else if (block.requested > top.front().block.requested) {
+      std::pop_heap(top.begin(), top.end(), larger);
+      top.back() = entry;
+      std::push_heap(top.begin(), top.end(), larger);
+    }
+  });
+  std::sort(top.begin(), top.end(), larger);
+  return top;
+}
+
+// Sum of requested sizes and count of the live blocks of `device`.
+template <typename ForEachLive>
+void totals(ForEachLive for_each_live, int device, std::uint64_t* bytes, std::uint64_t* count) {
+  *bytes = 0;
+  *count = 0;
+  for_each_live([&](std::uintptr_t, const LiveBlock& block) {
+    if (block.device != device) return;
+    *bytes += block.requested;
+    ++*count;
+  });
+}
+
+}  // namespace live_block_queries
 
 }  // namespace gpushim

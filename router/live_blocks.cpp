@@ -187,7 +187,8 @@ bool LiveBlocks::live_at(const FrontSlot& slot, std::uintptr_t p, LiveBlock* out
 }
 
 template <typename Visit>
-void LiveBlocks::for_each_front_live(Visit visit) const {
+void LiveBlocks::for_each_live(Visit visit) const {
+  shared_.for_each_live(visit);
   const std::size_t count = front_count_.load(std::memory_order_acquire);
   for (std::size_t i = 0; i < count; ++i) {
     for (const FrontSlot& slot : front_at(i)->slots) {
@@ -204,39 +205,13 @@ bool LiveBlocks::find_containing(std::uintptr_t p, std::uintptr_t* base, LiveBlo
     *base = p;
     return true;
   }
-  // An interior pointer: every live block, the shared table's and then the fronts' (a block moving at a
-  // thread's exit meanwhile may be missed, as in a dump).
-  if (shared_.find_containing(p, base, out)) return true;
-  bool found = false;
-  for_each_front_live([&](std::uintptr_t address, const LiveBlock& block) {
-    if (!found && p > address && p - address < std::max<std::size_t>(block.requested, 1)) {
-      *base = address;
-      *out = block;
-      found = true;
-    }
-  });
-  return found;
+  // An interior pointer: every live block (a block moving at a thread's exit meanwhile may be missed,
+  // as in a dump).
+  return live_block_queries::containing([this](auto visit) { for_each_live(visit); }, p, base, out);
 }
 
 std::vector<LiveBlocks::Entry> LiveBlocks::largest(int device, std::size_t n) const {
-  std::vector<Entry> top = shared_.largest(device, n);
-  if (n == 0) return top;
-  auto larger = [](const Entry& a, const Entry& b) { return a.block.requested > b.block.requested; };
-  const std::size_t count = front_count_.load(std::memory_order_acquire);
-  for (std::size_t i = 0; i < count; ++i) {
-    top.reserve(top.size() + kFrontSlots);  // no allocation while a slot's lock is held
-    for (const FrontSlot& slot : front_at(i)->slots) {
-      const std::uint8_t state = lock_slot(slot);
-      if (state == kLive && slot.block.device == device) top.push_back(Entry{slot.address, slot.block});
-      unlock_slot(slot, state);
-    }
-    if (top.size() > n) {
-      std::partial_sort(top.begin(), top.begin() + static_cast<std::ptrdiff_t>(n), top.end(), larger);
-      top.resize(n);
-    }
-  }
-  std::sort(top.begin(), top.end(), larger);
-  return top;
+  return live_block_queries::largest([this](auto visit) { for_each_live(visit); }, device, n);
 }
 
 std::size_t LiveBlocks::copy_live(std::size_t part, std::size_t from, Entry* out, std::size_t max,
@@ -259,12 +234,7 @@ std::size_t LiveBlocks::copy_live(std::size_t part, std::size_t from, Entry* out
 }
 
 void LiveBlocks::totals(int device, std::uint64_t* bytes, std::uint64_t* count) const noexcept {
-  shared_.totals(device, bytes, count);
-  for_each_front_live([&](std::uintptr_t, const LiveBlock& block) {
-    if (block.device != device) return;
-    *bytes += block.requested;
-    ++*count;
-  });
+  live_block_queries::totals([this](auto visit) { for_each_live(visit); }, device, bytes, count);
 }
 
 void LiveBlocks::reset_after_fork() noexcept {

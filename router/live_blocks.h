@@ -210,7 +210,7 @@ class LiveBlocks {
   static bool live_at(const FrontSlot& slot, std::uintptr_t p, LiveBlock* out) noexcept;  // p live there?
   Front* front_at(std::size_t i) const noexcept { return fronts_[i].load(std::memory_order_acquire); }
   template <typename Visit>
-  void for_each_front_live(Visit visit) const;  // every front's live blocks, each under its slot's lock
+  void for_each_live(Visit visit) const;  // the shared table's live blocks, then each front's
 
   LiveBlockTable shared_;
   // Read on every call (this_thread_front); written only by a fork reset. A new value per table and per
