@@ -26,6 +26,13 @@ foreach(backend vmm buddy slab tiered passthrough mempool)
   set_tests_properties(router_e2e_limit.${backend} PROPERTIES TIMEOUT 120
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
     "${environment};GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit}")
+  if(NOT backend MATCHES "passthrough|mempool")  # those give frees to the driver or its pool: no batch
+    add_test(NAME router_e2e_limit_open_batch.${backend} COMMAND router_end_to_end_test
+      --gtest_filter=*AnotherThreadsOpenBatch*)
+    set_tests_properties(router_e2e_limit_open_batch.${backend} PROPERTIES TIMEOUT 120
+      FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
+      "${environment};GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit}")
+  endif()
   add_test(NAME router_e2e_two_devices.${backend} COMMAND router_end_to_end_test --gtest_filter=*TwoDevices*)
   set_tests_properties(router_e2e_two_devices.${backend} PROPERTIES TIMEOUT 120
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT

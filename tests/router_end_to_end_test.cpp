@@ -11,12 +11,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <mutex>
 #include <random>
 #include <set>
 #include <string>
@@ -539,6 +541,73 @@ TEST_F(RouterEndToEnd, BlocksFreedByAThreadThatExitsComeBack) {
   std::size_t free_after = 0;
   ASSERT_EQ(cuMemGetInfo(&free_after, &total), CUDA_SUCCESS);
   EXPECT_GE(free_after, free_while_live + kBlocks * kBytes) << "the exited thread's frees never came back";
+}
+
+// A thread that freed fewer blocks than close a batch, and still runs, holds them in its open batch,
+// which only it adds to (under a lock whose other side pays a membarrier: router/thread_state.h). The
+// other threads' sweeps must still reach it: cuMemGetInfo counts its blocks as free, and under
+// GPUSHIM_LIMIT an allocation that finds no memory closes it, waits for its fence and takes them.
+TEST_F(RouterEndToEnd, AnotherThreadsOpenBatchIsCountedAndTakenUnderPressure) {
+  if (!carves_memory()) GTEST_SKIP() << backend() << " gives frees straight to the driver or its pool";
+  leave_legacy_order();
+  constexpr std::size_t kBytes = 8 * MiB;  // under kAskBeforeFencingBytes: each free goes to the batch
+  constexpr int kWorkerBlocks = 4;         // 32 MiB: under a batch's byte cap, so the batch stays open
+  static_assert(kWorkerBlocks * kBytes < gpushim::kBatchMaxBytes, "the worker's batch must stay open");
+  std::vector<CUdeviceptr> worker_blocks(kWorkerBlocks);
+  for (CUdeviceptr& p : worker_blocks) ASSERT_EQ(cuMemAlloc(&p, kBytes), CUDA_SUCCESS);
+  // Under the limit: fill it, so that only the worker's blocks can serve what comes after.
+  const bool limited = std::getenv("E2E_LIMIT_BYTES") != nullptr;
+  std::vector<CUdeviceptr> filler;
+  if (limited) {
+    testing::internal::CaptureStderr();  // the out-of-memory report
+    for (;;) {
+      CUdeviceptr p = 0;
+      if (cuMemAlloc(&p, kBytes) != CUDA_SUCCESS) break;
+      filler.push_back(p);
+    }
+    testing::internal::GetCapturedStderr();
+  }
+  std::size_t free_before = 0, total = 0;
+  ASSERT_EQ(cuMemGetInfo(&free_before, &total), CUDA_SUCCESS);
+
+  std::mutex m;
+  std::condition_variable changed;
+  bool freed = false, done = false;
+  std::vector<CUresult> results(kWorkerBlocks, CUDA_ERROR_UNKNOWN);
+  std::thread worker([&] {
+    for (int i = 0; i < kWorkerBlocks; ++i) results[i] = cuMemFree(worker_blocks[i]);
+    std::unique_lock<std::mutex> lock(m);
+    freed = true;
+    changed.notify_all();
+    changed.wait(lock, [&] { return done; });  // alive, its batch open, until the checks are over
+  });
+  {
+    std::unique_lock<std::mutex> lock(m);
+    changed.wait(lock, [&] { return freed; });
+  }
+  for (int i = 0; i < kWorkerBlocks; ++i) EXPECT_EQ(results[i], CUDA_SUCCESS) << "block " << i;
+  std::size_t free_after = 0;
+  EXPECT_EQ(cuMemGetInfo(&free_after, &total), CUDA_SUCCESS);
+  EXPECT_GE(free_after, free_before + kWorkerBlocks * kBytes) << "the worker's open batch was not counted as free";
+  std::vector<CUdeviceptr> taken;
+  if (limited) {
+    testing::internal::CaptureStderr();
+    for (int i = 0; i < kWorkerBlocks; ++i) {
+      CUdeviceptr p = 0;
+      EXPECT_EQ(cuMemAlloc(&p, kBytes), CUDA_SUCCESS) << "block " << i << " of the worker's open batch not taken";
+      if (p) taken.push_back(p);
+    }
+    const std::string report = testing::internal::GetCapturedStderr();
+    EXPECT_EQ(report.find("out of memory"), std::string::npos) << report;
+  }
+  {
+    std::lock_guard<std::mutex> lock(m);
+    done = true;
+    changed.notify_all();
+  }
+  worker.join();
+  for (CUdeviceptr p : taken) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  for (CUdeviceptr p : filler) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
 }
 
 // A forked child has none of the parent's devices, contexts or blocks: a parent's pointer is a stranger
