@@ -7,10 +7,12 @@
 #
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
-#                       [--pattern pairs|handoff] [--build-dir DIR] [--csv FILE]
+#                       [--pattern pairs|handoff] [--work-every N] [--build-dir DIR] [--csv FILE]
 # --pattern handoff: each pair frees a block another thread allocated (alloc_bench --patterns handoff).
+# --work-every N: with a stream, a launch on it every N pairs (alloc_bench's --work-every; 64).
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
-# cudaMallocAsync pool; runtime: cudaMalloc), interleaved with the libraries in every pass.
+# cudaMallocAsync pool; runtime: cudaMalloc; host: malloc+free, the harness's own ceiling with the same
+# launches), interleaved with the libraries in every pass.
 # Build the other trees first (cmake -DGPUSHIM_BUILD_TESTS=OFF -DGPUSHIM_BUILD_TOOLS=OFF; ninja gpushim);
 # alloc_bench comes from DIR (default build-gpu).
 # One thread: pin the process to two cores (taskset -c 3,4), not one. Pinned to one core, the driver's
@@ -31,7 +33,8 @@ sizes="256K,1M,4M,16M,256M"
 cell_ms=250
 csv=""
 pattern=pairs
-usage() { sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+work_every=64
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
     --sizes) sizes="$2"; shift 2 ;;
     --cell-ms) cell_ms="$2"; shift 2 ;;
     --pattern) pattern="$2"; shift 2 ;;
+    --work-every) work_every="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -52,8 +56,8 @@ done
 [ $((${#libs[@]} + ${#peers[@]})) -gt 0 ] || { echo "ab_bench.sh: give at least one --lib NAME=PATH" >&2; usage >&2; exit 2; }
 for entry in "${peers[@]}"; do
   case "$entry" in
-    *=async|*=runtime) ;;
-    *) echo "ab_bench.sh: --peer takes NAME=async or NAME=runtime, got $entry" >&2; exit 2 ;;
+    *=async|*=runtime|*=host) ;;
+    *) echo "ab_bench.sh: --peer takes NAME=async, NAME=runtime or NAME=host, got $entry" >&2; exit 2 ;;
   esac
 done
 bench="$build/test_apps/alloc_bench"
@@ -78,7 +82,7 @@ for pass in $(seq 1 "$passes"); do
     api=runtime
     case "$entry" in peer:*) name=${name#peer:}; api=${entry#*=}; preload="" ;; esac
     if ! LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns "$pattern" \
-        --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" \
+        --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" --work-every "$work_every" \
         --label "$name" --csv "$csv" > /dev/null 2>&1; then
       echo "ab_bench.sh: pass $pass under $name failed" >&2
       status=1

@@ -59,11 +59,6 @@ constexpr std::uint64_t kRandomMax = 16ull << 20;
 // nothing but time.
 constexpr std::uint64_t kMinReps = 20;
 constexpr std::uint64_t kMaxReps = 50000;
-// --streams on: one kernel on the thread's own stream every this many pairs. Often enough that the
-// stream always has work queued or recently finished while the pairs run (a pair is 0.1-100 us, a
-// launch ~2-5 us of host time), rare enough that the launches (not timed) stay a small share of the
-// cell's wall time, which pairs_per_s includes.
-constexpr std::uint64_t kStreamWorkEvery = 64;
 // The block the stream's kernel writes: the thread's own, allocated through the allocator under test.
 constexpr std::size_t kStreamWorkBytes = 512;
 // The handoff pattern's mailboxes per thread: a block waits in one for a few pairs, and the thread that
@@ -117,6 +112,7 @@ struct ThreadPlan {
   Api api;
   Pattern pattern;
   StreamMode streams;
+  std::uint64_t work_every;  // --streams on: pairs between two launches on the thread's stream
   std::uint64_t size;
   std::size_t window;
   std::uint64_t reps;
@@ -164,7 +160,7 @@ class PairRunner {
 
   // One timed pair, returned in ns with the clock's cost removed.
   double timed_pair() {
-    if (work_stream_ && ++pairs_since_work_ == kStreamWorkEvery) launch_work();
+    if (work_stream_ && ++pairs_since_work_ == plan_.work_every) launch_work();
     const std::uint64_t size = next_size();
     const auto t0 = Clock::now();
     switch (plan_.pattern) {
@@ -233,7 +229,7 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
                     double overhead_ns) {
   std::vector<std::atomic<void*>> boxes(kHandoffBoxesPerThread * std::size_t(threads));
   for (std::atomic<void*>& box : boxes) box.store(nullptr);
-  ThreadPlan plan{api, pattern, streams, size, 0, 0, overhead_ns, {}, o.seed, &boxes};
+  ThreadPlan plan{api, pattern, streams, o.work_every, size, 0, 0, overhead_ns, {}, o.seed, &boxes};
   const std::uint64_t per_thread_budget = kWindowBudget / std::uint64_t(threads);
   plan.window = pattern == Pattern::random ? kMaxWindow
                 : std::clamp<std::uint64_t>(per_thread_budget / std::max<std::uint64_t>(size, 1), 1, kMaxWindow);
@@ -352,8 +348,9 @@ int main(int argc, char** argv) {
   }
 
   const double overhead = clock_overhead_ns();
-  std::printf("alloc_bench: label %s, device %s, clock overhead %.0f ns per sample (subtracted), cell %.0f ms\n",
-              o.label.c_str(), prop.name, overhead, o.cell_ms);
+  std::printf("alloc_bench: label %s, device %s, clock overhead %.0f ns per sample (subtracted), cell %.0f ms, "
+              "streams on: a launch every %llu pairs\n",
+              o.label.c_str(), prop.name, overhead, o.cell_ms, (unsigned long long)o.work_every);
   std::printf("%-10s %-8s %-7s %-7s %-8s %7s %9s %11s %11s %13s\n", "label", "api", "pattern", "streams", "size",
               "threads", "samples", "median_ns", "p99_ns", "pairs_per_s");
 

@@ -14,7 +14,7 @@ bool parse_options(int argc, char** argv, Options* o) {
       "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand'); handoff: alloc,\n"
       "  then free a block that another thread allocated (swapped through 4 mailboxes per thread).\n"
       "  --streams on: each thread first creates a non-blocking stream and launches a one-thread kernel\n"
-      "  on it every 64 pairs (not timed), so the pairs run while a second stream carries work; all\n"
+      "  on it every --work-every pairs (64; not timed), so the pairs run while a second stream carries work; all\n"
       "  'off' cells run before the first 'on' cell (creating a stream can change an allocator for good).\n"
       "  --csv appends one line per cell (header when the file is new):\n"
       "  label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams",
@@ -38,6 +38,8 @@ bool parse_options(int argc, char** argv, Options* o) {
       ->check(test_apps::size_check());
   app.add_option("--threads", o->threads, "thread counts, e.g. 1,4,16")->delimiter(',')->check(CLI::Range(1, 1024));
   app.add_option("--cell-ms", o->cell_ms, "time budget of one cell")->check(CLI::PositiveNumber);
+  app.add_option("--work-every", o->work_every, "--streams on: a kernel on the thread's stream every N pairs (64)")
+      ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 30));
   app.add_option("--label", o->label, "first CSV column (default: gpushim-<backend> under gpushim, else none)");
   app.add_option("--csv", o->csv_path, "append one CSV line per cell to FILE");
   app.add_option("--seed", o->seed, "random seed");

@@ -12,7 +12,7 @@ enum class Api { runtime, async, host };
 // threads), through a few mailboxes per thread that every thread swaps with.
 enum class Pattern { pairs, window, random, handoff };
 // off: the thread creates no stream. on: each thread first creates a non-blocking stream and keeps it
-// carrying work (a one-thread kernel every kStreamWorkEvery pairs, outside the timed pair), so an
+// carrying work (a one-thread kernel every Options::work_every pairs, outside the timed pair), so an
 // allocator that fences frees while other streams carry work is measured on that path.
 enum class StreamMode { off, on };
 
@@ -24,6 +24,12 @@ struct Options {
                                       1ull << 30};
   std::vector<int> threads = {1, 4, 16};
   double cell_ms = 300;
+  // --streams on: a kernel on the thread's stream every this many pairs. 64 keeps the stream carrying
+  // work nearly all the time (a pair is 0.1-100 us, a launch ~2-5 us of host time); the launches are
+  // untimed but inside pairs_per_s, and 16 threads' launches meet on the driver's own lock, which bounds
+  // what any allocator can reach there (docs/perf-notes.md, "Nineteenth session"). A larger value
+  // measures the same fenced path with less of the program's own launching around it.
+  std::uint64_t work_every = 64;
   std::string label;
   std::string csv_path;
   std::uint64_t seed = 1;
