@@ -90,6 +90,16 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
                   bytes_text(row.peak_fence_waiting).c_str());
     lines.emplace_back(line);
   }
+  for (const StatsRow& row : rows) {
+    if (row.at_peak == 0) continue;
+    std::snprintf(line, sizeof line,
+                  "device %d at the peak while blocks waited for fences: %llu allocations; %llu took blocks other "
+                  "threads got back, %llu waited for fences, %llu grew",
+                  row.device, static_cast<unsigned long long>(row.at_peak),
+                  static_cast<unsigned long long>(row.at_peak_taken), static_cast<unsigned long long>(row.at_peak_waited),
+                  static_cast<unsigned long long>(row.at_peak_grew));
+    lines.emplace_back(line);
+  }
   return lines;
 }
 

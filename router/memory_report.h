@@ -59,12 +59,21 @@ struct StatsRow {
   // than the legacy one carried work, and the most bytes that waited at once in closed batches.
   std::uint64_t fenced_frees = 0;
   std::uint64_t peak_fence_waiting = 0;
+  // Allocations that found the backend at its peak while freed blocks waited for fences
+  // (router/out_of_memory.h, allocate_without_new_peak), and how each was served: a block another
+  // thread got back (or every thread's returned blocks together), one after waiting for the fences, or
+  // growth past the peak. A line under the table when any.
+  std::uint64_t at_peak = 0;
+  std::uint64_t at_peak_taken = 0;
+  std::uint64_t at_peak_waited = 0;
+  std::uint64_t at_peak_grew = 0;
 };
 
 // The header and one line per row, exactly as docs/configuration.md ("The statistics table") shows
 // them (whitespace-separated; byte columns are format_bytes "<number> <unit>" pairs). Rows with no call
 // are left out. Then, only for devices that spill (GPUSHIM_SPILL=host), one "device D spilled to host:
-// ..." line each; for devices where frees waited for a fence, one "device D fenced ..." line each.
+// ..." line each; for devices where frees waited for a fence, one "device D fenced ..." line each, and
+// where allocations found the peak meanwhile, one "device D at the peak ..." line each.
 std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows);
 
 }  // namespace gpushim

@@ -79,13 +79,23 @@ void* from_every_list(DeviceState& device, std::size_t block_size, StreamHandle 
 
 void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
   Allocator& backend = device.backend();
+  // GPUSHIM_STATS: how allocations at the peak were served (the statistics' "at the peak" line).
+  Counters* counts = settings().stats ? &counters(device.ordinal) : nullptr;
+  const auto count = [counts](Count Counters::*which) {
+    if (counts) (counts->*which).fetch_add(1, std::memory_order_relaxed);
+  };
   {
     NoNewPeakScope no_new_peak;
     if (void* p = backend.allocate(block_size, stream)) return p;
+    count(&Counters::at_peak);
     // Blocks other threads freed whose fences completed wait in their returned lists: one of the size,
     // else every list to the backend, where blocks of other sizes may together serve it.
-    if (void* p = take_one_returned_block(device, block_size)) return p;
-    if (void* p = from_every_list(device, block_size, stream)) return p;
+    void* taken = take_one_returned_block(device, block_size);
+    if (!taken) taken = from_every_list(device, block_size, stream);
+    if (taken) {
+      count(&Counters::at_peak_taken);
+      return taken;
+    }
     // Only the allocations that free memory could not serve count: one that a list served did not
     // wait, and counted, such allocations grew the arena by 1.8x at 16 MiB (16 threads with a stream
     // each on the H200), where the lists held the working set.
@@ -109,15 +119,21 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // Completed blocks go to the threads that freed them, this one among them, as a poll in
         // passing (a free's) gives them: the lists are where this allocation looks.
         device.fences.poll(FreeFenceQueue::Poller::allocation_at_peak);
-        if (void* p = take_free_block(device, block_size, stream)) return p;
-        if (void* p = from_every_list(device, block_size, stream)) return p;
+        void* p = take_free_block(device, block_size, stream);
+        if (!p) p = from_every_list(device, block_size, stream);
+        if (p) {
+          count(&Counters::at_peak_waited);
+          return p;
+        }
         if (!device.fences.holds_blocks()) break;
         if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);
       } while (std::chrono::steady_clock::now() < deadline);
     }
   }
-  return backend.allocate(block_size, stream);
+  void* grown = backend.allocate(block_size, stream);
+  if (grown) count(&Counters::at_peak_grew);
+  return grown;
 }
 
 void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {

@@ -50,12 +50,18 @@ class Count {
 struct Counters {
   Count allocs, frees, failed, bytes;
   Count fenced;  // frees that waited for a fence (router/stream_activity.h)
+  // Allocations at the peak while blocks waited for fences, and how they were served (StatsRow says).
+  Count at_peak, at_peak_taken, at_peak_waited, at_peak_grew;
   void make_shared() noexcept {
     allocs.make_shared();
     frees.make_shared();
     failed.make_shared();
     bytes.make_shared();
     fenced.make_shared();
+    at_peak.make_shared();
+    at_peak_taken.make_shared();
+    at_peak_waited.make_shared();
+    at_peak_grew.make_shared();
   }
 };
 extern Counters g_retired[kMaxDevices];
@@ -131,6 +137,10 @@ struct ThreadState {
       g_retired[d].failed += counters[d].failed.load();
       g_retired[d].bytes += counters[d].bytes.load();
       g_retired[d].fenced += counters[d].fenced.load();
+      g_retired[d].at_peak += counters[d].at_peak.load();
+      g_retired[d].at_peak_taken += counters[d].at_peak_taken.load();
+      g_retired[d].at_peak_waited += counters[d].at_peak_waited.load();
+      g_retired[d].at_peak_grew += counters[d].at_peak_grew.load();
       DeviceState* device = g_devices[d].load();
       if (!device) continue;
       if (!batches[d].empty()) device->fences.adopt_orphans(batches[d].take());

@@ -39,6 +39,29 @@ TEST(StatsTable, FencedFreesGetTheirOwnLine) {
   EXPECT_EQ(lines[3], "device 0 fenced 40 of 100 frees; peak waiting for a fence 96.00 MiB");
 }
 
+// Allocations that found the peak while blocks waited for fences get a line of their own, after the
+// fenced line; a device with none gets none.
+TEST(StatsTable, AllocationsAtThePeakGetTheirOwnLine) {
+  StatsRow row;
+  row.device = 0;
+  row.backend = "tiered";
+  row.allocs = row.frees = 100;
+  row.fenced_frees = 100;
+  row.peak_fence_waiting = 1ull << 20;
+  row.at_peak = 9;
+  row.at_peak_taken = 4;
+  row.at_peak_waited = 3;
+  row.at_peak_grew = 2;
+  StatsRow none = row;
+  none.device = 1;
+  none.at_peak = none.at_peak_taken = none.at_peak_waited = none.at_peak_grew = 0;
+  auto lines = format_stats_table({row, none});
+  ASSERT_EQ(lines.size(), 6u);
+  EXPECT_EQ(lines[5],
+            "device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got "
+            "back, 3 waited for fences, 2 grew");
+}
+
 TEST(StatsTable, RowsParseByWhitespaceAsTestsDo) {
   StatsRow row;
   row.device = 0;
