@@ -342,27 +342,12 @@ constexpr std::size_t kAskBeforeFencingBytes = kBatchMaxBytes / 4;
 // thread whose poll made the transition (every thread that read "unordered" before and "ordered" after
 // its own poll did it before: 16 threads with a stream each on the H200, 16 MiB pairs, waited 36% of
 // their wall-clock time for each other's give-backs).
-// The other threads' open batches are not taken here: each thread gives back its own at its next free
-// that finds the work ordered (free_at_once). Taken here, they were under their owners' locks, which
-// another thread enters only with a membarrier (router/thread_state.h), and with a stream per thread the
-// work turns ordered at nearly every launch: 16 threads with a stream each lost 13-21% of their pairs
-// at 64 KiB-16 MiB on the H200 (nineteenth session). A thread that has stopped freeing keeps its open
-// batch until memory runs short (allocate_under_pressure closes every batch) or it exits.
 __attribute__((noinline)) bool poll_turned_ordered() noexcept {
   if (!poll_stream_activity() || !reuse_at_once()) return false;
   for (const auto& slot : g_devices) {
     DeviceState* each = slot.load(std::memory_order_acquire);
-    if (!each || each->properties.stream_ordered) continue;
-    std::vector<std::vector<FreedBlock>> open;
-    std::vector<FreedBlock> mine = take_this_thread_batch(*each);
-    if (!mine.empty()) {
-      try {
-        open.push_back(std::move(mine));
-      } catch (...) {
-        each->fences.adopt_orphans(std::move(mine));  // no host memory: fenced later, as orphans
-      }
-    }
-    each->fences.give_back_device_batches(std::move(open));
+    if (each && !each->properties.stream_ordered)
+      each->fences.give_back_device_batches(take_all_thread_batches(*each));
   }
   return true;
 }
@@ -439,12 +424,8 @@ __attribute__((always_inline)) inline void free_fenced(DeviceState& device, cons
 // blocks (router/router_state.h: no BlockOwners there), so its frees all reach the backend: joined to a
 // list, a block reached the next allocation of its size while a kernel on a non-blocking stream still
 // read it (alloc_torture under passthrough with GPUSHIM_STATS on the H200, twelfth session).
-// A thread whose batch still holds blocks from before the work turned ordered gives them back first
-// (give_back_own_batches_unfenced says why that is exact).
 __attribute__((always_inline)) inline void free_at_once(DeviceState& device, const FreedBlock& freed) noexcept {
   ThreadState* thread = t_state;
-  if (thread && __builtin_expect(thread->batch_devices.load(std::memory_order_relaxed) != 0, 0) && reuse_at_once())
-    give_back_own_batches_unfenced(*thread);
   if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) &&
       keep_freed_block(*thread, device, freed))
     return;

@@ -88,32 +88,18 @@ void close_this_thread_batch(DeviceState& device) noexcept {
   device.fences.close_device_batch(std::move(blocks), context);
 }
 
-std::vector<FreedBlock> take_this_thread_batch(DeviceState& device) noexcept {
-  ThreadState* thread = t_state;
-  if (!thread) return {};
-  const int d = device.ordinal;
-  thread->batch_lock.owner_lock();
-  std::vector<FreedBlock> blocks = thread->batches[d].take();
-  thread->mark_batch(d, false);
-  thread->batch_lock.owner_unlock();
-  return blocks;
-}
-
-void give_back_own_batches_unfenced(ThreadState& thread) noexcept {
-  std::uint64_t bits = thread.batch_devices.load(std::memory_order_relaxed);
-  while (bits != 0) {
-    const int d = __builtin_ctzll(bits);
-    bits &= bits - 1;
-    DeviceState* device = g_devices[d].load(std::memory_order_acquire);
-    // A stream-ordered backend's frees keep their fence whatever the order (router.cpp, give_back). A
-    // capture forbids a driver-backed backend's driver calls now: the batch stays, fenced at its close.
-    if (!device || device->properties.stream_ordered || !device->fences.can_give_back()) continue;
-    thread.batch_lock.owner_lock();
-    std::vector<FreedBlock> blocks = thread.batches[d].take();
-    thread.mark_batch(d, false);
-    thread.batch_lock.owner_unlock();
-    for (const FreedBlock& block : blocks) device->backend().deallocate(block.ptr, block.bytes, block.stream);
-  }
+std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept {
+  std::vector<std::vector<FreedBlock>> taken;
+  for_each_pending_batch(device.ordinal, [&](PendingBatch& batch) {
+    if (batch.empty()) return;
+    std::vector<FreedBlock> blocks = batch.take();  // moved: under these locks no block is copied
+    try {
+      taken.push_back(std::move(blocks));
+    } catch (...) {
+      device.fences.adopt_orphans(std::move(blocks));  // no host memory: the same way back, as orphans
+    }
+  });
+  return taken;
 }
 
 std::uint64_t thread_pending_bytes(int ordinal) noexcept {

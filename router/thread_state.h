@@ -75,14 +75,18 @@ std::vector<ThreadState*>& threads();  // every live ThreadState; under g_thread
 inline GPUSHIM_HOT_TLS bool t_state_gone = false;
 
 struct ThreadState {
-  // The pending cuMemFree batches, one per device. The owner adds to its batch on every fenced free
-  // and gives it back itself when the work has turned ordered (give_back_own_batches_unfenced); another
-  // thread reaches it only in a sweep (for_each_pending_batch: memory pressure, a double-free check,
-  // cuMemGetInfo and the out-of-memory report). So the owner's side of this lock has no locked
+  // The pending cuMemFree batches, one per device. The owner adds to its batch on every fenced free;
+  // another thread reaches it only in a sweep (for_each_pending_batch: memory pressure, the transition
+  // to ordered, a double-free check, statistics). So the owner's side of this lock has no locked
   // instruction (allocators/owner_biased_lock.h), and a sweep pays one membarrier instead. As a spin
   // lock its exchange was one of the two a fenced pair had beyond an unfenced one.
   OwnerBiasedLock batch_lock;
   PendingBatch batches[kMaxDevices];
+  // Bit d: batches[d] holds blocks. Written under batch_lock; read without it by the sweeps, which skip
+  // threads whose batch is empty (no system call for them). A sweep that misses a batch begun just now
+  // is a sweep that came a moment earlier: those blocks go through their fence.
+  std::atomic<std::uint64_t> batch_devices{0};
+  void mark_batch(int d, bool holds) noexcept { mark_bit(batch_devices, d, holds); }
   bool swept = false;  // the sweep under way announced itself on batch_lock (g_threads_lock held)
   // The returned lists below: the pollers that append to them, the owner that takes from them.
   SpinLock lock;
@@ -97,12 +101,6 @@ struct ThreadState {
   // Bit d: returned[d] got blocks. The one load an allocation pays for this. Written only under
   // `lock` (a load and a store, no locked instruction: one writer at a time); read without it.
   std::atomic<std::uint64_t> returned_devices{0};
-  // Bit d: batches[d] holds blocks. Written under batch_lock; read without it by the owner's ordered
-  // frees (beside returned_devices, in the same line) and by the sweeps, which skip threads whose batch
-  // is empty (no system call for them). A sweep that misses a batch begun just now is a sweep that came
-  // a moment earlier: those blocks go through their fence.
-  std::atomic<std::uint64_t> batch_devices{0};
-  void mark_batch(int d, bool holds) noexcept { mark_bit(batch_devices, d, holds); }
   bool may_have_returned(int d) const noexcept { return (returned_devices.load(std::memory_order_relaxed) >> d) & 1; }
   // Under `lock`: bit d set or cleared, stored only when it changes. Readers read the list itself under
   // the lock, so the bit needs no ordering: one that misses a new bit finds the list at its next call.
@@ -207,17 +205,9 @@ void close_all_thread_batches(DeviceState& device) noexcept;
 // Closes the calling thread's pending cuMemFree batch of this device, if it has one (an allocation at the
 // peak: those blocks come back only once fenced, and a batch of 16 MiB blocks closes at the fourth).
 void close_this_thread_batch(DeviceState& device) noexcept;
-// The calling thread's pending cuMemFree batch of this device, moved out (the work turned ordered, and
-// this thread's poll made it so: router.cpp, poll_turned_ordered).
-std::vector<FreedBlock> take_this_thread_batch(DeviceState& device) noexcept;
-// The calling thread's pending batches to their backends unfenced, on every device whose backend is
-// not stream-ordered: a free of this thread found the work ordered, so every block in them may be
-// reused as one freed now (docs/free-safety.md, "When the work turns ordered again"). Each was freed
-// before the work last turned ordered, or, the one free that joins a batch while it is ordered, with
-// cuMemFreeAsync on a per-thread default stream, which has then carried no work (work there ends the
-// order for good). Called by the owner from such a free, where ThreadState::batch_devices says a batch
-// holds blocks.
-void give_back_own_batches_unfenced(ThreadState& thread) noexcept;
+// Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered): one
+// vector each, moved out.
+std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept;
 std::uint64_t thread_pending_bytes(int ordinal) noexcept;
 
 }  // namespace gpushim::router

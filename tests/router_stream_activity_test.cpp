@@ -740,25 +740,6 @@ TEST_F(StreamActivity, AFencedBlockGoesBackToTheThreadThatFreedIt) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
-// The transition to ordered takes only the polling thread's open batch; every other thread gives back
-// its own at its next free that finds the work ordered (router/router.cpp, poll_turned_ordered: taking
-// them meant their owners' locks, each a membarrier away). Fails when that free leaves the batch: the
-// block then waits in it until memory runs short.
-TEST_F(StreamActivity, AnotherThreadsTransitionLeavesThisThreadsOpenBatchToItsNextOrderedFree) {
-  CUstream s = active_side_stream();
-  fake_cuda_hold_stream(s, 1);
-  const CUdeviceptr used = fresh_block();
-  ASSERT_EQ(cuMemsetD8Async(used, 3, kBlock, s), CUDA_SUCCESS);
-  ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // fenced: into this thread's open batch, which stays open
-  fake_cuda_hold_stream(s, 0);
-  std::thread poller([] { churn(); });  // finds s idle: the work turns ordered
-  poller.join();
-  EXPECT_FALSE(handed_out_again(used, 100)) << "given back before this thread freed anything";
-  // handed_out_again's own frees found the work ordered: the first gave the open batch back.
-  EXPECT_TRUE(handed_out_again(used, 400)) << "this thread's ordered free left its open batch held";
-  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
-}
-
 // While a thread's returned list holds blocks, a block it frees while the work is ordered joins that
 // list rather than the backend: its next allocation takes the block it just freed (newest first), as it
 // would with no list at all. Given to the backend, the thread's frees filled its cache and overflowed
