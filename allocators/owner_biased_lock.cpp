@@ -55,27 +55,12 @@ void OwnerBiasedLock::owner_lock_slow() noexcept {
 }
 
 void OwnerBiasedLock::remote_lock() noexcept {
-  remote_announce();
-  // Registered, the command cannot fail: membarrier(2) answers EPERM only to a process that did not
-  // register, and registration lasts until exec (a forked child keeps it: register_again_after_fork).
-  if (heavy_) (void)membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-  remote_wait();
-}
-
-void OwnerBiasedLock::remote_announce() noexcept {
   while (remote_held_.exchange(true, std::memory_order_acquire))
     while (remote_held_.load(std::memory_order_relaxed)) sched_yield();
   remote_wants_.store(true, std::memory_order_seq_cst);
-}
-
-// One barrier serves every lock announced before it: it orders each remote_wants_ store before every
-// owner's next check, whichever lock that owner takes. A lock in the fenced mode needs none (its owner's
-// exchange and load are seq_cst), so the call is skipped where nothing is registered.
-void OwnerBiasedLock::remote_barrier() noexcept {
-  if (g_registration.load(std::memory_order_relaxed) == 1) (void)membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
-}
-
-void OwnerBiasedLock::remote_wait() noexcept {
+  // Registered, the command cannot fail: membarrier(2) answers EPERM only to a process that did not
+  // register, and registration lasts until exec (a forked child keeps it: register_again_after_fork).
+  if (heavy_) (void)membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED);
   while (busy_.load(std::memory_order_seq_cst)) sched_yield();  // the owner's section, begun before the barrier
 }
 

@@ -79,14 +79,6 @@ class OwnerBiasedLock {
 
   // Any thread but the owner inside its section. A system call (heavy) and a wait for the owner's section.
   void remote_lock() noexcept;
-  // remote_lock() in three steps, for a sweep that takes many owners' locks (one per thread) with one
-  // system call: remote_announce() on each lock, then remote_barrier() once, then remote_wait() on each
-  // before its section, and remote_unlock() each as usual. A sweep of a thread's own lock must take it
-  // as the owner instead. Two sweeps must announce in the same order or be serialized by a lock of
-  // their own (the router's sweeps hold the thread registry's).
-  void remote_announce() noexcept;
-  static void remote_barrier() noexcept;
-  void remote_wait() noexcept;
   void remote_unlock() noexcept {
     remote_wants_.store(false, std::memory_order_release);
     remote_held_.store(false, std::memory_order_release);

@@ -37,10 +37,6 @@ void atfork_child() noexcept {
   ThreadState* self = this_thread_state();  // making it here registers it
   if (!self) return;
   self->lock.reset();
-  OwnerBiasedLock::register_again_after_fork();  // before the reset, which reads the registration
-  self->batch_lock.reset_after_fork();
-  self->batch_devices.store(0, std::memory_order_relaxed);
-  self->swept = false;
   for (PendingBatch& batch : self->batches) (void)batch.take();
   for (std::vector<FreedBlock>& returned : self->returned) returned.clear();
   for (std::uint64_t& bytes : self->returned_bytes) bytes = 0;

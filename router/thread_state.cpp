@@ -18,38 +18,13 @@ std::vector<ThreadState*>& threads() {
   return *registered;
 }
 
-void visit_pending_batches(int ordinal, PendingBatchVisitor visit, void* arg) noexcept {
-  const std::uint64_t bit = std::uint64_t{1} << ordinal;
-  ThreadState* const self = t_state;
-  auto holds_blocks = [bit](const ThreadState* thread) {
-    return (thread->batch_devices.load(std::memory_order_relaxed) & bit) != 0;
-  };
-  std::lock_guard<AdaptiveMutex> registry(g_threads_lock);
-  // The other threads' locks: every one announced, one barrier for all of them, then each owner's
-  // section that began before it waited for. The registry lock keeps any other sweep out meanwhile.
-  bool announced = false;
-  for (ThreadState* thread : threads()) {
-    if (thread == self || !holds_blocks(thread)) continue;
-    thread->batch_lock.remote_announce();
-    thread->swept = true;
-    announced = true;
-  }
-  if (announced) OwnerBiasedLock::remote_barrier();
-  for (ThreadState* thread : threads()) {
-    if (thread == self) {
-      thread->batch_lock.owner_lock();
-      if (holds_blocks(thread)) visit(thread->batches[ordinal], arg);
-      thread->mark_batch(ordinal, !thread->batches[ordinal].empty());
-      thread->batch_lock.owner_unlock();
-    } else if (thread->swept) {
-      thread->swept = false;
-      thread->batch_lock.remote_wait();
-      visit(thread->batches[ordinal], arg);
-      thread->mark_batch(ordinal, !thread->batches[ordinal].empty());
-      thread->batch_lock.remote_unlock();
-    }
-  }
+namespace {
+// Every live thread's pending batch of device `ordinal` (for_each_thread).
+template <typename Visit>
+void for_each_pending_batch(int ordinal, Visit visit) noexcept {
+  for_each_thread([&](ThreadState& thread) { visit(thread.batches[ordinal]); });
 }
+}  // namespace
 
 void close_all_thread_batches(DeviceState& device) noexcept {
   struct Closed {
@@ -75,16 +50,12 @@ void close_this_thread_batch(DeviceState& device) noexcept {
   std::vector<FreedBlock> blocks;
   FenceContext context = nullptr;
   {
-    thread->batch_lock.owner_lock();
+    std::lock_guard<SpinLock> guard(thread->lock);
     PendingBatch& batch = thread->batches[device.ordinal];
-    if (!batch.empty()) {
-      context = batch.context();
-      blocks = batch.take();
-      thread->mark_batch(device.ordinal, false);
-    }
-    thread->batch_lock.owner_unlock();
+    if (batch.empty()) return;
+    context = batch.context();
+    blocks = batch.take();
   }
-  if (blocks.empty()) return;
   device.fences.close_device_batch(std::move(blocks), context);
 }
 

@@ -12,7 +12,6 @@
 #include <vector>
 
 #include "allocators/adaptive_mutex.h"
-#include "allocators/owner_biased_lock.h"
 #include "router/free_fence_queue.h"
 #include "router/router_state.h"
 #include "router/spin_lock.h"
@@ -75,21 +74,10 @@ std::vector<ThreadState*>& threads();  // every live ThreadState; under g_thread
 inline GPUSHIM_HOT_TLS bool t_state_gone = false;
 
 struct ThreadState {
-  // The pending cuMemFree batches, one per device. The owner adds to its batch on every fenced free;
-  // another thread reaches it only in a sweep (for_each_pending_batch: memory pressure, the transition
-  // to ordered, a double-free check, statistics). So the owner's side of this lock has no locked
-  // instruction (allocators/owner_biased_lock.h), and a sweep pays one membarrier instead. As a spin
-  // lock its exchange was one of the two a fenced pair had beyond an unfenced one.
-  OwnerBiasedLock batch_lock;
-  PendingBatch batches[kMaxDevices];
-  // Bit d: batches[d] holds blocks. Written under batch_lock; read without it by the sweeps, which skip
-  // threads whose batch is empty (no system call for them). A sweep that misses a batch begun just now
-  // is a sweep that came a moment earlier: those blocks go through their fence.
-  std::atomic<std::uint64_t> batch_devices{0};
-  void mark_batch(int d, bool holds) noexcept { mark_bit(batch_devices, d, holds); }
-  bool swept = false;  // the sweep under way announced itself on batch_lock (g_threads_lock held)
-  // The returned lists below: the pollers that append to them, the owner that takes from them.
+  // The owner on each free; another thread only in an out-of-memory sweep or a double-free check.
+  // A spin lock: the owner holds it for a push_back, and it is almost never contended.
   SpinLock lock;
+  PendingBatch batches[kMaxDevices];
   Counters counters[kMaxDevices];
   unsigned fenced_since_poll = 0;  // the owner's only
   // Blocks this thread freed whose fences completed, by device, put here by the polling thread under
@@ -104,12 +92,10 @@ struct ThreadState {
   bool may_have_returned(int d) const noexcept { return (returned_devices.load(std::memory_order_relaxed) >> d) & 1; }
   // Under `lock`: bit d set or cleared, stored only when it changes. Readers read the list itself under
   // the lock, so the bit needs no ordering: one that misses a new bit finds the list at its next call.
-  void mark_returned(int d, bool holds) noexcept { mark_bit(returned_devices, d, holds); }
-  // Bit d of `bits` set or cleared, stored only when it changes; one writer at a time (its lock).
-  static void mark_bit(std::atomic<std::uint64_t>& bits, int d, bool holds) noexcept {
-    const std::uint64_t now = bits.load(std::memory_order_relaxed);
+  void mark_returned(int d, bool holds) noexcept {
+    const std::uint64_t bits = returned_devices.load(std::memory_order_relaxed);
     const std::uint64_t bit = std::uint64_t{1} << d;
-    if (holds != ((now & bit) != 0)) bits.store(now ^ bit, std::memory_order_relaxed);
+    if (holds != ((bits & bit) != 0)) returned_devices.store(bits ^ bit, std::memory_order_relaxed);
   }
   ThreadState() {
     std::lock_guard<AdaptiveMutex> guard(g_threads_lock);
@@ -120,8 +106,7 @@ struct ThreadState {
   }
   // Thread exit (also the main thread at process exit): no driver call here. Pending and returned
   // blocks become orphans of their device, fenced by whichever thread closes or polls next. Once
-  // deregistered (under g_threads_lock) no poller returns blocks here any more, and no sweep reaches the
-  // batches (a sweep holds the registry lock from its first lock to its last unlock).
+  // deregistered (under g_threads_lock) no poller returns blocks here any more.
   ~ThreadState() {
     t_state_gone = true;
     {
@@ -177,9 +162,8 @@ __attribute__((always_inline)) static inline Counters& counters(int device) {
   return state ? state->counters[device] : g_retired[device];
 }
 
-// Runs `visit` on every live thread's state, under the registry lock and that thread's lock (`lock`:
-// its returned lists, not its batches): the cold sweeps (memory pressure, statistics, double-free
-// checks).
+// Runs `visit` on every live thread's state, under the registry lock and that thread's lock: the cold
+// sweeps (memory pressure, the transition to ordered, statistics, double-free checks).
 template <typename Visit>
 void for_each_thread(Visit visit) noexcept {
   std::lock_guard<AdaptiveMutex> registry(g_threads_lock);
@@ -187,17 +171,6 @@ void for_each_thread(Visit visit) noexcept {
     std::lock_guard<SpinLock> guard(thread->lock);
     visit(*thread);
   }
-}
-
-// The sweeps' way into the pending batches of device `ordinal`: the batches that hold blocks, each
-// under its thread's batch_lock, with one membarrier for all the other threads' (thread_state.cpp).
-// Holds the registry lock throughout. `visit` runs on the thread's PendingBatch and may take it.
-using PendingBatchVisitor = void (*)(PendingBatch& batch, void* arg) noexcept;
-void visit_pending_batches(int ordinal, PendingBatchVisitor visit, void* arg) noexcept;
-template <typename Visit>
-void for_each_pending_batch(int ordinal, Visit visit) noexcept {
-  visit_pending_batches(
-      ordinal, [](PendingBatch& batch, void* arg) noexcept { (*static_cast<Visit*>(arg))(batch); }, &visit);
 }
 
 // Closes every thread's pending cuMemFree batch of this device (memory pressure).

@@ -60,13 +60,7 @@ constexpr int kRemotePause = 2000;
 // 8 MiB of lines the owner stores to before each entry (see hammer()).
 constexpr std::size_t kLineWords = 8, kFarLines = std::size_t{1} << 17, kStoresBeforeEntry = 16;
 
-// How a remote takes the lock: remote_lock(), or as a sweep over many owners' locks does (the router's
-// sweeps of the threads' batches, router/thread_state.cpp): announced on this lock and on another, one
-// barrier for both, then a wait for each owner.
-enum class RemoteTakes { one_lock, sweep };
-
-HammerResult hammer(OwnerBiasedLock& lock, std::uint64_t sections, int remotes,
-                    RemoteTakes takes = RemoteTakes::one_lock) {
+HammerResult hammer(OwnerBiasedLock& lock, std::uint64_t sections, int remotes) {
   Guarded data;
   std::atomic<int> remote_inside{0};
   std::atomic<bool> owner_inside{false};
@@ -94,21 +88,12 @@ HammerResult hammer(OwnerBiasedLock& lock, std::uint64_t sections, int remotes,
   const bool owner_pinned = sched_getaffinity(0, sizeof(owner_was), &owner_was) == 0;
   if (owner_pinned) pin_to(0);
 
-  OwnerBiasedLock other_owners_lock;  // a second lock of the sweep, whose owner stays out
   std::vector<std::thread> threads;
   for (int r = 0; r < remotes; ++r) {
     threads.emplace_back([&] {
       pin_to(1);
       while (!owner_done.load(std::memory_order_acquire)) {
-        if (takes == RemoteTakes::one_lock) {
-          lock.remote_lock();
-        } else {
-          other_owners_lock.remote_announce();
-          lock.remote_announce();
-          OwnerBiasedLock::remote_barrier();
-          other_owners_lock.remote_wait();
-          lock.remote_wait();
-        }
+        lock.remote_lock();
         if (remote_inside.fetch_add(1, std::memory_order_relaxed) != 0 || owner_inside.load(std::memory_order_relaxed))
           overlaps.fetch_add(1, std::memory_order_relaxed);
         if (data.first != data.second) torn.fetch_add(1, std::memory_order_relaxed);
@@ -123,7 +108,6 @@ HammerResult hammer(OwnerBiasedLock& lock, std::uint64_t sections, int remotes,
         remote_inside.fetch_sub(1, std::memory_order_relaxed);
         remote_sections.fetch_add(1, std::memory_order_relaxed);
         lock.remote_unlock();
-        if (takes == RemoteTakes::sweep) other_owners_lock.remote_unlock();
         dawdle(kRemotePause);
       }
     });
@@ -174,8 +158,8 @@ HammerResult hammer(OwnerBiasedLock& lock, std::uint64_t sections, int remotes,
   return result;
 }
 
-void expect_mutual_exclusion(OwnerBiasedLock& lock, RemoteTakes takes = RemoteTakes::one_lock) {
-  const HammerResult r = hammer(lock, 2'000'000, 2, takes);
+void expect_mutual_exclusion(OwnerBiasedLock& lock) {
+  const HammerResult r = hammer(lock, 2'000'000, 2);
   std::printf("owner sections %llu, remote sections %llu\n", static_cast<unsigned long long>(r.owner_sections),
               static_cast<unsigned long long>(r.remote_sections));
   EXPECT_GT(r.remote_sections, 0u) << "no remote ever went in: the test proved nothing";
@@ -197,14 +181,6 @@ TEST(OwnerBiasedLock, FencedFallbackKeepsTheOwnerOutWhileARemoteHoldsIt) {
   OwnerBiasedLock lock(OwnerBiasedLock::Barrier::fenced);
   ASSERT_EQ(lock.barrier(), OwnerBiasedLock::Barrier::fenced);
   expect_mutual_exclusion(lock);
-}
-
-// A sweep's remote_announce / remote_barrier / remote_wait excludes the owner as remote_lock does.
-TEST(OwnerBiasedLock, ASweepsOneBarrierKeepsTheOwnerOut) {
-  OwnerBiasedLock heavy(OwnerBiasedLock::Barrier::heavy);
-  if (heavy.barrier() == OwnerBiasedLock::Barrier::heavy) expect_mutual_exclusion(heavy, RemoteTakes::sweep);
-  OwnerBiasedLock fenced(OwnerBiasedLock::Barrier::fenced);
-  expect_mutual_exclusion(fenced, RemoteTakes::sweep);
 }
 
 TEST(OwnerBiasedLock, TheDefaultIsHeavyExactlyWhereTheProcessRegistered) {
