@@ -131,6 +131,12 @@ class PendingBatch {
     bytes_ += block.bytes;
     return blocks_.size() >= kBatchMaxBlocks || bytes_ >= kBatchMaxBytes;
   }
+  // add() to a batch that holds blocks already (its context set, its capacity reserved).
+  bool add_to_started(const FreedBlock& block) noexcept {
+    blocks_.push_back(block);  // never past the capacity add() reserved: a full batch is closed at once
+    bytes_ += block.bytes;
+    return blocks_.size() >= kBatchMaxBlocks || bytes_ >= kBatchMaxBytes;
+  }
   bool empty() const noexcept { return blocks_.empty(); }
   bool holds(const void* p) const noexcept {
     for (const FreedBlock& block : blocks_)

@@ -350,46 +350,65 @@ __attribute__((noinline)) bool poll_turned_ordered() noexcept {
   return true;
 }
 
-// Adds a cuMemFree'd block to this thread's pending batch of its device. Only the first free of a batch
-// asks for the context (PendingBatch::add keeps the first one): one cuCtxGetCurrent per batch, not per free.
-void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
+// free_fenced's rare halves, out of line so that the common path stays a push under the thread's lock
+// (with the close inline, the vector it moves out and its destructor cost ~20 instructions a free).
+// The free that fills its thread's batch closes it; a sweep may have taken the batch since, so
+// whatever it holds is closed.
+__attribute__((noinline)) void close_full_batch(DeviceState& device, ThreadState& thread) noexcept {
+  std::vector<FreedBlock> full;
+  FenceContext context = nullptr;
+  {
+    std::lock_guard<SpinLock> guard(thread.lock);
+    PendingBatch& batch = thread.batches[device.ordinal];
+    context = batch.context();
+    full = batch.take();
+  }
+  if (!full.empty()) device.fences.close_device_batch(std::move(full), context);
+  poll_turned_ordered();  // a stream that stopped carrying work is found idle here, and every 8 frees
+}
+
+// The first free of a batch asks which context the batch will be fenced in (batch_context), with no
+// lock of ours held: current_device may build the device state. True when the block filled the batch.
+__attribute__((noinline)) bool start_batch(DeviceState& device, ThreadState& thread, const FreedBlock& owned) noexcept {
+  const FenceContext context = batch_context(device);
+  std::lock_guard<SpinLock> guard(thread.lock);
+  try {
+    return thread.batches[device.ordinal].add(owned, context);
+  } catch (...) {
+    return false;  // no host memory: the block is held forever, which is safe
+  }
+}
+
+// Adds a cuMemFree'd block to this thread's pending batch of its device.
+__attribute__((always_inline)) inline void free_fenced(DeviceState& device, const FreedBlock& block) noexcept {
   ThreadState* thread = this_thread_state();
-  if (!thread) {  // exit path: no batch any more; the next close or poll fences it
+  if (__builtin_expect(!thread, 0)) {  // exit path: no batch any more; the next close or poll fences it
     try {
       device.fences.adopt_orphans({block});
     } catch (...) {
     }
     return;
   }
-  std::vector<FreedBlock> full;
-  FenceContext full_context = nullptr;
-  {
-    std::unique_lock<SpinLock> guard(thread->lock);
-    PendingBatch& batch = thread->batches[device.ordinal];
-    FenceContext context = nullptr;
-    if (batch.empty()) {
-      guard.unlock();  // current_device may build the device state: no lock of ours held
-      context = batch_context(device);
-      guard.lock();
-    }
-    bool is_full;
-    try {
-      FreedBlock owned = block;
-      owned.owner = thread;  // its fence's completion returns it here (router/returned_blocks.h)
-      is_full = batch.add(owned, context);
-    } catch (...) {
-      return;  // no host memory: the block is held forever, which is safe
-    }
-    if (is_full) {
-      full_context = batch.context();
-      full = batch.take();
-    }
-    if (g_count) thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
+  FreedBlock owned = block;
+  owned.owner = thread;  // its fence's completion returns it here (router/returned_blocks.h)
+  if (g_count) thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
+  PendingBatch& batch = thread->batches[device.ordinal];
+  thread->lock.lock();
+  bool is_full;
+  if (__builtin_expect(batch.empty(), 0)) {
+    thread->lock.unlock();
+    is_full = start_batch(device, *thread, owned);
+  } else {
+    is_full = batch.add_to_started(owned);  // within the capacity reserved at the start: no allocation
+    thread->lock.unlock();
   }
-  if (!full.empty()) device.fences.close_device_batch(std::move(full), full_context);
-  // A stream that stopped carrying work is found idle here: poll every 8 fenced frees, and whenever a
-  // batch closes.
-  if (!full.empty() || (++thread->fenced_since_poll & 7) == 0) poll_turned_ordered();
+  if (__builtin_expect(is_full, 0)) {
+    close_full_batch(device, *thread);
+  } else if ((++thread->fenced_since_poll & 7) == 0) {
+    // A stream that stopped carrying work is found idle here: poll every 8 fenced frees, and whenever a
+    // batch closes.
+    poll_turned_ordered();
+  }
 }
 
 // A freed block that may be reused at once: onto this thread's returned list of the device while that
