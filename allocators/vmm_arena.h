@@ -145,6 +145,15 @@ class VmmArena final : public Allocator {
   // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value
   // below a request means nothing mapped could hold it, but for a deallocation racing the read.
   std::atomic<std::size_t> free_bytes_hint_{0};
+  // What an allocation under a NoNewPeakScope could get, as the last lock holder left it: the free bytes
+  // plus the unmapped room below the peak. Read without the lock by allocate(): below a request, the
+  // arena could only answer nullptr after the lock (the next ask finds what a racing free adds).
+  std::atomic<std::size_t> below_peak_hint_{0};
+  void store_hints() noexcept {
+    const std::size_t free_bytes = cached_bytes();
+    free_bytes_hint_.store(free_bytes, std::memory_order_relaxed);
+    below_peak_hint_.store(free_bytes + (peak_mapped_ - mapped_), std::memory_order_relaxed);
+  }
   // mutex_ for allocate and deallocate, counting the calls that found it held. try_lock first costs
   // what lock() does (one compare-and-swap) when it is free. A guard of its own, inline: a returned
   // unique_lock was a call and an owns-flag per operation (~12 instructions, the CPU guard).
@@ -157,7 +166,7 @@ class VmmArena final : public Allocator {
       }
     }
     ~CountingLock() {
-      arena_.free_bytes_hint_.store(arena_.cached_bytes(), std::memory_order_relaxed);
+      arena_.store_hints();
       arena_.mutex_.unlock();
     }
     CountingLock(const CountingLock&) = delete;
