@@ -325,7 +325,8 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
   return give_back(recorded, false);
 }
 
-std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept {
+std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<FreedBlock>> open,
+                                                     bool (*still_ordered)() noexcept) noexcept {
   if (!events_.may_give_back()) {
     // A capture forbids the backend's driver calls now: the open blocks wait as orphans (fenced later).
     for (std::vector<FreedBlock>& part : open) adopt_orphans(std::move(part));
@@ -352,7 +353,10 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<Fre
   {
     std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
     std::lock_guard<AdaptiveMutex> guard(lock_);
-    if (driver.owns_lock()) move_out_if([](const ClosedBatch& batch) { return !batch.stream_fence; }, done);
+    // Every block queued now was freed before this point: if the work is ordered here, each one's last
+    // user has finished or is ordered before the next (docs/free-safety.md).
+    const bool take_queued = driver.owns_lock() && (!still_ordered || still_ordered());
+    if (take_queued) move_out_if([](const ClosedBatch& batch) { return !batch.stream_fence; }, done);
     if (rest) {
       try {
         done.emplace_back();  // the slot first: the move into it below cannot fail
@@ -362,7 +366,7 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<Fre
       }
     }
     if (rest) {
-      if (driver.owns_lock()) {
+      if (take_queued) {
         rest->blocks.swap(orphans_);
         for (const FreedBlock& block : rest->blocks) pending_bytes_ -= block.bytes;
       }

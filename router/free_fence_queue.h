@@ -224,8 +224,12 @@ class FreeFenceQueue {
   // batches, one vector each), the orphans and every device-fenced batch, recorded or not, with no
   // driver call but the backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream.
   // While another thread holds the driver lock only `open` goes back (the rest through its fences).
+  // `still_ordered`, asked under the queue's lock before the queued batches and orphans are taken: false
+  // when the work turned unordered again since the caller found it ordered, and then those stay (a
+  // batch closed meanwhile may hold a block whose last user is on the stream that started work).
   // Returns the bytes.
-  std::size_t give_back_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept;
+  std::size_t give_back_device_batches(std::vector<std::vector<FreedBlock>> open,
+                                       bool (*still_ordered)() noexcept = nullptr) noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
   // False while a stream capture keeps completed batches from going back (FenceEvents::may_give_back).

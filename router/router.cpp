@@ -345,7 +345,7 @@ __attribute__((noinline)) bool poll_turned_ordered() noexcept {
   for (const auto& slot : g_devices) {
     DeviceState* each = slot.load(std::memory_order_acquire);
     if (each && !each->properties.stream_ordered)
-      each->fences.give_back_device_batches(take_all_thread_batches(*each));
+      each->fences.give_back_device_batches(take_all_thread_batches(*each), work_is_totally_ordered);
   }
   return true;
 }

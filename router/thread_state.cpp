@@ -2,6 +2,8 @@
 // that memory pressure and cuMemGetInfo need.
 #include "router/thread_state.h"
 
+#include "router/stream_activity.h"
+
 namespace gpushim::router {
 
 Counters g_retired[kMaxDevices];
@@ -62,7 +64,10 @@ void close_this_thread_batch(DeviceState& device) noexcept {
 std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept {
   std::vector<std::vector<FreedBlock>> taken;
   for_each_pending_batch(device.ordinal, [&](PendingBatch& batch) {
-    if (batch.empty()) return;
+    // Asked under the owner's lock, after every block in its batch was added: the work may have turned
+    // unordered again since the poll that found it ordered, and a block freed since, its last user on
+    // the stream that started work, must keep its fence (docs/free-safety.md).
+    if (batch.empty() || !work_is_totally_ordered()) return;
     std::vector<FreedBlock> blocks = batch.take();  // moved: under these locks no block is copied
     try {
       taken.push_back(std::move(blocks));

@@ -218,6 +218,22 @@ TEST_F(FreeFenceQueueTest, CompletedBlocksWaitWhileGivingBackIsForbidden) {
   EXPECT_EQ(queue.poll(), 512u);
 }
 
+// The work may turn unordered again between the poll that found it ordered and the give-back: then the
+// queued batches and the orphans keep their fences (a batch closed meanwhile may hold a block used on
+// the stream that started work); the open batches the caller took (asked under their owners' locks) go.
+bool never_ordered() noexcept { return false; }
+bool always_ordered() noexcept { return true; }
+TEST_F(FreeFenceQueueTest, WorkUnorderedAgainKeepsTheQueuedBatchesFenced) {
+  queue.close_device_batch(blocks(1, 2), nullptr);  // recorded, pending
+  queue.adopt_orphans(blocks(30, 1));
+  EXPECT_EQ(queue.give_back_device_batches({blocks(40, 1)}, never_ordered), 256u);
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(40)}));
+  EXPECT_TRUE(queue.holds(ptr(1)));
+  EXPECT_TRUE(queue.holds(ptr(30)));
+  EXPECT_EQ(queue.give_back_device_batches({}, always_ordered), 3u * 256);
+  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(30), ptr(40)}));
+}
+
 // The work turned ordered: open, orphaned and device-fenced blocks go back with no event recorded or
 // waited for; a stream fence (cuMemFreeAsync) still waits for its stream.
 TEST_F(FreeFenceQueueTest, DeviceBatchesGoBackUnfencedWhenTheWorkTurnsOrdered) {
