@@ -325,12 +325,12 @@ std::size_t FreeFenceQueue::synchronize_all() noexcept {
   return give_back(recorded, false);
 }
 
-std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<FreedBlock>> open,
-                                                     bool (*still_ordered)() noexcept) noexcept {
+FreeFenceQueue::Taken FreeFenceQueue::take_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept {
+  Taken taken;
   if (!events_.may_give_back()) {
     // A capture forbids the backend's driver calls now: the open blocks wait as orphans (fenced later).
     for (std::vector<FreedBlock>& part : open) adopt_orphans(std::move(part));
-    return 0;
+    return taken;
   }
   // The work turns ordered: batches closed from now on wait record_after_ for their fence, as that may
   // happen again before it passes.
@@ -349,13 +349,11 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<Fre
   // them, and they come back through their fences anyway. With a stream per thread the work turns ordered
   // at nearly every launch, and waiting for that lock here took 36-47% of 16 threads' wall-clock time at
   // 16 MiB on the H200. The open blocks are in no queue: they go back in any case.
-  Batches done;
+  Batches& done = taken.batches;
   {
     std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
     std::lock_guard<AdaptiveMutex> guard(lock_);
-    // Every block queued now was freed before this point: if the work is ordered here, each one's last
-    // user has finished or is ordered before the next (docs/free-safety.md).
-    const bool take_queued = driver.owns_lock() && (!still_ordered || still_ordered());
+    const bool take_queued = driver.owns_lock();
     if (take_queued) move_out_if([](const ClosedBatch& batch) { return !batch.stream_fence; }, done);
     if (rest) {
       try {
@@ -377,9 +375,13 @@ std::size_t FreeFenceQueue::give_back_device_batches(std::vector<std::vector<Fre
   // No host memory above: fenced by a later poll.
   for (std::vector<FreedBlock>& part : open)
     if (!part.empty()) adopt_orphans(std::move(part));
+  return taken;
+}
+
+std::size_t FreeFenceQueue::give_back_taken(Taken taken) noexcept {
   // Outside the locks, as poll(): the events go back to their pool, the blocks to their owners or the
   // backend.
-  return give_back(done, true);
+  return give_back(taken.batches, true);
 }
 
 std::uint64_t FreeFenceQueue::pending_bytes() const noexcept {

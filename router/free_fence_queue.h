@@ -224,12 +224,17 @@ class FreeFenceQueue {
   // batches, one vector each), the orphans and every device-fenced batch, recorded or not, with no
   // driver call but the backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream.
   // While another thread holds the driver lock only `open` goes back (the rest through its fences).
-  // `still_ordered`, asked under the queue's lock before the queued batches and orphans are taken: false
-  // when the work turned unordered again since the caller found it ordered, and then those stay (a
-  // batch closed meanwhile may hold a block whose last user is on the stream that started work).
   // Returns the bytes.
-  std::size_t give_back_device_batches(std::vector<std::vector<FreedBlock>> open,
-                                       bool (*still_ordered)() noexcept = nullptr) noexcept;
+  std::size_t give_back_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept {
+    return give_back_taken(take_device_batches(std::move(open)));
+  }
+  // The same in two steps, for a caller that must take the blocks while no stream can start work (under
+  // the activity lock: router/router.cpp, poll_turned_ordered) and give them back after, when one may:
+  // take_device_batches only moves blocks (no driver call, no backend call); give_back_taken gives them
+  // to their owners or the backend, as poll() does.
+  class Taken;
+  Taken take_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept;
+  std::size_t give_back_taken(Taken taken) noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
   // False while a stream capture keeps completed batches from going back (FenceEvents::may_give_back).
@@ -250,7 +255,7 @@ class FreeFenceQueue {
   struct ClosedBatch {
     std::vector<FreedBlock> blocks;  // written under lock_ (orphans), read under lock_ (holds)
     // The blocks of the batches merged into this one (record_waiting) and of the threads' open batches
-    // (give_back_device_batches), a vector each: moved under lock_, where a merge once copied every
+    // (take_device_batches), a vector each: moved under lock_, where a merge once copied every
     // block (16 threads with a stream at 256 B on the H200: 256 blocks a batch, ten batches to a fence;
     // the closes waiting for lock_ in enqueue were 5% of all samples, seventeenth session).
     std::vector<std::vector<FreedBlock>> parts;
@@ -266,6 +271,20 @@ class FreeFenceQueue {
     Fence fence;
   };
   using Batches = std::vector<std::unique_ptr<ClosedBatch>>;
+
+ public:
+  class Taken {  // take_device_batches' blocks, for give_back_taken
+   public:
+    Taken() noexcept = default;
+    Taken(Taken&&) noexcept = default;
+    Taken& operator=(Taken&&) noexcept = default;
+
+   private:
+    friend class FreeFenceQueue;
+    Batches batches;
+  };
+
+ private:
   // `visit` on the blocks of `batch` (a ClosedBatch, const or not), then on each of its parts.
   template <typename Batch, typename Visit>
   static void for_each_part(Batch& batch, Visit visit) {

@@ -339,15 +339,40 @@ constexpr std::size_t kAskBeforeFencingBytes = kBatchMaxBytes / 4;
 // every batch then would take the thread registry's lock every 8 frees and defeat batching. Only by the
 // thread whose poll made the transition (every thread that read "unordered" before and "ordered" after
 // its own poll did it before: 16 threads with a stream each on the H200, 16 MiB pairs, waited 36% of
-// their wall-clock time for each other's give-backs).
-__attribute__((noinline)) bool poll_turned_ordered() noexcept {
-  if (!poll_stream_activity() || !reuse_at_once()) return false;
+// their wall-clock time for each other's give-backs). The blocks are taken while the poll still holds
+// the activity lock, so that no stream starts work between the transition and the take (a block used on
+// such a stream and freed meanwhile went back unfenced before), and given back after it is let go.
+struct TakenAtTransition {
+  DeviceState* device;
+  FreeFenceQueue::Taken taken;
+};
+using TakenAtTransitions = std::vector<TakenAtTransition>;
+
+// poll_stream_activity's TurnedOrderedHook: under the activity lock, only moves blocks.
+void take_held_back_blocks(void* arg) noexcept {
+  auto& taken = *static_cast<TakenAtTransitions*>(arg);
   for (const auto& slot : g_devices) {
     DeviceState* each = slot.load(std::memory_order_acquire);
-    if (each && !each->properties.stream_ordered)
-      each->fences.give_back_device_batches(take_all_thread_batches(*each), work_is_totally_ordered);
+    if (!each || each->properties.stream_ordered) continue;
+    if (taken.size() == taken.capacity()) break;  // a device made since the caller counted: its poll next
+    taken.push_back({each, each->fences.take_device_batches(take_all_thread_batches(*each))});  // no allocation
   }
-  return true;
+}
+
+__attribute__((noinline)) bool poll_turned_ordered() noexcept {
+  TakenAtTransitions taken;
+  if (!g_fence_always) {
+    std::size_t devices = 0;
+    for (const auto& slot : g_devices) devices += slot.load(std::memory_order_relaxed) != nullptr;
+    try {
+      taken.reserve(devices);
+    } catch (...) {
+      // no host memory: nothing is taken, and held blocks come back through their fences
+    }
+  }
+  const bool turned = poll_stream_activity(g_fence_always ? nullptr : take_held_back_blocks, &taken);
+  for (TakenAtTransition& each : taken) each.device->fences.give_back_taken(std::move(each.taken));
+  return turned && reuse_at_once();
 }
 
 // free_fenced's rare halves, out of line so that the common path stays a push under the thread's lock

@@ -479,7 +479,7 @@ bool idle_streams_would_order_the_work(const Activity& a) noexcept {
 
 }  // namespace
 
-bool poll_stream_activity() noexcept {
+bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg) noexcept {
   Activity& a = activity();
   if (g_unordered.load(std::memory_order_relaxed) == 0) return false;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return false;  // no record may touch a capture
@@ -550,6 +550,7 @@ bool poll_stream_activity() noexcept {
         ++j;
     }
   }
+  if (turned_ordered && on_turned_ordered) on_turned_ordered(arg);  // the lock still held
   return turned_ordered;
 }
 

@@ -140,7 +140,13 @@ void untrack_stream(CUstream stream) noexcept;
 // asked go first at the next poll, so one free never pays for every stream. True when this poll made the
 // work totally ordered: a single thread sees each such transition (only polls uncount a stream).
 inline constexpr int kMaxDriverCallsPerPoll = 4;
-bool poll_stream_activity() noexcept;
+// `on_turned_ordered`: when this poll turns the work ordered, called with `arg` before the activity lock
+// is let go. No stream can start work meanwhile (an idle stream's first submission waits for that lock
+// in become_active), so a cuMemFree'd block it takes cannot have a user on a stream that started work
+// since the transition, and may be given back unfenced once the lock is let go (docs/free-safety.md).
+// It must only move blocks (no driver or backend call): every stream starting work waits for it.
+using TurnedOrderedHook = void (*)(void* arg) noexcept;
+bool poll_stream_activity(TurnedOrderedHook on_turned_ordered = nullptr, void* arg = nullptr) noexcept;
 // The fence of a cuMemFree batch (router/cuda_fence_events.cpp) covers only the streams that carry work.
 // `visit` runs for every active stream under the activity lock, so none of them can be destroyed
 // meanwhile (untrack_stream takes the lock before the real destroy); it returns false to stop the walk.

@@ -2,8 +2,6 @@
 // that memory pressure and cuMemGetInfo need.
 #include "router/thread_state.h"
 
-#include "router/stream_activity.h"
-
 namespace gpushim::router {
 
 Counters g_retired[kMaxDevices];
@@ -63,28 +61,8 @@ void close_this_thread_batch(DeviceState& device) noexcept {
 
 std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept {
   std::vector<std::vector<FreedBlock>> taken;
-  struct ToFence {
-    std::vector<FreedBlock> blocks;
-    FenceContext context;
-  };
-  std::vector<ToFence> to_fence;
   for_each_pending_batch(device.ordinal, [&](PendingBatch& batch) {
     if (batch.empty()) return;
-    // Asked under the owner's lock, after every block in its batch was added: the work may have turned
-    // unordered again since the poll that found it ordered, and a block freed since, its last user on
-    // the stream that started work, must keep its fence (docs/free-safety.md). Such a batch is closed
-    // now instead, so its blocks come back once that fence completes: left open, it waited to fill, and
-    // with a stream per thread the work turns unordered again within the sweep nearly every time (16
-    // threads with a stream each at 1 MiB on the H200: p99 14.7 -> 20.3 us, nineteenth session).
-    if (!work_is_totally_ordered()) {
-      try {
-        to_fence.push_back({{}, batch.context()});
-        to_fence.back().blocks = batch.take();
-      } catch (...) {
-        // no host memory: the batch stays open, fenced when it fills
-      }
-      return;
-    }
     std::vector<FreedBlock> blocks = batch.take();  // moved: under these locks no block is copied
     try {
       taken.push_back(std::move(blocks));
@@ -92,7 +70,6 @@ std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device
       device.fences.adopt_orphans(std::move(blocks));  // no host memory: the same way back, as orphans
     }
   });
-  for (ToFence& batch : to_fence) device.fences.close_device_batch(std::move(batch.blocks), batch.context);
   return taken;
 }
 

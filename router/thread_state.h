@@ -179,8 +179,7 @@ void close_all_thread_batches(DeviceState& device) noexcept;
 // peak: those blocks come back only once fenced, and a batch of 16 MiB blocks closes at the fourth).
 void close_this_thread_batch(DeviceState& device) noexcept;
 // Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered): one
-// vector each, moved out; each only if the work is still ordered when its owner's lock is held, else
-// that batch is closed (fenced) instead.
+// vector each, moved out. Called under the activity lock (router.cpp, poll_turned_ordered).
 std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept;
 std::uint64_t thread_pending_bytes(int ordinal) noexcept;
 

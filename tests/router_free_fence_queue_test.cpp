@@ -218,20 +218,20 @@ TEST_F(FreeFenceQueueTest, CompletedBlocksWaitWhileGivingBackIsForbidden) {
   EXPECT_EQ(queue.poll(), 512u);
 }
 
-// The work may turn unordered again between the poll that found it ordered and the give-back: then the
-// queued batches and the orphans keep their fences (a batch closed meanwhile may hold a block used on
-// the stream that started work); the open batches the caller took (asked under their owners' locks) go.
-bool never_ordered() noexcept { return false; }
-bool always_ordered() noexcept { return true; }
-TEST_F(FreeFenceQueueTest, WorkUnorderedAgainKeepsTheQueuedBatchesFenced) {
+// The transition's two steps (router.cpp takes under the activity lock, gives back after it): the take
+// only moves blocks, with no backend call and no event released, and the give-back hands them over.
+TEST_F(FreeFenceQueueTest, TakenDeviceBatchesReachTheBackendOnlyWhenGivenBack) {
   queue.close_device_batch(blocks(1, 2), nullptr);  // recorded, pending
   queue.adopt_orphans(blocks(30, 1));
-  EXPECT_EQ(queue.give_back_device_batches({blocks(40, 1)}, never_ordered), 256u);
-  EXPECT_EQ(backend.returned, (std::set<void*>{ptr(40)}));
-  EXPECT_TRUE(queue.holds(ptr(1)));
-  EXPECT_TRUE(queue.holds(ptr(30)));
-  EXPECT_EQ(queue.give_back_device_batches({}, always_ordered), 3u * 256);
+  const std::size_t released = events.released;
+  FreeFenceQueue::Taken taken = queue.take_device_batches({blocks(40, 1)});
+  EXPECT_TRUE(backend.returned.empty()) << "the take called the backend";
+  EXPECT_EQ(events.released, released) << "the take released an event";
+  EXPECT_EQ(queue.pending_bytes(), 0u);
+  EXPECT_FALSE(queue.holds(ptr(1)));
+  EXPECT_EQ(queue.give_back_taken(std::move(taken)), 4u * 256);
   EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(30), ptr(40)}));
+  EXPECT_EQ(events.released, released + 1);
 }
 
 // The work turned ordered: open, orphaned and device-fenced blocks go back with no event recorded or
