@@ -388,13 +388,7 @@ void SlabAllocator::add_reserved(std::size_t bytes) noexcept {
 // Out of memory: this thread's magazines may pin otherwise empty slabs, and empty slabs idling in other
 // classes may be what is missing. Other threads' magazines are out of reach here (release_cached asks
 // them to flush). True when something went back, so a retry can succeed.
-// Under a NoNewPeakScope the refusal is soft (the router waits for fenced blocks, asks again, and at
-// worst grows): only an empty slab going back to the arena helps then, which may let the arena carve
-// one of this class below its peak. The whole reclaim on every such allocation (this thread's
-// magazines flushed, every class's depot locked) was 17% of the allocation samples of 16 threads with
-// a stream each at 256 B on the H200, with no slab empty (nineteenth session).
 bool SlabAllocator::reclaim_for_retry() noexcept {
-  if (new_peak_refused()) return empty_bytes_.load(std::memory_order_relaxed) != 0 && release_all_empty_slabs() != 0;
   flush_this_thread();
   return release_all_empty_slabs() != 0;
 }
