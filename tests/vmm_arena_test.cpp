@@ -84,6 +84,31 @@ class HeldProvider final : public MemoryProvider {
   MemoryProvider& inner_;
 };
 
+// While another thread grows `arena` by 8 MiB (holding its lock as `provider` maps, until the hold is
+// let go), runs `ask` on a third thread: true when `ask` returned before the lock was let go. The
+// grower gives its block back, so 8 MiB are free afterwards.
+bool answered_while_a_grower_holds_the_lock(VmmArena& arena, HeldProvider& provider, void (*ask)(VmmArena&)) {
+  provider.hold = true;
+  std::thread grower([&] {
+    void* p = arena.allocate(8 * MiB, 0);
+    EXPECT_NE(p, nullptr);
+    arena.deallocate(p, 8 * MiB, 0);
+  });
+  while (!provider.mapping) std::this_thread::yield();
+  std::atomic<bool> answered{false};
+  std::thread asker([&] {
+    ask(arena);
+    answered = true;
+  });
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+  while (!answered && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  const bool answered_while_held = answered;
+  provider.hold = false;
+  asker.join();
+  grower.join();
+  return answered_while_held;
+}
+
 // An ask without growing that the free mapped memory could not serve answers without the lock: at the
 // peak with every free fenced, every such ask found nothing after waiting for it (16 threads at 16 MiB
 // on the H200: 19% of their wall-clock time).
@@ -93,25 +118,9 @@ TEST(VmmArena, AnAskWithoutGrowingThatCannotFitDoesNotWaitForTheLock) {
   VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
   void* kept = arena.allocate(2 * MiB, 0);  // all that is mapped is in use
   ASSERT_NE(kept, nullptr);
-  provider.hold = true;
-  std::thread grower([&] {
-    void* p = arena.allocate(8 * MiB, 0);  // grows: holds the lock while the provider maps
-    EXPECT_NE(p, nullptr);
-    arena.deallocate(p, 8 * MiB, 0);
-  });
-  while (!provider.mapping) std::this_thread::yield();
-  std::atomic<bool> answered{false};
-  std::thread asker([&] {
-    EXPECT_EQ(arena.allocate_without_growing(4 * MiB, 0), nullptr);
-    answered = true;
-  });
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (!answered && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
-  const bool answered_while_held = answered;
-  provider.hold = false;
-  asker.join();
-  grower.join();
-  EXPECT_TRUE(answered_while_held) << "the ask waited for the lock though nothing mapped could hold it";
+  EXPECT_TRUE(answered_while_a_grower_holds_the_lock(
+      arena, provider, [](VmmArena& a) { EXPECT_EQ(a.allocate_without_growing(4 * MiB, 0), nullptr); }))
+      << "the ask waited for the lock though nothing mapped could hold it";
   // Once the block is back, the same ask is served: the hint follows the deallocation.
   void* again = arena.allocate_without_growing(4 * MiB, 0);
   EXPECT_NE(again, nullptr);
@@ -129,26 +138,10 @@ TEST(VmmArena, AnAskUnderNoNewPeakThatCannotFitDoesNotWaitForTheLock) {
   VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
   void* kept = arena.allocate(2 * MiB, 0);  // all that is mapped is in use, at the peak
   ASSERT_NE(kept, nullptr);
-  provider.hold = true;
-  std::thread grower([&] {
-    void* p = arena.allocate(8 * MiB, 0);  // grows: holds the lock while the provider maps
-    EXPECT_NE(p, nullptr);
-    arena.deallocate(p, 8 * MiB, 0);
-  });
-  while (!provider.mapping) std::this_thread::yield();
-  std::atomic<bool> answered{false};
-  std::thread asker([&] {
+  EXPECT_TRUE(answered_while_a_grower_holds_the_lock(arena, provider, [](VmmArena& a) {
     NoNewPeakScope no_new_peak;
-    EXPECT_EQ(arena.allocate(4 * MiB, 0), nullptr);
-    answered = true;
-  });
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (!answered && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
-  const bool answered_while_held = answered;
-  provider.hold = false;
-  asker.join();
-  grower.join();
-  EXPECT_TRUE(answered_while_held) << "the ask waited for the lock though the arena was full at its peak";
+    EXPECT_EQ(a.allocate(4 * MiB, 0), nullptr);
+  })) << "the ask waited for the lock though the arena was full at its peak";
   NoNewPeakScope no_new_peak;
   void* again = arena.allocate(4 * MiB, 0);
   EXPECT_NE(again, nullptr) << "the freed 8 MiB serve it: the hint follows the deallocation";
