@@ -353,8 +353,7 @@ FreeFenceQueue::Taken FreeFenceQueue::take_device_batches(std::vector<std::vecto
   {
     std::unique_lock<std::mutex> driver(driver_lock_, std::try_to_lock);
     std::lock_guard<AdaptiveMutex> guard(lock_);
-    const bool take_queued = driver.owns_lock();
-    if (take_queued) move_out_if([](const ClosedBatch& batch) { return !batch.stream_fence; }, done);
+    if (driver.owns_lock()) move_out_if([](const ClosedBatch& batch) { return !batch.stream_fence; }, done);
     if (rest) {
       try {
         done.emplace_back();  // the slot first: the move into it below cannot fail
@@ -364,7 +363,7 @@ FreeFenceQueue::Taken FreeFenceQueue::take_device_batches(std::vector<std::vecto
       }
     }
     if (rest) {
-      if (take_queued) {
+      if (driver.owns_lock()) {
         rest->blocks.swap(orphans_);
         for (const FreedBlock& block : rest->blocks) pending_bytes_ -= block.bytes;
       }

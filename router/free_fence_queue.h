@@ -127,9 +127,7 @@ class PendingBatch {
       context_ = context;
       blocks_.reserve(kBatchMaxBlocks);  // one allocation per batch, not one per doubling
     }
-    blocks_.push_back(block);
-    bytes_ += block.bytes;
-    return blocks_.size() >= kBatchMaxBlocks || bytes_ >= kBatchMaxBytes;
+    return add_to_started(block);
   }
   // add() to a batch that holds blocks already (its context set, its capacity reserved).
   bool add_to_started(const FreedBlock& block) noexcept {
