@@ -27,26 +27,18 @@ void at_exit() noexcept {
         StatsRow row;
         row.device = d;
         row.backend = device->properties.name;
-        row.allocs = g_retired[d].allocs.load();
-        row.frees = g_retired[d].frees.load();
-        row.failed = g_retired[d].failed.load();
-        row.bytes_allocated = g_retired[d].bytes.load();
-        row.fenced_frees = g_retired[d].fenced.load();
-        row.at_peak = g_retired[d].at_peak.load();
-        row.at_peak_taken = g_retired[d].at_peak_taken.load();
-        row.at_peak_waited = g_retired[d].at_peak_waited.load();
-        row.at_peak_grew = g_retired[d].at_peak_grew.load();
-        for (ThreadState* thread : threads()) {
-          row.allocs += thread->counters[d].allocs.load();
-          row.frees += thread->counters[d].frees.load();
-          row.failed += thread->counters[d].failed.load();
-          row.bytes_allocated += thread->counters[d].bytes.load();
-          row.fenced_frees += thread->counters[d].fenced.load();
-          row.at_peak += thread->counters[d].at_peak.load();
-          row.at_peak_taken += thread->counters[d].at_peak_taken.load();
-          row.at_peak_waited += thread->counters[d].at_peak_waited.load();
-          row.at_peak_grew += thread->counters[d].at_peak_grew.load();
-        }
+        Counters total;  // the exited threads' and every live thread's
+        total.add(g_retired[d]);
+        for (ThreadState* thread : threads()) total.add(thread->counters[d]);
+        row.allocs = total.allocs.load();
+        row.frees = total.frees.load();
+        row.failed = total.failed.load();
+        row.bytes_allocated = total.bytes.load();
+        row.fenced_frees = total.fenced.load();
+        row.at_peak = total.at_peak.load();
+        row.at_peak_taken = total.at_peak_taken.load();
+        row.at_peak_waited = total.at_peak_waited.load();
+        row.at_peak_grew = total.at_peak_grew.load();
         AllocatorStats stats = device->backend().stats();
         row.peak_live = stats.peak_bytes_in_use;
         row.peak_reserved = stats.peak_bytes_reserved;

@@ -51,16 +51,17 @@ struct Counters {
   Count fenced;  // frees that waited for a fence (router/stream_activity.h)
   // Allocations at the peak while blocks waited for fences, and how they were served (StatsRow says).
   Count at_peak, at_peak_taken, at_peak_waited, at_peak_grew;
+  // Every count: a count added to this list is shared, retired and summed with the rest.
+  static constexpr Count Counters::*kAll[] = {
+      &Counters::allocs,  &Counters::frees,         &Counters::failed,         &Counters::bytes,
+      &Counters::fenced,  &Counters::at_peak,       &Counters::at_peak_taken,  &Counters::at_peak_waited,
+      &Counters::at_peak_grew};
   void make_shared() noexcept {
-    allocs.make_shared();
-    frees.make_shared();
-    failed.make_shared();
-    bytes.make_shared();
-    fenced.make_shared();
-    at_peak.make_shared();
-    at_peak_taken.make_shared();
-    at_peak_waited.make_shared();
-    at_peak_grew.make_shared();
+    for (Count Counters::*count : kAll) (this->*count).make_shared();
+  }
+  // Adds each of `other`'s counts to this one's.
+  void add(const Counters& other) noexcept {
+    for (Count Counters::*count : kAll) (this->*count) += (other.*count).load();
   }
 };
 extern Counters g_retired[kMaxDevices];
@@ -115,15 +116,7 @@ struct ThreadState {
     }
     std::lock_guard<SpinLock> guard(lock);
     for (int d = 0; d < kMaxDevices; ++d) {
-      g_retired[d].allocs += counters[d].allocs.load();
-      g_retired[d].frees += counters[d].frees.load();
-      g_retired[d].failed += counters[d].failed.load();
-      g_retired[d].bytes += counters[d].bytes.load();
-      g_retired[d].fenced += counters[d].fenced.load();
-      g_retired[d].at_peak += counters[d].at_peak.load();
-      g_retired[d].at_peak_taken += counters[d].at_peak_taken.load();
-      g_retired[d].at_peak_waited += counters[d].at_peak_waited.load();
-      g_retired[d].at_peak_grew += counters[d].at_peak_grew.load();
+      g_retired[d].add(counters[d]);
       DeviceState* device = g_devices[d].load();
       if (!device) continue;
       if (!batches[d].empty()) device->fences.adopt_orphans(batches[d].take());
