@@ -167,7 +167,8 @@ bool LiveBlocks::find(std::uintptr_t p, LiveBlock* out) const noexcept {
   if (p == 0) return false;
   for (;;) {
     const std::uint64_t moves = moves_.load(std::memory_order_acquire);
-    if (const Front* hinted = hinted_front(p); hinted && live_at(hinted->slots[front_slot(p)], p, out)) return true;
+    const Front* hinted = hinted_front(p);
+    if (hinted && live_at(hinted->slots[front_slot(p)], p, out)) return true;
     if (shared_.find(p, out)) return true;
     searches_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t count = front_count_.load(std::memory_order_acquire);

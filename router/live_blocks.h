@@ -14,14 +14,15 @@
 // that finds the block live in its own front is done; anything else (a block of another thread, a block
 // in the shared table, a double free, a stranger) looks in the front its owner hint names (below), the
 // shared table, and then every front, and a live find anywhere wins over a freed marker anywhere (an
-// address freed by one thread may be live again in another's front). A move at thread exit bumps `moves_`, and a search that saw it change looks
-// again, so a block is never missed while it moves.
+// address freed by one thread may be live again in another's front). A move at thread exit bumps
+// `moves_`, and a search that saw it change looks again, so a block is never missed while it moves.
 //
 // Double frees. A front keeps a freed block's slot as a marker, remembered while fewer than
 // kRecentlyFreedPerFront erases of that front followed it (and until another block takes the slot), as
 // the shared table's shards do per shard; a slot freed by another thread stays remembered until it is
-// taken again (that free leaves the owner's count alone, so that it touches only the slot's line): a free of a remembered address that is live nowhere is our
-// double free; a stale one is a stranger's (the driver's own answer). A thread's exit drops its
+// taken again (that free leaves the owner's count alone, so that it touches only the slot's line). A
+// free of a remembered address that is live nowhere is our double free; a stale one is a stranger's
+// (the driver's own answer). A thread's exit drops its
 // front's markers: a second free of a block freed just before its thread exited goes to the driver,
 // as a stale marker's does, and the driver refuses an address it did not allocate.
 //
@@ -127,9 +128,10 @@ class LiveBlocks {
   std::uint64_t searches() const noexcept { return searches_.load(std::memory_order_relaxed); }
   const LiveBlockTable& shared() const noexcept { return shared_; }
 
+  // Blocks are >= 256-byte aligned; a Fibonacci multiply, whose top bits pick a front slot and a hint.
+  static std::uint64_t address_hash(std::uintptr_t p) noexcept { return (p >> 8) * 0x9E3779B97F4A7C15ull; }
   static std::size_t front_slot(std::uintptr_t p) noexcept {
-    // Blocks are >= 256-byte aligned; a Fibonacci multiply, top 8 bits.
-    return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 56);
+    return static_cast<std::size_t>(address_hash(p) >> 56);  // top 8 bits
   }
   static_assert(kFrontSlots == 256, "front_slot() takes the top 8 bits");
 
@@ -189,7 +191,7 @@ class LiveBlocks {
             front.erase_count.load(std::memory_order_relaxed) - slot.erase_number < kRecentlyFreedPerFront);
   }
   static std::size_t hint_slot(std::uintptr_t p) noexcept {
-    return static_cast<std::size_t>(((p >> 8) * 0x9E3779B97F4A7C15ull) >> 48);  // top 16 bits
+    return static_cast<std::size_t>(address_hash(p) >> 48);  // top 16 bits
   }
   static_assert(kHints == std::size_t{1} << 16, "hint_slot() takes the top 16 bits");
   // Stored only when it changes: the line stays shared while a thread's addresses keep their owner.
