@@ -8,7 +8,7 @@
 // nearly free (14 us for 1 TiB), so one reservation per device lets a large block always be served from
 // contiguous addresses by mapping more memory right behind the free tail, without moving anything.
 //
-// Structure (all inside one mutex; see vmm_arena.cpp for the layout):
+// Structure (all inside one mutex but the provider's map calls; see vmm_arena.cpp for the layout):
 // - The reservation is covered, in address order, by ranges: live blocks, free ranges (mapped, unused)
 //   and unmapped ranges. Neighbouring free ranges are always merged, so a free range is maximal.
 // - Free ranges are indexed by size in TLSF bins (two-level segregated fit, 32 bins per power of two),
@@ -103,8 +103,13 @@ class VmmArena final : public Allocator {
   static constexpr int kSecondLevels = 1 << kSecondLevelBits;
   static constexpr int kFirstLevels = 41;     // sizes below 2^53 bytes; reservations are capped at 2^47
 
-  // Under mutex_: best fit, mapping more memory only where `may_grow`. nullptr when nothing fits.
-  void* allocate_locked(std::size_t bytes, bool may_grow) noexcept;
+  // Under mutex_: best fit from mapped memory. nullptr when nothing fits; then, where `may_grow` and
+  // `grow_for` is given, *grow_for is the block that growth must make fit (allocate_growing maps it),
+  // or 0 where growth is refused (a NoNewPeakScope at the peak). `may_grow` without `grow_for`: growth
+  // was tried; the last, unbounded search.
+  void* allocate_locked(std::size_t bytes, bool may_grow, std::size_t* grow_for) noexcept;
+  // Without mutex_: maps memory for `bytes` and allocates from it (vmm_arena.cpp says why outside it).
+  void* allocate_growing(std::size_t bytes) noexcept;
   // Node pool.
   Range* new_range() noexcept;
   void recycle(Range* r) noexcept;
@@ -126,11 +131,18 @@ class VmmArena final : public Allocator {
   void unlink(Range* r) noexcept;
   Range* merge_free_neighbours(Range* r) noexcept;  // r is free and not in a bin
   // Physical memory.
-  bool grow(std::size_t block) noexcept;
-  bool map_into(Range* unmapped, std::size_t bytes) noexcept;
+  // Under mutex_: takes the unmapped space that growth for `block` maps (a step, or with `need_only` what
+  // the block needs; `whole_block`: all of the block, not joined to free neighbours) out of the unmapped
+  // list, counted as mapped; nullptr when there is none. *was_least: no smaller piece would do.
+  Range* claim_growth(std::size_t block, bool whole_block, bool need_only, bool* was_least) noexcept;
+  // Under mutex_, once the provider mapped the claimed piece (or refused it): the piece becomes free
+  // memory (true), or unmapped space again.
+  bool finish_growth(Range* piece, bool mapped) noexcept;
+  Range* merge_unmapped(Range* hole) noexcept;  // hole becomes unmapped, joined to unmapped neighbours
   Range* release_chunk(Range* free_range, std::map<std::uintptr_t, std::size_t>::iterator chunk) noexcept;
   std::size_t release_chunks_inside(Range* free_range, bool only_above_threshold) noexcept;
-  std::size_t cached_bytes() const noexcept { return mapped_ - live_block_bytes_; }
+  // The piece a growth is mapping counts as mapped but is not free yet.
+  std::size_t cached_bytes() const noexcept { return mapped_ - live_block_bytes_ - growing_bytes_; }
 
   MemoryProvider& provider_;
   const std::size_t granularity_;
@@ -140,6 +152,7 @@ class VmmArena final : public Allocator {
   std::size_t reserve_bytes_ = 0;
 
   mutable AdaptiveMutex mutex_;
+  std::mutex grow_mutex_;  // one growth at a time; taken before mutex_, never while holding it
   std::atomic<std::uint64_t> lock_waits_{0};  // calls that found mutex_ held (lock_wait_counter())
   // cached_bytes() as the last allocate or deallocate left it (written as their lock is let go): read
   // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value
@@ -193,6 +206,8 @@ class VmmArena final : public Allocator {
   std::size_t bytes_in_use_ = 0, peak_bytes_in_use_ = 0;
   std::size_t live_block_bytes_ = 0;  // sum of block sizes (rounded) of live blocks
   std::size_t mapped_ = 0, peak_mapped_ = 0;
+  std::size_t growing_bytes_ = 0;        // the piece a growth maps outside the lock (claim_growth)
+  std::size_t peak_before_growth_ = 0;   // peak_mapped_ before it, restored when the provider refuses
 };
 
 std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings);
