@@ -7,8 +7,9 @@
 #
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
-#                       [--pattern pairs|handoff] [--work-every N] [--build-dir DIR] [--csv FILE]
+#                       [--pattern pairs|handoff|random] [--work-every N] [--build-dir DIR] [--csv FILE]
 # --pattern handoff: each pair frees a block another thread allocated (alloc_bench --patterns handoff).
+# --pattern random: log-uniform sizes 256 B..16 MiB over 64 live blocks (both tiers; the size column reads rand).
 # --work-every N: with a stream, a launch on it every N pairs (alloc_bench's --work-every; 64).
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
 # cudaMallocAsync pool; runtime: cudaMalloc; host: malloc+free, the harness's own ceiling with the same

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The A/B table of several libraries from alloc_bench CSV rows of interleaved passes (scripts/ab_bench.sh).
 
-Per threads, stream mode (and pattern, when it is handoff) and size, one row; per library (alloc_bench's label, in the order first seen)
+Per threads, stream mode (and pattern, when it is not pairs) and size, one row; per library (alloc_bench's label, in the order first seen)
 the median over the passes of the mean pair in ns with the median p99 in brackets, then the median pairs
 per second of all threads in millions (launches of --streams on included: the mean pair leaves them out),
 then the median over the passes of each pass's median pair in ns. One pass's median can sit on either of
@@ -18,6 +18,8 @@ from collections import defaultdict
 
 
 def size_text(size):
+    if size == 0:
+        return "rand"  # the random pattern: log-uniform sizes, 256 B..16 MiB (alloc_bench --patterns random)
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
         if size >= 1 << shift and size % (1 << shift) == 0:
             return "%d %s" % (size >> shift, unit)
@@ -36,7 +38,7 @@ def main(argv):
     labels = []
     with open(argv[1], newline="") as f:
         for row in csv.DictReader(f):
-            if row["pattern"] not in ("pairs", "handoff"):
+            if row["pattern"] not in ("pairs", "handoff", "random"):
                 continue
             if row["label"] not in labels:
                 labels.append(row["label"])
@@ -46,7 +48,7 @@ def main(argv):
             key = (int(row["threads"]), streams, int(row["size_bytes"]), row["label"])
             cells[key].append(row)
     if not cells:
-        print("ab_table.py: no pairs or handoff rows in %s" % argv[1], file=sys.stderr)
+        print("ab_table.py: no pairs, handoff or random rows in %s" % argv[1], file=sys.stderr)
         return 1
     print("| threads, stream | size | " + " | ".join(labels) + " | " +
           " | ".join("Mpairs/s " + label for label in labels) + " | " +
