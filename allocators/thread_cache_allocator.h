@@ -125,10 +125,7 @@ class ThreadCacheAllocator final : public Allocator {
   std::size_t cached_blocks() const noexcept;
   // Of those, blocks in large slots (above kMaxCachedBytes), for tests.
   std::size_t cached_large_blocks() const noexcept;
-  struct LargeSlot {
-    void* p;
-    std::size_t bytes;
-  };
+  using LargeSlot = FreedRef;  // a freed large block: its address and the size it was asked for
 
   struct ThreadCache;  // defined in the .cpp; public for the thread-exit hook there
   // Thread exit: the cache's blocks move to the depot and its counts to the shared ones. No backend call.
