@@ -4,7 +4,7 @@
 # scripts/wall_profile.py. The profile of docs/perf-notes.md, "Ninth session", in one command.
 #
 #   scripts/wall_profile_bench.sh [--lib PATH] [--backend NAME] [--sizes LIST] [--threads N] [--streams on|off]
-#                                 [--cell-ms MS] [--period-us US] [--build-dir DIR] [--out DIR]
+#                                 [--cell-ms MS] [--period-us US] [--pattern NAME] [--build-dir DIR] [--out DIR]
 # Writes DIR/wall_<backend>_<size>.txt (the tables) and DIR/raw_<backend>_<size>.txt (the samples);
 # DIR defaults to $OUT where set (the device machine's folder that comes back), else <build>/wall-profile.
 # Build first: scripts/gpu_check.sh --tests-only (or ninja gpushim alloc_bench wall_profiler). The last
@@ -22,6 +22,7 @@ streams=on
 cell_ms=2000
 period_us=500
 out=""
+pattern=pairs  # alloc_bench's --patterns: random profiles the mixed sizes (its size argument is ignored)
 usage() { sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -34,6 +35,7 @@ while [ $# -gt 0 ]; do
     --period-us) period_us="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
+    --pattern) pattern="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "wall_profile_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -57,7 +59,7 @@ status=0
 for size in ${sizes//,/ }; do
   # "%p": each process writes its own file, so a wrapper that inherits LD_PRELOAD cannot overwrite it.
   if ! WALL_PROFILE="$samples/$size.%p.txt" WALL_PROFILE_US="$period_us" LD_PRELOAD="$profiler $lib" \
-      GPUSHIM_BACKEND="$backend" "$bench" --api runtime --patterns pairs --threads "$threads" \
+      GPUSHIM_BACKEND="$backend" "$bench" --api runtime --patterns "$pattern" --threads "$threads" \
       --streams "$streams" --sizes "$size" --cell-ms "$cell_ms" > "$samples/$size.log" 2>&1; then
     echo "alloc_bench failed at $size:"
     tail -5 "$samples/$size.log"
