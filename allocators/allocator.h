@@ -41,12 +41,6 @@ struct AllocatorStats {
   std::uint64_t peak_spill_reserved = 0;
 };
 
-// A block given back with others (Allocator::deallocate_many): what deallocate() takes.
-struct FreedRef {
-  void* p;
-  std::size_t bytes;
-};
-
 class Allocator {
  public:
   virtual ~Allocator() = default;
@@ -61,12 +55,6 @@ class Allocator {
   // `p` came from allocate() on this backend with the same `bytes`. The router has validated it and
   // has made sure no GPU work can still touch the block, unless the backend is stream-ordered.
   virtual void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept = 0;
-  // deallocate() of each of `count` blocks, all freed on `stream`. A backend with one lock takes it once
-  // for all of them: a cache that gives back the blocks it kept (allocators/thread_cache_allocator.h)
-  // took the arena's lock once a block, and 16 threads of mixed sizes queued there.
-  virtual void deallocate_many(const FreedRef* blocks, std::size_t count, StreamHandle stream) noexcept {
-    for (std::size_t i = 0; i < count; ++i) deallocate(blocks[i].p, blocks[i].bytes, stream);
-  }
 
   // Like allocate(), but nullptr where the backend would take more memory from the provider or driver
   // for a request that blocks given back to it might serve instead. A cache in front of the backend

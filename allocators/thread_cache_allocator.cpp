@@ -479,7 +479,7 @@ __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, s
 }
 
 void ThreadCacheAllocator::give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept {
-  inner_->deallocate_many(blocks, count, 0);  // one arena lock for the lot
+  for (std::size_t i = 0; i < count; ++i) inner_->deallocate(blocks[i].p, blocks[i].bytes, 0);
   if (count) flushed_.fetch_add(count, std::memory_order_relaxed);
 }
 

@@ -125,7 +125,10 @@ class ThreadCacheAllocator final : public Allocator {
   std::size_t cached_blocks() const noexcept;
   // Of those, blocks in large slots (above kMaxCachedBytes), for tests.
   std::size_t cached_large_blocks() const noexcept;
-  using LargeSlot = FreedRef;  // a freed large block: its address and the size it was asked for
+  struct LargeSlot {
+    void* p;
+    std::size_t bytes;
+  };
 
   struct ThreadCache;  // defined in the .cpp; public for the thread-exit hook there
   // Thread exit: the cache's blocks move to the depot and its counts to the shared ones. No backend call.

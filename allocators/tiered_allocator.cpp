@@ -46,23 +46,6 @@ void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream
     large_->deallocate(p, bytes, stream);
 }
 
-void TieredAllocator::deallocate_many(const FreedRef* blocks, std::size_t count, StreamHandle stream) noexcept {
-  FreedRef large[64];  // on the stack: a cache's give-back may run on any free
-  std::size_t n = 0;
-  for (std::size_t i = 0; i < count; ++i) {
-    if (blocks[i].bytes <= split_bytes_) {
-      small_->deallocate(blocks[i].p, blocks[i].bytes, stream);
-      continue;
-    }
-    large[n++] = blocks[i];
-    if (n == sizeof large / sizeof large[0]) {
-      large_->deallocate_many(large, n, stream);
-      n = 0;
-    }
-  }
-  large_->deallocate_many(large, n, stream);
-}
-
 std::size_t TieredAllocator::release_cached() noexcept {
   return small_->release_cached() + large_->release_cached();
 }

@@ -44,8 +44,6 @@ class TieredAllocator final : public Allocator {
     return large_->lock_wait_counter();
   }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
-  // The large ones go to the large tier together (one arena lock for all of them).
-  void deallocate_many(const FreedRef* blocks, std::size_t count, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   // Both tiers together. Over separate memory the peaks are sums of each tier's peak (an upper bound of
   // the true peak); over arena-backed slabs the arena's peak reserved is the true one.

@@ -435,8 +435,8 @@ void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexce
 }
 
 
-// Inline into both callers: a free pays no extra call (the CPU guard).
-__attribute__((always_inline)) inline void VmmArena::deallocate_locked(void* p) noexcept {
+void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
+  const CountingLock lock(*this);
   if (!buckets_) return;
   Range* r = hash_remove(reinterpret_cast<std::uintptr_t>(p));
   if (!r) return;  // the router validates ownership; nothing sane to do with a stranger here
@@ -448,17 +448,6 @@ __attribute__((always_inline)) inline void VmmArena::deallocate_locked(void* p) 
   r = merge_free_neighbours(r);
   insert_free(r);
   if (cached_bytes() > release_threshold_ && r->size >= granularity_) release_chunks_inside(r, true);
-}
-
-void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
-  const CountingLock lock(*this);
-  deallocate_locked(p);
-}
-
-void VmmArena::deallocate_many(const FreedRef* blocks, std::size_t count, StreamHandle) noexcept {
-  if (count == 0) return;
-  const CountingLock lock(*this);
-  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p);
 }
 
 // ---- physical memory ----

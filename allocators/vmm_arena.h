@@ -84,7 +84,6 @@ class VmmArena final : public Allocator {
   const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &lock_waits_; }
   std::uint64_t lock_waits() const noexcept { return lock_waits_.load(std::memory_order_relaxed); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
-  void deallocate_many(const FreedRef* blocks, std::size_t count, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   AllocatorStats stats() const noexcept override;
 
@@ -131,7 +130,6 @@ class VmmArena final : public Allocator {
   void link_before(Range* r, Range* next) noexcept;
   void unlink(Range* r) noexcept;
   Range* merge_free_neighbours(Range* r) noexcept;  // r is free and not in a bin
-  void deallocate_locked(void* p) noexcept;          // under mutex_
   // Physical memory.
   // Under mutex_: takes the unmapped space that growth for `block` maps (a step, or with `need_only` what
   // the block needs; `whole_block`: all of the block, not joined to free neighbours) out of the unmapped

@@ -67,28 +67,6 @@ TEST(TieredAllocator, SlabsComeFromTheArenaAndGoBackToIt) {
   EXPECT_EQ(t.stats().bytes_in_use, 0u);
 }
 
-// A cache's give-back of many blocks: the small ones to the slab, the large ones to the arena in runs
-// of at most 64 (more than one run here), each block freed exactly once.
-TEST(TieredAllocator, DeallocateManySendsEachBlockToTheTierOfItsSize) {
-  HostProvider provider;
-  auto tiered = make_tiered_allocator(provider, small_arena_settings());
-  auto& t = static_cast<TieredAllocator&>(*tiered);
-  std::vector<FreedRef> blocks;
-  for (int i = 0; i < 150; ++i) {
-    const std::size_t bytes = i % 3 == 0 ? 4 * KiB : kDefaultTieredSplit + 1 + std::size_t(i) * 4096;
-    void* p = t.allocate(bytes, 0);
-    ASSERT_NE(p, nullptr);
-    blocks.push_back({p, bytes});
-  }
-  const std::uint64_t large_frees = t.large_tier().stats().deallocations;
-  t.deallocate_many(blocks.data(), blocks.size(), 0);
-  EXPECT_EQ(t.small_tier().stats().bytes_in_use, 0u);
-  EXPECT_EQ(t.stats().bytes_in_use, 0u) << "every block freed (the slabs the arena holds are not counted)";
-  EXPECT_EQ(t.large_tier().stats().deallocations - large_frees, 100u) << "each large block freed once";
-  t.deallocate_many(blocks.data(), 0, 0);  // nothing to give back: nothing changes
-  EXPECT_EQ(t.small_tier().stats().bytes_in_use, 0u);
-}
-
 TEST(TieredAllocator, AllocateWithoutGrowingGoesToTheTierOfTheSize) {
   HostProvider provider;
   auto tiered = make_tiered_allocator(provider, small_arena_settings());

@@ -239,36 +239,6 @@ TEST(VmmArena, ARefusedGrowthLeavesTheArenaAsItWas) {
   arena.deallocate(b, 2 * MiB, 0);
 }
 
-// Blocks given back together leave the arena as the same blocks given back one by one: the same counts,
-// the same free ranges (the next allocations land at the same places).
-TEST(VmmArena, DeallocateManyLeavesWhatDeallocatingEachWould) {
-  HostProvider provider_a(kGranule), provider_b(kGranule);
-  VmmArena one_by_one(provider_a, options(64 * MiB, MiB, 64 * MiB));
-  VmmArena together(provider_b, options(64 * MiB, MiB, 64 * MiB));
-  const std::size_t sizes[] = {300 * KiB, 2 * MiB + 512, 700 * KiB, 4096, MiB, 3 * MiB};
-  std::vector<FreedRef> a, b;
-  for (std::size_t bytes : sizes) {
-    a.push_back({one_by_one.allocate(bytes, 0), bytes});
-    b.push_back({together.allocate(bytes, 0), bytes});
-    ASSERT_NE(a.back().p, nullptr);
-    ASSERT_NE(b.back().p, nullptr);
-  }
-  const FreedRef a_freed[] = {a[0], a[2], a[3], a[5]};
-  const FreedRef b_freed[] = {b[0], b[2], b[3], b[5]};
-  for (const FreedRef& block : a_freed) one_by_one.deallocate(block.p, block.bytes, 0);
-  together.deallocate_many(b_freed, 4, 0);
-  const AllocatorStats sa = one_by_one.stats(), sb = together.stats();
-  EXPECT_EQ(sb.deallocations, 4u);
-  EXPECT_EQ(sb.bytes_in_use, sa.bytes_in_use);
-  EXPECT_EQ(sb.bytes_cached, sa.bytes_cached);
-  EXPECT_EQ(sb.largest_free_block, sa.largest_free_block);
-  for (std::size_t bytes : {MiB, 256 * KiB, 2 * MiB}) {
-    void* pa = one_by_one.allocate(bytes, 0);
-    void* pb = together.allocate(bytes, 0);
-    EXPECT_EQ(address(pb) - address(b[0].p), address(pa) - address(a[0].p)) << bytes;
-  }
-}
-
 TEST(VmmArena, BlocksAreAlignedAndHoldTheirOwnBytes) {
   HostProvider provider(kGranule);
   VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
