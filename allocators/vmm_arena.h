@@ -152,7 +152,6 @@ class VmmArena final : public Allocator {
   std::size_t reserve_bytes_ = 0;
 
   mutable AdaptiveMutex mutex_;
-  std::mutex grow_mutex_;  // one growth at a time; taken before mutex_, never while holding it
   std::atomic<std::uint64_t> lock_waits_{0};  // calls that found mutex_ held (lock_wait_counter())
   // cached_bytes() as the last allocate or deallocate left it (written as their lock is let go): read
   // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value
@@ -208,6 +207,10 @@ class VmmArena final : public Allocator {
   std::size_t mapped_ = 0, peak_mapped_ = 0;
   std::size_t growing_bytes_ = 0;        // the piece a growth maps outside the lock (claim_growth)
   std::size_t peak_before_growth_ = 0;   // peak_mapped_ before it, restored when the provider refuses
+
+  // One growth at a time; taken before mutex_, never while holding it. Last: the fields every call
+  // touches (mutex_, the hints) keep the cache lines they had before growth left the lock.
+  std::mutex grow_mutex_;
 };
 
 std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings);
