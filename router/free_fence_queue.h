@@ -176,7 +176,7 @@ class FreeFenceQueue {
   // `record_after` (GPUSHIM_FENCE_DELAY): how long a cuMemFree batch closed in passing waits before a
   // poll records its fence. A side stream's burst of work often ends within it (a kernel of
   // microseconds): the work then turns ordered and the batch goes back with no fence at all
-  // (give_back_device_batches). Recorded at its close, the fence (the legacy stream's cuStreamQuery,
+  // (take_device_batches). Recorded at its close, the fence (the legacy stream's cuStreamQuery,
   // an event per active stream, the queries of older fences) cost that free 3.5-4.2 us on the H200:
   // the one-thread p99 with a stream from 16 MiB up, where 4 blocks fill a batch. Recorded later, a
   // fence covers more work than it must, never less: only the blocks' return waits. Allocations at the
@@ -218,18 +218,14 @@ class FreeFenceQueue {
   // recorded fence, then gives its blocks back.
   std::size_t synchronize_all() noexcept;
   // The GPU's work turned totally ordered (router/stream_activity.h): a cuMemFree'd block may be reused
-  // at once, as one freed now would be, whatever its fence says. Gives back `open` (the threads' open
-  // batches, one vector each), the orphans and every device-fenced batch, recorded or not, with no
-  // driver call but the backend's; stream-fenced batches (cuMemFreeAsync) keep waiting for their stream.
-  // While another thread holds the driver lock only `open` goes back (the rest through its fences).
-  // Returns the bytes.
-  std::size_t give_back_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept {
-    return give_back_taken(take_device_batches(std::move(open)));
-  }
-  // The same in two steps, for a caller that must take the blocks while no stream can start work (under
-  // the activity lock: router/router.cpp, poll_turned_ordered) and give them back after, when one may:
-  // take_device_batches only moves blocks (no driver call, no backend call); give_back_taken gives them
-  // to their owners or the backend, as poll() does.
+  // at once, as one freed now would be, whatever its fence says. In two steps, because the caller must
+  // take the blocks while no stream can start work (under the activity lock: router/router.cpp,
+  // poll_turned_ordered) and give them back after, when one may. take_device_batches only moves blocks
+  // (no driver call, no backend call): `open` (the threads' open batches, one vector each), the orphans
+  // and every device-fenced batch, recorded or not; stream-fenced batches (cuMemFreeAsync) keep waiting
+  // for their stream. While another thread holds the driver lock only `open` is taken (the rest comes
+  // back through its fences). give_back_taken gives them to their owners or the backend, as poll()
+  // does, and returns the bytes.
   class Taken;
   Taken take_device_batches(std::vector<std::vector<FreedBlock>> open) noexcept;
   std::size_t give_back_taken(Taken taken) noexcept;

@@ -108,6 +108,11 @@ TEST(PendingBatch, KeepsTheContextOfItsFirstFree) {
   EXPECT_EQ(batch.context(), &a);
 }
 
+// The transition to ordered in one go, as router.cpp's poll_turned_ordered does it in two steps.
+std::size_t give_back_device_batches(FreeFenceQueue& queue, std::vector<std::vector<FreedBlock>> open) {
+  return queue.give_back_taken(queue.take_device_batches(std::move(open)));
+}
+
 // A queue over a backend that records what comes back and an event source the test completes by hand.
 class FreeFenceQueueTest : public ::testing::Test {
  protected:
@@ -246,7 +251,7 @@ TEST_F(FreeFenceQueueTest, DeviceBatchesGoBackUnfencedWhenTheWorkTurnsOrdered) {
   const int fences_before = events.device_fences + events.stream_fences;
   const int queries_before = events.queries;
 
-  EXPECT_EQ(queue.give_back_device_batches({blocks(40, 3)}), 7u * 256);
+  EXPECT_EQ(give_back_device_batches(queue, {blocks(40, 3)}), 7u * 256);
   EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(30), ptr(40), ptr(41), ptr(42)}));
   EXPECT_EQ(events.device_fences + events.stream_fences, fences_before);
   EXPECT_EQ(events.queries, queries_before);
@@ -284,13 +289,13 @@ TEST_F(FreeFenceQueueDelay, AfterTheWorkTurnedOrderedABatchClosedInPassingWaitsF
   events.complete = {1};
   EXPECT_EQ(queue.poll(), 512u);
 
-  EXPECT_EQ(queue.give_back_device_batches({}), 0u);  // the work turns ordered
+  EXPECT_EQ(give_back_device_batches(queue, {}), 0u);  // the work turns ordered
   queue.close_device_batch(blocks(10, 2), nullptr);
   queue.close_device_batch(blocks(20, 2), nullptr);
   queue.poll();
   EXPECT_EQ(events.device_fences, 1) << "recorded before its delay passed";
   EXPECT_TRUE(queue.holds(ptr(10)));
-  EXPECT_EQ(queue.give_back_device_batches({}), 1024u);  // ordered again before the delay: no fence
+  EXPECT_EQ(give_back_device_batches(queue, {}), 1024u);  // ordered again before the delay: no fence
   EXPECT_EQ(events.device_fences, 1);
   EXPECT_FALSE(queue.holds_blocks());
 }
@@ -298,7 +303,7 @@ TEST_F(FreeFenceQueueDelay, AfterTheWorkTurnedOrderedABatchClosedInPassingWaitsF
 // An allocation at the peak may need the waiting blocks now: it records their fence at once.
 TEST_F(FreeFenceQueueDelay, AnAllocationAtThePeakRecordsAWaitingBatchAtOnce) {
   FreeFenceQueue& queue = with_delay(std::chrono::hours(1));
-  queue.give_back_device_batches({});
+  give_back_device_batches(queue, {});
   queue.close_device_batch(blocks(1, 2), nullptr);
   EXPECT_EQ(events.device_fences, 0);
   EXPECT_EQ(queue.poll(FreeFenceQueue::Poller::allocation_at_peak), 0u);  // recorded; the GPU is behind
@@ -311,7 +316,7 @@ TEST_F(FreeFenceQueueDelay, AnAllocationAtThePeakRecordsAWaitingBatchAtOnce) {
 // having waited in vain, later batches are fenced at their close until the work turns ordered again.
 TEST_F(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIsOrderedAgain) {
   FreeFenceQueue& queue = with_delay(std::chrono::milliseconds(50));
-  queue.give_back_device_batches({});
+  give_back_device_batches(queue, {});
   queue.close_device_batch(blocks(1, 2), nullptr);
   queue.close_device_batch(blocks(10, 2), nullptr);
   EXPECT_EQ(events.device_fences, 0);
@@ -322,7 +327,7 @@ TEST_F(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIs
   queue.close_device_batch(blocks(20, 2), nullptr);
   EXPECT_EQ(events.device_fences, 2) << "waited in vain once: the next batch is fenced at its close";
 
-  queue.give_back_device_batches({});
+  give_back_device_batches(queue, {});
   queue.close_device_batch(blocks(30, 2), nullptr);
   EXPECT_EQ(events.device_fences, 2) << "ordered again: the delay is back";
 }
@@ -331,22 +336,22 @@ TEST_F(FreeFenceQueueDelay, ABatchThatWaitedInVainTurnsTheDelayOffUntilTheWorkIs
 // it waits its delay too, and does not count as a batch that waited in vain.
 TEST_F(FreeFenceQueueDelay, OrphansWaitTheirDelayAndLeaveItOn) {
   FreeFenceQueue& queue = with_delay(std::chrono::hours(1));
-  queue.give_back_device_batches({});
+  give_back_device_batches(queue, {});
   queue.adopt_orphans(blocks(1, 2));
   queue.poll();
   EXPECT_EQ(events.device_fences, 0) << "the orphans' batch was recorded before its delay passed";
   queue.close_device_batch(blocks(10, 2), nullptr);
   EXPECT_EQ(events.device_fences, 0) << "the orphans turned the delay off";
-  EXPECT_EQ(queue.give_back_device_batches({}), 1024u);
+  EXPECT_EQ(give_back_device_batches(queue, {}), 1024u);
 }
 
 TEST_F(FreeFenceQueueTest, WhileGivingBackIsForbiddenTheOpenBlocksWaitAsOrphans) {
   events.holding = true;
-  EXPECT_EQ(queue.give_back_device_batches({blocks(1, 2)}), 0u);
+  EXPECT_EQ(give_back_device_batches(queue, {blocks(1, 2)}), 0u);
   EXPECT_TRUE(backend.returned.empty());
   EXPECT_TRUE(queue.holds(ptr(1)));
   events.holding = false;
-  EXPECT_EQ(queue.give_back_device_batches({}), 512u);
+  EXPECT_EQ(give_back_device_batches(queue, {}), 512u);
 }
 
 // Batches that wait for a fence together get one: a fence recorded after the last free of each covers
@@ -389,7 +394,7 @@ TEST_F(FreeFenceQueueTest, MergedBatchesAreHeldAndGoBackWhole) {
   EXPECT_EQ(queue.pending_bytes(), 6u * 256);
   events.capturing = false;
   // Two threads' open batches, each a part of its own.
-  EXPECT_EQ(queue.give_back_device_batches({blocks(30, 1), {}, blocks(40, 2)}), 9u * 256);
+  EXPECT_EQ(give_back_device_batches(queue, {blocks(30, 1), {}, blocks(40, 2)}), 9u * 256);
   EXPECT_EQ(backend.returned, (std::set<void*>{ptr(1), ptr(2), ptr(10), ptr(11), ptr(12), ptr(20), ptr(30),
                                                ptr(40), ptr(41)}));
   EXPECT_EQ(queue.pending_bytes(), 0u);
@@ -493,7 +498,7 @@ TEST_F(FreeFenceQueueOwners, TheThreadsBatchesReachTheOwnersInOneCall) {
   std::vector<std::vector<FreedBlock>> open = {{{ptr(1), 256, 0, &thread_a}, {ptr(2), 256, 0, &thread_a}},
                                                {{ptr(3), 256, 0, &thread_b}},
                                                {{ptr(4), 256, 0, &thread_c}}};
-  EXPECT_EQ(queue.give_back_device_batches(std::move(open)), 4u * 256);
+  EXPECT_EQ(give_back_device_batches(queue, std::move(open)), 4u * 256);
   EXPECT_EQ(owners.calls, 1);
   EXPECT_EQ(owners.taken.size(), 2u);
   EXPECT_EQ(backend.returned, (std::set<void*>{ptr(3), ptr(4)}));
@@ -578,7 +583,7 @@ TEST_F(FreeFenceQueueTest, WhileAnotherThreadRecordsTheOrderedTransitionGivesBac
   std::thread other;
   events.while_recording = [&] {  // this thread holds the driver lock here
     other = std::thread([&] {
-      given = queue.give_back_device_batches({blocks(40, 2)});
+      given = give_back_device_batches(queue, {blocks(40, 2)});
       returned = true;
     });
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
