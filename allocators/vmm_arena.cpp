@@ -405,12 +405,13 @@ void* VmmArena::allocate_growing(std::size_t bytes) noexcept {
     if (void* p = allocate_locked(bytes, /*may_grow=*/true, &grow_for)) return p;
     if (!grow_for) return fail();
     bool was_least = false;
+    const std::size_t peak_before = peak_mapped_;  // restored if the provider refuses the step
     Range* piece = claim_growth(grow_for, whole_block, need_only, &was_least);
     if (!piece) break;
     lock.reset();
     const bool mapped = provider_.map(reinterpret_cast<void*>(piece->start), piece->size);
     lock.emplace(*this);
-    if (finish_growth(piece, mapped)) {
+    if (finish_growth(piece, mapped, peak_before)) {
       whole_block = true;
       need_only = false;
     } else if (was_least) {
@@ -489,20 +490,15 @@ VmmArena::Range* VmmArena::claim_growth(std::size_t block, bool whole_block, boo
     remove_unmapped(target);
   }
   piece->state = RangeState::mapping;
-  // The free range below no longer lies below unmapped space: from the wilderness into a bin.
-  if (Range* below = piece->prev; below && below->state == RangeState::free && below->wilderness) {
-    remove_free(below);
-    insert_free(below);
-  }
+  refile_free_below(piece);  // no longer below unmapped space: from the wilderness into a bin
   // Counted as mapped from now on, so that a NoNewPeakScope elsewhere sees the peak it will make.
-  peak_before_growth_ = peak_mapped_;
   mapped_ += bytes;
   growing_bytes_ = bytes;
   peak_mapped_ = std::max(peak_mapped_, mapped_);
   return piece;
 }
 
-bool VmmArena::finish_growth(Range* piece, bool mapped) noexcept {
+bool VmmArena::finish_growth(Range* piece, bool mapped, std::size_t peak_before) noexcept {
   growing_bytes_ = 0;
   if (mapped) {
     try {
@@ -518,14 +514,18 @@ bool VmmArena::finish_growth(Range* piece, bool mapped) noexcept {
     return true;
   }
   mapped_ -= piece->size;
-  peak_mapped_ = std::max(peak_before_growth_, mapped_);
-  Range* below = piece->prev && piece->prev->state == RangeState::free ? piece->prev : nullptr;
-  merge_unmapped(piece);
-  if (below) {  // below unmapped space again: back to the wilderness
+  peak_mapped_ = std::max(peak_before, mapped_);
+  refile_free_below(merge_unmapped(piece));  // below unmapped space again: back to the wilderness
+  return false;
+}
+
+// insert_free() decides from the range above whether a free range is wilderness: once that range's
+// state changed, the free range below it is filed again.
+void VmmArena::refile_free_below(Range* r) noexcept {
+  if (Range* below = r->prev; below && below->state == RangeState::free) {
     remove_free(below);
     insert_free(below);
   }
-  return false;
 }
 
 VmmArena::Range* VmmArena::merge_unmapped(Range* hole) noexcept {

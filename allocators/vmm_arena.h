@@ -136,9 +136,10 @@ class VmmArena final : public Allocator {
   // list, counted as mapped; nullptr when there is none. *was_least: no smaller piece would do.
   Range* claim_growth(std::size_t block, bool whole_block, bool need_only, bool* was_least) noexcept;
   // Under mutex_, once the provider mapped the claimed piece (or refused it): the piece becomes free
-  // memory (true), or unmapped space again.
-  bool finish_growth(Range* piece, bool mapped) noexcept;
+  // memory (true), or unmapped space again with the peak as it was before the claim (`peak_before`).
+  bool finish_growth(Range* piece, bool mapped, std::size_t peak_before) noexcept;
   Range* merge_unmapped(Range* hole) noexcept;  // hole becomes unmapped, joined to unmapped neighbours
+  void refile_free_below(Range* r) noexcept;    // the free range right below r, filed again
   Range* release_chunk(Range* free_range, std::map<std::uintptr_t, std::size_t>::iterator chunk) noexcept;
   std::size_t release_chunks_inside(Range* free_range, bool only_above_threshold) noexcept;
   // The piece a growth is mapping counts as mapped but is not free yet.
@@ -205,8 +206,7 @@ class VmmArena final : public Allocator {
   std::size_t bytes_in_use_ = 0, peak_bytes_in_use_ = 0;
   std::size_t live_block_bytes_ = 0;  // sum of block sizes (rounded) of live blocks
   std::size_t mapped_ = 0, peak_mapped_ = 0;
-  std::size_t growing_bytes_ = 0;        // the piece a growth maps outside the lock (claim_growth)
-  std::size_t peak_before_growth_ = 0;   // peak_mapped_ before it, restored when the provider refuses
+  std::size_t growing_bytes_ = 0;  // the piece a growth maps outside the lock (claim_growth)
 
   // One growth at a time; taken before mutex_, never while holding it. Last: the fields every call
   // touches (mutex_, the hints) keep the cache lines they had before growth left the lock.
