@@ -174,7 +174,10 @@ fi
 {
   echo
   echo "================ gpushim GPU check ================"
-  echo "device:   $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1 || echo 'nvidia-smi not found')"
+  # Read whole, then the first line: piped into head, nvidia-smi died of SIGPIPE on a machine of two GPUs
+  # and pipefail printed "nvidia-smi not found" under the device it had named.
+  gpu_list=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null) || gpu_list="nvidia-smi not found"
+  echo "device:   ${gpu_list%%$'\n'*}"
   echo "commit:   $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" diff --quiet 2>/dev/null || echo ' (+ local changes)')"
   echo "build:    configure $([ $configure_status -eq 0 ] && echo ok || echo FAILED), build $([ $build_status -eq 0 ] && echo ok || echo 'had errors'), libgpushim.so $([ -n "$lib" ] && echo found || echo MISSING), tools $tools"
   echo "tests:    $tests_summary"
