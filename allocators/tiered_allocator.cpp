@@ -4,6 +4,7 @@
 
 #include "allocators/growth_policy.h"
 #include "allocators/slab_allocator.h"
+#include "allocators/arena_shards.h"
 #include "allocators/vmm_arena.h"
 
 namespace gpushim {

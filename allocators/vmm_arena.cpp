@@ -78,7 +78,8 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
     : provider_(provider),
       granularity_(provider.granularity()),
       grow_step_(round_up(std::max(options.grow_step, granularity_), granularity_)),
-      release_threshold_(options.release_threshold) {
+      release_threshold_(options.release_threshold),
+      totals_(options.totals ? options.totals : &own_totals_) {
   std::size_t want = round_up(std::min(std::max(options.reserve, granularity_), kLargestReservation),
                               granularity_);
   // A provider may refuse a huge reservation (a host with a small address-space limit): halve until one
@@ -107,12 +108,8 @@ VmmArena::~VmmArena() {
   std::lock_guard<AdaptiveMutex> lock(mutex_);
   for (const auto& [start, bytes] : chunks_) provider_.unmap(reinterpret_cast<void*>(start), bytes);
   chunks_.clear();
+  count_unmapped(mapped_);
   if (reserve_bytes_) provider_.release_reservation(reinterpret_cast<void*>(base_), reserve_bytes_);
-}
-
-std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings) {
-  return std::unique_ptr<Allocator>(
-      new (std::nothrow) VmmArena(provider, VmmArenaOptions::from(settings)));
 }
 
 // ---- node pool ----
@@ -329,7 +326,7 @@ __attribute__((always_inline)) inline void* VmmArena::allocate_locked(std::size_
   // Without growth: no exactly where allocate() would grow, so a caller that gives blocks back and asks
   // again gets the placement allocate() would have chosen (no full scan, which would pick another hole).
   if (!r && !may_grow) return nullptr;
-  if (!r && new_peak_refused() && mapped_ + block > peak_mapped_) {
+  if (!r && new_peak_refused() && raises_device_peak(block)) {
     // The caller would rather wait for freed blocks than raise the peak (allocators/growth_policy.h):
     // nullptr is not a failure here (allocate() does not count it).
     r = find_fit(block, std::numeric_limits<int>::max());
@@ -405,13 +402,14 @@ void* VmmArena::allocate_growing(std::size_t bytes) noexcept {
     if (void* p = allocate_locked(bytes, /*may_grow=*/true, &grow_for)) return p;
     if (!grow_for) return fail();
     bool was_least = false;
-    const std::size_t peak_before = peak_mapped_;  // restored if the provider refuses the step
+    // Restored if the provider refuses the step.
+    const PeaksBefore peaks_before{peak_mapped_, totals_->peak_mapped.load(std::memory_order_relaxed)};
     Range* piece = claim_growth(grow_for, whole_block, need_only, &was_least);
     if (!piece) break;
     lock.reset();
     const bool mapped = provider_.map(reinterpret_cast<void*>(piece->start), piece->size);
     lock.emplace(*this);
-    if (finish_growth(piece, mapped, peak_before)) {
+    if (finish_growth(piece, mapped, peaks_before)) {
       whole_block = true;
       need_only = false;
     } else if (was_least) {
@@ -495,10 +493,19 @@ VmmArena::Range* VmmArena::claim_growth(std::size_t block, bool whole_block, boo
   mapped_ += bytes;
   growing_bytes_ = bytes;
   peak_mapped_ = std::max(peak_mapped_, mapped_);
+  count_mapped(bytes);
   return piece;
 }
 
-bool VmmArena::finish_growth(Range* piece, bool mapped, std::size_t peak_before) noexcept {
+// The device's totals: the other arenas of the device change them under their own locks.
+void VmmArena::count_mapped(std::size_t bytes) noexcept {
+  const std::size_t total = totals_->mapped.fetch_add(bytes, std::memory_order_relaxed) + bytes;
+  std::size_t peak = totals_->peak_mapped.load(std::memory_order_relaxed);
+  while (peak < total && !totals_->peak_mapped.compare_exchange_weak(peak, total, std::memory_order_relaxed)) {
+  }
+}
+
+bool VmmArena::finish_growth(Range* piece, bool mapped, const PeaksBefore& peaks_before) noexcept {
   growing_bytes_ = 0;
   if (mapped) {
     try {
@@ -514,7 +521,13 @@ bool VmmArena::finish_growth(Range* piece, bool mapped, std::size_t peak_before)
     return true;
   }
   mapped_ -= piece->size;
-  peak_mapped_ = std::max(peak_before, mapped_);
+  peak_mapped_ = std::max(peaks_before.arena, mapped_);
+  count_unmapped(piece->size);
+  // The device's peak goes back too, unless another arena's growth raised it meanwhile (then it stays:
+  // that arena's mapping made it).
+  std::size_t raised = totals_->peak_mapped.load(std::memory_order_relaxed);
+  const std::size_t restored = std::max(peaks_before.device, totals_->mapped.load(std::memory_order_relaxed));
+  if (raised > restored) totals_->peak_mapped.compare_exchange_strong(raised, restored, std::memory_order_relaxed);
   refile_free_below(merge_unmapped(piece));  // below unmapped space again: back to the wilderness
   return false;
 }
@@ -566,6 +579,7 @@ VmmArena::Range* VmmArena::release_chunk(Range* free_range,
   provider_.unmap(reinterpret_cast<void*>(start), bytes);
   chunks_.erase(chunk);
   mapped_ -= bytes;
+  count_unmapped(bytes);
   // Unmapped before the parts are binned: the left part now lies below unmapped space (wilderness).
   free_range->state = RangeState::unmapped;
   if (left) {

@@ -8,7 +8,8 @@
 // nearly free (14 us for 1 TiB), so one reservation per device lets a large block always be served from
 // contiguous addresses by mapping more memory right behind the free tail, without moving anything.
 //
-// Structure (all inside one mutex but the provider's map calls; see vmm_arena.cpp for the layout):
+// Structure (all inside one mutex but the provider's map calls; see vmm_arena.cpp for the layout;
+// allocators/arena_shards.h splits a device whose threads keep meeting on that mutex into several arenas):
 // - The reservation is covered, in address order, by ranges: live blocks, free ranges (mapped, unused)
 //   and unmapped ranges. Neighbouring free ranges are always merged, so a free range is maximal.
 // - Free ranges are indexed by size in TLSF bins (two-level segregated fit, 32 bins per power of two),
@@ -27,6 +28,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -40,6 +42,18 @@
 #include "providers/memory_provider.h"
 
 namespace gpushim {
+
+namespace detail {
+// When this thread's last arena call that found the arena's lock held began to wait (steady clock, ns);
+// 0: none since whoever reads it cleared it (allocators/arena_shards.h: a thread that keeps finding the
+// lock held moves to an arena of its own). Only a call that waits reads the clock.
+inline thread_local std::uint64_t t_vmm_wait_began_ns __attribute__((tls_model("initial-exec"))) = 0;
+inline std::uint64_t steady_now_ns() noexcept {
+  return static_cast<std::uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+          .count());
+}
+}  // namespace detail
 
 // 256 GiB of address space per device: larger than the memory of any current GPU (H200: 141 GB,
 // B200: 192 GB) so the arena never runs out of addresses before memory, and cheap (reserving 1 TiB took
@@ -59,10 +73,21 @@ inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{8} << 20;
 // out-of-memory path gives it all back before failing.
 inline constexpr std::size_t kDefaultVmmReleaseThreshold = std::size_t{8} << 30;
 
+// What the arenas of one device count together (allocators/arena_shards.h): the memory they map, its
+// peak, and the calls that found a lock held. A lone arena counts into its own.
+struct VmmArenaTotals {
+  std::atomic<std::size_t> mapped{0};
+  std::atomic<std::size_t> peak_mapped{0};
+  std::atomic<std::uint64_t> lock_waits{0};
+};
+
 struct VmmArenaOptions {
   std::size_t reserve = kDefaultVmmReserve;
   std::size_t grow_step = kDefaultVmmGrowStep;
   std::size_t release_threshold = kDefaultVmmReleaseThreshold;
+  // Shared with the other arenas of a device; null: the arena's own. A NoNewPeakScope then refuses growth
+  // past the peak of all of them together, not of this one (allocators/growth_policy.h).
+  VmmArenaTotals* totals = nullptr;
 
   // A setting of 0 means "not set": the default above is used.
   static VmmArenaOptions from(const Settings& settings) noexcept;
@@ -81,8 +106,8 @@ class VmmArena final : public Allocator {
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
   bool can_allocate_without_growing() const noexcept override { return true; }
-  const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &lock_waits_; }
-  std::uint64_t lock_waits() const noexcept { return lock_waits_.load(std::memory_order_relaxed); }
+  const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &totals_->lock_waits; }
+  std::uint64_t lock_waits() const noexcept { return totals_->lock_waits.load(std::memory_order_relaxed); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   AllocatorStats stats() const noexcept override;
@@ -135,9 +160,21 @@ class VmmArena final : public Allocator {
   // the block needs; `whole_block`: all of the block, not joined to free neighbours) out of the unmapped
   // list, counted as mapped; nullptr when there is none. *was_least: no smaller piece would do.
   Range* claim_growth(std::size_t block, bool whole_block, bool need_only, bool* was_least) noexcept;
+  // The peaks as they were before a growth's claim: a refused piece restores them.
+  struct PeaksBefore {
+    std::size_t arena;   // peak_mapped_
+    std::size_t device;  // totals_->peak_mapped
+  };
   // Under mutex_, once the provider mapped the claimed piece (or refused it): the piece becomes free
-  // memory (true), or unmapped space again with the peak as it was before the claim (`peak_before`).
-  bool finish_growth(Range* piece, bool mapped, std::size_t peak_before) noexcept;
+  // memory (true), or unmapped space again with the peaks as they were before the claim.
+  bool finish_growth(Range* piece, bool mapped, const PeaksBefore& peaks_before) noexcept;
+  // Mapped memory counted into (or out of) the device's totals.
+  void count_mapped(std::size_t bytes) noexcept;
+  void count_unmapped(std::size_t bytes) noexcept { totals_->mapped.fetch_sub(bytes, std::memory_order_relaxed); }
+  // The device's peak would rise if `block` more were mapped (any arena of it).
+  bool raises_device_peak(std::size_t block) const noexcept {
+    return totals_->mapped.load(std::memory_order_relaxed) + block > totals_->peak_mapped.load(std::memory_order_relaxed);
+  }
   Range* merge_unmapped(Range* hole) noexcept;  // hole becomes unmapped, joined to unmapped neighbours
   void refile_free_below(Range* r) noexcept;    // the free range right below r, filed again
   Range* release_chunk(Range* free_range, std::map<std::uintptr_t, std::size_t>::iterator chunk) noexcept;
@@ -153,7 +190,7 @@ class VmmArena final : public Allocator {
   std::size_t reserve_bytes_ = 0;
 
   mutable AdaptiveMutex mutex_;
-  std::atomic<std::uint64_t> lock_waits_{0};  // calls that found mutex_ held (lock_wait_counter())
+  VmmArenaTotals* const totals_;  // own_totals_, or the device's (calls that found mutex_ held counted there)
   // cached_bytes() as the last allocate or deallocate left it (written as their lock is let go): read
   // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value
   // below a request means nothing mapped could hold it, but for a deallocation racing the read.
@@ -165,7 +202,10 @@ class VmmArena final : public Allocator {
   void store_hints() noexcept {
     const std::size_t free_bytes = cached_bytes();
     free_bytes_hint_.store(free_bytes, std::memory_order_relaxed);
-    below_peak_hint_.store(free_bytes + (peak_mapped_ - mapped_), std::memory_order_relaxed);
+    // The device's room below its peak: other arenas change both under their own locks.
+    const std::size_t mapped = totals_->mapped.load(std::memory_order_relaxed);
+    const std::size_t peak = totals_->peak_mapped.load(std::memory_order_relaxed);
+    below_peak_hint_.store(free_bytes + (peak > mapped ? peak - mapped : 0), std::memory_order_relaxed);
   }
   // mutex_ for allocate and deallocate, counting the calls that found it held. try_lock first costs
   // what lock() does (one compare-and-swap) when it is free. A guard of its own, inline: a returned
@@ -174,7 +214,8 @@ class VmmArena final : public Allocator {
    public:
     explicit CountingLock(VmmArena& arena) noexcept : arena_(arena) {
       if (!arena_.mutex_.try_lock()) {
-        arena_.lock_waits_.fetch_add(1, std::memory_order_relaxed);
+        arena_.totals_->lock_waits.fetch_add(1, std::memory_order_relaxed);
+        detail::t_vmm_wait_began_ns = detail::steady_now_ns();
         arena_.mutex_.lock();
       }
     }
@@ -205,14 +246,13 @@ class VmmArena final : public Allocator {
   std::uint64_t allocations_ = 0, deallocations_ = 0, failed_ = 0;
   std::size_t bytes_in_use_ = 0, peak_bytes_in_use_ = 0;
   std::size_t live_block_bytes_ = 0;  // sum of block sizes (rounded) of live blocks
-  std::size_t mapped_ = 0, peak_mapped_ = 0;
+  std::size_t mapped_ = 0, peak_mapped_ = 0;  // this arena's own (totals_ has the device's)
   std::size_t growing_bytes_ = 0;  // the piece a growth maps outside the lock (claim_growth)
 
   // One growth at a time; taken before mutex_, never while holding it. Last: the fields every call
   // touches (mutex_, the hints) keep the cache lines they had before growth left the lock.
   std::mutex grow_mutex_;
+  VmmArenaTotals own_totals_;  // a lone arena's totals
 };
-
-std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings);
 
 }  // namespace gpushim

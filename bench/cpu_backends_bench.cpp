@@ -20,6 +20,7 @@
 #include "allocators/buddy_allocator.h"
 #include "allocators/slab_allocator.h"
 #include "allocators/tiered_allocator.h"
+#include "allocators/arena_shards.h"
 #include "allocators/vmm_arena.h"
 #include "config/settings.h"
 #include "providers/host_provider.h"

@@ -45,6 +45,7 @@ struct Settings {
   std::uint64_t vmm_reserve = 0;       // GPUSHIM_VMM_RESERVE: address space reserved per device
   std::uint64_t vmm_grow_step = 0;     // GPUSHIM_VMM_GROW_STEP: physical memory mapped per growth
   std::uint64_t vmm_release_threshold = 0;  // GPUSHIM_VMM_RELEASE_THRESHOLD: idle bytes kept mapped
+  int arena_shards = 0;  // GPUSHIM_ARENA_SHARDS: arenas a contended device splits into (0: the default)
   // GPUSHIM_LARGE_SLOTS: when the per-thread exact-size slots above 1 MiB keep freed blocks.
   enum class LargeSlots { while_contended, always, never };
   LargeSlots large_slots = LargeSlots::while_contended;

@@ -7,6 +7,7 @@
 #include <cstring>
 #include <vector>
 
+#include "allocators/arena_shards.h"
 #include "allocators/vmm_arena.h"
 #include "config/settings.h"
 

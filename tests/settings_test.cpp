@@ -134,6 +134,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_VMM_RESERVE", "1TiB"},
                                       {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
                                       {"GPUSHIM_VMM_RELEASE_THRESHOLD", "0"},
+                                      {"GPUSHIM_ARENA_SHARDS", "12"},
                                       {"GPUSHIM_LARGE_SLOTS", "on"},
                                       {"GPUSHIM_BUDDY_REGION", "512MiB"},
                                       {"GPUSHIM_SLAB_MAX_SIZE", "256k"},
@@ -160,6 +161,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 0u);
+  EXPECT_EQ(s.arena_shards, 12);
   EXPECT_EQ(s.large_slots, Settings::LargeSlots::always);
   EXPECT_EQ(s.buddy_region, 512 * MiB);
   EXPECT_EQ(s.slab_max_size, 256 * KiB);
@@ -208,6 +210,7 @@ TEST(Settings, BadValueOfEveryRowGivesOneLineAndPassthrough) {
       {"GPUSHIM_TRACE_STACK", "65"},       {"GPUSHIM_PEERS", "0,,1"},
       {"GPUSHIM_PLACEMENT", "everywhere"}, {"GPUSHIM_SPILL", "disk"},
       {"GPUSHIM_SPILL_LIMIT", "0"},        {"GPUSHIM_FENCE_DELAY", "2s"},
+      {"GPUSHIM_ARENA_SHARDS", "17"},
   };
   const Settings defaults = parse({});
   for (const auto& [variable, value] : bad) {

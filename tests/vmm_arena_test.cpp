@@ -11,9 +11,11 @@
 #include <thread>
 #include <vector>
 
+#include "allocators/arena_shards.h"
 #include "providers/host_provider.h"
 #include "tests/backend_test_support.h"
 #include "tests/block_pattern.h"
+#include "tests/held_provider.h"
 
 namespace gpushim {
 namespace {
@@ -61,37 +63,6 @@ TEST(VmmArena, AllocateWithoutGrowingServesFromMappedMemoryOnly) {
   EXPECT_EQ(s.allocations, 2u);
   arena.deallocate(b, 2 * MiB, 0);
 }
-
-// A provider whose map() waits while `hold` is set, and whose unmap() waits while `hold_unmap` is: an
-// arena that gives memory back holds its lock meanwhile.
-class HeldProvider final : public MemoryProvider {
- public:
-  explicit HeldProvider(MemoryProvider& inner) noexcept : inner_(inner) {}
-  std::size_t granularity() const noexcept override { return inner_.granularity(); }
-  void* reserve(std::size_t bytes) noexcept override { return inner_.reserve(bytes); }
-  void release_reservation(void* base, std::size_t bytes) noexcept override { inner_.release_reservation(base, bytes); }
-  bool map(void* addr, std::size_t bytes) noexcept override {
-    ++maps;
-    mapping = true;
-    while (hold) std::this_thread::yield();
-    return inner_.map(addr, bytes);
-  }
-  void unmap(void* addr, std::size_t bytes) noexcept override {
-    unmapping = true;
-    while (hold_unmap) std::this_thread::yield();
-    inner_.unmap(addr, bytes);
-  }
-  std::size_t bytes_mapped() const noexcept override { return inner_.bytes_mapped(); }
-
-  std::atomic<bool> hold{false};
-  std::atomic<bool> mapping{false};
-  std::atomic<bool> hold_unmap{false};
-  std::atomic<bool> unmapping{false};
-  std::atomic<int> maps{0};
-
- private:
-  MemoryProvider& inner_;
-};
 
 // Runs `ask` on one thread while `hold_the_lock` runs on another, held in `provider` (`held`, until
 // `reached` is set): true when `ask` returned before the hold was let go.

@@ -1,0 +1,119 @@
+// A device's vmm arena, split into several once its threads keep meeting on its lock (GPUSHIM_ARENA_SHARDS;
+// off by default: kDefaultArenaShards says why).
+//
+// Why: the arena's best fit and its address-ordered ranges live under one mutex (allocators/vmm_arena.h).
+// Per-thread caches keep a thread's repeated sizes away from it, but a program whose threads allocate
+// sizes that do not repeat (a server whose requests each have their own shapes) takes that mutex on
+// both halves of nearly every pair above the caches' classes: 16 threads allocating log-uniform sizes
+// from 256 B to 16 MiB on the H200 moved 0.3-0.5x the pairs per second of one thread, ~70% of their
+// wall-clock time spent waiting for that lock (docs/perf-notes.md, twentieth session). Another lock in
+// front of it only moves the queue, and a cache cannot hold every size; what removes the queue is threads
+// that no longer share the free ranges.
+//
+// How: the first arena (the home) serves every thread, exactly as a lone VmmArena would, until a thread
+// has found its lock held on kWaitsToLeave calls in a row that waited, each within kWaitGapNs of the
+// one before. That thread then takes an arena of
+// its own reservation (one of shards - 1, handed out in turn, made at first use) and allocates there
+// first. A program whose blocks come from one thread at a time (PyTorch, JAX: their own
+// caches call the arena rarely) never leaves the home, so it places every block as before.
+// - A block goes back to the arena whose reservation holds it, whichever thread frees it.
+// - An allocation takes, in order: a fit in its thread's arena; a fit in any other (the home first), so
+//   idle memory of one arena serves another before anything grows; growth of its own arena.
+// - The arenas count their mapped memory, its peak and their lock waits together (VmmArenaTotals), so a
+//   NoNewPeakScope (allocators/growth_policy.h) refuses growth past the device's peak, not one arena's,
+//   and stats() reports the device's peak reserved.
+// - What it costs: free memory in one arena cannot merge with a neighbour in another, so a block that no
+//   single arena fits may grow the device where one arena would have fit it; release_cached() (the
+//   out-of-memory path) gives back idle memory of every arena before an allocation fails.
+// A thread does not go back home: its working set lives in its arena.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+
+#include "allocators/allocator.h"
+#include "allocators/vmm_arena.h"
+#include "config/settings.h"
+#include "providers/memory_provider.h"
+
+namespace gpushim {
+
+// GPUSHIM_ARENA_SHARDS's default: one arena. Split, 16 threads of mixed sizes moved 4-6x the pairs per
+// second for 0-9% more peak without a stream, but with a stream each the peak rose 1.6-1.8x (mixed
+// sizes, and 16 MiB pairs where nothing was gained): the twenty-first session's measurements,
+// docs/perf-notes.md. Memory first; a program that wants the trade sets it.
+inline constexpr int kDefaultArenaShards = 1;
+
+class ArenaShards final : public Allocator {
+ public:
+  static constexpr std::size_t kMaxShards = 16;
+  // A thread leaves the home after this many calls that found the lock held, each beginning to wait
+  // within kWaitGapNs of the end of the one before: two threads that meet now and then stay; a thread of
+  // a convoy (a wait on nearly every call, a few microseconds of its own work between) leaves within
+  // tens of microseconds. The gap counts from the end of the last wait, not its start, so that waits
+  // that each sleep long (an oversubscribed machine) still count as in a row. Time, not a count of the
+  // thread's calls: only a call that waited reads the clock, so a call that found the lock free counts
+  // nothing (the CPU guard, docs/perf-notes.md).
+  static constexpr std::uint32_t kWaitsToLeave = 4;
+  static constexpr std::uint64_t kWaitGapNs = 1000000;  // 1 ms
+
+  // `shards`: 2..kMaxShards arenas at most (the home and shards - 1 more). `waits_to_leave` 0: a thread
+  // leaves at its first call; `wait_gap_ns` another gap (tests).
+  ArenaShards(MemoryProvider& provider, const VmmArenaOptions& options, std::size_t shards,
+              std::uint32_t waits_to_leave = kWaitsToLeave, std::uint64_t wait_gap_ns = kWaitGapNs) noexcept;
+  ~ArenaShards() override;
+  ArenaShards(const ArenaShards&) = delete;
+  ArenaShards& operator=(const ArenaShards&) = delete;
+  struct ThreadEntry;  // defined in the .cpp; public for its thread-local table there
+
+  const char* name() const noexcept override { return "vmm"; }
+  void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
+  void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
+  bool can_allocate_without_growing() const noexcept override { return true; }
+  const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &totals_.lock_waits; }
+  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  std::size_t release_cached() noexcept override;
+  // Sums over the arenas; peak reserved is the device's (the arenas' mapped memory counted together);
+  // peak in use is the sum of the arenas' peaks (an upper bound) once there is more than one.
+  AllocatorStats stats() const noexcept override;
+
+  std::size_t arenas() const noexcept { return created_.load(std::memory_order_acquire); }  // home included
+  // The arena the calling thread allocates from (0: the home), for tests.
+  std::size_t arena_of_this_thread() noexcept;
+  // The arena whose reservation holds `p`, or -1.
+  int arena_holding(const void* p) const noexcept;
+
+ private:
+  ThreadEntry& this_thread() noexcept;
+  VmmArena* arena(std::size_t i) const noexcept { return arenas_[i].load(std::memory_order_acquire); }
+  VmmArena* make_arena() noexcept;  // the next arena, or nullptr (no reservation, or all made)
+  // After a call of a home thread that found the lock held (detail::t_vmm_wait_began_ns).
+  void note_home_wait() noexcept;
+  void* allocate_from(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
+  // A fit without growing in arena `own`, then in the others.
+  void* fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
+
+  MemoryProvider& provider_;
+  VmmArenaOptions options_;  // totals = &totals_
+  const std::size_t shards_;
+  const std::uint32_t waits_to_leave_;
+  const std::uint64_t wait_gap_ns_;
+  const std::uint64_t serial_;  // never reused: a thread's entry of a destroyed instance never matches
+  VmmArenaTotals totals_;       // before the arenas: they count into it until they are destroyed
+  VmmArena* const home_;        // arena 0 (owned_[0]); null where there was no host memory for it
+  std::unique_ptr<VmmArena> owned_[kMaxShards];
+  std::atomic<VmmArena*> arenas_[kMaxShards] = {};
+  std::atomic<std::size_t> created_{0};
+  std::atomic<std::size_t> next_{0};  // leaving threads so far: the next takes arena 1 + next_ % (shards - 1)
+  std::mutex grow_mutex_;  // one growth at a time for the device (allocate_from says why)
+  std::mutex make_mutex_;
+  bool make_failed_ = false;     // under make_mutex_: a reservation was refused; no more arenas
+};
+
+// GPUSHIM_ARENA_SHARDS arenas at most (1, the default: a lone VmmArena).
+std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings);
+
+}  // namespace gpushim

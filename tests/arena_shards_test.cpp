@@ -1,0 +1,282 @@
+// The vmm arena split into several for contended threads (allocators/arena_shards.h), over host memory.
+#include "allocators/arena_shards.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "allocators/growth_policy.h"
+#include "providers/host_provider.h"
+#include "tests/held_provider.h"
+
+namespace gpushim {
+namespace {
+
+constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
+constexpr std::size_t kGranule = 64 * KiB;
+
+VmmArenaOptions options() {
+  VmmArenaOptions o;
+  o.reserve = 256 * MiB;
+  o.grow_step = MiB;
+  o.release_threshold = 256 * MiB;
+  return o;
+}
+
+// Runs `body` on a new thread and waits for it: each thread starts at the home arena.
+template <typename Body>
+void on_new_thread(Body body) {
+  std::thread t(body);
+  t.join();
+}
+
+TEST(ArenaShards, AThreadThatNeverWaitsStaysInOneArenaAndPlacesAsALoneArena) {
+  HostProvider shared_provider(kGranule), lone_provider(kGranule);
+  ArenaShards shards(shared_provider, options(), 8);
+  VmmArena lone(lone_provider, options());
+  std::vector<void*> a, b;
+  for (std::size_t i = 1; i <= 40; ++i) {
+    a.push_back(shards.allocate(i * 37 * KiB, 0));
+    b.push_back(lone.allocate(i * 37 * KiB, 0));
+    if (i % 3 == 0) {
+      shards.deallocate(a[i / 2], (i / 2 + 1) * 37 * KiB, 0);
+      lone.deallocate(b[i / 2], (i / 2 + 1) * 37 * KiB, 0);
+      a[i / 2] = b[i / 2] = nullptr;
+    }
+  }
+  EXPECT_EQ(shards.arenas(), 1u);
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u);
+  const auto base_a = reinterpret_cast<std::uintptr_t>(a[0]), base_b = reinterpret_cast<std::uintptr_t>(b[0]);
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i] == nullptr, b[i] == nullptr);
+    if (a[i]) {
+      EXPECT_EQ(reinterpret_cast<std::uintptr_t>(a[i]) - base_a, reinterpret_cast<std::uintptr_t>(b[i]) - base_b);
+    }
+  }
+  EXPECT_EQ(shards.stats().peak_bytes_reserved, lone.stats().peak_bytes_reserved);
+  EXPECT_EQ(shards.stats().bytes_in_use, lone.stats().bytes_in_use);
+}
+
+TEST(ArenaShards, AThreadThatLeavesAllocatesFromItsOwnArenaAndFreesGoBackByAddress) {
+  HostProvider provider(kGranule);
+  ArenaShards shards(provider, options(), 4, /*waits_to_leave=*/0);
+  void* home_block = shards.allocate(MiB, 0);  // this call moves the thread; its block is the home's
+  ASSERT_NE(home_block, nullptr);
+  EXPECT_EQ(shards.arena_holding(home_block), 0);
+  EXPECT_EQ(shards.arena_of_this_thread(), 1u);
+  void* own = shards.allocate(3 * MiB, 0);
+  ASSERT_NE(own, nullptr);
+  EXPECT_EQ(shards.arena_holding(own), 1) << "grown in its own arena: the home has no 3 MiB free";
+  // Another thread frees both: each goes back to the arena that holds it.
+  on_new_thread([&] {
+    shards.deallocate(home_block, MiB, 0);
+    shards.deallocate(own, 3 * MiB, 0);
+  });
+  const AllocatorStats s = shards.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.allocations, 2u);
+  EXPECT_EQ(s.deallocations, 2u);
+  EXPECT_EQ(s.bytes_reserved, provider.bytes_mapped());
+  EXPECT_EQ(shards.release_cached(), s.bytes_reserved);
+  EXPECT_EQ(provider.bytes_mapped(), 0u) << "release_cached gives back every arena's idle memory";
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+TEST(ArenaShards, LeavingThreadsTakeTheArenasInTurn) {
+  HostProvider provider(kGranule);
+  ArenaShards shards(provider, options(), 3, /*waits_to_leave=*/0);
+  std::vector<std::size_t> taken;
+  for (int i = 0; i < 4; ++i)
+    on_new_thread([&] {
+      void* p = shards.allocate(64 * KiB, 0);
+      taken.push_back(shards.arena_of_this_thread());
+      shards.deallocate(p, 64 * KiB, 0);
+    });
+  EXPECT_EQ(taken, (std::vector<std::size_t>{1, 2, 1, 2}));
+  EXPECT_EQ(shards.arenas(), 3u) << "never more than asked";
+}
+
+TEST(ArenaShards, IdleMemoryOfAnotherArenaServesBeforeAnyGrows) {
+  HostProvider provider(kGranule);
+  ArenaShards shards(provider, options(), 2, /*waits_to_leave=*/0);
+  // The home gets 8 MiB mapped by a thread that does not move (a lone first call moves it after).
+  void* big = shards.allocate(8 * MiB, 0);
+  ASSERT_NE(big, nullptr);
+  ASSERT_EQ(shards.arena_holding(big), 0);
+  shards.deallocate(big, 8 * MiB, 0);
+  const std::size_t mapped = provider.bytes_mapped();
+  // This thread now allocates from arena 1, which has nothing: the home's idle memory serves it.
+  void* p = shards.allocate(4 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(shards.arena_of_this_thread(), 1u);
+  EXPECT_EQ(shards.arena_holding(p), 0) << "from the home, without growing";
+  EXPECT_EQ(provider.bytes_mapped(), mapped);
+  shards.deallocate(p, 4 * MiB, 0);
+}
+
+// One growth at a time for the device: a thread of another arena that needs memory while one grows waits
+// for it, then looks in every arena again and takes a block freed meanwhile, instead of growing its own
+// (with a stream, such blocks are those whose fences completed; without the wait, 16 threads at 16 MiB
+// on the H200 reserved twice one arena's peak).
+TEST(ArenaShards, ASecondGrowerWaitsForTheFirstAndTakesABlockFreedMeanwhile) {
+  HostProvider host(kGranule);
+  HeldProvider provider(host);
+  ArenaShards shards(provider, options(), 4, /*waits_to_leave=*/0);
+  void* freed_later = shards.allocate(2 * MiB, 0);  // the home's, all it has mapped; this thread moves
+  ASSERT_EQ(shards.arena_holding(freed_later), 0);
+  const auto first_call_moves = [&] {  // a thread's first call: a block of the home, then its own arena
+    void* p = shards.allocate(64 * KiB, 0);
+    EXPECT_EQ(shards.arena_holding(p), 0);
+    return p;
+  };
+  void* a_home = nullptr;
+  void* b_home = nullptr;
+  void* a_block = nullptr;
+  void* b_block = nullptr;
+  std::atomic<int> step{0};
+  std::thread a([&] {
+    a_home = first_call_moves();
+    step = 1;
+    while (step < 3) std::this_thread::yield();
+    a_block = shards.allocate(2 * MiB, 0);  // grows its arena; held in the provider's map
+  });
+  std::thread b([&] {
+    while (step < 1) std::this_thread::yield();
+    b_home = first_call_moves();
+    step = 2;
+    while (step < 3 || !provider.mapping) std::this_thread::yield();  // a grows first
+    b_block = shards.allocate(2 * MiB, 0);  // nothing fits: waits for a's growth
+  });
+  while (step < 2) std::this_thread::yield();
+  const int maps_before = provider.maps;
+  provider.hold = true;
+  provider.mapping = false;
+  step = 3;
+  while (!provider.mapping) std::this_thread::yield();  // a maps
+  // b either waits for a (one grower) or maps a piece of its own: give it the time to show which.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(200);
+  while (provider.maps < maps_before + 2 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  shards.deallocate(freed_later, 2 * MiB, 0);
+  provider.hold = false;
+  a.join();
+  b.join();
+  ASSERT_NE(a_block, nullptr);
+  EXPECT_NE(shards.arena_holding(a_block), 0) << "a grows its own arena";
+  EXPECT_EQ(b_block, freed_later) << "the second grower mapped memory of its own";
+  EXPECT_EQ(provider.maps, maps_before + 1);
+  for (void* p : {a_home, b_home}) shards.deallocate(p, 64 * KiB, 0);
+  shards.deallocate(a_block, 2 * MiB, 0);
+  shards.deallocate(b_block, 2 * MiB, 0);
+  EXPECT_EQ(shards.stats().bytes_in_use, 0u);
+}
+
+TEST(ArenaShards, NoNewPeakScopeRefusesGrowthPastTheDevicesPeakNotOneArenas) {
+  HostProvider provider(kGranule);
+  ArenaShards shards(provider, options(), 2, /*waits_to_leave=*/0);
+  void* a = shards.allocate(4 * MiB, 0);  // home: peak 4 MiB (+ step rounding)
+  ASSERT_NE(a, nullptr);
+  ASSERT_EQ(shards.arena_of_this_thread(), 1u);
+  const std::size_t peak = shards.stats().peak_bytes_reserved;
+  {
+    NoNewPeakScope no_new_peak;
+    // Arena 1 has mapped nothing, so its own peak is 0; the device's is `peak`, all of it live.
+    EXPECT_EQ(shards.allocate(2 * MiB, 0), nullptr) << "would raise the device's peak";
+  }
+  EXPECT_EQ(provider.bytes_mapped(), peak);
+  shards.deallocate(a, 4 * MiB, 0);
+  {
+    NoNewPeakScope no_new_peak;
+    // Below the peak now (the home's 4 MiB idle): served from it, without a new peak.
+    void* b = shards.allocate(2 * MiB, 0);
+    ASSERT_NE(b, nullptr);
+    EXPECT_EQ(shards.stats().peak_bytes_reserved, peak);
+    shards.deallocate(b, 2 * MiB, 0);
+  }
+  void* c = shards.allocate(8 * MiB, 0);  // no scope: grows (its own arena, nothing fits 8 MiB)
+  ASSERT_NE(c, nullptr);
+  EXPECT_EQ(shards.arena_holding(c), 1);
+  EXPECT_EQ(shards.stats().peak_bytes_reserved, provider.bytes_mapped()) << "the device's peak: both arenas";
+  EXPECT_GT(shards.stats().peak_bytes_reserved, peak);
+  shards.deallocate(c, 8 * MiB, 0);
+}
+
+// The arena's lock itself tells: a thread whose call found the home's lock held (here held by another
+// thread's release_cached(), inside the provider's unmap) moves, with one wait enough to leave.
+TEST(ArenaShards, AThreadWhoseCallWaitedForTheHomesLockMoves) {
+  HostProvider host(kGranule);
+  HeldProvider provider(host);
+  ArenaShards shards(provider, options(), 4, /*waits_to_leave=*/1);
+  void* idle = shards.allocate(MiB, 0);  // mapped memory for release_cached() to give back
+  ASSERT_NE(idle, nullptr);
+  shards.deallocate(idle, MiB, 0);
+  ASSERT_EQ(shards.arena_of_this_thread(), 0u);
+  provider.hold_unmap = true;
+  std::thread holder([&] { shards.release_cached(); });
+  while (!provider.unmapping) std::this_thread::yield();
+  std::size_t arena_after = 99;
+  std::thread waiter([&] {
+    void* p = shards.allocate(64 * KiB, 0);  // waits for the holder
+    EXPECT_NE(p, nullptr);
+    arena_after = shards.arena_of_this_thread();
+    shards.deallocate(p, 64 * KiB, 0);
+  });
+  while (shards.lock_wait_counter()->load() == 0) std::this_thread::yield();  // the waiter is waiting
+  provider.hold_unmap = false;
+  holder.join();
+  waiter.join();
+  EXPECT_EQ(arena_after, 1u) << "a thread whose call waited for the home's lock stayed home";
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "this thread never waited";
+  EXPECT_EQ(shards.stats().bytes_in_use, 0u);
+}
+
+// The policy alone, on one thread: a call counts as waited when the arena set when its wait began
+// (detail::t_vmm_wait_began_ns, set here as the arena's lock would). Waits that each begin long after
+// the one before ended never add up; kWaitsToLeave waits in a row move the thread.
+TEST(ArenaShards, OnlyWaitsInARowMoveAThread) {
+  HostProvider provider(kGranule);
+  ArenaShards shards(provider, options(), 4, ArenaShards::kWaitsToLeave, /*wait_gap_ns=*/1000000);
+  // `later_ns`: how long after now each wait begins (a wait begins after the call before it ended).
+  const auto waited_call = [&](std::uint64_t later_ns) {
+    detail::t_vmm_wait_began_ns = detail::steady_now_ns() + later_ns;
+    void* p = shards.allocate(64 * KiB, 0);
+    ASSERT_NE(p, nullptr);
+    detail::t_vmm_wait_began_ns = detail::steady_now_ns() + later_ns;
+    shards.deallocate(p, 64 * KiB, 0);
+  };
+  // Each wait begins a second after now, so far more than 1 ms after the one before ended.
+  for (int i = 0; i < 8; ++i) waited_call(1000000000ull);
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "waits far apart moved the thread";
+  // Calls that did not wait between them change nothing either; then two waited calls in a row (four
+  // noted waits: allocate and deallocate each) move it.
+  for (int i = 0; i < 100; ++i) {
+    void* p = shards.allocate(64 * KiB, 0);
+    shards.deallocate(p, 64 * KiB, 0);
+  }
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u);
+  waited_call(0);
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "two waits in a row are not four";
+  waited_call(0);
+  EXPECT_EQ(shards.arena_of_this_thread(), 1u) << "four waits in a row kept the thread home";
+  EXPECT_EQ(shards.arenas(), 2u);
+}
+
+TEST(ArenaShards, FactoryMakesALoneArenaByDefaultAndForOneShard) {
+  HostProvider provider(kGranule);
+  Settings settings;
+  settings.vmm_reserve = 64 * MiB;
+  auto by_default = make_vmm_arena(provider, settings);
+  EXPECT_NE(dynamic_cast<VmmArena*>(by_default.get()), nullptr) << "one arena unless GPUSHIM_ARENA_SHARDS says more";
+  settings.arena_shards = 1;
+  auto lone = make_vmm_arena(provider, settings);
+  EXPECT_NE(dynamic_cast<VmmArena*>(lone.get()), nullptr);
+  settings.arena_shards = 8;
+  auto split = make_vmm_arena(provider, settings);
+  EXPECT_NE(dynamic_cast<ArenaShards*>(split.get()), nullptr);
+  EXPECT_STREQ(split->name(), "vmm");
+}
+
+}  // namespace
+}  // namespace gpushim
