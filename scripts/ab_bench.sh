@@ -8,12 +8,15 @@
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
 #                       [--pattern pairs|handoff|random] [--work-every N] [--build-dir DIR] [--csv FILE]
+#                       [--env NAME=VAR=VALUE ...]
 # --pattern handoff: each pair frees a block another thread allocated (alloc_bench --patterns handoff).
 # --pattern random: log-uniform sizes 256 B..16 MiB over 64 live blocks (both tiers; the size column reads rand).
 # --work-every N: with a stream, a launch on it every N pairs (alloc_bench's --work-every; 64).
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
 # cudaMallocAsync pool; runtime: cudaMalloc; host: malloc+free, the harness's own ceiling with the same
 # launches), interleaved with the libraries in every pass.
+# --env NAME=VAR=VALUE: set VAR for the library NAME's runs only (one library under two settings, e.g.
+# --lib one=P --lib eight=P --env one=GPUSHIM_ARENA_SHARDS=1).
 # Build the other trees first (cmake -DGPUSHIM_BUILD_TESTS=OFF -DGPUSHIM_BUILD_TOOLS=OFF; ninja gpushim);
 # alloc_bench comes from DIR (default build-gpu).
 # One thread: pin the process to two cores (taskset -c 3,4), not one. Pinned to one core, the driver's
@@ -35,11 +38,13 @@ cell_ms=250
 csv=""
 pattern=pairs
 work_every=64
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+envs=()
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
     --peer) peers+=("$2"); shift 2 ;;
+    --env) envs+=("$2"); shift 2 ;;
     --backend) backend="$2"; shift 2 ;;
     --passes) passes="$2"; shift 2 ;;
     --threads) threads="$2"; shift 2 ;;
@@ -82,7 +87,9 @@ for pass in $(seq 1 "$passes"); do
     preload=${entry#*=}
     api=runtime
     case "$entry" in peer:*) name=${name#peer:}; api=${entry#*=}; preload="" ;; esac
-    if ! LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns "$pattern" \
+    settings=()
+    for e in "${envs[@]}"; do [ "${e%%=*}" = "$name" ] && settings+=("${e#*=}"); done
+    if ! env "${settings[@]}" LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns "$pattern" \
         --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" --work-every "$work_every" \
         --label "$name" --csv "$csv" > /dev/null 2>&1; then
       echo "ab_bench.sh: pass $pass under $name failed" >&2
