@@ -523,8 +523,9 @@ bool VmmArena::finish_growth(Range* piece, bool mapped, const PeaksBefore& peaks
   mapped_ -= piece->size;
   peak_mapped_ = std::max(peaks_before.arena, mapped_);
   count_unmapped(piece->size);
-  // The device's peak goes back too, unless another arena's growth raised it meanwhile (then it stays:
-  // that arena's mapping made it).
+  // The device's peak goes back too: to its value before the claim, or to what the device maps now if
+  // that is more (another arena's growth meanwhile counts there). One compare-exchange: if the peak
+  // moved since the load, the other arena's raise stands.
   std::size_t raised = totals_->peak_mapped.load(std::memory_order_relaxed);
   const std::size_t restored = std::max(peaks_before.device, totals_->mapped.load(std::memory_order_relaxed));
   if (raised > restored) totals_->peak_mapped.compare_exchange_strong(raised, restored, std::memory_order_relaxed);
