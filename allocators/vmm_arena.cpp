@@ -79,7 +79,8 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
       granularity_(provider.granularity()),
       grow_step_(round_up(std::max(options.grow_step, granularity_), granularity_)),
       release_threshold_(options.release_threshold),
-      totals_(options.totals ? options.totals : &own_totals_) {
+      totals_(options.totals ? options.totals : &own_totals_),
+      stamps_waits_(options.totals != nullptr) {
   std::size_t want = round_up(std::min(std::max(options.reserve, granularity_), kLargestReservation),
                               granularity_);
   // A provider may refuse a huge reservation (a host with a small address-space limit): halve until one

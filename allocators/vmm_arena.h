@@ -44,9 +44,10 @@
 namespace gpushim {
 
 namespace detail {
-// When this thread's last arena call that found the arena's lock held began to wait (steady clock, ns);
-// 0: none since whoever reads it cleared it (allocators/arena_shards.h: a thread that keeps finding the
-// lock held moves to an arena of its own). Only a call that waits reads the clock.
+// When this thread's last call to an arena of several (VmmArenaOptions::totals set) that found the
+// arena's lock held began to wait (steady clock, ns); 0: none since whoever reads it cleared it
+// (allocators/arena_shards.h: a thread that keeps finding the lock held moves to an arena of its own).
+// Only a call that waits reads the clock, and a lone arena's never does: nobody would read it.
 inline thread_local std::uint64_t t_vmm_wait_began_ns __attribute__((tls_model("initial-exec"))) = 0;
 inline std::uint64_t steady_now_ns() noexcept {
   return static_cast<std::uint64_t>(
@@ -191,6 +192,7 @@ class VmmArena final : public Allocator {
 
   mutable AdaptiveMutex mutex_;
   VmmArenaTotals* const totals_;  // own_totals_, or the device's (calls that found mutex_ held counted there)
+  const bool stamps_waits_;       // one of a device's arenas: a wait stamps detail::t_vmm_wait_began_ns
   // cached_bytes() as the last allocate or deallocate left it (written as their lock is let go): read
   // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value
   // below a request means nothing mapped could hold it, but for a deallocation racing the read.
@@ -215,7 +217,7 @@ class VmmArena final : public Allocator {
     explicit CountingLock(VmmArena& arena) noexcept : arena_(arena) {
       if (!arena_.mutex_.try_lock()) {
         arena_.totals_->lock_waits.fetch_add(1, std::memory_order_relaxed);
-        detail::t_vmm_wait_began_ns = detail::steady_now_ns();
+        if (arena_.stamps_waits_) detail::t_vmm_wait_began_ns = detail::steady_now_ns();
         arena_.mutex_.lock();
       }
     }

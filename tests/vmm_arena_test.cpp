@@ -99,6 +99,39 @@ bool answered_while_a_release_holds_the_lock(VmmArena& arena, HeldProvider& prov
 // An ask without growing that the free mapped memory could not serve answers without the lock: at the
 // peak with every free fenced, every such ask found nothing after waiting for it (16 threads at 16 MiB
 // on the H200: 19% of their wall-clock time).
+// A call that waits for the lock stamps when it began (a clock read) only in an arena of several, whose
+// caller reads the stamp (allocators/arena_shards.h); a lone arena's wait reads no clock.
+TEST(VmmArena, OnlyAnArenaOfSeveralStampsItsWaits) {
+  for (const bool shared : {false, true}) {
+    SCOPED_TRACE(shared ? "an arena of several" : "a lone arena");
+    HostProvider host(kGranule);
+    HeldProvider provider(host);
+    VmmArenaTotals totals;
+    VmmArenaOptions o = options(64 * MiB, MiB, 64 * MiB);
+    if (shared) o.totals = &totals;
+    VmmArena arena(provider, o);
+    void* idle = arena.allocate(MiB, 0);
+    ASSERT_NE(idle, nullptr);
+    arena.deallocate(idle, MiB, 0);
+    provider.hold_unmap = true;
+    std::thread holder([&] { arena.release_cached(); });
+    while (!provider.unmapping) std::this_thread::yield();
+    std::uint64_t stamp = 1;
+    std::thread waiter([&] {
+      detail::t_vmm_wait_began_ns = 0;
+      void* p = arena.allocate(64 * KiB, 0);  // waits for the holder
+      stamp = detail::t_vmm_wait_began_ns;
+      arena.deallocate(p, 64 * KiB, 0);
+    });
+    while (arena.lock_waits() == 0) std::this_thread::yield();  // the waiter is waiting
+    provider.hold_unmap = false;
+    holder.join();
+    waiter.join();
+    if (shared) EXPECT_NE(stamp, 0u);
+    else EXPECT_EQ(stamp, 0u);
+  }
+}
+
 TEST(VmmArena, AnAskWithoutGrowingThatCannotFitDoesNotWaitForTheLock) {
   HostProvider host(kGranule);
   HeldProvider provider(host);
