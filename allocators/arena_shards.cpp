@@ -39,11 +39,9 @@ ArenaShards::ArenaShards(MemoryProvider& provider, const VmmArenaOptions& option
       shards_(std::clamp<std::size_t>(shards, 1, kMaxShards)),
       waits_to_leave_(waits_to_leave),
       wait_gap_ns_(wait_gap_ns),
-      serial_(g_next_serial.fetch_add(1, std::memory_order_relaxed)),
-      home_(new (std::nothrow) VmmArena(provider_, options_)) {
-  owned_[0].reset(home_);
-  arenas_[0].store(home_, std::memory_order_release);
-  created_.store(home_ ? 1 : 0, std::memory_order_release);
+      serial_(g_next_serial.fetch_add(1, std::memory_order_relaxed)) {
+  owned_[0].reset(new (std::nothrow) VmmArena(provider_, options_));
+  created_.store(owned_[0] ? 1 : 0, std::memory_order_release);
 }
 
 // The arenas go first (each unmaps its memory and counts it out of totals_), in the reverse order.
@@ -78,7 +76,6 @@ VmmArena* ArenaShards::make_arena() noexcept {
     return nullptr;
   }
   owned_[count] = std::move(made);
-  arenas_[count].store(owned_[count].get(), std::memory_order_release);
   created_.store(count + 1, std::memory_order_release);
   return owned_[count].get();
 }
@@ -144,8 +141,8 @@ void* ArenaShards::allocate(std::size_t bytes, StreamHandle stream) noexcept {
   const std::size_t count = created_.load(std::memory_order_acquire);
   if (count == 0) return nullptr;  // no host memory for the home
   // From the home: while it is the only arena, exactly as a lone VmmArena.
-  void* p = count == 1 ? home_->allocate(bytes, stream) : allocate_from(0, bytes, stream);
-  if (__builtin_expect(detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0, false)) note_home_wait();
+  void* p = count == 1 ? arena(0)->allocate(bytes, stream) : allocate_from(0, bytes, stream);
+  after_home_call();
   return p;
 }
 
@@ -153,15 +150,15 @@ void* ArenaShards::allocate_without_growing(std::size_t bytes, StreamHandle stre
   if (created_.load(std::memory_order_acquire) == 0) return nullptr;
   const std::size_t own = this_thread().arena;
   void* p = fit_anywhere(own, bytes, stream);
-  if (own == 0 && (detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0)) note_home_wait();
+  if (own == 0) after_home_call();
   return p;
 }
 
 void ArenaShards::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
-  if (__builtin_expect(home_ && home_->contains(p), true)) {
-    home_->deallocate(p, bytes, stream);
-    // A moved thread's flag is cleared here too; note_home_wait() ignores it.
-    if (__builtin_expect(detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0, false)) note_home_wait();
+  VmmArena* const home = arena(0);
+  if (__builtin_expect(home && home->contains(p), true)) {
+    home->deallocate(p, bytes, stream);
+    after_home_call();  // a moved thread's wait is cleared here too; note_home_wait() ignores it
     return;
   }
   const int holder = arena_holding(p);

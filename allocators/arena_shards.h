@@ -88,10 +88,16 @@ class ArenaShards final : public Allocator {
 
  private:
   ThreadEntry& this_thread() noexcept;
-  VmmArena* arena(std::size_t i) const noexcept { return arenas_[i].load(std::memory_order_acquire); }
+  // Arena i < arenas(): published by created_'s release store after owned_[i] was set, never changed
+  // after, so readers that loaded created_ need no lock.
+  VmmArena* arena(std::size_t i) const noexcept { return owned_[i].get(); }
   VmmArena* make_arena() noexcept;  // the next arena, or nullptr (no reservation, or all made)
   // After a call of a home thread that found the lock held (detail::t_vmm_wait_began_ns).
   void note_home_wait() noexcept;
+  // After each call of a home thread: the wait, if the call waited (the test mode notes every call).
+  void after_home_call() noexcept {
+    if (__builtin_expect(detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0, false)) note_home_wait();
+  }
   void* allocate_from(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
   // A fit without growing in arena `own`, then in the others.
   void* fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
@@ -103,9 +109,7 @@ class ArenaShards final : public Allocator {
   const std::uint64_t wait_gap_ns_;
   const std::uint64_t serial_;  // never reused: a thread's entry of a destroyed instance never matches
   VmmArenaTotals totals_;       // before the arenas: they count into it until they are destroyed
-  VmmArena* const home_;        // arena 0 (owned_[0]); null where there was no host memory for it
-  std::unique_ptr<VmmArena> owned_[kMaxShards];
-  std::atomic<VmmArena*> arenas_[kMaxShards] = {};
+  std::unique_ptr<VmmArena> owned_[kMaxShards];  // [0]: the home; null where there was no host memory for it
   std::atomic<std::size_t> created_{0};
   std::atomic<std::size_t> next_{0};  // leaving threads so far: the next takes arena 1 + next_ % (shards - 1)
   std::mutex grow_mutex_;  // one growth at a time for the device (allocate_from says why)
