@@ -7,11 +7,14 @@
 #
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
-#                       [--pattern pairs|handoff|random] [--work-every N] [--build-dir DIR] [--csv FILE]
+#                       [--pattern pairs|handoff|random] [--work-every N] [--warmup-ms MS] [--build-dir DIR]
+#                       [--csv FILE]
 #                       [--env NAME=VAR=VALUE ...]
 # --pattern handoff: each pair frees a block another thread allocated (alloc_bench --patterns handoff).
 # --pattern random: log-uniform sizes 256 B..16 MiB over 64 live blocks (both tiers; the size column reads rand).
 # --work-every N: with a stream, a launch on it every N pairs (alloc_bench's --work-every; 64).
+# --warmup-ms MS: each thread warms up at least this long before its timed pairs (alloc_bench's
+#   --warmup-ms; 0: 2000 pairs only, which at 16 threads with a stream leaves the arena's climb in the cell).
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
 # cudaMallocAsync pool; runtime: cudaMalloc; host: malloc+free, the harness's own ceiling with the same
 # launches), interleaved with the libraries in every pass.
@@ -38,8 +41,9 @@ cell_ms=250
 csv=""
 pattern=pairs
 work_every=64
+warmup_ms=0
 envs=()
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
@@ -53,6 +57,7 @@ while [ $# -gt 0 ]; do
     --cell-ms) cell_ms="$2"; shift 2 ;;
     --pattern) pattern="$2"; shift 2 ;;
     --work-every) work_every="$2"; shift 2 ;;
+    --warmup-ms) warmup_ms="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -90,7 +95,7 @@ for pass in $(seq 1 "$passes"); do
     settings=()
     for e in "${envs[@]}"; do [ "${e%%=*}" = "$name" ] && settings+=("${e#*=}"); done
     if ! env "${settings[@]}" LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns "$pattern" \
-        --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" --work-every "$work_every" \
+        --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" --work-every "$work_every" --warmup-ms "$warmup_ms" \
         --label "$name" --csv "$csv" > /dev/null 2>&1; then
       echo "ab_bench.sh: pass $pass under $name failed" >&2
       status=1

@@ -270,7 +270,12 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
       // Warm-up: first touches of the thread's caches, the pool's first growth, the driver's per-thread
       // state; not measured.
       const std::uint64_t warmup = std::min<std::uint64_t>(mine.reps / 4 + 5, 2000);
-      for (std::uint64_t i = 0; i < warmup; ++i) runner.timed_pair();
+      const Clock::time_point warm_until =
+          Clock::now() + std::chrono::nanoseconds(std::int64_t(o.warmup_ms * 1e6));
+      for (std::uint64_t i = 0;; ++i) {
+        if (i >= warmup && (o.warmup_ms == 0 || ((i & 15) == 0 && Clock::now() >= warm_until))) break;
+        runner.timed_pair();
+      }
       // Written (so its pages are touched) before the start: a page fault per 512 samples inside the
       // timed loop took the process's memory lock, which 16 threads then fought over.
       std::vector<double>& mine_samples = samples[t];
@@ -349,8 +354,8 @@ int main(int argc, char** argv) {
 
   const double overhead = clock_overhead_ns();
   std::printf("alloc_bench: label %s, device %s, clock overhead %.0f ns per sample (subtracted), cell %.0f ms, "
-              "streams on: a launch every %llu pairs\n",
-              o.label.c_str(), prop.name, overhead, o.cell_ms, (unsigned long long)o.work_every);
+              "warm-up 2000 pairs and %.0f ms, streams on: a launch every %llu pairs\n",
+              o.label.c_str(), prop.name, overhead, o.cell_ms, o.warmup_ms, (unsigned long long)o.work_every);
   std::printf("%-10s %-8s %-7s %-7s %-8s %7s %9s %11s %11s %13s\n", "label", "api", "pattern", "streams", "size",
               "threads", "samples", "median_ns", "p99_ns", "pairs_per_s");
 

@@ -40,6 +40,9 @@ bool parse_options(int argc, char** argv, Options* o) {
   app.add_option("--cell-ms", o->cell_ms, "time budget of one cell")->check(CLI::PositiveNumber);
   app.add_option("--work-every", o->work_every, "--streams on: a kernel on the thread's stream every N pairs (64)")
       ->check(CLI::Range(std::uint64_t{1}, std::uint64_t{1} << 30));
+  app.add_option("--warmup-ms", o->warmup_ms,
+                 "each thread's warm-up before the timed pairs: 2000 pairs and at least this long, all threads at once")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--label", o->label, "first CSV column (default: gpushim-<backend> under gpushim, else none)");
   app.add_option("--csv", o->csv_path, "append one CSV line per cell to FILE");
   app.add_option("--seed", o->seed, "random seed");

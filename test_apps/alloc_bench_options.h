@@ -30,6 +30,12 @@ struct Options {
   // what any allocator can reach there (docs/perf-notes.md, "Nineteenth session"). A larger value
   // measures the same fenced path with less of the program's own launching around it.
   std::uint64_t work_every = 64;
+  // Each thread's warm-up, before the timed pairs: at least 2000 pairs (fewer in a short cell) and at
+  // least this many milliseconds, all threads at once. A count alone ended within a few ms, while the
+  // allocator under test may still be growing to the working set of 16 threads with a stream (an
+  // arena climbs for ~100 ms at 1 MiB), and the 50,000 timed pairs of a thread then measured mostly
+  // that climb. 0 keeps the count alone: the cold start.
+  double warmup_ms = 0;
   std::string label;
   std::string csv_path;
   std::uint64_t seed = 1;
