@@ -14,7 +14,10 @@
 // A returned block is free memory the backend does not see yet, so it counts as held back
 // (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first. A list
 // holds at most kMaxReturnedBytes per device, or one run of any size when it was empty (more goes to the
-// backend from the poller: a thread that frees but no longer allocates keeps little). The poller's own
+// backend from the poller: a thread that frees but no longer allocates keeps little). And a list keeps
+// only what its owner uses: half of the bytes it held through a whole round of its owner's takes (from
+// one give-back to the next) stay out of the next give-back, for the backend. Held, they were memory
+// no other allocation found but at the peak, and 16 threads' lists each filled to the cap. The poller's own
 // blocks go to its own list too: all of them once other threads' blocks are in the round, and those
 // above the thread cache's classes always (BlockOwners says why).
 // A thread that exits re-adopts its list as orphans of the fence queue (no backend or driver call from

@@ -87,6 +87,12 @@ struct ThreadState {
   // The bytes of returned[d], kept rather than summed: the poller checks a list's cap under this
   // thread's lock, and a list of small blocks under a 128 MiB cap may hold many thousands.
   std::uint64_t returned_bytes[kMaxDevices] = {};
+  // The least returned_bytes[d] held since the last give-back to this list that followed a take, or
+  // kNoTakeSinceReturn when nothing was taken since: bytes the list kept through a whole round of its
+  // owner's takes were not needed, and half of them go to the backend at the next give-back
+  // (router/returned_blocks.cpp, surplus_of). Under `lock`.
+  static constexpr std::uint64_t kNoTakeSinceReturn = UINT64_MAX;
+  std::uint64_t returned_low[kMaxDevices];
   // Bit d: returned[d] got blocks. The one load an allocation pays for this. Written only under
   // `lock` (a load and a store, no locked instruction: one writer at a time); read without it.
   std::atomic<std::uint64_t> returned_devices{0};
@@ -99,6 +105,7 @@ struct ThreadState {
     if (holds != ((bits & bit) != 0)) returned_devices.store(bits ^ bit, std::memory_order_relaxed);
   }
   ThreadState() {
+    for (std::uint64_t& low : returned_low) low = kNoTakeSinceReturn;
     std::lock_guard<AdaptiveMutex> guard(g_threads_lock);
     try {
       threads().push_back(this);

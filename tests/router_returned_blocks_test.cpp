@@ -4,11 +4,15 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <future>
+#include <memory>
 #include <thread>
 #include <vector>
 
+#include "router/router_state.h"
 #include "router/thread_state.h"
 
 namespace gpushim::router {
@@ -17,6 +21,32 @@ namespace {
 constexpr std::size_t kGiB = std::size_t{1} << 30;
 
 void* ptr(std::uintptr_t i) { return reinterpret_cast<void*>(i << 30); }
+
+// What the router gives to the backend; it serves nothing.
+class NullBackend final : public Allocator {
+ public:
+  const char* name() const noexcept override { return "null"; }
+  void* allocate(std::size_t, StreamHandle) noexcept override { return nullptr; }
+  void deallocate(void*, std::size_t, StreamHandle) noexcept override {}
+  std::size_t release_cached() noexcept override { return 0; }
+  AllocatorStats stats() const noexcept override { return {}; }
+};
+
+// A device of ordinal `d` over NullBackend: take_returned_block reads its ordinal and, for a size the
+// list does not hold, gives the list to its backend.
+std::unique_ptr<DeviceState> null_device(int d) {
+  BackendStack stack;
+  stack.backend = std::make_unique<NullBackend>();
+  stack.properties.fenced = true;
+  static const std::atomic<int> no_captures{0};
+  return std::make_unique<DeviceState>(d, std::move(stack), no_captures, std::chrono::nanoseconds(0));
+}
+
+std::vector<FreedBlock> blocks_of(ThreadState* owner, std::uintptr_t first, int count, std::size_t bytes) {
+  std::vector<FreedBlock> blocks;
+  for (int i = 0; i < count; ++i) blocks.push_back({ptr(first + std::uintptr_t(i)), bytes, 0, owner});
+  return blocks;
+}
 
 // A batch comes in parts (the batches merged into it): the runs of one owner are its share of the batch,
 // and an empty list takes them all, whatever their size, as it took one run before the parts. Taken
@@ -66,6 +96,37 @@ TEST(ReturnedBlocks, AnotherOwnersPartEndsTheRun) {
   EXPECT_EQ(peer->returned[1].size(), 1u);
   done.set_value();
   other.join();
+}
+
+// Bytes a list kept through a whole round of its owner's allocations were not needed: half of them stay
+// out of the next give-back, for the backend (router/returned_blocks.cpp, surplus_of). Without that a
+// list filled to its cap and held it (16 threads with a stream each on the H200: 16 x 128 MiB).
+TEST(ReturnedBlocks, AGiveBackLeavesOutHalfOfWhatTheListKeptUnusedSinceTheLast) {
+  ThreadState* self = this_thread_state();
+  ASSERT_NE(self, nullptr);
+  constexpr int d = 2;
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  const std::unique_ptr<DeviceState> device = null_device(d);
+  ThreadBlockOwners owners(d);
+  const auto give_back = [&](std::vector<FreedBlock> blocks) {
+    std::vector<FreedBlock>* parts[] = {&blocks};
+    owners.return_to_owners(parts, 1, 0);
+    return blocks.size();  // the blocks left for the backend
+  };
+  EXPECT_EQ(give_back(blocks_of(self, 100, 8, kMiB)), 0u) << "an empty list did not take the give-back";
+  for (int i = 0; i < 2; ++i) ASSERT_NE(take_returned_block(*self, *device, kMiB), nullptr);
+  // Six blocks were never taken in that round: three of them are surplus.
+  EXPECT_EQ(give_back(blocks_of(self, 200, 4, kMiB)), 3u) << "the list took back its unused blocks";
+  EXPECT_EQ(self->returned[d].size(), 7u);
+  // No take since: nothing to judge by, the give-back is taken whole (within the cap).
+  EXPECT_EQ(give_back(blocks_of(self, 300, 4, kMiB)), 0u) << "a give-back with no take since the last was cut";
+  // An owner that takes nearly all it gets keeps all of the next give-back.
+  ASSERT_EQ(self->returned[d].size(), 11u);
+  for (int i = 0; i < 10; ++i) ASSERT_NE(take_returned_block(*self, *device, kMiB), nullptr);
+  EXPECT_EQ(give_back(blocks_of(self, 400, 4, kMiB)), 0u) << "a list its owner drew down to one block gave blocks away";
+  EXPECT_EQ(self->returned[d].size(), 5u);
+  self->returned[d].clear();
+  self->returned_bytes[d] = 0;
 }
 
 }  // namespace
