@@ -14,24 +14,12 @@
 #include <thread>
 #include <utility>
 
+#include "tests/recording_backend.h"
+
 namespace gpushim {
 namespace {
 
-class RecordingBackend final : public Allocator {
- public:
-  const char* name() const noexcept override { return "fake"; }
-  void* allocate(std::size_t, StreamHandle) noexcept override { return nullptr; }
-  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
-    returned.insert(p);
-    returned_bytes += bytes;
-    last_stream = stream;
-  }
-  std::size_t release_cached() noexcept override { return 0; }
-  AllocatorStats stats() const noexcept override { return {}; }
-  std::set<void*> returned;
-  std::size_t returned_bytes = 0;
-  StreamHandle last_stream = 0;
-};
+using testing::RecordingBackend;
 
 // Each recorded event gets an id; a test completes ids by hand. `device_streams` events per device fence
 // (the legacy stream plus non-blocking streams).

@@ -14,6 +14,7 @@
 
 #include "router/router_state.h"
 #include "router/thread_state.h"
+#include "tests/recording_backend.h"
 
 namespace gpushim::router {
 namespace {
@@ -22,21 +23,12 @@ constexpr std::size_t kGiB = std::size_t{1} << 30;
 
 void* ptr(std::uintptr_t i) { return reinterpret_cast<void*>(i << 30); }
 
-// What the router gives to the backend; it serves nothing.
-class NullBackend final : public Allocator {
- public:
-  const char* name() const noexcept override { return "null"; }
-  void* allocate(std::size_t, StreamHandle) noexcept override { return nullptr; }
-  void deallocate(void*, std::size_t, StreamHandle) noexcept override {}
-  std::size_t release_cached() noexcept override { return 0; }
-  AllocatorStats stats() const noexcept override { return {}; }
-};
-
-// A device of ordinal `d` over NullBackend: take_returned_block reads its ordinal and, for a size the
-// list does not hold, gives the list to its backend.
+// A device of ordinal `d` over a backend that serves nothing (testing::RecordingBackend):
+// take_returned_block reads its ordinal and, for a size the list does not hold, gives the list to its
+// backend.
 std::unique_ptr<DeviceState> null_device(int d) {
   BackendStack stack;
-  stack.backend = std::make_unique<NullBackend>();
+  stack.backend = std::make_unique<testing::RecordingBackend>();
   stack.properties.fenced = true;
   static const std::atomic<int> no_captures{0};
   return std::make_unique<DeviceState>(d, std::move(stack), no_captures, std::chrono::nanoseconds(0));
