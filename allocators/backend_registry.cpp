@@ -1,9 +1,9 @@
 #include "allocators/backend_registry.h"
 
+#include "allocators/arena_shards.h"
 #include "allocators/buddy_allocator.h"
 #include "allocators/slab_allocator.h"
 #include "allocators/tiered_allocator.h"
-#include "allocators/arena_shards.h"
 #include "allocators/vmm_arena.h"
 
 namespace gpushim {

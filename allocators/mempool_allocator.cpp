@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "allocators/raise_peak.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
 
@@ -67,10 +68,7 @@ void* MempoolAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcep
   CUdeviceptr p = 0;
   CUmemoryPool pool = stream ? pool_ : sync_pool_;
   if (real_driver().cuMemAllocFromPoolAsync(&p, bytes, pool, to_stream(stream)) != CUDA_SUCCESS) return nullptr;
-  std::uint64_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-  std::uint64_t peak = peak_.load(std::memory_order_relaxed);
-  while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
-  }
+  raise_peak(peak_, in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes);
   return reinterpret_cast<void*>(p);
 }
 

@@ -2,6 +2,7 @@
 
 #include <cuda.h>
 
+#include "allocators/raise_peak.h"
 #include "driver/real_driver.h"
 
 namespace gpushim {
@@ -13,10 +14,7 @@ void* PassthroughAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
   const CUresult rc = stream ? real_driver().cuMemAllocAsync(&p, bytes, reinterpret_cast<CUstream>(stream))
                              : real_driver().cuMemAlloc(&p, bytes);
   if (rc != CUDA_SUCCESS) return nullptr;
-  std::uint64_t now = in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-  std::uint64_t peak = peak_.load(std::memory_order_relaxed);
-  while (now > peak && !peak_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
-  }
+  raise_peak(peak_, in_use_.fetch_add(bytes, std::memory_order_relaxed) + bytes);
   return reinterpret_cast<void*>(p);
 }
 

@@ -4,6 +4,7 @@
 #include <limits>
 
 #include "allocators/growth_policy.h"
+#include "allocators/raise_peak.h"
 
 namespace gpushim {
 namespace {
@@ -377,10 +378,7 @@ std::size_t SlabAllocator::release_all_empty_slabs() noexcept {
 }
 
 void SlabAllocator::add_reserved(std::size_t bytes) noexcept {
-  const std::uint64_t now = bytes_reserved_.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-  std::uint64_t peak = peak_bytes_reserved_.load(std::memory_order_relaxed);
-  while (now > peak && !peak_bytes_reserved_.compare_exchange_weak(peak, now, std::memory_order_relaxed)) {
-  }
+  raise_peak(peak_bytes_reserved_, bytes_reserved_.fetch_add(bytes, std::memory_order_relaxed) + bytes);
 }
 
 // ---- allocate / deallocate ----
@@ -563,11 +561,8 @@ AllocatorStats SlabAllocator::stats() const noexcept {
   const std::uint64_t used = s.bytes_in_use + s.internal_waste;
   s.bytes_cached = s.bytes_reserved > used ? s.bytes_reserved - used : 0;
 
-  auto& peak = peak_bytes_in_use_;
-  std::uint64_t seen = peak.load(std::memory_order_relaxed);
-  while (s.bytes_in_use > seen && !peak.compare_exchange_weak(seen, s.bytes_in_use, std::memory_order_relaxed)) {
-  }
-  s.peak_bytes_in_use = std::max(seen, s.bytes_in_use);
+  raise_peak(peak_bytes_in_use_, s.bytes_in_use);
+  s.peak_bytes_in_use = peak_bytes_in_use_.load(std::memory_order_relaxed);
 
   for (std::size_t i = classes_.size(); i-- > 0;) {
     std::lock_guard<std::mutex> lock(depots_[i].mutex);

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "allocators/raise_peak.h"
+
 namespace gpushim {
 namespace {
 
@@ -31,10 +33,7 @@ void StatisticsAllocator::account_in_use(Shard& shard, std::int64_t delta) noexc
   if (delta <= 0) return;
   const std::int64_t seen = folded + unfolded;
   if (seen <= 0) return;
-  std::uint64_t peak = peak_bytes_in_use_.load(std::memory_order_relaxed);
-  while (static_cast<std::uint64_t>(seen) > peak &&
-         !peak_bytes_in_use_.compare_exchange_weak(peak, static_cast<std::uint64_t>(seen), std::memory_order_relaxed)) {
-  }
+  raise_peak(peak_bytes_in_use_, static_cast<std::uint64_t>(seen));
 }
 
 void* StatisticsAllocator::allocate(std::size_t bytes, StreamHandle stream) noexcept {

@@ -2,9 +2,9 @@
 
 #include <algorithm>
 
+#include "allocators/arena_shards.h"
 #include "allocators/growth_policy.h"
 #include "allocators/slab_allocator.h"
-#include "allocators/arena_shards.h"
 #include "allocators/vmm_arena.h"
 
 namespace gpushim {

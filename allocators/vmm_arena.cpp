@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "allocators/growth_policy.h"
+#include "allocators/raise_peak.h"
 
 namespace gpushim {
 
@@ -500,10 +501,7 @@ VmmArena::Range* VmmArena::claim_growth(std::size_t block, bool whole_block, boo
 
 // The device's totals: the other arenas of the device change them under their own locks.
 void VmmArena::count_mapped(std::size_t bytes) noexcept {
-  const std::size_t total = totals_->mapped.fetch_add(bytes, std::memory_order_relaxed) + bytes;
-  std::size_t peak = totals_->peak_mapped.load(std::memory_order_relaxed);
-  while (peak < total && !totals_->peak_mapped.compare_exchange_weak(peak, total, std::memory_order_relaxed)) {
-  }
+  raise_peak(totals_->peak_mapped, totals_->mapped.fetch_add(bytes, std::memory_order_relaxed) + bytes);
 }
 
 bool VmmArena::finish_growth(Range* piece, bool mapped, const PeaksBefore& peaks_before) noexcept {

@@ -17,10 +17,10 @@
 #include <thread>
 #include <vector>
 
+#include "allocators/arena_shards.h"
 #include "allocators/buddy_allocator.h"
 #include "allocators/slab_allocator.h"
 #include "allocators/tiered_allocator.h"
-#include "allocators/arena_shards.h"
 #include "allocators/vmm_arena.h"
 #include "config/settings.h"
 #include "providers/host_provider.h"
