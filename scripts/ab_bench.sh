@@ -8,13 +8,15 @@
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
 #                       [--pattern pairs|handoff|random] [--work-every N] [--warmup-ms MS] [--build-dir DIR]
-#                       [--csv FILE]
+#                       [--csv FILE] [--process-per-size]
 #                       [--env NAME=VAR=VALUE ...]
 # --pattern handoff: each pair frees a block another thread allocated (alloc_bench --patterns handoff).
 # --pattern random: log-uniform sizes 256 B..16 MiB over 64 live blocks (both tiers; the size column reads rand).
 # --work-every N: with a stream, a launch on it every N pairs (alloc_bench's --work-every; 64).
 # --warmup-ms MS: each thread warms up at least this long before its timed pairs (alloc_bench's
 #   --warmup-ms; 0: 2000 pairs only, which at 16 threads with a stream leaves the arena's climb in the cell).
+# --process-per-size: each size in a process of its own (in pass order), so the peak column (alloc_bench's
+#   peak_mib, NVML) is that cell's alone and not what earlier sizes of the process left cached.
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
 # cudaMallocAsync pool; runtime: cudaMalloc; host: malloc+free, the harness's own ceiling with the same
 # launches), interleaved with the libraries in every pass.
@@ -42,8 +44,9 @@ csv=""
 pattern=pairs
 work_every=64
 warmup_ms=0
+process_per_size=0
 envs=()
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
@@ -60,6 +63,7 @@ while [ $# -gt 0 ]; do
     --warmup-ms) warmup_ms="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
+    --process-per-size) process_per_size=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "ab_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -86,7 +90,10 @@ done
 rm -f "$csv"
 
 status=0
+size_groups=("$sizes")
+[ $process_per_size -eq 0 ] || IFS=, read -r -a size_groups <<<"$sizes"
 for pass in $(seq 1 "$passes"); do
+  for group in "${size_groups[@]}"; do
   for entry in "${libs[@]}" "${peers[@]/#/peer:}"; do
     name=${entry%%=*}
     preload=${entry#*=}
@@ -95,11 +102,12 @@ for pass in $(seq 1 "$passes"); do
     settings=()
     for e in "${envs[@]}"; do [ "${e%%=*}" = "$name" ] && settings+=("${e#*=}"); done
     if ! env "${settings[@]}" LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns "$pattern" \
-        --threads "$threads" --streams "$streams" --sizes "$sizes" --cell-ms "$cell_ms" --work-every "$work_every" --warmup-ms "$warmup_ms" \
+        --threads "$threads" --streams "$streams" --sizes "$group" --cell-ms "$cell_ms" --work-every "$work_every" --warmup-ms "$warmup_ms" \
         --label "$name" --csv "$csv" > /dev/null 2>&1; then
       echo "ab_bench.sh: pass $pass under $name failed" >&2
       status=1
     fi
+  done
   done
 done
 python3 "$repo/scripts/ab_table.py" "$csv" || status=1

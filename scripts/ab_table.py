@@ -4,7 +4,8 @@
 Per threads, stream mode (and pattern, when it is not pairs) and size, one row; per library (alloc_bench's label, in the order first seen)
 the median over the passes of the mean pair in ns with the median p99 in brackets, then the median pairs
 per second of all threads in millions (launches of --streams on included: the mean pair leaves them out),
-then the median over the passes of each pass's median pair in ns. One pass's median can sit on either of
+then the median over the passes of each pass's median pair in ns, and, where alloc_bench could read NVML, the
+median of the most device memory the process held during the cell (peak_mib). One pass's median can sit on either of
 two levels (one thread on the H200: ~100 or ~170-240 ns by process, with or without a stream; mostly the
 lower one with the process on two cores, scripts/ab_bench.sh says why): compare medians over 5-7 passes,
 and the means beside them.
@@ -24,6 +25,15 @@ def size_text(size):
         if size >= 1 << shift and size % (1 << shift) == 0:
             return "%d %s" % (size >> shift, unit)
     return "%d B" % size
+
+
+def peak_of(row):
+    value = float(row.get("peak_mib") or -1)  # -1: no NVML; absent: a CSV from before the column
+    return value if value >= 0 else None
+
+
+def mib_text(mib):
+    return "%.2f GiB" % (mib / 1024) if mib >= 1024 else "%d MiB" % mib
 
 
 def time_text(ns):
@@ -50,19 +60,25 @@ def main(argv):
     if not cells:
         print("ab_table.py: no pairs, handoff or random rows in %s" % argv[1], file=sys.stderr)
         return 1
+    with_peaks = any(peak_of(r) is not None for rows in cells.values() for r in rows)
+    columns = 4 if with_peaks else 3
     print("| threads, stream | size | " + " | ".join(labels) + " | " +
           " | ".join("Mpairs/s " + label for label in labels) + " | " +
-          " | ".join("median " + label for label in labels) + " |")
-    print("|---|---:|" + "---:|" * (3 * len(labels)))
+          " | ".join("median " + label for label in labels) + " |" +
+          ("".join(" peak " + label + " |" for label in labels) if with_peaks else ""))
+    print("|---|---:|" + "---:|" * (columns * len(labels)))
     for threads, streams, size in sorted({key[:3] for key in cells}):
-        times, rates, medians = [], [], []
+        times, rates, medians, peaks = [], [], [], []
         for label in labels:
             rows = cells.get((threads, streams, size, label))
             if not rows:
                 times.append("-")
                 rates.append("-")
                 medians.append("-")
+                peaks.append("-")
                 continue
+            known = [peak_of(r) for r in rows if peak_of(r) is not None]
+            peaks.append(mib_text(statistics.median(known)) if known else "-")
             mean = statistics.median(float(r["mean_ns"]) for r in rows)
             p99 = statistics.median(float(r["p99_ns"]) for r in rows)
             rate = statistics.median(float(r["pairs_per_s"]) for r in rows)
@@ -70,7 +86,8 @@ def main(argv):
             rates.append("%.2f" % (rate / 1e6))
             medians.append("%d" % statistics.median(float(r["median_ns"]) for r in rows))
         print("| %d, %s | %s | %s | %s | %s |" % (threads, streams, size_text(size), " | ".join(times),
-                                                 " | ".join(rates), " | ".join(medians)))
+                                                 " | ".join(rates), " | ".join(medians)) +
+              ("".join(" %s |" % p for p in peaks) if with_peaks else ""))
     return 0
 
 

@@ -3,10 +3,13 @@
 # without and with a stream per thread, under gpushim tiered and vmm and without gpushim (cudaMalloc,
 # the warm cudaMallocAsync pool, and host malloc: what this CPU gives 16 threads of the loop), in interleaved passes (pass 1 runs every configuration, then pass 2...),
 # so a drift of the machine shows in every column alike. Prints the table of the hot-path targets last
-# (scripts/hot_path_table.py: medians over the passes).
+# (scripts/hot_path_table.py: medians over the passes), with the device memory each 16-thread cell held.
+# Each thread warms up for --warmup-ms (default 1000) before its timed pairs: 16 threads with a stream
+# each take 0.1-3 s to reach their steady state, and without it their 50,000 timed pairs measured the
+# climb (docs/perf-notes.md, "Twenty-second session"); 0 measures the cold start.
 #
 #   scripts/hot_path_bench.sh [--lib PATH] [--baseline-lib PATH] [--passes N] [--cell-ms MS] [--sizes LIST]
-#                             [--build-dir DIR] [--csv FILE]
+#                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE]
 # --baseline-lib adds tiered and vmm under a second libgpushim.so (labels tiered-base, vmm-base): a
 # change and its baseline in the same run, as the measuring rules ask.
 set -u -o pipefail
@@ -17,9 +20,10 @@ lib=""
 baseline_lib=""
 passes=3
 cell_ms=100
+warmup_ms=1000
 sizes="256,64K,1M,4M,16M,256M,1G"
 csv=""
-usage() { sed -n '2,11p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) lib="$2"; shift 2 ;;
@@ -27,6 +31,7 @@ while [ $# -gt 0 ]; do
     --passes) passes="$2"; shift 2 ;;
     --cell-ms) cell_ms="$2"; shift 2 ;;
     --sizes) sizes="$2"; shift 2 ;;
+    --warmup-ms) warmup_ms="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -43,7 +48,8 @@ rm -f "$csv"
 log="${csv%.csv}.log"
 : >"$log"
 
-common=(--patterns pairs --threads 1,16 --streams off,on --sizes "$sizes" --cell-ms "$cell_ms" --csv "$csv")
+common=(--patterns pairs --threads 1,16 --streams off,on --sizes "$sizes" --cell-ms "$cell_ms" --warmup-ms "$warmup_ms"
+        --csv "$csv")
 failures=""
 run() {  # run LABEL LIB|"" API
   local label=$1 library=$2 api=$3
@@ -65,6 +71,6 @@ for pass in $(seq 1 "$passes"); do
   run none "" runtime,async,host
 done
 echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1), $(nproc) CPUs ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1))"
-echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}"
+echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}"
 [ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
 python3 "$repo/scripts/hot_path_table.py" "$csv"

@@ -9,7 +9,9 @@ one-thread median pair (median over the passes of each pass's median) with its p
   shows the ceiling);
 - pair time: 16 x one thread's mean pair over 16 threads' mean pair (the pairs alone: what the threads'
   rates would sum to with no harness around them).
-Then the targets, for every gpushim configuration. Only the pairs pattern is read.
+Then the device memory each configuration held with 16 threads (alloc_bench's peak_mib: NVML, the most the
+process held during the cell beyond its context, medians over the passes), so no rate is read without the
+memory that bought it; and the targets, for every gpushim configuration. Only the pairs pattern is read.
 
     scripts/hot_path_table.py hot_path.csv
 """
@@ -39,6 +41,10 @@ def ns_text(ns):
     return f"{ns / 1000:.1f} us" if ns >= 10000 else f"{ns:.0f} ns"
 
 
+def mib_text(mib):
+    return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+
 def main(path):
     # (config, streams, size, threads) -> list over passes of (median, p99, pairs/s), in file order
     cells = defaultdict(list)
@@ -47,8 +53,9 @@ def main(path):
             if row.get("pattern") != "pairs":
                 continue
             key = (config_of(row), row.get("streams", "off"), int(row["size_bytes"]), int(row["threads"]))
+            peak = float(row.get("peak_mib") or -1)  # absent in CSV from before the column existed
             cells[key].append((float(row["median_ns"]), float(row["p99_ns"]), float(row["pairs_per_s"]),
-                               float(row["mean_ns"])))
+                               float(row["mean_ns"]), peak if peak >= 0 else None))
     if not cells:
         print(f"(no pairs rows in {path})")
         return 1
@@ -58,7 +65,7 @@ def main(path):
     streams = sorted({k[1] for k in cells})
 
     def median_of(key, index):
-        values = [v[index] for v in cells.get(key, [])]
+        values = [v[index] for v in cells.get(key, []) if v[index] is not None]
         return statistics.median(values) if values else None
 
     def scaling(config, stream, size, by_pair_time=False):
@@ -98,6 +105,19 @@ def main(path):
                 row = [scaling(config, stream, s, by_pair_time) for s in sizes]
                 if any(r is not None for r in row):
                     print(f"| {config} | {stream} | " + " | ".join("-" if r is None else f"{r:.1f}x" for r in row) + " |")
+
+    peak_rows = []
+    for config in configs:
+        for stream in streams:
+            row = [median_of((config, stream, s, 16), 4) for s in sizes]
+            if any(r is not None for r in row):
+                peak_rows.append(f"| {config} | {stream} | " + " | ".join("-" if r is None else mib_text(r) for r in row) + " |")
+    if peak_rows:
+        print("\n16 threads: the most device memory the process held during the cell (NVML, beyond its context;"
+              " includes what the process's earlier cells left cached)")
+        print("| config | stream | " + " | ".join(size_text(s) for s in sizes) + " |")
+        print("|---|---|" + "---:|" * len(sizes))
+        print("\n".join(peak_rows))
 
     print("\ntargets (one thread: median <= 100 ns to 1 MiB, <= 300 ns to 1 GiB, p99 <= 2 us; 16 threads >= 12x"
           " one thread to 16 MiB; faster than the warm cudaMallocAsync pool in every cell)")

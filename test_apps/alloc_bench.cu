@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "test_apps/alloc_bench_options.h"
+#include "test_apps/device_memory_sampler.h"
 
 namespace {
 
@@ -74,6 +75,10 @@ __global__ void touch_byte(unsigned char* block) { block[0] += 1; }
 struct CellResult {
   std::uint64_t samples = 0;
   double median_ns = 0, p99_ns = 0, mean_ns = 0, pairs_per_s = 0;
+  // The most device memory the process held during the cell (warm-up included) beyond what it held
+  // after creating its context; -1 without NVML. It includes what earlier cells of the same process
+  // left cached: for a cell's own, run it alone in a process.
+  double peak_mib = -1;
 };
 
 std::string format_size(std::uint64_t bytes) {
@@ -226,7 +231,8 @@ class PairRunner {
 };
 
 CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode streams, std::uint64_t size, int threads,
-                    double overhead_ns) {
+                    double overhead_ns, DeviceMemorySampler& memory) {
+  memory.start();
   std::vector<std::atomic<void*>> boxes(kHandoffBoxesPerThread * std::size_t(threads));
   for (std::atomic<void*>& box : boxes) box.store(nullptr);
   ThreadPlan plan{api, pattern, streams, o.work_every, size, 0, 0, overhead_ns, {}, o.seed, &boxes};
@@ -311,10 +317,12 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
     if (void* p = box.exchange(nullptr)) CHECK_CUDA(api == Api::host ? (std::free(p), cudaSuccess) : cudaFree(p));
   CHECK_CUDA(cudaDeviceSynchronize());
   const Clock::time_point end = first_done_at;
+  const std::uint64_t peak_bytes = memory.stop();
 
   std::vector<double> all;
   for (auto& s : samples) all.insert(all.end(), s.begin(), s.end());
   CellResult r;
+  if (memory.available()) r.peak_mib = double(peak_bytes) / double(1 << 20);
   r.samples = all.size();
   if (all.empty()) return r;
   std::sort(all.begin(), all.end());
@@ -353,11 +361,12 @@ int main(int argc, char** argv) {
   }
 
   const double overhead = clock_overhead_ns();
+  DeviceMemorySampler memory(0);
   std::printf("alloc_bench: label %s, device %s, clock overhead %.0f ns per sample (subtracted), cell %.0f ms, "
               "warm-up 2000 pairs and %.0f ms, streams on: a launch every %llu pairs\n",
               o.label.c_str(), prop.name, overhead, o.cell_ms, o.warmup_ms, (unsigned long long)o.work_every);
-  std::printf("%-10s %-8s %-7s %-7s %-8s %7s %9s %11s %11s %13s\n", "label", "api", "pattern", "streams", "size",
-              "threads", "samples", "median_ns", "p99_ns", "pairs_per_s");
+  std::printf("%-10s %-8s %-7s %-7s %-8s %7s %9s %11s %11s %13s %9s\n", "label", "api", "pattern", "streams", "size",
+              "threads", "samples", "median_ns", "p99_ns", "pairs_per_s", "peak_MiB");
 
   FILE* csv = nullptr;
   if (!o.csv_path.empty()) {
@@ -369,7 +378,7 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "alloc_bench: cannot open %s\n", o.csv_path.c_str());
       return 2;
     }
-    if (is_new) std::fprintf(csv, "label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams\n");
+    if (is_new) std::fprintf(csv, "label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams,peak_mib\n");
   }
 
   // Every "off" cell before the first "on" cell: an allocator may change its free path for good once the
@@ -384,17 +393,17 @@ int main(int argc, char** argv) {
           pattern == Pattern::random ? std::vector<std::uint64_t>{0} : o.sizes;
       for (std::uint64_t size : sizes) {
         for (int threads : o.threads) {
-          const CellResult r = run_cell(o, api, pattern, streams, size, threads, overhead);
+          const CellResult r = run_cell(o, api, pattern, streams, size, threads, overhead, memory);
           const std::string size_text = pattern == Pattern::random ? "rand" : format_size(size);
-          std::printf("%-10s %-8s %-7s %-7s %-8s %7d %9llu %11.0f %11.0f %13.0f\n", o.label.c_str(), api_name(api),
+          std::printf("%-10s %-8s %-7s %-7s %-8s %7d %9llu %11.0f %11.0f %13.0f %9.0f\n", o.label.c_str(), api_name(api),
                       pattern_name(pattern), streams_name(streams), size_text.c_str(), threads, (unsigned long long)r.samples,
-                      r.median_ns, r.p99_ns, r.pairs_per_s);
+                      r.median_ns, r.p99_ns, r.pairs_per_s, r.peak_mib);
           std::fflush(stdout);
           if (csv) {
-            std::fprintf(csv, "%s,%s,%s,%llu,%d,%llu,%.1f,%.1f,%.1f,%.0f,%s\n", o.label.c_str(), api_name(api),
+            std::fprintf(csv, "%s,%s,%s,%llu,%d,%llu,%.1f,%.1f,%.1f,%.0f,%s,%.0f\n", o.label.c_str(), api_name(api),
                          pattern_name(pattern), (unsigned long long)size, threads,
                          (unsigned long long)r.samples, r.median_ns, r.p99_ns, r.mean_ns, r.pairs_per_s,
-                         streams_name(streams));
+                         streams_name(streams), r.peak_mib);
             std::fflush(csv);
           }
         }

@@ -85,6 +85,24 @@ ab_has() {  # ab_has CSV WORD...: the A/B table printed for CSV has every WORD
 }
 expect 0 "ab table: medians of the passes, first-seen order" \
   ab_has "$dir/ab.csv" "| new | base |" "| 16, on | 1 MiB | 1500 (20.0 us) | 2650 (29.5 us) | 4.90 | 3.65 | 310 | 320 |"
+# With alloc_bench's peak_mib (NVML): a peak column per library, -1 (no NVML) left out of the median.
+printf '%s\n' "$columns,peak_mib" 'new,runtime,pairs,65536,16,100,300.0,9000.0,1500.0,4900000,on,400' \
+  'base,runtime,pairs,65536,16,100,310.0,29000.0,2600.0,3600000,on,2250' \
+  'new,runtime,pairs,65536,16,100,320.0,21000.0,1600.0,5000000,on,-1' > "$dir/ab_peak.csv"
+expect 0 "ab table: the peak each library held" \
+  ab_has "$dir/ab_peak.csv" "| peak new | peak base |" "| 310 | 310 | 400 MiB | 2.20 GiB |"
 printf '%s\n' "$columns" > "$dir/ab_empty.csv"
 expect 1 "ab table: a CSV without rows is an error" ab_has "$dir/ab_empty.csv" "|"
+# scripts/hot_path_table.py: the 16-thread peak table appears only when the CSV has peak_mib.
+hot_has() {  # hot_has CSV WORD...: the hot-path table printed for CSV has every WORD
+  local csv=$1; shift
+  python3 "$repo/scripts/hot_path_table.py" "$csv" > "$dir/hot_table" || return 1
+  for word in "$@"; do grep -qF -- "$word" "$dir/hot_table" || { cat "$dir/hot_table"; return 1; }; done
+}
+printf '%s\n' "$columns,peak_mib" 'tiered,runtime,pairs,65536,1,100,90.0,200.0,95.0,9000000,on,30' \
+  'tiered,runtime,pairs,65536,16,100,300.0,900.0,320.0,90000000,on,410' \
+  'none,async,pairs,65536,16,100,600.0,900.0,650.0,20000000,on,3000' > "$dir/hot.csv"
+expect 0 "hot-path table: 16 threads' peaks" hot_has "$dir/hot.csv" "most device memory" "| tiered | on | 410 MiB |" \
+  "| cudaMallocAsync | on | 2.93 GiB |"
+expect 1 "hot-path table: no peak table without peak_mib" hot_has "$dir/bench.csv" "most device memory"
 exit $((failures > 0))
