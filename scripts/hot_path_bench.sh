@@ -48,27 +48,31 @@ rm -f "$csv"
 log="${csv%.csv}.log"
 : >"$log"
 
-common=(--patterns pairs --threads 1,16 --streams off,on --sizes "$sizes" --cell-ms "$cell_ms" --warmup-ms "$warmup_ms"
-        --csv "$csv")
+common=(--patterns pairs --threads 1,16 --streams off,on --cell-ms "$cell_ms" --warmup-ms "$warmup_ms" --csv "$csv")
 failures=""
-run() {  # run LABEL LIB|"" API
-  local label=$1 library=$2 api=$3
+run() {  # run LABEL LIB|"" API SIZE
+  local label=$1 library=$2 api=$3 size=$4
   if [ -n "$library" ]; then
-    LD_PRELOAD="$library" GPUSHIM_BACKEND="${label%-base}" "$bench" --api "$api" --label "$label" "${common[@]}" \
-      >>"$log" 2>&1 || failures+=" $label"
+    LD_PRELOAD="$library" GPUSHIM_BACKEND="${label%-base}" "$bench" --api "$api" --label "$label" --sizes "$size" \
+      "${common[@]}" >>"$log" 2>&1 || failures+=" $label/$size"
   else
-    "$bench" --api "$api" --label none "${common[@]}" >>"$log" 2>&1 || failures+=" none"
+    "$bench" --api "$api" --label none --sizes "$size" "${common[@]}" >>"$log" 2>&1 || failures+=" $api/$size"
   fi
 }
+# A process per configuration and size (and per API without gpushim): a cell's peak column is then what
+# that size needed, not what the process's earlier cells left cached (a 1 GiB cell leaves 16 GiB in an
+# arena or the driver's pool, and every later cell of the process showed it).
 for pass in $(seq 1 "$passes"); do
   echo "[hot_path_bench] pass $pass of $passes" >&2
-  run tiered "$lib" runtime
-  run vmm "$lib" runtime
-  if [ -n "$baseline_lib" ]; then
-    run tiered-base "$baseline_lib" runtime
-    run vmm-base "$baseline_lib" runtime
-  fi
-  run none "" runtime,async,host
+  for size in ${sizes//,/ }; do
+    run tiered "$lib" runtime "$size"
+    run vmm "$lib" runtime "$size"
+    if [ -n "$baseline_lib" ]; then
+      run tiered-base "$baseline_lib" runtime "$size"
+      run vmm-base "$baseline_lib" runtime "$size"
+    fi
+    for api in runtime async host; do run none "" "$api" "$size"; done
+  done
 done
 echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1), $(nproc) CPUs ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1))"
 echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}"

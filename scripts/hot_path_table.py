@@ -114,7 +114,7 @@ def main(path):
                 peak_rows.append(f"| {config} | {stream} | " + " | ".join("-" if r is None else mib_text(r) for r in row) + " |")
     if peak_rows:
         print("\n16 threads: the most device memory the process held during the cell (NVML, beyond its context;"
-              " includes what the process's earlier cells left cached)")
+              " scripts/hot_path_bench.sh runs a process per size, so it includes that size's other cells)")
         print("| config | stream | " + " | ".join(size_text(s) for s in sizes) + " |")
         print("|---|---|" + "---:|" * len(sizes))
         print("\n".join(peak_rows))
