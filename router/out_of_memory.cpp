@@ -1,6 +1,7 @@
 // The out-of-memory path (router/out_of_memory.h).
 #include "router/out_of_memory.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -58,6 +59,18 @@ constexpr auto kNewPeakPollInterval = std::chrono::microseconds(20);
 // allocations find free memory below it. A program that meets the peak now and then grows a block per
 // this many such allocations, where it would have waited.
 constexpr std::uint32_t kPeakMissesPerGrowth = 8;
+// A growth at once costs memory in proportion to the block, and a wait costs the same whatever its size:
+// at 1 GiB, every 8th miss growing made one thread with a stream hold 8 GiB for its 1 GiB block, and 16
+// threads 41 GiB for 16 (H200, twenty-third session). So larger blocks grow at once more rarely: on
+// average by no more than this many bytes per allocation that found the peak (once per 8 misses up to
+// 64 MiB, once per 128 at 1 GiB).
+constexpr std::size_t kBytesGrownPerPeakMiss = std::size_t{8} << 20;
+
+std::uint32_t peak_misses_per_growth(std::size_t block_size) {
+  const std::size_t by_bytes = block_size / kBytesGrownPerPeakMiss;
+  return by_bytes > kPeakMissesPerGrowth ? static_cast<std::uint32_t>(std::min<std::size_t>(by_bytes, 1u << 20))
+                                         : kPeakMissesPerGrowth;
+}
 
 // A free block of `block_size` without growth: this thread's returned list, one of another thread's
 // of the size, then the backend below its peak (the caller holds a NoNewPeakScope).
@@ -99,8 +112,9 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // Only the allocations that free memory could not serve count: one that a list served did not
     // wait, and counted, such allocations grew the arena by 1.8x at 16 MiB (16 threads with a stream
     // each on the H200), where the lists held the working set.
+    const std::uint32_t misses_per_growth = peak_misses_per_growth(block_size);
     const bool grow_now =
-        device.peak_misses.fetch_add(1, std::memory_order_relaxed) % kPeakMissesPerGrowth == kPeakMissesPerGrowth - 1;
+        device.peak_misses.fetch_add(1, std::memory_order_relaxed) % misses_per_growth == misses_per_growth - 1;
     // This thread's own frees wait in its open batch until it fills: fenced now, they can come back.
     close_this_thread_batch(device);
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced

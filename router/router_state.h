@@ -65,7 +65,8 @@ struct DeviceState {
   StreamShard stream_shards[kStreamShards];
   std::atomic<bool> in_oom_burst{false};
   // Allocations that found the backend at its peak while fenced blocks waited (router/out_of_memory.cpp,
-  // allocate_without_new_peak): every kPeakMissesPerGrowth-th grows instead of waiting.
+  // allocate_without_new_peak): every kPeakMissesPerGrowth-th grows instead of waiting (rarer for blocks
+  // above 64 MiB: peak_misses_per_growth).
   std::atomic<std::uint32_t> peak_misses{0};
   Allocator& backend() { return *assembly.backend; }
   bool fenced() const { return properties.fenced; }

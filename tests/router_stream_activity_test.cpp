@@ -1094,6 +1094,37 @@ TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// ... but a growth costs memory in proportion to the block: above 64 MiB a miss grows at once only once
+// per block / 8 MiB misses (router/out_of_memory.cpp, peak_misses_per_growth), so at 256 MiB once per 32.
+// 19 allocations at the peak may meet at most one such turn of the shared count; every 8th, as for
+// 64 MiB, would be two or three.
+TEST_F(StreamActivity, LargerBlocksGrowAtThePeakWithoutWaitingMoreRarely) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  constexpr std::size_t kHuge = std::size_t{256} << 20;
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  std::vector<CUdeviceptr> kept;
+  int waited = 0, without_wait = 0;
+  for (int i = 0; i < 20; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    CUdeviceptr p = 0;
+    ASSERT_EQ(cuMemAlloc(&p, kHuge), CUDA_SUCCESS);
+    const bool fast = std::chrono::steady_clock::now() - start < std::chrono::milliseconds(25);
+    if (i > 0) ++(fast ? without_wait : waited);
+    if (i % 2 == 0) {
+      kept.push_back(p);
+      continue;
+    }
+    ASSERT_EQ(cuMemsetD8Async(p, 3, 4096, s), CUDA_SUCCESS);  // the held stream uses it: fenced for good
+    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  }
+  EXPECT_LE(without_wait, 1) << "256 MiB blocks grew the arena at once as often as 64 MiB blocks";
+  EXPECT_GE(waited, 18);
+  for (CUdeviceptr p : kept) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // The hazard of sharing a stream's fence event: that event has completed, then the stream queues more
 // work on a block, and the block is freed. Its fence must be a new event after that work; the completed
 // one would hand the block out while the work is queued. (Large blocks: each free closes its batch.)
