@@ -1062,36 +1062,49 @@ TEST_F(StreamActivity, AtThePeakAnAllocationTakesABlockOfItsSizeAnotherThreadGot
   for (CUstream each : {s, held}) EXPECT_EQ(cuStreamDestroy(each), CUDA_SUCCESS);
 }
 
-// Waiting at the peak is paid a bounded number of times: when allocations keep finding the peak while
-// fenced blocks wait (here a stream held for good, so every wait runs its full 50 ms), every 8th of
-// them grows at once instead (router/out_of_memory.cpp, kPeakMissesPerGrowth).
-TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
-  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+// 20 allocations of `bytes` with a side stream held for good, every other one kept live and the others
+// used by the stream and freed, fenced for good: each allocation but the first finds the peak, and
+// every wait runs its full 50 ms. Counts those that waited and those that grew at once.
+struct PeakWaits {
+  int waited = 0;
+  int without_wait = 0;
+};
+PeakWaits allocate_at_a_held_peak(std::size_t bytes) {
+  PeakWaits counts;
   const CUstream s = active_side_stream();
   fake_cuda_hold_stream(s, 1);
   std::vector<CUdeviceptr> kept;
   std::set<CUdeviceptr> fenced;
-  int waited = 0, without_wait = 0;
-  for (int i = 0; i < 20; ++i) {  // each allocation but the first finds the peak
+  for (int i = 0; i < 20; ++i) {
     const auto start = std::chrono::steady_clock::now();
     CUdeviceptr p = 0;
-    ASSERT_EQ(cuMemAlloc(&p, kLarge), CUDA_SUCCESS);
+    EXPECT_EQ(cuMemAlloc(&p, bytes), CUDA_SUCCESS);
+    if (p == 0) break;
     const bool fast = std::chrono::steady_clock::now() - start < std::chrono::milliseconds(25);
-    if (i > 0) ++(fast ? without_wait : waited);
+    if (i > 0) ++(fast ? counts.without_wait : counts.waited);
     EXPECT_EQ(fenced.count(p), 0u) << "a block the held stream's work may touch was handed out";
     if (i % 2 == 0) {
       kept.push_back(p);
       continue;
     }
-    ASSERT_EQ(cuMemsetD8Async(p, 3, kLarge, s), CUDA_SUCCESS);
-    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);  // fenced for good
+    EXPECT_EQ(cuMemsetD8Async(p, 3, 4096, s), CUDA_SUCCESS);  // the held stream uses it
+    EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);                     // fenced for good
     fenced.insert(p);
   }
-  EXPECT_GE(without_wait, 2) << "every allocation at the peak waited for a fence that never completes";
-  EXPECT_GE(waited, 10) << "allocations at the peak grew without waiting first";
   for (CUdeviceptr p : kept) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
   fake_cuda_hold_stream(s, 0);
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+  return counts;
+}
+
+// Waiting at the peak is paid a bounded number of times: when allocations keep finding the peak while
+// fenced blocks wait, every 8th of them grows at once instead (router/out_of_memory.cpp,
+// kPeakMissesPerGrowth).
+TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  const PeakWaits counts = allocate_at_a_held_peak(kLarge);
+  EXPECT_GE(counts.without_wait, 2) << "every allocation at the peak waited for a fence that never completes";
+  EXPECT_GE(counts.waited, 10) << "allocations at the peak grew without waiting first";
 }
 
 // ... but a growth costs memory in proportion to the block: above 64 MiB a miss grows at once only once
@@ -1100,29 +1113,9 @@ TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
 // 64 MiB, would be two or three.
 TEST_F(StreamActivity, LargerBlocksGrowAtThePeakWithoutWaitingMoreRarely) {
   if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
-  constexpr std::size_t kHuge = std::size_t{256} << 20;
-  const CUstream s = active_side_stream();
-  fake_cuda_hold_stream(s, 1);
-  std::vector<CUdeviceptr> kept;
-  int waited = 0, without_wait = 0;
-  for (int i = 0; i < 20; ++i) {
-    const auto start = std::chrono::steady_clock::now();
-    CUdeviceptr p = 0;
-    ASSERT_EQ(cuMemAlloc(&p, kHuge), CUDA_SUCCESS);
-    const bool fast = std::chrono::steady_clock::now() - start < std::chrono::milliseconds(25);
-    if (i > 0) ++(fast ? without_wait : waited);
-    if (i % 2 == 0) {
-      kept.push_back(p);
-      continue;
-    }
-    ASSERT_EQ(cuMemsetD8Async(p, 3, 4096, s), CUDA_SUCCESS);  // the held stream uses it: fenced for good
-    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-  }
-  EXPECT_LE(without_wait, 1) << "256 MiB blocks grew the arena at once as often as 64 MiB blocks";
-  EXPECT_GE(waited, 18);
-  for (CUdeviceptr p : kept) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
-  fake_cuda_hold_stream(s, 0);
-  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+  const PeakWaits counts = allocate_at_a_held_peak(std::size_t{256} << 20);
+  EXPECT_LE(counts.without_wait, 1) << "256 MiB blocks grew the arena at once as often as 64 MiB blocks";
+  EXPECT_GE(counts.waited, 18);
 }
 
 // The hazard of sharing a stream's fence event: that event has completed, then the stream queues more
