@@ -94,8 +94,7 @@ std::size_t MempoolAllocator::release_cached() noexcept {
     after += value;
   }
   reserved_seen_.store(after, std::memory_order_relaxed);
-  peak_reserved_seen_.store(std::max<std::uint64_t>(high, peak_reserved_seen_.load(std::memory_order_relaxed)),
-                            std::memory_order_relaxed);
+  raise_peak(peak_reserved_seen_, high);  // two threads' trims at once must not lower it
   return before > after ? static_cast<std::size_t>(before - after) : 0;
 }
 
