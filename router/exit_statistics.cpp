@@ -39,6 +39,7 @@ void at_exit() noexcept {
         row.at_peak_taken = total.at_peak_taken.load();
         row.at_peak_waited = total.at_peak_waited.load();
         row.at_peak_grew = total.at_peak_grew.load();
+        row.at_peak_wait_ns = total.at_peak_wait_ns.load();
         AllocatorStats stats = device->backend().stats();
         row.peak_live = stats.peak_bytes_in_use;
         row.peak_reserved = stats.peak_bytes_reserved;

@@ -62,11 +62,13 @@ struct StatsRow {
   // Allocations that found the backend at its peak while freed blocks waited for fences
   // (router/out_of_memory.h, allocate_without_new_peak), and how each was served: a block another
   // thread got back (or every thread's returned blocks together), one after waiting for the fences, or
-  // growth past the peak. A line under the table when any.
+  // growth past the peak, and the time they waited for fences in all (summed over threads). A line
+  // under the table when any.
   std::uint64_t at_peak = 0;
   std::uint64_t at_peak_taken = 0;
   std::uint64_t at_peak_waited = 0;
   std::uint64_t at_peak_grew = 0;
+  std::uint64_t at_peak_wait_ns = 0;
 };
 
 // The header and one line per row, exactly as docs/configuration.md ("The statistics table") shows

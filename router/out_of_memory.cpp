@@ -17,6 +17,7 @@
 #include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
 #include "router/memory_report.h"
+#include "router/peak_growth.h"
 #include "router/returned_blocks.h"
 #include "router/stream_activity.h"
 #include "router/stream_free_lists.h"
@@ -49,28 +50,11 @@ constexpr auto kNewPeakWait = std::chrono::milliseconds(50);
 // lasts 60-80 us on Linux (timer slack): the first polls of a wait only yield the CPU.
 constexpr auto kNewPeakYieldFor = std::chrono::microseconds(200);
 constexpr auto kNewPeakPollInterval = std::chrono::microseconds(20);
-// The wait above is meant to be paid a bounded number of times: a wait that times out lets the peak
-// rise. But a wait the GPU ends in time keeps the peak where it was, and when blocks wait for fences all
-// the time (every thread with a stream of its own: all of their frees are fenced), the next allocation
-// waits again, and the one after: 16 threads each with a stream on the H200 spent 3-40 us a pair
-// stealing other threads' returned blocks and waiting. The fenced blocks are then part of the
-// program's working set. So every kPeakMissesPerGrowth-th allocation that finds the peak grows at
-// once: the peak rises one block at a time until it holds the blocks in flight, and from then on the
-// allocations find free memory below it. A program that meets the peak now and then grows a block per
-// this many such allocations, where it would have waited.
-constexpr std::uint32_t kPeakMissesPerGrowth = 8;
-// A growth at once costs memory in proportion to the block, and a wait costs the same whatever its size:
-// at 1 GiB, every 8th miss growing made one thread with a stream hold 8 GiB for its 1 GiB block, and 16
-// threads 41 GiB for 16 (H200, twenty-third session). So larger blocks grow at once more rarely: on
-// average by no more than this many bytes per allocation that found the peak (once per 8 misses up to
-// 64 MiB, once per 128 at 1 GiB).
-constexpr std::size_t kBytesGrownPerPeakMiss = std::size_t{8} << 20;
 
-std::uint32_t peak_misses_per_growth(std::size_t block_size) {
-  const std::size_t by_bytes = block_size / kBytesGrownPerPeakMiss;
-  return by_bytes > kPeakMissesPerGrowth ? static_cast<std::uint32_t>(std::min<std::size_t>(by_bytes, 1u << 20))
-                                         : kPeakMissesPerGrowth;
+std::uint64_t to_ns(std::chrono::steady_clock::time_point t) {
+  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
 }
+std::uint64_t steady_ns() { return to_ns(std::chrono::steady_clock::now()); }
 
 // A free block of `block_size` without growth: this thread's returned list, one of another thread's
 // of the size, then the backend below its peak (the caller holds a NoNewPeakScope).
@@ -112,9 +96,8 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // Only the allocations that free memory could not serve count: one that a list served did not
     // wait, and counted, such allocations grew the arena by 1.8x at 16 MiB (16 threads with a stream
     // each on the H200), where the lists held the working set.
-    const std::uint32_t misses_per_growth = peak_misses_per_growth(block_size);
-    const bool grow_now =
-        device.peak_misses.fetch_add(1, std::memory_order_relaxed) % misses_per_growth == misses_per_growth - 1;
+    ThreadState* thread = t_state;
+    const bool grow_now = device.peak_growth.grow_now(block_size, thread ? &thread->at_peak_waits : nullptr, steady_ns());
     // This thread's own frees wait in its open batch until it fills: fenced now, they can come back.
     close_this_thread_batch(device);
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced
@@ -126,6 +109,13 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
       annotations::ScopedRange range(annotations::SlowEvent::fence_wait);
       const auto start = std::chrono::steady_clock::now();
       const auto deadline = start + kNewPeakWait;
+      // What the growth rule weighs (router/peak_growth.h), and what GPUSHIM_STATS reports.
+      const auto account_wait = [thread, counts, start] {
+        const std::uint64_t end = steady_ns();
+        const std::uint64_t waited = end - to_ns(start);
+        if (thread) thread->at_peak_waits.waited(waited, end);
+        if (counts) counts->at_peak_wait_ns.fetch_add(waited, std::memory_order_relaxed);
+      };
       do {
         // Waits for a thread that records fences meanwhile: with a try-lock, a 1 GiB allocation whose
         // fence another thread was about to record slept in 20 us steps (16 threads with a stream each
@@ -136,6 +126,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         void* p = take_free_block(device, block_size, stream);
         if (!p) p = from_every_list(device, block_size, stream);
         if (p) {
+          account_wait();
           count(&Counters::at_peak_waited);
           return p;
         }
@@ -143,6 +134,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);
       } while (std::chrono::steady_clock::now() < deadline);
+      account_wait();
     }
   }
   void* grown = backend.allocate(block_size, stream);

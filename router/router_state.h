@@ -20,6 +20,7 @@
 #include "router/cuda_fence_events.h"
 #include "router/free_fence_queue.h"
 #include "router/live_blocks.h"
+#include "router/peak_growth.h"
 #include "router/returned_blocks.h"
 
 // The router was one file whose state had internal linkage. Hidden visibility keeps what its files now
@@ -64,10 +65,9 @@ struct DeviceState {
   FreeFenceQueue fences;
   StreamShard stream_shards[kStreamShards];
   std::atomic<bool> in_oom_burst{false};
-  // Allocations that found the backend at its peak while fenced blocks waited (router/out_of_memory.cpp,
-  // allocate_without_new_peak): every kPeakMissesPerGrowth-th grows instead of waiting (rarer for blocks
-  // above 64 MiB: peak_misses_per_growth).
-  std::atomic<std::uint32_t> peak_misses{0};
+  // Whether an allocation that found the backend at its peak while fenced blocks waited grows at once
+  // (router/out_of_memory.cpp, allocate_without_new_peak).
+  PeakGrowth peak_growth;
   Allocator& backend() { return *assembly.backend; }
   bool fenced() const { return properties.fenced; }
 };

@@ -13,6 +13,7 @@
 
 #include "allocators/adaptive_mutex.h"
 #include "router/free_fence_queue.h"
+#include "router/peak_growth.h"
 #include "router/router_state.h"
 #include "router/spin_lock.h"
 
@@ -51,11 +52,12 @@ struct Counters {
   Count fenced;  // frees that waited for a fence (router/stream_activity.h)
   // Allocations at the peak while blocks waited for fences, and how they were served (StatsRow says).
   Count at_peak, at_peak_taken, at_peak_waited, at_peak_grew;
+  Count at_peak_wait_ns;  // the time those allocations spent waiting for fences
   // Every count: a count added to this list is shared, retired and summed with the rest.
   static constexpr Count Counters::*kAll[] = {
       &Counters::allocs,  &Counters::frees,         &Counters::failed,         &Counters::bytes,
       &Counters::fenced,  &Counters::at_peak,       &Counters::at_peak_taken,  &Counters::at_peak_waited,
-      &Counters::at_peak_grew};
+      &Counters::at_peak_grew, &Counters::at_peak_wait_ns};
   void make_shared() noexcept {
     for (Count Counters::*count : kAll) (this->*count).make_shared();
   }
@@ -81,6 +83,8 @@ struct ThreadState {
   PendingBatch batches[kMaxDevices];
   Counters counters[kMaxDevices];
   unsigned fenced_since_poll = 0;  // the owner's only
+  // The owner's waits at the peak, any device: whether its next turn there grows (router/peak_growth.h).
+  RecentWaits at_peak_waits;
   // Blocks this thread freed whose fences completed, by device, put here by the polling thread under
   // `lock` and handed out again by this thread's allocations of their size (router/returned_blocks.h).
   std::vector<FreedBlock> returned[kMaxDevices];

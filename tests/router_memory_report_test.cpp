@@ -52,6 +52,7 @@ TEST(StatsTable, AllocationsAtThePeakGetTheirOwnLine) {
   row.at_peak_taken = 4;
   row.at_peak_waited = 3;
   row.at_peak_grew = 2;
+  row.at_peak_wait_ns = 12'345'678;
   StatsRow none = row;
   none.device = 1;
   none.at_peak = none.at_peak_taken = none.at_peak_waited = none.at_peak_grew = 0;
@@ -59,7 +60,7 @@ TEST(StatsTable, AllocationsAtThePeakGetTheirOwnLine) {
   ASSERT_EQ(lines.size(), 6u);
   EXPECT_EQ(lines[5],
             "device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got "
-            "back, 3 waited for fences, 2 grew");
+            "back, 3 waited for fences, 2 grew; the waits took 12.3 ms in all");
 }
 
 TEST(StatsTable, RowsParseByWhitespaceAsTestsDo) {

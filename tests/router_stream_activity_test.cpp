@@ -1098,8 +1098,8 @@ PeakWaits allocate_at_a_held_peak(std::size_t bytes) {
 }
 
 // Waiting at the peak is paid a bounded number of times: when allocations keep finding the peak while
-// fenced blocks wait, every 8th of them grows at once instead (router/out_of_memory.cpp,
-// kPeakMissesPerGrowth).
+// fenced blocks wait, and the waits take the time (here every one runs its full 50 ms), every 8th of
+// them grows at once instead (router/peak_growth.h).
 TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
   if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
   const PeakWaits counts = allocate_at_a_held_peak(kLarge);
@@ -1116,6 +1116,36 @@ TEST_F(StreamActivity, LargerBlocksGrowAtThePeakWithoutWaitingMoreRarely) {
   const PeakWaits counts = allocate_at_a_held_peak(std::size_t{256} << 20);
   EXPECT_LE(counts.without_wait, 1) << "256 MiB blocks grew the arena at once as often as 64 MiB blocks";
   EXPECT_GE(counts.waited, 18);
+}
+
+// ... but only while the waits take the time: where each wait is short and the program mostly does
+// other work, growing would buy nothing, and no turn of the count grows (router/peak_growth.h). One
+// thread at 1 GiB with a stream on the H200 held 5 GiB for one live block when every 128th miss grew.
+TEST_F(StreamActivity, AllocationsWhoseWaitsAreShortNeverGrowThePeak) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  const CUstream s = active_side_stream();
+  CUdeviceptr p = 0;
+  ASSERT_EQ(cuMemAlloc(&p, kLarge), CUDA_SUCCESS);
+  const std::size_t physical = fake_cuda_physical_bytes(0);
+  int slow = 0;
+  for (int i = 0; i < 24; ++i) {  // three turns of the count at 64 MiB
+    fake_cuda_hold_stream(s, 1);
+    ASSERT_EQ(cuMemsetD8Async(p, 1, 4096, s), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);  // its batch closes at once: fenced behind the held work
+    std::thread gpu([s] {                   // the work ends 1 ms later
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      fake_cuda_hold_stream(s, 0);
+    });
+    const auto start = std::chrono::steady_clock::now();
+    ASSERT_EQ(cuMemAlloc(&p, kLarge), CUDA_SUCCESS);  // at the peak: waits for that fence
+    slow += std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(1);
+    gpu.join();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the program's own work
+  }
+  EXPECT_EQ(fake_cuda_physical_bytes(0), physical) << "an allocation grew where a short wait served it";
+  EXPECT_GE(slow, 20) << "the allocations did not wait for the fence: the test no longer meets the peak";
+  EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
 // The hazard of sharing a stream's fence event: that event has completed, then the stream queues more
