@@ -7,7 +7,8 @@
 // growth buys nothing, and where the CPU runs ahead of the GPU it never stops: a bigger peak only lets
 // more blocks wait. One thread freeing and allocating 1 GiB with a stream grew a block per 128 misses
 // for as long as it ran (5 GiB after 2.5 s for one live block), while waits served 99% of its misses;
-// 16 threads at 16 MiB held 7.7 GiB where 5.6 GiB served them as fast (H200, twenty-fourth session).
+// 16 threads at 16 MiB held 7.7 GiB where 5.5 GiB served them within 4% of the rate (H200, twenty-third
+// and twenty-fourth sessions, docs/perf-notes.md).
 //
 // So an allocation grows at once only on its turn (one miss in peak_misses_per_growth, counted over the
 // device) and only when its thread has recently spent at least kGrowWhenWaitShare of its time waiting
