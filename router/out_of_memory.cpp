@@ -51,11 +51,6 @@ constexpr auto kNewPeakWait = std::chrono::milliseconds(50);
 constexpr auto kNewPeakYieldFor = std::chrono::microseconds(200);
 constexpr auto kNewPeakPollInterval = std::chrono::microseconds(20);
 
-std::uint64_t to_ns(std::chrono::steady_clock::time_point t) {
-  return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count());
-}
-std::uint64_t steady_ns() { return to_ns(std::chrono::steady_clock::now()); }
-
 // A free block of `block_size` without growth: this thread's returned list, one of another thread's
 // of the size, then the backend below its peak (the caller holds a NoNewPeakScope).
 void* take_free_block(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
@@ -97,7 +92,8 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // wait, and counted, such allocations grew the arena by 1.8x at 16 MiB (16 threads with a stream
     // each on the H200), where the lists held the working set.
     ThreadState* thread = t_state;
-    const bool grow_now = device.peak_growth.grow_now(block_size, thread ? &thread->at_peak_waits : nullptr, steady_ns());
+    const bool grow_now =
+        device.peak_growth.grow_now(block_size, thread ? &thread->at_peak_waits : nullptr, tracing::monotonic_ns());
     // This thread's own frees wait in its open batch until it fills: fenced now, they can come back.
     close_this_thread_batch(device);
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced
@@ -110,9 +106,10 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
       const auto start = std::chrono::steady_clock::now();
       const auto deadline = start + kNewPeakWait;
       // What the growth rule weighs (router/peak_growth.h), and what GPUSHIM_STATS reports.
-      const auto account_wait = [thread, counts, start] {
-        const std::uint64_t end = steady_ns();
-        const std::uint64_t waited = end - to_ns(start);
+      const std::uint64_t began_ns = tracing::monotonic_ns();
+      const auto account_wait = [thread, counts, began_ns] {
+        const std::uint64_t end = tracing::monotonic_ns();
+        const std::uint64_t waited = end - began_ns;
         if (thread) thread->at_peak_waits.waited(waited, end);
         if (counts) counts->at_peak_wait_ns.fetch_add(waited, std::memory_order_relaxed);
       };
