@@ -1108,7 +1108,7 @@ TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
 }
 
 // ... but a growth costs memory in proportion to the block: above 64 MiB a miss grows at once only once
-// per block / 8 MiB misses (router/out_of_memory.cpp, peak_misses_per_growth), so at 256 MiB once per 32.
+// per block / 8 MiB misses (router/peak_growth.h, peak_misses_per_growth), so at 256 MiB once per 32.
 // 19 allocations at the peak may meet at most one such turn of the shared count; every 8th, as for
 // 64 MiB, would be two or three.
 TEST_F(StreamActivity, LargerBlocksGrowAtThePeakWithoutWaitingMoreRarely) {
