@@ -17,23 +17,12 @@ import statistics
 import sys
 from collections import defaultdict
 
-
-def size_text(size):
-    if size == 0:
-        return "rand"  # the random pattern: log-uniform sizes, 256 B..16 MiB (alloc_bench --patterns random)
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return "%d %s" % (size >> shift, unit)
-    return "%d B" % size
+from bench_text import mib_text, size_text
 
 
 def peak_of(row):
     value = float(row.get("peak_mib") or -1)  # -1: no NVML; absent: a CSV from before the column
     return value if value >= 0 else None
-
-
-def mib_text(mib):
-    return "%.2f GiB" % (mib / 1024) if mib >= 1024 else "%d MiB" % mib
 
 
 def time_text(ns):

@@ -11,6 +11,8 @@ import argparse
 import csv
 import sys
 
+from bench_text import size_text
+
 
 def column_name(label, api, streams="off"):
     if label == "none":
@@ -18,16 +20,6 @@ def column_name(label, api, streams="off"):
     else:
         name = label if api == "runtime" else f"{label}/async"
     return name + "+stream" if streams == "on" else name
-
-
-def size_text(size):
-    size = int(size)
-    if size == 0:
-        return "rand"
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if size >= 1 << shift and size % (1 << shift) == 0:
-            return f"{size >> shift} {unit}"
-    return f"{size} B"
 
 
 def cell_text(ns):

@@ -20,6 +20,8 @@ import statistics
 import sys
 from collections import defaultdict
 
+from bench_text import mib_text
+
 SMALL_LIMIT = 1 << 20       # the 100 ns target: 256 B to 1 MiB
 SCALING_LIMIT = 16 << 20    # the 12x target: every size up to 16 MiB
 
@@ -30,7 +32,7 @@ def config_of(row):
     return row["label"]
 
 
-def size_text(n):
+def size_text(n):  # the short form of this table's headers (64K), as hot_path_bench.sh's --sizes reads
     for unit, shift in (("G", 30), ("M", 20), ("K", 10)):
         if n >= 1 << shift and n % (1 << shift) == 0:
             return f"{n >> shift}{unit}"
@@ -39,10 +41,6 @@ def size_text(n):
 
 def ns_text(ns):
     return f"{ns / 1000:.1f} us" if ns >= 10000 else f"{ns:.0f} ns"
-
-
-def mib_text(mib):
-    return f"{mib / 1024:.2f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
 
 
 def main(path):
