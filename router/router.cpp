@@ -365,9 +365,9 @@ void take_held_back_blocks(void* arg) noexcept {
   }
 }
 
-__attribute__((noinline)) bool poll_turned_ordered() noexcept {
+__attribute__((noinline)) bool poll_turned_ordered(BusyStreams busy = BusyStreams::probe) noexcept {
   TakenAtTransitions taken;
-  const bool turned = poll_stream_activity(g_fence_always ? nullptr : take_held_back_blocks, &taken);
+  const bool turned = poll_stream_activity(g_fence_always ? nullptr : take_held_back_blocks, &taken, busy);
   for (TakenAtTransition& each : taken) each.device->fences.give_back_taken(std::move(each.taken));
   return turned && reuse_at_once();
 }
@@ -459,9 +459,10 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
   }
   // A large block would close a batch by itself, or soon: first ask whether the streams that kept the
   // work unordered are idle by now (a side stream's work often takes microseconds); if so it goes back
-  // at once instead of costing a fence and waiting for it (whichever thread's poll found them so).
+  // at once instead of costing a fence and waiting for it (whichever thread's poll found them so). It
+  // only asks: the fence's own polls queue the probes (router/stream_activity.h, BusyStreams).
   if (!device.properties.stream_ordered && freed.bytes >= kAskBeforeFencingBytes) {
-    poll_turned_ordered();
+    poll_turned_ordered(BusyStreams::ask_only);
     if (reuse_at_once()) {
       free_at_once(device, freed);
       return;

@@ -479,7 +479,7 @@ bool idle_streams_would_order_the_work(const Activity& a) noexcept {
 
 }  // namespace
 
-bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg) noexcept {
+bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg, BusyStreams busy) noexcept {
   Activity& a = activity();
   if (g_unordered.load(std::memory_order_relaxed) == 0) return false;
   if (g_active_captures.load(std::memory_order_acquire) > 0) return false;  // no record may touch a capture
@@ -497,11 +497,19 @@ bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg) noexce
       ++i;
       continue;
     }
-    // A probe with work queued after it can no longer prove the stream idle: ask the stream itself.
-    // (The probe recorded at a stream's first launch goes stale when more launches follow, as a library
-    // that queues several kernels at once does: waiting for it cost the CNN of bench/torch_cnn.py a poll
-    // round, 2 more fenced frees and 20 MiB of peak on the H200.)
-    if (record->probing && !record->retiring && word != record->probe_stamp) record->probing = false;
+    // A probe with work queued after it can no longer prove the stream idle: once it has landed, ask
+    // the stream itself. (The probe recorded at a stream's first launch goes stale when more launches
+    // follow, as a library that queues several kernels at once does: waiting for it cost the CNN of
+    // bench/torch_cnn.py a poll round, 2 more fenced frees and 20 MiB of peak on the H200.) Until it has
+    // landed the stream is still busy with work queued before it, which is all a query or a fresh probe
+    // could say: a thread that launches between every pair made both, two driver calls, in every poll.
+    if (record->probing && !record->retiring && word != record->probe_stamp) {
+      if (!probe_landed(record, &calls)) {
+        ++i;
+        continue;
+      }
+      record->probing = false;
+    }
     if (!record->probing) {
       // A submission in flight may be queued after a probe recorded now: try again at the next poll.
       if (!record->retiring && (word & kInFlightMask) == 0) {
@@ -513,8 +521,10 @@ bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg) noexce
           ++i;
           continue;
         }
-        ++calls;
-        if (scope.ok()) start_probe(record, word);
+        if (scope.ok() && busy == BusyStreams::probe) {
+          ++calls;
+          start_probe(record, word);
+        }
       }
       ++i;
       continue;

@@ -146,7 +146,14 @@ inline constexpr int kMaxDriverCallsPerPoll = 4;
 // since the transition, and may be given back unfenced once the lock is let go (docs/free-safety.md).
 // It must only move blocks (no driver or backend call): every stream starting work waits for it.
 using TurnedOrderedHook = void (*)(void* arg) noexcept;
-bool poll_stream_activity(TurnedOrderedHook on_turned_ordered = nullptr, void* arg = nullptr) noexcept;
+// What a poll does for a stream that its query finds busy: queue a probe there, which a later poll reads
+// without the driver, or only ask. A free of a large block asks only: it wants one answer, now (is the
+// work ordered again, so the block need not be fenced?), and the batch closes and the every-8th polls
+// queue the probes. With a launch between every pair of 16 MiB, each free queued a probe that the next
+// launch made stale at once (a write costs the freeing thread 2.7-2.9 us on the H200).
+enum class BusyStreams { probe, ask_only };
+bool poll_stream_activity(TurnedOrderedHook on_turned_ordered = nullptr, void* arg = nullptr,
+                          BusyStreams busy = BusyStreams::probe) noexcept;
 // The fence of a cuMemFree batch (router/cuda_fence_events.cpp) covers only the streams that carry work.
 // `visit` runs for every active stream under the activity lock, so none of them can be destroyed
 // meanwhile (untrack_stream takes the lock before the real destroy); it returns false to stop the walk.

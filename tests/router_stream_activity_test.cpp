@@ -664,6 +664,52 @@ TEST_F(StreamActivity, AProbeWithWorkQueuedAfterItIsNotWaitedFor) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A stale probe that has not landed says what a query or a fresh probe would: the stream is busy. The
+// polls wait for it without a driver call, so a thread that launches between every pair no longer
+// pays a query and a probe in every poll; once it has landed, the stream is asked (above).
+TEST_F(StreamActivity, AStaleProbeThatHasNotLandedCostsAPollNoQueryAndNoNewProbe) {
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);  // active, its probe queued (held)
+  launch_on(s);  // queued after the probe: stale
+  const int stream_queries = fake_cuda_calls("cuStreamQuery");
+  const int records = probe_records();
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(cuMemFree(fresh_block()), CUDA_SUCCESS);  // fenced: two polls
+  EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), stream_queries) << "a poll asked a stream still behind its probe";
+  EXPECT_EQ(probe_records(), records) << "a poll queued a probe behind one that had not landed";
+  EXPECT_FALSE(reused_at_once(fresh_block())) << "reused while the stream's work was held";
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "frees stayed fenced after the stream's work was done";
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A free of a large block asks whether the work is ordered again before fencing it, and only asks: a
+// busy stream gets no probe there (the batch's own polls queue it). With a launch between every pair
+// of 16 MiB, each free queued one that the next launch made stale.
+TEST_F(StreamActivity, AFreeOfALargeBlockOnlyAsksABusyStream) {
+  constexpr std::size_t kBig = std::size_t{16} << 20;
+  const CUstream s = active_side_stream();  // its launch's probe has landed: the fake GPU was not held
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);  // after the probe, held: the probe is stale and the stream busy
+  CUdeviceptr big = 0;
+  ASSERT_EQ(cuMemAlloc(&big, kBig), CUDA_SUCCESS);
+  const int stream_queries = fake_cuda_calls("cuStreamQuery");
+  const int records = probe_records();
+  ASSERT_EQ(cuMemFree(big), CUDA_SUCCESS);
+  EXPECT_GT(fake_cuda_calls("cuStreamQuery"), stream_queries) << "the large free did not ask the stream";
+  EXPECT_EQ(probe_records(), records) << "the large free queued a probe on a busy stream";
+  CUdeviceptr again = 0;
+  ASSERT_EQ(cuMemAlloc(&again, kBig), CUDA_SUCCESS);
+  EXPECT_NE(again, big) << "a block the held stream may still use was handed out";
+  EXPECT_EQ(cuMemFree(again), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 0);
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "frees stayed fenced after the stream's work was done";
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // With a stream per thread many streams are active: one poll asks at most 4 of them (driver calls), the
 // next poll the others first, so a free never pays for every stream and every stream is still asked.
 TEST_F(StreamActivity, APollAsksAFewStreamsAndTheNextPollTheOthers) {
