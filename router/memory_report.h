@@ -63,11 +63,15 @@ struct StatsRow {
   // (router/out_of_memory.h, allocate_without_new_peak), and how each was served: a block another
   // thread got back (or every thread's returned blocks together), one after waiting for the fences, or
   // growth past the peak, and the time they waited for fences in all (summed over threads). A line
-  // under the table when any.
+  // under the table when any. Growth has three causes, counted apart: the growth rule's turn (at once,
+  // router/peak_growth.h), too little fenced to wait for (the fenced and cached bytes could not serve
+  // it), and a wait that got no block (the fences did not complete within the bound).
   std::uint64_t at_peak = 0;
   std::uint64_t at_peak_taken = 0;
   std::uint64_t at_peak_waited = 0;
-  std::uint64_t at_peak_grew = 0;
+  std::uint64_t at_peak_grew_by_rule = 0;
+  std::uint64_t at_peak_grew_unwaited = 0;
+  std::uint64_t at_peak_grew_after_wait = 0;
   std::uint64_t at_peak_wait_ns = 0;
 };
 

@@ -1032,6 +1032,31 @@ TEST_F(StreamActivity, AtThePeakAnAllocationWaitsForFencedBlocksRatherThanGrow) 
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// ... but not when the fenced blocks could not serve it: a few small blocks wait for a fence, and the
+// allocation grows at once rather than wait for bytes that would not be enough. The statistics count it
+// apart from growth by the rule's turn and after a wait in vain (router/memory_report.h; the run
+// router_stream_activity_peak_statistics.unwaited checks its line).
+TEST_F(StreamActivity, AtThePeakAnAllocationTheFencedBlocksCannotServeGrowsAtOnce) {
+  if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
+  const CUstream s = active_side_stream();
+  fake_cuda_hold_stream(s, 1);
+  CUdeviceptr kept = 0;
+  ASSERT_EQ(cuMemAlloc(&kept, kLarge), CUDA_SUCCESS);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 3, kBlock, s), CUDA_SUCCESS);
+  free_and_close_batch(used);  // ~1 MiB of small blocks waits for the held stream
+  const std::size_t physical = fake_cuda_physical_bytes(0);
+  const auto start = std::chrono::steady_clock::now();
+  CUdeviceptr other = 0;
+  ASSERT_EQ(cuMemAlloc(&other, kLarge), CUDA_SUCCESS);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(25))
+      << "the allocation waited for fenced blocks that could not serve it";
+  EXPECT_GT(fake_cuda_physical_bytes(0), physical) << "the allocation did not meet the peak";
+  for (CUdeviceptr p : {kept, other}) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // The wait is bounded: a fence that does not complete (here a stream held for good; in a program, work
 // waiting for something the program does later) costs a short wait, then the arena grows, and the
 // fenced block is still not handed out.
@@ -1145,7 +1170,8 @@ PeakWaits allocate_at_a_held_peak(std::size_t bytes) {
 
 // Waiting at the peak is paid a bounded number of times: when allocations keep finding the peak while
 // fenced blocks wait, and the waits take the time (here every one runs its full 50 ms), every 8th of
-// them grows at once instead (router/peak_growth.h).
+// them grows at once instead (router/peak_growth.h). The run router_stream_activity_peak_statistics.rule
+// checks that the statistics tell those from the growth after each wait in vain.
 TEST_F(StreamActivity, AllocationsThatKeepFindingThePeakGrowItWithoutWaiting) {
   if (!arena_backend()) GTEST_SKIP() << backend() << " has no arena that grows in steps";
   const PeakWaits counts = allocate_at_a_held_peak(kLarge);
