@@ -8,7 +8,7 @@
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
 #                       [--pattern pairs|handoff|random] [--work-every N] [--warmup-ms MS] [--build-dir DIR]
-#                       [--csv FILE] [--process-per-size]
+#                       [--csv FILE] [--process-per-size] [--stats]
 #                       [--env NAME=VAR=VALUE ...]
 # --pattern handoff: each pair frees a block another thread allocated (alloc_bench --patterns handoff).
 # --pattern random: log-uniform sizes 256 B..16 MiB over 64 live blocks (both tiers; the size column reads rand).
@@ -17,6 +17,10 @@
 #   --warmup-ms; 0: 2000 pairs only, which at 16 threads with a stream leaves the arena's climb in the cell).
 # --process-per-size: each size in a process of its own (in pass order), so the peak column (alloc_bench's
 #   peak_mib, NVML) is that cell's alone and not what earlier sizes of the process left cached.
+# --stats: the libraries run under GPUSHIM_STATS=1, and each process's "at the peak" line (how its
+#   allocations at the peak were served, and why those that grew did) is a row of FILE_at_peak.csv; a
+#   second table gives the medians (scripts/at_peak_table.py). With --process-per-size a row is one
+#   cell's. Counting costs every pair a few ns: compare libraries that all ran under --stats.
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
 # cudaMallocAsync pool; runtime: cudaMalloc; host: malloc+free, the harness's own ceiling with the same
 # launches), interleaved with the libraries in every pass.
@@ -45,8 +49,9 @@ pattern=pairs
 work_every=64
 warmup_ms=0
 process_per_size=0
+stats=0
 envs=()
-usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
@@ -64,6 +69,7 @@ while [ $# -gt 0 ]; do
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
     --process-per-size) process_per_size=1; shift ;;
+    --stats) stats=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "ab_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -88,6 +94,12 @@ for entry in "${libs[@]}"; do
 done
 [ -n "$csv" ] || csv="${OUT:-$build}/ab_bench.csv"
 rm -f "$csv"
+at_peak_csv="${csv%.csv}_at_peak.csv"
+stderr_log=$(mktemp)
+trap 'rm -f "$stderr_log"' EXIT
+if [ $stats -eq 1 ]; then
+  echo "label,threads,streams,sizes,at_peak,taken,waited,grew_by_rule,grew_unwaited,grew_after_wait,wait_ms" > "$at_peak_csv"
+fi
 
 status=0
 size_groups=("$sizes")
@@ -101,14 +113,22 @@ for pass in $(seq 1 "$passes"); do
     case "$entry" in peer:*) name=${name#peer:}; api=${entry#*=}; preload="" ;; esac
     settings=()
     for e in "${envs[@]}"; do [ "${e%%=*}" = "$name" ] && settings+=("${e#*=}"); done
+    [ $stats -eq 1 ] && [ -n "$preload" ] && settings+=(GPUSHIM_STATS=1)
     if ! env "${settings[@]}" LD_PRELOAD="$preload" GPUSHIM_BACKEND="$backend" timeout 300 "$bench" --api "$api" --patterns "$pattern" \
         --threads "$threads" --streams "$streams" --sizes "$group" --cell-ms "$cell_ms" --work-every "$work_every" --warmup-ms "$warmup_ms" \
-        --label "$name" --csv "$csv" > /dev/null 2>&1; then
-      echo "ab_bench.sh: pass $pass under $name failed" >&2
+        --label "$name" --csv "$csv" > /dev/null 2> "$stderr_log"; then
+      echo "ab_bench.sh: pass $pass under $name failed; its last lines:" >&2
+      tail -n 5 "$stderr_log" >&2
       status=1
+    elif [ $stats -eq 1 ] && [ -n "$preload" ]; then
+      python3 "$repo/scripts/at_peak_table.py" row "$stderr_log" "$name" "$threads" "$streams" "$group" >> "$at_peak_csv" || status=1
     fi
   done
   done
 done
 python3 "$repo/scripts/ab_table.py" "$csv" || status=1
+if [ $stats -eq 1 ]; then
+  echo
+  python3 "$repo/scripts/at_peak_table.py" "$at_peak_csv" || status=1
+fi
 exit $status
