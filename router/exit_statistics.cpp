@@ -38,9 +38,9 @@ void at_exit() noexcept {
         row.at_peak = total.at_peak.load();
         row.at_peak_taken = total.at_peak_taken.load();
         row.at_peak_waited = total.at_peak_waited.load();
-        row.at_peak_grew_by_rule = total.at_peak_grew_by_rule.load();
-        row.at_peak_grew_unwaited = total.at_peak_grew_unwaited.load();
-        row.at_peak_grew_after_wait = total.at_peak_grew_after_wait.load();
+        row.at_peak_past_by_rule = total.at_peak_past_by_rule.load();
+        row.at_peak_past_unwaited = total.at_peak_past_unwaited.load();
+        row.at_peak_past_after_wait = total.at_peak_past_after_wait.load();
         row.at_peak_wait_ns = total.at_peak_wait_ns.load();
         AllocatorStats stats = device->backend().stats();
         row.peak_live = stats.peak_bytes_in_use;

@@ -76,7 +76,8 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
   const auto count = [counts](Count Counters::*which) {
     if (counts) (counts->*which).fetch_add(1, std::memory_order_relaxed);
   };
-  Count Counters::*grew_because = &Counters::at_peak_grew_unwaited;  // why it grew, if it does
+  // Why it is let past the peak, if it is (the statistics line; the backend may still find room).
+  Count Counters::*past_because = &Counters::at_peak_past_unwaited;
   {
     NoNewPeakScope no_new_peak;
     if (void* p = backend.allocate(block_size, stream)) return p;
@@ -101,10 +102,10 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // bytes are asked first: the backend's stats walk every thread cache under locks (5% of the
     // wall-clock time of 16 threads with a stream each at 4 MiB, on the H200).
     const std::uint64_t fenced = device.fences.pending_bytes();
-    if (grow_now) grew_because = &Counters::at_peak_grew_by_rule;
+    if (grow_now) past_because = &Counters::at_peak_past_by_rule;
     if (!grow_now && device.fences.can_give_back() &&
         (fenced >= block_size || fenced + backend.stats().bytes_cached >= block_size)) {
-      grew_because = &Counters::at_peak_grew_after_wait;
+      past_because = &Counters::at_peak_past_after_wait;
       annotations::ScopedRange range(annotations::SlowEvent::fence_wait);
       const auto start = std::chrono::steady_clock::now();
       const auto deadline = start + kNewPeakWait;
@@ -138,7 +139,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     }
   }
   void* grown = backend.allocate(block_size, stream);
-  if (grown) count(grew_because);
+  if (grown) count(past_because);
   return grown;
 }
 

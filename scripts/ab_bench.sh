@@ -18,7 +18,7 @@
 # --process-per-size: each size in a process of its own (in pass order), so the peak column (alloc_bench's
 #   peak_mib, NVML) is that cell's alone and not what earlier sizes of the process left cached.
 # --stats: the libraries run under GPUSHIM_STATS=1, and each process's "at the peak" line (how its
-#   allocations at the peak were served, and why those that grew did) is a row of FILE_at_peak.csv; a
+#   allocations at the peak were served, and why those let past the peak were) is a row of FILE_at_peak.csv; a
 #   second table gives the medians (scripts/at_peak_table.py). With --process-per-size a row is one
 #   cell's. Counting costs every pair a few ns: compare libraries that all ran under --stats.
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
@@ -98,7 +98,7 @@ at_peak_csv="${csv%.csv}_at_peak.csv"
 stderr_log=$(mktemp)
 trap 'rm -f "$stderr_log"' EXIT
 if [ $stats -eq 1 ]; then
-  echo "label,threads,streams,sizes,at_peak,taken,waited,grew_by_rule,grew_unwaited,grew_after_wait,wait_ms" > "$at_peak_csv"
+  echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms" > "$at_peak_csv"
 fi
 
 status=0

@@ -97,14 +97,14 @@ expect 1 "ab table: a CSV without rows is an error" ab_has "$dir/ab_empty.csv" "
 # zeros where a process met no peak), then the medians over the passes per library.
 at_peak_line() {  # at_peak_line DEVICE AT TAKEN WAITED RULE UNWAITED AFTER MS
   local grew=$(($5 + $6 + $7))
-  echo "gpushim: device $1 at the peak while blocks waited for fences: $2 allocations; $3 took blocks other threads got back, $4 waited for fences, $grew grew ($5 at once by the growth rule, $6 with too little fenced to wait for, $7 after waiting in vain); the waits took $8 ms in all"
+  echo "gpushim: device $1 at the peak while blocks waited for fences: $2 allocations; $3 took blocks other threads got back, $4 waited for fences, $grew were let past the peak ($5 at once by the growth rule, $6 with too little fenced to wait for, $7 after waiting in vain); the waits took $8 ms in all"
 }
 { echo "gpushim: device 0 fenced 10 of 20 frees; peak waiting for a fence 1.00 MiB"
   at_peak_line 0 10 1 6 1 1 1 2.5; at_peak_line 1 4 0 4 0 0 0 1.0; } > "$dir/stats_a.log"
 at_peak_line 0 20 0 10 2 3 5 8.0 > "$dir/stats_b.log"
 echo "no line" > "$dir/stats_none.log"
 at_peak_rows() {
-  echo "label,threads,streams,sizes,at_peak,taken,waited,grew_by_rule,grew_unwaited,grew_after_wait,wait_ms"
+  echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms"
   python3 "$repo/scripts/at_peak_table.py" row "$dir/stats_a.log" new 16 on 16777216 &&
   python3 "$repo/scripts/at_peak_table.py" row "$dir/stats_b.log" new 16 on 16777216 &&
   python3 "$repo/scripts/at_peak_table.py" row "$dir/stats_none.log" base 16 on 16777216
@@ -119,7 +119,7 @@ expect 0 "at-peak rows: devices summed, no line is zeros" grep -qxF "new,16,on,1
 expect 0 "at-peak rows: a process without the line" grep -qxF "base,16,on,16777216,0,0,0,0,0,0,0" "$dir/at_peak.csv"
 expect 0 "at-peak table: medians over the passes" \
   at_peak_has "$dir/at_peak.csv" "| new | base |" "| 16, on | 16 MiB | 17 / 0 / 10 / 1, 2, 3 / 5.8 | 0 / 0 / 0 / 0, 0, 0 / 0.0 |"
-echo "label,threads,streams,sizes,at_peak,taken,waited,grew_by_rule,grew_unwaited,grew_after_wait,wait_ms" > "$dir/at_peak_empty.csv"
+echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms" > "$dir/at_peak_empty.csv"
 expect 1 "at-peak table: a CSV without rows is an error" at_peak_has "$dir/at_peak_empty.csv" "|"
 # scripts/hot_path_table.py: the 16-thread peak table appears only when the CSV has peak_mib.
 hot_has() {  # hot_has CSV WORD...: the hot-path table printed for CSV has every WORD

@@ -51,18 +51,18 @@ TEST(StatsTable, AllocationsAtThePeakGetTheirOwnLine) {
   row.at_peak = 9;
   row.at_peak_taken = 4;
   row.at_peak_waited = 3;
-  row.at_peak_grew_by_rule = 1;
-  row.at_peak_grew_after_wait = 1;
+  row.at_peak_past_by_rule = 1;
+  row.at_peak_past_after_wait = 1;
   row.at_peak_wait_ns = 12'345'678;
   StatsRow none = row;
   none.device = 1;
-  none.at_peak = none.at_peak_taken = none.at_peak_waited = none.at_peak_grew_by_rule = 0;
-  none.at_peak_grew_after_wait = 0;
+  none.at_peak = none.at_peak_taken = none.at_peak_waited = none.at_peak_past_by_rule = 0;
+  none.at_peak_past_after_wait = 0;
   auto lines = format_stats_table({row, none});
   ASSERT_EQ(lines.size(), 6u);
   EXPECT_EQ(lines[5],
             "device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got "
-            "back, 3 waited for fences, 2 grew (1 at once by the growth rule, 0 with too little fenced to wait for, 1 "
+            "back, 3 waited for fences, 2 were let past the peak (1 at once by the growth rule, 0 with too little fenced to wait for, 1 "
             "after waiting in vain); the waits took 12.3 ms in all");
 }
 
