@@ -94,10 +94,12 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
     if (row.at_peak == 0) continue;
     std::snprintf(line, sizeof line,
                   "device %d at the peak while blocks waited for fences: %llu allocations; %llu took blocks other "
-                  "threads got back, %llu waited for fences, %llu were let past the peak (%llu at once by the growth rule, %llu with "
-                  "too little fenced to wait for, %llu after waiting in vain); the waits took %.1f ms in all",
+                  "threads got back, %llu waited for fences, %llu were let past the peak (%llu at once by the "
+                  "growth rule, %llu with too little fenced to wait for, %llu after waiting in vain); the waits "
+                  "took %.1f ms in all",
                   row.device, static_cast<unsigned long long>(row.at_peak),
-                  static_cast<unsigned long long>(row.at_peak_taken), static_cast<unsigned long long>(row.at_peak_waited),
+                  static_cast<unsigned long long>(row.at_peak_taken),
+                  static_cast<unsigned long long>(row.at_peak_waited),
                   static_cast<unsigned long long>(row.at_peak_past_by_rule + row.at_peak_past_unwaited +
                                                   row.at_peak_past_after_wait),
                   static_cast<unsigned long long>(row.at_peak_past_by_rule),

@@ -62,7 +62,7 @@ struct StatsRow {
   // Allocations that found the backend at its peak while freed blocks waited for fences
   // (router/out_of_memory.h, allocate_without_new_peak), and how each was served: a block another
   // thread got back (or every thread's returned blocks together), one after waiting for the fences, or
-  // growth past the peak, and the time they waited for fences in all (summed over threads). A line
+  // being let past the peak, and the time they waited for fences in all (summed over threads). A line
   // under the table when any. An allocation is let past the peak for one of three reasons, counted
   // apart: the growth rule's turn (at once, router/peak_growth.h), too little fenced to wait for (the
   // fenced and cached bytes could not serve it), and a wait that got no block (the fence queue emptied

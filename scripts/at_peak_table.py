@@ -25,8 +25,8 @@ COLUMNS = ["label", "threads", "streams", "sizes"] + COUNTS
 
 LINE = re.compile(
     r"at the peak while blocks waited for fences: (\d+) allocations; (\d+) took blocks other threads got "
-    r"back, (\d+) waited for fences, \d+ were let past the peak \((\d+) at once by the growth rule, (\d+) with too little "
-    r"fenced to wait for, (\d+) after waiting in vain\); the waits took ([0-9.]+) ms in all")
+    r"back, (\d+) waited for fences, \d+ were let past the peak \((\d+) at once by the growth rule, (\d+) "
+    r"with too little fenced to wait for, (\d+) after waiting in vain\); the waits took ([0-9.]+) ms in all")
 
 
 def counts_in(text):

@@ -62,8 +62,8 @@ TEST(StatsTable, AllocationsAtThePeakGetTheirOwnLine) {
   ASSERT_EQ(lines.size(), 6u);
   EXPECT_EQ(lines[5],
             "device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got "
-            "back, 3 waited for fences, 2 were let past the peak (1 at once by the growth rule, 0 with too little fenced to wait for, 1 "
-            "after waiting in vain); the waits took 12.3 ms in all");
+            "back, 3 waited for fences, 2 were let past the peak (1 at once by the growth rule, 0 with too "
+            "little fenced to wait for, 1 after waiting in vain); the waits took 12.3 ms in all");
 }
 
 TEST(StatsTable, RowsParseByWhitespaceAsTestsDo) {
