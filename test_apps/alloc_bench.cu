@@ -278,9 +278,21 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
       const std::uint64_t warmup = std::min<std::uint64_t>(mine.reps / 4 + 5, 2000);
       const Clock::time_point warm_until =
           Clock::now() + std::chrono::nanoseconds(std::int64_t(o.warmup_ms * 1e6));
-      for (std::uint64_t i = 0;; ++i) {
-        if (i >= warmup && (o.warmup_ms == 0 || ((i & 15) == 0 && Clock::now() >= warm_until))) break;
-        runner.timed_pair();
+      std::vector<double> last_warm(15, 0.0);  // the warm-up's last pairs, for the repetitions below
+      std::uint64_t warmed = 0;
+      for (;; ++warmed) {
+        if (warmed >= warmup && (o.warmup_ms == 0 || ((warmed & 15) == 0 && Clock::now() >= warm_until))) break;
+        last_warm[warmed % last_warm.size()] = runner.timed_pair();
+      }
+      // The calibration above ran cold, on this thread's first pairs. Where those are slow and the warm
+      // ones fast, it set a few hundred repetitions, and the cell's p99 was its slowest pair or two: one
+      // thread at 1 GiB with a stream, after 16 threads had held 16 GiB, calibrated at ~600 us a pair and
+      // ran 158 pairs of 170 ns median, "p99" 566 us (H200, twenty-fifth session). After a timed warm-up
+      // the thread's own last pairs set them instead; --warmup-ms 0 (the cold start) keeps the calibration.
+      if (o.warmup_ms > 0 && warmed >= last_warm.size()) {
+        std::nth_element(last_warm.begin(), last_warm.begin() + last_warm.size() / 2, last_warm.end());
+        const double warm_ns = std::max(last_warm[last_warm.size() / 2], 20.0);
+        mine.reps = std::clamp<std::uint64_t>(std::uint64_t(budget_ns / (warm_ns * threads)), kMinReps, kMaxReps);
       }
       // Written (so its pages are touched) before the start: a page fault per 512 samples inside the
       // timed loop took the process's memory lock, which 16 threads then fought over.
