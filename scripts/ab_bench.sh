@@ -18,9 +18,10 @@
 # --process-per-size: each size in a process of its own (in pass order), so the peak column (alloc_bench's
 #   peak_mib, NVML) is that cell's alone and not what earlier sizes of the process left cached.
 # --stats: the libraries run under GPUSHIM_STATS=1, and each process's "at the peak" line (how its
-#   allocations at the peak were served, and why those let past the peak were) is a row of FILE_at_peak.csv; a
-#   second table gives the medians (scripts/at_peak_table.py). With --process-per-size a row is one
-#   cell's. Counting costs every pair a few ns: compare libraries that all ran under --stats.
+#   allocations at the peak were served, and why those let past the peak were) is a row of
+#   FILE_at_peak.csv; a second table gives the medians (scripts/at_peak_table.py). With
+#   --process-per-size a row is one cell's. Counting costs every pair a few ns: compare libraries that
+#   all ran under --stats.
 # --peer NAME=API: a column without gpushim, alloc_bench's --api API (async: the driver's warm
 # cudaMallocAsync pool; runtime: cudaMalloc; host: malloc+free, the harness's own ceiling with the same
 # launches), interleaved with the libraries in every pass.
@@ -51,7 +52,7 @@ warmup_ms=0
 process_per_size=0
 stats=0
 envs=()
-usage() { sed -n '2,34p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) libs+=("$2"); shift 2 ;;
@@ -98,7 +99,8 @@ at_peak_csv="${csv%.csv}_at_peak.csv"
 stderr_log=$(mktemp)
 trap 'rm -f "$stderr_log"' EXIT
 if [ $stats -eq 1 ]; then
-  echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms" > "$at_peak_csv"
+  echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms" \
+    > "$at_peak_csv"
 fi
 
 status=0
@@ -121,7 +123,8 @@ for pass in $(seq 1 "$passes"); do
       tail -n 5 "$stderr_log" >&2
       status=1
     elif [ $stats -eq 1 ] && [ -n "$preload" ]; then
-      python3 "$repo/scripts/at_peak_table.py" row "$stderr_log" "$name" "$threads" "$streams" "$group" >> "$at_peak_csv" || status=1
+      python3 "$repo/scripts/at_peak_table.py" row "$stderr_log" "$name" "$threads" "$streams" "$group" \
+        >> "$at_peak_csv" || status=1
     fi
   done
   done

@@ -61,9 +61,11 @@ set_tests_properties(router_stream_activity_fence_delay.tiered PROPERTIES TIMEOU
 
 # The statistics' "at the peak" line tells why allocations were let past the peak (router/memory_report.h):
 # by the growth rule's turn, with too little fenced to wait for, or after a wait in vain. Each run is one
-# test whose allocations at the peak grow for known reasons; the line is printed at exit. (A ';' in the expression
-# would split it into a list, any of whose parts passes the test: the line's ';' is matched by '.'.)
-set(router_e2e_peak_line "at the peak while blocks waited for fences: [0-9]+ allocations. [0-9]+ took blocks other threads got back, [0-9]+ waited for fences, [0-9]+ were let past the peak")
+# test whose allocations at the peak are let past it for known reasons; the line is printed at exit. (A
+# ';' in the expression would split it into a list, any of whose parts passes the test: the line's ';'
+# is matched by '.'.)
+string(CONCAT router_e2e_peak_line "at the peak while blocks waited for fences: [0-9]+ allocations. "
+  "[0-9]+ took blocks other threads got back, [0-9]+ waited for fences, [0-9]+ were let past the peak")
 foreach(case
     "rule|KeepFindingThePeak|\\([1-9] at once by the growth rule, 0 with too little fenced to wait for, 1[0-9] after waiting in vain\\)"
     "unwaited|TheFencedBlocksCannotServe|\\(0 at once by the growth rule, 1 with too little fenced to wait for, 0 after waiting in vain\\)")
