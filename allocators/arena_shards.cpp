@@ -89,7 +89,7 @@ void ArenaShards::note_home_wait() noexcept {
   ThreadEntry& entry = this_thread();
   if (entry.arena != 0) return;
   if (entry.waits != 0 && began - entry.last_wait_end_ns > wait_gap_ns_) entry.waits = 0;
-  entry.last_wait_end_ns = detail::steady_now_ns();
+  entry.last_wait_end_ns = monotonic_ns();
   if (++entry.waits < waits_to_leave_) return;
   entry.waits = 0;
   if (shards_ < 2) return;

@@ -28,7 +28,6 @@
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -39,21 +38,17 @@
 #include "allocators/adaptive_mutex.h"
 #include "allocators/allocator.h"
 #include "config/settings.h"
+#include "diagnostics/monotonic_clock.h"
 #include "providers/memory_provider.h"
 
 namespace gpushim {
 
 namespace detail {
 // When this thread's last call to an arena of several (VmmArenaOptions::totals set) that found the
-// arena's lock held began to wait (steady clock, ns); 0: none since whoever reads it cleared it
+// arena's lock held began to wait (monotonic_ns); 0: none since whoever reads it cleared it
 // (allocators/arena_shards.h: a thread that keeps finding the lock held moves to an arena of its own).
 // Only a call that waits reads the clock, and a lone arena's never does: nobody would read it.
 inline thread_local std::uint64_t t_vmm_wait_began_ns __attribute__((tls_model("initial-exec"))) = 0;
-inline std::uint64_t steady_now_ns() noexcept {
-  return static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
-          .count());
-}
 }  // namespace detail
 
 // 256 GiB of address space per device: larger than the memory of any current GPU (H200: 141 GB,
@@ -217,7 +212,7 @@ class VmmArena final : public Allocator {
     explicit CountingLock(VmmArena& arena) noexcept : arena_(arena) {
       if (!arena_.mutex_.try_lock()) {
         arena_.totals_->lock_waits.fetch_add(1, std::memory_order_relaxed);
-        if (arena_.stamps_waits_) detail::t_vmm_wait_began_ns = detail::steady_now_ns();
+        if (arena_.stamps_waits_) detail::t_vmm_wait_began_ns = monotonic_ns();
         arena_.mutex_.lock();
       }
     }

@@ -1,19 +1,10 @@
 #include "router/fault_injection.h"
 
-#include <time.h>
-
 #include <new>
 
+#include "diagnostics/monotonic_clock.h"
+
 namespace gpushim {
-namespace {
-
-std::uint64_t monotonic_ns() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);  // vDSO: no system call
-  return std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
-}
-
-}  // namespace
 
 bool FaultInjector::should_fail(std::size_t bytes, std::uint64_t now_ns) noexcept {
   if (!spec_.armed) return false;

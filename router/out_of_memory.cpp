@@ -13,6 +13,7 @@
 #include "annotations/nvtx_ranges.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
+#include "diagnostics/monotonic_clock.h"
 #include "ipc/cuda_ipc.h"
 #include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
@@ -95,7 +96,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // each on the H200), where the lists held the working set.
     ThreadState* thread = t_state;
     const bool grow_now =
-        device.peak_growth.grow_now(block_size, thread ? &thread->at_peak_waits : nullptr, tracing::monotonic_ns());
+        device.peak_growth.grow_now(block_size, thread ? &thread->at_peak_waits : nullptr, monotonic_ns());
     // This thread's own frees wait in its open batch until it fills: fenced now, they can come back.
     close_this_thread_batch(device);
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced
@@ -110,9 +111,9 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
       const auto start = std::chrono::steady_clock::now();
       const auto deadline = start + kNewPeakWait;
       // What the growth rule weighs (router/peak_growth.h), and what GPUSHIM_STATS reports.
-      const std::uint64_t began_ns = tracing::monotonic_ns();
+      const std::uint64_t began_ns = monotonic_ns();
       const auto account_wait = [thread, counts, began_ns] {
-        const std::uint64_t end = tracing::monotonic_ns();
+        const std::uint64_t end = monotonic_ns();
         const std::uint64_t waited = end - began_ns;
         if (thread) thread->at_peak_waits.waited(waited, end);
         if (counts) counts->at_peak_wait_ns.fetch_add(waited, std::memory_order_relaxed);
@@ -244,7 +245,7 @@ void write_dump(DeviceState& failed_on, std::size_t requested, StreamHandle stre
   tracing::DumpBlock request;
   request.size = requested;
   request.stream = stream;
-  request.time_ns = tracing::monotonic_ns();
+  request.time_ns = monotonic_ns();
   request.device = failed_on.ordinal;
   request.backend = failed_on.properties.id;
   std::uint64_t frames[kMaxTraceStack];
@@ -274,7 +275,7 @@ void arm_oom_dump(const std::string& path, int stack_depth) noexcept {
   } catch (...) {
     return;
   }
-  g_dump_start_ns = tracing::monotonic_ns();
+  g_dump_start_ns = monotonic_ns();
   if (stack_depth > 0 && tracing::load_unwinder() && g_stacks.init(stack_depth)) {
     g_dump_stack_depth = stack_depth;
   } else if (stack_depth > 0) {
@@ -285,7 +286,7 @@ void arm_oom_dump(const std::string& path, int stack_depth) noexcept {
 }
 
 void stamp_for_dump(LiveBlock* block) noexcept {
-  block->time_ns = tracing::monotonic_ns();
+  block->time_ns = monotonic_ns();
   if (g_dump_stack_depth > 0) {
     std::uint64_t frames[kMaxTraceStack];
     // Skip stamp_for_dump itself; serve() and the entry point stay, the tools skip gpushim's frames.

@@ -32,7 +32,7 @@ class RecentWaits {
  public:
   static constexpr std::uint64_t kWaitHalfLifeNs = 100'000'000;  // 100 ms
 
-  // A wait at the peak of `ns`, ending at `now_ns` (CLOCK_MONOTONIC: tracing::monotonic_ns), served or not.
+  // A wait at the peak of `ns`, ending at `now_ns` (diagnostics/monotonic_clock.h), served or not.
   void waited(std::uint64_t ns, std::uint64_t now_ns) noexcept;
   // The share of the recent time spent waiting at `now_ns`: 0 to 1.
   double share(std::uint64_t now_ns) noexcept;

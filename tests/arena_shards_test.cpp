@@ -240,10 +240,10 @@ TEST(ArenaShards, OnlyWaitsInARowMoveAThread) {
   ArenaShards shards(provider, options(), 4, ArenaShards::kWaitsToLeave, /*wait_gap_ns=*/1000000);
   // `later_ns`: how long after now each wait begins (a wait begins after the call before it ended).
   const auto waited_call = [&](std::uint64_t later_ns) {
-    detail::t_vmm_wait_began_ns = detail::steady_now_ns() + later_ns;
+    detail::t_vmm_wait_began_ns = monotonic_ns() + later_ns;
     void* p = shards.allocate(64 * KiB, 0);
     ASSERT_NE(p, nullptr);
-    detail::t_vmm_wait_began_ns = detail::steady_now_ns() + later_ns;
+    detail::t_vmm_wait_began_ns = monotonic_ns() + later_ns;
     shards.deallocate(p, 64 * KiB, 0);
   };
   // Each wait begins a second after now, so far more than 1 ms after the one before ended.

@@ -323,8 +323,6 @@ bool write_trace_header(int fd, std::uint64_t start_monotonic_ns, int stack_dept
   return write_all(fd, &header, sizeof header);
 }
 
-std::uint64_t monotonic_ns() noexcept { return now_ns(CLOCK_MONOTONIC); }
-
 namespace detail {
 
 void record_slow(EventKind kind, int device, std::uint64_t stream, std::uint64_t address,

@@ -63,6 +63,5 @@ bool write_trace_chunk(int fd, unsigned char* chunk, std::size_t payload_bytes, 
                        std::uint32_t records) noexcept;
 // The module map of the process (every loaded ELF object), for resolving recorded frames later.
 void write_trace_module_map(int fd) noexcept;
-std::uint64_t monotonic_ns() noexcept;  // CLOCK_MONOTONIC, as event times are recorded
 
 }  // namespace gpushim::tracing
