@@ -99,8 +99,7 @@ at_peak_csv="${csv%.csv}_at_peak.csv"
 stderr_log=$(mktemp)
 trap 'rm -f "$stderr_log"' EXIT
 if [ $stats -eq 1 ]; then
-  echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms" \
-    > "$at_peak_csv"
+  python3 "$repo/scripts/at_peak_table.py" header > "$at_peak_csv"
 fi
 
 status=0

@@ -2,6 +2,7 @@
 """How each library's allocations at the peak were served, from GPUSHIM_STATS' "at the peak" line
 (docs/configuration.md), in A/B runs of several libraries (scripts/ab_bench.sh --stats).
 
+    scripts/at_peak_table.py header                                 the CSV's header line
     scripts/at_peak_table.py row LOG LABEL THREADS STREAMS SIZES   one CSV row for one process's stderr
     scripts/at_peak_table.py CSV                                    the table: medians over the passes
 
@@ -81,11 +82,14 @@ def table(path):
 
 
 def main(argv):
+    if len(argv) == 2 and argv[1] == "header":
+        print(",".join(COLUMNS))
+        return 0
     if len(argv) == 7 and argv[1] == "row":
         return row(*argv[2:])
     if len(argv) == 2:
         return table(argv[1])
-    print("\n".join(line.strip() for line in __doc__.splitlines()[3:5]), file=sys.stderr)
+    print("\n".join(line.strip() for line in __doc__.splitlines()[3:6]), file=sys.stderr)
     return 2
 
 

@@ -104,7 +104,7 @@ at_peak_line() {  # at_peak_line DEVICE AT TAKEN WAITED RULE UNWAITED AFTER MS
 at_peak_line 0 20 0 10 2 3 5 8.0 > "$dir/stats_b.log"
 echo "no line" > "$dir/stats_none.log"
 at_peak_rows() {
-  echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms"
+  python3 "$repo/scripts/at_peak_table.py" header &&
   python3 "$repo/scripts/at_peak_table.py" row "$dir/stats_a.log" new 16 on 16777216 &&
   python3 "$repo/scripts/at_peak_table.py" row "$dir/stats_b.log" new 16 on 16777216 &&
   python3 "$repo/scripts/at_peak_table.py" row "$dir/stats_none.log" base 16 on 16777216
@@ -119,8 +119,29 @@ expect 0 "at-peak rows: devices summed, no line is zeros" grep -qxF "new,16,on,1
 expect 0 "at-peak rows: a process without the line" grep -qxF "base,16,on,16777216,0,0,0,0,0,0,0" "$dir/at_peak.csv"
 expect 0 "at-peak table: medians over the passes" \
   at_peak_has "$dir/at_peak.csv" "| new | base |" "| 16, on | 16 MiB | 17 / 0 / 10 / 1, 2, 3 / 5.8 | 0 / 0 / 0 / 0, 0, 0 / 0.0 |"
-echo "label,threads,streams,sizes,at_peak,taken,waited,past_by_rule,past_unwaited,past_after_wait,wait_ms" > "$dir/at_peak_empty.csv"
+python3 "$repo/scripts/at_peak_table.py" header > "$dir/at_peak_empty.csv"
 expect 1 "at-peak table: a CSV without rows is an error" at_peak_has "$dir/at_peak_empty.csv" "|"
+# scripts/ab_bench.sh --stats, end to end over a stand-in alloc_bench that writes one CSV row and, under
+# GPUSHIM_STATS=1 only, the "at the peak" line: the libraries' lines become rows, the peer's run has none.
+mkdir -p "$dir/stub/test_apps"
+cat > "$dir/stub/test_apps/alloc_bench" <<'STUB'
+#!/usr/bin/env bash
+while [ $# -gt 0 ]; do case "$1" in --label) label=$2 ;; --csv) csv=$2 ;; esac; shift; done
+[ -s "$csv" ] || echo "label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams" > "$csv"
+echo "$label,runtime,pairs,16777216,16,100,300.0,900.0,320.0,4000000,on" >> "$csv"
+[ "${GPUSHIM_STATS:-0}" = 1 ] && echo "gpushim: device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got back, 3 waited for fences, 2 were let past the peak (1 at once by the growth rule, 0 with too little fenced to wait for, 1 after waiting in vain); the waits took 12.5 ms in all" >&2
+exit 0
+STUB
+chmod +x "$dir/stub/test_apps/alloc_bench"
+: > "$dir/stub/libstandin.so"
+ab_stats_has() {  # ab_stats_has WORD...: ab_bench.sh --stats over the stand-in prints every WORD
+  "$repo/scripts/ab_bench.sh" --build-dir "$dir/stub" --lib new="$dir/stub/libstandin.so" --peer pool=async \
+    --stats --passes 2 --sizes 16M --csv "$dir/stub/ab.csv" > "$dir/ab_stats" 2>&1 || { cat "$dir/ab_stats"; return 1; }
+  for word in "$@"; do grep -qF -- "$word" "$dir/ab_stats" || { cat "$dir/ab_stats"; return 1; }; done
+}
+expect 0 "ab_bench.sh --stats: the libraries' at-the-peak counts, and a peer without any" \
+  ab_stats_has "| threads, stream | sizes | new |" "| 16, on | 16M | 9 / 4 / 3 / 1, 0, 1 / 12.5 |"
+expect 0 "ab_bench.sh --stats: one row per library run" test "$(wc -l < "$dir/stub/ab_at_peak.csv")" -eq 3
 # scripts/hot_path_table.py: the 16-thread peak table appears only when the CSV has peak_mib.
 hot_has() {  # hot_has CSV WORD...: the hot-path table printed for CSV has every WORD
   local csv=$1; shift
