@@ -208,6 +208,11 @@ BackendStack backend_for_device(int device) noexcept {
       result.capped_provider = std::make_unique<LimitedProvider>(*provider, static_cast<std::size_t>(limit));
       source = result.capped_provider.get();
     }
+    if (s.stats) {
+      result.counted_provider = std::make_unique<MappingStatisticsProvider>(*source);
+      source = result.counted_provider.get();
+      result.properties.mappings = result.counted_provider.get();
+    }
     std::unique_ptr<Allocator> backend = info->factory(*source, s);
     if (!backend) {
       log(LogLevel::warn, "device %d: backend %s could not start, using passthrough", device, info->name);

@@ -11,6 +11,7 @@
 #include "allocators/allocator.h"
 #include "allocators/spilling_allocator.h"
 #include "providers/device_access.h"
+#include "providers/mapping_statistics.h"
 #include "providers/memory_provider.h"
 #include "providers/placement_policy.h"
 #include "tracing/backend_id.h"
@@ -29,11 +30,13 @@ struct BackendProperties {
   DeviceAccess* access = nullptr;                  // grants peers access to the blocks; null for passthrough
   const SpillingAllocator* spill = nullptr;        // inside `backend`, when it spills to host (GPUSHIM_SPILL)
   std::uint64_t spill_limit = 0;                   // resolved GPUSHIM_SPILL_LIMIT, when spilling
+  const MappingStatisticsProvider* mappings = nullptr; // GPUSHIM_STATS: the device provider's maps
 };
 
 struct BackendStack {
   std::unique_ptr<MemoryProvider> provider;        // the CUDA VMM provider, for provider backends
   std::unique_ptr<MemoryProvider> capped_provider; // LimitedProvider over it when a limit is set
+  std::unique_ptr<MappingStatisticsProvider> counted_provider; // over those, under GPUSHIM_STATS
   // GPUSHIM_SPILL=host (docs/host-spill.md): host memory mapped for the device, capped at spill_limit.
   std::unique_ptr<MemoryProvider> spill_provider;
   std::unique_ptr<MemoryProvider> capped_spill_provider;

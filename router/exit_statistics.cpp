@@ -41,6 +41,7 @@ void at_exit() noexcept {
         row.at_peak_past_by_rule = total.at_peak_past_by_rule.load();
         row.at_peak_past_unwaited = total.at_peak_past_unwaited.load();
         row.at_peak_past_after_wait = total.at_peak_past_after_wait.load();
+        row.at_peak_past_mapped = total.at_peak_past_mapped.load();
         row.at_peak_wait_ns = total.at_peak_wait_ns.load();
         AllocatorStats stats = device->backend().stats();
         row.peak_live = stats.peak_bytes_in_use;
@@ -50,6 +51,7 @@ void at_exit() noexcept {
         row.peak_spilled = stats.peak_bytes_spilled;
         row.peak_spill_reserved = stats.peak_spill_reserved;
         row.peak_fence_waiting = device->fences.peak_pending_bytes();
+        if (const MappingStatisticsProvider* mappings = device->properties.mappings) row.mappings = mappings->totals();
         rows.push_back(row);
       }
       for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());

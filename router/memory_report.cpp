@@ -95,8 +95,8 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
     std::snprintf(line, sizeof line,
                   "device %d at the peak while blocks waited for fences: %llu allocations; %llu took blocks other "
                   "threads got back, %llu waited for fences, %llu were let past the peak (%llu at once by the "
-                  "growth rule, %llu with too little fenced to wait for, %llu after waiting in vain); the waits "
-                  "took %.1f ms in all",
+                  "growth rule, %llu with too little fenced to wait for, %llu after waiting in vain; %llu of "
+                  "them mapped memory); the waits took %.1f ms in all",
                   row.device, static_cast<unsigned long long>(row.at_peak),
                   static_cast<unsigned long long>(row.at_peak_taken),
                   static_cast<unsigned long long>(row.at_peak_waited),
@@ -105,7 +105,22 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
                   static_cast<unsigned long long>(row.at_peak_past_by_rule),
                   static_cast<unsigned long long>(row.at_peak_past_unwaited),
                   static_cast<unsigned long long>(row.at_peak_past_after_wait),
+                  static_cast<unsigned long long>(row.at_peak_past_mapped),
                   static_cast<double>(row.at_peak_wait_ns) / 1e6);
+    lines.emplace_back(line);
+  }
+  // Memory mapped and given back, and the time the driver took: a slow stretch of a program that is
+  // spent here shows, and so does an arena that gives memory back only to map it again.
+  for (const StatsRow& row : rows) {
+    const MappingTotals& m = row.mappings;
+    if (m.maps == 0 && m.unmaps == 0 && m.refused_maps == 0) continue;
+    std::snprintf(line, sizeof line,
+                  "device %d mapped %s in %llu calls (%.1f ms), unmapped %s in %llu calls (%.1f ms); %llu maps "
+                  "refused",
+                  row.device, bytes_text(m.map_bytes).c_str(), static_cast<unsigned long long>(m.maps),
+                  static_cast<double>(m.map_ns) / 1e6, bytes_text(m.unmap_bytes).c_str(),
+                  static_cast<unsigned long long>(m.unmaps), static_cast<double>(m.unmap_ns) / 1e6,
+                  static_cast<unsigned long long>(m.refused_maps));
     lines.emplace_back(line);
   }
   return lines;

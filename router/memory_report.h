@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "providers/mapping_statistics.h"
+
 namespace gpushim {
 
 struct OomReport {
@@ -68,22 +70,28 @@ struct StatsRow {
   // fenced and cached bytes could not serve it), and a wait that got no block (the fence queue emptied
   // while other threads took what came back, or the bound ran out). Let past, the backend may still find
   // room without mapping more (the tiered backend first gives its small tier's empty slabs back, and
-  // other threads' frees land meanwhile): these are growths at most. 16 threads at 16 MiB were let past
-  // 1,276 times in a process whose peak was 5.6 GiB (H200, twenty-fifth session).
+  // other threads' frees land meanwhile): 16 threads at 16 MiB were let past 1,276 times in a process
+  // whose peak was 5.6 GiB (H200, twenty-fifth session). So the ones that mapped memory, which did
+  // grow, are counted too.
   std::uint64_t at_peak = 0;
   std::uint64_t at_peak_taken = 0;
   std::uint64_t at_peak_waited = 0;
   std::uint64_t at_peak_past_by_rule = 0;
   std::uint64_t at_peak_past_unwaited = 0;
   std::uint64_t at_peak_past_after_wait = 0;
+  std::uint64_t at_peak_past_mapped = 0;  // of those let past, the ones that mapped memory
   std::uint64_t at_peak_wait_ns = 0;
+  // The device provider's map() and unmap() calls (providers/mapping_statistics.h): a line under the
+  // table when any.
+  MappingTotals mappings;
 };
 
 // The header and one line per row, exactly as docs/configuration.md ("The statistics table") shows
 // them (whitespace-separated; byte columns are format_bytes "<number> <unit>" pairs). Rows with no call
 // are left out. Then, only for devices that spill (GPUSHIM_SPILL=host), one "device D spilled to host:
 // ..." line each; for devices where frees waited for a fence, one "device D fenced ..." line each, and
-// where allocations found the peak meanwhile, one "device D at the peak ..." line each.
+// where allocations found the peak meanwhile, one "device D at the peak ..." line each; for devices whose
+// provider mapped memory, one "device D mapped ..." line each.
 std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows);
 
 }  // namespace gpushim

@@ -15,6 +15,7 @@
 #include "diagnostics/log.h"
 #include "diagnostics/monotonic_clock.h"
 #include "ipc/cuda_ipc.h"
+#include "providers/mapping_statistics.h"
 #include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
 #include "router/memory_report.h"
@@ -46,10 +47,10 @@ namespace {
 // wait, so a program pays it a bounded number of times (its peak rises a bounded number of steps), and
 // a fence that waits for something the program has yet to do (a stream waiting on a host-written value)
 // costs 50 ms, not a deadlock.
-constexpr auto kNewPeakWait = std::chrono::milliseconds(50);
+constexpr std::uint64_t kNewPeakWaitNs = 50'000'000;
 // A fence is usually done within microseconds of its record (the GPU keeps up), and a sleep of 20 us
 // lasts 60-80 us on Linux (timer slack): the first polls of a wait only yield the CPU.
-constexpr auto kNewPeakYieldFor = std::chrono::microseconds(200);
+constexpr std::uint64_t kNewPeakYieldForNs = 200'000;
 constexpr auto kNewPeakPollInterval = std::chrono::microseconds(20);
 
 // A free block of `block_size` without growth: this thread's returned list, one of another thread's
@@ -103,13 +104,12 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // bytes are asked first: the backend's stats walk every thread cache under locks (5% of the
     // wall-clock time of 16 threads with a stream each at 4 MiB, on the H200).
     const std::uint64_t fenced = device.fences.pending_bytes();
-    if (grow_now) past_because = &Counters::at_peak_past_by_rule;
-    if (!grow_now && device.fences.can_give_back() &&
-        (fenced >= block_size || fenced + backend.stats().bytes_cached >= block_size)) {
+    if (grow_now) {
+      past_because = &Counters::at_peak_past_by_rule;
+    } else if (device.fences.can_give_back() &&
+               (fenced >= block_size || fenced + backend.stats().bytes_cached >= block_size)) {
       past_because = &Counters::at_peak_past_after_wait;
       annotations::ScopedRange range(annotations::SlowEvent::fence_wait);
-      const auto start = std::chrono::steady_clock::now();
-      const auto deadline = start + kNewPeakWait;
       // What the growth rule weighs (router/peak_growth.h), and what GPUSHIM_STATS reports.
       const std::uint64_t began_ns = monotonic_ns();
       const auto account_wait = [thread, counts, began_ns] {
@@ -118,6 +118,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         if (thread) thread->at_peak_waits.waited(waited, end);
         if (counts) counts->at_peak_wait_ns.fetch_add(waited, std::memory_order_relaxed);
       };
+      std::uint64_t waited_ns = 0;
       do {
         // Waits for a thread that records fences meanwhile: with a try-lock, a 1 GiB allocation whose
         // fence another thread was about to record slept in 20 us steps (16 threads with a stream each
@@ -133,14 +134,20 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
           return p;
         }
         if (!device.fences.holds_blocks()) break;
-        if (std::chrono::steady_clock::now() - start < kNewPeakYieldFor) std::this_thread::yield();
+        if (waited_ns < kNewPeakYieldForNs) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);
-      } while (std::chrono::steady_clock::now() < deadline);
+        waited_ns = monotonic_ns() - began_ns;
+      } while (waited_ns < kNewPeakWaitNs);
       account_wait();
     }
   }
+  // Whether it grew: the maps this thread made meanwhile (counted only under GPUSHIM_STATS).
+  const std::uint64_t maps_before = t_maps_by_this_thread;
   void* grown = backend.allocate(block_size, stream);
-  if (grown) count(past_because);
+  if (grown) {
+    count(past_because);
+    if (t_maps_by_this_thread != maps_before) count(&Counters::at_peak_past_mapped);
+  }
   return grown;
 }
 

@@ -53,13 +53,14 @@ struct Counters {
   // Allocations at the peak while blocks waited for fences, and how they were served (StatsRow says).
   Count at_peak, at_peak_taken, at_peak_waited;
   Count at_peak_past_by_rule, at_peak_past_unwaited, at_peak_past_after_wait;  // why each was let past
+  Count at_peak_past_mapped;  // of those let past, the ones that mapped memory (grew)
   Count at_peak_wait_ns;  // the time those allocations spent waiting for fences
   // Every count: a count added to this list is shared, retired and summed with the rest.
   static constexpr Count Counters::*kAll[] = {
       &Counters::allocs,  &Counters::frees,         &Counters::failed,         &Counters::bytes,
       &Counters::fenced,  &Counters::at_peak,       &Counters::at_peak_taken,  &Counters::at_peak_waited,
       &Counters::at_peak_past_by_rule, &Counters::at_peak_past_unwaited, &Counters::at_peak_past_after_wait,
-      &Counters::at_peak_wait_ns};
+      &Counters::at_peak_past_mapped, &Counters::at_peak_wait_ns};
   void make_shared() noexcept {
     for (Count Counters::*count : kAll) (this->*count).make_shared();
   }

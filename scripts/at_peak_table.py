@@ -10,8 +10,9 @@ A process whose stderr has no such line had no allocation at the peak while bloc
 its row is all zeros (a variant that never meets the peak is a result, not a missing one). Devices are
 summed. Per cell and library the table gives the medians of: allocations at the peak, those served by
 a block another thread got back, those served by a wait for the fences, those let past the peak (by the
-growth rule's turn / with too little fenced to wait for / after waiting in vain: growths at most, since
-the backend may still find room), and the milliseconds the waits took.
+growth rule's turn / with too little fenced to wait for / after waiting in vain) and how many of those
+mapped memory (grew), the milliseconds the waits took, and from the "mapped" line the provider's maps
+and unmaps with the milliseconds the driver took for them.
 """
 import csv
 import re
@@ -21,21 +22,33 @@ from collections import defaultdict
 
 from bench_text import size_text
 
-COUNTS = ["at_peak", "taken", "waited", "past_by_rule", "past_unwaited", "past_after_wait", "wait_ms"]
+AT_PEAK = ["at_peak", "taken", "waited", "past_by_rule", "past_unwaited", "past_after_wait", "past_mapped",
+           "wait_ms"]
+MAPPING = ["maps", "map_ms", "unmaps", "unmap_ms"]
+COUNTS = AT_PEAK + MAPPING
 COLUMNS = ["label", "threads", "streams", "sizes"] + COUNTS
 
-LINE = re.compile(
+AT_PEAK_LINE = re.compile(
     r"at the peak while blocks waited for fences: (\d+) allocations; (\d+) took blocks other threads got "
     r"back, (\d+) waited for fences, \d+ were let past the peak \((\d+) at once by the growth rule, (\d+) "
-    r"with too little fenced to wait for, (\d+) after waiting in vain\); the waits took ([0-9.]+) ms in all")
+    r"with too little fenced to wait for, (\d+) after waiting in vain; (\d+) of them mapped memory\); the "
+    r"waits took ([0-9.]+) ms in all")
+MAPPING_LINE = re.compile(
+    r"device \d+ mapped [0-9.]+ \S+ in (\d+) calls \(([0-9.]+) ms\), unmapped [0-9.]+ \S+ in (\d+) calls "
+    r"\(([0-9.]+) ms\)")
+
+
+def summed(pattern, text, width):
+    total = [0.0] * width
+    for match in pattern.finditer(text):
+        total = [t + float(v) for t, v in zip(total, match.groups())]
+    return total
 
 
 def counts_in(text):
-    """The counts of every device's "at the peak" line in `text`, summed (zeros when there is none)."""
-    total = [0.0] * len(COUNTS)
-    for match in LINE.finditer(text):
-        total = [t + float(v) for t, v in zip(total, match.groups())]
-    return total
+    """The counts of every device's "at the peak" and "mapped" lines in `text`, summed (zeros where there
+    is none)."""
+    return summed(AT_PEAK_LINE, text, len(AT_PEAK)) + summed(MAPPING_LINE, text, len(MAPPING))
 
 
 def row(log, label, threads, streams, sizes):
@@ -63,7 +76,8 @@ def table(path):
         return 1
     print("Allocations at the peak while blocks waited for fences (GPUSHIM_STATS), medians over the passes:")
     print("at the peak / took blocks other threads got back / waited for fences / let past the peak: by the "
-          "rule, with too little fenced, after waiting in vain / ms the waits took")
+          "rule, with too little fenced, after waiting in vain (of them mapped memory) / ms the waits took / "
+          "maps (ms), unmaps (ms)")
     print()
     print("| threads, stream | sizes | " + " | ".join(labels) + " |")
     print("|---|---|" + "---:|" * len(labels))
@@ -75,8 +89,9 @@ def table(path):
                 texts.append("-")
                 continue
             m = {c: statistics.median(float(r[c]) for r in rows) for c in COUNTS}
-            texts.append("%d / %d / %d / %d, %d, %d / %.1f" % (m["at_peak"], m["taken"], m["waited"], m["past_by_rule"],
-                                                              m["past_unwaited"], m["past_after_wait"], m["wait_ms"]))
+            texts.append("%d / %d / %d / %d, %d, %d (%d) / %.1f / %d (%.1f), %d (%.1f)" % (
+                m["at_peak"], m["taken"], m["waited"], m["past_by_rule"], m["past_unwaited"], m["past_after_wait"],
+                m["past_mapped"], m["wait_ms"], m["maps"], m["map_ms"], m["unmaps"], m["unmap_ms"]))
         print("| %d, %s | %s | %s |" % (threads, streams, sizes_text(sizes), " | ".join(texts)))
     return 0
 

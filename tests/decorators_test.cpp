@@ -1,4 +1,5 @@
-// Decorators: StatisticsAllocator, LimitingAllocator, and LimitedProvider (the cap one layer down).
+// Decorators: StatisticsAllocator, LimitingAllocator, LimitedProvider (the cap one layer down), and
+// MappingStatisticsProvider (GPUSHIM_STATS' maps and unmaps).
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -10,6 +11,7 @@
 #include "allocators/vmm_arena.h"
 #include "providers/host_provider.h"
 #include "providers/limited_provider.h"
+#include "providers/mapping_statistics.h"
 
 namespace gpushim {
 namespace {
@@ -156,6 +158,41 @@ TEST(LimitedProvider, AFailedInnerMapGivesTheBytesBack) {
   EXPECT_EQ(limited.bytes_mapped(), 128 * KiB);
   limited.unmap(base, 128 * KiB);
   limited.release_reservation(base, MiB);
+  EXPECT_EQ(host.misuse_count(), 0u);
+}
+
+// What the statistics line reports: calls, bytes and refusals as the backend made them, and only this
+// thread's successful maps in its own count (the router's "mapped memory" of one allocation).
+TEST(MappingStatisticsProvider, CountsMapsUnmapsAndRefusalsAndThisThreadsMaps) {
+  HostProvider host(64 * KiB, 512 * KiB);
+  MappingStatisticsProvider counted(host);
+  EXPECT_EQ(counted.granularity(), host.granularity());
+  void* base = counted.reserve(MiB);
+  ASSERT_NE(base, nullptr);
+  char* at = static_cast<char*>(base);
+  const std::uint64_t mine_before = t_maps_by_this_thread;
+  EXPECT_TRUE(counted.map(at, 128 * KiB));
+  EXPECT_TRUE(counted.map(at + 128 * KiB, 256 * KiB));
+  EXPECT_FALSE(counted.map(at + 384 * KiB, 256 * KiB));  // past the host provider's 512 KiB
+  EXPECT_EQ(t_maps_by_this_thread - mine_before, 2u);
+  std::thread([&] {
+    const std::uint64_t theirs_before = t_maps_by_this_thread;
+    EXPECT_TRUE(counted.map(at + 384 * KiB, 64 * KiB));
+    EXPECT_EQ(t_maps_by_this_thread - theirs_before, 1u);
+    counted.unmap(at + 384 * KiB, 64 * KiB);
+  }).join();
+  EXPECT_EQ(t_maps_by_this_thread - mine_before, 2u) << "another thread's map counted as this thread's";
+  counted.unmap(at, 128 * KiB);
+  EXPECT_EQ(counted.bytes_mapped(), 256 * KiB);
+  const MappingTotals t = counted.totals();
+  EXPECT_EQ(t.maps, 3u);
+  EXPECT_EQ(t.map_bytes, 448 * KiB);
+  EXPECT_EQ(t.refused_maps, 1u);
+  EXPECT_EQ(t.unmaps, 2u);
+  EXPECT_EQ(t.unmap_bytes, 192 * KiB);
+  EXPECT_GT(t.map_ns, 0u);
+  counted.unmap(at + 128 * KiB, 256 * KiB);
+  counted.release_reservation(base, MiB);
   EXPECT_EQ(host.misuse_count(), 0u);
 }
 

@@ -95,13 +95,17 @@ printf '%s\n' "$columns" > "$dir/ab_empty.csv"
 expect 1 "ab table: a CSV without rows is an error" ab_has "$dir/ab_empty.csv" "|"
 # scripts/at_peak_table.py: a row per process from GPUSHIM_STATS' "at the peak" line (devices summed;
 # zeros where a process met no peak), then the medians over the passes per library.
-at_peak_line() {  # at_peak_line DEVICE AT TAKEN WAITED RULE UNWAITED AFTER MS
+at_peak_line() {  # at_peak_line DEVICE AT TAKEN WAITED RULE UNWAITED AFTER MAPPED MS
   local grew=$(($5 + $6 + $7))
-  echo "gpushim: device $1 at the peak while blocks waited for fences: $2 allocations; $3 took blocks other threads got back, $4 waited for fences, $grew were let past the peak ($5 at once by the growth rule, $6 with too little fenced to wait for, $7 after waiting in vain); the waits took $8 ms in all"
+  echo "gpushim: device $1 at the peak while blocks waited for fences: $2 allocations; $3 took blocks other threads got back, $4 waited for fences, $grew were let past the peak ($5 at once by the growth rule, $6 with too little fenced to wait for, $7 after waiting in vain; $8 of them mapped memory); the waits took $9 ms in all"
+}
+mapping_line() {  # mapping_line DEVICE MAPS MAP_MS UNMAPS UNMAP_MS
+  echo "gpushim: device $1 mapped 1.50 GiB in $2 calls ($3 ms), unmapped 512.00 MiB in $4 calls ($5 ms); 0 maps refused"
 }
 { echo "gpushim: device 0 fenced 10 of 20 frees; peak waiting for a fence 1.00 MiB"
-  at_peak_line 0 10 1 6 1 1 1 2.5; at_peak_line 1 4 0 4 0 0 0 1.0; } > "$dir/stats_a.log"
-at_peak_line 0 20 0 10 2 3 5 8.0 > "$dir/stats_b.log"
+  at_peak_line 0 10 1 6 1 1 1 2 2.5; at_peak_line 1 4 0 4 0 0 0 0 1.0
+  mapping_line 0 3 1.5 1 0.5; mapping_line 1 1 0.5 0 0.0; } > "$dir/stats_a.log"
+{ at_peak_line 0 20 0 10 2 3 5 4 8.0; mapping_line 0 6 3.0 2 1.0; } > "$dir/stats_b.log"
 echo "no line" > "$dir/stats_none.log"
 at_peak_rows() {
   python3 "$repo/scripts/at_peak_table.py" header &&
@@ -115,10 +119,11 @@ at_peak_has() {  # at_peak_has CSV WORD...: the table printed for CSV has every 
   python3 "$repo/scripts/at_peak_table.py" "$csv" > "$dir/at_peak_table" || return 1
   for word in "$@"; do grep -qF -- "$word" "$dir/at_peak_table" || { cat "$dir/at_peak_table"; return 1; }; done
 }
-expect 0 "at-peak rows: devices summed, no line is zeros" grep -qxF "new,16,on,16777216,14,1,10,1,1,1,3.5" "$dir/at_peak.csv"
-expect 0 "at-peak rows: a process without the line" grep -qxF "base,16,on,16777216,0,0,0,0,0,0,0" "$dir/at_peak.csv"
+expect 0 "at-peak rows: devices summed, no line is zeros" grep -qxF "new,16,on,16777216,14,1,10,1,1,1,2,3.5,4,2,1,0.5" "$dir/at_peak.csv"
+expect 0 "at-peak rows: a process without the line" grep -qxF "base,16,on,16777216,0,0,0,0,0,0,0,0,0,0,0,0" "$dir/at_peak.csv"
 expect 0 "at-peak table: medians over the passes" \
-  at_peak_has "$dir/at_peak.csv" "| new | base |" "| 16, on | 16 MiB | 17 / 0 / 10 / 1, 2, 3 / 5.8 | 0 / 0 / 0 / 0, 0, 0 / 0.0 |"
+  at_peak_has "$dir/at_peak.csv" "| new | base |" \
+  "| 16, on | 16 MiB | 17 / 0 / 10 / 1, 2, 3 (3) / 5.8 / 5 (2.5), 1 (0.8) | 0 / 0 / 0 / 0, 0, 0 (0) / 0.0 / 0 (0.0), 0 (0.0) |"
 python3 "$repo/scripts/at_peak_table.py" header > "$dir/at_peak_empty.csv"
 expect 1 "at-peak table: a CSV without rows is an error" at_peak_has "$dir/at_peak_empty.csv" "|"
 # scripts/ab_bench.sh --stats, end to end over a stand-in alloc_bench that writes one CSV row and, under
@@ -129,7 +134,8 @@ cat > "$dir/stub/test_apps/alloc_bench" <<'STUB'
 while [ $# -gt 0 ]; do case "$1" in --label) label=$2 ;; --csv) csv=$2 ;; esac; shift; done
 [ -s "$csv" ] || echo "label,api,pattern,size_bytes,threads,samples,median_ns,p99_ns,mean_ns,pairs_per_s,streams" > "$csv"
 echo "$label,runtime,pairs,16777216,16,100,300.0,900.0,320.0,4000000,on" >> "$csv"
-[ "${GPUSHIM_STATS:-0}" = 1 ] && echo "gpushim: device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got back, 3 waited for fences, 2 were let past the peak (1 at once by the growth rule, 0 with too little fenced to wait for, 1 after waiting in vain); the waits took 12.5 ms in all" >&2
+[ "${GPUSHIM_STATS:-0}" = 1 ] && echo "gpushim: device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got back, 3 waited for fences, 2 were let past the peak (1 at once by the growth rule, 0 with too little fenced to wait for, 1 after waiting in vain; 1 of them mapped memory); the waits took 12.5 ms in all" >&2
+[ "${GPUSHIM_STATS:-0}" = 1 ] && echo "gpushim: device 0 mapped 64.00 MiB in 2 calls (0.7 ms), unmapped 0 B in 0 calls (0.0 ms); 0 maps refused" >&2
 exit 0
 STUB
 chmod +x "$dir/stub/test_apps/alloc_bench"
@@ -140,7 +146,7 @@ ab_stats_has() {  # ab_stats_has WORD...: ab_bench.sh --stats over the stand-in 
   for word in "$@"; do grep -qF -- "$word" "$dir/ab_stats" || { cat "$dir/ab_stats"; return 1; }; done
 }
 expect 0 "ab_bench.sh --stats: the libraries' at-the-peak counts, and a peer without any" \
-  ab_stats_has "| threads, stream | sizes | new |" "| 16, on | 16M | 9 / 4 / 3 / 1, 0, 1 / 12.5 |"
+  ab_stats_has "| threads, stream | sizes | new |" "| 16, on | 16M | 9 / 4 / 3 / 1, 0, 1 (1) / 12.5 / 2 (0.7), 0 (0.0) |"
 expect 0 "ab_bench.sh --stats: one row per library run" test "$(wc -l < "$dir/stub/ab_at_peak.csv")" -eq 3
 # scripts/hot_path_table.py: the 16-thread peak table appears only when the CSV has peak_mib.
 hot_has() {  # hot_has CSV WORD...: the hot-path table printed for CSV has every WORD

@@ -63,7 +63,32 @@ TEST(StatsTable, AllocationsAtThePeakGetTheirOwnLine) {
   EXPECT_EQ(lines[5],
             "device 0 at the peak while blocks waited for fences: 9 allocations; 4 took blocks other threads got "
             "back, 3 waited for fences, 2 were let past the peak (1 at once by the growth rule, 0 with too "
-            "little fenced to wait for, 1 after waiting in vain); the waits took 12.3 ms in all");
+            "little fenced to wait for, 1 after waiting in vain; 0 of them mapped memory); the waits took 12.3 "
+            "ms in all");
+}
+
+// The provider's maps and unmaps, with the time the driver took: only for a device whose provider was
+// counted (GPUSHIM_STATS over a provider backend) and that mapped, gave back or was refused anything.
+TEST(StatsTable, MappingLineFollowsWhereTheProviderWasCalled) {
+  StatsRow row;
+  row.device = 0;
+  row.backend = "vmm";
+  row.allocs = 10;
+  row.frees = 10;
+  row.mappings.maps = 3;
+  row.mappings.map_bytes = 3ull << 30;
+  row.mappings.map_ns = 4'260'000;
+  row.mappings.unmaps = 2;
+  row.mappings.unmap_bytes = 2ull << 30;
+  row.mappings.unmap_ns = 1'500'000;
+  row.mappings.refused_maps = 1;
+  StatsRow none = row;
+  none.device = 1;
+  none.mappings = MappingTotals{};
+  auto lines = format_stats_table({row, none});
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[3],
+            "device 0 mapped 3.00 GiB in 3 calls (4.3 ms), unmapped 2.00 GiB in 2 calls (1.5 ms); 1 maps refused");
 }
 
 TEST(StatsTable, RowsParseByWhitespaceAsTestsDo) {
