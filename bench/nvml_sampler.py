@@ -149,6 +149,11 @@ class NvmlPeakSampler:
     def available(self):
         return self._lib is not None
 
+    def process_used_bytes(self):
+        """One reading of this process's usage in bytes (0 when NVML does not list it): for programs that
+        watch memory go down, not only its peak (bench/idle_release.py)."""
+        return (self._process_used() or 0) if self.available else 0
+
     def _device_used(self):
         mem = _Memory()
         if self._lib.nvmlDeviceGetMemoryInfo(self._handle, ctypes.byref(mem)) != _NVML_SUCCESS:
