@@ -80,6 +80,12 @@ class Allocator {
 
   // Gives memory that holds no live block back to the provider/driver. Returns the bytes given back.
   virtual std::size_t release_cached() noexcept = 0;
+  // Gives back the memory that stayed idle past the backend's release delay (a VmmArena's, above its
+  // threshold), where there is any. The arena checks that at its own frees; the router also calls this
+  // every few thousand frees (router.cpp), so the memory goes back where frees stop reaching the arena
+  // (a program that moved on to blocks the thread caches or the slabs serve). Cheap when nothing is due;
+  // never waits for a lock.
+  virtual void release_idle() noexcept {}
 
   virtual AllocatorStats stats() const noexcept = 0;
 

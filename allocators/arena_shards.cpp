@@ -173,6 +173,11 @@ std::size_t ArenaShards::release_cached() noexcept {
   return released;
 }
 
+void ArenaShards::release_idle() noexcept {
+  const std::size_t count = created_.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < count; ++i) arena(i)->release_idle();
+}
+
 AllocatorStats ArenaShards::stats() const noexcept {
   const std::size_t count = created_.load(std::memory_order_acquire);
   if (count == 0) return {};

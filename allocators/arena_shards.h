@@ -76,6 +76,7 @@ class ArenaShards final : public Allocator {
   const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &totals_.lock_waits; }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
+  void release_idle() noexcept override;
   // Sums over the arenas; peak reserved is the device's (the arenas' mapped memory counted together);
   // peak in use is the sum of the arenas' peaks (an upper bound) once there is more than one.
   AllocatorStats stats() const noexcept override;

@@ -22,6 +22,7 @@ class LimitingAllocator final : public Allocator {
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
+  void release_idle() noexcept override { inner_->release_idle(); }
   AllocatorStats stats() const noexcept override;  // the inner's, plus refusals as failures
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 

@@ -42,6 +42,10 @@ class SpillingAllocator final : public Allocator {
   void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return device_->release_cached(); }
+  void release_idle() noexcept override {
+    device_->release_idle();
+    host_->release_idle();
+  }
   // The device backend's figures, plus the host arena's as the spill fields; calls and bytes in use
   // count both.
   AllocatorStats stats() const noexcept override;

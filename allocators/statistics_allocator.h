@@ -32,6 +32,7 @@ class StatisticsAllocator final : public Allocator {
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
+  void release_idle() noexcept override { inner_->release_idle(); }
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 

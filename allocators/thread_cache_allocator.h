@@ -115,6 +115,7 @@ class ThreadCacheAllocator final : public Allocator {
   }
   // Empties every thread's cache and the depot into the backend, then the backend's own release.
   std::size_t release_cached() noexcept override;
+  void release_idle() noexcept override { inner_->release_idle(); }
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 

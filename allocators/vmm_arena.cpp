@@ -71,7 +71,8 @@ VmmArenaOptions VmmArenaOptions::from(const Settings& settings) noexcept {
   VmmArenaOptions options;
   if (settings.vmm_reserve) options.reserve = settings.vmm_reserve;
   if (settings.vmm_grow_step) options.grow_step = settings.vmm_grow_step;
-  if (settings.vmm_release_threshold) options.release_threshold = settings.vmm_release_threshold;
+  options.release_threshold = settings.vmm_release_threshold;
+  options.release_delay_ns = settings.vmm_release_delay_ns;
   return options;
 }
 
@@ -80,6 +81,7 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
       granularity_(provider.granularity()),
       grow_step_(round_up(std::max(options.grow_step, granularity_), granularity_)),
       release_threshold_(options.release_threshold),
+      release_delay_ns_(options.release_delay_ns),
       totals_(options.totals ? options.totals : &own_totals_),
       stamps_waits_(options.totals != nullptr) {
   std::size_t want = round_up(std::min(std::max(options.reserve, granularity_), kLargestReservation),
@@ -448,7 +450,18 @@ void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   r->state = RangeState::free;
   r = merge_free_neighbours(r);
   insert_free(r);
-  if (cached_bytes() > release_threshold_ && r->size >= granularity_) release_chunks_inside(r, true);
+  if (cached_bytes() <= release_threshold_) return;
+  if (release_delay_ns_ != 0) release_idle_memory();
+  else if (r->size >= granularity_) release_chunks_inside(r, true);
+}
+
+void VmmArena::release_idle_memory() noexcept {
+  const std::uint64_t now = monotonic_ns();
+  if (now - idle_window_began_ns_ < release_delay_ns_) return;
+  // What stayed free through the whole window was not needed in it; the rest came and went.
+  if (least_cached_in_window_ > release_threshold_) release_free_chunks(least_cached_in_window_ - release_threshold_);
+  idle_window_began_ns_ = now;
+  least_cached_in_window_ = cached_bytes();
 }
 
 // ---- physical memory ----
@@ -619,8 +632,21 @@ std::size_t VmmArena::release_chunks_inside(Range* free_range, bool only_above_t
   return released;
 }
 
+void VmmArena::release_idle() noexcept {
+  if (release_delay_ns_ == 0 || !mutex_.try_lock()) return;  // without a delay, frees give it back
+  if (cached_bytes() > release_threshold_) release_idle_memory();
+  store_hints();
+  mutex_.unlock();
+}
+
 std::size_t VmmArena::release_cached() noexcept {
   std::lock_guard<AdaptiveMutex> lock(mutex_);
+  const std::size_t released = release_free_chunks(SIZE_MAX);
+  store_hints();
+  return released;
+}
+
+std::size_t VmmArena::release_free_chunks(std::size_t budget) noexcept {
   std::size_t released = 0;
   // Walk ranges and chunks together in address order: a chunk goes back when one free range covers it.
   Range* r = head_;
@@ -631,7 +657,7 @@ std::size_t VmmArena::release_cached() noexcept {
       continue;
     }
     if (r->state == RangeState::free && r->start <= chunk->first &&
-        chunk->first + chunk->second <= r->start + r->size) {
+        chunk->first + chunk->second <= r->start + r->size && chunk->second <= budget - released) {
       auto next_chunk = std::next(chunk);
       std::size_t bytes = chunk->second;
       Range* hole = release_chunk(r, chunk);
@@ -640,10 +666,9 @@ std::size_t VmmArena::release_cached() noexcept {
       r = hole;
       chunk = next_chunk;
     } else {
-      ++chunk;  // a live block touches this chunk
+      ++chunk;  // a live block touches this chunk, or it is larger than what is left to give back
     }
   }
-  store_hints();
   return released;
 }
 

@@ -68,6 +68,15 @@ inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{8} << 20;
 // is not stream-ordered). Idle memory does not raise the peak, cuMemGetInfo reports it as free, and the
 // out-of-memory path gives it all back before failing.
 inline constexpr std::size_t kDefaultVmmReleaseThreshold = std::size_t{8} << 30;
+// Memory above the threshold goes back only once it stayed idle this long: the least the arena held
+// free over that time, less the threshold. Given back at every free instead, memory a program frees and
+// soon takes again was unmapped and mapped again: one thread at 1 GiB with a stream, after 16 threads
+// had held 16 GiB (so the arena maps below its peak without waiting), made ~700 pairs of 1 GiB calls a
+// second on the H200, ~2 ms each pair, and its mean pair rose from ~0.4 to 2-6 us (twenty-sixth
+// session, docs/perf-notes.md). The release happens in a free after the delay; a program that stops
+// freeing keeps it until the out-of-memory path gives back all idle memory, as cudaMallocAsync's pool
+// trims only at a synchronisation.
+inline constexpr std::uint64_t kDefaultVmmReleaseDelayNs = 1'000'000'000;
 
 // What the arenas of one device count together (allocators/arena_shards.h): the memory they map, its
 // peak, and the calls that found a lock held. A lone arena counts into its own.
@@ -81,11 +90,13 @@ struct VmmArenaOptions {
   std::size_t reserve = kDefaultVmmReserve;
   std::size_t grow_step = kDefaultVmmGrowStep;
   std::size_t release_threshold = kDefaultVmmReleaseThreshold;
+  std::uint64_t release_delay_ns = kDefaultVmmReleaseDelayNs;  // 0: above the threshold at every free
   // Shared with the other arenas of a device; null: the arena's own. A NoNewPeakScope then refuses growth
   // past the peak of all of them together, not of this one (allocators/growth_policy.h).
   VmmArenaTotals* totals = nullptr;
 
-  // A setting of 0 means "not set": the default above is used.
+  // A reserve or grow step of 0 means "not set": the default above is used. The threshold and the
+  // delay are taken as they are (0 is a value for both).
   static VmmArenaOptions from(const Settings& settings) noexcept;
 };
 
@@ -106,6 +117,7 @@ class VmmArena final : public Allocator {
   std::uint64_t lock_waits() const noexcept { return totals_->lock_waits.load(std::memory_order_relaxed); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
+  void release_idle() noexcept override;
   AllocatorStats stats() const noexcept override;
 
   std::size_t reserved_bytes() const noexcept { return reserve_bytes_; }  // address space held
@@ -175,6 +187,11 @@ class VmmArena final : public Allocator {
   void refile_free_below(Range* r) noexcept;    // the free range right below r, filed again
   Range* release_chunk(Range* free_range, std::map<std::uintptr_t, std::size_t>::iterator chunk) noexcept;
   std::size_t release_chunks_inside(Range* free_range, bool only_above_threshold) noexcept;
+  // Gives back, in address order, each mapped chunk a free range covers while it fits in what is left of
+  // `budget`; returns the bytes given back.
+  std::size_t release_free_chunks(std::size_t budget) noexcept;
+  // In a free that left more than the threshold cached: gives back what stayed idle over the delay.
+  void release_idle_memory() noexcept;
   // The piece a growth is mapping counts as mapped but is not free yet.
   std::size_t cached_bytes() const noexcept { return mapped_ - live_block_bytes_ - growing_bytes_; }
 
@@ -182,6 +199,11 @@ class VmmArena final : public Allocator {
   const std::size_t granularity_;
   const std::size_t grow_step_;
   const std::size_t release_threshold_;
+  const std::uint64_t release_delay_ns_;
+  // Under mutex_: when the current idle window began, and the least cached_bytes() since (store_hints
+  // lowers it at every unlock). 0 at first: nothing counts as idle before a window has passed.
+  std::uint64_t idle_window_began_ns_ = 0;
+  std::size_t least_cached_in_window_ = 0;
   std::uintptr_t base_ = 0;
   std::size_t reserve_bytes_ = 0;
 
@@ -198,6 +220,7 @@ class VmmArena final : public Allocator {
   std::atomic<std::size_t> below_peak_hint_{0};
   void store_hints() noexcept {
     const std::size_t free_bytes = cached_bytes();
+    if (free_bytes < least_cached_in_window_) least_cached_in_window_ = free_bytes;
     free_bytes_hint_.store(free_bytes, std::memory_order_relaxed);
     // The device's room below its peak: other arenas change both under their own locks.
     const std::size_t mapped = totals_->mapped.load(std::memory_order_relaxed);

@@ -44,7 +44,11 @@ struct Settings {
   // vmm arena
   std::uint64_t vmm_reserve = 0;       // GPUSHIM_VMM_RESERVE: address space reserved per device
   std::uint64_t vmm_grow_step = 0;     // GPUSHIM_VMM_GROW_STEP: physical memory mapped per growth
-  std::uint64_t vmm_release_threshold = 0;  // GPUSHIM_VMM_RELEASE_THRESHOLD: idle bytes kept mapped
+  // GPUSHIM_VMM_RELEASE_THRESHOLD: idle bytes kept mapped. Not "0 = the default" like its neighbours:
+  // 0 is a value (give back all idle memory), so the struct holds the default itself.
+  std::uint64_t vmm_release_threshold = std::uint64_t{8} << 30;
+  // GPUSHIM_VMM_RELEASE_DELAY: how long memory above the threshold stays idle before it goes back.
+  std::uint64_t vmm_release_delay_ns = 1'000'000'000;
   int arena_shards = 0;  // GPUSHIM_ARENA_SHARDS: arenas a contended device splits into (0: the default)
   // GPUSHIM_LARGE_SLOTS: when the per-thread exact-size slots above 1 MiB keep freed blocks.
   enum class LargeSlots { while_contended, always, never };

@@ -81,6 +81,16 @@ CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {
 }
 bool reuse_at_once() noexcept { return !g_fence_always && work_is_totally_ordered(); }
 GPUSHIM_HOT_TLS unsigned t_unfenced_frees = 0;  // frees reused at once on this thread, for polling
+// Frees on this thread until the next asks the backend to give back memory idle past its release delay
+// (Allocator::release_idle): the arena asks the clock only then, never per free.
+constexpr unsigned kFreesPerIdleCheck = 4096;
+GPUSHIM_HOT_TLS unsigned t_frees_until_idle_check = kFreesPerIdleCheck;
+inline void count_free_for_idle_check(DeviceState& device) noexcept {
+  if (__builtin_expect(--t_frees_until_idle_check == 0, 0)) {
+    t_frees_until_idle_check = kFreesPerIdleCheck;
+    device.backend().release_idle();
+  }
+}
 
 // ctx -> device cache. cuCtxGetCurrent is a read of the driver's thread-local current context (no
 // syscall, no lock: it shows as ~10 ns in the pair benchmark), so asking it on every call is cheaper and
@@ -514,6 +524,7 @@ CUresult free(CUdeviceptr p) noexcept {
   tracing::record(tracing::EventKind::free, block.device, 0, p, block.requested, device->properties.id);
   if (held_after_free(p, block)) return CUDA_SUCCESS;
   give_back_inline(*device, FreedBlock{reinterpret_cast<void*>(p), block.block_size, 0});
+  count_free_for_idle_check(*device);
   return CUDA_SUCCESS;
 }
 
@@ -570,6 +581,7 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
   tracing::record(tracing::EventKind::free_async, d, handle, p, block.requested, device->properties.id);
   // Held for an importer, the block is later freed as by cuMemFree: fenced against every stream.
   if (held_after_free(p, block)) return CUDA_SUCCESS;
+  count_free_for_idle_check(*device);
   FreedBlock freed{reinterpret_cast<void*>(p), block.block_size, 0};
 
   if (device->properties.stream_ordered) {

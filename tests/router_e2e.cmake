@@ -39,6 +39,16 @@ foreach(backend vmm buddy slab tiered passthrough mempool)
     "${environment};FAKE_CUDA_DEVICES=2")
 endforeach()
 
+# Idle memory above the release threshold goes back after the release delay, though the program then
+# frees only small blocks (the arenas of vmm and tiered; buddy and slab give back as they always did).
+foreach(backend vmm tiered)
+  add_test(NAME router_e2e_release_delay.${backend} COMMAND router_end_to_end_test
+    --gtest_filter=*IdleMemoryGoesBackAfterTheDelay*)
+  set_tests_properties(router_e2e_release_delay.${backend} PROPERTIES TIMEOUT 120
+    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_VMM_RELEASE_THRESHOLD=64MiB;GPUSHIM_VMM_RELEASE_DELAY=50ms;E2E_RELEASE_DELAY_MS=50")
+endforeach()
+
 # The free-safety rule follows the streams that carry work (router/stream_activity.h): one process per
 # test (each starts with every stream idle), per backend.
 add_executable(router_stream_activity_test ${CMAKE_CURRENT_SOURCE_DIR}/router_stream_activity_test.cpp)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
@@ -491,6 +492,35 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
   }
 }
 
+
+// Memory above GPUSHIM_VMM_RELEASE_THRESHOLD is kept for GPUSHIM_VMM_RELEASE_DELAY, then given back,
+// also where the program has moved on to blocks that never reach the arena (the slabs and the thread
+// caches serve them): the router asks the backend every few thousand frees (Allocator::release_idle).
+// Runs as router_e2e_release_delay.* (threshold 64 MiB, delay 50 ms).
+TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayWhileOnlySmallBlocksAreFreed) {
+  const char* delay_text = std::getenv("E2E_RELEASE_DELAY_MS");
+  if (!delay_text) GTEST_SKIP() << "runs as router_e2e_release_delay";
+  const auto delay = std::chrono::milliseconds(std::strtoul(delay_text, nullptr, 10));
+  constexpr std::size_t kThreshold = 64 * MiB, kBlock = 32 * MiB;
+  std::vector<CUdeviceptr> large(8);
+  for (CUdeviceptr& p : large) ASSERT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
+  const auto freed_at = std::chrono::steady_clock::now();
+  for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  EXPECT_GE(fake_cuda_physical_bytes(0), large.size() * kBlock) << "given back before the delay";
+  // Small pairs only, as a program's next phase might be: none of these frees reaches the arena.
+  std::size_t physical = fake_cuda_physical_bytes(0);
+  while (physical > kThreshold + kBlock && std::chrono::steady_clock::now() - freed_at < 40 * delay) {
+    for (int i = 0; i < 1000; ++i) {
+      CUdeviceptr p = 0;
+      ASSERT_EQ(cuMemAlloc(&p, 256), CUDA_SUCCESS);
+      ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    }
+    physical = fake_cuda_physical_bytes(0);
+  }
+  EXPECT_LE(physical, kThreshold + kBlock) << "idle memory above the threshold stayed mapped";
+  EXPECT_GE(physical, kThreshold) << "memory below the threshold was given back";
+  EXPECT_GE(std::chrono::steady_clock::now() - freed_at, delay) << "given back before the delay";
+}
 
 TEST_F(RouterEndToEnd, ZeroByteAsyncAllocationAndNullAsyncFreeAreTheDriversAnswers) {
   CUstream s = nullptr;

@@ -98,6 +98,15 @@ TEST(Settings, FenceDelayIsATime) {
     EXPECT_FALSE(parse({{"GPUSHIM_FENCE_DELAY", bad}}).errors.empty()) << bad;
 }
 
+// The release delay: a time up to a minute; 0 gives memory above the threshold back at once.
+TEST(Settings, VmmReleaseDelayIsATime) {
+  EXPECT_EQ(parse({{"GPUSHIM_VMM_RELEASE_DELAY", "0"}}).vmm_release_delay_ns, 0u);
+  EXPECT_EQ(parse({{"GPUSHIM_VMM_RELEASE_DELAY", "250ms"}}).vmm_release_delay_ns, 250000000u);
+  EXPECT_EQ(parse({{"GPUSHIM_VMM_RELEASE_DELAY", "60s"}}).vmm_release_delay_ns, 60000000000u);
+  for (const char* bad : {"soon", "-1s", "61s"})
+    EXPECT_FALSE(parse({{"GPUSHIM_VMM_RELEASE_DELAY", bad}}).errors.empty()) << bad;
+}
+
 TEST(Settings, DefaultsComeFromTheTable) {
   const Settings s = parse({});
   EXPECT_TRUE(s.errors.empty());
@@ -110,6 +119,10 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_FALSE(s.limit.set());
   EXPECT_EQ(s.vmm_reserve, 256 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 8 * MiB);
+  EXPECT_EQ(s.vmm_release_threshold, 8 * GiB);
+  EXPECT_EQ(s.vmm_release_threshold, Settings{}.vmm_release_threshold);
+  EXPECT_EQ(s.vmm_release_delay_ns, 1000000000u);
+  EXPECT_EQ(s.vmm_release_delay_ns, Settings{}.vmm_release_delay_ns);
   EXPECT_EQ(s.vmm_release_threshold, 8 * GiB);
   EXPECT_EQ(s.buddy_region, GiB);
   EXPECT_EQ(s.slab_max_size, MiB);
@@ -134,6 +147,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_VMM_RESERVE", "1TiB"},
                                       {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
                                       {"GPUSHIM_VMM_RELEASE_THRESHOLD", "0"},
+                                      {"GPUSHIM_VMM_RELEASE_DELAY", "20ms"},
                                       {"GPUSHIM_ARENA_SHARDS", "12"},
                                       {"GPUSHIM_LARGE_SLOTS", "on"},
                                       {"GPUSHIM_BUDDY_REGION", "512MiB"},
@@ -161,6 +175,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 0u);
+  EXPECT_EQ(s.vmm_release_delay_ns, 20000000u);
   EXPECT_EQ(s.arena_shards, 12);
   EXPECT_EQ(s.large_slots, Settings::LargeSlots::always);
   EXPECT_EQ(s.buddy_region, 512 * MiB);
@@ -210,7 +225,7 @@ TEST(Settings, BadValueOfEveryRowGivesOneLineAndPassthrough) {
       {"GPUSHIM_TRACE_STACK", "65"},       {"GPUSHIM_PEERS", "0,,1"},
       {"GPUSHIM_PLACEMENT", "everywhere"}, {"GPUSHIM_SPILL", "disk"},
       {"GPUSHIM_SPILL_LIMIT", "0"},        {"GPUSHIM_FENCE_DELAY", "2s"},
-      {"GPUSHIM_ARENA_SHARDS", "17"},
+      {"GPUSHIM_ARENA_SHARDS", "17"},      {"GPUSHIM_VMM_RELEASE_DELAY", "a while"},
   };
   const Settings defaults = parse({});
   for (const auto& [variable, value] : bad) {

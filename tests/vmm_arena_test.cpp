@@ -26,11 +26,13 @@ using testing::verify_block;
 constexpr std::size_t KiB = 1024, MiB = 1024 * KiB;
 constexpr std::size_t kGranule = 64 * KiB;  // smaller than the H100's 2 MiB: more chunk boundaries
 
-VmmArenaOptions options(std::size_t reserve, std::size_t step, std::size_t threshold) {
+VmmArenaOptions options(std::size_t reserve, std::size_t step, std::size_t threshold,
+                        std::uint64_t release_delay_ns = kDefaultVmmReleaseDelayNs) {
   VmmArenaOptions o;
   o.reserve = reserve;
   o.grow_step = step;
   o.release_threshold = threshold;
+  o.release_delay_ns = release_delay_ns;
   return o;
 }
 
@@ -373,9 +375,10 @@ TEST(VmmArena, ReleaseCachedGivesBackOnlyChunksNoLiveBlockTouches) {
   arena.deallocate(again, 100 * KiB, 0);
 }
 
-TEST(VmmArena, IdleMemoryAboveTheThresholdGoesBackOnFree) {
+// GPUSHIM_VMM_RELEASE_DELAY=0: memory above the threshold goes back at every free.
+TEST(VmmArena, WithoutADelayIdleMemoryAboveTheThresholdGoesBackOnFree) {
   HostProvider provider(kGranule);
-  VmmArena arena(provider, options(64 * MiB, MiB, 2 * MiB));
+  VmmArena arena(provider, options(64 * MiB, MiB, 2 * MiB, /*release_delay_ns=*/0));
   std::vector<void*> blocks;
   for (int i = 0; i < 12; ++i) blocks.push_back(arena.allocate(MiB, 0));
   for (void* p : blocks) ASSERT_NE(p, nullptr);
@@ -388,6 +391,56 @@ TEST(VmmArena, IdleMemoryAboveTheThresholdGoesBackOnFree) {
   std::size_t unmaps = provider.unmap_calls();
   void* p = arena.allocate(MiB, 0);
   arena.deallocate(p, MiB, 0);
+  EXPECT_EQ(provider.unmap_calls(), unmaps);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+// With the delay, memory a program frees and takes again within it stays mapped: no unmap, no map.
+// Given back at every free, each round here unmapped 10 MiB and mapped it again (and on the H200, one
+// thread at 1 GiB with a stream made ~700 such pairs of calls a second).
+TEST(VmmArena, MemoryTakenAgainWithinTheDelayStaysMapped) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 2 * MiB, /*release_delay_ns=*/200'000'000));
+  std::vector<void*> blocks(12);
+  for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
+  const std::size_t maps = provider.map_calls();
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);  // 2.5 delays
+  int rounds = 0;
+  while (std::chrono::steady_clock::now() < until || rounds < 3) {
+    for (void* p : blocks) arena.deallocate(p, MiB, 0);  // 12 MiB free, 10 above the threshold
+    for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    ++rounds;
+  }
+  EXPECT_EQ(provider.unmap_calls(), 0u) << "memory taken again every 5 ms was given back";
+  EXPECT_EQ(provider.map_calls(), maps);
+  for (void* p : blocks) arena.deallocate(p, MiB, 0);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+// ... and memory that stays free through a whole delay goes back at a free after it, down to the
+// threshold and no further: the window that is open when the program stops taking memory has seen the
+// memory in use, so the release comes in the next one (within two delays).
+TEST(VmmArena, MemoryIdleThroughTheDelayGoesBackDownToTheThreshold) {
+  HostProvider provider(kGranule);
+  constexpr std::uint64_t kDelayNs = 50'000'000;
+  VmmArena arena(provider, options(64 * MiB, MiB, 4 * MiB, kDelayNs));
+  std::vector<void*> blocks(12);
+  for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
+  for (void* p : blocks) arena.deallocate(p, MiB, 0);
+  EXPECT_EQ(provider.bytes_mapped(), 12 * MiB) << "given back before it stayed idle for the delay";
+  const auto a_free_after = [&](int delays) {
+    std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs * delays + kDelayNs / 5));
+    void* p = arena.allocate(256, 0);
+    ASSERT_NE(p, nullptr);
+    arena.deallocate(p, 256, 0);
+  };
+  a_free_after(1);
+  a_free_after(1);
+  EXPECT_LE(provider.bytes_mapped(), 5 * MiB) << "idle memory above the threshold stayed mapped";
+  EXPECT_GE(provider.bytes_mapped(), 4 * MiB) << "memory below the threshold was given back";
+  const std::size_t unmaps = provider.unmap_calls();
+  a_free_after(2);  // at the threshold: nothing more goes
   EXPECT_EQ(provider.unmap_calls(), unmaps);
   EXPECT_EQ(provider.misuse_count(), 0u);
 }
@@ -515,7 +568,8 @@ TEST(VmmArena, RandomSequencesUnderACapMatchTheReferenceModel) {
 
 TEST(VmmArena, ManyThreadsKeepTheirBlocksApart) {
   HostProvider provider(kGranule);
-  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB));  // low threshold: give-back races too
+  // Low threshold, no delay: give-back races too.
+  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB, /*release_delay_ns=*/0));
   testing::ThreadChurn churn;
   churn.operations_per_thread = 3000;
   churn.max_blocks_per_thread = 64;
@@ -551,6 +605,37 @@ TEST(VmmArena, FactoryTakesItsSizesFromSettings) {
   EXPECT_EQ(defaults.reserve, kDefaultVmmReserve);
   EXPECT_EQ(defaults.grow_step, kDefaultVmmGrowStep);
   EXPECT_EQ(defaults.release_threshold, kDefaultVmmReleaseThreshold);
+  EXPECT_EQ(defaults.release_delay_ns, kDefaultVmmReleaseDelayNs);
+  // GPUSHIM_VMM_RELEASE_THRESHOLD=0 gives back all idle memory: 0 is a value, not "not set" (it read
+  // as the 8 GiB default before).
+  Settings zero;
+  zero.vmm_release_threshold = 0;
+  zero.vmm_release_delay_ns = 0;
+  EXPECT_EQ(VmmArenaOptions::from(zero).release_threshold, 0u);
+  EXPECT_EQ(VmmArenaOptions::from(zero).release_delay_ns, 0u);
+}
+
+// The give-back by windows under threads: blocks stay apart and the arena's books balance while
+// windows open and close in the middle of the churn.
+TEST(VmmArena, ManyThreadsKeepTheirBlocksApartWhileIdleWindowsGiveMemoryBack) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB, /*release_delay_ns=*/200'000));
+  testing::ThreadChurn churn;
+  churn.operations_per_thread = 3000;
+  churn.max_blocks_per_thread = 64;
+  churn.large_bytes = 2 * MiB;
+  churn.first_seed = 200;
+  const testing::ChurnOutcome outcome =
+      testing::churn_in_threads(arena, churn, [&](std::size_t bytes) { return arena.allocate(bytes, 0); });
+  EXPECT_EQ(outcome.corrupted, 0);
+  EXPECT_EQ(outcome.failures, 0);
+  AllocatorStats s = arena.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.allocations, s.deallocations);
+  EXPECT_EQ(s.bytes_reserved, provider.bytes_mapped());
+  arena.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
 }  // namespace
