@@ -82,6 +82,7 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
       grow_step_(round_up(std::max(options.grow_step, granularity_), granularity_)),
       release_threshold_(options.release_threshold),
       release_delay_ns_(options.release_delay_ns),
+      prompt_release_above_(options.release_threshold > SIZE_MAX / 2 ? SIZE_MAX : 2 * options.release_threshold),
       totals_(options.totals ? options.totals : &own_totals_),
       stamps_waits_(options.totals != nullptr) {
   std::size_t want = round_up(std::min(std::max(options.reserve, granularity_), kLargestReservation),
@@ -451,8 +452,13 @@ void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   r = merge_free_neighbours(r);
   insert_free(r);
   if (cached_bytes() <= release_threshold_) return;
-  if (release_delay_ns_ != 0) release_idle_memory();
-  else if (r->size >= granularity_) release_chunks_inside(r, true);
+  if (release_delay_ns_ == 0) {
+    if (r->size >= granularity_) release_chunks_inside(r, release_threshold_);
+    return;
+  }
+  // What the delay may keep is bounded: above twice the threshold, idle memory goes back at once.
+  if (cached_bytes() > prompt_release_above_ && r->size >= granularity_) release_chunks_inside(r, prompt_release_above_);
+  release_idle_memory();
 }
 
 void VmmArena::release_idle_memory() noexcept {
@@ -615,12 +621,12 @@ VmmArena::Range* VmmArena::release_chunk(Range* free_range,
   return merge_unmapped(free_range);
 }
 
-std::size_t VmmArena::release_chunks_inside(Range* free_range, bool only_above_threshold) noexcept {
+std::size_t VmmArena::release_chunks_inside(Range* free_range, std::size_t keep) noexcept {
   std::size_t released = 0;
   auto chunk = chunks_.lower_bound(free_range->start);
   while (free_range && free_range->state == RangeState::free && chunk != chunks_.end() &&
          chunk->first + chunk->second <= free_range->start + free_range->size) {
-    if (only_above_threshold && cached_bytes() <= release_threshold_) break;
+    if (cached_bytes() <= keep) break;
     auto next_chunk = std::next(chunk);
     std::size_t bytes = chunk->second;
     Range* hole = release_chunk(free_range, chunk);

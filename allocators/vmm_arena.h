@@ -73,9 +73,11 @@ inline constexpr std::size_t kDefaultVmmReleaseThreshold = std::size_t{8} << 30;
 // soon takes again was unmapped and mapped again: one thread at 1 GiB with a stream, after 16 threads
 // had held 16 GiB (so the arena maps below its peak without waiting), made ~700 pairs of 1 GiB calls a
 // second on the H200, ~2 ms each pair, and its mean pair rose from ~0.4 to 2-6 us (twenty-sixth
-// session, docs/perf-notes.md). The release happens in a free after the delay; a program that stops
-// freeing keeps it until the out-of-memory path gives back all idle memory, as cudaMallocAsync's pool
-// trims only at a synchronisation.
+// session, docs/perf-notes.md). The release happens in a free after the delay (the router asks every
+// 4,096 frees too: Allocator::release_idle). What the delay keeps is bounded: idle memory above twice
+// the threshold goes back at once, as before. Kept without that bound, 16 threads with a stream each
+// cycling 1 GiB blocks mapped the whole H200 (139 GiB for 16 live blocks, against 24-27 GiB): the
+// memory kept let them go faster, which put more blocks behind their fences, which grew the arena.
 inline constexpr std::uint64_t kDefaultVmmReleaseDelayNs = 1'000'000'000;
 
 // What the arenas of one device count together (allocators/arena_shards.h): the memory they map, its
@@ -186,7 +188,8 @@ class VmmArena final : public Allocator {
   Range* merge_unmapped(Range* hole) noexcept;  // hole becomes unmapped, joined to unmapped neighbours
   void refile_free_below(Range* r) noexcept;    // the free range right below r, filed again
   Range* release_chunk(Range* free_range, std::map<std::uintptr_t, std::size_t>::iterator chunk) noexcept;
-  std::size_t release_chunks_inside(Range* free_range, bool only_above_threshold) noexcept;
+  // Gives back the chunks inside `free_range` while more than `keep` bytes are cached.
+  std::size_t release_chunks_inside(Range* free_range, std::size_t keep) noexcept;
   // Gives back, in address order, each mapped chunk a free range covers while it fits in what is left of
   // `budget`; returns the bytes given back.
   std::size_t release_free_chunks(std::size_t budget) noexcept;
@@ -200,6 +203,7 @@ class VmmArena final : public Allocator {
   const std::size_t grow_step_;
   const std::size_t release_threshold_;
   const std::uint64_t release_delay_ns_;
+  const std::size_t prompt_release_above_;  // twice the threshold: idle memory above it goes at once
   // Under mutex_: when the current idle window began, and the least cached_bytes() since (store_hints
   // lowers it at every unlock). 0 at first: nothing counts as idle before a window has passed.
   std::uint64_t idle_window_began_ns_ = 0;

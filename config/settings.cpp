@@ -200,10 +200,10 @@ const Row kRows[] = {
       "vmm: idle mapped memory kept per device; above it, idle mappings are given back to the driver."},
      [](const char* v, Settings& s) { return parse_size(v, &s.vmm_release_threshold); }},
     {{"GPUSHIM_VMM_RELEASE_DELAY", "duration", "1s", "a time (0, 100ms, 1s, up to 60s); 0 = at once",
-      "vmm: how long idle memory above GPUSHIM_VMM_RELEASE_THRESHOLD must stay idle before it is given back. "
-      "Memory freed and taken again within it stays mapped: given back at once, one thread at 1 GiB with "
-      "a stream, after 16 threads had held 16 GiB, unmapped and mapped 1 GiB ~700 times a second on the "
-      "H200 (~2 ms a pair of calls)."},
+      "vmm: how long idle memory above GPUSHIM_VMM_RELEASE_THRESHOLD must stay idle before it is given back "
+      "(above twice the threshold it goes at once). Memory freed and taken again within it stays mapped: "
+      "given back at once, one thread at 1 GiB with a stream, after 16 threads had held 16 GiB, unmapped "
+      "and mapped 1 GiB ~700 times a second on the H200 (~2 ms a pair of calls)."},
      [](const char* v, Settings& s) {
        std::uint64_t ns = 0;
        if (!parse_duration(v, &ns) || ns > 60'000'000'000ull) return false;

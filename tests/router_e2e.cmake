@@ -46,7 +46,7 @@ foreach(backend vmm tiered)
     --gtest_filter=*IdleMemoryGoesBackAfterTheDelay*)
   set_tests_properties(router_e2e_release_delay.${backend} PROPERTIES TIMEOUT 120
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
-    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_VMM_RELEASE_THRESHOLD=64MiB;GPUSHIM_VMM_RELEASE_DELAY=50ms;E2E_RELEASE_DELAY_MS=50")
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB;GPUSHIM_VMM_RELEASE_DELAY=50ms;E2E_RELEASE_DELAY_MS=50")
 endforeach()
 
 # The free-safety rule follows the streams that carry work (router/stream_activity.h): one process per
