@@ -45,7 +45,8 @@ class TieredAllocator final : public Allocator {
   }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
-  void release_idle() noexcept override { large_->release_idle(); }  // the slabs' memory is the arena's
+  // The arena's delay; the slabs give their empty slabs back by their own rule (slab_allocator.h).
+  void release_idle() noexcept override { large_->release_idle(); }
   // Both tiers together. Over separate memory the peaks are sums of each tier's peak (an upper bound of
   // the true peak); over arena-backed slabs the arena's peak reserved is the true one.
   AllocatorStats stats() const noexcept override;

@@ -72,7 +72,7 @@ inline constexpr std::size_t kDefaultVmmReleaseThreshold = std::size_t{8} << 30;
 // free over that time, less the threshold. Given back at every free instead, memory a program frees and
 // soon takes again was unmapped and mapped again: one thread at 1 GiB with a stream, after 16 threads
 // had held 16 GiB (so the arena maps below its peak without waiting), made ~700 pairs of 1 GiB calls a
-// second on the H200, ~2 ms each pair, and its mean pair rose from ~0.4 to 2-6 us (twenty-sixth
+// second on the H200, ~2 ms each pair, and its mean pair rose from ~0.3 to 1.5-14 us (twenty-sixth
 // session, docs/perf-notes.md). The release happens in a free after the delay (the router asks every
 // 4,096 frees too: Allocator::release_idle). What the delay keeps is bounded: idle memory above twice
 // the threshold goes back at once, as before. Kept without that bound, 16 threads with a stream each

@@ -86,6 +86,14 @@ bool size_at_least(const char* text, std::uint64_t minimum, std::uint64_t* out) 
   return true;
 }
 
+// A time with its unit (parse_duration) of at most `max_ns`: above it is a typo, not a setting.
+bool duration_up_to(const char* text, std::uint64_t max_ns, std::uint64_t* out) {
+  std::uint64_t ns = 0;
+  if (!parse_duration(text, &ns) || ns > max_ns) return false;
+  *out = ns;
+  return true;
+}
+
 bool parse_log_level(const char* text, LogLevel* out) {
   static const struct { const char* name; LogLevel level; } kLevels[] = {
       {"quiet", LogLevel::quiet}, {"warn", LogLevel::warn},
@@ -182,12 +190,7 @@ const Row kRows[] = {
       "records its fence: side-stream work that ends sooner gives the blocks back with no fence (a "
       "fence cost the freeing call 3-5 us on the H200). Allocations that would raise the peak record "
       "at once, and so does every free after a batch waited in vain, until the streams are next idle."},
-     [](const char* v, Settings& s) {
-       std::uint64_t ns = 0;
-       if (!parse_duration(v, &ns) || ns > 1000000000) return false;
-       s.fence_delay_ns = ns;
-       return true;
-     }},
+     [](const char* v, Settings& s) { return duration_up_to(v, 1'000'000'000, &s.fence_delay_ns); }},
     {{"GPUSHIM_VMM_RESERVE", "size", "256GiB", "a size >= 2MiB",
       "vmm: virtual address space reserved once per device; the arena never grows past it. "
       "Reserving costs no memory (1 TiB took 14 us on the H100)."},
@@ -204,12 +207,7 @@ const Row kRows[] = {
       "(above twice the threshold it goes at once). Memory freed and taken again within it stays mapped: "
       "given back at once, one thread at 1 GiB with a stream, after 16 threads had held 16 GiB, unmapped "
       "and mapped 1 GiB ~700 times a second on the H200 (~2 ms a pair of calls)."},
-     [](const char* v, Settings& s) {
-       std::uint64_t ns = 0;
-       if (!parse_duration(v, &ns) || ns > 60'000'000'000ull) return false;
-       s.vmm_release_delay_ns = ns;
-       return true;
-     }},
+     [](const char* v, Settings& s) { return duration_up_to(v, 60'000'000'000ull, &s.vmm_release_delay_ns); }},
     {{"GPUSHIM_ARENA_SHARDS", "int", "1", "1 to 16; 1 = one arena per device",
       "vmm and tiered: how many arenas a device's memory may be split into once threads keep finding the "
       "arena's lock held. Each thread that does moves to an arena of its own reservation (they share "

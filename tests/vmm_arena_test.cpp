@@ -580,23 +580,41 @@ TEST(VmmArena, RandomSequencesUnderACapMatchTheReferenceModel) {
   }
 }
 
-TEST(VmmArena, ManyThreadsKeepTheirBlocksApart) {
-  HostProvider provider(kGranule);
-  // Low threshold, no delay: give-back races too.
-  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB, /*release_delay_ns=*/0));
+// Threads allocate and free at once with their blocks checked for overlap; the arena's books balance.
+// Returns its statistics once every block is back.
+AllocatorStats churn_in_threads_and_check(VmmArena& arena, unsigned first_seed) {
   testing::ThreadChurn churn;
   churn.operations_per_thread = 3000;
   churn.max_blocks_per_thread = 64;
   churn.large_bytes = 2 * MiB;
-  churn.first_seed = 100;
+  churn.first_seed = first_seed;
   const testing::ChurnOutcome outcome =
       testing::churn_in_threads(arena, churn, [&](std::size_t bytes) { return arena.allocate(bytes, 0); });
   EXPECT_EQ(outcome.corrupted, 0);
   EXPECT_EQ(outcome.failures, 0);
-  AllocatorStats s = arena.stats();
+  const AllocatorStats s = arena.stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.allocations, s.deallocations);
-  EXPECT_LE(s.bytes_cached, 4 * MiB);
+  return s;
+}
+
+TEST(VmmArena, ManyThreadsKeepTheirBlocksApart) {
+  HostProvider provider(kGranule);
+  // Low threshold, no delay: give-back races too.
+  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB, /*release_delay_ns=*/0));
+  EXPECT_LE(churn_in_threads_and_check(arena, 100).bytes_cached, 4 * MiB);
+  arena.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+// The give-back by windows under threads: blocks stay apart and the arena's books balance while
+// windows open and close in the middle of the churn.
+TEST(VmmArena, ManyThreadsKeepTheirBlocksApartWhileIdleWindowsGiveMemoryBack) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB, /*release_delay_ns=*/200'000));
+  const AllocatorStats s = churn_in_threads_and_check(arena, 200);
+  EXPECT_EQ(s.bytes_reserved, provider.bytes_mapped());
   arena.release_cached();
   EXPECT_EQ(provider.bytes_mapped(), 0u);
   EXPECT_EQ(provider.misuse_count(), 0u);
@@ -627,29 +645,6 @@ TEST(VmmArena, FactoryTakesItsSizesFromSettings) {
   zero.vmm_release_delay_ns = 0;
   EXPECT_EQ(VmmArenaOptions::from(zero).release_threshold, 0u);
   EXPECT_EQ(VmmArenaOptions::from(zero).release_delay_ns, 0u);
-}
-
-// The give-back by windows under threads: blocks stay apart and the arena's books balance while
-// windows open and close in the middle of the churn.
-TEST(VmmArena, ManyThreadsKeepTheirBlocksApartWhileIdleWindowsGiveMemoryBack) {
-  HostProvider provider(kGranule);
-  VmmArena arena(provider, options(256 * MiB, MiB, 4 * MiB, /*release_delay_ns=*/200'000));
-  testing::ThreadChurn churn;
-  churn.operations_per_thread = 3000;
-  churn.max_blocks_per_thread = 64;
-  churn.large_bytes = 2 * MiB;
-  churn.first_seed = 200;
-  const testing::ChurnOutcome outcome =
-      testing::churn_in_threads(arena, churn, [&](std::size_t bytes) { return arena.allocate(bytes, 0); });
-  EXPECT_EQ(outcome.corrupted, 0);
-  EXPECT_EQ(outcome.failures, 0);
-  AllocatorStats s = arena.stats();
-  EXPECT_EQ(s.bytes_in_use, 0u);
-  EXPECT_EQ(s.allocations, s.deallocations);
-  EXPECT_EQ(s.bytes_reserved, provider.bytes_mapped());
-  arena.release_cached();
-  EXPECT_EQ(provider.bytes_mapped(), 0u);
-  EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
 }  // namespace
