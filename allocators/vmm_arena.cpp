@@ -82,7 +82,10 @@ VmmArena::VmmArena(MemoryProvider& provider, const VmmArenaOptions& options) noe
       grow_step_(round_up(std::max(options.grow_step, granularity_), granularity_)),
       release_threshold_(options.release_threshold),
       release_delay_ns_(options.release_delay_ns),
-      prompt_release_above_(options.release_threshold > SIZE_MAX / 2 ? SIZE_MAX : 2 * options.release_threshold),
+      // Without a delay, everything above the threshold; with one, what it may keep is bounded.
+      prompt_release_above_(options.release_delay_ns == 0               ? options.release_threshold
+                            : options.release_threshold > SIZE_MAX / 2 ? SIZE_MAX
+                                                                        : 2 * options.release_threshold),
       totals_(options.totals ? options.totals : &own_totals_),
       stamps_waits_(options.totals != nullptr) {
   std::size_t want = round_up(std::min(std::max(options.reserve, granularity_), kLargestReservation),
@@ -452,13 +455,8 @@ void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   r = merge_free_neighbours(r);
   insert_free(r);
   if (cached_bytes() <= release_threshold_) return;
-  if (release_delay_ns_ == 0) {
-    if (r->size >= granularity_) release_chunks_inside(r, release_threshold_);
-    return;
-  }
-  // What the delay may keep is bounded: above twice the threshold, idle memory goes back at once.
   if (cached_bytes() > prompt_release_above_ && r->size >= granularity_) release_chunks_inside(r, prompt_release_above_);
-  release_idle_memory();
+  if (release_delay_ns_ != 0) release_idle_memory();
 }
 
 void VmmArena::release_idle_memory() noexcept {

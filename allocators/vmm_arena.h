@@ -62,13 +62,15 @@ inline constexpr std::size_t kDefaultVmmReserve = std::size_t{256} << 30;
 // host replay of its trace (7.57 GiB reserved against 7.54 at 8 MiB; 2-4 MiB gained nothing more).
 // Larger requests map what they need.
 inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{8} << 20;
-// Keep up to 8 GiB of idle physical memory mapped. Measured on the H100 (PyTorch transformer, sequence
+// kDefaultVmmReleaseThreshold (config/settings.h, where the setting's struct holds it: its 0 is a value):
+// keep up to 8 GiB of idle physical memory mapped. Measured on the H100 (PyTorch transformer, sequence
 // length cycling 64..512): live bytes swing by ~6 GiB from step to step, and with a 1 GiB threshold the
 // arena unmapped and remapped 1,300 times in 8 steps; each unmap must also wait for the GPU (cuMemUnmap
 // is not stream-ordered). Idle memory does not raise the peak, cuMemGetInfo reports it as free, and the
 // out-of-memory path gives it all back before failing.
-inline constexpr std::size_t kDefaultVmmReleaseThreshold = std::size_t{8} << 30;
-// Memory above the threshold goes back only once it stayed idle this long: the least the arena held
+//
+// kDefaultVmmReleaseDelayNs (config/settings.h, likewise), 1 s: memory above the threshold goes back
+// only once it stayed idle this long: the least the arena held
 // free over that time, less the threshold. Given back at every free instead, memory a program frees and
 // soon takes again was unmapped and mapped again: one thread at 1 GiB with a stream, after 16 threads
 // had held 16 GiB (so the arena maps below its peak without waiting), made ~700 pairs of 1 GiB calls a
@@ -78,7 +80,6 @@ inline constexpr std::size_t kDefaultVmmReleaseThreshold = std::size_t{8} << 30;
 // the threshold goes back at once, as before. Kept without that bound, 16 threads with a stream each
 // cycling 1 GiB blocks mapped the whole H200 (139 GiB for 16 live blocks, against 24-27 GiB): the
 // memory kept let them go faster, which put more blocks behind their fences, which grew the arena.
-inline constexpr std::uint64_t kDefaultVmmReleaseDelayNs = 1'000'000'000;
 
 // What the arenas of one device count together (allocators/arena_shards.h): the memory they map, its
 // peak, and the calls that found a lock held. A lone arena counts into its own.
@@ -203,7 +204,8 @@ class VmmArena final : public Allocator {
   const std::size_t grow_step_;
   const std::size_t release_threshold_;
   const std::uint64_t release_delay_ns_;
-  const std::size_t prompt_release_above_;  // twice the threshold: idle memory above it goes at once
+  // Idle memory above it goes back at once: the threshold without a delay, twice it with one.
+  const std::size_t prompt_release_above_;
   // Under mutex_: when the current idle window began, and the least cached_bytes() since (store_hints
   // lowers it at every unlock). 0 at first: nothing counts as idle before a window has passed.
   std::uint64_t idle_window_began_ns_ = 0;

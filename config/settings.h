@@ -11,6 +11,12 @@
 
 namespace gpushim {
 
+// The defaults of the two vmm settings whose 0 is a value ("give back at once"), so Settings holds them
+// itself rather than 0 for "not set"; the arena's options default to them too. allocators/vmm_arena.h
+// says why these values.
+inline constexpr std::uint64_t kDefaultVmmReleaseThreshold = std::uint64_t{8} << 30;
+inline constexpr std::uint64_t kDefaultVmmReleaseDelayNs = 1'000'000'000;
+
 enum class LogLevel { quiet, warn, info, debug };
 
 // A size written as users write it: "512MiB", "2GB", "4096", or a share of the device: "80%".
@@ -44,11 +50,10 @@ struct Settings {
   // vmm arena
   std::uint64_t vmm_reserve = 0;       // GPUSHIM_VMM_RESERVE: address space reserved per device
   std::uint64_t vmm_grow_step = 0;     // GPUSHIM_VMM_GROW_STEP: physical memory mapped per growth
-  // GPUSHIM_VMM_RELEASE_THRESHOLD: idle bytes kept mapped. Not "0 = the default" like its neighbours:
-  // 0 is a value (give back all idle memory), so the struct holds the default itself.
-  std::uint64_t vmm_release_threshold = std::uint64_t{8} << 30;
+  // GPUSHIM_VMM_RELEASE_THRESHOLD: idle bytes kept mapped (0: give back all idle memory).
+  std::uint64_t vmm_release_threshold = kDefaultVmmReleaseThreshold;
   // GPUSHIM_VMM_RELEASE_DELAY: how long memory above the threshold stays idle before it goes back.
-  std::uint64_t vmm_release_delay_ns = 1'000'000'000;
+  std::uint64_t vmm_release_delay_ns = kDefaultVmmReleaseDelayNs;
   int arena_shards = 0;  // GPUSHIM_ARENA_SHARDS: arenas a contended device splits into (0: the default)
   // GPUSHIM_LARGE_SLOTS: when the per-thread exact-size slots above 1 MiB keep freed blocks.
   enum class LargeSlots { while_contended, always, never };

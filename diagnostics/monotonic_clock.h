@@ -1,9 +1,9 @@
 #pragma once
 
 // The library's one clock for its own timing: waits, the decay of recent waits, fault injection's
-// windows, the out-of-memory report's times. CLOCK_MONOTONIC in ns, as trace events are stamped
-// (tracing/trace_recorder.cpp), so a time taken here compares with a trace's. clock_gettime is a vDSO
-// call: no system call. The arena, the router and the fault injector each had a copy of their own.
+// windows, the arena's release delay, trace events' stamps and the out-of-memory report's times, so a
+// time taken anywhere compares with a trace's. CLOCK_MONOTONIC in ns; clock_gettime is a vDSO call: no
+// system call. The arena, the router, the fault injector and the trace recorder each had a copy.
 //
 // Kept here, below router/, tracing/ and allocators/, so every layer reads the same clock.
 #include <time.h>

@@ -24,6 +24,7 @@
 #include "config/settings.h"
 #include "diagnostics/hot_tls.h"
 #include "diagnostics/log.h"
+#include "diagnostics/monotonic_clock.h"
 #include "tracing/stack_unwinder.h"
 #include "tracing/trace_format.h"
 
@@ -67,9 +68,11 @@ bool g_thread_exit_key_made = false;  // g_registry_mutex
 
 GPUSHIM_HOT_TLS ThreadBuffer* t_buffer = nullptr;  // read on every record (hot_tls.h)
 
-std::uint64_t now_ns(clockid_t clock) noexcept {
+// Events are stamped with the library's one clock (diagnostics/monotonic_clock.h); the wall clock is
+// read once, for the header, so a reader can place the trace in time.
+std::uint64_t realtime_ns() noexcept {
   timespec ts;
-  clock_gettime(clock, &ts);  // vDSO for the monotonic and realtime clocks: no system call
+  clock_gettime(CLOCK_REALTIME, &ts);  // vDSO: no system call
   return std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
 }
 
@@ -314,7 +317,7 @@ bool write_trace_header(int fd, std::uint64_t start_monotonic_ns, int stack_dept
   header.version = format::kVersion;
   header.header_bytes = sizeof header;
   header.start_monotonic_ns = start_monotonic_ns;
-  header.start_realtime_ns = now_ns(CLOCK_REALTIME) - (now_ns(CLOCK_MONOTONIC) - start_monotonic_ns);
+  header.start_realtime_ns = realtime_ns() - (monotonic_ns() - start_monotonic_ns);
   header.pid = std::uint32_t(getpid());
   header.rank = rank_from_environment();
   header.stack_depth = std::uint32_t(stack_depth);
@@ -330,7 +333,7 @@ void record_slow(EventKind kind, int device, std::uint64_t stream, std::uint64_t
   std::uint64_t frames[kMaxTraceStack];
   int frame_count = 0;
   if (g_stack_depth > 0 && stacks_for(kind)) frame_count = capture_stack(frames, g_stack_depth, /*skip record_slow*/ 1);
-  std::uint64_t time = now_ns(CLOCK_MONOTONIC);
+  std::uint64_t time = monotonic_ns();
 
   ThreadBuffer* b = t_buffer;
   if (!b && !(b = acquire_buffer())) return;
@@ -424,7 +427,7 @@ bool start(const char* path, int stack_depth) noexcept {
     pthread_atfork(nullptr, nullptr, &disable_in_child);
   });
 
-  if (!write_trace_header(fd, now_ns(CLOCK_MONOTONIC), stack_depth, flags)) {
+  if (!write_trace_header(fd, monotonic_ns(), stack_depth, flags)) {
     log(LogLevel::warn, "trace: cannot write %s (%s); not recording", expanded, std::strerror(errno));
     close(fd);
     return false;
