@@ -174,15 +174,17 @@ const Row kRows[] = {
       "Cap on the device memory this process may hold, per device. Over it an allocation fails with "
       "CUDA_ERROR_OUT_OF_MEMORY, and cuMemGetInfo reports the cap as total."},
      [](const char* v, Settings& s) { return parse_size_or_percent(v, &s.limit); }},
-    {{"GPUSHIM_FREE_FENCE", "choice", "auto", "auto, always",
+    {{"GPUSHIM_FREE_FENCE", "choice", "auto", "auto, no-solo, always",
       "When a block freed with cudaFree may be reused. auto: at once while only the legacy stream (and at "
-      "most one blocking stream) carries work, whatever streams exist; while another stream carries work, "
-      "after a fence shows the GPU work issued before the free has finished (docs/free-safety.md); "
-      "always: after the fence, in every case."},
+      "most one blocking stream) carries work, whatever streams exist, or while one non-blocking stream "
+      "carries work alone (solo: other work first waits for it); while other streams carry work, after a "
+      "fence shows the GPU work issued before the free has finished (docs/free-safety.md); no-solo: as "
+      "auto, but a lone non-blocking stream's frees are fenced too; always: after the fence, in every case."},
      [](const char* v, Settings& s) {
-       std::string choice = listed_word(v, "auto, always");
+       std::string choice = listed_word(v, "auto, no-solo, always");
        if (choice.empty()) return false;
        s.fence_always = choice == "always";
+       s.fence_solo = choice == "auto";
        return true;
      }},
     {{"GPUSHIM_FENCE_DELAY", "duration", "200us", "a time (0, 50us, 1ms, up to 1s); 0 = at once",

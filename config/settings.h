@@ -45,6 +45,7 @@ struct Settings {
   bool strict = false;                 // GPUSHIM_STRICT: a bad value is fatal
   SizeSetting limit;                   // GPUSHIM_LIMIT: per-process, per-device cap
   bool fence_always = false;           // GPUSHIM_FREE_FENCE: "always" fences even a stream-less program
+  bool fence_solo = true;              // GPUSHIM_FREE_FENCE: "auto" reuses at once beside a lone stream too
   std::uint64_t fence_delay_ns = 0;    // GPUSHIM_FENCE_DELAY: a closed batch's wait for its fence
 
   // vmm arena

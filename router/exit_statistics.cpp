@@ -10,6 +10,7 @@
 #include "router/fault_injection.h"
 #include "router/memory_report.h"
 #include "router/router_state.h"
+#include "router/stream_activity.h"
 #include "router/thread_state.h"
 #include "tracing/trace_recorder.h"
 
@@ -55,6 +56,16 @@ void at_exit() noexcept {
         rows.push_back(row);
       }
       for (const std::string& line : format_stats_table(rows)) print_report_line("%s", line.c_str());
+      // Solo is the process's, not a device's (router/stream_activity.h).
+      const SoloCounts solo = solo_counts();
+      if (solo.began)
+        print_report_line("solo (one non-blocking stream alone, its frees reused at once) began %llu times; ended "
+                          "by legacy work %llu, another stream %llu, a capture %llu; the stream went idle %llu",
+                          static_cast<unsigned long long>(solo.began),
+                          static_cast<unsigned long long>(solo.ended_by_legacy),
+                          static_cast<unsigned long long>(solo.ended_by_stream),
+                          static_cast<unsigned long long>(solo.ended_by_capture),
+                          static_cast<unsigned long long>(solo.ended_idle));
       if (const std::uint64_t injected = injected_failures())
         print_report_line("GPUSHIM_FAIL injected %llu of the failed allocations",
                           static_cast<unsigned long long>(injected));

@@ -79,7 +79,7 @@ CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {
   }
   return rc;
 }
-bool reuse_at_once() noexcept { return !g_fence_always && work_is_totally_ordered(); }
+bool reuse_at_once() noexcept { return !g_fence_always && freed_blocks_reusable_at_once(); }
 GPUSHIM_HOT_TLS unsigned t_unfenced_frees = 0;  // frees reused at once on this thread, for polling
 // Frees on this thread until the next asks the backend to give back memory idle past its release delay
 // (Allocator::release_idle): the arena asks the clock only then, never per free.

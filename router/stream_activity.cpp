@@ -28,8 +28,19 @@ std::atomic<std::uint64_t> g_unordered{0};
 // the same value as an earlier one knows the work has not been ordered in between (become_active).
 std::atomic<std::uint64_t> g_ordered_epoch{0};
 std::atomic<std::uint64_t> g_stream_records_generation{1};
+LegacyStripe g_legacy_in_flight[kLegacyStripes];
+std::atomic<int> g_solo_allowed{-1};
+StreamRecord g_legacy_submission;
 
 namespace {
+
+// The context of the legacy work seen so far (the first legacy submission's, or the first solo
+// stream's), and whether legacy work came from another context too. Solo needs the first: the lone
+// stream's join waits for its own context's legacy stream only. The second is for good.
+std::atomic<CUcontext> g_legacy_context{nullptr};
+std::atomic<bool> g_legacy_in_many_contexts{false};
+// Captures whose cuStreamBeginCapture is under way: no solo begins meanwhile (before_capture_begins).
+std::atomic<int> g_captures_starting{0};
 
 // Everything below is under `lock`. Allocated once and never freed: launches may still arrive
 // from static destructors after exit() has begun.
@@ -57,6 +68,14 @@ struct Activity {
   CUcontext legacy_done_context = nullptr;
   std::uint64_t legacy_done_epoch = 0;
   bool logged_first = false;
+  // Solo (stream_activity.h). `solo`: the lone stream, from its pending join until its end's event is
+  // known complete or it leaves the active set. `solo_end`: the event its end recorded on it (in
+  // `solo_end_context`), which later work waits for while `solo_owed`.
+  StreamRecord* solo = nullptr;
+  CUevent solo_end = nullptr;
+  CUcontext solo_end_context = nullptr;
+  bool solo_owed = false;
+  SoloCounts solo_counts;
 };
 Activity& activity() {
   static Activity* state = new Activity();
@@ -222,13 +241,21 @@ bool probe_landed(StreamRecord* record, int* calls) noexcept {
 // The epoch is bumped first, while the stream still counts: a free that reads "ordered" after this
 // uncount comes after the bump, and so does every count that follows such a free (all seq_cst). A bump
 // for a value that a count changed meanwhile (the exchange fails) only makes a later join ask again.
-bool uncount(const StreamRecord* record) noexcept {
-  const std::uint64_t one = record->blocking ? kBlockingOne : 1;
+// A lone stream that leaves takes solo's bits with it: its work is done, so nothing need wait for it.
+bool uncount(Activity& a, const StreamRecord* record) noexcept {
+  const bool solo = record == a.solo;
   std::uint64_t before = g_unordered.load(std::memory_order_seq_cst);
+  std::uint64_t after = 0;
   do {
-    if (totally_ordered(before - one)) g_ordered_epoch.fetch_add(1, std::memory_order_seq_cst);
-  } while (!g_unordered.compare_exchange_weak(before, before - one, std::memory_order_seq_cst));
-  return !totally_ordered(before) && totally_ordered(before - one);
+    after = before - (record->blocking ? kBlockingOne : 1) - (solo ? before & kSoloBits : 0);
+    if (totally_ordered(after)) g_ordered_epoch.fetch_add(1, std::memory_order_seq_cst);
+  } while (!g_unordered.compare_exchange_weak(before, after, std::memory_order_seq_cst));
+  if (solo) {
+    if (before & kSolo) ++a.solo_counts.ended_idle;
+    a.solo = nullptr;
+    a.solo_owed = false;
+  }
+  return !totally_ordered(before) && totally_ordered(after);
 }
 
 // The stream at a.active[i] was idle when its word read `stamp`: it leaves the active set unless a
@@ -237,7 +264,7 @@ bool uncount(const StreamRecord* record) noexcept {
 bool leave_active_if_unchanged(Activity& a, std::size_t i, std::uint64_t stamp, bool* turned_ordered) noexcept {
   StreamRecord* record = a.active[i];
   if (!record->word.compare_exchange_strong(stamp, stamp & ~kStreamActive, std::memory_order_seq_cst)) return false;
-  if (uncount(record)) *turned_ordered = true;
+  if (uncount(a, record)) *turned_ordered = true;
   a.active[i] = a.active.back();
   a.active.pop_back();
   return true;
@@ -248,6 +275,80 @@ bool capturing(CUstream stream) noexcept {
   CUstreamCaptureStatus status = CU_STREAM_CAPTURE_STATUS_NONE;
   return real_driver().cuStreamIsCapturing(stream, &status) == CUDA_SUCCESS &&
          status != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+// Solo's steps, all under the activity lock (so the bits change in one thread at a time).
+
+// A pending solo that must not begin: other work came first (a legacy submission, another stream).
+// The lone stream's join, outside the lock, finds kSoloPending gone and stays an ordinary active stream.
+void cancel_pending_solo(Activity& a) noexcept {
+  if (!(g_unordered.load(std::memory_order_seq_cst) & kSoloPending)) return;
+  g_unordered.fetch_sub(kSoloPending, std::memory_order_seq_cst);
+  a.solo = nullptr;
+}
+
+// Solo ends: frees are fenced from the clear of kSolo on (seq_cst, before the event is recorded), so
+// every block a free reused at once was freed before the event, and the lone stream's users of it were
+// queued before it too. kLegacyBehindSolo, set in the same step, sends every legacy submission that
+// reads it to legacy_work_beside_solo, which queues the legacy stream's wait for the event before the
+// submission; every join waits for it too while `solo_owed` (become_active).
+void end_solo(Activity& a, std::uint64_t SoloCounts::*why) noexcept {
+  if (!(g_unordered.load(std::memory_order_seq_cst) & kSolo)) return;
+  g_unordered.fetch_add(kLegacyBehindSolo - kSolo, std::memory_order_seq_cst);
+  ++(a.solo_counts.*why);
+  StreamRecord* record = a.solo;
+  const RealDriver& driver = real_driver();
+  ScopedContext scope(record->context);
+  if (scope.ok()) {
+    if (a.solo_end && a.solo_end_context != record->context) {
+      driver.cuEventDestroy(a.solo_end);
+      a.solo_end = nullptr;
+    }
+    if (!a.solo_end && driver.cuEventCreate(&a.solo_end, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) a.solo_end = nullptr;
+    a.solo_end_context = record->context;
+    if (a.solo_end && driver.cuEventRecord(a.solo_end, record->stream) == CUDA_SUCCESS) {
+      a.solo_owed = true;
+      return;
+    }
+  }
+  // No event (a driver that refuses, a context gone): wait for the stream here instead, once; then nothing
+  // is owed. A stream whose context is gone runs nothing more.
+  if (scope.ok()) driver.cuStreamSynchronize(record->stream);
+  g_unordered.fetch_sub(kLegacyBehindSolo, std::memory_order_seq_cst);
+  a.solo = nullptr;
+}
+
+// Once solo's end event has completed, nothing waits for it any more (a poll asks).
+void settle_solo(Activity& a) noexcept {
+  if (g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo)
+    g_unordered.fetch_sub(kLegacyBehindSolo, std::memory_order_seq_cst);
+  a.solo_owed = false;
+  a.solo = nullptr;
+}
+
+// The legacy stream of `context` (current, or made current) waits for solo's end event.
+bool legacy_waits_for_solo(const Activity& a, CUcontext context) noexcept {
+  ScopedContext scope(context);
+  return scope.ok() && real_driver().cuStreamWaitEvent(CU_STREAM_LEGACY, a.solo_end, 0) == CUDA_SUCCESS;
+}
+
+// `waiter` waits for solo's end event (its work may use a block reused at once beside the lone stream).
+bool wait_for_solo_end(const Activity& a, const StreamRecord* waiter) noexcept {
+  ScopedContext scope(waiter->context);
+  return scope.ok() && real_driver().cuStreamWaitEvent(waiter->stream, a.solo_end, 0) == CUDA_SUCCESS;
+}
+
+// Solo may begin once kSoloPending is published (seq_cst): no legacy submission in flight (one that read
+// g_unordered before kSoloPending may be queued after the lone stream's join looked at the legacy stream;
+// one that reads it after goes to legacy_work_beside_solo, which cancels), and the legacy work so far
+// belongs to the lone stream's context (its join waits for that context's legacy stream only).
+bool legacy_work_allows_solo(CUcontext context) noexcept {
+  for (const LegacyStripe& stripe : g_legacy_in_flight)
+    if (stripe.in_flight.load(std::memory_order_seq_cst) != 0) return false;
+  if (g_legacy_in_many_contexts.load(std::memory_order_seq_cst)) return false;
+  CUcontext expected = nullptr;
+  return g_legacy_context.compare_exchange_strong(expected, context, std::memory_order_seq_cst) ||
+         expected == context;
 }
 
 void remember(CUstream stream, StreamRecord* record) noexcept {
@@ -276,7 +377,31 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   }
   // Counted first (seq_cst), joined second: a free that still reads "ordered" happened before the join's
   // events were recorded, so they cover its block's last user (router/stream_activity.h).
-  g_unordered.fetch_add(record->blocking ? kBlockingOne : 1, std::memory_order_seq_cst);
+  // A non-blocking stream that starts work while nothing else counts may become solo: counted with
+  // kSoloPending in the same step, it becomes solo (kSolo) once its join below is queued, unless other
+  // work came first (cancel_pending_solo). Any other stream that starts work ends a solo.
+  const bool may_solo = !record->blocking && a.solo == nullptr && !record->retiring &&
+                        g_active_captures.load(std::memory_order_acquire) == 0 &&
+                        g_captures_starting.load(std::memory_order_seq_cst) == 0 &&
+                        (g_solo_allowed.load(std::memory_order_relaxed) > 0 ||
+                         (g_solo_allowed.load(std::memory_order_relaxed) < 0 && read_solo_allowed()));
+  const std::uint64_t one = record->blocking ? kBlockingOne : 1;
+  std::uint64_t before = g_unordered.load(std::memory_order_seq_cst);
+  bool solo = false;
+  do {
+    solo = may_solo && before == 0;
+  } while (!g_unordered.compare_exchange_weak(before, before + one + (solo ? kSoloPending : 0), std::memory_order_seq_cst));
+  bool joined = true;
+  if (solo) {
+    a.solo = record;
+    if (!legacy_work_allows_solo(record->context)) cancel_pending_solo(a);
+  } else {
+    cancel_pending_solo(a);
+    end_solo(a, &SoloCounts::ended_by_stream);
+    // A block reused at once beside the lone stream may be this stream's next: its work waits for that
+    // stream's, until a poll finds solo's end event complete (settle_solo).
+    if (a.solo_owed) joined = wait_for_solo_end(a, record);
+  }
   // The join: wait for the legacy stream (a blocking stream does so by itself). During another stream's
   // capture the legacy stream must not be touched; its earlier work is then not waited for
   // (docs/free-safety.md, "Limits"). A legacy stream that has finished its work needs no wait: the
@@ -298,7 +423,6 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   // tells: every uncount that may leave the work ordered bumps it first (uncount). With a stream per
   // thread, 16 threads' activations mostly fall in such stretches (alloc_bench on the H200, 1 MiB: 1,645
   // transitions to ordered in a process of 13,000 launches, docs/perf-notes.md, sixteenth session).
-  bool joined = true;
   if (!record->blocking && g_active_captures.load(std::memory_order_acquire) == 0) {
     const std::uint64_t epoch = g_ordered_epoch.load(std::memory_order_seq_cst);
     if (a.legacy_done_context != record->context || a.legacy_done_epoch != epoch) {
@@ -328,6 +452,16 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     joined = wait_for(record, other->context, other->stream) && joined;
   }
   if (!joined) end_total_order_for_good("a stream could not be joined to the others");
+  // Solo begins once the join is queued, unless other work cancelled it meanwhile (the legacy question
+  // was asked outside the lock) or the stream is being destroyed.
+  if (a.solo == record && (g_unordered.load(std::memory_order_seq_cst) & kSoloPending)) {
+    if (joined && !record->retiring) {
+      g_unordered.fetch_add(kSolo - kSoloPending, std::memory_order_seq_cst);
+      ++a.solo_counts.began;
+    } else {
+      cancel_pending_solo(a);
+    }
+  }
   record->word.fetch_or(kStreamActive, std::memory_order_seq_cst);
   ++a.activations;
   try {
@@ -431,6 +565,11 @@ void untrack_stream(CUstream stream) noexcept {
     if (it != a.by_stream.end()) {
       StreamRecord* record = it->second;
       a.by_stream.erase(it);
+      // Solo's end event must be recorded while the stream still exists.
+      if (a.solo == record) {
+        cancel_pending_solo(a);
+        end_solo(a, &SoloCounts::ended_by_stream);
+      }
       if (!(record->word.load(std::memory_order_acquire) & kStreamActive) && !record->joining) {
         recycle(record);
       } else {
@@ -473,7 +612,8 @@ void note_idle(StreamRecord* record, std::uint64_t stamp) noexcept {
 bool idle_streams_would_order_the_work(const Activity& a) noexcept {
   std::uint64_t remaining = g_unordered.load(std::memory_order_seq_cst);
   for (const StreamRecord* record : a.active)
-    if (still_idle(record)) remaining -= record->blocking ? kBlockingOne : 1;
+    if (still_idle(record))
+      remaining -= (record->blocking ? kBlockingOne : 1) + (record == a.solo ? remaining & kSoloBits : 0);
   return totally_ordered(remaining);
 }
 
@@ -488,6 +628,11 @@ bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg, BusySt
   bool turned_ordered = false;
   const RealDriver& driver = real_driver();
   int calls = 0;
+  // Once solo's end event has completed, joins and legacy work need not wait for it.
+  if (a.solo_owed) {
+    ++calls;
+    if (driver.cuEventQuery(a.solo_end) != CUDA_ERROR_NOT_READY) settle_solo(a);
+  }
   std::size_t i = 0;
   while (i < a.active.size() && calls < kMaxDriverCallsPerPoll) {
     StreamRecord* record = a.active[i];
@@ -535,7 +680,7 @@ bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg, BusySt
     }
     record->probing = false;
     if (record->retiring) {
-      if (uncount(record)) turned_ordered = true;
+      if (uncount(a, record)) turned_ordered = true;
       a.active[i] = a.active.back();
       a.active.pop_back();
       recycle(record);
@@ -592,6 +737,80 @@ bool order_legacy_after_destroyed_streams() noexcept {
   return all;
 }
 
+bool read_solo_allowed() noexcept {
+  const bool allowed = !settings().fence_always && settings().fence_solo;
+  g_solo_allowed.store(allowed ? 1 : 0, std::memory_order_relaxed);
+  return allowed;
+}
+
+LegacyStripe* assign_legacy_stripe() noexcept {
+  static std::atomic<unsigned> next{0};
+  t_legacy_stripe = &g_legacy_in_flight[next.fetch_add(1, std::memory_order_relaxed) % kLegacyStripes];
+  return t_legacy_stripe;
+}
+
+// Legacy work from a second context: solo never begins again (a lone stream's join waits for its own
+// context's legacy stream only), and while a solo's end is owed this context's legacy stream waits for
+// it as well (and so does every later legacy submission, until a poll settles it).
+void check_legacy_context() noexcept {
+  if (g_legacy_in_many_contexts.load(std::memory_order_relaxed)) return;
+  CUcontext context = nullptr;
+  if (real_driver().cuCtxGetCurrent(&context) != CUDA_SUCCESS || context == nullptr) return;
+  CUcontext expected = g_legacy_context.load(std::memory_order_relaxed);
+  if (expected == context) return;
+  if (expected == nullptr && g_legacy_context.compare_exchange_strong(expected, context, std::memory_order_seq_cst))
+    return;
+  if (expected == context) return;
+  Activity& a = activity();
+  std::lock_guard<SpinLock> guard(a.lock);
+  g_legacy_in_many_contexts.store(true, std::memory_order_seq_cst);
+  cancel_pending_solo(a);
+  end_solo(a, &SoloCounts::ended_by_legacy);
+  if (a.solo_owed) {
+    if (!(g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo))
+      g_unordered.fetch_add(kLegacyBehindSolo, std::memory_order_seq_cst);
+    if (!legacy_waits_for_solo(a, context)) real_driver().cuEventSynchronize(a.solo_end);
+  }
+}
+
+// Legacy work while solo is pending, under way, or owed (stream_activity.h): a pending solo does not
+// begin, a solo ends, and the legacy stream waits for its end event before this work is queued. In one
+// context that wait covers all later legacy work, so kLegacyBehindSolo goes; with legacy work in several
+// contexts, each submission waits in its own until a poll settles solo.
+void legacy_work_beside_solo() noexcept {
+  Activity& a = activity();
+  CUcontext context = nullptr;
+  if (real_driver().cuCtxGetCurrent(&context) != CUDA_SUCCESS) context = nullptr;
+  std::lock_guard<SpinLock> guard(a.lock);
+  if (context && context != g_legacy_context.load(std::memory_order_seq_cst))
+    g_legacy_in_many_contexts.store(true, std::memory_order_seq_cst);
+  cancel_pending_solo(a);
+  end_solo(a, &SoloCounts::ended_by_legacy);
+  if (!(g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo)) return;
+  bool waited = context && legacy_waits_for_solo(a, context);
+  if (a.solo_end_context != context) waited = legacy_waits_for_solo(a, a.solo_end_context) && waited;
+  if (!waited) real_driver().cuEventSynchronize(a.solo_end);
+  // Queued (or waited for) before the bit goes: legacy work that reads g_unordered without it comes after.
+  if (!g_legacy_in_many_contexts.load(std::memory_order_seq_cst))
+    g_unordered.fetch_sub(kLegacyBehindSolo, std::memory_order_seq_cst);
+}
+
+void before_capture_begins() noexcept {
+  g_captures_starting.fetch_add(1, std::memory_order_seq_cst);
+  Activity& a = activity();
+  std::lock_guard<SpinLock> guard(a.lock);
+  cancel_pending_solo(a);
+  end_solo(a, &SoloCounts::ended_by_capture);
+}
+
+void capture_began() noexcept { g_captures_starting.fetch_sub(1, std::memory_order_seq_cst); }
+
+SoloCounts solo_counts() noexcept {
+  Activity& a = activity();
+  std::lock_guard<SpinLock> guard(a.lock);
+  return a.solo_counts;
+}
+
 std::uint64_t stream_activations() noexcept {
   Activity& a = activity();
   std::lock_guard<SpinLock> guard(a.lock);
@@ -608,6 +827,12 @@ void reset_stream_activity_after_fork() noexcept {
   a.free_records = nullptr;
   reset_probe_words_after_fork();
   g_unordered.store(g_unordered.load() & kUnorderedForever);
+  a.solo = nullptr;
+  a.solo_end = nullptr;
+  a.solo_owed = false;
+  for (LegacyStripe& stripe : g_legacy_in_flight) stripe.in_flight.store(0);
+  g_legacy_context.store(nullptr);
+  g_captures_starting.store(0);
   g_ordered_epoch.fetch_add(1);
   a.legacy_done_context = nullptr;
   g_stream_records_generation.fetch_add(1);

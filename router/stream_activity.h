@@ -14,6 +14,15 @@
 // become_active, says why the active non-blocking streams need no wait). A stream goes idle again when
 // an event recorded on it completes with no submission since (poll_stream_activity()).
 //
+// Solo: while exactly one non-blocking stream S carries work, and nothing else does, a freed block is
+// handed out again at once too, as in stream order: its earlier users are S's work, or legacy work that
+// S's join waited for. Whatever else touches the block next must first wait for S, so the first other
+// work ends solo: a legacy submission (launch, async or synchronous copy or set, all watched) makes the
+// legacy stream wait for an event recorded on S, and another stream's join waits for that event. Solo
+// begins at S's join when nothing counted before it, no legacy submission is in flight, and the legacy
+// stream's work belongs to S's context; stream_activity.cpp (enter_solo, end_solo) says why each step
+// is exact. GPUSHIM_FREE_FENCE=no-solo turns it off.
+//
 // Per-stream state is one atomic word, so the launch path costs two uncontended atomic operations:
 //   bit 0         active (counted in g_unordered)
 //   bits 1..16    submissions in flight (begun, not yet returned from the driver)
@@ -65,19 +74,66 @@ struct StreamRecord {
 };
 
 // Low 32 bits: active streams that break the total order (non-blocking ones, plus kUnorderedForever once
-// work went to a stream gpushim cannot probe). High 32 bits: active blocking streams.
+// work went to a stream gpushim cannot probe), and solo's state bits. High 32 bits: active blocking
+// streams. The bits change only under the activity lock (stream_activity.cpp).
 extern std::atomic<std::uint64_t> g_unordered;
 inline constexpr std::uint64_t kBlockingOne = 1ull << 32;
 inline constexpr std::uint64_t kUnorderedForever = 1ull << 24;
+inline constexpr std::uint64_t kSoloPending = 1ull << 25;       // the lone stream's join is under way
+inline constexpr std::uint64_t kSolo = 1ull << 26;              // frees beside the lone stream are reused at once
+inline constexpr std::uint64_t kLegacyBehindSolo = 1ull << 27;  // solo ended; legacy work must wait for its event
+inline constexpr std::uint64_t kSoloBits = kSoloPending | kSolo | kLegacyBehindSolo;
 
-// True while a freed block may be handed out again at once. The load is seq_cst: a stream's transition
-// increments g_unordered (seq_cst) before it records its join event, so a free that reads "ordered" was
-// queued before that event, and the joined stream waits for its block's last user.
+// True when the work is totally ordered: the legacy stream, plus at most one blocking stream.
 inline bool totally_ordered(std::uint64_t unordered) noexcept {
   return (unordered & 0xffffffffu) == 0 && (unordered >> 32) <= 1;
 }
-inline bool work_is_totally_ordered() noexcept {
-  return totally_ordered(g_unordered.load(std::memory_order_seq_cst));
+// True while a freed block may be handed out again at once: the work is totally ordered, or one
+// non-blocking stream carries it alone (solo). The load is seq_cst: a stream's transition increments
+// g_unordered (seq_cst) before it records its join event, so a free that reads "ordered" was queued
+// before that event, and the joined stream waits for its block's last user; solo's end clears kSolo
+// (seq_cst) before it records its event on the lone stream, with the same effect.
+inline bool freed_blocks_reusable_at_once() noexcept {
+  const std::uint64_t unordered = g_unordered.load(std::memory_order_seq_cst);
+  return totally_ordered(unordered) || unordered == (1 | kSolo);
+}
+
+// Legacy submissions in flight, striped so that threads launching on the legacy stream share no cache
+// line: solo may begin only when none is in flight (one that read g_unordered before solo was pending
+// may be queued after the lone stream's join looked at the legacy stream).
+inline constexpr unsigned kLegacyStripes = 16;
+struct alignas(64) LegacyStripe {
+  std::atomic<std::uint32_t> in_flight{0};
+};
+extern LegacyStripe g_legacy_in_flight[kLegacyStripes];
+inline GPUSHIM_HOT_TLS LegacyStripe* t_legacy_stripe = nullptr;
+// 1: solo allowed (GPUSHIM_FREE_FENCE=auto), 0: not, -1: settings not read yet.
+extern std::atomic<int> g_solo_allowed;
+// What begin_stream_work returns for legacy work while solo is allowed: end_stream_work then leaves the
+// thread's stripe.
+extern StreamRecord g_legacy_submission;
+// Out of line (stream_activity.cpp): the first call's settings, a thread's stripe, the legacy work's
+// context, and the slow path of legacy work while solo is under way or has ended.
+bool read_solo_allowed() noexcept;
+LegacyStripe* assign_legacy_stripe() noexcept;
+void check_legacy_context() noexcept;
+void legacy_work_beside_solo() noexcept;
+
+// Before the driver queues work on the legacy stream (synchronous copies and sets included).
+inline StreamRecord* begin_legacy_work() noexcept {
+  int allowed = g_solo_allowed.load(std::memory_order_relaxed);
+  if (__builtin_expect(allowed < 0, 0)) allowed = read_solo_allowed();
+  if (!allowed) return nullptr;
+  LegacyStripe* stripe = t_legacy_stripe;
+  if (__builtin_expect(stripe == nullptr, 0)) stripe = assign_legacy_stripe();
+  // Counted (seq_cst) before g_unordered is read: a solo that begins after this read sees the count.
+  stripe->in_flight.fetch_add(1, std::memory_order_seq_cst);
+  if (__builtin_expect((g_unordered.load(std::memory_order_seq_cst) & kSoloBits) != 0, 0)) {
+    legacy_work_beside_solo();
+  } else {
+    check_legacy_context();
+  }
+  return &g_legacy_submission;
 }
 
 // The calling thread's last streams: a launch loop on a few streams finds its record without a lock.
@@ -112,8 +168,9 @@ inline StreamRecord* submitting_to_active(StreamRecord* record) noexcept {
 // Before the driver queues work on `stream`. `per_thread_variant`: the caller is a _ptsz entry point,
 // in which stream 0 names the calling thread's per-thread default stream.
 inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant) noexcept {
-  // The legacy stream is the order every other stream is joined to: nothing to track.
-  if (stream == CU_STREAM_LEGACY || (stream == nullptr && !per_thread_variant)) return nullptr;
+  // The legacy stream is the order every other stream is joined to: nothing to track, unless a lone
+  // stream's frees are reused at once (solo).
+  if (stream == CU_STREAM_LEGACY || (stream == nullptr && !per_thread_variant)) return begin_legacy_work();
   const std::uint64_t generation = g_stream_records_generation.load(std::memory_order_acquire);
   for (const StreamRecordCacheEntry& entry : t_stream_records) {
     if (entry.stream != stream || entry.generation != generation) continue;
@@ -127,9 +184,19 @@ inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant)
 // After the driver returned from queuing the work (whatever it answered).
 inline void end_stream_work(StreamRecord* record) noexcept {
   if (!record) return;
+  if (record == &g_legacy_submission) {
+    t_legacy_stripe->in_flight.fetch_sub(1, std::memory_order_release);
+    return;
+  }
   record->word.fetch_sub(kInFlightOne, std::memory_order_release);
   if (__builtin_expect(record == t_probe_after_submission, 0)) probe_after_submission(record);
 }
+
+// Before a capture begins (before the driver's cuStreamBeginCapture): solo ends, since its end records
+// an event on the lone stream, which must not become a node of a capture; and none begins until the
+// capture is counted in g_active_captures (capture_began).
+void before_capture_begins() noexcept;
+void capture_began() noexcept;  // after it, whether or not the driver began it
 
 // Registers a stream the program created / forgets one it is destroying (before the real destroy).
 void track_stream(CUstream stream, unsigned int flags) noexcept;
@@ -179,6 +246,11 @@ ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noex
 bool order_legacy_after_destroyed_streams() noexcept;
 // For the statistics line: streams that became active (transitions), and joins recorded.
 std::uint64_t stream_activations() noexcept;
+// Solo's course: how often it began, and what ended it.
+struct SoloCounts {
+  std::uint64_t began = 0, ended_by_legacy = 0, ended_by_stream = 0, ended_by_capture = 0, ended_idle = 0;
+};
+SoloCounts solo_counts() noexcept;
 void reset_stream_activity_after_fork() noexcept;
 
 }  // namespace gpushim::router

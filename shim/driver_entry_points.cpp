@@ -7,6 +7,7 @@
 
 #include "driver/real_driver.h"
 #include "router/router.h"
+#include "router/stream_activity.h"
 
 namespace {
 
@@ -23,8 +24,10 @@ CUstream per_thread_stream(CUstream stream) noexcept { return stream == nullptr 
 CUresult begin_capture(CUstream stream, CUstreamCaptureMode mode) noexcept {
   const RealDriver& driver = real_driver();
   if (driver.cuStreamBeginCapture == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  router::before_capture_begins();  // solo ends first: its end records an event on the lone stream
   const CUresult result = driver.cuStreamBeginCapture(stream, mode);
   if (result == CUDA_SUCCESS) router::on_capture_begin(stream);
+  router::capture_began();
   return result;
 }
 
@@ -33,9 +36,11 @@ CUresult begin_capture_to_graph(CUstream stream, CUgraph graph, const CUgraphNod
                                 CUstreamCaptureMode mode) noexcept {
   const RealDriver& driver = real_driver();
   if (driver.cuStreamBeginCaptureToGraph == nullptr) return CUDA_ERROR_NOT_INITIALIZED;
+  router::before_capture_begins();
   const CUresult result =
       driver.cuStreamBeginCaptureToGraph(stream, graph, dependencies, dependency_data, dependency_count, mode);
   if (result == CUDA_SUCCESS) router::on_capture_begin(stream);
+  router::capture_began();
   return result;
 }
 

@@ -19,6 +19,11 @@
   extern "C" CUresult CUDAAPI symbol##_ptsz params;
 #include "shim/work_submission_entries.inc"
 #undef GPUSHIM_WORK_ENTRIES
+#define GPUSHIM_SYNC_WORK_ENTRIES(name, version, symbol, params, args) \
+  extern "C" CUresult CUDAAPI symbol params;                          \
+  extern "C" CUresult CUDAAPI symbol##_ptds params;
+#include "shim/synchronous_work_entries.inc"
+#undef GPUSHIM_SYNC_WORK_ENTRIES
 
 namespace gpushim::shim {
 namespace {
@@ -96,6 +101,10 @@ SubstitutionRows substitution_table() noexcept {
   {#name, version, address(symbol), address(symbol##_ptsz), #symbol, #symbol "_ptsz"},
 #include "shim/work_submission_entries.inc"
 #undef GPUSHIM_WORK_ENTRIES
+#define GPUSHIM_SYNC_WORK_ENTRIES(name, version, symbol, params, args) \
+  {#name, version, address(symbol), address(symbol##_ptds), #symbol, #symbol "_ptds"},
+#include "shim/synchronous_work_entries.inc"
+#undef GPUSHIM_SYNC_WORK_ENTRIES
     // Asked for itself (the runtime does: docs/measured-facts.md), so every later lookup also goes through us.
     {"cuGetProcAddress", 12000, address(cuGetProcAddress_v2), address(cuGetProcAddress_v2), "cuGetProcAddress_v2",
      nullptr},

@@ -1,5 +1,6 @@
 // The entry points that queue work on a stream: kernel launches, async copies and sets, graph launches,
-// stream memory operations. Each tells the router which stream carries work before the driver queues it
+// stream memory operations, and the synchronous copies and sets (on the legacy stream: while one
+// non-blocking stream works alone, they must wait for it, router/stream_activity.h). Each tells the router which stream carries work before the driver queues it
 // (router/stream_activity.h: the free-safety rule follows the streams that carry work, not the streams
 // that exist), then calls the driver's own function. Rows in driver_substitutions.cpp; exported through
 // shim/exports.map, so programs that link libcuda directly are seen too.
@@ -53,4 +54,11 @@ Function driver_function(std::atomic<Function>& slot, const char* symbol) noexce
 
 #include "shim/work_submission_entries.inc"
 #undef GPUSHIM_WORK_ENTRIES
+// The synchronous ones: the default variant queues on the legacy stream, _ptds on the calling thread's
+// per-thread default stream (stream 0 of a per-thread variant).
+#define GPUSHIM_SYNC_WORK_ENTRIES(name, version, symbol, params, args)        \
+  GPUSHIM_WORK_ENTRY(symbol, false, params, args, CU_STREAM_LEGACY)           \
+  GPUSHIM_WORK_ENTRY(symbol##_ptds, true, params, args, static_cast<CUstream>(nullptr))
+#include "shim/synchronous_work_entries.inc"
+#undef GPUSHIM_SYNC_WORK_ENTRIES
 #undef GPUSHIM_WORK_ENTRY

@@ -20,6 +20,7 @@ if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_torture_shared ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_shared)
   set(_torture_driver ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_driver)
   set(_limit_check ${GPUSHIM_BUILD_DIR}/test_apps/limit_check)
+  set(_solo_race ${GPUSHIM_BUILD_DIR}/test_apps/solo_race)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} ${GPUSHIM_BUILD_DIR}/test_apps/${app})
   endforeach()
@@ -35,6 +36,7 @@ else()
   set(_torture_shared $<TARGET_FILE:alloc_torture_shared>)
   set(_torture_driver $<TARGET_FILE:alloc_torture_driver>)
   set(_limit_check $<TARGET_FILE:limit_check>)
+  set(_solo_race $<TARGET_FILE:solo_race>)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} $<TARGET_FILE:${app}>)
   endforeach()
@@ -60,6 +62,19 @@ foreach(variant static shared driver)
   endforeach()
 endforeach()
 set_tests_properties(${_gpu_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+
+# Solo's race (test_apps/solo_race.cu): without gpushim (the test proves itself right on the real
+# driver), and under the backends that reuse a freed block at once, where every kind of overwriter must
+# get the freed address at least once (solo happened) and no reader may see it overwritten.
+set(_solo_tests gpu_solo_race_noshim)
+add_test(NAME gpu_solo_race_noshim COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${_solo_race})
+foreach(backend tiered vmm)
+  add_test(NAME gpu_solo_race_${backend}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                   -- ${_solo_race} --expect-reuse)
+  list(APPEND _solo_tests gpu_solo_race_${backend})
+endforeach()
+set_tests_properties(${_solo_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
 
 # The cap (GPUSHIM_LIMIT=1GiB) and the out-of-memory report and recovery, under every backend.
 set(_limit_tests "")

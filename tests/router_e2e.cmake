@@ -50,24 +50,33 @@ foreach(backend vmm tiered)
 endforeach()
 
 # The free-safety rule follows the streams that carry work (router/stream_activity.h): one process per
-# test (each starts with every stream idle), per backend.
+# test (each starts with every stream idle), per backend. These tests fence a lone stream's frees to
+# watch the fences, so they run without solo (GPUSHIM_FREE_FENCE=no-solo); router_solo_test below
+# runs solo itself, on the default rule.
 add_executable(router_stream_activity_test ${CMAKE_CURRENT_SOURCE_DIR}/router_stream_activity_test.cpp)
-target_include_directories(router_stream_activity_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
-target_link_libraries(router_stream_activity_test PRIVATE shim_fake_libcuda GTest::gtest_main Threads::Threads)
-add_dependencies(router_stream_activity_test gpushim)
+add_executable(router_solo_test ${CMAKE_CURRENT_SOURCE_DIR}/router_solo_test.cpp)
+foreach(test router_stream_activity_test router_solo_test)
+  target_include_directories(${test} PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(${test} PRIVATE shim_fake_libcuda GTest::gtest_main Threads::Threads)
+  add_dependencies(${test} gpushim)
+endforeach()
 foreach(backend vmm buddy slab tiered passthrough)
   gpushim_discover_tests(router_stream_activity_test router_stream_activity.${backend} ENV
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1;GPUSHIM_FREE_FENCE=no-solo")
+  gpushim_discover_tests(router_solo_test router_solo.${backend} ENV
     "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
 endforeach()
 # Once more where the driver refuses stream writes: the probes are events (router/probe_words.h).
 gpushim_discover_tests(router_stream_activity_test router_stream_activity_event_probes.tiered ENV
+  "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;FAKE_CUDA_NO_STREAM_WRITES=1;GPUSHIM_FREE_FENCE=no-solo")
+gpushim_discover_tests(router_solo_test router_solo_event_probes.tiered ENV
   "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;FAKE_CUDA_NO_STREAM_WRITES=1")
 
 # A fence delay the fake GPU's pace cannot outlast (GPUSHIM_FENCE_DELAY, router/free_fence_queue.h).
 add_test(NAME router_stream_activity_fence_delay.tiered COMMAND router_stream_activity_test --gtest_filter=*FenceDelay*)
 set_tests_properties(router_stream_activity_fence_delay.tiered PROPERTIES TIMEOUT 120
   FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
-  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FENCE_DELAY=1s;E2E_FENCE_DELAY=1")
+  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FENCE_DELAY=1s;E2E_FENCE_DELAY=1;GPUSHIM_FREE_FENCE=no-solo")
 
 # The statistics' "at the peak" line tells why allocations were let past the peak (router/memory_report.h):
 # by the growth rule's turn, with too little fenced to wait for, or after a wait in vain, and how many
@@ -81,7 +90,7 @@ function(router_e2e_peak_statistics name filter rule unwaited after_wait mapped)
   set_tests_properties(router_stream_activity_peak_statistics.${name} PROPERTIES TIMEOUT 120
     PASS_REGULAR_EXPRESSION "at the peak while blocks waited for fences: [0-9]+ allocations. [0-9]+ took blocks other threads got back, [0-9]+ waited for fences, [0-9]+ were let past the peak \\(${rule} at once by the growth rule, ${unwaited} with too little fenced to wait for, ${after_wait} after waiting in vain. ${mapped} of them mapped memory\\)"
     FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}|\\[  FAILED  \\]"
-    ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1")
+    ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FREE_FENCE=no-solo")
 endfunction()
 router_e2e_peak_statistics(rule KeepFindingThePeak "[1-9]" 0 "1[0-9]" "1[0-9]")
 router_e2e_peak_statistics(unwaited TheFencedBlocksCannotServe 0 1 0 1)

@@ -1,0 +1,179 @@
+// Solo (router/stream_activity.h): while one non-blocking stream carries work alone, a freed block is
+// handed out again at once, and whatever work touches it next is queued behind that stream's. End to
+// end over the fake driver, each test in its own process (tests/router_e2e.cmake). The fake GPU holds a
+// stream's work while fake_cuda_hold_stream(stream, 1) is on, and so holds the later work of every stream
+// that waited for it: "cuStreamQuery says NOT_READY" is how a test sees that work was queued behind it.
+#include <cuda.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+
+#include "stream_activity_support.h"
+
+namespace {
+
+using namespace stream_activity_support;
+
+class Solo : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_NE(std::getenv("LD_PRELOAD"), nullptr) << "run through ctest: it preloads libgpushim.so";
+    if (backend() == "passthrough" || backend() == "mempool")
+      GTEST_SKIP() << backend() << " orders its own frees (cuMemFree syncs; the pool is stream-ordered)";
+    ASSERT_EQ(cuInit(0), CUDA_SUCCESS);
+    fake_cuda_hold_gpu(0);
+    ASSERT_EQ(cuStreamCreate(&lone_, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  }
+  void TearDown() override {
+    fake_cuda_hold_gpu(0);
+    if (!lone_) return;  // skipped before it was made
+    fake_cuda_hold_stream(lone_, 0);
+    EXPECT_EQ(cuStreamDestroy(lone_), CUDA_SUCCESS);
+  }
+
+  // The lone stream starts work (solo begins) and is held there; a block used on it is freed and
+  // handed straight out again. Returns that block, whose last user is the held work.
+  CUdeviceptr block_reused_beside_the_held_lone_stream() {
+    launch_on(lone_);
+    fake_cuda_hold_stream(lone_, 1);
+    const CUdeviceptr used = fresh_block();
+    EXPECT_EQ(cuMemsetD8Async(used, 1, kBlock, lone_), CUDA_SUCCESS);
+    EXPECT_EQ(cuMemFree(used), CUDA_SUCCESS);
+    const CUdeviceptr again = fresh_block();
+    EXPECT_EQ(again, used) << "a lone stream's freed block was not reused at once";
+    return again;
+  }
+
+  // Lets the lone stream's work finish and frees until a poll has found it idle: the work is ordered
+  // again, so its next launch starts a new solo.
+  void let_the_lone_stream_finish() {
+    fake_cuda_hold_stream(lone_, 0);
+    churn();
+    ASSERT_TRUE(reused_at_once(fresh_block()));
+  }
+
+  CUstream lone_ = nullptr;
+};
+
+TEST_F(Solo, ALoneStreamsFreedBlocksAreReusedAtOnce) {
+  const CUdeviceptr block = block_reused_beside_the_held_lone_stream();
+  // More work on the lone stream is queued behind its earlier work by stream order: solo goes on.
+  ASSERT_EQ(cuMemsetD8Async(block, 2, kBlock, lone_), CUDA_SUCCESS);
+  EXPECT_TRUE(reused_at_once(block));
+  EXPECT_EQ(cuStreamQuery(CU_STREAM_LEGACY), CUDA_SUCCESS) << "the legacy stream was made to wait with no legacy work";
+}
+
+// Every kind of legacy submission that may touch such a block is queued behind the lone stream's work:
+// a launch, an async set, a synchronous set and copy (which return before the device has finished).
+TEST_F(Solo, LegacyWorkAfterALoneStreamsFreesWaitsForIt) {
+  const std::vector<std::pair<const char*, std::function<CUresult(CUdeviceptr)>>> legacy_work = {
+      {"a kernel launch", [](CUdeviceptr) { return cuLaunchKernel(nullptr, 1, 1, 1, 1, 1, 1, 0, nullptr, nullptr, nullptr); }},
+      {"an async set", [](CUdeviceptr p) { return cuMemsetD8Async(p, 3, kBlock, CU_STREAM_LEGACY); }},
+      {"a synchronous set", [](CUdeviceptr p) { return cuMemsetD8(p, 3, kBlock); }},
+      {"a synchronous copy", [](CUdeviceptr p) {
+         static unsigned char host[kBlock] = {};
+         return cuMemcpyHtoD(p, host, kBlock);
+       }},
+  };
+  for (const auto& [what, submit] : legacy_work) {
+    SCOPED_TRACE(what);
+    const CUdeviceptr block = block_reused_beside_the_held_lone_stream();
+    const int waits = fake_cuda_calls("cuStreamWaitEvent");
+    ASSERT_EQ(submit(block), CUDA_SUCCESS);
+    EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 1) << "the legacy stream did not wait for the lone stream";
+    EXPECT_EQ(cuStreamQuery(CU_STREAM_LEGACY), CUDA_ERROR_NOT_READY) << "legacy work not queued behind the lone stream";
+    // Solo is over: a block the lone stream's held work uses is fenced now.
+    const CUdeviceptr other = fresh_block();
+    ASSERT_EQ(cuMemsetD8Async(other, 4, kBlock, lone_), CUDA_SUCCESS);
+    EXPECT_FALSE(reused_at_once(other)) << "reused at once beside a stream after legacy work joined it";
+    // One wait covers the legacy stream from then on.
+    ASSERT_EQ(cuMemsetD8Async(block, 5, kBlock, CU_STREAM_LEGACY), CUDA_SUCCESS);
+    EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits + 1) << "legacy work waited again";
+    EXPECT_EQ(cuMemFree(block), CUDA_SUCCESS);
+    let_the_lone_stream_finish();
+    EXPECT_EQ(cuStreamQuery(CU_STREAM_LEGACY), CUDA_SUCCESS);
+  }
+}
+
+// Another stream that starts work, non-blocking or blocking, is queued behind the lone stream's work, and
+// so is every stream that starts work after it until the lone stream's end is known to be done.
+TEST_F(Solo, OtherStreamsThatStartWorkWaitForTheLoneStream) {
+  for (unsigned int flags : {static_cast<unsigned int>(CU_STREAM_NON_BLOCKING), 0u}) {
+    SCOPED_TRACE(flags ? "non-blocking" : "blocking");
+    CUstream next = nullptr, later = nullptr;
+    ASSERT_EQ(cuStreamCreate(&next, flags), CUDA_SUCCESS);
+    ASSERT_EQ(cuStreamCreate(&later, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    const CUdeviceptr block = block_reused_beside_the_held_lone_stream();
+    ASSERT_EQ(cuMemsetD8Async(block, 6, kBlock, next), CUDA_SUCCESS);
+    EXPECT_EQ(cuStreamQuery(next), CUDA_ERROR_NOT_READY) << "the next stream's work does not wait for the lone stream";
+    launch_on(later);
+    EXPECT_EQ(cuStreamQuery(later), CUDA_ERROR_NOT_READY) << "a later stream's work does not wait for the lone stream";
+    const CUdeviceptr other = fresh_block();
+    ASSERT_EQ(cuMemsetD8Async(other, 7, kBlock, lone_), CUDA_SUCCESS);
+    EXPECT_FALSE(reused_at_once(other)) << "reused at once while several streams work";
+    fake_cuda_hold_stream(lone_, 0);
+    EXPECT_EQ(cuStreamQuery(next), CUDA_SUCCESS);
+    EXPECT_EQ(cuMemFree(block), CUDA_SUCCESS);
+    churn();
+    for (CUstream s : {next, later}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+    churn();
+  }
+}
+
+// Legacy work submitted while the lone stream's join asks about the legacy stream (outside the activity
+// lock) may be queued after that question: solo must not begin, and the stream's frees stay fenced.
+TEST_F(Solo, LegacyWorkDuringTheLoneStreamsJoinKeepsItsFreesFenced) {
+  const CUdeviceptr legacy_block = fresh_block();
+  fake_cuda_pause_legacy_queries(1);
+  std::thread joining([this] { launch_on(lone_); });
+  ASSERT_TRUE(until([] { return fake_cuda_paused_legacy_queries() == 1; }));
+  ASSERT_EQ(cuMemsetD8Async(legacy_block, 1, kBlock, CU_STREAM_LEGACY), CUDA_SUCCESS);
+  fake_cuda_pause_legacy_queries(0);
+  joining.join();
+  fake_cuda_hold_stream(lone_, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, lone_), CUDA_SUCCESS);
+  EXPECT_FALSE(reused_at_once(used)) << "solo began though legacy work came during its join";
+  EXPECT_EQ(cuMemFree(legacy_block), CUDA_SUCCESS);
+}
+
+// Legacy work still being queued when the lone stream starts (its submission read "no solo" before)
+// may land after the join looked at the legacy stream: solo must not begin.
+TEST_F(Solo, NoSoloBeginsWhileALegacySubmissionIsInFlight) {
+  if (!word_probes()) GTEST_SKIP() << "pauses a legacy stream write, which this run's driver refuses";
+  const CUdeviceptr word = fresh_block();
+  fake_cuda_pause_stream_writes(1);
+  std::thread legacy([word] { cuStreamWriteValue32(CU_STREAM_LEGACY, word, 1, 0); });
+  ASSERT_TRUE(until([] { return fake_cuda_paused_stream_writes() == 1; }));
+  // The lone stream's launch queues its probe, a stream write too: from another thread, which it holds.
+  std::thread starting([this] { launch_on(lone_); });
+  ASSERT_TRUE(until([] { return fake_cuda_paused_stream_writes() == 2; }));
+  fake_cuda_hold_stream(lone_, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, lone_), CUDA_SUCCESS);
+  EXPECT_FALSE(reused_at_once(used)) << "solo began while a legacy submission was in flight";
+  fake_cuda_pause_stream_writes(0);
+  legacy.join();
+  starting.join();
+  EXPECT_EQ(cuMemFree(word), CUDA_SUCCESS);
+}
+
+// A capture begins: solo ends first (its end event is recorded on the lone stream before that stream
+// could be capturing), and the lone stream's frees are fenced from then on.
+TEST_F(Solo, ACaptureEndsSolo) {
+  const CUdeviceptr block = block_reused_beside_the_held_lone_stream();
+  CUstream capturing = nullptr;
+  ASSERT_EQ(cuStreamCreate(&capturing, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  const int records = fake_cuda_calls("cuEventRecord");
+  ASSERT_EQ(cuStreamBeginCapture(capturing, CU_STREAM_CAPTURE_MODE_RELAXED), CUDA_SUCCESS);
+  EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records + 1) << "solo's end event was not recorded before the capture";
+  CUgraph graph = nullptr;
+  ASSERT_EQ(cuStreamEndCapture(capturing, &graph), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemsetD8Async(block, 1, kBlock, CU_STREAM_LEGACY), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamQuery(CU_STREAM_LEGACY), CUDA_ERROR_NOT_READY) << "legacy work not queued behind the lone stream";
+  EXPECT_EQ(cuMemFree(block), CUDA_SUCCESS);
+  fake_cuda_hold_stream(lone_, 0);
+  EXPECT_EQ(cuStreamDestroy(capturing), CUDA_SUCCESS);
+}
+
+}  // namespace
