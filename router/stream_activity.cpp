@@ -326,16 +326,11 @@ void settle_solo(Activity& a) noexcept {
   a.solo = nullptr;
 }
 
-// The legacy stream of `context` (current, or made current) waits for solo's end event.
-bool legacy_waits_for_solo(const Activity& a, CUcontext context) noexcept {
+// `stream` (of `context`: the legacy stream's, or the stream of a join) waits for solo's end event: its
+// work may use a block reused at once beside the lone stream.
+bool wait_for_solo_end(const Activity& a, CUstream stream, CUcontext context) noexcept {
   ScopedContext scope(context);
-  return scope.ok() && real_driver().cuStreamWaitEvent(CU_STREAM_LEGACY, a.solo_end, 0) == CUDA_SUCCESS;
-}
-
-// `waiter` waits for solo's end event (its work may use a block reused at once beside the lone stream).
-bool wait_for_solo_end(const Activity& a, const StreamRecord* waiter) noexcept {
-  ScopedContext scope(waiter->context);
-  return scope.ok() && real_driver().cuStreamWaitEvent(waiter->stream, a.solo_end, 0) == CUDA_SUCCESS;
+  return scope.ok() && real_driver().cuStreamWaitEvent(stream, a.solo_end, 0) == CUDA_SUCCESS;
 }
 
 // Solo may begin once kSoloPending is published (seq_cst): no legacy submission in flight (one that read
@@ -382,9 +377,7 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   // work came first (cancel_pending_solo). Any other stream that starts work ends a solo.
   const bool may_solo = !record->blocking && a.solo == nullptr && !record->retiring &&
                         g_active_captures.load(std::memory_order_acquire) == 0 &&
-                        g_captures_starting.load(std::memory_order_seq_cst) == 0 &&
-                        (g_solo_allowed.load(std::memory_order_relaxed) > 0 ||
-                         (g_solo_allowed.load(std::memory_order_relaxed) < 0 && read_solo_allowed()));
+                        g_captures_starting.load(std::memory_order_seq_cst) == 0 && solo_allowed();
   const std::uint64_t one = record->blocking ? kBlockingOne : 1;
   std::uint64_t before = g_unordered.load(std::memory_order_seq_cst);
   bool solo = false;
@@ -400,7 +393,7 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     end_solo(a, &SoloCounts::ended_by_stream);
     // A block reused at once beside the lone stream may be this stream's next: its work waits for that
     // stream's, until a poll finds solo's end event complete (settle_solo).
-    if (a.solo_owed) joined = wait_for_solo_end(a, record);
+    if (a.solo_owed) joined = wait_for_solo_end(a, record->stream, record->context);
   }
   // The join: wait for the legacy stream (a blocking stream does so by itself). During another stream's
   // capture the legacy stream must not be touched; its earlier work is then not waited for
@@ -769,7 +762,7 @@ void check_legacy_context() noexcept {
   if (a.solo_owed) {
     if (!(g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo))
       g_unordered.fetch_add(kLegacyBehindSolo, std::memory_order_seq_cst);
-    if (!legacy_waits_for_solo(a, context)) real_driver().cuEventSynchronize(a.solo_end);
+    if (!wait_for_solo_end(a, CU_STREAM_LEGACY, context)) real_driver().cuEventSynchronize(a.solo_end);
   }
 }
 
@@ -787,8 +780,8 @@ void legacy_work_beside_solo() noexcept {
   cancel_pending_solo(a);
   end_solo(a, &SoloCounts::ended_by_legacy);
   if (!(g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo)) return;
-  bool waited = context && legacy_waits_for_solo(a, context);
-  if (a.solo_end_context != context) waited = legacy_waits_for_solo(a, a.solo_end_context) && waited;
+  bool waited = context && wait_for_solo_end(a, CU_STREAM_LEGACY, context);
+  if (a.solo_end_context != context) waited = wait_for_solo_end(a, CU_STREAM_LEGACY, a.solo_end_context) && waited;
   if (!waited) real_driver().cuEventSynchronize(a.solo_end);
   // Queued (or waited for) before the bit goes: legacy work that reads g_unordered without it comes after.
   if (!g_legacy_in_many_contexts.load(std::memory_order_seq_cst))

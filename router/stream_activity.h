@@ -119,11 +119,14 @@ LegacyStripe* assign_legacy_stripe() noexcept;
 void check_legacy_context() noexcept;
 void legacy_work_beside_solo() noexcept;
 
+inline bool solo_allowed() noexcept {
+  const int allowed = g_solo_allowed.load(std::memory_order_relaxed);
+  return __builtin_expect(allowed < 0, 0) ? read_solo_allowed() : allowed != 0;
+}
+
 // Before the driver queues work on the legacy stream (synchronous copies and sets included).
 inline StreamRecord* begin_legacy_work() noexcept {
-  int allowed = g_solo_allowed.load(std::memory_order_relaxed);
-  if (__builtin_expect(allowed < 0, 0)) allowed = read_solo_allowed();
-  if (!allowed) return nullptr;
+  if (!solo_allowed()) return nullptr;
   LegacyStripe* stripe = t_legacy_stripe;
   if (__builtin_expect(stripe == nullptr, 0)) stripe = assign_legacy_stripe();
   // Counted (seq_cst) before g_unordered is read: a solo that begins after this read sees the count.
