@@ -14,18 +14,15 @@ namespace {
 
 using namespace stream_activity_support;
 
-class Solo : public ::testing::Test {
+class Solo : public FakeGpuStreams {
  protected:
   void SetUp() override {
-    ASSERT_NE(std::getenv("LD_PRELOAD"), nullptr) << "run through ctest: it preloads libgpushim.so";
-    if (backend() == "passthrough" || backend() == "mempool")
-      GTEST_SKIP() << backend() << " orders its own frees (cuMemFree syncs; the pool is stream-ordered)";
-    ASSERT_EQ(cuInit(0), CUDA_SUCCESS);
-    fake_cuda_hold_gpu(0);
+    FakeGpuStreams::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     ASSERT_EQ(cuStreamCreate(&lone_, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
   }
   void TearDown() override {
-    fake_cuda_hold_gpu(0);
+    FakeGpuStreams::TearDown();
     if (!lone_) return;  // skipped before it was made
     fake_cuda_hold_stream(lone_, 0);
     EXPECT_EQ(cuStreamDestroy(lone_), CUDA_SUCCESS);

@@ -25,17 +25,7 @@ namespace {
 
 using namespace stream_activity_support;
 
-class StreamActivity : public ::testing::Test {
- protected:
-  void SetUp() override {
-    ASSERT_NE(std::getenv("LD_PRELOAD"), nullptr) << "run through ctest: it preloads libgpushim.so";
-    if (backend() == "passthrough" || backend() == "mempool")
-      GTEST_SKIP() << backend() << " orders its own frees (cuMemFree syncs; the pool is stream-ordered)";
-    ASSERT_EQ(cuInit(0), CUDA_SUCCESS);
-    fake_cuda_hold_gpu(0);
-  }
-  void TearDown() override { fake_cuda_hold_gpu(0); }
-};
+using StreamActivity = FakeGpuStreams;
 
 TEST_F(StreamActivity, CreatingStreamsDoesNotEndReuseAtOnce) {
   CUstream nonblocking = nullptr, blocking = nullptr;

@@ -168,4 +168,18 @@ inline void expect_fenced_without_a_wait(CUdeviceptr used, const std::function<v
   EXPECT_TRUE(handed_out_again(used, 400));
 }
 
+// Both suites' fixture: libgpushim.so preloaded over the fake driver, the GPU not held. Backends that
+// order their own frees skip: they never reuse a block at once.
+class FakeGpuStreams : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_NE(std::getenv("LD_PRELOAD"), nullptr) << "run through ctest: it preloads libgpushim.so";
+    if (backend() == "passthrough" || backend() == "mempool")
+      GTEST_SKIP() << backend() << " orders its own frees (cuMemFree syncs; the pool is stream-ordered)";
+    ASSERT_EQ(cuInit(0), CUDA_SUCCESS);
+    fake_cuda_hold_gpu(0);
+  }
+  void TearDown() override { fake_cuda_hold_gpu(0); }
+};
+
 }  // namespace stream_activity_support
