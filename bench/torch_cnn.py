@@ -32,7 +32,7 @@ from workload_record import (apply_sizes, recorded_env, run_and_print_record,  #
                              sized_argument_parser)
 
 ENV_RECORDED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
-                "LD_PRELOAD", "GPUSHIM_BACKEND", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
+                "LD_PRELOAD", "GPUSHIM_BACKEND", "GPUSHIM_FREE_FENCE", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")
 BATCHES = (32, 64, 96, 128)
 IMAGE_SIZES = (96, 128, 160, 192, 224)
 STAGE_WIDTHS = (64, 128, 256, 512)

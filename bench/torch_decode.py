@@ -39,7 +39,7 @@ from workload_record import (apply_sizes, first_line, recorded_env, run_and_prin
                              sized_argument_parser)
 
 ENV_RECORDED = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF", "PYTORCH_NO_CUDA_MEMORY_CACHING",
-                "LD_PRELOAD", "GPUSHIM_BACKEND", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
+                "LD_PRELOAD", "GPUSHIM_BACKEND", "GPUSHIM_FREE_FENCE", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER",
                 "TORCH_CUDNN_SDPA_AVOID_RECOMPILE")
 # Batches a request may have: each cycle of the schedule visits every one (those <= --max-batch) once, in a
 # seeded order, so a short schedule still has the small and the large batches.
@@ -75,6 +75,9 @@ def parse_args(argv=None):
     p.add_argument("--decode-attention", choices=sorted(SDPA_BACKENDS), default="flash",
                    help="backend wanted for generated tokens; refused shapes fall back (default flash)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stream", choices=("default", "side"), default="default",
+                   help="where the work runs: the default (legacy) stream, or one side stream made for it, as "
+                        "under `with torch.cuda.stream(s)` (default: default)")
     args = p.parse_args(argv)
     apply_sizes(args, FULL, QUICK)
     if args.requests < 1 or args.warmup < 0:
@@ -193,6 +196,18 @@ class Decoder:
 
 
 def run(args, record, sampler):
+    """Runs the workload on the stream --stream names. PyTorch makes its side streams non-blocking, so the
+    side stream and cuDNN's handle stream are all that carries work (gpushim's solo, docs/free-safety.md)."""
+    import contextlib
+    import torch
+    record["stream"] = args.stream
+    on_stream = torch.cuda.stream(torch.cuda.Stream(torch.device("cuda"))) if args.stream == "side" \
+        else contextlib.nullcontext()
+    with on_stream:
+        run_on_current_stream(args, record, sampler)
+
+
+def run_on_current_stream(args, record, sampler):
     import torch
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
