@@ -14,6 +14,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "allocators/backend_registry.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
@@ -730,8 +731,12 @@ bool order_legacy_after_destroyed_streams() noexcept {
   return all;
 }
 
+// Only where a cuMemFree'd block may be reused at once: a driver-backed backend (passthrough, the
+// driver's pool) gains nothing from solo, and its ordering (the legacy stream waiting for the lone
+// stream when solo ends) would only cost the program concurrency.
 bool read_solo_allowed() noexcept {
-  const bool allowed = !settings().fence_always && settings().fence_solo;
+  const Settings& s = settings();
+  const bool allowed = !s.fence_always && s.fence_solo && !chosen_backend(s).traits.driver_backed;
   g_solo_allowed.store(allowed ? 1 : 0, std::memory_order_relaxed);
   return allowed;
 }
