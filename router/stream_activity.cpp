@@ -17,6 +17,7 @@
 #include "allocators/backend_registry.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
+#include "diagnostics/monotonic_clock.h"
 #include "driver/real_driver.h"
 #include "driver/scoped_context.h"
 #include "router/router_state.h"
@@ -598,6 +599,7 @@ bool still_idle(const StreamRecord* record) noexcept {
 // together below; its next submission probes it (StreamRecord::probe_wanted). Activity lock held.
 void note_idle(StreamRecord* record, std::uint64_t stamp) noexcept {
   record->idle_stamp = stamp;
+  record->idle_since_ns = monotonic_ns();
   record->probe_wanted.store(true, std::memory_order_relaxed);
 }
 
@@ -609,6 +611,59 @@ bool idle_streams_would_order_the_work(const Activity& a) noexcept {
     if (still_idle(record))
       remaining -= (record->blocking ? kBlockingOne : 1) + (record == a.solo ? remaining & kSoloBits : 0);
   return totally_ordered(remaining);
+}
+
+// How long the other active streams must have been idle before a lone busy stream becomes solo at a poll:
+// long enough that streams which take turns (16 threads, a stream each, a launch every 64 pairs: idle
+// for microseconds between launches) never start and end a solo at every poll, short against a stream
+// that worked once and stays idle (cuDNN's, at its handle's creation).
+constexpr std::uint64_t kSoloQuietNs = 10'000'000;
+
+// Solo begins at a poll too, not only at a join: when one non-blocking stream is busy and every other
+// active stream has been idle for kSoloQuietNs. Otherwise a program whose one stream never idles (a
+// decoding loop that never synchronizes) would stay fenced for good after another stream worked once.
+// As at a join: pending first, then no legacy submission in flight, the legacy work in the lone stream's
+// context and done (the join's question: legacy work queued since the lone stream's join is not ordered
+// with it), then the idle streams leave (each only if nothing was submitted to it since), and solo
+// begins only if the lone stream is all that is left. The epoch is bumped: a later join asks the legacy
+// stream again. Activity lock held; one driver call (the legacy question).
+void begin_solo_beside_quiet_streams(Activity& a) noexcept {
+  if (a.solo || !solo_allowed() || g_active_captures.load(std::memory_order_acquire) != 0 ||
+      g_captures_starting.load(std::memory_order_seq_cst) != 0)
+    return;
+  StreamRecord* lone = nullptr;
+  const std::uint64_t now = monotonic_ns();
+  for (StreamRecord* record : a.active) {
+    if (record->retiring) return;
+    if (still_idle(record)) {
+      if (now - record->idle_since_ns < kSoloQuietNs) return;
+      continue;
+    }
+    if (lone || record->blocking) return;
+    lone = record;
+  }
+  if (!lone) return;
+  std::uint64_t unordered = g_unordered.load(std::memory_order_seq_cst);
+  if ((unordered & (kSoloBits | kUnorderedForever)) != 0 ||
+      !g_unordered.compare_exchange_strong(unordered, unordered + kSoloPending, std::memory_order_seq_cst))
+    return;
+  a.solo = lone;
+  if (!legacy_work_allows_solo(lone->context) || !legacy_stream_caught_up(lone->context)) {
+    cancel_pending_solo(a);
+    return;
+  }
+  bool turned_ordered = false;  // cannot: the lone stream stays counted
+  for (std::size_t j = 0; j < a.active.size();) {
+    StreamRecord* record = a.active[j];
+    if (record == lone || !leave_active_if_unchanged(a, j, record->idle_stamp, &turned_ordered)) ++j;
+  }
+  if (a.active.size() != 1 || g_unordered.load(std::memory_order_seq_cst) != (1 | kSoloPending)) {
+    cancel_pending_solo(a);
+    return;
+  }
+  g_ordered_epoch.fetch_add(1, std::memory_order_seq_cst);
+  g_unordered.fetch_add(kSolo - kSoloPending, std::memory_order_seq_cst);
+  ++a.solo_counts.began;
 }
 
 }  // namespace
@@ -698,6 +753,8 @@ bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg, BusySt
       if (!still_idle(record) || !leave_active_if_unchanged(a, j, record->idle_stamp, &turned_ordered))
         ++j;
     }
+  } else if (calls < kMaxDriverCallsPerPoll) {
+    begin_solo_beside_quiet_streams(a);
   }
   if (turned_ordered && on_turned_ordered) on_turned_ordered(arg);  // the lock still held
   return turned_ordered;

@@ -69,6 +69,7 @@ struct StreamRecord {
   bool retiring = false;         // destroyed while active: counted until its probe completes
   bool joining = false;          // counted, its join under way outside the lock (become_active)
   std::uint64_t idle_stamp = 0;  // its word when a poll found it idle (0: never; an active word is odd)
+  std::uint64_t idle_since_ns = 0;  // when a poll found it idle at idle_stamp (monotonic_ns)
   std::uint64_t serial = 0;      // unique per registration: records and stream handles are reused
   StreamRecord* next_free = nullptr;
 };

@@ -2,8 +2,9 @@
 // stream R carries all the work. A long reader on R still verifies block A when the host frees A; the
 // same size is allocated at once (solo hands A's memory out again) and overwritten by one of: R itself,
 // a legacy-stream kernel, a synchronous cudaMemset, a synchronous pageable cudaMemcpy, another
-// non-blocking stream, a blocking stream. Every overwriter but R must be queued behind the reader, so the
-// reader counts no mismatch. Between rounds the device is synchronized and small blocks are churned, so
+// non-blocking stream, a blocking stream, and a legacy kernel after another stream worked beside R once
+// and went quiet while R stayed busy (solo regained at a poll). Every overwriter but R must be queued
+// behind the reader, so the reader counts no mismatch. Between rounds the device is synchronized and small blocks are churned, so
 // the streams are found idle and R's next launch starts solo again.
 //
 //   solo_race [--rounds N] [--size BYTES] [--spin-us US] [--expect-reuse]
@@ -11,6 +12,7 @@
 // address at least once: solo happened), 1 otherwise, 2 on a failed CUDA call.
 #include <cuda_runtime.h>
 
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -30,9 +32,12 @@ namespace {
     }                                                                                                \
   } while (0)
 
-enum Overwriter { kSameStream, kLegacyKernel, kSyncMemset, kSyncCopy, kOtherStream, kBlockingStream, kKinds };
+enum Overwriter {
+  kSameStream, kLegacyKernel, kSyncMemset, kSyncCopy, kOtherStream, kBlockingStream, kLegacyAfterCompany, kKinds
+};
 const char* const kNames[kKinds] = {"the same stream", "a legacy kernel", "a synchronous memset",
-                                    "a synchronous copy", "another non-blocking stream", "a blocking stream"};
+                                    "a synchronous copy", "another non-blocking stream", "a blocking stream",
+                                    "a legacy kernel, solo regained"};
 
 // Frees and allocates small blocks after a synchronize, so the router polls and finds every stream idle.
 void let_streams_go_idle() {
@@ -44,10 +49,20 @@ void let_streams_go_idle() {
   }
 }
 
+// Frees and allocates small blocks for `ms` without synchronizing: the router's polls run meanwhile.
+void churn_for(int ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (std::chrono::steady_clock::now() < end) {
+    void* p = nullptr;
+    CHECK_CUDA(cudaMalloc(&p, 4096));
+    CHECK_CUDA(cudaFree(p));
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  int rounds = 36;
+  int rounds = 42;
   std::size_t size = 64u << 20;
   unsigned spin_us = 3000;
   bool expect_reuse = false;
@@ -70,6 +85,13 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaMalloc(&counter, sizeof *counter));
   CHECK_CUDA(cudaMemset(counter, 0, sizeof *counter));
   std::vector<unsigned char> host(size, 0xcd);
+  // The block the lone stream keeps reading in the rounds that regain solo, and the other stream's.
+  constexpr std::size_t kKeeperBytes = 1 << 20;
+  constexpr std::uint32_t kKeeperTag = 0x4000;
+  void* keeper = nullptr;
+  void* company = nullptr;
+  CHECK_CUDA(cudaMalloc(&keeper, kKeeperBytes));
+  CHECK_CUDA(cudaMalloc(&company, kKeeperBytes));
 
   unsigned long long mismatches = 0;
   int reused[kKinds] = {}, ran[kKinds] = {};
@@ -77,6 +99,16 @@ int main(int argc, char** argv) {
     const Overwriter kind = static_cast<Overwriter>(round % kKinds);
     let_streams_go_idle();
     const std::uint32_t tag_a = 0x5000 + 2 * round, tag_b = tag_a + 1;
+    if (kind == kLegacyAfterCompany) {
+      // Another stream works once beside the lone one (as cuDNN's does at its handle's creation), which
+      // ends solo; the lone stream stays busy throughout (two long reads of a kept block), and solo must
+      // begin again at a poll once the other stream has been quiet (router/stream_activity.cpp).
+      CHECK_CUDA(gpushim::kernels::fill_pattern(keeper, kKeeperBytes, kKeeperTag, lone));
+      CHECK_CUDA(gpushim::kernels::spin_verify_pattern(keeper, kKeeperBytes, kKeeperTag, 40000, counter, lone));
+      CHECK_CUDA(gpushim::kernels::fill_pattern(company, kKeeperBytes, kKeeperTag, other));
+      CHECK_CUDA(gpushim::kernels::spin_verify_pattern(keeper, kKeeperBytes, kKeeperTag, 150000, counter, lone));
+      churn_for(100);
+    }
     void* a = nullptr;
     CHECK_CUDA(cudaMalloc(&a, size));
     CHECK_CUDA(gpushim::kernels::fill_pattern(a, size, tag_a, lone));
@@ -91,6 +123,7 @@ int main(int argc, char** argv) {
       case kSyncCopy: CHECK_CUDA(cudaMemcpy(b, host.data(), size, cudaMemcpyHostToDevice)); break;
       case kOtherStream: CHECK_CUDA(gpushim::kernels::fill_pattern(b, size, tag_b, other)); break;
       case kBlockingStream: CHECK_CUDA(gpushim::kernels::fill_pattern(b, size, tag_b, blocking)); break;
+      case kLegacyAfterCompany: CHECK_CUDA(gpushim::kernels::fill_pattern(b, size, tag_b, nullptr)); break;
       default: break;
     }
     CHECK_CUDA(cudaDeviceSynchronize());
@@ -105,6 +138,9 @@ int main(int argc, char** argv) {
     if (a == b) ++reused[kind];
     CHECK_CUDA(cudaFree(b));
   }
+  CHECK_CUDA(cudaFree(keeper));
+  CHECK_CUDA(cudaFree(company));
+  CHECK_CUDA(cudaFree(counter));
   bool every_kind_reused = true;
   for (int k = 0; k < kKinds; ++k) {
     std::printf("solo_race: %-28s %d of %d rounds reused the freed address\n", kNames[k], reused[k], ran[k]);

@@ -6,6 +6,7 @@
 #include <cuda.h>
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <thread>
 
 #include "stream_activity_support.h"
@@ -153,6 +154,57 @@ TEST_F(Solo, NoSoloBeginsWhileALegacySubmissionIsInFlight) {
   legacy.join();
   starting.join();
   EXPECT_EQ(cuMemFree(word), CUDA_SUCCESS);
+}
+
+// The lone stream keeps working while another stream's work (cuDNN's at its handle's creation) ended
+// solo: after kSoloQuietNs (10 ms) of that stream idle, a poll lets solo begin again, though the lone stream
+// never went idle. Returns the other stream, active and idle; the lone stream is held busy.
+CUstream other_stream_worked_once_beside(CUstream lone) {
+  launch_on(lone);  // solo begins
+  CUstream other = nullptr;
+  EXPECT_EQ(cuStreamCreate(&other, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  launch_on(other);  // ends it; its work waits for the lone stream's so far, which then completes
+  fake_cuda_hold_stream(lone, 1);
+  launch_on(lone);   // busy from here on
+  churn();           // polls find the other stream idle
+  return other;
+}
+
+TEST_F(Solo, ALoneStreamBecomesSoloAgainOnceTheOtherStreamsAreQuiet) {
+  const CUstream other = other_stream_worked_once_beside(lone_);
+  const CUdeviceptr early = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(early, 1, kBlock, lone_), CUDA_SUCCESS);
+  EXPECT_FALSE(reused_at_once(early)) << "solo began again before the other stream had been quiet for long";
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  churn();
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 2, kBlock, lone_), CUDA_SUCCESS);
+  EXPECT_TRUE(reused_at_once(used)) << "solo did not begin again beside quiet streams";
+  const CUdeviceptr block = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(block, 3, kBlock, other), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamQuery(other), CUDA_ERROR_NOT_READY) << "the other stream's new work does not wait for the lone stream";
+  fake_cuda_hold_stream(lone_, 0);
+  EXPECT_EQ(cuStreamQuery(other), CUDA_SUCCESS);
+  EXPECT_EQ(cuMemFree(block), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(other), CUDA_SUCCESS);
+}
+
+// Legacy work queued after the lone stream's join is not ordered with it: while the legacy stream has
+// work, solo does not begin at a poll.
+TEST_F(Solo, NoSoloBesideQuietStreamsWhileTheLegacyStreamHasWork) {
+  const CUstream other = other_stream_worked_once_beside(lone_);
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  const CUdeviceptr legacy_block = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(legacy_block, 1, kBlock, CU_STREAM_LEGACY), CUDA_SUCCESS);
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  churn();
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 2, kBlock, lone_), CUDA_SUCCESS);
+  EXPECT_FALSE(reused_at_once(used)) << "solo began while the legacy stream still had work";
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
+  fake_cuda_hold_stream(lone_, 0);
+  EXPECT_EQ(cuMemFree(legacy_block), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(other), CUDA_SUCCESS);
 }
 
 // A capture begins: solo ends first (its end event is recorded on the lone stream before that stream
