@@ -19,9 +19,11 @@
 // S's join waited for. Whatever else touches the block next must first wait for S, so the first other
 // work ends solo: a legacy submission (launch, async or synchronous copy or set, all watched) makes the
 // legacy stream wait for an event recorded on S, and another stream's join waits for that event. Solo
-// begins at S's join when nothing counted before it, no legacy submission is in flight, and the legacy
-// stream's work belongs to S's context; stream_activity.cpp (enter_solo, end_solo) says why each step
-// is exact. GPUSHIM_FREE_FENCE=no-solo turns it off.
+// begins at S's join when nothing counted before it, or at a poll once every other active stream has
+// been idle a while; in both, only when no legacy submission is in flight and the legacy stream's work
+// belongs to S's context and is done or waited for. stream_activity.cpp (become_active,
+// begin_solo_beside_quiet_streams, end_solo) says why each step is exact. GPUSHIM_FREE_FENCE=no-solo
+// turns it off.
 //
 // Per-stream state is one atomic word, so the launch path costs two uncontended atomic operations:
 //   bit 0         active (counted in g_unordered)
