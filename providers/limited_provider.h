@@ -12,16 +12,11 @@
 
 namespace gpushim {
 
-class LimitedProvider final : public MemoryProvider {
+class LimitedProvider final : public ForwardingProvider {
  public:
   // `inner` must outlive this provider. `cap` is in bytes (GPUSHIM_LIMIT, already resolved).
-  LimitedProvider(MemoryProvider& inner, std::size_t cap) noexcept : inner_(inner), cap_(cap) {}
+  LimitedProvider(MemoryProvider& inner, std::size_t cap) noexcept : ForwardingProvider(inner), cap_(cap) {}
 
-  std::size_t granularity() const noexcept override { return inner_.granularity(); }
-  void* reserve(std::size_t bytes) noexcept override { return inner_.reserve(bytes); }
-  void release_reservation(void* base, std::size_t bytes) noexcept override {
-    inner_.release_reservation(base, bytes);
-  }
   bool map(void* addr, std::size_t bytes) noexcept override;
   void unmap(void* addr, std::size_t bytes) noexcept override;
 
@@ -30,10 +25,8 @@ class LimitedProvider final : public MemoryProvider {
     return mapped_.load(std::memory_order_relaxed);
   }
   std::size_t cap() const noexcept { return cap_; }
-  MemoryProvider& inner() const noexcept { return inner_; }
 
  private:
-  MemoryProvider& inner_;
   const std::size_t cap_;
   std::atomic<std::size_t> mapped_{0};
 };

@@ -33,24 +33,16 @@ struct MappingTotals {
 // The successful map() calls the calling thread made through any MappingStatisticsProvider.
 inline GPUSHIM_HOT_TLS std::uint64_t t_maps_by_this_thread = 0;
 
-class MappingStatisticsProvider final : public MemoryProvider {
+class MappingStatisticsProvider final : public ForwardingProvider {
  public:
-  // `inner` must outlive this provider.
-  explicit MappingStatisticsProvider(MemoryProvider& inner) noexcept : inner_(inner) {}
+  using ForwardingProvider::ForwardingProvider;
 
-  std::size_t granularity() const noexcept override { return inner_.granularity(); }
-  void* reserve(std::size_t bytes) noexcept override { return inner_.reserve(bytes); }
-  void release_reservation(void* base, std::size_t bytes) noexcept override {
-    inner_.release_reservation(base, bytes);
-  }
   bool map(void* addr, std::size_t bytes) noexcept override;
   void unmap(void* addr, std::size_t bytes) noexcept override;
-  std::size_t bytes_mapped() const noexcept override { return inner_.bytes_mapped(); }
 
   MappingTotals totals() const noexcept;
 
  private:
-  MemoryProvider& inner_;
   std::atomic<std::uint64_t> maps_{0}, map_bytes_{0}, map_ns_{0}, refused_maps_{0};
   std::atomic<std::uint64_t> unmaps_{0}, unmap_bytes_{0}, unmap_ns_{0};
 };

@@ -30,4 +30,23 @@ class MemoryProvider {
   virtual std::size_t bytes_mapped() const noexcept = 0;
 };
 
+// A decorator's base: every call goes to `inner`, which must outlive it; a decorator overrides what it
+// changes (LimitedProvider the mapping against a cap, MappingStatisticsProvider the counting).
+class ForwardingProvider : public MemoryProvider {
+ public:
+  explicit ForwardingProvider(MemoryProvider& inner) noexcept : inner_(inner) {}
+
+  std::size_t granularity() const noexcept override { return inner_.granularity(); }
+  void* reserve(std::size_t bytes) noexcept override { return inner_.reserve(bytes); }
+  void release_reservation(void* base, std::size_t bytes) noexcept override { inner_.release_reservation(base, bytes); }
+  bool map(void* addr, std::size_t bytes) noexcept override { return inner_.map(addr, bytes); }
+  void unmap(void* addr, std::size_t bytes) noexcept override { inner_.unmap(addr, bytes); }
+  std::size_t bytes_mapped() const noexcept override { return inner_.bytes_mapped(); }
+
+  MemoryProvider& inner() const noexcept { return inner_; }
+
+ protected:
+  MemoryProvider& inner_;
+};
+
 }  // namespace gpushim
