@@ -183,8 +183,9 @@ const Row kRows[] = {
      [](const char* v, Settings& s) {
        std::string choice = listed_word(v, "auto, no-solo, always");
        if (choice.empty()) return false;
-       s.fence_always = choice == "always";
-       s.fence_solo = choice == "auto";
+       s.free_fence = choice == "always"    ? Settings::FreeFence::always
+                      : choice == "no-solo" ? Settings::FreeFence::no_solo
+                                            : Settings::FreeFence::automatic;
        return true;
      }},
     {{"GPUSHIM_FENCE_DELAY", "duration", "200us", "a time (0, 50us, 1ms, up to 1s); 0 = at once",

@@ -44,8 +44,11 @@ struct Settings {
   LogLevel log = LogLevel::warn;       // GPUSHIM_LOG: quiet, warn, info, debug
   bool strict = false;                 // GPUSHIM_STRICT: a bad value is fatal
   SizeSetting limit;                   // GPUSHIM_LIMIT: per-process, per-device cap
-  bool fence_always = false;           // GPUSHIM_FREE_FENCE: "always" fences even a stream-less program
-  bool fence_solo = true;              // GPUSHIM_FREE_FENCE: "auto" reuses at once beside a lone stream too
+  // GPUSHIM_FREE_FENCE: when a cudaFree'd block may be reused (docs/free-safety.md). automatic: at once
+  // while the work is ordered or one non-blocking stream carries it alone (solo); no_solo: not beside a
+  // lone stream; always: after a fence, even in a stream-less program.
+  enum class FreeFence { automatic, no_solo, always };
+  FreeFence free_fence = FreeFence::automatic;
   std::uint64_t fence_delay_ns = 0;    // GPUSHIM_FENCE_DELAY: a closed batch's wait for its fence
 
   // vmm arena

@@ -181,7 +181,7 @@ FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_cont
   if (active_captures_.load(std::memory_order_acquire) > 0) return Record::postponed;
   CUcontext context = batch_context ? static_cast<CUcontext>(batch_context) : default_context_.load();
   if (!context) return Record::postponed;
-  if (!settings().fence_always) {
+  if (settings().free_fence != Settings::FreeFence::always) {
     // Lock order: the fence queue's driver lock (held by our caller), then the activity lock.
     for (StreamFence& f : stream_fences_) f.visited = false;
     ActiveStreamsFence fence{*this, context, out};

@@ -117,7 +117,7 @@ GPUSHIM_HOT_TLS unsigned t_stream_next = 0;
 __attribute__((always_inline)) inline void ensure_started() noexcept {
   static const bool started = [] {
     const Settings& s = settings();
-    g_fence_always = s.fence_always;
+    g_fence_always = s.free_fence == Settings::FreeFence::always;
     g_count = s.stats;
     g_pure_passthrough = chosen_backend(s).traits.forwards_every_call && !s.stats && s.trace_path.empty() &&
                          !s.limit.set() && !s.fail.armed && s.oom_dump_path.empty();

@@ -72,10 +72,9 @@ struct Activity {
   bool logged_first = false;
   // Solo (stream_activity.h). `solo`: the lone stream, from its pending join until its end's event is
   // known complete or it leaves the active set. `solo_end`: the event its end recorded on it (in
-  // `solo_end_context`), which later work waits for while `solo_owed`.
+  // the one context solo can be in, g_legacy_context), which later work waits for while `solo_owed`.
   StreamRecord* solo = nullptr;
   CUevent solo_end = nullptr;
-  CUcontext solo_end_context = nullptr;
   bool solo_owed = false;
   SoloCounts solo_counts;
 };
@@ -302,12 +301,7 @@ void end_solo(Activity& a, std::uint64_t SoloCounts::*why) noexcept {
   const RealDriver& driver = real_driver();
   ScopedContext scope(record->context);
   if (scope.ok()) {
-    if (a.solo_end && a.solo_end_context != record->context) {
-      driver.cuEventDestroy(a.solo_end);
-      a.solo_end = nullptr;
-    }
     if (!a.solo_end && driver.cuEventCreate(&a.solo_end, CU_EVENT_DISABLE_TIMING) != CUDA_SUCCESS) a.solo_end = nullptr;
-    a.solo_end_context = record->context;
     if (a.solo_end && driver.cuEventRecord(a.solo_end, record->stream) == CUDA_SUCCESS) {
       a.solo_owed = true;
       return;
@@ -318,6 +312,12 @@ void end_solo(Activity& a, std::uint64_t SoloCounts::*why) noexcept {
   if (scope.ok()) driver.cuStreamSynchronize(record->stream);
   g_unordered.fetch_sub(kLegacyBehindSolo, std::memory_order_seq_cst);
   a.solo = nullptr;
+}
+
+// A pending solo begins: its lone stream's join (or the poll that let the others leave) is done.
+void begin_pending_solo(Activity& a) noexcept {
+  g_unordered.fetch_add(kSolo - kSoloPending, std::memory_order_seq_cst);
+  ++a.solo_counts.began;
 }
 
 // Once solo's end event has completed, nothing waits for it any more (a poll asks).
@@ -451,8 +451,7 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   // was asked outside the lock) or the stream is being destroyed.
   if (a.solo == record && (g_unordered.load(std::memory_order_seq_cst) & kSoloPending)) {
     if (joined && !record->retiring) {
-      g_unordered.fetch_add(kSolo - kSoloPending, std::memory_order_seq_cst);
-      ++a.solo_counts.began;
+      begin_pending_solo(a);
     } else {
       cancel_pending_solo(a);
     }
@@ -632,10 +631,11 @@ void begin_solo_beside_quiet_streams(Activity& a) noexcept {
       g_captures_starting.load(std::memory_order_seq_cst) != 0)
     return;
   StreamRecord* lone = nullptr;
-  const std::uint64_t now = monotonic_ns();
+  std::uint64_t now = 0;  // read only once an idle stream needs it: most polls return before
   for (StreamRecord* record : a.active) {
     if (record->retiring) return;
     if (still_idle(record)) {
+      if (!now) now = monotonic_ns();
       if (now - record->idle_since_ns < kSoloQuietNs) return;
       continue;
     }
@@ -662,8 +662,7 @@ void begin_solo_beside_quiet_streams(Activity& a) noexcept {
     return;
   }
   g_ordered_epoch.fetch_add(1, std::memory_order_seq_cst);
-  g_unordered.fetch_add(kSolo - kSoloPending, std::memory_order_seq_cst);
-  ++a.solo_counts.began;
+  begin_pending_solo(a);
 }
 
 }  // namespace
@@ -793,7 +792,7 @@ bool order_legacy_after_destroyed_streams() noexcept {
 // stream when solo ends) would only cost the program concurrency.
 bool read_solo_allowed() noexcept {
   const Settings& s = settings();
-  const bool allowed = !s.fence_always && s.fence_solo && !chosen_backend(s).traits.driver_backed;
+  const bool allowed = s.free_fence == Settings::FreeFence::automatic && !chosen_backend(s).traits.driver_backed;
   g_solo_allowed.store(allowed ? 1 : 0, std::memory_order_relaxed);
   return allowed;
 }
@@ -816,38 +815,32 @@ void check_legacy_context() noexcept {
   if (expected == nullptr && g_legacy_context.compare_exchange_strong(expected, context, std::memory_order_seq_cst))
     return;
   if (expected == context) return;
-  Activity& a = activity();
-  std::lock_guard<SpinLock> guard(a.lock);
-  g_legacy_in_many_contexts.store(true, std::memory_order_seq_cst);
-  cancel_pending_solo(a);
-  end_solo(a, &SoloCounts::ended_by_legacy);
-  if (a.solo_owed) {
-    if (!(g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo))
-      g_unordered.fetch_add(kLegacyBehindSolo, std::memory_order_seq_cst);
-    if (!wait_for_solo_end(a, CU_STREAM_LEGACY, context)) real_driver().cuEventSynchronize(a.solo_end);
-  }
+  legacy_work_beside_solo();  // a second context: the slow path notes it, ends solo, waits if owed
 }
 
-// Legacy work while solo is pending, under way, or owed (stream_activity.h): a pending solo does not
-// begin, a solo ends, and the legacy stream waits for its end event before this work is queued. In one
-// context that wait covers all later legacy work, so kLegacyBehindSolo goes; with legacy work in several
-// contexts, each submission waits in its own until a poll settles solo.
+// Legacy work while solo is pending, under way, or owed (stream_activity.h), or legacy work from a second
+// context: a pending solo does not begin, a solo ends, and the legacy stream waits for its end event
+// before this work is queued. In one context that wait covers all later legacy work, so kLegacyBehindSolo
+// goes; with legacy work in several contexts, every submission waits in its own (and in the lone
+// stream's) until a poll settles solo.
 void legacy_work_beside_solo() noexcept {
   Activity& a = activity();
   CUcontext context = nullptr;
   if (real_driver().cuCtxGetCurrent(&context) != CUDA_SUCCESS) context = nullptr;
   std::lock_guard<SpinLock> guard(a.lock);
-  if (context && context != g_legacy_context.load(std::memory_order_seq_cst))
-    g_legacy_in_many_contexts.store(true, std::memory_order_seq_cst);
+  const CUcontext solo_context = g_legacy_context.load(std::memory_order_seq_cst);
+  if (context && context != solo_context) g_legacy_in_many_contexts.store(true, std::memory_order_seq_cst);
+  const bool many_contexts = g_legacy_in_many_contexts.load(std::memory_order_seq_cst);
   cancel_pending_solo(a);
   end_solo(a, &SoloCounts::ended_by_legacy);
+  if (many_contexts && a.solo_owed && !(g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo))
+    g_unordered.fetch_add(kLegacyBehindSolo, std::memory_order_seq_cst);
   if (!(g_unordered.load(std::memory_order_seq_cst) & kLegacyBehindSolo)) return;
   bool waited = context && wait_for_solo_end(a, CU_STREAM_LEGACY, context);
-  if (a.solo_end_context != context) waited = wait_for_solo_end(a, CU_STREAM_LEGACY, a.solo_end_context) && waited;
+  if (solo_context != context) waited = wait_for_solo_end(a, CU_STREAM_LEGACY, solo_context) && waited;
   if (!waited) real_driver().cuEventSynchronize(a.solo_end);
   // Queued (or waited for) before the bit goes: legacy work that reads g_unordered without it comes after.
-  if (!g_legacy_in_many_contexts.load(std::memory_order_seq_cst))
-    g_unordered.fetch_sub(kLegacyBehindSolo, std::memory_order_seq_cst);
+  if (!many_contexts) g_unordered.fetch_sub(kLegacyBehindSolo, std::memory_order_seq_cst);
 }
 
 void before_capture_begins() noexcept {

@@ -88,6 +88,15 @@ TEST(Settings, LargeSlotsParkWhileContendedUnlessTold) {
   EXPECT_FALSE(parse({{"GPUSHIM_LARGE_SLOTS", "maybe"}}).errors.empty());
 }
 
+// The free-fence rule: solo unless told otherwise (router/stream_activity.h).
+TEST(Settings, FreeFenceIsAutomaticWithSoloUnlessTold) {
+  EXPECT_EQ(parse({}).free_fence, Settings::FreeFence::automatic);
+  EXPECT_EQ(parse({{"GPUSHIM_FREE_FENCE", "auto"}}).free_fence, Settings::FreeFence::automatic);
+  EXPECT_EQ(parse({{"GPUSHIM_FREE_FENCE", "No-Solo"}}).free_fence, Settings::FreeFence::no_solo);
+  EXPECT_EQ(parse({{"GPUSHIM_FREE_FENCE", "always"}}).free_fence, Settings::FreeFence::always);
+  EXPECT_FALSE(parse({{"GPUSHIM_FREE_FENCE", "solo"}}).errors.empty());
+}
+
 // A time with its unit; 0 records a fence at once; more than a second is a typo, not a delay.
 TEST(Settings, FenceDelayIsATime) {
   EXPECT_EQ(parse({{"GPUSHIM_FENCE_DELAY", "0"}}).fence_delay_ns, 0u);
@@ -170,7 +179,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_EQ(s.log, LogLevel::debug);
   EXPECT_TRUE(s.strict);
   EXPECT_DOUBLE_EQ(s.limit.percent, 75.0);
-  EXPECT_TRUE(s.fence_always);
+  EXPECT_EQ(s.free_fence, Settings::FreeFence::always);
   EXPECT_EQ(s.fence_delay_ns, 20000u);
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
@@ -345,7 +354,7 @@ TEST(Settings, ChoicesIgnoreCaseAndKeepTheTablesSpelling) {
   EXPECT_TRUE(s.errors.empty()) << s.errors.front();
   EXPECT_EQ(s.backend, "vmm");
   EXPECT_EQ(s.placement, "spill");
-  EXPECT_TRUE(s.fence_always);
+  EXPECT_EQ(s.free_fence, Settings::FreeFence::always);
   EXPECT_EQ(s.log, LogLevel::debug);
   EXPECT_EQ(s.peers, "all");
 }
