@@ -323,11 +323,37 @@ VmmArena::Range* VmmArena::merge_free_neighbours(Range* r) noexcept {
 
 // ---- the hot path ----
 
+// A split undone. A program that allocates a large block and frees it again, over and over (a
+// temporary buffer per step, alloc_bench's pairs above the thread caches' classes), had the arena merge
+// the freed block with its free neighbours and, at the next request, find the merged range again and
+// split the same block off it: ~260 of the ~1,100 instructions of a 4 MiB pair (callgrind, the CPU
+// guard). So a block freed by the call right after the one that carved it stays as it is, counted free
+// (freed_unmerged_). If the next call asks for a block of exactly its size, it goes out again as it is:
+// the arena is then in the very state that carve left it in, a state its own best fit chose. Any other
+// call merges it first (merge_deferred_free), so it finds every free range as a free always left it, and
+// merging is order-free: the ranges come out as if the block had been merged at its free. A free that
+// leaves more cached than the release threshold merges at once, since it may give memory back.
+void VmmArena::merge_deferred_free() noexcept {
+  just_carved_ = nullptr;
+  Range* r = freed_unmerged_;
+  if (__builtin_expect(r == nullptr, 1)) return;
+  freed_unmerged_ = nullptr;
+  hash_remove(r->start);
+  r->state = RangeState::free;
+  insert_free(merge_free_neighbours(r));
+}
+
 // Inline into its callers: the hot path pays no extra call for the split (callgrind).
 __attribute__((always_inline)) inline void* VmmArena::allocate_locked(std::size_t bytes, bool may_grow,
                                                                      std::size_t* grow_for) noexcept {
   if (bytes == 0 || bytes > reserve_bytes_) return nullptr;
   std::size_t block = round_up(bytes, kMinAlignment);
+  if (Range* again = freed_unmerged_; again && again->size == block) {
+    freed_unmerged_ = nullptr;  // live again, still in the hash: the split it came from stands
+    count_carved(again, bytes);
+    return reinterpret_cast<void*>(again->start);
+  }
+  merge_deferred_free();
   // Holes first, the wilderness (free memory right below unmapped space) last: see the header.
   Range* r = find_fit(block, kBinScanLimit);
   if (!r) r = wilderness_fit(block);
@@ -363,13 +389,18 @@ __attribute__((always_inline)) inline void* VmmArena::allocate_locked(std::size_
     }
   }
   r->state = RangeState::live;
-  r->requested = bytes;
   hash_insert(r);
+  count_carved(r, bytes);
+  return reinterpret_cast<void*>(r->start);
+}
+
+inline void VmmArena::count_carved(Range* r, std::size_t bytes) noexcept {
+  r->requested = bytes;
   ++allocations_;
   bytes_in_use_ += bytes;
   peak_bytes_in_use_ = std::max(peak_bytes_in_use_, bytes_in_use_);
   live_block_bytes_ += r->size;
-  return reinterpret_cast<void*>(r->start);
+  just_carved_ = r;
 }
 
 void* VmmArena::allocate(std::size_t bytes, StreamHandle) noexcept {
@@ -445,18 +476,35 @@ void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexce
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   const CountingLock lock(*this);
   if (!buckets_) return;
-  Range* r = hash_remove(reinterpret_cast<std::uintptr_t>(p));
-  if (!r) return;  // the router validates ownership; nothing sane to do with a stranger here
-  ++deallocations_;
-  bytes_in_use_ -= r->requested;
-  live_block_bytes_ -= r->size;
-  r->requested = 0;
+  const auto start = reinterpret_cast<std::uintptr_t>(p);
+  Range* r = just_carved_;
+  if (r && r->start == start) {  // the block the last call carved: its merge may wait ("A split undone")
+    just_carved_ = nullptr;
+    count_freed(r);
+    if (cached_bytes() <= release_threshold_) {
+      freed_unmerged_ = r;
+      return;
+    }
+    hash_remove(start);
+  } else {
+    merge_deferred_free();
+    r = hash_remove(start);
+    if (!r) return;  // the router validates ownership; nothing sane to do with a stranger here
+    count_freed(r);
+  }
   r->state = RangeState::free;
   r = merge_free_neighbours(r);
   insert_free(r);
   if (cached_bytes() <= release_threshold_) return;
   if (cached_bytes() > prompt_release_above_ && r->size >= granularity_) release_chunks_inside(r, prompt_release_above_);
   if (release_delay_ns_ != 0) release_idle_memory();
+}
+
+inline void VmmArena::count_freed(Range* r) noexcept {
+  ++deallocations_;
+  bytes_in_use_ -= r->requested;
+  live_block_bytes_ -= r->size;
+  r->requested = 0;
 }
 
 void VmmArena::release_idle_memory() noexcept {
@@ -522,6 +570,7 @@ void VmmArena::count_mapped(std::size_t bytes) noexcept {
 }
 
 bool VmmArena::finish_growth(Range* piece, bool mapped, const PeaksBefore& peaks_before) noexcept {
+  merge_deferred_free();  // another thread's, while this one mapped outside the lock
   growing_bytes_ = 0;
   if (mapped) {
     try {
@@ -638,6 +687,7 @@ std::size_t VmmArena::release_chunks_inside(Range* free_range, std::size_t keep)
 
 void VmmArena::release_idle() noexcept {
   if (release_delay_ns_ == 0 || !mutex_.try_lock()) return;  // without a delay, frees give it back
+  merge_deferred_free();
   if (cached_bytes() > release_threshold_) release_idle_memory();
   store_hints();
   mutex_.unlock();
@@ -645,6 +695,7 @@ void VmmArena::release_idle() noexcept {
 
 std::size_t VmmArena::release_cached() noexcept {
   std::lock_guard<AdaptiveMutex> lock(mutex_);
+  merge_deferred_free();
   const std::size_t released = release_free_chunks(SIZE_MAX);
   store_hints();
   return released;
@@ -678,6 +729,9 @@ std::size_t VmmArena::release_free_chunks(std::size_t budget) noexcept {
 
 AllocatorStats VmmArena::stats() const noexcept {
   std::lock_guard<AdaptiveMutex> lock(mutex_);
+  // The largest free block counts a deferred free merged. Merging changes what the arena holds no more
+  // than the free did; only the ranges' bookkeeping, hence the cast.
+  const_cast<VmmArena*>(this)->merge_deferred_free();
   AllocatorStats s;
   s.allocations = allocations_;
   s.deallocations = deallocations_;

@@ -23,6 +23,11 @@
 //   peak live, against 1.06x with the wilderness last (docs/perf-notes.md, "Fit on a growing KV cache").
 // - Live blocks are found by address through an intrusive hash table; range nodes come from a pool, so
 //   allocate/free do not call malloc except when the pool or table grows (amortized, rare).
+// - A block freed right after it was carved, with no other call between, is not merged at once: if the
+//   next call asks for a block of its size, it is handed out again as it is (the arena is then exactly
+//   as that carve left it); any other call first merges it as a free always did. A program that
+//   allocates and frees one large block in a loop skips the merge and the split at every turn
+//   (vmm_arena.cpp, "A split undone").
 // - Physical memory is tracked as chunks, one per provider map() call, because the driver can only unmap
 //   a whole mapping. A chunk goes back when no live block touches it.
 #pragma once
@@ -144,6 +149,9 @@ class VmmArena final : public Allocator {
   // or 0 where growth is refused (a NoNewPeakScope at the peak). `may_grow` without `grow_for`: growth
   // was tried; the last, unbounded search.
   void* allocate_locked(std::size_t bytes, bool may_grow, std::size_t* grow_for) noexcept;
+  // Under mutex_: the counters of a block handed out (it becomes just_carved_) or freed.
+  void count_carved(Range* r, std::size_t bytes) noexcept;
+  void count_freed(Range* r) noexcept;
   // Without mutex_: maps memory for `bytes` and allocates from it (vmm_arena.cpp says why outside it).
   void* allocate_growing(std::size_t bytes) noexcept;
   // Node pool.
@@ -166,6 +174,10 @@ class VmmArena final : public Allocator {
   void link_before(Range* r, Range* next) noexcept;
   void unlink(Range* r) noexcept;
   Range* merge_free_neighbours(Range* r) noexcept;  // r is free and not in a bin
+  // Under mutex_, before a call reads or changes the ranges (but for the two that undo a split): the
+  // block freed unmerged, if any, merged as deallocate() merges a block; and no block counts as just
+  // carved any more. allocate_growing's claim follows a search that did it under the same lock.
+  void merge_deferred_free() noexcept;
   // Physical memory.
   // Under mutex_: takes the unmapped space that growth for `block` maps (a step, or with `need_only` what
   // the block needs; `whole_block`: all of the block, not joined to free neighbours) out of the unmapped
@@ -255,6 +267,11 @@ class VmmArena final : public Allocator {
    private:
     VmmArena& arena_;
   };
+  // Under mutex_ (at most one of the two set). just_carved_: the block the last call carved, while no
+  // call has come since. freed_unmerged_: that block, freed by the next call and not yet merged: counted
+  // free (cached_bytes() has it), still in the hash and not in a bin (vmm_arena.cpp, "A split undone").
+  Range* just_carved_ = nullptr;
+  Range* freed_unmerged_ = nullptr;
   Range* head_ = nullptr;       // first range in address order
   Range* unmapped_ = nullptr;   // list of unmapped ranges (few: holes left by give-back, and the tail)
   Range* wilderness_ = nullptr; // free ranges right below an unmapped one (at most one per unmapped range)

@@ -580,6 +580,107 @@ TEST(VmmArena, RandomSequencesUnderACapMatchTheReferenceModel) {
   }
 }
 
+// A split undone (vmm_arena.cpp): a block freed right after it was carved waits to be merged, and goes
+// out again as it is to a request of its size. Two arenas run one random sequence, rich in "allocate,
+// free it, allocate that size again"; `merged` asks for its statistics after every free, which merges a
+// deferred free at once, as every free did before. Every allocation must get the same address in both,
+// and their books must agree: deferring changed no placement.
+TEST(VmmArena, AFreeWhoseMergeWaitsPlacesEveryBlockAsAMergedFreeWould) {
+  for (unsigned seed = 21; seed <= 24; ++seed) {
+    SCOPED_TRACE(seed);
+    HostProvider deferred_provider(kGranule), merged_provider(kGranule);
+    VmmArena deferred(deferred_provider, options(256 * MiB, MiB, 8 * MiB));
+    VmmArena merged(merged_provider, options(256 * MiB, MiB, 8 * MiB));
+    std::mt19937_64 rng(seed);
+    struct Live {
+      void* in_deferred;
+      void* in_merged;
+      std::size_t bytes;
+    };
+    std::vector<Live> live;
+    std::uintptr_t deferred_base = 0, merged_base = 0;
+    std::size_t last_bytes = MiB;
+    int undone = 0;              // allocations the deferral served: the size of a block just freed
+    bool just_freed_last = false;  // the last call freed the block the call before it allocated
+    bool last_allocated = false;
+    for (int step = 0; step < 3000; ++step) {
+      SCOPED_TRACE(step);
+      const unsigned pick = rng() % 100;
+      if (!live.empty() && (pick < 45 || live.size() > 40)) {
+        // Mostly the block just allocated (the pattern the deferral serves), else any.
+        const std::size_t i = pick < 30 ? live.size() - 1 : rng() % live.size();
+        just_freed_last = last_allocated && i == live.size() - 1;
+        last_allocated = false;
+        deferred.deallocate(live[i].in_deferred, live[i].bytes, 0);
+        merged.deallocate(live[i].in_merged, live[i].bytes, 0);
+        (void)merged.stats();
+        live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
+        continue;
+      }
+      const bool again = pick < 75;  // the size of the block allocated last
+      const std::size_t bytes = again ? last_bytes : 1 + rng() % (3 * MiB);
+      undone += again && just_freed_last;
+      just_freed_last = false;
+      last_allocated = true;
+      void* p = deferred.allocate(bytes, 0);
+      void* q = merged.allocate(bytes, 0);
+      ASSERT_NE(p, nullptr);
+      ASSERT_NE(q, nullptr);
+      if (step == 0) {  // the two reservations' starts
+        deferred_base = address(p);
+        merged_base = address(q);
+      }
+      ASSERT_EQ(address(p) - deferred_base, address(q) - merged_base);
+      live.push_back({p, q, bytes});
+      last_bytes = bytes;
+    }
+    EXPECT_GT(undone, 100);
+    const AllocatorStats a = deferred.stats(), b = merged.stats();
+    EXPECT_EQ(a.bytes_in_use, b.bytes_in_use);
+    EXPECT_EQ(a.bytes_reserved, b.bytes_reserved);
+    EXPECT_EQ(a.bytes_cached, b.bytes_cached);
+    EXPECT_EQ(a.largest_free_block, b.largest_free_block);
+    for (const Live& each : live) {
+      deferred.deallocate(each.in_deferred, each.bytes, 0);
+      merged.deallocate(each.in_merged, each.bytes, 0);
+    }
+    EXPECT_EQ(deferred.stats().largest_free_block, merged.stats().largest_free_block);
+  }
+}
+
+// A deferred free is free memory at once: counted, merged for the largest free block, and given back.
+TEST(VmmArena, AFreeWhoseMergeWaitsIsFreeMemoryAtOnce) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
+  void* p = arena.allocate(256 * KiB, 0);
+  ASSERT_NE(p, nullptr);
+  arena.deallocate(p, 256 * KiB, 0);  // right after its carve: not merged yet
+  const AllocatorStats s = arena.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.bytes_cached, MiB);
+  EXPECT_EQ(s.largest_free_block, MiB) << "one range with the rest of the step";
+  p = arena.allocate(256 * KiB, 0);
+  arena.deallocate(p, 256 * KiB, 0);
+  void* whole = arena.allocate(MiB, 0);  // needs the freed block merged with the rest
+  EXPECT_EQ(whole, p);
+  EXPECT_EQ(provider.map_calls(), 1u);
+  arena.deallocate(whole, MiB, 0);
+  EXPECT_EQ(arena.release_cached(), MiB);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+// A free that leaves more than the threshold idle merges at once, so that it can give memory back.
+TEST(VmmArena, AFreeAboveTheThresholdDoesNotWaitToMerge) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 0, /*release_delay_ns=*/0));
+  void* p = arena.allocate(2 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  arena.deallocate(p, 2 * MiB, 0);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
 // Threads allocate and free at once with their blocks checked for overlap; the arena's books balance.
 // Returns its statistics once every block is back.
 AllocatorStats churn_in_threads_and_check(VmmArena& arena, unsigned first_seed) {
