@@ -2,14 +2,17 @@
 // stream R carries all the work. A long reader on R still verifies block A when the host frees A; the
 // same size is allocated at once (solo hands A's memory out again) and overwritten by one of: R itself,
 // a legacy-stream kernel, a synchronous cudaMemset, a synchronous pageable cudaMemcpy, another
-// non-blocking stream, a blocking stream, and a legacy kernel after another stream worked beside R once
-// and went quiet while R stayed busy (solo regained at a poll). Every overwriter but R must be queued
+// non-blocking stream, a blocking stream, a legacy kernel after another stream worked beside R once
+// and went quiet while R stayed busy (solo regained at a poll), and a batch copy on another stream
+// through the driver's CUDA 12.8 prototype of cuMemcpyBatchAsync (what a runtime of 12.8-12.9 calls). Every overwriter but R must be queued
 // behind the reader, so the reader counts no mismatch. Between rounds the device is synchronized and small blocks are churned, so
 // the streams are found idle and R's next launch starts solo again.
 //
 //   solo_race [--rounds N] [--size BYTES] [--spin-us US] [--expect-reuse]
 // Exits 0 when no reader saw a mismatch (and, with --expect-reuse, every kind of overwriter got the freed
 // address at least once: solo happened), 1 otherwise, 2 on a failed CUDA call.
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_runtime.h>
 
 #include <chrono>
@@ -33,11 +36,12 @@ namespace {
   } while (0)
 
 enum Overwriter {
-  kSameStream, kLegacyKernel, kSyncMemset, kSyncCopy, kOtherStream, kBlockingStream, kLegacyAfterCompany, kKinds
+  kSameStream, kLegacyKernel, kSyncMemset, kSyncCopy, kOtherStream, kBlockingStream, kLegacyAfterCompany,
+  kOlderBatchCopy, kKinds
 };
 const char* const kNames[kKinds] = {"the same stream", "a legacy kernel", "a synchronous memset",
                                     "a synchronous copy", "another non-blocking stream", "a blocking stream",
-                                    "a legacy kernel, solo regained"};
+                                    "a legacy kernel, solo regained", "a 12.8 batch copy, other stream"};
 
 // Frees and allocates small blocks after a synchronize, so the router polls and finds every stream idle.
 void let_streams_go_idle() {
@@ -62,7 +66,7 @@ void churn_for(int ms) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  int rounds = 42;
+  int rounds = 48;
   std::size_t size = 64u << 20;
   unsigned spin_us = 3000;
   bool expect_reuse = false;
@@ -92,6 +96,18 @@ int main(int argc, char** argv) {
   void* company = nullptr;
   CHECK_CUDA(cudaMalloc(&keeper, kKeeperBytes));
   CHECK_CUDA(cudaMalloc(&company, kKeeperBytes));
+  // The batch copy's source, and the driver's CUDA 12.8 prototype of it, asked as a runtime of 12.8 asks.
+  void* copy_source = nullptr;
+  CHECK_CUDA(cudaMalloc(&copy_source, size));
+  CHECK_CUDA(cudaMemset(copy_source, 0xab, size));
+  void* entry = nullptr;
+  cudaDriverEntryPointQueryResult found = cudaDriverEntryPointSymbolNotFound;
+  CHECK_CUDA(cudaGetDriverEntryPointByVersion("cuMemcpyBatchAsync", &entry, 12080, cudaEnableDefault, &found));
+  if (found != cudaDriverEntryPointSuccess || !entry) {
+    std::fprintf(stderr, "solo_race: the driver has no cuMemcpyBatchAsync at CUDA 12.8\n");
+    return 2;
+  }
+  const auto batch_copy_12080 = reinterpret_cast<PFN_cuMemcpyBatchAsync_v12080>(entry);
 
   unsigned long long mismatches = 0;
   int reused[kKinds] = {}, ran[kKinds] = {};
@@ -124,6 +140,20 @@ int main(int argc, char** argv) {
       case kOtherStream: CHECK_CUDA(gpushim::kernels::fill_pattern(b, size, tag_b, other)); break;
       case kBlockingStream: CHECK_CUDA(gpushim::kernels::fill_pattern(b, size, tag_b, blocking)); break;
       case kLegacyAfterCompany: CHECK_CUDA(gpushim::kernels::fill_pattern(b, size, tag_b, nullptr)); break;
+      case kOlderBatchCopy: {
+        CUdeviceptr dst = reinterpret_cast<CUdeviceptr>(b), src = reinterpret_cast<CUdeviceptr>(copy_source);
+        std::size_t bytes = size, attributes_index = 0, failed_index = 0;
+        CUmemcpyAttributes attributes{};
+        attributes.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+        attributes.srcLocHint.type = attributes.dstLocHint.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        const CUresult rc = batch_copy_12080(&dst, &src, &bytes, 1, &attributes, &attributes_index, 1, &failed_index,
+                                             static_cast<CUstream>(other));
+        if (rc != CUDA_SUCCESS) {
+          std::fprintf(stderr, "solo_race: cuMemcpyBatchAsync (12.8): error %d\n", static_cast<int>(rc));
+          return 2;
+        }
+        break;
+      }
       default: break;
     }
     CHECK_CUDA(cudaDeviceSynchronize());
@@ -140,6 +170,7 @@ int main(int argc, char** argv) {
   }
   CHECK_CUDA(cudaFree(keeper));
   CHECK_CUDA(cudaFree(company));
+  CHECK_CUDA(cudaFree(copy_source));
   CHECK_CUDA(cudaFree(counter));
   bool every_kind_reused = true;
   for (int k = 0; k < kKinds; ++k) {

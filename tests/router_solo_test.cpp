@@ -4,6 +4,7 @@
 // stream's work while fake_cuda_hold_stream(stream, 1) is on, and so holds the later work of every stream
 // that waited for it: "cuStreamQuery says NOT_READY" is how a test sees that work was queued behind it.
 #include <cuda.h>
+#include <cudaTypedefs.h>
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -114,6 +115,49 @@ TEST_F(Solo, OtherStreamsThatStartWorkWaitForTheLoneStream) {
     EXPECT_EQ(cuMemFree(block), CUDA_SUCCESS);
     churn();
     for (CUstream s : {next, later}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+    churn();
+  }
+}
+
+// What a runtime of CUDA 12.6-12.9 finds through cuGetProcAddress at its own version: the batch copy's
+// 12.8 prototype and the decompression. Work they queue on another stream waits for the lone stream as
+// a kernel's does (shim/work_submission_entries.inc).
+TEST_F(Solo, OlderBatchCopiesAndDecompressionsWaitForTheLoneStream) {
+  void* copy = nullptr;
+  void* decompress = nullptr;
+  CUdriverProcAddressQueryResult status = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+  ASSERT_EQ(cuGetProcAddress("cuMemcpyBatchAsync", &copy, 12080, CU_GET_PROC_ADDRESS_DEFAULT, &status), CUDA_SUCCESS);
+  ASSERT_EQ(cuGetProcAddress("cuMemBatchDecompressAsync", &decompress, 12060, CU_GET_PROC_ADDRESS_DEFAULT, &status),
+            CUDA_SUCCESS);
+  for (const bool copies : {true, false}) {
+    SCOPED_TRACE(copies ? "cuMemcpyBatchAsync, CUDA 12.8" : "cuMemBatchDecompressAsync");
+    CUstream next = nullptr;
+    ASSERT_EQ(cuStreamCreate(&next, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    CUdeviceptr source = fresh_block();
+    CUdeviceptr block = block_reused_beside_the_held_lone_stream();
+    std::size_t bytes = kBlock, attributes_index = 0, failed_index = 0;
+    if (copies) {
+      CUmemcpyAttributes attributes{};
+      attributes.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+      ASSERT_EQ(reinterpret_cast<PFN_cuMemcpyBatchAsync_v12080>(copy)(&block, &source, &bytes, 1, &attributes,
+                                                                      &attributes_index, 1, &failed_index, next),
+                CUDA_SUCCESS);
+    } else {
+      CUmemDecompressParams params{};
+      params.src = reinterpret_cast<const void*>(source);
+      params.srcNumBytes = kBlock;
+      params.dst = reinterpret_cast<void*>(block);
+      params.dstNumBytes = kBlock;
+      ASSERT_EQ(reinterpret_cast<PFN_cuMemBatchDecompressAsync_v12060>(decompress)(&params, 1, 0, &failed_index, next),
+                CUDA_SUCCESS);
+    }
+    EXPECT_EQ(cuStreamQuery(next), CUDA_ERROR_NOT_READY) << "its work does not wait for the lone stream";
+    fake_cuda_hold_stream(lone_, 0);
+    EXPECT_EQ(cuStreamQuery(next), CUDA_SUCCESS);
+    EXPECT_EQ(cuMemFree(block), CUDA_SUCCESS);
+    EXPECT_EQ(cuMemFree(source), CUDA_SUCCESS);
+    churn();
+    EXPECT_EQ(cuStreamDestroy(next), CUDA_SUCCESS);
     churn();
   }
 }

@@ -455,6 +455,8 @@ std::atomic<bool> peer_enabled[kMaxDevices][kMaxDevices];
 // The v1 symbols cuda.h renames (cuMemAlloc -> cuMemAlloc_v2) keep their own names through asm labels.
 extern "C" CUresult CUDAAPI fake_cuMemAlloc_v1(unsigned int* dptr, unsigned int bytes) __asm__("cuMemAlloc");
 extern "C" CUresult CUDAAPI fake_cuGetProcAddress_v1(const char*, void**, int, cuuint64_t) __asm__("cuGetProcAddress");
+extern "C" CUresult CUDAAPI fake_cuMemcpyBatchAsync_v1(CUdeviceptr*, CUdeviceptr*, size_t*, size_t, CUmemcpyAttributes*,
+                                                       size_t*, size_t, size_t*, CUstream) __asm__("cuMemcpyBatchAsync");
 extern "C" {
 CUresult CUDAAPI cuLaunchKernel_ptsz(CUfunction, unsigned int, unsigned int, unsigned int, unsigned int, unsigned int,
                                      unsigned int, unsigned int, CUstream, void**, void**);
@@ -1188,6 +1190,34 @@ CUresult CUDAAPI cuMemsetD8Async_ptsz(CUdeviceptr dst, unsigned char value, size
   return rc;
 }
 
+// The batch copies (CUDA 13.0's prototype and 12.8's) and the decompression: work on a stream, which
+// copies as the sets write; the decompression only counts.
+namespace {
+CUresult fake_batch_copy(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count, CUstream stream) {
+  last_stream.store(stream);
+  const CUresult rc = check_stream(stream);
+  if (rc != CUDA_SUCCESS || !dsts || !srcs || !sizes) return rc ? rc : CUDA_ERROR_INVALID_VALUE;
+  for (size_t i = 0; i < count; ++i)
+    std::memcpy(reinterpret_cast<void*>(dsts[i]), reinterpret_cast<const void*>(srcs[i]), sizes[i]);
+  return CUDA_SUCCESS;
+}
+}  // namespace
+CUresult CUDAAPI cuMemcpyBatchAsync_v2(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                                       CUmemcpyAttributes*, size_t*, size_t, CUstream stream) {
+  COUNT("cuMemcpyBatchAsync_v2");
+  return fake_batch_copy(dsts, srcs, sizes, count, stream);
+}
+CUresult CUDAAPI fake_cuMemcpyBatchAsync_v1(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count,
+                                            CUmemcpyAttributes*, size_t*, size_t, size_t*, CUstream stream) {
+  COUNT("cuMemcpyBatchAsync");
+  return fake_batch_copy(dsts, srcs, sizes, count, stream);
+}
+CUresult CUDAAPI cuMemBatchDecompressAsync(CUmemDecompressParams*, size_t, unsigned int, size_t*, CUstream stream) {
+  COUNT("cuMemBatchDecompressAsync");
+  last_stream.store(stream);
+  return check_stream(stream);
+}
+
 // ---- events ----
 
 CUresult CUDAAPI cuEventCreate(CUevent* event, unsigned int) {
@@ -1282,6 +1312,9 @@ const ProcAddress proc_addresses[] = {
     FAKE_SAME("cuStreamWaitEvent", 3020, cuStreamWaitEvent),
     {"cuLaunchKernel", 4000, fn(cuLaunchKernel), fn(cuLaunchKernel_ptsz)},
     {"cuMemsetD8Async", 3020, fn(cuMemsetD8Async), fn(cuMemsetD8Async_ptsz)},
+    FAKE_SAME("cuMemcpyBatchAsync", 13000, cuMemcpyBatchAsync_v2),
+    FAKE_SAME("cuMemcpyBatchAsync", 12080, fake_cuMemcpyBatchAsync_v1),
+    FAKE_SAME("cuMemBatchDecompressAsync", 12060, cuMemBatchDecompressAsync),
     FAKE_SAME("cuEventCreate", 2000, cuEventCreate),
     FAKE_SAME("cuEventRecord", 2000, cuEventRecord),
     FAKE_SAME("cuEventQuery", 2000, cuEventQuery),
