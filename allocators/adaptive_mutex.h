@@ -21,6 +21,8 @@
 #include <atomic>
 #include <cstdint>
 
+#include "allocators/spin_pause.h"
+
 namespace gpushim {
 
 class AdaptiveMutex {
@@ -54,7 +56,7 @@ class AdaptiveMutex {
   // Out of line: the uncontended lock stays a compare-and-swap in its caller.
   __attribute__((noinline)) void lock_contended() noexcept {
     for (int spins = 0; spins < kSpinsBeforeSleeping; ++spins) {
-      relax();
+      spin_pause();
       if (state_.load(std::memory_order_relaxed) == kFree && try_lock()) return;
     }
     // Asleep, a thread marks the word so that the unlock wakes one; it cannot tell whether others
@@ -66,13 +68,6 @@ class AdaptiveMutex {
   // Private futexes: the word is never shared with another process.
   void futex(int operation, std::uint32_t value) noexcept {
     syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(&state_), operation, value, nullptr, nullptr, 0);
-  }
-  static void relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
   }
 
   std::atomic<std::uint32_t> state_{kFree};

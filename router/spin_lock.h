@@ -11,6 +11,8 @@
 
 #include <atomic>
 
+#include "allocators/spin_pause.h"
+
 namespace gpushim {
 
 class SpinLock {
@@ -19,7 +21,7 @@ class SpinLock {
     while (locked_.exchange(true, std::memory_order_acquire)) {
       for (int spins = 0; locked_.load(std::memory_order_relaxed);) {
         if (++spins < kSpinsBeforeYield) {
-          relax();
+          spin_pause();
         } else {
           sched_yield();
           spins = 0;
@@ -37,13 +39,6 @@ class SpinLock {
  private:
   // ~100 pauses is a few microseconds: far longer than any critical section under this lock.
   static constexpr int kSpinsBeforeYield = 100;
-  static void relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-  }
   std::atomic<bool> locked_{false};
 };
 
