@@ -10,7 +10,7 @@ add_library(gpushim_vmm_pieces STATIC
   ${CMAKE_SOURCE_DIR}/allocators/limiting_allocator.cpp)
 target_link_libraries(gpushim_vmm_pieces PUBLIC gpushim_providers Threads::Threads)
 
-foreach(test host_provider_test vmm_arena_test arena_shards_test decorators_test)
+foreach(test host_provider_test vmm_arena_test arena_shards_test decorators_test adaptive_mutex_test)
   add_executable(${test} ${CMAKE_CURRENT_SOURCE_DIR}/${test}.cpp)
   target_link_libraries(${test} PRIVATE gpushim_vmm_pieces GTest::gtest_main)
   gtest_discover_tests(${test} DISCOVERY_TIMEOUT 30)
