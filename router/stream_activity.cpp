@@ -339,13 +339,24 @@ bool wait_for_solo_end(const Activity& a, CUstream stream, CUcontext context) no
 // g_unordered before kSoloPending may be queued after the lone stream's join looked at the legacy stream;
 // one that reads it after goes to legacy_work_beside_solo, which cancels), and the legacy work so far
 // belongs to the lone stream's context (its join waits for that context's legacy stream only).
-bool legacy_work_allows_solo(CUcontext context) noexcept {
-  for (const LegacyStripe& stripe : g_legacy_in_flight)
-    if (stripe.in_flight.load(std::memory_order_seq_cst) != 0) return false;
-  if (g_legacy_in_many_contexts.load(std::memory_order_seq_cst)) return false;
+// The legacy work's context is `context`: it was, or it becomes so here if none was seen yet.
+bool legacy_context_is(CUcontext context) noexcept {
   CUcontext expected = nullptr;
   return g_legacy_context.compare_exchange_strong(expected, context, std::memory_order_seq_cst) ||
          expected == context;
+}
+
+bool legacy_work_allows_solo(CUcontext context) noexcept {
+  for (const LegacyStripe& stripe : g_legacy_in_flight)
+    if (stripe.in_flight.load(std::memory_order_seq_cst) != 0) return false;
+  return !g_legacy_in_many_contexts.load(std::memory_order_seq_cst) && legacy_context_is(context);
+}
+
+// What both of solo's beginnings (a join, a poll) need first: the setting, no solo already, and no
+// capture active or starting (solo's end would record its event into the capture).
+bool solo_may_begin(const Activity& a) noexcept {
+  return a.solo == nullptr && solo_allowed() && g_active_captures.load(std::memory_order_acquire) == 0 &&
+         g_captures_starting.load(std::memory_order_seq_cst) == 0;
 }
 
 void remember(CUstream stream, StreamRecord* record) noexcept {
@@ -377,9 +388,7 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   // A non-blocking stream that starts work while nothing else counts may become solo: counted with
   // kSoloPending in the same step, it becomes solo (kSolo) once its join below is queued, unless other
   // work came first (cancel_pending_solo). Any other stream that starts work ends a solo.
-  const bool may_solo = !record->blocking && a.solo == nullptr && !record->retiring &&
-                        g_active_captures.load(std::memory_order_acquire) == 0 &&
-                        g_captures_starting.load(std::memory_order_seq_cst) == 0 && solo_allowed();
+  const bool may_solo = !record->blocking && !record->retiring && solo_may_begin(a);
   const std::uint64_t one = record->blocking ? kBlockingOne : 1;
   std::uint64_t before = g_unordered.load(std::memory_order_seq_cst);
   bool solo = false;
@@ -627,9 +636,7 @@ constexpr std::uint64_t kSoloQuietNs = 10'000'000;
 // begins only if the lone stream is all that is left. The epoch is bumped: a later join asks the legacy
 // stream again. Activity lock held; one driver call (the legacy question).
 void begin_solo_beside_quiet_streams(Activity& a) noexcept {
-  if (a.solo || !solo_allowed() || g_active_captures.load(std::memory_order_acquire) != 0 ||
-      g_captures_starting.load(std::memory_order_seq_cst) != 0)
-    return;
+  if (!solo_may_begin(a)) return;
   StreamRecord* lone = nullptr;
   std::uint64_t now = 0;  // read only once an idle stream needs it: most polls return before
   for (StreamRecord* record : a.active) {
@@ -810,11 +817,8 @@ void check_legacy_context() noexcept {
   if (g_legacy_in_many_contexts.load(std::memory_order_relaxed)) return;
   CUcontext context = nullptr;
   if (real_driver().cuCtxGetCurrent(&context) != CUDA_SUCCESS || context == nullptr) return;
-  CUcontext expected = g_legacy_context.load(std::memory_order_relaxed);
-  if (expected == context) return;
-  if (expected == nullptr && g_legacy_context.compare_exchange_strong(expected, context, std::memory_order_seq_cst))
-    return;
-  if (expected == context) return;
+  // The plain load first: every legacy launch asks, and it is nearly always the same context.
+  if (g_legacy_context.load(std::memory_order_relaxed) == context || legacy_context_is(context)) return;
   legacy_work_beside_solo();  // a second context: the slow path notes it, ends solo, waits if owed
 }
 

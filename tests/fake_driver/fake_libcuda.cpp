@@ -1195,8 +1195,8 @@ CUresult CUDAAPI cuMemsetD8Async_ptsz(CUdeviceptr dst, unsigned char value, size
 namespace {
 CUresult fake_batch_copy(CUdeviceptr* dsts, CUdeviceptr* srcs, size_t* sizes, size_t count, CUstream stream) {
   last_stream.store(stream);
-  const CUresult rc = check_stream(stream);
-  if (rc != CUDA_SUCCESS || !dsts || !srcs || !sizes) return rc ? rc : CUDA_ERROR_INVALID_VALUE;
+  if (const CUresult rc = check_stream(stream); rc != CUDA_SUCCESS) return rc;
+  if (!dsts || !srcs || !sizes) return CUDA_ERROR_INVALID_VALUE;
   for (size_t i = 0; i < count; ++i)
     std::memcpy(reinterpret_cast<void*>(dsts[i]), reinterpret_cast<const void*>(srcs[i]), sizes[i]);
   return CUDA_SUCCESS;
