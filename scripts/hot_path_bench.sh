@@ -9,9 +9,12 @@
 # climb (docs/perf-notes.md, "Twenty-second session"); 0 measures the cold start.
 #
 #   scripts/hot_path_bench.sh [--lib PATH] [--baseline-lib PATH] [--passes N] [--cell-ms MS] [--sizes LIST]
-#                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE]
+#                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE] [--driver-api]
 # --baseline-lib adds tiered and vmm under a second libgpushim.so (labels tiered-base, vmm-base): a
 # change and its baseline in the same run, as the measuring rules ask.
+# --driver-api adds the same pairs through cuMemAlloc/cuMemFree (alloc_bench --api driver, rows
+# "<config> cuMemAlloc"), in the same processes: a cudaMalloc pair's time split into libcudart's share
+# and the allocator's.
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +26,8 @@ cell_ms=100
 warmup_ms=1000
 sizes="256,64K,1M,4M,16M,256M,1G"
 csv=""
-usage() { sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+gpushim_apis="runtime"
+usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) lib="$2"; shift 2 ;;
@@ -34,6 +38,7 @@ while [ $# -gt 0 ]; do
     --warmup-ms) warmup_ms="$2"; shift 2 ;;
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
+    --driver-api) gpushim_apis="runtime,driver"; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "hot_path_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -65,16 +70,18 @@ run() {  # run LABEL LIB|"" API SIZE
 for pass in $(seq 1 "$passes"); do
   echo "[hot_path_bench] pass $pass of $passes" >&2
   for size in ${sizes//,/ }; do
-    run tiered "$lib" runtime "$size"
-    run vmm "$lib" runtime "$size"
+    run tiered "$lib" "$gpushim_apis" "$size"
+    run vmm "$lib" "$gpushim_apis" "$size"
     if [ -n "$baseline_lib" ]; then
-      run tiered-base "$baseline_lib" runtime "$size"
-      run vmm-base "$baseline_lib" runtime "$size"
+      run tiered-base "$baseline_lib" "$gpushim_apis" "$size"
+      run vmm-base "$baseline_lib" "$gpushim_apis" "$size"
     fi
     for api in runtime async host; do run none "" "$api" "$size"; done
+    [ "$gpushim_apis" = "runtime" ] || run none "" driver "$size"
   done
 done
 echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1), $(nproc) CPUs ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1))"
-echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}"
+driver_flag=""; [ "$gpushim_apis" = "runtime" ] || driver_flag=" --driver-api"
+echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}$driver_flag"
 [ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
 python3 "$repo/scripts/hot_path_table.py" "$csv"

@@ -26,10 +26,13 @@ SMALL_LIMIT = 1 << 20       # the 100 ns target: 256 B to 1 MiB
 SCALING_LIMIT = 16 << 20    # the 12x target: every size up to 16 MiB
 
 
+DRIVER_SUFFIX = " cuMemAlloc"  # alloc_bench --api driver: the pair without libcudart's share
+
+
 def config_of(row):
     if row["label"] == "none":
-        return {"async": "cudaMallocAsync", "host": "host malloc"}.get(row["api"], "cudaMalloc")
-    return row["label"]
+        return {"async": "cudaMallocAsync", "host": "host malloc", "driver": "cuMemAlloc"}.get(row["api"], "cudaMalloc")
+    return row["label"] + (DRIVER_SUFFIX if row["api"] == "driver" else "")
 
 
 def size_text(n):  # the short form of this table's headers (64K), as hot_path_bench.sh's --sizes reads
@@ -57,7 +60,7 @@ def main(path):
     if not cells:
         print(f"(no pairs rows in {path})")
         return 1
-    peers = ("cudaMalloc", "cudaMallocAsync", "host malloc")
+    peers = ("cudaMalloc", "cuMemAlloc", "cudaMallocAsync", "host malloc")
     configs = sorted({k[0] for k in cells}, key=lambda c: (c in peers, c))
     sizes = sorted({k[2] for k in cells})
     streams = sorted({k[1] for k in cells})
@@ -75,7 +78,9 @@ def main(path):
         return statistics.median(ratios) if ratios else None
 
     passes = max(len(v) for v in cells.values())
-    print(f"\nmedian ns per cudaMalloc+cudaFree pair (p99 of one thread), medians of {passes} interleaved pass(es)")
+    print(f"\nmedian ns per cudaMalloc+cudaFree pair (p99 of one thread), medians of {passes} interleaved pass(es)"
+          + ("; 'cuMemAlloc' rows: cuMemAlloc+cuMemFree, the pair without libcudart"
+             if any(c.endswith("cuMemAlloc") for c in configs) else ""))
     print("| config | stream | threads | " + " | ".join(size_text(s) for s in sizes) + " |")
     print("|---|---|---:|" + "---:|" * len(sizes))
     for config in configs:
@@ -120,7 +125,7 @@ def main(path):
     print("\ntargets (one thread: median <= 100 ns to 1 MiB, <= 300 ns to 1 GiB, p99 <= 2 us; 16 threads >= 12x"
           " one thread to 16 MiB; faster than the warm cudaMallocAsync pool in every cell)")
     for config in configs:
-        if config in peers:
+        if config in peers or config.endswith(DRIVER_SUFFIX):  # the targets are cudaMalloc pairs
             continue
         for stream in streams:
             one = {s: median_of((config, stream, s, 1), 0) for s in sizes}

@@ -6,6 +6,7 @@
 // --streams off,on measures each cell twice: as a program that creates no stream, and as one whose every
 // thread first creates a non-blocking stream and keeps it carrying work (cuDNN, NCCL and servers with a
 // stream per request all do), which is when an allocator must order frees against other streams' work.
+#include <cuda.h>  // the driver API's types only: its entry points are found through the runtime
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -40,9 +41,51 @@ using Clock = std::chrono::steady_clock;
   } while (0)
 
 
-const char* api_name(Api api) { return api == Api::runtime ? "runtime" : api == Api::async ? "async" : "host"; }
+const char* api_name(Api api) {
+  switch (api) {
+    case Api::runtime: return "runtime";
+    case Api::async: return "async";
+    case Api::host: return "host";
+    case Api::driver: return "driver";
+  }
+  return "?";
+}
 const char* api_calls(Api api) {
-  return api == Api::runtime ? "cudaMalloc+cudaFree" : api == Api::async ? "cudaMallocAsync+cudaFreeAsync" : "malloc+free";
+  switch (api) {
+    case Api::runtime: return "cudaMalloc+cudaFree";
+    case Api::async: return "cudaMallocAsync+cudaFreeAsync";
+    case Api::host: return "malloc+free";
+    case Api::driver: return "cuMemAlloc+cuMemFree";
+  }
+  return "?";
+}
+
+// --api driver: cuMemAlloc and cuMemFree as libcudart gets them (DESIGN.md: the runtime asks
+// cuGetProcAddress for "cuMemAlloc" at version 3020), so under gpushim these are the shim's functions
+// that cudaMalloc reaches, minus the runtime around them.
+using MemAllocFn = CUresult (*)(CUdeviceptr*, size_t);
+using MemFreeFn = CUresult (*)(CUdeviceptr);
+MemAllocFn g_cu_mem_alloc = nullptr;
+MemFreeFn g_cu_mem_free = nullptr;
+
+void find_driver_pair() {
+  cudaDriverEntryPointQueryResult found{};
+  void* fn = nullptr;
+  CHECK_CUDA(cudaGetDriverEntryPointByVersion("cuMemAlloc", &fn, 3020, cudaEnableDefault, &found));
+  g_cu_mem_alloc = found == cudaDriverEntryPointSuccess ? reinterpret_cast<MemAllocFn>(fn) : nullptr;
+  CHECK_CUDA(cudaGetDriverEntryPointByVersion("cuMemFree", &fn, 3020, cudaEnableDefault, &found));
+  g_cu_mem_free = found == cudaDriverEntryPointSuccess ? reinterpret_cast<MemFreeFn>(fn) : nullptr;
+  if (!g_cu_mem_alloc || !g_cu_mem_free) {
+    std::fprintf(stderr, "alloc_bench: --api driver: the runtime found no cuMemAlloc/cuMemFree at version 3020\n");
+    std::_Exit(2);
+  }
+}
+
+void check_driver(CUresult rc, const char* call) {
+  if (rc == CUDA_SUCCESS) return;
+  std::fprintf(stderr, "alloc_bench: %s failed: CUresult %d\n", call, static_cast<int>(rc));
+  std::fflush(stdout);
+  std::_Exit(2);
 }
 const char* streams_name(StreamMode m) { return m == StreamMode::on ? "on" : "off"; }
 const char* pattern_name(Pattern p) {
@@ -208,6 +251,11 @@ class PairRunner {
     void* p = nullptr;
     if (plan_.api == Api::runtime) CHECK_CUDA(cudaMalloc(&p, size));
     else if (plan_.api == Api::async) CHECK_CUDA(cudaMallocAsync(&p, size, stream_));
+    else if (plan_.api == Api::driver) {
+      CUdeviceptr d = 0;
+      check_driver(g_cu_mem_alloc(&d, size), "cuMemAlloc");
+      p = reinterpret_cast<void*>(d);
+    }
     else p = std::malloc(size);  // the CPU's own ceiling (a thread-local cache in glibc up to 1 KiB)
     return p;
   }
@@ -215,6 +263,7 @@ class PairRunner {
     if (p == nullptr) return;
     if (plan_.api == Api::runtime) CHECK_CUDA(cudaFree(p));
     else if (plan_.api == Api::async) CHECK_CUDA(cudaFreeAsync(p, stream_));
+    else if (plan_.api == Api::driver) check_driver(g_cu_mem_free(reinterpret_cast<CUdeviceptr>(p)), "cuMemFree");
     else std::free(p);
   }
 
@@ -362,6 +411,7 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaFree(nullptr));
   cudaDeviceProp prop{};
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
+  if (std::find(o.apis.begin(), o.apis.end(), Api::driver) != o.apis.end()) find_driver_pair();
   bool wants_async = std::find(o.apis.begin(), o.apis.end(), Api::async) != o.apis.end();
   if (wants_async) {
     // A warm pool: keep freed memory in the default pool instead of returning it at each synchronization

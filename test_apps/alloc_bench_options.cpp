@@ -9,7 +9,8 @@ bool parse_options(int argc, char** argv, Options* o) {
   CLI::App app{
       "Host time of one allocation + free pair, by size, thread count and pattern.\n"
       "  runtime = cudaMalloc/cudaFree, async = cudaMallocAsync/cudaFreeAsync on a warm default pool,\n"
-      "  host = malloc/free (no GPU memory: what this CPU gives the same loop on 1 and N threads).\n"
+      "  host = malloc/free (no GPU memory: what this CPU gives the same loop on 1 and N threads),\n"
+      "  driver = cuMemAlloc/cuMemFree found as libcudart finds them (the pair without the runtime's share).\n"
       "  pairs: alloc then free; window: free the oldest of up to 64 live blocks; random: sizes\n"
       "  log-uniform in 256 B..16 MiB over 64 live blocks (its size column reads 'rand'); handoff: alloc,\n"
       "  then free a block that another thread allocated (swapped through 4 mailboxes per thread).\n"
@@ -21,14 +22,15 @@ bool parse_options(int argc, char** argv, Options* o) {
       "alloc_bench"};
   const std::map<std::string, Api> apis{{"runtime", Api::runtime}, {"cudaMalloc", Api::runtime},
                                         {"async", Api::async}, {"cudaMallocAsync", Api::async},
-                                        {"host", Api::host}, {"malloc", Api::host}};
+                                        {"host", Api::host}, {"malloc", Api::host},
+                                        {"driver", Api::driver}, {"cuMemAlloc", Api::driver}};
   const std::map<std::string, Pattern> patterns{
       {"pairs", Pattern::pairs}, {"window", Pattern::window}, {"random", Pattern::random},
       {"handoff", Pattern::handoff}};
   const std::map<std::string, StreamMode> streams{{"off", StreamMode::off}, {"on", StreamMode::on}};
   std::vector<std::string> sizes;
   bool quick = false;
-  app.add_option("--api", o->apis, "runtime,async,host")->delimiter(',')->transform(CLI::CheckedTransformer(apis));
+  app.add_option("--api", o->apis, "runtime,async,host,driver")->delimiter(',')->transform(CLI::CheckedTransformer(apis));
   app.add_option("--patterns", o->patterns, "pairs,window,random,handoff")
       ->delimiter(',')
       ->transform(CLI::CheckedTransformer(patterns));

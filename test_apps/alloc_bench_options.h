@@ -7,7 +7,10 @@
 #include <string>
 #include <vector>
 
-enum class Api { runtime, async, host };
+// driver: cuMemAlloc+cuMemFree, found as libcudart finds them (cudaGetDriverEntryPointByVersion, which
+// asks the driver's cuGetProcAddress, gpushim's under LD_PRELOAD): the same pair without libcudart's own
+// share, so a table can split a cudaMalloc pair's time into the runtime's and the allocator's.
+enum class Api { runtime, async, host, driver };
 // handoff: each pair allocates a block and frees one another thread allocated (a block passed between
 // threads), through a few mailboxes per thread that every thread swaps with.
 enum class Pattern { pairs, window, random, handoff };

@@ -160,4 +160,13 @@ printf '%s\n' "$columns,peak_mib" 'tiered,runtime,pairs,65536,1,100,90.0,200.0,9
 expect 0 "hot-path table: 16 threads' peaks" hot_has "$dir/hot.csv" "most device memory" "| tiered | on | 410 MiB |" \
   "| cudaMallocAsync | on | 2.93 GiB |"
 expect 1 "hot-path table: no peak table without peak_mib" hot_has "$dir/bench.csv" "most device memory"
+# --api driver rows (cuMemAlloc+cuMemFree) are their own configurations, and the targets skip them.
+printf '%s\n' "$columns,peak_mib" 'tiered,runtime,pairs,256,1,100,95.0,200.0,95.0,9000000,off,1' \
+  'tiered,driver,pairs,256,1,100,45.0,90.0,45.0,20000000,off,1' \
+  'none,driver,pairs,256,1,100,900.0,1900.0,950.0,1000000,off,1' > "$dir/hot_driver.csv"
+expect 0 "hot-path table: cuMemAlloc rows beside cudaMalloc's" hot_has "$dir/hot_driver.csv" \
+  "| tiered | off | 1 | 95 ns (200 ns) |" "| tiered cuMemAlloc | off | 1 | 45 ns (90 ns) |" \
+  "| cuMemAlloc | off | 1 | 900 ns (1900 ns) |" "tiered, stream off: <=1M 95 ns max (met)"
+expect 1 "hot-path table: no targets line for the cuMemAlloc rows" hot_has "$dir/hot_driver.csv" \
+  "tiered cuMemAlloc, stream"
 exit $((failures > 0))
