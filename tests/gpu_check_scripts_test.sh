@@ -169,4 +169,11 @@ expect 0 "hot-path table: cuMemAlloc rows beside cudaMalloc's" hot_has "$dir/hot
   "| cuMemAlloc | off | 1 | 900 ns (1900 ns) |" "tiered, stream off: <=1M 95 ns max (met)"
 expect 1 "hot-path table: no targets line for the cuMemAlloc rows" hot_has "$dir/hot_driver.csv" \
   "tiered cuMemAlloc, stream"
+# The fastest pass of each one-thread cell to 1 MiB, its slowest size: 95 (256 B) and 120 (1 MiB) -> 120.
+printf '%s\n' "$columns,peak_mib" 'tiered,runtime,pairs,256,1,100,95.0,200.0,95.0,9000000,off,1' \
+  'tiered,runtime,pairs,256,1,100,190.0,300.0,190.0,5000000,off,1' \
+  'tiered,runtime,pairs,1048576,1,100,240.0,300.0,240.0,4000000,off,1' \
+  'tiered,runtime,pairs,1048576,1,100,120.0,300.0,120.0,8000000,off,1' \
+  'tiered,driver,pairs,256,1,100,45.0,90.0,45.0,20000000,off,1' > "$dir/hot_best.csv"
+expect 0 "hot-path table: each cell's fastest pass" hot_has "$dir/hot_best.csv" "| tiered | off | 120 ns | 45 ns |"
 exit $((failures > 0))
