@@ -60,7 +60,7 @@ const char* api_calls(Api api) {
   return "?";
 }
 
-// --api driver: cuMemAlloc and cuMemFree as libcudart gets them (DESIGN.md: the runtime asks
+// --api driver: cuMemAlloc and cuMemFree as libcudart gets them (docs/measured-facts.md: the runtime asks
 // cuGetProcAddress for "cuMemAlloc" at version 3020), so under gpushim these are the shim's functions
 // that cudaMalloc reaches, minus the runtime around them.
 using MemAllocFn = CUresult (*)(CUdeviceptr*, size_t);
