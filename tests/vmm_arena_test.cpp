@@ -584,13 +584,22 @@ TEST(VmmArena, RandomSequencesUnderACapMatchTheReferenceModel) {
 // out again as it is to a request of its size. Two arenas run one random sequence, rich in "allocate,
 // free it, allocate that size again"; `merged` asks for its statistics after every free, which merges a
 // deferred free at once, as every free did before. Every allocation must get the same address in both,
-// and their books must agree: deferring changed no placement.
+// their mapped bytes and books must agree: deferring changed no placement and no give-back. The second
+// configuration keeps the arena above its threshold most of the time, between it and twice it (where a
+// free waits to merge while the delay runs) and above twice it (where it merges and gives back at once).
 TEST(VmmArena, AFreeWhoseMergeWaitsPlacesEveryBlockAsAMergedFreeWould) {
-  for (unsigned seed = 21; seed <= 24; ++seed) {
-    SCOPED_TRACE(seed);
+  struct Configuration {
+    std::size_t threshold;
+    std::uint64_t release_delay_ns;
+    int least_frees_between;  // frees just after their carve that left between 1x and 2x the threshold cached
+  };
+  for (const Configuration config : {Configuration{8 * MiB, kDefaultVmmReleaseDelayNs, 0},
+                                     Configuration{3 * MiB, 10'000'000'000ull, 20}}) {
+   for (unsigned seed = 21; seed <= 24; ++seed) {
+    SCOPED_TRACE(::testing::Message() << "threshold " << config.threshold << ", seed " << seed);
     HostProvider deferred_provider(kGranule), merged_provider(kGranule);
-    VmmArena deferred(deferred_provider, options(256 * MiB, MiB, 8 * MiB));
-    VmmArena merged(merged_provider, options(256 * MiB, MiB, 8 * MiB));
+    VmmArena deferred(deferred_provider, options(256 * MiB, MiB, config.threshold, config.release_delay_ns));
+    VmmArena merged(merged_provider, options(256 * MiB, MiB, config.threshold, config.release_delay_ns));
     std::mt19937_64 rng(seed);
     struct Live {
       void* in_deferred;
@@ -601,6 +610,7 @@ TEST(VmmArena, AFreeWhoseMergeWaitsPlacesEveryBlockAsAMergedFreeWould) {
     std::uintptr_t deferred_base = 0, merged_base = 0;
     std::size_t last_bytes = MiB;
     int undone = 0;              // allocations the deferral served: the size of a block just freed
+    int frees_between = 0;       // see Configuration
     bool just_freed_last = false;  // the last call freed the block the call before it allocated
     bool last_allocated = false;
     for (int step = 0; step < 3000; ++step) {
@@ -613,7 +623,9 @@ TEST(VmmArena, AFreeWhoseMergeWaitsPlacesEveryBlockAsAMergedFreeWould) {
         last_allocated = false;
         deferred.deallocate(live[i].in_deferred, live[i].bytes, 0);
         merged.deallocate(live[i].in_merged, live[i].bytes, 0);
-        (void)merged.stats();
+        const std::size_t cached = merged.stats().bytes_cached;
+        frees_between += just_freed_last && cached > config.threshold && cached <= 2 * config.threshold;
+        ASSERT_EQ(deferred_provider.bytes_mapped(), merged_provider.bytes_mapped());
         live.erase(live.begin() + static_cast<std::ptrdiff_t>(i));
         continue;
       }
@@ -635,6 +647,7 @@ TEST(VmmArena, AFreeWhoseMergeWaitsPlacesEveryBlockAsAMergedFreeWould) {
       last_bytes = bytes;
     }
     EXPECT_GT(undone, 100);
+    EXPECT_GE(frees_between, config.least_frees_between);
     const AllocatorStats a = deferred.stats(), b = merged.stats();
     EXPECT_EQ(a.bytes_in_use, b.bytes_in_use);
     EXPECT_EQ(a.bytes_reserved, b.bytes_reserved);
@@ -645,6 +658,8 @@ TEST(VmmArena, AFreeWhoseMergeWaitsPlacesEveryBlockAsAMergedFreeWould) {
       merged.deallocate(each.in_merged, each.bytes, 0);
     }
     EXPECT_EQ(deferred.stats().largest_free_block, merged.stats().largest_free_block);
+    EXPECT_EQ(deferred_provider.bytes_mapped(), merged_provider.bytes_mapped());
+   }
   }
 }
 
@@ -670,15 +685,45 @@ TEST(VmmArena, AFreeWhoseMergeWaitsIsFreeMemoryAtOnce) {
   EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
-// A free that leaves more than the threshold idle merges at once, so that it can give memory back.
-TEST(VmmArena, AFreeAboveTheThresholdDoesNotWaitToMerge) {
-  HostProvider provider(kGranule);
-  VmmArena arena(provider, options(64 * MiB, MiB, 0, /*release_delay_ns=*/0));
-  void* p = arena.allocate(2 * MiB, 0);
-  ASSERT_NE(p, nullptr);
-  arena.deallocate(p, 2 * MiB, 0);
-  EXPECT_EQ(provider.bytes_mapped(), 0u);
-  EXPECT_EQ(provider.misuse_count(), 0u);
+// A free that may give memory back merges at once, so that it can: above the threshold without a delay,
+// above twice it with one. Between the threshold and twice it, within the delay, it waits like the rest.
+TEST(VmmArena, AFreeThatMayGiveMemoryBackDoesNotWaitToMerge) {
+  {
+    HostProvider provider(kGranule);
+    VmmArena arena(provider, options(64 * MiB, MiB, 0, /*release_delay_ns=*/0));
+    void* p = arena.allocate(2 * MiB, 0);
+    ASSERT_NE(p, nullptr);
+    arena.deallocate(p, 2 * MiB, 0);  // right after its carve
+    EXPECT_EQ(provider.bytes_mapped(), 0u) << "above the threshold, no delay";
+    EXPECT_EQ(provider.misuse_count(), 0u);
+  }
+  {
+    HostProvider provider(kGranule);
+    VmmArena arena(provider, options(64 * MiB, MiB, 2 * MiB, /*release_delay_ns=*/10'000'000'000));
+    void* p = arena.allocate(3 * MiB, 0);
+    ASSERT_NE(p, nullptr);
+    arena.deallocate(p, 3 * MiB, 0);  // the first free above the threshold opens the 10 s window
+    p = arena.allocate(6 * MiB, 0);
+    ASSERT_NE(p, nullptr);
+    ASSERT_EQ(provider.bytes_mapped(), 6 * MiB);
+    arena.deallocate(p, 6 * MiB, 0);
+    EXPECT_LE(provider.bytes_mapped(), 4 * MiB) << "above twice the threshold, within the delay";
+    EXPECT_EQ(provider.misuse_count(), 0u);
+  }
+  {
+    HostProvider provider(kGranule);
+    VmmArena arena(provider, options(64 * MiB, MiB, 2 * MiB, /*release_delay_ns=*/10'000'000'000));
+    void* p = arena.allocate(3 * MiB, 0);
+    ASSERT_NE(p, nullptr);
+    arena.deallocate(p, 3 * MiB, 0);  // opens the window
+    for (int round = 0; round < 3; ++round) {  // each free waits to merge; nothing goes back
+      ASSERT_EQ(arena.allocate(3 * MiB, 0), p);
+      arena.deallocate(p, 3 * MiB, 0);
+      EXPECT_EQ(provider.bytes_mapped(), 3 * MiB) << "between the threshold and twice it, within the delay";
+    }
+    EXPECT_EQ(arena.stats().largest_free_block, 3 * MiB);
+    EXPECT_EQ(provider.misuse_count(), 0u);
+  }
 }
 
 // Threads allocate and free at once with their blocks checked for overlap; the arena's books balance.
