@@ -146,14 +146,20 @@ struct Row {
   bool (*apply)(const char* value, Settings& settings);
 };
 
+// Each choice's words, named once: the row shows them (the one line a bad value gets names them) and its
+// parser accepts exactly them, so the two cannot drift apart.
 // The backend names must equal backend_table() (allocators/backend_registry.cpp), in its order; config
 // does not link the allocators, so tests/settings_backend_names_test.cpp checks that they agree.
+constexpr char kBackendChoices[] = "tiered, vmm, buddy, slab, mempool, passthrough";
+constexpr char kFreeFenceChoices[] = "auto, no-solo, always";
+constexpr char kPlacementChoices[] = "local, interleave, spill";
+constexpr char kSpillChoices[] = "off, host";
 // Sizes are written in the defaults exactly as a user would write them: they go through the same parser.
 const Row kRows[] = {
-    {{"GPUSHIM_BACKEND", "choice", "tiered", "tiered, vmm, buddy, slab, mempool, passthrough",
+    {{"GPUSHIM_BACKEND", "choice", "tiered", kBackendChoices,
       "Which backend serves device allocations (`gpushim backends` describes each)."},
      [](const char* v, Settings& s) {
-       std::string name = listed_word(v, "tiered, vmm, buddy, slab, mempool, passthrough");
+       std::string name = listed_word(v, kBackendChoices);
        if (name.empty()) return false;
        s.backend = name;
        return true;
@@ -174,14 +180,14 @@ const Row kRows[] = {
       "Cap on the device memory this process may hold, per device. Over it an allocation fails with "
       "CUDA_ERROR_OUT_OF_MEMORY, and cuMemGetInfo reports the cap as total."},
      [](const char* v, Settings& s) { return parse_size_or_percent(v, &s.limit); }},
-    {{"GPUSHIM_FREE_FENCE", "choice", "auto", "auto, no-solo, always",
+    {{"GPUSHIM_FREE_FENCE", "choice", "auto", kFreeFenceChoices,
       "When a block freed with cudaFree may be reused. auto: at once while only the legacy stream (and at "
       "most one blocking stream) carries work, whatever streams exist, or while one non-blocking stream "
       "carries work alone (solo: other work first waits for it); while other streams carry work, after a "
       "fence shows the GPU work issued before the free has finished (docs/free-safety.md); no-solo: as "
       "auto, but a lone non-blocking stream's frees are fenced too; always: after the fence, in every case."},
      [](const char* v, Settings& s) {
-       std::string choice = listed_word(v, "auto, no-solo, always");
+       std::string choice = listed_word(v, kFreeFenceChoices);
        if (choice.empty()) return false;
        s.free_fence = choice == "always"    ? Settings::FreeFence::always
                       : choice == "no-solo" ? Settings::FreeFence::no_solo
@@ -281,22 +287,22 @@ const Row kRows[] = {
      [](const char* v, Settings& s) {
        return parse_device_list(v, &s.peers);
      }},
-    {{"GPUSHIM_PLACEMENT", "choice", "local", "local, interleave, spill",
+    {{"GPUSHIM_PLACEMENT", "choice", "local", kPlacementChoices,
       "Which device's memory backs a block: the caller's (local), spread over the peers "
       "(interleave), or the caller's first and the peers when it is full (spill)."},
      [](const char* v, Settings& s) {
-       std::string choice = listed_word(v, "local, interleave, spill");
+       std::string choice = listed_word(v, kPlacementChoices);
        if (choice.empty()) return false;
        s.placement = choice;
        return true;
      }},
-    {{"GPUSHIM_SPILL", "choice", "off", "off, host",
+    {{"GPUSHIM_SPILL", "choice", "off", kSpillChoices,
       "host: when the device memory this process may use (the device, or GPUSHIM_LIMIT) is exhausted, "
       "serve the allocation from pinned host memory mapped for the GPU (kernels reach it over the host "
       "link, ~51 GB/s on the H100) instead of failing; off: fail as usual. vmm, buddy, slab and tiered "
       "only (docs/host-spill.md)."},
      [](const char* v, Settings& s) {
-       const std::string choice = listed_word(v, "off, host");
+       const std::string choice = listed_word(v, kSpillChoices);
        if (choice.empty()) return false;
        s.spill_host = choice == "host";
        return true;
