@@ -65,9 +65,15 @@ def main(path):
     sizes = sorted({k[2] for k in cells})
     streams = sorted({k[1] for k in cells})
 
-    def median_of(key, index):
+    def over_passes(key, index, reduce=statistics.median):
         values = [v[index] for v in cells.get(key, []) if v[index] is not None]
-        return statistics.median(values) if values else None
+        return reduce(values) if values else None
+
+    def median_of(key, index):
+        return over_passes(key, index)
+
+    # The targets are for cudaMalloc pairs under gpushim: not the peers, nor the cuMemAlloc rows.
+    target_configs = [c for c in configs if c not in peers and not c.endswith(DRIVER_SUFFIX)]
 
     def scaling(config, stream, size, by_pair_time=False):
         one, many = cells.get((config, stream, size, 1), []), cells.get((config, stream, size, 16), [])
@@ -80,7 +86,7 @@ def main(path):
     passes = max(len(v) for v in cells.values())
     print(f"\nmedian ns per cudaMalloc+cudaFree pair (p99 of one thread), medians of {passes} interleaved pass(es)"
           + ("; 'cuMemAlloc' rows: cuMemAlloc+cuMemFree, the pair without libcudart"
-             if any(c.endswith("cuMemAlloc") for c in configs) else ""))
+             if any(c.endswith(DRIVER_SUFFIX.strip()) for c in configs) else ""))
     print("| config | stream | threads | " + " | ".join(size_text(s) for s in sizes) + " |")
     print("|---|---|---:|" + "---:|" * len(sizes))
     for config in configs:
@@ -124,9 +130,7 @@ def main(path):
 
     print("\ntargets (one thread: median <= 100 ns to 1 MiB, <= 300 ns to 1 GiB, p99 <= 2 us; 16 threads >= 12x"
           " one thread to 16 MiB; faster than the warm cudaMallocAsync pool in every cell)")
-    for config in configs:
-        if config in peers or config.endswith(DRIVER_SUFFIX):  # the targets are cudaMalloc pairs
-            continue
+    for config in target_configs:
         for stream in streams:
             one = {s: median_of((config, stream, s, 1), 0) for s in sizes}
             p99 = {s: median_of((config, stream, s, 1), 1) for s in sizes}
@@ -162,17 +166,13 @@ def main(path):
     # A thread's pairs run at one of the host's two speeds, about 2x apart, drawn afresh for each thread
     # and stretch of time (docs/perf-notes.md, "Twenty-ninth session"), so a median over a few passes
     # falls on either. The fastest pass of a cell is the lower speed whenever any pass drew it.
-    def best_of(key):
-        values = [v[0] for v in cells.get(key, [])]
-        return min(values) if values else None
     best_rows = []
-    for config in configs:
-        if config in peers or config.endswith(DRIVER_SUFFIX):
-            continue
+    for config in target_configs:
         for stream in streams:
             texts = []
             for c in (config, config + DRIVER_SUFFIX):
-                worst = [b for s in sizes if s <= SMALL_LIMIT for b in [best_of((c, stream, s, 1))] if b is not None]
+                worst = [b for s in sizes if s <= SMALL_LIMIT for b in [over_passes((c, stream, s, 1), 0, min)]
+                         if b is not None]
                 texts.append(ns_text(max(worst)) if worst else "-")
             if texts[0] != "-":
                 best_rows.append(f"| {config} | {stream} | " + " | ".join(texts) + " |")
