@@ -4,9 +4,10 @@
 // a legacy-stream kernel, a synchronous cudaMemset, a synchronous pageable cudaMemcpy, another
 // non-blocking stream, a blocking stream, a legacy kernel after another stream worked beside R once
 // and went quiet while R stayed busy (solo regained at a poll), and a batch copy on another stream
-// through the driver's CUDA 12.8 prototype of cuMemcpyBatchAsync (what a runtime of 12.8-12.9 calls). Every overwriter but R must be queued
-// behind the reader, so the reader counts no mismatch. Between rounds the device is synchronized and small blocks are churned, so
-// the streams are found idle and R's next launch starts solo again.
+// through the driver's CUDA 12.8 prototype of cuMemcpyBatchAsync (what a runtime of 12.8-12.9 calls).
+// Every overwriter but R must be queued behind the reader, so the reader counts no mismatch. Between
+// rounds the device is synchronized and small blocks are churned, so the streams are found idle and R's
+// next launch starts solo again.
 //
 //   solo_race [--rounds N] [--size BYTES] [--spin-us US] [--expect-reuse]
 // Exits 0 when no reader saw a mismatch (and, with --expect-reuse, every kind of overwriter got the freed
