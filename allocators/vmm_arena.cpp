@@ -476,6 +476,13 @@ void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexce
 }
 
 
+// Inline into deallocate: below the threshold, the common case, it is one compare.
+inline bool VmmArena::release_may_be_due() const noexcept {
+  const std::size_t cached = cached_bytes();
+  if (cached <= release_threshold_) return false;  // below it, without reading the clock
+  return cached > prompt_release_above_ || (release_delay_ns_ != 0 && idle_window_passed(monotonic_ns()));
+}
+
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   const CountingLock lock(*this);
   if (!buckets_) return;
@@ -484,7 +491,7 @@ void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   if (r && r->start == start) {  // the block the last call carved: its merge may wait ("A split undone")
     just_carved_ = nullptr;
     count_freed(r);
-    if (cached_bytes() <= release_threshold_ || !release_may_be_due()) {
+    if (!release_may_be_due()) {
       freed_unmerged_ = r;
       return;
     }
@@ -510,14 +517,9 @@ inline void VmmArena::count_freed(Range* r) noexcept {
   r->requested = 0;
 }
 
-bool VmmArena::release_may_be_due() const noexcept {
-  return cached_bytes() > prompt_release_above_ ||
-         (release_delay_ns_ != 0 && monotonic_ns() - idle_window_began_ns_ >= release_delay_ns_);
-}
-
 void VmmArena::release_idle_memory() noexcept {
   const std::uint64_t now = monotonic_ns();
-  if (now - idle_window_began_ns_ < release_delay_ns_) return;
+  if (!idle_window_passed(now)) return;
   // What stayed free through the whole window was not needed in it; the rest came and went.
   if (least_cached_in_window_ > release_threshold_) release_free_chunks(least_cached_in_window_ - release_threshold_);
   idle_window_began_ns_ = now;

@@ -208,9 +208,10 @@ class VmmArena final : public Allocator {
   std::size_t release_free_chunks(std::size_t budget) noexcept;
   // In a free that left more than the threshold cached: gives back what stayed idle over the delay.
   void release_idle_memory() noexcept;
-  // Whether such a free may give memory back now: more than prompt_release_above_ cached, or the idle
-  // window's delay passed (release_idle_memory's own test). Reads the clock.
+  // Whether a free may give memory back now: more than the threshold cached, and either more than
+  // prompt_release_above_ or the idle window's delay passed (then it reads the clock).
   bool release_may_be_due() const noexcept;
+  bool idle_window_passed(std::uint64_t now_ns) const noexcept { return now_ns - idle_window_began_ns_ >= release_delay_ns_; }
   // The piece a growth is mapping counts as mapped but is not free yet.
   std::size_t cached_bytes() const noexcept { return mapped_ - live_block_bytes_ - growing_bytes_; }
 
