@@ -200,6 +200,14 @@ const Row kRows[] = {
       "fence cost the freeing call 3-5 us on the H200). Allocations that would raise the peak record "
       "at once, and so does every free after a batch waited in vain, until the streams are next idle."},
      [](const char* v, Settings& s) { return duration_up_to(v, 1'000'000'000, &s.fence_delay_ns); }},
+    {{"GPUSHIM_DIRECT_CUDART", "bool", "1", "0, 1 (also true/false, yes/no, on/off)",
+      "A program that links the CUDA runtime as a shared library (libcudart.so: PyTorch, CuPy, nvcc "
+      "-cudart shared) has its cudaMalloc and cudaFree served by gpushim without entering the runtime, "
+      "whose own code was half of a pair (~50 ns on the H200). Calls without a current context, of zero "
+      "bytes or a null pointer still go through the runtime, and so do the errors, so that it reports "
+      "them as usual (cudaGetLastError). 0: every call goes through the runtime. A statically linked "
+      "runtime (nvcc's default) reaches gpushim through the driver entry points either way."},
+     [](const char* v, Settings& s) { return parse_bool(v, &s.direct_cudart); }},
     {{"GPUSHIM_VMM_RESERVE", "size", "256GiB", "a size >= 2MiB",
       "vmm: virtual address space reserved once per device; the arena never grows past it. "
       "Reserving costs no memory (1 TiB took 14 us on the H100)."},

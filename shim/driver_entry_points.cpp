@@ -8,11 +8,14 @@
 #include "driver/real_driver.h"
 #include "router/router.h"
 #include "router/stream_activity.h"
+#include "shim/runtime_replay.h"
 
 namespace {
 
 using gpushim::real_driver;
 using gpushim::RealDriver;
+using gpushim::shim::ReplayedCall;
+using gpushim::shim::take_replayed_answer;
 namespace router = gpushim::router;
 
 bool driver_missing() noexcept { return !real_driver().loaded; }
@@ -59,11 +62,15 @@ extern "C" {
 
 CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
   if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult replayed;  // an error cudaMalloc already got from the router (shim/runtime_replay.h)
+  if (take_replayed_answer(ReplayedCall::allocate, bytesize, &replayed)) return replayed;
   return router::allocate(dptr, bytesize);
 }
 
 CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
   if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult replayed;  // an error cudaFree already got from the router
+  if (take_replayed_answer(ReplayedCall::free, dptr, &replayed)) return replayed;
   return router::free(dptr);
 }
 

@@ -125,6 +125,7 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_FALSE(s.strict);
   EXPECT_EQ(s.large_slots, Settings::LargeSlots::while_contended);
   EXPECT_EQ(s.fence_delay_ns, 200000u);
+  EXPECT_TRUE(s.direct_cudart);
   EXPECT_FALSE(s.limit.set());
   EXPECT_EQ(s.vmm_reserve, 256 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 8 * MiB);
@@ -153,6 +154,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_LIMIT", "75%"},
                                       {"GPUSHIM_FREE_FENCE", "always"},
                                       {"GPUSHIM_FENCE_DELAY", "20us"},
+                                      {"GPUSHIM_DIRECT_CUDART", "off"},
                                       {"GPUSHIM_VMM_RESERVE", "1TiB"},
                                       {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
                                       {"GPUSHIM_VMM_RELEASE_THRESHOLD", "0"},
@@ -181,6 +183,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_DOUBLE_EQ(s.limit.percent, 75.0);
   EXPECT_EQ(s.free_fence, Settings::FreeFence::always);
   EXPECT_EQ(s.fence_delay_ns, 20000u);
+  EXPECT_FALSE(s.direct_cudart);
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);
   EXPECT_EQ(s.vmm_release_threshold, 0u);

@@ -64,3 +64,31 @@ foreach(library ${shim_libraries})
   gpushim_discover_tests(shim_without_driver_test shim_without_driver.${library}
                          ENV "SHIM_TEST_LIBRARY=$<TARGET_FILE:${library}>")
 endforeach()
+
+# cudaMalloc/cudaFree of a shared runtime served without it (shim/runtime_entry_points.cpp): the real
+# libgpushim.so (tiered) under a program linked to a fake libcudart.so.13, with the direct path on (the
+# default) and off, and once under GPUSHIM_FAIL for the failed allocation's single attempt.
+if(TARGET gpushim)
+  add_library(shim_fake_libcudart SHARED ${shim_fixtures}/fake_libcudart.cpp)
+  target_include_directories(shim_fake_libcudart PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(shim_fake_libcudart PRIVATE ${CMAKE_DL_LIBS})
+  set_target_properties(shim_fake_libcudart PROPERTIES
+    OUTPUT_NAME cudart SOVERSION 13 LIBRARY_OUTPUT_DIRECTORY ${shim_fake_driver_dir})
+  target_link_options(shim_fake_libcudart PRIVATE -Wl,-Bsymbolic)
+
+  add_executable(shim_direct_runtime_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_direct_runtime_test.cpp)
+  target_include_directories(shim_direct_runtime_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_link_libraries(shim_direct_runtime_test PRIVATE shim_fake_libcudart shim_fake_libcuda GTest::gtest_main)
+  add_dependencies(shim_direct_runtime_test gpushim)
+  set(direct_environment "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${shim_fake_driver_dir};GPUSHIM_BACKEND=tiered")
+  gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime ENV "${direct_environment}")
+  gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime_off
+                         ENV "${direct_environment};GPUSHIM_DIRECT_CUDART=0")
+  foreach(direct 1 0)
+    add_test(NAME shim_direct_runtime_failure.direct${direct} COMMAND shim_direct_runtime_test
+             --gtest_filter=*FailedAllocation*)
+    set_tests_properties(shim_direct_runtime_failure.direct${direct} PROPERTIES TIMEOUT 60
+      FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ENVIRONMENT
+      "${direct_environment};GPUSHIM_DIRECT_CUDART=${direct};GPUSHIM_FAIL=nth=3;GPUSHIM_LOG=quiet")
+  endforeach()
+endif()

@@ -1292,6 +1292,7 @@ const ProcAddress proc_addresses[] = {
     FAKE_SAME("cuDriverGetVersion", 2020, cuDriverGetVersion),
     FAKE_SAME("cuCtxGetCurrent", 4000, cuCtxGetCurrent),
     FAKE_SAME("cuCtxSetCurrent", 4000, cuCtxSetCurrent),
+    FAKE_SAME("cuDevicePrimaryCtxRetain", 7000, cuDevicePrimaryCtxRetain),  // a runtime's lazy start
     FAKE_SAME("cuCtxSynchronize", 13000, cuCtxSynchronize_v2),
     FAKE_SAME("cuCtxSynchronize", 2000, cuCtxSynchronize),
     FAKE_SAME("cuMemAlloc", 3020, cuMemAlloc_v2),

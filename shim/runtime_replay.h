@@ -1,0 +1,38 @@
+// An answer gpushim already gave, handed to the CUDA runtime (shim/runtime_entry_points.cpp). A
+// cudaMalloc or cudaFree served without the runtime that the router answered with an error is passed on
+// to the runtime, so that the runtime maps the error to its own code and records it for
+// cudaGetLastError. While that call runs on this thread, its one cuMemAlloc or cuMemFree of the same size
+// or pointer returns the recorded answer instead of asking the router again: a second attempt would
+// report an out-of-memory twice and count twice against GPUSHIM_FAIL.
+#pragma once
+
+#include <cuda.h>
+
+#include <cstdint>
+
+#include "diagnostics/hot_tls.h"
+
+namespace gpushim::shim {
+
+enum class ReplayedCall : unsigned char { none, allocate, free };
+
+struct RuntimeReplay {
+  ReplayedCall call = ReplayedCall::none;
+  std::uintptr_t key = 0;  // the size asked (cuMemAlloc) or the pointer freed (cuMemFree)
+  CUresult answer = CUDA_SUCCESS;
+};
+
+extern GPUSHIM_HOT_TLS RuntimeReplay t_runtime_replay;
+
+// In cuMemAlloc_v2 and cuMemFree_v2: one thread-local load in the common case (nothing to replay).
+__attribute__((always_inline)) inline bool take_replayed_answer(ReplayedCall call, std::uintptr_t key,
+                                                                CUresult* answer) noexcept {
+  RuntimeReplay& replay = t_runtime_replay;
+  if (__builtin_expect(replay.call == ReplayedCall::none, 1)) return false;
+  if (replay.call != call || replay.key != key) return false;
+  replay.call = ReplayedCall::none;  // one call: the runtime asks once
+  *answer = replay.answer;
+  return true;
+}
+
+}  // namespace gpushim::shim
