@@ -4,7 +4,11 @@
 //  - 128 MiB blocks can be allocated until the cap, then cudaMalloc fails with
 //    cudaErrorMemoryAllocation and gpushim prints its out-of-memory report on stderr;
 //  - after a free, allocation works again, and the memory is usable;
-//  - after freeing everything, cudaMemGetInfo counts gpushim's cached memory as free.
+//  - after freeing everything, cudaMemGetInfo counts gpushim's cached memory as free;
+//  - each refused call is the runtime's error, recorded for cudaGetLastError too: the failed cudaMalloc,
+//    and cudaFree of a pointer inside a block. Built twice (test_apps/CMakeLists.txt): with the static
+//    runtime, and as limit_check_shared with libcudart.so, whose cudaMalloc/cudaFree gpushim serves
+//    without entering the runtime (shim/runtime_entry_points.cpp) and hands the errors back to it.
 // Exit 0 pass, 1 fail, 2 bad setup. Knows nothing of gpushim beyond the variable it reads.
 #include <cuda_runtime.h>
 #include <unistd.h>
@@ -74,6 +78,8 @@ int main() {
   });
   std::printf("limit_check: %zu blocks of 128 MiB before the cap\n", blocks.size());
   check(last == cudaErrorMemoryAllocation, "past the cap cudaMalloc fails with cudaErrorMemoryAllocation");
+  check(cudaGetLastError() == cudaErrorMemoryAllocation, "and the runtime recorded it (cudaGetLastError)");
+  check(cudaGetLastError() == cudaSuccess, "which cudaGetLastError then cleared");
   check(blocks.size() >= 6 && blocks.size() * kBlock <= kCap, "between 6 and 8 blocks fit under a 1 GiB cap");
   check(report.find("out of memory on device") != std::string::npos, "gpushim printed its out-of-memory report");
   check(cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess && free_bytes < kBlock,
@@ -81,6 +87,9 @@ int main() {
 
   // Recovery: free one block, allocate again, use it.
   if (!blocks.empty()) {
+    check(cudaFree(static_cast<char*>(blocks.back()) + 512) == cudaErrorInvalidValue,
+          "cudaFree of a pointer inside a block fails with cudaErrorInvalidValue");
+    check(cudaGetLastError() == cudaErrorInvalidValue, "and the runtime recorded it (cudaGetLastError)");
     check(cudaFree(blocks.back()) == cudaSuccess, "cudaFree at the cap");
     blocks.pop_back();
     cudaDeviceSynchronize();  // a fenced free becomes reusable once the GPU has passed it
