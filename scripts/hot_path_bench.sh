@@ -9,12 +9,15 @@
 # climb (docs/perf-notes.md, "Twenty-second session"); 0 measures the cold start.
 #
 #   scripts/hot_path_bench.sh [--lib PATH] [--baseline-lib PATH] [--passes N] [--cell-ms MS] [--sizes LIST]
-#                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE] [--driver-api]
+#                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE] [--driver-api] [--shared-runtime]
 # --baseline-lib adds tiered and vmm under a second libgpushim.so (labels tiered-base, vmm-base): a
 # change and its baseline in the same run, as the measuring rules ask.
 # --driver-api adds the same pairs through cuMemAlloc/cuMemFree (alloc_bench --api driver, rows
 # "<config> cuMemAlloc"), in the same processes: a cudaMalloc pair's time split into libcudart's share
 # and the allocator's.
+# --shared-runtime adds tiered and vmm from alloc_bench_shared, the same program linked to libcudart.so
+# as PyTorch and CuPy are (labels tiered-shared, vmm-shared): there gpushim serves cudaMalloc/cudaFree
+# without entering the runtime (GPUSHIM_DIRECT_CUDART).
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,7 +30,8 @@ warmup_ms=1000
 sizes="256,64K,1M,4M,16M,256M,1G"
 csv=""
 gpushim_apis="runtime"
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+shared_runtime=0
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) lib="$2"; shift 2 ;;
@@ -39,13 +43,17 @@ while [ $# -gt 0 ]; do
     --build-dir) build="$2"; shift 2 ;;
     --csv) csv="$2"; shift 2 ;;
     --driver-api) gpushim_apis="runtime,driver"; shift ;;
+    --shared-runtime) shared_runtime=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "hot_path_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
 done
 [ -n "$lib" ] || lib="$build/lib/libgpushim.so"
 bench="$build/test_apps/alloc_bench"
-for f in "$bench" "$lib" ${baseline_lib:+"$baseline_lib"}; do
+bench_shared="$build/test_apps/alloc_bench_shared"
+needed=("$bench" "$lib" ${baseline_lib:+"$baseline_lib"})
+[ "$shared_runtime" = 0 ] || needed+=("$bench_shared")
+for f in "${needed[@]}"; do
   [ -e "$f" ] || { echo "hot_path_bench.sh: $f not found (build first: scripts/gpu_check.sh --tests-only)" >&2; exit 1; }
 done
 csv="${csv:-${OUT:-$build}/hot_path.csv}"
@@ -55,10 +63,10 @@ log="${csv%.csv}.log"
 
 common=(--patterns pairs --threads 1,16 --streams off,on --cell-ms "$cell_ms" --warmup-ms "$warmup_ms" --csv "$csv")
 failures=""
-run() {  # run LABEL LIB|"" API SIZE
-  local label=$1 library=$2 api=$3 size=$4
+run() {  # run LABEL LIB|"" API SIZE [PROGRAM]; the backend is the label up to its first '-'
+  local label=$1 library=$2 api=$3 size=$4 program=${5:-$bench}
   if [ -n "$library" ]; then
-    LD_PRELOAD="$library" GPUSHIM_BACKEND="${label%-base}" "$bench" --api "$api" --label "$label" --sizes "$size" \
+    LD_PRELOAD="$library" GPUSHIM_BACKEND="${label%%-*}" "$program" --api "$api" --label "$label" --sizes "$size" \
       "${common[@]}" >>"$log" 2>&1 || failures+=" $label/$size"
   else
     "$bench" --api "$api" --label none --sizes "$size" "${common[@]}" >>"$log" 2>&1 || failures+=" $api/$size"
@@ -76,12 +84,17 @@ for pass in $(seq 1 "$passes"); do
       run tiered-base "$baseline_lib" "$gpushim_apis" "$size"
       run vmm-base "$baseline_lib" "$gpushim_apis" "$size"
     fi
+    if [ "$shared_runtime" = 1 ]; then
+      run tiered-shared "$lib" runtime "$size" "$bench_shared"
+      run vmm-shared "$lib" runtime "$size" "$bench_shared"
+    fi
     for api in runtime async host; do run none "" "$api" "$size"; done
     [ "$gpushim_apis" = "runtime" ] || run none "" driver "$size"
   done
 done
 echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1), $(nproc) CPUs ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1))"
 driver_flag=""; [ "$gpushim_apis" = "runtime" ] || driver_flag=" --driver-api"
+[ "$shared_runtime" = 0 ] || driver_flag+=" --shared-runtime"
 echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}$driver_flag"
 [ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
 python3 "$repo/scripts/hot_path_table.py" "$csv"

@@ -176,4 +176,20 @@ printf '%s\n' "$columns,peak_mib" 'tiered,runtime,pairs,256,1,100,95.0,200.0,95.
   'tiered,runtime,pairs,1048576,1,100,120.0,300.0,120.0,8000000,off,1' \
   'tiered,driver,pairs,256,1,100,45.0,90.0,45.0,20000000,off,1' > "$dir/hot_best.csv"
 expect 0 "hot-path table: each cell's fastest pass" hot_has "$dir/hot_best.csv" "| tiered | off | 120 ns | 45 ns |"
+# scripts/hot_path_bench.sh --shared-runtime: tiered and vmm once more from alloc_bench_shared (a stand-in
+# that names the backend it ran under in its label), each under the backend its label starts with.
+sed 's/echo "\$label,runtime/echo "$label@$GPUSHIM_BACKEND,runtime/' "$dir/stub/test_apps/alloc_bench" \
+  > "$dir/stub/test_apps/alloc_bench_shared"
+chmod +x "$dir/stub/test_apps/alloc_bench_shared"
+hot_bench_has() {  # hot_bench_has OPTION... -- WORD...: hot_path_bench.sh over the stand-ins prints every WORD
+  local options=()
+  while [ "$1" != "--" ]; do options+=("$1"); shift; done
+  shift
+  "$repo/scripts/hot_path_bench.sh" --build-dir "$dir/stub" --lib "$dir/stub/libstandin.so" --passes 1 \
+    --sizes 16M --warmup-ms 0 --csv "$dir/stub/hot.csv" "${options[@]}" > "$dir/hot_bench" 2>&1 || { cat "$dir/hot_bench"; return 1; }
+  for word in "$@"; do grep -qF -- "$word" "$dir/hot_bench" || { cat "$dir/hot_bench"; return 1; }; done
+}
+expect 0 "hot_path_bench.sh --shared-runtime: rows from the shared-runtime program, each under its backend" \
+  hot_bench_has --shared-runtime -- "| tiered-shared@tiered | on | 16 |" "| vmm-shared@vmm | on | 16 |" "--shared-runtime"
+expect 1 "hot_path_bench.sh: no shared-runtime rows unless asked" hot_bench_has -- "tiered-shared"
 exit $((failures > 0))
