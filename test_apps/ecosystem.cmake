@@ -12,3 +12,8 @@ set_target_properties(pointer_query_check PROPERTIES CUDA_RUNTIME_LIBRARY Static
 add_executable(sanitizer_oob ${CMAKE_CURRENT_LIST_DIR}/sanitizer_oob.cu)
 target_compile_options(sanitizer_oob PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
 set_target_properties(sanitizer_oob PROPERTIES CUDA_RUNTIME_LIBRARY Static)
+# The same program linked to libcudart.so: gpushim serves its cudaMalloc/cudaFree without the runtime,
+# and compute-sanitizer must still see the blocks' bounds (GPUSHIM_DIRECT_CUDART).
+add_executable(sanitizer_oob_shared ${CMAKE_CURRENT_LIST_DIR}/sanitizer_oob.cu)
+target_compile_options(sanitizer_oob_shared PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo>)
+set_target_properties(sanitizer_oob_shared PROPERTIES CUDA_RUNTIME_LIBRARY Shared)

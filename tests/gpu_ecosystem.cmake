@@ -7,6 +7,8 @@
 #                            Not for the plain driver or passthrough: cuda.h calls that undefined behaviour.
 #   gpu_pointer_query_<B>    RANGE_START_ADDR / RANGE_SIZE / cuMemGetAddressRange equal each block's own
 #   gpu_sanitizer_<B>        compute-sanitizer memcheck: the out-of-bounds write reported, the in-bounds run clean
+#   gpu_sanitizer_shared_<B> the same from a program linked to libcudart.so, whose cudaMalloc/cudaFree
+#                            gpushim serves without the runtime (without gpushim and under tiered only)
 #   gpu_torch_ipc_<B>        torch.multiprocessing shares a CUDA tensor between two processes
 # Works in the main build and in tests/gpu/standalone (add `include(../../gpu_ecosystem.cmake)` there).
 set(_eco_runner ${CMAKE_CURRENT_LIST_DIR}/gpu/run_gpu_test.sh)
@@ -18,7 +20,7 @@ endif()
 
 if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_eco_probe ${GPUSHIM_BUILD_DIR}/test_apps/gpu_probe)
-  foreach(app ipc_check pointer_query_check sanitizer_oob)
+  foreach(app ipc_check pointer_query_check sanitizer_oob sanitizer_oob_shared)
     set(_eco_${app} ${GPUSHIM_BUILD_DIR}/test_apps/${app})
   endforeach()
   set(_eco_lib "")
@@ -28,7 +30,7 @@ else()
     return()
   endif()
   set(_eco_probe $<TARGET_FILE:gpu_probe>)
-  foreach(app ipc_check pointer_query_check sanitizer_oob)
+  foreach(app ipc_check pointer_query_check sanitizer_oob sanitizer_oob_shared)
     set(_eco_${app} $<TARGET_FILE:${app}>)
   endforeach()
   if(TARGET gpushim)
@@ -66,6 +68,12 @@ foreach(backend none ${GPUSHIM_GPU_BACKENDS})
            COMMAND bash ${_eco_sanitizer} --probe ${_eco_probe} --backend ${backend} --lib "${_eco_lib}"
                    --search ${_eco_search} -- ${_eco_sanitizer_oob})
   list(APPEND _eco_tests gpu_pointer_query_${_suffix} gpu_sanitizer_${_suffix})
+  if(backend STREQUAL "none" OR backend STREQUAL "tiered")
+    add_test(NAME gpu_sanitizer_shared_${_suffix}
+             COMMAND bash ${_eco_sanitizer} --probe ${_eco_probe} --backend ${backend} --lib "${_eco_lib}"
+                     --search ${_eco_search} -- ${_eco_sanitizer_oob_shared})
+    list(APPEND _eco_tests gpu_sanitizer_shared_${_suffix})
+  endif()
   if(NOT backend STREQUAL "none")
     add_test(NAME gpu_ipc_plain_importer_${_suffix} COMMAND ${_run} ${_eco_ipc_check} --plain-importer)
     add_test(NAME gpu_torch_ipc_${_suffix}
