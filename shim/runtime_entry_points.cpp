@@ -29,12 +29,6 @@
 #include "shim/driver_entry_points.h"
 #include "shim/runtime_replay.h"
 
-namespace gpushim::shim {
-
-GPUSHIM_HOT_TLS RuntimeReplay t_runtime_replay;
-
-}  // namespace gpushim::shim
-
 namespace {
 
 using gpushim::shim::ReplayedCall;
@@ -58,17 +52,19 @@ void* runtime_function(std::atomic<void*>* slot, const char* name) noexcept {
 std::atomic<void*> g_runtime_malloc{nullptr};
 std::atomic<void*> g_runtime_free{nullptr};
 
-// Read once: after the first call, a guard load.
-bool serving_directly() noexcept {
-  static const bool enabled = [] {
-    const bool on = gpushim::settings().direct_cudart;
-    if (on) {
-      gpushim::log(gpushim::LogLevel::info,
-                   "cudaMalloc/cudaFree of the shared CUDA runtime are served without entering it "
-                   "(GPUSHIM_DIRECT_CUDART=0 sends them through the runtime)");
-    }
-    return on;
-  }();
+__attribute__((noinline)) bool read_direct_setting() noexcept {
+  const bool on = gpushim::settings().direct_cudart;
+  if (on) {
+    gpushim::log(gpushim::LogLevel::info,
+                 "cudaMalloc/cudaFree of the shared CUDA runtime are served without entering it "
+                 "(GPUSHIM_DIRECT_CUDART=0 sends them through the runtime)");
+  }
+  return on;
+}
+
+// Read once; inline, so that after the first call it is a guard load in the entry point, not a call.
+__attribute__((always_inline)) inline bool serving_directly() noexcept {
+  static const bool enabled = read_direct_setting();
   return enabled;
 }
 

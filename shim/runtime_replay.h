@@ -22,7 +22,9 @@ struct RuntimeReplay {
   CUresult answer = CUDA_SUCCESS;
 };
 
-extern GPUSHIM_HOT_TLS RuntimeReplay t_runtime_replay;
+// Inline with its constant initializer in every translation unit (as router/thread_state.h's t_state):
+// an extern thread_local made each reader call a TLS init check (_ZTH...) first, in cuMemAlloc_v2 too.
+inline GPUSHIM_HOT_TLS RuntimeReplay t_runtime_replay{};
 
 // In cuMemAlloc_v2 and cuMemFree_v2: one thread-local load in the common case (nothing to replay).
 __attribute__((always_inline)) inline bool take_replayed_answer(ReplayedCall call, std::uintptr_t key,
