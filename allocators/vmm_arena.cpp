@@ -476,11 +476,13 @@ void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexce
 }
 
 
-// Inline into deallocate: below the threshold, the common case, it is one compare.
+// Inline into deallocate: below the threshold, the common case, it is one compare. Without a delay,
+// prompt_release_above_ is the threshold itself, so such a free is due by the second compare and never
+// reads the clock.
 inline bool VmmArena::release_may_be_due() const noexcept {
   const std::size_t cached = cached_bytes();
   if (cached <= release_threshold_) return false;  // below it, without reading the clock
-  return cached > prompt_release_above_ || (release_delay_ns_ != 0 && idle_window_passed(monotonic_ns()));
+  return cached > prompt_release_above_ || idle_window_passed(monotonic_ns());
 }
 
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
