@@ -14,11 +14,11 @@ namespace {
 
 using gpushim::real_driver;
 using gpushim::RealDriver;
+using gpushim::shim::driver_missing;
 using gpushim::shim::ReplayedCall;
 using gpushim::shim::take_replayed_answer;
 namespace router = gpushim::router;
 
-bool driver_missing() noexcept { return !real_driver().loaded; }
 
 // In a _ptsz entry point the null stream is the calling thread's default stream. The router and the
 // real default-stream entry points take the explicit handle, which means the same thing everywhere.

@@ -5,6 +5,8 @@
 
 #include <cuda.h>
 
+#include "driver/real_driver.h"
+
 #define GPUSHIM_EXPORT __attribute__((visibility("default")))
 
 extern "C" {
@@ -58,3 +60,9 @@ GPUSHIM_EXPORT CUresult CUDAAPI cuMemPoolSetAccess(CUmemoryPool pool, const CUme
 GPUSHIM_EXPORT CUresult CUDAAPI gpushim_cuGetProcAddress_v1(const char* symbol, void** pfn, int cuda_version,
                                                             cuuint64_t flags) __asm__("cuGetProcAddress");
 }
+
+namespace gpushim::shim {
+// Without a driver (libcuda.so.1 absent) the entry points answer CUDA_ERROR_NOT_INITIALIZED, and the
+// runtime's (shim/runtime_entry_points.cpp) leave the call to the runtime, touching nothing.
+inline bool driver_missing() noexcept { return !real_driver().loaded; }
+}  // namespace gpushim::shim

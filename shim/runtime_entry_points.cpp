@@ -31,6 +31,7 @@
 
 namespace {
 
+using gpushim::shim::driver_missing;
 using gpushim::shim::ReplayedCall;
 using gpushim::shim::t_runtime_replay;
 namespace router = gpushim::router;
@@ -106,7 +107,7 @@ __attribute__((noinline)) cudaError_t through_runtime_replaying(ReplayedCall cal
 extern "C" {
 
 GPUSHIM_EXPORT cudaError_t CUDARTAPI cudaMalloc(void** dev_ptr, size_t size) {
-  if (__builtin_expect(dev_ptr == nullptr || size == 0 || !gpushim::real_driver().loaded || !serving_directly(), 0))
+  if (__builtin_expect(dev_ptr == nullptr || size == 0 || driver_missing() || !serving_directly(), 0))
     return runtime_malloc(dev_ptr, size);
   CUdeviceptr block = 0;
   const CUresult answer = router::allocate(&block, size);
@@ -120,7 +121,7 @@ GPUSHIM_EXPORT cudaError_t CUDARTAPI cudaMalloc(void** dev_ptr, size_t size) {
 }
 
 GPUSHIM_EXPORT cudaError_t CUDARTAPI cudaFree(void* dev_ptr) {
-  if (__builtin_expect(dev_ptr == nullptr || !gpushim::real_driver().loaded || !serving_directly(), 0))
+  if (__builtin_expect(dev_ptr == nullptr || driver_missing() || !serving_directly(), 0))
     return runtime_free(dev_ptr);
   const auto address = reinterpret_cast<CUdeviceptr>(dev_ptr);
   const CUresult answer = router::free(address);
