@@ -93,8 +93,9 @@ for pass in $(seq 1 "$passes"); do
   done
 done
 echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -n 1), $(nproc) CPUs ($(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1))"
-driver_flag=""; [ "$gpushim_apis" = "runtime" ] || driver_flag=" --driver-api"
-[ "$shared_runtime" = 0 ] || driver_flag+=" --shared-runtime"
-echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}$driver_flag"
+flags=""
+[ "$gpushim_apis" = "runtime" ] || flags+=" --driver-api"
+[ "$shared_runtime" = 0 ] || flags+=" --shared-runtime"
+echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}$flags"
 [ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
 python3 "$repo/scripts/hot_path_table.py" "$csv"

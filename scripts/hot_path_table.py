@@ -69,9 +69,6 @@ def main(path):
         values = [v[index] for v in cells.get(key, []) if v[index] is not None]
         return reduce(values) if values else None
 
-    def median_of(key, index):
-        return over_passes(key, index)
-
     # The targets are for cudaMalloc pairs under gpushim: not the peers, nor the cuMemAlloc rows.
     target_configs = [c for c in configs if c not in peers and not c.endswith(DRIVER_SUFFIX)]
 
@@ -94,13 +91,13 @@ def main(path):
             for threads in (1, 16):
                 row = []
                 for s in sizes:
-                    m = median_of((config, stream, s, threads), 0)
+                    m = over_passes((config, stream, s, threads), 0)
                     if m is None:
                         row.append("-")
                         continue
                     text = ns_text(m)
                     if threads == 1:
-                        text += f" ({ns_text(median_of((config, stream, s, 1), 1))})"
+                        text += f" ({ns_text(over_passes((config, stream, s, 1), 1))})"
                     row.append(text)
                 if any(x != "-" for x in row):
                     print(f"| {config} | {stream} | {threads} | " + " | ".join(row) + " |")
@@ -118,7 +115,7 @@ def main(path):
     peak_rows = []
     for config in configs:
         for stream in streams:
-            row = [median_of((config, stream, s, 16), 4) for s in sizes]
+            row = [over_passes((config, stream, s, 16), 4) for s in sizes]
             if any(r is not None for r in row):
                 peak_rows.append(f"| {config} | {stream} | " + " | ".join("-" if r is None else mib_text(r) for r in row) + " |")
     if peak_rows:
@@ -132,8 +129,8 @@ def main(path):
           " one thread to 16 MiB; faster than the warm cudaMallocAsync pool in every cell)")
     for config in target_configs:
         for stream in streams:
-            one = {s: median_of((config, stream, s, 1), 0) for s in sizes}
-            p99 = {s: median_of((config, stream, s, 1), 1) for s in sizes}
+            one = {s: over_passes((config, stream, s, 1), 0) for s in sizes}
+            p99 = {s: over_passes((config, stream, s, 1), 1) for s in sizes}
             small = [v for s, v in one.items() if v is not None and s <= SMALL_LIMIT]
             every = [v for v in one.values() if v is not None]
             tails = [v for v in p99.values() if v is not None]
@@ -143,8 +140,8 @@ def main(path):
             slower = []
             for s in sizes:
                 for threads in (1, 16):
-                    mine = median_of((config, stream, s, threads), 0)
-                    pool = median_of(("cudaMallocAsync", stream, s, threads), 0)
+                    mine = over_passes((config, stream, s, threads), 0)
+                    pool = over_passes(("cudaMallocAsync", stream, s, threads), 0)
                     if mine is not None and pool is not None and mine >= pool:
                         slower.append(f"{size_text(s)}/{threads}t")
 
