@@ -202,8 +202,9 @@ const Row kRows[] = {
      [](const char* v, Settings& s) { return duration_up_to(v, 1'000'000'000, &s.fence_delay_ns); }},
     {{"GPUSHIM_DIRECT_CUDART", "bool", "1", "0, 1 (also true/false, yes/no, on/off)",
       "A program that links the CUDA runtime as a shared library (libcudart.so: PyTorch, CuPy, nvcc "
-      "-cudart shared) has its cudaMalloc and cudaFree served by gpushim without entering the runtime, "
-      "whose own code was half of a pair (~50 ns on the H200). Calls without a current context, of zero "
+      "-cudart shared) has its cudaMalloc, cudaFree, cudaMallocAsync and cudaFreeAsync served by gpushim "
+      "without entering the runtime, whose own code was half of a pair (~50 ns on the H200). Calls "
+      "without a current context, of zero "
       "bytes or a null pointer still go through the runtime, and so do the errors, so that it reports "
       "them as usual (cudaGetLastError). 0: every call goes through the runtime. A statically linked "
       "runtime (nvcc's default) reaches gpushim through the driver entry points either way."},

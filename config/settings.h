@@ -50,8 +50,8 @@ struct Settings {
   enum class FreeFence { automatic, no_solo, always };
   FreeFence free_fence = FreeFence::automatic;
   std::uint64_t fence_delay_ns = 0;    // GPUSHIM_FENCE_DELAY: a closed batch's wait for its fence
-  // GPUSHIM_DIRECT_CUDART: a shared libcudart's cudaMalloc/cudaFree served without entering the runtime
-  // (shim/runtime_entry_points.cpp).
+  // GPUSHIM_DIRECT_CUDART: a shared libcudart's cudaMalloc/cudaFree (and the Async pair) served without
+  // entering the runtime (shim/runtime_entry_points.cpp).
   bool direct_cudart = true;
 
   // vmm arena

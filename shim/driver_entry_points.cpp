@@ -15,14 +15,10 @@ namespace {
 using gpushim::real_driver;
 using gpushim::RealDriver;
 using gpushim::shim::driver_missing;
+using gpushim::shim::per_thread_stream;
 using gpushim::shim::ReplayedCall;
 using gpushim::shim::take_replayed_answer;
 namespace router = gpushim::router;
-
-
-// In a _ptsz entry point the null stream is the calling thread's default stream. The router and the
-// real default-stream entry points take the explicit handle, which means the same thing everywhere.
-CUstream per_thread_stream(CUstream stream) noexcept { return stream == nullptr ? CU_STREAM_PER_THREAD : stream; }
 
 CUresult begin_capture(CUstream stream, CUstreamCaptureMode mode) noexcept {
   const RealDriver& driver = real_driver();
@@ -87,21 +83,29 @@ CUresult CUDAAPI cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
 
 CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* dptr, size_t bytesize, CUstream stream) {
   if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult replayed;  // an error cudaMallocAsync already got from the router
+  if (take_replayed_answer(ReplayedCall::allocate_async, bytesize, &replayed)) return replayed;
   return router::allocate_async(dptr, bytesize, stream);
 }
 
 CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytesize, CUstream stream) {
   if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult replayed;
+  if (take_replayed_answer(ReplayedCall::allocate_async, bytesize, &replayed)) return replayed;
   return router::allocate_async(dptr, bytesize, per_thread_stream(stream));
 }
 
 CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
   if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult replayed;  // an error cudaFreeAsync already got from the router
+  if (take_replayed_answer(ReplayedCall::free_async, dptr, &replayed)) return replayed;
   return router::free_async(dptr, stream);
 }
 
 CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
   if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult replayed;
+  if (take_replayed_answer(ReplayedCall::free_async, dptr, &replayed)) return replayed;
   return router::free_async(dptr, per_thread_stream(stream));
 }
 

@@ -65,4 +65,11 @@ namespace gpushim::shim {
 // Without a driver (libcuda.so.1 absent) the entry points answer CUDA_ERROR_NOT_INITIALIZED, and the
 // runtime's (shim/runtime_entry_points.cpp) leave the call to the runtime, touching nothing.
 inline bool driver_missing() noexcept { return !real_driver().loaded; }
+
+// In a _ptsz entry point (the driver's or the runtime's) the null stream is the calling thread's default
+// stream. The router and the real default-stream entry points take the explicit handle, which means the
+// same thing everywhere.
+inline CUstream per_thread_stream(CUstream stream) noexcept {
+  return stream == nullptr ? CU_STREAM_PER_THREAD : stream;
+}
 }  // namespace gpushim::shim

@@ -1,8 +1,9 @@
 // An answer gpushim already gave, handed to the CUDA runtime (shim/runtime_entry_points.cpp). A
-// cudaMalloc or cudaFree served without the runtime that the router answered with an error is passed on
-// to the runtime, so that the runtime maps the error to its own code and records it for
-// cudaGetLastError. While that call runs on this thread, its one cuMemAlloc or cuMemFree of the same size
-// or pointer returns the recorded answer instead of asking the router again: a second attempt would
+// cudaMalloc, cudaFree, cudaMallocAsync or cudaFreeAsync served without the runtime that the router
+// answered with an error is passed on to the runtime, so that the runtime maps the error to its own code
+// and records it for cudaGetLastError. While that call runs on this thread, its one driver call of the
+// same kind (cuMemAlloc, cuMemFree, cuMemAllocAsync, cuMemFreeAsync, or their _ptsz forms) and the same
+// size or pointer returns the recorded answer instead of asking the router again: a second attempt would
 // report an out-of-memory twice and count twice against GPUSHIM_FAIL.
 #pragma once
 
@@ -14,11 +15,11 @@
 
 namespace gpushim::shim {
 
-enum class ReplayedCall : unsigned char { none, allocate, free };
+enum class ReplayedCall : unsigned char { none, allocate, free, allocate_async, free_async };
 
 struct RuntimeReplay {
   ReplayedCall call = ReplayedCall::none;
-  std::uintptr_t key = 0;  // the size asked (cuMemAlloc) or the pointer freed (cuMemFree)
+  std::uintptr_t key = 0;  // the size asked (an allocation) or the pointer freed (a free)
   CUresult answer = CUDA_SUCCESS;
 };
 
@@ -26,7 +27,8 @@ struct RuntimeReplay {
 // an extern thread_local made each reader call a TLS init check (_ZTH...) first, in cuMemAlloc_v2 too.
 inline GPUSHIM_HOT_TLS RuntimeReplay t_runtime_replay{};
 
-// In cuMemAlloc_v2 and cuMemFree_v2: one thread-local load in the common case (nothing to replay).
+// In the driver's allocate and free entry points: one thread-local load in the common case (nothing to
+// replay).
 __attribute__((always_inline)) inline bool take_replayed_answer(ReplayedCall call, std::uintptr_t key,
                                                                 CUresult* answer) noexcept {
   RuntimeReplay& replay = t_runtime_replay;

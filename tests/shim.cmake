@@ -65,9 +65,10 @@ foreach(library ${shim_libraries})
                          ENV "SHIM_TEST_LIBRARY=$<TARGET_FILE:${library}>")
 endforeach()
 
-# cudaMalloc/cudaFree of a shared runtime served without it (shim/runtime_entry_points.cpp): the real
-# libgpushim.so (tiered) under a program linked to a fake libcudart.so.13, with the direct path on (the
-# default) and off, and once under GPUSHIM_FAIL for the failed allocation's single attempt.
+# cudaMalloc/cudaFree and cudaMallocAsync/cudaFreeAsync of a shared runtime served without it
+# (shim/runtime_entry_points.cpp): the real libgpushim.so (tiered) under a program linked to a fake
+# libcudart.so.13, with the direct path on (the default) and off, on the mempool backend (whose driver
+# calls show the stream served), and under GPUSHIM_FAIL for a failed allocation's single attempt.
 if(TARGET gpushim)
   add_library(shim_fake_libcudart SHARED ${shim_fixtures}/fake_libcudart.cpp)
   target_include_directories(shim_fake_libcudart PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
@@ -80,15 +81,21 @@ if(TARGET gpushim)
   target_include_directories(shim_direct_runtime_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
   target_link_libraries(shim_direct_runtime_test PRIVATE shim_fake_libcudart shim_fake_libcuda GTest::gtest_main)
   add_dependencies(shim_direct_runtime_test gpushim)
-  set(direct_environment "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${shim_fake_driver_dir};GPUSHIM_BACKEND=tiered")
+  set(direct_preload "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${shim_fake_driver_dir}")
+  set(direct_environment "${direct_preload};GPUSHIM_BACKEND=tiered")
   gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime ENV "${direct_environment}")
   gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime_off
                          ENV "${direct_environment};GPUSHIM_DIRECT_CUDART=0")
+  gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime_mempool
+                         ENV "${direct_preload};GPUSHIM_BACKEND=mempool")
+  # One process per failing call: GPUSHIM_FAIL=nth=3 counts the process's allocations.
   foreach(direct 1 0)
-    add_test(NAME shim_direct_runtime_failure.direct${direct} COMMAND shim_direct_runtime_test
-             --gtest_filter=*FailedAllocation*)
-    set_tests_properties(shim_direct_runtime_failure.direct${direct} PROPERTIES TIMEOUT 60
-      FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ENVIRONMENT
-      "${direct_environment};GPUSHIM_DIRECT_CUDART=${direct};GPUSHIM_FAIL=nth=3;GPUSHIM_LOG=quiet")
+    foreach(call FailedAllocation RefusedStreamOrderedAllocation)
+      add_test(NAME shim_direct_runtime_failure.${call}.direct${direct} COMMAND shim_direct_runtime_test
+               --gtest_filter=*${call}*)
+      set_tests_properties(shim_direct_runtime_failure.${call}.direct${direct} PROPERTIES TIMEOUT 60
+        FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ENVIRONMENT
+        "${direct_environment};GPUSHIM_DIRECT_CUDART=${direct};GPUSHIM_FAIL=nth=3;GPUSHIM_LOG=quiet")
+    endforeach()
   endforeach()
 endif()

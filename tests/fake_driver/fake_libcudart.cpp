@@ -1,11 +1,13 @@
 // A stand-in for libcudart.so.13 in CPU tests: just enough of the CUDA runtime to test what gpushim does
-// with a shared runtime's cudaMalloc and cudaFree (shim/runtime_entry_points.cpp). Like the real one
-// (docs/measured-facts.md) it finds the driver with dlopen("libcuda.so.1") and dlsym("cuGetProcAddress_v2"),
-// resolves every driver function through that (under gpushim: gpushim's own cuMemAlloc and cuMemFree),
-// makes device 0's primary context current on a thread that has none, maps the driver's errors to its
-// own codes and keeps the last one for cudaGetLastError.
+// with a shared runtime's cudaMalloc, cudaFree, cudaMallocAsync and cudaFreeAsync
+// (shim/runtime_entry_points.cpp). Like the real one (docs/measured-facts.md) it finds the driver with
+// dlopen("libcuda.so.1") and dlsym("cuGetProcAddress_v2"), resolves every driver function through that
+// (under gpushim: gpushim's own cuMemAlloc, cuMemFree and the Async pair; the _ptsz forms for the
+// runtime's _ptsz functions), makes device 0's primary context current on a thread that has none, maps
+// the driver's errors to its own codes and keeps the last one for cudaGetLastError.
 //
-// Test-only export: fake_cudart_calls("cudaMalloc" | "cudaFree"), how often the runtime was entered.
+// Test-only export: fake_cudart_calls(name), how often the runtime function `name` was entered (any of
+// the six above; -1 for another name).
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
@@ -18,18 +20,26 @@ namespace {
 using ProcAddress = CUresult (*)(const char*, void**, int, cuuint64_t, CUdriverProcAddressQueryResult*);
 
 template <typename Function>
-Function driver_function(const char* name, int version) {
+Function driver_function(const char* name, int version, cuuint64_t flags = CU_GET_PROC_ADDRESS_DEFAULT) {
   static void* const libcuda = dlopen("libcuda.so.1", RTLD_NOW);
   static const auto get_proc = libcuda ? reinterpret_cast<ProcAddress>(dlsym(libcuda, "cuGetProcAddress_v2")) : nullptr;
   void* function = nullptr;
   CUdriverProcAddressQueryResult status;
-  if (get_proc == nullptr || get_proc(name, &function, version, CU_GET_PROC_ADDRESS_DEFAULT, &status) != CUDA_SUCCESS)
-    return nullptr;
+  if (get_proc == nullptr || get_proc(name, &function, version, flags, &status) != CUDA_SUCCESS) return nullptr;
   return reinterpret_cast<Function>(function);
 }
 
-std::atomic<int> malloc_calls{0};
-std::atomic<int> free_calls{0};
+// How often each runtime function was entered, by name.
+struct Entries {
+  const char* name;
+  std::atomic<int> calls{0};
+};
+Entries entries[] = {{"cudaMalloc"},           {"cudaFree"},      {"cudaMallocAsync"},
+                     {"cudaMallocAsync_ptsz"}, {"cudaFreeAsync"}, {"cudaFreeAsync_ptsz"}};
+void entered(const char* name) {
+  for (Entries& e : entries)
+    if (std::strcmp(e.name, name) == 0) ++e.calls;
+}
 thread_local cudaError_t last_error = cudaSuccess;
 
 cudaError_t recorded(cudaError_t error) {
@@ -66,13 +76,13 @@ cudaError_t ensure_context() {
 extern "C" {
 
 __attribute__((visibility("default"))) int fake_cudart_calls(const char* name) {
-  if (std::strcmp(name, "cudaMalloc") == 0) return malloc_calls.load();
-  if (std::strcmp(name, "cudaFree") == 0) return free_calls.load();
+  for (const Entries& e : entries)
+    if (std::strcmp(e.name, name) == 0) return e.calls.load();
   return -1;
 }
 
 cudaError_t CUDARTAPI cudaMalloc(void** dev_ptr, size_t size) {
-  ++malloc_calls;
+  entered("cudaMalloc");
   if (dev_ptr == nullptr) return recorded(cudaErrorInvalidValue);
   *dev_ptr = nullptr;
   if (size == 0) return cudaSuccess;  // the runtime's answer: no block, no error
@@ -86,12 +96,65 @@ cudaError_t CUDARTAPI cudaMalloc(void** dev_ptr, size_t size) {
 }
 
 cudaError_t CUDARTAPI cudaFree(void* dev_ptr) {
-  ++free_calls;
+  entered("cudaFree");
   if (cudaError_t error = ensure_context(); error != cudaSuccess) return recorded(error);
   if (dev_ptr == nullptr) return cudaSuccess;  // cudaFree(0): the context, nothing else
   using MemFree = CUresult (*)(CUdeviceptr);
   static const auto mem_free = driver_function<MemFree>("cuMemFree", 3020);
   return recorded(runtime_error(mem_free(reinterpret_cast<CUdeviceptr>(dev_ptr))));
+}
+
+}  // extern "C"
+
+namespace {
+
+using MemAllocAsync = CUresult (*)(CUdeviceptr*, size_t, CUstream);
+using MemFreeAsync = CUresult (*)(CUdeviceptr, CUstream);
+
+// The runtime's _ptsz functions resolve the driver's _ptsz forms (the per-thread default stream flag).
+cudaError_t malloc_async(MemAllocAsync mem_alloc, void** dev_ptr, size_t size, cudaStream_t stream) {
+  if (dev_ptr == nullptr) return recorded(cudaErrorInvalidValue);
+  *dev_ptr = nullptr;
+  if (cudaError_t error = ensure_context(); error != cudaSuccess) return recorded(error);
+  CUdeviceptr block = 0;
+  const cudaError_t error = runtime_error(mem_alloc(&block, size, stream));
+  if (error == cudaSuccess) *dev_ptr = reinterpret_cast<void*>(block);
+  return recorded(error);
+}
+
+cudaError_t free_async(MemFreeAsync mem_free, void* dev_ptr, cudaStream_t stream) {
+  if (cudaError_t error = ensure_context(); error != cudaSuccess) return recorded(error);
+  return recorded(runtime_error(mem_free(reinterpret_cast<CUdeviceptr>(dev_ptr), stream)));
+}
+
+}  // namespace
+
+extern "C" {
+
+cudaError_t CUDARTAPI cudaMallocAsync(void** dev_ptr, size_t size, cudaStream_t stream) {
+  entered("cudaMallocAsync");
+  static const auto mem_alloc = driver_function<MemAllocAsync>("cuMemAllocAsync", 11020);
+  return malloc_async(mem_alloc, dev_ptr, size, stream);
+}
+
+cudaError_t CUDARTAPI cudaMallocAsync_ptsz(void** dev_ptr, size_t size, cudaStream_t stream) {
+  entered("cudaMallocAsync_ptsz");
+  static const auto mem_alloc =
+      driver_function<MemAllocAsync>("cuMemAllocAsync", 11020, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+  return malloc_async(mem_alloc, dev_ptr, size, stream);
+}
+
+cudaError_t CUDARTAPI cudaFreeAsync(void* dev_ptr, cudaStream_t stream) {
+  entered("cudaFreeAsync");
+  static const auto mem_free = driver_function<MemFreeAsync>("cuMemFreeAsync", 11020);
+  return free_async(mem_free, dev_ptr, stream);
+}
+
+cudaError_t CUDARTAPI cudaFreeAsync_ptsz(void* dev_ptr, cudaStream_t stream) {
+  entered("cudaFreeAsync_ptsz");
+  static const auto mem_free =
+      driver_function<MemFreeAsync>("cuMemFreeAsync", 11020, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
+  return free_async(mem_free, dev_ptr, stream);
 }
 
 cudaError_t CUDARTAPI cudaGetLastError() {
