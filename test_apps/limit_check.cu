@@ -5,10 +5,12 @@
 //    cudaErrorMemoryAllocation and gpushim prints its out-of-memory report on stderr;
 //  - after a free, allocation works again, and the memory is usable;
 //  - after freeing everything, cudaMemGetInfo counts gpushim's cached memory as free;
-//  - each refused call is the runtime's error, recorded for cudaGetLastError too: the failed cudaMalloc,
-//    and cudaFree of a pointer inside a block. Built twice (test_apps/CMakeLists.txt): with the static
-//    runtime, and as limit_check_shared with libcudart.so, whose cudaMalloc/cudaFree gpushim serves
-//    without entering the runtime (shim/runtime_entry_points.cpp) and hands the errors back to it.
+//  - each refused call is the runtime's error, recorded for cudaGetLastError too: the failed cudaMalloc
+//    and cudaMallocAsync, and cudaFree and cudaFreeAsync of a pointer inside a block. Built three times
+//    (test_apps/CMakeLists.txt): with the static runtime; as limit_check_shared with libcudart.so,
+//    whose cudaMalloc/cudaFree and cudaMallocAsync/cudaFreeAsync gpushim serves without entering the
+//    runtime (shim/runtime_entry_points.cpp) and hands the errors back to it; and as limit_check_ptsz,
+//    the shared build with a per-thread default stream, whose stream-ordered calls are the _ptsz forms.
 // Exit 0 pass, 1 fail, 2 bad setup. Knows nothing of gpushim beyond the variable it reads.
 #include <cuda_runtime.h>
 #include <unistd.h>
@@ -85,10 +87,23 @@ int main() {
   check(cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess && free_bytes < kBlock,
         "cudaMemGetInfo shows less than one block free at the cap");
 
+  // The stream-ordered pair at the cap: the same errors, recorded the same way. The stream carries no
+  // work, so the frees below stay unfenced.
+  cudaStream_t stream = nullptr;
+  if (cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking) != cudaSuccess) return 2;
+  void* refused = nullptr;
+  cudaError_t async_result = cudaSuccess;
+  capture_stderr([&] { async_result = cudaMallocAsync(&refused, kBlock, stream); });
+  check(async_result == cudaErrorMemoryAllocation, "past the cap cudaMallocAsync fails with cudaErrorMemoryAllocation");
+  check(cudaGetLastError() == cudaErrorMemoryAllocation, "and the runtime recorded it (cudaGetLastError)");
+
   // Recovery: free one block, allocate again, use it.
   if (!blocks.empty()) {
     check(cudaFree(static_cast<char*>(blocks.back()) + 512) == cudaErrorInvalidValue,
           "cudaFree of a pointer inside a block fails with cudaErrorInvalidValue");
+    check(cudaGetLastError() == cudaErrorInvalidValue, "and the runtime recorded it (cudaGetLastError)");
+    check(cudaFreeAsync(static_cast<char*>(blocks.back()) + 512, stream) == cudaErrorInvalidValue,
+          "cudaFreeAsync of a pointer inside a block fails with cudaErrorInvalidValue");
     check(cudaGetLastError() == cudaErrorInvalidValue, "and the runtime recorded it (cudaGetLastError)");
     check(cudaFree(blocks.back()) == cudaSuccess, "cudaFree at the cap");
     blocks.pop_back();
@@ -105,6 +120,16 @@ int main() {
     }
   }
   for (void* p : blocks) cudaFree(p);
+  // A stream-ordered pair on stream 0: the legacy stream, or in limit_check_ptsz (built with
+  // --default-stream per-thread, so its calls are the runtime's _ptsz forms) this thread's own stream.
+  void* q = nullptr;
+  unsigned char back[256] = {};
+  check(cudaMallocAsync(&q, 256, 0) == cudaSuccess && cudaMemsetAsync(q, 0x3c, 256, 0) == cudaSuccess &&
+            cudaMemcpyAsync(back, q, sizeof back, cudaMemcpyDeviceToHost, 0) == cudaSuccess &&
+            cudaFreeAsync(q, 0) == cudaSuccess && cudaStreamSynchronize(0) == cudaSuccess && back[0] == 0x3c &&
+            back[255] == 0x3c,
+        "a cudaMallocAsync block on stream 0 holds what was written, up to its cudaFreeAsync");
+  cudaStreamDestroy(stream);
   cudaDeviceSynchronize();
   check(cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess && free_bytes >= kCap - 64 * kMiB,
         "after freeing everything, cached memory counts as free again");

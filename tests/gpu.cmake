@@ -21,6 +21,7 @@ if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_torture_driver ${GPUSHIM_BUILD_DIR}/test_apps/alloc_torture_driver)
   set(_limit_check ${GPUSHIM_BUILD_DIR}/test_apps/limit_check)
   set(_limit_check_shared ${GPUSHIM_BUILD_DIR}/test_apps/limit_check_shared)
+  set(_limit_check_ptsz ${GPUSHIM_BUILD_DIR}/test_apps/limit_check_ptsz)
   set(_solo_race ${GPUSHIM_BUILD_DIR}/test_apps/solo_race)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} ${GPUSHIM_BUILD_DIR}/test_apps/${app})
@@ -38,6 +39,7 @@ else()
   set(_torture_driver $<TARGET_FILE:alloc_torture_driver>)
   set(_limit_check $<TARGET_FILE:limit_check>)
   set(_limit_check_shared $<TARGET_FILE:limit_check_shared>)
+  set(_limit_check_ptsz $<TARGET_FILE:limit_check_ptsz>)
   set(_solo_race $<TARGET_FILE:solo_race>)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} $<TARGET_FILE:${app}>)
@@ -79,7 +81,9 @@ endforeach()
 set_tests_properties(${_solo_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
 
 # The cap (GPUSHIM_LIMIT=1GiB) and the out-of-memory report and recovery, under every backend; once more
-# from a program linked to libcudart.so, whose cudaMalloc/cudaFree gpushim serves without the runtime.
+# from a program linked to libcudart.so, whose cudaMalloc/cudaFree and cudaMallocAsync/cudaFreeAsync
+# gpushim serves without the runtime, and once from that program built with a per-thread default stream
+# (the runtime's _ptsz forms).
 set(_limit_tests "")
 foreach(backend ${GPUSHIM_GPU_BACKENDS})
   add_test(NAME gpu_limit_${backend}
@@ -88,7 +92,10 @@ foreach(backend ${GPUSHIM_GPU_BACKENDS})
   add_test(NAME gpu_limit_shared_${backend}
            COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
                    -- ${_limit_check_shared})
-  list(APPEND _limit_tests gpu_limit_${backend} gpu_limit_shared_${backend})
+  add_test(NAME gpu_limit_ptsz_${backend}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                   -- ${_limit_check_ptsz})
+  list(APPEND _limit_tests gpu_limit_${backend} gpu_limit_shared_${backend} gpu_limit_ptsz_${backend})
 endforeach()
 set_tests_properties(${_limit_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 60
                      ENVIRONMENT "GPUSHIM_LIMIT=1GiB" RESOURCE_LOCK gpu_memory)
