@@ -4,7 +4,7 @@
 // cuCtxGetCurrent and event calls).
 //
 //   router_pair_bench [--backends none,passthrough,vmm,...] [--sizes 256,65536,1048576] [--threads 1,4,16]
-//                     [--pairs N] [--modes fenced,legacy] [--library PATH]
+//                     [--pairs N] [--modes fenced,legacy,async] [--library PATH]
 // --library: another libgpushim.so to preload (an older build, for before/after tables).
 //
 // The parent re-runs itself once per backend with LD_PRELOAD=libgpushim.so and GPUSHIM_BACKEND set
@@ -17,7 +17,9 @@
 // 1-byte cuMemsetD8Async on a block of its own once per batch of kBatch pairs, inside the timed batch),
 // so gpushim must order frees against another stream's work: the free fences. A stream that carries no
 // work need not force fencing, so creating one is not enough. "legacy" creates none, so the router
-// reuses cuMemFree'd blocks at once (legacy-ordered reuse).
+// reuses cuMemFree'd blocks at once (legacy-ordered reuse). "async": the pairs are cuMemAllocAsync +
+// cuMemFreeAsync on the thread's own non-blocking stream, which carries no other work (the stream-ordered
+// path that a shared runtime's cudaMallocAsync/cudaFreeAsync reach, shim/runtime_entry_points.cpp).
 //
 // Instructions per pair: scripts/instructions_per_pair.sh runs one child per cell under callgrind with
 // --instr-atstart=no; the child switches instrumentation on only around its timed pairs (the
@@ -99,7 +101,9 @@ struct Cell {
   bool failed = false;
 };
 
-// A thread's stream for the fenced mode, with the block its work writes.
+enum class Mode { legacy, fenced, async };
+
+// A thread's stream for the fenced and async modes, with the block the fenced mode's work writes.
 struct StreamWork {
   CUstream stream = nullptr;
   CUdeviceptr block = 0;
@@ -111,7 +115,7 @@ struct StreamWork {
   }
 };
 
-Cell run_cell(std::size_t bytes, int threads, long pairs, bool fenced) {
+Cell run_cell(std::size_t bytes, int threads, long pairs, Mode mode) {
   std::vector<std::vector<double>> samples(threads);
   std::atomic<int> ready{0};
   std::atomic<bool> go{false}, failed{false};
@@ -119,12 +123,19 @@ Cell run_cell(std::size_t bytes, int threads, long pairs, bool fenced) {
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
+      StreamWork work;
+      if (mode != Mode::legacy && !work.start()) failed = true;
+      CUstream stream = mode == Mode::async ? work.stream : nullptr;
+      if (mode == Mode::async) work.stream = nullptr;  // its stream carries no work in this mode
       auto pair = [&] {
         CUdeviceptr p = 0;
-        if (cuMemAlloc(&p, bytes) != CUDA_SUCCESS || cuMemFree(p) != CUDA_SUCCESS) failed = true;
+        if (stream != nullptr) {
+          if (cuMemAllocAsync(&p, bytes, stream) != CUDA_SUCCESS || cuMemFreeAsync(p, stream) != CUDA_SUCCESS)
+            failed = true;
+        } else if (cuMemAlloc(&p, bytes) != CUDA_SUCCESS || cuMemFree(p) != CUDA_SUCCESS) {
+          failed = true;
+        }
       };
-      StreamWork work;
-      if (fenced && !work.start()) failed = true;
       for (int i = 0; i < 4 * kBatch; ++i) {  // thread caches, first growth, first fences
         if (i % kBatch == 0 && !work.submit()) failed = true;
         pair();
@@ -142,6 +153,7 @@ Cell run_cell(std::size_t bytes, int threads, long pairs, bool fenced) {
       }
       if (threads == 1) CALLGRIND_STOP_INSTRUMENTATION;
       finished[t] = Clock::now();
+      if (stream != nullptr) cuStreamDestroy(stream);
     });
   }
   while (ready.load() < threads) std::this_thread::yield();
@@ -163,14 +175,16 @@ Cell run_cell(std::size_t bytes, int threads, long pairs, bool fenced) {
 
 int child(const Options& o) {
   const char* backend = std::getenv("GPUSHIM_BACKEND");
-  const bool fenced = std::getenv("ROUTER_PAIR_BENCH_FENCED") != nullptr;
+  const char* mode_name = std::getenv("ROUTER_PAIR_BENCH_MODE");
+  const std::string named = mode_name ? mode_name : "legacy";
+  const Mode mode = named == "fenced" ? Mode::fenced : named == "async" ? Mode::async : Mode::legacy;
   const std::string label = std::string(std::getenv("LD_PRELOAD") ? (backend ? backend : "tiered") : "none") +
-                            (fenced ? "" : "/legacy");
+                            (mode == Mode::fenced ? "" : "/" + named);
   if (cuInit(0) != CUDA_SUCCESS) return 1;
   for (std::size_t bytes : o.sizes) {
     double one_thread_rate = 0;
     for (int threads : o.threads) {
-      const Cell c = run_cell(bytes, threads, o.pairs, fenced);
+      const Cell c = run_cell(bytes, threads, o.pairs, mode);
       if (threads == 1) one_thread_rate = c.pairs_per_s;
       std::printf("%-19s %10zu %7d %10.1f %10.1f %12.0f %12.0f %8.2f%s\n", label.c_str(), bytes, threads, c.median_ns,
                   c.p99_ns, c.pairs_per_s, c.pairs_per_s / threads,
@@ -187,7 +201,7 @@ int child(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   if (!parse(argc, argv, &o)) {
-    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy] [--library PATH]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy,async] [--library PATH]\n", argv[0]);
     return 2;
   }
   if (std::getenv("ROUTER_PAIR_BENCH_CHILD")) return child(o);
@@ -202,7 +216,7 @@ int main(int argc, char** argv) {
     const pid_t pid = fork();
     if (pid == 0) {
       setenv("ROUTER_PAIR_BENCH_CHILD", "1", 1);
-      if (mode == "fenced") setenv("ROUTER_PAIR_BENCH_FENCED", "1", 1);
+      setenv("ROUTER_PAIR_BENCH_MODE", mode.c_str(), 1);
       setenv("LD_LIBRARY_PATH", FAKE_DRIVER_DIR, 1);
       if (backend != "none") {
         setenv("LD_PRELOAD", o.library.c_str(), 1);

@@ -297,10 +297,10 @@ bool still_held(DeviceState& device, CUdeviceptr p) noexcept {
   });
   if (held_by_a_thread) return true;
   for (StreamShard& shard : device.stream_shards) {
-    std::lock_guard<std::mutex> guard(shard.lock);
+    std::lock_guard<SpinLock> guard(shard.lock);
     for (const auto& list : shard.lists)
-      for (const auto& entry : list.second.by_size)
-        if (entry.second.ptr == ptr) return true;
+      for (const FreedBlock& block : list.second.blocks)
+        if (block.ptr == ptr) return true;
   }
   return device.fences.holds(ptr);
 }
@@ -602,22 +602,14 @@ CUresult free_async(CUdeviceptr p, CUstream stream) noexcept {
     return CUDA_SUCCESS;
   }
   CUstream key = normalized(stream);
-  CUcontext context = nullptr;
-  DeviceState* stream_state = nullptr;
-  if (stream_device(stream, &stream_state, &context) != CUDA_SUCCESS) context = nullptr;
   bool full = false;
-  {
-    StreamShard& shard = shard_of(*device, key);
-    std::lock_guard<std::mutex> guard(shard.lock);
-    try {
-      StreamFreeList& list = shard.lists[key];
-      if (!list.context) list.context = context;
-      list.by_size.emplace(freed.bytes, freed);
-      list.bytes += freed.bytes;
-      full = list.by_size.size() >= kBatchMaxBlocks || list.bytes >= kBatchMaxBytes;
-    } catch (...) {
-      return CUDA_SUCCESS;  // no host memory: held forever, safe
-    }
+  if (!add_to_stream_list(*device, key, freed, nullptr, &full)) {
+    // The stream's first free since its list was last closed: the new list keeps the stream's context,
+    // for its fence event. Asked only here, outside the lock.
+    CUcontext context = nullptr;
+    DeviceState* stream_state = nullptr;
+    if (stream_device(stream, &stream_state, &context) != CUDA_SUCCESS) context = nullptr;
+    add_to_stream_list(*device, key, freed, &context, &full);
   }
   if (full) close_stream_list(*device, key);
   return CUDA_SUCCESS;

@@ -22,6 +22,7 @@
 #include "router/live_blocks.h"
 #include "router/peak_growth.h"
 #include "router/returned_blocks.h"
+#include "router/spin_lock.h"
 
 // The router was one file whose state had internal linkage. Hidden visibility keeps what its files now
 // share out of libgpushim.so's symbol table, and lets -fPIC code reach these globals directly, as it did
@@ -31,17 +32,25 @@
 namespace gpushim::router {
 
 constexpr int kMaxDevices = 64;          // ordinals beyond this are passed to the driver untouched
-constexpr std::size_t kStreamShards = 16;  // async free lists, sharded by stream: no device-wide lock
+// Async free lists, sharded by stream: no device-wide lock.
+constexpr unsigned kStreamShardBits = 4;
+constexpr std::size_t kStreamShards = std::size_t{1} << kStreamShardBits;
 
 // Async-freed blocks of one stream: reusable at once on that stream (same rounded size), and handed to
 // the fence queue (one event on the stream) when the list grows past a batch or memory runs short.
+// A flat list, newest last: it holds at most a batch (kBatchMaxBlocks), and in a loop of allocations and
+// frees on one stream the block asked for is the last one freed. A hash multimap by size cost a node
+// allocation per free and a hash per call: 938 instructions a cuMemAllocAsync+cuMemFreeAsync pair on the
+// CPU guard, where a cuMemAlloc pair takes ~490 (docs/perf-notes.md, thirty-first session).
 struct StreamFreeList {
   CUcontext context = nullptr;
-  std::unordered_multimap<std::size_t, FreedBlock> by_size;
+  std::vector<FreedBlock> blocks;
   std::size_t bytes = 0;
 };
+// The shard's lock guards a few loads and stores (a growth of the list's vector at most): a spin lock,
+// as the live-block table's shards, where a pthread mutex was a third of the list's instructions.
 struct alignas(64) StreamShard {
-  std::mutex lock;
+  SpinLock lock;
   std::unordered_map<CUstream, StreamFreeList> lists;
 };
 

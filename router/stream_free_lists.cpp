@@ -11,14 +11,10 @@ void close_stream_list(DeviceState& device, CUstream stream) noexcept {
   CUcontext context = nullptr;
   {
     StreamShard& shard = shard_of(device, stream);
-    std::lock_guard<std::mutex> guard(shard.lock);
+    std::lock_guard<SpinLock> guard(shard.lock);
     auto list = shard.lists.find(stream);
     if (list == shard.lists.end()) return;
-    try {
-      for (auto& entry : list->second.by_size) blocks.push_back(entry.second);
-    } catch (...) {
-      return;
-    }
+    blocks = std::move(list->second.blocks);
     context = list->second.context;
     shard.lists.erase(list);
   }
@@ -29,7 +25,7 @@ void close_all_stream_lists(DeviceState& device) noexcept {
   for (StreamShard& shard : device.stream_shards) {
     std::vector<CUstream> streams;
     {
-      std::lock_guard<std::mutex> guard(shard.lock);
+      std::lock_guard<SpinLock> guard(shard.lock);
       try {
         for (auto& entry : shard.lists) streams.push_back(entry.first);
       } catch (...) {
@@ -42,7 +38,7 @@ void close_all_stream_lists(DeviceState& device) noexcept {
 std::uint64_t stream_list_bytes(DeviceState& device) noexcept {
   std::uint64_t bytes = 0;
   for (StreamShard& shard : device.stream_shards) {
-    std::lock_guard<std::mutex> guard(shard.lock);
+    std::lock_guard<SpinLock> guard(shard.lock);
     for (auto& entry : shard.lists) bytes += entry.second.bytes;
   }
   return bytes;

@@ -18,20 +18,46 @@ namespace gpushim::router {
 // static, as in thread_state.h: inlined into serve as it was while file-local in router.cpp.
 static inline StreamShard& shard_of(DeviceState& device, CUstream stream) {
   auto key = reinterpret_cast<std::uintptr_t>(stream);
-  return device.stream_shards[((key >> 4) * 0x9E3779B97F4A7C15ull) >> 60];
+  return device.stream_shards[((key >> 4) * 0x9E3779B97F4A7C15ull) >> (64 - kStreamShardBits)];
 }
 
 static inline void* take_from_stream_list(DeviceState& device, CUstream stream, std::size_t block_size) noexcept {
   StreamShard& shard = shard_of(device, stream);
-  std::lock_guard<std::mutex> guard(shard.lock);
+  std::lock_guard<SpinLock> guard(shard.lock);
   auto list = shard.lists.find(stream);
   if (list == shard.lists.end()) return nullptr;
-  auto block = list->second.by_size.find(block_size);
-  if (block == list->second.by_size.end()) return nullptr;
-  void* p = block->second.ptr;
-  list->second.bytes -= block_size;
-  list->second.by_size.erase(block);
-  return p;
+  std::vector<FreedBlock>& blocks = list->second.blocks;
+  // Newest first; erased in place, so the rest keep their order (at most a batch to move).
+  for (std::size_t i = blocks.size(); i-- > 0;) {
+    if (blocks[i].bytes != block_size) continue;
+    void* p = blocks[i].ptr;
+    list->second.bytes -= block_size;
+    blocks.erase(blocks.begin() + static_cast<std::ptrdiff_t>(i));
+    return p;
+  }
+  return nullptr;
+}
+
+// Adds a block freed on `stream` to its list; `*full` says whether the list now holds a batch. Without
+// `new_list_context`, only to a list that exists (false when there is none); with it, a missing list is
+// made, keeping that context for its fence event.
+static inline bool add_to_stream_list(DeviceState& device, CUstream stream, const FreedBlock& freed,
+                                      const CUcontext* new_list_context, bool* full) noexcept {
+  StreamShard& shard = shard_of(device, stream);
+  std::lock_guard<SpinLock> guard(shard.lock);
+  try {
+    auto list = shard.lists.find(stream);
+    if (list == shard.lists.end()) {
+      if (new_list_context == nullptr) return false;
+      list = shard.lists.emplace(stream, StreamFreeList{*new_list_context, {}, 0}).first;
+    }
+    list->second.blocks.push_back(freed);
+    list->second.bytes += freed.bytes;
+    *full = list->second.blocks.size() >= kBatchMaxBlocks || list->second.bytes >= kBatchMaxBytes;
+  } catch (...) {
+    // No host memory: the block is held forever, which is safe.
+  }
+  return true;
 }
 
 // Moves one stream's async-freed blocks to the fence queue (one event on the stream).

@@ -43,8 +43,10 @@ fi
 backends=(tiered vmm)
 # legacy: no stream; stream: the thread's own stream carries work once per 256 pairs (gpushim joins it,
 # then finds it idle: router/stream_activity.h); fenced: the same, with every free fenced
-# (GPUSHIM_FREE_FENCE=always), so the fenced path itself is what is counted.
-modes=(legacy stream fenced)
+# (GPUSHIM_FREE_FENCE=always), so the fenced path itself is what is counted; async: the pairs are
+# cuMemAllocAsync+cuMemFreeAsync on the thread's own stream (the stream's free list,
+# router/stream_free_lists.h).
+modes=(legacy stream fenced async)
 # 4 MiB: above the thread caches' classes, the large-block path (allocators/thread_cache_allocator.h).
 sizes=(256 65536 1048576 4194304)
 size_names=("256 B" "64 KiB" "1 MiB" "4 MiB")
@@ -67,7 +69,7 @@ cell_ir() {  # cell_ir BACKEND MODE SIZE
 
 declare -A measured
 status=0
-echo "Instructions per cuMemAlloc+cuMemFree pair (Ir/pair, callgrind, $pairs pairs, one thread):"
+echo "Instructions per cuMemAlloc+cuMemFree pair (async: cuMemAllocAsync+cuMemFreeAsync; Ir/pair, callgrind, $pairs pairs, one thread):"
 echo
 header="| backend | mode |"
 rule="|---|---|"

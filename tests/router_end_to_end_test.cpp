@@ -272,6 +272,40 @@ TEST_F(RouterEndToEnd, AsyncFreeIsReusableAtOnceOnItsStreamOnly) {
   EXPECT_EQ(fake_cuda_records_on_destroyed_streams(), refused_before) << "a fence was recorded on a destroyed stream";
 }
 
+// A stream's list hands back the newest block of the size asked for, and closes into the fence queue (an
+// event on its stream) once it holds a batch.
+TEST_F(RouterEndToEnd, AnAsyncFreeListTakesTheNewestBlockOfTheSizeAndClosesAtABatch) {
+  if (backend() == "mempool") GTEST_SKIP() << "the pool orders its own frees: no gpushim list";
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  CUdeviceptr a = 0, b = 0, c = 0;
+  ASSERT_EQ(cuMemAllocAsync(&a, 8 * KiB, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemAllocAsync(&b, 16 * KiB, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemAllocAsync(&c, 8 * KiB, s), CUDA_SUCCESS);
+  for (CUdeviceptr p : {a, c, b}) ASSERT_EQ(cuMemFreeAsync(p, s), CUDA_SUCCESS);  // b, 16 KiB, the newest
+  CUdeviceptr got[3] = {};
+  ASSERT_EQ(cuMemAllocAsync(&got[0], 8 * KiB, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemAllocAsync(&got[1], 16 * KiB, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemAllocAsync(&got[2], 8 * KiB, s), CUDA_SUCCESS);
+  EXPECT_EQ(got[0], c) << "the newest 8 KiB block, past a newer one of another size";
+  EXPECT_EQ(got[1], b);
+  EXPECT_EQ(got[2], a);
+  std::vector<CUdeviceptr> blocks(kFenceBatch);
+  for (CUdeviceptr& p : blocks) ASSERT_EQ(cuMemAllocAsync(&p, 4 * KiB, s), CUDA_SUCCESS);
+  const CallSnapshot before;
+  for (std::size_t i = 0; i + 1 < blocks.size(); ++i) ASSERT_EQ(cuMemFreeAsync(blocks[i], s), CUDA_SUCCESS);
+  EXPECT_EQ(CallSnapshot().since(before, "cuEventRecord"), 0) << "closed before it held a batch";
+  ASSERT_EQ(cuMemFreeAsync(blocks.back(), s), CUDA_SUCCESS);
+  EXPECT_EQ(CallSnapshot().since(before, "cuEventRecord"), 1) << "a full list is fenced by one event on its stream";
+  CUdeviceptr again = 0;
+  ASSERT_EQ(cuMemAllocAsync(&again, 4 * KiB, s), CUDA_SUCCESS);
+  EXPECT_EQ(std::count(blocks.begin(), blocks.end(), again), 0) << "a closed list's block came back before its fence";
+  for (CUdeviceptr p : {got[0], got[1], got[2], again}) EXPECT_EQ(cuMemFreeAsync(p, s), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // Under passthrough a cuMemAllocAsync block is the driver pool's, and its cuMemFree does not wait for
 // the GPU work that may still use it (natively, a program frees such a block with cudaFree only after
 // that work). Freed on the per-thread default stream, such blocks were fenced in this thread's batch and
