@@ -32,8 +32,10 @@
 namespace gpushim::router {
 
 constexpr int kMaxDevices = 64;          // ordinals beyond this are passed to the driver untouched
-// Async free lists, sharded by stream: no device-wide lock.
-constexpr unsigned kStreamShardBits = 4;
+// Async free lists, sharded by stream: no device-wide lock. 64, not 16: with a stream per thread, 16
+// threads' streams hashed into 16 shards share a shard's lock in most processes (docs/perf-notes.md,
+// thirty-first session).
+constexpr unsigned kStreamShardBits = 6;
 constexpr std::size_t kStreamShards = std::size_t{1} << kStreamShardBits;
 
 // Async-freed blocks of one stream: reusable at once on that stream (same rounded size), and handed to
