@@ -10,6 +10,7 @@
 #
 #   scripts/hot_path_bench.sh [--lib PATH] [--baseline-lib PATH] [--passes N] [--cell-ms MS] [--sizes LIST]
 #                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE] [--driver-api] [--shared-runtime]
+#                             [--stream-ordered]
 # --baseline-lib adds tiered and vmm under a second libgpushim.so (labels tiered-base, vmm-base): a
 # change and its baseline in the same run, as the measuring rules ask.
 # --driver-api adds the same pairs through cuMemAlloc/cuMemFree (alloc_bench --api driver, rows
@@ -18,6 +19,9 @@
 # --shared-runtime adds tiered and vmm from alloc_bench_shared, the same program linked to libcudart.so
 # as PyTorch and CuPy are (labels tiered-shared, vmm-shared): there gpushim serves cudaMalloc/cudaFree
 # without entering the runtime (GPUSHIM_DIRECT_CUDART).
+# --stream-ordered adds cudaMallocAsync+cudaFreeAsync pairs on each thread's own stream from
+# alloc_bench_shared under tiered and vmm (labels tiered-async, vmm-async; served without the runtime
+# too), beside the driver's pool (the cudaMallocAsync row). The targets are not evaluated for them.
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -31,6 +35,7 @@ sizes="256,64K,1M,4M,16M,256M,1G"
 csv=""
 gpushim_apis="runtime"
 shared_runtime=0
+stream_ordered=0
 usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -44,6 +49,7 @@ while [ $# -gt 0 ]; do
     --csv) csv="$2"; shift 2 ;;
     --driver-api) gpushim_apis="runtime,driver"; shift ;;
     --shared-runtime) shared_runtime=1; shift ;;
+    --stream-ordered) stream_ordered=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) echo "hot_path_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -52,7 +58,7 @@ done
 bench="$build/test_apps/alloc_bench"
 bench_shared="$build/test_apps/alloc_bench_shared"
 needed=("$bench" "$lib" ${baseline_lib:+"$baseline_lib"})
-[ "$shared_runtime" = 0 ] || needed+=("$bench_shared")
+[ "$shared_runtime$stream_ordered" = 00 ] || needed+=("$bench_shared")
 for f in "${needed[@]}"; do
   [ -e "$f" ] || { echo "hot_path_bench.sh: $f not found (build first: scripts/gpu_check.sh --tests-only)" >&2; exit 1; }
 done
@@ -88,6 +94,10 @@ for pass in $(seq 1 "$passes"); do
       run tiered-shared "$lib" runtime "$size" "$bench_shared"
       run vmm-shared "$lib" runtime "$size" "$bench_shared"
     fi
+    if [ "$stream_ordered" = 1 ]; then
+      run tiered-async "$lib" async "$size" "$bench_shared"
+      run vmm-async "$lib" async "$size" "$bench_shared"
+    fi
     for api in runtime async host; do run none "" "$api" "$size"; done
     [ "$gpushim_apis" = "runtime" ] || run none "" driver "$size"
   done
@@ -96,6 +106,7 @@ echo "device: $(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
 flags=""
 [ "$gpushim_apis" = "runtime" ] || flags+=" --driver-api"
 [ "$shared_runtime" = 0 ] || flags+=" --shared-runtime"
+[ "$stream_ordered" = 0 ] || flags+=" --stream-ordered"
 echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}$flags"
 [ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
 python3 "$repo/scripts/hot_path_table.py" "$csv"

@@ -27,6 +27,7 @@ SCALING_LIMIT = 16 << 20    # the 12x target: every size up to 16 MiB
 
 
 DRIVER_SUFFIX = " cuMemAlloc"  # alloc_bench --api driver: the pair without libcudart's share
+ASYNC_SUFFIX = "-async"        # hot_path_bench.sh --stream-ordered: gpushim's cudaMallocAsync+cudaFreeAsync
 
 
 def config_of(row):
@@ -69,8 +70,10 @@ def main(path):
         values = [v[index] for v in cells.get(key, []) if v[index] is not None]
         return reduce(values) if values else None
 
-    # The targets are for cudaMalloc pairs under gpushim: not the peers, nor the cuMemAlloc rows.
-    target_configs = [c for c in configs if c not in peers and not c.endswith(DRIVER_SUFFIX)]
+    # The targets are for cudaMalloc pairs under gpushim: not the peers, nor the cuMemAlloc or
+    # stream-ordered rows.
+    target_configs = [c for c in configs
+                      if c not in peers and not c.endswith(DRIVER_SUFFIX) and not c.endswith(ASYNC_SUFFIX)]
 
     def scaling(config, stream, size, by_pair_time=False):
         one, many = cells.get((config, stream, size, 1), []), cells.get((config, stream, size, 16), [])
@@ -83,7 +86,9 @@ def main(path):
     passes = max(len(v) for v in cells.values())
     print(f"\nmedian ns per cudaMalloc+cudaFree pair (p99 of one thread), medians of {passes} interleaved pass(es)"
           + ("; 'cuMemAlloc' rows: cuMemAlloc+cuMemFree, the pair without libcudart"
-             if any(c.endswith(DRIVER_SUFFIX.strip()) for c in configs) else ""))
+             if any(c.endswith(DRIVER_SUFFIX.strip()) for c in configs) else "")
+          + ("; '-async' rows: gpushim's cudaMallocAsync+cudaFreeAsync on each thread's own stream"
+             if any(c.endswith(ASYNC_SUFFIX) for c in configs) else ""))
     print("| config | stream | threads | " + " | ".join(size_text(s) for s in sizes) + " |")
     print("|---|---|---:|" + "---:|" * len(sizes))
     for config in configs:

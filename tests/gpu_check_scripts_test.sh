@@ -177,8 +177,10 @@ printf '%s\n' "$columns,peak_mib" 'tiered,runtime,pairs,256,1,100,95.0,200.0,95.
   'tiered,driver,pairs,256,1,100,45.0,90.0,45.0,20000000,off,1' > "$dir/hot_best.csv"
 expect 0 "hot-path table: each cell's fastest pass" hot_has "$dir/hot_best.csv" "| tiered | off | 120 ns | 45 ns |"
 # scripts/hot_path_bench.sh --shared-runtime: tiered and vmm once more from alloc_bench_shared (a stand-in
-# that names the backend it ran under in its label), each under the backend its label starts with.
-sed 's/echo "\$label,runtime/echo "$label@$GPUSHIM_BACKEND,runtime/' "$dir/stub/test_apps/alloc_bench" \
+# that names the backend it ran under and the API it was asked for in its label), each under the backend
+# its label starts with.
+sed -e 's/--label) label=\$2 ;;/--label) label=$2 ;; --api) api=$2 ;;/' \
+  -e 's/echo "\$label,runtime/echo "$label@$GPUSHIM_BACKEND\/$api,runtime/' "$dir/stub/test_apps/alloc_bench" \
   > "$dir/stub/test_apps/alloc_bench_shared"
 chmod +x "$dir/stub/test_apps/alloc_bench_shared"
 hot_bench_has() {  # hot_bench_has OPTION... -- WORD...: hot_path_bench.sh over the stand-ins prints every WORD
@@ -190,6 +192,18 @@ hot_bench_has() {  # hot_bench_has OPTION... -- WORD...: hot_path_bench.sh over 
   for word in "$@"; do grep -qF -- "$word" "$dir/hot_bench" || { cat "$dir/hot_bench"; return 1; }; done
 }
 expect 0 "hot_path_bench.sh --shared-runtime: rows from the shared-runtime program, each under its backend" \
-  hot_bench_has --shared-runtime -- "| tiered-shared@tiered | on | 16 |" "| vmm-shared@vmm | on | 16 |" "--shared-runtime"
+  hot_bench_has --shared-runtime -- "| tiered-shared@tiered/runtime | on | 16 |" "| vmm-shared@vmm/runtime | on | 16 |" \
+  "--shared-runtime"
 expect 1 "hot_path_bench.sh: no shared-runtime rows unless asked" hot_bench_has -- "tiered-shared"
+expect 0 "hot_path_bench.sh --stream-ordered: cudaMallocAsync pairs from the shared-runtime program, each under its backend" \
+  hot_bench_has --stream-ordered -- "| tiered-async@tiered/async | on | 16 |" "| vmm-async@vmm/async | on | 16 |" \
+  "--stream-ordered"
+expect 1 "hot_path_bench.sh: no stream-ordered rows unless asked" hot_bench_has -- "tiered-async"
+# The stream-ordered rows are named in the table's title and left out of the targets.
+printf '%s\n' "$columns,peak_mib" 'tiered,runtime,pairs,256,1,100,95.0,200.0,95.0,9000000,off,1' \
+  'tiered-async,async,pairs,256,1,100,80.0,150.0,80.0,12000000,off,1' > "$dir/hot_async.csv"
+expect 0 "hot-path table: stream-ordered rows beside cudaMalloc's" hot_has "$dir/hot_async.csv" \
+  "'-async' rows" "| tiered-async | off | 1 | 80 ns (150 ns) |" "tiered, stream off: <=1M 95 ns max (met)"
+expect 1 "hot-path table: no targets line for the stream-ordered rows" hot_has "$dir/hot_async.csv" \
+  "tiered-async, stream"
 exit $((failures > 0))
