@@ -40,10 +40,11 @@ constexpr std::size_t kStreamShards = std::size_t{1} << kStreamShardBits;
 
 // Async-freed blocks of one stream: reusable at once on that stream (same rounded size), and handed to
 // the fence queue (one event on the stream) when the list grows past a batch or memory runs short.
-// A flat list, newest last: it holds at most a batch (kBatchMaxBlocks), and in a loop of allocations and
-// frees on one stream the block asked for is the last one freed. A hash multimap by size cost a node
-// allocation per free and a hash per call: 938 instructions a cuMemAllocAsync+cuMemFreeAsync pair on the
-// CPU guard, where a cuMemAlloc pair takes ~490 (docs/perf-notes.md, thirty-first session).
+// A flat list, newest last: it holds at most a batch or one block (add_to_stream_list,
+// router/stream_free_lists.h), and in a loop of allocations and frees on one stream the block asked for
+// is the last one freed. A hash multimap by size cost a node allocation per free and a hash per call:
+// 938 instructions a cuMemAllocAsync+cuMemFreeAsync pair on the CPU guard, where a cuMemAlloc pair takes
+// ~490 (docs/perf-notes.md, thirty-first session).
 struct StreamFreeList {
   CUcontext context = nullptr;
   std::vector<FreedBlock> blocks;

@@ -38,7 +38,11 @@ static inline void* take_from_stream_list(DeviceState& device, CUstream stream, 
   return nullptr;
 }
 
-// Adds a block freed on `stream` to its list; `*full` says whether the list now holds a batch. Without
+// Adds a block freed on `stream` to its list; `*full` says whether the list now holds a batch: 256 blocks,
+// or 64 MiB in more than one block. A single larger block stays, reusable at once on its stream until
+// the stream's next free closes both: closed at once, it cost every stream-ordered pair of 64 MiB or more
+// an event record and a fresh block, ~2 us a pair at 1 GiB, 2-3x the driver's pool (docs/perf-notes.md,
+// thirty-first session). A stream's list so holds at most a batch, or one block. Without
 // `new_list_context`, only to a list that exists (false when there is none); with it, a missing list is
 // made, keeping that context for its fence event.
 static inline bool add_to_stream_list(DeviceState& device, CUstream stream, const FreedBlock& freed,
@@ -53,7 +57,8 @@ static inline bool add_to_stream_list(DeviceState& device, CUstream stream, cons
     }
     list->second.blocks.push_back(freed);
     list->second.bytes += freed.bytes;
-    *full = list->second.blocks.size() >= kBatchMaxBlocks || list->second.bytes >= kBatchMaxBytes;
+    const std::size_t blocks = list->second.blocks.size();
+    *full = blocks >= kBatchMaxBlocks || (list->second.bytes >= kBatchMaxBytes && blocks > 1);
   } catch (...) {
     // No host memory: the block is held forever, which is safe.
   }

@@ -306,6 +306,37 @@ TEST_F(RouterEndToEnd, AnAsyncFreeListTakesTheNewestBlockOfTheSizeAndClosesAtABa
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// One block larger than a batch's bytes stays on its stream's list, reused at once on that stream with no
+// event; the stream's next free closes the list (one event), and its blocks wait for that fence.
+TEST_F(RouterEndToEnd, ABlockLargerThanABatchStaysOnItsStreamUntilItsNextFree) {
+  if (backend() == "mempool") GTEST_SKIP() << "the pool orders its own frees: no gpushim list";
+  const std::size_t big = 2 * gpushim::kBatchMaxBytes;
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  CUdeviceptr a = 0, b = 0;
+  ASSERT_EQ(cuMemAllocAsync(&a, big, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemAllocAsync(&b, big, s), CUDA_SUCCESS);
+  const CallSnapshot before;
+  for (int i = 0; i < 3; ++i) {  // a loop of large stream-ordered pairs: the same block, no fence
+    ASSERT_EQ(cuMemFreeAsync(a, s), CUDA_SUCCESS);
+    CUdeviceptr again = 0;
+    ASSERT_EQ(cuMemAllocAsync(&again, big, s), CUDA_SUCCESS);
+    EXPECT_EQ(again, a) << "a lone large block is reused at once on its stream";
+  }
+  EXPECT_EQ(CallSnapshot().since(before, "cuEventRecord"), 0) << "a lone large block closed its list";
+  ASSERT_EQ(cuMemFreeAsync(a, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFreeAsync(b, s), CUDA_SUCCESS);
+  EXPECT_EQ(CallSnapshot().since(before, "cuEventRecord"), 1) << "two large blocks: the list is fenced";
+  CUdeviceptr c = 0;
+  ASSERT_EQ(cuMemAllocAsync(&c, big, s), CUDA_SUCCESS);
+  EXPECT_NE(c, a) << "a fenced block came back before its fence";
+  EXPECT_NE(c, b) << "a fenced block came back before its fence";
+  EXPECT_EQ(cuMemFreeAsync(c, s), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(0);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // Under passthrough a cuMemAllocAsync block is the driver pool's, and its cuMemFree does not wait for
 // the GPU work that may still use it (natively, a program frees such a block with cudaFree only after
 // that work). Freed on the per-thread default stream, such blocks were fenced in this thread's batch and
