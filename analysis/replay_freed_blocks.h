@@ -137,8 +137,10 @@ class LaggedFrees {
 };
 
 // gpushim's fenced free path: a cuMemFree joins its thread's open batch on the device; an async free on
-// stream S joins S's list, where an async allocation on S takes it back at once. A batch or list closes
-// at kBatchMaxBlocks blocks or kBatchMaxBytes bytes; closing records its fence, which the GPU passes
+// stream S joins S's list, where an async allocation on S takes it back at once. A batch closes at
+// kBatchMaxBlocks blocks or kBatchMaxBytes bytes, a list at kBatchMaxBlocks blocks or kBatchMaxBytes
+// bytes in more than one block (one larger block stays on its stream, as in router/stream_free_lists.h);
+// closing records its fence, which the GPU passes
 // after the lag. The device's fence queue is polled when one of its batches closes, and only then do
 // blocks whose fence has passed go back. (Also in gpushim, not here: an allocation the backend cannot
 // serve closes every batch and waits; host replay has no such miss. Batches of exited threads.)
@@ -156,7 +158,8 @@ class FenceBatches {
       auto list = lists_.try_emplace(ListKey{block.device, stream_of(free_stream)}).first;
       list->second.by_size.emplace(size, block);
       list->second.bytes += size;
-      if (list->second.by_size.size() < kBatchMaxBlocks && list->second.bytes < kBatchMaxBytes) return;
+      const std::size_t listed = list->second.by_size.size();
+      if (listed < kBatchMaxBlocks && (list->second.bytes < kBatchMaxBytes || listed == 1)) return;
       std::vector<ReplayBlock> blocks;
       for (const auto& [rounded_size, b] : list->second.by_size) blocks.push_back(b);
       lists_.erase(list);

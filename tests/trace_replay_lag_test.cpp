@@ -351,6 +351,15 @@ TEST(TraceReplayLag, FenceBatchesKeepStreamListsReusableOnTheirStream) {
   }
 }
 
+// A lone block above a batch's bytes stays on its stream's list, as in the router: a loop of 128 MiB
+// async pairs on one stream reuses the same block and leaves nothing waiting for a fence.
+TEST(TraceReplayLag, ALoneLargeAsyncBlockStaysReusableOnItsStream) {
+  const ReplayResult r = replay_trace(alloc_free_loop(64, 128 * kMiB, EventKind::alloc_async, EventKind::free_async, 7, 7),
+                                      *find_backend("vmm"), {}, GpuLag{0, 0, true});
+  EXPECT_EQ(r.reused_on_stream, 63u);
+  EXPECT_EQ(r.peak_waiting, 0u);
+}
+
 // The options take whole numbers only; anything else is a usage error (exit 64 in `gpushim`) whose one
 // message names the option and what it accepts, never the value (which may be any bytes).
 TEST(TraceReplayLag, CommandLineRejectsHostileValues) {
