@@ -106,9 +106,13 @@ enum class Mode { legacy, fenced, async };
 // A thread's stream for the fenced and async modes, with the block the fenced mode's work writes.
 struct StreamWork {
   CUstream stream = nullptr;
-  CUdeviceptr block = 0;
-  bool start() { return cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) == CUDA_SUCCESS && cuMemAlloc(&block, 512) == CUDA_SUCCESS; }
-  bool submit() const { return stream == nullptr || cuMemsetD8Async(block, 0, 1, stream) == CUDA_SUCCESS; }
+  CUdeviceptr block = 0;  // fenced mode only: no block, no work
+  bool start(Mode mode) {
+    if (mode == Mode::legacy) return true;
+    if (cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) return false;
+    return mode != Mode::fenced || cuMemAlloc(&block, 512) == CUDA_SUCCESS;
+  }
+  bool submit() const { return block == 0 || cuMemsetD8Async(block, 0, 1, stream) == CUDA_SUCCESS; }
   ~StreamWork() {
     if (block) cuMemFree(block);
     if (stream) cuStreamDestroy(stream);
@@ -124,9 +128,8 @@ Cell run_cell(std::size_t bytes, int threads, long pairs, Mode mode) {
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t] {
       StreamWork work;
-      if (mode != Mode::legacy && !work.start()) failed = true;
-      CUstream stream = mode == Mode::async ? work.stream : nullptr;
-      if (mode == Mode::async) work.stream = nullptr;  // its stream carries no work in this mode
+      if (!work.start(mode)) failed = true;
+      const CUstream stream = mode == Mode::async ? work.stream : nullptr;  // the async pairs' stream
       auto pair = [&] {
         CUdeviceptr p = 0;
         if (stream != nullptr) {
@@ -153,7 +156,6 @@ Cell run_cell(std::size_t bytes, int threads, long pairs, Mode mode) {
       }
       if (threads == 1) CALLGRIND_STOP_INSTRUMENTATION;
       finished[t] = Clock::now();
-      if (stream != nullptr) cuStreamDestroy(stream);
     });
   }
   while (ready.load() < threads) std::this_thread::yield();
