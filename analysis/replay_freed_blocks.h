@@ -16,7 +16,8 @@
 
 #include "allocators/allocator.h"
 #include "analysis/trace_replay.h"
-#include "router/free_fence_queue.h"  // kBatchMaxBlocks, kBatchMaxBytes: the model follows the router's
+#include "config/settings.h"          // kDefaultStreamListIdleNs
+#include "router/free_fence_queue.h"  // the batch and list rules and the idle check: the model follows the router's
 
 namespace gpushim::tracing {
 
@@ -139,11 +140,13 @@ class LaggedFrees {
 // gpushim's fenced free path: a cuMemFree joins its thread's open batch on the device; an async free on
 // stream S joins S's list, where an async allocation on S takes it back at once. A batch closes at
 // kBatchMaxBlocks blocks or kBatchMaxBytes bytes, a list at kBatchMaxBlocks blocks or kBatchMaxBytes
-// bytes in more than one block (one larger block stays on its stream, as in router/stream_free_lists.h);
-// closing records its fence, which the GPU passes
-// after the lag. The device's fence queue is polled when one of its batches closes, and only then do
-// blocks whose fence has passed go back. (Also in gpushim, not here: an allocation the backend cannot
-// serve closes every batch and waits; host replay has no such miss. Batches of exited threads.)
+// bytes in more than one block (one larger block stays on its stream: stream_list_full); closing records
+// its fence, which the GPU passes after the lag. Every kFreesPerIdleCheck frees of a thread, lists with
+// no free for the default GPUSHIM_STREAM_LIST_IDLE are closed too, as the router's idle check ages them
+// (router/router_state.h, StreamListAges). The device's fence queue is polled when one of its batches
+// closes, and only then do blocks whose fence has passed go back. (Also in gpushim, not here: an
+// allocation the backend cannot serve closes every batch and waits; host replay has no such miss.
+// Batches of exited threads.)
 class FenceBatches {
  public:
   explicit FenceBatches(const GpuLag& lag) : lag_(lag) {}
@@ -152,14 +155,18 @@ class FenceBatches {
   void free(const ReplayBlock& block, std::uint64_t call, std::uint64_t time_ns, bool async, std::uint64_t free_stream,
             std::uint32_t thread, GiveBack&& give_back) {
     using namespace replay_detail;
+    if (--frees_until_idle_check_.try_emplace(thread, kFreesPerIdleCheck).first->second == 0) {
+      frees_until_idle_check_[thread] = kFreesPerIdleCheck;
+      close_idle_lists(call, time_ns, give_back);
+    }
     bytes_ += block.size;
     const std::uint64_t size = rounded(block.backend_size);
     if (on_stream_list(async, free_stream)) {
       auto list = lists_.try_emplace(ListKey{block.device, stream_of(free_stream)}).first;
       list->second.by_size.emplace(size, block);
       list->second.bytes += size;
-      const std::size_t listed = list->second.by_size.size();
-      if (listed < kBatchMaxBlocks && (list->second.bytes < kBatchMaxBytes || listed == 1)) return;
+      list->second.last_free_age = age_;
+      if (!stream_list_full(list->second.by_size.size(), list->second.bytes)) return;
       std::vector<ReplayBlock> blocks;
       for (const auto& [rounded_size, b] : list->second.by_size) blocks.push_back(b);
       lists_.erase(list);
@@ -215,7 +222,28 @@ class FenceBatches {
   struct OpenList {
     std::multimap<std::uint64_t, ReplayBlock> by_size;  // by rounded size
     std::uint64_t bytes = 0;
+    std::uint64_t last_free_age = 0;
   };
+
+  // close_idle_stream_lists (router/stream_free_lists.cpp) on the trace's clock: lists with no free in
+  // the age that ends are closed behind a device fence.
+  template <typename GiveBack>
+  void close_idle_lists(std::uint64_t call, std::uint64_t time_ns, GiveBack& give_back) {
+    if (time_ns - age_began_ns_ < kDefaultStreamListIdleNs) return;
+    age_began_ns_ = time_ns;
+    const std::uint64_t ended = age_++;
+    for (auto list = lists_.begin(); list != lists_.end();) {
+      if (list->second.last_free_age >= ended) {
+        ++list;
+        continue;
+      }
+      std::vector<ReplayBlock> blocks;
+      for (const auto& [rounded_size, b] : list->second.by_size) blocks.push_back(b);
+      const std::int32_t device = list->first.first;
+      list = lists_.erase(list);
+      close(device, blocks, call, time_ns, give_back);
+    }
+  }
 
   template <typename GiveBack>
   void close(std::int32_t device, const std::vector<ReplayBlock>& blocks, std::uint64_t call, std::uint64_t time_ns,
@@ -233,6 +261,9 @@ class FenceBatches {
   std::map<ListKey, OpenList> lists_;
   std::map<std::int32_t, LaggedFrees> fenced_;  // each device's fence queue
   std::uint64_t bytes_ = 0;                     // in open batches, open lists and fence queues
+  std::map<std::uint32_t, unsigned> frees_until_idle_check_;  // by trace thread
+  std::uint64_t age_ = 0;
+  std::uint64_t age_began_ns_ = 0;
 };
 
 // The model a GpuLag asks for, behind the calls the replay makes: before each allocation/free call, at

@@ -11,11 +11,14 @@
 
 namespace gpushim {
 
-// The defaults of the two vmm settings whose 0 is a value ("give back at once"), so Settings holds them
+// The defaults of the settings whose 0 is a value ("give back at once"), so Settings holds them
 // itself rather than 0 for "not set"; the arena's options default to them too. allocators/vmm_arena.h
 // says why these values.
 inline constexpr std::uint64_t kDefaultVmmReleaseThreshold = std::uint64_t{8} << 30;
 inline constexpr std::uint64_t kDefaultVmmReleaseDelayNs = 1'000'000'000;
+// GPUSHIM_STREAM_LIST_IDLE's (router/router_state.h, StreamListAges); 0 is a value there too. The trace
+// replay's model of the router ages lists by it.
+inline constexpr std::uint64_t kDefaultStreamListIdleNs = 1'000'000'000;
 
 enum class LogLevel { quiet, warn, info, debug };
 
@@ -50,6 +53,7 @@ struct Settings {
   enum class FreeFence { automatic, no_solo, always };
   FreeFence free_fence = FreeFence::automatic;
   std::uint64_t fence_delay_ns = 0;    // GPUSHIM_FENCE_DELAY: a closed batch's wait for its fence
+  std::uint64_t stream_list_idle_ns = kDefaultStreamListIdleNs;  // GPUSHIM_STREAM_LIST_IDLE: a quiet stream's list kept this long
   // GPUSHIM_DIRECT_CUDART: a shared libcudart's cudaMalloc/cudaFree (and the Async pair) served without
   // entering the runtime (shim/runtime_entry_points.cpp).
   bool direct_cudart = true;

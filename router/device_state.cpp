@@ -34,7 +34,8 @@ DeviceState* device_state(int ordinal, CUcontext context) noexcept {
       DeviceState* created = nullptr;
       try {
         created = new DeviceState(ordinal, std::move(built), g_active_captures,
-                                  std::chrono::nanoseconds(settings().fence_delay_ns));
+                                  std::chrono::nanoseconds(settings().fence_delay_ns),
+                                  std::chrono::nanoseconds(settings().stream_list_idle_ns));
       } catch (...) {
         return nullptr;
       }

@@ -34,6 +34,17 @@ inline constexpr std::size_t kBatchMaxBlocks = 256;
 // ... or at 64 MiB: large blocks must not sit in a half-full batch for long; 64 MiB is 32 VMM granules,
 // small against an 80 GiB device, and one fence per 64 MiB of frees is still cheap.
 inline constexpr std::size_t kBatchMaxBytes = std::size_t{64} << 20;
+// A stream's async free list (router/stream_free_lists.h) closes as a batch does, except that a single
+// block larger than a batch's bytes stays: closed at once, it cost every stream-ordered pair of 64 MiB
+// or more an event record and a fresh block, ~2 us a pair at 1 GiB, 2-3x the driver's pool
+// (docs/perf-notes.md, thirty-first session). The trace replay's model asks the same question.
+inline constexpr bool stream_list_full(std::size_t blocks, std::size_t bytes) {
+  return blocks >= kBatchMaxBlocks || (bytes >= kBatchMaxBytes && blocks > 1);
+}
+// The router's idle check runs every 4,096 frees of a thread: the arena's release delay and the ageing
+// of quiet streams' lists ask the clock only then, never per free (router/router.cpp). The trace
+// replay's model counts the same.
+inline constexpr unsigned kFreesPerIdleCheck = 4096;
 
 // The largest of the poller's own blocks that a round of its own goes to the backend with (BlockOwners):
 // 8 KiB, the largest class of which the thread cache keeps a whole batch (allocators/

@@ -81,15 +81,17 @@ CUresult report_invalid_free(CUresult rc, CUdeviceptr p) noexcept {
 }
 bool reuse_at_once() noexcept { return !g_fence_always && freed_blocks_reusable_at_once(); }
 GPUSHIM_HOT_TLS unsigned t_unfenced_frees = 0;  // frees reused at once on this thread, for polling
-// Frees on this thread until the next asks the backend to give back memory idle past its release delay
-// (Allocator::release_idle): the arena asks the clock only then, never per free.
-constexpr unsigned kFreesPerIdleCheck = 4096;
+// Frees on this thread until the next (kFreesPerIdleCheck, router/free_fence_queue.h) asks the backend to
+// give back memory idle past its release delay (Allocator::release_idle) and ages out quiet streams'
+// free lists (close_idle_stream_lists).
 GPUSHIM_HOT_TLS unsigned t_frees_until_idle_check = kFreesPerIdleCheck;
+__attribute__((noinline)) void idle_check(DeviceState& device) noexcept {
+  t_frees_until_idle_check = kFreesPerIdleCheck;
+  if (!device.properties.stream_ordered) close_idle_stream_lists(device);  // the pool keeps no lists
+  device.backend().release_idle();
+}
 inline void count_free_for_idle_check(DeviceState& device) noexcept {
-  if (__builtin_expect(--t_frees_until_idle_check == 0, 0)) {
-    t_frees_until_idle_check = kFreesPerIdleCheck;
-    device.backend().release_idle();
-  }
+  if (__builtin_expect(--t_frees_until_idle_check == 0, 0)) idle_check(device);
 }
 
 // ctx -> device cache. cuCtxGetCurrent is a read of the driver's thread-local current context (no

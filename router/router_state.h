@@ -49,6 +49,21 @@ struct StreamFreeList {
   CUcontext context = nullptr;
   std::vector<FreedBlock> blocks;
   std::size_t bytes = 0;
+  std::uint32_t last_free_age = 0;  // StreamListAges::age at the list's last free
+};
+
+// What ages a quiet stream's list out (close_idle_stream_lists, router/stream_free_lists.h): a free
+// stamps its list with the current age; an idle check that finds the age older than
+// GPUSHIM_STREAM_LIST_IDLE starts the next one and closes every list stamped before the age that
+// ended. So a list with no free closes between one and two idle times later, and a free costs one
+// relaxed load, never a clock read. Without it a stream's list held its blocks until the stream freed
+// again, memory ran short or the stream was destroyed: a quiet stream kept up to a batch, or one block
+// of any size, where neither the other streams nor the release threshold could see it.
+struct StreamListAges {
+  explicit StreamListAges(std::uint64_t idle_ns) : idle_ns(idle_ns) {}
+  const std::uint64_t idle_ns;  // GPUSHIM_STREAM_LIST_IDLE
+  std::atomic<std::uint32_t> age{0};
+  std::atomic<std::uint64_t> age_began_ns{0};
 };
 // The shard's lock guards a few loads and stores (a growth of the list's vector at most): a spin lock,
 // as the live-block table's shards, where a pthread mutex was a third of the list's instructions.
@@ -60,11 +75,14 @@ struct alignas(64) StreamShard {
 struct DeviceState {
   // `built.backend` is not null (device_state() checks).
   // `fence_delay`: GPUSHIM_FENCE_DELAY (FreeFenceQueue's record_after).
-  DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures, std::chrono::nanoseconds fence_delay)
+  // `stream_list_idle`: GPUSHIM_STREAM_LIST_IDLE (StreamListAges).
+  DeviceState(int ordinal, BackendStack built, const std::atomic<int>& captures, std::chrono::nanoseconds fence_delay,
+              std::chrono::nanoseconds stream_list_idle)
       : ordinal(ordinal), properties(built.properties), assembly(std::move(built)),
         events(ordinal, captures, properties.driver_backed), owners(ordinal),
         fences(*assembly.backend, events, properties.fenced ? &owners : nullptr,
-               properties.stream_ordered ? SIZE_MAX : kOwnBlockThroughCacheBytes, fence_delay) {}
+               properties.stream_ordered ? SIZE_MAX : kOwnBlockThroughCacheBytes, fence_delay),
+        stream_list_ages(static_cast<std::uint64_t>(stream_list_idle.count())) {}
   const int ordinal;
   const BackendProperties properties;  // what requests read: plain values, no virtual call
   BackendStack assembly;
@@ -76,6 +94,7 @@ struct DeviceState {
   ThreadBlockOwners owners;
   FreeFenceQueue fences;
   StreamShard stream_shards[kStreamShards];
+  StreamListAges stream_list_ages;
   std::atomic<bool> in_oom_burst{false};
   // Whether an allocation that found the backend at its peak while fenced blocks waited grows at once
   // (router/out_of_memory.cpp, allocate_without_new_peak).

@@ -4,6 +4,8 @@
 
 #include <vector>
 
+#include "diagnostics/monotonic_clock.h"
+
 namespace gpushim::router {
 
 void close_stream_list(DeviceState& device, CUstream stream) noexcept {
@@ -32,6 +34,38 @@ void close_all_stream_lists(DeviceState& device) noexcept {
       }
     }
     for (CUstream stream : streams) close_stream_list(device, stream);
+  }
+}
+
+void close_idle_stream_lists(DeviceState& device) noexcept {
+  StreamListAges& ages = device.stream_list_ages;
+  const std::uint64_t now = monotonic_ns();
+  std::uint64_t began = ages.age_began_ns.load(std::memory_order_relaxed);
+  if (now - began < ages.idle_ns) return;
+  if (!ages.age_began_ns.compare_exchange_strong(began, now, std::memory_order_relaxed)) return;  // another thread ages
+  const std::uint32_t ended = ages.age.fetch_add(1, std::memory_order_relaxed);
+  for (StreamShard& shard : device.stream_shards) {
+    std::vector<StreamFreeList> quiet;
+    {
+      std::lock_guard<SpinLock> guard(shard.lock);
+      for (auto list = shard.lists.begin(); list != shard.lists.end();) {
+        // Stamped `ended` or the age begun just now: freed within the last idle time.
+        const std::uint32_t stamp = list->second.last_free_age;
+        if (stamp == ended || stamp == ended + 1) {
+          ++list;
+          continue;
+        }
+        try {
+          quiet.push_back(std::move(list->second));
+        } catch (...) {
+          break;  // no host memory: the rest wait for the next age
+        }
+        list = shard.lists.erase(list);
+      }
+    }
+    // Behind a device fence, not an event on the stream as close_stream_list records: this thread does
+    // not use the stream, which its owner may be destroying now. The device fence covers every stream.
+    for (StreamFreeList& list : quiet) device.fences.close_device_batch(std::move(list.blocks), list.context);
   }
 }
 

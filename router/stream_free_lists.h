@@ -38,15 +38,17 @@ static inline void* take_from_stream_list(DeviceState& device, CUstream stream, 
   return nullptr;
 }
 
-// Adds a block freed on `stream` to its list; `*full` says whether the list now holds a batch: 256 blocks,
-// or 64 MiB in more than one block. A single larger block stays, reusable at once on its stream until
-// the stream's next free closes both: closed at once, it cost every stream-ordered pair of 64 MiB or more
-// an event record and a fresh block, ~2 us a pair at 1 GiB, 2-3x the driver's pool (docs/perf-notes.md,
-// thirty-first session). A stream's list so holds at most a batch, or one block. Without
+// Adds a block freed on `stream` to its list, stamped with the device's list age; `*full` says whether
+// the list now holds a batch (stream_list_full, router/free_fence_queue.h: a single larger block stays,
+// reusable at once on its stream until its next free closes both). A stream's list so holds at most a
+// batch, or one block, and for a quiet stream only until close_idle_stream_lists ages it out. Without
 // `new_list_context`, only to a list that exists (false when there is none); with it, a missing list is
-// made, keeping that context for its fence event.
-static inline bool add_to_stream_list(DeviceState& device, CUstream stream, const FreedBlock& freed,
-                                      const CUcontext* new_list_context, bool* full) noexcept {
+// made, keeping that context for its fence event. Always inlined: left to GCC once the age stamp was
+// added, it became a call of its own with the map's find out of line, 43 more instructions a pair.
+__attribute__((always_inline)) static inline bool add_to_stream_list(DeviceState& device, CUstream stream,
+                                                                     const FreedBlock& freed,
+                                                                     const CUcontext* new_list_context,
+                                                                     bool* full) noexcept {
   StreamShard& shard = shard_of(device, stream);
   std::lock_guard<SpinLock> guard(shard.lock);
   try {
@@ -57,8 +59,8 @@ static inline bool add_to_stream_list(DeviceState& device, CUstream stream, cons
     }
     list->second.blocks.push_back(freed);
     list->second.bytes += freed.bytes;
-    const std::size_t blocks = list->second.blocks.size();
-    *full = blocks >= kBatchMaxBlocks || (list->second.bytes >= kBatchMaxBytes && blocks > 1);
+    list->second.last_free_age = device.stream_list_ages.age.load(std::memory_order_relaxed);
+    *full = stream_list_full(list->second.blocks.size(), list->second.bytes);
   } catch (...) {
     // No host memory: the block is held forever, which is safe.
   }
@@ -68,6 +70,10 @@ static inline bool add_to_stream_list(DeviceState& device, CUstream stream, cons
 // Moves one stream's async-freed blocks to the fence queue (one event on the stream).
 void close_stream_list(DeviceState& device, CUstream stream) noexcept;
 void close_all_stream_lists(DeviceState& device) noexcept;
+// The idle check's part (every 4,096 frees of a thread): once GPUSHIM_STREAM_LIST_IDLE has passed since
+// the current age began, starts the next and closes the lists with no free in the age that ended, each
+// behind a device fence (StreamListAges, router/router_state.h). Cheap when not due: one clock read.
+void close_idle_stream_lists(DeviceState& device) noexcept;
 std::uint64_t stream_list_bytes(DeviceState& device) noexcept;
 
 }  // namespace gpushim::router

@@ -49,6 +49,16 @@ foreach(backend vmm tiered)
     "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB;GPUSHIM_VMM_RELEASE_DELAY=50ms;E2E_RELEASE_DELAY_MS=50")
 endforeach()
 
+# A quiet stream's async free list is closed after GPUSHIM_STREAM_LIST_IDLE, and its blocks reach the
+# arena, which gives them back at once here (threshold and delay 0).
+foreach(backend vmm tiered)
+  add_test(NAME router_e2e_stream_list_idle.${backend} COMMAND router_end_to_end_test
+    --gtest_filter=*QuietStreamsList*)
+  set_tests_properties(router_e2e_stream_list_idle.${backend} PROPERTIES TIMEOUT 120
+    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STREAM_LIST_IDLE=50ms;GPUSHIM_VMM_RELEASE_THRESHOLD=0;GPUSHIM_VMM_RELEASE_DELAY=0;E2E_STREAM_LIST_IDLE_MS=50")
+endforeach()
+
 # The free-safety rule follows the streams that carry work (router/stream_activity.h): one process per
 # test (each starts with every stream idle), per backend. These tests fence a lone stream's frees to
 # watch the fences, so they run without solo (GPUSHIM_FREE_FENCE=no-solo); router_solo_test below

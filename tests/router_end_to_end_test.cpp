@@ -588,6 +588,55 @@ TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayWhileOnlySmallBlocksAreFre
   EXPECT_GE(std::chrono::steady_clock::now() - freed_at, delay) << "given back before the delay";
 }
 
+// A stream's async free list with no free for GPUSHIM_STREAM_LIST_IDLE is closed behind a device fence by
+// the router's idle check (every 4,096 frees of any thread), so a block parked there (here a lone block
+// larger than a batch, which a free does not close) reaches the backend, and past the release threshold
+// the driver. A stream that keeps freeing keeps its list. Runs as router_e2e_stream_list_idle.* (idle
+// 50 ms, release threshold and delay 0: memory the arena gets back goes to the driver at once).
+TEST_F(RouterEndToEnd, AQuietStreamsListIsFencedAndGivenBackAfterTheIdleTime) {
+  const char* idle_text = std::getenv("E2E_STREAM_LIST_IDLE_MS");
+  if (!idle_text) GTEST_SKIP() << "runs as router_e2e_stream_list_idle";
+  const auto idle = std::chrono::milliseconds(std::strtoul(idle_text, nullptr, 10));
+  const std::size_t big = 2 * gpushim::kBatchMaxBytes;
+  CUstream quiet = nullptr, busy = nullptr;
+  ASSERT_EQ(cuStreamCreate(&quiet, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&busy, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  CUdeviceptr parked = 0, busy_block = 0;
+  ASSERT_EQ(cuMemAllocAsync(&parked, big, quiet), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemAllocAsync(&busy_block, 8 * KiB, busy), CUDA_SUCCESS);
+  const std::size_t physical_with_parked = fake_cuda_physical_bytes(0);
+  fake_cuda_hold_gpu(1);  // the closed list's fence stays pending: its block cannot come back early
+  ASSERT_EQ(cuMemFreeAsync(parked, quiet), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFreeAsync(busy_block, busy), CUDA_SUCCESS);
+  // Small cuMemAlloc pairs make the idle checks; `busy` frees between them.
+  const auto freed_at = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - freed_at < 4 * idle) {
+    for (int i = 0; i < 1000; ++i) {
+      CUdeviceptr p = 0;
+      ASSERT_EQ(cuMemAlloc(&p, 256), CUDA_SUCCESS);
+      ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    }
+    CUdeviceptr again = 0;
+    ASSERT_EQ(cuMemAllocAsync(&again, 8 * KiB, busy), CUDA_SUCCESS);
+    ASSERT_EQ(again, busy_block) << "the list of a stream that kept freeing was closed";
+    ASSERT_EQ(cuMemFreeAsync(again, busy), CUDA_SUCCESS);
+  }
+  CUdeviceptr taken = 0;
+  ASSERT_EQ(cuMemAllocAsync(&taken, big, quiet), CUDA_SUCCESS);
+  EXPECT_NE(taken, parked) << "a quiet stream's list still held its block after the idle time";
+  ASSERT_EQ(cuMemFree(taken), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(0);
+  for (int i = 0; i < 2 * static_cast<int>(gpushim::kFreesPerIdleCheck); ++i) {  // polls the fence queue
+    CUdeviceptr p = 0;
+    ASSERT_EQ(cuMemAlloc(&p, 256), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  }
+  EXPECT_LE(fake_cuda_physical_bytes(0), physical_with_parked - big / 2)
+      << "the parked block did not go back to the driver past the release threshold";
+  EXPECT_EQ(cuStreamDestroy(quiet), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(busy), CUDA_SUCCESS);
+}
+
 TEST_F(RouterEndToEnd, ZeroByteAsyncAllocationAndNullAsyncFreeAreTheDriversAnswers) {
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, 0), CUDA_SUCCESS);

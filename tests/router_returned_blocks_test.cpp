@@ -31,7 +31,8 @@ std::unique_ptr<DeviceState> null_device(int d) {
   stack.backend = std::make_unique<testing::RecordingBackend>();
   stack.properties.fenced = true;
   static const std::atomic<int> no_captures{0};
-  return std::make_unique<DeviceState>(d, std::move(stack), no_captures, std::chrono::nanoseconds(0));
+  return std::make_unique<DeviceState>(d, std::move(stack), no_captures, std::chrono::nanoseconds(0),
+                                       std::chrono::seconds(1));
 }
 
 std::vector<FreedBlock> blocks_of(ThreadState* owner, std::uintptr_t first, int count, std::size_t bytes) {

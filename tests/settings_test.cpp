@@ -116,6 +116,16 @@ TEST(Settings, VmmReleaseDelayIsATime) {
     EXPECT_FALSE(parse({{"GPUSHIM_VMM_RELEASE_DELAY", bad}}).errors.empty()) << bad;
 }
 
+// How long a quiet stream's async free list keeps its blocks: a time up to a minute; 0 closes it at the
+// next idle check.
+TEST(Settings, StreamListIdleIsATime) {
+  EXPECT_EQ(parse({{"GPUSHIM_STREAM_LIST_IDLE", "0"}}).stream_list_idle_ns, 0u);
+  EXPECT_EQ(parse({{"GPUSHIM_STREAM_LIST_IDLE", "50ms"}}).stream_list_idle_ns, 50000000u);
+  EXPECT_EQ(parse({{"GPUSHIM_STREAM_LIST_IDLE", "60s"}}).stream_list_idle_ns, 60000000000u);
+  for (const char* bad : {"never", "-1s", "61s"})
+    EXPECT_FALSE(parse({{"GPUSHIM_STREAM_LIST_IDLE", bad}}).errors.empty()) << bad;
+}
+
 TEST(Settings, DefaultsComeFromTheTable) {
   const Settings s = parse({});
   EXPECT_TRUE(s.errors.empty());
@@ -125,6 +135,7 @@ TEST(Settings, DefaultsComeFromTheTable) {
   EXPECT_FALSE(s.strict);
   EXPECT_EQ(s.large_slots, Settings::LargeSlots::while_contended);
   EXPECT_EQ(s.fence_delay_ns, 200000u);
+  EXPECT_EQ(s.stream_list_idle_ns, kDefaultStreamListIdleNs);
   EXPECT_TRUE(s.direct_cudart);
   EXPECT_FALSE(s.limit.set());
   EXPECT_EQ(s.vmm_reserve, 256 * GiB);
@@ -154,6 +165,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_LIMIT", "75%"},
                                       {"GPUSHIM_FREE_FENCE", "always"},
                                       {"GPUSHIM_FENCE_DELAY", "20us"},
+                                      {"GPUSHIM_STREAM_LIST_IDLE", "250ms"},
                                       {"GPUSHIM_DIRECT_CUDART", "off"},
                                       {"GPUSHIM_VMM_RESERVE", "1TiB"},
                                       {"GPUSHIM_VMM_GROW_STEP", "64MiB"},
@@ -183,6 +195,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_DOUBLE_EQ(s.limit.percent, 75.0);
   EXPECT_EQ(s.free_fence, Settings::FreeFence::always);
   EXPECT_EQ(s.fence_delay_ns, 20000u);
+  EXPECT_EQ(s.stream_list_idle_ns, 250000000u);
   EXPECT_FALSE(s.direct_cudart);
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);
   EXPECT_EQ(s.vmm_grow_step, 64 * MiB);

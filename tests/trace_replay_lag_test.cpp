@@ -11,6 +11,7 @@
 
 #include "analysis/trace_replay.h"
 #include "analysis/trace_tool_commands.h"
+#include "router/free_fence_queue.h"  // kFreesPerIdleCheck
 #include "tests/forwarding_allocator.h"
 #include "tests/trace_test_support.h"
 #include "tools/trace_commands.h"
@@ -358,6 +359,28 @@ TEST(TraceReplayLag, ALoneLargeAsyncBlockStaysReusableOnItsStream) {
                                       *find_backend("vmm"), {}, GpuLag{0, 0, true});
   EXPECT_EQ(r.reused_on_stream, 63u);
   EXPECT_EQ(r.peak_waiting, 0u);
+}
+
+// A quiet stream's list is closed by the idle checks once it had no free for the default
+// GPUSHIM_STREAM_LIST_IDLE (1 s), as in the router: a 128 MiB block freed on stream 7, then 8,192
+// cuMemFree pairs (two idle checks of the thread) over `span`. Over 4 s, the second check closes the
+// list and the next allocation on 7 gets a fresh block; over 0.5 s the block is still the stream's.
+TEST(TraceReplayLag, AQuietStreamsListClosesAfterTheIdleTime) {
+  for (const std::uint64_t span_ns : {std::uint64_t{4'000'000'000}, std::uint64_t{500'000'000}}) {
+    Trace trace;
+    const std::uint64_t big = 128 * kMiB, parked = 0x100000000ull;
+    trace.events.push_back(event(EventKind::alloc_async, 0, parked, big, 7));
+    trace.events.push_back(event(EventKind::free_async, 1000, parked, big, 7));
+    const int pairs = 2 * static_cast<int>(gpushim::kFreesPerIdleCheck);
+    for (int k = 0; k < pairs; ++k) {
+      const std::uint64_t t = 2000 + span_ns / pairs * k;
+      trace.events.push_back(event(EventKind::alloc, t, 0x200000000ull, 4096));
+      trace.events.push_back(event(EventKind::free, t + 1, 0x200000000ull, 4096));
+    }
+    trace.events.push_back(event(EventKind::alloc_async, span_ns + 3000, parked + big, big, 7));
+    const ReplayResult r = replay_trace(trace, *find_backend("vmm"), {}, GpuLag{0, 0, true});
+    EXPECT_EQ(r.reused_on_stream, span_ns > 2'000'000'000 ? 0u : 1u) << "span " << span_ns << " ns";
+  }
 }
 
 // The options take whole numbers only; anything else is a usage error (exit 64 in `gpushim`) whose one
