@@ -52,22 +52,28 @@ CUresult end_capture(CUstream stream, CUgraph* graph) noexcept {
   return result;
 }
 
+// The driver's allocate and free entry points: an error that a runtime entry point already got from the
+// router is answered again (shim/runtime_replay.h), else the router serves the call (`route`, inlined:
+// the common path is one thread-local load and a tail call).
+template <typename Route>
+__attribute__((always_inline)) inline CUresult replayed_or_routed(ReplayedCall call, std::uintptr_t key,
+                                                                  const Route& route) {
+  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
+  CUresult replayed;
+  if (take_replayed_answer(call, key, &replayed)) return replayed;
+  return route();
+}
+
 }  // namespace
 
 extern "C" {
 
 CUresult CUDAAPI cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
-  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult replayed;  // an error cudaMalloc already got from the router (shim/runtime_replay.h)
-  if (take_replayed_answer(ReplayedCall::allocate, bytesize, &replayed)) return replayed;
-  return router::allocate(dptr, bytesize);
+  return replayed_or_routed(ReplayedCall::allocate, bytesize, [=] { return router::allocate(dptr, bytesize); });
 }
 
 CUresult CUDAAPI cuMemFree_v2(CUdeviceptr dptr) {
-  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult replayed;  // an error cudaFree already got from the router
-  if (take_replayed_answer(ReplayedCall::free, dptr, &replayed)) return replayed;
-  return router::free(dptr);
+  return replayed_or_routed(ReplayedCall::free, dptr, [=] { return router::free(dptr); });
 }
 
 CUresult CUDAAPI cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width_bytes, size_t height,
@@ -82,31 +88,22 @@ CUresult CUDAAPI cuMemGetInfo_v2(size_t* free_bytes, size_t* total_bytes) {
 }
 
 CUresult CUDAAPI cuMemAllocAsync(CUdeviceptr* dptr, size_t bytesize, CUstream stream) {
-  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult replayed;  // an error cudaMallocAsync already got from the router
-  if (take_replayed_answer(ReplayedCall::allocate_async, bytesize, &replayed)) return replayed;
-  return router::allocate_async(dptr, bytesize, stream);
+  return replayed_or_routed(ReplayedCall::allocate_async, bytesize,
+                            [=] { return router::allocate_async(dptr, bytesize, stream); });
 }
 
 CUresult CUDAAPI cuMemAllocAsync_ptsz(CUdeviceptr* dptr, size_t bytesize, CUstream stream) {
-  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult replayed;
-  if (take_replayed_answer(ReplayedCall::allocate_async, bytesize, &replayed)) return replayed;
-  return router::allocate_async(dptr, bytesize, per_thread_stream(stream));
+  return replayed_or_routed(ReplayedCall::allocate_async, bytesize,
+                            [=] { return router::allocate_async(dptr, bytesize, per_thread_stream(stream)); });
 }
 
 CUresult CUDAAPI cuMemFreeAsync(CUdeviceptr dptr, CUstream stream) {
-  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult replayed;  // an error cudaFreeAsync already got from the router
-  if (take_replayed_answer(ReplayedCall::free_async, dptr, &replayed)) return replayed;
-  return router::free_async(dptr, stream);
+  return replayed_or_routed(ReplayedCall::free_async, dptr, [=] { return router::free_async(dptr, stream); });
 }
 
 CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream stream) {
-  if (driver_missing()) return CUDA_ERROR_NOT_INITIALIZED;
-  CUresult replayed;
-  if (take_replayed_answer(ReplayedCall::free_async, dptr, &replayed)) return replayed;
-  return router::free_async(dptr, per_thread_stream(stream));
+  return replayed_or_routed(ReplayedCall::free_async, dptr,
+                            [=] { return router::free_async(dptr, per_thread_stream(stream)); });
 }
 
 CUresult CUDAAPI cuStreamCreate(CUstream* stream, unsigned int flags) {
