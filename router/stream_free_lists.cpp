@@ -55,10 +55,12 @@ void close_idle_stream_lists(DeviceState& device) noexcept {
           ++list;
           continue;
         }
-        try {
-          quiet.push_back(std::move(list->second));
-        } catch (...) {
-          break;  // no host memory: the rest wait for the next age
+        if (!list->second.blocks.empty()) {  // a drained list goes without a fence: it holds nothing
+          try {
+            quiet.push_back(std::move(list->second));
+          } catch (...) {
+            break;  // no host memory: the rest wait for the next age
+          }
         }
         list = shard.lists.erase(list);
       }
