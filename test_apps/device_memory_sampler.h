@@ -58,6 +58,12 @@ class DeviceMemorySampler {
       } while (running_.load(std::memory_order_relaxed));
     });
   }
+  // The device's used memory now, above the baseline (negative: below it); 0 when unavailable.
+  std::int64_t used_now() const {
+    const std::uint64_t used = available_ ? used_bytes() : kUnknown;
+    return used == kUnknown ? 0 : static_cast<std::int64_t>(used) - static_cast<std::int64_t>(baseline_);
+  }
+
   std::uint64_t stop() {
     if (!running_.exchange(false)) return 0;
     thread_.join();

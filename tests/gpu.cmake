@@ -23,6 +23,7 @@ if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_limit_check_shared ${GPUSHIM_BUILD_DIR}/test_apps/limit_check_shared)
   set(_limit_check_ptsz ${GPUSHIM_BUILD_DIR}/test_apps/limit_check_ptsz)
   set(_solo_race ${GPUSHIM_BUILD_DIR}/test_apps/solo_race)
+  set(_stream_list_idle ${GPUSHIM_BUILD_DIR}/test_apps/stream_list_idle_check)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} ${GPUSHIM_BUILD_DIR}/test_apps/${app})
   endforeach()
@@ -41,6 +42,7 @@ else()
   set(_limit_check_shared $<TARGET_FILE:limit_check_shared>)
   set(_limit_check_ptsz $<TARGET_FILE:limit_check_ptsz>)
   set(_solo_race $<TARGET_FILE:solo_race>)
+  set(_stream_list_idle $<TARGET_FILE:stream_list_idle_check>)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} $<TARGET_FILE:${app}>)
   endforeach()
@@ -79,6 +81,22 @@ foreach(backend tiered vmm)
   list(APPEND _solo_tests gpu_solo_race_${backend})
 endforeach()
 set_tests_properties(${_solo_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+
+# A quiet stream's async free list (test_apps/stream_list_idle_check.cu): without gpushim (the driver's
+# pool gives the block back at the synchronize), and under the backends that keep such lists with an
+# arena behind them, the list aged out after 50 ms. It reads the device's used memory (NVML), so it runs
+# alone.
+set(_stream_list_idle_tests gpu_stream_list_idle_noshim)
+add_test(NAME gpu_stream_list_idle_noshim COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${_stream_list_idle})
+foreach(backend tiered vmm)
+  add_test(NAME gpu_stream_list_idle_${backend}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                   -- ${_stream_list_idle})
+  list(APPEND _stream_list_idle_tests gpu_stream_list_idle_${backend})
+endforeach()
+set_tests_properties(${_stream_list_idle_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120
+  RUN_SERIAL TRUE RESOURCE_LOCK gpu_memory
+  ENVIRONMENT "GPUSHIM_STREAM_LIST_IDLE=50ms")
 
 # The cap (GPUSHIM_LIMIT=1GiB) and the out-of-memory report and recovery, under every backend; once more
 # from a program linked to libcudart.so, whose cudaMalloc/cudaFree and cudaMallocAsync/cudaFreeAsync

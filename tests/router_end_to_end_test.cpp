@@ -36,6 +36,7 @@ extern "C" {
 int fake_cuda_calls(const char* symbol);
 long fake_cuda_total_calls();
 void fake_cuda_hold_gpu(int held);
+void fake_cuda_hold_stream(CUstream stream, int held);
 std::size_t fake_cuda_physical_bytes(int device);
 int fake_cuda_device_of(CUdeviceptr p);
 int fake_cuda_records_on_destroyed_streams();
@@ -635,6 +636,53 @@ TEST_F(RouterEndToEnd, AQuietStreamsListIsFencedAndGivenBackAfterTheIdleTime) {
       << "the parked block did not go back to the driver past the release threshold";
   EXPECT_EQ(cuStreamDestroy(quiet), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(busy), CUDA_SUCCESS);
+}
+
+// As the GPU test test_apps/stream_list_idle_check.cu runs it: the quiet stream's list holds a block
+// that its own running work still uses (solo: the stream carries work alone), the list ages out behind a
+// device fence, legacy work ends solo, the work completes, and the block must then serve another
+// stream's allocation without the process growing (parked, it is invisible there).
+TEST_F(RouterEndToEnd, AQuietStreamsListBehindItsRunningWorkIsGivenBackOnceTheWorkEnds) {
+  const char* idle_text = std::getenv("E2E_STREAM_LIST_IDLE_MS");
+  if (!idle_text) GTEST_SKIP() << "runs as router_e2e_stream_list_idle";
+  const auto idle = std::chrono::milliseconds(std::strtoul(idle_text, nullptr, 10));
+  const std::size_t big = 2 * gpushim::kBatchMaxBytes;
+  auto churn = [](int pairs) {
+    for (int i = 0; i < pairs; ++i) {
+      CUdeviceptr p = 0;
+      ASSERT_EQ(cuMemAlloc(&p, 4096), CUDA_SUCCESS);
+      ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    }
+  };
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  CUdeviceptr a = 0;
+  ASSERT_EQ(cuMemAllocAsync(&a, big, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemsetD8Async(a, 1, big, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamSynchronize(s), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);  // the reader
+  ASSERT_EQ(cuMemsetD8Async(a, 2, big, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFreeAsync(a, s), CUDA_SUCCESS);
+  const auto freed_at = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - freed_at < 4 * idle) churn(1000);
+  CUdeviceptr b = 0;
+  ASSERT_EQ(cuMemAlloc(&b, big), CUDA_SUCCESS);
+  EXPECT_NE(b, a) << "handed out while its stream's work still used it";
+  const std::size_t physical_with_both = fake_cuda_physical_bytes(0);
+  ASSERT_EQ(cuMemsetD8Async(b, 3, big, CU_STREAM_LEGACY), CUDA_SUCCESS);  // legacy work: solo ends
+  fake_cuda_hold_stream(s, 0);
+  ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
+  churn(2 * static_cast<int>(gpushim::kFreesPerIdleCheck));
+  CUstream t = nullptr;
+  ASSERT_EQ(cuStreamCreate(&t, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  CUdeviceptr c = 0;
+  ASSERT_EQ(cuMemAllocAsync(&c, big, t), CUDA_SUCCESS);
+  EXPECT_LT(fake_cuda_physical_bytes(0), physical_with_both + big / 2)
+      << "the aged-out block did not serve another stream once its stream's work ended";
+  EXPECT_EQ(cuMemFreeAsync(c, t), CUDA_SUCCESS);
+  EXPECT_EQ(cuMemFree(b), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(t), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
 TEST_F(RouterEndToEnd, ZeroByteAsyncAllocationAndNullAsyncFreeAreTheDriversAnswers) {
