@@ -39,25 +39,27 @@ foreach(backend vmm buddy slab tiered passthrough mempool)
     "${environment};FAKE_CUDA_DEVICES=2")
 endforeach()
 
+# One filtered run of router_end_to_end_test per arena backend (vmm, tiered) with settings of its own:
+# `name`.<backend>, the tests matching `filter`, the extra environment in ARGN ("VAR=value" each).
+function(router_e2e_arena_run name filter)
+  list(JOIN ARGN ";" extra)
+  foreach(backend vmm tiered)
+    add_test(NAME ${name}.${backend} COMMAND router_end_to_end_test --gtest_filter=${filter})
+    set_tests_properties(${name}.${backend} PROPERTIES TIMEOUT 120
+      FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
+      "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};${extra}")
+  endforeach()
+endfunction()
+
 # Idle memory above the release threshold goes back after the release delay, though the program then
 # frees only small blocks (the arenas of vmm and tiered; buddy and slab give back as they always did).
-foreach(backend vmm tiered)
-  add_test(NAME router_e2e_release_delay.${backend} COMMAND router_end_to_end_test
-    --gtest_filter=*IdleMemoryGoesBackAfterTheDelay*)
-  set_tests_properties(router_e2e_release_delay.${backend} PROPERTIES TIMEOUT 120
-    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
-    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB;GPUSHIM_VMM_RELEASE_DELAY=50ms;E2E_RELEASE_DELAY_MS=50")
-endforeach()
+router_e2e_arena_run(router_e2e_release_delay *IdleMemoryGoesBackAfterTheDelay*
+  GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
 
 # A quiet stream's async free list is closed after GPUSHIM_STREAM_LIST_IDLE, and its blocks reach the
 # arena, which gives them back at once here (threshold and delay 0).
-foreach(backend vmm tiered)
-  add_test(NAME router_e2e_stream_list_idle.${backend} COMMAND router_end_to_end_test
-    --gtest_filter=*QuietStreamsList*)
-  set_tests_properties(router_e2e_stream_list_idle.${backend} PROPERTIES TIMEOUT 120
-    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
-    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STREAM_LIST_IDLE=50ms;GPUSHIM_VMM_RELEASE_THRESHOLD=0;GPUSHIM_VMM_RELEASE_DELAY=0;E2E_STREAM_LIST_IDLE_MS=50")
-endforeach()
+router_e2e_arena_run(router_e2e_stream_list_idle *QuietStreamsList*
+  GPUSHIM_STREAM_LIST_IDLE=50ms GPUSHIM_VMM_RELEASE_THRESHOLD=0 GPUSHIM_VMM_RELEASE_DELAY=0 E2E_STREAM_LIST_IDLE_MS=50)
 
 # The free-safety rule follows the streams that carry work (router/stream_activity.h): one process per
 # test (each starts with every stream idle), per backend. These tests fence a lone stream's frees to
