@@ -449,7 +449,7 @@ void* VmmArena::allocate_growing(std::size_t bytes) noexcept {
     Range* piece = claim_growth(grow_for, whole_block, need_only, &was_least);
     if (!piece) break;
     lock.reset();
-    const bool mapped = provider_.map(reinterpret_cast<void*>(piece->start), piece->size);
+    const bool mapped = map_growth(piece->start, piece->size);
     lock.emplace(*this);
     if (finish_growth(piece, mapped, peaks_before)) {
       whole_block = true;
@@ -463,6 +463,21 @@ void* VmmArena::allocate_growing(std::size_t bytes) noexcept {
   // Before reporting out-of-memory, make sure no fitting range hid beyond the bounded scan.
   if (void* p = allocate_locked(bytes, /*may_grow=*/true, nullptr)) return p;
   return fail();
+}
+
+// A growth beyond a step is a large block's need: mapped as two chunks, all but the last granule and
+// that granule, because the next large block is placed behind this one's free tail (claim_growth) and
+// so starts inside that granule. One chunk pinned this block's whole memory while that neighbour lived:
+// on the H200 a freed 256 MiB block beside a live one stayed mapped with the release threshold at 0
+// (docs/perf-notes.md, thirty-second session). Split, the neighbour pins one granule. A step (small
+// blocks' growth) stays one chunk: one map call, and a granule's worth at stake.
+bool VmmArena::map_growth(std::uintptr_t start, std::size_t bytes) noexcept {
+  const std::size_t body = first_chunk_of_growth(bytes);
+  if (body == bytes) return provider_.map(reinterpret_cast<void*>(start), bytes);
+  if (!provider_.map(reinterpret_cast<void*>(start), body)) return false;
+  if (provider_.map(reinterpret_cast<void*>(start + body), granularity_)) return true;
+  provider_.unmap(reinterpret_cast<void*>(start), body);
+  return false;
 }
 
 void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexcept {
@@ -585,10 +600,16 @@ bool VmmArena::finish_growth(Range* piece, bool mapped, const PeaksBefore& peaks
   merge_deferred_free();  // another thread's, while this one mapped outside the lock
   growing_bytes_ = 0;
   if (mapped) {
+    // The chunks map_growth made: one, or all but the last granule and that granule.
+    const std::size_t first = first_chunk_of_growth(piece->size);
+    const bool split = first != piece->size;
     try {
-      chunks_.emplace(piece->start, piece->size);
+      chunks_.emplace(piece->start, first);
+      if (split) chunks_.emplace(piece->start + first, granularity_);
     } catch (...) {
-      provider_.unmap(reinterpret_cast<void*>(piece->start), piece->size);
+      chunks_.erase(piece->start);
+      provider_.unmap(reinterpret_cast<void*>(piece->start), first);
+      if (split) provider_.unmap(reinterpret_cast<void*>(piece->start + first), granularity_);
       mapped = false;
     }
   }

@@ -29,7 +29,9 @@
 //   allocates and frees one large block in a loop skips the merge and the split at every turn
 //   (vmm_arena.cpp, "A split undone").
 // - Physical memory is tracked as chunks, one per provider map() call, because the driver can only unmap
-//   a whole mapping. A chunk goes back when no live block touches it.
+//   a whole mapping. A chunk goes back when no live block touches it. A growth beyond a step (a large
+//   block's need) is two chunks, its last granule apart: the next large block starts in that granule,
+//   and would otherwise keep the whole growth mapped (map_growth).
 #pragma once
 
 #include <atomic>
@@ -191,6 +193,12 @@ class VmmArena final : public Allocator {
   // Under mutex_, once the provider mapped the claimed piece (or refused it): the piece becomes free
   // memory (true), or unmapped space again with the peaks as they were before the claim.
   bool finish_growth(Range* piece, bool mapped, const PeaksBefore& peaks_before) noexcept;
+  // Maps a claimed growth, outside the lock; beyond a step, as two chunks (vmm_arena.cpp says why).
+  bool map_growth(std::uintptr_t start, std::size_t bytes) noexcept;
+  // The first chunk of a growth of `bytes`: all of it, or beyond a step all but its last granule.
+  std::size_t first_chunk_of_growth(std::size_t bytes) const noexcept {
+    return bytes > grow_step_ && bytes >= 2 * granularity_ ? bytes - granularity_ : bytes;
+  }
   // Mapped memory counted into (or out of) the device's totals.
   void count_mapped(std::size_t bytes) noexcept;
   void count_unmapped(std::size_t bytes) noexcept { totals_->mapped.fetch_sub(bytes, std::memory_order_relaxed); }

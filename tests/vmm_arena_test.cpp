@@ -304,6 +304,33 @@ TEST(VmmArena, GrowthExtendsTheFreeTailContiguously) {
   EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
+// A growth beyond a step maps its last granule as a chunk of its own. The next large block is placed
+// behind this one's free tail, so it starts inside that granule; with one chunk, it pinned all of the
+// freed block's own memory (a 256 MiB block on the H200 stayed mapped with the threshold at 0).
+TEST(VmmArena, AFreedLargeBlockGoesBackBesideALiveNeighbourInItsLastGranule) {
+  HostProvider provider(kGranule);
+  VmmArena arena(provider, options(64 * MiB, MiB, 0, /*release_delay_ns=*/0));
+  void* small = arena.allocate(32 * KiB, 0);  // chunk 0, a step: [0, 1M)
+  ASSERT_NE(small, nullptr);
+  // [32K, 4144K): the step's free tail, then 3,136 KiB mapped behind it (4,160 KiB): 16 KiB left free.
+  void* a = arena.allocate(4 * MiB + 16 * KiB, 0);
+  ASSERT_NE(a, nullptr);
+  EXPECT_EQ(provider.bytes_mapped(), MiB + 3136 * KiB);
+  EXPECT_EQ(arena.chunk_count(), 3u) << "the growth beyond a step: all but its last granule, and that granule";
+  void* b = arena.allocate(4 * MiB + 16 * KiB, 0);  // starts in a's free 16 KiB
+  ASSERT_NE(b, nullptr);
+  EXPECT_EQ(address(b), address(a) + 4 * MiB + 16 * KiB);
+  const std::size_t with_both = provider.bytes_mapped();
+  arena.deallocate(a, 4 * MiB + 16 * KiB, 0);
+  // a's growth but its last granule (which b's head shares) goes back; its head in chunk 0 stays with
+  // `small`.
+  EXPECT_EQ(provider.bytes_mapped(), with_both - (3136 * KiB - kGranule));
+  arena.deallocate(b, 4 * MiB + 16 * KiB, 0);
+  arena.deallocate(small, 32 * KiB, 0);
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);  // every unmap was exactly one earlier map
+}
+
 // The free range right below unmapped space (the wilderness) is used only when no hole fits: taking
 // it for a block a hole could hold leaves the hole behind, and the arena grows past it sooner
 // (docs/perf-notes.md, "Fit on a growing KV cache").
