@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
   unsigned long long seen[2] = {};
   CHECK_CUDA(cudaMemcpy(seen, counters, sizeof seen, cudaMemcpyDeviceToHost));
   churn_for(100);
+  const std::int64_t used_after_reader = memory.used_now();  // A's memory, unless it went to the driver
   cudaStream_t t = nullptr;
   CHECK_CUDA(cudaStreamCreateWithFlags(&t, cudaStreamNonBlocking));
   void* c = nullptr;
@@ -117,9 +118,10 @@ int main(int argc, char** argv) {
   if (memory.available()) {
     const bool reused = used_at_end < used_with_both + static_cast<std::int64_t>(size / 2);
     std::printf("stream_list_idle_check: device memory used above the start: %.1f MiB with A, %.1f MiB with A "
-                "and the second block, %.1f MiB with the second block and another stream's%s\n",
-                used_with_a / 1048576.0, used_with_both / 1048576.0, used_at_end / 1048576.0,
-                reused ? "" : ": A's memory did not serve the other stream");
+                "and the second block, %.1f MiB after the reader, %.1f MiB with the second block and another "
+                "stream's%s\n",
+                used_with_a / 1048576.0, used_with_both / 1048576.0, used_after_reader / 1048576.0,
+                used_at_end / 1048576.0, reused ? "" : ": A's memory did not serve the other stream");
     ok = ok && reused;
   } else {
     std::printf("stream_list_idle_check: NVML not found: the memory check is skipped\n");
