@@ -18,4 +18,14 @@ inline std::uint64_t monotonic_ns() noexcept {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
+// The same clock at the kernel's tick (1-4 ms), for gates on a program's own calls that need no more: it
+// reads a word the kernel keeps, where CLOCK_MONOTONIC also reads the CPU's counter. The idle checks
+// after a synchronization cost the H200 host's stream and event synchronizations 25-80 ns a call with
+// CLOCK_MONOTONIC (docs/perf-notes.md, thirty-second session).
+inline std::uint64_t coarse_monotonic_ns() noexcept {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
+}
+
 }  // namespace gpushim
