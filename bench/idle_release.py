@@ -7,6 +7,8 @@ process holds on the GPU as NVML sees it (bench/nvml_sampler.py): under gpushim,
 GPUSHIM_VMM_RELEASE_THRESHOLD (8 GiB) goes back once it stayed idle for GPUSHIM_VMM_RELEASE_DELAY (1 s);
 the small frees never reach the arena, so it is the router's periodic ask (Allocator::release_idle) that
 gives it back. Without gpushim and with PyTorch's caching off, cudaFree gives it back at once.
+With --phase synchronize the next phase allocates nothing and only calls torch.cuda.synchronize() every
+10 ms, as a program that waits on its GPU does: gpushim's idle checks also run after synchronizations.
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 LD_PRELOAD=build-gpu/lib/libgpushim.so python3 bench/idle_release.py
 
@@ -31,6 +33,8 @@ def main():
     parser.add_argument("--block-mib", type=int, default=1024)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--every", type=float, default=0.25)
+    parser.add_argument("--phase", choices=("small", "synchronize"), default="small",
+                        help="after the free: 4 KiB tensors, or only synchronizations")
     args = parser.parse_args()
     if os.environ.get("PYTORCH_NO_CUDA_MEMORY_CACHING") != "1":
         print("idle_release.py: set PYTORCH_NO_CUDA_MEMORY_CACHING=1 (each tensor must be one cudaMalloc)",
@@ -57,6 +61,10 @@ def main():
             next_reading += args.every
             if elapsed >= args.seconds:
                 break
+        if args.phase == "synchronize":
+            torch.cuda.synchronize()
+            time.sleep(0.01)
+            continue
         for _ in range(100):
             small = torch.empty(4096, dtype=torch.uint8, device="cuda")
             del small
