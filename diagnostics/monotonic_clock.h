@@ -19,9 +19,10 @@ inline std::uint64_t monotonic_ns() noexcept {
 }
 
 // The same clock at the kernel's tick (1-4 ms), for gates on a program's own calls that need no more: it
-// reads a word the kernel keeps, where CLOCK_MONOTONIC also reads the CPU's counter. The idle checks
-// after a synchronization cost the H200 host's stream and event synchronizations 25-80 ns a call with
-// CLOCK_MONOTONIC (docs/perf-notes.md, thirty-second session).
+// reads a word the kernel keeps, where CLOCK_MONOTONIC also reads the CPU's counter. The gate of the
+// idle checks after a synchronization (router/router.cpp, after_synchronize) reads it; on the H200 host
+// the hooked stream and event synchronizations cost 30-60 ns more a call either way (docs/perf-notes.md,
+// thirty-second session): the wrapper, not the clock.
 inline std::uint64_t coarse_monotonic_ns() noexcept {
   timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
