@@ -18,15 +18,4 @@ inline std::uint64_t monotonic_ns() noexcept {
   return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
 }
 
-// The same clock at the kernel's tick (1-4 ms), for gates on a program's own calls that need no more: it
-// reads a word the kernel keeps, where CLOCK_MONOTONIC also reads the CPU's counter. The gate of the
-// idle checks after a synchronization (router/router.cpp, after_synchronize) reads it; on the H200 host
-// the hooked stream and event synchronizations cost 30-60 ns more a call either way (docs/perf-notes.md,
-// thirty-second session): the wrapper, not the clock.
-inline std::uint64_t coarse_monotonic_ns() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return static_cast<std::uint64_t>(ts.tv_sec) * 1000000000ull + static_cast<std::uint64_t>(ts.tv_nsec);
-}
-
 }  // namespace gpushim

@@ -21,7 +21,6 @@
 #include "annotations/nvtx_ranges.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
-#include "diagnostics/monotonic_clock.h"
 #include "driver/real_driver.h"
 #include "router/after_fork.h"
 #include "router/exit_statistics.h"
@@ -86,15 +85,10 @@ GPUSHIM_HOT_TLS unsigned t_unfenced_frees = 0;  // frees reused at once on this 
 // give back memory idle past its release delay (Allocator::release_idle) and ages out quiet streams'
 // free lists (close_idle_stream_lists).
 GPUSHIM_HOT_TLS unsigned t_frees_until_idle_check = kFreesPerIdleCheck;
-// The idle checks of a device, here and after a synchronization (after_synchronize): both read the
-// clock, so never per free.
-void run_idle_checks(DeviceState& device) noexcept {
-  if (!device.properties.stream_ordered) close_idle_stream_lists(device);  // the pool keeps no lists
-  device.backend().release_idle();
-}
 __attribute__((noinline)) void idle_check(DeviceState& device) noexcept {
   t_frees_until_idle_check = kFreesPerIdleCheck;
-  run_idle_checks(device);
+  if (!device.properties.stream_ordered) close_idle_stream_lists(device);  // the pool keeps no lists
+  device.backend().release_idle();
 }
 inline void count_free_for_idle_check(DeviceState& device) noexcept {
   if (__builtin_expect(--t_frees_until_idle_check == 0, 0)) idle_check(device);
@@ -492,19 +486,6 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
 }  // namespace
 
 void give_back(DeviceState& device, const FreedBlock& freed) noexcept { give_back_inline(device, freed); }
-
-void after_synchronize() noexcept {
-  // At most once a millisecond (at the clock's tick, 1-4 ms), by whichever thread comes first: a program
-  // that synchronizes in a tight loop pays one coarse clock read a call; the checks' own clock reads and
-  // the arena's lock stay out of it.
-  constexpr std::uint64_t kIntervalNs = 1'000'000;
-  static std::atomic<std::uint64_t> last_ns{0};
-  const std::uint64_t now = coarse_monotonic_ns();
-  std::uint64_t last = last_ns.load(std::memory_order_relaxed);
-  if (now - last < kIntervalNs || !last_ns.compare_exchange_strong(last, now, std::memory_order_relaxed)) return;
-  for (const auto& slot : g_devices)
-    if (DeviceState* device = slot.load(std::memory_order_acquire)) run_idle_checks(*device);
-}
 
 CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept {
   ensure_started();

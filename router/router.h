@@ -25,9 +25,6 @@ void on_stream_created(CUstream stream, unsigned int flags) noexcept;
 void on_stream_destroying(CUstream stream) noexcept;   // before the real cuStreamDestroy
 void on_capture_begin(CUstream stream) noexcept;       // after a successful cuStreamBeginCapture*
 void on_capture_end(CUstream stream) noexcept;         // after cuStreamEndCapture (success or not)
-// After a synchronization returned (cuCtxSynchronize, cuStreamSynchronize, cuEventSynchronize): every
-// device's idle checks, which otherwise run only in frees (router.cpp, idle_check).
-void after_synchronize() noexcept;
 
 // Ownership lookup for the ecosystem hooks (pointer queries, IPC): the block that contains `p`.
 struct BlockInfo {

@@ -24,9 +24,6 @@
   extern "C" CUresult CUDAAPI symbol##_ptds params;
 #include "shim/synchronous_work_entries.inc"
 #undef GPUSHIM_SYNC_WORK_ENTRIES
-// The synchronization hooks (shim/synchronize_hooks.cpp); cuda.h declares cuStreamSynchronize_ptsz only
-// under a per-thread default stream build.
-extern "C" CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream stream);
 
 namespace gpushim::shim {
 namespace {
@@ -108,11 +105,6 @@ SubstitutionRows substitution_table() noexcept {
   {#name, version, address(symbol), address(symbol##_ptds), #symbol, #symbol "_ptds"},
 #include "shim/synchronous_work_entries.inc"
 #undef GPUSHIM_SYNC_WORK_ENTRIES
-    // Synchronizations (shim/synchronize_hooks.cpp): where the router's idle checks also run.
-#define GPUSHIM_SYNCHRONIZE_ENTRY(name, version, symbol, per_thread_symbol, params, args) \
-  {#name, version, address(symbol), address(per_thread_symbol), #symbol, #per_thread_symbol},
-#include "shim/synchronize_entries.inc"
-#undef GPUSHIM_SYNCHRONIZE_ENTRY
     // Asked for itself (the runtime does: docs/measured-facts.md), so every later lookup also goes through us.
     {"cuGetProcAddress", 12000, address(cuGetProcAddress_v2), address(cuGetProcAddress_v2), "cuGetProcAddress_v2",
      nullptr},

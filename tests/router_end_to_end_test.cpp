@@ -685,34 +685,6 @@ TEST_F(RouterEndToEnd, AQuietStreamsListBehindItsRunningWorkIsGivenBackOnceTheWo
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
-// A program that stops freeing (PyTorch after torch.cuda.empty_cache(): a few frees, then only its own
-// cache) still synchronizes: the idle checks run after each synchronization too, so memory above the
-// threshold goes back once the delay has passed, without another free. Runs as
-// router_e2e_release_delay.*.
-TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayAtASynchronizeWithoutFrees) {
-  const char* delay_text = std::getenv("E2E_RELEASE_DELAY_MS");
-  if (!delay_text) GTEST_SKIP() << "runs as router_e2e_release_delay";
-  const auto delay = std::chrono::milliseconds(std::strtoul(delay_text, nullptr, 10));
-  constexpr std::size_t kThreshold = 128 * MiB, kBlock = 32 * MiB;
-  std::vector<CUdeviceptr> large(8);
-  for (CUdeviceptr& p : large) ASSERT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
-  for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);  // 8 frees: no idle check of their own
-  ASSERT_GT(fake_cuda_physical_bytes(0), kThreshold + kBlock) << "nothing above the threshold to give back";
-  CUstream s = nullptr;
-  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  // Each kind of synchronization once per round; the first may only start the arena's idle window.
-  std::size_t physical = fake_cuda_physical_bytes(0);
-  for (int round = 0; round < 4 && physical > kThreshold + kBlock; ++round) {
-    std::this_thread::sleep_for(2 * delay);
-    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
-    ASSERT_EQ(cuStreamSynchronize(s), CUDA_SUCCESS);
-    physical = fake_cuda_physical_bytes(0);
-  }
-  EXPECT_LE(physical, kThreshold + kBlock) << "idle memory above the threshold stayed mapped through synchronizations";
-  EXPECT_GE(physical, kThreshold) << "memory below the threshold was given back";
-  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
-}
-
 TEST_F(RouterEndToEnd, ZeroByteAsyncAllocationAndNullAsyncFreeAreTheDriversAnswers) {
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, 0), CUDA_SUCCESS);

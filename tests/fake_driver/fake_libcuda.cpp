@@ -1083,7 +1083,6 @@ CUresult CUDAAPI cuStreamSynchronize(CUstream) {
   complete_all();  // in-order fake GPU: finishing one stream's work finishes everything before it
   return CUDA_SUCCESS;
 }
-CUresult CUDAAPI cuStreamSynchronize_ptsz(CUstream stream) { return cuStreamSynchronize(stream); }
 CUresult CUDAAPI cuStreamGetCtx(CUstream stream, CUcontext* context) {
   COUNT("cuStreamGetCtx");
   if (special_stream(stream)) {
@@ -1312,7 +1311,6 @@ const ProcAddress proc_addresses[] = {
     {"cuStreamBeginCaptureToGraph", 12030, fn(cuStreamBeginCaptureToGraph), fn(cuStreamBeginCaptureToGraph_ptsz)},
     {"cuStreamEndCapture", 10000, fn(cuStreamEndCapture), fn(cuStreamEndCapture_ptsz)},
     FAKE_SAME("cuStreamWaitEvent", 3020, cuStreamWaitEvent),
-    {"cuStreamSynchronize", 2000, fn(cuStreamSynchronize), fn(cuStreamSynchronize_ptsz)},
     {"cuLaunchKernel", 4000, fn(cuLaunchKernel), fn(cuLaunchKernel_ptsz)},
     {"cuMemsetD8Async", 3020, fn(cuMemsetD8Async), fn(cuMemsetD8Async_ptsz)},
     FAKE_SAME("cuMemcpyBatchAsync", 13000, cuMemcpyBatchAsync_v2),
