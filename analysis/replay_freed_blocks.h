@@ -155,8 +155,9 @@ class FenceBatches {
   void free(const ReplayBlock& block, std::uint64_t call, std::uint64_t time_ns, bool async, std::uint64_t free_stream,
             std::uint32_t thread, GiveBack&& give_back) {
     using namespace replay_detail;
-    if (--frees_until_idle_check_.try_emplace(thread, kFreesPerIdleCheck).first->second == 0) {
-      frees_until_idle_check_[thread] = kFreesPerIdleCheck;
+    unsigned& until_idle_check = frees_until_idle_check_.try_emplace(thread, kFreesPerIdleCheck).first->second;
+    if (--until_idle_check == 0) {
+      until_idle_check = kFreesPerIdleCheck;
       close_idle_lists(call, time_ns, give_back);
     }
     bytes_ += block.size;
@@ -167,8 +168,7 @@ class FenceBatches {
       list->second.bytes += size;
       list->second.last_free_age = age_;
       if (!stream_list_full(list->second.by_size.size(), list->second.bytes)) return;
-      std::vector<ReplayBlock> blocks;
-      for (const auto& [rounded_size, b] : list->second.by_size) blocks.push_back(b);
+      const std::vector<ReplayBlock> blocks = blocks_of(list->second);
       lists_.erase(list);
       close(block.device, blocks, call, time_ns, give_back);
       return;
@@ -224,6 +224,11 @@ class FenceBatches {
     std::uint64_t bytes = 0;
     std::uint64_t last_free_age = 0;
   };
+  static std::vector<ReplayBlock> blocks_of(const OpenList& list) {
+    std::vector<ReplayBlock> blocks;
+    for (const auto& [rounded_size, b] : list.by_size) blocks.push_back(b);
+    return blocks;
+  }
 
   // close_idle_stream_lists (router/stream_free_lists.cpp) on the trace's clock: lists with no free in
   // the age that ends are closed behind a device fence.
@@ -237,8 +242,7 @@ class FenceBatches {
         ++list;
         continue;
       }
-      std::vector<ReplayBlock> blocks;
-      for (const auto& [rounded_size, b] : list->second.by_size) blocks.push_back(b);
+      const std::vector<ReplayBlock> blocks = blocks_of(list->second);
       const std::int32_t device = list->first.first;
       list = lists_.erase(list);
       close(device, blocks, call, time_ns, give_back);
