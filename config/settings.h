@@ -53,7 +53,8 @@ struct Settings {
   enum class FreeFence { automatic, no_solo, always };
   FreeFence free_fence = FreeFence::automatic;
   std::uint64_t fence_delay_ns = 0;    // GPUSHIM_FENCE_DELAY: a closed batch's wait for its fence
-  std::uint64_t stream_list_idle_ns = kDefaultStreamListIdleNs;  // GPUSHIM_STREAM_LIST_IDLE: a quiet stream's list kept this long
+  // GPUSHIM_STREAM_LIST_IDLE: how long a quiet stream's async free list keeps its blocks.
+  std::uint64_t stream_list_idle_ns = kDefaultStreamListIdleNs;
   // GPUSHIM_DIRECT_CUDART: a shared libcudart's cudaMalloc/cudaFree (and the Async pair) served without
   // entering the runtime (shim/runtime_entry_points.cpp).
   bool direct_cudart = true;
