@@ -82,6 +82,16 @@ void leave_legacy_order() {
 // cudaMalloc's blocks meet the texture alignment (512 B on the H100 and H200): so must gpushim's.
 bool aligned(CUdeviceptr p) { return p % 512 == 0; }
 
+// `pairs` cuMemAlloc+cuMemFree pairs of `bytes`: frees that reach no arena, as a program's small blocks
+// do; the router's idle checks and fence polls run in them.
+void small_pairs(int pairs, std::size_t bytes = 256) {
+  for (int i = 0; i < pairs; ++i) {
+    CUdeviceptr p = 0;
+    ASSERT_EQ(cuMemAlloc(&p, bytes), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  }
+}
+
 void fill(CUdeviceptr p, std::size_t bytes, unsigned char value) { std::memset(reinterpret_cast<void*>(p), value, bytes); }
 bool holds(CUdeviceptr p, std::size_t bytes, unsigned char value) {
   const auto* bytes_of = reinterpret_cast<const unsigned char*>(p);
@@ -131,11 +141,7 @@ TEST_F(RouterEndToEnd, ZeroBytesAndNullOutAreInvalid) {
 // Runs first (declaration order): before any stream exists, a pair makes no driver call at all.
 TEST_F(RouterEndToEnd, BeforeAnyStreamPairsMakeNoDriverCall) {
   if (!carves_memory()) GTEST_SKIP() << backend() << " allocates with the driver";
-  for (int i = 0; i < 1000; ++i) {
-    CUdeviceptr p = 0;
-    ASSERT_EQ(cuMemAlloc(&p, 4 * KiB), CUDA_SUCCESS);
-    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-  }
+  ASSERT_NO_FATAL_FAILURE(small_pairs(1000, 4 * KiB));
   const long before = fake_cuda_total_calls();
   for (int i = 0; i < 10000; ++i) {
     CUdeviceptr p = 0;
@@ -222,11 +228,7 @@ TEST_F(RouterEndToEnd, FreedBlockIsNotHandedOutBeforeItsFenceCompletes) {
   // and the held fences are queried again. (Whether the arena then hands out those very addresses is
   // its policy; the limit test proves that fenced memory comes back.)
   const CallSnapshot released;
-  for (int i = 0; i < 1000; ++i) {
-    CUdeviceptr p = 0;
-    ASSERT_EQ(cuMemAlloc(&p, 4 * KiB), CUDA_SUCCESS);
-    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-  }
+  ASSERT_NO_FATAL_FAILURE(small_pairs(1000, 4 * KiB));
   EXPECT_GT(CallSnapshot().since(released, "cuEventQuery"), 0);
   for (CUdeviceptr p : live) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
 }
@@ -577,11 +579,7 @@ TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayWhileOnlySmallBlocksAreFre
   // Small pairs only, as a program's next phase might be: none of these frees reaches the arena.
   std::size_t physical = fake_cuda_physical_bytes(0);
   while (physical > kThreshold + kBlock && std::chrono::steady_clock::now() - freed_at < 40 * delay) {
-    for (int i = 0; i < 1000; ++i) {
-      CUdeviceptr p = 0;
-      ASSERT_EQ(cuMemAlloc(&p, 256), CUDA_SUCCESS);
-      ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-    }
+    ASSERT_NO_FATAL_FAILURE(small_pairs(1000));
     physical = fake_cuda_physical_bytes(0);
   }
   EXPECT_LE(physical, kThreshold + kBlock) << "idle memory above the threshold stayed mapped";
@@ -612,11 +610,7 @@ TEST_F(RouterEndToEnd, AQuietStreamsListIsFencedAndGivenBackAfterTheIdleTime) {
   // Small cuMemAlloc pairs make the idle checks; `busy` frees between them.
   const auto freed_at = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - freed_at < 4 * idle) {
-    for (int i = 0; i < 1000; ++i) {
-      CUdeviceptr p = 0;
-      ASSERT_EQ(cuMemAlloc(&p, 256), CUDA_SUCCESS);
-      ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-    }
+    ASSERT_NO_FATAL_FAILURE(small_pairs(1000));
     CUdeviceptr again = 0;
     ASSERT_EQ(cuMemAllocAsync(&again, 8 * KiB, busy), CUDA_SUCCESS);
     ASSERT_EQ(again, busy_block) << "the list of a stream that kept freeing was closed";
@@ -627,11 +621,7 @@ TEST_F(RouterEndToEnd, AQuietStreamsListIsFencedAndGivenBackAfterTheIdleTime) {
   EXPECT_NE(taken, parked) << "a quiet stream's list still held its block after the idle time";
   ASSERT_EQ(cuMemFree(taken), CUDA_SUCCESS);
   fake_cuda_hold_gpu(0);
-  for (int i = 0; i < 2 * static_cast<int>(gpushim::kFreesPerIdleCheck); ++i) {  // polls the fence queue
-    CUdeviceptr p = 0;
-    ASSERT_EQ(cuMemAlloc(&p, 256), CUDA_SUCCESS);
-    ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-  }
+  ASSERT_NO_FATAL_FAILURE(small_pairs(2 * static_cast<int>(gpushim::kFreesPerIdleCheck)));  // polls the fences
   EXPECT_LE(fake_cuda_physical_bytes(0), physical_with_parked - big / 2)
       << "the parked block did not go back to the driver past the release threshold";
   EXPECT_EQ(cuStreamDestroy(quiet), CUDA_SUCCESS);
@@ -647,13 +637,6 @@ TEST_F(RouterEndToEnd, AQuietStreamsListBehindItsRunningWorkIsGivenBackOnceTheWo
   if (!idle_text) GTEST_SKIP() << "runs as router_e2e_stream_list_idle";
   const auto idle = std::chrono::milliseconds(std::strtoul(idle_text, nullptr, 10));
   const std::size_t big = 2 * gpushim::kBatchMaxBytes;
-  auto churn = [](int pairs) {
-    for (int i = 0; i < pairs; ++i) {
-      CUdeviceptr p = 0;
-      ASSERT_EQ(cuMemAlloc(&p, 4096), CUDA_SUCCESS);
-      ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-    }
-  };
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
   CUdeviceptr a = 0;
@@ -664,7 +647,7 @@ TEST_F(RouterEndToEnd, AQuietStreamsListBehindItsRunningWorkIsGivenBackOnceTheWo
   ASSERT_EQ(cuMemsetD8Async(a, 2, big, s), CUDA_SUCCESS);
   ASSERT_EQ(cuMemFreeAsync(a, s), CUDA_SUCCESS);
   const auto freed_at = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - freed_at < 4 * idle) churn(1000);
+  while (std::chrono::steady_clock::now() - freed_at < 4 * idle) ASSERT_NO_FATAL_FAILURE(small_pairs(1000, 4 * KiB));
   CUdeviceptr b = 0;
   ASSERT_EQ(cuMemAlloc(&b, big), CUDA_SUCCESS);
   EXPECT_NE(b, a) << "handed out while its stream's work still used it";
@@ -672,7 +655,7 @@ TEST_F(RouterEndToEnd, AQuietStreamsListBehindItsRunningWorkIsGivenBackOnceTheWo
   ASSERT_EQ(cuMemsetD8Async(b, 3, big, CU_STREAM_LEGACY), CUDA_SUCCESS);  // legacy work: solo ends
   fake_cuda_hold_stream(s, 0);
   ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
-  churn(2 * static_cast<int>(gpushim::kFreesPerIdleCheck));
+  ASSERT_NO_FATAL_FAILURE(small_pairs(2 * static_cast<int>(gpushim::kFreesPerIdleCheck), 4 * KiB));
   CUstream t = nullptr;
   ASSERT_EQ(cuStreamCreate(&t, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
   CUdeviceptr c = 0;
