@@ -78,6 +78,9 @@ void FreeFenceQueue::close_device_batch(std::vector<FreedBlock> blocks, FenceCon
 
 void FreeFenceQueue::close_stream_batch(std::vector<FreedBlock> blocks, FenceContext context,
                                         StreamHandle stream) noexcept {
+  // A drained list (its blocks all reused on its stream) closes empty at the stream's destruction: no
+  // event for it, as enqueue would drop the batch with its event still held.
+  if (blocks.empty()) return;
   std::unique_ptr<ClosedBatch> batch(new (std::nothrow) ClosedBatch);
   if (!batch) return;
   batch->blocks = std::move(blocks);
