@@ -41,9 +41,10 @@ inline constexpr std::size_t kBatchMaxBytes = std::size_t{64} << 20;
 inline constexpr bool stream_list_full(std::size_t blocks, std::size_t bytes) {
   return blocks >= kBatchMaxBlocks || (bytes >= kBatchMaxBytes && blocks > 1);
 }
-// The router's idle check runs every 4,096 frees of a thread: the arena's release delay and the ageing
-// of quiet streams' lists ask the clock only then, never per free (router/router.cpp). The trace
-// replay's model counts the same.
+// The router's idle check runs every 4,096 frees of a thread (and after a context synchronization, at
+// most once a millisecond): the arena's release delay and the ageing of quiet streams' lists ask the clock only
+// then, never per free (router/router.cpp). The trace replay's model counts the frees (a trace records
+// no synchronizations).
 inline constexpr unsigned kFreesPerIdleCheck = 4096;
 
 // The largest of the poller's own blocks that a round of its own goes to the backend with (BlockOwners):

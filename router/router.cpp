@@ -21,6 +21,7 @@
 #include "annotations/nvtx_ranges.h"
 #include "config/settings.h"
 #include "diagnostics/log.h"
+#include "diagnostics/monotonic_clock.h"
 #include "driver/real_driver.h"
 #include "router/after_fork.h"
 #include "router/exit_statistics.h"
@@ -85,10 +86,15 @@ GPUSHIM_HOT_TLS unsigned t_unfenced_frees = 0;  // frees reused at once on this 
 // give back memory idle past its release delay (Allocator::release_idle) and ages out quiet streams'
 // free lists (close_idle_stream_lists).
 GPUSHIM_HOT_TLS unsigned t_frees_until_idle_check = kFreesPerIdleCheck;
-__attribute__((noinline)) void idle_check(DeviceState& device) noexcept {
-  t_frees_until_idle_check = kFreesPerIdleCheck;
+// The idle checks of a device, here and after a synchronization (after_synchronize): both read the
+// clock, so never per free.
+void run_idle_checks(DeviceState& device) noexcept {
   if (!device.properties.stream_ordered) close_idle_stream_lists(device);  // the pool keeps no lists
   device.backend().release_idle();
+}
+__attribute__((noinline)) void idle_check(DeviceState& device) noexcept {
+  t_frees_until_idle_check = kFreesPerIdleCheck;
+  run_idle_checks(device);
 }
 inline void count_free_for_idle_check(DeviceState& device) noexcept {
   if (__builtin_expect(--t_frees_until_idle_check == 0, 0)) idle_check(device);
@@ -486,6 +492,31 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
 }  // namespace
 
 void give_back(DeviceState& device, const FreedBlock& freed) noexcept { give_back_inline(device, freed); }
+
+void after_context_synchronize() noexcept {
+  // At most once a millisecond, by whichever thread comes first: a program that synchronizes in a tight
+  // loop (each call waits microseconds at least) pays one clock read a call.
+  constexpr std::uint64_t kIntervalNs = 1'000'000;
+  static std::atomic<std::uint64_t> last_ns{0};
+  const std::uint64_t now = monotonic_ns();
+  std::uint64_t last = last_ns.load(std::memory_order_relaxed);
+  if (now - last < kIntervalNs || !last_ns.compare_exchange_strong(last, now, std::memory_order_relaxed)) return;
+  // A capture (relaxed mode allows this call meanwhile) forbids the fences' and the arena's driver calls.
+  if (g_active_captures.load(std::memory_order_acquire) > 0) return;
+  bool any = false;
+  for (const auto& slot : g_devices) any = any || slot.load(std::memory_order_acquire) != nullptr;
+  if (!any) return;  // nothing allocated yet: the router may not have started
+  // The streams are idle now unless another thread launched since: the work turns ordered, and the
+  // threads' open batches and the fenced batches go back (they would otherwise wait for those threads'
+  // next frees).
+  poll_turned_ordered();
+  for (const auto& slot : g_devices) {
+    DeviceState* device = slot.load(std::memory_order_acquire);
+    if (!device) continue;
+    if (device->fences.holds_blocks()) device->fences.poll();  // fences completed by the synchronization
+    run_idle_checks(*device);
+  }
+}
 
 CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept {
   ensure_started();

@@ -105,6 +105,11 @@ SubstitutionRows substitution_table() noexcept {
   {#name, version, address(symbol), address(symbol##_ptds), #symbol, #symbol "_ptds"},
 #include "shim/synchronous_work_entries.inc"
 #undef GPUSHIM_SYNC_WORK_ENTRIES
+    // Context synchronizations (shim/synchronize_hooks.cpp): where the router's idle checks also run.
+#define GPUSHIM_SYNCHRONIZE_ENTRY(name, version, symbol, params, args) \
+  {#name, version, address(symbol), address(symbol), #symbol, nullptr},
+#include "shim/synchronize_entries.inc"
+#undef GPUSHIM_SYNCHRONIZE_ENTRY
     // Asked for itself (the runtime does: docs/measured-facts.md), so every later lookup also goes through us.
     {"cuGetProcAddress", 12000, address(cuGetProcAddress_v2), address(cuGetProcAddress_v2), "cuGetProcAddress_v2",
      nullptr},

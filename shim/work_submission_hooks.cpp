@@ -12,26 +12,10 @@
 
 #include <cuda.h>
 
-#include "driver/real_driver.h"
 #include "router/stream_activity.h"
+#include "shim/lazy_driver_function.h"
 
 #define GPUSHIM_EXPORT __attribute__((visibility("default")))
-
-namespace {
-
-template <typename Function>
-Function driver_function(std::atomic<Function>& slot, const char* symbol) noexcept {
-  Function function = slot.load(std::memory_order_acquire);
-  if (function == nullptr) {
-    void* libcuda = gpushim::libcuda_handle();
-    if (libcuda == nullptr) return nullptr;
-    function = reinterpret_cast<Function>(gpushim::real_dlsym(libcuda, symbol));
-    slot.store(function, std::memory_order_release);  // racing threads store the same value
-  }
-  return function;
-}
-
-}  // namespace
 
 // One entry point: `symbol` with the parameter list `params`, forwarding `args`, queuing on `stream`.
 #define GPUSHIM_WORK_ENTRY(symbol, per_thread, params, args, stream)                         \
@@ -39,7 +23,7 @@ Function driver_function(std::atomic<Function>& slot, const char* symbol) noexce
   extern "C" CUresult CUDAAPI symbol params {                                                \
     using Function = CUresult(CUDAAPI*) params;                                              \
     static std::atomic<Function> real{nullptr};                                              \
-    const Function function = driver_function(real, #symbol);                               \
+    const Function function = gpushim::shim::lazy_driver_function(real, #symbol);           \
     if (function == nullptr) return CUDA_ERROR_NOT_INITIALIZED;                              \
     gpushim::router::StreamRecord* work = gpushim::router::begin_stream_work(stream, per_thread); \
     const CUresult result = function args;                                                   \

@@ -24,6 +24,7 @@ if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_limit_check_ptsz ${GPUSHIM_BUILD_DIR}/test_apps/limit_check_ptsz)
   set(_solo_race ${GPUSHIM_BUILD_DIR}/test_apps/solo_race)
   set(_stream_list_idle ${GPUSHIM_BUILD_DIR}/test_apps/stream_list_idle_check)
+  set(_synchronize_release ${GPUSHIM_BUILD_DIR}/test_apps/synchronize_release_check)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} ${GPUSHIM_BUILD_DIR}/test_apps/${app})
   endforeach()
@@ -43,6 +44,7 @@ else()
   set(_limit_check_ptsz $<TARGET_FILE:limit_check_ptsz>)
   set(_solo_race $<TARGET_FILE:solo_race>)
   set(_stream_list_idle $<TARGET_FILE:stream_list_idle_check>)
+  set(_synchronize_release $<TARGET_FILE:synchronize_release_check>)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} $<TARGET_FILE:${app}>)
   endforeach()
@@ -97,6 +99,23 @@ endforeach()
 set_tests_properties(${_stream_list_idle_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120
   RUN_SERIAL TRUE RESOURCE_LOCK gpu_memory
   ENVIRONMENT "GPUSHIM_STREAM_LIST_IDLE=50ms")
+
+# Idle memory given back at cudaDeviceSynchronize once the program stopped freeing, and never at a stream's
+# or an event's synchronization, which must not wait for another stream (test_apps/synchronize_release_check.cu):
+# without gpushim (cudaFree gives it back at once) and under the arena backends, with a 256 MiB threshold
+# and a 50 ms delay. It reads the device's used memory (NVML), so it runs alone.
+set(_synchronize_release_tests gpu_synchronize_release_noshim)
+add_test(NAME gpu_synchronize_release_noshim
+         COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${_synchronize_release})
+foreach(backend tiered vmm)
+  add_test(NAME gpu_synchronize_release_${backend}
+           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                   -- ${_synchronize_release} --expect-held)
+  list(APPEND _synchronize_release_tests gpu_synchronize_release_${backend})
+endforeach()
+set_tests_properties(${_synchronize_release_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120
+  RUN_SERIAL TRUE RESOURCE_LOCK gpu_memory
+  ENVIRONMENT "GPUSHIM_VMM_RELEASE_THRESHOLD=256MiB;GPUSHIM_VMM_RELEASE_DELAY=50ms")
 
 # The cap (GPUSHIM_LIMIT=1GiB) and the out-of-memory report and recovery, under every backend; once more
 # from a program linked to libcudart.so, whose cudaMalloc/cudaFree and cudaMallocAsync/cudaFreeAsync

@@ -52,8 +52,9 @@ function(router_e2e_arena_run name filter)
 endfunction()
 
 # Idle memory above the release threshold goes back after the release delay, though the program then
-# frees only small blocks (the arenas of vmm and tiered; buddy and slab give back as they always did).
-router_e2e_arena_run(router_e2e_release_delay *IdleMemoryGoesBackAfterTheDelay*
+# frees only small blocks or only synchronizes the context, and never at a stream's synchronization (the
+# arenas of vmm and tiered; buddy and slab give back as they always did).
+router_e2e_arena_run(router_e2e_release_delay *IdleMemoryGoesBackAfterTheDelay*:*AStreamSynchronizeGivesNothingBack*
   GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
 
 # A quiet stream's async free list is closed after GPUSHIM_STREAM_LIST_IDLE, and its blocks reach the

@@ -668,6 +668,69 @@ TEST_F(RouterEndToEnd, AQuietStreamsListBehindItsRunningWorkIsGivenBackOnceTheWo
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A program that stops freeing (PyTorch after torch.cuda.empty_cache(): a few frees, then only its own
+// cache) still synchronizes the device: the idle checks run after each cuCtxSynchronize too, so memory
+// above the threshold goes back once the delay has passed, without another free. Runs as
+// router_e2e_release_delay.*.
+namespace {
+// Frees 8 blocks of 32 MiB (too few frees for an idle check of their own), so that 256 MiB wait above a
+// 128 MiB threshold (router_e2e_release_delay's settings).
+void free_above_the_threshold(std::size_t threshold, std::size_t block) {
+  std::vector<CUdeviceptr> large(8);
+  for (CUdeviceptr& p : large) ASSERT_EQ(cuMemAlloc(&p, block), CUDA_SUCCESS);
+  for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  ASSERT_GT(fake_cuda_physical_bytes(0), threshold + block) << "nothing above the threshold to give back";
+}
+}  // namespace
+
+TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayAtAContextSynchronizeWithoutFrees) {
+  const char* delay_text = std::getenv("E2E_RELEASE_DELAY_MS");
+  if (!delay_text) GTEST_SKIP() << "runs as router_e2e_release_delay";
+  const auto delay = std::chrono::milliseconds(std::strtoul(delay_text, nullptr, 10));
+  constexpr std::size_t kThreshold = 128 * MiB, kBlock = 32 * MiB;
+  ASSERT_NO_FATAL_FAILURE(free_above_the_threshold(kThreshold, kBlock));
+  // The first synchronization may only start the arena's idle window.
+  std::size_t physical = fake_cuda_physical_bytes(0);
+  for (int round = 0; round < 4 && physical > kThreshold + kBlock; ++round) {
+    std::this_thread::sleep_for(2 * delay);
+    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
+    physical = fake_cuda_physical_bytes(0);
+  }
+  EXPECT_LE(physical, kThreshold + kBlock) << "idle memory above the threshold stayed mapped through synchronizations";
+  EXPECT_GE(physical, kThreshold) << "memory below the threshold was given back";
+}
+
+// A stream's or an event's synchronization never gives memory back: the unmap would first wait for the
+// whole context, which those calls never do (router/router.h, after_context_synchronize).
+TEST_F(RouterEndToEnd, AStreamSynchronizeGivesNothingBack) {
+  const char* delay_text = std::getenv("E2E_RELEASE_DELAY_MS");
+  if (!delay_text) GTEST_SKIP() << "runs as router_e2e_release_delay";
+  const auto delay = std::chrono::milliseconds(std::strtoul(delay_text, nullptr, 10));
+  constexpr std::size_t kThreshold = 128 * MiB, kBlock = 32 * MiB;
+  ASSERT_NO_FATAL_FAILURE(free_above_the_threshold(kThreshold, kBlock));
+  const std::size_t physical = fake_cuda_physical_bytes(0);
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  CUevent e = nullptr;
+  ASSERT_EQ(cuEventCreate(&e, CU_EVENT_DISABLE_TIMING), CUDA_SUCCESS);
+  for (int round = 0; round < 4; ++round) {
+    std::this_thread::sleep_for(2 * delay);
+    ASSERT_EQ(cuEventRecord(e, s), CUDA_SUCCESS);
+    ASSERT_EQ(cuStreamSynchronize(s), CUDA_SUCCESS);
+    ASSERT_EQ(cuEventSynchronize(e), CUDA_SUCCESS);
+  }
+  EXPECT_EQ(fake_cuda_physical_bytes(0), physical) << "a stream or event synchronization unmapped";
+  EXPECT_EQ(cuEventDestroy(e), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+  // The test's own check: what the stream synchronizations kept was due, as context synchronizations
+  // show (the first may only start the arena's idle window).
+  for (int round = 0; round < 4 && fake_cuda_physical_bytes(0) == physical; ++round) {
+    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
+    std::this_thread::sleep_for(2 * delay);
+  }
+  EXPECT_LT(fake_cuda_physical_bytes(0), physical) << "nothing was due: the test proves nothing";
+}
+
 TEST_F(RouterEndToEnd, ZeroByteAsyncAllocationAndNullAsyncFreeAreTheDriversAnswers) {
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, 0), CUDA_SUCCESS);

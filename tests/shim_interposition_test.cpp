@@ -96,7 +96,7 @@ TEST_F(Interposition, EveryServedNameIsSubstituted) {
   } served[] = {{"cuMemAllocPitch", 3020},       {"cuMemGetInfo", 3020},         {"cuMemAllocAsync", 11020},
                 {"cuMemFreeAsync", 11020},       {"cuStreamCreate", 2000},       {"cuStreamCreateWithPriority", 5050},
                 {"cuStreamDestroy", 4000},       {"cuStreamBeginCapture", 10010}, {"cuStreamBeginCaptureToGraph", 12030},
-                {"cuStreamEndCapture", 10000}};
+                {"cuStreamEndCapture", 10000},   {"cuCtxSynchronize", 2000},     {"cuCtxSynchronize", 13000}};
   for (const auto& entry : served) {
     for (cuuint64_t flags : {0, 1, 2}) {
       void* function = lookup(entry.name, entry.version, flags);
