@@ -8,9 +8,9 @@ GPUSHIM_VMM_RELEASE_THRESHOLD (8 GiB) goes back once it stayed idle for GPUSHIM_
 the small frees never reach the arena, so it is the router's periodic ask (Allocator::release_idle) that
 gives it back. Without gpushim and with PyTorch's caching off, cudaFree gives it back at once.
 With --phase synchronize the next phase allocates nothing and only calls torch.cuda.synchronize() every
-10 ms, as a program that waits on its GPU does: gpushim's idle checks run only in frees, so such a
-program keeps what it freed (docs/perf-notes.md, thirty-second session: a hook after synchronizations
-was measured, then taken out).
+10 ms, as a program that waits on its GPU does: gpushim's idle checks then run at those context
+synchronizations (router::after_context_synchronize), never at a stream's or an event's
+(docs/perf-notes.md, thirty-second and thirty-third sessions).
 
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 LD_PRELOAD=build-gpu/lib/libgpushim.so python3 bench/idle_release.py
 

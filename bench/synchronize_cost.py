@@ -1,7 +1,9 @@
 """Micro benchmark: what a synchronization costs a program, with and without gpushim in front of it.
 
 Any hook on the synchronizations adds to this (docs/perf-notes.md, thirty-second session: idle checks
-after cuCtxSynchronize, cuStreamSynchronize and cuEventSynchronize cost the last two 30-80 ns a call).
+after cuCtxSynchronize, cuStreamSynchronize and cuEventSynchronize cost the last two 30-80 ns a call;
+thirty-third session: gpushim hooks cuCtxSynchronize alone, and the other two cost what they cost
+without it).
 This times the three as PyTorch calls them, on an idle device: torch.cuda.synchronize(), a stream's synchronize(), an event's synchronize(). Each kind is
 timed in batches of --calls calls, --batches times, interleaved; the table gives the median ns per call
 and the batches' spread.
