@@ -84,9 +84,10 @@ inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{8} << 20;
 // second on the H200, ~2 ms each pair, and its mean pair rose from ~0.3 to 1.5-14 us (twenty-sixth
 // session, docs/perf-notes.md). The release happens in a free after the delay (the router asks every
 // 4,096 frees, and after a cuCtxSynchronize, too: Allocator::release_idle). What the delay keeps is
-// bounded: idle memory above twice the threshold goes back at once, as before. Kept without that bound, 16 threads with a stream each
-// cycling 1 GiB blocks mapped the whole H200 (139 GiB for 16 live blocks, against 24-27 GiB): the
-// memory kept let them go faster, which put more blocks behind their fences, which grew the arena.
+// bounded: idle memory above twice the threshold goes back at once, as before. Kept without that bound,
+// 16 threads with a stream each cycling 1 GiB blocks mapped the whole H200 (139 GiB for 16 live blocks,
+// against 24-27 GiB): the memory kept let them go faster, which put more blocks behind their fences,
+// which grew the arena.
 
 // What the arenas of one device count together (allocators/arena_shards.h): the memory they map, its
 // peak, and the calls that found a lock held. A lone arena counts into its own.

@@ -72,7 +72,8 @@ void close_stream_list(DeviceState& device, CUstream stream) noexcept;
 void close_all_stream_lists(DeviceState& device) noexcept;
 // The idle check's part (every 4,096 frees of a thread, and after a context synchronization: router.cpp,
 // after_context_synchronize): once GPUSHIM_STREAM_LIST_IDLE has passed since the current age began,
-// starts the next and closes the lists with no free in the age that ended, each behind a device fence (StreamListAges, router/router_state.h). Cheap when not due: one clock read.
+// starts the next and closes the lists with no free in the age that ended, each behind a device fence
+// (StreamListAges, router/router_state.h). Cheap when not due: one clock read.
 void close_idle_stream_lists(DeviceState& device) noexcept;
 std::uint64_t stream_list_bytes(DeviceState& device) noexcept;
 

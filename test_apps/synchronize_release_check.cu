@@ -172,7 +172,8 @@ int main(int argc, char** argv) {
     ++failures;
   }
   if (memory.available() && used > want_mib) {
-    std::fprintf(stderr, "synchronize_release_check: FAIL: idle memory stayed through %.0f ms of cudaDeviceSynchronize\n",
+    std::fprintf(stderr,
+                 "synchronize_release_check: FAIL: idle memory stayed through %.0f ms of cudaDeviceSynchronize\n",
                  waited_ms);
     ++failures;
   }
