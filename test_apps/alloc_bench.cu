@@ -279,9 +279,36 @@ class PairRunner {
   std::size_t cursor_ = 0, size_cursor_ = 0;
 };
 
+// --synchronize-every-us: the program's own thread that waits on the GPU now and then, from before the
+// cell's threads start until they are done.
+class Synchronizer {
+ public:
+  explicit Synchronizer(double every_us) {
+    if (every_us <= 0) return;
+    thread_ = std::thread([this, every_us] {
+      CHECK_CUDA(cudaSetDevice(0));
+      while (!stop_.load(std::memory_order_relaxed)) {
+        CHECK_CUDA(cudaDeviceSynchronize());
+        std::this_thread::sleep_for(std::chrono::nanoseconds(std::int64_t(every_us * 1e3)));
+      }
+    });
+  }
+  ~Synchronizer() {
+    stop_.store(true, std::memory_order_relaxed);
+    if (thread_.joinable()) thread_.join();
+  }
+  Synchronizer(const Synchronizer&) = delete;
+  Synchronizer& operator=(const Synchronizer&) = delete;
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode streams, std::uint64_t size, int threads,
                     double overhead_ns, DeviceMemorySampler& memory) {
   memory.start();
+  Synchronizer synchronizer(o.synchronize_every_us);
   std::vector<std::atomic<void*>> boxes(kHandoffBoxesPerThread * std::size_t(threads));
   for (std::atomic<void*>& box : boxes) box.store(nullptr);
   ThreadPlan plan{api, pattern, streams, o.work_every, size, 0, 0, overhead_ns, {}, o.seed, &boxes};
@@ -425,8 +452,10 @@ int main(int argc, char** argv) {
   const double overhead = clock_overhead_ns();
   DeviceMemorySampler memory(0);
   std::printf("alloc_bench: label %s, device %s, clock overhead %.0f ns per sample (subtracted), cell %.0f ms, "
-              "warm-up 2000 pairs and %.0f ms, streams on: a launch every %llu pairs\n",
-              o.label.c_str(), prop.name, overhead, o.cell_ms, o.warmup_ms, (unsigned long long)o.work_every);
+              "warm-up 2000 pairs and %.0f ms, streams on: a launch every %llu pairs, cudaDeviceSynchronize "
+              "every %.0f us (0: none)\n",
+              o.label.c_str(), prop.name, overhead, o.cell_ms, o.warmup_ms, (unsigned long long)o.work_every,
+              o.synchronize_every_us);
   std::printf("%-10s %-8s %-7s %-7s %-8s %7s %9s %11s %11s %13s %9s\n", "label", "api", "pattern", "streams", "size",
               "threads", "samples", "median_ns", "p99_ns", "pairs_per_s", "peak_MiB");
 

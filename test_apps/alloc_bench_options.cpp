@@ -45,6 +45,9 @@ bool parse_options(int argc, char** argv, Options* o) {
   app.add_option("--warmup-ms", o->warmup_ms,
                  "each thread's warm-up before the timed pairs: 2000 pairs and at least this long, all threads at once")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--synchronize-every-us", o->synchronize_every_us,
+                 "another thread calls cudaDeviceSynchronize every N us through each cell (0: none)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--label", o->label, "first CSV column (default: gpushim-<backend> under gpushim, else none)");
   app.add_option("--csv", o->csv_path, "append one CSV line per cell to FILE");
   app.add_option("--seed", o->seed, "random seed");

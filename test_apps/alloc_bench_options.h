@@ -39,6 +39,11 @@ struct Options {
   // arena climbs for ~100 ms at 1 MiB), and the 50,000 timed pairs of a thread then measured mostly
   // that climb. 0 keeps the count alone: the cold start.
   double warmup_ms = 0;
+  // A thread of the program's own that calls cudaDeviceSynchronize every this many microseconds through
+  // each cell, warm-up included (0: none), as a program that waits on its GPU from another thread does.
+  // gpushim runs its idle checks after a context synchronization (router::after_context_synchronize):
+  // this measures what they cost the pairs.
+  double synchronize_every_us = 0;
   std::string label;
   std::string csv_path;
   std::uint64_t seed = 1;
