@@ -71,51 +71,48 @@ foreach(variant static shared driver)
 endforeach()
 set_tests_properties(${_gpu_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
 
+# One GPU app run without gpushim and under the backends with an arena behind their fences (tiered, vmm):
+# tests <name>_noshim, <name>_tiered and <name>_vmm. GPUSHIM_ARGS go to the app under gpushim only;
+# ENVIRONMENT is every run's; SERIAL runs each alone (the apps that read the device's used memory).
+function(gpu_app_without_and_under_arenas name binary)
+  cmake_parse_arguments(arg "SERIAL" "" "GPUSHIM_ARGS;ENVIRONMENT" ${ARGN})
+  set(tests ${name}_noshim)
+  add_test(NAME ${name}_noshim COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${binary})
+  foreach(backend tiered vmm)
+    add_test(NAME ${name}_${backend}
+             COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
+                     -- ${binary} ${arg_GPUSHIM_ARGS})
+    list(APPEND tests ${name}_${backend})
+  endforeach()
+  set_tests_properties(${tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+  if(arg_SERIAL)
+    set_tests_properties(${tests} PROPERTIES RUN_SERIAL TRUE RESOURCE_LOCK gpu_memory)
+  endif()
+  if(arg_ENVIRONMENT)
+    set_tests_properties(${tests} PROPERTIES ENVIRONMENT "${arg_ENVIRONMENT}")
+  endif()
+endfunction()
+
 # Solo's race (test_apps/solo_race.cu): without gpushim (the test proves itself right on the real
 # driver), and under the backends that reuse a freed block at once, where every kind of overwriter must
 # get the freed address at least once (solo happened) and no reader may see it overwritten.
-set(_solo_tests gpu_solo_race_noshim)
-add_test(NAME gpu_solo_race_noshim COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${_solo_race})
-foreach(backend tiered vmm)
-  add_test(NAME gpu_solo_race_${backend}
-           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
-                   -- ${_solo_race} --expect-reuse)
-  list(APPEND _solo_tests gpu_solo_race_${backend})
-endforeach()
-set_tests_properties(${_solo_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
+gpu_app_without_and_under_arenas(gpu_solo_race ${_solo_race} GPUSHIM_ARGS --expect-reuse)
 
 # A quiet stream's async free list (test_apps/stream_list_idle_check.cu): without gpushim (the driver's
 # pool gives the block back at the synchronize), and under the backends that keep such lists with an
 # arena behind them, the list aged out after 50 ms. It reads the device's used memory (NVML), so it runs
 # alone.
-set(_stream_list_idle_tests gpu_stream_list_idle_noshim)
-add_test(NAME gpu_stream_list_idle_noshim COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${_stream_list_idle})
-foreach(backend tiered vmm)
-  add_test(NAME gpu_stream_list_idle_${backend}
-           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
-                   -- ${_stream_list_idle})
-  list(APPEND _stream_list_idle_tests gpu_stream_list_idle_${backend})
-endforeach()
-set_tests_properties(${_stream_list_idle_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120
-  RUN_SERIAL TRUE RESOURCE_LOCK gpu_memory
-  ENVIRONMENT "GPUSHIM_STREAM_LIST_IDLE=50ms")
+gpu_app_without_and_under_arenas(gpu_stream_list_idle ${_stream_list_idle} SERIAL
+  ENVIRONMENT GPUSHIM_STREAM_LIST_IDLE=50ms)
 
-# Idle memory given back at cudaDeviceSynchronize once the program stopped freeing, and never at a stream's
-# or an event's synchronization, which must not wait for another stream (test_apps/synchronize_release_check.cu):
-# without gpushim (cudaFree gives it back at once) and under the arena backends, with a 256 MiB threshold
-# and a 50 ms delay. It reads the device's used memory (NVML), so it runs alone.
-set(_synchronize_release_tests gpu_synchronize_release_noshim)
-add_test(NAME gpu_synchronize_release_noshim
-         COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${_synchronize_release})
-foreach(backend tiered vmm)
-  add_test(NAME gpu_synchronize_release_${backend}
-           COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
-                   -- ${_synchronize_release} --expect-held)
-  list(APPEND _synchronize_release_tests gpu_synchronize_release_${backend})
-endforeach()
-set_tests_properties(${_synchronize_release_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120
-  RUN_SERIAL TRUE RESOURCE_LOCK gpu_memory
-  ENVIRONMENT "GPUSHIM_VMM_RELEASE_THRESHOLD=256MiB;GPUSHIM_VMM_RELEASE_DELAY=50ms")
+# Idle memory given back at cudaDeviceSynchronize once the program stopped freeing, and never at a
+# stream's or an event's synchronization, which must not wait for another stream
+# (test_apps/synchronize_release_check.cu): without gpushim (cudaFree gives it back at once) and under the
+# arena backends, with a 256 MiB threshold and a 50 ms delay. It reads the device's used memory (NVML), so
+# it runs alone.
+gpu_app_without_and_under_arenas(gpu_synchronize_release ${_synchronize_release} SERIAL
+  GPUSHIM_ARGS --expect-held
+  ENVIRONMENT GPUSHIM_VMM_RELEASE_THRESHOLD=256MiB GPUSHIM_VMM_RELEASE_DELAY=50ms)
 
 # The cap (GPUSHIM_LIMIT=1GiB) and the out-of-memory report and recovery, under every backend; once more
 # from a program linked to libcudart.so, whose cudaMalloc/cudaFree and cudaMallocAsync/cudaFreeAsync
