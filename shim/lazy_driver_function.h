@@ -22,3 +22,11 @@ Function lazy_driver_function(std::atomic<Function>& slot, const char* symbol) n
 }
 
 }  // namespace gpushim::shim
+
+// The start of an exported hook's body: `function`, the driver's own `symbol` of parameter list `params`,
+// looked up on first use; CUDA_ERROR_NOT_INITIALIZED from the hook where libcuda has none.
+#define GPUSHIM_DRIVER_OWN_FUNCTION(function, symbol, params)                      \
+  using Function = CUresult(CUDAAPI*) params;                                      \
+  static std::atomic<Function> real{nullptr};                                      \
+  const Function function = gpushim::shim::lazy_driver_function(real, #symbol);   \
+  if (function == nullptr) return CUDA_ERROR_NOT_INITIALIZED

@@ -15,10 +15,7 @@
 #define GPUSHIM_SYNCHRONIZE_ENTRY(name, version, symbol, params, args)             \
   extern "C" GPUSHIM_EXPORT CUresult CUDAAPI symbol params;                        \
   extern "C" CUresult CUDAAPI symbol params {                                      \
-    using Function = CUresult(CUDAAPI*) params;                                    \
-    static std::atomic<Function> real{nullptr};                                    \
-    const Function function = gpushim::shim::lazy_driver_function(real, #symbol);  \
-    if (function == nullptr) return CUDA_ERROR_NOT_INITIALIZED;                    \
+    GPUSHIM_DRIVER_OWN_FUNCTION(function, symbol, params);                         \
     const CUresult result = function args;                                         \
     if (result == CUDA_SUCCESS) gpushim::router::after_context_synchronize();      \
     return result;                                                                 \

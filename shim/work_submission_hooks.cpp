@@ -21,10 +21,7 @@
 #define GPUSHIM_WORK_ENTRY(symbol, per_thread, params, args, stream)                         \
   extern "C" GPUSHIM_EXPORT CUresult CUDAAPI symbol params;                                  \
   extern "C" CUresult CUDAAPI symbol params {                                                \
-    using Function = CUresult(CUDAAPI*) params;                                              \
-    static std::atomic<Function> real{nullptr};                                              \
-    const Function function = gpushim::shim::lazy_driver_function(real, #symbol);           \
-    if (function == nullptr) return CUDA_ERROR_NOT_INITIALIZED;                              \
+    GPUSHIM_DRIVER_OWN_FUNCTION(function, symbol, params);                                   \
     gpushim::router::StreamRecord* work = gpushim::router::begin_stream_work(stream, per_thread); \
     const CUresult result = function args;                                                   \
     gpushim::router::end_stream_work(work);                                                  \

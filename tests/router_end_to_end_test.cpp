@@ -561,16 +561,32 @@ TEST_F(RouterEndToEnd, LimitGivesOutOfMemoryAndFreedMemoryComesBack) {
 }
 
 
+namespace {
+// router_e2e_release_delay's settings (tests/router_e2e.cmake): a 128 MiB threshold, 32 MiB blocks, and
+// the delay, which E2E_RELEASE_DELAY_MS gives the test (0 where it is unset: the test then skips).
+constexpr std::size_t kThreshold = 128 * MiB, kBlock = 32 * MiB;
+std::chrono::milliseconds release_delay() {
+  const char* text = std::getenv("E2E_RELEASE_DELAY_MS");
+  return std::chrono::milliseconds(text ? std::strtoul(text, nullptr, 10) : 0);
+}
+// Frees 8 blocks of 32 MiB (too few frees for an idle check of their own), so that 256 MiB wait above the
+// threshold, within twice it (what the delay may keep).
+void free_above_the_threshold() {
+  std::vector<CUdeviceptr> large(8);
+  for (CUdeviceptr& p : large) ASSERT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
+  for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  ASSERT_GT(fake_cuda_physical_bytes(0), kThreshold + kBlock) << "nothing above the threshold to give back";
+}
+}  // namespace
+
 // Memory above GPUSHIM_VMM_RELEASE_THRESHOLD is kept for GPUSHIM_VMM_RELEASE_DELAY, then given back,
 // also where the program has moved on to blocks that never reach the arena (the slabs and the thread
 // caches serve them): the router asks the backend every few thousand frees (Allocator::release_idle).
 // Runs as router_e2e_release_delay.* (threshold 128 MiB, delay 50 ms: the 256 MiB freed is within twice
 // the threshold, which the delay may keep).
 TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayWhileOnlySmallBlocksAreFreed) {
-  const char* delay_text = std::getenv("E2E_RELEASE_DELAY_MS");
-  if (!delay_text) GTEST_SKIP() << "runs as router_e2e_release_delay";
-  const auto delay = std::chrono::milliseconds(std::strtoul(delay_text, nullptr, 10));
-  constexpr std::size_t kThreshold = 128 * MiB, kBlock = 32 * MiB;
+  const auto delay = release_delay();
+  if (delay.count() == 0) GTEST_SKIP() << "runs as router_e2e_release_delay";
   std::vector<CUdeviceptr> large(8);
   for (CUdeviceptr& p : large) ASSERT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
   const auto freed_at = std::chrono::steady_clock::now();
@@ -672,23 +688,10 @@ TEST_F(RouterEndToEnd, AQuietStreamsListBehindItsRunningWorkIsGivenBackOnceTheWo
 // cache) still synchronizes the device: the idle checks run after each cuCtxSynchronize too, so memory
 // above the threshold goes back once the delay has passed, without another free. Runs as
 // router_e2e_release_delay.*.
-namespace {
-// Frees 8 blocks of 32 MiB (too few frees for an idle check of their own), so that 256 MiB wait above a
-// 128 MiB threshold (router_e2e_release_delay's settings).
-void free_above_the_threshold(std::size_t threshold, std::size_t block) {
-  std::vector<CUdeviceptr> large(8);
-  for (CUdeviceptr& p : large) ASSERT_EQ(cuMemAlloc(&p, block), CUDA_SUCCESS);
-  for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-  ASSERT_GT(fake_cuda_physical_bytes(0), threshold + block) << "nothing above the threshold to give back";
-}
-}  // namespace
-
 TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayAtAContextSynchronizeWithoutFrees) {
-  const char* delay_text = std::getenv("E2E_RELEASE_DELAY_MS");
-  if (!delay_text) GTEST_SKIP() << "runs as router_e2e_release_delay";
-  const auto delay = std::chrono::milliseconds(std::strtoul(delay_text, nullptr, 10));
-  constexpr std::size_t kThreshold = 128 * MiB, kBlock = 32 * MiB;
-  ASSERT_NO_FATAL_FAILURE(free_above_the_threshold(kThreshold, kBlock));
+  const auto delay = release_delay();
+  if (delay.count() == 0) GTEST_SKIP() << "runs as router_e2e_release_delay";
+  ASSERT_NO_FATAL_FAILURE(free_above_the_threshold());
   // The first synchronization may only start the arena's idle window.
   std::size_t physical = fake_cuda_physical_bytes(0);
   for (int round = 0; round < 4 && physical > kThreshold + kBlock; ++round) {
@@ -703,11 +706,9 @@ TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayAtAContextSynchronizeWitho
 // A stream's or an event's synchronization never gives memory back: the unmap would first wait for the
 // whole context, which those calls never do (router/router.h, after_context_synchronize).
 TEST_F(RouterEndToEnd, AStreamSynchronizeGivesNothingBack) {
-  const char* delay_text = std::getenv("E2E_RELEASE_DELAY_MS");
-  if (!delay_text) GTEST_SKIP() << "runs as router_e2e_release_delay";
-  const auto delay = std::chrono::milliseconds(std::strtoul(delay_text, nullptr, 10));
-  constexpr std::size_t kThreshold = 128 * MiB, kBlock = 32 * MiB;
-  ASSERT_NO_FATAL_FAILURE(free_above_the_threshold(kThreshold, kBlock));
+  const auto delay = release_delay();
+  if (delay.count() == 0) GTEST_SKIP() << "runs as router_e2e_release_delay";
+  ASSERT_NO_FATAL_FAILURE(free_above_the_threshold());
   const std::size_t physical = fake_cuda_physical_bytes(0);
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
