@@ -204,7 +204,8 @@ const Row kRows[] = {
       "How long blocks freed with cudaFreeAsync stay on their stream's free list, reusable at once on that "
       "stream, after the stream's last free (checked every 4,096 frees of a thread and after "
       "cudaDeviceSynchronize). Then they wait for a fence on every stream and go back to the backend, "
-      "where any stream and the release threshold see them. Memory pressure and the stream's destruction close the list at once."},
+      "where any stream and the release threshold see them. Memory pressure and the stream's destruction "
+      "close the list at once."},
      [](const char* v, Settings& s) { return duration_up_to(v, 60'000'000'000ull, &s.stream_list_idle_ns); }},
     {{"GPUSHIM_DIRECT_CUDART", "bool", "1", "0, 1 (also true/false, yes/no, on/off)",
       "A program that links the CUDA runtime as a shared library (libcudart.so: PyTorch, CuPy, nvcc "

@@ -23,6 +23,7 @@
 #include "diagnostics/log.h"
 #include "diagnostics/monotonic_clock.h"
 #include "driver/real_driver.h"
+#include "driver/scoped_context.h"
 #include "router/after_fork.h"
 #include "router/exit_statistics.h"
 #include "router/fault_injection.h"
@@ -86,8 +87,8 @@ GPUSHIM_HOT_TLS unsigned t_unfenced_frees = 0;  // frees reused at once on this 
 // give back memory idle past its release delay (Allocator::release_idle) and ages out quiet streams'
 // free lists (close_idle_stream_lists).
 GPUSHIM_HOT_TLS unsigned t_frees_until_idle_check = kFreesPerIdleCheck;
-// The idle checks of a device, here and after a synchronization (after_synchronize): both read the
-// clock, so never per free.
+// The idle checks of a device, here and after a synchronization of its context
+// (after_context_synchronize): both read the clock, so never per free.
 void run_idle_checks(DeviceState& device) noexcept {
   if (!device.properties.stream_ordered) close_idle_stream_lists(device);  // the pool keeps no lists
   device.backend().release_idle();
@@ -364,15 +365,23 @@ struct TakenAtTransition {
   DeviceState* device = nullptr;
   FreeFenceQueue::Taken taken;
 };
-using TakenAtTransitions = std::vector<TakenAtTransition>;
+struct TakenAtTransitions {
+  std::vector<TakenAtTransition> devices;
+  // Only this device's blocks (nullptr: every device's): after a synchronization of its context, whose
+  // give-back may unmap there and so wait for that context alone (after_context_synchronize). The other
+  // devices' blocks come back through their fences.
+  DeviceState* only = nullptr;
+};
 
 // poll_stream_activity's TurnedOrderedHook: under the activity lock, only moves blocks. Allocates only
 // here, at a transition: the poll runs every 8 fenced frees.
 void take_held_back_blocks(void* arg) noexcept {
-  auto& taken = *static_cast<TakenAtTransitions*>(arg);
+  auto& transitions = *static_cast<TakenAtTransitions*>(arg);
+  std::vector<TakenAtTransition>& taken = transitions.devices;
   for (const auto& slot : g_devices) {
     DeviceState* each = slot.load(std::memory_order_acquire);
     if (!each || each->properties.stream_ordered) continue;
+    if (transitions.only && each != transitions.only) continue;
     try {
       taken.emplace_back();  // the slot first: the move into it below cannot fail
     } catch (...) {
@@ -383,10 +392,12 @@ void take_held_back_blocks(void* arg) noexcept {
   }
 }
 
-__attribute__((noinline)) bool poll_turned_ordered(BusyStreams busy = BusyStreams::probe) noexcept {
+__attribute__((noinline)) bool poll_turned_ordered(BusyStreams busy = BusyStreams::probe,
+                                                   DeviceState* only = nullptr) noexcept {
   TakenAtTransitions taken;
+  taken.only = only;
   const bool turned = poll_stream_activity(g_fence_always ? nullptr : take_held_back_blocks, &taken, busy);
-  for (TakenAtTransition& each : taken) each.device->fences.give_back_taken(std::move(each.taken));
+  for (TakenAtTransition& each : taken.devices) each.device->fences.give_back_taken(std::move(each.taken));
   return turned && reuse_at_once();
 }
 
@@ -493,29 +504,45 @@ __attribute__((always_inline)) inline void give_back_inline(DeviceState& device,
 
 void give_back(DeviceState& device, const FreedBlock& freed) noexcept { give_back_inline(device, freed); }
 
-void after_context_synchronize() noexcept {
-  // At most once a millisecond, by whichever thread comes first: a program that synchronizes in a tight
-  // loop (each call waits microseconds at least) pays one clock read a call.
-  constexpr std::uint64_t kIntervalNs = 1'000'000;
-  static std::atomic<std::uint64_t> last_ns{0};
-  const std::uint64_t now = monotonic_ns();
-  std::uint64_t last = last_ns.load(std::memory_order_relaxed);
-  if (now - last < kIntervalNs || !last_ns.compare_exchange_strong(last, now, std::memory_order_relaxed)) return;
+// The state of the device whose context `context` is (nullptr: the calling thread's current one), or
+// nullptr where gpushim serves nothing on it yet. Never builds one, unlike current_device().
+DeviceState* served_device_of(CUcontext context) noexcept {
+  const RealDriver& driver = real_driver();
+  CUcontext current = nullptr;
+  if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return nullptr;
+  if (!context) context = current;
+  if (!context) return nullptr;
+  const std::uint64_t generation = g_fork_generation.load(std::memory_order_relaxed);
+  for (const ContextCacheEntry& entry : t_context_cache)
+    if (entry.context == context && entry.generation == generation) return entry.device;
+  CUdevice ordinal = -1;
+  {
+    ScopedContext scope(context);
+    if (!scope.ok() || driver.cuCtxGetDevice(&ordinal) != CUDA_SUCCESS) return nullptr;
+  }
+  if (ordinal < 0 || ordinal >= kMaxDevices) return nullptr;
+  return g_devices[ordinal].load(std::memory_order_acquire);
+}
+
+void after_context_synchronize(CUcontext context) noexcept {
   // A capture (relaxed mode allows this call meanwhile) forbids the fences' and the arena's driver calls.
   if (g_active_captures.load(std::memory_order_acquire) > 0) return;
-  bool any = false;
-  for (const auto& slot : g_devices) any = any || slot.load(std::memory_order_acquire) != nullptr;
-  if (!any) return;  // nothing allocated yet: the router may not have started
-  // The streams are idle now unless another thread launched since: the work turns ordered, and the
-  // threads' open batches and the fenced batches go back (they would otherwise wait for those threads'
-  // next frees).
-  poll_turned_ordered();
-  for (const auto& slot : g_devices) {
-    DeviceState* device = slot.load(std::memory_order_acquire);
-    if (!device) continue;
-    if (device->fences.holds_blocks()) device->fences.poll();  // fences completed by the synchronization
-    run_idle_checks(*device);
-  }
+  DeviceState* device = served_device_of(context);
+  if (!device) return;  // nothing allocated there: the router may not even have started
+  // At most once a millisecond a device, by whichever thread comes first: a program that synchronizes in
+  // a tight loop (each call waits microseconds at least) pays a clock read a call.
+  constexpr std::uint64_t kIntervalNs = 1'000'000;
+  const std::uint64_t now = monotonic_ns();
+  std::uint64_t last = device->synchronize_checked_ns.load(std::memory_order_relaxed);
+  if (now - last < kIntervalNs ||
+      !device->synchronize_checked_ns.compare_exchange_strong(last, now, std::memory_order_relaxed))
+    return;
+  // The device's streams are idle now unless another thread launched since: the work may turn ordered,
+  // and then this device's open batches and fenced batches go back (they would otherwise wait for their
+  // threads' next frees).
+  if (!device->properties.stream_ordered) poll_turned_ordered(BusyStreams::probe, device);
+  if (device->fences.holds_blocks()) device->fences.poll();  // fences the synchronization completed
+  run_idle_checks(*device);
 }
 
 CUresult allocate(CUdeviceptr* out, std::size_t bytes) noexcept {

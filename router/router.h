@@ -25,12 +25,13 @@ void on_stream_created(CUstream stream, unsigned int flags) noexcept;
 void on_stream_destroying(CUstream stream) noexcept;   // before the real cuStreamDestroy
 void on_capture_begin(CUstream stream) noexcept;       // after a successful cuStreamBeginCapture*
 void on_capture_end(CUstream stream) noexcept;         // after cuStreamEndCapture (success or not)
-// After a cuCtxSynchronize returned success: every device's idle checks, which otherwise run only in
-// frees (router.cpp, idle_check), so a program that stopped freeing still gives idle memory back. Only
-// there: the checks may unmap, and cuMemUnmap first waits for the whole context. After a stream or event
-// synchronization that is a wait the program did not ask for; one that holds a lock across
-// cudaStreamSynchronize(s1), which a host function queued on s2 needs, would deadlock.
-void after_context_synchronize() noexcept;
+// After a cuCtxSynchronize of `context` returned success (nullptr: the calling thread's current one): the
+// idle checks of that context's device, which otherwise run only in frees (router.cpp, idle_check), so a
+// program that stopped freeing still gives idle memory back. Only there, and only for that device: the
+// checks may unmap, and cuMemUnmap first waits for the whole context. After a stream or event
+// synchronization, or for another device, that is a wait the program did not ask for; one that holds a
+// lock across cudaStreamSynchronize(s1), which a host function queued on s2 needs, would deadlock.
+void after_context_synchronize(CUcontext context) noexcept;
 
 // Ownership lookup for the ecosystem hooks (pointer queries, IPC): the block that contains `p`.
 struct BlockInfo {

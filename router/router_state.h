@@ -96,6 +96,9 @@ struct DeviceState {
   StreamShard stream_shards[kStreamShards];
   StreamListAges stream_list_ages;
   std::atomic<bool> in_oom_burst{false};
+  // When the idle checks last ran after a synchronization of this device's context
+  // (router::after_context_synchronize): at most once a millisecond.
+  std::atomic<std::uint64_t> synchronize_checked_ns{0};
   // Whether an allocation that found the backend at its peak while fenced blocks waited grows at once
   // (router/out_of_memory.cpp, allocate_without_new_peak).
   PeakGrowth peak_growth;

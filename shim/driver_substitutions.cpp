@@ -106,7 +106,7 @@ SubstitutionRows substitution_table() noexcept {
 #include "shim/synchronous_work_entries.inc"
 #undef GPUSHIM_SYNC_WORK_ENTRIES
     // Context synchronizations (shim/synchronize_hooks.cpp): where the router's idle checks also run.
-#define GPUSHIM_SYNCHRONIZE_ENTRY(name, version, symbol, params, args) \
+#define GPUSHIM_SYNCHRONIZE_ENTRY(name, version, symbol, params, args, context) \
   {#name, version, address(symbol), address(symbol), #symbol, nullptr},
 #include "shim/synchronize_entries.inc"
 #undef GPUSHIM_SYNCHRONIZE_ENTRY

@@ -12,13 +12,13 @@
 
 #define GPUSHIM_EXPORT __attribute__((visibility("default")))
 
-#define GPUSHIM_SYNCHRONIZE_ENTRY(name, version, symbol, params, args)             \
-  extern "C" GPUSHIM_EXPORT CUresult CUDAAPI symbol params;                        \
-  extern "C" CUresult CUDAAPI symbol params {                                      \
-    GPUSHIM_DRIVER_OWN_FUNCTION(function, symbol, params);                         \
-    const CUresult result = function args;                                         \
-    if (result == CUDA_SUCCESS) gpushim::router::after_context_synchronize();      \
-    return result;                                                                 \
+#define GPUSHIM_SYNCHRONIZE_ENTRY(name, version, symbol, params, args, context)          \
+  extern "C" GPUSHIM_EXPORT CUresult CUDAAPI symbol params;                               \
+  extern "C" CUresult CUDAAPI symbol params {                                             \
+    GPUSHIM_DRIVER_OWN_FUNCTION(function, symbol, params);                                \
+    const CUresult result = function args;                                                \
+    if (result == CUDA_SUCCESS) gpushim::router::after_context_synchronize(context);      \
+    return result;                                                                        \
   }
 #include "shim/synchronize_entries.inc"
 #undef GPUSHIM_SYNCHRONIZE_ENTRY

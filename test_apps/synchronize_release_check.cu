@@ -1,7 +1,8 @@
 // After a program stops freeing, gpushim gives back idle memory at its cudaDeviceSynchronize calls
-// (router::after_context_synchronize), and never at a stream's or an event's synchronization: the give-back
-// unmaps, and the arena first waits for the whole context (providers/cuda_physical_memory.cpp), a wait
-// those calls never make. Checked on the GPU:
+// (router::after_context_synchronize), for the synchronized device only, and never at a stream's or an
+// event's synchronization: the give-back unmaps, and the arena first waits for the whole context
+// (providers/cuda_physical_memory.cpp), a wait those calls never make, nor a synchronization of another
+// device. Checked on the GPU:
 //
 // 1. --blocks blocks of --size (3 x 128 MiB) are allocated and freed with cudaMalloc/cudaFree. Under
 //    gpushim (ctest sets GPUSHIM_VMM_RELEASE_THRESHOLD=256MiB and GPUSHIM_VMM_RELEASE_DELAY=50ms) idle
@@ -15,11 +16,15 @@
 //    mutex is let go.
 // 3. cudaDeviceSynchronize every 10 ms for up to --sync-ms: the device's used memory (NVML) must fall to
 //    the threshold plus half a block. Without gpushim cudaFree gave the memory back at once.
+// 4. With two GPUs, across devices: step 1 on device 1, whose stream then waits for the main thread's
+//    mutex while the main thread synchronizes device 0 four times. Device 0's synchronizations must return
+//    and give nothing of device 1's back (that would wait for device 1's context); device 1's own
+//    synchronizations then must, as in step 3.
 //
 //   synchronize_release_check [--size BYTES] [--blocks N] [--threshold BYTES] [--delay-ms MS] [--sync-ms MS]
 //                             [--watchdog-s S] [--expect-held]
-// --expect-held (under gpushim): the memory after the frees must be above what step 3 wants, or step 3
-// proves nothing.
+// --expect-held (under gpushim): the memory after the frees must be above what steps 3 and 4 want, or they
+// prove nothing.
 // Exits 0 when every synchronization returned and (where NVML is found) the memory fell as it should;
 // 1 otherwise, 2 on a failed CUDA call.
 #include <cuda_runtime.h>
@@ -51,8 +56,22 @@ namespace {
 
 constexpr double kMiB = 1024.0 * 1024.0;
 
-std::mutex g_held_by_main;  // the lock the host function on S2 needs
+struct Plan {
+  std::size_t size = std::size_t{128} << 20;
+  int blocks = 3;
+  std::size_t threshold = std::size_t{256} << 20;
+  int delay_ms = 50, sync_ms = 1000, watchdog_s = 10;
+  bool expect_held = false;
+  double want_mib() const { return (threshold + size / 2) / kMiB; }
+};
 
+int g_failures = 0;
+void fail(const char* what) {
+  std::fprintf(stderr, "synchronize_release_check: FAIL: %s\n", what);
+  ++g_failures;
+}
+
+std::mutex g_held_by_main;  // the lock the host functions need
 void CUDART_CB take_the_mains_lock(void*) { std::lock_guard<std::mutex> wait_for_main(g_held_by_main); }
 
 // Ends the process if the step it watches does not finish in time: a deadlocked program never returns.
@@ -86,21 +105,124 @@ class Watchdog {
   std::thread thread_;
 };
 
+// Step 1 on the current device: MiB used with the blocks live, then freed.
+void free_blocks(const Plan& plan, const DeviceMemorySampler& memory, double* live_mib, double* freed_mib) {
+  std::vector<void*> large(static_cast<std::size_t>(plan.blocks));
+  for (void*& p : large) {
+    CHECK_CUDA(cudaMalloc(&p, plan.size));
+    CHECK_CUDA(cudaMemset(p, 1, plan.size));
+  }
+  CHECK_CUDA(cudaDeviceSynchronize());
+  *live_mib = memory.used_now() / kMiB;
+  for (void* p : large) CHECK_CUDA(cudaFree(p));
+  *freed_mib = memory.used_now() / kMiB;
+  if (memory.available() && plan.expect_held && *freed_mib <= plan.want_mib())
+    fail("nothing above the threshold after the frees: the check proves nothing");
+}
+
+// Calls `synchronize` 4 times, two delays apart (the give-back is due from the second), while a host
+// function queued on `waiting` waits for the calling thread.
+template <typename Synchronize>
+void synchronize_while_waited_for(const Plan& plan, cudaStream_t waiting, const char* step, Synchronize synchronize) {
+  std::unique_lock<std::mutex> held(g_held_by_main);
+  CHECK_CUDA(cudaLaunchHostFunc(waiting, take_the_mains_lock, nullptr));
+  Watchdog watchdog(plan.watchdog_s, step);
+  for (int round = 0; round < 4; ++round) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2 * plan.delay_ms));
+    synchronize(round);
+  }
+}
+
+// Step 3 on the current device: cudaDeviceSynchronize every 10 ms until the memory is at most what the
+// plan wants, or --sync-ms passed. Returns the MiB used; `*waited_ms` how long it took.
+double synchronize_until_released(const Plan& plan, const DeviceMemorySampler& memory, double* waited_ms) {
+  double used = memory.used_now() / kMiB;
+  const auto began = std::chrono::steady_clock::now();
+  while (std::chrono::steady_clock::now() - began < std::chrono::milliseconds(plan.sync_ms)) {
+    CHECK_CUDA(cudaDeviceSynchronize());
+    used = memory.used_now() / kMiB;
+    if (used <= plan.want_mib()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  *waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began).count();
+  if (memory.available() && used > plan.want_mib()) fail("idle memory stayed through the device's synchronizations");
+  return used;
+}
+
+// Steps 1-3 on device 0.
+void on_one_device(const Plan& plan) {
+  DeviceMemorySampler memory(0);
+  cudaStream_t s1 = nullptr, s2 = nullptr;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
+  CHECK_CUDA(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
+  cudaEvent_t on_s1 = nullptr;
+  CHECK_CUDA(cudaEventCreateWithFlags(&on_s1, cudaEventDisableTiming));
+  void* work = nullptr;  // what S1 carries between its synchronizations
+  CHECK_CUDA(cudaMalloc(&work, 4096));
+
+  double live = 0, freed = 0;
+  free_blocks(plan, memory, &live, &freed);
+  synchronize_while_waited_for(plan, s2, "a stream or event synchronization while another stream waits for the caller",
+                               [&](int round) {
+                                 CHECK_CUDA(cudaMemsetAsync(work, round, 4096, s1));
+                                 CHECK_CUDA(cudaEventRecord(on_s1, s1));
+                                 CHECK_CUDA(cudaStreamSynchronize(s1));
+                                 CHECK_CUDA(cudaEventSynchronize(on_s1));
+                               });
+  const double after_stream_syncs = memory.used_now() / kMiB;
+  if (memory.available() && after_stream_syncs < freed - plan.size / 2 / kMiB)
+    fail("a stream or event synchronization gave memory back");
+  double waited_ms = 0;
+  const double used = synchronize_until_released(plan, memory, &waited_ms);
+  std::printf("synchronize_release_check: device 0, %d x %.0f MiB; used (MiB): %.0f live, %.0f freed, %.0f after "
+              "the stream and event synchronizations, %.0f after %.0f ms of device synchronizations (want <= %.0f)%s\n",
+              plan.blocks, plan.size / kMiB, live, freed, after_stream_syncs, used, waited_ms, plan.want_mib(),
+              memory.available() ? "" : " [NVML unavailable: memory not checked]");
+  CHECK_CUDA(cudaFree(work));
+  CHECK_CUDA(cudaEventDestroy(on_s1));
+  CHECK_CUDA(cudaStreamDestroy(s2));
+  CHECK_CUDA(cudaStreamDestroy(s1));
+}
+
+// Step 4: device 1's memory, device 0's synchronizations, then device 1's.
+void across_two_devices(const Plan& plan) {
+  CHECK_CUDA(cudaSetDevice(1));
+  CHECK_CUDA(cudaFree(nullptr));  // device 1's context, before NVML's baseline
+  DeviceMemorySampler memory(1);
+  cudaStream_t waiting = nullptr;
+  CHECK_CUDA(cudaStreamCreateWithFlags(&waiting, cudaStreamNonBlocking));
+  double live = 0, freed = 0;
+  free_blocks(plan, memory, &live, &freed);
+  CHECK_CUDA(cudaSetDevice(0));
+  synchronize_while_waited_for(plan, waiting, "device 0's cudaDeviceSynchronize while device 1's stream waits for the "
+                               "caller", [](int) { CHECK_CUDA(cudaDeviceSynchronize()); });
+  const double after_other_syncs = memory.used_now() / kMiB;
+  if (memory.available() && after_other_syncs < freed - plan.size / 2 / kMiB)
+    fail("device 0's synchronization gave device 1's memory back");
+  CHECK_CUDA(cudaSetDevice(1));
+  double waited_ms = 0;
+  const double used = synchronize_until_released(plan, memory, &waited_ms);
+  std::printf("synchronize_release_check: device 1, %d x %.0f MiB; used (MiB): %.0f live, %.0f freed, %.0f after "
+              "device 0's synchronizations, %.0f after %.0f ms of its own (want <= %.0f)%s\n",
+              plan.blocks, plan.size / kMiB, live, freed, after_other_syncs, used, waited_ms, plan.want_mib(),
+              memory.available() ? "" : " [NVML unavailable: memory not checked]");
+  CHECK_CUDA(cudaStreamDestroy(waiting));
+  CHECK_CUDA(cudaSetDevice(0));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::size_t size = std::size_t{128} << 20, threshold = std::size_t{256} << 20;
-  int blocks = 3, delay_ms = 50, sync_ms = 1000, watchdog_s = 10;
-  bool expect_held = false;
+  Plan plan;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if (arg == "--size" && i + 1 < argc) size = std::strtoull(argv[++i], nullptr, 0);
-    else if (arg == "--blocks" && i + 1 < argc) blocks = std::atoi(argv[++i]);
-    else if (arg == "--threshold" && i + 1 < argc) threshold = std::strtoull(argv[++i], nullptr, 0);
-    else if (arg == "--delay-ms" && i + 1 < argc) delay_ms = std::atoi(argv[++i]);
-    else if (arg == "--sync-ms" && i + 1 < argc) sync_ms = std::atoi(argv[++i]);
-    else if (arg == "--watchdog-s" && i + 1 < argc) watchdog_s = std::atoi(argv[++i]);
-    else if (arg == "--expect-held") expect_held = true;
+    if (arg == "--size" && i + 1 < argc) plan.size = std::strtoull(argv[++i], nullptr, 0);
+    else if (arg == "--blocks" && i + 1 < argc) plan.blocks = std::atoi(argv[++i]);
+    else if (arg == "--threshold" && i + 1 < argc) plan.threshold = std::strtoull(argv[++i], nullptr, 0);
+    else if (arg == "--delay-ms" && i + 1 < argc) plan.delay_ms = std::atoi(argv[++i]);
+    else if (arg == "--sync-ms" && i + 1 < argc) plan.sync_ms = std::atoi(argv[++i]);
+    else if (arg == "--watchdog-s" && i + 1 < argc) plan.watchdog_s = std::atoi(argv[++i]);
+    else if (arg == "--expect-held") plan.expect_held = true;
     else {
       std::fprintf(stderr,
                    "usage: synchronize_release_check [--size BYTES] [--blocks N] [--threshold BYTES] [--delay-ms MS]"
@@ -108,78 +230,12 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
+  CHECK_CUDA(cudaSetDevice(0));
   CHECK_CUDA(cudaFree(nullptr));  // the context, before NVML's baseline
-  DeviceMemorySampler memory(0);
-  cudaStream_t s1 = nullptr, s2 = nullptr;
-  CHECK_CUDA(cudaStreamCreateWithFlags(&s1, cudaStreamNonBlocking));
-  CHECK_CUDA(cudaStreamCreateWithFlags(&s2, cudaStreamNonBlocking));
-  cudaEvent_t on_s1 = nullptr;
-  CHECK_CUDA(cudaEventCreateWithFlags(&on_s1, cudaEventDisableTiming));
-
-  void* work = nullptr;  // what S1 carries between its synchronizations
-  CHECK_CUDA(cudaMalloc(&work, 4096));
-
-  // 1. Memory freed, then no frees.
-  std::vector<void*> large(static_cast<std::size_t>(blocks));
-  for (void*& p : large) {
-    CHECK_CUDA(cudaMalloc(&p, size));
-    CHECK_CUDA(cudaMemset(p, 1, size));
-  }
-  CHECK_CUDA(cudaDeviceSynchronize());
-  const double used_live = memory.used_now() / kMiB;
-  for (void* p : large) CHECK_CUDA(cudaFree(p));
-  const double used_freed = memory.used_now() / kMiB;
-
-  // 2. Stream and event synchronizations while S2 waits for the main thread.
-  int failures = 0;
-  {
-    std::unique_lock<std::mutex> held(g_held_by_main);
-    CHECK_CUDA(cudaLaunchHostFunc(s2, take_the_mains_lock, nullptr));
-    Watchdog watchdog(watchdog_s, "a stream or event synchronization while another stream waits for the caller");
-    for (int round = 0; round < 4; ++round) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2 * delay_ms));
-      CHECK_CUDA(cudaMemsetAsync(work, round, 4096, s1));
-      CHECK_CUDA(cudaEventRecord(on_s1, s1));
-      CHECK_CUDA(cudaStreamSynchronize(s1));
-      CHECK_CUDA(cudaEventSynchronize(on_s1));
-    }
-  }
-  const double used_after_stream_syncs = memory.used_now() / kMiB;
-  if (memory.available() && used_after_stream_syncs < used_freed - size / 2 / kMiB) {
-    std::fprintf(stderr, "synchronize_release_check: FAIL: a stream or event synchronization gave memory back\n");
-    ++failures;
-  }
-
-  // 3. Device synchronizations give back what stayed idle past the delay.
-  const double want_mib = (threshold + size / 2) / kMiB;
-  double used = memory.used_now() / kMiB;
-  const auto syncs_began = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - syncs_began < std::chrono::milliseconds(sync_ms)) {
-    CHECK_CUDA(cudaDeviceSynchronize());
-    used = memory.used_now() / kMiB;
-    if (used <= want_mib) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  const double waited_ms =
-      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - syncs_began).count();
-  std::printf("synchronize_release_check: %d x %.0f MiB; used (MiB): %.0f live, %.0f freed, %.0f after the stream "
-              "and event synchronizations, %.0f after %.0f ms of device synchronizations (want <= %.0f)%s\n",
-              blocks, size / kMiB, used_live, used_freed, used_after_stream_syncs, used, waited_ms, want_mib,
-              memory.available() ? "" : " [NVML unavailable: memory not checked]");
-  if (memory.available() && expect_held && used_freed <= want_mib) {
-    std::fprintf(stderr, "synchronize_release_check: FAIL: nothing above the threshold after the frees: the check "
-                         "proves nothing\n");
-    ++failures;
-  }
-  if (memory.available() && used > want_mib) {
-    std::fprintf(stderr,
-                 "synchronize_release_check: FAIL: idle memory stayed through %.0f ms of cudaDeviceSynchronize\n",
-                 waited_ms);
-    ++failures;
-  }
-  CHECK_CUDA(cudaFree(work));
-  CHECK_CUDA(cudaEventDestroy(on_s1));
-  CHECK_CUDA(cudaStreamDestroy(s2));
-  CHECK_CUDA(cudaStreamDestroy(s1));
-  return failures == 0 ? 0 : 1;
+  on_one_device(plan);
+  int devices = 0;
+  CHECK_CUDA(cudaGetDeviceCount(&devices));
+  if (devices >= 2) across_two_devices(plan);
+  else std::printf("synchronize_release_check: one GPU: the check across devices did not run\n");
+  return g_failures == 0 ? 0 : 1;
 }

@@ -56,6 +56,9 @@ endfunction()
 # arenas of vmm and tiered; buddy and slab give back as they always did).
 router_e2e_arena_run(router_e2e_release_delay *IdleMemoryGoesBackAfterTheDelay*:*AStreamSynchronizeGivesNothingBack*
   GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
+# ... and a context synchronization gives back only its own device's.
+router_e2e_arena_run(router_e2e_release_delay_two_devices *AContextSynchronizeGivesBackOnlyItsOwn*
+  FAKE_CUDA_DEVICES=2 GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
 
 # A quiet stream's async free list is closed after GPUSHIM_STREAM_LIST_IDLE, and its blocks reach the
 # arena, which gives them back at once here (threshold and delay 0).

@@ -569,13 +569,13 @@ std::chrono::milliseconds release_delay() {
   const char* text = std::getenv("E2E_RELEASE_DELAY_MS");
   return std::chrono::milliseconds(text ? std::strtoul(text, nullptr, 10) : 0);
 }
-// Frees 8 blocks of 32 MiB (too few frees for an idle check of their own), so that 256 MiB wait above the
-// threshold, within twice it (what the delay may keep).
-void free_above_the_threshold() {
+// Frees 8 blocks of 32 MiB in the current context, on `device` (too few frees for an idle check of their
+// own), so that 256 MiB wait above the threshold, within twice it (what the delay may keep).
+void free_above_the_threshold(int device = 0) {
   std::vector<CUdeviceptr> large(8);
   for (CUdeviceptr& p : large) ASSERT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
   for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
-  ASSERT_GT(fake_cuda_physical_bytes(0), kThreshold + kBlock) << "nothing above the threshold to give back";
+  ASSERT_GT(fake_cuda_physical_bytes(device), kThreshold + kBlock) << "nothing above the threshold to give back";
 }
 }  // namespace
 
@@ -730,6 +730,43 @@ TEST_F(RouterEndToEnd, AStreamSynchronizeGivesNothingBack) {
     std::this_thread::sleep_for(2 * delay);
   }
   EXPECT_LT(fake_cuda_physical_bytes(0), physical) << "nothing was due: the test proves nothing";
+}
+
+// A context synchronization gives back only its own device's idle memory: another device's give-back would
+// wait for that device's context, which the program did not synchronize. cuCtxSynchronize is the current
+// context's; cuCtxSynchronize_v2 names its context. Runs as router_e2e_release_delay_two_devices.*.
+TEST_F(RouterEndToEnd, AContextSynchronizeGivesBackOnlyItsOwnDevicesMemory) {
+  const auto delay = release_delay();
+  if (delay.count() == 0) GTEST_SKIP() << "runs as router_e2e_release_delay_two_devices";
+  int count = 0;
+  ASSERT_EQ(cuDeviceGetCount(&count), CUDA_SUCCESS);
+  if (count < 2) GTEST_SKIP() << "one fake device in this run";
+  CUdevice dev0 = 0, dev1 = 0;
+  CUcontext ctx0 = nullptr, ctx1 = nullptr;
+  ASSERT_EQ(cuDeviceGet(&dev0, 0), CUDA_SUCCESS);
+  ASSERT_EQ(cuDeviceGet(&dev1, 1), CUDA_SUCCESS);
+  ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx0, dev0), CUDA_SUCCESS);
+  ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx1, dev1), CUDA_SUCCESS);
+  ASSERT_EQ(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
+  ASSERT_NO_FATAL_FAILURE(free_above_the_threshold(1));
+  const std::size_t physical1 = fake_cuda_physical_bytes(1);
+  ASSERT_EQ(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+  CUdeviceptr on0 = 0;  // device 0 served too, so that its synchronizations run checks of their own
+  ASSERT_EQ(cuMemAlloc(&on0, 4 * KiB), CUDA_SUCCESS);
+  for (int round = 0; round < 4; ++round) {
+    std::this_thread::sleep_for(2 * delay);
+    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
+    ASSERT_EQ(cuCtxSynchronize_v2(ctx0), CUDA_SUCCESS);
+  }
+  EXPECT_EQ(fake_cuda_physical_bytes(1), physical1) << "device 0's synchronization gave back device 1's memory";
+  std::size_t physical = physical1;
+  for (int round = 0; round < 4 && physical > kThreshold + kBlock; ++round) {
+    std::this_thread::sleep_for(2 * delay);
+    ASSERT_EQ(cuCtxSynchronize_v2(ctx1), CUDA_SUCCESS);  // named, from device 0's current context
+    physical = fake_cuda_physical_bytes(1);
+  }
+  EXPECT_LE(physical, kThreshold + kBlock) << "device 1's own synchronization gave nothing back";
+  EXPECT_EQ(cuMemFree(on0), CUDA_SUCCESS);
 }
 
 TEST_F(RouterEndToEnd, ZeroByteAsyncAllocationAndNullAsyncFreeAreTheDriversAnswers) {

@@ -24,7 +24,7 @@ void on_stream_created(CUstream, unsigned int) noexcept {}
 void on_stream_destroying(CUstream) noexcept {}
 void on_capture_begin(CUstream) noexcept {}
 void on_capture_end(CUstream) noexcept {}
-void after_context_synchronize() noexcept {}
+void after_context_synchronize(CUcontext) noexcept {}
 bool find_block(CUdeviceptr, BlockInfo*) noexcept { return false; }
 // Work submissions are not tracked: with no record ever handed out, the cached path is never taken.
 std::atomic<std::uint64_t> g_stream_records_generation{1};
