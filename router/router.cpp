@@ -368,8 +368,9 @@ struct TakenAtTransition {
 struct TakenAtTransitions {
   std::vector<TakenAtTransition> devices;
   // Only this device's blocks (nullptr: every device's): after a synchronization of its context, whose
-  // give-back may unmap there and so wait for that context alone (after_context_synchronize). The other
-  // devices' blocks come back through their fences.
+  // give-back may unmap there and so wait for that context alone (after_context_synchronize polls only
+  // while it serves that device alone; a device served meanwhile keeps its blocks until the next
+  // transition).
   DeviceState* only = nullptr;
 };
 
@@ -539,8 +540,15 @@ void after_context_synchronize(CUcontext context) noexcept {
     return;
   // The device's streams are idle now unless another thread launched since: the work may turn ordered,
   // and then this device's open batches and fenced batches go back (they would otherwise wait for their
-  // threads' next frees).
-  if (!device->properties.stream_ordered) poll_turned_ordered(BusyStreams::probe, device);
+  // threads' next frees). Only where gpushim serves this device alone: the transition is the process's,
+  // and the thread that makes it takes every device's blocks, here this device's only (`only`); another
+  // device's open batches would then wait for the next transition or memory pressure.
+  bool alone = true;
+  for (const auto& slot : g_devices) {
+    DeviceState* each = slot.load(std::memory_order_acquire);
+    alone = alone && (each == nullptr || each == device);
+  }
+  if (alone && !device->properties.stream_ordered) poll_turned_ordered(BusyStreams::probe, device);
   if (device->fences.holds_blocks()) device->fences.poll();  // fences the synchronization completed
   run_idle_checks(*device);
 }

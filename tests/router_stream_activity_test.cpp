@@ -92,6 +92,35 @@ TEST_F(StreamActivity, BlocksFencedWhileAStreamWorkedComeBackWhenItStops) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A thread that frees while a side stream works, then stops freeing, kept its open batch until its next
+// free. A context synchronization (the program waits for the device) finds the streams idle: the work
+// turns ordered there and the batch comes back (router::after_context_synchronize), so the thread's next
+// allocations get its blocks without a free in between. A poll may only record the stream's probe and
+// the next read it, and the hook polls at most once a millisecond: two synchronizations, 2 ms apart.
+TEST_F(StreamActivity, AContextSynchronizeGivesBackTheOpenBatchOfAThreadThatStoppedFreeing) {
+  if (backend() == "passthrough") GTEST_SKIP() << "passthrough's frees are the driver's: no batch";
+  CUstream s = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 3, kBlock, s), CUDA_SUCCESS);
+  ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // fenced: into this thread's open batch
+  fake_cuda_hold_gpu(0);
+  for (int i = 0; i < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
+  }
+  std::vector<CUdeviceptr> blocks;  // allocations only: no free polls anything
+  bool came_back = false;
+  for (int i = 0; i < 8 && !came_back; ++i) {
+    blocks.push_back(fresh_block());
+    came_back = blocks.back() == used;
+  }
+  EXPECT_TRUE(came_back) << "the open batch stayed through the context synchronizations";
+  for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // The poll that finds the side stream idle gives the blocks fenced meanwhile straight back: no fence is
 // recorded for them, and they do not wait for the legacy stream's backlog (docs/free-safety.md, "When
 // the work turns ordered again"). Before, that poll closed the open batch with the device-wide fence: an
