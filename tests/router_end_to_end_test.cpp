@@ -470,18 +470,28 @@ TEST_F(RouterEndToEnd, ManyThreadsKeepTheirBlocks) {
   for (int t = 0; t < 8; ++t) EXPECT_EQ(failures[t], 0) << "thread " << t;
 }
 
+namespace {
+bool two_devices() {
+  int count = 0;
+  EXPECT_EQ(cuDeviceGetCount(&count), CUDA_SUCCESS);
+  return count >= 2;
+}
+// The primary contexts of fake devices 0 and 1 (FAKE_CUDA_DEVICES=2).
+void retain_two_primary_contexts(CUcontext* ctx0, CUcontext* ctx1) {
+  CUdevice dev0 = 0, dev1 = 0;
+  ASSERT_EQ(cuDeviceGet(&dev0, 0), CUDA_SUCCESS);
+  ASSERT_EQ(cuDeviceGet(&dev1, 1), CUDA_SUCCESS);
+  ASSERT_EQ(cuDevicePrimaryCtxRetain(ctx0, dev0), CUDA_SUCCESS);
+  ASSERT_EQ(cuDevicePrimaryCtxRetain(ctx1, dev1), CUDA_SUCCESS);
+}
+}  // namespace
+
 // With FAKE_CUDA_DEVICES=2 (tests/router_e2e.cmake): memory comes from the current context's device,
 // a stream's allocations from the stream's device, and any block can be freed from any context.
 TEST_F(RouterEndToEnd, TwoDevicesEachServeTheirOwnContext) {
-  int count = 0;
-  ASSERT_EQ(cuDeviceGetCount(&count), CUDA_SUCCESS);
-  if (count < 2) GTEST_SKIP() << "one fake device in this run";
-  CUdevice dev0 = 0, dev1 = 0;
+  if (!two_devices()) GTEST_SKIP() << "one fake device in this run";
   CUcontext ctx0 = nullptr, ctx1 = nullptr;
-  ASSERT_EQ(cuDeviceGet(&dev0, 0), CUDA_SUCCESS);
-  ASSERT_EQ(cuDeviceGet(&dev1, 1), CUDA_SUCCESS);
-  ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx0, dev0), CUDA_SUCCESS);
-  ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx1, dev1), CUDA_SUCCESS);
+  ASSERT_NO_FATAL_FAILURE(retain_two_primary_contexts(&ctx0, &ctx1));
   ASSERT_EQ(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
   CUdeviceptr on1 = 0, on0 = 0, async1 = 0;
   ASSERT_EQ(cuMemAlloc(&on1, 8 * MiB), CUDA_SUCCESS);
@@ -738,15 +748,9 @@ TEST_F(RouterEndToEnd, AStreamSynchronizeGivesNothingBack) {
 TEST_F(RouterEndToEnd, AContextSynchronizeGivesBackOnlyItsOwnDevicesMemory) {
   const auto delay = release_delay();
   if (delay.count() == 0) GTEST_SKIP() << "runs as router_e2e_release_delay_two_devices";
-  int count = 0;
-  ASSERT_EQ(cuDeviceGetCount(&count), CUDA_SUCCESS);
-  if (count < 2) GTEST_SKIP() << "one fake device in this run";
-  CUdevice dev0 = 0, dev1 = 0;
+  if (!two_devices()) GTEST_SKIP() << "one fake device in this run";
   CUcontext ctx0 = nullptr, ctx1 = nullptr;
-  ASSERT_EQ(cuDeviceGet(&dev0, 0), CUDA_SUCCESS);
-  ASSERT_EQ(cuDeviceGet(&dev1, 1), CUDA_SUCCESS);
-  ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx0, dev0), CUDA_SUCCESS);
-  ASSERT_EQ(cuDevicePrimaryCtxRetain(&ctx1, dev1), CUDA_SUCCESS);
+  ASSERT_NO_FATAL_FAILURE(retain_two_primary_contexts(&ctx0, &ctx1));
   ASSERT_EQ(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
   ASSERT_NO_FATAL_FAILURE(free_above_the_threshold(1));
   const std::size_t physical1 = fake_cuda_physical_bytes(1);

@@ -70,25 +70,25 @@ TEST_F(StreamActivity, WorkOnANonBlockingStreamFencesFreesUntilItsWorkIsDone) {
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A block used on `s` while the fake GPU was held, freed then (fenced: into this thread's open batch);
+// the GPU is let go after the free, so the stream's work is done but nothing has polled since.
+CUdeviceptr free_while_the_stream_works(CUstream s) {
+  fake_cuda_hold_gpu(1);
+  const CUdeviceptr used = fresh_block();
+  EXPECT_EQ(cuMemsetD8Async(used, 3, kBlock, s), CUDA_SUCCESS);
+  EXPECT_EQ(cuMemFree(used), CUDA_SUCCESS);
+  fake_cuda_hold_gpu(0);
+  return used;
+}
+
 // Blocks fenced while a stream worked come back once it has stopped, without memory pressure: the
 // thread's half-full batch is closed when the work is found ordered again (it would never fill now).
 TEST_F(StreamActivity, BlocksFencedWhileAStreamWorkedComeBackWhenItStops) {
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  fake_cuda_hold_gpu(1);
-  const CUdeviceptr used = fresh_block();
-  ASSERT_EQ(cuMemsetD8Async(used, 3, kBlock, s), CUDA_SUCCESS);
-  ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // fenced: into this thread's open batch
-  fake_cuda_hold_gpu(0);
+  const CUdeviceptr used = free_while_the_stream_works(s);
   churn();  // a probe finds the stream idle; later frees are reused at once
-  std::vector<CUdeviceptr> blocks;
-  bool came_back = false;
-  for (int i = 0; i < 400 && !came_back; ++i) {
-    blocks.push_back(fresh_block());
-    came_back = blocks.back() == used;
-  }
-  EXPECT_TRUE(came_back) << "a block fenced while the stream worked never came back";
-  for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  EXPECT_TRUE(handed_out_again(used, 400)) << "a block fenced while the stream worked never came back";
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
@@ -101,23 +101,13 @@ TEST_F(StreamActivity, AContextSynchronizeGivesBackTheOpenBatchOfAThreadThatStop
   if (backend() == "passthrough") GTEST_SKIP() << "passthrough's frees are the driver's: no batch";
   CUstream s = nullptr;
   ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
-  fake_cuda_hold_gpu(1);
-  const CUdeviceptr used = fresh_block();
-  ASSERT_EQ(cuMemsetD8Async(used, 3, kBlock, s), CUDA_SUCCESS);
-  ASSERT_EQ(cuMemFree(used), CUDA_SUCCESS);  // fenced: into this thread's open batch
-  fake_cuda_hold_gpu(0);
+  const CUdeviceptr used = free_while_the_stream_works(s);
   for (int i = 0; i < 2; ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
     ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
   }
-  std::vector<CUdeviceptr> blocks;  // allocations only: no free polls anything
-  bool came_back = false;
-  for (int i = 0; i < 8 && !came_back; ++i) {
-    blocks.push_back(fresh_block());
-    came_back = blocks.back() == used;
-  }
-  EXPECT_TRUE(came_back) << "the open batch stayed through the context synchronizations";
-  for (CUdeviceptr p : blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  // Allocations until it comes back (handed_out_again frees them only after): no free polls anything.
+  EXPECT_TRUE(handed_out_again(used, 8)) << "the open batch stayed through the context synchronizations";
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
