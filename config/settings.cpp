@@ -229,7 +229,9 @@ const Row kRows[] = {
      [](const char* v, Settings& s) { return parse_size(v, &s.vmm_release_threshold); }},
     {{"GPUSHIM_VMM_RELEASE_DELAY", "duration", "1s", "a time (0, 100ms, 1s, up to 60s); 0 = at once",
       "vmm: how long idle memory above GPUSHIM_VMM_RELEASE_THRESHOLD must stay idle before it is given back "
-      "(above twice the threshold it goes at once). Memory freed and taken again within it stays mapped: "
+      "(above twice the threshold it goes at once). Checked in frees and after cudaDeviceSynchronize, not "
+      "after a stream's or event's synchronization (a give-back waits for the whole device). Memory freed "
+      "and taken again within it stays mapped: "
       "given back at once, one thread at 1 GiB with a stream, after 16 threads had held 16 GiB, unmapped "
       "and mapped 1 GiB ~700 times a second on the H200 (~2 ms a pair of calls)."},
      [](const char* v, Settings& s) { return duration_up_to(v, 60'000'000'000ull, &s.vmm_release_delay_ns); }},
