@@ -68,6 +68,7 @@ void FreeFenceQueue::enqueue(std::unique_ptr<ClosedBatch> batch) noexcept {
 }
 
 void FreeFenceQueue::close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept {
+  if (blocks.empty()) return;  // nothing to fence (a drained stream list aged out, close_idle_stream_lists)
   std::unique_ptr<ClosedBatch> batch(new (std::nothrow) ClosedBatch);
   if (!batch) return;  // no host memory: the blocks are held forever, which is safe
   batch->blocks = std::move(blocks);

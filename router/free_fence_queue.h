@@ -204,7 +204,8 @@ class FreeFenceQueue {
   FreeFenceQueue& operator=(const FreeFenceQueue&) = delete;
 
   // Closes a batch of cuMemFree'd blocks: queues it for a device fence, recorded by the first poll
-  // record_after from now (none while a capture is active), then polls.
+  // record_after from now (none while a capture is active), then polls. An empty batch of either kind
+  // closes as nothing: no fence, no poll.
   void close_device_batch(std::vector<FreedBlock> blocks, FenceContext context) noexcept;
   // Closes the async-freed blocks of one stream: a fence of one event on that stream.
   void close_stream_batch(std::vector<FreedBlock> blocks, FenceContext context, StreamHandle stream) noexcept;

@@ -55,12 +55,10 @@ void close_idle_stream_lists(DeviceState& device) noexcept {
           ++list;
           continue;
         }
-        if (!list->second.blocks.empty()) {  // a drained list goes without a fence: it holds nothing
-          try {
-            quiet.push_back(std::move(list->second));
-          } catch (...) {
-            break;  // no host memory: the rest wait for the next age
-          }
+        try {
+          quiet.push_back(std::move(list->second));
+        } catch (...) {
+          break;  // no host memory: the rest wait for the next age
         }
         list = shard.lists.erase(list);
       }
