@@ -140,6 +140,14 @@ __attribute__((always_inline)) inline void ensure_started() noexcept {
   (void)started;
 }
 
+// The calling thread's cached device of `context` (nullptr: not cached since the last fork).
+__attribute__((always_inline)) inline DeviceState* cached_device_of(CUcontext context,
+                                                                  std::uint64_t generation) noexcept {
+  for (const ContextCacheEntry& entry : t_context_cache)
+    if (entry.context == context && entry.generation == generation) return entry.device;
+  return nullptr;
+}
+
 // current_device()'s miss: a context this thread has not asked about since the last fork.
 __attribute__((noinline)) CUresult current_device_slow(CUcontext context, std::uint64_t generation,
                                                        DeviceState** out) noexcept {
@@ -162,11 +170,9 @@ __attribute__((always_inline)) inline CUresult current_device(DeviceState** out,
   if (!context) return CUDA_ERROR_INVALID_CONTEXT;  // what cuMemAlloc answers without a context
   *context_out = context;
   const std::uint64_t generation = g_fork_generation.load(std::memory_order_relaxed);
-  for (const ContextCacheEntry& entry : t_context_cache) {
-    if (entry.context == context && entry.generation == generation) {
-      *out = entry.device;
-      return CUDA_SUCCESS;
-    }
+  if (DeviceState* cached = cached_device_of(context, generation)) {
+    *out = cached;
+    return CUDA_SUCCESS;
   }
   return current_device_slow(context, generation, out);
 }
@@ -513,9 +519,8 @@ DeviceState* served_device_of(CUcontext context) noexcept {
   if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return nullptr;
   if (!context) context = current;
   if (!context) return nullptr;
-  const std::uint64_t generation = g_fork_generation.load(std::memory_order_relaxed);
-  for (const ContextCacheEntry& entry : t_context_cache)
-    if (entry.context == context && entry.generation == generation) return entry.device;
+  if (DeviceState* cached = cached_device_of(context, g_fork_generation.load(std::memory_order_relaxed)))
+    return cached;
   CUdevice ordinal = -1;
   {
     ScopedContext scope(context);
