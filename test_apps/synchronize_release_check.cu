@@ -133,9 +133,20 @@ void synchronize_while_waited_for(const Plan& plan, cudaStream_t waiting, const 
   }
 }
 
-// Step 3 on the current device: cudaDeviceSynchronize every 10 ms until the memory is at most what the
-// plan wants, or --sync-ms passed. Returns the MiB used; `*waited_ms` how long it took.
-double synchronize_until_released(const Plan& plan, const DeviceMemorySampler& memory, double* waited_ms) {
+// The MiB `memory` shows now; a failure (`what` gave memory back) where that is half a block or more
+// below `freed_mib`, the memory after step 1.
+double expect_nothing_given_back(const Plan& plan, const DeviceMemorySampler& memory, double freed_mib,
+                                 const char* what) {
+  const double used = memory.used_now() / kMiB;
+  if (memory.available() && used < freed_mib - plan.size / 2 / kMiB) fail(what);
+  return used;
+}
+
+// Step 3 on the current device, `device`: cudaDeviceSynchronize every 10 ms until the memory is at most
+// what the plan wants, or --sync-ms passed; then the device's line. `kept` is what the synchronizations of
+// step 2 or 4 (`kept_after`) left.
+void release_and_report(const Plan& plan, const DeviceMemorySampler& memory, int device, double live, double freed,
+                        double kept, const char* kept_after) {
   double used = memory.used_now() / kMiB;
   const auto began = std::chrono::steady_clock::now();
   while (std::chrono::steady_clock::now() - began < std::chrono::milliseconds(plan.sync_ms)) {
@@ -144,9 +155,12 @@ double synchronize_until_released(const Plan& plan, const DeviceMemorySampler& m
     if (used <= plan.want_mib()) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
-  *waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began).count();
+  const double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began).count();
+  std::printf("synchronize_release_check: device %d, %d x %.0f MiB; used (MiB): %.0f live, %.0f freed, %.0f after "
+              "%s, %.0f after %.0f ms of its own synchronizations (want <= %.0f)%s\n",
+              device, plan.blocks, plan.size / kMiB, live, freed, kept, kept_after, used, waited_ms, plan.want_mib(),
+              memory.available() ? "" : " [NVML unavailable: memory not checked]");
   if (memory.available() && used > plan.want_mib()) fail("idle memory stayed through the device's synchronizations");
-  return used;
 }
 
 // Steps 1-3 on device 0.
@@ -169,15 +183,9 @@ void on_one_device(const Plan& plan) {
                                  CHECK_CUDA(cudaStreamSynchronize(s1));
                                  CHECK_CUDA(cudaEventSynchronize(on_s1));
                                });
-  const double after_stream_syncs = memory.used_now() / kMiB;
-  if (memory.available() && after_stream_syncs < freed - plan.size / 2 / kMiB)
-    fail("a stream or event synchronization gave memory back");
-  double waited_ms = 0;
-  const double used = synchronize_until_released(plan, memory, &waited_ms);
-  std::printf("synchronize_release_check: device 0, %d x %.0f MiB; used (MiB): %.0f live, %.0f freed, %.0f after "
-              "the stream and event synchronizations, %.0f after %.0f ms of device synchronizations (want <= %.0f)%s\n",
-              plan.blocks, plan.size / kMiB, live, freed, after_stream_syncs, used, waited_ms, plan.want_mib(),
-              memory.available() ? "" : " [NVML unavailable: memory not checked]");
+  const double kept =
+      expect_nothing_given_back(plan, memory, freed, "a stream or event synchronization gave memory back");
+  release_and_report(plan, memory, 0, live, freed, kept, "the stream and event synchronizations");
   CHECK_CUDA(cudaFree(work));
   CHECK_CUDA(cudaEventDestroy(on_s1));
   CHECK_CUDA(cudaStreamDestroy(s2));
@@ -196,16 +204,10 @@ void across_two_devices(const Plan& plan) {
   CHECK_CUDA(cudaSetDevice(0));
   synchronize_while_waited_for(plan, waiting, "device 0's cudaDeviceSynchronize while device 1's stream waits for the "
                                "caller", [](int) { CHECK_CUDA(cudaDeviceSynchronize()); });
-  const double after_other_syncs = memory.used_now() / kMiB;
-  if (memory.available() && after_other_syncs < freed - plan.size / 2 / kMiB)
-    fail("device 0's synchronization gave device 1's memory back");
+  const double kept =
+      expect_nothing_given_back(plan, memory, freed, "device 0's synchronization gave device 1's memory back");
   CHECK_CUDA(cudaSetDevice(1));
-  double waited_ms = 0;
-  const double used = synchronize_until_released(plan, memory, &waited_ms);
-  std::printf("synchronize_release_check: device 1, %d x %.0f MiB; used (MiB): %.0f live, %.0f freed, %.0f after "
-              "device 0's synchronizations, %.0f after %.0f ms of its own (want <= %.0f)%s\n",
-              plan.blocks, plan.size / kMiB, live, freed, after_other_syncs, used, waited_ms, plan.want_mib(),
-              memory.available() ? "" : " [NVML unavailable: memory not checked]");
+  release_and_report(plan, memory, 1, live, freed, kept, "device 0's synchronizations");
   CHECK_CUDA(cudaStreamDestroy(waiting));
   CHECK_CUDA(cudaSetDevice(0));
 }
