@@ -178,6 +178,13 @@ void ArenaShards::release_idle() noexcept {
   for (std::size_t i = 0; i < count; ++i) arena(i)->release_idle();
 }
 
+bool ArenaShards::release_due_with(std::uint64_t held_in_front) noexcept {
+  const std::size_t count = created_.load(std::memory_order_acquire);
+  for (std::size_t i = 0; i < count; ++i)
+    if (arena(i)->release_due_with(held_in_front)) return true;
+  return false;
+}
+
 AllocatorStats ArenaShards::stats() const noexcept {
   const std::size_t count = created_.load(std::memory_order_acquire);
   if (count == 0) return {};

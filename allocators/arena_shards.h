@@ -77,6 +77,8 @@ class ArenaShards final : public Allocator {
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   void release_idle() noexcept override;
+  // Any shard's answer: blocks held in front are of any shard, and every shard keeps the setting's threshold.
+  bool release_due_with(std::uint64_t held_in_front) noexcept override;
   // Sums over the arenas; peak reserved is the device's (the arenas' mapped memory counted together);
   // peak in use is the sum of the arenas' peaks (an upper bound) once there is more than one.
   AllocatorStats stats() const noexcept override;

@@ -46,6 +46,10 @@ class SpillingAllocator final : public Allocator {
     device_->release_idle();
     host_->release_idle();
   }
+  // The device's: only the device backend has blocks kept in front of it (the thread caches).
+  bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept override {
+    return device_->gather_idle_blocks(held_elsewhere);
+  }
   // The device backend's figures, plus the host arena's as the spill fields; calls and bytes in use
   // count both.
   AllocatorStats stats() const noexcept override;

@@ -590,6 +590,21 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
   delete cache;
 }
 
+bool ThreadCacheAllocator::gather_idle_blocks(std::uint64_t held_elsewhere) noexcept {
+  std::uint64_t parked = 0;
+  if (caches_with_large_.load(std::memory_order_relaxed) != 0) {
+    std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
+    for (const ThreadCache* cache : caches_) parked += cache->large_bytes.load(std::memory_order_relaxed);
+  }
+  if (depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
+    std::lock_guard<std::mutex> guard(depot_mutex_);
+    for (const LargeSlot& block : depot_large_) parked += block.bytes;
+  }
+  if (!inner_->release_due_with(held_elsewhere + parked)) return false;
+  if (parked != 0) flush_large_everywhere(/*remember_taken=*/false);
+  return true;
+}
+
 std::size_t ThreadCacheAllocator::release_cached() noexcept {
   give_back_every_cached_block();
   return inner_->release_cached();

@@ -116,6 +116,10 @@ class ThreadCacheAllocator final : public Allocator {
   // Empties every thread's cache and the depot into the backend, then the backend's own release.
   std::size_t release_cached() noexcept override;
   void release_idle() noexcept override { inner_->release_idle(); }
+  // Every thread's parked large blocks (and the depot's) to the backend where its release is due counting
+  // them (release_due_with). Not the classes' blocks: at most kMaxBytesPerThread a thread, and taking them
+  // costs each cache a remote lock.
+  bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept override;
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 

@@ -726,6 +726,18 @@ void VmmArena::release_idle() noexcept {
   mutex_.unlock();
 }
 
+bool VmmArena::release_due_with(std::uint64_t held_in_front) noexcept {
+  if (held_in_front == 0 || !mutex_.try_lock()) return false;
+  bool due = false;
+  if (cached_bytes() + held_in_front > release_threshold_) {
+    const std::uint64_t now = monotonic_ns();
+    due = idle_window_passed(now) && (held_taken_ns_ == 0 || now - held_taken_ns_ >= release_delay_ns_);
+    if (due) held_taken_ns_ = now;
+  }
+  mutex_.unlock();
+  return due;
+}
+
 std::size_t VmmArena::release_cached() noexcept {
   std::lock_guard<AdaptiveMutex> lock(mutex_);
   merge_deferred_free();

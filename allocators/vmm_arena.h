@@ -129,6 +129,8 @@ class VmmArena final : public Allocator {
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override;
   void release_idle() noexcept override;
+  // Counts `held_in_front` as idle with what the arena caches, at most once a delay (held_taken_ns_).
+  bool release_due_with(std::uint64_t held_in_front) noexcept override;
   AllocatorStats stats() const noexcept override;
 
   std::size_t reserved_bytes() const noexcept { return reserve_bytes_; }  // address space held
@@ -235,6 +237,11 @@ class VmmArena final : public Allocator {
   // lowers it at every unlock). 0 at first: nothing counts as idle before a window has passed.
   std::uint64_t idle_window_began_ns_ = 0;
   std::size_t least_cached_in_window_ = 0;
+  // Under mutex_: when release_due_with last answered true. The blocks it brings in go back only once
+  // they stayed idle through a window of their own, so asking their keepers again within a delay would
+  // only empty their lists for nothing; the window's restart cannot bound it (it restarts only where
+  // more than the threshold is cached).
+  std::uint64_t held_taken_ns_ = 0;
   std::uintptr_t base_ = 0;
   std::size_t reserve_bytes_ = 0;
 

@@ -391,6 +391,40 @@ TEST(ThreadCacheLargeBytes, AThreadParksAtMostItsByteBound) {
   EXPECT_EQ(provider.bytes_mapped(), 0u);
 }
 
+// A context synchronization asks the stack to gather idle blocks (Allocator::gather_idle_blocks): the
+// parked large blocks, of live threads and of exited ones (the depot), go to the arena where its release
+// is due counting them and what the router holds (`held_elsewhere`), and stay parked where it is not.
+TEST(ThreadCacheLargeBytes, ParkedBlocksGoToTheArenaWhereItsReleaseIsDueCountingThem) {
+  constexpr std::uint64_t kDelayNs = 200'000'000;
+  HostProvider provider;
+  VmmArenaOptions o = arena_options(512 * MiB, /*keep_nothing_idle=*/false);
+  o.release_threshold = 8 * MiB;
+  o.release_delay_ns = kDelayNs;
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));  // parks always
+  void* a = cache.allocate(5 * MiB, 0);
+  ASSERT_NE(a, nullptr);
+  cache.deallocate(a, 5 * MiB, 0);
+  ASSERT_EQ(cache.cached_large_blocks(), 1u);
+  EXPECT_FALSE(cache.gather_idle_blocks(0)) << "5 MiB parked and 1 MiB cached are below the 8 MiB threshold";
+  EXPECT_EQ(cache.cached_large_blocks(), 1u) << "taken where nothing was due";
+  EXPECT_TRUE(cache.gather_idle_blocks(4 * MiB)) << "the router's 4 MiB did not count";
+  EXPECT_EQ(cache.cached_large_blocks(), 0u) << "due, and the parked block stayed parked";
+  EXPECT_GE(cache.inner().stats().bytes_cached, 5 * MiB);
+  std::thread exiting([&] {
+    void* b = cache.allocate(6 * MiB, 0);
+    ASSERT_NE(b, nullptr);
+    cache.deallocate(b, 6 * MiB, 0);
+  });
+  exiting.join();
+  ASSERT_EQ(cache.cached_large_blocks(), 1u) << "the exited thread's block is not in the depot";
+  EXPECT_FALSE(cache.gather_idle_blocks(8 * MiB)) << "due again within the delay";
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs + kDelayNs / 4));
+  EXPECT_TRUE(cache.gather_idle_blocks(4 * MiB)) << "not due a delay later";
+  EXPECT_EQ(cache.cached_large_blocks(), 0u) << "the depot's block stayed there";
+  cache.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
 // Two threads take turns; a turn allocates a block of a size no earlier turn used, frees it, and does
 // it again (a hit); a KV cache's growth, one row per turn, handed between threads. Every fourth turn's
 // block is small enough for the memory the arena holds besides what the other thread parked. Whatever

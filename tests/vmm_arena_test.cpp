@@ -472,6 +472,36 @@ TEST(VmmArena, MemoryIdleThroughTheDelayGoesBackDownToTheThreshold) {
   EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
+// Blocks kept in front of the arena (thread caches, the router's returned lists) count as idle with what
+// it caches when a context synchronization asks (release_due_with): due once together they are above the
+// threshold and the idle window's delay has passed, and then not again within a delay, since the blocks
+// brought in go back only after a window of their own.
+TEST(VmmArena, BlocksHeldInFrontAreDueWithTheCachedMemoryAtMostOnceADelay) {
+  HostProvider provider(kGranule);
+  constexpr std::uint64_t kDelayNs = 50'000'000;
+  VmmArena arena(provider, options(64 * MiB, MiB, 8 * MiB, kDelayNs));
+  std::vector<void*> blocks(6);
+  for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
+  for (void* p : blocks) arena.deallocate(p, MiB, 0);  // 6 MiB cached: below the threshold
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs + kDelayNs / 5));
+  EXPECT_FALSE(arena.release_due_with(0)) << "nothing held in front: only the arena's own release applies";
+  EXPECT_FALSE(arena.release_due_with(2 * MiB)) << "due at the threshold itself";
+  EXPECT_TRUE(arena.release_due_with(3 * MiB)) << "9 MiB idle, past the delay, was not due";
+  EXPECT_FALSE(arena.release_due_with(3 * MiB)) << "due twice within a delay: the keepers' blocks taken for nothing";
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs + kDelayNs / 5));
+  EXPECT_TRUE(arena.release_due_with(3 * MiB)) << "not due again a delay later";
+  // A free that leaves more than the threshold cached past the delay starts a new idle window: the memory
+  // was in use within it, so nothing is due until it has passed.
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs + kDelayNs / 5));
+  void* p = arena.allocate(10 * MiB, 0);
+  ASSERT_NE(p, nullptr);
+  arena.deallocate(p, 10 * MiB, 0);
+  EXPECT_FALSE(arena.release_due_with(MiB)) << "due within the idle window the last free began";
+  std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs + kDelayNs / 5));
+  EXPECT_TRUE(arena.release_due_with(MiB)) << "not due once the window had passed";
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
 // What the delay keeps is bounded: idle memory above twice the threshold goes back at once, as without
 // a delay; the rest waits for it. Kept whole, 16 threads with a stream each at 1 GiB mapped the whole
 // H200 (twenty-sixth session).
