@@ -93,6 +93,17 @@ void run_idle_checks(DeviceState& device) noexcept {
   if (!device.properties.stream_ordered) close_idle_stream_lists(device);  // the pool keeps no lists
   device.backend().release_idle();
 }
+// Free blocks the threads keep where the arena's release cannot see them, their returned lists (up to
+// kMaxReturnedBytes a thread) and the thread caches' parked large blocks, go to the backend when its
+// release is due counting them (Allocator::gather_idle_blocks), so that the idle checks right after give
+// them back once they stayed idle through the delay. A thread that stopped allocating would keep them
+// otherwise. Only after a context synchronization: in a free, the thread's own list is in use, and
+// taking 16 threads' lists at a free every few thousand would empty them while they run; the backend
+// answers yes at most once a delay.
+void gather_idle_blocks(DeviceState& device) noexcept {
+  const std::uint64_t listed = thread_returned_bytes(device.ordinal);
+  if (device.backend().gather_idle_blocks(listed) && listed != 0) take_all_returned_blocks(device);
+}
 __attribute__((noinline)) void idle_check(DeviceState& device) noexcept {
   t_frees_until_idle_check = kFreesPerIdleCheck;
   run_idle_checks(device);
@@ -555,6 +566,7 @@ void after_context_synchronize(CUcontext context) noexcept {
   }
   if (alone && !device->properties.stream_ordered) poll_turned_ordered(BusyStreams::probe, device);
   if (device->fences.holds_blocks()) device->fences.poll();  // fences the synchronization completed
+  gather_idle_blocks(*device);
   run_idle_checks(*device);
 }
 

@@ -60,6 +60,11 @@ router_e2e_arena_run(router_e2e_release_delay *IdleMemoryGoesBackAfterTheDelay*:
 router_e2e_arena_run(router_e2e_release_delay_two_devices *AContextSynchronizeGivesBackOnlyItsOwn*
   FAKE_CUDA_DEVICES=2 GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
 
+# ... and blocks a thread's returned list holds go to the arena at a context synchronization once its
+# release is due counting them, then back to the driver after the delay.
+router_e2e_arena_run(router_e2e_release_delay_returned_list *WhatAThreadsReturnedListHolds*
+  GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
+
 # A quiet stream's async free list is closed after GPUSHIM_STREAM_LIST_IDLE, and its blocks reach the
 # arena, which gives them back at once here (threshold and delay 0).
 router_e2e_arena_run(router_e2e_stream_list_idle *QuietStreamsList*

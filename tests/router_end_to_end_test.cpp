@@ -713,6 +713,45 @@ TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayAtAContextSynchronizeWitho
   EXPECT_GE(physical, kThreshold) << "memory below the threshold was given back";
 }
 
+// Fenced frees come back to the thread that freed them (its returned list, up to two batches' worth),
+// where the arena does not see them: a thread that stopped allocating kept them. A context
+// synchronization gives them to the arena once its release is due counting them
+// (router.cpp, gather_idle_blocks), and they go back after the delay like the arena's own idle memory.
+// Two streams carry the blocks' work, so the frees are fenced (one alone would be solo: reused at once).
+// Runs as router_e2e_release_delay_returned_list.*.
+TEST_F(RouterEndToEnd, AContextSynchronizeGivesBackWhatAThreadsReturnedListHolds) {
+  const auto delay = release_delay();
+  if (delay.count() == 0) GTEST_SKIP() << "runs as router_e2e_release_delay_returned_list";
+  CUstream s = nullptr, t = nullptr;
+  ASSERT_EQ(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamCreate(&t, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  fake_cuda_hold_stream(s, 1);
+  fake_cuda_hold_stream(t, 1);
+  std::vector<CUdeviceptr> large(8);
+  for (CUdeviceptr& p : large) {
+    ASSERT_EQ(cuMemAlloc(&p, kBlock), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemsetD8Async(p, 1, kBlock, s), CUDA_SUCCESS);
+    ASSERT_EQ(cuMemsetD8Async(p, 2, kBlock, t), CUDA_SUCCESS);
+  }
+  for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);  // fenced: the work is queued
+  const std::size_t physical_freed = fake_cuda_physical_bytes(0);
+  ASSERT_GE(physical_freed, large.size() * kBlock);
+  fake_cuda_hold_stream(s, 0);
+  fake_cuda_hold_stream(t, 0);
+  // The synchronizations poll the fences (their blocks come back to this thread's list), then give the
+  // list to the arena once its release is due; what stayed idle through the delay goes back after.
+  std::size_t physical = physical_freed;
+  for (int round = 0; round < 6 && physical > kThreshold + kBlock; ++round) {
+    std::this_thread::sleep_for(2 * delay);
+    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
+    physical = fake_cuda_physical_bytes(0);
+  }
+  EXPECT_LE(physical, kThreshold + kBlock) << "blocks a thread's returned list held stayed mapped";
+  EXPECT_GE(physical, kThreshold) << "memory below the threshold was given back";
+  EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(t), CUDA_SUCCESS);
+}
+
 // A stream's or an event's synchronization never gives memory back: the unmap would first wait for the
 // whole context, which those calls never do (router/router.h, after_context_synchronize).
 TEST_F(RouterEndToEnd, AStreamSynchronizeGivesNothingBack) {
