@@ -20,6 +20,12 @@
 //    mutex while the main thread synchronizes device 0 four times. Device 0's synchronizations must return
 //    and give nothing of device 1's back (that would wait for device 1's context); device 1's own
 //    synchronizations then must, as in step 3.
+// 5. Blocks the freeing thread keeps (after step 3, on device 0): step 1 again, but freed while two
+//    non-blocking streams run a kernel that waits 100 ms, so the frees are fenced (one stream alone would
+//    be solo: reused at once). The fences come back to the freeing thread's returned list at the next
+//    synchronization (up to 128 MiB), where the arena's release does not see them; the rest fills the
+//    arena to its threshold. cudaDeviceSynchronize must then give them back as in step 3
+//    (router.cpp, gather_idle_blocks).
 //
 //   synchronize_release_check [--size BYTES] [--blocks N] [--threshold BYTES] [--delay-ms MS] [--sync-ms MS]
 //                             [--watchdog-s S] [--expect-held]
@@ -71,6 +77,16 @@ void fail(const char* what) {
   ++g_failures;
 }
 
+// Waits `ns` on the GPU: work the streams still carry while the host frees.
+__global__ void wait_on_the_gpu(unsigned long long ns) {
+  unsigned long long start = 0, now = 0;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+  do {
+    __nanosleep(1000);
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+  } while (now - start < ns);
+}
+
 std::mutex g_held_by_main;  // the lock the host functions need
 void CUDART_CB take_the_mains_lock(void*) { std::lock_guard<std::mutex> wait_for_main(g_held_by_main); }
 
@@ -105,8 +121,10 @@ class Watchdog {
   std::thread thread_;
 };
 
-// Step 1 on the current device: MiB used with the blocks live, then freed.
-void free_blocks(const Plan& plan, const DeviceMemorySampler& memory, double* live_mib, double* freed_mib) {
+// Step 1 on the current device: MiB used with the blocks live, then freed; with `busy` (step 5) while
+// those streams work, the last of them using every block.
+void free_blocks(const Plan& plan, const DeviceMemorySampler& memory, double* live_mib, double* freed_mib,
+                 const std::vector<cudaStream_t>& busy = {}) {
   std::vector<void*> large(static_cast<std::size_t>(plan.blocks));
   for (void*& p : large) {
     CHECK_CUDA(cudaMalloc(&p, plan.size));
@@ -114,6 +132,11 @@ void free_blocks(const Plan& plan, const DeviceMemorySampler& memory, double* li
   }
   CHECK_CUDA(cudaDeviceSynchronize());
   *live_mib = memory.used_now() / kMiB;
+  for (cudaStream_t s : busy) {
+    wait_on_the_gpu<<<1, 1, 0, s>>>(100'000'000ull);
+    CHECK_CUDA(cudaGetLastError());
+    for (void* p : large) CHECK_CUDA(cudaMemsetAsync(p, 2, 4096, s));
+  }
   for (void* p : large) CHECK_CUDA(cudaFree(p));
   *freed_mib = memory.used_now() / kMiB;
   if (memory.available() && plan.expect_held && *freed_mib <= plan.want_mib())
@@ -163,7 +186,20 @@ void release_and_report(const Plan& plan, const DeviceMemorySampler& memory, int
   if (memory.available() && used > plan.want_mib()) fail("idle memory stayed through the device's synchronizations");
 }
 
-// Steps 1-3 on device 0.
+// Step 5 on device 0 (`memory`), after step 3.
+void kept_by_the_freeing_thread(const Plan& plan, const DeviceMemorySampler& memory) {
+  std::vector<cudaStream_t> busy(2);
+  for (cudaStream_t& s : busy) CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  double live = 0, freed = 0;
+  free_blocks(plan, memory, &live, &freed, busy);
+  for (cudaStream_t s : busy) CHECK_CUDA(cudaStreamSynchronize(s));
+  const double kept =
+      expect_nothing_given_back(plan, memory, freed, "a stream synchronization gave memory back");
+  release_and_report(plan, memory, 0, live, freed, kept, "the busy streams' synchronizations");
+  for (cudaStream_t s : busy) CHECK_CUDA(cudaStreamDestroy(s));
+}
+
+// Steps 1-3 and 5 on device 0.
 void on_one_device(const Plan& plan) {
   DeviceMemorySampler memory(0);
   cudaStream_t s1 = nullptr, s2 = nullptr;
@@ -186,6 +222,7 @@ void on_one_device(const Plan& plan) {
   const double kept =
       expect_nothing_given_back(plan, memory, freed, "a stream or event synchronization gave memory back");
   release_and_report(plan, memory, 0, live, freed, kept, "the stream and event synchronizations");
+  kept_by_the_freeing_thread(plan, memory);
   CHECK_CUDA(cudaFree(work));
   CHECK_CUDA(cudaEventDestroy(on_s1));
   CHECK_CUDA(cudaStreamDestroy(s2));
