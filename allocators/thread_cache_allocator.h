@@ -49,7 +49,8 @@
 // no locked instruction (allocators/owner_biased_lock.h: the remote side pays, with one membarrier(2));
 // release_cached(), from any thread (the out-of-memory path), takes each cache's lock in turn and
 // empties it (classes and large slots), so memory other threads hold comes back at once, not at their
-// next call. A thread that exits moves its blocks to a shared depot (bookkeeping
+// next call. gather_idle_blocks(), from a context synchronization, empties the large slots alone, and
+// only where the backend's release is due counting them. A thread that exits moves its blocks to a shared depot (bookkeeping
 // only: no backend or driver call from a thread-exit destructor, which may run after the program's CUDA
 // teardown); misses of every thread take from the depot first (large ones by exact size), and
 // release_cached() empties it. A fenced free reaches this layer when its freeing thread asks for

@@ -12,7 +12,9 @@
 // up (a batch closes at 256 blocks or 64 MiB), and the rest missed into the backend again.
 //
 // A returned block is free memory the backend does not see yet, so it counts as held back
-// (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first. A list
+// (out_of_memory.cpp's pending_bytes) and the pressure paths take every thread's list first; and a
+// context synchronization gives every list to the backend once its release is due counting them
+// (router.cpp, gather_idle_blocks): a thread that stopped allocating would keep its list for good. A list
 // holds at most kMaxReturnedBytes per device, or one run of any size when it was empty (more goes to the
 // backend from the poller: a thread that frees but no longer allocates keeps little). And a list keeps
 // only what its owner uses: half of the bytes it held through a whole round of its owner's takes (from
