@@ -191,11 +191,12 @@ TEST_F(ThreadCacheTest, AForkedChildCanAllocateAndReleaseWhatOtherThreadsCached)
 }
 
 // Many threads allocate, pass blocks to each other and free them, while another thread empties every
-// cache: no block is handed out twice (each carries its owner's pattern), and the counts add up.
-// `size_of` draws a request from a random number; `max_live` blocks per thread stay live.
+// cache (or, with `gather`, every thread's parked large blocks where the arena's release is due, as a
+// context synchronization does): no block is handed out twice (each carries its owner's pattern), and
+// the counts add up. `size_of` draws a request from a random number; `max_live` blocks per thread stay live.
 void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& cache, const HostProvider& provider,
                                                         int thread_count, int rounds, std::size_t max_live,
-                                                        std::size_t (*size_of)(unsigned)) {
+                                                        std::size_t (*size_of)(unsigned), bool gather = false) {
   struct Block {
     void* p;
     std::size_t bytes;
@@ -205,13 +206,15 @@ void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& ca
   std::vector<std::mutex> handoff_locks(thread_count);
   std::atomic<int> corrupted{0}, failures{0};
   std::atomic<bool> done{false};
+  std::atomic<int> gathers{0};  // gathers that were due
   auto verify = [&](const Block& b) {
     const auto* bytes = static_cast<const unsigned char*>(b.p);
     if (bytes[0] != b.tag || bytes[b.bytes - 1] != b.tag) corrupted.fetch_add(1);
   };
   std::thread releaser([&] {
     while (!done.load()) {
-      cache.release_cached();
+      if (!gather) cache.release_cached();
+      else if (cache.gather_idle_blocks(0)) gathers.fetch_add(1);
       std::this_thread::yield();
     }
   });
@@ -268,6 +271,7 @@ void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& ca
     }
   EXPECT_EQ(corrupted.load(), 0) << "a block was handed to two owners";
   EXPECT_EQ(failures.load(), 0);
+  if (gather) EXPECT_GT(gathers.load(), 0) << "no gather was due: the test took nothing from the threads";
   const AllocatorStats s = cache.stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.internal_waste, 0u);
@@ -291,6 +295,19 @@ TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcu
   expect_cross_thread_frees_with_concurrent_releases(cache, provider, 4, 2000, 3, [](unsigned seed) {
     return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB;
   });
+}
+
+// ... and with the arena's release due at every ask (threshold and delay 0), so that the gathers take
+// the parked blocks while their owners park and take them.
+TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentGathers) {
+  HostProvider provider(HostProvider::kDefaultGranularity, 2048 * MiB);
+  VmmArenaOptions o = arena_options(4096 * MiB, /*keep_nothing_idle=*/true);
+  o.release_delay_ns = 0;
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
+  expect_cross_thread_frees_with_concurrent_releases(
+      cache, provider, 4, 2000, 3,
+      [](unsigned seed) { return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB; },
+      /*gather=*/true);
 }
 
 // ---- blocks above kMaxCachedBytes: exact-size slots ----
