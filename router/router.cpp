@@ -566,7 +566,7 @@ void after_context_synchronize(CUcontext context) noexcept {
   }
   if (alone && !device->properties.stream_ordered) poll_turned_ordered(BusyStreams::probe, device);
   if (device->fences.holds_blocks()) device->fences.poll();  // fences the synchronization completed
-  gather_idle_blocks(*device);
+  if (!device->properties.stream_ordered) gather_idle_blocks(*device);  // the pool keeps no lists
   run_idle_checks(*device);
 }
 

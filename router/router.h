@@ -27,7 +27,8 @@ void on_capture_begin(CUstream stream) noexcept;       // after a successful cuS
 void on_capture_end(CUstream stream) noexcept;         // after cuStreamEndCapture (success or not)
 // After a cuCtxSynchronize of `context` returned success (nullptr: the calling thread's current one): the
 // idle checks of that context's device, which otherwise run only in frees (router.cpp, idle_check), so a
-// program that stopped freeing still gives idle memory back. Only there, and only for that device: the
+// program that stopped freeing still gives idle memory back, the free blocks its threads keep included
+// once the release is due counting them (gather_idle_blocks). Only there, and only for that device: the
 // checks may unmap, and cuMemUnmap first waits for the whole context. After a stream or event
 // synchronization, or for another device, that is a wait the program did not ask for; one that holds a
 // lock across cudaStreamSynchronize(s1), which a host function queued on s2 needs, would deadlock.
