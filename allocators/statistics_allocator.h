@@ -33,7 +33,9 @@ class StatisticsAllocator final : public Allocator {
   void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
   void release_idle() noexcept override { inner_->release_idle(); }
-  bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept override { return inner_->gather_idle_blocks(held_elsewhere); }
+  bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept override {
+    return inner_->gather_idle_blocks(held_elsewhere);
+  }
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 

@@ -50,9 +50,9 @@
 // release_cached(), from any thread (the out-of-memory path), takes each cache's lock in turn and
 // empties it (classes and large slots), so memory other threads hold comes back at once, not at their
 // next call. gather_idle_blocks(), from a context synchronization, empties the large slots alone, and
-// only where the backend's release is due counting them. A thread that exits moves its blocks to a shared depot (bookkeeping
-// only: no backend or driver call from a thread-exit destructor, which may run after the program's CUDA
-// teardown); misses of every thread take from the depot first (large ones by exact size), and
+// only where the backend's release is due counting them. A thread that exits moves its blocks to a
+// shared depot (bookkeeping only: no backend or driver call from a thread-exit destructor, which may run
+// after the program's CUDA teardown); misses of every thread take from the depot first (large ones by exact size), and
 // release_cached() empties it. A fenced free reaches this layer when its freeing thread asks for
 // another size (router/returned_blocks.h), or from the polling thread (its own blocks, those of
 // threads that exited, and what over-full returned lists do not take): the block joins that thread's

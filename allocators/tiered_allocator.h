@@ -47,7 +47,9 @@ class TieredAllocator final : public Allocator {
   std::size_t release_cached() noexcept override;
   // The arena's delay; the slabs give their empty slabs back by their own rule (slab_allocator.h).
   void release_idle() noexcept override { large_->release_idle(); }
-  bool release_due_with(std::uint64_t held_in_front) noexcept override { return large_->release_due_with(held_in_front); }
+  bool release_due_with(std::uint64_t held_in_front) noexcept override {
+    return large_->release_due_with(held_in_front);
+  }
   // Both tiers together. Over separate memory the peaks are sums of each tier's peak (an upper bound of
   // the true peak); over arena-backed slabs the arena's peak reserved is the true one.
   AllocatorStats stats() const noexcept override;
