@@ -122,6 +122,9 @@ struct CellResult {
   // after creating its context; -1 without NVML. It includes what earlier cells of the same process
   // left cached: for a cell's own, run it alone in a process.
   double peak_mib = -1;
+  // --idle-ms: MiB held (as peak_mib, above the baseline) once every thread stopped, and after the idle
+  // phase's synchronizations; -1 without NVML or without the phase.
+  double stopped_mib = -1, idle_mib = -1;
 };
 
 std::string format_size(std::uint64_t bytes) {
@@ -342,6 +345,11 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
   std::atomic<bool> first_done{false};
   Clock::time_point first_done_at{};
   std::vector<std::uint64_t> counted(threads, 0);
+  // --idle-ms: the threads stay alive, idle, until the main thread's idle phase is over. A thread that
+  // exits gives what it keeps back to the allocator (gpushim's returned lists and parked blocks); a
+  // server's worker threads do not.
+  std::atomic<int> stopped{0};
+  std::atomic<bool> idle_over{false};
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t) {
     workers.emplace_back([&, t]() {
@@ -394,12 +402,29 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
         if (first_done.compare_exchange_strong(expected, true)) first_done_at = Clock::now();
         counted[t] = done;
       }
+      if (o.idle_ms > 0) {
+        stopped.fetch_add(1);
+        while (!idle_over.load(std::memory_order_acquire)) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
     });
   }
   while (ready.load() < threads) std::this_thread::yield();
   const Clock::time_point start = Clock::now();
   plan.deadline = start + std::chrono::nanoseconds(std::int64_t(budget_ns * kCellDeadlineFactor));
   go.store(true, std::memory_order_release);
+  CellResult r;
+  if (o.idle_ms > 0) {
+    while (stopped.load() < threads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    const Clock::time_point idle_until = Clock::now() + std::chrono::nanoseconds(std::int64_t(o.idle_ms * 1e6));
+    r.stopped_mib = double(memory.used_now()) / double(1 << 20);
+    while (Clock::now() < idle_until) {
+      CHECK_CUDA(cudaDeviceSynchronize());
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    r.idle_mib = double(memory.used_now()) / double(1 << 20);
+    if (!memory.available()) r.stopped_mib = r.idle_mib = -1;
+    idle_over.store(true, std::memory_order_release);
+  }
   for (auto& w : workers) w.join();
   for (std::atomic<void*>& box : boxes)  // what the handoff cell left in its mailboxes
     if (void* p = box.exchange(nullptr)) CHECK_CUDA(api == Api::host ? (std::free(p), cudaSuccess) : cudaFree(p));
@@ -409,7 +434,6 @@ CellResult run_cell(const Options& o, Api api, Pattern pattern, StreamMode strea
 
   std::vector<double> all;
   for (auto& s : samples) all.insert(all.end(), s.begin(), s.end());
-  CellResult r;
   if (memory.available()) r.peak_mib = double(peak_bytes) / double(1 << 20);
   r.samples = all.size();
   if (all.empty()) return r;
@@ -440,9 +464,10 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaGetDeviceProperties(&prop, 0));
   if (std::find(o.apis.begin(), o.apis.end(), Api::driver) != o.apis.end()) find_driver_pair();
   bool wants_async = std::find(o.apis.begin(), o.apis.end(), Api::async) != o.apis.end();
-  if (wants_async) {
+  if (wants_async && o.idle_ms == 0) {
     // A warm pool: keep freed memory in the default pool instead of returning it at each synchronization
-    // (the default threshold is 0), as an application that chose cudaMallocAsync for speed would.
+    // (the default threshold is 0), as an application that chose cudaMallocAsync for speed would. Not with
+    // --idle-ms, whose phase asks what each allocator gives back: the pool's default.
     cudaMemPool_t pool = nullptr;
     CHECK_CUDA(cudaDeviceGetDefaultMemPool(&pool, 0));
     std::uint64_t keep_everything = UINT64_MAX;
@@ -489,6 +514,11 @@ int main(int argc, char** argv) {
           std::printf("%-10s %-8s %-7s %-7s %-8s %7d %9llu %11.0f %11.0f %13.0f %9.0f\n", o.label.c_str(), api_name(api),
                       pattern_name(pattern), streams_name(streams), size_text.c_str(), threads, (unsigned long long)r.samples,
                       r.median_ns, r.p99_ns, r.pairs_per_s, r.peak_mib);
+          if (o.idle_ms > 0)
+            std::printf("alloc_bench: idle: %s %s %s %s %d threads: %.0f MiB held when they stopped, %.0f MiB after "
+                        "%.0f ms of cudaDeviceSynchronize every 10 ms (-1: no NVML)\n",
+                        api_name(api), pattern_name(pattern), streams_name(streams), size_text.c_str(), threads,
+                        r.stopped_mib, r.idle_mib, o.idle_ms);
           std::fflush(stdout);
           if (csv) {
             std::fprintf(csv, "%s,%s,%s,%llu,%d,%llu,%.1f,%.1f,%.1f,%.0f,%s,%.0f\n", o.label.c_str(), api_name(api),

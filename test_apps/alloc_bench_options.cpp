@@ -48,6 +48,10 @@ bool parse_options(int argc, char** argv, Options* o) {
   app.add_option("--synchronize-every-us", o->synchronize_every_us,
                  "another thread calls cudaDeviceSynchronize every N us through each cell (0: none)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--idle-ms", o->idle_ms,
+                 "after each cell, its threads alive and idle: cudaDeviceSynchronize every 10 ms for MS, then an "
+                 "'idle' line with the memory held before and after (0: none)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--label", o->label, "first CSV column (default: gpushim-<backend> under gpushim, else none)");
   app.add_option("--csv", o->csv_path, "append one CSV line per cell to FILE");
   app.add_option("--seed", o->seed, "random seed");

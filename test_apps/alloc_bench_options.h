@@ -44,6 +44,9 @@ struct Options {
   // gpushim runs its idle checks after a context synchronization (router::after_context_synchronize):
   // this measures what they cost the pairs.
   double synchronize_every_us = 0;
+  // After each cell's timed pairs, with its threads still alive: cudaDeviceSynchronize every 10 ms for this
+  // long, then the memory held (0: none).
+  double idle_ms = 0;
   std::string label;
   std::string csv_path;
   std::uint64_t seed = 1;
