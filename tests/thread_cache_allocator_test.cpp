@@ -412,7 +412,8 @@ TEST(ThreadCacheLargeBytes, AThreadParksAtMostItsByteBound) {
 // parked large blocks, of live threads and of exited ones (the depot), go to the arena where its release
 // is due counting them and what the router holds (`held_elsewhere`), and stay parked where it is not.
 TEST(ThreadCacheLargeBytes, ParkedBlocksGoToTheArenaWhereItsReleaseIsDueCountingThem) {
-  constexpr std::uint64_t kDelayNs = 200'000'000;
+  // Long: the other thread's park and the second ask must fall within one delay on a loaded machine.
+  constexpr std::uint64_t kDelayNs = 1'000'000'000;
   HostProvider provider;
   VmmArenaOptions o = arena_options(512 * MiB, /*keep_nothing_idle=*/false);
   o.release_threshold = 8 * MiB;
