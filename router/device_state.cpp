@@ -6,6 +6,7 @@
 #include "config/settings.h"
 #include "diagnostics/log.h"
 #include "driver/real_driver.h"
+#include "driver/scoped_context.h"
 #include "router/peer_access.h"
 #include "router/router_state.h"
 
@@ -50,22 +51,20 @@ DeviceState* device_state(int ordinal, CUcontext context) noexcept {
   return state;
 }
 
-DeviceState* device_of_context(CUcontext context) noexcept {
-  const RealDriver& driver = real_driver();
-  CUcontext current = nullptr;
-  if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return nullptr;
-  bool pushed = false;
-  if (current != context) {
-    if (driver.cuCtxPushCurrent(context) != CUDA_SUCCESS) return nullptr;
-    pushed = true;
-  }
+int device_ordinal_of(CUcontext context) noexcept {
+  ScopedContext scope(context);
   CUdevice device = -1;
-  CUresult rc = driver.cuCtxGetDevice(&device);
-  if (pushed) {
-    CUcontext popped = nullptr;
-    driver.cuCtxPopCurrent(&popped);
-  }
-  return rc == CUDA_SUCCESS ? device_state(static_cast<int>(device), context) : nullptr;
+  if (!scope.ok() || real_driver().cuCtxGetDevice(&device) != CUDA_SUCCESS) return -1;
+  return static_cast<int>(device);
+}
+
+DeviceState* device_of_context(CUcontext context) noexcept {
+  const int ordinal = device_ordinal_of(context);
+  return ordinal >= 0 ? device_state(ordinal, context) : nullptr;
+}
+
+DeviceState* served_device(int ordinal) noexcept {
+  return ordinal >= 0 && ordinal < kMaxDevices ? g_devices[ordinal].load(std::memory_order_acquire) : nullptr;
 }
 
 }  // namespace gpushim::router

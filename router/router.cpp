@@ -23,7 +23,6 @@
 #include "diagnostics/log.h"
 #include "diagnostics/monotonic_clock.h"
 #include "driver/real_driver.h"
-#include "driver/scoped_context.h"
 #include "router/after_fork.h"
 #include "router/exit_statistics.h"
 #include "router/fault_injection.h"
@@ -525,20 +524,11 @@ void give_back(DeviceState& device, const FreedBlock& freed) noexcept { give_bac
 // The state of the device whose context `context` is (nullptr: the calling thread's current one), or
 // nullptr where gpushim serves nothing on it yet. Never builds one, unlike current_device().
 DeviceState* served_device_of(CUcontext context) noexcept {
-  const RealDriver& driver = real_driver();
-  CUcontext current = nullptr;
-  if (driver.cuCtxGetCurrent(&current) != CUDA_SUCCESS) return nullptr;
-  if (!context) context = current;
+  if (!context && real_driver().cuCtxGetCurrent(&context) != CUDA_SUCCESS) return nullptr;
   if (!context) return nullptr;
   if (DeviceState* cached = cached_device_of(context, g_fork_generation.load(std::memory_order_relaxed)))
     return cached;
-  CUdevice ordinal = -1;
-  {
-    ScopedContext scope(context);
-    if (!scope.ok() || driver.cuCtxGetDevice(&ordinal) != CUDA_SUCCESS) return nullptr;
-  }
-  if (ordinal < 0 || ordinal >= kMaxDevices) return nullptr;
-  return g_devices[ordinal].load(std::memory_order_acquire);
+  return served_device(device_ordinal_of(context));
 }
 
 void after_context_synchronize(CUcontext context) noexcept {

@@ -130,8 +130,12 @@ std::vector<CUstream>& capturing_streams();
 
 // The state of device `ordinal`, made on its first request (device_state.cpp).
 DeviceState* device_state(int ordinal, CUcontext context) noexcept;
-// The device of a context that may not be current.
+// The device ordinal of a context that may not be current (-1 where the driver cannot say).
+int device_ordinal_of(CUcontext context) noexcept;
+// The device of a context that may not be current, made on its first request as device_state's.
 DeviceState* device_of_context(CUcontext context) noexcept;
+// The state of device `ordinal` where gpushim serves it already, else nullptr: never makes one.
+DeviceState* served_device(int ordinal) noexcept;
 
 // cuMemFree's end (router.cpp); a block held for importers goes back through it once they are gone.
 void give_back(DeviceState& device, const FreedBlock& freed) noexcept;
