@@ -21,8 +21,9 @@
 //    and give nothing of device 1's back (that would wait for device 1's context); device 1's own
 //    synchronizations then must, as in step 3.
 // 5. Blocks the freeing thread keeps (after step 3, on device 0): step 1 again, but freed while two
-//    non-blocking streams run a kernel that waits 100 ms, so the frees are fenced (one stream alone would
-//    be solo: reused at once). The fences come back to the freeing thread's returned list at the next
+//    non-blocking streams still read every block for 100 ms (kernels/pattern_kernels.h, the long
+//    reader; none may see a write), so the frees are fenced (one stream alone would be solo: reused at
+//    once). The fences come back to the freeing thread's returned list at the next
 //    synchronization (up to 128 MiB), where the arena's release does not see them; the rest fills the
 //    arena to its threshold. cudaDeviceSynchronize must then give them back as in step 3
 //    (router.cpp, gather_idle_blocks).
@@ -47,6 +48,7 @@
 #include <vector>
 
 #include "device_memory_sampler.h"
+#include "kernels/pattern_kernels.h"
 
 namespace {
 
@@ -61,6 +63,7 @@ namespace {
   } while (0)
 
 constexpr double kMiB = 1024.0 * 1024.0;
+constexpr std::uint32_t kTag = 0x5e00;  // block i holds the pattern of kTag + i
 
 struct Plan {
   std::size_t size = std::size_t{128} << 20;
@@ -75,16 +78,6 @@ int g_failures = 0;
 void fail(const char* what) {
   std::fprintf(stderr, "synchronize_release_check: FAIL: %s\n", what);
   ++g_failures;
-}
-
-// Waits `ns` on the GPU: work the streams still carry while the host frees.
-__global__ void wait_on_the_gpu(unsigned long long ns) {
-  unsigned long long start = 0, now = 0;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
-  do {
-    __nanosleep(1000);
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
-  } while (now - start < ns);
 }
 
 std::mutex g_held_by_main;  // the lock the host functions need
@@ -121,21 +114,29 @@ class Watchdog {
   std::thread thread_;
 };
 
-// Step 1 on the current device: MiB used with the blocks live, then freed; with `busy` (step 5) while
-// those streams work, the last of them using every block.
+// Step 5's readers: streams that still read every block when it is freed, and their mismatch counter.
+struct Readers {
+  std::vector<cudaStream_t> streams;
+  unsigned long long* mismatches = nullptr;  // device memory
+};
+
+// Step 1 on the current device: MiB used with the blocks live, then freed; with `readers` (step 5)
+// while each of their streams reads every block for 100 ms in all.
 void free_blocks(const Plan& plan, const DeviceMemorySampler& memory, double* live_mib, double* freed_mib,
-                 const std::vector<cudaStream_t>& busy = {}) {
+                 const Readers* readers = nullptr) {
   std::vector<void*> large(static_cast<std::size_t>(plan.blocks));
-  for (void*& p : large) {
-    CHECK_CUDA(cudaMalloc(&p, plan.size));
-    CHECK_CUDA(cudaMemset(p, 1, plan.size));
+  for (std::size_t i = 0; i < large.size(); ++i) {
+    CHECK_CUDA(cudaMalloc(&large[i], plan.size));
+    CHECK_CUDA(gpushim::kernels::fill_pattern(large[i], plan.size, kTag + std::uint32_t(i), nullptr));
   }
   CHECK_CUDA(cudaDeviceSynchronize());
   *live_mib = memory.used_now() / kMiB;
-  for (cudaStream_t s : busy) {
-    wait_on_the_gpu<<<1, 1, 0, s>>>(100'000'000ull);
-    CHECK_CUDA(cudaGetLastError());
-    for (void* p : large) CHECK_CUDA(cudaMemsetAsync(p, 2, 4096, s));
+  if (readers) {
+    const std::uint32_t each_us = 100'000 / std::uint32_t(large.size());
+    for (cudaStream_t s : readers->streams)
+      for (std::size_t i = 0; i < large.size(); ++i)
+        CHECK_CUDA(gpushim::kernels::spin_verify_pattern(large[i], plan.size, kTag + std::uint32_t(i), each_us,
+                                                         readers->mismatches, s));
   }
   for (void* p : large) CHECK_CUDA(cudaFree(p));
   *freed_mib = memory.used_now() / kMiB;
@@ -188,15 +189,22 @@ void release_and_report(const Plan& plan, const DeviceMemorySampler& memory, int
 
 // Step 5 on device 0 (`memory`), after step 3.
 void kept_by_the_freeing_thread(const Plan& plan, const DeviceMemorySampler& memory) {
-  std::vector<cudaStream_t> busy(2);
-  for (cudaStream_t& s : busy) CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  Readers readers;
+  readers.streams.resize(2);
+  for (cudaStream_t& s : readers.streams) CHECK_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  CHECK_CUDA(cudaMalloc(&readers.mismatches, sizeof *readers.mismatches));
+  CHECK_CUDA(cudaMemset(readers.mismatches, 0, sizeof *readers.mismatches));
   double live = 0, freed = 0;
-  free_blocks(plan, memory, &live, &freed, busy);
-  for (cudaStream_t s : busy) CHECK_CUDA(cudaStreamSynchronize(s));
+  free_blocks(plan, memory, &live, &freed, &readers);
+  for (cudaStream_t s : readers.streams) CHECK_CUDA(cudaStreamSynchronize(s));
   const double kept =
       expect_nothing_given_back(plan, memory, freed, "a stream synchronization gave memory back");
+  unsigned long long mismatches = 0;
+  CHECK_CUDA(cudaMemcpy(&mismatches, readers.mismatches, sizeof mismatches, cudaMemcpyDeviceToHost));
+  if (mismatches != 0) fail("a block freed while a stream still read it was written meanwhile");
   release_and_report(plan, memory, 0, live, freed, kept, "the busy streams' synchronizations");
-  for (cudaStream_t s : busy) CHECK_CUDA(cudaStreamDestroy(s));
+  CHECK_CUDA(cudaFree(readers.mismatches));
+  for (cudaStream_t s : readers.streams) CHECK_CUDA(cudaStreamDestroy(s));
 }
 
 // Steps 1-3 and 5 on device 0.
