@@ -86,18 +86,19 @@ class Allocator {
   // (a program that moved on to blocks the thread caches or the slabs serve). Cheap when nothing is due;
   // never waits for a lock.
   virtual void release_idle() noexcept {}
-  // Whether memory idle in the backend is due to go back (release_idle) once `held_in_front` more bytes
-  // of free blocks, kept in front of it where its release cannot see them (the thread caches' parked
-  // blocks, the router's returned lists), are in it too: together above its release threshold, its
-  // release delay passed. A true answer costs the keepers their blocks (gather_idle_blocks), so a
-  // backend gives it at most once a delay. False where it has no such rule, or its lock is held (a
-  // thread is using it: the next synchronization asks again). Never waits for a lock.
+  // Whether memory idle in the backend is due to go back (release_idle) once the free blocks kept in
+  // front of it, where its release cannot see them, are in it too: `held_in_front` bytes the caller
+  // keeps (the router's returned lists) and what this layer and those under it keep (the thread caches'
+  // blocks, the tiered slab's empty slabs); due when together they are above its release threshold and
+  // its release delay passed. A true answer costs the keepers their blocks (hand_in_kept_blocks), so
+  // the arena gives it at most once a delay. False where there is no such rule, or the arena's lock is
+  // held (a thread is using it: the next synchronization asks again). Never waits for a lock. Layers
+  // that keep blocks add theirs; decorators forward it.
   virtual bool release_due_with(std::uint64_t /*held_in_front*/) noexcept { return false; }
-  // A context synchronization's question (router::after_context_synchronize): where the backend's
-  // release is due counting the free blocks this layer keeps and `held_elsewhere` bytes more (the
-  // router's), gives this layer's to the backend and answers true; the caller then gives its own.
-  // Decorators forward it; the thread cache keeps blocks (allocators/thread_cache_allocator.h).
-  virtual bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept { return release_due_with(held_elsewhere); }
+  // After release_due_with answered true (router::after_context_synchronize): each layer gives the free
+  // blocks it keeps to the layer under it, outermost first, so that the release that follows sees them.
+  // Decorators forward it.
+  virtual void hand_in_kept_blocks() noexcept {}
 
   virtual AllocatorStats stats() const noexcept = 0;
 

@@ -74,6 +74,10 @@ class SlabAllocator final : public Allocator {
   std::size_t release_cached() noexcept override;
   AllocatorStats stats() const noexcept override;
 
+  // Bytes of slabs that hold no block in use and none in a magazine, all classes (what release_cached
+  // would give back now).
+  std::size_t empty_slab_bytes() const noexcept { return empty_bytes_.load(std::memory_order_relaxed); }
+
   // For tests.
   std::size_t max_small_size() const noexcept { return max_small_size_; }
   std::size_t class_count() const noexcept { return classes_.size(); }

@@ -47,9 +47,10 @@ class SpillingAllocator final : public Allocator {
     host_->release_idle();
   }
   // The device's: only the device backend has blocks kept in front of it (the thread caches).
-  bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept override {
-    return device_->gather_idle_blocks(held_elsewhere);
+  bool release_due_with(std::uint64_t held_in_front) noexcept override {
+    return device_->release_due_with(held_in_front);
   }
+  void hand_in_kept_blocks() noexcept override { device_->hand_in_kept_blocks(); }
   // The device backend's figures, plus the host arena's as the spill fields; calls and bytes in use
   // count both.
   AllocatorStats stats() const noexcept override;

@@ -33,9 +33,10 @@ class StatisticsAllocator final : public Allocator {
   void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
   void release_idle() noexcept override { inner_->release_idle(); }
-  bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept override {
-    return inner_->gather_idle_blocks(held_elsewhere);
+  bool release_due_with(std::uint64_t held_in_front) noexcept override {
+    return inner_->release_due_with(held_in_front);
   }
+  void hand_in_kept_blocks() noexcept override { inner_->hand_in_kept_blocks(); }
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 

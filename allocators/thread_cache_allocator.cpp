@@ -590,19 +590,20 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
   delete cache;
 }
 
-bool ThreadCacheAllocator::gather_idle_blocks(std::uint64_t held_elsewhere) noexcept {
-  std::uint64_t parked = 0;
-  if (caches_with_large_.load(std::memory_order_relaxed) != 0) {
+bool ThreadCacheAllocator::release_due_with(std::uint64_t held_in_front) noexcept {
+  // Read without the caches' locks: a count an owner changes meanwhile is as if read before or after.
+  std::uint64_t kept = depot_bytes_.load(std::memory_order_relaxed);
+  {
     std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
-    for (const ThreadCache* cache : caches_) parked += cache->large_bytes.load(std::memory_order_relaxed);
+    for (const ThreadCache* cache : caches_)
+      kept += cache->cached_bytes.load(std::memory_order_relaxed) + cache->large_bytes.load(std::memory_order_relaxed);
   }
-  if (depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
-    std::lock_guard<std::mutex> guard(depot_mutex_);
-    for (const LargeSlot& block : depot_large_) parked += block.bytes;
-  }
-  if (!inner_->release_due_with(held_elsewhere + parked)) return false;
-  if (parked != 0) flush_large_everywhere(/*remember_taken=*/false);
-  return true;
+  return inner_->release_due_with(held_in_front + kept);
+}
+
+void ThreadCacheAllocator::hand_in_kept_blocks() noexcept {
+  give_back_every_cached_block();
+  inner_->hand_in_kept_blocks();
 }
 
 std::size_t ThreadCacheAllocator::release_cached() noexcept {
@@ -617,6 +618,8 @@ void ThreadCacheAllocator::give_back_every_cached_block() noexcept {
   {
     std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
     for (ThreadCache* cache : caches_) {
+      // An empty cache costs no remote lock: a block its owner caches meanwhile is as if after this walk.
+      if (cache->cached_bytes.load(std::memory_order_relaxed) == 0) continue;
       cache->lock.remote_lock();
       for (std::size_t c = 0; c < kClassCount; ++c) {
         std::uint32_t& n = cache->count[c];

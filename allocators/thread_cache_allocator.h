@@ -49,8 +49,10 @@
 // no locked instruction (allocators/owner_biased_lock.h: the remote side pays, with one membarrier(2));
 // release_cached(), from any thread (the out-of-memory path), takes each cache's lock in turn and
 // empties it (classes and large slots), so memory other threads hold comes back at once, not at their
-// next call. gather_idle_blocks(), from a context synchronization, empties the large slots alone, and
-// only where the backend's release is due counting them. A thread that exits moves its blocks to a
+// next call. A context synchronization does the same where the backend's release is due counting the
+// cached blocks (release_due_with, then hand_in_kept_blocks): at most once a release delay, so a thread
+// that stopped allocating keeps nothing for good, and a running one refills its cache from the backend
+// once a delay at most. A thread that exits moves its blocks to a
 // shared depot (bookkeeping only: no backend or driver call from a thread-exit destructor, which may run
 // after the program's CUDA teardown); misses of every thread take from the depot first (large ones by exact size), and
 // release_cached() empties it. A fenced free reaches this layer when its freeing thread asks for
@@ -117,10 +119,10 @@ class ThreadCacheAllocator final : public Allocator {
   // Empties every thread's cache and the depot into the backend, then the backend's own release.
   std::size_t release_cached() noexcept override;
   void release_idle() noexcept override { inner_->release_idle(); }
-  // Every thread's parked large blocks (and the depot's) to the backend where its release is due counting
-  // them (release_due_with). Not the classes' blocks: at most kMaxBytesPerThread a thread, and taking them
-  // costs each cache a remote lock.
-  bool gather_idle_blocks(std::uint64_t held_elsewhere) noexcept override;
+  // Counts every block the caches and the depot keep (classes and large slots) with `held_in_front`.
+  bool release_due_with(std::uint64_t held_in_front) noexcept override;
+  // Every cached block (all threads, both kinds, the depot) to the backend, then the backend's own.
+  void hand_in_kept_blocks() noexcept override;
   AllocatorStats stats() const noexcept override;
   bool needs_free_fence() const noexcept override { return inner_->needs_free_fence(); }
 

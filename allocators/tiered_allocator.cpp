@@ -14,10 +14,11 @@ TieredAllocator::TieredAllocator(std::unique_ptr<Allocator> small, std::unique_p
     : large_(std::move(large)), small_(std::move(small)), split_bytes_(split_bytes) {}
 
 TieredAllocator::TieredAllocator(std::unique_ptr<Allocator> large, std::unique_ptr<BlockMemoryProvider> small_memory,
-                                 std::unique_ptr<Allocator> small, std::size_t split_bytes) noexcept
+                                 std::unique_ptr<SlabAllocator> small, std::size_t split_bytes) noexcept
     : large_(std::move(large)),
       small_memory_(std::move(small_memory)),
       small_(std::move(small)),
+      arena_slabs_(static_cast<SlabAllocator*>(small_.get())),
       split_bytes_(split_bytes) {}
 
 TieredAllocator::~TieredAllocator() = default;
@@ -45,6 +46,15 @@ void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream
     small_->deallocate(p, bytes, stream);
   else
     large_->deallocate(p, bytes, stream);
+}
+
+bool TieredAllocator::release_due_with(std::uint64_t held_in_front) noexcept {
+  return large_->release_due_with(held_in_front + (arena_slabs_ ? arena_slabs_->empty_slab_bytes() : 0));
+}
+
+void TieredAllocator::hand_in_kept_blocks() noexcept {
+  if (arena_slabs_) small_->release_cached();
+  large_->hand_in_kept_blocks();
 }
 
 std::size_t TieredAllocator::release_cached() noexcept {

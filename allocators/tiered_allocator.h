@@ -18,6 +18,7 @@
 
 #include "allocators/allocator.h"
 #include "allocators/block_memory_provider.h"
+#include "allocators/slab_allocator.h"
 #include "config/settings.h"
 #include "providers/memory_provider.h"
 
@@ -31,7 +32,7 @@ class TieredAllocator final : public Allocator {
   // `small` takes its memory from `large` through `small_memory`: destroyed in that order (small first,
   // so its slabs go back to the arena while it exists), and the stats count the slabs once.
   TieredAllocator(std::unique_ptr<Allocator> large, std::unique_ptr<BlockMemoryProvider> small_memory,
-                  std::unique_ptr<Allocator> small, std::size_t split_bytes) noexcept;
+                  std::unique_ptr<SlabAllocator> small, std::size_t split_bytes) noexcept;
   ~TieredAllocator() override;
 
   const char* name() const noexcept override { return "tiered"; }
@@ -47,9 +48,11 @@ class TieredAllocator final : public Allocator {
   std::size_t release_cached() noexcept override;
   // The arena's delay; the slabs give their empty slabs back by their own rule (slab_allocator.h).
   void release_idle() noexcept override { large_->release_idle(); }
-  bool release_due_with(std::uint64_t held_in_front) noexcept override {
-    return large_->release_due_with(held_in_front);
-  }
+  // Arena-backed slabs: their empty slabs (up to kTieredSlabIdleBytes, kept for the next batch of small
+  // blocks) are blocks of the arena it counts as in use, so they count as kept in front of it and are
+  // handed in (the slab's release_cached: to the arena, and each thread's magazines at its next call).
+  bool release_due_with(std::uint64_t held_in_front) noexcept override;
+  void hand_in_kept_blocks() noexcept override;
   // Both tiers together. Over separate memory the peaks are sums of each tier's peak (an upper bound of
   // the true peak); over arena-backed slabs the arena's peak reserved is the true one.
   AllocatorStats stats() const noexcept override;
@@ -64,6 +67,7 @@ class TieredAllocator final : public Allocator {
   std::unique_ptr<Allocator> large_;
   std::unique_ptr<BlockMemoryProvider> small_memory_;  // null when the tiers have memory of their own
   std::unique_ptr<Allocator> small_;
+  SlabAllocator* arena_slabs_ = nullptr;  // small_, where its slabs are blocks of large_
   const std::size_t split_bytes_;
 };
 

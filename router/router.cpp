@@ -92,16 +92,21 @@ void run_idle_checks(DeviceState& device) noexcept {
   if (!device.properties.stream_ordered) close_idle_stream_lists(device);  // the pool keeps no lists
   device.backend().release_idle();
 }
-// Free blocks the threads keep where the arena's release cannot see them, their returned lists (up to
-// kMaxReturnedBytes a thread) and the thread caches' parked large blocks, go to the backend when its
-// release is due counting them (Allocator::gather_idle_blocks), so that the idle checks right after give
-// them back once they stayed idle through the delay. A thread that stopped allocating would keep them
-// otherwise. Only after a context synchronization: in a free, the thread's own list is in use, and
-// taking 16 threads' lists at a free every few thousand would empty them while they run; the backend
-// answers yes at most once a delay.
+// Free blocks kept where the arena's release cannot see them, the threads' returned lists (up to
+// kMaxReturnedBytes a thread) and what the layers in front of the arena keep (the thread caches, the
+// tiered slab's empty slabs), go to the arena when its release is due counting them
+// (Allocator::release_due_with), so that the idle checks right after give them back once they stayed
+// idle through the delay. A thread that stopped allocating would keep them otherwise. The lists go
+// first: their small blocks land in this thread's cache, which the layers then hand in with the rest.
+// Only after a context synchronization: in a free, the thread's own list is in use, and taking 16
+// threads' lists at a free every few thousand would empty them while they run; the arena answers yes at
+// most once a delay.
 void gather_idle_blocks(DeviceState& device) noexcept {
   const std::uint64_t listed = thread_returned_bytes(device.ordinal);
-  if (device.backend().gather_idle_blocks(listed) && listed != 0) take_all_returned_blocks(device);
+  Allocator& backend = device.backend();
+  if (!backend.release_due_with(listed)) return;
+  if (listed != 0) take_all_returned_blocks(device);
+  backend.hand_in_kept_blocks();
 }
 __attribute__((noinline)) void idle_check(DeviceState& device) noexcept {
   t_frees_until_idle_check = kFreesPerIdleCheck;

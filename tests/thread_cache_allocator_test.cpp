@@ -37,6 +37,14 @@ VmmArenaOptions arena_options(std::size_t reserve, bool keep_nothing_idle) {
   return o;
 }
 
+// A context synchronization's gather (router.cpp, gather_idle_blocks): where the arena's release is due
+// counting what the caches keep and `held_elsewhere` more, every layer hands its blocks in.
+bool gather_where_due(Allocator& stack, std::uint64_t held_elsewhere) {
+  if (!stack.release_due_with(held_elsewhere)) return false;
+  stack.hand_in_kept_blocks();
+  return true;
+}
+
 class ThreadCacheTest : public ::testing::Test {
  protected:
   ThreadCacheTest() {
@@ -191,7 +199,7 @@ TEST_F(ThreadCacheTest, AForkedChildCanAllocateAndReleaseWhatOtherThreadsCached)
 }
 
 // Many threads allocate, pass blocks to each other and free them, while another thread empties every
-// cache (or, with `gather`, every thread's parked large blocks where the arena's release is due, as a
+// cache (or, with `gather`, every block the caches keep where the arena's release is due, as a
 // context synchronization does): no block is handed out twice (each carries its owner's pattern), and
 // the counts add up. `size_of` draws a request from a random number; `max_live` blocks per thread stay live.
 void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& cache, const HostProvider& provider,
@@ -214,7 +222,7 @@ void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& ca
   std::thread releaser([&] {
     while (!done.load()) {
       if (!gather) cache.release_cached();
-      else if (cache.gather_idle_blocks(0)) gathers.fetch_add(1);
+      else if (gather_where_due(cache, 0)) gathers.fetch_add(1);
       std::this_thread::yield();
     }
   });
@@ -271,7 +279,9 @@ void expect_cross_thread_frees_with_concurrent_releases(ThreadCacheAllocator& ca
     }
   EXPECT_EQ(corrupted.load(), 0) << "a block was handed to two owners";
   EXPECT_EQ(failures.load(), 0);
-  if (gather) EXPECT_GT(gathers.load(), 0) << "no gather was due: the test took nothing from the threads";
+  if (gather) {
+    EXPECT_GT(gathers.load(), 0) << "no gather was due: the test took nothing from the threads";
+  }
   const AllocatorStats s = cache.stats();
   EXPECT_EQ(s.bytes_in_use, 0u);
   EXPECT_EQ(s.internal_waste, 0u);
@@ -307,6 +317,20 @@ TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcu
   expect_cross_thread_frees_with_concurrent_releases(
       cache, provider, 4, 2000, 3,
       [](unsigned seed) { return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB; },
+      /*gather=*/true);
+}
+
+// ... and with small and large blocks together, so that the gathers take classes and slots alike.
+TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfSmallAndLargeBlocksWithConcurrentGathers) {
+  HostProvider provider(HostProvider::kDefaultGranularity, 2048 * MiB);
+  VmmArenaOptions o = arena_options(4096 * MiB, /*keep_nothing_idle=*/true);
+  o.release_delay_ns = 0;
+  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
+  expect_cross_thread_frees_with_concurrent_releases(
+      cache, provider, 4, 2000, 6,
+      [](unsigned seed) {
+        return (seed >> 12) & 1 ? 1 + (seed >> 8) % (96 * KiB) : MiB + 1 + ((seed >> 8) % 4) * (MiB / 2);
+      },
       /*gather=*/true);
 }
 
@@ -408,37 +432,50 @@ TEST(ThreadCacheLargeBytes, AThreadParksAtMostItsByteBound) {
   EXPECT_EQ(provider.bytes_mapped(), 0u);
 }
 
-// A context synchronization asks the stack to gather idle blocks (Allocator::gather_idle_blocks): the
-// parked large blocks, of live threads and of exited ones (the depot), go to the arena where its release
-// is due counting them and what the router holds (`held_elsewhere`), and stay parked where it is not.
-TEST(ThreadCacheLargeBytes, ParkedBlocksGoToTheArenaWhereItsReleaseIsDueCountingThem) {
+// A context synchronization asks whether the arena's release is due counting the blocks kept in front of
+// it (Allocator::release_due_with): the caches' blocks, parked large ones and classes, of live threads
+// and of exited ones (the depot), with what the router holds (`held_elsewhere`). Where due, they go to
+// the arena (hand_in_kept_blocks); where not, they stay.
+TEST(ThreadCacheLargeBytes, CachedBlocksGoToTheArenaWhereItsReleaseIsDueCountingThem) {
   // Long: the other thread's park and the second ask must fall within one delay on a loaded machine.
   constexpr std::uint64_t kDelayNs = 1'000'000'000;
   HostProvider provider;
   VmmArenaOptions o = arena_options(512 * MiB, /*keep_nothing_idle=*/false);
-  o.release_threshold = 8 * MiB;
+  o.release_threshold = 16 * MiB;
   o.release_delay_ns = kDelayNs;
   ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));  // parks always
   void* a = cache.allocate(5 * MiB, 0);
-  ASSERT_NE(a, nullptr);
+  void* b = cache.allocate(MiB, 0);
+  void* c = cache.allocate(MiB, 0);
+  ASSERT_TRUE(a && b && c);
   cache.deallocate(a, 5 * MiB, 0);
+  cache.deallocate(b, MiB, 0);
+  cache.deallocate(c, MiB, 0);
   ASSERT_EQ(cache.cached_large_blocks(), 1u);
-  EXPECT_FALSE(cache.gather_idle_blocks(0)) << "5 MiB parked and 1 MiB cached are below the 8 MiB threshold";
-  EXPECT_EQ(cache.cached_large_blocks(), 1u) << "taken where nothing was due";
-  EXPECT_TRUE(cache.gather_idle_blocks(4 * MiB)) << "the router's 4 MiB did not count";
-  EXPECT_EQ(cache.cached_large_blocks(), 0u) << "due, and the parked block stayed parked";
-  EXPECT_GE(cache.inner().stats().bytes_cached, 5 * MiB);
+  ASSERT_EQ(cache.cached_blocks(), 3u) << "the two 1 MiB blocks are not in their class";
+  // What the arena caches itself, and what must be in front of it for its release to be due: above
+  // the threshold, so the 7 MiB cached here and `short_of` more make exactly the threshold.
+  const std::uint64_t arena_cached = cache.inner().stats().bytes_cached;
+  ASSERT_LE(arena_cached + 7 * MiB, o.release_threshold);
+  const std::uint64_t short_of = o.release_threshold - arena_cached - 7 * MiB;
+  EXPECT_FALSE(gather_where_due(cache, short_of)) << "due at the threshold itself";
+  EXPECT_EQ(cache.cached_blocks(), 3u) << "taken where nothing was due";
+  EXPECT_TRUE(gather_where_due(cache, short_of + 1)) << "the classes' 2 MiB or the parked 5 MiB did not count";
+  EXPECT_EQ(cache.cached_blocks(), 0u) << "due, and blocks stayed in the cache";
+  EXPECT_GE(cache.inner().stats().bytes_cached, arena_cached + 7 * MiB);
   std::thread exiting([&] {
-    void* b = cache.allocate(6 * MiB, 0);
-    ASSERT_NE(b, nullptr);
-    cache.deallocate(b, 6 * MiB, 0);
+    void* d = cache.allocate(6 * MiB, 0);
+    void* e = cache.allocate(64 * KiB, 0);
+    ASSERT_TRUE(d && e);
+    cache.deallocate(d, 6 * MiB, 0);
+    cache.deallocate(e, 64 * KiB, 0);
   });
   exiting.join();
-  ASSERT_EQ(cache.cached_large_blocks(), 1u) << "the exited thread's block is not in the depot";
-  EXPECT_FALSE(cache.gather_idle_blocks(8 * MiB)) << "due again within the delay";
+  ASSERT_EQ(cache.cached_blocks(), 2u) << "the exited thread's blocks are not in the depot";
+  EXPECT_FALSE(gather_where_due(cache, 16 * MiB)) << "due again within the delay";
   std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs + kDelayNs / 4));
-  EXPECT_TRUE(cache.gather_idle_blocks(4 * MiB)) << "not due a delay later";
-  EXPECT_EQ(cache.cached_large_blocks(), 0u) << "the depot's block stayed there";
+  EXPECT_TRUE(gather_where_due(cache, 16 * MiB)) << "not due a delay later";
+  EXPECT_EQ(cache.cached_blocks(), 0u) << "the depot's blocks stayed there";
   cache.release_cached();
   EXPECT_EQ(provider.bytes_mapped(), 0u);
 }

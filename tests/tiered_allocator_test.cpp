@@ -67,6 +67,34 @@ TEST(TieredAllocator, SlabsComeFromTheArenaAndGoBackToIt) {
   EXPECT_EQ(t.stats().bytes_in_use, 0u);
 }
 
+// The slab keeps up to kTieredSlabIdleBytes of empty slabs for the next batch of small blocks; the arena
+// counts them as in use. So a context synchronization's question (release_due_with) counts them as kept
+// in front of the arena, and where the release is due they go to it (hand_in_kept_blocks).
+TEST(TieredAllocator, EmptySlabsCountAsKeptInFrontOfTheArenaAndAreHandedIn) {
+  HostProvider provider;
+  Settings settings = small_arena_settings();
+  settings.vmm_release_threshold = 64 * MiB;
+  settings.vmm_release_delay_ns = 1;  // passed at every ask; the arena still answers yes once a delay
+  auto tiered = make_tiered_allocator(provider, settings);
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  auto& slab = static_cast<SlabAllocator&>(t.small_tier());
+  std::vector<void*> small;
+  for (int i = 0; i < 256; ++i) small.push_back(t.allocate(32 * KiB, 0));  // 8 MiB of slabs
+  for (void* p : small) t.deallocate(p, 32 * KiB, 0);
+  slab.flush_this_thread();  // the magazine's blocks to their slabs, which keep up to 16 MiB empty
+  const std::uint64_t empty = slab.empty_slab_bytes();
+  ASSERT_GE(empty, 4 * MiB) << "too few empty slabs kept for the test to see them counted";
+  const std::uint64_t arena_cached = t.large_tier().stats().bytes_cached;
+  ASSERT_LE(arena_cached + empty, settings.vmm_release_threshold);
+  const std::uint64_t short_of = settings.vmm_release_threshold - arena_cached - empty;
+  EXPECT_FALSE(t.release_due_with(short_of)) << "due at the threshold itself";
+  ASSERT_TRUE(t.release_due_with(short_of + 1)) << "the empty slabs did not count";
+  t.hand_in_kept_blocks();
+  EXPECT_EQ(slab.empty_slab_bytes(), 0u) << "the empty slabs stayed in the slab";
+  EXPECT_EQ(t.small_tier().stats().bytes_reserved, 0u);
+  EXPECT_EQ(t.large_tier().stats().bytes_cached, arena_cached + empty) << "the slabs did not reach the arena";
+}
+
 TEST(TieredAllocator, AllocateWithoutGrowingGoesToTheTierOfTheSize) {
   HostProvider provider;
   auto tiered = make_tiered_allocator(provider, small_arena_settings());
