@@ -65,6 +65,11 @@ router_e2e_arena_run(router_e2e_release_delay_two_devices *AContextSynchronizeGi
 router_e2e_arena_run(router_e2e_release_delay_returned_list *WhatAThreadsReturnedListHolds*
   GPUSHIM_VMM_RELEASE_THRESHOLD=128MiB GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
 
+# ... and blocks idle threads keep in their thread caches, with threshold 0: back to what the process held
+# before the threads.
+router_e2e_arena_run(router_e2e_release_delay_idle_threads *WhatIdleThreadsCache*
+  GPUSHIM_VMM_RELEASE_THRESHOLD=0 GPUSHIM_VMM_RELEASE_DELAY=50ms E2E_RELEASE_DELAY_MS=50)
+
 # A quiet stream's async free list is closed after GPUSHIM_STREAM_LIST_IDLE, and its blocks reach the
 # arena, which gives them back at once here (threshold and delay 0).
 router_e2e_arena_run(router_e2e_stream_list_idle *QuietStreamsList*
