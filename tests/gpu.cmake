@@ -25,6 +25,7 @@ if(GPUSHIM_GPU_TESTS_STANDALONE)
   set(_solo_race ${GPUSHIM_BUILD_DIR}/test_apps/solo_race)
   set(_stream_list_idle ${GPUSHIM_BUILD_DIR}/test_apps/stream_list_idle_check)
   set(_synchronize_release ${GPUSHIM_BUILD_DIR}/test_apps/synchronize_release_check)
+  set(_idle_threads_release ${GPUSHIM_BUILD_DIR}/test_apps/idle_threads_release_check)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} ${GPUSHIM_BUILD_DIR}/test_apps/${app})
   endforeach()
@@ -45,6 +46,7 @@ else()
   set(_solo_race $<TARGET_FILE:solo_race>)
   set(_stream_list_idle $<TARGET_FILE:stream_list_idle_check>)
   set(_synchronize_release $<TARGET_FILE:synchronize_release_check>)
+  set(_idle_threads_release $<TARGET_FILE:idle_threads_release_check>)
   foreach(app peer_access peer_copy_check pool_access_check texture_check)
     set(_${app} $<TARGET_FILE:${app}>)
   endforeach()
@@ -72,16 +74,17 @@ endforeach()
 set_tests_properties(${_gpu_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
 
 # One GPU app run without gpushim and under the backends with an arena behind their fences (tiered, vmm):
-# tests <name>_noshim, <name>_tiered and <name>_vmm. GPUSHIM_ARGS go to the app under gpushim only;
-# ENVIRONMENT is every run's; SERIAL runs each alone (the apps that read the device's used memory).
+# tests <name>_noshim, <name>_tiered and <name>_vmm. ARGS go to every run, GPUSHIM_ARGS to the app under
+# gpushim only; ENVIRONMENT is every run's; SERIAL runs each alone (the apps that read the device's used
+# memory).
 function(gpu_app_without_and_under_arenas name binary)
-  cmake_parse_arguments(arg "SERIAL" "" "GPUSHIM_ARGS;ENVIRONMENT" ${ARGN})
+  cmake_parse_arguments(arg "SERIAL" "" "ARGS;GPUSHIM_ARGS;ENVIRONMENT" ${ARGN})
   set(tests ${name}_noshim)
-  add_test(NAME ${name}_noshim COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${binary})
+  add_test(NAME ${name}_noshim COMMAND bash ${_gpu_runner} --probe ${_probe} --backend none -- ${binary} ${arg_ARGS})
   foreach(backend tiered vmm)
     add_test(NAME ${name}_${backend}
              COMMAND bash ${_gpu_runner} --probe ${_probe} --backend ${backend} --lib "${_lib}" --search ${_search}
-                     -- ${binary} ${arg_GPUSHIM_ARGS})
+                     -- ${binary} ${arg_ARGS} ${arg_GPUSHIM_ARGS})
     list(APPEND tests ${name}_${backend})
   endforeach()
   set_tests_properties(${tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 120)
@@ -113,6 +116,19 @@ gpu_app_without_and_under_arenas(gpu_stream_list_idle ${_stream_list_idle} SERIA
 gpu_app_without_and_under_arenas(gpu_synchronize_release ${_synchronize_release} SERIAL
   GPUSHIM_ARGS --expect-held
   ENVIRONMENT GPUSHIM_VMM_RELEASE_THRESHOLD=256MiB GPUSHIM_VMM_RELEASE_DELAY=50ms)
+
+# Idle threads' free blocks (the thread caches' classes; with a stream each, the returned lists too) given
+# back at cudaDeviceSynchronize once the release is due counting them
+# (test_apps/idle_threads_release_check.cu): without gpushim (cudaFree gives them back at once) and under
+# the arena backends, with threshold 0 ("keep nothing idle") and a 50 ms delay. It reads the device's used
+# memory (NVML), so it runs alone.
+gpu_app_without_and_under_arenas(gpu_idle_threads_release ${_idle_threads_release} SERIAL
+  GPUSHIM_ARGS --expect-held
+  ENVIRONMENT GPUSHIM_VMM_RELEASE_THRESHOLD=0 GPUSHIM_VMM_RELEASE_DELAY=50ms)
+gpu_app_without_and_under_arenas(gpu_idle_threads_release_streams ${_idle_threads_release} SERIAL
+  ARGS --streams
+  GPUSHIM_ARGS --expect-held
+  ENVIRONMENT GPUSHIM_VMM_RELEASE_THRESHOLD=0 GPUSHIM_VMM_RELEASE_DELAY=50ms)
 
 # The cap (GPUSHIM_LIMIT=1GiB) and the out-of-memory report and recovery, under every backend; once more
 # from a program linked to libcudart.so, whose cudaMalloc/cudaFree and cudaMallocAsync/cudaFreeAsync
