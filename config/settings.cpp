@@ -226,8 +226,8 @@ const Row kRows[] = {
      [](const char* v, Settings& s) { return size_at_least(v, kMinMappingSize, &s.vmm_grow_step); }},
     {{"GPUSHIM_VMM_RELEASE_THRESHOLD", "size", "8GiB", "a size; 0 = give back all idle memory",
       "vmm: idle mapped memory kept per device; above it, idle mappings are given back to the driver. "
-      "Free blocks the threads keep in front of the arena (fenced frees back to their thread, parked large "
-      "blocks) count as idle at cudaDeviceSynchronize."},
+      "Free blocks kept in front of the arena (the thread caches, fenced frees back to their thread, tiered's "
+      "empty slabs) count as idle at cudaDeviceSynchronize."},
      [](const char* v, Settings& s) { return parse_size(v, &s.vmm_release_threshold); }},
     {{"GPUSHIM_VMM_RELEASE_DELAY", "duration", "1s", "a time (0, 100ms, 1s, up to 60s); 0 = at once",
       "vmm: how long idle memory above GPUSHIM_VMM_RELEASE_THRESHOLD must stay idle before it is given back "
