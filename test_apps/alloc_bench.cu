@@ -23,23 +23,12 @@
 #include <vector>
 
 #include "test_apps/alloc_bench_options.h"
+#include "test_apps/check_cuda.h"
 #include "test_apps/device_memory_sampler.h"
 
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-#define CHECK_CUDA(call)                                                                              \
-  do {                                                                                                \
-    const cudaError_t status_ = (call);                                                               \
-    if (status_ != cudaSuccess) {                                                                     \
-      std::fprintf(stderr, "alloc_bench: %s:%d: %s failed: %s (%s)\n", __FILE__, __LINE__, #call,     \
-                   cudaGetErrorName(status_), cudaGetErrorString(status_));                           \
-      std::fflush(stdout);                                                                            \
-      std::_Exit(2);                                                                                  \
-    }                                                                                                 \
-  } while (0)
-
 
 const char* api_name(Api api) {
   switch (api) {
@@ -110,7 +99,6 @@ constexpr std::size_t kStreamWorkBytes = 512;
 constexpr std::size_t kHandoffBoxesPerThread = 4;
 // A cell stops at this multiple of its budget even if slow threads have not finished their repetitions.
 constexpr double kCellDeadlineFactor = 4.0;
-
 
 // The work that keeps a --streams on thread's stream busy: one thread writes one byte of a block it owns.
 __global__ void touch_byte(unsigned char* block) { block[0] += 1; }

@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#include "check_cuda.h"
 #include "kernels/pattern_kernels.h"
 
 namespace {
@@ -38,16 +39,6 @@ constexpr int kBandwidthRepeats = 11;  // odd: the median is one measurement
 constexpr std::size_t kSpillChunk = std::size_t{1} << 30;
 
 int failures = 0;
-
-#define CHECK_CUDA(call)                                                                   \
-  do {                                                                                     \
-    cudaError_t status_ = (call);                                                          \
-    if (status_ != cudaSuccess) {                                                          \
-      std::printf("peer_access: %s failed: %s (line %d)\n", #call, cudaGetErrorName(status_), \
-                  __LINE__);                                                               \
-      std::exit(2);                                                                        \
-    }                                                                                      \
-  } while (0)
 
 void expect(bool ok, const char* what) {
   std::printf("peer_access: %s: %s\n", what, ok ? "ok" : "FAILED");

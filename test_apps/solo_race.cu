@@ -23,18 +23,10 @@
 #include <string>
 #include <vector>
 
+#include "check_cuda.h"
 #include "kernels/pattern_kernels.h"
 
 namespace {
-
-#define CHECK_CUDA(call)                                                                             \
-  do {                                                                                               \
-    const cudaError_t status_ = (call);                                                              \
-    if (status_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "solo_race: %s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(status_)); \
-      std::exit(2);                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 enum Overwriter {
   kSameStream, kLegacyKernel, kSyncMemset, kSyncCopy, kOtherStream, kBlockingStream, kLegacyAfterCompany,

@@ -26,20 +26,11 @@
 #include <cstdlib>
 #include <string>
 
+#include "check_cuda.h"
 #include "device_memory_sampler.h"
 #include "kernels/pattern_kernels.h"
 
 namespace {
-
-#define CHECK_CUDA(call)                                                                             \
-  do {                                                                                               \
-    const cudaError_t status_ = (call);                                                              \
-    if (status_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "stream_list_idle_check: %s:%d: %s: %s\n", __FILE__, __LINE__, #call,      \
-                   cudaGetErrorString(status_));                                                     \
-      std::exit(2);                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 // Small pairs without a synchronize: gpushim's idle checks and fence polls run in their frees.
 void churn_for(int ms) {

@@ -47,20 +47,11 @@
 #include <unistd.h>
 #include <vector>
 
+#include "check_cuda.h"
 #include "device_memory_sampler.h"
 #include "kernels/pattern_kernels.h"
 
 namespace {
-
-#define CHECK_CUDA(call)                                                                             \
-  do {                                                                                               \
-    const cudaError_t status_ = (call);                                                              \
-    if (status_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "synchronize_release_check: %s:%d: %s: %s\n", __FILE__, __LINE__, #call,  \
-                   cudaGetErrorString(status_));                                                     \
-      std::exit(2);                                                                                  \
-    }                                                                                                \
-  } while (0)
 
 constexpr double kMiB = 1024.0 * 1024.0;
 constexpr std::uint32_t kTag = 0x5e00;  // block i holds the pattern of kTag + i

@@ -11,18 +11,11 @@
 #include <cstdlib>
 #include <vector>
 
+#include "check_cuda.h"
+
 namespace {
 
 int failures = 0;
-
-#define CHECK_CUDA(call)                                                                              \
-  do {                                                                                                \
-    cudaError_t status_ = (call);                                                                     \
-    if (status_ != cudaSuccess) {                                                                     \
-      std::printf("texture_check: %s failed: %s (line %d)\n", #call, cudaGetErrorName(status_), __LINE__); \
-      std::exit(2);                                                                                   \
-    }                                                                                                 \
-  } while (0)
 
 __global__ void fetch_all(cudaTextureObject_t texture, float* out, int count) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x)
