@@ -1,9 +1,13 @@
 #include "allocators/slab_allocator.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <limits>
+#include <new>
 
 #include "allocators/growth_policy.h"
+#include "allocators/owner_biased_lock.h"
 #include "allocators/raise_peak.h"
 
 namespace gpushim {
@@ -50,7 +54,18 @@ CacheRegistry& cache_registry() {
   return *registry;
 }
 
+// A forked child has only the forking thread: the registry's mutex and the thread caches' locks other
+// parent threads held would never be released. The other threads' caches stay where they are.
+void reset_locks_in_child() noexcept {
+  CacheRegistry& registry = cache_registry();
+  new (&registry.mutex) std::mutex();
+  OwnerBiasedLock::register_again_after_fork();
+  for (auto& [id, allocator] : registry.live) allocator->reset_locks_after_fork();
+}
+
 std::uint64_t register_allocator(SlabAllocator* allocator) {
+  static const bool fork_handler = pthread_atfork(nullptr, nullptr, reset_locks_in_child) == 0;
+  (void)fork_handler;
   CacheRegistry& registry = cache_registry();
   std::lock_guard<std::mutex> lock(registry.mutex);
   const std::uint64_t id = registry.next_id++;
@@ -91,6 +106,11 @@ struct SlabAllocator::ThreadCache {
     std::uint32_t count = 0;
     std::uint32_t capacity = 0;
   };
+  // Taken by the owner around its magazine sections with plain stores (allocators/owner_biased_lock.h),
+  // by another thread only to empty the magazines (flush_every_thread), under the registry's mutex, so a
+  // cache retire_thread_cache() has taken out of caches_ has no remote left. The magazines and
+  // seen_flush_epoch are read and written under it.
+  OwnerBiasedLock lock;
   SlabAllocator* owner = nullptr;
   std::uint64_t seen_flush_epoch = 0;
   std::unique_ptr<void*[]> slots;
@@ -256,8 +276,28 @@ void SlabAllocator::retire_thread_cache(ThreadCache* cache) noexcept {
 
 void SlabAllocator::flush_this_thread() noexcept {
   if (tls_caches_gone) return;
-  for (const ThreadCacheTable::Entry& entry : tls_caches.entries)
-    if (entry.owner_id == id_) flush_cache(*entry.cache, /*may_release=*/true);
+  for (const ThreadCacheTable::Entry& entry : tls_caches.entries) {
+    if (entry.owner_id != id_) continue;
+    entry.cache->lock.owner_lock();
+    flush_cache(*entry.cache, /*may_release=*/true);
+    entry.cache->lock.owner_unlock();
+  }
+}
+
+void SlabAllocator::flush_every_thread() noexcept {
+  CacheRegistry& registry = cache_registry();
+  std::lock_guard<std::mutex> lock(registry.mutex);
+  for (ThreadCache* cache : caches_) {
+    // An empty cache costs no remote lock: a block its owner caches meanwhile is as if after this walk.
+    if (cache->counters.magazine_bytes.load(std::memory_order_relaxed) == 0) continue;
+    cache->lock.remote_lock();
+    flush_cache(*cache, /*may_release=*/false);
+    cache->lock.remote_unlock();
+  }
+}
+
+void SlabAllocator::reset_locks_after_fork() noexcept {
+  for (ThreadCache* cache : caches_) cache->lock.reset_after_fork();
 }
 
 // ---- depots ----
@@ -386,8 +426,9 @@ void SlabAllocator::add_reserved(std::size_t bytes) noexcept {
 // Out of memory: this thread's magazines may pin otherwise empty slabs, and empty slabs idling in other
 // classes may be what is missing. Other threads' magazines are out of reach here (release_cached asks
 // them to flush). True when something went back, so a retry can succeed.
-bool SlabAllocator::reclaim_for_retry() noexcept {
-  flush_this_thread();
+bool SlabAllocator::reclaim_for_retry(ThreadCache* locked_own) noexcept {
+  if (locked_own) flush_cache(*locked_own, /*may_release=*/true);  // the caller holds its lock
+  else flush_this_thread();
   return release_all_empty_slabs() != 0;
 }
 
@@ -406,13 +447,17 @@ void* SlabAllocator::allocate_small(std::size_t bytes) noexcept {
   ThreadCache* cache = thread_caches_ && depot.magazine_capacity != 0 ? this_thread_cache() : nullptr;
   void* p = nullptr;
   if (cache != nullptr) {
+    cache->lock.owner_lock();
     if (cache->seen_flush_epoch != flush_epoch_.load(std::memory_order_relaxed)) flush_cache(*cache, true);
     ThreadCache::Magazine& magazine = cache->magazines[c];
     if (magazine.count == 0) {
       const std::size_t batch = magazine.capacity / 2;
       std::size_t got = depot_take(depot, magazine.blocks, batch);
-      if (got == 0 && reclaim_for_retry()) got = depot_take(depot, magazine.blocks, batch);
-      if (got == 0) return nullptr;
+      if (got == 0 && reclaim_for_retry(cache)) got = depot_take(depot, magazine.blocks, batch);
+      if (got == 0) {
+        cache->lock.owner_unlock();
+        return nullptr;
+      }
       magazine.count = static_cast<std::uint32_t>(got);
       bump_owned<std::int64_t>(cache->counters.magazine_bytes, static_cast<std::int64_t>(got) * block);
     }
@@ -422,6 +467,7 @@ void* SlabAllocator::allocate_small(std::size_t bytes) noexcept {
     bump_owned<std::uint64_t>(counters.allocations, 1);
     bump_owned<std::int64_t>(counters.bytes_in_use, static_cast<std::int64_t>(bytes));
     bump_owned<std::int64_t>(counters.internal_waste, block - static_cast<std::int64_t>(bytes));
+    cache->lock.owner_unlock();
     return p;
   }
   if (depot_take(depot, &p, 1) == 0 && (!reclaim_for_retry() || depot_take(depot, &p, 1) == 0))
@@ -443,6 +489,7 @@ void SlabAllocator::deallocate(void* p, std::size_t bytes, StreamHandle) noexcep
   const auto block = static_cast<std::int64_t>(depot.block_bytes);
   ThreadCache* cache = thread_caches_ && depot.magazine_capacity != 0 ? this_thread_cache() : nullptr;
   if (cache != nullptr) {
+    cache->lock.owner_lock();
     if (cache->seen_flush_epoch != flush_epoch_.load(std::memory_order_relaxed)) flush_cache(*cache, true);
     ThreadCache::Magazine& magazine = cache->magazines[c];
     CounterShard& counters = cache->counters;
@@ -457,6 +504,7 @@ void SlabAllocator::deallocate(void* p, std::size_t bytes, StreamHandle) noexcep
     bump_owned<std::uint64_t>(counters.deallocations, 1);
     bump_owned<std::int64_t>(counters.bytes_in_use, -static_cast<std::int64_t>(bytes));
     bump_owned<std::int64_t>(counters.internal_waste, static_cast<std::int64_t>(bytes) - block);
+    cache->lock.owner_unlock();
     return;
   }
   depot_return(depot, &p, 1, /*may_release=*/true);
@@ -543,6 +591,17 @@ void SlabAllocator::add_to_stats(const CounterShard& shard, AllocatorStats& s, s
 // Live bytes are split over per-thread shards, so the peak is sampled (at stats() and release_cached())
 // rather than tracked on every call: an exact peak would need one shared counter all threads write.
 void SlabAllocator::sample_peak_in_use() noexcept { (void)stats(); }
+
+std::size_t SlabAllocator::free_bytes_kept() const noexcept {
+  std::int64_t magazines = 0;
+  {
+    CacheRegistry& registry = cache_registry();
+    std::lock_guard<std::mutex> lock(registry.mutex);
+    for (const ThreadCache* cache : caches_) magazines += cache->counters.magazine_bytes.load(std::memory_order_relaxed);
+  }
+  // Counters are read one after another while their owners run: a sum may be briefly off, never below 0.
+  return empty_slab_bytes() + static_cast<std::size_t>(std::max<std::int64_t>(magazines, 0));
+}
 
 AllocatorStats SlabAllocator::stats() const noexcept {
   AllocatorStats s;

@@ -11,7 +11,8 @@
 //   4 KiB, 1/4/16 threads:        magazines 17-37 / 37-60 / 25-54;  per-class locks 47-76 / 99-136 / 91-112
 //   256 B-64 KiB, 1/4/16 threads: magazines 16-20 / 24-29 / 26-30;  per-class locks 32-64 / 67-86 / 102-242
 // Locks cost 2-4x on one core and up to 8x with 16 threads; a magazine hit touches only the calling
-// thread's memory. A thread's magazine per class holds at most kMagazineBytes; misses refill or flush half a
+// thread's memory (its cache's lock is plain stores, allocators/owner_biased_lock.h: another thread
+// takes it only to empty the magazines of a thread that stopped allocating, flush_every_thread). A thread's magazine per class holds at most kMagazineBytes; misses refill or flush half a
 // magazine from the class depot under the class lock, so the depot lock is taken once per
 // capacity/2 operations. Big classes (fewer than kMinMagazineBlocks per magazine) skip the cache:
 // their cost is dominated by the work the program does with a block that large.
@@ -77,6 +78,9 @@ class SlabAllocator final : public Allocator {
   // Bytes of slabs that hold no block in use and none in a magazine, all classes (what release_cached
   // would give back now).
   std::size_t empty_slab_bytes() const noexcept { return empty_bytes_.load(std::memory_order_relaxed); }
+  // Those and the blocks in the threads' magazines: free memory the slab keeps that its provider counts as
+  // in use (tiered's arena, tiered_allocator.h).
+  std::size_t free_bytes_kept() const noexcept;
 
   // For tests.
   std::size_t max_small_size() const noexcept { return max_small_size_; }
@@ -84,6 +88,13 @@ class SlabAllocator final : public Allocator {
   std::size_t class_block_bytes(std::size_t index) const noexcept;
   std::size_t slab_count() const noexcept;
   void flush_this_thread() noexcept;
+  // Every thread's magazines to the depots, each under its cache's lock (a remote lock: one membarrier
+  // for each cache that holds blocks). release_cached() only asks other threads to flush at their next
+  // call, which a thread that stopped allocating never makes; a context synchronization's hand-in
+  // (tiered_allocator.h) takes them so.
+  void flush_every_thread() noexcept;
+  // In a forked child (only the forking thread exists): cache locks other parent threads held are reset.
+  void reset_locks_after_fork() noexcept;
 
   struct ThreadCache;  // defined in the .cpp; public for the thread-exit hook there
   // Thread exit: magazines back to the depots, counters folded in. No provider calls.
@@ -124,7 +135,9 @@ class SlabAllocator final : public Allocator {
   bool grow_locked(ClassDepot& depot) noexcept;
   std::size_t release_empty_slabs_locked(ClassDepot& depot, std::size_t keep) noexcept;
   std::size_t release_all_empty_slabs() noexcept;
-  bool reclaim_for_retry() noexcept;
+  // Flushes this thread's magazines (`locked_own`: its cache, whose lock the caller holds) and gives
+  // every empty slab back; true where any went.
+  bool reclaim_for_retry(ThreadCache* locked_own = nullptr) noexcept;
   void* allocate_large(std::size_t bytes) noexcept;
   void deallocate_large(void* p, std::size_t bytes) noexcept;
   void* allocate_small(std::size_t bytes) noexcept;

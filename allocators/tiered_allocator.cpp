@@ -49,11 +49,16 @@ void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream
 }
 
 bool TieredAllocator::release_due_with(std::uint64_t held_in_front) noexcept {
-  return large_->release_due_with(held_in_front + (arena_slabs_ ? arena_slabs_->empty_slab_bytes() : 0));
+  return large_->release_due_with(held_in_front + (arena_slabs_ ? arena_slabs_->free_bytes_kept() : 0));
 }
 
 void TieredAllocator::hand_in_kept_blocks() noexcept {
-  if (arena_slabs_) small_->release_cached();
+  if (arena_slabs_) {
+    // Every thread's magazines first: a thread that stopped allocating keeps a slab partly full (and
+    // the arena's chunk under it mapped) with a few blocks in its magazine.
+    arena_slabs_->flush_every_thread();
+    small_->release_cached();
+  }
   large_->hand_in_kept_blocks();
 }
 

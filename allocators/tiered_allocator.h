@@ -49,8 +49,9 @@ class TieredAllocator final : public Allocator {
   // The arena's delay; the slabs give their empty slabs back by their own rule (slab_allocator.h).
   void release_idle() noexcept override { large_->release_idle(); }
   // Arena-backed slabs: their empty slabs (up to kTieredSlabIdleBytes, kept for the next batch of small
-  // blocks) are blocks of the arena it counts as in use, so they count as kept in front of it and are
-  // handed in (the slab's release_cached: to the arena, and each thread's magazines at its next call).
+  // blocks) and the threads' magazines are free memory in blocks of the arena, which counts them as in
+  // use, so they count as kept in front of it. The hand-in empties every thread's magazines and gives the
+  // empty slabs to the arena.
   bool release_due_with(std::uint64_t held_in_front) noexcept override;
   void hand_in_kept_blocks() noexcept override;
   // Both tiers together. Over separate memory the peaks are sums of each tier's peak (an upper bound of

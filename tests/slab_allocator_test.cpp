@@ -3,9 +3,15 @@
 #include "allocators/slab_allocator.h"
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
+#include <mutex>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "providers/host_provider.h"
 #include "tests/backend_test_support.h"
@@ -166,6 +172,139 @@ TEST(SlabAllocator, OtherThreadsFlushTheirMagazinesAfterReleaseCached) {
   worker.join();
   EXPECT_EQ(slab.release_cached(), 2 * MiB);
   EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+// ... while flush_every_thread() takes a thread's magazines without its next call: a thread that stopped
+// allocating, alive and idle, pins no slab.
+TEST(SlabAllocator, FlushEveryThreadEmptiesAnIdleThreadsMagazines) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::atomic<int> phase{0};
+  std::thread worker([&] {
+    void* p = slab.allocate(512, 0);
+    slab.deallocate(p, 512, 0);  // sits in the worker's magazine, pinning the slab
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  EXPECT_EQ(slab.release_cached(), 0u) << "the worker's magazine did not pin its slab: the test proves nothing";
+  slab.flush_every_thread();
+  EXPECT_EQ(slab.release_cached(), 2 * MiB) << "the idle worker's magazine kept its slab";
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  phase = 2;
+  worker.join();
+  const AllocatorStats s = slab.stats();
+  EXPECT_EQ(s.allocations, s.deallocations);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+}
+
+// A forked child has only the forking thread; it empties the parent's other thread's magazines (alive,
+// holding a block, at the fork) and gives every slab back.
+TEST(SlabAllocator, AForkedChildFlushesWhatOtherThreadsCached) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::atomic<bool> cached{false}, release{false};
+  std::thread other([&] {
+    slab.deallocate(slab.allocate(512, 0), 512, 0);
+    cached.store(true);
+    while (!release.load()) std::this_thread::yield();
+  });
+  while (!cached.load()) std::this_thread::yield();
+  const pid_t child = fork();
+  if (child == 0) {
+    void* p = slab.allocate(KiB, 0);
+    slab.deallocate(p, KiB, 0);
+    slab.flush_every_thread();
+    slab.release_cached();
+    _exit(p != nullptr && provider.bytes_mapped() == 0 ? 0 : 1);
+  }
+  release.store(true);
+  other.join();
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  slab.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
+// Threads allocate, write their tag, pass blocks to each other and free them while another thread empties
+// every magazine and gives empty slabs back, over and over: no block is handed out twice, and the
+// counts add up.
+TEST(SlabAllocator, ManyThreadsWithConcurrentFlushesOfEveryThread) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  constexpr int kThreads = 4;
+  std::atomic<bool> done{false};
+  std::atomic<int> corrupted{0}, failures{0}, flushes{0};
+  std::thread flusher([&] {
+    while (!done.load()) {
+      slab.flush_every_thread();
+      slab.release_cached();
+      flushes.fetch_add(1);
+      std::this_thread::yield();
+    }
+  });
+  struct Block {
+    unsigned char* p;
+    std::size_t bytes;
+    unsigned char tag;
+  };
+  std::vector<std::vector<Block>> handoff(kThreads);
+  std::vector<std::mutex> handoff_locks(kThreads);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<Block> live;
+      unsigned seed = 11u + static_cast<unsigned>(t);
+      auto free_block = [&](const Block& b) {
+        if (b.p[0] != b.tag || b.p[b.bytes - 1] != b.tag) corrupted.fetch_add(1);
+        slab.deallocate(b.p, b.bytes, 0);
+      };
+      for (int i = 0; i < 20000; ++i) {
+        seed = seed * 1103515245u + 12345u;
+        const std::size_t bytes = 1 + (seed >> 8) % (64 * KiB);
+        auto* p = static_cast<unsigned char*>(slab.allocate(bytes, 0));
+        if (!p) {
+          failures.fetch_add(1);
+          continue;
+        }
+        const auto tag = static_cast<unsigned char>(t * 31 + i);
+        p[0] = p[bytes - 1] = tag;
+        live.push_back({p, bytes, tag});
+        if (live.size() > 8) {
+          const Block b = live[seed % live.size()];
+          live.erase(std::find_if(live.begin(), live.end(), [&](const Block& x) { return x.p == b.p; }));
+          if (seed & 1) {
+            free_block(b);
+          } else {
+            std::lock_guard<std::mutex> guard(handoff_locks[(t + 1) % kThreads]);
+            handoff[(t + 1) % kThreads].push_back(b);
+          }
+        }
+        std::vector<Block> mine;
+        {
+          std::lock_guard<std::mutex> guard(handoff_locks[t]);
+          mine.swap(handoff[t]);
+        }
+        for (const Block& b : mine) free_block(b);
+      }
+      for (const Block& b : live) free_block(b);
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  done = true;
+  flusher.join();
+  for (int t = 0; t < kThreads; ++t)
+    for (const Block& b : handoff[t]) slab.deallocate(b.p, b.bytes, 0);
+  EXPECT_EQ(corrupted.load(), 0) << "a block was handed to two owners";
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_GT(flushes.load(), 0);
+  const AllocatorStats s = slab.stats();
+  EXPECT_EQ(s.allocations, s.deallocations);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  slab.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
 TEST(SlabAllocator, OutOfMemoryReturnsNullThenRecoversForAnyClass) {

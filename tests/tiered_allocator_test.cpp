@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <vector>
 
 #include "allocators/buddy_allocator.h"
@@ -83,6 +85,7 @@ TEST(TieredAllocator, EmptySlabsCountAsKeptInFrontOfTheArenaAndAreHandedIn) {
   for (void* p : small) t.deallocate(p, 32 * KiB, 0);
   slab.flush_this_thread();  // the magazine's blocks to their slabs, which keep up to 16 MiB empty
   const std::uint64_t empty = slab.empty_slab_bytes();
+  ASSERT_EQ(slab.free_bytes_kept(), empty) << "blocks left in the magazine";
   ASSERT_GE(empty, 4 * MiB) << "too few empty slabs kept for the test to see them counted";
   const std::uint64_t arena_cached = t.large_tier().stats().bytes_cached;
   ASSERT_LE(arena_cached + empty, settings.vmm_release_threshold);
@@ -93,6 +96,35 @@ TEST(TieredAllocator, EmptySlabsCountAsKeptInFrontOfTheArenaAndAreHandedIn) {
   EXPECT_EQ(slab.empty_slab_bytes(), 0u) << "the empty slabs stayed in the slab";
   EXPECT_EQ(t.small_tier().stats().bytes_reserved, 0u);
   EXPECT_EQ(t.large_tier().stats().bytes_cached, arena_cached + empty) << "the slabs did not reach the arena";
+}
+
+// ... and the hand-in takes the magazines of a thread that stopped allocating, alive and idle, which would
+// otherwise keep its slab (and the arena's memory under it) until its next call.
+TEST(TieredAllocator, TheHandInTakesAnIdleThreadsMagazines) {
+  HostProvider provider;
+  Settings settings = small_arena_settings();
+  settings.vmm_release_threshold = 0;
+  settings.vmm_release_delay_ns = 1;
+  auto tiered = make_tiered_allocator(provider, settings);
+  auto& t = static_cast<TieredAllocator&>(*tiered);
+  std::atomic<int> phase{0};
+  std::thread worker([&] {
+    t.deallocate(t.allocate(512, 0), 512, 0);  // in the worker's magazine, keeping its slab
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  t.small_tier().release_cached();
+  ASSERT_GT(t.small_tier().stats().bytes_reserved, 0u) << "no slab kept by the worker: the test proves nothing";
+  auto& slab = static_cast<SlabAllocator&>(t.small_tier());
+  EXPECT_GE(slab.free_bytes_kept(), 512u) << "the worker's magazine is not counted as kept";
+  ASSERT_TRUE(t.release_due_with(0)) << "the magazine's block did not count";
+  t.hand_in_kept_blocks();
+  EXPECT_EQ(t.small_tier().stats().bytes_reserved, 0u) << "the idle worker's magazine kept its slab";
+  t.release_idle();
+  EXPECT_EQ(provider.bytes_mapped(), 0u) << "threshold 0: the arena kept idle memory";
+  phase = 2;
+  worker.join();
 }
 
 TEST(TieredAllocator, AllocateWithoutGrowingGoesToTheTierOfTheSize) {
