@@ -12,9 +12,9 @@
 //   256 B-64 KiB, 1/4/16 threads: magazines 16-20 / 24-29 / 26-30;  per-class locks 32-64 / 67-86 / 102-242
 // Locks cost 2-4x on one core and up to 8x with 16 threads; a magazine hit touches only the calling
 // thread's memory (its cache's lock is plain stores, allocators/owner_biased_lock.h: another thread
-// takes it only to empty the magazines of a thread that stopped allocating, flush_every_thread). A thread's magazine per class holds at most kMagazineBytes; misses refill or flush half a
-// magazine from the class depot under the class lock, so the depot lock is taken once per
-// capacity/2 operations. Big classes (fewer than kMinMagazineBlocks per magazine) skip the cache:
+// takes it only to empty the magazines of a thread that stopped allocating, flush_every_thread). A
+// thread's magazine per class holds at most kMagazineBytes; misses refill or flush half a magazine from
+// the class depot under the class lock, so the depot lock is taken once per capacity/2 operations. Big classes (fewer than kMinMagazineBlocks per magazine) skip the cache:
 // their cost is dominated by the work the program does with a block that large.
 //
 // The provider (the driver, on the GPU) is only called from depot paths on program threads, never from

@@ -148,21 +148,31 @@ TEST(SlabAllocator, BlocksFreedByAnotherThreadAreAccounted) {
   EXPECT_EQ(provider.bytes_mapped(), 0u);
 }
 
+// A worker that frees a 512 B block into its magazine (pinning the slab), sets `phase` to 1 and waits for
+// 2; then `go_on`. Returns once the phase is 1.
+template <typename GoOn>
+std::thread worker_with_a_block_in_its_magazine(SlabAllocator& slab, std::atomic<int>& phase, GoOn go_on) {
+  std::thread worker([&slab, &phase, go_on] {
+    void* p = slab.allocate(512, 0);
+    slab.deallocate(p, 512, 0);
+    phase = 1;
+    while (phase.load() != 2) std::this_thread::yield();
+    go_on();
+  });
+  while (phase.load() != 1) std::this_thread::yield();
+  return worker;
+}
+
 TEST(SlabAllocator, OtherThreadsFlushTheirMagazinesAfterReleaseCached) {
   HostProvider provider;
   SlabAllocator slab(provider, kDefaultSlabMaxSize);
   std::atomic<int> phase{0};
-  std::thread worker([&] {
-    void* p = slab.allocate(512, 0);
-    slab.deallocate(p, 512, 0);  // sits in the worker's magazine, pinning the slab
-    phase = 1;
-    while (phase.load() != 2) std::this_thread::yield();
-    p = slab.allocate(4096, 0);  // any call notices the flush request
+  std::thread worker = worker_with_a_block_in_its_magazine(slab, phase, [&] {
+    void* p = slab.allocate(4096, 0);  // any call notices the flush request
     slab.deallocate(p, 4096, 0);
     phase = 3;
     while (phase.load() != 4) std::this_thread::yield();
   });
-  while (phase.load() != 1) std::this_thread::yield();
   EXPECT_EQ(slab.release_cached(), 0u);  // the worker still holds the 512 B block in its magazine
   phase = 2;
   while (phase.load() != 3) std::this_thread::yield();
@@ -180,13 +190,7 @@ TEST(SlabAllocator, FlushEveryThreadEmptiesAnIdleThreadsMagazines) {
   HostProvider provider;
   SlabAllocator slab(provider, kDefaultSlabMaxSize);
   std::atomic<int> phase{0};
-  std::thread worker([&] {
-    void* p = slab.allocate(512, 0);
-    slab.deallocate(p, 512, 0);  // sits in the worker's magazine, pinning the slab
-    phase = 1;
-    while (phase.load() != 2) std::this_thread::yield();
-  });
-  while (phase.load() != 1) std::this_thread::yield();
+  std::thread worker = worker_with_a_block_in_its_magazine(slab, phase, [] {});
   EXPECT_EQ(slab.release_cached(), 0u) << "the worker's magazine did not pin its slab: the test proves nothing";
   slab.flush_every_thread();
   EXPECT_EQ(slab.release_cached(), 2 * MiB) << "the idle worker's magazine kept its slab";

@@ -308,30 +308,25 @@ TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcu
 }
 
 // ... and with the arena's release due at every ask (threshold and delay 0), so that the gathers take
-// the parked blocks while their owners park and take them.
-TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentGathers) {
+// the cached blocks while their owners cache and take them.
+void expect_cross_thread_frees_with_concurrent_gathers(std::size_t max_live, std::size_t (*size_of)(unsigned)) {
   HostProvider provider(HostProvider::kDefaultGranularity, 2048 * MiB);
   VmmArenaOptions o = arena_options(4096 * MiB, /*keep_nothing_idle=*/true);
   o.release_delay_ns = 0;
   ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
-  expect_cross_thread_frees_with_concurrent_releases(
-      cache, provider, 4, 2000, 3,
-      [](unsigned seed) { return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB; },
-      /*gather=*/true);
+  expect_cross_thread_frees_with_concurrent_releases(cache, provider, 4, 2000, max_live, size_of, /*gather=*/true);
 }
 
-// ... and with small and large blocks together, so that the gathers take classes and slots alike.
+TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfLargeBlocksWithConcurrentGathers) {
+  expect_cross_thread_frees_with_concurrent_gathers(
+      3, [](unsigned seed) { return MiB + 1 + ((seed >> 8) % 4) * (MiB / 2) + ((seed >> 4) & 1) * KiB; });
+}
+
+// ... with small and large blocks together, so that the gathers take classes and slots alike.
 TEST(ThreadCacheLargeBytes, ManyThreadsAndCrossThreadFreesOfSmallAndLargeBlocksWithConcurrentGathers) {
-  HostProvider provider(HostProvider::kDefaultGranularity, 2048 * MiB);
-  VmmArenaOptions o = arena_options(4096 * MiB, /*keep_nothing_idle=*/true);
-  o.release_delay_ns = 0;
-  ThreadCacheAllocator cache(std::make_unique<VmmArena>(provider, o));
-  expect_cross_thread_frees_with_concurrent_releases(
-      cache, provider, 4, 2000, 6,
-      [](unsigned seed) {
-        return (seed >> 12) & 1 ? 1 + (seed >> 8) % (96 * KiB) : MiB + 1 + ((seed >> 8) % 4) * (MiB / 2);
-      },
-      /*gather=*/true);
+  expect_cross_thread_frees_with_concurrent_gathers(6, [](unsigned seed) {
+    return (seed >> 12) & 1 ? 1 + (seed >> 8) % (96 * KiB) : MiB + 1 + ((seed >> 8) % 4) * (MiB / 2);
+  });
 }
 
 // ---- blocks above kMaxCachedBytes: exact-size slots ----
