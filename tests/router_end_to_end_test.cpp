@@ -588,6 +588,21 @@ void free_above_the_threshold(int device = 0) {
   for (CUdeviceptr p : large) ASSERT_EQ(cuMemFree(p), CUDA_SUCCESS);
   ASSERT_GT(fake_cuda_physical_bytes(device), kThreshold + kBlock) << "nothing above the threshold to give back";
 }
+// A context synchronization every two delays, at most `rounds` of them, until device `device` holds at
+// most `bound` bytes; returns what it holds then. `context`: the one cuCtxSynchronize_v2 names (nullptr:
+// cuCtxSynchronize, the current one). The first synchronization may only start the arena's idle window.
+std::size_t synchronize_until_at_most(std::size_t bound, std::chrono::milliseconds delay, int rounds,
+                                      int device = 0, CUcontext context = nullptr) {
+  std::size_t physical = fake_cuda_physical_bytes(device);
+  for (int round = 0; round < rounds && physical > bound; ++round) {
+    std::this_thread::sleep_for(2 * delay);
+    const CUresult rc = context ? cuCtxSynchronize_v2(context) : cuCtxSynchronize();
+    EXPECT_EQ(rc, CUDA_SUCCESS);
+    if (rc != CUDA_SUCCESS) break;
+    physical = fake_cuda_physical_bytes(device);
+  }
+  return physical;
+}
 }  // namespace
 
 // Memory above GPUSHIM_VMM_RELEASE_THRESHOLD is kept for GPUSHIM_VMM_RELEASE_DELAY, then given back,
@@ -703,13 +718,7 @@ TEST_F(RouterEndToEnd, IdleMemoryGoesBackAfterTheDelayAtAContextSynchronizeWitho
   const auto delay = release_delay();
   if (delay.count() == 0) GTEST_SKIP() << "runs as router_e2e_release_delay";
   ASSERT_NO_FATAL_FAILURE(free_above_the_threshold());
-  // The first synchronization may only start the arena's idle window.
-  std::size_t physical = fake_cuda_physical_bytes(0);
-  for (int round = 0; round < 4 && physical > kThreshold + kBlock; ++round) {
-    std::this_thread::sleep_for(2 * delay);
-    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
-    physical = fake_cuda_physical_bytes(0);
-  }
+  const std::size_t physical = synchronize_until_at_most(kThreshold + kBlock, delay, 4);
   EXPECT_LE(physical, kThreshold + kBlock) << "idle memory above the threshold stayed mapped through synchronizations";
   EXPECT_GE(physical, kThreshold) << "memory below the threshold was given back";
 }
@@ -741,12 +750,7 @@ TEST_F(RouterEndToEnd, AContextSynchronizeGivesBackWhatAThreadsReturnedListHolds
   fake_cuda_hold_stream(t, 0);
   // The synchronizations poll the fences (their blocks come back to this thread's list), then give the
   // list to the arena once its release is due; what stayed idle through the delay goes back after.
-  std::size_t physical = physical_freed;
-  for (int round = 0; round < 6 && physical > kThreshold + kBlock; ++round) {
-    std::this_thread::sleep_for(2 * delay);
-    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
-    physical = fake_cuda_physical_bytes(0);
-  }
+  const std::size_t physical = synchronize_until_at_most(kThreshold + kBlock, delay, 6);
   EXPECT_LE(physical, kThreshold + kBlock) << "blocks a thread's returned list held stayed mapped";
   EXPECT_GE(physical, kThreshold) << "memory below the threshold was given back";
   EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
@@ -781,12 +785,7 @@ TEST_F(RouterEndToEnd, AContextSynchronizeGivesBackWhatIdleThreadsCache) {
   }
   while (stopped.load() < kThreads) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   const std::size_t physical_stopped = fake_cuda_physical_bytes(0);
-  std::size_t physical = physical_stopped;
-  for (int round = 0; round < 6 && physical > physical_before; ++round) {
-    std::this_thread::sleep_for(2 * delay);
-    ASSERT_EQ(cuCtxSynchronize(), CUDA_SUCCESS);
-    physical = fake_cuda_physical_bytes(0);
-  }
+  const std::size_t physical = synchronize_until_at_most(physical_before, delay, 6);
   idle_over.store(true);
   for (std::thread& thread : threads) thread.join();
   EXPECT_EQ(failures.load(), 0);
@@ -845,12 +844,8 @@ TEST_F(RouterEndToEnd, AContextSynchronizeGivesBackOnlyItsOwnDevicesMemory) {
     ASSERT_EQ(cuCtxSynchronize_v2(ctx0), CUDA_SUCCESS);
   }
   EXPECT_EQ(fake_cuda_physical_bytes(1), physical1) << "device 0's synchronization gave back device 1's memory";
-  std::size_t physical = physical1;
-  for (int round = 0; round < 4 && physical > kThreshold + kBlock; ++round) {
-    std::this_thread::sleep_for(2 * delay);
-    ASSERT_EQ(cuCtxSynchronize_v2(ctx1), CUDA_SUCCESS);  // named, from device 0's current context
-    physical = fake_cuda_physical_bytes(1);
-  }
+  // Named, from device 0's current context.
+  const std::size_t physical = synchronize_until_at_most(kThreshold + kBlock, delay, 4, 1, ctx1);
   EXPECT_LE(physical, kThreshold + kBlock) << "device 1's own synchronization gave nothing back";
   EXPECT_EQ(cuMemFree(on0), CUDA_SUCCESS);
 }

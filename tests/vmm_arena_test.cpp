@@ -38,6 +38,13 @@ VmmArenaOptions options(std::size_t reserve, std::size_t step, std::size_t thres
 
 std::uintptr_t address(void* p) { return reinterpret_cast<std::uintptr_t>(p); }
 
+// `count` blocks of 1 MiB, all live at once, then all freed: that much memory cached.
+void allocate_and_free_mebibytes(VmmArena& arena, std::size_t count) {
+  std::vector<void*> blocks(count);
+  for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
+  for (void* p : blocks) arena.deallocate(p, MiB, 0);
+}
+
 TEST(VmmArena, ReservesOnceAndMapsNothingUntilAsked) {
   HostProvider provider(kGranule);
   VmmArena arena(provider, options(64 * MiB, MiB, 64 * MiB));
@@ -452,9 +459,7 @@ TEST(VmmArena, MemoryIdleThroughTheDelayGoesBackDownToTheThreshold) {
   HostProvider provider(kGranule);
   constexpr std::uint64_t kDelayNs = 50'000'000;
   VmmArena arena(provider, options(64 * MiB, MiB, 8 * MiB, kDelayNs));
-  std::vector<void*> blocks(12);
-  for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
-  for (void* p : blocks) arena.deallocate(p, MiB, 0);
+  ASSERT_NO_FATAL_FAILURE(allocate_and_free_mebibytes(arena, 12));
   EXPECT_EQ(provider.bytes_mapped(), 12 * MiB) << "given back before it stayed idle for the delay";
   const auto a_free_after = [&](int delays) {
     std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs * delays + kDelayNs / 5));
@@ -480,9 +485,7 @@ TEST(VmmArena, BlocksHeldInFrontAreDueWithTheCachedMemoryAtMostOnceADelay) {
   HostProvider provider(kGranule);
   constexpr std::uint64_t kDelayNs = 50'000'000;
   VmmArena arena(provider, options(64 * MiB, MiB, 8 * MiB, kDelayNs));
-  std::vector<void*> blocks(6);
-  for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
-  for (void* p : blocks) arena.deallocate(p, MiB, 0);  // 6 MiB cached: below the threshold
+  ASSERT_NO_FATAL_FAILURE(allocate_and_free_mebibytes(arena, 6));  // 6 MiB cached: below the threshold
   std::this_thread::sleep_for(std::chrono::nanoseconds(kDelayNs + kDelayNs / 5));
   EXPECT_FALSE(arena.release_due_with(0)) << "nothing held in front: only the arena's own release applies";
   EXPECT_FALSE(arena.release_due_with(2 * MiB)) << "due at the threshold itself";
@@ -508,9 +511,7 @@ TEST(VmmArena, BlocksHeldInFrontAreDueWithTheCachedMemoryAtMostOnceADelay) {
 TEST(VmmArena, IdleMemoryAboveTwiceTheThresholdGoesBackAtOnce) {
   HostProvider provider(kGranule);
   VmmArena arena(provider, options(64 * MiB, MiB, 4 * MiB, /*release_delay_ns=*/10'000'000'000));
-  std::vector<void*> blocks(12);
-  for (void*& p : blocks) ASSERT_NE(p = arena.allocate(MiB, 0), nullptr);
-  for (void* p : blocks) arena.deallocate(p, MiB, 0);
+  ASSERT_NO_FATAL_FAILURE(allocate_and_free_mebibytes(arena, 12));
   EXPECT_LE(provider.bytes_mapped(), 8 * MiB) << "idle memory above twice the threshold stayed mapped";
   EXPECT_GE(provider.bytes_mapped(), 7 * MiB) << "memory below twice the threshold went back before the delay";
   EXPECT_EQ(provider.misuse_count(), 0u);
