@@ -99,3 +99,47 @@ if(TARGET gpushim)
     endforeach()
   endforeach()
 endif()
+
+# A static runtime's functions redirected (shim/function_redirect.h) after they are found in the
+# program's symbol table (shim/program_symbols.h).
+add_executable(shim_function_redirect_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_function_redirect_test.cpp
+               ${CMAKE_SOURCE_DIR}/shim/function_redirect.cpp ${CMAKE_SOURCE_DIR}/shim/program_symbols.cpp)
+target_include_directories(shim_function_redirect_test PRIVATE ${CMAKE_SOURCE_DIR})
+target_link_libraries(shim_function_redirect_test PRIVATE GTest::gtest_main)
+gpushim_discover_tests(shim_function_redirect_test shim_function_redirect)
+
+# The same direct-runtime tests over a fake statically linked runtime (shim/static_runtime_redirects.cpp):
+# its six functions start with the real static runtime's prologue
+# (tests/fake_driver/fake_static_cudart_entries.S), and gpushim redirects them at load.
+if(TARGET gpushim AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
+  enable_language(ASM)
+  add_executable(shim_direct_static_runtime_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_direct_runtime_test.cpp
+                 ${shim_fixtures}/fake_libcudart.cpp ${shim_fixtures}/fake_static_cudart_entries.S)
+  target_include_directories(shim_direct_static_runtime_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_definitions(shim_direct_static_runtime_test PRIVATE FAKE_CUDART_STATIC)
+  target_link_libraries(shim_direct_static_runtime_test PRIVATE shim_fake_libcuda GTest::gtest_main ${CMAKE_DL_LIBS})
+  add_dependencies(shim_direct_static_runtime_test gpushim)
+  gpushim_discover_tests(shim_direct_static_runtime_test shim_direct_static_runtime ENV "${direct_environment}")
+  gpushim_discover_tests(shim_direct_static_runtime_test shim_direct_static_runtime_off
+                         ENV "${direct_environment};GPUSHIM_DIRECT_CUDART=0")
+  gpushim_discover_tests(shim_direct_static_runtime_test shim_direct_static_runtime_mempool
+                         ENV "${direct_preload};GPUSHIM_BACKEND=mempool")
+  # Without the runtime's mark (__cudaRegisterFatBinary) the same functions are the program's own: left alone.
+  add_executable(shim_direct_unmarked_runtime_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_direct_runtime_test.cpp
+                 ${shim_fixtures}/fake_libcudart.cpp ${shim_fixtures}/fake_static_cudart_entries.S)
+  target_include_directories(shim_direct_unmarked_runtime_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_definitions(shim_direct_unmarked_runtime_test PRIVATE FAKE_CUDART_STATIC FAKE_CUDART_UNMARKED)
+  target_link_libraries(shim_direct_unmarked_runtime_test PRIVATE shim_fake_libcuda GTest::gtest_main ${CMAKE_DL_LIBS})
+  add_dependencies(shim_direct_unmarked_runtime_test gpushim)
+  gpushim_discover_tests(shim_direct_unmarked_runtime_test shim_direct_unmarked_runtime
+                         ENV "${direct_environment};SHIM_TEST_NOT_REDIRECTED=1")
+  foreach(direct 1 0)
+    foreach(call FailedAllocation RefusedStreamOrderedAllocation)
+      add_test(NAME shim_direct_static_runtime_failure.${call}.direct${direct} COMMAND shim_direct_static_runtime_test
+               --gtest_filter=*${call}*)
+      set_tests_properties(shim_direct_static_runtime_failure.${call}.direct${direct} PROPERTIES TIMEOUT 60
+        FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ENVIRONMENT
+        "${direct_environment};GPUSHIM_DIRECT_CUDART=${direct};GPUSHIM_FAIL=nth=3;GPUSHIM_LOG=quiet")
+    endforeach()
+  endforeach()
+endif()

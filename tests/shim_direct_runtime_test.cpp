@@ -1,8 +1,10 @@
 // cudaMalloc, cudaFree, cudaMallocAsync and cudaFreeAsync of a shared CUDA runtime, served by gpushim
 // without entering the runtime (shim/runtime_entry_points.cpp). This program links a fake
 // libcudart.so.13 (tests/fake_driver/fake_libcudart.cpp, which counts how often it is entered) over the
-// fake driver, and runs with LD_PRELOAD=libgpushim.so on the tiered backend (tests/shim.cmake): once as
-// configured by default, once with GPUSHIM_DIRECT_CUDART=0, where every call must enter the runtime,
+// fake driver. Built as shim_direct_static_runtime_test it links the same fake runtime statically, whose
+// functions gpushim redirects (shim/static_runtime_redirects.cpp); built once more without the static
+// runtime's mark, it must be left alone. It runs with LD_PRELOAD=libgpushim.so on the tiered backend
+// (tests/shim.cmake): once as configured by default, once with GPUSHIM_DIRECT_CUDART=0, where every call must enter the runtime,
 // once more with GPUSHIM_FAIL for the failed allocation, and on the mempool backend, whose driver calls
 // show the stream each allocation was served on.
 #include <cuda.h>
@@ -28,8 +30,11 @@ namespace {
 
 constexpr std::size_t kBlock = 4096;
 
+// SHIM_TEST_NOT_REDIRECTED (tests/shim.cmake): the program defines the runtime's names without its mark,
+// so gpushim must leave every call to them.
 bool served_directly() {
   const char* setting = std::getenv("GPUSHIM_DIRECT_CUDART");
+  if (std::getenv("SHIM_TEST_NOT_REDIRECTED") != nullptr) return false;
   return setting == nullptr || std::string(setting) != "0";
 }
 

@@ -8,12 +8,24 @@
 //
 // Test-only export: fake_cudart_calls(name), how often the runtime function `name` was entered (any of
 // the six above; -1 for another name).
+//
+// Built with FAKE_CUDART_STATIC it is a statically linked runtime instead
+// (shim/static_runtime_redirects.cpp): the six functions are the bodies fake_static_<name>, entered through
+// tests/fake_driver/fake_static_cudart_entries.S, which gives each the real static runtime's prologue, and
+// it defines __cudaRegisterFatBinary, which gpushim takes as the mark of a static runtime (unless
+// FAKE_CUDART_UNMARKED).
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 #include <dlfcn.h>
 
 #include <atomic>
 #include <cstring>
+
+#if defined(FAKE_CUDART_STATIC)
+#define RUNTIME_FUNCTION(name) fake_static_##name
+#else
+#define RUNTIME_FUNCTION(name) name
+#endif
 
 namespace {
 
@@ -81,7 +93,7 @@ __attribute__((visibility("default"))) int fake_cudart_calls(const char* name) {
   return -1;
 }
 
-cudaError_t CUDARTAPI cudaMalloc(void** dev_ptr, size_t size) {
+cudaError_t CUDARTAPI RUNTIME_FUNCTION(cudaMalloc)(void** dev_ptr, size_t size) {
   entered("cudaMalloc");
   if (dev_ptr == nullptr) return recorded(cudaErrorInvalidValue);
   *dev_ptr = nullptr;
@@ -95,7 +107,7 @@ cudaError_t CUDARTAPI cudaMalloc(void** dev_ptr, size_t size) {
   return recorded(error);
 }
 
-cudaError_t CUDARTAPI cudaFree(void* dev_ptr) {
+cudaError_t CUDARTAPI RUNTIME_FUNCTION(cudaFree)(void* dev_ptr) {
   entered("cudaFree");
   if (cudaError_t error = ensure_context(); error != cudaSuccess) return recorded(error);
   if (dev_ptr == nullptr) return cudaSuccess;  // cudaFree(0): the context, nothing else
@@ -131,31 +143,37 @@ cudaError_t free_async(MemFreeAsync mem_free, void* dev_ptr, cudaStream_t stream
 
 extern "C" {
 
-cudaError_t CUDARTAPI cudaMallocAsync(void** dev_ptr, size_t size, cudaStream_t stream) {
+cudaError_t CUDARTAPI RUNTIME_FUNCTION(cudaMallocAsync)(void** dev_ptr, size_t size, cudaStream_t stream) {
   entered("cudaMallocAsync");
   static const auto mem_alloc = driver_function<MemAllocAsync>("cuMemAllocAsync", 11020);
   return malloc_async(mem_alloc, dev_ptr, size, stream);
 }
 
-cudaError_t CUDARTAPI cudaMallocAsync_ptsz(void** dev_ptr, size_t size, cudaStream_t stream) {
+cudaError_t CUDARTAPI RUNTIME_FUNCTION(cudaMallocAsync_ptsz)(void** dev_ptr, size_t size, cudaStream_t stream) {
   entered("cudaMallocAsync_ptsz");
   static const auto mem_alloc =
       driver_function<MemAllocAsync>("cuMemAllocAsync", 11020, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
   return malloc_async(mem_alloc, dev_ptr, size, stream);
 }
 
-cudaError_t CUDARTAPI cudaFreeAsync(void* dev_ptr, cudaStream_t stream) {
+cudaError_t CUDARTAPI RUNTIME_FUNCTION(cudaFreeAsync)(void* dev_ptr, cudaStream_t stream) {
   entered("cudaFreeAsync");
   static const auto mem_free = driver_function<MemFreeAsync>("cuMemFreeAsync", 11020);
   return free_async(mem_free, dev_ptr, stream);
 }
 
-cudaError_t CUDARTAPI cudaFreeAsync_ptsz(void* dev_ptr, cudaStream_t stream) {
+cudaError_t CUDARTAPI RUNTIME_FUNCTION(cudaFreeAsync_ptsz)(void* dev_ptr, cudaStream_t stream) {
   entered("cudaFreeAsync_ptsz");
   static const auto mem_free =
       driver_function<MemFreeAsync>("cuMemFreeAsync", 11020, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM);
   return free_async(mem_free, dev_ptr, stream);
 }
+
+#if defined(FAKE_CUDART_STATIC) && !defined(FAKE_CUDART_UNMARKED)
+// The static runtime's mark; never called here. FAKE_CUDART_UNMARKED leaves it out: a program that defines
+// the runtime's names without being the runtime, which gpushim must leave alone.
+void** CUDARTAPI __cudaRegisterFatBinary(void*) { return nullptr; }
+#endif
 
 cudaError_t CUDARTAPI cudaGetLastError() {
   const cudaError_t error = last_error;
