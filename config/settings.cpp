@@ -208,13 +208,13 @@ const Row kRows[] = {
       "close the list at once."},
      [](const char* v, Settings& s) { return duration_up_to(v, 60'000'000'000ull, &s.stream_list_idle_ns); }},
     {{"GPUSHIM_DIRECT_CUDART", "bool", "1", "0, 1 (also true/false, yes/no, on/off)",
-      "A program that links the CUDA runtime as a shared library (libcudart.so: PyTorch, CuPy, nvcc "
-      "-cudart shared) has its cudaMalloc, cudaFree, cudaMallocAsync and cudaFreeAsync served by gpushim "
-      "without entering the runtime, whose own code was half of a pair (~50 ns on the H200). Calls "
-      "without a current context, of zero "
-      "bytes or a null pointer still go through the runtime, and so do the errors, so that it reports "
-      "them as usual (cudaGetLastError). 0: every call goes through the runtime. A statically linked "
-      "runtime (nvcc's default) reaches gpushim through the driver entry points either way."},
+      "The CUDA runtime's cudaMalloc, cudaFree, cudaMallocAsync and cudaFreeAsync are served by gpushim "
+      "without entering the runtime, whose own code was half of a pair (~50 ns on the H200): a shared "
+      "runtime's (libcudart.so: PyTorch, CuPy) through gpushim's exports of those names, and the "
+      "program's static runtime (nvcc's default) by redirecting its functions to gpushim's at load "
+      "(where the program is not stripped). Calls without a current context, of zero bytes or a null "
+      "pointer still go through the runtime, and so do the errors, so that it reports them as usual "
+      "(cudaGetLastError). 0: every call goes through the runtime."},
      [](const char* v, Settings& s) { return parse_bool(v, &s.direct_cudart); }},
     {{"GPUSHIM_VMM_RESERVE", "size", "256GiB", "a size >= 2MiB",
       "vmm: virtual address space reserved once per device; the arena never grows past it. "

@@ -152,15 +152,15 @@ endforeach()
 set_tests_properties(${_limit_tests} PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 60
                      ENVIRONMENT "GPUSHIM_LIMIT=1GiB" RESOURCE_LOCK gpu_memory)
 
-# limit_check links the runtime statically (nvcc's default): gpushim must have redirected all six of its
+# alloc_torture links the runtime statically (nvcc's default): gpushim must have redirected all six of its
 # allocate and free functions (shim/static_runtime_redirects.cpp), so the real runtime's prologues are
-# ones the redirect can move, and the cap's errors above reached the program through them. The pattern
-# also asks for the runner's last line, printed only when the test passed.
+# ones the redirect can move; the static runtime's tests above (torture, limit_check's errors) then ran
+# through them. The pattern also asks for the runner's last line, printed only when the test passed.
 add_test(NAME gpu_static_runtime_redirected
          COMMAND bash ${_gpu_runner} --probe ${_probe} --backend tiered --lib "${_lib}" --search ${_search}
-                 -- ${_limit_check})
+                 -- ${_torture_static} --seconds 1)
 set_tests_properties(gpu_static_runtime_redirected PROPERTIES LABELS gpu SKIP_RETURN_CODE 77 TIMEOUT 60
-                     ENVIRONMENT "GPUSHIM_LIMIT=1GiB;GPUSHIM_LOG=info" RESOURCE_LOCK gpu_memory
+                     ENVIRONMENT "GPUSHIM_LOG=info"
                      PASS_REGULAR_EXPRESSION "6 of a static runtime's 6 functions redirected.*gpushim backend tiered served [0-9]+ allocations")
 
 # Safe under ctest -j (scripts/gpu_check.sh runs -j4): a test that fills a GPU makes any other test's
