@@ -7,6 +7,7 @@
 #include <new>
 
 #include "allocators/growth_policy.h"
+#include "allocators/live_allocator_registry.h"
 #include "allocators/owner_biased_lock.h"
 #include "allocators/raise_peak.h"
 
@@ -42,41 +43,7 @@ void bump_shared(std::atomic<T>& counter, T delta) {
   counter.fetch_add(delta, std::memory_order_relaxed);
 }
 
-// Every live SlabAllocator by id, and the lock that guards thread-cache registration and thread exit.
-// Leaked on purpose: threads of the host program may exit after static destructors have run.
-struct CacheRegistry {
-  std::mutex mutex;
-  std::unordered_map<std::uint64_t, SlabAllocator*> live;
-  std::uint64_t next_id = 1;
-};
-CacheRegistry& cache_registry() {
-  static CacheRegistry* registry = new CacheRegistry;
-  return *registry;
-}
-
-// A forked child has only the forking thread: the registry's mutex and the thread caches' locks other
-// parent threads held would never be released. The other threads' caches stay where they are.
-void reset_locks_in_child() noexcept {
-  CacheRegistry& registry = cache_registry();
-  new (&registry.mutex) std::mutex();
-  OwnerBiasedLock::register_again_after_fork();
-  for (auto& [id, allocator] : registry.live) allocator->reset_locks_after_fork();
-}
-
-std::uint64_t register_allocator(SlabAllocator* allocator) {
-  static const bool fork_handler = pthread_atfork(nullptr, nullptr, reset_locks_in_child) == 0;
-  (void)fork_handler;
-  CacheRegistry& registry = cache_registry();
-  std::lock_guard<std::mutex> lock(registry.mutex);
-  const std::uint64_t id = registry.next_id++;
-  try {
-    registry.live.emplace(id, allocator);
-  } catch (...) {
-    // Not registered: thread exit then cannot find it, and its threads' magazines are freed only when
-    // the allocator is destroyed. Blocks stay valid either way.
-  }
-  return id;
-}
+using SlabRegistry = LiveAllocatorRegistry<SlabAllocator>;
 
 // This thread's caches, one per SlabAllocator it has used. The destructor runs at thread exit.
 struct ThreadCacheTable {
@@ -122,11 +89,10 @@ ThreadCacheTable::~ThreadCacheTable() {
   tls_caches_gone = true;
   tls_last_owner = 0;
   tls_last_cache = nullptr;
-  CacheRegistry& registry = cache_registry();
-  std::lock_guard<std::mutex> lock(registry.mutex);
+  SlabRegistry& registry = SlabRegistry::instance();
+  std::lock_guard<std::mutex> lock(registry.mutex());
   for (const Entry& entry : entries) {
-    auto it = registry.live.find(entry.owner_id);
-    if (it != registry.live.end()) it->second->retire_thread_cache(entry.cache);
+    if (SlabAllocator* owner = registry.find_locked(entry.owner_id)) owner->retire_thread_cache(entry.cache);
   }
   entries.clear();
 }
@@ -138,7 +104,7 @@ SlabAllocator::SlabAllocator(MemoryProvider& provider, std::size_t max_small_siz
       max_small_size_(round_up(std::clamp(max_small_size, kMinAlignment, kSlabMaxSizeLimit), kMinAlignment)),
       thread_caches_(thread_caches),
       idle_bytes_(idle_bytes),
-      id_(register_allocator(this)) {
+      id_(SlabRegistry::instance().add(this)) {
   // Classes: every multiple of the alignment up to 1 KiB (512 B alignment forbids finer steps), then
   // four per doubling (1.25x apart), each rounded up to the alignment so that every slot of a slab is
   // aligned (1280 and 1792 become 1536 and 2048): rounding wastes at most 50% of a block below 2 KiB and
@@ -180,9 +146,9 @@ SlabAllocator::SlabAllocator(MemoryProvider& provider, std::size_t max_small_siz
 
 SlabAllocator::~SlabAllocator() {
   {
-    CacheRegistry& registry = cache_registry();
-    std::lock_guard<std::mutex> lock(registry.mutex);
-    registry.live.erase(id_);
+    SlabRegistry& registry = SlabRegistry::instance();
+    std::lock_guard<std::mutex> lock(registry.mutex());
+    registry.remove_locked(id_);
     for (ThreadCache* cache : caches_) delete cache;  // their blocks go down with the slabs below
     caches_.clear();
   }
@@ -210,7 +176,7 @@ std::size_t SlabAllocator::class_block_bytes(std::size_t index) const noexcept {
 
 SlabAllocator::ThreadCache* SlabAllocator::this_thread_cache() noexcept {
   if (tls_last_owner == id_) return tls_last_cache;
-  if (tls_caches_gone) return nullptr;
+  if (tls_caches_gone || id_ == 0) return nullptr;
   ThreadCache* cache = nullptr;
   for (const ThreadCacheTable::Entry& entry : tls_caches.entries)
     if (entry.owner_id == id_) cache = entry.cache;
@@ -237,12 +203,12 @@ SlabAllocator::ThreadCache* SlabAllocator::create_thread_cache() noexcept {
     }
     cache->seen_flush_epoch = flush_epoch_.load(std::memory_order_relaxed);
 
-    CacheRegistry& registry = cache_registry();
-    std::lock_guard<std::mutex> lock(registry.mutex);
+    SlabRegistry& registry = SlabRegistry::instance();
+    std::lock_guard<std::mutex> lock(registry.mutex());
     // Drop entries of allocators destroyed since (their caches were freed with them).
     auto& entries = tls_caches.entries;
     entries.erase(std::remove_if(entries.begin(), entries.end(),
-                                 [&](const ThreadCacheTable::Entry& e) { return registry.live.count(e.owner_id) == 0; }),
+                                 [&](const ThreadCacheTable::Entry& e) { return registry.find_locked(e.owner_id) == nullptr; }),
                   entries.end());
     caches_.reserve(caches_.size() + 1);
     entries.push_back({id_, cache});
@@ -285,8 +251,8 @@ void SlabAllocator::flush_this_thread() noexcept {
 }
 
 void SlabAllocator::flush_every_thread() noexcept {
-  CacheRegistry& registry = cache_registry();
-  std::lock_guard<std::mutex> lock(registry.mutex);
+  SlabRegistry& registry = SlabRegistry::instance();
+  std::lock_guard<std::mutex> lock(registry.mutex());
   for (ThreadCache* cache : caches_) {
     // An empty cache costs no remote lock: a block its owner caches meanwhile is as if after this walk.
     if (cache->counters.magazine_bytes.load(std::memory_order_relaxed) == 0) continue;
@@ -408,7 +374,7 @@ std::size_t SlabAllocator::release_empty_slabs_locked(ClassDepot& depot, std::si
   return released;
 }
 
-std::size_t SlabAllocator::release_all_empty_slabs() noexcept {
+std::size_t SlabAllocator::release_empty_slabs() noexcept {
   std::size_t released = 0;
   for (std::size_t i = 0; i < classes_.size(); ++i) {
     std::lock_guard<std::mutex> lock(depots_[i].mutex);
@@ -429,7 +395,7 @@ void SlabAllocator::add_reserved(std::size_t bytes) noexcept {
 bool SlabAllocator::reclaim_for_retry(ThreadCache* locked_own) noexcept {
   if (locked_own) flush_cache(*locked_own, /*may_release=*/true);  // the caller holds its lock
   else flush_this_thread();
-  return release_all_empty_slabs() != 0;
+  return release_empty_slabs() != 0;
 }
 
 void* SlabAllocator::allocate(std::size_t bytes, StreamHandle) noexcept {
@@ -566,7 +532,7 @@ std::size_t SlabAllocator::release_cached() noexcept {
   flush_this_thread();
   // Other threads flush their magazines at their next call into this allocator.
   flush_epoch_.fetch_add(1, std::memory_order_relaxed);
-  const std::size_t released = release_all_empty_slabs();
+  const std::size_t released = release_empty_slabs();
   sample_peak_in_use();
   return released;
 }
@@ -595,8 +561,8 @@ void SlabAllocator::sample_peak_in_use() noexcept { (void)stats(); }
 std::size_t SlabAllocator::free_bytes_kept() const noexcept {
   std::int64_t magazines = 0;
   {
-    CacheRegistry& registry = cache_registry();
-    std::lock_guard<std::mutex> lock(registry.mutex);
+    SlabRegistry& registry = SlabRegistry::instance();
+    std::lock_guard<std::mutex> lock(registry.mutex());
     for (const ThreadCache* cache : caches_) magazines += cache->counters.magazine_bytes.load(std::memory_order_relaxed);
   }
   // Counters are read one after another while their owners run: a sum may be briefly off, never below 0.
@@ -607,8 +573,8 @@ AllocatorStats SlabAllocator::stats() const noexcept {
   AllocatorStats s;
   std::int64_t in_use = 0, waste = 0, magazines = 0;
   {
-    CacheRegistry& registry = cache_registry();
-    std::lock_guard<std::mutex> lock(registry.mutex);
+    SlabRegistry& registry = SlabRegistry::instance();
+    std::lock_guard<std::mutex> lock(registry.mutex());
     for (const ThreadCache* cache : caches_) add_to_stats(cache->counters, s, in_use, waste, magazines);
   }
   add_to_stats(shared_counters_, s, in_use, waste, magazines);

@@ -7,6 +7,7 @@
 #include <unordered_map>
 
 #include "allocators/growth_policy.h"
+#include "allocators/live_allocator_registry.h"
 #include "allocators/owner_biased_lock.h"
 
 namespace gpushim {
@@ -48,40 +49,7 @@ static_assert(kClassSizes.bytes[ThreadCacheAllocator::kClassCount - 1] == Thread
 
 std::size_t class_size(std::size_t index) noexcept { return kClassSizes.bytes[index]; }
 
-// Live allocators by id, so a thread that exits gives its caches only to allocators that still exist.
-struct AllocatorRegistry {
-  std::mutex mutex;
-  std::unordered_map<std::uint64_t, ThreadCacheAllocator*> live;
-  std::uint64_t next_id = 1;
-};
-AllocatorRegistry& registry() {
-  static auto* instance = new AllocatorRegistry;  // never destroyed: threads may exit during static teardown
-  return *instance;
-}
-
-// A forked child has only the forking thread: a lock another parent thread held (the registry's, an
-// allocator's, a thread cache's) would never be released. Reset them all; the other threads' caches
-// stay where they are, reachable by release_cached().
-void reset_locks_in_child() noexcept {
-  AllocatorRegistry& r = registry();
-  new (&r.mutex) std::mutex();
-  OwnerBiasedLock::register_again_after_fork();
-  for (auto& [id, allocator] : r.live) allocator->reset_locks_after_fork();
-}
-
-std::uint64_t register_allocator(ThreadCacheAllocator* allocator) noexcept {
-  static const bool fork_handler = pthread_atfork(nullptr, nullptr, reset_locks_in_child) == 0;
-  (void)fork_handler;
-  AllocatorRegistry& r = registry();
-  std::lock_guard<std::mutex> guard(r.mutex);
-  const std::uint64_t id = r.next_id++;
-  try {
-    r.live.emplace(id, allocator);
-  } catch (...) {
-    return 0;  // no host memory: id 0 makes every call pass through (no cache is ever made)
-  }
-  return id;
-}
+using CacheRegistry = LiveAllocatorRegistry<ThreadCacheAllocator>;
 
 // This thread's caches, one per allocator it used; given back when the thread exits.
 struct ThreadCacheList {
@@ -177,11 +145,10 @@ ThreadCacheList::~ThreadCacheList() {
   t_list_gone = true;
   t_last_owner = 0;
   t_last_cache = nullptr;
-  AllocatorRegistry& r = registry();
-  std::lock_guard<std::mutex> guard(r.mutex);
+  CacheRegistry& r = CacheRegistry::instance();
+  std::lock_guard<std::mutex> guard(r.mutex());
   for (const Entry& entry : entries) {
-    auto it = r.live.find(entry.owner);
-    if (it != r.live.end()) it->second->retire(entry.cache);
+    if (ThreadCacheAllocator* owner = r.find_locked(entry.owner)) owner->retire(entry.cache);
   }
 }
 
@@ -189,7 +156,7 @@ ThreadCacheAllocator::ThreadCacheAllocator(std::unique_ptr<Allocator> inner, Lar
     : inner_(std::move(inner)),
       large_slots_(inner_->can_allocate_without_growing() ? large_slots : LargeSlots::never),
       lock_waits_(inner_->lock_wait_counter()),
-      id_(register_allocator(this)) {
+      id_(CacheRegistry::instance().add(this)) {
   std::size_t slot = 0;
   for (std::size_t c = 0; c < kClassCount; ++c) {
     const std::size_t by_bytes = std::max<std::size_t>(1, kClassBytes / class_size(c));
@@ -206,9 +173,9 @@ ThreadCacheAllocator::ThreadCacheAllocator(std::unique_ptr<Allocator> inner, Lar
 
 ThreadCacheAllocator::~ThreadCacheAllocator() {
   {
-    AllocatorRegistry& r = registry();
-    std::lock_guard<std::mutex> guard(r.mutex);
-    r.live.erase(id_);
+    CacheRegistry& r = CacheRegistry::instance();
+    std::lock_guard<std::mutex> guard(r.mutex());
+    r.remove_locked(id_);
   }
   release_cached();  // every block back to the backend while it still exists
   std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
@@ -244,11 +211,11 @@ ThreadCacheAllocator::ThreadCache* ThreadCacheAllocator::create_thread_cache() n
     }
     // Entries of allocators destroyed since are dropped here, so a long-lived thread's list stays short.
     {
-      AllocatorRegistry& r = registry();
-      std::lock_guard<std::mutex> guard(r.mutex);
+      CacheRegistry& r = CacheRegistry::instance();
+      std::lock_guard<std::mutex> guard(r.mutex());
       auto& entries = t_caches.entries;
       entries.erase(std::remove_if(entries.begin(), entries.end(),
-                                   [&](const ThreadCacheList::Entry& e) { return r.live.count(e.owner) == 0; }),
+                                   [&](const ThreadCacheList::Entry& e) { return r.find_locked(e.owner) == nullptr; }),
                     entries.end());
       entries.push_back({id_, cache});
     }
