@@ -93,6 +93,10 @@ class SlabAllocator final : public Allocator {
   // call, which a thread that stopped allocating never makes; a context synchronization's hand-in
   // (tiered_allocator.h) takes them so.
   void flush_every_thread() noexcept;
+  // Every slab that holds no block in use and none in a magazine, all classes, back to the provider;
+  // returns the bytes. Unlike release_cached() it asks no thread to flush: after flush_every_thread()
+  // that would only make each running thread flush once more for nothing.
+  std::size_t release_empty_slabs() noexcept;
   // In a forked child (only the forking thread exists): cache locks other parent threads held are reset.
   void reset_locks_after_fork() noexcept;
 
@@ -134,7 +138,6 @@ class SlabAllocator final : public Allocator {
   void depot_return(ClassDepot& depot, void* const* blocks, std::size_t count, bool may_release) noexcept;
   bool grow_locked(ClassDepot& depot) noexcept;
   std::size_t release_empty_slabs_locked(ClassDepot& depot, std::size_t keep) noexcept;
-  std::size_t release_all_empty_slabs() noexcept;
   // Flushes this thread's magazines (`locked_own`: its cache, whose lock the caller holds) and gives
   // every empty slab back; true where any went.
   bool reclaim_for_retry(ThreadCache* locked_own = nullptr) noexcept;

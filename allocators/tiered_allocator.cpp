@@ -57,7 +57,7 @@ void TieredAllocator::hand_in_kept_blocks() noexcept {
     // Every thread's magazines first: a thread that stopped allocating keeps a slab partly full (and
     // the arena's chunk under it mapped) with a few blocks in its magazine.
     arena_slabs_->flush_every_thread();
-    small_->release_cached();
+    arena_slabs_->release_empty_slabs();
   }
   large_->hand_in_kept_blocks();
 }
