@@ -32,6 +32,7 @@
 #include "check_cuda.h"
 #include "device_memory_sampler.h"
 #include "kernels/pattern_kernels.h"
+#include "synchronize_until_released.h"
 
 namespace {
 
@@ -106,15 +107,7 @@ int main(int argc, char** argv) {
                          "%.0f MiB: the check proves nothing\n", stopped_mib, plan.want_mib + plan.kept_by_classes_mib() / 2);
     ++failures;
   }
-  double used = stopped_mib;
-  const auto began = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - began < std::chrono::milliseconds(plan.sync_ms)) {
-    CHECK_CUDA(cudaDeviceSynchronize());
-    used = memory.used_now() / kMiB;
-    if (used <= plan.want_mib) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  const double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began).count();
+  const auto [used, waited_ms] = synchronize_until_released(memory, plan.want_mib, plan.sync_ms);
   idle_over.store(true, std::memory_order_release);
   for (std::thread& t : threads) t.join();
 

@@ -50,6 +50,7 @@
 #include "check_cuda.h"
 #include "device_memory_sampler.h"
 #include "kernels/pattern_kernels.h"
+#include "synchronize_until_released.h"
 
 namespace {
 
@@ -162,15 +163,7 @@ double expect_nothing_given_back(const Plan& plan, const DeviceMemorySampler& me
 // step 2 or 4 (`kept_after`) left.
 void release_and_report(const Plan& plan, const DeviceMemorySampler& memory, int device, double live, double freed,
                         double kept, const char* kept_after) {
-  double used = memory.used_now() / kMiB;
-  const auto began = std::chrono::steady_clock::now();
-  while (std::chrono::steady_clock::now() - began < std::chrono::milliseconds(plan.sync_ms)) {
-    CHECK_CUDA(cudaDeviceSynchronize());
-    used = memory.used_now() / kMiB;
-    if (used <= plan.want_mib()) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  const double waited_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - began).count();
+  const auto [used, waited_ms] = synchronize_until_released(memory, plan.want_mib(), plan.sync_ms);
   std::printf("synchronize_release_check: device %d, %d x %.0f MiB; used (MiB): %.0f live, %.0f freed, %.0f after "
               "%s, %.0f after %.0f ms of its own synchronizations (want <= %.0f)%s\n",
               device, plan.blocks, plan.size / kMiB, live, freed, kept, kept_after, used, waited_ms, plan.want_mib(),
