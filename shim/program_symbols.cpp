@@ -64,8 +64,12 @@ std::size_t find_in_table(const ElfFile& file, const Elf64_Shdr& symbols, const 
   const std::uint64_t entries = symbols.sh_size / sizeof(Elf64_Sym);
   for (std::uint64_t i = 0; i < entries; ++i) {
     const Elf64_Sym* symbol = file.at<Elf64_Sym>(symbols.sh_offset + i * sizeof(Elf64_Sym));
-    if (symbol == nullptr || ELF64_ST_TYPE(symbol->st_info) != STT_FUNC || symbol->st_shndx == SHN_UNDEF ||
-        symbol->st_value == 0) {
+    if (symbol == nullptr) continue;
+    // Only global definitions: a file-local function of the same name (another source's `static
+    // cudaMalloc`) is not the one the program's callers are bound to.
+    const unsigned binding = ELF64_ST_BIND(symbol->st_info);
+    if (ELF64_ST_TYPE(symbol->st_info) != STT_FUNC || symbol->st_shndx == SHN_UNDEF || symbol->st_value == 0 ||
+        (binding != STB_GLOBAL && binding != STB_WEAK)) {
       continue;
     }
     const char* name = file.string_at(names, symbol->st_name);

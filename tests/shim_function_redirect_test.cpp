@@ -24,6 +24,10 @@ using gpushim::shim::redirect_functions;
 using gpushim::shim::redirect_jump_length;
 
 extern "C" __attribute__((noinline, used)) int function_redirect_test_marker(int x) { return x + 1; }
+// A file-local function with an unmangled name: in the symbol table, but no other file's call binds to it.
+extern "C" {
+static __attribute__((noinline, used)) int function_redirect_test_local(int x) { return x + 2; }
+}
 
 namespace {
 
@@ -167,12 +171,15 @@ std::string file_contents(const std::string& path) {
 }
 
 TEST(ProgramSymbols, FindsTheProgramsOwnFunctionsAndNothingElse) {
-  ProgramFunction functions[] = {{"function_redirect_test_marker"}, {"no_such_function_anywhere"}, {"malloc"}};
-  gpushim::shim::find_program_functions(functions, 3);
+  ProgramFunction functions[] = {{"function_redirect_test_marker"}, {"no_such_function_anywhere"}, {"malloc"},
+                                 {"function_redirect_test_local"}};
+  gpushim::shim::find_program_functions(functions, 4);
   EXPECT_EQ(functions[0].address, reinterpret_cast<void*>(&function_redirect_test_marker));
   EXPECT_GT(functions[0].size, 0u);
   EXPECT_EQ(functions[1].address, nullptr);
   EXPECT_EQ(functions[2].address, nullptr) << "malloc is libc's: only the program's own definitions count";
+  EXPECT_EQ(functions[3].address, nullptr) << "a file-local function is not the one callers bind to";
+  EXPECT_EQ(function_redirect_test_local(1), 3);
 }
 
 TEST(ProgramSymbols, DamagedAndMissingFilesFindNothing) {
