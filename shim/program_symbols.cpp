@@ -64,21 +64,28 @@ std::size_t find_in_table(const ElfFile& file, const Elf64_Shdr& symbols, const 
   const std::uint64_t entries = symbols.sh_size / sizeof(Elf64_Sym);
   for (std::uint64_t i = 0; i < entries; ++i) {
     const Elf64_Sym* symbol = file.at<Elf64_Sym>(symbols.sh_offset + i * sizeof(Elf64_Sym));
-    if (symbol == nullptr) continue;
-    // Only global definitions: a file-local function of the same name (another source's `static
-    // cudaMalloc`) is not the one the program's callers are bound to.
-    const unsigned binding = ELF64_ST_BIND(symbol->st_info);
-    if (ELF64_ST_TYPE(symbol->st_info) != STT_FUNC || symbol->st_shndx == SHN_UNDEF || symbol->st_value == 0 ||
-        (binding != STB_GLOBAL && binding != STB_WEAK)) {
+    // Any binding: a static runtime's functions are hidden in its archive, so the program's link makes
+    // them local symbols (readelf: LOCAL, as a source file's `static` function would be).
+    if (symbol == nullptr || ELF64_ST_TYPE(symbol->st_info) != STT_FUNC || symbol->st_shndx == SHN_UNDEF ||
+        symbol->st_value == 0) {
       continue;
     }
     const char* name = file.string_at(names, symbol->st_name);
     if (name == nullptr) continue;
     for (std::size_t f = 0; f < count; ++f) {
-      if (functions[f].address != nullptr || std::strcmp(functions[f].name, name) != 0) continue;
-      functions[f].address = reinterpret_cast<void*>(bias + symbol->st_value);
-      functions[f].size = symbol->st_size;
-      ++found;
+      if (std::strcmp(functions[f].name, name) != 0) continue;
+      void* const address = reinterpret_cast<void*>(bias + symbol->st_value);
+      if (functions[f].address == nullptr && !functions[f].ambiguous) {
+        functions[f].address = address;
+        functions[f].size = symbol->st_size;
+        ++found;
+      } else if (functions[f].address != address) {
+        // Two functions of one name (the runtime's and a source file's own `static` one): which one the
+        // callers mean cannot be told, so neither is taken.
+        functions[f].ambiguous = true;
+        functions[f].address = nullptr;
+        functions[f].size = 0;
+      }
     }
   }
   return found;

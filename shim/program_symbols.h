@@ -12,6 +12,7 @@ struct ProgramFunction {
   const char* name;
   void* address = nullptr;  // where it runs; null when the program does not define it
   std::size_t size = 0;     // its bytes, from the symbol
+  bool ambiguous = false;   // the program defines two functions of this name: address stays null
 };
 
 // Fills in each function's address and size from /proc/self/exe's .symtab (or .dynsym, where the program

@@ -103,6 +103,7 @@ endif()
 # A static runtime's functions redirected (shim/function_redirect.h) after they are found in the
 # program's symbol table (shim/program_symbols.h).
 add_executable(shim_function_redirect_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_function_redirect_test.cpp
+               ${CMAKE_CURRENT_SOURCE_DIR}/shim_function_redirect_second_file.cpp
                ${CMAKE_SOURCE_DIR}/shim/function_redirect.cpp ${CMAKE_SOURCE_DIR}/shim/program_symbols.cpp)
 target_include_directories(shim_function_redirect_test PRIVATE ${CMAKE_SOURCE_DIR})
 target_link_libraries(shim_function_redirect_test PRIVATE GTest::gtest_main)

@@ -24,10 +24,14 @@ using gpushim::shim::redirect_functions;
 using gpushim::shim::redirect_jump_length;
 
 extern "C" __attribute__((noinline, used)) int function_redirect_test_marker(int x) { return x + 1; }
-// A file-local function with an unmangled name: in the symbol table, but no other file's call binds to it.
+// A file-local function with an unmangled name: a local symbol, as each of a static runtime's functions
+// is in the program that links it.
 extern "C" {
 static __attribute__((noinline, used)) int function_redirect_test_local(int x) { return x + 2; }
 }
+// Defined here and, file-local, in shim_function_redirect_second_file.cpp: two functions of one name.
+extern "C" __attribute__((noinline, used)) int function_redirect_test_twice(int x) { return x * 2; }
+extern "C" int function_redirect_second_file_call(int x);
 
 namespace {
 
@@ -172,14 +176,17 @@ std::string file_contents(const std::string& path) {
 
 TEST(ProgramSymbols, FindsTheProgramsOwnFunctionsAndNothingElse) {
   ProgramFunction functions[] = {{"function_redirect_test_marker"}, {"no_such_function_anywhere"}, {"malloc"},
-                                 {"function_redirect_test_local"}};
-  gpushim::shim::find_program_functions(functions, 4);
+                                 {"function_redirect_test_local"}, {"function_redirect_test_twice"}};
+  gpushim::shim::find_program_functions(functions, 5);
   EXPECT_EQ(functions[0].address, reinterpret_cast<void*>(&function_redirect_test_marker));
   EXPECT_GT(functions[0].size, 0u);
   EXPECT_EQ(functions[1].address, nullptr);
   EXPECT_EQ(functions[2].address, nullptr) << "malloc is libc's: only the program's own definitions count";
-  EXPECT_EQ(functions[3].address, nullptr) << "a file-local function is not the one callers bind to";
-  EXPECT_EQ(function_redirect_test_local(1), 3);
+  EXPECT_EQ(functions[3].address, reinterpret_cast<void*>(&function_redirect_test_local))
+      << "a local symbol counts: the static runtime's are local";
+  EXPECT_EQ(functions[4].address, nullptr) << "two functions of one name: neither is taken";
+  EXPECT_TRUE(functions[4].ambiguous);
+  EXPECT_EQ(function_redirect_test_twice(5) + function_redirect_second_file_call(5), 25);
 }
 
 TEST(ProgramSymbols, DamagedAndMissingFilesFindNothing) {

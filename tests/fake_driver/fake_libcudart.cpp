@@ -172,7 +172,7 @@ cudaError_t CUDARTAPI RUNTIME_FUNCTION(cudaFreeAsync_ptsz)(void* dev_ptr, cudaSt
 #if defined(FAKE_CUDART_STATIC) && !defined(FAKE_CUDART_UNMARKED)
 // The static runtime's mark; never called here. FAKE_CUDART_UNMARKED leaves it out: a program that defines
 // the runtime's names without being the runtime, which gpushim must leave alone.
-void** CUDARTAPI __cudaRegisterFatBinary(void*) { return nullptr; }
+__attribute__((visibility("hidden"))) void** CUDARTAPI __cudaRegisterFatBinary(void*) { return nullptr; }
 #endif
 
 cudaError_t CUDARTAPI cudaGetLastError() {

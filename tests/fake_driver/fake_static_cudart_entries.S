@@ -2,11 +2,13 @@
 // each runtime function starts with the prologue CUDA 13's libcudart_static.a gives cudaMalloc (objdump of
 // its cudart_static.o), which gpushim must move to a trampoline to redirect the function
 // (shim/function_redirect.h), then runs the fake runtime's body of the same function
-// (tests/fake_driver/fake_libcudart.cpp built with FAKE_CUDART_STATIC: fake_static_<name>).
+// (tests/fake_driver/fake_libcudart.cpp built with FAKE_CUDART_STATIC: fake_static_<name>). Hidden, as the
+// real archive's are, so the program's link makes them local symbols, where gpushim must still find them.
 #if defined(__x86_64__)
 #define RUNTIME_ENTRY(name)                                   \
   .text;                                                      \
   .globl name;                                                \
+  .hidden name;                                               \
   .type name, @function;                                      \
   name:                                                       \
   push %rbp;                                                  \
