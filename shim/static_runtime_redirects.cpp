@@ -9,7 +9,9 @@
 // the runtime runs the runtime's original code through the redirect's trampoline.
 //
 // What is redirected, and when: in gpushim's library constructor, which runs before the program's own
-// constructors and main, so no other thread can be inside these functions. Only the program's own
+// constructors and main, so no other thread can be inside these functions. Where gpushim is loaded
+// later (dlopen) into a process that already runs other threads, nothing is redirected: one of them could
+// be running an entry while it is rewritten. Only the program's own
 // runtime: a library loaded with its own static runtime keeps reaching gpushim through the driver entry
 // points. A program that defines these names without the runtime (a test double, a wrapper) is left
 // alone: the runtime's __cudaRegisterFatBinary, which every static runtime carries, must be there too.
@@ -20,8 +22,12 @@
 // and the settings are read then. So GPUSHIM_DIRECT_CUDART=0 is honoured at each call: the redirected
 // function passes straight to the runtime's code.
 #include <cuda_runtime_api.h>
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <cstddef>
+#include <cstdlib>
+#include <cstring>
 
 #include "shim/function_redirect.h"
 #include "shim/program_symbols.h"
@@ -73,7 +79,24 @@ void** slot(StaticRuntimeFunction<Function>& function) {
   return reinterpret_cast<void**>(&function.original);
 }
 
+// True when the process runs this thread alone (/proc/self/stat's num_threads, the 20th field, after the
+// command name in parentheses, which may itself hold spaces and parentheses).
+bool only_thread_running() {
+  const int fd = ::open("/proc/self/stat", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char text[1024];
+  const ssize_t n = ::read(fd, text, sizeof text - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  text[n] = '\0';
+  const char* field = std::strrchr(text, ')');
+  // After ")": state is field 3, so num_threads is 17 fields on.
+  for (int skipped = 0; field != nullptr && skipped < 18; ++skipped) field = std::strchr(field + 1, ' ');
+  return field != nullptr && std::strtol(field + 1, nullptr, 10) == 1;
+}
+
 __attribute__((constructor)) void redirect_static_runtime() {
+  if (!only_thread_running()) return;
   gpushim::shim::ProgramFunction functions[] = {
       {"cudaMalloc"},    {"cudaFree"},           {"cudaMallocAsync"}, {"cudaMallocAsync_ptsz"},
       {"cudaFreeAsync"}, {"cudaFreeAsync_ptsz"}, {"__cudaRegisterFatBinary"}};

@@ -134,6 +134,15 @@ if(TARGET gpushim AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
   add_dependencies(shim_direct_unmarked_runtime_test gpushim)
   gpushim_discover_tests(shim_direct_unmarked_runtime_test shim_direct_unmarked_runtime
                          ENV "${direct_environment};SHIM_TEST_NOT_REDIRECTED=1")
+  # gpushim loaded late (dlopen) while another thread runs: nothing rewritten.
+  add_executable(shim_static_runtime_late_load_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_static_runtime_late_load_test.cpp
+                 ${shim_fixtures}/fake_libcudart.cpp ${shim_fixtures}/fake_static_cudart_entries.S)
+  target_include_directories(shim_static_runtime_late_load_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_definitions(shim_static_runtime_late_load_test PRIVATE FAKE_CUDART_STATIC)
+  target_link_libraries(shim_static_runtime_late_load_test PRIVATE GTest::gtest_main ${CMAKE_DL_LIBS} Threads::Threads)
+  add_dependencies(shim_static_runtime_late_load_test gpushim)
+  gpushim_discover_tests(shim_static_runtime_late_load_test shim_static_runtime_late_load
+                         ENV "SHIM_TEST_LIBRARY=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${shim_fake_driver_dir}")
   foreach(direct 1 0)
     foreach(call FailedAllocation RefusedStreamOrderedAllocation)
       add_test(NAME shim_direct_static_runtime_failure.${call}.direct${direct} COMMAND shim_direct_static_runtime_test
