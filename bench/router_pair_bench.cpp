@@ -4,7 +4,7 @@
 // cuCtxGetCurrent and event calls).
 //
 //   router_pair_bench [--backends none,passthrough,vmm,...] [--sizes 256,65536,1048576] [--threads 1,4,16]
-//                     [--pairs N] [--modes fenced,legacy,async] [--library PATH]
+//                     [--pairs N] [--modes fenced,legacy,async,static] [--library PATH]
 // --library: another libgpushim.so to preload (an older build, for before/after tables).
 //
 // The parent re-runs itself once per backend with LD_PRELOAD=libgpushim.so and GPUSHIM_BACKEND set
@@ -20,12 +20,16 @@
 // reuses cuMemFree'd blocks at once (legacy-ordered reuse). "async": the pairs are cuMemAllocAsync +
 // cuMemFreeAsync on the thread's own non-blocking stream, which carries no other work (the stream-ordered
 // path that a shared runtime's cudaMallocAsync/cudaFreeAsync reach, shim/runtime_entry_points.cpp).
+// "static": the pairs are cudaMalloc + cudaFree of a fake static runtime linked into this program
+// (tests/fake_driver/fake_static_cudart_entries.S), which gpushim redirects to its own functions at load
+// (shim/static_runtime_redirects.cpp), as it does a real one; no stream.
 //
 // Instructions per pair: scripts/instructions_per_pair.sh runs one child per cell under callgrind with
 // --instr-atstart=no; the child switches instrumentation on only around its timed pairs (the
 // CALLGRIND_ macros below are no-ops outside valgrind), so callgrind's total / pairs is the cost of one
 // pair (plus 1/kBatch of a memset and a clock read), without the process's start and warm-up.
 #include <cuda.h>
+#include <cuda_runtime_api.h>
 #include <unistd.h>
 #include <sys/wait.h>
 
@@ -101,14 +105,14 @@ struct Cell {
   bool failed = false;
 };
 
-enum class Mode { legacy, fenced, async };
+enum class Mode { legacy, fenced, async, static_runtime };
 
 // A thread's stream for the fenced and async modes, with the block the fenced mode's work writes.
 struct StreamWork {
   CUstream stream = nullptr;
   CUdeviceptr block = 0;  // fenced mode only: no block, no work
   bool start(Mode mode) {
-    if (mode == Mode::legacy) return true;
+    if (mode == Mode::legacy || mode == Mode::static_runtime) return true;
     if (cuStreamCreate(&stream, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) return false;
     return mode != Mode::fenced || cuMemAlloc(&block, 512) == CUDA_SUCCESS;
   }
@@ -118,6 +122,15 @@ struct StreamWork {
     if (stream) cuStreamDestroy(stream);
   }
 };
+
+#if defined(ROUTER_PAIR_BENCH_STATIC_RUNTIME)
+bool static_runtime_pair(std::size_t bytes) {
+  void* p = nullptr;
+  return cudaMalloc(&p, bytes) == cudaSuccess && cudaFree(p) == cudaSuccess;
+}
+#else
+bool static_runtime_pair(std::size_t) { return false; }  // built without the fake static runtime
+#endif
 
 Cell run_cell(std::size_t bytes, int threads, long pairs, Mode mode) {
   std::vector<std::vector<double>> samples(threads);
@@ -132,7 +145,9 @@ Cell run_cell(std::size_t bytes, int threads, long pairs, Mode mode) {
       const CUstream stream = mode == Mode::async ? work.stream : nullptr;  // the async pairs' stream
       auto pair = [&] {
         CUdeviceptr p = 0;
-        if (stream != nullptr) {
+        if (mode == Mode::static_runtime) {
+          if (!static_runtime_pair(bytes)) failed = true;
+        } else if (stream != nullptr) {
           if (cuMemAllocAsync(&p, bytes, stream) != CUDA_SUCCESS || cuMemFreeAsync(p, stream) != CUDA_SUCCESS)
             failed = true;
         } else if (cuMemAlloc(&p, bytes) != CUDA_SUCCESS || cuMemFree(p) != CUDA_SUCCESS) {
@@ -179,7 +194,10 @@ int child(const Options& o) {
   const char* backend = std::getenv("GPUSHIM_BACKEND");
   const char* mode_name = std::getenv("ROUTER_PAIR_BENCH_MODE");
   const std::string named = mode_name ? mode_name : "legacy";
-  const Mode mode = named == "fenced" ? Mode::fenced : named == "async" ? Mode::async : Mode::legacy;
+  const Mode mode = named == "fenced"   ? Mode::fenced
+                    : named == "async"  ? Mode::async
+                    : named == "static" ? Mode::static_runtime
+                                        : Mode::legacy;
   const std::string label = std::string(std::getenv("LD_PRELOAD") ? (backend ? backend : "tiered") : "none") +
                             (mode == Mode::fenced ? "" : "/" + named);
   if (cuInit(0) != CUDA_SUCCESS) return 1;
@@ -203,7 +221,7 @@ int child(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   if (!parse(argc, argv, &o)) {
-    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy,async] [--library PATH]\n", argv[0]);
+    std::fprintf(stderr, "usage: %s [--backends a,b] [--sizes 256,65536] [--threads 1,4,16] [--pairs N] [--modes fenced,legacy,async,static] [--library PATH]\n", argv[0]);
     return 2;
   }
   if (std::getenv("ROUTER_PAIR_BENCH_CHILD")) return child(o);

@@ -45,8 +45,9 @@ backends=(tiered vmm)
 # then finds it idle: router/stream_activity.h); fenced: the same, with every free fenced
 # (GPUSHIM_FREE_FENCE=always), so the fenced path itself is what is counted; async: the pairs are
 # cuMemAllocAsync+cuMemFreeAsync on the thread's own stream (the stream's free list,
-# router/stream_free_lists.h).
-modes=(legacy stream fenced async)
+# router/stream_free_lists.h); static: cudaMalloc+cudaFree of a fake static runtime linked into the
+# bench, which gpushim redirects to its own functions (shim/static_runtime_redirects.cpp).
+modes=(legacy stream fenced async static)
 # 4 MiB: above the thread caches' classes, the large-block path (allocators/thread_cache_allocator.h).
 sizes=(256 65536 1048576 4194304)
 size_names=("256 B" "64 KiB" "1 MiB" "4 MiB")
@@ -69,7 +70,7 @@ cell_ir() {  # cell_ir BACKEND MODE SIZE
 
 declare -A measured
 status=0
-echo "Instructions per cuMemAlloc+cuMemFree pair (async: cuMemAllocAsync+cuMemFreeAsync; Ir/pair, callgrind, $pairs pairs, one thread):"
+echo "Instructions per cuMemAlloc+cuMemFree pair (async: cuMemAllocAsync+cuMemFreeAsync; static: cudaMalloc+cudaFree; Ir/pair, callgrind, $pairs pairs, one thread):"
 echo
 header="| backend | mode |"
 rule="|---|---|"

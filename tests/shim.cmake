@@ -114,10 +114,13 @@ gpushim_discover_tests(shim_function_redirect_test shim_function_redirect)
 # (tests/fake_driver/fake_static_cudart_entries.S), and gpushim redirects them at load.
 if(TARGET gpushim AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
   enable_language(ASM)
+  # The fake static runtime, linked into each program that needs one (bench/router_pair_bench too).
+  add_library(shim_fake_static_cudart OBJECT ${shim_fixtures}/fake_libcudart.cpp ${shim_fixtures}/fake_static_cudart_entries.S)
+  target_include_directories(shim_fake_static_cudart PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
+  target_compile_definitions(shim_fake_static_cudart PRIVATE FAKE_CUDART_STATIC)
   add_executable(shim_direct_static_runtime_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_direct_runtime_test.cpp
-                 ${shim_fixtures}/fake_libcudart.cpp ${shim_fixtures}/fake_static_cudart_entries.S)
+                 $<TARGET_OBJECTS:shim_fake_static_cudart>)
   target_include_directories(shim_direct_static_runtime_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
-  target_compile_definitions(shim_direct_static_runtime_test PRIVATE FAKE_CUDART_STATIC)
   target_link_libraries(shim_direct_static_runtime_test PRIVATE shim_fake_libcuda GTest::gtest_main ${CMAKE_DL_LIBS})
   add_dependencies(shim_direct_static_runtime_test gpushim)
   gpushim_discover_tests(shim_direct_static_runtime_test shim_direct_static_runtime ENV "${direct_environment}")
@@ -136,9 +139,8 @@ if(TARGET gpushim AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
                          ENV "${direct_environment};SHIM_TEST_NOT_REDIRECTED=1")
   # gpushim loaded late (dlopen) while another thread runs: nothing rewritten.
   add_executable(shim_static_runtime_late_load_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_static_runtime_late_load_test.cpp
-                 ${shim_fixtures}/fake_libcudart.cpp ${shim_fixtures}/fake_static_cudart_entries.S)
+                 $<TARGET_OBJECTS:shim_fake_static_cudart>)
   target_include_directories(shim_static_runtime_late_load_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
-  target_compile_definitions(shim_static_runtime_late_load_test PRIVATE FAKE_CUDART_STATIC)
   target_link_libraries(shim_static_runtime_late_load_test PRIVATE GTest::gtest_main ${CMAKE_DL_LIBS} Threads::Threads)
   add_dependencies(shim_static_runtime_late_load_test gpushim)
   gpushim_discover_tests(shim_static_runtime_late_load_test shim_static_runtime_late_load
