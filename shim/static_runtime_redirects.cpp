@@ -33,13 +33,8 @@
 #include "shim/program_symbols.h"
 #include "shim/runtime_serving.h"
 
+namespace gpushim::shim {
 namespace {
-
-using gpushim::shim::per_thread_stream;
-using gpushim::shim::serve_free;
-using gpushim::shim::serve_free_async;
-using gpushim::shim::serve_malloc;
-using gpushim::shim::serve_malloc_async;
 
 // The runtime's original function: its redirect's trampoline, set before the function is redirected
 // (so never null when reached).
@@ -97,11 +92,11 @@ bool only_thread_running() {
 
 __attribute__((constructor)) void redirect_static_runtime() {
   if (!only_thread_running()) return;
-  gpushim::shim::ProgramFunction functions[] = {
+  ProgramFunction functions[] = {
       {"cudaMalloc"},    {"cudaFree"},           {"cudaMallocAsync"}, {"cudaMallocAsync_ptsz"},
       {"cudaFreeAsync"}, {"cudaFreeAsync_ptsz"}, {"__cudaRegisterFatBinary"}};
   constexpr std::size_t kRedirected = 6;  // the last is the runtime's mark, not redirected
-  gpushim::shim::find_program_functions(functions, sizeof functions / sizeof functions[0]);
+  find_program_functions(functions, sizeof functions / sizeof functions[0]);
   if (functions[kRedirected].address == nullptr) return;  // no static runtime in the program
   void* const replacements[kRedirected] = {
       reinterpret_cast<void*>(&served_malloc),       reinterpret_cast<void*>(&served_free),
@@ -110,12 +105,13 @@ __attribute__((constructor)) void redirect_static_runtime() {
   void** const originals[kRedirected] = {slot(static_malloc),       slot(static_free),
                                          slot(static_malloc_async), slot(static_malloc_async_ptsz),
                                          slot(static_free_async),   slot(static_free_async_ptsz)};
-  gpushim::shim::FunctionRedirect redirects[kRedirected];
+  FunctionRedirect redirects[kRedirected];
   for (std::size_t i = 0; i < kRedirected; ++i) {
     redirects[i] = {functions[i].address, functions[i].size, replacements[i], originals[i]};
   }
-  const std::size_t redirected = gpushim::shim::redirect_functions(redirects, kRedirected);
-  gpushim::shim::g_static_runtime_redirects.store(static_cast<int>(redirected), std::memory_order_relaxed);
+  const std::size_t redirected = redirect_functions(redirects, kRedirected);
+  g_static_runtime_redirects.store(static_cast<int>(redirected), std::memory_order_relaxed);
 }
 
 }  // namespace
+}  // namespace gpushim::shim
