@@ -83,21 +83,23 @@ if(TARGET gpushim)
   add_dependencies(shim_direct_runtime_test gpushim)
   set(direct_preload "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${shim_fake_driver_dir}")
   set(direct_environment "${direct_preload};GPUSHIM_BACKEND=tiered")
-  gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime ENV "${direct_environment}")
-  gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime_off
-                         ENV "${direct_environment};GPUSHIM_DIRECT_CUDART=0")
-  gpushim_discover_tests(shim_direct_runtime_test shim_direct_runtime_mempool
-                         ENV "${direct_preload};GPUSHIM_BACKEND=mempool")
-  # One process per failing call: GPUSHIM_FAIL=nth=3 counts the process's allocations.
-  foreach(direct 1 0)
-    foreach(call FailedAllocation RefusedStreamOrderedAllocation)
-      add_test(NAME shim_direct_runtime_failure.${call}.direct${direct} COMMAND shim_direct_runtime_test
-               --gtest_filter=*${call}*)
-      set_tests_properties(shim_direct_runtime_failure.${call}.direct${direct} PROPERTIES TIMEOUT 60
-        FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ENVIRONMENT
-        "${direct_environment};GPUSHIM_DIRECT_CUDART=${direct};GPUSHIM_FAIL=nth=3;GPUSHIM_LOG=quiet")
+  # The direct-runtime tests of one program (`target`, tests named `prefix`...): as configured by default,
+  # with GPUSHIM_DIRECT_CUDART=0, on the mempool backend, and one process per failing call
+  # (GPUSHIM_FAIL=nth=3 counts the process's allocations), direct and not.
+  function(shim_direct_runtime_tests target prefix)
+    gpushim_discover_tests(${target} ${prefix} ENV "${direct_environment}")
+    gpushim_discover_tests(${target} ${prefix}_off ENV "${direct_environment};GPUSHIM_DIRECT_CUDART=0")
+    gpushim_discover_tests(${target} ${prefix}_mempool ENV "${direct_preload};GPUSHIM_BACKEND=mempool")
+    foreach(direct 1 0)
+      foreach(call FailedAllocation RefusedStreamOrderedAllocation)
+        add_test(NAME ${prefix}_failure.${call}.direct${direct} COMMAND ${target} --gtest_filter=*${call}*)
+        set_tests_properties(${prefix}_failure.${call}.direct${direct} PROPERTIES TIMEOUT 60
+          FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ENVIRONMENT
+          "${direct_environment};GPUSHIM_DIRECT_CUDART=${direct};GPUSHIM_FAIL=nth=3;GPUSHIM_LOG=quiet")
+      endforeach()
     endforeach()
-  endforeach()
+  endfunction()
+  shim_direct_runtime_tests(shim_direct_runtime_test shim_direct_runtime)
 endif()
 
 # A static runtime's functions redirected (shim/function_redirect.h) after they are found in the
@@ -123,11 +125,7 @@ if(TARGET gpushim AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
   target_include_directories(shim_direct_static_runtime_test PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
   target_link_libraries(shim_direct_static_runtime_test PRIVATE shim_fake_libcuda GTest::gtest_main ${CMAKE_DL_LIBS})
   add_dependencies(shim_direct_static_runtime_test gpushim)
-  gpushim_discover_tests(shim_direct_static_runtime_test shim_direct_static_runtime ENV "${direct_environment}")
-  gpushim_discover_tests(shim_direct_static_runtime_test shim_direct_static_runtime_off
-                         ENV "${direct_environment};GPUSHIM_DIRECT_CUDART=0")
-  gpushim_discover_tests(shim_direct_static_runtime_test shim_direct_static_runtime_mempool
-                         ENV "${direct_preload};GPUSHIM_BACKEND=mempool")
+  shim_direct_runtime_tests(shim_direct_static_runtime_test shim_direct_static_runtime)
   # Without the runtime's mark (__cudaRegisterFatBinary) the same functions are the program's own: left alone.
   add_executable(shim_direct_unmarked_runtime_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_direct_runtime_test.cpp
                  ${shim_fixtures}/fake_libcudart.cpp ${shim_fixtures}/fake_static_cudart_entries.S)
@@ -145,13 +143,4 @@ if(TARGET gpushim AND CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
   add_dependencies(shim_static_runtime_late_load_test gpushim)
   gpushim_discover_tests(shim_static_runtime_late_load_test shim_static_runtime_late_load
                          ENV "SHIM_TEST_LIBRARY=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${shim_fake_driver_dir}")
-  foreach(direct 1 0)
-    foreach(call FailedAllocation RefusedStreamOrderedAllocation)
-      add_test(NAME shim_direct_static_runtime_failure.${call}.direct${direct} COMMAND shim_direct_static_runtime_test
-               --gtest_filter=*${call}*)
-      set_tests_properties(shim_direct_static_runtime_failure.${call}.direct${direct} PROPERTIES TIMEOUT 60
-        FAIL_REGULAR_EXPRESSION "\\[  SKIPPED \\]" ENVIRONMENT
-        "${direct_environment};GPUSHIM_DIRECT_CUDART=${direct};GPUSHIM_FAIL=nth=3;GPUSHIM_LOG=quiet")
-    endforeach()
-  endforeach()
 endif()
