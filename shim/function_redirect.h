@@ -13,6 +13,11 @@
 // anything else (a RIP-relative load, a branch) is refused. It keeps running as before, so a refusal
 // costs speed, never correctness. On other architectures every function is refused.
 //
+// What it assumes and cannot check: that no branch of the function leads back into its first 12 bytes
+// (a compiled prologue, register saves and the frame's setup, is never a branch target), and that the
+// process does not enforce indirect-branch tracking (the trampoline's jump back lands behind the
+// function's endbr64; Linux does not enforce it for user programs).
+//
 // The entry is rewritten while other threads could run it only if the caller allows that. gpushim does it
 // in its library constructor, before the program's own constructors and main.
 #pragma once
