@@ -64,8 +64,9 @@ std::size_t find_in_table(const ElfFile& file, const Elf64_Shdr& symbols, const 
   const std::uint64_t entries = symbols.sh_size / sizeof(Elf64_Sym);
   for (std::uint64_t i = 0; i < entries; ++i) {
     const Elf64_Sym* symbol = file.at<Elf64_Sym>(symbols.sh_offset + i * sizeof(Elf64_Sym));
-    // Any binding: a static runtime's functions are hidden in its archive, so the program's link makes
-    // them local symbols (readelf: LOCAL, as a source file's `static` function would be).
+    // Any binding: a static runtime's functions are hidden in its archive, and the program's link makes
+    // some of them local symbols, as a source file's `static` function would be (readelf: cudaMalloc
+    // LOCAL, cudaMallocAsync GLOBAL with HIDDEN visibility).
     if (symbol == nullptr || ELF64_ST_TYPE(symbol->st_info) != STT_FUNC || symbol->st_shndx == SHN_UNDEF ||
         symbol->st_value == 0) {
       continue;
