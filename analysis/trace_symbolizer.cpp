@@ -2,10 +2,6 @@
 
 #include <cxxabi.h>
 #include <elf.h>
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
@@ -13,6 +9,9 @@
 #include <cstring>
 #include <mutex>
 #include <set>
+#include <string_view>
+
+#include "elf/elf_file.h"
 
 namespace gpushim::tracing {
 namespace {
@@ -48,42 +47,6 @@ std::string demangle(const std::string& name) {
   return out;
 }
 
-// A read-only mapping of a whole file; every access is bounds-checked against its size, so a damaged
-// or truncated ELF is refused, never read past.
-class MappedFile {
- public:
-  explicit MappedFile(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;
-    struct stat info {};
-    if (::fstat(fd, &info) == 0 && S_ISREG(info.st_mode) && info.st_size > 0) {
-      void* p = ::mmap(nullptr, std::size_t(info.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
-      if (p != MAP_FAILED) data_ = static_cast<const unsigned char*>(p), size_ = std::size_t(info.st_size);
-    }
-    ::close(fd);
-  }
-  ~MappedFile() {
-    if (data_) ::munmap(const_cast<unsigned char*>(data_), size_);
-  }
-  MappedFile(const MappedFile&) = delete;
-  MappedFile& operator=(const MappedFile&) = delete;
-  bool ok() const { return data_ != nullptr; }
-  bool holds(std::uint64_t offset, std::uint64_t bytes) const {
-    return offset <= size_ && bytes <= size_ - offset;
-  }
-  template <typename T>
-  bool read(std::uint64_t offset, T* out) const {
-    if (!holds(offset, sizeof(T))) return false;
-    std::memcpy(out, data_ + offset, sizeof(T));
-    return true;
-  }
-  const unsigned char* at(std::uint64_t offset) const { return data_ + offset; }
-
- private:
-  const unsigned char* data_ = nullptr;
-  std::size_t size_ = 0;
-};
-
 std::string hex_of(const unsigned char* p, std::size_t n) {
   static const char digits[] = "0123456789abcdef";
   std::string s;
@@ -92,7 +55,7 @@ std::string hex_of(const unsigned char* p, std::size_t n) {
 }
 
 // The NT_GNU_BUILD_ID note of a SHT_NOTE section, as lowercase hex; "" when it has none.
-std::string build_id_in(const MappedFile& file, const Elf64_Shdr& notes) {
+std::string build_id_in(const elf::ElfFile& file, const Elf64_Shdr& notes) {
   std::uint64_t at = notes.sh_offset;
   const std::uint64_t end = notes.sh_offset + notes.sh_size;
   while (at + sizeof(Elf64_Nhdr) <= end) {
@@ -111,30 +74,20 @@ std::string build_id_in(const MappedFile& file, const Elf64_Shdr& notes) {
 }  // namespace
 
 ModuleSymbols::ModuleSymbols(const std::string& path, const std::string& build_id) {
-  MappedFile file(path);
+  const elf::ElfFile file(path.c_str());
   if (!file.ok()) {
-    why_not_ = "cannot read the file";
+    why_not_ = file.why_not();
     return;
   }
-  Elf64_Ehdr header;
-  if (!file.read(0, &header) || std::memcmp(header.e_ident, ELFMAG, SELFMAG) != 0 ||
-      header.e_ident[EI_CLASS] != ELFCLASS64 || header.e_shentsize != sizeof(Elf64_Shdr)) {
-    why_not_ = "not a 64-bit ELF file";
-    return;
-  }
-  std::vector<Elf64_Shdr> sections(header.e_shnum);
-  for (std::size_t i = 0; i < sections.size(); ++i)
-    if (!file.read(header.e_shoff + i * sizeof(Elf64_Shdr), &sections[i])) {
-      why_not_ = "damaged section table";
-      return;
-    }
-  const Elf64_Shdr* names = header.e_shstrndx < sections.size() ? &sections[header.e_shstrndx] : nullptr;
+  const std::size_t names_index = file.section_names_index();
+  const Elf64_Shdr names = names_index < file.section_count() ? file.section(names_index) : Elf64_Shdr{};
   std::string file_build_id;
-  for (const Elf64_Shdr& s : sections) {
+  for (std::size_t i = 0; i < file.section_count(); ++i) {
+    const Elf64_Shdr s = file.section(i);
     if (s.sh_type == SHT_NOTE && file.holds(s.sh_offset, s.sh_size) && file_build_id.empty())
       file_build_id = build_id_in(file, s);
-    if (names && file.holds(names->sh_offset + s.sh_name, 12) &&
-        std::strncmp(reinterpret_cast<const char*>(file.at(names->sh_offset + s.sh_name)), ".debug_line", 12) == 0)
+    if (names_index < file.section_count() && file.holds(names.sh_offset + s.sh_name, 12) &&
+        std::strncmp(reinterpret_cast<const char*>(file.at(names.sh_offset + s.sh_name)), ".debug_line", 12) == 0)
       has_line_table_ = true;
   }
   if (!build_id.empty() && !file_build_id.empty() && build_id != file_build_id) {
@@ -142,26 +95,9 @@ ModuleSymbols::ModuleSymbols(const std::string& path, const std::string& build_i
     has_line_table_ = false;
     return;
   }
-  // .symtab has every function; a stripped file keeps only .dynsym, the exported ones.
-  const bool has_symtab = std::any_of(sections.begin(), sections.end(),
-                                      [](const Elf64_Shdr& s) { return s.sh_type == SHT_SYMTAB; });
-  for (const Elf64_Shdr& table : sections) {
-    if (table.sh_type != (has_symtab ? SHT_SYMTAB : SHT_DYNSYM) || table.sh_link >= sections.size()) continue;
-    if (table.sh_entsize != sizeof(Elf64_Sym) || !file.holds(table.sh_offset, table.sh_size)) continue;
-    const Elf64_Shdr& strings = sections[table.sh_link];
-    if (!file.holds(strings.sh_offset, strings.sh_size)) continue;
-    for (std::uint64_t at = table.sh_offset; at + sizeof(Elf64_Sym) <= table.sh_offset + table.sh_size;
-         at += sizeof(Elf64_Sym)) {
-      Elf64_Sym symbol;
-      file.read(at, &symbol);
-      const int type = ELF64_ST_TYPE(symbol.st_info);
-      if ((type != STT_FUNC && type != STT_GNU_IFUNC) || symbol.st_shndx == SHN_UNDEF || symbol.st_value == 0) continue;
-      if (symbol.st_name >= strings.sh_size) continue;
-      const char* name = reinterpret_cast<const char*>(file.at(strings.sh_offset + symbol.st_name));
-      const std::size_t length = strnlen(name, strings.sh_size - symbol.st_name);
-      functions_.push_back({symbol.st_value, symbol.st_size, std::string(name, length)});
-    }
-  }
+  file.for_each_function([&](const Elf64_Sym& symbol, std::string_view name) {
+    functions_.push_back({symbol.st_value, symbol.st_size, std::string(name)});
+  });
   std::sort(functions_.begin(), functions_.end(), [](const Function& a, const Function& b) {
     return a.start != b.start ? a.start < b.start : a.size > b.size;
   });

@@ -15,9 +15,9 @@ struct ProgramFunction {
   bool ambiguous = false;   // the program defines two functions of this name: address stays null
 };
 
-// Fills in each function's address and size from /proc/self/exe's .symtab (or .dynsym, where the program
-// exports them). A stripped program, an unreadable file or a malformed one finds nothing. Reads the file
-// and allocates nothing on the heap: meant for a library constructor.
+// Fills in each function's address and size from /proc/self/exe's symbol table (elf/elf_file.h: .symtab,
+// or .dynsym in a stripped program, which has none of a static runtime's). An unreadable file or a
+// malformed one finds nothing. Allocates nothing on the heap: meant for a library constructor.
 void find_program_functions(ProgramFunction* functions, std::size_t count) noexcept;
 
 // The same for any ELF file, whose symbol values are moved by `load_bias` (the tests read damaged files).

@@ -108,7 +108,7 @@ add_executable(shim_function_redirect_test ${CMAKE_CURRENT_SOURCE_DIR}/shim_func
                ${CMAKE_CURRENT_SOURCE_DIR}/shim_function_redirect_second_file.cpp
                ${CMAKE_SOURCE_DIR}/shim/function_redirect.cpp ${CMAKE_SOURCE_DIR}/shim/program_symbols.cpp)
 target_include_directories(shim_function_redirect_test PRIVATE ${CMAKE_SOURCE_DIR})
-target_link_libraries(shim_function_redirect_test PRIVATE GTest::gtest_main)
+target_link_libraries(shim_function_redirect_test PRIVATE gpushim_elf GTest::gtest_main)
 gpushim_discover_tests(shim_function_redirect_test shim_function_redirect)
 
 # The same direct-runtime tests over a fake statically linked runtime (shim/static_runtime_redirects.cpp):
