@@ -55,6 +55,7 @@ bool CudaFenceEvents::record_on(CUcontext context, CUstream stream, Fence* out) 
     real_driver().cuEventDestroy(event);
     return false;
   }
+  recorded_.fetch_add(1, std::memory_order_relaxed);
   try {
     out->events.push_back({context, reinterpret_cast<std::uintptr_t>(event)});
   } catch (...) {
@@ -115,6 +116,7 @@ bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* ou
     } catch (...) {
       return false;
     }
+    shared_.fetch_add(1, std::memory_order_relaxed);
     std::lock_guard<std::mutex> guard(pool_lock_);
     for (SharedEvent& e : shared_events_) {
       if (e.event != newest->event) continue;
@@ -256,10 +258,19 @@ FenceEvents::Status CudaFenceEvents::query(Fence& fence) noexcept {
     // cuEventQuery needs no particular current context. Errors other than NOT_READY (a destroyed
     // context, a sticky launch failure) mean no more work will run on the block: complete.
     const FenceEvent& e = fence.events[fence.complete_events];
+    queried_.fetch_add(1, std::memory_order_relaxed);
     if (real_driver().cuEventQuery(reinterpret_cast<CUevent>(e.event)) == CUDA_ERROR_NOT_READY)
       return Status::pending;
   }
   return Status::complete;
+}
+
+FenceEventCounts CudaFenceEvents::counts() const noexcept {
+  FenceEventCounts counts;
+  counts.recorded = recorded_.load(std::memory_order_relaxed);
+  counts.shared = shared_.load(std::memory_order_relaxed);
+  counts.queried = queried_.load(std::memory_order_relaxed);
+  return counts;
 }
 
 void CudaFenceEvents::synchronize(const Fence& fence) noexcept {

@@ -58,6 +58,7 @@ class CudaFenceEvents final : public FenceEvents {
   bool may_give_back() noexcept override {
     return !driver_backed_ || active_captures_.load(std::memory_order_acquire) == 0;
   }
+  FenceEventCounts counts() const noexcept override;
 
   void reset_after_fork() noexcept;
 
@@ -100,6 +101,8 @@ class CudaFenceEvents final : public FenceEvents {
   std::vector<SharedEvent> shared_events_;  // pool_lock_ held
   // Only record_device_fence reads or writes it: its caller holds the fence queue's driver lock.
   std::vector<StreamFence> stream_fences_;
+  // GPUSHIM_STATS (counts()): relaxed, a driver call's company.
+  std::atomic<std::uint64_t> recorded_{0}, shared_{0}, queried_{0};
 };
 
 }  // namespace gpushim

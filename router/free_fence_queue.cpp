@@ -31,6 +31,7 @@ constexpr auto kWaitingPollYieldFor = std::chrono::microseconds(200);
 
 bool FreeFenceQueue::try_record(ClosedBatch& batch) noexcept {
   batch.recorded = events_.record_device_fence(batch.context, &batch.fence) == FenceEvents::Record::recorded;
+  if (batch.recorded) batch.recorded_at = Clock::now();
   return batch.recorded;
 }
 
@@ -93,6 +94,7 @@ void FreeFenceQueue::close_stream_batch(std::vector<FreedBlock> blocks, FenceCon
   // active-stream walk: cheap enough to pay in the close. Postponed (a capture), it waits for a device
   // fence like any other batch.
   batch->recorded = events_.record_stream_fence(context, stream, &batch->fence) == FenceEvents::Record::recorded;
+  if (batch->recorded) batch->recorded_at = Clock::now();
   enqueue(std::move(batch));
   poll();
 }
@@ -224,6 +226,7 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
     complete[i] = events_.query(asked[i]->fence) == FenceEvents::Status::complete;
     if (!complete[i]) ++pending_answers;
   }
+  count_completed(asked, complete, count);
   std::lock_guard<AdaptiveMutex> guard(lock_);
   move_out_if(
       [&](const ClosedBatch& batch) {
@@ -233,7 +236,29 @@ void FreeFenceQueue::take_completed(Batches& done) noexcept {
       done);
 }
 
-std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
+void FreeFenceQueue::count_completed(ClosedBatch* const* asked, const bool* complete, std::size_t count) noexcept {
+  // The driver-lock holder's: no other thread changes a queued batch meanwhile (record_waiting merges,
+  // and take_device_batches takes, only under the driver lock). One clock read a poll that found any.
+  Clock::time_point now{};
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!complete[i]) continue;
+    if (now == Clock::time_point{}) now = Clock::now();
+    const ClosedBatch& batch = *asked[i];
+    std::size_t blocks = 0;
+    for_each_part(batch, [&](const std::vector<FreedBlock>& part) { blocks += part.size(); });
+    // closed_at is enqueue's, taken before a stream batch's record is: a stream batch counts 0 there.
+    const auto since = [](Clock::time_point from, Clock::time_point to) {
+      return to > from ? static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count())
+                       : std::uint64_t{0};
+    };
+    completed_fences_.fetch_add(1, std::memory_order_relaxed);
+    completed_blocks_.fetch_add(blocks, std::memory_order_relaxed);
+    close_to_record_ns_.fetch_add(since(batch.closed_at, batch.recorded_at), std::memory_order_relaxed);
+    record_to_complete_ns_.fetch_add(since(batch.recorded_at, now), std::memory_order_relaxed);
+  }
+}
+
+std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners, std::uint64_t* blocks_out) noexcept {
   // In a round of the poller's own blocks, the small ones go to the backend through the poller
   // (BlockOwners says why); a round of small blocks only skips the owners altogether. (The largest
   // block is found here so that such a round makes no return_to_owners call: without this pass, a
@@ -248,6 +273,7 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners) noexcept {
     if (!batch) continue;
     for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) {
       if (to_owners && owners_) others_in_round = others_in_round || !owners_->freed_by_caller(blocks);
+      if (blocks_out) *blocks_out += blocks.size();
       for (const FreedBlock& block : blocks) {
         bytes += block.bytes;
         largest = std::max(largest, block.bytes);
@@ -384,12 +410,27 @@ FreeFenceQueue::Taken FreeFenceQueue::take_device_batches(std::vector<std::vecto
 std::size_t FreeFenceQueue::give_back_taken(Taken taken) noexcept {
   // Outside the locks, as poll(): the events go back to their pool, the blocks to their owners or the
   // backend.
-  return give_back(taken.batches, true);
+  std::uint64_t blocks = 0;
+  const std::size_t bytes = give_back(taken.batches, true, &blocks);
+  unfenced_blocks_.fetch_add(blocks, std::memory_order_relaxed);
+  return bytes;
 }
 
 std::uint64_t FreeFenceQueue::pending_bytes() const noexcept {
   std::lock_guard<AdaptiveMutex> guard(lock_);
   return pending_bytes_;
+}
+
+FenceTimes FreeFenceQueue::times() const noexcept {
+  FenceTimes times;
+  times.fences = completed_fences_.load(std::memory_order_relaxed);
+  times.blocks = completed_blocks_.load(std::memory_order_relaxed);
+  times.close_to_record_ns = close_to_record_ns_.load(std::memory_order_relaxed);
+  times.record_to_complete_ns = record_to_complete_ns_.load(std::memory_order_relaxed);
+  times.unfenced_blocks = unfenced_blocks_.load(std::memory_order_relaxed);
+  times.driver_polls = polls_.load(std::memory_order_relaxed);
+  times.events = events_.counts();
+  return times;
 }
 
 std::uint64_t FreeFenceQueue::peak_pending_bytes() const noexcept {

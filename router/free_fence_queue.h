@@ -108,6 +108,14 @@ struct Fence {
   std::size_t complete_events = 0;
 };
 
+// What a FenceEvents implementation asked the driver, for GPUSHIM_STATS: events recorded, fences' events
+// that reused a stream's newest event instead, and event queries.
+struct FenceEventCounts {
+  std::uint64_t recorded = 0;
+  std::uint64_t shared = 0;
+  std::uint64_t queried = 0;
+};
+
 class FenceEvents {
  public:
   enum class Record { recorded, postponed };  // postponed: a capture is active, try again later
@@ -128,6 +136,20 @@ class FenceEvents {
   // driver-backed backend frees with cuMemFree or cuMemFreeAsync on the legacy stream): completed
   // batches then wait for the next poll.
   virtual bool may_give_back() noexcept { return true; }
+  virtual FenceEventCounts counts() const noexcept { return {}; }
+};
+
+// How long the fences' blocks waited and what the fences cost, for GPUSHIM_STATS (the "fences" line):
+// where a freed block spends its time between the free and its return, which bounds how many blocks
+// many threads with a stream each keep in flight (docs/perf-notes.md, thirty-seventh session).
+struct FenceTimes {
+  std::uint64_t fences = 0;                  // recorded fences found complete, their blocks given back
+  std::uint64_t blocks = 0;                  // the blocks those fences held
+  std::uint64_t close_to_record_ns = 0;      // summed over them: from the oldest batch's close to the record
+  std::uint64_t record_to_complete_ns = 0;   // summed: from the record to the poll that found it complete
+  std::uint64_t unfenced_blocks = 0;         // given back without a fence: the work turned ordered
+  std::uint64_t driver_polls = 0;            // polls that recorded or queried
+  FenceEventCounts events;
 };
 
 // The frees of one thread for one device that have no fence yet.
@@ -244,6 +266,7 @@ class FreeFenceQueue {
   std::size_t give_back_taken(Taken taken) noexcept;
 
   std::uint64_t pending_bytes() const noexcept;
+  FenceTimes times() const noexcept;
   // False while a stream capture keeps completed batches from going back (FenceEvents::may_give_back).
   bool can_give_back() noexcept { return events_.may_give_back(); }
   // The most bytes that waited here at once (closed batches and orphans; open batches are per thread).
@@ -275,6 +298,7 @@ class FreeFenceQueue {
     // thread reads them, and only that holder removes a batch from the queue, so the batch outlives the
     // write. (A stream batch's closing thread records it before it is queued.)
     bool recorded = false;
+    Clock::time_point recorded_at{};
     Fence fence;
   };
   using Batches = std::vector<std::unique_ptr<ClosedBatch>>;
@@ -311,7 +335,10 @@ class FreeFenceQueue {
   bool try_record(ClosedBatch& batch) noexcept;
   // `to_owners`: completed blocks go to their owners first (BlockOwners); an allocation in need gives
   // everything to the backend, where it looks next.
-  std::size_t give_back(Batches& done, bool to_owners) noexcept;
+  // `blocks`: set to the number of blocks given back.
+  std::size_t give_back(Batches& done, bool to_owners, std::uint64_t* blocks = nullptr) noexcept;
+  // FenceTimes' sums for the completed batches among `asked` (`complete[i]`), found complete `now`.
+  void count_completed(ClosedBatch* const* asked, const bool* complete, std::size_t count) noexcept;
   // Moves the queued batches `take` picks into `out`, in queue order, and counts them out of
   // pending_bytes_. lock_ held.
   template <typename Predicate>
@@ -325,6 +352,10 @@ class FreeFenceQueue {
   const std::chrono::nanoseconds record_after_;
   std::mutex driver_lock_;   // taken before lock_, never the other way
   std::atomic<std::uint64_t> polls_{0};  // polls that asked the driver (written under driver_lock_)
+  // FenceTimes (written by the driver-lock holder, or by give_back_taken for unfenced_blocks_).
+  std::atomic<std::uint64_t> completed_fences_{0}, completed_blocks_{0};
+  std::atomic<std::uint64_t> close_to_record_ns_{0}, record_to_complete_ns_{0};
+  std::atomic<std::uint64_t> unfenced_blocks_{0};
   mutable AdaptiveMutex lock_;  // the queue and the counters; never held across a driver call
   std::deque<std::unique_ptr<ClosedBatch>> queue_;  // in close order (a merge keeps the oldest's place)
   std::vector<FreedBlock> orphans_;

@@ -130,6 +130,29 @@ TEST_F(FreeFenceQueueTest, BlocksReturnOnlyAfterEveryEventCompletes) {
   EXPECT_EQ(events.released, 3u);  // events back to the pool
 }
 
+// GPUSHIM_STATS' "fences" line (FenceTimes): a fence counts once it is found complete, with its blocks
+// and its waits; blocks that go back because the work turned ordered count apart, unfenced.
+TEST_F(FreeFenceQueueTest, TimesCountCompletedFencesTheirBlocksAndTheUnfencedOnes) {
+  queue.close_device_batch(blocks(1, 4), nullptr);
+  queue.close_device_batch(blocks(10, 2), nullptr);
+  FenceTimes times = queue.times();
+  EXPECT_EQ(times.fences, 0u) << "recorded, not complete";
+  EXPECT_GE(times.driver_polls, 2u);
+  std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  events.complete = {1};
+  queue.poll();
+  times = queue.times();
+  EXPECT_EQ(times.fences, 1u);
+  EXPECT_EQ(times.blocks, 4u);
+  EXPECT_GE(times.record_to_complete_ns, 2'000'000u) << "the fence was found complete 2 ms after its record";
+  EXPECT_LT(times.close_to_record_ns, times.record_to_complete_ns) << "recorded at its close";
+  EXPECT_EQ(times.unfenced_blocks, 0u);
+  EXPECT_EQ(give_back_device_batches(queue, {blocks(20, 3)}), 5u * 256) << "the queued batch and the open one";
+  times = queue.times();
+  EXPECT_EQ(times.fences, 1u);
+  EXPECT_EQ(times.unfenced_blocks, 5u);
+}
+
 TEST_F(FreeFenceQueueTest, BatchesCompleteIndependently) {
   queue.close_device_batch(blocks(1, 2), nullptr);  // event 1
   queue.close_device_batch(blocks(10, 2), nullptr); // event 2

@@ -67,6 +67,39 @@ TEST(StatsTable, AllocationsAtThePeakGetTheirOwnLine) {
             "ms in all");
 }
 
+// Where fenced blocks waited, and what their fences asked the driver: a line for a device whose fences
+// completed or whose blocks went back unfenced; none for a device with neither.
+TEST(StatsTable, FencesGetTheirOwnLine) {
+  StatsRow row;
+  row.device = 0;
+  row.backend = "tiered";
+  row.allocs = row.frees = 1000;
+  row.fences_completed = 4;
+  row.fenced_blocks_completed = 100;
+  row.fence_close_to_record_ns = 40'000;
+  row.fence_record_to_complete_ns = 1'000'000;
+  row.fence_events_recorded = 7;
+  row.fence_events_shared = 9;
+  row.fence_queries = 12;
+  row.fence_polls = 30;
+  row.unfenced_blocks = 500;
+  StatsRow none = row;
+  none.device = 1;
+  none.fences_completed = none.unfenced_blocks = 0;
+  auto lines = format_stats_table({row, none});
+  ASSERT_EQ(lines.size(), 4u);
+  EXPECT_EQ(lines[3],
+            "device 0 fences: 4 found complete, 100 blocks (25.0 a fence); close to record 10.0 us, record to "
+            "found complete 250.0 us (means); events 7 recorded, 9 shared, 12 queries in 30 polls; 500 blocks "
+            "went back unfenced when the work turned ordered");
+  // Blocks that only went back unfenced: the line, with no fence to divide by.
+  row.fences_completed = row.fenced_blocks_completed = 0;
+  row.fence_close_to_record_ns = row.fence_record_to_complete_ns = 0;
+  lines = format_stats_table({row});
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_NE(lines[2].find("0 found complete, 0 blocks (0.0 a fence)"), std::string::npos) << lines[2];
+}
+
 // The provider's maps and unmaps, with the time the driver took: only for a device whose provider was
 // counted (GPUSHIM_STATS over a provider backend) and that mapped, gave back or was refused anything.
 TEST(StatsTable, MappingLineFollowsWhereTheProviderWasCalled) {
