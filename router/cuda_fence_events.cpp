@@ -102,6 +102,7 @@ bool CudaFenceEvents::fence_active_stream(const router::ActiveStream& active, vo
 }
 
 bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* out) noexcept {
+  answers_.visit(active.serial);
   StreamFence* newest = nullptr;
   for (StreamFence& f : stream_fences_) {
     if (f.serial != active.serial) continue;
@@ -112,7 +113,8 @@ bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* ou
   if (newest && newest->word == active.word) {
     // Nothing queued on the stream since that record: the event still covers all of its work.
     try {
-      out->events.push_back({active.context, reinterpret_cast<std::uintptr_t>(newest->event), true});
+      out->events.push_back(
+          {active.context, reinterpret_cast<std::uintptr_t>(newest->event), true, active.serial, newest->sequence});
     } catch (...) {
       return false;
     }
@@ -126,10 +128,12 @@ bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* ou
     return true;
   }
   if (!record_on(active.context, active.stream, out)) return false;
-  // A submission in flight (begun before the word was read) may be queued after this record: the event
-  // is this fence's alone.
-  if ((active.word & router::kInFlightMask) != 0) return true;
   FenceEvent& recorded = out->events.back();
+  recorded.stream_serial = active.serial;
+  recorded.sequence = ++next_sequence_;
+  // A submission in flight (begun before the word was read) may be queued after this record: the event
+  // is this fence's alone (what it covers is uncertain, not where it stands in the stream's order).
+  if ((active.word & router::kInFlightMask) != 0) return true;
   CUevent event = reinterpret_cast<CUevent>(recorded.event);
   std::lock_guard<std::mutex> guard(pool_lock_);
   try {
@@ -139,10 +143,10 @@ bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* ou
   }
   if (newest) {
     drop_reference(newest->event);
-    *newest = {active.serial, event, active.word, true};
+    *newest = {active.serial, event, active.word, true, recorded.sequence};
   } else {
     try {
-      stream_fences_.push_back({active.serial, event, active.word, true});
+      stream_fences_.push_back({active.serial, event, active.word, true, recorded.sequence});
     } catch (...) {
       shared_events_.pop_back();
       return true;
@@ -153,6 +157,7 @@ bool CudaFenceEvents::fence_stream(const router::ActiveStream& active, Fence* ou
 }
 
 void CudaFenceEvents::forget_unvisited_streams() noexcept {
+  answers_.forget_unvisited();
   std::lock_guard<std::mutex> guard(pool_lock_);
   for (std::size_t i = stream_fences_.size(); i-- > 0;) {
     if (stream_fences_[i].visited) continue;
@@ -186,6 +191,7 @@ FenceEvents::Record CudaFenceEvents::record_device_fence(FenceContext batch_cont
   if (settings().free_fence != Settings::FreeFence::always) {
     // Lock order: the fence queue's driver lock (held by our caller), then the activity lock.
     for (StreamFence& f : stream_fences_) f.visited = false;
+    answers_.begin_walk();
     ActiveStreamsFence fence{*this, context, out};
     const router::ActiveStreamWalk walk = router::visit_active_streams(&fence_active_stream, &fence);
     // A stream not active now has to queue work before it is again, which changes its word.
@@ -255,12 +261,16 @@ FenceEvents::Record CudaFenceEvents::record_stream_fence(FenceContext batch_cont
 FenceEvents::Status CudaFenceEvents::query(Fence& fence) noexcept {
   if (fence.events.empty()) return Status::pending;  // never recorded: cannot prove anything
   for (; fence.complete_events < fence.events.size(); ++fence.complete_events) {
+    const FenceEvent& e = fence.events[fence.complete_events];
+    // A newer event of the same stream was found complete: so is this one (the caller holds the fence
+    // queue's driver lock, as for every query).
+    if (answers_.known_complete(e.stream_serial, e.sequence)) continue;
     // cuEventQuery needs no particular current context. Errors other than NOT_READY (a destroyed
     // context, a sticky launch failure) mean no more work will run on the block: complete.
-    const FenceEvent& e = fence.events[fence.complete_events];
     queried_.fetch_add(1, std::memory_order_relaxed);
     if (real_driver().cuEventQuery(reinterpret_cast<CUevent>(e.event)) == CUDA_ERROR_NOT_READY)
       return Status::pending;
+    answers_.found_complete(e.stream_serial, e.sequence);
   }
   return Status::complete;
 }
@@ -302,6 +312,7 @@ void CudaFenceEvents::reset_after_fork() noexcept {
   free_events_.clear();
   shared_events_.clear();
   stream_fences_.clear();
+  answers_.clear();
   default_context_.store(nullptr);
 }
 

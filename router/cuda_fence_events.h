@@ -14,6 +14,9 @@
 // 16 streams for nearly every free; most streams queued nothing since the last fence, so a fence now
 // records only on the streams that did.
 //
+// Answers are shared too (router/stream_answers.h): a query that finds a stream's event complete
+// answers for every event recorded there before it, in any fence.
+//
 // Otherwise (no stream active, work on a per-thread default stream, a destroyed stream still counted,
 // GPUSHIM_FREE_FENCE=always) the fence is device-wide: an event on CU_STREAM_LEGACY and on every live
 // non-blocking stream of the device. The legacy default stream waits for all earlier work of every
@@ -30,6 +33,7 @@
 #include <cuda.h>
 
 #include "router/free_fence_queue.h"
+#include "router/stream_answers.h"
 
 namespace gpushim {
 namespace router {
@@ -73,6 +77,7 @@ class CudaFenceEvents final : public FenceEvents {
     CUevent event;         // holds one reference
     std::uint64_t word;
     bool visited;          // in the current walk; the others are dropped after it
+    std::uint64_t sequence;  // the event's place in the record order (FenceEvent::sequence)
   };
   struct SharedEvent {
     CUevent event;
@@ -99,8 +104,13 @@ class CudaFenceEvents final : public FenceEvents {
   std::mutex pool_lock_;
   std::vector<FenceEvent> free_events_;  // events are context-bound: each remembers its context
   std::vector<SharedEvent> shared_events_;  // pool_lock_ held
-  // Only record_device_fence reads or writes it: its caller holds the fence queue's driver lock.
+  // Only record_device_fence and query read or write these: their caller holds the fence queue's driver
+  // lock (only its holder records device fences and queries).
   std::vector<StreamFence> stream_fences_;
+  // Kept apart from stream_fences_: an event recorded while a submission was in flight is not shared,
+  // but its answer is.
+  StreamAnswers answers_;
+  std::uint64_t next_sequence_ = 0;
   // GPUSHIM_STATS (counts()): relaxed, a driver call's company.
   std::atomic<std::uint64_t> recorded_{0}, shared_{0}, queried_{0};
 };

@@ -100,6 +100,11 @@ struct FenceEvent {
   FenceContext context = nullptr;
   std::uintptr_t event = 0;  // a CUevent
   bool shared = false;       // also in other fences: release() drops a reference (router/cuda_fence_events.h)
+  // The stream registration the event was recorded on and the record's place among the records of the
+  // implementation (0, 0: not known). Events on one stream complete in the order they were recorded, so
+  // a query that finds one complete answers for every older one there (router/cuda_fence_events.h).
+  std::uint64_t stream_serial = 0;
+  std::uint64_t sequence = 0;
 };
 struct Fence {
   std::vector<FenceEvent> events;

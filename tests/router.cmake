@@ -1,7 +1,7 @@
 # Router logic that needs no driver: tests/router_*.cpp against gpushim_router_core.
 if(TARGET gpushim_router_core)
   foreach(name live_block_table free_fence_queue pitch memory_report access_grants fault_injection oom_dump_state
-               spin_lock live_blocks peak_growth)
+               spin_lock live_blocks peak_growth stream_answers)
     add_executable(router_${name}_test ${CMAKE_CURRENT_SOURCE_DIR}/router_${name}_test.cpp)
     target_link_libraries(router_${name}_test PRIVATE gpushim_router_core GTest::gtest_main)
     gtest_discover_tests(router_${name}_test DISCOVERY_MODE PRE_TEST)
