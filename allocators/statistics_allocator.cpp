@@ -53,6 +53,13 @@ void StatisticsAllocator::deallocate(void* p, std::size_t bytes, StreamHandle st
   account_in_use(this_thread_shard(), -static_cast<std::int64_t>(bytes));
 }
 
+void StatisticsAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+  std::int64_t bytes = 0;  // summed first: the layers under this one may overwrite `blocks`
+  for (std::size_t i = 0; i < count; ++i) bytes += static_cast<std::int64_t>(blocks[i].bytes);
+  inner_->deallocate_batch(blocks, count);
+  account_in_use(this_thread_shard(), -bytes);
+}
+
 AllocatorStats StatisticsAllocator::stats() const noexcept {
   AllocatorStats s = inner_->stats();  // calls, failures and memory fields
   std::int64_t in_use = folded_in_use_.load(std::memory_order_relaxed);

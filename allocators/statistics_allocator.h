@@ -30,6 +30,7 @@ class StatisticsAllocator final : public Allocator {
   const char* name() const noexcept override { return inner_->name(); }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;
   void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override;
   std::size_t release_cached() noexcept override { return inner_->release_cached(); }
   void release_idle() noexcept override { inner_->release_idle(); }

@@ -339,6 +339,39 @@ void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle s
   inner_->deallocate(p, block, stream);  // full: the backend takes it (the cached ones stay the hot ones)
 }
 
+void ThreadCacheAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+  ThreadCache* cache = this_thread_cache();
+  std::size_t passed = 0;  // blocks[0, passed): for the backend, small ones at their class size
+  for (std::size_t i = 0; i < count; ++i) {
+    const BlockToFree b = blocks[i];
+    if (b.bytes > kMaxCachedBytes) {
+      blocks[passed++] = b;
+      continue;
+    }
+    const std::size_t c = class_index(b.bytes);
+    const std::size_t block = class_size(c);
+    if (!cache) {
+      untracked_rounding_.fetch_sub(block - b.bytes, std::memory_order_relaxed);
+      blocks[passed++] = {b.p, block, b.stream};
+      continue;
+    }
+    cache->lock.owner_lock();
+    ThreadCache::drop(cache->rounding, block - b.bytes);
+    const std::uint32_t n = cache->count[c];
+    const bool kept =
+        n < capacity_[c] && cache->cached_bytes.load(std::memory_order_relaxed) + block <= kMaxBytesPerThread;
+    if (kept) {
+      cache->slots[first_slot_[c] + n] = b.p;
+      cache->count[c] = n + 1;
+      ThreadCache::bump(cache->cached_bytes, block);
+      ThreadCache::bump(cache->deallocate_hits, 1);
+    }
+    cache->lock.owner_unlock();
+    if (!kept) blocks[passed++] = {b.p, block, b.stream};
+  }
+  inner_->deallocate_batch(blocks, passed);
+}
+
 // Large blocks: a hit is a block of exactly the requested size in this thread's slots. A miss gives the
 // thread's own slots back first, so the backend sees this thread's frees before its next request, in
 // the program's order (on a KV cache grown by torch.cat, each request is a bit larger than the block

@@ -48,6 +48,13 @@ void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream
     large_->deallocate(p, bytes, stream);
 }
 
+void TieredAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+  BlockToFree* const large = std::partition(blocks, blocks + count,
+                                            [this](const BlockToFree& b) { return b.bytes <= split_bytes_; });
+  for (BlockToFree* b = blocks; b != large; ++b) small_->deallocate(b->p, b->bytes, b->stream);
+  large_->deallocate_batch(large, static_cast<std::size_t>(blocks + count - large));
+}
+
 bool TieredAllocator::release_due_with(std::uint64_t held_in_front) noexcept {
   return large_->release_due_with(held_in_front + (arena_slabs_ ? arena_slabs_->free_bytes_kept() : 0));
 }

@@ -45,6 +45,8 @@ class TieredAllocator final : public Allocator {
     return large_->lock_wait_counter();
   }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  // The small blocks one by one to the slab, the large ones in one batch to the arena.
+  void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;
   std::size_t release_cached() noexcept override;
   // The arena's delay; the slabs give their empty slabs back by their own rule (slab_allocator.h).
   void release_idle() noexcept override { large_->release_idle(); }

@@ -500,8 +500,7 @@ inline bool VmmArena::release_may_be_due() const noexcept {
   return cached > prompt_release_above_ || idle_window_passed(monotonic_ns());
 }
 
-void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
-  const CountingLock lock(*this);
+__attribute__((always_inline)) inline void VmmArena::deallocate_locked(void* p) noexcept {
   if (!buckets_) return;
   const auto start = reinterpret_cast<std::uintptr_t>(p);
   Range* r = just_carved_;
@@ -525,6 +524,17 @@ void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   if (cached_bytes() <= release_threshold_) return;
   if (cached_bytes() > prompt_release_above_ && r->size >= granularity_) release_chunks_inside(r, prompt_release_above_);
   if (release_delay_ns_ != 0) release_idle_memory();
+}
+
+void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
+  const CountingLock lock(*this);
+  deallocate_locked(p);
+}
+
+void VmmArena::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+  if (count == 0) return;
+  const CountingLock lock(*this);
+  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p);
 }
 
 inline void VmmArena::count_freed(Range* r) noexcept {

@@ -127,6 +127,7 @@ class VmmArena final : public Allocator {
   const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &totals_->lock_waits; }
   std::uint64_t lock_waits() const noexcept { return totals_->lock_waits.load(std::memory_order_relaxed); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;  // one lock for all
   std::size_t release_cached() noexcept override;
   void release_idle() noexcept override;
   // Counts `held_in_front` as idle with what the arena caches, at most once a delay (held_taken_ns_).
@@ -157,6 +158,8 @@ class VmmArena final : public Allocator {
   // Under mutex_: the counters of a block handed out (it becomes just_carved_) or freed.
   void count_carved(Range* r, std::size_t bytes) noexcept;
   void count_freed(Range* r) noexcept;
+  // Under mutex_: deallocate()'s work on one block (deallocate_batch's on each).
+  void deallocate_locked(void* p) noexcept;
   // Without mutex_: maps memory for `bytes` and allocates from it (vmm_arena.cpp says why outside it).
   void* allocate_growing(std::size_t bytes) noexcept;
   // Node pool.

@@ -23,6 +23,10 @@ constexpr int kRecordRounds = 2;
 constexpr std::size_t kMaxFencesPerRound = 16;
 // Parts of a batch (itself and the batches merged into it) handed to the owners in one call.
 constexpr std::size_t kPartsPerOwnersCall = 32;
+// Blocks a give-back hands the backend in one call: one hold of the arena's lock frees at most this
+// many (each a merge and a hash removal, well under a microsecond), so the allocations queued behind it
+// wait microseconds, not the whole give-back.
+constexpr std::size_t kBlocksPerBackendCall = 32;
 // How long a waiting poll (an allocation at the peak or in need) yields while another thread polls
 // before it sleeps on the lock: a poll records and asks a few fences, tens of microseconds.
 constexpr auto kWaitingPollYieldFor = std::chrono::microseconds(200);
@@ -284,6 +288,10 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners, std::uint64
     if (!others_in_round) own_kept_bytes = own_kept_bytes_;
     to_owners = others_in_round || largest > own_kept_bytes_;
   }
+  // What the owners did not take goes to the backend kBlocksPerBackendCall at a time (one arena lock
+  // each, Allocator::deallocate_batch), in the order it was freed.
+  BlockToFree chunk[kBlocksPerBackendCall];  // no allocation: every poll may run this
+  std::size_t in_chunk = 0;
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;
     events_.release(batch->fence);
@@ -299,9 +307,15 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners, std::uint64
       if (count > 0) owners_->return_to_owners(parts, count, own_kept_bytes);
     }
     for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) {
-      for (const FreedBlock& block : blocks) backend_.deallocate(block.ptr, block.bytes, block.stream);
+      for (const FreedBlock& block : blocks) {
+        chunk[in_chunk++] = {block.ptr, block.bytes, block.stream};
+        if (in_chunk < kBlocksPerBackendCall) continue;
+        backend_.deallocate_batch(chunk, in_chunk);
+        in_chunk = 0;
+      }
     });
   }
+  if (in_chunk > 0) backend_.deallocate_batch(chunk, in_chunk);
   return bytes;
 }
 

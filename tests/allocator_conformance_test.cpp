@@ -147,6 +147,29 @@ TEST_P(AllocatorConformance, StatsAddUp) {
   EXPECT_EQ(backend_->stats().bytes_reserved, 0u);
 }
 
+// deallocate_batch (the fence queue's give-backs) frees exactly what deallocate() one by one would: the
+// counters, the merged free memory, and all of it back at release_cached().
+TEST_P(AllocatorConformance, ABatchFreesWhatItsBlocksFreedOneByOneWould) {
+  std::vector<BlockToFree> blocks;
+  for (int round = 0; round < 3; ++round)
+    for (std::size_t bytes : {100ul, 256ul, 5000ul, 70000ul, 300000ul, MiB, 3 * MiB + 5}) {
+      void* p = backend_->allocate(bytes, 0);
+      ASSERT_NE(p, nullptr);
+      blocks.push_back({p, bytes, 0});
+    }
+  const std::size_t count = blocks.size();
+  backend_->deallocate_batch(blocks.data(), count);
+  AllocatorStats s = backend_->stats();
+  EXPECT_EQ(s.deallocations, count);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.internal_waste, 0u);
+  EXPECT_EQ(s.bytes_cached, s.bytes_reserved);
+  backend_->deallocate_batch(nullptr, 0);  // nothing to free: nothing happens
+  EXPECT_EQ(backend_->stats().deallocations, count);
+  backend_->release_cached();
+  EXPECT_EQ(provider_.bytes_mapped(), 0u) << "every block of the batch went back";
+}
+
 TEST_P(AllocatorConformance, OutOfMemoryReturnsNullThenRecoversAfterFrees) {
   std::vector<void*> blocks;
   void* p;

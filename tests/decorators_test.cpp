@@ -55,6 +55,23 @@ TEST(StatisticsAllocator, KeepsBytesInUseAndPeakAndPassesTheInnerCountsAndMemory
   EXPECT_EQ(stats.stats().peak_bytes_reserved, MiB);
 }
 
+// A batch counts out its blocks' requested bytes, though the layers under it may overwrite the array
+// (the thread cache rewrites a small block's size to its class).
+TEST(StatisticsAllocator, ABatchCountsOutTheBytesItsBlocksWereAskedFor) {
+  HostProvider provider(64 * KiB, 4 * MiB);
+  StatisticsAllocator stats(small_arena(provider));
+  BlockToFree blocks[3] = {{stats.allocate(1000, 0), 1000, 0}, {stats.allocate(3000, 0), 3000, 0},
+                           {stats.allocate(500, 0), 500, 0}};
+  void* kept = stats.allocate(700, 0);
+  ASSERT_NE(kept, nullptr);
+  EXPECT_EQ(stats.stats().bytes_in_use, 5200u);
+  stats.deallocate_batch(blocks, 3);
+  EXPECT_EQ(stats.stats().bytes_in_use, 700u);
+  EXPECT_EQ(stats.stats().deallocations, 3u);
+  stats.deallocate(kept, 700, 0);
+  EXPECT_EQ(stats.stats().bytes_in_use, 0u);
+}
+
 TEST(StatisticsAllocator, BytesInUseStayExactUnderManyThreads) {
   HostProvider provider(64 * KiB);
   StatisticsAllocator stats(small_arena(provider));

@@ -18,11 +18,16 @@ class RecordingBackend final : public Allocator {
     returned_bytes += bytes;
     last_stream = stream;
   }
+  void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override {
+    ++batch_calls;
+    for (std::size_t i = 0; i < count; ++i) deallocate(blocks[i].p, blocks[i].bytes, blocks[i].stream);
+  }
   std::size_t release_cached() noexcept override { return 0; }
   AllocatorStats stats() const noexcept override { return {}; }
   std::set<void*> returned;
   std::size_t returned_bytes = 0;
   StreamHandle last_stream = 0;
+  int batch_calls = 0;  // deallocate_batch calls (each also counted block by block above)
 };
 
 }  // namespace gpushim::testing

@@ -153,6 +153,17 @@ TEST_F(FreeFenceQueueTest, TimesCountCompletedFencesTheirBlocksAndTheUnfencedOne
   EXPECT_EQ(times.unfenced_blocks, 5u);
 }
 
+// A give-back hands the backend its blocks in batches (Allocator::deallocate_batch: one arena lock for
+// many), not one call per block: 100 blocks of two fences in one poll are four calls of at most 32.
+TEST_F(FreeFenceQueueTest, AGiveBackReachesTheBackendInBatches) {
+  queue.close_device_batch(blocks(1, 60), nullptr);
+  queue.close_device_batch(blocks(100, 40), nullptr);
+  events.complete = {1, 2};
+  EXPECT_EQ(queue.poll(), 100u * 256);
+  EXPECT_EQ(backend.returned.size(), 100u);
+  EXPECT_EQ(backend.batch_calls, 4);
+}
+
 TEST_F(FreeFenceQueueTest, BatchesCompleteIndependently) {
   queue.close_device_batch(blocks(1, 2), nullptr);  // event 1
   queue.close_device_batch(blocks(10, 2), nullptr); // event 2

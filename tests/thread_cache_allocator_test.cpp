@@ -115,6 +115,45 @@ TEST_F(ThreadCacheTest, AThreadKeepsAtMostItsBoundAndTheRestGoesToTheBackend) {
   EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
 }
 
+// A batch of blocks handed back together (the fence queue's give-back, Allocator::deallocate_batch):
+// the small ones fill the calling thread's cache as one-by-one frees would, and everything it does not
+// keep, large blocks included, reaches the backend in one batch call, never the caller's large slots.
+TEST(ThreadCacheBatch, KeepsWhatTheCacheHoldsAndPassesTheRestInOneCall) {
+  struct CountingArena : testing::ForwardingAllocator {
+    using ForwardingAllocator::ForwardingAllocator;
+    const char* name() const noexcept override { return "vmm"; }
+    void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override {
+      ++batch_calls;
+      batch_blocks += count;
+      inner().deallocate_batch(blocks, count);
+    }
+    int batch_calls = 0;
+    std::size_t batch_blocks = 0;
+  };
+  HostProvider provider{HostProvider::kDefaultGranularity, 256 * MiB};
+  auto arena = std::make_unique<CountingArena>(
+      std::make_unique<VmmArena>(provider, arena_options(512 * MiB, /*keep_nothing_idle=*/true)));
+  CountingArena& counted = *arena;
+  ThreadCacheAllocator cache(std::move(arena), ThreadCacheAllocator::LargeSlots::always);
+  std::vector<BlockToFree> blocks;
+  constexpr int kSmall = 40, kLarge = 6;
+  for (int i = 0; i < kSmall; ++i) blocks.push_back({cache.allocate(256 * KiB - 100, 0), 256 * KiB - 100, 0});
+  for (int i = 0; i < kLarge; ++i) blocks.push_back({cache.allocate(3 * MiB, 0), 3 * MiB, 0});
+  const AllocatorStats before = cache.inner().stats();
+  cache.deallocate_batch(blocks.data(), blocks.size());
+  const std::size_t per_class = ThreadCacheAllocator::kClassBytes / (256 * KiB);
+  EXPECT_EQ(cache.cached_blocks(), per_class) << "the cache keeps what a free one by one would";
+  EXPECT_EQ(cache.cached_large_blocks(), 0u) << "another thread's large blocks are not parked";
+  EXPECT_EQ(counted.batch_calls, 1);
+  EXPECT_EQ(counted.batch_blocks, kSmall - per_class + kLarge);
+  const AllocatorStats after = cache.stats();
+  EXPECT_EQ(after.bytes_in_use, 0u);
+  EXPECT_EQ(after.internal_waste, 0u) << "the classes' rounding is dropped as by deallocate()";
+  EXPECT_EQ(cache.inner().stats().deallocations, before.deallocations + kSmall - per_class + kLarge);
+  EXPECT_EQ(cache.inner().stats().bytes_in_use, per_class * (256 * KiB)) << "the cached ones, at their class size";
+  cache.release_cached();
+}
+
 // The out-of-memory path: release_cached() on one thread gets back what other, idle threads cache, in
 // their classes and their large slots.
 TEST_F(ThreadCacheTest, ReleaseCachedFromAnotherThreadEmptiesEveryThreadsCache) {
