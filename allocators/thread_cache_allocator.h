@@ -113,11 +113,12 @@ class ThreadCacheAllocator final : public Allocator {
   const char* name() const noexcept override { return inner_->name(); }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
-  // Another thread's blocks, handed back together (the fence queue's give-backs): the small ones join
-  // the calling thread's cache as deallocate() would have them, and what it does not keep goes to the
-  // backend in one batch, the large ones included. Those skip the caller's large slots: parked there
-  // they were its blocks to hit by exact size, which another thread's are not, and each one that came
-  // in pushed the oldest out to the arena's lock, one call each.
+  // Blocks handed back together, mostly other threads' (the fence queue's give-backs): the small ones
+  // join the calling thread's cache as deallocate() would have them, and what it does not keep goes to
+  // the backend in one batch, the large ones included. Those skip the caller's large slots: the slots
+  // keep a thread's own frees for its next request of their exact size (its own large blocks reach a
+  // give-back's backend part only past its returned list's room, or under memory pressure), and each
+  // block parked there pushed the oldest out to the arena's lock, one call each.
   void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;
   void* allocate_spilled(std::size_t bytes, StreamHandle stream) noexcept override {
     return inner_->allocate_spilled(bytes, stream);

@@ -340,8 +340,8 @@ class FreeFenceQueue {
   bool try_record(ClosedBatch& batch) noexcept;
   // `to_owners`: completed blocks go to their owners first (BlockOwners); an allocation in need gives
   // everything to the backend, where it looks next.
-  // `blocks`: set to the number of blocks given back.
-  std::size_t give_back(Batches& done, bool to_owners, std::uint64_t* blocks = nullptr) noexcept;
+  // `blocks_out`: the number of blocks given back is added to it.
+  std::size_t give_back(Batches& done, bool to_owners, std::uint64_t* blocks_out = nullptr) noexcept;
   // FenceTimes' sums for the completed batches among `asked` (`complete[i]`), found complete `now`.
   void count_completed(ClosedBatch* const* asked, const bool* complete, std::size_t count) noexcept;
   // Moves the queued batches `take` picks into `out`, in queue order, and counts them out of
