@@ -315,28 +315,35 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
   return p;
 }
 
-void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
-  if (bytes > kMaxCachedBytes) return deallocate_large(p, bytes, stream);
+__attribute__((always_inline)) inline bool ThreadCacheAllocator::keep_small(ThreadCache* cache, void* p,
+                                                                           std::size_t bytes,
+                                                                           std::size_t* block) noexcept {
   const std::size_t c = class_index(bytes);
-  const std::size_t block = class_size(c);
-  ThreadCache* cache = this_thread_cache();
+  *block = class_size(c);
   if (!cache) {
-    untracked_rounding_.fetch_sub(block - bytes, std::memory_order_relaxed);
-    return inner_->deallocate(p, block, stream);
+    untracked_rounding_.fetch_sub(*block - bytes, std::memory_order_relaxed);
+    return false;
   }
   cache->lock.owner_lock();
-  ThreadCache::drop(cache->rounding, block - bytes);
+  ThreadCache::drop(cache->rounding, *block - bytes);
   const std::uint32_t n = cache->count[c];
-  if (n < capacity_[c] && cache->cached_bytes.load(std::memory_order_relaxed) + block <= kMaxBytesPerThread) {
+  if (n < capacity_[c] && cache->cached_bytes.load(std::memory_order_relaxed) + *block <= kMaxBytesPerThread) {
     cache->slots[first_slot_[c] + n] = p;
     cache->count[c] = n + 1;
-    ThreadCache::bump(cache->cached_bytes, block);
+    ThreadCache::bump(cache->cached_bytes, *block);
     ThreadCache::bump(cache->deallocate_hits, 1);
     cache->lock.owner_unlock();
-    return;
+    return true;
   }
   cache->lock.owner_unlock();
-  inner_->deallocate(p, block, stream);  // full: the backend takes it (the cached ones stay the hot ones)
+  return false;  // full: the backend takes it (the cached ones stay the hot ones)
+}
+
+void ThreadCacheAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
+  if (bytes > kMaxCachedBytes) return deallocate_large(p, bytes, stream);
+  std::size_t block = 0;
+  if (keep_small(this_thread_cache(), p, bytes, &block)) return;
+  inner_->deallocate(p, block, stream);
 }
 
 void ThreadCacheAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
@@ -348,26 +355,8 @@ void ThreadCacheAllocator::deallocate_batch(BlockToFree* blocks, std::size_t cou
       blocks[passed++] = b;
       continue;
     }
-    const std::size_t c = class_index(b.bytes);
-    const std::size_t block = class_size(c);
-    if (!cache) {
-      untracked_rounding_.fetch_sub(block - b.bytes, std::memory_order_relaxed);
-      blocks[passed++] = {b.p, block, b.stream};
-      continue;
-    }
-    cache->lock.owner_lock();
-    ThreadCache::drop(cache->rounding, block - b.bytes);
-    const std::uint32_t n = cache->count[c];
-    const bool kept =
-        n < capacity_[c] && cache->cached_bytes.load(std::memory_order_relaxed) + block <= kMaxBytesPerThread;
-    if (kept) {
-      cache->slots[first_slot_[c] + n] = b.p;
-      cache->count[c] = n + 1;
-      ThreadCache::bump(cache->cached_bytes, block);
-      ThreadCache::bump(cache->deallocate_hits, 1);
-    }
-    cache->lock.owner_unlock();
-    if (!kept) blocks[passed++] = {b.p, block, b.stream};
+    std::size_t block = 0;
+    if (!keep_small(cache, b.p, b.bytes, &block)) blocks[passed++] = {b.p, block, b.stream};
   }
   inner_->deallocate_batch(blocks, passed);
 }

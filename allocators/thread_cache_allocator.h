@@ -180,6 +180,10 @@ class ThreadCacheAllocator final : public Allocator {
   // the backend's own release.
   void give_back_every_cached_block() noexcept;
   void give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept;
+  // A freed block of a class (at most kMaxCachedBytes) into `cache`: true when kept; false when the
+  // backend must take it (no cache, or the class or the thread full), at `*block`, its class size.
+  // deallocate()'s and deallocate_batch()'s one rule.
+  bool keep_small(ThreadCache* cache, void* p, std::size_t bytes, std::size_t* block) noexcept;
 
   std::unique_ptr<Allocator> inner_;
   // never where the backend cannot allocate_without_growing(): large blocks then pass through.
