@@ -52,16 +52,7 @@ void at_exit() noexcept {
         row.peak_spilled = stats.peak_bytes_spilled;
         row.peak_spill_reserved = stats.peak_spill_reserved;
         row.peak_fence_waiting = device->fences.peak_pending_bytes();
-        const FenceTimes fence_times = device->fences.times();
-        row.fences_completed = fence_times.fences;
-        row.fenced_blocks_completed = fence_times.blocks;
-        row.fence_close_to_record_ns = fence_times.close_to_record_ns;
-        row.fence_record_to_complete_ns = fence_times.record_to_complete_ns;
-        row.fence_events_recorded = fence_times.events.recorded;
-        row.fence_events_shared = fence_times.events.shared;
-        row.fence_queries = fence_times.events.queried;
-        row.fence_polls = fence_times.driver_polls;
-        row.unfenced_blocks = fence_times.unfenced_blocks;
+        row.fences = device->fences.times();
         if (const MappingStatisticsProvider* mappings = device->properties.mappings) row.mappings = mappings->totals();
         rows.push_back(row);
       }

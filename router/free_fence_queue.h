@@ -22,6 +22,7 @@
 
 #include "allocators/adaptive_mutex.h"
 #include "allocators/allocator.h"
+#include "router/fence_times.h"
 
 namespace gpushim {
 
@@ -113,14 +114,6 @@ struct Fence {
   std::size_t complete_events = 0;
 };
 
-// What a FenceEvents implementation asked the driver, for GPUSHIM_STATS: events recorded, fences' events
-// that reused a stream's newest event instead, and event queries.
-struct FenceEventCounts {
-  std::uint64_t recorded = 0;
-  std::uint64_t shared = 0;
-  std::uint64_t queried = 0;
-};
-
 class FenceEvents {
  public:
   enum class Record { recorded, postponed };  // postponed: a capture is active, try again later
@@ -142,19 +135,6 @@ class FenceEvents {
   // batches then wait for the next poll.
   virtual bool may_give_back() noexcept { return true; }
   virtual FenceEventCounts counts() const noexcept { return {}; }
-};
-
-// How long the fences' blocks waited and what the fences cost, for GPUSHIM_STATS (the "fences" line):
-// where a freed block spends its time between the free and its return, which bounds how many blocks
-// many threads with a stream each keep in flight (docs/perf-notes.md, thirty-seventh session).
-struct FenceTimes {
-  std::uint64_t fences = 0;                  // recorded fences found complete, their blocks given back
-  std::uint64_t blocks = 0;                  // the blocks those fences held
-  std::uint64_t close_to_record_ns = 0;      // summed over them: from the oldest batch's close to the record
-  std::uint64_t record_to_complete_ns = 0;   // summed: from the record to the poll that found it complete
-  std::uint64_t unfenced_blocks = 0;         // given back without a fence: the work turned ordered
-  std::uint64_t driver_polls = 0;            // polls that recorded or queried
-  FenceEventCounts events;
 };
 
 // The frees of one thread for one device that have no fence yet.

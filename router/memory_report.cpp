@@ -112,22 +112,19 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
   // Where a fenced block's wait goes: a long record-to-complete with few queries is the GPU's; many
   // queries a fence is the poll's cost.
   for (const StatsRow& row : rows) {
-    if (row.fences_completed == 0 && row.unfenced_blocks == 0) continue;
-    const double fences = static_cast<double>(row.fences_completed > 0 ? row.fences_completed : 1);
+    const FenceTimes& f = row.fences;
+    if (f.fences == 0 && f.unfenced_blocks == 0) continue;
+    const double fences = static_cast<double>(f.fences > 0 ? f.fences : 1);
     std::snprintf(line, sizeof line,
                   "device %d fences: %llu found complete, %llu blocks (%.1f a fence); close to record %.1f us, "
                   "record to found complete %.1f us (means); events %llu recorded, %llu shared, %llu queries in %llu polls; "
                   "%llu blocks went back unfenced when the work turned ordered",
-                  row.device, static_cast<unsigned long long>(row.fences_completed),
-                  static_cast<unsigned long long>(row.fenced_blocks_completed),
-                  static_cast<double>(row.fenced_blocks_completed) / fences,
-                  static_cast<double>(row.fence_close_to_record_ns) / fences / 1e3,
-                  static_cast<double>(row.fence_record_to_complete_ns) / fences / 1e3,
-                  static_cast<unsigned long long>(row.fence_events_recorded),
-                  static_cast<unsigned long long>(row.fence_events_shared),
-                  static_cast<unsigned long long>(row.fence_queries),
-                  static_cast<unsigned long long>(row.fence_polls),
-                  static_cast<unsigned long long>(row.unfenced_blocks));
+                  row.device, static_cast<unsigned long long>(f.fences), static_cast<unsigned long long>(f.blocks),
+                  static_cast<double>(f.blocks) / fences, static_cast<double>(f.close_to_record_ns) / fences / 1e3,
+                  static_cast<double>(f.record_to_complete_ns) / fences / 1e3,
+                  static_cast<unsigned long long>(f.events.recorded), static_cast<unsigned long long>(f.events.shared),
+                  static_cast<unsigned long long>(f.events.queried), static_cast<unsigned long long>(f.driver_polls),
+                  static_cast<unsigned long long>(f.unfenced_blocks));
     lines.emplace_back(line);
   }
   // Memory mapped and given back, and the time the driver took: a slow stretch of a program that is

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "providers/mapping_statistics.h"
+#include "router/fence_times.h"
 
 namespace gpushim {
 
@@ -81,20 +82,9 @@ struct StatsRow {
   std::uint64_t at_peak_past_after_wait = 0;
   std::uint64_t at_peak_past_mapped = 0;  // of those let past, the ones that mapped memory
   std::uint64_t at_peak_wait_ns = 0;
-  // The fences (router/free_fence_queue.h, FenceTimes): recorded fences found complete and the blocks
-  // they held, their summed waits from the oldest batch's close to the record and from the record to the
-  // poll that found it complete, the driver's events (recorded, reused from a stream's newest, queried),
-  // and the blocks that went back unfenced because the work turned ordered. A line under the table when
-  // any fence completed or any block went back unfenced.
-  std::uint64_t fences_completed = 0;
-  std::uint64_t fenced_blocks_completed = 0;
-  std::uint64_t fence_close_to_record_ns = 0;
-  std::uint64_t fence_record_to_complete_ns = 0;
-  std::uint64_t fence_events_recorded = 0;
-  std::uint64_t fence_events_shared = 0;
-  std::uint64_t fence_queries = 0;
-  std::uint64_t fence_polls = 0;  // polls that recorded or queried (the driver-lock holder's rounds)
-  std::uint64_t unfenced_blocks = 0;
+  // The fences (router/fence_times.h): a line under the table when any fence completed or any block
+  // went back unfenced.
+  FenceTimes fences;
   // The device provider's map() and unmap() calls (providers/mapping_statistics.h): a line under the
   // table when any.
   MappingTotals mappings;

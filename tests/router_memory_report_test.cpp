@@ -74,18 +74,16 @@ TEST(StatsTable, FencesGetTheirOwnLine) {
   row.device = 0;
   row.backend = "tiered";
   row.allocs = row.frees = 1000;
-  row.fences_completed = 4;
-  row.fenced_blocks_completed = 100;
-  row.fence_close_to_record_ns = 40'000;
-  row.fence_record_to_complete_ns = 1'000'000;
-  row.fence_events_recorded = 7;
-  row.fence_events_shared = 9;
-  row.fence_queries = 12;
-  row.fence_polls = 30;
-  row.unfenced_blocks = 500;
+  row.fences.fences = 4;
+  row.fences.blocks = 100;
+  row.fences.close_to_record_ns = 40'000;
+  row.fences.record_to_complete_ns = 1'000'000;
+  row.fences.events = {7, 9, 12};  // recorded, shared, queried
+  row.fences.driver_polls = 30;
+  row.fences.unfenced_blocks = 500;
   StatsRow none = row;
   none.device = 1;
-  none.fences_completed = none.unfenced_blocks = 0;
+  none.fences.fences = none.fences.unfenced_blocks = 0;
   auto lines = format_stats_table({row, none});
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[3],
@@ -93,8 +91,8 @@ TEST(StatsTable, FencesGetTheirOwnLine) {
             "found complete 250.0 us (means); events 7 recorded, 9 shared, 12 queries in 30 polls; 500 blocks "
             "went back unfenced when the work turned ordered");
   // Blocks that only went back unfenced: the line, with no fence to divide by.
-  row.fences_completed = row.fenced_blocks_completed = 0;
-  row.fence_close_to_record_ns = row.fence_record_to_complete_ns = 0;
+  row.fences.fences = row.fences.blocks = 0;
+  row.fences.close_to_record_ns = row.fences.record_to_complete_ns = 0;
   lines = format_stats_table({row});
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_NE(lines[2].find("0 found complete, 0 blocks (0.0 a fence)"), std::string::npos) << lines[2];
