@@ -297,10 +297,9 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
   const std::size_t own_large = cache->large_count != 0 ? take_large_slots(cache, own, caches_with_large_) : 0;
   cache->lock.owner_unlock();
   if (own_large) give_to_backend(own, own_large);
-  // A miss: the depot (blocks of exited threads) first, else the backend. One block, not a batch: the
-  // backend has no batch call, so taking several only moves blocks through the cache (measured with
-  // scripts/instructions_per_pair.sh: a quarter-capacity refill and half-capacity flushes cost fenced
-  // 64 KiB pairs +160 Ir, docs/perf-notes.md).
+  // A miss: the depot (blocks of exited threads) first, else the backend. One block, not a batch (the
+  // header says what batches cost: +160 Ir a fenced 64 KiB pair through the cache, and no gain for
+  // 16 threads under one arena lock).
   void* p = nullptr;
   if (depot_blocks_.load(std::memory_order_relaxed) != 0 && take_from_depot(c, &p, 1) == 1) {
     depot_hits_.fetch_add(1, std::memory_order_relaxed);

@@ -42,8 +42,11 @@
 // Bounds of the classes per thread: kMaxBlocksPerClass blocks and kClassBytes of one class, kMaxBytesPerThread in all.
 // kMaxBlocksPerClass is the router's fence batch (router/free_fence_queue.h, kBatchMaxBlocks): a fenced
 // batch of small blocks that comes back at once fits the freeing thread's cache. A miss asks the
-// backend for one block and a full cache passes the freed block on: the backend has no batch call, so
-// moving blocks in batches only cost copies (measured: docs/perf-notes.md).
+// backend for one block and a full cache passes the freed block on: moving blocks in batches through
+// the cache only cost copies (measured: docs/perf-notes.md), and a miss that took several blocks under
+// one arena lock left 16 threads with a stream each where they were (the arena's work is per block;
+// docs/perf-notes.md, thirty-eighth session). Blocks handed back together do go to the backend in one
+// call (deallocate_batch).
 //
 // Cross-thread flush: each thread cache has a lock its owner takes on each call with plain stores and
 // no locked instruction (allocators/owner_biased_lock.h: the remote side pays, with one membarrier(2));
