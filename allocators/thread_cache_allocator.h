@@ -44,9 +44,9 @@
 // batch of small blocks that comes back at once fits the freeing thread's cache. A miss asks the
 // backend for one block and a full cache passes the freed block on: moving blocks in batches through
 // the cache only cost copies (measured: docs/perf-notes.md), and a miss that took several blocks under
-// one arena lock left 16 threads with a stream each where they were (the arena's work is per block;
-// docs/perf-notes.md, thirty-eighth session). Blocks handed back together do go to the backend in one
-// call (deallocate_batch).
+// one arena lock left 16 threads with a stream each where they were (what bounds them is a fenced
+// block's round trip, not the arena's lock: docs/perf-notes.md, thirty-eighth session). Blocks handed
+// back together do go to the backend in one call (deallocate_batch).
 //
 // Cross-thread flush: each thread cache has a lock its owner takes on each call with plain stores and
 // no locked instruction (allocators/owner_biased_lock.h: the remote side pays, with one membarrier(2));
