@@ -200,6 +200,13 @@ const Row kRows[] = {
       "fence cost the freeing call 3-5 us on the H200). Allocations that would raise the peak record "
       "at once, and so does every free after a batch waited in vain, until the streams are next idle."},
      [](const char* v, Settings& s) { return duration_up_to(v, 1'000'000'000, &s.fence_delay_ns); }},
+    {{"GPUSHIM_THREAD_FENCES", "bool", "1", "0, 1 (also true/false, yes/no, on/off)",
+      "While side streams carry work and the legacy stream has none left, a batch of cudaFree'd blocks "
+      "stays with the thread that freed it, marked with how many submissions each working stream had "
+      "begun, and comes back to that thread once gpushim's stream polls have seen each stream finish "
+      "them, while other streams go on working (docs/free-safety.md). 0: every such batch waits in the "
+      "shared fence queue for events recorded on the streams, or for all streams to go idle."},
+     [](const char* v, Settings& s) { return parse_bool(v, &s.thread_fences); }},
     {{"GPUSHIM_STREAM_LIST_IDLE", "duration", "1s", "a time (0, 100ms, 1s, up to 60s); 0 = at the next check",
       "How long blocks freed with cudaFreeAsync stay on their stream's free list, reusable at once on that "
       "stream, after the stream's last free (checked every 4,096 frees of a thread and after "

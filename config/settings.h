@@ -53,6 +53,9 @@ struct Settings {
   enum class FreeFence { automatic, no_solo, always };
   FreeFence free_fence = FreeFence::automatic;
   std::uint64_t fence_delay_ns = 0;    // GPUSHIM_FENCE_DELAY: a closed batch's wait for its fence
+  // GPUSHIM_THREAD_FENCES: a cudaFree'd batch closed while streams work stays with its thread, marked
+  // (router/marked_batches.h), rather than waiting in the fence queue for events.
+  bool thread_fences = true;
   // GPUSHIM_STREAM_LIST_IDLE: how long a quiet stream's async free list keeps its blocks.
   std::uint64_t stream_list_idle_ns = kDefaultStreamListIdleNs;
   // GPUSHIM_DIRECT_CUDART: a shared libcudart's cudaMalloc/cudaFree (and the Async pair) served without

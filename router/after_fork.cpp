@@ -41,6 +41,8 @@ void atfork_child() noexcept {
   for (std::vector<FreedBlock>& returned : self->returned) returned.clear();
   for (std::uint64_t& bytes : self->returned_bytes) bytes = 0;
   self->returned_devices.store(0, std::memory_order_relaxed);
+  for (std::vector<MarkedBatch>& marked : self->marked) marked.clear();
+  self->marked_devices.store(0, std::memory_order_relaxed);
   if (std::find(threads().begin(), threads().end(), self) == threads().end()) {
     try {
       threads().push_back(self);

@@ -53,6 +53,8 @@ void at_exit() noexcept {
         row.peak_spill_reserved = stats.peak_spill_reserved;
         row.peak_fence_waiting = device->fences.peak_pending_bytes();
         row.fences = device->fences.times();
+        row.fences.marked_batches = device->marked_batches.load(std::memory_order_relaxed);
+        row.fences.marked_blocks_passed = device->marked_blocks_passed.load(std::memory_order_relaxed);
         if (const MappingStatisticsProvider* mappings = device->properties.mappings) row.mappings = mappings->totals();
         rows.push_back(row);
       }

@@ -24,6 +24,10 @@ struct FenceTimes {
   std::uint64_t record_to_complete_ns = 0;   // summed: from the record to the poll that found it complete
   std::uint64_t unfenced_blocks = 0;         // given back without a fence: the work turned ordered
   std::uint64_t driver_polls = 0;            // polls that recorded or queried
+  // Batches that waited with their thread instead (router/marked_batches.h), and the blocks that came
+  // back to it by their marks (the rest went with the turn to ordered, memory pressure or the exit).
+  std::uint64_t marked_batches = 0;
+  std::uint64_t marked_blocks_passed = 0;
   FenceEventCounts events;
 };
 

@@ -113,18 +113,21 @@ std::vector<std::string> format_stats_table(const std::vector<StatsRow>& rows) {
   // queries a fence is the poll's cost.
   for (const StatsRow& row : rows) {
     const FenceTimes& f = row.fences;
-    if (f.fences == 0 && f.unfenced_blocks == 0) continue;
+    if (f.fences == 0 && f.unfenced_blocks == 0 && f.marked_batches == 0) continue;
     const double fences = static_cast<double>(f.fences > 0 ? f.fences : 1);
     std::snprintf(line, sizeof line,
                   "device %d fences: %llu found complete, %llu blocks (%.1f a fence); close to record %.1f us, "
                   "record to found complete %.1f us (means); events %llu recorded, %llu shared, %llu queries in %llu polls; "
-                  "%llu blocks went back unfenced when the work turned ordered",
+                  "%llu blocks went back unfenced when the work turned ordered; %llu batches marked, %llu of "
+                  "their blocks back to their thread by the marks",
                   row.device, static_cast<unsigned long long>(f.fences), static_cast<unsigned long long>(f.blocks),
                   static_cast<double>(f.blocks) / fences, static_cast<double>(f.close_to_record_ns) / fences / 1e3,
                   static_cast<double>(f.record_to_complete_ns) / fences / 1e3,
                   static_cast<unsigned long long>(f.events.recorded), static_cast<unsigned long long>(f.events.shared),
                   static_cast<unsigned long long>(f.events.queried), static_cast<unsigned long long>(f.driver_polls),
-                  static_cast<unsigned long long>(f.unfenced_blocks));
+                  static_cast<unsigned long long>(f.unfenced_blocks),
+                  static_cast<unsigned long long>(f.marked_batches),
+                  static_cast<unsigned long long>(f.marked_blocks_passed));
     lines.emplace_back(line);
   }
   // Memory mapped and given back, and the time the driver took: a slow stretch of a program that is

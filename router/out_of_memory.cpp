@@ -18,6 +18,7 @@
 #include "providers/mapping_statistics.h"
 #include "router/allocation_stacks.h"
 #include "router/held_for_importers.h"
+#include "router/marked_batches.h"
 #include "router/memory_report.h"
 #include "router/peak_growth.h"
 #include "router/returned_blocks.h"
@@ -103,7 +104,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced
     // bytes are asked first: the backend's stats walk every thread cache under locks (5% of the
     // wall-clock time of 16 threads with a stream each at 4 MiB, on the H200).
-    const std::uint64_t fenced = device.fences.pending_bytes();
+    const std::uint64_t fenced = device.fences.pending_bytes() + device.marked_bytes.load(std::memory_order_relaxed);
     if (grow_now) {
       past_because = &Counters::at_peak_past_by_rule;
     } else if (device.fences.can_give_back() &&
@@ -126,6 +127,11 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // Completed blocks go to the threads that freed them, this one among them, as a poll in
         // passing (a free's) gives them: the lists are where this allocation looks.
         device.fences.poll(FreeFenceQueue::Poller::allocation_at_peak);
+        // Marked batches pass once a poll has seen their streams get far enough (router/marked_batches.h).
+        if (device.marked_bytes.load(std::memory_order_relaxed) != 0) {
+          poll_stream_activity();
+          return_every_passed_batch(device);
+        }
         void* p = take_free_block(device, block_size, stream);
         if (!p) p = from_every_list(device, block_size, stream);
         if (p) {
@@ -133,7 +139,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
           count(&Counters::at_peak_waited);
           return p;
         }
-        if (!device.fences.holds_blocks()) break;
+        if (!device.fences.holds_blocks() && device.marked_bytes.load(std::memory_order_relaxed) == 0) break;
         if (waited_ns < kNewPeakYieldForNs) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);
         waited_ns = monotonic_ns() - began_ns;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <mutex>
 
+#include "router/marked_batches.h"
 #include "router/thread_state.h"
 
 namespace gpushim::router {
@@ -178,11 +179,21 @@ __attribute__((always_inline)) inline void* take_from_list(ThreadState& owner, i
 
 void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t block_size) noexcept {
   const int d = device.ordinal;
-  if (!thread.may_have_returned(d)) return nullptr;
+  // A list that is dry, or holds no block of this size among its newest, first takes the blocks of the
+  // thread's marked batches that have passed (router/marked_batches.h).
+  if (!thread.may_have_returned(d) && (!thread.may_have_marked(d) || !return_passed_batches(thread, device)))
+    return nullptr;
   std::vector<FreedBlock> flushed;
   {
-    std::lock_guard<SpinLock> guard(thread.lock);
-    if (void* p = take_from_list(thread, d, block_size)) return p;
+    std::unique_lock<SpinLock> guard(thread.lock);
+    void* p = take_from_list(thread, d, block_size);
+    if (!p && thread.may_have_marked(d)) {
+      guard.unlock();  // return_passed_batches takes it
+      const bool refilled = return_passed_batches(thread, device);
+      guard.lock();
+      if (refilled) p = take_from_list(thread, d, block_size);
+    }
+    if (p) return p;
     // The thread asks for other sizes now: its returned blocks go to the backend, where anyone may use them.
     flushed.swap(thread.returned[d]);
     thread.returned_bytes[d] = 0;

@@ -29,6 +29,7 @@
 #include "router/free_fence_queue.h"
 #include "router/held_for_importers.h"
 #include "router/live_block_table.h"
+#include "router/marked_batches.h"
 #include "router/out_of_memory.h"
 #include "router/pitch.h"
 #include "router/returned_blocks.h"
@@ -251,7 +252,8 @@ __attribute__((always_inline)) inline CUresult hand_out(DeviceState& device, voi
 // waits for them first (router/out_of_memory.h).
 __attribute__((always_inline)) inline void* allocate_ordinary(DeviceState& device, std::size_t block_size,
                                                               StreamHandle handle) noexcept {
-  if (__builtin_expect(device.fences.holds_blocks(), 0)) return allocate_without_new_peak(device, block_size, handle);
+  if (__builtin_expect(device.fences.holds_blocks() || holds_marked_batches(device.ordinal), 0))
+    return allocate_without_new_peak(device, block_size, handle);
   return device.backend().allocate(block_size, handle);
 }
 
@@ -304,7 +306,10 @@ __attribute__((always_inline)) inline CUresult serve(DeviceState& device, std::s
     return serve_slow(device, bytes, block_size, stream, handle, async, false, out);
   void* p = nullptr;
   // Fenced blocks this thread freed whose fences completed (router/returned_blocks.h) come first.
-  if (ThreadState* thread = t_state; thread && __builtin_expect(thread->returned_devices.load(std::memory_order_relaxed) != 0, 0))
+  // And the blocks of its marked batches that have passed (router/marked_batches.h).
+  if (ThreadState* thread = t_state;
+      thread && __builtin_expect((thread->returned_devices.load(std::memory_order_relaxed) |
+                                  thread->marked_devices.load(std::memory_order_relaxed)) != 0, 0))
     p = take_returned_block(*thread, device, block_size);
   if (!p && async && !device.properties.stream_ordered && !is_per_thread_stream(stream))
     p = take_from_stream_list(device, normalized(stream), block_size);
@@ -324,6 +329,9 @@ bool still_held(DeviceState& device, CUdeviceptr p) noexcept {
     if (thread.batches[device.ordinal].holds(ptr)) held_by_a_thread = true;
     for (const FreedBlock& block : thread.returned[device.ordinal])
       if (block.ptr == ptr) held_by_a_thread = true;
+    for (const MarkedBatch& batch : thread.marked[device.ordinal])
+      for (const FreedBlock& block : batch.blocks)
+        if (block.ptr == ptr) held_by_a_thread = true;
   });
   if (held_by_a_thread) return true;
   for (StreamShard& shard : device.stream_shards) {
@@ -436,8 +444,12 @@ __attribute__((noinline)) void close_full_batch(DeviceState& device, ThreadState
     context = batch.context();
     full = batch.take();
   }
-  if (!full.empty()) device.fences.close_device_batch(std::move(full), context);
+  // Marked, it waits with this thread for the streams working now (router/marked_batches.h); where it
+  // cannot be, in the fence queue.
+  if (!full.empty() && !hold_marked_batch(thread, device, full, context))
+    device.fences.close_device_batch(std::move(full), context);
   poll_turned_ordered();  // a stream that stopped carrying work is found idle here, and every 8 frees
+  if (thread.may_have_marked(device.ordinal)) return_passed_batches(thread, device);
 }
 
 // The first free of a batch asks which context the batch will be fenced in (batch_context), with no
@@ -479,8 +491,10 @@ __attribute__((always_inline)) inline void free_fenced(DeviceState& device, cons
     close_full_batch(device, *thread);
   } else if ((++thread->fenced_since_poll & 7) == 0) {
     // A stream that stopped carrying work is found idle here: poll every 8 fenced frees, and whenever a
-    // batch closes.
+    // batch closes. The poll notes how far the streams got, which is what this thread's marked batches
+    // wait for.
     poll_turned_ordered();
+    if (thread->may_have_marked(device.ordinal)) return_passed_batches(*thread, device);
   }
 }
 

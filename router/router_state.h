@@ -102,6 +102,10 @@ struct DeviceState {
   // Whether an allocation that found the backend at its peak while fenced blocks waited grows at once
   // (router/out_of_memory.cpp, allocate_without_new_peak).
   PeakGrowth peak_growth;
+  // Bytes in the threads' marked batches (router/marked_batches.h): counted per batch, read only where an
+  // allocation weighs waiting for fenced blocks against growing.
+  std::atomic<std::uint64_t> marked_bytes{0};
+  std::atomic<std::uint64_t> marked_batches{0}, marked_blocks_passed{0};  // GPUSHIM_STATS (FenceTimes)
   Allocator& backend() { return *assembly.backend; }
   bool fenced() const { return properties.fenced; }
 };

@@ -30,8 +30,8 @@ std::atomic<std::uint64_t> g_unordered{0};
 // the same value as an earlier one knows the work has not been ordered in between (become_active).
 std::atomic<std::uint64_t> g_ordered_epoch{0};
 std::atomic<std::uint64_t> g_stream_records_generation{1};
-LegacyStripe g_legacy_in_flight[kLegacyStripes];
-std::atomic<int> g_solo_allowed{-1};
+LegacyStripe g_legacy_submissions[kLegacyStripes];
+std::atomic<int> g_legacy_rules{-1};
 StreamRecord g_legacy_submission;
 
 namespace {
@@ -41,6 +41,10 @@ namespace {
 // stream's join waits for its own context's legacy stream only. The second is for good.
 std::atomic<CUcontext> g_legacy_context{nullptr};
 std::atomic<bool> g_legacy_in_many_contexts{false};
+// Legacy submissions known done, counted as the stripes count them: the sum of the stripes' `begun` when
+// a join found the legacy stream of g_legacy_context idle with none of them in flight (become_active).
+// Only grows. A marked batch needs the sum to be this still (legacy_work_done).
+std::atomic<std::uint64_t> g_legacy_submissions_done{0};
 // Captures whose cuStreamBeginCapture is under way: no solo begins meanwhile (before_capture_begins).
 std::atomic<int> g_captures_starting{0};
 
@@ -346,9 +350,32 @@ bool legacy_context_is(CUcontext context) noexcept {
          expected == context;
 }
 
+// The legacy submissions begun so far when none of them is in flight (each stripe's `ended` read before
+// its `begun`: equal, every submission begun by then had returned from the driver), else UINT64_MAX.
+std::uint64_t legacy_submissions_queued() noexcept {
+  std::uint64_t total = 0;
+  for (const LegacyStripe& stripe : g_legacy_submissions) {
+    const std::uint64_t ended = stripe.ended.load(std::memory_order_seq_cst);
+    const std::uint64_t begun = stripe.begun.load(std::memory_order_seq_cst);
+    if (begun != ended) return UINT64_MAX;
+    total += begun;
+  }
+  return total;
+}
+
+// True when every legacy submission begun so far is known done (g_legacy_submissions_done), in the one
+// context legacy work has come from. The done count is read first: it only grows, and a sum equal to it
+// means no legacy submission began since the join that found them done.
+bool legacy_work_done() noexcept {
+  if (g_legacy_in_many_contexts.load(std::memory_order_seq_cst)) return false;
+  const std::uint64_t done = g_legacy_submissions_done.load(std::memory_order_seq_cst);
+  std::uint64_t begun = 0;
+  for (const LegacyStripe& stripe : g_legacy_submissions) begun += stripe.begun.load(std::memory_order_seq_cst);
+  return begun == done;
+}
+
 bool legacy_work_allows_solo(CUcontext context) noexcept {
-  for (const LegacyStripe& stripe : g_legacy_in_flight)
-    if (stripe.in_flight.load(std::memory_order_seq_cst) != 0) return false;
+  if (legacy_submissions_queued() == UINT64_MAX) return false;
   return !g_legacy_in_many_contexts.load(std::memory_order_seq_cst) && legacy_context_is(context);
 }
 
@@ -357,6 +384,19 @@ bool legacy_work_allows_solo(CUcontext context) noexcept {
 bool solo_may_begin(const Activity& a) noexcept {
   return a.solo == nullptr && solo_allowed() && g_active_captures.load(std::memory_order_acquire) == 0 &&
          g_captures_starting.load(std::memory_order_seq_cst) == 0;
+}
+
+// A join found the legacy stream of `context` idle, `queued` legacy submissions begun before it asked,
+// none in flight (legacy_submissions_queued). They are done if legacy work has come from this context
+// alone (check_legacy_context records the first context before its submission returns; a second one
+// sets g_legacy_in_many_contexts for good). Activity lock held.
+void note_legacy_done(CUcontext context, std::uint64_t queued) noexcept {
+  if (queued == UINT64_MAX || g_legacy_in_many_contexts.load(std::memory_order_seq_cst)) return;
+  const CUcontext legacy = g_legacy_context.load(std::memory_order_seq_cst);
+  if (legacy != nullptr && legacy != context) return;
+  if (queued > g_legacy_submissions_done.load(std::memory_order_relaxed))
+    g_legacy_submissions_done.store(queued, std::memory_order_seq_cst);
+
 }
 
 void remember(CUstream stream, StreamRecord* record) noexcept {
@@ -432,14 +472,20 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
     if (a.legacy_done_context != record->context || a.legacy_done_epoch != epoch) {
       record->joining = true;
       guard.unlock();
+      // Counted before the question: when the stream answers idle, these submissions are done
+      // (legacy_work_done), provided the legacy work is all in this context.
+      const std::uint64_t queued = legacy_submissions_queued();
       const bool caught_up = legacy_stream_caught_up(record->context);
       guard.lock();
       record->joining = false;
       if (!caught_up) {
         joined = wait_for(record, record->context, CU_STREAM_LEGACY);
-      } else if (a.legacy_done_context != record->context || a.legacy_done_epoch < epoch) {
-        a.legacy_done_context = record->context;  // a later join may have stored a newer epoch meanwhile
-        a.legacy_done_epoch = epoch;
+      } else {
+        if (a.legacy_done_context != record->context || a.legacy_done_epoch < epoch) {
+          a.legacy_done_context = record->context;  // a later join may have stored a newer epoch meanwhile
+          a.legacy_done_epoch = epoch;
+        }
+        note_legacy_done(record->context, queued);
       }
     }
   }
@@ -603,9 +649,19 @@ bool still_idle(const StreamRecord* record) noexcept {
   return still_idle(record, record->word.load(std::memory_order_acquire));
 }
 
+// The stream's submissions counted in `stamp` (a word read with none in flight) are done: a probe queued
+// after them landed, or the stream answered idle. Marked batches read it (stream_passed). Activity lock
+// held.
+void note_done(StreamRecord* record, std::uint64_t stamp) noexcept {
+  const std::uint64_t done = stamp >> kSubmissionShift;
+  if (done > record->done_submissions.load(std::memory_order_relaxed))
+    record->done_submissions.store(done, std::memory_order_release);
+}
+
 // A poll found the stream idle at `stamp` (its word then). It stays active unless the idle streams leave
 // together below; its next submission probes it (StreamRecord::probe_wanted). Activity lock held.
 void note_idle(StreamRecord* record, std::uint64_t stamp) noexcept {
+  note_done(record, stamp);
   record->idle_stamp = stamp;
   record->idle_since_ns = monotonic_ns();
   record->probe_wanted.store(true, std::memory_order_relaxed);
@@ -709,6 +765,7 @@ bool poll_stream_activity(TurnedOrderedHook on_turned_ordered, void* arg, BusySt
         continue;
       }
       record->probing = false;
+      note_done(record, record->probe_stamp);  // the work before the probe, at least
     }
     if (!record->probing) {
       // A submission in flight may be queued after a probe recorded now: try again at the next poll.
@@ -781,6 +838,37 @@ ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noex
   return ActiveStreamWalk::visited;
 }
 
+bool mark_active_streams(std::vector<StreamMark>* marks) noexcept {
+  marks->clear();
+  if (!legacy_counted()) return false;
+  Activity& a = activity();
+  if (!legacy_work_done()) {
+    // Legacy work began since a join last found the legacy stream done (joins skip the question while the
+    // work stays unordered): ask it now, outside the activity lock, once per close, as the fence queue's
+    // fence does. Not during a capture: touching the legacy stream would invalidate a global one.
+    const CUcontext context = g_legacy_context.load(std::memory_order_seq_cst);
+    const std::uint64_t queued = legacy_submissions_queued();
+    if (queued == UINT64_MAX || context == nullptr || g_active_captures.load(std::memory_order_acquire) > 0 ||
+        !legacy_stream_caught_up(context))
+      return false;
+    std::lock_guard<SpinLock> guard(a.lock);
+    note_legacy_done(context, queued);
+  }
+  std::lock_guard<SpinLock> guard(a.lock);
+  if (g_unordered_for_good.load(std::memory_order_seq_cst) || !legacy_work_done()) return false;
+  try {
+    marks->reserve(a.active.size());
+  } catch (...) {
+    return false;
+  }
+  for (const StreamRecord* record : a.active) {
+    if (record->retiring) return false;  // its work may outlive the stream: no poll marks it done
+    marks->push_back({record, record->serial.load(std::memory_order_relaxed),
+                      record->word.load(std::memory_order_seq_cst) >> kSubmissionShift});
+  }
+  return true;
+}
+
 bool order_legacy_after_destroyed_streams() noexcept {
   Activity& a = activity();
   std::lock_guard<SpinLock> guard(a.lock);
@@ -796,17 +884,22 @@ bool order_legacy_after_destroyed_streams() noexcept {
 
 // Only where a cuMemFree'd block may be reused at once: a driver-backed backend (passthrough, the
 // driver's pool) gains nothing from solo, and its ordering (the legacy stream waiting for the lone
-// stream when solo ends) would only cost the program concurrency.
-bool read_solo_allowed() noexcept {
+// stream when solo ends) would only cost the program concurrency. Marked batches likewise (their blocks
+// go back to their thread's list, which such a backend has none of), and not under
+// GPUSHIM_FREE_FENCE=always (every block waits for an event) or GPUSHIM_THREAD_FENCES=0.
+int read_legacy_rules() noexcept {
   const Settings& s = settings();
-  const bool allowed = s.free_fence == Settings::FreeFence::automatic && !chosen_backend(s).traits.driver_backed;
-  g_solo_allowed.store(allowed ? 1 : 0, std::memory_order_relaxed);
-  return allowed;
+  const bool driver_backed = chosen_backend(s).traits.driver_backed;
+  const bool solo = s.free_fence == Settings::FreeFence::automatic && !driver_backed;
+  const bool marks = s.free_fence != Settings::FreeFence::always && s.thread_fences && !driver_backed;
+  const int rules = (solo ? kSoloAllowed : 0) | (solo || marks ? kLegacyCounted : 0);
+  g_legacy_rules.store(rules, std::memory_order_relaxed);
+  return rules;
 }
 
 LegacyStripe* assign_legacy_stripe() noexcept {
   static std::atomic<unsigned> next{0};
-  t_legacy_stripe = &g_legacy_in_flight[next.fetch_add(1, std::memory_order_relaxed) % kLegacyStripes];
+  t_legacy_stripe = &g_legacy_submissions[next.fetch_add(1, std::memory_order_relaxed) % kLegacyStripes];
   return t_legacy_stripe;
 }
 
@@ -882,7 +975,11 @@ void reset_stream_activity_after_fork() noexcept {
   a.solo = nullptr;
   a.solo_end = nullptr;
   a.solo_owed = false;
-  for (LegacyStripe& stripe : g_legacy_in_flight) stripe.in_flight.store(0);
+  for (LegacyStripe& stripe : g_legacy_submissions) {
+    stripe.begun.store(0);
+    stripe.ended.store(0);
+  }
+  g_legacy_submissions_done.store(0);
   g_legacy_context.store(nullptr);
   g_captures_starting.store(0);
   g_ordered_epoch.fetch_add(1);

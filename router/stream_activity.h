@@ -33,6 +33,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <vector>
 
 #include <cuda.h>
 
@@ -72,9 +73,16 @@ struct StreamRecord {
   bool joining = false;          // counted, its join under way outside the lock (become_active)
   std::uint64_t idle_stamp = 0;  // its word when a poll found it idle (0: never; an active word is odd)
   std::uint64_t idle_since_ns = 0;  // when a poll found it idle at idle_stamp (monotonic_ns)
-  std::uint64_t serial = 0;      // unique per registration: records and stream handles are reused
+  // Unique per registration: records and stream handles are reused. Written under the activity lock,
+  // loaded without it by stream_passed (below).
+  std::atomic<std::uint64_t> serial{0};
+  // How many of the stream's submissions (its word's bits 17..63) are known done: stored under the
+  // activity lock by the polls that find the stream idle at a word or see a probe land, loaded without
+  // it by the threads whose fenced batches wait for the stream (StreamMark, below).
+  std::atomic<std::uint64_t> done_submissions{0};
   StreamRecord* next_free = nullptr;
 };
+inline constexpr unsigned kSubmissionShift = 17;
 
 // Low 32 bits: active streams that break the total order (non-blocking ones, plus kUnorderedForever once
 // work went to a stream gpushim cannot probe), and solo's state bits. High 32 bits: active blocking
@@ -101,39 +109,47 @@ inline bool freed_blocks_reusable_at_once() noexcept {
   return totally_ordered(unordered) || unordered == (1 | kSolo);
 }
 
-// Legacy submissions in flight, striped so that threads launching on the legacy stream share no cache
-// line: solo may begin only when none is in flight (one that read g_unordered before solo was pending
-// may be queued after the lone stream's join looked at the legacy stream).
+// Legacy submissions, begun and ended (returned from the driver), striped so that threads launching on
+// the legacy stream share no cache line. Solo may begin only when none is in flight (one that read
+// g_unordered before solo was pending may be queued after the lone stream's join looked at the legacy
+// stream); a marked batch (StreamMark, below) only when every one begun is known done. Counted while
+// solo is allowed (GPUSHIM_FREE_FENCE=auto), which marked batches need for that reason.
 inline constexpr unsigned kLegacyStripes = 16;
 struct alignas(64) LegacyStripe {
-  std::atomic<std::uint32_t> in_flight{0};
+  std::atomic<std::uint64_t> begun{0};
+  std::atomic<std::uint64_t> ended{0};
 };
-extern LegacyStripe g_legacy_in_flight[kLegacyStripes];
+extern LegacyStripe g_legacy_submissions[kLegacyStripes];
 inline GPUSHIM_HOT_TLS LegacyStripe* t_legacy_stripe = nullptr;
-// 1: solo allowed (GPUSHIM_FREE_FENCE=auto), 0: not, -1: settings not read yet.
-extern std::atomic<int> g_solo_allowed;
-// What begin_stream_work returns for legacy work while solo is allowed: end_stream_work then leaves the
+// What the settings allow, read on first use (-1 until then): kSoloAllowed (GPUSHIM_FREE_FENCE=auto),
+// kLegacyCounted (solo, or marked batches: both need the legacy submissions counted).
+inline constexpr int kSoloAllowed = 1;
+inline constexpr int kLegacyCounted = 2;
+extern std::atomic<int> g_legacy_rules;
+// What begin_stream_work returns for legacy work while it is counted: end_stream_work then leaves the
 // thread's stripe.
 extern StreamRecord g_legacy_submission;
 // Out of line (stream_activity.cpp): the first call's settings, a thread's stripe, the legacy work's
 // context, and the slow path of legacy work while solo is under way or has ended.
-bool read_solo_allowed() noexcept;
+int read_legacy_rules() noexcept;
 LegacyStripe* assign_legacy_stripe() noexcept;
 void check_legacy_context() noexcept;
 void legacy_work_beside_solo() noexcept;
 
-inline bool solo_allowed() noexcept {
-  const int allowed = g_solo_allowed.load(std::memory_order_relaxed);
-  return __builtin_expect(allowed < 0, 0) ? read_solo_allowed() : allowed != 0;
+inline int legacy_rules() noexcept {
+  const int rules = g_legacy_rules.load(std::memory_order_relaxed);
+  return __builtin_expect(rules < 0, 0) ? read_legacy_rules() : rules;
 }
+inline bool solo_allowed() noexcept { return (legacy_rules() & kSoloAllowed) != 0; }
+inline bool legacy_counted() noexcept { return (legacy_rules() & kLegacyCounted) != 0; }
 
 // Before the driver queues work on the legacy stream (synchronous copies and sets included).
 inline StreamRecord* begin_legacy_work() noexcept {
-  if (!solo_allowed()) return nullptr;
+  if (!legacy_counted()) return nullptr;
   LegacyStripe* stripe = t_legacy_stripe;
   if (__builtin_expect(stripe == nullptr, 0)) stripe = assign_legacy_stripe();
   // Counted (seq_cst) before g_unordered is read: a solo that begins after this read sees the count.
-  stripe->in_flight.fetch_add(1, std::memory_order_seq_cst);
+  stripe->begun.fetch_add(1, std::memory_order_seq_cst);
   if (__builtin_expect((g_unordered.load(std::memory_order_seq_cst) & kSoloBits) != 0, 0)) {
     legacy_work_beside_solo();
   } else {
@@ -191,7 +207,7 @@ inline StreamRecord* begin_stream_work(CUstream stream, bool per_thread_variant)
 inline void end_stream_work(StreamRecord* record) noexcept {
   if (!record) return;
   if (record == &g_legacy_submission) {
-    t_legacy_stripe->in_flight.fetch_sub(1, std::memory_order_release);
+    t_legacy_stripe->ended.fetch_add(1, std::memory_order_release);
     return;
   }
   record->word.fetch_sub(kInFlightOne, std::memory_order_release);
@@ -250,6 +266,28 @@ ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noex
 // stream still counted, so an event recorded on the legacy stream next covers their work too. False
 // when one has no probe (destroyed during a capture): its work cannot be waited for.
 bool order_legacy_after_destroyed_streams() noexcept;
+// A marked batch (router/marked_batches.h): the cuMemFree'd blocks a thread closed while streams carried
+// work wait, with the thread, until every stream that was active at the close has done the submissions
+// it had begun by then. The marks are loads to check, so the blocks come back to their thread as soon as
+// the polls have seen those streams get that far, while other streams go on working; through the fence
+// queue they waited for events recorded by one thread for all, or for the whole process to turn
+// ordered (docs/free-safety.md, "Marked batches", says why this is exact).
+struct StreamMark {
+  const StreamRecord* record;
+  std::uint64_t serial;       // the registration marked: a record recycled since had done its work
+  std::uint64_t submissions;  // begun at the close (in flight included)
+};
+// True once the marked stream has done the submissions it had begun at the mark.
+inline bool stream_passed(const StreamMark& mark) noexcept {
+  return mark.record->serial.load(std::memory_order_acquire) != mark.serial ||
+         mark.record->done_submissions.load(std::memory_order_acquire) >= mark.submissions;
+}
+// Marks every active stream into `marks` (cleared first), under the activity lock. False, with nothing
+// to rely on, when the active set cannot vouch for all work issued so far: legacy work not known done,
+// a destroyed stream still counted, work on a per-thread default stream, legacy work not counted (solo
+// not allowed), no host memory. The caller then fences the batch through the queue.
+bool mark_active_streams(std::vector<StreamMark>* marks) noexcept;
+
 // For the statistics line: streams that became active (transitions), and joins recorded.
 std::uint64_t stream_activations() noexcept;
 // Solo's course: how often it began, and what ended it.

@@ -13,6 +13,7 @@
 
 #include "allocators/adaptive_mutex.h"
 #include "router/free_fence_queue.h"
+#include "router/marked_batches.h"
 #include "router/peak_growth.h"
 #include "router/router_state.h"
 #include "router/spin_lock.h"
@@ -79,6 +80,14 @@ std::vector<ThreadState*>& threads();  // every live ThreadState; under g_thread
 // calls that still arrive (static destructors freeing device memory) use the shared fallbacks.
 inline GPUSHIM_HOT_TLS bool t_state_gone = false;
 
+// Sets or clears bit d of one of a thread's device masks, under its lock: a load and a store (no locked
+// instruction: one writer at a time), stored only when it changes.
+inline void set_device_bit(std::atomic<std::uint64_t>& bits, int d, bool set) noexcept {
+  const std::uint64_t now = bits.load(std::memory_order_relaxed);
+  const std::uint64_t bit = std::uint64_t{1} << d;
+  if (set != ((now & bit) != 0)) bits.store(now ^ bit, std::memory_order_relaxed);
+}
+
 struct ThreadState {
   // The owner on each free; another thread only in an out-of-memory sweep or a double-free check.
   // A spin lock: the owner holds it for a push_back, and it is almost never contended.
@@ -106,11 +115,15 @@ struct ThreadState {
   bool may_have_returned(int d) const noexcept { return (returned_devices.load(std::memory_order_relaxed) >> d) & 1; }
   // Under `lock`: bit d set or cleared, stored only when it changes. Readers read the list itself under
   // the lock, so the bit needs no ordering: one that misses a new bit finds the list at its next call.
-  void mark_returned(int d, bool holds) noexcept {
-    const std::uint64_t bits = returned_devices.load(std::memory_order_relaxed);
-    const std::uint64_t bit = std::uint64_t{1} << d;
-    if (holds != ((bits & bit) != 0)) returned_devices.store(bits ^ bit, std::memory_order_relaxed);
-  }
+  void mark_returned(int d, bool holds) noexcept { set_device_bit(returned_devices, d, holds); }
+  // cuMemFree batches this thread closed while streams carried work, waiting with it for the streams
+  // they marked (router/marked_batches.h), by device, oldest first. Under `lock`.
+  std::vector<MarkedBatch> marked[kMaxDevices];
+  // Bit d: marked[d] holds batches. Written under `lock` (store only, as returned_devices); read
+  // without it by the owner's allocations and frees.
+  std::atomic<std::uint64_t> marked_devices{0};
+  bool may_have_marked(int d) const noexcept { return (marked_devices.load(std::memory_order_relaxed) >> d) & 1; }
+  void mark_marked(int d, bool holds) noexcept { set_device_bit(marked_devices, d, holds); }
   ThreadState() {
     for (std::uint64_t& low : returned_low) low = kNoTakeSinceReturn;
     std::lock_guard<AdaptiveMutex> guard(g_threads_lock);
@@ -135,6 +148,8 @@ struct ThreadState {
       if (!device) continue;
       if (!batches[d].empty()) device->fences.adopt_orphans(batches[d].take());
       if (!returned[d].empty()) device->fences.adopt_orphans(std::move(returned[d]));
+      // Lock held (take_marked_batches' contract); no driver call, as for the rest.
+      for (MarkedBatch& batch : take_marked_batches(*this, *device)) device->fences.adopt_orphans(std::move(batch.blocks));
     }
   }
 };
@@ -160,6 +175,13 @@ static inline ThreadState* this_thread_state() noexcept {
   t_state_owner.state = state;
   t_state = state;
   return state;
+}
+
+// True when the calling thread holds marked batches of device `d` (an allocation then weighs waiting for
+// them against growing, as for the fence queue's blocks).
+inline bool holds_marked_batches(int d) noexcept {
+  const ThreadState* thread = t_state;
+  return thread && thread->may_have_marked(d);
 }
 
 // Forced inline: GCC inlined it into serve and the frees (this_thread_state's slow path split off) while

@@ -81,7 +81,8 @@ router_e2e_arena_run(router_e2e_stream_list_idle *QuietStreamsList*
 # runs solo itself, on the default rule.
 add_executable(router_stream_activity_test ${CMAKE_CURRENT_SOURCE_DIR}/router_stream_activity_test.cpp)
 add_executable(router_solo_test ${CMAKE_CURRENT_SOURCE_DIR}/router_solo_test.cpp)
-foreach(test router_stream_activity_test router_solo_test)
+add_executable(router_marked_batches_test ${CMAKE_CURRENT_SOURCE_DIR}/router_marked_batches_test.cpp)
+foreach(test router_stream_activity_test router_solo_test router_marked_batches_test)
   target_include_directories(${test} PRIVATE ${CUDAToolkit_INCLUDE_DIRS})
   target_link_libraries(${test} PRIVATE shim_fake_libcuda GTest::gtest_main Threads::Threads)
   add_dependencies(${test} gpushim)
@@ -92,6 +93,26 @@ foreach(backend vmm buddy slab tiered passthrough)
   gpushim_discover_tests(router_solo_test router_solo.${backend} ENV
     "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
 endforeach()
+# Batches closed while streams work are marked and wait with their thread (router/marked_batches.h), on
+# the default rule and without solo. The stream-activity suite runs once more with them off, so the fence
+# queue's own behaviour (events shared, answers, waits) is still what it checks.
+foreach(backend vmm tiered)
+  gpushim_discover_tests(router_marked_batches_test router_marked_batches.${backend} ENV
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
+endforeach()
+gpushim_discover_tests(router_marked_batches_test router_marked_batches_no_solo.tiered ENV
+  "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FREE_FENCE=no-solo")
+gpushim_discover_tests(router_marked_batches_test router_marked_batches_event_probes.tiered ENV
+  "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;FAKE_CUDA_NO_STREAM_WRITES=1")
+# The statistics line counts them, and the blocks that came back by their marks.
+add_test(NAME router_marked_batches_statistics.tiered COMMAND router_marked_batches_test
+  --gtest_filter=*CallsNoDriverAndComesBack*)
+set_tests_properties(router_marked_batches_statistics.tiered PROPERTIES TIMEOUT 120
+  PASS_REGULAR_EXPRESSION "[1-9][0-9]* batches marked, [1-9][0-9]* of their blocks back to their thread by the marks"
+  FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}|\\[  FAILED  \\]"
+  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1")
+gpushim_discover_tests(router_stream_activity_test router_stream_activity_queue.tiered ENV
+  "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FREE_FENCE=no-solo;GPUSHIM_THREAD_FENCES=0")
 # Once more where the driver refuses stream writes: the probes are events (router/probe_words.h).
 gpushim_discover_tests(router_stream_activity_test router_stream_activity_event_probes.tiered ENV
   "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;FAKE_CUDA_NO_STREAM_WRITES=1;GPUSHIM_FREE_FENCE=no-solo")
@@ -102,7 +123,7 @@ gpushim_discover_tests(router_solo_test router_solo_event_probes.tiered ENV
 add_test(NAME router_stream_activity_fence_delay.tiered COMMAND router_stream_activity_test --gtest_filter=*FenceDelay*)
 set_tests_properties(router_stream_activity_fence_delay.tiered PROPERTIES TIMEOUT 120
   FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}"
-  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FENCE_DELAY=1s;E2E_FENCE_DELAY=1;GPUSHIM_FREE_FENCE=no-solo")
+  ENVIRONMENT "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FENCE_DELAY=1s;E2E_FENCE_DELAY=1;GPUSHIM_FREE_FENCE=no-solo;GPUSHIM_THREAD_FENCES=0")
 
 # The statistics' "at the peak" line tells why allocations were let past the peak (router/memory_report.h):
 # by the growth rule's turn, with too little fenced to wait for, or after a wait in vain, and how many

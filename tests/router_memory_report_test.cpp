@@ -81,21 +81,29 @@ TEST(StatsTable, FencesGetTheirOwnLine) {
   row.fences.events = {7, 9, 12};  // recorded, shared, queried
   row.fences.driver_polls = 30;
   row.fences.unfenced_blocks = 500;
+  row.fences.marked_batches = 6;
+  row.fences.marked_blocks_passed = 1200;
   StatsRow none = row;
   none.device = 1;
-  none.fences.fences = none.fences.unfenced_blocks = 0;
+  none.fences.fences = none.fences.unfenced_blocks = none.fences.marked_batches = 0;
   auto lines = format_stats_table({row, none});
   ASSERT_EQ(lines.size(), 4u);
   EXPECT_EQ(lines[3],
             "device 0 fences: 4 found complete, 100 blocks (25.0 a fence); close to record 10.0 us, record to "
             "found complete 250.0 us (means); events 7 recorded, 9 shared, 12 queries in 30 polls; 500 blocks "
-            "went back unfenced when the work turned ordered");
+            "went back unfenced when the work turned ordered; 6 batches marked, 1200 of their blocks back to "
+            "their thread by the marks");
   // Blocks that only went back unfenced: the line, with no fence to divide by.
   row.fences.fences = row.fences.blocks = 0;
   row.fences.close_to_record_ns = row.fences.record_to_complete_ns = 0;
   lines = format_stats_table({row});
   ASSERT_EQ(lines.size(), 3u);
   EXPECT_NE(lines[2].find("0 found complete, 0 blocks (0.0 a fence)"), std::string::npos) << lines[2];
+  // Only marked batches (router/marked_batches.h): the line too.
+  row.fences.unfenced_blocks = 0;
+  lines = format_stats_table({row});
+  ASSERT_EQ(lines.size(), 3u);
+  EXPECT_NE(lines[2].find("6 batches marked"), std::string::npos) << lines[2];
 }
 
 // The provider's maps and unmaps, with the time the driver took: only for a device whose provider was

@@ -165,6 +165,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
                                       {"GPUSHIM_LIMIT", "75%"},
                                       {"GPUSHIM_FREE_FENCE", "always"},
                                       {"GPUSHIM_FENCE_DELAY", "20us"},
+                                      {"GPUSHIM_THREAD_FENCES", "off"},
                                       {"GPUSHIM_STREAM_LIST_IDLE", "250ms"},
                                       {"GPUSHIM_DIRECT_CUDART", "off"},
                                       {"GPUSHIM_VMM_RESERVE", "1TiB"},
@@ -195,6 +196,7 @@ TEST(Settings, EveryRowReadsItsVariable) {
   EXPECT_DOUBLE_EQ(s.limit.percent, 75.0);
   EXPECT_EQ(s.free_fence, Settings::FreeFence::always);
   EXPECT_EQ(s.fence_delay_ns, 20000u);
+  EXPECT_FALSE(s.thread_fences);
   EXPECT_EQ(s.stream_list_idle_ns, 250000000u);
   EXPECT_FALSE(s.direct_cudart);
   EXPECT_EQ(s.vmm_reserve, 1024 * GiB);

@@ -31,13 +31,13 @@ std::atomic<std::uint64_t> g_stream_records_generation{1};
 StreamRecord* begin_stream_work_uncached(CUstream) noexcept { return nullptr; }
 StreamRecord* become_active(StreamRecord*) noexcept { return nullptr; }
 void probe_after_submission(StreamRecord*) noexcept {}
-// Legacy work is not tracked either: solo is never allowed, so begin_legacy_work returns at once.
+// Legacy work is not tracked either: it is never counted, so begin_legacy_work returns at once.
 std::atomic<std::uint64_t> g_unordered{0};
-LegacyStripe g_legacy_in_flight[kLegacyStripes];
-std::atomic<int> g_solo_allowed{0};
+LegacyStripe g_legacy_submissions[kLegacyStripes];
+std::atomic<int> g_legacy_rules{0};
 StreamRecord g_legacy_submission;
-bool read_solo_allowed() noexcept { return false; }
-LegacyStripe* assign_legacy_stripe() noexcept { return &g_legacy_in_flight[0]; }
+int read_legacy_rules() noexcept { return 0; }
+LegacyStripe* assign_legacy_stripe() noexcept { return &g_legacy_submissions[0]; }
 void check_legacy_context() noexcept {}
 void legacy_work_beside_solo() noexcept {}
 void before_capture_begins() noexcept {}

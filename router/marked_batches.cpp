@@ -1,0 +1,139 @@
+// Marked batches (router/marked_batches.h).
+#include "router/marked_batches.h"
+
+#include <mutex>
+#include <utility>
+
+#include "config/settings.h"
+#include "router/router_state.h"
+#include "router/thread_state.h"
+
+namespace gpushim::router {
+namespace {
+
+// Blocks a call of the backend's deallocate_batch and parts a call of return_to_owners, as the fence
+// queue's give-back sends them (router/free_fence_queue.cpp): no allocation on the way back.
+constexpr std::size_t kBlocksPerBackendCall = 32;
+constexpr std::size_t kPartsPerOwnersCall = 32;
+
+// Marked only where a fenced block may go back to its thread's list (a backend that orders its own
+// frees keeps the queue) and GPUSHIM_THREAD_FENCES allows it. Read once per device.
+bool marks_allowed(const DeviceState& device) noexcept {
+  return device.properties.fenced && !device.properties.stream_ordered && !device.properties.driver_backed &&
+         settings().thread_fences;
+}
+
+// `batches` (passed, moved out of their thread) to `device`'s owners, the calling thread among them,
+// and what the lists do not take to the backend.
+void give_back_passed(DeviceState& device, std::vector<MarkedBatch>& batches) noexcept {
+  std::uint64_t bytes = 0, blocks = 0;
+  std::vector<FreedBlock>* parts[kPartsPerOwnersCall];
+  std::size_t count = 0;
+  for (MarkedBatch& batch : batches) {
+    bytes += batch.bytes;
+    blocks += batch.blocks.size();
+    parts[count++] = &batch.blocks;
+    if (count < kPartsPerOwnersCall) continue;
+    device.owners.return_to_owners(parts, count, kOwnBlockThroughCacheBytes);
+    count = 0;
+  }
+  if (count > 0) device.owners.return_to_owners(parts, count, kOwnBlockThroughCacheBytes);
+  device.marked_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+  device.marked_blocks_passed.fetch_add(blocks, std::memory_order_relaxed);
+  BlockToFree chunk[kBlocksPerBackendCall];
+  std::size_t in_chunk = 0;
+  for (const MarkedBatch& batch : batches) {
+    for (const FreedBlock& block : batch.blocks) {
+      chunk[in_chunk++] = {block.ptr, block.bytes, block.stream};
+      if (in_chunk < kBlocksPerBackendCall) continue;
+      device.backend().deallocate_batch(chunk, in_chunk);
+      in_chunk = 0;
+    }
+  }
+  if (in_chunk > 0) device.backend().deallocate_batch(chunk, in_chunk);
+}
+
+// Moves the passed batches of `held` into `passed`, keeping the others in order. The owner's lock held.
+void move_passed(std::vector<MarkedBatch>& held, std::vector<MarkedBatch>& passed) noexcept {
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < held.size(); ++i) {
+    if (held[i].passed()) {
+      try {
+        passed.push_back(std::move(held[i]));
+        continue;
+      } catch (...) {
+        // no host memory: it stays, and a later check moves it
+      }
+    }
+    if (kept != i) held[kept] = std::move(held[i]);
+    ++kept;
+  }
+  held.resize(kept);
+}
+
+}  // namespace
+
+bool hold_marked_batch(ThreadState& thread, DeviceState& device, std::vector<FreedBlock>& blocks,
+                       FenceContext context) noexcept {
+  if (blocks.empty() || !marks_allowed(device)) return false;
+  MarkedBatch batch;
+  // After the batch's last free: every submission that may have used one of its blocks has begun.
+  if (!mark_active_streams(&batch.marks)) return false;
+  for (const FreedBlock& block : blocks) batch.bytes += block.bytes;
+  batch.context = context;
+  const std::uint64_t bytes = batch.bytes;
+  batch.blocks = std::move(blocks);
+  {
+    std::lock_guard<SpinLock> guard(thread.lock);
+    try {
+      thread.marked[device.ordinal].push_back(std::move(batch));
+    } catch (...) {
+      blocks = std::move(batch.blocks);  // push_back left it as it was
+      return false;
+    }
+    thread.mark_marked(device.ordinal, true);
+  }
+  device.marked_bytes.fetch_add(bytes, std::memory_order_relaxed);
+  device.marked_batches.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+bool return_passed_batches(ThreadState& thread, DeviceState& device) noexcept {
+  const int d = device.ordinal;
+  std::vector<MarkedBatch> passed;
+  {
+    std::lock_guard<SpinLock> guard(thread.lock);
+    std::vector<MarkedBatch>& held = thread.marked[d];
+    move_passed(held, passed);
+    if (held.empty()) thread.mark_marked(d, false);
+  }
+  if (passed.empty()) return false;
+  give_back_passed(device, passed);
+  return true;
+}
+
+void return_every_passed_batch(DeviceState& device) noexcept {
+  const int d = device.ordinal;
+  std::vector<MarkedBatch> passed;
+  for_each_thread([&](ThreadState& thread) {
+    if (!thread.may_have_marked(d)) return;
+    std::vector<MarkedBatch>& held = thread.marked[d];
+    move_passed(held, passed);
+    if (held.empty()) thread.mark_marked(d, false);
+  });
+  // Their owners are alive or not by now: return_to_owners asks the registry, as for the queue's rounds.
+  if (!passed.empty()) give_back_passed(device, passed);
+}
+
+std::vector<MarkedBatch> take_marked_batches(ThreadState& thread, DeviceState& device) noexcept {
+  const int d = device.ordinal;
+  std::vector<MarkedBatch> taken;
+  taken.swap(thread.marked[d]);
+  thread.mark_marked(d, false);
+  std::uint64_t bytes = 0;
+  for (const MarkedBatch& batch : taken) bytes += batch.bytes;
+  if (bytes) device.marked_bytes.fetch_sub(bytes, std::memory_order_relaxed);
+  return taken;
+}
+
+}  // namespace gpushim::router

@@ -1,0 +1,160 @@
+// Marked batches (router/marked_batches.h), end to end: libgpushim.so over the fake driver, each test in
+// its own process (tests/router_e2e.cmake). A cuMemFree batch closed while streams work stays with its
+// thread, marked with how far each active stream had got, and comes back once polls have seen each get
+// there; where the marks cannot vouch for all work issued before the close (legacy work not known done,
+// a destroyed stream still counted), the batch goes to the fence queue as before.
+#include <cuda.h>
+#include <gtest/gtest.h>
+
+#include <thread>
+#include <vector>
+
+#include "stream_activity_support.h"
+
+namespace {
+
+using namespace stream_activity_support;
+
+using MarkedBatches = FakeGpuStreams;
+
+// Two non-blocking streams that carry work, so that frees are fenced (two active streams are not solo).
+std::pair<CUstream, CUstream> two_active_streams() {
+  auto streams = two_idle_streams();
+  launch_on(streams.first);
+  launch_on(streams.second);
+  return streams;
+}
+
+// A block used on a held stream, its batch closed while another stream works: no event, no wait and no
+// question of the legacy stream for the batch (the marks are loads), the block held back while its
+// user is queued, and back once that user is done, while the other stream is busy with later work, so
+// that the work never turns ordered. (Through the fence queue it would be back too, by the events
+// recorded on both streams at the close: what the marks save is those driver calls and the shared
+// queue, docs/perf-notes.md, thirty-ninth session.)
+TEST_F(MarkedBatches, ABatchClosedWhileStreamsWorkCallsNoDriverAndComesBackOnceTheirWorkIsDone) {
+  auto [a, b] = two_active_streams();
+  fake_cuda_hold_stream(a, 1);
+  fake_cuda_hold_stream(b, 1);
+  launch_on(b);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, a), CUDA_SUCCESS);
+  const int records = fake_cuda_calls("cuEventRecord");
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  free_and_close_batch(used);
+  if (word_probes()) EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "an event recorded for a marked batch";
+  EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "a wait queued for a marked batch";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "a block a held stream's queued work may touch was handed out";
+
+  // b finishes what it had at the close and starts more, which it keeps: the work stays unordered.
+  fake_cuda_hold_stream(b, 0);
+  churn();
+  fake_cuda_hold_stream(b, 1);
+  launch_on(b);
+  EXPECT_FALSE(handed_out_again(used, 300)) << "handed out while its own user on `a` was still queued";
+  fake_cuda_hold_stream(a, 0);
+  churn();  // polls see `a` done
+  EXPECT_TRUE(handed_out_again(used, 400)) << "a marked batch waited for work queued after its close";
+  fake_cuda_hold_stream(b, 0);
+  EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
+}
+
+// A stream's submissions still queued at the close are what its mark waits for, not the stream going
+// idle: many rounds of blocks used on held streams, none handed out while its user is queued. It fails
+// when a mark passes before its stream's work is done.
+TEST_F(MarkedBatches, NoBlockOfAMarkedBatchIsHandedOutWhileItsUserIsQueued) {
+  auto [a, b] = two_active_streams();
+  fake_cuda_hold_stream(a, 1);
+  fake_cuda_hold_stream(b, 1);
+  std::set<CUdeviceptr> busy;
+  use_and_free_in_rounds({a, b}, 300, &busy);  // 600 frees: two batches close with users queued
+  churn();
+  for (int i = 0; i < 600; ++i) {
+    const CUdeviceptr p = fresh_block();
+    EXPECT_EQ(busy.count(p), 0u) << "a block still used by queued work was handed out";
+    busy.insert(p);  // kept: each allocation gets a block not seen before
+  }
+  fake_cuda_hold_stream(a, 0);
+  fake_cuda_hold_stream(b, 0);
+  EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
+}
+
+// Legacy work not known done: the marks cannot vouch for it (a next user on a side stream would not
+// wait for it), so the batch goes to the fence queue, whose fence makes the active side streams wait for
+// the legacy work issued before it. It fails when a batch is marked beside unfinished legacy work.
+TEST_F(MarkedBatches, LegacyWorkNotKnownDoneSendsTheBatchToTheFenceQueue) {
+  auto [a, b] = two_idle_streams();
+  fake_cuda_hold_stream(a, 1);  // both keep working: the frees stay fenced
+  fake_cuda_hold_stream(b, 1);
+  launch_on(a);
+  launch_on(b);
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, CU_STREAM_LEGACY), CUDA_SUCCESS);  // its last user
+  const int waits = fake_cuda_calls("cuStreamWaitEvent");
+  free_and_close_batch(used);
+  EXPECT_GT(fake_cuda_calls("cuStreamWaitEvent"), waits)
+      << "the side streams' later work must wait for the legacy work issued before the batch closed";
+  fake_cuda_hold_stream(CU_STREAM_LEGACY, 0);
+  // (Under solo's rule the legacy stream was made to wait for `a`, solo's stream until `b` started:
+  // all of it done now.)
+  fake_cuda_hold_stream(a, 0);
+  fake_cuda_hold_stream(b, 0);
+  churn();
+  // The legacy stream is done: batches are marked again (a join or the close asks it), with no event.
+  fake_cuda_hold_stream(a, 1);
+  fake_cuda_hold_stream(b, 1);
+  launch_on(a);
+  launch_on(b);
+  const CUdeviceptr next = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(next, 1, kBlock, a), CUDA_SUCCESS);
+  const int records = fake_cuda_calls("cuEventRecord");
+  free_and_close_batch(next);
+  if (word_probes()) EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "legacy work known done: a marked batch";
+  EXPECT_FALSE(handed_out_again(next, 300)) << "handed out while its user on `a` was queued";
+  fake_cuda_hold_stream(a, 0);
+  fake_cuda_hold_stream(b, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(next, 400));
+  for (CUstream s : {a, b}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
+// A destroyed stream still counted has work no poll will mark done: its batch goes to the fence queue
+// (a device-wide fence, the legacy stream made to wait for the stream's last work), not to the marks.
+TEST_F(MarkedBatches, ADestroyedStreamStillCountedSendsTheBatchToTheFenceQueue) {
+  auto [a, b] = two_active_streams();
+  fake_cuda_hold_stream(a, 1);
+  const CUdeviceptr used = fresh_block();
+  ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, a), CUDA_SUCCESS);
+  ASSERT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);  // its work still runs
+  const int records = fake_cuda_calls("cuEventRecord");
+  free_and_close_batch(used);
+  EXPECT_GT(fake_cuda_calls("cuEventRecord"), records) << "no fence while a destroyed stream's work runs";
+  EXPECT_FALSE(handed_out_again(used, 300)) << "handed out while the destroyed stream's work was queued";
+  fake_cuda_hold_stream(a, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 400));
+  EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
+}
+
+// A thread that exits with marked batches hands them to the fence queue as orphans (no driver call in a
+// thread's exit): fenced again, they come back once the work is done, and never before.
+TEST_F(MarkedBatches, AMarkedBatchOfAThreadThatExitsComesBackThroughTheQueue) {
+  auto [a, b] = two_active_streams();
+  fake_cuda_hold_stream(a, 1);
+  CUdeviceptr used = 0;
+  std::thread([&] {
+    used = fresh_block();
+    ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, a), CUDA_SUCCESS);
+    free_and_close_batch(used);
+  }).join();
+  EXPECT_FALSE(handed_out_again(used, 300)) << "an exited thread's marked block was handed out while in use";
+  fake_cuda_hold_stream(a, 0);
+  churn();
+  EXPECT_TRUE(handed_out_again(used, 1000)) << "an exited thread's marked batch never came back";
+  EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
+}
+
+}  // namespace
