@@ -17,6 +17,12 @@ using namespace stream_activity_support;
 
 using MarkedBatches = FakeGpuStreams;
 
+// `s` gets work that it keeps until the test lets it go: it stays active, so frees stay fenced.
+void keep_working(CUstream s) {
+  fake_cuda_hold_stream(s, 1);
+  launch_on(s);
+}
+
 // Two non-blocking streams that carry work, so that frees are fenced (two active streams are not solo).
 std::pair<CUstream, CUstream> two_active_streams() {
   auto streams = two_idle_streams();
@@ -34,22 +40,22 @@ std::pair<CUstream, CUstream> two_active_streams() {
 TEST_F(MarkedBatches, ABatchClosedWhileStreamsWorkCallsNoDriverAndComesBackOnceTheirWorkIsDone) {
   auto [a, b] = two_active_streams();
   fake_cuda_hold_stream(a, 1);
-  fake_cuda_hold_stream(b, 1);
-  launch_on(b);
+  keep_working(b);
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, a), CUDA_SUCCESS);
   const int records = fake_cuda_calls("cuEventRecord");
   const int waits = fake_cuda_calls("cuStreamWaitEvent");
   free_and_close_batch(used);
-  if (word_probes()) EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "an event recorded for a marked batch";
+  if (word_probes()) {
+    EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "an event recorded for a marked batch";
+  }
   EXPECT_EQ(fake_cuda_calls("cuStreamWaitEvent"), waits) << "a wait queued for a marked batch";
   EXPECT_FALSE(handed_out_again(used, 300)) << "a block a held stream's queued work may touch was handed out";
 
   // b finishes what it had at the close and starts more, which it keeps: the work stays unordered.
   fake_cuda_hold_stream(b, 0);
   churn();
-  fake_cuda_hold_stream(b, 1);
-  launch_on(b);
+  keep_working(b);
   EXPECT_FALSE(handed_out_again(used, 300)) << "handed out while its own user on `a` was still queued";
   fake_cuda_hold_stream(a, 0);
   churn();  // polls see `a` done
@@ -85,10 +91,8 @@ TEST_F(MarkedBatches, NoBlockOfAMarkedBatchIsHandedOutWhileItsUserIsQueued) {
 // the legacy work issued before it. It fails when a batch is marked beside unfinished legacy work.
 TEST_F(MarkedBatches, LegacyWorkNotKnownDoneSendsTheBatchToTheFenceQueue) {
   auto [a, b] = two_idle_streams();
-  fake_cuda_hold_stream(a, 1);  // both keep working: the frees stay fenced
-  fake_cuda_hold_stream(b, 1);
-  launch_on(a);
-  launch_on(b);
+  keep_working(a);
+  keep_working(b);
   fake_cuda_hold_stream(CU_STREAM_LEGACY, 1);
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, CU_STREAM_LEGACY), CUDA_SUCCESS);  // its last user
@@ -103,15 +107,15 @@ TEST_F(MarkedBatches, LegacyWorkNotKnownDoneSendsTheBatchToTheFenceQueue) {
   fake_cuda_hold_stream(b, 0);
   churn();
   // The legacy stream is done: batches are marked again (a join or the close asks it), with no event.
-  fake_cuda_hold_stream(a, 1);
-  fake_cuda_hold_stream(b, 1);
-  launch_on(a);
-  launch_on(b);
+  keep_working(a);
+  keep_working(b);
   const CUdeviceptr next = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(next, 1, kBlock, a), CUDA_SUCCESS);
   const int records = fake_cuda_calls("cuEventRecord");
   free_and_close_batch(next);
-  if (word_probes()) EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "legacy work known done: a marked batch";
+  if (word_probes()) {
+    EXPECT_EQ(fake_cuda_calls("cuEventRecord"), records) << "legacy work known done: a marked batch";
+  }
   EXPECT_FALSE(handed_out_again(next, 300)) << "handed out while its user on `a` was queued";
   fake_cuda_hold_stream(a, 0);
   fake_cuda_hold_stream(b, 0);
