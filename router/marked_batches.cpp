@@ -17,7 +17,8 @@ constexpr std::size_t kBlocksPerBackendCall = 32;
 constexpr std::size_t kPartsPerOwnersCall = 32;
 
 // Marked only where a fenced block may go back to its thread's list (a backend that orders its own
-// frees keeps the queue) and GPUSHIM_THREAD_FENCES allows it. Read once per device.
+// frees keeps the queue) and GPUSHIM_THREAD_FENCES allows it. Asked at each close (settings() is read
+// once per process).
 bool marks_allowed(const DeviceState& device) noexcept {
   return device.properties.fenced && !device.properties.stream_ordered && !device.properties.driver_backed &&
          settings().thread_fences;

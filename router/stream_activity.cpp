@@ -396,7 +396,6 @@ void note_legacy_done(CUcontext context, std::uint64_t queued) noexcept {
   if (legacy != nullptr && legacy != context) return;
   if (queued > g_legacy_submissions_done.load(std::memory_order_relaxed))
     g_legacy_submissions_done.store(queued, std::memory_order_seq_cst);
-
 }
 
 void remember(CUstream stream, StreamRecord* record) noexcept {

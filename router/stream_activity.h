@@ -47,7 +47,8 @@ namespace gpushim::router {
 inline constexpr std::uint64_t kStreamActive = 1;
 inline constexpr std::uint64_t kInFlightOne = 2;
 inline constexpr std::uint64_t kInFlightMask = 0xffffull << 1;
-inline constexpr std::uint64_t kSubmissionOne = 1ull << 17;
+inline constexpr unsigned kSubmissionShift = 17;  // a word's submissions begun: word >> kSubmissionShift
+inline constexpr std::uint64_t kSubmissionOne = 1ull << kSubmissionShift;
 
 struct StreamRecord {
   std::atomic<std::uint64_t> word{0};
@@ -82,7 +83,6 @@ struct StreamRecord {
   std::atomic<std::uint64_t> done_submissions{0};
   StreamRecord* next_free = nullptr;
 };
-inline constexpr unsigned kSubmissionShift = 17;
 
 // Low 32 bits: active streams that break the total order (non-blocking ones, plus kUnorderedForever once
 // work went to a stream gpushim cannot probe), and solo's state bits. High 32 bits: active blocking
@@ -113,7 +113,7 @@ inline bool freed_blocks_reusable_at_once() noexcept {
 // the legacy stream share no cache line. Solo may begin only when none is in flight (one that read
 // g_unordered before solo was pending may be queued after the lone stream's join looked at the legacy
 // stream); a marked batch (StreamMark, below) only when every one begun is known done. Counted while
-// solo is allowed (GPUSHIM_FREE_FENCE=auto), which marked batches need for that reason.
+// solo or marked batches are allowed (legacy_counted), which both need for that reason.
 inline constexpr unsigned kLegacyStripes = 16;
 struct alignas(64) LegacyStripe {
   std::atomic<std::uint64_t> begun{0};
@@ -284,8 +284,9 @@ inline bool stream_passed(const StreamMark& mark) noexcept {
 }
 // Marks every active stream into `marks` (cleared first), under the activity lock. False, with nothing
 // to rely on, when the active set cannot vouch for all work issued so far: legacy work not known done,
-// a destroyed stream still counted, work on a per-thread default stream, legacy work not counted (solo
-// not allowed), no host memory. The caller then fences the batch through the queue.
+// a destroyed stream still counted, work on a per-thread default stream, legacy work not counted
+// (legacy_counted: neither solo nor marked batches allowed), no host memory. The caller then fences the
+// batch through the queue.
 bool mark_active_streams(std::vector<StreamMark>* marks) noexcept;
 
 // For the statistics line: streams that became active (transitions), and joins recorded.
