@@ -6,6 +6,8 @@
 #include <thread>
 #include <utility>
 
+#include "router/block_hand_back.h"
+
 namespace gpushim {
 namespace {
 
@@ -21,12 +23,6 @@ constexpr std::size_t kMaxFencesAskedPerPoll = 16;
 constexpr int kRecordRounds = 2;
 // Fences one round records at most (one per context and kind of batch: a program has a few contexts).
 constexpr std::size_t kMaxFencesPerRound = 16;
-// Parts of a batch (itself and the batches merged into it) handed to the owners in one call.
-constexpr std::size_t kPartsPerOwnersCall = 32;
-// Blocks a give-back hands the backend in one call: one hold of the arena's lock frees at most this
-// many (each a merge and a hash removal, well under a microsecond), so the allocations queued behind it
-// wait microseconds, not the whole give-back.
-constexpr std::size_t kBlocksPerBackendCall = 32;
 // How long a waiting poll (an allocation at the peak or in need) yields while another thread polls
 // before it sleeps on the lock: a poll records and asks a few fences, tens of microseconds.
 constexpr auto kWaitingPollYieldFor = std::chrono::microseconds(200);
@@ -288,34 +284,17 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners, std::uint64
     if (!others_in_round) own_kept_bytes = own_kept_bytes_;
     to_owners = others_in_round || largest > own_kept_bytes_;
   }
-  // What the owners did not take goes to the backend kBlocksPerBackendCall at a time (one arena lock
-  // each, Allocator::deallocate_batch), in the order it was freed.
-  BlockToFree chunk[kBlocksPerBackendCall];  // no allocation: every poll may run this
-  std::size_t in_chunk = 0;
+  // What the owners did not take goes to the backend in chunks (router/block_hand_back.h), in the order
+  // it was freed.
+  BlockHandBack hand_back(to_owners ? owners_ : nullptr, backend_, own_kept_bytes);
   for (std::unique_ptr<ClosedBatch>& batch : done) {
     if (!batch) continue;
     events_.release(batch->fence);
-    if (to_owners && owners_) {
-      std::vector<FreedBlock>* parts[kPartsPerOwnersCall];  // no allocation: every poll may run this
-      std::size_t count = 0;
-      for_each_part(*batch, [&](std::vector<FreedBlock>& blocks) {
-        parts[count++] = &blocks;
-        if (count < kPartsPerOwnersCall) return;
-        owners_->return_to_owners(parts, count, own_kept_bytes);
-        count = 0;
-      });
-      if (count > 0) owners_->return_to_owners(parts, count, own_kept_bytes);
-    }
-    for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) {
-      for (const FreedBlock& block : blocks) {
-        chunk[in_chunk++] = {block.ptr, block.bytes, block.stream};
-        if (in_chunk < kBlocksPerBackendCall) continue;
-        backend_.deallocate_batch(chunk, in_chunk);
-        in_chunk = 0;
-      }
-    });
+    for_each_part(*batch, [&](std::vector<FreedBlock>& blocks) { hand_back.offer_to_owners(blocks); });
+    hand_back.owners_done();
+    for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) { hand_back.to_backend(blocks); });
   }
-  if (in_chunk > 0) backend_.deallocate_batch(chunk, in_chunk);
+  hand_back.finish();
   return bytes;
 }
 

@@ -5,16 +5,12 @@
 #include <utility>
 
 #include "config/settings.h"
+#include "router/block_hand_back.h"
 #include "router/router_state.h"
 #include "router/thread_state.h"
 
 namespace gpushim::router {
 namespace {
-
-// Blocks a call of the backend's deallocate_batch and parts a call of return_to_owners, as the fence
-// queue's give-back sends them (router/free_fence_queue.cpp): no allocation on the way back.
-constexpr std::size_t kBlocksPerBackendCall = 32;
-constexpr std::size_t kPartsPerOwnersCall = 32;
 
 // Marked only where a fenced block may go back to its thread's list (a backend that orders its own
 // frees keeps the queue) and GPUSHIM_THREAD_FENCES allows it. Asked at each close (settings() is read
@@ -25,33 +21,19 @@ bool marks_allowed(const DeviceState& device) noexcept {
 }
 
 // `batches` (passed, moved out of their thread) to `device`'s owners, the calling thread among them,
-// and what the lists do not take to the backend.
+// and what the lists do not take to the backend, as the fence queue's rounds go (router/block_hand_back.h).
 void give_back_passed(DeviceState& device, std::vector<MarkedBatch>& batches) noexcept {
   std::uint64_t bytes = 0, blocks = 0;
-  std::vector<FreedBlock>* parts[kPartsPerOwnersCall];
-  std::size_t count = 0;
+  BlockHandBack hand_back(&device.owners, device.backend(), kOwnBlockThroughCacheBytes);
   for (MarkedBatch& batch : batches) {
     bytes += batch.bytes;
     blocks += batch.blocks.size();
-    parts[count++] = &batch.blocks;
-    if (count < kPartsPerOwnersCall) continue;
-    device.owners.return_to_owners(parts, count, kOwnBlockThroughCacheBytes);
-    count = 0;
+    hand_back.offer_to_owners(batch.blocks);
   }
-  if (count > 0) device.owners.return_to_owners(parts, count, kOwnBlockThroughCacheBytes);
+  hand_back.owners_done();
   device.marked_bytes.fetch_sub(bytes, std::memory_order_relaxed);
   device.marked_blocks_passed.fetch_add(blocks, std::memory_order_relaxed);
-  BlockToFree chunk[kBlocksPerBackendCall];
-  std::size_t in_chunk = 0;
-  for (const MarkedBatch& batch : batches) {
-    for (const FreedBlock& block : batch.blocks) {
-      chunk[in_chunk++] = {block.ptr, block.bytes, block.stream};
-      if (in_chunk < kBlocksPerBackendCall) continue;
-      device.backend().deallocate_batch(chunk, in_chunk);
-      in_chunk = 0;
-    }
-  }
-  if (in_chunk > 0) device.backend().deallocate_batch(chunk, in_chunk);
+  for (const MarkedBatch& batch : batches) hand_back.to_backend(batch.blocks);
 }
 
 // Moves the passed batches of `held` into `passed`, keeping the others in order. The owner's lock held.
