@@ -104,7 +104,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
     // Only growth would serve it. Wait when the fenced blocks, with the free memory, could. The fenced
     // bytes are asked first: the backend's stats walk every thread cache under locks (5% of the
     // wall-clock time of 16 threads with a stream each at 4 MiB, on the H200).
-    const std::uint64_t fenced = device.fences.pending_bytes() + device.marked_bytes.load(std::memory_order_relaxed);
+    const std::uint64_t fenced = device.fenced_bytes();
     if (grow_now) {
       past_because = &Counters::at_peak_past_by_rule;
     } else if (device.fences.can_give_back() &&
@@ -139,7 +139,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
           count(&Counters::at_peak_waited);
           return p;
         }
-        if (!device.fences.holds_blocks() && device.marked_bytes.load(std::memory_order_relaxed) == 0) break;
+        if (!device.holds_fenced_blocks()) break;
         if (waited_ns < kNewPeakYieldForNs) std::this_thread::yield();
         else std::this_thread::sleep_for(kNewPeakPollInterval);
         waited_ns = monotonic_ns() - began_ns;

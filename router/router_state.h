@@ -106,6 +106,13 @@ struct DeviceState {
   // allocation weighs waiting for fenced blocks against growing.
   std::atomic<std::uint64_t> marked_bytes{0};
   std::atomic<std::uint64_t> marked_batches{0}, marked_blocks_passed{0};  // GPUSHIM_STATS (FenceTimes)
+  // Freed blocks that wait for their streams, either way: in the fence queue or in marked batches.
+  bool holds_fenced_blocks() const noexcept {
+    return fences.holds_blocks() || marked_bytes.load(std::memory_order_relaxed) != 0;
+  }
+  std::uint64_t fenced_bytes() const noexcept {
+    return fences.pending_bytes() + marked_bytes.load(std::memory_order_relaxed);
+  }
   Allocator& backend() { return *assembly.backend; }
   bool fenced() const { return properties.fenced; }
 };
