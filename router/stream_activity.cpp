@@ -853,19 +853,27 @@ bool mark_active_streams(std::vector<StreamMark>* marks) noexcept {
     std::lock_guard<SpinLock> guard(a.lock);
     note_legacy_done(context, queued);
   }
-  std::lock_guard<SpinLock> guard(a.lock);
-  if (g_unordered_for_good.load(std::memory_order_seq_cst) || !legacy_work_done()) return false;
-  try {
-    marks->reserve(a.active.size());
-  } catch (...) {
-    return false;
+  // Room for the marks before the lock, a spin lock that every activation takes. The active streams are
+  // counted in g_unordered (non-blocking ones in its low bits, blocking ones in its high word): a hint,
+  // since the set may grow before the lock is taken, and then the room doubles and it tries again.
+  const std::uint64_t unordered = g_unordered.load(std::memory_order_relaxed);
+  std::size_t room = static_cast<std::size_t>((unordered & (kUnorderedForever - 1)) + (unordered >> 32)) + 2;
+  for (;; room *= 2) {
+    try {
+      marks->reserve(room);
+    } catch (...) {
+      return false;
+    }
+    std::lock_guard<SpinLock> guard(a.lock);
+    if (g_unordered_for_good.load(std::memory_order_seq_cst) || !legacy_work_done()) return false;
+    if (a.active.size() > marks->capacity()) continue;
+    for (const StreamRecord* record : a.active) {
+      if (record->retiring) return false;  // its work may outlive the stream: no poll marks it done
+      marks->push_back({record, record->serial.load(std::memory_order_relaxed),
+                        record->word.load(std::memory_order_seq_cst) >> kSubmissionShift});
+    }
+    return true;
   }
-  for (const StreamRecord* record : a.active) {
-    if (record->retiring) return false;  // its work may outlive the stream: no poll marks it done
-    marks->push_back({record, record->serial.load(std::memory_order_relaxed),
-                      record->word.load(std::memory_order_seq_cst) >> kSubmissionShift});
-  }
-  return true;
 }
 
 bool order_legacy_after_destroyed_streams() noexcept {
