@@ -250,8 +250,9 @@ __attribute__((always_inline)) inline CUresult hand_out(DeviceState& device, voi
 
 // The backend's allocation, except while freed blocks wait for a fence: then growing past the peak
 // waits for them first (router/out_of_memory.h). The fence queue's blocks count wherever they were freed,
-// marked batches only where this thread holds some: they come back to its own list. Once an allocation
-// is at the peak, it waits while any thread's wait (DeviceState::holds_fenced_blocks).
+// marked batches only where this thread holds some: they come back to its own list. Once at the peak,
+// the allocation waits while any freed block waits, whichever thread holds it
+// (DeviceState::holds_fenced_blocks).
 __attribute__((always_inline)) inline void* allocate_ordinary(DeviceState& device, std::size_t block_size,
                                                               StreamHandle handle) noexcept {
   if (__builtin_expect(device.fences.holds_blocks() || holds_marked_batches(device.ordinal), 0))
