@@ -36,8 +36,10 @@ void give_back_passed(DeviceState& device, std::vector<MarkedBatch>& batches) no
   for (const MarkedBatch& batch : batches) hand_back.to_backend(batch.blocks);
 }
 
-// Moves the passed batches of `held` into `passed`, keeping the others in order. The owner's lock held.
-void move_passed(std::vector<MarkedBatch>& held, std::vector<MarkedBatch>& passed) noexcept {
+// Moves the passed batches of `thread`'s device `d` into `passed`, keeping the others in order, and
+// clears its bit once none is left. Its lock held.
+void move_passed(ThreadState& thread, int d, std::vector<MarkedBatch>& passed) noexcept {
+  std::vector<MarkedBatch>& held = thread.marked[d];
   std::size_t kept = 0;
   for (std::size_t i = 0; i < held.size(); ++i) {
     if (held[i].passed()) {
@@ -52,6 +54,7 @@ void move_passed(std::vector<MarkedBatch>& held, std::vector<MarkedBatch>& passe
     ++kept;
   }
   held.resize(kept);
+  if (held.empty()) thread.mark_marked(d, false);
 }
 
 }  // namespace
@@ -86,9 +89,7 @@ bool return_passed_batches(ThreadState& thread, DeviceState& device) noexcept {
   std::vector<MarkedBatch> passed;
   {
     std::lock_guard<SpinLock> guard(thread.lock);
-    std::vector<MarkedBatch>& held = thread.marked[d];
-    move_passed(held, passed);
-    if (held.empty()) thread.mark_marked(d, false);
+    move_passed(thread, d, passed);
   }
   if (passed.empty()) return false;
   give_back_passed(device, passed);
@@ -99,10 +100,7 @@ void return_every_passed_batch(DeviceState& device) noexcept {
   const int d = device.ordinal;
   std::vector<MarkedBatch> passed;
   for_each_thread([&](ThreadState& thread) {
-    if (!thread.may_have_marked(d)) return;
-    std::vector<MarkedBatch>& held = thread.marked[d];
-    move_passed(held, passed);
-    if (held.empty()) thread.mark_marked(d, false);
+    if (thread.may_have_marked(d)) move_passed(thread, d, passed);
   });
   // Their owners are alive or not by now: return_to_owners asks the registry, as for the queue's rounds.
   if (!passed.empty()) give_back_passed(device, passed);
