@@ -18,32 +18,45 @@ std::vector<ThreadState*>& threads() {
   return *registered;
 }
 
+namespace {
+
+// Moves `thread`'s open batch of `device`, then each of its marked batches, out to `keep(blocks,
+// context)`, `context` being what the batch would be fenced in (its lock held: for_each_thread). `keep`
+// moves the blocks on, or throws (no host memory) with them untouched: then they become orphans of the
+// device, the way back that needs none.
+template <typename Keep>
+void take_held_batches(ThreadState& thread, DeviceState& device, Keep keep) noexcept {
+  const auto take = [&](std::vector<FreedBlock>& blocks, FenceContext context) {
+    try {
+      keep(blocks, context);
+    } catch (...) {
+      device.fences.adopt_orphans(std::move(blocks));
+    }
+  };
+  PendingBatch& batch = thread.batches[device.ordinal];
+  if (!batch.empty()) {
+    const FenceContext context = batch.context();
+    std::vector<FreedBlock> blocks = batch.take();
+    take(blocks, context);
+  }
+  if (!thread.may_have_marked(device.ordinal)) return;
+  for (MarkedBatch& marked : take_marked_batches(thread, device)) take(marked.blocks, marked.context);
+}
+
+}  // namespace
+
 void close_all_thread_batches(DeviceState& device) noexcept {
   struct Closed {
     std::vector<FreedBlock> blocks;
     FenceContext context;
   };
   std::vector<Closed> closed;
+  // Marked batches too: a fence is what synchronize_all can wait for.
   for_each_thread([&](ThreadState& thread) {
-    PendingBatch& batch = thread.batches[device.ordinal];
-    if (!batch.empty()) {
-      FenceContext context = batch.context();
-      try {
-        closed.push_back({{}, context});
-        closed.back().blocks = batch.take();
-      } catch (...) {
-      }
-    }
-    // Marked batches too: a fence is what synchronize_all can wait for.
-    if (!thread.may_have_marked(device.ordinal)) return;
-    for (MarkedBatch& marked : take_marked_batches(thread, device)) {
-      try {
-        closed.push_back({{}, marked.context});
-        closed.back().blocks = std::move(marked.blocks);
-      } catch (...) {
-        device.fences.adopt_orphans(std::move(marked.blocks));
-      }
-    }
+    take_held_batches(thread, device, [&](std::vector<FreedBlock>& blocks, FenceContext context) {
+      closed.push_back({{}, context});  // the slot first: a move into it cannot fail
+      closed.back().blocks = std::move(blocks);
+    });
   });
   for (Closed& c : closed) device.fences.close_device_batch(std::move(c.blocks), c.context);
 }
@@ -65,19 +78,11 @@ void close_this_thread_batch(DeviceState& device) noexcept {
 
 std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept {
   std::vector<std::vector<FreedBlock>> taken;
-  const auto take = [&](std::vector<FreedBlock> blocks) {  // moved: under these locks no block is copied
-    try {
-      taken.push_back(std::move(blocks));
-    } catch (...) {
-      device.fences.adopt_orphans(std::move(blocks));  // no host memory: the same way back, as orphans
-    }
-  };
+  // Marked batches are cuMemFree'd blocks held back like the rest: unfenced now, whatever their marks.
+  // Moved: under these locks no block is copied, and a push_back that throws leaves its argument as it was.
   for_each_thread([&](ThreadState& thread) {
-    PendingBatch& batch = thread.batches[device.ordinal];
-    if (!batch.empty()) take(batch.take());
-    // Marked batches are cuMemFree'd blocks held back like the rest: unfenced now, whatever their marks.
-    if (!thread.may_have_marked(device.ordinal)) return;
-    for (MarkedBatch& marked : take_marked_batches(thread, device)) take(std::move(marked.blocks));
+    take_held_batches(thread, device,
+                      [&](std::vector<FreedBlock>& blocks, FenceContext) { taken.push_back(std::move(blocks)); });
   });
   return taken;
 }
