@@ -37,7 +37,7 @@ constexpr std::size_t kLargestLiveInReport = 10;
 }  // namespace
 
 std::uint64_t pending_bytes(DeviceState& device) noexcept {
-  return device.fences.pending_bytes() + thread_pending_bytes(device.ordinal) + stream_list_bytes(device) +
+  return device.fenced_bytes() + thread_open_batch_bytes(device.ordinal) + stream_list_bytes(device) +
          thread_returned_bytes(device.ordinal);
 }
 

@@ -87,12 +87,9 @@ std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device
   return taken;
 }
 
-std::uint64_t thread_pending_bytes(int ordinal) noexcept {
+std::uint64_t thread_open_batch_bytes(int ordinal) noexcept {
   std::uint64_t bytes = 0;
-  for_each_thread([&](ThreadState& thread) {
-    bytes += thread.batches[ordinal].bytes();
-    for (const MarkedBatch& batch : thread.marked[ordinal]) bytes += batch.bytes;
-  });
+  for_each_thread([&](ThreadState& thread) { bytes += thread.batches[ordinal].bytes(); });
   return bytes;
 }
 

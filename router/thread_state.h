@@ -210,7 +210,9 @@ void close_this_thread_batch(DeviceState& device) noexcept;
 // Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered): one
 // vector each, moved out. Called under the activity lock (router.cpp, poll_turned_ordered).
 std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept;
-std::uint64_t thread_pending_bytes(int ordinal) noexcept;
+// The bytes of every thread's open cuMemFree batch of device `ordinal` (their marked batches' are
+// DeviceState::marked_bytes).
+std::uint64_t thread_open_batch_bytes(int ordinal) noexcept;
 
 }  // namespace gpushim::router
 
