@@ -63,6 +63,16 @@ void* take_free_block(DeviceState& device, std::size_t block_size, StreamHandle 
   return device.backend().allocate(block_size, stream);
 }
 
+// Lets the freed blocks that waited for their streams and may be used now come back to the threads that
+// freed them, where the allocations look next: the fence queue's completed rounds (`poller` says who
+// asks), and the marked batches whose streams a poll has seen get far enough (router/marked_batches.h).
+void return_unfenced_blocks(DeviceState& device, FreeFenceQueue::Poller poller) noexcept {
+  device.fences.poll(poller);
+  if (device.marked_bytes.load(std::memory_order_relaxed) == 0) return;
+  poll_stream_activity();
+  return_every_passed_batch(device);
+}
+
 // Every thread's returned list into the backend, then the backend once more: blocks of other sizes,
 // together there, may serve what no list held one of. nullptr when the lists were empty.
 void* from_every_list(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
@@ -126,12 +136,7 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
         // on the H200: a 41 us mean pair against 16 us before fences were shared).
         // Completed blocks go to the threads that freed them, this one among them, as a poll in
         // passing (a free's) gives them: the lists are where this allocation looks.
-        device.fences.poll(FreeFenceQueue::Poller::allocation_at_peak);
-        // Marked batches pass once a poll has seen their streams get far enough (router/marked_batches.h).
-        if (device.marked_bytes.load(std::memory_order_relaxed) != 0) {
-          poll_stream_activity();
-          return_every_passed_batch(device);
-        }
+        return_unfenced_blocks(device, FreeFenceQueue::Poller::allocation_at_peak);
         void* p = take_free_block(device, block_size, stream);
         if (!p) p = from_every_list(device, block_size, stream);
         if (p) {
@@ -161,8 +166,8 @@ void* allocate_under_pressure(DeviceState& device, std::size_t block_size, Strea
   Allocator& backend = device.backend();
   if (ipc::any_exports()) free_blocks_importers_released();
   poll_stream_activity();
-  take_all_returned_blocks(device);
-  device.fences.poll(FreeFenceQueue::Poller::allocation_in_need);
+  return_unfenced_blocks(device, FreeFenceQueue::Poller::allocation_in_need);
+  take_all_returned_blocks(device);  // after the returns: they land in the lists
   if (void* p = backend.allocate(block_size, stream)) return p;
 
   close_all_thread_batches(device);
