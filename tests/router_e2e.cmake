@@ -100,6 +100,14 @@ foreach(backend vmm tiered)
   gpushim_discover_tests(router_marked_batches_test router_marked_batches.${backend} ENV
     "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
 endforeach()
+# Under GPUSHIM_LIMIT: an allocation at the limit takes another thread's passed batch before it waits.
+foreach(backend vmm tiered)
+  add_test(NAME router_marked_batches_limit.${backend} COMMAND router_marked_batches_test
+    --gtest_filter=*TakenUnderPressure*)
+  set_tests_properties(router_marked_batches_limit.${backend} PROPERTIES TIMEOUT 120
+    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}|\\[  FAILED  \\]" ENVIRONMENT
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1;GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit}")
+endforeach()
 gpushim_discover_tests(router_marked_batches_test router_marked_batches_no_solo.tiered ENV
   "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FREE_FENCE=no-solo")
 gpushim_discover_tests(router_marked_batches_test router_marked_batches_event_probes.tiered ENV

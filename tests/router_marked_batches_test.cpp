@@ -6,6 +6,7 @@
 #include <cuda.h>
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <thread>
 #include <vector>
 
@@ -157,6 +158,77 @@ TEST_F(MarkedBatches, AMarkedBatchOfAThreadThatExitsComesBackThroughTheQueue) {
   fake_cuda_hold_stream(a, 0);
   churn();
   EXPECT_TRUE(handed_out_again(used, 1000)) << "an exited thread's marked batch never came back";
+  EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
+}
+
+// Another thread's marked batch whose marks have passed, while that thread, idle, has not looked since:
+// cuMemGetInfo counts its blocks as free, and under GPUSHIM_LIMIT (router_marked_batches_limit.*,
+// tests/router_e2e.cmake) an allocation that finds no memory takes them before any wait for the GPU.
+// The pressure path's first step lets fenced blocks come back, the marked batches' with the fence
+// queue's (router/out_of_memory.cpp, return_unfenced_blocks). It fails where that step looks at the
+// queue alone: the batch is then fenced through the queue in the next step, and comes back only after
+// a synchronization.
+TEST_F(MarkedBatches, AnotherThreadsPassedBatchIsCountedAndTakenUnderPressureWithoutAWait) {
+  auto [a, b] = two_active_streams();
+  fake_cuda_hold_stream(a, 1);
+  keep_working(b);
+  constexpr int kFrees = 300;  // the first 256 close the batch, which is marked; the rest stay open
+  std::vector<CUdeviceptr> worker_blocks;
+  std::atomic<int> stage{0};   // 1: the worker's blocks are live; 2: it may free; 3: freed; 4: it may exit
+  const auto wait_for = [&stage](int value) {
+    EXPECT_TRUE(until([&] { return stage.load() >= value; })) << "the worker never reached stage " << value;
+  };
+  std::thread worker([&] {
+    for (int i = 0; i < kFrees; ++i) worker_blocks.push_back(fresh_block());
+    ASSERT_EQ(cuMemsetD8Async(worker_blocks[0], 1, kBlock, a), CUDA_SUCCESS);  // its user, queued on `a`
+    stage = 1;
+    wait_for(2);
+    for (CUdeviceptr p : worker_blocks) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    stage = 3;
+    wait_for(4);  // alive and idle: it makes no call that would look at its marked batch
+  });
+  wait_for(1);
+  std::size_t free_while_live = 0, total = 0;
+  ASSERT_EQ(cuMemGetInfo(&free_while_live, &total), CUDA_SUCCESS);
+  stage = 2;
+  wait_for(3);
+  // `b` does what it had at the close and works on; `a` does what it had. Polls see `b` get there (this
+  // thread's churn); nothing has seen `a` yet. The work never turns ordered: `b` stays busy.
+  fake_cuda_hold_stream(b, 0);
+  churn();
+  keep_working(b);
+  fake_cuda_hold_stream(a, 0);
+  std::size_t free_after = 0;
+  ASSERT_EQ(cuMemGetInfo(&free_after, &total), CUDA_SUCCESS);
+  EXPECT_GE(free_after, free_while_live + kFrees * kBlock) << "the worker's marked and open batches not counted free";
+
+  if (const char* limit = std::getenv("E2E_LIMIT_BYTES")) {
+    const auto waits_for_gpu = [] {
+      return fake_cuda_calls("cuEventSynchronize") + fake_cuda_calls("cuStreamSynchronize") +
+             fake_cuda_calls("cuCtxSynchronize");
+    };
+    const std::set<CUdeviceptr> marked(worker_blocks.begin(), worker_blocks.begin() + 256);
+    const int waits_before = waits_for_gpu();
+    int waits_at_first_taken = -1;
+    std::vector<CUdeviceptr> filler;
+    testing::internal::CaptureStderr();  // the out-of-memory report, at the end
+    const std::size_t most = std::strtoull(limit, nullptr, 10) / kBlock + kFrees;
+    for (std::size_t i = 0; i < most; ++i) {
+      CUdeviceptr p = 0;
+      if (cuMemAlloc(&p, kBlock) != CUDA_SUCCESS) break;
+      filler.push_back(p);
+      if (waits_at_first_taken < 0 && marked.count(p)) waits_at_first_taken = waits_for_gpu();
+    }
+    testing::internal::GetCapturedStderr();
+    EXPECT_GE(waits_at_first_taken, 0) << "no block of the worker's passed batch served an allocation at the limit";
+    EXPECT_EQ(waits_at_first_taken, waits_before)
+        << "the worker's passed batch served an allocation only after a wait for the GPU";
+    for (CUdeviceptr p : filler) EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+  }
+  stage = 4;
+  worker.join();
+  fake_cuda_hold_stream(b, 0);
   EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
   EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
 }
