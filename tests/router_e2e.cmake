@@ -17,21 +17,22 @@ add_dependencies(router_end_to_end_test gpushim)
 set(router_e2e_limit 268435456)  # 256 MiB: a few 32 MiB blocks, then CUDA_ERROR_OUT_OF_MEMORY
 # A filtered run exists for the one test it selects: that test skipping means the run proved nothing.
 set(router_e2e_no_skip "\\[  SKIPPED \\]")
+# A filtered run of test binary `target` under GPUSHIM_LIMIT (E2E_LIMIT_BYTES tells the tests the cap).
+function(router_e2e_limit_test name target filter environment)
+  add_test(NAME ${name} COMMAND ${target} --gtest_filter=${filter})
+  set_tests_properties(${name} PROPERTIES TIMEOUT 120
+    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}|\\[  FAILED  \\]" ENVIRONMENT
+    "${environment};GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit}")
+endfunction()
 foreach(backend vmm buddy slab tiered passthrough mempool)
   # GPUSHIM_STATS=1: passthrough without anything to count is a pure forward to the driver (router.cpp,
   # g_pure_passthrough); these tests are about the router's own bookkeeping, so they ask for counting.
   set(environment "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
   gpushim_discover_tests(router_end_to_end_test router_e2e.${backend} ENV "${environment}")
-  add_test(NAME router_e2e_limit.${backend} COMMAND router_end_to_end_test --gtest_filter=*Limit*)
-  set_tests_properties(router_e2e_limit.${backend} PROPERTIES TIMEOUT 120
-    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
-    "${environment};GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit}")
+  router_e2e_limit_test(router_e2e_limit.${backend} router_end_to_end_test *Limit* "${environment}")
   if(NOT backend MATCHES "passthrough|mempool")  # those give frees to the driver or its pool: no batch
-    add_test(NAME router_e2e_limit_open_batch.${backend} COMMAND router_end_to_end_test
-      --gtest_filter=*AnotherThreadsOpenBatch*)
-    set_tests_properties(router_e2e_limit_open_batch.${backend} PROPERTIES TIMEOUT 120
-      FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}" ENVIRONMENT
-      "${environment};GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit}")
+    router_e2e_limit_test(router_e2e_limit_open_batch.${backend} router_end_to_end_test *AnotherThreadsOpenBatch*
+      "${environment}")
   endif()
   add_test(NAME router_e2e_two_devices.${backend} COMMAND router_end_to_end_test --gtest_filter=*TwoDevices*)
   set_tests_properties(router_e2e_two_devices.${backend} PROPERTIES TIMEOUT 120
@@ -102,11 +103,8 @@ foreach(backend vmm tiered)
 endforeach()
 # Under GPUSHIM_LIMIT: an allocation at the limit takes another thread's passed batch before it waits.
 foreach(backend vmm tiered)
-  add_test(NAME router_marked_batches_limit.${backend} COMMAND router_marked_batches_test
-    --gtest_filter=*TakenUnderPressure*)
-  set_tests_properties(router_marked_batches_limit.${backend} PROPERTIES TIMEOUT 120
-    FAIL_REGULAR_EXPRESSION "${router_e2e_no_skip}|\\[  FAILED  \\]" ENVIRONMENT
-    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1;GPUSHIM_LIMIT=${router_e2e_limit};E2E_LIMIT_BYTES=${router_e2e_limit}")
+  router_e2e_limit_test(router_marked_batches_limit.${backend} router_marked_batches_test *TakenUnderPressure*
+    "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=${backend};GPUSHIM_STATS=1")
 endforeach()
 gpushim_discover_tests(router_marked_batches_test router_marked_batches_no_solo.tiered ENV
   "LD_PRELOAD=$<TARGET_FILE:gpushim>;LD_LIBRARY_PATH=${router_e2e_fake_dir};GPUSHIM_BACKEND=tiered;GPUSHIM_STATS=1;GPUSHIM_FREE_FENCE=no-solo")
