@@ -841,8 +841,8 @@ bool mark_active_streams(std::vector<StreamMark>* marks) noexcept {
   marks->clear();
   if (!legacy_counted()) return false;
   Activity& a = activity();
-  // Legacy work found done here, noted under the walk's hold of the lock below (not a hold of its own).
-  bool legacy_caught_up = false;
+  // Legacy work found done here (a context set), noted under the walk's hold of the lock below, not a
+  // hold of its own.
   CUcontext legacy_context = nullptr;
   std::uint64_t legacy_queued = 0;
   if (!legacy_work_done()) {
@@ -854,7 +854,6 @@ bool mark_active_streams(std::vector<StreamMark>* marks) noexcept {
     if (legacy_queued == UINT64_MAX || legacy_context == nullptr ||
         g_active_captures.load(std::memory_order_acquire) > 0 || !legacy_stream_caught_up(legacy_context))
       return false;
-    legacy_caught_up = true;
   }
   // Room for the marks before the lock, a spin lock that every activation takes. The active streams are
   // counted in g_unordered (non-blocking ones in its low bits, blocking ones in its high word): a hint,
@@ -868,7 +867,7 @@ bool mark_active_streams(std::vector<StreamMark>* marks) noexcept {
       return false;
     }
     std::lock_guard<SpinLock> guard(a.lock);
-    if (legacy_caught_up) note_legacy_done(legacy_context, legacy_queued);  // again on a retry: it only raises
+    if (legacy_context) note_legacy_done(legacy_context, legacy_queued);  // again on a retry: it only raises
     if (g_unordered_for_good.load(std::memory_order_seq_cst) || !legacy_work_done()) return false;
     if (a.active.size() > marks->capacity()) continue;
     for (const StreamRecord* record : a.active) {
