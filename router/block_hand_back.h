@@ -28,7 +28,11 @@ class BlockHandBack {
       : owners_(owners), backend_(backend), own_kept_bytes_(own_kept_bytes) {}
   BlockHandBack(const BlockHandBack&) = delete;
   BlockHandBack& operator=(const BlockHandBack&) = delete;
-  ~BlockHandBack() { finish(); }
+  // The last chunk for the backend (and any owners' call still owed) goes as it leaves scope.
+  ~BlockHandBack() {
+    owners_done();
+    flush_backend();
+  }
 
   // Offers `blocks` to their owners, who take theirs out of it (later, in a call for up to
   // kPartsPerOwnersCall parts): `blocks` must live until owners_done().
@@ -48,11 +52,6 @@ class BlockHandBack {
       chunk_[in_chunk_++] = {block.ptr, block.bytes, block.stream};
       if (in_chunk_ == kBlocksPerBackendCall) flush_backend();
     }
-  }
-  // Every call still owed (the destructor does it too).
-  void finish() noexcept {
-    owners_done();
-    flush_backend();
   }
 
  private:

@@ -294,8 +294,7 @@ std::size_t FreeFenceQueue::give_back(Batches& done, bool to_owners, std::uint64
     hand_back.owners_done();
     for_each_part(*batch, [&](const std::vector<FreedBlock>& blocks) { hand_back.to_backend(blocks); });
   }
-  hand_back.finish();
-  return bytes;
+  return bytes;  // hand_back's last chunk goes as it leaves scope
 }
 
 std::size_t FreeFenceQueue::poll(Poller poller) noexcept {
