@@ -202,13 +202,14 @@ void for_each_thread(Visit visit) noexcept {
   }
 }
 
-// Closes every thread's pending cuMemFree batch of this device (memory pressure).
+// Closes every thread's open and marked cuMemFree batches of this device into the fence queue (memory
+// pressure: a fence is what synchronize_all can wait for).
 void close_all_thread_batches(DeviceState& device) noexcept;
 // Closes the calling thread's pending cuMemFree batch of this device, if it has one (an allocation at the
 // peak: those blocks come back only once fenced, and a batch of 16 MiB blocks closes at the fourth).
 void close_this_thread_batch(DeviceState& device) noexcept;
-// Takes every thread's pending cuMemFree batch of this device, unfenced (the work turned ordered): one
-// vector each, moved out. Called under the activity lock (router.cpp, poll_turned_ordered).
+// Takes every thread's open and marked cuMemFree batches of this device, unfenced (the work turned
+// ordered): one vector each, moved out. Called under the activity lock (router.cpp, poll_turned_ordered).
 std::vector<std::vector<FreedBlock>> take_all_thread_batches(DeviceState& device) noexcept;
 // The bytes of every thread's open cuMemFree batch of device `ordinal` (their marked batches' are
 // DeviceState::marked_bytes).
