@@ -1,7 +1,8 @@
 // How freed blocks whose wait is over go back: first to the threads that freed them (BlockOwners, in
 // router/free_fence_queue.h), then what those did not take to the backend, in chunks that need no
 // allocation (every poll may hand blocks back). The fence queue's rounds (FreeFenceQueue::give_back)
-// and a thread's passed marked batches (router/marked_batches.cpp) both go this way.
+// and a thread's passed marked batches (router/marked_batches.cpp) both go this way, and the returned
+// lists' flushes take the backend half (hand_to_backend).
 #pragma once
 
 #include <cstddef>
@@ -68,5 +69,11 @@ class BlockHandBack {
   BlockToFree chunk_[kBlocksPerBackendCall];
   std::size_t in_chunk_ = 0;
 };
+
+// `blocks` to `backend` alone, in BlockHandBack's chunks: one hold of the arena's lock per
+// kBlocksPerBackendCall blocks, not one per block (a returned list's flush, router/returned_blocks.cpp).
+inline void hand_to_backend(Allocator& backend, const std::vector<FreedBlock>& blocks) noexcept {
+  BlockHandBack(nullptr, backend, 0).to_backend(blocks);
+}
 
 }  // namespace gpushim

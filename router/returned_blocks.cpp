@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <mutex>
 
+#include "router/block_hand_back.h"
 #include "router/marked_batches.h"
 #include "router/thread_state.h"
 
@@ -199,7 +200,7 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
     thread.returned_bytes[d] = 0;
     thread.mark_returned(d, false);
   }
-  for (const FreedBlock& block : flushed) device.backend().deallocate(block.ptr, block.bytes, block.stream);
+  hand_to_backend(device.backend(), flushed);
   return nullptr;
 }
 
@@ -248,10 +249,8 @@ std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept {
     // Its bit may stay set: the owner's next allocation then finds the list empty, which is harmless.
   });
   std::uint64_t bytes = 0;
-  for (const FreedBlock& block : taken) {
-    device.backend().deallocate(block.ptr, block.bytes, block.stream);
-    bytes += block.bytes;
-  }
+  for (const FreedBlock& block : taken) bytes += block.bytes;
+  hand_to_backend(device.backend(), taken);
   return bytes;
 }
 

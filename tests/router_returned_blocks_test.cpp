@@ -122,5 +122,36 @@ TEST(ReturnedBlocks, AGiveBackLeavesOutHalfOfWhatTheListKeptUnusedSinceTheLast) 
   self->returned_bytes[d] = 0;
 }
 
+// A list whose owner asks for another size goes to the backend, and so does every list under memory
+// pressure: in chunks of BlockHandBack::kBlocksPerBackendCall, one hold of the arena's lock each, not
+// one hold per block (router/block_hand_back.h, hand_to_backend).
+TEST(ReturnedBlocks, FlushedListsGoToTheBackendInChunks) {
+  ThreadState* self = this_thread_state();
+  ASSERT_NE(self, nullptr);
+  constexpr int d = 3;
+  constexpr std::size_t kMiB = std::size_t{1} << 20;
+  const std::unique_ptr<DeviceState> device = null_device(d);
+  auto& backend = static_cast<testing::RecordingBackend&>(device->backend());
+  ThreadBlockOwners owners(d);
+  const auto fill = [&](std::uintptr_t first) {
+    std::vector<FreedBlock> blocks = blocks_of(self, first, 40, kMiB);
+    std::vector<FreedBlock>* parts[] = {&blocks};
+    owners.return_to_owners(parts, 1, 0);
+    return blocks.empty() && self->returned[d].size() == 40u;
+  };
+  ASSERT_TRUE(fill(500)) << "an empty list did not take the give-back";
+  EXPECT_EQ(take_returned_block(*self, *device, 2 * kMiB), nullptr) << "a list without the size served it";
+  EXPECT_TRUE(self->returned[d].empty());
+  EXPECT_EQ(self->returned_bytes[d], 0u);
+  EXPECT_EQ(backend.returned.size(), 40u);
+  EXPECT_EQ(backend.batch_calls, 2) << "40 blocks went to the backend in other than two chunks (32 and 8)";
+
+  ASSERT_TRUE(fill(600)) << "the flushed list did not take a give-back";
+  EXPECT_EQ(take_all_returned_blocks(*device), 40 * kMiB);
+  EXPECT_TRUE(self->returned[d].empty());
+  EXPECT_EQ(backend.returned.size(), 80u);
+  EXPECT_EQ(backend.batch_calls, 4) << "the pressure path's take went to the backend in other than two chunks";
+}
+
 }  // namespace
 }  // namespace gpushim::router
