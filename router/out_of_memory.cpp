@@ -66,11 +66,17 @@ void* take_free_block(DeviceState& device, std::size_t block_size, StreamHandle 
 // Lets the freed blocks that waited for their streams and may be used now come back to the threads that
 // freed them, where the allocations look next: the fence queue's completed rounds (`poller` says who
 // asks), and the marked batches whose streams a poll has seen get far enough (router/marked_batches.h).
-void return_unfenced_blocks(DeviceState& device, FreeFenceQueue::Poller poller) noexcept {
+// The streams were polled just before (return_unfenced_blocks polls them only while marked batches
+// wait; the pressure path always does).
+void return_blocks_of_polled_streams(DeviceState& device, FreeFenceQueue::Poller poller) noexcept {
   device.fences.poll(poller);
-  if (device.marked_bytes.load(std::memory_order_relaxed) == 0) return;
-  poll_stream_activity();
-  return_every_passed_batch(device);
+  if (device.marked_bytes.load(std::memory_order_relaxed) != 0) return_every_passed_batch(device);
+}
+
+// The streams polled, when marked batches wait for them, and then return_blocks_of_polled_streams.
+void return_unfenced_blocks(DeviceState& device, FreeFenceQueue::Poller poller) noexcept {
+  if (device.marked_bytes.load(std::memory_order_relaxed) != 0) poll_stream_activity();
+  return_blocks_of_polled_streams(device, poller);
 }
 
 // Every thread's returned list into the backend, then the backend once more: blocks of other sizes,
@@ -165,8 +171,10 @@ void* allocate_without_new_peak(DeviceState& device, std::size_t block_size, Str
 void* allocate_under_pressure(DeviceState& device, std::size_t block_size, StreamHandle stream) noexcept {
   Allocator& backend = device.backend();
   if (ipc::any_exports()) free_blocks_importers_released();
+  // Whatever waits: a poll may also find the work ordered again, so that the frees from here on are not
+  // fenced.
   poll_stream_activity();
-  return_unfenced_blocks(device, FreeFenceQueue::Poller::allocation_in_need);
+  return_blocks_of_polled_streams(device, FreeFenceQueue::Poller::allocation_in_need);
   take_all_returned_blocks(device);  // after the returns: they land in the lists
   if (void* p = backend.allocate(block_size, stream)) return p;
 
