@@ -166,6 +166,21 @@ void ArenaShards::deallocate(void* p, std::size_t bytes, StreamHandle stream) no
   // else: the router validates ownership; nothing sane to do with a stranger here
 }
 
+void ArenaShards::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+  BlockToFree* rest = blocks;
+  BlockToFree* const end = blocks + count;
+  const std::size_t arenas = created_.load(std::memory_order_acquire);
+  // The home's blocks first, then each other arena's: a partition of what is left, in place.
+  for (std::size_t i = 0; i < arenas && rest != end; ++i) {
+    VmmArena* const a = arena(i);
+    BlockToFree* const others = std::partition(rest, end, [a](const BlockToFree& b) { return a->contains(b.p); });
+    if (others != rest) a->deallocate_batch(rest, static_cast<std::size_t>(others - rest));
+    rest = others;
+  }
+  // Blocks no arena holds are left: the router validates ownership, as for deallocate().
+  after_home_call();  // a wait of the home's hold counts as deallocate()'s would
+}
+
 std::size_t ArenaShards::release_cached() noexcept {
   std::size_t released = 0;
   const std::size_t count = created_.load(std::memory_order_acquire);

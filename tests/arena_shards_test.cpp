@@ -85,6 +85,39 @@ TEST(ArenaShards, AThreadThatLeavesAllocatesFromItsOwnArenaAndFreesGoBackByAddre
   EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
+// A batch (a fence queue's round, a returned list's flush) may hold blocks of every arena, in any order:
+// each arena frees its own, and a block no arena holds is left alone, as deallocate() leaves it.
+TEST(ArenaShards, ABatchGoesBackToTheArenasThatHoldItsBlocks) {
+  HostProvider provider(kGranule);
+  ArenaShards shards(provider, options(), 4, /*waits_to_leave=*/0);
+  std::vector<BlockToFree> blocks;
+  const auto take = [&](std::size_t bytes) {
+    void* p = shards.allocate(bytes, 0);
+    ASSERT_NE(p, nullptr);
+    blocks.push_back({p, bytes, 0});
+  };
+  take(MiB);      // the home's: this call moves the thread to arena 1
+  take(3 * MiB);  // arena 1's
+  on_new_thread([&] {
+    take(64 * KiB);  // the home's again (no arena has it free): this thread then moves to arena 2
+    take(5 * MiB);   // arena 2's
+  });
+  ASSERT_EQ(shards.arenas(), 3u);
+  ASSERT_EQ(shards.arena_holding(blocks[0].p), 0);
+  ASSERT_EQ(shards.arena_holding(blocks[1].p), 1);
+  ASSERT_EQ(shards.arena_holding(blocks[2].p), 0);
+  ASSERT_EQ(shards.arena_holding(blocks[3].p), 2);
+  int stranger = 0;
+  blocks.push_back({&stranger, sizeof stranger, 0});
+  on_new_thread([&] { shards.deallocate_batch(blocks.data(), blocks.size()); });
+  const AllocatorStats s = shards.stats();
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(s.deallocations, 4u);
+  EXPECT_EQ(shards.release_cached(), s.bytes_reserved);
+  EXPECT_EQ(provider.bytes_mapped(), 0u) << "a block stayed in use in its arena";
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
 TEST(ArenaShards, LeavingThreadsTakeTheArenasInTurn) {
   HostProvider provider(kGranule);
   ArenaShards shards(provider, options(), 3, /*waits_to_leave=*/0);
