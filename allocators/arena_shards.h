@@ -44,7 +44,10 @@ namespace gpushim {
 // GPUSHIM_ARENA_SHARDS's default: one arena. Split, 16 threads of mixed sizes moved 4-6x the pairs per
 // second for 0-9% more peak without a stream, but with a stream each the peak rose 1.6-1.8x (mixed
 // sizes, and 16 MiB pairs where nothing was gained): the twenty-first session's measurements,
-// docs/perf-notes.md. Memory first; a program that wants the trade sets it.
+// docs/perf-notes.md. Since marked batches the trade is narrower but still memory for pairs (eight
+// arenas, forty-second session): mixed sizes with a stream each 5-6x the pairs (4 threads: 4x) for
+// 15-50% more peak; one size per cell 0.9-1.16x the pairs for 0-6% more, but 26% at 1 MiB with a launch
+// every 64 pairs and 73% at 64 KiB on vmm. Memory first; a program that wants the trade sets it.
 inline constexpr int kDefaultArenaShards = 1;
 
 class ArenaShards final : public Allocator {

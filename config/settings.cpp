@@ -248,8 +248,9 @@ const Row kRows[] = {
       "vmm and tiered: how many arenas a device's memory may be split into once threads keep finding the "
       "arena's lock held. Each thread that does moves to an arena of its own reservation (they share "
       "the device's peak); a program whose blocks come from one thread at a time stays in one arena. "
-      "8: 16 threads of mixed sizes moved 4-6x the pairs per second on the H200, at 0-9% more peak "
-      "without streams but 1.6-1.8x with a stream per thread (docs/benchmarks.md)."},
+      "8: 16 threads of mixed sizes with a stream each moved 5-6x the pairs per second on the H200 "
+      "(1.2-1.3 -> 6-8 M) at 15-50% more peak; 16 threads of one size gained nothing, at 0-6% more "
+      "peak and up to 73% at 64 KiB on vmm (docs/benchmarks.md)."},
      [](const char* v, Settings& s) {
        int n = 0;
        if (!parse_int_up_to(v, 16, &n) || n < 1) return false;
