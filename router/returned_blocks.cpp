@@ -195,7 +195,9 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
       if (refilled) p = take_from_list(thread, d, block_size);
     }
     if (p) return p;
-    // The thread asks for other sizes now: its returned blocks go to the backend, where anyone may use them.
+    // The thread asks for other sizes now: its returned blocks go to the backend, where anyone may use them
+    // (in chunks, hand_to_backend: past the thread cache's large slots, which would keep sizes by exact
+    // size for a thread that has stopped asking for them, as the fence queue's rounds go past them).
     flushed.swap(thread.returned[d]);
     thread.returned_bytes[d] = 0;
     thread.mark_returned(d, false);

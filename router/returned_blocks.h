@@ -72,8 +72,8 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
 // A returned block of exactly `block_size` from the fullest thread's list for `device` that has one
 // (among its newest kReturnedSearch), or nullptr; the other blocks stay where they are. An allocation
 // at the peak asks this before it takes every list (below): that gave every block of 16 threads to the
-// backend, one arena lock each, and the owners' next allocations then missed into that lock too (16
-// threads with a stream each on the H200: 10% of their wall-clock time at 4 MiB).
+// backend (then one arena lock each; 32 a lock since), and the owners' next allocations then missed into
+// that lock too (16 threads with a stream each on the H200: 10% of their wall-clock time at 4 MiB).
 void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexcept;
 // Every thread's returned blocks of `device` into its backend, from the calling thread (memory pressure:
 // the waiting allocation must find them there). Returns the bytes.
