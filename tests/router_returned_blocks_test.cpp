@@ -19,6 +19,7 @@
 namespace gpushim::router {
 namespace {
 
+constexpr std::size_t kMiB = std::size_t{1} << 20;
 constexpr std::size_t kGiB = std::size_t{1} << 30;
 
 void* ptr(std::uintptr_t i) { return reinterpret_cast<void*>(i << 30); }
@@ -39,6 +40,14 @@ std::vector<FreedBlock> blocks_of(ThreadState* owner, std::uintptr_t first, int 
   std::vector<FreedBlock> blocks;
   for (int i = 0; i < count; ++i) blocks.push_back({ptr(first + std::uintptr_t(i)), bytes, 0, owner});
   return blocks;
+}
+
+// `blocks` given back to their owners through `owners` as one part; returns how many are left for the
+// backend.
+std::size_t give_back(ThreadBlockOwners& owners, std::vector<FreedBlock> blocks) {
+  std::vector<FreedBlock>* parts[] = {&blocks};
+  owners.return_to_owners(parts, 1, 0);
+  return blocks.size();
 }
 
 // A batch comes in parts (the batches merged into it): the runs of one owner are its share of the batch,
@@ -98,25 +107,19 @@ TEST(ReturnedBlocks, AGiveBackLeavesOutHalfOfWhatTheListKeptUnusedSinceTheLast) 
   ThreadState* self = this_thread_state();
   ASSERT_NE(self, nullptr);
   constexpr int d = 2;
-  constexpr std::size_t kMiB = std::size_t{1} << 20;
   const std::unique_ptr<DeviceState> device = null_device(d);
   ThreadBlockOwners owners(d);
-  const auto give_back = [&](std::vector<FreedBlock> blocks) {
-    std::vector<FreedBlock>* parts[] = {&blocks};
-    owners.return_to_owners(parts, 1, 0);
-    return blocks.size();  // the blocks left for the backend
-  };
-  EXPECT_EQ(give_back(blocks_of(self, 100, 8, kMiB)), 0u) << "an empty list did not take the give-back";
+  EXPECT_EQ(give_back(owners, blocks_of(self, 100, 8, kMiB)), 0u) << "an empty list did not take the give-back";
   for (int i = 0; i < 2; ++i) ASSERT_NE(take_returned_block(*self, *device, kMiB), nullptr);
   // Six blocks were never taken in that round: three of them are surplus.
-  EXPECT_EQ(give_back(blocks_of(self, 200, 4, kMiB)), 3u) << "the list took back its unused blocks";
+  EXPECT_EQ(give_back(owners, blocks_of(self, 200, 4, kMiB)), 3u) << "the list took back its unused blocks";
   EXPECT_EQ(self->returned[d].size(), 7u);
   // No take since: nothing to judge by, the give-back is taken whole (within the cap).
-  EXPECT_EQ(give_back(blocks_of(self, 300, 4, kMiB)), 0u) << "a give-back with no take since the last was cut";
+  EXPECT_EQ(give_back(owners, blocks_of(self, 300, 4, kMiB)), 0u) << "a give-back with no take since the last was cut";
   // An owner that takes nearly all it gets keeps all of the next give-back.
   ASSERT_EQ(self->returned[d].size(), 11u);
   for (int i = 0; i < 10; ++i) ASSERT_NE(take_returned_block(*self, *device, kMiB), nullptr);
-  EXPECT_EQ(give_back(blocks_of(self, 400, 4, kMiB)), 0u) << "a list its owner drew down to one block gave blocks away";
+  EXPECT_EQ(give_back(owners, blocks_of(self, 400, 4, kMiB)), 0u) << "a list its owner drew down to one block gave blocks away";
   EXPECT_EQ(self->returned[d].size(), 5u);
   self->returned[d].clear();
   self->returned_bytes[d] = 0;
@@ -129,24 +132,19 @@ TEST(ReturnedBlocks, FlushedListsGoToTheBackendInChunks) {
   ThreadState* self = this_thread_state();
   ASSERT_NE(self, nullptr);
   constexpr int d = 3;
-  constexpr std::size_t kMiB = std::size_t{1} << 20;
   const std::unique_ptr<DeviceState> device = null_device(d);
   auto& backend = static_cast<testing::RecordingBackend&>(device->backend());
   ThreadBlockOwners owners(d);
-  const auto fill = [&](std::uintptr_t first) {
-    std::vector<FreedBlock> blocks = blocks_of(self, first, 40, kMiB);
-    std::vector<FreedBlock>* parts[] = {&blocks};
-    owners.return_to_owners(parts, 1, 0);
-    return blocks.empty() && self->returned[d].size() == 40u;
-  };
-  ASSERT_TRUE(fill(500)) << "an empty list did not take the give-back";
+  ASSERT_EQ(give_back(owners, blocks_of(self, 500, 40, kMiB)), 0u) << "an empty list did not take the give-back";
+  ASSERT_EQ(self->returned[d].size(), 40u);
   EXPECT_EQ(take_returned_block(*self, *device, 2 * kMiB), nullptr) << "a list without the size served it";
   EXPECT_TRUE(self->returned[d].empty());
   EXPECT_EQ(self->returned_bytes[d], 0u);
   EXPECT_EQ(backend.returned.size(), 40u);
   EXPECT_EQ(backend.batch_calls, 2) << "40 blocks went to the backend in other than two chunks (32 and 8)";
 
-  ASSERT_TRUE(fill(600)) << "the flushed list did not take a give-back";
+  ASSERT_EQ(give_back(owners, blocks_of(self, 600, 40, kMiB)), 0u) << "the flushed list did not take a give-back";
+  ASSERT_EQ(self->returned[d].size(), 40u);
   EXPECT_EQ(take_all_returned_blocks(*device), 40 * kMiB);
   EXPECT_TRUE(self->returned[d].empty());
   EXPECT_EQ(backend.returned.size(), 80u);
