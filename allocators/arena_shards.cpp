@@ -22,8 +22,9 @@ VmmArenaOptions with_totals(VmmArenaOptions options, VmmArenaTotals* totals) noe
 struct ArenaShards::ThreadEntry {
   std::uint64_t serial;
   std::uint32_t arena;            // 0: the home
-  std::uint32_t waits;            // home calls in a row that found its lock held (kWaitGapNs apart at most)
+  std::uint32_t waits;            // home allocations in a row that waited, each of another size (kWaitGapNs apart at most)
   std::uint64_t last_wait_end_ns;  // when the last of those returned
+  std::size_t last_bytes;          // the size of the thread's last allocation from the home
 };
 
 namespace {
@@ -53,7 +54,7 @@ ArenaShards::~ArenaShards() {
 // starts at the home again, which costs placement, never correctness).
 __attribute__((always_inline)) inline ArenaShards::ThreadEntry& ArenaShards::this_thread() noexcept {
   ThreadEntry& entry = t_entries[serial_ % kThreadEntries];
-  if (__builtin_expect(entry.serial != serial_, false)) entry = ThreadEntry{serial_, 0, 0, 0};
+  if (__builtin_expect(entry.serial != serial_, false)) entry = ThreadEntry{serial_, 0, 0, 0, 0};
   return entry;
 }
 
@@ -80,14 +81,12 @@ VmmArena* ArenaShards::make_arena() noexcept {
   return owned_[count].get();
 }
 
-// A home thread's call found the lock held: a thread that keeps finding it so leaves for an arena of its
-// own (made when first taken; they are handed out in turn). The clock is read only on calls that waited
-// (a vDSO call, no system call).
-void ArenaShards::note_home_wait() noexcept {
+// A home thread's allocation found the lock held, asking another size than its last: a thread whose
+// allocations keep doing so leaves for an arena of its own (made when first taken; they are handed out
+// in turn). The clock is read only on calls that waited (a vDSO call, no system call).
+void ArenaShards::note_home_wait(ThreadEntry& entry) noexcept {
   const std::uint64_t began = detail::t_vmm_wait_began_ns;
   detail::t_vmm_wait_began_ns = 0;
-  ThreadEntry& entry = this_thread();
-  if (entry.arena != 0) return;
   if (entry.waits != 0 && began - entry.last_wait_end_ns > wait_gap_ns_) entry.waits = 0;
   entry.last_wait_end_ns = monotonic_ns();
   if (++entry.waits < waits_to_leave_) return;
@@ -135,22 +134,38 @@ void* ArenaShards::fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle
   return nullptr;
 }
 
+// Only an allocation of another size than the thread's last counts toward leaving (arena_shards.h says
+// why); one of the same size that waited ends the row. A free's wait never counts.
+inline void ArenaShards::after_home_allocation(ThreadEntry& entry, std::size_t bytes) noexcept {
+  const bool same_size = bytes == entry.last_bytes;
+  entry.last_bytes = bytes;
+  if (__builtin_expect(detail::t_vmm_wait_began_ns == 0 && waits_to_leave_ != 0, true)) return;
+  if (same_size && waits_to_leave_ != 0) {
+    detail::t_vmm_wait_began_ns = 0;
+    entry.waits = 0;
+    return;
+  }
+  note_home_wait(entry);
+}
+
 void* ArenaShards::allocate(std::size_t bytes, StreamHandle stream) noexcept {
-  const std::size_t own = this_thread().arena;
+  ThreadEntry& entry = this_thread();
+  const std::size_t own = entry.arena;
   if (own != 0) return allocate_from(own, bytes, stream);
   const std::size_t count = created_.load(std::memory_order_acquire);
   if (count == 0) return nullptr;  // no host memory for the home
   // From the home: while it is the only arena, exactly as a lone VmmArena.
   void* p = count == 1 ? arena(0)->allocate(bytes, stream) : allocate_from(0, bytes, stream);
-  after_home_call();
+  after_home_allocation(entry, bytes);
   return p;
 }
 
 void* ArenaShards::allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept {
   if (created_.load(std::memory_order_acquire) == 0) return nullptr;
-  const std::size_t own = this_thread().arena;
+  ThreadEntry& entry = this_thread();
+  const std::size_t own = entry.arena;
   void* p = fit_anywhere(own, bytes, stream);
-  if (own == 0) after_home_call();
+  if (own == 0) after_home_allocation(entry, bytes);
   return p;
 }
 
@@ -158,12 +173,11 @@ void ArenaShards::deallocate(void* p, std::size_t bytes, StreamHandle stream) no
   VmmArena* const home = arena(0);
   if (__builtin_expect(home && home->contains(p), true)) {
     home->deallocate(p, bytes, stream);
-    after_home_call();  // a moved thread's wait is cleared here too; note_home_wait() ignores it
-    return;
+  } else if (const int holder = arena_holding(p); holder > 0) {
+    arena(static_cast<std::size_t>(holder))->deallocate(p, bytes, stream);
   }
-  const int holder = arena_holding(p);
-  if (holder > 0) arena(static_cast<std::size_t>(holder))->deallocate(p, bytes, stream);
   // else: the router validates ownership; nothing sane to do with a stranger here
+  detail::t_vmm_wait_began_ns = 0;  // a free's wait never counts (after_home_allocation)
 }
 
 void ArenaShards::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
@@ -178,7 +192,7 @@ void ArenaShards::deallocate_batch(BlockToFree* blocks, std::size_t count) noexc
     rest = others;
   }
   // Blocks no arena holds are left: the router validates ownership, as for deallocate().
-  after_home_call();  // a wait of the home's hold counts as deallocate()'s would
+  detail::t_vmm_wait_began_ns = 0;  // as deallocate()
 }
 
 std::size_t ArenaShards::release_cached() noexcept {

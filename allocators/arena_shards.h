@@ -11,11 +11,15 @@
 // that no longer share the free ranges.
 //
 // How: the first arena (the home) serves every thread, exactly as a lone VmmArena would, until a thread
-// has found its lock held on kWaitsToLeave calls in a row that waited, each within kWaitGapNs of the
-// one before. That thread then takes an arena of
-// its own reservation (one of shards - 1, handed out in turn, made at first use) and allocates there
-// first. A program whose blocks come from one thread at a time (PyTorch, JAX: their own
-// caches call the arena rarely) never leaves the home, so it places every block as before.
+// has found its lock held on kWaitsToLeave allocations in a row, each of another size than the one
+// before and each within kWaitGapNs of the one before. That thread then takes an arena of its own
+// reservation (one of shards - 1, handed out in turn, made at first use) and allocates there first. A
+// program whose blocks come from one thread at a time (PyTorch, JAX: their own caches call the arena
+// rarely) never leaves the home, so it places every block as before.
+// Why sizes that change: that is the convoy the split shortens, the sizes no cache in front holds. Threads
+// that wait on one size each (fenced blocks of one size coming back in rounds, the caches' refills)
+// gained 0.9-1.16x the pairs from eight arenas and paid up to 73% more peak (forty-second session);
+// there the arena's waits and frees' waits say nothing about what a split would gain, so neither counts.
 // - A block goes back to the arena whose reservation holds it, whichever thread frees it.
 // - An allocation takes, in order: a fit in its thread's arena; a fit in any other (the home first), so
 //   idle memory of one arena serves another before anything grows; growth of its own arena.
@@ -53,18 +57,18 @@ inline constexpr int kDefaultArenaShards = 1;
 class ArenaShards final : public Allocator {
  public:
   static constexpr std::size_t kMaxShards = 16;
-  // A thread leaves the home after this many calls that found the lock held, each beginning to wait
-  // within kWaitGapNs of the end of the one before: two threads that meet now and then stay; a thread of
-  // a convoy (a wait on nearly every call, a few microseconds of its own work between) leaves within
-  // tens of microseconds. The gap counts from the end of the last wait, not its start, so that waits
-  // that each sleep long (an oversubscribed machine) still count as in a row. Time, not a count of the
-  // thread's calls: only a call that waited reads the clock, so a call that found the lock free counts
-  // nothing (the CPU guard, docs/perf-notes.md).
+  // A thread leaves the home after this many allocations of changing sizes that found the lock held,
+  // each beginning to wait within kWaitGapNs of the end of the one before: two threads that meet now
+  // and then stay; a thread of a convoy (a wait on nearly every call, a few microseconds of its own work
+  // between) leaves within tens of microseconds. The gap counts from the end of the last wait, not its
+  // start, so that waits that each sleep long (an oversubscribed machine) still count as in a row. Time,
+  // not a count of the thread's calls: only a call that waited reads the clock, so a call that found the
+  // lock free counts nothing but its size (the CPU guard, docs/perf-notes.md).
   static constexpr std::uint32_t kWaitsToLeave = 4;
   static constexpr std::uint64_t kWaitGapNs = 1000000;  // 1 ms
 
   // `shards`: 2..kMaxShards arenas at most (the home and shards - 1 more). `waits_to_leave` 0: a thread
-  // leaves at its first call; `wait_gap_ns` another gap (tests).
+  // leaves at its first allocation; `wait_gap_ns` another gap (tests).
   ArenaShards(MemoryProvider& provider, const VmmArenaOptions& options, std::size_t shards,
               std::uint32_t waits_to_leave = kWaitsToLeave, std::uint64_t wait_gap_ns = kWaitGapNs) noexcept;
   ~ArenaShards() override;
@@ -102,12 +106,12 @@ class ArenaShards final : public Allocator {
   // after, so readers that loaded created_ need no lock.
   VmmArena* arena(std::size_t i) const noexcept { return owned_[i].get(); }
   VmmArena* make_arena() noexcept;  // the next arena, or nullptr (no reservation, or all made)
-  // After a call of a home thread that found the lock held (detail::t_vmm_wait_began_ns).
-  void note_home_wait() noexcept;
-  // After each call of a home thread: the wait, if the call waited (the test mode notes every call).
-  void after_home_call() noexcept {
-    if (__builtin_expect(detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0, false)) note_home_wait();
-  }
+  // After an allocation of a home thread that found the lock held (detail::t_vmm_wait_began_ns), of
+  // another size than the thread's last: counts it toward leaving.
+  void note_home_wait(ThreadEntry& entry) noexcept;
+  // After each allocation of a home thread: its size, and its wait if it waited (the test mode moves
+  // the thread at its first allocation).
+  void after_home_allocation(ThreadEntry& entry, std::size_t bytes) noexcept;
   void* allocate_from(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
   // A fit without growing in arena `own`, then in the others.
   void* fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;

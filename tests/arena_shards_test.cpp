@@ -270,33 +270,46 @@ TEST(ArenaShards, AThreadWhoseCallWaitedForTheHomesLockMoves) {
 }
 
 // The policy alone, on one thread: a call counts as waited when the arena set when its wait began
-// (detail::t_vmm_wait_began_ns, set here as the arena's lock would). Waits that each begin long after
-// the one before ended never add up; kWaitsToLeave waits in a row move the thread.
-TEST(ArenaShards, OnlyWaitsInARowMoveAThread) {
+// (detail::t_vmm_wait_began_ns, set here as the arena's lock would). Only allocations count, each of
+// another size than the one before: waits that each begin long after the one before ended never add
+// up, nor do frees' waits, and an allocation of the same size that waited ends the row; kWaitsToLeave
+// in a row move the thread.
+TEST(ArenaShards, OnlyWaitedAllocationsOfChangingSizesInARowMoveAThread) {
   HostProvider provider(kGranule);
   ArenaShards shards(provider, options(), 4, ArenaShards::kWaitsToLeave, /*wait_gap_ns=*/1000000);
   // `later_ns`: how long after now each wait begins (a wait begins after the call before it ended).
-  const auto waited_call = [&](std::uint64_t later_ns) {
+  const auto waited_call = [&](std::uint64_t later_ns, std::size_t bytes) {
     detail::t_vmm_wait_began_ns = monotonic_ns() + later_ns;
-    void* p = shards.allocate(64 * KiB, 0);
+    void* p = shards.allocate(bytes, 0);
     ASSERT_NE(p, nullptr);
     detail::t_vmm_wait_began_ns = monotonic_ns() + later_ns;
-    shards.deallocate(p, 64 * KiB, 0);
+    shards.deallocate(p, bytes, 0);
   };
   // Each wait begins a second after now, so far more than 1 ms after the one before ended.
-  for (int i = 0; i < 8; ++i) waited_call(1000000000ull);
+  for (std::size_t i = 0; i < 8; ++i) waited_call(1000000000ull, (64 + i) * KiB);
   EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "waits far apart moved the thread";
-  // Calls that did not wait between them change nothing either; then two waited calls in a row (four
-  // noted waits: allocate and deallocate each) move it.
+  // Calls that did not wait between them change nothing either.
   for (int i = 0; i < 100; ++i) {
     void* p = shards.allocate(64 * KiB, 0);
     shards.deallocate(p, 64 * KiB, 0);
   }
   EXPECT_EQ(shards.arena_of_this_thread(), 0u);
-  waited_call(0);
-  EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "two waits in a row are not four";
-  waited_call(0);
-  EXPECT_EQ(shards.arena_of_this_thread(), 1u) << "four waits in a row kept the thread home";
+  // One size, waited on every call in a row: the convoy of one size that the arenas do not shorten.
+  for (int i = 0; i < 16; ++i) waited_call(0, 64 * KiB);
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "waits on one size moved the thread";
+  // Three of changing sizes, then one of the same size: the row ends.
+  waited_call(0, 65 * KiB);
+  waited_call(0, 66 * KiB);
+  waited_call(0, 67 * KiB);
+  waited_call(0, 67 * KiB);
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "an allocation of the same size did not end the row";
+  // Four of changing sizes in a row, their frees' waits between them: it moves.
+  waited_call(0, 68 * KiB);
+  waited_call(0, 69 * KiB);
+  waited_call(0, 70 * KiB);
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u) << "three waits in a row are not four";
+  waited_call(0, 71 * KiB);
+  EXPECT_EQ(shards.arena_of_this_thread(), 1u) << "four waits of changing sizes in a row kept the thread home";
   EXPECT_EQ(shards.arenas(), 2u);
 }
 
