@@ -24,7 +24,7 @@ struct ArenaShards::ThreadEntry {
   std::uint32_t arena;            // 0: the home
   std::uint32_t waits;            // home allocations in a row that waited, each of another size (kWaitGapNs apart at most)
   std::uint64_t last_wait_end_ns;  // when the last of those returned
-  std::size_t last_bytes;          // the size of the thread's last allocation from the home
+  std::size_t last_bytes;          // the size of the thread's last allocation from the home that waited
 };
 
 namespace {
@@ -81,12 +81,20 @@ VmmArena* ArenaShards::make_arena() noexcept {
   return owned_[count].get();
 }
 
-// A home thread's allocation found the lock held, asking another size than its last: a thread whose
-// allocations keep doing so leaves for an arena of its own (made when first taken; they are handed out
-// in turn). The clock is read only on calls that waited (a vDSO call, no system call).
-void ArenaShards::note_home_wait(ThreadEntry& entry) noexcept {
+// A home thread's allocation found the lock held: a thread whose allocations keep doing so, each of
+// another size than the last that waited, leaves for an arena of its own (made when first taken; they
+// are handed out in turn). One of the same size ends the row (arena_shards.h says why). Here, not on
+// every call, so that a call that found the lock free pays nothing for the sizes; the clock too is read
+// only on calls that waited (a vDSO call, no system call).
+void ArenaShards::note_home_wait(ThreadEntry& entry, std::size_t bytes) noexcept {
   const std::uint64_t began = detail::t_vmm_wait_began_ns;
   detail::t_vmm_wait_began_ns = 0;
+  const bool same_size = bytes == entry.last_bytes;
+  entry.last_bytes = bytes;
+  if (same_size && waits_to_leave_ != 0) {
+    entry.waits = 0;
+    return;
+  }
   if (entry.waits != 0 && began - entry.last_wait_end_ns > wait_gap_ns_) entry.waits = 0;
   entry.last_wait_end_ns = monotonic_ns();
   if (++entry.waits < waits_to_leave_) return;
@@ -134,18 +142,9 @@ void* ArenaShards::fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle
   return nullptr;
 }
 
-// Only an allocation of another size than the thread's last counts toward leaving (arena_shards.h says
-// why); one of the same size that waited ends the row. A free's wait never counts.
+// A free's wait never counts: deallocate() clears it.
 inline void ArenaShards::after_home_allocation(ThreadEntry& entry, std::size_t bytes) noexcept {
-  const bool same_size = bytes == entry.last_bytes;
-  entry.last_bytes = bytes;
-  if (__builtin_expect(detail::t_vmm_wait_began_ns == 0 && waits_to_leave_ != 0, true)) return;
-  if (same_size && waits_to_leave_ != 0) {
-    detail::t_vmm_wait_began_ns = 0;
-    entry.waits = 0;
-    return;
-  }
-  note_home_wait(entry);
+  if (__builtin_expect(detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0, false)) note_home_wait(entry, bytes);
 }
 
 void* ArenaShards::allocate(std::size_t bytes, StreamHandle stream) noexcept {

@@ -1,5 +1,5 @@
 // A device's vmm arena, split into several once its threads keep meeting on its lock (GPUSHIM_ARENA_SHARDS;
-// off by default: kDefaultArenaShards says why).
+// eight by default: kDefaultArenaShards says why).
 //
 // Why: the arena's best fit and its address-ordered ranges live under one mutex (allocators/vmm_arena.h).
 // Per-thread caches keep a thread's repeated sizes away from it, but a program whose threads allocate
@@ -12,7 +12,7 @@
 //
 // How: the first arena (the home) serves every thread, exactly as a lone VmmArena would, until a thread
 // has found its lock held on kWaitsToLeave allocations in a row, each of another size than the one
-// before and each within kWaitGapNs of the one before. That thread then takes an arena of its own
+// before it that waited and each within kWaitGapNs of it. That thread then takes an arena of its own
 // reservation (one of shards - 1, handed out in turn, made at first use) and allocates there first. A
 // program whose blocks come from one thread at a time (PyTorch, JAX: their own caches call the arena
 // rarely) never leaves the home, so it places every block as before.
@@ -45,14 +45,15 @@
 
 namespace gpushim {
 
-// GPUSHIM_ARENA_SHARDS's default: one arena. Split, 16 threads of mixed sizes moved 4-6x the pairs per
-// second for 0-9% more peak without a stream, but with a stream each the peak rose 1.6-1.8x (mixed
-// sizes, and 16 MiB pairs where nothing was gained): the twenty-first session's measurements,
-// docs/perf-notes.md. Since marked batches the trade is narrower but still memory for pairs (eight
-// arenas, forty-second session): mixed sizes with a stream each 5-6x the pairs (4 threads: 4x) for
-// 15-50% more peak; one size per cell 0.9-1.16x the pairs for 0-6% more, but 26% at 1 MiB with a launch
-// every 64 pairs and 73% at 64 KiB on vmm. Memory first; a program that wants the trade sets it.
-inline constexpr int kDefaultArenaShards = 1;
+// GPUSHIM_ARENA_SHARDS's default: eight arenas. Off until the forty-third session: a thread left the
+// home for any convoy, and where 16 threads each asked one size eight arenas gave 0.9-1.16x the pairs at
+// up to 73% more peak. Since only allocations of changing sizes move a thread, those programs stay in
+// the home (peaks within -2% to +9% of one arena's, the same pairs), and so do programs that allocate from
+// one thread (PyTorch: the same peaks); 16 threads of mixed sizes move 4.5-6.5x the pairs (1.2-1.3 ->
+// 5.4-8.3 M per second) at 10-59% more peak, 4 threads 3.8x at +10%, 16 without a stream 3.1x at +3%
+// (forty-third session, docs/perf-notes.md). Memory first, but not at 0.3x one thread's rate: a
+// program that wants one arena sets 1.
+inline constexpr int kDefaultArenaShards = 8;
 
 class ArenaShards final : public Allocator {
  public:
@@ -106,11 +107,11 @@ class ArenaShards final : public Allocator {
   // after, so readers that loaded created_ need no lock.
   VmmArena* arena(std::size_t i) const noexcept { return owned_[i].get(); }
   VmmArena* make_arena() noexcept;  // the next arena, or nullptr (no reservation, or all made)
-  // After an allocation of a home thread that found the lock held (detail::t_vmm_wait_began_ns), of
-  // another size than the thread's last: counts it toward leaving.
-  void note_home_wait(ThreadEntry& entry) noexcept;
-  // After each allocation of a home thread: its size, and its wait if it waited (the test mode moves
-  // the thread at its first allocation).
+  // After an allocation of `bytes` by a home thread that found the lock held (detail::t_vmm_wait_began_ns):
+  // counts it toward leaving where its size is not the last waited one's.
+  void note_home_wait(ThreadEntry& entry, std::size_t bytes) noexcept;
+  // After each allocation of a home thread: its wait, if it waited (the test mode moves the thread at its
+  // first allocation).
   void after_home_allocation(ThreadEntry& entry, std::size_t bytes) noexcept;
   void* allocate_from(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
   // A fit without growing in arena `own`, then in the others.
@@ -131,7 +132,7 @@ class ArenaShards final : public Allocator {
   bool make_failed_ = false;     // under make_mutex_: a reservation was refused; no more arenas
 };
 
-// GPUSHIM_ARENA_SHARDS arenas at most (1, the default: a lone VmmArena).
+// GPUSHIM_ARENA_SHARDS arenas at most (kDefaultArenaShards unless set; 1: a lone VmmArena).
 std::unique_ptr<Allocator> make_vmm_arena(MemoryProvider& provider, const Settings& settings);
 
 }  // namespace gpushim

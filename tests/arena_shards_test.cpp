@@ -313,19 +313,20 @@ TEST(ArenaShards, OnlyWaitedAllocationsOfChangingSizesInARowMoveAThread) {
   EXPECT_EQ(shards.arenas(), 2u);
 }
 
-TEST(ArenaShards, FactoryMakesALoneArenaByDefaultAndForOneShard) {
+TEST(ArenaShards, FactorySplitsByDefaultAndMakesALoneArenaForOneShard) {
   HostProvider provider(kGranule);
   Settings settings;
   settings.vmm_reserve = 64 * MiB;
   auto by_default = make_vmm_arena(provider, settings);
-  EXPECT_NE(dynamic_cast<VmmArena*>(by_default.get()), nullptr) << "one arena unless GPUSHIM_ARENA_SHARDS says more";
+  const auto* split = dynamic_cast<ArenaShards*>(by_default.get());
+  ASSERT_NE(split, nullptr) << "kDefaultArenaShards arenas unless GPUSHIM_ARENA_SHARDS says otherwise";
+  EXPECT_EQ(split->arenas(), 1u) << "the other arenas are made when a thread first leaves";
+  EXPECT_STREQ(by_default->name(), "vmm");
   settings.arena_shards = 1;
   auto lone = make_vmm_arena(provider, settings);
   EXPECT_NE(dynamic_cast<VmmArena*>(lone.get()), nullptr);
-  settings.arena_shards = 8;
-  auto split = make_vmm_arena(provider, settings);
-  EXPECT_NE(dynamic_cast<ArenaShards*>(split.get()), nullptr);
-  EXPECT_STREQ(split->name(), "vmm");
+  settings.arena_shards = 4;
+  EXPECT_NE(dynamic_cast<ArenaShards*>(make_vmm_arena(provider, settings).get()), nullptr);
 }
 
 }  // namespace
