@@ -22,7 +22,7 @@ VmmArenaOptions with_totals(VmmArenaOptions options, VmmArenaTotals* totals) noe
 struct ArenaShards::ThreadEntry {
   std::uint64_t serial;
   std::uint32_t arena;            // 0: the home
-  std::uint32_t waits;            // home allocations in a row that waited, each of another size (kWaitGapNs apart at most)
+  std::uint32_t waits;            // waited home allocations in a row, of changing sizes, kWaitGapNs apart at most
   std::uint64_t last_wait_end_ns;  // when the last of those returned
   std::size_t last_bytes;          // the size of the thread's last allocation from the home that waited
 };
@@ -144,7 +144,8 @@ void* ArenaShards::fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle
 
 // A free's wait never counts: deallocate() clears it.
 inline void ArenaShards::after_home_allocation(ThreadEntry& entry, std::size_t bytes) noexcept {
-  if (__builtin_expect(detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0, false)) note_home_wait(entry, bytes);
+  if (__builtin_expect(detail::t_vmm_wait_began_ns != 0 || waits_to_leave_ == 0, false))
+    note_home_wait(entry, bytes);
 }
 
 void* ArenaShards::allocate(std::size_t bytes, StreamHandle stream) noexcept {

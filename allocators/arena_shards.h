@@ -16,10 +16,10 @@
 // reservation (one of shards - 1, handed out in turn, made at first use) and allocates there first. A
 // program whose blocks come from one thread at a time (PyTorch, JAX: their own caches call the arena
 // rarely) never leaves the home, so it places every block as before.
-// Why sizes that change: that is the convoy the split shortens, the sizes no cache in front holds. Threads
-// that wait on one size each (fenced blocks of one size coming back in rounds, the caches' refills)
-// gained 0.9-1.16x the pairs from eight arenas and paid up to 73% more peak (forty-second session);
-// there the arena's waits and frees' waits say nothing about what a split would gain, so neither counts.
+// Why sizes that change: that is the convoy the split shortens, of the sizes no cache in front holds.
+// Threads that wait on one size each (fenced blocks of one size coming back in rounds, the caches'
+// refills) gained 0.9-1.16x the pairs from eight arenas and paid up to 73% more peak (forty-second
+// session); their waits, and frees' waits, say nothing about what a split would gain, so neither counts.
 // - A block goes back to the arena whose reservation holds it, whichever thread frees it.
 // - An allocation takes, in order: a fit in its thread's arena; a fit in any other (the home first), so
 //   idle memory of one arena serves another before anything grows; growth of its own arena.
@@ -48,10 +48,10 @@ namespace gpushim {
 // GPUSHIM_ARENA_SHARDS's default: eight arenas. Off until the forty-third session: a thread left the
 // home for any convoy, and where 16 threads each asked one size eight arenas gave 0.9-1.16x the pairs at
 // up to 73% more peak. Since only allocations of changing sizes move a thread, those programs stay in
-// the home (peaks within -2% to +9% of one arena's, the same pairs), and so do programs that allocate from
-// one thread (PyTorch: the same peaks); 16 threads of mixed sizes move 4.5-6.5x the pairs (1.2-1.3 ->
-// 5.4-8.3 M per second) at 10-59% more peak, 4 threads 3.8x at +10%, 16 without a stream 3.1x at +3%
-// (forty-third session, docs/perf-notes.md). Memory first, but not at 0.3x one thread's rate: a
+// the home (peaks within -2% to +9% of one arena's, the same pairs), and so do programs that allocate
+// from one thread (PyTorch: the same peaks); 16 threads of mixed sizes move 4-6.5x the pairs (1.2-1.4
+// -> 5.4-9.4 M per second) at 10-59% more peak, 4 threads 3.8x at +10%, 16 without a stream 3.1x at
+// +3% (forty-third session, docs/perf-notes.md). Memory first, but not at 0.3x one thread's rate: a
 // program that wants one arena sets 1.
 inline constexpr int kDefaultArenaShards = 8;
 

@@ -249,8 +249,8 @@ const Row kRows[] = {
       "arena's lock held on allocations of changing sizes. Each thread that does moves to an arena of its "
       "own reservation (they share the device's peak and GPUSHIM_LIMIT); threads that each ask one size, "
       "and programs whose blocks come from one thread at a time, stay in one arena. 8: 16 threads of "
-      "mixed sizes with a stream each moved 4.5-6.5x the pairs per second of one arena on the H200 "
-      "(1.2-1.3 -> 5.4-8.3 M) at 10-59% more peak; one size per thread and PyTorch kept one arena's "
+      "mixed sizes with a stream each moved 4-6.5x the pairs per second of one arena on the H200 "
+      "(1.2-1.4 -> 5.4-9.4 M) at 10-59% more peak; one size per thread and PyTorch kept one arena's "
       "peak. 1: the least memory (docs/benchmarks.md)."},
      [](const char* v, Settings& s) {
        int n = 0;
