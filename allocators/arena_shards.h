@@ -63,8 +63,8 @@ class ArenaShards final : public Allocator {
   // and then stay; a thread of a convoy (a wait on nearly every call, a few microseconds of its own work
   // between) leaves within tens of microseconds. The gap counts from the end of the last wait, not its
   // start, so that waits that each sleep long (an oversubscribed machine) still count as in a row. Time,
-  // not a count of the thread's calls: only a call that waited reads the clock, so a call that found the
-  // lock free counts nothing but its size (the CPU guard, docs/perf-notes.md).
+  // not a count of the thread's calls: only a call that waited reads the clock and its size, so a call
+  // that found the lock free counts nothing (the CPU guard, docs/perf-notes.md).
   static constexpr std::uint32_t kWaitsToLeave = 4;
   static constexpr std::uint64_t kWaitGapNs = 1000000;  // 1 ms
 

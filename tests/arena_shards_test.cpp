@@ -271,9 +271,9 @@ TEST(ArenaShards, AThreadWhoseCallWaitedForTheHomesLockMoves) {
 
 // The policy alone, on one thread: a call counts as waited when the arena set when its wait began
 // (detail::t_vmm_wait_began_ns, set here as the arena's lock would). Only allocations count, each of
-// another size than the one before: waits that each begin long after the one before ended never add
-// up, nor do frees' waits, and an allocation of the same size that waited ends the row; kWaitsToLeave
-// in a row move the thread.
+// another size than the last allocation that waited: waits that each begin long after the one before
+// ended never add up, nor do frees' waits, and a waited allocation of that same size ends the row;
+// kWaitsToLeave in a row move the thread.
 TEST(ArenaShards, OnlyWaitedAllocationsOfChangingSizesInARowMoveAThread) {
   HostProvider provider(kGranule);
   ArenaShards shards(provider, options(), 4, ArenaShards::kWaitsToLeave, /*wait_gap_ns=*/1000000);
