@@ -393,6 +393,48 @@ TEST_F(ThreadCacheTest, ALargeBlockComesBackAtItsExactSizeOnlyWithoutTheBackend)
   cache_->deallocate(smaller, bytes - 412, 0);
 }
 
+// A miss gives the thread's parked large blocks to the backend in one batch call, so a backend with one
+// lock takes it once for all of them, not once a block (ThreadCacheAllocator::give_to_backend).
+TEST(ThreadCacheLargeBytes, AMissGivesTheThreadsSlotsBackInOneBatch) {
+  struct CountingArena : testing::ForwardingAllocator {
+    using ForwardingAllocator::ForwardingAllocator;
+    const char* name() const noexcept override { return "vmm"; }
+    void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
+      ++single_calls;
+      inner().deallocate(p, bytes, stream);
+    }
+    void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override {
+      ++batch_calls;
+      batch_blocks += count;
+      inner().deallocate_batch(blocks, count);
+    }
+    int single_calls = 0, batch_calls = 0;
+    std::size_t batch_blocks = 0;
+  };
+  HostProvider provider{HostProvider::kDefaultGranularity, 256 * MiB};
+  auto arena = std::make_unique<CountingArena>(
+      std::make_unique<VmmArena>(provider, arena_options(512 * MiB, /*keep_nothing_idle=*/true)));
+  CountingArena& counted = *arena;
+  ThreadCacheAllocator cache(std::move(arena), ThreadCacheAllocator::LargeSlots::always);
+  const auto size = [](std::size_t i) { return 2 * MiB + i * kMinAlignment; };
+  std::vector<void*> blocks;
+  for (std::size_t i = 0; i < ThreadCacheAllocator::kLargeSlots; ++i) blocks.push_back(cache.allocate(size(i), 0));
+  for (std::size_t i = 0; i < blocks.size(); ++i) cache.deallocate(blocks[i], size(i), 0);
+  ASSERT_EQ(cache.cached_large_blocks(), ThreadCacheAllocator::kLargeSlots);
+  ASSERT_EQ(counted.single_calls + counted.batch_calls, 0) << "parking reached the backend";
+  const std::size_t other = size(ThreadCacheAllocator::kLargeSlots);
+  void* p = cache.allocate(other, 0);  // a miss
+  ASSERT_NE(p, nullptr);
+  EXPECT_EQ(cache.cached_large_blocks(), 0u);
+  EXPECT_EQ(counted.single_calls, 0) << "a parked block went back on its own";
+  EXPECT_EQ(counted.batch_calls, 1);
+  EXPECT_EQ(counted.batch_blocks, ThreadCacheAllocator::kLargeSlots);
+  EXPECT_EQ(cache.inner().stats().bytes_in_use, other) << "the backend holds the request alone";
+  cache.deallocate(p, other, 0);
+  cache.release_cached();
+  EXPECT_EQ(cache.stats().bytes_in_use, 0u);
+}
+
 TEST_F(ThreadCacheTest, ParkedLargeBlocksCountAsCachedAndCallsCountOnce) {
   const std::size_t bytes = 5 * MiB;
   for (int i = 0; i < 3; ++i) cache_->deallocate(cache_->allocate(bytes, 0), bytes, 0);
