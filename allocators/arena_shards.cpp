@@ -133,24 +133,11 @@ void* ArenaShards::allocate_from(std::size_t own, std::size_t bytes, StreamHandl
   return nullptr;
 }
 
-// The other arenas in two rounds: those whose lock is free at once, then, only if none of them fit,
-// those that were held, waiting for each. One round that waited for each in turn had 16 threads of mixed
-// sizes with a stream each queue on other threads' arenas while a free one could have served: this
-// function was 29% of their wall-clock time, its own arena included (forty-third session,
-// docs/perf-notes.md). The second round keeps the rule that idle memory anywhere serves before growth.
 void* ArenaShards::fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept {
   if (void* p = arena(own)->allocate_without_growing(bytes, stream)) return p;
   const std::size_t count = created_.load(std::memory_order_acquire);
-  std::uint32_t held = 0;  // bit i: arena i's lock was held in the first round
-  static_assert(kMaxShards <= 32, "one bit per arena");
-  for (std::size_t i = 0; i < count; ++i) {
-    if (i == own) continue;
-    bool was_held = false;
-    if (void* p = arena(i)->allocate_without_growing_if_free(bytes, &was_held)) return p;
-    if (was_held) held |= std::uint32_t{1} << i;
-  }
-  for (std::size_t i = 0; held != 0; ++i, held >>= 1)
-    if (held & 1)
+  for (std::size_t i = 0; i < count; ++i)
+    if (i != own)
       if (void* p = arena(i)->allocate_without_growing(bytes, stream)) return p;
   return nullptr;
 }

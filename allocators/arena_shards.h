@@ -21,9 +21,8 @@
 // refills) gained 0.9-1.16x the pairs from eight arenas and paid up to 73% more peak (forty-second
 // session); their waits, and frees' waits, say nothing about what a split would gain, so neither counts.
 // - A block goes back to the arena whose reservation holds it, whichever thread frees it.
-// - An allocation takes, in order: a fit in its thread's arena; a fit in any other (those whose lock is
-//   free first, the home first among them), so idle memory of one arena serves another before anything
-//   grows; growth of its own arena.
+// - An allocation takes, in order: a fit in its thread's arena; a fit in any other (the home first), so
+//   idle memory of one arena serves another before anything grows; growth of its own arena.
 // - The arenas count their mapped memory, its peak and their lock waits together (VmmArenaTotals), so a
 //   NoNewPeakScope (allocators/growth_policy.h) refuses growth past the device's peak, not one arena's,
 //   and stats() reports the device's peak reserved.
@@ -115,7 +114,7 @@ class ArenaShards final : public Allocator {
   // first allocation).
   void after_home_allocation(ThreadEntry& entry, std::size_t bytes) noexcept;
   void* allocate_from(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
-  // A fit without growing in arena `own`, then in the others whose lock is free, then in those held.
+  // A fit without growing in arena `own`, then in the others.
   void* fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
 
   MemoryProvider& provider_;

@@ -490,16 +490,6 @@ void* VmmArena::allocate_without_growing(std::size_t bytes, StreamHandle) noexce
   return allocate_locked(bytes, /*may_grow=*/false, nullptr);  // a no here is not a failed allocation
 }
 
-void* VmmArena::allocate_without_growing_if_free(std::size_t bytes, bool* held) noexcept {
-  if (free_bytes_hint_.load(std::memory_order_relaxed) < bytes) return nullptr;
-  const LockIfFree lock(*this);
-  if (!lock.owns()) {
-    *held = true;
-    return nullptr;
-  }
-  return allocate_locked(bytes, /*may_grow=*/false, nullptr);
-}
-
 
 // Inline into deallocate: below the threshold, the common case, it is one compare. Without a delay,
 // prompt_release_above_ is the threshold itself, so such a free is due by the second compare and never

@@ -123,10 +123,6 @@ class VmmArena final : public Allocator {
   const char* name() const noexcept override { return "vmm"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void* allocate_without_growing(std::size_t bytes, StreamHandle stream) noexcept override;
-  // allocate_without_growing() only where the lock is free at once: nullptr, with `*held` set, where
-  // another thread holds it (nothing is counted as a wait). For a device's other arenas, which a thread
-  // may pass over for one that is free (allocators/arena_shards.cpp, fit_anywhere).
-  void* allocate_without_growing_if_free(std::size_t bytes, bool* held) noexcept;
   bool can_allocate_without_growing() const noexcept override { return true; }
   const std::atomic<std::uint64_t>* lock_wait_counter() const noexcept override { return &totals_->lock_waits; }
   std::uint64_t lock_waits() const noexcept { return totals_->lock_waits.load(std::memory_order_relaxed); }
@@ -293,23 +289,6 @@ class VmmArena final : public Allocator {
 
    private:
     VmmArena& arena_;
-  };
-  // mutex_ only if free at once (owns() says), never counted as a wait; the hints as CountingLock stores them.
-  class LockIfFree {
-   public:
-    explicit LockIfFree(VmmArena& arena) noexcept : arena_(arena), owns_(arena.mutex_.try_lock()) {}
-    ~LockIfFree() {
-      if (!owns_) return;
-      arena_.store_hints();
-      arena_.mutex_.unlock();
-    }
-    bool owns() const noexcept { return owns_; }
-    LockIfFree(const LockIfFree&) = delete;
-    LockIfFree& operator=(const LockIfFree&) = delete;
-
-   private:
-    VmmArena& arena_;
-    const bool owns_;
   };
   // Under mutex_ (at most one of the two set). just_carved_: the block the last call carved, while no
   // call has come since. freed_unmerged_: that block, freed by the next call and not yet merged: counted

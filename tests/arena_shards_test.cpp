@@ -150,56 +150,6 @@ TEST(ArenaShards, IdleMemoryOfAnotherArenaServesBeforeAnyGrows) {
   shards.deallocate(p, 4 * MiB, 0);
 }
 
-// Another arena's lock, held, is passed over for one that is free and fits: a thread of arena 2 with
-// nothing of its own takes arena 1's idle memory while the home's lock is held (here by a
-// release_cached() inside the provider's unmap), though the home's idle memory would fit it too.
-TEST(ArenaShards, AFreeArenaThatFitsServesBeforeOneWhoseLockIsHeld) {
-  HostProvider host(kGranule);
-  HeldProvider provider(host);
-  ArenaShards shards(provider, options(), 3, /*waits_to_leave=*/0);
-  void* in_home = nullptr;
-  on_new_thread([&] {
-    in_home = shards.allocate(4 * MiB, 0);  // the home's first call; the thread then moves to arena 1
-    ASSERT_NE(in_home, nullptr);
-    void* in_one = shards.allocate(8 * MiB, 0);  // nothing idle fits 8 MiB: arena 1 grows
-    ASSERT_NE(in_one, nullptr);
-    ASSERT_EQ(shards.arena_holding(in_one), 1);
-    shards.deallocate(in_one, 8 * MiB, 0);
-  });
-  shards.deallocate(in_home, 4 * MiB, 0);  // idle: the home 4 MiB, arena 1 8 MiB
-  std::atomic<bool> moved{false}, go{false}, done{false};
-  int holder_of_block = -1;
-  std::thread taker([&] {
-    void* first = shards.allocate(64 * KiB, 0);  // from the home; then the thread moves to arena 2
-    shards.deallocate(first, 64 * KiB, 0);
-    moved = shards.arena_of_this_thread() == 2;
-    while (!go) std::this_thread::yield();
-    void* p = shards.allocate(2 * MiB, 0);
-    holder_of_block = shards.arena_holding(p);
-    done = true;
-    shards.deallocate(p, 2 * MiB, 0);
-  });
-  while (shards.arenas() < 3) std::this_thread::yield();
-  provider.hold_unmap = true;
-  std::thread holder([&] { shards.release_cached(); });  // the home first: held inside its unmap
-  while (!provider.unmapping) std::this_thread::yield();
-  const std::uint64_t waits = shards.lock_wait_counter()->load();
-  go = true;
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!done && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
-  const bool served_while_held = done;
-  provider.hold_unmap = false;
-  holder.join();
-  taker.join();
-  EXPECT_TRUE(moved);
-  EXPECT_TRUE(served_while_held) << "the allocation waited for the home's held lock";
-  EXPECT_EQ(holder_of_block, 1) << "from arena 1's idle memory";
-  if (served_while_held) {
-    EXPECT_EQ(shards.lock_wait_counter()->load(), waits) << "passing over a held lock is not a wait";
-  }
-  EXPECT_EQ(shards.stats().bytes_in_use, 0u);
-}
-
 // One growth at a time for the device: a thread of another arena that needs memory while one grows waits
 // for it, then looks in every arena again and takes a block freed meanwhile, instead of growing its own
 // (with a stream, such blocks are those whose fences completed; without the wait, 16 threads at 16 MiB
