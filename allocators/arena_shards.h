@@ -1,5 +1,5 @@
 // A device's vmm arena, split into several once its threads keep meeting on its lock (GPUSHIM_ARENA_SHARDS;
-// eight by default: kDefaultArenaShards says why).
+// sixteen by default: kDefaultArenaShards says why).
 //
 // Why: the arena's best fit and its address-ordered ranges live under one mutex (allocators/vmm_arena.h).
 // Per-thread caches keep a thread's repeated sizes away from it, but a program whose threads allocate
@@ -45,15 +45,19 @@
 
 namespace gpushim {
 
-// GPUSHIM_ARENA_SHARDS's default: eight arenas. Off until the forty-third session: a thread left the
-// home for any convoy, and where 16 threads each asked one size eight arenas gave 0.9-1.16x the pairs at
-// up to 73% more peak. Since only allocations of changing sizes move a thread, those programs stay in
-// the home (peaks within -2% to +9% of one arena's, the same pairs), and so do programs that allocate
-// from one thread (PyTorch: the same peaks); 16 threads of mixed sizes move 4-6.5x the pairs (1.2-1.4
-// -> 5.4-9.4 M per second) at 10-59% more peak, 4 threads 3.8x at +10%, 16 without a stream 3.1x at
-// +3% (forty-third session, docs/perf-notes.md). Memory first, but not at 0.3x one thread's rate: a
-// program that wants one arena sets 1.
-inline constexpr int kDefaultArenaShards = 8;
+// GPUSHIM_ARENA_SHARDS's default: sixteen arenas, the most. Off until the forty-third session: a thread
+// left the home for any convoy, and where 16 threads each asked one size eight arenas gave 0.9-1.16x the
+// pairs at up to 73% more peak. Since only allocations of changing sizes move a thread, those programs
+// stay in the home (peaks within -2% to +9% of one arena's, the same pairs), and so do programs that
+// allocate from one thread (PyTorch: the same peaks); 16 threads of mixed sizes moved 4-6.5x the pairs
+// of one arena (1.2-1.4 -> 5.4-9.4 M per second) under eight, at 10-59% more peak (forty-third session).
+// Why sixteen, not eight (forty-fourth session): an arena is made only when a leaving thread first takes
+// it, so up to seven leaving threads get the same arenas under both; past that, eight made threads share.
+// 16 threads of mixed sizes on vmm, where every pair reaches an arena, moved 1.3-1.5x the pairs under
+// sixteen (7.3-7.7 -> 9.7-11.9 M per second) at 0-3% more peak; on tiered, whose caches keep most pairs
+// from the arenas, within the passes' spread (docs/perf-notes.md). Memory first, but not at 0.3x one
+// thread's rate: a program that wants one arena sets 1.
+inline constexpr int kDefaultArenaShards = 16;
 
 class ArenaShards final : public Allocator {
  public:

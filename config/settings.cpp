@@ -244,14 +244,15 @@ const Row kRows[] = {
       "given back at once, one thread at 1 GiB with a stream, after 16 threads had held 16 GiB, unmapped "
       "and mapped 1 GiB ~700 times a second on the H200 (~2 ms a pair of calls)."},
      [](const char* v, Settings& s) { return duration_up_to(v, 60'000'000'000ull, &s.vmm_release_delay_ns); }},
-    {{"GPUSHIM_ARENA_SHARDS", "int", "8", "1 to 16; 1 = one arena per device",
+    {{"GPUSHIM_ARENA_SHARDS", "int", "16", "1 to 16; 1 = one arena per device",
       "vmm and tiered: how many arenas a device's memory may be split into once threads keep finding the "
       "arena's lock held on allocations of changing sizes. Each thread that does moves to an arena of its "
-      "own reservation (they share the device's peak and GPUSHIM_LIMIT); threads that each ask one size, "
-      "and programs whose blocks come from one thread at a time, stay in one arena. 8: 16 threads of "
-      "mixed sizes with a stream each moved 4-6.5x the pairs per second of one arena on the H200 "
-      "(1.2-1.4 -> 5.4-9.4 M) at 10-59% more peak; one size per thread and PyTorch kept one arena's "
-      "peak. 1: the least memory (docs/benchmarks.md)."},
+      "own reservation (they share the device's peak and GPUSHIM_LIMIT), made when first taken; threads "
+      "that each ask one size, and programs whose blocks come from one thread at a time, stay in one "
+      "arena. 16 threads of mixed sizes with a stream each moved 4-6.5x the pairs per second of one arena "
+      "under 8 on the H200 (1.2-1.4 -> 5.4-9.4 M) at 10-59% more peak, and on vmm 1.3-1.5x more under 16 "
+      "than 8 on the H100 at 0-3% more peak; one size per thread and PyTorch kept one arena's peak. 1: the "
+      "least memory (docs/benchmarks.md)."},
      [](const char* v, Settings& s) {
        int n = 0;
        if (!parse_int_up_to(v, 16, &n) || n < 1) return false;
