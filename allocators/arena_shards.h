@@ -53,10 +53,10 @@ namespace gpushim {
 // of one arena (1.2-1.4 -> 5.4-9.4 M per second) under eight, at 10-59% more peak (forty-third session).
 // Why sixteen, not eight (forty-fourth session): an arena is made only when a leaving thread first takes
 // it, so up to seven leaving threads get the same arenas under both; past that, eight made threads share.
-// 16 threads of mixed sizes on vmm, where every pair reaches an arena, moved 1.3-1.5x the pairs under
-// sixteen (7.3-7.7 -> 9.7-11.9 M per second) at 0-3% more peak; on tiered, whose caches keep most pairs
-// from the arenas, within the passes' spread (docs/perf-notes.md). Memory first, but not at 0.3x one
-// thread's rate: a program that wants one arena sets 1.
+// 16 threads of mixed sizes on vmm, where every pair reaches an arena, moved 1.2-1.5x the pairs under
+// sixteen (7.3-7.8 -> 9.7-11.9 M per second, H100 and H200) at 0-4% more peak; on tiered, whose caches
+// keep most pairs from the arenas, within the passes' spread (docs/perf-notes.md). Memory first, but not
+// at 0.3x one thread's rate: a program that wants one arena sets 1.
 inline constexpr int kDefaultArenaShards = 16;
 
 class ArenaShards final : public Allocator {

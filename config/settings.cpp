@@ -250,9 +250,9 @@ const Row kRows[] = {
       "own reservation (they share the device's peak and GPUSHIM_LIMIT), made when first taken; threads "
       "that each ask one size, and programs whose blocks come from one thread at a time, stay in one "
       "arena. 16 threads of mixed sizes with a stream each moved 4-6.5x the pairs per second of one arena "
-      "under 8 on the H200 (1.2-1.4 -> 5.4-9.4 M) at 10-59% more peak, and on vmm 1.3-1.5x more under 16 "
-      "than 8 on the H100 at 0-3% more peak; one size per thread and PyTorch kept one arena's peak. 1: the "
-      "least memory (docs/benchmarks.md)."},
+      "under 8 on the H200 (1.2-1.4 -> 5.4-9.4 M) at 10-59% more peak, and on vmm 1.2-1.5x more under 16 "
+      "than 8 (H100 and H200) at 0-4% more peak; one size per thread and PyTorch kept one arena's peak. 1: "
+      "the least memory (docs/benchmarks.md)."},
      [](const char* v, Settings& s) {
        int n = 0;
        if (!parse_int_up_to(v, 16, &n) || n < 1) return false;

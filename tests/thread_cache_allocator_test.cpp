@@ -115,26 +115,44 @@ TEST_F(ThreadCacheTest, AThreadKeepsAtMostItsBoundAndTheRestGoesToTheBackend) {
   EXPECT_EQ(cache_->stats().bytes_in_use, 0u);
 }
 
+// An arena that counts the frees it is given, one by one and in batches (a batch's blocks do not count
+// as frees one by one: the forwarded batch reaches the arena's own deallocate_batch).
+struct CountingArena : testing::ForwardingAllocator {
+  using ForwardingAllocator::ForwardingAllocator;
+  const char* name() const noexcept override { return "vmm"; }
+  void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
+    ++single_calls;
+    inner().deallocate(p, bytes, stream);
+  }
+  void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override {
+    ++batch_calls;
+    batch_blocks += count;
+    inner().deallocate_batch(blocks, count);
+  }
+  int single_calls = 0, batch_calls = 0;
+  std::size_t batch_blocks = 0;
+};
+
+// A thread cache whose large slots always park, over a CountingArena.
+struct CountedCache {
+  static std::unique_ptr<CountingArena> make_arena(MemoryProvider& provider, CountingArena** counted) {
+    auto arena = std::make_unique<CountingArena>(
+        std::make_unique<VmmArena>(provider, arena_options(512 * MiB, /*keep_nothing_idle=*/true)));
+    *counted = arena.get();
+    return arena;
+  }
+  HostProvider provider{HostProvider::kDefaultGranularity, 256 * MiB};
+  CountingArena* counted = nullptr;
+  ThreadCacheAllocator cache{make_arena(provider, &counted), ThreadCacheAllocator::LargeSlots::always};
+};
+
 // A batch of blocks handed back together (the fence queue's give-back, Allocator::deallocate_batch):
 // the small ones fill the calling thread's cache as one-by-one frees would, and everything it does not
 // keep, large blocks included, reaches the backend in one batch call, never the caller's large slots.
 TEST(ThreadCacheBatch, KeepsWhatTheCacheHoldsAndPassesTheRestInOneCall) {
-  struct CountingArena : testing::ForwardingAllocator {
-    using ForwardingAllocator::ForwardingAllocator;
-    const char* name() const noexcept override { return "vmm"; }
-    void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override {
-      ++batch_calls;
-      batch_blocks += count;
-      inner().deallocate_batch(blocks, count);
-    }
-    int batch_calls = 0;
-    std::size_t batch_blocks = 0;
-  };
-  HostProvider provider{HostProvider::kDefaultGranularity, 256 * MiB};
-  auto arena = std::make_unique<CountingArena>(
-      std::make_unique<VmmArena>(provider, arena_options(512 * MiB, /*keep_nothing_idle=*/true)));
-  CountingArena& counted = *arena;
-  ThreadCacheAllocator cache(std::move(arena), ThreadCacheAllocator::LargeSlots::always);
+  CountedCache counted_cache;
+  CountingArena& counted = *counted_cache.counted;
+  ThreadCacheAllocator& cache = counted_cache.cache;
   std::vector<BlockToFree> blocks;
   constexpr int kSmall = 40, kLarge = 6;
   for (int i = 0; i < kSmall; ++i) blocks.push_back({cache.allocate(256 * KiB - 100, 0), 256 * KiB - 100, 0});
@@ -396,26 +414,9 @@ TEST_F(ThreadCacheTest, ALargeBlockComesBackAtItsExactSizeOnlyWithoutTheBackend)
 // A miss gives the thread's parked large blocks to the backend in one batch call, so a backend with one
 // lock takes it once for all of them, not once a block (ThreadCacheAllocator::give_to_backend).
 TEST(ThreadCacheLargeBytes, AMissGivesTheThreadsSlotsBackInOneBatch) {
-  struct CountingArena : testing::ForwardingAllocator {
-    using ForwardingAllocator::ForwardingAllocator;
-    const char* name() const noexcept override { return "vmm"; }
-    void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override {
-      ++single_calls;
-      inner().deallocate(p, bytes, stream);
-    }
-    void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override {
-      ++batch_calls;
-      batch_blocks += count;
-      inner().deallocate_batch(blocks, count);
-    }
-    int single_calls = 0, batch_calls = 0;
-    std::size_t batch_blocks = 0;
-  };
-  HostProvider provider{HostProvider::kDefaultGranularity, 256 * MiB};
-  auto arena = std::make_unique<CountingArena>(
-      std::make_unique<VmmArena>(provider, arena_options(512 * MiB, /*keep_nothing_idle=*/true)));
-  CountingArena& counted = *arena;
-  ThreadCacheAllocator cache(std::move(arena), ThreadCacheAllocator::LargeSlots::always);
+  CountedCache counted_cache;
+  CountingArena& counted = *counted_cache.counted;
+  ThreadCacheAllocator& cache = counted_cache.cache;
   const auto size = [](std::size_t i) { return 2 * MiB + i * kMinAlignment; };
   std::vector<void*> blocks;
   for (std::size_t i = 0; i < ThreadCacheAllocator::kLargeSlots; ++i) blocks.push_back(cache.allocate(size(i), 0));
