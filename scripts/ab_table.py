@@ -4,7 +4,9 @@
 Per threads, stream mode (and pattern, when it is not pairs) and size, one row; per library (alloc_bench's label, in the order first seen)
 the median over the passes of the mean pair in ns with the median p99 in brackets, then the median pairs
 per second of all threads in millions (launches of --streams on included: the mean pair leaves them out),
-then the median over the passes of each pass's median pair in ns, and, where alloc_bench could read NVML, the
+with the least and the most of any pass in brackets where there were three passes or more (one library's
+passes of 16 threads of mixed sizes spread 4-9 M pairs/s, docs/perf-notes.md, forty-fourth session: a
+difference of medians inside that range is not a result), then the median over the passes of each pass's median pair in ns, and, where alloc_bench could read NVML, the
 median of the most device memory the process held during the cell (peak_mib). One pass's median can sit on either of
 two levels (one thread on the H200: ~100 or ~170-240 ns by process, with or without a stream; mostly the
 lower one with the process on two cores, scripts/ab_bench.sh says why): compare medians over 5-7 passes,
@@ -70,9 +72,10 @@ def main(argv):
             peaks.append(mib_text(statistics.median(known)) if known else "-")
             mean = statistics.median(float(r["mean_ns"]) for r in rows)
             p99 = statistics.median(float(r["p99_ns"]) for r in rows)
-            rate = statistics.median(float(r["pairs_per_s"]) for r in rows)
+            pass_rates = [float(r["pairs_per_s"]) / 1e6 for r in rows]
             times.append("%d (%s)" % (mean, time_text(p99)))
-            rates.append("%.2f" % (rate / 1e6))
+            rates.append("%.2f" % statistics.median(pass_rates) +
+                         (" (%.2f-%.2f)" % (min(pass_rates), max(pass_rates)) if len(rows) >= 3 else ""))
             medians.append("%d" % statistics.median(float(r["median_ns"]) for r in rows))
         print("| %d, %s | %s | %s | %s | %s |" % (threads, streams, size_text(size), " | ".join(times),
                                                  " | ".join(rates), " | ".join(medians)) +
