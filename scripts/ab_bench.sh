@@ -2,8 +2,8 @@
 # Several builds of libgpushim.so side by side, on the GPU machine: alloc_bench pairs under each, in
 # interleaved passes (pass 1 runs every library, then pass 2...), so a drift of the machine shows in
 # every column alike. Prints, per size, the median over the passes of each library's mean pair (p99)
-# and pairs per second (scripts/ab_table.py). The A/B tables of docs/benchmarks.md from the tenth
-# session on.
+# and pairs per second, with the passes' range from three passes on (scripts/ab_table.py). The A/B
+# tables of docs/benchmarks.md from the tenth session on.
 #
 #   scripts/ab_bench.sh --lib NAME=PATH [--lib NAME=PATH ...] [--peer NAME=API ...] [--backend NAME]
 #                       [--passes N] [--threads N] [--streams on|off|off,on] [--sizes LIST] [--cell-ms MS]
