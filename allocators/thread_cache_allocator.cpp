@@ -470,10 +470,9 @@ __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, s
 // miss that gave back four blocks queued four times on the arena's lock, and 16 threads of mixed sizes
 // with a stream each spent 21% of their wall-clock time in here (forty-third session, docs/perf-notes.md).
 void ThreadCacheAllocator::give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept {
-  constexpr std::size_t kBatch = 32;  // the depot may hold more than a thread's slots
-  BlockToFree batch[kBatch];
+  BlockToFree batch[kBlocksPerBatchCall];  // the depot may hold more than a thread's slots
   for (std::size_t done = 0; done < count;) {
-    const std::size_t n = std::min(kBatch, count - done);
+    const std::size_t n = std::min(kBlocksPerBatchCall, count - done);
     for (std::size_t i = 0; i < n; ++i) batch[i] = {blocks[done + i].p, blocks[done + i].bytes, 0};
     inner_->deallocate_batch(batch, n);
     done += n;

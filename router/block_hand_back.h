@@ -18,10 +18,8 @@ class BlockHandBack {
   // Parts of blocks handed to the owners in one call: return_to_owners looks once at which threads are
   // alive for all of them (router/free_fence_queue.h, BlockOwners).
   static constexpr std::size_t kPartsPerOwnersCall = 32;
-  // Blocks handed to the backend in one call: one hold of the arena's lock frees at most this many
-  // (each a merge and a hash removal, well under a microsecond), so the allocations queued behind it
-  // wait microseconds, not the whole hand-back.
-  static constexpr std::size_t kBlocksPerBackendCall = 32;
+  // Blocks handed to the backend in one call (allocators/allocator.h says why this many).
+  static constexpr std::size_t kBlocksPerBackendCall = kBlocksPerBatchCall;
 
   // `owners`: nullptr sends every block to the backend. The caller's own blocks of at most
   // `own_kept_bytes` stay for the backend (BlockOwners::return_to_owners).

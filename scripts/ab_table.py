@@ -6,8 +6,8 @@ the median over the passes of the mean pair in ns with the median p99 in bracket
 per second of all threads in millions (launches of --streams on included: the mean pair leaves them out),
 with the least and the most of any pass in brackets where there were three passes or more (one library's
 passes of 16 threads of mixed sizes spread 4-9 M pairs/s, docs/perf-notes.md, forty-fourth session: a
-difference of medians inside that range is not a result), then the median over the passes of each pass's median pair in ns, and, where alloc_bench could read NVML, the
-median of the most device memory the process held during the cell (peak_mib). One pass's median can sit on either of
+difference of medians inside that range is not a result), then the median over the passes of each pass's
+median pair in ns, and, where alloc_bench could read NVML, the median of the most device memory the process held during the cell (peak_mib). One pass's median can sit on either of
 two levels (one thread on the H200: ~100 or ~170-240 ns by process, with or without a stream; mostly the
 lower one with the process on two cores, scripts/ab_bench.sh says why): compare medians over 5-7 passes,
 and the means beside them.
