@@ -64,7 +64,7 @@ Plan plan_for(std::uint64_t seed, int t) {
 struct Row {
   std::size_t arenas = 0;
   std::uint64_t allocations = 0, borrowed = 0, failed = 0;
-  std::uint64_t late_allocations = 0, late_borrowed = 0;  // the second half of the pairs
+  std::uint64_t late_allocations = 0, late_borrowed = 0;  // the second half of each thread's pairs
   std::size_t home_blocks_at_end = 0, live_blocks_at_end = 0;
   std::size_t peak_reserved = 0, peak_live = 0;
   std::size_t late_driver_calls = 0;  // the provider's maps and unmaps in the second half
@@ -89,15 +89,17 @@ Row run(std::size_t shards, int threads, std::uint64_t pairs, std::uint64_t seed
     }
   peak_live = live;
 
+  // One thread at a time holds the turn, so everything below is written by the holder alone, ordered by
+  // the turn's release and acquire: no other synchronization.
   Row row;
+  row.allocations = std::uint64_t(threads) * pairs;
+  row.late_allocations = std::uint64_t(threads) * (pairs - pairs / 2);
   std::atomic<int> turn{0};
   std::size_t calls_at_half = 0;
-  std::vector<Row> per_thread(threads);
   std::vector<std::thread> workers;
   for (int t = 0; t < threads; ++t)
     workers.emplace_back([&, t] {
       const Plan& plan = plans[t];
-      Row& mine = per_thread[t];
       for (std::uint64_t k = 0; k < pairs; ++k) {
         while (turn.load(std::memory_order_acquire) != t) std::this_thread::yield();
         if (t == 0 && k == pairs / 2) calls_at_half = provider.map_calls() + provider.unmap_calls();
@@ -112,28 +114,17 @@ Row run(std::size_t shards, int threads, std::uint64_t pairs, std::uint64_t seed
         slot_bytes[t][slot] = p ? bytes : 0;
         live += slot_bytes[t][slot];
         peak_live = std::max(peak_live, live);
-        const bool late = k >= pairs / 2;
-        ++mine.allocations;
-        mine.late_allocations += late;
         if (!p) {
-          ++mine.failed;
+          ++row.failed;
         } else if (arenas.arena_holding(p) != int(arenas.arena_of_this_thread())) {
-          ++mine.borrowed;
-          mine.late_borrowed += late;
+          ++row.borrowed;
+          row.late_borrowed += k >= pairs / 2;
         }
         turn.store((t + 1) % threads, std::memory_order_release);
       }
     });
   for (std::thread& w : workers) w.join();
   row.late_driver_calls = provider.map_calls() + provider.unmap_calls() - calls_at_half;
-
-  for (const Row& r : per_thread) {
-    row.allocations += r.allocations;
-    row.borrowed += r.borrowed;
-    row.failed += r.failed;
-    row.late_allocations += r.late_allocations;
-    row.late_borrowed += r.late_borrowed;
-  }
   for (int t = 0; t < threads; ++t)
     for (std::size_t i = 0; i < kWindow; ++i)
       if (void* p = slots[t][i]) {
@@ -180,7 +171,7 @@ int main(int argc, char** argv) {
                 percent(r.borrowed, r.allocations), percent(r.late_borrowed, r.late_allocations),
                 r.home_blocks_at_end, r.live_blocks_at_end, mib(r.peak_reserved), mib(r.peak_live),
                 r.peak_live ? double(r.peak_reserved) / double(r.peak_live) : 0.0,
-                1000.0 * double(r.late_driver_calls) / double(r.late_allocations ? r.late_allocations : 1),
+                1000.0 * double(r.late_driver_calls) / double(r.late_allocations),
                 (unsigned long long)r.failed);
   }
   return 0;
