@@ -34,12 +34,13 @@ thread_local ArenaShards::ThreadEntry t_entries[kThreadEntries] __attribute__((t
 }  // namespace
 
 ArenaShards::ArenaShards(MemoryProvider& provider, const VmmArenaOptions& options, std::size_t shards,
-                         std::uint32_t waits_to_leave, std::uint64_t wait_gap_ns) noexcept
+                         std::uint32_t waits_to_leave, std::uint64_t wait_gap_ns, std::uint64_t home_quiet_ns) noexcept
     : provider_(provider),
       options_(with_totals(options, &totals_)),
       shards_(std::clamp<std::size_t>(shards, 1, kMaxShards)),
       waits_to_leave_(waits_to_leave),
       wait_gap_ns_(wait_gap_ns),
+      home_quiet_ns_(home_quiet_ns),
       serial_(g_next_serial.fetch_add(1, std::memory_order_relaxed)) {
   owned_[0].reset(new (std::nothrow) VmmArena(provider_, options_));
   created_.store(owned_[0] ? 1 : 0, std::memory_order_release);
@@ -104,6 +105,18 @@ void ArenaShards::note_home_wait(ThreadEntry& entry, std::size_t bytes) noexcept
   while (created_.load(std::memory_order_acquire) <= target)
     if (!make_arena()) return;  // stays home
   entry.arena = static_cast<std::uint32_t>(target);
+  // It allocated at home until now: the quiet starts here (its first frees would find nothing counted yet).
+  home_quiet_since_ns_.store(monotonic_ns(), std::memory_order_relaxed);
+}
+
+bool ArenaShards::home_is_quiet() noexcept {
+  const std::uint64_t allocations = home_thread_allocations_.load(std::memory_order_relaxed);
+  const std::uint64_t now = monotonic_ns();
+  if (allocations != home_allocations_seen_.load(std::memory_order_relaxed)) {  // the quiet starts again
+    home_allocations_seen_.store(allocations, std::memory_order_relaxed);
+    home_quiet_since_ns_.store(now, std::memory_order_relaxed);
+  }
+  return now - home_quiet_since_ns_.load(std::memory_order_relaxed) >= home_quiet_ns_;
 }
 
 // A fit in arena `own`, then in every other (the home first): idle memory anywhere serves before any
@@ -155,7 +168,13 @@ void* ArenaShards::allocate(std::size_t bytes, StreamHandle stream) noexcept {
   const std::size_t count = created_.load(std::memory_order_acquire);
   if (count == 0) return nullptr;  // no host memory for the home
   // From the home: while it is the only arena, exactly as a lone VmmArena.
-  void* p = count == 1 ? arena(0)->allocate(bytes, stream) : allocate_from(0, bytes, stream);
+  void* p;
+  if (count == 1) {
+    p = arena(0)->allocate(bytes, stream);
+  } else {
+    note_home_thread_allocation();
+    p = allocate_from(0, bytes, stream);
+  }
   after_home_allocation(entry, bytes);
   return p;
 }
@@ -164,15 +183,21 @@ void* ArenaShards::allocate_without_growing(std::size_t bytes, StreamHandle stre
   if (created_.load(std::memory_order_acquire) == 0) return nullptr;
   ThreadEntry& entry = this_thread();
   const std::size_t own = entry.arena;
+  if (own == 0 && created_.load(std::memory_order_relaxed) > 1) note_home_thread_allocation();
   void* p = fit_anywhere(own, bytes, stream);
   if (own == 0) after_home_allocation(entry, bytes);
   return p;
 }
 
+// A thread that left gives back the chunks a home block leaves free, once the home is quiet
+// (kHomeQuietNs says why).
 void ArenaShards::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
   VmmArena* const home = arena(0);
   if (__builtin_expect(home && home->contains(p), true)) {
-    home->deallocate(p, bytes, stream);
+    if (__builtin_expect(this_thread().arena != 0, false) && home_is_quiet())
+      home->deallocate_giving_back(p);
+    else
+      home->deallocate(p, bytes, stream);
   } else if (const int holder = arena_holding(p); holder > 0) {
     arena(static_cast<std::size_t>(holder))->deallocate(p, bytes, stream);
   }
@@ -188,7 +213,11 @@ void ArenaShards::deallocate_batch(BlockToFree* blocks, std::size_t count) noexc
   for (std::size_t i = 0; i < arenas && rest != end; ++i) {
     VmmArena* const a = arena(i);
     BlockToFree* const others = std::partition(rest, end, [a](const BlockToFree& b) { return a->contains(b.p); });
-    if (others != rest) a->deallocate_batch(rest, static_cast<std::size_t>(others - rest));
+    const std::size_t n = static_cast<std::size_t>(others - rest);
+    if (n != 0 && i == 0 && this_thread().arena != 0 && home_is_quiet())
+      a->deallocate_batch_giving_back(rest, n);  // as deallocate()
+    else if (n != 0)
+      a->deallocate_batch(rest, n);
     rest = others;
   }
   // Blocks no arena holds are left: the router validates ownership, as for deallocate().

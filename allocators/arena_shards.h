@@ -20,7 +20,9 @@
 // Threads that wait on one size each (fenced blocks of one size coming back in rounds, the caches'
 // refills) gained 0.9-1.16x the pairs from eight arenas and paid up to 73% more peak (forty-second
 // session); their waits, and frees' waits, say nothing about what a split would gain, so neither counts.
-// - A block goes back to the arena whose reservation holds it, whichever thread frees it.
+// - A block goes back to the arena whose reservation holds it, whichever thread frees it. A home block
+//   that a thread which left frees gives back the chunks it leaves free, once no thread has allocated
+//   from the home as its own for kHomeQuietNs (below says why).
 // - An allocation takes, in order: a fit in its thread's arena; a fit in any other (the home first), so
 //   idle memory of one arena serves another before anything grows; growth of its own arena.
 // - The arenas count their mapped memory, its peak and their lock waits together (VmmArenaTotals), so a
@@ -71,11 +73,26 @@ class ArenaShards final : public Allocator {
   // that found the lock free counts nothing (the CPU guard, docs/perf-notes.md).
   static constexpr std::uint32_t kWaitsToLeave = 4;
   static constexpr std::uint64_t kWaitGapNs = 1000000;  // 1 ms
+  // The home drains into the arenas of the threads that left. Why: an arena grows only where none fits,
+  // and the home keeps what was mapped before the threads left (below the release threshold), so the
+  // threads borrowed their larger blocks from it for good: 16 threads of mixed sizes on the H200 waited
+  // on 77-84% of the home's lock takes, 11-30% of their time, while the other arenas' waits added up to
+  // 0.2 s at most (docs/perf-notes.md, forty-fifth session). So a home block freed by a thread that left
+  // gives its chunks back to the driver where it leaves them free, and the thread's own arena grows
+  // instead, once: on host memory the borrowings fell from 19-39% of the allocations to 2.4-3.8% at 4-11%
+  // more peak, with a map or unmap once in 20,000 pairs (bench/arena_placement_bench.cpp). Only the home:
+  // every arena giving back at every foreign free moved memory through the driver between all of them
+  // (59-63 calls per 1,000 pairs; on the H200 0.4-0.6 M pairs per second against 8-11).
+  // Not while a thread still allocates from the home as its own (a producer at home, consumers elsewhere
+  // freeing its blocks): its chunks would be unmapped under it and mapped again. Hence the quiet: no such
+  // allocation for this long before a give-back.
+  static constexpr std::uint64_t kHomeQuietNs = 100000000;  // 100 ms
 
   // `shards`: 2..kMaxShards arenas at most (the home and shards - 1 more). `waits_to_leave` 0: a thread
-  // leaves at its first allocation; `wait_gap_ns` another gap (tests).
+  // leaves at its first allocation; `wait_gap_ns` and `home_quiet_ns` other times (tests, the CPU bench).
   ArenaShards(MemoryProvider& provider, const VmmArenaOptions& options, std::size_t shards,
-              std::uint32_t waits_to_leave = kWaitsToLeave, std::uint64_t wait_gap_ns = kWaitGapNs) noexcept;
+              std::uint32_t waits_to_leave = kWaitsToLeave, std::uint64_t wait_gap_ns = kWaitGapNs,
+              std::uint64_t home_quiet_ns = kHomeQuietNs) noexcept;
   ~ArenaShards() override;
   ArenaShards(const ArenaShards&) = delete;
   ArenaShards& operator=(const ArenaShards&) = delete;
@@ -117,6 +134,14 @@ class ArenaShards final : public Allocator {
   // After each allocation of a home thread: its wait, if it waited (the test mode moves the thread at its
   // first allocation).
   void after_home_allocation(ThreadEntry& entry, std::size_t bytes) noexcept;
+  // An allocation from the home by a thread still at home, once another has left (kHomeQuietNs).
+  void note_home_thread_allocation() noexcept {
+    home_thread_allocations_.store(home_thread_allocations_.load(std::memory_order_relaxed) + 1,
+                                   std::memory_order_relaxed);  // a lost count still counts as a change
+  }
+  // Whether a thread that left may give back the home's chunks now: no note_home_thread_allocation for
+  // home_quiet_ns_ (reads the clock: only on frees of home blocks by threads that left).
+  bool home_is_quiet() noexcept;
   void* allocate_from(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
   // A fit without growing in arena `own`, then in the others.
   void* fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
@@ -126,6 +151,7 @@ class ArenaShards final : public Allocator {
   const std::size_t shards_;
   const std::uint32_t waits_to_leave_;
   const std::uint64_t wait_gap_ns_;
+  const std::uint64_t home_quiet_ns_;
   const std::uint64_t serial_;  // never reused: a thread's entry of a destroyed instance never matches
   VmmArenaTotals totals_;       // before the arenas: they count into it until they are destroyed
   std::unique_ptr<VmmArena> owned_[kMaxShards];  // [0]: the home; null where there was no host memory for it
@@ -134,6 +160,11 @@ class ArenaShards final : public Allocator {
   std::mutex grow_mutex_;  // one growth at a time for the device (allocate_from says why)
   std::mutex make_mutex_;
   bool make_failed_ = false;     // under make_mutex_: a reservation was refused; no more arenas
+  // home_is_quiet's: home threads write the first, threads that left the others; a line of their own, off
+  // created_'s, which every call reads.
+  alignas(64) std::atomic<std::uint64_t> home_thread_allocations_{0};
+  std::atomic<std::uint64_t> home_allocations_seen_{0};
+  std::atomic<std::uint64_t> home_quiet_since_ns_{0};
 };
 
 // GPUSHIM_ARENA_SHARDS arenas at most (kDefaultArenaShards unless set; 1: a lone VmmArena).

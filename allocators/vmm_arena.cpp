@@ -500,14 +500,14 @@ inline bool VmmArena::release_may_be_due() const noexcept {
   return cached > prompt_release_above_ || idle_window_passed(monotonic_ns());
 }
 
-__attribute__((always_inline)) inline void VmmArena::deallocate_locked(void* p) noexcept {
+__attribute__((always_inline)) inline void VmmArena::deallocate_locked(void* p, bool give_back_chunks) noexcept {
   if (!buckets_) return;
   const auto start = reinterpret_cast<std::uintptr_t>(p);
   Range* r = just_carved_;
   if (r && r->start == start) {  // the block the last call carved: its merge may wait ("A split undone")
     just_carved_ = nullptr;
     count_freed(r);
-    if (!release_may_be_due()) {
+    if (!give_back_chunks && !release_may_be_due()) {
       freed_unmerged_ = r;
       return;
     }
@@ -521,6 +521,10 @@ __attribute__((always_inline)) inline void VmmArena::deallocate_locked(void* p) 
   r->state = RangeState::free;
   r = merge_free_neighbours(r);
   insert_free(r);
+  if (give_back_chunks && r->size >= granularity_) {
+    release_chunks_inside(r, 0);  // r may be gone now; what else is due waits for the next free
+    return;
+  }
   if (cached_bytes() <= release_threshold_) return;
   if (cached_bytes() > prompt_release_above_ && r->size >= granularity_) release_chunks_inside(r, prompt_release_above_);
   if (release_delay_ns_ != 0) release_idle_memory();
@@ -528,13 +532,24 @@ __attribute__((always_inline)) inline void VmmArena::deallocate_locked(void* p) 
 
 void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   const CountingLock lock(*this);
-  deallocate_locked(p);
+  deallocate_locked(p, /*give_back_chunks=*/false);
 }
 
 void VmmArena::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
   if (count == 0) return;
   const CountingLock lock(*this);
-  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p);
+  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p, /*give_back_chunks=*/false);
+}
+
+void VmmArena::deallocate_giving_back(void* p) noexcept {
+  const CountingLock lock(*this);
+  deallocate_locked(p, /*give_back_chunks=*/true);
+}
+
+void VmmArena::deallocate_batch_giving_back(BlockToFree* blocks, std::size_t count) noexcept {
+  if (count == 0) return;
+  const CountingLock lock(*this);
+  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p, /*give_back_chunks=*/true);
 }
 
 inline void VmmArena::count_freed(Range* r) noexcept {

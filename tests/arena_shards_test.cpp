@@ -26,6 +26,11 @@ VmmArenaOptions options() {
   return o;
 }
 
+// A home that is never quiet: a thread that left never gives back the home's chunks at its frees (for the
+// tests of placement alone, whose frees would otherwise give back if the machine stalled them past the
+// quiet, kHomeQuietNs).
+constexpr std::uint64_t kNeverQuiet = ~std::uint64_t{0};
+
 // Runs `body` on a new thread and waits for it: each thread starts at the home arena.
 template <typename Body>
 void on_new_thread(Body body) {
@@ -134,7 +139,7 @@ TEST(ArenaShards, LeavingThreadsTakeTheArenasInTurn) {
 
 TEST(ArenaShards, IdleMemoryOfAnotherArenaServesBeforeAnyGrows) {
   HostProvider provider(kGranule);
-  ArenaShards shards(provider, options(), 2, /*waits_to_leave=*/0);
+  ArenaShards shards(provider, options(), 2, /*waits_to_leave=*/0, ArenaShards::kWaitGapNs, kNeverQuiet);
   // The home gets 8 MiB mapped by a thread that does not move (a lone first call moves it after).
   void* big = shards.allocate(8 * MiB, 0);
   ASSERT_NE(big, nullptr);
@@ -157,7 +162,7 @@ TEST(ArenaShards, IdleMemoryOfAnotherArenaServesBeforeAnyGrows) {
 TEST(ArenaShards, ASecondGrowerWaitsForTheFirstAndTakesABlockFreedMeanwhile) {
   HostProvider host(kGranule);
   HeldProvider provider(host);
-  ArenaShards shards(provider, options(), 4, /*waits_to_leave=*/0);
+  ArenaShards shards(provider, options(), 4, /*waits_to_leave=*/0, ArenaShards::kWaitGapNs, kNeverQuiet);
   void* freed_later = shards.allocate(2 * MiB, 0);  // the home's, all it has mapped; this thread moves
   ASSERT_EQ(shards.arena_holding(freed_later), 0);
   const auto first_call_moves = [&] {  // a thread's first call: a block of the home, then its own arena
@@ -212,7 +217,7 @@ TEST(ArenaShards, ASecondGrowerWaitsForTheFirstAndTakesABlockFreedMeanwhile) {
 
 TEST(ArenaShards, NoNewPeakScopeRefusesGrowthPastTheDevicesPeakNotOneArenas) {
   HostProvider provider(kGranule);
-  ArenaShards shards(provider, options(), 2, /*waits_to_leave=*/0);
+  ArenaShards shards(provider, options(), 2, /*waits_to_leave=*/0, ArenaShards::kWaitGapNs, kNeverQuiet);
   void* a = shards.allocate(4 * MiB, 0);  // home: peak 4 MiB (+ step rounding)
   ASSERT_NE(a, nullptr);
   ASSERT_EQ(shards.arena_of_this_thread(), 1u);
@@ -238,6 +243,79 @@ TEST(ArenaShards, NoNewPeakScopeRefusesGrowthPastTheDevicesPeakNotOneArenas) {
   EXPECT_EQ(shards.stats().peak_bytes_reserved, provider.bytes_mapped()) << "the device's peak: both arenas";
   EXPECT_GT(shards.stats().peak_bytes_reserved, peak);
   shards.deallocate(c, 8 * MiB, 0);
+}
+
+// The home drains into the arenas of the threads that left (ArenaShards::kHomeQuietNs): a home block that
+// such a thread frees gives back the chunks it leaves free, a chunk another block still holds stays, a
+// batch gives back as a single free does, and the thread's next allocation grows its own arena.
+TEST(ArenaShards, AHomeBlockFreedByAThreadThatLeftGivesItsChunksBack) {
+  HostProvider provider(kGranule);
+  ArenaShards shards(provider, options(), 4, /*waits_to_leave=*/0, ArenaShards::kWaitGapNs, /*home_quiet_ns=*/0);
+  void* first = shards.allocate(64 * KiB, 0);  // the home's: this call moves the thread
+  void* neighbour = nullptr;
+  on_new_thread([&] { neighbour = shards.allocate(64 * KiB, 0); });  // the home's, the same chunk
+  ASSERT_EQ(shards.arena_holding(first), 0);
+  ASSERT_EQ(shards.arena_holding(neighbour), 0);
+  ASSERT_NE(shards.arena_of_this_thread(), 0u);
+  const std::size_t mapped = provider.bytes_mapped();
+  ASSERT_EQ(mapped, MiB) << "one step for both";
+  shards.deallocate(first, 64 * KiB, 0);
+  EXPECT_EQ(provider.bytes_mapped(), mapped) << "a chunk another block holds went back";
+  std::vector<BlockToFree> batch{{neighbour, 64 * KiB, 0}};
+  shards.deallocate_batch(batch.data(), batch.size());
+  EXPECT_EQ(provider.bytes_mapped(), 0u) << "the home kept a chunk no block holds";
+  void* own = shards.allocate(64 * KiB, 0);
+  ASSERT_NE(own, nullptr);
+  EXPECT_EQ(shards.arena_holding(own), static_cast<int>(shards.arena_of_this_thread())) << "grown at home";
+  shards.deallocate(own, 64 * KiB, 0);
+  EXPECT_EQ(shards.stats().bytes_in_use, 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
+}
+
+// Not while a thread still allocates from the home as its own: a home block freed by a thread that left
+// stays mapped until no such allocation came for the quiet, then goes back with its free neighbours.
+TEST(ArenaShards, AHomeThatAThreadStillAllocatesFromKeepsItsChunks) {
+  HostProvider provider(kGranule);
+  constexpr std::uint64_t kQuietNs = 20000000;  // 20 ms
+  ArenaShards shards(provider, options(), 4, ArenaShards::kWaitsToLeave, ArenaShards::kWaitGapNs, kQuietNs);
+  void* x1 = shards.allocate(MiB, 0);  // this thread stays home: its calls never wait
+  void* x2 = shards.allocate(MiB, 0);
+  ASSERT_NE(x1, nullptr);
+  ASSERT_NE(x2, nullptr);
+  std::size_t left_for = 0;
+  std::size_t mapped_after_first = 0, mapped_after_second = 0;
+  std::atomic<int> step{0};
+  std::thread leaver([&] {
+    // Waited allocations of changing sizes in a row (the arena's lock would stamp them so) move it.
+    for (std::size_t i = 0; i < ArenaShards::kWaitsToLeave; ++i) {
+      detail::t_vmm_wait_began_ns = monotonic_ns();
+      void* p = shards.allocate((64 + i) * KiB, 0);
+      ASSERT_NE(p, nullptr);
+      shards.deallocate(p, (64 + i) * KiB, 0);
+    }
+    left_for = shards.arena_of_this_thread();
+    step = 1;
+    while (step < 2) std::this_thread::yield();  // the home thread allocates
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    shards.deallocate(x1, MiB, 0);
+    mapped_after_first = provider.bytes_mapped();
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));  // no home allocation meanwhile
+    shards.deallocate(x2, MiB, 0);
+    mapped_after_second = provider.bytes_mapped();
+  });
+  while (step < 1) std::this_thread::yield();
+  void* z = shards.allocate(64 * KiB, 0);  // a home thread's allocation, once a thread left
+  ASSERT_NE(z, nullptr);
+  const std::size_t mapped = provider.bytes_mapped();
+  step = 2;
+  leaver.join();
+  ASSERT_NE(left_for, 0u) << "the leaver stayed home";
+  EXPECT_EQ(shards.arena_of_this_thread(), 0u);
+  EXPECT_EQ(mapped_after_first, mapped) << "gave back while a thread allocates from the home";
+  EXPECT_EQ(mapped_after_second, mapped - 2 * MiB) << "a quiet home kept x2 and its free neighbour x1";
+  shards.deallocate(z, 64 * KiB, 0);
+  EXPECT_EQ(shards.stats().bytes_in_use, 0u);
+  EXPECT_EQ(provider.misuse_count(), 0u);
 }
 
 // The arena's lock itself tells: a thread whose call found the home's lock held (here held by another
