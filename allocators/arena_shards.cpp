@@ -190,14 +190,18 @@ void* ArenaShards::allocate_without_growing(std::size_t bytes, StreamHandle stre
 }
 
 // A thread that left gives back the chunks a home block leaves free, once the home is quiet
-// (kHomeQuietNs says why).
+// (kHomeQuietNs says why). The arena's entry first: a home thread's free reads no clock.
+inline bool ArenaShards::frees_drain_home() noexcept { return this_thread().arena != 0 && home_is_quiet(); }
+
 void ArenaShards::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
   VmmArena* const home = arena(0);
   if (__builtin_expect(home && home->contains(p), true)) {
-    if (__builtin_expect(this_thread().arena != 0, false) && home_is_quiet())
-      home->deallocate_giving_back(p);
-    else
+    if (__builtin_expect(frees_drain_home(), false)) {
+      BlockToFree block{p, bytes, stream};
+      home->deallocate_giving_back(&block, 1);
+    } else {
       home->deallocate(p, bytes, stream);
+    }
   } else if (const int holder = arena_holding(p); holder > 0) {
     arena(static_cast<std::size_t>(holder))->deallocate(p, bytes, stream);
   }
@@ -214,8 +218,8 @@ void ArenaShards::deallocate_batch(BlockToFree* blocks, std::size_t count) noexc
     VmmArena* const a = arena(i);
     BlockToFree* const others = std::partition(rest, end, [a](const BlockToFree& b) { return a->contains(b.p); });
     const std::size_t n = static_cast<std::size_t>(others - rest);
-    if (n != 0 && i == 0 && this_thread().arena != 0 && home_is_quiet())
-      a->deallocate_batch_giving_back(rest, n);  // as deallocate()
+    if (n != 0 && i == 0 && frees_drain_home())
+      a->deallocate_giving_back(rest, n);  // as deallocate()
     else if (n != 0)
       a->deallocate_batch(rest, n);
     rest = others;

@@ -142,6 +142,8 @@ class ArenaShards final : public Allocator {
   // Whether a thread that left may give back the home's chunks now: no note_home_thread_allocation for
   // home_quiet_ns_ (reads the clock: only on frees of home blocks by threads that left).
   bool home_is_quiet() noexcept;
+  // Whether the calling thread's frees of home blocks give their chunks back: it left, and the home is quiet.
+  bool frees_drain_home() noexcept;
   void* allocate_from(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;
   // A fit without growing in arena `own`, then in the others.
   void* fit_anywhere(std::size_t own, std::size_t bytes, StreamHandle stream) noexcept;

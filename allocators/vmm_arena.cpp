@@ -541,12 +541,7 @@ void VmmArena::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept
   for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p, /*give_back_chunks=*/false);
 }
 
-void VmmArena::deallocate_giving_back(void* p) noexcept {
-  const CountingLock lock(*this);
-  deallocate_locked(p, /*give_back_chunks=*/true);
-}
-
-void VmmArena::deallocate_batch_giving_back(BlockToFree* blocks, std::size_t count) noexcept {
+void VmmArena::deallocate_giving_back(BlockToFree* blocks, std::size_t count) noexcept {
   if (count == 0) return;
   const CountingLock lock(*this);
   for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p, /*give_back_chunks=*/true);

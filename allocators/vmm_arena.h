@@ -128,11 +128,10 @@ class VmmArena final : public Allocator {
   std::uint64_t lock_waits() const noexcept { return totals_->lock_waits.load(std::memory_order_relaxed); }
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;  // one lock for all
-  // As deallocate() and deallocate_batch(), and then the mapped chunks wholly inside the free range each
-  // block joined go back to the provider, whatever the threshold: the home arena's blocks that a thread
-  // which left it frees (allocators/arena_shards.h), so that its own arena grows in the home's place.
-  void deallocate_giving_back(void* p) noexcept;
-  void deallocate_batch_giving_back(BlockToFree* blocks, std::size_t count) noexcept;
+  // As deallocate_batch(), and then the mapped chunks wholly inside the free range each block joined go
+  // back to the provider, whatever the threshold: the home arena's blocks that a thread which left it
+  // frees (allocators/arena_shards.h), so that its own arena grows in the home's place.
+  void deallocate_giving_back(BlockToFree* blocks, std::size_t count) noexcept;
   std::size_t release_cached() noexcept override;
   void release_idle() noexcept override;
   // Counts `held_in_front` as idle with what the arena caches, at most once a delay (held_taken_ns_).
