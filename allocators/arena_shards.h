@@ -155,11 +155,15 @@ class ArenaShards final : public Allocator {
   const std::uint64_t wait_gap_ns_;
   const std::uint64_t home_quiet_ns_;
   const std::uint64_t serial_;  // never reused: a thread's entry of a destroyed instance never matches
-  VmmArenaTotals totals_;       // before the arenas: they count into it until they are destroyed
+  // Before the arenas: they count into it until they are destroyed. Lines of its own (VmmArenaTotals):
+  // the arenas' waits and maps write it, and every call reads owned_ and created_ below.
+  VmmArenaTotals totals_;
   std::unique_ptr<VmmArena> owned_[kMaxShards];  // [0]: the home; null where there was no host memory for it
   std::atomic<std::size_t> created_{0};
   std::atomic<std::size_t> next_{0};  // leaving threads so far: the next takes arena 1 + next_ % (shards - 1)
-  std::mutex grow_mutex_;  // one growth at a time for the device (allocate_from says why)
+  // One growth at a time for the device (allocate_from says why). Taken whenever no arena fits: off
+  // created_'s line, which every call reads.
+  alignas(64) std::mutex grow_mutex_;
   std::mutex make_mutex_;
   bool make_failed_ = false;     // under make_mutex_: a reservation was refused; no more arenas
   // home_is_quiet's: home threads write the first, threads that left the others; a line of their own, off

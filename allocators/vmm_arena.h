@@ -90,11 +90,13 @@ inline constexpr std::size_t kDefaultVmmGrowStep = std::size_t{8} << 20;
 // which grew the arena.
 
 // What the arenas of one device count together (allocators/arena_shards.h): the memory they map, its
-// peak, and the calls that found a lock held. A lone arena counts into its own.
-struct VmmArenaTotals {
+// peak, and the calls that found a lock held. A lone arena counts into its own. Lines of their own:
+// every unlock reads the first two (store_hints), every wait adds to the third, and neither may make a
+// miss of the fields beside the struct that every call reads (ArenaShards' arenas).
+struct alignas(64) VmmArenaTotals {
   std::atomic<std::size_t> mapped{0};
   std::atomic<std::size_t> peak_mapped{0};
-  std::atomic<std::uint64_t> lock_waits{0};
+  alignas(64) std::atomic<std::uint64_t> lock_waits{0};
 };
 
 struct VmmArenaOptions {
@@ -241,25 +243,22 @@ class VmmArena final : public Allocator {
   const std::uint64_t release_delay_ns_;
   // Idle memory above it goes back at once: the threshold without a delay, twice it with one.
   const std::size_t prompt_release_above_;
-  // Under mutex_: when the current idle window began, and the least cached_bytes() since (store_hints
-  // lowers it at every unlock). 0 at first: nothing counts as idle before a window has passed.
-  std::uint64_t idle_window_began_ns_ = 0;
-  std::size_t least_cached_in_window_ = 0;
-  // Under mutex_: when release_due_with last answered true. The blocks it brings in go back only once
-  // they stayed idle through a window of their own, so asking their keepers again within a delay would
-  // only empty their lists for nothing; the window's restart cannot bound it (it restarts only where
-  // more than the threshold is cached).
-  std::uint64_t held_taken_ns_ = 0;
+  VmmArenaTotals* const totals_;  // own_totals_, or the device's (calls that found mutex_ held counted there)
+  const bool stamps_waits_;       // one of a device's arenas: a wait stamps detail::t_vmm_wait_began_ns
+  // Set by the constructor, read without the lock by contains() on every free of a device's arenas.
   std::uintptr_t base_ = 0;
   std::size_t reserve_bytes_ = 0;
 
-  mutable AdaptiveMutex mutex_;
-  VmmArenaTotals* const totals_;  // own_totals_, or the device's (calls that found mutex_ held counted there)
-  const bool stamps_waits_;       // one of a device's arenas: a wait stamps detail::t_vmm_wait_began_ns
+  // Three cache lines, each written by another kind of call, so that the fields above, which every
+  // thread reads, are never on a line another thread writes: mutex_ (every lock and unlock), the hints
+  // (every unlock; read without the lock by other threads' probes), and the fields under the lock.
+  // Beside mutex_, base_ made every contains() a miss while the arena was busy (H200 wall-clock profile,
+  // docs/perf-notes.md, forty-seventh session).
+  alignas(64) mutable AdaptiveMutex mutex_;
   // cached_bytes() as the last allocate or deallocate left it (written as their lock is let go): read
   // without the lock by allocate_without_growing. Free memory only grows under that lock, so a value
   // below a request means nothing mapped could hold it, but for a deallocation racing the read.
-  std::atomic<std::size_t> free_bytes_hint_{0};
+  alignas(64) std::atomic<std::size_t> free_bytes_hint_{0};
   // What an allocation under a NoNewPeakScope could get, as the last lock holder left it: the free bytes
   // plus the unmapped room below the peak. Read without the lock by allocate(): below a request, the
   // arena could only answer nullptr after the lock (the next ask finds what a racing free adds).
@@ -295,6 +294,15 @@ class VmmArena final : public Allocator {
    private:
     VmmArena& arena_;
   };
+  // Under mutex_: when the current idle window began, and the least cached_bytes() since (store_hints
+  // lowers it at every unlock). 0 at first: nothing counts as idle before a window has passed.
+  alignas(64) std::uint64_t idle_window_began_ns_ = 0;
+  std::size_t least_cached_in_window_ = 0;
+  // Under mutex_: when release_due_with last answered true. The blocks it brings in go back only once
+  // they stayed idle through a window of their own, so asking their keepers again within a delay would
+  // only empty their lists for nothing; the window's restart cannot bound it (it restarts only where
+  // more than the threshold is cached).
+  std::uint64_t held_taken_ns_ = 0;
   // Under mutex_ (at most one of the two set). just_carved_: the block the last call carved, while no
   // call has come since. freed_unmerged_: that block, freed by the next call and not yet merged: counted
   // free (cached_bytes() has it), still in the hash and not in a bin (vmm_arena.cpp, "A split undone").
@@ -320,8 +328,7 @@ class VmmArena final : public Allocator {
   std::size_t mapped_ = 0, peak_mapped_ = 0;  // this arena's own (totals_ has the device's)
   std::size_t growing_bytes_ = 0;  // the piece a growth maps outside the lock (claim_growth)
 
-  // One growth at a time; taken before mutex_, never while holding it. Last: the fields every call
-  // touches (mutex_, the hints) keep the cache lines they had before growth left the lock.
+  // One growth at a time; taken before mutex_, never while holding it.
   std::mutex grow_mutex_;
   VmmArenaTotals own_totals_;  // a lone arena's totals
 };
