@@ -57,11 +57,14 @@ class LiveBlocks {
   using EraseResult = LiveBlockTable::EraseResult;
   using Entry = LiveBlockTable::Entry;
 
-  // 256 slots of 64 B: 16 KiB a thread. Direct-mapped: a thread cycling a few hundred blocks of its own
-  // (fenced frees) holds one or a few live at a time, so an insert almost always finds its slot free.
-  static constexpr std::size_t kFrontSlots = 256;
+  // 1024 slots of 64 B: 64 KiB a thread. Direct-mapped, so a thread's live blocks collide: an insert
+  // whose slot holds another live block goes to the shared table, and its free after it (a shard's
+  // lock, a line every thread writes). A thread with 64 blocks live found its slot taken on ~25% of
+  // inserts with 256 slots; with 1024, ~6%: 16 threads of mixed sizes on the H200 moved 2-6% more
+  // pairs, the median pair 12% faster (docs/perf-notes.md, forty-seventh session).
+  static constexpr std::size_t kFrontSlots = 1024;
   // Threads with a front at once (a thread that exits gives its front to the next): past this many, a
-  // thread uses the shared table alone. Bounds the fronts' memory (2 MiB) and a cross-thread search.
+  // thread uses the shared table alone. Bounds the fronts' memory (8 MiB) and a cross-thread search.
   static constexpr std::size_t kMaxFronts = 128;
   static constexpr std::uint32_t kRecentlyFreedPerFront = 64;
   // The owner hints: one byte per hashed address (0: none, else a front's number).
@@ -131,9 +134,9 @@ class LiveBlocks {
   // Blocks are >= 256-byte aligned; a Fibonacci multiply, whose top bits pick a front slot and a hint.
   static std::uint64_t address_hash(std::uintptr_t p) noexcept { return (p >> 8) * 0x9E3779B97F4A7C15ull; }
   static std::size_t front_slot(std::uintptr_t p) noexcept {
-    return static_cast<std::size_t>(address_hash(p) >> 56);  // top 8 bits
+    return static_cast<std::size_t>(address_hash(p) >> 54);  // top 10 bits
   }
-  static_assert(kFrontSlots == 256, "front_slot() takes the top 8 bits");
+  static_assert(kFrontSlots == 1024, "front_slot() takes the top 10 bits");
 
  private:
   // A front slot's state. kFreedElsewhere: freed by another thread, which does not touch the owner's
