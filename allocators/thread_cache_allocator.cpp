@@ -114,18 +114,25 @@ struct ThreadCacheAllocator::ThreadCache {
 };
 
 namespace {
-// Moves a cache's large slots to `out` (room for kLargeSlots). Under the cache's lock.
-std::size_t take_large_slots(ThreadCacheAllocator::ThreadCache* cache, ThreadCacheAllocator::LargeSlot* out,
-                             std::atomic<std::size_t>& caches_with_large) noexcept {
+// Moves a cache's large slots to `out` (room for kLargeSlots). Under the cache's lock. The cache stays
+// counted in caches_with_large_: its owner's misses empty its slots, and its next free of a large
+// block would count it again. Counted out and in at every miss, 16 threads of mixed sizes on the H200
+// spent ~9% of their wall-clock time on that one line (docs/perf-notes.md, forty-seventh session).
+// A flush walk and the thread's exit uncount it (uncount_large).
+std::size_t take_large_slots(ThreadCacheAllocator::ThreadCache* cache, ThreadCacheAllocator::LargeSlot* out) noexcept {
   const std::size_t n = cache->large_count;
   std::copy(cache->large, cache->large + n, out);
   cache->large_count = 0;
   cache->large_bytes.store(0, std::memory_order_relaxed);
+  return n;
+}
+
+// The walks' and the exit's: the cache parks nothing now. Under the cache's lock.
+void uncount_large(ThreadCacheAllocator::ThreadCache* cache, std::atomic<std::size_t>& caches_with_large) noexcept {
   if (cache->counted_with_large.load(std::memory_order_relaxed)) {
     cache->counted_with_large.store(false, std::memory_order_relaxed);
     caches_with_large.fetch_sub(1, std::memory_order_relaxed);
   }
-  return n;
 }
 
 // True when `bytes` is the size of a block another thread's miss took from this cache's slots; that
@@ -294,7 +301,7 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
   // sees the thread's frees and requests in the program's order, and places the block as it would
   // with no cache (tests/kv_cache_fit_test.cpp, "ThreadCached").
   LargeSlot own[kLargeSlots];
-  const std::size_t own_large = cache->large_count != 0 ? take_large_slots(cache, own, caches_with_large_) : 0;
+  const std::size_t own_large = cache->large_count != 0 ? take_large_slots(cache, own) : 0;
   cache->lock.owner_unlock();
   if (own_large) give_to_backend(own, own_large);
   // A miss: the depot (blocks of exited threads) first, else the backend. One block, not a batch (the
@@ -416,7 +423,7 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
       return p;
     }
     taken_from_here = forget_taken_size(cache, bytes);
-    const std::size_t n = take_large_slots(cache, own, caches_with_large_);
+    const std::size_t n = take_large_slots(cache, own);
     cache->lock.owner_unlock();
     give_to_backend(own, n);
   }
@@ -518,7 +525,8 @@ void ThreadCacheAllocator::flush_large_everywhere(bool remember_taken, std::uint
       if (!cache->counted_with_large.load(std::memory_order_relaxed)) continue;
       LargeSlot taken[kLargeSlots];
       cache->lock.remote_lock();
-      const std::size_t n = take_large_slots(cache, taken, caches_with_large_);
+      const std::size_t n = take_large_slots(cache, taken);
+      uncount_large(cache, caches_with_large_);
       if (remember_taken) {
         for (std::size_t i = 0; i < n; ++i) cache->taken_sizes[i] = taken[i].bytes;
         cache->taken_count = static_cast<std::uint32_t>(n);
@@ -555,7 +563,8 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
   // No other thread can reach the cache now (release_cached walks caches_ under caches_mutex_).
   std::lock_guard<std::mutex> guard(depot_mutex_);
   LargeSlot large[kLargeSlots];
-  const std::size_t large_count = take_large_slots(cache, large, caches_with_large_);
+  const std::size_t large_count = take_large_slots(cache, large);
+  uncount_large(cache, caches_with_large_);
   for (std::size_t i = 0; i < large_count; ++i) {
     try {
       depot_large_.push_back(large[i]);

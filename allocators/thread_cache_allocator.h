@@ -214,9 +214,10 @@ class ThreadCacheAllocator final : public Allocator {
   std::atomic<std::uint64_t> depot_bytes_{0};
   std::atomic<std::size_t> depot_large_blocks_{0};
   std::atomic<std::uint64_t> large_flushes_{0};  // walks of flush_large_everywhere ended (under caches_mutex_)
-  // Thread caches whose large slots may hold blocks (a cache stays counted after a hit empties its
-  // slots, until a flush: so a thread's steady alloc/free pairs write no shared line). A large miss
-  // reads it to know whether blocks parked elsewhere might spare the backend a growth.
+  // Thread caches whose large slots may hold blocks (a cache stays counted after a hit or its owner's
+  // miss empties its slots, until a flush walk or its exit: so a thread's pairs, hits or misses, write
+  // no shared line). A large miss reads it to know whether blocks parked elsewhere might spare the
+  // backend a growth.
   alignas(64) std::atomic<std::size_t> caches_with_large_{0};
   // Counts for stats(), written off the hits' path.
   alignas(64) std::atomic<std::uint64_t> recovered_failures_{0};  // backend failures a retry after a flush served
