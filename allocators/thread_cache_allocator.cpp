@@ -115,10 +115,10 @@ struct ThreadCacheAllocator::ThreadCache {
 
 namespace {
 // Moves a cache's large slots to `out` (room for kLargeSlots). Under the cache's lock. The cache stays
-// counted in caches_with_large_: its owner's misses empty its slots, and its next free of a large
-// block would count it again. Counted out and in at every miss, 16 threads of mixed sizes on the H200
-// spent ~9% of their wall-clock time on that one line (docs/perf-notes.md, forty-seventh session).
-// A flush walk and the thread's exit uncount it (uncount_large).
+// counted in caches_with_large_: its owner's misses come here, and its next large free would count it
+// again at once. Counted out and in at every miss, that one line took ~9% of the samples of a
+// wall-clock profile of 16 threads of mixed sizes on the H200 (docs/perf-notes.md, forty-seventh
+// session). A flush walk and the thread's exit uncount it (uncount_large).
 std::size_t take_large_slots(ThreadCacheAllocator::ThreadCache* cache, ThreadCacheAllocator::LargeSlot* out) noexcept {
   const std::size_t n = cache->large_count;
   std::copy(cache->large, cache->large + n, out);
