@@ -249,9 +249,10 @@ const Row kRows[] = {
       "arena's lock held on allocations of changing sizes. Each thread that does moves to an arena of its "
       "own reservation (they share the device's peak and GPUSHIM_LIMIT), made when first taken; threads "
       "that each ask one size, and programs whose blocks come from one thread at a time, stay in one "
-      "arena. 16 threads of mixed sizes with a stream each moved 4-6.5x the pairs per second of one arena "
-      "under 8 on the H200 (1.2-1.4 -> 5.4-9.4 M) at 10-59% more peak, and on vmm 1.2-1.5x more under 16 "
-      "than 8 (H100 and H200) at 0-4% more peak; one size per thread and PyTorch kept one arena's peak. 1: "
+      "arena. A block of the first arena that a thread which left frees gives its free chunks back, so "
+      "that thread's own arena grows in their place. 16 threads of mixed sizes with a stream each moved "
+      "1.2-1.4 M pairs per second in one arena on the H200 and 18.6 M under 16 on tiered, at about 1.4x "
+      "one arena's peak (3.1 against 2.2 GiB); one size per thread and PyTorch kept one arena's peak. 1: "
       "the least memory (docs/benchmarks.md)."},
      [](const char* v, Settings& s) {
        int n = 0;
