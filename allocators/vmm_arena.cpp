@@ -535,16 +535,19 @@ void VmmArena::deallocate(void* p, std::size_t, StreamHandle) noexcept {
   deallocate_locked(p, /*give_back_chunks=*/false);
 }
 
-void VmmArena::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+inline void VmmArena::deallocate_under_one_lock(BlockToFree* blocks, std::size_t count,
+                                                bool give_back_chunks) noexcept {
   if (count == 0) return;
   const CountingLock lock(*this);
-  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p, /*give_back_chunks=*/false);
+  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p, give_back_chunks);
+}
+
+void VmmArena::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+  deallocate_under_one_lock(blocks, count, /*give_back_chunks=*/false);
 }
 
 void VmmArena::deallocate_giving_back(BlockToFree* blocks, std::size_t count) noexcept {
-  if (count == 0) return;
-  const CountingLock lock(*this);
-  for (std::size_t i = 0; i < count; ++i) deallocate_locked(blocks[i].p, /*give_back_chunks=*/true);
+  deallocate_under_one_lock(blocks, count, /*give_back_chunks=*/true);
 }
 
 inline void VmmArena::count_freed(Range* r) noexcept {

@@ -167,6 +167,8 @@ class VmmArena final : public Allocator {
   // Under mutex_: deallocate()'s work on one block (deallocate_batch's on each); `give_back_chunks`:
   // deallocate_giving_back's.
   void deallocate_locked(void* p, bool give_back_chunks) noexcept;
+  // Takes mutex_ once for all `count` blocks: deallocate_batch's and deallocate_giving_back's body.
+  void deallocate_under_one_lock(BlockToFree* blocks, std::size_t count, bool give_back_chunks) noexcept;
   // Without mutex_: maps memory for `bytes` and allocates from it (vmm_arena.cpp says why outside it).
   void* allocate_growing(std::size_t bytes) noexcept;
   // Node pool.
