@@ -104,7 +104,8 @@ void LiveBlocks::give_back(Front* front) noexcept {
 
 void LiveBlocks::insert_elsewhere(std::uintptr_t p, const LiveBlock& block) noexcept {
   shared_.insert(p, block);
-  note_owner(p, 0);  // a hint of the front that held p before would send its free there first
+  // A hint of the front that held p before would send its free there first (none before hints_wanted_).
+  if (hints_wanted_.load(std::memory_order_relaxed)) note_owner(p, 0);
 }
 
 LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock* out) noexcept {
@@ -142,6 +143,7 @@ LiveBlocks::EraseResult LiveBlocks::erase_elsewhere(std::uintptr_t p, LiveBlock*
       if (state == kLive && slot.address == p) {
         *out = slot.block;
         unlock_slot(slot, kFreedElsewhere);
+        want_hints();
         return EraseResult::erased;
       }
       if (!freed_recently && slot.address == p && remembered(front, slot, state)) {
@@ -173,7 +175,10 @@ bool LiveBlocks::find(std::uintptr_t p, LiveBlock* out) const noexcept {
     searches_.fetch_add(1, std::memory_order_relaxed);
     const std::size_t count = front_count_.load(std::memory_order_acquire);
     for (std::size_t i = 0; i < count; ++i) {
-      if (live_at(front_at(i)->slots[front_slot(p)], p, out)) return true;
+      if (live_at(front_at(i)->slots[front_slot(p)], p, out)) {
+        want_hints();
+        return true;
+      }
     }
     if (moves_.load(std::memory_order_acquire) == moves) return false;
   }
@@ -244,6 +249,7 @@ void LiveBlocks::reset_after_fork() noexcept {
   new (&tables_lock()) std::mutex();
   shared_.reset_after_fork();
   for (std::size_t i = 0; i < kHints; ++i) hints_[i].store(0, std::memory_order_relaxed);
+  hints_wanted_.store(false, std::memory_order_relaxed);
   for (std::size_t i = 0; i < front_count_.load(std::memory_order_acquire); ++i) {
     Front& front = *front_at(i);
     for (FrontSlot& slot : front.slots) {  // a slot lock another parent thread held is garbage too

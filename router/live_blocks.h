@@ -29,7 +29,12 @@
 // A block freed by another thread. Each insert into a front notes the front's number in a hashed byte
 // per address (`hints_`, written only when it changes: a thread's addresses keep their owner, so the
 // lines stay shared in every core's cache), and a free that misses its own front looks in the front
-// the hint names first. Without it 16 threads freeing each other's blocks searched every front, under
+// the hint names first. Only once some thread's block was freed or found by another thread
+// (`hints_wanted_`): until then no insert reads or writes a hint. Why: where each thread frees its own
+// blocks the hints answer nothing, and a thread whose addresses keep changing (mixed sizes from an arena
+// of its own) stored into lines other threads' stores had just taken: the hint's load was 2.0-2.5% of 16
+// such threads' wall-clock samples on the H200 (docs/perf-notes.md, forty-eighth session). The first
+// free that needs a hint searches every front, as one whose hint was overwritten does, and turns them on. Without it 16 threads freeing each other's blocks searched every front, under
 // 16 locks each written by its owner on every call: 1.7 M pairs/s where the shared table alone moved 23
 // (alloc_bench --patterns handoff, eighteenth session, docs/perf-notes.md); with the hint and one lock
 // per front, 19.9 against 25.9; with a lock per slot, 25.4. A free that the hint does
@@ -88,7 +93,7 @@ class LiveBlocks {
         slot.address = p;
         slot.block = block;
         unlock_slot(slot, kLive);
-        note_owner(p, front->number);
+        if (hints_wanted_.load(std::memory_order_relaxed)) note_owner(p, front->number);
         return;
       }
       unlock_slot(slot, state);
@@ -129,6 +134,8 @@ class LiveBlocks {
   std::size_t fronts() const noexcept { return front_count_.load(std::memory_order_acquire); }
   // For tests: searches of every front so far (frees and finds the owner hint did not answer).
   std::uint64_t searches() const noexcept { return searches_.load(std::memory_order_relaxed); }
+  // For tests: whether inserts note their owner (a block was freed or found by another thread).
+  bool hints_wanted() const noexcept { return hints_wanted_.load(std::memory_order_relaxed); }
   const LiveBlockTable& shared() const noexcept { return shared_; }
 
   // Blocks are >= 256-byte aligned; a Fibonacci multiply, whose top bits pick a front slot and a hint.
@@ -202,6 +209,10 @@ class LiveBlocks {
     std::atomic<std::uint8_t>& hint = hints_[hint_slot(p)];
     if (hint.load(std::memory_order_relaxed) != number) hint.store(number, std::memory_order_relaxed);
   }
+  // A search found a block in another thread's front: from now on inserts note their owner.
+  void want_hints() const noexcept {
+    if (!hints_wanted_.load(std::memory_order_relaxed)) hints_wanted_.store(true, std::memory_order_relaxed);
+  }
   // Generations are unique over every table and every fork reset: one comparison names both.
   __attribute__((always_inline)) Front* this_thread_front() noexcept {
     if (t_front.generation == generation_.load(std::memory_order_relaxed)) return t_front.front;
@@ -222,6 +233,9 @@ class LiveBlocks {
   // reset (from a process-wide count), so a thread's cached front of a destroyed table, or of the
   // parent, never matches.
   alignas(64) std::atomic<std::uint64_t> generation_;
+  // Read on every insert into a front; set once, by the first search that found a block in another
+  // thread's front (or cleared by a fork reset): on generation_'s line, which nothing else writes.
+  mutable std::atomic<bool> hints_wanted_{false};
   alignas(64) std::atomic<std::uint64_t> moves_{0};  // bumped by every move of a front's blocks
   alignas(64) mutable std::atomic<std::uint64_t> searches_{0};
   std::mutex fronts_lock_;                            // taking and giving back fronts

@@ -85,25 +85,57 @@ TEST(LiveBlocks, ABlockFreedByAnotherThreadIsFreedOnce) {
 
 TEST(LiveBlocks, AnotherThreadsBlocksAreFoundThroughTheirOwnersHint) {
   // A block passed between threads is found in its owner's front without searching every front (16
-  // threads freeing each other's blocks through searches moved 14 times fewer pairs).
+  // threads freeing each other's blocks through searches moved 14 times fewer pairs), once one such
+  // block was found by a search.
   LiveBlocks table;
   constexpr std::uintptr_t kBase = 0x7f0000000000;
   constexpr int kBlocks = 200;
+  HeldThread bystander([&] { table.insert(0x1000, block_of(1)); });  // a second front to search
+  LiveBlock block;
+  HeldThread first([&] { table.insert(0x2000, block_of(7)); });
+  ASSERT_EQ(table.erase(0x2000, &block), Result::erased);  // no hint yet: a search, which turns them on
+  ASSERT_EQ(block.requested, 7u);
+  EXPECT_EQ(table.searches(), 1u);
+  EXPECT_TRUE(table.hints_wanted());
   HeldThread owner([&] {
     for (int i = 0; i < kBlocks; ++i) table.insert(kBase + 4096 * std::uintptr_t(i), block_of(i + 1));
   });
-  HeldThread bystander([&] { table.insert(0x1000, block_of(1)); });  // a second front to search
-  LiveBlock block;
   for (int i = 0; i < kBlocks; ++i) {
     ASSERT_TRUE(table.find(kBase + 4096 * std::uintptr_t(i), &block));
     ASSERT_EQ(table.erase(kBase + 4096 * std::uintptr_t(i), &block), Result::erased);
     ASSERT_EQ(block.requested, std::size_t(i + 1));
   }
-  EXPECT_EQ(table.searches(), 0u);
+  EXPECT_EQ(table.searches(), 1u);
   // Strangers and double frees still search, and are answered as before.
   EXPECT_EQ(table.erase(kBase + 4096 * (kBlocks - 1), &block), Result::double_free);  // the latest free
   EXPECT_EQ(table.erase(0x30000, &block), Result::unknown);
   EXPECT_GT(table.searches(), 0u);
+}
+
+TEST(LiveBlocks, ThreadsThatFreeOnlyTheirOwnBlocksNoteNoOwners) {
+  // No hint is read or written until another thread's block is freed: a thread's own frees never ask.
+  LiveBlocks table;
+  LiveBlock block;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&table, t] {
+      LiveBlock mine;
+      for (int i = 0; i < 1000; ++i) {
+        const std::uintptr_t p = 0x7f0000000000 + (std::uintptr_t(t) << 32) + 256 * std::uintptr_t(i);
+        table.insert(p, block_of(i + 1));
+        if (table.erase(p, &mine) != Result::erased) ADD_FAILURE() << "thread " << t << " block " << i;
+      }
+    });
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_FALSE(table.hints_wanted());
+  EXPECT_EQ(table.searches(), 0u);
+  // A search that finds nothing live (here a block of a thread that exited) turns nothing on.
+  EXPECT_EQ(table.erase(0x7f0000000000, &block), Result::unknown);
+  EXPECT_FALSE(table.hints_wanted());
+  // A block found through a search of the fronts turns the hints on (find, as a free does).
+  HeldThread owner([&] { table.insert(0x9000, block_of(9)); });
+  ASSERT_TRUE(table.find(0x9000, &block));
+  EXPECT_TRUE(table.hints_wanted());
 }
 
 TEST(LiveBlocks, TheOwnersSecondFreeAfterAnotherThreadsFreeIsADoubleFree) {
