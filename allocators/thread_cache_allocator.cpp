@@ -100,6 +100,11 @@ struct ThreadCacheAllocator::ThreadCache {
   std::atomic<std::uint64_t> cached_bytes{0};
   std::atomic<std::uint64_t> allocate_hits{0};
   std::atomic<std::uint64_t> deallocate_hits{0};
+  // Blocks the owner's own misses and evictions gave to the backend (give_to_backend), not program
+  // frees: the owner's only (bump, outside `lock`), read by stats(); other threads' flushes of this
+  // cache count in flushed_. A shared counter here was ~1.2% of 16 threads' wall-clock samples on the
+  // H200 (docs/perf-notes.md, forty-eighth session).
+  std::atomic<std::uint64_t> flushed{0};
   // Class size minus requested size over the live blocks this thread allocated or freed (a signed sum
   // kept modulo 2^64: a block may be allocated on one thread and freed on another).
   std::atomic<std::uint64_t> rounding{0};
@@ -303,7 +308,7 @@ void* ThreadCacheAllocator::allocate(std::size_t bytes, StreamHandle stream) noe
   LargeSlot own[kLargeSlots];
   const std::size_t own_large = cache->large_count != 0 ? take_large_slots(cache, own) : 0;
   cache->lock.owner_unlock();
-  if (own_large) give_to_backend(own, own_large);
+  if (own_large) give_to_backend(own, own_large, cache);
   // A miss: the depot (blocks of exited threads) first, else the backend. One block, not a batch (the
   // header says what batches cost: +160 Ir a fenced 64 KiB pair through the cache, and no gain for
   // 16 threads under one arena lock).
@@ -425,7 +430,7 @@ __attribute__((noinline)) void* ThreadCacheAllocator::allocate_large(std::size_t
     taken_from_here = forget_taken_size(cache, bytes);
     const std::size_t n = take_large_slots(cache, own);
     cache->lock.owner_unlock();
-    give_to_backend(own, n);
+    give_to_backend(own, n, cache);
   }
   if (depot_large_blocks_.load(std::memory_order_relaxed) != 0) {
     if (void* p = take_large_from_depot(bytes)) {
@@ -470,13 +475,13 @@ __attribute__((noinline)) void ThreadCacheAllocator::deallocate_large(void* p, s
     caches_with_large_.fetch_add(1, std::memory_order_relaxed);
   }
   cache->lock.owner_unlock();
-  give_to_backend(evicted, n);
+  give_to_backend(evicted, n, cache);
 }
 
 // In batches, so a backend with one lock takes it once for a thread's slots: one deallocate() each, a
 // miss that gave back four blocks queued four times on the arena's lock, and 16 threads of mixed sizes
 // with a stream each spent 21% of their wall-clock time in here (forty-third session, docs/perf-notes.md).
-void ThreadCacheAllocator::give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept {
+void ThreadCacheAllocator::give_to_backend(const LargeSlot* blocks, std::size_t count, ThreadCache* owner) noexcept {
   BlockToFree batch[kBlocksPerBatchCall];  // the depot may hold more than a thread's slots
   for (std::size_t done = 0; done < count;) {
     const std::size_t n = std::min(kBlocksPerBatchCall, count - done);
@@ -484,7 +489,11 @@ void ThreadCacheAllocator::give_to_backend(const LargeSlot* blocks, std::size_t 
     inner_->deallocate_batch(batch, n);
     done += n;
   }
-  if (count) flushed_.fetch_add(count, std::memory_order_relaxed);
+  if (count == 0) return;
+  if (owner)
+    ThreadCache::bump(owner->flushed, count);
+  else
+    flushed_.fetch_add(count, std::memory_order_relaxed);
 }
 
 void* ThreadCacheAllocator::take_large_from_depot(std::size_t bytes) noexcept {
@@ -592,6 +601,7 @@ void ThreadCacheAllocator::retire(ThreadCache* cache) noexcept {
   retired_allocate_hits_.fetch_add(cache->allocate_hits.load(std::memory_order_relaxed), std::memory_order_relaxed);
   retired_deallocate_hits_.fetch_add(cache->deallocate_hits.load(std::memory_order_relaxed),
                                      std::memory_order_relaxed);
+  flushed_.fetch_add(cache->flushed.load(std::memory_order_relaxed), std::memory_order_relaxed);
   untracked_rounding_.fetch_add(cache->rounding.load(std::memory_order_relaxed), std::memory_order_relaxed);
   delete cache;
 }
@@ -698,6 +708,7 @@ AllocatorStats ThreadCacheAllocator::stats() const noexcept {
   std::uint64_t allocate_hits = retired_allocate_hits_.load(std::memory_order_relaxed) +
                                 depot_hits_.load(std::memory_order_relaxed);
   std::uint64_t deallocate_hits = retired_deallocate_hits_.load(std::memory_order_relaxed);
+  std::uint64_t flushed = flushed_.load(std::memory_order_relaxed);
   std::uint64_t rounding = untracked_rounding_.load(std::memory_order_relaxed);
   {
     std::lock_guard<AdaptiveMutex> guard(caches_mutex_);
@@ -706,6 +717,7 @@ AllocatorStats ThreadCacheAllocator::stats() const noexcept {
       cached += cache->large_bytes.load(std::memory_order_relaxed);
       allocate_hits += cache->allocate_hits.load(std::memory_order_relaxed);
       deallocate_hits += cache->deallocate_hits.load(std::memory_order_relaxed);
+      flushed += cache->flushed.load(std::memory_order_relaxed);
       rounding += cache->rounding.load(std::memory_order_relaxed);
     }
   }
@@ -723,7 +735,7 @@ AllocatorStats ThreadCacheAllocator::stats() const noexcept {
   s.failed_allocations -= std::min(s.failed_allocations, recovered_failures_.load(std::memory_order_relaxed));
   s.allocations += allocate_hits;
   s.deallocations += deallocate_hits;
-  s.deallocations -= std::min(s.deallocations, flushed_.load(std::memory_order_relaxed));
+  s.deallocations -= std::min(s.deallocations, flushed);
   s.bytes_in_use = live_class_bytes - rounding;
   // The rest of the backend's waste sits in cached blocks: cached memory too.
   s.bytes_cached += cached + (s.internal_waste - std::min(s.internal_waste, backend_waste));

@@ -182,7 +182,8 @@ class ThreadCacheAllocator final : public Allocator {
   // Every cached block (all threads, both kinds, the depot) to the backend; release_cached() without
   // the backend's own release.
   void give_back_every_cached_block() noexcept;
-  void give_to_backend(const LargeSlot* blocks, std::size_t count) noexcept;
+  // `owner`: the calling thread's own cache, whose count of flushed blocks it is (else flushed_).
+  void give_to_backend(const LargeSlot* blocks, std::size_t count, ThreadCache* owner = nullptr) noexcept;
   // A freed block of a class (at most kMaxCachedBytes) into `cache`: true when kept; false when the
   // backend must take it (no cache, or the class or the thread full), at `*block`, its class size.
   // deallocate()'s and deallocate_batch()'s one rule.
@@ -199,8 +200,8 @@ class ThreadCacheAllocator final : public Allocator {
 
   // The fields above are read on every call and written only by the constructor. What follows is
   // grouped by who writes it, a cache line each, so that no write of one group makes a miss of another:
-  // beside caches_with_large_ and flushed_, which a miss writes, the depot's counts that every miss reads
-  // were a miss of every thread's (H200 wall-clock profile, docs/perf-notes.md, forty-seventh session).
+  // beside caches_with_large_ and flushed_, which misses then wrote, the depot's counts that every miss
+  // reads were a miss of every thread's (H200 wall-clock profile, docs/perf-notes.md, forty-seventh session).
 
   // Every live thread cache of this allocator (release_cached and stats walk them).
   alignas(64) mutable AdaptiveMutex caches_mutex_;
@@ -225,7 +226,7 @@ class ThreadCacheAllocator final : public Allocator {
   std::atomic<std::uint64_t> retired_allocate_hits_{0};
   std::atomic<std::uint64_t> retired_deallocate_hits_{0};
   std::atomic<std::uint64_t> depot_hits_{0};          // misses served from the depot
-  std::atomic<std::uint64_t> flushed_{0};             // cached blocks given to the backend: not program frees
+  std::atomic<std::uint64_t> flushed_{0};  // cached blocks given to the backend (but a cache's own): not frees
   std::atomic<std::uint64_t> untracked_rounding_{0};  // exited threads' and cache-less calls' rounding
 };
 
