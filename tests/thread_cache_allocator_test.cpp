@@ -474,6 +474,32 @@ TEST_F(ThreadCacheTest, AThreadParksAtMostItsSlotsOfLargeBlocks) {
   cache_->deallocate(last, 2 * MiB + (blocks.size() - 1) * kMinAlignment, 0);
 }
 
+// A thread's own evictions and misses give parked blocks to the backend; those are not program frees,
+// while the thread runs (its cache counts them) nor after it exits (its count retires with it).
+TEST_F(ThreadCacheTest, AThreadsOwnFlushesAreNotProgramFreesBeforeOrAfterItExits) {
+  constexpr std::size_t kBlocks = ThreadCacheAllocator::kLargeSlots + 2;
+  AllocatorStats while_running;
+  std::uint64_t backend_frees = 0;
+  std::thread thread([&] {
+    std::vector<void*> blocks;
+    for (std::size_t i = 0; i < kBlocks; ++i) blocks.push_back(cache_->allocate(2 * MiB + i * kMinAlignment, 0));
+    for (std::size_t i = 0; i < kBlocks; ++i) cache_->deallocate(blocks[i], 2 * MiB + i * kMinAlignment, 0);
+    void* other = cache_->allocate(3 * MiB, 0);  // a miss: the thread's parked blocks go to the backend first
+    cache_->deallocate(other, 3 * MiB, 0);
+    while_running = cache_->stats();
+    backend_frees = cache_->inner().stats().deallocations;
+  });
+  thread.join();
+  EXPECT_EQ(backend_frees, kBlocks) << "the evicted two and the slots the miss gave back";
+  EXPECT_EQ(while_running.allocations, kBlocks + 1);
+  EXPECT_EQ(while_running.deallocations, kBlocks + 1);
+  const AllocatorStats after_exit = cache_->stats();
+  EXPECT_EQ(after_exit.allocations, kBlocks + 1);
+  EXPECT_EQ(after_exit.deallocations, kBlocks + 1);
+  cache_->release_cached();  // the exited thread's parked block, from the depot
+  EXPECT_EQ(cache_->stats().deallocations, kBlocks + 1);
+}
+
 // The slab maps a dedicated run for each block above 1 MiB and unmaps it at its free: a parked block
 // would hold memory the backend gives back at once, so large blocks pass through.
 TEST(ThreadCacheLargeBytes, LargeBlocksPassThroughWhereTheBackendGivesTheirMemoryBack) {
