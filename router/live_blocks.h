@@ -29,17 +29,18 @@
 // A block freed by another thread. Each insert into a front notes the front's number in a hashed byte
 // per address (`hints_`, written only when it changes: a thread's addresses keep their owner, so the
 // lines stay shared in every core's cache), and a free that misses its own front looks in the front
-// the hint names first. Only once some thread's block was freed or found by another thread
-// (`hints_wanted_`): until then no insert reads or writes a hint. Why: where each thread frees its own
-// blocks the hints answer nothing, and a thread whose addresses keep changing (mixed sizes from an arena
-// of its own) stored into lines other threads' stores had just taken: the hint's load was 2.0-2.5% of 16
-// such threads' wall-clock samples on the H200 (docs/perf-notes.md, forty-eighth session). The first
-// free that needs a hint searches every front, as one whose hint was overwritten does, and turns them on. Without it 16 threads freeing each other's blocks searched every front, under
+// the hint names first. Without it 16 threads freeing each other's blocks searched every front, under
 // 16 locks each written by its owner on every call: 1.7 M pairs/s where the shared table alone moved 23
 // (alloc_bench --patterns handoff, eighteenth session, docs/perf-notes.md); with the hint and one lock
-// per front, 19.9 against 25.9; with a lock per slot, 25.4. A free that the hint does
-// not answer (a hint overwritten by another address, a double free, a stranger) searches every front
-// (at most kMaxFronts, one slot of each, under that slot's lock).
+// per front, 19.9 against 25.9; with a lock per slot, 25.4. A free that the hint does not answer (a
+// hint overwritten by another address, a double free, a stranger) searches every front (at most
+// kMaxFronts, one slot of each, under that slot's lock).
+// Hints are noted only once some thread's block was freed or found by another thread (`hints_wanted_`):
+// until then no insert reads or writes one. Where each thread frees its own blocks they answer nothing,
+// and a thread whose addresses keep changing (mixed sizes from an arena of its own) stored into lines
+// other threads had just written: the hint's load was 2.0-2.5% of 16 such threads' wall-clock samples
+// on the H200 (docs/perf-notes.md, forty-eighth session). The first free that needs a hint searches
+// every front, as one whose hint was overwritten does, and turns them on for good.
 // Pure C++ (no CUDA): tested on the CPU in tests/router_live_blocks_test.cpp.
 #pragma once
 
