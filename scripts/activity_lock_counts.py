@@ -12,31 +12,24 @@ the driver calls they made. Each thread sums its own counts (no shared line in t
 them at its exit. A hold's two clock reads (~20 ns each) lengthen every hold alike. docs/perf-notes.md,
 "Forty-ninth session", has what it showed. Refuses a directory with a .git (the repository itself).
 """
-import os
 import re
-import sys
 
-if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], 'router/stream_activity.cpp')):
-    sys.exit('usage: activity_lock_counts.py COPY (a copy of the tree: it is edited in place)')
-if os.path.exists(os.path.join(sys.argv[1], '.git')):
-    sys.exit('activity_lock_counts.py: %s is a git checkout; instrument a copy (git archive HEAD | tar x -C COPY)'
-             % sys.argv[1])
-d = sys.argv[1]
-p = d + '/router/stream_activity.cpp'
-c = open(p).read()
+from instrumented_copy import copy_from_argv, replace_once
+
+TOOL = 'activity_lock_counts.py'
+SOURCE = 'router/stream_activity.cpp'
+p = copy_from_argv(TOOL, SOURCE) + '/' + SOURCE
+with open(p) as f:
+    c = f.read()
 timed = r'''
-#include <time.h>
-
 #include <cstdlib>
+
+#include "diagnostics/monotonic_clock.h"
 
 // scripts/activity_lock_counts.py: the activity lock timed by call site (an instrumented copy only).
 namespace gpushim::router {
 namespace {
-std::uint64_t act_now() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
-}
+std::uint64_t act_now() noexcept { return monotonic_ns(); }  // diagnostics/monotonic_clock.h
 constexpr int kSites = 8;
 const char* const kSiteNames[kSites] = {"other", "become_active", "mark_active", "poll",
                                         "probe_after_sub", "lookup", "track", "visit"};
@@ -128,19 +121,12 @@ class TimedSpinLock {
 '''
 
 
-def replace_once(text, old, new):
-    """`text` with `old` replaced once; exits naming it where the source no longer has it."""
-    if old not in text:
-        sys.exit('activity_lock_counts.py: router/stream_activity.cpp no longer has %r' % old[:70])
-    return text.replace(old, new, 1)
-
-
 # The lock's type, and every guard of it, become the timed lock's.
-c = replace_once(c, '#include "router/spin_lock.h"\n', '#include "router/spin_lock.h"\n' + timed)
-c = replace_once(c, '  SpinLock lock;\n  std::unordered_map<CUstream, StreamRecord*> by_stream;',
+c = replace_once(TOOL, SOURCE, c, '#include "router/spin_lock.h"\n', '#include "router/spin_lock.h"\n' + timed)
+c = replace_once(TOOL, SOURCE, c, '  SpinLock lock;\n  std::unordered_map<CUstream, StreamRecord*> by_stream;',
                  '  TimedSpinLock lock;\n  std::unordered_map<CUstream, StreamRecord*> by_stream;')
 c = re.sub(r'std::(lock_guard|unique_lock)<SpinLock>', r'std::\1<TimedSpinLock>', c)
-c = replace_once(c, 'new (&a.lock) SpinLock();', 'new (&a.lock) TimedSpinLock();')
+c = replace_once(TOOL, SOURCE, c, 'new (&a.lock) SpinLock();', 'new (&a.lock) TimedSpinLock();')
 
 # Each site names itself for the holds inside it (the index into kSiteNames).
 SITES = [
@@ -154,11 +140,11 @@ SITES = [
     ('ActiveStreamWalk visit_active_streams(ActiveStreamVisitor visit, void* arg) noexcept {', 7),
 ]
 for signature, site in SITES:
-    c = replace_once(c, signature, signature + '\n  SiteScope act_site_scope(%d);' % site)
+    c = replace_once(TOOL, SOURCE, c, signature, signature + '\n  SiteScope act_site_scope(%d);' % site)
 
 # The poll's driver calls, counted where its walk ends.
 rotate = '  std::rotate(a.active.begin(), a.active.begin() + static_cast<std::ptrdiff_t>(i), a.active.end());\n'
-c = replace_once(c, rotate, rotate + '  ++t_act.polls;\n  t_act.calls += calls;\n')
+c = replace_once(TOOL, SOURCE, c, rotate, rotate + '  ++t_act.polls;\n  t_act.calls += calls;\n')
 with open(p, 'w') as f:
     f.write(c)
 print('instrumented', p)

@@ -14,34 +14,21 @@ pressure, an exit) and their close -> taken; and the cumulative share of close -
 scripts/activity_lock_counts.py on the same copy. docs/perf-notes.md, "Forty-ninth session", has what
 it showed. Refuses a directory with a .git (the repository itself).
 """
-import os
-import sys
+from instrumented_copy import copy_from_argv, edit as edit_copy
 
-if len(sys.argv) != 2 or not os.path.isfile(os.path.join(sys.argv[1], 'router/marked_batches.cpp')):
-    sys.exit('usage: marked_batch_round_trip.py COPY (a copy of the tree: it is edited in place)')
-if os.path.exists(os.path.join(sys.argv[1], '.git')):
-    sys.exit('marked_batch_round_trip.py: %s is a git checkout; instrument a copy (git archive HEAD | tar x -C COPY)'
-             % sys.argv[1])
-d = sys.argv[1]
+TOOL = 'marked_batch_round_trip.py'
+d = copy_from_argv(TOOL, 'router/marked_batches.cpp')
 
 
 def edit(path, old, new):
-    """Replaces `old` once in COPY/path; exits naming it where the source no longer has it."""
-    p = os.path.join(d, path)
-    with open(p) as f:
-        c = f.read()
-    if old not in c:
-        sys.exit('marked_batch_round_trip.py: %s no longer has %r' % (path, old[:70]))
-    with open(p, 'w') as f:
-        f.write(c.replace(old, new, 1))
+    edit_copy(TOOL, d, path, old, new)
+
 
 edit('router/free_fence_queue.h', '''  bool add(const FreedBlock& block, FenceContext context) {
     if (blocks_.empty()) {
       context_ = context;''', '''  bool add(const FreedBlock& block, FenceContext context) {
     if (blocks_.empty()) {
-      struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      opened_ns_ = std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
+      opened_ns_ = monotonic_ns();
       context_ = context;''')
 edit('router/free_fence_queue.h', '''  std::vector<FreedBlock> take() noexcept {
     bytes_ = 0;''', '''  std::vector<FreedBlock> take() noexcept {
@@ -60,7 +47,7 @@ edit('router/free_fence_queue.h', '''  std::vector<FreedBlock> blocks_;
     return opened;
   }
 };''')
-edit('router/free_fence_queue.h', '#include <cstddef>\n', '#include <cstddef>\n#include <time.h>\n')
+edit('router/free_fence_queue.h', '#include <vector>\n', '#include <vector>\n\n#include "diagnostics/monotonic_clock.h"\n')
 edit('router/marked_batches.h', '''  FenceContext context = nullptr;  // the batch's, should it be fenced after all (memory pressure, exit)
   bool passed() const noexcept {''', '''  FenceContext context = nullptr;  // the batch's, should it be fenced after all (memory pressure, exit)
   std::uint64_t opened_ns = 0, closed_ns = 0;
@@ -68,16 +55,13 @@ edit('router/marked_batches.h', '''  FenceContext context = nullptr;  // the bat
   bool passed() const noexcept {
     ++checks;''')
 rt = r'''
-#include <time.h>
 #include <cstdio>
 #include <cstdlib>
+
+#include "diagnostics/monotonic_clock.h"
 namespace gpushim::router {
 namespace {
-std::uint64_t rt_now() noexcept {
-  timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return std::uint64_t(ts.tv_sec) * 1000000000ull + std::uint64_t(ts.tv_nsec);
-}
+std::uint64_t rt_now() noexcept { return monotonic_ns(); }  // diagnostics/monotonic_clock.h
 constexpr int kBuckets = 14;  // close -> returned: < 2^(k+1) us
 struct RtCounts {
   std::uint64_t batches = 0, blocks = 0, open_ns = 0, wait_ns = 0, checks = 0, taken = 0, taken_wait_ns = 0;
