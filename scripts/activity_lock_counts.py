@@ -29,7 +29,6 @@ timed = r'''
 // scripts/activity_lock_counts.py: the activity lock timed by call site (an instrumented copy only).
 namespace gpushim::router {
 namespace {
-std::uint64_t act_now() noexcept { return monotonic_ns(); }  // diagnostics/monotonic_clock.h
 constexpr int kSites = 8;
 const char* const kSiteNames[kSites] = {"other", "become_active", "mark_active", "poll",
                                         "probe_after_sub", "lookup", "track", "visit"};
@@ -85,12 +84,12 @@ class TimedSpinLock {
  public:
   void lock() noexcept {
     if (l_.try_lock()) {
-      t_act_since = act_now();
+      t_act_since = monotonic_ns();
       return;
     }
-    const std::uint64_t t0 = act_now();
+    const std::uint64_t t0 = monotonic_ns();
     l_.lock();
-    const std::uint64_t t1 = act_now();
+    const std::uint64_t t1 = monotonic_ns();
     ActSite& s = t_act.s[t_act_site];
     s.wait += t1 - t0;
     ++s.waited;
@@ -98,14 +97,14 @@ class TimedSpinLock {
   }
   bool try_lock() noexcept {
     if (l_.try_lock()) {
-      t_act_since = act_now();
+      t_act_since = monotonic_ns();
       return true;
     }
     ++t_act.s[t_act_site].tryfail;
     return false;
   }
   void unlock() noexcept {
-    const std::uint64_t held = act_now() - t_act_since;
+    const std::uint64_t held = monotonic_ns() - t_act_since;
     l_.unlock();
     ActSite& s = t_act.s[t_act_site];
     s.hold += held;

@@ -61,7 +61,6 @@ rt = r'''
 #include "diagnostics/monotonic_clock.h"
 namespace gpushim::router {
 namespace {
-std::uint64_t rt_now() noexcept { return monotonic_ns(); }  // diagnostics/monotonic_clock.h
 constexpr int kBuckets = 14;  // close -> returned: < 2^(k+1) us
 struct RtCounts {
   std::uint64_t batches = 0, blocks = 0, open_ns = 0, wait_ns = 0, checks = 0, taken = 0, taken_wait_ns = 0;
@@ -105,7 +104,7 @@ edit('router/marked_batches.cpp', '#include "router/thread_state.h"\n', '#includ
 edit('router/marked_batches.cpp', '''    if (held[i].passed()) {
       try {
         passed.push_back(std::move(held[i]));''', '''    if (held[i].passed()) {
-      const std::uint64_t waited = rt_now() - held[i].closed_ns;
+      const std::uint64_t waited = monotonic_ns() - held[i].closed_ns;
       RtCounts& rc = t_rt.c;
       ++rc.batches;
       rc.blocks += held[i].blocks.size();
@@ -120,13 +119,13 @@ edit('router/marked_batches.cpp', '''    if (held[i].passed()) {
 edit('router/marked_batches.cpp', '''  batch.context = context;
   const std::uint64_t bytes = batch.bytes;''', '''  batch.context = context;
   batch.opened_ns = PendingBatch::rt_last_opened_ns();
-  batch.closed_ns = rt_now();
+  batch.closed_ns = monotonic_ns();
   const std::uint64_t bytes = batch.bytes;''')
 edit('router/marked_batches.cpp', '''  std::vector<MarkedBatch> taken;
   taken.swap(thread.marked[d]);''', '''  std::vector<MarkedBatch> taken;
   taken.swap(thread.marked[d]);
   for (const MarkedBatch& b : taken) {
     ++t_rt.c.taken;
-    t_rt.c.taken_wait_ns += rt_now() - b.closed_ns;
+    t_rt.c.taken_wait_ns += monotonic_ns() - b.closed_ns;
   }''')
 print('instrumented', d)

@@ -16,5 +16,5 @@ done
 "$python" "$repo/scripts/marked_batch_round_trip.py" "$copy"
 grep -q "TimedSpinLock lock;" "$copy/router/stream_activity.cpp"
 grep -q "SiteScope act_site_scope(3);" "$copy/router/stream_activity.cpp"
-grep -q "batch.closed_ns = rt_now();" "$copy/router/marked_batches.cpp"
+grep -q "batch.closed_ns = monotonic_ns();" "$copy/router/marked_batches.cpp"
 echo "both tools apply"
