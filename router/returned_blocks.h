@@ -27,7 +27,8 @@
 // to the backend from the poller, as before.
 //
 // While a thread's list holds blocks, its frees that may be reused at once (the work was ordered when
-// it freed) join the list too (keep_freed_block), within the same cap. Given to the backend, they went
+// it freed) join the list too (keep_freed_block), within the same cap, until a run of
+// kAtOnceRunThatEndsKeeping of them (router/thread_state.h) says the thread's work stays ordered. Given to the backend, they went
 // through the thread's cache, whose class bounds (2 blocks of 1 MiB) overflowed into the arena's lock
 // at nearly every free, because the thread's allocations took from the list and its frees filled the
 // cache; the thread's working set drained into the arena, and the other threads' misses then queued

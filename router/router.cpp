@@ -479,6 +479,7 @@ __attribute__((always_inline)) inline void free_fenced(DeviceState& device, cons
   }
   FreedBlock owned = block;
   owned.owner = thread;  // its fence's completion returns it here (router/returned_blocks.h)
+  thread->note_fenced_free();
   if (g_count) thread->counters[device.ordinal].fenced.fetch_add(1, std::memory_order_relaxed);
   PendingBatch& batch = thread->batches[device.ordinal];
   thread->lock.lock();
@@ -502,14 +503,15 @@ __attribute__((always_inline)) inline void free_fenced(DeviceState& device, cons
 }
 
 // A freed block that may be reused at once: onto this thread's returned list of the device while that
-// list holds blocks (its next allocations take from there first, router/returned_blocks.h says why),
+// list holds blocks (its next allocations take from there first, router/returned_blocks.h says why) and
+// the thread's frees were fenced within the last kAtOnceRunThatEndsKeeping (router/thread_state.h),
 // else to the backend. A backend that orders its own frees (passthrough) never has a list that holds
 // blocks (router/router_state.h: no BlockOwners there), so its frees all reach the backend: joined to a
 // list, a block reached the next allocation of its size while a kernel on a non-blocking stream still
 // read it (alloc_torture under passthrough with GPUSHIM_STATS on the H200, twelfth session).
 __attribute__((always_inline)) inline void free_at_once(DeviceState& device, const FreedBlock& freed) noexcept {
   ThreadState* thread = t_state;
-  if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) &&
+  if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) && thread->keeps_at_once_free() &&
       keep_freed_block(*thread, device, freed))
     return;
   device.backend().deallocate(freed.ptr, freed.bytes, 0);

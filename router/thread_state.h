@@ -88,6 +88,16 @@ inline void set_device_bit(std::atomic<std::uint64_t>& bits, int d, bool set) no
   if (set != ((now & bit) != 0)) bits.store(now ^ bit, std::memory_order_relaxed);
 }
 
+// How many frees reused at once in a row, while its returned list holds blocks, end a thread's keeping
+// them there: by then its work has stayed ordered (or solo) a while, the list drains through its
+// allocations, and its frees go through its cache, the backend's, which takes no locked instruction.
+// The list's lock takes two a pair: one thread launching on its one stream runs in solo, yet ran every
+// pair through the list for good, seeded by the few frees fenced before solo began, 10-20 ns a pair
+// slower than without the stream (H200, fiftieth session, docs/perf-notes.md). A thread whose work
+// turns ordered and back within microseconds (16 threads, a stream each) frees fenced again well before
+// the run ends, and keeps the list as before.
+inline constexpr unsigned kAtOnceRunThatEndsKeeping = 4096;
+
 struct ThreadState {
   // The owner on each free; another thread only in an out-of-memory sweep or a double-free check.
   // A spin lock: the owner holds it for a push_back, and it is almost never contended.
@@ -95,6 +105,18 @@ struct ThreadState {
   PendingBatch batches[kMaxDevices];
   Counters counters[kMaxDevices];
   unsigned fenced_since_poll = 0;  // the owner's only
+  // The owner's frees reused at once while its returned list held blocks, since its last fenced free,
+  // up to kAtOnceRunThatEndsKeeping (below). The owner's only.
+  unsigned at_once_run = 0;
+  // Whether a free reused at once joins the owner's returned list, which holds blocks (free_at_once,
+  // router.cpp; router/returned_blocks.h says why it does): yes until kAtOnceRunThatEndsKeeping such
+  // frees in a row. The owner only.
+  bool keeps_at_once_free() noexcept {
+    if (at_once_run >= kAtOnceRunThatEndsKeeping) return false;
+    ++at_once_run;
+    return true;
+  }
+  void note_fenced_free() noexcept { at_once_run = 0; }
   // The owner's waits at the peak, any device: whether its next turn there grows (router/peak_growth.h).
   RecentWaits at_peak_waits;
   // Blocks this thread freed whose fences completed, by device, put here by the polling thread under

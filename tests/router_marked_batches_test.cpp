@@ -233,4 +233,40 @@ TEST_F(MarkedBatches, AnotherThreadsPassedBatchIsCountedAndTakenUnderPressureWit
   EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
 }
 
+// A thread whose blocks came back by their marks to its returned list, and whose work then stays
+// ordered: its frees join the list only for a while (kAtOnceRunThatEndsKeeping, router/thread_state.h:
+// 4,096 in a row), then go to the backend, and its allocations drain the list, so its pairs walk through
+// the list's blocks once and settle on one block in its cache. It fails where a thread keeps every such
+// free on its list for good: each pair then takes back the block it just freed through the list's spin
+// lock, two locked instructions a pair that one thread with a launching stream paid for good (H200,
+// docs/perf-notes.md, "Fiftieth session").
+TEST_F(MarkedBatches, AThreadWhoseWorkStaysOrderedStopsKeepingItsFreesOnItsList) {
+  constexpr std::size_t kSize = std::size_t{1} << 20;  // a class of the thread caches; 64 close a batch
+  const auto pair = [] {
+    CUdeviceptr p = 0;
+    EXPECT_EQ(cuMemAlloc(&p, kSize), CUDA_SUCCESS);
+    EXPECT_EQ(cuMemFree(p), CUDA_SUCCESS);
+    return p;
+  };
+  auto [a, b] = two_active_streams();
+  fake_cuda_hold_stream(a, 1);
+  fake_cuda_hold_stream(b, 1);
+  for (int i = 0; i < 70; ++i) pair();  // all fenced: the first 64 close a marked batch
+  fake_cuda_hold_stream(a, 0);
+  fake_cuda_hold_stream(b, 0);
+  for (int i = 0; i < 200; ++i) pair();  // polls pass the marks and see the work turn ordered
+  std::set<CUdeviceptr> kept;
+  for (int i = 0; i < 1000; ++i) kept.insert(pair());
+  EXPECT_EQ(kept.size(), 1u) << "while the run is short, a pair takes back the block it freed";
+  std::set<CUdeviceptr> walked;
+  for (int i = 0; i < 2 * 4096; ++i) walked.insert(pair());
+  // The list holds a part of the batch (its surplus rule and the cache take the rest): 8 blocks here.
+  EXPECT_GE(walked.size(), 4u) << "the list never drained: every free was kept on it";
+  std::set<CUdeviceptr> settled;
+  for (int i = 0; i < 1000; ++i) settled.insert(pair());
+  EXPECT_EQ(settled.size(), 1u) << "the pairs did not settle on one block once the list drained";
+  EXPECT_EQ(cuStreamDestroy(a), CUDA_SUCCESS);
+  EXPECT_EQ(cuStreamDestroy(b), CUDA_SUCCESS);
+}
+
 }  // namespace
