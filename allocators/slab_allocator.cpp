@@ -323,6 +323,7 @@ std::size_t SlabAllocator::depot_take(ClassDepot& depot, void** out, std::size_t
 void SlabAllocator::depot_return(ClassDepot& depot, void* const* blocks, std::size_t count,
                                  bool may_release) noexcept {
   std::lock_guard<std::mutex> lock(depot.mutex);
+  ++depot.returns;
   for (std::size_t i = 0; i < count; ++i) {
     const auto address = reinterpret_cast<std::uintptr_t>(blocks[i]);
     auto it = depot.slabs.upper_bound(address);
@@ -479,6 +480,64 @@ void SlabAllocator::deallocate(void* p, std::size_t bytes, StreamHandle) noexcep
   bump_shared<std::int64_t>(shared_counters_.internal_waste, static_cast<std::int64_t>(bytes) - block);
 }
 
+// A depot_return's blocks are gathered on the stack: a hand-back's batch call holds at most
+// kBlocksPerBatchCall (allocators/allocator.h), so this many take one hold of the lock.
+constexpr std::size_t kBlocksPerDepotReturn = 64;
+
+void SlabAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
+  const auto small = [this](const BlockToFree& b) { return b.p != nullptr && b.bytes != 0 && b.bytes <= max_small_size_; };
+  BlockToFree* const end = blocks + count;
+  BlockToFree* const rest = std::partition(blocks, end, small);
+  for (BlockToFree* b = rest; b != end; ++b)
+    if (b->p != nullptr && b->bytes != 0) deallocate_large(b->p, b->bytes);
+  std::sort(blocks, rest, [this](const BlockToFree& a, const BlockToFree& b) { return class_of(a.bytes) < class_of(b.bytes); });
+  for (BlockToFree* run = blocks; run != rest;) {
+    const std::size_t c = class_of(run->bytes);
+    BlockToFree* run_end = run + 1;
+    while (run_end != rest && class_of(run_end->bytes) == c) ++run_end;
+    deallocate_class_run(c, run, static_cast<std::size_t>(run_end - run));
+    run = run_end;
+  }
+}
+
+void SlabAllocator::deallocate_class_run(std::size_t c, const BlockToFree* run, std::size_t count) noexcept {
+  ClassDepot& depot = depots_[c];
+  const auto block = static_cast<std::int64_t>(depot.block_bytes);
+  std::int64_t bytes = 0;
+  for (std::size_t i = 0; i < count; ++i) bytes += static_cast<std::int64_t>(run[i].bytes);
+  const std::int64_t waste = static_cast<std::int64_t>(count) * block - bytes;
+  ThreadCache* cache = thread_caches_ && depot.magazine_capacity != 0 ? this_thread_cache() : nullptr;
+  if (cache == nullptr) {
+    return_run_to_depot(depot, run, count);
+    bump_shared<std::uint64_t>(shared_counters_.deallocations, count);
+    bump_shared<std::int64_t>(shared_counters_.bytes_in_use, -bytes);
+    bump_shared<std::int64_t>(shared_counters_.internal_waste, -waste);
+    return;
+  }
+  cache->lock.owner_lock();
+  if (cache->seen_flush_epoch != flush_epoch_.load(std::memory_order_relaxed)) flush_cache(*cache, true);
+  ThreadCache::Magazine& magazine = cache->magazines[c];
+  std::size_t kept = 0;
+  while (kept < count && magazine.count < magazine.capacity) magazine.blocks[magazine.count++] = run[kept++].p;
+  return_run_to_depot(depot, run + kept, count - kept);
+  CounterShard& counters = cache->counters;
+  bump_owned<std::int64_t>(counters.magazine_bytes, static_cast<std::int64_t>(kept) * block);
+  bump_owned<std::uint64_t>(counters.deallocations, count);
+  bump_owned<std::int64_t>(counters.bytes_in_use, -bytes);
+  bump_owned<std::int64_t>(counters.internal_waste, -waste);
+  cache->lock.owner_unlock();
+}
+
+void SlabAllocator::return_run_to_depot(ClassDepot& depot, const BlockToFree* run, std::size_t count) noexcept {
+  void* gathered[kBlocksPerDepotReturn];
+  for (std::size_t done = 0; done < count;) {
+    const std::size_t n = std::min(count - done, kBlocksPerDepotReturn);
+    for (std::size_t i = 0; i < n; ++i) gathered[i] = run[done + i].p;
+    depot_return(depot, gathered, n, /*may_release=*/true);
+    done += n;
+  }
+}
+
 void* SlabAllocator::allocate_large(std::size_t bytes) noexcept {
   if (bytes > std::numeric_limits<std::size_t>::max() - granularity_) return nullptr;
   const std::size_t mapped = round_up(bytes, granularity_);
@@ -607,6 +666,11 @@ std::size_t SlabAllocator::slab_count() const noexcept {
     count += depots_[i].slabs.size();
   }
   return count;
+}
+
+std::uint64_t SlabAllocator::class_depot_returns(std::size_t index) noexcept {
+  std::lock_guard<std::mutex> lock(depots_[index].mutex);
+  return depots_[index].returns;
 }
 
 std::unique_ptr<Allocator> make_slab_allocator(MemoryProvider& provider, const Settings& settings) {

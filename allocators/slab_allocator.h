@@ -70,6 +70,12 @@ class SlabAllocator final : public Allocator {
   const char* name() const noexcept override { return "slab"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
+  // deallocate() of each block, the blocks of one class together: the calling thread's magazine takes
+  // what it has room for and the rest goes to the class's depot under one hold of its lock. Block by
+  // block, a full magazine returned half of itself at every second free (4 blocks at 64 KiB), so a fenced
+  // batch of 32 blocks given back (router/block_hand_back.h) took the depot's lock 15 times, while 16
+  // threads' refills queued on it (docs/perf-notes.md, "Fifty-first session").
+  void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;
   // Flushes the calling thread's magazines, asks every other thread to flush its own at its next call,
   // and unmaps every slab that holds no block in use and none in a magazine.
   std::size_t release_cached() noexcept override;
@@ -87,6 +93,8 @@ class SlabAllocator final : public Allocator {
   std::size_t class_count() const noexcept { return classes_.size(); }
   std::size_t class_block_bytes(std::size_t index) const noexcept;
   std::size_t slab_count() const noexcept;
+  // How many times a class's depot took back blocks (each one hold of its lock).
+  std::uint64_t class_depot_returns(std::size_t index) noexcept;
   void flush_this_thread() noexcept;
   // Every thread's magazines to the depots, each under its cache's lock (a remote lock: one membarrier
   // for each cache that holds blocks). release_cached() only asks other threads to flush at their next
@@ -118,6 +126,7 @@ class SlabAllocator final : public Allocator {
     std::map<std::uintptr_t, Slab> slabs;  // by base
     std::set<std::uintptr_t> partial;      // slabs with a free block, lowest address first
     std::size_t empty_slabs = 0;
+    std::uint64_t returns = 0;  // depot_return calls (class_depot_returns)
   };
   // Relaxed atomics: each shard is written by one thread (or under one lock) and summed by stats().
   struct CounterShard {
@@ -143,6 +152,10 @@ class SlabAllocator final : public Allocator {
   bool reclaim_for_retry(ThreadCache* locked_own = nullptr) noexcept;
   void* allocate_large(std::size_t bytes) noexcept;
   void deallocate_large(void* p, std::size_t bytes) noexcept;
+  // deallocate_batch's blocks of class `c`, all small.
+  void deallocate_class_run(std::size_t c, const BlockToFree* run, std::size_t count) noexcept;
+  // `count` blocks of `run` to the depot, a hold of its lock for each kBlocksPerDepotReturn of them.
+  void return_run_to_depot(ClassDepot& depot, const BlockToFree* run, std::size_t count) noexcept;
   void* allocate_small(std::size_t bytes) noexcept;
   void fold_into(const CounterShard& from, CounterShard& to) noexcept;
   void add_to_stats(const CounterShard& shard, AllocatorStats& s, std::int64_t& in_use,

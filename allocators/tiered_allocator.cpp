@@ -51,7 +51,7 @@ void TieredAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream
 void TieredAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
   BlockToFree* const large = std::partition(blocks, blocks + count,
                                             [this](const BlockToFree& b) { return b.bytes <= split_bytes_; });
-  for (BlockToFree* b = blocks; b != large; ++b) small_->deallocate(b->p, b->bytes, b->stream);
+  small_->deallocate_batch(blocks, static_cast<std::size_t>(large - blocks));
   large_->deallocate_batch(large, static_cast<std::size_t>(blocks + count - large));
 }
 
