@@ -10,7 +10,7 @@
 #
 #   scripts/hot_path_bench.sh [--lib PATH] [--baseline-lib PATH] [--passes N] [--cell-ms MS] [--sizes LIST]
 #                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE] [--driver-api] [--shared-runtime]
-#                             [--stream-ordered]
+#                             [--stream-ordered] [--pin-one-thread CPUS]
 # --baseline-lib adds tiered and vmm under a second libgpushim.so (labels tiered-base, vmm-base): a
 # change and its baseline in the same run, as the measuring rules ask.
 # --driver-api adds the same pairs through cuMemAlloc/cuMemFree (alloc_bench --api driver, rows
@@ -22,6 +22,11 @@
 # --stream-ordered adds cudaMallocAsync+cudaFreeAsync pairs on each thread's own stream from
 # alloc_bench_shared under tiered and vmm (labels tiered-async, vmm-async; served without the runtime
 # too), beside the driver's pool (the cudaMallocAsync row). The targets are not evaluated for them.
+# --pin-one-thread CPUS (e.g. 3,4): the one-thread cells in processes of their own under taskset -c CPUS,
+# the 16-thread cells unpinned as before. Unpinned, a one-thread cell's median sat near the host's level
+# or 30-60 ns above it by process, whatever the library (the driver's threads on the benchmark thread's
+# core; thirteenth and fifty-first sessions, docs/perf-notes.md), so a change's effect hid in which level
+# each process drew. Two CPUs, not one: on one, the driver's threads share it for good.
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -36,7 +41,8 @@ csv=""
 gpushim_apis="runtime"
 shared_runtime=0
 stream_ordered=0
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+pin_one_thread=""
+usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) lib="$2"; shift 2 ;;
@@ -50,6 +56,7 @@ while [ $# -gt 0 ]; do
     --driver-api) gpushim_apis="runtime,driver"; shift ;;
     --shared-runtime) shared_runtime=1; shift ;;
     --stream-ordered) stream_ordered=1; shift ;;
+    --pin-one-thread) pin_one_thread="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "hot_path_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -67,16 +74,23 @@ rm -f "$csv"
 log="${csv%.csv}.log"
 : >"$log"
 
-common=(--patterns pairs --threads 1,16 --streams off,on --cell-ms "$cell_ms" --warmup-ms "$warmup_ms" --csv "$csv")
+common=(--patterns pairs --streams off,on --cell-ms "$cell_ms" --warmup-ms "$warmup_ms" --csv "$csv")
 failures=""
+# Each thread count's cells: in one process (threads 1,16), or with --pin-one-thread one process each,
+# the one-thread process pinned.
+if [ -n "$pin_one_thread" ]; then thread_runs=("taskset -c $pin_one_thread:1" ":16"); else thread_runs=(":1,16"); fi
 run() {  # run LABEL LIB|"" API SIZE [PROGRAM]; the backend is the label up to its first '-'
-  local label=$1 library=$2 api=$3 size=$4 program=${5:-$bench}
-  if [ -n "$library" ]; then
-    LD_PRELOAD="$library" GPUSHIM_BACKEND="${label%%-*}" "$program" --api "$api" --label "$label" --sizes "$size" \
-      "${common[@]}" >>"$log" 2>&1 || failures+=" $label/$size"
-  else
-    "$bench" --api "$api" --label none --sizes "$size" "${common[@]}" >>"$log" 2>&1 || failures+=" $api/$size"
-  fi
+  local label=$1 library=$2 api=$3 size=$4 program=${5:-$bench} entry prefix threads
+  for entry in "${thread_runs[@]}"; do
+    prefix=${entry%%:*} threads=${entry#*:}
+    if [ -n "$library" ]; then
+      LD_PRELOAD="$library" GPUSHIM_BACKEND="${label%%-*}" $prefix "$program" --api "$api" --label "$label" \
+        --sizes "$size" --threads "$threads" "${common[@]}" >>"$log" 2>&1 || failures+=" $label/$size/$threads"
+    else
+      $prefix "$bench" --api "$api" --label none --sizes "$size" --threads "$threads" "${common[@]}" >>"$log" 2>&1 ||
+        failures+=" $api/$size/$threads"
+    fi
+  done
 }
 # A process per configuration and size (and per API without gpushim): a cell's peak column is then what
 # that size needed, not what the process's earlier cells left cached (a 1 GiB cell leaves 16 GiB in an
@@ -107,6 +121,7 @@ flags=""
 [ "$gpushim_apis" = "runtime" ] || flags+=" --driver-api"
 [ "$shared_runtime" = 0 ] || flags+=" --shared-runtime"
 [ "$stream_ordered" = 0 ] || flags+=" --stream-ordered"
+[ -z "$pin_one_thread" ] || flags+=" --pin-one-thread $pin_one_thread"
 echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}$flags"
 [ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
 python3 "$repo/scripts/hot_path_table.py" "$csv"
