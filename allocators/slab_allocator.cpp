@@ -485,12 +485,15 @@ void SlabAllocator::deallocate(void* p, std::size_t bytes, StreamHandle) noexcep
 constexpr std::size_t kBlocksPerDepotReturn = 64;
 
 void SlabAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
-  const auto small = [this](const BlockToFree& b) { return b.p != nullptr && b.bytes != 0 && b.bytes <= max_small_size_; };
+  const auto small = [this](const BlockToFree& b) {
+    return b.p != nullptr && b.bytes != 0 && b.bytes <= max_small_size_;
+  };
   BlockToFree* const end = blocks + count;
   BlockToFree* const rest = std::partition(blocks, end, small);
   for (BlockToFree* b = rest; b != end; ++b)
     if (b->p != nullptr && b->bytes != 0) deallocate_large(b->p, b->bytes);
-  std::sort(blocks, rest, [this](const BlockToFree& a, const BlockToFree& b) { return class_of(a.bytes) < class_of(b.bytes); });
+  std::sort(blocks, rest,
+            [this](const BlockToFree& a, const BlockToFree& b) { return class_of(a.bytes) < class_of(b.bytes); });
   for (BlockToFree* run = blocks; run != rest;) {
     const std::size_t c = class_of(run->bytes);
     BlockToFree* run_end = run + 1;

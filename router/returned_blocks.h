@@ -26,14 +26,14 @@
 // a thread's exit): fenced once more, then given to the backend. A block whose owner has exited goes
 // to the backend from the poller, as before.
 //
-// While a thread's list holds blocks, its frees that may be reused at once (the work was ordered when
-// it freed) join the list too (keep_freed_block), within the same cap, until a run of
-// kAtOnceRunThatEndsKeeping of them (router/thread_state.h) says the thread's work stays ordered. Given to the backend, they went
-// through the thread's cache, whose class bounds (2 blocks of 1 MiB) overflowed into the arena's lock
-// at nearly every free, because the thread's allocations took from the list and its frees filled the
-// cache; the thread's working set drained into the arena, and the other threads' misses then queued
-// for it there (wall-clock profile of 16 threads with a stream each on the H200, eleventh session: a
-// quarter of the arena's lock waits at 1 MiB were such frees).
+// While a thread's list holds blocks, its frees that may be reused at once (the work was ordered when it
+// freed) join the list too (keep_freed_block), within the same cap, until a run of
+// kAtOnceRunThatEndsKeeping of them (router/thread_state.h) says the thread's work stays ordered. Given
+// to the backend, they went through the thread's cache, whose class bounds (2 blocks of 1 MiB)
+// overflowed into the arena's lock at nearly every free, because the thread's allocations took from the
+// list and its frees filled the cache; the thread's working set drained into the arena, and the other
+// threads' misses then queued for it there (wall-clock profile of 16 threads with a stream each on the
+// H200, eleventh session: a quarter of the arena's lock waits at 1 MiB were such frees).
 #pragma once
 
 #include <cstddef>
