@@ -671,7 +671,7 @@ std::size_t SlabAllocator::slab_count() const noexcept {
   return count;
 }
 
-std::uint64_t SlabAllocator::class_depot_returns(std::size_t index) noexcept {
+std::uint64_t SlabAllocator::class_depot_returns(std::size_t index) const noexcept {
   std::lock_guard<std::mutex> lock(depots_[index].mutex);
   return depots_[index].returns;
 }

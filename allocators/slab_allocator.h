@@ -73,7 +73,7 @@ class SlabAllocator final : public Allocator {
   // deallocate() of each block, the blocks of one class together: the calling thread's magazine takes
   // what it has room for and the rest goes to the class's depot under one hold of its lock. Block by
   // block, a full magazine returned half of itself at every second free (4 blocks at 64 KiB), so a fenced
-  // batch of 32 blocks given back (router/block_hand_back.h) took the depot's lock 15 times, while 16
+  // batch of 32 blocks given back (router/block_hand_back.h) took the depot's lock 14 times, while 16
   // threads' refills queued on it (docs/perf-notes.md, "Fifty-first session").
   void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;
   // Flushes the calling thread's magazines, asks every other thread to flush its own at its next call,
@@ -94,7 +94,7 @@ class SlabAllocator final : public Allocator {
   std::size_t class_block_bytes(std::size_t index) const noexcept;
   std::size_t slab_count() const noexcept;
   // How many times a class's depot took back blocks (each one hold of its lock).
-  std::uint64_t class_depot_returns(std::size_t index) noexcept;
+  std::uint64_t class_depot_returns(std::size_t index) const noexcept;
   void flush_this_thread() noexcept;
   // Every thread's magazines to the depots, each under its cache's lock (a remote lock: one membarrier
   // for each cache that holds blocks). release_cached() only asks other threads to flush at their next
