@@ -445,44 +445,20 @@ void* SlabAllocator::allocate_small(std::size_t bytes) noexcept {
   return p;
 }
 
-void SlabAllocator::deallocate(void* p, std::size_t bytes, StreamHandle) noexcept {
+void SlabAllocator::deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept {
   if (p == nullptr || bytes == 0) return;
   if (bytes > max_small_size_) {
     deallocate_large(p, bytes);
     return;
   }
-  const std::size_t c = class_of(bytes);
-  ClassDepot& depot = depots_[c];
-  const auto block = static_cast<std::int64_t>(depot.block_bytes);
-  ThreadCache* cache = thread_caches_ && depot.magazine_capacity != 0 ? this_thread_cache() : nullptr;
-  if (cache != nullptr) {
-    cache->lock.owner_lock();
-    if (cache->seen_flush_epoch != flush_epoch_.load(std::memory_order_relaxed)) flush_cache(*cache, true);
-    ThreadCache::Magazine& magazine = cache->magazines[c];
-    CounterShard& counters = cache->counters;
-    if (magazine.count == magazine.capacity) {
-      const std::uint32_t half = magazine.capacity / 2;
-      depot_return(depot, magazine.blocks + magazine.count - half, half, /*may_release=*/true);
-      magazine.count -= half;
-      bump_owned<std::int64_t>(counters.magazine_bytes, -static_cast<std::int64_t>(half) * block);
-    }
-    magazine.blocks[magazine.count++] = p;
-    bump_owned<std::int64_t>(counters.magazine_bytes, block);
-    bump_owned<std::uint64_t>(counters.deallocations, 1);
-    bump_owned<std::int64_t>(counters.bytes_in_use, -static_cast<std::int64_t>(bytes));
-    bump_owned<std::int64_t>(counters.internal_waste, static_cast<std::int64_t>(bytes) - block);
-    cache->lock.owner_unlock();
-    return;
-  }
-  depot_return(depot, &p, 1, /*may_release=*/true);
-  bump_shared<std::uint64_t>(shared_counters_.deallocations, 1);
-  bump_shared<std::int64_t>(shared_counters_.bytes_in_use, -static_cast<std::int64_t>(bytes));
-  bump_shared<std::int64_t>(shared_counters_.internal_waste, static_cast<std::int64_t>(bytes) - block);
+  const BlockToFree one{p, bytes, stream};
+  deallocate_class_run(class_of(bytes), &one, 1);
 }
 
 // A depot_return's blocks are gathered on the stack: a hand-back's batch call holds at most
-// kBlocksPerBatchCall (allocators/allocator.h), so this many take one hold of the lock.
-constexpr std::size_t kBlocksPerDepotReturn = 64;
+// kBlocksPerBatchCall (allocators/allocator.h) and a magazine sends at most kMagazineMaxBlocks / 2 with
+// it, so those take one hold of the lock.
+constexpr std::size_t kBlocksPerDepotReturn = kBlocksPerBatchCall + kMagazineMaxBlocks / 2;
 
 void SlabAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept {
   const auto small = [this](const BlockToFree& b) {
@@ -503,15 +479,31 @@ void SlabAllocator::deallocate_batch(BlockToFree* blocks, std::size_t count) noe
   }
 }
 
+// One rule for a lone free and a hand-back's run: a run the magazine has no room for sends the
+// magazine's top half away first, so that the frees after it find room (a thread that only frees takes
+// the depot's lock once per half magazine, not once per free); the magazine then takes what fits, and
+// the half and the rest go back together, one hold of the depot's lock.
 void SlabAllocator::deallocate_class_run(std::size_t c, const BlockToFree* run, std::size_t count) noexcept {
   ClassDepot& depot = depots_[c];
   const auto block = static_cast<std::int64_t>(depot.block_bytes);
   std::int64_t bytes = 0;
   for (std::size_t i = 0; i < count; ++i) bytes += static_cast<std::int64_t>(run[i].bytes);
   const std::int64_t waste = static_cast<std::int64_t>(count) * block - bytes;
+
+  void* gathered[kBlocksPerDepotReturn];
+  std::size_t gathered_count = 0;
+  const auto to_depot = [&](void* p) {
+    gathered[gathered_count++] = p;
+    if (gathered_count == kBlocksPerDepotReturn) {
+      depot_return(depot, gathered, gathered_count, /*may_release=*/true);
+      gathered_count = 0;
+    }
+  };
+
   ThreadCache* cache = thread_caches_ && depot.magazine_capacity != 0 ? this_thread_cache() : nullptr;
   if (cache == nullptr) {
-    return_run_to_depot(depot, run, count);
+    for (std::size_t i = 0; i < count; ++i) to_depot(run[i].p);
+    if (gathered_count != 0) depot_return(depot, gathered, gathered_count, /*may_release=*/true);
     bump_shared<std::uint64_t>(shared_counters_.deallocations, count);
     bump_shared<std::int64_t>(shared_counters_.bytes_in_use, -bytes);
     bump_shared<std::int64_t>(shared_counters_.internal_waste, -waste);
@@ -520,25 +512,23 @@ void SlabAllocator::deallocate_class_run(std::size_t c, const BlockToFree* run, 
   cache->lock.owner_lock();
   if (cache->seen_flush_epoch != flush_epoch_.load(std::memory_order_relaxed)) flush_cache(*cache, true);
   ThreadCache::Magazine& magazine = cache->magazines[c];
+  const std::uint32_t before = magazine.count;
+  if (magazine.count + count > magazine.capacity) {
+    const std::uint32_t half = std::min(magazine.capacity / 2, magazine.count);
+    for (std::uint32_t i = magazine.count - half; i < magazine.count; ++i) to_depot(magazine.blocks[i]);
+    magazine.count -= half;
+  }
   std::size_t kept = 0;
   while (kept < count && magazine.count < magazine.capacity) magazine.blocks[magazine.count++] = run[kept++].p;
-  return_run_to_depot(depot, run + kept, count - kept);
+  for (std::size_t i = kept; i < count; ++i) to_depot(run[i].p);
+  if (gathered_count != 0) depot_return(depot, gathered, gathered_count, /*may_release=*/true);
   CounterShard& counters = cache->counters;
-  bump_owned<std::int64_t>(counters.magazine_bytes, static_cast<std::int64_t>(kept) * block);
+  bump_owned<std::int64_t>(counters.magazine_bytes,
+                           (static_cast<std::int64_t>(magazine.count) - static_cast<std::int64_t>(before)) * block);
   bump_owned<std::uint64_t>(counters.deallocations, count);
   bump_owned<std::int64_t>(counters.bytes_in_use, -bytes);
   bump_owned<std::int64_t>(counters.internal_waste, -waste);
   cache->lock.owner_unlock();
-}
-
-void SlabAllocator::return_run_to_depot(ClassDepot& depot, const BlockToFree* run, std::size_t count) noexcept {
-  void* gathered[kBlocksPerDepotReturn];
-  for (std::size_t done = 0; done < count;) {
-    const std::size_t n = std::min(count - done, kBlocksPerDepotReturn);
-    for (std::size_t i = 0; i < n; ++i) gathered[i] = run[done + i].p;
-    depot_return(depot, gathered, n, /*may_release=*/true);
-    done += n;
-  }
 }
 
 void* SlabAllocator::allocate_large(std::size_t bytes) noexcept {

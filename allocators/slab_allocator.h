@@ -152,10 +152,8 @@ class SlabAllocator final : public Allocator {
   bool reclaim_for_retry(ThreadCache* locked_own = nullptr) noexcept;
   void* allocate_large(std::size_t bytes) noexcept;
   void deallocate_large(void* p, std::size_t bytes) noexcept;
-  // deallocate_batch's blocks of class `c`, all small.
+  // Small blocks of class `c`: deallocate()'s one, or deallocate_batch's run of that class.
   void deallocate_class_run(std::size_t c, const BlockToFree* run, std::size_t count) noexcept;
-  // `count` blocks of `run` to the depot, a hold of its lock for each kBlocksPerDepotReturn of them.
-  void return_run_to_depot(ClassDepot& depot, const BlockToFree* run, std::size_t count) noexcept;
   void* allocate_small(std::size_t bytes) noexcept;
   void fold_into(const CounterShard& from, CounterShard& to) noexcept;
   void add_to_stats(const CounterShard& shard, AllocatorStats& s, std::int64_t& in_use,

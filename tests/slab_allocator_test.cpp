@@ -420,5 +420,29 @@ TEST(SlabAllocator, ABatchTakesEachClassDepotsLockOnce) {
   EXPECT_EQ(provider.bytes_mapped(), 0u);
 }
 
+// Lone frees follow the batch's rule with a run of one: a free the full magazine has no room for sends
+// the magazine's top half to the depot first, so a thread that only frees takes the depot's lock once
+// per half magazine (2 blocks at 64 KiB), not once per free.
+TEST(SlabAllocator, LoneFreesTakeTheDepotsLockOncePerHalfMagazine) {
+  HostProvider provider;
+  SlabAllocator slab(provider, kDefaultSlabMaxSize);
+  std::size_t big = slab.class_count();
+  for (std::size_t i = 0; i < slab.class_count(); ++i)
+    if (slab.class_block_bytes(i) == 64 * KiB) big = i;
+  ASSERT_LT(big, slab.class_count());
+  std::vector<void*> blocks;
+  for (int i = 0; i < 32; ++i) blocks.push_back(slab.allocate(64 * KiB, 0));  // refills of 2: the magazine ends empty
+  const std::uint64_t before = slab.class_depot_returns(big);
+  for (void* p : blocks) slab.deallocate(p, 64 * KiB, 0);
+  // 4 frees fill the magazine; each second free of the 28 after them finds it full.
+  EXPECT_EQ(slab.class_depot_returns(big) - before, 14u);
+  const AllocatorStats s = slab.stats();
+  EXPECT_EQ(s.deallocations, 32u);
+  EXPECT_EQ(s.bytes_in_use, 0u);
+  EXPECT_EQ(slab.free_bytes_kept(), slab.empty_slab_bytes() + 4 * 64 * KiB) << "the magazine keeps 4 blocks";
+  slab.release_cached();
+  EXPECT_EQ(provider.bytes_mapped(), 0u);
+}
+
 }  // namespace
 }  // namespace gpushim
