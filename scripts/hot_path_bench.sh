@@ -10,7 +10,7 @@
 #
 #   scripts/hot_path_bench.sh [--lib PATH] [--baseline-lib PATH] [--passes N] [--cell-ms MS] [--sizes LIST]
 #                             [--warmup-ms MS] [--build-dir DIR] [--csv FILE] [--driver-api] [--shared-runtime]
-#                             [--stream-ordered] [--pin-one-thread CPUS]
+#                             [--stream-ordered] [--pin-one-thread CPUS] [--work-every N]
 # --baseline-lib adds tiered and vmm under a second libgpushim.so (labels tiered-base, vmm-base): a
 # change and its baseline in the same run, as the measuring rules ask.
 # --driver-api adds the same pairs through cuMemAlloc/cuMemFree (alloc_bench --api driver, rows
@@ -27,6 +27,10 @@
 # or 30-60 ns above it by process, whatever the library (the driver's threads on the benchmark thread's
 # core; thirteenth and fifty-first sessions, docs/perf-notes.md), so a change's effect hid in which level
 # each process drew. Two CPUs, not one: on one, the driver's threads share it for good.
+# --work-every N: with a stream, a kernel on each thread's stream every N pairs (alloc_bench's default,
+# 64, without it). At 64, 16 threads of host malloc move only 6-8x one thread's pairs: the harness's own
+# launches, serialized in the driver, cap every row; at 1,024 they reach 11-13x (fifty-second session,
+# docs/perf-notes.md), so the 16-thread target can be read against the allocator, not the launches.
 set -u -o pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -42,7 +46,8 @@ gpushim_apis="runtime"
 shared_runtime=0
 stream_ordered=0
 pin_one_thread=""
-usage() { sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+work_every=""
+usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
   case "$1" in
     --lib) lib="$2"; shift 2 ;;
@@ -57,6 +62,7 @@ while [ $# -gt 0 ]; do
     --shared-runtime) shared_runtime=1; shift ;;
     --stream-ordered) stream_ordered=1; shift ;;
     --pin-one-thread) pin_one_thread="$2"; shift 2 ;;
+    --work-every) work_every="$2"; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) echo "hot_path_bench.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
   esac
@@ -74,7 +80,8 @@ rm -f "$csv"
 log="${csv%.csv}.log"
 : >"$log"
 
-common=(--patterns pairs --streams off,on --cell-ms "$cell_ms" --warmup-ms "$warmup_ms" --csv "$csv")
+common=(--patterns pairs --streams off,on --cell-ms "$cell_ms" --warmup-ms "$warmup_ms" --csv "$csv"
+        ${work_every:+--work-every "$work_every"})
 failures=""
 # Each thread count's cells: in one process (threads 1,16), or with --pin-one-thread one process each,
 # the one-thread process pinned.
@@ -122,6 +129,7 @@ flags=""
 [ "$shared_runtime" = 0 ] || flags+=" --shared-runtime"
 [ "$stream_ordered" = 0 ] || flags+=" --stream-ordered"
 [ -z "$pin_one_thread" ] || flags+=" --pin-one-thread $pin_one_thread"
+[ -z "$work_every" ] || flags+=" --work-every $work_every"
 echo "command: scripts/hot_path_bench.sh --passes $passes --cell-ms $cell_ms --warmup-ms $warmup_ms --sizes $sizes${baseline_lib:+ --baseline-lib ...}$flags"
 [ -z "$failures" ] || echo "runs that failed:$failures (see $log)"
 python3 "$repo/scripts/hot_path_table.py" "$csv"
