@@ -29,7 +29,7 @@
 # each process drew. Two CPUs, not one: on one, the driver's threads share it for good.
 # --work-every N: with a stream, a kernel on each thread's stream every N pairs (alloc_bench's default,
 # 64, without it). At 64, 16 threads of host malloc move only 6-8x one thread's pairs: the harness's own
-# launches, serialized in the driver, cap every row; at 1,024 they reach 11-13x (fifty-second session,
+# launches, serialized in the driver, cap every row; at 1,024 they reach 11-15x (fifty-second session,
 # docs/perf-notes.md), so the 16-thread target can be read against the allocator, not the launches.
 set -u -o pipefail
 
