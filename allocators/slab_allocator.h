@@ -70,11 +70,12 @@ class SlabAllocator final : public Allocator {
   const char* name() const noexcept override { return "slab"; }
   void* allocate(std::size_t bytes, StreamHandle stream) noexcept override;
   void deallocate(void* p, std::size_t bytes, StreamHandle stream) noexcept override;
-  // deallocate() of each block, the blocks of one class together: the calling thread's magazine takes
-  // what it has room for and the rest goes to the class's depot under one hold of its lock. Block by
-  // block, a full magazine returned half of itself at every second free (4 blocks at 64 KiB), so a fenced
-  // batch of 32 blocks given back (router/block_hand_back.h) took the depot's lock 14 times, while 16
-  // threads' refills queued on it (docs/perf-notes.md, "Fifty-first session").
+  // deallocate() of each block, the blocks of one class together, as one run: the calling thread's
+  // magazine takes what it has room for (sending its top half first where the run does not fit, as a
+  // lone free into a full magazine does) and the rest goes to the class's depot under one hold of its
+  // lock. Block by block, a full magazine returned half of itself at every second free (4 blocks at 64
+  // KiB), so a fenced batch of 32 blocks given back (router/block_hand_back.h) took the depot's lock 14
+  // times, while 16 threads' refills queued on it (docs/perf-notes.md, "Fifty-first session").
   void deallocate_batch(BlockToFree* blocks, std::size_t count) noexcept override;
   // Flushes the calling thread's magazines, asks every other thread to flush its own at its next call,
   // and unmaps every slab that holds no block in use and none in a magazine.
