@@ -207,6 +207,7 @@ void* take_returned_block(ThreadState& thread, DeviceState& device, std::size_t 
 }
 
 bool keep_freed_block(ThreadState& thread, DeviceState& device, const FreedBlock& block) noexcept {
+  if (!thread.keeps_at_once_free()) return false;
   FreedBlock owned = block;
   owned.owner = &thread;
   return append_to_list(thread, device.ordinal, &owned, &owned + 1, ListTakes::if_not_empty) == &owned;

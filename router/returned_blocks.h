@@ -80,8 +80,9 @@ void* take_one_returned_block(DeviceState& device, std::size_t block_size) noexc
 // the waiting allocation must find them there). Returns the bytes.
 std::uint64_t take_all_returned_blocks(DeviceState& device) noexcept;
 // Puts `block`, freed by the calling thread `thread` and free for reuse at once, on its returned list
-// for `device` when that list holds blocks already and has room; false when it does not (the caller
-// gives it to the backend). The slow half of a check in the free path (ThreadState::returned_devices).
+// for `device` when that list holds blocks already and has room, and the thread's run of such frees is
+// short of kAtOnceRunThatEndsKeeping (router/thread_state.h); false when not (the caller gives it to the
+// backend). The slow half of a check in the free path (ThreadState::returned_devices).
 bool keep_freed_block(ThreadState& thread, DeviceState& device, const FreedBlock& block) noexcept;
 // Bytes waiting in the threads' returned lists of device `ordinal`.
 std::uint64_t thread_returned_bytes(int ordinal) noexcept;

@@ -503,15 +503,14 @@ __attribute__((always_inline)) inline void free_fenced(DeviceState& device, cons
 }
 
 // A freed block that may be reused at once: onto this thread's returned list of the device while that
-// list holds blocks (its next allocations take from there first, router/returned_blocks.h says why) and
-// the thread's frees were fenced within the last kAtOnceRunThatEndsKeeping (router/thread_state.h),
-// else to the backend. A backend that orders its own frees (passthrough) never has a list that holds
+// list holds blocks and keeps such frees (its next allocations take from there first; keep_freed_block,
+// router/returned_blocks.h, says when and why), else to the backend. A backend that orders its own frees (passthrough) never has a list that holds
 // blocks (router/router_state.h: no BlockOwners there), so its frees all reach the backend: joined to a
 // list, a block reached the next allocation of its size while a kernel on a non-blocking stream still
 // read it (alloc_torture under passthrough with GPUSHIM_STATS on the H200, twelfth session).
 __attribute__((always_inline)) inline void free_at_once(DeviceState& device, const FreedBlock& freed) noexcept {
   ThreadState* thread = t_state;
-  if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) && thread->keeps_at_once_free() &&
+  if (thread && __builtin_expect(thread->may_have_returned(device.ordinal), 0) &&
       keep_freed_block(*thread, device, freed))
     return;
   device.backend().deallocate(freed.ptr, freed.bytes, 0);

@@ -108,9 +108,9 @@ struct ThreadState {
   // The owner's frees reused at once while its returned list held blocks, since its last fenced free,
   // up to kAtOnceRunThatEndsKeeping (below). The owner's only.
   unsigned at_once_run = 0;
-  // Whether a free reused at once joins the owner's returned list, which holds blocks (free_at_once,
-  // router.cpp; router/returned_blocks.h says why it does): yes until kAtOnceRunThatEndsKeeping such
-  // frees in a row. The owner only.
+  // Whether a free reused at once may join the owner's returned list, which holds blocks
+  // (keep_freed_block, router/returned_blocks.h says why it does): yes until kAtOnceRunThatEndsKeeping
+  // such frees in a row. The owner only.
   bool keeps_at_once_free() noexcept {
     if (at_once_run >= kAtOnceRunThatEndsKeeping) return false;
     ++at_once_run;
