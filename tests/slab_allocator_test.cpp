@@ -370,6 +370,14 @@ TEST(SlabAllocator, FactoryUsesTheMaxSizeSetting) {
   EXPECT_EQ(provider.bytes_mapped(), 0u);
 }
 
+// The index of `slab`'s class of blocks of exactly `bytes`.
+std::size_t class_index(const SlabAllocator& slab, std::size_t bytes) {
+  for (std::size_t i = 0; i < slab.class_count(); ++i)
+    if (slab.class_block_bytes(i) == bytes) return i;
+  ADD_FAILURE() << "no class of " << bytes << " bytes";
+  return 0;
+}
+
 // A batch given back together (the fence queue's hand-back, Allocator::deallocate_batch): the magazine
 // takes what it has room for and each class's rest goes to its depot under one hold of the lock, the
 // classes interleaved in the batch or not. Block by block, a 64 KiB magazine (4 blocks) sent half of
@@ -377,13 +385,7 @@ TEST(SlabAllocator, FactoryUsesTheMaxSizeSetting) {
 TEST(SlabAllocator, ABatchTakesEachClassDepotsLockOnce) {
   HostProvider provider;
   SlabAllocator slab(provider, kDefaultSlabMaxSize);
-  const auto class_index = [&](std::size_t bytes) {
-    for (std::size_t i = 0; i < slab.class_count(); ++i)
-      if (slab.class_block_bytes(i) == bytes) return i;
-    ADD_FAILURE() << "no class of " << bytes << " bytes";
-    return std::size_t{0};
-  };
-  const std::size_t big = class_index(64 * KiB), small = class_index(4 * KiB);
+  const std::size_t big = class_index(slab, 64 * KiB), small = class_index(slab, 4 * KiB);
   std::vector<BlockToFree> batch;
   for (int i = 0; i < 32; ++i) {
     batch.push_back({slab.allocate(64 * KiB, 0), 64 * KiB, 0});
@@ -426,10 +428,7 @@ TEST(SlabAllocator, ABatchTakesEachClassDepotsLockOnce) {
 TEST(SlabAllocator, LoneFreesTakeTheDepotsLockOncePerHalfMagazine) {
   HostProvider provider;
   SlabAllocator slab(provider, kDefaultSlabMaxSize);
-  std::size_t big = slab.class_count();
-  for (std::size_t i = 0; i < slab.class_count(); ++i)
-    if (slab.class_block_bytes(i) == 64 * KiB) big = i;
-  ASSERT_LT(big, slab.class_count());
+  const std::size_t big = class_index(slab, 64 * KiB);
   std::vector<void*> blocks;
   for (int i = 0; i < 32; ++i) blocks.push_back(slab.allocate(64 * KiB, 0));  // refills of 2: the magazine ends empty
   const std::uint64_t before = slab.class_depot_returns(big);
