@@ -466,9 +466,15 @@ StreamRecord* become_active(StreamRecord* record) noexcept {
   // tells: every uncount that may leave the work ordered bumps it first (uncount). With a stream per
   // thread, 16 threads' activations mostly fall in such stretches (alloc_bench on the H200, 1 MiB: 1,645
   // transitions to ordered in a process of 13,000 launches, docs/perf-notes.md, sixteenth session).
+  // Nor when every legacy submission begun so far is known done (legacy_work_done, read after this
+  // join's count): a block reused at once had its last legacy user begun before its free, so before the
+  // count. With a stream per thread and no legacy work, the work turns ordered between most launches at
+  // a launch every 1,024 pairs (the epoch moves), and each activating launch asked again: a cuStreamQuery
+  // beside the probe's write, both in the driver's lock that the other threads' launches queue on.
   if (!record->blocking && g_active_captures.load(std::memory_order_acquire) == 0) {
     const std::uint64_t epoch = g_ordered_epoch.load(std::memory_order_seq_cst);
-    if (a.legacy_done_context != record->context || a.legacy_done_epoch != epoch) {
+    if ((a.legacy_done_context != record->context || a.legacy_done_epoch != epoch) &&
+        !(legacy_counted() && legacy_work_done())) {
       record->joining = true;
       guard.unlock();
       // Counted before the question: when the stream answers idle, these submissions are done

@@ -164,8 +164,10 @@ TEST_F(Solo, OlderBatchCopiesAndDecompressionsWaitForTheLoneStream) {
 
 // Legacy work submitted while the lone stream's join asks about the legacy stream (outside the activity
 // lock) may be queued after that question: solo must not begin, and the stream's frees stay fenced.
+// (The join asks only while legacy work is not known done: the first launch below.)
 TEST_F(Solo, LegacyWorkDuringTheLoneStreamsJoinKeepsItsFreesFenced) {
   const CUdeviceptr legacy_block = fresh_block();
+  launch_on(CU_STREAM_LEGACY);
   fake_cuda_pause_legacy_queries(1);
   std::thread joining([this] { launch_on(lone_); });
   ASSERT_TRUE(until([] { return fake_cuda_paused_legacy_queries() == 1; }));

@@ -612,6 +612,7 @@ TEST_F(StreamActivity, AStreamThatStartsWorkIsNotJoinedToActiveNonBlockingStream
   fake_cuda_hold_stream(blocking, 1);
   launch_on(busy);
   launch_on(blocking);
+  launch_on(CU_STREAM_LEGACY);  // behind the held blocking stream: legacy work left to wait for
   const CUdeviceptr used = fresh_block();
   ASSERT_EQ(cuMemsetD8Async(used, 1, kBlock, busy), CUDA_SUCCESS);
   free_and_close_batch(used);
@@ -715,16 +716,19 @@ TEST_F(StreamActivity, AStreamThatStartsWorkWaitsForTheLegacyStreamOnlyWhileItHa
 // Once a join found the legacy stream done, streams that start work while the work has stayed unordered
 // since do not ask again: every block reused at once was freed before that join's count, so its last
 // user was done when the join asked (router/stream_activity.cpp, become_active). 16 threads with a
-// stream each paid a cuStreamQuery per launch for it. Once the work has been ordered again, the next
-// join asks, and waits while the legacy stream has work. Fails if every join asks, and (second half) if
-// the question is skipped across a transition to ordered: the new work would not wait.
+// stream each paid a cuStreamQuery per launch for it. Legacy work queued after that join does not make
+// the next join ask: its blocks' frees read "unordered" and were fenced. Once the work has been ordered
+// again, the next join asks, and waits while the legacy stream has work. Fails if every join asks, and
+// (second half) if the question is skipped across a transition to ordered: the new work would not wait.
 TEST_F(StreamActivity, StreamsThatStartWorkWhileTheWorkStaysUnorderedAskTheLegacyStreamOnce) {
   const std::pair<CUstream, CUstream> streams = two_idle_streams();
   const CUstream a = streams.first, b = streams.second;
+  launch_on(CU_STREAM_LEGACY);  // legacy work not known done: the first join must ask
   fake_cuda_hold_stream(a, 1);
   int queries = fake_cuda_calls("cuStreamQuery");
   launch_on(a);  // joined: the legacy stream is done; `a` stays busy, so the work stays unordered
   EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), queries + 1) << "the first join did not ask the legacy stream";
+  launch_on(CU_STREAM_LEGACY);  // not known done, but queued while the work was unordered
   queries = fake_cuda_calls("cuStreamQuery");
   launch_on(b);
   EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), queries) << "asked again while the work stayed unordered";
@@ -745,6 +749,34 @@ TEST_F(StreamActivity, StreamsThatStartWorkWhileTheWorkStaysUnorderedAskTheLegac
   for (CUstream s : {a, b}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
 }
 
+// A stream that starts work asks the legacy stream nothing while every legacy submission begun so far is
+// known done (counted as begun, and found done by an earlier question), even across transitions to
+// ordered: a block reused at once had its last legacy user begun before its free. 16 threads with a
+// stream each, a launch every 1,024 pairs, turned ordered between most launches and asked at each
+// activation (router/stream_activity.cpp, become_active). Fails if a join after a transition asks
+// anyway; AStreamThatStartsWorkWaitsForTheLegacyStreamOnlyWhileItHasWork fails if legacy work begun
+// since is not asked about. Where legacy submissions are not counted (no solo, no marked batches), every
+// join after a transition asks, as before.
+TEST_F(StreamActivity, AStreamThatStartsWorkAsksNothingWhileEveryLegacySubmissionIsKnownDone) {
+  const int asks = legacy_submissions_counted() ? 0 : 1;
+  const std::pair<CUstream, CUstream> streams = two_idle_streams();
+  const CUstream a = streams.first, b = streams.second;
+  launch_on(CU_STREAM_LEGACY);
+  int queries = fake_cuda_calls("cuStreamQuery");
+  launch_on(a);  // asks: the legacy launch above is not known done yet
+  EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), queries + 1) << "the first join did not ask the legacy stream";
+  for (int round = 0; round < 3; ++round) {
+    churn();  // `a` found idle: the work turns ordered (a new epoch)
+    ASSERT_TRUE(reused_at_once(fresh_block())) << "round " << round;
+    queries = fake_cuda_calls("cuStreamQuery");
+    launch_on(round % 2 ? a : b);
+    EXPECT_EQ(fake_cuda_calls("cuStreamQuery"), queries + asks) << "round " << round << ": asked about legacy work known done";
+  }
+  churn();
+  EXPECT_TRUE(reused_at_once(fresh_block())) << "the streams never went idle again";
+  for (CUstream s : {a, b}) EXPECT_EQ(cuStreamDestroy(s), CUDA_SUCCESS);
+}
+
 // A stream that starts work asks whether the legacy stream is done without holding the activity lock:
 // with a stream per thread, 16 threads queued for that lock while each activation's cuStreamQuery ran
 // (66 us an activation at 256 B on the H200). Two streams starting work at once both reach the question
@@ -753,6 +785,7 @@ TEST_F(StreamActivity, StreamsThatStartWorkWhileTheWorkStaysUnorderedAskTheLegac
 TEST_F(StreamActivity, StreamsStartingWorkAskTheLegacyStreamOutsideTheActivityLock) {
   const std::pair<CUstream, CUstream> streams = two_idle_streams();
   const CUstream a = streams.first, b = streams.second;
+  launch_on(CU_STREAM_LEGACY);  // legacy work not known done: both joins ask
   fake_cuda_pause_legacy_queries(1);
   std::atomic<int> launched{0};
   std::thread first([&] { launch_on(a); launched.fetch_add(1); });

@@ -40,6 +40,13 @@ inline std::string backend() {
 // The probes are words the fake GPU writes (router/probe_words.h) unless this run refuses stream writes,
 // as a driver without stream memory operations would: then they are events.
 inline bool word_probes() { return std::getenv("FAKE_CUDA_NO_STREAM_WRITES") == nullptr; }
+// Whether gpushim counts legacy submissions, which it does for solo or for marked batches
+// (router/stream_activity.h, legacy_counted): this suite runs without solo, and once without marked
+// batches too (GPUSHIM_THREAD_FENCES=0, tests/router_e2e.cmake).
+inline bool legacy_submissions_counted() {
+  const char* thread_fences = std::getenv("GPUSHIM_THREAD_FENCES");
+  return thread_fences == nullptr || std::string(thread_fences) != "0";
+}
 inline int probe_records() {
   return fake_cuda_calls("cuEventRecord") + (word_probes() ? fake_cuda_calls("cuStreamWriteValue32") : 0);
 }
